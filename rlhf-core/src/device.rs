@@ -1,0 +1,199 @@
+//! Parsing a user's choice of device, in one place.
+//!
+//! burn 0.22 picks the backend at run time through [`burn::tensor::Device`]; which backends
+//! exist is decided at compile time by cargo features (`flex`, `wgpu`, `vulkan`, `cpu`, `cuda`),
+//! forwarded by every crate of this workspace to burn's features of the same name.
+//! `Device::default()` is never used: with the `cuda` feature on a machine without a GPU it would
+//! pick CUDA.
+
+use burn::tensor::{Device, DeviceKind};
+
+use crate::{Error, Result};
+
+/// A parsed device string, before the device is created.
+///
+/// | string | device |
+/// | --- | --- |
+/// | `flex` | burn's pure-Rust CPU backend (the default feature) |
+/// | `cpu` | CubeCL's CPU backend (feature `cpu`) |
+/// | `wgpu`, `wgpu:cpu`, `wgpu:discrete:N`, `wgpu:integrated:N` | WGSL through wgpu (feature `wgpu`); `wgpu` alone takes the system's default adapter |
+/// | `vulkan`, `vulkan:cpu`, … | wgpu pinned to Vulkan and SPIR-V (feature `vulkan`) |
+/// | `cuda`, `cuda:N` | CUDA device `N` (feature `cuda`) |
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSpec {
+    /// burn's flex backend.
+    Flex,
+    /// CubeCL's CPU backend.
+    Cpu,
+    /// wgpu (WGSL) on the given adapter kind.
+    Wgpu(AdapterKind),
+    /// wgpu pinned to Vulkan on the given adapter kind.
+    Vulkan(AdapterKind),
+    /// CUDA device by index.
+    Cuda(usize),
+}
+
+/// Which adapter a wgpu device runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdapterKind {
+    /// The system's default adapter.
+    Default,
+    /// A CPU (software) adapter, such as Mesa's lavapipe.
+    Cpu,
+    /// The N-th discrete GPU.
+    Discrete(usize),
+    /// The N-th integrated GPU.
+    Integrated(usize),
+}
+
+impl std::str::FromStr for DeviceSpec {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let lower = s.trim().to_ascii_lowercase();
+        let (name, rest) = match lower.split_once(':') {
+            Some((n, r)) => (n, Some(r)),
+            None => (lower.as_str(), None),
+        };
+        let bad = |why: &str| Error::Device(format!("`{s}`: {why}"));
+        match name {
+            "flex" | "cpu" if rest.is_some() => Err(bad("this backend takes no `:` suffix")),
+            "flex" => Ok(DeviceSpec::Flex),
+            "cpu" => Ok(DeviceSpec::Cpu),
+            "wgpu" | "vulkan" => {
+                let kind = match rest {
+                    None => AdapterKind::Default,
+                    Some("cpu") => AdapterKind::Cpu,
+                    Some(r) => match r.split_once(':') {
+                        Some(("discrete", i)) => {
+                            AdapterKind::Discrete(parse_index(i).map_err(|e| bad(&e))?)
+                        }
+                        Some(("integrated", i)) => {
+                            AdapterKind::Integrated(parse_index(i).map_err(|e| bad(&e))?)
+                        }
+                        _ => {
+                            return Err(bad(
+                                "expected `cpu`, `discrete:N` or `integrated:N` after `:`",
+                            ));
+                        }
+                    },
+                };
+                Ok(if name == "wgpu" {
+                    DeviceSpec::Wgpu(kind)
+                } else {
+                    DeviceSpec::Vulkan(kind)
+                })
+            }
+            "cuda" => Ok(DeviceSpec::Cuda(match rest {
+                None => 0,
+                Some(i) => parse_index(i).map_err(|e| bad(&e))?,
+            })),
+            _ => Err(bad(
+                "unknown backend; expected flex, cpu, wgpu, vulkan or cuda[:N]",
+            )),
+        }
+    }
+}
+
+fn parse_index(s: &str) -> std::result::Result<usize, String> {
+    s.parse()
+        .map_err(|_| format!("`{s}` is not a device index"))
+}
+
+impl DeviceSpec {
+    /// The cargo feature that compiles this backend in.
+    pub fn feature(&self) -> &'static str {
+        match self {
+            DeviceSpec::Flex => "flex",
+            DeviceSpec::Cpu => "cpu",
+            DeviceSpec::Wgpu(_) => "wgpu",
+            DeviceSpec::Vulkan(_) => "vulkan",
+            DeviceSpec::Cuda(_) => "cuda",
+        }
+    }
+
+    /// Creates the device, or says which feature to enable when the backend was not compiled in.
+    /// The device has no autodiff; call `.autodiff()` on it where training needs gradients.
+    pub fn create(&self) -> Result<Device> {
+        let missing = || {
+            Error::Device(format!(
+                "backend `{}` was not compiled in: rebuild with `--features {}`",
+                self.feature(),
+                self.feature()
+            ))
+        };
+        match *self {
+            DeviceSpec::Flex => {
+                #[cfg(feature = "flex")]
+                return Ok(Device::flex());
+                #[cfg(not(feature = "flex"))]
+                return Err(missing());
+            }
+            DeviceSpec::Cpu => {
+                #[cfg(feature = "cpu")]
+                return Ok(Device::cpu());
+                #[cfg(not(feature = "cpu"))]
+                return Err(missing());
+            }
+            DeviceSpec::Wgpu(kind) => {
+                #[cfg(feature = "wgpu")]
+                return Ok(Device::wgpu(adapter(kind)));
+                #[cfg(not(feature = "wgpu"))]
+                return {
+                    let _ = kind;
+                    Err(missing())
+                };
+            }
+            DeviceSpec::Vulkan(kind) => {
+                #[cfg(feature = "vulkan")]
+                return Ok(Device::vulkan(adapter(kind)));
+                #[cfg(not(feature = "vulkan"))]
+                return {
+                    let _ = kind;
+                    Err(missing())
+                };
+            }
+            DeviceSpec::Cuda(index) => {
+                #[cfg(feature = "cuda")]
+                return Ok(Device::cuda(index));
+                #[cfg(not(feature = "cuda"))]
+                return {
+                    let _ = index;
+                    Err(missing())
+                };
+            }
+        }
+    }
+}
+
+/// The burn adapter selector for an [`AdapterKind`].
+pub fn adapter(kind: AdapterKind) -> DeviceKind {
+    match kind {
+        AdapterKind::Default => DeviceKind::DefaultDevice,
+        AdapterKind::Cpu => DeviceKind::Cpu,
+        AdapterKind::Discrete(i) => DeviceKind::DiscreteGpu(i),
+        AdapterKind::Integrated(i) => DeviceKind::IntegratedGpu(i),
+    }
+}
+
+/// Parses a device string (see [`DeviceSpec`]) and creates the device.
+///
+/// ```
+/// let device = rlhf_core::parse_device("flex").unwrap();
+/// assert!(!device.is_autodiff());
+/// assert!(rlhf_core::parse_device("tpu").is_err());
+/// ```
+pub fn parse_device(s: &str) -> Result<Device> {
+    s.parse::<DeviceSpec>()?.create()
+}
+
+/// The device named by the `RLHF_DEVICE` environment variable, or `flex` when it is unset.
+///
+/// Tests and examples use it so one test suite runs on every backend: CI runs the suite again
+/// with `RLHF_DEVICE=wgpu:cpu` and `--features wgpu` on Mesa's lavapipe.
+pub fn device_from_env() -> Result<Device> {
+    match std::env::var("RLHF_DEVICE") {
+        Ok(s) if !s.trim().is_empty() => parse_device(&s),
+        _ => parse_device("flex"),
+    }
+}

@@ -1,0 +1,39 @@
+//! Per-token estimators of `KL(π ‖ π_ref)` from samples drawn from `π`.
+//!
+//! With `lr = logπ − logπ_ref` at each sampled token (John Schulman's "Approximating KL
+//! divergence"):
+//! - `k1 = lr` — unbiased, can be negative;
+//! - `k2 = lr² / 2` — biased, low variance, ≥ 0;
+//! - `k3 = exp(−lr) − 1 + lr` — unbiased, ≥ 0.
+//!
+//! All three are exactly 0 where the two log-probs are equal.
+
+use burn::tensor::Tensor;
+use serde::{Deserialize, Serialize};
+
+/// Which KL estimator to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum KlEstimator {
+    /// `lr` (the TL;DR reproduction's per-token penalty).
+    #[default]
+    K1,
+    /// `lr² / 2`.
+    K2,
+    /// `exp(−lr) − 1 + lr`.
+    K3,
+}
+
+/// Per-token KL estimate. `logprobs`, `ref_logprobs`: `[batch, seq]`; returns `[batch, seq]`.
+pub fn kl_estimate(
+    logprobs: Tensor<2>,
+    ref_logprobs: Tensor<2>,
+    estimator: KlEstimator,
+) -> Tensor<2> {
+    let lr = logprobs.sub(ref_logprobs);
+    match estimator {
+        KlEstimator::K1 => lr,
+        KlEstimator::K2 => lr.square().div_scalar(2.0),
+        KlEstimator::K3 => lr.clone().neg().exp().sub_scalar(1.0).add(lr),
+    }
+}

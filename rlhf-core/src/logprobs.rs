@@ -1,0 +1,29 @@
+//! Token log-probabilities and entropy from logits.
+//!
+//! The sampling temperature `T` is applied again whenever log-probs are recomputed for training:
+//! `logp_t = log_softmax(logits_t / T)[y_t]`. Without it the PPO ratio is not 1 on the first
+//! epoch (TL;DR detail 3).
+
+use burn::tensor::{Int, Tensor, activation};
+
+/// Log-probability of each chosen token under the tempered distribution.
+///
+/// - `logits`: `[batch, seq, vocab]`, the logits that *predict* `tokens` (already shifted by the
+///   caller: `logits[:, t]` is the distribution of `tokens[:, t]`).
+/// - `tokens`: `[batch, seq]` token ids.
+/// - `temperature`: `T > 0`.
+///
+/// Returns `[batch, seq]`.
+pub fn token_logprobs(logits: Tensor<3>, tokens: Tensor<2, Int>, temperature: f32) -> Tensor<2> {
+    let logp = activation::log_softmax(logits.div_scalar(temperature), 2);
+    logp.gather(2, tokens.unsqueeze_dim(2)).squeeze_dim(2)
+}
+
+/// Entropy `H_t = −Σ_v p_v log p_v` of the tempered distribution at every position.
+///
+/// `logits`: `[batch, seq, vocab]`; returns `[batch, seq]` in nats.
+pub fn entropy_from_logits(logits: Tensor<3>, temperature: f32) -> Tensor<2> {
+    let logp = activation::log_softmax(logits.div_scalar(temperature), 2);
+    let p = logp.clone().exp();
+    p.mul(logp).sum_dim(2).squeeze_dim(2).neg()
+}

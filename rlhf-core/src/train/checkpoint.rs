@@ -1,0 +1,259 @@
+//! Checkpoints: named binary parts (model weights, optimizer states) plus the trainer's JSON state
+//! (step, RNG, KL controller, data position), written atomically and verified on load.
+//!
+//! Layout: `DIR/checkpoint-000000123/` holds one `PART.bin` per part and `manifest.json`, which
+//! lists each part's size and checksum and carries the trainer state. A checkpoint is written in a
+//! hidden `.checkpoint-….tmp` directory, every file fsynced, then renamed into place: a crash at
+//! any moment leaves either the previous checkpoints or the new one, never half of it.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::optim::ModuleOptimizer;
+use burn::store::ModuleRecord;
+use burn::tensor::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::fs::{checksum, sync_dir, write_atomic};
+use crate::{Error, Result};
+
+/// One checkpoint in memory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checkpoint {
+    /// The optimizer step the checkpoint was taken after.
+    pub step: u64,
+    /// Binary parts by name (`model`, `optimizer`, `value_model`, …).
+    pub parts: BTreeMap<String, Vec<u8>>,
+    /// The trainer's own state (RNG, schedule position, KL controller, data-loader position, …).
+    pub state: serde_json::Value,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Manifest {
+    step: u64,
+    parts: BTreeMap<String, PartEntry>,
+    state: serde_json::Value,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PartEntry {
+    bytes: u64,
+    fnv1a64: String,
+}
+
+/// A directory of checkpoints that keeps the last `keep_last`.
+#[derive(Debug, Clone)]
+pub struct CheckpointStore {
+    dir: PathBuf,
+    keep_last: usize,
+}
+
+const PREFIX: &str = "checkpoint-";
+
+impl CheckpointStore {
+    /// A store in `dir` (created on the first save) keeping the newest `keep_last` checkpoints
+    /// (at least 1).
+    pub fn new(dir: impl Into<PathBuf>, keep_last: usize) -> Self {
+        CheckpointStore {
+            dir: dir.into(),
+            keep_last: keep_last.max(1),
+        }
+    }
+
+    /// The directory of the store.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path_of(&self, step: u64) -> PathBuf {
+        self.dir.join(format!("{PREFIX}{step:09}"))
+    }
+
+    /// Writes `ckpt` atomically, then removes checkpoints beyond the newest `keep_last`.
+    /// Returns the checkpoint's directory.
+    pub fn save(&self, ckpt: &Checkpoint) -> Result<PathBuf> {
+        fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+        let final_dir = self.path_of(ckpt.step);
+        let tmp = self.dir.join(format!(
+            ".{PREFIX}{:09}.tmp-{}",
+            ckpt.step,
+            std::process::id()
+        ));
+        if tmp.exists() {
+            fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        }
+        fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let mut entries = BTreeMap::new();
+        for (name, bytes) in &ckpt.parts {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                return Err(Error::Config(format!(
+                    "checkpoint part name `{name}` must be [A-Za-z0-9_-]+"
+                )));
+            }
+            write_atomic(&tmp.join(format!("{name}.bin")), bytes)?;
+            entries.insert(
+                name.clone(),
+                PartEntry {
+                    bytes: bytes.len() as u64,
+                    fnv1a64: format!("{:016x}", checksum(bytes)),
+                },
+            );
+        }
+        let manifest = Manifest {
+            step: ckpt.step,
+            parts: entries,
+            state: ckpt.state.clone(),
+        };
+        let json =
+            serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Record(e.to_string()))?;
+        write_atomic(&tmp.join("manifest.json"), &json)?;
+        if final_dir.exists() {
+            fs::remove_dir_all(&final_dir).map_err(|e| Error::io(&final_dir, e))?;
+        }
+        fs::rename(&tmp, &final_dir).map_err(|e| Error::io(&final_dir, e))?;
+        sync_dir(&self.dir)?;
+        self.prune()?;
+        Ok(final_dir)
+    }
+
+    /// Steps of the checkpoints present, oldest first (unverified).
+    pub fn steps(&self) -> Result<Vec<u64>> {
+        let read = match fs::read_dir(&self.dir) {
+            Ok(r) => r,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io(&self.dir, e)),
+        };
+        let mut steps: Vec<u64> = read
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str()?.strip_prefix(PREFIX)?.parse().ok())
+            .collect();
+        steps.sort_unstable();
+        Ok(steps)
+    }
+
+    /// Loads and verifies the checkpoint of `step`: every part must have the size and checksum
+    /// its manifest records.
+    pub fn load(&self, step: u64) -> Result<Checkpoint> {
+        let dir = self.path_of(step);
+        let bad = |m: String| Error::Checkpoint {
+            path: dir.clone(),
+            message: m,
+        };
+        let manifest_path = dir.join("manifest.json");
+        let raw = fs::read(&manifest_path).map_err(|e| Error::io(&manifest_path, e))?;
+        let manifest: Manifest = serde_json::from_slice(&raw)
+            .map_err(|e| bad(format!("manifest.json is not valid: {e}")))?;
+        if manifest.step != step {
+            return Err(bad(format!(
+                "manifest says step {}, directory says {step}",
+                manifest.step
+            )));
+        }
+        let mut parts = BTreeMap::new();
+        for (name, entry) in manifest.parts {
+            let path = dir.join(format!("{name}.bin"));
+            let bytes = fs::read(&path).map_err(|e| Error::io(&path, e))?;
+            if bytes.len() as u64 != entry.bytes {
+                return Err(bad(format!(
+                    "part `{name}` has {} bytes, manifest says {} (truncated?)",
+                    bytes.len(),
+                    entry.bytes
+                )));
+            }
+            let sum = format!("{:016x}", checksum(&bytes));
+            if sum != entry.fnv1a64 {
+                return Err(bad(format!(
+                    "part `{name}` checksum {sum} differs from the manifest's {} (corrupt)",
+                    entry.fnv1a64
+                )));
+            }
+            parts.insert(name, bytes);
+        }
+        Ok(Checkpoint {
+            step,
+            parts,
+            state: manifest.state,
+        })
+    }
+
+    /// The newest checkpoint, verified; `None` when there is none. When the newest is damaged the
+    /// error names it and the newest checkpoint before it that verifies, so the user can resume
+    /// from that one (or delete the damaged directory).
+    pub fn latest(&self) -> Result<Option<Checkpoint>> {
+        let steps = self.steps()?;
+        let Some(&newest) = steps.last() else {
+            return Ok(None);
+        };
+        match self.load(newest) {
+            Ok(c) => Ok(Some(c)),
+            Err(err) => {
+                let previous = steps[..steps.len() - 1]
+                    .iter()
+                    .rev()
+                    .find(|&&s| self.load(s).is_ok());
+                let hint = match previous {
+                    Some(s) => format!(
+                        "; the newest good checkpoint is {}",
+                        self.path_of(*s).display()
+                    ),
+                    None => "; no earlier checkpoint verifies".to_string(),
+                };
+                Err(Error::Checkpoint {
+                    path: self.path_of(newest),
+                    message: format!("{err}{hint}"),
+                })
+            }
+        }
+    }
+
+    fn prune(&self) -> Result<()> {
+        let steps = self.steps()?;
+        if steps.len() > self.keep_last {
+            for s in &steps[..steps.len() - self.keep_last] {
+                let p = self.path_of(*s);
+                fs::remove_dir_all(&p).map_err(|e| Error::io(&p, e))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A module's weights as bytes (burn's burnpack format, which keeps parameter ids so an
+/// optimizer state saved alongside still matches after loading).
+pub fn module_to_bytes<M: Module>(module: M) -> Result<Vec<u8>> {
+    let bytes = module
+        .into_record()
+        .into_bytes()
+        .map_err(|e| Error::Record(format!("encoding module: {e:?}")))?;
+    Ok(bytes.to_vec())
+}
+
+/// Loads weights saved by [`module_to_bytes`] into `module` (which must have the same structure).
+pub fn module_from_bytes<M: Module>(module: M, bytes: &[u8]) -> Result<M> {
+    let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes.to_vec()))
+        .map_err(|e| Error::Record(format!("decoding module: {e:?}")))?;
+    module
+        .try_load_record(record)
+        .map_err(|e| Error::Record(format!("module does not match the checkpoint: {e:?}")))
+}
+
+/// An optimizer's state (moments, step counts) as bytes.
+pub fn optimizer_to_bytes(optim: &ModuleOptimizer) -> Result<Vec<u8>> {
+    let bytes = optim
+        .into_bytes()
+        .map_err(|e| Error::Record(format!("encoding optimizer: {e:?}")))?;
+    Ok(bytes.to_vec())
+}
+
+/// Restores an optimizer state saved by [`optimizer_to_bytes`] into a freshly built optimizer.
+pub fn optimizer_from_bytes(optim: ModuleOptimizer, bytes: &[u8]) -> Result<ModuleOptimizer> {
+    optim
+        .from_bytes(Bytes::from_bytes_vec(bytes.to_vec()))
+        .map_err(|e| Error::Record(format!("decoding optimizer: {e:?}")))
+}

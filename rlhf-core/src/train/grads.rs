@@ -1,0 +1,122 @@
+//! Gradients over a whole module: the global norm, clipping by it, scaling, and accumulation
+//! over micro-batches.
+//!
+//! burn's own `GradientClipping::Norm` clips every parameter tensor by *its own* norm. The
+//! papers (and PyTorch's `clip_grad_norm_`) clip by the norm of all gradients together, which
+//! keeps the update's direction; that is what this module does.
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::tensor::Tensor;
+
+/// `‖g‖₂` over every float parameter of `module` that has a gradient in `grads`.
+///
+/// One device→host read. Returns NaN or infinity when a gradient is not finite, which is how a
+/// trainer's non-finite guard sees it.
+pub fn global_grad_norm<M: Module>(module: &M, grads: &GradientsParams) -> f32 {
+    struct SquaredNorm<'a> {
+        grads: &'a GradientsParams,
+        total: Option<Tensor<1>>,
+    }
+    impl ModuleVisitor for SquaredNorm<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(g) = self.grads.get::<D>(param.id) {
+                let sq = g.square().sum();
+                self.total = Some(match self.total.take() {
+                    Some(t) => t.add(sq),
+                    None => sq,
+                });
+            }
+        }
+    }
+    let mut visitor = SquaredNorm { grads, total: None };
+    module.visit(&mut visitor);
+    match visitor.total {
+        Some(t) => t.into_scalar::<f32>().sqrt(),
+        None => 0.0,
+    }
+}
+
+/// Multiplies every gradient of `module`'s parameters by `factor`.
+pub fn scale_grads<M: Module>(module: &M, grads: GradientsParams, factor: f32) -> GradientsParams {
+    struct Scale {
+        grads: GradientsParams,
+        factor: f32,
+    }
+    impl ModuleVisitor for Scale {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(g) = self.grads.remove::<D>(param.id) {
+                self.grads
+                    .register::<D>(param.id, g.mul_scalar(self.factor));
+            }
+        }
+    }
+    let mut visitor = Scale { grads, factor };
+    module.visit(&mut visitor);
+    visitor.grads
+}
+
+/// Clips the global gradient norm to `max_norm` (as `torch.nn.utils.clip_grad_norm_`): when
+/// `‖g‖ > max_norm`, every gradient is multiplied by `max_norm / (‖g‖ + 1e−6)`.
+///
+/// Returns the gradients and the norm *before* clipping (the number to log, and the one a
+/// non-finite guard checks). Non-finite norms leave the gradients untouched.
+pub fn clip_global_grad_norm<M: Module>(
+    module: &M,
+    grads: GradientsParams,
+    max_norm: f32,
+) -> (GradientsParams, f32) {
+    let norm = global_grad_norm(module, &grads);
+    if norm.is_finite() && norm > max_norm {
+        (scale_grads(module, grads, max_norm / (norm + 1e-6)), norm)
+    } else {
+        (grads, norm)
+    }
+}
+
+/// Gradient accumulation: the mean of the gradients of several micro-batches, so that
+/// `k` micro-batches of size `b` give the update of one batch of size `k·b` (when each
+/// micro-batch's loss is a mean over equally many items).
+pub struct GradAccumulation<M> {
+    inner: GradientsAccumulator<M>,
+    micro_batches: usize,
+}
+
+impl<M: Module> Default for GradAccumulation<M> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<M: Module> GradAccumulation<M> {
+    /// An empty accumulator.
+    pub fn new() -> Self {
+        GradAccumulation {
+            inner: GradientsAccumulator::new(),
+            micro_batches: 0,
+        }
+    }
+
+    /// Adds one micro-batch's gradients.
+    pub fn add(&mut self, module: &M, grads: GradientsParams) {
+        self.inner.accumulate(module, grads);
+        self.micro_batches += 1;
+    }
+
+    /// How many micro-batches have been added since the last [`Self::take_mean`].
+    pub fn micro_batches(&self) -> usize {
+        self.micro_batches
+    }
+
+    /// The mean gradient over the micro-batches added so far; resets the accumulator.
+    pub fn take_mean(&mut self, module: &M) -> GradientsParams {
+        let n = self.micro_batches.max(1);
+        self.micro_batches = 0;
+        let sum = self.inner.grads();
+        if n == 1 {
+            sum
+        } else {
+            scale_grads(module, sum, 1.0 / n as f32)
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! The metrics sink: one JSON object per line, with metric names that are the same in every
+//! trainer and documented here once.
+//!
+//! A line is `{"step": 12, "objective/kl": 0.31, …}`. Names are `group/name`:
+//!
+//! | name | meaning |
+//! | --- | --- |
+//! | `objective/kl` | mean per-sequence KL of the policy to the reference (sum of per-token k1) |
+//! | `objective/entropy` | mean per-sequence entropy of the sampling distribution |
+//! | `objective/scores` | mean score from the `Scorer` (after the missing-EOS penalty) |
+//! | `objective/non_score_reward` | mean per-sequence sum of `−β·KL` |
+//! | `objective/rlhf_reward` | `scores + non_score_reward` |
+//! | `objective/ptx_loss` | the SFT loss term of PPO-ptx |
+//! | `policy/approxkl` | `½·mean((logπ_new − logπ_old)²)` |
+//! | `policy/clipfrac` | share of tokens where the policy clip was active |
+//! | `policy/entropy` | mean per-token entropy during the update |
+//! | `val/loss`, `val/clipfrac` | value loss and value clip fraction |
+//! | `val/ratio_mean`, `val/ratio_var` | mean and variance of the ratio `ρ` |
+//! | `val/num_eos` | share of responses that contain EOS |
+//! | `episode/length` | mean response length in tokens |
+//! | `loss/policy`, `loss/total` | losses of the update |
+//! | `train/loss`, `eval/loss`, `eval/perplexity` | supervised losses (SFT, RM) |
+//! | `train/lr`, `train/grad_norm`, `train/kl_coef` | optimizer state |
+//! | `train/skipped_steps` | updates skipped for a non-finite loss or gradient |
+//! | `rewards/chosen`, `rewards/rejected`, `rewards/margins`, `rewards/accuracies` | implicit or explicit rewards of preference pairs |
+//! | `logps/chosen`, `logps/rejected` | sequence log-probs of preference pairs |
+//! | `eval/accuracy`, `eval/gold_accuracy` | RM accuracy on held-out labels and on the gold order |
+//! | `time/rollout`, `time/update`, `time/step` | wall seconds |
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value};
+
+use crate::{Error, Result};
+
+/// Metric names, as constants, so that a typo is a compile error.
+pub mod names {
+    #![allow(missing_docs)]
+    pub const OBJECTIVE_KL: &str = "objective/kl";
+    pub const OBJECTIVE_ENTROPY: &str = "objective/entropy";
+    pub const OBJECTIVE_SCORES: &str = "objective/scores";
+    pub const OBJECTIVE_NON_SCORE_REWARD: &str = "objective/non_score_reward";
+    pub const OBJECTIVE_RLHF_REWARD: &str = "objective/rlhf_reward";
+    pub const OBJECTIVE_PTX_LOSS: &str = "objective/ptx_loss";
+    pub const POLICY_APPROXKL: &str = "policy/approxkl";
+    pub const POLICY_CLIPFRAC: &str = "policy/clipfrac";
+    pub const POLICY_ENTROPY: &str = "policy/entropy";
+    pub const VAL_LOSS: &str = "val/loss";
+    pub const VAL_CLIPFRAC: &str = "val/clipfrac";
+    pub const VAL_RATIO_MEAN: &str = "val/ratio_mean";
+    pub const VAL_RATIO_VAR: &str = "val/ratio_var";
+    pub const VAL_NUM_EOS: &str = "val/num_eos";
+    pub const EPISODE_LENGTH: &str = "episode/length";
+    pub const LOSS_POLICY: &str = "loss/policy";
+    pub const LOSS_TOTAL: &str = "loss/total";
+    pub const TRAIN_LOSS: &str = "train/loss";
+    pub const TRAIN_LR: &str = "train/lr";
+    pub const TRAIN_GRAD_NORM: &str = "train/grad_norm";
+    pub const TRAIN_KL_COEF: &str = "train/kl_coef";
+    pub const TRAIN_SKIPPED_STEPS: &str = "train/skipped_steps";
+    pub const EVAL_LOSS: &str = "eval/loss";
+    pub const EVAL_PERPLEXITY: &str = "eval/perplexity";
+    pub const EVAL_ACCURACY: &str = "eval/accuracy";
+    pub const EVAL_GOLD_ACCURACY: &str = "eval/gold_accuracy";
+    pub const REWARDS_CHOSEN: &str = "rewards/chosen";
+    pub const REWARDS_REJECTED: &str = "rewards/rejected";
+    pub const REWARDS_MARGINS: &str = "rewards/margins";
+    pub const REWARDS_ACCURACIES: &str = "rewards/accuracies";
+    pub const LOGPS_CHOSEN: &str = "logps/chosen";
+    pub const LOGPS_REJECTED: &str = "logps/rejected";
+    pub const TIME_ROLLOUT: &str = "time/rollout";
+    pub const TIME_UPDATE: &str = "time/update";
+    pub const TIME_STEP: &str = "time/step";
+}
+
+/// Appends metric lines to a JSONL file. Each line is written with one `write` call and flushed,
+/// so a crash loses at most the line being written; a resumed run calls [`MetricsSink::truncate_after`]
+/// to drop lines past its checkpoint, so the file reads as if the run had never stopped.
+#[derive(Debug)]
+pub struct MetricsSink {
+    path: PathBuf,
+    file: File,
+}
+
+impl MetricsSink {
+    /// Opens (creating if needed) `path` for appending.
+    pub fn open(path: impl Into<PathBuf>) -> Result<Self> {
+        let path = path.into();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        Ok(MetricsSink { path, file })
+    }
+
+    /// The file written to.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends one line `{"step": step, name: value, …}`. Non-finite values are written as `null`
+    /// (JSON has no NaN), so the line stays valid JSON.
+    pub fn log(&mut self, step: u64, metrics: &[(&str, f64)]) -> Result<()> {
+        let mut obj = Map::new();
+        obj.insert("step".into(), Value::from(step));
+        for (name, value) in metrics {
+            let v = serde_json::Number::from_f64(*value)
+                .map(Value::Number)
+                .unwrap_or(Value::Null);
+            obj.insert((*name).to_string(), v);
+        }
+        let mut line = Value::Object(obj).to_string();
+        line.push('\n');
+        self.file
+            .write_all(line.as_bytes())
+            .map_err(|e| Error::io(&self.path, e))?;
+        self.file.flush().map_err(|e| Error::io(&self.path, e))
+    }
+
+    /// Drops every line whose `step` is greater than `step` (and any torn last line), rewriting the
+    /// file atomically. Called when resuming from the checkpoint of `step`.
+    pub fn truncate_after(&mut self, step: u64) -> Result<()> {
+        let text = std::fs::read_to_string(&self.path).map_err(|e| Error::io(&self.path, e))?;
+        let mut kept = String::new();
+        for line in text.lines() {
+            let Ok(Value::Object(obj)) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
+            if obj
+                .get("step")
+                .and_then(Value::as_u64)
+                .is_some_and(|s| s <= step)
+            {
+                kept.push_str(line);
+                kept.push('\n');
+            }
+        }
+        super::fs::write_atomic(&self.path, kept.as_bytes())?;
+        *self = MetricsSink::open(self.path.clone())?;
+        Ok(())
+    }
+}
+
+/// Reads a metrics file back: one map per line.
+pub fn read_metrics(path: &Path) -> Result<Vec<Map<String, Value>>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| match serde_json::from_str::<Value>(l) {
+            Ok(Value::Object(m)) => Ok(m),
+            _ => Err(Error::Data {
+                file: path.to_path_buf(),
+                line: i + 1,
+                field: "-".into(),
+                message: "expected one JSON object per line".into(),
+            }),
+        })
+        .collect()
+}

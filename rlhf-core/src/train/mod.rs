@@ -1,0 +1,18 @@
+//! Training plumbing shared by every trainer (SFT, reward model, PPO, DPO/EXO): the optimizer,
+//! learning-rate schedules, global-norm gradient clipping and accumulation, the seeded RNG,
+//! atomic checkpoints that resume exactly, and the metrics sink.
+
+pub mod checkpoint;
+pub mod fs;
+pub mod grads;
+pub mod metrics;
+pub mod optim;
+pub mod rng;
+pub mod schedule;
+
+pub use checkpoint::{Checkpoint, CheckpointStore};
+pub use grads::{GradAccumulation, clip_global_grad_norm, global_grad_norm, scale_grads};
+pub use metrics::MetricsSink;
+pub use optim::OptimizerConfig;
+pub use rng::{TrainRng, seed_all};
+pub use schedule::LrSchedule;

@@ -1,0 +1,180 @@
+//! GAE, discounted returns, the group estimators and REINFORCE++.
+
+use proptest::prelude::*;
+use rlhf_core::{
+    GroupEstimator, discounted_returns, gae, group_advantages, reinforce_pp_advantages,
+};
+
+use crate::common::*;
+
+/// GAE from `algorithms.md`, row by row: `δ_t = r_t + γ·V_{t+1}·m_{t+1} − V_t`,
+/// `A_t = δ_t + γλ·A_{t+1}` backwards over the real tokens, `V` past the end = 0, `R = A + V`.
+fn gae_ref(
+    r: &[f64],
+    v: &[f64],
+    m: &[bool],
+    seq: usize,
+    gamma: f64,
+    lambda: f64,
+) -> (Vec<f64>, Vec<f64>) {
+    let mut adv = vec![0.0; r.len()];
+    let mut ret = vec![0.0; r.len()];
+    for row in 0..r.len() / seq {
+        let o = row * seq;
+        for t in (0..seq).rev() {
+            if !m[o + t] {
+                continue;
+            }
+            let next_real = t + 1 < seq && m[o + t + 1];
+            let next_v = if next_real { v[o + t + 1] } else { 0.0 };
+            let next_a = if next_real { adv[o + t + 1] } else { 0.0 };
+            let delta = r[o + t] + gamma * next_v - v[o + t];
+            adv[o + t] = delta + gamma * lambda * next_a;
+            ret[o + t] = adv[o + t] + v[o + t];
+        }
+    }
+    (adv, ret)
+}
+
+/// `Σ_k γ^k r_{t+k}` over the contiguous run of real tokens starting at t, written as a sum.
+fn discounted_sum_ref(r: &[f64], m: &[bool], seq: usize, gamma: f64) -> Vec<f64> {
+    (0..r.len())
+        .map(|i| {
+            if !m[i] {
+                return 0.0;
+            }
+            let (row, t) = (i / seq, i % seq);
+            let mut g = 0.0;
+            let mut k = 0;
+            while t + k < seq && m[row * seq + t + k] {
+                g += gamma.powi(k as i32) * r[row * seq + t + k];
+                k += 1;
+            }
+            g
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn gae_matches_reference(p in tokens(3.0, 1), gamma in 0.5f64..=1.0, lambda in 0.0f64..=1.0) {
+        let dev = device();
+        let s = p.shape();
+        let out = gae(t2(&p.a, s, &dev), t2(&p.b, s, &dev), t2(&p.maskf(), s, &dev), gamma as f32, lambda as f32);
+        let (adv, ret) = gae_ref(&p.a, &p.b, &p.mask, p.seq, gamma, lambda);
+        assert_close(&host(out.advantages), &adv, TOL)?;
+        assert_close(&host(out.returns), &ret, TOL)?;
+    }
+
+    #[test]
+    fn gae_with_lambda_zero_is_the_td_error(p in tokens(3.0, 1), gamma in 0.5f64..=1.0) {
+        let dev = device();
+        let s = p.shape();
+        let out = gae(t2(&p.a, s, &dev), t2(&p.b, s, &dev), t2(&p.maskf(), s, &dev), gamma as f32, 0.0);
+        let td: Vec<f64> = (0..p.a.len()).map(|i| {
+            if !p.mask[i] { return 0.0; }
+            let next = if (i % p.seq) + 1 < p.seq && p.mask[i + 1] { p.b[i + 1] } else { 0.0 };
+            p.a[i] + gamma * next - p.b[i]
+        }).collect();
+        assert_close(&host(out.advantages), &td, TOL)?;
+    }
+
+    #[test]
+    fn gae_with_lambda_one_and_zero_values_is_the_discounted_return(p in tokens(3.0, 1), gamma in 0.5f64..=1.0) {
+        let dev = device();
+        let s = p.shape();
+        let zeros = vec![0.0; p.a.len()];
+        let out = gae(t2(&p.a, s, &dev), t2(&zeros, s, &dev), t2(&p.maskf(), s, &dev), gamma as f32, 1.0);
+        let expected = discounted_sum_ref(&p.a, &p.mask, p.seq, gamma);
+        assert_close(&host(out.advantages), &expected, TOL)?;
+        let direct = discounted_returns(t2(&p.a, s, &dev), t2(&p.maskf(), s, &dev), gamma as f32);
+        assert_close(&host(direct), &expected, TOL)?;
+    }
+
+    #[test]
+    fn masked_rewards_and_values_never_change_gae(p in tokens(3.0, 1), gamma in 0.5f64..=1.0, lambda in 0.0f64..=1.0) {
+        let dev = device();
+        let s = p.shape();
+        let m = t2(&p.maskf(), s, &dev);
+        let clean = gae(t2(&p.a, s, &dev), t2(&p.b, s, &dev), m.clone(), gamma as f32, lambda as f32);
+        let dirty = gae(t2(&p.corrupt(&p.a), s, &dev), t2(&p.corrupt(&p.b), s, &dev), m.clone(), gamma as f32, lambda as f32);
+        prop_assert_eq!(host(clean.advantages), host(dirty.advantages));
+        prop_assert_eq!(host(clean.returns), host(dirty.returns));
+        let r1 = reinforce_pp_advantages(t2(&p.a, s, &dev), m.clone(), gamma as f32);
+        let r2 = reinforce_pp_advantages(t2(&p.corrupt(&p.a), s, &dev), m, gamma as f32);
+        prop_assert_eq!(host(r1), host(r2));
+    }
+
+    #[test]
+    fn reinforce_pp_is_whitened_discounted_return(p in tokens(3.0, 2), gamma in 0.5f64..=1.0) {
+        let g = discounted_sum_ref(&p.a, &p.mask, p.seq, gamma);
+        let real: Vec<f64> = g.iter().zip(&p.mask).filter(|(_, m)| **m).map(|(x, _)| *x).collect();
+        let n = real.len() as f64;
+        let mu = real.iter().sum::<f64>() / n;
+        let var = real.iter().map(|x| (x - mu).powi(2)).sum::<f64>() / (n - 1.0);
+        prop_assume!(var > 1e-2);
+        let expected: Vec<f64> = g.iter().zip(&p.mask).map(|(x, &m)| if m { (x - mu) / (var + 1e-8).sqrt() } else { 0.0 }).collect();
+        let dev = device();
+        let got = reinforce_pp_advantages(t2(&p.a, p.shape(), &dev), t2(&p.maskf(), p.shape(), &dev), gamma as f32);
+        assert_close(&host(got), &expected, 1e-3)?;
+    }
+
+    #[test]
+    fn group_estimators_match_reference(groups in 1usize..=4, n in 2usize..=6, seed in prop::collection::vec(-3.0f64..3.0, 24)) {
+        let s: Vec<f64> = seed[..groups * n].to_vec();
+        let dev = device();
+        for est in [GroupEstimator::Rloo, GroupEstimator::Grpo, GroupEstimator::DrGrpo] {
+            let got = host(group_advantages(t1(&s, &dev), n, est).unwrap());
+            let mut expected = Vec::new();
+            for g in s.chunks(n) {
+                let mean = g.iter().sum::<f64>() / n as f64;
+                let std = (g.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n as f64 - 1.0)).sqrt();
+                for (i, &si) in g.iter().enumerate() {
+                    let others = g.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, x)| x).sum::<f64>() / (n as f64 - 1.0);
+                    expected.push(match est {
+                        GroupEstimator::Rloo => si - others,
+                        GroupEstimator::Grpo => (si - mean) / (std + 1e-4),
+                        GroupEstimator::DrGrpo => si - mean,
+                    });
+                }
+            }
+            // GRPO divides by a std that can be small: compare with a relative tolerance.
+            assert_close(&got, &expected, 1e-3)?;
+            // every estimator's advantages sum to 0 within each group
+            for g in got.chunks(n) {
+                prop_assert!(g.iter().sum::<f64>().abs() < 1e-3 * n as f64 * (1.0 + g.iter().map(|x| x.abs()).fold(0.0, f64::max)));
+            }
+        }
+    }
+}
+
+#[test]
+fn group_estimators_refuse_what_is_undefined() {
+    let dev = device();
+    assert!(group_advantages(t1(&[1.0, 2.0, 3.0], &dev), 2, GroupEstimator::Rloo).is_err());
+    assert!(group_advantages(t1(&[1.0, 2.0], &dev), 1, GroupEstimator::Grpo).is_err());
+    let dr = host(group_advantages(t1(&[1.0, 2.0], &dev), 1, GroupEstimator::DrGrpo).unwrap());
+    assert_eq!(dr, vec![0.0, 0.0]);
+}
+
+#[test]
+fn score_lands_on_the_last_real_token_of_a_right_padded_response() {
+    // Rewards: only the last real token has the score; GAE (λ=1, γ=1, V=0) spreads it backwards
+    // over the response and never onto padding.
+    let dev = device();
+    let m = mask_f(&right_padded(2, 4, &[2, 4]));
+    let r = [0.0, 5.0, 0.0, 0.0, 0.0, 0.0, 0.0, 7.0];
+    let out = gae(
+        t2(&r, [2, 4], &dev),
+        t2(&[0.0; 8], [2, 4], &dev),
+        t2(&m, [2, 4], &dev),
+        1.0,
+        1.0,
+    );
+    assert_eq!(
+        host(out.advantages),
+        vec![5.0, 5.0, 0.0, 0.0, 7.0, 7.0, 7.0, 7.0]
+    );
+}

@@ -1,0 +1,301 @@
+//! Training plumbing: global-norm clipping, gradient accumulation, the KL controller, the device
+//! parser, the metrics sink, and checkpoints that resume a run bit for bit.
+
+use burn::nn::{Linear, LinearConfig};
+use burn::optim::GradientsParams;
+use burn::tensor::{Device, Tensor, TensorData};
+use proptest::prelude::*;
+use rand::Rng;
+use rlhf_core::train::checkpoint::{
+    module_from_bytes, module_to_bytes, optimizer_from_bytes, optimizer_to_bytes,
+};
+use rlhf_core::train::metrics::read_metrics;
+use rlhf_core::train::{
+    Checkpoint, CheckpointStore, GradAccumulation, LrSchedule, MetricsSink, OptimizerConfig,
+    TrainRng, clip_global_grad_norm, global_grad_norm,
+};
+use rlhf_core::{KlController, parse_device};
+
+use crate::common::*;
+
+fn weights(m: &Linear) -> Vec<f64> {
+    let mut w = host(m.weight.val());
+    if let Some(b) = &m.bias {
+        w.extend(host(b.val()));
+    }
+    w
+}
+
+fn batch(rng: &mut TrainRng, n: usize, dev: &Device) -> (Tensor<2>, Tensor<2>) {
+    let xs: Vec<f32> = (0..n * 4).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let ys: Vec<f32> = xs
+        .chunks(4)
+        .map(|x| 3.0 * x[0] - 2.0 * x[1] + x[2] * x[3] + 0.5)
+        .collect();
+    (
+        Tensor::from_data(TensorData::new(xs, [n, 4]), dev),
+        Tensor::from_data(TensorData::new(ys, [n, 1]), dev),
+    )
+}
+
+fn grads_of(model: &Linear, x: Tensor<2>, y: Tensor<2>) -> GradientsParams {
+    let loss = model.forward(x).sub(y).square().mean();
+    GradientsParams::from_grads(loss.backward(), model)
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn global_norm_is_the_norm_of_all_gradients_together(seed in any::<u64>(), max_norm in 0.01f32..2.0) {
+        let dev = device().autodiff();
+        dev.seed(seed);
+        let model = LinearConfig::new(4, 3).init(&dev);
+        let mut rng = TrainRng::seed_from_u64(seed);
+        let (x, y) = batch(&mut rng, 5, &dev);
+        let y = y.repeat_dim(1, 3);
+        let grads = grads_of_any(&model, x, y);
+        let gw = host(grads.get::<2>(model.weight.id).unwrap());
+        let gb = host(grads.get::<1>(model.bias.as_ref().unwrap().id).unwrap());
+        let norm_ref = gw.iter().chain(&gb).map(|g| g * g).sum::<f64>().sqrt();
+        let norm = f64::from(global_grad_norm(&model, &grads));
+        assert_close(&[norm], &[norm_ref], 1e-4)?;
+
+        let (clipped, before) = clip_global_grad_norm(&model, grads, max_norm);
+        prop_assert!((f64::from(before) - norm_ref).abs() < 1e-4 * (1.0 + norm_ref));
+        let after = f64::from(global_grad_norm(&model, &clipped));
+        prop_assert!(after <= f64::from(max_norm) * (1.0 + 1e-4) + 1e-6, "after {} > {}", after, max_norm);
+        if norm_ref <= f64::from(max_norm) {
+            assert_close(&[after], &[norm_ref], 1e-4)?;
+        } else {
+            // the direction is kept: every gradient is scaled by the same factor
+            let cw = host(clipped.get::<2>(model.weight.id).unwrap());
+            let factor = f64::from(max_norm) / norm_ref;
+            assert_close(&cw, &gw.iter().map(|g| g * factor).collect::<Vec<_>>(), 1e-3)?;
+        }
+    }
+}
+
+fn grads_of_any(model: &Linear, x: Tensor<2>, y: Tensor<2>) -> GradientsParams {
+    let loss = model.forward(x).sub(y).square().mean();
+    GradientsParams::from_grads(loss.backward(), model)
+}
+
+#[test]
+fn accumulating_equal_micro_batches_gives_the_full_batch_gradient() {
+    let dev = device().autodiff();
+    dev.seed(3);
+    let model = LinearConfig::new(4, 1).init(&dev);
+    let mut rng = TrainRng::seed_from_u64(3);
+    let (x, y) = batch(&mut rng, 8, &dev);
+    let full = grads_of(&model, x.clone(), y.clone());
+    let mut acc = GradAccumulation::new();
+    for k in 0..4 {
+        acc.add(
+            &model,
+            grads_of(
+                &model,
+                x.clone().narrow(0, 2 * k, 2),
+                y.clone().narrow(0, 2 * k, 2),
+            ),
+        );
+    }
+    assert_eq!(acc.micro_batches(), 4);
+    let mean = acc.take_mean(&model);
+    let a = host(full.get::<2>(model.weight.id).unwrap());
+    let b = host(mean.get::<2>(model.weight.id).unwrap());
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() < 1e-5, "{a:?} vs {b:?}");
+    }
+    assert_eq!(acc.micro_batches(), 0);
+}
+
+/// A small training run: AdamW, warm-up + linear decay, global clipping, data drawn from the
+/// checkpointed RNG. Stops after `stop_after` steps (simulating a kill) when given, saving a
+/// checkpoint every `every` steps; resumes from the store's latest checkpoint when one exists.
+fn run(
+    store: &CheckpointStore,
+    init_seed: u64,
+    total: u64,
+    every: u64,
+    stop_after: Option<u64>,
+) -> Vec<f64> {
+    let dev = device().autodiff();
+    let _ = rlhf_core::train::seed_all(&dev, init_seed);
+    let cfg = OptimizerConfig {
+        lr: 0.05,
+        max_grad_norm: Some(0.5),
+        ..OptimizerConfig::default()
+    };
+    let schedule = LrSchedule::Linear { warmup: 3, total };
+    let mut model = LinearConfig::new(4, 1).init(&dev);
+    let mut optim = cfg.build().unwrap();
+    let mut rng = TrainRng::seed_from_u64(99);
+    let mut kl = KlController::Adaptive {
+        value: 0.1,
+        target: 6.0,
+        horizon: 100.0,
+    };
+    let mut step = 0;
+    if let Some(ckpt) = store.latest().unwrap() {
+        model = module_from_bytes(model, &ckpt.parts["model"]).unwrap();
+        optim = optimizer_from_bytes(optim, &ckpt.parts["optimizer"]).unwrap();
+        rng = TrainRng::from_state(&serde_json::from_value(ckpt.state["rng"].clone()).unwrap());
+        kl = serde_json::from_value(ckpt.state["kl"].clone()).unwrap();
+        step = ckpt.step;
+    }
+    while step < total {
+        let (x, y) = batch(&mut rng, 6, &dev);
+        let grads = grads_of(&model, x, y);
+        let (grads, _norm) = clip_global_grad_norm(&model, grads, cfg.max_grad_norm.unwrap());
+        model = optim.step(schedule.lr_at(cfg.lr, step), model, grads);
+        kl.update(rng.random_range(0.0..12.0), 6);
+        step += 1;
+        if step % every == 0 {
+            let mut parts = std::collections::BTreeMap::new();
+            parts.insert("model".to_string(), module_to_bytes(model.clone()).unwrap());
+            parts.insert("optimizer".to_string(), optimizer_to_bytes(&optim).unwrap());
+            let state = serde_json::json!({ "rng": rng.state(), "kl": kl });
+            store.save(&Checkpoint { step, parts, state }).unwrap();
+        }
+        if stop_after == Some(step) {
+            return Vec::new();
+        }
+    }
+    let mut w = weights(&model);
+    w.push(kl.value());
+    w
+}
+
+#[test]
+fn a_run_killed_after_its_checkpoint_resumes_bit_for_bit() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let straight = run(&CheckpointStore::new(a.path(), 2), 1, 20, 4, None);
+    let store = CheckpointStore::new(b.path(), 2);
+    // killed at step 10: the last checkpoint is step 8, so steps 9 and 10 are redone
+    run(&store, 1, 20, 4, Some(10));
+    assert_eq!(store.steps().unwrap(), vec![4, 8]);
+    // the resumed process initialises its model from another seed: everything must come from the checkpoint
+    let resumed = run(&store, 12345, 20, 4, None);
+    assert_eq!(
+        straight, resumed,
+        "resumed run differs from the uninterrupted one"
+    );
+    assert_eq!(store.steps().unwrap(), vec![16, 20], "keeps the last two");
+}
+
+#[test]
+fn a_damaged_checkpoint_is_detected_and_the_previous_good_one_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = CheckpointStore::new(dir.path(), 3);
+    for step in [1, 2] {
+        let parts = [("model".to_string(), vec![step as u8; 64])]
+            .into_iter()
+            .collect();
+        store
+            .save(&Checkpoint {
+                step,
+                parts,
+                state: serde_json::json!({"step": step}),
+            })
+            .unwrap();
+    }
+    assert_eq!(store.load(2).unwrap().parts["model"], vec![2u8; 64]);
+    let part = dir.path().join("checkpoint-000000002").join("model.bin");
+    std::fs::write(&part, vec![2u8; 10]).unwrap();
+    let err = store.latest().unwrap_err().to_string();
+    assert!(
+        err.contains("truncated") && err.contains("checkpoint-000000001"),
+        "{err}"
+    );
+    std::fs::write(&part, vec![3u8; 64]).unwrap();
+    let err = store.latest().unwrap_err().to_string();
+    assert!(err.contains("corrupt"), "{err}");
+    assert_eq!(store.load(1).unwrap().state["step"], 1);
+}
+
+#[test]
+fn adaptive_kl_controller_follows_its_formula() {
+    let mut c = KlController::Adaptive {
+        value: 0.1,
+        target: 6.0,
+        horizon: 10_000.0,
+    };
+    c.update(9.0, 256); // e = clip(9/6 − 1) = 0.2 (clipped from 0.5)
+    assert!((c.value() - 0.1 * (1.0 + 0.2 * 256.0 / 10_000.0)).abs() < 1e-15);
+    c.update(5.4, 100); // e = −0.1
+    let expected = 0.1 * (1.0 + 0.2 * 256.0 / 10_000.0) * (1.0 - 0.1 * 100.0 / 10_000.0);
+    assert!((c.value() - expected).abs() < 1e-15);
+    let mut fixed = KlController::default();
+    fixed.update(100.0, 1000);
+    assert_eq!(fixed.value(), 0.05);
+}
+
+#[test]
+fn device_strings_parse_or_name_the_missing_feature() {
+    assert!(parse_device("flex").is_ok());
+    assert!(parse_device("FLEX").is_ok());
+    for bad in ["", "tpu", "cuda:x", "wgpu:gpu", "flex:0"] {
+        assert!(parse_device(bad).is_err(), "{bad} should not parse");
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let err = parse_device("cuda:1").unwrap_err().to_string();
+        assert!(err.contains("--features cuda"), "{err}");
+    }
+    #[cfg(not(feature = "vulkan"))]
+    {
+        let err = parse_device("vulkan:cpu").unwrap_err().to_string();
+        assert!(err.contains("--features vulkan"), "{err}");
+    }
+}
+
+#[test]
+fn optimizer_config_rejects_nonsense() {
+    assert!(OptimizerConfig::default().validate().is_ok());
+    for bad in [
+        OptimizerConfig {
+            lr: 0.0,
+            ..Default::default()
+        },
+        OptimizerConfig {
+            eps: 0.0,
+            ..Default::default()
+        },
+        OptimizerConfig {
+            beta2: 1.0,
+            ..Default::default()
+        },
+        OptimizerConfig {
+            max_grad_norm: Some(-1.0),
+            ..Default::default()
+        },
+    ] {
+        assert!(bad.build().is_err());
+    }
+    assert_eq!(OptimizerConfig::default().eps, 1e-5);
+}
+
+#[test]
+fn metrics_lines_are_json_and_a_resume_drops_lines_past_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m").join("metrics.jsonl");
+    let mut sink = MetricsSink::open(&path).unwrap();
+    for step in 1..=5 {
+        sink.log(
+            step,
+            &[
+                ("train/loss", 1.0 / step as f64),
+                ("train/grad_norm", f64::NAN),
+            ],
+        )
+        .unwrap();
+    }
+    sink.truncate_after(3).unwrap();
+    sink.log(4, &[("train/loss", 0.0)]).unwrap();
+    let lines = read_metrics(&path).unwrap();
+    let steps: Vec<u64> = lines.iter().map(|l| l["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, vec![1, 2, 3, 4]);
+    assert!(lines[0]["train/grad_norm"].is_null());
+}

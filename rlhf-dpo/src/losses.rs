@@ -1,0 +1,274 @@
+//! The DPO family and EXO. Every loss returns one value per example (`[batch]`); trainers take
+//! the mean.
+//!
+//! Notation: `h = [logπ(y_c) − logπ_ref(y_c)] − [logπ(y_r) − logπ_ref(y_r)]` with sequence
+//! log-probs summed over response tokens, and `z = β·h`.
+
+use burn::tensor::{Tensor, activation};
+
+/// Sequence log-probs of a batch of preference pairs under the policy and the frozen reference,
+/// each `[batch]`.
+#[derive(Debug, Clone)]
+pub struct PairLogps {
+    /// `logπ(y_c | x)`.
+    pub chosen: Tensor<1>,
+    /// `logπ(y_r | x)`.
+    pub rejected: Tensor<1>,
+    /// `logπ_ref(y_c | x)`.
+    pub ref_chosen: Tensor<1>,
+    /// `logπ_ref(y_r | x)`.
+    pub ref_rejected: Tensor<1>,
+}
+
+impl PairLogps {
+    /// `h`, the difference of the two log-ratios. `[batch]`.
+    pub fn logits(&self) -> Tensor<1> {
+        self.chosen
+            .clone()
+            .sub(self.ref_chosen.clone())
+            .sub(self.rejected.clone().sub(self.ref_rejected.clone()))
+    }
+
+    /// Implicit rewards `β·(logπ − logπ_ref)` of the chosen and the rejected responses.
+    pub fn implicit_rewards(&self, beta: f32) -> (Tensor<1>, Tensor<1>) {
+        (
+            self.chosen
+                .clone()
+                .sub(self.ref_chosen.clone())
+                .mul_scalar(beta),
+            self.rejected
+                .clone()
+                .sub(self.ref_rejected.clone())
+                .mul_scalar(beta),
+        )
+    }
+}
+
+/// DPO (Rafailov et al. 2023), sigmoid form; with label smoothing `ε > 0` it is conservative DPO:
+/// `L = −(1−ε)·log σ(z) − ε·log σ(−z)`.
+pub fn dpo_loss(h: Tensor<1>, beta: f32, label_smoothing: f32) -> Tensor<1> {
+    let z = h.mul_scalar(beta);
+    let pos = activation::log_sigmoid(z.clone()).mul_scalar(-(1.0 - label_smoothing));
+    if label_smoothing == 0.0 {
+        return pos;
+    }
+    pos.sub(activation::log_sigmoid(z.neg()).mul_scalar(label_smoothing))
+}
+
+/// Robust DPO (Chowdhury et al. 2024), unbiased under label noise of rate `ε < ½`:
+/// `L = [−(1−ε)·log σ(z) + ε·log σ(−z)] / (1 − 2ε)`.
+pub fn robust_dpo_loss(h: Tensor<1>, beta: f32, eps: f32) -> Tensor<1> {
+    let z = h.mul_scalar(beta);
+    activation::log_sigmoid(z.clone())
+        .mul_scalar(-(1.0 - eps))
+        .add(activation::log_sigmoid(z.neg()).mul_scalar(eps))
+        .div_scalar(1.0 - 2.0 * eps)
+}
+
+/// IPO (Azar et al. 2023): `L = (h − 1/(2β))²`, where `h` is built from log-probs *averaged* over
+/// response tokens (as TRL does).
+pub fn ipo_loss(h_mean_logps: Tensor<1>, beta: f32) -> Tensor<1> {
+    h_mean_logps.sub_scalar(1.0 / (2.0 * beta)).square()
+}
+
+/// Hinge (SLiC, Zhao et al. 2023): `L = max(0, 1 − z)`.
+pub fn hinge_loss(h: Tensor<1>, beta: f32) -> Tensor<1> {
+    h.mul_scalar(-beta).add_scalar(1.0).clamp_min(0.0)
+}
+
+/// SimPO (Meng et al. 2024), reference-free:
+/// `L = −log σ(β·logπ(y_c)/|y_c| − β·logπ(y_r)/|y_r| − γ)`.
+///
+/// `chosen_mean`, `rejected_mean`: `[batch]` log-probs averaged over response tokens.
+pub fn simpo_loss(
+    chosen_mean: Tensor<1>,
+    rejected_mean: Tensor<1>,
+    beta: f32,
+    gamma: f32,
+) -> Tensor<1> {
+    activation::log_sigmoid(
+        chosen_mean
+            .sub(rejected_mean)
+            .mul_scalar(beta)
+            .sub_scalar(gamma),
+    )
+    .neg()
+}
+
+/// EXO with preference labels (Ji et al. 2024), K = 2: the target puts `1−ε` on the chosen
+/// response, and `L = σ(z)·(log σ(z) − log(1−ε)) + σ(−z)·(log σ(−z) − log ε)`,
+/// the reverse KL from the policy's pair distribution to the target. `ε` is small (1e−3 … e^−10).
+pub fn exo_pref_loss(h: Tensor<1>, beta: f32, eps: f32) -> Tensor<1> {
+    let z = h.mul_scalar(beta);
+    let log_p = activation::log_sigmoid(z.clone());
+    let log_q = activation::log_sigmoid(z.neg());
+    let (log_t_c, log_t_r) = (f64::from(1.0 - eps).ln() as f32, f64::from(eps).ln() as f32);
+    log_p
+        .clone()
+        .exp()
+        .mul(log_p.sub_scalar(log_t_c))
+        .add(log_q.clone().exp().mul(log_q.sub_scalar(log_t_r)))
+}
+
+/// `log p_θ` and `log p_r` over the K responses of each prompt:
+/// `p_θ = softmax(β_π·(logπ − logπ_ref))`, `p_r = softmax(r / β_r)`.
+fn kwise_log_distributions(
+    log_ratios: Tensor<2>,
+    rewards: Tensor<2>,
+    beta_pi: f32,
+    beta_r: f32,
+) -> (Tensor<2>, Tensor<2>) {
+    (
+        activation::log_softmax(log_ratios.mul_scalar(beta_pi), 1),
+        activation::log_softmax(rewards.div_scalar(beta_r), 1),
+    )
+}
+
+/// EXO with rewards for any K ≥ 2 (Ji et al. 2024):
+/// `L = Σ_i p_θ(i)·(log p_θ(i) − log p_r(i))`, the reverse KL `KL(p_θ ‖ p_r)`.
+///
+/// - `log_ratios`: `[batch, K]`, `logπ(y_i) − logπ_ref(y_i)` for each response;
+/// - `rewards`: `[batch, K]`, `r_i`;
+/// - `beta_pi`: β_π; `beta_r`: β_r.
+///
+/// Returns `[batch]`; ≥ 0, and 0 exactly where `p_θ = p_r`.
+pub fn exo_rw_loss(
+    log_ratios: Tensor<2>,
+    rewards: Tensor<2>,
+    beta_pi: f32,
+    beta_r: f32,
+) -> Tensor<1> {
+    let (log_p_theta, log_p_r) = kwise_log_distributions(log_ratios, rewards, beta_pi, beta_r);
+    let kl = log_p_theta.clone().exp().mul(log_p_theta.sub(log_p_r));
+    kl.sum_dim(1).squeeze_dim(1)
+}
+
+/// DPO-rw, the forward direction for comparison: `L = −Σ_i p_r(i)·log p_θ(i)`. Shapes as
+/// [`exo_rw_loss`].
+pub fn dpo_rw_loss(
+    log_ratios: Tensor<2>,
+    rewards: Tensor<2>,
+    beta_pi: f32,
+    beta_r: f32,
+) -> Tensor<1> {
+    let (log_p_theta, log_p_r) = kwise_log_distributions(log_ratios, rewards, beta_pi, beta_r);
+    log_p_r
+        .exp()
+        .mul(log_p_theta)
+        .sum_dim(1)
+        .squeeze_dim(1)
+        .neg()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use rlhf_core::host::{tensor_from_f64, to_f64_vec as host};
+
+    fn dev() -> burn::tensor::Device {
+        rlhf_core::device_from_env().unwrap()
+    }
+    fn t1(v: &[f64]) -> Tensor<1> {
+        tensor_from_f64(v, [v.len()], &dev())
+    }
+    fn t2(v: &[f64], k: usize) -> Tensor<2> {
+        tensor_from_f64(v, [v.len() / k, k], &dev())
+    }
+    fn close(a: &[f64], b: &[f64], tol: f64) -> Result<(), TestCaseError> {
+        for (x, y) in a.iter().zip(b) {
+            prop_assert!((x - y).abs() <= tol * (1.0 + y.abs()), "{} vs {}", x, y);
+        }
+        Ok(())
+    }
+    fn ls(x: f64) -> f64 {
+        // log σ(x), stable
+        -((-x.abs()).exp().ln_1p()) + x.min(0.0)
+    }
+    fn sig(x: f64) -> f64 {
+        1.0 / (1.0 + (-x).exp())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        #[test]
+        fn pairwise_losses_match_their_formulas(h in prop::collection::vec(-20.0f64..20.0, 1..8), beta in 0.01f64..1.0, eps in 0.0f64..0.4, gamma in 0.0f64..2.0) {
+            let z: Vec<f64> = h.iter().map(|h| beta * h).collect();
+            let b = beta as f32;
+            close(&host(dpo_loss(t1(&h), b, eps as f32)), &z.iter().map(|z| -(1.0 - eps) * ls(*z) - eps * ls(-z)).collect::<Vec<_>>(), 1e-4)?;
+            close(&host(robust_dpo_loss(t1(&h), b, eps as f32)), &z.iter().map(|z| (-(1.0 - eps) * ls(*z) + eps * ls(-z)) / (1.0 - 2.0 * eps)).collect::<Vec<_>>(), 1e-4)?;
+            close(&host(ipo_loss(t1(&h), b)), &h.iter().map(|h| (h - 1.0 / (2.0 * beta)).powi(2)).collect::<Vec<_>>(), 1e-4)?;
+            close(&host(hinge_loss(t1(&h), b)), &z.iter().map(|z| (1.0 - z).max(0.0)).collect::<Vec<_>>(), 1e-4)?;
+            let half: Vec<f64> = h.iter().map(|h| h / 2.0).collect();
+            close(&host(simpo_loss(t1(&h), t1(&half), b, gamma as f32)), &h.iter().zip(&half).map(|(c, r)| -ls(beta * c - beta * r - gamma)).collect::<Vec<_>>(), 1e-4)?;
+        }
+
+        #[test]
+        fn swapping_chosen_and_rejected_maps_sigma_z_to_sigma_minus_z(h in prop::collection::vec(-20.0f64..20.0, 1..8), beta in 0.01f64..1.0) {
+            let neg: Vec<f64> = h.iter().map(|x| -x).collect();
+            let b = beta as f32;
+            close(&host(dpo_loss(t1(&neg), b, 0.0)), &h.iter().map(|h| -ls(-beta * h)).collect::<Vec<_>>(), 1e-4)?;
+            // −log σ(z) − (−log σ(−z)) = −z
+            let diff: Vec<f64> = host(dpo_loss(t1(&h), b, 0.0)).iter().zip(host(dpo_loss(t1(&neg), b, 0.0))).map(|(a, c)| a - c).collect();
+            close(&diff, &h.iter().map(|h| -beta * h).collect::<Vec<_>>(), 1e-3)?;
+        }
+
+        #[test]
+        fn exo_pref_matches_formula_is_nonnegative_and_equals_exo_rw_at_k2(h in prop::collection::vec(-20.0f64..20.0, 1..8), beta in 0.01f64..1.0, eps_exp in 3.0f64..10.0) {
+            let eps = (-eps_exp).exp();
+            let b = beta as f32;
+            let got = host(exo_pref_loss(t1(&h), b, eps as f32));
+            let expected: Vec<f64> = h.iter().map(|h| {
+                let z = beta * h;
+                sig(z) * (ls(z) - (1.0 - eps).ln()) + sig(-z) * (ls(-z) - eps.ln())
+            }).collect();
+            close(&got, &expected, 1e-3)?;
+            prop_assert!(got.iter().all(|&l| l >= -1e-5));
+            // EXO-rw with rewards (r_c − r_r) = β_r·log((1−ε)/ε) puts 1−ε on the chosen response
+            let beta_r = 0.5;
+            let gap = beta_r * ((1.0 - eps) / eps).ln();
+            let ratios: Vec<f64> = h.iter().flat_map(|h| [*h, 0.0]).collect();
+            let rewards: Vec<f64> = h.iter().flat_map(|_| [gap, 0.0]).collect();
+            close(&host(exo_rw_loss(t2(&ratios, 2), t2(&rewards, 2), b, beta_r as f32)), &got, 1e-3)?;
+        }
+
+        #[test]
+        fn kwise_losses_match_reference_and_exo_vanishes_at_the_optimum(k in 2usize..6, rows in prop::collection::vec((prop::collection::vec(-3.0f64..3.0, 6), prop::collection::vec(-3.0f64..3.0, 6)), 1..4), beta_pi in 0.1f64..2.0, beta_r in 0.1f64..2.0) {
+            let ratios: Vec<f64> = rows.iter().flat_map(|r| r.0[..k].to_vec()).collect();
+            let rewards: Vec<f64> = rows.iter().flat_map(|r| r.1[..k].to_vec()).collect();
+            let softmax = |x: &[f64]| { let m = x.iter().cloned().fold(f64::MIN, f64::max); let e: Vec<f64> = x.iter().map(|v| (v - m).exp()).collect(); let s: f64 = e.iter().sum(); e.into_iter().map(|v| v / s).collect::<Vec<_>>() };
+            let mut exo = Vec::new();
+            let mut fwd = Vec::new();
+            for (lr, r) in ratios.chunks(k).zip(rewards.chunks(k)) {
+                let pt = softmax(&lr.iter().map(|x| beta_pi * x).collect::<Vec<_>>());
+                let pr = softmax(&r.iter().map(|x| x / beta_r).collect::<Vec<_>>());
+                exo.push(pt.iter().zip(&pr).map(|(p, q)| p * (p.ln() - q.ln())).sum::<f64>());
+                fwd.push(-pt.iter().zip(&pr).map(|(p, q)| q * p.ln()).sum::<f64>());
+            }
+            let got = host(exo_rw_loss(t2(&ratios, k), t2(&rewards, k), beta_pi as f32, beta_r as f32));
+            close(&got, &exo, 1e-3)?;
+            prop_assert!(got.iter().all(|&l| l >= -1e-5));
+            close(&host(dpo_rw_loss(t2(&ratios, k), t2(&rewards, k), beta_pi as f32, beta_r as f32)), &fwd, 1e-3)?;
+            // at the optimum β_π·logratio = r/β_r (+ any constant per row): loss 0
+            let optimum: Vec<f64> = rewards.iter().map(|r| r / (beta_r * beta_pi) + 0.7).collect();
+            let at_opt = host(exo_rw_loss(t2(&optimum, k), t2(&rewards, k), beta_pi as f32, beta_r as f32));
+            prop_assert!(at_opt.iter().all(|l| l.abs() < 1e-5), "{:?}", at_opt);
+        }
+    }
+
+    #[test]
+    fn dpo_at_z_zero_is_log_2_and_implicit_rewards_are_beta_log_ratios() {
+        let l = host(dpo_loss(t1(&[0.0, 0.0]), 0.3, 0.0));
+        assert!(l.iter().all(|x| (x - 2f64.ln()).abs() < 1e-6));
+        let p = PairLogps {
+            chosen: t1(&[-1.0]),
+            rejected: t1(&[-2.0]),
+            ref_chosen: t1(&[-1.5]),
+            ref_rejected: t1(&[-1.0]),
+        };
+        assert!((host(p.logits())[0] - 1.5).abs() < 1e-6);
+        let (rc, rr) = p.implicit_rewards(0.1);
+        assert!((host(rc)[0] - 0.05).abs() < 1e-6 && (host(rr)[0] + 0.1).abs() < 1e-6);
+    }
+}

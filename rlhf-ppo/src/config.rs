@@ -1,0 +1,238 @@
+//! The PPO configuration: every TL;DR implementation detail as a named field, with the paper's
+//! default ("The N+ Implementation Details of RLHF with PPO: A Case Study on TL;DR
+//! Summarization", Huang et al. 2024). Numbers in brackets refer to the list in `algorithms.md`.
+
+use rlhf_core::train::OptimizerConfig;
+use rlhf_core::{Error, GroupEstimator, KlController, KlEstimator, Result};
+use serde::{Deserialize, Serialize};
+
+/// How advantages are estimated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AdvantageEstimator {
+    /// GAE with a learned critic (PPO proper).
+    #[default]
+    Gae,
+    /// RLOO: leave-one-out baseline over the `n` samples of a prompt.
+    Rloo,
+    /// GRPO: group-normalised scores.
+    Grpo,
+    /// Dr. GRPO: group-centred scores.
+    DrGrpo,
+    /// REINFORCE++: whitened discounted returns of the per-token rewards, no critic.
+    ReinforcePp,
+}
+
+impl AdvantageEstimator {
+    /// Whether the estimator trains a value model.
+    pub fn needs_critic(self) -> bool {
+        self == AdvantageEstimator::Gae
+    }
+
+    /// The group estimator behind RLOO, GRPO and Dr.GRPO.
+    pub fn group(self) -> Option<GroupEstimator> {
+        match self {
+            AdvantageEstimator::Rloo => Some(GroupEstimator::Rloo),
+            AdvantageEstimator::Grpo => Some(GroupEstimator::Grpo),
+            AdvantageEstimator::DrGrpo => Some(GroupEstimator::DrGrpo),
+            _ => None,
+        }
+    }
+}
+
+/// On-policy trainer settings. `Default` is the TL;DR reproduction's recipe.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PpoConfig {
+    /// Responses sampled per prompt (`n`), the seed paper's "samples per prompt" axis.
+    pub samples_per_prompt: usize,
+    /// Prompts per rollout batch.
+    pub prompts_per_batch: usize,
+    /// [2] Queries are left-padded to this many tokens (longer ones keep their end).
+    pub query_length: usize,
+    /// [3] Exactly this many new tokens are generated (the TL;DR reproduction: 53).
+    pub response_length: usize,
+    /// [3] Sampling temperature, reapplied when log-probs are recomputed for training.
+    pub temperature: f32,
+    /// [4] Score given instead of the RM's to a response with no EOS (`None` keeps the RM score).
+    pub missing_eos_penalty: Option<f32>,
+    /// [1] Turn dropout off in policy, reference, value and reward models.
+    pub disable_dropout: bool,
+    /// [6] Initialise the value model from the reward model (otherwise from the policy).
+    pub value_from_reward_model: bool,
+    /// [7] The KL coefficient β: fixed 0.05, or the adaptive controller.
+    pub kl: KlController,
+    /// Which per-token KL estimator enters the reward (k1 in the TL;DR reproduction).
+    pub kl_estimator: KlEstimator,
+    /// Put the KL into the reward (`true`, PPO/REINFORCE++) or into the loss (GRPO-style).
+    pub kl_in_reward: bool,
+    /// How advantages are estimated.
+    pub advantage: AdvantageEstimator,
+    /// [8] Discount γ.
+    pub gamma: f32,
+    /// [8] GAE λ.
+    pub lam: f32,
+    /// [8] Whiten advantages (mean shift and scale) over the batch.
+    pub whiten_advantages: bool,
+    /// [8] Whiten per-token rewards (scale only); off in the TL;DR reproduction.
+    pub whiten_rewards: bool,
+    /// [9] PPO epochs over each rollout batch.
+    pub ppo_epochs: usize,
+    /// [9] Minibatches per epoch.
+    pub num_minibatches: usize,
+    /// [9] Policy clip ε.
+    pub clip_eps: f32,
+    /// [9] Value clip ε_v.
+    pub value_clip: f32,
+    /// [9] Value-loss coefficient `c_v`.
+    pub vf_coef: f32,
+    /// [10] AdamW (eps 1e−5, one learning rate for SFT, RM and PPO) and global-norm clipping.
+    pub optimizer: OptimizerConfig,
+}
+
+impl Default for PpoConfig {
+    fn default() -> Self {
+        PpoConfig {
+            samples_per_prompt: 1,
+            prompts_per_batch: 64,
+            query_length: 512,
+            response_length: 53,
+            temperature: 0.7,
+            missing_eos_penalty: Some(-1.0),
+            disable_dropout: true,
+            value_from_reward_model: true,
+            kl: KlController::Fixed { value: 0.05 },
+            kl_estimator: KlEstimator::K1,
+            kl_in_reward: true,
+            advantage: AdvantageEstimator::Gae,
+            gamma: 1.0,
+            lam: 0.95,
+            whiten_advantages: true,
+            whiten_rewards: false,
+            ppo_epochs: 4,
+            num_minibatches: 1,
+            clip_eps: 0.2,
+            value_clip: 0.2,
+            vf_coef: 0.1,
+            optimizer: OptimizerConfig::default(),
+        }
+    }
+}
+
+impl PpoConfig {
+    /// Episodes (sampled responses) per rollout batch.
+    pub fn batch_size(&self) -> usize {
+        self.prompts_per_batch * self.samples_per_prompt
+    }
+
+    /// Checks ranges and combinations: group estimators need `n ≥ 2` (Dr.GRPO excepted), the
+    /// batch must split into minibatches, and the probabilities and coefficients must make sense.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(format!("ppo: {m}")));
+        if self.samples_per_prompt == 0 || self.prompts_per_batch == 0 {
+            return bad("samples_per_prompt and prompts_per_batch must be ≥ 1".into());
+        }
+        if matches!(
+            self.advantage,
+            AdvantageEstimator::Rloo | AdvantageEstimator::Grpo
+        ) && self.samples_per_prompt < 2
+        {
+            return bad(format!("{:?} needs samples_per_prompt ≥ 2", self.advantage));
+        }
+        if self.num_minibatches == 0 || !self.batch_size().is_multiple_of(self.num_minibatches) {
+            return bad(format!(
+                "a batch of {} episodes does not split into {} minibatches",
+                self.batch_size(),
+                self.num_minibatches
+            ));
+        }
+        if self.temperature.is_nan() || self.temperature <= 0.0 {
+            return bad(format!("temperature must be > 0, got {}", self.temperature));
+        }
+        if !(0.0..=1.0).contains(&self.gamma) || !(0.0..=1.0).contains(&self.lam) {
+            return bad(format!(
+                "gamma and lam must be in [0, 1], got {} and {}",
+                self.gamma, self.lam
+            ));
+        }
+        if self.clip_eps.is_nan()
+            || self.value_clip.is_nan()
+            || self.clip_eps <= 0.0
+            || self.value_clip <= 0.0
+        {
+            return bad("clip_eps and value_clip must be > 0".into());
+        }
+        if self.ppo_epochs == 0 || self.response_length == 0 {
+            return bad("ppo_epochs and response_length must be ≥ 1".into());
+        }
+        self.optimizer.validate()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_tldr_recipe_and_round_trip_through_json() {
+        let c = PpoConfig::default();
+        c.validate().unwrap();
+        assert_eq!(
+            (c.gamma, c.lam, c.ppo_epochs, c.clip_eps, c.vf_coef),
+            (1.0, 0.95, 4, 0.2, 0.1)
+        );
+        assert_eq!(
+            (c.temperature, c.missing_eos_penalty, c.kl.value()),
+            (0.7, Some(-1.0), 0.05)
+        );
+        assert!(
+            c.whiten_advantages
+                && !c.whiten_rewards
+                && c.disable_dropout
+                && c.value_from_reward_model
+        );
+        assert_eq!(c.optimizer.eps, 1e-5);
+        let json = serde_json::to_string(&c).unwrap();
+        assert_eq!(serde_json::from_str::<PpoConfig>(&json).unwrap(), c);
+        // a partial config takes the defaults for the rest; an unknown key is an error
+        let partial: PpoConfig =
+            serde_json::from_str(r#"{"samples_per_prompt": 4, "advantage": "grpo"}"#).unwrap();
+        assert_eq!(
+            (partial.samples_per_prompt, partial.advantage, partial.lam),
+            (4, AdvantageEstimator::Grpo, 0.95)
+        );
+        assert!(serde_json::from_str::<PpoConfig>(r#"{"sample_per_prompt": 4}"#).is_err());
+    }
+
+    #[test]
+    fn inconsistent_settings_are_refused() {
+        let grpo1 = PpoConfig {
+            advantage: AdvantageEstimator::Grpo,
+            ..PpoConfig::default()
+        };
+        assert!(grpo1.validate().is_err());
+        let dr = PpoConfig {
+            advantage: AdvantageEstimator::DrGrpo,
+            ..PpoConfig::default()
+        };
+        assert!(dr.validate().is_ok());
+        let split = PpoConfig {
+            prompts_per_batch: 6,
+            num_minibatches: 4,
+            ..PpoConfig::default()
+        };
+        assert!(split.validate().is_err());
+        assert!(
+            PpoConfig {
+                temperature: 0.0,
+                ..PpoConfig::default()
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            AdvantageEstimator::Gae.needs_critic()
+                && !AdvantageEstimator::ReinforcePp.needs_critic()
+        );
+    }
+}

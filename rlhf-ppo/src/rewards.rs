@@ -1,0 +1,132 @@
+//! Step 2–3 of the PPO recipe: the missing-EOS penalty and the per-token rewards
+//! `r_t = −β·kl_t` on every response token plus the score on the last real token.
+
+use burn::tensor::{Bool, Int, Tensor};
+use rlhf_core::zero_masked;
+
+/// Per-token rewards and their KL part, both `[batch, seq]` and 0 at masked positions.
+#[derive(Debug, Clone)]
+pub struct TokenRewards {
+    /// `r_t`: `−β·kl_t` plus, on the last real token, the score.
+    pub rewards: Tensor<2>,
+    /// `−β·kl_t` alone (logged as `objective/non_score_reward`).
+    pub non_score: Tensor<2>,
+}
+
+/// A one-hot `[batch, seq]` marking the last position where `mask` is 1 in each row (all zeros for
+/// a row with no real token).
+///
+/// This is where the score goes. Taking `sum(mask) − 1` as the index would be wrong for a mask
+/// that does not start at position 0, and reading "the last column" would put the score on a pad
+/// token when a response stops early — a bug other implementations have had.
+pub fn last_token_one_hot(mask: Tensor<2>) -> Tensor<2> {
+    let [batch, seq] = mask.dims();
+    let device = mask.device();
+    let positions = Tensor::<1, Int>::arange(1..seq as i64 + 1, &device)
+        .float()
+        .reshape([1, seq])
+        .expand([batch, seq]);
+    let numbered = zero_masked(positions.clone(), mask.clone()); // t+1 on real tokens, 0 elsewhere
+    let last = numbered.max_dim(1); // [batch, 1]
+    let is_last: Tensor<2, Bool> = positions.equal(last.expand([batch, seq]));
+    zero_masked(is_last.float(), mask)
+}
+
+/// Per-token rewards for PPO and REINFORCE++ (`algorithms.md`, PPO step 3).
+///
+/// - `scores`: `[batch]` sequence-level scores (after [`apply_missing_eos_penalty`] and any
+///   normalisation);
+/// - `kl`: `[batch, seq]` per-token KL estimates (from `rlhf_core::kl_estimate`);
+/// - `mask`: `[batch, seq]` response mask (1 up to and including EOS, 0 after);
+/// - `kl_coef`: β.
+pub fn per_token_rewards(
+    scores: Tensor<1>,
+    kl: Tensor<2>,
+    mask: Tensor<2>,
+    kl_coef: f32,
+) -> TokenRewards {
+    let [batch, seq] = mask.dims();
+    let non_score = zero_masked(kl.mul_scalar(-kl_coef), mask.clone());
+    let score_at_end =
+        last_token_one_hot(mask).mul(scores.reshape([batch, 1]).expand([batch, seq]));
+    TokenRewards {
+        rewards: non_score.clone().add(score_at_end),
+        non_score,
+    }
+}
+
+/// TL;DR detail 4: a response with no EOS gets `penalty` instead of its score.
+///
+/// `scores`: `[batch]`; `has_eos`: `[batch]` booleans. Returns `[batch]`.
+pub fn apply_missing_eos_penalty(
+    scores: Tensor<1>,
+    has_eos: Tensor<1, Bool>,
+    penalty: f32,
+) -> Tensor<1> {
+    scores.mask_fill(has_eos.bool_not(), penalty)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::TensorData;
+    use proptest::prelude::*;
+
+    fn dev() -> burn::tensor::Device {
+        rlhf_core::device_from_env().unwrap()
+    }
+    use rlhf_core::host::to_f32_vec as host;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Reference: r[b,t] = −β·kl[b,t]·m[b,t], plus s[b] at the last t with m[b,t] = 1.
+        #[test]
+        fn rewards_put_the_score_on_the_last_real_token(
+            rows in prop::collection::vec((0usize..7, -3.0f32..3.0), 1..5),
+            kl in prop::collection::vec(-2.0f32..2.0, 35),
+            junk in prop::collection::vec(-100.0f32..100.0, 35),
+            beta in 0.0f32..0.5,
+        ) {
+            let seq = 7;
+            let batch = rows.len();
+            let mask: Vec<f32> = rows.iter().flat_map(|(len, _)| (0..seq).map(move |t| if t < *len { 1.0 } else { 0.0 })).collect();
+            let kl: Vec<f32> = (0..batch * seq).map(|i| if mask[i] > 0.0 { kl[i] } else { junk[i] }).collect();
+            let scores: Vec<f32> = rows.iter().map(|r| r.1).collect();
+            let d = dev();
+            let out = per_token_rewards(
+                Tensor::from_data(TensorData::new(scores.clone(), [batch]), &d),
+                Tensor::from_data(TensorData::new(kl.clone(), [batch, seq]), &d),
+                Tensor::from_data(TensorData::new(mask.clone(), [batch, seq]), &d),
+                beta,
+            );
+            let got = host(out.rewards);
+            for (b, (len, s)) in rows.iter().enumerate() {
+                for t in 0..seq {
+                    let i = b * seq + t;
+                    let mut expected = if t < *len { -beta * kl[i] } else { 0.0 };
+                    if *len > 0 && t == len - 1 { expected += s; }
+                    prop_assert!((got[i] - expected).abs() < 1e-5, "row {} t {}: {} vs {}", b, t, got[i], expected);
+                }
+            }
+            let total_score: f32 = got.iter().sum::<f32>() - host(out.non_score).iter().sum::<f32>();
+            let expected_total: f32 = rows.iter().filter(|r| r.0 > 0).map(|r| r.1).sum();
+            prop_assert!((total_score - expected_total).abs() < 1e-4);
+        }
+    }
+
+    #[test]
+    fn a_mask_that_starts_late_still_gets_its_score_at_its_end() {
+        let d = dev();
+        let mask = Tensor::<2>::from_data(TensorData::new(vec![0f32, 1., 1., 0.], [1, 4]), &d);
+        assert_eq!(host(last_token_one_hot(mask)), vec![0., 0., 1., 0.]);
+    }
+
+    #[test]
+    fn missing_eos_gets_the_penalty() {
+        let d = dev();
+        let s = Tensor::<1>::from_data(TensorData::new(vec![2f32, 3.], [2]), &d);
+        let eos = Tensor::<1, Bool>::from_data(TensorData::new(vec![true, false], [2]), &d);
+        assert_eq!(host(apply_missing_eos_penalty(s, eos, -1.0)), vec![2., -1.]);
+    }
+}

@@ -1,0 +1,138 @@
+//! Reward-model losses.
+
+use burn::tensor::{Tensor, activation};
+
+/// Bradley–Terry pair loss `mean[−log σ(r_c − r_r − margin)]`.
+///
+/// `chosen`, `rejected`: `[batch]` scores; `margin`: optional `[batch]` (Llama 2's margin from
+/// the labellers' confidence). Returns `[1]`.
+pub fn bradley_terry_loss(
+    chosen: Tensor<1>,
+    rejected: Tensor<1>,
+    margin: Option<Tensor<1>>,
+) -> Tensor<1> {
+    let mut diff = chosen.sub(rejected);
+    if let Some(m) = margin {
+        diff = diff.sub(m);
+    }
+    activation::log_sigmoid(diff).mean().neg()
+}
+
+/// K-wise Plackett–Luce ranking loss for `y_1 ≻ … ≻ y_K`:
+/// `mean over rows of −Σ_{i<K} log( e^{r_i} / Σ_{j≥i} e^{r_j} )`.
+///
+/// `scores`: `[batch, K]`, each row ordered best first. Returns `[1]`. For K = 2 it equals the
+/// Bradley–Terry loss.
+pub fn plackett_luce_loss(scores: Tensor<2>) -> Tensor<1> {
+    let [_, k] = scores.dims();
+    if k < 2 {
+        // a single response has nothing to be ranked against
+        return Tensor::zeros([1], &scores.device());
+    }
+    // log Σ_{j≥i} e^{r_j} for every i: a reversed cumulative log-sum-exp, computed stably by
+    // subtracting each row's maximum.
+    let max = scores.clone().max_dim(1).detach();
+    let suffix_sums = scores
+        .clone()
+        .sub(max.clone())
+        .exp()
+        .flip([1])
+        .cumsum(1)
+        .flip([1]);
+    let log_suffix = suffix_sums.log().add(max);
+    // The last position contributes log(e^{r_K}/e^{r_K}) = 0 and is left out exactly.
+    let terms = scores.sub(log_suffix).narrow(1, 0, k - 1);
+    terms.sum_dim(1).mean().neg()
+}
+
+/// The centering term `η·mean[(r_c + r_r)²]`, which keeps scores near 0.
+pub fn centering_penalty(chosen: Tensor<1>, rejected: Tensor<1>, eta: f32) -> Tensor<1> {
+    chosen.add(rejected).square().mean().mul_scalar(eta)
+}
+
+/// Share of pairs with `r_c > r_r` (ties count as wrong). Returns `[1]`.
+pub fn pair_accuracy(chosen: Tensor<1>, rejected: Tensor<1>) -> Tensor<1> {
+    chosen.greater(rejected).float().mean()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use rlhf_core::host::tensor_from_f64;
+
+    fn t1(v: &[f64]) -> Tensor<1> {
+        tensor_from_f64(v, [v.len()], &rlhf_core::device_from_env().unwrap())
+    }
+
+    fn t2(v: &[f64], k: usize) -> Tensor<2> {
+        tensor_from_f64(v, [v.len() / k, k], &rlhf_core::device_from_env().unwrap())
+    }
+
+    fn s(x: Tensor<1>) -> f64 {
+        f64::from(x.into_scalar::<f32>())
+    }
+
+    fn log_sigmoid(x: f64) -> f64 {
+        -(1.0 + (-x).exp()).ln()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        #[test]
+        fn bradley_terry_matches_reference(pairs in prop::collection::vec((-5.0f64..5.0, -5.0f64..5.0, 0.0f64..2.0), 1..8)) {
+            let c: Vec<f64> = pairs.iter().map(|p| p.0).collect();
+            let r: Vec<f64> = pairs.iter().map(|p| p.1).collect();
+            let m: Vec<f64> = pairs.iter().map(|p| p.2).collect();
+            let n = pairs.len() as f64;
+            let plain: f64 = pairs.iter().map(|p| -log_sigmoid(p.0 - p.1)).sum::<f64>() / n;
+            let margin: f64 = pairs.iter().map(|p| -log_sigmoid(p.0 - p.1 - p.2)).sum::<f64>() / n;
+            prop_assert!((s(bradley_terry_loss(t1(&c), t1(&r), None)) - plain).abs() < 1e-4 * (1.0 + plain));
+            prop_assert!((s(bradley_terry_loss(t1(&c), t1(&r), Some(t1(&m)))) - margin).abs() < 1e-4 * (1.0 + margin));
+            // a margin asks for more separation: the loss can only grow
+            prop_assert!(margin >= plain - 1e-12);
+            // swapping chosen and rejected mirrors the loss: L(c, r) − L(r, c) = −mean(c − r)
+            let swapped = s(bradley_terry_loss(t1(&r), t1(&c), None));
+            let mean_diff = pairs.iter().map(|p| p.0 - p.1).sum::<f64>() / n;
+            prop_assert!((plain - swapped + mean_diff).abs() < 1e-4 * (1.0 + plain.abs() + swapped.abs()));
+        }
+
+        #[test]
+        fn plackett_luce_matches_reference_and_equals_bt_at_k2(k in 2usize..6, rows in prop::collection::vec(prop::collection::vec(-5.0f64..5.0, 6), 1..5)) {
+            let flat: Vec<f64> = rows.iter().flat_map(|r| r[..k].to_vec()).collect();
+            let expected = rows.iter().map(|r| {
+                let r = &r[..k];
+                -(0..k - 1).map(|i| r[i] - r[i..].iter().map(|x| x.exp()).sum::<f64>().ln()).sum::<f64>()
+            }).sum::<f64>() / rows.len() as f64;
+            let got = s(plackett_luce_loss(t2(&flat, k)));
+            prop_assert!((got - expected).abs() < 1e-4 * (1.0 + expected.abs()), "{} vs {}", got, expected);
+            if k == 2 {
+                let c: Vec<f64> = rows.iter().map(|r| r[0]).collect();
+                let r: Vec<f64> = rows.iter().map(|r| r[1]).collect();
+                prop_assert!((got - s(bradley_terry_loss(t1(&c), t1(&r), None))).abs() < 1e-5 * (1.0 + got));
+            }
+        }
+
+        #[test]
+        fn loss_falls_as_the_margin_between_chosen_and_rejected_grows(base in -3.0f64..3.0, gap in 0.0f64..3.0, extra in 0.01f64..2.0) {
+            let near = s(bradley_terry_loss(t1(&[base + gap]), t1(&[base]), None));
+            let far = s(bradley_terry_loss(t1(&[base + gap + extra]), t1(&[base]), None));
+            prop_assert!(far < near);
+        }
+    }
+
+    #[test]
+    fn centering_and_accuracy() {
+        assert!(
+            (s(centering_penalty(t1(&[1.0, -2.0]), t1(&[0.5, 1.0]), 0.01))
+                - 0.01 * (2.25 + 1.0) / 2.0)
+                .abs()
+                < 1e-7
+        );
+        assert_eq!(
+            s(pair_accuracy(t1(&[1.0, 0.0, 2.0]), t1(&[0.0, 0.0, 3.0]))),
+            f64::from(1.0f32 / 3.0)
+        );
+    }
+}

@@ -1,0 +1,86 @@
+//! `cargo xtask <task>`: the project's automation, in Rust so it runs wherever cargo does.
+//!
+//! Orchestration only: every task spawns cargo (or bash) and fails loudly with the exit status of
+//! the first command that failed.
+
+use std::process::{Command, ExitCode};
+
+/// Every task: name, arguments, what it does.
+const TASKS: &[(&str, &str, &str)] = &[
+    (
+        "ci",
+        "",
+        "run every check of .ci/run on this machine (skips its apt install step)",
+    ),
+    (
+        "check-cuda",
+        "",
+        "type-check the CUDA backend offline (DOCS_RS=1 cargo check --workspace --features cuda)",
+    ),
+];
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        None | Some("help" | "-h" | "--help") => {
+            print_tasks();
+            Ok(())
+        }
+        Some("ci") => run(Command::new("bash")
+            .arg(".ci/run")
+            .env("RLHF_CI_SKIP_INSTALL", "1")),
+        Some("check-cuda") => check_cuda(),
+        Some(other) => {
+            eprintln!("xtask: unknown task `{other}`\n");
+            print_tasks();
+            Err(())
+        }
+    };
+    if result.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn print_tasks() {
+    println!("usage: cargo xtask <task>\n\ntasks:");
+    for (name, args, what) in TASKS {
+        println!("  {:<28} {what}", format!("{name} {args}"));
+    }
+}
+
+/// burn 0.22's CUDA runtime downloads an LLVM bundle in its build script, which cannot work
+/// offline; with `DOCS_RS=1` that build script skips the download (as it does on docs.rs), so
+/// the CUDA path can at least be type-checked. Nothing is linked or run.
+fn check_cuda() -> Result<(), ()> {
+    run(Command::new(cargo())
+        .args([
+            "check",
+            "--workspace",
+            "--lib",
+            "--features",
+            "rlhf-core/cuda",
+        ])
+        .env("DOCS_RS", "1"))
+}
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string())
+}
+
+fn run(cmd: &mut Command) -> Result<(), ()> {
+    let shown = format!("{cmd:?}");
+    eprintln!("xtask: running {shown}");
+    match cmd.status() {
+        Ok(s) if s.success() => Ok(()),
+        Ok(s) => {
+            eprintln!("xtask: {shown} failed with {s}");
+            Err(())
+        }
+        Err(e) => {
+            eprintln!("xtask: could not start {shown}: {e}");
+            Err(())
+        }
+    }
+}
