@@ -1,23 +1,53 @@
 //! # rlhf-data
 //!
-//! The records RLHF trains on, in the layouts people download from the Hugging Face hub.
+//! RLHF data, from the files people download to batches a trainer can use:
 //!
-//! Today this crate holds the preference record and the split of HH-RLHF-style transcripts,
-//! whose prompt is implicit (the shared prefix of `chosen` and `rejected` up to the last
-//! `\n\nAssistant:`). The readers, validation, tokenizer, collation and the gold-oracle tasks are
-//! tracked as the `rlhf-data` issue and land here next.
+//! 1. **records** ([`PreferenceRecord`], [`SftRecord`], [`PromptRecord`], [`KwiseRecord`],
+//!    [`StepRecord`]) in the Hugging Face layouts, standard or conversational;
+//! 2. **readers** ([`read_records`]) for JSONL, gzip-compressed JSONL and (feature `parquet`)
+//!    parquet, with configurable field names and errors that name the file, line and field;
+//! 3. **tokenizer** ([`Tokenizer`]): any `tokenizer.json`, or a byte-level BPE trained here, with
+//!    PAD/EOS handling and a [`ChatTemplate`] for conversations;
+//! 4. **collation** ([`collate`]): left-padded prompts, right-padded responses, masks, position
+//!    ids, truncation, length buckets;
+//! 5. **sampling** for the scaling axes (volume, diversity) and leak-free hash splits;
+//! 6. **gold-oracle tasks** ([`tasks`]): `tldr-synth` and `arith-steps`, with a hidden gold scorer,
+//!    a calibrated simulated labeller and a judge.
 //!
 //! ```
-//! use rlhf_data::split_implicit_prompt;
+//! use rlhf_data::{PreferenceRecord, ReadOptions, Turns, read_records};
 //!
-//! let chosen = "\n\nHuman: Hi\n\nAssistant: Hello! How can I help?";
-//! let rejected = "\n\nHuman: Hi\n\nAssistant: Go away.";
-//! let r = split_implicit_prompt(chosen, rejected).unwrap();
-//! assert_eq!(r.prompt, "\n\nHuman: Hi\n\nAssistant:");
-//! assert_eq!(r.chosen, " Hello! How can I help?");
-//! assert_eq!(r.rejected, " Go away.");
+//! let dir = tempfile::tempdir().unwrap();
+//! let path = dir.path().join("hh.jsonl");
+//! // HH-RLHF's layout: two transcripts with an implicit prompt.
+//! std::fs::write(&path, concat!(
+//!     r#"{"chosen": "\n\nHuman: Hi\n\nAssistant: Hello!", "rejected": "\n\nHuman: Hi\n\nAssistant: Go away."}"#, "\n",
+//!     r#"{"chosen": 3}"#, "\n",
+//! )).unwrap();
+//! let err = read_records::<PreferenceRecord>(&path, &ReadOptions::default()).unwrap_err();
+//! assert!(err.to_string().ends_with("hh.jsonl:2: field `chosen`: expected a string or a list of messages, found a number"));
+//! let loaded = read_records::<PreferenceRecord>(&path, &ReadOptions { skip_bad: true, ..Default::default() }).unwrap();
+//! assert_eq!((loaded.report.read, loaded.report.kept, loaded.report.rejected), (2, 1, 1));
+//! assert_eq!(loaded.records[0].prompt, Turns::Text("\n\nHuman: Hi\n\nAssistant:".into()));
+//! assert_eq!(loaded.records[0].chosen, Turns::Text(" Hello!".into()));
 //! ```
 
-pub mod preference;
+pub mod chat;
+pub mod collate;
+pub mod parse;
+pub mod reader;
+pub mod records;
+pub mod sampling;
+pub mod tasks;
+pub mod tokenizer;
 
-pub use preference::{ASSISTANT_TAG, PreferenceRecord, split_implicit_prompt};
+pub use chat::ChatTemplate;
+pub use collate::{SequenceBatch, Truncation, collate, length_buckets, position_ids};
+pub use parse::{FieldError, Record, split_implicit_prompt};
+pub use reader::{Loaded, ReadOptions, ReadReport, read_records, write_records};
+pub use records::{
+    FieldNames, Kind, KwiseRecord, Message, PreferenceRecord, PromptRecord, SftRecord, StepRecord,
+    Turns,
+};
+pub use sampling::{Split, hash_split, subsample_diversity, subsample_volume};
+pub use tokenizer::Tokenizer;

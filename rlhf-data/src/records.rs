@@ -1,0 +1,203 @@
+//! Record types, in the layouts of the Hugging Face hub (TRL's dataset formats).
+//!
+//! Text fields are [`Turns`]: either a plain string (the "standard" layout) or a list of
+//! `{role, content}` messages (the "conversational" layout). Records keep what the file had, so
+//! writing them back gives the same layout; [`crate::ChatTemplate`] renders messages to text when
+//! a trainer needs it.
+
+use serde::{Deserialize, Serialize};
+
+/// One message of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// `system`, `user`, `assistant`, … (free text, as in the hub's datasets).
+    pub role: String,
+    /// The message text.
+    pub content: String,
+}
+
+/// A text field: a plain string or a conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Turns {
+    /// Standard layout.
+    Text(String),
+    /// Conversational layout.
+    Messages(Vec<Message>),
+}
+
+impl Turns {
+    /// Whether there is nothing in it (an empty string or no message with content).
+    pub fn is_empty(&self) -> bool {
+        match self {
+            Turns::Text(t) => t.is_empty(),
+            Turns::Messages(m) => m.iter().all(|m| m.content.is_empty()),
+        }
+    }
+
+    /// The plain string, when this is one.
+    pub fn as_text(&self) -> Option<&str> {
+        match self {
+            Turns::Text(t) => Some(t),
+            Turns::Messages(_) => None,
+        }
+    }
+}
+
+impl From<&str> for Turns {
+    fn from(s: &str) -> Self {
+        Turns::Text(s.to_string())
+    }
+}
+
+impl From<String> for Turns {
+    fn from(s: String) -> Self {
+        Turns::Text(s)
+    }
+}
+
+/// A comparison `chosen ≻ rejected` of two responses to `prompt`.
+///
+/// Read from `{prompt, chosen, rejected}`, from the implicit-prompt layout `{chosen, rejected}`
+/// (HH-RLHF: the prompt is the shared prefix, see [`crate::split_implicit_prompt`]), and from
+/// either in conversational form; `score_chosen` / `score_rejected` are kept when present
+/// (UltraFeedback-binarized).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PreferenceRecord {
+    /// The conversation so far.
+    pub prompt: Turns,
+    /// The preferred response.
+    pub chosen: Turns,
+    /// The dispreferred response.
+    pub rejected: Turns,
+    /// A rating of the chosen response, when the dataset has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score_chosen: Option<f64>,
+    /// A rating of the rejected response, when the dataset has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score_rejected: Option<f64>,
+}
+
+/// A demonstration for supervised fine-tuning: the loss is taken on `completion` only.
+///
+/// Read from `{prompt, completion}`, from `{messages}` (the last assistant message is the
+/// completion, everything before it the prompt) and from `{text}` (language modelling: an empty
+/// prompt).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SftRecord {
+    /// The context.
+    pub prompt: Turns,
+    /// The demonstration.
+    pub completion: Turns,
+}
+
+/// A prompt alone, for on-policy RL (`{prompt}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromptRecord {
+    /// The prompt.
+    pub prompt: Turns,
+}
+
+/// `K ≥ 2` responses to one prompt with a reward each (`{prompt, completions, rewards}`), for
+/// EXO-rw and ranking reward models.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KwiseRecord {
+    /// The prompt.
+    pub prompt: Turns,
+    /// The responses.
+    pub completions: Vec<Turns>,
+    /// One finite reward per response.
+    pub rewards: Vec<f64>,
+}
+
+/// A reasoning trace with a label per step (`{prompt, completions: [steps], labels: [bool]}`,
+/// TRL's step-wise supervision layout), for process reward models.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// The problem.
+    pub prompt: String,
+    /// The steps, in order.
+    pub completions: Vec<String>,
+    /// Whether each step is correct.
+    pub labels: Vec<bool>,
+}
+
+/// Which record type a file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// [`PreferenceRecord`].
+    Preference,
+    /// [`SftRecord`].
+    Sft,
+    /// [`PromptRecord`].
+    Prompt,
+    /// [`KwiseRecord`].
+    Kwise,
+    /// [`StepRecord`].
+    Steps,
+}
+
+impl std::str::FromStr for Kind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "preference" => Kind::Preference,
+            "sft" => Kind::Sft,
+            "prompt" => Kind::Prompt,
+            "kwise" => Kind::Kwise,
+            "steps" => Kind::Steps,
+            _ => {
+                return Err(format!(
+                    "unknown kind `{s}`: expected preference, sft, prompt, kwise or steps"
+                ));
+            }
+        })
+    }
+}
+
+/// The field names to read, for datasets that name them differently (like TRL's `prompt_key`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FieldNames {
+    /// `prompt`.
+    pub prompt: String,
+    /// `chosen`.
+    pub chosen: String,
+    /// `rejected`.
+    pub rejected: String,
+    /// `completion`.
+    pub completion: String,
+    /// `messages`.
+    pub messages: String,
+    /// `text`.
+    pub text: String,
+    /// `completions`.
+    pub completions: String,
+    /// `rewards`.
+    pub rewards: String,
+    /// `labels`.
+    pub labels: String,
+    /// `score_chosen`.
+    pub score_chosen: String,
+    /// `score_rejected`.
+    pub score_rejected: String,
+}
+
+impl Default for FieldNames {
+    fn default() -> Self {
+        let s = |x: &str| x.to_string();
+        FieldNames {
+            prompt: s("prompt"),
+            chosen: s("chosen"),
+            rejected: s("rejected"),
+            completion: s("completion"),
+            messages: s("messages"),
+            text: s("text"),
+            completions: s("completions"),
+            rewards: s("rewards"),
+            labels: s("labels"),
+            score_chosen: s("score_chosen"),
+            score_rejected: s("score_rejected"),
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! The tokenizer: Hugging Face `tokenizers`, loaded from any `tokenizer.json` or trained as a
+//! byte-level BPE on a corpus, with the PAD and EOS conventions of the TL;DR reproduction.
+
+use std::path::Path;
+
+use rlhf_core::{Error, Result};
+use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::{AddedToken, NormalizerWrapper, PostProcessorWrapper, TokenizerBuilder};
+
+/// Names under which tokenizers commonly keep their end-of-sequence token, in order of preference.
+pub const EOS_CANDIDATES: &[&str] = &[
+    "<|endoftext|>",
+    "</s>",
+    "<|im_end|>",
+    "<eos>",
+    "<|end_of_text|>",
+];
+/// Names under which tokenizers commonly keep a padding token.
+pub const PAD_CANDIDATES: &[&str] = &["[PAD]", "<pad>", "<|pad|>", "<|padding|>"];
+/// The EOS token of tokenizers trained here (Pythia's).
+pub const EOS_TOKEN: &str = "<|endoftext|>";
+/// The PAD token added when a tokenizer has none (the TL;DR reproduction's).
+pub const PAD_TOKEN: &str = "[PAD]";
+
+/// A tokenizer with known EOS and PAD ids.
+///
+/// When the loaded tokenizer has no padding token, `[PAD]` is added as a special token with the
+/// next free id — which may lie outside the model's embedding matrix. That is deliberate (the
+/// TL;DR reproduction does the same instead of resizing the model): pad ids never reach the model,
+/// because collation replaces them before the forward pass (see [`crate::SequenceBatch::model_input_ids`]).
+#[derive(Clone)]
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    eos_id: u32,
+    pad_id: u32,
+}
+
+fn tok_err(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Config(format!("tokenizer: {what}: {e}"))
+}
+
+impl Tokenizer {
+    /// Loads a `tokenizer.json`. `eos` names the EOS token when it is not one of [`EOS_CANDIDATES`].
+    pub fn from_file(path: &Path, eos: Option<&str>) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let inner = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| Error::Data {
+            file: path.to_path_buf(),
+            line: 0,
+            field: "-".into(),
+            message: format!("not a valid tokenizer.json: {e}"),
+        })?;
+        Self::wrap(inner, eos)
+    }
+
+    fn wrap(mut inner: tokenizers::Tokenizer, eos: Option<&str>) -> Result<Self> {
+        let eos_id = match eos {
+            Some(name) => inner
+                .token_to_id(name)
+                .ok_or_else(|| tok_err("eos", format!("no token `{name}`")))?,
+            None => EOS_CANDIDATES
+                .iter()
+                .find_map(|t| inner.token_to_id(t))
+                .ok_or_else(|| {
+                    tok_err(
+                        "eos",
+                        format!("none of {EOS_CANDIDATES:?} is in the vocabulary; name it"),
+                    )
+                })?,
+        };
+        let pad_id = match PAD_CANDIDATES.iter().find_map(|t| inner.token_to_id(t)) {
+            Some(id) => id,
+            None => {
+                inner.add_special_tokens(&[AddedToken::from(PAD_TOKEN, true)]);
+                inner
+                    .token_to_id(PAD_TOKEN)
+                    .ok_or_else(|| tok_err("pad", "could not add [PAD]"))?
+            }
+        };
+        Ok(Tokenizer {
+            inner,
+            eos_id,
+            pad_id,
+        })
+    }
+
+    /// Trains a byte-level BPE with `vocab_size` entries on `corpus`; its special tokens are
+    /// `<|endoftext|>` (EOS) and `[PAD]`. Byte-level with no prefix space, so
+    /// `decode(encode(s)) == s` for any string.
+    pub fn train_bpe<I, S>(corpus: I, vocab_size: usize) -> Result<Self>
+    where
+        I: Iterator<Item = S> + Send,
+        S: AsRef<str> + Send,
+    {
+        let specials = vec![
+            AddedToken::from(EOS_TOKEN, true),
+            AddedToken::from(PAD_TOKEN, true),
+        ];
+        let mut trainer = BpeTrainerBuilder::new()
+            .show_progress(false)
+            .vocab_size(vocab_size)
+            .min_frequency(2)
+            .special_tokens(specials)
+            .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+            .build();
+        let byte_level = ByteLevel::new(false, true, true);
+        let mut tk = TokenizerBuilder::<
+            BPE,
+            NormalizerWrapper,
+            ByteLevel,
+            PostProcessorWrapper,
+            ByteLevel,
+        >::new()
+        .with_model(BPE::default())
+        .with_pre_tokenizer(Some(byte_level))
+        .with_decoder(Some(byte_level))
+        .build()
+        .map_err(|e| tok_err("build", e))?;
+        tk.train(&mut trainer, corpus)
+            .map_err(|e| tok_err("train", e))?;
+        let json = serde_json::to_string(&tk).map_err(|e| tok_err("serialise", e))?;
+        let inner =
+            tokenizers::Tokenizer::from_bytes(json.as_bytes()).map_err(|e| tok_err("reload", e))?;
+        Self::wrap(inner, Some(EOS_TOKEN))
+    }
+
+    /// Writes `tokenizer.json`, atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let json = self
+            .inner
+            .to_string(true)
+            .map_err(|e| tok_err("serialise", e))?;
+        rlhf_core::train::fs::write_atomic(path, json.as_bytes())
+    }
+
+    /// Token ids of `text`, with no special tokens added (special-token *text* inside `text`,
+    /// such as `<|endoftext|>`, still maps to its id).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self
+            .inner
+            .encode(text, false)
+            .map_err(|e| tok_err("encode", e))?
+            .get_ids()
+            .to_vec())
+    }
+
+    /// Text of `ids`, special tokens included (so a trailing EOS stays visible to scorers).
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner
+            .decode(ids, false)
+            .map_err(|e| tok_err("decode", e))
+    }
+
+    /// EOS id.
+    pub fn eos_id(&self) -> u32 {
+        self.eos_id
+    }
+
+    /// PAD id (possibly outside the model's vocabulary: see the type's documentation).
+    pub fn pad_id(&self) -> u32 {
+        self.pad_id
+    }
+
+    /// The EOS token's text.
+    pub fn eos_text(&self) -> String {
+        self.inner.id_to_token(self.eos_id).unwrap_or_default()
+    }
+
+    /// Vocabulary size including added tokens.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("vocab", &self.vocab_size())
+            .field("eos_id", &self.eos_id)
+            .field("pad_id", &self.pad_id)
+            .finish()
+    }
+}

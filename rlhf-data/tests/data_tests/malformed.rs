@@ -1,0 +1,201 @@
+//! Malformed input gives the documented error — file, line, field, what was expected — and never
+//! a panic; with `skip_bad`, records read = kept + rejected.
+
+use proptest::prelude::*;
+use rlhf_data::*;
+
+fn read_text<R: Record>(
+    contents: &[u8],
+    skip_bad: bool,
+) -> (rlhf_core::Result<Loaded<R>>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.jsonl");
+    std::fs::write(&path, contents).unwrap();
+    (
+        read_records::<R>(
+            &path,
+            &ReadOptions {
+                skip_bad,
+                ..ReadOptions::default()
+            },
+        ),
+        dir,
+    )
+}
+
+/// The error of a one-record file whose record is `line` (placed on line 2 after a good record).
+fn error_for(line: &str) -> String {
+    let good = r#"{"prompt": "p", "chosen": "c", "rejected": "r"}"#;
+    let (res, _dir) = read_text::<PreferenceRecord>(format!("{good}\n{line}\n").as_bytes(), false);
+    res.unwrap_err().to_string()
+}
+
+#[test]
+fn each_kind_of_damage_names_line_field_and_expectation() {
+    for (line, field, expect) in [
+        (
+            r#"{"prompt": "p", "chosen": "c", "rejected": "#,
+            "-",
+            "invalid JSON",
+        ),
+        (
+            r#"{"prompt": "p", "chosen": 7, "rejected": "r"}"#,
+            "chosen",
+            "found a number",
+        ),
+        (r#"{"prompt": "p", "chosen": "c"}"#, "rejected", "missing"),
+        (
+            r#"{"prompt": "p", "chosen": "", "rejected": "r"}"#,
+            "chosen",
+            "is empty",
+        ),
+        (
+            r#"{"prompt": "", "chosen": "c", "rejected": "r"}"#,
+            "prompt",
+            "is empty",
+        ),
+        (
+            r#"["p", "c", "r"]"#,
+            "-",
+            "expected a JSON object, found an array",
+        ),
+        (
+            r#"{"prompt": "p", "chosen": [{"role": "assistant"}], "rejected": "r"}"#,
+            "chosen[0].content",
+            "missing",
+        ),
+        (
+            r#"{"prompt": "p", "chosen": "c", "rejected": "r", "score_chosen": "high"}"#,
+            "score_chosen",
+            "expected a number",
+        ),
+        (
+            r#"{"chosen": "no tags here", "rejected": "none here either"}"#,
+            "chosen",
+            "share no `Assistant:` turn",
+        ),
+    ] {
+        let e = error_for(line);
+        assert!(e.contains("bad.jsonl:2: "), "{e}");
+        assert!(e.contains(&format!("field `{field}`")), "{line} → {e}");
+        assert!(e.contains(expect), "{line} → {e}");
+    }
+}
+
+#[test]
+fn invalid_utf8_and_overlong_lines() {
+    let (res, _d) =
+        read_text::<PromptRecord>(b"{\"prompt\": \"ok\"}\n{\"prompt\": \"\xff\xfe\"}\n", false);
+    let e = res.unwrap_err().to_string();
+    assert!(
+        e.contains("bad.jsonl:2:") && e.contains("invalid UTF-8 at byte 12"),
+        "{e}"
+    );
+
+    let long = format!(
+        "{{\"prompt\": \"{}\"}}\n{{\"prompt\": \"fine\"}}\n",
+        "x".repeat(10 << 20)
+    );
+    let (res, _d) = read_text::<PromptRecord>(long.as_bytes(), false);
+    let e = res.unwrap_err().to_string();
+    assert!(
+        e.contains("bad.jsonl:1:") && e.contains("over the 8388608-byte limit"),
+        "{e}"
+    );
+    // skipping it, the reader finds the next line intact
+    let (res, _d) = read_text::<PromptRecord>(long.as_bytes(), true);
+    let l = res.unwrap();
+    assert_eq!((l.report.read, l.report.kept, l.report.rejected), (2, 1, 1));
+    assert_eq!(l.records[0].prompt, Turns::from("fine"));
+}
+
+#[test]
+fn kwise_and_steps_check_their_lengths() {
+    let (res, _d) = read_text::<KwiseRecord>(
+        br#"{"prompt": "p", "completions": ["a", "b"], "rewards": [1.0]}"#,
+        false,
+    );
+    assert!(
+        res.unwrap_err()
+            .to_string()
+            .contains("field `rewards`: has 1 rewards for 2 responses")
+    );
+    let (res, _d) = read_text::<KwiseRecord>(
+        br#"{"prompt": "p", "completions": ["a"], "rewards": [1.0]}"#,
+        false,
+    );
+    assert!(
+        res.unwrap_err()
+            .to_string()
+            .contains("needs at least 2 responses")
+    );
+    let (res, _d) = read_text::<StepRecord>(
+        br#"{"prompt": "p", "completions": ["a"], "labels": ["yes"]}"#,
+        false,
+    );
+    assert!(
+        res.unwrap_err()
+            .to_string()
+            .contains("field `labels[0]`: expected a boolean, found a string")
+    );
+}
+
+#[test]
+fn skip_bad_counts_and_keeps_the_first_errors() {
+    let mut text = String::new();
+    for i in 0..30 {
+        if i % 3 == 0 {
+            text.push_str("{not json\n");
+        } else {
+            text.push_str(&format!("{{\"prompt\": \"p{i}\"}}\n"));
+        }
+    }
+    text.push('\n'); // a blank line is not a record
+    let (res, _d) = read_text::<PromptRecord>(text.as_bytes(), true);
+    let l = res.unwrap();
+    assert_eq!(
+        (l.report.read, l.report.kept, l.report.rejected),
+        (30, 20, 10)
+    );
+    assert_eq!(l.report.errors.len(), 10);
+    assert!(l.report.errors[1].to_string().contains("bad.jsonl:4:"));
+}
+
+#[test]
+fn a_missing_file_is_an_io_error_with_its_path() {
+    let e = read_records::<PromptRecord>(
+        std::path::Path::new("/nonexistent/x.jsonl"),
+        &ReadOptions::default(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().starts_with("/nonexistent/x.jsonl: "), "{e}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Random bytes never panic the reader, and the counts always add up.
+    #[test]
+    fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..2048), lines in prop::collection::vec(prop::sample::select(vec![
+        r#"{"prompt": "p", "chosen": "c", "rejected": "r"}"#,
+        r#"{"prompt": "p", "chosen": [{"role": "assistant", "content": "x"}], "rejected": "r"}"#,
+        r#"{"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: a\n\nAssistant: c"}"#,
+        r#"{"prompt": null}"#, "[]", "{", "\u{0}",
+    ]), 0..8)) {
+        let mut contents = lines.join("\n").into_bytes();
+        let cut = bytes.len() / 2;
+        contents.extend_from_slice(&bytes[..cut]);
+        contents.push(b'\n');
+        contents.extend_from_slice(&bytes[cut..]);
+        let (res, _d) = read_text::<PreferenceRecord>(&contents, true);
+        let l = res.unwrap();
+        prop_assert_eq!(l.report.read, l.report.kept + l.report.rejected);
+        prop_assert_eq!(l.records.len(), l.report.kept);
+        let (strict, _d) = read_text::<PreferenceRecord>(&contents, false);
+        if l.report.rejected > 0 {
+            prop_assert!(strict.is_err());
+        } else {
+            prop_assert!(strict.is_ok());
+        }
+    }
+}
