@@ -1,0 +1,139 @@
+//! SFT learns: on `tldr-synth` demonstrations, eval loss falls by a clear margin and the gold
+//! score of sampled summaries rises over the untrained model's. Fixed seeds; about 40 s in a
+//! test build on two cores.
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rlhf_core::train::{LrSchedule, OptimizerConfig};
+use rlhf_data::tasks::{Task, TldrSynth};
+use rlhf_data::{Split, Tokenizer, collate};
+use rlhf_models::{
+    GptNeox, SamplingConfig, SftConfig, TransformerConfig, eval_loss, generate, train_sft,
+};
+
+type Example = (Vec<u32>, Vec<u32>);
+
+fn encode(tok: &Tokenizer, prompt: &str, response: &str) -> Example {
+    let mut r = tok.encode(response).unwrap();
+    r.push(tok.eos_id());
+    (tok.encode(prompt).unwrap(), r)
+}
+
+/// Mean gold score of greedy-ish samples (T = 0.3) on the eval prompts.
+fn gold_of_samples(model: &GptNeox, tok: &Tokenizer, task: &TldrSynth, prompts: &[String]) -> f64 {
+    let valid = burn::module::Module::valid(model);
+    let ids: Vec<Vec<u32>> = prompts.iter().map(|p| tok.encode(p).unwrap()).collect();
+    let pairs: Vec<(&[u32], &[u32])> = ids.iter().map(|p| (p.as_slice(), &[][..])).collect();
+    let batch = collate(&pairs, 0, None);
+    let (pids, pmask) = batch.prompts();
+    let cfg = SamplingConfig {
+        max_new_tokens: 40,
+        temperature: 0.3,
+        eos_id: Some(tok.eos_id()),
+        ..Default::default()
+    };
+    let out = generate(
+        &valid,
+        &pids,
+        &pmask,
+        prompts.len(),
+        &cfg,
+        &mut ChaCha8Rng::seed_from_u64(11),
+    );
+    let mut total = 0.0;
+    for (b, p) in prompts.iter().enumerate() {
+        let row = &out.tokens[b * out.new_len..(b + 1) * out.new_len];
+        let mask = &out.mask[b * out.new_len..(b + 1) * out.new_len];
+        let kept: Vec<u32> = row
+            .iter()
+            .zip(mask)
+            .filter(|(_, m)| **m == 1)
+            .map(|(t, _)| *t)
+            .collect();
+        total += task.gold(p, &tok.decode(&kept).unwrap()).total;
+    }
+    total / prompts.len() as f64
+}
+
+#[test]
+fn sft_on_tldr_synth_lowers_eval_loss_and_raises_the_gold_score() {
+    let device = rlhf_core::device_from_env().unwrap().autodiff();
+    let task = TldrSynth::default();
+    let mut demo_rng = ChaCha8Rng::seed_from_u64(0);
+    let train_text: Vec<(String, String)> = (0..800)
+        .map(|i| {
+            let p = task.prompt(Split::Train, i);
+            let d = task.demonstrate(&p, &mut demo_rng);
+            (p, d)
+        })
+        .collect();
+    let eval_prompts: Vec<String> = (0..32).map(|i| task.prompt(Split::Eval, i)).collect();
+    let tok = Tokenizer::train_bpe(
+        train_text
+            .iter()
+            .flat_map(|(p, d)| [p.as_str(), d.as_str()]),
+        512,
+    )
+    .unwrap();
+    let train: Vec<Example> = train_text.iter().map(|(p, d)| encode(&tok, p, d)).collect();
+    let eval: Vec<Example> = eval_prompts
+        .iter()
+        .map(|p| encode(&tok, p, &task.reference(p)))
+        .collect();
+
+    device.seed(1);
+    let mut shape = TransformerConfig::preset("tiny-1m").unwrap();
+    shape.vocab_size = tok.vocab_size();
+    shape.hidden_size = 64;
+    shape.intermediate_size = 256;
+    shape.num_hidden_layers = 2;
+    shape.num_attention_heads = 4;
+    let untrained = GptNeox::init(&shape, &device).unwrap();
+    let loss_before = eval_loss(&untrained, &eval, 16, &device);
+    let gold_before = gold_of_samples(&untrained, &tok, &task, &eval_prompts);
+
+    let cfg = SftConfig {
+        epochs: 8,
+        batch_size: 16,
+        optimizer: OptimizerConfig {
+            lr: 3e-3,
+            ..OptimizerConfig::default()
+        },
+        schedule: LrSchedule::Linear {
+            warmup: 10,
+            total: 400,
+        },
+        truncation: None,
+    };
+    let (trained, report) = train_sft(
+        untrained,
+        &train,
+        &cfg,
+        &device,
+        &mut ChaCha8Rng::seed_from_u64(2),
+        None,
+    )
+    .unwrap();
+    let loss_after = eval_loss(&trained, &eval, 16, &device);
+    let gold_after = gold_of_samples(&trained, &tok, &task, &eval_prompts);
+    eprintln!(
+        "SFT: {} steps, {} tokens; eval loss {loss_before:.3} → {loss_after:.3} (ppl {:.1} → {:.1}); gold {gold_before:.3} → {gold_after:.3}",
+        report.steps,
+        report.tokens,
+        loss_before.exp(),
+        loss_after.exp()
+    );
+    assert_eq!(report.steps, 400);
+    assert!(
+        loss_after < 0.5 * loss_before,
+        "eval loss {loss_before} → {loss_after}"
+    );
+    // Measured on flex: −1.68 → −0.85. The samples become well-formed summaries of the right
+    // subject that end with EOS, but this small budget does not yet teach the model to copy the
+    // post's facts (it still hallucinates them), so the gain is bounded; without training, or with
+    // the loss on the wrong tokens, the gold score does not rise at all.
+    assert!(
+        gold_after > gold_before + 0.5,
+        "gold {gold_before} → {gold_after}"
+    );
+}
