@@ -83,24 +83,16 @@ pub fn sft_loss(model: &GptNeox, batch: &SequenceBatch, device: &Device) -> Tens
     masked_mean(logp, response.narrow(1, 1, l - 1)).neg()
 }
 
-fn batches(
-    data: &[Example],
-    size: usize,
-    truncation: Option<(usize, usize)>,
-) -> Vec<SequenceBatch> {
+fn collate_examples(data: &[&Example], truncation: Option<(usize, usize)>) -> SequenceBatch {
     let t = truncation.map(|(p, r)| Truncation {
         max_prompt: p,
         max_response: r,
     });
-    data.chunks(size.max(1))
-        .map(|chunk| {
-            let pairs: Vec<(&[u32], &[u32])> = chunk
-                .iter()
-                .map(|(p, r)| (p.as_slice(), r.as_slice()))
-                .collect();
-            collate(&pairs, 0, t)
-        })
-        .collect()
+    let pairs: Vec<(&[u32], &[u32])> = data
+        .iter()
+        .map(|(p, r)| (p.as_slice(), r.as_slice()))
+        .collect();
+    collate(&pairs, 0, t)
 }
 
 /// Mean response-token loss over `data` (no gradients).
@@ -108,7 +100,8 @@ pub fn eval_loss(model: &GptNeox, data: &[Example], batch_size: usize, device: &
     let valid = model.valid();
     let mut total = 0.0;
     let mut tokens = 0.0;
-    for b in batches(data, batch_size, None) {
+    for chunk in data.chunks(batch_size.max(1)) {
+        let b = collate_examples(&chunk.iter().collect::<Vec<_>>(), None);
         // targets are the response tokens from column 1 on (column 0 has nothing predicting it)
         let l = b.seq_len();
         let n: f64 = b
@@ -153,8 +146,8 @@ pub fn train_sft(
     let lengths: Vec<usize> = train.iter().map(|(p, r)| p.len() + r.len()).collect();
     for _ in 0..cfg.epochs {
         for idx in length_buckets(&lengths, cfg.batch_size, rng) {
-            let chunk: Vec<Example> = idx.iter().map(|&i| train[i].clone()).collect();
-            let batch = &batches(&chunk, chunk.len(), cfg.truncation)[0];
+            let chunk: Vec<&Example> = idx.iter().map(|&i| &train[i]).collect();
+            let batch = &collate_examples(&chunk, cfg.truncation);
             let loss = sft_loss(&model, batch, device);
             let loss_value = f64::from(loss.clone().into_scalar::<f32>());
             let grads = GradientsParams::from_grads(loss.backward(), &model);
