@@ -15,7 +15,7 @@ const TASKS: &[(&str, &str, &str)] = &[
     (
         "check-cuda",
         "",
-        "type-check the CUDA backend offline (DOCS_RS=1 cargo check --workspace --features cuda)",
+        "type-check the CUDA backend offline (DOCS_RS=1 cargo check --workspace --lib --features rlhf-core/cuda)",
     ),
 ];
 
