@@ -42,14 +42,18 @@ impl KvCache {
         Self::default()
     }
 
-    pub(crate) fn ensure_layers(&mut self, n: usize) {
-        if self.layers.len() < n {
-            self.layers.resize_with(n, LayerCache::default);
+    /// One slot per layer for `n` layers: the layer caches when there is a cache, `None`s
+    /// otherwise.
+    pub(crate) fn slots(cache: Option<&mut KvCache>, n: usize) -> Vec<Option<&mut LayerCache>> {
+        match cache {
+            Some(c) => {
+                if c.layers.len() < n {
+                    c.layers.resize_with(n, LayerCache::default);
+                }
+                c.layers.iter_mut().take(n).map(Some).collect()
+            }
+            None => (0..n).map(|_| None).collect(),
         }
-    }
-
-    pub(crate) fn layer(&mut self, i: usize) -> &mut LayerCache {
-        &mut self.layers[i]
     }
 
     /// Positions held (0 when empty).

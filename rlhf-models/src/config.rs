@@ -42,10 +42,21 @@ pub struct TransformerConfig {
     pub tie_word_embeddings: bool,
     /// Qwen2's bias on the Q, K and V projections (Llama family only).
     pub attention_bias: bool,
+    /// Epsilon of every LayerNorm (`layer_norm_eps`) or RMSNorm (`rms_norm_eps`).
+    #[serde(default = "default_norm_eps")]
+    pub norm_eps: f64,
+    /// Dropout on the residual branches; 0 (off) by default, as the TL;DR reproduction needs for
+    /// PPO's first ratio to be exactly 1.
+    #[serde(default)]
+    pub dropout: f64,
 }
 
-/// Preset names, smallest first: tiny CPU models (named by their approximate parameter count) and
-/// the Pythia suite with the shapes of its published `config.json` files.
+fn default_norm_eps() -> f64 {
+    1e-5
+}
+
+/// Preset names: tiny CPU models (named by their approximate parameter count), the Pythia suite,
+/// and tiny and real Llama/Qwen2 shapes, each with the shape of its published `config.json`.
 pub const PRESETS: &[&str] = &[
     "tiny-1m",
     "tiny-4m",
@@ -57,6 +68,12 @@ pub const PRESETS: &[&str] = &[
     "pythia-1.4b",
     "pythia-2.8b",
     "pythia-6.9b",
+    "tiny-llama-1m",
+    "tiny-qwen2-1m",
+    "smollm2-135m",
+    "qwen2-0.5b",
+    "qwen2-1.5b",
+    "tinyllama-1.1b",
 ];
 
 impl TransformerConfig {
@@ -74,6 +91,53 @@ impl TransformerConfig {
             max_position_embeddings: 2048,
             tie_word_embeddings: false,
             attention_bias: false,
+            norm_eps: 1e-5,
+            dropout: 0.0,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn llama(
+        vocab: usize,
+        hidden: usize,
+        layers: usize,
+        heads: usize,
+        kv_heads: usize,
+        ffn: usize,
+        theta: f64,
+        tied: bool,
+    ) -> Self {
+        TransformerConfig {
+            architecture: Architecture::Llama,
+            vocab_size: vocab,
+            hidden_size: hidden,
+            num_hidden_layers: layers,
+            num_attention_heads: heads,
+            num_key_value_heads: kv_heads,
+            intermediate_size: ffn,
+            rotary_pct: 1.0,
+            rope_theta: theta,
+            max_position_embeddings: 2048,
+            tie_word_embeddings: tied,
+            attention_bias: false,
+            norm_eps: 1e-5,
+            dropout: 0.0,
+        }
+    }
+
+    fn qwen2(
+        vocab: usize,
+        hidden: usize,
+        layers: usize,
+        heads: usize,
+        kv: usize,
+        ffn: usize,
+    ) -> Self {
+        TransformerConfig {
+            attention_bias: true,
+            norm_eps: 1e-6,
+            max_position_embeddings: 32_768,
+            ..Self::llama(vocab, hidden, layers, heads, kv, ffn, 1_000_000.0, true)
         }
     }
 
@@ -100,6 +164,21 @@ impl TransformerConfig {
             "pythia-1.4b" => Self::neox(pythia_vocab, 2048, 24, 16),
             "pythia-2.8b" => Self::neox(pythia_vocab, 2560, 32, 32),
             "pythia-6.9b" => Self::neox(pythia_vocab, 4096, 32, 32),
+            "tiny-llama-1m" => TransformerConfig {
+                max_position_embeddings: 256,
+                ..Self::llama(512, 128, 4, 4, 2, 352, 10_000.0, false)
+            },
+            "tiny-qwen2-1m" => TransformerConfig {
+                max_position_embeddings: 256,
+                ..Self::qwen2(512, 128, 4, 4, 2, 352)
+            },
+            "smollm2-135m" => TransformerConfig {
+                max_position_embeddings: 8192,
+                ..Self::llama(49_152, 576, 30, 9, 3, 1536, 100_000.0, true)
+            },
+            "qwen2-0.5b" => Self::qwen2(151_936, 896, 24, 14, 2, 4864),
+            "qwen2-1.5b" => Self::qwen2(151_936, 1536, 28, 12, 2, 8960),
+            "tinyllama-1.1b" => Self::llama(32_000, 2048, 22, 32, 4, 5632, 10_000.0, false),
             _ => {
                 return Err(Error::Config(format!(
                     "unknown model preset `{name}`; known: {}",
@@ -230,7 +309,13 @@ mod tests {
         for name in PRESETS {
             TransformerConfig::preset(name).unwrap().validate().unwrap();
         }
-        for (name, approx) in [("tiny-1m", 1e6), ("tiny-4m", 4e6), ("tiny-25m", 25e6)] {
+        for (name, approx) in [
+            ("tiny-1m", 1e6),
+            ("tiny-4m", 4e6),
+            ("tiny-25m", 25e6),
+            ("tiny-llama-1m", 1e6),
+            ("tiny-qwen2-1m", 1e6),
+        ] {
             let n = TransformerConfig::preset(name).unwrap().total_params() as f64;
             assert!((n / approx - 1.0).abs() < 0.35, "{name}: {n}");
         }
@@ -263,9 +348,17 @@ mod tests {
             max_position_embeddings: 32_768,
             tie_word_embeddings: true,
             attention_bias: true,
+            norm_eps: 1e-6,
+            dropout: 0.0,
         };
         c.validate().unwrap();
+        assert_eq!(TransformerConfig::preset("qwen2-0.5b").unwrap(), c);
         // Qwen2-0.5B has 494,032,768 parameters with tied embeddings.
         assert_eq!(c.total_params(), 494_032_768);
+        // SmolLM2-135M: 134,515,008 parameters (tied), TinyLlama-1.1B: 1,100,048,384 (untied).
+        let smol = TransformerConfig::preset("smollm2-135m").unwrap();
+        assert_eq!(smol.total_params(), 134_515_008);
+        let tl = TransformerConfig::preset("tinyllama-1.1b").unwrap();
+        assert_eq!(tl.total_params(), 1_100_048_384);
     }
 }

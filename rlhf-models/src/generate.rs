@@ -9,7 +9,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::cache::KvCache;
-use crate::neox::GptNeox;
+use crate::lm::CausalLm;
 
 /// How to sample.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -120,14 +120,14 @@ fn sample(dist: &[(u32, f32)], greedy: bool, rng: &mut impl Rng) -> (u32, f32) {
 /// - `prompt_ids`, `prompt_mask`: `[batch, prompt_len]`, left-padded (pads may hold any valid id);
 /// - `rng`: the run's generator (sampling draws one `f32` per row and step).
 pub fn generate(
-    model: &GptNeox,
+    model: &CausalLm,
     prompt_ids: &[u32],
     prompt_mask: &[u8],
     batch: usize,
     cfg: &SamplingConfig,
     rng: &mut impl Rng,
 ) -> Generation {
-    let device = model.embed_out.weight.device();
+    let device = model.device();
     let prompt_len = prompt_ids.len() / batch.max(1);
     let mut ids: Vec<u32> = prompt_ids.to_vec(); // [batch, prompt_len + step], row-major
     let mut mask: Vec<f32> = prompt_mask.iter().map(|&m| f32::from(m)).collect();

@@ -9,68 +9,16 @@
 //! itself only, so pad rows stay finite and never contaminate real ones.
 
 use burn::module::Module;
-use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, Device, Int, Tensor, activation};
+use burn::nn::{
+    Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear,
+    LinearConfig,
+};
+use burn::tensor::{Device, Int, Tensor, activation};
 
+use crate::attention::{Context, Rotary, attend};
 use crate::cache::{KvCache, LayerCache};
 use crate::config::{Architecture, TransformerConfig};
 use rlhf_core::{Error, Result};
-
-/// What every layer needs besides its input: the rotary tables for the positions being processed
-/// (`[batch, 1, new, rotary_dims]`) and the attention mask (`[batch, heads, new, past + new]`,
-/// `true` = blocked).
-struct Context {
-    cos: Tensor<4>,
-    sin: Tensor<4>,
-    mask: Tensor<4, Bool>,
-}
-
-/// Rotary position embedding on the first `dims` dimensions of each head.
-#[derive(Module, Debug)]
-pub struct Rotary {
-    dims: usize,
-    theta: f64,
-}
-
-impl Rotary {
-    /// `cos` and `sin` for `positions` `[batch, seq]`, each `[batch, 1, seq, dims]`.
-    fn tables(&self, positions: Tensor<2>) -> (Tensor<4>, Tensor<4>) {
-        let [batch, seq] = positions.dims();
-        let half = self.dims / 2;
-        let inv_freq: Vec<f32> = (0..half)
-            .map(|i| (1.0 / self.theta.powf((2 * i) as f64 / self.dims as f64)) as f32)
-            .collect();
-        let inv = rlhf_core::host::tensor_from_f32(inv_freq, [1, 1, half], &positions.device());
-        let freqs = positions.reshape([batch, seq, 1]).mul(inv); // [b, t, half]
-        let emb = Tensor::cat(vec![freqs.clone(), freqs], 2).reshape([batch, 1, seq, self.dims]);
-        (emb.clone().cos(), emb.sin())
-    }
-
-    /// Applies the rotation to `x` `[batch, heads, seq, head_dim]`.
-    fn apply(&self, x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
-        if self.dims == 0 {
-            return x;
-        }
-        let [b, h, t, hd] = x.dims();
-        let half = self.dims / 2;
-        let rot = x.clone().narrow(3, 0, self.dims);
-        let rotated_half = Tensor::cat(
-            vec![
-                rot.clone().narrow(3, half, half).neg(),
-                rot.clone().narrow(3, 0, half),
-            ],
-            3,
-        );
-        let rot = rot.mul(cos.clone()).add(rotated_half.mul(sin.clone()));
-        if self.dims == hd {
-            rot
-        } else {
-            Tensor::cat(vec![rot, x.narrow(3, self.dims, hd - self.dims)], 3).reshape([b, h, t, hd])
-        }
-    }
-}
 
 /// Self-attention with a fused QKV projection (per head: `[q | k | v]`, as Hugging Face lays it out).
 #[derive(Module, Debug)]
@@ -104,14 +52,7 @@ impl NeoxAttention {
             Some(c) => c.append(k, v),
             None => (k, v),
         };
-        let out = attention(
-            q,
-            k,
-            v,
-            Some(ctx.mask.clone()),
-            None,
-            AttentionModuleOptions::default(),
-        ); // [b, h, t, hd]
+        let out = attend(q, k, v, ctx); // [b, h, t, hd]
         self.dense.forward(out.swap_dims(1, 2).reshape([b, t, d]))
     }
 }
@@ -136,6 +77,8 @@ pub struct NeoxLayer {
     pub attention: NeoxAttention,
     /// MLP.
     pub mlp: NeoxMlp,
+    /// `hidden_dropout` on both residual branches (off unless configured).
+    dropout: Dropout,
 }
 
 impl NeoxLayer {
@@ -148,7 +91,8 @@ impl NeoxLayer {
             .dense_h_to_4h
             .forward(self.post_attention_layernorm.forward(x.clone()));
         let mlp = self.mlp.dense_4h_to_h.forward(activation::gelu(hidden));
-        x.add(attn).add(mlp)
+        x.add(self.dropout.forward(attn))
+            .add(self.dropout.forward(mlp))
     }
 }
 
@@ -175,7 +119,11 @@ impl GptNeox {
             ));
         }
         let d = config.hidden_size;
-        let ln = || LayerNormConfig::new(d).with_epsilon(1e-5).init(device);
+        let ln = || {
+            LayerNormConfig::new(d)
+                .with_epsilon(config.norm_eps)
+                .init(device)
+        };
         let layers = (0..config.num_hidden_layers)
             .map(|_| NeoxLayer {
                 input_layernorm: ln(),
@@ -194,6 +142,7 @@ impl GptNeox {
                     dense_h_to_4h: LinearConfig::new(d, config.intermediate_size).init(device),
                     dense_4h_to_h: LinearConfig::new(config.intermediate_size, d).init(device),
                 },
+                dropout: DropoutConfig::new(config.dropout).init(),
             })
             .collect();
         Ok(GptNeox {
@@ -217,81 +166,25 @@ impl GptNeox {
         &self,
         input_ids: Tensor<2, Int>,
         attention_mask: Tensor<2>,
-        mut cache: Option<&mut KvCache>,
+        cache: Option<&mut KvCache>,
     ) -> Tensor<3> {
         let [_, new] = input_ids.dims();
-        let [_, total] = attention_mask.dims();
-        let past = total - new;
-        let device = input_ids.device();
         // Every layer has the same head count and rotary; `init` refuses a model without layers.
         let first = &self.layers[0].attention;
-        let positions = attention_mask
-            .clone()
-            .cumsum(1)
-            .sub_scalar(1.0)
-            .clamp_min(0.0)
-            .narrow(1, past, new);
-        let (cos, sin) = first.rotary.tables(positions);
-        let ctx = Context {
-            cos,
-            sin,
-            mask: attention_mask_4d(attention_mask, past, new, first.heads, &device),
-        };
+        let ctx = Context::new(attention_mask, new, first.heads, &first.rotary);
         let mut x = self.embed_in.forward(input_ids);
-        if let Some(c) = cache.as_deref_mut() {
-            c.ensure_layers(self.layers.len());
-        }
-        for (i, layer) in self.layers.iter().enumerate() {
-            let layer_cache = cache.as_deref_mut().map(|c| c.layer(i));
-            x = layer.forward(x, &ctx, layer_cache);
+        for (layer, slot) in self
+            .layers
+            .iter()
+            .zip(KvCache::slots(cache, self.layers.len()))
+        {
+            x = layer.forward(x, &ctx, slot);
         }
         self.final_layer_norm.forward(x)
     }
 
-    /// Next-token logits `[batch, new, vocab]`.
-    pub fn forward(
-        &self,
-        input_ids: Tensor<2, Int>,
-        attention_mask: Tensor<2>,
-        cache: Option<&mut KvCache>,
-    ) -> Tensor<3> {
-        self.embed_out
-            .forward(self.hidden(input_ids, attention_mask, cache))
+    /// Logits from hidden states: `embed_out`.
+    pub fn lm_head(&self, hidden: Tensor<3>) -> Tensor<3> {
+        self.embed_out.forward(hidden)
     }
-}
-
-/// The boolean attention mask `[batch, heads, new, past + new]`, `true` where attention is
-/// *blocked*: future keys (causal), padded keys, except that every position may attend to itself
-/// (so a pad query's softmax is over one finite score instead of none).
-pub fn attention_mask_4d(
-    attention_mask: Tensor<2>,
-    past: usize,
-    new: usize,
-    heads: usize,
-    device: &Device,
-) -> Tensor<4, Bool> {
-    let [b, total] = attention_mask.dims();
-    let q = Tensor::<1, Int>::arange(past as i64..(past + new) as i64, device)
-        .reshape([new, 1])
-        .expand([new, total]);
-    let k = Tensor::<1, Int>::arange(0..total as i64, device)
-        .reshape([1, total])
-        .expand([new, total]);
-    let future = k.clone().greater(q.clone()); // [new, total]
-    let is_self = k.equal(q);
-    let padded_key = attention_mask
-        .lower_elem(0.5)
-        .reshape([b, 1, total])
-        .expand([b, new, total]);
-    let blocked = padded_key
-        .bool_or(future.reshape([1, new, total]).expand([b, new, total]))
-        .bool_and(
-            is_self
-                .reshape([1, new, total])
-                .expand([b, new, total])
-                .bool_not(),
-        );
-    blocked
-        .reshape([b, 1, new, total])
-        .expand([b, heads, new, total])
 }

@@ -1,18 +1,28 @@
 //! Supervised fine-tuning: the language-modelling loss on response tokens only (the prompt is
-//! context, not target), AdamW with global-norm clipping, eval loss and perplexity.
+//! context, not target), optional packing, AdamW with global-norm clipping, eval loss and
+//! perplexity, checkpoints that resume where the run stopped, metrics and a progress bar.
+//!
+//! Resuming is exact: the batch order of epoch `e` is drawn from the run's seed and `e` alone, so
+//! a resumed run skips the batches it already trained on and continues with the same ones an
+//! uninterrupted run would have used.
+
+use std::collections::BTreeMap;
 
 use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use rand::Rng;
-use rlhf_core::train::{
-    LrSchedule, MetricsSink, OptimizerConfig, clip_global_grad_norm, metrics::names,
+use rlhf_core::train::checkpoint::{
+    Checkpoint, module_from_bytes, module_to_bytes, optimizer_from_bytes, optimizer_to_bytes,
 };
-use rlhf_core::{Result, masked_mean, token_logprobs};
+use rlhf_core::train::{
+    LrSchedule, OptimizerConfig, Run, RunOptions, TrainRng, clip_global_grad_norm, metrics::names,
+};
+use rlhf_core::{Error, Result, masked_mean, token_logprobs};
 use rlhf_data::{SequenceBatch, Truncation, collate, length_buckets};
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 
-use crate::neox::GptNeox;
+use crate::lm::CausalLm;
 
 /// SFT settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -20,7 +30,7 @@ use crate::neox::GptNeox;
 pub struct SftConfig {
     /// Passes over the data.
     pub epochs: usize,
-    /// Sequences per optimizer step.
+    /// Sequences (or packed rows) per optimizer step.
     pub batch_size: usize,
     /// AdamW and clipping.
     pub optimizer: OptimizerConfig,
@@ -28,6 +38,14 @@ pub struct SftConfig {
     pub schedule: LrSchedule,
     /// Longest prompt / response kept.
     pub truncation: Option<(usize, usize)>,
+    /// Pack examples end to end into rows of this many tokens (TRL's `packing`: fewer pad
+    /// tokens; attention crosses example boundaries, as in a constant-length dataset). Off by
+    /// default.
+    pub packing: Option<usize>,
+    /// Evaluate on the held-out examples every this many steps (0 = only at the end).
+    pub eval_every: u64,
+    /// Seed of the batch order.
+    pub seed: u64,
 }
 
 impl Default for SftConfig {
@@ -41,6 +59,9 @@ impl Default for SftConfig {
             },
             schedule: LrSchedule::Constant,
             truncation: None,
+            packing: None,
+            eval_every: 0,
+            seed: 0,
         }
     }
 }
@@ -48,42 +69,119 @@ impl Default for SftConfig {
 /// One tokenized example: prompt ids and response ids (the response ends with EOS).
 pub type Example = (Vec<u32>, Vec<u32>);
 
-/// Tensors of a collated batch on `device`: model input ids (pads replaced by 0), attention mask
-/// and response mask, each `[batch, seq]`.
-pub fn batch_tensors(
-    batch: &SequenceBatch,
-    device: &Device,
-) -> (Tensor<2, Int>, Tensor<2>, Tensor<2>) {
-    let shape = [batch.batch, batch.seq_len()];
-    let ids: Vec<i64> = batch
-        .model_input_ids(0)
-        .into_iter()
-        .map(i64::from)
-        .collect();
-    let f = |v: &[u8]| {
-        Tensor::<2>::from_data(
-            TensorData::new(v.iter().map(|&x| f32::from(x)).collect::<Vec<_>>(), shape),
-            device,
-        )
-    };
-    (
-        Tensor::from_data(TensorData::new(ids, shape), device),
-        f(&batch.attention_mask),
-        f(&batch.response_mask),
-    )
+/// A batch ready for the loss: token ids (pads replaced by a valid id), attention mask and the
+/// mask of the tokens that are targets, each `[batch, seq]` row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LmBatch {
+    /// Rows.
+    pub batch: usize,
+    /// Columns.
+    pub seq: usize,
+    /// Token ids.
+    pub ids: Vec<u32>,
+    /// 1 at real tokens.
+    pub attention: Vec<u8>,
+    /// 1 at tokens the loss predicts (response tokens).
+    pub target: Vec<u8>,
 }
 
-/// Mean negative log-likelihood of the response tokens: the logits at position `t` predict the
-/// token at `t + 1`, and only targets inside the response count. Returns `[1]`.
-pub fn sft_loss(model: &GptNeox, batch: &SequenceBatch, device: &Device) -> Tensor<1> {
-    let (ids, attention, response) = batch_tensors(batch, device);
+impl LmBatch {
+    /// From a collated prompt/response batch: targets are the response tokens.
+    pub fn from_sequences(b: &SequenceBatch) -> Self {
+        LmBatch {
+            batch: b.batch,
+            seq: b.seq_len(),
+            ids: b.model_input_ids(0),
+            attention: b.attention_mask.clone(),
+            target: b.response_mask.clone(),
+        }
+    }
+
+    /// Target tokens that have a predecessor (column 0 is never predicted).
+    pub fn predicted_tokens(&self) -> u64 {
+        self.target
+            .iter()
+            .enumerate()
+            .filter(|(i, m)| i % self.seq != 0 && **m == 1)
+            .count() as u64
+    }
+
+    /// Tensors on `device`: ids, attention mask, target mask.
+    pub fn tensors(&self, device: &Device) -> (Tensor<2, Int>, Tensor<2>, Tensor<2>) {
+        let shape = [self.batch, self.seq];
+        let f = |v: &[u8]| {
+            Tensor::<2>::from_data(
+                TensorData::new(v.iter().map(|&x| f32::from(x)).collect::<Vec<_>>(), shape),
+                device,
+            )
+        };
+        (
+            Tensor::from_data(
+                TensorData::new(
+                    self.ids.iter().map(|&x| i64::from(x)).collect::<Vec<_>>(),
+                    shape,
+                ),
+                device,
+            ),
+            f(&self.attention),
+            f(&self.target),
+        )
+    }
+}
+
+/// Packs examples end to end (prompt, response, next prompt, …) into rows of exactly `row_len`
+/// tokens, the last row right-padded; targets are the response tokens. An example longer than a
+/// row is split across rows.
+pub fn pack(examples: &[&Example], row_len: usize) -> Vec<(Vec<u32>, Vec<u8>)> {
+    let row_len = row_len.max(2);
+    let mut stream: Vec<(u32, u8)> = Vec::new();
+    for (p, r) in examples {
+        stream.extend(p.iter().map(|&t| (t, 0)));
+        stream.extend(r.iter().map(|&t| (t, 1)));
+    }
+    stream
+        .chunks(row_len)
+        .map(|c| {
+            (
+                c.iter().map(|x| x.0).collect(),
+                c.iter().map(|x| x.1).collect(),
+            )
+        })
+        .collect()
+}
+
+fn packed_batch(rows: &[(Vec<u32>, Vec<u8>)]) -> LmBatch {
+    let seq = rows.iter().map(|r| r.0.len()).max().unwrap_or(1);
+    let mut b = LmBatch {
+        batch: rows.len(),
+        seq,
+        ids: Vec::new(),
+        attention: Vec::new(),
+        target: Vec::new(),
+    };
+    for (ids, target) in rows {
+        let pad = seq - ids.len();
+        b.ids
+            .extend(ids.iter().copied().chain(std::iter::repeat_n(0, pad)));
+        b.attention
+            .extend(std::iter::repeat_n(1, ids.len()).chain(std::iter::repeat_n(0, pad)));
+        b.target
+            .extend(target.iter().copied().chain(std::iter::repeat_n(0, pad)));
+    }
+    b
+}
+
+/// Mean negative log-likelihood of the target tokens: the logits at position `t` predict the
+/// token at `t + 1`, and only targets marked in `batch.target` count. Returns `[1]`.
+pub fn sft_loss(model: &CausalLm, batch: &LmBatch, device: &Device) -> Tensor<1> {
+    let (ids, attention, target) = batch.tensors(device);
     let [_, l] = ids.dims();
     let logits = model.forward(ids.clone(), attention, None);
     let logp = token_logprobs(logits.narrow(1, 0, l - 1), ids.narrow(1, 1, l - 1), 1.0);
-    masked_mean(logp, response.narrow(1, 1, l - 1)).neg()
+    masked_mean(logp, target.narrow(1, 1, l - 1)).neg()
 }
 
-fn collate_examples(data: &[&Example], truncation: Option<(usize, usize)>) -> SequenceBatch {
+fn collate_examples(data: &[&Example], truncation: Option<(usize, usize)>) -> LmBatch {
     let t = truncation.map(|(p, r)| Truncation {
         max_prompt: p,
         max_response: r,
@@ -92,28 +190,19 @@ fn collate_examples(data: &[&Example], truncation: Option<(usize, usize)>) -> Se
         .iter()
         .map(|(p, r)| (p.as_slice(), r.as_slice()))
         .collect();
-    collate(&pairs, 0, t)
+    LmBatch::from_sequences(&collate(&pairs, 0, t))
 }
 
-/// Mean response-token loss over `data` (no gradients).
-pub fn eval_loss(model: &GptNeox, data: &[Example], batch_size: usize, device: &Device) -> f64 {
+/// Mean response-token loss over `data` (no gradients); perplexity is its exponential.
+pub fn eval_loss(model: &CausalLm, data: &[Example], batch_size: usize, device: &Device) -> f64 {
     let valid = model.valid();
+    let device = device.clone().without_autodiff();
     let mut total = 0.0;
     let mut tokens = 0.0;
     for chunk in data.chunks(batch_size.max(1)) {
         let b = collate_examples(&chunk.iter().collect::<Vec<_>>(), None);
-        // targets are the response tokens from column 1 on (column 0 has nothing predicting it)
-        let l = b.seq_len();
-        let n: f64 = b
-            .response_mask
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| i % l != 0)
-            .map(|(_, &m)| f64::from(m))
-            .sum();
-        let loss = f64::from(
-            sft_loss(&valid, &b, &device.clone().without_autodiff()).into_scalar::<f32>(),
-        );
+        let n = b.predicted_tokens() as f64;
+        let loss = f64::from(sft_loss(&valid, &b, &device).into_scalar::<f32>());
         total += loss * n;
         tokens += n;
     }
@@ -123,58 +212,155 @@ pub fn eval_loss(model: &GptNeox, data: &[Example], batch_size: usize, device: &
 /// What a run did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct SftReport {
-    /// Optimizer steps taken.
+    /// Optimizer steps taken (including those before a resume).
     pub steps: u64,
-    /// Response tokens trained on.
+    /// Steps this call took (fewer than `steps` after a resume).
+    pub steps_this_run: u64,
+    /// Target tokens trained on by this call.
     pub tokens: u64,
     /// Loss of the last step.
     pub final_train_loss: f64,
+    /// Eval loss at the end (NaN without eval data).
+    pub eval_loss: f64,
 }
 
-/// Trains `model` on `train` (length-bucketed batches in a random order drawn from `rng`). The
-/// model must live on an autodiff device.
+/// The batches of one epoch, in the order drawn from `(seed, epoch)`.
+fn epoch_batches(train: &[Example], cfg: &SftConfig, epoch: usize) -> Vec<LmBatch> {
+    let mut rng = TrainRng::seed_from_u64(cfg.seed).fork(&format!("sft-epoch-{epoch}"));
+    match cfg.packing {
+        Some(row_len) => {
+            let mut order: Vec<usize> = (0..train.len()).collect();
+            rand::seq::SliceRandom::shuffle(order.as_mut_slice(), &mut rng);
+            let examples: Vec<&Example> = order.iter().map(|&i| &train[i]).collect();
+            let rows = pack(&examples, row_len);
+            rows.chunks(cfg.batch_size.max(1))
+                .map(packed_batch)
+                .collect()
+        }
+        None => {
+            let lengths: Vec<usize> = train.iter().map(|(p, r)| p.len() + r.len()).collect();
+            length_buckets(&lengths, cfg.batch_size, &mut rng)
+                .into_iter()
+                .map(|idx| {
+                    let chunk: Vec<&Example> = idx.iter().map(|&i| &train[i]).collect();
+                    collate_examples(&chunk, cfg.truncation)
+                })
+                .collect()
+        }
+    }
+}
+
+/// Trains `model` (on an autodiff device) on `train`, evaluating on `eval` every
+/// `cfg.eval_every` steps and at the end. With an output directory in `run`, metrics go to
+/// `metrics.jsonl` and checkpoints (model, optimizer, step) to `checkpoints/`; a run started
+/// again in the same directory resumes from the newest checkpoint.
 pub fn train_sft(
-    mut model: GptNeox,
+    mut model: CausalLm,
     train: &[Example],
+    eval: &[Example],
     cfg: &SftConfig,
+    run_options: &RunOptions,
     device: &Device,
-    rng: &mut impl Rng,
-    mut metrics: Option<&mut MetricsSink>,
-) -> Result<(GptNeox, SftReport)> {
+) -> Result<(CausalLm, SftReport)> {
+    if train.is_empty() {
+        return Err(Error::Config("SFT: no training examples".into()));
+    }
     let mut optim = cfg.optimizer.build()?;
-    let mut report = SftReport::default();
-    let lengths: Vec<usize> = train.iter().map(|(p, r)| p.len() + r.len()).collect();
-    for _ in 0..cfg.epochs {
-        for idx in length_buckets(&lengths, cfg.batch_size, rng) {
-            let chunk: Vec<&Example> = idx.iter().map(|&i| &train[i]).collect();
-            let batch = &collate_examples(&chunk, cfg.truncation);
-            let loss = sft_loss(&model, batch, device);
+    let per_epoch: Vec<usize> = (0..cfg.epochs)
+        .map(|e| epoch_batches(train, cfg, e).len())
+        .collect();
+    let total: u64 = per_epoch.iter().map(|&n| n as u64).sum();
+    let (mut run, resume) = Run::start(run_options, total, "sft")?;
+    let mut report = SftReport {
+        eval_loss: f64::NAN,
+        ..SftReport::default()
+    };
+    if let Some(c) = resume {
+        let part = |name: &str| {
+            c.parts.get(name).ok_or_else(|| Error::Checkpoint {
+                path: run_options.out_dir.clone().unwrap_or_default(),
+                message: format!("no `{name}` part"),
+            })
+        };
+        model = module_from_bytes(model, part("model")?)?;
+        optim = optimizer_from_bytes(optim, part("optimizer")?)?;
+        report.steps = c.step;
+    }
+    let mut step = 0u64;
+    for (epoch, &n) in per_epoch.iter().enumerate() {
+        if step + n as u64 <= report.steps {
+            step += n as u64; // an epoch finished before the resume
+            continue;
+        }
+        for batch in epoch_batches(train, cfg, epoch) {
+            step += 1;
+            if step <= report.steps {
+                continue; // trained on before the resume
+            }
+            let loss = sft_loss(&model, &batch, device);
             let loss_value = f64::from(loss.clone().into_scalar::<f32>());
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             let (grads, norm) = match cfg.optimizer.max_grad_norm {
                 Some(max) => clip_global_grad_norm(&model, grads, max),
                 None => (grads, f32::NAN),
             };
-            let lr = cfg.schedule.lr_at(cfg.optimizer.lr, report.steps);
+            let lr = cfg.schedule.lr_at(cfg.optimizer.lr, step - 1);
             model = optim.step(lr, model, grads);
-            report.steps += 1;
-            report.tokens += batch
-                .response_mask
-                .iter()
-                .map(|&m| u64::from(m))
-                .sum::<u64>();
+            report.steps = step;
+            report.steps_this_run += 1;
+            report.tokens += batch.predicted_tokens();
             report.final_train_loss = loss_value;
-            if let Some(m) = metrics.as_deref_mut() {
-                m.log(
-                    report.steps,
-                    &[
-                        (names::TRAIN_LOSS, loss_value),
-                        (names::TRAIN_LR, lr),
-                        (names::TRAIN_GRAD_NORM, f64::from(norm)),
-                    ],
-                )?;
+            let mut line = vec![
+                (names::TRAIN_LOSS, loss_value),
+                (names::TRAIN_LR, lr),
+                (names::TRAIN_GRAD_NORM, f64::from(norm)),
+            ];
+            let eval_due =
+                step == total || (cfg.eval_every > 0 && step.is_multiple_of(cfg.eval_every));
+            if eval_due && !eval.is_empty() {
+                let l = eval_loss(&model, eval, cfg.batch_size, device);
+                report.eval_loss = l;
+                line.push((names::EVAL_LOSS, l));
+                line.push((names::EVAL_PERPLEXITY, l.exp()));
+            }
+            run.log(step, &line)?;
+            run.step_done(step, format!("loss {loss_value:.3}"));
+            if run.checkpoint_due(step, total) {
+                run.save(&Checkpoint {
+                    step,
+                    parts: BTreeMap::from([
+                        ("model".to_string(), module_to_bytes(model.clone())?),
+                        ("optimizer".to_string(), optimizer_to_bytes(&optim)?),
+                    ]),
+                    state: json!({ "trainer": "sft", "epoch": epoch }),
+                })?;
             }
         }
     }
+    if report.eval_loss.is_nan() && !eval.is_empty() {
+        report.eval_loss = eval_loss(&model, eval, cfg.batch_size, device);
+    }
+    run.finish();
     Ok((model, report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packing_keeps_every_token_once_and_targets_only_responses() {
+        let a: Example = (vec![1, 2], vec![3, 4, 9]);
+        let b: Example = (vec![5], vec![6, 9]);
+        let rows = pack(&[&a, &b], 3);
+        let flat: Vec<u32> = rows.iter().flat_map(|r| r.0.clone()).collect();
+        assert_eq!(flat, vec![1, 2, 3, 4, 9, 5, 6, 9]);
+        let targets: Vec<u8> = rows.iter().flat_map(|r| r.1.clone()).collect();
+        assert_eq!(targets, vec![0, 0, 1, 1, 1, 0, 1, 1]);
+        assert!(rows.iter().all(|r| r.0.len() <= 3));
+        let batch = packed_batch(&rows);
+        assert_eq!((batch.batch, batch.seq), (3, 3));
+        assert_eq!(&batch.attention[6..], &[1, 1, 0]);
+        assert_eq!(&batch.target[6..], &[1, 1, 0]);
+    }
 }

@@ -4,11 +4,11 @@
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use rlhf_core::train::{LrSchedule, OptimizerConfig};
+use rlhf_core::train::{LrSchedule, OptimizerConfig, RunOptions};
 use rlhf_data::tasks::{Task, TldrSynth};
 use rlhf_data::{Split, Tokenizer, collate};
 use rlhf_models::{
-    GptNeox, SamplingConfig, SftConfig, TransformerConfig, eval_loss, generate, train_sft,
+    CausalLm, SamplingConfig, SftConfig, TransformerConfig, eval_loss, generate, train_sft,
 };
 
 type Example = (Vec<u32>, Vec<u32>);
@@ -20,7 +20,7 @@ fn encode(tok: &Tokenizer, prompt: &str, response: &str) -> Example {
 }
 
 /// Mean gold score of greedy-ish samples (T = 0.3) on the eval prompts.
-fn gold_of_samples(model: &GptNeox, tok: &Tokenizer, task: &TldrSynth, prompts: &[String]) -> f64 {
+fn gold_of_samples(model: &CausalLm, tok: &Tokenizer, task: &TldrSynth, prompts: &[String]) -> f64 {
     let valid = burn::module::Module::valid(model);
     let ids: Vec<Vec<u32>> = prompts.iter().map(|p| tok.encode(p).unwrap()).collect();
     let pairs: Vec<(&[u32], &[u32])> = ids.iter().map(|p| (p.as_slice(), &[][..])).collect();
@@ -88,7 +88,7 @@ fn sft_on_tldr_synth_lowers_eval_loss_and_raises_the_gold_score() {
     shape.intermediate_size = 256;
     shape.num_hidden_layers = 2;
     shape.num_attention_heads = 4;
-    let untrained = GptNeox::init(&shape, &device).unwrap();
+    let untrained = CausalLm::init(&shape, &device).unwrap();
     let loss_before = eval_loss(&untrained, &eval, 16, &device);
     let gold_before = gold_of_samples(&untrained, &tok, &task, &eval_prompts);
 
@@ -104,16 +104,14 @@ fn sft_on_tldr_synth_lowers_eval_loss_and_raises_the_gold_score() {
             total: 400,
         },
         truncation: None,
+        seed: 2,
+        ..SftConfig::default()
     };
-    let (trained, report) = train_sft(
-        untrained,
-        &train,
-        &cfg,
-        &device,
-        &mut ChaCha8Rng::seed_from_u64(2),
-        None,
-    )
-    .unwrap();
+    let quiet = RunOptions {
+        progress: false,
+        ..RunOptions::default()
+    };
+    let (trained, report) = train_sft(untrained, &train, &eval, &cfg, &quiet, &device).unwrap();
     let loss_after = eval_loss(&trained, &eval, 16, &device);
     let gold_after = gold_of_samples(&trained, &tok, &task, &eval_prompts);
     eprintln!(

@@ -13,6 +13,11 @@ const TASKS: &[(&str, &str, &str)] = &[
         "run every check of .ci/run on this machine (skips its apt install step)",
     ),
     (
+        "fixtures",
+        "[--python PY]",
+        "regenerate rlhf-models' Hugging Face parity fixtures with PyTorch + transformers, and check that transformers loads our exports",
+    ),
+    (
         "check-cuda",
         "",
         "type-check the CUDA backend offline (DOCS_RS=1 cargo check --workspace --lib --features rlhf-core/cuda)",
@@ -30,6 +35,7 @@ fn main() -> ExitCode {
             .arg(".ci/run")
             .env("RLHF_CI_SKIP_INSTALL", "1")),
         Some("check-cuda") => check_cuda(),
+        Some("fixtures") => fixtures(&args[1..]),
         Some(other) => {
             eprintln!("xtask: unknown task `{other}`\n");
             print_tasks();
@@ -63,6 +69,45 @@ fn check_cuda() -> Result<(), ()> {
             "rlhf-core/cuda",
         ])
         .env("DOCS_RS", "1"))
+}
+
+/// Writes `rlhf-models/tests/fixtures/hf/` with the given Python (which needs `torch` and
+/// `transformers`; the tests themselves never run Python), then round-trips every fixture through
+/// `save_pretrained` and has `transformers` load the result.
+fn fixtures(args: &[String]) -> Result<(), ()> {
+    let python = match args {
+        [] => "python3".to_string(),
+        [flag, py] if flag == "--python" => py.clone(),
+        _ => {
+            eprintln!("xtask: usage: cargo xtask fixtures [--python PY]");
+            return Err(());
+        }
+    };
+    let out = "rlhf-models/tests/fixtures/hf";
+    run(Command::new(&python).args(["xtask/fixtures/make_hf_fixtures.py", out]))?;
+    let tmp = std::env::temp_dir().join(format!("rlhf-export-check-{}", std::process::id()));
+    for name in ["tiny-neox", "tiny-llama", "tiny-qwen2"] {
+        let fixture = format!("{out}/{name}");
+        let exported = tmp.join(name).display().to_string();
+        run(Command::new(cargo()).args([
+            "run",
+            "--quiet",
+            "-p",
+            "rlhf-models",
+            "--example",
+            "export_pretrained",
+            "--",
+            &fixture,
+            &exported,
+        ]))?;
+        run(Command::new(&python).args([
+            "xtask/fixtures/check_export.py",
+            &exported,
+            &format!("{fixture}/parity.json"),
+        ]))?;
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
 }
 
 fn cargo() -> String {

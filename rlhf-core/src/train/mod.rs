@@ -1,6 +1,7 @@
 //! Training plumbing shared by every trainer (SFT, reward model, PPO, DPO/EXO): the optimizer,
 //! learning-rate schedules, global-norm gradient clipping and accumulation, the seeded RNG,
-//! atomic checkpoints that resume exactly, and the metrics sink.
+//! atomic checkpoints that resume exactly, the metrics sink, and [`Run`], which ties checkpoints,
+//! metrics and the progress bar together for a trainer's loop.
 
 pub mod checkpoint;
 pub mod fs;
@@ -8,6 +9,7 @@ pub mod grads;
 pub mod metrics;
 pub mod optim;
 pub mod rng;
+pub mod run;
 pub mod schedule;
 
 pub use checkpoint::{Checkpoint, CheckpointStore};
@@ -15,4 +17,5 @@ pub use grads::{GradAccumulation, clip_global_grad_norm, global_grad_norm, scale
 pub use metrics::MetricsSink;
 pub use optim::OptimizerConfig;
 pub use rng::{TrainRng, seed_all};
+pub use run::{Run, RunOptions};
 pub use schedule::LrSchedule;

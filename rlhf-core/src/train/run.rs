@@ -1,0 +1,191 @@
+//! [`Run`]: what every trainer's loop shares — an output directory with `checkpoints/` and
+//! `metrics.jsonl`, resuming from the newest checkpoint, and a progress bar with ETA.
+//!
+//! A trainer asks [`Run::start`] for the checkpoint to resume from (if any), restores its own
+//! state from it, logs metrics with [`Run::log`], reports each finished step with
+//! [`Run::step_done`] and saves with [`Run::save`] when [`Run::checkpoint_due`] says so. On
+//! resume the metrics file is cut back to the checkpoint's step, so it reads as if the run had
+//! never stopped.
+
+use std::path::{Path, PathBuf};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::{Deserialize, Serialize};
+
+use super::checkpoint::{Checkpoint, CheckpointStore};
+use super::metrics::MetricsSink;
+use crate::Result;
+
+/// Where a trainer writes and how often.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RunOptions {
+    /// Output directory (`checkpoints/`, `metrics.jsonl`); `None` keeps everything in memory.
+    pub out_dir: Option<PathBuf>,
+    /// Save a checkpoint every this many optimizer steps (0 = only at the end).
+    pub checkpoint_every: u64,
+    /// Checkpoints kept.
+    pub keep_last: usize,
+    /// Draw a progress bar on stderr (only when stderr is a terminal).
+    pub progress: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            out_dir: None,
+            checkpoint_every: 0,
+            keep_last: 2,
+            progress: true,
+        }
+    }
+}
+
+impl RunOptions {
+    /// Writing to `dir`, with the other defaults.
+    pub fn in_dir(dir: impl Into<PathBuf>) -> Self {
+        RunOptions {
+            out_dir: Some(dir.into()),
+            ..Self::default()
+        }
+    }
+}
+
+/// One trainer's run: checkpoints, metrics and progress.
+#[derive(Debug)]
+pub struct Run {
+    options: RunOptions,
+    store: Option<CheckpointStore>,
+    metrics: Option<MetricsSink>,
+    bar: ProgressBar,
+}
+
+impl Run {
+    /// Opens the run's directory. Returns the newest checkpoint when there is one (a damaged
+    /// newest checkpoint is an error that names the newest good one); the metrics file is then
+    /// cut back to its step. `total_steps` sizes the progress bar; `label` prefixes it.
+    pub fn start(
+        options: &RunOptions,
+        total_steps: u64,
+        label: &str,
+    ) -> Result<(Run, Option<Checkpoint>)> {
+        let store = options
+            .out_dir
+            .as_ref()
+            .map(|d| CheckpointStore::new(d.join("checkpoints"), options.keep_last));
+        let resume = match &store {
+            Some(s) => s.latest()?,
+            None => None,
+        };
+        let metrics = match &options.out_dir {
+            Some(d) => {
+                let mut sink = MetricsSink::open(d.join("metrics.jsonl"))?;
+                sink.truncate_after(resume.as_ref().map_or(0, |c| c.step))?;
+                Some(sink)
+            }
+            None => None,
+        };
+        let bar = if options.progress {
+            ProgressBar::with_draw_target(Some(total_steps), ProgressDrawTarget::stderr())
+        } else {
+            ProgressBar::hidden()
+        };
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{prefix:>8} [{elapsed_precise}] {wide_bar} {pos}/{len} eta {eta} {msg}",
+            )
+            .expect("a valid template"),
+        );
+        bar.set_prefix(label.to_string());
+        if let Some(c) = &resume {
+            bar.set_position(c.step);
+        }
+        Ok((
+            Run {
+                options: options.clone(),
+                store,
+                metrics,
+                bar,
+            },
+            resume,
+        ))
+    }
+
+    /// The output directory, if any.
+    pub fn out_dir(&self) -> Option<&Path> {
+        self.options.out_dir.as_deref()
+    }
+
+    /// Appends a metrics line for `step` (nothing without an output directory).
+    pub fn log(&mut self, step: u64, metrics: &[(&str, f64)]) -> Result<()> {
+        match &mut self.metrics {
+            Some(m) => m.log(step, metrics),
+            None => Ok(()),
+        }
+    }
+
+    /// Advances the progress bar to `step` with a short status message.
+    pub fn step_done(&self, step: u64, message: impl Into<String>) {
+        self.bar.set_position(step);
+        self.bar.set_message(message.into());
+    }
+
+    /// Whether a checkpoint is due after `step` (every `checkpoint_every` steps, and always at
+    /// `last_step`).
+    pub fn checkpoint_due(&self, step: u64, last_step: u64) -> bool {
+        self.store.is_some()
+            && (step == last_step
+                || (self.options.checkpoint_every > 0
+                    && step.is_multiple_of(self.options.checkpoint_every)))
+    }
+
+    /// Saves `ckpt` atomically (nothing without an output directory).
+    pub fn save(&self, ckpt: &Checkpoint) -> Result<()> {
+        if let Some(s) = &self.store {
+            s.save(ckpt)?;
+        }
+        Ok(())
+    }
+
+    /// Clears the progress bar.
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn resumes_from_the_newest_checkpoint_and_cuts_metrics_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = RunOptions {
+            checkpoint_every: 2,
+            progress: false,
+            ..RunOptions::in_dir(dir.path())
+        };
+        let (mut run, resume) = Run::start(&opts, 5, "test").unwrap();
+        assert!(resume.is_none());
+        for step in 1..=3 {
+            run.log(step, &[("train/loss", step as f64)]).unwrap();
+            if run.checkpoint_due(step, 5) {
+                run.save(&Checkpoint {
+                    step,
+                    parts: BTreeMap::from([("model".into(), vec![step as u8])]),
+                    state: serde_json::json!({"step": step}),
+                })
+                .unwrap();
+            }
+        }
+        // "killed" after step 3: the checkpoint of step 2 is the newest
+        drop(run);
+        let (run, resume) = Run::start(&opts, 5, "test").unwrap();
+        let c = resume.unwrap();
+        assert_eq!((c.step, c.parts["model"].clone()), (2, vec![2]));
+        let lines = super::super::metrics::read_metrics(&dir.path().join("metrics.jsonl")).unwrap();
+        assert_eq!(lines.len(), 2, "step 3's line is gone");
+        assert!(run.checkpoint_due(5, 5) && run.checkpoint_due(4, 5) && !run.checkpoint_due(3, 5));
+    }
+}

@@ -1,0 +1,157 @@
+//! [`CausalLm`]: one type for either architecture, and [`ScalarModel`]: a backbone with a scalar
+//! head (the value model and the reward model).
+
+use burn::module::Module;
+use burn::nn::{Initializer, Linear, LinearConfig};
+use burn::tensor::{Device, Int, Tensor};
+
+use crate::cache::KvCache;
+use crate::config::{Architecture, TransformerConfig};
+use crate::llama::Llama;
+use crate::neox::GptNeox;
+use rlhf_core::Result;
+
+/// A causal language model of either family. The variant names do not appear in parameter paths
+/// (Hugging Face names are the field names inside each variant).
+#[derive(Module, Debug)]
+pub enum CausalLm {
+    /// GPT-NeoX / Pythia.
+    GptNeox(GptNeox),
+    /// Llama / Qwen2.
+    Llama(Llama),
+}
+
+impl CausalLm {
+    /// A randomly initialised model of `config`'s architecture and shape.
+    pub fn init(config: &TransformerConfig, device: &Device) -> Result<Self> {
+        Ok(match config.architecture {
+            Architecture::GptNeox => CausalLm::GptNeox(GptNeox::init(config, device)?),
+            Architecture::Llama => CausalLm::Llama(Llama::init(config, device)?),
+        })
+    }
+
+    /// Hidden states after the final norm, `[batch, new, d]`.
+    ///
+    /// - `input_ids`: `[batch, new]`, the tokens to process (all of them, or only the new ones when
+    ///   `cache` holds the earlier ones); pad ids must be valid rows (any id works: padded keys
+    ///   are never attended to).
+    /// - `attention_mask`: `[batch, past + new]`, 1 at real tokens, 0 at pads.
+    /// - `cache`: keys and values of the `past` positions, extended in place.
+    pub fn hidden(
+        &self,
+        input_ids: Tensor<2, Int>,
+        attention_mask: Tensor<2>,
+        cache: Option<&mut KvCache>,
+    ) -> Tensor<3> {
+        match self {
+            CausalLm::GptNeox(m) => m.hidden(input_ids, attention_mask, cache),
+            CausalLm::Llama(m) => m.hidden(input_ids, attention_mask, cache),
+        }
+    }
+
+    /// The LM head applied to hidden states: logits `[batch, new, vocab]`.
+    pub fn lm_head(&self, hidden: Tensor<3>) -> Tensor<3> {
+        match self {
+            CausalLm::GptNeox(m) => m.lm_head(hidden),
+            CausalLm::Llama(m) => m.lm_head(hidden),
+        }
+    }
+
+    /// Next-token logits `[batch, new, vocab]`.
+    pub fn forward(
+        &self,
+        input_ids: Tensor<2, Int>,
+        attention_mask: Tensor<2>,
+        cache: Option<&mut KvCache>,
+    ) -> Tensor<3> {
+        self.lm_head(self.hidden(input_ids, attention_mask, cache))
+    }
+
+    /// Model width `d`.
+    pub fn hidden_size(&self) -> usize {
+        match self {
+            CausalLm::GptNeox(m) => m.embed_in.weight.dims()[1],
+            CausalLm::Llama(m) => m.embed_tokens.weight.dims()[1],
+        }
+    }
+
+    /// The device the parameters live on.
+    pub fn device(&self) -> Device {
+        match self {
+            CausalLm::GptNeox(m) => m.embed_in.weight.device(),
+            CausalLm::Llama(m) => m.embed_tokens.weight.device(),
+        }
+    }
+}
+
+/// A backbone with a scalar head `d → 1` instead of the LM head: the critic (value per token)
+/// and the reward model (score at the last real token). The backbone's own LM head is kept but
+/// unused, so a scalar model can be initialised from any causal LM checkpoint (for example the
+/// SFT policy, as in the TL;DR reproduction).
+#[derive(Module, Debug)]
+pub struct ScalarModel {
+    /// The transformer.
+    pub backbone: CausalLm,
+    /// `[d, 1]` with bias.
+    pub score: Linear,
+}
+
+impl ScalarModel {
+    /// Wraps `backbone` with a fresh head initialised `N(0, 1/√(d+1))` and bias 0 (the TL;DR
+    /// reproduction's reward-head initialisation).
+    pub fn from_backbone(backbone: CausalLm) -> Self {
+        let d = backbone.hidden_size();
+        let device = backbone.device();
+        let score = LinearConfig::new(d, 1)
+            .with_initializer(Initializer::Normal {
+                mean: 0.0,
+                std: 1.0 / ((d + 1) as f64).sqrt(),
+            })
+            .init(&device);
+        let score = Linear {
+            bias: score.bias.map(|b| b.map(|t| t.zeros_like())),
+            ..score
+        };
+        ScalarModel { backbone, score }
+    }
+
+    /// One scalar per position, `[batch, seq]` (values of the critic). Pad positions hold
+    /// finite numbers that the caller masks.
+    pub fn per_token(&self, input_ids: Tensor<2, Int>, attention_mask: Tensor<2>) -> Tensor<2> {
+        let hidden = self.backbone.hidden(input_ids, attention_mask, None);
+        let [b, t, _] = hidden.dims();
+        self.score.forward(hidden).reshape([b, t])
+    }
+
+    /// The scalar at the last position whose mask is 1 in each row, `[batch]` (the reward
+    /// model's score). `last_mask` `[batch, seq]` marks the real tokens; left and right padding
+    /// are both handled.
+    pub fn at_last_token(
+        &self,
+        input_ids: Tensor<2, Int>,
+        attention_mask: Tensor<2>,
+        last_mask: Tensor<2>,
+    ) -> Tensor<1> {
+        let values = self.per_token(input_ids, attention_mask);
+        gather_last(values, last_mask)
+    }
+}
+
+/// `values[b, last(b)]` where `last(b)` is the largest index with `mask[b, ·] = 1` (index 0 for a
+/// row without any). `[batch, seq]` → `[batch]`.
+pub fn gather_last(values: Tensor<2>, mask: Tensor<2>) -> Tensor<1> {
+    let [b, t] = values.dims();
+    let device = values.device();
+    let index = Tensor::<1, Int>::arange(0..t as i64, &device)
+        .float()
+        .reshape([1, t])
+        .expand([b, t]);
+    // positions of real tokens keep their index, the rest −1; the row's max is the last real one
+    let last = index
+        .mul(mask.clone())
+        .add(mask.sub_scalar(1.0))
+        .max_dim(1)
+        .clamp_min(0.0)
+        .int(); // [b, 1]
+    values.gather(1, last).reshape([b])
+}

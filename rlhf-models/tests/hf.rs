@@ -1,0 +1,249 @@
+//! Hugging Face parity: the committed fixtures (written once by `cargo xtask fixtures` with
+//! `transformers`) load, give `transformers`' logits on a left-padded batch within 1e-4 (the
+//! wgpu backend within 5e-4) and its greedy continuations exactly; an exported checkpoint
+//! re-imports to identical logits; a mismatched checkpoint is refused with the tensors named.
+//! The device comes from `RLHF_DEVICE` (default `flex`).
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rlhf_core::host::to_f32_vec;
+use rlhf_models::{CausalLm, SamplingConfig, generate, load_pretrained, save_pretrained};
+use serde_json::Value;
+
+fn device() -> Device {
+    rlhf_core::device_from_env().unwrap()
+}
+
+/// flex computes in f32 on the CPU like PyTorch; lavapipe's shaders reassociate sums.
+fn tolerance() -> f32 {
+    match std::env::var("RLHF_DEVICE").as_deref() {
+        Ok(d) if d.starts_with("wgpu") || d.starts_with("vulkan") => 5e-4,
+        _ => 1e-4,
+    }
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/hf")
+        .join(name)
+}
+
+struct Parity {
+    ids: Vec<u32>,
+    mask: Vec<u8>,
+    batch: usize,
+    len: usize,
+    logits: Vec<f32>,
+    greedy: Vec<u32>,
+}
+
+fn parity(name: &str) -> Parity {
+    let v: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture(name).join("parity.json")).unwrap())
+            .unwrap();
+    let rows = |key: &str| -> Vec<Vec<u64>> {
+        v[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                r.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_u64().unwrap())
+                    .collect()
+            })
+            .collect()
+    };
+    let ids = rows("input_ids");
+    Parity {
+        batch: ids.len(),
+        len: ids[0].len(),
+        ids: ids.concat().into_iter().map(|x| x as u32).collect(),
+        mask: rows("attention_mask")
+            .concat()
+            .into_iter()
+            .map(|x| x as u8)
+            .collect(),
+        logits: v["logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect(),
+        greedy: rows("greedy")
+            .concat()
+            .into_iter()
+            .map(|x| x as u32)
+            .collect(),
+    }
+}
+
+fn logits(model: &CausalLm, p: &Parity, d: &Device) -> Vec<f32> {
+    let ids = Tensor::<2, Int>::from_data(
+        TensorData::new(
+            p.ids.iter().map(|&x| i64::from(x)).collect::<Vec<_>>(),
+            [p.batch, p.len],
+        ),
+        d,
+    );
+    let mask = Tensor::<2>::from_data(
+        TensorData::new(
+            p.mask.iter().map(|&x| f32::from(x)).collect::<Vec<_>>(),
+            [p.batch, p.len],
+        ),
+        d,
+    );
+    to_f32_vec(model.forward(ids, mask, None))
+}
+
+/// Largest difference over real (unpadded) positions.
+fn max_diff_real(a: &[f32], b: &[f32], mask: &[u8]) -> f32 {
+    let vocab = a.len() / mask.len();
+    mask.iter()
+        .enumerate()
+        .filter(|(_, m)| **m == 1)
+        .flat_map(|(i, _)| (i * vocab..(i + 1) * vocab).map(|j| (a[j] - b[j]).abs()))
+        .fold(0.0, f32::max)
+}
+
+fn check_parity(name: &str) {
+    let d = device();
+    let (_, model) = load_pretrained(&fixture(name), &d).unwrap();
+    let p = parity(name);
+    let ours = logits(&model, &p, &d);
+    assert_eq!(ours.len(), p.logits.len());
+    let diff = max_diff_real(&ours, &p.logits, &p.mask);
+    println!("{name}: max |Δlogit| = {diff:.2e}");
+    assert!(diff < tolerance(), "{name}: max |Δlogit| = {diff}");
+    let g = generate(
+        &model,
+        &p.ids,
+        &p.mask,
+        p.batch,
+        &SamplingConfig {
+            max_new_tokens: 8,
+            temperature: 0.0,
+            eos_id: None,
+            ..Default::default()
+        },
+        &mut ChaCha8Rng::seed_from_u64(0),
+    );
+    assert_eq!(g.tokens, p.greedy, "{name}: greedy continuation");
+}
+
+#[test]
+fn gpt_neox_matches_transformers() {
+    check_parity("tiny-neox");
+}
+
+#[test]
+fn llama_with_grouped_query_attention_matches_transformers() {
+    check_parity("tiny-llama");
+}
+
+#[test]
+fn qwen2_with_qkv_bias_and_tied_embeddings_matches_transformers() {
+    check_parity("tiny-qwen2");
+}
+
+#[test]
+fn a_sharded_checkpoint_loads_like_the_single_file() {
+    check_parity("tiny-llama-sharded");
+    let d = device();
+    let p = parity("tiny-llama");
+    let (_, single) = load_pretrained(&fixture("tiny-llama"), &d).unwrap();
+    let (_, sharded) = load_pretrained(&fixture("tiny-llama-sharded"), &d).unwrap();
+    assert_eq!(logits(&single, &p, &d), logits(&sharded, &p, &d));
+}
+
+#[test]
+fn export_then_import_gives_identical_logits() {
+    let d = device();
+    for name in ["tiny-neox", "tiny-llama", "tiny-qwen2"] {
+        let (config, model) = load_pretrained(&fixture(name), &d).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        save_pretrained(&model, &config, dir.path()).unwrap();
+        let (config2, again) = load_pretrained(dir.path(), &d).unwrap();
+        assert_eq!(config, config2, "{name}: config.json round trip");
+        let p = parity(name);
+        assert_eq!(logits(&model, &p, &d), logits(&again, &p, &d), "{name}");
+        // the exported tensors carry Hugging Face's names and layouts
+        let original = std::fs::read(fixture(name).join("model.safetensors")).unwrap();
+        let exported = std::fs::read(dir.path().join("model.safetensors")).unwrap();
+        let names = |bytes: &[u8]| {
+            let st = safetensors_names(bytes);
+            st.into_iter().collect::<std::collections::BTreeSet<_>>()
+        };
+        assert_eq!(names(&original), names(&exported), "{name}: tensor names");
+    }
+}
+
+/// Tensor names and shapes from a safetensors header (8-byte length, then JSON).
+fn safetensors_names(bytes: &[u8]) -> Vec<(String, Vec<u64>)> {
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    header
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| *k != "__metadata__")
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v["shape"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_u64().unwrap())
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn mismatched_checkpoints_and_unsupported_configs_are_refused_by_name() {
+    let d = device();
+    let dir = tempfile::tempdir().unwrap();
+    // a config that claims more layers than the weights have
+    let src = fixture("tiny-neox");
+    std::fs::copy(
+        src.join("model.safetensors"),
+        dir.path().join("model.safetensors"),
+    )
+    .unwrap();
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    config["num_hidden_layers"] = 3.into();
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    let err = load_pretrained(dir.path(), &d).unwrap_err().to_string();
+    assert!(
+        err.contains("missing") && err.contains("layers.2."),
+        "{err}"
+    );
+    // an option that is not implemented is named, not ignored
+    config["num_hidden_layers"] = 2.into();
+    config["use_parallel_residual"] = false.into();
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    let err = load_pretrained(dir.path(), &d).unwrap_err().to_string();
+    assert!(
+        err.contains("config.json") && err.contains("use_parallel_residual"),
+        "{err}"
+    );
+    // a missing field names itself
+    config.as_object_mut().unwrap().remove("hidden_size");
+    config["use_parallel_residual"] = true.into();
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    let err = load_pretrained(dir.path(), &d).unwrap_err().to_string();
+    assert!(err.contains("hidden_size"), "{err}");
+    // no weights at all
+    std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
+    config["hidden_size"] = 32.into();
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    let err = load_pretrained(dir.path(), &d).unwrap_err().to_string();
+    assert!(err.contains("model.safetensors"), "{err}");
+}
