@@ -3,8 +3,12 @@
 //! Offline preference optimisation: the DPO family and EXO, as small functions on sequence
 //! log-probabilities (`algorithms.md`, "Offline preference optimisation").
 //!
-//! Today this crate holds the losses. The offline trainer, the on-disk reference log-prob cache
-//! and the online loop are tracked as the `rlhf-dpo` issue.
+//! It holds the losses, the offline trainer ([`train_offline`]: pairs or K-wise groups, policy
+//! and frozen reference, sequence log-probs over response tokens only, gradient accumulation,
+//! LR schedule, eval, checkpoints and resume, metrics) and the on-disk reference log-prob cache
+//! ([`RefCache`], keyed by hashes of the reference weights and of the data), and the online loop
+//! ([`online_round`]: sample from the policy, score with any `Scorer`, pair best against worst,
+//! train).
 //!
 //! ```
 //! use burn::tensor::{Tensor, TensorData};
@@ -19,9 +23,17 @@
 //! # Ok::<(), rlhf_core::Error>(())
 //! ```
 
+pub mod cache;
 pub mod losses;
+pub mod online;
+pub mod trainer;
 
+pub use cache::{RefCache, data_hash, weights_hash};
 pub use losses::{
     PairLogps, dpo_loss, dpo_rw_loss, exo_pref_loss, exo_rw_loss, hinge_loss, ipo_loss,
     robust_dpo_loss, simpo_loss,
+};
+pub use online::{OnlineConfig, OnlineReport, online_round};
+pub use trainer::{
+    DpoConfig, DpoEval, DpoReport, Group, OfflineLoss, evaluate, sequence_logps, train_offline,
 };

@@ -185,12 +185,61 @@ mod tests {
         // log σ(x), stable
         -((-x.abs()).exp().ln_1p()) + x.min(0.0)
     }
+    type LossFn = Box<dyn Fn(Tensor<1>) -> Tensor<1>>;
+    type RefFn = Box<dyn Fn(f64) -> f64>;
+
     fn sig(x: f64) -> f64 {
         1.0 / (1.0 + (-x).exp())
     }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// d(loss)/dh by autodiff equals central differences of the f64 reference, for every
+        /// pairwise loss; and d(EXO-rw)/d(log-ratio) likewise.
+        #[test]
+        fn gradients_match_finite_differences(h in prop::collection::vec(-6.0f64..6.0, 1..6), beta in 0.05f64..1.0, eps in 0.01f64..0.3, k in 2usize..5, rows in prop::collection::vec((prop::collection::vec(-2.0f64..2.0, 4), prop::collection::vec(-2.0f64..2.0, 4)), 1..3)) {
+            let ad = dev().autodiff();
+            let b = beta as f32;
+            let refs: Vec<(&str, LossFn, RefFn)> = vec![
+                ("dpo", Box::new(move |x| dpo_loss(x, b, eps as f32)), Box::new(move |h| -(1.0 - eps) * ls(beta * h) - eps * ls(-beta * h))),
+                ("robust", Box::new(move |x| robust_dpo_loss(x, b, eps as f32)), Box::new(move |h| (-(1.0 - eps) * ls(beta * h) + eps * ls(-beta * h)) / (1.0 - 2.0 * eps))),
+                ("ipo", Box::new(move |x| ipo_loss(x, b)), Box::new(move |h| (h - 1.0 / (2.0 * beta)).powi(2))),
+                ("exo_pref", Box::new(move |x| exo_pref_loss(x, b, eps as f32)), Box::new(move |h| {
+                    let z = beta * h;
+                    sig(z) * (ls(z) - (1.0 - eps).ln()) + sig(-z) * (ls(-z) - eps.ln())
+                })),
+            ];
+            for (name, loss, reference) in &refs {
+                let x = tensor_from_f64(&h, [h.len()], &ad).require_grad();
+                let grad = host(x.grad(&loss(x.clone()).sum().backward()).expect("depends on h"));
+                let d = 1e-4;
+                let fd: Vec<f64> = h.iter().map(|&v| (reference(v + d) - reference(v - d)) / (2.0 * d)).collect();
+                for (g, f) in grad.iter().zip(&fd) {
+                    prop_assert!((g - f).abs() < 2e-3 * (1.0 + f.abs()), "{}: {} vs {}", name, g, f);
+                }
+            }
+            // EXO-rw: KL(p_θ ‖ p_r) with p_θ = softmax(β·x), p_r = softmax(r/β_r)
+            let lr: Vec<f64> = rows.iter().flat_map(|r| r.0[..k].to_vec()).collect();
+            let rw: Vec<f64> = rows.iter().flat_map(|r| r.1[..k].to_vec()).collect();
+            let kl = |x: &[f64], r: &[f64]| {
+                let lse = |v: Vec<f64>| { let m = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max); m + v.iter().map(|y| (y - m).exp()).sum::<f64>().ln() };
+                let (zt, zr) = (lse(x.iter().map(|v| beta * v).collect()), lse(r.to_vec()));
+                x.iter().zip(r).map(|(xv, rv)| { let lp = beta * xv - zt; lp.exp() * (lp - (rv - zr)) }).sum::<f64>()
+            };
+            let x = tensor_from_f64(&lr, [rows.len(), k], &ad).require_grad();
+            let loss = exo_rw_loss(x.clone(), tensor_from_f64(&rw, [rows.len(), k], &ad), b, 1.0).sum();
+            let grad = host(x.grad(&loss.backward()).expect("depends on the log-ratios"));
+            for i in 0..lr.len() {
+                let row = i / k;
+                let (mut up, mut down) = (lr[row * k..(row + 1) * k].to_vec(), lr[row * k..(row + 1) * k].to_vec());
+                up[i % k] += 1e-4;
+                down[i % k] -= 1e-4;
+                let r = &rw[row * k..(row + 1) * k];
+                let fd = (kl(&up, r) - kl(&down, r)) / 2e-4;
+                prop_assert!((grad[i] - fd).abs() < 2e-3 * (1.0 + fd.abs()), "exo_rw: {} vs {}", grad[i], fd);
+            }
+        }
 
         #[test]
         fn pairwise_losses_match_their_formulas(h in prop::collection::vec(-20.0f64..20.0, 1..8), beta in 0.01f64..1.0, eps in 0.0f64..0.4, gamma in 0.0f64..2.0) {

@@ -19,7 +19,7 @@ use rlhf_core::{Error, Result};
 use serde_json::{Value, json};
 
 use crate::config::{Architecture, TransformerConfig};
-use crate::lm::CausalLm;
+use crate::lm::{CausalLm, ScalarModel};
 
 /// The name mapping, one row per family: `(architecture, Hugging Face prefix, our top-level
 /// modules that carry it)`. Everything else already has its Hugging Face name.
@@ -336,20 +336,81 @@ fn store_error(path: &Path, e: impl std::fmt::Display) -> Error {
 pub fn load_pretrained(dir: &Path, device: &Device) -> Result<(TransformerConfig, CausalLm)> {
     let config = config_from_json(&dir.join("config.json"))?;
     let mut model = CausalLm::init(&config, device)?;
-    let (prefix, _) = row(config.architecture);
+    load_weights(&mut model, config.architecture, dir, "")?;
+    Ok((config, model))
+}
+
+/// Writes `model` as a Hugging Face directory: `config.json` and `model.safetensors` (f32), each
+/// written atomically. `transformers`' `AutoModelForCausalLM.from_pretrained(dir)` loads it.
+pub fn save_pretrained(model: &CausalLm, config: &TransformerConfig, dir: &Path) -> Result<()> {
+    save_weights(model, config.architecture, dir, "")?;
+    write_config(&config_to_json(config), dir)
+}
+
+/// Writes a [`ScalarModel`] (value or reward model) like [`save_pretrained`]: the backbone under
+/// the family's Hugging Face names, the head as `score.weight` / `score.bias` (the names of
+/// `…ForSequenceClassification`), and `extra` (normalisation, kind, …) under the `rlhf_scalar` key
+/// of `config.json`.
+pub fn save_scalar_pretrained(
+    model: &ScalarModel,
+    config: &TransformerConfig,
+    extra: Value,
+    dir: &Path,
+) -> Result<()> {
+    save_weights(model, config.architecture, dir, "backbone.")?;
+    let mut json = config_to_json(config);
+    json["num_labels"] = 1.into();
+    json["rlhf_scalar"] = extra;
+    write_config(&json, dir)
+}
+
+/// Loads what [`save_scalar_pretrained`] wrote: the config, the model and the `rlhf_scalar`
+/// value (`null` when absent).
+pub fn load_scalar_pretrained(
+    dir: &Path,
+    device: &Device,
+) -> Result<(TransformerConfig, ScalarModel, Value)> {
+    let path = dir.join("config.json");
+    let config = config_from_json(&path)?;
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let extra = serde_json::from_str::<Value>(&text)
+        .ok()
+        .and_then(|v| v.get("rlhf_scalar").cloned())
+        .unwrap_or(Value::Null);
+    let mut model = ScalarModel::from_backbone(CausalLm::init(&config, device)?);
+    load_weights(&mut model, config.architecture, dir, "backbone.")?;
+    Ok((config, model, extra))
+}
+
+fn write_config(json: &Value, dir: &Path) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(json).expect("a JSON value serialises");
+    write_atomic(&dir.join("config.json"), &bytes)
+}
+
+/// Loads the safetensors of `dir` into `model`, whose language model sits under `inner`
+/// (`""` for a [`CausalLm`], `"backbone."` for a [`ScalarModel`]).
+fn load_weights<M: ModuleSnapshot>(
+    model: &mut M,
+    arch: Architecture,
+    dir: &Path,
+    inner: &str,
+) -> Result<()> {
+    let (prefix, _) = row(arch);
     let mut applied = BTreeSet::new();
     let mut unused = Vec::new();
-    let files = weight_files(dir)?;
-    for file in &files {
+    for file in &weight_files(dir)? {
         let mut store = SafetensorsStore::from_file(file)
             .with_from_adapter(ChainAdapter::new(
                 PyTorchToBurnAdapter,
                 FloatCastAdapter::to(DType::F32),
             ))
-            .with_key_remapping(format!(r"^{prefix}\."), "")
+            .with_key_remapping(format!(r"^{prefix}\."), inner.to_string())
             .skip_enum_variants(true)
             .allow_partial(true)
             .validate(true);
+        if !inner.is_empty() {
+            store = store.with_key_remapping(r"^(embed_out|lm_head)\.", format!("{inner}$1."));
+        }
         let result = model
             .load_from(&mut store)
             .map_err(|e| store_error(file, e))?;
@@ -364,7 +425,11 @@ pub fn load_pretrained(dir: &Path, device: &Device) -> Result<(TransformerConfig
                 .filter(|n| !RECOMPUTED_BUFFERS.iter().any(|b| n.ends_with(b))),
         );
     }
-    let expected = parameter_names(&model);
+    let expected: BTreeSet<String> = model
+        .collect(None, None, true)
+        .into_iter()
+        .map(|t| t.name.clone())
+        .collect();
     let missing: Vec<&String> = expected.iter().filter(|n| !applied.contains(*n)).collect();
     if !missing.is_empty() || !unused.is_empty() {
         return Err(Error::Checkpoint {
@@ -374,37 +439,34 @@ pub fn load_pretrained(dir: &Path, device: &Device) -> Result<(TransformerConfig
             ),
         });
     }
-    Ok((config, model))
+    Ok(())
 }
 
-/// Parameter paths of `model` as burn-store names them (Hugging Face names without the prefix).
-fn parameter_names(model: &CausalLm) -> BTreeSet<String> {
-    model
-        .collect(None, None, true)
-        .into_iter()
-        .map(|t| t.name.clone())
-        .collect()
-}
-
-/// Writes `model` as a Hugging Face directory: `config.json` and `model.safetensors` (f32), each
-/// written atomically. `transformers`' `AutoModelForCausalLM.from_pretrained(dir)` loads it.
-pub fn save_pretrained(model: &CausalLm, config: &TransformerConfig, dir: &Path) -> Result<()> {
+/// Writes `model` (language model under `inner`) to `dir/model.safetensors`, atomically.
+fn save_weights<M: ModuleSnapshot>(
+    model: &M,
+    arch: Architecture,
+    dir: &Path,
+    inner: &str,
+) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let (prefix, modules) = row(config.architecture);
+    let (prefix, modules) = row(arch);
+    let inner_re = inner.replace('.', r"\.");
     let mut store = SafetensorsStore::from_bytes(None)
         .with_to_adapter(BurnToPyTorchAdapter)
         .with_key_remapping(
-            format!(r"^({})\.", modules.join("|")),
-            format!("{prefix}.$1."),
+            format!(r"^{inner_re}((?:{})\.)", modules.join("|")),
+            format!("{prefix}.$1"),
         )
         .skip_enum_variants(true)
         .metadata("format", "pt");
+    if !inner.is_empty() {
+        store = store.with_key_remapping(format!("^{inner_re}"), "");
+    }
     let path = dir.join("model.safetensors");
     model
         .save_into(&mut store)
         .map_err(|e| store_error(&path, e))?;
     let bytes = store.get_bytes().map_err(|e| store_error(&path, e))?;
-    write_atomic(&path, &bytes)?;
-    let json = serde_json::to_vec_pretty(&config_to_json(config)).expect("a JSON value serialises");
-    write_atomic(&dir.join("config.json"), &json)
+    write_atomic(&path, &bytes)
 }

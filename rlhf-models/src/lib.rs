@@ -42,7 +42,10 @@ pub mod sft;
 pub use cache::KvCache;
 pub use config::{Architecture, PRESETS, TransformerConfig};
 pub use generate::{Generation, SamplingConfig, generate};
-pub use hf::{config_from_json, config_to_json, load_pretrained, save_pretrained};
+pub use hf::{
+    config_from_json, config_to_json, load_pretrained, load_scalar_pretrained, save_pretrained,
+    save_scalar_pretrained,
+};
 pub use llama::Llama;
 pub use lm::{CausalLm, ScalarModel, gather_last};
 pub use neox::GptNeox;

@@ -6,21 +6,14 @@
 //! a resumed run skips the batches it already trained on and continues with the same ones an
 //! uninterrupted run would have used.
 
-use std::collections::BTreeMap;
-
 use burn::module::Module;
-use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use rlhf_core::train::checkpoint::{
-    Checkpoint, module_from_bytes, module_to_bytes, optimizer_from_bytes, optimizer_to_bytes,
-};
 use rlhf_core::train::{
-    LrSchedule, OptimizerConfig, Run, RunOptions, TrainRng, clip_global_grad_norm, metrics::names,
+    FitConfig, LrSchedule, Metrics, OptimizerConfig, RunOptions, TrainRng, fit, metrics::names,
 };
 use rlhf_core::{Error, Result, masked_mean, token_logprobs};
 use rlhf_data::{SequenceBatch, Truncation, collate, length_buckets};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use crate::lm::CausalLm;
 
@@ -253,9 +246,10 @@ fn epoch_batches(train: &[Example], cfg: &SftConfig, epoch: usize) -> Vec<LmBatc
 /// Trains `model` (on an autodiff device) on `train`, evaluating on `eval` every
 /// `cfg.eval_every` steps and at the end. With an output directory in `run`, metrics go to
 /// `metrics.jsonl` and checkpoints (model, optimizer, step) to `checkpoints/`; a run started
-/// again in the same directory resumes from the newest checkpoint.
+/// again in the same directory resumes from the newest checkpoint (the loop is
+/// `rlhf_core::train::fit`; each of its batches here is one collated or packed batch).
 pub fn train_sft(
-    mut model: CausalLm,
+    model: CausalLm,
     train: &[Example],
     eval: &[Example],
     cfg: &SftConfig,
@@ -265,82 +259,57 @@ pub fn train_sft(
     if train.is_empty() {
         return Err(Error::Config("SFT: no training examples".into()));
     }
-    let mut optim = cfg.optimizer.build()?;
-    let per_epoch: Vec<usize> = (0..cfg.epochs)
-        .map(|e| epoch_batches(train, cfg, e).len())
+    // every epoch's batches, drawn from (seed, epoch), numbered globally
+    let epochs: Vec<Vec<LmBatch>> = (0..cfg.epochs)
+        .map(|e| epoch_batches(train, cfg, e))
         .collect();
-    let total: u64 = per_epoch.iter().map(|&n| n as u64).sum();
-    let (mut run, resume) = Run::start(run_options, total, "sft")?;
-    let mut report = SftReport {
-        eval_loss: f64::NAN,
-        ..SftReport::default()
+    let offsets: Vec<usize> = epochs
+        .iter()
+        .scan(0, |acc, e| {
+            let start = *acc;
+            *acc += e.len();
+            Some(start)
+        })
+        .collect();
+    let all: Vec<&LmBatch> = epochs.iter().flatten().collect();
+    let fit_cfg = FitConfig {
+        epochs: cfg.epochs,
+        grad_accum: 1,
+        optimizer: &cfg.optimizer,
+        schedule: &cfg.schedule,
+        eval_every: cfg.eval_every,
+        label: "sft",
     };
-    if let Some(c) = resume {
-        let part = |name: &str| {
-            c.parts.get(name).ok_or_else(|| Error::Checkpoint {
-                path: run_options.out_dir.clone().unwrap_or_default(),
-                message: format!("no `{name}` part"),
-            })
-        };
-        model = module_from_bytes(model, part("model")?)?;
-        optim = optimizer_from_bytes(optim, part("optimizer")?)?;
-        report.steps = c.step;
-    }
-    let mut step = 0u64;
-    for (epoch, &n) in per_epoch.iter().enumerate() {
-        if step + n as u64 <= report.steps {
-            step += n as u64; // an epoch finished before the resume
-            continue;
+    let eval_of = |m: &CausalLm| -> Metrics {
+        if eval.is_empty() {
+            return Vec::new();
         }
-        for batch in epoch_batches(train, cfg, epoch) {
-            step += 1;
-            if step <= report.steps {
-                continue; // trained on before the resume
-            }
-            let loss = sft_loss(&model, &batch, device);
-            let loss_value = f64::from(loss.clone().into_scalar::<f32>());
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            let (grads, norm) = match cfg.optimizer.max_grad_norm {
-                Some(max) => clip_global_grad_norm(&model, grads, max),
-                None => (grads, f32::NAN),
-            };
-            let lr = cfg.schedule.lr_at(cfg.optimizer.lr, step - 1);
-            model = optim.step(lr, model, grads);
-            report.steps = step;
-            report.steps_this_run += 1;
-            report.tokens += batch.predicted_tokens();
-            report.final_train_loss = loss_value;
-            let mut line = vec![
-                (names::TRAIN_LOSS, loss_value),
-                (names::TRAIN_LR, lr),
-                (names::TRAIN_GRAD_NORM, f64::from(norm)),
-            ];
-            let eval_due =
-                step == total || (cfg.eval_every > 0 && step.is_multiple_of(cfg.eval_every));
-            if eval_due && !eval.is_empty() {
-                let l = eval_loss(&model, eval, cfg.batch_size, device);
-                report.eval_loss = l;
-                line.push((names::EVAL_LOSS, l));
-                line.push((names::EVAL_PERPLEXITY, l.exp()));
-            }
-            run.log(step, &line)?;
-            run.step_done(step, format!("loss {loss_value:.3}"));
-            if run.checkpoint_due(step, total) {
-                run.save(&Checkpoint {
-                    step,
-                    parts: BTreeMap::from([
-                        ("model".to_string(), module_to_bytes(model.clone())?),
-                        ("optimizer".to_string(), optimizer_to_bytes(&optim)?),
-                    ]),
-                    state: json!({ "trainer": "sft", "epoch": epoch }),
-                })?;
-            }
-        }
-    }
-    if report.eval_loss.is_nan() && !eval.is_empty() {
-        report.eval_loss = eval_loss(&model, eval, cfg.batch_size, device);
-    }
-    run.finish();
+        let l = eval_loss(m, eval, cfg.batch_size, device);
+        vec![(names::EVAL_LOSS, l), (names::EVAL_PERPLEXITY, l.exp())]
+    };
+    let (model, r) = fit(
+        model,
+        &fit_cfg,
+        run_options,
+        &|e| (0..epochs[e].len()).map(|i| vec![offsets[e] + i]).collect(),
+        &|m, idx| (sft_loss(m, all[idx[0]], device), Vec::new()),
+        &eval_of,
+    )?;
+    let first_new = (r.steps - r.steps_this_run) as usize;
+    let report = SftReport {
+        steps: r.steps,
+        steps_this_run: r.steps_this_run,
+        tokens: all[first_new..r.steps as usize]
+            .iter()
+            .map(|b| b.predicted_tokens())
+            .sum(),
+        final_train_loss: r.final_train_loss,
+        eval_loss: r
+            .eval
+            .iter()
+            .find(|m| m.0 == names::EVAL_LOSS)
+            .map_or(f64::NAN, |m| m.1),
+    };
     Ok((model, report))
 }
 

@@ -247,3 +247,45 @@ fn mismatched_checkpoints_and_unsupported_configs_are_refused_by_name() {
     let err = load_pretrained(dir.path(), &d).unwrap_err().to_string();
     assert!(err.contains("model.safetensors"), "{err}");
 }
+
+#[test]
+fn a_scalar_model_round_trips_with_its_extra_settings() {
+    let d = device();
+    for name in ["tiny-neox", "tiny-qwen2"] {
+        let (config, lm) = load_pretrained(&fixture(name), &d).unwrap();
+        let scalar = rlhf_models::ScalarModel::from_backbone(lm);
+        let dir = tempfile::tempdir().unwrap();
+        let extra = serde_json::json!({"kind": "reward", "bias": 0.25});
+        rlhf_models::save_scalar_pretrained(&scalar, &config, extra.clone(), dir.path()).unwrap();
+        let (config2, again, extra2) = rlhf_models::load_scalar_pretrained(dir.path(), &d).unwrap();
+        assert_eq!((config, extra), (config2, extra2));
+        let p = parity(name);
+        let run = |m: &rlhf_models::ScalarModel| {
+            let ids = Tensor::<2, Int>::from_data(
+                TensorData::new(
+                    p.ids.iter().map(|&x| i64::from(x)).collect::<Vec<_>>(),
+                    [p.batch, p.len],
+                ),
+                &d,
+            );
+            let mask = Tensor::<2>::from_data(
+                TensorData::new(
+                    p.mask.iter().map(|&x| f32::from(x)).collect::<Vec<_>>(),
+                    [p.batch, p.len],
+                ),
+                &d,
+            );
+            to_f32_vec(m.per_token(ids, mask))
+        };
+        assert_eq!(run(&scalar), run(&again), "{name}");
+        // the head is stored under the sequence-classification names
+        let bytes = std::fs::read(dir.path().join("model.safetensors")).unwrap();
+        let names: Vec<String> = safetensors_names(&bytes).into_iter().map(|x| x.0).collect();
+        assert!(names.contains(&"score.weight".to_string()), "{names:?}");
+        assert!(
+            names
+                .iter()
+                .any(|n| n.starts_with("gpt_neox.") || n.starts_with("model."))
+        );
+    }
+}

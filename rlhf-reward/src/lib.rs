@@ -1,11 +1,17 @@
 //! # rlhf-reward
 //!
-//! Reward-model losses (`algorithms.md`, "Reward model"), on burn tensors of scalar scores.
-//!
-//! Today this crate holds the losses: Bradley–Terry pairs with an optional margin, the K-wise
-//! Plackett–Luce ranking loss, and the centering term. The reward model itself (backbone + scalar
-//! head read at the last real token), PRMs, training, normalisation and the `Scorer`
-//! implementation are tracked as the `rlhf-reward` issue.
+//! Outcome and process reward models (`algorithms.md`, "Reward model"):
+//! - losses on burn tensors: Bradley–Terry pairs with an optional margin, K-wise Plackett–Luce,
+//!   the centering term, binary cross-entropy for ORM correctness and PRM step labels, and PRM
+//!   sequence scores (min, product or last step);
+//! - [`RewardModel`]: an `rlhf-models` backbone with a scalar head (`N(0, 1/√(d+1))`, bias 0)
+//!   read at the last real token, or at each step's last token for a PRM; its normalisation
+//!   (bias = mean score of the SFT demonstrations, optional gain); saved and loaded as a Hugging
+//!   Face directory; a value model can be initialised from it;
+//! - training ([`train_reward_model`] for pairs or K-wise groups, [`train_step_model`] for PRM
+//!   and ORM labels) with gradient accumulation, LR schedule, eval (loss, accuracy, agreement
+//!   with the gold order), checkpoints and resume, metrics and a progress bar;
+//! - [`RewardScorer`]: the model served as an `rlhf_core::Scorer`.
 //!
 //! ```
 //! use burn::tensor::{Tensor, TensorData};
@@ -25,5 +31,17 @@
 //! ```
 
 pub mod losses;
+pub mod model;
+pub mod scorer;
+pub mod train;
 
-pub use losses::{bradley_terry_loss, centering_penalty, pair_accuracy, plackett_luce_loss};
+pub use losses::{
+    StepAggregate, binary_cross_entropy, bradley_terry_loss, centering_penalty, pair_accuracy,
+    plackett_luce_loss, prm_sequence_score,
+};
+pub use model::{Normalisation, RewardKind, RewardModel, RewardSettings};
+pub use scorer::RewardScorer;
+pub use train::{
+    LabelledExample, RankedExample, RmConfig, RmEval, RmReport, evaluate_labelled, evaluate_ranked,
+    normalise, score_ranked, train_reward_model, train_step_model,
+};

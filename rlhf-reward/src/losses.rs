@@ -50,6 +50,58 @@ pub fn centering_penalty(chosen: Tensor<1>, rejected: Tensor<1>, eta: f32) -> Te
     chosen.add(rejected).square().mean().mul_scalar(eta)
 }
 
+/// Binary cross-entropy on logits, averaged over the positions where `mask` is 1:
+/// `mean_mask[−(y·log σ(z) + (1 − y)·log σ(−z))]`.
+///
+/// The ORM's correctness loss (one logit per response) and the PRM's step loss (one logit per
+/// step delimiter). `logits`, `labels` (0/1), `mask`: `[batch, n]`. Masked positions never change
+/// the result, whatever they hold. Returns `[1]`.
+pub fn binary_cross_entropy(logits: Tensor<2>, labels: Tensor<2>, mask: Tensor<2>) -> Tensor<1> {
+    let pos = activation::log_sigmoid(logits.clone());
+    let neg = activation::log_sigmoid(logits.neg());
+    let ll = labels
+        .clone()
+        .mul(pos)
+        .add(labels.neg().add_scalar(1.0).mul(neg));
+    rlhf_core::masked_mean(ll, mask).neg()
+}
+
+/// How a PRM turns step probabilities into one sequence score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepAggregate {
+    /// The weakest step: `min_s σ(z_s)`.
+    Min,
+    /// All steps right: `Π_s σ(z_s)`.
+    Product,
+    /// The last step's probability.
+    Last,
+}
+
+/// A PRM's sequence score from its step logits: `σ(z_s)` aggregated over the steps where `mask`
+/// is 1 (`[batch, steps]` → `[batch]`). Masked steps never change the score. A row without any
+/// step scores 1 under `Min` and `Product` (no step is wrong); `Last` needs at least one step.
+pub fn prm_sequence_score(
+    step_logits: Tensor<2>,
+    mask: Tensor<2>,
+    agg: StepAggregate,
+) -> Tensor<1> {
+    let [b, _] = step_logits.dims();
+    let probs = activation::sigmoid(step_logits);
+    match agg {
+        // masked steps become 1, which neither the min nor the product can see
+        StepAggregate::Min => {
+            let filled = rlhf_core::zero_masked(probs.sub_scalar(1.0), mask).add_scalar(1.0);
+            filled.min_dim(1).reshape([b])
+        }
+        StepAggregate::Product => {
+            let logp = rlhf_core::zero_masked(probs.log(), mask);
+            logp.sum_dim(1).exp().reshape([b])
+        }
+        StepAggregate::Last => rlhf_models::gather_last(probs, mask),
+    }
+}
+
 /// Share of pairs with `r_c > r_r` (ties count as wrong). Returns `[1]`.
 pub fn pair_accuracy(chosen: Tensor<1>, rejected: Tensor<1>) -> Tensor<1> {
     chosen.greater(rejected).float().mean()
@@ -96,6 +148,54 @@ mod tests {
             let swapped = s(bradley_terry_loss(t1(&r), t1(&c), None));
             let mean_diff = pairs.iter().map(|p| p.0 - p.1).sum::<f64>() / n;
             prop_assert!((plain - swapped + mean_diff).abs() < 1e-4 * (1.0 + plain.abs() + swapped.abs()));
+        }
+
+        #[test]
+        fn bce_matches_reference_and_ignores_masked_positions(
+            rows in prop::collection::vec((-6.0f64..6.0, any::<bool>(), any::<bool>()), 1..12),
+            junk in -1e6f64..1e6,
+        ) {
+            let z: Vec<f64> = rows.iter().map(|r| r.0).collect();
+            let y: Vec<f64> = rows.iter().map(|r| f64::from(u8::from(r.1))).collect();
+            let mut m: Vec<f64> = rows.iter().map(|r| f64::from(u8::from(r.2))).collect();
+            m[0] = 1.0;
+            let n: f64 = m.iter().sum();
+            let expected = rows.iter().zip(&m).map(|(r, mm)| {
+                let yy = f64::from(u8::from(r.1));
+                mm * -(yy * log_sigmoid(r.0) + (1.0 - yy) * log_sigmoid(-r.0))
+            }).sum::<f64>() / n;
+            let k = z.len();
+            let got = s(binary_cross_entropy(t2(&z, k), t2(&y, k), t2(&m, k)));
+            prop_assert!((got - expected).abs() < 1e-4 * (1.0 + expected), "{} vs {}", got, expected);
+            // junk logits at masked positions change nothing
+            let zj: Vec<f64> = z.iter().zip(&m).map(|(v, mm)| if *mm == 0.0 { junk } else { *v }).collect();
+            let again = s(binary_cross_entropy(t2(&zj, k), t2(&y, k), t2(&m, k)));
+            prop_assert_eq!(got, again);
+        }
+
+        #[test]
+        fn prm_aggregates_match_reference(
+            rows in prop::collection::vec(prop::collection::vec((-5.0f64..5.0, any::<bool>()), 4), 1..5),
+        ) {
+            let k = 4;
+            let sig = |x: f64| 1.0 / (1.0 + (-x).exp());
+            let z: Vec<f64> = rows.iter().flat_map(|r| r.iter().map(|c| c.0)).collect();
+            // every row keeps its first step
+            let m: Vec<f64> = rows.iter().flat_map(|r| r.iter().enumerate().map(|(i, c)| f64::from(u8::from(i == 0 || c.1)))).collect();
+            for agg in [StepAggregate::Min, StepAggregate::Product, StepAggregate::Last] {
+                let got = rlhf_core::host::to_f64_vec(prm_sequence_score(t2(&z, k), t2(&m, k), agg));
+                for (b, row) in rows.iter().enumerate() {
+                    let kept: Vec<f64> = (0..k).filter(|&i| m[b * k + i] == 1.0).map(|i| sig(row[i].0)).collect();
+                    let expected = match agg {
+                        StepAggregate::Min => kept.iter().cloned().fold(f64::INFINITY, f64::min),
+                        StepAggregate::Product => kept.iter().product(),
+                        StepAggregate::Last => *kept.last().unwrap(),
+                    };
+                    prop_assert!((got[b] - expected).abs() < 1e-5, "{:?}: {} vs {}", agg, got[b], expected);
+                    // min ≥ product, both in (0, 1]
+                    prop_assert!(expected > 0.0 && expected <= 1.0);
+                }
+            }
         }
 
         #[test]

@@ -24,7 +24,8 @@
 //! | `train/skipped_steps` | updates skipped for a non-finite loss or gradient |
 //! | `rewards/chosen`, `rewards/rejected`, `rewards/margins`, `rewards/accuracies` | implicit or explicit rewards of preference pairs |
 //! | `logps/chosen`, `logps/rejected` | sequence log-probs of preference pairs |
-//! | `eval/accuracy`, `eval/gold_accuracy` | RM accuracy on held-out labels and on the gold order |
+//! | `eval/accuracy`, `eval/gold_accuracy` | RM accuracy on held-out labels and on the gold order (step models: balanced accuracy) |
+//! | `eval/rewards_accuracies`, `eval/rewards_margins` | held-out implicit-reward accuracy and margin (DPO family, EXO) |
 //! | `time/rollout`, `time/update`, `time/step` | wall seconds |
 
 use std::fs::{File, OpenOptions};
@@ -70,6 +71,8 @@ pub mod names {
     pub const REWARDS_ACCURACIES: &str = "rewards/accuracies";
     pub const LOGPS_CHOSEN: &str = "logps/chosen";
     pub const LOGPS_REJECTED: &str = "logps/rejected";
+    pub const EVAL_REWARD_ACCURACY: &str = "eval/rewards_accuracies";
+    pub const EVAL_REWARD_MARGIN: &str = "eval/rewards_margins";
     pub const TIME_ROLLOUT: &str = "time/rollout";
     pub const TIME_UPDATE: &str = "time/update";
     pub const TIME_STEP: &str = "time/step";

@@ -4,6 +4,7 @@
 //! metrics and the progress bar together for a trainer's loop.
 
 pub mod checkpoint;
+pub mod fit;
 pub mod fs;
 pub mod grads;
 pub mod metrics;
@@ -13,6 +14,7 @@ pub mod run;
 pub mod schedule;
 
 pub use checkpoint::{Checkpoint, CheckpointStore};
+pub use fit::{FitConfig, FitReport, Metrics, fit};
 pub use grads::{GradAccumulation, clip_global_grad_norm, global_grad_norm, scale_grads};
 pub use metrics::MetricsSink;
 pub use optim::OptimizerConfig;

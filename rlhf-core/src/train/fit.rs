@@ -1,0 +1,163 @@
+//! [`fit`]: the optimisation loop shared by the offline trainers (reward models, DPO/EXO).
+//!
+//! Per epoch, the trainer gives batches of example indices (drawn from its seed and the epoch, so
+//! a resumed run sees the same batches); `grad_accum` batches make one optimizer step (mean of
+//! their gradients), the global gradient norm is clipped, the learning rate follows the schedule;
+//! eval runs every `eval_every` steps and at the end; checkpoints hold the model, the optimizer and
+//! the step, and a run started again in the same directory resumes after its newest checkpoint,
+//! skipping the batches it already trained on.
+
+use std::collections::BTreeMap;
+
+use burn::module::Module;
+use burn::optim::GradientsParams;
+use burn::tensor::Tensor;
+use serde_json::json;
+
+use super::checkpoint::{
+    Checkpoint, module_from_bytes, module_to_bytes, optimizer_from_bytes, optimizer_to_bytes,
+};
+use super::grads::{GradAccumulation, clip_global_grad_norm};
+use super::metrics::names;
+use super::optim::OptimizerConfig;
+use super::run::{Run, RunOptions};
+use super::schedule::LrSchedule;
+use crate::{Error, Result};
+
+/// The loop's settings.
+#[derive(Debug, Clone)]
+pub struct FitConfig<'a> {
+    /// Passes over the data.
+    pub epochs: usize,
+    /// Batches per optimizer step.
+    pub grad_accum: usize,
+    /// AdamW and clipping.
+    pub optimizer: &'a OptimizerConfig,
+    /// Schedule over optimizer steps.
+    pub schedule: &'a LrSchedule,
+    /// Eval every this many steps (0 = only at the end).
+    pub eval_every: u64,
+    /// Progress-bar prefix and checkpoint tag (`rm`, `dpo`, …).
+    pub label: &'a str,
+}
+
+/// Metrics as `(name, value)`, names from [`names`].
+pub type Metrics = Vec<(&'static str, f64)>;
+
+/// A batch's loss `[1]` to minimise and extra metrics to log.
+pub type BatchLoss = (Tensor<1>, Metrics);
+
+/// What the loop did.
+#[derive(Debug, Clone, Default)]
+pub struct FitReport {
+    /// Optimizer steps, including those before a resume.
+    pub steps: u64,
+    /// Steps this call took.
+    pub steps_this_run: u64,
+    /// Mean loss of the last step's batches.
+    pub final_train_loss: f64,
+    /// The last eval's metrics.
+    pub eval: Metrics,
+}
+
+/// Runs the loop. `batches_of_epoch(e)` gives epoch `e`'s batches of example indices;
+/// `loss_of(model, batch)` the loss `[1]` to minimise and extra metrics to log; `eval_of(model)`
+/// the eval metrics (empty without eval data). The model must live on an autodiff device.
+pub fn fit<M: Module>(
+    mut model: M,
+    cfg: &FitConfig,
+    run_options: &RunOptions,
+    batches_of_epoch: &dyn Fn(usize) -> Vec<Vec<usize>>,
+    loss_of: &dyn Fn(&M, &[usize]) -> BatchLoss,
+    eval_of: &dyn Fn(&M) -> Metrics,
+) -> Result<(M, FitReport)> {
+    let accum = cfg.grad_accum.max(1);
+    let steps_per_epoch: Vec<u64> = (0..cfg.epochs)
+        .map(|e| batches_of_epoch(e).len().div_ceil(accum) as u64)
+        .collect();
+    let total: u64 = steps_per_epoch.iter().sum();
+    if total == 0 {
+        return Err(Error::Config(format!("{}: no training batches", cfg.label)));
+    }
+    let mut optim = cfg.optimizer.build()?;
+    let (mut run, resume) = Run::start(run_options, total, cfg.label)?;
+    let mut report = FitReport::default();
+    if let Some(c) = resume {
+        let part = |name: &str| {
+            c.parts.get(name).ok_or_else(|| Error::Checkpoint {
+                path: run_options.out_dir.clone().unwrap_or_default(),
+                message: format!("no `{name}` part"),
+            })
+        };
+        model = module_from_bytes(model, part("model")?)?;
+        optim = optimizer_from_bytes(optim, part("optimizer")?)?;
+        report.steps = c.step;
+    }
+    let mut step = 0u64;
+    for (epoch, &n_steps) in steps_per_epoch.iter().enumerate() {
+        if step + n_steps <= report.steps {
+            step += n_steps; // an epoch finished before the resume
+            continue;
+        }
+        for group in batches_of_epoch(epoch).chunks(accum) {
+            step += 1;
+            if step <= report.steps {
+                continue; // trained on before the resume
+            }
+            let mut acc = GradAccumulation::new();
+            let (mut loss_sum, mut extra_sum): (f64, Metrics) = (0.0, Vec::new());
+            for idx in group {
+                let (loss, extra) = loss_of(&model, idx);
+                loss_sum += f64::from(loss.clone().into_scalar::<f32>());
+                if extra_sum.is_empty() {
+                    extra_sum = extra;
+                } else {
+                    for (s, (_, v)) in extra_sum.iter_mut().zip(extra) {
+                        s.1 += v;
+                    }
+                }
+                acc.add(&model, GradientsParams::from_grads(loss.backward(), &model));
+            }
+            let grads = acc.take_mean(&model);
+            let (grads, norm) = match cfg.optimizer.max_grad_norm {
+                Some(max) => clip_global_grad_norm(&model, grads, max),
+                None => (grads, f32::NAN),
+            };
+            let lr = cfg.schedule.lr_at(cfg.optimizer.lr, step - 1);
+            model = optim.step(lr, model, grads);
+            let n = group.len() as f64;
+            let loss_value = loss_sum / n;
+            report.steps = step;
+            report.steps_this_run += 1;
+            report.final_train_loss = loss_value;
+            let mut line: Metrics = vec![
+                (names::TRAIN_LOSS, loss_value),
+                (names::TRAIN_LR, lr),
+                (names::TRAIN_GRAD_NORM, f64::from(norm)),
+            ];
+            line.extend(extra_sum.into_iter().map(|(k, v)| (k, v / n)));
+            if step == total || (cfg.eval_every > 0 && step.is_multiple_of(cfg.eval_every)) {
+                let e = eval_of(&model);
+                line.extend(e.iter().copied());
+                report.eval = e;
+            }
+            run.log(step, &line)?;
+            run.step_done(step, format!("loss {loss_value:.3}"));
+            if run.checkpoint_due(step, total) {
+                run.save(&Checkpoint {
+                    step,
+                    parts: BTreeMap::from([
+                        ("model".to_string(), module_to_bytes(model.clone())?),
+                        ("optimizer".to_string(), optimizer_to_bytes(&optim)?),
+                    ]),
+                    state: json!({ "trainer": cfg.label, "epoch": epoch }),
+                })?;
+            }
+        }
+    }
+    if report.steps_this_run == 0 {
+        report.eval = eval_of(&model);
+    }
+    run.finish();
+    Ok((model, report))
+}

@@ -1,0 +1,138 @@
+//! Iterative (online) DPO/EXO: sample `n` responses per prompt from the current policy, score
+//! them with any `Scorer`, keep the best and the worst of each prompt as a pair, and take one
+//! offline pass on those pairs with the same trainer. Repeating rounds is the online use the
+//! scaling study compares with the offline one at equal compute.
+
+use burn::module::Module;
+use burn::tensor::Device;
+use rand::Rng;
+use rlhf_core::train::RunOptions;
+use rlhf_core::{Error, Result, Scorer};
+use rlhf_data::{Tokenizer, collate};
+use rlhf_models::{CausalLm, SamplingConfig, generate};
+use serde::{Deserialize, Serialize};
+
+use crate::cache::RefCache;
+use crate::trainer::{DpoConfig, DpoReport, Group, train_offline};
+
+/// One round's settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OnlineConfig {
+    /// Responses sampled per prompt (at least 2).
+    pub samples_per_prompt: usize,
+    /// How to sample (its `eos_id` is set from the tokenizer).
+    pub sampling: SamplingConfig,
+    /// The offline trainer's settings for the pass over the round's pairs.
+    pub dpo: DpoConfig,
+}
+
+/// What a round did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct OnlineReport {
+    /// Mean score of all samples of the round (before the update).
+    pub mean_score: f64,
+    /// Pairs built (prompts whose best and worst sample differ in score).
+    pub pairs: usize,
+    /// Response tokens sampled.
+    pub sampled_tokens: u64,
+    /// The trainer's report.
+    pub train: DpoReport,
+}
+
+/// One round on `prompts`: sample, score, pair best against worst, train. The reference stays
+/// frozen; `policy` lives on an autodiff `device`.
+#[allow(clippy::too_many_arguments)]
+pub fn online_round(
+    policy: CausalLm,
+    reference: &CausalLm,
+    prompts: &[String],
+    tokenizer: &Tokenizer,
+    scorer: &dyn Scorer,
+    cfg: &OnlineConfig,
+    rng: &mut impl Rng,
+    device: &Device,
+) -> Result<(CausalLm, OnlineReport)> {
+    let n = cfg.samples_per_prompt;
+    if n < 2 {
+        return Err(Error::Config(
+            "online round: samples_per_prompt must be ≥ 2".into(),
+        ));
+    }
+    let encoded = prompts
+        .iter()
+        .map(|p| tokenizer.encode(p))
+        .collect::<Result<Vec<_>>>()?;
+    // each prompt n times, consecutively
+    let repeated: Vec<(&[u32], &[u32])> = encoded
+        .iter()
+        .flat_map(|p| std::iter::repeat_n((p.as_slice(), &[][..]), n))
+        .collect();
+    let (ids, mask) = collate(&repeated, 0, None).prompts();
+    let sampling = SamplingConfig {
+        eos_id: Some(tokenizer.eos_id()),
+        ..cfg.sampling.clone()
+    };
+    let g = generate(&policy.valid(), &ids, &mask, repeated.len(), &sampling, rng);
+    let mut responses = Vec::with_capacity(repeated.len());
+    let mut texts = Vec::with_capacity(repeated.len());
+    for row in 0..repeated.len() {
+        let toks: Vec<u32> = (row * g.new_len..(row + 1) * g.new_len)
+            .filter(|&i| g.mask[i] == 1)
+            .map(|i| g.tokens[i])
+            .collect();
+        texts.push(tokenizer.decode(&toks)?);
+        responses.push(toks);
+    }
+    let prompt_refs: Vec<&str> = prompts
+        .iter()
+        .flat_map(|p| std::iter::repeat_n(p.as_str(), n))
+        .collect();
+    let text_refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let scores = scorer.score(&prompt_refs, &text_refs)?;
+    let mut report = OnlineReport {
+        mean_score: scores.iter().map(|&s| f64::from(s)).sum::<f64>() / scores.len() as f64,
+        sampled_tokens: g.mask.iter().map(|&m| u64::from(m)).sum(),
+        ..OnlineReport::default()
+    };
+    let mut groups = Vec::new();
+    for (i, prompt) in encoded.iter().enumerate() {
+        let rows = i * n..(i + 1) * n;
+        let best = rows
+            .clone()
+            .max_by(|&a, &b| scores[a].total_cmp(&scores[b]))
+            .expect("n ≥ 2");
+        let worst = rows
+            .min_by(|&a, &b| scores[a].total_cmp(&scores[b]))
+            .expect("n ≥ 2");
+        if scores[best] > scores[worst]
+            && !responses[best].is_empty()
+            && !responses[worst].is_empty()
+        {
+            groups.push(Group {
+                prompt: prompt.clone(),
+                responses: vec![responses[best].clone(), responses[worst].clone()],
+                rewards: Some(vec![scores[best], scores[worst]]),
+            });
+        }
+    }
+    report.pairs = groups.len();
+    if groups.is_empty() {
+        return Ok((policy, report));
+    }
+    let quiet = RunOptions {
+        progress: false,
+        ..RunOptions::default()
+    };
+    let (policy, train) = train_offline(
+        policy,
+        reference,
+        &groups,
+        &[],
+        &cfg.dpo,
+        &RefCache::new(None),
+        &quiet,
+        device,
+    )?;
+    report.train = train;
+    Ok((policy, report))
+}

@@ -1,0 +1,460 @@
+//! The offline trainer: pairs (or K-wise groups) of responses to a prompt, a policy and a frozen
+//! reference, one loss of the DPO family or EXO.
+//!
+//! One step reads like the papers: sequence log-probs of every response under the policy
+//! (summed over response tokens only) → the reference's, from the cache → the loss → AdamW.
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor, TensorData};
+use rand::seq::SliceRandom;
+use rlhf_core::host::to_f32_vec;
+use rlhf_core::train::{
+    FitConfig, LrSchedule, Metrics, OptimizerConfig, RunOptions, TrainRng, fit, metrics::names,
+};
+use rlhf_core::{Error, Result, token_logprobs, zero_masked};
+use rlhf_data::{Truncation, collate};
+use rlhf_models::CausalLm;
+use serde::{Deserialize, Serialize};
+
+use crate::cache::RefCache;
+use crate::losses::{
+    PairLogps, dpo_loss, dpo_rw_loss, exo_pref_loss, exo_rw_loss, hinge_loss, ipo_loss,
+    robust_dpo_loss, simpo_loss,
+};
+
+/// Responses to one prompt: a pair is `[chosen, rejected]`; a K-wise group carries rewards.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Group {
+    /// Prompt tokens.
+    pub prompt: Vec<u32>,
+    /// Response tokens (each ending with EOS).
+    pub responses: Vec<Vec<u32>>,
+    /// One reward per response (EXO-rw, DPO-rw).
+    pub rewards: Option<Vec<f32>>,
+}
+
+/// Which offline loss, with its own parameters (β is [`DpoConfig::beta`]).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum OfflineLoss {
+    /// DPO; `label_smoothing` > 0 is conservative DPO.
+    Dpo {
+        /// ε of cDPO.
+        label_smoothing: f32,
+    },
+    /// Robust DPO under label-noise rate `eps`.
+    Robust {
+        /// Assumed flip rate.
+        eps: f32,
+    },
+    /// IPO on length-averaged log-probs.
+    Ipo,
+    /// SLiC hinge.
+    Hinge,
+    /// SimPO, reference-free, with margin `gamma`.
+    Simpo {
+        /// Target margin γ.
+        gamma: f32,
+    },
+    /// EXO with preference labels (pairs), target mass `1 − eps` on the chosen response.
+    ExoPref {
+        /// ε of the target.
+        eps: f32,
+    },
+    /// EXO with rewards, any K: `KL(p_θ ‖ p_r)` with `p_r = softmax(r/β_r)`.
+    ExoRw {
+        /// Reward temperature β_r.
+        beta_r: f32,
+    },
+    /// The forward direction `KL(p_r ‖ p_θ)` up to a constant, for comparison with EXO-rw.
+    DpoRw {
+        /// Reward temperature β_r.
+        beta_r: f32,
+    },
+}
+
+impl OfflineLoss {
+    fn needs_rewards(&self) -> bool {
+        matches!(self, OfflineLoss::ExoRw { .. } | OfflineLoss::DpoRw { .. })
+    }
+
+    fn needs_reference(&self) -> bool {
+        !matches!(self, OfflineLoss::Simpo { .. })
+    }
+}
+
+/// Offline preference-optimisation settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DpoConfig {
+    /// The loss.
+    pub loss: OfflineLoss,
+    /// β (β_π for the K-wise losses).
+    pub beta: f32,
+    /// Passes over the data.
+    pub epochs: usize,
+    /// Groups per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    /// AdamW and clipping.
+    pub optimizer: OptimizerConfig,
+    /// Schedule over optimizer steps.
+    pub schedule: LrSchedule,
+    /// Eval every this many steps (0 = only at the end).
+    pub eval_every: u64,
+    /// Longest prompt / response kept.
+    pub truncation: Option<(usize, usize)>,
+    /// Seed of the batch order.
+    pub seed: u64,
+}
+
+impl Default for DpoConfig {
+    fn default() -> Self {
+        DpoConfig {
+            loss: OfflineLoss::Dpo {
+                label_smoothing: 0.0,
+            },
+            beta: 0.1,
+            epochs: 1,
+            batch_size: 8,
+            grad_accum: 1,
+            optimizer: OptimizerConfig {
+                lr: 5e-4,
+                ..OptimizerConfig::default()
+            },
+            schedule: LrSchedule::Constant,
+            eval_every: 0,
+            truncation: None,
+            seed: 0,
+        }
+    }
+}
+
+/// Held-out results: mean loss, the share of pairs whose implicit reward ranks the chosen
+/// response first, and the mean implicit-reward margin.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DpoEval {
+    /// Mean loss.
+    pub loss: f64,
+    /// `mean[β·h > 0]` over pairs (first two responses).
+    pub reward_accuracy: f64,
+    /// `mean[β·h]`.
+    pub reward_margin: f64,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DpoReport {
+    /// Optimizer steps, including those before a resume.
+    pub steps: u64,
+    /// Steps this call took.
+    pub steps_this_run: u64,
+    /// Loss of the last step.
+    pub final_train_loss: f64,
+    /// Batches the reference model was run on by this call (0 when the cache had everything).
+    pub reference_forward_batches: u64,
+    /// Eval at the end.
+    pub eval: DpoEval,
+}
+
+/// Sequence log-probs of every response of `groups` (group-major), summed over response tokens,
+/// and the number of response tokens, each `[Σ K]`.
+pub fn sequence_logps(
+    model: &CausalLm,
+    groups: &[&Group],
+    truncation: Option<(usize, usize)>,
+    device: &Device,
+) -> (Tensor<1>, Tensor<1>) {
+    let t = truncation.map(|(p, r)| Truncation {
+        max_prompt: p,
+        max_response: r,
+    });
+    let pairs: Vec<(&[u32], &[u32])> = groups
+        .iter()
+        .flat_map(|g| {
+            g.responses
+                .iter()
+                .map(|r| (g.prompt.as_slice(), r.as_slice()))
+        })
+        .collect();
+    let batch = collate(&pairs, 0, t);
+    let (n, l) = (batch.batch, batch.seq_len());
+    let ids: Vec<i64> = batch
+        .model_input_ids(0)
+        .into_iter()
+        .map(i64::from)
+        .collect();
+    let f = |v: &[u8]| -> Tensor<2> {
+        Tensor::from_data(
+            TensorData::new(v.iter().map(|&x| f32::from(x)).collect::<Vec<_>>(), [n, l]),
+            device,
+        )
+    };
+    let ids = Tensor::<2, burn::tensor::Int>::from_data(TensorData::new(ids, [n, l]), device);
+    let logits = model.forward(ids.clone(), f(&batch.attention_mask), None);
+    // logits at t predict token t + 1; only response tokens are targets
+    let logp = token_logprobs(logits.narrow(1, 0, l - 1), ids.narrow(1, 1, l - 1), 1.0);
+    let target = f(&batch.response_mask).narrow(1, 1, l - 1);
+    (
+        zero_masked(logp, target.clone()).sum_dim(1).reshape([n]),
+        target.sum_dim(1).reshape([n]),
+    )
+}
+
+/// The reference's sequence log-probs of every group (no gradients), in batches; counts batches.
+fn reference_logps(
+    reference: &CausalLm,
+    groups: &[Group],
+    cfg: &DpoConfig,
+    device: &Device,
+    batches: &mut u64,
+) -> Vec<Vec<f32>> {
+    let device = device.clone().without_autodiff();
+    let reference = reference.valid().to_device(&device);
+    let mut out = Vec::with_capacity(groups.len());
+    for chunk in groups.chunks(cfg.batch_size.max(1)) {
+        let refs: Vec<&Group> = chunk.iter().collect();
+        let flat = to_f32_vec(sequence_logps(&reference, &refs, cfg.truncation, &device).0);
+        *batches += 1;
+        let mut at = 0;
+        for g in chunk {
+            out.push(flat[at..at + g.responses.len()].to_vec());
+            at += g.responses.len();
+        }
+    }
+    out
+}
+
+/// The loss `[1]` of a batch and its pair metrics, from policy log-probs, token counts and
+/// reference log-probs, each `[B, K]`.
+fn batch_loss(
+    cfg: &DpoConfig,
+    policy: Tensor<2>,
+    lengths: Tensor<2>,
+    reference: Tensor<2>,
+    rewards: Option<Tensor<2>>,
+) -> (Tensor<1>, Metrics) {
+    let [b, _] = policy.dims();
+    let col = |t: &Tensor<2>, i: usize| t.clone().narrow(1, i, 1).reshape([b]);
+    let pair = PairLogps {
+        chosen: col(&policy, 0),
+        rejected: col(&policy, 1),
+        ref_chosen: col(&reference, 0),
+        ref_rejected: col(&reference, 1),
+    };
+    let beta = cfg.beta;
+    let per_example = match cfg.loss {
+        OfflineLoss::Dpo { label_smoothing } => dpo_loss(pair.logits(), beta, label_smoothing),
+        OfflineLoss::Robust { eps } => robust_dpo_loss(pair.logits(), beta, eps),
+        OfflineLoss::Hinge => hinge_loss(pair.logits(), beta),
+        OfflineLoss::ExoPref { eps } => exo_pref_loss(pair.logits(), beta, eps),
+        OfflineLoss::Ipo => {
+            let mean = |lp: Tensor<1>, i: usize| lp.div(col(&lengths, i).clamp_min(1.0));
+            let h = mean(pair.chosen.clone(), 0)
+                .sub(mean(pair.ref_chosen.clone(), 0))
+                .sub(mean(pair.rejected.clone(), 1).sub(mean(pair.ref_rejected.clone(), 1)));
+            ipo_loss(h, beta)
+        }
+        OfflineLoss::Simpo { gamma } => simpo_loss(
+            pair.chosen.clone().div(col(&lengths, 0).clamp_min(1.0)),
+            pair.rejected.clone().div(col(&lengths, 1).clamp_min(1.0)),
+            beta,
+            gamma,
+        ),
+        OfflineLoss::ExoRw { beta_r } => exo_rw_loss(
+            policy.clone().sub(reference.clone()),
+            rewards.expect("checked before training"),
+            beta,
+            beta_r,
+        ),
+        OfflineLoss::DpoRw { beta_r } => dpo_rw_loss(
+            policy.clone().sub(reference.clone()),
+            rewards.expect("checked before training"),
+            beta,
+            beta_r,
+        ),
+    };
+    let (rc, rr) = pair.implicit_rewards(beta);
+    let scalar = |t: Tensor<1>| f64::from(t.mean().into_scalar::<f32>());
+    let metrics = vec![
+        (names::REWARDS_CHOSEN, scalar(rc.clone())),
+        (names::REWARDS_REJECTED, scalar(rr.clone())),
+        (names::REWARDS_MARGINS, scalar(rc.clone().sub(rr.clone()))),
+        (names::REWARDS_ACCURACIES, scalar(rc.greater(rr).float())),
+        (names::LOGPS_CHOSEN, scalar(pair.chosen.clone())),
+        (names::LOGPS_REJECTED, scalar(pair.rejected.clone())),
+    ];
+    (per_example.mean(), metrics)
+}
+
+fn to_2d(rows: &[Vec<f32>], device: &Device) -> Tensor<2> {
+    let k = rows.first().map_or(0, Vec::len);
+    Tensor::from_data(TensorData::new(rows.concat(), [rows.len(), k]), device)
+}
+
+fn loss_of_groups(
+    policy: &CausalLm,
+    groups: &[&Group],
+    ref_logps: &[&Vec<f32>],
+    cfg: &DpoConfig,
+    device: &Device,
+) -> (Tensor<1>, Metrics) {
+    let (b, k) = (groups.len(), groups[0].responses.len());
+    let (logps, lengths) = sequence_logps(policy, groups, cfg.truncation, device);
+    let rows: Vec<Vec<f32>> = ref_logps.iter().map(|r| (*r).clone()).collect();
+    let rewards = cfg.loss.needs_rewards().then(|| {
+        let r: Vec<Vec<f32>> = groups
+            .iter()
+            .map(|g| g.rewards.clone().unwrap_or_default())
+            .collect();
+        to_2d(&r, device)
+    });
+    batch_loss(
+        cfg,
+        logps.reshape([b, k]),
+        lengths.reshape([b, k]),
+        to_2d(&rows, device),
+        rewards,
+    )
+}
+
+/// Loss and implicit-reward accuracy and margin of `policy` on held-out groups.
+pub fn evaluate(
+    policy: &CausalLm,
+    groups: &[Group],
+    ref_logps: &[Vec<f32>],
+    cfg: &DpoConfig,
+    device: &Device,
+) -> DpoEval {
+    let valid = policy.valid();
+    let device = device.clone().without_autodiff();
+    let (mut loss, mut acc, mut margin, mut n) = (0.0, 0.0, 0.0, 0.0);
+    for (chunk, refs) in groups
+        .chunks(cfg.batch_size.max(1))
+        .zip(ref_logps.chunks(cfg.batch_size.max(1)))
+    {
+        let g: Vec<&Group> = chunk.iter().collect();
+        let r: Vec<&Vec<f32>> = refs.iter().collect();
+        let (l, m) = loss_of_groups(&valid, &g, &r, cfg, &device);
+        let w = chunk.len() as f64;
+        loss += f64::from(l.into_scalar::<f32>()) * w;
+        let get = |name: &str| m.iter().find(|x| x.0 == name).map_or(0.0, |x| x.1);
+        acc += get(names::REWARDS_ACCURACIES) * w;
+        margin += get(names::REWARDS_MARGINS) * w;
+        n += w;
+    }
+    let n = n.max(1.0);
+    DpoEval {
+        loss: loss / n,
+        reward_accuracy: acc / n,
+        reward_margin: margin / n,
+    }
+}
+
+fn check(groups: &[Group], cfg: &DpoConfig) -> Result<()> {
+    let k = groups.first().map_or(2, |g| g.responses.len());
+    for (i, g) in groups.iter().enumerate() {
+        if g.responses.len() != k || k < 2 {
+            return Err(Error::Config(format!(
+                "offline trainer: group {i} has {} responses; all need the same K ≥ 2 (here {k})",
+                g.responses.len()
+            )));
+        }
+        if cfg.loss.needs_rewards() && g.rewards.as_ref().is_none_or(|r| r.len() != k) {
+            return Err(Error::Config(format!(
+                "offline trainer: {:?} needs one reward per response; group {i} has none or the wrong count",
+                cfg.loss
+            )));
+        }
+    }
+    if k > 2 && !cfg.loss.needs_rewards() {
+        return Err(Error::Config(format!(
+            "{:?} takes pairs; K = {k} groups need exo_rw or dpo_rw",
+            cfg.loss
+        )));
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+/// Trains `policy` (on an autodiff device) against the frozen `reference` on `train`, evaluating
+/// on `eval`. Reference log-probs come from `cache` (computed once per reference and data, then
+/// reused across epochs and runs); `run_options` gives checkpoints, resume, metrics, progress.
+pub fn train_offline(
+    policy: CausalLm,
+    reference: &CausalLm,
+    train: &[Group],
+    eval: &[Group],
+    cfg: &DpoConfig,
+    cache: &RefCache,
+    run_options: &RunOptions,
+    device: &Device,
+) -> Result<(CausalLm, DpoReport)> {
+    check(train, cfg)?;
+    check(eval, cfg)?;
+    if train.is_empty() {
+        return Err(Error::Config("offline trainer: no training groups".into()));
+    }
+    let mut report = DpoReport::default();
+    let mut batches = 0u64;
+    let (ref_train, ref_eval) = if cfg.loss.needs_reference() {
+        let (a, _) = cache.get_or_compute(reference, train, || {
+            reference_logps(reference, train, cfg, device, &mut batches)
+        })?;
+        let (b, _) = cache.get_or_compute(reference, eval, || {
+            reference_logps(reference, eval, cfg, device, &mut batches)
+        })?;
+        (a, b)
+    } else {
+        let zeros = |g: &[Group]| g.iter().map(|x| vec![0.0; x.responses.len()]).collect();
+        (zeros(train), zeros(eval))
+    };
+    report.reference_forward_batches = batches;
+    let fit_cfg = FitConfig {
+        epochs: cfg.epochs,
+        grad_accum: cfg.grad_accum,
+        optimizer: &cfg.optimizer,
+        schedule: &cfg.schedule,
+        eval_every: cfg.eval_every,
+        label: "dpo",
+    };
+    let eval_metrics = |m: &CausalLm| -> Metrics {
+        if eval.is_empty() {
+            return Vec::new();
+        }
+        let e = evaluate(m, eval, &ref_eval, cfg, device);
+        vec![
+            (names::EVAL_LOSS, e.loss),
+            (names::EVAL_REWARD_ACCURACY, e.reward_accuracy),
+            (names::EVAL_REWARD_MARGIN, e.reward_margin),
+        ]
+    };
+    let (policy, r) = fit(
+        policy,
+        &fit_cfg,
+        run_options,
+        &|epoch| {
+            let mut rng = TrainRng::seed_from_u64(cfg.seed).fork(&format!("dpo-epoch-{epoch}"));
+            let mut order: Vec<usize> = (0..train.len()).collect();
+            order.shuffle(&mut rng);
+            order
+                .chunks(cfg.batch_size.max(1))
+                .map(<[usize]>::to_vec)
+                .collect()
+        },
+        &|m, idx| {
+            let groups: Vec<&Group> = idx.iter().map(|&i| &train[i]).collect();
+            let refs: Vec<&Vec<f32>> = idx.iter().map(|&i| &ref_train[i]).collect();
+            loss_of_groups(m, &groups, &refs, cfg, device)
+        },
+        &eval_metrics,
+    )?;
+    report.steps = r.steps;
+    report.steps_this_run = r.steps_this_run;
+    report.final_train_loss = r.final_train_loss;
+    if !eval.is_empty() {
+        report.eval = evaluate(&policy, eval, &ref_eval, cfg, device);
+    }
+    Ok((policy, report))
+}

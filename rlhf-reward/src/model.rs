@@ -1,0 +1,215 @@
+//! The reward model: a transformer backbone with a scalar head read at the last real token
+//! (outcome RM), or at each step delimiter (process RM), plus its normalisation. Saved as a
+//! Hugging Face directory (`config.json` + `model.safetensors`) with the normalisation and kind
+//! under `rlhf_scalar`.
+
+use std::path::Path;
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use rlhf_core::{Error, Result};
+use rlhf_data::SequenceBatch;
+use rlhf_models::{
+    CausalLm, ScalarModel, TransformerConfig, load_scalar_pretrained, save_scalar_pretrained,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::losses::StepAggregate;
+
+/// Outcome or process supervision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RewardKind {
+    /// One score per response, at its last real token.
+    Outcome,
+    /// One logit per reasoning step, at each step's last token; the sequence score aggregates the
+    /// step probabilities.
+    Process,
+}
+
+/// How raw scores are served: `(r − bias) · gain`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Normalisation {
+    /// Mean raw score of the SFT demonstrations.
+    pub bias: f32,
+    /// 1, or 1/std of the demonstrations' raw scores.
+    pub gain: f32,
+}
+
+impl Default for Normalisation {
+    fn default() -> Self {
+        Normalisation {
+            bias: 0.0,
+            gain: 1.0,
+        }
+    }
+}
+
+impl Normalisation {
+    /// From raw scores of demonstrations: `bias` = their mean; `gain` = 1/std when asked.
+    pub fn from_scores(scores: &[f32], with_gain: bool) -> Result<Self> {
+        if scores.is_empty() {
+            return Err(Error::Config(
+                "normalisation needs at least one demonstration".into(),
+            ));
+        }
+        let n = scores.len() as f64;
+        let mean = scores.iter().map(|&x| f64::from(x)).sum::<f64>() / n;
+        let var = scores
+            .iter()
+            .map(|&x| (f64::from(x) - mean).powi(2))
+            .sum::<f64>()
+            / n;
+        let gain = if with_gain && var > 1e-12 {
+            1.0 / var.sqrt()
+        } else {
+            1.0
+        };
+        Ok(Normalisation {
+            bias: mean as f32,
+            gain: gain as f32,
+        })
+    }
+
+    /// The served score of a raw one.
+    pub fn apply(&self, raw: f32) -> f32 {
+        (raw - self.bias) * self.gain
+    }
+}
+
+/// The settings stored with a reward model (`rlhf_scalar` in `config.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RewardSettings {
+    /// Outcome or process.
+    pub kind: RewardKind,
+    /// Applied when serving.
+    pub normalisation: Normalisation,
+    /// Process RMs: how step probabilities become a sequence score.
+    pub step_aggregate: StepAggregate,
+    /// Process RMs: the text that ends a step (e.g. `;` or a newline).
+    pub step_delimiter: Option<String>,
+}
+
+impl RewardSettings {
+    /// An outcome RM without normalisation.
+    pub fn outcome() -> Self {
+        RewardSettings {
+            kind: RewardKind::Outcome,
+            normalisation: Normalisation::default(),
+            step_aggregate: StepAggregate::Min,
+            step_delimiter: None,
+        }
+    }
+
+    /// A process RM whose steps end with `delimiter`, scored by `aggregate`.
+    pub fn process(delimiter: &str, aggregate: StepAggregate) -> Self {
+        RewardSettings {
+            kind: RewardKind::Process,
+            normalisation: Normalisation::default(),
+            step_aggregate: aggregate,
+            step_delimiter: Some(delimiter.to_string()),
+        }
+    }
+}
+
+/// A reward model: scalar model, its shape, and its settings.
+#[derive(Debug, Clone)]
+pub struct RewardModel {
+    /// Backbone + scalar head.
+    pub model: ScalarModel,
+    /// The backbone's shape.
+    pub config: TransformerConfig,
+    /// Kind, normalisation, PRM aggregation.
+    pub settings: RewardSettings,
+}
+
+impl RewardModel {
+    /// A fresh head on `backbone` (for example the SFT policy, as in the TL;DR reproduction).
+    pub fn from_backbone(
+        backbone: CausalLm,
+        config: TransformerConfig,
+        settings: RewardSettings,
+    ) -> Self {
+        RewardModel {
+            model: ScalarModel::from_backbone(backbone),
+            config,
+            settings,
+        }
+    }
+
+    /// Writes the model as a Hugging Face directory.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let extra =
+            serde_json::to_value(&self.settings).map_err(|e| Error::Record(e.to_string()))?;
+        save_scalar_pretrained(&self.model, &self.config, extra, dir)
+    }
+
+    /// Loads what [`Self::save`] wrote.
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        let (config, model, extra) = load_scalar_pretrained(dir, device)?;
+        let settings = serde_json::from_value(extra).map_err(|e| Error::Data {
+            file: dir.join("config.json"),
+            line: 0,
+            field: "rlhf_scalar".into(),
+            message: e.to_string(),
+        })?;
+        Ok(RewardModel {
+            model,
+            config,
+            settings,
+        })
+    }
+
+    /// A value model initialised from this reward model (the TL;DR reproduction's critic init).
+    pub fn to_value_model(&self) -> ScalarModel {
+        self.model.clone()
+    }
+}
+
+/// Device tensors of a collated batch: ids (pads replaced by 0) and attention mask.
+pub fn batch_tensors(batch: &SequenceBatch, device: &Device) -> (Tensor<2, Int>, Tensor<2>) {
+    let shape = [batch.batch, batch.seq_len()];
+    let ids: Vec<i64> = batch
+        .model_input_ids(0)
+        .into_iter()
+        .map(i64::from)
+        .collect();
+    let mask: Vec<f32> = batch.attention_mask.iter().map(|&m| f32::from(m)).collect();
+    (
+        Tensor::from_data(TensorData::new(ids, shape), device),
+        Tensor::from_data(TensorData::new(mask, shape), device),
+    )
+}
+
+/// Raw scores `[batch]` of a collated batch (left-padded prompts, right-padded responses): the
+/// head's value at each row's last real token.
+pub fn last_token_scores(model: &ScalarModel, batch: &SequenceBatch, device: &Device) -> Tensor<1> {
+    let (ids, mask) = batch_tensors(batch, device);
+    model.at_last_token(ids, mask.clone(), mask)
+}
+
+/// Logits at chosen positions: `positions[b]` lists columns of row `b`; returns `[batch, S]`
+/// (S = the longest list) and the mask of real entries.
+pub fn logits_at(
+    model: &ScalarModel,
+    batch: &SequenceBatch,
+    positions: &[Vec<usize>],
+    device: &Device,
+) -> (Tensor<2>, Tensor<2>) {
+    let (ids, mask) = batch_tensors(batch, device);
+    let values = model.per_token(ids, mask); // [b, t]
+    let b = batch.batch;
+    let s = positions.iter().map(Vec::len).max().unwrap_or(0).max(1);
+    let mut index = Vec::with_capacity(b * s);
+    let mut real = Vec::with_capacity(b * s);
+    for row in positions {
+        for j in 0..s {
+            index.push(row.get(j).copied().unwrap_or(0) as i64);
+            real.push(if j < row.len() { 1.0f32 } else { 0.0 });
+        }
+    }
+    let index = Tensor::<2, Int>::from_data(TensorData::new(index, [b, s]), device);
+    (
+        values.gather(1, index),
+        Tensor::from_data(TensorData::new(real, [b, s]), device),
+    )
+}

@@ -1,0 +1,487 @@
+//! Training and evaluating reward models.
+//!
+//! - [`train_reward_model`]: ranked responses per prompt (pairs, or K-wise groups), the
+//!   Bradley–Terry loss (with margins) for pairs and Plackett–Luce for K > 2, optional centering;
+//! - [`train_step_model`]: binary labels at chosen positions — a PRM's step labels at each step's
+//!   last token, or an ORM's correctness label at the response's last token;
+//! - [`normalise`]: the bias (and optional gain) from the SFT demonstrations.
+//!
+//! Both run `rlhf_core::train::fit`: batch order drawn from `(seed, epoch)`, gradient
+//! accumulation, global-norm clipping, eval every `eval_every` steps, checkpoints that resume
+//! exactly, JSONL metrics and a progress bar.
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor, TensorData};
+use rand::seq::SliceRandom;
+use rlhf_core::train::{
+    FitConfig, LrSchedule, Metrics, OptimizerConfig, RunOptions, TrainRng, fit, metrics::names,
+};
+use rlhf_core::{Error, Result, host::to_f32_vec};
+use rlhf_data::{SequenceBatch, Truncation, collate};
+use rlhf_models::ScalarModel;
+use serde::{Deserialize, Serialize};
+
+use crate::losses::{
+    binary_cross_entropy, bradley_terry_loss, centering_penalty, plackett_luce_loss,
+};
+use crate::model::{Normalisation, last_token_scores, logits_at};
+
+/// Responses to one prompt, best first, with optional extras.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RankedExample {
+    /// Prompt tokens.
+    pub prompt: Vec<u32>,
+    /// Response tokens (ending with EOS), best first; K ≥ 2.
+    pub responses: Vec<Vec<u32>>,
+    /// Pairs only: the Bradley–Terry margin (e.g. from the labeller's confidence).
+    pub margin: Option<f32>,
+    /// Gold scores of the responses, when known (synthetic tasks): eval then also reports
+    /// agreement with the gold order, not just with the noisy labels.
+    pub gold: Option<Vec<f64>>,
+}
+
+/// Binary labels at chosen points of one response.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelledExample {
+    /// Prompt tokens.
+    pub prompt: Vec<u32>,
+    /// The response in segments (PRM: one per step, each ending with the step delimiter; ORM:
+    /// one segment, the whole response). The label is read at each segment's last token.
+    pub segments: Vec<Vec<u32>>,
+    /// One label per segment (true = correct).
+    pub labels: Vec<bool>,
+}
+
+/// Reward-model training settings (defaults: one epoch, as in the TL;DR reproduction).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RmConfig {
+    /// Passes over the data.
+    pub epochs: usize,
+    /// Examples per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    /// AdamW and clipping.
+    pub optimizer: OptimizerConfig,
+    /// Schedule over all optimizer steps.
+    pub schedule: LrSchedule,
+    /// Centering coefficient η (pairs only); 0 = off.
+    pub center_eta: f32,
+    /// Use the examples' margins (pairs only).
+    pub use_margin: bool,
+    /// Evaluate every this many optimizer steps (0 = only at the end).
+    pub eval_every: u64,
+    /// Longest prompt / response kept.
+    pub truncation: Option<(usize, usize)>,
+    /// Seed of the batch order.
+    pub seed: u64,
+}
+
+impl Default for RmConfig {
+    fn default() -> Self {
+        RmConfig {
+            epochs: 1,
+            batch_size: 16,
+            grad_accum: 1,
+            optimizer: OptimizerConfig {
+                lr: 1e-3,
+                ..OptimizerConfig::default()
+            },
+            schedule: LrSchedule::Constant,
+            center_eta: 0.0,
+            use_margin: false,
+            eval_every: 0,
+            truncation: None,
+            seed: 0,
+        }
+    }
+}
+
+/// Held-out results of a reward model.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RmEval {
+    /// Mean loss.
+    pub loss: f64,
+    /// Ranked: share of adjacent pairs ordered as labelled. Step models: share of labels predicted
+    /// right (p > ½).
+    pub accuracy: f64,
+    /// Ranked: share of pairs (first two responses, gold scores differing) ordered as the gold
+    /// scorer orders them. Step models: balanced accuracy (mean of the accuracies on correct and
+    /// on wrong labels).
+    pub gold_accuracy: Option<f64>,
+}
+
+/// What a training run did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RmReport {
+    /// Optimizer steps (including those before a resume).
+    pub steps: u64,
+    /// Steps this call took.
+    pub steps_this_run: u64,
+    /// Loss of the last step.
+    pub final_train_loss: f64,
+    /// Eval at the end.
+    pub eval: RmEval,
+}
+
+fn truncation(cfg: &RmConfig) -> Option<Truncation> {
+    cfg.truncation.map(|(p, r)| Truncation {
+        max_prompt: p,
+        max_response: r,
+    })
+}
+
+/// All responses of `examples`, example-major, as one collated batch.
+fn collate_ranked(examples: &[&RankedExample], t: Option<Truncation>) -> SequenceBatch {
+    let pairs: Vec<(&[u32], &[u32])> = examples
+        .iter()
+        .flat_map(|e| {
+            e.responses
+                .iter()
+                .map(|r| (e.prompt.as_slice(), r.as_slice()))
+        })
+        .collect();
+    collate(&pairs, 0, t)
+}
+
+/// The loss of a batch of ranked examples (all with the same K) and its `[batch, K]` scores.
+fn ranked_loss(
+    model: &ScalarModel,
+    examples: &[&RankedExample],
+    cfg: &RmConfig,
+    device: &Device,
+) -> (Tensor<1>, Tensor<2>) {
+    let k = examples[0].responses.len();
+    let b = examples.len();
+    let scores = last_token_scores(model, &collate_ranked(examples, truncation(cfg)), device)
+        .reshape([b, k]);
+    let loss = if k == 2 {
+        let chosen = scores.clone().narrow(1, 0, 1).reshape([b]);
+        let rejected = scores.clone().narrow(1, 1, 1).reshape([b]);
+        let margin = cfg.use_margin.then(|| {
+            let m: Vec<f32> = examples.iter().map(|e| e.margin.unwrap_or(0.0)).collect();
+            Tensor::<1>::from_data(TensorData::new(m, [b]), device)
+        });
+        let mut loss = bradley_terry_loss(chosen.clone(), rejected.clone(), margin);
+        if cfg.center_eta > 0.0 {
+            loss = loss.add(centering_penalty(chosen, rejected, cfg.center_eta));
+        }
+        loss
+    } else {
+        plackett_luce_loss(scores.clone())
+    };
+    (loss, scores)
+}
+
+/// Scores `[batch, K]` of ranked examples without gradients, in chunks.
+pub fn score_ranked(
+    model: &ScalarModel,
+    examples: &[RankedExample],
+    batch_size: usize,
+    device: &Device,
+) -> Vec<Vec<f32>> {
+    let valid = model.valid();
+    let device = device.clone().without_autodiff();
+    let mut out = Vec::with_capacity(examples.len());
+    for chunk in examples.chunks(batch_size.max(1)) {
+        let refs: Vec<&RankedExample> = chunk.iter().collect();
+        let flat = to_f32_vec(last_token_scores(
+            &valid,
+            &collate_ranked(&refs, None),
+            &device,
+        ));
+        let mut at = 0;
+        for e in chunk {
+            out.push(flat[at..at + e.responses.len()].to_vec());
+            at += e.responses.len();
+        }
+    }
+    out
+}
+
+/// Loss, label accuracy and gold-order accuracy of a reward model on held-out ranked examples.
+pub fn evaluate_ranked(
+    model: &ScalarModel,
+    examples: &[RankedExample],
+    cfg: &RmConfig,
+    device: &Device,
+) -> RmEval {
+    let scores = score_ranked(model, examples, cfg.batch_size, device);
+    let (mut loss, mut right, mut pairs) = (0.0, 0usize, 0usize);
+    let (mut gold_right, mut gold_pairs) = (0usize, 0usize);
+    for (e, s) in examples.iter().zip(&scores) {
+        let s: Vec<f64> = s.iter().map(|&x| f64::from(x)).collect();
+        // Plackett–Luce (= Bradley–Terry at K = 2), in f64
+        for i in 0..s.len() - 1 {
+            let m = s[i..].iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let lse = m + s[i..].iter().map(|x| (x - m).exp()).sum::<f64>().ln();
+            loss -= s[i] - lse;
+            right += usize::from(s[i] > s[i + 1]);
+            pairs += 1;
+        }
+        if let Some(g) = &e.gold
+            && (g[0] - g[1]).abs() > 1e-12
+        {
+            gold_pairs += 1;
+            gold_right += usize::from((s[0] > s[1]) == (g[0] > g[1]));
+        }
+    }
+    RmEval {
+        loss: loss / examples.len().max(1) as f64,
+        accuracy: right as f64 / pairs.max(1) as f64,
+        gold_accuracy: (gold_pairs > 0).then(|| gold_right as f64 / gold_pairs as f64),
+    }
+}
+
+/// Sequences and label positions of labelled examples: each example is prompt ⊕ segments, and its
+/// labels sit at the columns of the segments' last tokens.
+fn collate_labelled(examples: &[&LabelledExample]) -> (SequenceBatch, Vec<Vec<usize>>, Vec<f32>) {
+    let responses: Vec<Vec<u32>> = examples.iter().map(|e| e.segments.concat()).collect();
+    let pairs: Vec<(&[u32], &[u32])> = examples
+        .iter()
+        .zip(&responses)
+        .map(|(e, r)| (e.prompt.as_slice(), r.as_slice()))
+        .collect();
+    let batch = collate(&pairs, 0, None);
+    let mut positions = Vec::with_capacity(examples.len());
+    let mut labels = Vec::new();
+    let s = examples
+        .iter()
+        .map(|e| e.labels.len())
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    for e in examples {
+        let mut col = batch.prompt_len; // responses start right after the left-padded prompts
+        let mut row = Vec::with_capacity(e.segments.len());
+        for seg in &e.segments {
+            col += seg.len();
+            row.push(col - 1);
+        }
+        labels.extend((0..s).map(|j| e.labels.get(j).map_or(0.0, |&l| f32::from(u8::from(l)))));
+        positions.push(row);
+    }
+    (batch, positions, labels)
+}
+
+fn labelled_loss(
+    model: &ScalarModel,
+    examples: &[&LabelledExample],
+    device: &Device,
+) -> (Tensor<1>, Tensor<2>, Tensor<2>, Tensor<2>) {
+    let (batch, positions, labels) = collate_labelled(examples);
+    let (logits, mask) = logits_at(model, &batch, &positions, device);
+    let labels = Tensor::<2>::from_data(TensorData::new(labels, mask.dims()), device);
+    let loss = binary_cross_entropy(logits.clone(), labels.clone(), mask.clone());
+    (loss, logits, labels, mask)
+}
+
+/// Loss, accuracy and balanced accuracy of a step (or outcome) model on held-out examples.
+pub fn evaluate_labelled(
+    model: &ScalarModel,
+    examples: &[LabelledExample],
+    batch_size: usize,
+    device: &Device,
+) -> RmEval {
+    let valid = model.valid();
+    let device = device.clone().without_autodiff();
+    let (mut loss, mut n) = (0.0, 0.0);
+    let (mut tp, mut pos, mut tn, mut neg) = (0.0, 0.0, 0.0, 0.0);
+    for chunk in examples.chunks(batch_size.max(1)) {
+        let refs: Vec<&LabelledExample> = chunk.iter().collect();
+        let (l, logits, labels, mask) = labelled_loss(&valid, &refs, &device);
+        let count: f64 = to_f32_vec(mask.clone()).iter().map(|&x| f64::from(x)).sum();
+        loss += f64::from(l.into_scalar::<f32>()) * count;
+        n += count;
+        let (z, y, m) = (to_f32_vec(logits), to_f32_vec(labels), to_f32_vec(mask));
+        for i in 0..z.len() {
+            if m[i] == 0.0 {
+                continue;
+            }
+            if y[i] == 1.0 {
+                pos += 1.0;
+                tp += f64::from(u8::from(z[i] > 0.0));
+            } else {
+                neg += 1.0;
+                tn += f64::from(u8::from(z[i] <= 0.0));
+            }
+        }
+    }
+    let balanced = match (pos > 0.0, neg > 0.0) {
+        (true, true) => Some(0.5 * (tp / pos + tn / neg)),
+        _ => None,
+    };
+    RmEval {
+        loss: loss / n.max(1.0),
+        accuracy: (tp + tn) / (pos + neg).max(1.0),
+        gold_accuracy: balanced,
+    }
+}
+
+fn eval_metrics(e: &RmEval) -> Metrics {
+    let mut m = vec![
+        (names::EVAL_LOSS, e.loss),
+        (names::EVAL_ACCURACY, e.accuracy),
+    ];
+    if let Some(g) = e.gold_accuracy {
+        m.push((names::EVAL_GOLD_ACCURACY, g));
+    }
+    m
+}
+
+/// Runs [`fit`] with `cfg` and turns its report into an [`RmReport`] (eval recomputed once at the
+/// end, so the report holds the final numbers in full precision).
+fn run_fit(
+    model: ScalarModel,
+    cfg: &RmConfig,
+    run_options: &RunOptions,
+    label: &str,
+    n_train: usize,
+    loss_of: &dyn Fn(&ScalarModel, &[usize]) -> Tensor<1>,
+    eval_of: &dyn Fn(&ScalarModel) -> Option<RmEval>,
+) -> Result<(ScalarModel, RmReport)> {
+    if n_train == 0 {
+        return Err(Error::Config(format!("{label}: no training examples")));
+    }
+    let fit_cfg = FitConfig {
+        epochs: cfg.epochs,
+        grad_accum: cfg.grad_accum,
+        optimizer: &cfg.optimizer,
+        schedule: &cfg.schedule,
+        eval_every: cfg.eval_every,
+        label,
+    };
+    let (model, r) = fit(
+        model,
+        &fit_cfg,
+        run_options,
+        &|epoch| shuffled_batches(n_train, cfg.batch_size, cfg.seed, label, epoch),
+        &|m, idx| (loss_of(m, idx), Vec::new()),
+        &|m| eval_of(m).as_ref().map(eval_metrics).unwrap_or_default(),
+    )?;
+    let eval = eval_of(&model).unwrap_or_default();
+    Ok((
+        model,
+        RmReport {
+            steps: r.steps,
+            steps_this_run: r.steps_this_run,
+            final_train_loss: r.final_train_loss,
+            eval,
+        },
+    ))
+}
+
+/// Shuffled batches of `n` indices for one epoch.
+fn shuffled_batches(
+    n: usize,
+    batch_size: usize,
+    seed: u64,
+    label: &str,
+    epoch: usize,
+) -> Vec<Vec<usize>> {
+    let mut rng = TrainRng::seed_from_u64(seed).fork(&format!("{label}-epoch-{epoch}"));
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut rng);
+    order
+        .chunks(batch_size.max(1))
+        .map(<[usize]>::to_vec)
+        .collect()
+}
+
+/// Trains an outcome reward model on ranked examples (all with the same K). The model must live
+/// on an autodiff device.
+pub fn train_reward_model(
+    model: ScalarModel,
+    train: &[RankedExample],
+    eval: &[RankedExample],
+    cfg: &RmConfig,
+    run_options: &RunOptions,
+    device: &Device,
+) -> Result<(ScalarModel, RmReport)> {
+    let k = train.first().map_or(2, |e| e.responses.len());
+    if let Some((i, e)) = train
+        .iter()
+        .chain(eval)
+        .enumerate()
+        .find(|(_, e)| e.responses.len() != k || k < 2)
+    {
+        return Err(Error::Config(format!(
+            "reward model: example {i} has {} responses; every example needs the same K ≥ 2 (here {k})",
+            e.responses.len()
+        )));
+    }
+    run_fit(
+        model,
+        cfg,
+        run_options,
+        "rm",
+        train.len(),
+        &|m, idx| {
+            let refs: Vec<&RankedExample> = idx.iter().map(|&i| &train[i]).collect();
+            ranked_loss(m, &refs, cfg, device).0
+        },
+        &|m| (!eval.is_empty()).then(|| evaluate_ranked(m, eval, cfg, device)),
+    )
+}
+
+/// Trains a step model — a PRM on step labels, or an ORM on correctness labels — with binary
+/// cross-entropy at each segment's last token. The model must live on an autodiff device.
+pub fn train_step_model(
+    model: ScalarModel,
+    train: &[LabelledExample],
+    eval: &[LabelledExample],
+    cfg: &RmConfig,
+    run_options: &RunOptions,
+    device: &Device,
+) -> Result<(ScalarModel, RmReport)> {
+    if let Some((i, e)) = train.iter().chain(eval).enumerate().find(|(_, e)| {
+        e.segments.len() != e.labels.len()
+            || e.segments.is_empty()
+            || e.segments.iter().any(Vec::is_empty)
+    }) {
+        return Err(Error::Config(format!(
+            "step model: example {i} has {} segments and {} labels (need as many, at least one, none empty)",
+            e.segments.len(),
+            e.labels.len()
+        )));
+    }
+    run_fit(
+        model,
+        cfg,
+        run_options,
+        "prm",
+        train.len(),
+        &|m, idx| {
+            let refs: Vec<&LabelledExample> = idx.iter().map(|&i| &train[i]).collect();
+            labelled_loss(m, &refs, device).0
+        },
+        &|m| (!eval.is_empty()).then(|| evaluate_labelled(m, eval, cfg.batch_size, device)),
+    )
+}
+
+/// The normalisation of an outcome RM from SFT demonstrations `(prompt, response)` token pairs:
+/// `bias` = mean raw score, `gain` = 1/std when `with_gain`.
+pub fn normalise(
+    model: &ScalarModel,
+    demonstrations: &[(Vec<u32>, Vec<u32>)],
+    with_gain: bool,
+    batch_size: usize,
+    device: &Device,
+) -> Result<Normalisation> {
+    let valid = model.valid();
+    let device = device.clone().without_autodiff();
+    let mut scores = Vec::with_capacity(demonstrations.len());
+    for chunk in demonstrations.chunks(batch_size.max(1)) {
+        let pairs: Vec<(&[u32], &[u32])> = chunk
+            .iter()
+            .map(|(p, r)| (p.as_slice(), r.as_slice()))
+            .collect();
+        scores.extend(to_f32_vec(last_token_scores(
+            &valid,
+            &collate(&pairs, 0, None),
+            &device,
+        )));
+    }
+    Normalisation::from_scores(&scores, with_gain)
+}
