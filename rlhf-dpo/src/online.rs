@@ -8,8 +8,8 @@ use burn::tensor::Device;
 use rand::Rng;
 use rlhf_core::train::RunOptions;
 use rlhf_core::{Error, Result, Scorer};
-use rlhf_data::{Tokenizer, collate};
-use rlhf_models::{CausalLm, SamplingConfig, generate};
+use rlhf_data::Tokenizer;
+use rlhf_models::{CausalLm, SamplingConfig, sample_texts};
 use serde::{Deserialize, Serialize};
 
 use crate::cache::RefCache;
@@ -58,44 +58,22 @@ pub fn online_round(
             "online round: samples_per_prompt must be ≥ 2".into(),
         ));
     }
-    let encoded = prompts
-        .iter()
-        .map(|p| tokenizer.encode(p))
-        .collect::<Result<Vec<_>>>()?;
     // each prompt n times, consecutively
-    let repeated: Vec<(&[u32], &[u32])> = encoded
-        .iter()
-        .flat_map(|p| std::iter::repeat_n((p.as_slice(), &[][..]), n))
-        .collect();
-    let (ids, mask) = collate(&repeated, 0, None).prompts();
-    let sampling = SamplingConfig {
-        eos_id: Some(tokenizer.eos_id()),
-        ..cfg.sampling.clone()
-    };
-    let g = generate(&policy.valid(), &ids, &mask, repeated.len(), &sampling, rng);
-    let mut responses = Vec::with_capacity(repeated.len());
-    let mut texts = Vec::with_capacity(repeated.len());
-    for row in 0..repeated.len() {
-        let toks: Vec<u32> = (row * g.new_len..(row + 1) * g.new_len)
-            .filter(|&i| g.mask[i] == 1)
-            .map(|i| g.tokens[i])
-            .collect();
-        texts.push(tokenizer.decode(&toks)?);
-        responses.push(toks);
-    }
-    let prompt_refs: Vec<&str> = prompts
+    let repeated: Vec<&str> = prompts
         .iter()
         .flat_map(|p| std::iter::repeat_n(p.as_str(), n))
         .collect();
+    let (responses, texts) =
+        sample_texts(&policy.valid(), tokenizer, &repeated, &cfg.sampling, rng)?;
     let text_refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let scores = scorer.score(&prompt_refs, &text_refs)?;
+    let scores = scorer.score(&repeated, &text_refs)?;
     let mut report = OnlineReport {
         mean_score: scores.iter().map(|&s| f64::from(s)).sum::<f64>() / scores.len() as f64,
-        sampled_tokens: g.mask.iter().map(|&m| u64::from(m)).sum(),
+        sampled_tokens: responses.iter().map(|r| r.len() as u64).sum(),
         ..OnlineReport::default()
     };
     let mut groups = Vec::new();
-    for (i, prompt) in encoded.iter().enumerate() {
+    for (i, prompt) in prompts.iter().enumerate() {
         let rows = i * n..(i + 1) * n;
         let best = rows
             .clone()
@@ -109,7 +87,7 @@ pub fn online_round(
             && !responses[worst].is_empty()
         {
             groups.push(Group {
-                prompt: prompt.clone(),
+                prompt: tokenizer.encode(prompt)?,
                 responses: vec![responses[best].clone(), responses[worst].clone()],
                 rewards: Some(vec![scores[best], scores[worst]]),
             });

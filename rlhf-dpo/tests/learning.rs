@@ -10,9 +10,11 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rlhf_core::train::{LrSchedule, OptimizerConfig, RunOptions};
 use rlhf_data::tasks::{Labeller, Task, TldrSynth, win_rate, with_eos};
-use rlhf_data::{Split, Tokenizer, collate};
+use rlhf_data::{Split, Tokenizer};
 use rlhf_dpo::{DpoConfig, Group, OfflineLoss, RefCache, train_offline};
-use rlhf_models::{CausalLm, SamplingConfig, SftConfig, TransformerConfig, generate, train_sft};
+use rlhf_models::{
+    CausalLm, SamplingConfig, SftConfig, TransformerConfig, sample_texts, train_sft,
+};
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -35,33 +37,24 @@ fn gold_of_samples(
     task: &TldrSynth,
     prompts: &[String],
 ) -> Vec<f64> {
-    let valid = model.valid();
-    let ids: Vec<Vec<u32>> = prompts.iter().map(|p| tok.encode(p).unwrap()).collect();
-    let pairs: Vec<(&[u32], &[u32])> = ids.iter().map(|p| (p.as_slice(), &[][..])).collect();
-    let (pids, pmask) = collate(&pairs, 0, None).prompts();
     let cfg = SamplingConfig {
         max_new_tokens: 40,
         temperature: 0.7,
-        eos_id: Some(tok.eos_id()),
         ..Default::default()
     };
-    let out = generate(
-        &valid,
-        &pids,
-        &pmask,
-        prompts.len(),
+    let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
+    let (_, texts) = sample_texts(
+        &model.valid(),
+        tok,
+        &refs,
         &cfg,
         &mut ChaCha8Rng::seed_from_u64(11),
-    );
-    (0..prompts.len())
-        .map(|b| {
-            let row = b * out.new_len..(b + 1) * out.new_len;
-            let kept: Vec<u32> = row
-                .filter(|&i| out.mask[i] == 1)
-                .map(|i| out.tokens[i])
-                .collect();
-            task.gold(&prompts[b], &tok.decode(&kept).unwrap()).total
-        })
+    )
+    .unwrap();
+    prompts
+        .iter()
+        .zip(&texts)
+        .map(|(p, t)| task.gold(p, t).total)
         .collect()
 }
 
@@ -135,30 +128,23 @@ fn setup() -> Setup {
         let valid = sft.valid();
         let mut out = Vec::new();
         for chunk in prompts.chunks(64) {
-            let ids: Vec<Vec<u32>> = chunk.iter().map(|p| tok.encode(p).unwrap()).collect();
-            let twice: Vec<(&[u32], &[u32])> = ids
-                .iter()
-                .flat_map(|p| [(p.as_slice(), &[][..]); 2])
-                .collect();
-            let (pids, pmask) = collate(&twice, 0, None).prompts();
+            let twice: Vec<&str> = chunk.iter().flat_map(|p| [p.as_str(); 2]).collect();
             let cfg = SamplingConfig {
                 max_new_tokens: 40,
                 temperature: 1.0,
-                eos_id: Some(tok.eos_id()),
                 ..Default::default()
             };
-            let g = generate(&valid, &pids, &pmask, twice.len(), &cfg, &mut rng);
-            let row = |r: usize| -> Vec<u32> {
-                (r * g.new_len..(r + 1) * g.new_len)
-                    .filter(|&i| g.mask[i] == 1)
-                    .map(|i| g.tokens[i])
-                    .collect()
-            };
+            let (ids, texts) = sample_texts(&valid, &tok, &twice, &cfg, &mut rng).unwrap();
             for (k, p) in chunk.iter().enumerate() {
-                let (a, b) = (row(2 * k), row(2 * k + 1));
-                let ga = task.gold(p, &tok.decode(&a).unwrap()).total;
-                let gb = task.gold(p, &tok.decode(&b).unwrap()).total;
-                out.push((p.clone(), a, b, ga, gb));
+                let ga = task.gold(p, &texts[2 * k]).total;
+                let gb = task.gold(p, &texts[2 * k + 1]).total;
+                out.push((
+                    p.clone(),
+                    ids[2 * k].clone(),
+                    ids[2 * k + 1].clone(),
+                    ga,
+                    gb,
+                ));
             }
         }
         out

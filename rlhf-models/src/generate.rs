@@ -8,6 +8,8 @@ use burn::tensor::{Int, Tensor, TensorData};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+use rlhf_data::{Tokenizer, collate};
+
 use crate::cache::KvCache;
 use crate::lm::CausalLm;
 
@@ -215,6 +217,42 @@ pub fn generate(
         mask: out_mask.concat(),
         has_eos: (0..batch).map(|b| done[b]).collect(),
     }
+}
+
+/// Samples one continuation of each prompt text: tokenize, left-pad, [`generate`] with the
+/// tokenizer's EOS, and decode what each row kept (ending with the EOS token's text when the row
+/// stopped there). Returns the token ids and the texts, one per prompt.
+pub fn sample_texts(
+    model: &CausalLm,
+    tokenizer: &Tokenizer,
+    prompts: &[&str],
+    cfg: &SamplingConfig,
+    rng: &mut impl Rng,
+) -> rlhf_core::Result<(Vec<Vec<u32>>, Vec<String>)> {
+    let ids = prompts
+        .iter()
+        .map(|p| tokenizer.encode(p))
+        .collect::<rlhf_core::Result<Vec<_>>>()?;
+    let pairs: Vec<(&[u32], &[u32])> = ids.iter().map(|p| (p.as_slice(), &[][..])).collect();
+    let (pids, pmask) = collate(&pairs, 0, None).prompts();
+    let cfg = SamplingConfig {
+        eos_id: Some(tokenizer.eos_id()),
+        ..cfg.clone()
+    };
+    let g = generate(model, &pids, &pmask, prompts.len(), &cfg, rng);
+    let tokens: Vec<Vec<u32>> = (0..prompts.len())
+        .map(|b| {
+            (b * g.new_len..(b + 1) * g.new_len)
+                .filter(|&i| g.mask[i] == 1)
+                .map(|i| g.tokens[i])
+                .collect()
+        })
+        .collect();
+    let texts = tokens
+        .iter()
+        .map(|t| tokenizer.decode(t))
+        .collect::<rlhf_core::Result<Vec<_>>>()?;
+    Ok((tokens, texts))
 }
 
 #[cfg(test)]

@@ -41,7 +41,7 @@ pub mod sft;
 
 pub use cache::KvCache;
 pub use config::{Architecture, PRESETS, TransformerConfig};
-pub use generate::{Generation, SamplingConfig, generate};
+pub use generate::{Generation, SamplingConfig, generate, sample_texts};
 pub use hf::{
     config_from_json, config_to_json, load_pretrained, load_scalar_pretrained, save_pretrained,
     save_scalar_pretrained,

@@ -6,9 +6,9 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rlhf_core::train::{LrSchedule, OptimizerConfig, RunOptions};
 use rlhf_data::tasks::{Task, TldrSynth};
-use rlhf_data::{Split, Tokenizer, collate};
+use rlhf_data::{Split, Tokenizer};
 use rlhf_models::{
-    CausalLm, SamplingConfig, SftConfig, TransformerConfig, eval_loss, generate, train_sft,
+    CausalLm, SamplingConfig, SftConfig, TransformerConfig, eval_loss, sample_texts, train_sft,
 };
 
 type Example = (Vec<u32>, Vec<u32>);
@@ -21,37 +21,20 @@ fn encode(tok: &Tokenizer, prompt: &str, response: &str) -> Example {
 
 /// Mean gold score of greedy-ish samples (T = 0.3) on the eval prompts.
 fn gold_of_samples(model: &CausalLm, tok: &Tokenizer, task: &TldrSynth, prompts: &[String]) -> f64 {
-    let valid = burn::module::Module::valid(model);
-    let ids: Vec<Vec<u32>> = prompts.iter().map(|p| tok.encode(p).unwrap()).collect();
-    let pairs: Vec<(&[u32], &[u32])> = ids.iter().map(|p| (p.as_slice(), &[][..])).collect();
-    let batch = collate(&pairs, 0, None);
-    let (pids, pmask) = batch.prompts();
     let cfg = SamplingConfig {
         max_new_tokens: 40,
         temperature: 0.3,
-        eos_id: Some(tok.eos_id()),
         ..Default::default()
     };
-    let out = generate(
-        &valid,
-        &pids,
-        &pmask,
-        prompts.len(),
-        &cfg,
-        &mut ChaCha8Rng::seed_from_u64(11),
-    );
-    let mut total = 0.0;
-    for (b, p) in prompts.iter().enumerate() {
-        let row = &out.tokens[b * out.new_len..(b + 1) * out.new_len];
-        let mask = &out.mask[b * out.new_len..(b + 1) * out.new_len];
-        let kept: Vec<u32> = row
-            .iter()
-            .zip(mask)
-            .filter(|(_, m)| **m == 1)
-            .map(|(t, _)| *t)
-            .collect();
-        total += task.gold(p, &tok.decode(&kept).unwrap()).total;
-    }
+    let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
+    let valid = burn::module::Module::valid(model);
+    let (_, texts) =
+        sample_texts(&valid, tok, &refs, &cfg, &mut ChaCha8Rng::seed_from_u64(11)).unwrap();
+    let total: f64 = prompts
+        .iter()
+        .zip(&texts)
+        .map(|(p, t)| task.gold(p, t).total)
+        .sum();
     total / prompts.len() as f64
 }
 

@@ -103,8 +103,8 @@ impl Default for RmConfig {
 pub struct RmEval {
     /// Mean loss.
     pub loss: f64,
-    /// Ranked: share of adjacent pairs ordered as labelled. Step models: share of labels predicted
-    /// right (p > ½).
+    /// Ranked: share of adjacent pairs ordered as labelled (pairs of identical responses left
+    /// out). Step models: share of labels predicted right (p > ½).
     pub accuracy: f64,
     /// Ranked: share of pairs (first two responses, gold scores differing) ordered as the gold
     /// scorer orders them. Step models: balanced accuracy (mean of the accuracies on correct and
@@ -217,11 +217,15 @@ pub fn evaluate_ranked(
             let m = s[i..].iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let lse = m + s[i..].iter().map(|x| (x - m).exp()).sum::<f64>().ln();
             loss -= s[i] - lse;
-            right += usize::from(s[i] > s[i + 1]);
-            pairs += 1;
+            // identical responses cannot be ordered by any model: they are left out
+            if e.responses[i] != e.responses[i + 1] {
+                right += usize::from(s[i] > s[i + 1]);
+                pairs += 1;
+            }
         }
         if let Some(g) = &e.gold
             && (g[0] - g[1]).abs() > 1e-12
+            && e.responses[0] != e.responses[1]
         {
             gold_pairs += 1;
             gold_right += usize::from((s[0] > s[1]) == (g[0] > g[1]));

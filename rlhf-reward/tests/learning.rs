@@ -30,7 +30,7 @@ fn quiet() -> RunOptions {
 #[test]
 fn outcome_rm_on_tldr_synth_approaches_the_labeller_ceiling() {
     let device = rlhf_core::device_from_env().unwrap().autodiff();
-    let data = TldrPairs::build(1500, 400, 0.73, 0);
+    let data = TldrPairs::build(1000, 400, 0.73, 0);
     let (config, backbone) = tiny_backbone(&device, data.tokenizer.vocab_size(), 1);
     let rm = RewardModel::from_backbone(backbone, config, RewardSettings::outcome());
     let cfg = RmConfig {
@@ -42,7 +42,7 @@ fn outcome_rm_on_tldr_synth_approaches_the_labeller_ceiling() {
         },
         schedule: LrSchedule::Linear {
             warmup: 10,
-            total: 188,
+            total: 126,
         },
         seed: 3,
         ..RmConfig::default()

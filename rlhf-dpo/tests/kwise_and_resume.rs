@@ -1,0 +1,196 @@
+//! The trainer beyond pairs and beyond one run: EXO-rw on K = 3 groups with rewards lowers its
+//! loss; the wrong K or missing rewards are refused with the group named; a DPO run stopped after
+//! a checkpoint resumes to the same weights and metrics as an uninterrupted one.
+
+use burn::module::Module;
+use burn::tensor::{Int, Tensor, TensorData};
+use rlhf_core::host::to_f32_vec;
+use rlhf_core::train::metrics::read_metrics;
+use rlhf_core::train::{OptimizerConfig, RunOptions};
+use rlhf_dpo::{DpoConfig, Group, OfflineLoss, RefCache, train_offline};
+use rlhf_models::{CausalLm, TransformerConfig};
+
+fn model(device: &burn::tensor::Device) -> CausalLm {
+    device.seed(21);
+    let mut c = TransformerConfig::preset("tiny-1m").unwrap();
+    c.vocab_size = 32;
+    c.hidden_size = 32;
+    c.num_hidden_layers = 1;
+    c.num_attention_heads = 2;
+    c.num_key_value_heads = 2;
+    c.intermediate_size = 32;
+    CausalLm::init(&c, device).unwrap()
+}
+
+fn groups(k: usize) -> Vec<Group> {
+    (0..24u32)
+        .map(|i| Group {
+            prompt: vec![i % 9 + 1, i % 5 + 11],
+            responses: (0..k as u32)
+                .map(|j| vec![(i + 3 * j) % 20 + 1, j + 21, 0])
+                .collect(),
+            rewards: Some((0..k).map(|j| j as f32).collect()),
+        })
+        .collect()
+}
+
+fn quiet() -> RunOptions {
+    RunOptions {
+        progress: false,
+        ..RunOptions::default()
+    }
+}
+
+#[test]
+fn exo_rw_learns_on_k3_and_bad_groups_are_refused() {
+    let device = rlhf_core::device_from_env().unwrap().autodiff();
+    let init = model(&device);
+    let data = groups(3);
+    let cfg = DpoConfig {
+        loss: OfflineLoss::ExoRw { beta_r: 1.0 },
+        beta: 1.0,
+        epochs: 3,
+        batch_size: 8,
+        optimizer: OptimizerConfig {
+            lr: 1e-2,
+            ..OptimizerConfig::default()
+        },
+        ..DpoConfig::default()
+    };
+    let none = RefCache::new(None);
+    let before = rlhf_dpo::evaluate(&init, &data, &vec![vec![0.0; 3]; 24], &cfg, &device);
+    let (_, report) = train_offline(
+        init.clone(),
+        &init,
+        &data,
+        &data,
+        &cfg,
+        &none,
+        &quiet(),
+        &device,
+    )
+    .unwrap();
+    assert!(
+        report.eval.loss < 0.7 * before.loss.max(1e-6) || report.eval.loss < before.loss - 0.05,
+        "EXO-rw loss {} → {}",
+        before.loss,
+        report.eval.loss
+    );
+    // pairs-only losses refuse K = 3; reward losses refuse groups without rewards
+    let dpo = DpoConfig {
+        loss: OfflineLoss::Dpo {
+            label_smoothing: 0.0,
+        },
+        ..cfg.clone()
+    };
+    let err = train_offline(
+        init.clone(),
+        &init,
+        &data,
+        &[],
+        &dpo,
+        &none,
+        &quiet(),
+        &device,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("K = 3"), "{err}");
+    let mut no_rewards = groups(3);
+    no_rewards[5].rewards = None;
+    let err = train_offline(
+        init.clone(),
+        &init,
+        &no_rewards,
+        &[],
+        &cfg,
+        &none,
+        &quiet(),
+        &device,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("group 5"), "{err}");
+}
+
+#[test]
+fn dpo_training_resumes_exactly() {
+    let device = rlhf_core::device_from_env().unwrap().autodiff();
+    let init = model(&device);
+    let data = groups(2);
+    let cfg = DpoConfig {
+        epochs: 2,
+        batch_size: 6,
+        eval_every: 2,
+        optimizer: OptimizerConfig {
+            lr: 1e-2,
+            ..OptimizerConfig::default()
+        },
+        seed: 4,
+        ..DpoConfig::default()
+    };
+    let opts = |dir: &std::path::Path| RunOptions {
+        checkpoint_every: 3,
+        keep_last: 100,
+        progress: false,
+        ..RunOptions::in_dir(dir)
+    };
+    let cache_dir = tempfile::tempdir().unwrap();
+    let cache = RefCache::new(Some(cache_dir.path()));
+    let straight = tempfile::tempdir().unwrap();
+    let (a, ra) = train_offline(
+        init.clone(),
+        &init,
+        &data,
+        &data,
+        &cfg,
+        &cache,
+        &opts(straight.path()),
+        &device,
+    )
+    .unwrap();
+    assert_eq!(ra.steps, 8);
+    let broken = tempfile::tempdir().unwrap();
+    train_offline(
+        init.clone(),
+        &init,
+        &data,
+        &data,
+        &cfg,
+        &cache,
+        &opts(broken.path()),
+        &device,
+    )
+    .unwrap();
+    for e in std::fs::read_dir(broken.path().join("checkpoints")).unwrap() {
+        let p = e.unwrap().path();
+        let step: u64 = p.file_name().unwrap().to_str().unwrap()["checkpoint-".len()..]
+            .parse()
+            .unwrap();
+        if step > 3 {
+            std::fs::remove_dir_all(p).unwrap();
+        }
+    }
+    let (b, rb) = train_offline(
+        init.clone(),
+        &init,
+        &data,
+        &data,
+        &cfg,
+        &cache,
+        &opts(broken.path()),
+        &device,
+    )
+    .unwrap();
+    assert_eq!((rb.steps_this_run, rb.reference_forward_batches), (5, 0));
+    let probe = |m: &CausalLm| {
+        let ids = Tensor::<2, Int>::from_data(
+            TensorData::new((0..8i64).collect::<Vec<_>>(), [2, 4]),
+            &device,
+        );
+        to_f32_vec(m.valid().forward(ids, Tensor::ones([2, 4], &device), None))
+    };
+    assert_eq!(probe(&a), probe(&b));
+    assert_eq!(
+        read_metrics(&straight.path().join("metrics.jsonl")).unwrap(),
+        read_metrics(&broken.path().join("metrics.jsonl")).unwrap()
+    );
+}
