@@ -6,7 +6,7 @@ use burn::module::Module;
 use burn::tensor::{Int, Tensor, TensorData};
 use rlhf_core::host::to_f32_vec;
 use rlhf_core::train::metrics::read_metrics;
-use rlhf_core::train::{OptimizerConfig, RunOptions};
+use rlhf_core::train::{CheckpointStore, OptimizerConfig, RunOptions};
 use rlhf_dpo::{DpoConfig, Group, OfflineLoss, RefCache, train_offline};
 use rlhf_models::{CausalLm, TransformerConfig};
 
@@ -160,15 +160,10 @@ fn dpo_training_resumes_exactly() {
         &device,
     )
     .unwrap();
-    for e in std::fs::read_dir(broken.path().join("checkpoints")).unwrap() {
-        let p = e.unwrap().path();
-        let step: u64 = p.file_name().unwrap().to_str().unwrap()["checkpoint-".len()..]
-            .parse()
-            .unwrap();
-        if step > 3 {
-            std::fs::remove_dir_all(p).unwrap();
-        }
-    }
+    // "crash" right after the checkpoint of step 3: later checkpoints never happened
+    CheckpointStore::new(broken.path().join("checkpoints"), 1)
+        .discard_after(3)
+        .unwrap();
     let (b, rb) = train_offline(
         init.clone(),
         &init,

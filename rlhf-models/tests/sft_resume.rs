@@ -6,7 +6,7 @@ use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use rlhf_core::host::to_f32_vec;
 use rlhf_core::train::metrics::read_metrics;
-use rlhf_core::train::{OptimizerConfig, RunOptions};
+use rlhf_core::train::{CheckpointStore, OptimizerConfig, RunOptions};
 use rlhf_models::sft::Example;
 use rlhf_models::{CausalLm, SftConfig, TransformerConfig, train_sft};
 
@@ -87,16 +87,9 @@ fn check(packing: Option<usize>) {
     .unwrap();
     assert_eq!(ra.steps, rb.steps);
     // "crash" right after the checkpoint of step 3: later checkpoints never happened
-    let ckpts = broken.path().join("checkpoints");
-    for e in std::fs::read_dir(&ckpts).unwrap() {
-        let p = e.unwrap().path();
-        let step: u64 = p.file_name().unwrap().to_str().unwrap()["checkpoint-".len()..]
-            .parse()
-            .unwrap();
-        if step > 3 {
-            std::fs::remove_dir_all(p).unwrap();
-        }
-    }
+    CheckpointStore::new(broken.path().join("checkpoints"), 1)
+        .discard_after(3)
+        .unwrap();
     let (b, rb) = train_sft(init, &train, &eval, &cfg, &opts(broken.path()), &device).unwrap();
     assert_eq!(rb.steps_this_run, ra.steps - 3, "resumed after step 3");
     assert_eq!(probe(&a, &device), probe(&b, &device), "same final weights");

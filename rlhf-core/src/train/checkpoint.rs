@@ -137,6 +137,20 @@ impl CheckpointStore {
         Ok(steps)
     }
 
+    /// Removes every checkpoint newer than `step`, so the next resume starts from `step` (to
+    /// roll a run back, or to replay a crash in tests). Returns how many were removed.
+    pub fn discard_after(&self, step: u64) -> Result<usize> {
+        let newer: Vec<u64> = self.steps()?.into_iter().filter(|&s| s > step).collect();
+        for s in &newer {
+            let p = self.path_of(*s);
+            fs::remove_dir_all(&p).map_err(|e| Error::io(&p, e))?;
+        }
+        if !newer.is_empty() {
+            sync_dir(&self.dir)?;
+        }
+        Ok(newer.len())
+    }
+
     /// Loads and verifies the checkpoint of `step`: every part must have the size and checksum
     /// its manifest records.
     pub fn load(&self, step: u64) -> Result<Checkpoint> {
