@@ -11,9 +11,9 @@ use rlhf_core::host::to_f32_vec;
 use rlhf_core::train::{
     FitConfig, LrSchedule, Metrics, OptimizerConfig, RunOptions, TrainRng, fit, metrics::names,
 };
-use rlhf_core::{Error, Result, token_logprobs, zero_masked};
+use rlhf_core::{Error, Result, zero_masked};
 use rlhf_data::{Truncation, collate};
-use rlhf_models::CausalLm;
+use rlhf_models::{CausalLm, LmBatch, target_logprobs};
 use serde::{Deserialize, Serialize};
 
 use crate::cache::RefCache;
@@ -178,24 +178,9 @@ pub fn sequence_logps(
                 .map(|r| (g.prompt.as_slice(), r.as_slice()))
         })
         .collect();
-    let batch = collate(&pairs, 0, t);
-    let (n, l) = (batch.batch, batch.seq_len());
-    let ids: Vec<i64> = batch
-        .model_input_ids(0)
-        .into_iter()
-        .map(i64::from)
-        .collect();
-    let f = |v: &[u8]| -> Tensor<2> {
-        Tensor::from_data(
-            TensorData::new(v.iter().map(|&x| f32::from(x)).collect::<Vec<_>>(), [n, l]),
-            device,
-        )
-    };
-    let ids = Tensor::<2, burn::tensor::Int>::from_data(TensorData::new(ids, [n, l]), device);
-    let logits = model.forward(ids.clone(), f(&batch.attention_mask), None);
-    // logits at t predict token t + 1; only response tokens are targets
-    let logp = token_logprobs(logits.narrow(1, 0, l - 1), ids.narrow(1, 1, l - 1), 1.0);
-    let target = f(&batch.response_mask).narrow(1, 1, l - 1);
+    let batch = LmBatch::from_sequences(&collate(&pairs, 0, t));
+    let n = batch.batch;
+    let (logp, target) = target_logprobs(model, &batch, device);
     (
         zero_masked(logp, target.clone()).sum_dim(1).reshape([n]),
         target.sum_dim(1).reshape([n]),

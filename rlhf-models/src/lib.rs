@@ -49,4 +49,6 @@ pub use hf::{
 pub use llama::Llama;
 pub use lm::{CausalLm, ScalarModel, gather_last};
 pub use neox::GptNeox;
-pub use sft::{LmBatch, SftConfig, SftReport, eval_loss, pack, sft_loss, train_sft};
+pub use sft::{
+    LmBatch, SftConfig, SftReport, eval_loss, pack, sft_loss, target_logprobs, train_sft,
+};

@@ -164,14 +164,26 @@ fn packed_batch(rows: &[(Vec<u32>, Vec<u8>)]) -> LmBatch {
     b
 }
 
-/// Mean negative log-likelihood of the target tokens: the logits at position `t` predict the
-/// token at `t + 1`, and only targets marked in `batch.target` count. Returns `[1]`.
-pub fn sft_loss(model: &CausalLm, batch: &LmBatch, device: &Device) -> Tensor<1> {
+/// Log-probabilities of the target tokens under `model`, with the target mask, each
+/// `[batch, seq − 1]`: the logits at position `t` predict the token at `t + 1`, and only tokens
+/// marked in `batch.target` count (the mask is 0 elsewhere). SFT's loss and DPO's sequence
+/// log-probs are both read from this.
+pub fn target_logprobs(
+    model: &CausalLm,
+    batch: &LmBatch,
+    device: &Device,
+) -> (Tensor<2>, Tensor<2>) {
     let (ids, attention, target) = batch.tensors(device);
     let [_, l] = ids.dims();
     let logits = model.forward(ids.clone(), attention, None);
     let logp = token_logprobs(logits.narrow(1, 0, l - 1), ids.narrow(1, 1, l - 1), 1.0);
-    masked_mean(logp, target.narrow(1, 1, l - 1)).neg()
+    (logp, target.narrow(1, 1, l - 1))
+}
+
+/// Mean negative log-likelihood of the target tokens (see [`target_logprobs`]). Returns `[1]`.
+pub fn sft_loss(model: &CausalLm, batch: &LmBatch, device: &Device) -> Tensor<1> {
+    let (logp, target) = target_logprobs(model, batch, device);
+    masked_mean(logp, target).neg()
 }
 
 fn collate_examples(data: &[&Example], truncation: Option<(usize, usize)>) -> LmBatch {

@@ -9,7 +9,8 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use rlhf_core::{Error, Result};
 use rlhf_data::SequenceBatch;
 use rlhf_models::{
-    CausalLm, ScalarModel, TransformerConfig, load_scalar_pretrained, save_scalar_pretrained,
+    CausalLm, LmBatch, ScalarModel, TransformerConfig, load_scalar_pretrained,
+    save_scalar_pretrained,
 };
 use serde::{Deserialize, Serialize};
 
@@ -166,18 +167,9 @@ impl RewardModel {
 }
 
 /// Device tensors of a collated batch: ids (pads replaced by 0) and attention mask.
-pub fn batch_tensors(batch: &SequenceBatch, device: &Device) -> (Tensor<2, Int>, Tensor<2>) {
-    let shape = [batch.batch, batch.seq_len()];
-    let ids: Vec<i64> = batch
-        .model_input_ids(0)
-        .into_iter()
-        .map(i64::from)
-        .collect();
-    let mask: Vec<f32> = batch.attention_mask.iter().map(|&m| f32::from(m)).collect();
-    (
-        Tensor::from_data(TensorData::new(ids, shape), device),
-        Tensor::from_data(TensorData::new(mask, shape), device),
-    )
+fn batch_tensors(batch: &SequenceBatch, device: &Device) -> (Tensor<2, Int>, Tensor<2>) {
+    let (ids, attention, _) = LmBatch::from_sequences(batch).tensors(device);
+    (ids, attention)
 }
 
 /// Raw scores `[batch]` of a collated batch (left-padded prompts, right-padded responses): the
