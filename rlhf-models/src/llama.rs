@@ -87,7 +87,7 @@ pub struct LlamaLayer {
     /// MLP.
     pub mlp: LlamaMlp,
     /// Dropout on both residual branches (off unless configured).
-    dropout: Dropout,
+    pub(crate) dropout: Dropout,
 }
 
 impl LlamaLayer {

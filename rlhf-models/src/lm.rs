@@ -75,6 +75,30 @@ impl CausalLm {
         }
     }
 
+    /// The same model with every dropout probability set to 0 (TL;DR detail 1: log-probs must
+    /// be reproducible between rollout and update).
+    pub fn without_dropout(self) -> Self {
+        let off = || burn::nn::DropoutConfig::new(0.0).init();
+        match self {
+            CausalLm::GptNeox(mut m) => {
+                m.layers.iter_mut().for_each(|l| l.dropout = off());
+                CausalLm::GptNeox(m)
+            }
+            CausalLm::Llama(mut m) => {
+                m.layers.iter_mut().for_each(|l| l.dropout = off());
+                CausalLm::Llama(m)
+            }
+        }
+    }
+
+    /// The dropout probability of the residual branches (the same in every layer).
+    pub fn dropout(&self) -> f64 {
+        match self {
+            CausalLm::GptNeox(m) => m.layers.first().map_or(0.0, |l| l.dropout.prob),
+            CausalLm::Llama(m) => m.layers.first().map_or(0.0, |l| l.dropout.prob),
+        }
+    }
+
     /// The device the parameters live on.
     pub fn device(&self) -> Device {
         match self {
@@ -113,6 +137,14 @@ impl ScalarModel {
             ..score
         };
         ScalarModel { backbone, score }
+    }
+
+    /// The same model with dropout off (see [`CausalLm::without_dropout`]).
+    pub fn without_dropout(self) -> Self {
+        ScalarModel {
+            backbone: self.backbone.without_dropout(),
+            score: self.score,
+        }
     }
 
     /// One scalar per position, `[batch, seq]` (values of the critic). Pad positions hold

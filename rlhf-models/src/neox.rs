@@ -78,7 +78,7 @@ pub struct NeoxLayer {
     /// MLP.
     pub mlp: NeoxMlp,
     /// `hidden_dropout` on both residual branches (off unless configured).
-    dropout: Dropout,
+    pub(crate) dropout: Dropout,
 }
 
 impl NeoxLayer {

@@ -44,6 +44,10 @@ impl AdvantageEstimator {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PpoConfig {
+    /// Rollout-and-update iterations.
+    pub iterations: usize,
+    /// Seed of every random choice (prompt order, sampling, minibatch order).
+    pub seed: u64,
     /// Responses sampled per prompt (`n`), the seed paper's "samples per prompt" axis.
     pub samples_per_prompt: usize,
     /// Prompts per rollout batch.
@@ -72,7 +76,8 @@ pub struct PpoConfig {
     pub gamma: f32,
     /// [8] GAE λ.
     pub lam: f32,
-    /// [8] Whiten advantages (mean shift and scale) over the batch.
+    /// [8] Whiten GAE advantages (mean shift and scale) over the batch. (REINFORCE++ always
+    /// whitens, by definition; RLOO, GRPO and Dr.GRPO are normalised per prompt instead.)
     pub whiten_advantages: bool,
     /// [8] Whiten per-token rewards (scale only); off in the TL;DR reproduction.
     pub whiten_rewards: bool,
@@ -88,11 +93,26 @@ pub struct PpoConfig {
     pub vf_coef: f32,
     /// [10] AdamW (eps 1e−5, one learning rate for SFT, RM and PPO) and global-norm clipping.
     pub optimizer: OptimizerConfig,
+    /// Anneal the learning rate linearly to 0 over all updates (the TL;DR reproduction does).
+    pub anneal_lr: bool,
+    /// PPO-ptx (InstructGPT, ChatGLM-RLHF): coefficient `γ_ptx` of an SFT loss on demonstration
+    /// batches added to the policy loss; 0 turns it off.
+    pub ptx_coef: f32,
+    /// Demonstrations per PPO-ptx batch (one batch per minibatch update).
+    pub ptx_batch_size: usize,
+    /// Reward variance reduction: subtract from each score the mean score of its prompt's `n`
+    /// samples (needs `n ≥ 2`).
+    pub score_baseline: bool,
+    /// Reward variance reduction: standardise scores within buckets of responses whose lengths
+    /// fall in the same `width`-token bucket (`None`: off).
+    pub length_bucket_width: Option<usize>,
 }
 
 impl Default for PpoConfig {
     fn default() -> Self {
         PpoConfig {
+            iterations: 100,
+            seed: 0,
             samples_per_prompt: 1,
             prompts_per_batch: 64,
             query_length: 512,
@@ -115,6 +135,11 @@ impl Default for PpoConfig {
             value_clip: 0.2,
             vf_coef: 0.1,
             optimizer: OptimizerConfig::default(),
+            anneal_lr: true,
+            ptx_coef: 0.0,
+            ptx_batch_size: 8,
+            score_baseline: false,
+            length_bucket_width: None,
         }
     }
 }
@@ -162,8 +187,17 @@ impl PpoConfig {
         {
             return bad("clip_eps and value_clip must be > 0".into());
         }
-        if self.ppo_epochs == 0 || self.response_length == 0 {
-            return bad("ppo_epochs and response_length must be ≥ 1".into());
+        if self.ppo_epochs == 0 || self.response_length == 0 || self.query_length == 0 {
+            return bad("ppo_epochs, query_length and response_length must be ≥ 1".into());
+        }
+        if self.score_baseline && self.samples_per_prompt < 2 {
+            return bad("score_baseline needs samples_per_prompt ≥ 2".into());
+        }
+        if self.length_bucket_width == Some(0) {
+            return bad("length_bucket_width must be ≥ 1".into());
+        }
+        if !self.ptx_coef.is_finite() || self.ptx_coef < 0.0 || self.ptx_batch_size == 0 {
+            return bad("ptx_coef must be finite and ≥ 0, ptx_batch_size ≥ 1".into());
         }
         self.optimizer.validate()
     }

@@ -3,10 +3,14 @@
 //! On-policy RLHF: PPO with every implementation detail of the TL;DR reproduction, and the
 //! critic-free estimators RLOO, GRPO, Dr.GRPO and REINFORCE++.
 //!
-//! Today this crate holds the configuration — each TL;DR detail a named field with the paper's
-//! default ([`PpoConfig`]) — and step 3 of the PPO recipe: the per-token KL-penalised rewards with
-//! the score on the last real token ([`per_token_rewards`]) and the missing-EOS penalty. The
-//! trainer (rollout → rewards → advantages → epochs) is tracked as the `rlhf-ppo` issue.
+//! - [`PpoConfig`]: each TL;DR detail a named field with the paper's default, the advantage
+//!   estimator, samples per prompt, and the ChatGLM-RLHF options (PPO-ptx, score variance
+//!   reduction);
+//! - [`train_ppo`]: the trainer (sample → cut at EOS → score → log-probs, values, rewards,
+//!   advantages → epochs of clipped updates → metrics, checkpoints), built from pieces that are
+//!   public so each can be tested and reused: [`encode_queries`], [`make_experience`],
+//!   [`minibatch_loss`], [`ppo_update`], [`ppo_iteration`];
+//! - [`per_token_rewards`]: `−β·kl_t` on every token plus the score on the last real token.
 //!
 //! ```
 //! use burn::tensor::{Tensor, TensorData};
@@ -25,6 +29,14 @@
 
 pub mod config;
 pub mod rewards;
+pub mod trainer;
 
 pub use config::{AdvantageEstimator, PpoConfig};
-pub use rewards::{TokenRewards, apply_missing_eos_penalty, last_token_one_hot, per_token_rewards};
+pub use rewards::{
+    TokenRewards, apply_missing_eos_penalty, last_token_one_hot, per_token_rewards,
+    reduce_score_variance,
+};
+pub use trainer::{
+    Experience, Iteration, Minibatch, PolicyAndValue, PpoInputs, PpoReport, UpdateStats,
+    encode_queries, make_experience, minibatch_loss, ppo_iteration, ppo_update, train_ppo,
+};

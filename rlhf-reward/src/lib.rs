@@ -11,7 +11,9 @@
 //! - training ([`train_reward_model`] for pairs or K-wise groups, [`train_step_model`] for PRM
 //!   and ORM labels) with gradient accumulation, LR schedule, eval (loss, accuracy, agreement
 //!   with the gold order), checkpoints and resume, metrics and a progress bar;
-//! - [`RewardScorer`]: the model served as an `rlhf_core::Scorer`.
+//! - [`RewardScorer`]: the model served as an `rlhf_core::Scorer`; [`EnsembleScorer`] serves
+//!   several as one (mean, min or `mean − λ·std`), and [`LengthScorer`] is the length-only
+//!   control reward.
 //!
 //! ```
 //! use burn::tensor::{Tensor, TensorData};
@@ -30,11 +32,13 @@
 //! # Ok::<(), rlhf_core::Error>(())
 //! ```
 
+pub mod combine;
 pub mod losses;
 pub mod model;
 pub mod scorer;
 pub mod train;
 
+pub use combine::{Combine, EnsembleScorer, LengthScorer};
 pub use losses::{
     StepAggregate, binary_cross_entropy, bradley_terry_loss, centering_penalty, pair_accuracy,
     plackett_luce_loss, prm_sequence_score,

@@ -8,6 +8,11 @@ use std::process::{Command, ExitCode};
 /// Every task: name, arguments, what it does.
 const TASKS: &[(&str, &str, &str)] = &[
     (
+        "bench-scaling",
+        "[--preset smoke|quick|full] [--out DIR] [--axes a,b] [--seeds N|0,1] [--device D]",
+        "the scaling study (default preset `quick`, offline, on the CPU): points, summary.csv, plots and report.md under target/bench-scaling/<preset>; a rerun skips finished points",
+    ),
+    (
         "ci",
         "",
         "run every check of .ci/run on this machine (skips its apt install step)",
@@ -35,6 +40,7 @@ fn main() -> ExitCode {
             .arg(".ci/run")
             .env("RLHF_CI_SKIP_INSTALL", "1")),
         Some("check-cuda") => check_cuda(),
+        Some("bench-scaling") => bench_scaling(&args[1..]),
         Some("fixtures") => fixtures(&args[1..]),
         Some(other) => {
             eprintln!("xtask: unknown task `{other}`\n");
@@ -108,6 +114,23 @@ fn fixtures(args: &[String]) -> Result<(), ()> {
     }
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(())
+}
+
+/// Runs the `rlhf-bench` binary's sweep. The `dev` profile already optimises every dependency
+/// (burn above all), so this reuses the test build instead of a second full build of burn.
+fn bench_scaling(args: &[String]) -> Result<(), ()> {
+    run(Command::new(cargo())
+        .args([
+            "run",
+            "--quiet",
+            "-p",
+            "rlhf-bench",
+            "--bin",
+            "rlhf-bench",
+            "--",
+            "sweep",
+        ])
+        .args(args))
 }
 
 fn cargo() -> String {

@@ -248,6 +248,24 @@ pub fn module_to_bytes<M: Module>(module: M) -> Result<Vec<u8>> {
     Ok(bytes.to_vec())
 }
 
+/// Every float parameter of `module`, flattened, in visiting order: what "the same weights" means
+/// when comparing two runs (the bytes of [`module_to_bytes`] also hold parameter ids, which differ
+/// between runs that drew fresh ids).
+pub fn parameter_values<M: Module>(module: &M) -> Vec<f32> {
+    struct Collect(Vec<f32>);
+    impl burn::module::ModuleVisitor for Collect {
+        fn visit_float<const D: usize>(
+            &mut self,
+            param: &burn::module::Param<burn::tensor::Tensor<D>>,
+        ) {
+            self.0.extend(crate::host::to_f32_vec(param.val()));
+        }
+    }
+    let mut c = Collect(Vec::new());
+    module.visit(&mut c);
+    c.0
+}
+
 /// Loads weights saved by [`module_to_bytes`] into `module` (which must have the same structure).
 pub fn module_from_bytes<M: Module>(module: M, bytes: &[u8]) -> Result<M> {
     let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes.to_vec()))

@@ -120,3 +120,27 @@ impl<M: Module> GradAccumulation<M> {
         }
     }
 }
+
+/// Gives every parameter of `module` a new [`ParamId`](burn::module::ParamId) and a new autodiff
+/// leaf, keeping its values and whether it is trained.
+///
+/// burn keys gradients and optimizer state by parameter id, and `clone()` keeps the ids: a value
+/// model whose backbone was cloned from the policy (directly, or through a reward model trained
+/// from the SFT model) would share ids with the policy, and training both with one optimizer
+/// would mix their gradients. Trainers that optimise two such models together call this on one.
+pub fn with_fresh_param_ids<M: Module>(module: M) -> M {
+    struct Fresh;
+    impl burn::module::ModuleMapper for Fresh {
+        fn map_float<const D: usize>(
+            &mut self,
+            param: burn::module::Param<burn::tensor::Tensor<D>>,
+        ) -> burn::module::Param<burn::tensor::Tensor<D>> {
+            // a new leaf too: a clone's tensors are the same autodiff nodes as the original's
+            let value = param.val();
+            let require_grad = value.is_require_grad();
+            burn::module::Param::initialized(burn::module::ParamId::new(), value.detach())
+                .set_require_grad(require_grad)
+        }
+    }
+    module.map(&mut Fresh)
+}

@@ -11,6 +11,7 @@
 //! | `objective/non_score_reward` | mean per-sequence sum of `−β·KL` |
 //! | `objective/rlhf_reward` | `scores + non_score_reward` |
 //! | `objective/ptx_loss` | the SFT loss term of PPO-ptx |
+//! | `objective/variance_removed` | share of the scores' variance removed by baseline subtraction and length-bucket normalisation |
 //! | `policy/approxkl` | `½·mean((logπ_new − logπ_old)²)` |
 //! | `policy/clipfrac` | share of tokens where the policy clip was active |
 //! | `policy/entropy` | mean per-token entropy during the update |
@@ -25,6 +26,7 @@
 //! | `rewards/chosen`, `rewards/rejected`, `rewards/margins`, `rewards/accuracies` | implicit or explicit rewards of preference pairs |
 //! | `logps/chosen`, `logps/rejected` | sequence log-probs of preference pairs |
 //! | `eval/accuracy`, `eval/gold_accuracy` | RM accuracy on held-out labels and on the gold order (step models: balanced accuracy) |
+//! | `eval/gold_score`, `eval/kl` | gold score of the policy's samples on held-out prompts and their KL to the reference |
 //! | `eval/rewards_accuracies`, `eval/rewards_margins` | held-out implicit-reward accuracy and margin (DPO family, EXO) |
 //! | `time/rollout`, `time/update`, `time/step` | wall seconds |
 
@@ -45,6 +47,7 @@ pub mod names {
     pub const OBJECTIVE_NON_SCORE_REWARD: &str = "objective/non_score_reward";
     pub const OBJECTIVE_RLHF_REWARD: &str = "objective/rlhf_reward";
     pub const OBJECTIVE_PTX_LOSS: &str = "objective/ptx_loss";
+    pub const OBJECTIVE_VARIANCE_REMOVED: &str = "objective/variance_removed";
     pub const POLICY_APPROXKL: &str = "policy/approxkl";
     pub const POLICY_CLIPFRAC: &str = "policy/clipfrac";
     pub const POLICY_ENTROPY: &str = "policy/entropy";
@@ -65,6 +68,8 @@ pub mod names {
     pub const EVAL_PERPLEXITY: &str = "eval/perplexity";
     pub const EVAL_ACCURACY: &str = "eval/accuracy";
     pub const EVAL_GOLD_ACCURACY: &str = "eval/gold_accuracy";
+    pub const EVAL_GOLD_SCORE: &str = "eval/gold_score";
+    pub const EVAL_KL: &str = "eval/kl";
     pub const REWARDS_CHOSEN: &str = "rewards/chosen";
     pub const REWARDS_REJECTED: &str = "rewards/rejected";
     pub const REWARDS_MARGINS: &str = "rewards/margins";

@@ -34,6 +34,18 @@ pub fn seed_all(device: &burn::tensor::Device, seed: u64) -> TrainRng {
     TrainRng::seed_from_u64(seed)
 }
 
+/// Runs `init` with burn's generator on `device` seeded to `seed`, holding a process-wide lock.
+///
+/// burn's generator is global: two threads that seed and then initialise (tests in one binary run
+/// in parallel) would otherwise draw from each other's sequence, and a "seeded" model would
+/// depend on timing. Every seeded initialisation in this workspace's tests goes through here.
+pub fn seeded<T>(device: &burn::tensor::Device, seed: u64, init: impl FnOnce() -> T) -> T {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    device.seed(seed);
+    init()
+}
+
 impl TrainRng {
     /// A generator seeded from `seed`.
     pub fn seed_from_u64(seed: u64) -> Self {

@@ -299,3 +299,49 @@ fn metrics_lines_are_json_and_a_resume_drops_lines_past_the_checkpoint() {
     assert_eq!(steps, vec![1, 2, 3, 4]);
     assert!(lines[0]["train/grad_norm"].is_null());
 }
+
+/// Two copies of one module trained together by one optimizer: `clone()` keeps parameter ids, so
+/// without fresh ids the copies do not train independently; with them each gets its own gradient.
+#[test]
+fn fresh_param_ids_let_a_clone_train_independently() {
+    #[derive(burn::module::Module, Debug)]
+    struct Pair {
+        a: Linear,
+        b: Linear,
+    }
+    let dev = device().autodiff();
+    dev.seed(5);
+    let a = LinearConfig::new(4, 1).init(&dev);
+    let fresh = rlhf_core::train::with_fresh_param_ids(a.clone());
+    assert_ne!(fresh.weight.id, a.weight.id);
+    assert_eq!(weights(&fresh), weights(&a));
+    let mut rng = TrainRng::seed_from_u64(1);
+    let (x, y) = batch(&mut rng, 8, &dev);
+    // a is trained towards y, b towards −y: one step must move them apart
+    let step = |pair: Pair| {
+        let loss = pair
+            .a
+            .forward(x.clone())
+            .sub(y.clone())
+            .square()
+            .mean()
+            .add(pair.b.forward(x.clone()).add(y.clone()).square().mean());
+        let grads = GradientsParams::from_grads(loss.backward(), &pair);
+        let mut optim = OptimizerConfig::default().build().unwrap();
+        optim.step(1e-2, pair, grads)
+    };
+    // (with shared ids burn finds one gradient, for the sum of both uses, and gives it to the
+    // first copy it visits; the second does not move)
+    let shared = step(Pair {
+        a: a.clone(),
+        b: a.clone(),
+    });
+    assert_eq!(weights(&shared.b), weights(&a));
+    let independent = step(Pair {
+        a: a.clone(),
+        b: fresh,
+    });
+    assert_ne!(weights(&independent.a), weights(&a));
+    assert_ne!(weights(&independent.b), weights(&a));
+    assert_ne!(weights(&independent.a), weights(&independent.b));
+}

@@ -1,0 +1,371 @@
+//! One run of the pipeline, as a TOML file: the task, the model sizes, every stage's settings and
+//! the device. Every field has a default, so a file names only what it changes; unknown keys are
+//! errors (with the file and the key).
+
+use std::path::Path;
+
+use rlhf_core::{Error, Result};
+use rlhf_models::TransformerConfig;
+use rlhf_ppo::PpoConfig;
+use serde::{Deserialize, Serialize};
+
+/// The whole run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunConfig {
+    /// Seed of the run (data, initialisation, sampling, training order).
+    pub seed: u64,
+    /// `flex`, `wgpu:cpu`, `cuda:0`, … (see `rlhf_core::parse_device`).
+    pub device: String,
+    /// The gold-oracle task and its splits.
+    pub task: TaskConfig,
+    /// Supervised fine-tuning of the policy (and of each reward model's backbone).
+    pub sft: SftStage,
+    /// The reward model.
+    pub rm: RmStage,
+    /// What optimises the policy.
+    pub method: MethodConfig,
+    /// How the result is judged.
+    pub judge: JudgeConfig,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        RunConfig {
+            seed: 0,
+            device: "flex".into(),
+            task: TaskConfig::default(),
+            sft: SftStage::default(),
+            rm: RmStage::default(),
+            method: MethodConfig::default(),
+            judge: JudgeConfig::default(),
+        }
+    }
+}
+
+/// The task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TaskConfig {
+    /// `tldr-synth`.
+    pub name: String,
+    /// Demonstrations for SFT (train split).
+    pub demos: usize,
+    /// BPE vocabulary trained on the demonstrations.
+    pub vocab_size: usize,
+    /// Prompts the on-policy methods train on (train split, after the demonstrations').
+    pub train_prompts: usize,
+    /// Held-out prompts the judge samples on (eval split).
+    pub eval_prompts: usize,
+}
+
+impl Default for TaskConfig {
+    fn default() -> Self {
+        TaskConfig {
+            name: "tldr-synth".into(),
+            demos: 800,
+            vocab_size: 512,
+            train_prompts: 512,
+            eval_prompts: 64,
+        }
+    }
+}
+
+/// SFT.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SftStage {
+    /// The policy's size: `xs`, `s`, `m` (see [`model_shape`]) or an `rlhf-models` preset.
+    pub policy_size: String,
+    /// Passes over the demonstrations.
+    pub epochs: usize,
+    /// Examples per step.
+    pub batch_size: usize,
+    /// Peak learning rate (linear warm-up and decay).
+    pub lr: f64,
+}
+
+impl Default for SftStage {
+    fn default() -> Self {
+        SftStage {
+            policy_size: "s".into(),
+            epochs: 6,
+            batch_size: 16,
+            lr: 3e-3,
+        }
+    }
+}
+
+/// The reward model: its size, its data (pairs of SFT samples labelled by a noisy labeller) and
+/// its training.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RmStage {
+    /// The RM's size (its backbone is the SFT model of that size, TL;DR detail 11).
+    pub size: String,
+    /// Labelled comparison pairs.
+    pub pairs: usize,
+    /// Pairs per prompt (`pairs / pairs_per_prompt` prompts): the diversity axis.
+    pub pairs_per_prompt: usize,
+    /// The labeller's agreement with the gold order on such pairs.
+    pub labeller_agreement: f64,
+    /// Passes over the pairs (one in the TL;DR reproduction).
+    pub epochs: usize,
+    /// Learning rate.
+    pub lr: f64,
+    /// Held-out pairs for the gold-order accuracy.
+    pub eval_pairs: usize,
+}
+
+impl Default for RmStage {
+    fn default() -> Self {
+        RmStage {
+            size: "s".into(),
+            pairs: 1000,
+            pairs_per_prompt: 1,
+            labeller_agreement: 0.73,
+            epochs: 1,
+            lr: 1e-3,
+            eval_pairs: 200,
+        }
+    }
+}
+
+/// What optimises the policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum MethodKind {
+    /// Nothing: the SFT policy itself.
+    Sft,
+    /// PPO with a critic (GAE); `ppo.advantage` is overridden.
+    #[default]
+    Ppo,
+    /// GRPO.
+    Grpo,
+    /// RLOO.
+    Rloo,
+    /// REINFORCE++.
+    ReinforcePp,
+    /// DPO on the RM's labelled pairs.
+    Dpo,
+    /// EXO (preference form) on the RM's labelled pairs.
+    Exo,
+    /// Best-of-n reranking by the RM at judge time.
+    BestOfN,
+}
+
+impl MethodKind {
+    /// Whether the method reads a reward model.
+    pub fn needs_rm(self) -> bool {
+        !matches!(self, MethodKind::Sft)
+    }
+}
+
+/// The reward the on-policy methods optimise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RewardSource {
+    /// The trained reward model.
+    #[default]
+    Rm,
+    /// Response length only (the "A Long Way to Go" control).
+    Length,
+}
+
+/// The method and its settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MethodConfig {
+    /// Which method.
+    pub kind: MethodKind,
+    /// The reward of the on-policy methods.
+    pub reward: RewardSource,
+    /// On-policy settings (iterations, n, β, …); `query_length` is set from the prompts. Keys
+    /// given here replace those of the bench's defaults ([`bench_ppo_defaults`]) one by one.
+    #[serde(deserialize_with = "over_bench_defaults")]
+    pub ppo: PpoConfig,
+    /// DPO/EXO: β.
+    pub dpo_beta: f32,
+    /// DPO/EXO: passes over the pairs.
+    pub dpo_epochs: usize,
+    /// DPO/EXO: learning rate.
+    pub dpo_lr: f64,
+    /// Best-of-n: n.
+    pub best_of_n: usize,
+}
+
+/// The on-policy defaults of a bench run: the TL;DR recipe (`PpoConfig::default()`) at CPU scale
+/// — 15 iterations of 64 episodes, 40 new tokens, 2 minibatches, learning rate 3e-4.
+pub fn bench_ppo_defaults() -> PpoConfig {
+    PpoConfig {
+        iterations: 15,
+        prompts_per_batch: 64,
+        response_length: 40,
+        num_minibatches: 2,
+        optimizer: rlhf_core::train::OptimizerConfig {
+            lr: 3e-4,
+            ..Default::default()
+        },
+        ..PpoConfig::default()
+    }
+}
+
+/// Deserialises a partial `[method.ppo]` table over [`bench_ppo_defaults`] (nested tables such
+/// as `optimizer` merge key by key too).
+fn over_bench_defaults<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<PpoConfig, D::Error> {
+    use serde::de::Error as _;
+    fn merge(base: &mut serde_json::Value, over: serde_json::Value) {
+        match (base, over) {
+            (serde_json::Value::Object(b), serde_json::Value::Object(o)) => {
+                for (k, v) in o {
+                    match b.get_mut(&k) {
+                        Some(slot) if slot.is_object() && v.is_object() => merge(slot, v),
+                        _ => {
+                            b.insert(k, v);
+                        }
+                    }
+                }
+            }
+            (slot, v) => *slot = v,
+        }
+    }
+    let over = serde_json::Value::deserialize(d)?;
+    let mut base = serde_json::to_value(bench_ppo_defaults()).map_err(D::Error::custom)?;
+    merge(&mut base, over);
+    serde_json::from_value(base).map_err(D::Error::custom)
+}
+
+impl Default for MethodConfig {
+    fn default() -> Self {
+        MethodConfig {
+            kind: MethodKind::Ppo,
+            reward: RewardSource::Rm,
+            ppo: bench_ppo_defaults(),
+            dpo_beta: 0.3,
+            dpo_epochs: 1,
+            dpo_lr: 1e-4,
+            best_of_n: 4,
+        }
+    }
+}
+
+/// The judge.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JudgeConfig {
+    /// Sampling temperature of the judged samples (the training temperature).
+    pub temperature: f32,
+    /// New tokens at most.
+    pub max_new_tokens: usize,
+}
+
+impl Default for JudgeConfig {
+    fn default() -> Self {
+        JudgeConfig {
+            temperature: 0.7,
+            max_new_tokens: 40,
+        }
+    }
+}
+
+impl RunConfig {
+    /// Reads a TOML file; errors name the file (and the key or line TOML reports).
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::from_toml(&text).map_err(|e| match e {
+            Error::Config(m) => Error::Config(format!("{}: {m}", path.display())),
+            other => other,
+        })
+    }
+
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let cfg: RunConfig = toml::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks what the stages would otherwise find late.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        if self.task.name != "tldr-synth" {
+            return bad(format!(
+                "task.name: only `tldr-synth` runs the full pipeline today, got {:?}",
+                self.task.name
+            ));
+        }
+        if self.task.demos == 0 || self.task.eval_prompts == 0 || self.task.train_prompts == 0 {
+            return bad("task: demos, train_prompts and eval_prompts must be ≥ 1".into());
+        }
+        if self.rm.pairs_per_prompt == 0 || self.rm.pairs < self.rm.pairs_per_prompt {
+            return bad("rm: need pairs ≥ pairs_per_prompt ≥ 1".into());
+        }
+        if !(0.5..1.0).contains(&self.rm.labeller_agreement) {
+            return bad("rm.labeller_agreement must be in [0.5, 1)".into());
+        }
+        model_shape(&self.sft.policy_size, 512)?;
+        model_shape(&self.rm.size, 512)?;
+        if self.method.kind == MethodKind::BestOfN && self.method.best_of_n == 0 {
+            return bad("method.best_of_n must be ≥ 1".into());
+        }
+        let mut ppo = self.method.ppo.clone();
+        ppo.query_length = ppo.query_length.max(1);
+        ppo.validate()
+    }
+}
+
+/// The transformer of a size name: `xs` (d = 32, 2 layers), `s` (d = 64, 2 layers), `m`
+/// (d = 128, 4 layers) — GPT-NeoX shapes for CPU studies — or any `rlhf-models` preset; the
+/// vocabulary is the tokenizer's.
+pub fn model_shape(size: &str, vocab: usize) -> Result<TransformerConfig> {
+    let small = |d: usize, layers: usize, heads: usize| {
+        let mut c = TransformerConfig::preset("tiny-1m").expect("a built-in preset");
+        c.hidden_size = d;
+        c.intermediate_size = 4 * d;
+        c.num_hidden_layers = layers;
+        c.num_attention_heads = heads;
+        c.num_key_value_heads = heads;
+        c
+    };
+    let mut c = match size {
+        "xs" => small(32, 2, 2),
+        "s" => small(64, 2, 4),
+        "m" => small(128, 4, 4),
+        other => TransformerConfig::preset(other).map_err(|_| {
+            Error::Config(format!(
+                "unknown model size {other:?}: use xs, s, m or a preset of rlhf-models"
+            ))
+        })?,
+    };
+    c.vocab_size = vocab;
+    Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partial_file_takes_defaults_and_unknown_keys_are_refused() {
+        let c = RunConfig::from_toml(
+            "seed = 3\n[rm]\npairs = 250\n[method]\nkind = \"grpo\"\n[method.ppo]\nsamples_per_prompt = 4\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (c.seed, c.rm.pairs, c.method.kind),
+            (3, 250, MethodKind::Grpo)
+        );
+        assert_eq!(c.method.ppo.samples_per_prompt, 4);
+        assert_eq!(c.method.ppo.iterations, 15);
+        let err = RunConfig::from_toml("[rm]\npair = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("pair"), "{err}");
+        assert!(RunConfig::from_toml("[sft]\npolicy_size = \"huge\"\n").is_err());
+        // round trip
+        let text = toml::to_string(&c).unwrap();
+        assert_eq!(RunConfig::from_toml(&text).unwrap(), c);
+    }
+}

@@ -1,0 +1,828 @@
+//! The pipeline of one run: task → SFT → reward model → method → judge.
+//!
+//! Stages that several runs share are cached under a directory, keyed by everything that decides
+//! them: the tokenizer (task, demonstrations, vocabulary), each SFT model (size, budget, seed), each
+//! reward model (its size, its data, the policy it was sampled from, seed). A cached stage is a
+//! directory renamed into place when complete, so a killed run never leaves half a model behind.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use rlhf_core::train::fs::write_atomic;
+use rlhf_core::train::metrics::read_metrics;
+use rlhf_core::train::{LrSchedule, OptimizerConfig, RunOptions, seeded};
+use rlhf_core::{Error, Result, Scorer, masked_sum, token_logprobs};
+use rlhf_data::tasks::{Labeller, Task, TldrSynth, win_rate, with_eos};
+use rlhf_data::{Split, Tokenizer, collate};
+use rlhf_dpo::{DpoConfig, Group, OfflineLoss, RefCache, train_offline};
+use rlhf_models::sft::LmBatch;
+use rlhf_models::{
+    CausalLm, SamplingConfig, SftConfig, TransformerConfig, load_pretrained, sample_texts,
+    save_pretrained, train_sft,
+};
+use rlhf_ppo::{AdvantageEstimator, PolicyAndValue, PpoInputs, train_ppo};
+use rlhf_reward::{
+    LengthScorer, RankedExample, RewardModel, RewardScorer, RewardSettings, RmConfig, normalise,
+    train_reward_model,
+};
+
+use crate::compute::{Workload, flops, ppo_iteration_flops};
+use crate::config::{MethodKind, RewardSource, RunConfig, model_shape};
+
+/// What a run measured. Metric names are stable (`gold/mean`, `kl`, `rm/gold_accuracy`, …) and
+/// documented in `report.rs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunResult {
+    /// Metrics, by name.
+    pub metrics: BTreeMap<String, f64>,
+    /// The method's learning curve (one entry per iteration/step: `objective/scores`,
+    /// `objective/kl`, …), empty for methods without one.
+    pub curve: Vec<BTreeMap<String, f64>>,
+    /// Wall seconds of this call (cached stages cost nothing).
+    pub wall_seconds: f64,
+}
+
+/// Runs `cfg`, caching shared stages under `cache`, writing the method's own files (metrics,
+/// checkpoints) under `work` (resumed if present).
+pub fn run(cfg: &RunConfig, cache: &Path, work: &Path) -> Result<RunResult> {
+    cfg.validate()?;
+    let start = Instant::now();
+    let device = rlhf_core::parse_device(&cfg.device)?.autodiff();
+    let task = TldrSynth::default();
+    let mut m: BTreeMap<String, f64> = BTreeMap::new();
+
+    // the task: demonstrations and a tokenizer trained on them
+    let demos = demonstrations(&task, cfg.task.demos, cfg.seed);
+    let tok = tokenizer(cfg, &task, cache)?;
+    let sft_data: Vec<(Vec<u32>, Vec<u32>)> = demos
+        .iter()
+        .map(|(p, d)| Ok((tok.encode(p)?, tok.encode(&with_eos(d))?)))
+        .collect::<Result<_>>()?;
+    let demo_tokens: u64 = sft_data
+        .iter()
+        .map(|(p, r)| (p.len() + r.len()) as u64)
+        .sum();
+
+    // SFT of the policy (the reference, TL;DR detail 11)
+    let (policy_shape, sft) =
+        sft_model(cfg, &cfg.sft.policy_size, &tok, &sft_data, cache, &device)?;
+    m.insert(
+        "params/policy".into(),
+        policy_shape.non_embedding_params() as f64,
+    );
+    m.insert(
+        "flops/sft".into(),
+        flops(
+            &policy_shape,
+            Workload::Train {
+                tokens: demo_tokens * cfg.sft.epochs as u64,
+            },
+        ) as f64,
+    );
+
+    // the reward model, trained on labelled pairs of the SFT policy's samples
+    let rm_stage = if cfg.method.kind.needs_rm() {
+        let (rm_shape, rm_backbone) =
+            sft_model(cfg, &cfg.rm.size, &tok, &sft_data, cache, &device)?;
+        let stage = reward_model(
+            cfg,
+            &task,
+            &tok,
+            &sft,
+            rm_backbone,
+            &rm_shape,
+            &sft_data,
+            cache,
+            &device,
+        )?;
+        m.insert("rm/accuracy".into(), stage.eval_accuracy);
+        m.insert("rm/gold_accuracy".into(), stage.eval_gold_accuracy);
+        m.insert("rm/labeller_agreement".into(), stage.labeller_agreement);
+        m.insert("params/rm".into(), rm_shape.non_embedding_params() as f64);
+        m.insert("flops/rm".into(), stage.flops);
+        Some(stage)
+    } else {
+        None
+    };
+
+    // the method
+    let train_prompts: Vec<String> = (0..cfg.task.train_prompts as u64)
+        .map(|i| task.prompt(Split::Train, 50_000 + i))
+        .collect();
+    let eval_prompts: Vec<String> = (0..cfg.task.eval_prompts as u64)
+        .map(|i| task.prompt(Split::Eval, i))
+        .collect();
+    let query_length = train_prompts
+        .iter()
+        .chain(&eval_prompts)
+        .map(|p| tok.encode(p).map(|t| t.len()))
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .max()
+        .unwrap_or(1);
+    let method_start = Instant::now();
+    let mut curve: Vec<BTreeMap<String, f64>> = Vec::new();
+    let policy = match cfg.method.kind {
+        MethodKind::Sft | MethodKind::BestOfN => sft.clone(),
+        MethodKind::Dpo | MethodKind::Exo => {
+            let stage = rm_stage.as_ref().expect("DPO reads the RM's pairs");
+            let groups: Vec<Group> = stage
+                .pairs
+                .iter()
+                .map(|e| Group {
+                    prompt: e.prompt.clone(),
+                    responses: e.responses.clone(),
+                    rewards: None,
+                })
+                .collect();
+            let dcfg = DpoConfig {
+                loss: if cfg.method.kind == MethodKind::Dpo {
+                    OfflineLoss::Dpo {
+                        label_smoothing: 0.0,
+                    }
+                } else {
+                    OfflineLoss::ExoPref { eps: 1e-3 }
+                },
+                beta: cfg.method.dpo_beta,
+                epochs: cfg.method.dpo_epochs,
+                batch_size: 16,
+                optimizer: OptimizerConfig {
+                    lr: cfg.method.dpo_lr,
+                    ..OptimizerConfig::default()
+                },
+                seed: cfg.seed,
+                ..DpoConfig::default()
+            };
+            let tokens: u64 = groups
+                .iter()
+                .flat_map(|g| {
+                    g.responses
+                        .iter()
+                        .map(|r| (g.prompt.len() + r.len()) as u64)
+                })
+                .sum();
+            m.insert(
+                "flops/method".into(),
+                (flops(
+                    &policy_shape,
+                    Workload::Train {
+                        tokens: tokens * dcfg.epochs as u64,
+                    },
+                ) + flops(&policy_shape, Workload::Forward { tokens })) as f64,
+            );
+            let (policy, report) = train_offline(
+                sft.clone(),
+                &sft,
+                &groups,
+                &[],
+                &dcfg,
+                &RefCache::new(None),
+                &quiet_in(work.join("dpo")),
+                &device,
+            )?;
+            m.insert("method/steps".into(), report.steps as f64);
+            policy
+        }
+        MethodKind::Ppo | MethodKind::Grpo | MethodKind::Rloo | MethodKind::ReinforcePp => {
+            let stage = rm_stage.as_ref().expect("on-policy methods read the RM");
+            let mut pcfg = cfg.method.ppo.clone();
+            pcfg.seed = cfg.seed;
+            pcfg.query_length = query_length;
+            pcfg.advantage = match cfg.method.kind {
+                MethodKind::Ppo => AdvantageEstimator::Gae,
+                MethodKind::Grpo => AdvantageEstimator::Grpo,
+                MethodKind::Rloo => AdvantageEstimator::Rloo,
+                _ => AdvantageEstimator::ReinforcePp,
+            };
+            let scorer: Box<dyn Scorer> = match cfg.method.reward {
+                RewardSource::Rm => {
+                    Box::new(RewardScorer::new(stage.rm.clone(), tok.clone(), &device))
+                }
+                RewardSource::Length => Box::new(LengthScorer::new(0.1, tok.eos_text())),
+            };
+            let value = pcfg
+                .advantage
+                .needs_critic()
+                .then(|| stage.rm.to_value_model());
+            let inputs = PpoInputs {
+                reference: &sft,
+                scorer: scorer.as_ref(),
+                tokenizer: &tok,
+                prompts: &train_prompts,
+                demonstrations: &sft_data,
+                eval: None,
+                eval_every: 0,
+            };
+            let dir = work.join("ppo");
+            let (models, report) = train_ppo(
+                PolicyAndValue::new(sft.clone(), value),
+                &inputs,
+                &pcfg,
+                &quiet_in(dir.clone()),
+                &device,
+            )?;
+            for line in read_metrics(&dir.join("metrics.jsonl"))? {
+                curve.push(
+                    line.into_iter()
+                        .filter_map(|(k, v)| v.as_f64().map(|v| (k, v)))
+                        .collect(),
+                );
+            }
+            let mean_len = curve
+                .iter()
+                .filter_map(|c| c.get("episode/length"))
+                .sum::<f64>()
+                / curve.len().max(1) as f64;
+            let critic = pcfg.advantage.needs_critic().then_some(&stage.shape);
+            let per_iteration = ppo_iteration_flops(
+                &policy_shape,
+                &stage.shape,
+                critic,
+                pcfg.batch_size() as u64,
+                query_length as u64,
+                mean_len.round() as u64,
+                pcfg.ppo_epochs as u64,
+            );
+            m.insert(
+                "flops/method".into(),
+                (per_iteration * report.iterations) as f64,
+            );
+            m.insert("method/iterations".into(), report.iterations as f64);
+            m.insert("method/final_kl_coef".into(), report.final_kl_coef);
+            models.policy
+        }
+    };
+    m.insert("time/method".into(), method_start.elapsed().as_secs_f64());
+
+    // the judge: gold score, win rates, KL to the reference, proxy score, length
+    let judge_rm = rm_stage
+        .as_ref()
+        .map(|s| RewardScorer::new(s.rm.clone(), tok.clone(), &device));
+    let n = if cfg.method.kind == MethodKind::BestOfN {
+        cfg.method.best_of_n
+    } else {
+        1
+    };
+    let judged = judge_samples(cfg, &policy, &tok, &eval_prompts, n, judge_rm.as_ref())?;
+    let baseline = judge_samples(cfg, &sft, &tok, &eval_prompts, 1, None)?;
+    let gold: Vec<f64> = eval_prompts
+        .iter()
+        .zip(&judged.texts)
+        .map(|(p, t)| task.gold(p, t).total)
+        .collect();
+    let sft_gold: Vec<f64> = eval_prompts
+        .iter()
+        .zip(&baseline.texts)
+        .map(|(p, t)| task.gold(p, t).total)
+        .collect();
+    let references: Vec<f64> = eval_prompts
+        .iter()
+        .map(|p| task.gold(p, &with_eos(&task.reference(p))).total)
+        .collect();
+    let (mean, se) = mean_se(&gold);
+    m.insert("gold/mean".into(), mean);
+    m.insert("gold/se".into(), se);
+    m.insert("gold/sft".into(), mean_se(&sft_gold).0);
+    m.insert("gold/gain".into(), mean - mean_se(&sft_gold).0);
+    m.insert("gold/references".into(), mean_se(&references).0);
+    m.insert("judge/win_rate_vs_sft".into(), win_rate(&gold, &sft_gold));
+    m.insert(
+        "judge/win_rate_vs_references".into(),
+        win_rate(&gold, &references),
+    );
+    m.insert(
+        "kl".into(),
+        if n > 1 {
+            // best-of-n: the analytic KL to the sampling policy
+            (n as f64).ln() - (n as f64 - 1.0) / n as f64
+        } else {
+            sampled_kl(
+                &policy,
+                &sft,
+                &tok,
+                &eval_prompts,
+                &judged.ids,
+                cfg.judge.temperature,
+                &device,
+            )?
+        },
+    );
+    if let Some(rm) = &judge_rm {
+        let refs: Vec<&str> = eval_prompts.iter().map(String::as_str).collect();
+        let texts: Vec<&str> = judged.texts.iter().map(String::as_str).collect();
+        let proxy = rm.score(&refs, &texts)?;
+        m.insert(
+            "proxy/mean".into(),
+            proxy.iter().map(|&x| f64::from(x)).sum::<f64>() / proxy.len() as f64,
+        );
+    }
+    m.insert(
+        "response/length".into(),
+        judged.ids.iter().map(|r| r.len() as f64).sum::<f64>() / judged.ids.len() as f64,
+    );
+    m.insert(
+        "response/eos".into(),
+        judged
+            .texts
+            .iter()
+            .filter(|t| t.ends_with(&tok.eos_text()))
+            .count() as f64
+            / judged.texts.len() as f64,
+    );
+    if cfg.method.kind == MethodKind::BestOfN {
+        let eval_tokens: u64 = judged
+            .ids
+            .iter()
+            .map(|r| (query_length + r.len()) as u64)
+            .sum();
+        m.insert(
+            "flops/method".into(),
+            (n as f64)
+                * flops(
+                    &policy_shape,
+                    Workload::Forward {
+                        tokens: eval_tokens,
+                    },
+                ) as f64,
+        );
+    }
+    m.entry("flops/method".into()).or_insert(0.0);
+    m.insert("memory/peak_bytes".into(), peak_memory_bytes());
+    Ok(RunResult {
+        metrics: m,
+        curve,
+        wall_seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+fn quiet_in(dir: PathBuf) -> RunOptions {
+    RunOptions {
+        out_dir: Some(dir),
+        checkpoint_every: 5,
+        keep_last: 1,
+        progress: false,
+    }
+}
+
+fn mean_se(v: &[f64]) -> (f64, f64) {
+    let n = v.len().max(1) as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    (mean, (var / n).sqrt())
+}
+
+/// The process's peak resident memory (Linux `VmHWM`), in bytes; NaN elsewhere.
+pub fn peak_memory_bytes() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb * 1024.0)
+}
+
+fn demonstrations(task: &TldrSynth, count: usize, seed: u64) -> Vec<(String, String)> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..count as u64)
+        .map(|i| {
+            let p = task.prompt(Split::Train, i);
+            let d = task.demonstrate(&p, &mut rng);
+            (p, d)
+        })
+        .collect()
+}
+
+/// Runs `build` into `dir.tmp` and renames it to `dir`, unless `dir` exists.
+fn cached_dir(dir: &Path, build: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    if dir.exists() {
+        return Ok(());
+    }
+    let tmp = dir.with_extension("tmp");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    build(&tmp)?;
+    std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))
+}
+
+/// The tokenizer: BPE on the demonstrations of seed 0, shared by every seed and size.
+fn tokenizer(cfg: &RunConfig, task: &TldrSynth, cache: &Path) -> Result<Tokenizer> {
+    let dir = cache.join(format!(
+        "tokenizer-{}-{}",
+        cfg.task.demos, cfg.task.vocab_size
+    ));
+    cached_dir(&dir, |tmp| {
+        let demos = demonstrations(task, cfg.task.demos, 0);
+        let tok = Tokenizer::train_bpe(
+            demos.iter().flat_map(|(p, d)| [p.as_str(), d.as_str()]),
+            cfg.task.vocab_size,
+        )?;
+        tok.save(&tmp.join("tokenizer.json"))
+    })?;
+    Tokenizer::from_file(&dir.join("tokenizer.json"), None)
+}
+
+/// The SFT model of `size` (trained once per size, budget and seed).
+fn sft_model(
+    cfg: &RunConfig,
+    size: &str,
+    tok: &Tokenizer,
+    data: &[(Vec<u32>, Vec<u32>)],
+    cache: &Path,
+    device: &Device,
+) -> Result<(TransformerConfig, CausalLm)> {
+    let s = &cfg.sft;
+    let dir = cache.join(format!(
+        "sft-{size}-d{}-e{}-b{}-lr{}-s{}",
+        data.len(),
+        s.epochs,
+        s.batch_size,
+        s.lr,
+        cfg.seed
+    ));
+    cached_dir(&dir, |tmp| {
+        let shape = model_shape(size, tok.vocab_size())?;
+        let init = seeded(device, cfg.seed.wrapping_add(1), || {
+            CausalLm::init(&shape, device)
+        })?;
+        let steps = (data.len().div_ceil(s.batch_size) * s.epochs) as u64;
+        let sft_cfg = SftConfig {
+            epochs: s.epochs,
+            batch_size: s.batch_size,
+            optimizer: OptimizerConfig {
+                lr: s.lr,
+                ..OptimizerConfig::default()
+            },
+            schedule: LrSchedule::Linear {
+                warmup: (steps / 30).max(1),
+                total: steps,
+            },
+            seed: cfg.seed.wrapping_add(2),
+            ..SftConfig::default()
+        };
+        let (model, _) = train_sft(
+            init,
+            data,
+            &[],
+            &sft_cfg,
+            &RunOptions {
+                progress: false,
+                ..RunOptions::default()
+            },
+            device,
+        )?;
+        save_pretrained(&model, &shape, tmp)
+    })?;
+    load_pretrained(&dir, device)
+}
+
+/// A labelled comparison: tokenized prompt, chosen and rejected responses.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredPair {
+    prompt: Vec<u32>,
+    chosen: Vec<u32>,
+    rejected: Vec<u32>,
+    gold: [f64; 2],
+}
+
+/// The reward model and its data.
+pub struct RmStage {
+    /// The trained, normalised RM.
+    pub rm: RewardModel,
+    /// Its shape.
+    pub shape: TransformerConfig,
+    /// The labelled training pairs (DPO and EXO train on them too).
+    pub pairs: Vec<RankedExample>,
+    /// Held-out accuracy against the labels.
+    pub eval_accuracy: f64,
+    /// Held-out accuracy against the gold order.
+    pub eval_gold_accuracy: f64,
+    /// The labeller's agreement with gold on the training pairs.
+    pub labeller_agreement: f64,
+    /// FLOPs of sampling the pairs and training.
+    pub flops: f64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RmSummary {
+    eval_accuracy: f64,
+    eval_gold_accuracy: f64,
+    labeller_agreement: f64,
+    flops: f64,
+}
+
+/// A prompt, two sampled responses and their gold scores.
+type SampledPair = (String, Vec<u32>, Vec<u32>, f64, f64);
+
+/// Samples `per_prompt` pairs on each of `prompts` from `sft` (T = 1), with gold scores.
+fn sample_pairs(
+    sft: &CausalLm,
+    tok: &Tokenizer,
+    task: &TldrSynth,
+    prompts: &[String],
+    per_prompt: usize,
+    seed: u64,
+) -> Result<Vec<SampledPair>> {
+    let valid = sft.valid();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let cfg = SamplingConfig {
+        max_new_tokens: 40,
+        temperature: 1.0,
+        ..Default::default()
+    };
+    let mut out = Vec::new();
+    for chunk in prompts.chunks((64 / (2 * per_prompt)).max(1)) {
+        let many: Vec<&str> = chunk
+            .iter()
+            .flat_map(|p| std::iter::repeat_n(p.as_str(), 2 * per_prompt))
+            .collect();
+        let (ids, texts) = sample_texts(&valid, tok, &many, &cfg, &mut rng)?;
+        for (i, pair) in ids.chunks(2).zip(texts.chunks(2)).enumerate() {
+            let p = many[2 * i];
+            out.push((
+                p.to_string(),
+                pair.0[0].clone(),
+                pair.0[1].clone(),
+                task.gold(p, &pair.1[0]).total,
+                task.gold(p, &pair.1[1]).total,
+            ));
+        }
+    }
+    Ok(out)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn reward_model(
+    cfg: &RunConfig,
+    task: &TldrSynth,
+    tok: &Tokenizer,
+    policy_sft: &CausalLm,
+    backbone: CausalLm,
+    shape: &TransformerConfig,
+    sft_data: &[(Vec<u32>, Vec<u32>)],
+    cache: &Path,
+    device: &Device,
+) -> Result<RmStage> {
+    let r = &cfg.rm;
+    let dir = cache.join(format!(
+        "rm-{}-p{}-k{}-a{}-e{}-lr{}-pol{}-s{}",
+        r.size,
+        r.pairs,
+        r.pairs_per_prompt,
+        r.labeller_agreement,
+        r.epochs,
+        r.lr,
+        cfg.sft.policy_size,
+        cfg.seed
+    ));
+    cached_dir(&dir, |tmp| {
+        let n_prompts = r.pairs.div_ceil(r.pairs_per_prompt);
+        let prompts: Vec<String> = (0..n_prompts as u64)
+            .map(|i| task.prompt(Split::Train, 200_000 + i))
+            .collect();
+        let mut raw = sample_pairs(
+            policy_sft,
+            tok,
+            task,
+            &prompts,
+            r.pairs_per_prompt,
+            cfg.seed.wrapping_add(5),
+        )?;
+        raw.truncate(r.pairs);
+        let eval_prompts: Vec<String> = (0..r.eval_pairs as u64)
+            .map(|i| task.prompt(Split::Eval, 10_000 + i))
+            .collect();
+        let raw_eval = sample_pairs(
+            policy_sft,
+            tok,
+            task,
+            &eval_prompts,
+            1,
+            cfg.seed.wrapping_add(6),
+        )?;
+        let calibration: Vec<(f64, f64)> = raw.iter().map(|x| (x.3, x.4)).collect();
+        let labeller =
+            Labeller::calibrate(&calibration, r.labeller_agreement).ok_or_else(|| {
+                Error::Config(
+                    "rm: the labeller cannot reach the requested agreement on these pairs".into(),
+                )
+            })?;
+        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_add(7));
+        let mut agree = (0usize, 0usize);
+        let mut label = |raw: Vec<SampledPair>, count: bool| -> Result<Vec<StoredPair>> {
+            raw.into_iter()
+                .filter(|x| !x.1.is_empty() && !x.2.is_empty())
+                .map(|(p, a, b, ga, gb)| {
+                    let first = labeller.prefers_first(ga, gb, &mut rng);
+                    if count && (ga - gb).abs() > 1e-12 {
+                        agree.1 += 1;
+                        agree.0 += usize::from(first == (ga > gb));
+                    }
+                    let (c, rj, gc, gr) = if first {
+                        (a, b, ga, gb)
+                    } else {
+                        (b, a, gb, ga)
+                    };
+                    Ok(StoredPair {
+                        prompt: tok.encode(&p)?,
+                        chosen: c,
+                        rejected: rj,
+                        gold: [gc, gr],
+                    })
+                })
+                .collect()
+        };
+        let train = label(raw, true)?;
+        let eval = label(raw_eval, false)?;
+        let to_ranked = |v: &[StoredPair]| -> Vec<RankedExample> {
+            v.iter()
+                .map(|x| RankedExample {
+                    prompt: x.prompt.clone(),
+                    responses: vec![x.chosen.clone(), x.rejected.clone()],
+                    margin: None,
+                    gold: Some(x.gold.to_vec()),
+                })
+                .collect()
+        };
+        let rm = seeded(device, cfg.seed.wrapping_add(3), || {
+            RewardModel::from_backbone(backbone, shape.clone(), RewardSettings::outcome())
+        });
+        let rm_cfg = RmConfig {
+            epochs: r.epochs,
+            batch_size: 16,
+            optimizer: OptimizerConfig {
+                lr: r.lr,
+                ..OptimizerConfig::default()
+            },
+            seed: cfg.seed.wrapping_add(4),
+            ..RmConfig::default()
+        };
+        let (model, report) = train_reward_model(
+            rm.model,
+            &to_ranked(&train),
+            &to_ranked(&eval),
+            &rm_cfg,
+            &RunOptions {
+                progress: false,
+                ..RunOptions::default()
+            },
+            device,
+        )?;
+        let mut rm = RewardModel { model, ..rm };
+        rm.settings.normalisation = normalise(
+            &rm.model,
+            &sft_data[..sft_data.len().min(200)],
+            false,
+            32,
+            device,
+        )?;
+        rm.save(&tmp.join("model"))?;
+        let tokens: u64 = train
+            .iter()
+            .map(|x| (2 * x.prompt.len() + x.chosen.len() + x.rejected.len()) as u64)
+            .sum();
+        let summary = RmSummary {
+            eval_accuracy: report.eval.accuracy,
+            eval_gold_accuracy: report.eval.gold_accuracy.unwrap_or(f64::NAN),
+            labeller_agreement: agree.0 as f64 / agree.1.max(1) as f64,
+            flops: (flops(
+                shape,
+                Workload::Train {
+                    tokens: tokens * r.epochs as u64,
+                },
+            ) + flops(shape, Workload::Forward { tokens })) as f64,
+        };
+        let summary = serde_json::to_string(&summary).map_err(|e| Error::Record(e.to_string()))?;
+        let pairs = serde_json::to_string(&train).map_err(|e| Error::Record(e.to_string()))?;
+        write_atomic(&tmp.join("summary.json"), summary.as_bytes())?;
+        write_atomic(&tmp.join("pairs.json"), pairs.as_bytes())
+    })?;
+    let read = |name: &str| -> Result<String> {
+        let p = dir.join(name);
+        std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))
+    };
+    let summary: RmSummary = serde_json::from_str(&read("summary.json")?)
+        .map_err(|e| Error::Record(format!("{}: {e}", dir.display())))?;
+    let pairs: Vec<StoredPair> = serde_json::from_str(&read("pairs.json")?)
+        .map_err(|e| Error::Record(format!("{}: {e}", dir.display())))?;
+    let rm = RewardModel::load(&dir.join("model"), device)?;
+    Ok(RmStage {
+        rm,
+        shape: shape.clone(),
+        pairs: pairs
+            .into_iter()
+            .map(|x| RankedExample {
+                prompt: x.prompt,
+                responses: vec![x.chosen, x.rejected],
+                margin: None,
+                gold: Some(x.gold.to_vec()),
+            })
+            .collect(),
+        eval_accuracy: summary.eval_accuracy,
+        eval_gold_accuracy: summary.eval_gold_accuracy,
+        labeller_agreement: summary.labeller_agreement,
+        flops: summary.flops,
+    })
+}
+
+/// The judged samples: one per prompt (best of `n` by `rm` when `n > 1`).
+struct Judged {
+    ids: Vec<Vec<u32>>,
+    texts: Vec<String>,
+}
+
+fn judge_samples(
+    cfg: &RunConfig,
+    policy: &CausalLm,
+    tok: &Tokenizer,
+    prompts: &[String],
+    n: usize,
+    rm: Option<&RewardScorer>,
+) -> Result<Judged> {
+    let sampling = SamplingConfig {
+        max_new_tokens: cfg.judge.max_new_tokens,
+        temperature: cfg.judge.temperature,
+        ..Default::default()
+    };
+    let valid = policy.valid();
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_add(11));
+    let mut out = Judged {
+        ids: Vec::new(),
+        texts: Vec::new(),
+    };
+    for chunk in prompts.chunks((64 / n).max(1)) {
+        let many: Vec<&str> = chunk
+            .iter()
+            .flat_map(|p| std::iter::repeat_n(p.as_str(), n))
+            .collect();
+        let (ids, texts) = sample_texts(&valid, tok, &many, &sampling, &mut rng)?;
+        if n == 1 {
+            out.ids.extend(ids);
+            out.texts.extend(texts);
+            continue;
+        }
+        let rm = rm.ok_or_else(|| Error::Config("best-of-n needs a reward model".into()))?;
+        let text_refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let scores = rm.score(&many, &text_refs)?;
+        for k in 0..chunk.len() {
+            let best = (k * n..(k + 1) * n)
+                .max_by(|&a, &b| scores[a].total_cmp(&scores[b]))
+                .expect("n ≥ 1");
+            out.ids.push(ids[best].clone());
+            out.texts.push(texts[best].clone());
+        }
+    }
+    Ok(out)
+}
+
+/// `mean_x Σ_t [log π(y_t) − log π_ref(y_t)]` over the judged samples, both distributions at
+/// the sampling temperature: the Monte-Carlo estimate of `KL(π‖π_ref)` per sequence.
+fn sampled_kl(
+    policy: &CausalLm,
+    reference: &CausalLm,
+    tok: &Tokenizer,
+    prompts: &[String],
+    responses: &[Vec<u32>],
+    temperature: f32,
+    device: &Device,
+) -> Result<f64> {
+    let device = device.clone().without_autodiff();
+    let (policy, reference) = (policy.valid(), reference.valid());
+    let mut total = 0.0;
+    let prompt_ids: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| tok.encode(p))
+        .collect::<Result<_>>()?;
+    for (ps, rs) in prompt_ids.chunks(32).zip(responses.chunks(32)) {
+        let pairs: Vec<(&[u32], &[u32])> = ps
+            .iter()
+            .zip(rs)
+            .map(|(p, r)| (p.as_slice(), r.as_slice()))
+            .collect();
+        let batch = LmBatch::from_sequences(&collate(&pairs, 0, None));
+        let (ids, attention, target) = batch.tensors(&device);
+        let [_, l] = ids.dims();
+        let logp = |m: &CausalLm| {
+            let logits = m.forward(ids.clone(), attention.clone(), None);
+            token_logprobs(
+                logits.narrow(1, 0, l - 1),
+                ids.clone().narrow(1, 1, l - 1),
+                temperature,
+            )
+        };
+        let diff: Tensor<2> = logp(&policy).sub(logp(&reference));
+        let mask = target.narrow(1, 1, l - 1);
+        total += f64::from(masked_sum(diff, mask).into_scalar::<f32>());
+    }
+    Ok(total / responses.len().max(1) as f64)
+}

@@ -1,0 +1,830 @@
+//! The report of a sweep: `summary.csv` (one row per point), `plots/*.svg` (one per axis and the
+//! gold-vs-KL frontier) and `report.md` (per axis a table, its plot and a fitted trend, then a
+//! findings table that states for each finding of the seed paper whether this run reproduces it).
+//!
+//! Every number in the report is computed here from the stored points, nothing else.
+//!
+//! Metric names of a point (`RunResult::metrics`):
+//!
+//! | name | meaning |
+//! | --- | --- |
+//! | `gold/mean`, `gold/se` | gold score of the judged samples on the held-out prompts, and its standard error |
+//! | `gold/sft`, `gold/gain` | the SFT policy's gold score (same prompts and seed) and the gain over it |
+//! | `gold/references` | the references' own gold score |
+//! | `judge/win_rate_vs_sft`, `judge/win_rate_vs_references` | gold win rates (ties count half) |
+//! | `kl` | `KL(π‖π_ref)` per sequence: sampled estimate, or `log n − (n−1)/n` for best-of-n |
+//! | `proxy/mean` | the reward model's (normalised) score of the judged samples |
+//! | `rm/accuracy`, `rm/gold_accuracy`, `rm/labeller_agreement` | held-out RM accuracy against labels and the gold order; the labeller's agreement with gold |
+//! | `response/length`, `response/eos` | tokens per judged response; share ending with EOS |
+//! | `flops/sft`, `flops/rm`, `flops/method` | estimated FLOPs (`6·N` per trained token, `2·N` per forward token) |
+//! | `params/policy`, `params/rm` | non-embedding parameters |
+//! | `time/method`, `memory/peak_bytes` | wall seconds of the method stage; peak resident memory so far |
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use rlhf_core::train::fs::write_atomic;
+use rlhf_core::{Error, Result};
+
+use crate::study::{AXES, PointRecord};
+
+/// Mean and sample standard deviation over seeds of one metric at one value of an axis.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cell {
+    /// Mean over seeds.
+    pub mean: f64,
+    /// Sample standard deviation over seeds (NaN for one seed).
+    pub sd: f64,
+    /// Seeds.
+    pub n: usize,
+}
+
+/// One value of an axis: its label, x and the cells of every metric.
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// Label.
+    pub label: String,
+    /// x.
+    pub x: f64,
+    /// Metric → cell.
+    pub cells: BTreeMap<String, Cell>,
+}
+
+impl Row {
+    /// The mean of `metric` (NaN when absent).
+    pub fn mean(&self, metric: &str) -> f64 {
+        self.cells.get(metric).map_or(f64::NAN, |c| c.mean)
+    }
+}
+
+/// The rows of `axis` in the order of their x (then label).
+pub fn rows(points: &[PointRecord], axis: &str) -> Vec<Row> {
+    let mut by_label: BTreeMap<String, (f64, Vec<&PointRecord>)> = BTreeMap::new();
+    for p in points.iter().filter(|p| p.point.axis == axis) {
+        by_label
+            .entry(p.point.label.clone())
+            .or_insert((p.point.x, Vec::new()))
+            .1
+            .push(p);
+    }
+    let mut rows: Vec<Row> = by_label
+        .into_iter()
+        .map(|(label, (x, ps))| {
+            let mut values: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+            for p in &ps {
+                for (k, v) in &p.result.metrics {
+                    values.entry(k.clone()).or_default().push(*v);
+                }
+                values
+                    .entry("time/wall".into())
+                    .or_default()
+                    .push(p.result.wall_seconds);
+            }
+            let cells = values
+                .into_iter()
+                .map(|(k, v)| {
+                    let n = v.len();
+                    let mean = v.iter().sum::<f64>() / n as f64;
+                    let sd = if n > 1 {
+                        (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
+                    } else {
+                        f64::NAN
+                    };
+                    (k, Cell { mean, sd, n })
+                })
+                .collect();
+            Row { label, x, cells }
+        })
+        .collect();
+    rows.sort_by(|a, b| a.x.total_cmp(&b.x).then(a.label.cmp(&b.label)));
+    rows
+}
+
+/// Least-squares line `y = a + b·log2(x)` over the rows' means; returns (b, R²).
+pub fn log2_fit(rows: &[Row], metric: &str) -> Option<(f64, f64)> {
+    let pts: Vec<(f64, f64)> = rows
+        .iter()
+        .filter(|r| r.x > 0.0 && r.mean(metric).is_finite())
+        .map(|r| (r.x.log2(), r.mean(metric)))
+        .collect();
+    if pts.len() < 2 {
+        return None;
+    }
+    let n = pts.len() as f64;
+    let mx = pts.iter().map(|p| p.0).sum::<f64>() / n;
+    let my = pts.iter().map(|p| p.1).sum::<f64>() / n;
+    let sxx: f64 = pts.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    let sxy: f64 = pts.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    let syy: f64 = pts.iter().map(|p| (p.1 - my).powi(2)).sum();
+    if sxx == 0.0 {
+        return None;
+    }
+    let b = sxy / sxx;
+    let r2 = if syy > 0.0 {
+        (sxy * sxy) / (sxx * syy)
+    } else {
+        1.0
+    };
+    Some((b, r2))
+}
+
+/// What each axis plots and tabulates: the headline metric, then the others in its table.
+fn axis_metrics(axis: &str) -> (&'static str, &'static [&'static str]) {
+    match axis {
+        "rm_volume" | "rm_diversity" => (
+            "rm/gold_accuracy",
+            &[
+                "rm/gold_accuracy",
+                "rm/accuracy",
+                "rm/labeller_agreement",
+                "gold/mean",
+                "flops/rm",
+            ],
+        ),
+        "best_of_n" => (
+            "gold/mean",
+            &["gold/mean", "gold/gain", "proxy/mean", "kl", "flops/method"],
+        ),
+        "kl_budget" => (
+            "gold/mean",
+            &["gold/mean", "proxy/mean", "kl", "response/length"],
+        ),
+        "length_control" => (
+            "gold/gain",
+            &["gold/gain", "gold/mean", "kl", "response/length"],
+        ),
+        _ => (
+            "gold/gain",
+            &[
+                "gold/gain",
+                "gold/mean",
+                "judge/win_rate_vs_sft",
+                "kl",
+                "proxy/mean",
+                "flops/method",
+                "time/method",
+            ],
+        ),
+    }
+}
+
+fn fmt(c: Option<&Cell>) -> String {
+    match c {
+        None => "–".into(),
+        Some(c) if c.mean.abs() >= 1e5 => format!("{:.3e}", c.mean),
+        Some(c) if c.n > 1 => format!("{:.3} ± {:.3}", c.mean, c.sd),
+        Some(c) => format!("{:.3}", c.mean),
+    }
+}
+
+/// A finding of the seed paper and what this run says about it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finding {
+    /// The axis.
+    pub axis: &'static str,
+    /// The seed paper's claim.
+    pub claim: &'static str,
+    /// `yes`, `no`, `not run`.
+    pub verdict: String,
+    /// The effect measured, in words and numbers.
+    pub effect: String,
+}
+
+/// The findings table, computed from the rows of each axis.
+pub fn findings(points: &[PointRecord]) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let yes = |b: bool| if b { "yes" } else { "no" }.to_string();
+    let mut push = |axis, claim, verdict: String, effect: String| {
+        out.push(Finding {
+            axis,
+            claim,
+            verdict,
+            effect,
+        })
+    };
+    let first_last = |rows: &[Row], m: &str| {
+        (
+            rows.first().map_or(f64::NAN, |r| r.mean(m)),
+            rows.last().map_or(f64::NAN, |r| r.mean(m)),
+        )
+    };
+    let r = rows(points, "rm_volume");
+    if r.len() >= 2 {
+        let (a, b) = first_last(&r, "rm/gold_accuracy");
+        let fit = log2_fit(&r, "rm/gold_accuracy");
+        push(
+            "rm_volume",
+            "more comparison data makes the RM more accurate",
+            yes(b > a && fit.is_some_and(|f| f.0 > 0.0)),
+            format!(
+                "gold-order accuracy {a:.3} at {} pairs → {b:.3} at {}; {:+.3} per doubling",
+                r[0].label,
+                r[r.len() - 1].label,
+                fit.map_or(f64::NAN, |f| f.0)
+            ),
+        );
+    } else {
+        push(
+            "rm_volume",
+            "more comparison data makes the RM more accurate",
+            "not run".into(),
+            String::new(),
+        );
+    }
+    let r = rows(points, "rm_diversity");
+    if r.len() == 2 {
+        let (many, few) = (r[0].mean("rm/gold_accuracy"), r[1].mean("rm/gold_accuracy"));
+        push(
+            "rm_diversity",
+            "at a fixed budget, more prompts beat more responses per prompt",
+            yes(many > few),
+            format!(
+                "gold-order accuracy {many:.3} ({}) vs {few:.3} ({})",
+                r[0].label, r[1].label
+            ),
+        );
+    }
+    for (axis, claim, larger_better) in [
+        (
+            "rm_size",
+            "larger reward models give modest policy gains",
+            true,
+        ),
+        (
+            "policy_size",
+            "larger policies gain less from RLHF with a fixed RM",
+            false,
+        ),
+    ] {
+        let r = rows(points, axis);
+        if r.len() >= 2 {
+            let (a, b) = first_last(&r, "gold/gain");
+            push(
+                axis,
+                claim,
+                yes(if larger_better { b > a } else { b < a }),
+                format!(
+                    "gold gain {a:+.3} ({}) → {b:+.3} ({})",
+                    r[0].label,
+                    r[r.len() - 1].label
+                ),
+            );
+        }
+    }
+    let r = rows(points, "samples_per_prompt");
+    if r.len() >= 3 {
+        let g: Vec<f64> = r.iter().map(|x| x.mean("gold/gain")).collect();
+        let first_step = g[1] - g[0];
+        let last_step = g[g.len() - 1] - g[g.len() - 2];
+        push(
+            "samples_per_prompt",
+            "gains rise with samples per prompt, then plateau",
+            yes(g[g.len() - 1] > g[0] && last_step < first_step),
+            format!(
+                "gold gain by n: {}",
+                r.iter()
+                    .zip(&g)
+                    .map(|(x, v)| format!("{}: {v:+.3}", x.label))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        );
+    }
+    let r = rows(points, "method");
+    if !r.is_empty() {
+        let best = r
+            .iter()
+            .max_by(|a, b| a.mean("gold/mean").total_cmp(&b.mean("gold/mean")))
+            .expect("non-empty");
+        push(
+            "method",
+            "the methods differ in gold score at a given KL (frontier per method)",
+            "reported".into(),
+            format!(
+                "highest gold: {} ({:.3} at KL {:.2}); see the frontier plot",
+                best.label,
+                best.mean("gold/mean"),
+                best.mean("kl")
+            ),
+        );
+    }
+    let r = rows(points, "kl_budget");
+    if r.len() >= 3 {
+        // x is β: the KL grows as β shrinks
+        let mut by_kl = r.clone();
+        by_kl.sort_by(|a, b| a.mean("kl").total_cmp(&b.mean("kl")));
+        let proxy_rises = by_kl
+            .windows(2)
+            .all(|w| w[1].mean("proxy/mean") >= w[0].mean("proxy/mean"));
+        let peak = by_kl
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.mean("gold/mean").total_cmp(&b.1.mean("gold/mean")))
+            .map_or(0, |x| x.0);
+        push(
+            "kl_budget",
+            "over-optimisation: the proxy keeps rising with KL while gold peaks and falls",
+            yes(proxy_rises && peak + 1 < by_kl.len()),
+            format!(
+                "by KL: {}",
+                by_kl
+                    .iter()
+                    .map(|x| format!(
+                        "β {} → KL {:.2}, proxy {:.3}, gold {:.3}",
+                        x.label,
+                        x.mean("kl"),
+                        x.mean("proxy/mean"),
+                        x.mean("gold/mean")
+                    ))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        );
+    }
+    let r = rows(points, "best_of_n");
+    if r.len() >= 2 {
+        let (a, b) = first_last(&r, "gold/mean");
+        push(
+            "best_of_n",
+            "best-of-n reranking by the RM raises the gold score",
+            yes(b > a),
+            format!(
+                "gold {a:.3} (n = {}) → {b:.3} (n = {})",
+                r[0].label,
+                r[r.len() - 1].label
+            ),
+        );
+    }
+    let r = rows(points, "length_control");
+    if r.len() == 2 {
+        let (rm, len) = (r[0].mean("gold/gain"), r[1].mean("gold/gain"));
+        push(
+            "length_control",
+            "part of RLHF's gain is length alone (A Long Way to Go)",
+            yes(len > 0.0),
+            if rm > 0.05 {
+                format!(
+                    "gold gain with the RM {rm:+.3}, with a length-only reward {len:+.3}: length alone gives {:.0}% of the RM's gain",
+                    100.0 * len / rm
+                )
+            } else {
+                format!(
+                    "gold gain with the RM {rm:+.3} (too small to apportion), with a length-only reward {len:+.3}"
+                )
+            },
+        );
+    }
+    push(
+        "supervision",
+        "process supervision scales better than outcome supervision in-domain",
+        "not run".into(),
+        "the process reward model does not yet learn arith-steps' step labels at CPU size (open issue), so ORM vs PRM is not compared".into(),
+    );
+    out
+}
+
+/// A named series of `(x, y, error bar)` points.
+pub type Series = (String, Vec<(f64, f64, f64)>);
+
+/// A line chart as SVG: one series per entry of `series` (`name`, points `(x, y, err)`), with
+/// axes, ticks and a legend. Hand-written SVG keeps the report dependency-free and byte-stable.
+pub fn svg_chart(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+    x_ticks: Option<&[(f64, String)]>,
+    log_x: bool,
+) -> String {
+    let (w, h, l, r, t, b) = (640.0, 400.0, 70.0, 150.0, 40.0, 50.0);
+    let tx = |x: f64| if log_x { x.max(1e-12).log2() } else { x };
+    let all: Vec<(f64, f64, f64)> = series
+        .iter()
+        .flat_map(|s| s.1.iter().copied())
+        .filter(|p| p.1.is_finite())
+        .collect();
+    let (mut x0, mut x1) = all.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |a, p| {
+        (a.0.min(tx(p.0)), a.1.max(tx(p.0)))
+    });
+    let (mut y0, mut y1) = all.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |a, p| {
+        let e = if p.2.is_finite() { p.2 } else { 0.0 };
+        (a.0.min(p.1 - e), a.1.max(p.1 + e))
+    });
+    if !x0.is_finite() {
+        (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
+    }
+    if x1 - x0 < 1e-12 {
+        x0 -= 0.5;
+        x1 += 0.5;
+    }
+    if y1 - y0 < 1e-12 {
+        y0 -= 0.5;
+        y1 += 0.5;
+    }
+    let pad = 0.05 * (y1 - y0);
+    (y0, y1) = (y0 - pad, y1 + pad);
+    let px = |x: f64| l + (tx(x) - x0) / (x1 - x0) * (w - l - r);
+    let py = |y: f64| h - b - (y - y0) / (y1 - y0) * (h - t - b);
+    let colours = [
+        "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf",
+    ];
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="22" font-size="15" text-anchor="middle">{}</text>"#,
+        (w - r + l) / 2.0,
+        esc(title)
+    );
+    let _ = writeln!(
+        s,
+        r#"<line x1="{l}" y1="{}" x2="{}" y2="{}" stroke="black"/>"#,
+        h - b,
+        w - r,
+        h - b
+    );
+    let _ = writeln!(
+        s,
+        r#"<line x1="{l}" y1="{t}" x2="{l}" y2="{}" stroke="black"/>"#,
+        h - b
+    );
+    for i in 0..=4 {
+        let y = y0 + (y1 - y0) * f64::from(i) / 4.0;
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{:.1}" text-anchor="end">{}</text><line x1="{}" y1="{:.1}" x2="{l}" y2="{:.1}" stroke="black"/>"#,
+            l - 6.0,
+            py(y) + 4.0,
+            short(y),
+            l - 3.0,
+            py(y),
+            py(y)
+        );
+    }
+    let ticks: Vec<(f64, String)> = match x_ticks {
+        Some(t) => t.to_vec(),
+        None => {
+            let mut xs: Vec<f64> = all.iter().map(|p| p.0).collect();
+            xs.sort_by(f64::total_cmp);
+            xs.dedup();
+            xs.into_iter().map(|x| (x, short(x))).collect()
+        }
+    };
+    for (x, label) in &ticks {
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{}" text-anchor="middle">{}</text><line x1="{:.1}" y1="{}" x2="{:.1}" y2="{}" stroke="black"/>"#,
+            px(*x),
+            h - b + 18.0,
+            esc(label),
+            px(*x),
+            h - b,
+            px(*x),
+            h - b + 3.0
+        );
+    }
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
+        (w - r + l) / 2.0,
+        h - 10.0,
+        esc(x_label)
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="16" y="{}" text-anchor="middle" transform="rotate(-90 16 {})">{}</text>"#,
+        (h - b + t) / 2.0,
+        (h - b + t) / 2.0,
+        esc(y_label)
+    );
+    for (i, (name, pts)) in series.iter().enumerate() {
+        let c = colours[i % colours.len()];
+        let pts: Vec<&(f64, f64, f64)> = pts.iter().filter(|p| p.1.is_finite()).collect();
+        if pts.len() > 1 {
+            let path: Vec<String> = pts
+                .iter()
+                .map(|p| format!("{:.1},{:.1}", px(p.0), py(p.1)))
+                .collect();
+            let _ = writeln!(
+                s,
+                r#"<polyline fill="none" stroke="{c}" stroke-width="2" points="{}"/>"#,
+                path.join(" ")
+            );
+        }
+        for p in &pts {
+            let _ = writeln!(
+                s,
+                r#"<circle cx="{:.1}" cy="{:.1}" r="4" fill="{c}"/>"#,
+                px(p.0),
+                py(p.1)
+            );
+            if p.2.is_finite() && p.2 > 0.0 {
+                let _ = writeln!(
+                    s,
+                    r#"<line x1="{:.1}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="{c}"/>"#,
+                    px(p.0),
+                    py(p.1 - p.2),
+                    px(p.0),
+                    py(p.1 + p.2)
+                );
+            }
+        }
+        let ly = t + 10.0 + 18.0 * i as f64;
+        let _ = writeln!(
+            s,
+            r#"<rect x="{}" y="{}" width="12" height="12" fill="{c}"/><text x="{}" y="{}">{}</text>"#,
+            w - r + 12.0,
+            ly - 10.0,
+            w - r + 30.0,
+            ly,
+            esc(name)
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+fn short(v: f64) -> String {
+    if v == 0.0 {
+        "0".into()
+    } else if v.abs() >= 1e4 || v.abs() < 1e-2 {
+        format!("{v:.1e}")
+    } else {
+        format!("{:.3}", v)
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_string()
+    }
+}
+
+/// Writes `summary.csv`, `plots/*.svg` and `report.md` for the points stored under `out`.
+pub fn write_report(out: &Path, points: &[PointRecord], title: &str) -> Result<()> {
+    if points.is_empty() {
+        return Err(Error::Config(format!(
+            "no points under {}",
+            out.join("points").display()
+        )));
+    }
+    let plots = out.join("plots");
+    std::fs::create_dir_all(&plots).map_err(|e| Error::io(&plots, e))?;
+    // summary.csv
+    let keys: Vec<String> = {
+        let mut k: Vec<String> = points
+            .iter()
+            .flat_map(|p| p.result.metrics.keys().cloned())
+            .collect();
+        k.sort();
+        k.dedup();
+        k
+    };
+    let mut csv = format!("axis,value,x,seed,wall_seconds,{}\n", keys.join(","));
+    for p in points {
+        let _ = write!(
+            csv,
+            "{},{},{},{},{:.3}",
+            p.point.axis, p.point.label, p.point.x, p.point.config.seed, p.result.wall_seconds
+        );
+        for k in &keys {
+            let _ = write!(
+                csv,
+                ",{}",
+                p.result
+                    .metrics
+                    .get(k)
+                    .map_or(String::new(), |v| format!("{v}"))
+            );
+        }
+        csv.push('\n');
+    }
+    write_atomic(&out.join("summary.csv"), csv.as_bytes())?;
+
+    let seeds: std::collections::BTreeSet<u64> =
+        points.iter().map(|p| p.point.config.seed).collect();
+    let revisions: std::collections::BTreeSet<&str> =
+        points.iter().map(|p| p.git_revision.as_str()).collect();
+    let mut md = String::new();
+    let _ = writeln!(md, "# {title}\n");
+    let _ = writeln!(
+        md,
+        "{} points, seeds {:?}, code revision {}. Device `{}`. Every number below is read from `points/*.json` (also in `summary.csv`); ± is the standard deviation over seeds (shown with two or more seeds).\n",
+        points.len(),
+        seeds,
+        revisions.into_iter().collect::<Vec<_>>().join(", "),
+        points[0].point.config.device
+    );
+    let total: f64 = points.iter().map(|p| p.result.wall_seconds).sum();
+    let _ = writeln!(
+        md,
+        "Wall time of the points: {total:.0} s (cached stages are paid once, by the first point that needs them).\n"
+    );
+    let _ = writeln!(
+        md,
+        "## Findings\n\n| axis | the seed paper's finding | reproduced here | effect |\n| --- | --- | --- | --- |"
+    );
+    for f in findings(points) {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} |",
+            f.axis, f.claim, f.verdict, f.effect
+        );
+    }
+    md.push('\n');
+    for axis in AXES {
+        let r = rows(points, axis);
+        if r.is_empty() {
+            continue;
+        }
+        let (head, metrics) = axis_metrics(axis);
+        let _ = writeln!(md, "## {axis}\n");
+        let _ = writeln!(md, "| value | {} |", metrics.join(" | "));
+        let _ = writeln!(md, "|---|{}", "---|".repeat(metrics.len()));
+        for row in &r {
+            let _ = writeln!(
+                md,
+                "| {} | {} |",
+                row.label,
+                metrics
+                    .iter()
+                    .map(|m| fmt(row.cells.get(*m)))
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            );
+        }
+        let numeric = matches!(
+            *axis,
+            "rm_volume" | "samples_per_prompt" | "best_of_n" | "kl_budget"
+        );
+        if numeric && let Some((slope, r2)) = log2_fit(&r, head) {
+            let _ = writeln!(
+                md,
+                "\nTrend: `{head}` changes by {slope:+.4} per doubling of {axis} (least squares on log2, R² = {r2:.2})."
+            );
+        }
+        if *axis == "samples_per_prompt"
+            && let Some((slope, r2)) = log2_fit_by(&r, head, "flops/method")
+        {
+            let _ = writeln!(
+                md,
+                "Against compute: `{head}` changes by {slope:+.4} per doubling of the method's FLOPs (R² = {r2:.2})."
+            );
+        }
+        let ticks: Vec<(f64, String)> = r.iter().map(|x| (x.x, x.label.clone())).collect();
+        let pts: Vec<(f64, f64, f64)> = r
+            .iter()
+            .map(|x| {
+                let c = x.cells.get(head);
+                (
+                    x.x,
+                    c.map_or(f64::NAN, |c| c.mean),
+                    c.map_or(f64::NAN, |c| c.sd),
+                )
+            })
+            .collect();
+        let svg = svg_chart(
+            &format!("{axis}: {head}"),
+            axis,
+            head,
+            &[(head.to_string(), pts)],
+            Some(&ticks),
+            numeric && *axis != "kl_budget",
+        );
+        write_atomic(&plots.join(format!("{axis}.svg")), svg.as_bytes())?;
+        let _ = writeln!(md, "\n![{axis}](plots/{axis}.svg)\n");
+    }
+    // the frontier: gold against KL for every on-policy and offline point, by method
+    let mut series: BTreeMap<String, Vec<(f64, f64, f64)>> = BTreeMap::new();
+    for p in points {
+        let (Some(kl), Some(gold)) = (
+            p.result.metrics.get("kl"),
+            p.result.metrics.get("gold/mean"),
+        ) else {
+            continue;
+        };
+        let name = match p.point.axis.as_str() {
+            "best_of_n" => "best-of-n".to_string(),
+            "kl_budget" => "ppo (β sweep)".to_string(),
+            "method" => p.point.label.clone(),
+            _ => continue,
+        };
+        series.entry(name).or_default().push((*kl, *gold, f64::NAN));
+    }
+    if !series.is_empty() {
+        let series: Vec<Series> = series
+            .into_iter()
+            .map(|(k, mut v)| {
+                v.sort_by(|a, b| a.0.total_cmp(&b.0));
+                (k, v)
+            })
+            .collect();
+        let svg = svg_chart(
+            "gold score against KL to the reference",
+            "KL(π‖π_ref) per sequence",
+            "gold/mean",
+            &series,
+            None,
+            false,
+        );
+        write_atomic(&plots.join("frontier.svg"), svg.as_bytes())?;
+        let _ = writeln!(
+            md,
+            "## Gold score against KL, per method\n\n![frontier](plots/frontier.svg)\n"
+        );
+    }
+    write_atomic(&out.join("report.md"), md.as_bytes())
+}
+
+/// Least squares of `metric` on log2 of another metric's means.
+fn log2_fit_by(rows: &[Row], metric: &str, x_metric: &str) -> Option<(f64, f64)> {
+    let shifted: Vec<Row> = rows
+        .iter()
+        .map(|r| Row {
+            label: r.label.clone(),
+            x: r.mean(x_metric),
+            cells: r.cells.clone(),
+        })
+        .collect();
+    log2_fit(&shifted, metric)
+}
+
+/// Checks that `report.md` and `summary.csv` under `out` hold the stored points' numbers: every
+/// table row of the report is recomputed from `points/*.json` and must appear verbatim, and every
+/// point has its row in the CSV with its metrics. Returns the number of lines checked.
+pub fn verify_report(out: &Path) -> Result<usize> {
+    let points = crate::study::read_points(out)?;
+    let read = |name: &str| {
+        let p = out.join(name);
+        std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))
+    };
+    let md = read("report.md")?;
+    let csv = read("summary.csv")?;
+    let mut checked = 0;
+    for axis in AXES {
+        let (_, metrics) = axis_metrics(axis);
+        for row in rows(&points, axis) {
+            let line = format!(
+                "| {} | {} |",
+                row.label,
+                metrics
+                    .iter()
+                    .map(|m| fmt(row.cells.get(*m)))
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            );
+            if !md.lines().any(|l| l == line) {
+                return Err(Error::Config(format!(
+                    "report.md lacks the {axis} row `{line}`"
+                )));
+            }
+            checked += 1;
+        }
+    }
+    for f in findings(&points) {
+        let line = format!(
+            "| {} | {} | {} | {} |",
+            f.axis, f.claim, f.verdict, f.effect
+        );
+        if !md.lines().any(|l| l == line) {
+            return Err(Error::Config(format!(
+                "report.md lacks the finding `{line}`"
+            )));
+        }
+        checked += 1;
+    }
+    let header: Vec<&str> = csv.lines().next().unwrap_or("").split(',').collect();
+    for p in &points {
+        let prefix = format!(
+            "{},{},{},{},",
+            p.point.axis, p.point.label, p.point.x, p.point.config.seed
+        );
+        let row = csv
+            .lines()
+            .find(|l| l.starts_with(&prefix))
+            .ok_or_else(|| Error::Config(format!("summary.csv lacks {}", p.point.file_name())))?;
+        for (name, cell) in header.iter().zip(row.split(',')).skip(5) {
+            let stored = p
+                .result
+                .metrics
+                .get(*name)
+                .map_or(String::new(), |v| format!("{v}"));
+            if cell != stored {
+                return Err(Error::Config(format!(
+                    "summary.csv: {} {name} is {cell}, the point says {stored}",
+                    p.point.file_name()
+                )));
+            }
+        }
+        checked += 1;
+    }
+    Ok(checked)
+}

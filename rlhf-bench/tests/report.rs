@@ -1,0 +1,164 @@
+//! The report holds the points' numbers: fabricated points (two seeds per value, no training)
+//! are written, the report is generated, and its tables, trend, findings and CSV are checked
+//! against values computed here by hand; `verify_report` accepts it and rejects it once a point
+//! changes.
+
+use std::collections::BTreeMap;
+
+use rlhf_bench::report::{log2_fit, rows, verify_report};
+use rlhf_bench::{Point, PointRecord, RunConfig, RunResult, read_points, write_report};
+
+fn point(axis: &str, label: &str, x: f64, seed: u64, metrics: &[(&str, f64)]) -> PointRecord {
+    PointRecord {
+        point: Point {
+            axis: axis.into(),
+            label: label.into(),
+            x,
+            config: RunConfig {
+                seed,
+                ..RunConfig::default()
+            },
+        },
+        git_revision: "test".into(),
+        result: RunResult {
+            metrics: metrics
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect::<BTreeMap<_, _>>(),
+            curve: Vec::new(),
+            wall_seconds: 1.0,
+        },
+    }
+}
+
+fn store(dir: &std::path::Path, points: &[PointRecord]) {
+    std::fs::create_dir_all(dir.join("points")).unwrap();
+    for p in points {
+        std::fs::write(
+            dir.join("points").join(p.point.file_name()),
+            serde_json::to_string(p).unwrap(),
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn the_report_states_the_points_numbers() {
+    let mut points = Vec::new();
+    // RM accuracy: 0.60/0.62 at 250 pairs, 0.70/0.74 at 1000, 0.80/0.80 at 4000
+    for (pairs, accs) in [
+        (250.0, [0.60, 0.62]),
+        (1000.0, [0.70, 0.74]),
+        (4000.0, [0.80, 0.80]),
+    ] {
+        for (seed, acc) in accs.iter().enumerate() {
+            points.push(point(
+                "rm_volume",
+                &format!("{pairs}"),
+                pairs,
+                seed as u64,
+                &[
+                    ("rm/gold_accuracy", *acc),
+                    ("rm/accuracy", 0.6),
+                    ("gold/mean", -1.0),
+                ],
+            ));
+        }
+    }
+    for (label, x, gains) in [
+        ("rm", 0.0, [0.40, 0.50]),
+        ("length-only", 1.0, [0.10, 0.10]),
+    ] {
+        for (seed, g) in gains.iter().enumerate() {
+            points.push(point(
+                "length_control",
+                label,
+                x,
+                seed as u64,
+                &[("gold/gain", *g)],
+            ));
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    store(dir.path(), &points);
+    let stored = read_points(dir.path()).unwrap();
+    assert_eq!(stored.len(), points.len());
+    write_report(dir.path(), &stored, "test").unwrap();
+    let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+
+    // mean ± sample sd over the two seeds, by hand
+    let sd = |a: f64, b: f64| ((a - (a + b) / 2.0).powi(2) * 2.0).sqrt();
+    assert!(
+        md.contains(&format!("| 250 | 0.610 ± {:.3} |", sd(0.60, 0.62))),
+        "{md}"
+    );
+    assert!(md.contains(&format!("| 1000 | 0.720 ± {:.3} |", sd(0.70, 0.74))));
+    assert!(md.contains("| 4000 | 0.800 ± 0.000 |"));
+    // the trend: least squares of the means on log2(pairs), by hand
+    let xs = [250f64.log2(), 1000f64.log2(), 4000f64.log2()];
+    let ys = [0.61, 0.72, 0.80];
+    let (mx, my) = (xs.iter().sum::<f64>() / 3.0, ys.iter().sum::<f64>() / 3.0);
+    let slope = xs
+        .iter()
+        .zip(&ys)
+        .map(|(x, y)| (x - mx) * (y - my))
+        .sum::<f64>()
+        / xs.iter().map(|x| (x - mx).powi(2)).sum::<f64>();
+    let (fit, _) = log2_fit(&rows(&stored, "rm_volume"), "rm/gold_accuracy").unwrap();
+    assert!((fit - slope).abs() < 1e-12);
+    assert!(md.contains(&format!("changes by {slope:+.4} per doubling of rm_volume")));
+    // the findings
+    assert!(md.contains(
+        "| rm_volume | more comparison data makes the RM more accurate | yes | gold-order accuracy 0.610 at 250 pairs → 0.800 at 4000;"
+    ));
+    assert!(
+        md.contains("length alone gives 22% of the RM's gain"),
+        "{md}"
+    );
+    assert!(md.contains("| supervision |") && md.contains("| not run |"));
+    // plots exist and are SVG
+    let svg = std::fs::read_to_string(dir.path().join("plots/rm_volume.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("<polyline"));
+    // the CSV has every point with its numbers
+    let csv = std::fs::read_to_string(dir.path().join("summary.csv")).unwrap();
+    assert_eq!(csv.lines().count(), points.len() + 1);
+    assert!(
+        csv.contains("rm_volume,1000,1000,1,1.000,,-1,0.6,0.74\n"),
+        "{csv}"
+    );
+
+    assert!(verify_report(dir.path()).unwrap() > points.len());
+    // a point that changes after the report was written is caught
+    let mut changed = points[0].clone();
+    changed
+        .result
+        .metrics
+        .insert("rm/gold_accuracy".into(), 0.99);
+    store(dir.path(), &[changed]);
+    let err = verify_report(dir.path()).unwrap_err().to_string();
+    assert!(
+        err.contains("report.md lacks") || err.contains("summary.csv"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_shipped_configs_parse() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        RunConfig::from_file(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        n += 1;
+    }
+    assert!(n >= 4);
+    let grpo = RunConfig::from_file(&dir.join("tldr-grpo-n4.toml")).unwrap();
+    // keys not given keep the bench's defaults
+    assert_eq!(
+        (
+            grpo.method.ppo.samples_per_prompt,
+            grpo.method.ppo.iterations
+        ),
+        (4, 15)
+    );
+}

@@ -1,0 +1,859 @@
+//! The on-policy trainer. [`train_ppo`] runs iterations of [`ppo_iteration`], which reads as
+//! `algorithms.md` states PPO for language models:
+//!
+//! 1. **sample** `n` responses per prompt from the policy, queries left-padded to a fixed length,
+//!    a fixed number of new tokens at temperature `T` ([`encode_queries`], `generate`);
+//! 2. **cut at EOS**: tokens after the first EOS are masked; a response without EOS gets the
+//!    missing-EOS penalty instead of its score;
+//! 3. **score** the texts with any [`Scorer`] (a reward model, a gold oracle, a rule), optionally
+//!    with variance reduction ([`reduce_score_variance`]);
+//! 4. **experience** ([`make_experience`]): old log-probs of the policy and the reference (the
+//!    temperature reapplied), values of the critic, per-token rewards `−β·kl_t` plus the score on
+//!    the last real token, and advantages (GAE, RLOO, GRPO, Dr.GRPO or REINFORCE++);
+//! 5. **update** ([`ppo_update`]): `E` epochs of shuffled minibatches, each minimising
+//!    `L_pg + c_v·L_v` (+ `β·KL` when the KL is a loss term, + `γ_ptx·L_SFT` for PPO-ptx) with
+//!    AdamW after clipping the global gradient norm;
+//! 6. **metrics** with the names of `rlhf_core::train::metrics`, the adaptive KL controller's
+//!    update, and a checkpoint when due.
+//!
+//! Every random choice of iteration `i` (its prompts, its samples, its minibatch order, its ptx
+//! batches) is drawn from `(seed, i)`, so a checkpoint needs no RNG state and a resumed run
+//! repeats the uninterrupted one exactly.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::optim::{GradientsParams, ModuleOptimizer};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use rand::seq::{IndexedRandom, SliceRandom};
+use serde_json::json;
+
+use rlhf_core::host::to_f32_vec;
+use rlhf_core::train::metrics::names;
+use rlhf_core::train::{
+    Checkpoint, Metrics, Run, RunOptions, TrainRng,
+    checkpoint::{module_from_bytes, module_to_bytes, optimizer_from_bytes, optimizer_to_bytes},
+    clip_global_grad_norm, with_fresh_param_ids,
+};
+use rlhf_core::{
+    Error, GroupEstimator, Result, Scorer, broadcast_to_tokens, clipped_policy_loss,
+    clipped_value_loss, entropy_from_logits, gae, group_advantages, kl_estimate, masked_mean,
+    reinforce_pp_advantages, token_logprobs, whiten,
+};
+use rlhf_data::Tokenizer;
+use rlhf_models::sft::Example;
+use rlhf_models::{CausalLm, Generation, SamplingConfig, ScalarModel, generate};
+
+use crate::config::{AdvantageEstimator, PpoConfig};
+use crate::rewards::{TokenRewards, per_token_rewards, reduce_score_variance};
+
+/// What PPO trains: the policy and, for GAE, the separate value model. Both are updated by one
+/// optimizer under one global gradient norm, like the TL;DR reproduction's policy-and-value
+/// wrapper.
+#[derive(Module, Debug)]
+pub struct PolicyAndValue {
+    /// The policy (initialised from the SFT model).
+    pub policy: CausalLm,
+    /// The critic (initialised from the reward model, TL;DR detail 6); `None` without one.
+    pub value: Option<ScalarModel>,
+}
+
+impl PolicyAndValue {
+    /// The pair, with the critic's parameters given fresh ids (and autodiff leaves). A critic
+    /// cloned from the policy, or from a reward model trained from the SFT model, shares the
+    /// policy's parameter ids, and one optimizer would then not train the two independently
+    /// (see `rlhf_core::train::with_fresh_param_ids`). [`train_ppo`] does this itself.
+    pub fn new(policy: CausalLm, value: Option<ScalarModel>) -> Self {
+        PolicyAndValue {
+            policy,
+            value: value.map(with_fresh_param_ids),
+        }
+    }
+}
+
+/// What the trainer reads besides the models and the configuration.
+pub struct PpoInputs<'a> {
+    /// The frozen reference policy (the SFT model).
+    pub reference: &'a CausalLm,
+    /// Scores responses: a reward model, a gold oracle, a rule.
+    pub scorer: &'a dyn Scorer,
+    /// The policy's tokenizer (its EOS ends responses).
+    pub tokenizer: &'a Tokenizer,
+    /// Training prompts, visited in a shuffled order, epoch after epoch.
+    pub prompts: &'a [String],
+    /// SFT demonstrations for PPO-ptx (read only when `ptx_coef > 0`).
+    pub demonstrations: &'a [Example],
+    /// Extra metrics (e.g. the gold score of samples on held-out prompts), every `eval_every`
+    /// iterations and after the last.
+    pub eval: Option<&'a dyn Fn(&CausalLm) -> Metrics>,
+    /// See `eval`; 0 means only after the last iteration.
+    pub eval_every: u64,
+}
+
+/// Left-pads each prompt's tokens to exactly `query_length` (TL;DR detail 2); a longer prompt
+/// keeps its last `query_length` tokens. Returns ids and mask, `[prompts, query_length]`
+/// row-major. An empty prompt is an error: its first response token would have no context.
+pub fn encode_queries(
+    tokenizer: &Tokenizer,
+    prompts: &[&str],
+    query_length: usize,
+) -> Result<(Vec<u32>, Vec<u8>)> {
+    let mut ids = Vec::with_capacity(prompts.len() * query_length);
+    let mut mask = Vec::with_capacity(prompts.len() * query_length);
+    for (i, p) in prompts.iter().enumerate() {
+        let tokens = tokenizer.encode(p)?;
+        if tokens.is_empty() {
+            return Err(Error::Config(format!("ppo: prompt {i} is empty")));
+        }
+        let kept = &tokens[tokens.len().saturating_sub(query_length)..];
+        let pad = query_length - kept.len();
+        ids.extend(std::iter::repeat_n(tokenizer.pad_id(), pad));
+        ids.extend_from_slice(kept);
+        mask.extend(std::iter::repeat_n(0u8, pad));
+        mask.extend(std::iter::repeat_n(1u8, kept.len()));
+    }
+    Ok((ids, mask))
+}
+
+/// One rollout batch with everything the update reads, row-major on the host. Per-token arrays
+/// are `[batch, response_len]` and 0 at masked positions; `ids`/`attention` are
+/// `[batch, query_len + response_len]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Experience {
+    /// Episodes (prompts × n).
+    pub batch: usize,
+    /// Query columns.
+    pub query_len: usize,
+    /// Response columns.
+    pub response_len: usize,
+    /// Query and response ids (pads hold valid ids).
+    pub ids: Vec<u32>,
+    /// 1 at real query and response tokens.
+    pub attention: Vec<u8>,
+    /// Response mask `m_t`: 1 up to and including EOS.
+    pub mask: Vec<f32>,
+    /// `log π_old(y_t)` with the temperature reapplied.
+    pub logprobs: Vec<f32>,
+    /// `log π_ref(y_t)`, same temperature.
+    pub ref_logprobs: Vec<f32>,
+    /// `V_old` (empty without a critic).
+    pub values: Vec<f32>,
+    /// `r_t` (after optional whitening).
+    pub rewards: Vec<f32>,
+    /// `A_t`.
+    pub advantages: Vec<f32>,
+    /// `R_t = A_t + V_t` (GAE; empty otherwise).
+    pub returns: Vec<f32>,
+    /// Sequence scores that entered the reward, `[batch]`.
+    pub scores: Vec<f32>,
+    /// Whether each response emitted EOS, `[batch]`.
+    pub has_eos: Vec<bool>,
+}
+
+fn tensor2(v: Vec<f32>, shape: [usize; 2], device: &Device) -> Tensor<2> {
+    Tensor::from_data(TensorData::new(v, shape), device)
+}
+
+fn ids2(v: &[u32], shape: [usize; 2], device: &Device) -> Tensor<2, Int> {
+    let v: Vec<i64> = v.iter().map(|&x| i64::from(x)).collect();
+    Tensor::from_data(TensorData::new(v, shape), device)
+}
+
+/// Log-probs `[batch, r]` of the response tokens and their logits `[batch, r, vocab]`: the
+/// logits at column `q − 1 + t` predict response token `t`. The temperature is reapplied
+/// (TL;DR detail 3), so on the first minibatch the ratio to the rollout's log-probs is 1.
+fn response_logprobs(
+    policy: &CausalLm,
+    ids: Tensor<2, Int>,
+    attention: Tensor<2>,
+    query_len: usize,
+    temperature: f32,
+) -> (Tensor<2>, Tensor<3>) {
+    let [_, total] = ids.dims();
+    let r = total - query_len;
+    let logits = policy
+        .forward(ids.clone(), attention, None)
+        .narrow(1, query_len - 1, r);
+    let responses = ids.narrow(1, query_len, r);
+    (
+        token_logprobs(logits.clone(), responses, temperature),
+        logits,
+    )
+}
+
+/// The critic's values `[batch, r]` of the states before each response token.
+fn response_values(
+    value: &ScalarModel,
+    ids: Tensor<2, Int>,
+    attention: Tensor<2>,
+    query_len: usize,
+) -> Tensor<2> {
+    let [_, total] = ids.dims();
+    value
+        .per_token(ids, attention)
+        .narrow(1, query_len - 1, total - query_len)
+}
+
+/// Steps 2–5 of the recipe for one sampled batch: rollout log-probs of the policy and the
+/// reference, values, per-token rewards and advantages, without gradients.
+///
+/// - `models`, `reference`: on an inference (non-autodiff) device;
+/// - `query_ids`, `query_mask`: `[batch, q]` from [`encode_queries`];
+/// - `generation`: the policy's samples (masked after EOS);
+/// - `scores`: `[batch]` sequence scores *after* the missing-EOS penalty and any variance
+///   reduction;
+/// - `kl_coef`: the current β.
+///
+/// Returns the experience and its metrics (`objective/*`, `val/num_eos`, `episode/length`).
+#[allow(clippy::too_many_arguments)]
+pub fn make_experience(
+    models: &PolicyAndValue,
+    reference: &CausalLm,
+    query_ids: &[u32],
+    query_mask: &[u8],
+    generation: &Generation,
+    scores: &[f32],
+    cfg: &PpoConfig,
+    kl_coef: f32,
+) -> Result<(Experience, Metrics)> {
+    let device = models.policy.device();
+    let (b, r) = (generation.batch, generation.new_len);
+    if b == 0 || r == 0 || scores.len() != b || !query_ids.len().is_multiple_of(b) {
+        return Err(Error::Shape(format!(
+            "ppo: {b} episodes of {r} tokens with {} scores",
+            scores.len()
+        )));
+    }
+    let q = query_ids.len() / b;
+    let mut ids = Vec::with_capacity(b * (q + r));
+    let mut attention = Vec::with_capacity(b * (q + r));
+    for row in 0..b {
+        ids.extend_from_slice(&query_ids[row * q..(row + 1) * q]);
+        ids.extend_from_slice(&generation.tokens[row * r..(row + 1) * r]);
+        attention.extend_from_slice(&query_mask[row * q..(row + 1) * q]);
+        attention.extend_from_slice(&generation.mask[row * r..(row + 1) * r]);
+    }
+    let mask_host: Vec<f32> = generation.mask.iter().map(|&m| f32::from(m)).collect();
+    let ids_t = ids2(&ids, [b, q + r], &device);
+    let attention_t = tensor2(
+        attention.iter().map(|&m| f32::from(m)).collect(),
+        [b, q + r],
+        &device,
+    );
+    let mask = tensor2(mask_host.clone(), [b, r], &device);
+
+    // old log-probs of the policy and of the reference, the temperature reapplied
+    let (logprobs, _) = response_logprobs(
+        &models.policy,
+        ids_t.clone(),
+        attention_t.clone(),
+        q,
+        cfg.temperature,
+    );
+    let (ref_logprobs, _) = response_logprobs(
+        reference,
+        ids_t.clone(),
+        attention_t.clone(),
+        q,
+        cfg.temperature,
+    );
+    let logprobs = rlhf_core::zero_masked(logprobs, mask.clone());
+    let ref_logprobs = rlhf_core::zero_masked(ref_logprobs, mask.clone());
+    let values = models
+        .value
+        .as_ref()
+        .map(|v| rlhf_core::zero_masked(response_values(v, ids_t, attention_t, q), mask.clone()));
+
+    // per-token rewards: −β·kl_t on every token (when the KL is in the reward), the score on the
+    // last real token
+    let kl = kl_estimate(logprobs.clone(), ref_logprobs.clone(), cfg.kl_estimator);
+    let beta_in_reward = if cfg.kl_in_reward { kl_coef } else { 0.0 };
+    let scores_t = Tensor::<1>::from_data(TensorData::new(scores.to_vec(), [b]), &device);
+    let TokenRewards { rewards, .. } =
+        per_token_rewards(scores_t, kl.clone(), mask.clone(), beta_in_reward);
+    let rewards = if cfg.whiten_rewards {
+        whiten(rewards, mask.clone(), false)
+    } else {
+        rewards
+    };
+
+    // advantages
+    let (advantages, returns) = match cfg.advantage {
+        AdvantageEstimator::Gae => {
+            let values = values.clone().ok_or_else(|| {
+                Error::Config("ppo: GAE needs a value model (PolicyAndValue::value)".into())
+            })?;
+            let g = gae(rewards.clone(), values, mask.clone(), cfg.gamma, cfg.lam);
+            let advantages = if cfg.whiten_advantages {
+                whiten(g.advantages, mask.clone(), true)
+            } else {
+                g.advantages
+            };
+            (advantages, Some(g.returns))
+        }
+        AdvantageEstimator::ReinforcePp => (
+            reinforce_pp_advantages(rewards.clone(), mask.clone(), cfg.gamma),
+            None,
+        ),
+        group => {
+            let estimator: GroupEstimator = group.group().expect("a group estimator");
+            let sequence_reward = rewards.clone().sum_dim(1).reshape([b]);
+            let a = group_advantages(sequence_reward, cfg.samples_per_prompt, estimator)?;
+            (broadcast_to_tokens(a, mask.clone()), None)
+        }
+    };
+
+    // what to log about the rollout (k1 sums per sequence, whatever estimator shapes the reward)
+    let k1_sum = to_f32_vec(
+        logprobs
+            .clone()
+            .sub(ref_logprobs.clone())
+            .sum_dim(1)
+            .reshape([b]),
+    );
+    let neg_logp_sum = to_f32_vec(logprobs.clone().neg().sum_dim(1).reshape([b]));
+    let non_score: Vec<f32> = to_f32_vec(
+        rlhf_core::zero_masked(kl.mul_scalar(-beta_in_reward), mask.clone())
+            .sum_dim(1)
+            .reshape([b]),
+    );
+    let mean = |v: &[f32]| v.iter().map(|&x| f64::from(x)).sum::<f64>() / v.len() as f64;
+    let lengths: Vec<f32> = (0..b)
+        .map(|row| mask_host[row * r..(row + 1) * r].iter().sum())
+        .collect();
+    let metrics: Metrics = vec![
+        (names::OBJECTIVE_KL, mean(&k1_sum)),
+        (names::OBJECTIVE_ENTROPY, mean(&neg_logp_sum)),
+        (names::OBJECTIVE_SCORES, mean(scores)),
+        (names::OBJECTIVE_NON_SCORE_REWARD, mean(&non_score)),
+        (
+            names::OBJECTIVE_RLHF_REWARD,
+            mean(scores) + mean(&non_score),
+        ),
+        (
+            names::VAL_NUM_EOS,
+            generation.has_eos.iter().filter(|&&e| e).count() as f64 / b as f64,
+        ),
+        (names::EPISODE_LENGTH, mean(&lengths)),
+    ];
+    let experience = Experience {
+        batch: b,
+        query_len: q,
+        response_len: r,
+        ids,
+        attention,
+        mask: mask_host,
+        logprobs: to_f32_vec(logprobs),
+        ref_logprobs: to_f32_vec(ref_logprobs),
+        values: values.map(to_f32_vec).unwrap_or_default(),
+        rewards: to_f32_vec(rewards),
+        advantages: to_f32_vec(advantages),
+        returns: returns.map(to_f32_vec).unwrap_or_default(),
+        scores: scores.to_vec(),
+        has_eos: generation.has_eos.clone(),
+    };
+    Ok((experience, metrics))
+}
+
+/// Some rows of an [`Experience`] as tensors on the training device.
+#[derive(Debug, Clone)]
+pub struct Minibatch {
+    /// Query columns.
+    pub query_len: usize,
+    /// `[rows, q + r]`.
+    pub ids: Tensor<2, Int>,
+    /// `[rows, q + r]`.
+    pub attention: Tensor<2>,
+    /// `[rows, r]` each.
+    pub mask: Tensor<2>,
+    /// Old log-probs.
+    pub logprobs: Tensor<2>,
+    /// Reference log-probs.
+    pub ref_logprobs: Tensor<2>,
+    /// Old values (GAE only).
+    pub values: Option<Tensor<2>>,
+    /// Advantages.
+    pub advantages: Tensor<2>,
+    /// Returns (GAE only).
+    pub returns: Option<Tensor<2>>,
+}
+
+impl Experience {
+    /// The rows `rows` (in that order) as tensors on `device`.
+    pub fn minibatch(&self, rows: &[usize], device: &Device) -> Minibatch {
+        let (q, r) = (self.query_len, self.response_len);
+        let pick = |v: &[f32], w: usize| -> Vec<f32> {
+            rows.iter()
+                .flat_map(|&i| v[i * w..(i + 1) * w].iter().copied())
+                .collect()
+        };
+        let n = rows.len();
+        let per_token = |v: &[f32]| tensor2(pick(v, r), [n, r], device);
+        let ids: Vec<u32> = rows
+            .iter()
+            .flat_map(|&i| self.ids[i * (q + r)..(i + 1) * (q + r)].iter().copied())
+            .collect();
+        let attention: Vec<f32> = rows
+            .iter()
+            .flat_map(|&i| self.attention[i * (q + r)..(i + 1) * (q + r)].iter())
+            .map(|&m| f32::from(m))
+            .collect();
+        Minibatch {
+            query_len: q,
+            ids: ids2(&ids, [n, q + r], device),
+            attention: tensor2(attention, [n, q + r], device),
+            mask: per_token(&self.mask),
+            logprobs: per_token(&self.logprobs),
+            ref_logprobs: per_token(&self.ref_logprobs),
+            values: (!self.values.is_empty()).then(|| per_token(&self.values)),
+            advantages: per_token(&self.advantages),
+            returns: (!self.returns.is_empty()).then(|| per_token(&self.returns)),
+        }
+    }
+}
+
+/// The loss of one minibatch, `L = L_pg + c_v·L_v` (+ `β·mean KL` when the KL is a loss term),
+/// and its diagnostics (`policy/*`, `val/*`, `loss/*`).
+pub fn minibatch_loss(
+    models: &PolicyAndValue,
+    mb: &Minibatch,
+    cfg: &PpoConfig,
+    kl_coef: f32,
+) -> (Tensor<1>, Metrics) {
+    let (logprobs, logits) = response_logprobs(
+        &models.policy,
+        mb.ids.clone(),
+        mb.attention.clone(),
+        mb.query_len,
+        cfg.temperature,
+    );
+    let pg = clipped_policy_loss(
+        logprobs.clone(),
+        mb.logprobs.clone(),
+        mb.advantages.clone(),
+        mb.mask.clone(),
+        cfg.clip_eps,
+    );
+    let entropy = masked_mean(
+        entropy_from_logits(logits.detach(), cfg.temperature),
+        mb.mask.clone(),
+    );
+    let mut loss = pg.loss.clone();
+    let scalar = |t: Tensor<1>| f64::from(t.into_scalar::<f32>());
+    let mut metrics: Metrics = vec![
+        (names::LOSS_POLICY, scalar(pg.loss.clone())),
+        (names::POLICY_APPROXKL, scalar(pg.approxkl)),
+        (names::POLICY_CLIPFRAC, scalar(pg.clipfrac)),
+        (names::POLICY_ENTROPY, scalar(entropy)),
+        (names::VAL_RATIO_MEAN, scalar(pg.ratio_mean)),
+        (names::VAL_RATIO_VAR, scalar(pg.ratio_var)),
+    ];
+    if !cfg.kl_in_reward {
+        let kl = masked_mean(
+            kl_estimate(logprobs, mb.ref_logprobs.clone(), cfg.kl_estimator),
+            mb.mask.clone(),
+        );
+        loss = loss.add(kl.mul_scalar(kl_coef));
+    }
+    if let (Some(value), Some(old_values), Some(returns)) = (&models.value, &mb.values, &mb.returns)
+    {
+        let v = clipped_value_loss(
+            response_values(value, mb.ids.clone(), mb.attention.clone(), mb.query_len),
+            old_values.clone(),
+            returns.clone(),
+            mb.mask.clone(),
+            cfg.value_clip,
+        );
+        metrics.push((names::VAL_LOSS, scalar(v.loss.clone())));
+        metrics.push((names::VAL_CLIPFRAC, scalar(v.clipfrac)));
+        loss = loss.add(v.loss.mul_scalar(cfg.vf_coef));
+    }
+    metrics.push((names::LOSS_TOTAL, scalar(loss.clone())));
+    (loss, metrics)
+}
+
+/// What one update did: every minibatch's metrics in order, and the updates skipped for a
+/// non-finite loss or gradient norm.
+#[derive(Debug, Clone, Default)]
+pub struct UpdateStats {
+    /// One entry per minibatch step (epoch-major).
+    pub minibatches: Vec<Metrics>,
+    /// Steps skipped (non-finite loss or gradient norm).
+    pub skipped: u64,
+}
+
+impl UpdateStats {
+    /// The mean of each metric over the minibatches.
+    pub fn mean(&self) -> Metrics {
+        let mut sums: Vec<(&'static str, f64, f64)> = Vec::new();
+        for m in &self.minibatches {
+            for &(k, v) in m {
+                match sums.iter_mut().find(|s| s.0 == k) {
+                    Some(s) => {
+                        s.1 += v;
+                        s.2 += 1.0;
+                    }
+                    None => sums.push((k, v, 1.0)),
+                }
+            }
+        }
+        sums.into_iter().map(|(k, s, n)| (k, s / n)).collect()
+    }
+}
+
+/// Step 5: `ppo_epochs` passes over `experience` in `num_minibatches` shuffled minibatches, one
+/// AdamW step each after clipping the global gradient norm. With `ptx_coef > 0`, each step adds
+/// `γ_ptx · L_SFT` on `ptx_batch_size` demonstrations drawn with `rng`.
+///
+/// `models` live on the autodiff `device`; `lr` is this update's learning rate (the schedule is
+/// the caller's). A step whose loss or gradient norm is not finite is skipped and counted.
+#[allow(clippy::too_many_arguments)]
+pub fn ppo_update(
+    mut models: PolicyAndValue,
+    optim: &mut ModuleOptimizer,
+    experience: &Experience,
+    cfg: &PpoConfig,
+    kl_coef: f32,
+    lr: &dyn Fn(u64) -> f64,
+    demonstrations: &[Example],
+    rng: &mut TrainRng,
+    device: &Device,
+) -> Result<(PolicyAndValue, UpdateStats)> {
+    let size = experience.batch / cfg.num_minibatches;
+    if size == 0 || !experience.batch.is_multiple_of(cfg.num_minibatches) {
+        return Err(Error::Config(format!(
+            "ppo: {} episodes do not split into {} minibatches",
+            experience.batch, cfg.num_minibatches
+        )));
+    }
+    let mut stats = UpdateStats::default();
+    let mut step = 0u64;
+    for _epoch in 0..cfg.ppo_epochs {
+        let mut order: Vec<usize> = (0..experience.batch).collect();
+        order.shuffle(rng);
+        for rows in order.chunks(size) {
+            let mb = experience.minibatch(rows, device);
+            let (mut loss, mut metrics) = minibatch_loss(&models, &mb, cfg, kl_coef);
+            if cfg.ptx_coef > 0.0 && !demonstrations.is_empty() {
+                let picked: Vec<&Example> = (0..cfg.ptx_batch_size)
+                    .map(|_| demonstrations.choose(rng).expect("non-empty"))
+                    .collect();
+                let ptx = ptx_loss(&models.policy, &picked, device);
+                metrics.push((
+                    names::OBJECTIVE_PTX_LOSS,
+                    f64::from(ptx.clone().into_scalar::<f32>()),
+                ));
+                loss = loss.add(ptx.mul_scalar(cfg.ptx_coef));
+            }
+            let loss_value = loss.clone().into_scalar::<f32>();
+            let grads = GradientsParams::from_grads(loss.backward(), &models);
+            let (grads, norm) = match cfg.optimizer.max_grad_norm {
+                Some(max) => clip_global_grad_norm(&models, grads, max),
+                None => {
+                    let norm = rlhf_core::train::global_grad_norm(&models, &grads);
+                    (grads, norm)
+                }
+            };
+            metrics.push((names::TRAIN_GRAD_NORM, f64::from(norm)));
+            if loss_value.is_finite() && norm.is_finite() {
+                models = optim.step(lr(step), models, grads);
+            } else {
+                stats.skipped += 1;
+            }
+            step += 1;
+            stats.minibatches.push(metrics);
+        }
+    }
+    Ok((models, stats))
+}
+
+/// The SFT loss on a batch of demonstrations (PPO-ptx).
+fn ptx_loss(policy: &CausalLm, demos: &[&Example], device: &Device) -> Tensor<1> {
+    let pairs: Vec<(&[u32], &[u32])> = demos
+        .iter()
+        .map(|(p, r)| (p.as_slice(), r.as_slice()))
+        .collect();
+    let batch = rlhf_models::LmBatch::from_sequences(&rlhf_data::collate(&pairs, 0, None));
+    rlhf_models::sft_loss(policy, &batch, device)
+}
+
+/// The prompts of iteration `it`: `prompts_per_batch` consecutive entries of the endless stream
+/// of shuffled epochs over `count` prompts (epoch `e` shuffled from `(seed, e)`).
+fn prompt_indices(count: usize, per_batch: usize, it: u64, seed: u64) -> Vec<usize> {
+    let first = it as usize * per_batch;
+    let mut cached: Option<(usize, Vec<usize>)> = None;
+    (first..first + per_batch)
+        .map(|k| {
+            let epoch = k / count;
+            if cached.as_ref().is_none_or(|c| c.0 != epoch) {
+                let mut order: Vec<usize> = (0..count).collect();
+                order.shuffle(
+                    &mut TrainRng::seed_from_u64(seed).fork(&format!("ppo-prompts-{epoch}")),
+                );
+                cached = Some((epoch, order));
+            }
+            cached.as_ref().expect("just set").1[k % count]
+        })
+        .collect()
+}
+
+/// What one iteration produced.
+pub struct Iteration {
+    /// The models after the update.
+    pub models: PolicyAndValue,
+    /// The rollout.
+    pub experience: Experience,
+    /// The update's per-minibatch metrics.
+    pub update: UpdateStats,
+    /// Rollout metrics and the update's means.
+    pub metrics: Metrics,
+}
+
+/// One full iteration (steps 1–5) on `prompts` (each sampled `n` times).
+#[allow(clippy::too_many_arguments)]
+pub fn ppo_iteration(
+    models: PolicyAndValue,
+    optim: &mut ModuleOptimizer,
+    inputs: &PpoInputs,
+    prompts: &[&str],
+    cfg: &PpoConfig,
+    kl_coef: f32,
+    lr: &dyn Fn(u64) -> f64,
+    rng: &mut TrainRng,
+    device: &Device,
+) -> Result<Iteration> {
+    let start = Instant::now();
+    let n = cfg.samples_per_prompt;
+    let episodes: Vec<&str> = prompts
+        .iter()
+        .flat_map(|p| std::iter::repeat_n(*p, n))
+        .collect();
+
+    // 1. sample n responses per prompt (left-padded queries, fixed length, temperature T)
+    let (query_ids, query_mask) = encode_queries(inputs.tokenizer, &episodes, cfg.query_length)?;
+    let inference = PolicyAndValue {
+        policy: models.policy.valid(),
+        value: models.value.as_ref().map(|v| v.valid()),
+    };
+    let sampling = SamplingConfig {
+        max_new_tokens: cfg.response_length,
+        temperature: cfg.temperature,
+        eos_id: Some(inputs.tokenizer.eos_id()),
+        ..SamplingConfig::default()
+    };
+    let generation = generate(
+        &inference.policy,
+        &query_ids,
+        &query_mask,
+        episodes.len(),
+        &sampling,
+        rng,
+    );
+
+    // 2–3. responses cut at EOS (the mask), scored; no EOS ⇒ the penalty
+    let texts = (0..generation.batch)
+        .map(|b| {
+            let row = b * generation.new_len..(b + 1) * generation.new_len;
+            let kept: Vec<u32> = generation.tokens[row.clone()]
+                .iter()
+                .zip(&generation.mask[row])
+                .filter(|(_, m)| **m == 1)
+                .map(|(t, _)| *t)
+                .collect();
+            inputs.tokenizer.decode(&kept)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let text_refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let mut scores = inputs.scorer.score(&episodes, &text_refs)?;
+    if let Some(penalty) = cfg.missing_eos_penalty {
+        for (s, &eos) in scores.iter_mut().zip(&generation.has_eos) {
+            if !eos {
+                *s = penalty;
+            }
+        }
+    }
+    let lengths: Vec<usize> = (0..generation.batch)
+        .map(|b| {
+            generation.mask[b * generation.new_len..(b + 1) * generation.new_len]
+                .iter()
+                .map(|&m| usize::from(m))
+                .sum()
+        })
+        .collect();
+    let removed = reduce_score_variance(&mut scores, &lengths, cfg);
+
+    // 4. log-probs, values, rewards, advantages
+    let reference = inputs.reference.valid();
+    let (experience, mut metrics) = make_experience(
+        &inference,
+        &reference,
+        &query_ids,
+        &query_mask,
+        &generation,
+        &scores,
+        cfg,
+        kl_coef,
+    )?;
+    if let Some(share) = removed {
+        metrics.push((names::OBJECTIVE_VARIANCE_REMOVED, share));
+    }
+    let rollout_seconds = start.elapsed().as_secs_f64();
+
+    // 5. epochs of minibatch updates
+    let update_start = Instant::now();
+    let (models, update) = ppo_update(
+        models,
+        optim,
+        &experience,
+        cfg,
+        kl_coef,
+        lr,
+        inputs.demonstrations,
+        rng,
+        device,
+    )?;
+    metrics.extend(update.mean());
+    metrics.push((names::TRAIN_SKIPPED_STEPS, update.skipped as f64));
+    metrics.push((names::TIME_ROLLOUT, rollout_seconds));
+    metrics.push((names::TIME_UPDATE, update_start.elapsed().as_secs_f64()));
+    metrics.push((names::TIME_STEP, start.elapsed().as_secs_f64()));
+    Ok(Iteration {
+        models,
+        experience,
+        update,
+        metrics,
+    })
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default)]
+pub struct PpoReport {
+    /// Iterations done, including those before a resume.
+    pub iterations: u64,
+    /// Iterations this call ran.
+    pub iterations_this_run: u64,
+    /// Episodes (sampled responses) per iteration.
+    pub episodes_per_iteration: u64,
+    /// The last iteration's metrics (with the last eval's, when there is one).
+    pub last: Metrics,
+    /// β after the last iteration.
+    pub final_kl_coef: f64,
+}
+
+/// Trains `models` (on the autodiff `device`) for `cfg.iterations` iterations of
+/// [`ppo_iteration`]. With an output directory in `run_options`, metrics go to `metrics.jsonl`
+/// (one line per iteration) and checkpoints (models, optimizer, KL controller, iteration) to
+/// `checkpoints/`; a run started again in the same directory resumes after its newest checkpoint.
+pub fn train_ppo(
+    models: PolicyAndValue,
+    inputs: &PpoInputs,
+    cfg: &PpoConfig,
+    run_options: &RunOptions,
+    device: &Device,
+) -> Result<(PolicyAndValue, PpoReport)> {
+    cfg.validate()?;
+    if inputs.prompts.is_empty() {
+        return Err(Error::Config("ppo: no training prompts".into()));
+    }
+    if cfg.advantage.needs_critic() != models.value.is_some() {
+        return Err(Error::Config(format!(
+            "ppo: the {:?} estimator {} a value model",
+            cfg.advantage,
+            if cfg.advantage.needs_critic() {
+                "needs"
+            } else {
+                "does not use"
+            }
+        )));
+    }
+    // the critic gets its own parameter ids (see `PolicyAndValue::new`); TL;DR detail 1
+    let models = PolicyAndValue::new(models.policy, models.value);
+    let mut models = if cfg.disable_dropout {
+        PolicyAndValue {
+            policy: models.policy.without_dropout(),
+            value: models.value.map(ScalarModel::without_dropout),
+        }
+    } else {
+        models
+    };
+    let total = cfg.iterations as u64;
+    let mut optim = cfg.optimizer.build()?;
+    let mut kl = cfg.kl.clone();
+    let (mut run, resume) = Run::start(run_options, total, "ppo")?;
+    let mut report = PpoReport {
+        episodes_per_iteration: cfg.batch_size() as u64,
+        ..PpoReport::default()
+    };
+    if let Some(c) = resume {
+        let part = |name: &str| {
+            c.parts.get(name).ok_or_else(|| Error::Checkpoint {
+                path: run_options.out_dir.clone().unwrap_or_default(),
+                message: format!("no `{name}` part"),
+            })
+        };
+        models = module_from_bytes(models, part("models")?)?;
+        optim = optimizer_from_bytes(optim, part("optimizer")?)?;
+        kl = serde_json::from_value(c.state["kl"].clone()).map_err(|e| Error::Checkpoint {
+            path: run_options.out_dir.clone().unwrap_or_default(),
+            message: format!("bad KL controller state: {e}"),
+        })?;
+        report.iterations = c.step;
+    }
+    let updates_per_iteration = (cfg.ppo_epochs * cfg.num_minibatches) as u64;
+    let total_updates = total * updates_per_iteration;
+    for it in report.iterations..total {
+        let mut rng = TrainRng::seed_from_u64(cfg.seed).fork(&format!("ppo-iteration-{it}"));
+        let picked = prompt_indices(inputs.prompts.len(), cfg.prompts_per_batch, it, cfg.seed);
+        let prompts: Vec<&str> = picked.iter().map(|&i| inputs.prompts[i].as_str()).collect();
+        let base_lr = cfg.optimizer.lr;
+        let lr = |s: u64| {
+            if cfg.anneal_lr {
+                base_lr * (1.0 - (it * updates_per_iteration + s) as f64 / total_updates as f64)
+            } else {
+                base_lr
+            }
+        };
+        let beta = kl.value() as f32;
+        let step = ppo_iteration(
+            models, &mut optim, inputs, &prompts, cfg, beta, &lr, &mut rng, device,
+        )?;
+        models = step.models;
+        let mut line = step.metrics;
+        line.push((names::TRAIN_KL_COEF, f64::from(beta)));
+        line.push((names::TRAIN_LR, lr(0)));
+        let kl_now = line
+            .iter()
+            .find(|m| m.0 == names::OBJECTIVE_KL)
+            .map_or(0.0, |m| m.1);
+        kl.update(kl_now, cfg.batch_size());
+        let done = it + 1;
+        if let Some(eval) = inputs.eval
+            && (done == total || (inputs.eval_every > 0 && done.is_multiple_of(inputs.eval_every)))
+        {
+            line.extend(eval(&models.policy));
+        }
+        run.log(done, &line)?;
+        let score = line
+            .iter()
+            .find(|m| m.0 == names::OBJECTIVE_SCORES)
+            .map_or(f64::NAN, |m| m.1);
+        run.step_done(done, format!("score {score:.3} kl {kl_now:.2}"));
+        report.iterations = done;
+        report.iterations_this_run += 1;
+        report.last = line;
+        if run.checkpoint_due(done, total) {
+            run.save(&Checkpoint {
+                step: done,
+                parts: BTreeMap::from([
+                    ("models".to_string(), module_to_bytes(models.clone())?),
+                    ("optimizer".to_string(), optimizer_to_bytes(&optim)?),
+                ]),
+                state: json!({ "trainer": "ppo", "kl": kl }),
+            })?;
+        }
+    }
+    report.final_kl_coef = kl.value();
+    run.finish();
+    Ok((models, report))
+}

@@ -1,0 +1,603 @@
+//! The TL;DR implementation details, one test each, on a tiny policy that answers `count k:` with
+//! about `k` words and EOS (so some responses stop early and some never emit EOS).
+
+mod common;
+
+use burn::module::Module;
+use burn::tensor::Device;
+use rand::SeedableRng;
+use rlhf_core::train::metrics::names;
+use rlhf_core::train::metrics::read_metrics;
+use rlhf_core::train::{Metrics, OptimizerConfig, RunOptions, TrainRng};
+use rlhf_data::Tokenizer;
+use rlhf_models::{CausalLm, Generation, SamplingConfig, ScalarModel, generate};
+use rlhf_ppo::{
+    AdvantageEstimator, PolicyAndValue, PpoConfig, PpoInputs, encode_queries, make_experience,
+    minibatch_loss, ppo_iteration, train_ppo,
+};
+
+use common::{Constant, Words, counting_policy, load, prompt, quiet, tokenizer};
+
+fn get(m: &Metrics, name: &str) -> f64 {
+    m.iter()
+        .find(|x| x.0 == name)
+        .unwrap_or_else(|| panic!("no {name}"))
+        .1
+}
+
+struct Fixture {
+    tok: Tokenizer,
+    bytes: Vec<u8>,
+    device: Device,
+}
+
+fn fixture() -> Fixture {
+    let tok = tokenizer();
+    let bytes = counting_policy(&tok, 0.0);
+    Fixture {
+        tok,
+        bytes,
+        device: rlhf_core::device_from_env().unwrap().autodiff(),
+    }
+}
+
+fn policy(f: &Fixture) -> CausalLm {
+    load(&f.bytes, f.tok.vocab_size(), 0.0, &f.device)
+}
+
+fn config() -> PpoConfig {
+    PpoConfig {
+        samples_per_prompt: 2,
+        prompts_per_batch: 8,
+        query_length: 8,
+        response_length: 6,
+        num_minibatches: 2,
+        ppo_epochs: 2,
+        optimizer: OptimizerConfig {
+            lr: 1e-3,
+            ..OptimizerConfig::default()
+        },
+        ..PpoConfig::default()
+    }
+}
+
+fn prompts() -> Vec<String> {
+    (1..=8).map(prompt).collect()
+}
+
+/// Samples `cfg`'s batch from `policy` with a fixed seed: queries and the generation.
+fn sample(
+    f: &Fixture,
+    policy: &CausalLm,
+    cfg: &PpoConfig,
+) -> (Vec<&'static str>, Vec<u32>, Vec<u8>, Generation) {
+    let ps: Vec<&'static str> = prompts()
+        .into_iter()
+        .flat_map(|p| {
+            let p: &'static str = Box::leak(p.into_boxed_str());
+            [p; 2]
+        })
+        .collect();
+    let (ids, mask) = encode_queries(&f.tok, &ps, cfg.query_length).unwrap();
+    let sampling = SamplingConfig {
+        max_new_tokens: cfg.response_length,
+        temperature: cfg.temperature,
+        eos_id: Some(f.tok.eos_id()),
+        ..SamplingConfig::default()
+    };
+    let g = generate(
+        &policy.valid(),
+        &ids,
+        &mask,
+        ps.len(),
+        &sampling,
+        &mut rand_chacha::ChaCha8Rng::seed_from_u64(5),
+    );
+    (ps, ids, mask, g)
+}
+
+/// The trainer's inputs without demonstrations or eval.
+fn inputs<'a>(
+    reference: &'a CausalLm,
+    scorer: &'a dyn rlhf_core::Scorer,
+    tokenizer: &'a Tokenizer,
+    prompts: &'a [String],
+) -> PpoInputs<'a> {
+    PpoInputs {
+        reference,
+        scorer,
+        tokenizer,
+        prompts,
+        demonstrations: &[],
+        eval: None,
+        eval_every: 0,
+    }
+}
+
+fn with_critic(policy: CausalLm) -> PolicyAndValue {
+    let value = ScalarModel::from_backbone(policy.clone());
+    PolicyAndValue::new(policy, Some(value))
+}
+
+fn inference(m: &PolicyAndValue) -> PolicyAndValue {
+    PolicyAndValue {
+        policy: m.policy.valid(),
+        value: m.value.as_ref().map(|v| v.valid()),
+    }
+}
+
+#[test]
+fn queries_are_left_padded_to_a_fixed_length_and_keep_their_end() {
+    let tok = tokenizer();
+    let long = "count 1: count 2: count 3: count 4:";
+    let (ids, mask) = encode_queries(&tok, &["count 1:", long], 6).unwrap();
+    assert_eq!(ids.len(), 12);
+    let short = tok.encode("count 1:").unwrap();
+    assert!(short.len() < 6);
+    assert_eq!(
+        &mask[..6 - short.len()],
+        vec![0; 6 - short.len()].as_slice()
+    );
+    assert_eq!(&ids[6 - short.len()..6], short.as_slice());
+    let full = tok.encode(long).unwrap();
+    assert_eq!(&ids[6..], &full[full.len() - 6..]);
+    assert_eq!(&mask[6..], &[1; 6]);
+    assert!(encode_queries(&tok, &[""], 6).is_err());
+}
+
+#[test]
+fn the_score_lands_on_the_last_real_token_and_nothing_follows_eos() {
+    let f = fixture();
+    let p = policy(&f);
+    let cfg = config();
+    let (_, ids, mask, g) = sample(&f, &p, &cfg);
+    let stopped_early = (0..g.batch)
+        .filter(|&b| g.has_eos[b] && g.mask[b * g.new_len + g.new_len - 1] == 0)
+        .count();
+    assert!(stopped_early > 0 && g.has_eos.iter().any(|e| !e), "{g:?}");
+    let scores: Vec<f32> = (0..g.batch).map(|b| 1.0 + b as f32).collect();
+    let models = inference(&with_critic(p.clone()));
+
+    // reference = policy: the KL penalty is exactly 0, so the rewards are the scores alone
+    let (exp, metrics) =
+        make_experience(&models, &p.valid(), &ids, &mask, &g, &scores, &cfg, 0.05).unwrap();
+    assert_eq!(get(&metrics, names::OBJECTIVE_KL), 0.0);
+    assert_eq!(get(&metrics, names::OBJECTIVE_NON_SCORE_REWARD), 0.0);
+    let r = exp.response_len;
+    for (b, &score) in scores.iter().enumerate() {
+        let row = &exp.rewards[b * r..(b + 1) * r];
+        let m = &exp.mask[b * r..(b + 1) * r];
+        let last = m.iter().rposition(|&x| x == 1.0).unwrap();
+        for t in 0..r {
+            let expected = if t == last { score } else { 0.0 };
+            assert_eq!(row[t], expected, "row {b} t {t}");
+            if m[t] == 0.0 {
+                // after EOS: no mask, no reward, no log-prob, no advantage
+                assert_eq!(
+                    (
+                        exp.logprobs[b * r + t],
+                        exp.advantages[b * r + t],
+                        exp.values[b * r + t]
+                    ),
+                    (0.0, 0.0, 0.0)
+                );
+            }
+        }
+    }
+
+    // another reference: −β·kl on every real token, 0 after EOS
+    let other = rlhf_core::train::seeded(&f.device, 99, || {
+        CausalLm::init(&common::shape(f.tok.vocab_size(), 0.0), &f.device).unwrap()
+    });
+    let (exp2, metrics2) = make_experience(
+        &models,
+        &other.valid(),
+        &ids,
+        &mask,
+        &g,
+        &scores,
+        &cfg,
+        0.05,
+    )
+    .unwrap();
+    assert!(get(&metrics2, names::OBJECTIVE_KL).abs() > 1e-3);
+    for i in 0..exp2.rewards.len() {
+        let (b, t) = (i / r, i % r);
+        let kl = exp2.logprobs[i] - exp2.ref_logprobs[i];
+        let last = exp2.mask[b * r..(b + 1) * r]
+            .iter()
+            .rposition(|&x| x == 1.0)
+            .unwrap();
+        let expected = if exp2.mask[i] == 0.0 {
+            0.0
+        } else {
+            -0.05 * kl + if t == last { scores[b] } else { 0.0 }
+        };
+        assert!((exp2.rewards[i] - expected).abs() < 1e-5, "{i}");
+    }
+}
+
+#[test]
+fn temperature_is_reapplied_so_rollout_logprobs_equal_the_sampling_distribution() {
+    let f = fixture();
+    let p = policy(&f);
+    let cfg = config();
+    assert_eq!(cfg.temperature, 0.7);
+    let (_, ids, mask, g) = sample(&f, &p, &cfg);
+    let models = inference(&with_critic(p.clone()));
+    let scores = vec![0.0; g.batch];
+    let (exp, _) =
+        make_experience(&models, &p.valid(), &ids, &mask, &g, &scores, &cfg, 0.05).unwrap();
+    let worst = exp
+        .logprobs
+        .iter()
+        .zip(&g.logprobs)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        worst < 1e-4,
+        "recomputed vs sampled log-probs differ by {worst}"
+    );
+    // without the temperature they would not match
+    let untempered = PpoConfig {
+        temperature: 1.0,
+        ..cfg.clone()
+    };
+    let (exp1, _) = make_experience(
+        &models,
+        &p.valid(),
+        &ids,
+        &mask,
+        &g,
+        &scores,
+        &untempered,
+        0.05,
+    )
+    .unwrap();
+    let gap = exp1
+        .logprobs
+        .iter()
+        .zip(&g.logprobs)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(gap > 1e-2, "{gap}");
+}
+
+#[test]
+fn a_response_without_eos_gets_the_penalty() {
+    let f = fixture();
+    let cfg = config();
+    let models = with_critic(policy(&f));
+    let reference = policy(&f);
+    let ps = prompts();
+    let refs: Vec<&str> = ps.iter().map(String::as_str).collect();
+    let inputs = inputs(&reference, &Constant(5.0), &f.tok, &ps);
+    let mut optim = cfg.optimizer.build().unwrap();
+    let it = ppo_iteration(
+        models,
+        &mut optim,
+        &inputs,
+        &refs,
+        &cfg,
+        0.05,
+        &|_| 1e-3,
+        &mut TrainRng::seed_from_u64(0),
+        &f.device,
+    )
+    .unwrap();
+    let e = &it.experience;
+    assert!(e.has_eos.iter().any(|&x| x) && e.has_eos.iter().any(|&x| !x));
+    for (s, eos) in e.scores.iter().zip(&e.has_eos) {
+        assert_eq!(*s, if *eos { 5.0 } else { -1.0 });
+    }
+    let no_penalty = PpoConfig {
+        missing_eos_penalty: None,
+        ..cfg
+    };
+    let models = with_critic(policy(&f));
+    let it = ppo_iteration(
+        models,
+        &mut optim,
+        &inputs,
+        &refs,
+        &no_penalty,
+        0.05,
+        &|_| 1e-3,
+        &mut TrainRng::seed_from_u64(0),
+        &f.device,
+    )
+    .unwrap();
+    assert!(it.experience.scores.iter().all(|&s| s == 5.0));
+}
+
+#[test]
+fn the_first_minibatch_of_the_first_epoch_has_ratio_one_for_every_estimator() {
+    let f = fixture();
+    let reference = policy(&f);
+    let ps = prompts();
+    let refs: Vec<&str> = ps.iter().map(String::as_str).collect();
+    for advantage in [
+        AdvantageEstimator::Gae,
+        AdvantageEstimator::Rloo,
+        AdvantageEstimator::Grpo,
+        AdvantageEstimator::DrGrpo,
+        AdvantageEstimator::ReinforcePp,
+    ] {
+        let cfg = PpoConfig {
+            advantage,
+            ..config()
+        };
+        let models = if advantage.needs_critic() {
+            with_critic(policy(&f))
+        } else {
+            PolicyAndValue {
+                policy: policy(&f),
+                value: None,
+            }
+        };
+        let inputs = inputs(&reference, &Words, &f.tok, &ps);
+        let mut optim = cfg.optimizer.build().unwrap();
+        let it = ppo_iteration(
+            models,
+            &mut optim,
+            &inputs,
+            &refs,
+            &cfg,
+            0.05,
+            &|_| 1e-2,
+            &mut TrainRng::seed_from_u64(1),
+            &f.device,
+        )
+        .unwrap();
+        let first = &it.update.minibatches[0];
+        assert!(
+            (get(first, names::VAL_RATIO_MEAN) - 1.0).abs() < 1e-5
+                && get(first, names::POLICY_APPROXKL) < 1e-10
+                && get(first, names::POLICY_CLIPFRAC) == 0.0,
+            "{advantage:?}: {first:?}"
+        );
+        // the policy moved: later minibatches see ratios away from 1
+        let last = it.update.minibatches.last().unwrap();
+        assert!(get(last, names::POLICY_APPROXKL) > 1e-10, "{advantage:?}");
+        assert_eq!(it.update.minibatches.len(), 4);
+    }
+}
+
+#[test]
+fn dropout_is_turned_off_or_the_first_ratio_is_not_one() {
+    let tok = tokenizer();
+    let bytes = counting_policy(&tok, 0.3);
+    let device = rlhf_core::device_from_env().unwrap().autodiff();
+    let ps = prompts();
+    let refs: Vec<&str> = ps.iter().map(String::as_str).collect();
+    let cfg = config();
+    let reference = load(&bytes, tok.vocab_size(), 0.3, &device);
+    let inputs = inputs(&reference, &Words, &tok, &ps);
+    let first_ratio_var = |p: CausalLm| {
+        let mut optim = cfg.optimizer.build().unwrap();
+        let it = ppo_iteration(
+            with_critic(p),
+            &mut optim,
+            &inputs,
+            &refs,
+            &cfg,
+            0.05,
+            &|_| 1e-3,
+            &mut TrainRng::seed_from_u64(1),
+            &device,
+        )
+        .unwrap();
+        get(&it.update.minibatches[0], names::POLICY_APPROXKL)
+    };
+    let with = load(&bytes, tok.vocab_size(), 0.3, &device);
+    assert_eq!(with.dropout(), 0.3);
+    assert!(first_ratio_var(with) > 1e-4);
+    let off = load(&bytes, tok.vocab_size(), 0.3, &device).without_dropout();
+    assert_eq!(off.dropout(), 0.0);
+    assert!(first_ratio_var(off) < 1e-10);
+}
+
+#[test]
+fn advantages_and_targets_at_masked_positions_never_change_the_loss() {
+    let f = fixture();
+    let p = policy(&f);
+    let cfg = config();
+    let (_, ids, mask, g) = sample(&f, &p, &cfg);
+    let models = with_critic(p.clone());
+    let scores: Vec<f32> = (0..g.batch).map(|b| (b % 3) as f32).collect();
+    let (exp, _) = make_experience(
+        &inference(&models),
+        &p.valid(),
+        &ids,
+        &mask,
+        &g,
+        &scores,
+        &cfg,
+        0.05,
+    )
+    .unwrap();
+    let mut junk = exp.clone();
+    for i in 0..junk.mask.len() {
+        if junk.mask[i] == 0.0 {
+            junk.advantages[i] = 1e3 * (i as f32 + 1.0);
+            junk.returns[i] = -7e2;
+            junk.values[i] = 55.0;
+            junk.logprobs[i] = -40.0;
+            junk.ref_logprobs[i] = 3.0;
+        }
+    }
+    assert!(junk.mask.contains(&0.0));
+    let rows: Vec<usize> = (0..exp.batch).collect();
+    for kl_in_reward in [true, false] {
+        let cfg = PpoConfig {
+            kl_in_reward,
+            ..cfg.clone()
+        };
+        let (a, _) = minibatch_loss(&models, &exp.minibatch(&rows, &f.device), &cfg, 0.1);
+        let (b, _) = minibatch_loss(&models, &junk.minibatch(&rows, &f.device), &cfg, 0.1);
+        let (ga, gb) = (a.clone().backward(), b.clone().backward());
+        let (la, lb) = (a.into_scalar::<f32>(), b.into_scalar::<f32>());
+        assert!((la - lb).abs() <= 1e-6 * la.abs().max(1.0), "{la} vs {lb}");
+        let norm = |g| {
+            rlhf_core::train::global_grad_norm(
+                &models,
+                &burn::optim::GradientsParams::from_grads(g, &models),
+            )
+        };
+        let (na, nb) = (norm(ga), norm(gb));
+        assert!((na - nb).abs() <= 1e-5 * na.max(1.0), "{na} vs {nb}");
+    }
+}
+
+#[test]
+fn a_value_model_is_required_exactly_when_the_estimator_uses_one() {
+    let f = fixture();
+    let reference = policy(&f);
+    let ps = prompts();
+    let inputs = inputs(&reference, &Words, &f.tok, &ps);
+    let no_critic = PolicyAndValue {
+        policy: policy(&f),
+        value: None,
+    };
+    let err = train_ppo(no_critic, &inputs, &config(), &quiet(), &f.device).unwrap_err();
+    assert!(err.to_string().contains("needs a value model"), "{err}");
+    let grpo = PpoConfig {
+        advantage: AdvantageEstimator::Grpo,
+        ..config()
+    };
+    let err = train_ppo(with_critic(policy(&f)), &inputs, &grpo, &quiet(), &f.device).unwrap_err();
+    assert!(err.to_string().contains("does not use"), "{err}");
+}
+
+/// Runs `iterations` of PPO into `dir` with a checkpoint after every iteration.
+/// The models start from `init` (the critic's head is random, so it is drawn once).
+fn run_into(f: &Fixture, init: &[u8], dir: &std::path::Path, cfg: &PpoConfig) -> PolicyAndValue {
+    let reference = policy(f);
+    let ps = prompts();
+    let inputs = inputs(&reference, &Words, &f.tok, &ps);
+    let opts = RunOptions {
+        out_dir: Some(dir.to_path_buf()),
+        checkpoint_every: 1,
+        keep_last: 10,
+        progress: false,
+    };
+    let models =
+        rlhf_core::train::checkpoint::module_from_bytes(with_critic(policy(f)), init).unwrap();
+    train_ppo(models, &inputs, cfg, &opts, &f.device).unwrap().0
+}
+
+#[test]
+fn a_run_resumed_from_a_checkpoint_repeats_the_uninterrupted_run_exactly() {
+    // bit-exact on the CPU backend (GPU reductions need not be deterministic)
+    let f = Fixture {
+        device: rlhf_core::parse_device("flex").unwrap().autodiff(),
+        ..fixture()
+    };
+    let cfg = PpoConfig {
+        iterations: 3,
+        kl: rlhf_core::KlController::Adaptive {
+            value: 0.1,
+            target: 1.0,
+            horizon: 100.0,
+        },
+        ..config()
+    };
+    let init = rlhf_core::train::checkpoint::module_to_bytes(with_critic(policy(&f))).unwrap();
+    let a = tempfile::tempdir().unwrap();
+    let full = run_into(&f, &init, a.path(), &cfg);
+    let b = tempfile::tempdir().unwrap();
+    run_into(&f, &init, b.path(), &cfg);
+    // roll the second run back to iteration 1, as if it had been killed there, and rerun
+    rlhf_core::train::CheckpointStore::new(b.path().join("checkpoints"), 10)
+        .discard_after(1)
+        .unwrap();
+    let resumed = run_into(&f, &init, b.path(), &cfg);
+
+    let lines = |d: &std::path::Path| -> Vec<String> {
+        read_metrics(&d.join("metrics.jsonl"))
+            .unwrap()
+            .into_iter()
+            .map(|mut m| {
+                m.retain(|k, _| !k.starts_with("time/"));
+                serde_json::to_string(&m).unwrap()
+            })
+            .collect()
+    };
+    let (la, lb) = (lines(a.path()), lines(b.path()));
+    for (x, y) in la.iter().zip(&lb) {
+        if x != y {
+            eprintln!("uninterrupted {x}\nresumed       {y}");
+        }
+    }
+    let values = rlhf_core::train::checkpoint::parameter_values::<PolicyAndValue>;
+    assert!(values(&full) == values(&resumed), "final weights differ");
+    assert_eq!(la.len(), 3);
+    assert_eq!(la, lb);
+    // β moved (the adaptive controller's state is in the checkpoint)
+    assert!(la[2].contains("train/kl_coef") && la[0] != la[2]);
+}
+
+#[test]
+fn ptx_with_a_zero_coefficient_leaves_the_update_bit_identical() {
+    let f = fixture();
+    let p = policy(&f);
+    let cfg = config();
+    let (_, ids, mask, g) = sample(&f, &p, &cfg);
+    let init = rlhf_core::train::checkpoint::module_to_bytes(with_critic(p.clone())).unwrap();
+    let models =
+        || rlhf_core::train::checkpoint::module_from_bytes(with_critic(policy(&f)), &init).unwrap();
+    let scores: Vec<f32> = (0..g.batch).map(|b| (b % 4) as f32).collect();
+    let (exp, _) = make_experience(
+        &inference(&models()),
+        &p.valid(),
+        &ids,
+        &mask,
+        &g,
+        &scores,
+        &cfg,
+        0.05,
+    )
+    .unwrap();
+    let demos: Vec<(Vec<u32>, Vec<u32>)> = (1..6)
+        .map(|k| {
+            (
+                f.tok.encode(&prompt(k)).unwrap(),
+                f.tok
+                    .encode(&rlhf_data::tasks::with_eos(&" yes".repeat(k)))
+                    .unwrap(),
+            )
+        })
+        .collect();
+    let update = |cfg: &PpoConfig, demos: &[(Vec<u32>, Vec<u32>)]| {
+        let mut optim = cfg.optimizer.build().unwrap();
+        let (m, stats) = rlhf_ppo::ppo_update(
+            models(),
+            &mut optim,
+            &exp,
+            cfg,
+            0.05,
+            &|_| 1e-3,
+            demos,
+            &mut TrainRng::seed_from_u64(4),
+            &f.device,
+        )
+        .unwrap();
+        (rlhf_core::train::checkpoint::parameter_values(&m), stats)
+    };
+    let (plain, plain_stats) = update(&cfg, &[]);
+    let (zero, _) = update(&cfg, &demos);
+    assert!(plain == zero, "γ_ptx = 0 changed the update");
+    assert!(
+        plain_stats.minibatches[0]
+            .iter()
+            .all(|m| m.0 != names::OBJECTIVE_PTX_LOSS)
+    );
+    let with_ptx = PpoConfig {
+        ptx_coef: 0.5,
+        ..cfg.clone()
+    };
+    let (mixed, stats) = update(&with_ptx, &demos);
+    assert!(plain != mixed, "γ_ptx = 0.5 did not change the update");
+    let ptx = get(&stats.minibatches[0], names::OBJECTIVE_PTX_LOSS);
+    assert!(ptx.is_finite() && ptx > 0.0);
+}
