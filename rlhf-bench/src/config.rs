@@ -317,8 +317,8 @@ impl RunConfig {
 }
 
 /// The transformer of a size name: `xs` (d = 32, 2 layers), `s` (d = 64, 2 layers), `m`
-/// (d = 128, 4 layers) — GPT-NeoX shapes for CPU studies — or any `rlhf-models` preset; the
-/// vocabulary is the tokenizer's.
+/// (d = 96, 3 layers) — GPT-NeoX shapes for CPU studies, about 25k, 98k and 330k non-embedding
+/// parameters — or any `rlhf-models` preset; the vocabulary is the tokenizer's.
 pub fn model_shape(size: &str, vocab: usize) -> Result<TransformerConfig> {
     let small = |d: usize, layers: usize, heads: usize| {
         let mut c = TransformerConfig::preset("tiny-1m").expect("a built-in preset");
@@ -332,7 +332,7 @@ pub fn model_shape(size: &str, vocab: usize) -> Result<TransformerConfig> {
     let mut c = match size {
         "xs" => small(32, 2, 2),
         "s" => small(64, 2, 4),
-        "m" => small(128, 4, 4),
+        "m" => small(96, 3, 4),
         other => TransformerConfig::preset(other).map_err(|_| {
             Error::Config(format!(
                 "unknown model size {other:?}: use xs, s, m or a preset of rlhf-models"

@@ -207,10 +207,17 @@ pub fn run(cfg: &RunConfig, cache: &Path, work: &Path) -> Result<RunResult> {
                 }
                 RewardSource::Length => Box::new(LengthScorer::new(0.1, tok.eos_text())),
             };
-            let value = pcfg
-                .advantage
-                .needs_critic()
-                .then(|| stage.rm.to_value_model());
+            // TL;DR detail 6: the critic starts from the reward model (or, switched off, from
+            // the SFT policy with a fresh head)
+            let value = pcfg.advantage.needs_critic().then(|| {
+                if pcfg.value_from_reward_model {
+                    stage.rm.to_value_model()
+                } else {
+                    seeded(&device, cfg.seed.wrapping_add(8), || {
+                        rlhf_models::ScalarModel::from_backbone(sft.clone())
+                    })
+                }
+            });
             let inputs = PpoInputs {
                 reference: &sft,
                 scorer: scorer.as_ref(),
@@ -240,7 +247,14 @@ pub fn run(cfg: &RunConfig, cache: &Path, work: &Path) -> Result<RunResult> {
                 .filter_map(|c| c.get("episode/length"))
                 .sum::<f64>()
                 / curve.len().max(1) as f64;
-            let critic = pcfg.advantage.needs_critic().then_some(&stage.shape);
+            let critic = pcfg
+                .advantage
+                .needs_critic()
+                .then_some(if pcfg.value_from_reward_model {
+                    &stage.shape
+                } else {
+                    &policy_shape
+                });
             let per_iteration = ppo_iteration_flops(
                 &policy_shape,
                 &stage.shape,

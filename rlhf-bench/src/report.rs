@@ -623,10 +623,18 @@ pub fn write_report(out: &Path, points: &[PointRecord], title: &str) -> Result<(
         revisions.into_iter().collect::<Vec<_>>().join(", "),
         points[0].point.config.device
     );
-    let total: f64 = points.iter().map(|p| p.result.wall_seconds).sum();
+    // a run shared by several axes is stored once per axis: count it once
+    let mut unique: Vec<&PointRecord> = Vec::new();
+    for p in points {
+        if !unique.iter().any(|u| u.point.config == p.point.config) {
+            unique.push(p);
+        }
+    }
+    let total: f64 = unique.iter().map(|p| p.result.wall_seconds).sum();
     let _ = writeln!(
         md,
-        "Wall time of the points: {total:.0} s (cached stages are paid once, by the first point that needs them).\n"
+        "Wall time of the {} distinct runs: {total:.0} s (cached stages are paid once, by the first run that needs them).\n",
+        unique.len()
     );
     let _ = writeln!(
         md,

@@ -3,7 +3,8 @@
 //!
 //! A finished point is `DIR/points/<axis>__<value>__s<seed>.json`, written atomically; a sweep
 //! started again skips every point whose file exists, so a killed sweep loses only the point it
-//! was running. Models shared between points (the tokenizer, one SFT per size and seed, one RM per
+//! was running. Points of different axes with the same configuration and seed (the base PPO run
+//! appears on six axes) run once; the others copy its result. Models shared between points (the tokenizer, one SFT per size and seed, one RM per
 //! RM configuration) are cached in `DIR/cache`.
 
 use std::path::{Path, PathBuf};
@@ -107,7 +108,7 @@ fn budget(preset: &str) -> Result<Budget> {
             vocab: 512,
             train_prompts: 512,
             eval_prompts: 64,
-            iterations: 12,
+            iterations: 10,
             episodes: 64,
             volumes: vec![250, 500, 1000, 2000],
             base_pairs: 1000,
@@ -295,6 +296,8 @@ pub fn git_revision() -> String {
 pub struct SweepReport {
     /// Points run by this call.
     pub ran: usize,
+    /// Points whose identical run (same configuration and seed) was stored under another axis.
+    pub copied: usize,
     /// Points found finished and skipped.
     pub skipped: usize,
 }
@@ -336,19 +339,37 @@ pub fn sweep(points: &[Point], out: &Path, progress: bool) -> Result<SweepReport
         }
         bar.set_message(p.file_name());
         let start = Instant::now();
-        let work: PathBuf = out
-            .join("work")
-            .join(p.file_name().trim_end_matches(".json"));
-        let result = run(&p.config, &cache, &work)?;
-        let record = PointRecord {
-            point: p.clone(),
-            git_revision: revision.clone(),
-            result,
+        // several axes share a run (the base PPO point appears on six): a stored point with the
+        // same configuration and seed already has its result
+        let same = read_points(out)?
+            .into_iter()
+            .find(|r| r.point.config == p.config);
+        let copied = same.is_some();
+        let record = match same {
+            Some(r) => {
+                log(format!("same run as  {}", r.point.file_name()));
+                PointRecord {
+                    point: p.clone(),
+                    git_revision: r.git_revision,
+                    result: r.result,
+                }
+            }
+            None => {
+                let work: PathBuf = out
+                    .join("work")
+                    .join(p.file_name().trim_end_matches(".json"));
+                let result = run(&p.config, &cache, &work)?;
+                let _ = std::fs::remove_dir_all(&work);
+                PointRecord {
+                    point: p.clone(),
+                    git_revision: revision.clone(),
+                    result,
+                }
+            }
         };
         let json =
             serde_json::to_string_pretty(&record).map_err(|e| Error::Record(e.to_string()))?;
         write_atomic(&path, json.as_bytes())?;
-        let _ = std::fs::remove_dir_all(&work);
         log(format!(
             "done {:6.1} s  {}  gold {:.3}  kl {:.2}",
             start.elapsed().as_secs_f64(),
@@ -361,7 +382,11 @@ pub fn sweep(points: &[Point], out: &Path, progress: bool) -> Result<SweepReport
                 .unwrap_or(f64::NAN),
             record.result.metrics.get("kl").copied().unwrap_or(f64::NAN)
         ));
-        report.ran += 1;
+        if copied {
+            report.copied += 1;
+        } else {
+            report.ran += 1;
+        }
         bar.inc(1);
     }
     bar.finish_and_clear();

@@ -62,7 +62,9 @@ pub struct PpoConfig {
     pub missing_eos_penalty: Option<f32>,
     /// [1] Turn dropout off in policy, reference, value and reward models.
     pub disable_dropout: bool,
-    /// [6] Initialise the value model from the reward model (otherwise from the policy).
+    /// [6] Initialise the value model from the reward model (otherwise from the policy). Read by
+    /// whoever builds the critic (`rlhf-bench`'s pipeline does); `train_ppo` trains the critic
+    /// it is given.
     pub value_from_reward_model: bool,
     /// [7] The KL coefficient β: fixed 0.05, or the adaptive controller.
     pub kl: KlController,

@@ -119,8 +119,9 @@ fn main() -> ExitCode {
                     &format!("RLHF scaling study, preset `{preset}`"),
                 )?;
                 eprintln!(
-                    "ran {} points, skipped {} finished ones, in {:.0} s; report: {}",
+                    "ran {} points, copied {} identical ones, skipped {} finished ones, in {:.0} s; report: {}",
                     r.ran,
+                    r.copied,
                     r.skipped,
                     start.elapsed().as_secs_f64(),
                     out.join("report.md").display()
