@@ -468,12 +468,13 @@ pub fn svg_chart(
     }
     let ticks: Vec<(f64, String)> = match x_ticks {
         Some(t) => t.to_vec(),
-        None => {
-            let mut xs: Vec<f64> = all.iter().map(|p| p.0).collect();
-            xs.sort_by(f64::total_cmp);
-            xs.dedup();
-            xs.into_iter().map(|x| (x, short(x))).collect()
-        }
+        None => (0..=4)
+            .map(|i| {
+                let x = x0 + (x1 - x0) * f64::from(i) / 4.0;
+                let x = if log_x { x.exp2() } else { x };
+                (x, short(x))
+            })
+            .collect(),
     };
     for (x, label) in &ticks {
         let _ = writeln!(
@@ -679,7 +680,12 @@ pub fn write_report(out: &Path, points: &[PointRecord], title: &str) -> Result<(
                 "\nTrend: `{head}` changes by {slope:+.4} per doubling of {axis} (least squares on log2, R² = {r2:.2})."
             );
         }
+        let flops: Vec<f64> = r.iter().map(|x| x.mean("flops/method")).collect();
+        let spread = flops.iter().copied().fold(0.0, f64::max)
+            / flops.iter().copied().fold(f64::INFINITY, f64::min);
+        // against compute only where compute varies (equal episodes per iteration keep it flat)
         if *axis == "samples_per_prompt"
+            && spread >= 1.5
             && let Some((slope, r2)) = log2_fit_by(&r, head, "flops/method")
         {
             let _ = writeln!(
@@ -769,13 +775,20 @@ fn log2_fit_by(rows: &[Row], metric: &str, x_metric: &str) -> Option<(f64, f64)>
 /// table row of the report is recomputed from `points/*.json` and must appear verbatim, and every
 /// point has its row in the CSV with its metrics. Returns the number of lines checked.
 pub fn verify_report(out: &Path) -> Result<usize> {
-    let points = crate::study::read_points(out)?;
-    let read = |name: &str| {
-        let p = out.join(name);
-        std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))
-    };
-    let md = read("report.md")?;
-    let csv = read("summary.csv")?;
+    verify_report_files(out, &out.join("report.md"), &out.join("summary.csv"))
+}
+
+/// [`verify_report`] with the report and the CSV at any path (a committed copy of a report),
+/// and the points under `points_root/points/`.
+pub fn verify_report_files(
+    points_root: &Path,
+    report_md: &Path,
+    summary_csv: &Path,
+) -> Result<usize> {
+    let points = crate::study::read_points(points_root)?;
+    let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| Error::io(p, e));
+    let md = read(report_md)?;
+    let csv = read(summary_csv)?;
     let mut checked = 0;
     for axis in AXES {
         let (_, metrics) = axis_metrics(axis);

@@ -162,3 +162,17 @@ fn the_shipped_configs_parse() {
         (4, 15)
     );
 }
+
+/// `docs/scaling-report.md` (the last `quick` sweep, committed) states the numbers of the points
+/// committed beside it in `docs/scaling-report/points/`.
+#[test]
+fn the_committed_report_matches_its_points() {
+    let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
+    let n = rlhf_bench::report::verify_report_files(
+        &docs.join("scaling-report"),
+        &docs.join("scaling-report.md"),
+        &docs.join("scaling-report/summary.csv"),
+    )
+    .unwrap();
+    assert!(n > 30, "{n} rows checked");
+}

@@ -115,7 +115,9 @@ fn inputs<'a>(
 }
 
 fn with_critic(policy: CausalLm) -> PolicyAndValue {
-    let value = ScalarModel::from_backbone(policy.clone());
+    let value = rlhf_core::train::seeded(&policy.device(), 17, || {
+        ScalarModel::from_backbone(policy.clone())
+    });
     PolicyAndValue::new(policy, Some(value))
 }
 

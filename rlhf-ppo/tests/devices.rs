@@ -69,7 +69,13 @@ fn one_ppo_and_one_grpo_iteration_match_flex() {
         let run = |device: &Device| -> (Experience, UpdateStats) {
             let policy = common::load(&policy_bytes, vocab, 0.0, device);
             let value = advantage.needs_critic().then(|| {
-                module_from_bytes(ScalarModel::from_backbone(policy.clone()), &value_bytes).unwrap()
+                module_from_bytes(
+                    rlhf_core::train::seeded(device, 0, || {
+                        ScalarModel::from_backbone(policy.clone())
+                    }),
+                    &value_bytes,
+                )
+                .unwrap()
             });
             let models = PolicyAndValue::new(policy, value);
             let inference = PolicyAndValue {

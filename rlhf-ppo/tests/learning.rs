@@ -38,6 +38,15 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
+/// The tests of this binary run one at a time: with two test threads in the process, the same
+/// seeded setup gave different models (SFT gold −1.396 alone, −1.256 and −1.560 beside the rule
+/// test), and fixed seeds must mean fixed figures.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn tldr() -> &'static Tldr {
     static SETUP: OnceLock<Tldr> = OnceLock::new();
     SETUP.get_or_init(build)
@@ -52,7 +61,7 @@ fn rl_on_tldr(advantage: AdvantageEstimator, n: usize) -> (f64, f64, Metrics) {
         s,
         advantage,
         n,
-        env_or("PPO_ITERS", 15),
+        env_or("PPO_ITERS", 10),
         env_or("PPO_LR", 3e-4),
     );
     // TL;DR detail 6: the critic starts from the reward model
@@ -97,12 +106,14 @@ fn rl_on_tldr(advantage: AdvantageEstimator, n: usize) -> (f64, f64, Metrics) {
 
 #[test]
 fn ppo_against_a_reward_model_raises_the_gold_score() {
+    let _serial = serial();
     let (before, after, _) = rl_on_tldr(AdvantageEstimator::Gae, 1);
     assert!(after > before + 0.15, "gold {before:.3} → {after:.3}");
 }
 
 #[test]
 fn rloo_and_grpo_against_a_reward_model_raise_the_gold_score() {
+    let _serial = serial();
     for advantage in [AdvantageEstimator::Rloo, AdvantageEstimator::Grpo] {
         let (before, after, _) = rl_on_tldr(advantage, 4);
         assert!(
@@ -114,6 +125,7 @@ fn rloo_and_grpo_against_a_reward_model_raise_the_gold_score() {
 
 #[test]
 fn ppo_and_grpo_raise_a_rule_reward() {
+    let _serial = serial();
     let tok = common::tokenizer();
     let bytes = common::counting_policy(&tok, 0.0);
     let device = rlhf_core::device_from_env().unwrap().autodiff();

@@ -75,13 +75,14 @@ pub fn counting_policy(tok: &Tokenizer, dropout: f64) -> Vec<u8> {
     module_to_bytes(model).unwrap()
 }
 
-/// The model of `bytes` on `device`.
+/// The model of `bytes` on `device`. The initialisation it overwrites still draws from burn's
+/// global generator, so it holds the lock too: an unlocked draw in one test thread would change
+/// the sequence another thread's seeded initialisation reads.
 pub fn load(bytes: &[u8], vocab: usize, dropout: f64, device: &Device) -> CausalLm {
-    module_from_bytes(
-        CausalLm::init(&shape(vocab, dropout), device).unwrap(),
-        bytes,
-    )
-    .unwrap()
+    let init = seeded(device, 0, || {
+        CausalLm::init(&shape(vocab, dropout), device).unwrap()
+    });
+    module_from_bytes(init, bytes).unwrap()
 }
 
 /// Scores every response `value`.
