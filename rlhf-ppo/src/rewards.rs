@@ -57,13 +57,13 @@ pub fn per_token_rewards(
 
 /// TL;DR detail 4: a response with no EOS gets `penalty` instead of its score.
 ///
-/// `scores`: `[batch]`; `has_eos`: `[batch]` booleans. Returns `[batch]`.
-pub fn apply_missing_eos_penalty(
-    scores: Tensor<1>,
-    has_eos: Tensor<1, Bool>,
-    penalty: f32,
-) -> Tensor<1> {
-    scores.mask_fill(has_eos.bool_not(), penalty)
+/// `scores` and `has_eos` are `[batch]`; scores are host values (they come from a `Scorer`).
+pub fn apply_missing_eos_penalty(scores: &mut [f32], has_eos: &[bool], penalty: f32) {
+    for (s, &eos) in scores.iter_mut().zip(has_eos) {
+        if !eos {
+            *s = penalty;
+        }
+    }
 }
 
 /// Reward variance reduction (ChatGLM-RLHF), applied to the scores in place before they enter
@@ -233,9 +233,8 @@ mod tests {
 
     #[test]
     fn missing_eos_gets_the_penalty() {
-        let d = dev();
-        let s = Tensor::<1>::from_data(TensorData::new(vec![2f32, 3.], [2]), &d);
-        let eos = Tensor::<1, Bool>::from_data(TensorData::new(vec![true, false], [2]), &d);
-        assert_eq!(host(apply_missing_eos_penalty(s, eos, -1.0)), vec![2., -1.]);
+        let mut s = vec![2f32, 3.];
+        apply_missing_eos_penalty(&mut s, &[true, false], -1.0);
+        assert_eq!(s, vec![2., -1.]);
     }
 }

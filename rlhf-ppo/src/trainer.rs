@@ -46,7 +46,9 @@ use rlhf_models::sft::Example;
 use rlhf_models::{CausalLm, Generation, SamplingConfig, ScalarModel, generate};
 
 use crate::config::{AdvantageEstimator, PpoConfig};
-use crate::rewards::{TokenRewards, per_token_rewards, reduce_score_variance};
+use crate::rewards::{
+    TokenRewards, apply_missing_eos_penalty, per_token_rewards, reduce_score_variance,
+};
 
 /// What PPO trains: the policy and, for GAE, the separate value model. Both are updated by one
 /// optimizer under one global gradient norm, like the TL;DR reproduction's policy-and-value
@@ -667,11 +669,7 @@ pub fn ppo_iteration(
     let text_refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let mut scores = inputs.scorer.score(&episodes, &text_refs)?;
     if let Some(penalty) = cfg.missing_eos_penalty {
-        for (s, &eos) in scores.iter_mut().zip(&generation.has_eos) {
-            if !eos {
-                *s = penalty;
-            }
-        }
+        apply_missing_eos_penalty(&mut scores, &generation.has_eos, penalty);
     }
     let lengths: Vec<usize> = (0..generation.batch)
         .map(|b| {

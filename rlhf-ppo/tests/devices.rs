@@ -29,8 +29,8 @@ fn one_ppo_and_one_grpo_iteration_match_flex() {
     let flex = rlhf_core::parse_device("flex").unwrap().autodiff();
     let other = rlhf_core::device_from_env().unwrap().autodiff();
     let vocab = tok.vocab_size();
+    let policy = common::load(&policy_bytes, vocab, 0.0, &flex);
     let value_bytes = rlhf_core::train::seeded(&flex, 21, || {
-        let policy = common::load(&policy_bytes, vocab, 0.0, &flex);
         module_to_bytes(ScalarModel::from_backbone(policy)).unwrap()
     });
     let prompts: Vec<String> = (1..=4).map(common::prompt).collect();

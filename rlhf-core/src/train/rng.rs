@@ -39,6 +39,7 @@ pub fn seed_all(device: &burn::tensor::Device, seed: u64) -> TrainRng {
 /// burn's generator is global: two threads that seed and then initialise (tests in one binary run
 /// in parallel) would otherwise draw from each other's sequence, and a "seeded" model would
 /// depend on timing. Every seeded initialisation in this workspace's tests goes through here.
+/// The lock is not re-entrant: `init` must not call `seeded` itself.
 pub fn seeded<T>(device: &burn::tensor::Device, seed: u64, init: impl FnOnce() -> T) -> T {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
