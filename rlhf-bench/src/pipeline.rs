@@ -119,14 +119,14 @@ pub fn run(cfg: &RunConfig, cache: &Path, work: &Path) -> Result<RunResult> {
     let eval_prompts: Vec<String> = (0..cfg.task.eval_prompts as u64)
         .map(|i| task.prompt(Split::Eval, i))
         .collect();
-    let query_length = train_prompts
+    let eval_ids: Vec<Vec<u32>> = eval_prompts
         .iter()
-        .chain(&eval_prompts)
-        .map(|p| tok.encode(p).map(|t| t.len()))
-        .collect::<Result<Vec<_>>>()?
-        .into_iter()
-        .max()
-        .unwrap_or(1);
+        .map(|p| tok.encode(p))
+        .collect::<Result<_>>()?;
+    let mut query_length = eval_ids.iter().map(Vec::len).max().unwrap_or(1);
+    for p in &train_prompts {
+        query_length = query_length.max(tok.encode(p)?.len());
+    }
     let method_start = Instant::now();
     let mut curve: Vec<BTreeMap<String, f64>> = Vec::new();
     let policy = match cfg.method.kind {
@@ -303,8 +303,9 @@ pub fn run(cfg: &RunConfig, cache: &Path, work: &Path) -> Result<RunResult> {
     let (mean, se) = mean_se(&gold);
     m.insert("gold/mean".into(), mean);
     m.insert("gold/se".into(), se);
-    m.insert("gold/sft".into(), mean_se(&sft_gold).0);
-    m.insert("gold/gain".into(), mean - mean_se(&sft_gold).0);
+    let sft_mean = mean_se(&sft_gold).0;
+    m.insert("gold/sft".into(), sft_mean);
+    m.insert("gold/gain".into(), mean - sft_mean);
     m.insert("gold/references".into(), mean_se(&references).0);
     m.insert("judge/win_rate_vs_sft".into(), win_rate(&gold, &sft_gold));
     m.insert(
@@ -320,8 +321,7 @@ pub fn run(cfg: &RunConfig, cache: &Path, work: &Path) -> Result<RunResult> {
             sampled_kl(
                 &policy,
                 &sft,
-                &tok,
-                &eval_prompts,
+                &eval_ids,
                 &judged.ids,
                 cfg.judge.temperature,
                 &device,
@@ -804,8 +804,7 @@ fn judge_samples(
 fn sampled_kl(
     policy: &CausalLm,
     reference: &CausalLm,
-    tok: &Tokenizer,
-    prompts: &[String],
+    prompt_ids: &[Vec<u32>],
     responses: &[Vec<u32>],
     temperature: f32,
     device: &Device,
@@ -813,10 +812,6 @@ fn sampled_kl(
     let device = device.clone().without_autodiff();
     let (policy, reference) = (policy.valid(), reference.valid());
     let mut total = 0.0;
-    let prompt_ids: Vec<Vec<u32>> = prompts
-        .iter()
-        .map(|p| tok.encode(p))
-        .collect::<Result<_>>()?;
     for (ps, rs) in prompt_ids.chunks(32).zip(responses.chunks(32)) {
         let pairs: Vec<(&[u32], &[u32])> = ps
             .iter()

@@ -52,6 +52,12 @@ pub struct Row {
 }
 
 impl Row {
+    /// The row's line in its axis's table of `metrics`.
+    pub fn table_line(&self, metrics: &[&str]) -> String {
+        let cells: Vec<String> = metrics.iter().map(|m| fmt(self.cells.get(*m))).collect();
+        format!("| {} | {} |", self.label, cells.join(" | "))
+    }
+
     /// The mean of `metric` (NaN when absent).
     pub fn mean(&self, metric: &str) -> f64 {
         self.cells.get(metric).map_or(f64::NAN, |c| c.mean)
@@ -189,6 +195,16 @@ pub struct Finding {
     pub verdict: String,
     /// The effect measured, in words and numbers.
     pub effect: String,
+}
+
+impl Finding {
+    /// The finding's line in the findings table.
+    pub fn table_line(&self) -> String {
+        format!(
+            "| {} | {} | {} | {} |",
+            self.axis, self.claim, self.verdict, self.effect
+        )
+    }
 }
 
 /// The findings table, computed from the rows of each axis.
@@ -642,11 +658,7 @@ pub fn write_report(out: &Path, points: &[PointRecord], title: &str) -> Result<(
         "## Findings\n\n| axis | the seed paper's finding | reproduced here | effect |\n| --- | --- | --- | --- |"
     );
     for f in findings(points) {
-        let _ = writeln!(
-            md,
-            "| {} | {} | {} | {} |",
-            f.axis, f.claim, f.verdict, f.effect
-        );
+        let _ = writeln!(md, "{}", f.table_line());
     }
     md.push('\n');
     for axis in AXES {
@@ -659,16 +671,7 @@ pub fn write_report(out: &Path, points: &[PointRecord], title: &str) -> Result<(
         let _ = writeln!(md, "| value | {} |", metrics.join(" | "));
         let _ = writeln!(md, "|---|{}", "---|".repeat(metrics.len()));
         for row in &r {
-            let _ = writeln!(
-                md,
-                "| {} | {} |",
-                row.label,
-                metrics
-                    .iter()
-                    .map(|m| fmt(row.cells.get(*m)))
-                    .collect::<Vec<_>>()
-                    .join(" | ")
-            );
+            let _ = writeln!(md, "{}", row.table_line(metrics));
         }
         let numeric = matches!(
             *axis,
@@ -793,15 +796,7 @@ pub fn verify_report_files(
     for axis in AXES {
         let (_, metrics) = axis_metrics(axis);
         for row in rows(&points, axis) {
-            let line = format!(
-                "| {} | {} |",
-                row.label,
-                metrics
-                    .iter()
-                    .map(|m| fmt(row.cells.get(*m)))
-                    .collect::<Vec<_>>()
-                    .join(" | ")
-            );
+            let line = row.table_line(metrics);
             if !md.lines().any(|l| l == line) {
                 return Err(Error::Config(format!(
                     "report.md lacks the {axis} row `{line}`"
@@ -811,10 +806,7 @@ pub fn verify_report_files(
         }
     }
     for f in findings(&points) {
-        let line = format!(
-            "| {} | {} | {} | {} |",
-            f.axis, f.claim, f.verdict, f.effect
-        );
+        let line = f.table_line();
         if !md.lines().any(|l| l == line) {
             return Err(Error::Config(format!(
                 "report.md lacks the finding `{line}`"

@@ -64,6 +64,16 @@ pub const AXES: &[&str] = &[
     "supervision",
 ];
 
+/// The methods of the `method` axis (best-of-n has its own axis).
+const EVERY_METHOD: [MethodKind; 6] = [
+    MethodKind::Ppo,
+    MethodKind::Grpo,
+    MethodKind::Rloo,
+    MethodKind::ReinforcePp,
+    MethodKind::Dpo,
+    MethodKind::Exo,
+];
+
 /// The budget of a preset.
 struct Budget {
     demos: usize,
@@ -117,14 +127,7 @@ fn budget(preset: &str) -> Result<Budget> {
             ns: vec![1, 2, 4, 8],
             betas: vec![0.01, 0.05, 0.2],
             best_of: vec![1, 4, 16],
-            methods: vec![
-                MethodKind::Ppo,
-                MethodKind::Grpo,
-                MethodKind::Rloo,
-                MethodKind::ReinforcePp,
-                MethodKind::Dpo,
-                MethodKind::Exo,
-            ],
+            methods: EVERY_METHOD.to_vec(),
         },
         "full" => Budget {
             demos: 4000,
@@ -141,14 +144,7 @@ fn budget(preset: &str) -> Result<Budget> {
             ns: vec![1, 2, 4, 8, 16],
             betas: vec![0.005, 0.01, 0.02, 0.05, 0.1, 0.2],
             best_of: vec![1, 2, 4, 8, 16, 32, 64],
-            methods: vec![
-                MethodKind::Ppo,
-                MethodKind::Grpo,
-                MethodKind::Rloo,
-                MethodKind::ReinforcePp,
-                MethodKind::Dpo,
-                MethodKind::Exo,
-            ],
+            methods: EVERY_METHOD.to_vec(),
         },
         other => {
             return Err(Error::Config(format!(
@@ -329,6 +325,8 @@ pub fn sweep(points: &[Point], out: &Path, progress: bool) -> Result<SweepReport
         }
     };
     let mut report = SweepReport::default();
+    // the points stored so far (by earlier sweeps and by this one), for identical runs
+    let mut stored = read_points(out)?;
     for p in points {
         let path = dir.join(p.file_name());
         if path.exists() {
@@ -341,9 +339,7 @@ pub fn sweep(points: &[Point], out: &Path, progress: bool) -> Result<SweepReport
         let start = Instant::now();
         // several axes share a run (the base PPO point appears on six): a stored point with the
         // same configuration and seed already has its result
-        let same = read_points(out)?
-            .into_iter()
-            .find(|r| r.point.config == p.config);
+        let same = stored.iter().find(|r| r.point.config == p.config).cloned();
         let copied = same.is_some();
         let record = match same {
             Some(r) => {
@@ -382,6 +378,7 @@ pub fn sweep(points: &[Point], out: &Path, progress: bool) -> Result<SweepReport
                 .unwrap_or(f64::NAN),
             record.result.metrics.get("kl").copied().unwrap_or(f64::NAN)
         ));
+        stored.push(record);
         if copied {
             report.copied += 1;
         } else {

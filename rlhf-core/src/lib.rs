@@ -56,7 +56,7 @@ pub use kl_controller::KlController;
 pub use logprobs::{entropy_from_logits, token_logprobs};
 pub use masked::{masked_mean, masked_mean_dim, masked_sum, masked_var, whiten, zero_masked};
 pub use ppo::{PolicyLoss, ValueLoss, clipped_policy_loss, clipped_value_loss};
-pub use scorer::Scorer;
+pub use scorer::{Scorer, check_pairs};
 
 /// burn, re-exported so a downstream crate uses the same version.
 pub use burn;

@@ -35,6 +35,19 @@ pub trait Scorer {
     }
 }
 
+/// The check every `Scorer` makes first: one response per prompt.
+pub fn check_pairs(prompts: &[&str], responses: &[&str]) -> Result<()> {
+    if prompts.len() == responses.len() {
+        Ok(())
+    } else {
+        Err(crate::Error::Shape(format!(
+            "{} prompts, {} responses",
+            prompts.len(),
+            responses.len()
+        )))
+    }
+}
+
 impl<S: Scorer + ?Sized> Scorer for Box<S> {
     fn score(&self, prompts: &[&str], responses: &[&str]) -> Result<Vec<f32>> {
         (**self).score(prompts, responses)

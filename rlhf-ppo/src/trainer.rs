@@ -32,7 +32,7 @@ use serde_json::json;
 use rlhf_core::host::to_f32_vec;
 use rlhf_core::train::metrics::names;
 use rlhf_core::train::{
-    Checkpoint, Metrics, Run, RunOptions, TrainRng,
+    Checkpoint, LrSchedule, Metrics, Run, RunOptions, TrainRng,
     checkpoint::{module_from_bytes, module_to_bytes, optimizer_from_bytes, optimizer_to_bytes},
     clip_global_grad_norm, with_fresh_param_ids,
 };
@@ -272,8 +272,8 @@ pub fn make_experience(
     let kl = kl_estimate(logprobs.clone(), ref_logprobs.clone(), cfg.kl_estimator);
     let beta_in_reward = if cfg.kl_in_reward { kl_coef } else { 0.0 };
     let scores_t = Tensor::<1>::from_data(TensorData::new(scores.to_vec(), [b]), &device);
-    let TokenRewards { rewards, .. } =
-        per_token_rewards(scores_t, kl.clone(), mask.clone(), beta_in_reward);
+    let TokenRewards { rewards, non_score } =
+        per_token_rewards(scores_t, kl, mask.clone(), beta_in_reward);
     let rewards = if cfg.whiten_rewards {
         whiten(rewards, mask.clone(), false)
     } else {
@@ -315,11 +315,7 @@ pub fn make_experience(
             .reshape([b]),
     );
     let neg_logp_sum = to_f32_vec(logprobs.clone().neg().sum_dim(1).reshape([b]));
-    let non_score: Vec<f32> = to_f32_vec(
-        rlhf_core::zero_masked(kl.mul_scalar(-beta_in_reward), mask.clone())
-            .sum_dim(1)
-            .reshape([b]),
-    );
+    let non_score = to_f32_vec(non_score.sum_dim(1).reshape([b]));
     let mean = |v: &[f32]| v.iter().map(|&x| f64::from(x)).sum::<f64>() / v.len() as f64;
     let lengths: Vec<f32> = (0..b)
         .map(|row| mask_host[row * r..(row + 1) * r].iter().sum())
@@ -537,18 +533,24 @@ pub fn ppo_update(
         for rows in order.chunks(size) {
             let mb = experience.minibatch(rows, device);
             let (mut loss, mut metrics) = minibatch_loss(&models, &mb, cfg, kl_coef);
+            let mut loss_value = metrics
+                .iter()
+                .find(|m| m.0 == names::LOSS_TOTAL)
+                .map_or(f64::NAN, |m| m.1);
             if cfg.ptx_coef > 0.0 && !demonstrations.is_empty() {
                 let picked: Vec<&Example> = (0..cfg.ptx_batch_size)
                     .map(|_| demonstrations.choose(rng).expect("non-empty"))
                     .collect();
                 let ptx = ptx_loss(&models.policy, &picked, device);
-                metrics.push((
-                    names::OBJECTIVE_PTX_LOSS,
-                    f64::from(ptx.clone().into_scalar::<f32>()),
-                ));
+                let ptx_value = f64::from(ptx.clone().into_scalar::<f32>());
+                metrics.push((names::OBJECTIVE_PTX_LOSS, ptx_value));
                 loss = loss.add(ptx.mul_scalar(cfg.ptx_coef));
+                // `loss/total` is the loss that is minimised, ptx included
+                loss_value += f64::from(cfg.ptx_coef) * ptx_value;
+                for m in metrics.iter_mut().filter(|m| m.0 == names::LOSS_TOTAL) {
+                    m.1 = loss_value;
+                }
             }
-            let loss_value = loss.clone().into_scalar::<f32>();
             let grads = GradientsParams::from_grads(loss.backward(), &models);
             let (grads, norm) = match cfg.optimizer.max_grad_norm {
                 Some(max) => clip_global_grad_norm(&models, grads, max),
@@ -600,6 +602,13 @@ fn prompt_indices(count: usize, per_batch: usize, it: u64, seed: u64) -> Vec<usi
         .collect()
 }
 
+/// Each `width`-long row of `v` repeated `n` times in place (prompt-major episodes).
+fn repeat_rows<T: Copy>(v: &[T], width: usize, n: usize) -> Vec<T> {
+    v.chunks(width)
+        .flat_map(|row| std::iter::repeat_n(row, n).flatten().copied())
+        .collect()
+}
+
 /// What one iteration produced.
 pub struct Iteration {
     /// The models after the update.
@@ -632,8 +641,11 @@ pub fn ppo_iteration(
         .flat_map(|p| std::iter::repeat_n(*p, n))
         .collect();
 
-    // 1. sample n responses per prompt (left-padded queries, fixed length, temperature T)
-    let (query_ids, query_mask) = encode_queries(inputs.tokenizer, &episodes, cfg.query_length)?;
+    // 1. sample n responses per prompt (left-padded queries, fixed length, temperature T); each
+    // prompt is tokenised once and its row repeated n times
+    let (prompt_ids, prompt_mask) = encode_queries(inputs.tokenizer, prompts, cfg.query_length)?;
+    let query_ids = repeat_rows(&prompt_ids, cfg.query_length, n);
+    let query_mask = repeat_rows(&prompt_mask, cfg.query_length, n);
     let inference = PolicyAndValue {
         policy: models.policy.valid(),
         value: models.value.as_ref().map(|v| v.valid()),
@@ -784,34 +796,30 @@ pub fn train_ppo(
         ..PpoReport::default()
     };
     if let Some(c) = resume {
-        let part = |name: &str| {
-            c.parts.get(name).ok_or_else(|| Error::Checkpoint {
-                path: run_options.out_dir.clone().unwrap_or_default(),
-                message: format!("no `{name}` part"),
-            })
-        };
+        let dir = run_options.out_dir.clone().unwrap_or_default();
+        let part = |name: &str| c.part(name, &dir);
         models = module_from_bytes(models, part("models")?)?;
         optim = optimizer_from_bytes(optim, part("optimizer")?)?;
         kl = serde_json::from_value(c.state["kl"].clone()).map_err(|e| Error::Checkpoint {
-            path: run_options.out_dir.clone().unwrap_or_default(),
+            path: dir.clone(),
             message: format!("bad KL controller state: {e}"),
         })?;
         report.iterations = c.step;
     }
     let updates_per_iteration = (cfg.ppo_epochs * cfg.num_minibatches) as u64;
-    let total_updates = total * updates_per_iteration;
+    let schedule = if cfg.anneal_lr {
+        LrSchedule::Linear {
+            warmup: 0,
+            total: total * updates_per_iteration,
+        }
+    } else {
+        LrSchedule::Constant
+    };
     for it in report.iterations..total {
         let mut rng = TrainRng::seed_from_u64(cfg.seed).fork(&format!("ppo-iteration-{it}"));
         let picked = prompt_indices(inputs.prompts.len(), cfg.prompts_per_batch, it, cfg.seed);
         let prompts: Vec<&str> = picked.iter().map(|&i| inputs.prompts[i].as_str()).collect();
-        let base_lr = cfg.optimizer.lr;
-        let lr = |s: u64| {
-            if cfg.anneal_lr {
-                base_lr * (1.0 - (it * updates_per_iteration + s) as f64 / total_updates as f64)
-            } else {
-                base_lr
-            }
-        };
+        let lr = |s: u64| schedule.lr_at(cfg.optimizer.lr, it * updates_per_iteration + s);
         let beta = kl.value() as f32;
         let step = ppo_iteration(
             models, &mut optim, inputs, &prompts, cfg, beta, &lr, &mut rng, device,

@@ -116,13 +116,7 @@ impl LengthScorer {
 
 impl Scorer for LengthScorer {
     fn score(&self, prompts: &[&str], responses: &[&str]) -> Result<Vec<f32>> {
-        if prompts.len() != responses.len() {
-            return Err(Error::Shape(format!(
-                "{} prompts, {} responses",
-                prompts.len(),
-                responses.len()
-            )));
-        }
+        rlhf_core::check_pairs(prompts, responses)?;
         Ok(responses
             .iter()
             .map(|r| {

@@ -112,13 +112,7 @@ impl RewardScorer {
 
 impl Scorer for RewardScorer {
     fn score(&self, prompts: &[&str], responses: &[&str]) -> Result<Vec<f32>> {
-        if prompts.len() != responses.len() {
-            return Err(Error::Shape(format!(
-                "{} prompts, {} responses",
-                prompts.len(),
-                responses.len()
-            )));
-        }
+        rlhf_core::check_pairs(prompts, responses)?;
         let prompt_ids = prompts
             .iter()
             .map(|p| self.tokenizer.encode(p))

@@ -30,6 +30,19 @@ pub struct Checkpoint {
     pub state: serde_json::Value,
 }
 
+impl Checkpoint {
+    /// The part `name`; its absence is an error naming `dir` (the run's directory).
+    pub fn part(&self, name: &str, dir: &Path) -> Result<&[u8]> {
+        self.parts
+            .get(name)
+            .map(Vec::as_slice)
+            .ok_or_else(|| Error::Checkpoint {
+                path: dir.to_path_buf(),
+                message: format!("no `{name}` part"),
+            })
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct Manifest {
     step: u64,

@@ -83,12 +83,8 @@ pub fn fit<M: Module>(
     let (mut run, resume) = Run::start(run_options, total, cfg.label)?;
     let mut report = FitReport::default();
     if let Some(c) = resume {
-        let part = |name: &str| {
-            c.parts.get(name).ok_or_else(|| Error::Checkpoint {
-                path: run_options.out_dir.clone().unwrap_or_default(),
-                message: format!("no `{name}` part"),
-            })
-        };
+        let dir = run_options.out_dir.clone().unwrap_or_default();
+        let part = |name: &str| c.part(name, &dir);
         model = module_from_bytes(model, part("model")?)?;
         optim = optimizer_from_bytes(optim, part("optimizer")?)?;
         report.steps = c.step;

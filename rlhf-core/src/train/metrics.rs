@@ -26,7 +26,6 @@
 //! | `rewards/chosen`, `rewards/rejected`, `rewards/margins`, `rewards/accuracies` | implicit or explicit rewards of preference pairs |
 //! | `logps/chosen`, `logps/rejected` | sequence log-probs of preference pairs |
 //! | `eval/accuracy`, `eval/gold_accuracy` | RM accuracy on held-out labels and on the gold order (step models: balanced accuracy) |
-//! | `eval/gold_score`, `eval/kl` | gold score of the policy's samples on held-out prompts and their KL to the reference |
 //! | `eval/rewards_accuracies`, `eval/rewards_margins` | held-out implicit-reward accuracy and margin (DPO family, EXO) |
 //! | `time/rollout`, `time/update`, `time/step` | wall seconds |
 
@@ -68,8 +67,6 @@ pub mod names {
     pub const EVAL_PERPLEXITY: &str = "eval/perplexity";
     pub const EVAL_ACCURACY: &str = "eval/accuracy";
     pub const EVAL_GOLD_ACCURACY: &str = "eval/gold_accuracy";
-    pub const EVAL_GOLD_SCORE: &str = "eval/gold_score";
-    pub const EVAL_KL: &str = "eval/kl";
     pub const REWARDS_CHOSEN: &str = "rewards/chosen";
     pub const REWARDS_REJECTED: &str = "rewards/rejected";
     pub const REWARDS_MARGINS: &str = "rewards/margins";

@@ -105,13 +105,7 @@ pub struct GoldScorer<'a>(pub &'a dyn Task);
 
 impl rlhf_core::Scorer for GoldScorer<'_> {
     fn score(&self, prompts: &[&str], responses: &[&str]) -> rlhf_core::Result<Vec<f32>> {
-        if prompts.len() != responses.len() {
-            return Err(rlhf_core::Error::Shape(format!(
-                "{} prompts, {} responses",
-                prompts.len(),
-                responses.len()
-            )));
-        }
+        rlhf_core::check_pairs(prompts, responses)?;
         Ok(prompts
             .iter()
             .zip(responses)
