@@ -382,6 +382,7 @@ fn quiet_in(dir: PathBuf) -> RunOptions {
         checkpoint_every: 5,
         keep_last: 1,
         progress: false,
+        ..RunOptions::default()
     }
 }
 

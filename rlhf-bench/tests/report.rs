@@ -176,3 +176,43 @@ fn the_committed_report_matches_its_points() {
     .unwrap();
     assert!(n > 30, "{n} rows checked");
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+    /// A shipped config with lines replaced by hostile values, dropped, or cut short is read or
+    /// refused with a message that names the file; it never panics.
+    #[test]
+    fn damaged_run_configs_never_panic(
+        which in proptest::sample::select(vec!["tldr-ppo.toml", "tldr-grpo-n4.toml", "tldr-dpo.toml", "tldr-best-of-16.toml"]),
+        edits in proptest::collection::vec((proptest::prelude::any::<proptest::sample::Index>(), proptest::sample::select(vec![
+            "-1", "0", "1e400", "nan", "-inf", "18446744073709551615", "\"x\"", "[", "{ kind = \"adaptive\" }",
+            "{ kind = \"fixed\", value = -5 }", "true", "\"m\"", "\"pythia-6.9b\"", "0.5", "1.0", "",
+        ])), 0..6),
+        cut in proptest::prelude::any::<Option<proptest::sample::Index>>(),
+    ) {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs").join(which);
+        let mut lines: Vec<String> = std::fs::read_to_string(src).unwrap().lines().map(String::from).collect();
+        for (at, value) in edits {
+            let i = at.index(lines.len());
+            lines[i] = match lines[i].split_once('=') {
+                Some((key, _)) => format!("{key}= {value}"),
+                None => value.to_string(),
+            };
+        }
+        let mut text = lines.join("\n");
+        if let Some(c) = cut {
+            let mut end = c.index(text.len() + 1);
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("damaged.toml");
+        std::fs::write(&path, &text).unwrap();
+        if let Err(e) = RunConfig::from_file(&path) {
+            proptest::prop_assert!(e.to_string().contains("damaged.toml"), "{}", e);
+        }
+    }
+}

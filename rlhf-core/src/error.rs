@@ -48,13 +48,53 @@ pub enum Error {
     /// A record (model weights or optimizer state) could not be encoded or decoded.
     #[error("record: {0}")]
     Record(String),
-    /// A loss or a gradient norm that is NaN or infinite.
-    #[error("non-finite {what} at step {step}")]
+    /// Too many optimizer steps in a row had a NaN or infinite loss or gradient norm.
+    #[error(
+        "{streak} steps in a row up to step {step} had a non-finite loss or gradient norm; \
+         stopped. {}",
+        match last_checkpoint {
+            Some(p) => format!("The last good checkpoint is {}", p.display()),
+            None => "No checkpoint was written yet".to_string(),
+        }
+    )]
     NonFinite {
-        /// Which quantity (`loss`, `grad_norm`).
-        what: &'static str,
-        /// The optimizer step it happened at.
+        /// The optimizer step of the last non-finite value.
         step: u64,
+        /// How many steps in a row were skipped.
+        streak: u32,
+        /// The newest checkpoint of the run, to resume from (after lowering the LR, say).
+        last_checkpoint: Option<PathBuf>,
+    },
+    /// The run stopped on SIGINT or SIGTERM after finishing a step and checkpointing it.
+    #[error(
+        "interrupted after step {step}; {}",
+        match checkpoint {
+            Some(p) => format!("checkpoint written to {}: run again to resume", p.display()),
+            None => "the run has no output directory, so nothing was saved".to_string(),
+        }
+    )]
+    Interrupted {
+        /// The last step finished.
+        step: u64,
+        /// The checkpoint written for it.
+        checkpoint: Option<PathBuf>,
+    },
+    /// A run would not fit in the memory available.
+    #[error(
+        "{what} needs about {:.1} GiB but {:.1} GiB of memory is available ({detail}); \
+         lower the batch size or the sequence length, or use a smaller model",
+        *needed as f64 / (1u64 << 30) as f64,
+        *available as f64 / (1u64 << 30) as f64
+    )]
+    OutOfMemory {
+        /// The run.
+        what: String,
+        /// Estimated bytes.
+        needed: u64,
+        /// Bytes available.
+        available: u64,
+        /// The estimate's parts.
+        detail: String,
     },
 }
 

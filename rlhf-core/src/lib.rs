@@ -43,6 +43,7 @@ pub mod logprobs;
 pub mod masked;
 pub mod ppo;
 pub mod scorer;
+pub mod testing;
 pub mod train;
 
 pub use advantages::{

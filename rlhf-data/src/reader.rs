@@ -235,18 +235,57 @@ fn read_parquet_objects(
     path: &Path,
     sink: &mut dyn FnMut(usize, std::result::Result<Value, Error>) -> Result<()>,
 ) -> Result<()> {
+    // The parquet crate panics on some damaged files (found by `cargo fuzz run parquet`: "column
+    // start and length should not be negative" in its footer decoding). A damaged file is bad
+    // input, not a bug of the caller's: its panic becomes a data error naming the file.
+    let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        read_parquet_rows(path, sink)
+    }));
+    read.unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown".into());
+        Err(data_error(
+            path,
+            0,
+            "-",
+            format!("not a readable parquet file (the parquet reader failed: {why})"),
+        ))
+    })
+}
+
+#[cfg(feature = "parquet")]
+fn read_parquet_rows(
+    path: &Path,
+    sink: &mut dyn FnMut(usize, std::result::Result<Value, Error>) -> Result<()>,
+) -> Result<()> {
     use parquet::file::reader::{FileReader, SerializedFileReader};
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let reader = SerializedFileReader::new(file)
         .map_err(|e| data_error(path, 0, "-", format!("not a readable parquet file: {e}")))?;
+    let declared = reader.metadata().file_metadata().num_rows().max(0) as usize;
     let rows = reader
         .get_row_iter(None)
         .map_err(|e| data_error(path, 0, "-", format!("cannot read rows: {e}")))?;
+    // a bad row ends the file (one rejected record; with `skip_bad` the rows before it are
+    // kept): the iterator does not move past a row it cannot decode (it would return the same
+    // error forever), and a damaged file can make it run past the rows its footer declares
+    let last = |i: usize, message: String| Err(data_error(path, i + 1, "-", message));
     for (i, row) in rows.enumerate() {
-        let item = row
-            .map(|r| r.to_json_value())
-            .map_err(|e| data_error(path, i + 1, "-", format!("row {}: {e}", i + 1)));
-        sink(i + 1, item)?;
+        match row {
+            _ if i >= declared => {
+                let why =
+                    format!("more rows than the {declared} the footer declares (damaged file)");
+                return sink(i + 1, last(i, why));
+            }
+            Ok(r) => sink(i + 1, Ok(r.to_json_value()))?,
+            Err(e) => {
+                let why = format!("row {}: {e} (rows after it cannot be read)", i + 1);
+                return sink(i + 1, last(i, why));
+            }
+        }
     }
     Ok(())
 }

@@ -8,6 +8,7 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::seq::SliceRandom;
 use rlhf_core::host::to_f32_vec;
+use rlhf_core::train::memory::{self, MemoryEstimate};
 use rlhf_core::train::{
     FitConfig, LrSchedule, Metrics, OptimizerConfig, RunOptions, TrainRng, fit, metrics::names,
 };
@@ -381,6 +382,24 @@ pub fn train_offline(
     if train.is_empty() {
         return Err(Error::Config("offline trainer: no training groups".into()));
     }
+    // refuse, before the first step, a run whose batches would not fit in memory: the policy is
+    // trained on every response of a batch of groups; the reference is held for its log-probs
+    let k_responses = train[0].responses.len() as u64;
+    let seq = train
+        .iter()
+        .flat_map(|g| g.responses.iter().map(|r| g.prompt.len() + r.len()))
+        .max()
+        .unwrap_or(0) as u64;
+    memory::check_fits(
+        "offline preference training",
+        &MemoryEstimate::training(
+            policy.num_params() as u64,
+            reference.num_params() as u64,
+            policy
+                .shape()
+                .activation_bytes(cfg.batch_size as u64 * k_responses, seq),
+        ),
+    )?;
     let mut report = DpoReport::default();
     let mut batches = 0u64;
     let (ref_train, ref_eval) = if cfg.loss.needs_reference() {

@@ -1,6 +1,9 @@
 //! The trainer beyond pairs and beyond one run: EXO-rw on K = 3 groups with rewards lowers its
 //! loss; the wrong K or missing rewards are refused with the group named; a DPO run stopped after
 //! a checkpoint resumes to the same weights and metrics as an uninterrupted one.
+//!
+//! The tests take `rlhf_core::testing::serial()` first: bit-for-bit comparisons hold only when
+//! no other test trains in the process at the same time.
 
 use burn::module::Module;
 use burn::tensor::{Int, Tensor, TensorData};
@@ -11,7 +14,6 @@ use rlhf_dpo::{DpoConfig, Group, OfflineLoss, RefCache, train_offline};
 use rlhf_models::{CausalLm, TransformerConfig};
 
 fn model(device: &burn::tensor::Device) -> CausalLm {
-    device.seed(21);
     let mut c = TransformerConfig::preset("tiny-1m").unwrap();
     c.vocab_size = 32;
     c.hidden_size = 32;
@@ -19,7 +21,8 @@ fn model(device: &burn::tensor::Device) -> CausalLm {
     c.num_attention_heads = 2;
     c.num_key_value_heads = 2;
     c.intermediate_size = 32;
-    CausalLm::init(&c, device).unwrap()
+    // under the init lock: tests in parallel share burn's generator
+    rlhf_core::train::seeded(device, 21, || CausalLm::init(&c, device).unwrap())
 }
 
 fn groups(k: usize) -> Vec<Group> {
@@ -43,6 +46,7 @@ fn quiet() -> RunOptions {
 
 #[test]
 fn exo_rw_learns_on_k3_and_bad_groups_are_refused() {
+    let _serial = rlhf_core::testing::serial();
     let device = rlhf_core::device_from_env().unwrap().autodiff();
     let init = model(&device);
     let data = groups(3);
@@ -113,6 +117,7 @@ fn exo_rw_learns_on_k3_and_bad_groups_are_refused() {
 
 #[test]
 fn dpo_training_resumes_exactly() {
+    let _serial = rlhf_core::testing::serial();
     let device = rlhf_core::device_from_env().unwrap().autodiff();
     let init = model(&device);
     let data = groups(2);
@@ -188,4 +193,61 @@ fn dpo_training_resumes_exactly() {
         read_metrics(&straight.path().join("metrics.jsonl")).unwrap(),
         read_metrics(&broken.path().join("metrics.jsonl")).unwrap()
     );
+}
+
+/// DPO into `dir` (24 steps, a checkpoint every 5), from one seeded initialisation: the final
+/// policy's logits on a probe.
+fn dpo_into(dir: &std::path::Path) -> Vec<f32> {
+    // bit for bit holds on the CPU backend (GPU reductions need not be deterministic)
+    let device = rlhf_core::parse_device("flex").unwrap().autodiff();
+    let init = model(&device);
+    let data = groups(2);
+    let cfg = DpoConfig {
+        epochs: 2,
+        batch_size: 2,
+        eval_every: 5,
+        optimizer: OptimizerConfig {
+            lr: 1e-2,
+            ..OptimizerConfig::default()
+        },
+        seed: 4,
+        ..DpoConfig::default()
+    };
+    let opts = RunOptions {
+        checkpoint_every: 5,
+        progress: false,
+        ..RunOptions::in_dir(dir)
+    };
+    let cache = RefCache::new(None);
+    let (m, _) = train_offline(
+        init.clone(),
+        &init,
+        &data,
+        &data[..6],
+        &cfg,
+        &cache,
+        &opts,
+        &device,
+    )
+    .unwrap();
+    let ids = Tensor::<2, Int>::from_data(
+        TensorData::new((0..12i64).collect::<Vec<_>>(), [2, 6]),
+        &device,
+    );
+    to_f32_vec(m.valid().forward(ids, Tensor::ones([2, 6], &device), None))
+}
+
+#[test]
+#[ignore = "the child process of dpo_survives_sigkill_at_a_random_step"]
+fn dpo_sigkill_child() {
+    let _serial = rlhf_core::testing::serial();
+    if let Some(dir) = rlhf_core::testing::child_dir() {
+        dpo_into(&dir);
+    }
+}
+
+#[test]
+fn dpo_survives_sigkill_at_a_random_step() {
+    let _serial = rlhf_core::testing::serial();
+    rlhf_core::testing::assert_resumes_after_sigkill("dpo_sigkill_child", 24, dpo_into);
 }

@@ -202,6 +202,33 @@ impl TransformerConfig {
                     .into(),
             );
         }
+        // far beyond any released model; they keep every size computation in range, so a damaged
+        // config.json is refused here instead of overflowing or asking for terabytes
+        for (name, value, limit) in [
+            ("vocab_size", self.vocab_size, 1usize << 22),
+            ("hidden_size", self.hidden_size, 1 << 17),
+            ("num_hidden_layers", self.num_hidden_layers, 1 << 12),
+            ("intermediate_size", self.intermediate_size, 1 << 20),
+            (
+                "max_position_embeddings",
+                self.max_position_embeddings,
+                1 << 22,
+            ),
+        ] {
+            if value > limit {
+                return bad(format!("{name} {value} is above the supported {limit}"));
+            }
+        }
+        let positive = |x: f64| x.is_finite() && x > 0.0;
+        if !positive(self.rope_theta)
+            || !positive(self.norm_eps)
+            || !(0.0..1.0).contains(&self.dropout)
+        {
+            return bad(format!(
+                "rope_theta {} and norm_eps {} must be > 0 and dropout {} in [0, 1)",
+                self.rope_theta, self.norm_eps, self.dropout
+            ));
+        }
         if self.num_attention_heads == 0
             || !self.hidden_size.is_multiple_of(self.num_attention_heads)
         {

@@ -187,7 +187,10 @@ fn config_from_value(v: &Value, path: &Path) -> Result<TransformerConfig> {
                 );
             }
             if let Some(hd) = v.get("head_dim").and_then(Value::as_u64)
-                && hd as usize * heads != hidden
+                && usize::try_from(hd)
+                    .ok()
+                    .and_then(|hd| hd.checked_mul(heads))
+                    != Some(hidden)
             {
                 return refuse(
                     "head_dim",
@@ -335,6 +338,7 @@ fn store_error(path: &Path, e: impl std::fmt::Display) -> Error {
 /// be used (apart from recomputed buffers): a mismatch is an error naming the tensors.
 pub fn load_pretrained(dir: &Path, device: &Device) -> Result<(TransformerConfig, CausalLm)> {
     let config = config_from_json(&dir.join("config.json"))?;
+    check_files_hold(&config, dir)?;
     let mut model = CausalLm::init(&config, device)?;
     load_weights(&mut model, config.architecture, dir, "")?;
     Ok((config, model))
@@ -377,6 +381,7 @@ pub fn load_scalar_pretrained(
         .ok()
         .and_then(|v| v.get("rlhf_scalar").cloned())
         .unwrap_or(Value::Null);
+    check_files_hold(&config, dir)?;
     let mut model = ScalarModel::from_backbone(CausalLm::init(&config, device)?);
     load_weights(&mut model, config.architecture, dir, "backbone.")?;
     Ok((config, model, extra))
@@ -385,6 +390,28 @@ pub fn load_scalar_pretrained(
 fn write_config(json: &Value, dir: &Path) -> Result<()> {
     let bytes = serde_json::to_vec_pretty(json).expect("a JSON value serialises");
     write_atomic(&dir.join("config.json"), &bytes)
+}
+
+/// Refuses, before allocating anything, a `config.json` that describes more parameters than the
+/// weight files could hold (at least 2 bytes each), so a damaged or hostile config cannot make
+/// the loader allocate a model the files do not contain.
+fn check_files_hold(config: &TransformerConfig, dir: &Path) -> Result<()> {
+    let mut bytes = 0u64;
+    for f in weight_files(dir)? {
+        bytes += std::fs::metadata(&f).map_err(|e| Error::io(&f, e))?.len();
+    }
+    let params = config.total_params();
+    if params.saturating_mul(2) > bytes {
+        return Err(data_error(
+            &dir.join("config.json"),
+            "-",
+            format!(
+                "describes a model of {params} parameters, but the weight files hold only \
+                 {bytes} bytes"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Loads the safetensors of `dir` into `model`, whose language model sits under `inner`

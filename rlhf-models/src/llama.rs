@@ -30,7 +30,7 @@ pub struct LlamaAttention {
     pub v_proj: Linear,
     /// `[heads·hd, d]`.
     pub o_proj: Linear,
-    heads: usize,
+    pub(crate) heads: usize,
     kv_heads: usize,
     head_dim: usize,
     rotary: Rotary,

@@ -10,6 +10,7 @@ use crate::config::{Architecture, TransformerConfig};
 use crate::llama::Llama;
 use crate::neox::GptNeox;
 use rlhf_core::Result;
+use rlhf_core::train::memory::TransformerShape;
 
 /// A causal language model of either family. The variant names do not appear in parameter paths
 /// (Hugging Face names are the field names inside each variant).
@@ -99,6 +100,29 @@ impl CausalLm {
         }
     }
 
+    /// Layers, width, heads and vocabulary, for memory estimates
+    /// ([`rlhf_core::train::memory`]).
+    pub fn shape(&self) -> TransformerShape {
+        let (layers, heads, vocab) = match self {
+            CausalLm::GptNeox(m) => (
+                m.layers.len(),
+                m.layers.first().map_or(1, |l| l.attention.heads),
+                m.embed_in.weight.dims()[0],
+            ),
+            CausalLm::Llama(m) => (
+                m.layers.len(),
+                m.layers.first().map_or(1, |l| l.self_attn.heads),
+                m.embed_tokens.weight.dims()[0],
+            ),
+        };
+        TransformerShape {
+            layers: layers as u64,
+            hidden: self.hidden_size() as u64,
+            heads: heads as u64,
+            vocab: vocab as u64,
+        }
+    }
+
     /// The device the parameters live on.
     pub fn device(&self) -> Device {
         match self {
@@ -144,6 +168,14 @@ impl ScalarModel {
         ScalarModel {
             backbone: self.backbone.without_dropout(),
             score: self.score,
+        }
+    }
+
+    /// The backbone's shape without the (unused) LM head, for memory estimates.
+    pub fn shape(&self) -> TransformerShape {
+        TransformerShape {
+            vocab: 0,
+            ..self.backbone.shape()
         }
     }
 

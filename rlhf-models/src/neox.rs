@@ -27,7 +27,7 @@ pub struct NeoxAttention {
     pub query_key_value: Linear,
     /// `[d, d]` with bias.
     pub dense: Linear,
-    heads: usize,
+    pub(crate) heads: usize,
     head_dim: usize,
     rotary: Rotary,
 }

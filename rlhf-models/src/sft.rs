@@ -8,6 +8,7 @@
 
 use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use rlhf_core::train::memory::{self, MemoryEstimate};
 use rlhf_core::train::{
     FitConfig, LrSchedule, Metrics, OptimizerConfig, RunOptions, TrainRng, fit, metrics::names,
 };
@@ -284,6 +285,18 @@ pub fn train_sft(
         })
         .collect();
     let all: Vec<&LmBatch> = epochs.iter().flatten().collect();
+    // refuse, before the first step, a run whose largest batch would not fit in memory
+    let shape = model.shape();
+    let activations = all
+        .iter()
+        .map(|b| shape.activation_bytes(b.batch as u64, b.seq as u64))
+        .max()
+        .unwrap_or(0);
+    memory::check_fits(
+        "SFT",
+        &MemoryEstimate::training(model.num_params() as u64, 0, activations),
+    )?;
+
     let fit_cfg = FitConfig {
         epochs: cfg.epochs,
         grad_accum: 1,

@@ -289,3 +289,116 @@ fn a_scalar_model_round_trips_with_its_extra_settings() {
         );
     }
 }
+
+/// A value that might break a config field: wrong types, zero, negative, absurdly large.
+fn hostile_value() -> impl proptest::strategy::Strategy<Value = Option<Value>> {
+    use proptest::prelude::*;
+    prop_oneof![
+        Just(None), // the key removed
+        any::<i64>().prop_map(|v| Some(Value::from(v))),
+        any::<u64>().prop_map(|v| Some(Value::from(v))),
+        prop::sample::select(vec![
+            Value::from(0),
+            Value::from(-1),
+            Value::from(1e308),
+            Value::from(0.5),
+            Value::from("x"),
+            Value::Null,
+            Value::Bool(true),
+            serde_json::json!([1, 2]),
+            serde_json::json!({"rope_type": "yarn", "factor": -3}),
+        ])
+        .prop_map(Some),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// A real model directory with one config field replaced by a hostile value and the
+    /// safetensors bytes flipped or cut loads, or fails with an error naming a file of the
+    /// directory; never a panic, never a huge allocation.
+    #[test]
+    fn damaged_model_directories_never_panic(
+        which in proptest::sample::select(vec!["tiny-llama", "tiny-neox", "tiny-qwen2"]),
+        field in proptest::prelude::any::<proptest::sample::Index>(),
+        value in hostile_value(),
+        flips in proptest::collection::vec((proptest::prelude::any::<proptest::sample::Index>(), proptest::prelude::any::<u8>(), proptest::prelude::any::<bool>()), 0..6),
+        cut in proptest::prelude::any::<Option<proptest::sample::Index>>(),
+    ) {
+        let src = fixture(which);
+        let mut config: Value =
+            serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+        let obj = config.as_object_mut().unwrap();
+        let key = obj.keys().nth(field.index(obj.len())).unwrap().clone();
+        match value {
+            Some(v) => obj.insert(key, v),
+            None => obj.remove(&key),
+        };
+        let mut weights = std::fs::read(src.join("model.safetensors")).unwrap();
+        // safetensors: 8 bytes of header length, then the JSON header, then the data
+        let header_end = 8 + u64::from_le_bytes(weights[..8].try_into().unwrap()) as usize;
+        for (at, byte, in_header) in flips {
+            let span = if in_header { header_end } else { weights.len() };
+            weights[at.index(span)] = byte;
+        }
+        if let Some(c) = cut {
+            weights.truncate(c.index(weights.len()));
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("damaged-model");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("config.json"), serde_json::to_vec(&config).unwrap()).unwrap();
+        std::fs::write(dir.join("model.safetensors"), &weights).unwrap();
+        let device = rlhf_core::parse_device("flex").unwrap();
+        if let Err(e) = load_pretrained(&dir, &device) {
+            proptest::prop_assert!(e.to_string().contains("damaged-model"), "{}", e);
+        }
+        if let Err(e) = rlhf_models::load_scalar_pretrained(&dir, &device) {
+            proptest::prop_assert!(e.to_string().contains("damaged-model"), "{}", e);
+        }
+    }
+}
+
+/// Regression cases found by the property test above and by `cargo fuzz run model_files`: sizes
+/// whose products overflow, or that would make the loader allocate terabytes, are refused.
+#[test]
+fn sizes_that_overflow_or_exceed_the_files_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("model");
+    std::fs::create_dir(&dir).unwrap();
+    let src = fixture("tiny-llama");
+    std::fs::copy(src.join("model.safetensors"), dir.join("model.safetensors")).unwrap();
+    let base: Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    for (field, value, expect) in [
+        ("head_dim", Value::from(u64::MAX / 2), "head_dim"),
+        ("vocab_size", Value::from(1u64 << 40), "vocab_size"),
+        (
+            "max_position_embeddings",
+            Value::from(u64::MAX),
+            "max_position_embeddings",
+        ),
+        // burn's RmsNorm asserts ε > 0: found by the fuzzer as a panic
+        ("rms_norm_eps", Value::from(0.0), "norm_eps"),
+        // a valid shape, but 600M parameters cannot be in an 80 kB file
+        (
+            "intermediate_size",
+            Value::from(1u64 << 20),
+            "weight files hold only",
+        ),
+    ] {
+        let mut config = base.clone();
+        config[field] = value;
+        if field == "intermediate_size" {
+            config["num_hidden_layers"] = Value::from(300);
+        }
+        std::fs::write(
+            dir.join("config.json"),
+            serde_json::to_vec(&config).unwrap(),
+        )
+        .unwrap();
+        let err = load_pretrained(&dir, &device()).unwrap_err().to_string();
+        assert!(err.contains(expect), "{field}: {err}");
+    }
+}

@@ -118,3 +118,49 @@ fn sft_on_tldr_synth_lowers_eval_loss_and_raises_the_gold_score() {
         "gold {gold_before} → {gold_after}"
     );
 }
+
+#[test]
+fn a_run_that_cannot_fit_in_memory_is_refused_before_it_starts() {
+    let device = rlhf_core::device_from_env().unwrap().autodiff();
+    let mut shape = TransformerConfig::preset("tiny-1m").unwrap();
+    shape.vocab_size = 64;
+    shape.hidden_size = 32;
+    shape.intermediate_size = 64;
+    shape.num_hidden_layers = 2;
+    shape.num_attention_heads = 4;
+    let model = CausalLm::init(&shape, &device).unwrap();
+    // eight 60,000-token documents in one batch: the attention scores alone are
+    // 8 · 4 heads · 60,000² floats per layer, far beyond this (or any) machine's memory
+    let long: Vec<Example> = (0..8u32)
+        .map(|i| (vec![i + 1; 10], vec![(i % 60) + 1; 60_000]))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = SftConfig {
+        batch_size: 8,
+        ..SftConfig::default()
+    };
+    let opts = RunOptions {
+        progress: false,
+        ..RunOptions::in_dir(dir.path())
+    };
+    let err = train_sft(model, &long, &[], &cfg, &opts, &device).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, rlhf_core::Error::OutOfMemory { .. }), "{msg}");
+    assert!(
+        msg.contains("SFT needs about")
+            && msg.contains("activations")
+            && msg.contains("lower the batch size"),
+        "{msg}"
+    );
+    assert!(
+        !dir.path().join("checkpoints").exists(),
+        "refused before anything was written"
+    );
+    // the same data cut to 64 tokens fits and trains
+    let cfg = SftConfig {
+        truncation: Some((8, 56)),
+        ..cfg
+    };
+    let model = CausalLm::init(&shape, &device).unwrap();
+    assert!(train_sft(model, &long, &[], &cfg, &opts, &device).is_ok());
+}

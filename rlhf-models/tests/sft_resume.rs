@@ -1,6 +1,9 @@
 //! SFT checkpoints resume exactly: a run stopped after a checkpoint and started again in the same
 //! directory ends with the same weights and the same metrics lines as a run that never stopped,
 //! with and without packing.
+//!
+//! The tests take `rlhf_core::testing::serial()` first: bit-for-bit comparisons hold only when
+//! no other test trains in the process at the same time.
 
 use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -11,13 +14,13 @@ use rlhf_models::sft::Example;
 use rlhf_models::{CausalLm, SftConfig, TransformerConfig, train_sft};
 
 fn model(device: &Device) -> CausalLm {
-    device.seed(5);
     let mut c = TransformerConfig::preset("tiny-llama-1m").unwrap();
     c.vocab_size = 32;
     c.hidden_size = 32;
     c.num_hidden_layers = 2;
     c.intermediate_size = 64;
-    CausalLm::init(&c, device).unwrap()
+    // under the init lock: tests in parallel share burn's generator
+    rlhf_core::train::seeded(device, 5, || CausalLm::init(&c, device).unwrap())
 }
 
 fn data() -> Vec<Example> {
@@ -101,10 +104,54 @@ fn check(packing: Option<usize>) {
 
 #[test]
 fn sft_resumes_exactly() {
+    let _serial = rlhf_core::testing::serial();
     check(None);
 }
 
 #[test]
 fn packed_sft_resumes_exactly() {
+    let _serial = rlhf_core::testing::serial();
     check(Some(16));
+}
+
+/// SFT into `dir` (20 steps, a checkpoint every 3), from one seeded initialisation: the final
+/// weights' probe.
+fn sft_into(dir: &std::path::Path) -> Vec<f32> {
+    // bit for bit holds on the CPU backend (GPU reductions need not be deterministic)
+    let device = rlhf_core::parse_device("flex").unwrap().autodiff();
+    let init = model(&device);
+    let cfg = SftConfig {
+        epochs: 2,
+        batch_size: 4,
+        optimizer: OptimizerConfig {
+            lr: 1e-2,
+            ..OptimizerConfig::default()
+        },
+        eval_every: 4,
+        seed: 9,
+        ..SftConfig::default()
+    };
+    let opts = RunOptions {
+        checkpoint_every: 3,
+        progress: false,
+        ..RunOptions::in_dir(dir)
+    };
+    let train = data();
+    let (m, _) = train_sft(init, &train, &train[..8], &cfg, &opts, &device).unwrap();
+    probe(&m, &device)
+}
+
+#[test]
+#[ignore = "the child process of sft_survives_sigkill_at_a_random_step"]
+fn sft_sigkill_child() {
+    let _serial = rlhf_core::testing::serial();
+    if let Some(dir) = rlhf_core::testing::child_dir() {
+        sft_into(&dir);
+    }
+}
+
+#[test]
+fn sft_survives_sigkill_at_a_random_step() {
+    let _serial = rlhf_core::testing::serial();
+    rlhf_core::testing::assert_resumes_after_sigkill("sft_sigkill_child", 20, sft_into);
 }

@@ -30,6 +30,7 @@ use rand::seq::{IndexedRandom, SliceRandom};
 use serde_json::json;
 
 use rlhf_core::host::to_f32_vec;
+use rlhf_core::train::memory::{self, MemoryEstimate};
 use rlhf_core::train::metrics::names;
 use rlhf_core::train::{
     Checkpoint, LrSchedule, Metrics, Run, RunOptions, TrainRng,
@@ -787,6 +788,26 @@ pub fn train_ppo(
     } else {
         models
     };
+    // refuse, before the first rollout, a run whose minibatches would not fit in memory: the
+    // policy and the critic are trained, the reference is held (the scorer is the caller's)
+    let trained = models.policy.num_params() + models.value.as_ref().map_or(0, |v| v.num_params());
+    let (rows, seq) = (
+        (cfg.batch_size() / cfg.num_minibatches) as u64,
+        (cfg.query_length + cfg.response_length) as u64,
+    );
+    let activations = models.policy.shape().activation_bytes(rows, seq)
+        + models
+            .value
+            .as_ref()
+            .map_or(0, |v| v.shape().activation_bytes(rows, seq));
+    memory::check_fits(
+        "PPO",
+        &MemoryEstimate::training(
+            trained as u64,
+            inputs.reference.num_params() as u64,
+            activations,
+        ),
+    )?;
     let total = cfg.iterations as u64;
     let mut optim = cfg.optimizer.build()?;
     let mut kl = cfg.kl.clone();
@@ -825,7 +846,23 @@ pub fn train_ppo(
             models, &mut optim, inputs, &prompts, cfg, beta, &lr, &mut rng, device,
         )?;
         models = step.models;
+        let done = it + 1;
+        // every minibatch step with a non-finite loss or gradient norm was skipped: count it
+        for (k, m) in step.update.minibatches.iter().enumerate() {
+            let finite = [names::LOSS_TOTAL, names::TRAIN_GRAD_NORM]
+                .iter()
+                .all(|n| m.iter().find(|x| x.0 == *n).is_none_or(|x| x.1.is_finite()));
+            run.check_finite(done, finite, || {
+                format!("ppo iteration {done}, minibatch {k}")
+            })?;
+        }
         let mut line = step.metrics;
+        for m in line
+            .iter_mut()
+            .filter(|m| m.0 == names::TRAIN_SKIPPED_STEPS)
+        {
+            m.1 = run.skipped_steps() as f64;
+        }
         line.push((names::TRAIN_KL_COEF, f64::from(beta)));
         line.push((names::TRAIN_LR, lr(0)));
         let kl_now = line
@@ -833,7 +870,6 @@ pub fn train_ppo(
             .find(|m| m.0 == names::OBJECTIVE_KL)
             .map_or(0.0, |m| m.1);
         kl.update(kl_now, cfg.batch_size());
-        let done = it + 1;
         if let Some(eval) = inputs.eval
             && (done == total || (inputs.eval_every > 0 && done.is_multiple_of(inputs.eval_every)))
         {
@@ -857,6 +893,7 @@ pub fn train_ppo(
                 ]),
                 state: json!({ "trainer": "ppo", "kl": kl }),
             })?;
+            run.stop_if_interrupted(done)?;
         }
     }
     report.final_kl_coef = kl.value();

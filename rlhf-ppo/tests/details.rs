@@ -1,5 +1,8 @@
 //! The TL;DR implementation details, one test each, on a tiny policy that answers `count k:` with
 //! about `k` words and EOS (so some responses stop early and some never emit EOS).
+//!
+//! The tests take `rlhf_core::testing::serial()` first: bit-for-bit comparisons hold only when
+//! no other test trains in the process at the same time.
 
 mod common;
 
@@ -130,6 +133,7 @@ fn inference(m: &PolicyAndValue) -> PolicyAndValue {
 
 #[test]
 fn queries_are_left_padded_to_a_fixed_length_and_keep_their_end() {
+    let _serial = rlhf_core::testing::serial();
     let tok = tokenizer();
     let long = "count 1: count 2: count 3: count 4:";
     let (ids, mask) = encode_queries(&tok, &["count 1:", long], 6).unwrap();
@@ -149,6 +153,7 @@ fn queries_are_left_padded_to_a_fixed_length_and_keep_their_end() {
 
 #[test]
 fn the_score_lands_on_the_last_real_token_and_nothing_follows_eos() {
+    let _serial = rlhf_core::testing::serial();
     let f = fixture();
     let p = policy(&f);
     let cfg = config();
@@ -221,6 +226,7 @@ fn the_score_lands_on_the_last_real_token_and_nothing_follows_eos() {
 
 #[test]
 fn temperature_is_reapplied_so_rollout_logprobs_equal_the_sampling_distribution() {
+    let _serial = rlhf_core::testing::serial();
     let f = fixture();
     let p = policy(&f);
     let cfg = config();
@@ -267,6 +273,7 @@ fn temperature_is_reapplied_so_rollout_logprobs_equal_the_sampling_distribution(
 
 #[test]
 fn a_response_without_eos_gets_the_penalty() {
+    let _serial = rlhf_core::testing::serial();
     let f = fixture();
     let cfg = config();
     let models = with_critic(policy(&f));
@@ -314,6 +321,7 @@ fn a_response_without_eos_gets_the_penalty() {
 
 #[test]
 fn the_first_minibatch_of_the_first_epoch_has_ratio_one_for_every_estimator() {
+    let _serial = rlhf_core::testing::serial();
     let f = fixture();
     let reference = policy(&f);
     let ps = prompts();
@@ -367,6 +375,7 @@ fn the_first_minibatch_of_the_first_epoch_has_ratio_one_for_every_estimator() {
 
 #[test]
 fn dropout_is_turned_off_or_the_first_ratio_is_not_one() {
+    let _serial = rlhf_core::testing::serial();
     let tok = tokenizer();
     let bytes = counting_policy(&tok, 0.3);
     let device = rlhf_core::device_from_env().unwrap().autodiff();
@@ -401,6 +410,7 @@ fn dropout_is_turned_off_or_the_first_ratio_is_not_one() {
 
 #[test]
 fn advantages_and_targets_at_masked_positions_never_change_the_loss() {
+    let _serial = rlhf_core::testing::serial();
     let f = fixture();
     let p = policy(&f);
     let cfg = config();
@@ -453,6 +463,7 @@ fn advantages_and_targets_at_masked_positions_never_change_the_loss() {
 
 #[test]
 fn a_value_model_is_required_exactly_when_the_estimator_uses_one() {
+    let _serial = rlhf_core::testing::serial();
     let f = fixture();
     let reference = policy(&f);
     let ps = prompts();
@@ -482,6 +493,7 @@ fn run_into(f: &Fixture, init: &[u8], dir: &std::path::Path, cfg: &PpoConfig) ->
         checkpoint_every: 1,
         keep_last: 10,
         progress: false,
+        ..RunOptions::default()
     };
     let models =
         rlhf_core::train::checkpoint::module_from_bytes(with_critic(policy(f)), init).unwrap();
@@ -490,6 +502,7 @@ fn run_into(f: &Fixture, init: &[u8], dir: &std::path::Path, cfg: &PpoConfig) ->
 
 #[test]
 fn a_run_resumed_from_a_checkpoint_repeats_the_uninterrupted_run_exactly() {
+    let _serial = rlhf_core::testing::serial();
     // bit-exact on the CPU backend (GPU reductions need not be deterministic)
     let f = Fixture {
         device: rlhf_core::parse_device("flex").unwrap().autodiff(),
@@ -541,6 +554,7 @@ fn a_run_resumed_from_a_checkpoint_repeats_the_uninterrupted_run_exactly() {
 
 #[test]
 fn ptx_with_a_zero_coefficient_leaves_the_update_bit_identical() {
+    let _serial = rlhf_core::testing::serial();
     let f = fixture();
     let p = policy(&f);
     let cfg = config();
@@ -602,4 +616,48 @@ fn ptx_with_a_zero_coefficient_leaves_the_update_bit_identical() {
     assert!(plain != mixed, "γ_ptx = 0.5 did not change the update");
     let ptx = get(&stats.minibatches[0], names::OBJECTIVE_PTX_LOSS);
     assert!(ptx.is_finite() && ptx > 0.0);
+}
+
+/// PPO (GAE with a critic, adaptive β) into `dir` for 8 iterations with a checkpoint every 2, on
+/// the CPU backend: the final weights.
+fn ppo_into(dir: &std::path::Path) -> Vec<f32> {
+    let f = Fixture {
+        device: rlhf_core::parse_device("flex").unwrap().autodiff(),
+        ..fixture()
+    };
+    let cfg = PpoConfig {
+        iterations: 8,
+        kl: rlhf_core::KlController::Adaptive {
+            value: 0.1,
+            target: 1.0,
+            horizon: 100.0,
+        },
+        ..config()
+    };
+    let reference = policy(&f);
+    let ps = prompts();
+    let inputs = inputs(&reference, &Words, &f.tok, &ps);
+    let opts = RunOptions {
+        checkpoint_every: 2,
+        progress: false,
+        ..RunOptions::in_dir(dir)
+    };
+    let models = with_critic(policy(&f));
+    let (m, _) = train_ppo(models, &inputs, &cfg, &opts, &f.device).unwrap();
+    rlhf_core::train::checkpoint::parameter_values(&m)
+}
+
+#[test]
+#[ignore = "the child process of ppo_survives_sigkill_at_a_random_iteration"]
+fn ppo_sigkill_child() {
+    let _serial = rlhf_core::testing::serial();
+    if let Some(dir) = rlhf_core::testing::child_dir() {
+        ppo_into(&dir);
+    }
+}
+
+#[test]
+fn ppo_survives_sigkill_at_a_random_iteration() {
+    let _serial = rlhf_core::testing::serial();
+    rlhf_core::testing::assert_resumes_after_sigkill("ppo_sigkill_child", 8, ppo_into);
 }

@@ -13,6 +13,7 @@
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::seq::SliceRandom;
+use rlhf_core::train::memory::{self, MemoryEstimate};
 use rlhf_core::train::{
     FitConfig, LrSchedule, Metrics, OptimizerConfig, RunOptions, TrainRng, fit, metrics::names,
 };
@@ -376,6 +377,26 @@ fn run_fit(
     ))
 }
 
+/// Refuses, before the first step, a run whose batches of `rows` sequences of `seq` tokens would
+/// not fit in memory.
+fn check_memory(model: &ScalarModel, label: &str, rows: usize, seq: usize) -> Result<()> {
+    let activations = model.shape().activation_bytes(rows as u64, seq as u64);
+    memory::check_fits(
+        label,
+        &MemoryEstimate::training(model.num_params() as u64, 0, activations),
+    )
+}
+
+/// The longest prompt + response among `(prompt, response)` lengths, after the configured
+/// truncation.
+fn longest(lengths: impl Iterator<Item = (usize, usize)>, cfg: &RmConfig) -> usize {
+    let (max_p, max_r) = cfg.truncation.unwrap_or((usize::MAX, usize::MAX));
+    lengths
+        .map(|(p, r)| p.min(max_p) + r.min(max_r))
+        .max()
+        .unwrap_or(0)
+}
+
 /// Shuffled batches of `n` indices for one epoch.
 fn shuffled_batches(
     n: usize,
@@ -415,6 +436,16 @@ pub fn train_reward_model(
             e.responses.len()
         )));
     }
+    let (rows, seq) = (
+        cfg.batch_size * k,
+        longest(
+            train
+                .iter()
+                .flat_map(|e| e.responses.iter().map(|r| (e.prompt.len(), r.len()))),
+            cfg,
+        ),
+    );
+    check_memory(&model, "rm", rows, seq)?;
     run_fit(
         model,
         cfg,
@@ -450,6 +481,16 @@ pub fn train_step_model(
             e.labels.len()
         )));
     }
+    let (rows, seq) = (
+        cfg.batch_size,
+        longest(
+            train
+                .iter()
+                .map(|e| (e.prompt.len(), e.segments.iter().map(Vec::len).sum())),
+            cfg,
+        ),
+    );
+    check_memory(&model, "prm", rows, seq)?;
     run_fit(
         model,
         cfg,

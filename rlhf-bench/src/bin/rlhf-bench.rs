@@ -150,7 +150,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("rlhf-bench: {e}");
-            ExitCode::from(1)
+            // 130 = stopped by SIGINT/SIGTERM after a checkpoint, as shells report an interrupt
+            match e {
+                rlhf_core::Error::Interrupted { .. } => ExitCode::from(130),
+                _ => ExitCode::from(1),
+            }
         }
     }
 }

@@ -80,7 +80,8 @@ impl CheckpointStore {
         &self.dir
     }
 
-    fn path_of(&self, step: u64) -> PathBuf {
+    /// The directory the checkpoint of `step` has (or would have).
+    pub fn path_of(&self, step: u64) -> PathBuf {
         self.dir.join(format!("{PREFIX}{step:09}"))
     }
 
@@ -133,6 +134,27 @@ impl CheckpointStore {
         sync_dir(&self.dir)?;
         self.prune()?;
         Ok(final_dir)
+    }
+
+    /// Removes the hidden directories of checkpoints whose writing was cut short (a process
+    /// killed mid-save leaves one; the checkpoints themselves are never partial). Returns how
+    /// many were removed. A run calls it when it starts, as the directory's only writer.
+    pub fn remove_partial(&self) -> Result<usize> {
+        let read = match fs::read_dir(&self.dir) {
+            Ok(r) => r,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(Error::io(&self.dir, e)),
+        };
+        let mut removed = 0;
+        for entry in read.filter_map(|e| e.ok()) {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(&format!(".{PREFIX}")) && name.contains(".tmp-") {
+                fs::remove_dir_all(entry.path()).map_err(|e| Error::io(entry.path(), e))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// Steps of the checkpoints present, oldest first (unverified).

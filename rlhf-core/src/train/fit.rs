@@ -6,6 +6,11 @@
 //! eval runs every `eval_every` steps and at the end; checkpoints hold the model, the optimizer and
 //! the step, and a run started again in the same directory resumes after its newest checkpoint,
 //! skipping the batches it already trained on.
+//!
+//! A step whose loss or gradient norm is NaN or infinite is skipped (the weights and the optimizer
+//! state stay as they were), counted in `train/skipped_steps` and reported with its batch; too
+//! many in a row stop the run ([`Run::check_finite`]). SIGINT or SIGTERM stop it after the current
+//! step, checkpointed ([`Run::interrupted`]).
 
 use std::collections::BTreeMap;
 
@@ -17,7 +22,7 @@ use serde_json::json;
 use super::checkpoint::{
     Checkpoint, module_from_bytes, module_to_bytes, optimizer_from_bytes, optimizer_to_bytes,
 };
-use super::grads::{GradAccumulation, clip_global_grad_norm};
+use super::grads::{GradAccumulation, clip_global_grad_norm, global_grad_norm};
 use super::metrics::names;
 use super::optim::OptimizerConfig;
 use super::run::{Run, RunOptions};
@@ -117,12 +122,22 @@ pub fn fit<M: Module>(
             let grads = acc.take_mean(&model);
             let (grads, norm) = match cfg.optimizer.max_grad_norm {
                 Some(max) => clip_global_grad_norm(&model, grads, max),
-                None => (grads, f32::NAN),
+                None => {
+                    let norm = global_grad_norm(&model, &grads);
+                    (grads, norm)
+                }
             };
-            let lr = cfg.schedule.lr_at(cfg.optimizer.lr, step - 1);
-            model = optim.step(lr, model, grads);
             let n = group.len() as f64;
             let loss_value = loss_sum / n;
+            let lr = cfg.schedule.lr_at(cfg.optimizer.lr, step - 1);
+            let finite = loss_value.is_finite() && norm.is_finite();
+            run.check_finite(step, finite, || {
+                let first: Vec<usize> = group.iter().flatten().copied().take(8).collect();
+                format!("{} epoch {epoch}, examples {first:?}…", cfg.label)
+            })?;
+            if finite {
+                model = optim.step(lr, model, grads);
+            }
             report.steps = step;
             report.steps_this_run += 1;
             report.final_train_loss = loss_value;
@@ -130,6 +145,7 @@ pub fn fit<M: Module>(
                 (names::TRAIN_LOSS, loss_value),
                 (names::TRAIN_LR, lr),
                 (names::TRAIN_GRAD_NORM, f64::from(norm)),
+                (names::TRAIN_SKIPPED_STEPS, run.skipped_steps() as f64),
             ];
             line.extend(extra_sum.into_iter().map(|(k, v)| (k, v / n)));
             if step == total || (cfg.eval_every > 0 && step.is_multiple_of(cfg.eval_every)) {
@@ -148,6 +164,7 @@ pub fn fit<M: Module>(
                     ]),
                     state: json!({ "trainer": cfg.label, "epoch": epoch }),
                 })?;
+                run.stop_if_interrupted(step)?;
             }
         }
     }

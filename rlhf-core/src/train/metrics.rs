@@ -22,7 +22,7 @@
 //! | `loss/policy`, `loss/total` | losses of the update |
 //! | `train/loss`, `eval/loss`, `eval/perplexity` | supervised losses (SFT, RM) |
 //! | `train/lr`, `train/grad_norm`, `train/kl_coef` | optimizer state |
-//! | `train/skipped_steps` | updates skipped for a non-finite loss or gradient |
+//! | `train/skipped_steps` | updates skipped for a non-finite loss or gradient norm: since the run began in a trainer's log, in this iteration in `ppo_iteration`'s own metrics |
 //! | `rewards/chosen`, `rewards/rejected`, `rewards/margins`, `rewards/accuracies` | implicit or explicit rewards of preference pairs |
 //! | `logps/chosen`, `logps/rejected` | sequence log-probs of preference pairs |
 //! | `eval/accuracy`, `eval/gold_accuracy` | RM accuracy on held-out labels and on the gold order (step models: balanced accuracy) |

@@ -7,6 +7,8 @@ pub mod checkpoint;
 pub mod fit;
 pub mod fs;
 pub mod grads;
+pub mod interrupt;
+pub mod memory;
 pub mod metrics;
 pub mod optim;
 pub mod rng;

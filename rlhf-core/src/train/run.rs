@@ -6,6 +6,12 @@
 //! [`Run::step_done`] and saves with [`Run::save`] when [`Run::checkpoint_due`] says so. On
 //! resume the metrics file is cut back to the checkpoint's step, so it reads as if the run had
 //! never stopped.
+//!
+//! Two guards live here too. [`Run::check_finite`] counts steps skipped for a non-finite loss or
+//! gradient norm (the count is saved with each checkpoint) and stops the run after
+//! `max_nonfinite_streak` in a row, naming the last good checkpoint. [`Run::interrupted`] says
+//! whether SIGINT or SIGTERM arrived (see [`super::interrupt`]): the trainer then checkpoints the
+//! step it just finished and returns [`Error::Interrupted`].
 
 use std::path::{Path, PathBuf};
 
@@ -13,8 +19,12 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{Checkpoint, CheckpointStore};
+use super::interrupt;
 use super::metrics::MetricsSink;
-use crate::Result;
+use crate::{Error, Result};
+
+/// The key of the skipped-step count in a checkpoint's state.
+const SKIPPED_KEY: &str = "skipped_steps";
 
 /// Where a trainer writes and how often.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -28,6 +38,8 @@ pub struct RunOptions {
     pub keep_last: usize,
     /// Draw a progress bar on stderr (only when stderr is a terminal).
     pub progress: bool,
+    /// Stop after this many optimizer steps in a row with a non-finite loss or gradient norm.
+    pub max_nonfinite_streak: u32,
 }
 
 impl Default for RunOptions {
@@ -37,6 +49,7 @@ impl Default for RunOptions {
             checkpoint_every: 0,
             keep_last: 2,
             progress: true,
+            max_nonfinite_streak: 8,
         }
     }
 }
@@ -58,12 +71,15 @@ pub struct Run {
     store: Option<CheckpointStore>,
     metrics: Option<MetricsSink>,
     bar: ProgressBar,
+    skipped: u64,
+    streak: u32,
 }
 
 impl Run {
     /// Opens the run's directory. Returns the newest checkpoint when there is one (a damaged
     /// newest checkpoint is an error that names the newest good one); the metrics file is then
-    /// cut back to its step. `total_steps` sizes the progress bar; `label` prefixes it.
+    /// cut back to its step. `total_steps` sizes the progress bar; `label` prefixes it. With an
+    /// output directory, SIGINT and SIGTERM stop the run cleanly from here on.
     pub fn start(
         options: &RunOptions,
         total_steps: u64,
@@ -74,9 +90,17 @@ impl Run {
             .as_ref()
             .map(|d| CheckpointStore::new(d.join("checkpoints"), options.keep_last));
         let resume = match &store {
-            Some(s) => s.latest()?,
+            Some(s) => {
+                interrupt::install_handlers()?;
+                s.remove_partial()?;
+                s.latest()?
+            }
             None => None,
         };
+        let skipped = resume
+            .as_ref()
+            .and_then(|c| c.state.get(SKIPPED_KEY)?.as_u64())
+            .unwrap_or(0);
         let metrics = match &options.out_dir {
             Some(d) => {
                 let mut sink = MetricsSink::open(d.join("metrics.jsonl"))?;
@@ -106,6 +130,8 @@ impl Run {
                 store,
                 metrics,
                 bar,
+                skipped,
+                streak: 0,
             },
             resume,
         ))
@@ -130,21 +156,93 @@ impl Run {
         self.bar.set_message(message.into());
     }
 
-    /// Whether a checkpoint is due after `step` (every `checkpoint_every` steps, and always at
-    /// `last_step`).
+    /// Whether a checkpoint is due after `step`: every `checkpoint_every` steps, always at
+    /// `last_step`, and when the run was interrupted.
     pub fn checkpoint_due(&self, step: u64, last_step: u64) -> bool {
         self.store.is_some()
             && (step == last_step
+                || self.interrupted()
                 || (self.options.checkpoint_every > 0
                     && step.is_multiple_of(self.options.checkpoint_every)))
     }
 
-    /// Saves `ckpt` atomically (nothing without an output directory).
-    pub fn save(&self, ckpt: &Checkpoint) -> Result<()> {
-        if let Some(s) = &self.store {
-            s.save(ckpt)?;
+    /// Saves `ckpt` atomically, with the skipped-step count in its state (nothing without an
+    /// output directory). Returns the checkpoint's directory.
+    pub fn save(&self, ckpt: &Checkpoint) -> Result<Option<PathBuf>> {
+        let Some(s) = &self.store else {
+            return Ok(None);
+        };
+        let mut ckpt = ckpt.clone();
+        if let Some(state) = ckpt.state.as_object_mut() {
+            state.insert(SKIPPED_KEY.into(), self.skipped.into());
+        }
+        s.save(&ckpt).map(Some)
+    }
+
+    /// Whether SIGINT or SIGTERM asked this run (one with an output directory) to stop.
+    pub fn interrupted(&self) -> bool {
+        self.store.is_some() && interrupt::requested()
+    }
+
+    /// After step `step` (checkpointed because [`Run::checkpoint_due`] said so): the
+    /// [`Error::Interrupted`] to return when the run was interrupted.
+    pub fn stop_if_interrupted(&self, step: u64) -> Result<()> {
+        if !self.interrupted() {
+            return Ok(());
+        }
+        self.bar.abandon_with_message("interrupted");
+        Err(Error::Interrupted {
+            step,
+            checkpoint: self.last_checkpoint(),
+        })
+    }
+
+    /// The newest checkpoint's directory, if any.
+    pub fn last_checkpoint(&self) -> Option<PathBuf> {
+        let s = self.store.as_ref()?;
+        let step = *s.steps().ok()?.last()?;
+        Some(s.path_of(step))
+    }
+
+    /// Records whether step `step`'s loss and gradient norm were finite. A non-finite one (whose
+    /// update the trainer skips) is counted and reported on stderr with `context()` (which batch);
+    /// more than `max_nonfinite_streak` in a row stop the run with [`Error::NonFinite`], which
+    /// names the last good checkpoint.
+    pub fn check_finite(
+        &mut self,
+        step: u64,
+        finite: bool,
+        context: impl FnOnce() -> String,
+    ) -> Result<()> {
+        if finite {
+            self.streak = 0;
+            return Ok(());
+        }
+        self.skipped += 1;
+        self.streak += 1;
+        self.bar.suspend(|| {
+            eprintln!(
+                "warning: step {step}: non-finite loss or gradient norm on {}; update skipped \
+                 ({} in a row, {} in all)",
+                context(),
+                self.streak,
+                self.skipped
+            )
+        });
+        if self.streak > self.options.max_nonfinite_streak {
+            return Err(Error::NonFinite {
+                step,
+                streak: self.streak,
+                last_checkpoint: self.last_checkpoint(),
+            });
         }
         Ok(())
+    }
+
+    /// Steps skipped for a non-finite loss or gradient norm, over the whole run (resumes
+    /// included).
+    pub fn skipped_steps(&self) -> u64 {
+        self.skipped
     }
 
     /// Clears the progress bar.

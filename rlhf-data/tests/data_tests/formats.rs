@@ -226,3 +226,15 @@ fn parquet_reads_the_same_records_as_jsonl() {
     assert_eq!(back.records, records);
     assert_eq!(back.report.read, 2);
 }
+
+#[cfg(feature = "parquet")]
+#[test]
+fn parquet_files_written_by_pyarrow_read_like_their_jsonl() {
+    // written by xtask/fixtures/make_parquet_fixtures.py with pyarrow, as the hub's files are:
+    // snappy pages, an optional score column with a null, nested lists of structs for messages
+    let pref: Vec<PreferenceRecord> = read("preference.parquet");
+    assert_eq!(pref, read::<PreferenceRecord>("preference.jsonl"));
+    assert_eq!(pref[1].score_chosen, Some(9.0));
+    let sft: Vec<SftRecord> = read("sft_messages.parquet");
+    assert_eq!(sft, read::<SftRecord>("sft_messages.jsonl"));
+}

@@ -198,4 +198,69 @@ proptest! {
             prop_assert!(strict.is_ok());
         }
     }
+
+    /// A real parquet file (pyarrow's) with bytes flipped and its tail cut never panics the
+    /// reader: it reads, or the error names the file.
+    #[cfg(feature = "parquet")]
+    #[test]
+    fn damaged_parquet_never_panics(
+        which in prop::sample::select(vec!["preference.parquet", "sft_messages.parquet"]),
+        flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..8),
+        keep in any::<prop::sample::Index>(),
+    ) {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(which);
+        let mut bytes = std::fs::read(src).unwrap();
+        for (at, value) in flips {
+            let i = at.index(bytes.len());
+            bytes[i] = value;
+        }
+        bytes.truncate(keep.index(bytes.len() + 1).max(bytes.len() / 2));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("damaged.parquet");
+        std::fs::write(&path, &bytes).unwrap();
+        for skip_bad in [false, true] {
+            let opts = ReadOptions { skip_bad, ..ReadOptions::default() };
+            match read_records::<PreferenceRecord>(&path, &opts) {
+                Ok(l) => prop_assert_eq!(l.report.read, l.report.kept + l.report.rejected),
+                Err(e) => prop_assert!(e.to_string().contains("damaged.parquet"), "{}", e),
+            }
+            match read_records::<SftRecord>(&path, &opts) {
+                Ok(l) => prop_assert_eq!(l.report.read, l.report.kept + l.report.rejected),
+                Err(e) => prop_assert!(e.to_string().contains("damaged.parquet"), "{}", e),
+            }
+        }
+    }
+}
+
+/// Regression cases found by `cargo fuzz run parquet` (fuzz/README.md), each once a hang or a
+/// panic: now read to an error that names the file, with and without `skip_bad`.
+#[cfg(feature = "parquet")]
+#[test]
+fn parquet_regressions_found_by_the_fuzzer() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/fuzz");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "parquet") {
+            continue;
+        }
+        n += 1;
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        for skip_bad in [false, true] {
+            let opts = ReadOptions {
+                skip_bad,
+                ..ReadOptions::default()
+            };
+            match read_records::<SftRecord>(&path, &opts) {
+                Ok(l) => {
+                    assert!(skip_bad, "{name}: a damaged file read without errors");
+                    assert_eq!(l.report.read, l.report.kept + l.report.rejected);
+                    assert!(l.report.rejected > 0, "{name}");
+                }
+                Err(e) => assert!(e.to_string().contains(&name), "{e}"),
+            }
+            let _ = read_records::<PreferenceRecord>(&path, &opts);
+        }
+    }
+    assert!(n >= 1);
 }

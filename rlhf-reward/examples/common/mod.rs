@@ -132,6 +132,11 @@ impl ArithData {
             step_error,
             ..ArithSteps::default()
         };
+        Self::build_for(&task, n_train, n_eval, seed)
+    }
+
+    /// The same for any difficulty of the task.
+    pub fn build_for(task: &ArithSteps, n_train: u64, n_eval: u64, seed: u64) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut raw = |split: Split, n: u64| {
             (0..n)
