@@ -133,7 +133,8 @@ pub fn fit<M: Module>(
             let finite = loss_value.is_finite() && norm.is_finite();
             run.check_finite(step, finite, || {
                 let first: Vec<usize> = group.iter().flatten().copied().take(8).collect();
-                format!("{} epoch {epoch}, examples {first:?}…", cfg.label)
+                // the indices the trainer gave for this step (examples, or SFT's batch numbers)
+                format!("{} epoch {epoch}, batch indices {first:?}…", cfg.label)
             })?;
             if finite {
                 model = optim.step(lr, model, grads);

@@ -12,7 +12,7 @@ use rlhf_core::train::checkpoint::{
 use rlhf_core::train::metrics::read_metrics;
 use rlhf_core::train::{
     Checkpoint, CheckpointStore, GradAccumulation, LrSchedule, MetricsSink, OptimizerConfig,
-    TrainRng, clip_global_grad_norm, global_grad_norm,
+    TrainRng, clip_global_grad_norm, global_grad_norm, seeded,
 };
 use rlhf_core::{KlController, parse_device};
 
@@ -49,8 +49,7 @@ proptest! {
     #[test]
     fn global_norm_is_the_norm_of_all_gradients_together(seed in any::<u64>(), max_norm in 0.01f32..2.0) {
         let dev = device().autodiff();
-        dev.seed(seed);
-        let model = LinearConfig::new(4, 3).init(&dev);
+        let model = seeded(&dev, seed, || LinearConfig::new(4, 3).init(&dev));
         let mut rng = TrainRng::seed_from_u64(seed);
         let (x, y) = batch(&mut rng, 5, &dev);
         let y = y.repeat_dim(1, 3);
@@ -84,8 +83,7 @@ fn grads_of_any(model: &Linear, x: Tensor<2>, y: Tensor<2>) -> GradientsParams {
 #[test]
 fn accumulating_equal_micro_batches_gives_the_full_batch_gradient() {
     let dev = device().autodiff();
-    dev.seed(3);
-    let model = LinearConfig::new(4, 1).init(&dev);
+    let model = seeded(&dev, 3, || LinearConfig::new(4, 1).init(&dev));
     let mut rng = TrainRng::seed_from_u64(3);
     let (x, y) = batch(&mut rng, 8, &dev);
     let full = grads_of(&model, x.clone(), y.clone());
@@ -121,14 +119,14 @@ fn run(
     stop_after: Option<u64>,
 ) -> Vec<f64> {
     let dev = device().autodiff();
-    let _ = rlhf_core::train::seed_all(&dev, init_seed);
     let cfg = OptimizerConfig {
         lr: 0.05,
         max_grad_norm: Some(0.5),
         ..OptimizerConfig::default()
     };
     let schedule = LrSchedule::Linear { warmup: 3, total };
-    let mut model = LinearConfig::new(4, 1).init(&dev);
+    // under the init lock: the other tests of this binary initialise in parallel
+    let mut model = seeded(&dev, init_seed, || LinearConfig::new(4, 1).init(&dev));
     let mut optim = cfg.build().unwrap();
     let mut rng = TrainRng::seed_from_u64(99);
     let mut kl = KlController::Adaptive {
@@ -310,8 +308,7 @@ fn fresh_param_ids_let_a_clone_train_independently() {
         b: Linear,
     }
     let dev = device().autodiff();
-    dev.seed(5);
-    let a = LinearConfig::new(4, 1).init(&dev);
+    let a = seeded(&dev, 5, || LinearConfig::new(4, 1).init(&dev));
     let fresh = rlhf_core::train::with_fresh_param_ids(a.clone());
     assert_ne!(fresh.weight.id, a.weight.id);
     assert_eq!(weights(&fresh), weights(&a));
