@@ -216,3 +216,18 @@ proptest::proptest! {
         }
     }
 }
+
+/// Found by `damaged_run_configs_never_panic`: a size whose product overflowed (a panic in
+/// `PpoConfig::batch_size`) is refused by name.
+#[test]
+fn sizes_that_would_overflow_are_refused() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    let text = std::fs::read_to_string(dir.join("tldr-grpo-n4.toml")).unwrap();
+    let text = text.replace(
+        "samples_per_prompt = 4",
+        "samples_per_prompt = 18446744073709551615",
+    );
+    assert!(text.contains("18446744073709551615"));
+    let err = RunConfig::from_toml(&text).unwrap_err().to_string();
+    assert!(err.contains("samples_per_prompt"), "{err}");
+}

@@ -159,6 +159,20 @@ impl PpoConfig {
         if self.samples_per_prompt == 0 || self.prompts_per_batch == 0 {
             return bad("samples_per_prompt and prompts_per_batch must be ≥ 1".into());
         }
+        // far beyond any real run; they keep every product of sizes in range (a damaged config
+        // once overflowed `batch_size`)
+        for (name, value, limit) in [
+            ("prompts_per_batch", self.prompts_per_batch, 1usize << 20),
+            ("samples_per_prompt", self.samples_per_prompt, 1 << 12),
+            ("query_length", self.query_length, 1 << 20),
+            ("response_length", self.response_length, 1 << 20),
+            ("ppo_epochs", self.ppo_epochs, 1 << 10),
+            ("iterations", self.iterations, 1 << 24),
+        ] {
+            if value > limit {
+                return bad(format!("{name} {value} is above the supported {limit}"));
+            }
+        }
         if matches!(
             self.advantage,
             AdvantageEstimator::Rloo | AdvantageEstimator::Grpo
