@@ -146,23 +146,29 @@ pub fn assert_resumes_after_sigkill(
         expected == resumed,
         "killed at step {step} and resumed: the final weights differ from the uninterrupted run's"
     );
-    let lines = |d: &Path| -> Vec<serde_json::Map<String, serde_json::Value>> {
-        crate::train::metrics::read_metrics(&d.join("metrics.jsonl"))
-            .expect("metrics")
-            .into_iter()
-            .map(|mut l| {
-                l.retain(|k, _| !k.starts_with("time/"));
-                l
-            })
-            .collect()
-    };
     assert_eq!(
-        lines(&straight),
-        lines(&killed),
+        metrics_without_time(&straight),
+        metrics_without_time(&killed),
         "killed at step {step}: the metrics lines differ"
     );
     let _ = std::fs::remove_dir_all(&straight);
     let _ = std::fs::remove_dir_all(&killed);
+}
+
+/// The metrics lines of the run in `dir`, each without its `time/*` metrics (wall-clock times
+/// differ between runs that are otherwise identical).
+///
+/// # Panics
+/// When `dir/metrics.jsonl` cannot be read (a test assertion).
+pub fn metrics_without_time(dir: &Path) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    crate::train::metrics::read_metrics(&dir.join("metrics.jsonl"))
+        .expect("metrics")
+        .into_iter()
+        .map(|mut l| {
+            l.retain(|k, _| !k.starts_with("time/"));
+            l
+        })
+        .collect()
 }
 
 /// A fresh directory under the system's temp directory.

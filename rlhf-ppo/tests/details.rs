@@ -10,7 +10,6 @@ use burn::module::Module;
 use burn::tensor::Device;
 use rand::SeedableRng;
 use rlhf_core::train::metrics::names;
-use rlhf_core::train::metrics::read_metrics;
 use rlhf_core::train::{Metrics, OptimizerConfig, RunOptions, TrainRng};
 use rlhf_data::Tokenizer;
 use rlhf_models::{CausalLm, Generation, SamplingConfig, ScalarModel, generate};
@@ -529,13 +528,9 @@ fn a_run_resumed_from_a_checkpoint_repeats_the_uninterrupted_run_exactly() {
     let resumed = run_into(&f, &init, b.path(), &cfg);
 
     let lines = |d: &std::path::Path| -> Vec<String> {
-        read_metrics(&d.join("metrics.jsonl"))
-            .unwrap()
-            .into_iter()
-            .map(|mut m| {
-                m.retain(|k, _| !k.starts_with("time/"));
-                serde_json::to_string(&m).unwrap()
-            })
+        rlhf_core::testing::metrics_without_time(d)
+            .iter()
+            .map(|m| serde_json::to_string(m).unwrap())
             .collect()
     };
     let (la, lb) = (lines(a.path()), lines(b.path()));
