@@ -28,6 +28,7 @@
 
 pub mod compute;
 pub mod config;
+pub mod perf;
 pub mod pipeline;
 pub mod report;
 pub mod study;

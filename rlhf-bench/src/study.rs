@@ -274,10 +274,11 @@ pub fn preset_points(
     Ok(points)
 }
 
-/// The git revision of the working directory, or `unknown`.
+/// The git revision of the working directory (`-dirty` when it has uncommitted changes), or
+/// `unknown`.
 pub fn git_revision() -> String {
     std::process::Command::new("git")
-        .args(["rev-parse", "HEAD"])
+        .args(["describe", "--always", "--dirty", "--abbrev=40"])
         .output()
         .ok()
         .filter(|o| o.status.success())

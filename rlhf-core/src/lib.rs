@@ -59,5 +59,9 @@ pub use masked::{masked_mean, masked_mean_dim, masked_sum, masked_var, whiten, z
 pub use ppo::{PolicyLoss, ValueLoss, clipped_policy_loss, clipped_value_loss};
 pub use scorer::{Scorer, check_pairs};
 
+/// Whether this build has the `gemm` crate's AVX-512 kernels behind `flex` (feature `x86-v4`,
+/// on with `flex`); gemm uses them only on a CPU with AVX-512F.
+pub const GEMM_X86_V4: bool = cfg!(feature = "x86-v4");
+
 /// burn, re-exported so a downstream crate uses the same version.
 pub use burn;

@@ -13,6 +13,11 @@ const TASKS: &[(&str, &str, &str)] = &[
         "the scaling study (default preset `quick`, offline, on the CPU): points, summary.csv, plots and report.md under target/bench-scaling/<preset>; a rerun skips finished points",
     ),
     (
+        "bench-perf",
+        "[--sizes small,25m] [--workloads sft,...] [--repeats N] [--peer PYTHON] [--out FILE]",
+        "throughput, MFU against the measured matmul peak and peak memory of SFT, RM, DPO, generation, RLOO and PPO at two sizes → target/bench-perf/perf.json; with --peer, TRL on the same shapes, alternating, and the ratio",
+    ),
+    (
         "ci",
         "",
         "run every check of .ci/run on this machine (skips its apt install step)",
@@ -41,6 +46,7 @@ fn main() -> ExitCode {
             .env("RLHF_CI_SKIP_INSTALL", "1")),
         Some("check-cuda") => check_cuda(),
         Some("bench-scaling") => bench_scaling(&args[1..]),
+        Some("bench-perf") => bench_perf(&args[1..]),
         Some("fixtures") => fixtures(&args[1..]),
         Some(other) => {
             eprintln!("xtask: unknown task `{other}`\n");
@@ -116,20 +122,23 @@ fn fixtures(args: &[String]) -> Result<(), ()> {
     Ok(())
 }
 
-/// Runs the `rlhf-bench` binary's sweep. The `dev` profile already optimises every dependency
-/// (burn above all), so this reuses the test build instead of a second full build of burn.
+/// Runs the `rlhf-bench` binary's sweep.
 fn bench_scaling(args: &[String]) -> Result<(), ()> {
+    run_bench_binary("rlhf-bench", &["sweep"], args)
+}
+
+/// Runs the `rlhf-perf` binary.
+fn bench_perf(args: &[String]) -> Result<(), ()> {
+    run_bench_binary("rlhf-perf", &[], args)
+}
+
+/// `cargo run` of one of `rlhf-bench`'s binaries. The `dev` profile already optimises every
+/// dependency (burn above all), so this reuses the test build instead of a second full build of
+/// burn.
+fn run_bench_binary(bin: &str, command: &[&str], args: &[String]) -> Result<(), ()> {
     run(Command::new(cargo())
-        .args([
-            "run",
-            "--quiet",
-            "-p",
-            "rlhf-bench",
-            "--bin",
-            "rlhf-bench",
-            "--",
-            "sweep",
-        ])
+        .args(["run", "--quiet", "-p", "rlhf-bench", "--bin", bin, "--"])
+        .args(command)
         .args(args))
 }
 

@@ -3,6 +3,7 @@
 //! atomic checkpoints that resume exactly, the metrics sink, and [`Run`], which ties checkpoints,
 //! metrics and the progress bar together for a trainer's loop.
 
+pub mod allocator;
 pub mod checkpoint;
 pub mod fit;
 pub mod fs;
@@ -15,6 +16,7 @@ pub mod rng;
 pub mod run;
 pub mod schedule;
 
+pub use allocator::tune_allocator;
 pub use checkpoint::{Checkpoint, CheckpointStore};
 pub use fit::{FitConfig, FitReport, Metrics, fit};
 pub use grads::{

@@ -237,6 +237,7 @@ fn run_kind<R: Record + Texts>(cmd: &str, file: &str, a: &Args) -> Result<ExitCo
 }
 
 fn main() -> ExitCode {
+    rlhf_core::train::tune_allocator();
     match run() {
         Ok(code) => code,
         Err(msg) => {

@@ -182,6 +182,7 @@ fn run(o: Options) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
+    rlhf_core::train::tune_allocator();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let options = match parse(&args) {
         Ok(o) => o,

@@ -1,0 +1,416 @@
+//! `rlhf-perf`: throughput of the RLHF workloads (SFT, reward model, DPO, generation, RLOO and
+//! PPO iterations) at two model sizes, the machine's measured f32 matmul peak, model FLOP
+//! utilisation and peak memory; with `--peer PYTHON`, the same workloads through Hugging Face
+//! TRL (`../shared/peer/trl_peer.py`), alternating run by run, and the ratio project/peer.
+//!
+//! ```text
+//! rlhf-perf [--sizes small,25m] [--workloads sft,reward,dpo,generate,rloo,ppo] [--repeats 3]
+//!           [--peer PYTHON] [--peer-script PATH] [--out target/bench-perf/perf.json]
+//! rlhf-perf one WORKLOAD SIZE EXAMPLES    # one run in this process; prints a JSON line
+//! ```
+//!
+//! Every run is a child process; its peak memory is the maximum resident set size the kernel
+//! reports for it (`wait4`). The device is `RLHF_DEVICE` (default `flex`).
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+
+use rlhf_bench::perf::{
+    BATCH, NEW_TOKENS, PROMPT_WORDS, RESPONSE_WORDS, SAMPLES_PER_PROMPT, VOCAB, matmul_peak,
+    median_min_max,
+};
+use rlhf_bench::perf::{Measurement, SIZES, Size, Workload, default_examples, measure};
+use serde_json::{Value, json};
+
+const USAGE: &str = "usage:
+  rlhf-perf [--sizes small,25m] [--workloads sft,reward,dpo,generate,rloo,ppo] [--repeats N]
+            [--peer PYTHON] [--peer-script PATH] [--out FILE]
+  rlhf-perf one WORKLOAD SIZE EXAMPLES";
+
+/// The peer's PyTorch matmul rate, measured as ours is: median of 10 products of 2048² f32.
+const TORCH_PEAK: &str = "import time, torch
+n = 2048
+a, b = torch.randn(n, n), torch.randn(n, n)
+a @ b
+ts = []
+for _ in range(10):
+    t = time.perf_counter(); a @ b; ts.append(time.perf_counter() - t)
+ts.sort()
+print(2 * n ** 3 / ts[len(ts) // 2])";
+
+fn main() -> ExitCode {
+    rlhf_core::train::tune_allocator();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = if args.first().map(String::as_str) == Some("one") {
+        one(&args[1..])
+    } else {
+        sweep(&args)
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rlhf-perf: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn one(args: &[String]) -> Result<(), String> {
+    let [workload, size, examples] = args else {
+        return Err(format!("`one` needs WORKLOAD SIZE EXAMPLES\n{USAGE}"));
+    };
+    let workload = Workload::parse(workload).map_err(|e| e.to_string())?;
+    let size = Size::parse(size).map_err(|e| e.to_string())?;
+    let examples: usize = examples
+        .parse()
+        .map_err(|_| format!("EXAMPLES must be a number, not `{examples}`"))?;
+    let device = rlhf_core::device_from_env().map_err(|e| e.to_string())?;
+    let m = measure(workload, size, examples, &device).map_err(|e| e.to_string())?;
+    println!("{}", serde_json::to_string(&m).map_err(|e| e.to_string())?);
+    Ok(())
+}
+
+struct Options {
+    sizes: Vec<Size>,
+    workloads: Vec<Workload>,
+    repeats: usize,
+    peer: Option<String>,
+    peer_script: PathBuf,
+    out: PathBuf,
+}
+
+fn parse(args: &[String]) -> Result<Options, String> {
+    let mut o = Options {
+        sizes: SIZES.to_vec(),
+        workloads: Workload::ALL.to_vec(),
+        repeats: 3,
+        peer: None,
+        peer_script: PathBuf::from("../shared/peer/trl_peer.py"),
+        out: PathBuf::from("target/bench-perf/perf.json"),
+    };
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let value = it
+            .next()
+            .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
+        let list = || value.split(',').map(str::trim).filter(|s| !s.is_empty());
+        match flag.as_str() {
+            "--sizes" => {
+                o.sizes = list()
+                    .map(Size::parse)
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| e.to_string())?
+            }
+            "--workloads" => {
+                o.workloads = list()
+                    .map(Workload::parse)
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| e.to_string())?
+            }
+            "--repeats" => {
+                o.repeats =
+                    value.parse().ok().filter(|&r| r > 0).ok_or_else(|| {
+                        format!("--repeats must be a positive number, not `{value}`")
+                    })?
+            }
+            "--peer" => o.peer = Some(value.clone()),
+            "--peer-script" => o.peer_script = PathBuf::from(value),
+            "--out" => o.out = PathBuf::from(value),
+            other => return Err(format!("unknown option `{other}`\n{USAGE}")),
+        }
+    }
+    if o.peer.is_some() && !o.peer_script.exists() {
+        return Err(format!(
+            "the peer script {} does not exist (set --peer-script)",
+            o.peer_script.display()
+        ));
+    }
+    Ok(o)
+}
+
+/// What a child printed on its last JSON line, its wall time aside, and its peak memory.
+struct ChildRun {
+    json: Value,
+    max_rss_bytes: u64,
+}
+
+/// Runs `cmd`, keeps its stdout and stderr, and reads its maximum resident set size from the
+/// kernel when it exits.
+fn run_child(cmd: &mut Command, what: &str) -> Result<ChildRun, String> {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{what}: could not start: {e}"))?;
+    let mut stderr = child.stderr.take().expect("piped");
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .expect("piped")
+        .read_to_string(&mut out)
+        .map_err(|e| format!("{what}: reading its output: {e}"))?;
+    let (status, max_rss_bytes) = wait_with_rusage(child.id())?;
+    let err = err_reader.join().unwrap_or_default();
+    if status != 0 {
+        let tail: Vec<&str> = err.lines().rev().take(15).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        return Err(format!(
+            "{what}: exited with status {status}; the end of its stderr:\n{}",
+            tail.join("\n")
+        ));
+    }
+    let line = out
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{') && l.contains('"'))
+        .ok_or_else(|| format!("{what}: printed no JSON line; its output:\n{out}"))?;
+    let json = serde_json::from_str(line).map_err(|e| format!("{what}: bad JSON `{line}`: {e}"))?;
+    Ok(ChildRun {
+        json,
+        max_rss_bytes,
+    })
+}
+
+/// `wait4` on the child: its exit status and the kernel's maximum resident set size for it.
+fn wait_with_rusage(pid: u32) -> Result<(i32, u64), String> {
+    let mut status = 0;
+    // SAFETY: an all-zero `rusage` is valid; `wait4` fills it for our own child `pid`, which
+    // `std` has not reaped (we never call `Child::wait`).
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::wait4(pid as libc::pid_t, &mut status, 0, &mut usage) };
+    if r < 0 {
+        return Err(format!("wait4({pid}): {}", std::io::Error::last_os_error()));
+    }
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        128 + libc::WTERMSIG(status)
+    };
+    // Linux reports ru_maxrss in KiB
+    Ok((code, usage.ru_maxrss as u64 * 1024))
+}
+
+fn ours(
+    exe: &Path,
+    w: Workload,
+    size: Size,
+    examples: usize,
+) -> Result<(Measurement, u64), String> {
+    let run = run_child(
+        Command::new(exe).args(["one", w.name(), size.name, &examples.to_string()]),
+        &format!("rlhf-perf one {} {} {examples}", w.name(), size.name),
+    )?;
+    let m: Measurement = serde_json::from_value(run.json).map_err(|e| e.to_string())?;
+    Ok((m, run.max_rss_bytes))
+}
+
+/// The peer's examples/s and peak memory.
+fn peer(
+    o: &Options,
+    python: &str,
+    trainer: &str,
+    size: Size,
+    examples: usize,
+) -> Result<(f64, u64, Value), String> {
+    let num = |v: usize| v.to_string();
+    let run = run_child(
+        Command::new(python)
+            .arg(&o.peer_script)
+            .args(["--trainer", trainer])
+            .args(["--hidden", &num(size.hidden)])
+            .args(["--layers", &num(size.layers)])
+            .args(["--heads", &num(size.heads)])
+            .args(["--vocab", &num(VOCAB)])
+            .args(["--examples", &num(examples)])
+            .args(["--batch", &num(BATCH)])
+            .args(["--prompt-words", &num(PROMPT_WORDS)])
+            .args(["--response-words", &num(RESPONSE_WORDS)])
+            .args(["--new-tokens", &num(NEW_TOKENS)])
+            .args(["--samples-per-prompt", &num(SAMPLES_PER_PROMPT)])
+            .env("HF_HUB_OFFLINE", "1")
+            .env("HF_DATASETS_OFFLINE", "1")
+            .env("TRANSFORMERS_OFFLINE", "1"),
+        &format!("peer {trainer} {}", size.name),
+    )?;
+    let eps = run.json["examples_per_s"]
+        .as_f64()
+        .ok_or_else(|| format!("peer {trainer}: no examples_per_s in {}", run.json))?;
+    Ok((eps, run.max_rss_bytes, run.json))
+}
+
+fn stats(v: &[f64]) -> Value {
+    let (median, min, max) = median_min_max(v);
+    json!({ "median": median, "min": min, "max": max, "runs": v })
+}
+
+fn sweep(args: &[String]) -> Result<(), String> {
+    let o = parse(args)?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let device = rlhf_core::device_from_env().map_err(|e| e.to_string())?;
+    eprintln!("rlhf-perf: measuring the f32 matmul peak (2048², median of 10)…");
+    let burn_peak = matmul_peak(&device, 2048, 10);
+    let torch_peak = match &o.peer {
+        Some(py) => {
+            let out = Command::new(py)
+                .args(["-c", TORCH_PEAK])
+                .output()
+                .map_err(|e| format!("{py}: {e}"))?;
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse::<f64>()
+                .ok()
+        }
+        None => None,
+    };
+    eprintln!(
+        "rlhf-perf: matmul peak: burn {:.1} GFLOP/s{}",
+        burn_peak / 1e9,
+        torch_peak.map_or(String::new(), |p| format!(
+            ", PyTorch {:.1} GFLOP/s",
+            p / 1e9
+        ))
+    );
+
+    let mut rows = Vec::new();
+    for &size in &o.sizes {
+        for &w in &o.workloads {
+            let examples = default_examples(w, size);
+            let trainer = o.peer.as_ref().and(w.peer_trainer());
+            let (mut ours_eps, mut ours_units, mut ours_flops) =
+                (Vec::new(), Vec::new(), Vec::new());
+            let (mut peer_eps, mut ratios) = (Vec::new(), Vec::new());
+            let (mut ours_rss, mut peer_rss) = (0u64, 0u64);
+            let mut last: Option<Measurement> = None;
+            let mut peer_json = Value::Null;
+            for rep in 0..o.repeats {
+                eprintln!(
+                    "rlhf-perf: {} {} run {}/{} ({examples} {})",
+                    size.name,
+                    w.name(),
+                    rep + 1,
+                    o.repeats,
+                    w.example_unit()
+                );
+                let (m, rss) = ours(&exe, w, size, examples)?;
+                ours_eps.push(m.examples_per_s());
+                ours_units.push(m.units_per_s());
+                ours_flops.push(m.flops_per_s());
+                ours_rss = ours_rss.max(rss);
+                if let (Some(py), Some(t)) = (&o.peer, trainer) {
+                    let (eps, rss, j) = peer(&o, py, t, size, examples)?;
+                    ratios.push(m.examples_per_s() / eps);
+                    peer_eps.push(eps);
+                    peer_rss = peer_rss.max(rss);
+                    peer_json = j;
+                }
+                last = Some(m);
+            }
+            let m = last.expect("repeats ≥ 1");
+            let flops_per_example = m.flops as f64 / m.examples as f64;
+            let (ours_median, _, _) = median_min_max(&ours_eps);
+            let mut row = json!({
+                "size": size.name,
+                "workload": w.name(),
+                "unit": w.unit(),
+                "example_unit": w.example_unit(),
+                "examples_per_run": examples,
+                "non_embedding_params": m.non_embedding_params,
+                "flops_per_example": flops_per_example,
+                "ours": {
+                    "examples_per_s": stats(&ours_eps),
+                    "units_per_s": stats(&ours_units),
+                    "gflops_per_s": median_min_max(&ours_flops).0 / 1e9,
+                    "mfu": median_min_max(&ours_flops).0 / burn_peak,
+                    "peak_rss_bytes": ours_rss,
+                },
+            });
+            let mut line = format!(
+                "{:<6} {:<9} {:>10.1} {:<13} MFU {:>5.1}%  peak {:>6.0} MiB",
+                size.name,
+                w.name(),
+                median_min_max(&ours_units).0,
+                w.unit(),
+                100.0 * median_min_max(&ours_flops).0 / burn_peak,
+                ours_rss as f64 / (1 << 20) as f64
+            );
+            if !peer_eps.is_empty() {
+                let (peer_median, _, _) = median_min_max(&peer_eps);
+                let peer_flops = peer_median * flops_per_example;
+                let (ratio, rmin, rmax) = median_min_max(&ratios);
+                row["peer"] = json!({
+                    "examples_per_s": stats(&peer_eps),
+                    "gflops_per_s": peer_flops / 1e9,
+                    "mfu_of_torch_peak": torch_peak.map(|p| peer_flops / p),
+                    "peak_rss_bytes": peer_rss,
+                    "last_report": peer_json,
+                });
+                row["ratio"] = json!({
+                    "median_of_paired": ratio, "min": rmin, "max": rmax,
+                    "of_medians": ours_median / peer_median,
+                });
+                line.push_str(&format!(
+                    " | TRL {:>7.2} {}/s, peak {:>6.0} MiB | ratio {ratio:.2} ({rmin:.2}–{rmax:.2})",
+                    peer_median,
+                    w.example_unit(),
+                    peer_rss as f64 / (1 << 20) as f64
+                ));
+            }
+            println!("{line}");
+            rows.push(row);
+        }
+    }
+
+    let report = json!({
+        "git_revision": rlhf_bench::study::git_revision(),
+        "machine": machine(),
+        "device": std::env::var("RLHF_DEVICE").unwrap_or_else(|_| "flex".into()),
+        "matmul_peak_gflops": { "burn": burn_peak / 1e9, "torch": torch_peak.map(|p| p / 1e9) },
+        "shapes": {
+            "batch": BATCH, "prompt_tokens": PROMPT_WORDS, "response_tokens": RESPONSE_WORDS,
+            "new_tokens": NEW_TOKENS, "samples_per_prompt": SAMPLES_PER_PROMPT, "vocab": VOCAB,
+        },
+        "repeats": o.repeats,
+        "workloads": rows,
+    });
+    if let Some(dir) = o.out.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+    rlhf_core::train::fs::write_atomic(&o.out, text.as_bytes()).map_err(|e| e.to_string())?;
+    eprintln!("rlhf-perf: wrote {}", o.out.display());
+    Ok(())
+}
+
+fn machine() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let flags: BTreeMap<&str, bool> = ["avx2", "fma", "avx512f", "avx512_bf16"]
+        .into_iter()
+        .map(|f| {
+            let on = std::fs::read_to_string("/proc/cpuinfo")
+                .map(|s| s.split_whitespace().any(|w| w == f))
+                .unwrap_or(false);
+            (f, on)
+        })
+        .collect();
+    json!({
+        "nproc": std::thread::available_parallelism().map_or(0, usize::from),
+        "cpu": cpu,
+        "cpu_flags": flags,
+        "gemm_x86_v4": rlhf_core::GEMM_X86_V4,
+    })
+}
