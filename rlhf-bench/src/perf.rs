@@ -45,8 +45,11 @@ pub const VOCAB: usize = 512;
 const LR: f64 = 1e-4;
 
 /// The peer's word list: synthetic sentences are drawn from it.
-const WORDS: &str = "the cat dog ran sat on mat big small red blue quick lazy fox jumped over under \
-                     tree house river alice bob paris london apple car book green old new";
+const WORDS: [&str; 30] = [
+    "the", "cat", "dog", "ran", "sat", "on", "mat", "big", "small", "red", "blue", "quick", "lazy",
+    "fox", "jumped", "over", "under", "tree", "house", "river", "alice", "bob", "paris", "london",
+    "apple", "car", "book", "green", "old", "new",
+];
 
 /// One measured workload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,20 +134,14 @@ impl Workload {
     }
 }
 
-/// A model size of the benchmark: a GPT-NeoX shape (rotary on a quarter of each head, parallel
-/// residual), the same as the peer's `GPTNeoXConfig` for `--hidden --layers --heads`.
+/// A model size of the benchmark: a GPT-NeoX preset (rotary on a quarter of each head, parallel
+/// residual), the same as the peer's `GPTNeoXConfig` for the preset's width, layers and heads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Size {
     /// Name on the command line and in `perf.json`.
     pub name: &'static str,
     /// The `rlhf-models` preset with this shape.
     pub preset: &'static str,
-    /// Width.
-    pub hidden: usize,
-    /// Layers.
-    pub layers: usize,
-    /// Attention heads.
-    pub heads: usize,
 }
 
 /// The two sizes: about 3 M non-embedding parameters, and 25 M.
@@ -152,16 +149,10 @@ pub const SIZES: [Size; 2] = [
     Size {
         name: "small",
         preset: "tiny-4m",
-        hidden: 256,
-        layers: 4,
-        heads: 4,
     },
     Size {
         name: "25m",
         preset: "tiny-25m",
-        hidden: 512,
-        layers: 8,
-        heads: 8,
     },
 ];
 
@@ -176,14 +167,6 @@ impl Size {
     /// The model shape for a vocabulary of `vocab` tokens.
     pub fn shape(self, vocab: usize) -> Result<TransformerConfig> {
         let mut shape = TransformerConfig::preset(self.preset)?;
-        debug_assert_eq!(
-            (
-                shape.hidden_size,
-                shape.num_hidden_layers,
-                shape.num_attention_heads
-            ),
-            (self.hidden, self.layers, self.heads)
-        );
         shape.vocab_size = vocab;
         shape.validate()?;
         Ok(shape)
@@ -244,9 +227,8 @@ impl Measurement {
 }
 
 fn sentence(rng: &mut ChaCha8Rng, words: usize) -> String {
-    let list: Vec<&str> = WORDS.split_whitespace().collect();
     (0..words)
-        .map(|_| list[rng.random_range(0..list.len())])
+        .map(|_| WORDS[rng.random_range(0..WORDS.len())])
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -575,19 +557,16 @@ mod tests {
 
     #[test]
     fn sizes_are_the_peer_shapes() {
-        let small = Size::parse("small").unwrap().shape(400).unwrap();
-        assert_eq!(
-            small.non_embedding_params(),
-            12 * 256 * 256 * 4 + small_extra(&small)
-        );
-        let big = Size::parse("25m").unwrap().shape(400).unwrap();
-        let n = big.non_embedding_params() as f64;
-        assert!((n / 25e6 - 1.0).abs() < 0.02, "{n}");
-    }
-
-    /// Biases and norms on top of the `12·d²·L` of the weight matrices.
-    fn small_extra(shape: &TransformerConfig) -> u64 {
-        shape.non_embedding_params() - 12 * 256 * 256 * 4
+        // (width, layers, heads) the peer is given, and `N` within 2% of `12·d²·L`
+        for (name, (d, l, h)) in [("small", (256, 4, 4)), ("25m", (512, 8, 8))] {
+            let s = Size::parse(name).unwrap().shape(400).unwrap();
+            let got = (s.hidden_size, s.num_hidden_layers, s.num_attention_heads);
+            assert_eq!(got, (d, l, h), "{name}");
+            assert_eq!((s.intermediate_size, s.rotary_pct), (4 * d, 0.25), "{name}");
+            let n = s.non_embedding_params() as f64;
+            let matrices = (12 * d * d * l) as f64;
+            assert!((n / matrices - 1.0).abs() < 0.02, "{name}: {n}");
+        }
     }
 
     #[test]

@@ -160,8 +160,8 @@ fn run_child(cmd: &mut Command, what: &str) -> Result<ChildRun, String> {
     let (status, max_rss_bytes) = wait_with_rusage(child.id())?;
     let err = err_reader.join().unwrap_or_default();
     if status != 0 {
-        let tail: Vec<&str> = err.lines().rev().take(15).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        let lines: Vec<&str> = err.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(15)..];
         return Err(format!(
             "{what}: exited with status {status}; the end of its stderr:\n{}",
             tail.join("\n")
@@ -221,13 +221,14 @@ fn peer(
     examples: usize,
 ) -> Result<(f64, u64, Value), String> {
     let num = |v: usize| v.to_string();
+    let shape = size.shape(VOCAB).map_err(|e| e.to_string())?;
     let run = run_child(
         Command::new(python)
             .arg(&o.peer_script)
             .args(["--trainer", trainer])
-            .args(["--hidden", &num(size.hidden)])
-            .args(["--layers", &num(size.layers)])
-            .args(["--heads", &num(size.heads)])
+            .args(["--hidden", &num(shape.hidden_size)])
+            .args(["--layers", &num(shape.num_hidden_layers)])
+            .args(["--heads", &num(shape.num_attention_heads)])
             .args(["--vocab", &num(VOCAB)])
             .args(["--examples", &num(examples)])
             .args(["--batch", &num(BATCH)])
@@ -316,6 +317,7 @@ fn sweep(args: &[String]) -> Result<(), String> {
             let m = last.expect("repeats ≥ 1");
             let flops_per_example = m.flops as f64 / m.examples as f64;
             let (ours_median, _, _) = median_min_max(&ours_eps);
+            let ours_flops = median_min_max(&ours_flops).0;
             let mut row = json!({
                 "size": size.name,
                 "workload": w.name(),
@@ -327,8 +329,8 @@ fn sweep(args: &[String]) -> Result<(), String> {
                 "ours": {
                     "examples_per_s": stats(&ours_eps),
                     "units_per_s": stats(&ours_units),
-                    "gflops_per_s": median_min_max(&ours_flops).0 / 1e9,
-                    "mfu": median_min_max(&ours_flops).0 / burn_peak,
+                    "gflops_per_s": ours_flops / 1e9,
+                    "mfu": ours_flops / burn_peak,
                     "peak_rss_bytes": ours_rss,
                 },
             });
@@ -338,7 +340,7 @@ fn sweep(args: &[String]) -> Result<(), String> {
                 w.name(),
                 median_min_max(&ours_units).0,
                 w.unit(),
-                100.0 * median_min_max(&ours_flops).0 / burn_peak,
+                100.0 * ours_flops / burn_peak,
                 ours_rss as f64 / (1 << 20) as f64
             );
             if !peer_eps.is_empty() {
