@@ -47,7 +47,8 @@ impl Default for RunConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TaskConfig {
-    /// `tldr-synth`.
+    /// `tldr-synth` (the full pipeline) or `arith-steps` (outcome vs process verifiers and
+    /// best-of-n, see [`crate::arith`]).
     pub name: String,
     /// Demonstrations for SFT (train split).
     pub demos: usize,
@@ -57,6 +58,41 @@ pub struct TaskConfig {
     pub train_prompts: usize,
     /// Held-out prompts the judge samples on (eval split).
     pub eval_prompts: usize,
+    /// The difficulty of `arith-steps`.
+    pub arith: ArithConfig,
+}
+
+/// The difficulty of `arith-steps` and its solver's error rate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ArithConfig {
+    /// Largest operand.
+    pub max_operand: i64,
+    /// Terms of every prompt (`terms − 1` steps).
+    pub terms: usize,
+    /// Probability that the noisy solver gets a step wrong.
+    pub step_error: f64,
+}
+
+impl Default for ArithConfig {
+    fn default() -> Self {
+        ArithConfig {
+            max_operand: 5,
+            terms: 3,
+            step_error: 0.25,
+        }
+    }
+}
+
+/// What labels a verifier of `arith-steps` learns from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Supervision {
+    /// One label per solution: is its final answer right (an outcome reward model).
+    #[default]
+    Outcome,
+    /// One label per step: is the solution right up to this step (a process reward model).
+    Process,
 }
 
 impl Default for TaskConfig {
@@ -67,6 +103,7 @@ impl Default for TaskConfig {
             vocab_size: 512,
             train_prompts: 512,
             eval_prompts: 64,
+            arith: ArithConfig::default(),
         }
     }
 }
@@ -103,7 +140,7 @@ impl Default for SftStage {
 pub struct RmStage {
     /// The RM's size (its backbone is the SFT model of that size, TL;DR detail 11).
     pub size: String,
-    /// Labelled comparison pairs.
+    /// Labelled comparison pairs (`arith-steps`: labelled solutions).
     pub pairs: usize,
     /// Pairs per prompt (`pairs / pairs_per_prompt` prompts): the diversity axis.
     pub pairs_per_prompt: usize,
@@ -113,8 +150,10 @@ pub struct RmStage {
     pub epochs: usize,
     /// Learning rate.
     pub lr: f64,
-    /// Held-out pairs for the gold-order accuracy.
+    /// Held-out pairs for the gold-order accuracy (`arith-steps`: held-out labelled solutions).
     pub eval_pairs: usize,
+    /// `arith-steps`: outcome or process labels.
+    pub supervision: Supervision,
 }
 
 impl Default for RmStage {
@@ -127,6 +166,7 @@ impl Default for RmStage {
             epochs: 1,
             lr: 1e-3,
             eval_pairs: 200,
+            supervision: Supervision::Outcome,
         }
     }
 }
@@ -290,11 +330,31 @@ impl RunConfig {
     /// Checks what the stages would otherwise find late.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
-        if self.task.name != "tldr-synth" {
-            return bad(format!(
-                "task.name: only `tldr-synth` runs the full pipeline today, got {:?}",
-                self.task.name
-            ));
+        match self.task.name.as_str() {
+            "tldr-synth" => {}
+            "arith-steps" => {
+                let a = &self.task.arith;
+                if !(1..=1_000_000).contains(&a.max_operand) || !(2..=64).contains(&a.terms) {
+                    return bad("task.arith: need 1 ≤ max_operand ≤ 10⁶ and 2 ≤ terms ≤ 64".into());
+                }
+                if !(0.0..=1.0).contains(&a.step_error) {
+                    return bad("task.arith.step_error must be in [0, 1]".into());
+                }
+                if self.method.kind != MethodKind::BestOfN {
+                    return bad(
+                        "arith-steps runs its verifiers through best-of-n: set method.kind = \"best_of_n\""
+                            .into(),
+                    );
+                }
+                if self.rm.eval_pairs == 0 {
+                    return bad("rm.eval_pairs must be ≥ 1".into());
+                }
+            }
+            other => {
+                return bad(format!(
+                    "task.name: `tldr-synth` or `arith-steps`, got {other:?}"
+                ));
+            }
         }
         if self.task.demos == 0 || self.task.eval_prompts == 0 || self.task.train_prompts == 0 {
             return bad("task: demos, train_prompts and eval_prompts must be ≥ 1".into());

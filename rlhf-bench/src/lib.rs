@@ -26,6 +26,7 @@
 //! assert_eq!(f, 6 * 18_915_328 * 8 * 512);
 //! ```
 
+pub mod arith;
 pub mod compute;
 pub mod config;
 pub mod perf;

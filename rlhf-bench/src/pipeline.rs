@@ -1,4 +1,5 @@
-//! The pipeline of one run: task → SFT → reward model → method → judge.
+//! The pipeline of one run: task → SFT → reward model → method → judge (`arith-steps` runs
+//! its own verifier study, in [`crate::arith`]).
 //!
 //! Stages that several runs share are cached under a directory, keyed by everything that decides
 //! them: the tokenizer (task, demonstrations, vocabulary), each SFT model (size, budget, seed), each
@@ -53,6 +54,9 @@ pub struct RunResult {
 /// checkpoints) under `work` (resumed if present).
 pub fn run(cfg: &RunConfig, cache: &Path, work: &Path) -> Result<RunResult> {
     cfg.validate()?;
+    if cfg.task.name == "arith-steps" {
+        return crate::arith::run_arith(cfg, work);
+    }
     let start = Instant::now();
     let device = rlhf_core::parse_device(&cfg.device)?.autodiff();
     let task = TldrSynth::default();
@@ -376,7 +380,7 @@ pub fn run(cfg: &RunConfig, cache: &Path, work: &Path) -> Result<RunResult> {
     })
 }
 
-fn quiet_in(dir: PathBuf) -> RunOptions {
+pub(crate) fn quiet_in(dir: PathBuf) -> RunOptions {
     RunOptions {
         out_dir: Some(dir),
         checkpoint_every: 5,

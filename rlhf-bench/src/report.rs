@@ -14,11 +14,14 @@
 //! | `judge/win_rate_vs_sft`, `judge/win_rate_vs_references` | gold win rates (ties count half) |
 //! | `kl` | `KL(π‖π_ref)` per sequence: sampled estimate, or `log n − (n−1)/n` for best-of-n |
 //! | `proxy/mean` | the reward model's (normalised) score of the judged samples |
-//! | `rm/accuracy`, `rm/gold_accuracy`, `rm/labeller_agreement` | held-out RM accuracy against labels and the gold order; the labeller's agreement with gold |
+//! | `rm/accuracy`, `rm/gold_accuracy`, `rm/labeller_agreement` | held-out RM accuracy against labels (`arith-steps`: its outcome or step labels) and the gold order; the labeller's agreement with gold |
 //! | `response/length`, `response/eos` | tokens per judged response; share ending with EOS |
 //! | `flops/sft`, `flops/rm`, `flops/method` | estimated FLOPs (`6·N` per trained token, `2·N` per forward token) |
 //! | `params/policy`, `params/rm` | non-embedding parameters |
 //! | `time/method`, `memory/peak_bytes` | wall seconds of the method stage; peak resident memory so far |
+//! | `bon/accuracy`, `bon/random`, `bon/oracle` | `arith-steps`: final-answer accuracy of the verifier's pick among n solutions, of a random pick, and of the best possible pick |
+//! | `bon/pair_accuracy` | `arith-steps`: share of (right, wrong) candidate pairs of a prompt the verifier orders right (ties half) |
+//! | `rm/balanced_accuracy`, `rm/steps` | `arith-steps`: the verifier's held-out balanced accuracy on its own labels; its optimizer steps |
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -159,6 +162,18 @@ fn axis_metrics(axis: &str) -> (&'static str, &'static [&'static str]) {
         "length_control" => (
             "gold/gain",
             &["gold/gain", "gold/mean", "kl", "response/length"],
+        ),
+        "supervision" => (
+            "bon/accuracy",
+            &[
+                "bon/accuracy",
+                "bon/random",
+                "bon/oracle",
+                "bon/pair_accuracy",
+                "rm/accuracy",
+                "rm/balanced_accuracy",
+                "flops/rm",
+            ],
         ),
         _ => (
             "gold/gain",
@@ -391,12 +406,58 @@ pub fn findings(points: &[PointRecord]) -> Vec<Finding> {
             },
         );
     }
-    push(
-        "supervision",
-        "process supervision scales better than outcome supervision in-domain",
-        "not run".into(),
-        "the process reward model does not yet learn arith-steps' step labels at CPU size (open issue), so ORM vs PRM is not compared".into(),
-    );
+    let claim = "process supervision scales better than outcome supervision in-domain";
+    let kinds = by_kind(&rows(points, "supervision"));
+    let n = points
+        .iter()
+        .find(|p| p.point.axis == "supervision")
+        .map_or(0, |p| p.point.config.method.best_of_n);
+    match (kinds.get("outcome"), kinds.get("process")) {
+        (Some(o), Some(p)) if o.len() >= 2 && p.len() >= 2 => {
+            let m = "bon/accuracy";
+            let slope = |r: &[Row]| log2_fit(r, m).map_or(f64::NAN, |f| f.0);
+            let (so, sp) = (slope(o), slope(p));
+            let (o0, o1, p0, p1) = (
+                o[0].mean(m),
+                o[o.len() - 1].mean(m),
+                p[0].mean(m),
+                p[p.len() - 1].mean(m),
+            );
+            let ahead = p
+                .iter()
+                .filter(|pr| o.iter().any(|or| or.x == pr.x && pr.mean(m) >= or.mean(m)))
+                .count();
+            push(
+                "supervision",
+                claim,
+                yes(sp > so && p1 >= o1),
+                format!(
+                    "best-of-{n} final-answer accuracy from {} to {} labelled solutions: outcome RM {o0:.3} → {o1:.3} ({so:+.3} per doubling), process RM {p0:.3} → {p1:.3} ({sp:+.3} per doubling); process ≥ outcome at {ahead} of {} volumes; a random pick {:.3}",
+                    o[0].x,
+                    o[o.len() - 1].x,
+                    p.len(),
+                    o[0].mean("bon/random")
+                ),
+            );
+        }
+        _ => push(
+            "supervision",
+            claim,
+            "not run".into(),
+            "needs outcome and process verifiers at two or more volumes".into(),
+        ),
+    }
+    out
+}
+
+/// The rows of the `supervision` axis by verifier kind (the label's prefix, `outcome-750` →
+/// `outcome`), each in the order of its x.
+fn by_kind(rows: &[Row]) -> BTreeMap<String, Vec<Row>> {
+    let mut out: BTreeMap<String, Vec<Row>> = BTreeMap::new();
+    for r in rows {
+        let kind = r.label.split('-').next().unwrap_or_default().to_string();
+        out.entry(kind).or_default().push(r.clone());
+    }
     out
 }
 
@@ -677,6 +738,16 @@ pub fn write_report(out: &Path, points: &[PointRecord], title: &str) -> Result<(
             *axis,
             "rm_volume" | "samples_per_prompt" | "best_of_n" | "kl_budget"
         );
+        if *axis == "supervision" {
+            for (kind, kr) in by_kind(&r) {
+                if let Some((slope, r2)) = log2_fit(&kr, head) {
+                    let _ = writeln!(
+                        md,
+                        "\nTrend, {kind} RM: `{head}` changes by {slope:+.4} per doubling of the labelled solutions (least squares on log2, R² = {r2:.2})."
+                    );
+                }
+            }
+        }
         if numeric && let Some((slope, r2)) = log2_fit(&r, head) {
             let _ = writeln!(
                 md,
@@ -696,25 +767,50 @@ pub fn write_report(out: &Path, points: &[PointRecord], title: &str) -> Result<(
                 "Against compute: `{head}` changes by {slope:+.4} per doubling of the method's FLOPs (R² = {r2:.2})."
             );
         }
-        let ticks: Vec<(f64, String)> = r.iter().map(|x| (x.x, x.label.clone())).collect();
-        let pts: Vec<(f64, f64, f64)> = r
-            .iter()
-            .map(|x| {
-                let c = x.cells.get(head);
-                (
-                    x.x,
-                    c.map_or(f64::NAN, |c| c.mean),
-                    c.map_or(f64::NAN, |c| c.sd),
-                )
-            })
-            .collect();
+        let points_of = |rows: &[Row]| -> Vec<(f64, f64, f64)> {
+            rows.iter()
+                .map(|x| {
+                    let c = x.cells.get(head);
+                    (
+                        x.x,
+                        c.map_or(f64::NAN, |c| c.mean),
+                        c.map_or(f64::NAN, |c| c.sd),
+                    )
+                })
+                .collect()
+        };
+        let (series, ticks): (Vec<Series>, Vec<(f64, String)>) = if *axis == "supervision" {
+            let kinds = by_kind(&r);
+            let mut ticks: Vec<(f64, String)> = Vec::new();
+            for row in &r {
+                if !ticks.iter().any(|t| t.0 == row.x) {
+                    ticks.push((row.x, row.x.to_string()));
+                }
+            }
+            (
+                kinds
+                    .iter()
+                    .map(|(k, kr)| (format!("{k} RM"), points_of(kr)))
+                    .collect(),
+                ticks,
+            )
+        } else {
+            (
+                vec![(head.to_string(), points_of(&r))],
+                r.iter().map(|x| (x.x, x.label.clone())).collect(),
+            )
+        };
         let svg = svg_chart(
             &format!("{axis}: {head}"),
-            axis,
+            if *axis == "supervision" {
+                "labelled solutions"
+            } else {
+                axis
+            },
             head,
-            &[(head.to_string(), pts)],
+            &series,
             Some(&ticks),
-            numeric && *axis != "kl_budget",
+            (numeric || *axis == "supervision") && *axis != "kl_budget",
         );
         write_atomic(&plots.join(format!("{axis}.svg")), svg.as_bytes())?;
         let _ = writeln!(md, "\n![{axis}](plots/{axis}.svg)\n");

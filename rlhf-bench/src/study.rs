@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use rlhf_core::train::fs::write_atomic;
 use rlhf_core::{Error, Result};
 
-use crate::config::{MethodKind, RewardSource, RunConfig};
+use crate::config::{MethodKind, RewardSource, RunConfig, Supervision};
 use crate::pipeline::{RunResult, run};
 
 /// One point of an axis.
@@ -91,6 +91,11 @@ struct Budget {
     betas: Vec<f64>,
     best_of: Vec<usize>,
     methods: Vec<MethodKind>,
+    /// `supervision`: labelled solutions per point, passes over them, best-of-n prompts and n.
+    solutions: Vec<usize>,
+    verifier_epochs: usize,
+    verifier_prompts: usize,
+    verifier_n: usize,
 }
 
 fn budget(preset: &str) -> Result<Budget> {
@@ -111,6 +116,10 @@ fn budget(preset: &str) -> Result<Budget> {
             betas: vec![0.05],
             best_of: vec![1, 4],
             methods: vec![MethodKind::Ppo, MethodKind::Grpo, MethodKind::Dpo],
+            solutions: vec![150, 300],
+            verifier_epochs: 2,
+            verifier_prompts: 32,
+            verifier_n: 4,
         },
         "quick" => Budget {
             demos: 800,
@@ -128,6 +137,10 @@ fn budget(preset: &str) -> Result<Budget> {
             betas: vec![0.01, 0.05, 0.2],
             best_of: vec![1, 4, 16],
             methods: EVERY_METHOD.to_vec(),
+            solutions: vec![750, 1500, 3000],
+            verifier_epochs: 16,
+            verifier_prompts: 300,
+            verifier_n: 8,
         },
         "full" => Budget {
             demos: 4000,
@@ -145,6 +158,10 @@ fn budget(preset: &str) -> Result<Budget> {
             betas: vec![0.005, 0.01, 0.02, 0.05, 0.1, 0.2],
             best_of: vec![1, 2, 4, 8, 16, 32, 64],
             methods: EVERY_METHOD.to_vec(),
+            solutions: vec![750, 1500, 3000, 6000, 12000],
+            verifier_epochs: 16,
+            verifier_prompts: 1000,
+            verifier_n: 16,
         },
         other => {
             return Err(Error::Config(format!(
@@ -271,6 +288,27 @@ pub fn preset_points(
     let mut c = on_policy(MethodKind::Ppo, 1);
     c.method.reward = RewardSource::Length;
     add("length_control", "length-only".into(), 1.0, c);
+    // outcome vs process verifiers of arith-steps on the same solutions (see `crate::arith`)
+    for supervision in [Supervision::Outcome, Supervision::Process] {
+        for &v in &b.solutions {
+            let mut c = base.clone();
+            c.task.name = "arith-steps".into();
+            c.task.eval_prompts = b.verifier_prompts;
+            c.rm.supervision = supervision;
+            c.rm.size = "s".into();
+            c.rm.pairs = v;
+            c.rm.eval_pairs = 300;
+            c.rm.epochs = b.verifier_epochs;
+            c.rm.lr = 2e-3;
+            c.method.kind = MethodKind::BestOfN;
+            c.method.best_of_n = b.verifier_n;
+            let kind = match supervision {
+                Supervision::Outcome => "outcome",
+                Supervision::Process => "process",
+            };
+            add("supervision", format!("{kind}-{v}"), v as f64, c);
+        }
+    }
     Ok(points)
 }
 
