@@ -50,6 +50,32 @@ pub struct RunResult {
     pub wall_seconds: f64,
 }
 
+/// Claims `out` for a run of `cfg`: writes `out/config.json` on the first call, and afterwards
+/// accepts only the same configuration, so a run started again resumes its own checkpoints and
+/// never another configuration's (a different one is refused, naming the directory).
+pub fn claim_run_dir(out: &Path, cfg: &RunConfig) -> Result<()> {
+    let path = out.join("config.json");
+    let json = serde_json::to_string_pretty(cfg).map_err(|e| Error::Record(e.to_string()))?;
+    match std::fs::read_to_string(&path) {
+        Ok(existing) => {
+            let same = serde_json::from_str::<RunConfig>(&existing).is_ok_and(|c| c == *cfg);
+            if same {
+                Ok(())
+            } else {
+                Err(Error::Config(format!(
+                    "{} holds a run of another configuration (its config.json differs): choose another --out, or delete it to start over",
+                    out.display()
+                )))
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+            write_atomic(&path, json.as_bytes())
+        }
+        Err(e) => Err(Error::io(&path, e)),
+    }
+}
+
 /// Runs `cfg`, caching shared stages under `cache`, writing the method's own files (metrics,
 /// checkpoints) under `work` (resumed if present).
 pub fn run(cfg: &RunConfig, cache: &Path, work: &Path) -> Result<RunResult> {

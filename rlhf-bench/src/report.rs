@@ -139,6 +139,96 @@ pub fn log2_fit(rows: &[Row], metric: &str) -> Option<(f64, f64)> {
 }
 
 /// What each axis plots and tabulates: the headline metric, then the others in its table.
+/// Gao et al. (2022)'s functional forms of reward over-optimisation, fitted by least squares
+/// through the origin on `(KL, gold gain)` points, with `d = √KL`: best-of-n
+/// `gain = d·(α − β·d)`, RL `gain = d·(α − β·ln d)`. Returns `(α, β, R²)`; `None` with fewer
+/// than two points at positive KL or a singular system.
+pub fn gao_fit(points: &[(f64, f64)], rl: bool) -> Option<(f64, f64, f64)> {
+    let rows: Vec<(f64, f64, f64)> = points
+        .iter()
+        .filter(|(kl, y)| kl.is_finite() && *kl >= 0.0 && y.is_finite())
+        .map(|&(kl, y)| {
+            let d = kl.sqrt();
+            // d·ln d → 0 as d → 0
+            let g = if rl {
+                d * d.max(f64::MIN_POSITIVE).ln()
+            } else {
+                d * d
+            };
+            (d, -g, y)
+        })
+        .collect();
+    if rows.iter().filter(|r| r.0 > 0.0).count() < 2 {
+        return None;
+    }
+    let (mut s11, mut s12, mut s22, mut s1y, mut s2y) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    for &(x1, x2, y) in &rows {
+        s11 += x1 * x1;
+        s12 += x1 * x2;
+        s22 += x2 * x2;
+        s1y += x1 * y;
+        s2y += x2 * y;
+    }
+    let det = s11 * s22 - s12 * s12;
+    if det.abs() <= 1e-12 * (s11 * s22).max(f64::MIN_POSITIVE) {
+        return None;
+    }
+    let alpha = (s22 * s1y - s12 * s2y) / det;
+    let beta = (s11 * s2y - s12 * s1y) / det;
+    let mean = rows.iter().map(|r| r.2).sum::<f64>() / rows.len() as f64;
+    let ss_tot: f64 = rows.iter().map(|r| (r.2 - mean).powi(2)).sum();
+    let ss_res: f64 = rows
+        .iter()
+        .map(|r| (r.2 - alpha * r.0 - beta * r.1).powi(2))
+        .sum();
+    let r2 = if ss_tot > 0.0 {
+        1.0 - ss_res / ss_tot
+    } else {
+        f64::NAN
+    };
+    Some((alpha, beta, r2))
+}
+
+/// The KL at which a [`gao_fit`] peaks (`None` when β ≤ 0: no peak, the gain keeps rising).
+pub fn gao_peak_kl(alpha: f64, beta: f64, rl: bool) -> Option<f64> {
+    (beta > 0.0).then(|| {
+        let d = if rl {
+            (alpha / beta - 1.0).exp()
+        } else {
+            alpha / (2.0 * beta)
+        };
+        d * d
+    })
+}
+
+/// The report's sentence on a [`gao_fit`] of `rows` (their mean KL and gold gain).
+fn gao_sentence(rows: &[Row], rl: bool) -> Option<String> {
+    let pts: Vec<(f64, f64)> = rows
+        .iter()
+        .map(|r| (r.mean("kl"), r.mean("gold/gain")))
+        .collect();
+    let (a, b, r2) = gao_fit(&pts, rl)?;
+    let form = if rl {
+        "d·(α − β·ln d)"
+    } else {
+        "d·(α − β·d)"
+    };
+    let peak = match gao_peak_kl(a, b, rl) {
+        Some(kl) => format!("the fitted gain peaks at KL {kl:.2}"),
+        None => "the fitted gain does not peak (β ≤ 0)".into(),
+    };
+    let positive = pts.iter().filter(|p| p.0 > 0.0 && p.1.is_finite()).count();
+    let quality = if positive > 2 {
+        format!("R² = {r2:.2} over {positive} points at KL > 0")
+    } else {
+        "two points at KL > 0 determine both coefficients, so this fits the form without testing it"
+            .into()
+    };
+    Some(format!(
+        "Gao et al. fit: gold gain = {form}, d = √KL: α = {a:.3}, β = {b:.3} ({quality}); {peak}."
+    ))
+}
+
 fn axis_metrics(axis: &str) -> (&'static str, &'static [&'static str]) {
     match axis {
         "rm_volume" | "rm_diversity" => (
@@ -157,7 +247,13 @@ fn axis_metrics(axis: &str) -> (&'static str, &'static [&'static str]) {
         ),
         "kl_budget" => (
             "gold/mean",
-            &["gold/mean", "proxy/mean", "kl", "response/length"],
+            &[
+                "gold/mean",
+                "gold/gain",
+                "proxy/mean",
+                "kl",
+                "response/length",
+            ],
         ),
         "length_control" => (
             "gold/gain",
@@ -464,8 +560,9 @@ fn by_kind(rows: &[Row]) -> BTreeMap<String, Vec<Row>> {
 /// A named series of `(x, y, error bar)` points.
 pub type Series = (String, Vec<(f64, f64, f64)>);
 
-/// A line chart as SVG: one series per entry of `series` (`name`, points `(x, y, err)`), with
-/// axes, ticks and a legend. Hand-written SVG keeps the report dependency-free and byte-stable.
+/// A line chart as SVG, drawn with plotters: one series per entry of `series` (`name`, points
+/// `(x, y, err)`, error bars where `err` is finite), with axes, tick labels (`x_ticks` at their
+/// x, or plotters' own), axis titles and a legend; with `log_x` the x axis is log2.
 pub fn svg_chart(
     title: &str,
     x_label: &str,
@@ -473,164 +570,118 @@ pub fn svg_chart(
     series: &[Series],
     x_ticks: Option<&[(f64, String)]>,
     log_x: bool,
-) -> String {
-    let (w, h, l, r, t, b) = (640.0, 400.0, 70.0, 150.0, 40.0, 50.0);
-    let tx = |x: f64| if log_x { x.max(1e-12).log2() } else { x };
-    let all: Vec<(f64, f64, f64)> = series
-        .iter()
-        .flat_map(|s| s.1.iter().copied())
-        .filter(|p| p.1.is_finite())
-        .collect();
-    let (mut x0, mut x1) = all.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |a, p| {
-        (a.0.min(tx(p.0)), a.1.max(tx(p.0)))
-    });
-    let (mut y0, mut y1) = all.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |a, p| {
-        let e = if p.2.is_finite() { p.2 } else { 0.0 };
-        (a.0.min(p.1 - e), a.1.max(p.1 + e))
-    });
-    if !x0.is_finite() {
-        (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
-    }
-    if x1 - x0 < 1e-12 {
-        x0 -= 0.5;
-        x1 += 0.5;
-    }
-    if y1 - y0 < 1e-12 {
-        y0 -= 0.5;
-        y1 += 0.5;
-    }
-    let pad = 0.05 * (y1 - y0);
-    (y0, y1) = (y0 - pad, y1 + pad);
-    let px = |x: f64| l + (tx(x) - x0) / (x1 - x0) * (w - l - r);
-    let py = |y: f64| h - b - (y - y0) / (y1 - y0) * (h - t - b);
-    let colours = [
-        "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf",
-    ];
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
-    let _ = writeln!(
-        s,
-        r#"<text x="{}" y="22" font-size="15" text-anchor="middle">{}</text>"#,
-        (w - r + l) / 2.0,
-        esc(title)
-    );
-    let _ = writeln!(
-        s,
-        r#"<line x1="{l}" y1="{}" x2="{}" y2="{}" stroke="black"/>"#,
-        h - b,
-        w - r,
-        h - b
-    );
-    let _ = writeln!(
-        s,
-        r#"<line x1="{l}" y1="{t}" x2="{l}" y2="{}" stroke="black"/>"#,
-        h - b
-    );
-    for i in 0..=4 {
-        let y = y0 + (y1 - y0) * f64::from(i) / 4.0;
-        let _ = writeln!(
-            s,
-            r#"<text x="{}" y="{:.1}" text-anchor="end">{}</text><line x1="{}" y1="{:.1}" x2="{l}" y2="{:.1}" stroke="black"/>"#,
-            l - 6.0,
-            py(y) + 4.0,
-            short(y),
-            l - 3.0,
-            py(y),
-            py(y)
-        );
-    }
-    let ticks: Vec<(f64, String)> = match x_ticks {
-        Some(t) => t.to_vec(),
-        None => (0..=4)
-            .map(|i| {
-                let x = x0 + (x1 - x0) * f64::from(i) / 4.0;
-                let x = if log_x { x.exp2() } else { x };
-                (x, short(x))
-            })
-            .collect(),
-    };
-    for (x, label) in &ticks {
-        let _ = writeln!(
-            s,
-            r#"<text x="{:.1}" y="{}" text-anchor="middle">{}</text><line x1="{:.1}" y1="{}" x2="{:.1}" y2="{}" stroke="black"/>"#,
-            px(*x),
-            h - b + 18.0,
-            esc(label),
-            px(*x),
-            h - b,
-            px(*x),
-            h - b + 3.0
-        );
-    }
-    let _ = writeln!(
-        s,
-        r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
-        (w - r + l) / 2.0,
-        h - 10.0,
-        esc(x_label)
-    );
-    let _ = writeln!(
-        s,
-        r#"<text x="16" y="{}" text-anchor="middle" transform="rotate(-90 16 {})">{}</text>"#,
-        (h - b + t) / 2.0,
-        (h - b + t) / 2.0,
-        esc(y_label)
-    );
-    for (i, (name, pts)) in series.iter().enumerate() {
-        let c = colours[i % colours.len()];
-        let pts: Vec<&(f64, f64, f64)> = pts.iter().filter(|p| p.1.is_finite()).collect();
-        if pts.len() > 1 {
-            let path: Vec<String> = pts
-                .iter()
-                .map(|p| format!("{:.1},{:.1}", px(p.0), py(p.1)))
-                .collect();
-            let _ = writeln!(
-                s,
-                r#"<polyline fill="none" stroke="{c}" stroke-width="2" points="{}"/>"#,
-                path.join(" ")
-            );
-        }
-        for p in &pts {
-            let _ = writeln!(
-                s,
-                r#"<circle cx="{:.1}" cy="{:.1}" r="4" fill="{c}"/>"#,
-                px(p.0),
-                py(p.1)
-            );
-            if p.2.is_finite() && p.2 > 0.0 {
-                let _ = writeln!(
-                    s,
-                    r#"<line x1="{:.1}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="{c}"/>"#,
-                    px(p.0),
-                    py(p.1 - p.2),
-                    px(p.0),
-                    py(p.1 + p.2)
-                );
-            }
-        }
-        let ly = t + 10.0 + 18.0 * i as f64;
-        let _ = writeln!(
-            s,
-            r#"<rect x="{}" y="{}" width="12" height="12" fill="{c}"/><text x="{}" y="{}">{}</text>"#,
-            w - r + 12.0,
-            ly - 10.0,
-            w - r + 30.0,
-            ly,
-            esc(name)
-        );
-    }
-    s.push_str("</svg>\n");
-    s
-}
+) -> Result<String> {
+    let mut svg = String::new();
+    let draw = |svg: &mut String| -> std::result::Result<(), Box<dyn std::error::Error>> {
+        use plotters::prelude::*;
+        use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
+        let tx = |x: f64| if log_x { x.max(1e-12).log2() } else { x };
+        let all: Vec<(f64, f64, f64)> = series
+            .iter()
+            .flat_map(|s| s.1.iter().copied())
+            .filter(|p| p.1.is_finite())
+            .collect();
+        let (mut x0, mut x1) = all.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |a, p| {
+            (a.0.min(tx(p.0)), a.1.max(tx(p.0)))
+        });
+        let (mut y0, mut y1) = all.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |a, p| {
+            let e = if p.2.is_finite() { p.2 } else { 0.0 };
+            (a.0.min(p.1 - e), a.1.max(p.1 + e))
+        });
+        if !x0.is_finite() {
+            (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
+        }
+        let xpad = if x1 - x0 < 1e-12 {
+            0.5
+        } else {
+            0.05 * (x1 - x0)
+        };
+        let ypad = if y1 - y0 < 1e-12 {
+            0.5
+        } else {
+            0.08 * (y1 - y0)
+        };
+        let (x0, x1, y0, y1) = (x0 - xpad, x1 + xpad, y0 - ypad, y1 + ypad);
+        let colours = [
+            RGBColor(0x1f, 0x77, 0xb4),
+            RGBColor(0xd6, 0x27, 0x28),
+            RGBColor(0x2c, 0xa0, 0x2c),
+            RGBColor(0x94, 0x67, 0xbd),
+            RGBColor(0xff, 0x7f, 0x0e),
+            RGBColor(0x8c, 0x56, 0x4b),
+            RGBColor(0x17, 0xbe, 0xcf),
+            RGBColor(0xe3, 0x77, 0xc2),
+            RGBColor(0x7f, 0x7f, 0x7f),
+        ];
+
+        let root = SVGBackend::with_string(svg, (680, 400)).into_drawing_area();
+        root.fill(&WHITE)?;
+        // the plot on the left, its legend in a column of its own on the right
+        let (plot, legend) = root.split_horizontally(530);
+        let mut chart = ChartBuilder::on(&plot)
+            .caption(title, ("sans-serif", 16))
+            .margin(12)
+            .x_label_area_size(44)
+            .y_label_area_size(64)
+            .build_cartesian_2d(x0..x1, y0..y1)?;
+        let fmt_x = |v: &f64| short(if log_x { v.exp2() } else { *v });
+        let fmt_y = |v: &f64| short(*v);
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_labels(if x_ticks.is_some() { 0 } else { 6 })
+            .x_label_formatter(&fmt_x)
+            .y_label_formatter(&fmt_y)
+            .x_desc(x_label)
+            .y_desc(y_label)
+            .draw()?;
+        // the given ticks at their own x (categories, log-spaced values)
+        for (x, label) in x_ticks.unwrap_or_default() {
+            let (px, py) = chart.backend_coord(&(tx(*x), y0));
+            plot.draw(&PathElement::new(vec![(px, py), (px, py + 5)], BLACK))?;
+            plot.draw(&Text::new(
+                label.clone(),
+                (px, py + 8),
+                ("sans-serif", 12)
+                    .into_font()
+                    .color(&BLACK)
+                    .pos(Pos::new(HPos::Center, VPos::Top)),
+            ))?;
+        }
+        for (i, (name, pts)) in series.iter().enumerate() {
+            let c = colours[i % colours.len()];
+            let pts: Vec<(f64, f64, f64)> = pts
+                .iter()
+                .filter(|p| p.1.is_finite())
+                .map(|p| (tx(p.0), p.1, p.2))
+                .collect();
+            chart.draw_series(LineSeries::new(
+                pts.iter().map(|p| (p.0, p.1)),
+                c.stroke_width(2),
+            ))?;
+            let y = 50 + 20 * i as i32;
+            legend.draw(&Rectangle::new([(8, y - 6), (20, y + 6)], c.filled()))?;
+            legend.draw(&Text::new(
+                name.clone(),
+                (26, y),
+                ("sans-serif", 12)
+                    .into_font()
+                    .color(&BLACK)
+                    .pos(Pos::new(HPos::Left, VPos::Center)),
+            ))?;
+            chart.draw_series(pts.iter().map(|p| Circle::new((p.0, p.1), 4, c.filled())))?;
+            chart.draw_series(
+                pts.iter()
+                    .filter(|p| p.2.is_finite() && p.2 > 0.0)
+                    .map(|p| PathElement::new(vec![(p.0, p.1 - p.2), (p.0, p.1 + p.2)], c)),
+            )?;
+        }
+        root.present()?;
+        Ok(())
+    };
+    draw(&mut svg).map_err(|e| Error::Config(format!("plot {title:?}: {e}")))?;
+    Ok(svg)
 }
 
 fn short(v: f64) -> String {
@@ -748,6 +799,11 @@ pub fn write_report(out: &Path, points: &[PointRecord], title: &str) -> Result<(
                 }
             }
         }
+        if matches!(*axis, "best_of_n" | "kl_budget")
+            && let Some(line) = gao_sentence(&r, *axis == "kl_budget")
+        {
+            let _ = writeln!(md, "\n{line}");
+        }
         if numeric && let Some((slope, r2)) = log2_fit(&r, head) {
             let _ = writeln!(
                 md,
@@ -811,7 +867,7 @@ pub fn write_report(out: &Path, points: &[PointRecord], title: &str) -> Result<(
             &series,
             Some(&ticks),
             (numeric || *axis == "supervision") && *axis != "kl_budget",
-        );
+        )?;
         write_atomic(&plots.join(format!("{axis}.svg")), svg.as_bytes())?;
         let _ = writeln!(md, "\n![{axis}](plots/{axis}.svg)\n");
     }
@@ -847,7 +903,7 @@ pub fn write_report(out: &Path, points: &[PointRecord], title: &str) -> Result<(
             &series,
             None,
             false,
-        );
+        )?;
         write_atomic(&plots.join("frontier.svg"), svg.as_bytes())?;
         let _ = writeln!(
             md,

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use rlhf_bench::report::{log2_fit, rows, verify_report};
+use rlhf_bench::report::{gao_fit, gao_peak_kl, log2_fit, rows, verify_report};
 use rlhf_bench::{Point, PointRecord, RunConfig, RunResult, read_points, write_report};
 
 fn point(axis: &str, label: &str, x: f64, seed: u64, metrics: &[(&str, f64)]) -> PointRecord {
@@ -256,4 +256,64 @@ fn sizes_that_would_overflow_are_refused() {
     assert!(text.contains("18446744073709551615"));
     let err = RunConfig::from_toml(&text).unwrap_err().to_string();
     assert!(err.contains("samples_per_prompt"), "{err}");
+}
+
+proptest::proptest! {
+    /// Gain values made exactly by Gao et al.'s forms at a few KLs give back their α and β, with
+    /// R² = 1, and the peak of the best-of-n form is where its derivative in d vanishes.
+    #[test]
+    fn gao_fits_recover_the_forms_coefficients(
+        alpha in 0.1f64..2.0,
+        beta in 0.01f64..1.0,
+        kls in proptest::collection::btree_set(1u32..4000, 3..7),
+        rl in proptest::bool::ANY,
+    ) {
+        let pts: Vec<(f64, f64)> = kls
+            .iter()
+            .map(|&k| {
+                let kl = f64::from(k) / 100.0;
+                let d = kl.sqrt();
+                (kl, if rl { d * (alpha - beta * d.ln()) } else { d * (alpha - beta * d) })
+            })
+            .chain(std::iter::once((0.0, 0.0)))
+            .collect();
+        let (a, b, r2) = gao_fit(&pts, rl).unwrap();
+        proptest::prop_assert!((a - alpha).abs() < 1e-6 * (1.0 + alpha), "α {a} vs {alpha}");
+        proptest::prop_assert!((b - beta).abs() < 1e-6 * (1.0 + beta), "β {b} vs {beta}");
+        proptest::prop_assert!(r2 > 1.0 - 1e-9, "R² {r2}");
+        let peak = gao_peak_kl(a, b, rl).unwrap().sqrt();
+        let slope = if rl { alpha - beta * (peak.ln() + 1.0) } else { alpha - 2.0 * beta * peak };
+        proptest::prop_assert!(slope.abs() < 1e-5, "derivative {slope} at the peak");
+    }
+}
+
+#[test]
+fn a_gao_fit_needs_two_points_at_positive_kl() {
+    assert!(gao_fit(&[(0.0, 0.0), (1.0, 0.5)], false).is_none());
+    assert!(gao_peak_kl(1.0, -0.1, true).is_none());
+}
+
+/// `rlhf-bench run` resumes its own checkpoints only: the run directory remembers its
+/// configuration, takes the same one again, and refuses another with a message naming it.
+#[test]
+fn a_run_directory_holds_one_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let a = RunConfig::from_file(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/arith-prm-best-of-8.toml"),
+    )
+    .unwrap();
+    rlhf_bench::pipeline::claim_run_dir(&out, &a).unwrap();
+    rlhf_bench::pipeline::claim_run_dir(&out, &a).unwrap();
+    let mut b = a.clone();
+    b.rm.pairs += 1;
+    let err = rlhf_bench::pipeline::claim_run_dir(&out, &b)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("another configuration") && err.contains(&out.display().to_string()),
+        "{err}"
+    );
+    // the first configuration is still the directory's
+    rlhf_bench::pipeline::claim_run_dir(&out, &a).unwrap();
 }

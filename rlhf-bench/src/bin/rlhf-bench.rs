@@ -2,7 +2,8 @@
 //! report.
 //!
 //! ```text
-//! rlhf-bench run CONFIG.toml [--out DIR]
+//! rlhf-bench run CONFIG.toml [--out DIR]   # DIR (target/rlhf-bench/run) holds one configuration:
+//!                                         # run again, it resumes; another one is refused
 //! rlhf-bench sweep [--preset smoke|quick|full] [--out DIR] [--axes a,b] [--seeds 0,1 | --seeds N] [--device D] [--no-progress]
 //! rlhf-bench report DIR      # rewrite the report from the stored points
 //! rlhf-bench verify DIR      # check the report's and the CSV's numbers against the points
@@ -14,6 +15,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use rlhf_bench::pipeline::claim_run_dir;
 use rlhf_bench::{RunConfig, preset_points, read_points, run, sweep, write_report};
 
 const USAGE: &str = "usage:
@@ -63,6 +65,7 @@ fn main() -> ExitCode {
                     .unwrap_or_else(|| "target/rlhf-bench/run".into()),
             );
             RunConfig::from_file(&PathBuf::from(path)).and_then(|cfg| {
+                claim_run_dir(&out, &cfg)?;
                 let result = run(&cfg, &out.join("cache"), &out.join("work"))?;
                 let json = serde_json::to_string_pretty(&result)
                     .map_err(|e| rlhf_core::Error::Record(e.to_string()))?;
