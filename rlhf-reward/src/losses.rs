@@ -215,6 +215,25 @@ mod tests {
         }
 
         #[test]
+        fn centering_matches_reference_and_is_symmetric(
+            pairs in prop::collection::vec((-5.0f64..5.0, -5.0f64..5.0), 1..8),
+            eta in 0.0f64..0.1,
+        ) {
+            let c: Vec<f64> = pairs.iter().map(|p| p.0).collect();
+            let r: Vec<f64> = pairs.iter().map(|p| p.1).collect();
+            // η·mean[(r_c + r_r)²]
+            let reference = eta * pairs.iter().map(|p| (p.0 + p.1).powi(2)).sum::<f64>() / pairs.len() as f64;
+            let got = s(centering_penalty(t1(&c), t1(&r), eta as f32));
+            prop_assert!((got - reference).abs() < 1e-4 * (1.0 + reference));
+            // it does not care which response is the chosen one
+            let swapped = s(centering_penalty(t1(&r), t1(&c), eta as f32));
+            prop_assert!((got - swapped).abs() < 1e-6 * (1.0 + got));
+            // scores centred pairwise (r = −c) cost nothing
+            let neg: Vec<f64> = c.iter().map(|x| -x).collect();
+            prop_assert!(s(centering_penalty(t1(&c), t1(&neg), eta as f32)).abs() < 1e-6);
+        }
+
+        #[test]
         fn loss_falls_as_the_margin_between_chosen_and_rejected_grows(base in -3.0f64..3.0, gap in 0.0f64..3.0, extra in 0.01f64..2.0) {
             let near = s(bradley_terry_loss(t1(&[base + gap]), t1(&[base]), None));
             let far = s(bradley_terry_loss(t1(&[base + gap + extra]), t1(&[base]), None));
