@@ -47,8 +47,9 @@ impl Default for RunConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TaskConfig {
-    /// `tldr-synth` (the full pipeline) or `arith-steps` (outcome vs process verifiers and
-    /// best-of-n, see [`crate::arith`]).
+    /// `tldr-synth` (the full pipeline, judged by the gold scorer), `arith-steps` (outcome vs
+    /// process verifiers and best-of-n, see [`crate::arith`]) or `preferences` (the full pipeline
+    /// on a user's preference file, `task.data`, judged by its reward model, see [`crate::user`]).
     pub name: String,
     /// Demonstrations for SFT (train split).
     pub demos: usize,
@@ -60,6 +61,59 @@ pub struct TaskConfig {
     pub eval_prompts: usize,
     /// The difficulty of `arith-steps`.
     pub arith: ArithConfig,
+    /// The files of `task.name = "preferences"` (a user's own data, see [`crate::user`]).
+    pub data: UserData,
+}
+
+/// A user's own preference data. With it, `task.demos`, `task.train_prompts`,
+/// `task.eval_prompts`, `rm.pairs` and `rm.eval_pairs` are caps (at most that many), and the
+/// labeller settings do not apply: the file's labels are the labels.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UserData {
+    /// Preference records (`{prompt, chosen, rejected}`, HH-RLHF's `{chosen, rejected}`, either
+    /// conversational): JSONL, `.jsonl.gz` or parquet. A relative path is read from the config
+    /// file's directory.
+    pub preferences: String,
+    /// SFT demonstrations (`{prompt, completion}`, `{messages}` or `{text}`); empty: the prompt
+    /// and chosen response of every training pair.
+    pub demonstrations: String,
+    /// A `tokenizer.json`; empty: a byte-level BPE of `task.vocab_size` entries trained on the
+    /// training split.
+    pub tokenizer: String,
+    /// The EOS token of that tokenizer, when it is not one of the usual names.
+    pub eos_token: String,
+    /// Share of prompts held out for evaluation, by a hash of the prompt (a prompt is never in
+    /// both splits).
+    pub eval_share: f64,
+    /// Longest prompt in tokens; a longer one keeps its end.
+    pub max_prompt_tokens: usize,
+    /// Longest response in tokens (EOS included); a longer one keeps its start and loses its EOS.
+    pub max_response_tokens: usize,
+    /// Skip records that cannot be read (counted in `data/rejected`, the first printed) instead
+    /// of stopping at the first with its file, line and field.
+    pub skip_bad: bool,
+    /// Field names, for files that name them differently.
+    pub fields: rlhf_data::FieldNames,
+    /// How conversational records become text (ChatML by default).
+    pub chat_template: rlhf_data::ChatTemplate,
+}
+
+impl Default for UserData {
+    fn default() -> Self {
+        UserData {
+            preferences: String::new(),
+            demonstrations: String::new(),
+            tokenizer: String::new(),
+            eos_token: String::new(),
+            eval_share: 0.1,
+            max_prompt_tokens: 64,
+            max_response_tokens: 48,
+            skip_bad: false,
+            fields: rlhf_data::FieldNames::default(),
+            chat_template: rlhf_data::ChatTemplate::default(),
+        }
+    }
 }
 
 /// The difficulty of `arith-steps` and its solver's error rate.
@@ -104,6 +158,7 @@ impl Default for TaskConfig {
             train_prompts: 512,
             eval_prompts: 64,
             arith: ArithConfig::default(),
+            data: UserData::default(),
         }
     }
 }
@@ -314,10 +369,19 @@ impl RunConfig {
     /// Reads a TOML file; errors name the file (and the key or line TOML reports).
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        Self::from_toml(&text).map_err(|e| match e {
+        let mut cfg = Self::from_toml(&text).map_err(|e| match e {
             Error::Config(m) => Error::Config(format!("{}: {m}", path.display())),
             other => other,
-        })
+        })?;
+        // the data files of a config are read from its directory, as cargo reads paths
+        let dir = path.parent().unwrap_or(Path::new(""));
+        let d = &mut cfg.task.data;
+        for f in [&mut d.preferences, &mut d.demonstrations, &mut d.tokenizer] {
+            if !f.is_empty() && Path::new(f.as_str()).is_relative() {
+                *f = dir.join(f.as_str()).to_string_lossy().into_owned();
+            }
+        }
+        Ok(cfg)
     }
 
     /// Parses TOML text.
@@ -350,9 +414,28 @@ impl RunConfig {
                     return bad("rm.eval_pairs must be ≥ 1".into());
                 }
             }
+            "preferences" => {
+                let d = &self.task.data;
+                if d.preferences.is_empty() {
+                    return bad(
+                        "task.data.preferences: the preference file (JSONL, .jsonl.gz or parquet) is required with task.name = \"preferences\"".into(),
+                    );
+                }
+                if !(d.eval_share > 0.0 && d.eval_share < 1.0) {
+                    return bad("task.data.eval_share must be in (0, 1)".into());
+                }
+                if d.max_prompt_tokens == 0 || d.max_response_tokens < 2 {
+                    return bad(
+                        "task.data: need max_prompt_tokens ≥ 1 and max_response_tokens ≥ 2".into(),
+                    );
+                }
+                if self.rm.eval_pairs == 0 {
+                    return bad("rm.eval_pairs must be ≥ 1".into());
+                }
+            }
             other => {
                 return bad(format!(
-                    "task.name: `tldr-synth` or `arith-steps`, got {other:?}"
+                    "task.name: `tldr-synth`, `arith-steps` or `preferences`, got {other:?}"
                 ));
             }
         }

@@ -6,7 +6,8 @@
 //! - [`pipeline::run`]: one run of the pipeline described by a TOML [`RunConfig`]: task →
 //!   SFT → reward model (pairs of SFT samples labelled by a noisy labeller) → PPO, GRPO, RLOO,
 //!   REINFORCE++, DPO, EXO or best-of-n → the gold judge (gold score, win rates, KL to the
-//!   reference, proxy score, length), with shared stages cached;
+//!   reference, proxy score, length), with shared stages cached; [`user`] runs the same stages on
+//!   a user's own preference file, judged by its reward model;
 //! - [`study`]: the presets (`smoke`, `quick`, `full`) of the scaling study's axes and the sweep,
 //!   which stores every finished point and skips it when started again;
 //! - [`report`]: `summary.csv`, SVG plots and `report.md` with fitted trends and the findings table;
@@ -33,6 +34,7 @@ pub mod perf;
 pub mod pipeline;
 pub mod report;
 pub mod study;
+pub mod user;
 
 pub use compute::{Workload, flops, mfu, ppo_iteration_flops};
 pub use config::{MethodKind, RewardSource, RunConfig, model_shape};

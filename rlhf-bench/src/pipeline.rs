@@ -1,5 +1,6 @@
 //! The pipeline of one run: task → SFT → reward model → method → judge (`arith-steps` runs
-//! its own verifier study, in [`crate::arith`]).
+//! its own verifier study, in [`crate::arith`]; a user's preference file runs the same stages
+//! with its own labels and the RM as judge, in [`crate::user`]).
 //!
 //! Stages that several runs share are cached under a directory, keyed by everything that decides
 //! them: the tokenizer (task, demonstrations, vocabulary), each SFT model (size, budget, seed), each
@@ -80,8 +81,10 @@ pub fn claim_run_dir(out: &Path, cfg: &RunConfig) -> Result<()> {
 /// checkpoints) under `work` (resumed if present).
 pub fn run(cfg: &RunConfig, cache: &Path, work: &Path) -> Result<RunResult> {
     cfg.validate()?;
-    if cfg.task.name == "arith-steps" {
-        return crate::arith::run_arith(cfg, work);
+    match cfg.task.name.as_str() {
+        "arith-steps" => return crate::arith::run_arith(cfg, work),
+        "preferences" => return crate::user::run_preferences(cfg, cache, work),
+        _ => {}
     }
     let start = Instant::now();
     let device = rlhf_core::parse_device(&cfg.device)?.autodiff();
@@ -95,27 +98,9 @@ pub fn run(cfg: &RunConfig, cache: &Path, work: &Path) -> Result<RunResult> {
         .iter()
         .map(|(p, d)| Ok((tok.encode(p)?, tok.encode(&with_eos(d))?)))
         .collect::<Result<_>>()?;
-    let demo_tokens: u64 = sft_data
-        .iter()
-        .map(|(p, r)| (p.len() + r.len()) as u64)
-        .sum();
 
     // SFT of the policy (the reference, TL;DR detail 11)
-    let (policy_shape, sft) =
-        sft_model(cfg, &cfg.sft.policy_size, &tok, &sft_data, cache, &device)?;
-    m.insert(
-        "params/policy".into(),
-        policy_shape.non_embedding_params() as f64,
-    );
-    m.insert(
-        "flops/sft".into(),
-        flops(
-            &policy_shape,
-            Workload::Train {
-                tokens: demo_tokens * cfg.sft.epochs as u64,
-            },
-        ) as f64,
-    );
+    let (policy_shape, sft) = policy_sft(cfg, &tok, &sft_data, cache, &device, &mut m)?;
 
     // the reward model, trained on labelled pairs of the SFT policy's samples
     let rm_stage = if cfg.method.kind.needs_rm() {
@@ -159,19 +144,112 @@ pub fn run(cfg: &RunConfig, cache: &Path, work: &Path) -> Result<RunResult> {
     }
     let method_start = Instant::now();
     let mut curve: Vec<BTreeMap<String, f64>> = Vec::new();
+    let inputs = MethodInputs {
+        sft: &sft,
+        policy_shape: &policy_shape,
+        rm: rm_stage.as_ref(),
+        tok: &tok,
+        train_prompts: &train_prompts,
+        sft_data: &sft_data,
+        query_length,
+        eval_pairs: &[],
+    };
+    let policy = optimise(cfg, &inputs, work, &device, &mut m, &mut curve)?;
+    m.insert("time/method".into(), method_start.elapsed().as_secs_f64());
+
+    // the judge: gold score and win rates here; KL to the reference, proxy score and length in
+    // `judge`
+    let judge_rm = rm_stage
+        .as_ref()
+        .map(|s| RewardScorer::new(s.rm.clone(), tok.clone(), &device));
+    let (judged, baseline) = judge(
+        cfg,
+        &inputs,
+        &policy,
+        &eval_prompts,
+        judge_rm.as_ref(),
+        &device,
+        &mut m,
+    )?;
+    let gold: Vec<f64> = eval_prompts
+        .iter()
+        .zip(&judged.texts)
+        .map(|(p, t)| task.gold(p, t).total)
+        .collect();
+    let sft_gold: Vec<f64> = eval_prompts
+        .iter()
+        .zip(&baseline.texts)
+        .map(|(p, t)| task.gold(p, t).total)
+        .collect();
+    let references: Vec<f64> = eval_prompts
+        .iter()
+        .map(|p| task.gold(p, &with_eos(&task.reference(p))).total)
+        .collect();
+    let (mean, se) = mean_se(&gold);
+    m.insert("gold/mean".into(), mean);
+    m.insert("gold/se".into(), se);
+    let sft_mean = mean_se(&sft_gold).0;
+    m.insert("gold/sft".into(), sft_mean);
+    m.insert("gold/gain".into(), mean - sft_mean);
+    m.insert("gold/references".into(), mean_se(&references).0);
+    m.insert("judge/win_rate_vs_sft".into(), win_rate(&gold, &sft_gold));
+    m.insert(
+        "judge/win_rate_vs_references".into(),
+        win_rate(&gold, &references),
+    );
+    m.insert("memory/peak_bytes".into(), peak_memory_bytes());
+    Ok(RunResult {
+        metrics: m,
+        curve,
+        wall_seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// What the method stage reads.
+pub(crate) struct MethodInputs<'a> {
+    /// The SFT policy: the start and the reference.
+    pub sft: &'a CausalLm,
+    /// Its shape (for the FLOPs).
+    pub policy_shape: &'a TransformerConfig,
+    /// The reward model and its pairs (every method but `sft` reads it).
+    pub rm: Option<&'a RmStage>,
+    /// The tokenizer.
+    pub tok: &'a Tokenizer,
+    /// Prompts of the on-policy methods.
+    pub train_prompts: &'a [String],
+    /// The SFT demonstrations (PPO's optional SFT term reads them).
+    pub sft_data: &'a [(Vec<u32>, Vec<u32>)],
+    /// Longest prompt, in tokens.
+    pub query_length: usize,
+    /// Held-out pairs the offline methods report their reward accuracy on (may be empty).
+    pub eval_pairs: &'a [RankedExample],
+}
+
+/// The method stage: trains the policy from the SFT model as `cfg.method` says (or returns the
+/// SFT model for `sft` and `best_of_n`), adding its metrics to `m` and its learning curve to
+/// `curve`; checkpoints and metrics go under `work`.
+pub(crate) fn optimise(
+    cfg: &RunConfig,
+    inp: &MethodInputs<'_>,
+    work: &Path,
+    device: &Device,
+    m: &mut BTreeMap<String, f64>,
+    curve: &mut Vec<BTreeMap<String, f64>>,
+) -> Result<CausalLm> {
     let policy = match cfg.method.kind {
-        MethodKind::Sft | MethodKind::BestOfN => sft.clone(),
+        MethodKind::Sft | MethodKind::BestOfN => inp.sft.clone(),
         MethodKind::Dpo | MethodKind::Exo => {
-            let stage = rm_stage.as_ref().expect("DPO reads the RM's pairs");
-            let groups: Vec<Group> = stage
-                .pairs
-                .iter()
-                .map(|e| Group {
-                    prompt: e.prompt.clone(),
-                    responses: e.responses.clone(),
-                    rewards: None,
-                })
-                .collect();
+            let stage = inp.rm.expect("DPO reads the RM's pairs");
+            let to_groups = |v: &[RankedExample]| -> Vec<Group> {
+                v.iter()
+                    .map(|e| Group {
+                        prompt: e.prompt.clone(),
+                        responses: e.responses.clone(),
+                        rewards: None,
+                    })
+                    .collect()
+            };
+            let (groups, eval_groups) = (to_groups(&stage.pairs), to_groups(inp.eval_pairs));
             let dcfg = DpoConfig {
                 loss: if cfg.method.kind == MethodKind::Dpo {
                     OfflineLoss::Dpo {
@@ -201,30 +279,36 @@ pub fn run(cfg: &RunConfig, cache: &Path, work: &Path) -> Result<RunResult> {
             m.insert(
                 "flops/method".into(),
                 (flops(
-                    &policy_shape,
+                    inp.policy_shape,
                     Workload::Train {
                         tokens: tokens * dcfg.epochs as u64,
                     },
-                ) + flops(&policy_shape, Workload::Forward { tokens })) as f64,
+                ) + flops(inp.policy_shape, Workload::Forward { tokens })) as f64,
             );
             let (policy, report) = train_offline(
-                sft.clone(),
-                &sft,
+                inp.sft.clone(),
+                inp.sft,
                 &groups,
-                &[],
+                &eval_groups,
                 &dcfg,
                 &RefCache::new(None),
                 &quiet_in(work.join("dpo")),
-                &device,
+                device,
             )?;
             m.insert("method/steps".into(), report.steps as f64);
+            if !eval_groups.is_empty() {
+                m.insert(
+                    "method/eval_reward_accuracy".into(),
+                    report.eval.reward_accuracy,
+                );
+            }
             policy
         }
         MethodKind::Ppo | MethodKind::Grpo | MethodKind::Rloo | MethodKind::ReinforcePp => {
-            let stage = rm_stage.as_ref().expect("on-policy methods read the RM");
+            let stage = inp.rm.expect("on-policy methods read the RM");
             let mut pcfg = cfg.method.ppo.clone();
             pcfg.seed = cfg.seed;
-            pcfg.query_length = query_length;
+            pcfg.query_length = inp.query_length;
             pcfg.advantage = match cfg.method.kind {
                 MethodKind::Ppo => AdvantageEstimator::Gae,
                 MethodKind::Grpo => AdvantageEstimator::Grpo,
@@ -233,9 +317,9 @@ pub fn run(cfg: &RunConfig, cache: &Path, work: &Path) -> Result<RunResult> {
             };
             let scorer: Box<dyn Scorer> = match cfg.method.reward {
                 RewardSource::Rm => {
-                    Box::new(RewardScorer::new(stage.rm.clone(), tok.clone(), &device))
+                    Box::new(RewardScorer::new(stage.rm.clone(), inp.tok.clone(), device))
                 }
-                RewardSource::Length => Box::new(LengthScorer::new(0.1, tok.eos_text())),
+                RewardSource::Length => Box::new(LengthScorer::new(0.1, inp.tok.eos_text())),
             };
             // TL;DR detail 6: the critic starts from the reward model (or, switched off, from
             // the SFT policy with a fresh head)
@@ -243,27 +327,27 @@ pub fn run(cfg: &RunConfig, cache: &Path, work: &Path) -> Result<RunResult> {
                 if pcfg.value_from_reward_model {
                     stage.rm.to_value_model()
                 } else {
-                    seeded(&device, cfg.seed.wrapping_add(8), || {
-                        rlhf_models::ScalarModel::from_backbone(sft.clone())
+                    seeded(device, cfg.seed.wrapping_add(8), || {
+                        rlhf_models::ScalarModel::from_backbone(inp.sft.clone())
                     })
                 }
             });
             let inputs = PpoInputs {
-                reference: &sft,
+                reference: inp.sft,
                 scorer: scorer.as_ref(),
-                tokenizer: &tok,
-                prompts: &train_prompts,
-                demonstrations: &sft_data,
+                tokenizer: inp.tok,
+                prompts: inp.train_prompts,
+                demonstrations: inp.sft_data,
                 eval: None,
                 eval_every: 0,
             };
             let dir = work.join("ppo");
             let (models, report) = train_ppo(
-                PolicyAndValue::new(sft.clone(), value),
+                PolicyAndValue::new(inp.sft.clone(), value),
                 &inputs,
                 &pcfg,
                 &quiet_in(dir.clone()),
-                &device,
+                device,
             )?;
             for line in read_metrics(&dir.join("metrics.jsonl"))? {
                 curve.push(
@@ -283,14 +367,14 @@ pub fn run(cfg: &RunConfig, cache: &Path, work: &Path) -> Result<RunResult> {
                 .then_some(if pcfg.value_from_reward_model {
                     &stage.shape
                 } else {
-                    &policy_shape
+                    inp.policy_shape
                 });
             let per_iteration = ppo_iteration_flops(
-                &policy_shape,
+                inp.policy_shape,
                 &stage.shape,
                 critic,
                 pcfg.batch_size() as u64,
-                query_length as u64,
+                inp.query_length as u64,
                 mean_len.round() as u64,
                 pcfg.ppo_epochs as u64,
             );
@@ -303,107 +387,7 @@ pub fn run(cfg: &RunConfig, cache: &Path, work: &Path) -> Result<RunResult> {
             models.policy
         }
     };
-    m.insert("time/method".into(), method_start.elapsed().as_secs_f64());
-
-    // the judge: gold score, win rates, KL to the reference, proxy score, length
-    let judge_rm = rm_stage
-        .as_ref()
-        .map(|s| RewardScorer::new(s.rm.clone(), tok.clone(), &device));
-    let n = if cfg.method.kind == MethodKind::BestOfN {
-        cfg.method.best_of_n
-    } else {
-        1
-    };
-    let judged = judge_samples(cfg, &policy, &tok, &eval_prompts, n, judge_rm.as_ref())?;
-    let baseline = judge_samples(cfg, &sft, &tok, &eval_prompts, 1, None)?;
-    let gold: Vec<f64> = eval_prompts
-        .iter()
-        .zip(&judged.texts)
-        .map(|(p, t)| task.gold(p, t).total)
-        .collect();
-    let sft_gold: Vec<f64> = eval_prompts
-        .iter()
-        .zip(&baseline.texts)
-        .map(|(p, t)| task.gold(p, t).total)
-        .collect();
-    let references: Vec<f64> = eval_prompts
-        .iter()
-        .map(|p| task.gold(p, &with_eos(&task.reference(p))).total)
-        .collect();
-    let (mean, se) = mean_se(&gold);
-    m.insert("gold/mean".into(), mean);
-    m.insert("gold/se".into(), se);
-    let sft_mean = mean_se(&sft_gold).0;
-    m.insert("gold/sft".into(), sft_mean);
-    m.insert("gold/gain".into(), mean - sft_mean);
-    m.insert("gold/references".into(), mean_se(&references).0);
-    m.insert("judge/win_rate_vs_sft".into(), win_rate(&gold, &sft_gold));
-    m.insert(
-        "judge/win_rate_vs_references".into(),
-        win_rate(&gold, &references),
-    );
-    m.insert(
-        "kl".into(),
-        if n > 1 {
-            // best-of-n: the analytic KL to the sampling policy
-            (n as f64).ln() - (n as f64 - 1.0) / n as f64
-        } else {
-            sampled_kl(
-                &policy,
-                &sft,
-                &eval_ids,
-                &judged.ids,
-                cfg.judge.temperature,
-                &device,
-            )?
-        },
-    );
-    if let Some(rm) = &judge_rm {
-        let refs: Vec<&str> = eval_prompts.iter().map(String::as_str).collect();
-        let texts: Vec<&str> = judged.texts.iter().map(String::as_str).collect();
-        let proxy = rm.score(&refs, &texts)?;
-        m.insert(
-            "proxy/mean".into(),
-            proxy.iter().map(|&x| f64::from(x)).sum::<f64>() / proxy.len() as f64,
-        );
-    }
-    m.insert(
-        "response/length".into(),
-        judged.ids.iter().map(|r| r.len() as f64).sum::<f64>() / judged.ids.len() as f64,
-    );
-    m.insert(
-        "response/eos".into(),
-        judged
-            .texts
-            .iter()
-            .filter(|t| t.ends_with(&tok.eos_text()))
-            .count() as f64
-            / judged.texts.len() as f64,
-    );
-    if cfg.method.kind == MethodKind::BestOfN {
-        let eval_tokens: u64 = judged
-            .ids
-            .iter()
-            .map(|r| (query_length + r.len()) as u64)
-            .sum();
-        m.insert(
-            "flops/method".into(),
-            (n as f64)
-                * flops(
-                    &policy_shape,
-                    Workload::Forward {
-                        tokens: eval_tokens,
-                    },
-                ) as f64,
-        );
-    }
-    m.entry("flops/method".into()).or_insert(0.0);
-    m.insert("memory/peak_bytes".into(), peak_memory_bytes());
-    Ok(RunResult {
-        metrics: m,
-        curve,
-        wall_seconds: start.elapsed().as_secs_f64(),
-    })
+    Ok(policy)
 }
 
 pub(crate) fn quiet_in(dir: PathBuf) -> RunOptions {
@@ -416,7 +400,7 @@ pub(crate) fn quiet_in(dir: PathBuf) -> RunOptions {
     }
 }
 
-fn mean_se(v: &[f64]) -> (f64, f64) {
+pub(crate) fn mean_se(v: &[f64]) -> (f64, f64) {
     let n = v.len().max(1) as f64;
     let mean = v.iter().sum::<f64>() / n;
     let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
@@ -446,18 +430,26 @@ fn demonstrations(task: &TldrSynth, count: usize, seed: u64) -> Vec<(String, Str
         .collect()
 }
 
-/// Runs `build` into `dir.tmp` and renames it to `dir`, unless `dir` exists.
-fn cached_dir(dir: &Path, build: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+/// Runs `build` into a temporary sibling of `dir` and renames it to `dir`, unless `dir` exists.
+/// The temporary directory is this process's own, so sweeps running side by side may build the
+/// same stage at once: the first rename wins and the others' copies are dropped.
+pub(crate) fn cached_dir(dir: &Path, build: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     if dir.exists() {
         return Ok(());
     }
-    let tmp = dir.with_extension("tmp");
+    let mut name = dir.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".tmp{}", std::process::id()));
+    let tmp = dir.with_file_name(name);
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     build(&tmp)?;
-    std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))
+    match std::fs::rename(&tmp, dir) {
+        Ok(()) => Ok(()),
+        Err(_) if dir.exists() => std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e)),
+        Err(e) => Err(Error::io(dir, e)),
+    }
 }
 
 /// The tokenizer: BPE on the demonstrations of seed 0, shared by every seed and size.
@@ -477,8 +469,33 @@ fn tokenizer(cfg: &RunConfig, task: &TldrSynth, cache: &Path) -> Result<Tokenize
     Tokenizer::from_file(&dir.join("tokenizer.json"), None)
 }
 
+/// The SFT policy of `sft.policy_size` on `data` (cached), with its `params/policy` and
+/// `flops/sft`.
+pub(crate) fn policy_sft(
+    cfg: &RunConfig,
+    tok: &Tokenizer,
+    data: &[(Vec<u32>, Vec<u32>)],
+    cache: &Path,
+    device: &Device,
+    m: &mut BTreeMap<String, f64>,
+) -> Result<(TransformerConfig, CausalLm)> {
+    let (shape, sft) = sft_model(cfg, &cfg.sft.policy_size, tok, data, cache, device)?;
+    let tokens: u64 = data.iter().map(|(p, r)| (p.len() + r.len()) as u64).sum();
+    m.insert("params/policy".into(), shape.non_embedding_params() as f64);
+    m.insert(
+        "flops/sft".into(),
+        flops(
+            &shape,
+            Workload::Train {
+                tokens: tokens * cfg.sft.epochs as u64,
+            },
+        ) as f64,
+    );
+    Ok((shape, sft))
+}
+
 /// The SFT model of `size` (trained once per size, budget and seed).
-fn sft_model(
+pub(crate) fn sft_model(
     cfg: &RunConfig,
     size: &str,
     tok: &Tokenizer,
@@ -699,36 +716,13 @@ fn reward_model(
                 })
                 .collect()
         };
-        let rm = seeded(device, cfg.seed.wrapping_add(3), || {
-            RewardModel::from_backbone(backbone, shape.clone(), RewardSettings::outcome())
-        });
-        let rm_cfg = RmConfig {
-            epochs: r.epochs,
-            batch_size: 16,
-            optimizer: OptimizerConfig {
-                lr: r.lr,
-                ..OptimizerConfig::default()
-            },
-            seed: cfg.seed.wrapping_add(4),
-            ..RmConfig::default()
-        };
-        let (model, report) = train_reward_model(
-            rm.model,
+        let (rm, report) = fit_reward_model(
+            cfg,
+            backbone,
+            shape,
             &to_ranked(&train),
             &to_ranked(&eval),
-            &rm_cfg,
-            &RunOptions {
-                progress: false,
-                ..RunOptions::default()
-            },
-            device,
-        )?;
-        let mut rm = RewardModel { model, ..rm };
-        rm.settings.normalisation = normalise(
-            &rm.model,
-            &sft_data[..sft_data.len().min(200)],
-            false,
-            32,
+            sft_data,
             device,
         )?;
         rm.save(&tmp.join("model"))?;
@@ -780,10 +774,152 @@ fn reward_model(
     })
 }
 
+/// Trains a reward model on `train` (evaluated on `eval`) from `backbone`: the RM stage's
+/// settings (`rm.epochs`, `rm.lr`, batch 16), then the bias that centres the SFT
+/// demonstrations' scores (TL;DR detail 5).
+pub(crate) fn fit_reward_model(
+    cfg: &RunConfig,
+    backbone: CausalLm,
+    shape: &TransformerConfig,
+    train: &[RankedExample],
+    eval: &[RankedExample],
+    sft_data: &[(Vec<u32>, Vec<u32>)],
+    device: &Device,
+) -> Result<(RewardModel, rlhf_reward::RmReport)> {
+    let r = &cfg.rm;
+    let rm = seeded(device, cfg.seed.wrapping_add(3), || {
+        RewardModel::from_backbone(backbone, shape.clone(), RewardSettings::outcome())
+    });
+    let rm_cfg = RmConfig {
+        epochs: r.epochs,
+        batch_size: 16,
+        optimizer: OptimizerConfig {
+            lr: r.lr,
+            ..OptimizerConfig::default()
+        },
+        seed: cfg.seed.wrapping_add(4),
+        ..RmConfig::default()
+    };
+    let (model, report) = train_reward_model(
+        rm.model,
+        train,
+        eval,
+        &rm_cfg,
+        &RunOptions {
+            progress: false,
+            ..RunOptions::default()
+        },
+        device,
+    )?;
+    let mut rm = RewardModel { model, ..rm };
+    rm.settings.normalisation = normalise(
+        &rm.model,
+        &sft_data[..sft_data.len().min(200)],
+        false,
+        32,
+        device,
+    )?;
+    Ok((rm, report))
+}
+
+/// Samples the judged responses of `policy` on `prompts` (best of `method.best_of_n` by `rm`
+/// for best-of-n) and one SFT response per prompt, in that order, and adds what needs no gold:
+/// `kl` (sampled, or best-of-n's analytic `ln n − (n − 1)/n`), `proxy/mean` (the RM's score of
+/// the judged responses), `response/length`, `response/eos` and best-of-n's `flops/method`
+/// (`n` forward passes of the longest prompt and the response).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn judge(
+    cfg: &RunConfig,
+    inp: &MethodInputs<'_>,
+    policy: &CausalLm,
+    prompts: &[String],
+    rm: Option<&RewardScorer>,
+    device: &Device,
+    m: &mut BTreeMap<String, f64>,
+) -> Result<(Judged, Judged)> {
+    let (sft, tok) = (inp.sft, inp.tok);
+    let n = if cfg.method.kind == MethodKind::BestOfN {
+        cfg.method.best_of_n
+    } else {
+        1
+    };
+    let judged = judge_samples(cfg, policy, tok, prompts, n, rm)?;
+    let baseline = judge_samples(cfg, sft, tok, prompts, 1, None)?;
+    let prompt_ids: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| tok.encode(p))
+        .collect::<Result<_>>()?;
+    m.insert(
+        "kl".into(),
+        if n > 1 {
+            // best-of-n: the analytic KL to the sampling policy
+            (n as f64).ln() - (n as f64 - 1.0) / n as f64
+        } else {
+            sampled_kl(
+                policy,
+                sft,
+                &prompt_ids,
+                &judged.ids,
+                cfg.judge.temperature,
+                device,
+            )?
+        },
+    );
+    if let Some(rm) = rm {
+        let proxy = mean_se(&score(rm, prompts, &judged.texts)?).0;
+        m.insert("proxy/mean".into(), proxy);
+    }
+    m.insert(
+        "response/length".into(),
+        judged.ids.iter().map(|r| r.len() as f64).sum::<f64>() / judged.ids.len() as f64,
+    );
+    m.insert(
+        "response/eos".into(),
+        judged
+            .texts
+            .iter()
+            .filter(|t| t.ends_with(&tok.eos_text()))
+            .count() as f64
+            / judged.texts.len() as f64,
+    );
+    if cfg.method.kind == MethodKind::BestOfN {
+        let eval_tokens: u64 = judged
+            .ids
+            .iter()
+            .map(|r| (inp.query_length + r.len()) as u64)
+            .sum();
+        m.insert(
+            "flops/method".into(),
+            (n as f64)
+                * flops(
+                    inp.policy_shape,
+                    Workload::Forward {
+                        tokens: eval_tokens,
+                    },
+                ) as f64,
+        );
+    }
+    m.entry("flops/method".into()).or_insert(0.0);
+    Ok((judged, baseline))
+}
+
+/// `rm`'s scores of `responses` to `prompts`, as `f64`.
+pub(crate) fn score(
+    rm: &RewardScorer,
+    prompts: &[String],
+    responses: &[String],
+) -> Result<Vec<f64>> {
+    let p: Vec<&str> = prompts.iter().map(String::as_str).collect();
+    let r: Vec<&str> = responses.iter().map(String::as_str).collect();
+    Ok(rm.score(&p, &r)?.into_iter().map(f64::from).collect())
+}
+
 /// The judged samples: one per prompt (best of `n` by `rm` when `n > 1`).
-struct Judged {
-    ids: Vec<Vec<u32>>,
-    texts: Vec<String>,
+pub(crate) struct Judged {
+    /// Response tokens.
+    pub ids: Vec<Vec<u32>>,
+    /// Response texts (ending with the EOS text when the response ended).
+    pub texts: Vec<String>,
 }
 
 fn judge_samples(

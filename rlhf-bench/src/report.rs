@@ -22,6 +22,9 @@
 //! | `bon/accuracy`, `bon/random`, `bon/oracle` | `arith-steps`: final-answer accuracy of the verifier's pick among n solutions, of a random pick, and of the best possible pick |
 //! | `bon/pair_accuracy` | `arith-steps`: share of (right, wrong) candidate pairs of a prompt the verifier orders right (ties half) |
 //! | `rm/balanced_accuracy`, `rm/steps` | `arith-steps`: the verifier's held-out balanced accuracy on its own labels; its optimizer steps |
+//! | `method/eval_reward_accuracy` | DPO/EXO on a user's preference file: share of held-out pairs whose chosen response the policy's implicit reward ranks first |
+//! | `proxy/se`, `proxy/sft`, `proxy/gain`, `proxy/chosen`, `proxy/win_rate_vs_sft`, `proxy/win_rate_vs_chosen` | a user's preference file (no gold): the RM judges — its score's standard error, the SFT policy's score, the gain over it, the held-out chosen responses' score, win rates by the RM |
+//! | `data/records`, `data/rejected`, `data/pairs_dropped`, `data/train_pairs`, `data/eval_pairs`, `data/demos` | a user's preference file: records read and rejected, pairs dropped after truncation, the splits' pairs, SFT demonstrations |
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

@@ -98,6 +98,16 @@ struct Budget {
     verifier_n: usize,
 }
 
+/// The seeds a preset runs when `--seeds` is not given: `smoke` one (CI), `quick` two (a spread,
+/// in the time of one when they run side by side), `full` three.
+pub fn default_seeds(preset: &str) -> Vec<u64> {
+    match preset {
+        "smoke" => vec![0],
+        "quick" => vec![0, 1],
+        _ => vec![0, 1, 2],
+    }
+}
+
 fn budget(preset: &str) -> Result<Budget> {
     Ok(match preset {
         "smoke" => Budget {

@@ -174,7 +174,12 @@ fn the_shipped_configs_parse() {
     let mut n = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
-        RunConfig::from_file(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let cfg = RunConfig::from_file(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        if cfg.task.name == "preferences" {
+            // the example's data ships beside it
+            let data = std::path::Path::new(&cfg.task.data.preferences);
+            assert!(data.is_file(), "{}: no {}", path.display(), data.display());
+        }
         n += 1;
     }
     assert!(n >= 4);

@@ -9,7 +9,7 @@ use crate::records::{Message, Turns};
 /// `generation_start`. The default is ChatML (Qwen, many instruction-tuned models):
 /// `<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct ChatTemplate {
     /// Text before each message's content.
     pub turn_start: String,

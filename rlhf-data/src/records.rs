@@ -157,7 +157,7 @@ impl std::str::FromStr for Kind {
 
 /// The field names to read, for datasets that name them differently (like TRL's `prompt_key`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct FieldNames {
     /// `prompt`.
     pub prompt: String,
