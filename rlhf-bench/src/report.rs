@@ -309,28 +309,101 @@ pub struct Finding {
     pub verdict: String,
     /// The effect measured, in words and numbers.
     pub effect: String,
+    /// The effect as one number, signed so that a positive value goes the finding's way (NaN
+    /// when not run).
+    pub size: f64,
+    /// What [`Self::size`] measures.
+    pub size_name: &'static str,
 }
 
-impl Finding {
+/// A finding over every seed, and how the seeds taken one at a time agree.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeededFinding {
+    /// The finding on the means over seeds.
+    pub finding: Finding,
+    /// Seeds whose own points give the verdict `yes`, and the seeds.
+    pub agreeing: (usize, usize),
+    /// Mean and sample standard deviation of the effect size over seeds (NaN sd for one seed).
+    pub size: (f64, f64),
+}
+
+impl SeededFinding {
     /// The finding's line in the findings table.
     pub fn table_line(&self) -> String {
+        let f = &self.finding;
+        let agree = match f.verdict.as_str() {
+            "yes" | "no" => format!("{} of {}", self.agreeing.0, self.agreeing.1),
+            _ => "—".into(),
+        };
+        let (m, sd) = self.size;
+        let size = if !m.is_finite() {
+            "—".to_string()
+        } else if sd.is_finite() {
+            format!("{m:+.3} ± {sd:.3} ({})", f.size_name)
+        } else {
+            format!("{m:+.3} ({})", f.size_name)
+        };
         format!(
-            "| {} | {} | {} | {} |",
-            self.axis, self.claim, self.verdict, self.effect
+            "| {} | {} | {} | {agree} | {size} | {} |",
+            f.axis, f.claim, f.verdict, f.effect
         )
     }
+}
+
+/// [`findings`] on every seed's points together (the verdict and the effect), then on each
+/// seed's alone: how many seeds reproduce the finding, and the effect size's mean and spread.
+pub fn seeded_findings(points: &[PointRecord]) -> Vec<SeededFinding> {
+    let mut seeds: Vec<u64> = points.iter().map(|p| p.point.config.seed).collect();
+    seeds.sort_unstable();
+    seeds.dedup();
+    let per_seed: Vec<Vec<Finding>> = seeds
+        .iter()
+        .map(|s| {
+            let mine: Vec<PointRecord> = points
+                .iter()
+                .filter(|p| p.point.config.seed == *s)
+                .cloned()
+                .collect();
+            findings(&mine)
+        })
+        .collect();
+    findings(points)
+        .into_iter()
+        .map(|finding| {
+            let own: Vec<&Finding> = per_seed
+                .iter()
+                .filter_map(|fs| fs.iter().find(|f| f.axis == finding.axis))
+                .collect();
+            let agree = own.iter().filter(|f| f.verdict == "yes").count();
+            let sizes: Vec<f64> = own.iter().map(|f| f.size).collect();
+            let n = sizes.len() as f64;
+            let mean = sizes.iter().sum::<f64>() / n;
+            let sd = if sizes.len() >= 2 {
+                (sizes.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+            } else {
+                f64::NAN
+            };
+            SeededFinding {
+                finding,
+                agreeing: (agree, seeds.len()),
+                size: (mean, sd),
+            }
+        })
+        .collect()
 }
 
 /// The findings table, computed from the rows of each axis.
 pub fn findings(points: &[PointRecord]) -> Vec<Finding> {
     let mut out = Vec::new();
     let yes = |b: bool| if b { "yes" } else { "no" }.to_string();
-    let mut push = |axis, claim, verdict: String, effect: String| {
+    let mut push = |axis, claim, verdict: String, effect: String, size: f64, size_name| {
         out.push(Finding {
             axis,
             claim,
             verdict,
             effect,
+            size,
+            size_name,
         })
     };
     let first_last = |rows: &[Row], m: &str| {
@@ -353,6 +426,8 @@ pub fn findings(points: &[PointRecord]) -> Vec<Finding> {
                 r[r.len() - 1].label,
                 fit.map_or(f64::NAN, |f| f.0)
             ),
+            fit.map_or(f64::NAN, |f| f.0),
+            "accuracy per doubling",
         );
     } else {
         push(
@@ -360,6 +435,8 @@ pub fn findings(points: &[PointRecord]) -> Vec<Finding> {
             "more comparison data makes the RM more accurate",
             "not run".into(),
             String::new(),
+            f64::NAN,
+            "",
         );
     }
     let r = rows(points, "rm_diversity");
@@ -373,6 +450,8 @@ pub fn findings(points: &[PointRecord]) -> Vec<Finding> {
                 "gold-order accuracy {many:.3} ({}) vs {few:.3} ({})",
                 r[0].label, r[1].label
             ),
+            many - few,
+            "accuracy, more prompts − fewer",
         );
     }
     for (axis, claim, larger_better) in [
@@ -399,6 +478,12 @@ pub fn findings(points: &[PointRecord]) -> Vec<Finding> {
                     r[0].label,
                     r[r.len() - 1].label
                 ),
+                if larger_better { b - a } else { a - b },
+                if larger_better {
+                    "gain, largest − smallest"
+                } else {
+                    "gain, smallest − largest"
+                },
             );
         }
     }
@@ -419,6 +504,8 @@ pub fn findings(points: &[PointRecord]) -> Vec<Finding> {
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
+            g[g.len() - 1] - g[0],
+            "gain, largest n − n = 1",
         );
     }
     let r = rows(points, "method");
@@ -437,6 +524,11 @@ pub fn findings(points: &[PointRecord]) -> Vec<Finding> {
                 best.mean("gold/mean"),
                 best.mean("kl")
             ),
+            best.mean("gold/mean")
+                - r.iter()
+                    .map(|x| x.mean("gold/mean"))
+                    .fold(f64::INFINITY, f64::min),
+            "gold, best method − worst",
         );
     }
     let r = rows(points, "kl_budget");
@@ -470,6 +562,8 @@ pub fn findings(points: &[PointRecord]) -> Vec<Finding> {
                     .collect::<Vec<_>>()
                     .join("; ")
             ),
+            by_kl[peak].mean("gold/mean") - by_kl[by_kl.len() - 1].mean("gold/mean"),
+            "gold, peak − at the largest KL",
         );
     }
     let r = rows(points, "best_of_n");
@@ -484,6 +578,8 @@ pub fn findings(points: &[PointRecord]) -> Vec<Finding> {
                 r[0].label,
                 r[r.len() - 1].label
             ),
+            b - a,
+            "gold, largest n − n = 1",
         );
     }
     let r = rows(points, "length_control");
@@ -503,6 +599,8 @@ pub fn findings(points: &[PointRecord]) -> Vec<Finding> {
                     "gold gain with the RM {rm:+.3} (too small to apportion), with a length-only reward {len:+.3}"
                 )
             },
+            len,
+            "gold gain of the length-only reward",
         );
     }
     let claim = "process supervision scales better than outcome supervision in-domain";
@@ -537,6 +635,8 @@ pub fn findings(points: &[PointRecord]) -> Vec<Finding> {
                     p.len(),
                     o[0].mean("bon/random")
                 ),
+                sp - so,
+                "accuracy per doubling, process − outcome",
             );
         }
         _ => push(
@@ -544,6 +644,8 @@ pub fn findings(points: &[PointRecord]) -> Vec<Finding> {
             claim,
             "not run".into(),
             "needs outcome and process verifiers at two or more volumes".into(),
+            f64::NAN,
+            "",
         ),
     }
     out
@@ -770,9 +872,9 @@ pub fn write_report(out: &Path, points: &[PointRecord], title: &str) -> Result<(
     );
     let _ = writeln!(
         md,
-        "## Findings\n\n| axis | the seed paper's finding | reproduced here | effect |\n| --- | --- | --- | --- |"
+        "## Findings\n\nVerdicts and effects are computed on the means over seeds; then on each seed alone: how many seeds reproduce the finding, and the effect size's mean ± standard deviation over seeds (positive goes the finding's way).\n\n| axis | the seed paper's finding | reproduced here | seeds reproducing it | effect size over seeds | effect |\n| --- | --- | --- | --- | --- | --- |"
     );
-    for f in findings(points) {
+    for f in seeded_findings(points) {
         let _ = writeln!(md, "{}", f.table_line());
     }
     md.push('\n');
@@ -960,7 +1062,7 @@ pub fn verify_report_files(
             checked += 1;
         }
     }
-    for f in findings(&points) {
+    for f in seeded_findings(&points) {
         let line = f.table_line();
         if !md.lines().any(|l| l == line) {
             return Err(Error::Config(format!(

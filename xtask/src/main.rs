@@ -9,7 +9,7 @@ use std::process::{Command, ExitCode};
 const TASKS: &[(&str, &str, &str)] = &[
     (
         "bench-scaling",
-        "[--preset smoke|quick|full] [--out DIR] [--axes a,b] [--seeds N|0,1] [--device D]",
+        "[--preset smoke|quick|full] [--out DIR] [--axes a,b] [--seeds N|0,1] [--jobs J] [--device D]",
         "the scaling study (default preset `quick`, offline, on the CPU): points, summary.csv, plots and report.md under target/bench-scaling/<preset>; a rerun skips finished points",
     ),
     (
