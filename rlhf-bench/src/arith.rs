@@ -122,6 +122,7 @@ pub fn run_arith(cfg: &RunConfig, work: &Path) -> Result<RunResult> {
     }
     m.insert("rm/steps".into(), report.steps as f64);
     m.insert("params/rm".into(), shape.non_embedding_params() as f64);
+    m.insert("tokens/rm".into(), (tokens * cfg.rm.epochs as u64) as f64);
     m.insert(
         "flops/rm".into(),
         flops(

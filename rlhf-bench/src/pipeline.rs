@@ -122,6 +122,7 @@ pub fn run(cfg: &RunConfig, cache: &Path, work: &Path) -> Result<RunResult> {
         m.insert("rm/labeller_agreement".into(), stage.labeller_agreement);
         m.insert("params/rm".into(), rm_shape.non_embedding_params() as f64);
         m.insert("flops/rm".into(), stage.flops);
+        m.insert("tokens/rm".into(), stage.tokens);
         Some(stage)
     } else {
         None
@@ -276,6 +277,7 @@ pub(crate) fn optimise(
                         .map(|r| (g.prompt.len() + r.len()) as u64)
                 })
                 .sum();
+            m.insert("tokens/method".into(), (tokens * dcfg.epochs as u64) as f64);
             m.insert(
                 "flops/method".into(),
                 (flops(
@@ -382,6 +384,13 @@ pub(crate) fn optimise(
                 "flops/method".into(),
                 (per_iteration * report.iterations) as f64,
             );
+            m.insert(
+                "tokens/method".into(),
+                (report.iterations
+                    * pcfg.batch_size() as u64
+                    * (inp.query_length as u64 + mean_len.round() as u64)
+                    * pcfg.ppo_epochs as u64) as f64,
+            );
             m.insert("method/iterations".into(), report.iterations as f64);
             m.insert("method/final_kl_coef".into(), report.final_kl_coef);
             models.policy
@@ -470,7 +479,7 @@ fn tokenizer(cfg: &RunConfig, task: &TldrSynth, cache: &Path) -> Result<Tokenize
 }
 
 /// The SFT policy of `sft.policy_size` on `data` (cached), with its `params/policy` and
-/// `flops/sft`.
+/// `tokens/sft` and `flops/sft`.
 pub(crate) fn policy_sft(
     cfg: &RunConfig,
     tok: &Tokenizer,
@@ -482,6 +491,7 @@ pub(crate) fn policy_sft(
     let (shape, sft) = sft_model(cfg, &cfg.sft.policy_size, tok, data, cache, device)?;
     let tokens: u64 = data.iter().map(|(p, r)| (p.len() + r.len()) as u64).sum();
     m.insert("params/policy".into(), shape.non_embedding_params() as f64);
+    m.insert("tokens/sft".into(), (tokens * cfg.sft.epochs as u64) as f64);
     m.insert(
         "flops/sft".into(),
         flops(
@@ -573,6 +583,8 @@ pub struct RmStage {
     pub labeller_agreement: f64,
     /// FLOPs of sampling the pairs and training.
     pub flops: f64,
+    /// Tokens of the training pairs' sequences (the prompt once per response), times epochs.
+    pub tokens: f64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -754,6 +766,10 @@ fn reward_model(
         .map_err(|e| Error::Record(format!("{}: {e}", dir.display())))?;
     let pairs: Vec<StoredPair> = serde_json::from_str(&read("pairs.json")?)
         .map_err(|e| Error::Record(format!("{}: {e}", dir.display())))?;
+    let tokens: usize = pairs
+        .iter()
+        .map(|x| 2 * x.prompt.len() + x.chosen.len() + x.rejected.len())
+        .sum();
     let rm = RewardModel::load(&dir.join("model"), device)?;
     Ok(RmStage {
         rm,
@@ -771,6 +787,7 @@ fn reward_model(
         eval_gold_accuracy: summary.eval_gold_accuracy,
         labeller_agreement: summary.labeller_agreement,
         flops: summary.flops,
+        tokens: (tokens * r.epochs) as f64,
     })
 }
 
@@ -888,6 +905,7 @@ pub(crate) fn judge(
             .iter()
             .map(|r| (inp.query_length + r.len()) as u64)
             .sum();
+        m.insert("tokens/method".into(), (n as u64 * eval_tokens) as f64);
         m.insert(
             "flops/method".into(),
             (n as f64)
@@ -900,6 +918,7 @@ pub(crate) fn judge(
         );
     }
     m.entry("flops/method".into()).or_insert(0.0);
+    m.entry("tokens/method".into()).or_insert(0.0);
     Ok((judged, baseline))
 }
 

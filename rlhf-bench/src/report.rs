@@ -17,6 +17,7 @@
 //! | `rm/accuracy`, `rm/gold_accuracy`, `rm/labeller_agreement` | held-out RM accuracy against labels (`arith-steps`: its outcome or step labels) and the gold order; the labeller's agreement with gold |
 //! | `response/length`, `response/eos` | tokens per judged response; share ending with EOS |
 //! | `flops/sft`, `flops/rm`, `flops/method` | estimated FLOPs (`6·N` per trained token, `2·N` per forward token) |
+//! | `tokens/sft`, `tokens/rm`, `tokens/method` | tokens of the sequences a stage trains on, once per pass (PPO: per PPO epoch; best-of-n: the `n` sampled sequences per prompt); the FLOPs add the forward-only work (sampling, reference, reward model) |
 //! | `params/policy`, `params/rm` | non-embedding parameters |
 //! | `time/method`, `memory/peak_bytes` | wall seconds of the method stage; peak resident memory so far |
 //! | `bon/accuracy`, `bon/random`, `bon/oracle` | `arith-steps`: final-answer accuracy of the verifier's pick among n solutions, of a random pick, and of the best possible pick |

@@ -227,6 +227,7 @@ pub fn run_preferences(cfg: &RunConfig, cache: &Path, work: &Path) -> Result<Run
         eval_accuracy: summary.eval_accuracy,
         eval_gold_accuracy: f64::NAN,
         labeller_agreement: f64::NAN,
+        tokens: (rm_tokens * r.epochs as u64) as f64,
         flops: (flops(
             &rm_shape,
             Workload::Train {
@@ -237,6 +238,7 @@ pub fn run_preferences(cfg: &RunConfig, cache: &Path, work: &Path) -> Result<Run
     m.insert("rm/accuracy".into(), stage.eval_accuracy);
     m.insert("params/rm".into(), rm_shape.non_embedding_params() as f64);
     m.insert("flops/rm".into(), stage.flops);
+    m.insert("tokens/rm".into(), stage.tokens);
 
     // 6. the method
     let train_prompts = unique_prompts(&train_text, cfg.task.train_prompts);

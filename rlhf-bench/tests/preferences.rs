@@ -92,6 +92,10 @@ fn dpo_on_a_preference_file_learns_its_labels() {
     );
     assert!(m["data/eval_pairs"] >= 30.0, "{}", m["data/eval_pairs"]);
     assert_eq!(m["data/demos"], 300.0);
+    // every stage reports the tokens it trained on
+    for stage in ["sft", "rm", "method"] {
+        assert!(m[&format!("tokens/{stage}")] > 0.0, "tokens/{stage}");
+    }
     // the labels are learnable: a reward model that learns nothing is at 0.5
     assert!(m["rm/accuracy"] > 0.9, "rm/accuracy {}", m["rm/accuracy"]);
     assert!(
