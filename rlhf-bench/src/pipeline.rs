@@ -439,25 +439,72 @@ fn demonstrations(task: &TldrSynth, count: usize, seed: u64) -> Vec<(String, Str
         .collect()
 }
 
-/// Runs `build` into a temporary sibling of `dir` and renames it to `dir`, unless `dir` exists.
-/// The temporary directory is this process's own, so sweeps running side by side may build the
-/// same stage at once: the first rename wins and the others' copies are dropped.
+/// Runs `build` into `NAME.partial` beside `dir` and renames it to `dir`, unless `dir` exists.
+///
+/// - Exclusive: the build holds an advisory lock on `NAME.lock`, so sweeps running side by side
+///   build a stage once; the others wait for it and then read it.
+/// - Resumable: a build that was killed leaves its `.partial` directory, and the next build of
+///   the same stage gets that directory back, so trainers that checkpoint inside it (see
+///   [`stage_run`]) resume from their last checkpoint instead of starting over.
 pub(crate) fn cached_dir(dir: &Path, build: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     if dir.exists() {
         return Ok(());
     }
-    let mut name = dir.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".tmp{}", std::process::id()));
-    let tmp = dir.with_file_name(name);
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let sibling = |suffix: &str| {
+        let mut name = dir.file_name().unwrap_or_default().to_os_string();
+        name.push(suffix);
+        dir.with_file_name(name)
+    };
+    let (partial, lock_path) = (sibling(".partial"), sibling(".lock"));
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     }
-    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    build(&tmp)?;
-    match std::fs::rename(&tmp, dir) {
-        Ok(()) => Ok(()),
-        Err(_) if dir.exists() => std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e)),
-        Err(e) => Err(Error::io(dir, e)),
+    let lock = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| Error::io(&lock_path, e))?;
+    lock.lock().map_err(|e| Error::io(&lock_path, e))?;
+    if !dir.exists() {
+        std::fs::create_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
+        build(&partial)?;
+        std::fs::rename(&partial, dir).map_err(|e| Error::io(dir, e))?;
+    }
+    // Whoever waits on this lock checks `dir` again once it has the lock, so removing the file
+    // while it is held is safe; it only keeps the cache free of leftovers.
+    let _ = std::fs::remove_file(&lock_path);
+    Ok(())
+}
+
+/// Sampling has no checkpoint to write, so after SIGINT/SIGTERM it stops before its next batch
+/// ([`Error::Interrupted`] without a checkpoint) instead of finishing the stage; rerun, the point
+/// resumes from its trainers' checkpoints and samples again (the samples are seeded).
+fn stop_if_interrupted() -> Result<()> {
+    if rlhf_core::train::interrupt::requested() {
+        return Err(Error::Interrupted {
+            step: 0,
+            checkpoint: None,
+        });
+    }
+    Ok(())
+}
+
+/// The [`RunOptions`] of a training inside a cached stage: checkpoints in `partial/run` (every 25
+/// steps), so a killed stage resumes. Call [`finish_stage_run`] once the stage's model is saved.
+pub(crate) fn stage_run(partial: &Path) -> RunOptions {
+    RunOptions {
+        checkpoint_every: 25,
+        ..quiet_in(partial.join("run"))
+    }
+}
+
+/// Drops a finished stage's checkpoints (its saved model is what the cache keeps).
+pub(crate) fn finish_stage_run(partial: &Path) -> Result<()> {
+    let run = partial.join("run");
+    match std::fs::remove_dir_all(&run) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(&run, e)),
+        _ => Ok(()),
     }
 }
 
@@ -542,18 +589,9 @@ pub(crate) fn sft_model(
             seed: cfg.seed.wrapping_add(2),
             ..SftConfig::default()
         };
-        let (model, _) = train_sft(
-            init,
-            data,
-            &[],
-            &sft_cfg,
-            &RunOptions {
-                progress: false,
-                ..RunOptions::default()
-            },
-            device,
-        )?;
-        save_pretrained(&model, &shape, tmp)
+        let (model, _) = train_sft(init, data, &[], &sft_cfg, &stage_run(tmp), device)?;
+        save_pretrained(&model, &shape, tmp)?;
+        finish_stage_run(tmp)
     })?;
     load_pretrained(&dir, device)
 }
@@ -616,6 +654,7 @@ fn sample_pairs(
     };
     let mut out = Vec::new();
     for chunk in prompts.chunks((64 / (2 * per_prompt)).max(1)) {
+        stop_if_interrupted()?;
         let many: Vec<&str> = chunk
             .iter()
             .flat_map(|p| std::iter::repeat_n(p.as_str(), 2 * per_prompt))
@@ -735,9 +774,11 @@ fn reward_model(
             &to_ranked(&train),
             &to_ranked(&eval),
             sft_data,
+            &stage_run(tmp),
             device,
         )?;
         rm.save(&tmp.join("model"))?;
+        finish_stage_run(tmp)?;
         let tokens: u64 = train
             .iter()
             .map(|x| (2 * x.prompt.len() + x.chosen.len() + x.rejected.len()) as u64)
@@ -792,8 +833,9 @@ fn reward_model(
 }
 
 /// Trains a reward model on `train` (evaluated on `eval`) from `backbone`: the RM stage's
-/// settings (`rm.epochs`, `rm.lr`, batch 16), then the bias that centres the SFT
-/// demonstrations' scores (TL;DR detail 5).
+/// settings (`rm.epochs`, `rm.lr`, batch 16), checkpointing as `run` says (see [`stage_run`]),
+/// then the bias that centres the SFT demonstrations' scores (TL;DR detail 5).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn fit_reward_model(
     cfg: &RunConfig,
     backbone: CausalLm,
@@ -801,6 +843,7 @@ pub(crate) fn fit_reward_model(
     train: &[RankedExample],
     eval: &[RankedExample],
     sft_data: &[(Vec<u32>, Vec<u32>)],
+    run: &RunOptions,
     device: &Device,
 ) -> Result<(RewardModel, rlhf_reward::RmReport)> {
     let r = &cfg.rm;
@@ -817,17 +860,7 @@ pub(crate) fn fit_reward_model(
         seed: cfg.seed.wrapping_add(4),
         ..RmConfig::default()
     };
-    let (model, report) = train_reward_model(
-        rm.model,
-        train,
-        eval,
-        &rm_cfg,
-        &RunOptions {
-            progress: false,
-            ..RunOptions::default()
-        },
-        device,
-    )?;
+    let (model, report) = train_reward_model(rm.model, train, eval, &rm_cfg, run, device)?;
     let mut rm = RewardModel { model, ..rm };
     rm.settings.normalisation = normalise(
         &rm.model,
@@ -961,6 +994,7 @@ fn judge_samples(
         texts: Vec::new(),
     };
     for chunk in prompts.chunks((64 / n).max(1)) {
+        stop_if_interrupted()?;
         let many: Vec<&str> = chunk
             .iter()
             .flat_map(|p| std::iter::repeat_n(p.as_str(), n))
@@ -1020,4 +1054,65 @@ fn sampled_kl(
         total += f64::from(masked_sum(diff, mask).into_scalar::<f32>());
     }
     Ok(total / responses.len().max(1) as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn a_stage_killed_mid_build_resumes_in_its_partial_directory() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("sft-x");
+        // the first build leaves progress behind and dies
+        let first = cached_dir(&dir, |tmp| {
+            std::fs::write(tmp.join("progress"), "step 25").unwrap();
+            Err(Error::Config("killed".into()))
+        });
+        assert!(first.is_err());
+        assert!(!dir.exists());
+        // the next build of the same stage gets that progress back
+        let mut seen = String::new();
+        cached_dir(&dir, |tmp| {
+            seen = std::fs::read_to_string(tmp.join("progress")).unwrap();
+            std::fs::write(tmp.join("model"), "weights").unwrap();
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, "step 25");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("model")).unwrap(),
+            "weights"
+        );
+        // nothing but the stage is left, and a finished stage is never built again
+        let names: Vec<String> = std::fs::read_dir(root.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["sft-x"]);
+        cached_dir(&dir, |_| panic!("a finished stage was built again")).unwrap();
+    }
+
+    #[test]
+    fn stages_built_side_by_side_are_built_once() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("rm-x");
+        let builds = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    cached_dir(&dir, |tmp| {
+                        builds.fetch_add(1, Ordering::SeqCst);
+                        std::thread::sleep(std::time::Duration::from_millis(100));
+                        std::fs::write(tmp.join("model"), "weights").map_err(|e| Error::io(tmp, e))
+                    })
+                    .unwrap();
+                    // every caller returns only once the stage is there
+                    assert!(dir.join("model").exists());
+                });
+            }
+        });
+        assert_eq!(builds.load(Ordering::SeqCst), 1);
+    }
 }

@@ -2,10 +2,13 @@
 //! value and seed), and a sweep that runs every point not yet stored.
 //!
 //! A finished point is `DIR/points/<axis>__<value>__s<seed>.json`, written atomically; a sweep
-//! started again skips every point whose file exists, so a killed sweep loses only the point it
-//! was running. Points of different axes with the same configuration and seed (the base PPO run
-//! appears on six axes) run once; the others copy its result. Models shared between points (the tokenizer, one SFT per size and seed, one RM per
-//! RM configuration) are cached in `DIR/cache`.
+//! started again skips every point whose file exists, and the point that was running resumes its
+//! trainers from their last checkpoints (the method's in the point's work directory, a cached
+//! stage's in its `.partial` directory), so a kill costs at most the steps since them and the
+//! sampling and judging of that point. Points of different axes with the same configuration and
+//! seed (the base PPO run appears on six axes) run once; the others copy its result. Models
+//! shared between points (the tokenizer, one SFT per size and seed, one RM per RM configuration)
+//! are cached in `DIR/cache`.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;

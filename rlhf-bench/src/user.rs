@@ -46,8 +46,8 @@ use serde::{Deserialize, Serialize};
 use crate::compute::{Workload, flops};
 use crate::config::{RunConfig, UserData};
 use crate::pipeline::{
-    MethodInputs, RmStage, RunResult, cached_dir, fit_reward_model, judge, mean_se, optimise,
-    peak_memory_bytes, policy_sft, score, sft_model,
+    MethodInputs, RmStage, RunResult, cached_dir, finish_stage_run, fit_reward_model, judge,
+    mean_se, optimise, peak_memory_bytes, policy_sft, score, sft_model, stage_run,
 };
 
 /// The salt of the train/eval split, so it never depends on the run's seed.
@@ -200,9 +200,11 @@ pub fn run_preferences(cfg: &RunConfig, cache: &Path, work: &Path) -> Result<Run
             &train_pairs,
             &eval_pairs,
             &sft_data,
+            &stage_run(tmp),
             &device,
         )?;
         rm.save(&tmp.join("model"))?;
+        finish_stage_run(tmp)?;
         let summary = RmSummary {
             eval_accuracy: report.eval.accuracy,
         };

@@ -135,11 +135,25 @@ fn bench_perf(args: &[String]) -> Result<(), ()> {
 /// `cargo run` of one of `rlhf-bench`'s binaries. The `dev` profile already optimises every
 /// dependency (burn above all), so this reuses the test build instead of a second full build of
 /// burn.
+///
+/// On Unix this process *becomes* that command (`exec`, and `cargo run` execs the binary too), so
+/// a signal sent to it (a `kill`, a CI job's timeout) reaches the benchmark itself, which
+/// checkpoints and stops, instead of leaving it running without its parent.
 fn run_bench_binary(bin: &str, command: &[&str], args: &[String]) -> Result<(), ()> {
-    run(Command::new(cargo())
-        .args(["run", "--quiet", "-p", "rlhf-bench", "--bin", bin, "--"])
+    let mut cmd = Command::new(cargo());
+    cmd.args(["run", "--quiet", "-p", "rlhf-bench", "--bin", bin, "--"])
         .args(command)
-        .args(args))
+        .args(args);
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        eprintln!("xtask: running {cmd:?}");
+        let e = cmd.exec();
+        eprintln!("xtask: could not start {cmd:?}: {e}");
+        Err(())
+    }
+    #[cfg(not(unix))]
+    run(&mut cmd)
 }
 
 fn cargo() -> String {
