@@ -156,8 +156,16 @@ impl ScalarModel {
                 std: 1.0 / ((d + 1) as f64).sqrt(),
             })
             .init(&device);
+        // `zeros_like` gives a tensor that does not require gradients, and a parameter mapped to
+        // it would be frozen; the bias trains like the weight (and like it does once a checkpoint
+        // of this model is loaded, which is what made resumed RM runs differ).
         let score = Linear {
-            bias: score.bias.map(|b| b.map(|t| t.zeros_like())),
+            bias: score.bias.map(|b| {
+                b.map(|t| {
+                    let trains = t.is_require_grad();
+                    t.zeros_like().set_require_grad(trains)
+                })
+            }),
             ..score
         };
         ScalarModel { backbone, score }
@@ -218,4 +226,47 @@ pub fn gather_last(values: Tensor<2>, mask: Tensor<2>) -> Tensor<1> {
         .clamp_min(0.0)
         .int(); // [b, 1]
     values.gather(1, last).reshape([b])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::module::{ModuleVisitor, Param};
+
+    /// Counts float parameters that do and do not require gradients.
+    struct Trainable(usize, usize);
+    impl ModuleVisitor for Trainable {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if param.val().is_require_grad() {
+                self.0 += 1;
+            } else {
+                self.1 += 1;
+            }
+        }
+    }
+
+    /// A fresh scalar head trains every parameter, bias included: a frozen bias became trainable
+    /// once a checkpoint was loaded, so a resumed reward-model run diverged from an
+    /// uninterrupted one.
+    #[test]
+    fn every_parameter_of_a_fresh_scalar_model_trains() {
+        let device = rlhf_core::parse_device("flex").unwrap().autodiff();
+        let mut c = TransformerConfig::preset("tiny-1m").unwrap();
+        c.vocab_size = 32;
+        c.hidden_size = 32;
+        c.num_hidden_layers = 1;
+        c.intermediate_size = 48;
+        let model = ScalarModel::from_backbone(CausalLm::init(&c, &device).unwrap());
+        assert!(model.score.bias.as_ref().unwrap().val().is_require_grad());
+        let mut count = Trainable(0, 0);
+        model.visit(&mut count);
+        assert!(count.0 > 0);
+        assert_eq!(
+            count.1,
+            0,
+            "{} of {} parameters are frozen",
+            count.1,
+            count.0 + count.1
+        );
+    }
 }
