@@ -321,24 +321,19 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // 130 = stopped by SIGINT/SIGTERM after a checkpoint, as shells report an interrupt
-            match e {
+            match &e {
                 rlhf_core::Error::Interrupted {
                     checkpoint: None, ..
-                } => {
-                    eprintln!(
-                        "rlhf-bench: interrupted while sampling; finished points, cached stages and training checkpoints are kept: run the same command again to go on"
-                    );
-                    ExitCode::from(130)
-                }
-                rlhf_core::Error::Interrupted { .. } => {
-                    eprintln!("rlhf-bench: {e}");
-                    ExitCode::from(130)
-                }
-                _ => {
-                    eprintln!("rlhf-bench: {e}");
-                    ExitCode::from(1)
-                }
+                } => eprintln!(
+                    "rlhf-bench: interrupted while sampling; finished points, cached stages and training checkpoints are kept: run the same command again to go on"
+                ),
+                _ => eprintln!("rlhf-bench: {e}"),
+            }
+            // 130 = stopped by SIGINT/SIGTERM, as shells report an interrupt
+            if matches!(e, rlhf_core::Error::Interrupted { .. }) {
+                ExitCode::from(130)
+            } else {
+                ExitCode::from(1)
             }
         }
     }
