@@ -11,8 +11,10 @@
 //! 4. Best-of-n: on `task.eval_prompts` held-out prompts the solver writes `method.best_of_n`
 //!    candidates; the verifier picks one (an outcome RM by its score at EOS, a process RM by its
 //!    lowest step score) and the gold judges the pick's final answer. Beside the pick's accuracy:
-//!    a random pick's, the best possible pick's, and the share of (right, wrong) candidate pairs
-//!    of a prompt that the verifier orders correctly.
+//!    a random pick's, a random pick's among the distinct candidates (the right solution is
+//!    usually one text sampled several times, and a verifier scores equal texts equally), the
+//!    best possible pick's, and the share of (right, wrong) candidate pairs of a prompt that
+//!    the verifier orders correctly.
 //!
 //! The solver stands in for the policy whose samples are reranked: this run measures the
 //! verifiers, not an RL stage (the on-policy methods run on `tldr-synth`).
@@ -149,6 +151,7 @@ pub fn run_arith(cfg: &RunConfig, work: &Path) -> Result<RunResult> {
     // the candidates depend on the seed only, so every volume and kind reranks the same ones
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_add(12));
     let (mut picked, mut random, mut oracle, mut gold) = (0.0, 0.0, 0.0, 0.0);
+    let (mut random_distinct, mut distinct) = (0.0, 0.0);
     let (mut ordered, mut pairs) = (0.0, 0usize);
     for i in 0..cfg.task.eval_prompts as u64 {
         let p = task.prompt(Split::Eval, 100_000 + i);
@@ -178,12 +181,24 @@ pub fn run_arith(cfg: &RunConfig, work: &Path) -> Result<RunResult> {
         }
         picked += right[best];
         random += right.iter().sum::<f64>() / n as f64;
+        // A verifier gives equal texts equal scores, and the right solution is usually one text
+        // written several times. So a random pick among the *distinct* candidates is the
+        // baseline a verifier's pick is comparable with.
+        let unique: BTreeMap<&str, f64> = candidates
+            .iter()
+            .map(String::as_str)
+            .zip(right.iter().copied())
+            .collect();
+        random_distinct += unique.values().sum::<f64>() / unique.len() as f64;
+        distinct += unique.len() as f64;
         oracle += right.iter().copied().fold(0.0, f64::max);
         gold += task.gold(&p, &candidates[best]).total;
     }
     let prompts = cfg.task.eval_prompts as f64;
     m.insert("bon/accuracy".into(), picked / prompts);
     m.insert("bon/random".into(), random / prompts);
+    m.insert("bon/random_distinct".into(), random_distinct / prompts);
+    m.insert("bon/distinct".into(), distinct / prompts);
     m.insert("bon/oracle".into(), oracle / prompts);
     if pairs > 0 {
         m.insert("bon/pair_accuracy".into(), ordered / pairs as f64);

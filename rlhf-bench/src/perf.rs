@@ -513,6 +513,18 @@ pub fn matmul_peak(device: &Device, n: usize, reps: usize) -> f64 {
     use burn::tensor::{Distribution, Tensor};
     let a = Tensor::<2>::random([n, n], Distribution::Default, device);
     let b = Tensor::<2>::random([n, n], Distribution::Default, device);
+    matmul_rate(&a, &b, reps)
+}
+
+/// The rate in FLOP/s of the (batched) product `a·b`, `[.., m, k]·[.., k, n]`: the median of
+/// `reps` products after one warm-up product, each read back to the host.
+pub fn matmul_rate<const D: usize>(
+    a: &burn::tensor::Tensor<D>,
+    b: &burn::tensor::Tensor<D>,
+    reps: usize,
+) -> f64 {
+    let (m, k, n) = (a.dims()[D - 2], a.dims()[D - 1], b.dims()[D - 1]);
+    let batch: usize = a.dims()[..D - 2].iter().product();
     let _ = a.clone().matmul(b.clone()).into_data();
     let mut times: Vec<f64> = (0..reps.max(1))
         .map(|_| {
@@ -522,7 +534,7 @@ pub fn matmul_peak(device: &Device, n: usize, reps: usize) -> f64 {
         })
         .collect();
     times.sort_by(f64::total_cmp);
-    2.0 * (n as f64).powi(3) / times[times.len() / 2]
+    2.0 * (batch * m * k * n) as f64 / times[times.len() / 2]
 }
 
 /// The median, minimum and maximum of `v` (NaN for an empty slice).

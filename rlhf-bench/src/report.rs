@@ -21,6 +21,7 @@
 //! | `params/policy`, `params/rm` | non-embedding parameters |
 //! | `time/method`, `memory/peak_bytes` | wall seconds of the method stage; peak resident memory so far |
 //! | `bon/accuracy`, `bon/random`, `bon/oracle` | `arith-steps`: final-answer accuracy of the verifier's pick among n solutions, of a random pick, and of the best possible pick |
+//! | `bon/random_distinct`, `bon/distinct` | `arith-steps`: accuracy of a random pick among the distinct candidate texts (a verifier scores equal texts equally, so this is its baseline); distinct texts per prompt |
 //! | `bon/pair_accuracy` | `arith-steps`: share of (right, wrong) candidate pairs of a prompt the verifier orders right (ties half) |
 //! | `rm/balanced_accuracy`, `rm/steps` | `arith-steps`: the verifier's held-out balanced accuracy on its own labels; its optimizer steps |
 //! | `method/eval_reward_accuracy` | DPO/EXO on a user's preference file: share of held-out pairs whose chosen response the policy's implicit reward ranks first |
@@ -268,6 +269,7 @@ fn axis_metrics(axis: &str) -> (&'static str, &'static [&'static str]) {
             &[
                 "bon/accuracy",
                 "bon/random",
+                "bon/random_distinct",
                 "bon/oracle",
                 "bon/pair_accuracy",
                 "rm/accuracy",
@@ -630,11 +632,12 @@ pub fn findings(points: &[PointRecord]) -> Vec<Finding> {
                 claim,
                 yes(sp > so && p1 >= o1),
                 format!(
-                    "best-of-{n} final-answer accuracy from {} to {} labelled solutions: outcome RM {o0:.3} → {o1:.3} ({so:+.3} per doubling), process RM {p0:.3} → {p1:.3} ({sp:+.3} per doubling); process ≥ outcome at {ahead} of {} volumes; a random pick {:.3}",
+                    "best-of-{n} final-answer accuracy from {} to {} labelled solutions: outcome RM {o0:.3} → {o1:.3} ({so:+.3} per doubling), process RM {p0:.3} → {p1:.3} ({sp:+.3} per doubling); process ≥ outcome at {ahead} of {} volumes; a random pick {:.3}, a random pick among the distinct solutions {:.3}",
                     o[0].x,
                     o[o.len() - 1].x,
                     p.len(),
-                    o[0].mean("bon/random")
+                    o[0].mean("bon/random"),
+                    o[0].mean("bon/random_distinct")
                 ),
                 sp - so,
                 "accuracy per doubling, process − outcome",

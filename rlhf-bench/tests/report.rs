@@ -93,7 +93,11 @@ fn the_report_states_the_points_numbers() {
                 &format!("{kind}-{x}"),
                 x,
                 seed as u64,
-                &[("bon/accuracy", *a), ("bon/random", 0.5)],
+                &[
+                    ("bon/accuracy", *a),
+                    ("bon/random", 0.5),
+                    ("bon/random_distinct", 0.3),
+                ],
             ));
         }
     }
@@ -158,7 +162,7 @@ fn the_report_states_the_points_numbers() {
     // seed the process − outcome slopes are 0.10 − 0.05 and 0.11 − 0.05: +0.055 ± 0.007
     assert!(
         md.contains(
-            "| supervision | process supervision scales better than outcome supervision in-domain | yes | 2 of 2 | +0.055 ± 0.007 (accuracy per doubling, process − outcome) | best-of-4 final-answer accuracy from 750 to 3000 labelled solutions: outcome RM 0.310 → 0.410 (+0.050 per doubling), process RM 0.350 → 0.560 (+0.105 per doubling); process ≥ outcome at 2 of 2 volumes; a random pick 0.500 |"
+            "| supervision | process supervision scales better than outcome supervision in-domain | yes | 2 of 2 | +0.055 ± 0.007 (accuracy per doubling, process − outcome) | best-of-4 final-answer accuracy from 750 to 3000 labelled solutions: outcome RM 0.310 → 0.410 (+0.050 per doubling), process RM 0.350 → 0.560 (+0.105 per doubling); process ≥ outcome at 2 of 2 volumes; a random pick 0.500, a random pick among the distinct solutions 0.300 |"
         ),
         "{md}"
     );
@@ -172,7 +176,7 @@ fn the_report_states_the_points_numbers() {
     let csv = std::fs::read_to_string(dir.path().join("summary.csv")).unwrap();
     assert_eq!(csv.lines().count(), points.len() + 1);
     assert!(
-        csv.contains("rm_volume,1000,1000,1,1.000,,,,-1,0.6,0.74\n"),
+        csv.contains("rm_volume,1000,1000,1,1.000,,,,,-1,0.6,0.74\n"),
         "{csv}"
     );
 

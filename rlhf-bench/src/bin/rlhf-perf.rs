@@ -392,14 +392,19 @@ fn sweep(args: &[String]) -> Result<(), String> {
 }
 
 fn machine() -> Value {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("model name"))
-                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
-        })
-        .unwrap_or_else(|| "unknown".into());
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    // the first processor's `key : value` line; a model name alone ("AMD EPYC") does not tell
+    // the generation, family and model do (AMD family 25 is Zen 3/4, 26 is Zen 5)
+    let field = |key: &str| -> String {
+        cpuinfo
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                (k.trim() == key).then(|| v.trim().to_string())
+            })
+            .unwrap_or_else(|| "unknown".into())
+    };
+    let cpu = field("model name");
     let flags: BTreeMap<&str, bool> = ["avx2", "fma", "avx512f", "avx512_bf16"]
         .into_iter()
         .map(|f| {
@@ -412,6 +417,9 @@ fn machine() -> Value {
     json!({
         "nproc": std::thread::available_parallelism().map_or(0, usize::from),
         "cpu": cpu,
+        "cpu_family": field("cpu family"),
+        "cpu_model": field("model"),
+        "cpu_mhz": field("cpu MHz"),
         "cpu_flags": flags,
         "gemm_x86_v4": rlhf_core::GEMM_X86_V4,
     })
