@@ -16,10 +16,6 @@ const SIZES: [(&str, usize, usize); 2] = [("small", 256, 512), ("25m", 512, 512)
 const M: usize = 16 * 65;
 const REPS: usize = 20;
 
-fn rate<const D: usize>(a: &Tensor<D>, b: &Tensor<D>) -> f64 {
-    matmul_rate(a, b, REPS)
-}
-
 fn main() {
     // as the binaries do: keep freed buffers instead of returning every one to the kernel
     rlhf_core::train::tune_allocator();
@@ -34,9 +30,9 @@ fn main() {
             ("lm_head", d, vocab),
         ] {
             let (x, w, dy) = (random(M, k), random(k, n), random(M, n));
-            let fwd = rate(&x, &w);
-            let dx = rate(&dy, &w.clone().transpose());
-            let dw = rate(&x.clone().transpose(), &dy);
+            let fwd = matmul_rate(&x, &w, REPS);
+            let dx = matmul_rate(&dy, &w.clone().transpose(), REPS);
+            let dw = matmul_rate(&x.clone().transpose(), &dy, REPS);
             println!(
                 "{{\"size\":\"{size}\",\"layer\":\"{layer}\",\"m\":{M},\"k\":{k},\"n\":{n},\
                  \"forward\":{:.1},\"grad_input\":{:.1},\"grad_weight\":{:.1}}}",
@@ -55,8 +51,8 @@ fn main() {
             "{{\"size\":\"{size}\",\"layer\":\"attention\",\"batch\":{},\"t\":{t},\"dh\":{dh},\
              \"scores\":{:.1},\"weighted_sum\":{:.1}}}",
             16 * heads,
-            rate(&q, &k.clone().swap_dims(1, 2)) / 1e9,
-            rate(&p, &k) / 1e9
+            matmul_rate(&q, &k.clone().swap_dims(1, 2), REPS) / 1e9,
+            matmul_rate(&p, &k, REPS) / 1e9
         );
     }
 }

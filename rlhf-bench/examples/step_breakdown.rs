@@ -13,7 +13,7 @@ use std::time::Instant;
 use burn::optim::{AdamWConfig, GradientsParams};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rlhf_bench::perf::{SIZES, VOCAB};
+use rlhf_bench::perf::{SIZES, VOCAB, median_min_max};
 use rlhf_models::CausalLm;
 use rlhf_models::sft::{LmBatch, sft_loss};
 
@@ -22,11 +22,6 @@ const PROMPT: usize = 32;
 const SEQ: usize = 65;
 const WARM_UP: usize = 3;
 const STEPS: usize = 10;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 fn random_batch(rng: &mut ChaCha8Rng) -> LmBatch {
     LmBatch {
@@ -90,7 +85,8 @@ fn main() {
                 upd.push((t3 - t2).as_secs_f64() * 1e3);
             }
         }
-        let (f, b, u) = (median(fwd), median(bwd), median(upd));
+        let median = |v: &[f64]| median_min_max(v).0;
+        let (f, b, u) = (median(&fwd), median(&bwd), median(&upd));
         println!(
             "{{\"size\":\"{}\",\"forward_ms\":{f:.1},\"backward_ms\":{b:.1},\"optimizer_ms\":{u:.1},\"step_ms\":{:.1}}}",
             size.name,

@@ -407,12 +407,7 @@ fn machine() -> Value {
     let cpu = field("model name");
     let flags: BTreeMap<&str, bool> = ["avx2", "fma", "avx512f", "avx512_bf16"]
         .into_iter()
-        .map(|f| {
-            let on = std::fs::read_to_string("/proc/cpuinfo")
-                .map(|s| s.split_whitespace().any(|w| w == f))
-                .unwrap_or(false);
-            (f, on)
-        })
+        .map(|f| (f, cpuinfo.split_whitespace().any(|w| w == f)))
         .collect();
     json!({
         "nproc": std::thread::available_parallelism().map_or(0, usize::from),
