@@ -214,6 +214,29 @@ mod tests {
             }
         }
 
+        /// The suffix log-sum-exp must stay finite whatever the gaps between scores: subtracting
+        /// only the row's maximum makes every suffix below the top underflow to log 0 once the
+        /// top score is ~88 above the rest.
+        #[test]
+        fn plackett_luce_is_finite_and_exact_for_score_gaps_up_to_1e4(
+            k in 2usize..7,
+            rows in prop::collection::vec(prop::collection::vec(-1e4f64..1e4, 7), 1..4),
+        ) {
+            let flat: Vec<f64> = rows.iter().flat_map(|r| r[..k].to_vec()).collect();
+            // f64 reference: log Σ_{j≥i} e^{r_j} with the suffix's own maximum taken out
+            let expected = rows.iter().map(|r| {
+                let r = &r[..k];
+                -(0..k - 1).map(|i| {
+                    let m = r[i..].iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    r[i] - (m + r[i..].iter().map(|x| (x - m).exp()).sum::<f64>().ln())
+                }).sum::<f64>()
+            }).sum::<f64>() / rows.len() as f64;
+            let got = s(plackett_luce_loss(t2(&flat, k)));
+            prop_assert!(got.is_finite(), "{} for {:?}", got, rows);
+            // scores of 1e4 in f32 carry about 1e-3 of rounding each
+            prop_assert!((got - expected).abs() < 1e-3 * (1.0 + expected.abs()) + 5e-3 * k as f64, "{} vs {}", got, expected);
+        }
+
         #[test]
         fn centering_matches_reference_and_is_symmetric(
             pairs in prop::collection::vec((-5.0f64..5.0, -5.0f64..5.0), 1..8),
@@ -239,6 +262,14 @@ mod tests {
             let far = s(bradley_terry_loss(t1(&[base + gap + extra]), t1(&[base]), None));
             prop_assert!(far < near);
         }
+    }
+
+    /// The top score far above the rest: the first term is ≈ 0 and the loss is the K = 2 loss of
+    /// the remaining pair, `−log σ(0 − (−1)) = log(1 + e^{−1}) ≈ 0.3133`.
+    #[test]
+    fn plackett_luce_with_a_dominant_top_score() {
+        let got = s(plackett_luce_loss(t2(&[200.0, 0.0, -1.0], 3)));
+        assert!((got - 0.313_261_7).abs() < 1e-5, "{got}");
     }
 
     #[test]

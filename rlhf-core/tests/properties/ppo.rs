@@ -164,3 +164,26 @@ proptest! {
         assert_close(&grad, &fd, 1e-3)?;
     }
 }
+
+/// The old log-probs and the advantages are constants of the surrogate: the loss detaches them
+/// itself, so a caller that passes tensors still attached to a graph (the critic's values in
+/// the advantages, say) cannot leak a gradient into them.
+#[test]
+fn the_policy_loss_sends_no_gradient_to_old_logprobs_or_advantages() {
+    let dev = device().autodiff();
+    let new = t2(&[-1.0, -2.0, -0.5, -1.5], [2, 2], &dev).require_grad();
+    let old = t2(&[-1.1, -1.8, -0.7, -1.5], [2, 2], &dev).require_grad();
+    let adv = t2(&[0.5, -1.0, 2.0, 0.3], [2, 2], &dev).require_grad();
+    let mask = t2(&[1.0, 1.0, 1.0, 0.0], [2, 2], &dev);
+    let loss = clipped_policy_loss(new.clone(), old.clone(), adv.clone(), mask, 0.2).loss;
+    let grads = loss.backward();
+    assert!(new.grad(&grads).is_some());
+    assert!(
+        old.grad(&grads).is_none(),
+        "a gradient reached the old log-probs"
+    );
+    assert!(
+        adv.grad(&grads).is_none(),
+        "a gradient reached the advantages"
+    );
+}
