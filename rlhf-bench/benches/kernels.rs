@@ -162,19 +162,22 @@ fn bench_decode_step(c: &mut Criterion) {
     let shape = TransformerConfig::preset("tiny-4m").expect("preset");
     let model = CausalLm::init(&shape, &d).expect("init");
     let prompt = 32;
-    let ids: Vec<i64> = (0..BATCH * prompt).map(|i| (i * 7 % 500) as i64).collect();
-    let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [BATCH, prompt]), &d);
+    let ids: Vec<u32> = (0..BATCH * prompt).map(|i| (i * 7 % 500) as u32).collect();
     let mut cache = KvCache::new();
-    let _ = model.forward(ids, Tensor::ones([BATCH, prompt], &d), Some(&mut cache));
-    let next = Tensor::<2, Int>::from_data(TensorData::new(vec![5i64; BATCH], [BATCH, 1]), &d);
-    let mask = Tensor::<2>::ones([BATCH, prompt + 1], &d);
+    let first = model
+        .input(&ids, &vec![1; BATCH * prompt], BATCH)
+        .expect("ids inside the vocabulary");
+    let _ = model.forward(&first, Some(&mut cache));
+    let next = model
+        .input(&[5; BATCH], &vec![1; BATCH * (prompt + 1)], BATCH)
+        .expect("ids inside the vocabulary");
     let mut g = c.benchmark_group("kernels/decode");
     g.throughput(Throughput::Elements(BATCH as u64));
     g.bench_function("step-kv-cache/tiny-4m/16x(32+1)", |b| {
         b.iter_batched(
             || cache.clone(),
             |mut cache| {
-                let logits = model.forward(next.clone(), mask.clone(), Some(&mut cache));
+                let logits = model.forward(&next, Some(&mut cache));
                 sync(logits)
             },
             BatchSize::SmallInput,

@@ -59,7 +59,9 @@ fn main() {
         let model = CausalLm::init(&shape, &device).expect("a model");
         let batch = random_batch(&mut rng);
         for _ in 0..30 {
-            let _ = sft_loss(&model, &batch, &device).into_data();
+            let _ = sft_loss(&model, &batch, &device)
+                .expect("ids inside the vocabulary")
+                .into_data();
         }
         return;
     }
@@ -71,7 +73,7 @@ fn main() {
         let (mut fwd, mut bwd, mut upd) = (Vec::new(), Vec::new(), Vec::new());
         for step in 0..WARM_UP + STEPS {
             let t0 = Instant::now();
-            let loss = sft_loss(&model, &batch, &device);
+            let loss = sft_loss(&model, &batch, &device).expect("ids inside the vocabulary");
             // flex runs each operation when it is called; reading the loss waits for all of them
             let _ = loss.clone().into_data();
             let t1 = Instant::now();

@@ -26,7 +26,7 @@ use std::time::Instant;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use rlhf_core::train::{LrSchedule, OptimizerConfig, seeded};
+use rlhf_core::train::{LrSchedule, OptimizerConfig, try_seeded};
 use rlhf_core::{Result, Scorer};
 use rlhf_data::tasks::{ArithSteps, Task, with_eos};
 use rlhf_data::{Split, Tokenizer};
@@ -87,7 +87,7 @@ pub fn run_arith(cfg: &RunConfig, work: &Path) -> Result<RunResult> {
 
     // the verifier
     let shape = model_shape(&cfg.rm.size, tok.vocab_size())?;
-    let init = seeded(&device, cfg.seed.wrapping_add(1), || {
+    let init = try_seeded(&device, cfg.seed.wrapping_add(1), || {
         CausalLm::init(&shape, &device)
     })?;
     let steps = (train_set.len().div_ceil(16) * cfg.rm.epochs) as u64;

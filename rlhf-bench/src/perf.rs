@@ -14,7 +14,7 @@ use std::time::Instant;
 use burn::tensor::Device;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rlhf_core::train::{LrSchedule, OptimizerConfig, RunOptions, seeded};
+use rlhf_core::train::{LrSchedule, OptimizerConfig, RunOptions, try_seeded};
 use rlhf_core::{Error, KlController, Result, Scorer};
 use rlhf_data::Tokenizer;
 use rlhf_dpo::{DpoConfig, Group, RefCache, train_offline};
@@ -288,7 +288,7 @@ pub fn measure(
         lr: LR,
         ..OptimizerConfig::default()
     };
-    let init = |seed: u64, d: &Device| seeded(d, seed, || CausalLm::init(&shape, d));
+    let init = |seed: u64, d: &Device| try_seeded(d, seed, || CausalLm::init(&shape, d));
     // a prompt and two responses per example (reward and DPO)
     let pairs = |rng: &mut ChaCha8Rng| -> Result<Vec<PromptAndPair>> {
         (0..examples)
@@ -406,7 +406,7 @@ pub fn measure(
             let t = Instant::now();
             let mut new_tokens = 0u64;
             for (ids, mask) in &batches {
-                let g = generate(&model, ids, mask, BATCH, &sampling, &mut rng);
+                let g = generate(&model, ids, mask, BATCH, &sampling, &mut rng)?;
                 new_tokens += g.mask.iter().map(|&m| u64::from(m)).sum::<u64>();
             }
             (

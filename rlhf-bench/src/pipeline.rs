@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use rlhf_core::train::fs::write_atomic;
 use rlhf_core::train::metrics::read_metrics;
-use rlhf_core::train::{LrSchedule, OptimizerConfig, RunOptions, seeded};
+use rlhf_core::train::{LrSchedule, OptimizerConfig, RunOptions, seeded, try_seeded};
 use rlhf_core::{Error, Result, Scorer, masked_sum, token_logprobs};
 use rlhf_data::tasks::{Labeller, Task, TldrSynth, win_rate, with_eos};
 use rlhf_data::{Split, Tokenizer, collate};
@@ -571,7 +571,7 @@ pub(crate) fn sft_model(
     ));
     cached_dir(&dir, |tmp| {
         let shape = model_shape(size, tok.vocab_size())?;
-        let init = seeded(device, cfg.seed.wrapping_add(1), || {
+        let init = try_seeded(device, cfg.seed.wrapping_add(1), || {
             CausalLm::init(&shape, device)
         })?;
         let steps = (data.len().div_ceil(s.batch_size) * s.epochs) as u64;
@@ -847,9 +847,14 @@ pub(crate) fn fit_reward_model(
     device: &Device,
 ) -> Result<(RewardModel, rlhf_reward::RmReport)> {
     let r = &cfg.rm;
-    let rm = seeded(device, cfg.seed.wrapping_add(3), || {
-        RewardModel::from_backbone(backbone, shape.clone(), RewardSettings::outcome())
+    let head = seeded(device, cfg.seed.wrapping_add(3), || {
+        rlhf_models::ScalarModel::from_backbone(backbone)
     });
+    let rm = RewardModel {
+        model: head,
+        config: shape.clone(),
+        settings: RewardSettings::outcome(),
+    };
     let rm_cfg = RmConfig {
         epochs: r.epochs,
         batch_size: 16,
@@ -1039,13 +1044,13 @@ fn sampled_kl(
             .map(|(p, r)| (p.as_slice(), r.as_slice()))
             .collect();
         let batch = LmBatch::from_sequences(&collate(&pairs, 0, None));
-        let (ids, attention, target) = batch.tensors(&device);
-        let [_, l] = ids.dims();
+        let (input, target) = batch.input(&policy, &device)?;
+        let l = batch.seq;
         let logp = |m: &CausalLm| {
-            let logits = m.forward(ids.clone(), attention.clone(), None);
+            let logits = m.forward(&input, None);
             token_logprobs(
                 logits.narrow(1, 0, l - 1),
-                ids.clone().narrow(1, 1, l - 1),
+                input.ids().narrow(1, 1, l - 1),
                 temperature,
             )
         };

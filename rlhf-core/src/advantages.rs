@@ -130,7 +130,12 @@ pub fn group_advantages(
         )));
     }
     let groups = len / n;
+    // Every formula below is invariant to a shift of the group's scores; shifting by the group's
+    // first score makes a group of equal scores exactly 0 before any mean is taken. (`s − mean`
+    // of equal f32 scores is otherwise rounding noise, which GRPO's division by `std + 1e−4`
+    // turns into advantages of ~1e−3 where the definition gives 0.)
     let s: Tensor<2> = scores.reshape([groups, n]);
+    let s = s.clone().sub(s.narrow(1, 0, 1));
     let mean = s.clone().mean_dim(1);
     let adv = match estimator {
         GroupEstimator::Rloo => {

@@ -37,6 +37,28 @@ impl KlController {
         }
     }
 
+    /// Checks that β is finite and ≥ 0 (a negative β would reward moving away from the
+    /// reference) and, for the adaptive controller, that the target and the horizon it divides
+    /// by are finite and > 0.
+    pub fn validate(&self) -> crate::Result<()> {
+        let bad = |m: String| Err(crate::Error::Config(format!("kl controller: {m}")));
+        let value = self.value();
+        if !value.is_finite() || value < 0.0 {
+            return bad(format!("β must be finite and ≥ 0, got {value}"));
+        }
+        if let KlController::Adaptive {
+            target, horizon, ..
+        } = self
+            && !(target.is_finite() && *target > 0.0 && horizon.is_finite() && *horizon > 0.0)
+        {
+            return bad(format!(
+                "the adaptive controller needs a target and a horizon > 0, got {target} and \
+                 {horizon}"
+            ));
+        }
+        Ok(())
+    }
+
     /// Updates β after a batch of `n_steps` samples whose mean KL to the reference was `current_kl`.
     pub fn update(&mut self, current_kl: f64, n_steps: usize) {
         if let KlController::Adaptive {

@@ -25,12 +25,15 @@ pub struct PolicyLoss {
 ///
 /// - `logprobs`: `[batch, seq]` log-probs of the sampled tokens under the policy being trained
 ///   (carries the gradient);
-/// - `old_logprobs`: `[batch, seq]` the same under the policy that sampled them (no gradient);
-/// - `advantages`: `[batch, seq]`;
+/// - `old_logprobs`: `[batch, seq]` the same under the policy that sampled them (detached);
+/// - `advantages`: `[batch, seq]` (detached);
 /// - `mask`: `[batch, seq]` response mask;
 /// - `clip_eps`: ε (0.2).
 ///
 /// `ρ = exp(logπ_new − logπ_old)`, `L = masked_mean( max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε)) )`.
+///
+/// The old log-probs and the advantages are constants of the surrogate: they are detached here,
+/// so no gradient reaches whatever computed them (a critic's values inside the advantages, say).
 pub fn clipped_policy_loss(
     logprobs: Tensor<2>,
     old_logprobs: Tensor<2>,
@@ -38,6 +41,7 @@ pub fn clipped_policy_loss(
     mask: Tensor<2>,
     clip_eps: f32,
 ) -> PolicyLoss {
+    let (old_logprobs, advantages) = (old_logprobs.detach(), advantages.detach());
     let log_ratio = logprobs.sub(old_logprobs);
     let ratio = log_ratio.clone().exp();
     let unclipped = advantages.clone().neg().mul(ratio.clone());

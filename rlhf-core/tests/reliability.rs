@@ -11,7 +11,8 @@ use rlhf_core::testing::{Signal, child_dir, random_step, signal_child_at_step};
 use rlhf_core::train::checkpoint::parameter_values;
 use rlhf_core::train::metrics::{names, read_metrics};
 use rlhf_core::train::{
-    CheckpointStore, FitConfig, FitReport, LrSchedule, OptimizerConfig, RunOptions, fit, seeded,
+    BatchLoss, CheckpointStore, FitConfig, FitReport, LrSchedule, OptimizerConfig, RunOptions, fit,
+    seeded,
 };
 use rlhf_core::{Error, Result};
 
@@ -78,9 +79,13 @@ fn train(
             if poison.contains(&idx[0]) {
                 loss = loss.mul_scalar(f32::NAN);
             }
-            (loss, Vec::new())
+            Ok(BatchLoss {
+                loss,
+                weight: 1.0,
+                metrics: Vec::new(),
+            })
         },
-        &|_| Vec::new(),
+        &|_| Ok(Vec::new()),
     )
 }
 

@@ -52,17 +52,6 @@ impl SequenceBatch {
         self.prompt_len + self.response_len
     }
 
-    /// `input_ids` with every pad replaced by `replacement` (usually 0): the ids to give the
-    /// model, since the pad id may lie outside its embedding (TL;DR detail 2: pad ids are masked
-    /// before the forward pass). The attention mask keeps pads out of every real position.
-    pub fn model_input_ids(&self, replacement: u32) -> Vec<u32> {
-        self.input_ids
-            .iter()
-            .zip(&self.attention_mask)
-            .map(|(&id, &m)| if m == 1 { id } else { replacement })
-            .collect()
-    }
-
     /// The prompt part alone: `[batch, prompt_len]` ids and attention mask (left-padded), as the
     /// input of generation.
     pub fn prompts(&self) -> (Vec<u32>, Vec<u8>) {

@@ -28,7 +28,8 @@ pub const PAD_TOKEN: &str = "[PAD]";
 /// When the loaded tokenizer has no padding token, `[PAD]` is added as a special token with the
 /// next free id — which may lie outside the model's embedding matrix. That is deliberate (the
 /// TL;DR reproduction does the same instead of resizing the model): pad ids never reach the model,
-/// because collation replaces them before the forward pass (see [`crate::SequenceBatch::model_input_ids`]).
+/// because every forward pass takes its ids through `rlhf_models::TokenInput`, which replaces the
+/// id at every masked position.
 #[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,

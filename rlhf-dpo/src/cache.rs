@@ -1,7 +1,10 @@
 //! The reference log-prob cache: the frozen reference's sequence log-probs of every response,
-//! computed once, stored on disk under a key made of a hash of the reference's weights and a hash
-//! of the data, and reused across epochs and runs. A change to either gives a new key, so a stale
-//! cache is never read.
+//! computed once, stored on disk and reused across epochs and runs.
+//!
+//! The key covers every input that changes a reference log-prob: the reference's weights, the
+//! token ids of the data (so the chat template and the tokenizer, which made them), and how the
+//! log-probs are read ([`LogpSpec`]: the truncation and the temperature). A change to any of them
+//! gives a new key, so a stale cache is never read.
 
 use std::path::{Path, PathBuf};
 
@@ -43,11 +46,27 @@ pub fn data_hash(groups: &[Group]) -> u64 {
     checksum(&bytes)
 }
 
+/// How the reference's sequence log-probs are read from the token ids: part of the key.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LogpSpec {
+    /// Longest prompt / response kept (prompts keep their end, responses their start).
+    pub truncation: Option<(usize, usize)>,
+    /// The temperature the logits are divided by.
+    pub temperature: f32,
+}
+
 #[derive(Serialize, Deserialize)]
 struct CacheFile {
     weights: String,
     data: String,
+    spec: LogpSpec,
     logps: Vec<Vec<f32>>,
+}
+
+/// The key of one cache entry: the weights' hash, the data's, and the spec's.
+fn key(weights: u64, data: u64, spec: &LogpSpec) -> String {
+    let spec_bytes = serde_json::to_vec(spec).expect("a spec serialises");
+    format!("{weights:016x}-{data:016x}-{:016x}", checksum(&spec_bytes))
 }
 
 /// Reference log-probs per group and response, on disk in `dir` (or only in memory).
@@ -64,32 +83,25 @@ impl RefCache {
         }
     }
 
-    fn path(&self, weights: u64, data: u64) -> Option<PathBuf> {
-        self.dir
-            .as_ref()
-            .map(|d| d.join(format!("ref-logps-{weights:016x}-{data:016x}.json")))
-    }
-
-    /// The cached log-probs for this reference and data, or `compute()`'s, stored for next time.
-    /// Returns them and whether `compute` ran.
+    /// The cached log-probs for this reference, data and spec, or `compute()`'s, stored for next
+    /// time. Returns them and whether `compute` ran.
     pub fn get_or_compute(
         &self,
         reference: &CausalLm,
         groups: &[Group],
-        compute: impl FnOnce() -> Vec<Vec<f32>>,
+        spec: &LogpSpec,
+        compute: impl FnOnce() -> Result<Vec<Vec<f32>>>,
     ) -> Result<(Vec<Vec<f32>>, bool)> {
         // without a directory there is nothing to look up: skip hashing every weight
-        if self.dir.is_none() {
-            return Ok((compute(), true));
-        }
+        let Some(dir) = &self.dir else {
+            return Ok((compute()?, true));
+        };
         let (w, d) = (weights_hash(reference), data_hash(groups));
-        let path = self.path(w, d);
-        if let Some(p) = &path
-            && p.is_file()
-        {
-            let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
+        let path = dir.join(format!("ref-logps-{}.json", key(w, d, spec)));
+        if path.is_file() {
+            let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
             let file: CacheFile = serde_json::from_str(&text).map_err(|e| Error::Checkpoint {
-                path: p.clone(),
+                path: path.clone(),
                 message: format!("unreadable reference cache ({e}); delete it to recompute"),
             })?;
             let fits = file.logps.len() == groups.len()
@@ -98,23 +110,23 @@ impl RefCache {
                     .iter()
                     .zip(groups)
                     .all(|(l, g)| l.len() == g.responses.len());
-            if fits && file.weights == format!("{w:016x}") && file.data == format!("{d:016x}") {
+            if fits
+                && file.weights == format!("{w:016x}")
+                && file.data == format!("{d:016x}")
+                && file.spec == *spec
+            {
                 return Ok((file.logps, false));
             }
         }
-        let logps = compute();
-        if let Some(p) = path {
-            std::fs::create_dir_all(p.parent().expect("a cache file has a directory"))
-                .map_err(|e| Error::io(&p, e))?;
-            let file = CacheFile {
-                weights: format!("{w:016x}"),
-                data: format!("{d:016x}"),
-                logps,
-            };
-            let bytes = serde_json::to_vec(&file).map_err(|e| Error::Record(e.to_string()))?;
-            write_atomic(&p, &bytes)?;
-            return Ok((file.logps, true));
-        }
-        Ok((logps, true))
+        let file = CacheFile {
+            weights: format!("{w:016x}"),
+            data: format!("{d:016x}"),
+            spec: *spec,
+            logps: compute()?,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let bytes = serde_json::to_vec(&file).map_err(|e| Error::Record(e.to_string()))?;
+        write_atomic(&path, &bytes)?;
+        Ok((file.logps, true))
     }
 }

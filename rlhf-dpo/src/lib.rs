@@ -28,7 +28,7 @@ pub mod losses;
 pub mod online;
 pub mod trainer;
 
-pub use cache::{RefCache, data_hash, weights_hash};
+pub use cache::{LogpSpec, RefCache, data_hash, weights_hash};
 pub use losses::{
     PairLogps, dpo_loss, dpo_rw_loss, exo_pref_loss, exo_rw_loss, hinge_loss, ipo_loss,
     robust_dpo_loss, simpo_loss,

@@ -10,14 +10,15 @@ use rand::seq::SliceRandom;
 use rlhf_core::host::to_f32_vec;
 use rlhf_core::train::memory::{self, MemoryEstimate};
 use rlhf_core::train::{
-    FitConfig, LrSchedule, Metrics, OptimizerConfig, RunOptions, TrainRng, fit, metrics::names,
+    BatchLoss, FitConfig, LrSchedule, Metrics, OptimizerConfig, RunOptions, TrainRng, fit,
+    metrics::names,
 };
 use rlhf_core::{Error, Result, zero_masked};
 use rlhf_data::{Truncation, collate};
 use rlhf_models::{CausalLm, LmBatch, target_logprobs};
 use serde::{Deserialize, Serialize};
 
-use crate::cache::RefCache;
+use crate::cache::{LogpSpec, RefCache};
 use crate::losses::{
     PairLogps, dpo_loss, dpo_rw_loss, exo_pref_loss, exo_rw_loss, hinge_loss, ipo_loss,
     robust_dpo_loss, simpo_loss,
@@ -132,6 +133,59 @@ impl Default for DpoConfig {
     }
 }
 
+impl DpoConfig {
+    /// Checks the ranges that keep every loss finite and meaningful: β > 0 (at 0 the DPO loss is a
+    /// constant and IPO's target `1/(2β)` is infinite); cDPO's smoothing and robust DPO's noise
+    /// rate in `[0, ½)` (robust divides by `1 − 2ε`); EXO-pref's ε in `(0, 1)` (its target takes
+    /// `log ε`; TRL refuses 0 and the EXO paper suggests 1e−3); β_r > 0 (`p_r = softmax(r/β_r)`);
+    /// at least one epoch, group and micro-batch per step; the optimizer's own ranges.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(format!("offline trainer: {m}")));
+        if !self.beta.is_finite() || self.beta <= 0.0 {
+            return bad(format!("beta must be finite and > 0, got {}", self.beta));
+        }
+        match self.loss {
+            OfflineLoss::Dpo { label_smoothing: e } | OfflineLoss::Robust { eps: e }
+                if !(0.0..0.5).contains(&e) =>
+            {
+                return bad(format!(
+                    "{:?}: the flip rate must be in [0, 0.5)",
+                    self.loss
+                ));
+            }
+            OfflineLoss::ExoPref { eps } if !(eps > 0.0 && eps < 1.0) => {
+                return bad(format!(
+                    "exo_pref: eps must be in (0, 1), got {eps} (the EXO paper uses 1e-3)"
+                ));
+            }
+            OfflineLoss::ExoRw { beta_r } | OfflineLoss::DpoRw { beta_r }
+                if !beta_r.is_finite() || beta_r <= 0.0 =>
+            {
+                return bad(format!("{:?}: beta_r must be finite and > 0", self.loss));
+            }
+            OfflineLoss::Simpo { gamma } if !gamma.is_finite() => {
+                return bad(format!("simpo: gamma must be finite, got {gamma}"));
+            }
+            _ => {}
+        }
+        if self.epochs == 0 || self.batch_size == 0 || self.grad_accum == 0 {
+            return bad("epochs, batch_size and grad_accum must be ≥ 1".into());
+        }
+        self.optimizer.validate()
+    }
+
+    /// How the trainer reads sequence log-probs (the reference cache's key covers it).
+    pub fn logp_spec(&self) -> LogpSpec {
+        LogpSpec {
+            truncation: self.truncation,
+            temperature: SEQUENCE_TEMPERATURE,
+        }
+    }
+}
+
+/// Sequence log-probs are read from the untempered distribution (the DPO objective's `π(y|x)`).
+pub const SEQUENCE_TEMPERATURE: f32 = 1.0;
+
 /// Held-out results: mean loss, the share of pairs whose implicit reward ranks the chosen
 /// response first, and the mean implicit-reward margin.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -166,7 +220,7 @@ pub fn sequence_logps(
     groups: &[&Group],
     truncation: Option<(usize, usize)>,
     device: &Device,
-) -> (Tensor<1>, Tensor<1>) {
+) -> Result<(Tensor<1>, Tensor<1>)> {
     let t = truncation.map(|(p, r)| Truncation {
         max_prompt: p,
         max_response: r,
@@ -181,11 +235,11 @@ pub fn sequence_logps(
         .collect();
     let batch = LmBatch::from_sequences(&collate(&pairs, 0, t));
     let n = batch.batch;
-    let (logp, target) = target_logprobs(model, &batch, device);
-    (
+    let (logp, target) = target_logprobs(model, &batch, device)?;
+    Ok((
         zero_masked(logp, target.clone()).sum_dim(1).reshape([n]),
         target.sum_dim(1).reshape([n]),
-    )
+    ))
 }
 
 /// The reference's sequence log-probs of every group (no gradients), in batches; counts batches.
@@ -195,13 +249,13 @@ fn reference_logps(
     cfg: &DpoConfig,
     device: &Device,
     batches: &mut u64,
-) -> Vec<Vec<f32>> {
+) -> Result<Vec<Vec<f32>>> {
     let device = device.clone().without_autodiff();
     let reference = reference.valid().to_device(&device);
     let mut out = Vec::with_capacity(groups.len());
     for chunk in groups.chunks(cfg.batch_size.max(1)) {
         let refs: Vec<&Group> = chunk.iter().collect();
-        let flat = to_f32_vec(sequence_logps(&reference, &refs, cfg.truncation, &device).0);
+        let flat = to_f32_vec(sequence_logps(&reference, &refs, cfg.truncation, &device)?.0);
         *batches += 1;
         let mut at = 0;
         for g in chunk {
@@ -209,11 +263,15 @@ fn reference_logps(
             at += g.responses.len();
         }
     }
-    out
+    Ok(out)
 }
 
 /// The loss `[1]` of a batch and its pair metrics, from policy log-probs, token counts and
-/// reference log-probs, each `[B, K]`.
+/// reference log-probs, each `[B, K]` (sums over response tokens).
+///
+/// Each loss reads the log-probs its paper defines: IPO the averages over response tokens (as
+/// TRL does), SimPO the policy's averages with no reference, the rest the sums. The implicit
+/// rewards `β·(logπ − logπ_ref)` that are logged use the same log-probs as the loss.
 fn batch_loss(
     cfg: &DpoConfig,
     policy: Tensor<2>,
@@ -222,6 +280,12 @@ fn batch_loss(
     rewards: Option<Tensor<2>>,
 ) -> (Tensor<1>, Metrics) {
     let [b, _] = policy.dims();
+    let averaged = |t: Tensor<2>| t.div(lengths.clone().clamp_min(1.0));
+    let (policy, reference) = match cfg.loss {
+        OfflineLoss::Ipo => (averaged(policy), averaged(reference)),
+        OfflineLoss::Simpo { .. } => (averaged(policy), reference.zeros_like()),
+        _ => (policy, reference),
+    };
     let col = |t: &Tensor<2>, i: usize| t.clone().narrow(1, i, 1).reshape([b]);
     let pair = PairLogps {
         chosen: col(&policy, 0),
@@ -235,19 +299,10 @@ fn batch_loss(
         OfflineLoss::Robust { eps } => robust_dpo_loss(pair.logits(), beta, eps),
         OfflineLoss::Hinge => hinge_loss(pair.logits(), beta),
         OfflineLoss::ExoPref { eps } => exo_pref_loss(pair.logits(), beta, eps),
-        OfflineLoss::Ipo => {
-            let mean = |lp: Tensor<1>, i: usize| lp.div(col(&lengths, i).clamp_min(1.0));
-            let h = mean(pair.chosen.clone(), 0)
-                .sub(mean(pair.ref_chosen.clone(), 0))
-                .sub(mean(pair.rejected.clone(), 1).sub(mean(pair.ref_rejected.clone(), 1)));
-            ipo_loss(h, beta)
+        OfflineLoss::Ipo => ipo_loss(pair.logits(), beta),
+        OfflineLoss::Simpo { gamma } => {
+            simpo_loss(pair.chosen.clone(), pair.rejected.clone(), beta, gamma)
         }
-        OfflineLoss::Simpo { gamma } => simpo_loss(
-            pair.chosen.clone().div(col(&lengths, 0).clamp_min(1.0)),
-            pair.rejected.clone().div(col(&lengths, 1).clamp_min(1.0)),
-            beta,
-            gamma,
-        ),
         OfflineLoss::ExoRw { beta_r } => exo_rw_loss(
             policy.clone().sub(reference.clone()),
             rewards.expect("checked before training"),
@@ -285,9 +340,9 @@ fn loss_of_groups(
     ref_logps: &[&Vec<f32>],
     cfg: &DpoConfig,
     device: &Device,
-) -> (Tensor<1>, Metrics) {
+) -> Result<(Tensor<1>, Metrics)> {
     let (b, k) = (groups.len(), groups[0].responses.len());
-    let (logps, lengths) = sequence_logps(policy, groups, cfg.truncation, device);
+    let (logps, lengths) = sequence_logps(policy, groups, cfg.truncation, device)?;
     let rows: Vec<Vec<f32>> = ref_logps.iter().map(|r| (*r).clone()).collect();
     let rewards = cfg.loss.needs_rewards().then(|| {
         let r: Vec<Vec<f32>> = groups
@@ -296,13 +351,13 @@ fn loss_of_groups(
             .collect();
         to_2d(&r, device)
     });
-    batch_loss(
+    Ok(batch_loss(
         cfg,
         logps.reshape([b, k]),
         lengths.reshape([b, k]),
         to_2d(&rows, device),
         rewards,
-    )
+    ))
 }
 
 /// Loss and implicit-reward accuracy and margin of `policy` on held-out groups.
@@ -312,7 +367,7 @@ pub fn evaluate(
     ref_logps: &[Vec<f32>],
     cfg: &DpoConfig,
     device: &Device,
-) -> DpoEval {
+) -> Result<DpoEval> {
     let valid = policy.valid();
     let device = device.clone().without_autodiff();
     let (mut loss, mut acc, mut margin, mut n) = (0.0, 0.0, 0.0, 0.0);
@@ -322,7 +377,7 @@ pub fn evaluate(
     {
         let g: Vec<&Group> = chunk.iter().collect();
         let r: Vec<&Vec<f32>> = refs.iter().collect();
-        let (l, m) = loss_of_groups(&valid, &g, &r, cfg, &device);
+        let (l, m) = loss_of_groups(&valid, &g, &r, cfg, &device)?;
         let w = chunk.len() as f64;
         loss += f64::from(l.into_scalar::<f32>()) * w;
         let get = |name: &str| m.iter().find(|x| x.0 == name).map_or(0.0, |x| x.1);
@@ -331,11 +386,11 @@ pub fn evaluate(
         n += w;
     }
     let n = n.max(1.0);
-    DpoEval {
+    Ok(DpoEval {
         loss: loss / n,
         reward_accuracy: acc / n,
         reward_margin: margin / n,
-    }
+    })
 }
 
 fn check(groups: &[Group], cfg: &DpoConfig) -> Result<()> {
@@ -377,6 +432,7 @@ pub fn train_offline(
     run_options: &RunOptions,
     device: &Device,
 ) -> Result<(CausalLm, DpoReport)> {
+    cfg.validate()?;
     check(train, cfg)?;
     check(eval, cfg)?;
     if train.is_empty() {
@@ -403,10 +459,11 @@ pub fn train_offline(
     let mut report = DpoReport::default();
     let mut batches = 0u64;
     let (ref_train, ref_eval) = if cfg.loss.needs_reference() {
-        let (a, _) = cache.get_or_compute(reference, train, || {
+        let spec = cfg.logp_spec();
+        let (a, _) = cache.get_or_compute(reference, train, &spec, || {
             reference_logps(reference, train, cfg, device, &mut batches)
         })?;
-        let (b, _) = cache.get_or_compute(reference, eval, || {
+        let (b, _) = cache.get_or_compute(reference, eval, &spec, || {
             reference_logps(reference, eval, cfg, device, &mut batches)
         })?;
         (a, b)
@@ -423,16 +480,16 @@ pub fn train_offline(
         eval_every: cfg.eval_every,
         label: "dpo",
     };
-    let eval_metrics = |m: &CausalLm| -> Metrics {
+    let eval_metrics = |m: &CausalLm| -> Result<Metrics> {
         if eval.is_empty() {
-            return Vec::new();
+            return Ok(Vec::new());
         }
-        let e = evaluate(m, eval, &ref_eval, cfg, device);
-        vec![
+        let e = evaluate(m, eval, &ref_eval, cfg, device)?;
+        Ok(vec![
             (names::EVAL_LOSS, e.loss),
             (names::EVAL_REWARD_ACCURACY, e.reward_accuracy),
             (names::EVAL_REWARD_MARGIN, e.reward_margin),
-        ]
+        ])
     };
     let (policy, r) = fit(
         policy,
@@ -450,7 +507,12 @@ pub fn train_offline(
         &|m, idx| {
             let groups: Vec<&Group> = idx.iter().map(|&i| &train[i]).collect();
             let refs: Vec<&Vec<f32>> = idx.iter().map(|&i| &ref_train[i]).collect();
-            loss_of_groups(m, &groups, &refs, cfg, device)
+            let (loss, metrics) = loss_of_groups(m, &groups, &refs, cfg, device)?;
+            Ok(BatchLoss {
+                loss,
+                weight: groups.len() as f64,
+                metrics,
+            })
         },
         &eval_metrics,
     )?;
@@ -458,7 +520,7 @@ pub fn train_offline(
     report.steps_this_run = r.steps_this_run;
     report.final_train_loss = r.final_train_loss;
     if !eval.is_empty() {
-        report.eval = evaluate(&policy, eval, &ref_eval, cfg, device);
+        report.eval = evaluate(&policy, eval, &ref_eval, cfg, device)?;
     }
     Ok((policy, report))
 }

@@ -1,8 +1,8 @@
-//! The reference cache is keyed by the reference's weights and the data: the same weights loaded
-//! twice share a key, a changed weight or a changed token does not, and a stale file is never
-//! read.
+//! The reference cache is keyed by the reference's weights, the data and how log-probs are read
+//! (truncation, temperature): the same weights loaded twice share a key, a changed weight, token,
+//! truncation or temperature does not, and a stale file is never read.
 
-use rlhf_dpo::{Group, RefCache, data_hash, weights_hash};
+use rlhf_dpo::{Group, LogpSpec, RefCache, data_hash, weights_hash};
 use rlhf_models::CausalLm;
 
 fn fixture() -> std::path::PathBuf {
@@ -53,23 +53,54 @@ fn keys_follow_weights_and_data() {
 
     let dir = tempfile::tempdir().unwrap();
     let cache = RefCache::new(Some(dir.path()));
-    let fake = |v: f32| move || vec![vec![v, v], vec![v, v]];
-    let (first, computed) = cache.get_or_compute(&a, &groups(0), fake(1.0)).unwrap();
+    let fake = |v: f32| move || Ok(vec![vec![v, v], vec![v, v]]);
+    let spec = LogpSpec {
+        truncation: None,
+        temperature: 1.0,
+    };
+    let (first, computed) = cache
+        .get_or_compute(&a, &groups(0), &spec, fake(1.0))
+        .unwrap();
     assert!(computed && first[0][0] == 1.0);
     let (again, computed) = cache
-        .get_or_compute(&a_again, &groups(0), fake(2.0))
+        .get_or_compute(&a_again, &groups(0), &spec, fake(2.0))
         .unwrap();
     assert!(!computed && again[0][0] == 1.0, "reused");
-    let (other, computed) = cache.get_or_compute(&b, &groups(0), fake(3.0)).unwrap();
+    let (other, computed) = cache
+        .get_or_compute(&b, &groups(0), &spec, fake(3.0))
+        .unwrap();
     assert!(computed && other[0][0] == 3.0, "new weights, new key");
-    let (other, computed) = cache.get_or_compute(&a, &groups(1), fake(4.0)).unwrap();
+    let (other, computed) = cache
+        .get_or_compute(&a, &groups(1), &spec, fake(4.0))
+        .unwrap();
     assert!(computed && other[0][0] == 4.0, "new data, new key");
+    for (what, other_spec) in [
+        (
+            "truncation",
+            LogpSpec {
+                truncation: Some((8, 1)),
+                ..spec
+            },
+        ),
+        (
+            "temperature",
+            LogpSpec {
+                temperature: 0.7,
+                ..spec
+            },
+        ),
+    ] {
+        let (other, computed) = cache
+            .get_or_compute(&a, &groups(0), &other_spec, fake(6.0))
+            .unwrap();
+        assert!(computed && other[0][0] == 6.0, "new {what}, new key");
+    }
     // a corrupt cache file is an error that says how to recover, not a silent reuse
     for e in std::fs::read_dir(dir.path()).unwrap() {
         std::fs::write(e.unwrap().path(), b"{ torn").unwrap();
     }
     let err = cache
-        .get_or_compute(&a, &groups(0), fake(5.0))
+        .get_or_compute(&a, &groups(0), &spec, fake(5.0))
         .unwrap_err()
         .to_string();
     assert!(err.contains("delete it"), "{err}");

@@ -6,7 +6,6 @@
 //! no other test trains in the process at the same time.
 
 use burn::module::Module;
-use burn::tensor::{Int, Tensor, TensorData};
 use rlhf_core::host::to_f32_vec;
 use rlhf_core::train::metrics::read_metrics;
 use rlhf_core::train::{CheckpointStore, OptimizerConfig, RunOptions};
@@ -62,7 +61,7 @@ fn exo_rw_learns_on_k3_and_bad_groups_are_refused() {
         ..DpoConfig::default()
     };
     let none = RefCache::new(None);
-    let before = rlhf_dpo::evaluate(&init, &data, &vec![vec![0.0; 3]; 24], &cfg, &device);
+    let before = rlhf_dpo::evaluate(&init, &data, &vec![vec![0.0; 3]; 24], &cfg, &device).unwrap();
     let (_, report) = train_offline(
         init.clone(),
         &init,
@@ -182,11 +181,9 @@ fn dpo_training_resumes_exactly() {
     .unwrap();
     assert_eq!((rb.steps_this_run, rb.reference_forward_batches), (5, 0));
     let probe = |m: &CausalLm| {
-        let ids = Tensor::<2, Int>::from_data(
-            TensorData::new((0..8i64).collect::<Vec<_>>(), [2, 4]),
-            &device,
-        );
-        to_f32_vec(m.valid().forward(ids, Tensor::ones([2, 4], &device), None))
+        let m = m.valid();
+        let ids: Vec<u32> = (0..8).collect();
+        to_f32_vec(m.forward(&m.input(&ids, &[1; 8], 2).unwrap(), None))
     };
     assert_eq!(probe(&a), probe(&b));
     assert_eq!(
@@ -230,11 +227,9 @@ fn dpo_into(dir: &std::path::Path) -> Vec<f32> {
         &device,
     )
     .unwrap();
-    let ids = Tensor::<2, Int>::from_data(
-        TensorData::new((0..12i64).collect::<Vec<_>>(), [2, 6]),
-        &device,
-    );
-    to_f32_vec(m.valid().forward(ids, Tensor::ones([2, 6], &device), None))
+    let m = m.valid();
+    let ids: Vec<u32> = (0..12).collect();
+    to_f32_vec(m.forward(&m.input(&ids, &[1; 12], 2).unwrap(), None))
 }
 
 #[test]

@@ -47,6 +47,7 @@ fn bench_generation(c: &mut Criterion) {
                         &cfg,
                         &mut ChaCha8Rng::seed_from_u64(1),
                     )
+                    .expect("ids inside the vocabulary")
                 })
             });
         }
@@ -75,7 +76,7 @@ fn bench_sft_step(c: &mut Criterion) {
         BenchmarkId::new("forward-backward-adamw", format!("{batch}x{seq}")),
         |b| {
             b.iter(|| {
-                let loss = sft_loss(&m, &lm, &device);
+                let loss = sft_loss(&m, &lm, &device).expect("ids inside the vocabulary");
                 let grads = burn::optim::GradientsParams::from_grads(loss.backward(), &m);
                 m = optim.step(1e-4, m.clone(), grads);
                 m.num_params()

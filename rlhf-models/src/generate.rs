@@ -4,8 +4,8 @@
 //! The next-token distribution of each row is read to the host once per step (`[batch, vocab]`)
 //! and sampled there with the caller's RNG, so a run is reproducible from its seed on any backend.
 
-use burn::tensor::{Int, Tensor, TensorData};
 use rand::Rng;
+use rlhf_core::Result;
 use serde::{Deserialize, Serialize};
 
 use rlhf_data::{Tokenizer, collate};
@@ -119,8 +119,11 @@ fn sample(dist: &[(u32, f32)], greedy: bool, rng: &mut impl Rng) -> (u32, f32) {
 
 /// Samples continuations of left-padded prompts.
 ///
-/// - `prompt_ids`, `prompt_mask`: `[batch, prompt_len]`, left-padded (pads may hold any valid id);
+/// - `prompt_ids`, `prompt_mask`: `[batch, prompt_len]`, left-padded (pads may hold any id, even
+///   one outside the vocabulary: the model reads them through [`crate::TokenInput`]);
 /// - `rng`: the run's generator (sampling draws one `f32` per row and step).
+///
+/// Fails only when a real prompt token lies outside the model's vocabulary.
 pub fn generate(
     model: &CausalLm,
     prompt_ids: &[u32],
@@ -128,11 +131,10 @@ pub fn generate(
     batch: usize,
     cfg: &SamplingConfig,
     rng: &mut impl Rng,
-) -> Generation {
-    let device = model.device();
+) -> Result<Generation> {
     let prompt_len = prompt_ids.len() / batch.max(1);
     let mut ids: Vec<u32> = prompt_ids.to_vec(); // [batch, prompt_len + step], row-major
-    let mut mask: Vec<f32> = prompt_mask.iter().map(|&m| f32::from(m)).collect();
+    let mut mask: Vec<u8> = prompt_mask.to_vec();
     let mut cols = prompt_len;
     let mut cache = KvCache::new();
     let (mut tokens, mut logprobs, mut out_mask) = (
@@ -143,28 +145,14 @@ pub fn generate(
     let mut done = vec![false; batch];
     let greedy = cfg.temperature <= 0.0;
     for step in 0..cfg.max_new_tokens {
-        let to_i = |v: Vec<i64>, w: usize| {
-            Tensor::<2, Int>::from_data(TensorData::new(v, [batch, w]), &device)
-        };
-        let mask_t = Tensor::<2>::from_data(TensorData::new(mask.clone(), [batch, cols]), &device);
-        let logits = if cfg.use_cache {
-            let (input, w) = if step == 0 {
-                (ids.iter().map(|&x| i64::from(x)).collect(), cols)
-            } else {
-                (
-                    (0..batch)
-                        .map(|b| i64::from(ids[b * cols + cols - 1]))
-                        .collect(),
-                    1,
-                )
-            };
-            model.forward(to_i(input, w), mask_t, Some(&mut cache))
+        let logits = if cfg.use_cache && step > 0 {
+            // only the newest token of each row; the cache holds the rest
+            let newest: Vec<u32> = (0..batch).map(|b| ids[b * cols + cols - 1]).collect();
+            model.forward(&model.input(&newest, &mask, batch)?, Some(&mut cache))
+        } else if cfg.use_cache {
+            model.forward(&model.input(&ids, &mask, batch)?, Some(&mut cache))
         } else {
-            model.forward(
-                to_i(ids.iter().map(|&x| i64::from(x)).collect(), cols),
-                mask_t,
-                None,
-            )
+            model.forward(&model.input(&ids, &mask, batch)?, None)
         };
         let [_, t, vocab] = logits.dims();
         let last = rlhf_core::host::to_f32_vec(logits.narrow(1, t - 1, 1)); // [batch, vocab]
@@ -199,7 +187,7 @@ pub fn generate(
             grown_ids.extend_from_slice(&ids[b * cols..(b + 1) * cols]);
             grown_ids.push(next[b]);
             grown_mask.extend_from_slice(&mask[b * cols..(b + 1) * cols]);
-            grown_mask.push(1.0);
+            grown_mask.push(1);
         }
         ids = grown_ids;
         mask = grown_mask;
@@ -209,14 +197,14 @@ pub fn generate(
         }
     }
     let new_len = tokens.first().map_or(0, Vec::len);
-    Generation {
+    Ok(Generation {
         batch,
         new_len,
         tokens: tokens.concat(),
         logprobs: logprobs.concat(),
         mask: out_mask.concat(),
         has_eos: (0..batch).map(|b| done[b]).collect(),
-    }
+    })
 }
 
 /// Samples one continuation of each prompt text: tokenize, left-pad, [`generate`] with the
@@ -228,18 +216,18 @@ pub fn sample_texts(
     prompts: &[&str],
     cfg: &SamplingConfig,
     rng: &mut impl Rng,
-) -> rlhf_core::Result<(Vec<Vec<u32>>, Vec<String>)> {
+) -> Result<(Vec<Vec<u32>>, Vec<String>)> {
     let ids = prompts
         .iter()
         .map(|p| tokenizer.encode(p))
-        .collect::<rlhf_core::Result<Vec<_>>>()?;
+        .collect::<Result<Vec<_>>>()?;
     let pairs: Vec<(&[u32], &[u32])> = ids.iter().map(|p| (p.as_slice(), &[][..])).collect();
-    let (pids, pmask) = collate(&pairs, 0, None).prompts();
+    let (pids, pmask) = collate(&pairs, tokenizer.pad_id(), None).prompts();
     let cfg = SamplingConfig {
         eos_id: Some(tokenizer.eos_id()),
         ..cfg.clone()
     };
-    let g = generate(model, &pids, &pmask, prompts.len(), &cfg, rng);
+    let g = generate(model, &pids, &pmask, prompts.len(), &cfg, rng)?;
     let tokens: Vec<Vec<u32>> = (0..prompts.len())
         .map(|b| {
             (b * g.new_len..(b + 1) * g.new_len)
@@ -251,7 +239,7 @@ pub fn sample_texts(
     let texts = tokens
         .iter()
         .map(|t| tokenizer.decode(t))
-        .collect::<rlhf_core::Result<Vec<_>>>()?;
+        .collect::<Result<Vec<_>>>()?;
     Ok((tokens, texts))
 }
 

@@ -34,6 +34,7 @@ pub mod cache;
 pub mod config;
 pub mod generate;
 pub mod hf;
+pub mod input;
 pub mod llama;
 pub mod lm;
 pub mod neox;
@@ -46,6 +47,7 @@ pub use hf::{
     config_from_json, config_to_json, load_pretrained, load_scalar_pretrained, save_pretrained,
     save_scalar_pretrained,
 };
+pub use input::TokenInput;
 pub use llama::Llama;
 pub use lm::{CausalLm, ScalarModel, gather_last};
 pub use neox::GptNeox;

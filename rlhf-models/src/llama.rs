@@ -167,9 +167,9 @@ impl Llama {
         })
     }
 
-    /// Hidden states after the final norm, `[batch, new, d]`; arguments as
-    /// [`crate::GptNeox::hidden`].
-    pub fn hidden(
+    /// Hidden states after the final norm, `[batch, new, d]`; arguments as for GPT-NeoX
+    /// (reached through [`crate::CausalLm::hidden`]).
+    pub(crate) fn hidden(
         &self,
         input_ids: Tensor<2, Int>,
         attention_mask: Tensor<2>,

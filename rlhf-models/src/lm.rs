@@ -7,6 +7,7 @@ use burn::tensor::{Device, Int, Tensor};
 
 use crate::cache::KvCache;
 use crate::config::{Architecture, TransformerConfig};
+use crate::input::TokenInput;
 use crate::llama::Llama;
 use crate::neox::GptNeox;
 use rlhf_core::Result;
@@ -31,22 +32,13 @@ impl CausalLm {
         })
     }
 
-    /// Hidden states after the final norm, `[batch, new, d]`.
-    ///
-    /// - `input_ids`: `[batch, new]`, the tokens to process (all of them, or only the new ones when
-    ///   `cache` holds the earlier ones); pad ids must be valid rows (any id works: padded keys
-    ///   are never attended to).
-    /// - `attention_mask`: `[batch, past + new]`, 1 at real tokens, 0 at pads.
-    /// - `cache`: keys and values of the `past` positions, extended in place.
-    pub fn hidden(
-        &self,
-        input_ids: Tensor<2, Int>,
-        attention_mask: Tensor<2>,
-        cache: Option<&mut KvCache>,
-    ) -> Tensor<3> {
+    /// Hidden states after the final norm, `[batch, new, d]`, of `input` (the tokens to process:
+    /// all of them, or only the new ones when `cache` holds the earlier ones; its mask covers
+    /// every position so far). `cache`: keys and values of the past positions, extended in place.
+    pub fn hidden(&self, input: &TokenInput, cache: Option<&mut KvCache>) -> Tensor<3> {
         match self {
-            CausalLm::GptNeox(m) => m.hidden(input_ids, attention_mask, cache),
-            CausalLm::Llama(m) => m.hidden(input_ids, attention_mask, cache),
+            CausalLm::GptNeox(m) => m.hidden(input.ids(), input.attention(), cache),
+            CausalLm::Llama(m) => m.hidden(input.ids(), input.attention(), cache),
         }
     }
 
@@ -58,14 +50,23 @@ impl CausalLm {
         }
     }
 
-    /// Next-token logits `[batch, new, vocab]`.
-    pub fn forward(
-        &self,
-        input_ids: Tensor<2, Int>,
-        attention_mask: Tensor<2>,
-        cache: Option<&mut KvCache>,
-    ) -> Tensor<3> {
-        self.lm_head(self.hidden(input_ids, attention_mask, cache))
+    /// Next-token logits `[batch, new, vocab]` of `input` (see [`Self::hidden`]).
+    pub fn forward(&self, input: &TokenInput, cache: Option<&mut KvCache>) -> Tensor<3> {
+        self.lm_head(self.hidden(input, cache))
+    }
+
+    /// The model input of `batch` rows of host ids and mask (see [`TokenInput::new`]: pads
+    /// become a valid id, a real id outside the vocabulary is an error), on the model's device.
+    pub fn input(&self, ids: &[u32], attention: &[u8], batch: usize) -> Result<TokenInput> {
+        TokenInput::new(ids, attention, batch, self.vocab_size(), &self.device())
+    }
+
+    /// Rows of the input embedding.
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            CausalLm::GptNeox(m) => m.embed_in.weight.dims()[0],
+            CausalLm::Llama(m) => m.embed_tokens.weight.dims()[0],
+        }
     }
 
     /// Model width `d`.
@@ -103,18 +104,17 @@ impl CausalLm {
     /// Layers, width, heads and vocabulary, for memory estimates
     /// ([`rlhf_core::train::memory`]).
     pub fn shape(&self) -> TransformerShape {
-        let (layers, heads, vocab) = match self {
+        let (layers, heads) = match self {
             CausalLm::GptNeox(m) => (
                 m.layers.len(),
                 m.layers.first().map_or(1, |l| l.attention.heads),
-                m.embed_in.weight.dims()[0],
             ),
             CausalLm::Llama(m) => (
                 m.layers.len(),
                 m.layers.first().map_or(1, |l| l.self_attn.heads),
-                m.embed_tokens.weight.dims()[0],
             ),
         };
+        let vocab = self.vocab_size();
         TransformerShape {
             layers: layers as u64,
             hidden: self.hidden_size() as u64,
@@ -187,25 +187,23 @@ impl ScalarModel {
         }
     }
 
+    /// The model input of host ids and mask (see [`CausalLm::input`]).
+    pub fn input(&self, ids: &[u32], attention: &[u8], batch: usize) -> Result<TokenInput> {
+        self.backbone.input(ids, attention, batch)
+    }
+
     /// One scalar per position, `[batch, seq]` (values of the critic). Pad positions hold
     /// finite numbers that the caller masks.
-    pub fn per_token(&self, input_ids: Tensor<2, Int>, attention_mask: Tensor<2>) -> Tensor<2> {
-        let hidden = self.backbone.hidden(input_ids, attention_mask, None);
+    pub fn per_token(&self, input: &TokenInput) -> Tensor<2> {
+        let hidden = self.backbone.hidden(input, None);
         let [b, t, _] = hidden.dims();
         self.score.forward(hidden).reshape([b, t])
     }
 
-    /// The scalar at the last position whose mask is 1 in each row, `[batch]` (the reward
-    /// model's score). `last_mask` `[batch, seq]` marks the real tokens; left and right padding
-    /// are both handled.
-    pub fn at_last_token(
-        &self,
-        input_ids: Tensor<2, Int>,
-        attention_mask: Tensor<2>,
-        last_mask: Tensor<2>,
-    ) -> Tensor<1> {
-        let values = self.per_token(input_ids, attention_mask);
-        gather_last(values, last_mask)
+    /// The scalar at the last real token of each row, `[batch]` (the reward model's score);
+    /// left and right padding are both handled.
+    pub fn at_last_token(&self, input: &TokenInput) -> Tensor<1> {
+        gather_last(self.per_token(input), input.attention())
     }
 }
 

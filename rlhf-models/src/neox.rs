@@ -158,11 +158,11 @@ impl GptNeox {
     /// Hidden states after the final LayerNorm, `[batch, new, d]`.
     ///
     /// - `input_ids`: `[batch, new]` — the tokens to process (the whole sequence, or only the new
-    ///   ones when `cache` holds the earlier ones). Pad ids must be valid embedding rows (use
-    ///   `SequenceBatch::model_input_ids`).
+    ///   ones when `cache` holds the earlier ones), every one a valid embedding row: callers go
+    ///   through [`crate::TokenInput`] ([`crate::CausalLm::hidden`]).
     /// - `attention_mask`: `[batch, past + new]` of 0/1 over every position so far.
     /// - `cache`: the keys and values of the `past` positions; extended in place.
-    pub fn hidden(
+    pub(crate) fn hidden(
         &self,
         input_ids: Tensor<2, Int>,
         attention_mask: Tensor<2>,

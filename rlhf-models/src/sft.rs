@@ -7,15 +7,17 @@
 //! uninterrupted run would have used.
 
 use burn::module::Module;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
 use rlhf_core::train::memory::{self, MemoryEstimate};
 use rlhf_core::train::{
-    FitConfig, LrSchedule, Metrics, OptimizerConfig, RunOptions, TrainRng, fit, metrics::names,
+    BatchLoss, FitConfig, LrSchedule, Metrics, OptimizerConfig, RunOptions, TrainRng, fit,
+    metrics::names,
 };
 use rlhf_core::{Error, Result, masked_mean, token_logprobs};
 use rlhf_data::{SequenceBatch, Truncation, collate, length_buckets};
 use serde::{Deserialize, Serialize};
 
+use crate::input::TokenInput;
 use crate::lm::CausalLm;
 
 /// SFT settings.
@@ -24,8 +26,11 @@ use crate::lm::CausalLm;
 pub struct SftConfig {
     /// Passes over the data.
     pub epochs: usize,
-    /// Sequences (or packed rows) per optimizer step.
+    /// Sequences (or packed rows) per micro-batch.
     pub batch_size: usize,
+    /// Micro-batches per optimizer step; the step's loss is the mean over all their target
+    /// tokens, as one batch of `batch_size × grad_accum` sequences would give.
+    pub grad_accum: usize,
     /// AdamW and clipping.
     pub optimizer: OptimizerConfig,
     /// Learning-rate schedule over all steps.
@@ -47,6 +52,7 @@ impl Default for SftConfig {
         SftConfig {
             epochs: 1,
             batch_size: 16,
+            grad_accum: 1,
             optimizer: OptimizerConfig {
                 lr: 3e-3,
                 ..OptimizerConfig::default()
@@ -63,8 +69,8 @@ impl Default for SftConfig {
 /// One tokenized example: prompt ids and response ids (the response ends with EOS).
 pub type Example = (Vec<u32>, Vec<u32>);
 
-/// A batch ready for the loss: token ids (pads replaced by a valid id), attention mask and the
-/// mask of the tokens that are targets, each `[batch, seq]` row-major.
+/// A batch ready for the loss: token ids (pads as collated; [`TokenInput`] replaces them),
+/// attention mask and the mask of the tokens that are targets, each `[batch, seq]` row-major.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LmBatch {
     /// Rows.
@@ -85,7 +91,7 @@ impl LmBatch {
         LmBatch {
             batch: b.batch,
             seq: b.seq_len(),
-            ids: b.model_input_ids(0),
+            ids: b.input_ids.clone(),
             attention: b.attention_mask.clone(),
             target: b.response_mask.clone(),
         }
@@ -100,26 +106,18 @@ impl LmBatch {
             .count() as u64
     }
 
-    /// Tensors on `device`: ids, attention mask, target mask.
-    pub fn tensors(&self, device: &Device) -> (Tensor<2, Int>, Tensor<2>, Tensor<2>) {
-        let shape = [self.batch, self.seq];
-        let f = |v: &[u8]| {
-            Tensor::<2>::from_data(
-                TensorData::new(v.iter().map(|&x| f32::from(x)).collect::<Vec<_>>(), shape),
-                device,
-            )
-        };
-        (
-            Tensor::from_data(
-                TensorData::new(
-                    self.ids.iter().map(|&x| i64::from(x)).collect::<Vec<_>>(),
-                    shape,
-                ),
-                device,
-            ),
-            f(&self.attention),
-            f(&self.target),
-        )
+    /// The model input (see [`TokenInput`]) and the target mask `[batch, seq]`, on `device`.
+    pub fn input(&self, model: &CausalLm, device: &Device) -> Result<(TokenInput, Tensor<2>)> {
+        let input = TokenInput::new(
+            &self.ids,
+            &self.attention,
+            self.batch,
+            model.vocab_size(),
+            device,
+        )?;
+        let target: Vec<f32> = self.target.iter().map(|&x| f32::from(x)).collect();
+        let target = Tensor::from_data(TensorData::new(target, [self.batch, self.seq]), device);
+        Ok((input, target))
     }
 }
 
@@ -173,18 +171,22 @@ pub fn target_logprobs(
     model: &CausalLm,
     batch: &LmBatch,
     device: &Device,
-) -> (Tensor<2>, Tensor<2>) {
-    let (ids, attention, target) = batch.tensors(device);
-    let [_, l] = ids.dims();
-    let logits = model.forward(ids.clone(), attention, None);
-    let logp = token_logprobs(logits.narrow(1, 0, l - 1), ids.narrow(1, 1, l - 1), 1.0);
-    (logp, target.narrow(1, 1, l - 1))
+) -> Result<(Tensor<2>, Tensor<2>)> {
+    let (input, target) = batch.input(model, device)?;
+    let l = batch.seq;
+    let logits = model.forward(&input, None);
+    let logp = token_logprobs(
+        logits.narrow(1, 0, l - 1),
+        input.ids().narrow(1, 1, l - 1),
+        1.0,
+    );
+    Ok((logp, target.narrow(1, 1, l - 1)))
 }
 
 /// Mean negative log-likelihood of the target tokens (see [`target_logprobs`]). Returns `[1]`.
-pub fn sft_loss(model: &CausalLm, batch: &LmBatch, device: &Device) -> Tensor<1> {
-    let (logp, target) = target_logprobs(model, batch, device);
-    masked_mean(logp, target).neg()
+pub fn sft_loss(model: &CausalLm, batch: &LmBatch, device: &Device) -> Result<Tensor<1>> {
+    let (logp, target) = target_logprobs(model, batch, device)?;
+    Ok(masked_mean(logp, target).neg())
 }
 
 fn collate_examples(data: &[&Example], truncation: Option<(usize, usize)>) -> LmBatch {
@@ -200,7 +202,12 @@ fn collate_examples(data: &[&Example], truncation: Option<(usize, usize)>) -> Lm
 }
 
 /// Mean response-token loss over `data` (no gradients); perplexity is its exponential.
-pub fn eval_loss(model: &CausalLm, data: &[Example], batch_size: usize, device: &Device) -> f64 {
+pub fn eval_loss(
+    model: &CausalLm,
+    data: &[Example],
+    batch_size: usize,
+    device: &Device,
+) -> Result<f64> {
     let valid = model.valid();
     let device = device.clone().without_autodiff();
     let mut total = 0.0;
@@ -208,11 +215,11 @@ pub fn eval_loss(model: &CausalLm, data: &[Example], batch_size: usize, device: 
     for chunk in data.chunks(batch_size.max(1)) {
         let b = collate_examples(&chunk.iter().collect::<Vec<_>>(), None);
         let n = b.predicted_tokens() as f64;
-        let loss = f64::from(sft_loss(&valid, &b, &device).into_scalar::<f32>());
+        let loss = f64::from(sft_loss(&valid, &b, &device)?.into_scalar::<f32>());
         total += loss * n;
         tokens += n;
     }
-    total / tokens.max(1.0)
+    Ok(total / tokens.max(1.0))
 }
 
 /// What a run did.
@@ -299,35 +306,52 @@ pub fn train_sft(
 
     let fit_cfg = FitConfig {
         epochs: cfg.epochs,
-        grad_accum: 1,
+        grad_accum: cfg.grad_accum,
         optimizer: &cfg.optimizer,
         schedule: &cfg.schedule,
         eval_every: cfg.eval_every,
         label: "sft",
     };
-    let eval_of = |m: &CausalLm| -> Metrics {
+    let eval_of = |m: &CausalLm| -> Result<Metrics> {
         if eval.is_empty() {
-            return Vec::new();
+            return Ok(Vec::new());
         }
-        let l = eval_loss(m, eval, cfg.batch_size, device);
-        vec![(names::EVAL_LOSS, l), (names::EVAL_PERPLEXITY, l.exp())]
+        let l = eval_loss(m, eval, cfg.batch_size, device)?;
+        Ok(vec![
+            (names::EVAL_LOSS, l),
+            (names::EVAL_PERPLEXITY, l.exp()),
+        ])
     };
     let (model, r) = fit(
         model,
         &fit_cfg,
         run_options,
         &|e| (0..epochs[e].len()).map(|i| vec![offsets[e] + i]).collect(),
-        &|m, idx| (sft_loss(m, all[idx[0]], device), Vec::new()),
+        &|m, idx| {
+            let batch = all[idx[0]];
+            Ok(BatchLoss {
+                loss: sft_loss(m, batch, device)?,
+                weight: batch.predicted_tokens() as f64,
+                metrics: Vec::new(),
+            })
+        },
         &eval_of,
     )?;
-    let first_new = (r.steps - r.steps_this_run) as usize;
+    // the target tokens of the steps this call took (each step is `grad_accum` batches of its
+    // epoch, the last one possibly fewer)
+    let first_new = r.steps - r.steps_this_run;
+    let tokens = epochs
+        .iter()
+        .flat_map(|e| e.chunks(cfg.grad_accum.max(1)))
+        .zip(1u64..)
+        .filter(|(_, step)| *step > first_new && *step <= r.steps)
+        .flat_map(|(group, _)| group)
+        .map(LmBatch::predicted_tokens)
+        .sum();
     let report = SftReport {
         steps: r.steps,
         steps_this_run: r.steps_this_run,
-        tokens: all[first_new..r.steps as usize]
-            .iter()
-            .map(|b| b.predicted_tokens())
-            .sum(),
+        tokens,
         final_train_loss: r.final_train_loss,
         eval_loss: r
             .eval

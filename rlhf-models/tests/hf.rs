@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::Device;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rlhf_core::host::to_f32_vec;
@@ -35,7 +35,6 @@ struct Parity {
     ids: Vec<u32>,
     mask: Vec<u8>,
     batch: usize,
-    len: usize,
     logits: Vec<f32>,
     greedy: Vec<u32>,
 }
@@ -61,7 +60,6 @@ fn parity(name: &str) -> Parity {
     let ids = rows("input_ids");
     Parity {
         batch: ids.len(),
-        len: ids[0].len(),
         ids: ids.concat().into_iter().map(|x| x as u32).collect(),
         mask: rows("attention_mask")
             .concat()
@@ -82,22 +80,8 @@ fn parity(name: &str) -> Parity {
     }
 }
 
-fn logits(model: &CausalLm, p: &Parity, d: &Device) -> Vec<f32> {
-    let ids = Tensor::<2, Int>::from_data(
-        TensorData::new(
-            p.ids.iter().map(|&x| i64::from(x)).collect::<Vec<_>>(),
-            [p.batch, p.len],
-        ),
-        d,
-    );
-    let mask = Tensor::<2>::from_data(
-        TensorData::new(
-            p.mask.iter().map(|&x| f32::from(x)).collect::<Vec<_>>(),
-            [p.batch, p.len],
-        ),
-        d,
-    );
-    to_f32_vec(model.forward(ids, mask, None))
+fn logits(model: &CausalLm, p: &Parity) -> Vec<f32> {
+    to_f32_vec(model.forward(&model.input(&p.ids, &p.mask, p.batch).unwrap(), None))
 }
 
 /// Largest difference over real (unpadded) positions.
@@ -114,7 +98,7 @@ fn check_parity(name: &str) {
     let d = device();
     let (_, model) = load_pretrained(&fixture(name), &d).unwrap();
     let p = parity(name);
-    let ours = logits(&model, &p, &d);
+    let ours = logits(&model, &p);
     assert_eq!(ours.len(), p.logits.len());
     let diff = max_diff_real(&ours, &p.logits, &p.mask);
     println!("{name}: max |Δlogit| = {diff:.2e}");
@@ -131,7 +115,8 @@ fn check_parity(name: &str) {
             ..Default::default()
         },
         &mut ChaCha8Rng::seed_from_u64(0),
-    );
+    )
+    .unwrap();
     assert_eq!(g.tokens, p.greedy, "{name}: greedy continuation");
 }
 
@@ -157,7 +142,7 @@ fn a_sharded_checkpoint_loads_like_the_single_file() {
     let p = parity("tiny-llama");
     let (_, single) = load_pretrained(&fixture("tiny-llama"), &d).unwrap();
     let (_, sharded) = load_pretrained(&fixture("tiny-llama-sharded"), &d).unwrap();
-    assert_eq!(logits(&single, &p, &d), logits(&sharded, &p, &d));
+    assert_eq!(logits(&single, &p), logits(&sharded, &p));
 }
 
 #[test]
@@ -170,7 +155,7 @@ fn export_then_import_gives_identical_logits() {
         let (config2, again) = load_pretrained(dir.path(), &d).unwrap();
         assert_eq!(config, config2, "{name}: config.json round trip");
         let p = parity(name);
-        assert_eq!(logits(&model, &p, &d), logits(&again, &p, &d), "{name}");
+        assert_eq!(logits(&model, &p), logits(&again, &p), "{name}");
         // the exported tensors carry Hugging Face's names and layouts
         let original = std::fs::read(fixture(name).join("model.safetensors")).unwrap();
         let exported = std::fs::read(dir.path().join("model.safetensors")).unwrap();
@@ -261,21 +246,7 @@ fn a_scalar_model_round_trips_with_its_extra_settings() {
         assert_eq!((config, extra), (config2, extra2));
         let p = parity(name);
         let run = |m: &rlhf_models::ScalarModel| {
-            let ids = Tensor::<2, Int>::from_data(
-                TensorData::new(
-                    p.ids.iter().map(|&x| i64::from(x)).collect::<Vec<_>>(),
-                    [p.batch, p.len],
-                ),
-                &d,
-            );
-            let mask = Tensor::<2>::from_data(
-                TensorData::new(
-                    p.mask.iter().map(|&x| f32::from(x)).collect::<Vec<_>>(),
-                    [p.batch, p.len],
-                ),
-                &d,
-            );
-            to_f32_vec(m.per_token(ids, mask))
+            to_f32_vec(m.per_token(&m.input(&p.ids, &p.mask, p.batch).unwrap()))
         };
         assert_eq!(run(&scalar), run(&again), "{name}");
         // the head is stored under the sequence-classification names

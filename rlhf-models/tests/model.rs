@@ -4,7 +4,7 @@
 //! last real token.
 //! The device comes from `RLHF_DEVICE` (default `flex`).
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
 use proptest::prelude::*;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -19,12 +19,9 @@ fn device() -> Device {
 
 const ARCHS: [&str; 3] = ["neox", "llama", "qwen2"];
 
-/// A tiny model of each family (vocab 64). Seeding and initialising are one critical section,
-/// since tests run in parallel and share the device's RNG.
+/// A tiny model of each family (vocab 64), seeded and initialised under the process-wide lock
+/// (tests run in parallel and share the device's RNG).
 fn tiny(device: &Device, arch: &str) -> CausalLm {
-    static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = INIT.lock().unwrap();
-    device.seed(7);
     let preset = match arch {
         "neox" => "tiny-1m",
         "llama" => "tiny-llama-1m",
@@ -37,14 +34,19 @@ fn tiny(device: &Device, arch: &str) -> CausalLm {
     c.num_attention_heads = 4;
     c.num_key_value_heads = if arch == "neox" { 4 } else { 2 };
     c.intermediate_size = 64;
-    CausalLm::init(&c, device).unwrap()
+    rlhf_core::train::seeded(device, 7, || CausalLm::init(&c, device).unwrap())
 }
 
-fn ids(v: &[u32], shape: [usize; 2], d: &Device) -> Tensor<2, Int> {
-    Tensor::from_data(
-        TensorData::new(v.iter().map(|&x| i64::from(x)).collect::<Vec<_>>(), shape),
-        d,
-    )
+/// Host logits `[rows, new, vocab]` of `rows` rows of ids and mask (the ids are the mask's last
+/// columns), read through the model's `TokenInput`.
+fn logits(
+    m: &CausalLm,
+    ids: &[u32],
+    att: &[u8],
+    rows: usize,
+    cache: Option<&mut KvCache>,
+) -> Vec<f32> {
+    to_f32_vec(m.forward(&m.input(ids, att, rows).unwrap(), cache))
 }
 
 fn mask(v: &[u8], shape: [usize; 2], d: &Device) -> Tensor<2> {
@@ -64,24 +66,49 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(12))]
 
-    /// Changing the pad ids (and how many pads there are) never changes a real position.
+    /// Changing the pad ids (any id, inside the vocabulary of 64 or past it, as a tokenizer's added
+    /// PAD is) and how many pads there are, on the left or on the right, never changes a real
+    /// position.
     #[test]
-    fn left_padding_changes_no_real_position(
+    fn padding_changes_no_real_position(
         arch in 0usize..3,
         seq in proptest::collection::vec(0u32..64, 1..7),
-        pads in proptest::collection::vec(0u32..64, 1..5),
+        pads in proptest::collection::vec(0u32..130, 1..5),
+        right in any::<bool>(),
     ) {
         let d = device();
         let m = tiny(&d, ARCHS[arch]);
         let n = seq.len();
-        let alone = to_f32_vec(m.forward(ids(&seq, [1, n], &d), mask(&vec![1; n], [1, n], &d), None));
-        let padded: Vec<u32> = pads.iter().chain(&seq).copied().collect();
-        let pm: Vec<u8> = pads.iter().map(|_| 0).chain(seq.iter().map(|_| 1)).collect();
-        let t = padded.len();
-        let out = to_f32_vec(m.forward(ids(&padded, [1, t], &d), mask(&pm, [1, t], &d), None));
+        let alone = logits(&m, &seq, &vec![1; n], 1, None);
+        let (padded, pm): (Vec<u32>, Vec<u8>) = if right {
+            (seq.iter().chain(&pads).copied().collect(), seq.iter().map(|_| 1).chain(pads.iter().map(|_| 0)).collect())
+        } else {
+            (pads.iter().chain(&seq).copied().collect(), pads.iter().map(|_| 0).chain(seq.iter().map(|_| 1)).collect())
+        };
+        let out = logits(&m, &padded, &pm, 1, None);
         prop_assert!(out.iter().all(|x| x.is_finite()), "pad rows stay finite");
-        let diff = max_abs_diff(&out[pads.len() * 64..], &alone);
+        let real = if right { &out[..n * 64] } else { &out[pads.len() * 64..] };
+        let diff = max_abs_diff(real, &alone);
         prop_assert!(diff < 1e-4, "{}: {}", ARCHS[arch], diff);
+    }
+
+    /// A prompt sampled alone and sampled after any amount of left padding (pad ids past the
+    /// vocabulary) gives the same tokens from the same seed.
+    #[test]
+    fn padding_changes_no_sampled_token(
+        arch in 0usize..3,
+        prompt in proptest::collection::vec(2u32..64, 1..6),
+        pad_count in 1usize..5,
+        seed in 0u64..1000,
+    ) {
+        let d = device();
+        let m = tiny(&d, ARCHS[arch]);
+        let cfg = SamplingConfig { max_new_tokens: 6, temperature: 1.0, eos_id: Some(1), ..Default::default() };
+        let alone = generate(&m, &prompt, &vec![1; prompt.len()], 1, &cfg, &mut ChaCha8Rng::seed_from_u64(seed)).unwrap();
+        let padded: Vec<u32> = std::iter::repeat_n(64, pad_count).chain(prompt.iter().copied()).collect();
+        let pm: Vec<u8> = std::iter::repeat_n(0, pad_count).chain(prompt.iter().map(|_| 1)).collect();
+        let with_pads = generate(&m, &padded, &pm, 1, &cfg, &mut ChaCha8Rng::seed_from_u64(seed)).unwrap();
+        prop_assert_eq!(alone.tokens, with_pads.tokens);
     }
 }
 
@@ -99,7 +126,7 @@ fn kv_cache_case(arch: &str) {
     let att = [0u8, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1];
     let (b, t) = (2, 10);
     let batch: Vec<u32> = toks.iter().chain(toks.iter().rev()).copied().collect();
-    let full = to_f32_vec(m.forward(ids(&batch, [b, t], &d), mask(&att, [b, t], &d), None));
+    let full = logits(&m, &batch, &att, b, None);
     // prefix of 6, then one token at a time
     let mut cache = KvCache::new();
     let mut got = vec![0f32; b * t * 64];
@@ -113,20 +140,24 @@ fn kv_cache_case(arch: &str) {
             .flat_map(|r| v[r * t..r * t + len].to_vec())
             .collect()
     };
-    let prefix = to_f32_vec(m.forward(
-        ids(&take(&batch, 0, 6), [b, 6], &d),
-        mask(&take_m(&att, 6), [b, 6], &d),
+    let prefix = logits(
+        &m,
+        &take(&batch, 0, 6),
+        &take_m(&att, 6),
+        b,
         Some(&mut cache),
-    ));
+    );
     for r in 0..b {
         got[r * t * 64..(r * t + 6) * 64].copy_from_slice(&prefix[r * 6 * 64..(r + 1) * 6 * 64]);
     }
     for step in 6..t {
-        let out = to_f32_vec(m.forward(
-            ids(&take(&batch, step, 1), [b, 1], &d),
-            mask(&take_m(&att, step + 1), [b, step + 1], &d),
+        let out = logits(
+            &m,
+            &take(&batch, step, 1),
+            &take_m(&att, step + 1),
+            b,
             Some(&mut cache),
-        ));
+        );
         for r in 0..b {
             got[(r * t + step) * 64..(r * t + step + 1) * 64]
                 .copy_from_slice(&out[r * 64..(r + 1) * 64]);
@@ -162,7 +193,8 @@ fn sampling_case(arch: &str) {
         2,
         &cfg,
         &mut ChaCha8Rng::seed_from_u64(3),
-    );
+    )
+    .unwrap();
     let b = generate(
         &m,
         &prompt,
@@ -170,7 +202,8 @@ fn sampling_case(arch: &str) {
         2,
         &cfg,
         &mut ChaCha8Rng::seed_from_u64(3),
-    );
+    )
+    .unwrap();
     assert_eq!(a, b, "same seed, same samples");
     let c = generate(
         &m,
@@ -182,7 +215,8 @@ fn sampling_case(arch: &str) {
             ..cfg.clone()
         },
         &mut ChaCha8Rng::seed_from_u64(3),
-    );
+    )
+    .unwrap();
     assert_eq!(
         a.tokens, c.tokens,
         "the cache does not change what is sampled"
@@ -214,7 +248,8 @@ fn sampling_case(arch: &str) {
         2,
         &forced,
         &mut ChaCha8Rng::seed_from_u64(3),
-    );
+    )
+    .unwrap();
     assert!(f.tokens.iter().all(|&x| x != 1));
     // greedy decoding with and without the cache agree
     let g = SamplingConfig {
@@ -229,7 +264,8 @@ fn sampling_case(arch: &str) {
         2,
         &g,
         &mut ChaCha8Rng::seed_from_u64(0),
-    );
+    )
+    .unwrap();
     let g2 = generate(
         &m,
         &prompt,
@@ -240,7 +276,8 @@ fn sampling_case(arch: &str) {
             ..g
         },
         &mut ChaCha8Rng::seed_from_u64(9),
-    );
+    )
+    .unwrap();
     assert_eq!(g1.tokens, g2.tokens);
 }
 
@@ -258,12 +295,9 @@ fn scalar_head_reads_the_last_real_token_and_starts_small() {
         // left-padded prompt, right-padded response: the score is the value at the last 1
         let toks = [0u32, 0, 5, 6, 7, 8, 0, 0, 9, 10, 11, 12, 13, 14, 15, 16];
         let att = [0u8, 0, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1];
-        let per_token = to_f32_vec(sm.per_token(ids(&toks, [2, 8], &d), mask(&att, [2, 8], &d)));
-        let last = to_f32_vec(sm.at_last_token(
-            ids(&toks, [2, 8], &d),
-            mask(&att, [2, 8], &d),
-            mask(&att, [2, 8], &d),
-        ));
+        let input = sm.input(&toks, &att, 2).unwrap();
+        let per_token = to_f32_vec(sm.per_token(&input));
+        let last = to_f32_vec(sm.at_last_token(&input));
         assert_eq!(last, vec![per_token[5], per_token[15]], "{arch}");
     }
     // gather_last on its own: rows with the last 1 at 2, at 0, and none
@@ -273,4 +307,77 @@ fn scalar_head_reads_the_last_real_token_and_starts_small() {
     );
     let m = mask(&[1, 1, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0], [3, 4], &d);
     assert_eq!(to_f32_vec(gather_last(v, m)), vec![2.0, 4.0, 8.0]);
+}
+
+/// Every parameter's gradient of `loss`, flattened in module order.
+fn gradients(model: &CausalLm, loss: Tensor<1>) -> Vec<f32> {
+    struct Flatten<'a>(&'a burn::optim::GradientsParams, Vec<f32>);
+    impl burn::module::ModuleVisitor for Flatten<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+            if let Some(g) = self.0.get::<D>(param.id) {
+                self.1.extend(to_f32_vec(g.flatten::<1>(0, D - 1)));
+            }
+        }
+    }
+    let grads = burn::optim::GradientsParams::from_grads(loss.backward(), model);
+    let mut flat = Flatten(&grads, Vec::new());
+    burn::module::Module::visit(model, &mut flat);
+    flat.1
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(12))]
+
+    /// The SFT loss of a prompt and response, and its gradient, are the same unpadded and with
+    /// any number of pads (ids inside or past the vocabulary) on either side.
+    #[test]
+    fn padding_changes_no_loss_and_no_gradient(
+        arch in 0usize..3,
+        prompt in proptest::collection::vec(0u32..64, 1..5),
+        response in proptest::collection::vec(0u32..64, 1..5),
+        (left, right) in (0usize..4, 0usize..4),
+        pad_id in prop_oneof![Just(0u32), 1u32..64, 64u32..200],
+    ) {
+        let d = device().autodiff();
+        let m = tiny(&d, ARCHS[arch]);
+        let batch = |left: usize, right: usize| {
+            let real = prompt.len() + response.len();
+            let ids: Vec<u32> = std::iter::repeat_n(pad_id, left)
+                .chain(prompt.iter().chain(&response).copied())
+                .chain(std::iter::repeat_n(pad_id, right))
+                .collect();
+            let attention: Vec<u8> = std::iter::repeat_n(0, left).chain(std::iter::repeat_n(1, real)).chain(std::iter::repeat_n(0, right)).collect();
+            let target: Vec<u8> = std::iter::repeat_n(0, left + prompt.len()).chain(std::iter::repeat_n(1, response.len())).chain(std::iter::repeat_n(0, right)).collect();
+            rlhf_models::LmBatch { batch: 1, seq: ids.len(), ids, attention, target }
+        };
+        let plain = rlhf_models::sft_loss(&m, &batch(0, 0), &d).unwrap();
+        let padded = rlhf_models::sft_loss(&m, &batch(left, right), &d).unwrap();
+        let (lp, lq) = (plain.clone().into_scalar::<f32>(), padded.clone().into_scalar::<f32>());
+        prop_assert!((lp - lq).abs() <= 1e-5 * lp.abs().max(1.0), "loss {} vs {}", lp, lq);
+        let (gp, gq) = (gradients(&m, plain), gradients(&m, padded));
+        prop_assert_eq!(gp.len(), gq.len());
+        let scale = gp.iter().fold(0.0f32, |a, x| a.max(x.abs())).max(1e-6);
+        let diff = max_abs_diff(&gp, &gq);
+        prop_assert!(diff <= 1e-4 * scale, "gradients differ by {} (largest {})", diff, scale);
+    }
+
+    /// A scalar model's score sits on the last real token whatever the padding: the score of a
+    /// sequence alone equals its score with pads (any ids) on either side.
+    #[test]
+    fn the_score_lands_on_the_last_real_token_under_every_padding(
+        arch in 0usize..3,
+        seq in proptest::collection::vec(0u32..64, 1..7),
+        (left, right) in (0usize..4, 0usize..4),
+        pad_id in prop_oneof![Just(0u32), 64u32..200],
+    ) {
+        let d = device();
+        let sm = ScalarModel::from_backbone(tiny(&d, ARCHS[arch]));
+        let score = |left: usize, right: usize| {
+            let ids: Vec<u32> = std::iter::repeat_n(pad_id, left).chain(seq.iter().copied()).chain(std::iter::repeat_n(pad_id, right)).collect();
+            let att: Vec<u8> = std::iter::repeat_n(0, left).chain(seq.iter().map(|_| 1)).chain(std::iter::repeat_n(0, right)).collect();
+            to_f32_vec(sm.at_last_token(&sm.input(&ids, &att, 1).unwrap()))[0]
+        };
+        let (alone, padded) = (score(0, 0), score(left, right));
+        prop_assert!((alone - padded).abs() <= 1e-4 * alone.abs().max(1.0), "{} vs {}", alone, padded);
+    }
 }

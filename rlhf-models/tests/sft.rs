@@ -72,7 +72,7 @@ fn sft_on_tldr_synth_lowers_eval_loss_and_raises_the_gold_score() {
     shape.num_hidden_layers = 2;
     shape.num_attention_heads = 4;
     let untrained = CausalLm::init(&shape, &device).unwrap();
-    let loss_before = eval_loss(&untrained, &eval, 16, &device);
+    let loss_before = eval_loss(&untrained, &eval, 16, &device).unwrap();
     let gold_before = gold_of_samples(&untrained, &tok, &task, &eval_prompts);
 
     let cfg = SftConfig {
@@ -95,7 +95,7 @@ fn sft_on_tldr_synth_lowers_eval_loss_and_raises_the_gold_score() {
         ..RunOptions::default()
     };
     let (trained, report) = train_sft(untrained, &train, &eval, &cfg, &quiet, &device).unwrap();
-    let loss_after = eval_loss(&trained, &eval, 16, &device);
+    let loss_after = eval_loss(&trained, &eval, 16, &device).unwrap();
     let gold_after = gold_of_samples(&trained, &tok, &task, &eval_prompts);
     eprintln!(
         "SFT: {} steps, {} tokens; eval loss {loss_before:.3} → {loss_after:.3} (ppl {:.1} → {:.1}); gold {gold_before:.3} → {gold_after:.3}",

@@ -6,7 +6,7 @@
 //! no other test trains in the process at the same time.
 
 use burn::module::Module;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::Device;
 use rlhf_core::host::to_f32_vec;
 use rlhf_core::train::metrics::read_metrics;
 use rlhf_core::train::{CheckpointStore, OptimizerConfig, RunOptions};
@@ -36,11 +36,10 @@ fn data() -> Vec<Example> {
         .collect()
 }
 
-fn probe(m: &CausalLm, d: &Device) -> Vec<f32> {
-    let ids =
-        Tensor::<2, Int>::from_data(TensorData::new((0..12i64).collect::<Vec<_>>(), [2, 6]), d);
-    let mask = Tensor::<2>::ones([2, 6], d);
-    to_f32_vec(m.valid().forward(ids, mask, None))
+fn probe(m: &CausalLm) -> Vec<f32> {
+    let m = m.valid();
+    let ids: Vec<u32> = (0..12).collect();
+    to_f32_vec(m.forward(&m.input(&ids, &[1; 12], 2).unwrap(), None))
 }
 
 fn check(packing: Option<usize>) {
@@ -95,7 +94,7 @@ fn check(packing: Option<usize>) {
         .unwrap();
     let (b, rb) = train_sft(init, &train, &eval, &cfg, &opts(broken.path()), &device).unwrap();
     assert_eq!(rb.steps_this_run, ra.steps - 3, "resumed after step 3");
-    assert_eq!(probe(&a, &device), probe(&b, &device), "same final weights");
+    assert_eq!(probe(&a), probe(&b), "same final weights");
     let ma = read_metrics(&straight.path().join("metrics.jsonl")).unwrap();
     let mb = read_metrics(&broken.path().join("metrics.jsonl")).unwrap();
     assert_eq!(ma, mb, "same metrics lines, none duplicated");
@@ -138,7 +137,7 @@ fn sft_into(dir: &std::path::Path) -> Vec<f32> {
     };
     let train = data();
     let (m, _) = train_sft(init, &train, &train[..8], &cfg, &opts, &device).unwrap();
-    probe(&m, &device)
+    probe(&m)
 }
 
 #[test]
@@ -154,4 +153,50 @@ fn sft_sigkill_child() {
 fn sft_survives_sigkill_at_a_random_step() {
     let _serial = rlhf_core::testing::serial();
     rlhf_core::testing::assert_resumes_after_sigkill("sft_sigkill_child", 20, sft_into);
+}
+
+/// The metric `name` of the first line of a run's `metrics.jsonl`.
+fn first_line(dir: &std::path::Path, name: &str) -> f64 {
+    read_metrics(&dir.join("metrics.jsonl")).unwrap()[0][name]
+        .as_f64()
+        .unwrap()
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(6))]
+
+    /// Gradient accumulation is an implementation detail: `k` micro-batches of unequal sizes and
+    /// unequal numbers of target tokens give the step that one batch holding all their examples
+    /// gives (the loss is the mean over every target token of the step, as TRL's
+    /// `num_items_in_batch` makes it): the same loss, gradient norm and weights after the step.
+    #[test]
+    fn accumulated_micro_batches_give_the_one_batch_step(n in 5usize..14, micro in 2usize..5, seed in 0u64..100) {
+        let device = rlhf_core::device_from_env().unwrap().autodiff();
+        let train: Vec<Example> = data().into_iter().skip(seed as usize % 20).take(n).collect();
+        let init = model(&device);
+        let run = |batch_size: usize, grad_accum: usize| {
+            let cfg = SftConfig {
+                epochs: 1,
+                batch_size,
+                grad_accum,
+                optimizer: OptimizerConfig {
+                    lr: 1e-2,
+                    max_grad_norm: None,
+                    ..OptimizerConfig::default()
+                },
+                seed,
+                ..SftConfig::default()
+            };
+            let dir = tempfile::tempdir().unwrap();
+            let (m, r) = train_sft(init.clone(), &train, &[], &cfg, &RunOptions { progress: false, ..RunOptions::in_dir(dir.path()) }, &device).unwrap();
+            assert_eq!(r.steps, 1);
+            (probe(&m), first_line(dir.path(), "train/loss"), first_line(dir.path(), "train/grad_norm"))
+        };
+        let (one_w, one_loss, one_norm) = run(n, 1);
+        let (acc_w, acc_loss, acc_norm) = run(micro, n.div_ceil(micro));
+        proptest::prop_assert!((one_loss - acc_loss).abs() <= 1e-5 * one_loss.abs(), "loss {} vs {}", one_loss, acc_loss);
+        proptest::prop_assert!((one_norm - acc_norm).abs() <= 1e-4 * one_norm, "gradient norm {} vs {}", one_norm, acc_norm);
+        let diff = one_w.iter().zip(&acc_w).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        proptest::prop_assert!(diff < 1e-4, "logits after the step differ by {}", diff);
+    }
 }

@@ -68,9 +68,11 @@ pub struct PpoConfig {
     pub value_from_reward_model: bool,
     /// [7] The KL coefficient β: fixed 0.05, or the adaptive controller.
     pub kl: KlController,
-    /// Which per-token KL estimator enters the reward (k1 in the TL;DR reproduction).
+    /// Which per-token KL estimator enters the reward or the loss (k1 in the TL;DR
+    /// reproduction's reward; a loss term needs k3 or k2, see [`Self::validate`]).
     pub kl_estimator: KlEstimator,
-    /// Put the KL into the reward (`true`, PPO/REINFORCE++) or into the loss (GRPO-style).
+    /// Put the KL into the reward (`true`, PPO/REINFORCE++) or into the loss (GRPO; see
+    /// [`Self::grpo`]).
     pub kl_in_reward: bool,
     /// How advantages are estimated.
     pub advantage: AdvantageEstimator,
@@ -147,13 +149,33 @@ impl Default for PpoConfig {
 }
 
 impl PpoConfig {
+    /// GRPO as the GRPO paper (Shao et al. 2024) defines it and TRL's `GRPOTrainer` runs it:
+    /// group-normalised advantages `(s_i − mean)/(std + 1e−4)` over `G = 8` samples per prompt
+    /// (TRL's `num_generations`), no KL in the reward, the k3 estimator in the loss with
+    /// β = 0.04 (the paper's), one policy update per rollout (`num_iterations = 1`), sampling at
+    /// temperature 1, and no critic. Everything else is the TL;DR default; sizes are the
+    /// caller's.
+    pub fn grpo() -> Self {
+        PpoConfig {
+            advantage: AdvantageEstimator::Grpo,
+            samples_per_prompt: 8,
+            kl_in_reward: false,
+            kl_estimator: KlEstimator::K3,
+            kl: KlController::Fixed { value: 0.04 },
+            ppo_epochs: 1,
+            temperature: 1.0,
+            ..PpoConfig::default()
+        }
+    }
+
     /// Episodes (sampled responses) per rollout batch.
     pub fn batch_size(&self) -> usize {
         self.prompts_per_batch * self.samples_per_prompt
     }
 
     /// Checks ranges and combinations: group estimators need `n ≥ 2` (Dr.GRPO excepted), the
-    /// batch must split into minibatches, and the probabilities and coefficients must make sense.
+    /// batch must split into minibatches, the probabilities and coefficients must make sense, the
+    /// KL controller must not divide by zero, and a KL loss term must not use k1.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(format!("ppo: {m}")));
         if self.samples_per_prompt == 0 || self.prompts_per_batch == 0 {
@@ -214,6 +236,17 @@ impl PpoConfig {
         }
         if !self.ptx_coef.is_finite() || self.ptx_coef < 0.0 || self.ptx_batch_size == 0 {
             return bad("ptx_coef must be finite and ≥ 0, ptx_batch_size ≥ 1".into());
+        }
+        self.kl.validate()?;
+        // β·mean(logπ − logπ_ref) at samples of π has zero expected gradient: as a loss term the
+        // k1 estimator would silently switch the KL regulariser off
+        let kl_active = self.kl.value() > 0.0 || matches!(self.kl, KlController::Adaptive { .. });
+        if !self.kl_in_reward && self.kl_estimator == KlEstimator::K1 && kl_active {
+            return bad(
+                "the KL as a loss term (kl_in_reward = false) with the k1 estimator has zero \
+                 expected gradient; use k3 (GRPO) or k2, or put the KL in the reward"
+                    .into(),
+            );
         }
         self.optimizer.validate()
     }

@@ -25,7 +25,7 @@ use std::time::Instant;
 
 use burn::module::Module;
 use burn::optim::{GradientsParams, ModuleOptimizer};
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
 use rand::seq::{IndexedRandom, SliceRandom};
 use serde_json::json;
 
@@ -44,7 +44,7 @@ use rlhf_core::{
 };
 use rlhf_data::Tokenizer;
 use rlhf_models::sft::Example;
-use rlhf_models::{CausalLm, Generation, SamplingConfig, ScalarModel, generate};
+use rlhf_models::{CausalLm, Generation, SamplingConfig, ScalarModel, TokenInput, generate};
 
 use crate::config::{AdvantageEstimator, PpoConfig};
 use crate::rewards::{
@@ -94,9 +94,11 @@ pub struct PpoInputs<'a> {
     pub eval_every: u64,
 }
 
-/// Left-pads each prompt's tokens to exactly `query_length` (TL;DR detail 2); a longer prompt
-/// keeps its last `query_length` tokens. Returns ids and mask, `[prompts, query_length]`
-/// row-major. An empty prompt is an error: its first response token would have no context.
+/// Left-pads each prompt's tokens to exactly `query_length` (TL;DR detail 2) with the tokenizer's
+/// PAD; a longer prompt keeps its last `query_length` tokens. Returns ids and mask,
+/// `[prompts, query_length]` row-major. The PAD id may lie outside the model's vocabulary: the
+/// models read these ids through `rlhf_models::TokenInput`, which masks them. An empty prompt is
+/// an error: its first response token would have no context.
 pub fn encode_queries(
     tokenizer: &Tokenizer,
     prompts: &[&str],
@@ -130,7 +132,7 @@ pub struct Experience {
     pub query_len: usize,
     /// Response columns.
     pub response_len: usize,
-    /// Query and response ids (pads hold valid ids).
+    /// Query and response ids (pads as padded: any id, masked by `attention`).
     pub ids: Vec<u32>,
     /// 1 at real query and response tokens.
     pub attention: Vec<u8>,
@@ -158,27 +160,19 @@ fn tensor2(v: Vec<f32>, shape: [usize; 2], device: &Device) -> Tensor<2> {
     Tensor::from_data(TensorData::new(v, shape), device)
 }
 
-fn ids2(v: &[u32], shape: [usize; 2], device: &Device) -> Tensor<2, Int> {
-    let v: Vec<i64> = v.iter().map(|&x| i64::from(x)).collect();
-    Tensor::from_data(TensorData::new(v, shape), device)
-}
-
 /// Log-probs `[batch, r]` of the response tokens and their logits `[batch, r, vocab]`: the
 /// logits at column `q − 1 + t` predict response token `t`. The temperature is reapplied
 /// (TL;DR detail 3), so on the first minibatch the ratio to the rollout's log-probs is 1.
 fn response_logprobs(
     policy: &CausalLm,
-    ids: Tensor<2, Int>,
-    attention: Tensor<2>,
+    input: &TokenInput,
     query_len: usize,
     temperature: f32,
 ) -> (Tensor<2>, Tensor<3>) {
-    let [_, total] = ids.dims();
+    let [_, total] = input.dims();
     let r = total - query_len;
-    let logits = policy
-        .forward(ids.clone(), attention, None)
-        .narrow(1, query_len - 1, r);
-    let responses = ids.narrow(1, query_len, r);
+    let logits = policy.forward(input, None).narrow(1, query_len - 1, r);
+    let responses = input.ids().narrow(1, query_len, r);
     (
         token_logprobs(logits.clone(), responses, temperature),
         logits,
@@ -186,15 +180,10 @@ fn response_logprobs(
 }
 
 /// The critic's values `[batch, r]` of the states before each response token.
-fn response_values(
-    value: &ScalarModel,
-    ids: Tensor<2, Int>,
-    attention: Tensor<2>,
-    query_len: usize,
-) -> Tensor<2> {
-    let [_, total] = ids.dims();
+fn response_values(value: &ScalarModel, input: &TokenInput, query_len: usize) -> Tensor<2> {
+    let [_, total] = input.dims();
     value
-        .per_token(ids, attention)
+        .per_token(input)
         .narrow(1, query_len - 1, total - query_len)
 }
 
@@ -238,35 +227,18 @@ pub fn make_experience(
         attention.extend_from_slice(&generation.mask[row * r..(row + 1) * r]);
     }
     let mask_host: Vec<f32> = generation.mask.iter().map(|&m| f32::from(m)).collect();
-    let ids_t = ids2(&ids, [b, q + r], &device);
-    let attention_t = tensor2(
-        attention.iter().map(|&m| f32::from(m)).collect(),
-        [b, q + r],
-        &device,
-    );
+    let input = models.policy.input(&ids, &attention, b)?;
     let mask = tensor2(mask_host.clone(), [b, r], &device);
 
     // old log-probs of the policy and of the reference, the temperature reapplied
-    let (logprobs, _) = response_logprobs(
-        &models.policy,
-        ids_t.clone(),
-        attention_t.clone(),
-        q,
-        cfg.temperature,
-    );
-    let (ref_logprobs, _) = response_logprobs(
-        reference,
-        ids_t.clone(),
-        attention_t.clone(),
-        q,
-        cfg.temperature,
-    );
+    let (logprobs, _) = response_logprobs(&models.policy, &input, q, cfg.temperature);
+    let (ref_logprobs, _) = response_logprobs(reference, &input, q, cfg.temperature);
     let logprobs = rlhf_core::zero_masked(logprobs, mask.clone());
     let ref_logprobs = rlhf_core::zero_masked(ref_logprobs, mask.clone());
     let values = models
         .value
         .as_ref()
-        .map(|v| rlhf_core::zero_masked(response_values(v, ids_t, attention_t, q), mask.clone()));
+        .map(|v| rlhf_core::zero_masked(response_values(v, &input, q), mask.clone()));
 
     // per-token rewards: −β·kl_t on every token (when the KL is in the reward), the score on the
     // last real token
@@ -360,10 +332,8 @@ pub fn make_experience(
 pub struct Minibatch {
     /// Query columns.
     pub query_len: usize,
-    /// `[rows, q + r]`.
-    pub ids: Tensor<2, Int>,
-    /// `[rows, q + r]`.
-    pub attention: Tensor<2>,
+    /// Query and response ids with their attention mask, `[rows, q + r]`.
+    pub input: TokenInput,
     /// `[rows, r]` each.
     pub mask: Tensor<2>,
     /// Old log-probs.
@@ -379,8 +349,9 @@ pub struct Minibatch {
 }
 
 impl Experience {
-    /// The rows `rows` (in that order) as tensors on `device`.
-    pub fn minibatch(&self, rows: &[usize], device: &Device) -> Minibatch {
+    /// The rows `rows` (in that order) as tensors on `device`, for models with `vocab`
+    /// embedding rows (see [`TokenInput`]).
+    pub fn minibatch(&self, rows: &[usize], vocab: usize, device: &Device) -> Result<Minibatch> {
         let (q, r) = (self.query_len, self.response_len);
         let pick = |v: &[f32], w: usize| -> Vec<f32> {
             rows.iter()
@@ -393,22 +364,24 @@ impl Experience {
             .iter()
             .flat_map(|&i| self.ids[i * (q + r)..(i + 1) * (q + r)].iter().copied())
             .collect();
-        let attention: Vec<f32> = rows
+        let attention: Vec<u8> = rows
             .iter()
-            .flat_map(|&i| self.attention[i * (q + r)..(i + 1) * (q + r)].iter())
-            .map(|&m| f32::from(m))
+            .flat_map(|&i| {
+                self.attention[i * (q + r)..(i + 1) * (q + r)]
+                    .iter()
+                    .copied()
+            })
             .collect();
-        Minibatch {
+        Ok(Minibatch {
             query_len: q,
-            ids: ids2(&ids, [n, q + r], device),
-            attention: tensor2(attention, [n, q + r], device),
+            input: TokenInput::new(&ids, &attention, n, vocab, device)?,
             mask: per_token(&self.mask),
             logprobs: per_token(&self.logprobs),
             ref_logprobs: per_token(&self.ref_logprobs),
             values: (!self.values.is_empty()).then(|| per_token(&self.values)),
             advantages: per_token(&self.advantages),
             returns: (!self.returns.is_empty()).then(|| per_token(&self.returns)),
-        }
+        })
     }
 }
 
@@ -420,13 +393,8 @@ pub fn minibatch_loss(
     cfg: &PpoConfig,
     kl_coef: f32,
 ) -> (Tensor<1>, Metrics) {
-    let (logprobs, logits) = response_logprobs(
-        &models.policy,
-        mb.ids.clone(),
-        mb.attention.clone(),
-        mb.query_len,
-        cfg.temperature,
-    );
+    let (logprobs, logits) =
+        response_logprobs(&models.policy, &mb.input, mb.query_len, cfg.temperature);
     let pg = clipped_policy_loss(
         logprobs.clone(),
         mb.logprobs.clone(),
@@ -458,7 +426,7 @@ pub fn minibatch_loss(
     if let (Some(value), Some(old_values), Some(returns)) = (&models.value, &mb.values, &mb.returns)
     {
         let v = clipped_value_loss(
-            response_values(value, mb.ids.clone(), mb.attention.clone(), mb.query_len),
+            response_values(value, &mb.input, mb.query_len),
             old_values.clone(),
             returns.clone(),
             mb.mask.clone(),
@@ -532,7 +500,7 @@ pub fn ppo_update(
         let mut order: Vec<usize> = (0..experience.batch).collect();
         order.shuffle(rng);
         for rows in order.chunks(size) {
-            let mb = experience.minibatch(rows, device);
+            let mb = experience.minibatch(rows, models.policy.vocab_size(), device)?;
             let (mut loss, mut metrics) = minibatch_loss(&models, &mb, cfg, kl_coef);
             let mut loss_value = metrics
                 .iter()
@@ -542,7 +510,7 @@ pub fn ppo_update(
                 let picked: Vec<&Example> = (0..cfg.ptx_batch_size)
                     .map(|_| demonstrations.choose(rng).expect("non-empty"))
                     .collect();
-                let ptx = ptx_loss(&models.policy, &picked, device);
+                let ptx = ptx_loss(&models.policy, &picked, device)?;
                 let ptx_value = f64::from(ptx.clone().into_scalar::<f32>());
                 metrics.push((names::OBJECTIVE_PTX_LOSS, ptx_value));
                 loss = loss.add(ptx.mul_scalar(cfg.ptx_coef));
@@ -574,7 +542,7 @@ pub fn ppo_update(
 }
 
 /// The SFT loss on a batch of demonstrations (PPO-ptx).
-fn ptx_loss(policy: &CausalLm, demos: &[&Example], device: &Device) -> Tensor<1> {
+fn ptx_loss(policy: &CausalLm, demos: &[&Example], device: &Device) -> Result<Tensor<1>> {
     let pairs: Vec<(&[u32], &[u32])> = demos
         .iter()
         .map(|(p, r)| (p.as_slice(), r.as_slice()))
@@ -664,7 +632,7 @@ pub fn ppo_iteration(
         episodes.len(),
         &sampling,
         rng,
-    );
+    )?;
 
     // 2–3. responses cut at EOS (the mask), scored; no EOS ⇒ the penalty
     let texts = (0..generation.batch)
@@ -777,6 +745,21 @@ pub fn train_ppo(
                 "does not use"
             }
         )));
+    }
+    // the reference and the critic read the policy's token ids
+    let vocab = models.policy.vocab_size();
+    for (what, v) in std::iter::once(("reference", inputs.reference.vocab_size())).chain(
+        models
+            .value
+            .iter()
+            .map(|c| ("critic", c.backbone.vocab_size())),
+    ) {
+        if v != vocab {
+            return Err(Error::Config(format!(
+                "ppo: the {what} has {v} embedding rows and the policy {vocab}; they must share \
+                 the tokenizer"
+            )));
+        }
     }
     // the critic gets its own parameter ids (see `PolicyAndValue::new`); TL;DR detail 1
     let models = PolicyAndValue::new(models.policy, models.value);

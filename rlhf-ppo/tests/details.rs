@@ -9,6 +9,7 @@ mod common;
 use burn::module::Module;
 use burn::tensor::Device;
 use rand::SeedableRng;
+use rlhf_core::KlEstimator;
 use rlhf_core::train::metrics::names;
 use rlhf_core::train::{Metrics, OptimizerConfig, RunOptions, TrainRng};
 use rlhf_data::Tokenizer;
@@ -94,7 +95,8 @@ fn sample(
         ps.len(),
         &sampling,
         &mut rand_chacha::ChaCha8Rng::seed_from_u64(5),
-    );
+    )
+    .unwrap();
     (ps, ids, mask, g)
 }
 
@@ -440,12 +442,30 @@ fn advantages_and_targets_at_masked_positions_never_change_the_loss() {
     assert!(junk.mask.contains(&0.0));
     let rows: Vec<usize> = (0..exp.batch).collect();
     for kl_in_reward in [true, false] {
+        // a KL loss term takes k3 (k1 there has zero expected gradient)
         let cfg = PpoConfig {
             kl_in_reward,
+            kl_estimator: if kl_in_reward {
+                KlEstimator::K1
+            } else {
+                KlEstimator::K3
+            },
             ..cfg.clone()
         };
-        let (a, _) = minibatch_loss(&models, &exp.minibatch(&rows, &f.device), &cfg, 0.1);
-        let (b, _) = minibatch_loss(&models, &junk.minibatch(&rows, &f.device), &cfg, 0.1);
+        cfg.validate().unwrap();
+        let vocab = models.policy.vocab_size();
+        let (a, _) = minibatch_loss(
+            &models,
+            &exp.minibatch(&rows, vocab, &f.device).unwrap(),
+            &cfg,
+            0.1,
+        );
+        let (b, _) = minibatch_loss(
+            &models,
+            &junk.minibatch(&rows, vocab, &f.device).unwrap(),
+            &cfg,
+            0.1,
+        );
         let (ga, gb) = (a.clone().backward(), b.clone().backward());
         let (la, lb) = (a.into_scalar::<f32>(), b.into_scalar::<f32>());
         assert!((la - lb).abs() <= 1e-6 * la.abs().max(1.0), "{la} vs {lb}");

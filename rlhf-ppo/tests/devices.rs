@@ -64,7 +64,8 @@ fn one_ppo_and_one_grpo_iteration_match_flex() {
                 ..SamplingConfig::default()
             },
             &mut rand_chacha::ChaCha8Rng::seed_from_u64(2),
-        );
+        )
+        .unwrap();
         let scores: Vec<f32> = (0..episodes.len()).map(|i| (i % 5) as f32 * 0.5).collect();
         let run = |device: &Device| -> (Experience, UpdateStats) {
             let policy = common::load(&policy_bytes, vocab, 0.0, device);

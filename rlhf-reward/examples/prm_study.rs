@@ -151,7 +151,10 @@ fn per_step(
                 labels: e.labels[..k].to_vec(),
             })
             .collect();
-        evaluate_labelled(model, &cut, 64, device).accuracy * (cut.len() * k) as f64
+        evaluate_labelled(model, &cut, 64, device)
+            .expect("ids inside the vocabulary")
+            .accuracy
+            * (cut.len() * k) as f64
     };
     for k in 1..=steps {
         let mut line = format!("step {k}:");

@@ -1,6 +1,6 @@
 //! Reward-model losses.
 
-use burn::tensor::{Tensor, activation};
+use burn::tensor::{Bool, Tensor, TensorData, activation};
 
 /// Bradley–Terry pair loss `mean[−log σ(r_c − r_r − margin)]`.
 ///
@@ -29,25 +29,48 @@ pub fn plackett_luce_loss(scores: Tensor<2>) -> Tensor<1> {
         // a single response has nothing to be ranked against
         return Tensor::zeros([1], &scores.device());
     }
-    // log Σ_{j≥i} e^{r_j} for every i: a reversed cumulative log-sum-exp, computed stably by
-    // subtracting each row's maximum.
-    let max = scores.clone().max_dim(1).detach();
-    let suffix_sums = scores
-        .clone()
-        .sub(max.clone())
-        .exp()
-        .flip([1])
-        .cumsum(1)
-        .flip([1]);
-    let log_suffix = suffix_sums.log().add(max);
+    let log_suffix = reverse_log_cumsum_exp(scores.clone());
     // The last position contributes log(e^{r_K}/e^{r_K}) = 0 and is left out exactly.
     let terms = scores.sub(log_suffix).narrow(1, 0, k - 1);
     terms.sum_dim(1).mean().neg()
 }
 
-/// The centering term `η·mean[(r_c + r_r)²]`, which keeps scores near 0.
-pub fn centering_penalty(chosen: Tensor<1>, rejected: Tensor<1>, eta: f32) -> Tensor<1> {
-    chosen.add(rejected).square().mean().mul_scalar(eta)
+/// `out[b, i] = log Σ_{j≥i} e^{x[b, j]}`, the reversed cumulative log-sum-exp along dim 1.
+///
+/// Each suffix is shifted by its *own* maximum, so its largest term is `e^0 = 1` and no suffix
+/// can underflow to `log 0`, whatever the gaps between scores (shifting every suffix by the row's
+/// maximum makes the suffixes below a top score ~88 higher sum to 0 in f32). Built from a
+/// `[batch, K, K]` upper-triangular view of the row, which is cheap for the K of ranked data.
+/// `x`: `[batch, K]` → `[batch, K]`.
+pub fn reverse_log_cumsum_exp(x: Tensor<2>) -> Tensor<2> {
+    let [b, k] = x.dims();
+    let device = x.device();
+    // suffix[b, i, j] = x[b, j] for j ≥ i; the lower triangle (j < i) is left out
+    let rows = x.reshape([b, 1, k]).expand([b, k, k]);
+    let lower: Vec<bool> = (0..k * k).map(|ij| ij % k < ij / k).collect(); // j < i
+    let outside =
+        Tensor::<3, Bool>::from_data(TensorData::new(lower, [1, k, k]), &device).expand([b, k, k]);
+    let shift = rows
+        .clone()
+        .mask_fill(outside.clone(), f32::NEG_INFINITY)
+        .max_dim(2)
+        .detach(); // [b, k, 1]: each suffix's maximum, a constant of the formula
+    // the left-out entries are set to 0 before `exp` as well as after it, so that neither the
+    // forward pass nor the gradient ever sees an overflowing exponential
+    let terms = rows
+        .sub(shift.clone())
+        .mask_fill(outside.clone(), 0.0)
+        .exp()
+        .mask_fill(outside, 0.0);
+    terms.sum_dim(2).log().add(shift).reshape([b, k])
+}
+
+/// The centering term `η·mean over rows of (Σ_k r_k)²`, which keeps each prompt's scores near 0
+/// (for pairs, TRL's `center_rewards_coefficient` term `η·mean[(r_c + r_r)²]`).
+///
+/// `scores`: `[batch, K]`. Returns `[1]`.
+pub fn centering_penalty(scores: Tensor<2>, eta: f32) -> Tensor<1> {
+    scores.sum_dim(1).square().mean().mul_scalar(eta)
 }
 
 /// Binary cross-entropy on logits, averaged over the positions where `mask` is 1:
@@ -242,18 +265,18 @@ mod tests {
             pairs in prop::collection::vec((-5.0f64..5.0, -5.0f64..5.0), 1..8),
             eta in 0.0f64..0.1,
         ) {
-            let c: Vec<f64> = pairs.iter().map(|p| p.0).collect();
-            let r: Vec<f64> = pairs.iter().map(|p| p.1).collect();
+            let flat: Vec<f64> = pairs.iter().flat_map(|p| [p.0, p.1]).collect();
             // η·mean[(r_c + r_r)²]
             let reference = eta * pairs.iter().map(|p| (p.0 + p.1).powi(2)).sum::<f64>() / pairs.len() as f64;
-            let got = s(centering_penalty(t1(&c), t1(&r), eta as f32));
+            let got = s(centering_penalty(t2(&flat, 2), eta as f32));
             prop_assert!((got - reference).abs() < 1e-4 * (1.0 + reference));
             // it does not care which response is the chosen one
-            let swapped = s(centering_penalty(t1(&r), t1(&c), eta as f32));
+            let swapped: Vec<f64> = pairs.iter().flat_map(|p| [p.1, p.0]).collect();
+            let swapped = s(centering_penalty(t2(&swapped, 2), eta as f32));
             prop_assert!((got - swapped).abs() < 1e-6 * (1.0 + got));
             // scores centred pairwise (r = −c) cost nothing
-            let neg: Vec<f64> = c.iter().map(|x| -x).collect();
-            prop_assert!(s(centering_penalty(t1(&c), t1(&neg), eta as f32)).abs() < 1e-6);
+            let centred: Vec<f64> = pairs.iter().flat_map(|p| [p.0, -p.0]).collect();
+            prop_assert!(s(centering_penalty(t2(&centred, 2), eta as f32)).abs() < 1e-6);
         }
 
         #[test]
@@ -275,8 +298,7 @@ mod tests {
     #[test]
     fn centering_and_accuracy() {
         assert!(
-            (s(centering_penalty(t1(&[1.0, -2.0]), t1(&[0.5, 1.0]), 0.01))
-                - 0.01 * (2.25 + 1.0) / 2.0)
+            (s(centering_penalty(t2(&[1.0, 0.5, -2.0, 1.0], 2), 0.01)) - 0.01 * (2.25 + 1.0) / 2.0)
                 .abs()
                 < 1e-7
         );

@@ -9,7 +9,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use rlhf_core::{Error, Result};
 use rlhf_data::SequenceBatch;
 use rlhf_models::{
-    CausalLm, LmBatch, ScalarModel, TransformerConfig, load_scalar_pretrained,
+    CausalLm, ScalarModel, TokenInput, TransformerConfig, load_scalar_pretrained,
     save_scalar_pretrained,
 };
 use serde::{Deserialize, Serialize};
@@ -166,17 +166,25 @@ impl RewardModel {
     }
 }
 
-/// Device tensors of a collated batch: ids (pads replaced by 0) and attention mask.
-fn batch_tensors(batch: &SequenceBatch, device: &Device) -> (Tensor<2, Int>, Tensor<2>) {
-    let (ids, attention, _) = LmBatch::from_sequences(batch).tensors(device);
-    (ids, attention)
+/// The model input of a collated batch (pads replaced by a valid id, see [`TokenInput`]).
+fn batch_input(model: &ScalarModel, batch: &SequenceBatch, device: &Device) -> Result<TokenInput> {
+    TokenInput::new(
+        &batch.input_ids,
+        &batch.attention_mask,
+        batch.batch,
+        model.backbone.vocab_size(),
+        device,
+    )
 }
 
 /// Raw scores `[batch]` of a collated batch (left-padded prompts, right-padded responses): the
 /// head's value at each row's last real token.
-pub fn last_token_scores(model: &ScalarModel, batch: &SequenceBatch, device: &Device) -> Tensor<1> {
-    let (ids, mask) = batch_tensors(batch, device);
-    model.at_last_token(ids, mask.clone(), mask)
+pub fn last_token_scores(
+    model: &ScalarModel,
+    batch: &SequenceBatch,
+    device: &Device,
+) -> Result<Tensor<1>> {
+    Ok(model.at_last_token(&batch_input(model, batch, device)?))
 }
 
 /// Logits at chosen positions: `positions[b]` lists columns of row `b`; returns `[batch, S]`
@@ -186,9 +194,8 @@ pub fn logits_at(
     batch: &SequenceBatch,
     positions: &[Vec<usize>],
     device: &Device,
-) -> (Tensor<2>, Tensor<2>) {
-    let (ids, mask) = batch_tensors(batch, device);
-    let values = model.per_token(ids, mask); // [b, t]
+) -> Result<(Tensor<2>, Tensor<2>)> {
+    let values = model.per_token(&batch_input(model, batch, device)?); // [b, t]
     let b = batch.batch;
     let s = positions.iter().map(Vec::len).max().unwrap_or(0).max(1);
     let mut index = Vec::with_capacity(b * s);
@@ -200,8 +207,8 @@ pub fn logits_at(
         }
     }
     let index = Tensor::<2, Int>::from_data(TensorData::new(index, [b, s]), device);
-    (
+    Ok((
         values.gather(1, index),
         Tensor::from_data(TensorData::new(real, [b, s]), device),
-    )
+    ))
 }

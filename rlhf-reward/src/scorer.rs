@@ -49,21 +49,21 @@ impl RewardScorer {
     }
 
     /// Raw (unnormalised) scores of token sequences: outcome RMs only.
-    fn raw_outcome(&self, pairs: &[(Vec<u32>, Vec<u32>)]) -> Vec<f32> {
+    fn raw_outcome(&self, pairs: &[(Vec<u32>, Vec<u32>)]) -> Result<Vec<f32>> {
         let mut out = Vec::with_capacity(pairs.len());
         for chunk in pairs.chunks(self.batch_size.max(1)) {
             let refs: Vec<(&[u32], &[u32])> = chunk
                 .iter()
                 .map(|(p, r)| (p.as_slice(), r.as_slice()))
                 .collect();
-            let batch = collate(&refs, 0, None);
+            let batch = collate(&refs, self.tokenizer.pad_id(), None);
             out.extend(to_f32_vec(last_token_scores(
                 &self.rm.model,
                 &batch,
                 &self.device,
-            )));
+            )?));
         }
-        out
+        Ok(out)
     }
 
     /// PRM sequence scores: the response is cut after every delimiter; each piece that ends with
@@ -91,12 +91,12 @@ impl RewardScorer {
                 .iter()
                 .map(|(p, r, _)| (p.as_slice(), r.as_slice()))
                 .collect();
-            let batch = collate(&refs, 0, None);
+            let batch = collate(&refs, self.tokenizer.pad_id(), None);
             let positions: Vec<Vec<usize>> = chunk
                 .iter()
                 .map(|(_, _, ends)| ends.iter().map(|e| batch.prompt_len + e).collect())
                 .collect();
-            let (logits, mask) = logits_at(&self.rm.model, &batch, &positions, &self.device);
+            let (logits, mask) = logits_at(&self.rm.model, &batch, &positions, &self.device)?;
             let seq = to_f32_vec(prm_sequence_score(
                 logits,
                 mask,
@@ -124,7 +124,7 @@ impl Scorer for RewardScorer {
                     .zip(responses)
                     .map(|(p, r)| Ok((p, self.tokenizer.encode(r)?)))
                     .collect::<Result<Vec<_>>>()?;
-                self.raw_outcome(&pairs)
+                self.raw_outcome(&pairs)?
             }
             RewardKind::Process => self.process_scores(&prompt_ids, responses)?,
         };

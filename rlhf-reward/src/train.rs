@@ -15,7 +15,8 @@ use burn::tensor::{Device, Tensor, TensorData};
 use rand::seq::SliceRandom;
 use rlhf_core::train::memory::{self, MemoryEstimate};
 use rlhf_core::train::{
-    FitConfig, LrSchedule, Metrics, OptimizerConfig, RunOptions, TrainRng, fit, metrics::names,
+    BatchLoss, FitConfig, LrSchedule, Metrics, OptimizerConfig, RunOptions, TrainRng, fit,
+    metrics::names,
 };
 use rlhf_core::{Error, Result, host::to_f32_vec};
 use rlhf_data::{SequenceBatch, Truncation, collate};
@@ -67,7 +68,8 @@ pub struct RmConfig {
     pub optimizer: OptimizerConfig,
     /// Schedule over all optimizer steps.
     pub schedule: LrSchedule,
-    /// Centering coefficient η (pairs only); 0 = off.
+    /// Centering coefficient η of `η·mean[(Σ_k r_k)²]` over each example's K scores (for pairs,
+    /// TRL's `center_rewards_coefficient` term `η·mean[(r_c + r_r)²]`); 0 = off.
     pub center_eta: f32,
     /// Use the examples' margins (pairs only).
     pub use_margin: bool,
@@ -96,6 +98,25 @@ impl Default for RmConfig {
             truncation: None,
             seed: 0,
         }
+    }
+}
+
+impl RmConfig {
+    /// Checks ranges: at least one epoch, example and micro-batch per step; a finite, non-negative
+    /// centering coefficient; the optimizer's own ranges.
+    pub fn validate(&self) -> Result<()> {
+        if self.epochs == 0 || self.batch_size == 0 || self.grad_accum == 0 {
+            return Err(Error::Config(
+                "reward model: epochs, batch_size and grad_accum must be ≥ 1".into(),
+            ));
+        }
+        if !self.center_eta.is_finite() || self.center_eta < 0.0 {
+            return Err(Error::Config(format!(
+                "reward model: center_eta must be finite and ≥ 0, got {}",
+                self.center_eta
+            )));
+        }
+        self.optimizer.validate()
     }
 }
 
@@ -146,33 +167,34 @@ fn collate_ranked(examples: &[&RankedExample], t: Option<Truncation>) -> Sequenc
     collate(&pairs, 0, t)
 }
 
-/// The loss of a batch of ranked examples (all with the same K) and its `[batch, K]` scores.
+/// The loss of a batch of ranked examples (all with the same K) and its `[batch, K]` scores:
+/// Bradley–Terry for pairs (with margins when asked), Plackett–Luce for K > 2, plus the
+/// centering term when `center_eta > 0`.
 fn ranked_loss(
     model: &ScalarModel,
     examples: &[&RankedExample],
     cfg: &RmConfig,
     device: &Device,
-) -> (Tensor<1>, Tensor<2>) {
+) -> Result<(Tensor<1>, Tensor<2>)> {
     let k = examples[0].responses.len();
     let b = examples.len();
-    let scores = last_token_scores(model, &collate_ranked(examples, truncation(cfg)), device)
+    let scores = last_token_scores(model, &collate_ranked(examples, truncation(cfg)), device)?
         .reshape([b, k]);
-    let loss = if k == 2 {
+    let mut loss = if k == 2 {
         let chosen = scores.clone().narrow(1, 0, 1).reshape([b]);
         let rejected = scores.clone().narrow(1, 1, 1).reshape([b]);
         let margin = cfg.use_margin.then(|| {
             let m: Vec<f32> = examples.iter().map(|e| e.margin.unwrap_or(0.0)).collect();
             Tensor::<1>::from_data(TensorData::new(m, [b]), device)
         });
-        let mut loss = bradley_terry_loss(chosen.clone(), rejected.clone(), margin);
-        if cfg.center_eta > 0.0 {
-            loss = loss.add(centering_penalty(chosen, rejected, cfg.center_eta));
-        }
-        loss
+        bradley_terry_loss(chosen, rejected, margin)
     } else {
         plackett_luce_loss(scores.clone())
     };
-    (loss, scores)
+    if cfg.center_eta > 0.0 {
+        loss = loss.add(centering_penalty(scores.clone(), cfg.center_eta));
+    }
+    Ok((loss, scores))
 }
 
 /// Scores `[batch, K]` of ranked examples without gradients, in chunks.
@@ -181,7 +203,7 @@ pub fn score_ranked(
     examples: &[RankedExample],
     batch_size: usize,
     device: &Device,
-) -> Vec<Vec<f32>> {
+) -> Result<Vec<Vec<f32>>> {
     let valid = model.valid();
     let device = device.clone().without_autodiff();
     let mut out = Vec::with_capacity(examples.len());
@@ -191,14 +213,14 @@ pub fn score_ranked(
             &valid,
             &collate_ranked(&refs, None),
             &device,
-        ));
+        )?);
         let mut at = 0;
         for e in chunk {
             out.push(flat[at..at + e.responses.len()].to_vec());
             at += e.responses.len();
         }
     }
-    out
+    Ok(out)
 }
 
 /// Loss, label accuracy and gold-order accuracy of a reward model on held-out ranked examples.
@@ -207,8 +229,8 @@ pub fn evaluate_ranked(
     examples: &[RankedExample],
     cfg: &RmConfig,
     device: &Device,
-) -> RmEval {
-    let scores = score_ranked(model, examples, cfg.batch_size, device);
+) -> Result<RmEval> {
+    let scores = score_ranked(model, examples, cfg.batch_size, device)?;
     let (mut loss, mut right, mut pairs) = (0.0, 0usize, 0usize);
     let (mut gold_right, mut gold_pairs) = (0usize, 0usize);
     for (e, s) in examples.iter().zip(&scores) {
@@ -232,11 +254,11 @@ pub fn evaluate_ranked(
             gold_right += usize::from((s[0] > s[1]) == (g[0] > g[1]));
         }
     }
-    RmEval {
+    Ok(RmEval {
         loss: loss / examples.len().max(1) as f64,
         accuracy: right as f64 / pairs.max(1) as f64,
         gold_accuracy: (gold_pairs > 0).then(|| gold_right as f64 / gold_pairs as f64),
-    }
+    })
 }
 
 /// Sequences and label positions of labelled examples: each example is prompt ⊕ segments, and its
@@ -270,16 +292,18 @@ fn collate_labelled(examples: &[&LabelledExample]) -> (SequenceBatch, Vec<Vec<us
     (batch, positions, labels)
 }
 
+/// Binary cross-entropy over every label of the batch (`[1]`), with the logits, labels and
+/// mask it was computed from, each `[batch, steps]`.
 fn labelled_loss(
     model: &ScalarModel,
     examples: &[&LabelledExample],
     device: &Device,
-) -> (Tensor<1>, Tensor<2>, Tensor<2>, Tensor<2>) {
+) -> Result<(Tensor<1>, Tensor<2>, Tensor<2>, Tensor<2>)> {
     let (batch, positions, labels) = collate_labelled(examples);
-    let (logits, mask) = logits_at(model, &batch, &positions, device);
+    let (logits, mask) = logits_at(model, &batch, &positions, device)?;
     let labels = Tensor::<2>::from_data(TensorData::new(labels, mask.dims()), device);
     let loss = binary_cross_entropy(logits.clone(), labels.clone(), mask.clone());
-    (loss, logits, labels, mask)
+    Ok((loss, logits, labels, mask))
 }
 
 /// Loss, accuracy and balanced accuracy of a step (or outcome) model on held-out examples.
@@ -288,14 +312,14 @@ pub fn evaluate_labelled(
     examples: &[LabelledExample],
     batch_size: usize,
     device: &Device,
-) -> RmEval {
+) -> Result<RmEval> {
     let valid = model.valid();
     let device = device.clone().without_autodiff();
     let (mut loss, mut n) = (0.0, 0.0);
     let (mut tp, mut pos, mut tn, mut neg) = (0.0, 0.0, 0.0, 0.0);
     for chunk in examples.chunks(batch_size.max(1)) {
         let refs: Vec<&LabelledExample> = chunk.iter().collect();
-        let (l, logits, labels, mask) = labelled_loss(&valid, &refs, &device);
+        let (l, logits, labels, mask) = labelled_loss(&valid, &refs, &device)?;
         let count: f64 = to_f32_vec(mask.clone()).iter().map(|&x| f64::from(x)).sum();
         loss += f64::from(l.into_scalar::<f32>()) * count;
         n += count;
@@ -317,11 +341,11 @@ pub fn evaluate_labelled(
         (true, true) => Some(0.5 * (tp / pos + tn / neg)),
         _ => None,
     };
-    RmEval {
+    Ok(RmEval {
         loss: loss / n.max(1.0),
         accuracy: (tp + tn) / (pos + neg).max(1.0),
         gold_accuracy: balanced,
-    }
+    })
 }
 
 fn eval_metrics(e: &RmEval) -> Metrics {
@@ -343,9 +367,10 @@ fn run_fit(
     run_options: &RunOptions,
     label: &str,
     n_train: usize,
-    loss_of: &dyn Fn(&ScalarModel, &[usize]) -> Tensor<1>,
-    eval_of: &dyn Fn(&ScalarModel) -> Option<RmEval>,
+    loss_of: &dyn Fn(&ScalarModel, &[usize]) -> Result<BatchLoss>,
+    eval_of: &dyn Fn(&ScalarModel) -> Result<Option<RmEval>>,
 ) -> Result<(ScalarModel, RmReport)> {
+    cfg.validate()?;
     if n_train == 0 {
         return Err(Error::Config(format!("{label}: no training examples")));
     }
@@ -362,10 +387,10 @@ fn run_fit(
         &fit_cfg,
         run_options,
         &|epoch| shuffled_batches(n_train, cfg.batch_size, cfg.seed, label, epoch),
-        &|m, idx| (loss_of(m, idx), Vec::new()),
-        &|m| eval_of(m).as_ref().map(eval_metrics).unwrap_or_default(),
+        loss_of,
+        &|m| Ok(eval_of(m)?.as_ref().map(eval_metrics).unwrap_or_default()),
     )?;
-    let eval = eval_of(&model).unwrap_or_default();
+    let eval = eval_of(&model)?.unwrap_or_default();
     Ok((
         model,
         RmReport {
@@ -454,9 +479,17 @@ pub fn train_reward_model(
         train.len(),
         &|m, idx| {
             let refs: Vec<&RankedExample> = idx.iter().map(|&i| &train[i]).collect();
-            ranked_loss(m, &refs, cfg, device).0
+            Ok(BatchLoss {
+                loss: ranked_loss(m, &refs, cfg, device)?.0,
+                weight: refs.len() as f64,
+                metrics: Vec::new(),
+            })
         },
-        &|m| (!eval.is_empty()).then(|| evaluate_ranked(m, eval, cfg, device)),
+        &|m| {
+            (!eval.is_empty())
+                .then(|| evaluate_ranked(m, eval, cfg, device))
+                .transpose()
+        },
     )
 }
 
@@ -499,9 +532,18 @@ pub fn train_step_model(
         train.len(),
         &|m, idx| {
             let refs: Vec<&LabelledExample> = idx.iter().map(|&i| &train[i]).collect();
-            labelled_loss(m, &refs, device).0
+            Ok(BatchLoss {
+                loss: labelled_loss(m, &refs, device)?.0,
+                // the loss is a mean over every label of the batch
+                weight: refs.iter().map(|e| e.labels.len()).sum::<usize>() as f64,
+                metrics: Vec::new(),
+            })
         },
-        &|m| (!eval.is_empty()).then(|| evaluate_labelled(m, eval, cfg.batch_size, device)),
+        &|m| {
+            (!eval.is_empty())
+                .then(|| evaluate_labelled(m, eval, cfg.batch_size, device))
+                .transpose()
+        },
     )
 }
 
@@ -526,7 +568,7 @@ pub fn normalise(
             &valid,
             &collate(&pairs, 0, None),
             &device,
-        )));
+        )?));
     }
     Normalisation::from_scores(&scores, with_gain)
 }

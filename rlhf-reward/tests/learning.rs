@@ -48,7 +48,7 @@ fn outcome_rm_on_tldr_synth_approaches_the_labeller_ceiling() {
         seed: 3,
         ..RmConfig::default()
     };
-    let before = rlhf_reward::evaluate_ranked(&rm.model, &data.eval, &cfg, &device);
+    let before = rlhf_reward::evaluate_ranked(&rm.model, &data.eval, &cfg, &device).unwrap();
     let (model, report) = train_reward_model(
         rm.model.clone(),
         &data.train,

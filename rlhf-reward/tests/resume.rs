@@ -5,7 +5,6 @@
 //! no other test trains in the process at the same time.
 
 use burn::module::Module;
-use burn::tensor::{Int, Tensor, TensorData};
 use rlhf_core::host::to_f32_vec;
 use rlhf_core::train::metrics::read_metrics;
 use rlhf_core::train::{CheckpointStore, OptimizerConfig, RunOptions};
@@ -90,11 +89,9 @@ fn reward_training_resumes_exactly() {
         train_reward_model(init, &data, &eval, &cfg, &opts(broken.path()), &device).unwrap();
     assert_eq!(rb.steps_this_run, 4);
     let probe = |m: &ScalarModel| {
-        let ids = Tensor::<2, Int>::from_data(
-            TensorData::new((0..8i64).collect::<Vec<_>>(), [2, 4]),
-            &device,
-        );
-        to_f32_vec(m.valid().per_token(ids, Tensor::ones([2, 4], &device)))
+        let m = m.valid();
+        let ids: Vec<u32> = (0..8).collect();
+        to_f32_vec(m.per_token(&m.input(&ids, &[1; 8], 2).unwrap()))
     };
     assert_eq!(probe(&a), probe(&b));
     assert_eq!(
@@ -122,11 +119,9 @@ fn rm_into(dir: &std::path::Path) -> Vec<f32> {
         ..RunOptions::in_dir(dir)
     };
     let (m, _) = train_reward_model(init, &data, &data[..8], &cfg, &opts, &device).unwrap();
-    let ids = Tensor::<2, Int>::from_data(
-        TensorData::new((0..8i64).collect::<Vec<_>>(), [2, 4]),
-        &device,
-    );
-    to_f32_vec(m.valid().per_token(ids, Tensor::ones([2, 4], &device)))
+    let m = m.valid();
+    let ids: Vec<u32> = (0..8).collect();
+    to_f32_vec(m.per_token(&m.input(&ids, &[1; 8], 2).unwrap()))
 }
 
 #[test]

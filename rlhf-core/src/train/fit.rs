@@ -49,8 +49,18 @@ pub struct FitConfig<'a> {
 /// Metrics as `(name, value)`, names from [`names`].
 pub type Metrics = Vec<(&'static str, f64)>;
 
-/// A batch's loss `[1]` to minimise and extra metrics to log.
-pub type BatchLoss = (Tensor<1>, Metrics);
+/// What a trainer's loss function gives for one (micro-)batch.
+#[derive(Debug, Clone)]
+pub struct BatchLoss {
+    /// The loss `[1]`: a mean over the batch's items.
+    pub loss: Tensor<1>,
+    /// How many items `loss` is the mean over (examples, pairs, target tokens). Accumulated
+    /// micro-batches are weighted by it, so `k` micro-batches give the update of one batch
+    /// holding all their items (see [`super::GradAccumulation`]).
+    pub weight: f64,
+    /// Extra metrics to log (averaged over micro-batches with the same weights).
+    pub metrics: Metrics,
+}
 
 /// What the loop did.
 #[derive(Debug, Clone, Default)]
@@ -66,15 +76,15 @@ pub struct FitReport {
 }
 
 /// Runs the loop. `batches_of_epoch(e)` gives epoch `e`'s batches of example indices;
-/// `loss_of(model, batch)` the loss `[1]` to minimise and extra metrics to log; `eval_of(model)`
-/// the eval metrics (empty without eval data). The model must live on an autodiff device.
+/// `loss_of(model, batch)` the batch's loss, its weight and extra metrics; `eval_of(model)` the
+/// eval metrics (empty without eval data). The model must live on an autodiff device.
 pub fn fit<M: Module>(
     mut model: M,
     cfg: &FitConfig,
     run_options: &RunOptions,
     batches_of_epoch: &dyn Fn(usize) -> Vec<Vec<usize>>,
-    loss_of: &dyn Fn(&M, &[usize]) -> BatchLoss,
-    eval_of: &dyn Fn(&M) -> Metrics,
+    loss_of: &dyn Fn(&M, &[usize]) -> Result<BatchLoss>,
+    eval_of: &dyn Fn(&M) -> Result<Metrics>,
 ) -> Result<(M, FitReport)> {
     let accum = cfg.grad_accum.max(1);
     let steps_per_epoch: Vec<u64> = (0..cfg.epochs)
@@ -106,18 +116,33 @@ pub fn fit<M: Module>(
                 continue; // trained on before the resume
             }
             let mut acc = GradAccumulation::new();
-            let (mut loss_sum, mut extra_sum): (f64, Metrics) = (0.0, Vec::new());
+            let (mut loss_sum, mut weight_sum, mut extra_sum) = (0.0, 0.0, Metrics::new());
             for idx in group {
-                let (loss, extra) = loss_of(&model, idx);
-                loss_sum += f64::from(loss.clone().into_scalar::<f32>());
+                let BatchLoss {
+                    loss,
+                    weight,
+                    metrics,
+                } = loss_of(&model, idx)?;
+                loss_sum += f64::from(loss.clone().into_scalar::<f32>()) * weight;
+                weight_sum += weight;
                 if extra_sum.is_empty() {
-                    extra_sum = extra;
+                    extra_sum = metrics.into_iter().map(|(k, v)| (k, v * weight)).collect();
                 } else {
-                    for (s, (_, v)) in extra_sum.iter_mut().zip(extra) {
-                        s.1 += v;
+                    for (s, (_, v)) in extra_sum.iter_mut().zip(metrics) {
+                        s.1 += v * weight;
                     }
                 }
-                acc.add(&model, GradientsParams::from_grads(loss.backward(), &model));
+                // one micro-batch per step needs no weighting (and keeps its gradient exact)
+                let (weighted, w) = if group.len() == 1 {
+                    (loss, 1.0)
+                } else {
+                    (loss.mul_scalar(weight as f32), weight)
+                };
+                acc.add(
+                    &model,
+                    GradientsParams::from_grads(weighted.backward(), &model),
+                    w,
+                );
             }
             let grads = acc.take_mean(&model);
             let (grads, norm) = match cfg.optimizer.max_grad_norm {
@@ -127,7 +152,7 @@ pub fn fit<M: Module>(
                     (grads, norm)
                 }
             };
-            let n = group.len() as f64;
+            let n = if weight_sum > 0.0 { weight_sum } else { 1.0 };
             let loss_value = loss_sum / n;
             let lr = cfg.schedule.lr_at(cfg.optimizer.lr, step - 1);
             let finite = loss_value.is_finite() && norm.is_finite();
@@ -150,7 +175,7 @@ pub fn fit<M: Module>(
             ];
             line.extend(extra_sum.into_iter().map(|(k, v)| (k, v / n)));
             if step == total || (cfg.eval_every > 0 && step.is_multiple_of(cfg.eval_every)) {
-                let e = eval_of(&model);
+                let e = eval_of(&model)?;
                 line.extend(e.iter().copied());
                 report.eval = e;
             }
@@ -170,7 +195,7 @@ pub fn fit<M: Module>(
         }
     }
     if report.steps_this_run == 0 {
-        report.eval = eval_of(&model);
+        report.eval = eval_of(&model)?;
     }
     run.finish();
     Ok((model, report))

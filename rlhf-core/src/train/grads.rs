@@ -74,12 +74,18 @@ pub fn clip_global_grad_norm<M: Module>(
     }
 }
 
-/// Gradient accumulation: the mean of the gradients of several micro-batches, so that
-/// `k` micro-batches of size `b` give the update of one batch of size `k·b` (when each
-/// micro-batch's loss is a mean over equally many items).
+/// Gradient accumulation: the weighted mean of the gradients of several micro-batches.
+///
+/// A micro-batch whose loss is a mean over `w` items (examples, pairs, target tokens) is added
+/// with the gradients of `w·loss` and weight `w`; [`Self::take_mean`] divides the sum by `Σ w`.
+/// The result is the gradient of the mean over every item of the accumulated batch, which is
+/// what one batch holding them all gives, however unevenly the items fall into micro-batches
+/// (a last, smaller micro-batch, or SFT batches with different numbers of target tokens: TRL's
+/// `num_items_in_batch`). With equal weights it is the plain mean of the micro-batch gradients.
 pub struct GradAccumulation<M> {
     inner: GradientsAccumulator<M>,
     micro_batches: usize,
+    weight: f64,
 }
 
 impl<M: Module> Default for GradAccumulation<M> {
@@ -94,13 +100,16 @@ impl<M: Module> GradAccumulation<M> {
         GradAccumulation {
             inner: GradientsAccumulator::new(),
             micro_batches: 0,
+            weight: 0.0,
         }
     }
 
-    /// Adds one micro-batch's gradients.
-    pub fn add(&mut self, module: &M, grads: GradientsParams) {
+    /// Adds one micro-batch's gradients: those of its loss multiplied by `weight` (use weight 1
+    /// with the loss itself for a plain mean over micro-batches).
+    pub fn add(&mut self, module: &M, grads: GradientsParams, weight: f64) {
         self.inner.accumulate(module, grads);
         self.micro_batches += 1;
+        self.weight += weight;
     }
 
     /// How many micro-batches have been added since the last [`Self::take_mean`].
@@ -108,15 +117,16 @@ impl<M: Module> GradAccumulation<M> {
         self.micro_batches
     }
 
-    /// The mean gradient over the micro-batches added so far; resets the accumulator.
+    /// `Σ gradients / Σ weights` over the micro-batches added so far; resets the accumulator.
+    /// Without any weight (nothing added, or only empty micro-batches) the sum is returned as it is.
     pub fn take_mean(&mut self, module: &M) -> GradientsParams {
-        let n = self.micro_batches.max(1);
+        let weight = std::mem::take(&mut self.weight);
         self.micro_batches = 0;
         let sum = self.inner.grads();
-        if n == 1 {
-            sum
+        if weight > 0.0 && weight != 1.0 {
+            scale_grads(module, sum, (1.0 / weight) as f32)
         } else {
-            scale_grads(module, sum, 1.0 / n as f32)
+            sum
         }
     }
 }

@@ -18,12 +18,12 @@ pub mod schedule;
 
 pub use allocator::tune_allocator;
 pub use checkpoint::{Checkpoint, CheckpointStore};
-pub use fit::{FitConfig, FitReport, Metrics, fit};
+pub use fit::{BatchLoss, FitConfig, FitReport, Metrics, fit};
 pub use grads::{
     GradAccumulation, clip_global_grad_norm, global_grad_norm, scale_grads, with_fresh_param_ids,
 };
 pub use metrics::MetricsSink;
 pub use optim::OptimizerConfig;
-pub use rng::{TrainRng, seed_all, seeded};
+pub use rng::{TrainRng, materialise, seed_all, seeded, try_seeded};
 pub use run::{Run, RunOptions};
 pub use schedule::LrSchedule;

@@ -1,6 +1,8 @@
 //! The seeded random number generator every trainer draws from, with a state that a checkpoint
 //! can store and restore exactly.
 
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::{Bool, Int, Tensor};
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -34,17 +36,55 @@ pub fn seed_all(device: &burn::tensor::Device, seed: u64) -> TrainRng {
     TrainRng::seed_from_u64(seed)
 }
 
-/// Runs `init` with burn's generator on `device` seeded to `seed`, holding a process-wide lock.
+/// Runs `init` with burn's generator on `device` seeded to `seed`, holding a process-wide lock,
+/// and initialises the module's parameters before the lock is released.
 ///
 /// burn's generator is global: two threads that seed and then initialise (tests in one binary run
 /// in parallel) would otherwise draw from each other's sequence, and a "seeded" model would
-/// depend on timing. Every seeded initialisation in this workspace's tests goes through here.
-/// The lock is not re-entrant: `init` must not call `seeded` itself.
-pub fn seeded<T>(device: &burn::tensor::Device, seed: u64, init: impl FnOnce() -> T) -> T {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+/// depend on timing. burn also initialises parameters *lazily*, at their first use (a forward
+/// pass, a save), so the random draws of a module built inside the lock would otherwise happen
+/// after it, whenever the module is first used; [`materialise`] draws them here. Every seeded
+/// initialisation in this workspace goes through here. The lock is not re-entrant: `init` must
+/// not call `seeded` itself.
+pub fn seeded<M: Module>(device: &burn::tensor::Device, seed: u64, init: impl FnOnce() -> M) -> M {
+    let _guard = SEEDED.lock().unwrap_or_else(|e| e.into_inner());
     device.seed(seed);
-    init()
+    let module = init();
+    materialise(&module);
+    module
+}
+
+/// [`seeded`] for an initialisation that can fail.
+pub fn try_seeded<M: Module, E>(
+    device: &burn::tensor::Device,
+    seed: u64,
+    init: impl FnOnce() -> Result<M, E>,
+) -> Result<M, E> {
+    let _guard = SEEDED.lock().unwrap_or_else(|e| e.into_inner());
+    device.seed(seed);
+    let module = init()?;
+    materialise(&module);
+    Ok(module)
+}
+
+static SEEDED: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Initialises every lazily initialised parameter of `module` now (burn draws a parameter's
+/// initial values at its first use).
+pub fn materialise<M: Module>(module: &M) {
+    struct Touch;
+    impl ModuleVisitor for Touch {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let _ = param.val();
+        }
+        fn visit_int<const D: usize>(&mut self, param: &Param<Tensor<D, Int>>) {
+            let _ = param.val();
+        }
+        fn visit_bool<const D: usize>(&mut self, param: &Param<Tensor<D, Bool>>) {
+            let _ = param.val();
+        }
+    }
+    module.visit(&mut Touch);
 }
 
 impl TrainRng {

@@ -178,3 +178,33 @@ fn score_lands_on_the_last_real_token_of_a_right_padded_response() {
         vec![5.0, 5.0, 0.0, 0.0, 7.0, 7.0, 7.0, 7.0]
     );
 }
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Where the papers say the group estimators coincide, they do: RLOO's leave-one-out
+    /// baseline is Dr.GRPO's group mean rescaled, `A_RLOO = n/(n−1)·A_DrGRPO`; GRPO is Dr.GRPO
+    /// divided by the group's standard deviation (+1e−4); a group of equal scores gets no
+    /// advantage from any of them.
+    #[test]
+    fn rloo_grpo_and_dr_grpo_reduce_to_each_other(groups in 1usize..=4, n in 2usize..=6, seed in prop::collection::vec(-3.0f64..3.0, 24), flat in -2.0f64..2.0) {
+        let dev = device();
+        let s: Vec<f64> = seed[..groups * n].to_vec();
+        let adv = |est| host(group_advantages(t1(&s, &dev), n, est).unwrap());
+        let (rloo, grpo, dr) = (adv(GroupEstimator::Rloo), adv(GroupEstimator::Grpo), adv(GroupEstimator::DrGrpo));
+        let scale = n as f64 / (n as f64 - 1.0);
+        assert_close(&rloo, &dr.iter().map(|a| a * scale).collect::<Vec<_>>(), 1e-4)?;
+        for g in 0..groups {
+            let row = &s[g * n..(g + 1) * n];
+            let mean = row.iter().sum::<f64>() / n as f64;
+            let std = (row.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n as f64 - 1.0)).sqrt();
+            let expected: Vec<f64> = dr[g * n..(g + 1) * n].iter().map(|a| a / (std + 1e-4)).collect();
+            assert_close(&grpo[g * n..(g + 1) * n], &expected, 1e-3)?;
+        }
+        let equal = vec![flat; groups * n];
+        for est in [GroupEstimator::Rloo, GroupEstimator::Grpo, GroupEstimator::DrGrpo] {
+            let a = host(group_advantages(t1(&equal, &dev), n, est).unwrap());
+            prop_assert!(a.iter().all(|x| x.abs() < 1e-5), "{:?}: {:?}", est, a);
+        }
+    }
+}

@@ -96,6 +96,7 @@ fn accumulating_equal_micro_batches_gives_the_full_batch_gradient() {
                 x.clone().narrow(0, 2 * k, 2),
                 y.clone().narrow(0, 2 * k, 2),
             ),
+            1.0,
         );
     }
     assert_eq!(acc.micro_batches(), 4);

@@ -150,7 +150,8 @@ fn run(o: Options) -> Result<(), String> {
             ids.extend(std::iter::repeat_n(0, width - e.len()).chain(e.iter().copied()));
             mask.extend(std::iter::repeat_n(0u8, width - e.len()).chain(e.iter().map(|_| 1)));
         }
-        let g = generate(&model, &ids, &mask, chunk.len(), &sampling, &mut rng);
+        let g = generate(&model, &ids, &mask, chunk.len(), &sampling, &mut rng)
+            .map_err(|e| e.to_string())?;
         for (r, prompt) in chunk.iter().enumerate() {
             let row = r * g.new_len..(r + 1) * g.new_len;
             let kept: Vec<usize> = row.clone().filter(|&i| g.mask[i] == 1).collect();

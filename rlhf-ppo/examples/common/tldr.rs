@@ -214,9 +214,13 @@ pub fn build() -> Tldr {
 /// epoch on the labelled pairs in the order of `data_seed` (TL;DR detail 11), its bias the mean
 /// score of 200 demonstrations (detail 5). Returns it with its held-out evaluation.
 pub fn train_rm(s: &Tldr, init_seed: u64, data_seed: u64) -> (RewardModel, rlhf_reward::RmEval) {
-    let rm = seeded(&s.device, init_seed, || {
-        RewardModel::from_backbone(s.sft.clone(), s.shape.clone(), RewardSettings::outcome())
-    });
+    let rm = RewardModel {
+        model: seeded(&s.device, init_seed, || {
+            rlhf_models::ScalarModel::from_backbone(s.sft.clone())
+        }),
+        config: s.shape.clone(),
+        settings: RewardSettings::outcome(),
+    };
     let rm_cfg = RmConfig {
         epochs: 1,
         batch_size: 16,

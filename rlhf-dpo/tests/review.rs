@@ -1,0 +1,343 @@
+//! Tests from the correctness review. Regressions: the reference cache's key covers the
+//! truncation; configurations that divide by zero (or make the loss constant) are refused before
+//! training; IPO and SimPO log the implicit rewards of the log-probs their losses use (averaged
+//! over response tokens). Invariances: accumulated micro-batches give the one-batch step for
+//! every loss; padding never changes a sequence log-prob; every configuration that validates
+//! trains a step without a non-finite value.
+
+use burn::module::Module;
+use proptest::prelude::*;
+use rlhf_core::Error;
+use rlhf_core::host::to_f32_vec;
+use rlhf_core::train::metrics::{names, read_metrics};
+use rlhf_core::train::{OptimizerConfig, RunOptions};
+use rlhf_dpo::{DpoConfig, Group, OfflineLoss, RefCache, sequence_logps, train_offline};
+use rlhf_models::{CausalLm, TransformerConfig};
+
+fn model(device: &burn::tensor::Device, seed: u64) -> CausalLm {
+    let mut c = TransformerConfig::preset("tiny-1m").unwrap();
+    c.vocab_size = 32;
+    c.hidden_size = 32;
+    c.num_hidden_layers = 1;
+    c.num_attention_heads = 2;
+    c.num_key_value_heads = 2;
+    c.intermediate_size = 32;
+    rlhf_core::train::seeded(device, seed, || CausalLm::init(&c, device).unwrap())
+}
+
+/// Pairs whose responses have different lengths (so averaging and summing differ).
+fn pairs() -> Vec<Group> {
+    (0..8u32)
+        .map(|i| Group {
+            prompt: vec![i % 7 + 1, i % 5 + 11, 3],
+            responses: vec![vec![i % 9 + 2, 21, 22, 0], vec![(i + 4) % 9 + 2, 0]],
+            rewards: Some(vec![1.0, 0.0]),
+        })
+        .collect()
+}
+
+fn quiet(dir: Option<&std::path::Path>) -> RunOptions {
+    RunOptions {
+        progress: false,
+        out_dir: dir.map(std::path::Path::to_path_buf),
+        ..RunOptions::default()
+    }
+}
+
+fn base() -> DpoConfig {
+    DpoConfig {
+        epochs: 1,
+        batch_size: 8,
+        optimizer: OptimizerConfig {
+            lr: 1e-3,
+            ..OptimizerConfig::default()
+        },
+        ..DpoConfig::default()
+    }
+}
+
+/// A second run in the same cache directory with another truncation must not read the first
+/// run's reference log-probs, which were computed on differently cut sequences.
+#[test]
+fn a_new_truncation_is_a_new_reference_cache_key() {
+    let device = rlhf_core::device_from_env().unwrap().autodiff();
+    let reference = model(&device, 1);
+    let cache_dir = tempfile::tempdir().unwrap();
+    let cache = RefCache::new(Some(cache_dir.path()));
+    let run = |truncation| {
+        let cfg = DpoConfig {
+            truncation,
+            ..base()
+        };
+        train_offline(
+            reference.clone(),
+            &reference,
+            &pairs(),
+            &[],
+            &cfg,
+            &cache,
+            &quiet(None),
+            &device,
+        )
+        .unwrap()
+        .1
+    };
+    assert!(run(None).reference_forward_batches > 0);
+    assert_eq!(run(None).reference_forward_batches, 0, "same inputs: read");
+    assert!(
+        run(Some((2, 1))).reference_forward_batches > 0,
+        "a cut to 1 response token read the uncut run's reference log-probs"
+    );
+}
+
+/// Each of these makes a loss divide by zero (or, β = 0, a constant): refused as a
+/// configuration error before the first step, not trained into NaN or skipped steps.
+#[test]
+fn configurations_that_divide_by_zero_are_refused() {
+    let device = rlhf_core::device_from_env().unwrap().autodiff();
+    let reference = model(&device, 1);
+    let cases = [
+        ("robust ε = ½", OfflineLoss::Robust { eps: 0.5 }, 0.1),
+        ("EXO-pref ε = 0", OfflineLoss::ExoPref { eps: 0.0 }, 0.1),
+        (
+            "DPO β = 0",
+            OfflineLoss::Dpo {
+                label_smoothing: 0.0,
+            },
+            0.0,
+        ),
+        ("IPO β < 0", OfflineLoss::Ipo, -0.1),
+        ("EXO-rw β_r = 0", OfflineLoss::ExoRw { beta_r: 0.0 }, 0.1),
+        ("DPO-rw β_r < 0", OfflineLoss::DpoRw { beta_r: -1.0 }, 0.1),
+    ];
+    for (what, loss, beta) in cases {
+        let cfg = DpoConfig {
+            loss,
+            beta,
+            ..base()
+        };
+        let result = train_offline(
+            reference.clone(),
+            &reference,
+            &pairs(),
+            &[],
+            &cfg,
+            &RefCache::new(None),
+            &quiet(None),
+            &device,
+        );
+        assert!(
+            matches!(result, Err(Error::Config(_))),
+            "{what}: {:?}",
+            result.map(|r| r.1.final_train_loss)
+        );
+    }
+}
+
+/// IPO and SimPO optimise log-probs averaged over response tokens; the implicit rewards they log
+/// are those of the same averaged log-probs (as TRL's CPO trainer and, before 0.29, its DPO
+/// trainer log them), not of the summed ones.
+#[test]
+fn ipo_and_simpo_log_rewards_of_averaged_logprobs() {
+    let device = rlhf_core::device_from_env().unwrap().autodiff();
+    let reference = model(&device, 1);
+    let policy = model(&device, 2);
+    let data = pairs();
+    let refs: Vec<&Group> = data.iter().collect();
+    let inference = device.clone().without_autodiff();
+    let logps = |m: &CausalLm| {
+        let (sum, len) = sequence_logps(&m.valid(), &refs, None, &inference).unwrap();
+        let (sum, len) = (to_f32_vec(sum), to_f32_vec(len));
+        let mean: Vec<f64> = sum
+            .iter()
+            .zip(&len)
+            .map(|(s, l)| f64::from(*s) / f64::from(*l))
+            .collect();
+        mean
+    };
+    let (pol, refe) = (logps(&policy), logps(&reference));
+    for (loss, with_reference) in [
+        (OfflineLoss::Ipo, true),
+        (OfflineLoss::Simpo { gamma: 0.5 }, false),
+    ] {
+        let beta = 0.5f64;
+        let cfg = DpoConfig {
+            loss,
+            beta: beta as f32,
+            // the logged metrics are those of the loss before the step's update
+            optimizer: OptimizerConfig {
+                lr: 1e-3,
+                ..OptimizerConfig::default()
+            },
+            ..base()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        train_offline(
+            policy.clone(),
+            &reference,
+            &data,
+            &[],
+            &cfg,
+            &RefCache::new(None),
+            &quiet(Some(dir.path())),
+            &device,
+        )
+        .unwrap();
+        let lines = read_metrics(&dir.path().join("metrics.jsonl")).unwrap();
+        let logged = |name: &str| lines[0].get(name).and_then(|v| v.as_f64()).unwrap();
+        let reward = |i: usize| beta * (pol[i] - if with_reference { refe[i] } else { 0.0 });
+        let n = data.len();
+        let chosen = (0..n).map(|g| reward(2 * g)).sum::<f64>() / n as f64;
+        let rejected = (0..n).map(|g| reward(2 * g + 1)).sum::<f64>() / n as f64;
+        for (name, expected) in [
+            (names::REWARDS_CHOSEN, chosen),
+            (names::REWARDS_REJECTED, rejected),
+        ] {
+            let got = logged(name);
+            assert!(
+                (got - expected).abs() < 1e-4 * (1.0 + expected.abs()),
+                "{loss:?} {name}: logged {got}, averaged log-probs give {expected}"
+            );
+        }
+    }
+}
+
+/// Every loss the offline trainer offers, with ordinary parameters.
+fn every_loss() -> Vec<OfflineLoss> {
+    vec![
+        OfflineLoss::Dpo {
+            label_smoothing: 0.0,
+        },
+        OfflineLoss::Dpo {
+            label_smoothing: 0.1,
+        },
+        OfflineLoss::Robust { eps: 0.2 },
+        OfflineLoss::Ipo,
+        OfflineLoss::Hinge,
+        OfflineLoss::Simpo { gamma: 0.5 },
+        OfflineLoss::ExoPref { eps: 1e-3 },
+        OfflineLoss::ExoRw { beta_r: 0.5 },
+        OfflineLoss::DpoRw { beta_r: 0.5 },
+    ]
+}
+
+/// The metric `name` of the first line of a run's `metrics.jsonl`.
+fn first_line(dir: &std::path::Path, name: &str) -> f64 {
+    read_metrics(&dir.join("metrics.jsonl")).unwrap()[0][name]
+        .as_f64()
+        .unwrap()
+}
+
+/// Logits of a fixed probe, to compare weights.
+fn probe(m: &CausalLm) -> Vec<f32> {
+    let m = m.valid();
+    let ids: Vec<u32> = (1..13).collect();
+    to_f32_vec(m.forward(&m.input(&ids, &[1; 12], 2).unwrap(), None))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(16))]
+
+    /// For every loss, `k` micro-batches (the last one smaller) give the step of one batch that
+    /// holds all their groups: the same loss, gradient norm and weights.
+    #[test]
+    fn accumulated_micro_batches_give_the_one_batch_step(n in 5usize..9, micro in 2usize..4) {
+        let device = rlhf_core::device_from_env().unwrap().autodiff();
+        let reference = model(&device, 1);
+        let policy = model(&device, 2);
+        let data: Vec<Group> = pairs().into_iter().take(n).collect();
+        for loss in every_loss() {
+            let run = |batch_size: usize, grad_accum: usize| {
+                let cfg = DpoConfig {
+                    loss,
+                    batch_size,
+                    grad_accum,
+                    optimizer: OptimizerConfig {
+                        lr: 1e-2,
+                        max_grad_norm: None,
+                        ..OptimizerConfig::default()
+                    },
+                    ..base()
+                };
+                let dir = tempfile::tempdir().unwrap();
+                let (m, r) = train_offline(policy.clone(), &reference, &data, &[], &cfg, &RefCache::new(None), &quiet(Some(dir.path())), &device).unwrap();
+                assert_eq!(r.steps, 1);
+                (probe(&m), first_line(dir.path(), names::TRAIN_LOSS), first_line(dir.path(), names::TRAIN_GRAD_NORM))
+            };
+            let (one_w, one_loss, one_norm) = run(n, 1);
+            let (acc_w, acc_loss, acc_norm) = run(micro, n.div_ceil(micro));
+            prop_assert!((one_loss - acc_loss).abs() <= 1e-5 * one_loss.abs().max(1e-3), "{:?}: loss {} vs {}", loss, one_loss, acc_loss);
+            prop_assert!((one_norm - acc_norm).abs() <= 1e-4 * one_norm.max(1e-3), "{:?}: gradient norm {} vs {}", loss, one_norm, acc_norm);
+            let diff = one_w.iter().zip(&acc_w).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            prop_assert!(diff < 1e-4, "{:?}: logits after the step differ by {}", loss, diff);
+        }
+    }
+
+    /// A group's sequence log-probs are the same alone and in a batch where a longer group pads
+    /// it (its prompt further on the left, its responses further on the right).
+    #[test]
+    fn padding_never_changes_a_sequence_logprob(extra_prompt in 0usize..6, extra_response in 0usize..6) {
+        let device = rlhf_core::device_from_env().unwrap();
+        let policy = model(&device, 2);
+        let short = pairs().remove(0);
+        let long = Group {
+            prompt: (0..short.prompt.len() + extra_prompt).map(|i| (i % 20) as u32 + 1).collect(),
+            responses: vec![vec![5; 4 + extra_response], vec![6; 1 + extra_response]],
+            rewards: None,
+        };
+        let alone = to_f32_vec(sequence_logps(&policy, &[&short], None, &device).unwrap().0);
+        let padded = to_f32_vec(sequence_logps(&policy, &[&short, &long], None, &device).unwrap().0);
+        for (a, b) in alone.iter().zip(&padded) {
+            prop_assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "{} vs {}", a, b);
+        }
+    }
+
+    /// Any configuration the trainer accepts trains a step with finite loss and metrics; any it
+    /// refuses, it refuses as a configuration error before training. Fields are drawn from their
+    /// valid ranges most of the time, so that both branches are taken.
+    #[test]
+    fn every_configuration_that_validates_trains_a_finite_step(
+        kind in 0usize..9,
+        param in prop_oneof![Just(0.0f32), Just(0.5), Just(1.0), -1.0f32..2.0, 1e-12f32..1e-3],
+        beta in prop_oneof![6 => 1e-6f32..5.0, 1 => Just(0.0f32), 1 => -1.0f32..0.0],
+        lr in prop_oneof![9 => 1e-5f64..1e-2, 1 => -1e-3f64..=0.0],
+        batch_size in prop_oneof![9 => 1usize..4, 1 => Just(0)],
+        grad_accum in prop_oneof![9 => 1usize..3, 1 => Just(0)],
+    ) {
+        let device = rlhf_core::device_from_env().unwrap().autodiff();
+        let reference = model(&device, 1);
+        let loss = match kind {
+            0 => OfflineLoss::Dpo { label_smoothing: param },
+            1 => OfflineLoss::Robust { eps: param },
+            2 => OfflineLoss::Ipo,
+            3 => OfflineLoss::Hinge,
+            4 => OfflineLoss::Simpo { gamma: param },
+            5 => OfflineLoss::ExoPref { eps: param },
+            6 => OfflineLoss::ExoRw { beta_r: param },
+            7 => OfflineLoss::DpoRw { beta_r: param },
+            _ => OfflineLoss::Dpo { label_smoothing: 0.0 },
+        };
+        let cfg = DpoConfig {
+            loss,
+            beta,
+            batch_size,
+            grad_accum,
+            optimizer: OptimizerConfig { lr, ..OptimizerConfig::default() },
+            ..base()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let result = train_offline(reference.clone(), &reference, &pairs(), &pairs()[..2], &cfg, &RefCache::new(None), &quiet(Some(dir.path())), &device);
+        match cfg.validate() {
+            Ok(()) => {
+                let (_, report) = result.unwrap();
+                prop_assert!(report.final_train_loss.is_finite(), "{:?}", cfg);
+                for line in read_metrics(&dir.path().join("metrics.jsonl")).unwrap() {
+                    for (k, v) in line {
+                        prop_assert!(v.as_f64().is_none_or(f64::is_finite), "{:?}: {} = {}", cfg, k, v);
+                    }
+                }
+            }
+            Err(_) => prop_assert!(matches!(result, Err(Error::Config(_))), "{:?}", cfg),
+        }
+    }
+}
