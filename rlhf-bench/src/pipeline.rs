@@ -12,19 +12,18 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Device;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use rlhf_core::train::fs::write_atomic;
-use rlhf_core::train::metrics::read_metrics;
+use rlhf_core::train::metrics::{names, read_metrics};
 use rlhf_core::train::{LrSchedule, OptimizerConfig, RunOptions, seeded, try_seeded};
-use rlhf_core::{Error, Result, Scorer, masked_sum, token_logprobs};
+use rlhf_core::{Error, Result, Scorer};
 use rlhf_data::tasks::{Labeller, Task, TldrSynth, win_rate, with_eos};
-use rlhf_data::{Split, Tokenizer, collate};
+use rlhf_data::{Split, Tokenizer};
 use rlhf_dpo::{DpoConfig, Group, OfflineLoss, RefCache, train_offline};
-use rlhf_models::sft::LmBatch;
 use rlhf_models::{
     CausalLm, SamplingConfig, SftConfig, TransformerConfig, load_pretrained, sample_texts,
     save_pretrained, train_sft,
@@ -360,7 +359,7 @@ pub(crate) fn optimise(
             }
             let mean_len = curve
                 .iter()
-                .filter_map(|c| c.get("episode/length"))
+                .filter_map(|c| c.get(names::COMPLETIONS_MEAN_LENGTH))
                 .sum::<f64>()
                 / curve.len().max(1) as f64;
             let critic = pcfg
@@ -910,14 +909,15 @@ pub(crate) fn judge(
             // best-of-n: the analytic KL to the sampling policy
             (n as f64).ln() - (n as f64 - 1.0) / n as f64
         } else {
-            sampled_kl(
+            let kl = rlhf_models::sequence_kl(
                 policy,
                 sft,
                 &prompt_ids,
                 &judged.ids,
                 cfg.judge.temperature,
                 device,
-            )?
+            )?;
+            kl.iter().sum::<f64>() / kl.len().max(1) as f64
         },
     );
     if let Some(rm) = rm {
@@ -1022,43 +1022,6 @@ fn judge_samples(
         }
     }
     Ok(out)
-}
-
-/// `mean_x Σ_t [log π(y_t) − log π_ref(y_t)]` over the judged samples, both distributions at
-/// the sampling temperature: the Monte-Carlo estimate of `KL(π‖π_ref)` per sequence.
-fn sampled_kl(
-    policy: &CausalLm,
-    reference: &CausalLm,
-    prompt_ids: &[Vec<u32>],
-    responses: &[Vec<u32>],
-    temperature: f32,
-    device: &Device,
-) -> Result<f64> {
-    let device = device.clone().without_autodiff();
-    let (policy, reference) = (policy.valid(), reference.valid());
-    let mut total = 0.0;
-    for (ps, rs) in prompt_ids.chunks(32).zip(responses.chunks(32)) {
-        let pairs: Vec<(&[u32], &[u32])> = ps
-            .iter()
-            .zip(rs)
-            .map(|(p, r)| (p.as_slice(), r.as_slice()))
-            .collect();
-        let batch = LmBatch::from_sequences(&collate(&pairs, 0, None));
-        let (input, target) = batch.input(&policy, &device)?;
-        let l = batch.seq;
-        let logp = |m: &CausalLm| {
-            let logits = m.forward(&input, None);
-            token_logprobs(
-                logits.narrow(1, 0, l - 1),
-                input.ids().narrow(1, 1, l - 1),
-                temperature,
-            )
-        };
-        let diff: Tensor<2> = logp(&policy).sub(logp(&reference));
-        let mask = target.narrow(1, 1, l - 1);
-        total += f64::from(masked_sum(diff, mask).into_scalar::<f32>());
-    }
-    Ok(total / responses.len().max(1) as f64)
 }
 
 #[cfg(test)]

@@ -81,8 +81,7 @@ pub enum Error {
     },
     /// A run would not fit in the memory available.
     #[error(
-        "{what} needs about {:.1} GiB but {:.1} GiB of memory is available ({detail}); \
-         lower the batch size or the sequence length, or use a smaller model",
+        "{what} needs about {:.1} GiB but {:.1} GiB of memory is available ({detail}); {hint}",
         *needed as f64 / (1u64 << 30) as f64,
         *available as f64 / (1u64 << 30) as f64
     )]
@@ -95,6 +94,8 @@ pub enum Error {
         available: u64,
         /// The estimate's parts.
         detail: String,
+        /// What would make it fit.
+        hint: String,
     },
 }
 

@@ -61,6 +61,7 @@ fn train(
         keep_last: 3,
         progress: false,
         max_nonfinite_streak: 3,
+        ..RunOptions::default()
     };
     let slow = child_dir().is_some();
     fit(

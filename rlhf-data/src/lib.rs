@@ -34,20 +34,26 @@
 
 pub mod chat;
 pub mod collate;
+pub mod inspect;
 pub mod parse;
 pub mod reader;
 pub mod records;
 pub mod sampling;
 pub mod tasks;
+pub mod template;
 pub mod tokenizer;
+pub mod tokenizer_config;
 
 pub use chat::ChatTemplate;
 pub use collate::{SequenceBatch, Truncation, collate, length_buckets, position_ids};
-pub use parse::{FieldError, Record, split_implicit_prompt};
-pub use reader::{Loaded, ReadOptions, ReadReport, read_records, write_records};
+pub use inspect::{Inspection, inspect};
+pub use parse::{FieldError, Record, kind_of, split_implicit_prompt};
+pub use reader::{Loaded, ReadOptions, ReadReport, detect_kind, read_records, write_records};
 pub use records::{
     FieldNames, Kind, KwiseRecord, Message, PreferenceRecord, PromptRecord, SftRecord, StepRecord,
-    Turns,
+    Turns, UnpairedRecord,
 };
 pub use sampling::{Split, hash_split, subsample_diversity, subsample_volume};
+pub use template::{ChatFormat, JinjaTemplate};
 pub use tokenizer::Tokenizer;
+pub use tokenizer_config::TokenizerConfig;

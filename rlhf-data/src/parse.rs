@@ -4,7 +4,7 @@ use serde_json::{Map, Value};
 
 use crate::records::{
     FieldNames, Kind, KwiseRecord, Message, PreferenceRecord, PromptRecord, SftRecord, StepRecord,
-    Turns,
+    Turns, UnpairedRecord,
 };
 
 /// What is wrong with one record: the field and what was expected.
@@ -322,13 +322,16 @@ impl Record for PromptRecord {
     const KIND: Kind = Kind::Prompt;
 
     fn from_object(obj: &Obj, f: &FieldNames) -> Result<Self, FieldError> {
+        let mut extra = obj.clone();
+        extra.remove(&f.prompt);
         Ok(PromptRecord {
             prompt: turns(required(obj, &f.prompt)?, &f.prompt)?,
+            extra,
         })
     }
 
     fn to_object(&self, f: &FieldNames) -> Obj {
-        let mut o = Obj::new();
+        let mut o = self.extra.clone();
         put(&mut o, &f.prompt, &self.prompt);
         o
     }
@@ -425,5 +428,57 @@ impl Record for StepRecord {
         put(&mut o, &f.completions, &self.completions);
         put(&mut o, &f.labels, &self.labels);
         o
+    }
+}
+
+impl Record for UnpairedRecord {
+    const KIND: Kind = Kind::Unpaired;
+
+    fn from_object(obj: &Obj, f: &FieldNames) -> Result<Self, FieldError> {
+        let label = match required(obj, &f.label)? {
+            Value::Bool(b) => *b,
+            other => {
+                return Err(err(
+                    &f.label,
+                    format!("expected a boolean, found {}", type_name(other)),
+                ));
+            }
+        };
+        Ok(UnpairedRecord {
+            prompt: turns(required(obj, &f.prompt)?, &f.prompt)?,
+            completion: turns(required(obj, &f.completion)?, &f.completion)?,
+            label,
+        })
+    }
+
+    fn to_object(&self, f: &FieldNames) -> Obj {
+        let mut o = Obj::new();
+        put(&mut o, &f.prompt, &self.prompt);
+        put(&mut o, &f.completion, &self.completion);
+        put(&mut o, &f.label, self.label);
+        o
+    }
+}
+
+/// Which record kind an object's fields spell (the first that fits, most specific first):
+/// `chosen` + `rejected` → preference; `completions` + `rewards` → K-wise; `completions` +
+/// `labels` → steps; `completion` + `label` → unpaired; `completion`, `messages` or `text` →
+/// SFT; `prompt` alone → prompt.
+pub fn kind_of(obj: &Obj, f: &FieldNames) -> Option<Kind> {
+    let has = |k: &str| obj.contains_key(k);
+    if has(&f.chosen) && has(&f.rejected) {
+        Some(Kind::Preference)
+    } else if has(&f.completions) && has(&f.rewards) {
+        Some(Kind::Kwise)
+    } else if has(&f.completions) && has(&f.labels) {
+        Some(Kind::Steps)
+    } else if has(&f.completion) && has(&f.label) {
+        Some(Kind::Unpaired)
+    } else if has(&f.completion) || has(&f.messages) || has(&f.text) {
+        Some(Kind::Sft)
+    } else if has(&f.prompt) {
+        Some(Kind::Prompt)
+    } else {
+        None
     }
 }

@@ -113,6 +113,47 @@ pub fn read_records<R: Record>(path: &Path, opts: &ReadOptions) -> Result<Loaded
     Ok(loaded)
 }
 
+/// The record kind of a file, read off its first record's fields (see [`crate::parse::kind_of`]).
+pub fn detect_kind(path: &Path, opts: &ReadOptions) -> Result<crate::records::Kind> {
+    let mut first: Option<(usize, Value)> = None;
+    let mut sink = |line: usize, item: std::result::Result<Value, Error>| -> Result<()> {
+        if first.is_none() {
+            first = Some((line, item?));
+            // stop reading: the first record decides
+            return Err(Error::Record(String::new()));
+        }
+        Ok(())
+    };
+    let read = if is_parquet(path) {
+        read_parquet_objects(path, &mut sink)
+    } else {
+        read_jsonl_objects(path, opts.max_line_bytes, &mut sink)
+    };
+    match (read, first) {
+        (_, Some((line, Value::Object(obj)))) => crate::parse::kind_of(&obj, &opts.fields)
+            .ok_or_else(|| {
+                let keys: Vec<&String> = obj.keys().collect();
+                data_error(
+                    path,
+                    line,
+                    "-",
+                    format!(
+                        "cannot tell the kind of record from its fields {keys:?}: name it with \
+                         --kind"
+                    ),
+                )
+            }),
+        (_, Some((line, other))) => Err(data_error(
+            path,
+            line,
+            "-",
+            format!("expected a JSON object, found {}", kind_of(&other)),
+        )),
+        (Err(e), None) => Err(e),
+        (Ok(()), None) => Err(data_error(path, 0, "-", "the file holds no records")),
+    }
+}
+
 fn kind_of(v: &Value) -> &'static str {
     match v {
         Value::Array(_) => "an array",

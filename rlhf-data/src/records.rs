@@ -91,11 +91,28 @@ pub struct SftRecord {
     pub completion: Turns,
 }
 
-/// A prompt alone, for on-policy RL (`{prompt}`).
+/// A prompt alone, for on-policy RL (`{prompt}`), with the record's other fields kept (a
+/// verifier reward reads its reference answer from one, as TRL passes dataset columns to reward
+/// functions).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PromptRecord {
     /// The prompt.
     pub prompt: Turns,
+    /// Every other field of the record, as the file had it.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// One response to a prompt labelled good or bad on its own (`{prompt, completion, label}`, TRL's
+/// unpaired preference layout): an outcome reward model's data, and KTO's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnpairedRecord {
+    /// The prompt.
+    pub prompt: Turns,
+    /// The response.
+    pub completion: Turns,
+    /// Whether the response is desirable (correct).
+    pub label: bool,
 }
 
 /// `K ≥ 2` responses to one prompt with a reward each (`{prompt, completions, rewards}`), for
@@ -135,6 +152,8 @@ pub enum Kind {
     Kwise,
     /// [`StepRecord`].
     Steps,
+    /// [`UnpairedRecord`].
+    Unpaired,
 }
 
 impl std::str::FromStr for Kind {
@@ -146,9 +165,10 @@ impl std::str::FromStr for Kind {
             "prompt" => Kind::Prompt,
             "kwise" => Kind::Kwise,
             "steps" => Kind::Steps,
+            "unpaired" => Kind::Unpaired,
             _ => {
                 return Err(format!(
-                    "unknown kind `{s}`: expected preference, sft, prompt, kwise or steps"
+                    "unknown kind `{s}`: expected preference, sft, prompt, kwise, steps or unpaired"
                 ));
             }
         })
@@ -177,6 +197,8 @@ pub struct FieldNames {
     pub rewards: String,
     /// `labels`.
     pub labels: String,
+    /// `label`.
+    pub label: String,
     /// `score_chosen`.
     pub score_chosen: String,
     /// `score_rejected`.
@@ -196,6 +218,7 @@ impl Default for FieldNames {
             completions: s("completions"),
             rewards: s("rewards"),
             labels: s("labels"),
+            label: s("label"),
             score_chosen: s("score_chosen"),
             score_rejected: s("score_rejected"),
         }

@@ -4,6 +4,8 @@
 use std::path::Path;
 
 use rlhf_core::{Error, Result};
+
+use crate::tokenizer_config::TokenizerConfig;
 use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::{AddedToken, NormalizerWrapper, PostProcessorWrapper, TokenizerBuilder};
@@ -35,6 +37,11 @@ pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     eos_id: u32,
     pad_id: u32,
+    /// The `tokenizer.json` it was loaded from, written back unchanged by [`Self::save_dir`] (an
+    /// added `[PAD]` is this process's business, not the checkpoint's).
+    source: Option<std::sync::Arc<[u8]>>,
+    /// The checkpoint's `tokenizer_config.json` (empty when it has none or for a trained BPE).
+    config: TokenizerConfig,
 }
 
 fn tok_err(what: &str, e: impl std::fmt::Display) -> Error {
@@ -51,10 +58,75 @@ impl Tokenizer {
             field: "-".into(),
             message: format!("not a valid tokenizer.json: {e}"),
         })?;
-        Self::wrap(inner, eos)
+        let mut tok = Self::wrap(inner, eos, None)?;
+        tok.source = Some(bytes.into());
+        Ok(tok)
     }
 
-    fn wrap(mut inner: tokenizers::Tokenizer, eos: Option<&str>) -> Result<Self> {
+    /// Loads a Hugging Face model directory's tokenizer: `tokenizer.json`, with EOS and PAD as
+    /// its `tokenizer_config.json` names them (Qwen2 chat models end replies with `<|im_end|>`;
+    /// a PAD the vocabulary does not have is added past it, as [`Self::from_file`] does) and the
+    /// config kept for its chat template ([`Self::config`]).
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let config = TokenizerConfig::from_dir(dir)?;
+        let path = dir.join("tokenizer.json");
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let inner = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| Error::Data {
+            file: path.clone(),
+            line: 0,
+            field: "-".into(),
+            message: format!("not a valid tokenizer.json: {e}"),
+        })?;
+        let mut tok = Self::wrap(
+            inner,
+            config.eos_token.as_deref(),
+            config.pad_token.as_deref(),
+        )
+        .map_err(|e| Error::Data {
+            file: dir.join("tokenizer_config.json"),
+            line: 0,
+            field: "eos_token".into(),
+            message: e.to_string(),
+        })?;
+        tok.source = Some(bytes.into());
+        tok.config = config;
+        Ok(tok)
+    }
+
+    /// The checkpoint's `tokenizer_config.json` (special tokens, chat template).
+    pub fn config(&self) -> &TokenizerConfig {
+        &self.config
+    }
+
+    /// Writes `dir/tokenizer.json` (the file it was loaded from, unchanged; a trained BPE as
+    /// itself) and `dir/tokenizer_config.json` (the checkpoint's, or one naming EOS and, when the
+    /// vocabulary has it, PAD), atomically: what `transformers`' `AutoTokenizer` reads.
+    pub fn save_dir(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        match &self.source {
+            Some(bytes) => rlhf_core::train::fs::write_atomic(&dir.join("tokenizer.json"), bytes)?,
+            None => self.save(&dir.join("tokenizer.json"))?,
+        }
+        let mut config = self.config.raw.clone();
+        if config.is_empty() {
+            config.insert("tokenizer_class".into(), "PreTrainedTokenizerFast".into());
+            config.insert("eos_token".into(), self.eos_text().into());
+            if let Some(pad) = self.inner.id_to_token(self.pad_id)
+                && self.source.is_none()
+            {
+                config.insert("pad_token".into(), pad.into());
+            }
+        }
+        let bytes = serde_json::to_vec_pretty(&serde_json::Value::Object(config))
+            .map_err(|e| tok_err("tokenizer_config.json", e))?;
+        rlhf_core::train::fs::write_atomic(&dir.join("tokenizer_config.json"), &bytes)
+    }
+
+    fn wrap(
+        mut inner: tokenizers::Tokenizer,
+        eos: Option<&str>,
+        pad: Option<&str>,
+    ) -> Result<Self> {
         let eos_id = match eos {
             Some(name) => inner
                 .token_to_id(name)
@@ -69,19 +141,23 @@ impl Tokenizer {
                     )
                 })?,
         };
-        let pad_id = match PAD_CANDIDATES.iter().find_map(|t| inner.token_to_id(t)) {
-            Some(id) => id,
-            None => {
-                inner.add_special_tokens(&[AddedToken::from(PAD_TOKEN, true)]);
-                inner
-                    .token_to_id(PAD_TOKEN)
-                    .ok_or_else(|| tok_err("pad", "could not add [PAD]"))?
-            }
-        };
+        let named = pad.and_then(|p| inner.token_to_id(p));
+        let pad_id =
+            match named.or_else(|| PAD_CANDIDATES.iter().find_map(|t| inner.token_to_id(t))) {
+                Some(id) => id,
+                None => {
+                    inner.add_special_tokens(&[AddedToken::from(PAD_TOKEN, true)]);
+                    inner
+                        .token_to_id(PAD_TOKEN)
+                        .ok_or_else(|| tok_err("pad", "could not add [PAD]"))?
+                }
+            };
         Ok(Tokenizer {
             inner,
             eos_id,
             pad_id,
+            source: None,
+            config: TokenizerConfig::default(),
         })
     }
 
@@ -122,7 +198,7 @@ impl Tokenizer {
         let json = serde_json::to_string(&tk).map_err(|e| tok_err("serialise", e))?;
         let inner =
             tokenizers::Tokenizer::from_bytes(json.as_bytes()).map_err(|e| tok_err("reload", e))?;
-        Self::wrap(inner, Some(EOS_TOKEN))
+        Self::wrap(inner, Some(EOS_TOKEN), None)
     }
 
     /// Writes `tokenizer.json`, atomically.

@@ -8,7 +8,7 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::seq::SliceRandom;
 use rlhf_core::host::to_f32_vec;
-use rlhf_core::train::memory::{self, MemoryEstimate};
+use rlhf_core::train::memory;
 use rlhf_core::train::{
     BatchLoss, FitConfig, LrSchedule, Metrics, OptimizerConfig, RunOptions, TrainRng, fit,
     metrics::names,
@@ -446,15 +446,18 @@ pub fn train_offline(
         .flat_map(|g| g.responses.iter().map(|r| g.prompt.len() + r.len()))
         .max()
         .unwrap_or(0) as u64;
-    memory::check_fits(
+    let shape = policy.shape();
+    memory::check_batch_fits(
         "offline preference training",
-        &MemoryEstimate::training(
-            policy.num_params() as u64,
-            reference.num_params() as u64,
-            policy
-                .shape()
-                .activation_bytes(cfg.batch_size as u64 * k_responses, seq),
-        ),
+        policy.num_params() as u64,
+        reference.num_params() as u64,
+        &memory::Batch {
+            rows: cfg.batch_size as u64 * k_responses,
+            seq,
+            activations: &|r, s| shape.activation_bytes(r, s),
+            rows_knob: "batch_size (× the K responses of a group), with grad_accum",
+            seq_knob: "truncation",
+        },
     )?;
     let mut report = DpoReport::default();
     let mut batches = 0u64;

@@ -351,10 +351,11 @@ pub fn save_pretrained(model: &CausalLm, config: &TransformerConfig, dir: &Path)
     write_config(&config_to_json(config), dir)
 }
 
-/// Writes a [`ScalarModel`] (value or reward model) like [`save_pretrained`]: the backbone under
-/// the family's Hugging Face names, the head as `score.weight` / `score.bias` (the names of
-/// `…ForSequenceClassification`), and `extra` (normalisation, kind, …) under the `rlhf_scalar` key
-/// of `config.json`.
+/// Writes a [`ScalarModel`] (value or reward model) as the sequence-classification checkpoint
+/// `transformers` loads with `AutoModelForSequenceClassification` (`GPTNeoXForSequenceClassification`,
+/// `LlamaForSequenceClassification`, `Qwen2ForSequenceClassification`, `num_labels = 1`): the
+/// backbone under the family's Hugging Face names, the head as `score.weight`, and `extra`
+/// (normalisation, kind, …) under the `rlhf_scalar` key of `config.json`.
 pub fn save_scalar_pretrained(
     model: &ScalarModel,
     config: &TransformerConfig,
@@ -363,28 +364,42 @@ pub fn save_scalar_pretrained(
 ) -> Result<()> {
     save_weights(model, config.architecture, dir, "backbone.")?;
     let mut json = config_to_json(config);
+    let causal = json["architectures"][0]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    json["architectures"] = json!([causal.replace("ForCausalLM", "ForSequenceClassification")]);
     json["num_labels"] = 1.into();
     json["rlhf_scalar"] = extra;
     write_config(&json, dir)
 }
 
-/// Loads what [`save_scalar_pretrained`] wrote: the config, the model and the `rlhf_scalar`
-/// value (`null` when absent).
+/// Loads a scalar model from a Hugging Face directory: what [`save_scalar_pretrained`] wrote, a
+/// sequence-classification checkpoint with one label, or a causal LM checkpoint (its LM head is
+/// left out and the `score` head is fresh). Returns the config, the model, the `rlhf_scalar`
+/// value (`null` when absent) and whether the head came from the files.
 pub fn load_scalar_pretrained(
     dir: &Path,
     device: &Device,
-) -> Result<(TransformerConfig, ScalarModel, Value)> {
+) -> Result<(TransformerConfig, ScalarModel, Value, bool)> {
     let path = dir.join("config.json");
     let config = config_from_json(&path)?;
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    let extra = serde_json::from_str::<Value>(&text)
-        .ok()
-        .and_then(|v| v.get("rlhf_scalar").cloned())
-        .unwrap_or(Value::Null);
+    let json = serde_json::from_str::<Value>(&text).unwrap_or(Value::Null);
+    let extra = json.get("rlhf_scalar").cloned().unwrap_or(Value::Null);
+    if let Some(labels) = json.get("num_labels").and_then(Value::as_u64)
+        && labels != 1
+    {
+        return Err(data_error(
+            &path,
+            "num_labels",
+            format!("a scalar model has one label, this checkpoint has {labels}"),
+        ));
+    }
     check_files_hold(&config, dir)?;
     let mut model = ScalarModel::from_backbone(CausalLm::init(&config, device)?);
-    load_weights(&mut model, config.architecture, dir, "backbone.")?;
-    Ok((config, model, extra))
+    let loaded = load_weights(&mut model, config.architecture, dir, "backbone.")?;
+    Ok((config, model, extra, loaded.contains("score.weight")))
 }
 
 fn write_config(json: &Value, dir: &Path) -> Result<()> {
@@ -415,14 +430,18 @@ fn check_files_hold(config: &TransformerConfig, dir: &Path) -> Result<()> {
 }
 
 /// Loads the safetensors of `dir` into `model`, whose language model sits under `inner`
-/// (`""` for a [`CausalLm`], `"backbone."` for a [`ScalarModel`]).
+/// (`""` for a [`CausalLm`], `"backbone."` for a [`ScalarModel`]). Every parameter must be in the
+/// files and every tensor of the files must be used, except, for a scalar model, its `score`
+/// head (fresh when absent) and a causal LM's head (the backbone has none). Returns the names
+/// of the parameters loaded.
 fn load_weights<M: ModuleSnapshot>(
     model: &mut M,
     arch: Architecture,
     dir: &Path,
     inner: &str,
-) -> Result<()> {
+) -> Result<BTreeSet<String>> {
     let (prefix, _) = row(arch);
+    let scalar = !inner.is_empty();
     let mut applied = BTreeSet::new();
     let mut unused = Vec::new();
     for file in &weight_files(dir)? {
@@ -435,9 +454,6 @@ fn load_weights<M: ModuleSnapshot>(
             .skip_enum_variants(true)
             .allow_partial(true)
             .validate(true);
-        if !inner.is_empty() {
-            store = store.with_key_remapping(r"^(embed_out|lm_head)\.", format!("{inner}$1."));
-        }
         let result = model
             .load_from(&mut store)
             .map_err(|e| store_error(file, e))?;
@@ -445,19 +461,22 @@ fn load_weights<M: ModuleSnapshot>(
             return Err(store_error(file, format!("{e:?}")));
         }
         applied.extend(result.applied);
-        unused.extend(
-            result
-                .unused
-                .into_iter()
-                .filter(|n| !RECOMPUTED_BUFFERS.iter().any(|b| n.ends_with(b))),
-        );
+        // a recomputed buffer, or a causal checkpoint's LM head under a scalar model, is expected
+        let expected = |n: &String| {
+            RECOMPUTED_BUFFERS.iter().any(|b| n.ends_with(b))
+                || (scalar && LM_HEADS.iter().any(|h| n.starts_with(h)))
+        };
+        unused.extend(result.unused.into_iter().filter(|n| !expected(n)));
     }
     let expected: BTreeSet<String> = model
         .collect(None, None, true)
         .into_iter()
         .map(|t| t.name.clone())
         .collect();
-    let missing: Vec<&String> = expected.iter().filter(|n| !applied.contains(*n)).collect();
+    let missing: Vec<&String> = expected
+        .iter()
+        .filter(|n| !(applied.contains(*n) || (scalar && n.starts_with("score."))))
+        .collect();
     if !missing.is_empty() || !unused.is_empty() {
         return Err(Error::Checkpoint {
             path: dir.to_path_buf(),
@@ -466,8 +485,11 @@ fn load_weights<M: ModuleSnapshot>(
             ),
         });
     }
-    Ok(())
+    Ok(applied)
 }
+
+/// The LM heads of causal checkpoints, which a scalar model's backbone does not have.
+const LM_HEADS: &[&str] = &["embed_out.", "lm_head."];
 
 /// Writes `model` (language model under `inner`) to `dir/model.safetensors`, atomically.
 fn save_weights<M: ModuleSnapshot>(

@@ -38,6 +38,7 @@ pub mod input;
 pub mod llama;
 pub mod lm;
 pub mod neox;
+pub mod sequence_kl;
 pub mod sft;
 
 pub use cache::KvCache;
@@ -51,6 +52,7 @@ pub use input::TokenInput;
 pub use llama::Llama;
 pub use lm::{CausalLm, ScalarModel, gather_last};
 pub use neox::GptNeox;
+pub use sequence_kl::sequence_kl;
 pub use sft::{
     LmBatch, SftConfig, SftReport, eval_loss, pack, sft_loss, target_logprobs, train_sft,
 };

@@ -112,8 +112,11 @@ pub struct Llama {
     pub layers: Vec<LlamaLayer>,
     /// Final RMSNorm.
     pub norm: RmsNorm,
-    /// LM head `[d, vocab]`; `None` when tied to `embed_tokens`.
+    /// LM head `[d, vocab]`; `None` when tied to `embed_tokens` or in a headless backbone.
     pub lm_head: Option<Linear>,
+    /// Whether the logits are `hidden · embed_tokensᵀ` (tied embeddings). `false` with no
+    /// `lm_head` is the headless backbone of a [`crate::ScalarModel`].
+    pub tied: bool,
 }
 
 impl Llama {
@@ -164,6 +167,7 @@ impl Llama {
             layers,
             norm: norm(),
             lm_head: (!config.tie_word_embeddings).then(|| linear(d, config.vocab_size, false)),
+            tied: config.tie_word_embeddings,
         })
     }
 
@@ -190,10 +194,14 @@ impl Llama {
     }
 
     /// Logits from hidden states: `lm_head`, or `hidden · embed_tokensᵀ` when tied.
+    ///
+    /// # Panics
+    /// On the headless backbone of a scalar model, which has no LM head.
     pub fn lm_head(&self, hidden: Tensor<3>) -> Tensor<3> {
         match &self.lm_head {
             Some(head) => head.forward(hidden),
             None => {
+                assert!(self.tied, "the backbone of a scalar model has no LM head");
                 let [b, t, d] = hidden.dims();
                 let table = self.embed_tokens.weight.val(); // [vocab, d]
                 let vocab = table.dims()[0];

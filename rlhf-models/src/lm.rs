@@ -93,6 +93,30 @@ impl CausalLm {
         }
     }
 
+    /// The same model without its LM head (a tied head shares the embedding and only stops
+    /// being used): the backbone of a [`ScalarModel`], which reads hidden states only.
+    pub fn without_lm_head(self) -> Self {
+        match self {
+            CausalLm::GptNeox(mut m) => {
+                m.embed_out = None;
+                CausalLm::GptNeox(m)
+            }
+            CausalLm::Llama(mut m) => {
+                m.lm_head = None;
+                m.tied = false;
+                CausalLm::Llama(m)
+            }
+        }
+    }
+
+    /// Whether the model has an LM head (`false` for a scalar model's backbone).
+    pub fn has_lm_head(&self) -> bool {
+        match self {
+            CausalLm::GptNeox(m) => m.embed_out.is_some(),
+            CausalLm::Llama(m) => m.lm_head.is_some() || m.tied,
+        }
+    }
+
     /// The dropout probability of the residual branches (the same in every layer).
     pub fn dropout(&self) -> f64 {
         match self {
@@ -133,42 +157,36 @@ impl CausalLm {
 }
 
 /// A backbone with a scalar head `d → 1` instead of the LM head: the critic (value per token)
-/// and the reward model (score at the last real token). The backbone's own LM head is kept but
-/// unused, so a scalar model can be initialised from any causal LM checkpoint (for example the
-/// SFT policy, as in the TL;DR reproduction).
+/// and the reward model (score at the last real token). The head is `score`, a bias-free linear
+/// layer as in `transformers`' `…ForSequenceClassification` (and so in TRL's reward and value
+/// models); the offset a reward model's scores need is its normalisation's bias. The backbone
+/// carries no LM head, so a scalar model can be initialised from any causal LM (the SFT policy,
+/// as in the TL;DR reproduction) and written as a sequence-classification checkpoint.
 #[derive(Module, Debug)]
 pub struct ScalarModel {
-    /// The transformer.
+    /// The transformer, without its LM head.
     pub backbone: CausalLm,
-    /// `[d, 1]` with bias.
+    /// `[d, 1]`, no bias.
     pub score: Linear,
 }
 
 impl ScalarModel {
-    /// Wraps `backbone` with a fresh head initialised `N(0, 1/√(d+1))` and bias 0 (the TL;DR
+    /// Drops `backbone`'s LM head and adds a fresh head initialised `N(0, 1/√(d+1))` (the TL;DR
     /// reproduction's reward-head initialisation).
     pub fn from_backbone(backbone: CausalLm) -> Self {
         let d = backbone.hidden_size();
         let device = backbone.device();
         let score = LinearConfig::new(d, 1)
+            .with_bias(false)
             .with_initializer(Initializer::Normal {
                 mean: 0.0,
                 std: 1.0 / ((d + 1) as f64).sqrt(),
             })
             .init(&device);
-        // `zeros_like` gives a tensor that does not require gradients, and a parameter mapped to
-        // it would be frozen; the bias trains like the weight (and like it does once a checkpoint
-        // of this model is loaded, which is what made resumed RM runs differ).
-        let score = Linear {
-            bias: score.bias.map(|b| {
-                b.map(|t| {
-                    let trains = t.is_require_grad();
-                    t.zeros_like().set_require_grad(trains)
-                })
-            }),
-            ..score
-        };
-        ScalarModel { backbone, score }
+        ScalarModel {
+            backbone: backbone.without_lm_head(),
+            score,
+        }
     }
 
     /// The same model with dropout off (see [`CausalLm::without_dropout`]).
@@ -243,9 +261,7 @@ mod tests {
         }
     }
 
-    /// A fresh scalar head trains every parameter, bias included: a frozen bias became trainable
-    /// once a checkpoint was loaded, so a resumed reward-model run diverged from an
-    /// uninterrupted one.
+    /// A fresh scalar model trains every parameter, and has no LM head and no head bias.
     #[test]
     fn every_parameter_of_a_fresh_scalar_model_trains() {
         let device = rlhf_core::parse_device("flex").unwrap().autodiff();
@@ -255,7 +271,7 @@ mod tests {
         c.num_hidden_layers = 1;
         c.intermediate_size = 48;
         let model = ScalarModel::from_backbone(CausalLm::init(&c, &device).unwrap());
-        assert!(model.score.bias.as_ref().unwrap().val().is_require_grad());
+        assert!(model.score.bias.is_none() && !model.backbone.has_lm_head());
         let mut count = Trainable(0, 0);
         model.visit(&mut count);
         assert!(count.0 > 0);

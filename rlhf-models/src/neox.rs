@@ -105,8 +105,8 @@ pub struct GptNeox {
     pub layers: Vec<NeoxLayer>,
     /// Final LayerNorm.
     pub final_layer_norm: LayerNorm,
-    /// LM head `[d, vocab]`, no bias.
-    pub embed_out: Linear,
+    /// LM head `[d, vocab]`, no bias; `None` in the backbone of a [`crate::ScalarModel`].
+    pub embed_out: Option<Linear>,
 }
 
 impl GptNeox {
@@ -149,9 +149,11 @@ impl GptNeox {
             embed_in: EmbeddingConfig::new(config.vocab_size, d).init(device),
             layers,
             final_layer_norm: ln(),
-            embed_out: LinearConfig::new(d, config.vocab_size)
-                .with_bias(false)
-                .init(device),
+            embed_out: Some(
+                LinearConfig::new(d, config.vocab_size)
+                    .with_bias(false)
+                    .init(device),
+            ),
         })
     }
 
@@ -184,7 +186,13 @@ impl GptNeox {
     }
 
     /// Logits from hidden states: `embed_out`.
+    ///
+    /// # Panics
+    /// On the headless backbone of a scalar model, which has no LM head.
     pub fn lm_head(&self, hidden: Tensor<3>) -> Tensor<3> {
-        self.embed_out.forward(hidden)
+        self.embed_out
+            .as_ref()
+            .expect("the backbone of a scalar model has no LM head")
+            .forward(hidden)
     }
 }

@@ -8,7 +8,7 @@
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
-use rlhf_core::train::memory::{self, MemoryEstimate};
+use rlhf_core::train::memory;
 use rlhf_core::train::{
     BatchLoss, FitConfig, LrSchedule, Metrics, OptimizerConfig, RunOptions, TrainRng, fit,
     metrics::names,
@@ -294,14 +294,22 @@ pub fn train_sft(
     let all: Vec<&LmBatch> = epochs.iter().flatten().collect();
     // refuse, before the first step, a run whose largest batch would not fit in memory
     let shape = model.shape();
-    let activations = all
+    let (rows, seq) = all
         .iter()
-        .map(|b| shape.activation_bytes(b.batch as u64, b.seq as u64))
-        .max()
-        .unwrap_or(0);
-    memory::check_fits(
+        .map(|b| (b.batch as u64, b.seq as u64))
+        .max_by_key(|&(r, s)| shape.activation_bytes(r, s))
+        .unwrap_or((1, 1));
+    memory::check_batch_fits(
         "SFT",
-        &MemoryEstimate::training(model.num_params() as u64, 0, activations),
+        model.num_params() as u64,
+        0,
+        &memory::Batch {
+            rows,
+            seq,
+            activations: &|r, s| shape.activation_bytes(r, s),
+            rows_knob: "batch_size, with grad_accum",
+            seq_knob: "truncation, or packing's row length",
+        },
     )?;
 
     let fit_cfg = FitConfig {

@@ -135,6 +135,32 @@ fn qwen2_with_qkv_bias_and_tied_embeddings_matches_transformers() {
     check_parity("tiny-qwen2");
 }
 
+/// The checkpoints the `rlhf` command ships with: Pythia's tokenizer conventions (no pad token,
+/// so PAD lies past the vocabulary) and a Qwen2 chat model (EOS `<|im_end|>`, ChatML template),
+/// each with transformers' own initialisation.
+#[test]
+fn the_command_line_fixtures_match_transformers() {
+    check_parity("tiny-pythia");
+    check_parity("tiny-qwen2-chat");
+    let pythia = rlhf_data::Tokenizer::from_dir(&fixture("tiny-pythia")).unwrap();
+    assert_eq!(
+        (pythia.eos_text().as_str(), pythia.pad_id()),
+        ("<|endoftext|>", 512)
+    );
+    let chat = rlhf_data::Tokenizer::from_dir(&fixture("tiny-qwen2-chat")).unwrap();
+    assert_eq!(chat.eos_text(), "<|im_end|>");
+    assert!(chat.pad_id() < 512);
+    let format = chat.config().chat_format().unwrap();
+    let prompt = rlhf_data::Turns::Messages(vec![rlhf_data::Message {
+        role: "user".into(),
+        content: "hi".into(),
+    }]);
+    assert_eq!(
+        format.prompt(&prompt).unwrap(),
+        "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    );
+}
+
 #[test]
 fn a_sharded_checkpoint_loads_like_the_single_file() {
     check_parity("tiny-llama-sharded");
@@ -148,7 +174,13 @@ fn a_sharded_checkpoint_loads_like_the_single_file() {
 #[test]
 fn export_then_import_gives_identical_logits() {
     let d = device();
-    for name in ["tiny-neox", "tiny-llama", "tiny-qwen2"] {
+    for name in [
+        "tiny-neox",
+        "tiny-llama",
+        "tiny-qwen2",
+        "tiny-pythia",
+        "tiny-qwen2-chat",
+    ] {
         let (config, model) = load_pretrained(&fixture(name), &d).unwrap();
         let dir = tempfile::tempdir().unwrap();
         save_pretrained(&model, &config, dir.path()).unwrap();
@@ -236,28 +268,65 @@ fn mismatched_checkpoints_and_unsupported_configs_are_refused_by_name() {
 #[test]
 fn a_scalar_model_round_trips_with_its_extra_settings() {
     let d = device();
-    for name in ["tiny-neox", "tiny-qwen2"] {
+    for name in ["tiny-neox", "tiny-qwen2", "tiny-llama"] {
         let (config, lm) = load_pretrained(&fixture(name), &d).unwrap();
         let scalar = rlhf_models::ScalarModel::from_backbone(lm);
         let dir = tempfile::tempdir().unwrap();
         let extra = serde_json::json!({"kind": "reward", "bias": 0.25});
         rlhf_models::save_scalar_pretrained(&scalar, &config, extra.clone(), dir.path()).unwrap();
-        let (config2, again, extra2) = rlhf_models::load_scalar_pretrained(dir.path(), &d).unwrap();
+        let (config2, again, extra2, head) =
+            rlhf_models::load_scalar_pretrained(dir.path(), &d).unwrap();
+        assert!(head, "{name}: the head is read back");
         assert_eq!((config, extra), (config2, extra2));
         let p = parity(name);
         let run = |m: &rlhf_models::ScalarModel| {
             to_f32_vec(m.per_token(&m.input(&p.ids, &p.mask, p.batch).unwrap()))
         };
         assert_eq!(run(&scalar), run(&again), "{name}");
-        // the head is stored under the sequence-classification names
+        // a sequence-classification checkpoint: the backbone under the family's names, the head
+        // as `score.weight` without a bias, no LM head
         let bytes = std::fs::read(dir.path().join("model.safetensors")).unwrap();
         let names: Vec<String> = safetensors_names(&bytes).into_iter().map(|x| x.0).collect();
         assert!(names.contains(&"score.weight".to_string()), "{names:?}");
+        assert!(
+            !names.iter().any(|n| n == "score.bias"
+                || n.starts_with("embed_out")
+                || n.starts_with("lm_head")),
+            "{names:?}"
+        );
         assert!(
             names
                 .iter()
                 .any(|n| n.starts_with("gpt_neox.") || n.starts_with("model."))
         );
+        let config_json: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap())
+                .unwrap();
+        assert!(
+            config_json["architectures"][0]
+                .as_str()
+                .unwrap()
+                .ends_with("ForSequenceClassification"),
+            "{config_json}"
+        );
+    }
+}
+
+/// A causal LM checkpoint loads as a scalar model: its LM head is left out and the head is fresh.
+#[test]
+fn a_causal_checkpoint_loads_as_a_scalar_model_with_a_fresh_head() {
+    let d = device();
+    for name in ["tiny-neox", "tiny-llama", "tiny-qwen2"] {
+        let (_, model, extra, head) =
+            rlhf_models::load_scalar_pretrained(&fixture(name), &d).unwrap();
+        assert!(!head && extra.is_null(), "{name}");
+        assert!(!model.backbone.has_lm_head());
+        let (_, lm) = load_pretrained(&fixture(name), &d).unwrap();
+        let p = parity(name);
+        // the same hidden states as the causal model's
+        let hidden =
+            |m: &CausalLm| to_f32_vec(m.hidden(&m.input(&p.ids, &p.mask, p.batch).unwrap(), None));
+        assert_eq!(hidden(&lm), hidden(&model.backbone), "{name}");
     }
 }
 

@@ -149,7 +149,8 @@ fn a_run_that_cannot_fit_in_memory_is_refused_before_it_starts() {
     assert!(
         msg.contains("SFT needs about")
             && msg.contains("activations")
-            && msg.contains("lower the batch size"),
+            && msg.contains("would fit")
+            && msg.contains("truncation"),
         "{msg}"
     );
     assert!(

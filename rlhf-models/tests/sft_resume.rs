@@ -98,7 +98,7 @@ fn check(packing: Option<usize>) {
     let ma = read_metrics(&straight.path().join("metrics.jsonl")).unwrap();
     let mb = read_metrics(&broken.path().join("metrics.jsonl")).unwrap();
     assert_eq!(ma, mb, "same metrics lines, none duplicated");
-    assert!(ma.iter().any(|l| l.contains_key("eval/perplexity")));
+    assert!(ma.iter().any(|l| l.contains_key("eval_perplexity")));
 }
 
 #[test]
@@ -190,7 +190,7 @@ proptest::proptest! {
             let dir = tempfile::tempdir().unwrap();
             let (m, r) = train_sft(init.clone(), &train, &[], &cfg, &RunOptions { progress: false, ..RunOptions::in_dir(dir.path()) }, &device).unwrap();
             assert_eq!(r.steps, 1);
-            (probe(&m), first_line(dir.path(), "train/loss"), first_line(dir.path(), "train/grad_norm"))
+            (probe(&m), first_line(dir.path(), "loss"), first_line(dir.path(), "grad_norm"))
         };
         let (one_w, one_loss, one_norm) = run(n, 1);
         let (acc_w, acc_loss, acc_norm) = run(micro, n.div_ceil(micro));

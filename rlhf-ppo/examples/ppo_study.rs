@@ -81,7 +81,7 @@ fn run(
     Outcome {
         gold: m,
         gold_sd: sd / (gold.len() as f64).sqrt(),
-        length: metric(&report, names::EPISODE_LENGTH),
+        length: metric(&report, names::COMPLETIONS_MEAN_LENGTH),
         report,
         seconds_per_iteration,
     }

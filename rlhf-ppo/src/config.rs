@@ -153,8 +153,8 @@ impl PpoConfig {
     /// group-normalised advantages `(s_i − mean)/(std + 1e−4)` over `G = 8` samples per prompt
     /// (TRL's `num_generations`), no KL in the reward, the k3 estimator in the loss with
     /// β = 0.04 (the paper's), one policy update per rollout (`num_iterations = 1`), sampling at
-    /// temperature 1, and no critic. Everything else is the TL;DR default; sizes are the
-    /// caller's.
+    /// temperature 1, no missing-EOS penalty, and no critic. Everything else is the TL;DR
+    /// default; sizes are the caller's.
     pub fn grpo() -> Self {
         PpoConfig {
             advantage: AdvantageEstimator::Grpo,
@@ -164,6 +164,37 @@ impl PpoConfig {
             kl: KlController::Fixed { value: 0.04 },
             ppo_epochs: 1,
             temperature: 1.0,
+            missing_eos_penalty: None,
+            ..PpoConfig::default()
+        }
+    }
+
+    /// RLOO as TRL's `RLOOTrainer` runs it (Ahmadian et al. 2024): the leave-one-out baseline
+    /// over `G = 2` samples per prompt (TRL's `num_generations`), the k1 KL in the reward with
+    /// β = 0.05, one policy update per rollout, sampling at temperature 1, no missing-EOS
+    /// penalty, no critic.
+    pub fn rloo() -> Self {
+        PpoConfig {
+            advantage: AdvantageEstimator::Rloo,
+            samples_per_prompt: 2,
+            ppo_epochs: 1,
+            temperature: 1.0,
+            missing_eos_penalty: None,
+            ..PpoConfig::default()
+        }
+    }
+
+    /// REINFORCE++ (Hu 2025; OpenRLHF's `reinforce`): per-token rewards with the k1 KL at
+    /// β = 0.01 (OpenRLHF's `init_kl_coef`), discounted returns whitened over the batch, one
+    /// sample per prompt, one policy update per rollout, temperature 1, no missing-EOS penalty,
+    /// no critic.
+    pub fn reinforce_pp() -> Self {
+        PpoConfig {
+            advantage: AdvantageEstimator::ReinforcePp,
+            kl: KlController::Fixed { value: 0.01 },
+            ppo_epochs: 1,
+            temperature: 1.0,
+            missing_eos_penalty: None,
             ..PpoConfig::default()
         }
     }
@@ -285,6 +316,25 @@ mod tests {
             (4, AdvantageEstimator::Grpo, 0.95)
         );
         assert!(serde_json::from_str::<PpoConfig>(r#"{"sample_per_prompt": 4}"#).is_err());
+    }
+
+    #[test]
+    fn the_method_recipes_validate_and_say_what_they_are() {
+        let g = PpoConfig::grpo();
+        g.validate().unwrap();
+        assert_eq!(
+            (g.advantage, g.kl_in_reward, g.kl_estimator, g.kl.value()),
+            (AdvantageEstimator::Grpo, false, KlEstimator::K3, 0.04)
+        );
+        let r = PpoConfig::rloo();
+        r.validate().unwrap();
+        assert_eq!(
+            (r.advantage, r.samples_per_prompt, r.kl_in_reward),
+            (AdvantageEstimator::Rloo, 2, true)
+        );
+        let p = PpoConfig::reinforce_pp();
+        p.validate().unwrap();
+        assert!(!p.advantage.needs_critic() && p.kl_in_reward);
     }
 
     #[test]

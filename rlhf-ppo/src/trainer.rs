@@ -30,7 +30,7 @@ use rand::seq::{IndexedRandom, SliceRandom};
 use serde_json::json;
 
 use rlhf_core::host::to_f32_vec;
-use rlhf_core::train::memory::{self, MemoryEstimate};
+use rlhf_core::train::memory;
 use rlhf_core::train::metrics::names;
 use rlhf_core::train::{
     Checkpoint, LrSchedule, Metrics, Run, RunOptions, TrainRng,
@@ -197,7 +197,7 @@ fn response_values(value: &ScalarModel, input: &TokenInput, query_len: usize) ->
 ///   reduction;
 /// - `kl_coef`: the current β.
 ///
-/// Returns the experience and its metrics (`objective/*`, `val/num_eos`, `episode/length`).
+/// Returns the experience and its metrics (`objective/*`, `val/num_eos`, `completions/mean_length`, `reward_std`, `frac_reward_zero_std`).
 #[allow(clippy::too_many_arguments)]
 pub fn make_experience(
     models: &PolicyAndValue,
@@ -306,7 +306,12 @@ pub fn make_experience(
             names::VAL_NUM_EOS,
             generation.has_eos.iter().filter(|&&e| e).count() as f64 / b as f64,
         ),
-        (names::EPISODE_LENGTH, mean(&lengths)),
+        (names::COMPLETIONS_MEAN_LENGTH, mean(&lengths)),
+        (names::REWARD_STD, std(scores)),
+        (
+            names::FRAC_REWARD_ZERO_STD,
+            frac_zero_std(scores, cfg.samples_per_prompt),
+        ),
     ];
     let experience = Experience {
         batch: b,
@@ -325,6 +330,28 @@ pub fn make_experience(
         has_eos: generation.has_eos.clone(),
     };
     Ok((experience, metrics))
+}
+
+/// The population standard deviation of `v`.
+fn std(v: &[f32]) -> f64 {
+    let n = v.len().max(1) as f64;
+    let mean = v.iter().map(|&x| f64::from(x)).sum::<f64>() / n;
+    (v.iter()
+        .map(|&x| (f64::from(x) - mean).powi(2))
+        .sum::<f64>()
+        / n)
+        .sqrt()
+}
+
+/// The share of prompts whose `n` samples (contiguous in `scores`) all scored the same: they give
+/// no group advantage.
+fn frac_zero_std(scores: &[f32], n: usize) -> f64 {
+    let groups: Vec<&[f32]> = scores.chunks(n.max(1)).collect();
+    let flat = groups
+        .iter()
+        .filter(|g| g.iter().all(|&s| s == g[0]))
+        .count();
+    flat as f64 / groups.len().max(1) as f64
 }
 
 /// Some rows of an [`Experience`] as tensors on the training device.
@@ -421,6 +448,7 @@ pub fn minibatch_loss(
             kl_estimate(logprobs, mb.ref_logprobs.clone(), cfg.kl_estimator),
             mb.mask.clone(),
         );
+        metrics.push((names::KL_LOSS_TERM, scalar(kl.clone())));
         loss = loss.add(kl.mul_scalar(kl_coef));
     }
     if let (Some(value), Some(old_values), Some(returns)) = (&models.value, &mb.values, &mb.returns)
@@ -778,18 +806,24 @@ pub fn train_ppo(
         (cfg.batch_size() / cfg.num_minibatches) as u64,
         (cfg.query_length + cfg.response_length) as u64,
     );
-    let activations = models.policy.shape().activation_bytes(rows, seq)
-        + models
-            .value
-            .as_ref()
-            .map_or(0, |v| v.shape().activation_bytes(rows, seq));
-    memory::check_fits(
+    let (policy_shape, value_shape) = (
+        models.policy.shape(),
+        models.value.as_ref().map(ScalarModel::shape),
+    );
+    memory::check_batch_fits(
         "PPO",
-        &MemoryEstimate::training(
-            trained as u64,
-            inputs.reference.num_params() as u64,
-            activations,
-        ),
+        trained as u64,
+        inputs.reference.num_params() as u64,
+        &memory::Batch {
+            rows,
+            seq,
+            activations: &|r, s| {
+                policy_shape.activation_bytes(r, s)
+                    + value_shape.map_or(0, |v| v.activation_bytes(r, s))
+            },
+            rows_knob: "num_minibatches (more minibatches, fewer episodes each)",
+            seq_knob: "query_length and response_length",
+        },
     )?;
     let total = cfg.iterations as u64;
     let mut optim = cfg.optimizer.build()?;

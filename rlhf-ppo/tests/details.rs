@@ -564,7 +564,7 @@ fn a_run_resumed_from_a_checkpoint_repeats_the_uninterrupted_run_exactly() {
     assert_eq!(la.len(), 3);
     assert_eq!(la, lb);
     // β moved (the adaptive controller's state is in the checkpoint)
-    assert!(la[2].contains("train/kl_coef") && la[0] != la[2]);
+    assert!(la[2].contains("objective/kl_coef") && la[0] != la[2]);
 }
 
 #[test]

@@ -98,7 +98,7 @@ fn rl_on_tldr(advantage: AdvantageEstimator, n: usize) -> (f64, f64, Metrics) {
         mean(&gold),
         get(names::OBJECTIVE_SCORES),
         get(names::OBJECTIVE_KL),
-        get(names::EPISODE_LENGTH),
+        get(names::COMPLETIONS_MEAN_LENGTH),
         get(names::VAL_NUM_EOS),
     );
     (mean(&s.sft_gold), mean(&gold), report.last)
@@ -218,11 +218,11 @@ fn ppo_and_grpo_raise_a_rule_reward() {
                     m["step"],
                     m["objective/scores"],
                     m["objective/kl"],
-                    m["episode/length"],
+                    m["completions/mean_length"],
                     m["val/num_eos"],
-                    m["policy/approxkl"],
-                    m["policy/clipfrac"],
-                    m.get("val/loss")
+                    m["policy/approxkl_avg"],
+                    m["policy/clipfrac_avg"],
+                    m.get("loss/value_avg")
                 );
             }
         }

@@ -37,6 +37,7 @@ pub mod losses;
 pub mod model;
 pub mod scorer;
 pub mod train;
+pub mod verifiers;
 
 pub use combine::{Combine, EnsembleScorer, LengthScorer};
 pub use losses::{
@@ -49,3 +50,4 @@ pub use train::{
     LabelledExample, RankedExample, RmConfig, RmEval, RmReport, evaluate_labelled, evaluate_ranked,
     normalise, score_ranked, train_reward_model, train_step_model,
 };
+pub use verifiers::{ExactMatchScorer, RegexScorer};

@@ -146,7 +146,7 @@ impl RewardModel {
 
     /// Loads what [`Self::save`] wrote.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
-        let (config, model, extra) = load_scalar_pretrained(dir, device)?;
+        let (config, model, extra, _) = load_scalar_pretrained(dir, device)?;
         let settings = serde_json::from_value(extra).map_err(|e| Error::Data {
             file: dir.join("config.json"),
             line: 0,

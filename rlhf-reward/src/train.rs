@@ -13,7 +13,7 @@
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::seq::SliceRandom;
-use rlhf_core::train::memory::{self, MemoryEstimate};
+use rlhf_core::train::memory;
 use rlhf_core::train::{
     BatchLoss, FitConfig, LrSchedule, Metrics, OptimizerConfig, RunOptions, TrainRng, fit,
     metrics::names,
@@ -405,10 +405,18 @@ fn run_fit(
 /// Refuses, before the first step, a run whose batches of `rows` sequences of `seq` tokens would
 /// not fit in memory.
 fn check_memory(model: &ScalarModel, label: &str, rows: usize, seq: usize) -> Result<()> {
-    let activations = model.shape().activation_bytes(rows as u64, seq as u64);
-    memory::check_fits(
+    let shape = model.shape();
+    memory::check_batch_fits(
         label,
-        &MemoryEstimate::training(model.num_params() as u64, 0, activations),
+        model.num_params() as u64,
+        0,
+        &memory::Batch {
+            rows: rows as u64,
+            seq: seq as u64,
+            activations: &|r, s| shape.activation_bytes(r, s),
+            rows_knob: "batch_size (× the K responses of an example), with grad_accum",
+            seq_knob: "truncation",
+        },
     )
 }
 

@@ -5,66 +5,75 @@
 
 use std::process::{Command, ExitCode};
 
-/// Every task: name, arguments, what it does.
-const TASKS: &[(&str, &str, &str)] = &[
-    (
-        "bench-scaling",
-        "[--preset smoke|quick|full] [--out DIR] [--axes a,b] [--seeds N|0,1] [--jobs J] [--device D]",
-        "the scaling study (default preset `quick`, offline, on the CPU): points, summary.csv, plots and report.md under target/bench-scaling/<preset>; a rerun skips finished points",
-    ),
-    (
-        "bench-perf",
-        "[--sizes small,25m] [--workloads sft,...] [--repeats N] [--peer PYTHON] [--out FILE]",
-        "throughput, MFU against the measured matmul peak and peak memory of SFT, RM, DPO, generation, RLOO and PPO at two sizes → target/bench-perf/perf.json; with --peer, TRL on the same shapes, alternating, and the ratio",
-    ),
-    (
-        "ci",
-        "",
-        "run every check of .ci/run on this machine (skips its apt install step)",
-    ),
-    (
-        "fixtures",
-        "[--python PY]",
-        "regenerate rlhf-models' Hugging Face parity fixtures with PyTorch + transformers, and check that transformers loads our exports",
-    ),
-    (
-        "check-cuda",
-        "",
-        "type-check the CUDA backend offline (DOCS_RS=1 cargo check --workspace --lib --features rlhf-core/cuda)",
-    ),
-];
+use clap::{Parser, Subcommand};
+
+/// The project's automation: `cargo xtask <task>`.
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Option<Task>,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// The scaling study (default preset `quick`, offline, on the CPU): points, summary.csv,
+    /// plots and report.md under target/bench-scaling/<preset>; a rerun skips finished points.
+    /// Options go to `rlhf-bench sweep` (see `cargo xtask bench-scaling --help`).
+    #[command(disable_help_flag = true)]
+    BenchScaling {
+        /// `--preset smoke|quick|full`, `--out DIR`, `--axes a,b`, `--seeds N|0,1`, `--jobs J`,
+        /// `--device D`, …
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Throughput, MFU against the measured matmul peak and peak memory of SFT, RM, DPO,
+    /// generation, RLOO and PPO at two sizes → target/bench-perf/perf.json; with --peer, TRL on
+    /// the same shapes, alternating, and the ratio. Options go to `rlhf-perf`.
+    #[command(disable_help_flag = true)]
+    BenchPerf {
+        /// `--sizes small,25m`, `--workloads sft,…`, `--repeats N`, `--peer PYTHON`, `--out FILE`, …
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run every check of .ci/run on this machine (skips its apt install step).
+    Ci,
+    /// Check with PyTorch + transformers that transformers loads what this project writes:
+    /// `save_pretrained` of every fixture, and the output directory of every `rlhf` training
+    /// command (logits and scores within 1e-4); `--regenerate` first rewrites the fixtures.
+    Fixtures {
+        /// A Python with torch and transformers.
+        #[arg(long, default_value = "python3")]
+        python: String,
+        /// Rewrite rlhf-models' fixtures (make_hf_fixtures.py, make_cli_fixtures.py) first.
+        #[arg(long)]
+        regenerate: bool,
+    },
+    /// Type-check the CUDA backend offline (DOCS_RS=1 cargo check --workspace --lib --features
+    /// rlhf-core/cuda).
+    CheckCuda,
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.first().map(String::as_str) {
-        None | Some("help" | "-h" | "--help") => {
-            print_tasks();
+    let cli = Cli::parse();
+    let result = match cli.task {
+        None => {
+            use clap::CommandFactory;
+            println!("{}", Cli::command().render_help());
             Ok(())
         }
-        Some("ci") => run(Command::new("bash")
+        Some(Task::Ci) => run(Command::new("bash")
             .arg(".ci/run")
             .env("RLHF_CI_SKIP_INSTALL", "1")),
-        Some("check-cuda") => check_cuda(),
-        Some("bench-scaling") => bench_scaling(&args[1..]),
-        Some("bench-perf") => bench_perf(&args[1..]),
-        Some("fixtures") => fixtures(&args[1..]),
-        Some(other) => {
-            eprintln!("xtask: unknown task `{other}`\n");
-            print_tasks();
-            Err(())
-        }
+        Some(Task::CheckCuda) => check_cuda(),
+        Some(Task::BenchScaling { args }) => run_bench_binary("rlhf-bench", &["sweep"], &args),
+        Some(Task::BenchPerf { args }) => run_bench_binary("rlhf-perf", &[], &args),
+        Some(Task::Fixtures { python, regenerate }) => fixtures(&python, regenerate),
     };
     if result.is_ok() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
-    }
-}
-
-fn print_tasks() {
-    println!("usage: cargo xtask <task>\n\ntasks:");
-    for (name, args, what) in TASKS {
-        println!("  {:<28} {what}", format!("{name} {args}"));
     }
 }
 
@@ -83,20 +92,17 @@ fn check_cuda() -> Result<(), ()> {
         .env("DOCS_RS", "1"))
 }
 
-/// Writes `rlhf-models/tests/fixtures/hf/` with the given Python (which needs `torch` and
-/// `transformers`; the tests themselves never run Python), then round-trips every fixture through
-/// `save_pretrained` and has `transformers` load the result.
-fn fixtures(args: &[String]) -> Result<(), ()> {
-    let python = match args {
-        [] => "python3".to_string(),
-        [flag, py] if flag == "--python" => py.clone(),
-        _ => {
-            eprintln!("xtask: usage: cargo xtask fixtures [--python PY]");
-            return Err(());
-        }
-    };
+/// With `regenerate`, rewrites `rlhf-models/tests/fixtures/hf/` with the given Python (which
+/// needs `torch` and `transformers`; the tests themselves never run Python). Then round-trips
+/// every parity fixture through `save_pretrained` and has `transformers` load the result; then
+/// runs every training command of `rlhf` briefly on the command-line fixtures and has
+/// `transformers` load each output directory, comparing its logits (or scores) with ours.
+fn fixtures(python: &str, regenerate: bool) -> Result<(), ()> {
     let out = "rlhf-models/tests/fixtures/hf";
-    run(Command::new(&python).args(["xtask/fixtures/make_hf_fixtures.py", out]))?;
+    if regenerate {
+        run(Command::new(python).args(["xtask/fixtures/make_hf_fixtures.py", out]))?;
+        run(Command::new(python).args(["xtask/fixtures/make_cli_fixtures.py", "."]))?;
+    }
     let tmp = std::env::temp_dir().join(format!("rlhf-export-check-{}", std::process::id()));
     for name in ["tiny-neox", "tiny-llama", "tiny-qwen2"] {
         let fixture = format!("{out}/{name}");
@@ -105,31 +111,107 @@ fn fixtures(args: &[String]) -> Result<(), ()> {
             "run",
             "--quiet",
             "-p",
-            "rlhf-models",
+            "rlhf-cli",
             "--example",
             "export_pretrained",
             "--",
             &fixture,
             &exported,
         ]))?;
-        run(Command::new(&python).args([
+        run(Command::new(python).args([
             "xtask/fixtures/check_export.py",
             &exported,
             &format!("{fixture}/parity.json"),
         ]))?;
     }
+    run(Command::new(cargo()).args([
+        "build",
+        "--quiet",
+        "-p",
+        "rlhf-cli",
+        "--bin",
+        "rlhf",
+        "--example",
+        "logits",
+    ]))?;
+    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+    let rlhf = format!("{target}/debug/rlhf");
+    let logits = format!("{target}/debug/examples/logits");
+    let tldr = "rlhf-cli/data/tldr";
+    let mut pairs = Vec::new();
+    for model in ["tiny-pythia", "tiny-qwen2-chat"] {
+        let base = format!("{out}/{model}");
+        let dir = |cmd: &str| tmp.join(format!("{model}-{cmd}")).display().to_string();
+        let common = ["--learning-rate", "1e-3", "--max-length", "256", "--quiet"];
+        let commands: Vec<(&str, Vec<String>, bool)> = vec![
+            (
+                "sft",
+                vec!["--data".into(), format!("{tldr}/sft.jsonl")],
+                false,
+            ),
+            (
+                "rm",
+                vec!["--data".into(), format!("{tldr}/preference.jsonl")],
+                true,
+            ),
+            (
+                "dpo",
+                vec!["--data".into(), format!("{tldr}/preference.jsonl")],
+                false,
+            ),
+        ];
+        for (cmd, extra, scalar) in commands {
+            let mut c = Command::new(&rlhf);
+            c.args([cmd, "--model", &base, "--out", &dir(cmd)])
+                .args(&extra)
+                .args(common);
+            run(&mut c)?;
+            pairs.push((dir(cmd), scalar));
+        }
+        for cmd in ["ppo", "grpo"] {
+            let reward = if cmd == "ppo" {
+                dir("rm")
+            } else {
+                "length:0.1".into()
+            };
+            run(Command::new(&rlhf).args([
+                cmd,
+                "--model",
+                &base,
+                "--out",
+                &dir(cmd),
+                "--prompts",
+                &format!("{tldr}/prompts.jsonl"),
+                "--reward",
+                &reward,
+                "--iterations",
+                "2",
+                "--prompts-per-batch",
+                "4",
+                "--max-completion-length",
+                "8",
+                "--learning-rate",
+                "1e-3",
+                "--quiet",
+            ]))?;
+            pairs.push((dir(cmd), false));
+        }
+    }
+    let mut check = Command::new(python);
+    check.arg("xtask/fixtures/check_outputs.py");
+    for (dir, scalar) in &pairs {
+        let json = format!("{dir}.ours.json");
+        let mut c = Command::new(&logits);
+        c.args([dir.as_str(), json.as_str()]);
+        if *scalar {
+            c.arg("--scalar");
+        }
+        run(&mut c)?;
+        check.args([dir.as_str(), json.as_str()]);
+    }
+    run(&mut check)?;
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(())
-}
-
-/// Runs the `rlhf-bench` binary's sweep.
-fn bench_scaling(args: &[String]) -> Result<(), ()> {
-    run_bench_binary("rlhf-bench", &["sweep"], args)
-}
-
-/// Runs the `rlhf-perf` binary.
-fn bench_perf(args: &[String]) -> Result<(), ()> {
-    run_bench_binary("rlhf-perf", &[], args)
 }
 
 /// `cargo run` of one of `rlhf-bench`'s binaries. The `dev` profile already optimises every

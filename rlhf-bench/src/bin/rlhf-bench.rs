@@ -18,14 +18,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::{Parser, Subcommand};
+
 use rlhf_bench::pipeline::claim_run_dir;
 use rlhf_bench::{RunConfig, preset_points, read_points, run, sweep, write_report};
-
-const USAGE: &str = "usage:
-  rlhf-bench run CONFIG.toml [--out DIR]
-  rlhf-bench sweep [--preset smoke|quick|full] [--out DIR] [--axes a,b] [--seeds 0,1 | --seeds N] [--jobs J] [--device D] [--no-progress]
-  rlhf-bench report DIR
-  rlhf-bench verify DIR";
 
 /// The line a child of a parallel sweep prints last: `ran copied skipped`.
 const SUMMARY: &str = "sweep-summary";
@@ -171,100 +167,145 @@ fn parallel_sweep(
     Ok(total)
 }
 
-fn usage(msg: &str) -> ExitCode {
-    eprintln!("rlhf-bench: {msg}\n{USAGE}");
-    ExitCode::from(2)
+/// The scaling study: run one pipeline config, or sweep a preset and write its report.
+#[derive(Parser)]
+#[command(name = "rlhf-bench", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one pipeline config (TOML); the output directory holds one configuration: run again,
+    /// it resumes; another one is refused.
+    Run {
+        /// The run config.
+        config: PathBuf,
+        /// Output directory.
+        #[arg(long, default_value = "target/rlhf-bench/run")]
+        out: PathBuf,
+        /// Run on this device instead of the config's `device` (flex, wgpu, cuda:N, …).
+        #[arg(long)]
+        device: Option<String>,
+    },
+    /// Sweep a preset of the scaling study and write its report (a rerun skips finished points).
+    Sweep {
+        /// smoke, quick or full.
+        #[arg(long, default_value = "quick")]
+        preset: String,
+        /// Output directory (default: target/bench-scaling/PRESET).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Only these axes (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        axes: Vec<String>,
+        /// A count N (seeds 0..N) or a list `0,1` (default: the preset's: smoke 1, quick 2,
+        /// full 3).
+        #[arg(long)]
+        seeds: Option<String>,
+        /// Seeds run at once in child processes, each on cores/J threads (default: one per core,
+        /// at most one per seed).
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// flex, wgpu, cuda:N, …
+        #[arg(long, default_value = "flex")]
+        device: String,
+        /// No progress bar.
+        #[arg(long)]
+        no_progress: bool,
+        /// Store the points only (a child of a parallel sweep).
+        #[arg(long, hide = true)]
+        no_report: bool,
+    },
+    /// Rewrite the report from the stored points.
+    Report {
+        /// A sweep's output directory.
+        dir: PathBuf,
+    },
+    /// Check the report's and the CSV's numbers against the points.
+    Verify {
+        /// A sweep's output directory.
+        dir: PathBuf,
+    },
+}
+
+/// The seeds `--seeds` asks for: a count or a list, each once.
+fn parse_seeds(s: Option<&str>, preset: &str) -> Result<Vec<u64>, String> {
+    let mut seeds: Vec<u64> = match s {
+        None => rlhf_bench::study::default_seeds(preset),
+        Some(s) if s.contains(',') => s
+            .split(',')
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .map_err(|_| format!("--seeds {s}: not a list of integers"))?,
+        Some(s) => match s.parse::<u64>() {
+            Ok(n) if n > 0 => (0..n).collect(),
+            _ => return Err(format!("--seeds {s}: a count ≥ 1 or a list")),
+        },
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    seeds.retain(|s| seen.insert(*s));
+    Ok(seeds)
 }
 
 fn main() -> ExitCode {
     rlhf_core::train::tune_allocator();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some(cmd) = args.first() else {
-        return usage("no command");
-    };
-    let mut opts = std::collections::BTreeMap::new();
-    let mut positional = Vec::new();
-    let mut flags = Vec::new();
-    let mut i = 1;
-    while i < args.len() {
-        let a = &args[i];
-        if a == "--no-progress" || a == "--no-report" {
-            flags.push(a.clone());
-        } else if let Some(name) = a.strip_prefix("--") {
-            let Some(v) = args.get(i + 1) else {
-                return usage(&format!("--{name} needs a value"));
-            };
-            opts.insert(name.to_string(), v.clone());
-            i += 1;
-        } else {
-            positional.push(a.clone());
-        }
-        i += 1;
-    }
-    let result = match cmd.as_str() {
-        "run" => {
-            let Some(path) = positional.first() else {
-                return usage("run needs a CONFIG file");
-            };
-            let out = PathBuf::from(
-                opts.get("out")
-                    .cloned()
-                    .unwrap_or_else(|| "target/rlhf-bench/run".into()),
-            );
-            RunConfig::from_file(&PathBuf::from(path)).and_then(|cfg| {
-                claim_run_dir(&out, &cfg)?;
-                let result = run(&cfg, &out.join("cache"), &out.join("work"))?;
-                let json = serde_json::to_string_pretty(&result)
-                    .map_err(|e| rlhf_core::Error::Record(e.to_string()))?;
-                rlhf_core::train::fs::write_atomic(&out.join("result.json"), json.as_bytes())?;
-                for (k, v) in &result.metrics {
-                    println!("{k:32} {v}");
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run {
+            config,
+            out,
+            device,
+        } => RunConfig::from_file(&config).and_then(|mut cfg| {
+            if let Some(d) = device {
+                cfg.device = d;
+            }
+            claim_run_dir(&out, &cfg)?;
+            let result = run(&cfg, &out.join("cache"), &out.join("work"))?;
+            let json = serde_json::to_string_pretty(&result)
+                .map_err(|e| rlhf_core::Error::Record(e.to_string()))?;
+            rlhf_core::train::fs::write_atomic(&out.join("result.json"), json.as_bytes())?;
+            for (k, v) in &result.metrics {
+                println!("{k:32} {v}");
+            }
+            println!("wrote {}", out.join("result.json").display());
+            Ok(())
+        }),
+        Command::Sweep {
+            preset,
+            out,
+            axes,
+            seeds,
+            jobs,
+            device,
+            no_progress,
+            no_report,
+        } => {
+            let out =
+                out.unwrap_or_else(|| PathBuf::from(format!("target/bench-scaling/{preset}")));
+            let seeds = match parse_seeds(seeds.as_deref(), &preset) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("rlhf-bench: {e}");
+                    return ExitCode::from(2);
                 }
-                println!("wrote {}", out.join("result.json").display());
-                Ok(())
-            })
-        }
-        "sweep" => {
-            let preset = opts
-                .get("preset")
-                .cloned()
-                .unwrap_or_else(|| "quick".into());
-            let out = PathBuf::from(
-                opts.get("out")
-                    .cloned()
-                    .unwrap_or_else(|| format!("target/bench-scaling/{preset}")),
-            );
-            let axes: Vec<String> = opts
-                .get("axes")
-                .map(|a| {
-                    a.split(',')
-                        .filter(|s| !s.is_empty())
-                        .map(String::from)
-                        .collect()
-                })
-                .unwrap_or_default();
-            let mut seeds: Vec<u64> = match opts.get("seeds") {
-                None => rlhf_bench::study::default_seeds(&preset),
-                Some(s) if s.contains(',') => match s.split(',').map(str::parse).collect() {
-                    Ok(v) => v,
-                    Err(_) => return usage(&format!("--seeds {s}: not a list of integers")),
-                },
-                Some(s) => match s.parse::<u64>() {
-                    Ok(n) if n > 0 => (0..n).collect(),
-                    _ => return usage(&format!("--seeds {s}: a count ≥ 1 or a list")),
-                },
             };
-            let mut seen = std::collections::BTreeSet::new();
-            seeds.retain(|s| seen.insert(*s));
             let cores = std::thread::available_parallelism().map_or(1, usize::from);
-            let jobs = match opts.get("jobs").map(|j| j.parse::<usize>()) {
+            let jobs = match jobs {
                 None => cores.min(seeds.len()).max(1),
-                Some(Ok(j)) if j > 0 => j.min(seeds.len().max(1)),
-                Some(_) => return usage("--jobs: a count ≥ 1"),
+                Some(j) if j > 0 => j.min(seeds.len().max(1)),
+                Some(_) => {
+                    eprintln!("rlhf-bench: --jobs: a count ≥ 1");
+                    return ExitCode::from(2);
+                }
             };
-            let device = opts.get("device").cloned().unwrap_or_else(|| "flex".into());
-            let progress = !flags.iter().any(|f| f == "--no-progress");
-            let report = !flags.iter().any(|f| f == "--no-report");
+            let mut opts = std::collections::BTreeMap::new();
+            opts.insert("preset".to_string(), preset.clone());
+            opts.insert("device".to_string(), device.clone());
+            if !axes.is_empty() {
+                opts.insert("axes".to_string(), axes.join(","));
+            }
             preset_points(&preset, &axes, &seeds, &device).and_then(|points| {
                 eprintln!(
                     "{} points of preset `{preset}` ({} seed{}, {jobs} at a time) → {}",
@@ -275,11 +316,11 @@ fn main() -> ExitCode {
                 );
                 let start = std::time::Instant::now();
                 let r = if jobs > 1 {
-                    parallel_sweep(&points, &out, &opts, &seeds, jobs, cores, progress)?
+                    parallel_sweep(&points, &out, &opts, &seeds, jobs, cores, !no_progress)?
                 } else {
-                    sweep(&points, &out, progress)?
+                    sweep(&points, &out, !no_progress)?
                 };
-                if !report {
+                if no_report {
                     // a child of a parallel sweep: its counts, for the parent
                     println!("{SUMMARY} {} {} {}", r.ran, r.copied, r.skipped);
                     return Ok(());
@@ -301,22 +342,12 @@ fn main() -> ExitCode {
                 Ok(())
             })
         }
-        "verify" => {
-            let Some(dir) = positional.first() else {
-                return usage("verify needs a DIR");
-            };
-            rlhf_bench::report::verify_report(&PathBuf::from(dir)).map(|n| {
-                println!("report.md and summary.csv agree with the points ({n} rows checked)");
-            })
+        Command::Verify { dir } => rlhf_bench::report::verify_report(&dir).map(|n| {
+            println!("report.md and summary.csv agree with the points ({n} rows checked)");
+        }),
+        Command::Report { dir } => {
+            read_points(&dir).and_then(|all| write_report(&dir, &all, "RLHF scaling study"))
         }
-        "report" => {
-            let Some(dir) = positional.first() else {
-                return usage("report needs a DIR");
-            };
-            let out = PathBuf::from(dir);
-            read_points(&out).and_then(|all| write_report(&out, &all, "RLHF scaling study"))
-        }
-        other => return usage(&format!("unknown command {other:?}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

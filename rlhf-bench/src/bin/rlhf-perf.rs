@@ -17,17 +17,13 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
+use clap::{Parser, Subcommand};
 use rlhf_bench::perf::{
     BATCH, NEW_TOKENS, PROMPT_WORDS, RESPONSE_WORDS, SAMPLES_PER_PROMPT, VOCAB, matmul_peak,
     median_min_max,
 };
 use rlhf_bench::perf::{Measurement, SIZES, Size, Workload, default_examples, measure};
 use serde_json::{Value, json};
-
-const USAGE: &str = "usage:
-  rlhf-perf [--sizes small,25m] [--workloads sft,reward,dpo,generate,rloo,ppo] [--repeats N]
-            [--peer PYTHON] [--peer-script PATH] [--out FILE]
-  rlhf-perf one WORKLOAD SIZE EXAMPLES";
 
 /// The peer's PyTorch matmul rate, measured as ours is: median of 10 products of 2048² f32.
 const TORCH_PEAK: &str = "import time, torch
@@ -40,13 +36,72 @@ for _ in range(10):
 ts.sort()
 print(2 * n ** 3 / ts[len(ts) // 2])";
 
+/// Throughput of the RLHF workloads against Hugging Face TRL on the same shapes.
+#[derive(Parser)]
+#[command(name = "rlhf-perf", version)]
+struct Cli {
+    #[command(subcommand)]
+    one: Option<One>,
+    #[command(flatten)]
+    options: Options,
+}
+
+#[derive(Subcommand)]
+enum One {
+    /// One run in this process; prints a JSON line (what the sweep runs in each child).
+    One {
+        /// sft, reward, dpo, generate, rloo or ppo.
+        #[arg(value_parser = parse_workload)]
+        workload: Workload,
+        /// small or 25m.
+        #[arg(value_parser = parse_size)]
+        size: Size,
+        /// Examples (sequences, pairs, prompts) to run.
+        examples: usize,
+    },
+}
+
+fn parse_workload(s: &str) -> Result<Workload, String> {
+    Workload::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_size(s: &str) -> Result<Size, String> {
+    Size::parse(s).map_err(|e| e.to_string())
+}
+
+/// The sweep's options.
+#[derive(clap::Args)]
+struct Options {
+    /// Model sizes (comma-separated; default all: small, 25m).
+    #[arg(long, value_delimiter = ',', value_parser = parse_size)]
+    sizes: Vec<Size>,
+    /// Workloads (comma-separated; default all: sft, reward, dpo, generate, rloo, ppo).
+    #[arg(long, value_delimiter = ',', value_parser = parse_workload)]
+    workloads: Vec<Workload>,
+    /// Runs per workload (the median is reported).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    repeats: u64,
+    /// A Python with TRL: run the peer on the same shapes, alternating, and report the ratio.
+    #[arg(long, value_name = "PYTHON")]
+    peer: Option<String>,
+    /// The peer script.
+    #[arg(long, default_value = "../shared/peer/trl_peer.py")]
+    peer_script: PathBuf,
+    /// Where the figures go.
+    #[arg(long, default_value = "target/bench-perf/perf.json")]
+    out: PathBuf,
+}
+
 fn main() -> ExitCode {
     rlhf_core::train::tune_allocator();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = if args.first().map(String::as_str) == Some("one") {
-        one(&args[1..])
-    } else {
-        sweep(&args)
+    let cli = Cli::parse();
+    let result = match cli.one {
+        Some(One::One {
+            workload,
+            size,
+            examples,
+        }) => one(workload, size, examples),
+        None => sweep(cli.options),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -57,77 +112,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn one(args: &[String]) -> Result<(), String> {
-    let [workload, size, examples] = args else {
-        return Err(format!("`one` needs WORKLOAD SIZE EXAMPLES\n{USAGE}"));
-    };
-    let workload = Workload::parse(workload).map_err(|e| e.to_string())?;
-    let size = Size::parse(size).map_err(|e| e.to_string())?;
-    let examples: usize = examples
-        .parse()
-        .map_err(|_| format!("EXAMPLES must be a number, not `{examples}`"))?;
+fn one(workload: Workload, size: Size, examples: usize) -> Result<(), String> {
     let device = rlhf_core::device_from_env().map_err(|e| e.to_string())?;
     let m = measure(workload, size, examples, &device).map_err(|e| e.to_string())?;
     println!("{}", serde_json::to_string(&m).map_err(|e| e.to_string())?);
     Ok(())
-}
-
-struct Options {
-    sizes: Vec<Size>,
-    workloads: Vec<Workload>,
-    repeats: usize,
-    peer: Option<String>,
-    peer_script: PathBuf,
-    out: PathBuf,
-}
-
-fn parse(args: &[String]) -> Result<Options, String> {
-    let mut o = Options {
-        sizes: SIZES.to_vec(),
-        workloads: Workload::ALL.to_vec(),
-        repeats: 3,
-        peer: None,
-        peer_script: PathBuf::from("../shared/peer/trl_peer.py"),
-        out: PathBuf::from("target/bench-perf/perf.json"),
-    };
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let value = it
-            .next()
-            .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
-        let list = || value.split(',').map(str::trim).filter(|s| !s.is_empty());
-        match flag.as_str() {
-            "--sizes" => {
-                o.sizes = list()
-                    .map(Size::parse)
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| e.to_string())?
-            }
-            "--workloads" => {
-                o.workloads = list()
-                    .map(Workload::parse)
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| e.to_string())?
-            }
-            "--repeats" => {
-                o.repeats =
-                    value.parse().ok().filter(|&r| r > 0).ok_or_else(|| {
-                        format!("--repeats must be a positive number, not `{value}`")
-                    })?
-            }
-            "--peer" => o.peer = Some(value.clone()),
-            "--peer-script" => o.peer_script = PathBuf::from(value),
-            "--out" => o.out = PathBuf::from(value),
-            other => return Err(format!("unknown option `{other}`\n{USAGE}")),
-        }
-    }
-    if o.peer.is_some() && !o.peer_script.exists() {
-        return Err(format!(
-            "the peer script {} does not exist (set --peer-script)",
-            o.peer_script.display()
-        ));
-    }
-    Ok(o)
 }
 
 /// What a child printed on its last JSON line, its wall time aside, and its peak memory.
@@ -252,8 +241,19 @@ fn stats(v: &[f64]) -> Value {
     json!({ "median": median, "min": min, "max": max, "runs": v })
 }
 
-fn sweep(args: &[String]) -> Result<(), String> {
-    let o = parse(args)?;
+fn sweep(mut o: Options) -> Result<(), String> {
+    if o.sizes.is_empty() {
+        o.sizes = SIZES.to_vec();
+    }
+    if o.workloads.is_empty() {
+        o.workloads = Workload::ALL.to_vec();
+    }
+    if o.peer.is_some() && !o.peer_script.exists() {
+        return Err(format!(
+            "the peer script {} does not exist (set --peer-script)",
+            o.peer_script.display()
+        ));
+    }
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let device = rlhf_core::device_from_env().map_err(|e| e.to_string())?;
     eprintln!("rlhf-perf: measuring the f32 matmul peak (2048², median of 10)…");

@@ -108,9 +108,82 @@ pub fn check_against(what: &str, estimate: &MemoryEstimate, available: u64) -> R
             needed: estimate.total(),
             available,
             detail: estimate.describe(),
+            hint: "lower the batch size or the sequence length, or use a smaller model".into(),
         });
     }
     Ok(())
+}
+
+/// A run's batch as the memory check sees it: `rows` sequences of up to `seq` tokens in one
+/// micro-batch, and the activation bytes of any such micro-batch.
+pub struct Batch<'a> {
+    /// Sequences in one micro-batch (what autodiff keeps activations for).
+    pub rows: u64,
+    /// Tokens in the longest sequence.
+    pub seq: u64,
+    /// Activation bytes of `(rows, seq)`.
+    pub activations: &'a dyn Fn(u64, u64) -> u64,
+    /// How the trainer's settings name the micro-batch, for the hint (e.g. `batch_size`, with
+    /// `grad_accum` keeping the batch; `num_minibatches` for PPO).
+    pub rows_knob: &'a str,
+    /// How they name the sequence length (e.g. `truncation`, `max_length`).
+    pub seq_knob: &'a str,
+}
+
+/// Refuses, with [`Error::OutOfMemory`], a run of `trained` and `frozen` parameters whose
+/// `batch` does not fit in the memory available, and says which change would make it fit: the
+/// largest micro-batch (halving `rows`) that fits, else the longest sequence (halving `seq`,
+/// one row per micro-batch), else a smaller model. Passes when the available memory cannot be
+/// read.
+pub fn check_batch_fits(what: &str, trained: u64, frozen: u64, batch: &Batch) -> Result<()> {
+    match available_bytes() {
+        Some(available) => check_batch_against(what, trained, frozen, batch, available),
+        None => Ok(()),
+    }
+}
+
+/// [`check_batch_fits`] against a given number of available bytes.
+pub fn check_batch_against(
+    what: &str,
+    trained: u64,
+    frozen: u64,
+    batch: &Batch,
+    available: u64,
+) -> Result<()> {
+    let estimate = |rows: u64, seq: u64| {
+        MemoryEstimate::training(trained, frozen, (batch.activations)(rows, seq))
+    };
+    let full = estimate(batch.rows, batch.seq);
+    if full.total() <= available {
+        return Ok(());
+    }
+    let fits = |rows: u64, seq: u64| estimate(rows, seq).total() <= available;
+    let halvings = |start: u64| {
+        std::iter::successors(Some(start / 2), |x| Some(x / 2)).take_while(|&x| x >= 1)
+    };
+    let hint = if let Some(rows) = halvings(batch.rows).find(|&r| fits(r, batch.seq)) {
+        format!(
+            "micro-batches of {rows} sequences instead of {} would fit ({}; accumulate {} of \
+             them to keep the batch)",
+            batch.rows,
+            batch.rows_knob,
+            batch.rows.div_ceil(rows)
+        )
+    } else if let Some(seq) = halvings(batch.seq).find(|&s| fits(1, s)) {
+        format!(
+            "one sequence per micro-batch, cut to {seq} tokens instead of {}, would fit ({})",
+            batch.seq, batch.seq_knob
+        )
+    } else {
+        "the weights and optimizer state alone do not fit: use a smaller model".into()
+    };
+    Err(Error::OutOfMemory {
+        what: what.to_string(),
+        needed: full.total(),
+        available,
+        detail: full.describe(),
+        hint,
+    })
 }
 
 #[cfg(test)]
@@ -149,6 +222,46 @@ mod tests {
             ratio > 3.9,
             "the attention term dominates at long lengths: {ratio}"
         );
+    }
+
+    #[test]
+    fn a_run_that_does_not_fit_is_told_which_knob_makes_it_fit() {
+        let shape = TransformerShape {
+            layers: 4,
+            hidden: 256,
+            heads: 4,
+            vocab: 1000,
+        };
+        let activations = |rows: u64, seq: u64| shape.activation_bytes(rows, seq);
+        let batch = |rows, seq| Batch {
+            rows,
+            seq,
+            activations: &activations,
+            rows_knob: "batch_size",
+            seq_knob: "max_length",
+        };
+        let weights = MemoryEstimate::training(1_000_000, 0, 0).total();
+        // room for 4 rows of 512 tokens
+        let available = weights + shape.activation_bytes(4, 512);
+        assert!(check_batch_against("sft", 1_000_000, 0, &batch(4, 512), available).is_ok());
+        let msg = check_batch_against("sft", 1_000_000, 0, &batch(16, 512), available)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("micro-batches of 4 sequences instead of 16")
+                && msg.contains("accumulate 4"),
+            "{msg}"
+        );
+        // one row of 8,192 tokens is too much; 4,096 fits in room for 4 × 512
+        let tight = weights + shape.activation_bytes(1, 4096);
+        let msg = check_batch_against("sft", 1_000_000, 0, &batch(1, 8192), tight)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("cut to 4096 tokens instead of 8192"), "{msg}");
+        let msg = check_batch_against("sft", 1_000_000, 0, &batch(1, 8), weights / 2)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("use a smaller model"), "{msg}");
     }
 
     #[test]

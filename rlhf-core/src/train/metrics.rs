@@ -1,33 +1,42 @@
 //! The metrics sink: one JSON object per line, with metric names that are the same in every
 //! trainer and documented here once.
 //!
-//! A line is `{"step": 12, "objective/kl": 0.31, …}`. Names are `group/name`:
+//! A line is `{"step": 12, "objective/kl": 0.31, …}`. Where Hugging Face TRL logs the same
+//! quantity, the name is TRL's (the column "TRL" names the trainer that logs it so); a name that
+//! TRL does not have is `group/name` in the same style.
 //!
-//! | name | meaning |
-//! | --- | --- |
-//! | `objective/kl` | mean per-sequence KL of the policy to the reference (sum of per-token k1) |
-//! | `objective/entropy` | mean per-sequence entropy of the sampling distribution |
-//! | `objective/scores` | mean score from the `Scorer` (after the missing-EOS penalty) |
-//! | `objective/non_score_reward` | mean per-sequence sum of `−β·KL` |
-//! | `objective/rlhf_reward` | `scores + non_score_reward` |
-//! | `objective/ptx_loss` | the SFT loss term of PPO-ptx |
-//! | `objective/variance_removed` | share of the scores' variance removed by baseline subtraction and length-bucket normalisation |
-//! | `policy/approxkl` | `½·mean((logπ_new − logπ_old)²)` |
-//! | `policy/clipfrac` | share of tokens where the policy clip was active |
-//! | `policy/entropy` | mean per-token entropy during the update |
-//! | `val/loss`, `val/clipfrac` | value loss and value clip fraction |
-//! | `val/ratio_mean`, `val/ratio_var` | mean and variance of the ratio `ρ` |
-//! | `val/num_eos` | share of responses that contain EOS |
-//! | `episode/length` | mean response length in tokens |
-//! | `loss/policy`, `loss/total` | losses of the update |
-//! | `train/loss`, `eval/loss`, `eval/perplexity` | supervised losses (SFT, RM) |
-//! | `train/lr`, `train/grad_norm`, `train/kl_coef` | optimizer state |
-//! | `train/skipped_steps` | updates skipped for a non-finite loss or gradient norm: since the run began in a trainer's log, in this iteration in `ppo_iteration`'s own metrics |
-//! | `rewards/chosen`, `rewards/rejected`, `rewards/margins`, `rewards/accuracies` | implicit or explicit rewards of preference pairs |
-//! | `logps/chosen`, `logps/rejected` | sequence log-probs of preference pairs |
-//! | `eval/accuracy`, `eval/gold_accuracy` | RM accuracy on held-out labels and on the gold order (step models: balanced accuracy) |
-//! | `eval/rewards_accuracies`, `eval/rewards_margins` | held-out implicit-reward accuracy and margin (DPO family, EXO) |
-//! | `time/rollout`, `time/update`, `time/step` | wall seconds |
+//! | name | meaning | TRL |
+//! | --- | --- | --- |
+//! | `loss`, `eval_loss` | the training loss of a step (mean over its items), and on held-out data | every trainer |
+//! | `learning_rate`, `grad_norm` | the step's learning rate, the global gradient norm before clipping | every trainer |
+//! | `eval_perplexity` | `exp(eval_loss)` of SFT | — |
+//! | `eval_accuracy` | RM accuracy on held-out labels (step models: on held-out step labels) | `RewardTrainer` |
+//! | `eval_gold_accuracy` | RM accuracy on the gold order (step models: balanced accuracy) | — |
+//! | `rewards/chosen`, `rewards/rejected`, `rewards/margins`, `rewards/accuracies` | implicit rewards `β·(logπ − logπ_ref)` of preference pairs, their margin, the share ordered right | `DPOTrainer` |
+//! | `logps/chosen`, `logps/rejected` | sequence log-probs of preference pairs (averaged over tokens for IPO and SimPO) | `DPOTrainer` |
+//! | `eval_rewards/accuracies`, `eval_rewards/margins` | the same on held-out pairs | `DPOTrainer` |
+//! | `objective/kl` | mean per-sequence KL of the policy to the reference (sum of per-token k1) | `PPOTrainer` |
+//! | `objective/entropy` | mean per-sequence `−Σ logπ` of the samples | `PPOTrainer` |
+//! | `objective/scores` | mean score from the `Scorer` (after the missing-EOS penalty) | `PPOTrainer` |
+//! | `objective/non_score_reward` | mean per-sequence sum of `−β·KL` | `PPOTrainer` |
+//! | `objective/rlhf_reward` | `scores + non_score_reward` | `PPOTrainer` |
+//! | `policy/approxkl_avg` | `½·mean((logπ_new − logπ_old)²)` | `PPOTrainer` |
+//! | `policy/clipfrac_avg` | share of tokens where the policy clip was active | `PPOTrainer` |
+//! | `policy/entropy_avg` | mean per-token entropy during the update | `PPOTrainer` |
+//! | `loss/policy_avg`, `loss/value_avg` | policy and value losses of the update | `PPOTrainer` |
+//! | `val/clipfrac_avg` | value clip fraction | `PPOTrainer` |
+//! | `val/ratio`, `val/ratio_var` | mean and variance of the ratio `ρ` | `PPOTrainer` |
+//! | `reward_std` | standard deviation of the scores over the batch | `GRPOTrainer` |
+//! | `frac_reward_zero_std` | share of prompts whose `n` samples all scored the same (no group advantage) | `GRPOTrainer` |
+//! | `completions/mean_length` | mean response length in tokens | `GRPOTrainer` |
+//! | `kl` | mean per-token KL estimate of the loss term (when the KL is in the loss) | `GRPOTrainer` |
+//! | `val/num_eos` | share of responses that contain EOS (TRL's `val/num_eos_tokens` is a count) | — |
+//! | `objective/ptx_loss` | the SFT loss term of PPO-ptx | — |
+//! | `objective/variance_removed` | share of the scores' variance removed by baseline subtraction and length-bucket normalisation | — |
+//! | `objective/kl_coef` | β of this iteration | — |
+//! | `loss/total` | the loss the update minimises | — |
+//! | `train/skipped_steps` | updates skipped for a non-finite loss or gradient norm: since the run began in a trainer's log, in this iteration in `ppo_iteration`'s own metrics | — |
+//! | `time/rollout`, `time/update`, `time/step` | wall seconds | — |
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -47,34 +56,37 @@ pub mod names {
     pub const OBJECTIVE_RLHF_REWARD: &str = "objective/rlhf_reward";
     pub const OBJECTIVE_PTX_LOSS: &str = "objective/ptx_loss";
     pub const OBJECTIVE_VARIANCE_REMOVED: &str = "objective/variance_removed";
-    pub const POLICY_APPROXKL: &str = "policy/approxkl";
-    pub const POLICY_CLIPFRAC: &str = "policy/clipfrac";
-    pub const POLICY_ENTROPY: &str = "policy/entropy";
-    pub const VAL_LOSS: &str = "val/loss";
-    pub const VAL_CLIPFRAC: &str = "val/clipfrac";
-    pub const VAL_RATIO_MEAN: &str = "val/ratio_mean";
+    pub const POLICY_APPROXKL: &str = "policy/approxkl_avg";
+    pub const POLICY_CLIPFRAC: &str = "policy/clipfrac_avg";
+    pub const POLICY_ENTROPY: &str = "policy/entropy_avg";
+    pub const VAL_LOSS: &str = "loss/value_avg";
+    pub const VAL_CLIPFRAC: &str = "val/clipfrac_avg";
+    pub const VAL_RATIO_MEAN: &str = "val/ratio";
     pub const VAL_RATIO_VAR: &str = "val/ratio_var";
     pub const VAL_NUM_EOS: &str = "val/num_eos";
-    pub const EPISODE_LENGTH: &str = "episode/length";
-    pub const LOSS_POLICY: &str = "loss/policy";
+    pub const REWARD_STD: &str = "reward_std";
+    pub const FRAC_REWARD_ZERO_STD: &str = "frac_reward_zero_std";
+    pub const COMPLETIONS_MEAN_LENGTH: &str = "completions/mean_length";
+    pub const KL_LOSS_TERM: &str = "kl";
+    pub const LOSS_POLICY: &str = "loss/policy_avg";
     pub const LOSS_TOTAL: &str = "loss/total";
-    pub const TRAIN_LOSS: &str = "train/loss";
-    pub const TRAIN_LR: &str = "train/lr";
-    pub const TRAIN_GRAD_NORM: &str = "train/grad_norm";
-    pub const TRAIN_KL_COEF: &str = "train/kl_coef";
+    pub const TRAIN_LOSS: &str = "loss";
+    pub const TRAIN_LR: &str = "learning_rate";
+    pub const TRAIN_GRAD_NORM: &str = "grad_norm";
+    pub const TRAIN_KL_COEF: &str = "objective/kl_coef";
     pub const TRAIN_SKIPPED_STEPS: &str = "train/skipped_steps";
-    pub const EVAL_LOSS: &str = "eval/loss";
-    pub const EVAL_PERPLEXITY: &str = "eval/perplexity";
-    pub const EVAL_ACCURACY: &str = "eval/accuracy";
-    pub const EVAL_GOLD_ACCURACY: &str = "eval/gold_accuracy";
+    pub const EVAL_LOSS: &str = "eval_loss";
+    pub const EVAL_PERPLEXITY: &str = "eval_perplexity";
+    pub const EVAL_ACCURACY: &str = "eval_accuracy";
+    pub const EVAL_GOLD_ACCURACY: &str = "eval_gold_accuracy";
     pub const REWARDS_CHOSEN: &str = "rewards/chosen";
     pub const REWARDS_REJECTED: &str = "rewards/rejected";
     pub const REWARDS_MARGINS: &str = "rewards/margins";
     pub const REWARDS_ACCURACIES: &str = "rewards/accuracies";
     pub const LOGPS_CHOSEN: &str = "logps/chosen";
     pub const LOGPS_REJECTED: &str = "logps/rejected";
-    pub const EVAL_REWARD_ACCURACY: &str = "eval/rewards_accuracies";
-    pub const EVAL_REWARD_MARGIN: &str = "eval/rewards_margins";
+    pub const EVAL_REWARD_ACCURACY: &str = "eval_rewards/accuracies";
+    pub const EVAL_REWARD_MARGIN: &str = "eval_rewards/margins";
     pub const TIME_ROLLOUT: &str = "time/rollout";
     pub const TIME_UPDATE: &str = "time/update";
     pub const TIME_STEP: &str = "time/step";

@@ -36,8 +36,11 @@ pub struct RunOptions {
     pub checkpoint_every: u64,
     /// Checkpoints kept.
     pub keep_last: usize,
-    /// Draw a progress bar on stderr (only when stderr is a terminal).
+    /// Report progress on stderr: a progress bar with ETA and the key metrics when stderr is a
+    /// terminal, otherwise one line every `log_every` steps (and at the first and last).
     pub progress: bool,
+    /// Steps between progress lines when stderr is not a terminal (TRL's `logging_steps`).
+    pub log_every: u64,
     /// Stop after this many optimizer steps in a row with a non-finite loss or gradient norm.
     pub max_nonfinite_streak: u32,
 }
@@ -49,6 +52,7 @@ impl Default for RunOptions {
             checkpoint_every: 0,
             keep_last: 2,
             progress: true,
+            log_every: 10,
             max_nonfinite_streak: 8,
         }
     }
@@ -71,8 +75,35 @@ pub struct Run {
     store: Option<CheckpointStore>,
     metrics: Option<MetricsSink>,
     bar: ProgressBar,
+    /// Progress as lines (stderr is not a terminal): the total steps, when this process began
+    /// and at which step.
+    lines: Option<(u64, std::time::Instant, u64)>,
+    label: String,
     skipped: u64,
     streak: u32,
+}
+
+/// The metrics a progress line or bar shows, when a step has them.
+const KEY_METRICS: &[&str] = &[
+    super::metrics::names::TRAIN_LOSS,
+    super::metrics::names::EVAL_LOSS,
+    super::metrics::names::REWARDS_ACCURACIES,
+    super::metrics::names::REWARDS_MARGINS,
+    super::metrics::names::EVAL_ACCURACY,
+    super::metrics::names::OBJECTIVE_SCORES,
+    super::metrics::names::OBJECTIVE_KL,
+    super::metrics::names::TRAIN_GRAD_NORM,
+    super::metrics::names::TRAIN_LR,
+];
+
+/// `name value` for each key metric present in `metrics`.
+pub fn key_metrics(metrics: &[(&str, f64)]) -> String {
+    KEY_METRICS
+        .iter()
+        .filter_map(|k| metrics.iter().find(|m| m.0 == *k))
+        .map(|(k, v)| format!("{k} {v:.4}"))
+        .collect::<Vec<_>>()
+        .join("  ")
 }
 
 impl Run {
@@ -109,11 +140,15 @@ impl Run {
             }
             None => None,
         };
-        let bar = if options.progress {
+        let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let bar = if options.progress && terminal {
             ProgressBar::with_draw_target(Some(total_steps), ProgressDrawTarget::stderr())
         } else {
             ProgressBar::hidden()
         };
+        let first = resume.as_ref().map_or(0, |c| c.step);
+        let lines = (options.progress && !terminal)
+            .then(|| (total_steps, std::time::Instant::now(), first));
         bar.set_style(
             ProgressStyle::with_template(
                 "{prefix:>8} [{elapsed_precise}] {wide_bar} {pos}/{len} eta {eta} {msg}",
@@ -130,6 +165,8 @@ impl Run {
                 store,
                 metrics,
                 bar,
+                lines,
+                label: label.to_string(),
                 skipped,
                 streak: 0,
             },
@@ -142,8 +179,21 @@ impl Run {
         self.options.out_dir.as_deref()
     }
 
-    /// Appends a metrics line for `step` (nothing without an output directory).
+    /// Appends a metrics line for `step` (nothing without an output directory), and reports
+    /// progress as a line when stderr is not a terminal and the step is due.
     pub fn log(&mut self, step: u64, metrics: &[(&str, f64)]) -> Result<()> {
+        if let Some((total, start, first)) = self.lines
+            && (step == 1 || step == total || step.is_multiple_of(self.options.log_every.max(1)))
+        {
+            let elapsed = start.elapsed().as_secs_f64();
+            let rate = step.saturating_sub(first).max(1) as f64 / elapsed.max(1e-9);
+            eprintln!(
+                "{} {step}/{total} [{elapsed:.0} s, eta {:.0} s]  {}",
+                self.label,
+                total.saturating_sub(step) as f64 / rate,
+                key_metrics(metrics)
+            );
+        }
         match &mut self.metrics {
             Some(m) => m.log(step, metrics),
             None => Ok(()),

@@ -222,6 +222,7 @@ pub fn export_task(
         });
         prompts.push(PromptRecord {
             prompt: Turns::Text(p),
+            extra: Default::default(),
         });
     }
     let references: Vec<SftRecord> = (0..n.div_ceil(10).max(1))

@@ -51,8 +51,18 @@ fn check_counts_records_and_fails_on_bad_ones_unless_skipping() {
         "question",
     ]);
     assert_eq!(code, 0);
+    // without --kind, the kind is read off the first record; fields it cannot place are
+    // named, with the flag to use
+    let (code, out) = run(&["check", hh.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("read 3 records, kept 3, rejected 0"), "{out}");
+    let (code, out) = run(&["check", renamed.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("[\"question\"]") && out.contains("--kind"),
+        "{out}"
+    );
     // usage errors
-    assert_eq!(run(&["check", renamed.to_str().unwrap()]).0, 2);
     assert_eq!(
         run(&["check", renamed.to_str().unwrap(), "--kind", "nope"]).0,
         2

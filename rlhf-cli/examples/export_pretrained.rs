@@ -1,6 +1,6 @@
 //! Loads a Hugging Face model directory and exports it again with `save_pretrained`:
-//! `cargo run -p rlhf-models --example export_pretrained -- IN_DIR OUT_DIR`.
-//! `cargo xtask fixtures` uses it to check that `transformers` loads what this crate writes.
+//! `cargo run -p rlhf-cli --example export_pretrained -- IN_DIR OUT_DIR`.
+//! `cargo xtask fixtures` uses it to check that `transformers` loads what rlhf-models writes (an example of rlhf-cli, whose build of burn is the workspace's).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();

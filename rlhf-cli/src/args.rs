@@ -1,0 +1,284 @@
+//! The option groups the training commands share, named as TRL names them (`TrainingArguments`,
+//! `ModelConfig`), and what they become in the library's configurations.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, bail};
+use clap::{Args, Command, FromArgMatches, ValueEnum};
+use rlhf_core::train::{LrSchedule, OptimizerConfig, RunOptions};
+use rlhf_data::{FieldNames, Kind, ReadOptions};
+use serde::{Deserialize, Serialize};
+
+/// The defaults of an option group: what clap gives for an empty command line. Every field of
+/// a group has a default (or is optional), so this is the one place defaults are written.
+pub fn clap_default<T: Args + FromArgMatches>() -> T {
+    let cmd = T::augment_args(Command::new("defaults"));
+    T::from_arg_matches(&cmd.get_matches_from(["defaults"]))
+        .expect("every option of a group has a default")
+}
+
+/// Implements `Default` through [`clap_default`].
+macro_rules! defaults_from_clap {
+    ($($t:ty),*) => {$(
+        impl Default for $t {
+            fn default() -> Self {
+                $crate::args::clap_default()
+            }
+        }
+    )*};
+}
+pub(crate) use defaults_from_clap;
+
+/// The model to start from, where the result goes, and the device.
+#[derive(Args, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(default)]
+pub struct ModelArgs {
+    /// A Hugging Face model directory: config.json, model.safetensors (or shards), tokenizer.json
+    /// and, when it has one, tokenizer_config.json (EOS, PAD, chat template) [TRL:
+    /// --model_name_or_path].
+    #[arg(long, visible_alias = "model-name-or-path", value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// Output directory: checkpoints and metrics.jsonl while training, a Hugging Face directory
+    /// at the end. The same command run again resumes from the newest checkpoint [TRL:
+    /// --output_dir].
+    #[arg(long, visible_alias = "output-dir", value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// flex (CPU), wgpu, wgpu:cpu, vulkan, cuda:N (with the cargo feature compiled in).
+    #[arg(long, default_value = "flex")]
+    pub device: String,
+}
+
+/// The training data.
+#[derive(Args, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(default)]
+pub struct DataArgs {
+    /// JSONL (optionally .gz) or parquet, in a Hugging Face layout [TRL: --dataset_name].
+    #[arg(long, visible_alias = "dataset-name", value_name = "FILE")]
+    pub data: Option<PathBuf>,
+    /// Held-out records in the same layout (otherwise `eval_share` of the prompts is held out).
+    #[arg(long, value_name = "FILE")]
+    pub eval_data: Option<PathBuf>,
+    /// Share of the prompts held out for eval when there is no `eval_data` (0: no eval).
+    #[arg(long, default_value_t = 0.0)]
+    pub eval_share: f64,
+    /// The record kind, when its fields do not tell (preference, sft, prompt, kwise, steps,
+    /// unpaired).
+    #[arg(long, value_parser = parse_kind)]
+    #[serde(with = "kind_name")]
+    pub kind: Option<Kind>,
+    /// Longest prompt + response in tokens; longer ones are cut (the prompt keeps its end, the
+    /// response its start) [TRL: --max_length].
+    #[arg(long, default_value_t = 1024)]
+    pub max_length: usize,
+    /// Longest prompt in tokens (default: half of `max_length`) [TRL: --max_prompt_length].
+    #[arg(long)]
+    pub max_prompt_length: Option<usize>,
+    /// Skip records that do not read (reporting them) instead of stopping at the first.
+    #[arg(long)]
+    pub skip_bad: bool,
+    /// A Jinja chat template file to use instead of the tokenizer's.
+    #[arg(long, value_name = "FILE.jinja")]
+    pub chat_template: Option<PathBuf>,
+    /// The prompt field, when the file names it differently.
+    #[arg(long, default_value = "prompt")]
+    pub prompt_field: String,
+}
+
+fn parse_kind(s: &str) -> std::result::Result<Kind, String> {
+    s.parse()
+}
+
+mod kind_name {
+    use rlhf_data::Kind;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(k: &Option<Kind>, s: S) -> Result<S::Ok, S::Error> {
+        match k {
+            None => s.serialize_none(),
+            Some(k) => s.serialize_some(super::kind_str(*k)),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Kind>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| s.parse().map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+/// A kind's name as `--kind` takes it.
+pub fn kind_str(k: Kind) -> &'static str {
+    match k {
+        Kind::Preference => "preference",
+        Kind::Sft => "sft",
+        Kind::Prompt => "prompt",
+        Kind::Kwise => "kwise",
+        Kind::Steps => "steps",
+        Kind::Unpaired => "unpaired",
+    }
+}
+
+impl DataArgs {
+    /// How to read the files.
+    pub fn read_options(&self) -> ReadOptions {
+        ReadOptions {
+            fields: FieldNames {
+                prompt: self.prompt_field.clone(),
+                ..FieldNames::default()
+            },
+            skip_bad: self.skip_bad,
+            ..ReadOptions::default()
+        }
+    }
+
+    /// The training file.
+    pub fn data(&self) -> Result<&Path> {
+        match &self.data {
+            Some(d) => Ok(d),
+            None => bail!("--data FILE is required (or `data` in the config file)"),
+        }
+    }
+
+    /// `(longest prompt, longest response)` in tokens.
+    pub fn limits(&self) -> Result<(usize, usize)> {
+        let prompt = self.max_prompt_length.unwrap_or(self.max_length / 2);
+        if prompt >= self.max_length || self.max_length < 2 {
+            bail!(
+                "max_prompt_length {prompt} leaves no room for a response in max_length {}",
+                self.max_length
+            );
+        }
+        Ok((prompt, self.max_length - prompt))
+    }
+}
+
+/// The learning-rate schedule's shape [TRL: --lr_scheduler_type].
+#[derive(ValueEnum, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Scheduler {
+    /// The peak rate throughout.
+    Constant,
+    /// Warm-up, then linear decay to 0 (the Hugging Face default).
+    Linear,
+    /// Warm-up, then half a cosine to 0.
+    Cosine,
+}
+
+/// How to train: optimizer, schedule, batches, checkpoints and logging.
+#[derive(Args, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(default)]
+pub struct TrainArgs {
+    /// Peak learning rate (default per command: sft 2e-5, rm 1e-4, dpo 1e-6, as TRL's)
+    /// [TRL: --learning_rate].
+    #[arg(long)]
+    pub learning_rate: Option<f64>,
+    /// Passes over the data [TRL: --num_train_epochs].
+    #[arg(long, visible_alias = "epochs", default_value_t = 1)]
+    pub num_train_epochs: usize,
+    /// Examples (sequences, pairs, groups) per micro-batch [TRL:
+    /// --per_device_train_batch_size].
+    #[arg(long, visible_alias = "batch-size", default_value_t = 8)]
+    pub per_device_train_batch_size: usize,
+    /// Micro-batches per optimizer step; the step's loss is the mean over all their items
+    /// [TRL: --gradient_accumulation_steps].
+    #[arg(long, default_value_t = 1)]
+    pub gradient_accumulation_steps: usize,
+    /// The schedule's shape [TRL: --lr_scheduler_type].
+    #[arg(long, value_enum, default_value_t = Scheduler::Linear)]
+    pub lr_scheduler_type: Scheduler,
+    /// Warm-up steps (wins over `warmup_ratio` when > 0) [TRL: --warmup_steps].
+    #[arg(long, default_value_t = 0)]
+    pub warmup_steps: u64,
+    /// Warm-up as a share of all steps [TRL: --warmup_ratio].
+    #[arg(long, default_value_t = 0.0)]
+    pub warmup_ratio: f64,
+    /// AdamW's decoupled weight decay [TRL: --weight_decay].
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f32,
+    /// AdamW β₁ [TRL: --adam_beta1].
+    #[arg(long, default_value_t = 0.9)]
+    pub adam_beta1: f32,
+    /// AdamW β₂ [TRL: --adam_beta2].
+    #[arg(long, default_value_t = 0.999)]
+    pub adam_beta2: f32,
+    /// AdamW ε [TRL: --adam_epsilon].
+    #[arg(long, default_value_t = 1e-8)]
+    pub adam_epsilon: f32,
+    /// Clip the global gradient norm to this (0: no clipping) [TRL: --max_grad_norm].
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f32,
+    /// Evaluate every this many steps (0: at the end only) [TRL: --eval_steps].
+    #[arg(long, default_value_t = 0)]
+    pub eval_steps: u64,
+    /// Checkpoint every this many steps (and always at the end) [TRL: --save_steps].
+    #[arg(long, default_value_t = 500)]
+    pub save_steps: u64,
+    /// Checkpoints kept [TRL: --save_total_limit].
+    #[arg(long, default_value_t = 2)]
+    pub save_total_limit: usize,
+    /// A progress line every this many steps when stderr is not a terminal [TRL:
+    /// --logging_steps].
+    #[arg(long, default_value_t = 10)]
+    pub logging_steps: u64,
+    /// Seed of the batch order (and of any fresh head) [TRL: --seed].
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+defaults_from_clap!(ModelArgs, DataArgs, TrainArgs);
+
+impl TrainArgs {
+    /// AdamW with these settings and the command's default learning rate.
+    pub fn optimizer(&self, default_lr: f64) -> OptimizerConfig {
+        OptimizerConfig {
+            lr: self.learning_rate.unwrap_or(default_lr),
+            beta1: self.adam_beta1,
+            beta2: self.adam_beta2,
+            eps: self.adam_epsilon,
+            weight_decay: self.weight_decay,
+            max_grad_norm: (self.max_grad_norm > 0.0).then_some(self.max_grad_norm),
+        }
+    }
+
+    /// Optimizer steps of a run over `n` examples in micro-batches of the configured size.
+    pub fn total_steps(&self, n: usize) -> u64 {
+        let batches = n.div_ceil(self.per_device_train_batch_size.max(1));
+        (batches.div_ceil(self.gradient_accumulation_steps.max(1)) * self.num_train_epochs) as u64
+    }
+
+    /// The schedule over `total` optimizer steps.
+    pub fn schedule(&self, total: u64) -> LrSchedule {
+        let warmup = if self.warmup_steps > 0 {
+            self.warmup_steps
+        } else {
+            (self.warmup_ratio * total as f64).round() as u64
+        };
+        match self.lr_scheduler_type {
+            Scheduler::Constant if warmup == 0 => LrSchedule::Constant,
+            // a constant rate after warm-up: a linear decay whose end lies far beyond the run
+            Scheduler::Constant => LrSchedule::Linear {
+                warmup,
+                total: u64::MAX / 2,
+            },
+            Scheduler::Linear => LrSchedule::Linear {
+                warmup,
+                total: total.max(1),
+            },
+            Scheduler::Cosine => LrSchedule::Cosine {
+                warmup,
+                total: total.max(1),
+                min_ratio: 0.0,
+            },
+        }
+    }
+
+    /// Checkpoints, metrics and progress in `out`.
+    pub fn run_options(&self, out: &Path) -> RunOptions {
+        RunOptions {
+            checkpoint_every: self.save_steps,
+            keep_last: self.save_total_limit.max(1),
+            log_every: self.logging_steps.max(1),
+            ..RunOptions::in_dir(out)
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! `rlhf dpo`: offline preference optimisation of a checkpoint against a frozen reference with
+//! a loss of the DPO family or EXO, on preference pairs (or K-wise groups for the `-rw` losses).
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::{ArgAction, Args, ValueEnum};
+use rlhf_data::{Kind, KwiseRecord, PreferenceRecord, detect_kind};
+use rlhf_dpo::{DpoConfig, Group, OfflineLoss, RefCache, train_offline};
+use serde::{Deserialize, Serialize};
+
+use crate::args::{DataArgs, ModelArgs, TrainArgs, defaults_from_clap, kind_str};
+use crate::commands::Prepared;
+use crate::data::{Encoder, kwise_groups, preference_groups, prompt_key, read_split};
+use crate::{load, output};
+
+/// TRL's `DPOConfig.learning_rate`.
+pub const DEFAULT_LR: f64 = 1e-6;
+
+/// The loss [TRL: --loss_type].
+#[derive(ValueEnum, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum DpoLoss {
+    /// DPO, `−log σ(β·h)` (TRL `sigmoid`).
+    Sigmoid,
+    /// Conservative DPO: DPO with label smoothing (default ε 0.1).
+    Cdpo,
+    /// Robust DPO under label noise ε (default 0.1; TRL `robust`).
+    Robust,
+    /// IPO on log-probs averaged over response tokens.
+    Ipo,
+    /// SLiC's hinge, `max(0, 1 − β·h)`.
+    Hinge,
+    /// SimPO, reference-free, with margin `simpo_gamma`.
+    Simpo,
+    /// EXO with preference labels (default ε 1e-3; TRL `exo_pair`).
+    ExoPref,
+    /// EXO with rewards, any K (K-wise files, or pairs with `score_chosen`/`score_rejected`).
+    ExoRw,
+    /// The forward KL on rewards, for comparison with EXO-rw.
+    DpoRw,
+}
+
+/// `rlhf dpo` options.
+#[derive(Args, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(default)]
+pub struct DpoArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub data: DataArgs,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub train: TrainArgs,
+    /// The frozen reference (default: `--model`) [TRL: --ref_model].
+    #[arg(long = "ref", visible_alias = "ref-model", value_name = "DIR")]
+    pub ref_model: Option<PathBuf>,
+    /// The loss [TRL: --loss_type].
+    #[arg(long, visible_alias = "loss-type", value_enum, default_value_t = DpoLoss::Sigmoid)]
+    pub loss: DpoLoss,
+    /// β [TRL: --beta].
+    #[arg(long, default_value_t = 0.1)]
+    pub beta: f32,
+    /// ε of cdpo, robust and exo-pref (defaults 0.1, 0.1 and 1e-3) [TRL: --label_smoothing].
+    #[arg(long)]
+    pub label_smoothing: Option<f32>,
+    /// SimPO's target margin γ [TRL CPO: --simpo_gamma].
+    #[arg(long, default_value_t = 0.5)]
+    pub simpo_gamma: f32,
+    /// The reward temperature β_r of exo-rw and dpo-rw.
+    #[arg(long, default_value_t = 1.0)]
+    pub beta_r: f32,
+    /// Compute the reference's log-probs once and keep them in OUT/ref-cache (keyed by the
+    /// reference's weights, the data, the truncation and the temperature) [TRL:
+    /// --precompute_ref_log_probs].
+    #[arg(long, default_value_t = true, action = ArgAction::Set)]
+    pub ref_cache: bool,
+}
+
+defaults_from_clap!(DpoArgs);
+
+impl DpoArgs {
+    /// These options with the command's default learning rate filled in (what `--print-config`
+    /// shows and the run directory records).
+    pub fn completed(mut self) -> Self {
+        self.train.learning_rate.get_or_insert(DEFAULT_LR);
+        if let Some(eps) = match self.loss {
+            DpoLoss::Cdpo | DpoLoss::Robust => Some(0.1),
+            DpoLoss::ExoPref => Some(1e-3),
+            _ => None,
+        } {
+            self.label_smoothing.get_or_insert(eps);
+        }
+        self
+    }
+
+    /// The library's loss.
+    pub fn offline_loss(&self) -> OfflineLoss {
+        let eps = |default: f32| self.label_smoothing.unwrap_or(default);
+        match self.loss {
+            DpoLoss::Sigmoid => OfflineLoss::Dpo {
+                label_smoothing: eps(0.0),
+            },
+            DpoLoss::Cdpo => OfflineLoss::Dpo {
+                label_smoothing: eps(0.1),
+            },
+            DpoLoss::Robust => OfflineLoss::Robust { eps: eps(0.1) },
+            DpoLoss::Ipo => OfflineLoss::Ipo,
+            DpoLoss::Hinge => OfflineLoss::Hinge,
+            DpoLoss::Simpo => OfflineLoss::Simpo {
+                gamma: self.simpo_gamma,
+            },
+            DpoLoss::ExoPref => OfflineLoss::ExoPref { eps: eps(1e-3) },
+            DpoLoss::ExoRw => OfflineLoss::ExoRw {
+                beta_r: self.beta_r,
+            },
+            DpoLoss::DpoRw => OfflineLoss::DpoRw {
+                beta_r: self.beta_r,
+            },
+        }
+    }
+
+    /// The library's configuration.
+    pub fn config(&self, total_steps: u64) -> DpoConfig {
+        DpoConfig {
+            loss: self.offline_loss(),
+            beta: self.beta,
+            epochs: self.train.num_train_epochs,
+            batch_size: self.train.per_device_train_batch_size,
+            grad_accum: self.train.gradient_accumulation_steps,
+            optimizer: self.train.optimizer(DEFAULT_LR),
+            schedule: self.train.schedule(total_steps),
+            eval_every: self.train.eval_steps,
+            truncation: None,
+            seed: self.train.seed,
+        }
+    }
+}
+
+/// The training and held-out groups of the data file.
+fn groups(args: &DpoArgs, enc: &Encoder) -> Result<(Vec<Group>, Vec<Group>)> {
+    let kind = match args.data.kind {
+        Some(k) => k,
+        None => detect_kind(args.data.data()?, &args.data.read_options())?,
+    };
+    match kind {
+        Kind::Preference => {
+            let (train, eval) =
+                read_split::<PreferenceRecord>(&args.data, |r| prompt_key(&r.prompt))?;
+            let (train, dropped) = preference_groups(&train, enc)?;
+            dropped.announce("training pairs");
+            let (eval, dropped) = preference_groups(&eval, enc)?;
+            dropped.announce("eval pairs");
+            Ok((train, eval))
+        }
+        Kind::Kwise => {
+            let (train, eval) = read_split::<KwiseRecord>(&args.data, |r| prompt_key(&r.prompt))?;
+            Ok((kwise_groups(&train, enc)?, kwise_groups(&eval, enc)?))
+        }
+        other => bail!(
+            "rlhf dpo reads preference pairs or K-wise groups, and {} holds `{}` records",
+            args.data.data()?.display(),
+            kind_str(other)
+        ),
+    }
+}
+
+/// Trains and writes the model.
+pub fn run(args: &DpoArgs, toml: &str) -> Result<()> {
+    let p = Prepared::new(&args.model, &args.data)?;
+    let reference = load::reference(args.ref_model.as_deref(), &p.ckpt, &p.device)?;
+    let (max_prompt, max_response) = args.data.limits()?;
+    let enc = Encoder {
+        tokenizer: &p.ckpt.tokenizer,
+        format: &p.ckpt.format,
+        max_prompt,
+        max_response,
+    };
+    let (train, eval) = groups(args, &enc)?;
+    tracing::info!(
+        "dpo: {} training groups, {} held out, loss {:?}, β {}",
+        train.len(),
+        eval.len(),
+        args.offline_loss(),
+        args.beta
+    );
+    let cfg = args.config(args.train.total_steps(train.len()));
+    output::claim(&p.out, "dpo", toml)?;
+    let cache = RefCache::new(args.ref_cache.then(|| p.out.join("ref-cache")).as_deref());
+    let (policy, report) = train_offline(
+        p.ckpt.model.clone(),
+        &reference,
+        &train,
+        &eval,
+        &cfg,
+        &cache,
+        &args.train.run_options(&p.out),
+        &p.device,
+    )?;
+    output::save_causal(&p.out, &policy, &p.ckpt.config, &p.ckpt.tokenizer, &p.dir)?;
+    tracing::info!(
+        "dpo: {} steps ({} this run), reference batches computed {}, final loss {:.4}{}",
+        report.steps,
+        report.steps_this_run,
+        report.reference_forward_batches,
+        report.final_train_loss,
+        if eval.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; held out: loss {:.4}, reward accuracy {:.3}, margin {:.4}",
+                report.eval.loss, report.eval.reward_accuracy, report.eval.reward_margin
+            )
+        }
+    );
+    Ok(())
+}

@@ -1,0 +1,54 @@
+//! One module per subcommand; what the training commands share is here.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use burn::tensor::Device;
+
+use crate::args::{DataArgs, ModelArgs};
+use crate::load::{self, Checkpoint};
+
+pub mod check;
+pub mod dpo;
+pub mod eval;
+pub mod generate;
+pub mod onpolicy;
+pub mod plot;
+pub mod rm;
+pub mod sft;
+
+/// What every training command starts with: the checkpoint on the training device and the
+/// output directory.
+pub struct Prepared {
+    /// The checkpoint's directory.
+    pub dir: PathBuf,
+    /// The output directory.
+    pub out: PathBuf,
+    /// The training (autodiff) device.
+    pub device: Device,
+    /// The starting checkpoint.
+    pub ckpt: Checkpoint,
+}
+
+impl Prepared {
+    /// Loads `--model` onto `--device` (with autodiff) and checks `--out`.
+    pub fn new(model: &ModelArgs, data: &DataArgs) -> Result<Self> {
+        let Some(dir) = model.model.clone() else {
+            bail!("--model DIR is required (or `model` in the config file)");
+        };
+        let Some(out) = model.out.clone() else {
+            bail!("--out DIR is required (or `out` in the config file)");
+        };
+        if out == dir {
+            bail!("--out must not be the --model directory: the model there would be overwritten");
+        }
+        let device = rlhf_core::parse_device(&model.device)?.autodiff();
+        let ckpt = load::checkpoint(&dir, &device, data.chat_template.as_deref())?;
+        Ok(Prepared {
+            dir,
+            out,
+            device,
+            ckpt,
+        })
+    }
+}

@@ -1,0 +1,496 @@
+//! `rlhf ppo`, `rlhf grpo`, `rlhf rloo`, `rlhf reinforce-pp`: on-policy RL of a checkpoint on a
+//! prompt file against a `--reward` (a reward model, a verifier, or an ensemble). Each command
+//! starts from its method's recipe (`PpoConfig::default()`, the TL;DR reproduction; `::grpo()`;
+//! `::rloo()`; `::reinforce_pp()`), and every field of it is a flag.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+use rlhf_core::train::{OptimizerConfig, RunOptions};
+use rlhf_core::{KlController, KlEstimator};
+use rlhf_data::SftRecord;
+use rlhf_models::ScalarModel;
+use rlhf_ppo::{PolicyAndValue, PpoConfig, PpoInputs, train_ppo};
+use serde::{Deserialize, Serialize};
+
+use crate::args::{ModelArgs, defaults_from_clap};
+use crate::data::{Encoder, prompts, read};
+use crate::reward::Spec;
+use crate::{load, output};
+
+/// The on-policy methods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// PPO with GAE and a critic (the TL;DR recipe).
+    Ppo,
+    /// GRPO.
+    Grpo,
+    /// RLOO.
+    Rloo,
+    /// REINFORCE++.
+    ReinforcePp,
+}
+
+impl Method {
+    /// The method's recipe, with the learning rate the references use on real checkpoints
+    /// (the library's recipes keep the rate tiny test models want): PPO 3e-6 (the TL;DR
+    /// reproduction), GRPO and RLOO 1e-6 (TRL), REINFORCE++ 5e-7 (OpenRLHF's examples).
+    pub fn preset(self) -> PpoConfig {
+        let (mut c, lr) = match self {
+            Method::Ppo => (PpoConfig::default(), 3e-6),
+            Method::Grpo => (PpoConfig::grpo(), 1e-6),
+            Method::Rloo => (PpoConfig::rloo(), 1e-6),
+            Method::ReinforcePp => (PpoConfig::reinforce_pp(), 5e-7),
+        };
+        c.optimizer.lr = lr;
+        c
+    }
+
+    /// The command's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Ppo => "ppo",
+            Method::Grpo => "grpo",
+            Method::Rloo => "rloo",
+            Method::ReinforcePp => "reinforce-pp",
+        }
+    }
+}
+
+/// The per-token KL estimator.
+#[derive(ValueEnum, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Estimator {
+    /// `logπ − logπ_ref`.
+    K1,
+    /// `(logπ − logπ_ref)²/2`.
+    K2,
+    /// `exp(logπ_ref − logπ) − 1 + logπ − logπ_ref`.
+    K3,
+}
+
+/// Options of the on-policy commands. Unset ones take the method's recipe (see
+/// `--print-config`).
+#[derive(Args, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(default)]
+pub struct OnPolicyArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub model: ModelArgs,
+    /// The prompts: JSONL (optionally .gz) or parquet with a prompt field (text or messages);
+    /// a verifier reads its reference from the same records [TRL: --dataset_name].
+    #[arg(long, visible_alias = "dataset-name", value_name = "FILE")]
+    pub prompts: Option<PathBuf>,
+    /// The prompt field, when the file names it differently.
+    #[arg(long, default_value = "prompt")]
+    pub prompt_field: String,
+    /// Skip records that do not read instead of stopping at the first.
+    #[arg(long)]
+    pub skip_bad: bool,
+    /// A Jinja chat template file to use instead of the tokenizer's.
+    #[arg(long, value_name = "FILE.jinja")]
+    pub chat_template: Option<PathBuf>,
+    /// What scores a response: a reward-model DIR (or rm:DIR), exact-match[:FIELD],
+    /// regex:PATTERN, length[:SCALE], or mean(…)/min(…)/mean-minus-std:λ(…) of these
+    /// [TRL: --reward_model_path, --reward_funcs].
+    #[arg(long, value_name = "SPEC")]
+    pub reward: Option<String>,
+    /// The frozen reference (default: `--model`) [TRL: --ref_model].
+    #[arg(long = "ref", visible_alias = "ref-model", value_name = "DIR")]
+    pub ref_model: Option<PathBuf>,
+    /// PPO's critic: a scalar checkpoint (default: the reward model when `--reward` names one,
+    /// TL;DR detail 6, else the policy with a fresh head).
+    #[arg(long, value_name = "DIR")]
+    pub critic: Option<PathBuf>,
+    /// Rollout-and-update iterations.
+    #[arg(long)]
+    pub iterations: Option<usize>,
+    /// Responses sampled per prompt [TRL: --num_generations].
+    #[arg(long, visible_alias = "num-generations")]
+    pub samples_per_prompt: Option<usize>,
+    /// Prompts per rollout batch.
+    #[arg(long)]
+    pub prompts_per_batch: Option<usize>,
+    /// Queries are left-padded (or cut from the left) to this many tokens (default: the longest
+    /// prompt, at most 512) [TRL: --max_prompt_length].
+    #[arg(long)]
+    pub max_prompt_length: Option<usize>,
+    /// New tokens sampled per response [TRL: --max_completion_length, --response_length].
+    #[arg(long, visible_alias = "response-length")]
+    pub max_completion_length: Option<usize>,
+    /// Sampling temperature, reapplied when log-probs are recomputed [TRL: --temperature].
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// Score of a response without EOS, instead of the reward's [TRL: --missing_eos_penalty].
+    #[arg(long, allow_hyphen_values = true)]
+    pub missing_eos_penalty: Option<f32>,
+    /// Keep the reward's score for a response without EOS (no penalty).
+    #[arg(long)]
+    pub no_missing_eos_penalty: bool,
+    /// The KL coefficient β [TRL: --beta, --kl_coef].
+    #[arg(long, visible_alias = "kl-coef")]
+    pub beta: Option<f64>,
+    /// Adaptive KL: the target KL per sequence (β then starts at `beta` and adapts).
+    #[arg(long)]
+    pub kl_target: Option<f64>,
+    /// Adaptive KL: the horizon in samples.
+    #[arg(long, default_value_t = 10_000.0)]
+    pub kl_horizon: f64,
+    /// The per-token KL estimator [TRL: --kl_estimator].
+    #[arg(long, value_enum)]
+    pub kl_estimator: Option<Estimator>,
+    /// The KL in the reward (true: PPO, RLOO, REINFORCE++) or in the loss (false: GRPO).
+    #[arg(long)]
+    pub kl_in_reward: Option<bool>,
+    /// Discount γ [TRL: --gamma].
+    #[arg(long)]
+    pub gamma: Option<f32>,
+    /// GAE λ [TRL: --lam].
+    #[arg(long)]
+    pub lam: Option<f32>,
+    /// Whiten per-token rewards [TRL: --whiten_rewards].
+    #[arg(long)]
+    pub whiten_rewards: Option<bool>,
+    /// Whiten GAE advantages.
+    #[arg(long)]
+    pub whiten_advantages: Option<bool>,
+    /// Epochs over each rollout batch [TRL: --num_ppo_epochs, --num_iterations].
+    #[arg(long, visible_alias = "num-iterations")]
+    pub num_ppo_epochs: Option<usize>,
+    /// Minibatches per epoch [TRL: --num_mini_batches].
+    #[arg(long)]
+    pub num_mini_batches: Option<usize>,
+    /// Policy clip ε [TRL: --cliprange, --epsilon].
+    #[arg(long, visible_alias = "epsilon")]
+    pub cliprange: Option<f32>,
+    /// Value clip ε_v [TRL: --cliprange_value].
+    #[arg(long)]
+    pub cliprange_value: Option<f32>,
+    /// Value-loss coefficient [TRL: --vf_coef].
+    #[arg(long)]
+    pub vf_coef: Option<f32>,
+    /// Peak learning rate (default: ppo 3e-6, grpo and rloo 1e-6, reinforce-pp 5e-7)
+    /// [TRL: --learning_rate].
+    #[arg(long)]
+    pub learning_rate: Option<f64>,
+    /// AdamW β₁ [TRL: --adam_beta1].
+    #[arg(long)]
+    pub adam_beta1: Option<f32>,
+    /// AdamW β₂ [TRL: --adam_beta2].
+    #[arg(long)]
+    pub adam_beta2: Option<f32>,
+    /// AdamW ε [TRL: --adam_epsilon].
+    #[arg(long)]
+    pub adam_epsilon: Option<f32>,
+    /// AdamW weight decay [TRL: --weight_decay].
+    #[arg(long)]
+    pub weight_decay: Option<f32>,
+    /// Clip the global gradient norm (0: off) [TRL: --max_grad_norm].
+    #[arg(long)]
+    pub max_grad_norm: Option<f32>,
+    /// Anneal the learning rate linearly to 0.
+    #[arg(long)]
+    pub anneal_lr: Option<bool>,
+    /// PPO-ptx: coefficient of an SFT loss on `ptx_data` added to the policy loss.
+    #[arg(long)]
+    pub ptx_coef: Option<f32>,
+    /// PPO-ptx: demonstrations per batch.
+    #[arg(long)]
+    pub ptx_batch_size: Option<usize>,
+    /// PPO-ptx: demonstrations (prompt/completion, messages or text).
+    #[arg(long, value_name = "FILE")]
+    pub ptx_data: Option<PathBuf>,
+    /// Subtract each prompt's mean score (needs two samples per prompt or more).
+    #[arg(long)]
+    pub score_baseline: Option<bool>,
+    /// Standardise scores within buckets of this many tokens of response length.
+    #[arg(long)]
+    pub length_bucket_width: Option<usize>,
+    /// Dropout off in every model (TL;DR detail 1).
+    #[arg(long)]
+    pub disable_dropout: Option<bool>,
+    /// PPO: start the critic from the reward model (TL;DR detail 6) when `--reward` names one;
+    /// otherwise from the policy with a fresh head.
+    #[arg(long)]
+    pub value_from_reward_model: Option<bool>,
+    /// Seed of every random choice [TRL: --seed].
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Checkpoint every this many iterations (and at the end) [TRL: --save_steps].
+    #[arg(long, default_value_t = 10)]
+    pub save_steps: u64,
+    /// Checkpoints kept [TRL: --save_total_limit].
+    #[arg(long, default_value_t = 2)]
+    pub save_total_limit: usize,
+    /// A progress line every this many iterations when stderr is not a terminal [TRL:
+    /// --logging_steps].
+    #[arg(long, default_value_t = 1)]
+    pub logging_steps: u64,
+}
+
+defaults_from_clap!(OnPolicyArgs);
+
+impl OnPolicyArgs {
+    /// These options with every unset one taken from `method`'s recipe (what `--print-config`
+    /// shows and the run directory records). `max_prompt_length` stays unset: it defaults to the
+    /// longest prompt of the data.
+    pub fn completed(mut self, method: Method) -> Self {
+        let c = method.preset();
+        macro_rules! fill {
+            ($($opt:ident <- $value:expr),* $(,)?) => {$(
+                self.$opt.get_or_insert($value);
+            )*};
+        }
+        fill!(
+            iterations <- c.iterations,
+            samples_per_prompt <- c.samples_per_prompt,
+            prompts_per_batch <- c.prompts_per_batch,
+            max_completion_length <- c.response_length,
+            temperature <- c.temperature,
+            beta <- c.kl.value(),
+            kl_estimator <- match c.kl_estimator {
+                KlEstimator::K1 => Estimator::K1,
+                KlEstimator::K2 => Estimator::K2,
+                KlEstimator::K3 => Estimator::K3,
+            },
+            kl_in_reward <- c.kl_in_reward,
+            gamma <- c.gamma,
+            lam <- c.lam,
+            whiten_rewards <- c.whiten_rewards,
+            whiten_advantages <- c.whiten_advantages,
+            num_ppo_epochs <- c.ppo_epochs,
+            num_mini_batches <- c.num_minibatches,
+            cliprange <- c.clip_eps,
+            cliprange_value <- c.value_clip,
+            vf_coef <- c.vf_coef,
+            learning_rate <- c.optimizer.lr,
+            adam_beta1 <- c.optimizer.beta1,
+            adam_beta2 <- c.optimizer.beta2,
+            adam_epsilon <- c.optimizer.eps,
+            weight_decay <- c.optimizer.weight_decay,
+            max_grad_norm <- c.optimizer.max_grad_norm.unwrap_or(0.0),
+            anneal_lr <- c.anneal_lr,
+            ptx_coef <- c.ptx_coef,
+            ptx_batch_size <- c.ptx_batch_size,
+            score_baseline <- c.score_baseline,
+            disable_dropout <- c.disable_dropout,
+            value_from_reward_model <- c.value_from_reward_model,
+        );
+        match (self.missing_eos_penalty, c.missing_eos_penalty) {
+            (None, Some(p)) if !self.no_missing_eos_penalty => self.missing_eos_penalty = Some(p),
+            (None, None) => self.no_missing_eos_penalty = true,
+            _ => {}
+        }
+        if self.length_bucket_width.is_none() {
+            self.length_bucket_width = c.length_bucket_width;
+        }
+        self
+    }
+
+    /// The method's recipe with every option given here applied; `query_length` is the longest
+    /// prompt's token count unless `max_prompt_length` is given.
+    pub fn config(&self, method: Method, longest_prompt: usize) -> PpoConfig {
+        let mut c = method.preset();
+        macro_rules! set {
+            ($($field:ident <- $opt:expr),* $(,)?) => {$(
+                if let Some(v) = $opt {
+                    c.$field = v;
+                }
+            )*};
+        }
+        set!(
+            iterations <- self.iterations,
+            samples_per_prompt <- self.samples_per_prompt,
+            prompts_per_batch <- self.prompts_per_batch,
+            response_length <- self.max_completion_length,
+            temperature <- self.temperature,
+            gamma <- self.gamma,
+            lam <- self.lam,
+            whiten_rewards <- self.whiten_rewards,
+            whiten_advantages <- self.whiten_advantages,
+            ppo_epochs <- self.num_ppo_epochs,
+            num_minibatches <- self.num_mini_batches,
+            clip_eps <- self.cliprange,
+            value_clip <- self.cliprange_value,
+            vf_coef <- self.vf_coef,
+            anneal_lr <- self.anneal_lr,
+            ptx_coef <- self.ptx_coef,
+            ptx_batch_size <- self.ptx_batch_size,
+            score_baseline <- self.score_baseline,
+            disable_dropout <- self.disable_dropout,
+            value_from_reward_model <- self.value_from_reward_model,
+            kl_in_reward <- self.kl_in_reward,
+        );
+        c.seed = self.seed;
+        c.query_length = self
+            .max_prompt_length
+            .unwrap_or_else(|| longest_prompt.clamp(1, 512));
+        if self.no_missing_eos_penalty {
+            c.missing_eos_penalty = None;
+        } else if let Some(p) = self.missing_eos_penalty {
+            c.missing_eos_penalty = Some(p);
+        }
+        if let Some(w) = self.length_bucket_width {
+            c.length_bucket_width = Some(w);
+        }
+        if let Some(e) = self.kl_estimator {
+            c.kl_estimator = match e {
+                Estimator::K1 => KlEstimator::K1,
+                Estimator::K2 => KlEstimator::K2,
+                Estimator::K3 => KlEstimator::K3,
+            };
+        }
+        let beta = self.beta.unwrap_or(c.kl.value());
+        c.kl = match self.kl_target {
+            Some(target) => KlController::Adaptive {
+                value: beta,
+                target,
+                horizon: self.kl_horizon,
+            },
+            None => KlController::Fixed { value: beta },
+        };
+        c.optimizer = OptimizerConfig {
+            lr: self.learning_rate.unwrap_or(c.optimizer.lr),
+            beta1: self.adam_beta1.unwrap_or(c.optimizer.beta1),
+            beta2: self.adam_beta2.unwrap_or(c.optimizer.beta2),
+            eps: self.adam_epsilon.unwrap_or(c.optimizer.eps),
+            weight_decay: self.weight_decay.unwrap_or(c.optimizer.weight_decay),
+            max_grad_norm: match self.max_grad_norm {
+                Some(n) if n > 0.0 => Some(n),
+                Some(_) => None,
+                None => c.optimizer.max_grad_norm,
+            },
+        };
+        c
+    }
+}
+
+/// Trains and writes the policy.
+pub fn run(method: Method, args: &OnPolicyArgs, toml: &str) -> Result<()> {
+    let (Some(dir), Some(out)) = (&args.model.model, &args.model.out) else {
+        bail!("--model DIR and --out DIR are required (or `model`, `out` in the config file)");
+    };
+    let Some(prompt_file) = &args.prompts else {
+        bail!("--prompts FILE is required (or `prompts` in the config file)");
+    };
+    let Some(reward) = &args.reward else {
+        bail!(
+            "--reward SPEC is required: a reward-model directory, exact-match[:FIELD], regex:PATTERN, length[:SCALE] or a combination"
+        );
+    };
+    let spec: Spec = reward.parse()?;
+    let device = rlhf_core::parse_device(&args.model.device)?.autodiff();
+    let ckpt = load::checkpoint(dir, &device, args.chat_template.as_deref())?;
+    let reference = load::reference(args.ref_model.as_deref(), &ckpt, &device)?;
+    let opts = rlhf_data::ReadOptions {
+        fields: rlhf_data::FieldNames {
+            prompt: args.prompt_field.clone(),
+            ..Default::default()
+        },
+        skip_bad: args.skip_bad,
+        ..Default::default()
+    };
+    let prompts = prompts(prompt_file, &opts, &ckpt.format)?;
+    let longest = prompts
+        .texts
+        .iter()
+        .map(|p| Ok(ckpt.tokenizer.encode(p)?.len()))
+        .collect::<rlhf_core::Result<Vec<_>>>()?
+        .into_iter()
+        .max()
+        .unwrap_or(1);
+    let cfg = args.config(method, longest);
+    cfg.validate()?;
+    let inference = device.clone().without_autodiff();
+    let mut loaded_rms = Vec::new();
+    let scorer = spec.build(&ckpt.tokenizer, &prompts, &inference, &mut loaded_rms)?;
+    let demonstrations = match (&args.ptx_data, cfg.ptx_coef > 0.0) {
+        (Some(file), true) => {
+            let enc = Encoder {
+                tokenizer: &ckpt.tokenizer,
+                format: &ckpt.format,
+                max_prompt: cfg.query_length,
+                max_response: cfg.response_length.max(1) * 4,
+            };
+            read::<SftRecord>(file, &opts)?
+                .iter()
+                .map(|r| {
+                    Ok((
+                        enc.prompt(&r.prompt)?.1,
+                        enc.response(&r.prompt, &r.completion)?,
+                    ))
+                })
+                .collect::<Result<Vec<_>>>()?
+        }
+        (None, true) => bail!("--ptx-coef > 0 needs --ptx-data FILE"),
+        _ => Vec::new(),
+    };
+    let critic = if !cfg.advantage.needs_critic() {
+        None
+    } else if let Some(dir) = &args.critic {
+        Some(load::reward_model(dir, &device)?.model)
+    } else if cfg.value_from_reward_model && loaded_rms.len() == 1 {
+        tracing::info!("critic: the reward model (TL;DR detail 6)");
+        Some(load::reward_model(spec.models()[0], &device)?.model)
+    } else {
+        tracing::info!("critic: the policy with a fresh value head");
+        Some(load::fresh_scalar(ckpt.model.clone(), args.seed))
+    };
+    tracing::info!(
+        "{}: {} prompts, {} per batch × {} samples, {} iterations, queries of {} tokens, {} new \
+         tokens at temperature {}, reward {}",
+        method.name(),
+        prompts.texts.len(),
+        cfg.prompts_per_batch,
+        cfg.samples_per_prompt,
+        cfg.iterations,
+        cfg.query_length,
+        cfg.response_length,
+        cfg.temperature,
+        scorer.name()
+    );
+    output::claim(out, method.name(), toml)?;
+    let inputs = PpoInputs {
+        reference: &reference,
+        scorer: scorer.as_ref(),
+        tokenizer: &ckpt.tokenizer,
+        prompts: &prompts.texts,
+        demonstrations: &demonstrations,
+        eval: None,
+        eval_every: 0,
+    };
+    let run = RunOptions {
+        checkpoint_every: args.save_steps,
+        keep_last: args.save_total_limit.max(1),
+        log_every: args.logging_steps.max(1),
+        ..RunOptions::in_dir(out)
+    };
+    let critic: Option<ScalarModel> = critic;
+    let (models, report) = train_ppo(
+        PolicyAndValue::new(ckpt.model.clone(), critic),
+        &inputs,
+        &cfg,
+        &run,
+        &device,
+    )
+    .with_context(|| format!("rlhf {}", method.name()))?;
+    output::save_causal(out, &models.policy, &ckpt.config, &ckpt.tokenizer, dir)?;
+    let get = |n: &str| {
+        report
+            .last
+            .iter()
+            .find(|m| m.0 == n)
+            .map_or(f64::NAN, |m| m.1)
+    };
+    tracing::info!(
+        "{}: {} iterations ({} this run); last: scores {:.4}, KL {:.4}, length {:.1}",
+        method.name(),
+        report.iterations,
+        report.iterations_this_run,
+        get(rlhf_core::train::metrics::names::OBJECTIVE_SCORES),
+        get(rlhf_core::train::metrics::names::OBJECTIVE_KL),
+        get(rlhf_core::train::metrics::names::COMPLETIONS_MEAN_LENGTH)
+    );
+    Ok(())
+}

@@ -1,0 +1,258 @@
+//! `rlhf rm`: a reward model from a checkpoint, by the file's kind: preference pairs →
+//! Bradley–Terry (optionally with margins), K-wise rankings → Plackett–Luce, step-labelled
+//! traces → a process RM (binary cross-entropy per step), responses labelled good or bad → an
+//! outcome RM (binary cross-entropy per response).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{ArgAction, Args, ValueEnum};
+use rlhf_data::{
+    Kind, KwiseRecord, PreferenceRecord, SftRecord, StepRecord, Tokenizer, UnpairedRecord,
+    detect_kind,
+};
+use rlhf_reward::{
+    Normalisation, RewardModel, RewardSettings, RmConfig, StepAggregate, normalise,
+    train_reward_model, train_step_model,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::args::{DataArgs, ModelArgs, TrainArgs, defaults_from_clap, kind_str};
+use crate::data::{
+    Encoder, kwise_groups, outcome_examples, preference_groups, prompt_key, ranked, read,
+    read_split, step_examples,
+};
+use crate::{load, output};
+
+/// TRL's `RewardConfig.learning_rate`.
+pub const DEFAULT_LR: f64 = 1e-4;
+
+/// How a process RM turns step probabilities into a sequence score.
+#[derive(ValueEnum, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Aggregate {
+    /// The weakest step.
+    Min,
+    /// All steps right.
+    Product,
+    /// The last step.
+    Last,
+}
+
+/// `rlhf rm` options.
+#[derive(Args, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(default)]
+pub struct RmArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub data: DataArgs,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub train: TrainArgs,
+    /// η of the centering term `η·mean[(Σ_k r_k)²]` (0: off) [TRL:
+    /// --center_rewards_coefficient].
+    #[arg(long, default_value_t = 0.0)]
+    pub center_rewards_coefficient: f32,
+    /// Pairs: ask for a margin `score_chosen − score_rejected` (when the file has the scores).
+    #[arg(long)]
+    pub use_margin: bool,
+    /// Centre the served scores on the chosen responses of the training pairs, or on the
+    /// completions of `normalize_on` (TL;DR detail 5: the bias from the SFT demonstrations).
+    #[arg(long, default_value_t = true, action = ArgAction::Set)]
+    pub normalize: bool,
+    /// Demonstrations (prompt/completion) whose mean score becomes the served bias.
+    #[arg(long, value_name = "FILE")]
+    pub normalize_on: Option<PathBuf>,
+    /// Process RMs: the text that ends a step [TRL PRM: --step_separator].
+    #[arg(long, default_value = "\n")]
+    pub step_separator: String,
+    /// Process RMs: how step probabilities become a sequence score.
+    #[arg(long, value_enum, default_value_t = Aggregate::Min)]
+    pub step_aggregate: Aggregate,
+}
+
+defaults_from_clap!(RmArgs);
+
+impl RmArgs {
+    /// These options with the command's default learning rate filled in (what `--print-config`
+    /// shows and the run directory records).
+    pub fn completed(mut self) -> Self {
+        self.train.learning_rate.get_or_insert(DEFAULT_LR);
+        self
+    }
+
+    /// The library's configuration.
+    pub fn config(&self, total_steps: u64) -> RmConfig {
+        RmConfig {
+            epochs: self.train.num_train_epochs,
+            batch_size: self.train.per_device_train_batch_size,
+            grad_accum: self.train.gradient_accumulation_steps,
+            optimizer: self.train.optimizer(DEFAULT_LR),
+            schedule: self.train.schedule(total_steps),
+            center_eta: self.center_rewards_coefficient,
+            use_margin: self.use_margin,
+            eval_every: self.train.eval_steps,
+            truncation: None,
+            seed: self.train.seed,
+        }
+    }
+}
+
+/// Trains and writes the reward model.
+pub fn run(args: &RmArgs, toml: &str) -> Result<()> {
+    let (Some(dir), Some(out)) = (&args.model.model, &args.model.out) else {
+        bail!("--model DIR and --out DIR are required (or `model`, `out` in the config file)");
+    };
+    let device = rlhf_core::parse_device(&args.model.device)?.autodiff();
+    let tokenizer = Tokenizer::from_dir(dir)
+        .with_context(|| format!("loading the tokenizer in {}", dir.display()))?;
+    let format = match &args.data.chat_template {
+        Some(_) => load::checkpoint(dir, &device, args.data.chat_template.as_deref())?.format,
+        None => tokenizer.config().chat_format()?,
+    };
+    let start = load::reward_model(dir, &device)?;
+    let (max_prompt, max_response) = args.data.limits()?;
+    let enc = Encoder {
+        tokenizer: &tokenizer,
+        format: &format,
+        max_prompt,
+        max_response,
+    };
+    let kind = match args.data.kind {
+        Some(k) => k,
+        None => detect_kind(args.data.data()?, &args.data.read_options())?,
+    };
+    output::claim(out, "rm", toml)?;
+    let run = args.train.run_options(out);
+    let mut demos: Vec<(Vec<u32>, Vec<u32>)> = Vec::new();
+    let (model, settings, report) = match kind {
+        Kind::Preference | Kind::Kwise => {
+            let (train, eval) = if kind == Kind::Preference {
+                let (t, e) = read_split::<PreferenceRecord>(&args.data, |r| prompt_key(&r.prompt))?;
+                let (t, dropped) = preference_groups(&t, &enc)?;
+                dropped.announce("training pairs");
+                (t, preference_groups(&e, &enc)?.0)
+            } else {
+                let (t, e) = read_split::<KwiseRecord>(&args.data, |r| prompt_key(&r.prompt))?;
+                (kwise_groups(&t, &enc)?, kwise_groups(&e, &enc)?)
+            };
+            let (train, eval) = (
+                ranked(&train, args.use_margin),
+                ranked(&eval, args.use_margin),
+            );
+            demos = train
+                .iter()
+                .map(|e| (e.prompt.clone(), e.responses[0].clone()))
+                .collect();
+            tracing::info!(
+                "rm: {} with {} training examples of K = {}, {} held out",
+                if train.first().is_some_and(|e| e.responses.len() > 2) {
+                    "Plackett–Luce"
+                } else {
+                    "Bradley–Terry"
+                },
+                train.len(),
+                train.first().map_or(2, |e| e.responses.len()),
+                eval.len()
+            );
+            let cfg = args.config(args.train.total_steps(train.len()));
+            let (m, r) = train_reward_model(start.model, &train, &eval, &cfg, &run, &device)?;
+            (m, RewardSettings::outcome(), r)
+        }
+        Kind::Steps | Kind::Unpaired => {
+            let (train, eval, settings) = if kind == Kind::Steps {
+                let (t, e) = read_split::<StepRecord>(&args.data, |r| r.prompt.clone())?;
+                let sep = &args.step_separator;
+                let agg = match args.step_aggregate {
+                    Aggregate::Min => StepAggregate::Min,
+                    Aggregate::Product => StepAggregate::Product,
+                    Aggregate::Last => StepAggregate::Last,
+                };
+                (
+                    step_examples(&t, &enc, sep)?,
+                    step_examples(&e, &enc, sep)?,
+                    RewardSettings::process(sep, agg),
+                )
+            } else {
+                let (t, e) = read_split::<UnpairedRecord>(&args.data, |r| prompt_key(&r.prompt))?;
+                (
+                    outcome_examples(&t, &enc)?,
+                    outcome_examples(&e, &enc)?,
+                    RewardSettings::outcome(),
+                )
+            };
+            tracing::info!(
+                "rm: {} ({} training examples, {} held out)",
+                if kind == Kind::Steps {
+                    "a process RM on step labels"
+                } else {
+                    "an outcome RM on response labels"
+                },
+                train.len(),
+                eval.len()
+            );
+            let cfg = args.config(args.train.total_steps(train.len()));
+            let (m, r) = train_step_model(start.model, &train, &eval, &cfg, &run, &device)?;
+            (m, settings, r)
+        }
+        other => bail!(
+            "rlhf rm reads preference, kwise, steps or unpaired records, and {} holds `{}` records",
+            args.data.data()?.display(),
+            kind_str(other)
+        ),
+    };
+    let normalisation = if !args.normalize || settings.step_delimiter.is_some() {
+        Normalisation::default()
+    } else {
+        if let Some(file) = &args.normalize_on {
+            demos = read::<SftRecord>(file, &args.data.read_options())?
+                .iter()
+                .map(|r| {
+                    Ok((
+                        enc.prompt(&r.prompt)?.1,
+                        enc.response(&r.prompt, &r.completion)?,
+                    ))
+                })
+                .collect::<Result<_>>()?;
+        }
+        if demos.is_empty() {
+            Normalisation::default()
+        } else {
+            normalise(
+                &model,
+                &demos,
+                false,
+                args.train.per_device_train_batch_size,
+                &device,
+            )?
+        }
+    };
+    let rm = RewardModel {
+        model,
+        config: start.config,
+        settings: RewardSettings {
+            normalisation,
+            ..settings
+        },
+    };
+    output::save_reward(out, &rm, &tokenizer)?;
+    tracing::info!(
+        "rm: {} steps ({} this run), final loss {:.4}{}; served bias {:.4}",
+        report.steps,
+        report.steps_this_run,
+        report.final_train_loss,
+        if args.data.eval_data.is_some() || args.data.eval_share > 0.0 {
+            format!(
+                "; held out: loss {:.4}, accuracy {:.3}",
+                report.eval.loss, report.eval.accuracy
+            )
+        } else {
+            String::new()
+        },
+        normalisation.bias
+    );
+    Ok(())
+}

@@ -1,0 +1,105 @@
+//! `rlhf sft`: supervised fine-tuning of a checkpoint on demonstrations (`prompt`/`completion`,
+//! `messages` or `text` records), the loss on the completion's tokens.
+
+use anyhow::Result;
+use clap::{ArgAction, Args};
+use rlhf_data::SftRecord;
+use rlhf_models::{SftConfig, train_sft};
+use serde::{Deserialize, Serialize};
+
+use crate::args::{DataArgs, ModelArgs, TrainArgs, defaults_from_clap};
+use crate::commands::Prepared;
+use crate::data::{Encoder, prompt_key, read_split, sft_examples};
+use crate::output;
+
+/// TRL's `SFTConfig.learning_rate`.
+pub const DEFAULT_LR: f64 = 2e-5;
+
+/// `rlhf sft` options.
+#[derive(Args, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(default)]
+pub struct SftArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub data: DataArgs,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub train: TrainArgs,
+    /// Pack examples end to end into rows of this many tokens (fewer pads; attention crosses
+    /// example boundaries) [TRL: --packing with --max_length].
+    #[arg(long, value_name = "TOKENS")]
+    pub packing: Option<usize>,
+    /// Learn the completion only (`false`: the prompt too) [TRL: --completion_only_loss].
+    #[arg(long, default_value_t = true, action = ArgAction::Set)]
+    pub completion_only_loss: bool,
+}
+
+defaults_from_clap!(SftArgs);
+
+impl SftArgs {
+    /// These options with the command's default learning rate filled in (what `--print-config`
+    /// shows and the run directory records).
+    pub fn completed(mut self) -> Self {
+        self.train.learning_rate.get_or_insert(DEFAULT_LR);
+        self
+    }
+
+    /// The library's configuration.
+    pub fn config(&self, total_steps: u64) -> SftConfig {
+        SftConfig {
+            epochs: self.train.num_train_epochs,
+            batch_size: self.train.per_device_train_batch_size,
+            grad_accum: self.train.gradient_accumulation_steps,
+            optimizer: self.train.optimizer(DEFAULT_LR),
+            schedule: self.train.schedule(total_steps),
+            truncation: None,
+            packing: self.packing,
+            eval_every: self.train.eval_steps,
+            seed: self.train.seed,
+        }
+    }
+}
+
+/// Trains and writes the model.
+pub fn run(args: &SftArgs, toml: &str) -> Result<()> {
+    let p = Prepared::new(&args.model, &args.data)?;
+    let (train, eval) = read_split::<SftRecord>(&args.data, |r| prompt_key(&r.prompt))?;
+    let (max_prompt, max_response) = args.data.limits()?;
+    let enc = Encoder {
+        tokenizer: &p.ckpt.tokenizer,
+        format: &p.ckpt.format,
+        max_prompt,
+        max_response,
+    };
+    let (train, dropped) = sft_examples(&train, &enc, args.completion_only_loss)?;
+    dropped.announce("training data");
+    let (eval, dropped) = sft_examples(&eval, &enc, args.completion_only_loss)?;
+    dropped.announce("eval data");
+    let cfg = args.config(args.train.total_steps(train.len()));
+    output::claim(&p.out, "sft", toml)?;
+    let (model, report) = train_sft(
+        p.ckpt.model.clone(),
+        &train,
+        &eval,
+        &cfg,
+        &args.train.run_options(&p.out),
+        &p.device,
+    )?;
+    output::save_causal(&p.out, &model, &p.ckpt.config, &p.ckpt.tokenizer, &p.dir)?;
+    tracing::info!(
+        "sft: {} steps ({} this run), {} target tokens, final loss {:.4}{}",
+        report.steps,
+        report.steps_this_run,
+        report.tokens,
+        report.final_train_loss,
+        if eval.is_empty() {
+            String::new()
+        } else {
+            format!(", eval loss {:.4}", report.eval_loss)
+        }
+    );
+    Ok(())
+}

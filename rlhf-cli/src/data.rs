@@ -1,0 +1,285 @@
+//! From a user's records to what the trainers read: text through the chat format, tokens
+//! through the tokenizer, cut to the length limits, each response ending with EOS, split into
+//! training and held-out data, with every count announced.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use rlhf_data::{
+    ChatFormat, KwiseRecord, PreferenceRecord, PromptRecord, ReadOptions, Record, SftRecord, Split,
+    StepRecord, Tokenizer, Turns, UnpairedRecord, hash_split, read_records,
+};
+use rlhf_dpo::Group;
+use rlhf_models::sft::Example;
+use rlhf_reward::{LabelledExample, RankedExample};
+
+use crate::args::DataArgs;
+
+/// The salt of the train/eval split, so it never depends on a run's seed.
+const SPLIT_SALT: &str = "rlhf/eval-split";
+
+/// Reads every record of `path`, announcing how many were read, kept and rejected (and the first
+/// errors, when bad records are skipped).
+pub fn read<R: Record>(path: &Path, opts: &ReadOptions) -> Result<Vec<R>> {
+    let loaded = read_records::<R>(path, opts)?;
+    let r = &loaded.report;
+    tracing::info!(
+        "data {}: read {} records, kept {}, rejected {}",
+        path.display(),
+        r.read,
+        r.kept,
+        r.rejected
+    );
+    for e in &r.errors {
+        tracing::warn!("skipped: {e}");
+    }
+    Ok(loaded.records)
+}
+
+/// The training and held-out records: `eval_data` when given, otherwise `eval_share` of the
+/// prompts (a prompt is never on both sides).
+pub fn read_split<R: Record>(
+    args: &DataArgs,
+    prompt: impl Fn(&R) -> String,
+) -> Result<(Vec<R>, Vec<R>)> {
+    let opts = args.read_options();
+    let all = read::<R>(args.data()?, &opts)?;
+    if let Some(eval) = &args.eval_data {
+        return Ok((all, read::<R>(eval, &opts)?));
+    }
+    if args.eval_share <= 0.0 {
+        return Ok((all, Vec::new()));
+    }
+    let (train, eval): (Vec<R>, Vec<R>) = all
+        .into_iter()
+        .partition(|r| hash_split(&prompt(r), SPLIT_SALT, args.eval_share, 0.0) == Split::Train);
+    tracing::info!(
+        "split by prompt: {} records to train on, {} held out",
+        train.len(),
+        eval.len()
+    );
+    Ok((train, eval))
+}
+
+/// A prompt as the key of the train/eval split.
+pub fn prompt_key(t: &Turns) -> String {
+    serde_json::to_string(t).unwrap_or_default()
+}
+
+/// Text to tokens: a prompt keeps its last `max_prompt` tokens, a response (EOS appended when it
+/// does not end with it) its first `max_response`.
+pub struct Encoder<'a> {
+    /// The tokenizer.
+    pub tokenizer: &'a Tokenizer,
+    /// The chat format.
+    pub format: &'a ChatFormat,
+    /// Longest prompt.
+    pub max_prompt: usize,
+    /// Longest response.
+    pub max_response: usize,
+}
+
+impl Encoder<'_> {
+    /// The prompt's text (rendered) and tokens (cut).
+    pub fn prompt(&self, prompt: &Turns) -> Result<(String, Vec<u32>)> {
+        let text = self.format.prompt(prompt)?;
+        let ids = self.tokenizer.encode(&text)?;
+        Ok((
+            text,
+            ids[ids.len().saturating_sub(self.max_prompt)..].to_vec(),
+        ))
+    }
+
+    /// The response's tokens: its text after `prompt`, EOS appended, cut to `max_response`.
+    pub fn response(&self, prompt: &Turns, response: &Turns) -> Result<Vec<u32>> {
+        let mut ids = self
+            .tokenizer
+            .encode(&self.format.response(prompt, response)?)?;
+        if ids.last() != Some(&self.tokenizer.eos_id()) {
+            ids.push(self.tokenizer.eos_id());
+        }
+        ids.truncate(self.max_response);
+        Ok(ids)
+    }
+}
+
+/// Counts what the conversion left out, to announce.
+#[derive(Debug, Default)]
+pub struct Dropped(pub usize, pub &'static str);
+
+impl Dropped {
+    /// Announces the count, when there is one.
+    pub fn announce(&self, what: &str) {
+        if self.0 > 0 {
+            tracing::warn!("{what}: left out {} records ({})", self.0, self.1);
+        }
+    }
+}
+
+/// SFT examples: the completion is the target; with `completion_only_loss` off the prompt is
+/// learned too (it becomes part of the target, after an empty prompt).
+pub fn sft_examples(
+    records: &[SftRecord],
+    enc: &Encoder,
+    completion_only_loss: bool,
+) -> Result<(Vec<Example>, Dropped)> {
+    let mut out = Vec::with_capacity(records.len());
+    let mut dropped = Dropped(0, "an empty completion after truncation");
+    for r in records {
+        let (_, prompt) = enc.prompt(&r.prompt)?;
+        let completion = enc.response(&r.prompt, &r.completion)?;
+        if completion.is_empty() {
+            dropped.0 += 1;
+            continue;
+        }
+        out.push(if completion_only_loss || prompt.is_empty() {
+            (prompt, completion)
+        } else {
+            // the first token has no predecessor to be predicted from: it stays the prompt
+            let all: Vec<u32> = prompt.iter().chain(&completion).copied().collect();
+            (all[..1].to_vec(), all[1..].to_vec())
+        });
+    }
+    Ok((out, dropped))
+}
+
+/// Preference pairs as `[chosen, rejected]` groups (pairs whose responses are empty or equal
+/// after truncation are left out).
+pub fn preference_groups(
+    records: &[PreferenceRecord],
+    enc: &Encoder,
+) -> Result<(Vec<Group>, Dropped)> {
+    let mut out = Vec::with_capacity(records.len());
+    let mut dropped = Dropped(0, "chosen and rejected empty or equal after truncation");
+    for r in records {
+        let (_, prompt) = enc.prompt(&r.prompt)?;
+        let chosen = enc.response(&r.prompt, &r.chosen)?;
+        let rejected = enc.response(&r.prompt, &r.rejected)?;
+        if chosen.is_empty() || rejected.is_empty() || chosen == rejected {
+            dropped.0 += 1;
+            continue;
+        }
+        // the dataset's ratings, when it has them (UltraFeedback): the -rw losses' rewards
+        let rewards = match (r.score_chosen, r.score_rejected) {
+            (Some(c), Some(r)) => Some(vec![c as f32, r as f32]),
+            _ => None,
+        };
+        out.push(Group {
+            prompt,
+            responses: vec![chosen, rejected],
+            rewards,
+        });
+    }
+    Ok((out, dropped))
+}
+
+/// K-wise records as groups with their rewards.
+pub fn kwise_groups(records: &[KwiseRecord], enc: &Encoder) -> Result<Vec<Group>> {
+    records
+        .iter()
+        .map(|r| {
+            Ok(Group {
+                prompt: enc.prompt(&r.prompt)?.1,
+                responses: r
+                    .completions
+                    .iter()
+                    .map(|c| enc.response(&r.prompt, c))
+                    .collect::<Result<_>>()?,
+                rewards: Some(r.rewards.iter().map(|&x| x as f32).collect()),
+            })
+        })
+        .collect()
+}
+
+/// Groups as ranked examples, best first: a pair as it is (with the difference of the dataset's
+/// scores as its margin, when it has scores), K-wise by descending reward.
+pub fn ranked(groups: &[Group], margins: bool) -> Vec<RankedExample> {
+    groups
+        .iter()
+        .map(|g| {
+            let rewards = g.rewards.clone().unwrap_or_default();
+            let mut order: Vec<usize> = (0..g.responses.len()).collect();
+            if rewards.len() == order.len() && order.len() > 2 {
+                order.sort_by(|&a, &b| rewards[b].total_cmp(&rewards[a]));
+            }
+            RankedExample {
+                prompt: g.prompt.clone(),
+                responses: order.iter().map(|&i| g.responses[i].clone()).collect(),
+                margin: (margins && order.len() == 2 && rewards.len() == 2)
+                    .then(|| rewards[0] - rewards[1]),
+                gold: None,
+            }
+        })
+        .collect()
+}
+
+/// Step-labelled traces as a process RM's examples: each step ends with `delimiter`, its label
+/// is read at the step's last token.
+pub fn step_examples(
+    records: &[StepRecord],
+    enc: &Encoder,
+    delimiter: &str,
+) -> Result<Vec<LabelledExample>> {
+    records
+        .iter()
+        .map(|r| {
+            let prompt = Turns::Text(r.prompt.clone());
+            let segments = r
+                .completions
+                .iter()
+                .map(|s| Ok(enc.tokenizer.encode(&format!("{s}{delimiter}"))?))
+                .collect::<Result<Vec<_>>>()?;
+            Ok(LabelledExample {
+                prompt: enc.prompt(&prompt)?.1,
+                segments,
+                labels: r.labels.clone(),
+            })
+        })
+        .collect()
+}
+
+/// Responses labelled good or bad as an outcome RM's examples: one segment, the whole response.
+pub fn outcome_examples(records: &[UnpairedRecord], enc: &Encoder) -> Result<Vec<LabelledExample>> {
+    records
+        .iter()
+        .map(|r| {
+            Ok(LabelledExample {
+                prompt: enc.prompt(&r.prompt)?.1,
+                segments: vec![enc.response(&r.prompt, &r.completion)?],
+                labels: vec![r.label],
+            })
+        })
+        .collect()
+}
+
+/// Prompts with their texts rendered, and each record's other fields (a verifier's reference).
+pub struct Prompts {
+    /// The rendered prompt texts.
+    pub texts: Vec<String>,
+    /// The records, in the same order.
+    pub records: Vec<PromptRecord>,
+}
+
+/// Reads a prompt file: any layout with a prompt field (prompt, SFT or preference files), or a
+/// preference file whose prompts are implicit (HH-RLHF), each distinct prompt once.
+pub fn prompts(path: &Path, opts: &ReadOptions, format: &ChatFormat) -> Result<Prompts> {
+    let records = if rlhf_data::detect_kind(path, opts)? == rlhf_data::Kind::Preference {
+        let mut seen = std::collections::HashSet::new();
+        read::<PreferenceRecord>(path, opts)?
+            .into_iter()
+            .filter(|r| seen.insert(prompt_key(&r.prompt)))
+            .map(|r| PromptRecord {
+                prompt: r.prompt,
+                extra: Default::default(),
+            })
+            .collect()
+    } else {
+        read::<PromptRecord>(path, opts)
+            .with_context(|| format!("reading prompts from {}", path.display()))?
+    };
+    let texts = records
+        .iter()
+        .map(|r| format.prompt(&r.prompt))
+        .collect::<rlhf_core::Result<Vec<_>>>()?;
+    Ok(Prompts { texts, records })
+}

@@ -1,0 +1,27 @@
+//! # rlhf-cli
+//!
+//! The `rlhf` command: RLHF a Hugging Face checkpoint of your own on your own data, and get a
+//! Hugging Face checkpoint back.
+//!
+//! ```text
+//! rlhf sft   --model DIR --data FILE --out DIR          prompt/completion, messages or text
+//! rlhf rm    --model DIR --data FILE --out DIR          pairs (BT), K-wise (PL), steps (PRM), labels (ORM)
+//! rlhf dpo   --model DIR --data FILE --out DIR --loss sigmoid|cdpo|robust|ipo|hinge|simpo|exo-pref|exo-rw|dpo-rw
+//! rlhf ppo|grpo|rloo|reinforce-pp --model DIR --prompts FILE --reward SPEC --out DIR
+//! rlhf generate --model DIR --prompt TEXT …     rlhf eval --model DIR --prompts FILE --reward SPEC
+//! rlhf check FILE                               rlhf plot RUN_DIR
+//! ```
+//!
+//! Each training command is a thin layer over the library's trainer: [`options`] resolves its
+//! options (defaults, `--config FILE.toml`, flags), [`load`] loads the checkpoint, tokenizer and
+//! chat template, [`data`] turns the records into tokens, [`reward`] parses `--reward`, the
+//! trainer runs with checkpoints in `--out`, and [`output`] writes the Hugging Face directory.
+
+pub mod args;
+pub mod commands;
+pub mod data;
+pub mod load;
+pub mod options;
+pub mod output;
+pub mod plot;
+pub mod reward;

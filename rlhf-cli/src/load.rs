@@ -1,0 +1,156 @@
+//! Loading what a command trains and reads: a checkpoint's model, its tokenizer and chat format,
+//! a reference, a reward model, a critic, each announced on stderr before training starts.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use burn::module::Module;
+use burn::tensor::Device;
+use rlhf_data::{ChatFormat, JinjaTemplate, Tokenizer};
+use rlhf_models::{CausalLm, ScalarModel, TransformerConfig, load_pretrained};
+use rlhf_reward::{RewardModel, RewardSettings};
+
+/// A causal LM checkpoint with its tokenizer and chat format.
+pub struct Checkpoint {
+    /// `config.json`.
+    pub config: TransformerConfig,
+    /// The weights.
+    pub model: CausalLm,
+    /// `tokenizer.json` with EOS, PAD and the template of `tokenizer_config.json`.
+    pub tokenizer: Tokenizer,
+    /// How conversations become text.
+    pub format: ChatFormat,
+}
+
+/// `(total, non-embedding)` parameters, for messages.
+fn params(config: &TransformerConfig, model_params: usize) -> String {
+    format!(
+        "{model_params} parameters ({} non-embedding)",
+        config.non_embedding_params()
+    )
+}
+
+/// Loads the checkpoint in `dir` onto `device` and says what it loaded. `chat_template` replaces
+/// the tokenizer's template.
+pub fn checkpoint(dir: &Path, device: &Device, chat_template: Option<&Path>) -> Result<Checkpoint> {
+    let (config, model) = load_pretrained(dir, device)
+        .with_context(|| format!("loading the model in {}", dir.display()))?;
+    let tokenizer = Tokenizer::from_dir(dir)
+        .with_context(|| format!("loading the tokenizer in {}", dir.display()))?;
+    let format = match chat_template {
+        Some(path) => {
+            let source = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let c = tokenizer.config();
+            ChatFormat::Jinja(JinjaTemplate::new(
+                &source,
+                c.bos_token.as_deref().unwrap_or(""),
+                &tokenizer.eos_text(),
+            )?)
+        }
+        None => tokenizer.config().chat_format()?,
+    };
+    if tokenizer.eos_id() as usize >= config.vocab_size {
+        bail!(
+            "{}: the tokenizer's EOS {} (id {}) is outside the model's vocabulary of {}",
+            dir.display(),
+            tokenizer.eos_text(),
+            tokenizer.eos_id(),
+            config.vocab_size
+        );
+    }
+    tracing::info!(
+        "model {}: {:?}, {}, {} layers, width {}",
+        dir.display(),
+        config.architecture,
+        params(&config, model.num_params()),
+        config.num_hidden_layers,
+        config.hidden_size
+    );
+    let pad = tokenizer.pad_id();
+    tracing::info!(
+        "tokenizer: {} tokens, EOS {:?} (id {}), PAD id {pad}{}, chat template: {}",
+        tokenizer.vocab_size(),
+        tokenizer.eos_text(),
+        tokenizer.eos_id(),
+        if pad as usize >= config.vocab_size {
+            " (added past the vocabulary; never shown to the model)"
+        } else {
+            ""
+        },
+        match (&format, chat_template) {
+            (_, Some(p)) => format!("{}", p.display()),
+            (ChatFormat::Jinja(_), None) => "the checkpoint's".into(),
+            (ChatFormat::Pieces(_), None) =>
+                "none in the checkpoint, ChatML for conversations".into(),
+        }
+    );
+    Ok(Checkpoint {
+        config,
+        model,
+        tokenizer,
+        format,
+    })
+}
+
+/// The frozen reference: the checkpoint in `dir`, or (without one) a copy of `policy`'s starting
+/// weights. Its vocabulary must be the policy's.
+pub fn reference(dir: Option<&Path>, policy: &Checkpoint, device: &Device) -> Result<CausalLm> {
+    let Some(dir) = dir else {
+        tracing::info!("reference: the starting policy");
+        return Ok(policy.model.clone());
+    };
+    let (config, model) = load_pretrained(dir, device)
+        .with_context(|| format!("loading the reference in {}", dir.display()))?;
+    if config.vocab_size != policy.config.vocab_size {
+        bail!(
+            "the reference {} has a vocabulary of {} and the policy {}: they must share the tokenizer",
+            dir.display(),
+            config.vocab_size,
+            policy.config.vocab_size
+        );
+    }
+    tracing::info!(
+        "reference {}: {:?}, {}",
+        dir.display(),
+        config.architecture,
+        params(&config, model.num_params())
+    );
+    Ok(model)
+}
+
+/// A reward model from `dir`: what `rlhf rm` wrote, a sequence-classification checkpoint, or a
+/// causal LM (whose head is then fresh).
+pub fn reward_model(dir: &Path, device: &Device) -> Result<RewardModel> {
+    let (config, model, extra, head) = rlhf_models::load_scalar_pretrained(dir, device)
+        .with_context(|| format!("loading the reward model in {}", dir.display()))?;
+    let settings = if extra.is_null() {
+        RewardSettings::outcome()
+    } else {
+        serde_json::from_value(extra)
+            .with_context(|| format!("{}: config.json `rlhf_scalar`", dir.display()))?
+    };
+    tracing::info!(
+        "reward model {}: {:?}, {}, {}",
+        dir.display(),
+        config.architecture,
+        params(&config, model.num_params()),
+        if head {
+            "its score head"
+        } else {
+            "a fresh score head (the checkpoint has none)"
+        }
+    );
+    Ok(RewardModel {
+        model,
+        config,
+        settings,
+    })
+}
+
+/// A fresh scalar model on `backbone` (a critic or reward model started from a causal LM), its
+/// head drawn from `seed`.
+pub fn fresh_scalar(backbone: CausalLm, seed: u64) -> ScalarModel {
+    let device = backbone.device();
+    rlhf_core::train::seeded(&device, seed, || ScalarModel::from_backbone(backbone))
+}

@@ -1,0 +1,119 @@
+//! The output directory of a training command: it belongs to one configuration (recorded in
+//! `rlhf.toml`, so running the same command again resumes and another one is refused), it holds
+//! the checkpoints and `metrics.jsonl` while training, and it ends as a Hugging Face directory
+//! that `transformers` loads unchanged.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use rlhf_core::train::fs::write_atomic;
+use rlhf_data::Tokenizer;
+use rlhf_models::{CausalLm, TransformerConfig, save_pretrained};
+use rlhf_reward::RewardModel;
+use serde_json::Value;
+
+/// The record of the options a run directory was made with.
+pub const RUN_RECORD: &str = "rlhf.toml";
+
+/// Keys that may change between a run and its resumption (they do not change what is trained).
+const RESUMABLE_CHANGES: &[&str] = &[
+    "device",
+    "logging_steps",
+    "save_steps",
+    "save_total_limit",
+    "config",
+];
+
+/// Claims `out` for the run whose resolved options are `toml_text`: a new directory records
+/// them; a directory holding the same run is resumed; one holding another run is refused with
+/// the first option that differs.
+pub fn claim(out: &Path, command: &str, toml_text: &str) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let record = out.join(RUN_RECORD);
+    let mine = format!("# rlhf {command}\n{toml_text}");
+    if record.is_file() {
+        let theirs = std::fs::read_to_string(&record)
+            .with_context(|| format!("reading {}", record.display()))?;
+        let parse = |t: &str| -> Result<toml::Table> { Ok(toml::from_str(t)?) };
+        let (a, b) = (parse(&theirs)?, parse(&mine)?);
+        let first_line = |t: &str| t.lines().next().unwrap_or_default().to_string();
+        if first_line(&theirs) != first_line(&mine) {
+            bail!(
+                "{} holds a run of `{}`, not `rlhf {command}`: use another --out or remove it",
+                out.display(),
+                first_line(&theirs).trim_start_matches("# ")
+            );
+        }
+        let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+        for k in keys {
+            if RESUMABLE_CHANGES.contains(&k.as_str()) {
+                continue;
+            }
+            if a.get(k) != b.get(k) {
+                bail!(
+                    "{} holds a run with other options (`{k}`: {} there, {} now): run the same \
+                     command to resume it, or use another --out",
+                    out.display(),
+                    a.get(k).map_or("not set".into(), ToString::to_string),
+                    b.get(k).map_or("not set".into(), ToString::to_string)
+                );
+            }
+        }
+        tracing::info!("{}: resuming the run recorded there", out.display());
+    }
+    write_atomic(&record, mine.as_bytes())?;
+    Ok(())
+}
+
+/// Copies the files of the checkpoint directory `from` that describe generation (and that
+/// `transformers` reads) into `out`: `generation_config.json` and `special_tokens_map.json`.
+fn copy_generation_files(from: &Path, out: &Path) -> Result<()> {
+    for name in ["generation_config.json", "special_tokens_map.json"] {
+        let src = from.join(name);
+        if src.is_file() {
+            let bytes =
+                std::fs::read(&src).with_context(|| format!("reading {}", src.display()))?;
+            write_atomic(&out.join(name), &bytes)?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes a trained causal LM as a Hugging Face directory: `config.json`, `model.safetensors`,
+/// the tokenizer's files, and the starting checkpoint's generation files.
+pub fn save_causal(
+    out: &Path,
+    model: &CausalLm,
+    config: &TransformerConfig,
+    tokenizer: &Tokenizer,
+    from: &Path,
+) -> Result<()> {
+    save_pretrained(model, config, out)?;
+    tokenizer.save_dir(out)?;
+    copy_generation_files(from, out)?;
+    tracing::info!(
+        "wrote {}: config.json, model.safetensors, tokenizer.json, tokenizer_config.json",
+        out.display()
+    );
+    Ok(())
+}
+
+/// Writes a trained reward model as a Hugging Face sequence-classification directory, with the
+/// tokenizer's files; `pad_token_id` is set when the tokenizer's PAD is a real token other than
+/// EOS (transformers reads the score at the last token before the first PAD).
+pub fn save_reward(out: &Path, rm: &RewardModel, tokenizer: &Tokenizer) -> Result<()> {
+    rm.save(out)?;
+    tokenizer.save_dir(out)?;
+    let pad = tokenizer.pad_id();
+    if (pad as usize) < rm.config.vocab_size && pad != tokenizer.eos_id() {
+        let path = out.join("config.json");
+        let mut json: Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+        json["pad_token_id"] = pad.into();
+        write_atomic(&path, &serde_json::to_vec_pretty(&json)?)?;
+    }
+    tracing::info!(
+        "wrote {}: a sequence-classification checkpoint (score head) with its tokenizer",
+        out.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,204 @@
+//! `--reward SPEC`: what scores the on-policy trainers' samples, written on the command line.
+//!
+//! | spec | scorer |
+//! | --- | --- |
+//! | `DIR` or `rm:DIR` | a reward model (what `rlhf rm` wrote, or any sequence-classification checkpoint) |
+//! | `exact-match`, `exact-match:FIELD` | 1 when the response equals the prompt record's `FIELD` (default `answer`), else 0 |
+//! | `regex:PATTERN` | 1 when the response matches the pattern, else 0 |
+//! | `length`, `length:SCALE` | words × `SCALE` (default 0.1): the length-only control |
+//! | `mean(A,B,…)`, `min(A,B,…)`, `mean-minus-std:λ(A,B,…)` | an ensemble of the specs inside |
+//!
+//! A spec that names a reward model also gives the on-policy trainers their critic's starting
+//! point (TL;DR detail 6: the value model starts from the reward model).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, anyhow, bail};
+use burn::tensor::Device;
+use rlhf_core::Scorer;
+use rlhf_data::Tokenizer;
+use rlhf_reward::{
+    Combine, EnsembleScorer, ExactMatchScorer, LengthScorer, RegexScorer, RewardModel, RewardScorer,
+};
+
+use crate::data::Prompts;
+use crate::load;
+
+/// A parsed `--reward` spec.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Spec {
+    /// A reward model's directory.
+    Model(PathBuf),
+    /// Exact match against a field of the prompt record.
+    ExactMatch(String),
+    /// A regular expression.
+    Regex(String),
+    /// Words × scale.
+    Length(f32),
+    /// An ensemble.
+    Ensemble(Combine, Vec<Spec>),
+}
+
+/// Splits `s` at its top-level commas (those outside parentheses).
+fn split_top(s: &str) -> Vec<&str> {
+    let (mut depth, mut start, mut parts) = (0i32, 0, Vec::new());
+    for (i, c) in s.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                parts.push(s[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(s[start..].trim());
+    parts
+}
+
+impl std::str::FromStr for Spec {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Spec> {
+        let s = s.trim();
+        if let Some(open) = s.find('(')
+            && s.ends_with(')')
+        {
+            let (head, inner) = (&s[..open], &s[open + 1..s.len() - 1]);
+            let combine = match head.split_once(':') {
+                None if head == "mean" => Combine::Mean,
+                None if head == "min" => Combine::Min,
+                Some(("mean-minus-std", l)) => Combine::MeanMinusStd {
+                    lambda: l
+                        .parse()
+                        .map_err(|_| anyhow!("mean-minus-std:λ needs a number, got `{l}`"))?,
+                },
+                None if head == "mean-minus-std" => Combine::MeanMinusStd { lambda: 1.0 },
+                _ => bail!("unknown combination `{head}`: mean, min or mean-minus-std:λ"),
+            };
+            let members = split_top(inner)
+                .into_iter()
+                .map(str::parse)
+                .collect::<Result<Vec<Spec>>>()?;
+            return Ok(Spec::Ensemble(combine, members));
+        }
+        let (kind, arg) = match s.split_once(':') {
+            Some((k, a)) if ["rm", "exact-match", "regex", "length"].contains(&k) => (k, Some(a)),
+            _ => (s, None),
+        };
+        Ok(match (kind, arg) {
+            ("rm", Some(dir)) => Spec::Model(PathBuf::from(dir)),
+            ("exact-match", field) => Spec::ExactMatch(field.unwrap_or("answer").to_string()),
+            ("regex", Some(p)) => Spec::Regex(p.to_string()),
+            ("length", scale) => Spec::Length(match scale {
+                Some(x) => x
+                    .parse()
+                    .map_err(|_| anyhow!("length:SCALE needs a number, got `{x}`"))?,
+                None => 0.1,
+            }),
+            _ if Path::new(s).join("config.json").is_file() => Spec::Model(PathBuf::from(s)),
+            _ => bail!(
+                "unknown reward `{s}`: a reward-model directory (or rm:DIR), exact-match[:FIELD], \
+                 regex:PATTERN, length[:SCALE], or mean(…)/min(…)/mean-minus-std:λ(…) of these"
+            ),
+        })
+    }
+}
+
+impl Spec {
+    /// The reward models the spec names, in order.
+    pub fn models(&self) -> Vec<&Path> {
+        match self {
+            Spec::Model(p) => vec![p.as_path()],
+            Spec::Ensemble(_, members) => members.iter().flat_map(Spec::models).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The scorer, and the reward models loaded on the way (for the critic).
+    pub fn build(
+        &self,
+        tokenizer: &Tokenizer,
+        prompts: &Prompts,
+        device: &Device,
+        loaded: &mut Vec<RewardModel>,
+    ) -> Result<Box<dyn Scorer>> {
+        let eos = tokenizer.eos_text();
+        Ok(match self {
+            Spec::Model(dir) => {
+                let rm = load::reward_model(dir, device)?;
+                loaded.push(rm.clone());
+                Box::new(RewardScorer::new(rm, tokenizer.clone(), device))
+            }
+            Spec::ExactMatch(field) => {
+                let mut answers = Vec::with_capacity(prompts.records.len());
+                for (text, r) in prompts.texts.iter().zip(&prompts.records) {
+                    let answer = match r.extra.get(field) {
+                        Some(serde_json::Value::String(s)) => s.clone(),
+                        Some(other @ serde_json::Value::Number(_)) => other.to_string(),
+                        _ => bail!(
+                            "exact-match: a prompt record has no string `{field}` (the reference \
+                             answer): {:?}",
+                            text
+                        ),
+                    };
+                    answers.push((text.clone(), answer));
+                }
+                Box::new(ExactMatchScorer::new(answers, eos))
+            }
+            Spec::Regex(p) => Box::new(RegexScorer::new(p, eos)?),
+            Spec::Length(scale) => Box::new(LengthScorer::new(*scale, eos)),
+            Spec::Ensemble(combine, members) => Box::new(EnsembleScorer::new(
+                members
+                    .iter()
+                    .map(|m| m.build(tokenizer, prompts, device, loaded))
+                    .collect::<Result<_>>()?,
+                *combine,
+            )?),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse_with_their_defaults_and_nest() {
+        let p = |s: &str| s.parse::<Spec>().unwrap();
+        assert_eq!(p("exact-match"), Spec::ExactMatch("answer".into()));
+        assert_eq!(
+            p("exact-match:solution"),
+            Spec::ExactMatch("solution".into())
+        );
+        assert_eq!(p("length"), Spec::Length(0.1));
+        assert_eq!(p("regex:^a,b$"), Spec::Regex("^a,b$".into()));
+        assert_eq!(
+            p("mean-minus-std:0.5(rm:a, min(rm:b,length:2))"),
+            Spec::Ensemble(
+                Combine::MeanMinusStd { lambda: 0.5 },
+                vec![
+                    Spec::Model("a".into()),
+                    Spec::Ensemble(
+                        Combine::Min,
+                        vec![Spec::Model("b".into()), Spec::Length(2.0)]
+                    )
+                ]
+            )
+        );
+        assert_eq!(
+            p("mean(rm:a,rm:b)").models(),
+            vec![Path::new("a"), Path::new("b")]
+        );
+        for bad in [
+            "nope",
+            "length:x",
+            "median(rm:a)",
+            "mean(rm:a",
+            "mean-minus-std:x(rm:a)",
+        ] {
+            assert!(bad.parse::<Spec>().is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,850 @@
+//! The `rlhf` command run as a user runs it, on the committed tiny checkpoints (`tiny-pythia`:
+//! GPT-NeoX with Pythia's tokenizer conventions; `tiny-qwen2-chat`: a Qwen2 chat model with its
+//! ChatML template and EOS `<|im_end|>`) and the shipped TL;DR-shaped sample: every subcommand
+//! end to end, outputs that load and differ from their inputs, learning where it should happen,
+//! exact resume after a SIGKILL, and the option handling (help, misspelled flags and keys).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use burn::module::Module;
+use rlhf_core::host::to_f32_vec;
+use rlhf_core::train::metrics::read_metrics;
+use serde_json::{Value, json};
+
+fn rlhf(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rlhf"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Runs `rlhf` and asserts it succeeded, returning stdout.
+fn ok(args: &[&str]) -> String {
+    let out = rlhf(args);
+    assert!(
+        out.status.success(),
+        "rlhf {}\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn fixture(name: &str) -> String {
+    root()
+        .join("rlhf-models/tests/fixtures/hf")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+fn sample(name: &str) -> String {
+    root()
+        .join("rlhf-cli/data/tldr")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// The first `n` lines of a sample file, in `dir`.
+fn head(name: &str, n: usize, dir: &Path) -> String {
+    let text = std::fs::read_to_string(sample(name)).unwrap();
+    let path = dir.join(name);
+    let lines: Vec<&str> = text.lines().take(n).collect();
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    s(&path)
+}
+
+fn metric(dir: &Path, name: &str) -> Vec<f64> {
+    read_metrics(&dir.join("metrics.jsonl"))
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|l| l.get(name)?.as_f64())
+        .collect()
+}
+
+/// Logits of a fixed probe under the checkpoint in `dir`.
+fn probe(dir: &str) -> Vec<f32> {
+    let device = rlhf_core::parse_device("flex").unwrap();
+    let (_, m) = rlhf_models::load_pretrained(Path::new(dir), &device).unwrap();
+    let ids: Vec<u32> = (1..13).collect();
+    to_f32_vec(
+        m.valid()
+            .forward(&m.input(&ids, &[1; 12], 2).unwrap(), None),
+    )
+}
+
+fn differ(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).any(|(x, y)| (x - y).abs() > 1e-4)
+}
+
+#[test]
+fn help_lists_every_option_and_mistakes_are_named() {
+    for (sub, flags) in [
+        (
+            "sft",
+            &[
+                "--model",
+                "--data",
+                "--out",
+                "--learning-rate",
+                "--packing",
+                "--config",
+                "--print-config",
+            ][..],
+        ),
+        (
+            "rm",
+            &[
+                "--center-rewards-coefficient",
+                "--step-separator",
+                "--per-device-train-batch-size",
+            ],
+        ),
+        (
+            "dpo",
+            &[
+                "--loss",
+                "--beta",
+                "--ref",
+                "--ref-cache",
+                "--gradient-accumulation-steps",
+            ],
+        ),
+        (
+            "ppo",
+            &[
+                "--prompts",
+                "--reward",
+                "--critic",
+                "--kl-estimator",
+                "--num-ppo-epochs",
+                "--vf-coef",
+            ],
+        ),
+        ("grpo", &["--num-generations", "--beta", "--cliprange"]),
+        ("rloo", &["--samples-per-prompt"]),
+        ("reinforce-pp", &["--gamma"]),
+        (
+            "generate",
+            &["--prompt", "--temperature", "--top-p", "--json"],
+        ),
+        ("eval", &["--reward", "--ref", "--samples-per-prompt"]),
+        ("check", &["--kind", "--skip-bad"]),
+        ("plot", &["--out"]),
+    ] {
+        let help = ok(&[sub, "--help"]);
+        for f in flags {
+            assert!(help.contains(f), "rlhf {sub} --help lacks {f}:\n{help}");
+        }
+        // every option shows its default, where it has one
+        if ["sft", "rm", "dpo"].contains(&sub) {
+            assert!(help.contains("[default: 8]"), "{help}");
+        }
+    }
+    // a misspelled flag is refused with the closest one (clap's usage error: exit 2)
+    let out = rlhf(&["sft", "--lerning-rate", "1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--learning-rate"), "{err}");
+    // TRL's spelling is the same flag
+    let text = ok(&[
+        "dpo",
+        "--model_name_or_path",
+        "m",
+        "--learning_rate",
+        "0.5",
+        "--print-config",
+    ]);
+    assert!(
+        text.contains("learning_rate = 0.5") && text.contains("model = \"m\""),
+        "{text}"
+    );
+    // a misspelled key of a config file too, and a flag wins over the file
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("dpo.toml");
+    std::fs::write(&cfg, "beta = 0.3\nlabel_smothing = 0.1\n").unwrap();
+    let out = rlhf(&["dpo", "--config", &s(&cfg), "--print-config"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("did you mean `label_smoothing`"),
+        "{err}"
+    );
+    std::fs::write(&cfg, "beta = 0.3\nloss = \"ipo\"\n").unwrap();
+    let text = ok(&[
+        "dpo",
+        "--config",
+        &s(&cfg),
+        "--beta",
+        "0.2",
+        "--print-config",
+    ]);
+    assert!(
+        text.contains("beta = 0.2") && text.contains("loss = \"ipo\""),
+        "{text}"
+    );
+}
+
+/// `rlhf sft` on both checkpoints: the held-out loss falls, the output is a Hugging Face
+/// directory that loads and differs from its input. The chat model trains on `messages`
+/// records through its own template and afterwards ends its replies with `<|im_end|>`.
+#[test]
+fn sft_lowers_the_eval_loss_and_writes_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    // the TL;DR sample as conversations, for the chat model
+    let chat = dir.path().join("chat.jsonl");
+    let text = std::fs::read_to_string(sample("sft.jsonl")).unwrap();
+    let lines: Vec<String> = text
+        .lines()
+        .map(|l| {
+            let r: Value = serde_json::from_str(l).unwrap();
+            json!({"messages": [
+                {"role": "user", "content": r["prompt"]},
+                {"role": "assistant", "content": r["completion"].as_str().unwrap().trim()},
+            ]})
+            .to_string()
+        })
+        .collect();
+    std::fs::write(&chat, lines.join("\n")).unwrap();
+    for (model, data) in [
+        ("tiny-pythia", sample("sft.jsonl")),
+        ("tiny-qwen2-chat", s(&chat)),
+    ] {
+        let out = dir.path().join(model);
+        ok(&[
+            "sft",
+            "--model",
+            &fixture(model),
+            "--data",
+            &data,
+            "--out",
+            &s(&out),
+            "--learning-rate",
+            "3e-3",
+            "--num-train-epochs",
+            "3",
+            "--eval-share",
+            "0.1",
+            "--eval-steps",
+            "1",
+            "--max-length",
+            "256",
+        ]);
+        let eval = metric(&out, "eval_loss");
+        let (first, last) = (eval[0], *eval.last().unwrap());
+        assert!(last < 0.8 * first, "{model}: eval loss {first} → {last}");
+        assert!(
+            differ(&probe(&fixture(model)), &probe(&s(&out))),
+            "{model}: unchanged"
+        );
+        for f in [
+            "config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "tokenizer_config.json",
+        ] {
+            assert!(out.join(f).is_file(), "{model}: no {f}");
+        }
+    }
+    // the chat model learned to end its replies with its EOS, `<|im_end|>`
+    let replies = ok(&[
+        "generate",
+        "--model",
+        &s(&dir.path().join("tiny-qwen2-chat")),
+        "--chat",
+        "--json",
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "48",
+        "--prompt",
+        "SUBREDDIT: r/advice\nTITLE: uma and me\nPOST: uma lives in oslo. it is a long story.\nTL;DR:",
+        "--prompt",
+        "SUBREDDIT: r/legaladvice\nTITLE: update on victor\nPOST: victor owns the red car.\nTL;DR:",
+    ]);
+    let stopped = replies
+        .lines()
+        .filter(|l| serde_json::from_str::<Value>(l).unwrap()["stopped_at_eos"] == true)
+        .count();
+    assert_eq!(stopped, 2, "{replies}");
+    let config: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("tiny-qwen2-chat/tokenizer_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(config["eos_token"], "<|im_end|>");
+}
+
+/// `rlhf dpo` raises the implicit-reward margin of chosen over rejected on its own training
+/// pairs (it starts at exactly 0: the policy is the reference); `rlhf rm` learns the same pairs
+/// and writes a sequence-classification checkpoint.
+#[test]
+fn dpo_raises_the_margin_and_rm_orders_its_pairs() {
+    let dir = tempfile::tempdir().unwrap();
+    let pairs = head("preference.jsonl", 48, dir.path());
+    let dpo = dir.path().join("dpo");
+    ok(&[
+        "dpo",
+        "--model",
+        &fixture("tiny-pythia"),
+        "--data",
+        &pairs,
+        "--eval-data",
+        &pairs,
+        "--out",
+        &s(&dpo),
+        "--learning-rate",
+        "2e-3",
+        "--num-train-epochs",
+        "4",
+        "--beta",
+        "0.5",
+        "--max-length",
+        "256",
+    ]);
+    let margins = metric(&dpo, "eval_rewards/margins");
+    let accuracy = metric(&dpo, "eval_rewards/accuracies");
+    let (m, a) = (*margins.last().unwrap(), *accuracy.last().unwrap());
+    assert!(m > 0.5 && a >= 0.8, "held-out margin {m}, accuracy {a}");
+    assert!(differ(&probe(&fixture("tiny-pythia")), &probe(&s(&dpo))));
+    // the reference's log-probs were computed once and kept
+    assert!(std::fs::read_dir(dpo.join("ref-cache")).unwrap().count() >= 1);
+
+    let rm = dir.path().join("rm");
+    ok(&[
+        "rm",
+        "--model",
+        &fixture("tiny-qwen2-chat"),
+        "--data",
+        &pairs,
+        "--eval-data",
+        &pairs,
+        "--out",
+        &s(&rm),
+        "--learning-rate",
+        "2e-3",
+        "--num-train-epochs",
+        "4",
+        "--max-length",
+        "256",
+    ]);
+    let acc = metric(&rm, "eval_accuracy");
+    assert!(
+        *acc.last().unwrap() >= 0.8,
+        "RM accuracy on its training pairs {acc:?}"
+    );
+    let device = rlhf_core::parse_device("flex").unwrap();
+    let (_, scalar, extra, head) = rlhf_models::load_scalar_pretrained(&rm, &device).unwrap();
+    assert!(head && extra["normalisation"]["bias"].is_number());
+    assert!(scalar.score.bias.is_none());
+}
+
+/// The words of the toy task: whose city is it? Each prompt has one right answer.
+const PEOPLE: [(&str, &str); 8] = [
+    ("uma", "cairo"),
+    ("victor", "oslo"),
+    ("erin", "lima"),
+    ("carol", "dakar"),
+    ("peggy", "tokyo"),
+    ("heidi", "quito"),
+    ("sybil", "perth"),
+    ("frank", "paris"),
+];
+
+/// `rlhf grpo` with the exact-match verifier raises the share of right answers: a model taught
+/// by demonstrations that are right only 60% of the time answers right about as often; GRPO,
+/// rewarded 1 for the right city and 0 otherwise, makes it answer right far more often.
+#[test]
+fn grpo_with_an_exact_match_verifier_raises_the_verifiers_mean() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut demos, mut prompts) = (Vec::new(), Vec::new());
+    for (i, (who, city)) in PEOPLE.iter().enumerate() {
+        let prompt = format!("where does {who} live? {who} lives in");
+        for k in 0..10 {
+            // 6 of 10 demonstrations right, the others another person's city
+            let answer = if k < 6 { city } else { PEOPLE[(i + k) % 8].1 };
+            demos.push(json!({"prompt": prompt, "completion": format!(" {answer}")}).to_string());
+        }
+        prompts.push(json!({"prompt": prompt, "answer": city}).to_string());
+    }
+    let (demo_file, prompt_file) = (
+        dir.path().join("demos.jsonl"),
+        dir.path().join("prompts.jsonl"),
+    );
+    std::fs::write(&demo_file, demos.join("\n")).unwrap();
+    std::fs::write(&prompt_file, prompts.join("\n")).unwrap();
+    let sft = dir.path().join("sft");
+    ok(&[
+        "sft",
+        "--model",
+        &fixture("tiny-pythia"),
+        "--data",
+        &s(&demo_file),
+        "--out",
+        &s(&sft),
+        "--learning-rate",
+        "3e-3",
+        "--num-train-epochs",
+        "12",
+        "--seed",
+        "1",
+    ]);
+    let score = |model: &Path| -> f64 {
+        let text = ok(&[
+            "eval",
+            "--model",
+            &s(model),
+            "--prompts",
+            &s(&prompt_file),
+            "--reward",
+            "exact-match",
+            "--samples-per-prompt",
+            "16",
+            "--temperature",
+            "1",
+            "--max-new-tokens",
+            "6",
+            "--seed",
+            "3",
+        ]);
+        let line = text.lines().find(|l| l.starts_with("reward")).unwrap();
+        line.split_whitespace().nth(2).unwrap().parse().unwrap()
+    };
+    let before = score(&sft);
+    let grpo = dir.path().join("grpo");
+    ok(&[
+        "grpo",
+        "--model",
+        &s(&sft),
+        "--prompts",
+        &s(&prompt_file),
+        "--reward",
+        "exact-match",
+        "--out",
+        &s(&grpo),
+        "--iterations",
+        "40",
+        "--prompts-per-batch",
+        "8",
+        "--num-generations",
+        "8",
+        "--max-completion-length",
+        "6",
+        "--learning-rate",
+        "3e-3",
+        "--seed",
+        "2",
+    ]);
+    let after = score(&grpo);
+    assert!(
+        (0.1..0.6).contains(&before) && after > before + 0.2,
+        "exact-match rate {before} → {after}"
+    );
+    assert!(!metric(&grpo, "reward_std").is_empty() && !metric(&grpo, "kl").is_empty());
+}
+
+/// The on-policy commands run end to end with a reward model (PPO's critic from it), a verifier,
+/// and an ensemble; `eval`, `check` and `plot` read what they wrote.
+#[test]
+fn every_on_policy_command_runs_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let pairs = head("preference.jsonl", 24, dir.path());
+    let prompts = head("prompts.jsonl", 16, dir.path());
+    let rm = dir.path().join("rm");
+    ok(&[
+        "rm",
+        "--model",
+        &fixture("tiny-pythia"),
+        "--data",
+        &pairs,
+        "--out",
+        &s(&rm),
+        "--learning-rate",
+        "1e-3",
+        "--max-length",
+        "256",
+    ]);
+    let start = probe(&fixture("tiny-pythia"));
+    for (cmd, reward) in [
+        ("ppo", s(&rm)),
+        ("grpo", format!("mean(rm:{},length:0.05)", s(&rm))),
+        ("rloo", "length:0.1".to_string()),
+        ("reinforce-pp", "regex:e".to_string()),
+    ] {
+        let out = dir.path().join(cmd);
+        ok(&[
+            cmd,
+            "--model",
+            &fixture("tiny-pythia"),
+            "--prompts",
+            &prompts,
+            "--reward",
+            &reward,
+            "--out",
+            &s(&out),
+            "--iterations",
+            "2",
+            "--prompts-per-batch",
+            "4",
+            "--max-completion-length",
+            "8",
+            "--learning-rate",
+            "1e-3",
+        ]);
+        assert!(
+            differ(&start, &probe(&s(&out))),
+            "{cmd}: the policy did not move"
+        );
+        assert_eq!(metric(&out, "objective/scores").len(), 2, "{cmd}");
+    }
+    let samples = dir.path().join("samples.jsonl");
+    let text = ok(&[
+        "eval",
+        "--model",
+        &s(&dir.path().join("ppo")),
+        "--prompts",
+        &prompts,
+        "--reward",
+        &s(&rm),
+        "--ref",
+        &fixture("tiny-pythia"),
+        "--max-new-tokens",
+        "8",
+        "--out",
+        &s(&samples),
+    ]);
+    assert!(
+        text.contains("kl to the reference") && text.contains("stopped at EOS"),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&samples).unwrap().lines().count(),
+        16
+    );
+    assert!(ok(&["check", &pairs]).contains("read 24 records, kept 24, rejected 0"));
+    let plots = ok(&["plot", &s(&dir.path().join("ppo"))]);
+    assert!(plots.contains("objective_scores.svg"), "{plots}");
+}
+
+/// A `rlhf dpo` killed (SIGKILL) after its second checkpoint and started again ends with the
+/// weights of a run that was never interrupted, bit for bit; running it again with other options
+/// in the same directory is refused.
+#[test]
+fn a_killed_dpo_run_resumes_to_the_same_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let pairs = head("preference.jsonl", 64, dir.path());
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "dpo",
+            "--model",
+            &fixture("tiny-pythia"),
+            "--data",
+            &pairs,
+            "--out",
+            &s(out),
+            "--learning-rate",
+            "1e-3",
+            "--per-device-train-batch-size",
+            "4",
+            "--save-steps",
+            "2",
+            "--save-total-limit",
+            "100",
+            "--max-length",
+            "256",
+            "--logging-steps",
+            "1",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect()
+    };
+    let straight = dir.path().join("straight");
+    let a: Vec<String> = args(&straight);
+    ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
+
+    let broken = dir.path().join("broken");
+    let b = args(&broken);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rlhf"))
+        .args(&b)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while metric(&broken, "loss").len() < 7 {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it was killed"
+        );
+        assert!(Instant::now() < deadline, "the run did not reach step 7");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        !broken.join("model.safetensors").exists(),
+        "killed before the end"
+    );
+    ok(&b.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(
+        std::fs::read(straight.join("model.safetensors")).unwrap(),
+        std::fs::read(broken.join("model.safetensors")).unwrap(),
+        "the resumed run's weights differ from the uninterrupted run's"
+    );
+    assert_eq!(metric(&straight, "loss"), metric(&broken, "loss"));
+    // the directory belongs to this run
+    let mut other = b.clone();
+    other.extend(["--beta".to_string(), "0.3".to_string()]);
+    let out = rlhf(&other.iter().map(String::as_str).collect::<Vec<_>>());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("`beta`"), "{err}");
+}
+
+/// The leaves of a configuration as JSON: `optimizer.lr`, …; an enum or a pair is one leaf.
+fn leaves(v: &Value, prefix: &str, out: &mut Vec<(String, Value)>) {
+    match v {
+        Value::Object(o) if prefix.is_empty() || prefix == "optimizer" => {
+            for (k, x) in o {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                leaves(x, &key, out);
+            }
+        }
+        other => out.push((prefix.to_string(), other.clone())),
+    }
+}
+
+/// For each library configuration field: the flags that set it, or why none does.
+type Mapping<'a> = &'a [(&'a str, &'a [&'a str])];
+
+/// Every field of every trainer's library configuration is reachable from a flag: setting the
+/// flags of the table changes exactly that field, and no field is missing from the table (a new
+/// field of a library config fails this test until it has its flag).
+#[test]
+fn every_field_of_every_trainer_config_is_a_flag() {
+    use clap::Parser;
+    use rlhf_cli::commands::{dpo::DpoArgs, onpolicy, rm::RmArgs, sft::SftArgs};
+
+    const OPTIMIZER: Mapping<'static> = &[
+        ("optimizer.lr", &["--learning-rate", "0.5"]),
+        ("optimizer.beta1", &["--adam-beta1", "0.5"]),
+        ("optimizer.beta2", &["--adam-beta2", "0.5"]),
+        ("optimizer.eps", &["--adam-epsilon", "0.5"]),
+        ("optimizer.weight_decay", &["--weight-decay", "0.5"]),
+        ("optimizer.max_grad_norm", &["--max-grad-norm", "0.5"]),
+    ];
+    const TRAIN: Mapping<'static> = &[
+        ("epochs", &["--num-train-epochs", "3"]),
+        ("batch_size", &["--per-device-train-batch-size", "3"]),
+        ("grad_accum", &["--gradient-accumulation-steps", "3"]),
+        ("schedule", &["--lr-scheduler-type", "cosine"]),
+        ("eval_every", &["--eval-steps", "3"]),
+        ("seed", &["--seed", "3"]),
+        // `--max-length`/`--max-prompt-length` cut the data as it is read: the library's own
+        // truncation is never needed
+        ("truncation", &[]),
+    ];
+    fn check<T: clap::Args + clap::FromArgMatches>(
+        name: &str,
+        mappings: &[Mapping],
+        config: impl Fn(&T) -> Value,
+    ) {
+        #[derive(clap::Parser)]
+        struct W<A: clap::Args + clap::FromArgMatches> {
+            #[command(flatten)]
+            a: A,
+        }
+        let parse = |flags: &[&str]| -> Value {
+            let w = W::<T>::try_parse_from(std::iter::once("x").chain(flags.iter().copied()))
+                .unwrap_or_else(|e| panic!("{name} {flags:?}: {e}"));
+            config(&w.a)
+        };
+        let mut base = Vec::new();
+        leaves(&parse(&[]), "", &mut base);
+        let table: Vec<&(&str, &[&str])> = mappings.iter().flat_map(|m| m.iter()).collect();
+        for (key, _) in &base {
+            assert!(
+                table.iter().any(|(k, _)| k == key),
+                "{name}: the library field `{key}` has no flag"
+            );
+        }
+        for (key, flags) in table {
+            if flags.is_empty() {
+                continue;
+            }
+            let mut changed = Vec::new();
+            leaves(&parse(flags), "", &mut changed);
+            let diff: Vec<&String> = base
+                .iter()
+                .zip(&changed)
+                .filter(|(a, b)| a.1 != b.1)
+                .map(|(a, _)| &a.0)
+                .collect();
+            assert_eq!(diff, vec![*key], "{name}: {flags:?}");
+        }
+    }
+    check::<SftArgs>(
+        "sft",
+        &[OPTIMIZER, TRAIN, &[("packing", &["--packing", "64"])]],
+        |a| serde_json::to_value(a.clone().completed().config(100)).unwrap(),
+    );
+    check::<RmArgs>(
+        "rm",
+        &[
+            OPTIMIZER,
+            TRAIN,
+            &[
+                ("center_eta", &["--center-rewards-coefficient", "0.5"]),
+                ("use_margin", &["--use-margin"]),
+            ],
+        ],
+        |a| serde_json::to_value(a.clone().completed().config(100)).unwrap(),
+    );
+    check::<DpoArgs>(
+        "dpo",
+        &[
+            OPTIMIZER,
+            TRAIN,
+            &[("loss", &["--loss", "ipo"]), ("beta", &["--beta", "0.5"])],
+        ],
+        |a| serde_json::to_value(a.clone().completed().config(100)).unwrap(),
+    );
+    for method in [
+        onpolicy::Method::Ppo,
+        onpolicy::Method::Grpo,
+        onpolicy::Method::Rloo,
+        onpolicy::Method::ReinforcePp,
+    ] {
+        let flip = [
+            "--kl-in-reward",
+            if method == onpolicy::Method::Grpo {
+                "true"
+            } else {
+                "false"
+            },
+        ];
+        check::<onpolicy::OnPolicyArgs>(
+            method.name(),
+            &[
+                OPTIMIZER,
+                &[
+                    ("iterations", &["--iterations", "7"]),
+                    ("seed", &["--seed", "7"]),
+                    ("samples_per_prompt", &["--samples-per-prompt", "7"]),
+                    ("prompts_per_batch", &["--prompts-per-batch", "7"]),
+                    ("query_length", &["--max-prompt-length", "7"]),
+                    ("response_length", &["--max-completion-length", "7"]),
+                    ("temperature", &["--temperature", "0.5"]),
+                    ("missing_eos_penalty", &["--missing-eos-penalty", "-3"]),
+                    ("disable_dropout", &["--disable-dropout", "false"]),
+                    (
+                        "value_from_reward_model",
+                        &["--value-from-reward-model", "false"],
+                    ),
+                    ("kl", &["--beta", "0.5"]),
+                    ("kl_estimator", &["--kl-estimator", "k2"]),
+                    ("kl_in_reward", &flip),
+                    // the subcommand: ppo (GAE), grpo, rloo, reinforce-pp
+                    ("advantage", &[]),
+                    ("gamma", &["--gamma", "0.5"]),
+                    ("lam", &["--lam", "0.5"]),
+                    ("whiten_advantages", &["--whiten-advantages", "false"]),
+                    ("whiten_rewards", &["--whiten-rewards", "true"]),
+                    ("ppo_epochs", &["--num-ppo-epochs", "7"]),
+                    ("num_minibatches", &["--num-mini-batches", "7"]),
+                    ("clip_eps", &["--cliprange", "0.5"]),
+                    ("value_clip", &["--cliprange-value", "0.5"]),
+                    ("vf_coef", &["--vf-coef", "0.5"]),
+                    ("anneal_lr", &["--anneal-lr", "false"]),
+                    ("ptx_coef", &["--ptx-coef", "0.5"]),
+                    ("ptx_batch_size", &["--ptx-batch-size", "7"]),
+                    ("score_baseline", &["--score-baseline", "true"]),
+                    ("length_bucket_width", &["--length-bucket-width", "7"]),
+                ],
+            ],
+            |a| serde_json::to_value(a.clone().completed(method).config(method, 64)).unwrap(),
+        );
+    }
+}
+
+fn json_lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// `rlhf generate` (which replaces rlhf-models' `generate` command): greedy JSON output, the
+/// same greedy tokens alone and in a batch (the tokenizer's PAD lies past the vocabulary), a
+/// seed reproduces a sample, and mistakes are reported.
+#[test]
+fn generate_samples_reproducibly_and_reports_mistakes() {
+    let model = fixture("tiny-llama");
+    let args = [
+        "generate",
+        "--model",
+        &model,
+        "--prompt",
+        "the cat sat",
+        "--prompt",
+        "numbers 0 1",
+        "--max-new-tokens",
+        "6",
+        "--json",
+    ];
+    let greedy = json_lines(&ok(&[&args[..], &["--temperature", "0"]].concat()));
+    assert_eq!(greedy.len(), 2);
+    for line in &greedy {
+        assert_eq!(line["completion_ids"].as_array().unwrap().len(), 6);
+        assert!(
+            line["logprobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|l| l.as_f64().unwrap() <= 0.0)
+        );
+    }
+    let one = json_lines(&ok(&[
+        "generate",
+        "--model",
+        &model,
+        "--prompt",
+        "numbers 0 1",
+        "--max-new-tokens",
+        "6",
+        "--json",
+        "--temperature",
+        "0",
+    ]));
+    assert_eq!(one[0]["completion_ids"], greedy[1]["completion_ids"]);
+    let sample = || ok(&[&args[..], &["--seed", "4", "--top-k", "20"]].concat());
+    assert_eq!(sample(), sample(), "a seed reproduces a sample");
+    let out = rlhf(&["generate", "--prompt", "x"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--model"));
+    let out = rlhf(&[
+        "generate", "--model", &model, "--prompt", "x", "--top-p", "1.5",
+    ]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--top-p"));
+    let out = rlhf(&[
+        "generate",
+        "--model",
+        "/nonexistent-model-dir",
+        "--prompt",
+        "x",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent-model-dir"));
+}

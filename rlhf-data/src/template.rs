@@ -1,0 +1,184 @@
+//! A checkpoint's own chat template: the Jinja `chat_template` of its `tokenizer_config.json`,
+//! rendered with `minijinja` the way `transformers`' `apply_chat_template` renders it.
+//!
+//! [`ChatFormat`] is what the trainers use to turn conversations into text: the checkpoint's
+//! template when it has one, [`ChatTemplate`] (ChatML by default) otherwise. A prompt is rendered
+//! with the generation prompt (`add_generation_prompt = true`); its response is the rendering of
+//! the whole conversation with the prompt's rendering cut off the front (as TRL splits prompt
+//! and completion), so prompt text + response text is exactly the conversation the template
+//! writes, end-of-turn token included.
+
+use minijinja::{Environment, Error as JinjaError, ErrorKind, Value};
+use rlhf_core::{Error, Result};
+
+use crate::chat::ChatTemplate;
+use crate::records::{Message, Turns};
+
+/// A Jinja chat template with the special tokens it may refer to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JinjaTemplate {
+    source: String,
+    bos_token: String,
+    eos_token: String,
+}
+
+fn template_error(e: JinjaError) -> Error {
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        message.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    Error::Config(format!("chat template: {message}"))
+}
+
+impl JinjaTemplate {
+    /// A template from its source and the tokenizer's BOS and EOS texts. The source is compiled
+    /// once here, so a template that does not parse is refused before any data is read.
+    pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self> {
+        let template = JinjaTemplate {
+            source: source.to_string(),
+            bos_token: bos_token.to_string(),
+            eos_token: eos_token.to_string(),
+        };
+        template
+            .environment()
+            .template_from_str(&template.source)
+            .map_err(template_error)?;
+        Ok(template)
+    }
+
+    /// The environment `transformers` renders chat templates in: `trim_blocks`, `lstrip_blocks`,
+    /// Python's string and dict methods, `raise_exception` and `strftime_now`.
+    fn environment(&self) -> Environment<'_> {
+        let mut env = Environment::new();
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function(
+            "raise_exception",
+            |message: String| -> std::result::Result<Value, JinjaError> {
+                Err(JinjaError::new(ErrorKind::InvalidOperation, message))
+            },
+        );
+        // templates that print today's date (Llama 3.x) get a fixed one, so that rendering, and
+        // so tokenisation and every cache key that depends on it, never changes with the clock
+        env.add_function("strftime_now", |_format: String| "26 Jul 2024".to_string());
+        env
+    }
+
+    /// The conversation `messages` as the template writes it, with the opening of the
+    /// assistant's reply when `add_generation_prompt`.
+    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        let env = self.environment();
+        let template = env
+            .template_from_str(&self.source)
+            .map_err(template_error)?;
+        template
+            .render(minijinja::context! {
+                messages => messages,
+                add_generation_prompt => add_generation_prompt,
+                bos_token => self.bos_token,
+                eos_token => self.eos_token,
+            })
+            .map_err(template_error)
+    }
+}
+
+/// How the trainers turn a record's prompt and response into text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChatFormat {
+    /// The checkpoint's own Jinja template.
+    Jinja(JinjaTemplate),
+    /// A template of three pieces (ChatML by default), for checkpoints without one.
+    Pieces(ChatTemplate),
+}
+
+impl Default for ChatFormat {
+    fn default() -> Self {
+        ChatFormat::Pieces(ChatTemplate::chatml())
+    }
+}
+
+impl ChatFormat {
+    /// The prompt as text: a conversation rendered with the opening of the assistant's reply;
+    /// plain text as it is.
+    pub fn prompt(&self, prompt: &Turns) -> Result<String> {
+        match (self, prompt) {
+            (_, Turns::Text(t)) => Ok(t.clone()),
+            (ChatFormat::Pieces(t), p) => Ok(t.prompt(p)),
+            (ChatFormat::Jinja(j), Turns::Messages(m)) => j.render(m, true),
+        }
+    }
+
+    /// The response to `prompt` as text, such that `prompt(prompt) + response(prompt, response)`
+    /// is the whole conversation as the template writes it. A plain-text response is returned as
+    /// it is. With a Jinja template the conversation must begin with the prompt's rendering (a
+    /// template that rewrites earlier turns once a reply follows cannot be split this way).
+    pub fn response(&self, prompt: &Turns, response: &Turns) -> Result<String> {
+        match (self, response) {
+            (_, Turns::Text(t)) => Ok(t.clone()),
+            (ChatFormat::Pieces(t), r) => Ok(t.response(r)),
+            (ChatFormat::Jinja(j), Turns::Messages(reply)) => {
+                let before: Vec<Message> = match prompt {
+                    Turns::Messages(m) => m.clone(),
+                    Turns::Text(t) => vec![Message {
+                        role: "user".into(),
+                        content: t.clone(),
+                    }],
+                };
+                let head = j.render(&before, true)?;
+                let whole = j.render(&[before, reply.clone()].concat(), false)?;
+                whole.strip_prefix(&head).map(str::to_string).ok_or_else(|| {
+                    Error::Config(format!(
+                        "chat template: the conversation with its reply does not begin with the \
+                         prompt's rendering, so the two cannot be split (prompt: {head:?})"
+                    ))
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(role: &str, content: &str) -> Message {
+        Message {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+
+    /// Qwen2-Instruct's template (abridged: no tools), as `tokenizer_config.json` holds it.
+    const QWEN2: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+    #[test]
+    fn a_qwen2_template_renders_as_transformers_does_and_splits_prompt_from_reply() {
+        let t = ChatFormat::Jinja(JinjaTemplate::new(QWEN2, "", "<|im_end|>").unwrap());
+        let prompt = Turns::Messages(vec![msg("user", "Hi")]);
+        let reply = Turns::Messages(vec![msg("assistant", "Hello")]);
+        let p = t.prompt(&prompt).unwrap();
+        assert_eq!(
+            p,
+            "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
+        assert_eq!(t.response(&prompt, &reply).unwrap(), "Hello<|im_end|>\n");
+        // plain text is left alone
+        assert_eq!(t.prompt(&Turns::Text("x".into())).unwrap(), "x");
+    }
+
+    #[test]
+    fn python_methods_raise_exception_and_special_tokens_work() {
+        let src = "{{ bos_token }}{% for m in messages %}{% if m.role not in ['user', 'assistant'] %}{{ raise_exception('bad role ' + m.role) }}{% endif %}[{{ m.role.upper() }}] {{ m.content.strip() }}{{ eos_token }}{% endfor %}";
+        let t = JinjaTemplate::new(src, "<s>", "</s>").unwrap();
+        assert_eq!(
+            t.render(&[msg("user", "  hi ")], false).unwrap(),
+            "<s>[USER] hi</s>"
+        );
+        let e = t.render(&[msg("tool", "x")], false).unwrap_err();
+        assert!(e.to_string().contains("bad role tool"), "{e}");
+        assert!(JinjaTemplate::new("{% for %}", "", "").is_err());
+    }
+}
