@@ -6,7 +6,7 @@
 //! prefix each family puts before the transformer body. burn-store's PyTorch adapters do the rest
 //! (transpose `Linear` weights, `weight`/`bias` ↔ `gamma`/`beta` on norms).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use burn::store::{
@@ -517,5 +517,42 @@ fn save_weights<M: ModuleSnapshot>(
         .save_into(&mut store)
         .map_err(|e| store_error(&path, e))?;
     let bytes = store.get_bytes().map_err(|e| store_error(&path, e))?;
-    write_atomic(&path, &bytes)
+    write_atomic(
+        &path,
+        &canonical_header(&bytes).map_err(|e| store_error(&path, e))?,
+    )
+}
+
+/// The safetensors file `bytes` with its header's keys sorted, so that one model always gives
+/// the same file: burn keeps `__metadata__` in a hash map, whose order changes from process to
+/// process. The header is padded with spaces to a multiple of 8 bytes, as the format allows.
+fn canonical_header(bytes: &[u8]) -> std::result::Result<Vec<u8>, String> {
+    let len = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
+        .ok_or("a safetensors file starts with its header's length")?;
+    let body = bytes
+        .get(8..8 + len)
+        .ok_or("the header is longer than the file")?;
+    let header: BTreeMap<String, Value> =
+        serde_json::from_slice(body).map_err(|e| format!("header: {e}"))?;
+    let sorted: BTreeMap<&String, Value> = header
+        .iter()
+        .map(|(k, v)| {
+            let v = match v.as_object() {
+                Some(o) if k == "__metadata__" => {
+                    json!(o.iter().collect::<BTreeMap<_, _>>())
+                }
+                _ => v.clone(),
+            };
+            (k, v)
+        })
+        .collect();
+    let mut text = serde_json::to_vec(&sorted).map_err(|e| e.to_string())?;
+    text.resize(text.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + text.len() + bytes.len() - 8 - len);
+    out.extend_from_slice(&(text.len() as u64).to_le_bytes());
+    out.extend_from_slice(&text);
+    out.extend_from_slice(&bytes[8 + len..]);
+    Ok(out)
 }
