@@ -38,7 +38,8 @@ use rlhf_reward::{
 
 use crate::compute::{Workload, flops};
 use crate::config::{RunConfig, Supervision, model_shape};
-use crate::pipeline::{RunResult, peak_memory_bytes, quiet_in};
+use crate::cache::quiet_in;
+use crate::pipeline::{RunResult, peak_memory_bytes};
 
 /// Bytes and the special tokens, no merges: every digit is its own token, so checking a step is
 /// a pattern over aligned digits rather than a lookup of number tokens.
@@ -48,7 +49,7 @@ const BYTE_VOCAB: usize = 259;
 const DELIMITER: &str = ";";
 
 /// Runs an `arith-steps` configuration (see the module documentation).
-pub fn run_arith(cfg: &RunConfig, work: &Path) -> Result<RunResult> {
+pub fn run_arith(cfg: &RunConfig, _cache: &Path, work: &Path) -> Result<RunResult> {
     let start = Instant::now();
     let device = rlhf_core::parse_device(&cfg.device)?.autodiff();
     let a = &cfg.task.arith;
@@ -208,6 +209,7 @@ pub fn run_arith(cfg: &RunConfig, work: &Path) -> Result<RunResult> {
     m.insert("memory/peak_bytes".into(), peak_memory_bytes());
     Ok(RunResult {
         metrics: m,
+        items: BTreeMap::new(),
         curve: Vec::new(),
         wall_seconds: start.elapsed().as_secs_f64(),
     })
@@ -241,4 +243,61 @@ fn labelled(
         segments,
         labels,
     })
+}
+
+/// What the `supervision` tables show.
+pub const TABLE: &[&str] = &[
+    "bon/accuracy",
+    "bon/random",
+    "bon/random_distinct",
+    "bon/oracle",
+    "bon/pair_accuracy",
+    "rm/accuracy",
+    "rm/balanced_accuracy",
+    "flops/rm",
+];
+
+/// The supervision findings: process against outcome verifiers, per seed at the largest volume.
+pub(crate) fn findings(seeds: &[crate::findings::Seed<'_>], out: &mut Vec<crate::findings::Finding>) {
+    use crate::axis::Axis;
+    use crate::findings::metric;
+    let per_seed: Vec<(u64, f64)> = seeds
+        .iter()
+        .filter_map(|s| {
+            let pts = s.axis(Axis::Supervision);
+            let largest = |kind: &str| {
+                pts.iter()
+                    .filter(|p| p.point.label.starts_with(kind))
+                    .max_by(|a, b| a.point.x.total_cmp(&b.point.x))
+                    .map(|p| metric(p, "bon/accuracy"))
+            };
+            Some((s.seed, largest("process")? - largest("outcome")?))
+        })
+        .collect();
+    let interval = crate::stats::Interval::over_seeds(&per_seed.iter().map(|x| x.1).collect::<Vec<_>>());
+    let verdict = if per_seed.is_empty() {
+        crate::stats::Verdict::NotRun
+    } else {
+        crate::stats::Verdict::of(interval.as_ref())
+    };
+    out.push(crate::findings::Finding {
+        axis: Axis::Supervision,
+        claim: "process supervision beats outcome supervision in-domain".into(),
+        effect: "best-of-n accuracy at the largest volume, process − outcome".into(),
+        sentence: format!(
+            "At the largest volume the process verifier's best-of-n accuracy differed from the outcome verifier's by {}.",
+            interval.map_or("—".into(), |i| i.show())
+        ),
+        per_seed,
+        interval,
+        verdict,
+    });
+}
+
+/// The supervision axes' extra text in the report.
+pub(crate) fn report_section(
+    _md: &mut String,
+    _seeds: &[crate::findings::Seed<'_>],
+    _axis: crate::axis::Axis,
+) {
 }

@@ -57,7 +57,7 @@ pub struct TaskConfig {
     pub vocab_size: usize,
     /// Prompts the on-policy methods train on (train split, after the demonstrations').
     pub train_prompts: usize,
-    /// Held-out prompts the judge samples on (eval split).
+    /// Held-out prompts the judge samples on (eval split; each seed its own).
     pub eval_prompts: usize,
     /// The difficulty of `arith-steps`.
     pub arith: ArithConfig,
@@ -156,7 +156,7 @@ impl Default for TaskConfig {
             demos: 800,
             vocab_size: 512,
             train_prompts: 512,
-            eval_prompts: 64,
+            eval_prompts: 512,
             arith: ArithConfig::default(),
             data: UserData::default(),
         }
@@ -209,6 +209,9 @@ pub struct RmStage {
     pub eval_pairs: usize,
     /// `arith-steps`: outcome or process labels.
     pub supervision: Supervision,
+    /// Sizes of the SFT policies whose samples the pairs are drawn from, in equal shares; empty:
+    /// the policy's own. One RM for a whole policy-size axis draws from every size.
+    pub sample_from: Vec<String>,
 }
 
 impl Default for RmStage {
@@ -222,6 +225,7 @@ impl Default for RmStage {
             lr: 1e-3,
             eval_pairs: 200,
             supervision: Supervision::Outcome,
+            sample_from: Vec::new(),
         }
     }
 }
@@ -263,8 +267,10 @@ pub enum RewardSource {
     /// The trained reward model.
     #[default]
     Rm,
-    /// Response length only (the "A Long Way to Go" control).
-    Length,
+    /// The length-only part of the RM (the "A Long Way to Go" control): `slope × words`, with
+    /// `slope` the least-squares slope of the RM's score on response length over the SFT
+    /// policy's samples, so the control moves length the way the RM does.
+    RmLength,
 }
 
 /// The method and its settings.
@@ -287,6 +293,8 @@ pub struct MethodConfig {
     pub dpo_lr: f64,
     /// Best-of-n: n.
     pub best_of_n: usize,
+    /// Best-of-n: candidates drawn per prompt (once, shared by every `n` that divides it).
+    pub best_of_n_max: usize,
 }
 
 /// The on-policy defaults of a bench run: the TL;DR recipe (`PpoConfig::default()`) at CPU scale
@@ -342,6 +350,7 @@ impl Default for MethodConfig {
             dpo_epochs: 1,
             dpo_lr: 1e-4,
             best_of_n: 4,
+            best_of_n_max: 16,
         }
     }
 }
@@ -352,15 +361,27 @@ impl Default for MethodConfig {
 pub struct JudgeConfig {
     /// Sampling temperature of the judged samples (the training temperature).
     pub temperature: f32,
+    /// The SFT policy is also judged at this lower temperature: what sharpening alone gives.
+    pub cold_temperature: f32,
+    /// Samples per held-out prompt.
+    pub samples: usize,
     /// New tokens at most.
     pub max_new_tokens: usize,
+    /// Held-out prompts of the learning curve's evaluations (one sample each).
+    pub curve_prompts: usize,
+    /// Iterations between the learning curve's evaluations (0: at the end only).
+    pub eval_every: usize,
 }
 
 impl Default for JudgeConfig {
     fn default() -> Self {
         JudgeConfig {
             temperature: 0.7,
+            cold_temperature: 0.3,
+            samples: 4,
             max_new_tokens: 40,
+            curve_prompts: 128,
+            eval_every: 2,
         }
     }
 }
@@ -450,8 +471,27 @@ impl RunConfig {
         }
         model_shape(&self.sft.policy_size, 512)?;
         model_shape(&self.rm.size, 512)?;
-        if self.method.kind == MethodKind::BestOfN && self.method.best_of_n == 0 {
-            return bad("method.best_of_n must be ≥ 1".into());
+        if self.method.kind == MethodKind::BestOfN
+            && (self.method.best_of_n == 0
+                || !self
+                    .method
+                    .best_of_n_max
+                    .max(self.method.best_of_n)
+                    .is_multiple_of(self.method.best_of_n))
+        {
+            return bad(
+                "method.best_of_n must be ≥ 1 and divide method.best_of_n_max".into(),
+            );
+        }
+        let j = &self.judge;
+        if j.samples == 0 || j.max_new_tokens == 0 || j.curve_prompts == 0 {
+            return bad("judge: samples, max_new_tokens and curve_prompts must be ≥ 1".into());
+        }
+        if !(j.temperature > 0.0 && j.cold_temperature > 0.0) {
+            return bad("judge: temperature and cold_temperature must be > 0".into());
+        }
+        for s in &self.rm.sample_from {
+            model_shape(s, 512)?;
         }
         let mut ppo = self.method.ppo.clone();
         ppo.query_length = ppo.query_length.max(1);

@@ -5,14 +5,17 @@
 //!
 //! - [`pipeline::run`]: one run of the pipeline described by a TOML [`RunConfig`]: task →
 //!   SFT → reward model (pairs of SFT samples labelled by a noisy labeller) → PPO, GRPO, RLOO,
-//!   REINFORCE++, DPO, EXO or best-of-n → the gold judge (gold score, win rates, KL to the
-//!   reference, proxy score, length), with shared stages cached; [`user`] runs the same stages on
-//!   a user's own preference file, judged by its reward model;
-//! - [`study`]: the presets (`smoke`, `quick`, `full`) of the scaling study's axes and the sweep,
+//!   REINFORCE++, DPO, EXO or best-of-n → the gold judge, with shared stages cached
+//!   ([`cache`], [`stages`], [`method`], [`judge`]; names of what it measures in [`metrics`]);
+//!   [`user`] runs the same stages on a user's own preference file, judged by its reward model;
+//!   [`arith`] runs the verifiers of `arith-steps`;
+//! - [`study`]: the presets (`smoke`, `quick`, `full`) of the study's [`axis`]es and the sweep,
 //!   which stores every finished point and skips it when started again;
-//! - [`report`]: `summary.csv`, SVG plots and `report.md` with fitted trends and the findings table;
+//! - the report: [`findings`] (each claim's effect per seed, its interval and verdict, from
+//!   [`stats`]), [`compare`] (matched KL and matched compute), [`fits`], [`tables`], [`plots`],
+//!   [`markdown`], written by [`report`] and checked by [`verify`];
 //! - [`compute`]: `6·N` FLOPs per trained token, `2·N` per forward token (`N` = non-embedding
-//!   parameters).
+//!   parameters); [`perf`]: the throughput benchmark against TRL.
 //!
 //! The `rlhf-bench` binary runs one config (`rlhf-bench run CONFIG`) or a sweep
 //! (`rlhf-bench sweep --preset quick`); `cargo xtask bench-scaling` calls the latter.
@@ -28,14 +31,29 @@
 //! ```
 
 pub mod arith;
+pub mod axis;
+mod cache;
+pub mod compare;
 pub mod compute;
 pub mod config;
+pub mod findings;
+pub mod fits;
+mod judge;
+pub mod markdown;
+mod method;
+pub mod metrics;
 pub mod perf;
 pub mod pipeline;
+pub mod plots;
 pub mod report;
+mod stages;
+pub mod stats;
 pub mod study;
+pub mod tables;
 pub mod user;
+pub mod verify;
 
+pub use axis::Axis;
 pub use compute::{Workload, flops, mfu, ppo_iteration_flops};
 pub use config::{MethodKind, RewardSource, RunConfig, model_shape};
 pub use pipeline::{RunResult, run};

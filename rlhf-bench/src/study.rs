@@ -17,17 +17,18 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use rlhf_core::train::fs::write_atomic;
-use rlhf_core::{Error, Result};
+use rlhf_core::{Error, KlController, Result};
 
+use crate::axis::Axis;
 use crate::config::{MethodKind, RewardSource, RunConfig, Supervision};
 use crate::pipeline::{RunResult, run};
 
 /// One point of an axis.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Point {
-    /// The axis (`rm_volume`, `samples_per_prompt`, …).
-    pub axis: String,
-    /// The value's label (`1000`, `ppo`, …).
+    /// The axis.
+    pub axis: Axis,
+    /// The value's label (`1000`, `ppo-0.05`, …).
     pub label: String,
     /// The value as a number, for fits and plots (the index for categorical axes).
     pub x: f64,
@@ -53,128 +54,154 @@ pub struct PointRecord {
     pub result: RunResult,
 }
 
-/// Every axis of the study, in report order.
-pub const AXES: &[&str] = &[
-    "rm_volume",
-    "rm_diversity",
-    "rm_size",
-    "policy_size",
-    "samples_per_prompt",
-    "method",
-    "kl_budget",
-    "best_of_n",
-    "length_control",
-    "supervision",
-];
-
-/// The methods of the `method` axis (best-of-n has its own axis).
-const EVERY_METHOD: [MethodKind; 6] = [
+/// The on-policy methods of the `method` axis.
+const ON_POLICY: [MethodKind; 4] = [
     MethodKind::Ppo,
     MethodKind::Grpo,
     MethodKind::Rloo,
     MethodKind::ReinforcePp,
-    MethodKind::Dpo,
-    MethodKind::Exo,
 ];
 
 /// The budget of a preset.
 struct Budget {
+    seeds: usize,
     demos: usize,
     sft_epochs: usize,
+    sft_batch: usize,
+    sft_lr: f64,
     vocab: usize,
     train_prompts: usize,
     eval_prompts: usize,
+    samples: usize,
+    curve_prompts: usize,
     iterations: usize,
     episodes: usize,
+    eval_every: usize,
     volumes: Vec<usize>,
     base_pairs: usize,
     sizes: Vec<&'static str>,
     base_size: &'static str,
     ns: Vec<usize>,
-    betas: Vec<f64>,
+    /// β of the base point (every axis but `method` and `kl_budget` runs it).
+    base_beta: f64,
+    /// β of each on-policy method on the `method` axis.
+    method_betas: Vec<f64>,
+    /// DPO's and EXO's β on the `method` axis.
+    dpo_betas: Vec<f32>,
+    /// PPO's β on the `kl_budget` axis (0 included).
+    kl_betas: Vec<f64>,
+    kl_iterations: usize,
     best_of: Vec<usize>,
     methods: Vec<MethodKind>,
-    /// `supervision`: labelled solutions per point, passes over them, best-of-n prompts and n.
+    /// `supervision`: labelled solutions per point.
     solutions: Vec<usize>,
-    verifier_epochs: usize,
-    verifier_prompts: usize,
-    verifier_n: usize,
 }
 
-/// The seeds a preset runs when `--seeds` is not given: `smoke` one (CI), `quick` two (a spread,
-/// in the time of one when they run side by side), `full` three.
+/// The seeds a preset runs when `--seeds` is not given: `smoke` one (CI), `quick` three, `full`
+/// five (a verdict needs an interval over seeds; see [`crate::stats`]).
 pub fn default_seeds(preset: &str) -> Vec<u64> {
-    match preset {
-        "smoke" => vec![0],
-        "quick" => vec![0, 1],
-        _ => vec![0, 1, 2],
-    }
+    budget(preset).map_or_else(|_| vec![0], |b| (0..b.seeds as u64).collect())
 }
 
 fn budget(preset: &str) -> Result<Budget> {
     Ok(match preset {
         "smoke" => Budget {
-            demos: 160,
+            seeds: 1,
+            demos: 240,
             sft_epochs: 2,
+            sft_batch: 16,
+            sft_lr: 3e-3,
             vocab: 384,
             train_prompts: 64,
-            eval_prompts: 16,
+            eval_prompts: 32,
+            samples: 2,
+            curve_prompts: 16,
             iterations: 2,
             episodes: 16,
+            eval_every: 1,
             volumes: vec![64, 128],
             base_pairs: 128,
             sizes: vec!["xs"],
             base_size: "xs",
             ns: vec![1, 4],
-            betas: vec![0.05],
+            base_beta: 0.05,
+            method_betas: vec![0.05],
+            dpo_betas: vec![0.3],
+            kl_betas: vec![0.0, 0.05],
+            kl_iterations: 2,
             best_of: vec![1, 4],
             methods: vec![MethodKind::Ppo, MethodKind::Grpo, MethodKind::Dpo],
             solutions: vec![150, 300],
-            verifier_epochs: 2,
-            verifier_prompts: 32,
-            verifier_n: 4,
         },
         "quick" => Budget {
-            demos: 800,
+            seeds: 3,
+            demos: 2400,
             sft_epochs: 6,
+            sft_batch: 16,
+            sft_lr: 3e-3,
             vocab: 512,
-            train_prompts: 512,
-            eval_prompts: 64,
-            iterations: 10,
+            train_prompts: 1024,
+            eval_prompts: 512,
+            samples: 4,
+            curve_prompts: 128,
+            iterations: 12,
             episodes: 64,
+            eval_every: 2,
             volumes: vec![250, 500, 1000, 2000],
             base_pairs: 1000,
             sizes: vec!["xs", "s", "m"],
             base_size: "s",
             ns: vec![1, 2, 4, 8],
-            betas: vec![0.01, 0.05, 0.2],
+            base_beta: 0.05,
+            method_betas: vec![0.02, 0.05, 0.15],
+            dpo_betas: vec![0.1, 0.3, 1.0],
+            kl_betas: vec![0.0, 0.01, 0.02, 0.05, 0.1, 0.2],
+            kl_iterations: 12,
             best_of: vec![1, 4, 16],
-            methods: EVERY_METHOD.to_vec(),
-            solutions: vec![750, 1500, 3000],
-            verifier_epochs: 16,
-            verifier_prompts: 300,
-            verifier_n: 8,
+            methods: vec![
+                MethodKind::Ppo,
+                MethodKind::Grpo,
+                MethodKind::Rloo,
+                MethodKind::ReinforcePp,
+                MethodKind::Dpo,
+                MethodKind::Exo,
+            ],
+            solutions: vec![500, 1000, 2000],
         },
         "full" => Budget {
-            demos: 4000,
+            seeds: 5,
+            demos: 8000,
             sft_epochs: 8,
+            sft_batch: 32,
+            sft_lr: 3e-3,
             vocab: 1024,
-            train_prompts: 4096,
-            eval_prompts: 256,
+            train_prompts: 8192,
+            eval_prompts: 1024,
+            samples: 4,
+            curve_prompts: 256,
             iterations: 100,
             episodes: 128,
+            eval_every: 5,
             volumes: vec![250, 1000, 4000, 16000],
             base_pairs: 4000,
-            sizes: vec!["xs", "s", "m", "tiny-25m"],
+            sizes: vec!["xs", "s", "m", "l", "tiny-25m"],
             base_size: "m",
             ns: vec![1, 2, 4, 8, 16],
-            betas: vec![0.005, 0.01, 0.02, 0.05, 0.1, 0.2],
+            base_beta: 0.05,
+            method_betas: vec![0.01, 0.02, 0.05, 0.1, 0.2],
+            dpo_betas: vec![0.05, 0.1, 0.3, 1.0],
+            kl_betas: vec![0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2],
+            kl_iterations: 300,
             best_of: vec![1, 2, 4, 8, 16, 32, 64],
-            methods: EVERY_METHOD.to_vec(),
-            solutions: vec![750, 1500, 3000, 6000, 12000],
-            verifier_epochs: 16,
-            verifier_prompts: 1000,
-            verifier_n: 16,
+            methods: vec![
+                MethodKind::Ppo,
+                MethodKind::Grpo,
+                MethodKind::Rloo,
+                MethodKind::ReinforcePp,
+                MethodKind::Dpo,
+                MethodKind::Exo,
+            ],
+            solutions: vec![500, 1000, 2000, 4000, 8000],
         },
         other => {
             return Err(Error::Config(format!(
@@ -182,6 +209,14 @@ fn budget(preset: &str) -> Result<Budget> {
             )));
         }
     })
+}
+
+/// The method's name in labels (`ppo`, `reinforce_pp`, …).
+pub fn method_name(kind: MethodKind) -> String {
+    serde_json::to_value(kind)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default()
 }
 
 /// The points of `preset` on `axes` (all when empty) for `seeds`, on `device`.
@@ -192,14 +227,10 @@ pub fn preset_points(
     device: &str,
 ) -> Result<Vec<Point>> {
     let b = budget(preset)?;
-    for a in axes {
-        if !AXES.contains(&a.as_str()) {
-            return Err(Error::Config(format!(
-                "unknown axis {a:?}; the axes are {}",
-                AXES.join(", ")
-            )));
-        }
-    }
+    let wanted: Vec<Axis> = axes
+        .iter()
+        .map(|a| Axis::parse(a))
+        .collect::<Result<_>>()?;
     let mut base = RunConfig {
         device: device.to_string(),
         ..RunConfig::default()
@@ -208,28 +239,37 @@ pub fn preset_points(
     base.task.vocab_size = b.vocab;
     base.task.train_prompts = b.train_prompts;
     base.task.eval_prompts = b.eval_prompts;
+    base.judge.samples = b.samples;
+    base.judge.curve_prompts = b.curve_prompts;
+    base.judge.eval_every = b.eval_every;
     base.sft.epochs = b.sft_epochs;
+    base.sft.batch_size = b.sft_batch;
+    base.sft.lr = b.sft_lr;
     base.sft.policy_size = b.base_size.into();
     base.rm.size = b.base_size.into();
     base.rm.pairs = b.base_pairs;
-    base.rm.eval_pairs = (b.eval_prompts * 3).min(200);
+    base.rm.eval_pairs = 300;
     base.method.ppo.iterations = b.iterations;
     base.method.ppo.prompts_per_batch = b.episodes;
-    let on_policy = |kind: MethodKind, n: usize| {
+    base.method.ppo.kl = KlController::Fixed { value: b.base_beta };
+    base.method.best_of_n_max = b.best_of.iter().copied().max().unwrap_or(1);
+    let on_policy = |kind: MethodKind, n: usize, beta: f64| {
         let mut c = base.clone();
         c.method.kind = kind;
         c.method.ppo.samples_per_prompt = n;
         c.method.ppo.prompts_per_batch = (b.episodes / n).max(1);
+        c.method.ppo.kl = KlController::Fixed { value: beta };
         c
     };
+    let ppo = |beta: f64| on_policy(MethodKind::Ppo, 1, beta);
     let mut points = Vec::new();
-    let mut add = |axis: &str, label: String, x: f64, config: RunConfig| {
-        if axes.is_empty() || axes.iter().any(|a| a == axis) {
+    let mut add = |axis: Axis, label: String, x: f64, config: RunConfig| {
+        if wanted.is_empty() || wanted.contains(&axis) {
             for &seed in seeds {
                 let mut config = config.clone();
                 config.seed = seed;
                 points.push(Point {
-                    axis: axis.into(),
+                    axis,
                     label: label.clone(),
                     x,
                     config,
@@ -237,89 +277,94 @@ pub fn preset_points(
             }
         }
     };
-    // RM accuracy against pairs (no policy optimisation: the SFT policy is judged)
+    // RM accuracy against pairs: no policy optimisation (the SFT policy is judged, from cache)
     for &v in &b.volumes {
         let mut c = base.clone();
         c.rm.pairs = v;
-        c.method.kind = MethodKind::BestOfN;
-        c.method.best_of_n = 1;
-        add("rm_volume", v.to_string(), v as f64, c);
+        c.method.kind = MethodKind::Sft;
+        add(Axis::RmVolume, v.to_string(), v as f64, c);
     }
     // a fixed pair budget: many prompts × 1 pair vs few prompts × 4 pairs
     for &k in &[1usize, 4] {
         let mut c = base.clone();
         c.rm.pairs_per_prompt = k;
-        c.method.kind = MethodKind::BestOfN;
-        c.method.best_of_n = 4;
-        add("rm_diversity", format!("{k}-per-prompt"), k as f64, c);
+        c.method.kind = MethodKind::Sft;
+        add(Axis::RmDiversity, format!("{k}-per-prompt"), k as f64, c);
     }
     for (i, s) in b.sizes.iter().enumerate() {
-        let mut c = on_policy(MethodKind::Ppo, 1);
+        let mut c = ppo(b.base_beta);
         c.rm.size = (*s).into();
-        add("rm_size", (*s).into(), i as f64, c);
-        let mut c = on_policy(MethodKind::Ppo, 1);
+        add(Axis::RmSize, (*s).into(), i as f64, c);
+        // one RM, of the base size, trained on every policy size's samples, scores them all
+        let mut c = ppo(b.base_beta);
         c.sft.policy_size = (*s).into();
-        add("policy_size", (*s).into(), i as f64, c);
+        c.rm.sample_from = b.sizes.iter().map(|s| s.to_string()).collect();
+        add(Axis::PolicySize, (*s).into(), i as f64, c);
     }
     for &n in &b.ns {
         add(
-            "samples_per_prompt",
+            Axis::SamplesPerPrompt,
             n.to_string(),
             n as f64,
-            on_policy(MethodKind::Ppo, n),
+            on_policy(MethodKind::Ppo, n, b.base_beta),
         );
     }
-    for (i, &kind) in b.methods.iter().enumerate() {
-        let n = if matches!(kind, MethodKind::Grpo | MethodKind::Rloo) {
-            4
+    let mut x = 0.0;
+    for &kind in &b.methods {
+        let name = method_name(kind);
+        if ON_POLICY.contains(&kind) {
+            let n = if matches!(kind, MethodKind::Grpo | MethodKind::Rloo) {
+                4
+            } else {
+                1
+            };
+            for &beta in &b.method_betas {
+                add(
+                    Axis::Method,
+                    format!("{name}-{beta}"),
+                    x,
+                    on_policy(kind, n, beta),
+                );
+                x += 1.0;
+            }
         } else {
-            1
-        };
-        let label = serde_json::to_value(kind)
-            .ok()
-            .and_then(|v| v.as_str().map(String::from))
-            .unwrap_or_default();
-        add("method", label, i as f64, on_policy(kind, n));
+            for &beta in &b.dpo_betas {
+                let mut c = base.clone();
+                c.method.kind = kind;
+                c.method.dpo_beta = beta;
+                add(Axis::Method, format!("{name}-{beta}"), x, c);
+                x += 1.0;
+            }
+        }
     }
-    for &beta in &b.betas {
-        let mut c = on_policy(MethodKind::Ppo, 1);
-        c.method.ppo.kl = rlhf_core::KlController::Fixed { value: beta };
-        add("kl_budget", beta.to_string(), beta, c);
+    for &beta in &b.kl_betas {
+        let mut c = ppo(beta);
+        c.method.ppo.iterations = b.kl_iterations;
+        add(Axis::KlBudget, beta.to_string(), beta, c);
     }
     for &n in &b.best_of {
         let mut c = base.clone();
         c.method.kind = MethodKind::BestOfN;
         c.method.best_of_n = n;
-        add("best_of_n", n.to_string(), n as f64, c);
+        add(Axis::BestOfN, n.to_string(), n as f64, c);
     }
-    add(
-        "length_control",
-        "rm".into(),
-        0.0,
-        on_policy(MethodKind::Ppo, 1),
-    );
-    let mut c = on_policy(MethodKind::Ppo, 1);
-    c.method.reward = RewardSource::Length;
-    add("length_control", "length-only".into(), 1.0, c);
+    add(Axis::LengthControl, "rm".into(), 0.0, ppo(b.base_beta));
+    let mut c = ppo(b.base_beta);
+    c.method.reward = RewardSource::RmLength;
+    add(Axis::LengthControl, "length-only".into(), 1.0, c);
     // outcome vs process verifiers of arith-steps on the same solutions (see `crate::arith`)
     for supervision in [Supervision::Outcome, Supervision::Process] {
         for &v in &b.solutions {
             let mut c = base.clone();
             c.task.name = "arith-steps".into();
-            c.task.eval_prompts = b.verifier_prompts;
             c.rm.supervision = supervision;
-            c.rm.size = "s".into();
             c.rm.pairs = v;
-            c.rm.eval_pairs = 300;
-            c.rm.epochs = b.verifier_epochs;
-            c.rm.lr = 2e-3;
             c.method.kind = MethodKind::BestOfN;
-            c.method.best_of_n = b.verifier_n;
             let kind = match supervision {
                 Supervision::Outcome => "outcome",
                 Supervision::Process => "process",
             };
-            add("supervision", format!("{kind}-{v}"), v as f64, c);
+            add(Axis::Supervision, format!("{kind}-{v}"), v as f64, c);
         }
     }
     Ok(points)
@@ -389,7 +434,7 @@ pub fn sweep(points: &[Point], out: &Path, progress: bool) -> Result<SweepReport
         }
         bar.set_message(p.file_name());
         let start = Instant::now();
-        // several axes share a run (the base PPO point appears on six): a stored point with the
+        // several axes share a run (the base PPO point appears on five): a stored point with the
         // same configuration and seed already has its result
         let same = stored.iter().find(|r| r.point.config == p.config).cloned();
         let copied = same.is_some();

@@ -45,10 +45,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::compute::{Workload, flops};
 use crate::config::{RunConfig, UserData};
-use crate::pipeline::{
-    MethodInputs, RmStage, RunResult, cached_dir, finish_stage_run, fit_reward_model, judge,
-    mean_se, optimise, peak_memory_bytes, policy_sft, score, sft_model, stage_run,
-};
+use crate::cache::{cached_dir, finish_stage_run, stage_run};
+use crate::judge::{proxy_scores, sample};
+use crate::method::{MethodInputs, optimise};
+use crate::metrics::names;
+use crate::pipeline::{RunResult, peak_memory_bytes};
+use crate::stages::{RmStage, fit_reward_model, sft_model};
+use crate::stats::mean_se;
 
 /// The salt of the train/eval split, so it never depends on the run's seed.
 const SPLIT_SALT: &str = "rlhf-bench/preferences";
@@ -178,10 +181,17 @@ pub fn run_preferences(cfg: &RunConfig, cache: &Path, work: &Path) -> Result<Run
     m.insert("data/demos".into(), sft_data.len() as f64);
 
     // 4. SFT
-    let (policy_shape, sft) = policy_sft(cfg, &tok, &sft_data, &root, &device, &mut m)?;
+    let sft = sft_model(cfg, &cfg.sft.policy_size, &tok, &sft_data, &root, &device)?;
+    m.insert(
+        names::PARAMS_POLICY.into(),
+        sft.shape.non_embedding_params() as f64,
+    );
+    m.insert(names::TOKENS_SFT.into(), sft.tokens);
+    m.insert(names::FLOPS_SFT.into(), sft.flops);
 
     // 5. the reward model on the file's labels
-    let (rm_shape, backbone) = sft_model(cfg, &cfg.rm.size, &tok, &sft_data, &root, &device)?;
+    let backbone = sft_model(cfg, &cfg.rm.size, &tok, &sft_data, &root, &device)?;
+    let rm_shape = backbone.shape.clone();
     let r = &cfg.rm;
     let rm_dir = root.join(format!(
         "rm-{}-p{}-e{}-lr{}-pol{}-s{}",
@@ -195,7 +205,7 @@ pub fn run_preferences(cfg: &RunConfig, cache: &Path, work: &Path) -> Result<Run
     cached_dir(&rm_dir, |tmp| {
         let (rm, report) = fit_reward_model(
             cfg,
-            backbone,
+            backbone.model.clone(),
             &rm_shape,
             &train_pairs,
             &eval_pairs,
@@ -223,6 +233,11 @@ pub fn run_preferences(cfg: &RunConfig, cache: &Path, work: &Path) -> Result<Run
         .map(|x| (2 * x.prompt.len() + x.responses[0].len() + x.responses[1].len()) as u64)
         .sum();
     let stage = RmStage {
+        key: rm_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        gold_correct: Vec::new(),
         rm: RewardModel::load(&rm_dir.join("model"), &device)?,
         shape: rm_shape.clone(),
         pairs: train_pairs,
@@ -252,31 +267,52 @@ pub fn run_preferences(cfg: &RunConfig, cache: &Path, work: &Path) -> Result<Run
     let method_start = Instant::now();
     let mut curve = Vec::new();
     let inputs = MethodInputs {
-        sft: &sft,
-        policy_shape: &policy_shape,
+        sft: &sft.model,
+        policy_shape: &sft.shape,
         rm: Some(&stage),
         tok: &tok,
         train_prompts: &train_prompts,
         sft_data: &sft_data,
         query_length,
         eval_pairs: &eval_pairs,
+        curve: None,
+        length_slope: None,
     };
     let policy = optimise(cfg, &inputs, work, &device, &mut m, &mut curve)?;
     m.insert("time/method".into(), method_start.elapsed().as_secs_f64());
 
     // 7. the judge: the RM, on held-out prompts
     let rm = RewardScorer::new(stage.rm.clone(), tok.clone(), &device);
-    let (judged, baseline) = judge(
-        cfg,
-        &inputs,
+    let j = &cfg.judge;
+    let judge = |model: &rlhf_models::CausalLm| {
+        sample(
+            model,
+            &tok,
+            &eval_prompts,
+            1,
+            j.temperature,
+            j.max_new_tokens,
+            cfg.seed.wrapping_add(11),
+        )
+    };
+    let (judged, baseline) = (judge(&policy)?, judge(&sft.model)?);
+    let score = |texts: &[String]| proxy_scores(&rm, &eval_prompts, texts, 1);
+    let proxy = score(&judged.texts)?;
+    let proxy_sft = score(&baseline.texts)?;
+    let kl = crate::judge::kl_per_prompt(
         &policy,
+        &sft.model,
+        &tok,
         &eval_prompts,
-        Some(&rm),
+        &judged,
+        j.temperature,
         &device,
-        &mut m,
     )?;
-    let proxy = score(&rm, &eval_prompts, &judged.texts)?;
-    let proxy_sft = score(&rm, &eval_prompts, &baseline.texts)?;
+    m.insert(names::KL.into(), mean_se(&kl).0);
+    m.insert(
+        names::LENGTH.into(),
+        judged.ids.iter().map(|r| r.len() as f64).sum::<f64>() / judged.ids.len().max(1) as f64,
+    );
     let chosen: Vec<String> = eval_prompts
         .iter()
         .map(|p| {
@@ -287,7 +323,7 @@ pub fn run_preferences(cfg: &RunConfig, cache: &Path, work: &Path) -> Result<Run
                 .expect("every eval prompt comes from a held-out pair")
         })
         .collect();
-    let proxy_chosen = score(&rm, &eval_prompts, &chosen)?;
+    let proxy_chosen = score(&chosen)?;
     let (mean, se) = mean_se(&proxy);
     m.insert("proxy/mean".into(), mean);
     m.insert("proxy/se".into(), se);
@@ -317,6 +353,7 @@ pub fn run_preferences(cfg: &RunConfig, cache: &Path, work: &Path) -> Result<Run
     m.insert("memory/peak_bytes".into(), peak_memory_bytes());
     Ok(RunResult {
         metrics: m,
+        items: BTreeMap::new(),
         curve,
         wall_seconds: start.elapsed().as_secs_f64(),
     })

@@ -1,17 +1,20 @@
-//! The report holds the points' numbers: fabricated points (two seeds per value, no training)
-//! are written, the report is generated, and its tables, trend, findings and CSV are checked
-//! against values computed here by hand; `verify_report` accepts it and rejects it once a point
-//! changes.
+//! The report holds the points' numbers: fabricated points (three seeds per value, no
+//! training) are written, the report is generated, and its tables, findings and CSV are
+//! checked against values computed here by hand; `verify_report` accepts it and rejects it once
+//! a point changes.
 
 use std::collections::BTreeMap;
 
-use rlhf_bench::report::{gao_fit, gao_peak_kl, log2_fit, rows, verify_report};
-use rlhf_bench::{Point, PointRecord, RunConfig, RunResult, read_points, write_report};
+use rlhf_bench::fits::{gao_fit, per_doubling};
+use rlhf_bench::metrics::names;
+use rlhf_bench::stats::t_quantile;
+use rlhf_bench::verify::verify_report;
+use rlhf_bench::{Axis, Point, PointRecord, RunConfig, RunResult, read_points, write_report};
 
-fn point(axis: &str, label: &str, x: f64, seed: u64, metrics: &[(&str, f64)]) -> PointRecord {
+fn point(axis: Axis, label: &str, x: f64, seed: u64, metrics: &[(&str, f64)]) -> PointRecord {
     PointRecord {
         point: Point {
-            axis: axis.into(),
+            axis,
             label: label.into(),
             x,
             config: RunConfig {
@@ -25,6 +28,7 @@ fn point(axis: &str, label: &str, x: f64, seed: u64, metrics: &[(&str, f64)]) ->
                 .iter()
                 .map(|(k, v)| (k.to_string(), *v))
                 .collect::<BTreeMap<_, _>>(),
+            items: BTreeMap::new(),
             curve: Vec::new(),
             wall_seconds: 1.0,
         },
@@ -42,61 +46,50 @@ fn store(dir: &std::path::Path, points: &[PointRecord]) {
     }
 }
 
+/// Mean and t interval over three values, by hand.
+fn by_hand(v: [f64; 3]) -> (f64, f64, f64) {
+    let m = v.iter().sum::<f64>() / 3.0;
+    let sd = (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / 2.0).sqrt();
+    let half = 4.302_652_729_911_275 * sd / 3f64.sqrt();
+    (m, m - half, m + half)
+}
+
 #[test]
 fn the_report_states_the_points_numbers() {
+    assert!((t_quantile(2.0) - 4.302_652_729_911_275).abs() < 1e-9);
     let mut points = Vec::new();
-    // RM accuracy: 0.60/0.62 at 250 pairs, 0.70/0.74 at 1000, 0.80/0.80 at 4000
-    for (pairs, accs) in [
-        (250.0, [0.60, 0.62]),
-        (1000.0, [0.70, 0.74]),
-        (4000.0, [0.80, 0.80]),
-    ] {
-        for (seed, acc) in accs.iter().enumerate() {
+    // RM accuracy by volume, three seeds
+    let acc = [
+        (250.0, [0.60, 0.62, 0.61]),
+        (1000.0, [0.70, 0.74, 0.69]),
+        (4000.0, [0.80, 0.80, 0.83]),
+    ];
+    for (pairs, accs) in acc {
+        for (seed, a) in accs.iter().enumerate() {
             points.push(point(
-                "rm_volume",
+                Axis::RmVolume,
                 &format!("{pairs}"),
                 pairs,
                 seed as u64,
-                &[
-                    ("rm/gold_accuracy", *acc),
-                    ("rm/accuracy", 0.6),
-                    ("gold/mean", -1.0),
-                ],
+                &[(names::RM_GOLD_ACCURACY, *a), (names::RM_ACCURACY, 0.6)],
             ));
         }
     }
+    // length control: the length-only reward's gain +0.10, +0.06, +0.08; the RM's +0.4
     for (label, x, gains) in [
-        ("rm", 0.0, [0.40, 0.50]),
-        // the seeds disagree: seed 1's length-only reward loses gold
-        ("length-only", 1.0, [0.10, -0.05]),
+        ("rm", 0.0, [0.40, 0.40, 0.40]),
+        ("length-only", 1.0, [0.10, 0.06, 0.08]),
     ] {
         for (seed, g) in gains.iter().enumerate() {
             points.push(point(
-                "length_control",
+                Axis::LengthControl,
                 label,
                 x,
                 seed as u64,
-                &[("gold/gain", *g)],
-            ));
-        }
-    }
-    // outcome vs process verifiers: best-of-n accuracy 0.31 → 0.41 and 0.35 → 0.56 (means)
-    for (kind, x, accs) in [
-        ("outcome", 750.0, [0.30, 0.32]),
-        ("outcome", 3000.0, [0.40, 0.42]),
-        ("process", 750.0, [0.35, 0.35]),
-        ("process", 3000.0, [0.55, 0.57]),
-    ] {
-        for (seed, a) in accs.iter().enumerate() {
-            points.push(point(
-                "supervision",
-                &format!("{kind}-{x}"),
-                x,
-                seed as u64,
                 &[
-                    ("bon/accuracy", *a),
-                    ("bon/random", 0.5),
-                    ("bon/random_distinct", 0.3),
+                    (names::GOLD_GAIN, *g),
+                    (names::LENGTH, 10.0),
+                    (names::LENGTH_SFT, 12.0),
                 ],
             ));
         }
@@ -108,77 +101,51 @@ fn the_report_states_the_points_numbers() {
     write_report(dir.path(), &stored, "test").unwrap();
     let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
 
-    // mean ± sample sd over the two seeds, by hand
-    let sd = |a: f64, b: f64| ((a - (a + b) / 2.0).powi(2) * 2.0).sqrt();
+    // the axis tables: mean [t interval over seeds]
+    let (m, lo, hi) = by_hand([0.70, 0.74, 0.69]);
     assert!(
-        md.contains(&format!("| 250 | 0.610 ± {:.3} |", sd(0.60, 0.62))),
+        md.contains(&format!("| 1000 | {m:.3} [{lo:.3}, {hi:.3}] | 0.600 [0.600, 0.600] |")),
         "{md}"
     );
-    assert!(md.contains(&format!("| 1000 | 0.720 ± {:.3} |", sd(0.70, 0.74))));
-    assert!(md.contains("| 4000 | 0.800 ± 0.000 |"));
-    // the trend: least squares of the means on log2(pairs), by hand
-    let xs = [250f64.log2(), 1000f64.log2(), 4000f64.log2()];
-    let ys = [0.61, 0.72, 0.80];
-    let (mx, my) = (xs.iter().sum::<f64>() / 3.0, ys.iter().sum::<f64>() / 3.0);
-    let slope = xs
-        .iter()
-        .zip(&ys)
-        .map(|(x, y)| (x - mx) * (y - my))
-        .sum::<f64>()
-        / xs.iter().map(|x| (x - mx).powi(2)).sum::<f64>();
-    let (fit, _) = log2_fit(&rows(&stored, "rm_volume"), "rm/gold_accuracy").unwrap();
-    assert!((fit - slope).abs() < 1e-12);
-    assert!(md.contains(&format!("changes by {slope:+.4} per doubling of rm_volume")));
-    // the findings: on the means, then seed by seed (each seed's own slope, their mean ± sd)
-    let seed_slope = |ys: [f64; 3]| {
-        let my = ys.iter().sum::<f64>() / 3.0;
-        xs.iter()
-            .zip(&ys)
-            .map(|(x, y)| (x - mx) * (y - my))
-            .sum::<f64>()
-            / xs.iter().map(|x| (x - mx).powi(2)).sum::<f64>()
+    // the RM-volume finding: each seed's own slope per doubling, then the interval over seeds
+    let slope = |seed: usize| {
+        per_doubling(&acc.map(|(x, a)| (x, a[seed])))
+            .unwrap()
+            .slope
     };
-    let (s0, s1) = (
-        seed_slope([0.60, 0.70, 0.80]),
-        seed_slope([0.62, 0.74, 0.80]),
-    );
+    let (m, lo, hi) = by_hand([slope(0), slope(1), slope(2)]);
+    assert!(lo > 0.0);
     assert!(
         md.contains(&format!(
-            "| rm_volume | more comparison data makes the RM more accurate | yes | 2 of 2 | {:+.3} ± {:.3} (accuracy per doubling) | gold-order accuracy 0.610 at 250 pairs → 0.800 at 4000;",
-            (s0 + s1) / 2.0,
-            sd(s0, s1)
+            "| rm_volume | more comparison data makes the RM more accurate | **reproduced** | {m:+.3} [{lo:+.3}, {hi:+.3}] |"
         )),
         "{md}"
     );
-    // length-only gains +0.10 and −0.05: the mean (+0.025) says yes, one seed of two does
+    // length only: +0.08 [t interval], a share of the RM's gain of 0.2
+    let (m, lo, hi) = by_hand([0.10, 0.06, 0.08]);
+    assert!(lo > 0.0);
     assert!(
         md.contains(&format!(
-            "| length_control | part of RLHF's gain is length alone (A Long Way to Go) | yes | 1 of 2 | +0.025 ± {:.3} (gold gain of the length-only reward) | gold gain with the RM +0.450, with a length-only reward +0.025: length alone gives 6% of the RM's gain |",
-            sd(0.10, -0.05)
+            "| length_control | part of RLHF's gain is length alone (A Long Way to Go) | **reproduced** | {m:+.3} [{lo:+.3}, {hi:+.3}] |"
         )),
         "{md}"
     );
-    // per kind: (0.41 − 0.31) / log2(3000 / 750) = +0.050 and (0.56 − 0.35) / 2 = +0.105; seed by
-    // seed the process − outcome slopes are 0.10 − 0.05 and 0.11 − 0.05: +0.055 ± 0.007
+    let (share, share_lo, share_hi) = by_hand([0.25, 0.15, 0.2]);
     assert!(
-        md.contains(
-            "| supervision | process supervision scales better than outcome supervision in-domain | yes | 2 of 2 | +0.055 ± 0.007 (accuracy per doubling, process − outcome) | best-of-4 final-answer accuracy from 750 to 3000 labelled solutions: outcome RM 0.310 → 0.410 (+0.050 per doubling), process RM 0.350 → 0.560 (+0.105 per doubling); process ≥ outcome at 2 of 2 volumes; a random pick 0.500, a random pick among the distinct solutions 0.300 |"
-        ),
+        md.contains(&format!(
+            "a share of the RM's own gain of {share:+.3} [{share_lo:+.3}, {share_hi:+.3}] (the control moved length the RM's way on 3 of 3 seeds)"
+        )),
         "{md}"
     );
-    assert!(md.contains("Trend, process RM: `bon/accuracy` changes by +0.1050 per doubling"));
-    let svg = std::fs::read_to_string(dir.path().join("plots/supervision.svg")).unwrap();
-    assert!(svg.contains("outcome RM") && svg.contains("process RM"));
+    // claims without points say so
+    assert!(md.contains("| best_of_n | best-of-n reranking by the RM raises the gold score | **not run** |"));
     // plots exist and are SVG
     let svg = std::fs::read_to_string(dir.path().join("plots/rm_volume.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("<polyline"));
     // the CSV has every point with its numbers
     let csv = std::fs::read_to_string(dir.path().join("summary.csv")).unwrap();
     assert_eq!(csv.lines().count(), points.len() + 1);
-    assert!(
-        csv.contains("rm_volume,1000,1000,1,1.000,,,,,-1,0.6,0.74\n"),
-        "{csv}"
-    );
+    assert!(csv.contains("rm_volume,1000,1000,1,1.000,,,,0.6,0.74\n"), "{csv}");
 
     assert!(verify_report(dir.path()).unwrap() > points.len());
     // a point that changes after the report was written is caught
@@ -186,7 +153,7 @@ fn the_report_states_the_points_numbers() {
     changed
         .result
         .metrics
-        .insert("rm/gold_accuracy".into(), 0.99);
+        .insert(names::RM_GOLD_ACCURACY.into(), 0.99);
     store(dir.path(), &[changed]);
     let err = verify_report(dir.path()).unwrap_err().to_string();
     assert!(
@@ -226,7 +193,7 @@ fn the_shipped_configs_parse() {
 #[test]
 fn the_committed_report_matches_its_points() {
     let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
-    let n = rlhf_bench::report::verify_report_files(
+    let n = rlhf_bench::verify::verify_report_files(
         &docs.join("scaling-report"),
         &docs.join("scaling-report.md"),
         &docs.join("scaling-report/summary.csv"),
@@ -297,7 +264,7 @@ proptest::proptest! {
     fn gao_fits_recover_the_forms_coefficients(
         alpha in 0.1f64..2.0,
         beta in 0.01f64..1.0,
-        kls in proptest::collection::btree_set(1u32..4000, 3..7),
+        kls in proptest::collection::btree_set(1u32..4000, 5..9),
         rl in proptest::bool::ANY,
     ) {
         let pts: Vec<(f64, f64)> = kls
@@ -309,20 +276,27 @@ proptest::proptest! {
             })
             .chain(std::iter::once((0.0, 0.0)))
             .collect();
-        let (a, b, r2) = gao_fit(&pts, rl).unwrap();
+        let f = gao_fit(&pts, rl).unwrap();
+        let (a, b) = (f.alpha, f.beta);
         proptest::prop_assert!((a - alpha).abs() < 1e-6 * (1.0 + alpha), "α {a} vs {alpha}");
         proptest::prop_assert!((b - beta).abs() < 1e-6 * (1.0 + beta), "β {b} vs {beta}");
-        proptest::prop_assert!(r2 > 1.0 - 1e-9, "R² {r2}");
-        let peak = gao_peak_kl(a, b, rl).unwrap().sqrt();
+        proptest::prop_assert!(f.r2 > 1.0 - 1e-9, "R² {}", f.r2);
+        let peak = f.peak_kl.unwrap().sqrt();
         let slope = if rl { alpha - beta * (peak.ln() + 1.0) } else { alpha - 2.0 * beta * peak };
         proptest::prop_assert!(slope.abs() < 1e-5, "derivative {slope} at the peak");
     }
 }
 
 #[test]
-fn a_gao_fit_needs_two_points_at_positive_kl() {
-    assert!(gao_fit(&[(0.0, 0.0), (1.0, 0.5)], false).is_none());
-    assert!(gao_peak_kl(1.0, -0.1, true).is_none());
+fn a_gao_fit_needs_five_points_at_positive_kl() {
+    let four: Vec<(f64, f64)> = [0.0, 1.0, 2.0, 3.0, 4.0]
+        .iter()
+        .map(|&k: &f64| (k, k.sqrt() * (1.0 - 0.1 * k.sqrt())))
+        .collect();
+    assert!(gao_fit(&four, false).is_none(), "four points at KL > 0");
+    let mut five = four.clone();
+    five.push((5.0, 5f64.sqrt() * (1.0 - 0.1 * 5f64.sqrt())));
+    assert!(gao_fit(&five, false).is_some());
 }
 
 /// `rlhf-bench run` resumes its own checkpoints only: the run directory remembers its

@@ -6,7 +6,7 @@
 //!                                         # run again, it resumes; another one is refused
 //! rlhf-bench sweep [--preset smoke|quick|full] [--out DIR] [--axes a,b] [--seeds 0,1 | --seeds N]
 //!                  [--jobs J] [--device D] [--no-progress]
-//!     # seeds: the preset's (smoke 1, quick 2, full 3); with J > 1 (default: one per core, at
+//!     # seeds: the preset's (smoke 1, quick 3, full 5); with J > 1 (default: one per core, at
 //!     # most one per seed) the seeds run in J child processes at once, each on cores/J threads
 //! rlhf-bench report DIR      # rewrite the report from the stored points
 //! rlhf-bench verify DIR      # check the report's and the CSV's numbers against the points
@@ -200,8 +200,8 @@ enum Command {
         /// Only these axes (comma-separated).
         #[arg(long, value_delimiter = ',')]
         axes: Vec<String>,
-        /// A count N (seeds 0..N) or a list `0,1` (default: the preset's: smoke 1, quick 2,
-        /// full 3).
+        /// A count N (seeds 0..N) or a list `0,1` (default: the preset's: smoke 1, quick 3,
+        /// full 5).
         #[arg(long)]
         seeds: Option<String>,
         /// Seeds run at once in child processes, each on cores/J threads (default: one per core,
@@ -342,7 +342,7 @@ fn main() -> ExitCode {
                 Ok(())
             })
         }
-        Command::Verify { dir } => rlhf_bench::report::verify_report(&dir).map(|n| {
+        Command::Verify { dir } => rlhf_bench::verify::verify_report(&dir).map(|n| {
             println!("report.md and summary.csv agree with the points ({n} rows checked)");
         }),
         Command::Report { dir } => {

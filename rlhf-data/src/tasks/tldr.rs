@@ -73,9 +73,9 @@ pub struct TldrSynth {
 impl Default for TldrSynth {
     fn default() -> Self {
         TldrSynth {
-            drop_fact: 0.2,
-            add_distractor: 0.3,
-            add_filler: 0.15,
+            drop_fact: 0.3,
+            add_distractor: 0.4,
+            add_filler: 0.25,
             hallucination_penalty: 0.5,
             unsalient_penalty: 0.15,
             length_penalty: 0.5,
@@ -93,7 +93,7 @@ fn random_fact(person: &str, rng: &mut ChaCha8Rng) -> Fact {
         Fact(format!("{person} lives in {}", PLACES.choose(rng).unwrap()))
     } else {
         Fact(format!(
-            "{person} {} the {} {}",
+            "{person} {} {} {}",
             RELATIONS.choose(rng).unwrap(),
             ADJECTIVES.choose(rng).unwrap(),
             OBJECTS.choose(rng).unwrap()
@@ -106,7 +106,7 @@ fn parse_fact(clause: &str) -> Option<Fact> {
     let w: Vec<&str> = clause.split_whitespace().collect();
     let ok = match w.as_slice() {
         [p, "lives", "in", place] => PEOPLE.contains(p) && PLACES.contains(place),
-        [p, rel, "the", adj, obj] => {
+        [p, rel, adj, obj] => {
             PEOPLE.contains(p)
                 && RELATIONS.contains(rel)
                 && ADJECTIVES.contains(adj)
@@ -171,12 +171,12 @@ impl Task for TldrSynth {
         let subject = people[0];
         let others = &people[1..4];
         let mut facts: BTreeSet<Fact> = BTreeSet::new();
-        let n_salient = rng.random_range(2..=4);
+        let n_salient = rng.random_range(1..=3);
         while facts.len() < n_salient {
             facts.insert(random_fact(subject, &mut rng));
         }
         let mut sentences: Vec<String> = facts.iter().map(|f| f.0.clone()).collect();
-        for _ in 0..rng.random_range(1..=3) {
+        for _ in 0..rng.random_range(0..=2) {
             let f = random_fact(others.choose(&mut rng).unwrap(), &mut rng);
             if !sentences.contains(&f.0) {
                 sentences.push(f.0);

@@ -1,0 +1,675 @@
+//! The findings: for each claim of the seed papers, the effect this sweep measured on every
+//! seed, its 95% interval over seeds and the verdict it supports (see [`crate::stats`]).
+//!
+//! Every effect is computed within a seed — a paired difference between two of its points on
+//! the same held-out prompts, or a statistic of its points (a slope, the gold score at a
+//! matched KL) — and signed so that a positive value goes the claim's way. Comparisons of
+//! policies that reached different KLs are made at matched KL: each run's learning curve (gold
+//! against KL, from the SFT policy at KL 0) is interpolated at three common KL values, a third,
+//! two thirds and all of the smallest final KL among the compared runs, and the effect is the
+//! mean difference there.
+
+use std::collections::BTreeMap;
+
+use crate::axis::Axis;
+use crate::fits::{interpolate, per_doubling};
+use crate::metrics::{curve, items, names};
+use crate::stats::{Interval, Verdict};
+use crate::study::PointRecord;
+
+/// A claim and what this sweep says about it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finding {
+    /// The axis whose points measure it.
+    pub axis: Axis,
+    /// The claim.
+    pub claim: String,
+    /// What the effect measures (positive: the claim's way).
+    pub effect: String,
+    /// The effect on each seed that has the points.
+    pub per_seed: Vec<(u64, f64)>,
+    /// Its 95% interval over seeds (with one seed, over that seed's prompts when the effect is
+    /// a mean over prompts).
+    pub interval: Option<Interval>,
+    /// What the interval says.
+    pub verdict: Verdict,
+    /// The evidence in one sentence, with its numbers.
+    pub sentence: String,
+}
+
+impl Finding {
+    /// The finding's line in the findings table.
+    pub fn table_line(&self) -> String {
+        let interval = self.interval.map_or_else(|| "—".into(), |i| i.show());
+        format!(
+            "| {} | {} | **{}** | {interval} | {} | {} |",
+            self.axis,
+            self.claim,
+            self.verdict.word(),
+            self.effect,
+            self.sentence
+        )
+    }
+}
+
+/// A seed's points.
+pub struct Seed<'a> {
+    /// The seed.
+    pub seed: u64,
+    points: Vec<&'a PointRecord>,
+}
+
+impl<'a> Seed<'a> {
+    /// The point of `axis` labelled `label`.
+    pub fn get(&self, axis: Axis, label: &str) -> Option<&'a PointRecord> {
+        self.points
+            .iter()
+            .copied()
+            .find(|p| p.point.axis == axis && p.point.label == label)
+    }
+
+    /// The points of `axis`, in the order of their x (then label).
+    pub fn axis(&self, axis: Axis) -> Vec<&'a PointRecord> {
+        let mut v: Vec<&PointRecord> = self
+            .points
+            .iter()
+            .copied()
+            .filter(|p| p.point.axis == axis)
+            .collect();
+        v.sort_by(|a, b| {
+            a.point
+                .x
+                .total_cmp(&b.point.x)
+                .then(a.point.label.cmp(&b.point.label))
+        });
+        v
+    }
+}
+
+/// The points of every seed, by seed.
+pub fn by_seed(points: &[PointRecord]) -> Vec<Seed<'_>> {
+    let mut map: BTreeMap<u64, Vec<&PointRecord>> = BTreeMap::new();
+    for p in points {
+        map.entry(p.point.config.seed).or_default().push(p);
+    }
+    map.into_iter()
+        .map(|(seed, points)| Seed { seed, points })
+        .collect()
+}
+
+/// A metric of a point (NaN when absent).
+pub(crate) fn metric(p: &PointRecord, name: &str) -> f64 {
+    p.result.metrics.get(name).copied().unwrap_or(f64::NAN)
+}
+
+/// Per-prompt values of a point (empty when absent).
+pub(crate) fn item<'p>(p: &'p PointRecord, name: &str) -> &'p [f64] {
+    p.result.items.get(name).map_or(&[], Vec::as_slice)
+}
+
+/// Prompt-by-prompt difference `a − b` of two points' per-prompt values (same seed, same
+/// prompts); empty when their lengths differ.
+pub(crate) fn paired(a: &[f64], b: &[f64]) -> Vec<f64> {
+    if a.len() != b.len() {
+        return Vec::new();
+    }
+    a.iter().zip(b).map(|(x, y)| x - y).collect()
+}
+
+/// A run's gold-against-KL curve: the SFT policy at KL 0 (its gold on the curve's prompts),
+/// then every evaluation of the learning curve, then the judge's end point.
+pub(crate) fn kl_curve(p: &PointRecord) -> Vec<(f64, f64)> {
+    let n = p.point.config.judge.curve_prompts;
+    let sft = item(p, items::SFT_GOLD);
+    let mut out = Vec::new();
+    if !sft.is_empty() {
+        let head = &sft[..n.min(sft.len())];
+        out.push((0.0, head.iter().sum::<f64>() / head.len() as f64));
+    }
+    for c in &p.result.curve {
+        if let (Some(kl), Some(g)) = (c.get(curve::KL), c.get(curve::GOLD))
+            && kl.is_finite()
+            && g.is_finite()
+        {
+            out.push((kl.max(0.0), *g));
+        }
+    }
+    out
+}
+
+/// A run's gold-against-FLOPs curve (the method's FLOPs so far), from the SFT policy at 0.
+pub(crate) fn flops_curve(p: &PointRecord) -> Vec<(f64, f64)> {
+    let mut out = kl_curve(p).into_iter().take(1).collect::<Vec<_>>();
+    for c in &p.result.curve {
+        if let (Some(f), Some(g)) = (c.get(curve::FLOPS), c.get(curve::GOLD))
+            && g.is_finite()
+        {
+            out.push((*f, *g));
+        }
+    }
+    out
+}
+
+/// The largest KL a curve reaches.
+fn max_kl(c: &[(f64, f64)]) -> f64 {
+    c.iter().map(|p| p.0).fold(0.0, f64::max)
+}
+
+/// The KL values two or more curves are compared at: ⅓, ⅔ and all of the smallest of their
+/// largest KLs.
+pub(crate) fn matched_kls(curves: &[Vec<(f64, f64)>]) -> Vec<f64> {
+    let top = curves.iter().map(|c| max_kl(c)).fold(f64::INFINITY, f64::min);
+    if !(top.is_finite() && top > 0.0) {
+        return Vec::new();
+    }
+    vec![top / 3.0, 2.0 * top / 3.0, top]
+}
+
+/// Mean over `at` of `a(x) − b(x)` on two curves (None when either misses a value).
+pub(crate) fn mean_gap(a: &[(f64, f64)], b: &[(f64, f64)], at: &[f64]) -> Option<f64> {
+    if at.is_empty() {
+        return None;
+    }
+    let mut sum = 0.0;
+    for &x in at {
+        sum += interpolate(a, x)? - interpolate(b, x)?;
+    }
+    Some(sum / at.len() as f64)
+}
+
+/// The finding from per-seed effects (and, with one seed, that seed's per-prompt effects).
+fn conclude(
+    axis: Axis,
+    claim: &str,
+    effect: &str,
+    per_seed: Vec<(u64, f64)>,
+    one_seed_items: Option<Vec<f64>>,
+    sentence: impl Fn(Option<&Interval>) -> String,
+) -> Finding {
+    let per_seed: Vec<(u64, f64)> = per_seed.into_iter().filter(|x| x.1.is_finite()).collect();
+    let interval = if per_seed.len() >= 2 {
+        Interval::over_seeds(&per_seed.iter().map(|x| x.1).collect::<Vec<_>>())
+    } else {
+        one_seed_items.and_then(|v| Interval::over_items(&v))
+    };
+    let verdict = if per_seed.is_empty() {
+        Verdict::NotRun
+    } else {
+        Verdict::of(interval.as_ref())
+    };
+    Finding {
+        axis,
+        claim: claim.into(),
+        effect: effect.into(),
+        sentence: sentence(interval.as_ref()),
+        per_seed,
+        interval,
+        verdict,
+    }
+}
+
+/// `+0.123 [+0.045, +0.201]`, or `+0.123 (one seed)`, or `—`.
+fn show(i: Option<&Interval>) -> String {
+    match i {
+        Some(i) if i.seeds >= 2 => i.show(),
+        Some(i) => format!("{:+.3} (one seed: over prompts only)", i.mean),
+        None => "—".into(),
+    }
+}
+
+/// What a verdict means in a sentence.
+fn so(i: Option<&Interval>) -> &'static str {
+    match Verdict::of(i) {
+        Verdict::Reproduced => "the interval excludes zero in the claim's direction: reproduced",
+        Verdict::Contradicted => "the interval excludes zero against the claim: contradicted",
+        Verdict::Inconclusive => "the interval includes zero: inconclusive",
+        Verdict::NotRun => "not run",
+    }
+}
+
+/// Every finding, in report order.
+pub fn findings(points: &[PointRecord]) -> Vec<Finding> {
+    let seeds = by_seed(points);
+    let mut out = Vec::new();
+    rm_findings(&seeds, &mut out);
+    size_findings(&seeds, &mut out);
+    samples_findings(&seeds, &mut out);
+    method_findings(&seeds, &mut out);
+    kl_findings(&seeds, &mut out);
+    best_of_n_finding(&seeds, &mut out);
+    length_finding(&seeds, &mut out);
+    compute_finding(&seeds, &mut out);
+    crate::arith::findings(&seeds, &mut out);
+    out
+}
+
+fn rm_findings(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
+    let per_seed: Vec<(u64, f64)> = seeds
+        .iter()
+        .filter_map(|s| {
+            let pts: Vec<(f64, f64)> = s
+                .axis(Axis::RmVolume)
+                .iter()
+                .map(|p| (p.point.x, metric(p, names::RM_GOLD_ACCURACY)))
+                .collect();
+            per_doubling(&pts).map(|l| (s.seed, l.slope))
+        })
+        .collect();
+    out.push(conclude(
+        Axis::RmVolume,
+        "more comparison data makes the RM more accurate",
+        "held-out gold-order accuracy per doubling of the pairs",
+        per_seed,
+        None,
+        |i| {
+            format!(
+                "The RM's held-out gold-order accuracy changed by {} per doubling of its comparison pairs; {}.",
+                show(i),
+                so(i)
+            )
+        },
+    ));
+    let per_seed: Vec<(u64, f64)> = seeds
+        .iter()
+        .filter_map(|s| {
+            let many = s.get(Axis::RmDiversity, "1-per-prompt")?;
+            let few = s.get(Axis::RmDiversity, "4-per-prompt")?;
+            Some((
+                s.seed,
+                metric(many, names::RM_GOLD_ACCURACY) - metric(few, names::RM_GOLD_ACCURACY),
+            ))
+        })
+        .collect();
+    out.push(conclude(
+        Axis::RmDiversity,
+        "at a fixed pair budget, more prompts beat more responses per prompt",
+        "gold-order accuracy, 1 pair per prompt − 4 pairs per prompt",
+        per_seed,
+        None,
+        |i| {
+            format!(
+                "With the same number of pairs, one pair on each of four times as many prompts changed the RM's gold-order accuracy by {} against four pairs per prompt; {}.",
+                show(i),
+                so(i)
+            )
+        },
+    ));
+}
+
+/// The gold gain of a point over its own SFT policy at the curve's KL values.
+fn gain_curve(p: &PointRecord) -> Vec<(f64, f64)> {
+    let c = kl_curve(p);
+    let origin = c.first().map_or(0.0, |x| x.1);
+    c.into_iter().map(|(k, g)| (k, g - origin)).collect()
+}
+
+fn size_findings(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
+    for (axis, claim, larger_better) in [
+        (
+            Axis::RmSize,
+            "larger reward models give modest policy gains",
+            true,
+        ),
+        (
+            Axis::PolicySize,
+            "larger policies gain less from RLHF with a fixed RM",
+            false,
+        ),
+    ] {
+        let mut raw: Vec<f64> = Vec::new();
+        let per_seed: Vec<(u64, f64)> = seeds
+            .iter()
+            .filter_map(|s| {
+                let pts = s.axis(axis);
+                let (small, large) = (*pts.first()?, *pts.last()?);
+                if pts.len() < 2 {
+                    return None;
+                }
+                let (a, b) = (gain_curve(large), gain_curve(small));
+                let at = matched_kls(&[a.clone(), b.clone()]);
+                let gap = mean_gap(&a, &b, &at)?;
+                raw.push(metric(large, names::GOLD_GAIN) - metric(small, names::GOLD_GAIN));
+                Some((s.seed, if larger_better { gap } else { -gap }))
+            })
+            .collect();
+        let raw_mean = raw.iter().sum::<f64>() / raw.len().max(1) as f64;
+        let effect = if larger_better {
+            "gold gain at matched KL, largest − smallest"
+        } else {
+            "gold gain at matched KL, smallest − largest"
+        };
+        out.push(conclude(axis, claim, effect, per_seed, None, |i| {
+            format!(
+                "At matched KL the {} {} changed the gold gain by {} (raw end points, which differ in KL: {raw_mean:+.3}, largest − smallest); {}.",
+                if larger_better { "largest" } else { "smallest" },
+                if axis == Axis::RmSize {
+                    "reward model, against the smallest,"
+                } else {
+                    "policy, against the largest, with one RM trained on every size's samples,"
+                },
+                show(i),
+                so(i)
+            )
+        }));
+    }
+}
+
+fn samples_findings(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
+    let gold = |p: &PointRecord| metric(p, names::GOLD);
+    let mut one = None;
+    let rise: Vec<(u64, f64)> = seeds
+        .iter()
+        .filter_map(|s| {
+            let pts = s.axis(Axis::SamplesPerPrompt);
+            if pts.len() < 2 {
+                return None;
+            }
+            let (first, last) = (pts[0], pts[pts.len() - 1]);
+            one = Some(paired(item(last, items::GOLD), item(first, items::GOLD)));
+            Some((s.seed, gold(last) - gold(first)))
+        })
+        .collect();
+    out.push(conclude(
+        Axis::SamplesPerPrompt,
+        "more samples per prompt raise the gold score",
+        "gold, most samples per prompt − one",
+        rise,
+        one,
+        |i| {
+            format!(
+                "At equal episodes per iteration, the most samples per prompt changed the gold score by {} against one; {}.",
+                show(i),
+                so(i)
+            )
+        },
+    ));
+    let plateau: Vec<(u64, f64)> = seeds
+        .iter()
+        .filter_map(|s| {
+            let g: Vec<f64> = s.axis(Axis::SamplesPerPrompt).iter().map(|p| gold(p)).collect();
+            (g.len() >= 3).then(|| (s.seed, (g[1] - g[0]) - (g[g.len() - 1] - g[g.len() - 2])))
+        })
+        .collect();
+    out.push(conclude(
+        Axis::SamplesPerPrompt,
+        "the gain from more samples per prompt plateaus quickly",
+        "first doubling's gold change − last doubling's",
+        plateau,
+        None,
+        |i| {
+            format!(
+                "The first doubling of samples per prompt moved gold by more than the last by {}; {}.",
+                show(i),
+                so(i)
+            )
+        },
+    ));
+}
+
+/// The method and β of a `method` axis label (`ppo-0.05`).
+pub(crate) fn method_of(label: &str) -> (&str, f64) {
+    match label.rsplit_once('-') {
+        Some((m, b)) => (m, b.parse().unwrap_or(f64::NAN)),
+        None => (label, f64::NAN),
+    }
+}
+
+/// A method's frontier on one seed: the SFT policy at KL 0 and each β's end point (KL, gold).
+pub(crate) fn frontier(s: &Seed<'_>, method: &str) -> Vec<(f64, f64)> {
+    let pts: Vec<&PointRecord> = s
+        .axis(Axis::Method)
+        .into_iter()
+        .filter(|p| method_of(&p.point.label).0 == method)
+        .collect();
+    let mut out: Vec<(f64, f64)> = pts
+        .first()
+        .map(|p| (0.0, metric(p, names::GOLD_SFT)))
+        .into_iter()
+        .collect();
+    out.extend(
+        pts.iter()
+            .map(|p| (metric(p, names::KL), metric(p, names::GOLD))),
+    );
+    out
+}
+
+/// The methods on the `method` axis, in axis order.
+pub(crate) fn methods(seeds: &[Seed<'_>]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for s in seeds {
+        for p in s.axis(Axis::Method) {
+            let m = method_of(&p.point.label).0.to_string();
+            if !out.contains(&m) {
+                out.push(m);
+            }
+        }
+    }
+    out
+}
+
+fn method_findings(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
+    for m in methods(seeds).into_iter().filter(|m| m != "ppo") {
+        let per_seed: Vec<(u64, f64)> = seeds
+            .iter()
+            .filter_map(|s| {
+                let (a, b) = (frontier(s, &m), frontier(s, "ppo"));
+                let at = matched_kls(&[a.clone(), b.clone()]);
+                mean_gap(&a, &b, &at).map(|g| (s.seed, g))
+            })
+            .collect();
+        out.push(conclude(
+            Axis::Method,
+            &format!("(comparison) {m} reaches a higher gold score than PPO at matched KL"),
+            &format!("gold at matched KL on the β-sweep frontiers, {m} − ppo"),
+            per_seed,
+            None,
+            |i| {
+                format!(
+                    "Along the β sweeps' frontiers, {m} differed from PPO by {} in gold at matched KL; {}.",
+                    show(i),
+                    so(i)
+                )
+            },
+        ));
+    }
+}
+
+/// The `kl_budget` points of a seed as (β, point), by β.
+fn kl_points<'a>(s: &Seed<'a>) -> Vec<(f64, &'a PointRecord)> {
+    s.axis(Axis::KlBudget)
+        .into_iter()
+        .map(|p| (p.point.x, p))
+        .collect()
+}
+
+/// The `kl_budget` points at β = 0 and at the study's base β (the β of every other axis's PPO
+/// run).
+fn kl_pair<'a>(s: &Seed<'a>) -> Option<(&'a PointRecord, &'a PointRecord)> {
+    let pts = kl_points(s);
+    let zero = pts.iter().find(|(b, _)| *b == 0.0)?.1;
+    let base = match s.get(Axis::LengthControl, "rm") {
+        Some(r) => {
+            let beta = r.point.config.method.ppo.kl.value();
+            pts.iter().find(|(b, _)| *b == beta).map(|x| x.1)
+        }
+        None => pts.iter().map(|x| x.1).find(|p| p.point.x > 0.0),
+    }?;
+    Some((zero, base))
+}
+
+fn kl_findings(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
+    let pair = kl_pair;
+    let proxy: Vec<(u64, f64)> = seeds
+        .iter()
+        .filter_map(|s| {
+            let (zero, base) = pair(s)?;
+            Some((s.seed, metric(zero, names::PROXY) - metric(base, names::PROXY)))
+        })
+        .collect();
+    out.push(conclude(
+        Axis::KlBudget,
+        "over-optimisation, part 1: without a KL penalty the proxy reward keeps rising",
+        "RM score, β = 0 − the base β",
+        proxy,
+        None,
+        |i| {
+            format!(
+                "Dropping the KL penalty (β = 0, the largest KL) changed the RM's score by {} against the base β; {}.",
+                show(i),
+                so(i)
+            )
+        },
+    ));
+    let gold: Vec<(u64, f64)> = seeds
+        .iter()
+        .filter_map(|s| {
+            let (zero, base) = pair(s)?;
+            Some((s.seed, metric(base, names::GOLD) - metric(zero, names::GOLD)))
+        })
+        .collect();
+    out.push(conclude(
+        Axis::KlBudget,
+        "over-optimisation, part 2: past a KL budget the gold score falls",
+        "gold, the base β − β = 0",
+        gold,
+        None,
+        |i| {
+            format!(
+                "The base β's gold score exceeded β = 0's by {}; {}.",
+                show(i),
+                so(i)
+            )
+        },
+    ));
+}
+
+fn best_of_n_finding(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
+    let mut one = None;
+    let per_seed: Vec<(u64, f64)> = seeds
+        .iter()
+        .filter_map(|s| {
+            let pts = s.axis(Axis::BestOfN);
+            if pts.len() < 2 {
+                return None;
+            }
+            let (first, last) = (pts[0], pts[pts.len() - 1]);
+            one = Some(paired(item(last, items::GOLD), item(first, items::GOLD)));
+            Some((s.seed, metric(last, names::GOLD) - metric(first, names::GOLD)))
+        })
+        .collect();
+    out.push(conclude(
+        Axis::BestOfN,
+        "best-of-n reranking by the RM raises the gold score",
+        "gold, largest n − n = 1",
+        per_seed,
+        one,
+        |i| {
+            format!(
+                "Reranking the SFT policy's samples by the RM changed the gold score by {} from n = 1 to the largest n; {}.",
+                show(i),
+                so(i)
+            )
+        },
+    ));
+}
+
+fn length_finding(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
+    let mut shares = Vec::new();
+    let mut directions = (0usize, 0usize);
+    let mut one = None;
+    let per_seed: Vec<(u64, f64)> = seeds
+        .iter()
+        .filter_map(|s| {
+            let rm = s.get(Axis::LengthControl, "rm")?;
+            let len = s.get(Axis::LengthControl, "length-only")?;
+            let (g_rm, g_len) = (metric(rm, names::GOLD_GAIN), metric(len, names::GOLD_GAIN));
+            if g_rm.abs() > 1e-9 {
+                shares.push(g_len / g_rm);
+            }
+            let moved = |p: &PointRecord| metric(p, names::LENGTH) - metric(p, names::LENGTH_SFT);
+            directions.1 += 1;
+            directions.0 += usize::from(moved(rm).signum() == moved(len).signum());
+            one = Some(paired(item(len, items::GOLD), item(len, items::SFT_GOLD)));
+            Some((s.seed, g_len))
+        })
+        .collect();
+    let share = Interval::over_seeds(&shares);
+    out.push(conclude(
+        Axis::LengthControl,
+        "part of RLHF's gain is length alone (A Long Way to Go)",
+        "gold gain of PPO against the RM's length-only part",
+        per_seed,
+        one,
+        |i| {
+            format!(
+                "PPO against the RM's length-only part changed gold by {} over SFT, a share of the RM's own gain of {} (the control moved length the RM's way on {} of {} seeds); {}.",
+                show(i),
+                show(share.as_ref()),
+                directions.0,
+                directions.1,
+                so(i)
+            )
+        },
+    ));
+}
+
+/// Gold gain per doubling of the method's FLOPs along a run's learning curve (evaluations after
+/// the first iteration).
+pub(crate) fn compute_slope(p: &PointRecord) -> Option<f64> {
+    let c: Vec<(f64, f64)> = flops_curve(p).into_iter().filter(|x| x.0 > 0.0).collect();
+    per_doubling(&c).map(|l| l.slope)
+}
+
+fn compute_finding(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
+    // pretraining's analogue: the SFT models' gold per doubling of their training FLOPs, across
+    // the policy sizes; RLHF's: the base PPO run's gold per doubling of its FLOPs
+    let per_seed: Vec<(u64, f64)> = seeds
+        .iter()
+        .filter_map(|s| {
+            let sizes: Vec<(f64, f64)> = s
+                .axis(Axis::PolicySize)
+                .iter()
+                .map(|p| (metric(p, names::FLOPS_SFT), metric(p, names::GOLD_SFT)))
+                .collect();
+            let sft = per_doubling(&sizes)?.slope;
+            let rl = compute_slope(s.get(Axis::LengthControl, "rm")?)?;
+            Some((s.seed, sft - rl))
+        })
+        .collect();
+    out.push(conclude(
+        Axis::Method,
+        "RLHF scales less efficiently than pretraining",
+        "gold per doubling of compute: SFT across sizes − PPO along training",
+        per_seed,
+        None,
+        |i| {
+            format!(
+                "A doubling of SFT compute (across model sizes) bought more gold than a doubling of PPO's compute (along its run) by {}; {}.",
+                show(i),
+                so(i)
+            )
+        },
+    ));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matched_kls_stop_at_the_shorter_curve() {
+        let a = vec![(0.0, 0.0), (1.0, 1.0), (3.0, 2.0)];
+        let b = vec![(0.0, 0.0), (1.5, 0.5)];
+        assert_eq!(matched_kls(&[a.clone(), b.clone()]), [0.5, 1.0, 1.5]);
+        // a at 0.5, 1, 1.5 = 0.5, 1, 1.25; b = 1/6, 1/3, 1/2
+        let gap = mean_gap(&a, &b, &[0.5, 1.0, 1.5]).unwrap();
+        assert!((gap - (0.5 + 1.0 + 1.25 - 1.0) / 3.0).abs() < 1e-12);
+        assert_eq!(matched_kls(&[a, vec![(0.0, 0.0)]]), Vec::<f64>::new());
+    }
+
+    #[test]
+    fn method_labels_split_at_the_last_dash() {
+        assert_eq!(method_of("reinforce_pp-0.05"), ("reinforce_pp", 0.05));
+        assert_eq!(method_of("dpo-1"), ("dpo", 1.0));
+    }
+}

@@ -1,0 +1,136 @@
+//! The names of what a point measures: scalar metrics ([`RunResult::metrics`]), per-prompt
+//! values ([`items`], what the intervals are computed from) and learning-curve entries
+//! ([`curve`]).
+//!
+//! | metric | meaning |
+//! | --- | --- |
+//! | `gold/mean`, `gold/se` | gold score of the judged samples (every sample of every held-out prompt), and its standard error over prompts |
+//! | `gold/sft`, `gold/sft_cold`, `gold/gain` | the SFT policy's gold score on the same prompts at the judge's temperature and at the cold one; the gain over the former |
+//! | `gold/references`, `gold/ceiling` | the references' gold score (one demonstration per held-out prompt, with the demonstrator's noise: the dataset's human-written summaries), and the perfect summary's (1) |
+//! | `gold/completeness`, `gold/faithfulness`, `gold/conciseness`, `gold/well_formedness`, `gold/eos` | the gold score's components, averaged like `gold/mean` |
+//! | `judge/win_rate_vs_references`, `judge/sft_win_rate_vs_references`, `judge/sft_cold_win_rate_vs_references` | gold win rate (ties half) of the policy's, the SFT policy's and the cold SFT policy's samples against the references |
+//! | `judge/win_rate_vs_sft` | gold win rate of the policy's samples against the SFT policy's, prompt by prompt |
+//! | `kl` | `KL(π‖π_ref)` per sequence: the sampled estimate on the judged samples, or `log n − (n−1)/n` for best-of-n |
+//! | `proxy/mean`, `proxy/sft` | the reward model's (normalised) score of the judged and of the SFT samples |
+//! | `rm/accuracy`, `rm/gold_accuracy`, `rm/labeller_agreement` | held-out RM accuracy against the labels and against the gold order; the labeller's agreement with gold on the training pairs |
+//! | `response/length`, `response/sft_length`, `response/eos` | tokens per judged and per SFT response; share of judged responses ending with EOS |
+//! | `flops/sft`, `flops/rm`, `flops/method` | estimated FLOPs (`6·N` per trained token, `2·N` per forward token, `N` non-embedding parameters) |
+//! | `tokens/sft`, `tokens/rm`, `tokens/method` | tokens of the sequences a stage trains on, once per pass |
+//! | `params/policy`, `params/rm` | non-embedding parameters |
+//! | `length_control/slope` | the least-squares slope of the RM's score on response length over SFT samples (the length-only reward's direction and scale) |
+//! | `time/method`, `memory/peak_bytes` | wall seconds of the method stage; peak resident memory so far |
+//!
+//! `arith-steps` points add their own (see [`crate::arith`]).
+
+/// Scalar metrics of a point.
+pub mod names {
+    /// Gold score of the judged samples.
+    pub const GOLD: &str = "gold/mean";
+    /// Its standard error over prompts.
+    pub const GOLD_SE: &str = "gold/se";
+    /// The SFT policy's gold score.
+    pub const GOLD_SFT: &str = "gold/sft";
+    /// The SFT policy's gold score at the cold temperature.
+    pub const GOLD_SFT_COLD: &str = "gold/sft_cold";
+    /// `gold/mean − gold/sft`.
+    pub const GOLD_GAIN: &str = "gold/gain";
+    /// The references' gold score.
+    pub const GOLD_REFERENCES: &str = "gold/references";
+    /// The perfect summary's gold score.
+    pub const GOLD_CEILING: &str = "gold/ceiling";
+    /// Win rate of the judged samples against the references.
+    pub const WIN_VS_REFERENCES: &str = "judge/win_rate_vs_references";
+    /// Win rate of the SFT samples against the references.
+    pub const SFT_WIN_VS_REFERENCES: &str = "judge/sft_win_rate_vs_references";
+    /// Win rate of the cold SFT samples against the references.
+    pub const SFT_COLD_WIN_VS_REFERENCES: &str = "judge/sft_cold_win_rate_vs_references";
+    /// Win rate of the judged samples against the SFT samples.
+    pub const WIN_VS_SFT: &str = "judge/win_rate_vs_sft";
+    /// KL to the reference policy per sequence.
+    pub const KL: &str = "kl";
+    /// The RM's score of the judged samples.
+    pub const PROXY: &str = "proxy/mean";
+    /// The RM's score of the SFT samples.
+    pub const PROXY_SFT: &str = "proxy/sft";
+    /// Held-out RM accuracy against its labels.
+    pub const RM_ACCURACY: &str = "rm/accuracy";
+    /// Held-out RM accuracy against the gold order.
+    pub const RM_GOLD_ACCURACY: &str = "rm/gold_accuracy";
+    /// The labeller's agreement with gold.
+    pub const RM_LABELLER_AGREEMENT: &str = "rm/labeller_agreement";
+    /// Tokens per judged response.
+    pub const LENGTH: &str = "response/length";
+    /// Tokens per SFT response.
+    pub const LENGTH_SFT: &str = "response/sft_length";
+    /// Share of judged responses ending with EOS.
+    pub const EOS: &str = "response/eos";
+    /// FLOPs of SFT.
+    pub const FLOPS_SFT: &str = "flops/sft";
+    /// FLOPs of the RM stage.
+    pub const FLOPS_RM: &str = "flops/rm";
+    /// FLOPs of the method stage.
+    pub const FLOPS_METHOD: &str = "flops/method";
+    /// Tokens of SFT.
+    pub const TOKENS_SFT: &str = "tokens/sft";
+    /// Tokens of the RM stage.
+    pub const TOKENS_RM: &str = "tokens/rm";
+    /// Tokens of the method stage.
+    pub const TOKENS_METHOD: &str = "tokens/method";
+    /// Non-embedding parameters of the policy.
+    pub const PARAMS_POLICY: &str = "params/policy";
+    /// Non-embedding parameters of the RM.
+    pub const PARAMS_RM: &str = "params/rm";
+    /// The slope of the RM's score on length over SFT samples.
+    pub const LENGTH_SLOPE: &str = "length_control/slope";
+    /// Wall seconds of the method stage.
+    pub const TIME_METHOD: &str = "time/method";
+    /// Peak resident memory.
+    pub const MEMORY_PEAK: &str = "memory/peak_bytes";
+    /// Iterations of an on-policy method.
+    pub const ITERATIONS: &str = "method/iterations";
+    /// Optimizer steps of an offline method.
+    pub const STEPS: &str = "method/steps";
+    /// The KL coefficient at the end of an on-policy run.
+    pub const FINAL_KL_COEF: &str = "method/final_kl_coef";
+    /// An offline method's held-out implicit-reward accuracy.
+    pub const EVAL_REWARD_ACCURACY: &str = "method/eval_reward_accuracy";
+}
+
+/// Per-prompt values of a point (one per held-out prompt of its seed, in order; for the RM,
+/// one per held-out pair): the draws the intervals are computed from.
+pub mod items {
+    /// Mean gold score of the judged samples of each prompt.
+    pub const GOLD: &str = "gold";
+    /// Mean gold score of the SFT samples of each prompt.
+    pub const SFT_GOLD: &str = "sft/gold";
+    /// Mean gold score of the cold SFT samples of each prompt.
+    pub const SFT_COLD_GOLD: &str = "sft_cold/gold";
+    /// Win rate of the judged samples against the prompt's reference.
+    pub const WIN: &str = "win_vs_references";
+    /// Win rate of the SFT samples against the prompt's reference.
+    pub const SFT_WIN: &str = "sft/win_vs_references";
+    /// Win rate of the cold SFT samples against the prompt's reference.
+    pub const SFT_COLD_WIN: &str = "sft_cold/win_vs_references";
+    /// The RM's mean score of the judged samples.
+    pub const PROXY: &str = "proxy";
+    /// Mean length of the judged samples.
+    pub const LENGTH: &str = "length";
+    /// Mean length of the SFT samples.
+    pub const SFT_LENGTH: &str = "sft/length";
+    /// Whether the RM orders each held-out pair as the gold does (1, 0; ties ½).
+    pub const RM_GOLD_CORRECT: &str = "rm/gold_correct";
+}
+
+/// Learning-curve entries (one per iteration; the `eval/*` ones every few iterations).
+pub mod curve {
+    /// Gold score on a fixed subset of held-out prompts, one sample each.
+    pub const GOLD: &str = "eval/gold";
+    /// KL to the reference on those samples.
+    pub const KL: &str = "eval/kl";
+    /// The RM's score of those samples.
+    pub const PROXY: &str = "eval/proxy";
+    /// Their mean length.
+    pub const LENGTH: &str = "eval/length";
+    /// FLOPs of the method so far.
+    pub const FLOPS: &str = "flops";
+}

@@ -1,0 +1,77 @@
+//! `rlhf-bench verify`: checks that a report and its CSV hold the stored points' numbers.
+
+use std::path::Path;
+
+use rlhf_core::{Error, Result};
+
+use crate::axis::Axis;
+use crate::findings::findings;
+use crate::tables::{axis_metrics, rows};
+
+/// Checks that `report.md` and `summary.csv` under `out` hold the stored points' numbers: every
+/// table row and every finding of the report is recomputed from `points/*.json` and must appear
+/// verbatim, and every point has its row in the CSV with its metrics. Returns the number of
+/// lines checked.
+pub fn verify_report(out: &Path) -> Result<usize> {
+    verify_report_files(out, &out.join("report.md"), &out.join("summary.csv"))
+}
+
+/// [`verify_report`] with the report and the CSV at any path (a committed copy of a report),
+/// and the points under `points_root/points/`.
+pub fn verify_report_files(
+    points_root: &Path,
+    report_md: &Path,
+    summary_csv: &Path,
+) -> Result<usize> {
+    let points = crate::study::read_points(points_root)?;
+    let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| Error::io(p, e));
+    let md = read(report_md)?;
+    let csv = read(summary_csv)?;
+    let mut checked = 0;
+    for axis in Axis::ALL {
+        for row in rows(&points, axis) {
+            let line = row.table_line(axis_metrics(axis));
+            if !md.lines().any(|l| l == line) {
+                return Err(Error::Config(format!(
+                    "report.md lacks the {axis} row `{line}`"
+                )));
+            }
+            checked += 1;
+        }
+    }
+    for f in findings(&points) {
+        let line = f.table_line();
+        if !md.lines().any(|l| l == line) {
+            return Err(Error::Config(format!(
+                "report.md lacks the finding `{line}`"
+            )));
+        }
+        checked += 1;
+    }
+    let header: Vec<&str> = csv.lines().next().unwrap_or("").split(',').collect();
+    for p in &points {
+        let prefix = format!(
+            "{},{},{},{},",
+            p.point.axis, p.point.label, p.point.x, p.point.config.seed
+        );
+        let row = csv
+            .lines()
+            .find(|l| l.starts_with(&prefix))
+            .ok_or_else(|| Error::Config(format!("summary.csv lacks {}", p.point.file_name())))?;
+        for (name, cell) in header.iter().zip(row.split(',')).skip(5) {
+            let stored = p
+                .result
+                .metrics
+                .get(*name)
+                .map_or(String::new(), |v| format!("{v}"));
+            if cell != stored {
+                return Err(Error::Config(format!(
+                    "summary.csv: {} {name} is {cell}, the point says {stored}",
+                    p.point.file_name()
+                )));
+            }
+        }
+        checked += 1;
+    }
+    Ok(checked)
+}
