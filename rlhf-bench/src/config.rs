@@ -500,8 +500,9 @@ impl RunConfig {
 }
 
 /// The transformer of a size name: `xs` (d = 32, 2 layers), `s` (d = 64, 2 layers), `m`
-/// (d = 96, 3 layers) — GPT-NeoX shapes for CPU studies, about 25k, 98k and 330k non-embedding
-/// parameters — or any `rlhf-models` preset; the vocabulary is the tokenizer's.
+/// (d = 96, 3 layers), `l` (d = 128, 4 layers) — GPT-NeoX shapes for CPU studies, about 25k,
+/// 98k, 330k and 790k non-embedding parameters — or any `rlhf-models` preset; the vocabulary is
+/// the tokenizer's.
 pub fn model_shape(size: &str, vocab: usize) -> Result<TransformerConfig> {
     let small = |d: usize, layers: usize, heads: usize| {
         let mut c = TransformerConfig::preset("tiny-1m").expect("a built-in preset");
@@ -516,9 +517,10 @@ pub fn model_shape(size: &str, vocab: usize) -> Result<TransformerConfig> {
         "xs" => small(32, 2, 2),
         "s" => small(64, 2, 4),
         "m" => small(96, 3, 4),
+        "l" => small(128, 4, 4),
         other => TransformerConfig::preset(other).map_err(|_| {
             Error::Config(format!(
-                "unknown model size {other:?}: use xs, s, m or a preset of rlhf-models"
+                "unknown model size {other:?}: use xs, s, m, l or a preset of rlhf-models"
             ))
         })?,
     };

@@ -187,10 +187,17 @@ fn conclude(
     sentence: impl Fn(Option<&Interval>) -> String,
 ) -> Finding {
     let per_seed: Vec<(u64, f64)> = per_seed.into_iter().filter(|x| x.1.is_finite()).collect();
-    let interval = if per_seed.len() >= 2 {
-        Interval::over_seeds(&per_seed.iter().map(|x| x.1).collect::<Vec<_>>())
-    } else {
-        one_seed_items.and_then(|v| Interval::over_items(&v))
+    let interval = match per_seed.as_slice() {
+        [] => None,
+        [(_, only)] => one_seed_items
+            .and_then(|v| Interval::over_items(&v))
+            .or(Some(Interval {
+                mean: *only,
+                lo: f64::NAN,
+                hi: f64::NAN,
+                seeds: 1,
+            })),
+        _ => Interval::over_seeds(&per_seed.iter().map(|x| x.1).collect::<Vec<_>>()),
     };
     let verdict = if per_seed.is_empty() {
         Verdict::NotRun
@@ -212,7 +219,10 @@ fn conclude(
 fn show(i: Option<&Interval>) -> String {
     match i {
         Some(i) if i.seeds >= 2 => i.show(),
-        Some(i) => format!("{:+.3} (one seed: over prompts only)", i.mean),
+        Some(i) if i.lo.is_finite() => {
+            format!("{:+.3} (one seed: an interval over prompts only)", i.mean)
+        }
+        Some(i) => format!("{:+.3} (one seed, no interval)", i.mean),
         None => "—".into(),
     }
 }

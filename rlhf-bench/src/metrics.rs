@@ -20,6 +20,9 @@
 //! | `length_control/slope` | the least-squares slope of the RM's score on response length over SFT samples (the length-only reward's direction and scale) |
 //! | `time/method`, `memory/peak_bytes` | wall seconds of the method stage; peak resident memory so far |
 //!
+//! | `proxy/se`, `proxy/gain`, `proxy/chosen`, `proxy/win_rate_vs_sft`, `proxy/win_rate_vs_chosen` | a user's preference file (no gold): the RM judges — its score's standard error, the gain over SFT, the held-out chosen responses' score, win rates by the RM |
+//! | `data/records`, `data/rejected`, `data/pairs_dropped`, `data/train_pairs`, `data/eval_pairs`, `data/demos` | a user's preference file: records read and rejected, pairs dropped after truncation, the splits' pairs, SFT demonstrations |
+//!
 //! `arith-steps` points add their own (see [`crate::arith`]).
 
 /// Scalar metrics of a point.
@@ -94,6 +97,28 @@ pub mod names {
     pub const FINAL_KL_COEF: &str = "method/final_kl_coef";
     /// An offline method's held-out implicit-reward accuracy.
     pub const EVAL_REWARD_ACCURACY: &str = "method/eval_reward_accuracy";
+    /// A user's file: the RM score's standard error.
+    pub const PROXY_SE: &str = "proxy/se";
+    /// A user's file: the RM score's gain over SFT.
+    pub const PROXY_GAIN: &str = "proxy/gain";
+    /// A user's file: the RM's score of the held-out chosen responses.
+    pub const PROXY_CHOSEN: &str = "proxy/chosen";
+    /// A user's file: win rate by the RM against the SFT policy.
+    pub const PROXY_WIN_VS_SFT: &str = "proxy/win_rate_vs_sft";
+    /// A user's file: win rate by the RM against the chosen responses.
+    pub const PROXY_WIN_VS_CHOSEN: &str = "proxy/win_rate_vs_chosen";
+    /// A user's file: records read.
+    pub const DATA_RECORDS: &str = "data/records";
+    /// A user's file: records rejected.
+    pub const DATA_REJECTED: &str = "data/rejected";
+    /// A user's file: pairs dropped after truncation.
+    pub const DATA_PAIRS_DROPPED: &str = "data/pairs_dropped";
+    /// A user's file: training pairs.
+    pub const DATA_TRAIN_PAIRS: &str = "data/train_pairs";
+    /// A user's file: held-out pairs.
+    pub const DATA_EVAL_PAIRS: &str = "data/eval_pairs";
+    /// A user's file: SFT demonstrations.
+    pub const DATA_DEMOS: &str = "data/demos";
 }
 
 /// Per-prompt values of a point (one per held-out prompt of its seed, in order; for the RM,

@@ -83,9 +83,13 @@ impl Interval {
         self.lo <= x && x <= self.hi
     }
 
-    /// `+0.123 [+0.045, +0.201]`.
+    /// `+0.123 [+0.045, +0.201]` (`+0.123 (one seed)` without bounds).
     pub fn show(&self) -> String {
-        format!("{:+.3} [{:+.3}, {:+.3}]", self.mean, self.lo, self.hi)
+        if self.lo.is_finite() && self.hi.is_finite() {
+            format!("{:+.3} [{:+.3}, {:+.3}]", self.mean, self.lo, self.hi)
+        } else {
+            format!("{:+.3} (one seed)", self.mean)
+        }
     }
 }
 

@@ -136,9 +136,9 @@ fn budget(preset: &str) -> Result<Budget> {
         "quick" => Budget {
             seeds: 3,
             demos: 2400,
-            sft_epochs: 6,
-            sft_batch: 16,
-            sft_lr: 3e-3,
+            sft_epochs: 12,
+            sft_batch: 64,
+            sft_lr: 6e-3,
             vocab: 512,
             train_prompts: 1024,
             eval_prompts: 512,
@@ -150,7 +150,7 @@ fn budget(preset: &str) -> Result<Budget> {
             volumes: vec![250, 500, 1000, 2000],
             base_pairs: 1000,
             sizes: vec!["xs", "s", "m"],
-            base_size: "s",
+            base_size: "xs",
             ns: vec![1, 2, 4, 8],
             base_beta: 0.05,
             method_betas: vec![0.02, 0.05, 0.15],
@@ -277,18 +277,24 @@ pub fn preset_points(
             }
         }
     };
-    // RM accuracy against pairs: no policy optimisation (the SFT policy is judged, from cache)
+    // RM accuracy against pairs: no policy optimisation (best-of-1 judges the SFT policy's
+    // samples and the RM scores them)
+    let rm_only = |c: &mut RunConfig| {
+        c.method.kind = MethodKind::BestOfN;
+        c.method.best_of_n = 1;
+        c.method.best_of_n_max = 1;
+    };
     for &v in &b.volumes {
         let mut c = base.clone();
         c.rm.pairs = v;
-        c.method.kind = MethodKind::Sft;
+        rm_only(&mut c);
         add(Axis::RmVolume, v.to_string(), v as f64, c);
     }
     // a fixed pair budget: many prompts × 1 pair vs few prompts × 4 pairs
     for &k in &[1usize, 4] {
         let mut c = base.clone();
         c.rm.pairs_per_prompt = k;
-        c.method.kind = MethodKind::Sft;
+        rm_only(&mut c);
         add(Axis::RmDiversity, format!("{k}-per-prompt"), k as f64, c);
     }
     for (i, s) in b.sizes.iter().enumerate() {
@@ -470,10 +476,10 @@ pub fn sweep(points: &[Point], out: &Path, progress: bool) -> Result<SweepReport
             record
                 .result
                 .metrics
-                .get("gold/mean")
+                .get(crate::metrics::names::GOLD)
                 .copied()
                 .unwrap_or(f64::NAN),
-            record.result.metrics.get("kl").copied().unwrap_or(f64::NAN)
+            record.result.metrics.get(crate::metrics::names::KL).copied().unwrap_or(f64::NAN)
         ));
         stored.push(record);
         if copied {

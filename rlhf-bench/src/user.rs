@@ -80,8 +80,8 @@ pub fn run_preferences(cfg: &RunConfig, cache: &Path, work: &Path) -> Result<Run
     for e in &loaded.report.errors {
         eprintln!("skipped: {e}");
     }
-    m.insert("data/records".into(), loaded.report.read as f64);
-    m.insert("data/rejected".into(), loaded.report.rejected as f64);
+    m.insert(names::DATA_RECORDS.into(), loaded.report.read as f64);
+    m.insert(names::DATA_REJECTED.into(), loaded.report.rejected as f64);
     let t = &d.chat_template;
     let texts: Vec<(String, String, String)> = loaded
         .records
@@ -167,9 +167,9 @@ pub fn run_preferences(cfg: &RunConfig, cache: &Path, work: &Path) -> Result<Run
             d.max_response_tokens
         )));
     }
-    m.insert("data/pairs_dropped".into(), dropped as f64);
-    m.insert("data/train_pairs".into(), train_pairs.len() as f64);
-    m.insert("data/eval_pairs".into(), eval_pairs.len() as f64);
+    m.insert(names::DATA_PAIRS_DROPPED.into(), dropped as f64);
+    m.insert(names::DATA_TRAIN_PAIRS.into(), train_pairs.len() as f64);
+    m.insert(names::DATA_EVAL_PAIRS.into(), eval_pairs.len() as f64);
     let sft_data: Vec<(Vec<u32>, Vec<u32>)> = demo_texts
         .iter()
         .take(cfg.task.demos)
@@ -178,7 +178,7 @@ pub fn run_preferences(cfg: &RunConfig, cache: &Path, work: &Path) -> Result<Run
         .into_iter()
         .filter(|(_, c)| !c.is_empty())
         .collect();
-    m.insert("data/demos".into(), sft_data.len() as f64);
+    m.insert(names::DATA_DEMOS.into(), sft_data.len() as f64);
 
     // 4. SFT
     let sft = sft_model(cfg, &cfg.sft.policy_size, &tok, &sft_data, &root, &device)?;
@@ -252,10 +252,10 @@ pub fn run_preferences(cfg: &RunConfig, cache: &Path, work: &Path) -> Result<Run
             },
         ) + flops(&rm_shape, Workload::Forward { tokens: rm_tokens })) as f64,
     };
-    m.insert("rm/accuracy".into(), stage.eval_accuracy);
-    m.insert("params/rm".into(), rm_shape.non_embedding_params() as f64);
-    m.insert("flops/rm".into(), stage.flops);
-    m.insert("tokens/rm".into(), stage.tokens);
+    m.insert(names::RM_ACCURACY.into(), stage.eval_accuracy);
+    m.insert(names::PARAMS_RM.into(), rm_shape.non_embedding_params() as f64);
+    m.insert(names::FLOPS_RM.into(), stage.flops);
+    m.insert(names::TOKENS_RM.into(), stage.tokens);
 
     // 6. the method
     let train_prompts = unique_prompts(&train_text, cfg.task.train_prompts);
@@ -279,7 +279,7 @@ pub fn run_preferences(cfg: &RunConfig, cache: &Path, work: &Path) -> Result<Run
         length_slope: None,
     };
     let policy = optimise(cfg, &inputs, work, &device, &mut m, &mut curve)?;
-    m.insert("time/method".into(), method_start.elapsed().as_secs_f64());
+    m.insert(names::TIME_METHOD.into(), method_start.elapsed().as_secs_f64());
 
     // 7. the judge: the RM, on held-out prompts
     let rm = RewardScorer::new(stage.rm.clone(), tok.clone(), &device);
@@ -325,14 +325,14 @@ pub fn run_preferences(cfg: &RunConfig, cache: &Path, work: &Path) -> Result<Run
         .collect();
     let proxy_chosen = score(&chosen)?;
     let (mean, se) = mean_se(&proxy);
-    m.insert("proxy/mean".into(), mean);
-    m.insert("proxy/se".into(), se);
-    m.insert("proxy/sft".into(), mean_se(&proxy_sft).0);
-    m.insert("proxy/gain".into(), mean - mean_se(&proxy_sft).0);
-    m.insert("proxy/chosen".into(), mean_se(&proxy_chosen).0);
-    m.insert("proxy/win_rate_vs_sft".into(), win_rate(&proxy, &proxy_sft));
+    m.insert(names::PROXY.into(), mean);
+    m.insert(names::PROXY_SE.into(), se);
+    m.insert(names::PROXY_SFT.into(), mean_se(&proxy_sft).0);
+    m.insert(names::PROXY_GAIN.into(), mean - mean_se(&proxy_sft).0);
+    m.insert(names::PROXY_CHOSEN.into(), mean_se(&proxy_chosen).0);
+    m.insert(names::PROXY_WIN_VS_SFT.into(), win_rate(&proxy, &proxy_sft));
     m.insert(
-        "proxy/win_rate_vs_chosen".into(),
+        names::PROXY_WIN_VS_CHOSEN.into(),
         win_rate(&proxy, &proxy_chosen),
     );
     // what the policy said, beside the SFT policy, for people to read
@@ -350,7 +350,7 @@ pub fn run_preferences(cfg: &RunConfig, cache: &Path, work: &Path) -> Result<Run
     }
     std::fs::create_dir_all(work).map_err(|e| Error::io(work, e))?;
     write_atomic(&work.join("judged.jsonl"), lines.as_bytes())?;
-    m.insert("memory/peak_bytes".into(), peak_memory_bytes());
+    m.insert(names::MEMORY_PEAK.into(), peak_memory_bytes());
     Ok(RunResult {
         metrics: m,
         items: BTreeMap::new(),

@@ -6,8 +6,8 @@
 //!                                         # run again, it resumes; another one is refused
 //! rlhf-bench sweep [--preset smoke|quick|full] [--out DIR] [--axes a,b] [--seeds 0,1 | --seeds N]
 //!                  [--jobs J] [--device D] [--no-progress]
-//!     # seeds: the preset's (smoke 1, quick 3, full 5); with J > 1 (default: one per core, at
-//!     # most one per seed) the seeds run in J child processes at once, each on cores/J threads
+//!     # seeds: the preset's (smoke 1, quick 3, full 5); with J > 1 (default: one per seed, at
+//!     # most two per core) the seeds run in J child processes at once, each on cores/J threads
 //! rlhf-bench report DIR      # rewrite the report from the stored points
 //! rlhf-bench verify DIR      # check the report's and the CSV's numbers against the points
 //! ```
@@ -204,8 +204,8 @@ enum Command {
         /// full 5).
         #[arg(long)]
         seeds: Option<String>,
-        /// Seeds run at once in child processes, each on cores/J threads (default: one per core,
-        /// at most one per seed).
+        /// Seeds run at once in child processes, each on cores/J threads (at least one; default:
+        /// one per seed, at most two per core).
         #[arg(long)]
         jobs: Option<usize>,
         /// flex, wgpu, cuda:N, …
@@ -292,8 +292,10 @@ fn main() -> ExitCode {
                 }
             };
             let cores = std::thread::available_parallelism().map_or(1, usize::from);
+            // one process per seed: with more seeds than cores they share the cores, which
+            // finishes sooner than running the extra seeds after the others
             let jobs = match jobs {
-                None => cores.min(seeds.len()).max(1),
+                None => seeds.len().clamp(1, 2 * cores),
                 Some(j) if j > 0 => j.min(seeds.len().max(1)),
                 Some(_) => {
                     eprintln!("rlhf-bench: --jobs: a count ≥ 1");

@@ -1,7 +1,7 @@
 //! `tldr-synth`: summarise a procedurally generated Reddit-style post (the TL;DR task, at laptop
 //! scale).
 //!
-//! A post states facts of a small world — `alice owns the red car`, `bob lives in oslo` — about
+//! A post states facts of a small world — `alice owns red car`, `bob lives in oslo` — about
 //! the title's subject (salient) and about other people (distractors), mixed with filler
 //! sentences. The reference summary lists the salient facts in the order of the post, joined by
 //! `; `, ending with `.`. The gold score rewards completeness and penalises hallucination,
@@ -307,18 +307,18 @@ mod tests {
     use super::*;
     use crate::tasks::with_eos;
 
-    const PROMPT: &str = "SUBREDDIT: r/tifu\nTITLE: update on alice\nPOST: alice owns the red car. i do not know what to do. bob lost the old lamp. alice lives in oslo.\nTL;DR:";
+    const PROMPT: &str = "SUBREDDIT: r/tifu\nTITLE: update on alice\nPOST: alice owns red car. i do not know what to do. bob lost old lamp. alice lives in oslo.\nTL;DR:";
 
     #[test]
     fn the_reference_lists_the_salient_facts_and_scores_best() {
         let t = TldrSynth::default();
         assert_eq!(
             t.reference(PROMPT),
-            " alice owns the red car; alice lives in oslo."
+            " alice owns red car; alice lives in oslo."
         );
         let perfect = t.gold(
             PROMPT,
-            &with_eos(" alice owns the red car; alice lives in oslo."),
+            &with_eos(" alice owns red car; alice lives in oslo."),
         );
         assert_eq!(perfect.total, 1.0);
         assert_eq!(perfect.component("completeness"), 1.0);
@@ -326,7 +326,7 @@ mod tests {
         assert_eq!(
             t.gold(
                 PROMPT,
-                &with_eos(" alice lives in oslo; alice owns the red car.")
+                &with_eos(" alice lives in oslo; alice owns red car.")
             )
             .total,
             1.0
@@ -337,12 +337,12 @@ mod tests {
     fn hand_written_cases_rank_as_a_human_would() {
         let t = TldrSynth::default();
         let g = |r: &str| t.gold(PROMPT, &with_eos(r)).total;
-        let perfect = g(" alice owns the red car; alice lives in oslo.");
+        let perfect = g(" alice owns red car; alice lives in oslo.");
         let hallucinating =
-            g(" alice owns the red car; alice lives in oslo; alice sold the new piano.");
-        let incomplete = g(" alice owns the red car.");
-        let unsalient = g(" alice owns the red car; bob lost the old lamp; alice lives in oslo.");
-        let rambling = g(" alice owns the red car; alice lives in oslo; i do not know what to do.");
+            g(" alice owns red car; alice lives in oslo; alice sold new piano.");
+        let incomplete = g(" alice owns red car.");
+        let unsalient = g(" alice owns red car; bob lost old lamp; alice lives in oslo.");
+        let rambling = g(" alice owns red car; alice lives in oslo; i do not know what to do.");
         assert!(
             perfect > hallucinating,
             "a perfect summary beats a hallucinating one"
@@ -354,11 +354,11 @@ mod tests {
         );
         // padding with repeats adds length the gold scorer does not reward
         assert!(
-            g(" alice owns the red car; alice owns the red car; alice lives in oslo.") < perfect
+            g(" alice owns red car; alice owns red car; alice lives in oslo.") < perfect
         );
         // missing EOS is penalised
         assert!(
-            t.gold(PROMPT, " alice owns the red car; alice lives in oslo.")
+            t.gold(PROMPT, " alice owns red car; alice lives in oslo.")
                 .total
                 <= perfect - 1.0
         );
@@ -377,7 +377,7 @@ mod tests {
         for p in train.iter().take(50) {
             let post = parse_post(p);
             assert!(
-                !post.subject.is_empty() && TldrSynth::salient(&post).len() >= 2,
+                !post.subject.is_empty() && TldrSynth::salient(&post).len() >= 1,
                 "{p}"
             );
         }
