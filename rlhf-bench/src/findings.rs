@@ -178,7 +178,7 @@ pub(crate) fn mean_gap(a: &[(f64, f64)], b: &[(f64, f64)], at: &[f64]) -> Option
 }
 
 /// The finding from per-seed effects (and, with one seed, that seed's per-prompt effects).
-fn conclude(
+pub(crate) fn conclude(
     axis: Axis,
     claim: &str,
     effect: &str,
@@ -209,7 +209,7 @@ fn conclude(
 }
 
 /// `+0.123 [+0.045, +0.201]`, or `+0.123 (one seed)`, or `—`.
-fn show(i: Option<&Interval>) -> String {
+pub(crate) fn show(i: Option<&Interval>) -> String {
     match i {
         Some(i) if i.seeds >= 2 => i.show(),
         Some(i) => format!("{:+.3} (one seed: over prompts only)", i.mean),
@@ -218,7 +218,7 @@ fn show(i: Option<&Interval>) -> String {
 }
 
 /// What a verdict means in a sentence.
-fn so(i: Option<&Interval>) -> &'static str {
+pub(crate) fn so(i: Option<&Interval>) -> &'static str {
     match Verdict::of(i) {
         Verdict::Reproduced => "the interval excludes zero in the claim's direction: reproduced",
         Verdict::Contradicted => "the interval excludes zero against the claim: contradicted",

@@ -25,7 +25,7 @@ fn show(i: Option<Interval>) -> String {
 }
 
 /// `0.312 [0.290, 0.334]` for a value per seed.
-fn show_level(v: &[f64]) -> String {
+pub(crate) fn show_level(v: &[f64]) -> String {
     let mean = v.iter().sum::<f64>() / v.len().max(1) as f64;
     match Interval::over_seeds(v) {
         Some(i) => format!("{mean:.3} [{:.3}, {:.3}]", i.lo, i.hi),

@@ -41,6 +41,8 @@ pub(crate) enum Prompts {
     Judge,
     /// Held-out prompts of the RM's evaluation pairs.
     RmEval,
+    /// Held-out prompts of the out-of-distribution test (`arith-steps`: longer chains).
+    Ood,
 }
 
 impl Prompts {
@@ -52,6 +54,7 @@ impl Prompts {
             Prompts::RmPairs => (Split::Train, 2 << 24),
             Prompts::Judge => (Split::Eval, 0),
             Prompts::RmEval => (Split::Eval, 1 << 24),
+            Prompts::Ood => (Split::Test, 0),
         };
         task.prompt(split, (seed << 32) + offset + i)
     }
