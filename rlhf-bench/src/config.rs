@@ -48,7 +48,7 @@ impl Default for RunConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct TaskConfig {
     /// `tldr-synth` (the full pipeline, judged by the gold scorer), `arith-steps` (outcome vs
-    /// process verifiers and best-of-n, see [`crate::arith`]) or `preferences` (the full pipeline
+    /// process verifiers: best-of-n, and RL against each, see [`crate::arith`]) or `preferences` (the full pipeline
     /// on a user's preference file, `task.data`, judged by its reward model, see [`crate::user`]).
     pub name: String,
     /// Demonstrations for SFT (train split).
@@ -122,18 +122,22 @@ impl Default for UserData {
 pub struct ArithConfig {
     /// Largest operand.
     pub max_operand: i64,
-    /// Terms of every prompt (`terms − 1` steps).
+    /// Terms of every in-domain prompt (`terms − 1` steps).
     pub terms: usize,
-    /// Probability that the noisy solver gets a step wrong.
+    /// Terms of the out-of-distribution prompts (longer chains than in training).
+    pub ood_terms: usize,
+    /// Probability that the noisy solver, whose demonstrations the SFT policy learns from, gets
+    /// a step wrong.
     pub step_error: f64,
 }
 
 impl Default for ArithConfig {
     fn default() -> Self {
         ArithConfig {
-            max_operand: 5,
-            terms: 3,
-            step_error: 0.25,
+            max_operand: 9,
+            terms: 5,
+            ood_terms: 7,
+            step_error: 0.1,
         }
     }
 }
@@ -419,20 +423,31 @@ impl RunConfig {
             "tldr-synth" => {}
             "arith-steps" => {
                 let a = &self.task.arith;
-                if !(1..=1_000_000).contains(&a.max_operand) || !(2..=64).contains(&a.terms) {
-                    return bad("task.arith: need 1 ≤ max_operand ≤ 10⁶ and 2 ≤ terms ≤ 64".into());
+                if !(1..=1_000_000).contains(&a.max_operand)
+                    || !(2..=64).contains(&a.terms)
+                    || !(2..=64).contains(&a.ood_terms)
+                {
+                    return bad(
+                        "task.arith: need 1 ≤ max_operand ≤ 10⁶ and 2 ≤ terms, ood_terms ≤ 64"
+                            .into(),
+                    );
                 }
                 if !(0.0..=1.0).contains(&a.step_error) {
                     return bad("task.arith.step_error must be in [0, 1]".into());
                 }
-                if self.method.kind != MethodKind::BestOfN {
+                if matches!(
+                    self.method.kind,
+                    MethodKind::Sft | MethodKind::Dpo | MethodKind::Exo
+                ) {
                     return bad(
-                        "arith-steps runs its verifiers through best-of-n: set method.kind = \"best_of_n\""
+                        "arith-steps reranks the SFT policy's candidates with a verifier (method.kind = \"best_of_n\") or trains the policy against it (\"grpo\", \"ppo\", \"rloo\" or \"reinforce_pp\")"
                             .into(),
                     );
                 }
-                if self.rm.eval_pairs == 0 {
-                    return bad("rm.eval_pairs must be ≥ 1".into());
+                if self.rm.eval_pairs == 0 || self.method.best_of_n == 0 {
+                    return bad(
+                        "arith-steps: rm.eval_pairs and method.best_of_n must be ≥ 1".into(),
+                    );
                 }
             }
             "preferences" => {
@@ -479,9 +494,7 @@ impl RunConfig {
                     .max(self.method.best_of_n)
                     .is_multiple_of(self.method.best_of_n))
         {
-            return bad(
-                "method.best_of_n must be ≥ 1 and divide method.best_of_n_max".into(),
-            );
+            return bad("method.best_of_n must be ≥ 1 and divide method.best_of_n_max".into());
         }
         let j = &self.judge;
         if j.samples == 0 || j.max_new_tokens == 0 || j.curve_prompts == 0 {

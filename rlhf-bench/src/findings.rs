@@ -158,7 +158,10 @@ fn max_kl(c: &[(f64, f64)]) -> f64 {
 /// The KL values two or more curves are compared at: ⅓, ⅔ and all of the smallest of their
 /// largest KLs.
 pub(crate) fn matched_kls(curves: &[Vec<(f64, f64)>]) -> Vec<f64> {
-    let top = curves.iter().map(|c| max_kl(c)).fold(f64::INFINITY, f64::min);
+    let top = curves
+        .iter()
+        .map(|c| max_kl(c))
+        .fold(f64::INFINITY, f64::min);
     if !(top.is_finite() && top > 0.0) {
         return Vec::new();
     }
@@ -178,7 +181,7 @@ pub(crate) fn mean_gap(a: &[(f64, f64)], b: &[(f64, f64)], at: &[f64]) -> Option
 }
 
 /// The finding from per-seed effects (and, with one seed, that seed's per-prompt effects).
-fn conclude(
+pub(crate) fn conclude(
     axis: Axis,
     claim: &str,
     effect: &str,
@@ -216,7 +219,7 @@ fn conclude(
 }
 
 /// `+0.123 [+0.045, +0.201]`, or `+0.123 (one seed)`, or `—`.
-fn show(i: Option<&Interval>) -> String {
+pub(crate) fn show(i: Option<&Interval>) -> String {
     match i {
         Some(i) if i.seeds >= 2 => i.show(),
         Some(i) if i.lo.is_finite() => {
@@ -228,8 +231,9 @@ fn show(i: Option<&Interval>) -> String {
 }
 
 /// What a verdict means in a sentence.
-fn so(i: Option<&Interval>) -> &'static str {
+pub(crate) fn so(i: Option<&Interval>) -> &'static str {
     match Verdict::of(i) {
+        _ if i.is_some_and(|i| i.seeds < 2) => "one seed gives no verdict: inconclusive",
         Verdict::Reproduced => "the interval excludes zero in the claim's direction: reproduced",
         Verdict::Contradicted => "the interval excludes zero against the claim: contradicted",
         Verdict::Inconclusive => "the interval includes zero: inconclusive",
@@ -396,7 +400,11 @@ fn samples_findings(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
     let plateau: Vec<(u64, f64)> = seeds
         .iter()
         .filter_map(|s| {
-            let g: Vec<f64> = s.axis(Axis::SamplesPerPrompt).iter().map(|p| gold(p)).collect();
+            let g: Vec<f64> = s
+                .axis(Axis::SamplesPerPrompt)
+                .iter()
+                .map(|p| gold(p))
+                .collect();
             (g.len() >= 3).then(|| (s.seed, (g[1] - g[0]) - (g[g.len() - 1] - g[g.len() - 2])))
         })
         .collect();
@@ -513,7 +521,10 @@ fn kl_findings(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
         .iter()
         .filter_map(|s| {
             let (zero, base) = pair(s)?;
-            Some((s.seed, metric(zero, names::PROXY) - metric(base, names::PROXY)))
+            Some((
+                s.seed,
+                metric(zero, names::PROXY) - metric(base, names::PROXY),
+            ))
         })
         .collect();
     out.push(conclude(
@@ -534,7 +545,10 @@ fn kl_findings(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
         .iter()
         .filter_map(|s| {
             let (zero, base) = pair(s)?;
-            Some((s.seed, metric(base, names::GOLD) - metric(zero, names::GOLD)))
+            Some((
+                s.seed,
+                metric(base, names::GOLD) - metric(zero, names::GOLD),
+            ))
         })
         .collect();
     out.push(conclude(
@@ -564,7 +578,10 @@ fn best_of_n_finding(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
             }
             let (first, last) = (pts[0], pts[pts.len() - 1]);
             one = Some(paired(item(last, items::GOLD), item(first, items::GOLD)));
-            Some((s.seed, metric(last, names::GOLD) - metric(first, names::GOLD)))
+            Some((
+                s.seed,
+                metric(last, names::GOLD) - metric(first, names::GOLD),
+            ))
         })
         .collect();
     out.push(conclude(

@@ -458,7 +458,16 @@ mod tests {
     fn best_of_n_picks_the_rms_best_of_disjoint_groups() {
         let c = Candidates {
             n_max: 4,
-            ids: vec![vec![1], vec![2], vec![3], vec![4], vec![5], vec![6], vec![7], vec![8]],
+            ids: vec![
+                vec![1],
+                vec![2],
+                vec![3],
+                vec![4],
+                vec![5],
+                vec![6],
+                vec![7],
+                vec![8],
+            ],
             texts: (1..=8).map(|i| i.to_string()).collect(),
             proxy: vec![0.1, 0.9, 0.5, 0.2, 0.3, 0.3, 0.8, 0.0],
         };

@@ -25,7 +25,7 @@ fn show(i: Option<Interval>) -> String {
 }
 
 /// `0.312 [0.290, 0.334]` for a value per seed.
-fn show_level(v: &[f64]) -> String {
+pub(crate) fn show_level(v: &[f64]) -> String {
     let mean = v.iter().sum::<f64>() / v.len().max(1) as f64;
     match Interval::over_seeds(v) {
         Some(i) => format!("{mean:.3} [{:.3}, {:.3}]", i.lo, i.hi),
@@ -155,7 +155,9 @@ fn over_optimisation(md: &mut String, seeds: &[Seed<'_>], points: &[PointRecord]
     match gao_fit(&pts, true) {
         Some(f) => {
             let peak = match f.peak_kl {
-                Some(k) if f.peak_inside => format!("peaks at KL {k:.2}, inside the measured range"),
+                Some(k) if f.peak_inside => {
+                    format!("peaks at KL {k:.2}, inside the measured range")
+                }
                 Some(k) => format!(
                     "would peak at KL {k:.2}, outside the measured range (up to {:.2}): no peak is measured",
                     pts.iter().map(|p| p.0).fold(0.0, f64::max)
@@ -205,7 +207,12 @@ fn over_optimisation(md: &mut String, seeds: &[Seed<'_>], points: &[PointRecord]
         } else {
             show_level(&inside)
         };
-        let _ = writeln!(md, "| {label} | {} of {} | {kl} |", inside.len(), peaks.len());
+        let _ = writeln!(
+            md,
+            "| {label} | {} of {} | {kl} |",
+            inside.len(),
+            peaks.len()
+        );
     }
 }
 
@@ -268,7 +275,9 @@ pub fn report(
         points.len(),
         seed_list,
         revisions.into_iter().collect::<Vec<_>>().join(", "),
-        points.first().map_or("", |p| p.point.config.device.as_str())
+        points
+            .first()
+            .map_or("", |p| p.point.config.device.as_str())
     );
     let mut unique: Vec<&PointRecord> = Vec::new();
     for p in points {
@@ -333,7 +342,11 @@ pub fn report(
                         f.r2,
                         f.n,
                         f.peak_kl.map_or("—".into(), |k| format!("{k:.2}")),
-                        if f.peak_inside { "inside the measured range" } else { "outside the measured range" }
+                        if f.peak_inside {
+                            "inside the measured range"
+                        } else {
+                            "outside the measured range"
+                        }
                     ),
                     None => writeln!(
                         md,

@@ -179,7 +179,13 @@ fn curve_point(
         j.max_new_tokens,
         cfg.seed.wrapping_add(17),
     )?;
-    let judged = judge_gold(judge.task, prompts, &judge.refs[..n], &s, &inp.tok.eos_text());
+    let judged = judge_gold(
+        judge.task,
+        prompts,
+        &judge.refs[..n],
+        &s,
+        &inp.tok.eos_text(),
+    );
     let kl = kl_per_prompt(policy, inp.sft, inp.tok, prompts, &s, j.temperature, device)?;
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     let mut out = vec![
@@ -214,14 +220,12 @@ fn on_policy(
     };
     let rm_scorer = RewardScorer::new(stage.rm.clone(), inp.tok.clone(), device);
     let scorer: Box<dyn Scorer> = match cfg.method.reward {
-        RewardSource::Rm => Box::new(RewardScorer::new(
-            stage.rm.clone(),
-            inp.tok.clone(),
-            device,
-        )),
+        RewardSource::Rm => Box::new(RewardScorer::new(stage.rm.clone(), inp.tok.clone(), device)),
         RewardSource::RmLength => {
             let slope = inp.length_slope.ok_or_else(|| {
-                rlhf_core::Error::Config("the length-only reward needs the RM's length slope".into())
+                rlhf_core::Error::Config(
+                    "the length-only reward needs the RM's length slope".into(),
+                )
             })?;
             Box::new(LengthScorer::new(slope as f32, inp.tok.eos_text()))
         }
@@ -253,7 +257,10 @@ fn on_policy(
         tokenizer: inp.tok,
         prompts: inp.train_prompts,
         demonstrations: inp.sft_data,
-        eval: inp.curve.as_ref().map(|_| &eval as &dyn Fn(&CausalLm) -> Metrics),
+        eval: inp
+            .curve
+            .as_ref()
+            .map(|_| &eval as &dyn Fn(&CausalLm) -> Metrics),
         eval_every: cfg.judge.eval_every as u64,
     };
     let dir = work.join("ppo");

@@ -19,11 +19,22 @@
 //! | `params/policy`, `params/rm` | non-embedding parameters |
 //! | `length_control/slope` | the least-squares slope of the RM's score on response length over SFT samples (the length-only reward's direction and scale) |
 //! | `time/method`, `memory/peak_bytes` | wall seconds of the method stage; peak resident memory so far |
-//!
 //! | `proxy/se`, `proxy/gain`, `proxy/chosen`, `proxy/win_rate_vs_sft`, `proxy/win_rate_vs_chosen` | a user's preference file (no gold): the RM judges — its score's standard error, the gain over SFT, the held-out chosen responses' score, win rates by the RM |
 //! | `data/records`, `data/rejected`, `data/pairs_dropped`, `data/train_pairs`, `data/eval_pairs`, `data/demos` | a user's preference file: records read and rejected, pairs dropped after truncation, the splits' pairs, SFT demonstrations |
 //!
-//! `arith-steps` points add their own (see [`crate::arith`]).
+//! `arith-steps` points ([`crate::arith`]) measure their own, named in [`arith`]. Each of the
+//! per-prompt ones is stored twice under one name: as a metric (the mean over the seed's
+//! held-out prompts) and as items (one value per prompt, in order).
+//!
+//! | `arith-steps` metric | meaning |
+//! | --- | --- |
+//! | `bon/accuracy`, `bon/accuracy_ood` | per prompt, 1 when the verifier's pick among the SFT policy's `n` candidates has the right final answer (in-domain prompts; out-of-distribution prompts, longer chains) |
+//! | `bon/first`, `bon/random`, `bon/majority`, `bon/oracle` (and `_ood`) | the baselines on the same candidates: best-of-1 (the first candidate, the SFT policy's pass@1), a random pick (the share of right candidates), majority vote over final answers (self-consistency), any candidate right |
+//! | `bon/pair_accuracy`, `bon/pair_accuracy_ood` | share of (right, wrong) candidate pairs of a prompt that the verifier orders right (ties ½), over every prompt |
+//! | `rm/accuracy`, `rm/balanced_accuracy` | the verifier's held-out accuracy on its own labels (one per solution, or one per step), and the mean of its accuracies on right and on wrong labels |
+//! | `rm/solutions`, `rm/labels` | labelled solutions the verifier trained on, and their labels |
+//! | `rl/pass1_before`, `rl/pass1_after` (and `_ood`) | per prompt, the share of right samples of the SFT policy (its `n` candidates) and of the policy after RL against the verifier (`judge.samples` samples), at the judge's temperature |
+//! | `rl/verifier_before`, `rl/verifier_after` | the verifier's mean score (a probability that the solution is right) of those in-domain samples |
 
 /// Scalar metrics of a point.
 pub mod names {
@@ -144,6 +155,54 @@ pub mod items {
     pub const SFT_LENGTH: &str = "sft/length";
     /// Whether the RM orders each held-out pair as the gold does (1, 0; ties ½).
     pub const RM_GOLD_CORRECT: &str = "rm/gold_correct";
+}
+
+/// The names of what an `arith-steps` point measures (see the table above). The per-prompt
+/// ones name both a metric and its items.
+pub mod arith {
+    /// The verifier's pick is right (in-domain prompts).
+    pub const PICK: &str = "bon/accuracy";
+    /// The verifier's pick is right (out-of-distribution prompts).
+    pub const PICK_OOD: &str = "bon/accuracy_ood";
+    /// The first candidate is right: best-of-1, the SFT policy's pass@1.
+    pub const FIRST: &str = "bon/first";
+    /// Best-of-1 out of distribution.
+    pub const FIRST_OOD: &str = "bon/first_ood";
+    /// A random pick is right: the share of right candidates.
+    pub const RANDOM: &str = "bon/random";
+    /// A random pick out of distribution.
+    pub const RANDOM_OOD: &str = "bon/random_ood";
+    /// The majority vote over final answers is right (self-consistency).
+    pub const MAJORITY: &str = "bon/majority";
+    /// Majority vote out of distribution.
+    pub const MAJORITY_OOD: &str = "bon/majority_ood";
+    /// Some candidate is right: the best any pick can do.
+    pub const ORACLE: &str = "bon/oracle";
+    /// The oracle out of distribution.
+    pub const ORACLE_OOD: &str = "bon/oracle_ood";
+    /// Share of (right, wrong) candidate pairs the verifier orders right (metric only).
+    pub const PAIR_ACCURACY: &str = "bon/pair_accuracy";
+    /// The same out of distribution (metric only).
+    pub const PAIR_ACCURACY_OOD: &str = "bon/pair_accuracy_ood";
+    /// Held-out balanced accuracy of the verifier on its own labels (metric only).
+    pub const BALANCED_ACCURACY: &str = "rm/balanced_accuracy";
+    /// Labelled solutions the verifier trained on (metric only).
+    pub const SOLUTIONS: &str = "rm/solutions";
+    /// Labels of those solutions: one each for an outcome verifier, one per step for a process
+    /// verifier (metric only).
+    pub const LABELS: &str = "rm/labels";
+    /// The SFT policy's pass@1 (in-domain), on an RL point.
+    pub const PASS1_BEFORE: &str = "rl/pass1_before";
+    /// The RL policy's pass@1 (in-domain).
+    pub const PASS1_AFTER: &str = "rl/pass1_after";
+    /// The SFT policy's pass@1 out of distribution.
+    pub const PASS1_BEFORE_OOD: &str = "rl/pass1_before_ood";
+    /// The RL policy's pass@1 out of distribution.
+    pub const PASS1_AFTER_OOD: &str = "rl/pass1_after_ood";
+    /// The verifier's mean score of the SFT policy's in-domain samples (metric only).
+    pub const VERIFIER_BEFORE: &str = "rl/verifier_before";
+    /// The verifier's mean score of the RL policy's in-domain samples (metric only).
+    pub const VERIFIER_AFTER: &str = "rl/verifier_after";
 }
 
 /// Learning-curve entries (one per iteration; the `eval/*` ones every few iterations).

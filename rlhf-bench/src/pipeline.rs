@@ -29,7 +29,9 @@ use crate::stages::{Prompts, RmInputs, demonstrations, reward_model, sft_model, 
 /// What a run measured.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunResult {
-    /// Metrics, by name (see [`crate::metrics::names`]).
+    /// Metrics, by name (see [`crate::metrics::names`]). A value that is not finite (not
+    /// measured) is left out of the JSON, which has no NaN.
+    #[serde(serialize_with = "finite_only")]
     pub metrics: BTreeMap<String, f64>,
     /// Per-prompt values, by name (see [`crate::metrics::items`]); the draws of the intervals.
     #[serde(default)]
@@ -39,6 +41,14 @@ pub struct RunResult {
     pub curve: Vec<BTreeMap<String, f64>>,
     /// Wall seconds of this call (cached stages cost nothing).
     pub wall_seconds: f64,
+}
+
+/// Serialises the finite entries of `map`.
+fn finite_only<S: serde::Serializer>(
+    map: &BTreeMap<String, f64>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_map(map.iter().filter(|(_, v)| v.is_finite()))
 }
 
 /// Claims `out` for a run of `cfg`: writes `out/config.json` on the first call, and afterwards
@@ -133,7 +143,10 @@ pub fn run(cfg: &RunConfig, cache: &Path, work: &Path) -> Result<RunResult> {
         )?;
         m.insert(names::RM_ACCURACY.into(), stage.eval_accuracy);
         m.insert(names::RM_GOLD_ACCURACY.into(), stage.eval_gold_accuracy);
-        m.insert(names::RM_LABELLER_AGREEMENT.into(), stage.labeller_agreement);
+        m.insert(
+            names::RM_LABELLER_AGREEMENT.into(),
+            stage.labeller_agreement,
+        );
         m.insert(
             names::PARAMS_RM.into(),
             stage.shape.non_embedding_params() as f64,
@@ -148,7 +161,14 @@ pub fn run(cfg: &RunConfig, cache: &Path, work: &Path) -> Result<RunResult> {
     let rm = rm_stage
         .as_ref()
         .map(|s| RewardScorer::new(s.rm.clone(), tok.clone(), &device));
-    add_baseline(&baseline, &refs, &judge_prompts, rm.as_ref(), &mut m, &mut it)?;
+    add_baseline(
+        &baseline,
+        &refs,
+        &judge_prompts,
+        rm.as_ref(),
+        &mut m,
+        &mut it,
+    )?;
     let length_slope = match (&rm, cfg.method.reward) {
         (Some(rm), RewardSource::RmLength) => {
             let k = baseline.samples.k;
@@ -196,7 +216,14 @@ pub fn run(cfg: &RunConfig, cache: &Path, work: &Path) -> Result<RunResult> {
     match cfg.method.kind {
         MethodKind::Sft => {
             // the policy is the SFT model: its judged samples are the baseline's
-            add_judged(&baseline.judged, None, &baseline, j.samples, &mut m, &mut it);
+            add_judged(
+                &baseline.judged,
+                None,
+                &baseline,
+                j.samples,
+                &mut m,
+                &mut it,
+            );
             m.insert(names::KL.into(), 0.0);
         }
         MethodKind::BestOfN => {

@@ -31,32 +31,31 @@ pub fn axis_plot(plots: &Path, axis: Axis, r: &[Row]) -> Result<String> {
             })
             .collect()
     };
-    let (series, ticks): (Vec<Series>, Vec<(f64, String)>) =
-        if matches!(axis, Axis::Supervision) {
-            let mut kinds: BTreeMap<String, Vec<Row>> = BTreeMap::new();
-            for row in r {
-                let kind = row.label.split('-').next().unwrap_or_default().to_string();
-                kinds.entry(kind).or_default().push(row.clone());
+    let (series, ticks): (Vec<Series>, Vec<(f64, String)>) = if matches!(axis, Axis::Supervision) {
+        let mut kinds: BTreeMap<String, Vec<Row>> = BTreeMap::new();
+        for row in r {
+            let kind = row.label.split('-').next().unwrap_or_default().to_string();
+            kinds.entry(kind).or_default().push(row.clone());
+        }
+        let mut ticks: Vec<(f64, String)> = Vec::new();
+        for row in r {
+            if !ticks.iter().any(|t| t.0 == row.x) {
+                ticks.push((row.x, row.x.to_string()));
             }
-            let mut ticks: Vec<(f64, String)> = Vec::new();
-            for row in r {
-                if !ticks.iter().any(|t| t.0 == row.x) {
-                    ticks.push((row.x, row.x.to_string()));
-                }
-            }
-            (
-                kinds
-                    .iter()
-                    .map(|(k, kr)| (format!("{k} verifier"), points(kr)))
-                    .collect(),
-                ticks,
-            )
-        } else {
-            (
-                vec![(head.to_string(), points(r))],
-                r.iter().map(|x| (x.x, x.label.clone())).collect(),
-            )
-        };
+        }
+        (
+            kinds
+                .iter()
+                .map(|(k, kr)| (format!("{k} verifier"), points(kr)))
+                .collect(),
+            ticks,
+        )
+    } else {
+        (
+            vec![(head.to_string(), points(r))],
+            r.iter().map(|x| (x.x, x.label.clone())).collect(),
+        )
+    };
     let svg = svg_chart(
         &format!("{axis}: {head} (95% intervals over seeds)"),
         axis.name(),
@@ -157,11 +156,7 @@ pub fn over_optimisation_plot(plots: &Path, points: &[PointRecord]) -> Result<Op
 
 /// `plots/compute.svg`: gold gain against the method's FLOPs along training, one line per
 /// on-policy method at the base β (mean over seeds).
-pub fn compute_plot(
-    plots: &Path,
-    seeds: &[Seed<'_>],
-    labels: &[String],
-) -> Result<Option<String>> {
+pub fn compute_plot(plots: &Path, seeds: &[Seed<'_>], labels: &[String]) -> Result<Option<String>> {
     let mut series: Vec<Series> = Vec::new();
     for label in labels {
         let curves: Vec<Vec<(f64, f64)>> = seeds

@@ -22,7 +22,9 @@ use rlhf_reward::{
     train_reward_model,
 };
 
-use crate::cache::{cached_dir, finish_stage_run, read_json, stage_run, stop_if_interrupted, write_json};
+use crate::cache::{
+    cached_dir, finish_stage_run, read_json, stage_run, stop_if_interrupted, write_json,
+};
 use crate::compute::{Workload, flops};
 use crate::config::{RunConfig, model_shape};
 
@@ -41,6 +43,8 @@ pub(crate) enum Prompts {
     Judge,
     /// Held-out prompts of the RM's evaluation pairs.
     RmEval,
+    /// Held-out prompts of the out-of-distribution test (`arith-steps`: longer chains).
+    Ood,
 }
 
 impl Prompts {
@@ -52,6 +56,7 @@ impl Prompts {
             Prompts::RmPairs => (Split::Train, 2 << 24),
             Prompts::Judge => (Split::Eval, 0),
             Prompts::RmEval => (Split::Eval, 1 << 24),
+            Prompts::Ood => (Split::Test, 0),
         };
         task.prompt(split, (seed << 32) + offset + i)
     }
@@ -155,7 +160,10 @@ pub(crate) fn sft_model(
         finish_stage_run(tmp)
     })?;
     let (shape, model) = load_pretrained(&dir, device)?;
-    let tokens: u64 = data.iter().map(|(p, r)| (p.len() + r.len()) as u64).sum::<u64>()
+    let tokens: u64 = data
+        .iter()
+        .map(|(p, r)| (p.len() + r.len()) as u64)
+        .sum::<u64>()
         * cfg.sft.epochs as u64;
     Ok(Sft {
         size: size.to_string(),

@@ -139,7 +139,11 @@ mod tests {
     fn the_t_quantiles_are_the_tables() {
         // two-sided 95%: t(0.975, df)
         for (df, t) in [(1.0, 12.706), (2.0, 4.303), (4.0, 2.776), (30.0, 2.042)] {
-            assert!((t_quantile(df) - t).abs() < 1e-3, "df {df}: {}", t_quantile(df));
+            assert!(
+                (t_quantile(df) - t).abs() < 1e-3,
+                "df {df}: {}",
+                t_quantile(df)
+            );
         }
     }
 

@@ -18,9 +18,10 @@ use serde::{Deserialize, Serialize};
 
 use rlhf_core::train::fs::write_atomic;
 use rlhf_core::{Error, KlController, Result};
+use rlhf_ppo::PpoConfig;
 
 use crate::axis::Axis;
-use crate::config::{MethodKind, RewardSource, RunConfig, Supervision};
+use crate::config::{ArithConfig, MethodKind, RewardSource, RunConfig, Supervision};
 use crate::pipeline::{RunResult, run};
 
 /// One point of an axis.
@@ -93,8 +94,50 @@ struct Budget {
     kl_iterations: usize,
     best_of: Vec<usize>,
     methods: Vec<MethodKind>,
-    /// `supervision`: labelled solutions per point.
+    /// The `supervision` and `supervision_rl` axes.
+    arith: ArithBudget,
+}
+
+/// The budget of the `arith-steps` axes: the task's difficulty, its SFT policy, the candidates,
+/// the verifiers and the RL runs (see [`crate::arith`]).
+struct ArithBudget {
+    /// Terms of an in-domain prompt (`terms − 1` steps).
+    terms: usize,
+    /// Terms of an out-of-distribution prompt.
+    ood_terms: usize,
+    max_operand: i64,
+    /// The noisy solver's error rate per step.
+    step_error: f64,
+    /// The policy's and the verifiers' size.
+    size: &'static str,
+    demos: usize,
+    sft_epochs: usize,
+    sft_batch: usize,
+    sft_lr: f64,
+    /// Held-out prompts, in-domain and out of distribution each.
+    eval_prompts: usize,
+    /// Candidates per held-out prompt.
+    n: usize,
+    /// Labelled solutions per verifier (the RL runs use the largest).
     solutions: Vec<usize>,
+    /// Labelled solutions per training prompt: contrasts between solutions of one prompt.
+    solutions_per_prompt: usize,
+    /// Held-out labelled solutions.
+    eval_solutions: usize,
+    rm_epochs: usize,
+    rm_lr: f64,
+    /// New tokens at most (enough for an out-of-distribution solution).
+    max_new_tokens: usize,
+    /// RL: training prompts, iterations, prompts per iteration, samples per prompt, new tokens
+    /// per sample, learning rate.
+    rl_prompts: usize,
+    rl_iterations: usize,
+    rl_prompts_per_batch: usize,
+    rl_group: usize,
+    rl_response_length: usize,
+    rl_lr: f64,
+    /// Samples per held-out prompt of the policy after RL.
+    rl_samples: usize,
 }
 
 /// The seeds a preset runs when `--seeds` is not given: `smoke` one (CI), `quick` three, `full`
@@ -131,7 +174,32 @@ fn budget(preset: &str) -> Result<Budget> {
             kl_iterations: 2,
             best_of: vec![1, 4],
             methods: vec![MethodKind::Ppo, MethodKind::Grpo, MethodKind::Dpo],
-            solutions: vec![150, 300],
+            arith: ArithBudget {
+                terms: 3,
+                ood_terms: 4,
+                max_operand: 9,
+                step_error: 0.1,
+                size: "xs",
+                demos: 128,
+                sft_epochs: 1,
+                sft_batch: 32,
+                sft_lr: 3e-3,
+                eval_prompts: 16,
+                n: 4,
+                solutions: vec![32, 64],
+                eval_solutions: 32,
+                solutions_per_prompt: 2,
+                rm_epochs: 1,
+                rm_lr: 1e-3,
+                max_new_tokens: 48,
+                rl_prompts: 32,
+                rl_iterations: 2,
+                rl_prompts_per_batch: 4,
+                rl_group: 4,
+                rl_response_length: 32,
+                rl_lr: 1e-4,
+                rl_samples: 2,
+            },
         },
         "quick" => Budget {
             seeds: 3,
@@ -153,7 +221,7 @@ fn budget(preset: &str) -> Result<Budget> {
             base_size: "xs",
             ns: vec![1, 2, 4, 8],
             base_beta: 0.05,
-            method_betas: vec![0.02, 0.05, 0.15],
+            method_betas: vec![0.02, 0.05, 0.1],
             dpo_betas: vec![0.1, 0.3, 1.0],
             kl_betas: vec![0.0, 0.01, 0.02, 0.05, 0.1, 0.2],
             kl_iterations: 12,
@@ -166,7 +234,32 @@ fn budget(preset: &str) -> Result<Budget> {
                 MethodKind::Dpo,
                 MethodKind::Exo,
             ],
-            solutions: vec![500, 1000, 2000],
+            arith: ArithBudget {
+                terms: 5,
+                ood_terms: 6,
+                max_operand: 5,
+                step_error: 0.1,
+                size: "m",
+                demos: 3000,
+                sft_epochs: 16,
+                sft_batch: 32,
+                sft_lr: 3e-3,
+                eval_prompts: 256,
+                n: 8,
+                solutions: vec![250, 500, 1000],
+                eval_solutions: 256,
+                solutions_per_prompt: 4,
+                rm_epochs: 8,
+                rm_lr: 1e-3,
+                max_new_tokens: 80,
+                rl_prompts: 1024,
+                rl_iterations: 20,
+                rl_prompts_per_batch: 8,
+                rl_group: 8,
+                rl_response_length: 56,
+                rl_lr: 1e-4,
+                rl_samples: 4,
+            },
         },
         "full" => Budget {
             seeds: 5,
@@ -201,7 +294,32 @@ fn budget(preset: &str) -> Result<Budget> {
                 MethodKind::Dpo,
                 MethodKind::Exo,
             ],
-            solutions: vec![500, 1000, 2000, 4000, 8000],
+            arith: ArithBudget {
+                terms: 5,
+                ood_terms: 7,
+                max_operand: 9,
+                step_error: 0.1,
+                size: "l",
+                demos: 8000,
+                sft_epochs: 16,
+                sft_batch: 32,
+                sft_lr: 2e-3,
+                eval_prompts: 1024,
+                n: 16,
+                solutions: vec![500, 1000, 2000, 4000, 8000],
+                eval_solutions: 1000,
+                solutions_per_prompt: 4,
+                rm_epochs: 8,
+                rm_lr: 1e-3,
+                max_new_tokens: 80,
+                rl_prompts: 8192,
+                rl_iterations: 100,
+                rl_prompts_per_batch: 16,
+                rl_group: 8,
+                rl_response_length: 56,
+                rl_lr: 1e-4,
+                rl_samples: 4,
+            },
         },
         other => {
             return Err(Error::Config(format!(
@@ -227,10 +345,7 @@ pub fn preset_points(
     device: &str,
 ) -> Result<Vec<Point>> {
     let b = budget(preset)?;
-    let wanted: Vec<Axis> = axes
-        .iter()
-        .map(|a| Axis::parse(a))
-        .collect::<Result<_>>()?;
+    let wanted: Vec<Axis> = axes.iter().map(|a| Axis::parse(a)).collect::<Result<_>>()?;
     let mut base = RunConfig {
         device: device.to_string(),
         ..RunConfig::default()
@@ -358,20 +473,75 @@ pub fn preset_points(
     let mut c = ppo(b.base_beta);
     c.method.reward = RewardSource::RmLength;
     add(Axis::LengthControl, "length-only".into(), 1.0, c);
-    // outcome vs process verifiers of arith-steps on the same solutions (see `crate::arith`)
-    for supervision in [Supervision::Outcome, Supervision::Process] {
-        for &v in &b.solutions {
-            let mut c = base.clone();
-            c.task.name = "arith-steps".into();
-            c.rm.supervision = supervision;
-            c.rm.pairs = v;
-            c.method.kind = MethodKind::BestOfN;
-            let kind = match supervision {
-                Supervision::Outcome => "outcome",
-                Supervision::Process => "process",
-            };
-            add(Axis::Supervision, format!("{kind}-{v}"), v as f64, c);
+    // outcome vs process verifiers of arith-steps on the same solutions, then RL against each
+    // (see `crate::arith`)
+    let verifier = |supervision: Supervision, solutions: usize| {
+        let a = &b.arith;
+        let mut c = RunConfig {
+            device: device.to_string(),
+            ..RunConfig::default()
+        };
+        c.task.name = "arith-steps".into();
+        c.task.demos = a.demos;
+        c.task.eval_prompts = a.eval_prompts;
+        c.task.train_prompts = a.rl_prompts;
+        c.task.arith = ArithConfig {
+            max_operand: a.max_operand,
+            terms: a.terms,
+            ood_terms: a.ood_terms,
+            step_error: a.step_error,
+        };
+        c.sft.policy_size = a.size.into();
+        c.sft.epochs = a.sft_epochs;
+        c.sft.batch_size = a.sft_batch;
+        c.sft.lr = a.sft_lr;
+        c.rm.size = a.size.into();
+        c.rm.supervision = supervision;
+        c.rm.pairs = solutions;
+        c.rm.eval_pairs = a.eval_solutions;
+        c.rm.pairs_per_prompt = a.solutions_per_prompt;
+        c.rm.epochs = a.rm_epochs;
+        c.rm.lr = a.rm_lr;
+        c.method.kind = MethodKind::BestOfN;
+        c.method.best_of_n = a.n;
+        c.method.best_of_n_max = a.n;
+        c.judge.samples = a.rl_samples;
+        c.judge.max_new_tokens = a.max_new_tokens;
+        c
+    };
+    let kinds = [
+        (Supervision::Outcome, "outcome"),
+        (Supervision::Process, "process"),
+    ];
+    for (supervision, kind) in kinds {
+        for &v in &b.arith.solutions {
+            add(
+                Axis::Supervision,
+                format!("{kind}-{v}"),
+                v as f64,
+                verifier(supervision, v),
+            );
         }
+    }
+    let largest = b.arith.solutions.iter().copied().max().unwrap_or(1);
+    for (i, (supervision, kind)) in kinds.into_iter().enumerate() {
+        let a = &b.arith;
+        let mut c = verifier(supervision, largest);
+        c.method.kind = MethodKind::Grpo;
+        c.method.ppo = PpoConfig {
+            iterations: a.rl_iterations,
+            prompts_per_batch: a.rl_prompts_per_batch,
+            samples_per_prompt: a.rl_group,
+            response_length: a.rl_response_length,
+            // trained at the temperature pass@1 is judged at
+            temperature: c.judge.temperature,
+            optimizer: rlhf_core::train::OptimizerConfig {
+                lr: a.rl_lr,
+                ..Default::default()
+            },
+            ..PpoConfig::grpo()
+        };
+        add(Axis::SupervisionRl, kind.into(), i as f64, c);
     }
     Ok(points)
 }
@@ -479,7 +649,12 @@ pub fn sweep(points: &[Point], out: &Path, progress: bool) -> Result<SweepReport
                 .get(crate::metrics::names::GOLD)
                 .copied()
                 .unwrap_or(f64::NAN),
-            record.result.metrics.get(crate::metrics::names::KL).copied().unwrap_or(f64::NAN)
+            record
+                .result
+                .metrics
+                .get(crate::metrics::names::KL)
+                .copied()
+                .unwrap_or(f64::NAN)
         ));
         stored.push(record);
         if copied {

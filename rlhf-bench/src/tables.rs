@@ -136,7 +136,8 @@ pub fn axis_metrics(axis: Axis) -> &'static [&'static str] {
             names::PARAMS_POLICY,
             names::FLOPS_METHOD,
         ],
-        Axis::Supervision | Axis::SupervisionRl => crate::arith::TABLE,
+        Axis::Supervision => crate::arith::TABLE,
+        Axis::SupervisionRl => crate::arith::RL_TABLE,
         Axis::SamplesPerPrompt | Axis::Method => &[
             names::GOLD_GAIN,
             names::GOLD,

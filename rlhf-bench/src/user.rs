@@ -43,9 +43,9 @@ use rlhf_data::{
 use rlhf_reward::{RankedExample, RewardModel, RewardScorer};
 use serde::{Deserialize, Serialize};
 
+use crate::cache::{cached_dir, finish_stage_run, stage_run};
 use crate::compute::{Workload, flops};
 use crate::config::{RunConfig, UserData};
-use crate::cache::{cached_dir, finish_stage_run, stage_run};
 use crate::judge::{proxy_scores, sample};
 use crate::method::{MethodInputs, optimise};
 use crate::metrics::names;
@@ -253,7 +253,10 @@ pub fn run_preferences(cfg: &RunConfig, cache: &Path, work: &Path) -> Result<Run
         ) + flops(&rm_shape, Workload::Forward { tokens: rm_tokens })) as f64,
     };
     m.insert(names::RM_ACCURACY.into(), stage.eval_accuracy);
-    m.insert(names::PARAMS_RM.into(), rm_shape.non_embedding_params() as f64);
+    m.insert(
+        names::PARAMS_RM.into(),
+        rm_shape.non_embedding_params() as f64,
+    );
     m.insert(names::FLOPS_RM.into(), stage.flops);
     m.insert(names::TOKENS_RM.into(), stage.tokens);
 
@@ -279,7 +282,10 @@ pub fn run_preferences(cfg: &RunConfig, cache: &Path, work: &Path) -> Result<Run
         length_slope: None,
     };
     let policy = optimise(cfg, &inputs, work, &device, &mut m, &mut curve)?;
-    m.insert(names::TIME_METHOD.into(), method_start.elapsed().as_secs_f64());
+    m.insert(
+        names::TIME_METHOD.into(),
+        method_start.elapsed().as_secs_f64(),
+    );
 
     // 7. the judge: the RM, on held-out prompts
     let rm = RewardScorer::new(stage.rm.clone(), tok.clone(), &device);

@@ -104,15 +104,13 @@ fn the_report_states_the_points_numbers() {
     // the axis tables: mean [t interval over seeds]
     let (m, lo, hi) = by_hand([0.70, 0.74, 0.69]);
     assert!(
-        md.contains(&format!("| 1000 | {m:.3} [{lo:.3}, {hi:.3}] | 0.600 [0.600, 0.600] |")),
+        md.contains(&format!(
+            "| 1000 | {m:.3} [{lo:.3}, {hi:.3}] | 0.600 [0.600, 0.600] |"
+        )),
         "{md}"
     );
     // the RM-volume finding: each seed's own slope per doubling, then the interval over seeds
-    let slope = |seed: usize| {
-        per_doubling(&acc.map(|(x, a)| (x, a[seed])))
-            .unwrap()
-            .slope
-    };
+    let slope = |seed: usize| per_doubling(&acc.map(|(x, a)| (x, a[seed]))).unwrap().slope;
     let (m, lo, hi) = by_hand([slope(0), slope(1), slope(2)]);
     assert!(lo > 0.0);
     assert!(
@@ -138,14 +136,19 @@ fn the_report_states_the_points_numbers() {
         "{md}"
     );
     // claims without points say so
-    assert!(md.contains("| best_of_n | best-of-n reranking by the RM raises the gold score | **not run** |"));
+    assert!(md.contains(
+        "| best_of_n | best-of-n reranking by the RM raises the gold score | **not run** |"
+    ));
     // plots exist and are SVG
     let svg = std::fs::read_to_string(dir.path().join("plots/rm_volume.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("<polyline"));
     // the CSV has every point with its numbers
     let csv = std::fs::read_to_string(dir.path().join("summary.csv")).unwrap();
     assert_eq!(csv.lines().count(), points.len() + 1);
-    assert!(csv.contains("rm_volume,1000,1000,1,1.000,,,,0.6,0.74\n"), "{csv}");
+    assert!(
+        csv.contains("rm_volume,1000,1000,1,1.000,,,,0.6,0.74\n"),
+        "{csv}"
+    );
 
     assert!(verify_report(dir.path()).unwrap() > points.len());
     // a point that changes after the report was written is caught

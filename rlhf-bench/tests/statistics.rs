@@ -89,8 +89,14 @@ fn a_clear_effect_is_reproduced_and_its_interval_covers_the_truth() {
         covered += usize::from(i.covers(truth));
         reproduced += usize::from(f.verdict == Verdict::Reproduced);
     }
-    assert!(covered >= 180, "the interval covered the truth in {covered} of 200 studies");
-    assert!(reproduced >= 190, "reproduced in {reproduced} of 200 studies");
+    assert!(
+        covered >= 180,
+        "the interval covered the truth in {covered} of 200 studies"
+    );
+    assert!(
+        reproduced >= 190,
+        "reproduced in {reproduced} of 200 studies"
+    );
 }
 
 #[test]
@@ -102,7 +108,10 @@ fn an_effect_inside_the_noise_is_inconclusive() {
     let inconclusive = (0..200)
         .filter(|_| best_of_n(&study(&mut rng, 3, 0.01, 0.1)).verdict == Verdict::Inconclusive)
         .count();
-    assert!(inconclusive >= 180, "inconclusive in {inconclusive} of 200 studies");
+    assert!(
+        inconclusive >= 180,
+        "inconclusive in {inconclusive} of 200 studies"
+    );
     assert!(f.table_line().contains("**inconclusive**"));
 }
 

@@ -338,8 +338,7 @@ mod tests {
         let t = TldrSynth::default();
         let g = |r: &str| t.gold(PROMPT, &with_eos(r)).total;
         let perfect = g(" alice owns red car; alice lives in oslo.");
-        let hallucinating =
-            g(" alice owns red car; alice lives in oslo; alice sold new piano.");
+        let hallucinating = g(" alice owns red car; alice lives in oslo; alice sold new piano.");
         let incomplete = g(" alice owns red car.");
         let unsalient = g(" alice owns red car; bob lost old lamp; alice lives in oslo.");
         let rambling = g(" alice owns red car; alice lives in oslo; i do not know what to do.");
@@ -353,9 +352,7 @@ mod tests {
             "a true but unsalient fact is a smaller fault than an invented one"
         );
         // padding with repeats adds length the gold scorer does not reward
-        assert!(
-            g(" alice owns red car; alice owns red car; alice lives in oslo.") < perfect
-        );
+        assert!(g(" alice owns red car; alice owns red car; alice lives in oslo.") < perfect);
         // missing EOS is penalised
         assert!(
             t.gold(PROMPT, " alice owns red car; alice lives in oslo.")
@@ -377,7 +374,7 @@ mod tests {
         for p in train.iter().take(50) {
             let post = parse_post(p);
             assert!(
-                !post.subject.is_empty() && TldrSynth::salient(&post).len() >= 1,
+                !post.subject.is_empty() && !TldrSynth::salient(&post).is_empty(),
                 "{p}"
             );
         }
