@@ -3,7 +3,7 @@
 //! well as at their raw end points, each effect with its interval over seeds.
 
 use crate::axis::Axis;
-use crate::findings::{Seed, flops_curve, frontier, kl_curve, matched_kls, mean_gap, metric};
+use crate::findings::{Seed, flops_curve, frontier, gain_curve, matched_kls, mean_gap, metric};
 use crate::fits::interpolate;
 use crate::metrics::names;
 use crate::stats::Interval;
@@ -40,15 +40,18 @@ impl Comparison {
     }
 }
 
-/// Gold gain over the run's SFT policy at `flops` on its compute curve (offline methods, which
-/// have no curve, are a line from the SFT policy to their end point).
+/// Gold gain over the run's SFT policy at `flops` on its compute curve, which starts at the
+/// SFT policy. Offline methods have no curve: only their end point is measured, so they answer
+/// only at their own end FLOPs.
 fn gain_at_flops(p: &PointRecord, flops: f64) -> Option<f64> {
-    let mut c = flops_curve(p);
+    let c = flops_curve(p);
     if c.len() <= 1 {
-        c = vec![
-            (0.0, metric(p, names::GOLD_SFT)),
-            (metric(p, names::FLOPS_METHOD), metric(p, names::GOLD)),
-        ];
+        let end = metric(p, names::FLOPS_METHOD);
+        return ((flops - end).abs() <= 1e-9 * end.abs())
+            .then(|| metric(p, names::GOLD) - metric(p, names::GOLD_SFT));
+    }
+    if c.first()?.0 != 0.0 {
+        return None;
     }
     let origin = c.first()?.1;
     interpolate(&c, flops).map(|g| g - origin)
@@ -138,12 +141,7 @@ pub fn sizes_against_smallest(seeds: &[Seed<'_>], axis: Axis) -> Vec<Comparison>
             compare(seeds, &format!("{label} − {}", labels[0]), |s| {
                 let (pa, pb) = (s.get(axis, label)?, s.get(axis, &labels[0])?);
                 // gains over each run's own SFT policy (the policy-size axis has one per size)
-                let gain = |p: &PointRecord| {
-                    let c = kl_curve(p);
-                    let o = c.first().map_or(0.0, |x| x.1);
-                    c.into_iter().map(|(k, g)| (k, g - o)).collect::<Vec<_>>()
-                };
-                Some((gain(pa), gain(pb), [pa, pb]))
+                Some((gain_curve(pa), gain_curve(pb), [pa, pb]))
             })
         })
         .collect()

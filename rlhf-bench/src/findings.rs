@@ -40,7 +40,10 @@ pub struct Finding {
 impl Finding {
     /// The finding's line in the findings table.
     pub fn table_line(&self) -> String {
-        let interval = self.interval.map_or_else(|| "—".into(), |i| i.show());
+        let interval = match self.interval {
+            Some(i) if i.seeds >= 2 => format!("{} ({} seeds)", i.show(), i.seeds),
+            i => show(i.as_ref()),
+        };
         format!(
             "| {} | {} | **{}** | {interval} | {} | {} |",
             self.axis,
@@ -311,9 +314,12 @@ fn rm_findings(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
 }
 
 /// The gold gain of a point over its own SFT policy at the curve's KL values.
-fn gain_curve(p: &PointRecord) -> Vec<(f64, f64)> {
+pub(crate) fn gain_curve(p: &PointRecord) -> Vec<(f64, f64)> {
     let c = kl_curve(p);
-    let origin = c.first().map_or(0.0, |x| x.1);
+    // the origin is the SFT policy, at KL 0; without it there is no gain to measure
+    let Some(&(0.0, origin)) = c.first() else {
+        return Vec::new();
+    };
     c.into_iter().map(|(k, g)| (k, g - origin)).collect()
 }
 
@@ -505,13 +511,13 @@ fn kl_points<'a>(s: &Seed<'a>) -> Vec<(f64, &'a PointRecord)> {
 fn kl_pair<'a>(s: &Seed<'a>) -> Option<(&'a PointRecord, &'a PointRecord)> {
     let pts = kl_points(s);
     let zero = pts.iter().find(|(b, _)| *b == 0.0)?.1;
-    let base = match s.get(Axis::LengthControl, "rm") {
-        Some(r) => {
-            let beta = r.point.config.method.ppo.kl.value();
-            pts.iter().find(|(b, _)| *b == beta).map(|x| x.1)
-        }
-        None => pts.iter().map(|x| x.1).find(|p| p.point.x > 0.0),
-    }?;
+    // the base β is the one of the axes' plain PPO runs (length control's RM point, or an RM
+    // size point); without them there is no base to compare with
+    let with_base = s
+        .get(Axis::LengthControl, "rm")
+        .or_else(|| s.axis(Axis::RmSize).first().copied())?;
+    let beta = with_base.point.config.method.ppo.kl.value();
+    let base = pts.iter().find(|(b, _)| *b == beta).map(|x| x.1)?;
     Some((zero, base))
 }
 
@@ -601,43 +607,61 @@ fn best_of_n_finding(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
 }
 
 fn length_finding(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
-    let mut shares = Vec::new();
+    let (mut rm_gains, mut len_gains) = (Vec::new(), Vec::new());
     let mut directions = (0usize, 0usize);
     let mut one = None;
+    // a seed counts only when the control moved length the way the RM moved it: otherwise its
+    // gain is not "the RM's length part" and says nothing about the claim
     let per_seed: Vec<(u64, f64)> = seeds
         .iter()
         .filter_map(|s| {
             let rm = s.get(Axis::LengthControl, "rm")?;
             let len = s.get(Axis::LengthControl, "length-only")?;
             let (g_rm, g_len) = (metric(rm, names::GOLD_GAIN), metric(len, names::GOLD_GAIN));
-            if g_rm.abs() > 1e-9 {
-                shares.push(g_len / g_rm);
-            }
             let moved = |p: &PointRecord| metric(p, names::LENGTH) - metric(p, names::LENGTH_SFT);
+            let (by_rm, by_len) = (moved(rm), moved(len));
             directions.1 += 1;
-            directions.0 += usize::from(moved(rm).signum() == moved(len).signum());
+            let same_way = by_rm != 0.0 && by_len != 0.0 && by_rm.signum() == by_len.signum();
+            if !same_way {
+                return None;
+            }
+            directions.0 += 1;
+            rm_gains.push(g_rm);
+            len_gains.push(g_len);
             one = Some(paired(item(len, items::GOLD), item(len, items::SFT_GOLD)));
             Some((s.seed, g_len))
         })
         .collect();
-    let share = Interval::over_seeds(&shares);
-    out.push(conclude(
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    // the share as a ratio of means over the seeds kept (a ratio per seed blows up when the RM's
+    // own gain is near zero)
+    let share = (mean(&rm_gains).abs() > 1e-9).then(|| mean(&len_gains) / mean(&rm_gains));
+    let mut finding = conclude(
         Axis::LengthControl,
         "part of RLHF's gain is length alone (A Long Way to Go)",
-        "gold gain of PPO against the RM's length-only part",
+        "gold gain of PPO against the RM's length-only part, on seeds where it moved length the RM's way",
         per_seed,
         one,
         |i| {
             format!(
-                "PPO against the RM's length-only part changed gold by {} over SFT, a share of the RM's own gain of {} (the control moved length the RM's way on {} of {} seeds); {}.",
-                show(i),
-                show(share.as_ref()),
+                "The length-only control moved response length the RM's way on {} of {} seeds; on those, PPO against it changed gold by {} over SFT, {} of the RM's own gain; {}.",
                 directions.0,
                 directions.1,
-                so(i)
+                show(i),
+                share.map_or_else(|| "—".into(), |x| format!("{:.0}%", 100.0 * x)),
+                if i.is_none() && directions.1 > 0 {
+                    "no seed left to judge: inconclusive"
+                } else {
+                    so(i)
+                }
             )
         },
-    ));
+    );
+    // run, but on no seed the control a test of the claim
+    if finding.interval.is_none() && directions.1 > 0 {
+        finding.verdict = Verdict::Inconclusive;
+    }
+    out.push(finding);
 }
 
 /// Gold gain per doubling of the method's FLOPs along a run's learning curve (evaluations after

@@ -152,7 +152,8 @@ pub fn gao_fit(points: &[(f64, f64)], rl: bool) -> Option<GaoFit> {
         .iter()
         .map(|r| (r.2 - alpha * r.0 - beta * r.1).powi(2))
         .sum();
-    let peak_kl = (beta > 0.0).then(|| {
+    // best-of-n's d·(α − β·d) peaks at d = α/2β only when that d is positive
+    let peak_kl = (beta > 0.0 && (rl || alpha > 0.0)).then(|| {
         let d = if rl {
             (alpha / beta - 1.0).exp()
         } else {
@@ -175,8 +176,9 @@ pub fn gao_fit(points: &[(f64, f64)], rl: bool) -> Option<GaoFit> {
     })
 }
 
-/// The `x` of the highest `y` of a curve, and whether it is an interior peak: some point after
-/// it (in `x`) lies lower by more than `margin`. `None` for an empty curve.
+/// The `x` of the highest `y` of a curve, and whether it is an interior peak: it lies past
+/// `x = 0` and some point after it (in `x`) lies lower by more than `margin`. `None` for an
+/// empty curve.
 pub fn peak(curve: &[(f64, f64)], margin: f64) -> Option<(f64, bool)> {
     let best = curve
         .iter()
@@ -185,7 +187,7 @@ pub fn peak(curve: &[(f64, f64)], margin: f64) -> Option<(f64, bool)> {
     let falls = curve
         .iter()
         .any(|(x, y)| *x > best.0 && *y < best.1 - margin);
-    Some((best.0, falls))
+    Some((best.0, falls && best.0 > 0.0))
 }
 
 #[cfg(test)]
@@ -252,5 +254,24 @@ mod tests {
             peak(&[(0.0, 0.0), (1.0, 0.9), (2.0, 0.88)], 0.05),
             Some((1.0, false))
         );
+        // the SFT policy at KL 0 is the origin, not a peak of training
+        assert_eq!(
+            peak(&[(0.0, 0.9), (1.0, 0.5), (2.0, 0.4)], 0.05),
+            Some((0.0, false))
+        );
+    }
+
+    #[test]
+    fn a_best_of_n_fit_that_only_falls_has_no_peak() {
+        // gain = d(α − βd) with α < 0: falling from d = 0, so α/2β < 0 is no peak
+        let (a, b) = (-0.2, 0.1);
+        let pts: Vec<(f64, f64)> = [0.5, 1.0, 2.0, 4.0, 6.0]
+            .iter()
+            .map(|&kl: &f64| (kl, kl.sqrt() * (a - b * kl.sqrt())))
+            .collect();
+        let f = gao_fit(&pts, false).unwrap();
+        assert!(f.beta > 0.0 && f.alpha < 0.0);
+        assert_eq!(f.peak_kl, None);
+        assert!(!f.peak_inside);
     }
 }

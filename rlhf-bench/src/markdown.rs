@@ -188,13 +188,13 @@ fn over_optimisation(md: &mut String, seeds: &[Seed<'_>], points: &[PointRecord]
     }
     let _ = writeln!(
         md,
-        "\nThe gold peak along training, per RM size (gold against KL on the learning curve; a peak counts when a later evaluation lies 0.05 or more below it):\n\n| RM size | seeds with a peak | KL of the peak [95% interval] |\n| --- | --- | --- |"
+        "\nThe gold peak along training, per RM size (gold against KL on the learning curve; a peak counts when it lies past KL 0 and a later evaluation lies below it by more than twice the standard error of one evaluation, estimated from the run's final `gold/se` scaled to the evaluation's prompts and samples):\n\n| RM size | seeds with a peak | KL of the peak [95% interval] |\n| --- | --- | --- |"
     );
     for label in labels {
         let peaks: Vec<(f64, bool)> = seeds
             .iter()
             .filter_map(|s| s.get(Axis::RmSize, &label))
-            .filter_map(|p| peak(&kl_curve(p), 0.05))
+            .filter_map(|p| peak(&kl_curve(p), 2.0 * curve_se(p)))
             .collect();
         let inside: Vec<f64> = peaks.iter().filter(|p| p.1).map(|p| p.0).collect();
         let kl = if inside.is_empty() {
@@ -368,4 +368,20 @@ pub fn report(
         }
     }
     md
+}
+
+/// The standard error of one learning-curve evaluation of `p` (one sample on each of
+/// `judge.curve_prompts` prompts), from the final judgement's `gold/se` over
+/// `task.eval_prompts × judge.samples` samples, treating samples as independent; 0.05 when the
+/// point has no `gold/se`.
+fn curve_se(p: &PointRecord) -> f64 {
+    let c = &p.point.config;
+    let se = metric(p, names::GOLD_SE);
+    let judged = (c.task.eval_prompts * c.judge.samples) as f64;
+    let curve = c.judge.curve_prompts.min(c.task.eval_prompts).max(1) as f64;
+    if se.is_finite() && se > 0.0 {
+        se * (judged / curve).sqrt()
+    } else {
+        0.05
+    }
 }

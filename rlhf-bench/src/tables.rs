@@ -95,6 +95,7 @@ pub fn axis_metrics(axis: Axis) -> &'static [&'static str] {
         ],
         Axis::BestOfN => &[
             names::GOLD,
+            names::GOLD_SE,
             names::GOLD_GAIN,
             names::WIN_VS_REFERENCES,
             names::PROXY,
@@ -103,6 +104,7 @@ pub fn axis_metrics(axis: Axis) -> &'static [&'static str] {
         ],
         Axis::KlBudget => &[
             names::GOLD,
+            names::GOLD_SE,
             names::GOLD_GAIN,
             names::PROXY,
             names::KL,
@@ -112,6 +114,7 @@ pub fn axis_metrics(axis: Axis) -> &'static [&'static str] {
         Axis::LengthControl => &[
             names::GOLD_GAIN,
             names::GOLD,
+            names::GOLD_SE,
             names::KL,
             names::LENGTH,
             names::LENGTH_SFT,
@@ -120,6 +123,7 @@ pub fn axis_metrics(axis: Axis) -> &'static [&'static str] {
         Axis::RmSize => &[
             names::GOLD_GAIN,
             names::GOLD,
+            names::GOLD_SE,
             names::RM_GOLD_ACCURACY,
             names::KL,
             names::PROXY,
@@ -129,6 +133,7 @@ pub fn axis_metrics(axis: Axis) -> &'static [&'static str] {
         Axis::PolicySize => &[
             names::GOLD_GAIN,
             names::GOLD,
+            names::GOLD_SE,
             names::GOLD_SFT,
             names::SFT_WIN_VS_REFERENCES,
             names::WIN_VS_REFERENCES,
@@ -141,6 +146,7 @@ pub fn axis_metrics(axis: Axis) -> &'static [&'static str] {
         Axis::SamplesPerPrompt | Axis::Method => &[
             names::GOLD_GAIN,
             names::GOLD,
+            names::GOLD_SE,
             names::WIN_VS_REFERENCES,
             names::WIN_VS_SFT,
             names::KL,

@@ -7,6 +7,7 @@
 //! - an effect well inside the noise is inconclusive (in at least 90% of 200 studies);
 //! - a clear effect against the claim is contradicted;
 //! - one seed never gives a verdict, however clear its prompts make the effect.
+//! - a length-only control counts only on seeds where it moved length the RM's way.
 
 use std::collections::BTreeMap;
 
@@ -132,4 +133,81 @@ fn one_seed_gives_an_interval_over_prompts_and_no_verdict() {
     assert!(i.lo > 0.5, "{i:?}");
     assert_eq!(f.verdict, Verdict::Inconclusive);
     assert!(f.sentence.contains("one seed"), "{}", f.sentence);
+}
+
+/// A `length_control` pair of one seed: the RM's PPO point and the length-only point, with
+/// their gold gains and the lengths they moved to from the SFT policy's.
+fn length_pair(seed: u64, rm: (f64, f64), length_only: (f64, f64)) -> Vec<PointRecord> {
+    let make = |label: &str, x: f64, (gain, length): (f64, f64)| {
+        let mut config = RunConfig {
+            seed,
+            ..RunConfig::default()
+        };
+        config.method.kind = MethodKind::Ppo;
+        PointRecord {
+            point: Point {
+                axis: Axis::LengthControl,
+                label: label.into(),
+                x,
+                config,
+            },
+            git_revision: "synthetic".into(),
+            result: RunResult {
+                metrics: BTreeMap::from([
+                    (names::GOLD_GAIN.to_string(), gain),
+                    (names::LENGTH.to_string(), length),
+                    (names::LENGTH_SFT.to_string(), 20.0),
+                ]),
+                items: BTreeMap::new(),
+                curve: Vec::new(),
+                wall_seconds: 0.0,
+            },
+        }
+    };
+    vec![make("rm", 0.0, rm), make("length-only", 1.0, length_only)]
+}
+
+fn length_control(points: &[PointRecord]) -> Finding {
+    findings(points)
+        .into_iter()
+        .find(|f| f.axis == Axis::LengthControl)
+        .expect("the length-control finding")
+}
+
+/// The length-only control speaks for the claim only where it moved length the way the RM moved
+/// it: a control that lengthened replies while the RM shortened them is left out, however much
+/// gold it gained.
+#[test]
+fn a_length_control_that_moves_length_the_other_way_is_left_out() {
+    // the RM shortens replies (20 → 12 tokens) on every seed
+    let mut points = Vec::new();
+    for seed in 0..3 {
+        // the control lengthens them and gains a lot of gold
+        points.extend(length_pair(
+            seed,
+            (0.5, 12.0),
+            (0.4 + 0.01 * seed as f64, 30.0),
+        ));
+    }
+    let f = length_control(&points);
+    assert_eq!(f.verdict, Verdict::Inconclusive, "{}", f.sentence);
+    assert!(f.interval.is_none());
+    assert!(f.sentence.contains("on 0 of 3 seeds"), "{}", f.sentence);
+    // the same gains with the control shortening replies too: reproduced, a share of 80%
+    let mut points = Vec::new();
+    for seed in 0..3 {
+        points.extend(length_pair(
+            seed,
+            (0.5, 12.0),
+            (0.4 + 0.01 * seed as f64, 15.0),
+        ));
+    }
+    let f = length_control(&points);
+    assert_eq!(f.verdict, Verdict::Reproduced, "{}", f.sentence);
+    assert!(f.sentence.contains("on 3 of 3 seeds"), "{}", f.sentence);
+    assert!(f.sentence.contains("82%"), "{}", f.sentence);
+    // an unchanged length is no direction
+    let points = length_pair(0, (0.5, 12.0), (0.4, 20.0));
+    let f = length_control(&points);
+    assert!(f.interval.is_none() && f.verdict == Verdict::Inconclusive);
 }

@@ -205,7 +205,10 @@ impl Stage {
     pub fn add_metrics(&self, out: &mut Measured) {
         let s = &self.summary;
         out.metric(names::RM_ACCURACY, s.accuracy.unwrap_or(f64::NAN));
-        out.metric(am::BALANCED_ACCURACY, s.balanced_accuracy.unwrap_or(f64::NAN));
+        out.metric(
+            am::BALANCED_ACCURACY,
+            s.balanced_accuracy.unwrap_or(f64::NAN),
+        );
         out.metric(am::SOLUTIONS, s.solutions as f64);
         out.metric(am::LABELS, s.labels as f64);
         out.metric("rm/steps", s.steps as f64);
