@@ -483,7 +483,12 @@ fn llama_config(f: &Fields, arch: Architecture) -> Result<TransformerConfig> {
         hidden_size: hidden,
         num_hidden_layers: f.usize("num_hidden_layers")?,
         num_attention_heads: heads,
-        num_key_value_heads: f.usize_or("num_key_value_heads", kv_default)?,
+        // absent: the family's default; `null`: as many as the query heads (transformers'
+        // `__post_init__`)
+        num_key_value_heads: match f.v.get("num_key_value_heads") {
+            Some(Value::Null) => heads,
+            _ => f.usize_or("num_key_value_heads", kv_default)?,
+        },
         intermediate_size: f.usize("intermediate_size")?,
         rotary_pct,
         rope_theta: theta,
@@ -694,6 +699,11 @@ pub fn config_to_json(config: &TransformerConfig) -> Value {
             json
         }
     };
+    // the scaling also under its older name, which transformers < 5 and other tools read
+    // (transformers 5 reads it first, so both name the same thing)
+    if config.rope_scaling != RopeScaling::Default {
+        json["rope_scaling"] = rope_json(config);
+    }
     json["architectures"] = json!([causal_class(arch)]);
     json["model_type"] = arch.model_type().into();
     json["torch_dtype"] = "float32".into();
@@ -752,7 +762,7 @@ pub fn load_pretrained(dir: &Path, device: &Device) -> Result<(TransformerConfig
     let config = config_from_json(&dir.join("config.json"))?;
     check_files_hold(&config, dir)?;
     let mut model = CausalLm::init(&config, device)?;
-    load_weights(&mut model, config.architecture, dir, "")?;
+    load_weights(&mut model, &config, dir, "")?;
     Ok((config, model))
 }
 
@@ -806,7 +816,7 @@ pub fn load_scalar_pretrained(
     }
     check_files_hold(&config, dir)?;
     let mut model = ScalarModel::from_backbone(CausalLm::init(&config, device)?);
-    let loaded = load_weights(&mut model, config.architecture, dir, "backbone.")?;
+    let loaded = load_weights(&mut model, &config, dir, "backbone.")?;
     Ok((config, model, extra, loaded.contains("score.weight")))
 }
 
@@ -844,11 +854,12 @@ fn check_files_hold(config: &TransformerConfig, dir: &Path) -> Result<()> {
 /// of the parameters loaded.
 fn load_weights<M: ModuleSnapshot>(
     model: &mut M,
-    arch: Architecture,
+    config: &TransformerConfig,
     dir: &Path,
     inner: &str,
 ) -> Result<BTreeSet<String>> {
-    let (prefix, _) = row(arch);
+    let arch = config.architecture;
+    let (prefix, modules) = row(arch);
     let scalar = !inner.is_empty();
     let mut applied = BTreeSet::new();
     let mut unused = Vec::new();
@@ -859,6 +870,11 @@ fn load_weights<M: ModuleSnapshot>(
                 FloatCastAdapter::to(DType::F32),
             ))
             .with_key_remapping(format!(r"^{prefix}\."), inner.to_string())
+            // checkpoints saved from the bare model (GPT-2's own files: `h.0.…`, no prefix)
+            .with_key_remapping(
+                format!(r"^((?:{})\.)", modules.join("|")),
+                format!("{inner}$1"),
+            )
             .skip_enum_variants(true)
             .allow_partial(true)
             .validate(true);
@@ -870,9 +886,11 @@ fn load_weights<M: ModuleSnapshot>(
         }
         applied.extend(result.applied);
         // a recomputed buffer, or a causal checkpoint's LM head under a scalar model, is expected
+        // and so is the stored copy of a tied head, which transformers ties again on load
         let expected = |n: &String| {
             RECOMPUTED_BUFFERS.iter().any(|b| n.ends_with(b))
                 || (scalar && LM_HEADS.iter().any(|h| n.starts_with(h)))
+                || (config.tie_word_embeddings && n == "lm_head.weight")
         };
         unused.extend(result.unused.into_iter().filter(|n| !expected(n)));
     }

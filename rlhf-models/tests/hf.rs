@@ -701,6 +701,60 @@ fn a_gpt2_checkpoint_of_the_bare_model_with_its_mask_buffers_loads() {
     let (_, model) = load_pretrained(&src, &d).unwrap();
     let p = parity("tiny-gpt2");
     assert_eq!(logits(&bare_model, &p), logits(&model, &p));
+    // a reward or value model starts from such a file too, with the same backbone
+    let (_, scalar, _, head) = rlhf_models::load_scalar_pretrained(dir.path(), &d).unwrap();
+    assert!(!head);
+    let hidden =
+        |m: &CausalLm| to_f32_vec(m.hidden(&m.input(&p.ids, &p.mask, p.batch).unwrap(), None));
+    assert_eq!(hidden(&scalar.backbone), hidden(&model));
+}
+
+/// A tied checkpoint that also stores its head (`lm_head.weight`, a copy of the embedding, as
+/// some exports do) loads: transformers ties the head again and so does this model.
+#[test]
+fn a_tied_checkpoint_that_stores_its_head_loads() {
+    let d = device();
+    for name in ["tiny-gpt2", "tiny-qwen3"] {
+        let src = fixture(name);
+        let config: Value =
+            serde_json::from_slice(&std::fs::read(src.join("config.json")).unwrap()).unwrap();
+        if config["tie_word_embeddings"] != Value::Bool(true) {
+            continue;
+        }
+        let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let mut header: Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+        let embedding = header
+            .as_object()
+            .unwrap()
+            .keys()
+            .find(|k| k.ends_with("wte.weight") || k.ends_with("embed_tokens.weight"))
+            .unwrap()
+            .clone();
+        // the copy's bytes appended to the data (tensors may not share bytes)
+        let mut data = bytes[8 + n..].to_vec();
+        let range = &header[&embedding]["data_offsets"];
+        let (a, b) = (
+            range[0].as_u64().unwrap() as usize,
+            range[1].as_u64().unwrap() as usize,
+        );
+        let start = data.len();
+        data.extend_from_slice(&bytes[8 + n + a..8 + n + b]);
+        let mut copy = header[&embedding].clone();
+        copy["data_offsets"] = serde_json::json!([start, data.len()]);
+        header["lm_head.weight"] = copy;
+        let header = serde_json::to_vec(&header).unwrap();
+        let mut file = (header.len() as u64).to_le_bytes().to_vec();
+        file.extend(header);
+        file.extend(data);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("model.safetensors"), file).unwrap();
+        std::fs::copy(src.join("config.json"), dir.path().join("config.json")).unwrap();
+        let (_, with_head) = load_pretrained(dir.path(), &d).unwrap();
+        let (_, model) = load_pretrained(&src, &d).unwrap();
+        let p = parity(name);
+        assert_eq!(logits(&with_head, &p), logits(&model, &p), "{name}");
+    }
 }
 
 /// Every float parameter of `model`, flattened, in module order.
@@ -1021,5 +1075,33 @@ fn sizes_that_overflow_or_exceed_the_files_are_refused() {
         .unwrap();
         let err = load_pretrained(&dir, &device()).unwrap_err().to_string();
         assert!(err.contains(expect), "{field}: {err}");
+    }
+}
+
+/// `"num_key_value_heads": null` means as many key/value heads as query heads (transformers'
+/// `__post_init__`), not the family's default for an absent key; exported scaling is also
+/// written under `rope_scaling`, the name older readers know, and reads back the same.
+#[test]
+fn null_kv_heads_mean_the_query_heads_and_scaling_is_written_under_both_names() {
+    for name in ["tiny-qwen3", "tiny-mistral"] {
+        let src = fixture(name);
+        let mut config: Value =
+            serde_json::from_slice(&std::fs::read(src.join("config.json")).unwrap()).unwrap();
+        config["num_key_value_heads"] = Value::Null;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
+        let c = rlhf_models::config_from_json(&path).unwrap();
+        assert_eq!(c.num_key_value_heads, c.num_attention_heads, "{name}");
+    }
+    for name in ["tiny-llama3", "tiny-llama-linear", "tiny-phi3"] {
+        let c = rlhf_models::config_from_json(&fixture(name).join("config.json")).unwrap();
+        assert_ne!(c.rope_scaling, rlhf_models::RopeScaling::Default, "{name}");
+        let json = rlhf_models::config_to_json(&c);
+        assert_eq!(json["rope_scaling"], json["rope_parameters"], "{name}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
+        assert_eq!(rlhf_models::config_from_json(&path).unwrap(), c, "{name}");
     }
 }
