@@ -1,71 +1,216 @@
-//! What both architectures share: rotary position embeddings, the combined causal + padding
-//! mask, and scaled dot-product attention over (possibly cached, possibly grouped) keys.
+//! What the families share: rotary position embeddings (with their scalings), the attention mask
+//! (causal, padded keys blocked, optionally a sliding window), and scaled dot-product attention
+//! over (possibly cached, possibly grouped) keys.
 
 use burn::module::Module;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Int, Tensor};
 
-/// What every layer needs besides its input: the rotary tables for the positions being processed
-/// (`[batch, 1, new, rotary_dims]`) and the attention mask (`[batch, heads, new, past + new]`,
-/// `true` = blocked).
+use crate::cache::LayerCache;
+use crate::config::{RopeScaling, TransformerConfig};
+
+/// `cos` and `sin`, each `[batch, 1, positions, rotary_dims]`.
+pub(crate) type Tables = (Tensor<4>, Tensor<4>);
+
+/// What every layer needs besides its input: the positions being processed (`[batch, new]`,
+/// from the attention mask), their rotary tables, and the attention mask (`[batch, heads, new,
+/// past + new]`, `true` = blocked).
 pub(crate) struct Context {
-    pub(crate) cos: Tensor<4>,
-    pub(crate) sin: Tensor<4>,
+    pub(crate) positions: Tensor<2>,
+    pub(crate) rope: Option<Tables>,
     pub(crate) mask: Tensor<4, Bool>,
 }
 
 impl Context {
     /// The context of `new` positions after `past` cached ones: positions come from the attention
     /// mask (`cumsum − 1`, so a left-padded row's first real token is position 0), as in the
-    /// TL;DR reproduction and Hugging Face's generation with left padding.
+    /// TL;DR reproduction and Hugging Face's generation with left padding. `rotary` is `None` for
+    /// learned positions (GPT-2); `window` is a sliding window of attention; `longest` is the
+    /// number of real tokens of the longest row so far (one more than the largest position), on
+    /// which dynamic NTK and LongRoPE frequencies depend.
     pub(crate) fn new(
         attention_mask: Tensor<2>,
         new: usize,
         heads: usize,
-        rotary: &Rotary,
+        rotary: Option<&Rotary>,
+        window: Option<usize>,
+        longest: usize,
     ) -> Self {
         let [_, total] = attention_mask.dims();
         let past = total - new;
         let device = attention_mask.device();
-        let positions = attention_mask
-            .clone()
-            .cumsum(1)
-            .sub_scalar(1.0)
-            .clamp_min(0.0)
-            .narrow(1, past, new);
-        let (cos, sin) = rotary.tables(positions);
+        let positions = positions_from_mask(attention_mask.clone()).narrow(1, past, new);
+        let rope = rotary
+            .filter(|r| r.dims > 0)
+            .map(|r| r.tables(positions.clone(), longest));
         Context {
-            cos,
-            sin,
-            mask: attention_mask_4d(attention_mask, past, new, heads, &device),
+            positions,
+            rope,
+            mask: attention_mask_4d(attention_mask, past, new, heads, window, &device),
         }
     }
+}
+
+/// `cumsum(mask) − 1`, clamped at 0: each real token's position among its row's real tokens
+/// (pads before the first real token get 0, pads after a real token repeat its position).
+fn positions_from_mask(attention_mask: Tensor<2>) -> Tensor<2> {
+    attention_mask.cumsum(1).sub_scalar(1.0).clamp_min(0.0)
+}
+
+/// How the inverse frequencies are obtained.
+#[derive(Debug, Clone)]
+pub(crate) enum Frequencies {
+    /// Fixed inverse frequencies (default, linear, llama3).
+    Fixed(Vec<f32>),
+    /// Dynamic NTK: the base grows with the longest row of the forward pass.
+    Dynamic {
+        theta: f64,
+        factor: f64,
+        max_positions: usize,
+    },
+    /// LongRoPE: the short or the long inverse frequencies by the longest row so far, and a
+    /// scale on `cos` and `sin`.
+    LongRope {
+        short: Vec<f32>,
+        long: Vec<f32>,
+        original_max: usize,
+        scale: f32,
+    },
 }
 
 /// Rotary position embedding on the first `dims` dimensions of each head.
 #[derive(Module, Debug)]
 pub struct Rotary {
     pub(crate) dims: usize,
-    pub(crate) theta: f64,
+    #[module(skip)]
+    pub(crate) frequencies: Frequencies,
 }
 
 impl Rotary {
-    /// `cos` and `sin` for `positions` `[batch, seq]`, each `[batch, 1, seq, dims]`.
-    fn tables(&self, positions: Tensor<2>) -> (Tensor<4>, Tensor<4>) {
-        let [batch, seq] = positions.dims();
-        let half = self.dims / 2;
-        let inv_freq: Vec<f32> = (0..half)
-            .map(|i| (1.0 / self.theta.powf((2 * i) as f64 / self.dims as f64)) as f32)
+    /// The rotary of `config` (its `rotary_dims`, `rope_theta` and `rope_scaling`), with the
+    /// inverse frequencies `transformers`' `modeling_rope_utils.py` computes.
+    pub(crate) fn new(config: &TransformerConfig) -> Self {
+        let dims = config.rotary_dims();
+        let theta = config.rope_theta;
+        let default: Vec<f64> = (0..dims / 2)
+            .map(|i| 1.0 / theta.powf((2 * i) as f64 / dims as f64))
             .collect();
-        let inv = rlhf_core::host::tensor_from_f32(inv_freq, [1, 1, half], &positions.device());
+        let f32s = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect();
+        let frequencies = match &config.rope_scaling {
+            RopeScaling::Default => Frequencies::Fixed(f32s(default)),
+            RopeScaling::Linear { factor } => {
+                Frequencies::Fixed(f32s(default.iter().map(|f| f / factor).collect()))
+            }
+            RopeScaling::Dynamic { factor } => Frequencies::Dynamic {
+                theta,
+                factor: *factor,
+                max_positions: config.max_position_embeddings,
+            },
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => {
+                let old = *original_max_position_embeddings as f64;
+                let (low_wavelen, high_wavelen) = (old / low_freq_factor, old / high_freq_factor);
+                Frequencies::Fixed(f32s(
+                    default
+                        .iter()
+                        .map(|&f| {
+                            let wavelen = 2.0 * std::f64::consts::PI / f;
+                            if wavelen < high_wavelen {
+                                f
+                            } else if wavelen > low_wavelen {
+                                f / factor
+                            } else {
+                                let smooth = (old / wavelen - low_freq_factor)
+                                    / (high_freq_factor - low_freq_factor);
+                                (1.0 - smooth) * f / factor + smooth * f
+                            }
+                        })
+                        .collect(),
+                ))
+            }
+            RopeScaling::Longrope {
+                short_factor,
+                long_factor,
+                original_max_position_embeddings,
+                attention_factor,
+            } => {
+                let scaled = |factors: &[f64]| {
+                    f32s(default.iter().zip(factors).map(|(f, s)| f / s).collect())
+                };
+                Frequencies::LongRope {
+                    short: scaled(short_factor),
+                    long: scaled(long_factor),
+                    original_max: *original_max_position_embeddings,
+                    scale: *attention_factor as f32,
+                }
+            }
+        };
+        Rotary { dims, frequencies }
+    }
+
+    /// Which LongRoPE factors a sequence whose longest row has `longest` real tokens uses
+    /// (`true`: the long ones); `None` without LongRoPE. A [`crate::KvCache`] built under the
+    /// other factors is re-encoded, as `transformers`' Phi-3 does in generation.
+    pub(crate) fn long_factors(&self, longest: usize) -> Option<bool> {
+        match &self.frequencies {
+            Frequencies::LongRope { original_max, .. } => Some(longest > *original_max),
+            _ => None,
+        }
+    }
+
+    /// The tables of `positions` `[batch, new]` in a sequence whose longest row has `longest`
+    /// real tokens (`transformers`' `max(position_ids) + 1`).
+    fn tables(&self, positions: Tensor<2>, longest: usize) -> Tables {
+        let half = self.dims / 2;
+        let (inv, scale) = match &self.frequencies {
+            Frequencies::Fixed(inv) => (inv.clone(), 1.0),
+            Frequencies::Dynamic {
+                theta,
+                factor,
+                max_positions,
+            } => {
+                // base = θ·(factor·L/max − (factor − 1))^(d/(d−2)), L at least max
+                let d = self.dims as f64;
+                let length = longest.max(*max_positions) as f64;
+                let base = theta
+                    * (factor * length / *max_positions as f64 - (factor - 1.0))
+                        .powf(d / (d - 2.0));
+                let inv = (0..half)
+                    .map(|i| (1.0 / base.powf((2 * i) as f64 / d)) as f32)
+                    .collect();
+                (inv, 1.0)
+            }
+            Frequencies::LongRope {
+                short,
+                long,
+                original_max,
+                scale,
+            } => {
+                let inv = if longest > *original_max { long } else { short };
+                (inv.clone(), *scale)
+            }
+        };
+        let [batch, seq] = positions.dims();
+        let inv = rlhf_core::host::tensor_from_f32(inv, [1, 1, half], &positions.device());
         let freqs = positions.reshape([batch, seq, 1]).mul(inv); // [b, t, half]
         let emb = Tensor::cat(vec![freqs.clone(), freqs], 2).reshape([batch, 1, seq, self.dims]);
-        (emb.clone().cos(), emb.sin())
+        if scale == 1.0 {
+            (emb.clone().cos(), emb.sin())
+        } else {
+            (
+                emb.clone().cos().mul_scalar(scale),
+                emb.sin().mul_scalar(scale),
+            )
+        }
     }
 
     /// Applies the rotation to `x` `[batch, heads, seq, head_dim]`.
-    pub(crate) fn apply(&self, x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
+    pub(crate) fn apply(&self, x: Tensor<4>, (cos, sin): &Tables) -> Tensor<4> {
         if self.dims == 0 {
             return x;
         }
@@ -86,16 +231,41 @@ impl Rotary {
             Tensor::cat(vec![rot, x.narrow(3, self.dims, hd - self.dims)], 3).reshape([b, h, t, hd])
         }
     }
+
+    /// Rotates the new queries and keys with the tables of `ctx` and extends `cache` (which
+    /// holds rotated keys): returns the queries and every key and value so far.
+    pub(crate) fn rotate_and_cache(
+        &self,
+        q: Tensor<4>,
+        k: Tensor<4>,
+        v: Tensor<4>,
+        ctx: &Context,
+        cache: Option<&mut LayerCache>,
+    ) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+        let (q, k) = match &ctx.rope {
+            Some(tables) => (self.apply(q, tables), self.apply(k, tables)),
+            None => (q, k),
+        };
+        let (k, v) = match cache {
+            Some(c) => c.append(k, v),
+            None => (k, v),
+        };
+        (q, k, v)
+    }
 }
 
 /// The boolean attention mask `[batch, heads, new, past + new]`, `true` where attention is
-/// *blocked*: future keys (causal), padded keys, except that every position may attend to itself
-/// (so a pad query's softmax is over one finite score instead of none).
+/// *blocked*: future keys (causal), padded keys, keys `window` or more positions before the query
+/// (a sliding window: `transformers` keeps keys with `kv_idx > q_idx − sliding_window`; positions
+/// are counted among the row's real tokens, which for left- or right-padded rows is the same),
+/// except that every position may attend to itself (so a pad query's softmax is over one finite
+/// score instead of none).
 pub fn attention_mask_4d(
     attention_mask: Tensor<2>,
     past: usize,
     new: usize,
     heads: usize,
+    window: Option<usize>,
     device: &Device,
 ) -> Tensor<4, Bool> {
     let [b, total] = attention_mask.dims();
@@ -108,17 +278,28 @@ pub fn attention_mask_4d(
     let future = k.clone().greater(q.clone()); // [new, total]
     let is_self = k.equal(q);
     let padded_key = attention_mask
+        .clone()
         .lower_elem(0.5)
         .reshape([b, 1, total])
         .expand([b, new, total]);
-    let blocked = padded_key
-        .bool_or(future.reshape([1, new, total]).expand([b, new, total]))
-        .bool_and(
-            is_self
-                .reshape([1, new, total])
-                .expand([b, new, total])
-                .bool_not(),
-        );
+    let mut blocked = padded_key.bool_or(future.reshape([1, new, total]).expand([b, new, total]));
+    if let Some(window) = window {
+        let all = positions_from_mask(attention_mask);
+        let query_pos = all
+            .clone()
+            .narrow(1, past, new)
+            .reshape([b, new, 1])
+            .expand([b, new, total]);
+        let key_pos = all.reshape([b, 1, total]).expand([b, new, total]);
+        let too_old = query_pos.sub(key_pos).greater_equal_elem(window as f64);
+        blocked = blocked.bool_or(too_old);
+    }
+    let blocked = blocked.bool_and(
+        is_self
+            .reshape([1, new, total])
+            .expand([b, new, total])
+            .bool_not(),
+    );
     blocked
         .reshape([b, 1, new, total])
         .expand([b, heads, new, total])

@@ -1,6 +1,6 @@
 //! The key/value cache for incremental decoding.
 
-use burn::tensor::Tensor;
+use burn::tensor::{Int, Tensor};
 
 /// Keys and values of one layer, `[batch, heads, past, head_dim]` each.
 #[derive(Debug, Clone, Default)]
@@ -30,10 +30,14 @@ impl LayerCache {
     }
 }
 
-/// One [`LayerCache`] per layer.
+/// One [`LayerCache`] per layer. Under LongRoPE (Phi-3) it also keeps the token ids it has seen
+/// and which factors its keys were computed with, so that it can be rebuilt when the sequence
+/// crosses the switch (see [`crate::CausalLm::hidden`]).
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
     layers: Vec<LayerCache>,
+    pub(crate) ids: Option<Tensor<2, Int>>,
+    pub(crate) long_factors: Option<bool>,
 }
 
 impl KvCache {
@@ -54,6 +58,11 @@ impl KvCache {
             }
             None => (0..n).map(|_| None).collect(),
         }
+    }
+
+    /// Drops every key, value and id held.
+    pub(crate) fn clear(&mut self) {
+        *self = Self::default();
     }
 
     /// Positions held (0 when empty).

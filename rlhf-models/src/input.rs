@@ -21,6 +21,7 @@ pub const MASKED_ID: u32 = 0;
 pub struct TokenInput {
     ids: Tensor<2, Int>,
     attention: Tensor<2>,
+    longest: usize,
 }
 
 impl TokenInput {
@@ -74,9 +75,15 @@ impl TokenInput {
             }
         }
         let mask: Vec<f32> = attention.iter().map(|&m| f32::from(m != 0)).collect();
+        let longest = attention
+            .chunks(total)
+            .map(|row| row.iter().filter(|&&m| m != 0).count())
+            .max()
+            .unwrap_or(0);
         Ok(TokenInput {
             ids: Tensor::from_data(TensorData::new(model_ids, [batch, new]), device),
             attention: Tensor::from_data(TensorData::new(mask, [batch, total]), device),
+            longest,
         })
     }
 
@@ -88,6 +95,12 @@ impl TokenInput {
     /// The attention mask `[batch, past + new]` (1 at real tokens).
     pub fn attention(&self) -> Tensor<2> {
         self.attention.clone()
+    }
+
+    /// Real tokens of the longest row, counting the past ones: one more than the largest
+    /// position id.
+    pub fn longest(&self) -> usize {
+        self.longest
     }
 
     /// `[batch, new]`.
@@ -135,6 +148,7 @@ mod tests {
         // two rows, three past positions, one new token each; row 1's new token is masked
         let input = TokenInput::new(&[4, 99], &[1, 1, 1, 1, 0, 1, 1, 0], 2, 10, &d).unwrap();
         assert_eq!(input.dims(), [2, 1]);
+        assert_eq!(input.longest(), 4);
         assert_eq!(host(&input), vec![4, 0]);
         assert!(TokenInput::new(&[4, 5, 6], &[1, 1], 1, 10, &d).is_err());
         assert!(TokenInput::new(&[], &[], 0, 10, &d).is_err());

@@ -5,12 +5,15 @@
 //!
 //! It holds:
 //! - the architecture configuration ([`TransformerConfig`], with the field names of Hugging Face
-//!   `config.json`), size presets (tiny CPU models of both families, the Pythia suite, a few
-//!   real Llama/Qwen2 shapes) and parameter counts (`N` = non-embedding parameters);
-//! - [`GptNeox`] (Pythia) and [`Llama`] (Llama and Qwen2: RMSNorm, SwiGLU, grouped-query
-//!   attention, optional QKV bias, tied or untied embeddings), written module for module against
-//!   `transformers`, behind one [`CausalLm`]; left padding done right (positions from the
-//!   attention mask, padded keys never attended to) and a [`KvCache`];
+//!   `config.json`), size presets (tiny CPU models, the Pythia suite, real shapes of every
+//!   family) and parameter counts (`N` = non-embedding parameters);
+//! - [`GptNeox`] (Pythia; parallel or sequential residual), [`Llama`] (Llama, Qwen2, Qwen3,
+//!   Mistral, Phi-3: RMSNorm, SwiGLU, grouped-query attention, Qwen2's QKV bias, Qwen3's per-head
+//!   query/key norms, Phi-3's fused projections, sliding windows, `linear`/`dynamic`/`llama3`/
+//!   `longrope` RoPE scaling, tied or untied embeddings) and [`Gpt2`] (learned positions,
+//!   `Conv1D`), written module for module against `transformers`, behind one [`CausalLm`]; left
+//!   padding done right (positions from the attention mask, padded keys never attended to) and a
+//!   [`KvCache`];
 //! - [`ScalarModel`]: a backbone with a scalar head, read per token (critic) or at the last real
 //!   token (reward model);
 //! - Hugging Face import and export ([`load_pretrained`], [`save_pretrained`]): `config.json` and
@@ -33,6 +36,7 @@ pub mod attention;
 pub mod cache;
 pub mod config;
 pub mod generate;
+pub mod gpt2;
 pub mod hf;
 pub mod input;
 pub mod llama;
@@ -42,8 +46,9 @@ pub mod sequence_kl;
 pub mod sft;
 
 pub use cache::KvCache;
-pub use config::{Architecture, PRESETS, TransformerConfig};
+pub use config::{Architecture, PRESETS, RopeScaling, TransformerConfig};
 pub use generate::{Generation, SamplingConfig, generate, sample_texts};
+pub use gpt2::Gpt2;
 pub use hf::{
     config_from_json, config_to_json, load_pretrained, load_scalar_pretrained, save_pretrained,
     save_scalar_pretrained,

@@ -1,11 +1,22 @@
-//! Llama and Qwen2, module for module against Hugging Face `transformers`' `modeling_llama.py`
-//! and `modeling_qwen2.py`: `embed_tokens` → layers (`input_layernorm` (RMSNorm), `self_attn`
-//! (`q_proj`, `k_proj`, `v_proj`, `o_proj`, grouped-query attention, rotary on the whole head with
-//! `rope_theta`), `post_attention_layernorm`, `mlp` (`down_proj(silu(gate_proj(x)) · up_proj(x))`),
-//! sequential residual) → `norm` → `lm_head` (or the embedding, when tied).
+//! Llama, Qwen2, Qwen3, Mistral and Phi-3, module for module against Hugging Face
+//! `transformers`' `modeling_llama.py`, `modeling_qwen2.py`, `modeling_qwen3.py`,
+//! `modeling_mistral.py` and `modeling_phi3.py`: `embed_tokens` → layers (`input_layernorm`
+//! (RMSNorm), `self_attn` (`q_proj`, `k_proj`, `v_proj`, `o_proj`, grouped-query attention,
+//! rotary with `rope_theta` and the config's scaling), `post_attention_layernorm`, `mlp`
+//! (`down_proj(silu(gate_proj(x)) · up_proj(x))`), sequential residual) → `norm` → `lm_head`
+//! (or the embedding, when tied).
 //!
-//! Qwen2 is Llama with a bias on the Q, K and V projections (`attention_bias`). Left padding works
-//! as in [`crate::GptNeox`]: positions from the attention mask, padded keys never attended to.
+//! What sets the others apart from Llama, each an option of the same modules:
+//!
+//! | family  | difference                                                                  |
+//! |---------|-----------------------------------------------------------------------------|
+//! | Qwen2   | a bias on `q_proj`, `k_proj`, `v_proj` (`attention_bias`)                   |
+//! | Qwen3   | `q_norm`, `k_norm`: RMSNorm over each head of the queries and keys, before the rotary; `head_dim` of its own |
+//! | Mistral | `sliding_window` in the attention mask; `head_dim` of its own               |
+//! | Phi-3   | fused `qkv_proj` (`[q | k | v]`) and `gate_up_proj` (`[gate | up]`), partial rotary, `longrope`, `sliding_window` |
+//!
+//! Left padding works as in [`crate::GptNeox`]: positions from the attention mask, padded keys
+//! never attended to.
 
 use burn::module::Module;
 use burn::nn::{
@@ -17,61 +28,111 @@ use burn::tensor::{Device, Int, Tensor, activation};
 use crate::attention::{Context, Rotary, attend, repeat_kv};
 use crate::cache::{KvCache, LayerCache};
 use crate::config::{Architecture, TransformerConfig};
+use crate::lm::tied_head;
 use rlhf_core::{Error, Result};
 
-/// Grouped-query self-attention: `heads` query heads share `kv_heads` key/value heads.
+/// Grouped-query self-attention: `heads` query heads share `kv_heads` key/value heads. Either
+/// `q_proj`, `k_proj` and `v_proj` are there, or Phi-3's `qkv_proj`.
 #[derive(Module, Debug)]
 pub struct LlamaAttention {
     /// `[d, heads·hd]` (bias in Qwen2).
-    pub q_proj: Linear,
+    pub q_proj: Option<Linear>,
     /// `[d, kv_heads·hd]` (bias in Qwen2).
-    pub k_proj: Linear,
+    pub k_proj: Option<Linear>,
     /// `[d, kv_heads·hd]` (bias in Qwen2).
-    pub v_proj: Linear,
+    pub v_proj: Option<Linear>,
+    /// Phi-3: `[d, (heads + 2·kv_heads)·hd]`, the queries, keys and values side by side.
+    pub qkv_proj: Option<Linear>,
     /// `[heads·hd, d]`.
     pub o_proj: Linear,
+    /// Qwen3: RMSNorm `[hd]` of each query head.
+    pub q_norm: Option<RmsNorm>,
+    /// Qwen3: RMSNorm `[hd]` of each key head.
+    pub k_norm: Option<RmsNorm>,
     pub(crate) heads: usize,
     kv_heads: usize,
     head_dim: usize,
-    rotary: Rotary,
+    pub(crate) rotary: Rotary,
 }
 
 impl LlamaAttention {
     fn forward(&self, x: Tensor<3>, ctx: &Context, cache: Option<&mut LayerCache>) -> Tensor<3> {
         let [b, t, _] = x.dims();
         let (h, kvh, hd) = (self.heads, self.kv_heads, self.head_dim);
-        let split = |y: Tensor<3>, n: usize| y.reshape([b, t, n, hd]).swap_dims(1, 2);
-        let q = split(self.q_proj.forward(x.clone()), h);
-        let k = split(self.k_proj.forward(x.clone()), kvh);
-        let v = split(self.v_proj.forward(x), kvh);
-        let q = self.rotary.apply(q, &ctx.cos, &ctx.sin);
-        let k = self.rotary.apply(k, &ctx.cos, &ctx.sin);
-        // The cache holds the kv_heads keys and values; they are repeated only for the product.
-        let (k, v) = match cache {
-            Some(c) => c.append(k, v),
-            None => (k, v),
+        let (q, k, v) = match &self.qkv_proj {
+            Some(fused) => {
+                let qkv = fused.forward(x);
+                (
+                    qkv.clone().narrow(2, 0, h * hd),
+                    qkv.clone().narrow(2, h * hd, kvh * hd),
+                    qkv.narrow(2, (h + kvh) * hd, kvh * hd),
+                )
+            }
+            None => {
+                let proj = |p: &Option<Linear>, x: Tensor<3>| {
+                    p.as_ref()
+                        .expect("init builds q_proj, k_proj and v_proj unless qkv_proj")
+                        .forward(x)
+                };
+                (
+                    proj(&self.q_proj, x.clone()),
+                    proj(&self.k_proj, x.clone()),
+                    proj(&self.v_proj, x),
+                )
+            }
         };
+        // [b, t, n·hd] → [b, t, n, hd], Qwen3's per-head norm, → [b, n, t, hd]
+        let heads = |y: Tensor<3>, n: usize, norm: &Option<RmsNorm>| {
+            let y = y.reshape([b, t, n, hd]);
+            match norm {
+                Some(norm) => norm.forward(y),
+                None => y,
+            }
+            .swap_dims(1, 2)
+        };
+        let q = heads(q, h, &self.q_norm);
+        let k = heads(k, kvh, &self.k_norm);
+        let v = heads(v, kvh, &None);
+        // The cache holds the kv_heads keys and values; they are repeated only for the product.
+        let (q, k, v) = self.rotary.rotate_and_cache(q, k, v, ctx, cache);
         let out = attend(q, repeat_kv(k, h / kvh), repeat_kv(v, h / kvh), ctx);
         self.o_proj
             .forward(out.swap_dims(1, 2).reshape([b, t, h * hd]))
     }
 }
 
-/// The SwiGLU feed-forward block: `down_proj(silu(gate_proj(x)) · up_proj(x))`.
+/// The SwiGLU feed-forward block: `down_proj(silu(gate_proj(x)) · up_proj(x))`. Either
+/// `gate_proj` and `up_proj` are there, or Phi-3's `gate_up_proj`.
 #[derive(Module, Debug)]
 pub struct LlamaMlp {
     /// `[d, f]`.
-    pub gate_proj: Linear,
+    pub gate_proj: Option<Linear>,
     /// `[d, f]`.
-    pub up_proj: Linear,
+    pub up_proj: Option<Linear>,
+    /// Phi-3: `[d, 2f]`, the gate then the up projection.
+    pub gate_up_proj: Option<Linear>,
     /// `[f, d]`.
     pub down_proj: Linear,
 }
 
 impl LlamaMlp {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let gate = activation::silu(self.gate_proj.forward(x.clone()));
-        self.down_proj.forward(gate.mul(self.up_proj.forward(x)))
+        let (gate, up) = match &self.gate_up_proj {
+            Some(fused) => {
+                let y = fused.forward(x);
+                let f = y.dims()[2] / 2;
+                (y.clone().narrow(2, 0, f), y.narrow(2, f, f))
+            }
+            None => {
+                let proj = |p: &Option<Linear>, x: Tensor<3>| {
+                    p.as_ref()
+                        .expect("init builds gate_proj and up_proj unless gate_up_proj")
+                        .forward(x)
+                };
+                (proj(&self.gate_proj, x.clone()), proj(&self.up_proj, x))
+            }
+        };
+        self.down_proj.forward(activation::silu(gate).mul(up))
     }
 }
 
@@ -103,7 +164,7 @@ impl LlamaLayer {
     }
 }
 
-/// A Llama / Qwen2 causal language model.
+/// A Llama, Qwen2, Qwen3, Mistral or Phi-3 causal language model.
 #[derive(Module, Debug)]
 pub struct Llama {
     /// Token embedding `[vocab, d]`.
@@ -117,46 +178,58 @@ pub struct Llama {
     /// Whether the logits are `hidden · embed_tokensᵀ` (tied embeddings). `false` with no
     /// `lm_head` is the headless backbone of a [`crate::ScalarModel`].
     pub tied: bool,
+    /// Mistral's and Phi-3's sliding window of attention.
+    #[module(skip)]
+    pub(crate) sliding_window: Option<usize>,
 }
 
 impl Llama {
-    /// A randomly initialised model of `config`'s shape (`architecture` must be `llama`).
+    /// A randomly initialised model of `config`'s shape (`architecture` one of `llama`, `qwen2`,
+    /// `qwen3`, `mistral`, `phi3`).
     pub fn init(config: &TransformerConfig, device: &Device) -> Result<Self> {
         config.validate()?;
-        if config.architecture != Architecture::Llama {
-            return Err(Error::Config("Llama::init needs architecture llama".into()));
+        let arch = config.architecture;
+        if !arch.is_llama_like() {
+            return Err(Error::Config(format!(
+                "Llama::init builds llama, qwen2, qwen3, mistral or phi3, not {}",
+                arch.model_type()
+            )));
         }
+        let fused = arch == Architecture::Phi3;
         let d = config.hidden_size;
         let hd = config.head_dim();
         let (h, kvh) = (config.num_attention_heads, config.num_key_value_heads);
         let f = config.intermediate_size;
-        let norm = || {
-            RmsNormConfig::new(d)
+        let norm = |width: usize| {
+            RmsNormConfig::new(width)
                 .with_epsilon(config.norm_eps)
                 .init(device)
         };
         let linear =
             |i: usize, o: usize, bias: bool| LinearConfig::new(i, o).with_bias(bias).init(device);
+        let separate = |o: usize| (!fused).then(|| linear(d, o, config.attention_bias));
+        let qk_norm = || (arch == Architecture::Qwen3).then(|| norm(hd));
         let layers = (0..config.num_hidden_layers)
             .map(|_| LlamaLayer {
-                input_layernorm: norm(),
+                input_layernorm: norm(d),
                 self_attn: LlamaAttention {
-                    q_proj: linear(d, h * hd, config.attention_bias),
-                    k_proj: linear(d, kvh * hd, config.attention_bias),
-                    v_proj: linear(d, kvh * hd, config.attention_bias),
+                    q_proj: separate(h * hd),
+                    k_proj: separate(kvh * hd),
+                    v_proj: separate(kvh * hd),
+                    qkv_proj: fused.then(|| linear(d, (h + 2 * kvh) * hd, false)),
                     o_proj: linear(h * hd, d, false),
+                    q_norm: qk_norm(),
+                    k_norm: qk_norm(),
                     heads: h,
                     kv_heads: kvh,
                     head_dim: hd,
-                    rotary: Rotary {
-                        dims: config.rotary_dims(),
-                        theta: config.rope_theta,
-                    },
+                    rotary: Rotary::new(config),
                 },
-                post_attention_layernorm: norm(),
+                post_attention_layernorm: norm(d),
                 mlp: LlamaMlp {
-                    gate_proj: linear(d, f, false),
-                    up_proj: linear(d, f, false),
+                    gate_proj: (!fused).then(|| linear(d, f, false)),
+                    up_proj: (!fused).then(|| linear(d, f, false)),
+                    gate_up_proj: fused.then(|| linear(d, 2 * f, false)),
                     down_proj: linear(f, d, false),
                 },
                 dropout: DropoutConfig::new(config.dropout).init(),
@@ -165,9 +238,10 @@ impl Llama {
         Ok(Llama {
             embed_tokens: EmbeddingConfig::new(config.vocab_size, d).init(device),
             layers,
-            norm: norm(),
+            norm: norm(d),
             lm_head: (!config.tie_word_embeddings).then(|| linear(d, config.vocab_size, false)),
             tied: config.tie_word_embeddings,
+            sliding_window: config.sliding_window,
         })
     }
 
@@ -177,11 +251,19 @@ impl Llama {
         &self,
         input_ids: Tensor<2, Int>,
         attention_mask: Tensor<2>,
+        longest: usize,
         cache: Option<&mut KvCache>,
     ) -> Tensor<3> {
         let [_, new] = input_ids.dims();
         let first = &self.layers[0].self_attn;
-        let ctx = Context::new(attention_mask, new, first.heads, &first.rotary);
+        let ctx = Context::new(
+            attention_mask,
+            new,
+            first.heads,
+            Some(&first.rotary),
+            self.sliding_window,
+            longest,
+        );
         let mut x = self.embed_tokens.forward(input_ids);
         for (layer, slot) in self
             .layers
@@ -202,13 +284,7 @@ impl Llama {
             Some(head) => head.forward(hidden),
             None => {
                 assert!(self.tied, "the backbone of a scalar model has no LM head");
-                let [b, t, d] = hidden.dims();
-                let table = self.embed_tokens.weight.val(); // [vocab, d]
-                let vocab = table.dims()[0];
-                hidden
-                    .reshape([b * t, d])
-                    .matmul(table.transpose())
-                    .reshape([b, t, vocab])
+                tied_head(hidden, self.embed_tokens.weight.val())
             }
         }
     }

@@ -1,5 +1,5 @@
-//! [`CausalLm`]: one type for either architecture, and [`ScalarModel`]: a backbone with a scalar
-//! head (the value model and the reward model).
+//! [`CausalLm`]: one type for every family, and [`ScalarModel`]: a backbone with a scalar head
+//! (the value model and the reward model).
 
 use burn::module::Module;
 use burn::nn::{Initializer, Linear, LinearConfig};
@@ -7,20 +7,23 @@ use burn::tensor::{Device, Int, Tensor};
 
 use crate::cache::KvCache;
 use crate::config::{Architecture, TransformerConfig};
+use crate::gpt2::Gpt2;
 use crate::input::TokenInput;
 use crate::llama::Llama;
 use crate::neox::GptNeox;
-use rlhf_core::Result;
 use rlhf_core::train::memory::TransformerShape;
+use rlhf_core::{Error, Result};
 
-/// A causal language model of either family. The variant names do not appear in parameter paths
+/// A causal language model of any family. The variant names do not appear in parameter paths
 /// (Hugging Face names are the field names inside each variant).
 #[derive(Module, Debug)]
 pub enum CausalLm {
     /// GPT-NeoX / Pythia.
     GptNeox(GptNeox),
-    /// Llama / Qwen2.
+    /// Llama, Qwen2, Qwen3, Mistral, Phi-3.
     Llama(Llama),
+    /// GPT-2.
+    Gpt2(Gpt2),
 }
 
 impl CausalLm {
@@ -28,17 +31,92 @@ impl CausalLm {
     pub fn init(config: &TransformerConfig, device: &Device) -> Result<Self> {
         Ok(match config.architecture {
             Architecture::GptNeox => CausalLm::GptNeox(GptNeox::init(config, device)?),
-            Architecture::Llama => CausalLm::Llama(Llama::init(config, device)?),
+            Architecture::Gpt2 => CausalLm::Gpt2(Gpt2::init(config, device)?),
+            Architecture::Llama
+            | Architecture::Qwen2
+            | Architecture::Qwen3
+            | Architecture::Mistral
+            | Architecture::Phi3 => CausalLm::Llama(Llama::init(config, device)?),
         })
     }
 
     /// Hidden states after the final norm, `[batch, new, d]`, of `input` (the tokens to process:
     /// all of them, or only the new ones when `cache` holds the earlier ones; its mask covers
     /// every position so far). `cache`: keys and values of the past positions, extended in place.
+    ///
+    /// Under LongRoPE (Phi-3), a cache built with the other factors than the sequence now needs
+    /// is rebuilt from the tokens it saw (as `transformers`' Phi-3 re-encodes the sequence when
+    /// generation crosses the switch), so the result is always a full forward pass's.
+    ///
+    /// # Panics
+    /// When a row is longer than a model with learned positions (GPT-2) has positions; the
+    /// model's [`Self::input`] refuses such rows with an error.
     pub fn hidden(&self, input: &TokenInput, cache: Option<&mut KvCache>) -> Tensor<3> {
+        if let Err(e) = self.check_positions(input.longest()) {
+            panic!("{e}");
+        }
+        let longest = input.longest();
+        let (cache, long) = match (cache, self.long_factors(longest)) {
+            (Some(cache), Some(long)) => (cache, long),
+            (cache, _) => return self.run(input.ids(), input.attention(), longest, cache),
+        };
+        let seen = match cache.ids.take() {
+            Some(ids) => Tensor::cat(vec![ids, input.ids()], 1),
+            None => input.ids(),
+        };
+        let [_, new] = input.dims();
+        let hidden = if cache.long_factors.is_some_and(|l| l != long) {
+            // re-encode every token seen under the factors the sequence needs now
+            cache.clear();
+            let [_, total] = seen.dims();
+            self.run(seen.clone(), input.attention(), longest, Some(cache))
+                .narrow(1, total - new, new)
+        } else {
+            self.run(input.ids(), input.attention(), longest, Some(cache))
+        };
+        cache.ids = Some(seen);
+        cache.long_factors = Some(long);
+        hidden
+    }
+
+    fn run(
+        &self,
+        ids: Tensor<2, Int>,
+        attention: Tensor<2>,
+        longest: usize,
+        cache: Option<&mut KvCache>,
+    ) -> Tensor<3> {
         match self {
-            CausalLm::GptNeox(m) => m.hidden(input.ids(), input.attention(), cache),
-            CausalLm::Llama(m) => m.hidden(input.ids(), input.attention(), cache),
+            CausalLm::GptNeox(m) => m.hidden(ids, attention, longest, cache),
+            CausalLm::Llama(m) => m.hidden(ids, attention, longest, cache),
+            CausalLm::Gpt2(m) => m.hidden(ids, attention, longest, cache),
+        }
+    }
+
+    /// Under LongRoPE, whether rows of `longest` tokens use the long factors; `None` otherwise.
+    fn long_factors(&self, longest: usize) -> Option<bool> {
+        match self {
+            CausalLm::Llama(m) => m.layers.first()?.self_attn.rotary.long_factors(longest),
+            _ => None,
+        }
+    }
+
+    /// The longest row a model with learned positions reads (GPT-2's `n_positions`); `None` for
+    /// rotary families.
+    pub fn max_positions(&self) -> Option<usize> {
+        match self {
+            CausalLm::Gpt2(m) => Some(m.max_positions()),
+            _ => None,
+        }
+    }
+
+    /// An error when rows of `longest` real tokens do not fit the position table.
+    pub fn check_positions(&self, longest: usize) -> Result<()> {
+        match self.max_positions() {
+            Some(max) if longest > max => Err(Error::Config(format!(
+                "a row of {longest} tokens is longer than the model's {max} learned positions"
+            ))),
+            _ => Ok(()),
         }
     }
 
@@ -47,6 +125,7 @@ impl CausalLm {
         match self {
             CausalLm::GptNeox(m) => m.lm_head(hidden),
             CausalLm::Llama(m) => m.lm_head(hidden),
+            CausalLm::Gpt2(m) => m.lm_head(hidden),
         }
     }
 
@@ -56,9 +135,12 @@ impl CausalLm {
     }
 
     /// The model input of `batch` rows of host ids and mask (see [`TokenInput::new`]: pads
-    /// become a valid id, a real id outside the vocabulary is an error), on the model's device.
+    /// become a valid id, a real id outside the vocabulary is an error), on the model's device. A
+    /// row longer than a model with learned positions has positions is an error too.
     pub fn input(&self, ids: &[u32], attention: &[u8], batch: usize) -> Result<TokenInput> {
-        TokenInput::new(ids, attention, batch, self.vocab_size(), &self.device())
+        let input = TokenInput::new(ids, attention, batch, self.vocab_size(), &self.device())?;
+        self.check_positions(input.longest())?;
+        Ok(input)
     }
 
     /// Rows of the input embedding.
@@ -66,6 +148,7 @@ impl CausalLm {
         match self {
             CausalLm::GptNeox(m) => m.embed_in.weight.dims()[0],
             CausalLm::Llama(m) => m.embed_tokens.weight.dims()[0],
+            CausalLm::Gpt2(m) => m.wte.weight.dims()[0],
         }
     }
 
@@ -74,6 +157,7 @@ impl CausalLm {
         match self {
             CausalLm::GptNeox(m) => m.embed_in.weight.dims()[1],
             CausalLm::Llama(m) => m.embed_tokens.weight.dims()[1],
+            CausalLm::Gpt2(m) => m.wte.weight.dims()[1],
         }
     }
 
@@ -89,6 +173,10 @@ impl CausalLm {
             CausalLm::Llama(mut m) => {
                 m.layers.iter_mut().for_each(|l| l.dropout = off());
                 CausalLm::Llama(m)
+            }
+            CausalLm::Gpt2(mut m) => {
+                m.h.iter_mut().for_each(|l| l.dropout = off());
+                CausalLm::Gpt2(m)
             }
         }
     }
@@ -106,6 +194,11 @@ impl CausalLm {
                 m.tied = false;
                 CausalLm::Llama(m)
             }
+            CausalLm::Gpt2(mut m) => {
+                m.lm_head = None;
+                m.tied = false;
+                CausalLm::Gpt2(m)
+            }
         }
     }
 
@@ -114,6 +207,7 @@ impl CausalLm {
         match self {
             CausalLm::GptNeox(m) => m.embed_out.is_some(),
             CausalLm::Llama(m) => m.lm_head.is_some() || m.tied,
+            CausalLm::Gpt2(m) => m.lm_head.is_some() || m.tied,
         }
     }
 
@@ -122,6 +216,7 @@ impl CausalLm {
         match self {
             CausalLm::GptNeox(m) => m.layers.first().map_or(0.0, |l| l.dropout.prob),
             CausalLm::Llama(m) => m.layers.first().map_or(0.0, |l| l.dropout.prob),
+            CausalLm::Gpt2(m) => m.h.first().map_or(0.0, |l| l.dropout.prob),
         }
     }
 
@@ -137,6 +232,7 @@ impl CausalLm {
                 m.layers.len(),
                 m.layers.first().map_or(1, |l| l.self_attn.heads),
             ),
+            CausalLm::Gpt2(m) => (m.h.len(), m.h.first().map_or(1, |l| l.attn.heads)),
         };
         let vocab = self.vocab_size();
         TransformerShape {
@@ -152,8 +248,19 @@ impl CausalLm {
         match self {
             CausalLm::GptNeox(m) => m.embed_in.weight.device(),
             CausalLm::Llama(m) => m.embed_tokens.weight.device(),
+            CausalLm::Gpt2(m) => m.wte.weight.device(),
         }
     }
+}
+
+/// `hidden · tableᵀ`: logits `[batch, seq, vocab]` through a tied embedding `table` `[vocab, d]`.
+pub(crate) fn tied_head(hidden: Tensor<3>, table: Tensor<2>) -> Tensor<3> {
+    let [b, t, d] = hidden.dims();
+    let vocab = table.dims()[0];
+    hidden
+        .reshape([b * t, d])
+        .matmul(table.transpose())
+        .reshape([b, t, vocab])
 }
 
 /// A backbone with a scalar head `d → 1` instead of the LM head: the critic (value per token)

@@ -1,8 +1,9 @@
 //! GPT-NeoX (Pythia), module for module against Hugging Face `transformers`'
 //! `modeling_gpt_neox.py`: `embed_in` → layers (`input_layernorm`, `attention`
 //! (`query_key_value`, `dense`, partial rotary), `post_attention_layernorm`, `mlp`
-//! (`dense_h_to_4h`, GELU, `dense_4h_to_h`), parallel residual) → `final_layer_norm` →
-//! `embed_out` (untied LM head).
+//! (`dense_h_to_4h`, GELU, `dense_4h_to_h`), residual) → `final_layer_norm` →
+//! `embed_out` (untied LM head). The residual is parallel (Pythia's `use_parallel_residual`) or
+//! sequential: `h = x + attn(ln₁(x)); h + mlp(ln₂(h))`.
 //!
 //! Left padding is handled the way the TL;DR reproduction needs: position ids come from the
 //! attention mask, and a padded key is never attended to by a real query. A pad query attends to
@@ -29,7 +30,7 @@ pub struct NeoxAttention {
     pub dense: Linear,
     pub(crate) heads: usize,
     head_dim: usize,
-    rotary: Rotary,
+    pub(crate) rotary: Rotary,
 }
 
 impl NeoxAttention {
@@ -41,17 +42,13 @@ impl NeoxAttention {
             .forward(x)
             .reshape([b, t, h, 3 * hd])
             .swap_dims(1, 2); // [b, h, t, 3hd]
-        let q = self
-            .rotary
-            .apply(qkv.clone().narrow(3, 0, hd), &ctx.cos, &ctx.sin);
-        let k = self
-            .rotary
-            .apply(qkv.clone().narrow(3, hd, hd), &ctx.cos, &ctx.sin);
-        let v = qkv.narrow(3, 2 * hd, hd);
-        let (k, v) = match cache {
-            Some(c) => c.append(k, v),
-            None => (k, v),
-        };
+        let (q, k, v) = self.rotary.rotate_and_cache(
+            qkv.clone().narrow(3, 0, hd),
+            qkv.clone().narrow(3, hd, hd),
+            qkv.narrow(3, 2 * hd, hd),
+            ctx,
+            cache,
+        );
         let out = attend(q, k, v, ctx); // [b, h, t, hd]
         self.dense.forward(out.swap_dims(1, 2).reshape([b, t, d]))
     }
@@ -66,7 +63,8 @@ pub struct NeoxMlp {
     pub dense_4h_to_h: Linear,
 }
 
-/// One GPT-NeoX layer with parallel residual: `x + attn(ln₁(x)) + mlp(ln₂(x))`.
+/// One GPT-NeoX layer: with parallel residual `x + attn(ln₁(x)) + mlp(ln₂(x))`, with sequential
+/// residual `h + mlp(ln₂(h))` where `h = x + attn(ln₁(x))`.
 #[derive(Module, Debug)]
 pub struct NeoxLayer {
     /// LayerNorm before attention.
@@ -79,6 +77,8 @@ pub struct NeoxLayer {
     pub mlp: NeoxMlp,
     /// `hidden_dropout` on both residual branches (off unless configured).
     pub(crate) dropout: Dropout,
+    /// `use_parallel_residual`.
+    pub(crate) parallel: bool,
 }
 
 impl NeoxLayer {
@@ -86,13 +86,22 @@ impl NeoxLayer {
         let attn = self
             .attention
             .forward(self.input_layernorm.forward(x.clone()), ctx, cache);
-        let hidden = self
-            .mlp
-            .dense_h_to_4h
-            .forward(self.post_attention_layernorm.forward(x.clone()));
-        let mlp = self.mlp.dense_4h_to_h.forward(activation::gelu(hidden));
-        x.add(self.dropout.forward(attn))
-            .add(self.dropout.forward(mlp))
+        let mlp = |input: Tensor<3>| {
+            let hidden = self
+                .mlp
+                .dense_h_to_4h
+                .forward(self.post_attention_layernorm.forward(input));
+            self.dropout
+                .forward(self.mlp.dense_4h_to_h.forward(activation::gelu(hidden)))
+        };
+        if self.parallel {
+            let mlp = mlp(x.clone());
+            x.add(self.dropout.forward(attn)).add(mlp)
+        } else {
+            let h = x.add(self.dropout.forward(attn));
+            let mlp = mlp(h.clone());
+            h.add(mlp)
+        }
     }
 }
 
@@ -133,16 +142,14 @@ impl GptNeox {
                     dense: LinearConfig::new(d, d).init(device),
                     heads: config.num_attention_heads,
                     head_dim: config.head_dim(),
-                    rotary: Rotary {
-                        dims: config.rotary_dims(),
-                        theta: config.rope_theta,
-                    },
+                    rotary: Rotary::new(config),
                 },
                 mlp: NeoxMlp {
                     dense_h_to_4h: LinearConfig::new(d, config.intermediate_size).init(device),
                     dense_4h_to_h: LinearConfig::new(config.intermediate_size, d).init(device),
                 },
                 dropout: DropoutConfig::new(config.dropout).init(),
+                parallel: config.use_parallel_residual,
             })
             .collect();
         Ok(GptNeox {
@@ -163,17 +170,26 @@ impl GptNeox {
     ///   ones when `cache` holds the earlier ones), every one a valid embedding row: callers go
     ///   through [`crate::TokenInput`] ([`crate::CausalLm::hidden`]).
     /// - `attention_mask`: `[batch, past + new]` of 0/1 over every position so far.
+    /// - `longest`: the real tokens of its longest row ([`crate::TokenInput::longest`]).
     /// - `cache`: the keys and values of the `past` positions; extended in place.
     pub(crate) fn hidden(
         &self,
         input_ids: Tensor<2, Int>,
         attention_mask: Tensor<2>,
+        longest: usize,
         cache: Option<&mut KvCache>,
     ) -> Tensor<3> {
         let [_, new] = input_ids.dims();
         // Every layer has the same head count and rotary; `init` refuses a model without layers.
         let first = &self.layers[0].attention;
-        let ctx = Context::new(attention_mask, new, first.heads, &first.rotary);
+        let ctx = Context::new(
+            attention_mask,
+            new,
+            first.heads,
+            Some(&first.rotary),
+            None,
+            longest,
+        );
         let mut x = self.embed_in.forward(input_ids);
         for (layer, slot) in self
             .layers

@@ -115,6 +115,7 @@ impl LmBatch {
             model.vocab_size(),
             device,
         )?;
+        model.check_positions(input.longest())?;
         let target: Vec<f32> = self.target.iter().map(|&x| f32::from(x)).collect();
         let target = Tensor::from_data(TensorData::new(target, [self.batch, self.seq]), device);
         Ok((input, target))

@@ -1,7 +1,9 @@
 //! Hugging Face parity: the committed fixtures (written once by `cargo xtask fixtures` with
 //! `transformers`) load, give `transformers`' logits on a left-padded batch within 1e-4 (the
 //! wgpu backend within 5e-4) and its greedy continuations exactly; an exported checkpoint
-//! re-imports to identical logits; a mismatched checkpoint is refused with the tensors named.
+//! re-imports to identical logits; decoding with the KV cache gives a full forward pass's logits
+//! and padding changes no real position in every family; a mismatched checkpoint is refused with
+//! the tensors named, an option that is not implemented with the option named.
 //! The device comes from `RLHF_DEVICE` (default `flex`).
 
 use std::path::{Path, PathBuf};
@@ -10,7 +12,10 @@ use burn::tensor::Device;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rlhf_core::host::to_f32_vec;
-use rlhf_models::{CausalLm, SamplingConfig, generate, load_pretrained, save_pretrained};
+use rlhf_models::{
+    Architecture, CausalLm, KvCache, RopeScaling, SamplingConfig, TransformerConfig, generate,
+    load_pretrained, save_pretrained,
+};
 use serde_json::Value;
 
 fn device() -> Device {
@@ -94,6 +99,18 @@ fn max_diff_real(a: &[f32], b: &[f32], mask: &[u8]) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// The fixtures of the families and options added after GPT-NeoX, Llama and Qwen2.
+const NEW_FAMILIES: [&str; 8] = [
+    "tiny-neox-sequential",
+    "tiny-llama3",
+    "tiny-llama-linear",
+    "tiny-llama-dynamic",
+    "tiny-qwen3",
+    "tiny-mistral",
+    "tiny-phi3",
+    "tiny-gpt2",
+];
+
 fn check_parity(name: &str) {
     let d = device();
     let (_, model) = load_pretrained(&fixture(name), &d).unwrap();
@@ -133,6 +150,97 @@ fn llama_with_grouped_query_attention_matches_transformers() {
 #[test]
 fn qwen2_with_qkv_bias_and_tied_embeddings_matches_transformers() {
     check_parity("tiny-qwen2");
+}
+
+#[test]
+fn gpt_neox_with_sequential_residual_matches_transformers() {
+    check_parity("tiny-neox-sequential");
+    let (config, _) = load_pretrained(&fixture("tiny-neox-sequential"), &device()).unwrap();
+    assert!(!config.use_parallel_residual);
+    assert_eq!((config.head_dim(), config.rotary_dims()), (9, 4));
+}
+
+/// Llama 3's scaling with one frequency kept, one interpolated and three divided by the factor.
+#[test]
+fn llama3_rope_scaling_matches_transformers() {
+    check_parity("tiny-llama3");
+    let (config, _) = load_pretrained(&fixture("tiny-llama3"), &device()).unwrap();
+    assert_eq!(
+        config.rope_scaling,
+        RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 64
+        }
+    );
+}
+
+/// Linear scaling, and dynamic NTK with a batch (10 positions) and a greedy continuation (up to
+/// 18) longer than max_position_embeddings (8), so the base grows at every step.
+#[test]
+fn linear_and_dynamic_rope_scaling_match_transformers() {
+    check_parity("tiny-llama-linear");
+    check_parity("tiny-llama-dynamic");
+    let (config, _) = load_pretrained(&fixture("tiny-llama-dynamic"), &device()).unwrap();
+    assert_eq!(config.rope_scaling, RopeScaling::Dynamic { factor: 2.0 });
+    assert!(parity("tiny-llama-dynamic").ids.len() / 3 > config.max_position_embeddings);
+}
+
+/// Per-head RMSNorm on queries and keys, 4 heads of 12 on a width of 32, tied embeddings.
+#[test]
+fn qwen3_with_query_key_norms_and_its_own_head_dim_matches_transformers() {
+    check_parity("tiny-qwen3");
+    let (config, _) = load_pretrained(&fixture("tiny-qwen3"), &device()).unwrap();
+    assert_eq!((config.head_dim, config.hidden_size), (Some(12), 32));
+    assert!(config.tie_word_embeddings);
+}
+
+/// A sliding window of 4 over a batch of 10 positions (and greedy continuations to 18), one KV
+/// head shared by 4 query heads of 6.
+#[test]
+fn mistral_with_a_sliding_window_shorter_than_the_batch_matches_transformers() {
+    check_parity("tiny-mistral");
+    let (config, _) = load_pretrained(&fixture("tiny-mistral"), &device()).unwrap();
+    assert_eq!(config.sliding_window, Some(4));
+    assert_eq!((config.num_key_value_heads, config.head_dim()), (1, 6));
+}
+
+/// Fused qkv_proj and gate_up_proj, rotary on 6 of 8 dimensions, LongRoPE whose switch from the
+/// short to the long factors (past 12 positions) the greedy continuation crosses, a window of 7.
+#[test]
+fn phi3_with_fused_projections_partial_rotary_and_longrope_matches_transformers() {
+    check_parity("tiny-phi3");
+    let (config, _) = load_pretrained(&fixture("tiny-phi3"), &device()).unwrap();
+    assert_eq!(config.rotary_dims(), 6);
+    assert_eq!(config.sliding_window, Some(7));
+    let RopeScaling::Longrope {
+        original_max_position_embeddings,
+        attention_factor,
+        ..
+    } = config.rope_scaling
+    else {
+        panic!("{:?}", config.rope_scaling)
+    };
+    assert_eq!(original_max_position_embeddings, 12);
+    // √(1 + ln(48/12)/ln(12)), transformers' default
+    assert!((attention_factor - (1.0 + 4f64.ln() / 12f64.ln()).sqrt()).abs() < 1e-12);
+}
+
+/// Learned positions (taken from the attention mask, as for the rotary families), Conv1D weights
+/// stored [in, out], a tied head, gelu_new, heads of 9.
+#[test]
+fn gpt2_with_learned_positions_and_conv1d_weights_matches_transformers() {
+    check_parity("tiny-gpt2");
+    let (config, model) = load_pretrained(&fixture("tiny-gpt2"), &device()).unwrap();
+    assert_eq!(config.architecture, Architecture::Gpt2);
+    assert_eq!(model.max_positions(), Some(32));
+    // a row longer than the 32 learned positions is refused before it reaches the table
+    let err = model.input(&[1; 33], &[1; 33], 1).unwrap_err().to_string();
+    assert!(err.contains("32 learned positions"), "{err}");
+    // pads take no position
+    let mask: Vec<u8> = [vec![0; 8], vec![1; 32]].concat();
+    assert!(model.input(&[1; 40], &mask, 1).is_ok());
 }
 
 /// The checkpoints the `rlhf` command ships with: Pythia's tokenizer conventions (no pad token,
@@ -180,7 +288,10 @@ fn export_then_import_gives_identical_logits() {
         "tiny-qwen2",
         "tiny-pythia",
         "tiny-qwen2-chat",
-    ] {
+    ]
+    .into_iter()
+    .chain(NEW_FAMILIES)
+    {
         let (config, model) = load_pretrained(&fixture(name), &d).unwrap();
         let dir = tempfile::tempdir().unwrap();
         save_pretrained(&model, &config, dir.path()).unwrap();
@@ -216,6 +327,521 @@ fn a_model_always_saves_to_the_same_bytes() {
     assert!(saved.windows(2).all(|w| w[0] == w[1]));
     let len = u64::from_le_bytes(saved[0][..8].try_into().unwrap());
     assert_eq!(len % 8, 0, "the header is padded to 8 bytes");
+}
+
+/// The parity batch (left-padded, 10 columns) followed by `transformers`' 8 greedy tokens:
+/// `(ids, mask, columns)`, row-major over 3 rows.
+fn extended_batch(name: &str) -> (Vec<u32>, Vec<u8>, usize) {
+    let p = parity(name);
+    let (cols, new) = (p.ids.len() / p.batch, p.greedy.len() / p.batch);
+    let mut ids = Vec::new();
+    let mut mask = Vec::new();
+    for r in 0..p.batch {
+        ids.extend_from_slice(&p.ids[r * cols..(r + 1) * cols]);
+        ids.extend_from_slice(&p.greedy[r * new..(r + 1) * new]);
+        mask.extend_from_slice(&p.mask[r * cols..(r + 1) * cols]);
+        mask.extend(std::iter::repeat_n(1, new));
+    }
+    (ids, mask, cols + new)
+}
+
+/// The first `keep` columns of each of `rows` rows of `cols` columns.
+fn columns<T: Copy>(v: &[T], rows: usize, cols: usize, keep: usize) -> Vec<T> {
+    (0..rows)
+        .flat_map(|r| v[r * cols..r * cols + keep].to_vec())
+        .collect()
+}
+
+/// The longest sequence on which a cached or a padded row of `config` must give what a full
+/// forward pass of it alone gives. Dynamic NTK's frequencies depend on the longest row of a
+/// forward pass once it exceeds max_position_embeddings, and transformers keeps cached keys at
+/// their old frequencies; so do we. Within max_position_embeddings they are the default ones.
+fn invariant_length(config: &TransformerConfig, cols: usize) -> usize {
+    match config.rope_scaling {
+        RopeScaling::Dynamic { .. } => cols.min(config.max_position_embeddings),
+        _ => cols,
+    }
+}
+
+/// Decoding with the KV cache (a prefix of 4 columns, then one column at a time) gives at every
+/// step the logits of a full forward pass of the sequence so far, in every new family: sliding
+/// windows over cached keys, Qwen3's norms, GPT-2's learned positions, and Phi-3's LongRoPE,
+/// whose 18 columns cross the switch to the long factors at 13 (the cache is re-encoded there).
+#[test]
+fn kv_cache_decoding_gives_the_full_forward_pass_in_every_new_family() {
+    let d = device();
+    for name in NEW_FAMILIES {
+        let (config, model) = load_pretrained(&fixture(name), &d).unwrap();
+        let (ids, mask, cols) = extended_batch(name);
+        let rows = 3;
+        let len = invariant_length(&config, cols);
+        let vocab = config.vocab_size;
+        let full = |t: usize| {
+            to_f32_vec(
+                model.forward(
+                    &model
+                        .input(
+                            &columns(&ids, rows, cols, t),
+                            &columns(&mask, rows, cols, t),
+                            rows,
+                        )
+                        .unwrap(),
+                    None,
+                ),
+            )
+        };
+        let mut cache = KvCache::new();
+        let prefix = 4;
+        let cached = to_f32_vec(
+            model.forward(
+                &model
+                    .input(
+                        &columns(&ids, rows, cols, prefix),
+                        &columns(&mask, rows, cols, prefix),
+                        rows,
+                    )
+                    .unwrap(),
+                Some(&mut cache),
+            ),
+        );
+        let m = columns(&mask, rows, cols, prefix);
+        let mut worst = max_diff_real(&cached, &full(prefix), &m);
+        for t in prefix..len {
+            let step: Vec<u32> = (0..rows).map(|r| ids[r * cols + t]).collect();
+            let cached = to_f32_vec(
+                model.forward(
+                    &model
+                        .input(&step, &columns(&mask, rows, cols, t + 1), rows)
+                        .unwrap(),
+                    Some(&mut cache),
+                ),
+            );
+            let reference = full(t + 1);
+            let last: Vec<f32> = (0..rows)
+                .flat_map(|r| {
+                    reference[(r * (t + 1) + t) * vocab..(r * (t + 1) + t + 1) * vocab].to_vec()
+                })
+                .collect();
+            let m: Vec<u8> = (0..rows).map(|r| mask[r * cols + t]).collect();
+            worst = worst.max(max_diff_real(&cached, &last, &m));
+        }
+        assert_eq!(cache.len(), len, "{name}");
+        assert!(worst < tolerance(), "{name}: cached vs full: {worst}");
+    }
+}
+
+/// In every new family, a row's logits are the same alone and in the left-padded batch, and with
+/// more pads (ids past the vocabulary) on either side.
+#[test]
+fn padding_changes_no_real_position_in_every_new_family() {
+    let d = device();
+    for name in NEW_FAMILIES {
+        let (config, model) = load_pretrained(&fixture(name), &d).unwrap();
+        let p = parity(name);
+        let (rows, cols) = (p.batch, p.ids.len() / p.batch);
+        let len = invariant_length(&config, cols);
+        let (ids, mask) = (
+            columns(&p.ids, rows, cols, len),
+            columns(&p.mask, rows, cols, len),
+        );
+        let vocab = config.vocab_size;
+        let batch = to_f32_vec(model.forward(&model.input(&ids, &mask, rows).unwrap(), None));
+        for r in 0..rows {
+            let real: Vec<u32> = (0..len)
+                .filter(|&c| mask[r * len + c] == 1)
+                .map(|c| ids[r * len + c])
+                .collect();
+            let n = real.len();
+            let alone =
+                to_f32_vec(model.forward(&model.input(&real, &vec![1; n], 1).unwrap(), None));
+            let in_batch = &batch[(r * len + len - n) * vocab..(r + 1) * len * vocab];
+            let diff = alone
+                .iter()
+                .zip(in_batch)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
+            assert!(
+                diff < tolerance(),
+                "{name} row {r}: alone vs batched {diff}"
+            );
+        }
+        // three more pads on the left and two on the right, with ids past the vocabulary
+        let (pad, wide) = (vocab as u32 + 5, len + 5);
+        let mut more_ids = Vec::new();
+        let mut more_mask = Vec::new();
+        for r in 0..rows {
+            more_ids.extend([pad; 3]);
+            more_ids.extend_from_slice(&ids[r * len..(r + 1) * len]);
+            more_ids.extend([pad; 2]);
+            more_mask.extend([0; 3]);
+            more_mask.extend_from_slice(&mask[r * len..(r + 1) * len]);
+            more_mask.extend([0; 2]);
+        }
+        let padded =
+            to_f32_vec(model.forward(&model.input(&more_ids, &more_mask, rows).unwrap(), None));
+        let inner: Vec<f32> = (0..rows)
+            .flat_map(|r| padded[(r * wide + 3) * vocab..(r * wide + 3 + len) * vocab].to_vec())
+            .collect();
+        let diff = max_diff_real(&inner, &batch, &mask);
+        assert!(diff < tolerance(), "{name}: more pads: {diff}");
+    }
+}
+
+/// The config of `name` with `edit` applied, written with the fixture's weights into a fresh
+/// directory; the error of loading it.
+fn load_error(name: &str, edit: impl Fn(&mut Value)) -> String {
+    let src = fixture(name);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        src.join("model.safetensors"),
+        dir.path().join("model.safetensors"),
+    )
+    .unwrap();
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    edit(&mut config);
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    match load_pretrained(dir.path(), &device()) {
+        Ok(_) => panic!("{name}: {config} loaded"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// A change to a `config.json`.
+type Edit = fn(&mut Value);
+
+/// Options of the new families that are not implemented are refused naming the option, never
+/// ignored.
+#[test]
+fn unimplemented_options_of_the_new_families_are_refused_by_name() {
+    let cases: [(&str, Edit, &str); 18] = [
+        (
+            "tiny-llama",
+            |c| {
+                c["rope_parameters"] = serde_json::json!({"rope_type": "yarn", "factor": 4.0,
+                    "original_max_position_embeddings": 16, "rope_theta": 10000.0})
+            },
+            "rope_parameters.rope_type",
+        ),
+        (
+            "tiny-llama",
+            |c| {
+                c["rope_scaling"] = serde_json::json!({"type": "longrope", "short_factor": [1.0],
+                    "long_factor": [1.0]})
+            },
+            "rope_scaling.rope_type",
+        ),
+        (
+            "tiny-phi3",
+            |c| {
+                c["rope_parameters"] =
+                    serde_json::json!({"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4})
+            },
+            "rope_parameters.rope_type",
+        ),
+        (
+            "tiny-neox",
+            |c| {
+                c["rope_parameters"]["rope_type"] = "dynamic".into();
+                c["rope_parameters"]["factor"] = 2.0.into();
+            },
+            "rope_parameters.rope_type",
+        ),
+        (
+            "tiny-llama",
+            |c| {
+                c["rope_parameters"] = serde_json::json!({
+                    "full_attention": {"rope_type": "default", "rope_theta": 1e4},
+                    "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}})
+            },
+            "rope_parameters",
+        ),
+        (
+            "tiny-llama",
+            |c| c["partial_rotary_factor"] = 0.5.into(),
+            "partial_rotary_factor",
+        ),
+        ("tiny-llama", |c| c["mlp_bias"] = true.into(), "mlp_bias"),
+        (
+            "tiny-qwen3",
+            |c| c["attention_bias"] = true.into(),
+            "attention_bias",
+        ),
+        (
+            "tiny-qwen3",
+            |c| c["use_sliding_window"] = true.into(),
+            "use_sliding_window",
+        ),
+        (
+            "tiny-qwen3",
+            |c| c["layer_types"] = serde_json::json!(["full_attention", "sliding_attention"]),
+            "layer_types",
+        ),
+        (
+            "tiny-mistral",
+            |c| c["hidden_act"] = "gelu".into(),
+            "hidden_act",
+        ),
+        ("tiny-phi3", |c| c["head_dim"] = 16.into(), "head_dim"),
+        (
+            "tiny-gpt2",
+            |c| c["scale_attn_by_inverse_layer_idx"] = true.into(),
+            "scale_attn_by_inverse_layer_idx",
+        ),
+        (
+            "tiny-gpt2",
+            |c| c["add_cross_attention"] = true.into(),
+            "add_cross_attention",
+        ),
+        (
+            "tiny-gpt2",
+            |c| c["activation_function"] = "relu".into(),
+            "activation_function",
+        ),
+        (
+            "tiny-gpt2",
+            |c| c["scale_attn_weights"] = false.into(),
+            "scale_attn_weights",
+        ),
+        (
+            "tiny-neox-sequential",
+            |c| c["tie_word_embeddings"] = true.into(),
+            "tied LM head",
+        ),
+        (
+            "tiny-llama",
+            |c| c["model_type"] = "gemma2".into(),
+            "`gemma2` is not supported",
+        ),
+    ];
+    for (name, edit, what) in cases {
+        let err = load_error(name, edit);
+        assert!(
+            err.contains("config.json") && err.contains(what),
+            "{name}, {what}: {err}"
+        );
+    }
+}
+
+/// Files from before transformers 5 put the scaling in `rope_scaling` (with `type`) and
+/// `rope_theta`, `partial_rotary_factor` and Phi-3's `original_max_position_embeddings` at the
+/// top level: they read as the same configuration and give the same logits.
+#[test]
+fn older_rope_scaling_files_read_like_rope_parameters() {
+    let d = device();
+    for (name, scaling) in [
+        (
+            "tiny-llama3",
+            serde_json::json!({"type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0, "original_max_position_embeddings": 64}),
+        ),
+        (
+            "tiny-llama-linear",
+            serde_json::json!({"type": "linear", "factor": 3.0}),
+        ),
+        (
+            "tiny-llama-dynamic",
+            serde_json::json!({"type": "dynamic", "factor": 2.0}),
+        ),
+        (
+            "tiny-phi3",
+            serde_json::json!({"type": "longrope", "short_factor": [1.0, 1.3, 2.1],
+                "long_factor": [1.5, 3.7, 9.0]}),
+        ),
+    ] {
+        let src = fixture(name);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            src.join("model.safetensors"),
+            dir.path().join("model.safetensors"),
+        )
+        .unwrap();
+        let mut config: Value =
+            serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap())
+                .unwrap();
+        let rope = config
+            .as_object_mut()
+            .unwrap()
+            .remove("rope_parameters")
+            .unwrap();
+        config["rope_theta"] = rope["rope_theta"].clone();
+        if let Some(partial) = rope.get("partial_rotary_factor") {
+            config["partial_rotary_factor"] = partial.clone();
+        }
+        config["rope_scaling"] = scaling;
+        std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+        let (old, old_model) = load_pretrained(dir.path(), &d).unwrap();
+        let (new, new_model) = load_pretrained(&fixture(name), &d).unwrap();
+        assert_eq!(old, new, "{name}");
+        let p = parity(name);
+        assert_eq!(logits(&old_model, &p), logits(&new_model, &p), "{name}");
+    }
+}
+
+/// `openai-community/gpt2`'s safetensors hold the bare model: names without `transformer.`, and
+/// each block's causal-mask buffer `h.N.attn.bias`. Such a file loads to the same model.
+#[test]
+fn a_gpt2_checkpoint_of_the_bare_model_with_its_mask_buffers_loads() {
+    let d = device();
+    let src = fixture("tiny-gpt2");
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let mut data = bytes[8 + n..].to_vec();
+    let mut bare = serde_json::Map::new();
+    for (key, value) in header.as_object().unwrap() {
+        bare.insert(
+            key.strip_prefix("transformer.").unwrap_or(key).to_string(),
+            value.clone(),
+        );
+    }
+    for layer in 0..2 {
+        // [1, 1, 32, 32] of f32 ones below the diagonal, as old checkpoints store it
+        let start = data.len();
+        for i in 0..32 {
+            for j in 0..32 {
+                data.extend_from_slice(&f32::from(u8::from(j <= i)).to_le_bytes());
+            }
+        }
+        bare.insert(
+            format!("h.{layer}.attn.bias"),
+            serde_json::json!({"dtype": "F32", "shape": [1, 1, 32, 32],
+                "data_offsets": [start, data.len()]}),
+        );
+    }
+    let header = serde_json::to_vec(&Value::Object(bare)).unwrap();
+    let mut file = (header.len() as u64).to_le_bytes().to_vec();
+    file.extend(header);
+    file.extend(data);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("model.safetensors"), file).unwrap();
+    std::fs::copy(src.join("config.json"), dir.path().join("config.json")).unwrap();
+    let (_, bare_model) = load_pretrained(dir.path(), &d).unwrap();
+    let (_, model) = load_pretrained(&src, &d).unwrap();
+    let p = parity("tiny-gpt2");
+    assert_eq!(logits(&bare_model, &p), logits(&model, &p));
+    // a reward or value model starts from such a file too, with the same backbone
+    let (_, scalar, _, head) = rlhf_models::load_scalar_pretrained(dir.path(), &d).unwrap();
+    assert!(!head);
+    let hidden =
+        |m: &CausalLm| to_f32_vec(m.hidden(&m.input(&p.ids, &p.mask, p.batch).unwrap(), None));
+    assert_eq!(hidden(&scalar.backbone), hidden(&model));
+}
+
+/// A tied checkpoint that also stores its head (`lm_head.weight`, a copy of the embedding, as
+/// some exports do) loads: transformers ties the head again and so does this model.
+#[test]
+fn a_tied_checkpoint_that_stores_its_head_loads() {
+    let d = device();
+    for name in ["tiny-gpt2", "tiny-qwen3"] {
+        let src = fixture(name);
+        let config: Value =
+            serde_json::from_slice(&std::fs::read(src.join("config.json")).unwrap()).unwrap();
+        if config["tie_word_embeddings"] != Value::Bool(true) {
+            continue;
+        }
+        let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let mut header: Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+        let embedding = header
+            .as_object()
+            .unwrap()
+            .keys()
+            .find(|k| k.ends_with("wte.weight") || k.ends_with("embed_tokens.weight"))
+            .unwrap()
+            .clone();
+        // the copy's bytes appended to the data (tensors may not share bytes)
+        let mut data = bytes[8 + n..].to_vec();
+        let range = &header[&embedding]["data_offsets"];
+        let (a, b) = (
+            range[0].as_u64().unwrap() as usize,
+            range[1].as_u64().unwrap() as usize,
+        );
+        let start = data.len();
+        data.extend_from_slice(&bytes[8 + n + a..8 + n + b]);
+        let mut copy = header[&embedding].clone();
+        copy["data_offsets"] = serde_json::json!([start, data.len()]);
+        header["lm_head.weight"] = copy;
+        let header = serde_json::to_vec(&header).unwrap();
+        let mut file = (header.len() as u64).to_le_bytes().to_vec();
+        file.extend(header);
+        file.extend(data);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("model.safetensors"), file).unwrap();
+        std::fs::copy(src.join("config.json"), dir.path().join("config.json")).unwrap();
+        let (_, with_head) = load_pretrained(dir.path(), &d).unwrap();
+        let (_, model) = load_pretrained(&src, &d).unwrap();
+        let p = parity(name);
+        assert_eq!(logits(&with_head, &p), logits(&model, &p), "{name}");
+    }
+}
+
+/// Every float parameter of `model`, flattened, in module order.
+fn parameters(model: &CausalLm) -> Vec<Vec<f32>> {
+    struct Collect(Vec<Vec<f32>>);
+    impl burn::module::ModuleVisitor for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<burn::Tensor<D>>) {
+            self.0.push(to_f32_vec(param.val()));
+        }
+    }
+    let mut all = Collect(Vec::new());
+    burn::module::Module::visit(model, &mut all);
+    all.0
+}
+
+/// One SFT step on each new family, starting from its checkpoint: the step's loss is the
+/// model's loss on the batch before it, the loss on that batch falls, and every parameter (Qwen3's
+/// norms, Phi-3's fused projections, GPT-2's Conv1D weights and position table, …) gets a
+/// gradient and moves (no weight decay, so only a gradient moves a parameter).
+#[test]
+fn one_sft_step_trains_every_parameter_of_every_new_family() {
+    use rlhf_core::train::{OptimizerConfig, RunOptions};
+    use rlhf_models::{SftConfig, eval_loss, sft::Example, train_sft};
+    let d = device().autodiff();
+    let data: Vec<Example> = (0..6u32)
+        .map(|i| {
+            let prompt = (0..3 + i % 3).map(|j| (i * 5 + j * 3) % 60 + 2).collect();
+            let response = (0..2 + i % 4)
+                .map(|j| (i * 11 + j * 7) % 60 + 2)
+                .chain([0])
+                .collect();
+            (prompt, response)
+        })
+        .collect();
+    let cfg = SftConfig {
+        batch_size: 8,
+        optimizer: OptimizerConfig {
+            lr: 1e-3,
+            ..OptimizerConfig::default()
+        },
+        ..SftConfig::default()
+    };
+    let quiet = RunOptions {
+        progress: false,
+        ..RunOptions::default()
+    };
+    for name in NEW_FAMILIES {
+        let (_, model) = load_pretrained(&fixture(name), &d).unwrap();
+        let before = eval_loss(&model, &data, 8, &d).unwrap();
+        let weights = parameters(&model);
+        let (trained, report) = train_sft(model, &data, &data, &cfg, &quiet, &d).unwrap();
+        assert_eq!(report.steps, 1, "{name}");
+        assert!(
+            (report.final_train_loss - before).abs() < 1e-4 * before,
+            "{name}: the step's loss {} vs {before} before it",
+            report.final_train_loss
+        );
+        assert!(
+            report.eval_loss < before,
+            "{name}: {} ≥ {before}",
+            report.eval_loss
+        );
+        let after = parameters(&trained);
+        assert_eq!(weights.len(), after.len());
+        for (i, (w, a)) in weights.iter().zip(&after).enumerate() {
+            assert!(w != a, "{name}: parameter {i} did not move");
+        }
+    }
 }
 
 /// Tensor names and shapes from a safetensors header (8-byte length, then JSON).
@@ -263,16 +889,16 @@ fn mismatched_checkpoints_and_unsupported_configs_are_refused_by_name() {
     );
     // an option that is not implemented is named, not ignored
     config["num_hidden_layers"] = 2.into();
-    config["use_parallel_residual"] = false.into();
+    config["attention_bias"] = false.into();
     std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
     let err = load_pretrained(dir.path(), &d).unwrap_err().to_string();
     assert!(
-        err.contains("config.json") && err.contains("use_parallel_residual"),
+        err.contains("config.json") && err.contains("attention_bias"),
         "{err}"
     );
     // a missing field names itself
     config.as_object_mut().unwrap().remove("hidden_size");
-    config["use_parallel_residual"] = true.into();
+    config["attention_bias"] = true.into();
     std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
     let err = load_pretrained(dir.path(), &d).unwrap_err().to_string();
     assert!(err.contains("hidden_size"), "{err}");
@@ -287,7 +913,10 @@ fn mismatched_checkpoints_and_unsupported_configs_are_refused_by_name() {
 #[test]
 fn a_scalar_model_round_trips_with_its_extra_settings() {
     let d = device();
-    for name in ["tiny-neox", "tiny-qwen2", "tiny-llama"] {
+    for name in ["tiny-neox", "tiny-qwen2", "tiny-llama"]
+        .into_iter()
+        .chain(NEW_FAMILIES)
+    {
         let (config, lm) = load_pretrained(&fixture(name), &d).unwrap();
         let scalar = rlhf_models::ScalarModel::from_backbone(lm);
         let dir = tempfile::tempdir().unwrap();
@@ -314,9 +943,10 @@ fn a_scalar_model_round_trips_with_its_extra_settings() {
             "{names:?}"
         );
         assert!(
-            names
-                .iter()
-                .any(|n| n.starts_with("gpt_neox.") || n.starts_with("model."))
+            names.iter().any(|n| n.starts_with("gpt_neox.")
+                || n.starts_with("model.")
+                || n.starts_with("transformer.")),
+            "{names:?}"
         );
         let config_json: Value =
             serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap())
@@ -335,7 +965,10 @@ fn a_scalar_model_round_trips_with_its_extra_settings() {
 #[test]
 fn a_causal_checkpoint_loads_as_a_scalar_model_with_a_fresh_head() {
     let d = device();
-    for name in ["tiny-neox", "tiny-llama", "tiny-qwen2"] {
+    for name in ["tiny-neox", "tiny-llama", "tiny-qwen2"]
+        .into_iter()
+        .chain(NEW_FAMILIES)
+    {
         let (_, model, extra, head) =
             rlhf_models::load_scalar_pretrained(&fixture(name), &d).unwrap();
         assert!(!head && extra.is_null(), "{name}");
@@ -379,7 +1012,9 @@ proptest::proptest! {
     /// directory; never a panic, never a huge allocation.
     #[test]
     fn damaged_model_directories_never_panic(
-        which in proptest::sample::select(vec!["tiny-llama", "tiny-neox", "tiny-qwen2"]),
+        which in proptest::sample::select(
+            ["tiny-llama", "tiny-neox", "tiny-qwen2"].into_iter().chain(NEW_FAMILIES).collect::<Vec<_>>()
+        ),
         field in proptest::prelude::any::<proptest::sample::Index>(),
         value in hostile_value(),
         flips in proptest::collection::vec((proptest::prelude::any::<proptest::sample::Index>(), proptest::prelude::any::<u8>(), proptest::prelude::any::<bool>()), 0..6),
@@ -459,5 +1094,33 @@ fn sizes_that_overflow_or_exceed_the_files_are_refused() {
         .unwrap();
         let err = load_pretrained(&dir, &device()).unwrap_err().to_string();
         assert!(err.contains(expect), "{field}: {err}");
+    }
+}
+
+/// `"num_key_value_heads": null` means as many key/value heads as query heads (transformers'
+/// `__post_init__`), not the family's default for an absent key; exported scaling is also
+/// written under `rope_scaling`, the name older readers know, and reads back the same.
+#[test]
+fn null_kv_heads_mean_the_query_heads_and_scaling_is_written_under_both_names() {
+    for name in ["tiny-qwen3", "tiny-mistral"] {
+        let src = fixture(name);
+        let mut config: Value =
+            serde_json::from_slice(&std::fs::read(src.join("config.json")).unwrap()).unwrap();
+        config["num_key_value_heads"] = Value::Null;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
+        let c = rlhf_models::config_from_json(&path).unwrap();
+        assert_eq!(c.num_key_value_heads, c.num_attention_heads, "{name}");
+    }
+    for name in ["tiny-llama3", "tiny-llama-linear", "tiny-phi3"] {
+        let c = rlhf_models::config_from_json(&fixture(name).join("config.json")).unwrap();
+        assert_ne!(c.rope_scaling, rlhf_models::RopeScaling::Default, "{name}");
+        let json = rlhf_models::config_to_json(&c);
+        assert_eq!(json["rope_scaling"], json["rope_parameters"], "{name}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
+        assert_eq!(rlhf_models::config_from_json(&path).unwrap(), c, "{name}");
     }
 }

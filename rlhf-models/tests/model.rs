@@ -1,7 +1,9 @@
-//! Both architectures (GPT-NeoX, Llama with grouped-query attention, Qwen2 with QKV bias and tied
-//! embeddings): left padding never changes a real position, the KV cache gives the logits of a
-//! full forward pass, sampling is reproducible and stops at EOS, and the scalar head reads the
-//! last real token.
+//! Every family (GPT-NeoX with parallel and sequential residual, Llama with grouped-query
+//! attention and Llama 3 RoPE scaling, Qwen2 with QKV bias and tied embeddings, Qwen3 with
+//! per-head query/key norms and its own head_dim, Mistral with a sliding window, Phi-3 with fused
+//! projections, partial rotary, LongRoPE and a sliding window, GPT-2 with learned positions):
+//! left padding never changes a real position, the KV cache gives the logits of a full forward
+//! pass, sampling is reproducible and stops at EOS, and the scalar head reads the last real token.
 //! The device comes from `RLHF_DEVICE` (default `flex`).
 
 use burn::tensor::{Device, Tensor, TensorData};
@@ -10,30 +12,81 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rlhf_core::host::to_f32_vec;
 use rlhf_models::{
-    CausalLm, KvCache, SamplingConfig, ScalarModel, TransformerConfig, gather_last, generate,
+    CausalLm, KvCache, RopeScaling, SamplingConfig, ScalarModel, TransformerConfig, gather_last,
+    generate,
 };
 
 fn device() -> Device {
     rlhf_core::device_from_env().unwrap()
 }
 
-const ARCHS: [&str; 3] = ["neox", "llama", "qwen2"];
+const ARCHS: [&str; 9] = [
+    "neox",
+    "llama",
+    "qwen2",
+    "neox-sequential",
+    "llama3",
+    "qwen3",
+    "mistral",
+    "phi3",
+    "gpt2",
+];
 
-/// A tiny model of each family (vocab 64), seeded and initialised under the process-wide lock
-/// (tests run in parallel and share the device's RNG).
+/// A tiny model of each family (vocab 64, width 32, 2 layers, 4 heads), seeded and initialised
+/// under the process-wide lock (tests run in parallel and share the device's RNG), with each
+/// family's options set so that they act on sequences of a few tokens: Llama 3 scaling with an
+/// original length of 64, a window of 3 (Mistral) or 5 (Phi-3), Phi-3's LongRoPE switching after
+/// 6 tokens.
 fn tiny(device: &Device, arch: &str) -> CausalLm {
     let preset = match arch {
-        "neox" => "tiny-1m",
+        "neox" | "neox-sequential" => "tiny-1m",
         "llama" => "tiny-llama-1m",
-        _ => "tiny-qwen2-1m",
+        "qwen2" => "tiny-qwen2-1m",
+        "llama3" => "llama-3.2-1b",
+        "qwen3" => "qwen3-0.6b",
+        "mistral" => "mistral-7b",
+        "phi3" => "phi-3-mini",
+        _ => "gpt2",
     };
     let mut c = TransformerConfig::preset(preset).unwrap();
     c.vocab_size = 64;
     c.hidden_size = 32;
     c.num_hidden_layers = 2;
     c.num_attention_heads = 4;
-    c.num_key_value_heads = if arch == "neox" { 4 } else { 2 };
+    c.num_key_value_heads = if arch.starts_with("neox") || arch == "gpt2" {
+        4
+    } else {
+        2
+    };
     c.intermediate_size = 64;
+    match arch {
+        "neox-sequential" => c.use_parallel_residual = false,
+        "llama3" => {
+            c.rope_scaling = RopeScaling::Llama3 {
+                factor: 8.0,
+                low_freq_factor: 1.0,
+                high_freq_factor: 4.0,
+                original_max_position_embeddings: 64,
+            }
+        }
+        "qwen3" => c.head_dim = Some(12),
+        "mistral" => {
+            c.head_dim = Some(6);
+            c.sliding_window = Some(3);
+        }
+        "phi3" => {
+            c.rotary_pct = 0.75;
+            c.sliding_window = Some(5);
+            c.rope_scaling = RopeScaling::Longrope {
+                short_factor: vec![1.0, 1.5, 2.0],
+                long_factor: vec![2.0, 5.0, 11.0],
+                original_max_position_embeddings: 6,
+                attention_factor: 1.1,
+            };
+        }
+        "gpt2" => c.max_position_embeddings = 64,
+        _ => {}
+    }
     rlhf_core::train::seeded(device, 7, || CausalLm::init(&c, device).unwrap())
 }
 
@@ -71,7 +124,7 @@ proptest! {
     /// position.
     #[test]
     fn padding_changes_no_real_position(
-        arch in 0usize..3,
+        arch in 0usize..ARCHS.len(),
         seq in proptest::collection::vec(0u32..64, 1..7),
         pads in proptest::collection::vec(0u32..130, 1..5),
         right in any::<bool>(),
@@ -96,7 +149,7 @@ proptest! {
     /// vocabulary) gives the same tokens from the same seed.
     #[test]
     fn padding_changes_no_sampled_token(
-        arch in 0usize..3,
+        arch in 0usize..ARCHS.len(),
         prompt in proptest::collection::vec(2u32..64, 1..6),
         pad_count in 1usize..5,
         seed in 0u64..1000,
@@ -112,6 +165,9 @@ proptest! {
     }
 }
 
+/// Decoding with the cache gives, at every step, the logits of a full forward pass of the
+/// sequence so far (which, but for LongRoPE's switch to the long factors, are those of the whole
+/// sequence at that position).
 #[test]
 fn kv_cache_decoding_matches_a_full_forward_pass() {
     for arch in ARCHS {
@@ -126,10 +182,6 @@ fn kv_cache_case(arch: &str) {
     let att = [0u8, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1];
     let (b, t) = (2, 10);
     let batch: Vec<u32> = toks.iter().chain(toks.iter().rev()).copied().collect();
-    let full = logits(&m, &batch, &att, b, None);
-    // prefix of 6, then one token at a time
-    let mut cache = KvCache::new();
-    let mut got = vec![0f32; b * t * 64];
     let take = |v: &[u32], from: usize, len: usize| -> Vec<u32> {
         (0..b)
             .flat_map(|r| v[r * t + from..r * t + from + len].to_vec())
@@ -140,6 +192,10 @@ fn kv_cache_case(arch: &str) {
             .flat_map(|r| v[r * t..r * t + len].to_vec())
             .collect()
     };
+    // the full forward pass of the first `len` columns
+    let full = |len: usize| logits(&m, &take(&batch, 0, len), &take_m(&att, len), b, None);
+    // prefix of 6, then one token at a time
+    let mut cache = KvCache::new();
     let prefix = logits(
         &m,
         &take(&batch, 0, 6),
@@ -147,9 +203,7 @@ fn kv_cache_case(arch: &str) {
         b,
         Some(&mut cache),
     );
-    for r in 0..b {
-        got[r * t * 64..(r * t + 6) * 64].copy_from_slice(&prefix[r * 6 * 64..(r + 1) * 6 * 64]);
-    }
+    let mut diff = max_abs_diff(&prefix, &full(6));
     for step in 6..t {
         let out = logits(
             &m,
@@ -158,13 +212,16 @@ fn kv_cache_case(arch: &str) {
             b,
             Some(&mut cache),
         );
-        for r in 0..b {
-            got[(r * t + step) * 64..(r * t + step + 1) * 64]
-                .copy_from_slice(&out[r * 64..(r + 1) * 64]);
-        }
+        let reference = full(step + 1);
+        let last: Vec<f32> = (0..b)
+            .flat_map(|r| {
+                let at = r * (step + 1) + step;
+                reference[at * 64..(at + 1) * 64].to_vec()
+            })
+            .collect();
+        diff = diff.max(max_abs_diff(&out, &last));
     }
     assert_eq!(cache.len(), t);
-    let diff = max_abs_diff(&got, &full);
     assert!(diff < 1e-4, "{arch}: cached vs full: {diff}");
 }
 
@@ -331,7 +388,7 @@ proptest! {
     /// any number of pads (ids inside or past the vocabulary) on either side.
     #[test]
     fn padding_changes_no_loss_and_no_gradient(
-        arch in 0usize..3,
+        arch in 0usize..ARCHS.len(),
         prompt in proptest::collection::vec(0u32..64, 1..5),
         response in proptest::collection::vec(0u32..64, 1..5),
         (left, right) in (0usize..4, 0usize..4),
@@ -364,7 +421,7 @@ proptest! {
     /// sequence alone equals its score with pads (any ids) on either side.
     #[test]
     fn the_score_lands_on_the_last_real_token_under_every_padding(
-        arch in 0usize..3,
+        arch in 0usize..ARCHS.len(),
         seq in proptest::collection::vec(0u32..64, 1..7),
         (left, right) in (0usize..4, 0usize..4),
         pad_id in prop_oneof![Just(0u32), 64u32..200],

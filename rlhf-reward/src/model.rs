@@ -166,15 +166,18 @@ impl RewardModel {
     }
 }
 
-/// The model input of a collated batch (pads replaced by a valid id, see [`TokenInput`]).
+/// The model input of a collated batch (pads replaced by a valid id, see [`TokenInput`]); a row
+/// longer than a GPT-2 backbone's learned positions is an error.
 fn batch_input(model: &ScalarModel, batch: &SequenceBatch, device: &Device) -> Result<TokenInput> {
-    TokenInput::new(
+    let input = TokenInput::new(
         &batch.input_ids,
         &batch.attention_mask,
         batch.batch,
         model.backbone.vocab_size(),
         device,
-    )
+    )?;
+    model.backbone.check_positions(input.longest())?;
+    Ok(input)
 }
 
 /// Raw scores `[batch]` of a collated batch (left-padded prompts, right-padded responses): the

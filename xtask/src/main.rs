@@ -45,7 +45,8 @@ enum Task {
         /// A Python with torch and transformers.
         #[arg(long, default_value = "python3")]
         python: String,
-        /// Rewrite rlhf-models' fixtures (make_hf_fixtures.py, make_cli_fixtures.py) first.
+        /// Rewrite rlhf-models' fixtures (make_hf_fixtures.py, make_family_fixtures.py,
+        /// make_cli_fixtures.py) first.
         #[arg(long)]
         regenerate: bool,
     },
@@ -101,10 +102,23 @@ fn fixtures(python: &str, regenerate: bool) -> Result<(), ()> {
     let out = "rlhf-models/tests/fixtures/hf";
     if regenerate {
         run(Command::new(python).args(["xtask/fixtures/make_hf_fixtures.py", out]))?;
+        run(Command::new(python).args(["xtask/fixtures/make_family_fixtures.py", out]))?;
         run(Command::new(python).args(["xtask/fixtures/make_cli_fixtures.py", "."]))?;
     }
     let tmp = std::env::temp_dir().join(format!("rlhf-export-check-{}", std::process::id()));
-    for name in ["tiny-neox", "tiny-llama", "tiny-qwen2"] {
+    for name in [
+        "tiny-neox",
+        "tiny-llama",
+        "tiny-qwen2",
+        "tiny-neox-sequential",
+        "tiny-llama3",
+        "tiny-llama-linear",
+        "tiny-llama-dynamic",
+        "tiny-qwen3",
+        "tiny-mistral",
+        "tiny-phi3",
+        "tiny-gpt2",
+    ] {
         let fixture = format!("{out}/{name}");
         let exported = tmp.join(name).display().to_string();
         run(Command::new(cargo()).args([
