@@ -13,8 +13,8 @@
 //!    them ([`baselines`]): best-of-1 (the SFT policy's pass@1), a random pick, majority vote
 //!    over the final answers (self-consistency) and the oracle (any candidate right).
 //! 3. **Verifiers** ([`verifier`]): a scalar model initialised from the SFT model of `rm.size`,
-//!    trained with binary cross-entropy on `rm.pairs` solutions sampled from the SFT policy on
-//!    training prompts: one label per solution (is its answer right?) for an outcome verifier,
+//!    trained with binary cross-entropy on `rm.pairs` solutions sampled from the SFT policy,
+//!    `rm.pairs_per_prompt` on each training prompt (contrasts within a prompt): one label per solution (is its answer right?) for an outcome verifier,
 //!    one per step (is the solution right up to here?) for a process verifier, as
 //!    `rm.supervision` says. Both kinds see the same solutions, and a smaller volume's solutions
 //!    are the first of a larger's. Each verifier picks its best candidate per prompt; the gold
