@@ -68,8 +68,8 @@ pub(crate) struct Measured {
 impl Measured {
     /// Stores `values` (one per prompt) as items and their mean as a metric, under `name`.
     pub fn per_prompt(&mut self, name: &str, values: Vec<f64>) {
-        let mean = values.iter().sum::<f64>() / values.len().max(1) as f64;
-        self.metrics.insert(name.into(), mean);
+        self.metrics
+            .insert(name.into(), crate::stats::mean(&values));
         self.items.insert(name.into(), values);
     }
 

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use crate::axis::Axis;
 use crate::fits::{interpolate, per_doubling};
 use crate::metrics::{curve, items, names};
-use crate::stats::{Interval, Verdict};
+use crate::stats::{Interval, Verdict, mean};
 use crate::study::PointRecord;
 
 /// A claim and what this sweep says about it.
@@ -632,7 +632,6 @@ fn length_finding(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
             Some((s.seed, g_len))
         })
         .collect();
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     // the share as a ratio of means over the seeds kept (a ratio per seed blows up when the RM's
     // own gain is near zero)
     let share = (mean(&rm_gains).abs() > 1e-9).then(|| mean(&len_gains) / mean(&rm_gains));

@@ -33,6 +33,7 @@ use crate::cache::{cached_dir, read_json, stop_if_interrupted, write_json};
 use crate::config::RunConfig;
 use crate::metrics::{items, names};
 use crate::stages::Sft;
+use crate::stats::mean;
 
 /// Samples of a policy: `k` per prompt, prompt-major.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -244,10 +245,6 @@ pub(crate) fn per_prompt(v: &[f64], k: usize) -> Vec<f64> {
     v.chunks(k.max(1))
         .map(|c| c.iter().sum::<f64>() / c.len() as f64)
         .collect()
-}
-
-fn mean(v: &[f64]) -> f64 {
-    v.iter().sum::<f64>() / v.len().max(1) as f64
 }
 
 /// Adds the SFT baselines' metrics and items (`gold/sft`, `gold/sft_cold`, the win rates against

@@ -28,6 +28,7 @@ use crate::config::{MethodKind, RewardSource, RunConfig};
 use crate::judge::{judge_gold, kl_per_prompt, proxy_scores, sample};
 use crate::metrics::{curve, names};
 use crate::stages::RmStage;
+use crate::stats::mean;
 
 /// What the method stage reads.
 pub(crate) struct MethodInputs<'a> {
@@ -187,7 +188,6 @@ fn curve_point(
         &inp.tok.eos_text(),
     );
     let kl = kl_per_prompt(policy, inp.sft, inp.tok, prompts, &s, j.temperature, device)?;
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     let mut out = vec![
         (curve::GOLD, mean(&judged.gold_per_prompt)),
         (curve::KL, mean(&kl)),

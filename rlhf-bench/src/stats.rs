@@ -32,6 +32,11 @@ pub struct Interval {
     pub seeds: usize,
 }
 
+/// The mean of `v` (0 for an empty slice).
+pub fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
 /// `t(1 − (1 − LEVEL)/2, df)`.
 pub fn t_quantile(df: f64) -> f64 {
     StudentsT::new(0.0, 1.0, df)

@@ -49,7 +49,10 @@ impl JinjaTemplate {
     }
 
     /// The environment `transformers` renders chat templates in: `trim_blocks`, `lstrip_blocks`,
-    /// Python's string and dict methods, `raise_exception` and `strftime_now`.
+    /// Python's string and dict methods and `raise_exception`. `strftime_now` is left undefined:
+    /// templates that print today's date (Llama 3.x) test for it and print their own fixed date
+    /// instead, so rendering, and so tokenisation and every cache key that depends on it, never
+    /// changes with the clock.
     fn environment(&self) -> Environment<'_> {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
@@ -61,9 +64,6 @@ impl JinjaTemplate {
                 Err(JinjaError::new(ErrorKind::InvalidOperation, message))
             },
         );
-        // templates that print today's date (Llama 3.x) get a fixed one, so that rendering, and
-        // so tokenisation and every cache key that depends on it, never changes with the clock
-        env.add_function("strftime_now", |_format: String| "26 Jul 2024".to_string());
         env
     }
 
@@ -167,6 +167,18 @@ mod tests {
         assert_eq!(t.response(&prompt, &reply).unwrap(), "Hello<|im_end|>\n");
         // plain text is left alone
         assert_eq!(t.prompt(&Turns::Text("x".into())).unwrap(), "x");
+    }
+
+    /// Llama 3.x's guard around today's date, abridged: without `strftime_now` the template's
+    /// own date is printed, the same on every run.
+    #[test]
+    fn a_template_that_asks_for_today_gets_its_own_fixed_date() {
+        let src = "{%- if strftime_now is defined %}{%- set d = strftime_now('%d %b %Y') %}{%- else %}{%- set d = 'fixed' %}{%- endif %}Today: {{ d }}";
+        let t = JinjaTemplate::new(src, "", "").unwrap();
+        assert_eq!(
+            t.render(&[msg("user", "Hi")], false).unwrap(),
+            "Today: fixed"
+        );
     }
 
     #[test]

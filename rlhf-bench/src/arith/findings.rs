@@ -7,6 +7,7 @@ use crate::axis::Axis;
 use crate::findings::{Finding, Seed, conclude, item, metric, paired, show, so};
 use crate::fits::per_doubling;
 use crate::metrics::arith as am;
+use crate::stats::mean;
 use crate::study::PointRecord;
 
 /// The verifier kinds, as the labels of the `supervision` (`outcome-1000`) and
@@ -31,10 +32,6 @@ fn matched<'a>(s: &Seed<'a>) -> Vec<(&'a PointRecord, &'a PointRecord)> {
             Some((p, *o))
         })
         .collect()
-}
-
-fn mean(v: &[f64]) -> f64 {
-    v.iter().sum::<f64>() / v.len().max(1) as f64
 }
 
 /// Per prompt, the mean over `pairs` of `a − b`'s items `name` (empty when they disagree in

@@ -21,6 +21,7 @@ use crate::judge::{kl_per_prompt, per_prompt, sample};
 use crate::metrics::{arith as am, names};
 use crate::pipeline::{RunResult, peak_memory_bytes};
 use crate::stages::Prompts;
+use crate::stats::mean;
 
 /// Runs an RL point (see the module documentation).
 pub(crate) fn run_rl(
@@ -132,8 +133,7 @@ pub(crate) fn run_rl(
         )?;
         out.per_prompt(after, right(&s.texts, s.k));
         if held == Held::InDomain {
-            let mean = |v: Vec<f64>| v.iter().sum::<f64>() / v.len().max(1) as f64;
-            out.metric(am::VERIFIER_BEFORE, mean(c.score(&scorer)?));
+            out.metric(am::VERIFIER_BEFORE, mean(&c.score(&scorer)?));
             let prompts: Vec<&str> = c
                 .prompts
                 .iter()
@@ -143,7 +143,7 @@ pub(crate) fn run_rl(
             let after_scores = scorer.score(&prompts, &texts)?;
             out.metric(
                 am::VERIFIER_AFTER,
-                mean(after_scores.into_iter().map(f64::from).collect()),
+                mean(&after_scores.into_iter().map(f64::from).collect::<Vec<_>>()),
             );
             let kl = kl_per_prompt(
                 &policy,
@@ -154,7 +154,7 @@ pub(crate) fn run_rl(
                 j.temperature,
                 &device,
             )?;
-            out.metric(names::KL, mean(kl));
+            out.metric(names::KL, mean(&kl));
         }
     }
     out.metric(names::MEMORY_PEAK, peak_memory_bytes());
