@@ -80,6 +80,28 @@ enum Command {
         #[command(flatten)]
         config: ConfigArgs,
     },
+    /// DAPO: clip-higher (ε 0.2/0.28), token-mean loss, dynamic sampling, overlong punishment,
+    /// no KL, group advantages over 16 samples.
+    Dapo {
+        #[command(flatten)]
+        args: OnPolicyArgs,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// GSPO: the clipped sequence-level ratio (ε 3e-4/4e-4), per-response mean, no KL.
+    Gspo {
+        #[command(flatten)]
+        args: OnPolicyArgs,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// CISPO: clipped, detached importance weights (cap 5) on a REINFORCE-style loss, no KL.
+    Cispo {
+        #[command(flatten)]
+        args: OnPolicyArgs,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
     /// Sample continuations of prompts.
     Generate(GenerateArgs),
     /// Sample responses to a prompt file and measure them: reward, KL to a reference, length.
@@ -140,6 +162,9 @@ fn dispatch(cli: &Cli, matches: &clap::ArgMatches) -> Result<ExitCode> {
         Command::Grpo { args, config } => on_policy(Method::Grpo, args, config),
         Command::Rloo { args, config } => on_policy(Method::Rloo, args, config),
         Command::ReinforcePp { args, config } => on_policy(Method::ReinforcePp, args, config),
+        Command::Dapo { args, config } => on_policy(Method::Dapo, args, config),
+        Command::Gspo { args, config } => on_policy(Method::Gspo, args, config),
+        Command::Cispo { args, config } => on_policy(Method::Cispo, args, config),
         Command::Generate(args) => generate::run(args).map(|()| ExitCode::SUCCESS),
         Command::Eval(args) => eval::run(args).map(|()| ExitCode::SUCCESS),
         Command::Check(args) => check::run(args),

@@ -136,6 +136,17 @@ fn help_lists_every_option_and_mistakes_are_named() {
         ("rloo", &["--samples-per-prompt"]),
         ("reinforce-pp", &["--gamma"]),
         (
+            "dapo",
+            &[
+                "--epsilon-high",
+                "--loss-type",
+                "--dynamic-sampling",
+                "--overlong-buffer",
+            ],
+        ),
+        ("gspo", &["--importance-sampling-level"]),
+        ("cispo", &["--rollout-is-cap", "--overlong-penalty"]),
+        (
             "generate",
             &["--prompt", "--temperature", "--top-p", "--json"],
         ),
@@ -479,6 +490,9 @@ fn every_on_policy_command_runs_end_to_end() {
         ("grpo", format!("mean(rm:{},length:0.05)", s(&rm))),
         ("rloo", "length:0.1".to_string()),
         ("reinforce-pp", "regex:e".to_string()),
+        ("dapo", "length:0.1".to_string()),
+        ("gspo", "length:0.1".to_string()),
+        ("cispo", "regex:e".to_string()),
     ] {
         let out = dir.path().join(cmd);
         ok(&[
@@ -727,15 +741,24 @@ fn every_field_of_every_trainer_config_is_a_flag() {
         onpolicy::Method::Grpo,
         onpolicy::Method::Rloo,
         onpolicy::Method::ReinforcePp,
+        onpolicy::Method::Dapo,
+        onpolicy::Method::Gspo,
+        onpolicy::Method::Cispo,
     ] {
         let flip = [
             "--kl-in-reward",
-            if method == onpolicy::Method::Grpo {
-                "true"
-            } else {
+            if method.preset().kl_in_reward {
                 "false"
+            } else {
+                "true"
             },
         ];
+        // DAPO's overlong buffer follows the length limit unless it is given
+        let length: &[&str] = if method == onpolicy::Method::Dapo {
+            &["--max-completion-length", "7", "--overlong-buffer", "13"]
+        } else {
+            &["--max-completion-length", "7"]
+        };
         check::<onpolicy::OnPolicyArgs>(
             method.name(),
             &[
@@ -746,7 +769,7 @@ fn every_field_of_every_trainer_config_is_a_flag() {
                     ("samples_per_prompt", &["--samples-per-prompt", "7"]),
                     ("prompts_per_batch", &["--prompts-per-batch", "7"]),
                     ("query_length", &["--max-prompt-length", "7"]),
-                    ("response_length", &["--max-completion-length", "7"]),
+                    ("response_length", length),
                     ("temperature", &["--temperature", "0.5"]),
                     ("missing_eos_penalty", &["--missing-eos-penalty", "-3"]),
                     ("disable_dropout", &["--disable-dropout", "false"]),
@@ -766,6 +789,29 @@ fn every_field_of_every_trainer_config_is_a_flag() {
                     ("ppo_epochs", &["--num-ppo-epochs", "7"]),
                     ("num_minibatches", &["--num-mini-batches", "7"]),
                     ("clip_eps", &["--cliprange", "0.5"]),
+                    ("clip_eps_high", &["--epsilon-high", "0.5"]),
+                    (
+                        "policy_objective",
+                        match method {
+                            onpolicy::Method::Gspo => &["--importance-sampling-level", "token"],
+                            // `--loss-type cispo` is CISPO's surrogate with the token mean
+                            onpolicy::Method::Cispo => &["--loss-type", "dapo"],
+                            _ => &["--importance-sampling-level", "sequence"],
+                        },
+                    ),
+                    (
+                        "loss_aggregation",
+                        match method {
+                            onpolicy::Method::Gspo => &["--loss-type", "dr_grpo"],
+                            // every other loss type leaves CISPO's surrogate
+                            onpolicy::Method::Cispo => &[],
+                            _ => &["--loss-type", "grpo"],
+                        },
+                    ),
+                    ("dynamic_sampling", &["--dynamic-sampling", "7"]),
+                    ("overlong_buffer", &["--overlong-buffer", "3"]),
+                    ("overlong_penalty", &["--overlong-penalty", "0.5"]),
+                    ("rollout_is_cap", &["--rollout-is-cap", "2"]),
                     ("value_clip", &["--cliprange-value", "0.5"]),
                     ("vf_coef", &["--vf-coef", "0.5"]),
                     ("anneal_lr", &["--anneal-lr", "false"]),

@@ -9,7 +9,9 @@
 //! reference → per-token rewards → [`gae`] → [`whiten`] the advantages → [`clipped_policy_loss`] and
 //! [`clipped_value_loss`] → [`train::clip_global_grad_norm`] → AdamW from [`train::OptimizerConfig`].
 //! Critic-free methods swap `gae` for [`group_advantages`] (RLOO, GRPO, Dr.GRPO) or
-//! [`reinforce_pp_advantages`].
+//! [`reinforce_pp_advantages`]; [`policy_loss`] generalises the clipped loss to DAPO's asymmetric
+//! clip, GSPO's sequence ratio and CISPO's clipped weights, aggregated as [`LossAggregation`]
+//! says (GRPO's per-response mean, DAPO's token mean, Dr. GRPO's constant).
 //!
 //! Nothing here hard-codes a backend: every entry point takes tensors (which carry their device)
 //! or a `&Device`, and [`parse_device`] turns a user's `--device` string into one.
@@ -34,6 +36,7 @@
 //! ```
 
 pub mod advantages;
+pub mod aggregation;
 pub mod device;
 pub mod error;
 pub mod host;
@@ -41,6 +44,7 @@ pub mod kl;
 pub mod kl_controller;
 pub mod logprobs;
 pub mod masked;
+pub mod policy_loss;
 pub mod ppo;
 pub mod scorer;
 pub mod testing;
@@ -50,13 +54,18 @@ pub use advantages::{
     Gae, GroupEstimator, broadcast_to_tokens, discounted_returns, gae, group_advantages,
     reinforce_pp_advantages,
 };
+pub use aggregation::{LossAggregation, aggregate};
 pub use device::{AdapterKind, DeviceSpec, device_from_env, parse_device};
 pub use error::{Error, Result};
 pub use kl::{KlEstimator, kl_estimate};
 pub use kl_controller::KlController;
 pub use logprobs::{entropy_from_logits, token_logprobs};
 pub use masked::{masked_mean, masked_mean_dim, masked_sum, masked_var, whiten, zero_masked};
-pub use ppo::{PolicyLoss, ValueLoss, clipped_policy_loss, clipped_value_loss};
+pub use policy_loss::{
+    PolicyLoss, PolicyLossConfig, PolicyObjective, policy_loss, sequence_ratio,
+    truncated_is_weights,
+};
+pub use ppo::{ValueLoss, clipped_policy_loss, clipped_value_loss};
 pub use scorer::{Scorer, check_pairs};
 
 /// Whether this build has the `gemm` crate's AVX-512 kernels behind `flex` (feature `x86-v4`,

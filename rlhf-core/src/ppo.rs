@@ -3,25 +3,10 @@
 
 use burn::tensor::Tensor;
 
-use crate::masked::{masked_mean, masked_var};
+use crate::masked::masked_mean;
+use crate::policy_loss::{PolicyLoss, PolicyLossConfig, policy_loss};
 
-/// The clipped surrogate policy loss and what to log about it. Every field is shape `[1]`;
-/// the diagnostics are detached from the graph.
-#[derive(Debug, Clone)]
-pub struct PolicyLoss {
-    /// `L_pg = masked_mean( max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε)) )`.
-    pub loss: Tensor<1>,
-    /// `½·masked_mean((logπ_new − logπ_old)²)`.
-    pub approxkl: Tensor<1>,
-    /// Share of real tokens where the clipped term was the larger one (the clip was active).
-    pub clipfrac: Tensor<1>,
-    /// Masked mean of the ratio `ρ`.
-    pub ratio_mean: Tensor<1>,
-    /// Masked (unbiased) variance of `ρ`.
-    pub ratio_var: Tensor<1>,
-}
-
-/// PPO's clipped policy loss.
+/// PPO's clipped policy loss: [`policy_loss`] with the symmetric clip and the token mean.
 ///
 /// - `logprobs`: `[batch, seq]` log-probs of the sampled tokens under the policy being trained
 ///   (carries the gradient);
@@ -32,8 +17,8 @@ pub struct PolicyLoss {
 ///
 /// `ρ = exp(logπ_new − logπ_old)`, `L = masked_mean( max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε)) )`.
 ///
-/// The old log-probs and the advantages are constants of the surrogate: they are detached here,
-/// so no gradient reaches whatever computed them (a critic's values inside the advantages, say).
+/// The old log-probs and the advantages are constants of the surrogate: they are detached, so no
+/// gradient reaches whatever computed them (a critic's values inside the advantages, say).
 pub fn clipped_policy_loss(
     logprobs: Tensor<2>,
     old_logprobs: Tensor<2>,
@@ -41,24 +26,14 @@ pub fn clipped_policy_loss(
     mask: Tensor<2>,
     clip_eps: f32,
 ) -> PolicyLoss {
-    let (old_logprobs, advantages) = (old_logprobs.detach(), advantages.detach());
-    let log_ratio = logprobs.sub(old_logprobs);
-    let ratio = log_ratio.clone().exp();
-    let unclipped = advantages.clone().neg().mul(ratio.clone());
-    let clipped = advantages
-        .neg()
-        .mul(ratio.clone().clamp(1.0 - clip_eps, 1.0 + clip_eps));
-    let clip_active = clipped.clone().greater(unclipped.clone()).float();
-    let loss = masked_mean(unclipped.max_pair(clipped), mask.clone());
-
-    let ratio = ratio.detach();
-    PolicyLoss {
-        loss,
-        approxkl: masked_mean(log_ratio.detach().square(), mask.clone()).mul_scalar(0.5),
-        clipfrac: masked_mean(clip_active, mask.clone()),
-        ratio_mean: masked_mean(ratio.clone(), mask.clone()),
-        ratio_var: masked_var(ratio, mask, true),
-    }
+    policy_loss(
+        logprobs,
+        old_logprobs,
+        advantages,
+        mask,
+        None,
+        &PolicyLossConfig::ppo(clip_eps),
+    )
 }
 
 /// The clipped value loss and its clip fraction, both `[1]`.

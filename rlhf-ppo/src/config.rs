@@ -3,7 +3,10 @@
 //! Summarization", Huang et al. 2024). Numbers in brackets refer to the list in `algorithms.md`.
 
 use rlhf_core::train::OptimizerConfig;
-use rlhf_core::{Error, GroupEstimator, KlController, KlEstimator, Result};
+use rlhf_core::{
+    Error, GroupEstimator, KlController, KlEstimator, LossAggregation, PolicyLossConfig,
+    PolicyObjective, Result,
+};
 use serde::{Deserialize, Serialize};
 
 /// How advantages are estimated.
@@ -89,8 +92,33 @@ pub struct PpoConfig {
     pub ppo_epochs: usize,
     /// [9] Minibatches per epoch.
     pub num_minibatches: usize,
-    /// [9] Policy clip ε.
+    /// [9] Policy clip ε (`ε_low` of an asymmetric clip).
     pub clip_eps: f32,
+    /// `ε_high` of DAPO's asymmetric "clip-higher" (`None`: `clip_eps`, PPO's symmetric clip).
+    /// For CISPO, the importance weight is capped at `1 + ε_high`.
+    pub clip_eps_high: Option<f32>,
+    /// The policy surrogate: `ppo` (the clipped token ratio), `gspo` (the clipped sequence
+    /// ratio), `cispo` (clipped, detached importance weights).
+    pub policy_objective: PolicyObjective,
+    /// How per-token losses are aggregated (TRL's `loss_type`: `grpo`, `dapo`, `bnpo`,
+    /// `dr_grpo`; see `rlhf_core::aggregation`). The TL;DR reproduction's token mean is `dapo`.
+    pub loss_aggregation: LossAggregation,
+    /// DAPO's dynamic sampling: groups whose `n` scores are all equal (no advantage) are dropped
+    /// and prompts sampled again until `prompts_per_batch` groups remain, in at most this many
+    /// sampling rounds per iteration (verl's `max_num_gen_batches`); a batch still short then is
+    /// filled with dropped groups. `None`: off.
+    pub dynamic_sampling: Option<usize>,
+    /// DAPO's soft overlong punishment: a response longer than `L_max − buffer` tokens
+    /// (`L_max` = `response_length`) loses `overlong_penalty·(|y| − (L_max − buffer))/buffer`
+    /// of its score, linearly up to `overlong_penalty` at the limit (`None`: off).
+    pub overlong_buffer: Option<usize>,
+    /// The overlong punishment at the length limit (verl's `penalty_factor`; 1.0 in DAPO).
+    pub overlong_penalty: f32,
+    /// The truncated importance-sampling correction for a sampler whose numbers differ from the
+    /// trainer's: each token's loss is weighted by `min(exp(logπ_old − logπ_sampler), cap)`
+    /// (TRL's `vllm_importance_sampling_correction`, `clip_max` 3). `None`: off, as it should be
+    /// here, where the sampler and the trainer share their kernels.
+    pub rollout_is_cap: Option<f32>,
     /// [9] Value clip ε_v.
     pub value_clip: f32,
     /// [9] Value-loss coefficient `c_v`.
@@ -136,6 +164,13 @@ impl Default for PpoConfig {
             ppo_epochs: 4,
             num_minibatches: 1,
             clip_eps: 0.2,
+            clip_eps_high: None,
+            policy_objective: PolicyObjective::Ppo,
+            loss_aggregation: LossAggregation::Dapo,
+            dynamic_sampling: None,
+            overlong_buffer: None,
+            overlong_penalty: 1.0,
+            rollout_is_cap: None,
             value_clip: 0.2,
             vf_coef: 0.1,
             optimizer: OptimizerConfig::default(),
@@ -199,6 +234,69 @@ impl PpoConfig {
         }
     }
 
+    /// DAPO (Yu et al. 2025) with its paper's settings: group-normalised advantages over
+    /// `G = 16` samples, the asymmetric clip `ε_low = 0.2`, `ε_high = 0.28`, the token-mean
+    /// loss, dynamic sampling (at most 10 sampling rounds, verl's `max_num_gen_batches`), the
+    /// soft overlong punishment over the last quarter of the length limit (the paper's
+    /// 4,096 of 20,480 tokens, here `response_length / 4`, at least 1), no KL term, no missing-EOS
+    /// penalty (the overlong punishment replaces it), temperature 1, one update per rollout.
+    pub fn dapo(response_length: usize) -> Self {
+        PpoConfig {
+            samples_per_prompt: 16,
+            clip_eps: 0.2,
+            clip_eps_high: Some(0.28),
+            loss_aggregation: LossAggregation::Dapo,
+            dynamic_sampling: Some(10),
+            overlong_buffer: Some((response_length / 4).max(1)),
+            overlong_penalty: 1.0,
+            kl: KlController::Fixed { value: 0.0 },
+            response_length,
+            ..PpoConfig::grpo()
+        }
+    }
+
+    /// GSPO (Zheng et al. 2025) with its paper's settings: GRPO's group-normalised advantages,
+    /// the sequence-level ratio clipped at `ε_low = 3e−4`, `ε_high = 4e−4`, the per-response mean
+    /// (`grpo` aggregation), no KL term. The ratio differs from 1 only off-policy, so the batch is
+    /// split into 4 minibatches (TRL's example: `steps_per_generation = 4`).
+    pub fn gspo() -> Self {
+        PpoConfig {
+            policy_objective: PolicyObjective::Gspo,
+            clip_eps: 3e-4,
+            clip_eps_high: Some(4e-4),
+            loss_aggregation: LossAggregation::Grpo,
+            num_minibatches: 4,
+            kl: KlController::Fixed { value: 0.0 },
+            ..PpoConfig::grpo()
+        }
+    }
+
+    /// CISPO (MiniMax-M1, 2025) as TRL's `cispo` loss runs it in the ScaleRL recipe: GRPO's
+    /// group advantages, the REINFORCE-style loss with importance weights capped above at 5
+    /// (`ε_high = 4`) and not below (`ε_low = 1`), the token mean, no KL term, 4 minibatches.
+    pub fn cispo() -> Self {
+        PpoConfig {
+            policy_objective: PolicyObjective::Cispo,
+            clip_eps: 1.0,
+            clip_eps_high: Some(4.0),
+            loss_aggregation: LossAggregation::Dapo,
+            num_minibatches: 4,
+            kl: KlController::Fixed { value: 0.0 },
+            ..PpoConfig::grpo()
+        }
+    }
+
+    /// The policy loss's settings.
+    pub fn policy_loss(&self) -> PolicyLossConfig {
+        PolicyLossConfig {
+            objective: self.policy_objective,
+            clip_low: self.clip_eps,
+            clip_high: self.clip_eps_high.unwrap_or(self.clip_eps),
+            aggregation: self.loss_aggregation,
+            max_len: self.response_length,
+        }
+    }
+
     /// Episodes (sampled responses) per rollout batch.
     pub fn batch_size(&self) -> usize {
         self.prompts_per_batch * self.samples_per_prompt
@@ -258,6 +356,32 @@ impl PpoConfig {
         }
         if self.ppo_epochs == 0 || self.response_length == 0 || self.query_length == 0 {
             return bad("ppo_epochs, query_length and response_length must be ≥ 1".into());
+        }
+        if self.clip_eps_high.is_some_and(|e| e.is_nan() || e <= 0.0) {
+            return bad("clip_eps_high must be > 0".into());
+        }
+        if self.dynamic_sampling == Some(0) {
+            return bad("dynamic_sampling needs at least 1 sampling round".into());
+        }
+        if self.dynamic_sampling.is_some() && self.samples_per_prompt < 2 {
+            return bad(
+                "dynamic_sampling drops groups of equal scores: it needs samples_per_prompt ≥ 2"
+                    .into(),
+            );
+        }
+        if self
+            .overlong_buffer
+            .is_some_and(|b| b == 0 || b > self.response_length)
+            || !self.overlong_penalty.is_finite()
+            || self.overlong_penalty < 0.0
+        {
+            return bad(format!(
+                "overlong_buffer must be in 1..={} (response_length) and overlong_penalty finite and ≥ 0",
+                self.response_length
+            ));
+        }
+        if self.rollout_is_cap.is_some_and(|c| c.is_nan() || c <= 0.0) {
+            return bad("rollout_is_cap must be > 0".into());
         }
         if self.score_baseline && self.samples_per_prompt < 2 {
             return bad("score_baseline needs samples_per_prompt ≥ 2".into());
@@ -335,6 +459,29 @@ mod tests {
         let p = PpoConfig::reinforce_pp();
         p.validate().unwrap();
         assert!(!p.advantage.needs_critic() && p.kl_in_reward);
+        let d = PpoConfig::dapo(40);
+        d.validate().unwrap();
+        let l = d.policy_loss();
+        assert_eq!(
+            (l.clip_low, l.clip_high, l.aggregation, d.kl.value()),
+            (0.2, 0.28, LossAggregation::Dapo, 0.0)
+        );
+        assert_eq!(
+            (d.dynamic_sampling, d.overlong_buffer),
+            (Some(10), Some(10))
+        );
+        let g = PpoConfig::gspo();
+        g.validate().unwrap();
+        assert_eq!(
+            (g.policy_objective, g.loss_aggregation),
+            (PolicyObjective::Gspo, LossAggregation::Grpo)
+        );
+        let c = PpoConfig::cispo();
+        c.validate().unwrap();
+        assert_eq!(
+            (c.policy_loss().clip_low, c.policy_loss().clip_high),
+            (1.0, 4.0)
+        );
     }
 
     #[test]

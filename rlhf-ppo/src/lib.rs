@@ -29,13 +29,15 @@
 
 pub mod config;
 pub mod rewards;
+pub mod rollout;
 pub mod trainer;
 
 pub use config::{AdvantageEstimator, PpoConfig};
 pub use rewards::{
-    TokenRewards, apply_missing_eos_penalty, last_token_one_hot, per_token_rewards,
-    reduce_score_variance,
+    TokenRewards, apply_missing_eos_penalty, last_token_one_hot, overlong_penalty,
+    per_token_rewards, reduce_score_variance,
 };
+pub use rollout::{DynamicSampling, Rollout, dynamic_sampling, sample_and_score};
 pub use trainer::{
     Experience, Iteration, Minibatch, PolicyAndValue, PpoInputs, PpoReport, UpdateStats,
     encode_queries, make_experience, minibatch_loss, ppo_iteration, ppo_update, train_ppo,

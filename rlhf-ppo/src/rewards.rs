@@ -66,6 +66,21 @@ pub fn apply_missing_eos_penalty(scores: &mut [f32], has_eos: &[bool], penalty: 
     }
 }
 
+/// DAPO's soft overlong punishment of a response of `length` tokens under the limit `max_len`
+/// (`L_max`), with `buffer` (`L_cache`) and `penalty` (the value at the limit):
+///
+/// `R_length = 0` for `|y| ≤ L_max − L_cache`, `−penalty·(|y| − (L_max − L_cache))/L_cache` up
+/// to `|y| = L_max`, and `−penalty` beyond (a response the sampler cut at the limit).
+/// It is added to the score.
+pub fn overlong_penalty(length: usize, max_len: usize, buffer: usize, penalty: f32) -> f32 {
+    let free = max_len.saturating_sub(buffer);
+    if length <= free {
+        return 0.0;
+    }
+    let excess = (length - free) as f64 / buffer.max(1) as f64;
+    -(f64::from(penalty) * excess.min(1.0)) as f32
+}
+
 /// Reward variance reduction (ChatGLM-RLHF), applied to the scores in place before they enter
 /// the reward, each step only when `cfg` turns it on:
 ///
@@ -236,5 +251,38 @@ mod tests {
         let mut s = vec![2f32, 3.];
         apply_missing_eos_penalty(&mut s, &[true, false], -1.0);
         assert_eq!(s, vec![2., -1.]);
+    }
+}
+
+#[cfg(test)]
+mod overlong_tests {
+    use super::overlong_penalty;
+
+    /// `R_length` in f64 from DAPO's equation: 0 before the buffer, linear inside it, −1·penalty
+    /// at and beyond the limit.
+    fn reference(length: usize, max_len: usize, buffer: usize, penalty: f64) -> f64 {
+        let (l, lmax, c) = (length as f64, max_len as f64, buffer as f64);
+        if l <= lmax - c {
+            0.0
+        } else if l <= lmax {
+            penalty * ((lmax - c) - l) / c
+        } else {
+            -penalty
+        }
+    }
+
+    #[test]
+    fn overlong_penalty_matches_dapo_equation_at_every_length() {
+        for (max_len, buffer, penalty) in [(20, 5, 1.0), (53, 13, 0.5), (8, 8, 2.0), (10, 1, 1.0)] {
+            for length in 0..=max_len + 3 {
+                let got = f64::from(overlong_penalty(length, max_len, buffer, penalty as f32));
+                let want = reference(length, max_len, buffer, penalty);
+                assert!(
+                    (got - want).abs() < 1e-6,
+                    "len {length} of {max_len}, buffer {buffer}: {got} vs {want}"
+                );
+                assert!(got <= 0.0 && got >= -penalty - 1e-6);
+            }
+        }
     }
 }

@@ -38,18 +38,17 @@ use rlhf_core::train::{
     clip_global_grad_norm, with_fresh_param_ids,
 };
 use rlhf_core::{
-    Error, GroupEstimator, Result, Scorer, broadcast_to_tokens, clipped_policy_loss,
-    clipped_value_loss, entropy_from_logits, gae, group_advantages, kl_estimate, masked_mean,
-    reinforce_pp_advantages, token_logprobs, whiten,
+    Error, GroupEstimator, Result, Scorer, broadcast_to_tokens, clipped_value_loss,
+    entropy_from_logits, gae, group_advantages, kl_estimate, masked_mean, policy_loss,
+    reinforce_pp_advantages, token_logprobs, truncated_is_weights, whiten,
 };
 use rlhf_data::Tokenizer;
 use rlhf_models::sft::Example;
-use rlhf_models::{CausalLm, Generation, SamplingConfig, ScalarModel, TokenInput, generate};
+use rlhf_models::{CausalLm, Generation, ScalarModel, TokenInput};
 
 use crate::config::{AdvantageEstimator, PpoConfig};
-use crate::rewards::{
-    TokenRewards, apply_missing_eos_penalty, per_token_rewards, reduce_score_variance,
-};
+use crate::rewards::{TokenRewards, per_token_rewards, reduce_score_variance};
+use crate::rollout::{dynamic_sampling, sample_and_score};
 
 /// What PPO trains: the policy and, for GAE, the separate value model. Both are updated by one
 /// optimizer under one global gradient norm, like the TL;DR reproduction's policy-and-value
@@ -140,6 +139,8 @@ pub struct Experience {
     pub mask: Vec<f32>,
     /// `log π_old(y_t)` with the temperature reapplied.
     pub logprobs: Vec<f32>,
+    /// `log π_sampler(y_t)`: the log-probs recorded while sampling.
+    pub sampler_logprobs: Vec<f32>,
     /// `log π_ref(y_t)`, same temperature.
     pub ref_logprobs: Vec<f32>,
     /// `V_old` (empty without a critic).
@@ -288,12 +289,13 @@ pub fn make_experience(
             .reshape([b]),
     );
     let neg_logp_sum = to_f32_vec(logprobs.clone().neg().sum_dim(1).reshape([b]));
+    let logprobs_host = to_f32_vec(logprobs.clone());
     let non_score = to_f32_vec(non_score.sum_dim(1).reshape([b]));
     let mean = |v: &[f32]| v.iter().map(|&x| f64::from(x)).sum::<f64>() / v.len() as f64;
     let lengths: Vec<f32> = (0..b)
         .map(|row| mask_host[row * r..(row + 1) * r].iter().sum())
         .collect();
-    let metrics: Metrics = vec![
+    let mut metrics: Metrics = vec![
         (names::OBJECTIVE_KL, mean(&k1_sum)),
         (names::OBJECTIVE_ENTROPY, mean(&neg_logp_sum)),
         (names::OBJECTIVE_SCORES, mean(scores)),
@@ -313,6 +315,12 @@ pub fn make_experience(
             frac_zero_std(scores, cfg.samples_per_prompt),
         ),
     ];
+    metrics.extend(sampler_agreement(
+        &logprobs_host,
+        &generation.logprobs,
+        &mask_host,
+        cfg.rollout_is_cap,
+    ));
     let experience = Experience {
         batch: b,
         query_len: q,
@@ -320,7 +328,8 @@ pub fn make_experience(
         ids,
         attention,
         mask: mask_host,
-        logprobs: to_f32_vec(logprobs),
+        logprobs: logprobs_host,
+        sampler_logprobs: generation.logprobs.clone(),
         ref_logprobs: to_f32_vec(ref_logprobs),
         values: values.map(to_f32_vec).unwrap_or_default(),
         rewards: to_f32_vec(rewards),
@@ -330,6 +339,50 @@ pub fn make_experience(
         has_eos: generation.has_eos.clone(),
     };
     Ok((experience, metrics))
+}
+
+/// How far the trainer's log-probs of the rollout (`old`, `π_old`) are from those the sampler
+/// recorded (`sampler`), over the real tokens of `mask` (all `[batch, r]`, row-major):
+/// `sampling/sampling_logp_difference/{mean,max}` of `|Δ|` and `sampling/kl`, the k3 estimate of
+/// `KL(π_sampler ‖ π_old)`, `(e^Δ − 1) − Δ` with `Δ = logπ_old − logπ_sampler`, in `f64` (in `f32`
+/// the `e^Δ − 1` of a `Δ` near 1e−7 would be rounding). With `cap`, the truncated
+/// importance-sampling weights' min, mean and max as well.
+fn sampler_agreement(old: &[f32], sampler: &[f32], mask: &[f32], cap: Option<f32>) -> Metrics {
+    let deltas: Vec<f64> = old
+        .iter()
+        .zip(sampler)
+        .zip(mask)
+        .filter(|(_, m)| **m > 0.5)
+        .map(|((&o, &s), _)| f64::from(o) - f64::from(s))
+        .collect();
+    let n = deltas.len().max(1) as f64;
+    let mut metrics = vec![
+        (
+            names::SAMPLING_LOGP_DIFF_MEAN,
+            deltas.iter().map(|d| d.abs()).sum::<f64>() / n,
+        ),
+        (
+            names::SAMPLING_LOGP_DIFF_MAX,
+            deltas.iter().fold(0.0, |m: f64, d| m.max(d.abs())),
+        ),
+        (
+            names::SAMPLING_KL,
+            deltas.iter().map(|&d| d.exp_m1() - d).sum::<f64>() / n,
+        ),
+    ];
+    if let Some(cap) = cap {
+        let w: Vec<f64> = deltas.iter().map(|d| d.exp().min(f64::from(cap))).collect();
+        metrics.push((
+            names::SAMPLING_IS_RATIO_MIN,
+            w.iter().copied().fold(f64::INFINITY, f64::min),
+        ));
+        metrics.push((names::SAMPLING_IS_RATIO_MEAN, w.iter().sum::<f64>() / n));
+        metrics.push((
+            names::SAMPLING_IS_RATIO_MAX,
+            w.iter().copied().fold(0.0, f64::max),
+        ));
+    }
+    metrics
 }
 
 /// The population standard deviation of `v`.
@@ -365,6 +418,8 @@ pub struct Minibatch {
     pub mask: Tensor<2>,
     /// Old log-probs.
     pub logprobs: Tensor<2>,
+    /// The sampler's log-probs.
+    pub sampler_logprobs: Tensor<2>,
     /// Reference log-probs.
     pub ref_logprobs: Tensor<2>,
     /// Old values (GAE only).
@@ -404,6 +459,7 @@ impl Experience {
             input: TokenInput::new(&ids, &attention, n, vocab, device)?,
             mask: per_token(&self.mask),
             logprobs: per_token(&self.logprobs),
+            sampler_logprobs: per_token(&self.sampler_logprobs),
             ref_logprobs: per_token(&self.ref_logprobs),
             values: (!self.values.is_empty()).then(|| per_token(&self.values)),
             advantages: per_token(&self.advantages),
@@ -413,7 +469,9 @@ impl Experience {
 }
 
 /// The loss of one minibatch, `L = L_pg + c_v·L_v` (+ `β·mean KL` when the KL is a loss term),
-/// and its diagnostics (`policy/*`, `val/*`, `loss/*`).
+/// and its diagnostics (`policy/*`, `clip_ratio/*`, `val/*`, `loss/*`). `L_pg` is the surrogate
+/// of `cfg.policy_objective` (PPO's clip, GSPO, CISPO) aggregated by `cfg.loss_aggregation`,
+/// each token weighted by the truncated importance-sampling correction when it is on.
 pub fn minibatch_loss(
     models: &PolicyAndValue,
     mb: &Minibatch,
@@ -422,12 +480,21 @@ pub fn minibatch_loss(
 ) -> (Tensor<1>, Metrics) {
     let (logprobs, logits) =
         response_logprobs(&models.policy, &mb.input, mb.query_len, cfg.temperature);
-    let pg = clipped_policy_loss(
+    let correction = cfg.rollout_is_cap.map(|cap| {
+        truncated_is_weights(
+            mb.logprobs.clone(),
+            mb.sampler_logprobs.clone(),
+            mb.mask.clone(),
+            cap,
+        )
+    });
+    let pg = policy_loss(
         logprobs.clone(),
         mb.logprobs.clone(),
         mb.advantages.clone(),
         mb.mask.clone(),
-        cfg.clip_eps,
+        correction,
+        &cfg.policy_loss(),
     );
     let entropy = masked_mean(
         entropy_from_logits(logits.detach(), cfg.temperature),
@@ -439,6 +506,8 @@ pub fn minibatch_loss(
         (names::LOSS_POLICY, scalar(pg.loss.clone())),
         (names::POLICY_APPROXKL, scalar(pg.approxkl)),
         (names::POLICY_CLIPFRAC, scalar(pg.clipfrac)),
+        (names::CLIP_RATIO_LOW, scalar(pg.clip_low)),
+        (names::CLIP_RATIO_HIGH, scalar(pg.clip_high)),
         (names::POLICY_ENTROPY, scalar(entropy)),
         (names::VAL_RATIO_MEAN, scalar(pg.ratio_mean)),
         (names::VAL_RATIO_VAR, scalar(pg.ratio_var)),
@@ -599,13 +668,6 @@ fn prompt_indices(count: usize, per_batch: usize, it: u64, seed: u64) -> Vec<usi
         .collect()
 }
 
-/// Each `width`-long row of `v` repeated `n` times in place (prompt-major episodes).
-fn repeat_rows<T: Copy>(v: &[T], width: usize, n: usize) -> Vec<T> {
-    v.chunks(width)
-        .flat_map(|row| std::iter::repeat_n(row, n).flatten().copied())
-        .collect()
-}
-
 /// What one iteration produced.
 pub struct Iteration {
     /// The models after the update.
@@ -632,78 +694,55 @@ pub fn ppo_iteration(
     device: &Device,
 ) -> Result<Iteration> {
     let start = Instant::now();
-    let n = cfg.samples_per_prompt;
-    let episodes: Vec<&str> = prompts
-        .iter()
-        .flat_map(|p| std::iter::repeat_n(*p, n))
-        .collect();
-
-    // 1. sample n responses per prompt (left-padded queries, fixed length, temperature T); each
-    // prompt is tokenised once and its row repeated n times
-    let (prompt_ids, prompt_mask) = encode_queries(inputs.tokenizer, prompts, cfg.query_length)?;
-    let query_ids = repeat_rows(&prompt_ids, cfg.query_length, n);
-    let query_mask = repeat_rows(&prompt_mask, cfg.query_length, n);
     let inference = PolicyAndValue {
         policy: models.policy.valid(),
         value: models.value.as_ref().map(|v| v.valid()),
     };
-    let sampling = SamplingConfig {
-        max_new_tokens: cfg.response_length,
-        temperature: cfg.temperature,
-        eos_id: Some(inputs.tokenizer.eos_id()),
-        ..SamplingConfig::default()
-    };
-    let generation = generate(
-        &inference.policy,
-        &query_ids,
-        &query_mask,
-        episodes.len(),
-        &sampling,
-        rng,
-    )?;
 
-    // 2–3. responses cut at EOS (the mask), scored; no EOS ⇒ the penalty
-    let texts = (0..generation.batch)
-        .map(|b| {
-            let row = b * generation.new_len..(b + 1) * generation.new_len;
-            let kept: Vec<u32> = generation.tokens[row.clone()]
-                .iter()
-                .zip(&generation.mask[row])
-                .filter(|(_, m)| **m == 1)
-                .map(|(t, _)| *t)
-                .collect();
-            inputs.tokenizer.decode(&kept)
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let text_refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let mut scores = inputs.scorer.score(&episodes, &text_refs)?;
-    if let Some(penalty) = cfg.missing_eos_penalty {
-        apply_missing_eos_penalty(&mut scores, &generation.has_eos, penalty);
-    }
-    let lengths: Vec<usize> = (0..generation.batch)
-        .map(|b| {
-            generation.mask[b * generation.new_len..(b + 1) * generation.new_len]
-                .iter()
-                .map(|&m| usize::from(m))
-                .sum()
-        })
-        .collect();
-    let removed = reduce_score_variance(&mut scores, &lengths, cfg);
+    // 1–3. sample n responses per prompt (left-padded queries, at most `response_length` new
+    // tokens at temperature T), cut at EOS, score (no EOS ⇒ the penalty; DAPO's overlong
+    // punishment); with dynamic sampling, groups of equal scores are replaced by new prompts'
+    let mut sample = |prompts: &[&str], rng: &mut TrainRng| {
+        sample_and_score(&inference.policy, inputs, prompts, cfg, rng)
+    };
+    let first = sample(prompts, rng)?;
+    let (rollout, dynamic) = match cfg.dynamic_sampling {
+        Some(max_rounds) => {
+            let (r, d) = dynamic_sampling(
+                first,
+                cfg.samples_per_prompt,
+                prompts.len(),
+                max_rounds,
+                inputs.prompts,
+                rng,
+                &mut sample,
+            )?;
+            (r, Some(d))
+        }
+        None => (first, None),
+    };
+    let mut scores = rollout.scores.clone();
+    let removed = reduce_score_variance(&mut scores, &rollout.lengths, cfg);
+    let (query_ids, query_mask, generation) =
+        (&rollout.query_ids, &rollout.query_mask, &rollout.generation);
 
     // 4. log-probs, values, rewards, advantages
     let reference = inputs.reference.valid();
     let (experience, mut metrics) = make_experience(
-        &inference,
-        &reference,
-        &query_ids,
-        &query_mask,
-        &generation,
-        &scores,
-        cfg,
-        kl_coef,
+        &inference, &reference, query_ids, query_mask, generation, &scores, cfg, kl_coef,
     )?;
     if let Some(share) = removed {
         metrics.push((names::OBJECTIVE_VARIANCE_REMOVED, share));
+    }
+    if cfg.overlong_buffer.is_some() {
+        let penalties: Vec<f64> = rollout.overlong.iter().map(|&p| f64::from(p)).collect();
+        metrics.push((
+            names::OBJECTIVE_OVERLONG,
+            penalties.iter().sum::<f64>() / penalties.len().max(1) as f64,
+        ));
+    }
+    if let Some(d) = dynamic {
+        metrics.extend(d.metrics());
     }
     let rollout_seconds = start.elapsed().as_secs_f64();
 

@@ -56,14 +56,46 @@ fn tldr() -> &'static Tldr {
 /// metrics).
 fn rl_on_tldr(advantage: AdvantageEstimator, n: usize) -> (f64, f64, Metrics) {
     let s = tldr();
-    let scorer = RewardScorer::new(s.rm.clone().unwrap(), s.tok.clone(), &s.device);
-    let cfg = tldr::ppo_config(
+    rl_with(tldr::ppo_config(
         s,
         advantage,
         n,
         env_or("PPO_ITERS", 10),
         env_or("PPO_LR", 3e-4),
+    ))
+}
+
+/// A method's recipe (its clip, aggregation, objective, KL and shaping) on the sizes, seed and
+/// budget of [`tldr::ppo_config`] with `n = 4` group samples.
+fn recipe_on_tldr(recipe: PpoConfig) -> PpoConfig {
+    let sizes = tldr::ppo_config(
+        tldr(),
+        AdvantageEstimator::Grpo,
+        4,
+        env_or("PPO_ITERS", 10),
+        env_or("PPO_LR", 3e-4),
     );
+    PpoConfig {
+        iterations: sizes.iterations,
+        seed: sizes.seed,
+        samples_per_prompt: sizes.samples_per_prompt,
+        prompts_per_batch: sizes.prompts_per_batch,
+        query_length: sizes.query_length,
+        response_length: sizes.response_length,
+        ppo_epochs: sizes.ppo_epochs,
+        num_minibatches: sizes.num_minibatches,
+        optimizer: sizes.optimizer,
+        ..recipe
+    }
+}
+
+/// Trains the SFT policy with `cfg` against the RM; returns (gold before, gold after, last
+/// metrics).
+fn rl_with(cfg: PpoConfig) -> (f64, f64, Metrics) {
+    let s = tldr();
+    let advantage = cfg.advantage;
+    let n = cfg.samples_per_prompt;
+    let scorer = RewardScorer::new(s.rm.clone().unwrap(), s.tok.clone(), &s.device);
     // TL;DR detail 6: the critic starts from the reward model
     let models = PolicyAndValue::new(
         s.sft.clone(),
@@ -91,7 +123,8 @@ fn rl_on_tldr(advantage: AdvantageEstimator, n: usize) -> (f64, f64, Metrics) {
             .map_or(f64::NAN, |m| m.1)
     };
     eprintln!(
-        "{advantage:?} n={n}: {} iterations in {:.0} s; gold {:.3} → {:.3}; RM score {:.3}; KL {:.2}; length {:.1}; EOS {:.2}",
+        "{advantage:?}/{:?} n={n}: {} iterations in {:.0} s; gold {:.3} → {:.3}; RM score {:.3}; KL {:.2}; length {:.1}; EOS {:.2}",
+        cfg.policy_objective,
         report.iterations,
         start.elapsed().as_secs_f64(),
         mean(&s.sft_gold),
@@ -120,6 +153,29 @@ fn rloo_and_grpo_against_a_reward_model_raise_the_gold_score() {
             after > before + 0.15,
             "{advantage:?}: gold {before:.3} → {after:.3}"
         );
+    }
+}
+
+/// DAPO (clip-higher, token mean, dynamic sampling, overlong punishment, no KL) and GSPO (the
+/// clipped sequence ratio, per-response mean) each raise the gold score by the margin the other
+/// methods must reach, on their sizes and budget.
+#[test]
+fn dapo_and_gspo_against_a_reward_model_raise_the_gold_score() {
+    let _serial = serial();
+    let response_length =
+        tldr::ppo_config(tldr(), AdvantageEstimator::Grpo, 4, 1, 0.0).response_length;
+    for recipe in [PpoConfig::dapo(response_length), PpoConfig::gspo()] {
+        let objective = recipe.policy_objective;
+        let (before, after, last) = rl_with(recipe_on_tldr(recipe));
+        assert!(
+            after > before + 0.15,
+            "{objective:?}: gold {before:.3} → {after:.3}"
+        );
+        if objective == rlhf_core::PolicyObjective::Ppo {
+            // DAPO logs its sampling rounds and its overlong punishment
+            assert!(last.iter().any(|m| m.0 == names::DYNAMIC_SAMPLING_ROUNDS));
+            assert!(last.iter().any(|m| m.0 == names::OBJECTIVE_OVERLONG));
+        }
     }
 }
 

@@ -1,14 +1,15 @@
-//! `rlhf ppo`, `rlhf grpo`, `rlhf rloo`, `rlhf reinforce-pp`: on-policy RL of a checkpoint on a
-//! prompt file against a `--reward` (a reward model, a verifier, or an ensemble). Each command
-//! starts from its method's recipe (`PpoConfig::default()`, the TL;DR reproduction; `::grpo()`;
-//! `::rloo()`; `::reinforce_pp()`), and every field of it is a flag.
+//! `rlhf ppo`, `rlhf grpo`, `rlhf rloo`, `rlhf reinforce-pp`, `rlhf dapo`, `rlhf gspo`,
+//! `rlhf cispo`: on-policy RL of a checkpoint on a prompt file against a `--reward` (a reward
+//! model, a verifier, or an ensemble). Each command starts from its method's recipe
+//! (`PpoConfig::default()`, the TL;DR reproduction; `::grpo()`; `::rloo()`; `::reinforce_pp()`;
+//! `::dapo(…)`; `::gspo()`; `::cispo()`), and every field of it is a flag.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use rlhf_core::train::{OptimizerConfig, RunOptions};
-use rlhf_core::{KlController, KlEstimator};
+use rlhf_core::{KlController, KlEstimator, LossAggregation, PolicyObjective};
 use rlhf_data::SftRecord;
 use rlhf_models::ScalarModel;
 use rlhf_ppo::{PolicyAndValue, PpoConfig, PpoInputs, train_ppo};
@@ -30,18 +31,28 @@ pub enum Method {
     Rloo,
     /// REINFORCE++.
     ReinforcePp,
+    /// DAPO.
+    Dapo,
+    /// GSPO.
+    Gspo,
+    /// CISPO.
+    Cispo,
 }
 
 impl Method {
     /// The method's recipe, with the learning rate the references use on real checkpoints
     /// (the library's recipes keep the rate tiny test models want): PPO 3e-6 (the TL;DR
-    /// reproduction), GRPO and RLOO 1e-6 (TRL), REINFORCE++ 5e-7 (OpenRLHF's examples).
+    /// reproduction), GRPO, RLOO, DAPO, GSPO and CISPO 1e-6 (TRL's `GRPOTrainer`), REINFORCE++
+    /// 5e-7 (OpenRLHF's examples).
     pub fn preset(self) -> PpoConfig {
         let (mut c, lr) = match self {
             Method::Ppo => (PpoConfig::default(), 3e-6),
             Method::Grpo => (PpoConfig::grpo(), 1e-6),
             Method::Rloo => (PpoConfig::rloo(), 1e-6),
             Method::ReinforcePp => (PpoConfig::reinforce_pp(), 5e-7),
+            Method::Dapo => (PpoConfig::dapo(PpoConfig::default().response_length), 1e-6),
+            Method::Gspo => (PpoConfig::gspo(), 1e-6),
+            Method::Cispo => (PpoConfig::cispo(), 1e-6),
         };
         c.optimizer.lr = lr;
         c
@@ -54,8 +65,40 @@ impl Method {
             Method::Grpo => "grpo",
             Method::Rloo => "rloo",
             Method::ReinforcePp => "reinforce-pp",
+            Method::Dapo => "dapo",
+            Method::Gspo => "gspo",
+            Method::Cispo => "cispo",
         }
     }
+}
+
+/// How per-token policy losses are aggregated, as TRL's `loss_type` names it (`cispo` also
+/// selects CISPO's surrogate).
+#[derive(ValueEnum, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LossType {
+    /// Per-response mean, then the batch mean (the GRPO paper).
+    Grpo,
+    /// Token mean over the batch (DAPO; PPO's).
+    Dapo,
+    /// Token mean over the micro-batch (BNPO).
+    Bnpo,
+    /// Token sum over batch × max completion length (Dr. GRPO).
+    #[value(name = "dr_grpo", alias = "dr-grpo")]
+    DrGrpo,
+    /// CISPO's clipped, detached importance weights, token mean.
+    Cispo,
+}
+
+/// The importance ratio of the clipped surrogate: per token (PPO, GRPO, DAPO) or per sequence
+/// (GSPO).
+#[derive(ValueEnum, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SamplingLevel {
+    /// `ρ_t` per token.
+    Token,
+    /// GSPO's length-normalised sequence ratio.
+    Sequence,
 }
 
 /// The per-token KL estimator.
@@ -161,9 +204,35 @@ pub struct OnPolicyArgs {
     /// Minibatches per epoch [TRL: --num_mini_batches].
     #[arg(long)]
     pub num_mini_batches: Option<usize>,
-    /// Policy clip ε [TRL: --cliprange, --epsilon].
+    /// Policy clip ε (ε_low of an asymmetric clip) [TRL: --cliprange, --epsilon].
     #[arg(long, visible_alias = "epsilon")]
     pub cliprange: Option<f32>,
+    /// Upper clip ε_high, DAPO's clip-higher (default: the same as --cliprange; CISPO: the
+    /// weight's cap is 1 + ε_high) [TRL: --epsilon_high].
+    #[arg(long)]
+    pub epsilon_high: Option<f32>,
+    /// How per-token losses are aggregated; `cispo` also selects CISPO's surrogate
+    /// [TRL: --loss_type].
+    #[arg(long, value_enum)]
+    pub loss_type: Option<LossType>,
+    /// Clip the token ratio or GSPO's sequence ratio [TRL: --importance_sampling_level].
+    #[arg(long, value_enum)]
+    pub importance_sampling_level: Option<SamplingLevel>,
+    /// DAPO's dynamic sampling: drop groups of equal scores and sample again, at most this many
+    /// rounds per iteration (0: off).
+    #[arg(long, value_name = "ROUNDS")]
+    pub dynamic_sampling: Option<usize>,
+    /// DAPO's soft overlong punishment over the last N tokens before the length limit (0: off).
+    #[arg(long, value_name = "N")]
+    pub overlong_buffer: Option<usize>,
+    /// The overlong punishment at the length limit.
+    #[arg(long)]
+    pub overlong_penalty: Option<f32>,
+    /// Weight each token's loss by min(exp(logπ_old − logπ_sampler), CAP), the truncated
+    /// importance-sampling correction for a sampler whose numbers differ from the trainer's
+    /// (0: off) [TRL: --vllm_importance_sampling_cap].
+    #[arg(long, value_name = "CAP")]
+    pub rollout_is_cap: Option<f32>,
     /// Value clip ε_v [TRL: --cliprange_value].
     #[arg(long)]
     pub cliprange_value: Option<f32>,
@@ -285,6 +354,32 @@ impl OnPolicyArgs {
         if self.length_bucket_width.is_none() {
             self.length_bucket_width = c.length_bucket_width;
         }
+        fill!(
+            loss_type <- match (c.policy_objective, c.loss_aggregation) {
+                (PolicyObjective::Cispo, _) => LossType::Cispo,
+                (_, LossAggregation::Grpo) => LossType::Grpo,
+                (_, LossAggregation::Dapo) => LossType::Dapo,
+                (_, LossAggregation::Bnpo) => LossType::Bnpo,
+                (_, LossAggregation::DrGrpo) => LossType::DrGrpo,
+            },
+            importance_sampling_level <- if c.policy_objective == PolicyObjective::Gspo {
+                SamplingLevel::Sequence
+            } else {
+                SamplingLevel::Token
+            },
+            dynamic_sampling <- c.dynamic_sampling.unwrap_or(0),
+            overlong_penalty <- c.overlong_penalty,
+            rollout_is_cap <- c.rollout_is_cap.unwrap_or(0.0),
+        );
+        if self.epsilon_high.is_none() {
+            self.epsilon_high = c.clip_eps_high;
+        }
+        // DAPO's buffer is a quarter of the length limit, whatever limit was asked for
+        let buffer = match (method, c.overlong_buffer) {
+            (Method::Dapo, Some(_)) => self.max_completion_length.map(|l| (l / 4).max(1)),
+            (_, b) => b,
+        };
+        fill!(overlong_buffer <- buffer.unwrap_or(0));
         self
     }
 
@@ -333,6 +428,42 @@ impl OnPolicyArgs {
         }
         if let Some(w) = self.length_bucket_width {
             c.length_bucket_width = Some(w);
+        }
+        if let Some(e) = self.epsilon_high {
+            c.clip_eps_high = Some(e);
+        }
+        if let Some(t) = self.loss_type {
+            c.loss_aggregation = match t {
+                LossType::Grpo => LossAggregation::Grpo,
+                LossType::Dapo | LossType::Cispo => LossAggregation::Dapo,
+                LossType::Bnpo => LossAggregation::Bnpo,
+                LossType::DrGrpo => LossAggregation::DrGrpo,
+            };
+            c.policy_objective = match (t, c.policy_objective) {
+                (LossType::Cispo, _) => PolicyObjective::Cispo,
+                (_, PolicyObjective::Cispo) => PolicyObjective::Ppo,
+                (_, o) => o,
+            };
+        }
+        if let Some(level) = self.importance_sampling_level
+            && c.policy_objective != PolicyObjective::Cispo
+        {
+            c.policy_objective = match level {
+                SamplingLevel::Token => PolicyObjective::Ppo,
+                SamplingLevel::Sequence => PolicyObjective::Gspo,
+            };
+        }
+        if let Some(rounds) = self.dynamic_sampling {
+            c.dynamic_sampling = (rounds > 0).then_some(rounds);
+        }
+        if let Some(buffer) = self.overlong_buffer {
+            c.overlong_buffer = (buffer > 0).then_some(buffer);
+        }
+        if let Some(p) = self.overlong_penalty {
+            c.overlong_penalty = p;
+        }
+        if let Some(cap) = self.rollout_is_cap {
+            c.rollout_is_cap = (cap > 0.0).then_some(cap);
         }
         if let Some(e) = self.kl_estimator {
             c.kl_estimator = match e {
@@ -400,6 +531,11 @@ pub fn run(method: Method, args: &OnPolicyArgs, toml: &str) -> Result<()> {
         .into_iter()
         .max()
         .unwrap_or(1);
+    if args.loss_type == Some(LossType::Cispo)
+        && args.importance_sampling_level == Some(SamplingLevel::Sequence)
+    {
+        bail!("--loss-type cispo weights tokens: it has no sequence-level ratio");
+    }
     let cfg = args.config(method, longest);
     cfg.validate()?;
     let inference = device.clone().without_autodiff();

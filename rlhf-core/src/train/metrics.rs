@@ -37,6 +37,13 @@
 //! | `loss/total` | the loss the update minimises | — |
 //! | `train/skipped_steps` | updates skipped for a non-finite loss or gradient norm: since the run began in a trainer's log, in this iteration in `ppo_iteration`'s own metrics | — |
 //! | `time/rollout`, `time/update`, `time/step` | wall seconds | — |
+//! | `clip_ratio/low_mean`, `clip_ratio/high_mean` | share of tokens clipped at the lower bound (`A < 0`, ratio below `1 − ε_low`) and at the upper (`A > 0`, ratio above `1 + ε_high`); for CISPO, the weight clipped either way | `GRPOTrainer` |
+//! | `sampling/sampling_logp_difference/mean`, `…/max` | `|logπ_old − logπ_sampler|` over response tokens: the trainer's log-probs of the rollout against those recorded while sampling | `GRPOTrainer` |
+//! | `sampling/kl` | per-token `KL(π_sampler ‖ π_old)` of the same, the k3 estimate `(r − 1) − log r` with `r = π_old/π_sampler`, in `f64` | — |
+//! | `sampling/importance_sampling_ratio/min`, `…/mean`, `…/max` | the truncated importance-sampling weights, when the correction is on | `GRPOTrainer` |
+//! | `train/num_gen_batches` | DAPO's dynamic sampling: sampling rounds in the iteration | verl |
+//! | `dynamic_sampling/dropped_groups`, `dynamic_sampling/refilled_groups` | groups dropped for equal scores; of those, put back because the round cap left the batch short | — |
+//! | `objective/overlong_penalty` | mean of DAPO's overlong punishment over the responses | — |
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -75,6 +82,18 @@ pub mod names {
     pub const TRAIN_GRAD_NORM: &str = "grad_norm";
     pub const TRAIN_KL_COEF: &str = "objective/kl_coef";
     pub const TRAIN_SKIPPED_STEPS: &str = "train/skipped_steps";
+    pub const CLIP_RATIO_LOW: &str = "clip_ratio/low_mean";
+    pub const CLIP_RATIO_HIGH: &str = "clip_ratio/high_mean";
+    pub const SAMPLING_LOGP_DIFF_MEAN: &str = "sampling/sampling_logp_difference/mean";
+    pub const SAMPLING_LOGP_DIFF_MAX: &str = "sampling/sampling_logp_difference/max";
+    pub const SAMPLING_KL: &str = "sampling/kl";
+    pub const SAMPLING_IS_RATIO_MIN: &str = "sampling/importance_sampling_ratio/min";
+    pub const SAMPLING_IS_RATIO_MEAN: &str = "sampling/importance_sampling_ratio/mean";
+    pub const SAMPLING_IS_RATIO_MAX: &str = "sampling/importance_sampling_ratio/max";
+    pub const DYNAMIC_SAMPLING_ROUNDS: &str = "train/num_gen_batches";
+    pub const DYNAMIC_SAMPLING_DROPPED: &str = "dynamic_sampling/dropped_groups";
+    pub const DYNAMIC_SAMPLING_REFILLED: &str = "dynamic_sampling/refilled_groups";
+    pub const OBJECTIVE_OVERLONG: &str = "objective/overlong_penalty";
     pub const EVAL_LOSS: &str = "eval_loss";
     pub const EVAL_PERPLEXITY: &str = "eval_perplexity";
     pub const EVAL_ACCURACY: &str = "eval_accuracy";

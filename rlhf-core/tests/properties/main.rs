@@ -10,5 +10,6 @@ mod advantages;
 mod kl;
 mod logprobs;
 mod masked;
+mod policy_loss;
 mod ppo;
 mod train;

@@ -1,0 +1,212 @@
+//! The policy-gradient surrogates of the on-policy trainers: PPO's clipped ratio (with DAPO's
+//! asymmetric "clip-higher"), GSPO's sequence-level ratio and CISPO's clipped, detached
+//! importance weight; each a per-token loss, aggregated as [`LossAggregation`] says.
+//!
+//! Notation, for one batch of `B` responses with response mask `m_{i,t}` and
+//! `|y_i| = Σ_t m_{i,t}`:
+//! - `ρ_{i,t} = exp(logπ_θ(y_{i,t}) − logπ_old(y_{i,t}))`, the token ratio;
+//! - `A_{i,t}`, the advantage; `sg(·)`, stop-gradient;
+//! - `w_{i,t}`, an optional detached per-token weight (the truncated importance-sampling
+//!   correction of [`truncated_is_weights`]; 1 without it).
+//!
+//! | objective | per-token loss `ℓ_{i,t}` |
+//! | --- | --- |
+//! | `ppo` (PPO, GRPO, DAPO) | `max(−A·ρ, −A·clip(ρ, 1−ε_low, 1+ε_high))` |
+//! | `gspo` (Zheng et al. 2025) | the same with `s_i = exp((1/|y_i|)·Σ_t m·(logπ_θ − logπ_old))` in place of `ρ` at every token of response `i` |
+//! | `cispo` (MiniMax-M1, 2025) | `−sg(clip(ρ, 1−ε_low, 1+ε_high))·A·logπ_θ` |
+//!
+//! The loss is `aggregate(w·ℓ)`. PPO's symmetric clip is `ε_low = ε_high = ε`. CISPO clips the
+//! weight rather than the objective, so no token loses its gradient: at `ρ = 1` its gradient is
+//! PPO's, `−A·∇logπ_θ`. MiniMax-M1 sets no lower bound on the weight (`ε_low ≥ 1` here); TRL's
+//! `cispo` caps it above at an absolute `epsilon_high` (5.0 recommended), which is
+//! `ε_high = 4` here.
+
+use burn::tensor::Tensor;
+use serde::{Deserialize, Serialize};
+
+use crate::aggregation::{LossAggregation, aggregate};
+use crate::masked::{masked_mean, masked_var, zero_masked};
+
+/// The log-ratio `logπ_θ − logπ_old` is held within `±20` before `exp` (a ratio of `4.9e8`, far
+/// beyond any clip), so that extreme inputs give a finite loss; within that range the formulas
+/// are exact.
+pub const LOG_RATIO_LIMIT: f32 = 20.0;
+
+/// Which surrogate (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyObjective {
+    /// PPO's clipped token ratio (GRPO, DAPO).
+    #[default]
+    Ppo,
+    /// GSPO's clipped, length-normalised sequence ratio.
+    Gspo,
+    /// CISPO's clipped, detached importance weight on a REINFORCE-style loss.
+    Cispo,
+}
+
+/// The settings of [`policy_loss`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PolicyLossConfig {
+    /// The surrogate.
+    pub objective: PolicyObjective,
+    /// `ε_low`: the ratio is clipped below at `1 − ε_low` (≥ 1 means no lower bound).
+    pub clip_low: f32,
+    /// `ε_high`: the ratio is clipped above at `1 + ε_high`.
+    pub clip_high: f32,
+    /// How per-token losses are aggregated.
+    pub aggregation: LossAggregation,
+    /// `L_max` of the `dr_grpo` aggregation.
+    pub max_len: usize,
+}
+
+impl PolicyLossConfig {
+    /// PPO's symmetric clip `ε` with the token mean: the TL;DR reproduction's policy loss.
+    pub fn ppo(clip_eps: f32) -> Self {
+        PolicyLossConfig {
+            objective: PolicyObjective::Ppo,
+            clip_low: clip_eps,
+            clip_high: clip_eps,
+            aggregation: LossAggregation::Dapo,
+            max_len: 1,
+        }
+    }
+}
+
+/// The policy loss and what to log about it. Every field is shape `[1]`; the diagnostics are
+/// detached from the graph and are token means over the mask.
+#[derive(Debug, Clone)]
+pub struct PolicyLoss {
+    /// The aggregated surrogate loss.
+    pub loss: Tensor<1>,
+    /// `½·masked_mean((logπ_new − logπ_old)²)`.
+    pub approxkl: Tensor<1>,
+    /// Share of real tokens where the clip was active (for `ppo` and `gspo`: the clipped term
+    /// was the larger one; for `cispo`: the weight was clipped).
+    pub clipfrac: Tensor<1>,
+    /// Share of real tokens clipped at the lower bound (for `ppo`/`gspo`: `A < 0` and the ratio
+    /// below `1 − ε_low`; for `cispo`: `ρ < 1 − ε_low`).
+    pub clip_low: Tensor<1>,
+    /// Share of real tokens clipped at the upper bound (for `ppo`/`gspo`: `A > 0` and the ratio
+    /// above `1 + ε_high`; for `cispo`: `ρ > 1 + ε_high`).
+    pub clip_high: Tensor<1>,
+    /// Masked mean of the ratio that enters the objective (`ρ`, or `s_i` at every token for GSPO).
+    pub ratio_mean: Tensor<1>,
+    /// Masked (unbiased) variance of that ratio.
+    pub ratio_var: Tensor<1>,
+}
+
+/// The policy loss of `cfg.objective`, aggregated by `cfg.aggregation`.
+///
+/// - `logprobs`: `[batch, seq]` log-probs of the sampled tokens under the policy being trained
+///   (carries the gradient);
+/// - `old_logprobs`: `[batch, seq]` the same under the policy that sampled them;
+/// - `advantages`: `[batch, seq]`;
+/// - `mask`: `[batch, seq]` response mask;
+/// - `weights`: optional `[batch, seq]` per-token weights `w` (e.g. [`truncated_is_weights`]).
+///
+/// The old log-probs, the advantages and the weights are constants of the surrogate: they are
+/// detached here, so no gradient reaches whatever computed them. Masked positions never reach a
+/// result, whatever they hold.
+pub fn policy_loss(
+    logprobs: Tensor<2>,
+    old_logprobs: Tensor<2>,
+    advantages: Tensor<2>,
+    mask: Tensor<2>,
+    weights: Option<Tensor<2>>,
+    cfg: &PolicyLossConfig,
+) -> PolicyLoss {
+    let old_logprobs = old_logprobs.detach();
+    // zeroed where masked, so that no NaN there reaches a gradient through a product
+    let advantages = zero_masked(advantages.detach(), mask.clone());
+    // the log-ratio at masked positions is 0, so padding never reaches a sequence ratio; beyond
+    // ±LOG_RATIO_LIMIT it is held there (as verl does), so that `exp` stays finite
+    let log_ratio = zero_masked(logprobs.clone().sub(old_logprobs), mask.clone())
+        .clamp(-LOG_RATIO_LIMIT, LOG_RATIO_LIMIT);
+    let (low, high) = (1.0 - cfg.clip_low, 1.0 + cfg.clip_high);
+    let (per_token, ratio, clipped, clip_low, clip_high) = match cfg.objective {
+        PolicyObjective::Ppo | PolicyObjective::Gspo => {
+            let ratio = if cfg.objective == PolicyObjective::Gspo {
+                sequence_ratio(log_ratio.clone(), mask.clone())
+            } else {
+                log_ratio.clone().exp()
+            };
+            let unclipped = advantages.clone().neg().mul(ratio.clone());
+            let clipped = advantages.clone().neg().mul(ratio.clone().clamp(low, high));
+            let active = clipped.clone().greater(unclipped.clone()).float();
+            let r = ratio.clone().detach();
+            let clip_low = r
+                .clone()
+                .lower_elem(low)
+                .bool_and(advantages.clone().lower_elem(0.0))
+                .float();
+            let clip_high = r
+                .greater_elem(high)
+                .bool_and(advantages.greater_elem(0.0))
+                .float();
+            (
+                unclipped.max_pair(clipped),
+                ratio,
+                active,
+                clip_low,
+                clip_high,
+            )
+        }
+        PolicyObjective::Cispo => {
+            let ratio = log_ratio.clone().exp();
+            let weight = ratio.clone().clamp(low, high).detach();
+            let per_token = weight
+                .mul(advantages)
+                .mul(zero_masked(logprobs, mask.clone()))
+                .neg();
+            let r = ratio.clone().detach();
+            let clip_low = r.clone().lower_elem(low).float();
+            let clip_high = r.greater_elem(high).float();
+            let active = clip_low.clone().add(clip_high.clone());
+            (per_token, ratio, active, clip_low, clip_high)
+        }
+    };
+    let per_token = match weights {
+        Some(w) => per_token.mul(zero_masked(w.detach(), mask.clone())),
+        None => per_token,
+    };
+    let loss = aggregate(per_token, mask.clone(), cfg.aggregation, cfg.max_len);
+    let ratio = ratio.detach();
+    PolicyLoss {
+        loss,
+        approxkl: masked_mean(log_ratio.detach().square(), mask.clone()).mul_scalar(0.5),
+        clipfrac: masked_mean(clipped, mask.clone()),
+        clip_low: masked_mean(clip_low, mask.clone()),
+        clip_high: masked_mean(clip_high, mask.clone()),
+        ratio_mean: masked_mean(ratio.clone(), mask.clone()),
+        ratio_var: masked_var(ratio, mask, true),
+    }
+}
+
+/// GSPO's sequence ratio `s_i = exp((1/max(|y_i|, 1))·Σ_t m_{i,t}·Δ_{i,t})` of the (masked)
+/// log-ratios `Δ` `[batch, seq]`, repeated at every position of row `i`: `[batch, seq]`.
+pub fn sequence_ratio(log_ratio: Tensor<2>, mask: Tensor<2>) -> Tensor<2> {
+    let [batch, seq] = log_ratio.dims();
+    let lengths = mask.clone().sum_dim(1).clamp_min(1.0);
+    zero_masked(log_ratio, mask)
+        .sum_dim(1)
+        .div(lengths)
+        .exp()
+        .expand([batch, seq])
+}
+
+/// The truncated importance-sampling correction for a sampler whose numbers differ from the
+/// trainer's (another engine, other kernels): `w_t = min(exp(logπ_old(y_t) − logπ_sampler(y_t)), C)`,
+/// detached, 0 at masked positions. `[batch, seq]` in and out; `cap` is `C` (TRL: 2).
+///
+/// `old_logprobs` are the trainer's own log-probs of the rollout (`π_old` as the trainer computes
+/// it), `sampler_logprobs` the ones recorded while sampling.
+pub fn truncated_is_weights(
+    old_logprobs: Tensor<2>,
+    sampler_logprobs: Tensor<2>,
+    mask: Tensor<2>,
+    cap: f32,
+) -> Tensor<2> {
+    let log_w = zero_masked(old_logprobs.sub(sampler_logprobs), mask.clone());
+    zero_masked(log_w.exp().clamp_max(cap), mask).detach()
+}

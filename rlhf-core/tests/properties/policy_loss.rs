@@ -1,0 +1,418 @@
+//! The policy surrogates (PPO/DAPO clip, GSPO, CISPO), the four loss aggregations and the
+//! truncated importance-sampling weights, against `f64` references written from the formulas,
+//! with their gradients and the cases where the definitions coincide.
+
+use proptest::prelude::*;
+use rlhf_core::{
+    LossAggregation, PolicyLossConfig, PolicyObjective, aggregate, clipped_policy_loss,
+    policy_loss, truncated_is_weights,
+};
+
+use crate::common::*;
+
+const OBJECTIVES: [PolicyObjective; 3] = [
+    PolicyObjective::Ppo,
+    PolicyObjective::Gspo,
+    PolicyObjective::Cispo,
+];
+const AGGREGATIONS: [LossAggregation; 4] = [
+    LossAggregation::Grpo,
+    LossAggregation::Dapo,
+    LossAggregation::Bnpo,
+    LossAggregation::DrGrpo,
+];
+
+/// One problem in plain numbers: `[batch, seq]` row-major.
+struct Problem<'a> {
+    batch: usize,
+    seq: usize,
+    new: &'a [f64],
+    old: &'a [f64],
+    adv: &'a [f64],
+    mask: &'a [bool],
+    weights: Option<&'a [f64]>,
+}
+
+struct Reference {
+    loss: f64,
+    clip_low: f64,
+    clip_high: f64,
+    ratio_mean: f64,
+}
+
+/// `L = aggregate(w·ℓ)` of the module documentation, in `f64`.
+fn aggregate_ref(
+    per_token: &[f64],
+    mask: &[bool],
+    [batch, seq]: [usize; 2],
+    how: LossAggregation,
+    max_len: usize,
+) -> f64 {
+    let row_sum = |i: usize| -> f64 {
+        (0..seq)
+            .filter(|&t| mask[i * seq + t])
+            .map(|t| per_token[i * seq + t])
+            .sum()
+    };
+    let row_len = |i: usize| (0..seq).filter(|&t| mask[i * seq + t]).count() as f64;
+    let total: f64 = (0..batch).map(row_sum).sum();
+    let tokens: f64 = (0..batch).map(row_len).sum();
+    match how {
+        LossAggregation::Grpo => {
+            (0..batch)
+                .map(|i| row_sum(i) / row_len(i).max(1.0))
+                .sum::<f64>()
+                / batch as f64
+        }
+        LossAggregation::Dapo | LossAggregation::Bnpo => total / tokens.max(1.0),
+        LossAggregation::DrGrpo => total / (batch * max_len) as f64,
+    }
+}
+
+fn reference(p: &Problem, cfg: &PolicyLossConfig) -> Reference {
+    let (b, s) = (p.batch, p.seq);
+    let (low, high) = (
+        1.0 - f64::from(cfg.clip_low),
+        1.0 + f64::from(cfg.clip_high),
+    );
+    let real = |k: usize| p.mask[k];
+    let seq_ratio: Vec<f64> = (0..b)
+        .map(|i| {
+            let ks: Vec<usize> = (i * s..(i + 1) * s).filter(|&k| real(k)).collect();
+            let mean =
+                ks.iter().map(|&k| p.new[k] - p.old[k]).sum::<f64>() / (ks.len().max(1) as f64);
+            mean.exp()
+        })
+        .collect();
+    let mut per_token = vec![0.0; b * s];
+    let (mut lo, mut hi, mut ratio_sum, mut n) = (0.0, 0.0, 0.0, 0.0);
+    for k in (0..b * s).filter(|&k| real(k)) {
+        let a = p.adv[k];
+        let rho = match cfg.objective {
+            PolicyObjective::Gspo => seq_ratio[k / s],
+            _ => (p.new[k] - p.old[k]).exp(),
+        };
+        let l = match cfg.objective {
+            PolicyObjective::Ppo | PolicyObjective::Gspo => {
+                (-a * rho).max(-a * rho.clamp(low, high))
+            }
+            PolicyObjective::Cispo => -rho.clamp(low, high) * a * p.new[k],
+        };
+        per_token[k] = l * p.weights.map_or(1.0, |w| w[k]);
+        let (is_low, is_high) = match cfg.objective {
+            PolicyObjective::Cispo => (rho < low, rho > high),
+            _ => (rho < low && a < 0.0, rho > high && a > 0.0),
+        };
+        lo += f64::from(u8::from(is_low));
+        hi += f64::from(u8::from(is_high));
+        ratio_sum += rho;
+        n += 1.0;
+    }
+    Reference {
+        loss: aggregate_ref(&per_token, p.mask, [b, s], cfg.aggregation, cfg.max_len),
+        clip_low: lo / n,
+        clip_high: hi / n,
+        ratio_mean: ratio_sum / n,
+    }
+}
+
+/// The ratio of every real token (the sequence ratio for GSPO) lies at least `margin` from
+/// either clip bound, so counts are well defined and a finite difference does not straddle a
+/// kink.
+fn far_from_kinks(p: &Problem, cfg: &PolicyLossConfig, margin: f64) -> bool {
+    let (low, high) = (
+        1.0 - f64::from(cfg.clip_low),
+        1.0 + f64::from(cfg.clip_high),
+    );
+    let s = p.seq;
+    (0..p.batch * s).filter(|&k| p.mask[k]).all(|k| {
+        let log_rho = match cfg.objective {
+            PolicyObjective::Gspo => {
+                let i = k / s;
+                let ks: Vec<usize> = (i * s..(i + 1) * s).filter(|&j| p.mask[j]).collect();
+                ks.iter().map(|&j| p.new[j] - p.old[j]).sum::<f64>() / ks.len() as f64
+            }
+            _ => p.new[k] - p.old[k],
+        };
+        let rho = log_rho.exp();
+        (rho - low).abs() > margin && (rho - high).abs() > margin && p.adv[k].abs() > margin
+    })
+}
+
+fn run(p: &Problem, cfg: &PolicyLossConfig, dev: &burn::tensor::Device) -> rlhf_core::PolicyLoss {
+    let s = [p.batch, p.seq];
+    policy_loss(
+        t2(p.new, s, dev),
+        t2(p.old, s, dev),
+        t2(p.adv, s, dev),
+        t2(&mask_f(p.mask), s, dev),
+        p.weights.map(|w| t2(w, s, dev)),
+        cfg,
+    )
+}
+
+fn objective() -> impl Strategy<Value = PolicyObjective> {
+    prop::sample::select(OBJECTIVES.to_vec())
+}
+
+fn aggregation() -> impl Strategy<Value = LossAggregation> {
+    prop::sample::select(AGGREGATIONS.to_vec())
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn every_surrogate_and_aggregation_matches_its_reference(
+        p in tokens(0.6, 1),
+        objective in objective(),
+        aggregation in aggregation(),
+        clip_low in 0.05f64..0.4,
+        extra_high in 0.0f64..0.3,
+        max_len in 6usize..12,
+        weighted in any::<bool>(),
+    ) {
+        let old: Vec<f64> = p.b.iter().map(|x| x - 1.0).collect();
+        let new: Vec<f64> = p.a.iter().zip(&old).map(|(a, o)| o + a).collect();
+        let weights: Vec<f64> = p.c.iter().map(|c| 1.0 + c.abs()).collect();
+        let problem = Problem { batch: p.batch, seq: p.seq, new: &new, old: &old, adv: &p.c, mask: &p.mask, weights: weighted.then_some(weights.as_slice()) };
+        let cfg = PolicyLossConfig { objective, clip_low: clip_low as f32, clip_high: (clip_low + extra_high) as f32, aggregation, max_len };
+        prop_assume!(far_from_kinks(&problem, &cfg, 1e-4));
+        let out = run(&problem, &cfg, &device());
+        let r = reference(&problem, &cfg);
+        assert_close(&[scalar(out.loss)], &[r.loss], TOL)?;
+        assert_close(&[scalar(out.clip_low)], &[r.clip_low], TOL)?;
+        assert_close(&[scalar(out.clip_high)], &[r.clip_high], TOL)?;
+        assert_close(&[scalar(out.ratio_mean)], &[r.ratio_mean], TOL)?;
+    }
+
+    #[test]
+    fn every_surrogate_gradient_matches_central_differences(
+        p in tokens(0.6, 1),
+        objective in objective(),
+        aggregation in aggregation(),
+        clip_low in 0.1f64..0.3,
+        extra_high in 0.0f64..0.3,
+    ) {
+        let old = p.b.clone();
+        let new: Vec<f64> = p.a.iter().zip(&old).map(|(a, o)| o + a).collect();
+        let cfg = PolicyLossConfig { objective, clip_low: clip_low as f32, clip_high: (clip_low + extra_high) as f32, aggregation, max_len: 8 };
+        let problem = Problem { batch: p.batch, seq: p.seq, new: &new, old: &old, adv: &p.c, mask: &p.mask, weights: None };
+        prop_assume!(far_from_kinks(&problem, &cfg, 2e-2));
+        let dev = device().autodiff();
+        let s = p.shape();
+        let x = t2(&new, s, &dev).require_grad();
+        let loss = policy_loss(x.clone(), t2(&old, s, &dev), t2(&p.c, s, &dev), t2(&p.maskf(), s, &dev), None, &cfg).loss;
+        let grad = host(x.grad(&loss.backward()).expect("the loss depends on the new log-probs"));
+        let h = 1e-5;
+        let fd: Vec<f64> = (0..new.len()).map(|i| {
+            let (mut up, mut down) = (new.clone(), new.clone());
+            up[i] += h;
+            down[i] -= h;
+            let at = |v: &[f64]| reference(&Problem { new: v, ..problem_like(&problem) }, &cfg).loss;
+            (at(&up) - at(&down)) / (2.0 * h)
+        }).collect();
+        // CISPO's weight is a constant of the surrogate: its gradient is −w·A·∇logπ only
+        let expected = if objective == PolicyObjective::Cispo {
+            cispo_gradient(&problem, &cfg)
+        } else {
+            fd
+        };
+        assert_close(&grad, &expected, 1e-3)?;
+    }
+
+    /// Equal lengths (every row `L_max` real tokens) and the symmetric clip: GRPO's per-response
+    /// mean, DAPO's and BNPO's token mean and Dr. GRPO's constant are one loss with one gradient.
+    #[test]
+    fn grpo_dr_grpo_dapo_and_bnpo_coincide_on_equal_lengths(
+        batch in 1usize..4,
+        seq in 1usize..6,
+        values in prop::collection::vec(-0.6f64..0.6, 45),
+        eps in 0.05f64..0.3,
+    ) {
+        let n = batch * seq;
+        let new: Vec<f64> = values[..n].to_vec();
+        let old: Vec<f64> = values[n..2 * n].iter().map(|v| v * 0.5).collect();
+        let adv: Vec<f64> = values[2 * n..3 * n].iter().map(|v| v * 3.0).collect();
+        let mask = vec![1.0; n];
+        let dev = device().autodiff();
+        let s = [batch, seq];
+        let outs: Vec<(f64, Vec<f64>)> = AGGREGATIONS.iter().map(|&aggregation| {
+            let cfg = PolicyLossConfig { aggregation, max_len: seq, ..PolicyLossConfig::ppo(eps as f32) };
+            let x = t2(&new, s, &dev).require_grad();
+            let loss = policy_loss(x.clone(), t2(&old, s, &dev), t2(&adv, s, &dev), t2(&mask, s, &dev), None, &cfg).loss;
+            let value = scalar(loss.clone());
+            (value, host(x.grad(&loss.backward()).unwrap()))
+        }).collect();
+        for (value, grad) in &outs[1..] {
+            assert_close(&[*value], &[outs[0].0], 1e-5)?;
+            assert_close(grad, &outs[0].1, 1e-5)?;
+        }
+    }
+
+    /// On-policy (`ρ = 1`), CISPO's gradient is PPO's: `−A·∇logπ` aggregated alike.
+    #[test]
+    fn cispo_and_ppo_have_one_gradient_on_policy(p in tokens(0.6, 1), aggregation in aggregation()) {
+        let dev = device().autodiff();
+        let s = p.shape();
+        let grad_of = |objective: PolicyObjective| {
+            let cfg = PolicyLossConfig { objective, aggregation, max_len: 8, ..PolicyLossConfig::ppo(0.2) };
+            let x = t2(&p.a, s, &dev).require_grad();
+            let loss = policy_loss(x.clone(), t2(&p.a, s, &dev), t2(&p.c, s, &dev), t2(&p.maskf(), s, &dev), None, &cfg).loss;
+            host(x.grad(&loss.backward()).unwrap())
+        };
+        assert_close(&grad_of(PolicyObjective::Cispo), &grad_of(PolicyObjective::Ppo), 1e-5)?;
+    }
+
+    /// With one real token per response, GSPO's sequence ratio is the token ratio.
+    #[test]
+    fn gspo_on_one_token_responses_is_ppo(
+        batch in 1usize..5,
+        values in prop::collection::vec(-0.6f64..0.6, 15),
+        eps in 0.05f64..0.3,
+    ) {
+        let dev = device();
+        let s = [batch, 1];
+        let (new, old, adv) = (&values[..batch], &values[5..5 + batch], &values[10..10 + batch]);
+        let loss = |objective| {
+            let cfg = PolicyLossConfig { objective, ..PolicyLossConfig::ppo(eps as f32) };
+            scalar(policy_loss(t2(new, s, &dev), t2(old, s, &dev), t2(adv, s, &dev), t2(&vec![1.0; batch], s, &dev), None, &cfg).loss)
+        };
+        assert_close(&[loss(PolicyObjective::Gspo)], &[loss(PolicyObjective::Ppo)], 1e-6)?;
+    }
+
+    /// What masked positions hold — junk log-probs, advantages, weights — changes neither the loss
+    /// nor the gradient of any surrogate.
+    #[test]
+    fn masked_positions_change_no_loss_and_no_gradient(
+        p in tokens(0.6, 1),
+        objective in objective(),
+        aggregation in aggregation(),
+    ) {
+        let dev = device().autodiff();
+        let s = p.shape();
+        let cfg = PolicyLossConfig { objective, aggregation, max_len: 8, ..PolicyLossConfig::ppo(0.2) };
+        let weights: Vec<f64> = p.c.iter().map(|c| 1.0 + c.abs()).collect();
+        let eval = |new: &[f64], old: &[f64], adv: &[f64], w: &[f64]| {
+            let x = t2(new, s, &dev).require_grad();
+            let loss = policy_loss(x.clone(), t2(old, s, &dev), t2(adv, s, &dev), t2(&p.maskf(), s, &dev), Some(t2(w, s, &dev)), &cfg).loss;
+            let value = scalar(loss.clone());
+            let grad = host(x.grad(&loss.backward()).unwrap());
+            // the gradient at masked positions is 0 either way; compare the real ones
+            (value, grad)
+        };
+        let clean = eval(&p.a, &p.b, &p.c, &weights);
+        let dirty = eval(&p.corrupt(&p.a), &p.corrupt(&p.b), &p.corrupt(&p.c), &p.corrupt(&weights));
+        prop_assert_eq!(clean.0, dirty.0);
+        prop_assert_eq!(clean.1, dirty.1);
+    }
+
+    /// `w = min(exp(logπ_old − logπ_sampler), C)` at real tokens, 0 at masked ones.
+    #[test]
+    fn truncated_is_weights_match_reference(p in tokens(3.0, 1), cap in 1.0f64..4.0) {
+        let dev = device();
+        let s = p.shape();
+        let w = host(truncated_is_weights(t2(&p.a, s, &dev), t2(&p.b, s, &dev), t2(&p.maskf(), s, &dev), cap as f32));
+        let expected: Vec<f64> = (0..p.a.len()).map(|k| if p.mask[k] { (p.a[k] - p.b[k]).exp().min(cap) } else { 0.0 }).collect();
+        assert_close(&w, &expected, TOL)?;
+    }
+}
+
+fn problem_like<'a>(p: &Problem<'a>) -> Problem<'a> {
+    Problem {
+        batch: p.batch,
+        seq: p.seq,
+        new: p.new,
+        old: p.old,
+        adv: p.adv,
+        mask: p.mask,
+        weights: p.weights,
+    }
+}
+
+/// `∂L/∂logπ_{i,t}` of CISPO: `−clip(ρ)·A` times the aggregation's weight of token `(i, t)`.
+fn cispo_gradient(p: &Problem, cfg: &PolicyLossConfig) -> Vec<f64> {
+    let (b, s) = (p.batch, p.seq);
+    let (low, high) = (
+        1.0 - f64::from(cfg.clip_low),
+        1.0 + f64::from(cfg.clip_high),
+    );
+    // the aggregation is linear: its weight of a token is the loss of a one-hot per-token loss
+    (0..b * s)
+        .map(|k| {
+            if !p.mask[k] {
+                return 0.0;
+            }
+            let mut one_hot = vec![0.0; b * s];
+            one_hot[k] = 1.0;
+            let weight = aggregate_ref(&one_hot, p.mask, [b, s], cfg.aggregation, cfg.max_len);
+            -(p.new[k] - p.old[k]).exp().clamp(low, high) * p.adv[k] * weight
+        })
+        .collect()
+}
+
+/// Log-ratios of ±10⁴ and log-probs of −10⁴: every surrogate stays finite.
+#[test]
+fn extreme_log_ratios_give_finite_losses() {
+    let dev = device();
+    let new = [1e4, -1e4, 0.0, -1e4, 1e4, -3.0];
+    let old = [-1e4, 1e4, 0.0, 0.0, 0.0, -3.0];
+    let adv = [1.0, -1.0, 2.0, -5.0, 5.0, 0.5];
+    let mask = [1.0, 1.0, 1.0, 1.0, 1.0, 0.0];
+    for objective in OBJECTIVES {
+        for aggregation in AGGREGATIONS {
+            let cfg = PolicyLossConfig {
+                objective,
+                aggregation,
+                max_len: 3,
+                ..PolicyLossConfig::ppo(0.2)
+            };
+            let out = policy_loss(
+                t2(&new, [2, 3], &dev),
+                t2(&old, [2, 3], &dev),
+                t2(&adv, [2, 3], &dev),
+                t2(&mask, [2, 3], &dev),
+                None,
+                &cfg,
+            );
+            for (name, v) in [
+                ("loss", out.loss),
+                ("ratio", out.ratio_mean),
+                ("approxkl", out.approxkl),
+            ] {
+                let v = scalar(v);
+                assert!(v.is_finite(), "{objective:?}/{aggregation:?}: {name} = {v}");
+            }
+        }
+    }
+}
+
+/// The TL;DR policy loss is the special case: `clipped_policy_loss(ε)` is the `ppo` surrogate
+/// with `ε_low = ε_high = ε` and the token mean.
+#[test]
+fn the_clipped_policy_loss_is_the_symmetric_token_mean_case() {
+    let dev = device();
+    let new = [-1.0, -2.0, -0.5, -1.5, -0.2, -0.9];
+    let old = [-1.3, -1.8, -0.7, -1.5, -0.9, -0.1];
+    let adv = [0.5, -1.0, 2.0, 0.3, -0.7, 1.1];
+    let mask = [1.0, 1.0, 1.0, 1.0, 1.0, 0.0];
+    let t = |v: &[f64]| t2(v, [2, 3], &dev);
+    let a = scalar(clipped_policy_loss(t(&new), t(&old), t(&adv), t(&mask), 0.2).loss);
+    let cfg = PolicyLossConfig {
+        objective: PolicyObjective::Ppo,
+        clip_low: 0.2,
+        clip_high: 0.2,
+        aggregation: LossAggregation::Dapo,
+        max_len: 99,
+    };
+    let b = scalar(policy_loss(t(&new), t(&old), t(&adv), t(&mask), None, &cfg).loss);
+    assert_eq!(a, b);
+    // and the aggregation function on its own agrees with the reference
+    let per_token = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+    let m = [true, true, false, true, false, false];
+    for how in AGGREGATIONS {
+        let got = scalar(aggregate(t(&per_token), t(&mask_f(&m)), how, 4));
+        let want = aggregate_ref(&per_token, &m, [2, 3], how, 4);
+        assert!((got - want).abs() < 1e-6, "{how:?}: {got} vs {want}");
+    }
+}

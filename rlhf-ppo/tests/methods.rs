@@ -1,0 +1,356 @@
+//! The newer policy-optimisation settings inside the trainer: the sampler and the trainer agree
+//! on the rollout's log-probs (so no importance-sampling correction is needed here), the loss
+//! aggregations coincide where their definitions do, and DAPO's dynamic sampling keeps only
+//! groups whose scores differ. On the device of `RLHF_DEVICE` (flex by default; wgpu in CI).
+
+mod common;
+
+use burn::module::Module;
+use rand::SeedableRng;
+use rlhf_core::train::metrics::names;
+use rlhf_core::train::{Metrics, OptimizerConfig, TrainRng};
+use rlhf_core::{LossAggregation, PolicyObjective};
+use rlhf_models::{Generation, SamplingConfig, generate};
+use rlhf_ppo::{
+    AdvantageEstimator, PolicyAndValue, PpoConfig, PpoInputs, encode_queries, make_experience,
+    ppo_iteration, ppo_update,
+};
+
+fn metric(m: &Metrics, name: &str) -> f64 {
+    m.iter()
+        .find(|x| x.0 == name)
+        .unwrap_or_else(|| panic!("no metric {name}"))
+        .1
+}
+
+fn small(advantage: AdvantageEstimator) -> PpoConfig {
+    PpoConfig {
+        advantage,
+        samples_per_prompt: 4,
+        prompts_per_batch: 4,
+        query_length: 8,
+        response_length: 8,
+        ppo_epochs: 2,
+        num_minibatches: 2,
+        temperature: 1.0,
+        optimizer: OptimizerConfig {
+            lr: 1e-3,
+            ..OptimizerConfig::default()
+        },
+        ..PpoConfig::default()
+    }
+}
+
+/// The log-probs recorded while sampling (KV cache, host-side softmax) and the ones the trainer
+/// recomputes for the same tokens (one full forward pass, `token_logprobs` on the device) are
+/// the same numbers up to rounding: `sampling/kl` below 1e−6. Frameworks that sample with
+/// another engine see far more and need the truncated importance-sampling correction.
+#[test]
+fn the_sampler_and_the_trainer_agree_on_the_rollout_log_probs() {
+    let tok = common::tokenizer();
+    let device = rlhf_core::device_from_env().unwrap().autodiff();
+    let bytes = common::counting_policy(&tok, 0.0);
+    let policy = common::load(&bytes, tok.vocab_size(), 0.0, &device);
+    let cfg = PpoConfig {
+        rollout_is_cap: Some(3.0),
+        ..small(AdvantageEstimator::Grpo)
+    };
+    let prompts: Vec<String> = (1..=4).map(common::prompt).collect();
+    let episodes: Vec<&str> = prompts.iter().flat_map(|p| [p.as_str(); 4]).collect();
+    let (qids, qmask) = encode_queries(&tok, &episodes, cfg.query_length).unwrap();
+    let models = PolicyAndValue::new(policy, None);
+    let inference = PolicyAndValue {
+        policy: models.policy.valid(),
+        value: None,
+    };
+    let generation = generate(
+        &inference.policy,
+        &qids,
+        &qmask,
+        episodes.len(),
+        &SamplingConfig {
+            max_new_tokens: cfg.response_length,
+            temperature: cfg.temperature,
+            eos_id: Some(tok.eos_id()),
+            ..SamplingConfig::default()
+        },
+        &mut rand_chacha::ChaCha8Rng::seed_from_u64(2),
+    )
+    .unwrap();
+    let scores: Vec<f32> = (0..episodes.len()).map(|i| (i % 3) as f32).collect();
+    let (_, metrics) = make_experience(
+        &inference,
+        &inference.policy,
+        &qids,
+        &qmask,
+        &generation,
+        &scores,
+        &cfg,
+        0.0,
+    )
+    .unwrap();
+    let (kl, mean, max) = (
+        metric(&metrics, names::SAMPLING_KL),
+        metric(&metrics, names::SAMPLING_LOGP_DIFF_MEAN),
+        metric(&metrics, names::SAMPLING_LOGP_DIFF_MAX),
+    );
+    let is_mean = metric(&metrics, names::SAMPLING_IS_RATIO_MEAN);
+    eprintln!(
+        "{:?}: sampling/kl {kl:.3e}, |Δ logp| mean {mean:.3e} max {max:.3e}, IS weight mean {is_mean}",
+        rlhf_core::device_from_env().unwrap()
+    );
+    assert!((0.0..1e-6).contains(&kl), "sampling/kl {kl}");
+    assert!(mean < 1e-4 && max < 1e-3, "|Δ| mean {mean} max {max}");
+    assert!((is_mean - 1.0).abs() < 1e-3, "weights {is_mean}");
+}
+
+/// A generation whose every row runs to the token limit (no EOS), so every response has
+/// `L_max` tokens.
+fn full_length_generation(batch: usize, len: usize, vocab: u32) -> Generation {
+    Generation {
+        batch,
+        new_len: len,
+        tokens: (0..batch * len)
+            .map(|i| (i as u32 * 7 + 3) % vocab)
+            .collect(),
+        logprobs: vec![0.0; batch * len],
+        mask: vec![1; batch * len],
+        has_eos: vec![false; batch],
+    }
+}
+
+/// With every response `L_max` tokens long and the symmetric clip, GRPO's per-response mean,
+/// DAPO's token mean and Dr. GRPO's constant normaliser are one loss: two epochs of updates
+/// leave the same weights. With one response cut short they do not (so the comparison can
+/// fail).
+#[test]
+fn grpo_dapo_and_dr_grpo_aggregations_take_the_same_steps_on_equal_lengths() {
+    let tok = common::tokenizer();
+    let device = rlhf_core::device_from_env().unwrap().autodiff();
+    let bytes = common::counting_policy(&tok, 0.0);
+    let vocab = tok.vocab_size();
+    let prompts: Vec<String> = (1..=4).map(common::prompt).collect();
+    let episodes: Vec<&str> = prompts.iter().flat_map(|p| [p.as_str(); 4]).collect();
+    let base = small(AdvantageEstimator::Grpo);
+    let (qids, qmask) = encode_queries(&tok, &episodes, base.query_length).unwrap();
+    let scores: Vec<f32> = (0..episodes.len()).map(|i| (i % 3) as f32 * 0.7).collect();
+    let probe = common::load(&bytes, vocab, 0.0, &device).valid();
+    let probe_input = probe.input(&qids, &qmask, episodes.len()).unwrap();
+    let after = |aggregation: LossAggregation, generation: &Generation| -> Vec<f32> {
+        let cfg = PpoConfig {
+            loss_aggregation: aggregation,
+            ..base.clone()
+        };
+        let models = PolicyAndValue::new(common::load(&bytes, vocab, 0.0, &device), None);
+        let inference = PolicyAndValue {
+            policy: models.policy.valid(),
+            value: None,
+        };
+        let (exp, _) = make_experience(
+            &inference,
+            &inference.policy,
+            &qids,
+            &qmask,
+            generation,
+            &scores,
+            &cfg,
+            0.0,
+        )
+        .unwrap();
+        let mut optim = cfg.optimizer.build().unwrap();
+        let (models, _) = ppo_update(
+            models,
+            &mut optim,
+            &exp,
+            &cfg,
+            0.0,
+            &|_| cfg.optimizer.lr,
+            &[],
+            &mut TrainRng::seed_from_u64(9),
+            &device,
+        )
+        .unwrap();
+        rlhf_core::host::to_f32_vec(models.policy.valid().forward(&probe_input, None))
+    };
+    let worst = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max)
+    };
+    let full = full_length_generation(episodes.len(), base.response_length, vocab as u32);
+    let grpo = after(LossAggregation::Grpo, &full);
+    for other in [LossAggregation::Dapo, LossAggregation::DrGrpo] {
+        let d = worst(&grpo, &after(other, &full));
+        assert!(d < 1e-5, "{other:?} differs from grpo by {d}");
+    }
+    // ragged lengths: the per-response mean weighs a short response's tokens more
+    let mut ragged = full.clone();
+    for t in 2..base.response_length {
+        ragged.mask[t] = 0;
+    }
+    let d = worst(
+        &after(LossAggregation::Grpo, &ragged),
+        &after(LossAggregation::Dapo, &ragged),
+    );
+    assert!(
+        d > 1e-4,
+        "grpo and dapo should differ on ragged lengths ({d})"
+    );
+}
+
+/// The counting policy (as reference and as the policy to train) on eight `count k:` prompts.
+struct Counting {
+    tok: rlhf_data::Tokenizer,
+    device: burn::tensor::Device,
+    bytes: Vec<u8>,
+    prompts: Vec<String>,
+    reference: rlhf_models::CausalLm,
+}
+
+impl Counting {
+    fn new() -> Self {
+        let tok = common::tokenizer();
+        let device = rlhf_core::device_from_env().unwrap().autodiff();
+        let bytes = common::counting_policy(&tok, 0.0);
+        let reference = common::load(&bytes, tok.vocab_size(), 0.0, &device);
+        Counting {
+            prompts: (1..=8).map(common::prompt).collect(),
+            tok,
+            device,
+            bytes,
+            reference,
+        }
+    }
+
+    /// One iteration of `cfg` from the counting policy on the first four prompts, seed 5.
+    fn iteration(&self, scorer: &dyn rlhf_core::Scorer, cfg: &PpoConfig) -> rlhf_ppo::Iteration {
+        let inputs = PpoInputs {
+            reference: &self.reference,
+            scorer,
+            tokenizer: &self.tok,
+            prompts: &self.prompts,
+            demonstrations: &[],
+            eval: None,
+            eval_every: 0,
+        };
+        let policy = common::load(&self.bytes, self.tok.vocab_size(), 0.0, &self.device);
+        let mut optim = cfg.optimizer.build().unwrap();
+        let picked: Vec<&str> = self.prompts[..4].iter().map(String::as_str).collect();
+        ppo_iteration(
+            PolicyAndValue::new(policy, None),
+            &mut optim,
+            &inputs,
+            &picked,
+            cfg,
+            0.0,
+            &|_| cfg.optimizer.lr,
+            &mut TrainRng::seed_from_u64(5),
+            &self.device,
+        )
+        .unwrap()
+    }
+}
+
+/// DAPO's dynamic sampling on a rule reward with ties (the counting policy at a low temperature
+/// often gives a prompt `n` equal word counts): the kept batch holds only groups whose scores
+/// differ, more sampling rounds were needed, and the batch keeps its size. With a constant
+/// reward no group is informative: every round is spent and the batch is refilled.
+#[test]
+fn dynamic_sampling_keeps_groups_whose_scores_differ() {
+    let counting = Counting::new();
+    let run = |scorer: &dyn rlhf_core::Scorer, cfg: &PpoConfig| counting.iteration(scorer, cfg);
+    let cfg = PpoConfig {
+        temperature: 0.3,
+        dynamic_sampling: Some(6),
+        overlong_buffer: Some(2),
+        missing_eos_penalty: None,
+        ..small(AdvantageEstimator::Grpo)
+    };
+    let step = run(&common::Words, &cfg);
+    let (rounds, dropped, refilled) = (
+        metric(&step.metrics, names::DYNAMIC_SAMPLING_ROUNDS),
+        metric(&step.metrics, names::DYNAMIC_SAMPLING_DROPPED),
+        metric(&step.metrics, names::DYNAMIC_SAMPLING_REFILLED),
+    );
+    eprintln!(
+        "rounds {rounds}, dropped {dropped}, refilled {refilled}, overlong {}",
+        metric(&step.metrics, names::OBJECTIVE_OVERLONG)
+    );
+    assert!(
+        dropped >= 1.0 && rounds >= 2.0,
+        "the setting should have produced flat groups"
+    );
+    assert_eq!(step.experience.batch, 16);
+    let flat = step
+        .experience
+        .scores
+        .chunks(4)
+        .filter(|g| g.iter().all(|&s| s == g[0]))
+        .count();
+    assert_eq!(flat as f64, refilled, "only refilled groups may be flat");
+    assert_eq!(
+        metric(&step.metrics, names::FRAC_REWARD_ZERO_STD),
+        refilled / 4.0
+    );
+
+    let no_shaping = PpoConfig {
+        overlong_buffer: None,
+        ..cfg.clone()
+    };
+    let constant = run(&common::Constant(1.0), &no_shaping);
+    assert_eq!(
+        (
+            metric(&constant.metrics, names::DYNAMIC_SAMPLING_ROUNDS),
+            metric(&constant.metrics, names::DYNAMIC_SAMPLING_REFILLED)
+        ),
+        (6.0, 4.0)
+    );
+    assert_eq!(constant.experience.batch, 16);
+}
+
+/// GSPO and CISPO run through the trainer with finite losses and their clip diagnostics, and
+/// their first minibatch (ratio 1) moves the policy.
+#[test]
+fn gspo_and_cispo_iterations_train() {
+    let counting = Counting::new();
+    for recipe in [PpoConfig::gspo(), PpoConfig::cispo()] {
+        let cfg = PpoConfig {
+            samples_per_prompt: 4,
+            prompts_per_batch: 4,
+            query_length: 8,
+            response_length: 8,
+            optimizer: OptimizerConfig {
+                lr: 1e-3,
+                ..OptimizerConfig::default()
+            },
+            ..recipe
+        };
+        cfg.validate().unwrap();
+        let step = counting.iteration(&common::Words, &cfg);
+        assert_eq!(step.update.minibatches.len(), 4);
+        for m in &step.update.minibatches {
+            for name in [
+                names::LOSS_POLICY,
+                names::CLIP_RATIO_LOW,
+                names::CLIP_RATIO_HIGH,
+            ] {
+                assert!(
+                    metric(m, name).is_finite(),
+                    "{:?}: {name}",
+                    cfg.policy_objective
+                );
+            }
+        }
+        // the first minibatch is on-policy (up to the rounding of a 4-row against a 16-row
+        // forward pass): nothing clipped
+        let first = &step.update.minibatches[0];
+        assert_eq!(metric(first, names::POLICY_CLIPFRAC), 0.0);
+        assert!((metric(first, names::VAL_RATIO_MEAN) - 1.0).abs() < 1e-5);
+        if cfg.policy_objective == PolicyObjective::Gspo {
+            // later minibatches are off-policy: the sequence ratio moved
+            let last = step.update.minibatches.last().unwrap();
+            assert!((metric(last, names::VAL_RATIO_MEAN) - 1.0).abs() > 1e-5);
+        }
+    }
+}
