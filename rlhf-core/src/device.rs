@@ -1,7 +1,8 @@
 //! Parsing a user's choice of device, in one place.
 //!
 //! burn 0.22 picks the backend at run time through [`burn::tensor::Device`]; which backends
-//! exist is decided at compile time by cargo features (`flex`, `wgpu`, `vulkan`, `cpu`, `cuda`),
+//! exist is decided at compile time by cargo features (`flex`, `wgpu`, `vulkan`, `cpu`, `cuda`,
+//! `tch`),
 //! forwarded by every crate of this workspace to burn's features of the same name.
 //! `Device::default()` is never used: with the `cuda` feature on a machine without a GPU it would
 //! pick CUDA.
@@ -19,6 +20,7 @@ use crate::{Error, Result};
 /// | `wgpu`, `wgpu:cpu`, `wgpu:discrete:N`, `wgpu:integrated:N` | WGSL through wgpu (feature `wgpu`); `wgpu` alone takes the system's default adapter |
 /// | `vulkan`, `vulkan:cpu`, … | wgpu pinned to Vulkan and SPIR-V (feature `vulkan`) |
 /// | `cuda`, `cuda:N` | CUDA device `N` (feature `cuda`) |
+/// | `tch`, `tch:cpu`, `tch:cuda:N`, `tch:mps` | LibTorch through burn-tch (feature `tch`, built against an installed PyTorch) on the CPU, CUDA device `N` or Apple's MPS |
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceSpec {
     /// burn's flex backend.
@@ -31,6 +33,19 @@ pub enum DeviceSpec {
     Vulkan(AdapterKind),
     /// CUDA device by index.
     Cuda(usize),
+    /// LibTorch on the given device.
+    Tch(TchKind),
+}
+
+/// Which device a LibTorch tensor lives on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TchKind {
+    /// The CPU (PyTorch's own kernels and threads).
+    Cpu,
+    /// CUDA device by index.
+    Cuda(usize),
+    /// Apple's Metal Performance Shaders.
+    Mps,
 }
 
 /// Which adapter a wgpu device runs on.
@@ -88,8 +103,17 @@ impl std::str::FromStr for DeviceSpec {
                 None => 0,
                 Some(i) => parse_index(i).map_err(|e| bad(&e))?,
             })),
+            "tch" => Ok(DeviceSpec::Tch(match rest {
+                None | Some("cpu") => TchKind::Cpu,
+                Some("mps") => TchKind::Mps,
+                Some("cuda") => TchKind::Cuda(0),
+                Some(r) => match r.split_once(':') {
+                    Some(("cuda", i)) => TchKind::Cuda(parse_index(i).map_err(|e| bad(&e))?),
+                    _ => return Err(bad("expected `cpu`, `cuda:N` or `mps` after `tch:`")),
+                },
+            })),
             _ => Err(bad(
-                "unknown backend; expected flex, cpu, wgpu, vulkan or cuda[:N]",
+                "unknown backend; expected flex, cpu, wgpu, vulkan, cuda[:N] or tch[:cpu|:cuda:N|:mps]",
             )),
         }
     }
@@ -109,6 +133,7 @@ impl DeviceSpec {
             DeviceSpec::Wgpu(_) => "wgpu",
             DeviceSpec::Vulkan(_) => "vulkan",
             DeviceSpec::Cuda(_) => "cuda",
+            DeviceSpec::Tch(_) => "tch",
         }
     }
 
@@ -159,6 +184,22 @@ impl DeviceSpec {
                 #[cfg(not(feature = "cuda"))]
                 return {
                     let _ = index;
+                    Err(missing())
+                };
+            }
+            DeviceSpec::Tch(kind) => {
+                // burn 0.22 marks burn-tch deprecated in favour of its CubeCL backends; on a CPU
+                // it is the fastest backend burn has (see docs/perf-report.md)
+                #[cfg(feature = "tch")]
+                #[allow(deprecated)]
+                return Ok(match kind {
+                    TchKind::Cpu => Device::libtorch(),
+                    TchKind::Cuda(i) => Device::libtorch_cuda(i),
+                    TchKind::Mps => Device::libtorch_mps(),
+                });
+                #[cfg(not(feature = "tch"))]
+                return {
+                    let _ = kind;
                     Err(missing())
                 };
             }

@@ -55,7 +55,7 @@ pub use advantages::{
     reinforce_pp_advantages,
 };
 pub use aggregation::{LossAggregation, aggregate};
-pub use device::{AdapterKind, DeviceSpec, device_from_env, parse_device};
+pub use device::{AdapterKind, DeviceSpec, TchKind, device_from_env, parse_device};
 pub use error::{Error, Result};
 pub use kl::{KlEstimator, kl_estimate};
 pub use kl_controller::KlController;

@@ -235,8 +235,22 @@ fn adaptive_kl_controller_follows_its_formula() {
 fn device_strings_parse_or_name_the_missing_feature() {
     assert!(parse_device("flex").is_ok());
     assert!(parse_device("FLEX").is_ok());
-    for bad in ["", "tpu", "cuda:x", "wgpu:gpu", "flex:0"] {
+    for bad in ["", "tpu", "cuda:x", "wgpu:gpu", "flex:0", "tch:gpu", "tch:cuda:x"] {
         assert!(parse_device(bad).is_err(), "{bad} should not parse");
+    }
+    use rlhf_core::{DeviceSpec, TchKind};
+    for (text, spec) in [
+        ("tch", DeviceSpec::Tch(TchKind::Cpu)),
+        ("tch:cpu", DeviceSpec::Tch(TchKind::Cpu)),
+        ("tch:cuda:1", DeviceSpec::Tch(TchKind::Cuda(1))),
+        ("TCH:MPS", DeviceSpec::Tch(TchKind::Mps)),
+    ] {
+        assert_eq!(text.parse::<DeviceSpec>().unwrap(), spec, "{text}");
+    }
+    #[cfg(not(feature = "tch"))]
+    {
+        let err = parse_device("tch").unwrap_err().to_string();
+        assert!(err.contains("--features tch"), "{err}");
     }
     #[cfg(not(feature = "cuda"))]
     {
