@@ -13,7 +13,11 @@
 //!   with the gold order), checkpoints and resume, metrics and a progress bar;
 //! - [`RewardScorer`]: the model served as an `rlhf_core::Scorer`; [`EnsembleScorer`] serves
 //!   several as one (mean, min or `mean − λ·std`), and [`LengthScorer`] is the length-only
-//!   control reward.
+//!   control reward;
+//! - [`LlmJudge`]: any causal LM prompted with a rubric per dimension (LongReward's
+//!   helpfulness, logicality, faithfulness, completeness by default), scored by its expected
+//!   rating `Σ_k p_k·v_k` under the next-token distribution restricted to the rating tokens, the
+//!   dimensions averaged with weights; [`best_and_worst`] makes DPO pairs of its scores.
 //!
 //! ```
 //! use burn::tensor::{Tensor, TensorData};
@@ -33,6 +37,7 @@
 //! ```
 
 pub mod combine;
+pub mod judge;
 pub mod losses;
 pub mod model;
 pub mod scorer;
@@ -40,6 +45,7 @@ pub mod train;
 pub mod verifiers;
 
 pub use combine::{Combine, EnsembleScorer, LengthScorer};
+pub use judge::{JudgeConfig, JudgeDimension, LlmJudge, Rating, best_and_worst};
 pub use losses::{
     StepAggregate, binary_cross_entropy, bradley_terry_loss, centering_penalty, pair_accuracy,
     plackett_luce_loss, prm_sequence_score,

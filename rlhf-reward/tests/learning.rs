@@ -5,7 +5,11 @@
 //! - a process RM learns `arith-steps`' step labels (at a difficulty this size can learn), and a
 //!   step model reads each label at its own step;
 //! - normalisation centres the demonstrations' scores; save/load and the `Scorer` serve the
-//!   same numbers.
+//!   same numbers;
+//! - an LLM judge (a causal LM fine-tuned to answer `post, summary → Rating: [[` with the gold
+//!   score's bucket digit) tracks the gold score on held-out summaries through its expected
+//!   rating, where the untrained judge and the summary's length do not, and its best-vs-worst
+//!   pairs (LongReward's DPO labels) mostly agree with the gold order.
 //!
 //! The shared helpers also back `examples/rm_data_scaling.rs` (RM accuracy against pairs).
 
@@ -13,12 +17,16 @@
 mod common;
 
 use common::{ArithData, TldrPairs, tiny_backbone};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 use rlhf_core::Scorer;
 use rlhf_core::train::{LrSchedule, OptimizerConfig, RunOptions};
-use rlhf_data::tasks::ArithSteps;
+use rlhf_data::tasks::{ArithSteps, Task, TldrSynth, with_eos};
+use rlhf_data::{Split, Tokenizer};
+use rlhf_models::{SftConfig, train_sft};
 use rlhf_reward::{
-    RewardModel, RewardScorer, RewardSettings, RmConfig, StepAggregate, normalise,
-    train_reward_model, train_step_model,
+    JudgeConfig, JudgeDimension, LlmJudge, RewardModel, RewardScorer, RewardSettings, RmConfig,
+    StepAggregate, best_and_worst, normalise, train_reward_model, train_step_model,
 };
 
 fn quiet() -> RunOptions {
@@ -183,4 +191,152 @@ fn step_labels_are_read_at_their_steps() {
         train_step_model(model, &data.train, &data.eval, &cfg, &quiet(), &device).unwrap();
     let balanced = report.eval.gold_accuracy.unwrap();
     assert!(balanced > 0.95, "balanced accuracy {balanced}");
+}
+
+/// Spearman's rank correlation (average ranks for ties).
+fn spearman(a: &[f64], b: &[f64]) -> f64 {
+    fn ranks(x: &[f64]) -> Vec<f64> {
+        let mut order: Vec<usize> = (0..x.len()).collect();
+        order.sort_by(|&i, &j| x[i].total_cmp(&x[j]));
+        let mut r = vec![0.0; x.len()];
+        let mut i = 0;
+        while i < order.len() {
+            let mut j = i;
+            while j + 1 < order.len() && x[order[j + 1]] == x[order[i]] {
+                j += 1;
+            }
+            for &k in &order[i..=j] {
+                r[k] = (i + j) as f64 / 2.0;
+            }
+            i = j + 1;
+        }
+        r
+    }
+    let (ra, rb) = (ranks(a), ranks(b));
+    let n = a.len() as f64;
+    let (ma, mb) = (ra.iter().sum::<f64>() / n, rb.iter().sum::<f64>() / n);
+    let cov: f64 = ra.iter().zip(&rb).map(|(x, y)| (x - ma) * (y - mb)).sum();
+    let va: f64 = ra.iter().map(|x| (x - ma).powi(2)).sum();
+    let vb: f64 = rb.iter().map(|y| (y - mb).powi(2)).sum();
+    cov / (va * vb).sqrt()
+}
+
+#[test]
+fn llm_judge_on_tldr_synth_tracks_the_gold_score() {
+    const EPOCHS: usize = 4;
+    // held-out responses per prompt, for the judge's DPO pairs
+    const K: usize = 4;
+
+    let start = std::time::Instant::now();
+    let device = rlhf_core::device_from_env().unwrap().autodiff();
+    let task = TldrSynth::default();
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let mut sample = |split: Split, prompts: std::ops::Range<u64>, per_prompt: usize| {
+        prompts
+            .flat_map(|i| {
+                let p = task.prompt(split, i);
+                (0..per_prompt)
+                    .map(|_| {
+                        let r = with_eos(&task.demonstrate(&p, &mut rng));
+                        let g = task.gold(&p, &r).total;
+                        (p.clone(), r, g)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>()
+    };
+    let train = sample(Split::Train, 0..800, 2);
+    let eval = sample(Split::Eval, 0..100, K);
+    // the gold score's bucket on 0..9: [-1, 1] in ten equal steps, clamped (demonstrations'
+    // gold spans -1.4..1, its median 0.52; a quarter of them are perfect)
+    let bucket = |g: f64| ((g + 1.0) / 2.0 * 9.0).round().clamp(0.0, 9.0) as u8;
+    let dimension = JudgeDimension::new("quality", "{{ prompt }}{{ response }}\nRating: [[");
+    let config = JudgeConfig {
+        dimensions: vec![dimension.clone()],
+        batch_size: 32,
+        ..JudgeConfig::default()
+    };
+    let tokenizer = Tokenizer::train_bpe(
+        train
+            .iter()
+            .flat_map(|(p, r, _)| [p.as_str(), r.as_str()])
+            .chain(std::iter::once(dimension.template.as_str())),
+        512,
+    )
+    .unwrap();
+    let (_, init) = tiny_backbone(&device, tokenizer.vocab_size(), 1);
+    let untrained =
+        LlmJudge::new(init.clone(), tokenizer.clone(), config.clone(), &device).unwrap();
+    let examples: Vec<(Vec<u32>, Vec<u32>)> = train
+        .iter()
+        .map(|(p, r, g)| {
+            let input = untrained.render(p, r, 0).unwrap();
+            (
+                tokenizer.encode(&input).unwrap(),
+                tokenizer.encode(&bucket(*g).to_string()).unwrap(),
+            )
+        })
+        .collect();
+    let cfg = SftConfig {
+        epochs: EPOCHS,
+        batch_size: 16,
+        optimizer: OptimizerConfig {
+            lr: 2e-3,
+            ..OptimizerConfig::default()
+        },
+        schedule: LrSchedule::Linear {
+            warmup: 10,
+            total: (examples.len() / 16 * EPOCHS) as u64,
+        },
+        seed: 3,
+        ..SftConfig::default()
+    };
+    let (model, report) = train_sft(init, &examples, &[], &cfg, &quiet(), &device).unwrap();
+    let judge = LlmJudge::new(model, tokenizer, config, &device).unwrap();
+    let (prompts, responses): (Vec<&str>, Vec<&str>) = eval
+        .iter()
+        .map(|(p, r, _)| (p.as_str(), r.as_str()))
+        .unzip();
+    let gold: Vec<f64> = eval.iter().map(|x| x.2).collect();
+    let as_f64 = |s: Vec<f32>| s.into_iter().map(f64::from).collect::<Vec<_>>();
+    let before = spearman(
+        &as_f64(untrained.score(&prompts, &responses).unwrap()),
+        &gold,
+    );
+    let scores = judge.score(&prompts, &responses).unwrap();
+    let after = spearman(&as_f64(scores.clone()), &gold);
+    // the length-only control: longer summaries state more facts, and more padding
+    let words: Vec<f64> = responses
+        .iter()
+        .map(|r| r.split_whitespace().count() as f64)
+        .collect();
+    let length = spearman(&words, &gold);
+    // LongReward's pairs: the judge's best and worst of each prompt's K responses
+    let (mut agree, mut pairs) = (0usize, 0usize);
+    for (group, pair) in best_and_worst(&scores, K).unwrap().into_iter().enumerate() {
+        if let Some((best, worst)) = pair {
+            let (gb, gw) = (gold[group * K + best], gold[group * K + worst]);
+            if gb != gw {
+                pairs += 1;
+                agree += usize::from(gb > gw);
+            }
+        }
+    }
+    let agreement = agree as f64 / pairs.max(1) as f64;
+    eprintln!(
+        "LLM judge on tldr-synth: {} examples, {} SFT steps, {:.0} s; Spearman with gold on {} \
+         held-out responses {after:.3} (untrained {before:.3}, length {length:.3}); best-vs-worst \
+         pairs of {K} agree with gold on {agree} of {pairs} ({agreement:.3}, gold ties left out)",
+        examples.len(),
+        report.steps,
+        start.elapsed().as_secs_f64(),
+        gold.len()
+    );
+    assert!(after > 0.4, "trained judge: Spearman {after}");
+    assert!(
+        after > length + 0.2,
+        "trained judge {after} vs length {length}"
+    );
+    assert!(before.abs() < 0.2, "untrained judge: Spearman {before}");
+    assert!(agreement > 0.65, "pairs agree with gold on {agreement}");
 }
