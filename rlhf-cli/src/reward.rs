@@ -6,6 +6,7 @@
 //! | `exact-match`, `exact-match:FIELD` | 1 when the response equals the prompt record's `FIELD` (default `answer`), else 0 |
 //! | `regex:PATTERN` | 1 when the response matches the pattern, else 0 |
 //! | `length`, `length:SCALE` | words × `SCALE` (default 0.1): the length-only control |
+//! | `judge:DIR` | a causal LM checkpoint as an LLM judge (LongReward's four dimensions, the expected rating 0–9; `rlhf_reward::LlmJudge`) |
 //! | `mean(A,B,…)`, `min(A,B,…)`, `mean-minus-std:λ(A,B,…)` | an ensemble of the specs inside |
 //!
 //! A spec that names a reward model also gives the on-policy trainers their critic's starting
@@ -13,12 +14,13 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use burn::tensor::Device;
 use rlhf_core::Scorer;
 use rlhf_data::Tokenizer;
 use rlhf_reward::{
-    Combine, EnsembleScorer, ExactMatchScorer, LengthScorer, RegexScorer, RewardModel, RewardScorer,
+    Combine, EnsembleScorer, ExactMatchScorer, JudgeConfig, LengthScorer, LlmJudge, RegexScorer,
+    RewardModel, RewardScorer,
 };
 
 use crate::data::Prompts;
@@ -35,6 +37,8 @@ pub enum Spec {
     Regex(String),
     /// Words × scale.
     Length(f32),
+    /// A causal LM checkpoint as an LLM judge.
+    Judge(PathBuf),
     /// An ensemble.
     Ensemble(Combine, Vec<Spec>),
 }
@@ -84,13 +88,16 @@ impl std::str::FromStr for Spec {
             return Ok(Spec::Ensemble(combine, members));
         }
         let (kind, arg) = match s.split_once(':') {
-            Some((k, a)) if ["rm", "exact-match", "regex", "length"].contains(&k) => (k, Some(a)),
+            Some((k, a)) if ["rm", "exact-match", "regex", "length", "judge"].contains(&k) => {
+                (k, Some(a))
+            }
             _ => (s, None),
         };
         Ok(match (kind, arg) {
             ("rm", Some(dir)) => Spec::Model(PathBuf::from(dir)),
             ("exact-match", field) => Spec::ExactMatch(field.unwrap_or("answer").to_string()),
             ("regex", Some(p)) => Spec::Regex(p.to_string()),
+            ("judge", Some(dir)) => Spec::Judge(PathBuf::from(dir)),
             ("length", scale) => Spec::Length(match scale {
                 Some(x) => x
                     .parse()
@@ -100,7 +107,8 @@ impl std::str::FromStr for Spec {
             _ if Path::new(s).join("config.json").is_file() => Spec::Model(PathBuf::from(s)),
             _ => bail!(
                 "unknown reward `{s}`: a reward-model directory (or rm:DIR), exact-match[:FIELD], \
-                 regex:PATTERN, length[:SCALE], or mean(…)/min(…)/mean-minus-std:λ(…) of these"
+                 regex:PATTERN, length[:SCALE], judge:DIR, or mean(…)/min(…)/mean-minus-std:λ(…) \
+                 of these"
             ),
         })
     }
@@ -149,6 +157,13 @@ impl Spec {
             }
             Spec::Regex(p) => Box::new(RegexScorer::new(p, eos)?),
             Spec::Length(scale) => Box::new(LengthScorer::new(*scale, eos)),
+            Spec::Judge(dir) => {
+                let judge = load::checkpoint(dir, device, None)?;
+                Box::new(
+                    LlmJudge::new(judge.model, judge.tokenizer, JudgeConfig::default(), device)
+                        .with_context(|| format!("the judge in {}", dir.display()))?,
+                )
+            }
             Spec::Ensemble(combine, members) => Box::new(EnsembleScorer::new(
                 members
                     .iter()
@@ -174,6 +189,7 @@ mod tests {
         );
         assert_eq!(p("length"), Spec::Length(0.1));
         assert_eq!(p("regex:^a,b$"), Spec::Regex("^a,b$".into()));
+        assert_eq!(p("judge:models/j"), Spec::Judge("models/j".into()));
         assert_eq!(
             p("mean-minus-std:0.5(rm:a, min(rm:b,length:2))"),
             Spec::Ensemble(

@@ -490,7 +490,7 @@ fn every_on_policy_command_runs_end_to_end() {
         ("grpo", format!("mean(rm:{},length:0.05)", s(&rm))),
         ("rloo", "length:0.1".to_string()),
         ("reinforce-pp", "regex:e".to_string()),
-        ("dapo", "length:0.1".to_string()),
+        ("dapo", format!("judge:{}", fixture("tiny-pythia"))),
         ("gspo", "length:0.1".to_string()),
         ("cispo", "regex:e".to_string()),
     ] {

@@ -135,7 +135,8 @@ pub struct OnPolicyArgs {
     #[arg(long, value_name = "FILE.jinja")]
     pub chat_template: Option<PathBuf>,
     /// What scores a response: a reward-model DIR (or rm:DIR), exact-match[:FIELD],
-    /// regex:PATTERN, length[:SCALE], or mean(…)/min(…)/mean-minus-std:λ(…) of these
+    /// regex:PATTERN, length[:SCALE], judge:DIR (an LLM judge), or
+    /// mean(…)/min(…)/mean-minus-std:λ(…) of these
     /// [TRL: --reward_model_path, --reward_funcs].
     #[arg(long, value_name = "SPEC")]
     pub reward: Option<String>,
