@@ -755,7 +755,7 @@ fn every_field_of_every_trainer_config_is_a_flag() {
         ];
         // DAPO's overlong buffer follows the length limit unless it is given
         let length: &[&str] = if method == onpolicy::Method::Dapo {
-            &["--max-completion-length", "7", "--overlong-buffer", "13"]
+            &["--max-completion-length", "7", "--overlong-buffer", "10"]
         } else {
             &["--max-completion-length", "7"]
         };
@@ -795,7 +795,14 @@ fn every_field_of_every_trainer_config_is_a_flag() {
                         match method {
                             onpolicy::Method::Gspo => &["--importance-sampling-level", "token"],
                             // `--loss-type cispo` is CISPO's surrogate with the token mean
-                            onpolicy::Method::Cispo => &["--loss-type", "dapo"],
+                            onpolicy::Method::Cispo => &[
+                                "--loss-type",
+                                "dapo",
+                                "--cliprange",
+                                "1",
+                                "--epsilon-high",
+                                "4",
+                            ],
                             _ => &["--importance-sampling-level", "sequence"],
                         },
                     ),
@@ -814,7 +821,14 @@ fn every_field_of_every_trainer_config_is_a_flag() {
                     ("rollout_is_cap", &["--rollout-is-cap", "2"]),
                     ("value_clip", &["--cliprange-value", "0.5"]),
                     ("vf_coef", &["--vf-coef", "0.5"]),
-                    ("anneal_lr", &["--anneal-lr", "false"]),
+                    (
+                        "anneal_lr",
+                        if method.preset().anneal_lr {
+                            &["--anneal-lr", "false"]
+                        } else {
+                            &["--anneal-lr", "true"]
+                        },
+                    ),
                     ("ptx_coef", &["--ptx-coef", "0.5"]),
                     ("ptx_batch_size", &["--ptx-batch-size", "7"]),
                     ("score_baseline", &["--score-baseline", "true"]),

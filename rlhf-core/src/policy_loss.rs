@@ -197,7 +197,8 @@ pub fn sequence_ratio(log_ratio: Tensor<2>, mask: Tensor<2>) -> Tensor<2> {
 
 /// The truncated importance-sampling correction for a sampler whose numbers differ from the
 /// trainer's (another engine, other kernels): `w_t = min(exp(logπ_old(y_t) − logπ_sampler(y_t)), C)`,
-/// detached, 0 at masked positions. `[batch, seq]` in and out; `cap` is `C` (TRL: 2).
+/// detached, 0 at masked positions. `[batch, seq]` in and out; `cap` is `C` (TRL's
+/// `token_truncate` mode with `vllm_importance_sampling_clip_max`, 3 by default).
 ///
 /// `old_logprobs` are the trainer's own log-probs of the rollout (`π_old` as the trainer computes
 /// it), `sampler_logprobs` the ones recorded while sampling.

@@ -236,18 +236,22 @@ impl PpoConfig {
 
     /// DAPO (Yu et al. 2025) with its paper's settings: group-normalised advantages over
     /// `G = 16` samples, the asymmetric clip `ε_low = 0.2`, `ε_high = 0.28`, the token-mean
-    /// loss, dynamic sampling (at most 10 sampling rounds, verl's `max_num_gen_batches`), the
-    /// soft overlong punishment over the last quarter of the length limit (the paper's
-    /// 4,096 of 20,480 tokens, here `response_length / 4`, at least 1), no KL term, no missing-EOS
-    /// penalty (the overlong punishment replaces it), temperature 1, one update per rollout.
+    /// loss, 16 minibatch updates per rollout (the paper's 512 prompts in minibatches of 32, so
+    /// the clip binds), dynamic sampling (at most 10 sampling rounds, verl's
+    /// `max_num_gen_batches`), the soft overlong punishment over the last fifth of the length
+    /// limit (the paper's 4,096 of 20,480 tokens, here `response_length / 5`, at least 1), no KL
+    /// term, no missing-EOS penalty (the overlong punishment replaces it), temperature 1, a
+    /// constant learning rate.
     pub fn dapo(response_length: usize) -> Self {
         PpoConfig {
             samples_per_prompt: 16,
+            num_minibatches: 16,
+            anneal_lr: false,
             clip_eps: 0.2,
             clip_eps_high: Some(0.28),
             loss_aggregation: LossAggregation::Dapo,
             dynamic_sampling: Some(10),
-            overlong_buffer: Some((response_length / 4).max(1)),
+            overlong_buffer: Some((response_length / 5).max(1)),
             overlong_penalty: 1.0,
             kl: KlController::Fixed { value: 0.0 },
             response_length,
@@ -271,9 +275,11 @@ impl PpoConfig {
         }
     }
 
-    /// CISPO (MiniMax-M1, 2025) as TRL's `cispo` loss runs it in the ScaleRL recipe: GRPO's
-    /// group advantages, the REINFORCE-style loss with importance weights capped above at 5
-    /// (`ε_high = 4`) and not below (`ε_low = 1`), the token mean, no KL term, 4 minibatches.
+    /// CISPO (MiniMax-M1, 2025): GRPO's group advantages over `G = 8` samples (TRL's default),
+    /// the REINFORCE-style loss with detached importance weights, not bounded below (MiniMax-M1:
+    /// `ε_low = 1` here) and capped above at 5 (TRL's recommended `epsilon_high = 5.0` for its
+    /// `cispo` loss, an absolute cap, which is `ε_high = 4` here), the token mean, no KL term,
+    /// 4 minibatches so that the weights move off 1.
     pub fn cispo() -> Self {
         PpoConfig {
             policy_objective: PolicyObjective::Cispo,
@@ -362,6 +368,26 @@ impl PpoConfig {
         }
         if self.dynamic_sampling == Some(0) {
             return bad("dynamic_sampling needs at least 1 sampling round".into());
+        }
+        if self.policy_objective == PolicyObjective::Gspo
+            && matches!(
+                self.advantage,
+                AdvantageEstimator::Gae | AdvantageEstimator::ReinforcePp
+            )
+        {
+            return bad(format!(
+                "gspo clips a sequence-level ratio and needs one advantage per response (a group \
+                 estimator: rloo, grpo, dr_grpo), not {:?}'s per-token advantages",
+                self.advantage
+            ));
+        }
+        if self.overlong_buffer.is_some() && self.missing_eos_penalty.is_some() {
+            return bad(
+                "overlong_buffer punishes responses that reach the length limit, which the \
+                 missing-EOS penalty already replaces the score of: turn one off \
+                 (missing_eos_penalty = None)"
+                    .into(),
+            );
         }
         if self.dynamic_sampling.is_some() && self.samples_per_prompt < 2 {
             return bad(
@@ -461,15 +487,13 @@ mod tests {
         assert!(!p.advantage.needs_critic() && p.kl_in_reward);
         let d = PpoConfig::dapo(40);
         d.validate().unwrap();
+        assert_eq!(d.num_minibatches, 16);
         let l = d.policy_loss();
         assert_eq!(
             (l.clip_low, l.clip_high, l.aggregation, d.kl.value()),
             (0.2, 0.28, LossAggregation::Dapo, 0.0)
         );
-        assert_eq!(
-            (d.dynamic_sampling, d.overlong_buffer),
-            (Some(10), Some(10))
-        );
+        assert_eq!((d.dynamic_sampling, d.overlong_buffer), (Some(10), Some(8)));
         let g = PpoConfig::gspo();
         g.validate().unwrap();
         assert_eq!(

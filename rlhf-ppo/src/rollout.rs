@@ -24,6 +24,9 @@ pub struct Rollout {
     pub generation: Generation,
     /// One score per row, after the missing-EOS penalty and the overlong punishment.
     pub scores: Vec<f32>,
+    /// The scorer's own scores, before either (what dynamic sampling compares: DAPO drops
+    /// groups whose accuracy is all 0 or all 1, whatever their lengths).
+    pub raw_scores: Vec<f32>,
     /// Response tokens per row (up to and including EOS).
     pub lengths: Vec<usize>,
     /// The overlong punishment of each row (0 when off).
@@ -85,7 +88,8 @@ pub fn sample_and_score(
         })
         .collect::<Result<Vec<_>>>()?;
     let text_refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let mut scores = inputs.scorer.score(&episodes, &text_refs)?;
+    let raw_scores = inputs.scorer.score(&episodes, &text_refs)?;
+    let mut scores = raw_scores.clone();
     if let Some(penalty) = cfg.missing_eos_penalty {
         apply_missing_eos_penalty(&mut scores, &generation.has_eos, penalty);
     }
@@ -101,6 +105,7 @@ pub fn sample_and_score(
         query_mask,
         generation,
         scores,
+        raw_scores,
         lengths,
         overlong,
     })
@@ -136,7 +141,8 @@ impl DynamicSampling {
 }
 
 /// DAPO's dynamic sampling: starts from `first` (the iteration's own prompts); while fewer than
-/// `groups` groups of `n` rows have scores that are not all equal and fewer than `max_rounds`
+/// `groups` groups of `n` rows have scorer scores (before penalties) that are not all equal
+/// and fewer than `max_rounds`
 /// rounds were sampled, samples `groups` more prompts (drawn from `prompts` with `rng`) with
 /// `sample`. Keeps the first `groups` informative groups in the order they were sampled; a batch
 /// still short after the last round is filled with dropped groups (which carry no group
@@ -156,8 +162,8 @@ pub fn dynamic_sampling(
         ..DynamicSampling::default()
     };
     let informative = |r: &Rollout, g: usize| {
-        let s = &r.scores[g * n..(g + 1) * n];
-        s.iter().any(|&x| x != s[0])
+        let s = &r.raw_scores[g * n..(g + 1) * n];
+        s.iter().any(|x| x.total_cmp(&s[0]).is_ne())
     };
     let count = |parts: &[Rollout]| -> usize {
         parts
@@ -217,6 +223,7 @@ fn gather(parts: &[Rollout], picked: &[(usize, usize)], n: usize) -> Rollout {
             has_eos: Vec::with_capacity(rows),
         },
         scores: Vec::with_capacity(rows),
+        raw_scores: Vec::with_capacity(rows),
         lengths: Vec::with_capacity(rows),
         overlong: Vec::with_capacity(rows),
     };
@@ -246,6 +253,7 @@ fn gather(parts: &[Rollout], picked: &[(usize, usize)], n: usize) -> Rollout {
             g_out.mask.extend(std::iter::repeat_n(0, width - w));
             g_out.has_eos.push(r.generation.has_eos[row]);
             out.scores.push(r.scores[row]);
+            out.raw_scores.push(r.raw_scores[row]);
             out.lengths.push(r.lengths[row]);
             out.overlong.push(r.overlong[row]);
         }

@@ -370,7 +370,9 @@ fn sampler_agreement(old: &[f32], sampler: &[f32], mask: &[f32], cap: Option<f32
             deltas.iter().map(|&d| d.exp_m1() - d).sum::<f64>() / n,
         ),
     ];
-    if let Some(cap) = cap {
+    if let Some(cap) = cap
+        && !deltas.is_empty()
+    {
         let w: Vec<f64> = deltas.iter().map(|d| d.exp().min(f64::from(cap))).collect();
         metrics.push((
             names::SAMPLING_IS_RATIO_MIN,

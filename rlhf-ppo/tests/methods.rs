@@ -13,7 +13,7 @@ use rlhf_core::{LossAggregation, PolicyObjective};
 use rlhf_models::{Generation, SamplingConfig, generate};
 use rlhf_ppo::{
     AdvantageEstimator, PolicyAndValue, PpoConfig, PpoInputs, encode_queries, make_experience,
-    ppo_iteration, ppo_update,
+    minibatch_loss, overlong_penalty, ppo_iteration, ppo_update,
 };
 
 fn metric(m: &Metrics, name: &str) -> f64 {
@@ -51,8 +51,10 @@ fn the_sampler_and_the_trainer_agree_on_the_rollout_log_probs() {
     let device = rlhf_core::device_from_env().unwrap().autodiff();
     let bytes = common::counting_policy(&tok, 0.0);
     let policy = common::load(&bytes, tok.vocab_size(), 0.0, &device);
+    // at T = 0.7, so that the temperature the trainer reapplies is part of what agrees
     let cfg = PpoConfig {
         rollout_is_cap: Some(3.0),
+        temperature: 0.7,
         ..small(AdvantageEstimator::Grpo)
     };
     let prompts: Vec<String> = (1..=4).map(common::prompt).collect();
@@ -78,7 +80,7 @@ fn the_sampler_and_the_trainer_agree_on_the_rollout_log_probs() {
     )
     .unwrap();
     let scores: Vec<f32> = (0..episodes.len()).map(|i| (i % 3) as f32).collect();
-    let (_, metrics) = make_experience(
+    let (agreeing, metrics) = make_experience(
         &inference,
         &inference.policy,
         &qids,
@@ -102,6 +104,63 @@ fn the_sampler_and_the_trainer_agree_on_the_rollout_log_probs() {
     assert!((0.0..1e-6).contains(&kl), "sampling/kl {kl}");
     assert!(mean < 1e-4 && max < 1e-3, "|Δ| mean {mean} max {max}");
     assert!((is_mean - 1.0).abs() < 1e-3, "weights {is_mean}");
+
+    // a sampler that disagrees (its log-probs 0.4 lower at the tokens of positive advantage):
+    // the correction weighs those tokens by min(e^0.4, 3) in the loss and the metrics say so
+    let mut other = generation.clone();
+    for (k, lp) in other.logprobs.iter_mut().enumerate() {
+        if agreeing.advantages[k] > 0.0 && other.mask[k] == 1 {
+            *lp -= 0.4;
+        }
+    }
+    let (exp, metrics) = make_experience(
+        &inference,
+        &inference.policy,
+        &qids,
+        &qmask,
+        &other,
+        &scores,
+        &cfg,
+        0.0,
+    )
+    .unwrap();
+    let real: Vec<usize> = (0..exp.mask.len()).filter(|&k| exp.mask[k] > 0.5).collect();
+    let weight = |k: usize| {
+        (f64::from(exp.logprobs[k]) - f64::from(exp.sampler_logprobs[k]))
+            .exp()
+            .min(3.0)
+    };
+    let host_mean = |w: &dyn Fn(usize) -> f64| {
+        real.iter()
+            .map(|&k| -f64::from(exp.advantages[k]) * w(k))
+            .sum::<f64>()
+            / real.len() as f64
+    };
+    let expected_weight = real.iter().map(|&k| weight(k)).sum::<f64>() / real.len() as f64;
+    assert!(
+        (metric(&metrics, names::SAMPLING_IS_RATIO_MEAN) - expected_weight).abs() < 1e-5
+            && metric(&metrics, names::SAMPLING_KL) > 1e-3
+    );
+    let rows: Vec<usize> = (0..exp.batch).collect();
+    let mb = exp
+        .minibatch(&rows, models.policy.vocab_size(), &device)
+        .unwrap();
+    for (cap, w) in [
+        (Some(3.0), &weight as &dyn Fn(usize) -> f64),
+        (None, &|_| 1.0),
+    ] {
+        let cfg = PpoConfig {
+            rollout_is_cap: cap,
+            ..cfg.clone()
+        };
+        let (_, m) = minibatch_loss(&models, &mb, &cfg, 0.0);
+        let (got, want) = (metric(&m, names::LOSS_POLICY), host_mean(w));
+        assert!(
+            (got - want).abs() < 1e-4,
+            "cap {cap:?}: policy loss {got}, expected {want}"
+        );
+    }
+    assert!((host_mean(&weight) - host_mean(&|_| 1.0)).abs() > 1e-2);
 }
 
 /// A generation whose every row runs to the token limit (no EOS), so every response has
@@ -294,6 +353,21 @@ fn dynamic_sampling_keeps_groups_whose_scores_differ() {
         refilled / 4.0
     );
 
+    // the same seed gives the same batch (a resumed run repeats its iterations)
+    assert_eq!(run(&common::Words, &cfg).experience, step.experience);
+    // the overlong punishment is in the score that makes the advantages
+    let constant = run(&common::Constant(1.0), &cfg);
+    let r = constant.experience.response_len;
+    for (row, &score) in constant.experience.scores.iter().enumerate() {
+        let length = constant.experience.mask[row * r..(row + 1) * r]
+            .iter()
+            .sum::<f32>() as usize;
+        assert_eq!(
+            score,
+            1.0 + overlong_penalty(length, 8, 2, 1.0),
+            "row {row}"
+        );
+    }
     let no_shaping = PpoConfig {
         overlong_buffer: None,
         ..cfg.clone()

@@ -32,7 +32,8 @@ enum Task {
     /// the same shapes, alternating, and the ratio. Options go to `rlhf-perf`.
     #[command(disable_help_flag = true)]
     BenchPerf {
-        /// `--sizes small,25m`, `--workloads sft,…`, `--repeats N`, `--peer PYTHON`, `--out FILE`, …
+        /// `--sizes small,25m`, `--workloads sft,…`, `--repeats N`, `--peer PYTHON`,
+        /// `--device tch`, `--out FILE`, …
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -68,7 +69,7 @@ fn main() -> ExitCode {
             .env("RLHF_CI_SKIP_INSTALL", "1")),
         Some(Task::CheckCuda) => check_cuda(),
         Some(Task::BenchScaling { args }) => run_bench_binary("rlhf-bench", &["sweep"], &args),
-        Some(Task::BenchPerf { args }) => run_bench_binary("rlhf-perf", &[], &args),
+        Some(Task::BenchPerf { args }) => bench_perf(&args),
         Some(Task::Fixtures { python, regenerate }) => fixtures(&python, regenerate),
     };
     if result.is_ok() {
@@ -235,6 +236,59 @@ fn fixtures(python: &str, regenerate: bool) -> Result<(), ()> {
 /// On Unix this process *becomes* that command (`exec`, and `cargo run` execs the binary too), so
 /// a signal sent to it (a `kill`, a CI job's timeout) reaches the benchmark itself, which
 /// checkpoints and stops, instead of leaving it running without its parent.
+/// `bench-perf`: `rlhf-perf` with the options given; with `--device tch…`, built with the `tch`
+/// feature against the PyTorch of `python3` (or `$VIRTUAL_ENV`), whose `lib/` is put on
+/// `LD_LIBRARY_PATH` for the run.
+fn bench_perf(args: &[String]) -> Result<(), ()> {
+    let device = args
+        .iter()
+        .position(|a| a == "--device")
+        .and_then(|i| args.get(i + 1).cloned())
+        .or_else(|| {
+            args.iter()
+                .find_map(|a| a.strip_prefix("--device=").map(str::to_string))
+        });
+    if !device.is_some_and(|d| d.starts_with("tch")) {
+        return run_bench_binary("rlhf-perf", &[], args);
+    }
+    let python = std::env::var("VIRTUAL_ENV")
+        .map(|v| format!("{v}/bin/python"))
+        .unwrap_or_else(|_| "python3".to_string());
+    let lib = Command::new(&python)
+        .args([
+            "-c",
+            "import os, torch; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))",
+        ])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let Some(lib) = lib else {
+        eprintln!(
+            "xtask: --device tch needs PyTorch ({python} could not import torch); install torch \
+             2.9.0 (tch 0.22's version) in a venv and set VIRTUAL_ENV, or set LIBTORCH"
+        );
+        return Err(());
+    };
+    let library_path = match std::env::var("LD_LIBRARY_PATH") {
+        Ok(p) if !p.is_empty() => format!("{lib}:{p}"),
+        _ => lib,
+    };
+    let mut cmd = Command::new(cargo());
+    cmd.args(["run", "--quiet", "-p", "rlhf-bench", "--features", "tch"])
+        .args(["--bin", "rlhf-perf", "--"])
+        .args(args)
+        .env("LD_LIBRARY_PATH", library_path);
+    if std::env::var_os("LIBTORCH").is_none() {
+        cmd.env("LIBTORCH_USE_PYTORCH", "1");
+        if let Ok(venv) = std::env::var("VIRTUAL_ENV") {
+            let path = std::env::var("PATH").unwrap_or_default();
+            cmd.env("PATH", format!("{venv}/bin:{path}"));
+        }
+    }
+    run(&mut cmd)
+}
+
 fn run_bench_binary(bin: &str, command: &[&str], args: &[String]) -> Result<(), ()> {
     let mut cmd = Command::new(cargo());
     cmd.args(["run", "--quiet", "-p", "rlhf-bench", "--bin", bin, "--"])

@@ -5,12 +5,14 @@
 //!
 //! ```text
 //! rlhf-perf [--sizes small,25m] [--workloads sft,reward,dpo,generate,rloo,ppo] [--repeats 3]
-//!           [--peer PYTHON] [--peer-script PATH] [--out target/bench-perf/perf.json]
+//!           [--peer PYTHON] [--peer-script PATH] [--device DEVICE]
+//!           [--out target/bench-perf/perf.json]
 //! rlhf-perf one WORKLOAD SIZE EXAMPLES    # one run in this process; prints a JSON line
 //! ```
 //!
 //! Every run is a child process; its peak memory is the maximum resident set size the kernel
-//! reports for it (`wait4`). The device is `RLHF_DEVICE` (default `flex`).
+//! reports for it (`wait4`). The device is `--device`, else `RLHF_DEVICE`, else `flex`; `tch`
+//! needs a build with the `tch` feature (`cargo xtask bench-perf --device tch` makes one).
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -90,6 +92,9 @@ struct Options {
     /// Where the figures go.
     #[arg(long, default_value = "target/bench-perf/perf.json")]
     out: PathBuf,
+    /// The device of our runs (`flex`, `tch`, `wgpu:cpu`, …; default `RLHF_DEVICE` or `flex`).
+    #[arg(long)]
+    device: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -189,12 +194,15 @@ fn wait_with_rusage(pid: u32) -> Result<(i32, u64), String> {
 
 fn ours(
     exe: &Path,
+    device: &str,
     w: Workload,
     size: Size,
     examples: usize,
 ) -> Result<(Measurement, u64), String> {
     let run = run_child(
-        Command::new(exe).args(["one", w.name(), size.name, &examples.to_string()]),
+        Command::new(exe)
+            .args(["one", w.name(), size.name, &examples.to_string()])
+            .env("RLHF_DEVICE", device),
         &format!("rlhf-perf one {} {} {examples}", w.name(), size.name),
     )?;
     let m: Measurement = serde_json::from_value(run.json).map_err(|e| e.to_string())?;
@@ -255,7 +263,12 @@ fn sweep(mut o: Options) -> Result<(), String> {
         ));
     }
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let device = rlhf_core::device_from_env().map_err(|e| e.to_string())?;
+    let device_name = o
+        .device
+        .clone()
+        .or_else(|| std::env::var("RLHF_DEVICE").ok())
+        .unwrap_or_else(|| "flex".into());
+    let device = rlhf_core::parse_device(&device_name).map_err(|e| e.to_string())?;
     eprintln!("rlhf-perf: measuring the f32 matmul peak (2048², median of 10)…");
     let burn_peak = matmul_peak(&device, 2048, 10);
     let torch_peak = match &o.peer {
@@ -300,7 +313,7 @@ fn sweep(mut o: Options) -> Result<(), String> {
                     o.repeats,
                     w.example_unit()
                 );
-                let (m, rss) = ours(&exe, w, size, examples)?;
+                let (m, rss) = ours(&exe, &device_name, w, size, examples)?;
                 ours_eps.push(m.examples_per_s());
                 ours_units.push(m.units_per_s());
                 ours_flops.push(m.flops_per_s());
@@ -373,7 +386,7 @@ fn sweep(mut o: Options) -> Result<(), String> {
     let report = json!({
         "git_revision": rlhf_bench::study::git_revision(),
         "machine": machine(),
-        "device": std::env::var("RLHF_DEVICE").unwrap_or_else(|_| "flex".into()),
+        "device": device_name,
         "matmul_peak_gflops": { "burn": burn_peak / 1e9, "torch": torch_peak.map(|p| p / 1e9) },
         "shapes": {
             "batch": BATCH, "prompt_tokens": PROMPT_WORDS, "response_tokens": RESPONSE_WORDS,

@@ -208,8 +208,9 @@ pub struct OnPolicyArgs {
     /// Policy clip ε (ε_low of an asymmetric clip) [TRL: --cliprange, --epsilon].
     #[arg(long, visible_alias = "epsilon")]
     pub cliprange: Option<f32>,
-    /// Upper clip ε_high, DAPO's clip-higher (default: the same as --cliprange; CISPO: the
-    /// weight's cap is 1 + ε_high) [TRL: --epsilon_high].
+    /// Upper clip ε_high, DAPO's clip-higher (default: the same as --cliprange). For CISPO the
+    /// weight's cap is 1 + ε_high, so TRL's absolute `--epsilon_high 5.0` for `cispo` is 4 here
+    /// [TRL: --epsilon_high].
     #[arg(long)]
     pub epsilon_high: Option<f32>,
     /// How per-token losses are aggregated; `cispo` also selects CISPO's surrogate
@@ -302,11 +303,29 @@ pub struct OnPolicyArgs {
 defaults_from_clap!(OnPolicyArgs);
 
 impl OnPolicyArgs {
+    /// `method`'s recipe, with the clip range of CISPO's surrogate when `--loss-type cispo`
+    /// switches to it, and GRPO's when another loss type switches away from it: CISPO's cap of
+    /// the weight at `[0, 5]` is no PPO clip, and PPO's `[0.8, 1.2]` would be a tight CISPO cap.
+    /// `--cliprange` and `--epsilon-high` still apply on top.
+    fn preset(&self, method: Method) -> PpoConfig {
+        let mut c = method.preset();
+        let from = match (self.loss_type, c.policy_objective) {
+            (Some(LossType::Cispo), o) if o != PolicyObjective::Cispo => Some(PpoConfig::cispo()),
+            (Some(t), PolicyObjective::Cispo) if t != LossType::Cispo => Some(PpoConfig::grpo()),
+            _ => None,
+        };
+        if let Some(other) = from {
+            c.clip_eps = other.clip_eps;
+            c.clip_eps_high = other.clip_eps_high;
+        }
+        c
+    }
+
     /// These options with every unset one taken from `method`'s recipe (what `--print-config`
     /// shows and the run directory records). `max_prompt_length` stays unset: it defaults to the
     /// longest prompt of the data.
     pub fn completed(mut self, method: Method) -> Self {
-        let c = method.preset();
+        let c = self.preset(method);
         macro_rules! fill {
             ($($opt:ident <- $value:expr),* $(,)?) => {$(
                 self.$opt.get_or_insert($value);
@@ -375,9 +394,9 @@ impl OnPolicyArgs {
         if self.epsilon_high.is_none() {
             self.epsilon_high = c.clip_eps_high;
         }
-        // DAPO's buffer is a quarter of the length limit, whatever limit was asked for
+        // DAPO's buffer is a fifth of the length limit, whatever limit was asked for
         let buffer = match (method, c.overlong_buffer) {
-            (Method::Dapo, Some(_)) => self.max_completion_length.map(|l| (l / 4).max(1)),
+            (Method::Dapo, Some(_)) => self.max_completion_length.map(|l| (l / 5).max(1)),
             (_, b) => b,
         };
         fill!(overlong_buffer <- buffer.unwrap_or(0));
@@ -387,7 +406,7 @@ impl OnPolicyArgs {
     /// The method's recipe with every option given here applied; `query_length` is the longest
     /// prompt's token count unless `max_prompt_length` is given.
     pub fn config(&self, method: Method, longest_prompt: usize) -> PpoConfig {
-        let mut c = method.preset();
+        let mut c = self.preset(method);
         macro_rules! set {
             ($($field:ident <- $opt:expr),* $(,)?) => {$(
                 if let Some(v) = $opt {
@@ -630,4 +649,44 @@ pub fn run(method: Method, args: &OnPolicyArgs, toml: &str) -> Result<()> {
         get(rlhf_core::train::metrics::names::COMPLETIONS_MEAN_LENGTH)
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Wrapped {
+        #[command(flatten)]
+        args: OnPolicyArgs,
+    }
+
+    fn config(method: Method, flags: &[&str]) -> PpoConfig {
+        let w =
+            Wrapped::try_parse_from(std::iter::once("rlhf").chain(flags.iter().copied())).unwrap();
+        w.args.completed(method).config(method, 8)
+    }
+
+    #[test]
+    fn a_loss_type_that_switches_the_surrogate_brings_its_clip_range() {
+        let c = config(Method::Grpo, &["--loss-type", "cispo"]);
+        assert_eq!(
+            (c.policy_objective, c.clip_eps, c.clip_eps_high),
+            (PolicyObjective::Cispo, 1.0, Some(4.0))
+        );
+        let c = config(Method::Cispo, &["--loss-type", "dapo"]);
+        assert_eq!(
+            (c.policy_objective, c.clip_eps, c.clip_eps_high),
+            (PolicyObjective::Ppo, 0.2, None)
+        );
+        let c = config(
+            Method::Grpo,
+            &["--loss-type", "cispo", "--cliprange", "0.5"],
+        );
+        assert_eq!((c.clip_eps, c.clip_eps_high), (0.5, Some(4.0)));
+        let c = config(Method::Dapo, &["--max-completion-length", "100"]);
+        assert_eq!(c.overlong_buffer, Some(20));
+    }
 }

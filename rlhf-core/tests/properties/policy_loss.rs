@@ -407,6 +407,11 @@ fn the_clipped_policy_loss_is_the_symmetric_token_mean_case() {
     };
     let b = scalar(policy_loss(t(&new), t(&old), t(&adv), t(&mask), None, &cfg).loss);
     assert_eq!(a, b);
+    // an empty mask aggregates to 0 (every normaliser floored at 1), whatever the values
+    for how in AGGREGATIONS {
+        let got = scalar(aggregate(t(&[f64::NAN; 6]), t(&[0.0; 6]), how, 3));
+        assert_eq!(got, 0.0, "{how:?}");
+    }
     // and the aggregation function on its own agrees with the reference
     let per_token = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
     let m = [true, true, false, true, false, false];

@@ -235,7 +235,15 @@ fn adaptive_kl_controller_follows_its_formula() {
 fn device_strings_parse_or_name_the_missing_feature() {
     assert!(parse_device("flex").is_ok());
     assert!(parse_device("FLEX").is_ok());
-    for bad in ["", "tpu", "cuda:x", "wgpu:gpu", "flex:0", "tch:gpu", "tch:cuda:x"] {
+    for bad in [
+        "",
+        "tpu",
+        "cuda:x",
+        "wgpu:gpu",
+        "flex:0",
+        "tch:gpu",
+        "tch:cuda:x",
+    ] {
         assert!(parse_device(bad).is_err(), "{bad} should not parse");
     }
     use rlhf_core::{DeviceSpec, TchKind};
