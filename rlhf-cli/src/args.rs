@@ -168,7 +168,7 @@ pub enum Scheduler {
 #[derive(Args, Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(default)]
 pub struct TrainArgs {
-    /// Peak learning rate (default per command: sft 2e-5, rm 1e-4, dpo 1e-6, as TRL's)
+    /// Peak learning rate (default per command: sft 2e-5, rm 1e-4, dpo and kto 1e-6, as TRL's)
     /// [TRL: --learning_rate].
     #[arg(long)]
     pub learning_rate: Option<f64>,
@@ -248,28 +248,12 @@ impl TrainArgs {
 
     /// The schedule over `total` optimizer steps.
     pub fn schedule(&self, total: u64) -> LrSchedule {
-        let warmup = if self.warmup_steps > 0 {
-            self.warmup_steps
-        } else {
-            (self.warmup_ratio * total as f64).round() as u64
-        };
-        match self.lr_scheduler_type {
-            Scheduler::Constant if warmup == 0 => LrSchedule::Constant,
-            // a constant rate after warm-up: a linear decay whose end lies far beyond the run
-            Scheduler::Constant => LrSchedule::Linear {
-                warmup,
-                total: u64::MAX / 2,
-            },
-            Scheduler::Linear => LrSchedule::Linear {
-                warmup,
-                total: total.max(1),
-            },
-            Scheduler::Cosine => LrSchedule::Cosine {
-                warmup,
-                total: total.max(1),
-                min_ratio: 0.0,
-            },
-        }
+        schedule(
+            self.lr_scheduler_type,
+            self.warmup_steps,
+            self.warmup_ratio,
+            total,
+        )
     }
 
     /// Checkpoints, metrics and progress in `out`.
@@ -280,5 +264,32 @@ impl TrainArgs {
             log_every: self.logging_steps.max(1),
             ..RunOptions::in_dir(out)
         }
+    }
+}
+
+/// The schedule of shape `kind` over `total` optimizer steps, with `warmup_steps` of warm-up (or,
+/// when that is 0, `warmup_ratio` of the steps).
+pub fn schedule(kind: Scheduler, warmup_steps: u64, warmup_ratio: f64, total: u64) -> LrSchedule {
+    let warmup = if warmup_steps > 0 {
+        warmup_steps
+    } else {
+        (warmup_ratio * total as f64).round() as u64
+    };
+    match kind {
+        Scheduler::Constant if warmup == 0 => LrSchedule::Constant,
+        // a constant rate after warm-up: a linear decay whose end lies far beyond the run
+        Scheduler::Constant => LrSchedule::Linear {
+            warmup,
+            total: u64::MAX / 2,
+        },
+        Scheduler::Linear => LrSchedule::Linear {
+            warmup,
+            total: total.max(1),
+        },
+        Scheduler::Cosine => LrSchedule::Cosine {
+            warmup,
+            total: total.max(1),
+            min_ratio: 0.0,
+        },
     }
 }

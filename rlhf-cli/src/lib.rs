@@ -7,6 +7,8 @@
 //! rlhf sft   --model DIR --data FILE --out DIR          prompt/completion, messages or text
 //! rlhf rm    --model DIR --data FILE --out DIR          pairs (BT), K-wise (PL), steps (PRM), labels (ORM)
 //! rlhf dpo   --model DIR --data FILE --out DIR --loss sigmoid|cdpo|robust|ipo|hinge|simpo|exo-pref|exo-rw|dpo-rw
+//! rlhf kto   --model DIR --data FILE --out DIR          prompt/completion/label (or pairs, unpaired)
+//! rlhf online-dpo --model DIR --prompts FILE --reward SPEC --out DIR
 //! rlhf ppo|grpo|rloo|reinforce-pp --model DIR --prompts FILE --reward SPEC --out DIR
 //! rlhf generate --model DIR --prompt TEXT …     rlhf eval --model DIR --prompts FILE --reward SPEC
 //! rlhf check FILE                               rlhf plot RUN_DIR

@@ -8,11 +8,13 @@ use rlhf_cli::commands::check::CheckArgs;
 use rlhf_cli::commands::dpo::DpoArgs;
 use rlhf_cli::commands::eval::EvalArgs;
 use rlhf_cli::commands::generate::GenerateArgs;
+use rlhf_cli::commands::kto::KtoArgs;
+use rlhf_cli::commands::online_dpo::OnlineDpoArgs;
 use rlhf_cli::commands::onpolicy::{Method, OnPolicyArgs};
 use rlhf_cli::commands::plot::PlotArgs;
 use rlhf_cli::commands::rm::RmArgs;
 use rlhf_cli::commands::sft::SftArgs;
-use rlhf_cli::commands::{check, dpo, eval, generate, onpolicy, plot, rm, sft};
+use rlhf_cli::commands::{check, dpo, eval, generate, kto, online_dpo, onpolicy, plot, rm, sft};
 use rlhf_cli::options::{ConfigArgs, normalise_args, resolve, to_toml};
 
 /// RLHF your own model: a Hugging Face checkpoint and your data in, a Hugging Face checkpoint
@@ -48,6 +50,23 @@ enum Command {
     Dpo {
         #[command(flatten)]
         args: DpoArgs,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// KTO on responses labelled desirable or undesirable one at a time (prompt, completion,
+    /// label), or on preference pairs unpaired.
+    Kto {
+        #[command(flatten)]
+        args: KtoArgs,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Online DPO: sample from the policy, score with `--reward`, pair best against worst, a DPO
+    /// step; round after round.
+    #[command(name = "online-dpo")]
+    OnlineDpo {
+        #[command(flatten)]
+        args: OnlineDpoArgs,
         #[command(flatten)]
         config: ConfigArgs,
     },
@@ -158,6 +177,17 @@ fn dispatch(cli: &Cli, matches: &clap::ArgMatches) -> Result<ExitCode> {
         Command::Dpo { args, config } => {
             train("dpo", args, config, matches, DpoArgs::completed, dpo::run)
         }
+        Command::Kto { args, config } => {
+            train("kto", args, config, matches, KtoArgs::completed, kto::run)
+        }
+        Command::OnlineDpo { args, config } => train(
+            "online-dpo",
+            args,
+            config,
+            matches,
+            OnlineDpoArgs::completed,
+            online_dpo::run,
+        ),
         Command::Ppo { args, config } => on_policy(Method::Ppo, args, config),
         Command::Grpo { args, config } => on_policy(Method::Grpo, args, config),
         Command::Rloo { args, config } => on_policy(Method::Rloo, args, config),

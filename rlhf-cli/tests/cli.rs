@@ -132,6 +132,27 @@ fn help_lists_every_option_and_mistakes_are_named() {
                 "--vf-coef",
             ],
         ),
+        (
+            "kto",
+            &[
+                "--desirable-weight",
+                "--undesirable-weight",
+                "--beta",
+                "--ref-cache",
+                "--per-device-train-batch-size",
+            ],
+        ),
+        (
+            "online-dpo",
+            &[
+                "--prompts",
+                "--reward",
+                "--num-generations",
+                "--missing-eos-penalty",
+                "--loss",
+                "--rounds",
+            ],
+        ),
         ("grpo", &["--num-generations", "--beta", "--cliprange"]),
         ("rloo", &["--samples-per-prompt"]),
         ("reinforce-pp", &["--gamma"]),
@@ -159,7 +180,7 @@ fn help_lists_every_option_and_mistakes_are_named() {
             assert!(help.contains(f), "rlhf {sub} --help lacks {f}:\n{help}");
         }
         // every option shows its default, where it has one
-        if ["sft", "rm", "dpo"].contains(&sub) {
+        if ["sft", "rm", "dpo", "kto", "online-dpo"].contains(&sub) {
             assert!(help.contains("[default: 8]"), "{help}");
         }
     }
@@ -357,6 +378,136 @@ fn dpo_raises_the_margin_and_rm_orders_its_pairs() {
     let (_, scalar, extra, head) = rlhf_models::load_scalar_pretrained(&rm, &device).unwrap();
     assert!(head && extra["normalisation"]["bias"].is_number());
     assert!(scalar.score.bias.is_none());
+}
+
+/// `rlhf kto` on TRL's unpaired layout (the sample's pairs as `{prompt, completion, label}`):
+/// the held-out implicit-reward margin of desirable over undesirable responses rises from 0 (the
+/// policy starts as the reference), the metrics carry TRL's KTO names, the reference's
+/// log-probs are cached, the output differs from its input; a preference file is unpaired and
+/// trains too; a bad record is reported with its file, line and field.
+#[test]
+fn kto_raises_the_margin_and_reports_bad_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let pairs = head("preference.jsonl", 24, dir.path());
+    let unpaired = dir.path().join("unpaired.jsonl");
+    let lines: Vec<String> = std::fs::read_to_string(&pairs)
+        .unwrap()
+        .lines()
+        .flat_map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            [
+                json!({"prompt": v["prompt"], "completion": v["chosen"], "label": true}),
+                json!({"prompt": v["prompt"], "completion": v["rejected"], "label": false}),
+            ]
+        })
+        .map(|v| v.to_string())
+        .collect();
+    std::fs::write(&unpaired, lines.join("\n") + "\n").unwrap();
+    let kto = dir.path().join("kto");
+    let args = |data: &str, out: &Path| -> Vec<String> {
+        [
+            "kto",
+            "--model",
+            &fixture("tiny-pythia"),
+            "--data",
+            data,
+            "--eval-data",
+            data,
+            "--out",
+            &s(out),
+            "--learning-rate",
+            "2e-3",
+            "--num-train-epochs",
+            "4",
+            "--beta",
+            "0.5",
+            "--max-length",
+            "256",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect()
+    };
+    let a = args(&s(&unpaired), &kto);
+    ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let margins = metric(&kto, "eval_rewards/margins");
+    let m = *margins.last().unwrap();
+    assert!(m > 0.5, "held-out margin {margins:?}");
+    assert!(!metric(&kto, "kl").is_empty() && !metric(&kto, "rewards/chosen").is_empty());
+    assert!(metric(&kto, "kl").iter().all(|&k| k >= 0.0));
+    assert!(differ(&probe(&fixture("tiny-pythia")), &probe(&s(&kto))));
+    assert!(std::fs::read_dir(kto.join("ref-cache")).unwrap().count() >= 1);
+
+    // preference pairs are unpaired and train the same way
+    let from_pairs = dir.path().join("kto-pairs");
+    let b = args(&pairs, &from_pairs);
+    ok(&b.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(*metric(&from_pairs, "eval_rewards/margins").last().unwrap() > 0.5);
+
+    // a label that is not a boolean: the file, the line and the field
+    let mut bad_lines = lines.clone();
+    bad_lines[2] = bad_lines[2].replace("\"label\":true", "\"label\":\"yes\"");
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, bad_lines.join("\n") + "\n").unwrap();
+    let c = args(&s(&bad), &dir.path().join("kto-bad"));
+    let out = rlhf(&c.iter().map(String::as_str).collect::<Vec<_>>());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("{}:3: field `label`", bad.display())) && err.contains("boolean"),
+        "{err}"
+    );
+}
+
+/// `rlhf online-dpo` with a rule reward runs its rounds, logs TRL's online-DPO metrics once per
+/// round, writes a policy that differs from its input, and, run again in the same directory,
+/// resumes to the end with the same weights.
+#[test]
+fn online_dpo_runs_its_rounds_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = head("prompts.jsonl", 16, dir.path());
+    let out = dir.path().join("online-dpo");
+    let args = [
+        "online-dpo",
+        "--model",
+        &fixture("tiny-pythia"),
+        "--prompts",
+        &prompts,
+        "--reward",
+        "length:0.1",
+        "--out",
+        &s(&out),
+        "--rounds",
+        "3",
+        "--prompts-per-batch",
+        "4",
+        "--num-generations",
+        "3",
+        "--max-completion-length",
+        "8",
+        "--learning-rate",
+        "1e-3",
+        "--save-steps",
+        "1",
+    ];
+    ok(&args);
+    for k in [
+        "objective/scores",
+        "val/contain_eos_token",
+        "online/pair_share",
+        "beta",
+    ] {
+        assert_eq!(metric(&out, k).len(), 3, "{k}");
+    }
+    assert!(!metric(&out, "rewards/margins").is_empty());
+    assert!(differ(&probe(&fixture("tiny-pythia")), &probe(&s(&out))));
+    let weights = std::fs::read(out.join("model.safetensors")).unwrap();
+    ok(&args);
+    assert_eq!(
+        weights,
+        std::fs::read(out.join("model.safetensors")).unwrap()
+    );
+    assert_eq!(metric(&out, "objective/scores").len(), 3);
 }
 
 /// The words of the toy task: whose city is it? Each prompt has one right answer.
@@ -650,7 +801,9 @@ type Mapping<'a> = &'a [(&'a str, &'a [&'a str])];
 #[test]
 fn every_field_of_every_trainer_config_is_a_flag() {
     use clap::Parser;
-    use rlhf_cli::commands::{dpo::DpoArgs, onpolicy, rm::RmArgs, sft::SftArgs};
+    use rlhf_cli::commands::{
+        dpo::DpoArgs, kto::KtoArgs, online_dpo::OnlineDpoArgs, onpolicy, rm::RmArgs, sft::SftArgs,
+    };
 
     const OPTIMIZER: Mapping<'static> = &[
         ("optimizer.lr", &["--learning-rate", "0.5"]),
@@ -733,6 +886,43 @@ fn every_field_of_every_trainer_config_is_a_flag() {
             OPTIMIZER,
             TRAIN,
             &[("loss", &["--loss", "ipo"]), ("beta", &["--beta", "0.5"])],
+        ],
+        |a| serde_json::to_value(a.clone().completed().config(100)).unwrap(),
+    );
+    check::<KtoArgs>(
+        "kto",
+        &[
+            OPTIMIZER,
+            TRAIN,
+            &[
+                ("beta", &["--beta", "0.5"]),
+                ("desirable_weight", &["--desirable-weight", "0.5"]),
+                ("undesirable_weight", &["--undesirable-weight", "0.5"]),
+                ("disable_dropout", &["--disable-dropout", "false"]),
+            ],
+        ],
+        |a| serde_json::to_value(a.clone().completed().config(100)).unwrap(),
+    );
+    check::<OnlineDpoArgs>(
+        "online-dpo",
+        &[
+            OPTIMIZER,
+            &[
+                ("rounds", &["--rounds", "7"]),
+                ("prompts_per_round", &["--prompts-per-batch", "7"]),
+                ("samples_per_prompt", &["--num-generations", "7"]),
+                ("max_prompt_length", &["--max-prompt-length", "7"]),
+                // temperature and new tokens; the rest of sampling keeps its defaults
+                ("sampling", &["--temperature", "0.5"]),
+                ("missing_eos_penalty", &["--missing-eos-penalty", "0.5"]),
+                ("loss", &["--loss", "ipo"]),
+                ("beta", &["--beta", "0.5"]),
+                ("epochs", &["--epochs-per-round", "7"]),
+                ("minibatches", &["--num-mini-batches", "7"]),
+                ("schedule", &["--lr-scheduler-type", "cosine"]),
+                ("disable_dropout", &["--disable-dropout", "false"]),
+                ("seed", &["--seed", "7"]),
+            ],
         ],
         |a| serde_json::to_value(a.clone().completed().config(100)).unwrap(),
     );

@@ -1,14 +1,16 @@
 //! # rlhf-dpo
 //!
-//! Offline preference optimisation: the DPO family and EXO, as small functions on sequence
-//! log-probabilities (`algorithms.md`, "Offline preference optimisation").
+//! Preference optimisation from sequence log-probabilities: the DPO family, EXO and KTO, as small
+//! functions on tensors (`algorithms.md`, "Offline preference optimisation"), and their trainers.
 //!
 //! It holds the losses, the offline trainer ([`train_offline`]: pairs or K-wise groups, policy
 //! and frozen reference, sequence log-probs over response tokens only, gradient accumulation,
-//! LR schedule, eval, checkpoints and resume, metrics) and the on-disk reference log-prob cache
-//! ([`RefCache`], keyed by hashes of the reference weights and of the data), and the online loop
+//! LR schedule, eval, checkpoints and resume, metrics), the on-disk reference log-prob cache
+//! ([`RefCache`], keyed by hashes of the reference weights and of the data), KTO on unpaired
+//! examples labelled desirable or undesirable ([`train_kto`]), and online DPO: one round
 //! ([`online_round`]: sample from the policy, score with any `Scorer`, pair best against worst,
-//! train).
+//! train) and the trainer of many rounds with one optimizer, checkpoints and exact resume
+//! ([`train_online_dpo`]).
 //!
 //! ```
 //! use burn::tensor::{Tensor, TensorData};
@@ -24,16 +26,24 @@
 //! ```
 
 pub mod cache;
+pub mod kto;
 pub mod losses;
 pub mod online;
+pub mod online_dpo;
 pub mod trainer;
 
 pub use cache::{LogpSpec, RefCache, data_hash, weights_hash};
+pub use kto::{
+    KtoConfig, KtoEval, KtoExample, KtoReport, evaluate_kto, kto_batches, kto_loss,
+    kto_reference_point, kto_train_batches, mismatched_partners, train_kto,
+};
 pub use losses::{
     PairLogps, dpo_loss, dpo_rw_loss, exo_pref_loss, exo_rw_loss, hinge_loss, ipo_loss,
     robust_dpo_loss, simpo_loss,
 };
-pub use online::{OnlineConfig, OnlineReport, online_round};
+pub use online::{OnlineConfig, OnlineReport, best_and_worst, online_round};
+pub use online_dpo::{OnlineDpoConfig, OnlineDpoInputs, OnlineDpoReport, train_online_dpo};
 pub use trainer::{
-    DpoConfig, DpoEval, DpoReport, Group, OfflineLoss, evaluate, sequence_logps, train_offline,
+    DpoConfig, DpoEval, DpoReport, Group, OfflineLoss, evaluate, pair_logps, sequence_logps,
+    train_offline,
 };

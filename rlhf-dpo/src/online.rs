@@ -2,6 +2,9 @@
 //! them with any `Scorer`, keep the best and the worst of each prompt as a pair, and take one
 //! offline pass on those pairs with the same trainer. Repeating rounds is the online use the
 //! scaling study compares with the offline one at equal compute.
+//!
+//! Each round here is a fresh offline run (its own optimizer); [`crate::train_online_dpo`] is the
+//! trainer of many rounds with one optimizer, checkpoints and exact resume.
 
 use burn::module::Module;
 use burn::tensor::Device;
@@ -39,6 +42,29 @@ pub struct OnlineReport {
     pub train: DpoReport,
 }
 
+/// For each prompt (its `n` samples consecutive in `scores` and `responses`), the rows of its
+/// best and its worst sample: `argmax_k s_k` (the last of equal maxima) and `argmin_k s_k` (the
+/// first of equal minima). `None` when all its samples score the same (no preference to learn)
+/// or either response is empty or missing; a trailing group of fewer than `n` is left out.
+pub fn best_and_worst(
+    scores: &[f32],
+    responses: &[Vec<u32>],
+    n: usize,
+) -> Vec<Option<(usize, usize)>> {
+    (0..scores.len() / n.max(1))
+        .map(|i| {
+            let rows = i * n..(i + 1) * n;
+            let best = rows
+                .clone()
+                .max_by(|&a, &b| scores[a].total_cmp(&scores[b]))?;
+            let worst = rows.min_by(|&a, &b| scores[a].total_cmp(&scores[b]))?;
+            let answered = |k: usize| responses.get(k).is_some_and(|r| !r.is_empty());
+            (scores[best] > scores[worst] && answered(best) && answered(worst))
+                .then_some((best, worst))
+        })
+        .collect()
+}
+
 /// One round on `prompts`: sample, score, pair best against worst, train. The reference stays
 /// frozen; `policy` lives on an autodiff `device`.
 #[allow(clippy::too_many_arguments)]
@@ -73,21 +99,13 @@ pub fn online_round(
         ..OnlineReport::default()
     };
     let mut groups = Vec::new();
-    for (i, prompt) in prompts.iter().enumerate() {
-        let rows = i * n..(i + 1) * n;
-        let best = rows
-            .clone()
-            .max_by(|&a, &b| scores[a].total_cmp(&scores[b]))
-            .expect("n ≥ 2");
-        let worst = rows
-            .min_by(|&a, &b| scores[a].total_cmp(&scores[b]))
-            .expect("n ≥ 2");
-        if scores[best] > scores[worst]
-            && !responses[best].is_empty()
-            && !responses[worst].is_empty()
-        {
+    for (i, pair) in best_and_worst(&scores, &responses, n)
+        .into_iter()
+        .enumerate()
+    {
+        if let Some((best, worst)) = pair {
             groups.push(Group {
-                prompt: tokenizer.encode(prompt)?,
+                prompt: tokenizer.encode(&prompts[i])?,
                 responses: vec![responses[best].clone(), responses[worst].clone()],
                 rewards: Some(vec![scores[best], scores[worst]]),
             });

@@ -76,7 +76,7 @@ pub enum OfflineLoss {
 }
 
 impl OfflineLoss {
-    fn needs_rewards(&self) -> bool {
+    pub(crate) fn needs_rewards(&self) -> bool {
         matches!(self, OfflineLoss::ExoRw { .. } | OfflineLoss::DpoRw { .. })
     }
 
@@ -221,10 +221,6 @@ pub fn sequence_logps(
     truncation: Option<(usize, usize)>,
     device: &Device,
 ) -> Result<(Tensor<1>, Tensor<1>)> {
-    let t = truncation.map(|(p, r)| Truncation {
-        max_prompt: p,
-        max_response: r,
-    });
     let pairs: Vec<(&[u32], &[u32])> = groups
         .iter()
         .flat_map(|g| {
@@ -233,7 +229,23 @@ pub fn sequence_logps(
                 .map(|r| (g.prompt.as_slice(), r.as_slice()))
         })
         .collect();
-    let batch = LmBatch::from_sequences(&collate(&pairs, 0, t));
+    pair_logps(model, &pairs, truncation, device)
+}
+
+/// Sequence log-probs `logπ(y|x)` of `(prompt, response)` token pairs, summed over response
+/// tokens, and the number of response tokens, each `[pairs]`. The batch is padded (prompts on
+/// the left, responses on the right); padded positions are masked out of both sums.
+pub fn pair_logps(
+    model: &CausalLm,
+    pairs: &[(&[u32], &[u32])],
+    truncation: Option<(usize, usize)>,
+    device: &Device,
+) -> Result<(Tensor<1>, Tensor<1>)> {
+    let t = truncation.map(|(p, r)| Truncation {
+        max_prompt: p,
+        max_response: r,
+    });
+    let batch = LmBatch::from_sequences(&collate(pairs, 0, t));
     let n = batch.batch;
     let (logp, target) = target_logprobs(model, &batch, device)?;
     Ok((
@@ -242,20 +254,22 @@ pub fn sequence_logps(
     ))
 }
 
-/// The reference's sequence log-probs of every group (no gradients), in batches; counts batches.
-fn reference_logps(
+/// The reference's sequence log-probs of every group (no gradients), `batch_size` groups at a
+/// time; counts batches.
+pub(crate) fn reference_logps(
     reference: &CausalLm,
     groups: &[Group],
-    cfg: &DpoConfig,
+    batch_size: usize,
+    truncation: Option<(usize, usize)>,
     device: &Device,
     batches: &mut u64,
 ) -> Result<Vec<Vec<f32>>> {
     let device = device.clone().without_autodiff();
     let reference = reference.valid().to_device(&device);
     let mut out = Vec::with_capacity(groups.len());
-    for chunk in groups.chunks(cfg.batch_size.max(1)) {
+    for chunk in groups.chunks(batch_size.max(1)) {
         let refs: Vec<&Group> = chunk.iter().collect();
-        let flat = to_f32_vec(sequence_logps(&reference, &refs, cfg.truncation, &device)?.0);
+        let flat = to_f32_vec(sequence_logps(&reference, &refs, truncation, &device)?.0);
         *batches += 1;
         let mut at = 0;
         for g in chunk {
@@ -272,7 +286,7 @@ fn reference_logps(
 /// Each loss reads the log-probs its paper defines: IPO the averages over response tokens (as
 /// TRL does), SimPO the policy's averages with no reference, the rest the sums. The implicit
 /// rewards `β·(logπ − logπ_ref)` that are logged use the same log-probs as the loss.
-fn batch_loss(
+pub(crate) fn batch_loss(
     cfg: &DpoConfig,
     policy: Tensor<2>,
     lengths: Tensor<2>,
@@ -329,7 +343,7 @@ fn batch_loss(
     (per_example.mean(), metrics)
 }
 
-fn to_2d(rows: &[Vec<f32>], device: &Device) -> Tensor<2> {
+pub(crate) fn to_2d(rows: &[Vec<f32>], device: &Device) -> Tensor<2> {
     let k = rows.first().map_or(0, Vec::len);
     Tensor::from_data(TensorData::new(rows.concat(), [rows.len(), k]), device)
 }
@@ -464,10 +478,24 @@ pub fn train_offline(
     let (ref_train, ref_eval) = if cfg.loss.needs_reference() {
         let spec = cfg.logp_spec();
         let (a, _) = cache.get_or_compute(reference, train, &spec, || {
-            reference_logps(reference, train, cfg, device, &mut batches)
+            reference_logps(
+                reference,
+                train,
+                cfg.batch_size,
+                cfg.truncation,
+                device,
+                &mut batches,
+            )
         })?;
         let (b, _) = cache.get_or_compute(reference, eval, &spec, || {
-            reference_logps(reference, eval, cfg, device, &mut batches)
+            reference_logps(
+                reference,
+                eval,
+                cfg.batch_size,
+                cfg.truncation,
+                device,
+                &mut batches,
+            )
         })?;
         (a, b)
     } else {

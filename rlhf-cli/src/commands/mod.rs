@@ -12,6 +12,8 @@ pub mod check;
 pub mod dpo;
 pub mod eval;
 pub mod generate;
+pub mod kto;
+pub mod online_dpo;
 pub mod onpolicy;
 pub mod plot;
 pub mod rm;

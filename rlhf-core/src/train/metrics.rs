@@ -44,6 +44,26 @@
 //! | `train/num_gen_batches` | DAPO's dynamic sampling: sampling rounds in the iteration | verl |
 //! | `dynamic_sampling/dropped_groups`, `dynamic_sampling/refilled_groups` | groups dropped for equal scores; of those, put back because the round cap left the batch short | — |
 //! | `objective/overlong_penalty` | mean of DAPO's overlong punishment over the responses | — |
+//!
+//! KTO logs `rewards/chosen`, `rewards/rejected`, `logps/chosen` and `logps/rejected` over the
+//! desirable (chosen) and the undesirable (rejected) examples of a batch (`null` when a step's
+//! batch holds none of them), their difference as `rewards/margins`, and:
+//!
+//! | name | meaning | TRL |
+//! | --- | --- | --- |
+//! | `kl` | the batch's reference point `z_ref = max(0, mean(logπ(y′|x) − logπ_ref(y′|x)))` over its mismatched pairs | `KTOTrainer` |
+//! | `eval_kl`, `eval_rewards/chosen`, `eval_rewards/rejected` | the same on held-out examples | `KTOTrainer` |
+//!
+//! Online DPO logs, once per round, `objective/scores`, `objective/kl`, `objective/entropy`,
+//! `objective/non_score_reward`, `objective/rlhf_reward` (over the responses of the round's
+//! pairs), the `rewards/*` and `logps/*` of its pairs, `completions/mean_length`, and:
+//!
+//! | name | meaning | TRL |
+//! | --- | --- | --- |
+//! | `objective/scores_margin` | mean score of the chosen minus the rejected response of the round's pairs | `OnlineDPOTrainer` |
+//! | `val/contain_eos_token` | share of the round's samples that end with EOS | `OnlineDPOTrainer` |
+//! | `beta` | β of the round | `OnlineDPOTrainer` |
+//! | `online/pair_share` | share of the round's prompts whose samples did not all score the same (the others give no pair) | — |
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -109,6 +129,18 @@ pub mod names {
     pub const TIME_ROLLOUT: &str = "time/rollout";
     pub const TIME_UPDATE: &str = "time/update";
     pub const TIME_STEP: &str = "time/step";
+
+    // KTO (TRL's `KTOTrainer`)
+    pub const KTO_KL: &str = "kl";
+    pub const EVAL_KTO_KL: &str = "eval_kl";
+    pub const EVAL_REWARDS_CHOSEN: &str = "eval_rewards/chosen";
+    pub const EVAL_REWARDS_REJECTED: &str = "eval_rewards/rejected";
+
+    // online DPO (TRL's `OnlineDPOTrainer`)
+    pub const OBJECTIVE_SCORES_MARGIN: &str = "objective/scores_margin";
+    pub const VAL_CONTAIN_EOS_TOKEN: &str = "val/contain_eos_token";
+    pub const BETA: &str = "beta";
+    pub const ONLINE_PAIR_SHARE: &str = "online/pair_share";
 }
 
 /// Appends metric lines to a JSONL file. Each line is written with one `write` call and flushed,

@@ -1,0 +1,220 @@
+//! `rlhf kto`: KTO of a checkpoint against a frozen reference on responses labelled desirable or
+//! undesirable one at a time (TRL's unpaired preference layout `{prompt, completion, label}`;
+//! a file of preference pairs is unpaired as TRL unpairs it: the chosen response desirable, the
+//! rejected one undesirable).
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::{ArgAction, Args};
+use rlhf_data::{Kind, PreferenceRecord, UnpairedRecord, detect_kind};
+use rlhf_dpo::{KtoConfig, KtoExample, RefCache, kto_batches, train_kto};
+use serde::{Deserialize, Serialize};
+
+use crate::args::{DataArgs, ModelArgs, TrainArgs, defaults_from_clap, kind_str};
+use crate::commands::Prepared;
+use crate::data::{Dropped, Encoder, prompt_key, read_split};
+use crate::{load, output};
+
+/// TRL's `KTOConfig.learning_rate`.
+pub const DEFAULT_LR: f64 = 1e-6;
+
+/// `rlhf kto` options.
+#[derive(Args, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(default)]
+pub struct KtoArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub data: DataArgs,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub train: TrainArgs,
+    /// The frozen reference (default: `--model`) [TRL: --ref_model].
+    #[arg(long = "ref", visible_alias = "ref-model", value_name = "DIR")]
+    pub ref_model: Option<PathBuf>,
+    /// β [TRL: --beta].
+    #[arg(long, default_value_t = 0.1)]
+    pub beta: f32,
+    /// λ_D, the weight of desirable examples' losses [TRL: --desirable_weight].
+    #[arg(long, default_value_t = 1.0)]
+    pub desirable_weight: f32,
+    /// λ_U, the weight of undesirable examples' losses [TRL: --undesirable_weight].
+    #[arg(long, default_value_t = 1.0)]
+    pub undesirable_weight: f32,
+    /// Dropout off in the policy [TRL: --disable_dropout].
+    #[arg(long, default_value_t = true, action = ArgAction::Set)]
+    pub disable_dropout: bool,
+    /// Compute the reference's log-probs (of each example and of its mismatched pair) once and
+    /// keep them in OUT/ref-cache [TRL: --precompute_ref_log_probs].
+    #[arg(long, default_value_t = true, action = ArgAction::Set)]
+    pub ref_cache: bool,
+}
+
+defaults_from_clap!(KtoArgs);
+
+impl KtoArgs {
+    /// These options with the command's default learning rate filled in (what `--print-config`
+    /// shows and the run directory records).
+    pub fn completed(mut self) -> Self {
+        self.train.learning_rate.get_or_insert(DEFAULT_LR);
+        self
+    }
+
+    /// Optimizer steps of a run over `n` examples: the trainer's batches (a last batch of one
+    /// joins the one before it), `gradient_accumulation_steps` to a step, every epoch.
+    pub fn total_steps(&self, n: usize) -> u64 {
+        let order: Vec<usize> = (0..n).collect();
+        let batches = kto_batches(&order, self.train.per_device_train_batch_size).len();
+        (batches.div_ceil(self.train.gradient_accumulation_steps.max(1))
+            * self.train.num_train_epochs) as u64
+    }
+
+    /// The library's configuration.
+    pub fn config(&self, total_steps: u64) -> KtoConfig {
+        KtoConfig {
+            beta: self.beta,
+            desirable_weight: self.desirable_weight,
+            undesirable_weight: self.undesirable_weight,
+            epochs: self.train.num_train_epochs,
+            batch_size: self.train.per_device_train_batch_size,
+            grad_accum: self.train.gradient_accumulation_steps,
+            optimizer: self.train.optimizer(DEFAULT_LR),
+            schedule: self.train.schedule(total_steps),
+            eval_every: self.train.eval_steps,
+            truncation: None,
+            disable_dropout: self.disable_dropout,
+            seed: self.train.seed,
+        }
+    }
+}
+
+/// Labelled responses as KTO's examples (those whose response is empty after truncation are left
+/// out).
+fn examples(
+    records: impl IntoIterator<Item = (rlhf_data::Turns, rlhf_data::Turns, bool)>,
+    enc: &Encoder,
+) -> Result<(Vec<KtoExample>, Dropped)> {
+    let mut out = Vec::new();
+    let mut dropped = Dropped(0, "an empty completion after truncation");
+    for (prompt, completion, desirable) in records {
+        let response = enc.response(&prompt, &completion)?;
+        if response.is_empty() {
+            dropped.0 += 1;
+            continue;
+        }
+        out.push(KtoExample {
+            prompt: enc.prompt(&prompt)?.1,
+            response,
+            desirable,
+        });
+    }
+    Ok((out, dropped))
+}
+
+/// Preference pairs unpaired: the chosen response desirable, the rejected one undesirable.
+fn unpaired(records: Vec<PreferenceRecord>) -> Vec<(rlhf_data::Turns, rlhf_data::Turns, bool)> {
+    records
+        .into_iter()
+        .flat_map(|r| {
+            [
+                (r.prompt.clone(), r.chosen, true),
+                (r.prompt, r.rejected, false),
+            ]
+        })
+        .collect()
+}
+
+/// The training and held-out examples of the data file.
+fn data(args: &KtoArgs, enc: &Encoder) -> Result<(Vec<KtoExample>, Vec<KtoExample>)> {
+    let kind = match args.data.kind {
+        Some(k) => k,
+        None => detect_kind(args.data.data()?, &args.data.read_options())?,
+    };
+    let (train, eval) = match kind {
+        Kind::Unpaired => {
+            let (train, eval) =
+                read_split::<UnpairedRecord>(&args.data, |r| prompt_key(&r.prompt))?;
+            let as_tuples = |v: Vec<UnpairedRecord>| {
+                v.into_iter()
+                    .map(|r| (r.prompt, r.completion, r.label))
+                    .collect::<Vec<_>>()
+            };
+            (as_tuples(train), as_tuples(eval))
+        }
+        Kind::Preference => {
+            let (train, eval) =
+                read_split::<PreferenceRecord>(&args.data, |r| prompt_key(&r.prompt))?;
+            tracing::info!("kto: preference pairs unpaired (chosen desirable, rejected not)");
+            (unpaired(train), unpaired(eval))
+        }
+        other => bail!(
+            "rlhf kto reads responses labelled one at a time ({{prompt, completion, label}}) or \
+             preference pairs, and {} holds `{}` records",
+            args.data.data()?.display(),
+            kind_str(other)
+        ),
+    };
+    let (train, dropped) = examples(train, enc)?;
+    dropped.announce("training examples");
+    let (eval, dropped) = examples(eval, enc)?;
+    dropped.announce("eval examples");
+    Ok((train, eval))
+}
+
+/// Trains and writes the model.
+pub fn run(args: &KtoArgs, toml: &str) -> Result<()> {
+    let p = Prepared::new(&args.model, &args.data)?;
+    let reference = load::reference(args.ref_model.as_deref(), &p.ckpt, &p.device)?;
+    let (max_prompt, max_response) = args.data.limits()?;
+    let enc = Encoder {
+        tokenizer: &p.ckpt.tokenizer,
+        format: &p.ckpt.format,
+        max_prompt,
+        max_response,
+    };
+    let (train, eval) = data(args, &enc)?;
+    let n_desirable = train.iter().filter(|e| e.desirable).count();
+    tracing::info!(
+        "kto: {} training examples ({n_desirable} desirable, {} undesirable), {} held out, β {}",
+        train.len(),
+        train.len() - n_desirable,
+        eval.len(),
+        args.beta
+    );
+    let cfg = args.config(args.total_steps(train.len()));
+    if let Some(advice) = cfg.weight_advice(n_desirable, train.len() - n_desirable) {
+        tracing::warn!("kto: {advice}");
+    }
+    output::claim(&p.out, "kto", toml)?;
+    let cache = RefCache::new(args.ref_cache.then(|| p.out.join("ref-cache")).as_deref());
+    let (policy, report) = train_kto(
+        p.ckpt.model.clone(),
+        &reference,
+        &train,
+        &eval,
+        &cfg,
+        &cache,
+        &args.train.run_options(&p.out),
+        &p.device,
+    )?;
+    output::save_causal(&p.out, &policy, &p.ckpt.config, &p.ckpt.tokenizer, &p.dir)?;
+    tracing::info!(
+        "kto: {} steps ({} this run), reference batches computed {}, final loss {:.4}{}",
+        report.steps,
+        report.steps_this_run,
+        report.reference_forward_batches,
+        report.final_train_loss,
+        if eval.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; held out: loss {:.4}, kl {:.4}, reward margin {:.4}",
+                report.eval.loss, report.eval.kl, report.eval.reward_margin
+            )
+        }
+    );
+    Ok(())
+}

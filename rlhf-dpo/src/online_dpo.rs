@@ -1,0 +1,582 @@
+//! Online DPO as a trainer of its own (Guo et al. 2024, "Direct Language Model Alignment from
+//! Online AI Feedback"; TRL's `OnlineDPOTrainer`): the pairs are sampled from the policy being
+//! trained, round after round, and judged by any `Scorer` (a reward model, a gold oracle, a rule).
+//!
+//! Round `i` of [`train_online_dpo`]:
+//!
+//! 1. **prompts**: the next `prompts_per_round` prompts of the stream (epochs over the prompt
+//!    list, each epoch in its own seeded order), each cut to its last `max_prompt_length` tokens;
+//! 2. **sample** `n = samples_per_prompt ≥ 2` responses `y_{p,1..n}` per prompt `p` from the
+//!    current policy (temperature `T`, at most `max_new_tokens`, stopping at EOS);
+//! 3. **score** them: `s_{p,k} = scorer(x_p, y_{p,k})`, minus `missing_eos_penalty` for a
+//!    response without EOS (as TRL does);
+//! 4. **pair** the best against the worst: `y_c = y_{p, argmax_k s}`, `y_r = y_{p, argmin_k s}`,
+//!    for each prompt whose samples do not all score the same (TRL samples two and keeps ties,
+//!    the first as chosen; a tie carries no preference, so it is left out here);
+//! 5. **update**: `epochs` passes over the round's pairs, each pass in `minibatches` shuffled
+//!    minibatches, one AdamW step on each with the pair loss of the offline trainer
+//!    (`OfflineLoss`; DPO's `−log σ(β·h)` by default, `h` from sequence log-probs summed over
+//!    response tokens, the reference's computed fresh each round). The learning rate of step `s`
+//!    of round `i` is the schedule's at `i·epochs·minibatches + s`;
+//! 6. **log** one metrics line (TRL's online-DPO names) and checkpoint when due.
+//!
+//! One optimizer lives through the whole run, as in TRL: its moments carry over from round to
+//! round and are saved in each checkpoint. Every random choice of round `i` (its samples and its
+//! minibatch order) is drawn from `(seed, i)`, and the prompt order of epoch `e` from
+//! `(seed, e)`, so a checkpoint needs no RNG state and a resumed run repeats the uninterrupted
+//! one exactly. The metrics of the update (loss, `rewards/*`, `objective/kl`, …) are means over
+//! the round's steps of what each step saw before its update (TRL takes one step per batch of
+//! prompts: with `epochs = minibatches = 1`, the default, the two agree).
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::optim::GradientsParams;
+use burn::tensor::Device;
+use rand::seq::SliceRandom;
+use rlhf_core::host::to_f32_vec;
+use rlhf_core::train::memory;
+use rlhf_core::train::metrics::names;
+use rlhf_core::train::{
+    Checkpoint, LrSchedule, Metrics, OptimizerConfig, Run, RunOptions, TrainRng,
+    checkpoint::{module_from_bytes, module_to_bytes, optimizer_from_bytes, optimizer_to_bytes},
+    clip_global_grad_norm, global_grad_norm,
+};
+use rlhf_core::{Error, Result, Scorer};
+use rlhf_data::{Tokenizer, collate};
+use rlhf_models::{CausalLm, SamplingConfig, generate};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::online::best_and_worst;
+use crate::trainer::{
+    DpoConfig, Group, OfflineLoss, batch_loss, reference_logps, sequence_logps, to_2d,
+};
+
+/// Online DPO settings (TRL's `OnlineDPOConfig` where it has the same field).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OnlineDpoConfig {
+    /// Rounds of sample → score → pair → update.
+    pub rounds: usize,
+    /// Prompts per round (TRL: the batch of prompts of a step).
+    pub prompts_per_round: usize,
+    /// Responses sampled per prompt, at least 2 (TRL: 2).
+    pub samples_per_prompt: usize,
+    /// Prompts keep their last this many tokens for sampling and log-probs (`None`: whole); the
+    /// scorer reads the whole prompt text.
+    pub max_prompt_length: Option<usize>,
+    /// How to sample (its `eos_id` is set from the tokenizer); TRL: 64 new tokens at T = 0.9.
+    pub sampling: SamplingConfig,
+    /// Subtracted from the score of a response without EOS (≥ 0; `None`: no penalty).
+    pub missing_eos_penalty: Option<f32>,
+    /// The pair loss (TRL: `sigmoid`, i.e. DPO, or `ipo`).
+    pub loss: OfflineLoss,
+    /// β.
+    pub beta: f32,
+    /// Passes over a round's pairs.
+    pub epochs: usize,
+    /// Minibatches (optimizer steps) per pass.
+    pub minibatches: usize,
+    /// AdamW and clipping.
+    pub optimizer: OptimizerConfig,
+    /// Schedule over optimizer steps (`rounds · epochs · minibatches` of them).
+    pub schedule: LrSchedule,
+    /// Dropout off in the policy (TRL's `disable_dropout`).
+    pub disable_dropout: bool,
+    /// Seed of every random choice.
+    pub seed: u64,
+}
+
+impl Default for OnlineDpoConfig {
+    fn default() -> Self {
+        OnlineDpoConfig {
+            rounds: 100,
+            prompts_per_round: 8,
+            samples_per_prompt: 2,
+            max_prompt_length: None,
+            sampling: SamplingConfig {
+                max_new_tokens: 64,
+                temperature: 0.9,
+                ..SamplingConfig::default()
+            },
+            missing_eos_penalty: None,
+            loss: OfflineLoss::Dpo {
+                label_smoothing: 0.0,
+            },
+            beta: 0.1,
+            epochs: 1,
+            minibatches: 1,
+            optimizer: OptimizerConfig {
+                lr: 5e-4,
+                ..OptimizerConfig::default()
+            },
+            schedule: LrSchedule::Constant,
+            disable_dropout: true,
+            seed: 0,
+        }
+    }
+}
+
+impl OnlineDpoConfig {
+    /// The offline trainer's settings whose loss each minibatch takes.
+    fn pair_loss(&self) -> DpoConfig {
+        DpoConfig {
+            loss: self.loss,
+            beta: self.beta,
+            optimizer: self.optimizer.clone(),
+            ..DpoConfig::default()
+        }
+    }
+
+    /// Optimizer steps per round.
+    pub fn steps_per_round(&self) -> u64 {
+        (self.epochs * self.minibatches) as u64
+    }
+
+    /// Checks the ranges: at least one round, prompt, pass and minibatch (and no more minibatches
+    /// than prompts); two samples per prompt or more; at least one new token at a finite
+    /// temperature ≥ 0; a missing-EOS penalty finite and ≥ 0; a prompt length ≥ 1; the loss's
+    /// and the optimizer's own ranges (as the offline trainer checks them).
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(format!("online dpo: {m}")));
+        if self.rounds == 0 || self.prompts_per_round == 0 || self.epochs == 0 {
+            return bad("rounds, prompts_per_round and epochs must be ≥ 1".into());
+        }
+        if self.minibatches == 0 || self.minibatches > self.prompts_per_round {
+            return bad(format!(
+                "minibatches must be in 1..={} (prompts_per_round), got {}",
+                self.prompts_per_round, self.minibatches
+            ));
+        }
+        if self.samples_per_prompt < 2 {
+            return bad(format!(
+                "samples_per_prompt must be ≥ 2 (a pair is the best and the worst), got {}",
+                self.samples_per_prompt
+            ));
+        }
+        let t = self.sampling.temperature;
+        if self.sampling.max_new_tokens == 0 || !t.is_finite() || t < 0.0 {
+            return bad(format!(
+                "sampling needs max_new_tokens ≥ 1 and a finite temperature ≥ 0, got {} and {t}",
+                self.sampling.max_new_tokens
+            ));
+        }
+        if let Some(p) = self.missing_eos_penalty
+            && (!p.is_finite() || p < 0.0)
+        {
+            return bad(format!(
+                "missing_eos_penalty is subtracted from the score and must be finite and ≥ 0, \
+                 got {p}"
+            ));
+        }
+        if self.max_prompt_length == Some(0) {
+            return bad("max_prompt_length must be ≥ 1".into());
+        }
+        self.pair_loss().validate()
+    }
+}
+
+/// What the trainer reads besides the policy and the configuration.
+pub struct OnlineDpoInputs<'a> {
+    /// The frozen reference policy.
+    pub reference: &'a CausalLm,
+    /// Scores responses: a reward model, a gold oracle, a rule.
+    pub scorer: &'a dyn Scorer,
+    /// The policy's tokenizer (its EOS ends responses).
+    pub tokenizer: &'a Tokenizer,
+    /// Training prompts, visited in a shuffled order, epoch after epoch.
+    pub prompts: &'a [String],
+    /// Extra metrics (e.g. the gold score of samples on held-out prompts), every `eval_every`
+    /// rounds and after the last.
+    pub eval: Option<&'a dyn Fn(&CausalLm) -> Metrics>,
+    /// See `eval`; 0 means only after the last round.
+    pub eval_every: u64,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default)]
+pub struct OnlineDpoReport {
+    /// Rounds, including those before a resume.
+    pub rounds: u64,
+    /// Rounds this call ran.
+    pub rounds_this_run: u64,
+    /// Optimizer steps this call took (a round without pairs takes none).
+    pub steps_this_run: u64,
+    /// The last round's metrics.
+    pub last: Metrics,
+}
+
+/// The prompt indices of round `round`: positions `round·k .. (round+1)·k` of the stream that
+/// visits all `count` prompts in epoch `e`'s seeded order, epoch after epoch.
+fn round_prompts(count: usize, per_round: usize, round: u64, seed: u64) -> Vec<usize> {
+    let first = round as usize * per_round;
+    let mut cached: Option<(usize, Vec<usize>)> = None;
+    (first..first + per_round)
+        .map(|k| {
+            let epoch = k / count;
+            if cached.as_ref().is_none_or(|c| c.0 != epoch) {
+                let mut order: Vec<usize> = (0..count).collect();
+                order.shuffle(
+                    &mut TrainRng::seed_from_u64(seed).fork(&format!("online-dpo-prompts-{epoch}")),
+                );
+                cached = Some((epoch, order));
+            }
+            cached.as_ref().expect("just set").1[k % count]
+        })
+        .collect()
+}
+
+/// One response per prompt row.
+struct Sampled {
+    /// The kept tokens (up to and including EOS).
+    tokens: Vec<Vec<u32>>,
+    /// Their texts (EOS's text at the end when the row stopped there).
+    texts: Vec<String>,
+    /// Whether each ended with EOS.
+    has_eos: Vec<bool>,
+}
+
+/// Samples one response per row of `prompts` (token ids).
+fn sample(
+    policy: &CausalLm,
+    tokenizer: &Tokenizer,
+    prompts: &[&[u32]],
+    sampling: &SamplingConfig,
+    rng: &mut TrainRng,
+) -> Result<Sampled> {
+    let pairs: Vec<(&[u32], &[u32])> = prompts.iter().map(|p| (*p, &[][..])).collect();
+    let (ids, mask) = collate(&pairs, tokenizer.pad_id(), None).prompts();
+    let cfg = SamplingConfig {
+        eos_id: Some(tokenizer.eos_id()),
+        ..sampling.clone()
+    };
+    let g = generate(policy, &ids, &mask, prompts.len(), &cfg, rng)?;
+    let tokens: Vec<Vec<u32>> = (0..g.batch)
+        .map(|b| {
+            (b * g.new_len..(b + 1) * g.new_len)
+                .filter(|&i| g.mask[i] == 1)
+                .map(|i| g.tokens[i])
+                .collect()
+        })
+        .collect();
+    let texts = tokens
+        .iter()
+        .map(|t| tokenizer.decode(t))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Sampled {
+        tokens,
+        texts,
+        has_eos: g.has_eos,
+    })
+}
+
+/// Weighted sums of named values, for means over a round's steps.
+#[derive(Default)]
+struct Means(Vec<(&'static str, f64)>, f64);
+
+impl Means {
+    fn add(&mut self, metrics: &[(&'static str, f64)], weight: f64) {
+        for &(k, v) in metrics {
+            match self.0.iter_mut().find(|m| m.0 == k) {
+                Some(m) => m.1 += v * weight,
+                None => self.0.push((k, v * weight)),
+            }
+        }
+        self.1 += weight;
+    }
+
+    fn get(&self) -> Metrics {
+        let w = if self.1 > 0.0 { self.1 } else { 1.0 };
+        self.0.iter().map(|&(k, v)| (k, v / w)).collect()
+    }
+}
+
+fn mean(v: impl Iterator<Item = f64>) -> f64 {
+    let (s, n) = v.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
+    s / n.max(1) as f64
+}
+
+/// Trains `policy` (on an autodiff `device`) with online DPO for `cfg.rounds` rounds. A run with
+/// an output directory resumes after its newest checkpoint (model and optimizer); `run_options`
+/// gives checkpoints (counted in rounds), metrics and progress.
+pub fn train_online_dpo(
+    policy: CausalLm,
+    inputs: &OnlineDpoInputs,
+    cfg: &OnlineDpoConfig,
+    run_options: &RunOptions,
+    device: &Device,
+) -> Result<(CausalLm, OnlineDpoReport)> {
+    cfg.validate()?;
+    if inputs.prompts.is_empty() {
+        return Err(Error::Config("online dpo: no training prompts".into()));
+    }
+    let (vp, vr) = (policy.vocab_size(), inputs.reference.vocab_size());
+    if vp != vr {
+        return Err(Error::Config(format!(
+            "online dpo: the reference has {vr} embedding rows and the policy {vp}; they must \
+             share the tokenizer"
+        )));
+    }
+    let tok = inputs.tokenizer;
+    let prompt_ids = inputs
+        .prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let ids = tok.encode(p)?;
+            if ids.is_empty() {
+                return Err(Error::Config(format!(
+                    "online dpo: prompt {i} is empty; its first response token would have no \
+                     context"
+                )));
+            }
+            let keep = cfg.max_prompt_length.unwrap_or(usize::MAX).min(ids.len());
+            Ok(ids[ids.len() - keep..].to_vec())
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut policy = if cfg.disable_dropout {
+        policy.without_dropout()
+    } else {
+        policy
+    };
+    // refuse, before the first round, a run whose minibatches would not fit in memory: the policy
+    // is trained on both responses of a minibatch's pairs, the reference is held
+    let shape = policy.shape();
+    let longest = prompt_ids.iter().map(Vec::len).max().unwrap_or(0);
+    memory::check_batch_fits(
+        "online DPO",
+        policy.num_params() as u64,
+        inputs.reference.num_params() as u64,
+        &memory::Batch {
+            rows: 2 * cfg.prompts_per_round.div_ceil(cfg.minibatches) as u64,
+            seq: (longest + cfg.sampling.max_new_tokens) as u64,
+            activations: &|r, s| shape.activation_bytes(r, s),
+            rows_knob: "minibatches (more minibatches, fewer pairs each)",
+            seq_knob: "max_prompt_length and max_new_tokens",
+        },
+    )?;
+    let pair_cfg = cfg.pair_loss();
+    let total = cfg.rounds as u64;
+    let steps_per_round = cfg.steps_per_round();
+    let mut optim = cfg.optimizer.build()?;
+    let (mut run, resume) = Run::start(run_options, total, "online-dpo")?;
+    let mut report = OnlineDpoReport::default();
+    if let Some(c) = resume {
+        let dir = run_options.out_dir.clone().unwrap_or_default();
+        let part = |name: &str| c.part(name, &dir);
+        policy = module_from_bytes(policy, part("model")?)?;
+        optim = optimizer_from_bytes(optim, part("optimizer")?)?;
+        report.rounds = c.step;
+    }
+    let inference = device.clone().without_autodiff();
+    let n = cfg.samples_per_prompt;
+    for round in report.rounds..total {
+        let started = Instant::now();
+        let done = round + 1;
+        let mut rng = TrainRng::seed_from_u64(cfg.seed).fork(&format!("online-dpo-round-{round}"));
+
+        // 1–2. the round's prompts, each sampled n times (consecutive rows)
+        let picked = round_prompts(inputs.prompts.len(), cfg.prompts_per_round, round, cfg.seed);
+        let episodes: Vec<usize> = picked
+            .iter()
+            .flat_map(|&p| std::iter::repeat_n(p, n))
+            .collect();
+        let ids: Vec<&[u32]> = episodes.iter().map(|&p| prompt_ids[p].as_slice()).collect();
+        let Sampled {
+            tokens: responses,
+            texts,
+            has_eos,
+        } = sample(&policy.valid(), tok, &ids, &cfg.sampling, &mut rng)?;
+
+        // 3. scores, the missing-EOS penalty subtracted
+        let prompt_texts: Vec<&str> = episodes
+            .iter()
+            .map(|&p| inputs.prompts[p].as_str())
+            .collect();
+        let text_refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let mut scores = inputs.scorer.score(&prompt_texts, &text_refs)?;
+        if scores.len() != episodes.len() {
+            return Err(Error::Shape(format!(
+                "online dpo: the scorer {} gave {} scores for {} responses",
+                inputs.scorer.name(),
+                scores.len(),
+                episodes.len()
+            )));
+        }
+        if let Some(i) = scores.iter().position(|s| !s.is_finite()) {
+            return Err(Error::Config(format!(
+                "online dpo: the scorer {} gave the non-finite score {} to response {i} of round \
+                 {done} (prompt {})",
+                inputs.scorer.name(),
+                scores[i],
+                episodes[i]
+            )));
+        }
+        if let Some(penalty) = cfg.missing_eos_penalty {
+            for (s, eos) in scores.iter_mut().zip(&has_eos) {
+                if !eos {
+                    *s -= penalty;
+                }
+            }
+        }
+
+        // 4. best against worst
+        let chosen_pairs: Vec<(usize, usize)> = best_and_worst(&scores, &responses, n)
+            .into_iter()
+            .flatten()
+            .collect();
+        let groups: Vec<Group> = chosen_pairs
+            .iter()
+            .map(|&(best, worst)| Group {
+                prompt: prompt_ids[episodes[best]].clone(),
+                responses: vec![responses[best].clone(), responses[worst].clone()],
+                rewards: Some(vec![scores[best], scores[worst]]),
+            })
+            .collect();
+        let score_mean = mean(scores.iter().map(|&s| f64::from(s)));
+        let mut line: Metrics = vec![
+            (names::OBJECTIVE_SCORES, score_mean),
+            (
+                names::VAL_CONTAIN_EOS_TOKEN,
+                mean(has_eos.iter().map(|&e| f64::from(u8::from(e)))),
+            ),
+            (
+                names::COMPLETIONS_MEAN_LENGTH,
+                mean(responses.iter().map(|r| r.len() as f64)),
+            ),
+            (
+                names::ONLINE_PAIR_SHARE,
+                groups.len() as f64 / picked.len() as f64,
+            ),
+            (names::BETA, f64::from(cfg.beta)),
+        ];
+        if !groups.is_empty() {
+            line.push((
+                names::OBJECTIVE_SCORES_MARGIN,
+                mean(
+                    chosen_pairs
+                        .iter()
+                        .map(|&(b, w)| f64::from(scores[b] - scores[w])),
+                ),
+            ));
+        }
+        let rollout_time = started.elapsed().as_secs_f64();
+
+        // 5. the update: epochs × minibatches AdamW steps on the round's pairs
+        let update_started = Instant::now();
+        if !groups.is_empty() {
+            let mut batches = 0;
+            let per_mb = groups.len().div_ceil(cfg.minibatches);
+            let refs = reference_logps(
+                inputs.reference,
+                &groups,
+                per_mb,
+                None,
+                &inference,
+                &mut batches,
+            )?;
+            let mut means = Means::default();
+            let mut step = 0u64;
+            for _ in 0..cfg.epochs {
+                let mut order: Vec<usize> = (0..groups.len()).collect();
+                order.shuffle(&mut rng);
+                for (k, mb) in order.chunks(per_mb).enumerate() {
+                    let lr = cfg
+                        .schedule
+                        .lr_at(cfg.optimizer.lr, round * steps_per_round + step);
+                    let g: Vec<&Group> = mb.iter().map(|&i| &groups[i]).collect();
+                    let b = g.len();
+                    let (logps, lengths) = sequence_logps(&policy, &g, None, device)?;
+                    let ref_rows: Vec<Vec<f32>> = mb.iter().map(|&i| refs[i].clone()).collect();
+                    let rewards = pair_cfg.loss.needs_rewards().then(|| {
+                        let r: Vec<Vec<f32>> = mb
+                            .iter()
+                            .map(|&i| groups[i].rewards.clone().unwrap_or_default())
+                            .collect();
+                        to_2d(&r, device)
+                    });
+                    let (loss, mut metrics) = batch_loss(
+                        &pair_cfg,
+                        logps.clone().reshape([b, 2]),
+                        lengths.reshape([b, 2]),
+                        to_2d(&ref_rows, device),
+                        rewards,
+                    );
+                    let loss_value = f64::from(loss.clone().into_scalar::<f32>());
+                    // the sequence KL and entropy of the pairs' responses, before this step
+                    let lp = to_f32_vec(logps);
+                    let lr_ref: Vec<f32> = ref_rows.concat();
+                    let kl = mean(lp.iter().zip(&lr_ref).map(|(a, r)| f64::from(a - r)));
+                    metrics.push((names::OBJECTIVE_KL, kl));
+                    metrics.push((
+                        names::OBJECTIVE_ENTROPY,
+                        mean(lp.iter().map(|a| -f64::from(*a))),
+                    ));
+                    let grads = GradientsParams::from_grads(loss.backward(), &policy);
+                    let (grads, norm) = match cfg.optimizer.max_grad_norm {
+                        Some(max) => clip_global_grad_norm(&policy, grads, max),
+                        None => {
+                            let norm = global_grad_norm(&policy, &grads);
+                            (grads, norm)
+                        }
+                    };
+                    let finite = loss_value.is_finite() && norm.is_finite();
+                    run.check_finite(done, finite, || {
+                        format!("online-dpo round {done}, minibatch {k}")
+                    })?;
+                    if finite {
+                        policy = optim.step(lr, policy, grads);
+                    }
+                    metrics.push((names::TRAIN_LOSS, loss_value));
+                    metrics.push((names::TRAIN_GRAD_NORM, f64::from(norm)));
+                    if step == 0 {
+                        line.push((names::TRAIN_LR, lr));
+                    }
+                    means.add(&metrics, b as f64);
+                    step += 1;
+                    report.steps_this_run += 1;
+                }
+            }
+            let m = means.get();
+            let kl = m
+                .iter()
+                .find(|x| x.0 == names::OBJECTIVE_KL)
+                .map_or(0.0, |x| x.1);
+            let non_score = -f64::from(cfg.beta) * kl;
+            line.extend(m);
+            line.push((names::OBJECTIVE_NON_SCORE_REWARD, non_score));
+            line.push((names::OBJECTIVE_RLHF_REWARD, score_mean + non_score));
+        }
+        line.push((names::TRAIN_SKIPPED_STEPS, run.skipped_steps() as f64));
+        if let Some(eval) = inputs.eval
+            && (done == total || (inputs.eval_every > 0 && done.is_multiple_of(inputs.eval_every)))
+        {
+            line.extend(eval(&policy));
+        }
+        line.push((names::TIME_ROLLOUT, rollout_time));
+        line.push((names::TIME_UPDATE, update_started.elapsed().as_secs_f64()));
+        line.push((names::TIME_STEP, started.elapsed().as_secs_f64()));
+
+        // 6. log and checkpoint
+        run.log(done, &line)?;
+        run.step_done(done, format!("score {score_mean:.3}"));
+        report.rounds = done;
+        report.rounds_this_run += 1;
+        report.last = line;
+        if run.checkpoint_due(done, total) {
+            run.save(&Checkpoint {
+                step: done,
+                parts: BTreeMap::from([
+                    ("model".to_string(), module_to_bytes(policy.clone())?),
+                    ("optimizer".to_string(), optimizer_to_bytes(&optim)?),
+                ]),
+                state: json!({ "trainer": "online-dpo" }),
+            })?;
+            run.stop_if_interrupted(done)?;
+        }
+    }
+    run.finish();
+    Ok((policy, report))
+}
