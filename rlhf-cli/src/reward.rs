@@ -160,8 +160,17 @@ impl Spec {
             Spec::Judge(dir) => {
                 let judge = load::checkpoint(dir, device, None)?;
                 Box::new(
-                    LlmJudge::new(judge.model, judge.tokenizer, JudgeConfig::default(), device)
-                        .with_context(|| format!("the judge in {}", dir.display()))?,
+                    LlmJudge::new(
+                        judge.model,
+                        judge.tokenizer,
+                        // the policy's EOS is what its responses end with
+                        JudgeConfig {
+                            response_eos: Some(eos.to_string()),
+                            ..JudgeConfig::default()
+                        },
+                        device,
+                    )
+                    .with_context(|| format!("the judge in {}", dir.display()))?,
                 )
             }
             Spec::Ensemble(combine, members) => Box::new(EnsembleScorer::new(

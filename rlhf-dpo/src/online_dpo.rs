@@ -482,7 +482,7 @@ pub fn train_online_dpo(
             for _ in 0..cfg.epochs {
                 let mut order: Vec<usize> = (0..groups.len()).collect();
                 order.shuffle(&mut rng);
-                for (k, mb) in order.chunks(per_mb).enumerate() {
+                for (k, mb) in near_equal_chunks(&order, cfg.minibatches).enumerate() {
                     let lr = cfg
                         .schedule
                         .lr_at(cfg.optimizer.lr, round * steps_per_round + step);
@@ -579,4 +579,33 @@ pub fn train_online_dpo(
     }
     run.finish();
     Ok((policy, report))
+}
+
+/// `items` cut into `min(parts, len)` consecutive chunks whose sizes differ by at most one, so a
+/// round takes one step per minibatch whenever it has at least that many pairs.
+fn near_equal_chunks(items: &[usize], parts: usize) -> impl Iterator<Item = &[usize]> {
+    let parts = parts.clamp(1, items.len().max(1));
+    let (size, extra) = (items.len() / parts, items.len() % parts);
+    (0..parts).scan(0, move |start, k| {
+        let len = size + usize::from(k < extra);
+        let chunk = &items[*start..*start + len];
+        *start += len;
+        Some(chunk)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::near_equal_chunks;
+
+    #[test]
+    fn a_round_takes_one_step_per_minibatch() {
+        let items: Vec<usize> = (0..8).collect();
+        let sizes: Vec<usize> = near_equal_chunks(&items, 5).map(<[usize]>::len).collect();
+        assert_eq!(sizes, vec![2, 2, 2, 1, 1]);
+        let all: Vec<usize> = near_equal_chunks(&items, 5).flatten().copied().collect();
+        assert_eq!(all, items);
+        assert_eq!(near_equal_chunks(&items[..3], 5).count(), 3);
+        assert_eq!(near_equal_chunks(&[], 4).count(), 1);
+    }
 }

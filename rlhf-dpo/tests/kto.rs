@@ -598,3 +598,54 @@ fn kto_survives_sigkill_at_a_random_step() {
     let _serial = rlhf_core::testing::serial();
     rlhf_core::testing::assert_resumes_after_sigkill("kto_sigkill_child", 14, kto_into);
 }
+
+/// With gradient accumulation, a micro-batch without an undesirable example reports no
+/// `rewards/rejected`, and the step's value is the mean over the micro-batches that have one
+/// (it was NaN, logged as null, when any micro-batch lacked one).
+#[test]
+fn accumulated_micro_batches_without_a_kind_leave_its_metrics_finite() {
+    let _serial = rlhf_core::testing::serial();
+    let device = dev().autodiff();
+    let reference = model(&device, 1);
+    // 8 examples, 2 of them undesirable, in micro-batches of 2, all 4 in one step: at least two
+    // micro-batches hold no undesirable example
+    let data: Vec<KtoExample> = examples(8)
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| KtoExample {
+            desirable: i >= 2,
+            ..e
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    train_kto(
+        reference.clone(),
+        &reference,
+        &data,
+        &[],
+        &KtoConfig {
+            batch_size: 2,
+            grad_accum: 4,
+            ..base()
+        },
+        &RefCache::new(None),
+        &quiet(Some(dir.path())),
+        &device,
+    )
+    .unwrap();
+    let lines = read_metrics(&dir.path().join("metrics.jsonl")).unwrap();
+    assert!(!lines.is_empty());
+    for line in &lines {
+        for k in [
+            names::REWARDS_CHOSEN,
+            names::REWARDS_REJECTED,
+            names::REWARDS_MARGINS,
+            names::LOGPS_REJECTED,
+        ] {
+            assert!(
+                line[k].as_f64().is_some_and(f64::is_finite),
+                "{k}: {line:?}"
+            );
+        }
+    }
+}

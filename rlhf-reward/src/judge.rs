@@ -1,6 +1,13 @@
-//! [`LlmJudge`]: a causal language model used as a judge (LongReward, Zhang et al. 2024): it is
-//! prompted with a rubric per dimension and rates the response, and the score is the rating it
-//! *expects* rather than one it samples.
+//! [`LlmJudge`]: a causal language model used as a judge: it is prompted with a rubric per
+//! dimension and rates the response, and the score is the rating it *expects* rather than one it
+//! samples (the probability-weighted score of G-Eval, Liu et al. 2023), on LongReward's four
+//! dimensions (Zhang et al. 2024).
+//!
+//! LongReward itself has GLM-4 write an analysis and parses a `[[x]]` rating on a 0–10 scale,
+//! scores faithfulness from extracted facts and retrieved evidence and completeness from a
+//! chunked context, and sums the four scores. Here one forward pass per dimension reads the
+//! rating's distribution directly, with no analysis, no retrieval, and a weighted mean: a judge
+//! that a small checkpoint can serve, and a smooth reward.
 //!
 //! For a dimension `d` with template `T_d`, the judge renders `T_d(prompt, response, d)`, runs the
 //! model once, and reads the next-token logits `ℓ` at the last position of that text. Restricted
@@ -19,15 +26,22 @@
 //! judge rates "mostly 7" and "7 or 8" get different scores, which is what a reward needs.
 //!
 //! The ratings are single tokens: a rating is read off one next-token distribution, so a rating
-//! that the tokenizer encodes as two tokens (such as "10" in a tokenizer that splits numbers into
-//! digits) is refused. The defaults are "0" … "9", valued 0 … 9 — a digit is one token in every
-//! tokenizer family this workspace loads, and no rating is a prefix of another (with "1" … "10",
-//! the mass of "1" would also hold the start of "10" wherever "10" is two tokens).
+//! that the tokenizer encodes as two tokens *where it follows the template* (such as "10" in a
+//! tokenizer that splits numbers into digits) is refused. Each rating's token is found in
+//! context: `encode(rating_context + rating)` must be `encode(rating_context)` and one token
+//! more, which is that token. (Encoded alone, a digit is two tokens in a tokenizer that prepends
+//! "▁" to every text, as Llama 2, Mistral and Phi-3 do; after `[[` it is one.) The defaults are
+//! "0" … "9", valued 0 … 9, and no rating is a prefix of another (with "1" … "10", the mass of
+//! "1" would also hold the start of "10" wherever "10" is two tokens).
 //!
 //! The default templates end with `Rating: [[` (MT-Bench's `[[rating]]` format), so the rating
 //! digit follows a bracket and is the same token whether or not the tokenizer attaches spaces to
-//! the next word. Templates are plain text: for a chat model, the caller writes its chat markup
-//! (the user turn, the opening of the assistant's reply) into them.
+//! the next word.
+//!
+//! Templates are plain text with the variables `prompt`, `response`, `dimension` and
+//! `bos_token` (the tokenizer's BOS text, empty without one; the default templates begin with
+//! it, as Llama-family models expect): for a chat model, the caller writes its chat markup (the
+//! user turn, the opening of the assistant's reply) into them.
 //!
 //! [`best_and_worst`] turns a judge's scores of `k` sampled responses per prompt into DPO pairs,
 //! LongReward's recipe; `rlhf_dpo::online_round` does the same inside an online round with any
@@ -72,7 +86,7 @@ impl JudgeDimension {
     /// answers), on the 0–9 scale of the default ratings.
     pub fn rubric_template(rubric: &str) -> String {
         format!(
-            "You are an impartial judge. Rate the {{{{ dimension }}}} of the response to the prompt \
+            "{{{{ bos_token }}}}You are an impartial judge. Rate the {{{{ dimension }}}} of the response to the prompt \
              below on a scale from 0 (worst) to 9 (best).\n\
              {{{{ dimension | capitalize }}}}: {rubric}\n\n\
              [Prompt]\n{{{{ prompt }}}}\n\n\
@@ -140,10 +154,16 @@ pub struct JudgeConfig {
     pub ratings: Vec<Rating>,
     /// Judge inputs (one per response and dimension) per forward pass.
     pub batch_size: usize,
-    /// Remove the tokenizer's EOS text from the end of a response before rendering (a policy's
-    /// response carries it when it stopped at EOS; a causal LM reads EOS as the end of a
-    /// document, not as part of a quoted reply).
+    /// Remove the EOS text from the end of a response before rendering (a policy's response
+    /// carries it when it stopped at EOS; a causal LM reads EOS as the end of a document, not as
+    /// part of a quoted reply).
     pub strip_eos: bool,
+    /// The EOS text of the policy whose responses are judged (`None`: the judge's own, which is
+    /// right only when both share a tokenizer).
+    pub response_eos: Option<String>,
+    /// The text the templates end with, after which a rating is read: each rating's token is
+    /// the one `rating_context + rating` adds to `rating_context` (see the module documentation).
+    pub rating_context: String,
 }
 
 impl Default for JudgeConfig {
@@ -155,6 +175,8 @@ impl Default for JudgeConfig {
             ratings: Rating::digits(0, 9),
             batch_size: 16,
             strip_eos: true,
+            response_eos: None,
+            rating_context: "Rating: [[".to_string(),
         }
     }
 }
@@ -204,7 +226,12 @@ impl LlmJudge {
             return Err(Error::Config("judge: batch_size must be ≥ 1".into()));
         }
         let templates = Self::compile(&config.dimensions)?;
-        let rating_ids = Self::resolve_ratings(&config.ratings, &tokenizer, model.vocab_size())?;
+        let rating_ids = Self::resolve_ratings(
+            &config.ratings,
+            &config.rating_context,
+            &tokenizer,
+            model.vocab_size(),
+        )?;
         let device = device.clone().without_autodiff();
         let model = model.valid().without_dropout().to_device(&device);
         Ok(LlmJudge {
@@ -255,9 +282,11 @@ impl LlmJudge {
 
     fn resolve_ratings(
         ratings: &[Rating],
+        context: &str,
         tokenizer: &Tokenizer,
         vocab: usize,
     ) -> Result<Vec<u32>> {
+        let before = tokenizer.encode(context)?;
         if ratings.len() < 2 {
             return Err(Error::Config(format!(
                 "judge: {} rating(s); an expected rating needs at least two",
@@ -272,14 +301,15 @@ impl LlmJudge {
                     r.text, r.value
                 )));
             }
-            let encoded = tokenizer.encode(&r.text)?;
-            let &[id] = encoded.as_slice() else {
+            let encoded = tokenizer.encode(&format!("{context}{}", r.text))?;
+            let added = encoded.strip_prefix(before.as_slice()).unwrap_or(&[]);
+            let &[id] = added else {
                 return Err(Error::Config(format!(
-                    "judge: rating {:?} encodes to {} tokens {encoded:?}; a rating is read from \
-                     one next-token distribution, so each rating must be exactly one token (use \
-                     single digits, or check whether the tokenizer wants a leading space)",
-                    r.text,
-                    encoded.len()
+                    "judge: after {context:?}, rating {:?} encodes to {encoded:?} where {:?} \
+                     alone is {before:?}; a rating is read from one next-token distribution, so \
+                     each rating must add exactly one token to the rating context (use single \
+                     digits, or set rating_context to how the templates end)",
+                    r.text, context
                 )));
             };
             if id as usize >= vocab {
@@ -324,7 +354,11 @@ impl LlmJudge {
                 self.config.dimensions.len()
             ))
         })?;
-        let eos = self.tokenizer.eos_text();
+        let eos = self
+            .config
+            .response_eos
+            .clone()
+            .unwrap_or_else(|| self.tokenizer.eos_text());
         let response = if self.config.strip_eos && !eos.is_empty() {
             response.strip_suffix(eos.as_str()).unwrap_or(response)
         } else {
@@ -339,6 +373,7 @@ impl LlmJudge {
                 prompt => prompt,
                 response => response,
                 dimension => d.name,
+                bos_token => self.tokenizer.config().bos_token.clone().unwrap_or_default(),
             })
             .map_err(|e| template_error(&d.name, e))
     }

@@ -64,7 +64,10 @@ fn fixture() -> &'static Fixture {
         let corpus: Vec<String> = train
             .iter()
             .flat_map(|(p, r)| [p.clone(), r.clone()])
-            .chain(dims.iter().flat_map(|d| vec![d.template.clone(); 8]))
+            .chain(
+                dims.iter()
+                    .flat_map(|d| vec![d.template.replace("{{ bos_token }}", ""); 8]),
+            )
             .collect();
         let tokenizer = Tokenizer::train_bpe(corpus.iter(), 512).unwrap();
         let mut shape = TransformerConfig::preset("tiny-1m").unwrap();
@@ -408,7 +411,7 @@ fn unusable_configurations_are_errors() {
         ratings,
         ..JudgeConfig::default()
     });
-    assert!(m.contains("\"77\" encodes to 2 tokens"), "{m}");
+    assert!(m.contains("rating \"77\" encodes to"), "{m}");
     // ratings that are no token, too few, the same token twice, or without a finite value
     for ratings in [
         vec![
@@ -510,4 +513,49 @@ fn bad_inputs_are_errors_not_panics() {
     assert!(empty.score(&prompts, &responses).is_err());
     // a dimension that does not exist
     assert!(judge1.render(prompts[0], responses[0], 4).is_err());
+}
+
+/// A tokenizer that prepends "▁" to every text (Llama 2, Mistral, Phi-3; the committed tiny
+/// Llama fixture) encodes a lone digit as two tokens but the digit after `Rating: [[` as one:
+/// each rating's token is the one it adds to the rating context, so the default judge is usable
+/// with it, and it reads the token the template is followed by.
+#[test]
+fn ratings_are_found_where_they_follow_the_template() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../rlhf-models/tests/fixtures/hf/tiny-llama");
+    let device = rlhf_core::parse_device("flex").unwrap();
+    let (_, model) = rlhf_models::load_pretrained(&dir, &device).unwrap();
+    let tok = Tokenizer::from_dir(&dir).unwrap();
+    assert_eq!(
+        tok.encode("7").unwrap().len(),
+        2,
+        "a lone digit is two tokens here"
+    );
+    let judge = LlmJudge::new(model, tok.clone(), JudgeConfig::default(), &device).unwrap();
+    for (k, &id) in judge.rating_ids().iter().enumerate() {
+        let in_context = tok.encode(&format!("Rating: [[{k}")).unwrap();
+        assert_eq!(Some(&id), in_context.last(), "rating {k}");
+    }
+    // a rating context the templates do not end with, after which "77" is two tokens, is refused
+    let err = LlmJudge::new(
+        judge.model().clone(),
+        tok,
+        JudgeConfig {
+            ratings: vec![
+                Rating {
+                    text: "7".into(),
+                    value: 7.0,
+                },
+                Rating {
+                    text: "77".into(),
+                    value: 77.0,
+                },
+            ],
+            ..JudgeConfig::default()
+        },
+        &device,
+    )
+    .err()
+    .expect("a two-token rating");
+    assert!(matches!(err, Error::Config(_)), "{err}");
 }

@@ -51,7 +51,8 @@ pub struct OnlineDpoArgs {
     #[arg(long, value_name = "FILE.jinja")]
     pub chat_template: Option<PathBuf>,
     /// What scores a response: a reward-model DIR (or rm:DIR), exact-match[:FIELD],
-    /// regex:PATTERN, length[:SCALE], or mean(…)/min(…)/mean-minus-std:λ(…) of these
+    /// regex:PATTERN, length[:SCALE], judge:DIR (an LLM judge), or
+    /// mean(…)/min(…)/mean-minus-std:λ(…) of these
     /// [TRL: --reward_model_path, --reward_funcs].
     #[arg(long, value_name = "SPEC")]
     pub reward: Option<String>,
@@ -206,7 +207,7 @@ pub fn run(args: &OnlineDpoArgs, toml: &str) -> Result<()> {
     };
     let Some(reward) = &args.reward else {
         bail!(
-            "--reward SPEC is required: a reward-model directory, exact-match[:FIELD], regex:PATTERN, length[:SCALE] or a combination"
+            "--reward SPEC is required: a reward-model directory, exact-match[:FIELD], regex:PATTERN, length[:SCALE], judge:DIR or a combination"
         );
     };
     let spec: Spec = reward.parse()?;

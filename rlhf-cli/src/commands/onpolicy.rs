@@ -527,7 +527,7 @@ pub fn run(method: Method, args: &OnPolicyArgs, toml: &str) -> Result<()> {
     };
     let Some(reward) = &args.reward else {
         bail!(
-            "--reward SPEC is required: a reward-model directory, exact-match[:FIELD], regex:PATTERN, length[:SCALE] or a combination"
+            "--reward SPEC is required: a reward-model directory, exact-match[:FIELD], regex:PATTERN, length[:SCALE], judge:DIR or a combination"
         );
     };
     let spec: Spec = reward.parse()?;

@@ -116,7 +116,11 @@ pub fn fit<M: Module>(
                 continue; // trained on before the resume
             }
             let mut acc = GradAccumulation::new();
-            let (mut loss_sum, mut weight_sum, mut extra_sum) = (0.0, 0.0, Metrics::new());
+            // a metric's mean over the micro-batches that report it: a micro-batch reports NaN
+            // for what it has nothing to measure (KTO's chosen rewards in a batch without a
+            // desirable example), and is left out of that metric's mean
+            let (mut loss_sum, mut weight_sum) = (0.0, 0.0);
+            let mut extra_sum: Vec<(&'static str, f64, f64)> = Vec::new();
             for idx in group {
                 let BatchLoss {
                     loss,
@@ -125,11 +129,18 @@ pub fn fit<M: Module>(
                 } = loss_of(&model, idx)?;
                 loss_sum += f64::from(loss.clone().into_scalar::<f32>()) * weight;
                 weight_sum += weight;
-                if extra_sum.is_empty() {
-                    extra_sum = metrics.into_iter().map(|(k, v)| (k, v * weight)).collect();
-                } else {
-                    for (s, (_, v)) in extra_sum.iter_mut().zip(metrics) {
-                        s.1 += v * weight;
+                for (k, v) in metrics {
+                    let (sum, w) = if v.is_nan() {
+                        (0.0, 0.0)
+                    } else {
+                        (v * weight, weight)
+                    };
+                    match extra_sum.iter_mut().find(|s| s.0 == k) {
+                        Some(s) => {
+                            s.1 += sum;
+                            s.2 += w;
+                        }
+                        None => extra_sum.push((k, sum, w)),
                     }
                 }
                 // one micro-batch per step needs no weighting (and keeps its gradient exact)
@@ -173,7 +184,11 @@ pub fn fit<M: Module>(
                 (names::TRAIN_GRAD_NORM, f64::from(norm)),
                 (names::TRAIN_SKIPPED_STEPS, run.skipped_steps() as f64),
             ];
-            line.extend(extra_sum.into_iter().map(|(k, v)| (k, v / n)));
+            line.extend(
+                extra_sum
+                    .into_iter()
+                    .map(|(k, sum, w)| (k, if w > 0.0 { sum / w } else { f64::NAN })),
+            );
             if step == total || (cfg.eval_every > 0 && step.is_multiple_of(cfg.eval_every)) {
                 let e = eval_of(&model)?;
                 line.extend(e.iter().copied());
