@@ -207,6 +207,21 @@ impl DeviceSpec {
     }
 }
 
+/// Whether `device` (with or without autodiff) is a LibTorch device; always `false` without the
+/// `tch` feature. burn 0.22 does not export its dispatch enum, and a device prints as
+/// `Device<LibTorch(…)>`.
+pub fn is_libtorch(device: &Device) -> bool {
+    #[cfg(feature = "tch")]
+    {
+        format!("{:?}", device.clone().without_autodiff()).starts_with("Device<LibTorch(")
+    }
+    #[cfg(not(feature = "tch"))]
+    {
+        let _ = device;
+        false
+    }
+}
+
 /// The burn adapter selector for an [`AdapterKind`].
 pub fn adapter(kind: AdapterKind) -> DeviceKind {
     match kind {

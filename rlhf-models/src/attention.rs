@@ -320,12 +320,21 @@ pub(crate) fn repeat_kv(x: Tensor<4>, rep: usize) -> Tensor<4> {
 
 /// `softmax(q·kᵀ/√d + mask)·v` with the mask of `ctx`, `[b, h, new, hd]`.
 pub(crate) fn attend(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, ctx: &Context) -> Tensor<4> {
-    attention(
-        q,
-        k,
-        v,
-        Some(ctx.mask.clone()),
-        None,
-        AttentionModuleOptions::default(),
-    )
+    let mask = backend_mask(ctx.mask.clone(), &q.device());
+    attention(q, k, v, Some(mask), None, AttentionModuleOptions::default())
+}
+
+/// burn's attention mask is `true` where attention is blocked, and burn's own backends read it so.
+/// burn-tch 0.22.1 hands it unchanged to PyTorch's `scaled_dot_product_attention`, whose boolean
+/// mask means the opposite (`true` where attention is allowed): every logit came out wrong (by up
+/// to 6 on the parity fixtures). On a LibTorch device without autodiff the mask is inverted here,
+/// so that it means "blocked" there too.
+fn backend_mask(mask: Tensor<4, Bool>, device: &Device) -> Tensor<4, Bool> {
+    // with autodiff, burn computes attention from its own ops (its fallback), which read the
+    // mask as burn does
+    if !device.is_autodiff() && rlhf_core::device::is_libtorch(device) {
+        mask.bool_not()
+    } else {
+        mask
+    }
 }
