@@ -34,6 +34,14 @@ pub fn kl_estimate(
     match estimator {
         KlEstimator::K1 => lr,
         KlEstimator::K2 => lr.square().div_scalar(2.0),
-        KlEstimator::K3 => lr.clone().neg().exp().sub_scalar(1.0).add(lr),
+        // ≥ 0 in exact arithmetic; near lr = 0, `e^−lr − 1` cancels in f32 and the sum can round
+        // to a tiny negative number (−1e−8 on wgpu), so it is held at 0
+        KlEstimator::K3 => lr
+            .clone()
+            .neg()
+            .exp()
+            .sub_scalar(1.0)
+            .add(lr)
+            .clamp_min(0.0),
     }
 }
