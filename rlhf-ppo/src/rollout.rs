@@ -156,6 +156,11 @@ pub fn dynamic_sampling(
     rng: &mut TrainRng,
     sample: &mut dyn FnMut(&[&str], &mut TrainRng) -> Result<Rollout>,
 ) -> Result<(Rollout, DynamicSampling)> {
+    if prompts.is_empty() {
+        return Err(rlhf_core::Error::Config(
+            "dynamic sampling: no prompts to sample more groups from".into(),
+        ));
+    }
     let mut parts = vec![first];
     let mut stats = DynamicSampling {
         rounds: 1,
@@ -177,7 +182,7 @@ pub fn dynamic_sampling(
     };
     while count(&parts) < groups && stats.rounds < max_rounds {
         let more: Vec<&str> = (0..groups)
-            .map(|_| prompts.choose(rng).expect("prompts are not empty").as_str())
+            .map(|_| prompts.choose(rng).expect("checked above").as_str())
             .collect();
         parts.push(sample(&more, rng)?);
         stats.rounds += 1;
