@@ -3,6 +3,7 @@
 //! Orchestration only: every task spawns cargo (or bash) and fails loudly with the exit status of
 //! the first command that failed.
 
+use std::io::Write;
 use std::process::{Command, ExitCode};
 
 use clap::{Parser, Subcommand};
@@ -61,7 +62,8 @@ fn main() -> ExitCode {
     let result = match cli.task {
         None => {
             use clap::CommandFactory;
-            println!("{}", Cli::command().render_help());
+            // A reader that stops early (`| head`) closes the pipe; that is not an error.
+            let _ = writeln!(std::io::stdout(), "{}", Cli::command().render_help());
             Ok(())
         }
         Some(Task::Ci) => run(Command::new("bash")
