@@ -1,6 +1,6 @@
 //! Throughput of the RLHF workloads of `performance.md`: the SFT step, the reward-model and DPO
 //! steps, batched generation with the KV cache, and the on-policy iteration (PPO, and RLOO, the
-//! shape the TRL peer runs), each on the same data as `../shared/peer/trl_peer.py`.
+//! shape the TRL peer runs), each on the same data as the peer, `rlhf-bench/peer/trl_peer.py`.
 //!
 //! [`measure`] runs one workload in this process through the project's real trainers
 //! (`train_sft`, `train_reward_model`, `train_offline`, `generate`, `train_ppo`) and times only
@@ -17,7 +17,7 @@ use rand_chacha::ChaCha8Rng;
 use rlhf_core::train::{LrSchedule, OptimizerConfig, RunOptions, try_seeded};
 use rlhf_core::{Error, KlController, Result, Scorer};
 use rlhf_data::Tokenizer;
-use rlhf_dpo::{DpoConfig, Group, RefCache, train_offline};
+use rlhf_dpo::{DpoConfig, Group, RefCache, reference_logps, train_offline};
 use rlhf_models::{
     CausalLm, SamplingConfig, ScalarModel, SftConfig, TransformerConfig, generate, train_sft,
 };
@@ -61,6 +61,11 @@ pub enum Workload {
     Reward,
     /// DPO step: policy on both responses, trained; the frozen reference on both, forward only.
     Dpo,
+    /// DPO with the reference log-probs already computed: the trainer reads them from a warm
+    /// reference cache (what a user's run finds after the first; the peer: TRL's
+    /// `precompute_ref_log_probs=True`, whose reference pass runs when the trainer is built, before
+    /// the timed `train()`). The timed run hashes the reference's weights to find its entry.
+    DpoRefCache,
     /// Batched sampling with the KV cache, a fixed number of new tokens.
     Generate,
     /// RLOO iteration: sample `n` per prompt, reference log-probs, a rule reward, one epoch of
@@ -73,10 +78,11 @@ pub enum Workload {
 
 impl Workload {
     /// Every workload, in report order.
-    pub const ALL: [Workload; 6] = [
+    pub const ALL: [Workload; 7] = [
         Workload::Sft,
         Workload::Reward,
         Workload::Dpo,
+        Workload::DpoRefCache,
         Workload::Generate,
         Workload::Rloo,
         Workload::Ppo,
@@ -88,6 +94,7 @@ impl Workload {
             Workload::Sft => "sft",
             Workload::Reward => "reward",
             Workload::Dpo => "dpo",
+            Workload::DpoRefCache => "dpo-ref-cache",
             Workload::Generate => "generate",
             Workload::Rloo => "rloo",
             Workload::Ppo => "ppo",
@@ -101,7 +108,8 @@ impl Workload {
             .find(|w| w.name() == name)
             .ok_or_else(|| {
                 Error::Config(format!(
-                    "perf: unknown workload `{name}` (one of sft, reward, dpo, generate, rloo, ppo)"
+                    "perf: unknown workload `{name}` (one of sft, reward, dpo, dpo-ref-cache, generate, \
+                     rloo, ppo)"
                 ))
             })
     }
@@ -118,7 +126,7 @@ impl Workload {
     pub fn example_unit(self) -> &'static str {
         match self {
             Workload::Sft => "sequences",
-            Workload::Reward | Workload::Dpo => "pairs",
+            Workload::Reward | Workload::Dpo | Workload::DpoRefCache => "pairs",
             Workload::Generate | Workload::Rloo | Workload::Ppo => "prompts",
         }
     }
@@ -127,7 +135,7 @@ impl Workload {
     pub fn unit(self) -> &'static str {
         match self {
             Workload::Sft => "tokens/s",
-            Workload::Reward | Workload::Dpo => "pairs/s",
+            Workload::Reward | Workload::Dpo | Workload::DpoRefCache => "pairs/s",
             Workload::Generate => "new tokens/s",
             Workload::Rloo | Workload::Ppo => "episodes/s",
         }
@@ -174,16 +182,19 @@ impl Size {
 }
 
 /// Examples per run by default: enough for several optimizer steps, a few seconds to half a
-/// minute per run on two cores. Multiples of [`BATCH`].
+/// minute per run on two cores. Multiples of [`BATCH`]. Generation gets more prompts: a run of
+/// a few batches lasts well under a second, and its first batch carries the warm-up.
 pub fn default_examples(workload: Workload, size: Size) -> usize {
     let small = size.name == "small";
     match (workload, small) {
         (Workload::Sft | Workload::Reward, true) => 256,
         (Workload::Sft | Workload::Reward, false) => 64,
-        (Workload::Dpo, true) => 128,
-        (Workload::Dpo, false) => 32,
-        (Workload::Generate | Workload::Rloo | Workload::Ppo, true) => 64,
-        (Workload::Generate | Workload::Rloo | Workload::Ppo, false) => 16,
+        (Workload::Dpo | Workload::DpoRefCache, true) => 128,
+        (Workload::Dpo | Workload::DpoRefCache, false) => 32,
+        (Workload::Generate, true) => 256,
+        (Workload::Generate, false) => 64,
+        (Workload::Rloo | Workload::Ppo, true) => 64,
+        (Workload::Rloo | Workload::Ppo, false) => 16,
     }
 }
 
@@ -351,7 +362,7 @@ pub fn measure(
                 flops(&shape, Flops::Train { tokens }),
             )
         }
-        Workload::Dpo => {
+        Workload::Dpo | Workload::DpoRefCache => {
             let data: Vec<Group> = pairs(&mut rng)?
                 .into_iter()
                 .map(|(prompt, responses)| Group {
@@ -368,21 +379,57 @@ pub fn measure(
             };
             let policy = init(1, &train_device)?;
             let reference = init(2, device)?;
+            // a warm cache for dpo-ref-cache, filled before the clock starts
+            let cache_dir = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
+            let cache = match workload {
+                Workload::DpoRefCache => {
+                    let cache = RefCache::new(Some(cache_dir.path()));
+                    cache.get_or_compute(&reference, &data, &cfg.logp_spec(), || {
+                        let mut batches = 0;
+                        reference_logps(
+                            &reference,
+                            &data,
+                            cfg.batch_size,
+                            cfg.truncation,
+                            device,
+                            &mut batches,
+                        )
+                    })?;
+                    cache
+                }
+                _ => RefCache::new(None),
+            };
             let t = Instant::now();
-            train_offline(
+            let (_, report) = train_offline(
                 policy,
                 &reference,
                 &data,
                 &[],
                 &cfg,
-                &RefCache::new(None),
+                &cache,
                 &quiet,
                 &train_device,
             )?;
+            let seconds = t.elapsed().as_secs_f64();
+            let reference_tokens = match workload {
+                Workload::DpoRefCache if report.reference_forward_batches > 0 => {
+                    return Err(Error::Config(
+                        "perf: dpo-ref-cache ran the reference: its cache was not read".into(),
+                    ));
+                }
+                Workload::DpoRefCache => 0,
+                _ => tokens,
+            };
             (
-                t.elapsed().as_secs_f64(),
+                seconds,
                 examples as f64,
-                flops(&shape, Flops::Train { tokens }) + flops(&shape, Flops::Forward { tokens }),
+                flops(&shape, Flops::Train { tokens })
+                    + flops(
+                        &shape,
+                        Flops::Forward {
+                            tokens: reference_tokens,
+                        },
+                    ),
             )
         }
         Workload::Generate => {
@@ -598,7 +645,7 @@ mod tests {
             let expected_units = match w {
                 // prompt + response + EOS, one token per word
                 Workload::Sft => (BATCH * (PROMPT_WORDS + RESPONSE_WORDS + 1)) as f64,
-                Workload::Reward | Workload::Dpo => BATCH as f64,
+                Workload::Reward | Workload::Dpo | Workload::DpoRefCache => BATCH as f64,
                 Workload::Generate => (BATCH * NEW_TOKENS) as f64,
                 Workload::Rloo | Workload::Ppo => (BATCH * SAMPLES_PER_PROMPT) as f64,
             };

@@ -222,6 +222,17 @@ pub fn is_libtorch(device: &Device) -> bool {
     }
 }
 
+/// Whether `device` (with or without autodiff) is burn-flex, the pure-Rust CPU backend. Work
+/// that is too small to fill the CPU's threads inside one operation (a decode step's products)
+/// may be split across them by the caller instead.
+///
+/// ```
+/// assert!(rlhf_core::device::is_flex(&rlhf_core::parse_device("flex").unwrap()));
+/// ```
+pub fn is_flex(device: &Device) -> bool {
+    format!("{:?}", device.clone().without_autodiff()).starts_with("Device<Flex")
+}
+
 /// The burn adapter selector for an [`AdapterKind`].
 pub fn adapter(kind: AdapterKind) -> DeviceKind {
     match kind {

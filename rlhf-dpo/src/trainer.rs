@@ -255,8 +255,10 @@ pub fn pair_logps(
 }
 
 /// The reference's sequence log-probs of every group (no gradients), `batch_size` groups at a
-/// time; counts batches.
-pub(crate) fn reference_logps(
+/// time; counts batches. [`train_offline`] computes them through its [`crate::RefCache`]; a
+/// caller that fills the cache ahead of training calls this with the cache's
+/// [`RefCache::get_or_compute`](crate::RefCache::get_or_compute).
+pub fn reference_logps(
     reference: &CausalLm,
     groups: &[Group],
     batch_size: usize,

@@ -15,7 +15,8 @@ pub(crate) type Tables = (Tensor<4>, Tensor<4>);
 
 /// What every layer needs besides its input: the positions being processed (`[batch, new]`,
 /// from the attention mask), their rotary tables, and the attention mask (`[batch, heads, new,
-/// past + new]`, `true` = blocked).
+/// keys]`, `true` = blocked; `keys` is the KV cache's capacity, of which the positions after
+/// `past + new` are not written yet and blocked like padding).
 pub(crate) struct Context {
     pub(crate) positions: Tensor<2>,
     pub(crate) rope: Option<Tables>,
@@ -28,7 +29,8 @@ impl Context {
     /// TL;DR reproduction and Hugging Face's generation with left padding. `rotary` is `None` for
     /// learned positions (GPT-2); `window` is a sliding window of attention; `longest` is the
     /// number of real tokens of the longest row so far (one more than the largest position), on
-    /// which dynamic NTK and LongRoPE frequencies depend.
+    /// which dynamic NTK and LongRoPE frequencies depend; `keys` is the number of key positions
+    /// attention reads (at least `past + new`).
     pub(crate) fn new(
         attention_mask: Tensor<2>,
         new: usize,
@@ -36,18 +38,25 @@ impl Context {
         rotary: Option<&Rotary>,
         window: Option<usize>,
         longest: usize,
+        keys: usize,
     ) -> Self {
-        let [_, total] = attention_mask.dims();
+        let [batch, total] = attention_mask.dims();
         let past = total - new;
         let device = attention_mask.device();
         let positions = positions_from_mask(attention_mask.clone()).narrow(1, past, new);
         let rope = rotary
             .filter(|r| r.dims > 0)
             .map(|r| r.tables(positions.clone(), longest));
+        let key_mask = if keys > total {
+            let unwritten = Tensor::zeros([batch, keys - total], &device);
+            Tensor::cat(vec![attention_mask, unwritten], 1)
+        } else {
+            attention_mask
+        };
         Context {
             positions,
             rope,
-            mask: attention_mask_4d(attention_mask, past, new, heads, window, &device),
+            mask: attention_mask_4d(key_mask, past, new, heads, window, &device),
         }
     }
 }

@@ -1,10 +1,27 @@
 //! Batched sampling with a KV cache: temperature, top-k, top-p, min/max new tokens, stop at EOS
 //! per sequence, seeded.
 //!
-//! The next-token distribution of each row is read to the host once per step (`[batch, vocab]`)
-//! and sampled there with the caller's RNG, so a run is reproducible from its seed on any backend.
+//! The next-token distribution of each row is read to the host once per step (`[rows, vocab]`)
+//! and sampled there. Every row draws from a generator of its own, seeded from the caller's
+//! (one `u64` per row, in row order), so a row's tokens depend on the seed and on its prompt
+//! only, not on how the batch is split across threads nor on when the other rows finish. (Its
+//! logits do, by float rounding: a product over fewer rows may round differently. A token
+//! changes only when a draw falls within that rounding of a boundary between two tokens.)
+//!
+//! The decode loop:
+//! - the KV cache holds prompt + `max_new_tokens` positions from the start and is written in
+//!   place ([`KvCache::with_capacity`]);
+//! - a row that has emitted EOS leaves the batch: its keys and values are dropped from the cache
+//!   and later steps compute only the rows still going;
+//! - on the flex backend, whose products at decode shapes are too small to be split across the
+//!   CPU's threads, the rows are split instead: into as many parts as rayon has threads (at least
+//!   [`MIN_ROWS_PER_PART`] rows each), decoded in parallel;
+//! - without a top-k or top-p filter, a row is sampled by walking its vocabulary in token-id order
+//!   (no sort).
 
-use rand::Rng;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 use rlhf_core::Result;
 use serde::{Deserialize, Serialize};
 
@@ -12,6 +29,9 @@ use rlhf_data::{Tokenizer, collate};
 
 use crate::cache::KvCache;
 use crate::lm::CausalLm;
+
+/// On flex, the fewest rows a part of the batch decoded on its own thread has.
+pub const MIN_ROWS_PER_PART: usize = 4;
 
 /// How to sample.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,7 +85,10 @@ pub struct Generation {
     pub has_eos: Vec<bool>,
 }
 
-/// The sampling distribution of one row: `(token, log-prob)` pairs that survive the filters.
+/// The sampling distribution of one row: the tokens it may emit and their log-probabilities, in
+/// token-id order. The logits are divided by the temperature (1 for greedy decoding), `suppress`
+/// (EOS before `min_new_tokens`) is removed, top-k then top-p keep the most likely tokens (ties
+/// broken by the lower id), and what is kept is renormalised.
 fn distribution(logits: &[f32], cfg: &SamplingConfig, suppress: Option<u32>) -> Vec<(u32, f32)> {
     let temperature = if cfg.temperature > 0.0 {
         cfg.temperature
@@ -78,33 +101,46 @@ fn distribution(logits: &[f32], cfg: &SamplingConfig, suppress: Option<u32>) -> 
         .filter(|(i, _)| Some(*i as u32) != suppress)
         .map(|(i, &l)| (i as u32, l / temperature))
         .collect();
-    cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    if let Some(k) = cfg.top_k {
-        cand.truncate(k.max(1));
+    if cfg.top_k.is_some() || cfg.top_p.is_some() {
+        cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        if let Some(k) = cfg.top_k {
+            cand.truncate(k.max(1));
+        }
+        if let Some(p) = cfg.top_p {
+            let z = log_sum_exp(&cand);
+            let mut mass = 0.0;
+            let keep = cand
+                .iter()
+                .position(|x| {
+                    mass += (x.1 - z).exp();
+                    mass >= p
+                })
+                .map_or(cand.len(), |i| i + 1);
+            cand.truncate(keep.max(1));
+        }
+        cand.sort_unstable_by_key(|c| c.0);
     }
-    let log_norm = |c: &[(u32, f32)]| {
-        let m = c[0].1;
-        m + c.iter().map(|x| (x.1 - m).exp()).sum::<f32>().ln()
-    };
-    if let Some(p) = cfg.top_p {
-        let z = log_norm(&cand);
-        let mut mass = 0.0;
-        let keep = cand
-            .iter()
-            .position(|x| {
-                mass += (x.1 - z).exp();
-                mass >= p
-            })
-            .map_or(cand.len(), |i| i + 1);
-        cand.truncate(keep.max(1));
-    }
-    let z = log_norm(&cand);
+    let z = log_sum_exp(&cand);
     cand.into_iter().map(|(t, l)| (t, l - z)).collect()
 }
 
+/// `log Σ exp(l)` over the candidates' logits, stable for any range.
+fn log_sum_exp(cand: &[(u32, f32)]) -> f32 {
+    let m = cand.iter().map(|c| c.1).fold(f32::NEG_INFINITY, f32::max);
+    m + cand.iter().map(|c| (c.1 - m).exp()).sum::<f32>().ln()
+}
+
+/// One token from `dist` (id order): the most likely one (the lower id on ties) when greedy;
+/// otherwise the first whose cumulative probability exceeds a uniform draw from `rng`.
 fn sample(dist: &[(u32, f32)], greedy: bool, rng: &mut impl Rng) -> (u32, f32) {
+    let most_likely = || {
+        *dist
+            .iter()
+            .reduce(|best, c| if c.1 > best.1 { c } else { best })
+            .expect("a distribution has at least one token")
+    };
     if greedy {
-        return dist[0];
+        return most_likely();
     }
     let u: f32 = rng.random();
     let mut acc = 0.0;
@@ -114,14 +150,95 @@ fn sample(dist: &[(u32, f32)], greedy: bool, rng: &mut impl Rng) -> (u32, f32) {
             return (t, lp);
         }
     }
-    *dist.last().expect("a distribution has at least one token")
+    // rounding left the total mass below the draw: the last token that has any
+    dist.iter()
+        .rev()
+        .find(|c| c.1.exp() > 0.0)
+        .copied()
+        .unwrap_or_else(most_likely)
+}
+
+/// The continuations of some rows, one vector per row (as long as the row ran).
+struct Rows {
+    tokens: Vec<Vec<u32>>,
+    logprobs: Vec<Vec<f32>>,
+    eos: Vec<bool>,
+}
+
+/// Decodes `rows` left-padded prompts, each row with the generator seeded by its `seeds` entry.
+fn decode(
+    model: &CausalLm,
+    prompt_ids: &[u32],
+    prompt_mask: &[u8],
+    rows: usize,
+    cfg: &SamplingConfig,
+    seeds: &[u64],
+) -> Result<Rows> {
+    let prompt_len = prompt_ids.len() / rows.max(1);
+    let mut rngs: Vec<ChaCha8Rng> = seeds
+        .iter()
+        .map(|&s| ChaCha8Rng::seed_from_u64(s))
+        .collect();
+    let row = |v: &[u8], r: usize| v[r * prompt_len..(r + 1) * prompt_len].to_vec();
+    let mut ids: Vec<Vec<u32>> = (0..rows)
+        .map(|r| prompt_ids[r * prompt_len..(r + 1) * prompt_len].to_vec())
+        .collect();
+    let mut mask: Vec<Vec<u8>> = (0..rows).map(|r| row(prompt_mask, r)).collect();
+    let mut out = Rows {
+        tokens: vec![Vec::new(); rows],
+        logprobs: vec![Vec::new(); rows],
+        eos: vec![false; rows],
+    };
+    let mut active: Vec<usize> = (0..rows).collect();
+    let mut cache = KvCache::with_capacity(prompt_len + cfg.max_new_tokens);
+    let greedy = cfg.temperature <= 0.0;
+    for step in 0..cfg.max_new_tokens {
+        if active.is_empty() {
+            break;
+        }
+        let n = active.len();
+        let attention: Vec<u8> = active.iter().flat_map(|&r| mask[r].clone()).collect();
+        let logits = if cfg.use_cache && step > 0 {
+            // only the newest token of each row; the cache holds the rest
+            let newest: Vec<u32> = active.iter().map(|&r| ids[r][ids[r].len() - 1]).collect();
+            model.forward(&model.input(&newest, &attention, n)?, Some(&mut cache))
+        } else {
+            let all: Vec<u32> = active.iter().flat_map(|&r| ids[r].clone()).collect();
+            let input = model.input(&all, &attention, n)?;
+            model.forward(&input, cfg.use_cache.then_some(&mut cache))
+        };
+        let [_, t, vocab] = logits.dims();
+        let last = rlhf_core::host::to_f32_vec(logits.narrow(1, t - 1, 1)); // [n, vocab]
+        let suppress = if step < cfg.min_new_tokens {
+            cfg.eos_id
+        } else {
+            None
+        };
+        for (i, &r) in active.iter().enumerate() {
+            let dist = distribution(&last[i * vocab..(i + 1) * vocab], cfg, suppress);
+            let (tok, lp) = sample(&dist, greedy, &mut rngs[r]);
+            out.tokens[r].push(tok);
+            out.logprobs[r].push(lp);
+            ids[r].push(tok);
+            mask[r].push(1);
+            out.eos[r] = Some(tok) == cfg.eos_id;
+        }
+        if active.iter().any(|&r| out.eos[r]) {
+            let going: Vec<usize> = (0..n).filter(|&i| !out.eos[active[i]]).collect();
+            if cfg.use_cache && !going.is_empty() {
+                cache.select_rows(&going);
+            }
+            active = going.into_iter().map(|i| active[i]).collect();
+        }
+    }
+    Ok(out)
 }
 
 /// Samples continuations of left-padded prompts.
 ///
 /// - `prompt_ids`, `prompt_mask`: `[batch, prompt_len]`, left-padded (pads may hold any id, even
 ///   one outside the vocabulary: the model reads them through [`crate::TokenInput`]);
-/// - `rng`: the run's generator (sampling draws one `f32` per row and step).
+/// - `rng`: the run's generator; it draws one `u64` per row, which seeds that row's sampling.
 ///
 /// Fails only when a real prompt token lies outside the model's vocabulary.
 pub fn generate(
@@ -132,78 +249,71 @@ pub fn generate(
     cfg: &SamplingConfig,
     rng: &mut impl Rng,
 ) -> Result<Generation> {
+    let parts = if rlhf_core::device::is_flex(&model.device()) {
+        rayon::current_num_threads().min(batch / MIN_ROWS_PER_PART)
+    } else {
+        1
+    };
+    generate_in_parts(model, prompt_ids, prompt_mask, batch, cfg, rng, parts)
+}
+
+/// [`generate`] with the rows split into `parts` contiguous parts (at least one), decoded in
+/// parallel on rayon's threads.
+fn generate_in_parts(
+    model: &CausalLm,
+    prompt_ids: &[u32],
+    prompt_mask: &[u8],
+    batch: usize,
+    cfg: &SamplingConfig,
+    rng: &mut impl Rng,
+    parts: usize,
+) -> Result<Generation> {
     let prompt_len = prompt_ids.len() / batch.max(1);
-    let mut ids: Vec<u32> = prompt_ids.to_vec(); // [batch, prompt_len + step], row-major
-    let mut mask: Vec<u8> = prompt_mask.to_vec();
-    let mut cols = prompt_len;
-    let mut cache = KvCache::new();
-    let (mut tokens, mut logprobs, mut out_mask) = (
-        vec![Vec::new(); batch],
-        vec![Vec::new(); batch],
-        vec![Vec::new(); batch],
+    let seeds: Vec<u64> = (0..batch).map(|_| rng.random()).collect();
+    let parts = parts.clamp(1, batch.max(1));
+    let bounds: Vec<(usize, usize)> = (0..parts)
+        .map(|p| (p * batch / parts, (p + 1) * batch / parts))
+        .collect();
+    let run = |&(from, to): &(usize, usize)| {
+        let (a, b) = (from * prompt_len, to * prompt_len);
+        let (ids, mask) = (&prompt_ids[a..b], &prompt_mask[a..b]);
+        decode(model, ids, mask, to - from, cfg, &seeds[from..to])
+    };
+    let decoded: Vec<Rows> = if parts == 1 {
+        bounds.iter().map(run).collect::<Result<_>>()?
+    } else {
+        bounds.par_iter().map(run).collect::<Result<_>>()?
+    };
+    let rows = || {
+        decoded
+            .iter()
+            .flat_map(|d| (0..d.eos.len()).map(move |r| (d, r)))
+    };
+    let new_len = rows().map(|(d, r)| d.tokens[r].len()).max().unwrap_or(0);
+    let filler = cfg.eos_id.unwrap_or(0);
+    let (mut tokens, mut logprobs, mut mask, mut has_eos) = (
+        Vec::with_capacity(batch * new_len),
+        Vec::with_capacity(batch * new_len),
+        Vec::with_capacity(batch * new_len),
+        Vec::with_capacity(batch),
     );
-    let mut done = vec![false; batch];
-    let greedy = cfg.temperature <= 0.0;
-    for step in 0..cfg.max_new_tokens {
-        let logits = if cfg.use_cache && step > 0 {
-            // only the newest token of each row; the cache holds the rest
-            let newest: Vec<u32> = (0..batch).map(|b| ids[b * cols + cols - 1]).collect();
-            model.forward(&model.input(&newest, &mask, batch)?, Some(&mut cache))
-        } else if cfg.use_cache {
-            model.forward(&model.input(&ids, &mask, batch)?, Some(&mut cache))
-        } else {
-            model.forward(&model.input(&ids, &mask, batch)?, None)
-        };
-        let [_, t, vocab] = logits.dims();
-        let last = rlhf_core::host::to_f32_vec(logits.narrow(1, t - 1, 1)); // [batch, vocab]
-        let mut next = Vec::with_capacity(batch);
-        for b in 0..batch {
-            if done[b] {
-                let filler = cfg.eos_id.unwrap_or(0);
-                tokens[b].push(filler);
-                logprobs[b].push(0.0);
-                out_mask[b].push(0);
-                next.push(filler);
-                continue;
-            }
-            let suppress = if step < cfg.min_new_tokens {
-                cfg.eos_id
-            } else {
-                None
-            };
-            let dist = distribution(&last[b * vocab..(b + 1) * vocab], cfg, suppress);
-            let (tok, lp) = sample(&dist, greedy, rng);
-            tokens[b].push(tok);
-            logprobs[b].push(lp);
-            out_mask[b].push(1);
-            next.push(tok);
-            if Some(tok) == cfg.eos_id {
-                done[b] = true;
-            }
-        }
-        let mut grown_ids = Vec::with_capacity(batch * (cols + 1));
-        let mut grown_mask = Vec::with_capacity(batch * (cols + 1));
-        for b in 0..batch {
-            grown_ids.extend_from_slice(&ids[b * cols..(b + 1) * cols]);
-            grown_ids.push(next[b]);
-            grown_mask.extend_from_slice(&mask[b * cols..(b + 1) * cols]);
-            grown_mask.push(1);
-        }
-        ids = grown_ids;
-        mask = grown_mask;
-        cols += 1;
-        if done.iter().all(|&d| d) {
-            break;
-        }
+    for (d, r) in rows() {
+        let kept = d.tokens[r].len();
+        tokens.extend_from_slice(&d.tokens[r]);
+        tokens.extend(std::iter::repeat_n(filler, new_len - kept));
+        logprobs.extend_from_slice(&d.logprobs[r]);
+        logprobs.extend(std::iter::repeat_n(0.0, new_len - kept));
+        mask.extend(std::iter::repeat_n(1u8, kept));
+        mask.extend(std::iter::repeat_n(0u8, new_len - kept));
+        has_eos.push(d.eos[r]);
     }
-    let new_len = tokens.first().map_or(0, Vec::len);
     Ok(Generation {
         batch,
         new_len,
-        tokens: tokens.concat(),
-        logprobs: logprobs.concat(),
-        mask: out_mask.concat(),
-        has_eos: (0..batch).map(|b| done[b]).collect(),
+        tokens,
+        logprobs,
+        mask,
+        has_eos,
     })
 }
 
@@ -246,59 +356,169 @@ pub fn sample_texts(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::TransformerConfig;
+
+    fn unfiltered(temperature: f32) -> SamplingConfig {
+        SamplingConfig {
+            temperature,
+            ..Default::default()
+        }
+    }
+
+    fn most_likely(dist: &[(u32, f32)]) -> (u32, f32) {
+        sample(dist, true, &mut ChaCha8Rng::seed_from_u64(0))
+    }
 
     #[test]
     fn filters_keep_what_they_promise_and_renormalise() {
         let logits = [2.0f32, 1.0, 0.5, -1.0, 3.0];
-        let all = distribution(
-            &logits,
-            &SamplingConfig {
-                temperature: 1.0,
-                ..Default::default()
-            },
-            None,
-        );
-        assert_eq!(all[0].0, 4);
-        assert!((all.iter().map(|x| x.1.exp()).sum::<f32>() - 1.0).abs() < 1e-5);
+        let mass = |d: &[(u32, f32)]| d.iter().map(|x| x.1.exp()).sum::<f32>();
+        let ids = |d: &[(u32, f32)]| d.iter().map(|x| x.0).collect::<Vec<_>>();
+        let all = distribution(&logits, &unfiltered(1.0), None);
+        assert_eq!(ids(&all), vec![0, 1, 2, 3, 4], "every token, in id order");
+        assert_eq!(most_likely(&all).0, 4);
+        assert!((mass(&all) - 1.0).abs() < 1e-5);
         let k2 = distribution(
             &logits,
             &SamplingConfig {
-                temperature: 1.0,
                 top_k: Some(2),
-                ..Default::default()
+                ..unfiltered(1.0)
             },
             None,
         );
-        assert_eq!(k2.iter().map(|x| x.0).collect::<Vec<_>>(), vec![4, 0]);
-        assert!((k2.iter().map(|x| x.1.exp()).sum::<f32>() - 1.0).abs() < 1e-5);
+        assert_eq!(ids(&k2), vec![0, 4]);
+        assert!((mass(&k2) - 1.0).abs() < 1e-5);
         let p = distribution(
             &logits,
             &SamplingConfig {
-                temperature: 1.0,
                 top_p: Some(0.7),
-                ..Default::default()
+                ..unfiltered(1.0)
             },
             None,
         );
-        assert_eq!(p.len(), 2, "{p:?}"); // p(4) ≈ 0.62 < 0.7; adding token 0 (≈ 0.23) passes it
-        let no_eos = distribution(
-            &logits,
-            &SamplingConfig {
-                temperature: 1.0,
-                ..Default::default()
-            },
-            Some(4),
-        );
+        // p(4) ≈ 0.62 < 0.7; adding token 0 (≈ 0.23) passes it
+        assert_eq!(ids(&p), vec![0, 4], "{p:?}");
+        let no_eos = distribution(&logits, &unfiltered(1.0), Some(4));
         assert!(no_eos.iter().all(|x| x.0 != 4));
         // a lower temperature sharpens the distribution
-        let cold = distribution(
-            &logits,
-            &SamplingConfig {
-                temperature: 0.5,
+        let cold = distribution(&logits, &unfiltered(0.5), None);
+        assert!(most_likely(&cold).1 > most_likely(&all).1);
+    }
+
+    /// The walk in id order draws each token with its probability: over many draws the
+    /// frequencies match the distribution.
+    #[test]
+    fn sampling_draws_each_token_with_its_probability() {
+        let logits = [0.3f32, -2.0, 1.5, 0.0, 1.0, -0.5];
+        let dist = distribution(&logits, &unfiltered(0.7), None);
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let draws = 200_000;
+        let mut counts = [0usize; 6];
+        for _ in 0..draws {
+            counts[sample(&dist, false, &mut rng).0 as usize] += 1;
+        }
+        for (t, lp) in dist {
+            let (p, f) = (
+                f64::from(lp.exp()),
+                counts[t as usize] as f64 / draws as f64,
+            );
+            let sd = (p * (1.0 - p) / draws as f64).sqrt();
+            assert!(
+                (f - p).abs() < 5.0 * sd,
+                "token {t}: frequency {f}, probability {p}"
+            );
+        }
+    }
+
+    /// Tiny models whose vocabulary of 12 tokens makes EOS (id 1) frequent, so that rows
+    /// finish at different steps.
+    fn tiny(preset: &str) -> CausalLm {
+        let device = rlhf_core::device_from_env().expect("RLHF_DEVICE");
+        device.seed(5);
+        let mut config = TransformerConfig::preset(preset).expect("preset");
+        config.vocab_size = 12;
+        CausalLm::init(&config, &device).expect("init")
+    }
+
+    /// However the rows are split across threads, and whichever rows finish early, every row
+    /// gets the same tokens (and log-probabilities up to rounding), and finished rows are filled
+    /// and masked.
+    #[test]
+    fn splitting_the_rows_and_dropping_finished_ones_change_nothing() {
+        for preset in ["tiny-4m", "tiny-llama-1m"] {
+            let model = tiny(preset);
+            let rows = 12;
+            let prompt_len = 5;
+            let ids: Vec<u32> = (0..rows * prompt_len)
+                .map(|i| 2 + (i * 7 % 10) as u32)
+                .collect();
+            // left padding on every third row
+            let mask: Vec<u8> = (0..rows * prompt_len)
+                .map(|i| u8::from(!((i / prompt_len) % 3 == 0 && i % prompt_len < 2)))
+                .collect();
+            let cfg = SamplingConfig {
+                max_new_tokens: 16,
+                temperature: 1.0,
+                eos_id: Some(1),
                 ..Default::default()
-            },
-            None,
-        );
-        assert!(cold[0].1 > all[0].1);
+            };
+            let run = |parts: usize| {
+                let mut rng = ChaCha8Rng::seed_from_u64(11);
+                generate_in_parts(&model, &ids, &mask, rows, &cfg, &mut rng, parts)
+                    .expect("generate")
+            };
+            let whole = run(1);
+            let finished = whole.has_eos.iter().filter(|&&e| e).count();
+            assert!(
+                finished > 0 && finished < rows,
+                "{preset}: the case needs rows that finish early and rows that do not ({finished})"
+            );
+            for parts in [2, 3, 12] {
+                // other row counts per product change the rounding of a row's logits, nothing else
+                let split = run(parts);
+                assert_eq!(split.tokens, whole.tokens, "{preset}: {parts} parts");
+                assert_eq!((split.new_len, &split.mask), (whole.new_len, &whole.mask));
+                assert_eq!(split.has_eos, whole.has_eos, "{preset}: {parts} parts");
+                let worst = split
+                    .logprobs
+                    .iter()
+                    .zip(&whole.logprobs)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0f32, f32::max);
+                assert!(
+                    worst < 1e-5,
+                    "{preset}: {parts} parts: log-probs differ by {worst}"
+                );
+            }
+            let n = whole.new_len;
+            for r in 0..rows {
+                let (tok, m) = (&whole.tokens[r * n..][..n], &whole.mask[r * n..][..n]);
+                let kept = m.iter().filter(|&&x| x == 1).count();
+                assert!(
+                    m[..kept].iter().all(|&x| x == 1),
+                    "{preset}: mask is a prefix"
+                );
+                if whole.has_eos[r] {
+                    assert_eq!(tok[kept - 1], 1, "{preset}: a finished row ends at EOS");
+                    assert!(tok[kept..].iter().all(|&t| t == 1), "{preset}: EOS filler");
+                    assert!(
+                        whole.logprobs[r * n + kept..][..n - kept]
+                            .iter()
+                            .all(|&l| l == 0.0)
+                    );
+                } else {
+                    assert_eq!(kept, n, "{preset}: an unfinished row runs to the end");
+                }
+            }
+            // the full forward pass at every step samples the same tokens
+            let mut rng = ChaCha8Rng::seed_from_u64(11);
+            let no_cache = SamplingConfig {
+                use_cache: false,
+                ..cfg.clone()
+            };
+            let full = generate_in_parts(&model, &ids, &mask, rows, &no_cache, &mut rng, 2)
+                .expect("generate");
+            assert_eq!(full.tokens, whole.tokens, "{preset}: cache vs full pass");
+        }
     }
 }

@@ -202,10 +202,11 @@ impl Gpt2 {
     ) -> Tensor<3> {
         let [_, new] = input_ids.dims();
         let heads = self.h[0].attn.heads;
-        let ctx = Context::new(attention_mask, new, heads, None, None, longest);
+        let (keys, slots) = KvCache::slots(cache, self.h.len(), new);
+        let ctx = Context::new(attention_mask, new, heads, None, None, longest, keys);
         let positions = self.wpe.forward(ctx.positions.clone().int());
         let mut x = self.wte.forward(input_ids).add(positions);
-        for (block, slot) in self.h.iter().zip(KvCache::slots(cache, self.h.len())) {
+        for (block, slot) in self.h.iter().zip(slots) {
             x = block.forward(x, &ctx, slot);
         }
         self.ln_f.forward(x)

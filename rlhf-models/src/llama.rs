@@ -256,6 +256,7 @@ impl Llama {
     ) -> Tensor<3> {
         let [_, new] = input_ids.dims();
         let first = &self.layers[0].self_attn;
+        let (keys, slots) = KvCache::slots(cache, self.layers.len(), new);
         let ctx = Context::new(
             attention_mask,
             new,
@@ -263,13 +264,10 @@ impl Llama {
             Some(&first.rotary),
             self.sliding_window,
             longest,
+            keys,
         );
         let mut x = self.embed_tokens.forward(input_ids);
-        for (layer, slot) in self
-            .layers
-            .iter()
-            .zip(KvCache::slots(cache, self.layers.len()))
-        {
+        for (layer, slot) in self.layers.iter().zip(slots) {
             x = layer.forward(x, &ctx, slot);
         }
         self.norm.forward(x)

@@ -182,6 +182,7 @@ impl GptNeox {
         let [_, new] = input_ids.dims();
         // Every layer has the same head count and rotary; `init` refuses a model without layers.
         let first = &self.layers[0].attention;
+        let (keys, slots) = KvCache::slots(cache, self.layers.len(), new);
         let ctx = Context::new(
             attention_mask,
             new,
@@ -189,13 +190,10 @@ impl GptNeox {
             Some(&first.rotary),
             None,
             longest,
+            keys,
         );
         let mut x = self.embed_in.forward(input_ids);
-        for (layer, slot) in self
-            .layers
-            .iter()
-            .zip(KvCache::slots(cache, self.layers.len()))
-        {
+        for (layer, slot) in self.layers.iter().zip(slots) {
             x = layer.forward(x, &ctx, slot);
         }
         self.final_layer_norm.forward(x)

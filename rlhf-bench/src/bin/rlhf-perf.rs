@@ -1,10 +1,11 @@
 //! `rlhf-perf`: throughput of the RLHF workloads (SFT, reward model, DPO, generation, RLOO and
 //! PPO iterations) at two model sizes, the machine's measured f32 matmul peak, model FLOP
 //! utilisation and peak memory; with `--peer PYTHON`, the same workloads through Hugging Face
-//! TRL (`../shared/peer/trl_peer.py`), alternating run by run, and the ratio project/peer.
+//! TRL (`rlhf-bench/peer/trl_peer.py`), alternating run by run, and the ratio project/peer.
 //!
 //! ```text
-//! rlhf-perf [--sizes small,25m] [--workloads sft,reward,dpo,generate,rloo,ppo] [--repeats 3]
+//! rlhf-perf [--sizes small,25m] [--workloads sft,reward,dpo,dpo-ref-cache,generate,rloo,ppo]
+//!           [--repeats 3]
 //!           [--peer PYTHON] [--peer-script PATH] [--device DEVICE]
 //!           [--out target/bench-perf/perf.json]
 //! rlhf-perf one WORKLOAD SIZE EXAMPLES    # one run in this process; prints a JSON line
@@ -86,8 +87,8 @@ struct Options {
     /// A Python with TRL: run the peer on the same shapes, alternating, and report the ratio.
     #[arg(long, value_name = "PYTHON")]
     peer: Option<String>,
-    /// The peer script.
-    #[arg(long, default_value = "../shared/peer/trl_peer.py")]
+    /// The peer script (default: the one in this crate's sources).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/peer/trl_peer.py"))]
     peer_script: PathBuf,
     /// Where the figures go.
     #[arg(long, default_value = "target/bench-perf/perf.json")]
@@ -348,7 +349,7 @@ fn sweep(mut o: Options) -> Result<(), String> {
                 },
             });
             let mut line = format!(
-                "{:<6} {:<9} {:>10.1} {:<13} MFU {:>5.1}%  peak {:>6.0} MiB",
+                "{:<6} {:<13} {:>10.1} {:<13} MFU {:>5.1}%  peak {:>6.0} MiB",
                 size.name,
                 w.name(),
                 median_min_max(&ours_units).0,
