@@ -43,8 +43,8 @@ fn main() {
         .autodiff();
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     for size in SIZES {
-        let model = CausalLm::init(&size.shape(VOCAB).expect("a preset shape"), &device)
-            .expect("a model");
+        let model =
+            CausalLm::init(&size.shape(VOCAB).expect("a preset shape"), &device).expect("a model");
         let whole = LmBatch {
             batch: ROWS,
             seq: SEQ,
