@@ -5,6 +5,10 @@
 //! data-parallel replicas on one device would be. Both give the same gradient (its global norm is
 //! printed for each). Six alternating rounds per size, milliseconds.
 //!
+//! A measurement of what replicas would gain, not a way to run them: burn-autodiff 0.22.1 can
+//! deadlock when one thread's forward pass registers an operation while another's backward pass
+//! cleans up its graph (`docs/perf-report.md`). If a round hangs, that is what happened.
+//!
 //! ```sh
 //! cargo run -p rlhf-bench --example replicas
 //! ```

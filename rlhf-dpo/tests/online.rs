@@ -44,7 +44,6 @@ fn online_rounds_follow_the_scorer() {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../rlhf-models/tests/fixtures/hf/tiny-llama");
     let tok = Tokenizer::from_file(&dir.join("tokenizer.json"), None).unwrap();
     let (_, reference) = load_pretrained(&dir, &device).unwrap();
-    let mut policy = reference.clone();
     let prompts: Vec<String> = [
         "the cat",
         "a summary",
@@ -77,21 +76,34 @@ fn online_rounds_follow_the_scorer() {
             ..DpoConfig::default()
         },
     };
-    let mut rng = ChaCha8Rng::seed_from_u64(0);
-    let mut scores = Vec::new();
-    for _ in 0..8 {
-        let (p, report) = online_round(
-            policy, &reference, &prompts, &tok, &Brevity, &cfg, &mut rng, &device,
-        )
-        .unwrap();
-        assert!(report.pairs > 0 && report.train.steps > 0);
-        scores.push(report.mean_score);
-        policy = p;
+    // rounds from four seeds: one seed's 8 rounds move the mean length by 1-2.5 tokens, and a
+    // round's mean (24 samples) is noisy by about 0.6
+    let mut gains = Vec::new();
+    let mut last = None;
+    for seed in 0..4 {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut policy = reference.clone();
+        let mut scores = Vec::new();
+        for _ in 0..8 {
+            let (p, report) = online_round(
+                policy, &reference, &prompts, &tok, &Brevity, &cfg, &mut rng, &device,
+            )
+            .unwrap();
+            assert!(report.pairs > 0 && report.train.steps > 0);
+            scores.push(report.mean_score);
+            policy = p;
+        }
+        eprintln!("seed {seed}: mean score per round: {scores:?}");
+        // the last two rounds' samples against the first round's
+        gains.push((scores[6] + scores[7]) / 2.0 - scores[0]);
+        last = Some((policy, rng));
     }
-    eprintln!("mean score per round: {scores:?}");
-    // the last rounds' samples are clearly shorter than the first round's
-    let late = (scores[6] + scores[7]) / 2.0;
-    assert!(late > scores[0] + 2.0, "{scores:?}");
+    let mean_gain = gains.iter().sum::<f64>() / gains.len() as f64;
+    assert!(
+        mean_gain > 1.0 && gains.iter().all(|&g| g > 0.0),
+        "the samples did not get shorter: gains {gains:?}"
+    );
+    let (policy, mut rng) = last.expect("four seeds ran");
     let bad = OnlineConfig {
         samples_per_prompt: 1,
         ..cfg
