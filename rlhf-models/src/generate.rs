@@ -15,7 +15,8 @@
 //!   and later steps compute only the rows still going;
 //! - on the flex backend, whose products at decode shapes are too small to be split across the
 //!   CPU's threads, the rows are split instead: into as many parts as rayon has threads (at least
-//!   [`MIN_ROWS_PER_PART`] rows each), decoded in parallel;
+//!   [`MIN_ROWS_PER_PART`] rows each), decoded in parallel (callers generate from a model without
+//!   autodiff, `valid()`; with autodiff the batch stays whole);
 //! - without a top-k or top-p filter, a row is sampled by walking its vocabulary in token-id order
 //!   (no sort).
 
@@ -249,7 +250,9 @@ pub fn generate(
     cfg: &SamplingConfig,
     rng: &mut impl Rng,
 ) -> Result<Generation> {
-    let parts = if rlhf_core::device::is_flex(&model.device()) {
+    // not on an autodiff device: burn-autodiff 0.22.1 can deadlock when passes run at once
+    let device = model.device();
+    let parts = if rlhf_core::device::is_flex(&device) && !device.is_autodiff() {
         rayon::current_num_threads().min(batch / MIN_ROWS_PER_PART)
     } else {
         1
