@@ -16,16 +16,13 @@
 use std::time::Instant;
 
 use burn::optim::GradientsParams;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use rlhf_bench::perf::{SIZES, VOCAB};
+use rlhf_bench::perf::{SIZES, VOCAB, random_sft_batch};
 use rlhf_core::train::grads::{GradAccumulation, global_grad_norm};
 use rlhf_models::CausalLm;
 use rlhf_models::sft::{LmBatch, sft_loss};
 
-const ROWS: usize = 16;
-const PROMPT: usize = 32;
-const SEQ: usize = 65;
 const ROUNDS: usize = 6;
 
 /// Rows `from..to` of `batch`.
@@ -49,18 +46,9 @@ fn main() {
     for size in SIZES {
         let model =
             CausalLm::init(&size.shape(VOCAB).expect("a preset shape"), &device).expect("a model");
-        let whole = LmBatch {
-            batch: ROWS,
-            seq: SEQ,
-            ids: (0..ROWS * SEQ)
-                .map(|_| rng.random_range(3..VOCAB as u32))
-                .collect(),
-            attention: vec![1; ROWS * SEQ],
-            target: (0..ROWS * SEQ)
-                .map(|i| u8::from(i % SEQ >= PROMPT))
-                .collect(),
-        };
-        let (a, b) = (rows(&whole, 0, ROWS / 2), rows(&whole, ROWS / 2, ROWS));
+        let whole = random_sft_batch(&mut rng);
+        let half = whole.batch / 2;
+        let (a, b) = (rows(&whole, 0, half), rows(&whole, half, whole.batch));
         let grads = |batch: &LmBatch| {
             let loss = sft_loss(&model, batch, &device).expect("ids inside the vocabulary");
             GradientsParams::from_grads(loss.backward(), &model)

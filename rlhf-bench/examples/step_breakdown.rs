@@ -11,31 +11,14 @@
 use std::time::Instant;
 
 use burn::optim::{AdamWConfig, GradientsParams};
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use rlhf_bench::perf::{SIZES, VOCAB, median_min_max};
+use rlhf_bench::perf::{SIZES, VOCAB, median_min_max, random_sft_batch};
 use rlhf_models::CausalLm;
-use rlhf_models::sft::{LmBatch, sft_loss};
+use rlhf_models::sft::sft_loss;
 
-const ROWS: usize = 16;
-const PROMPT: usize = 32;
-const SEQ: usize = 65;
 const WARM_UP: usize = 3;
 const STEPS: usize = 10;
-
-fn random_batch(rng: &mut ChaCha8Rng) -> LmBatch {
-    LmBatch {
-        batch: ROWS,
-        seq: SEQ,
-        ids: (0..ROWS * SEQ)
-            .map(|_| rng.random_range(3..VOCAB as u32))
-            .collect(),
-        attention: vec![1; ROWS * SEQ],
-        target: (0..ROWS * SEQ)
-            .map(|i| u8::from(i % SEQ >= PROMPT))
-            .collect(),
-    }
-}
 
 fn main() {
     // as the binaries do: keep freed buffers instead of returning every one to the kernel
@@ -57,7 +40,7 @@ fn main() {
         let shape = size.shape(VOCAB).expect("a preset shape");
         let device = device.clone().without_autodiff();
         let model = CausalLm::init(&shape, &device).expect("a model");
-        let batch = random_batch(&mut rng);
+        let batch = random_sft_batch(&mut rng);
         for _ in 0..30 {
             let _ = sft_loss(&model, &batch, &device)
                 .expect("ids inside the vocabulary")
@@ -69,7 +52,7 @@ fn main() {
         let shape = size.shape(VOCAB).expect("a preset shape");
         let mut model = CausalLm::init(&shape, &device).expect("a model");
         let mut optim = AdamWConfig::new().init();
-        let batch = random_batch(&mut rng);
+        let batch = random_sft_batch(&mut rng);
         let (mut fwd, mut bwd, mut upd) = (Vec::new(), Vec::new(), Vec::new());
         for step in 0..WARM_UP + STEPS {
             let t0 = Instant::now();

@@ -17,7 +17,8 @@ use rand_chacha::ChaCha8Rng;
 use rlhf_core::train::{LrSchedule, OptimizerConfig, RunOptions, try_seeded};
 use rlhf_core::{Error, KlController, Result, Scorer};
 use rlhf_data::Tokenizer;
-use rlhf_dpo::{DpoConfig, Group, RefCache, reference_logps, train_offline};
+use rlhf_dpo::{DpoConfig, Group, RefCache, cached_reference_logps, train_offline};
+use rlhf_models::sft::LmBatch;
 use rlhf_models::{
     CausalLm, SamplingConfig, ScalarModel, SftConfig, TransformerConfig, generate, train_sft,
 };
@@ -195,6 +196,24 @@ pub fn default_examples(workload: Workload, size: Size) -> usize {
         (Workload::Generate, false) => 64,
         (Workload::Rloo | Workload::Ppo, true) => 64,
         (Workload::Rloo | Workload::Ppo, false) => 16,
+    }
+}
+
+/// A batch of the `sft` workload's shape with random ids (past the tokenizer's specials): [`BATCH`]
+/// sequences of [`PROMPT_WORDS`] prompt tokens and `RESPONSE_WORDS` + 1 response tokens, the loss
+/// on the response. The profiling examples time single steps on it.
+pub fn random_sft_batch(rng: &mut impl Rng) -> LmBatch {
+    let seq = PROMPT_WORDS + RESPONSE_WORDS + 1;
+    LmBatch {
+        batch: BATCH,
+        seq,
+        ids: (0..BATCH * seq)
+            .map(|_| rng.random_range(3..VOCAB as u32))
+            .collect(),
+        attention: vec![1; BATCH * seq],
+        target: (0..BATCH * seq)
+            .map(|i| u8::from(i % seq >= PROMPT_WORDS))
+            .collect(),
     }
 }
 
@@ -379,26 +398,18 @@ pub fn measure(
             };
             let policy = init(1, &train_device)?;
             let reference = init(2, device)?;
-            // a warm cache for dpo-ref-cache, filled before the clock starts
-            let cache_dir = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
-            let cache = match workload {
+            // a warm cache for dpo-ref-cache, filled before the clock starts (the directory lives
+            // until the run is timed)
+            let cache_dir = match workload {
                 Workload::DpoRefCache => {
-                    let cache = RefCache::new(Some(cache_dir.path()));
-                    cache.get_or_compute(&reference, &data, &cfg.logp_spec(), || {
-                        let mut batches = 0;
-                        reference_logps(
-                            &reference,
-                            &data,
-                            cfg.batch_size,
-                            cfg.truncation,
-                            device,
-                            &mut batches,
-                        )
-                    })?;
-                    cache
+                    Some(tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?)
                 }
-                _ => RefCache::new(None),
+                _ => None,
             };
+            let cache = RefCache::new(cache_dir.as_ref().map(tempfile::TempDir::path));
+            if cache_dir.is_some() {
+                cached_reference_logps(&reference, &data, &cfg, &cache, device, &mut 0)?;
+            }
             let t = Instant::now();
             let (_, report) = train_offline(
                 policy,

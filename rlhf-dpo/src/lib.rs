@@ -44,6 +44,6 @@ pub use losses::{
 pub use online::{OnlineConfig, OnlineReport, best_and_worst, online_round};
 pub use online_dpo::{OnlineDpoConfig, OnlineDpoInputs, OnlineDpoReport, train_online_dpo};
 pub use trainer::{
-    DpoConfig, DpoEval, DpoReport, Group, OfflineLoss, evaluate, pair_logps, reference_logps,
-    sequence_logps, train_offline,
+    DpoConfig, DpoEval, DpoReport, Group, OfflineLoss, cached_reference_logps, evaluate,
+    pair_logps, sequence_logps, train_offline,
 };

@@ -255,10 +255,8 @@ pub fn pair_logps(
 }
 
 /// The reference's sequence log-probs of every group (no gradients), `batch_size` groups at a
-/// time; counts batches. [`train_offline`] computes them through its [`crate::RefCache`]; a
-/// caller that fills the cache ahead of training calls this with the cache's
-/// [`RefCache::get_or_compute`](crate::RefCache::get_or_compute).
-pub fn reference_logps(
+/// time; counts batches.
+pub(crate) fn reference_logps(
     reference: &CausalLm,
     groups: &[Group],
     batch_size: usize,
@@ -434,10 +432,34 @@ fn check(groups: &[Group], cfg: &DpoConfig) -> Result<()> {
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The reference's sequence log-probs of every group, as [`train_offline`] reads them with `cfg`:
+/// from `cache` when it holds them, else computed (counting the reference's batches in
+/// `batches`) and stored there. Called ahead of training, it fills the cache.
+pub fn cached_reference_logps(
+    reference: &CausalLm,
+    groups: &[Group],
+    cfg: &DpoConfig,
+    cache: &RefCache,
+    device: &Device,
+    batches: &mut u64,
+) -> Result<Vec<Vec<f32>>> {
+    let (logps, _) = cache.get_or_compute(reference, groups, &cfg.logp_spec(), || {
+        reference_logps(
+            reference,
+            groups,
+            cfg.batch_size,
+            cfg.truncation,
+            device,
+            batches,
+        )
+    })?;
+    Ok(logps)
+}
+
 /// Trains `policy` (on an autodiff device) against the frozen `reference` on `train`, evaluating
 /// on `eval`. Reference log-probs come from `cache` (computed once per reference and data, then
 /// reused across epochs and runs); `run_options` gives checkpoints, resume, metrics, progress.
+#[allow(clippy::too_many_arguments)]
 pub fn train_offline(
     policy: CausalLm,
     reference: &CausalLm,
@@ -478,28 +500,10 @@ pub fn train_offline(
     let mut report = DpoReport::default();
     let mut batches = 0u64;
     let (ref_train, ref_eval) = if cfg.loss.needs_reference() {
-        let spec = cfg.logp_spec();
-        let (a, _) = cache.get_or_compute(reference, train, &spec, || {
-            reference_logps(
-                reference,
-                train,
-                cfg.batch_size,
-                cfg.truncation,
-                device,
-                &mut batches,
-            )
-        })?;
-        let (b, _) = cache.get_or_compute(reference, eval, &spec, || {
-            reference_logps(
-                reference,
-                eval,
-                cfg.batch_size,
-                cfg.truncation,
-                device,
-                &mut batches,
-            )
-        })?;
-        (a, b)
+        (
+            cached_reference_logps(reference, train, cfg, cache, device, &mut batches)?,
+            cached_reference_logps(reference, eval, cfg, cache, device, &mut batches)?,
+        )
     } else {
         let zeros = |g: &[Group]| g.iter().map(|x| vec![0.0; x.responses.len()]).collect();
         (zeros(train), zeros(eval))

@@ -166,6 +166,13 @@ struct Rows {
     eos: Vec<bool>,
 }
 
+/// The `rows` rows of `len` items of a row-major buffer, one vector each.
+fn split_rows<T: Clone>(flat: &[T], rows: usize, len: usize) -> Vec<Vec<T>> {
+    (0..rows)
+        .map(|r| flat[r * len..(r + 1) * len].to_vec())
+        .collect()
+}
+
 /// Decodes `rows` left-padded prompts, each row with the generator seeded by its `seeds` entry.
 fn decode(
     model: &CausalLm,
@@ -180,11 +187,8 @@ fn decode(
         .iter()
         .map(|&s| ChaCha8Rng::seed_from_u64(s))
         .collect();
-    let row = |v: &[u8], r: usize| v[r * prompt_len..(r + 1) * prompt_len].to_vec();
-    let mut ids: Vec<Vec<u32>> = (0..rows)
-        .map(|r| prompt_ids[r * prompt_len..(r + 1) * prompt_len].to_vec())
-        .collect();
-    let mut mask: Vec<Vec<u8>> = (0..rows).map(|r| row(prompt_mask, r)).collect();
+    let mut ids = split_rows(prompt_ids, rows, prompt_len);
+    let mut mask = split_rows(prompt_mask, rows, prompt_len);
     let mut out = Rows {
         tokens: vec![Vec::new(); rows],
         logprobs: vec![Vec::new(); rows],
@@ -198,13 +202,19 @@ fn decode(
             break;
         }
         let n = active.len();
-        let attention: Vec<u8> = active.iter().flat_map(|&r| mask[r].clone()).collect();
+        let attention: Vec<u8> = active
+            .iter()
+            .flat_map(|&r| mask[r].iter().copied())
+            .collect();
         let logits = if cfg.use_cache && step > 0 {
             // only the newest token of each row; the cache holds the rest
             let newest: Vec<u32> = active.iter().map(|&r| ids[r][ids[r].len() - 1]).collect();
             model.forward(&model.input(&newest, &attention, n)?, Some(&mut cache))
         } else {
-            let all: Vec<u32> = active.iter().flat_map(|&r| ids[r].clone()).collect();
+            let all: Vec<u32> = active
+                .iter()
+                .flat_map(|&r| ids[r].iter().copied())
+                .collect();
             let input = model.input(&all, &attention, n)?;
             model.forward(&input, cfg.use_cache.then_some(&mut cache))
         };
