@@ -1,8 +1,8 @@
 //! # rlhf-core
 //!
 //! The mathematics of RLHF on [burn](https://burn.dev) tensors, and the plumbing every trainer
-//! shares. Each function is a formula of `algorithms.md`, documented with its shapes, and checked
-//! by property tests against a plain `f64` implementation of the same formula.
+//! shares. Each function is a formula of `docs/algorithms.md`, documented with its shapes, and
+//! checked by property tests against a plain `f64` implementation of the same formula.
 //!
 //! A PPO update reads, in these functions' terms:
 //! [`token_logprobs`] (with the sampling temperature reapplied) → [`kl_estimate`] against the
@@ -59,7 +59,7 @@ pub use device::{AdapterKind, DeviceSpec, TchKind, device_from_env, parse_device
 pub use error::{Error, Result};
 pub use kl::{KlEstimator, kl_estimate};
 pub use kl_controller::KlController;
-pub use logprobs::{entropy_from_logits, token_logprobs};
+pub use logprobs::{entropy_from_logits, token_logprobs, token_logprobs_and_entropy};
 pub use masked::{masked_mean, masked_mean_dim, masked_sum, masked_var, whiten, zero_masked};
 pub use policy_loss::{
     PolicyLoss, PolicyLossConfig, PolicyObjective, policy_loss, sequence_ratio,

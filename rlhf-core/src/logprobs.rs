@@ -23,7 +23,29 @@ pub fn token_logprobs(logits: Tensor<3>, tokens: Tensor<2, Int>, temperature: f3
 ///
 /// `logits`: `[batch, seq, vocab]`; returns `[batch, seq]` in nats.
 pub fn entropy_from_logits(logits: Tensor<3>, temperature: f32) -> Tensor<2> {
+    entropy(activation::log_softmax(logits.div_scalar(temperature), 2))
+}
+
+/// [`token_logprobs`] and [`entropy_from_logits`] from one log-softmax over the vocabulary (the
+/// widest tensor of a policy-gradient step): the log-probs keep their gradient, the entropy is
+/// computed from the detached distribution, as a diagnostic.
+///
+/// Returns `([batch, seq], [batch, seq])`.
+pub fn token_logprobs_and_entropy(
+    logits: Tensor<3>,
+    tokens: Tensor<2, Int>,
+    temperature: f32,
+) -> (Tensor<2>, Tensor<2>) {
     let logp = activation::log_softmax(logits.div_scalar(temperature), 2);
+    let entropy = entropy(logp.clone().detach());
+    (
+        logp.gather(2, tokens.unsqueeze_dim(2)).squeeze_dim(2),
+        entropy,
+    )
+}
+
+/// `−Σ_v p_v log p_v` from the log-probabilities `[batch, seq, vocab]`.
+fn entropy(logp: Tensor<3>) -> Tensor<2> {
     let p = logp.clone().exp();
     p.mul(logp).sum_dim(2).squeeze_dim(2).neg()
 }

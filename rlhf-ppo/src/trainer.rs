@@ -1,8 +1,9 @@
 //! The on-policy trainer. [`train_ppo`] runs iterations of [`ppo_iteration`], which reads as
-//! `algorithms.md` states PPO for language models:
+//! `docs/algorithms.md` states PPO for language models ("PPO for language models (per token)"):
 //!
 //! 1. **sample** `n` responses per prompt from the policy, queries left-padded to a fixed length,
-//!    a fixed number of new tokens at temperature `T` ([`encode_queries`], `generate`);
+//!    at most a fixed number of new tokens at temperature `T`, each row stopping at its first
+//!    EOS ([`encode_queries`], `generate`);
 //! 2. **cut at EOS**: tokens after the first EOS are masked; a response without EOS gets the
 //!    missing-EOS penalty instead of its score;
 //! 3. **score** the texts with any [`Scorer`] (a reward model, a gold oracle, a rule), optionally
@@ -25,7 +26,7 @@ use std::time::Instant;
 
 use burn::module::Module;
 use burn::optim::{GradientsParams, ModuleOptimizer};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::seq::{IndexedRandom, SliceRandom};
 use serde_json::json;
 
@@ -38,9 +39,9 @@ use rlhf_core::train::{
     clip_global_grad_norm, with_fresh_param_ids,
 };
 use rlhf_core::{
-    Error, GroupEstimator, Result, Scorer, broadcast_to_tokens, clipped_value_loss,
-    entropy_from_logits, gae, group_advantages, kl_estimate, masked_mean, policy_loss,
-    reinforce_pp_advantages, token_logprobs, truncated_is_weights, whiten,
+    Error, GroupEstimator, Result, Scorer, broadcast_to_tokens, clipped_value_loss, gae,
+    group_advantages, kl_estimate, masked_mean, policy_loss, reinforce_pp_advantages,
+    token_logprobs, token_logprobs_and_entropy, truncated_is_weights, whiten,
 };
 use rlhf_data::Tokenizer;
 use rlhf_models::sft::Example;
@@ -161,23 +162,29 @@ fn tensor2(v: Vec<f32>, shape: [usize; 2], device: &Device) -> Tensor<2> {
     Tensor::from_data(TensorData::new(v, shape), device)
 }
 
-/// Log-probs `[batch, r]` of the response tokens and their logits `[batch, r, vocab]`: the
-/// logits at column `q − 1 + t` predict response token `t`. The temperature is reapplied
-/// (TL;DR detail 3), so on the first minibatch the ratio to the rollout's log-probs is 1.
+/// The logits `[batch, r, vocab]` that predict the response tokens, and those tokens
+/// `[batch, r]`: the logits at column `q − 1 + t` predict response token `t`.
+fn response_logits(
+    policy: &CausalLm,
+    input: &TokenInput,
+    query_len: usize,
+) -> (Tensor<3>, Tensor<2, Int>) {
+    let [_, total] = input.dims();
+    let r = total - query_len;
+    let logits = policy.forward(input, None).narrow(1, query_len - 1, r);
+    (logits, input.ids().narrow(1, query_len, r))
+}
+
+/// Log-probs `[batch, r]` of the response tokens. The temperature is reapplied (TL;DR detail
+/// 3), so on the first minibatch the ratio to the rollout's log-probs is 1.
 fn response_logprobs(
     policy: &CausalLm,
     input: &TokenInput,
     query_len: usize,
     temperature: f32,
-) -> (Tensor<2>, Tensor<3>) {
-    let [_, total] = input.dims();
-    let r = total - query_len;
-    let logits = policy.forward(input, None).narrow(1, query_len - 1, r);
-    let responses = input.ids().narrow(1, query_len, r);
-    (
-        token_logprobs(logits.clone(), responses, temperature),
-        logits,
-    )
+) -> Tensor<2> {
+    let (logits, responses) = response_logits(policy, input, query_len);
+    token_logprobs(logits, responses, temperature)
 }
 
 /// The critic's values `[batch, r]` of the states before each response token.
@@ -232,8 +239,8 @@ pub fn make_experience(
     let mask = tensor2(mask_host.clone(), [b, r], &device);
 
     // old log-probs of the policy and of the reference, the temperature reapplied
-    let (logprobs, _) = response_logprobs(&models.policy, &input, q, cfg.temperature);
-    let (ref_logprobs, _) = response_logprobs(reference, &input, q, cfg.temperature);
+    let logprobs = response_logprobs(&models.policy, &input, q, cfg.temperature);
+    let ref_logprobs = response_logprobs(reference, &input, q, cfg.temperature);
     let logprobs = rlhf_core::zero_masked(logprobs, mask.clone());
     let ref_logprobs = rlhf_core::zero_masked(ref_logprobs, mask.clone());
     let values = models
@@ -480,8 +487,8 @@ pub fn minibatch_loss(
     cfg: &PpoConfig,
     kl_coef: f32,
 ) -> (Tensor<1>, Metrics) {
-    let (logprobs, logits) =
-        response_logprobs(&models.policy, &mb.input, mb.query_len, cfg.temperature);
+    let (logits, responses) = response_logits(&models.policy, &mb.input, mb.query_len);
+    let (logprobs, entropy) = token_logprobs_and_entropy(logits, responses, cfg.temperature);
     let correction = cfg.rollout_is_cap.map(|cap| {
         truncated_is_weights(
             mb.logprobs.clone(),
@@ -498,10 +505,7 @@ pub fn minibatch_loss(
         correction,
         &cfg.policy_loss(),
     );
-    let entropy = masked_mean(
-        entropy_from_logits(logits.detach(), cfg.temperature),
-        mb.mask.clone(),
-    );
+    let entropy = masked_mean(entropy, mb.mask.clone());
     let mut loss = pg.loss.clone();
     let scalar = |t: Tensor<1>| f64::from(t.into_scalar::<f32>());
     let mut metrics: Metrics = vec![

@@ -1,7 +1,7 @@
 //! `logp_t = log_softmax(logits_t / T)[y_t]` and `H_t = −Σ p log p` of the same tempered distribution.
 
 use proptest::prelude::*;
-use rlhf_core::{entropy_from_logits, token_logprobs};
+use rlhf_core::{entropy_from_logits, token_logprobs, token_logprobs_and_entropy};
 
 use crate::common::*;
 
@@ -55,6 +55,23 @@ proptest! {
         for h in got {
             prop_assert!(h >= -1e-5 && h <= (v as f64).ln() + 1e-4);
         }
+    }
+
+    /// One log-softmax for both gives what the two functions give apart, and the gradient of the
+    /// log-probs is the same: the entropy (a diagnostic) sends none.
+    #[test]
+    fn logprobs_and_entropy_from_one_log_softmax_equal_the_two_apart((b, t, v, logits, tokens, temp) in problem()) {
+        let ad = device().autodiff();
+        let x = t3(&logits, [b, t, v], &ad).require_grad();
+        let ids = ids2(&tokens, [b, t], &ad);
+        let (lp, h) = token_logprobs_and_entropy(x.clone(), ids.clone(), temp as f32);
+        assert_close(&host(lp.clone()), &host(token_logprobs(x.clone(), ids.clone(), temp as f32)), 1e-6)?;
+        assert_close(&host(h.clone()), &host(entropy_from_logits(x.clone(), temp as f32)), 1e-6)?;
+        let both = host(x.grad(&lp.sum().add(h.sum()).backward()).expect("the log-probs depend on x"));
+        let y = t3(&logits, [b, t, v], &ad).require_grad();
+        let alone = token_logprobs(y.clone(), ids, temp as f32).sum().backward();
+        let alone = host(y.grad(&alone).expect("the log-probs depend on y"));
+        assert_close(&both, &alone, 1e-6)?;
     }
 }
 
