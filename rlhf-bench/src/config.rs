@@ -514,7 +514,7 @@ impl RunConfig {
 
 /// The transformer of a size name: `xs` (d = 32, 2 layers), `s` (d = 64, 2 layers), `m`
 /// (d = 96, 3 layers), `l` (d = 128, 4 layers) — GPT-NeoX shapes for CPU studies, about 25k,
-/// 98k, 330k and 790k non-embedding parameters — or any `rlhf-models` preset; the vocabulary is
+/// 100k, 330k and 790k non-embedding parameters — or any `rlhf-models` preset; the vocabulary is
 /// the tokenizer's.
 pub fn model_shape(size: &str, vocab: usize) -> Result<TransformerConfig> {
     let small = |d: usize, layers: usize, heads: usize| {

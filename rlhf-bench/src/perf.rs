@@ -1,6 +1,6 @@
-//! Throughput of the RLHF workloads of `performance.md`: the SFT step, the reward-model and DPO
-//! steps, batched generation with the KV cache, and the on-policy iteration (PPO, and RLOO, the
-//! shape the TRL peer runs), each on the same data as the peer, `rlhf-bench/peer/trl_peer.py`.
+//! Throughput of the RLHF workloads of `docs/performance.md`: the SFT step, the reward-model and
+//! DPO steps, batched generation with the KV cache, and the on-policy iteration (PPO, and RLOO,
+//! the shape the TRL peer runs), each on the same data as the peer, `rlhf-bench/peer/trl_peer.py`.
 //!
 //! [`measure`] runs one workload in this process through the project's real trainers
 //! (`train_sft`, `train_reward_model`, `train_offline`, `generate`, `train_ppo`) and times only
@@ -72,8 +72,9 @@ pub enum Workload {
     /// RLOO iteration: sample `n` per prompt, reference log-probs, a rule reward, one epoch of
     /// minibatch updates (TRL's `RLOOTrainer` defaults: β = 0.05, one iteration per batch).
     Rloo,
-    /// PPO iteration of the TL;DR recipe: sample, reference + reward model + critic forward,
-    /// GAE, 4 epochs of minibatch updates of policy and critic. The peer has no counterpart.
+    /// A PPO iteration in the TL;DR recipe's shape: sample, reference + reward model + critic
+    /// forward, GAE, 4 epochs of minibatch updates of policy and critic (4 minibatches, a
+    /// constant learning rate, no missing-EOS penalty). The peer has no counterpart.
     Ppo,
 }
 
@@ -132,7 +133,7 @@ impl Workload {
         }
     }
 
-    /// The throughput unit of `performance.md`.
+    /// The throughput unit of `docs/performance.md`.
     pub fn unit(self) -> &'static str {
         match self {
             Workload::Sft => "tokens/s",

@@ -6,7 +6,7 @@
 //! trainers from their last checkpoints (the method's in the point's work directory, a cached
 //! stage's in its `.partial` directory), so a kill costs at most the steps since them and the
 //! sampling and judging of that point. Points of different axes with the same configuration and
-//! seed (the base PPO run appears on six axes) run once; the others copy its result. Models
+//! seed (the base PPO run appears on several axes) run once; the others copy its result. Models
 //! shared between points (the tokenizer, one SFT per size and seed, one RM per RM configuration)
 //! are cached in `DIR/cache`.
 
@@ -610,7 +610,7 @@ pub fn sweep(points: &[Point], out: &Path, progress: bool) -> Result<SweepReport
         }
         bar.set_message(p.file_name());
         let start = Instant::now();
-        // several axes share a run (the base PPO point appears on five): a stored point with the
+        // several axes share a run (the base PPO point appears on several): a stored point with the
         // same configuration and seed already has its result
         let same = stored.iter().find(|r| r.point.config == p.config).cloned();
         let copied = same.is_some();

@@ -55,8 +55,8 @@ pub fn masked_var<const D: usize>(x: Tensor<D>, mask: Tensor<D>, unbiased: bool)
 
 /// Whitening over the mask: `(x − mean) / √(var + 1e−8)` with the unbiased masked variance.
 ///
-/// With `shift_mean = false` the mean is added back (`scale only`), which is how reward whitening
-/// is done in the TL;DR reproduction; advantages are whitened with `shift_mean = true`.
+/// With `shift_mean = false` the mean is added back (the spread is scaled to 1, the mean kept),
+/// which is how reward whitening is done in the TL;DR reproduction; advantages are whitened with `shift_mean = true`.
 /// Masked positions of the output are 0. Shapes: `x`, `mask` and the output alike.
 pub fn whiten<const D: usize>(x: Tensor<D>, mask: Tensor<D>, shift_mean: bool) -> Tensor<D> {
     let mean = broadcast_scalar::<D>(masked_mean(x.clone(), mask.clone()));

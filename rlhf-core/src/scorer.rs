@@ -5,7 +5,7 @@ use crate::Result;
 /// Scores responses to prompts, in batches: a reward model, a gold oracle, a rule.
 ///
 /// PPO and the other on-policy trainers accept any `Scorer`; the scores are the sequence-level
-/// rewards `s` of `algorithms.md`, higher is better.
+/// rewards `s` of `docs/algorithms.md` ("Notation"), higher is better.
 ///
 /// ```
 /// use rlhf_core::{Result, Scorer};

@@ -1,7 +1,8 @@
 //! # rlhf-dpo
 //!
 //! Preference optimisation from sequence log-probabilities: the DPO family, EXO and KTO, as small
-//! functions on tensors (`algorithms.md`, "Offline preference optimisation"), and their trainers.
+//! functions on tensors (`docs/algorithms.md`, "Offline preference optimisation"), and their
+//! trainers.
 //!
 //! It holds the losses, the offline trainer ([`train_offline`]: pairs or K-wise groups, policy
 //! and frozen reference, sequence log-probs over response tokens only, gradient accumulation,

@@ -1,6 +1,7 @@
 //! The PPO configuration: every TL;DR implementation detail as a named field, with the paper's
 //! default ("The N+ Implementation Details of RLHF with PPO: A Case Study on TL;DR
-//! Summarization", Huang et al. 2024). Numbers in brackets refer to the list in `algorithms.md`.
+//! Summarization", Huang et al. 2024). Numbers in brackets refer to the list in
+//! `docs/algorithms.md`, "The TL;DR implementation details".
 
 use rlhf_core::train::OptimizerConfig;
 use rlhf_core::{
@@ -57,7 +58,8 @@ pub struct PpoConfig {
     pub prompts_per_batch: usize,
     /// [2] Queries are left-padded to this many tokens (longer ones keep their end).
     pub query_length: usize,
-    /// [3] Exactly this many new tokens are generated (the TL;DR reproduction: 53).
+    /// [3] At most this many new tokens are generated; a row stops at its first EOS (the TL;DR
+    /// reproduction: 53).
     pub response_length: usize,
     /// [3] Sampling temperature, reapplied when log-probs are recomputed for training.
     pub temperature: f32,
@@ -86,7 +88,8 @@ pub struct PpoConfig {
     /// [8] Whiten GAE advantages (mean shift and scale) over the batch. (REINFORCE++ always
     /// whitens, by definition; RLOO, GRPO and Dr.GRPO are normalised per prompt instead.)
     pub whiten_advantages: bool,
-    /// [8] Whiten per-token rewards (scale only); off in the TL;DR reproduction.
+    /// [8] Whiten per-token rewards, keeping their mean (`shift_mean = false`); off in the TL;DR
+    /// reproduction.
     pub whiten_rewards: bool,
     /// [9] PPO epochs over each rollout batch.
     pub ppo_epochs: usize,

@@ -32,7 +32,8 @@ pub fn last_token_one_hot(mask: Tensor<2>) -> Tensor<2> {
     zero_masked(is_last.float(), mask)
 }
 
-/// Per-token rewards for PPO and REINFORCE++ (`algorithms.md`, PPO step 3).
+/// Per-token rewards for PPO and REINFORCE++ (`docs/algorithms.md`, "PPO for language models
+/// (per token)", step 3).
 ///
 /// - `scores`: `[batch]` sequence-level scores (after [`apply_missing_eos_penalty`] and any
 ///   normalisation);

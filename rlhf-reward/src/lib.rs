@@ -1,6 +1,6 @@
 //! # rlhf-reward
 //!
-//! Outcome and process reward models (`algorithms.md`, "Reward model"):
+//! Outcome and process reward models (`docs/algorithms.md`, "Reward models"):
 //! - losses on burn tensors: Bradley–Terry pairs with an optional margin, K-wise Plackett–Luce,
 //!   the centering term, binary cross-entropy for ORM correctness and PRM step labels, and PRM
 //!   sequence scores (min, product or last step);

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """PyTorch's twin of `cargo run -p rlhf-bench --example step_breakdown`: one SFT step of the
-`bench-perf` GPT-NeoX models (same config as ../shared/peer/trl_peer.py), 16 sequences of 65
+`bench-perf` GPT-NeoX models (same config as rlhf-bench/peer/trl_peer.py), 16 sequences of 65
 tokens, loss on the last 33; forward, backward and the AdamW update timed separately, medians of
 10 steps after 3 warm-up steps, two threads.
 

@@ -28,8 +28,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Throughput, MFU against the measured matmul peak and peak memory of SFT, RM, DPO,
-    /// generation, RLOO and PPO at two sizes → target/bench-perf/perf.json; with --peer, TRL on
+    /// Throughput, MFU against the measured matmul peak and peak memory of SFT, RM, DPO (with
+    /// and without the reference cache), generation, RLOO and PPO at two sizes → target/bench-perf/perf.json; with --peer, TRL on
     /// the same shapes, alternating, and the ratio. Options go to `rlhf-perf`.
     #[command(disable_help_flag = true)]
     BenchPerf {
@@ -231,13 +231,6 @@ fn fixtures(python: &str, regenerate: bool) -> Result<(), ()> {
     Ok(())
 }
 
-/// `cargo run` of one of `rlhf-bench`'s binaries. The `dev` profile already optimises every
-/// dependency (burn above all), so this reuses the test build instead of a second full build of
-/// burn.
-///
-/// On Unix this process *becomes* that command (`exec`, and `cargo run` execs the binary too), so
-/// a signal sent to it (a `kill`, a CI job's timeout) reaches the benchmark itself, which
-/// checkpoints and stops, instead of leaving it running without its parent.
 /// `bench-perf`: `rlhf-perf` with the options given; with `--device tch…`, built with the `tch`
 /// feature against the PyTorch of `python3` (or `$VIRTUAL_ENV`), whose `lib/` is put on
 /// `LD_LIBRARY_PATH` for the run.
@@ -291,6 +284,13 @@ fn bench_perf(args: &[String]) -> Result<(), ()> {
     run(&mut cmd)
 }
 
+/// `cargo run` of one of `rlhf-bench`'s binaries. The `dev` profile already optimises every
+/// dependency (burn above all), so this reuses the test build instead of a second full build of
+/// burn.
+///
+/// On Unix this process *becomes* that command (`exec`, and `cargo run` execs the binary too), so
+/// a signal sent to it (a `kill`, a CI job's timeout) reaches the benchmark itself, which
+/// checkpoints and stops, instead of leaving it running without its parent.
 fn run_bench_binary(bin: &str, command: &[&str], args: &[String]) -> Result<(), ()> {
     let mut cmd = Command::new(cargo());
     cmd.args(["run", "--quiet", "-p", "rlhf-bench", "--bin", bin, "--"])

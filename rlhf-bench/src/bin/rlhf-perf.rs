@@ -53,7 +53,7 @@ struct Cli {
 enum One {
     /// One run in this process; prints a JSON line (what the sweep runs in each child).
     One {
-        /// sft, reward, dpo, generate, rloo or ppo.
+        /// sft, reward, dpo, dpo-ref-cache, generate, rloo or ppo.
         #[arg(value_parser = parse_workload)]
         workload: Workload,
         /// small or 25m.
@@ -78,7 +78,8 @@ struct Options {
     /// Model sizes (comma-separated; default all: small, 25m).
     #[arg(long, value_delimiter = ',', value_parser = parse_size)]
     sizes: Vec<Size>,
-    /// Workloads (comma-separated; default all: sft, reward, dpo, generate, rloo, ppo).
+    /// Workloads (comma-separated; default all: sft, reward, dpo, dpo-ref-cache, generate, rloo,
+    /// ppo).
     #[arg(long, value_delimiter = ',', value_parser = parse_workload)]
     workloads: Vec<Workload>,
     /// Runs per workload (the median is reported).

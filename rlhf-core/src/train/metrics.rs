@@ -17,7 +17,7 @@
 //! | `eval_rewards/accuracies`, `eval_rewards/margins` | the same on held-out pairs | `DPOTrainer` |
 //! | `objective/kl` | mean per-sequence KL of the policy to the reference (sum of per-token k1) | `PPOTrainer` |
 //! | `objective/entropy` | mean per-sequence `−Σ logπ` of the samples | `PPOTrainer` |
-//! | `objective/scores` | mean score from the `Scorer` (after the missing-EOS penalty) | `PPOTrainer` |
+//! | `objective/scores` | mean score from the `Scorer` (after the missing-EOS penalty, the overlong punishment and any variance reduction) | `PPOTrainer` |
 //! | `objective/non_score_reward` | mean per-sequence sum of `−β·KL` | `PPOTrainer` |
 //! | `objective/rlhf_reward` | `scores + non_score_reward` | `PPOTrainer` |
 //! | `policy/approxkl_avg` | `½·mean((logπ_new − logπ_old)²)` | `PPOTrainer` |

@@ -7,8 +7,9 @@ use rlhf_core::{
 
 use crate::common::*;
 
-/// GAE from `algorithms.md`, row by row: `δ_t = r_t + γ·V_{t+1}·m_{t+1} − V_t`,
-/// `A_t = δ_t + γλ·A_{t+1}` backwards over the real tokens, `V` past the end = 0, `R = A + V`.
+/// GAE from `docs/algorithms.md` ("PPO for language models (per token)", step 4), row by row:
+/// `δ_t = r_t + γ·V_{t+1}·m_{t+1} − V_t`, `A_t = δ_t + γλ·A_{t+1}` backwards over the real
+/// tokens, `V` past the end = 0, `R = A + V`.
 fn gae_ref(
     r: &[f64],
     v: &[f64],

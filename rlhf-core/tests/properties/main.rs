@@ -1,5 +1,5 @@
 //! Property tests of rlhf-core: every formula against a plain `f64` reference written here from
-//! `algorithms.md`, plus the invariants listed there. One test binary keeps link time down.
+//! `docs/algorithms.md`, plus the invariants listed there. One test binary keeps link time down.
 //!
 //! The device comes from `RLHF_DEVICE` (default `flex`), so CI runs the same tests on the
 //! `wgpu` backend (lavapipe) with `RLHF_DEVICE=wgpu:cpu cargo test -p rlhf-core --features wgpu`.

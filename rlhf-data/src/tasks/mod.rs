@@ -1,6 +1,6 @@
 //! Gold-oracle tasks: prompt generators with a hidden **gold** scorer that plays the part of the
 //! human labellers and the GPT judge, so the whole RLHF pipeline and the scaling study run offline
-//! with ground truth (`tasks.md`).
+//! with ground truth (`docs/tasks.md`, "What a task provides").
 //!
 //! A task provides seeded endless prompts with disjoint train / eval / test streams, a reference
 //! response, a noisy demonstrator (the SFT data), the gold score with its components, a simulated
@@ -56,8 +56,9 @@ impl GoldScore {
 pub trait Task: Send + Sync {
     /// `tldr-synth`, `arith-steps`.
     fn name(&self) -> &'static str;
-    /// The `index`-th prompt of a split; the same (split, index) always gives the same prompt and
-    /// the three splits never share one.
+    /// The `index`-th prompt of a split; the same (split, index) always gives the same prompt. The
+    /// three splits are separate seeded streams: nothing stops two of them drawing the same
+    /// prompt when a task has few.
     fn prompt(&self, split: Split, index: u64) -> String;
     /// The ideal response (without EOS).
     fn reference(&self, prompt: &str) -> String;
