@@ -38,7 +38,6 @@
 pub mod advantages;
 pub mod aggregation;
 pub mod device;
-pub mod error;
 pub mod host;
 pub mod kl;
 pub mod kl_controller;
@@ -46,7 +45,6 @@ pub mod logprobs;
 pub mod masked;
 pub mod policy_loss;
 pub mod ppo;
-pub mod scorer;
 pub mod testing;
 pub mod train;
 
@@ -56,7 +54,6 @@ pub use advantages::{
 };
 pub use aggregation::{LossAggregation, aggregate};
 pub use device::{AdapterKind, DeviceSpec, TchKind, device_from_env, parse_device};
-pub use error::{Error, Result};
 pub use kl::{KlEstimator, kl_estimate};
 pub use kl_controller::KlController;
 pub use logprobs::{entropy_from_logits, token_logprobs, token_logprobs_and_entropy};
@@ -66,7 +63,8 @@ pub use policy_loss::{
     truncated_is_weights,
 };
 pub use ppo::{ValueLoss, clipped_policy_loss, clipped_value_loss};
-pub use scorer::{Scorer, check_pairs};
+pub use rlhf_base::{Error, Result, error};
+pub use rlhf_base::{Scorer, check_pairs, scorer};
 
 /// Whether this build has the `gemm` crate's AVX-512 kernels behind `flex` (feature `x86-v4`,
 /// on with `flex`); gemm uses them only on a CPU with AVX-512F.

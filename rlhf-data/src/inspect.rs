@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use rlhf_core::Result;
+use rlhf_base::Result;
 
 use crate::records::{
     Kind, KwiseRecord, PreferenceRecord, PromptRecord, SftRecord, StepRecord, UnpairedRecord,

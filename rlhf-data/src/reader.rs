@@ -10,7 +10,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 
-use rlhf_core::{Error, Result};
+use rlhf_base::{Error, Result};
 use serde_json::Value;
 
 use crate::parse::{FieldError, Record};
@@ -352,5 +352,5 @@ pub fn write_records<R: Record>(path: &Path, records: &[R], fields: &FieldNames)
             .map_err(|e| Error::Record(e.to_string()))?;
         out.write_all(b"\n").map_err(|e| Error::io(path, e))?;
     }
-    rlhf_core::train::fs::write_atomic(path, &out)
+    rlhf_base::fs::write_atomic(path, &out)
 }

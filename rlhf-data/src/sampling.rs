@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use rand::Rng;
 use rand::seq::SliceRandom;
-use rlhf_core::train::fs::checksum;
+use rlhf_base::fs::checksum;
 use serde::{Deserialize, Serialize};
 
 /// The first `n` items of one seeded permutation: volumes drawn with the same seed are nested

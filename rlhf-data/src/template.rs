@@ -9,7 +9,7 @@
 //! writes, end-of-turn token included.
 
 use minijinja::{Environment, Error as JinjaError, ErrorKind, Value};
-use rlhf_core::{Error, Result};
+use rlhf_base::{Error, Result};
 
 use crate::chat::ChatTemplate;
 use crate::records::{Message, Turns};

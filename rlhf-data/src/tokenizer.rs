@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use rlhf_core::{Error, Result};
+use rlhf_base::{Error, Result};
 
 use crate::tokenizer_config::TokenizerConfig;
 use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
@@ -104,7 +104,7 @@ impl Tokenizer {
     pub fn save_dir(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         match &self.source {
-            Some(bytes) => rlhf_core::train::fs::write_atomic(&dir.join("tokenizer.json"), bytes)?,
+            Some(bytes) => rlhf_base::fs::write_atomic(&dir.join("tokenizer.json"), bytes)?,
             None => self.save(&dir.join("tokenizer.json"))?,
         }
         let mut config = self.config.raw.clone();
@@ -119,7 +119,7 @@ impl Tokenizer {
         }
         let bytes = serde_json::to_vec_pretty(&serde_json::Value::Object(config))
             .map_err(|e| tok_err("tokenizer_config.json", e))?;
-        rlhf_core::train::fs::write_atomic(&dir.join("tokenizer_config.json"), &bytes)
+        rlhf_base::fs::write_atomic(&dir.join("tokenizer_config.json"), &bytes)
     }
 
     fn wrap(
@@ -207,7 +207,7 @@ impl Tokenizer {
             .inner
             .to_string(true)
             .map_err(|e| tok_err("serialise", e))?;
-        rlhf_core::train::fs::write_atomic(path, json.as_bytes())
+        rlhf_base::fs::write_atomic(path, json.as_bytes())
     }
 
     /// Token ids of `text`, with no special tokens added (special-token *text* inside `text`,

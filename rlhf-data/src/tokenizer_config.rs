@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use rlhf_core::{Error, Result};
+use rlhf_base::{Error, Result};
 use serde_json::{Map, Value};
 
 use crate::template::{ChatFormat, JinjaTemplate};

@@ -3,10 +3,8 @@
 //! atomic checkpoints that resume exactly, the metrics sink, and [`Run`], which ties checkpoints,
 //! metrics and the progress bar together for a trainer's loop.
 
-pub mod allocator;
 pub mod checkpoint;
 pub mod fit;
-pub mod fs;
 pub mod grads;
 pub mod interrupt;
 pub mod memory;
@@ -16,7 +14,6 @@ pub mod rng;
 pub mod run;
 pub mod schedule;
 
-pub use allocator::tune_allocator;
 pub use checkpoint::{Checkpoint, CheckpointStore};
 pub use fit::{BatchLoss, FitConfig, FitReport, Metrics, fit};
 pub use grads::{
@@ -24,6 +21,7 @@ pub use grads::{
 };
 pub use metrics::MetricsSink;
 pub use optim::OptimizerConfig;
+pub use rlhf_base::{allocator, fs, tune_allocator};
 pub use rng::{TrainRng, materialise, seed_all, seeded, try_seeded};
 pub use run::{Run, RunOptions};
 pub use schedule::LrSchedule;

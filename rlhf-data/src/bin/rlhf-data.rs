@@ -129,7 +129,7 @@ impl FieldArgs {
     }
 }
 
-fn look(read: &ReadArgs, tokenizer: Option<&Tokenizer>) -> rlhf_core::Result<ExitCode> {
+fn look(read: &ReadArgs, tokenizer: Option<&Tokenizer>) -> rlhf_base::Result<ExitCode> {
     let opts = ReadOptions {
         fields: read.fields.names(),
         skip_bad: read.skip_bad,
@@ -150,7 +150,7 @@ fn look(read: &ReadArgs, tokenizer: Option<&Tokenizer>) -> rlhf_core::Result<Exi
 }
 
 fn main() -> ExitCode {
-    rlhf_core::train::tune_allocator();
+    rlhf_base::tune_allocator();
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Check { read } => look(read, None),
@@ -164,7 +164,7 @@ fn main() -> ExitCode {
             seed,
             agreement,
         } => match task_by_name(name) {
-            None => Err(rlhf_core::Error::Config(format!(
+            None => Err(rlhf_base::Error::Config(format!(
                 "unknown task `{name}`: tldr-synth or arith-steps"
             ))),
             Some(task) => export_task(task.as_ref(), out, *n, *seed, *agreement).map(|summary| {

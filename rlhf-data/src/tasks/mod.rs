@@ -19,7 +19,7 @@ pub use tldr::TldrSynth;
 
 use rand::SeedableRng;
 pub use rand_chacha::ChaCha8Rng;
-use rlhf_core::train::fs::checksum;
+use rlhf_base::fs::checksum;
 
 use crate::sampling::Split;
 
@@ -101,12 +101,12 @@ pub(crate) fn strip_eos(response: &str) -> (&str, bool) {
     }
 }
 
-/// The gold oracle as an `rlhf_core::Scorer`, for trainers and the judge.
+/// The gold oracle as an `rlhf_base::Scorer`, for trainers and the judge.
 pub struct GoldScorer<'a>(pub &'a dyn Task);
 
-impl rlhf_core::Scorer for GoldScorer<'_> {
-    fn score(&self, prompts: &[&str], responses: &[&str]) -> rlhf_core::Result<Vec<f32>> {
-        rlhf_core::check_pairs(prompts, responses)?;
+impl rlhf_base::Scorer for GoldScorer<'_> {
+    fn score(&self, prompts: &[&str], responses: &[&str]) -> rlhf_base::Result<Vec<f32>> {
+        rlhf_base::check_pairs(prompts, responses)?;
         Ok(prompts
             .iter()
             .zip(responses)
@@ -156,14 +156,14 @@ pub fn export_task(
     n: u64,
     seed: u64,
     target_agreement: f64,
-) -> rlhf_core::Result<ExportSummary> {
+) -> rlhf_base::Result<ExportSummary> {
     use crate::reader::write_records;
     use crate::records::{
         FieldNames, PreferenceRecord, PromptRecord, SftRecord, StepRecord, Turns,
     };
     use rand::SeedableRng;
 
-    std::fs::create_dir_all(dir).map_err(|e| rlhf_core::Error::io(dir, e))?;
+    std::fs::create_dir_all(dir).map_err(|e| rlhf_base::Error::io(dir, e))?;
     let fields = FieldNames::default();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let calibration: Vec<(f64, f64)> = (0..2000u64)
@@ -178,7 +178,7 @@ pub fn export_task(
         })
         .collect();
     let labeller = Labeller::calibrate(&calibration, target_agreement).ok_or_else(|| {
-        rlhf_core::Error::Config(format!(
+        rlhf_base::Error::Config(format!(
             "{}: demonstrations never differ in gold score",
             task.name()
         ))
@@ -290,7 +290,7 @@ pub fn export_task(
         tokenizer_vocab: tokenizer.vocab_size(),
     };
     let json =
-        serde_json::to_vec_pretty(&summary).map_err(|e| rlhf_core::Error::Record(e.to_string()))?;
-    rlhf_core::train::fs::write_atomic(&dir.join("task.json"), &json)?;
+        serde_json::to_vec_pretty(&summary).map_err(|e| rlhf_base::Error::Record(e.to_string()))?;
+    rlhf_base::fs::write_atomic(&dir.join("task.json"), &json)?;
     Ok(summary)
 }

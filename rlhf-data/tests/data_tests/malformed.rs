@@ -7,7 +7,7 @@ use rlhf_data::*;
 fn read_text<R: Record>(
     contents: &[u8],
     skip_bad: bool,
-) -> (rlhf_core::Result<Loaded<R>>, tempfile::TempDir) {
+) -> (rlhf_base::Result<Loaded<R>>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.jsonl");
     std::fs::write(&path, contents).unwrap();

@@ -8,7 +8,7 @@ use crate::Result;
 /// rewards `s` of `docs/algorithms.md` ("Notation"), higher is better.
 ///
 /// ```
-/// use rlhf_core::{Result, Scorer};
+/// use rlhf_base::{Result, Scorer};
 ///
 /// /// Rewards brevity: the rule-based control of "A Long Way to Go", inverted.
 /// struct Short;
