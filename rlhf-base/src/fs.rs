@@ -10,6 +10,12 @@ use crate::{Error, Result};
 /// renamed over `path` (a rename within one file system is atomic), then the directory is fsynced
 /// so the rename itself survives a crash.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_parts(path, &[bytes])
+}
+
+/// [`write_atomic`] of the concatenation of `parts`, written one after the other (a large file
+/// is never assembled in memory).
+pub fn write_atomic_parts(path: &Path, parts: &[&[u8]]) -> Result<()> {
     let dir = parent_dir(path);
     fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let name = path
@@ -18,7 +24,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let mut file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    file.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
+    for bytes in parts {
+        file.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
+    }
     file.sync_all().map_err(|e| Error::io(&tmp, e))?;
     drop(file);
     fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;

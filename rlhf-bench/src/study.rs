@@ -8,7 +8,8 @@
 //! sampling and judging of that point. Points of different axes with the same configuration and
 //! seed (the base PPO run appears on several axes) run once; the others copy its result. Models
 //! shared between points (the tokenizer, one SFT per size and seed, one RM per RM configuration)
-//! are cached in `DIR/cache`.
+//! are cached in `DIR/cache`. Sweeps on several machines can share `DIR` (on a shared file
+//! system with advisory locks): each point is claimed before it runs, so each runs once.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -569,11 +570,27 @@ pub struct SweepReport {
     pub copied: usize,
     /// Points found finished and skipped.
     pub skipped: usize,
+    /// Points another sweep sharing the directory claimed and had not finished when this one
+    /// ended (that sweep stores them, and the sweep that finishes last writes the report).
+    pub elsewhere: usize,
 }
 
 /// Runs every point of `points` whose result is not yet in `out/points/`, in order, with a
-/// progress bar; logs one line per point to stderr.
+/// progress bar; logs one line per point to stderr. Sweeps on several machines (or processes)
+/// may share `out`: each point is claimed with an advisory lock on `points/NAME.lock` (the stage
+/// cache's lock), so it runs once; a point another sweep holds is passed over and looked at again
+/// at the end, when it is run here only if that sweep let it go unfinished (it died).
 pub fn sweep(points: &[Point], out: &Path, progress: bool) -> Result<SweepReport> {
+    sweep_with(points, out, progress, &run)
+}
+
+/// [`sweep`] with the function that runs one point's configuration (`run(config, cache, work)`).
+pub fn sweep_with(
+    points: &[Point],
+    out: &Path,
+    progress: bool,
+    run: &dyn Fn(&RunConfig, &Path, &Path) -> Result<RunResult>,
+) -> Result<SweepReport> {
     let dir = out.join("points");
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let cache = out.join("cache");
@@ -598,20 +615,18 @@ pub fn sweep(points: &[Point], out: &Path, progress: bool) -> Result<SweepReport
         }
     };
     let mut report = SweepReport::default();
-    // the points stored so far (by earlier sweeps and by this one), for identical runs
+    // the points stored so far (by earlier sweeps, by this one and by sweeps beside it), for
+    // identical runs
     let mut stored = read_points(out)?;
-    for p in points {
+    let mut run_point = |p: &Point, report: &mut SweepReport| -> Result<()> {
         let path = dir.join(p.file_name());
-        if path.exists() {
-            log(format!("skip (done)  {}", p.file_name()));
-            report.skipped += 1;
-            bar.inc(1);
-            continue;
-        }
         bar.set_message(p.file_name());
         let start = Instant::now();
-        // several axes share a run (the base PPO point appears on several): a stored point with the
-        // same configuration and seed already has its result
+        // several axes share a run (the base PPO point appears on several): a stored point with
+        // the same configuration and seed already has its result
+        if !stored.iter().any(|r| r.point.config == p.config) {
+            stored = read_points(out)?;
+        }
         let same = stored.iter().find(|r| r.point.config == p.config).cloned();
         let copied = same.is_some();
         let record = match same {
@@ -639,22 +654,13 @@ pub fn sweep(points: &[Point], out: &Path, progress: bool) -> Result<SweepReport
         let json =
             serde_json::to_string_pretty(&record).map_err(|e| Error::Record(e.to_string()))?;
         write_atomic(&path, json.as_bytes())?;
+        let metric = |name: &str| record.result.metrics.get(name).copied();
         log(format!(
             "done {:6.1} s  {}  gold {:.3}  kl {:.2}",
             start.elapsed().as_secs_f64(),
             p.file_name(),
-            record
-                .result
-                .metrics
-                .get(crate::metrics::names::GOLD)
-                .copied()
-                .unwrap_or(f64::NAN),
-            record
-                .result
-                .metrics
-                .get(crate::metrics::names::KL)
-                .copied()
-                .unwrap_or(f64::NAN)
+            metric(crate::metrics::names::GOLD).unwrap_or(f64::NAN),
+            metric(crate::metrics::names::KL).unwrap_or(f64::NAN)
         ));
         stored.push(record);
         if copied {
@@ -662,10 +668,105 @@ pub fn sweep(points: &[Point], out: &Path, progress: bool) -> Result<SweepReport
         } else {
             report.ran += 1;
         }
+        Ok(())
+    };
+    let mut held_elsewhere = Vec::new();
+    for p in points {
+        match claim(&dir, p)? {
+            Claim::Done => {
+                log(format!("skip (done)  {}", p.file_name()));
+                report.skipped += 1;
+            }
+            Claim::HeldElsewhere => {
+                log(format!("elsewhere    {}", p.file_name()));
+                held_elsewhere.push(p);
+                continue;
+            }
+            Claim::Mine(lock) => {
+                run_point(p, &mut report)?;
+                lock.release();
+            }
+        }
+        bar.inc(1);
+    }
+    // the points another sweep held: run here those it gave up unfinished
+    for p in held_elsewhere {
+        match claim(&dir, p)? {
+            Claim::Done => report.skipped += 1,
+            Claim::HeldElsewhere => report.elsewhere += 1,
+            Claim::Mine(lock) => {
+                run_point(p, &mut report)?;
+                lock.release();
+            }
+        }
         bar.inc(1);
     }
     bar.finish_and_clear();
     Ok(report)
+}
+
+/// Whether every point of `points` is stored in `out/points/` (the sweep that finds them all
+/// stored when it ends writes the report).
+pub fn all_stored(points: &[Point], out: &Path) -> bool {
+    points
+        .iter()
+        .all(|p| out.join("points").join(p.file_name()).exists())
+}
+
+/// A point as a sweep finds it.
+enum Claim {
+    /// Its result is stored.
+    Done,
+    /// Another sweep holds its lock.
+    HeldElsewhere,
+    /// This sweep holds its lock and runs it.
+    Mine(PointLock),
+}
+
+/// The advisory lock on `points/NAME.lock`, held while a point runs.
+struct PointLock {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl PointLock {
+    /// Removes the lock file (after the point's result is stored, so a sweep that was waiting on
+    /// it, or that creates it anew, finds the point done) and lets the lock go.
+    fn release(self) {
+        let _ = std::fs::remove_file(&self.path);
+        drop(self.file);
+    }
+}
+
+/// Claims `p` in `dir` without waiting: done when its result is there, held elsewhere when
+/// another sweep holds its lock, else locked for this sweep (and checked again for a result
+/// stored between the first look and the lock).
+fn claim(dir: &Path, p: &Point) -> Result<Claim> {
+    let path = dir.join(p.file_name());
+    if path.exists() {
+        return Ok(Claim::Done);
+    }
+    let lock_path = dir.join(format!("{}.lock", p.file_name().trim_end_matches(".json")));
+    let file = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| Error::io(&lock_path, e))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => return Ok(Claim::HeldElsewhere),
+        Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&lock_path, e)),
+    }
+    let lock = PointLock {
+        file,
+        path: lock_path,
+    };
+    if path.exists() {
+        lock.release();
+        return Ok(Claim::Done);
+    }
+    Ok(Claim::Mine(lock))
 }
 
 /// Reads every stored point of `out/points/`, sorted by file name.

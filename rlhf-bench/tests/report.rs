@@ -326,3 +326,76 @@ fn a_run_directory_holds_one_configuration() {
     // the first configuration is still the directory's
     rlhf_bench::pipeline::claim_run_dir(&out, &a).unwrap();
 }
+
+/// Sweeps sharing one output directory, as on several machines: three at once store every point
+/// exactly once (each point is claimed before it runs, identical runs are copied), and a point
+/// whose lock another sweep holds is left to it, then run by the next sweep once that one has
+/// let it go unfinished.
+#[test]
+fn sweeps_sharing_a_directory_store_every_point_exactly_once() {
+    use std::path::Path;
+    use std::sync::Mutex;
+
+    use rlhf_bench::study::{SweepReport, all_stored, sweep_with};
+
+    let points = rlhf_bench::preset_points("smoke", &[], &[1, 2], "flex").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let runs = Mutex::new(0usize);
+    let runner = |cfg: &RunConfig, _: &Path, _: &Path| -> rlhf_core::Result<RunResult> {
+        *runs.lock().unwrap() += 1;
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        Ok(RunResult {
+            metrics: BTreeMap::from([(names::GOLD.to_string(), cfg.seed as f64)]),
+            items: BTreeMap::new(),
+            curve: Vec::new(),
+            wall_seconds: 0.0,
+        })
+    };
+
+    // a sweep elsewhere holds the first point
+    let held = &points[0];
+    let lock_path = dir
+        .path()
+        .join("points")
+        .join(held.file_name().replace(".json", ".lock"));
+    std::fs::create_dir_all(dir.path().join("points")).unwrap();
+    let lock = std::fs::File::create(&lock_path).unwrap();
+    lock.lock().unwrap();
+
+    let reports: Vec<SweepReport> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..3)
+            .map(|_| s.spawn(|| sweep_with(&points, dir.path(), false, &runner).unwrap()))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let sum = |f: fn(&SweepReport) -> usize| reports.iter().map(f).sum::<usize>();
+    assert_eq!(
+        sum(|r| r.ran) + sum(|r| r.copied),
+        points.len() - 1,
+        "{reports:?}"
+    );
+    assert_eq!(sum(|r| r.ran), *runs.lock().unwrap());
+    assert!(
+        sum(|r| r.copied) > 0,
+        "the smoke preset repeats its base run"
+    );
+    // each sweep left the held point (and maybe points a sibling was still running)
+    assert!(sum(|r| r.elsewhere) >= 3, "{reports:?}");
+    assert!(!all_stored(&points, dir.path()));
+    assert_eq!(read_points(dir.path()).unwrap().len(), points.len() - 1);
+
+    // the holder dies without storing it: the next sweep runs it, and only it
+    drop(lock);
+    let r = sweep_with(&points, dir.path(), false, &runner).unwrap();
+    assert_eq!(
+        (r.ran + r.copied, r.skipped, r.elsewhere),
+        (1, points.len() - 1, 0)
+    );
+    assert!(all_stored(&points, dir.path()));
+    let names: Vec<String> = std::fs::read_dir(dir.path().join("points"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(".json"))
+        .collect();
+    assert!(names.is_empty(), "lock files left behind: {names:?}");
+}

@@ -4,9 +4,11 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
+use burn::tensor::Device;
 use clap::{Args, Command, FromArgMatches, ValueEnum};
 use rlhf_core::train::{LrSchedule, OptimizerConfig, RunOptions};
 use rlhf_data::{FieldNames, Kind, ReadOptions};
+use rlhf_models::LoraConfig;
 use serde::{Deserialize, Serialize};
 
 /// The defaults of an option group: what clap gives for an empty command line. Every field of
@@ -46,6 +48,23 @@ pub struct ModelArgs {
     /// flex (CPU), wgpu, wgpu:cpu, vulkan, cuda:N (with the cargo feature compiled in).
     #[arg(long, default_value = "flex")]
     pub device: String,
+    /// Recompute memory-bound activations in the backward pass instead of keeping them (burn's
+    /// balanced checkpointing): less memory for some more compute [TRL:
+    /// --gradient_checkpointing].
+    #[arg(long)]
+    pub gradient_checkpointing: bool,
+}
+
+impl ModelArgs {
+    /// The training device: `--device` with autodiff, and gradient checkpointing when asked.
+    pub fn training_device(&self) -> Result<Device> {
+        let device = rlhf_core::parse_device(&self.device)?.autodiff();
+        Ok(if self.gradient_checkpointing {
+            device.gradient_checkpointing()
+        } else {
+            device
+        })
+    }
 }
 
 /// The training data.
@@ -225,7 +244,50 @@ pub struct TrainArgs {
     pub seed: u64,
 }
 
-defaults_from_clap!(ModelArgs, DataArgs, TrainArgs);
+/// LoRA instead of full fine-tuning [TRL: `ModelConfig`'s PEFT options].
+#[derive(Args, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(default)]
+pub struct LoraArgs {
+    /// Train LoRA adapters of this rank on the target modules and freeze every weight of the
+    /// model (0: train every weight). The frozen base is the reference (unless `--ref` names
+    /// another), and the output is the model with the adapters merged [TRL: --lora_r, with
+    /// --use_peft].
+    #[arg(long, visible_alias = "lora-r", default_value_t = 0)]
+    pub lora_rank: usize,
+    /// LoRA with TRL's default rank, 16, unless `--lora-rank` gives one [TRL: --use_peft].
+    #[arg(long)]
+    pub use_peft: bool,
+    /// α: the adapters' product is scaled by α/r [TRL: --lora_alpha].
+    #[arg(long, default_value_t = 32.0)]
+    pub lora_alpha: f64,
+    /// The modules to adapt, by name (`q_proj,v_proj`, `self_attn.o_proj`); `all-linear` is
+    /// every linear layer but the head. Default: PEFT's for the family (the query and value
+    /// projections) [TRL: --lora_target_modules].
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    pub lora_target_modules: Vec<String>,
+    /// Also write the adapters alone, in PEFT's layout (`adapter_model.safetensors`,
+    /// `adapter_config.json`), in OUT/adapter.
+    #[arg(long)]
+    pub save_adapter: bool,
+}
+
+defaults_from_clap!(ModelArgs, DataArgs, TrainArgs, LoraArgs);
+
+impl LoraArgs {
+    /// The library's LoRA settings, or `None` for full fine-tuning.
+    pub fn config(&self) -> Option<LoraConfig> {
+        let rank = match (self.lora_rank, self.use_peft) {
+            (0, false) => return None,
+            (0, true) => 16,
+            (r, _) => r,
+        };
+        Some(LoraConfig {
+            rank,
+            alpha: self.lora_alpha,
+            target_modules: self.lora_target_modules.clone(),
+        })
+    }
+}
 
 impl TrainArgs {
     /// AdamW with these settings and the command's default learning rate.

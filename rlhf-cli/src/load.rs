@@ -7,7 +7,11 @@ use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use burn::tensor::Device;
 use rlhf_data::{ChatFormat, JinjaTemplate, Tokenizer};
-use rlhf_models::{CausalLm, ScalarModel, TransformerConfig, load_pretrained};
+use rlhf_models::{
+    CausalLm, ScalarModel, TransformerConfig, apply_lora, load_pretrained, trainable_params,
+};
+
+use crate::args::LoraArgs;
 use rlhf_reward::{RewardModel, RewardSettings};
 
 /// A causal LM checkpoint with its tokenizer and chat format.
@@ -153,4 +157,56 @@ pub fn reward_model(dir: &Path, device: &Device) -> Result<RewardModel> {
 pub fn fresh_scalar(backbone: CausalLm, seed: u64) -> ScalarModel {
     let device = backbone.device();
     rlhf_core::train::seeded(&device, seed, || ScalarModel::from_backbone(backbone))
+}
+
+/// The policy as its trainer gets it: `model`, or, when `lora` asks for LoRA, `model` with
+/// adapters on the target modules and every other weight frozen (the adapters' `A` drawn from
+/// `seed`).
+pub fn policy(
+    model: CausalLm,
+    config: &TransformerConfig,
+    lora: &LoraArgs,
+    seed: u64,
+) -> Result<CausalLm> {
+    let Some(cfg) = lora.config() else {
+        if lora.save_adapter {
+            bail!("--save-adapter writes LoRA adapters: it needs --lora-rank R (or --use-peft)");
+        }
+        return Ok(model);
+    };
+    let model = apply_lora(model, &cfg, config.architecture, seed)?;
+    announce_lora(&model, &cfg, config);
+    Ok(model)
+}
+
+/// A reward model as its trainer gets it: [`policy`]'s LoRA on the backbone, with the `score`
+/// head trained whole (PEFT's `modules_to_save` for a classifier).
+pub fn scalar(
+    model: ScalarModel,
+    config: &TransformerConfig,
+    lora: &LoraArgs,
+    seed: u64,
+) -> Result<ScalarModel> {
+    let Some(cfg) = lora.config() else {
+        return Ok(model);
+    };
+    let model = apply_lora(model, &cfg, config.architecture, seed)?;
+    let model = ScalarModel {
+        score: model.score.set_require_grad(true),
+        backbone: model.backbone,
+    };
+    announce_lora(&model, &cfg, config);
+    Ok(model)
+}
+
+fn announce_lora<M: Module>(model: &M, cfg: &rlhf_models::LoraConfig, config: &TransformerConfig) {
+    let (trained, total) = trainable_params(model);
+    tracing::info!(
+        "LoRA: rank {}, alpha {}, on {}: {trained} of {total} parameters train ({:.2}%); the \
+         frozen base is the reference unless --ref names another model",
+        cfg.rank,
+        cfg.alpha,
+        cfg.targets(config.architecture).join(", "),
+        100.0 * trained as f64 / total.max(1) as f64
+    );
 }

@@ -8,9 +8,11 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use rlhf_core::train::fs::write_atomic;
 use rlhf_data::Tokenizer;
-use rlhf_models::{CausalLm, TransformerConfig, save_pretrained};
+use rlhf_models::{CausalLm, TransformerConfig, save_peft_adapter, save_pretrained};
 use rlhf_reward::RewardModel;
 use serde_json::Value;
+
+use crate::args::LoraArgs;
 
 /// The record of the options a run directory was made with.
 pub const RUN_RECORD: &str = "rlhf.toml";
@@ -18,6 +20,8 @@ pub const RUN_RECORD: &str = "rlhf.toml";
 /// Keys that may change between a run and its resumption (they do not change what is trained).
 const RESUMABLE_CHANGES: &[&str] = &[
     "device",
+    "gradient_checkpointing",
+    "save_adapter",
     "logging_steps",
     "save_steps",
     "save_total_limit",
@@ -79,14 +83,16 @@ fn copy_generation_files(from: &Path, out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Writes a trained causal LM as a Hugging Face directory: `config.json`, `model.safetensors`,
-/// the tokenizer's files, and the starting checkpoint's generation files.
+/// Writes a trained causal LM as a Hugging Face directory: `config.json`, `model.safetensors`
+/// (LoRA adapters merged), the tokenizer's files, and the starting checkpoint's generation files;
+/// with `--save-adapter`, the adapters alone in PEFT's layout in `out/adapter`.
 pub fn save_causal(
     out: &Path,
     model: &CausalLm,
     config: &TransformerConfig,
     tokenizer: &Tokenizer,
     from: &Path,
+    lora: &LoraArgs,
 ) -> Result<()> {
     save_pretrained(model, config, out)?;
     tokenizer.save_dir(out)?;
@@ -95,6 +101,15 @@ pub fn save_causal(
         "wrote {}: config.json, model.safetensors, tokenizer.json, tokenizer_config.json",
         out.display()
     );
+    if let (Some(cfg), true) = (lora.config(), lora.save_adapter) {
+        let dir = out.join("adapter");
+        let base = std::fs::canonicalize(from).unwrap_or_else(|_| from.to_path_buf());
+        save_peft_adapter(model, config, &cfg, &base, &dir)?;
+        tracing::info!(
+            "wrote {}: the LoRA adapters alone (adapter_model.safetensors, adapter_config.json)",
+            dir.display()
+        );
+    }
     Ok(())
 }
 

@@ -88,6 +88,36 @@ fn differ(a: &[f32], b: &[f32]) -> bool {
     a.len() == b.len() && a.iter().zip(b).any(|(x, y)| (x - y).abs() > 1e-4)
 }
 
+/// Runs `rlhf args` (whose output directory is `out`), SIGKILLs it once `metrics.jsonl` has
+/// `steps` lines, checks that it had not finished, and runs it again to the end (it resumes).
+fn kill_then_resume(args: &[String], out: &Path, steps: usize) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rlhf"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while metric(out, "loss").len() < steps {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it was killed"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the run did not reach step {steps}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        !out.join("model.safetensors").exists(),
+        "killed before the end"
+    );
+    ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+}
+
 #[test]
 fn help_lists_every_option_and_mistakes_are_named() {
     for (sub, flags) in [
@@ -119,6 +149,9 @@ fn help_lists_every_option_and_mistakes_are_named() {
                 "--ref",
                 "--ref-cache",
                 "--gradient-accumulation-steps",
+                "--lora-rank",
+                "--lora-target-modules",
+                "--save-adapter",
             ],
         ),
         (
@@ -615,7 +648,8 @@ fn grpo_with_an_exact_match_verifier_raises_the_verifiers_mean() {
 }
 
 /// The on-policy commands run end to end with a reward model (PPO's critic from it), a verifier,
-/// and an ensemble; `eval`, `check` and `plot` read what they wrote.
+/// and an ensemble, PPO and GSPO with LoRA policies; `eval`, `check` and `plot` read what they
+/// wrote.
 #[test]
 fn every_on_policy_command_runs_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
@@ -636,26 +670,27 @@ fn every_on_policy_command_runs_end_to_end() {
         "256",
     ]);
     let start = probe(&fixture("tiny-pythia"));
-    for (cmd, reward) in [
-        ("ppo", s(&rm)),
-        ("grpo", format!("mean(rm:{},length:0.05)", s(&rm))),
-        ("rloo", "length:0.1".to_string()),
-        ("reinforce-pp", "regex:e".to_string()),
-        ("dapo", format!("judge:{}", fixture("tiny-pythia"))),
-        ("gspo", "length:0.1".to_string()),
-        ("cispo", "regex:e".to_string()),
+    for (cmd, reward, lora) in [
+        ("ppo", s(&rm), &["--lora-rank", "4"][..]),
+        ("grpo", format!("mean(rm:{},length:0.05)", s(&rm)), &[]),
+        ("rloo", "length:0.1".to_string(), &[]),
+        ("reinforce-pp", "regex:e".to_string(), &[]),
+        ("dapo", format!("judge:{}", fixture("tiny-pythia")), &[]),
+        ("gspo", "length:0.1".to_string(), &["--use-peft"]),
+        ("cispo", "regex:e".to_string(), &[]),
     ] {
         let out = dir.path().join(cmd);
-        ok(&[
+        let (model, out_arg) = (fixture("tiny-pythia"), s(&out));
+        let mut args = vec![
             cmd,
             "--model",
-            &fixture("tiny-pythia"),
+            &model,
             "--prompts",
             &prompts,
             "--reward",
             &reward,
             "--out",
-            &s(&out),
+            &out_arg,
             "--iterations",
             "2",
             "--prompts-per-batch",
@@ -664,7 +699,9 @@ fn every_on_policy_command_runs_end_to_end() {
             "8",
             "--learning-rate",
             "1e-3",
-        ]);
+        ];
+        args.extend(lora);
+        ok(&args);
         assert!(
             differ(&start, &probe(&s(&out))),
             "{cmd}: the policy did not move"
@@ -739,28 +776,7 @@ fn a_killed_dpo_run_resumes_to_the_same_weights() {
 
     let broken = dir.path().join("broken");
     let b = args(&broken);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rlhf"))
-        .args(&b)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while metric(&broken, "loss").len() < 7 {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the run ended before it was killed"
-        );
-        assert!(Instant::now() < deadline, "the run did not reach step 7");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    assert!(
-        !broken.join("model.safetensors").exists(),
-        "killed before the end"
-    );
-    ok(&b.iter().map(String::as_str).collect::<Vec<_>>());
+    kill_then_resume(&b, &broken, 7);
     assert_eq!(
         std::fs::read(straight.join("model.safetensors")).unwrap(),
         std::fs::read(broken.join("model.safetensors")).unwrap(),
@@ -773,6 +789,136 @@ fn a_killed_dpo_run_resumes_to_the_same_weights() {
     let out = rlhf(&other.iter().map(String::as_str).collect::<Vec<_>>());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("`beta`"), "{err}");
+}
+
+/// `rlhf dpo --lora-rank`: under 5% of the parameters train, the held-out margin rises, the output
+/// is a plain Hugging Face checkpoint (adapters merged) with PEFT's adapter files beside it, a
+/// killed run resumes to the same bytes, and `--save-adapter` without LoRA is refused; a reward
+/// model trains with LoRA on every linear layer and its whole score head.
+#[test]
+fn dpo_with_lora_trains_the_adapters_only_and_resumes_after_a_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let pairs = head("preference.jsonl", 48, dir.path());
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "dpo",
+            "--model",
+            &fixture("tiny-pythia"),
+            "--data",
+            &pairs,
+            "--eval-data",
+            &pairs,
+            "--out",
+            &s(out),
+            "--lora-rank",
+            "8",
+            "--lora-alpha",
+            "16",
+            "--save-adapter",
+            "--learning-rate",
+            "1e-2",
+            "--num-train-epochs",
+            "3",
+            "--per-device-train-batch-size",
+            "4",
+            "--beta",
+            "0.5",
+            "--save-steps",
+            "3",
+            "--max-length",
+            "256",
+            "--logging-steps",
+            "1",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect()
+    };
+    let straight = dir.path().join("straight");
+    let a = args(&straight);
+    let out = rlhf(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    let share: f64 = log
+        .split("parameters train (")
+        .nth(1)
+        .and_then(|t| t.split('%').next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("no LoRA line in\n{log}"));
+    assert!(share < 5.0, "{share}% of the parameters train");
+    let margins = metric(&straight, "eval_rewards/margins");
+    let accuracy = metric(&straight, "eval_rewards/accuracies");
+    let (m, acc) = (*margins.last().unwrap(), *accuracy.last().unwrap());
+    assert!(
+        m > 0.3 && acc >= 0.75,
+        "held-out margin {m}, accuracy {acc}"
+    );
+    // a plain checkpoint (the loader refuses tensors the model does not have) that moved
+    assert!(differ(
+        &probe(&fixture("tiny-pythia")),
+        &probe(&s(&straight))
+    ));
+    for f in ["adapter_model.safetensors", "adapter_config.json"] {
+        assert!(straight.join("adapter").join(f).is_file(), "adapter/{f}");
+    }
+
+    let broken = dir.path().join("broken");
+    kill_then_resume(&args(&broken), &broken, 20);
+    for f in ["model.safetensors", "adapter/adapter_model.safetensors"] {
+        assert_eq!(
+            std::fs::read(straight.join(f)).unwrap(),
+            std::fs::read(broken.join(f)).unwrap(),
+            "{f}: the resumed run differs from the uninterrupted run"
+        );
+    }
+
+    let out = rlhf(&[
+        "dpo",
+        "--model",
+        &fixture("tiny-pythia"),
+        "--data",
+        &pairs,
+        "--out",
+        &s(&dir.path().join("full")),
+        "--save-adapter",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--lora-rank"),
+        "{err}"
+    );
+
+    // a reward model with LoRA on every linear layer: the adapters and the whole score head train
+    let rm = dir.path().join("rm");
+    ok(&[
+        "rm",
+        "--model",
+        &fixture("tiny-qwen2-chat"),
+        "--data",
+        &pairs,
+        "--eval-data",
+        &pairs,
+        "--out",
+        &s(&rm),
+        "--lora-rank",
+        "8",
+        "--lora-target-modules",
+        "all-linear",
+        "--learning-rate",
+        "5e-3",
+        "--num-train-epochs",
+        "4",
+        "--max-length",
+        "256",
+    ]);
+    let acc = metric(&rm, "eval_accuracy");
+    assert!(
+        *acc.last().unwrap() >= 0.8,
+        "RM accuracy on its training pairs {acc:?}"
+    );
+    let device = rlhf_core::parse_device("flex").unwrap();
+    let (_, _, _, head) = rlhf_models::load_scalar_pretrained(&rm, &device).unwrap();
+    assert!(head, "the score head was written");
 }
 
 /// The leaves of a configuration as JSON: `optimizer.lr`, …; an enum or a pair is one leaf.

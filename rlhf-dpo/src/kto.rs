@@ -536,10 +536,11 @@ pub fn train_kto(
     let longest = |f: fn(&KtoExample) -> usize| train.iter().map(f).max().unwrap_or(0);
     let seq = (longest(|e| e.prompt.len()) + longest(|e| e.response.len())) as u64;
     let shape = policy.shape();
+    let (trained, frozen) = memory::parameter_counts(&policy);
     memory::check_batch_fits(
         "KTO",
-        policy.num_params() as u64,
-        reference.num_params() as u64,
+        trained,
+        frozen + memory::params_not_in(reference, &policy),
         &memory::Batch {
             // the last batch may hold one more example (a last chunk of one joins it)
             rows: cfg.batch_size as u64 + 1,

@@ -345,10 +345,11 @@ pub fn train_online_dpo(
     // is trained on both responses of a minibatch's pairs, the reference is held
     let shape = policy.shape();
     let longest = prompt_ids.iter().map(Vec::len).max().unwrap_or(0);
+    let (trained, frozen) = memory::parameter_counts(&policy);
     memory::check_batch_fits(
         "online DPO",
-        policy.num_params() as u64,
-        inputs.reference.num_params() as u64,
+        trained,
+        frozen + memory::params_not_in(inputs.reference, &policy),
         &memory::Batch {
             rows: 2 * cfg.prompts_per_round.div_ceil(cfg.minibatches) as u64,
             seq: (longest + cfg.sampling.max_new_tokens) as u64,

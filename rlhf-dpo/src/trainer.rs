@@ -485,10 +485,11 @@ pub fn train_offline(
         .max()
         .unwrap_or(0) as u64;
     let shape = policy.shape();
+    let (trained, frozen) = memory::parameter_counts(&policy);
     memory::check_batch_fits(
         "offline preference training",
-        policy.num_params() as u64,
-        reference.num_params() as u64,
+        trained,
+        frozen + memory::params_not_in(reference, &policy),
         &memory::Batch {
             rows: cfg.batch_size as u64 * k_responses,
             seq,

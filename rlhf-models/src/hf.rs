@@ -11,12 +11,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use burn::module::Module;
 use burn::store::{
     BurnToPyTorchAdapter, ChainAdapter, FloatCastAdapter, ModuleSnapshot, PyTorchToBurnAdapter,
     SafetensorsStore,
 };
 use burn::tensor::{DType, Device};
-use rlhf_core::train::fs::write_atomic;
+use rlhf_core::train::fs::{write_atomic, write_atomic_parts};
 use rlhf_core::{Error, Result};
 use serde_json::{Map, Value, json};
 
@@ -71,6 +72,23 @@ fn row(arch: Architecture) -> (&'static str, &'static [&'static str]) {
         .find(|(a, _, _)| *a == arch)
         .expect("every architecture has a row in NAME_MAP");
     (prefix, modules)
+}
+
+/// The Hugging Face name of the parameter at `path` in a [`CausalLm`]'s module tree
+/// (`Llama.layers.0.self_attn.q_proj.weight` → `model.layers.0.self_attn.q_proj.weight`): the
+/// enum variant dropped, the family's prefix added to its body's modules.
+pub(crate) fn hf_parameter_name(arch: Architecture, path: &str) -> String {
+    let body = match path.split_once('.') {
+        Some((variant, rest)) if ["GptNeox", "Llama", "Gpt2"].contains(&variant) => rest,
+        _ => path,
+    };
+    let (prefix, modules) = row(arch);
+    let top = body.split('.').next().unwrap_or(body);
+    if modules.contains(&top) {
+        format!("{prefix}.{body}")
+    } else {
+        body.to_string()
+    }
 }
 
 /// The `transformers` class of a causal checkpoint of `arch`.
@@ -917,8 +935,10 @@ fn load_weights<M: ModuleSnapshot>(
 /// The LM heads of causal checkpoints, which a scalar model's backbone does not have.
 const LM_HEADS: &[&str] = &["embed_out.", "lm_head."];
 
-/// Writes `model` (language model under `inner`) to `dir/model.safetensors`, atomically.
-fn save_weights<M: ModuleSnapshot>(
+/// Writes `model` (language model under `inner`) to `dir/model.safetensors`, atomically. LoRA
+/// adapters are merged into their weights first ([`Module::materialize`]), so the file is a
+/// plain checkpoint of the model as it computes.
+fn save_weights<M: Module + ModuleSnapshot>(
     model: &M,
     arch: Architecture,
     dir: &Path,
@@ -940,19 +960,20 @@ fn save_weights<M: ModuleSnapshot>(
     }
     let path = dir.join("model.safetensors");
     model
+        .clone()
+        .materialize()
         .save_into(&mut store)
         .map_err(|e| store_error(&path, e))?;
     let bytes = store.get_bytes().map_err(|e| store_error(&path, e))?;
-    write_atomic(
-        &path,
-        &canonical_header(&bytes).map_err(|e| store_error(&path, e))?,
-    )
+    let (header, body) = canonical_header(&bytes).map_err(|e| store_error(&path, e))?;
+    write_atomic_parts(&path, &[&header, body])
 }
 
 /// The safetensors file `bytes` with its header's keys sorted, so that one model always gives
 /// the same file: burn keeps `__metadata__` in a hash map, whose order changes from process to
 /// process. The header is padded with spaces to a multiple of 8 bytes, as the format allows.
-fn canonical_header(bytes: &[u8]) -> std::result::Result<Vec<u8>, String> {
+/// Returned as the new length and header, and the tensor data of `bytes` that follows them.
+fn canonical_header(bytes: &[u8]) -> std::result::Result<(Vec<u8>, &[u8]), String> {
     let len = bytes
         .get(..8)
         .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
@@ -976,9 +997,8 @@ fn canonical_header(bytes: &[u8]) -> std::result::Result<Vec<u8>, String> {
         .collect();
     let mut text = serde_json::to_vec(&sorted).map_err(|e| e.to_string())?;
     text.resize(text.len().next_multiple_of(8), b' ');
-    let mut out = Vec::with_capacity(8 + text.len() + bytes.len() - 8 - len);
-    out.extend_from_slice(&(text.len() as u64).to_le_bytes());
-    out.extend_from_slice(&text);
-    out.extend_from_slice(&bytes[8 + len..]);
-    Ok(out)
+    let mut header = Vec::with_capacity(8 + text.len());
+    header.extend_from_slice(&(text.len() as u64).to_le_bytes());
+    header.extend_from_slice(&text);
+    Ok((header, &bytes[8 + len..]))
 }

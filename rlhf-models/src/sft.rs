@@ -300,10 +300,11 @@ pub fn train_sft(
         .map(|b| (b.batch as u64, b.seq as u64))
         .max_by_key(|&(r, s)| shape.activation_bytes(r, s))
         .unwrap_or((1, 1));
+    let (trained, frozen) = memory::parameter_counts(&model);
     memory::check_batch_fits(
         "SFT",
-        model.num_params() as u64,
-        0,
+        trained,
+        frozen,
         &memory::Batch {
             rows,
             seq,

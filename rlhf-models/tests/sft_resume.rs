@@ -200,3 +200,61 @@ proptest::proptest! {
         proptest::prop_assert!(diff < 1e-4, "logits after the step differ by {}", diff);
     }
 }
+
+/// Gradient checkpointing changes what autodiff keeps, not what it computes: two SFT steps on a
+/// checkpointing device give the loss, gradient norm and weights of the same steps without it.
+#[test]
+fn gradient_checkpointing_gives_the_same_steps() {
+    let plain = rlhf_core::device_from_env().unwrap().autodiff();
+    let checkpointing = plain.clone().gradient_checkpointing();
+    assert_ne!(
+        format!("{:?}", plain.gradient_checkpointing_strategy()),
+        format!("{:?}", checkpointing.gradient_checkpointing_strategy())
+    );
+    let train: Vec<Example> = data().into_iter().take(8).collect();
+    let run = |device: &Device| {
+        let cfg = SftConfig {
+            epochs: 1,
+            batch_size: 4,
+            optimizer: OptimizerConfig {
+                lr: 1e-2,
+                ..OptimizerConfig::default()
+            },
+            seed: 3,
+            ..SftConfig::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let options = RunOptions {
+            progress: false,
+            ..RunOptions::in_dir(dir.path())
+        };
+        let (m, r) = train_sft(model(device), &train, &[], &cfg, &options, device).unwrap();
+        assert_eq!(r.steps, 2);
+        (
+            probe(&m),
+            first_line(dir.path(), "loss"),
+            first_line(dir.path(), "grad_norm"),
+        )
+    };
+    let (w, loss, norm) = run(&plain);
+    let (w_gc, loss_gc, norm_gc) = run(&checkpointing);
+    assert!(
+        (loss - loss_gc).abs() <= 1e-6 * loss.abs(),
+        "loss {loss} vs {loss_gc}"
+    );
+    assert!(
+        (norm - norm_gc).abs() <= 1e-5 * norm,
+        "gradient norm {norm} vs {norm_gc}"
+    );
+    let diff = w
+        .iter()
+        .zip(&w_gc)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(diff < 1e-5, "logits after two steps differ by {diff}");
+    let start = probe(&model(&plain));
+    assert!(
+        w.iter().zip(&start).any(|(a, b)| (a - b).abs() > 1e-3),
+        "the steps moved the weights"
+    );
+}

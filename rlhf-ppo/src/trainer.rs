@@ -700,8 +700,10 @@ pub fn ppo_iteration(
     device: &Device,
 ) -> Result<Iteration> {
     let start = Instant::now();
+    // LoRA adapters are merged into the sampling copy: a decode step then runs one product per
+    // weight instead of composing `W + (α/r)·A·B` again for every token
     let inference = PolicyAndValue {
-        policy: models.policy.valid(),
+        policy: models.policy.valid().materialize(),
         value: models.value.as_ref().map(|v| v.valid()),
     };
 
@@ -846,7 +848,11 @@ pub fn train_ppo(
     };
     // refuse, before the first rollout, a run whose minibatches would not fit in memory: the
     // policy and the critic are trained, the reference is held (the scorer is the caller's)
-    let trained = models.policy.num_params() + models.value.as_ref().map_or(0, |v| v.num_params());
+    let (policy_trained, policy_frozen) = memory::parameter_counts(&models.policy);
+    let (value_trained, value_frozen) = models
+        .value
+        .as_ref()
+        .map_or((0, 0), memory::parameter_counts);
     let (rows, seq) = (
         (cfg.batch_size() / cfg.num_minibatches) as u64,
         (cfg.query_length + cfg.response_length) as u64,
@@ -857,8 +863,8 @@ pub fn train_ppo(
     );
     memory::check_batch_fits(
         "PPO",
-        trained as u64,
-        inputs.reference.num_params() as u64,
+        policy_trained + value_trained,
+        policy_frozen + value_frozen + memory::params_not_in(inputs.reference, &models.policy),
         &memory::Batch {
             rows,
             seq,

@@ -406,10 +406,11 @@ fn run_fit(
 /// not fit in memory.
 fn check_memory(model: &ScalarModel, label: &str, rows: usize, seq: usize) -> Result<()> {
     let shape = model.shape();
+    let (trained, frozen) = memory::parameter_counts(model);
     memory::check_batch_fits(
         label,
-        model.num_params() as u64,
-        0,
+        trained,
+        frozen,
         &memory::Batch {
             rows: rows as u64,
             seq: seq as u64,

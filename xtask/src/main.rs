@@ -99,8 +99,9 @@ fn check_cuda() -> Result<(), ()> {
 /// With `regenerate`, rewrites `rlhf-models/tests/fixtures/hf/` with the given Python (which
 /// needs `torch` and `transformers`; the tests themselves never run Python). Then round-trips
 /// every parity fixture through `save_pretrained` and has `transformers` load the result; then
-/// runs every training command of `rlhf` briefly on the command-line fixtures and has
-/// `transformers` load each output directory, comparing its logits (or scores) with ours.
+/// runs every training command of `rlhf` briefly on the command-line fixtures (and DPO with
+/// LoRA) and has `transformers` load each output directory, comparing its logits (or scores)
+/// with ours; a LoRA run's PEFT adapter files are loaded with `peft` on the base model too.
 fn fixtures(python: &str, regenerate: bool) -> Result<(), ()> {
     let out = "rlhf-models/tests/fixtures/hf";
     if regenerate {
@@ -185,6 +186,19 @@ fn fixtures(python: &str, regenerate: bool) -> Result<(), ()> {
             run(&mut c)?;
             pairs.push((dir(cmd), scalar));
         }
+        // LoRA: the merged output, and PEFT's adapter files on the base (checked below)
+        let targets = if model == "tiny-pythia" {
+            "query_key_value"
+        } else {
+            "all-linear"
+        };
+        run(Command::new(&rlhf)
+            .args(["dpo", "--model", &base, "--out", &dir("dpo-lora")])
+            .args(["--data", &format!("{tldr}/preference.jsonl")])
+            .args(["--lora-rank", "4", "--lora-target-modules", targets])
+            .args(["--save-adapter", "--learning-rate", "1e-2"])
+            .args(["--max-length", "256", "--quiet"]))?;
+        pairs.push((dir("dpo-lora"), false));
         for cmd in ["ppo", "grpo"] {
             let reward = if cmd == "ppo" {
                 dir("rm")

@@ -21,9 +21,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use rlhf_bench::pipeline::claim_run_dir;
+use rlhf_bench::study::all_stored;
 use rlhf_bench::{RunConfig, preset_points, read_points, run, sweep, write_report};
 
-/// The line a child of a parallel sweep prints last: `ran copied skipped`.
+/// The line a child of a parallel sweep prints last: `ran copied skipped elsewhere`.
 const SUMMARY: &str = "sweep-summary";
 
 /// Runs the seeds of `points` in `jobs` child processes of this binary at once (seeds dealt out
@@ -145,10 +146,11 @@ fn parallel_sweep(
             .flat_map(|l| l.split_whitespace().filter_map(|x| x.parse().ok()))
             .collect();
         match (status.success(), counts.as_slice()) {
-            (true, [ran, copied, skipped]) => {
+            (true, [ran, copied, skipped, elsewhere]) => {
                 total.ran += ran;
                 total.copied += copied;
                 total.skipped += skipped;
+                total.elsewhere += elsewhere;
             }
             _ => failed.push((seeds, status)),
         }
@@ -324,7 +326,28 @@ fn main() -> ExitCode {
                 };
                 if no_report {
                     // a child of a parallel sweep: its counts, for the parent
-                    println!("{SUMMARY} {} {} {}", r.ran, r.copied, r.skipped);
+                    println!(
+                        "{SUMMARY} {} {} {} {}",
+                        r.ran, r.copied, r.skipped, r.elsewhere
+                    );
+                    return Ok(());
+                }
+                let counts = format!(
+                    "ran {} points, copied {} identical ones, skipped {} finished ones, in {:.0} s",
+                    r.ran,
+                    r.copied,
+                    r.skipped,
+                    start.elapsed().as_secs_f64()
+                );
+                // sweeps sharing the directory: the one that ends with every point stored
+                // writes the report
+                if !all_stored(&points, &out) {
+                    eprintln!(
+                        "{counts}; {} points are still running in another sweep of {}, which \
+                         writes the report when it has them all",
+                        r.elsewhere,
+                        out.display()
+                    );
                     return Ok(());
                 }
                 let all = read_points(&out)?;
@@ -333,14 +356,7 @@ fn main() -> ExitCode {
                     &all,
                     &format!("RLHF scaling study, preset `{preset}`"),
                 )?;
-                eprintln!(
-                    "ran {} points, copied {} identical ones, skipped {} finished ones, in {:.0} s; report: {}",
-                    r.ran,
-                    r.copied,
-                    r.skipped,
-                    start.elapsed().as_secs_f64(),
-                    out.join("report.md").display()
-                );
+                eprintln!("{counts}; report: {}", out.join("report.md").display());
                 Ok(())
             })
         }

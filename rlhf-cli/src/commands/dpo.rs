@@ -9,7 +9,7 @@ use rlhf_data::{Kind, KwiseRecord, PreferenceRecord, detect_kind};
 use rlhf_dpo::{DpoConfig, Group, OfflineLoss, RefCache, train_offline};
 use serde::{Deserialize, Serialize};
 
-use crate::args::{DataArgs, ModelArgs, TrainArgs, defaults_from_clap, kind_str};
+use crate::args::{DataArgs, LoraArgs, ModelArgs, TrainArgs, defaults_from_clap, kind_str};
 use crate::commands::Prepared;
 use crate::data::{Encoder, kwise_groups, preference_groups, prompt_key, read_split};
 use crate::{load, output};
@@ -54,6 +54,9 @@ pub struct DpoArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub train: TrainArgs,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub lora: LoraArgs,
     /// The frozen reference (default: `--model`) [TRL: --ref_model].
     #[arg(long = "ref", visible_alias = "ref-model", value_name = "DIR")]
     pub ref_model: Option<PathBuf>,
@@ -190,7 +193,12 @@ pub fn run(args: &DpoArgs, toml: &str) -> Result<()> {
     output::claim(&p.out, "dpo", toml)?;
     let cache = RefCache::new(args.ref_cache.then(|| p.out.join("ref-cache")).as_deref());
     let (policy, report) = train_offline(
-        p.ckpt.model.clone(),
+        load::policy(
+            p.ckpt.model.clone(),
+            &p.ckpt.config,
+            &args.lora,
+            args.train.seed,
+        )?,
         &reference,
         &train,
         &eval,
@@ -199,7 +207,14 @@ pub fn run(args: &DpoArgs, toml: &str) -> Result<()> {
         &args.train.run_options(&p.out),
         &p.device,
     )?;
-    output::save_causal(&p.out, &policy, &p.ckpt.config, &p.ckpt.tokenizer, &p.dir)?;
+    output::save_causal(
+        &p.out,
+        &policy,
+        &p.ckpt.config,
+        &p.ckpt.tokenizer,
+        &p.dir,
+        &args.lora,
+    )?;
     tracing::info!(
         "dpo: {} steps ({} this run), reference batches computed {}, final loss {:.4}{}",
         report.steps,

@@ -11,7 +11,7 @@ use rlhf_data::{Kind, PreferenceRecord, UnpairedRecord, detect_kind};
 use rlhf_dpo::{KtoConfig, KtoExample, RefCache, kto_batches, train_kto};
 use serde::{Deserialize, Serialize};
 
-use crate::args::{DataArgs, ModelArgs, TrainArgs, defaults_from_clap, kind_str};
+use crate::args::{DataArgs, LoraArgs, ModelArgs, TrainArgs, defaults_from_clap, kind_str};
 use crate::commands::Prepared;
 use crate::data::{Dropped, Encoder, prompt_key, read_split};
 use crate::{load, output};
@@ -32,6 +32,9 @@ pub struct KtoArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub train: TrainArgs,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub lora: LoraArgs,
     /// The frozen reference (default: `--model`) [TRL: --ref_model].
     #[arg(long = "ref", visible_alias = "ref-model", value_name = "DIR")]
     pub ref_model: Option<PathBuf>,
@@ -191,7 +194,12 @@ pub fn run(args: &KtoArgs, toml: &str) -> Result<()> {
     output::claim(&p.out, "kto", toml)?;
     let cache = RefCache::new(args.ref_cache.then(|| p.out.join("ref-cache")).as_deref());
     let (policy, report) = train_kto(
-        p.ckpt.model.clone(),
+        load::policy(
+            p.ckpt.model.clone(),
+            &p.ckpt.config,
+            &args.lora,
+            args.train.seed,
+        )?,
         &reference,
         &train,
         &eval,
@@ -200,7 +208,14 @@ pub fn run(args: &KtoArgs, toml: &str) -> Result<()> {
         &args.train.run_options(&p.out),
         &p.device,
     )?;
-    output::save_causal(&p.out, &policy, &p.ckpt.config, &p.ckpt.tokenizer, &p.dir)?;
+    output::save_causal(
+        &p.out,
+        &policy,
+        &p.ckpt.config,
+        &p.ckpt.tokenizer,
+        &p.dir,
+        &args.lora,
+    )?;
     tracing::info!(
         "kto: {} steps ({} this run), reference batches computed {}, final loss {:.4}{}",
         report.steps,

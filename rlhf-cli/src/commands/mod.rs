@@ -44,7 +44,7 @@ impl Prepared {
         if out == dir {
             bail!("--out must not be the --model directory: the model there would be overwritten");
         }
-        let device = rlhf_core::parse_device(&model.device)?.autodiff();
+        let device = model.training_device()?;
         let ckpt = load::checkpoint(&dir, &device, data.chat_template.as_deref())?;
         Ok(Prepared {
             dir,

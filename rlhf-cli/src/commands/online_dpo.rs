@@ -12,7 +12,7 @@ use rlhf_dpo::{OfflineLoss, OnlineDpoConfig, OnlineDpoInputs, train_online_dpo};
 use rlhf_models::SamplingConfig;
 use serde::{Deserialize, Serialize};
 
-use crate::args::{ModelArgs, Scheduler, defaults_from_clap, schedule};
+use crate::args::{LoraArgs, ModelArgs, Scheduler, defaults_from_clap, schedule};
 use crate::data::prompts;
 use crate::reward::Spec;
 use crate::{load, output};
@@ -37,6 +37,9 @@ pub struct OnlineDpoArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub lora: LoraArgs,
     /// The prompts: JSONL (optionally .gz) or parquet with a prompt field (text or messages);
     /// a verifier reads its reference from the same records [TRL: --dataset_name].
     #[arg(long, visible_alias = "dataset-name", value_name = "FILE")]
@@ -213,7 +216,7 @@ pub fn run(args: &OnlineDpoArgs, toml: &str) -> Result<()> {
     let spec: Spec = reward.parse()?;
     let cfg = args.config(args.total_steps());
     cfg.validate()?;
-    let device = rlhf_core::parse_device(&args.model.device)?.autodiff();
+    let device = args.model.training_device()?;
     let ckpt = load::checkpoint(dir, &device, args.chat_template.as_deref())?;
     let reference = load::reference(args.ref_model.as_deref(), &ckpt, &device)?;
     let opts = rlhf_data::ReadOptions {
@@ -255,9 +258,15 @@ pub fn run(args: &OnlineDpoArgs, toml: &str) -> Result<()> {
         log_every: args.logging_steps.max(1),
         ..RunOptions::in_dir(out)
     };
-    let (policy, report) = train_online_dpo(ckpt.model.clone(), &inputs, &cfg, &run, &device)
-        .context("rlhf online-dpo")?;
-    output::save_causal(out, &policy, &ckpt.config, &ckpt.tokenizer, dir)?;
+    let (policy, report) = train_online_dpo(
+        load::policy(ckpt.model.clone(), &ckpt.config, &args.lora, args.seed)?,
+        &inputs,
+        &cfg,
+        &run,
+        &device,
+    )
+    .context("rlhf online-dpo")?;
+    output::save_causal(out, &policy, &ckpt.config, &ckpt.tokenizer, dir, &args.lora)?;
     let get = |n: &str| {
         report
             .last

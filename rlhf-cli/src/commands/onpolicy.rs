@@ -15,7 +15,7 @@ use rlhf_models::ScalarModel;
 use rlhf_ppo::{PolicyAndValue, PpoConfig, PpoInputs, train_ppo};
 use serde::{Deserialize, Serialize};
 
-use crate::args::{ModelArgs, defaults_from_clap};
+use crate::args::{LoraArgs, ModelArgs, defaults_from_clap};
 use crate::data::{Encoder, prompts, read};
 use crate::reward::Spec;
 use crate::{load, output};
@@ -121,6 +121,9 @@ pub struct OnPolicyArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub lora: LoraArgs,
     /// The prompts: JSONL (optionally .gz) or parquet with a prompt field (text or messages);
     /// a verifier reads its reference from the same records [TRL: --dataset_name].
     #[arg(long, visible_alias = "dataset-name", value_name = "FILE")]
@@ -531,7 +534,7 @@ pub fn run(method: Method, args: &OnPolicyArgs, toml: &str) -> Result<()> {
         );
     };
     let spec: Spec = reward.parse()?;
-    let device = rlhf_core::parse_device(&args.model.device)?.autodiff();
+    let device = args.model.training_device()?;
     let ckpt = load::checkpoint(dir, &device, args.chat_template.as_deref())?;
     let reference = load::reference(args.ref_model.as_deref(), &ckpt, &device)?;
     let opts = rlhf_data::ReadOptions {
@@ -624,14 +627,24 @@ pub fn run(method: Method, args: &OnPolicyArgs, toml: &str) -> Result<()> {
     };
     let critic: Option<ScalarModel> = critic;
     let (models, report) = train_ppo(
-        PolicyAndValue::new(ckpt.model.clone(), critic),
+        PolicyAndValue::new(
+            load::policy(ckpt.model.clone(), &ckpt.config, &args.lora, args.seed)?,
+            critic,
+        ),
         &inputs,
         &cfg,
         &run,
         &device,
     )
     .with_context(|| format!("rlhf {}", method.name()))?;
-    output::save_causal(out, &models.policy, &ckpt.config, &ckpt.tokenizer, dir)?;
+    output::save_causal(
+        out,
+        &models.policy,
+        &ckpt.config,
+        &ckpt.tokenizer,
+        dir,
+        &args.lora,
+    )?;
     let get = |n: &str| {
         report
             .last

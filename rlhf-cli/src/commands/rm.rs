@@ -17,7 +17,7 @@ use rlhf_reward::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::args::{DataArgs, ModelArgs, TrainArgs, defaults_from_clap, kind_str};
+use crate::args::{DataArgs, LoraArgs, ModelArgs, TrainArgs, defaults_from_clap, kind_str};
 use crate::data::{
     Encoder, kwise_groups, outcome_examples, preference_groups, prompt_key, ranked, read,
     read_split, step_examples,
@@ -52,6 +52,9 @@ pub struct RmArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub train: TrainArgs,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub lora: LoraArgs,
     /// η of the centering term `η·mean[(Σ_k r_k)²]` (0: off) [TRL:
     /// --center_rewards_coefficient].
     #[arg(long, default_value_t = 0.0)]
@@ -106,7 +109,13 @@ pub fn run(args: &RmArgs, toml: &str) -> Result<()> {
     let (Some(dir), Some(out)) = (&args.model.model, &args.model.out) else {
         bail!("--model DIR and --out DIR are required (or `model`, `out` in the config file)");
     };
-    let device = rlhf_core::parse_device(&args.model.device)?.autodiff();
+    if args.lora.save_adapter {
+        bail!(
+            "rlhf rm writes the reward model with its adapters merged; --save-adapter (PEFT's \
+             causal-LM layout) is for the policy commands"
+        );
+    }
+    let device = args.model.training_device()?;
     let tokenizer = Tokenizer::from_dir(dir)
         .with_context(|| format!("loading the tokenizer in {}", dir.display()))?;
     let format = match &args.data.chat_template {
@@ -114,6 +123,10 @@ pub fn run(args: &RmArgs, toml: &str) -> Result<()> {
         None => tokenizer.config().chat_format()?,
     };
     let start = load::reward_model(dir, &device)?;
+    let start = RewardModel {
+        model: load::scalar(start.model, &start.config, &args.lora, args.train.seed)?,
+        ..start
+    };
     let (max_prompt, max_response) = args.data.limits()?;
     let enc = Encoder {
         tokenizer: &tokenizer,

@@ -7,10 +7,10 @@ use rlhf_data::SftRecord;
 use rlhf_models::{SftConfig, train_sft};
 use serde::{Deserialize, Serialize};
 
-use crate::args::{DataArgs, ModelArgs, TrainArgs, defaults_from_clap};
+use crate::args::{DataArgs, LoraArgs, ModelArgs, TrainArgs, defaults_from_clap};
 use crate::commands::Prepared;
 use crate::data::{Encoder, prompt_key, read_split, sft_examples};
-use crate::output;
+use crate::{load, output};
 
 /// TRL's `SFTConfig.learning_rate`.
 pub const DEFAULT_LR: f64 = 2e-5;
@@ -28,6 +28,9 @@ pub struct SftArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub train: TrainArgs,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub lora: LoraArgs,
     /// Pack examples end to end into rows of this many tokens (fewer pads; attention crosses
     /// example boundaries) [TRL: --packing with --max_length].
     #[arg(long, value_name = "TOKENS")]
@@ -81,14 +84,26 @@ pub fn run(args: &SftArgs, toml: &str) -> Result<()> {
     let cfg = args.config(args.train.total_steps(train.len()));
     output::claim(&p.out, "sft", toml)?;
     let (model, report) = train_sft(
-        p.ckpt.model.clone(),
+        load::policy(
+            p.ckpt.model.clone(),
+            &p.ckpt.config,
+            &args.lora,
+            args.train.seed,
+        )?,
         &train,
         &eval,
         &cfg,
         &args.train.run_options(&p.out),
         &p.device,
     )?;
-    output::save_causal(&p.out, &model, &p.ckpt.config, &p.ckpt.tokenizer, &p.dir)?;
+    output::save_causal(
+        &p.out,
+        &model,
+        &p.ckpt.config,
+        &p.ckpt.tokenizer,
+        &p.dir,
+        &args.lora,
+    )?;
     tracing::info!(
         "sft: {} steps ({} this run), {} target tokens, final loss {:.4}{}",
         report.steps,

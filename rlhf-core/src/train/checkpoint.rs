@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use burn::module::Module;
+use burn::module::{Module, ParamGroup, ParamId};
 use burn::optim::ModuleOptimizer;
 use burn::store::ModuleRecord;
 use burn::tensor::Bytes;
@@ -274,13 +274,39 @@ impl CheckpointStore {
 }
 
 /// A module's weights as bytes (burn's burnpack format, which keeps parameter ids so an
-/// optimizer state saved alongside still matches after loading).
+/// optimizer state saved alongside still matches after loading). When some parameters are
+/// frozen (LoRA's base weights) and others train, only the trained ones are kept: the frozen
+/// ones are the starting checkpoint's, which a resumed run loads again before this record.
 pub fn module_to_bytes<M: Module>(module: M) -> Result<Vec<u8>> {
-    let bytes = module
-        .into_record()
+    let record = match split_trained(&module) {
+        Some(trained) => module.into_record_group(ParamGroup::from_ids(trained)),
+        None => module.into_record(),
+    };
+    let bytes = record
         .into_bytes()
         .map_err(|e| Error::Record(format!("encoding module: {e:?}")))?;
     Ok(bytes.to_vec())
+}
+
+/// The ids of the parameters of `module` that train, when some train and some are frozen; `None`
+/// when all train (or none does: a module off the autodiff device).
+fn split_trained<M: Module>(module: &M) -> Option<Vec<ParamId>> {
+    struct Split(Vec<ParamId>, usize);
+    impl burn::module::ModuleVisitor for Split {
+        fn visit_float<const D: usize>(
+            &mut self,
+            param: &burn::module::Param<burn::tensor::Tensor<D>>,
+        ) {
+            if param.val().is_require_grad() {
+                self.0.push(param.id);
+            } else {
+                self.1 += 1;
+            }
+        }
+    }
+    let mut s = Split(Vec::new(), 0);
+    module.visit(&mut s);
+    (!s.0.is_empty() && s.1 > 0).then_some(s.0)
 }
 
 /// Every float parameter of `module`, flattened, in visiting order: what "the same weights" means
@@ -304,7 +330,9 @@ pub fn parameter_values<M: Module>(module: &M) -> Vec<f32> {
 /// Loads weights saved by [`module_to_bytes`] into `module` (which must have the same structure).
 pub fn module_from_bytes<M: Module>(module: M, bytes: &[u8]) -> Result<M> {
     let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes.to_vec()))
-        .map_err(|e| Error::Record(format!("decoding module: {e:?}")))?;
+        .map_err(|e| Error::Record(format!("decoding module: {e:?}")))?
+        // a module with frozen parameters was saved without them (see `module_to_bytes`)
+        .allow_partial(split_trained(&module).is_some());
     module
         .try_load_record(record)
         .map_err(|e| Error::Record(format!("module does not match the checkpoint: {e:?}")))

@@ -77,6 +77,66 @@ impl TransformerShape {
     }
 }
 
+/// `(trained, frozen)`: the parameters of `model` that require gradients (on an autodiff
+/// device) and the others. With LoRA the base weights are frozen and only the adapters train,
+/// so gradients and AdamW state are counted for the adapters alone.
+pub fn parameter_counts<M: burn::module::Module>(model: &M) -> (u64, u64) {
+    struct Count(u64, u64);
+    impl burn::module::ModuleVisitor for Count {
+        fn visit_float<const D: usize>(
+            &mut self,
+            param: &burn::module::Param<burn::tensor::Tensor<D>>,
+        ) {
+            let n = param.lazy_shape().num_elements() as u64;
+            if param.val().is_require_grad() {
+                self.0 += n;
+            } else {
+                self.1 += n;
+            }
+        }
+    }
+    let mut c = Count(0, 0);
+    model.visit(&mut c);
+    (c.0, c.1)
+}
+
+/// Parameters of `reference` that are not frozen parameters of `policy`: a reference cloned from
+/// the policy keeps its parameters' ids, and where the policy never updates them (LoRA's frozen
+/// base) the two hold one set of weights, counted once; a trained parameter gets new storage at
+/// the first step, so the reference's copy counts.
+pub fn params_not_in<A: burn::module::Module, B: burn::module::Module>(
+    reference: &A,
+    policy: &B,
+) -> u64 {
+    struct Ids(std::collections::HashSet<burn::module::ParamId>);
+    impl burn::module::ModuleVisitor for Ids {
+        fn visit_float<const D: usize>(
+            &mut self,
+            param: &burn::module::Param<burn::tensor::Tensor<D>>,
+        ) {
+            if !param.val().is_require_grad() {
+                self.0.insert(param.id);
+            }
+        }
+    }
+    struct Count<'a>(&'a std::collections::HashSet<burn::module::ParamId>, u64);
+    impl burn::module::ModuleVisitor for Count<'_> {
+        fn visit_float<const D: usize>(
+            &mut self,
+            param: &burn::module::Param<burn::tensor::Tensor<D>>,
+        ) {
+            if !self.0.contains(&param.id) {
+                self.1 += param.lazy_shape().num_elements() as u64;
+            }
+        }
+    }
+    let mut frozen = Ids(Default::default());
+    policy.visit(&mut frozen);
+    let mut c = Count(&frozen.0, 0);
+    reference.visit(&mut c);
+    c.1
+}
+
 /// Bytes of memory available to a new allocation (`MemAvailable` of `/proc/meminfo`); `None`
 /// where that cannot be read.
 pub fn available_bytes() -> Option<u64> {
