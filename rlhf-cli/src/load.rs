@@ -124,10 +124,16 @@ pub fn reference(dir: Option<&Path>, policy: &Checkpoint, device: &Device) -> Re
 }
 
 /// A reward model from `dir`: what `rlhf rm` wrote, a sequence-classification checkpoint, or a
-/// causal LM (whose head is then fresh).
-pub fn reward_model(dir: &Path, device: &Device) -> Result<RewardModel> {
+/// causal LM (whose head is then fresh, drawn from `seed`, so the same command gives the same
+/// model).
+pub fn reward_model(dir: &Path, device: &Device, seed: u64) -> Result<RewardModel> {
     let (config, model, extra, head) = rlhf_models::load_scalar_pretrained(dir, device)
         .with_context(|| format!("loading the reward model in {}", dir.display()))?;
+    let model = if head {
+        model
+    } else {
+        fresh_scalar(model.backbone, seed)
+    };
     let settings = if extra.is_null() {
         RewardSettings::outcome()
     } else {

@@ -135,7 +135,7 @@ impl Spec {
         let eos = tokenizer.eos_text();
         Ok(match self {
             Spec::Model(dir) => {
-                let rm = load::reward_model(dir, device)?;
+                let rm = load::reward_model(dir, device, 0)?;
                 loaded.push(rm.clone());
                 Box::new(RewardScorer::new(rm, tokenizer.clone(), device))
             }

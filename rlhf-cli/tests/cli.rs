@@ -794,7 +794,8 @@ fn a_killed_dpo_run_resumes_to_the_same_weights() {
 /// `rlhf dpo --lora-rank`: under 5% of the parameters train, the held-out margin rises, the output
 /// is a plain Hugging Face checkpoint (adapters merged) with PEFT's adapter files beside it, a
 /// killed run resumes to the same bytes, and `--save-adapter` without LoRA is refused; a reward
-/// model trains with LoRA on every linear layer and its whole score head.
+/// model trains with LoRA on every linear layer and its whole score head, and the same command
+/// gives the same model.
 #[test]
 fn dpo_with_lora_trains_the_adapters_only_and_resumes_after_a_kill() {
     let dir = tempfile::tempdir().unwrap();
@@ -888,29 +889,43 @@ fn dpo_with_lora_trains_the_adapters_only_and_resumes_after_a_kill() {
         "{err}"
     );
 
-    // a reward model with LoRA on every linear layer: the adapters and the whole score head train
-    let rm = dir.path().join("rm");
-    ok(&[
-        "rm",
-        "--model",
-        &fixture("tiny-qwen2-chat"),
-        "--data",
-        &pairs,
-        "--eval-data",
-        &pairs,
-        "--out",
-        &s(&rm),
-        "--lora-rank",
-        "8",
-        "--lora-target-modules",
-        "all-linear",
-        "--learning-rate",
-        "5e-3",
-        "--num-train-epochs",
-        "4",
-        "--max-length",
-        "256",
-    ]);
+    // a reward model with LoRA on every linear layer: the adapters and the whole score head
+    // train; the fresh head and the adapters are drawn from --seed, so a second run is the same
+    let rm_args = |out: &Path| -> Vec<String> {
+        [
+            "rm",
+            "--model",
+            &fixture("tiny-qwen2-chat"),
+            "--data",
+            &pairs,
+            "--eval-data",
+            &pairs,
+            "--out",
+            &s(out),
+            "--lora-rank",
+            "8",
+            "--lora-target-modules",
+            "all-linear",
+            "--learning-rate",
+            "5e-3",
+            "--num-train-epochs",
+            "8",
+            "--max-length",
+            "256",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect()
+    };
+    let (rm, again) = (dir.path().join("rm"), dir.path().join("rm-again"));
+    for out in [&rm, &again] {
+        ok(&rm_args(out).iter().map(String::as_str).collect::<Vec<_>>());
+    }
+    assert_eq!(
+        std::fs::read(rm.join("model.safetensors")).unwrap(),
+        std::fs::read(again.join("model.safetensors")).unwrap(),
+        "the same rm command gave two models"
+    );
     let acc = metric(&rm, "eval_accuracy");
     assert!(
         *acc.last().unwrap() >= 0.8,

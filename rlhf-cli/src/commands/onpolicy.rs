@@ -588,10 +588,10 @@ pub fn run(method: Method, args: &OnPolicyArgs, toml: &str) -> Result<()> {
     let critic = if !cfg.advantage.needs_critic() {
         None
     } else if let Some(dir) = &args.critic {
-        Some(load::reward_model(dir, &device)?.model)
+        Some(load::reward_model(dir, &device, args.seed)?.model)
     } else if cfg.value_from_reward_model && loaded_rms.len() == 1 {
         tracing::info!("critic: the reward model (TL;DR detail 6)");
-        Some(load::reward_model(spec.models()[0], &device)?.model)
+        Some(load::reward_model(spec.models()[0], &device, args.seed)?.model)
     } else {
         tracing::info!("critic: the policy with a fresh value head");
         Some(load::fresh_scalar(ckpt.model.clone(), args.seed))

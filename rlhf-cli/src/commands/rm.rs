@@ -122,7 +122,7 @@ pub fn run(args: &RmArgs, toml: &str) -> Result<()> {
         Some(_) => load::checkpoint(dir, &device, args.data.chat_template.as_deref())?.format,
         None => tokenizer.config().chat_format()?,
     };
-    let start = load::reward_model(dir, &device)?;
+    let start = load::reward_model(dir, &device, args.train.seed)?;
     let start = RewardModel {
         model: load::scalar(start.model, &start.config, &args.lora, args.train.seed)?,
         ..start
