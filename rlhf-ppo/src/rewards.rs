@@ -121,15 +121,16 @@ pub fn reduce_score_variance(
         for (i, &len) in lengths.iter().enumerate().take(scores.len()) {
             buckets.entry(len / width.max(1)).or_default().push(i);
         }
+        // in f64: two nearly equal scores have a spread near f32's rounding of their mean
         for members in buckets.values() {
             let values: Vec<f32> = members.iter().map(|&i| scores[i]).collect();
-            let mean = values.iter().sum::<f32>() / values.len() as f32;
-            let std = (variance(&values) as f32).sqrt();
+            let mean = values.iter().map(|&x| f64::from(x)).sum::<f64>() / values.len() as f64;
+            let std = variance(&values).sqrt();
             for &i in members {
                 scores[i] = if members.len() < 2 {
                     0.0
                 } else {
-                    (scores[i] - mean) / (std + 1e-6)
+                    ((f64::from(scores[i]) - mean) / (std + 1e-6)) as f32
                 };
             }
         }
