@@ -8,11 +8,12 @@ use burn::module::Module;
 use burn::tensor::Device;
 use rlhf_data::{ChatFormat, JinjaTemplate, Tokenizer};
 use rlhf_models::{
-    CausalLm, ScalarModel, TransformerConfig, apply_lora, load_pretrained, trainable_params,
+    CausalLm, LoraConfig, ScalarModel, TransformerConfig, apply_lora, load_pretrained,
+    trainable_params,
 };
+use rlhf_reward::{RewardModel, RewardSettings};
 
 use crate::args::LoraArgs;
-use rlhf_reward::{RewardModel, RewardSettings};
 
 /// A causal LM checkpoint with its tokenizer and chat format.
 pub struct Checkpoint {
@@ -174,15 +175,10 @@ pub fn policy(
     lora: &LoraArgs,
     seed: u64,
 ) -> Result<CausalLm> {
-    let Some(cfg) = lora.config() else {
-        if lora.save_adapter {
-            bail!("--save-adapter writes LoRA adapters: it needs --lora-rank R (or --use-peft)");
-        }
-        return Ok(model);
-    };
-    let model = apply_lora(model, &cfg, config.architecture, seed)?;
-    announce_lora(&model, &cfg, config);
-    Ok(model)
+    if lora.save_adapter && lora.config().is_none() {
+        bail!("--save-adapter writes LoRA adapters: it needs --lora-rank R (or --use-peft)");
+    }
+    with_lora(model, config, lora, seed, |m| m)
 }
 
 /// A reward model as its trainer gets it: [`policy`]'s LoRA on the backbone, with the `score`
@@ -193,19 +189,30 @@ pub fn scalar(
     lora: &LoraArgs,
     seed: u64,
 ) -> Result<ScalarModel> {
+    with_lora(model, config, lora, seed, |m| ScalarModel {
+        score: m.score.set_require_grad(true),
+        backbone: m.backbone,
+    })
+}
+
+/// `model` with LoRA when `lora` asks for it, then `finish` (what trains besides the adapters),
+/// said on stderr with the share of parameters that train.
+fn with_lora<M: Module>(
+    model: M,
+    config: &TransformerConfig,
+    lora: &LoraArgs,
+    seed: u64,
+    finish: impl FnOnce(M) -> M,
+) -> Result<M> {
     let Some(cfg) = lora.config() else {
         return Ok(model);
     };
-    let model = apply_lora(model, &cfg, config.architecture, seed)?;
-    let model = ScalarModel {
-        score: model.score.set_require_grad(true),
-        backbone: model.backbone,
-    };
+    let model = finish(apply_lora(model, &cfg, config.architecture, seed)?);
     announce_lora(&model, &cfg, config);
     Ok(model)
 }
 
-fn announce_lora<M: Module>(model: &M, cfg: &rlhf_models::LoraConfig, config: &TransformerConfig) {
+fn announce_lora<M: Module>(model: &M, cfg: &LoraConfig, config: &TransformerConfig) {
     let (trained, total) = trainable_params(model);
     tracing::info!(
         "LoRA: rank {}, alpha {}, on {}: {trained} of {total} parameters train ({:.2}%); the \

@@ -290,19 +290,6 @@ pub fn trainable_params<M: Module>(model: &M) -> (usize, usize) {
     (trained as usize, (trained + frozen) as usize)
 }
 
-/// Whether `model` carries LoRA adapters.
-pub fn has_adapters<M: Module>(model: &M) -> bool {
-    struct Find(bool);
-    impl ModuleVisitor for Find {
-        fn enter_module(&mut self, name: &str, container_type: &str) {
-            self.0 |= name == ADAPTER && container_type == "Reparameterization";
-        }
-    }
-    let mut f = Find(false);
-    model.visit(&mut f);
-    f.0
-}
-
 /// Where a weight's adapter sits in the module tree: `….q_proj.weight.lora.{a,b}`.
 const ADAPTER: &str = "lora";
 

@@ -101,15 +101,18 @@ pub fn reduce_score_variance(
     if !cfg.score_baseline && cfg.length_bucket_width.is_none() {
         return None;
     }
-    let variance = |s: &[f32]| {
+    // mean and variance in f64: two nearly equal scores have a spread near f32's rounding
+    let moments = |s: &[f32]| {
         let n = s.len().max(1) as f64;
         let mean = s.iter().map(|&x| f64::from(x)).sum::<f64>() / n;
-        s.iter()
+        let var = s
+            .iter()
             .map(|&x| (f64::from(x) - mean).powi(2))
             .sum::<f64>()
-            / n
+            / n;
+        (mean, var)
     };
-    let before = variance(scores);
+    let (_, before) = moments(scores);
     if cfg.score_baseline {
         for group in scores.chunks_mut(cfg.samples_per_prompt.max(1)) {
             let mean = group.iter().sum::<f32>() / group.len() as f32;
@@ -121,11 +124,10 @@ pub fn reduce_score_variance(
         for (i, &len) in lengths.iter().enumerate().take(scores.len()) {
             buckets.entry(len / width.max(1)).or_default().push(i);
         }
-        // in f64: two nearly equal scores have a spread near f32's rounding of their mean
         for members in buckets.values() {
             let values: Vec<f32> = members.iter().map(|&i| scores[i]).collect();
-            let mean = values.iter().map(|&x| f64::from(x)).sum::<f64>() / values.len() as f64;
-            let std = variance(&values).sqrt();
+            let (mean, var) = moments(&values);
+            let std = var.sqrt();
             for &i in members {
                 scores[i] = if members.len() < 2 {
                     0.0
@@ -135,7 +137,7 @@ pub fn reduce_score_variance(
             }
         }
     }
-    let after = variance(scores);
+    let (_, after) = moments(scores);
     Some(if before > 0.0 {
         1.0 - after / before
     } else {

@@ -193,12 +193,7 @@ pub fn run(args: &DpoArgs, toml: &str) -> Result<()> {
     output::claim(&p.out, "dpo", toml)?;
     let cache = RefCache::new(args.ref_cache.then(|| p.out.join("ref-cache")).as_deref());
     let (policy, report) = train_offline(
-        load::policy(
-            p.ckpt.model.clone(),
-            &p.ckpt.config,
-            &args.lora,
-            args.train.seed,
-        )?,
+        p.policy(&args.lora, args.train.seed)?,
         &reference,
         &train,
         &eval,
@@ -207,14 +202,7 @@ pub fn run(args: &DpoArgs, toml: &str) -> Result<()> {
         &args.train.run_options(&p.out),
         &p.device,
     )?;
-    output::save_causal(
-        &p.out,
-        &policy,
-        &p.ckpt.config,
-        &p.ckpt.tokenizer,
-        &p.dir,
-        &args.lora,
-    )?;
+    p.save(&policy, &args.lora)?;
     tracing::info!(
         "dpo: {} steps ({} this run), reference batches computed {}, final loss {:.4}{}",
         report.steps,

@@ -5,8 +5,11 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use burn::tensor::Device;
 
-use crate::args::{DataArgs, ModelArgs};
+use rlhf_models::CausalLm;
+
+use crate::args::{DataArgs, LoraArgs, ModelArgs};
 use crate::load::{self, Checkpoint};
+use crate::output;
 
 pub mod check;
 pub mod dpo;
@@ -52,5 +55,24 @@ impl Prepared {
             device,
             ckpt,
         })
+    }
+}
+
+impl Prepared {
+    /// The checkpoint's model as its trainer gets it, with LoRA when asked ([`load::policy`]).
+    pub fn policy(&self, lora: &LoraArgs, seed: u64) -> Result<CausalLm> {
+        load::policy(self.ckpt.model.clone(), &self.ckpt.config, lora, seed)
+    }
+
+    /// Writes the trained `model` to the output directory ([`output::save_causal`]).
+    pub fn save(&self, model: &CausalLm, lora: &LoraArgs) -> Result<()> {
+        output::save_causal(
+            &self.out,
+            model,
+            &self.ckpt.config,
+            &self.ckpt.tokenizer,
+            &self.dir,
+            lora,
+        )
     }
 }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::args::{DataArgs, LoraArgs, ModelArgs, TrainArgs, defaults_from_clap};
 use crate::commands::Prepared;
 use crate::data::{Encoder, prompt_key, read_split, sft_examples};
-use crate::{load, output};
+use crate::output;
 
 /// TRL's `SFTConfig.learning_rate`.
 pub const DEFAULT_LR: f64 = 2e-5;
@@ -84,26 +84,14 @@ pub fn run(args: &SftArgs, toml: &str) -> Result<()> {
     let cfg = args.config(args.train.total_steps(train.len()));
     output::claim(&p.out, "sft", toml)?;
     let (model, report) = train_sft(
-        load::policy(
-            p.ckpt.model.clone(),
-            &p.ckpt.config,
-            &args.lora,
-            args.train.seed,
-        )?,
+        p.policy(&args.lora, args.train.seed)?,
         &train,
         &eval,
         &cfg,
         &args.train.run_options(&p.out),
         &p.device,
     )?;
-    output::save_causal(
-        &p.out,
-        &model,
-        &p.ckpt.config,
-        &p.ckpt.tokenizer,
-        &p.dir,
-        &args.lora,
-    )?;
+    p.save(&model, &args.lora)?;
     tracing::info!(
         "sft: {} steps ({} this run), {} target tokens, final loss {:.4}{}",
         report.steps,

@@ -291,22 +291,13 @@ pub fn module_to_bytes<M: Module>(module: M) -> Result<Vec<u8>> {
 /// The ids of the parameters of `module` that train, when some train and some are frozen; `None`
 /// when all train (or none does: a module off the autodiff device).
 fn split_trained<M: Module>(module: &M) -> Option<Vec<ParamId>> {
-    struct Split(Vec<ParamId>, usize);
-    impl burn::module::ModuleVisitor for Split {
-        fn visit_float<const D: usize>(
-            &mut self,
-            param: &burn::module::Param<burn::tensor::Tensor<D>>,
-        ) {
-            if param.val().is_require_grad() {
-                self.0.push(param.id);
-            } else {
-                self.1 += 1;
-            }
-        }
-    }
-    let mut s = Split(Vec::new(), 0);
-    module.visit(&mut s);
-    (!s.0.is_empty() && s.1 > 0).then_some(s.0)
+    let params = super::memory::float_params(module);
+    let trained: Vec<ParamId> = params
+        .iter()
+        .filter(|&&(_, _, trains)| trains)
+        .map(|&(id, _, _)| id)
+        .collect();
+    (!trained.is_empty() && trained.len() < params.len()).then_some(trained)
 }
 
 /// Every float parameter of `module`, flattened, in visiting order: what "the same weights" means

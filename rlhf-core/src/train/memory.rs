@@ -77,27 +77,34 @@ impl TransformerShape {
     }
 }
 
-/// `(trained, frozen)`: the parameters of `model` that require gradients (on an autodiff
-/// device) and the others. With LoRA the base weights are frozen and only the adapters train,
-/// so gradients and AdamW state are counted for the adapters alone.
-pub fn parameter_counts<M: burn::module::Module>(model: &M) -> (u64, u64) {
-    struct Count(u64, u64);
-    impl burn::module::ModuleVisitor for Count {
+/// Every float parameter of `model` as `(id, elements, trains)`, in visiting order: `trains`
+/// when it requires gradients (on an autodiff device; LoRA's frozen base weights do not).
+pub fn float_params<M: burn::module::Module>(model: &M) -> Vec<(burn::module::ParamId, u64, bool)> {
+    struct Collect(Vec<(burn::module::ParamId, u64, bool)>);
+    impl burn::module::ModuleVisitor for Collect {
         fn visit_float<const D: usize>(
             &mut self,
             param: &burn::module::Param<burn::tensor::Tensor<D>>,
         ) {
             let n = param.lazy_shape().num_elements() as u64;
-            if param.val().is_require_grad() {
-                self.0 += n;
-            } else {
-                self.1 += n;
-            }
+            self.0.push((param.id, n, param.val().is_require_grad()));
         }
     }
-    let mut c = Count(0, 0);
+    let mut c = Collect(Vec::new());
     model.visit(&mut c);
-    (c.0, c.1)
+    c.0
+}
+
+/// `(trained, frozen)`: the parameters of `model` that require gradients (on an autodiff
+/// device) and the others. With LoRA the base weights are frozen and only the adapters train,
+/// so gradients and AdamW state are counted for the adapters alone.
+pub fn parameter_counts<M: burn::module::Module>(model: &M) -> (u64, u64) {
+    float_params(model).into_iter().fold(
+        (0, 0),
+        |(t, f), (_, n, trains)| {
+            if trains { (t + n, f) } else { (t, f + n) }
+        },
+    )
 }
 
 /// Parameters of `reference` that are not frozen parameters of `policy`: a reference cloned from
@@ -108,33 +115,16 @@ pub fn params_not_in<A: burn::module::Module, B: burn::module::Module>(
     reference: &A,
     policy: &B,
 ) -> u64 {
-    struct Ids(std::collections::HashSet<burn::module::ParamId>);
-    impl burn::module::ModuleVisitor for Ids {
-        fn visit_float<const D: usize>(
-            &mut self,
-            param: &burn::module::Param<burn::tensor::Tensor<D>>,
-        ) {
-            if !param.val().is_require_grad() {
-                self.0.insert(param.id);
-            }
-        }
-    }
-    struct Count<'a>(&'a std::collections::HashSet<burn::module::ParamId>, u64);
-    impl burn::module::ModuleVisitor for Count<'_> {
-        fn visit_float<const D: usize>(
-            &mut self,
-            param: &burn::module::Param<burn::tensor::Tensor<D>>,
-        ) {
-            if !self.0.contains(&param.id) {
-                self.1 += param.lazy_shape().num_elements() as u64;
-            }
-        }
-    }
-    let mut frozen = Ids(Default::default());
-    policy.visit(&mut frozen);
-    let mut c = Count(&frozen.0, 0);
-    reference.visit(&mut c);
-    c.1
+    let frozen: std::collections::HashSet<_> = float_params(policy)
+        .into_iter()
+        .filter(|&(_, _, trains)| !trains)
+        .map(|(id, _, _)| id)
+        .collect();
+    float_params(reference)
+        .into_iter()
+        .filter(|(id, _, _)| !frozen.contains(id))
+        .map(|(_, n, _)| n)
+        .sum()
 }
 
 /// Bytes of memory available to a new allocation (`MemAvailable` of `/proc/meminfo`); `None`
