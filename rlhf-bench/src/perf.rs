@@ -14,7 +14,7 @@ use std::time::Instant;
 use burn::tensor::Device;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rlhf_core::train::{LrSchedule, OptimizerConfig, RunOptions, try_seeded};
+use rlhf_core::train::{LrSchedule, OptimizerConfig, Replicas, RunOptions, try_seeded};
 use rlhf_core::{Error, KlController, Result, Scorer};
 use rlhf_data::Tokenizer;
 use rlhf_dpo::{DpoConfig, Group, RefCache, cached_reference_logps, train_offline};
@@ -288,11 +288,13 @@ impl Scorer for CatShare {
 }
 
 /// Runs `workload` at `size` on `examples` examples and times it. `device` is the inference
-/// device; training runs on its autodiff twin.
+/// device; training runs on its autodiff twin, with `replicas` data-parallel replicas there (the
+/// training workloads; generation has none).
 pub fn measure(
     workload: Workload,
     size: Size,
     examples: usize,
+    replicas: usize,
     device: &Device,
 ) -> Result<Measurement> {
     if examples == 0 || !examples.is_multiple_of(BATCH) {
@@ -313,6 +315,7 @@ pub fn measure(
     };
     let quiet = RunOptions {
         progress: false,
+        replicas: Replicas::new(vec![train_device.clone(); replicas]),
         ..RunOptions::default()
     };
     let optimizer = OptimizerConfig {
@@ -653,7 +656,7 @@ mod tests {
         let device = rlhf_core::device_from_env().unwrap();
         let small = Size::parse("small").unwrap();
         for w in Workload::ALL {
-            let m = measure(w, small, BATCH, &device).unwrap();
+            let m = measure(w, small, BATCH, 1, &device).unwrap();
             let expected_units = match w {
                 // prompt + response + EOS, one token per word
                 Workload::Sft => (BATCH * (PROMPT_WORDS + RESPONSE_WORDS + 1)) as f64,

@@ -20,6 +20,7 @@ pub const RUN_RECORD: &str = "rlhf.toml";
 /// Keys that may change between a run and its resumption (they do not change what is trained).
 const RESUMABLE_CHANGES: &[&str] = &[
     "device",
+    "devices",
     "gradient_checkpointing",
     "save_adapter",
     "logging_steps",

@@ -791,6 +791,93 @@ fn a_killed_dpo_run_resumes_to_the_same_weights() {
     assert!(!out.status.success() && err.contains("`beta`"), "{err}");
 }
 
+/// `rlhf dpo --devices flex,flex`: two data-parallel replicas learn, a killed run resumes to the
+/// same bytes, and the commands whose work is not split by replicas (KTO, online DPO) refuse them
+/// by name.
+#[test]
+fn two_replicas_learn_resume_after_a_kill_bit_for_bit_and_are_refused_where_unsupported() {
+    let dir = tempfile::tempdir().unwrap();
+    let pairs = head("preference.jsonl", 24, dir.path());
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "dpo",
+            "--model",
+            &fixture("tiny-pythia"),
+            "--data",
+            &pairs,
+            "--eval-data",
+            &pairs,
+            "--out",
+            &s(out),
+            "--devices",
+            "flex,flex",
+            "--learning-rate",
+            "1e-3",
+            "--num-train-epochs",
+            "3",
+            "--per-device-train-batch-size",
+            "5",
+            "--beta",
+            "0.5",
+            "--save-steps",
+            "2",
+            "--max-length",
+            "256",
+            "--logging-steps",
+            "1",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect()
+    };
+    let straight = dir.path().join("straight");
+    ok(&args(&straight)
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>());
+    let accuracy = *metric(&straight, "eval_rewards/accuracies").last().unwrap();
+    assert!(accuracy >= 0.75, "held-out accuracy {accuracy}");
+    let broken = dir.path().join("broken");
+    kill_then_resume(&args(&broken), &broken, 7);
+    assert_eq!(
+        std::fs::read(straight.join("model.safetensors")).unwrap(),
+        std::fs::read(broken.join("model.safetensors")).unwrap(),
+        "the resumed two-replica run differs from the uninterrupted one"
+    );
+
+    // KTO's reference point and online DPO's generation are whole-batch work: refused by name
+    for (command, data_flag, data, extra, why) in [
+        ("kto", "--data", &pairs, &[][..], "z₀"),
+        (
+            "online-dpo",
+            "--dataset-name",
+            &head("prompts.jsonl", 8, dir.path()),
+            &["--reward", "length"][..],
+            "--devices",
+        ),
+    ] {
+        let (model, out_dir) = (fixture("tiny-pythia"), s(&dir.path().join(command)));
+        let mut argv = vec![
+            command,
+            "--model",
+            &model,
+            data_flag,
+            data,
+            "--out",
+            &out_dir,
+            "--devices",
+            "flex,flex",
+        ];
+        argv.extend(extra);
+        let out = rlhf(&argv);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(why),
+            "{command}: {err}"
+        );
+    }
+}
+
 /// `rlhf dpo --lora-rank`: under 5% of the parameters train, the held-out margin rises, the output
 /// is a plain Hugging Face checkpoint (adapters merged) with PEFT's adapter files beside it, a
 /// killed run resumes to the same bytes, and `--save-adapter` without LoRA is refused; a reward

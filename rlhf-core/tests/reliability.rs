@@ -69,7 +69,7 @@ fn train(
         &cfg,
         &options,
         &|_epoch| (0..N).map(|i| vec![i]).collect(),
-        &|m: &Linear, idx: &[usize]| {
+        &|m: &Linear, idx: &[usize], _whole| {
             if slow {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
@@ -80,11 +80,11 @@ fn train(
             if poison.contains(&idx[0]) {
                 loss = loss.mul_scalar(f32::NAN);
             }
-            Ok(BatchLoss {
+            Ok(Some(BatchLoss {
                 loss,
                 weight: 1.0,
                 metrics: Vec::new(),
-            })
+            }))
         },
         &|_| Ok(Vec::new()),
     )

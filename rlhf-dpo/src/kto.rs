@@ -525,6 +525,14 @@ pub fn train_kto(
     }
     check(train, "training")?;
     check(eval, "held-out")?;
+    if run_options.replicas.count() > 1 {
+        // TRL gathers the estimate across processes; here it would be each shard's own
+        return Err(Error::Config(
+            "kto: data-parallel replicas are not supported: the KL reference point z₀ is \
+             estimated from the whole micro-batch"
+                .into(),
+        ));
+    }
     let policy = if cfg.disable_dropout {
         policy.without_dropout()
     } else {
@@ -604,13 +612,13 @@ pub fn train_kto(
             );
             batches
         },
-        &|m, idx| {
+        &|m, idx, _whole| {
             let (loss, metrics) = batch_loss(m, &train_data, idx, cfg, device)?;
-            Ok(BatchLoss {
+            Ok(Some(BatchLoss {
                 loss,
                 weight: idx.len() as f64,
                 metrics,
-            })
+            }))
         },
         &eval_metrics,
     )?;

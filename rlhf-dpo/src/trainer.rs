@@ -542,15 +542,18 @@ pub fn train_offline(
                 .map(<[usize]>::to_vec)
                 .collect()
         },
-        &|m, idx| {
+        &|m, batch, shard| {
+            let Some(idx) = shard.of(batch) else {
+                return Ok(None);
+            };
             let groups: Vec<&Group> = idx.iter().map(|&i| &train[i]).collect();
             let refs: Vec<&Vec<f32>> = idx.iter().map(|&i| &ref_train[i]).collect();
-            let (loss, metrics) = loss_of_groups(m, &groups, &refs, cfg, device)?;
-            Ok(BatchLoss {
+            let (loss, metrics) = loss_of_groups(m, &groups, &refs, cfg, shard.device)?;
+            Ok(Some(BatchLoss {
                 loss,
                 weight: groups.len() as f64,
                 metrics,
-            })
+            }))
         },
         &eval_metrics,
     )?;

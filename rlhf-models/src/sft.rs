@@ -97,6 +97,18 @@ impl LmBatch {
         }
     }
 
+    /// Rows `rows` of the batch (a data-parallel replica's shard), columns unchanged.
+    pub fn rows(&self, rows: std::ops::Range<usize>) -> LmBatch {
+        let cells = rows.start * self.seq..rows.end * self.seq;
+        LmBatch {
+            batch: rows.len(),
+            seq: self.seq,
+            ids: self.ids[cells.clone()].to_vec(),
+            attention: self.attention[cells.clone()].to_vec(),
+            target: self.target[cells].to_vec(),
+        }
+    }
+
     /// Target tokens that have a predecessor (column 0 is never predicted).
     pub fn predicted_tokens(&self) -> u64 {
         self.target
@@ -337,13 +349,24 @@ pub fn train_sft(
         &fit_cfg,
         run_options,
         &|e| (0..epochs[e].len()).map(|i| vec![offsets[e] + i]).collect(),
-        &|m, idx| {
-            let batch = all[idx[0]];
-            Ok(BatchLoss {
-                loss: sft_loss(m, batch, device)?,
+        &|m, idx, shard| {
+            let whole = all[idx[0]];
+            let rows = shard.range(whole.batch);
+            if rows.is_empty() {
+                return Ok(None);
+            }
+            let part;
+            let batch = if rows.len() == whole.batch {
+                whole
+            } else {
+                part = whole.rows(rows);
+                &part
+            };
+            Ok(Some(BatchLoss {
+                loss: sft_loss(m, batch, shard.device)?,
                 weight: batch.predicted_tokens() as f64,
                 metrics: Vec::new(),
-            })
+            }))
         },
         &eval_of,
     )?;

@@ -258,3 +258,41 @@ fn gradient_checkpointing_gives_the_same_steps() {
         "the steps moved the weights"
     );
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(6))]
+    /// SFT on 2–3 data-parallel replicas, each with a shard of every batch's rows, takes the step
+    /// one replica takes on whole batches, with and without accumulation (the shards differ in
+    /// rows and in target tokens).
+    #[test]
+    fn replicas_take_the_step_of_one_replica(
+        examples in 3usize..12,
+        replicas in 2usize..4,
+        grad_accum in 1usize..3,
+    ) {
+        let _serial = rlhf_core::testing::serial();
+        let device = rlhf_core::device_from_env().unwrap().autodiff();
+        let train: Vec<Example> = data().into_iter().take(examples).collect();
+        let cfg = SftConfig {
+            epochs: 1,
+            batch_size: examples.div_ceil(grad_accum),
+            grad_accum,
+            optimizer: rlhf_core::testing::gradient_revealing_optimizer(),
+            seed: 3,
+            ..SftConfig::default()
+        };
+        let init = model(&device);
+        let values = rlhf_core::train::checkpoint::parameter_values::<CausalLm>;
+        rlhf_core::testing::assert_replicas_take_one_step(
+            &device,
+            replicas,
+            &values(&init),
+            1e-5,
+            |options| {
+                let (m, r) = train_sft(init.clone(), &train, &[], &cfg, options, &device).unwrap();
+                assert_eq!(r.steps, 1);
+                values(&m)
+            },
+        );
+    }
+}

@@ -34,14 +34,17 @@ use rlhf_core::host::to_f32_vec;
 use rlhf_core::train::memory;
 use rlhf_core::train::metrics::names;
 use rlhf_core::train::{
-    Checkpoint, LrSchedule, Metrics, Run, RunOptions, TrainRng,
+    Checkpoint, LrSchedule, Metrics, Replicas, Run, RunOptions, Shard, TrainRng,
     checkpoint::{module_from_bytes, module_to_bytes, optimizer_from_bytes, optimizer_to_bytes},
-    clip_global_grad_norm, with_fresh_param_ids,
+    clip_global_grad_norm,
+    replicas::sum_gradients,
+    with_fresh_param_ids,
 };
 use rlhf_core::{
-    Error, GroupEstimator, Result, Scorer, broadcast_to_tokens, clipped_value_loss, gae,
-    group_advantages, kl_estimate, masked_mean, policy_loss, reinforce_pp_advantages,
-    token_logprobs, token_logprobs_and_entropy, truncated_is_weights, whiten,
+    Error, GroupEstimator, LossAggregation, Result, Scorer, broadcast_to_tokens,
+    clipped_value_loss, gae, group_advantages, kl_estimate, masked_mean, policy_loss,
+    reinforce_pp_advantages, token_logprobs, token_logprobs_and_entropy, truncated_is_weights,
+    whiten,
 };
 use rlhf_data::Tokenizer;
 use rlhf_models::sft::Example;
@@ -437,6 +440,51 @@ pub struct Minibatch {
     pub advantages: Tensor<2>,
     /// Returns (GAE only).
     pub returns: Option<Tensor<2>>,
+    /// The part of the optimizer step's minibatch these rows are.
+    pub share: Share,
+}
+
+/// The part of an optimizer step's minibatch that a data-parallel replica's shard is: each mean
+/// over the minibatch is the sum of the shards' means weighted by these shares, so the replicas'
+/// gradients add up to the whole minibatch's.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Share {
+    /// The shard's response tokens over the minibatch's: the weight of a token mean.
+    pub tokens: f32,
+    /// The shard's responses over the minibatch's: the weight of a mean over responses.
+    pub responses: f32,
+    /// How many replicas share the minibatch.
+    pub replicas: usize,
+}
+
+impl Share {
+    /// The whole minibatch.
+    pub const WHOLE: Share = Share {
+        tokens: 1.0,
+        responses: 1.0,
+        replicas: 1,
+    };
+
+    /// The weight of a policy loss aggregated `how` (`rlhf_core::aggregation`): `dapo` is a token
+    /// mean, `grpo` a mean over responses and `dr_grpo` a sum over `B·L_max`, both weighted by
+    /// responses; `bnpo` normalises each replica's micro-batch by its own tokens, so the
+    /// replicas weigh the same (as TRL's replicas do under DDP).
+    pub fn of(&self, how: LossAggregation) -> f32 {
+        match how {
+            LossAggregation::Dapo => self.tokens,
+            LossAggregation::Grpo | LossAggregation::DrGrpo => self.responses,
+            LossAggregation::Bnpo => 1.0 / self.replicas as f32,
+        }
+    }
+}
+
+/// `loss · share`, leaving the whole minibatch's loss as it is.
+fn weighted(loss: Tensor<1>, share: f32) -> Tensor<1> {
+    if share == 1.0 {
+        loss
+    } else {
+        loss.mul_scalar(share)
+    }
 }
 
 impl Experience {
@@ -473,7 +521,38 @@ impl Experience {
             values: (!self.values.is_empty()).then(|| per_token(&self.values)),
             advantages: per_token(&self.advantages),
             returns: (!self.returns.is_empty()).then(|| per_token(&self.returns)),
+            share: Share::WHOLE,
         })
+    }
+
+    /// `shard`'s part of the minibatch `rows`, on the shard's device, with its [`Share`] of the
+    /// minibatch; `None` when the part holds no response token (it adds nothing to any mean).
+    pub fn shard(
+        &self,
+        rows: &[usize],
+        shard: Shard<'_>,
+        vocab: usize,
+    ) -> Result<Option<Minibatch>> {
+        let Some(part) = shard.of(rows) else {
+            return Ok(None);
+        };
+        let r = self.response_len;
+        let tokens = |rows: &[usize]| -> f32 {
+            rows.iter()
+                .map(|&i| self.mask[i * r..(i + 1) * r].iter().sum::<f32>())
+                .sum()
+        };
+        let (mine, all) = (tokens(part), tokens(rows));
+        if mine == 0.0 {
+            return Ok(None);
+        }
+        let mut mb = self.minibatch(part, vocab, shard.device)?;
+        mb.share = Share {
+            tokens: mine / all,
+            responses: part.len() as f32 / rows.len() as f32,
+            replicas: shard.count,
+        };
+        Ok(Some(mb))
     }
 }
 
@@ -481,6 +560,9 @@ impl Experience {
 /// and its diagnostics (`policy/*`, `clip_ratio/*`, `val/*`, `loss/*`). `L_pg` is the surrogate
 /// of `cfg.policy_objective` (PPO's clip, GSPO, CISPO) aggregated by `cfg.loss_aggregation`,
 /// each token weighted by the truncated importance-sampling correction when it is on.
+///
+/// A replica's shard of the minibatch weighs each term by its [`Share`] of that term's mean; the
+/// diagnostics are the shard's own.
 pub fn minibatch_loss(
     models: &PolicyAndValue,
     mb: &Minibatch,
@@ -506,7 +588,7 @@ pub fn minibatch_loss(
         &cfg.policy_loss(),
     );
     let entropy = masked_mean(entropy, mb.mask.clone());
-    let mut loss = pg.loss.clone();
+    let mut loss = weighted(pg.loss.clone(), mb.share.of(cfg.loss_aggregation));
     let scalar = |t: Tensor<1>| f64::from(t.into_scalar::<f32>());
     let mut metrics: Metrics = vec![
         (names::LOSS_POLICY, scalar(pg.loss.clone())),
@@ -524,7 +606,7 @@ pub fn minibatch_loss(
             mb.mask.clone(),
         );
         metrics.push((names::KL_LOSS_TERM, scalar(kl.clone())));
-        loss = loss.add(kl.mul_scalar(kl_coef));
+        loss = loss.add(weighted(kl.mul_scalar(kl_coef), mb.share.tokens));
     }
     if let (Some(value), Some(old_values), Some(returns)) = (&models.value, &mb.values, &mb.returns)
     {
@@ -537,9 +619,18 @@ pub fn minibatch_loss(
         );
         metrics.push((names::VAL_LOSS, scalar(v.loss.clone())));
         metrics.push((names::VAL_CLIPFRAC, scalar(v.clipfrac)));
-        loss = loss.add(v.loss.mul_scalar(cfg.vf_coef));
+        loss = loss.add(weighted(v.loss.mul_scalar(cfg.vf_coef), mb.share.tokens));
     }
-    metrics.push((names::LOSS_TOTAL, scalar(loss.clone())));
+    let total = metrics
+        .iter()
+        .map(|m| match m.0 {
+            names::LOSS_POLICY => m.1,
+            names::KL_LOSS_TERM => f64::from(kl_coef) * m.1,
+            names::VAL_LOSS => f64::from(cfg.vf_coef) * m.1,
+            _ => 0.0,
+        })
+        .sum();
+    metrics.push((names::LOSS_TOTAL, total));
     (loss, metrics)
 }
 
@@ -576,8 +667,9 @@ impl UpdateStats {
 /// AdamW step each after clipping the global gradient norm. With `ptx_coef > 0`, each step adds
 /// `γ_ptx · L_SFT` on `ptx_batch_size` demonstrations drawn with `rng`.
 ///
-/// `models` live on the autodiff `device`; `lr` is this update's learning rate (the schedule is
-/// the caller's). A step whose loss or gradient norm is not finite is skipped and counted.
+/// `models` live on the autodiff `device`, the first of the data-parallel `replicas` (each takes a
+/// shard of every minibatch); `lr` is this update's learning rate (the schedule is the caller's).
+/// A step whose loss or gradient norm is not finite is skipped and counted.
 #[allow(clippy::too_many_arguments)]
 pub fn ppo_update(
     mut models: PolicyAndValue,
@@ -589,6 +681,7 @@ pub fn ppo_update(
     demonstrations: &[Example],
     rng: &mut TrainRng,
     device: &Device,
+    replicas: &Replicas,
 ) -> Result<(PolicyAndValue, UpdateStats)> {
     let size = experience.batch / cfg.num_minibatches;
     if size == 0 || !experience.batch.is_multiple_of(cfg.num_minibatches) {
@@ -603,27 +696,49 @@ pub fn ppo_update(
         let mut order: Vec<usize> = (0..experience.batch).collect();
         order.shuffle(rng);
         for rows in order.chunks(size) {
-            let mb = experience.minibatch(rows, models.policy.vocab_size(), device)?;
-            let (mut loss, mut metrics) = minibatch_loss(&models, &mb, cfg, kl_coef);
-            let mut loss_value = metrics
+            // PPO-ptx's demonstrations, drawn before the replicas split the minibatch
+            let ptx_batch: Option<Vec<&Example>> =
+                (cfg.ptx_coef > 0.0 && !demonstrations.is_empty()).then(|| {
+                    (0..cfg.ptx_batch_size)
+                        .map(|_| demonstrations.choose(rng).expect("non-empty"))
+                        .collect()
+                });
+            // each replica's shard of the minibatch: its weighted loss, gradients and metrics;
+            // the first replica adds the ptx term
+            let shards = replicas.run(&models, device, &|m, shard| {
+                let Some(mb) = experience.shard(rows, shard, m.policy.vocab_size())? else {
+                    return Ok(None);
+                };
+                let (mut loss, mut metrics) = minibatch_loss(m, &mb, cfg, kl_coef);
+                if let (Some(picked), 0) = (&ptx_batch, shard.index) {
+                    let ptx = ptx_loss(&m.policy, picked, shard.device)?;
+                    metrics.push((
+                        names::OBJECTIVE_PTX_LOSS,
+                        f64::from(ptx.clone().into_scalar::<f32>()),
+                    ));
+                    loss = loss.add(ptx.mul_scalar(cfg.ptx_coef));
+                }
+                let grads = GradientsParams::from_grads(loss.backward(), m);
+                Ok(Some((grads, metrics, mb.share.tokens)))
+            })?;
+            let (parts, mut metrics) = combine_shards(shards.into_iter().flatten().collect());
+            if metrics.is_empty() {
+                // no response token in the minibatch: nothing to learn from, a skipped step
+                metrics.push((names::LOSS_TOTAL, f64::NAN));
+            }
+            // `loss/total` is the loss that is minimised, ptx included
+            let ptx = metrics
+                .iter()
+                .find(|m| m.0 == names::OBJECTIVE_PTX_LOSS)
+                .map_or(0.0, |m| f64::from(cfg.ptx_coef) * m.1);
+            for m in metrics.iter_mut().filter(|m| m.0 == names::LOSS_TOTAL) {
+                m.1 += ptx;
+            }
+            let loss_value = metrics
                 .iter()
                 .find(|m| m.0 == names::LOSS_TOTAL)
                 .map_or(f64::NAN, |m| m.1);
-            if cfg.ptx_coef > 0.0 && !demonstrations.is_empty() {
-                let picked: Vec<&Example> = (0..cfg.ptx_batch_size)
-                    .map(|_| demonstrations.choose(rng).expect("non-empty"))
-                    .collect();
-                let ptx = ptx_loss(&models.policy, &picked, device)?;
-                let ptx_value = f64::from(ptx.clone().into_scalar::<f32>());
-                metrics.push((names::OBJECTIVE_PTX_LOSS, ptx_value));
-                loss = loss.add(ptx.mul_scalar(cfg.ptx_coef));
-                // `loss/total` is the loss that is minimised, ptx included
-                loss_value += f64::from(cfg.ptx_coef) * ptx_value;
-                for m in metrics.iter_mut().filter(|m| m.0 == names::LOSS_TOTAL) {
-                    m.1 = loss_value;
-                }
-            }
-            let grads = GradientsParams::from_grads(loss.backward(), &models);
+            let grads = sum_gradients(&models, device, parts);
             let (grads, norm) = match cfg.optimizer.max_grad_norm {
                 Some(max) => clip_global_grad_norm(&models, grads, max),
                 None => {
@@ -642,6 +757,28 @@ pub fn ppo_update(
         }
     }
     Ok((models, stats))
+}
+
+/// The replicas' gradients, and their metrics as means weighted by each shard's share of the
+/// minibatch's tokens (a metric only one shard reports, PPO-ptx's, is that shard's).
+fn combine_shards(shards: Vec<(GradientsParams, Metrics, f32)>) -> (Vec<GradientsParams>, Metrics) {
+    let mut sums: Vec<(&'static str, f64, f64)> = Vec::new();
+    let mut parts = Vec::with_capacity(shards.len());
+    for (grads, metrics, share) in shards {
+        for (k, v) in metrics {
+            let w = f64::from(share);
+            match sums.iter_mut().find(|s| s.0 == k) {
+                Some(s) => {
+                    s.1 += v * w;
+                    s.2 += w;
+                }
+                None => sums.push((k, v * w, w)),
+            }
+        }
+        parts.push(grads);
+    }
+    let metrics = sums.into_iter().map(|(k, s, w)| (k, s / w)).collect();
+    (parts, metrics)
 }
 
 /// The SFT loss on a batch of demonstrations (PPO-ptx).
@@ -698,6 +835,7 @@ pub fn ppo_iteration(
     lr: &dyn Fn(u64) -> f64,
     rng: &mut TrainRng,
     device: &Device,
+    replicas: &Replicas,
 ) -> Result<Iteration> {
     let start = Instant::now();
     // LoRA adapters are merged into the sampling copy: a decode step then runs one product per
@@ -766,6 +904,7 @@ pub fn ppo_iteration(
         inputs.demonstrations,
         rng,
         device,
+        replicas,
     )?;
     metrics.extend(update.mean());
     metrics.push((names::TRAIN_SKIPPED_STEPS, update.skipped as f64));
@@ -911,7 +1050,16 @@ pub fn train_ppo(
         let lr = |s: u64| schedule.lr_at(cfg.optimizer.lr, it * updates_per_iteration + s);
         let beta = kl.value() as f32;
         let step = ppo_iteration(
-            models, &mut optim, inputs, &prompts, cfg, beta, &lr, &mut rng, device,
+            models,
+            &mut optim,
+            inputs,
+            &prompts,
+            cfg,
+            beta,
+            &lr,
+            &mut rng,
+            device,
+            &run_options.replicas,
         )?;
         models = step.models;
         let done = it + 1;

@@ -9,9 +9,9 @@ mod common;
 use burn::module::Module;
 use burn::tensor::Device;
 use rand::SeedableRng;
-use rlhf_core::KlEstimator;
 use rlhf_core::train::metrics::names;
 use rlhf_core::train::{Metrics, OptimizerConfig, RunOptions, TrainRng};
+use rlhf_core::{KlEstimator, LossAggregation};
 use rlhf_data::Tokenizer;
 use rlhf_models::{CausalLm, Generation, SamplingConfig, ScalarModel, generate};
 use rlhf_ppo::{
@@ -293,6 +293,7 @@ fn a_response_without_eos_gets_the_penalty() {
         &|_| 1e-3,
         &mut TrainRng::seed_from_u64(0),
         &f.device,
+        &rlhf_core::train::Replicas::default(),
     )
     .unwrap();
     let e = &it.experience;
@@ -315,6 +316,7 @@ fn a_response_without_eos_gets_the_penalty() {
         &|_| 1e-3,
         &mut TrainRng::seed_from_u64(0),
         &f.device,
+        &rlhf_core::train::Replicas::default(),
     )
     .unwrap();
     assert!(it.experience.scores.iter().all(|&s| s == 5.0));
@@ -358,6 +360,7 @@ fn the_first_minibatch_of_the_first_epoch_has_ratio_one_for_every_estimator() {
             &|_| 1e-2,
             &mut TrainRng::seed_from_u64(1),
             &f.device,
+            &rlhf_core::train::Replicas::default(),
         )
         .unwrap();
         let first = &it.update.minibatches[0];
@@ -397,6 +400,7 @@ fn dropout_is_turned_off_or_the_first_ratio_is_not_one() {
             &|_| 1e-3,
             &mut TrainRng::seed_from_u64(1),
             &device,
+            &rlhf_core::train::Replicas::default(),
         )
         .unwrap();
         get(&it.update.minibatches[0], names::POLICY_APPROXKL)
@@ -611,6 +615,7 @@ fn ptx_with_a_zero_coefficient_leaves_the_update_bit_identical() {
             demos,
             &mut TrainRng::seed_from_u64(4),
             &f.device,
+            &rlhf_core::train::Replicas::default(),
         )
         .unwrap();
         (rlhf_core::train::checkpoint::parameter_values(&m), stats)
@@ -675,4 +680,78 @@ fn ppo_sigkill_child() {
 fn ppo_survives_sigkill_at_a_random_iteration() {
     let _serial = rlhf_core::testing::serial();
     rlhf_core::testing::assert_resumes_after_sigkill("ppo_sigkill_child", 8, ppo_into);
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4))]
+    /// One PPO update (one minibatch step: policy, critic, the KL as a reward or as a loss term,
+    /// and PPO-ptx) on 2–3 data-parallel replicas takes the step of one replica, for each loss
+    /// aggregation whose step does not depend on how the minibatch is split (`bnpo` normalises
+    /// each replica's part by its own tokens, as TRL's replicas do). The responses stop at EOS at
+    /// different lengths, so the shards' shares of tokens and of responses differ.
+    #[test]
+    fn replicas_take_the_step_of_one_replica(
+        replicas in 2usize..4,
+        kl_as_loss in proptest::bool::ANY,
+        ptx in proptest::bool::ANY,
+    ) {
+        let _serial = rlhf_core::testing::serial();
+        let f = fixture();
+        let p = policy(&f);
+        for aggregation in [LossAggregation::Dapo, LossAggregation::Grpo, LossAggregation::DrGrpo] {
+            let cfg = PpoConfig {
+                num_minibatches: 1,
+                ppo_epochs: 1,
+                loss_aggregation: aggregation,
+                kl_in_reward: !kl_as_loss,
+                kl_estimator: if kl_as_loss { KlEstimator::K3 } else { KlEstimator::K1 },
+                ptx_coef: if ptx { 0.5 } else { 0.0 },
+                ptx_batch_size: 3,
+                optimizer: rlhf_core::testing::gradient_revealing_optimizer(),
+                ..config()
+            };
+            let (_, ids, mask, g) = sample(&f, &p, &cfg);
+            let start = with_critic(p.clone());
+            let scores: Vec<f32> = (0..g.batch).map(|b| (b % 4) as f32).collect();
+            let (exp, _) = make_experience(
+                &inference(&start), &p.valid(), &ids, &mask, &g, &scores, &cfg, 0.05,
+            )
+            .unwrap();
+            // the first shard's share of the tokens is not its share of the responses
+            let tokens = |rows: std::ops::Range<usize>| -> f32 {
+                exp.mask[rows.start * exp.response_len..rows.end * exp.response_len].iter().sum()
+            };
+            let first = exp.batch / replicas;
+            let shares = (tokens(0..first) / tokens(0..exp.batch), first as f32 / exp.batch as f32);
+            assert!((shares.0 - shares.1).abs() > 0.02, "shares {shares:?}");
+            let demos: Vec<(Vec<u32>, Vec<u32>)> = (1..4)
+                .map(|k| (f.tok.encode(&prompt(k)).unwrap(), f.tok.encode(" yes").unwrap()))
+                .collect();
+            let values = rlhf_core::train::checkpoint::parameter_values::<PolicyAndValue>;
+            rlhf_core::testing::assert_replicas_take_one_step(
+                &f.device,
+                replicas,
+                &values(&start),
+                1e-5,
+                |options| {
+                    let mut optim = cfg.optimizer.build().unwrap();
+                    let (m, stats) = rlhf_ppo::ppo_update(
+                        start.clone(),
+                        &mut optim,
+                        &exp,
+                        &cfg,
+                        0.05,
+                        &|_| cfg.optimizer.lr,
+                        &demos,
+                        &mut TrainRng::seed_from_u64(4),
+                        &f.device,
+                        &options.replicas,
+                    )
+                    .unwrap();
+                    assert_eq!(stats.minibatches.len(), 1);
+                    values(&m)
+                },
+            );
+        }
+    }
 }

@@ -106,6 +106,7 @@ fn one_ppo_and_one_grpo_iteration_match_flex() {
                 &[],
                 &mut TrainRng::seed_from_u64(9),
                 device,
+                &rlhf_core::train::Replicas::default(),
             )
             .unwrap();
             (exp, stats)

@@ -227,6 +227,7 @@ fn grpo_dapo_and_dr_grpo_aggregations_take_the_same_steps_on_equal_lengths() {
             &[],
             &mut TrainRng::seed_from_u64(9),
             &device,
+            &rlhf_core::train::Replicas::default(),
         )
         .unwrap();
         rlhf_core::host::to_f32_vec(models.policy.valid().forward(&probe_input, None))
@@ -306,6 +307,7 @@ impl Counting {
             &|_| cfg.optimizer.lr,
             &mut TrainRng::seed_from_u64(5),
             &self.device,
+            &rlhf_core::train::Replicas::default(),
         )
         .unwrap()
     }

@@ -15,7 +15,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use rand::seq::SliceRandom;
 use rlhf_core::train::memory;
 use rlhf_core::train::{
-    BatchLoss, FitConfig, LrSchedule, Metrics, OptimizerConfig, RunOptions, TrainRng, fit,
+    BatchLoss, FitConfig, LossOf, LrSchedule, Metrics, OptimizerConfig, RunOptions, TrainRng, fit,
     metrics::names,
 };
 use rlhf_core::{Error, Result, host::to_f32_vec};
@@ -367,7 +367,7 @@ fn run_fit(
     run_options: &RunOptions,
     label: &str,
     n_train: usize,
-    loss_of: &dyn Fn(&ScalarModel, &[usize]) -> Result<BatchLoss>,
+    loss_of: &LossOf<'_, ScalarModel>,
     eval_of: &dyn Fn(&ScalarModel) -> Result<Option<RmEval>>,
 ) -> Result<(ScalarModel, RmReport)> {
     cfg.validate()?;
@@ -486,13 +486,16 @@ pub fn train_reward_model(
         run_options,
         "rm",
         train.len(),
-        &|m, idx| {
+        &|m, batch, shard| {
+            let Some(idx) = shard.of(batch) else {
+                return Ok(None);
+            };
             let refs: Vec<&RankedExample> = idx.iter().map(|&i| &train[i]).collect();
-            Ok(BatchLoss {
-                loss: ranked_loss(m, &refs, cfg, device)?.0,
+            Ok(Some(BatchLoss {
+                loss: ranked_loss(m, &refs, cfg, shard.device)?.0,
                 weight: refs.len() as f64,
                 metrics: Vec::new(),
-            })
+            }))
         },
         &|m| {
             (!eval.is_empty())
@@ -539,14 +542,17 @@ pub fn train_step_model(
         run_options,
         "prm",
         train.len(),
-        &|m, idx| {
+        &|m, batch, shard| {
+            let Some(idx) = shard.of(batch) else {
+                return Ok(None);
+            };
             let refs: Vec<&LabelledExample> = idx.iter().map(|&i| &train[i]).collect();
-            Ok(BatchLoss {
-                loss: labelled_loss(m, &refs, device)?.0,
+            Ok(Some(BatchLoss {
+                loss: labelled_loss(m, &refs, shard.device)?.0,
                 // the loss is a mean over every label of the batch
                 weight: refs.iter().map(|e| e.labels.len()).sum::<usize>() as f64,
                 metrics: Vec::new(),
-            })
+            }))
         },
         &|m| {
             (!eval.is_empty())

@@ -138,3 +138,41 @@ fn reward_training_survives_sigkill_at_a_random_step() {
     let _serial = rlhf_core::testing::serial();
     rlhf_core::testing::assert_resumes_after_sigkill("rm_sigkill_child", 24, rm_into);
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(6))]
+    /// A reward model on 2–3 data-parallel replicas, each with a shard of every batch's pairs
+    /// (padded to its own longest sequence), takes the step one replica takes on whole batches.
+    #[test]
+    fn replicas_take_the_step_of_one_replica(
+        pairs in 3usize..12,
+        replicas in 2usize..4,
+        grad_accum in 1usize..3,
+    ) {
+        let _serial = rlhf_core::testing::serial();
+        let device = rlhf_core::device_from_env().unwrap().autodiff();
+        let (init, data) = setup(&device);
+        let train = &data[..pairs];
+        let cfg = RmConfig {
+            epochs: 1,
+            batch_size: pairs.div_ceil(grad_accum),
+            grad_accum,
+            optimizer: rlhf_core::testing::gradient_revealing_optimizer(),
+            seed: 5,
+            ..RmConfig::default()
+        };
+        let values = rlhf_core::train::checkpoint::parameter_values::<ScalarModel>;
+        rlhf_core::testing::assert_replicas_take_one_step(
+            &device,
+            replicas,
+            &values(&init),
+            1e-5,
+            |options| {
+                let (m, r) =
+                    train_reward_model(init.clone(), train, &[], &cfg, options, &device).unwrap();
+                assert_eq!(r.steps, 1);
+                values(&m)
+            },
+        );
+    }
+}

@@ -5,10 +5,10 @@
 //!
 //! ```text
 //! rlhf-perf [--sizes small,25m] [--workloads sft,reward,dpo,dpo-ref-cache,generate,rloo,ppo]
-//!           [--repeats 3]
+//!           [--repeats 3] [--replicas 1,2]
 //!           [--peer PYTHON] [--peer-script PATH] [--device DEVICE]
 //!           [--out target/bench-perf/perf.json]
-//! rlhf-perf one WORKLOAD SIZE EXAMPLES    # one run in this process; prints a JSON line
+//! rlhf-perf one WORKLOAD SIZE EXAMPLES [--replicas N]   # one run here; prints a JSON line
 //! ```
 //!
 //! Every run is a child process; its peak memory is the maximum resident set size the kernel
@@ -61,6 +61,9 @@ enum One {
         size: Size,
         /// Examples (sequences, pairs, prompts) to run.
         examples: usize,
+        /// Data-parallel replicas of the training workloads.
+        #[arg(long, default_value_t = 1)]
+        replicas: usize,
     },
 }
 
@@ -82,6 +85,10 @@ struct Options {
     /// ppo).
     #[arg(long, value_delimiter = ',', value_parser = parse_workload)]
     workloads: Vec<Workload>,
+    /// Data-parallel replicas of our training runs (comma-separated: each count is measured in
+    /// turn within every repeat, so that they are compared side by side).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    replicas: Vec<usize>,
     /// Runs per workload (the median is reported).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
     repeats: u64,
@@ -107,7 +114,8 @@ fn main() -> ExitCode {
             workload,
             size,
             examples,
-        }) => one(workload, size, examples),
+            replicas,
+        }) => one(workload, size, examples, replicas),
         None => sweep(cli.options),
     };
     match result {
@@ -119,9 +127,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn one(workload: Workload, size: Size, examples: usize) -> Result<(), String> {
+fn one(workload: Workload, size: Size, examples: usize, replicas: usize) -> Result<(), String> {
     let device = rlhf_core::device_from_env().map_err(|e| e.to_string())?;
-    let m = measure(workload, size, examples, &device).map_err(|e| e.to_string())?;
+    let m = measure(workload, size, examples, replicas, &device).map_err(|e| e.to_string())?;
     println!("{}", serde_json::to_string(&m).map_err(|e| e.to_string())?);
     Ok(())
 }
@@ -200,12 +208,18 @@ fn ours(
     w: Workload,
     size: Size,
     examples: usize,
+    replicas: usize,
 ) -> Result<(Measurement, u64), String> {
     let run = run_child(
         Command::new(exe)
             .args(["one", w.name(), size.name, &examples.to_string()])
+            .args(["--replicas", &replicas.to_string()])
             .env("RLHF_DEVICE", device),
-        &format!("rlhf-perf one {} {} {examples}", w.name(), size.name),
+        &format!(
+            "rlhf-perf one {} {} {examples} --replicas {replicas}",
+            w.name(),
+            size.name
+        ),
     )?;
     let m: Measurement = serde_json::from_value(run.json).map_err(|e| e.to_string())?;
     Ok((m, run.max_rss_bytes))
@@ -244,6 +258,26 @@ fn peer(
         .as_f64()
         .ok_or_else(|| format!("peer {trainer}: no examples_per_s in {}", run.json))?;
     Ok((eps, run.max_rss_bytes, run.json))
+}
+
+/// Our runs of one workload at one replica count.
+#[derive(Default)]
+struct Series {
+    eps: Vec<f64>,
+    units: Vec<f64>,
+    flops: Vec<f64>,
+    rss: u64,
+    last: Option<Measurement>,
+}
+
+impl Series {
+    fn add(&mut self, m: Measurement, rss: u64) {
+        self.eps.push(m.examples_per_s());
+        self.units.push(m.units_per_s());
+        self.flops.push(m.flops_per_s());
+        self.rss = self.rss.max(rss);
+        self.last = Some(m);
+    }
 }
 
 fn stats(v: &[f64]) -> Value {
@@ -300,11 +334,9 @@ fn sweep(mut o: Options) -> Result<(), String> {
         for &w in &o.workloads {
             let examples = default_examples(w, size);
             let trainer = o.peer.as_ref().and(w.peer_trainer());
-            let (mut ours_eps, mut ours_units, mut ours_flops) =
-                (Vec::new(), Vec::new(), Vec::new());
-            let (mut peer_eps, mut ratios) = (Vec::new(), Vec::new());
-            let (mut ours_rss, mut peer_rss) = (0u64, 0u64);
-            let mut last: Option<Measurement> = None;
+            // one series per replica count, measured in turn within each repeat
+            let mut series: Vec<Series> = o.replicas.iter().map(|_| Series::default()).collect();
+            let (mut peer_eps, mut peer_rss) = (Vec::new(), 0u64);
             let mut peer_json = Value::Null;
             for rep in 0..o.repeats {
                 eprintln!(
@@ -315,73 +347,80 @@ fn sweep(mut o: Options) -> Result<(), String> {
                     o.repeats,
                     w.example_unit()
                 );
-                let (m, rss) = ours(&exe, &device_name, w, size, examples)?;
-                ours_eps.push(m.examples_per_s());
-                ours_units.push(m.units_per_s());
-                ours_flops.push(m.flops_per_s());
-                ours_rss = ours_rss.max(rss);
+                for (&replicas, ours_runs) in o.replicas.iter().zip(&mut series) {
+                    let (m, rss) = ours(&exe, &device_name, w, size, examples, replicas)?;
+                    ours_runs.add(m, rss);
+                }
                 if let (Some(py), Some(t)) = (&o.peer, trainer) {
                     let (eps, rss, j) = peer(&o, py, t, size, examples)?;
-                    ratios.push(m.examples_per_s() / eps);
                     peer_eps.push(eps);
                     peer_rss = peer_rss.max(rss);
                     peer_json = j;
                 }
-                last = Some(m);
             }
-            let m = last.expect("repeats ≥ 1");
-            let flops_per_example = m.flops as f64 / m.examples as f64;
-            let (ours_median, _, _) = median_min_max(&ours_eps);
-            let ours_flops = median_min_max(&ours_flops).0;
-            let mut row = json!({
-                "size": size.name,
-                "workload": w.name(),
-                "unit": w.unit(),
-                "example_unit": w.example_unit(),
-                "examples_per_run": examples,
-                "non_embedding_params": m.non_embedding_params,
-                "flops_per_example": flops_per_example,
-                "ours": {
-                    "examples_per_s": stats(&ours_eps),
-                    "units_per_s": stats(&ours_units),
-                    "gflops_per_s": ours_flops / 1e9,
-                    "mfu": ours_flops / burn_peak,
-                    "peak_rss_bytes": ours_rss,
-                },
-            });
-            let mut line = format!(
-                "{:<6} {:<13} {:>10.1} {:<13} MFU {:>5.1}%  peak {:>6.0} MiB",
-                size.name,
-                w.name(),
-                median_min_max(&ours_units).0,
-                w.unit(),
-                100.0 * ours_flops / burn_peak,
-                ours_rss as f64 / (1 << 20) as f64
-            );
-            if !peer_eps.is_empty() {
-                let (peer_median, _, _) = median_min_max(&peer_eps);
-                let peer_flops = peer_median * flops_per_example;
-                let (ratio, rmin, rmax) = median_min_max(&ratios);
-                row["peer"] = json!({
-                    "examples_per_s": stats(&peer_eps),
-                    "gflops_per_s": peer_flops / 1e9,
-                    "mfu_of_torch_peak": torch_peak.map(|p| peer_flops / p),
-                    "peak_rss_bytes": peer_rss,
-                    "last_report": peer_json,
+            for (&replicas, ours_runs) in o.replicas.iter().zip(&series) {
+                let m = ours_runs.last.as_ref().expect("repeats ≥ 1");
+                let flops_per_example = m.flops as f64 / m.examples as f64;
+                let (ours_median, _, _) = median_min_max(&ours_runs.eps);
+                let ours_flops = median_min_max(&ours_runs.flops).0;
+                let mut row = json!({
+                    "size": size.name,
+                    "workload": w.name(),
+                    "replicas": replicas,
+                    "unit": w.unit(),
+                    "example_unit": w.example_unit(),
+                    "examples_per_run": examples,
+                    "non_embedding_params": m.non_embedding_params,
+                    "flops_per_example": flops_per_example,
+                    "ours": {
+                        "examples_per_s": stats(&ours_runs.eps),
+                        "units_per_s": stats(&ours_runs.units),
+                        "gflops_per_s": ours_flops / 1e9,
+                        "mfu": ours_flops / burn_peak,
+                        "peak_rss_bytes": ours_runs.rss,
+                    },
                 });
-                row["ratio"] = json!({
-                    "median_of_paired": ratio, "min": rmin, "max": rmax,
-                    "of_medians": ours_median / peer_median,
-                });
-                line.push_str(&format!(
-                    " | TRL {:>7.2} {}/s, peak {:>6.0} MiB | ratio {ratio:.2} ({rmin:.2}–{rmax:.2})",
-                    peer_median,
-                    w.example_unit(),
-                    peer_rss as f64 / (1 << 20) as f64
-                ));
+                let mut line = format!(
+                    "{:<6} {:<13} ×{replicas} {:>10.1} {:<13} MFU {:>5.1}%  peak {:>6.0} MiB",
+                    size.name,
+                    w.name(),
+                    median_min_max(&ours_runs.units).0,
+                    w.unit(),
+                    100.0 * ours_flops / burn_peak,
+                    ours_runs.rss as f64 / (1 << 20) as f64
+                );
+                if !peer_eps.is_empty() {
+                    // each of our runs against the peer's run of the same repeat
+                    let ratios: Vec<f64> = ours_runs
+                        .eps
+                        .iter()
+                        .zip(&peer_eps)
+                        .map(|(o, p)| o / p)
+                        .collect();
+                    let (peer_median, _, _) = median_min_max(&peer_eps);
+                    let peer_flops = peer_median * flops_per_example;
+                    let (ratio, rmin, rmax) = median_min_max(&ratios);
+                    row["peer"] = json!({
+                        "examples_per_s": stats(&peer_eps),
+                        "gflops_per_s": peer_flops / 1e9,
+                        "mfu_of_torch_peak": torch_peak.map(|p| peer_flops / p),
+                        "peak_rss_bytes": peer_rss,
+                        "last_report": peer_json,
+                    });
+                    row["ratio"] = json!({
+                        "median_of_paired": ratio, "min": rmin, "max": rmax,
+                        "of_medians": ours_median / peer_median,
+                    });
+                    line.push_str(&format!(
+                        " | TRL {:>7.2} {}/s, peak {:>6.0} MiB | ratio {ratio:.2} ({rmin:.2}–{rmax:.2})",
+                        peer_median,
+                        w.example_unit(),
+                        peer_rss as f64 / (1 << 20) as f64
+                    ));
+                }
+                println!("{line}");
+                rows.push(row);
             }
-            println!("{line}");
-            rows.push(row);
         }
     }
 

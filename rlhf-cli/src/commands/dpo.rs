@@ -199,7 +199,7 @@ pub fn run(args: &DpoArgs, toml: &str) -> Result<()> {
         &eval,
         &cfg,
         &cache,
-        &args.train.run_options(&p.out),
+        &p.run_options(&args.train),
         &p.device,
     )?;
     p.save(&policy, &args.lora)?;

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use clap::{ArgAction, Args};
+use rlhf_core::train::RunOptions;
 use rlhf_data::{Kind, PreferenceRecord, UnpairedRecord, detect_kind};
 use rlhf_dpo::{KtoConfig, KtoExample, RefCache, kto_batches, train_kto};
 use serde::{Deserialize, Serialize};
@@ -200,7 +201,11 @@ pub fn run(args: &KtoArgs, toml: &str) -> Result<()> {
         &eval,
         &cfg,
         &cache,
-        &args.train.run_options(&p.out),
+        // KTO's reference point is a whole-batch estimate: replicas only when asked (refused)
+        &RunOptions {
+            replicas: args.model.explicit_replicas()?,
+            ..p.run_options(&args.train)
+        },
         &p.device,
     )?;
     p.save(&policy, &args.lora)?;

@@ -5,9 +5,10 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use burn::tensor::Device;
 
+use rlhf_core::train::{Replicas, RunOptions};
 use rlhf_models::CausalLm;
 
-use crate::args::{DataArgs, LoraArgs, ModelArgs};
+use crate::args::{DataArgs, LoraArgs, ModelArgs, TrainArgs};
 use crate::load::{self, Checkpoint};
 use crate::output;
 
@@ -31,6 +32,8 @@ pub struct Prepared {
     pub out: PathBuf,
     /// The training (autodiff) device.
     pub device: Device,
+    /// The data-parallel replicas (`--devices`).
+    pub replicas: Replicas,
     /// The starting checkpoint.
     pub ckpt: Checkpoint,
 }
@@ -53,12 +56,21 @@ impl Prepared {
             dir,
             out,
             device,
+            replicas: model.replicas()?,
             ckpt,
         })
     }
 }
 
 impl Prepared {
+    /// Checkpoints, metrics and progress in the output directory, on the replicas.
+    pub fn run_options(&self, train: &TrainArgs) -> RunOptions {
+        RunOptions {
+            replicas: self.replicas.clone(),
+            ..train.run_options(&self.out)
+        }
+    }
+
     /// The checkpoint's model as its trainer gets it, with LoRA when asked ([`load::policy`]).
     pub fn policy(&self, lora: &LoraArgs, seed: u64) -> Result<CausalLm> {
         load::policy(self.ckpt.model.clone(), &self.ckpt.config, lora, seed)

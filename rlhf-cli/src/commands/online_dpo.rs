@@ -216,6 +216,12 @@ pub fn run(args: &OnlineDpoArgs, toml: &str) -> Result<()> {
     let spec: Spec = reward.parse()?;
     let cfg = args.config(args.total_steps());
     cfg.validate()?;
+    if args.model.devices.len() > 1 {
+        bail!(
+            "online-dpo: --devices with more than one replica is not supported (its generation \
+             and judging run on one device); use sft, rm, dpo or the on-policy commands"
+        );
+    }
     let device = args.model.training_device()?;
     let ckpt = load::checkpoint(dir, &device, args.chat_template.as_deref())?;
     let reference = load::reference(args.ref_model.as_deref(), &ckpt, &device)?;

@@ -623,6 +623,7 @@ pub fn run(method: Method, args: &OnPolicyArgs, toml: &str) -> Result<()> {
         checkpoint_every: args.save_steps,
         keep_last: args.save_total_limit.max(1),
         log_every: args.logging_steps.max(1),
+        replicas: args.model.replicas()?,
         ..RunOptions::in_dir(out)
     };
     let critic: Option<ScalarModel> = critic;

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{ArgAction, Args, ValueEnum};
+use rlhf_core::train::RunOptions;
 use rlhf_data::{
     Kind, KwiseRecord, PreferenceRecord, SftRecord, StepRecord, Tokenizer, UnpairedRecord,
     detect_kind,
@@ -139,7 +140,10 @@ pub fn run(args: &RmArgs, toml: &str) -> Result<()> {
         None => detect_kind(args.data.data()?, &args.data.read_options())?,
     };
     output::claim(out, "rm", toml)?;
-    let run = args.train.run_options(out);
+    let run = RunOptions {
+        replicas: args.model.replicas()?,
+        ..args.train.run_options(out)
+    };
     let mut demos: Vec<(Vec<u32>, Vec<u32>)> = Vec::new();
     let (model, settings, report) = match kind {
         Kind::Preference | Kind::Kwise => {

@@ -88,7 +88,7 @@ pub fn run(args: &SftArgs, toml: &str) -> Result<()> {
         &train,
         &eval,
         &cfg,
-        &args.train.run_options(&p.out),
+        &p.run_options(&args.train),
         &p.device,
     )?;
     p.save(&model, &args.lora)?;

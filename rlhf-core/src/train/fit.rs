@@ -25,6 +25,7 @@ use super::checkpoint::{
 use super::grads::{GradAccumulation, clip_global_grad_norm, global_grad_norm};
 use super::metrics::names;
 use super::optim::OptimizerConfig;
+use super::replicas::Shard;
 use super::run::{Run, RunOptions};
 use super::schedule::LrSchedule;
 use crate::{Error, Result};
@@ -62,6 +63,10 @@ pub struct BatchLoss {
     pub metrics: Metrics,
 }
 
+/// A trainer's loss: `loss_of(model, batch, shard)` is the loss of `shard`'s part of the batch of
+/// example indices, or `None` when that part is empty. Replicas call it from their threads.
+pub type LossOf<'a, M> = dyn Fn(&M, &[usize], Shard<'_>) -> Result<Option<BatchLoss>> + Sync + 'a;
+
 /// What the loop did.
 #[derive(Debug, Clone, Default)]
 pub struct FitReport {
@@ -76,14 +81,16 @@ pub struct FitReport {
 }
 
 /// Runs the loop. `batches_of_epoch(e)` gives epoch `e`'s batches of example indices;
-/// `loss_of(model, batch)` the batch's loss, its weight and extra metrics; `eval_of(model)` the
-/// eval metrics (empty without eval data). The model must live on an autodiff device.
+/// `loss_of(model, batch, shard)` the loss of `shard`'s part of the batch (the whole batch with one
+/// replica), its weight and extra metrics, or `None` when that part is empty; `eval_of(model)` the
+/// eval metrics (empty without eval data). The model must live on an autodiff device; with
+/// [`RunOptions::replicas`], that device is the first replica's.
 pub fn fit<M: Module>(
     mut model: M,
     cfg: &FitConfig,
     run_options: &RunOptions,
     batches_of_epoch: &dyn Fn(usize) -> Vec<Vec<usize>>,
-    loss_of: &dyn Fn(&M, &[usize]) -> Result<BatchLoss>,
+    loss_of: &LossOf<'_, M>,
     eval_of: &dyn Fn(&M) -> Result<Metrics>,
 ) -> Result<(M, FitReport)> {
     let accum = cfg.grad_accum.max(1);
@@ -95,6 +102,13 @@ pub fn fit<M: Module>(
         return Err(Error::Config(format!("{}: no training batches", cfg.label)));
     }
     let mut optim = cfg.optimizer.build()?;
+    let replicas = &run_options.replicas;
+    // the first replica's device: where the model lives and the optimizer steps
+    let device = model
+        .devices()
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::Config(format!("{}: the model has no parameters", cfg.label)))?;
     let (mut run, resume) = Run::start(run_options, total, cfg.label)?;
     let mut report = FitReport::default();
     if let Some(c) = resume {
@@ -121,39 +135,47 @@ pub fn fit<M: Module>(
             // desirable example), and is left out of that metric's mean
             let (mut loss_sum, mut weight_sum) = (0.0, 0.0);
             let mut extra_sum: Vec<(&'static str, f64, f64)> = Vec::new();
+            // one micro-batch on one replica needs no weighting (and keeps its gradient exact)
+            let weighted = group.len() > 1 || replicas.count() > 1;
             for idx in group {
-                let BatchLoss {
-                    loss,
-                    weight,
-                    metrics,
-                } = loss_of(&model, idx)?;
-                loss_sum += f64::from(loss.clone().into_scalar::<f32>()) * weight;
-                weight_sum += weight;
-                for (k, v) in metrics {
-                    let (sum, w) = if v.is_nan() {
-                        (0.0, 0.0)
-                    } else {
-                        (v * weight, weight)
+                // each replica's shard of the micro-batch counts as a micro-batch of its own
+                let shards = replicas.run(&model, &device, &|m, shard| {
+                    let Some(BatchLoss {
+                        loss,
+                        weight,
+                        metrics,
+                    }) = loss_of(m, idx, shard)?
+                    else {
+                        return Ok(None);
                     };
-                    match extra_sum.iter_mut().find(|s| s.0 == k) {
-                        Some(s) => {
-                            s.1 += sum;
-                            s.2 += w;
+                    let value = f64::from(loss.clone().into_scalar::<f32>());
+                    let (loss, w) = if weighted {
+                        (loss.mul_scalar(weight as f32), weight)
+                    } else {
+                        (loss, 1.0)
+                    };
+                    let grads = GradientsParams::from_grads(loss.backward(), m);
+                    Ok(Some((grads, w, value, weight, metrics)))
+                })?;
+                for (grads, w, value, weight, metrics) in shards.into_iter().flatten() {
+                    loss_sum += value * weight;
+                    weight_sum += weight;
+                    for (k, v) in metrics {
+                        let (sum, w) = if v.is_nan() {
+                            (0.0, 0.0)
+                        } else {
+                            (v * weight, weight)
+                        };
+                        match extra_sum.iter_mut().find(|s| s.0 == k) {
+                            Some(s) => {
+                                s.1 += sum;
+                                s.2 += w;
+                            }
+                            None => extra_sum.push((k, sum, w)),
                         }
-                        None => extra_sum.push((k, sum, w)),
                     }
+                    acc.add(&model, grads.to_device(&device, &model), w);
                 }
-                // one micro-batch per step needs no weighting (and keeps its gradient exact)
-                let (weighted, w) = if group.len() == 1 {
-                    (loss, 1.0)
-                } else {
-                    (loss.mul_scalar(weight as f32), weight)
-                };
-                acc.add(
-                    &model,
-                    GradientsParams::from_grads(weighted.backward(), &model),
-                    w,
-                );
             }
             let grads = acc.take_mean(&model);
             let (grads, norm) = match cfg.optimizer.max_grad_norm {

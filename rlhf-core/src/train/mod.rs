@@ -10,17 +10,19 @@ pub mod interrupt;
 pub mod memory;
 pub mod metrics;
 pub mod optim;
+pub mod replicas;
 pub mod rng;
 pub mod run;
 pub mod schedule;
 
 pub use checkpoint::{Checkpoint, CheckpointStore};
-pub use fit::{BatchLoss, FitConfig, FitReport, Metrics, fit};
+pub use fit::{BatchLoss, FitConfig, FitReport, LossOf, Metrics, fit};
 pub use grads::{
     GradAccumulation, clip_global_grad_norm, global_grad_norm, scale_grads, with_fresh_param_ids,
 };
 pub use metrics::MetricsSink;
 pub use optim::OptimizerConfig;
+pub use replicas::{Replicas, Shard};
 pub use rlhf_base::{allocator, fs, tune_allocator};
 pub use rng::{TrainRng, materialise, seed_all, seeded, try_seeded};
 pub use run::{Run, RunOptions};

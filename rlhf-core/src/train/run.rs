@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use super::checkpoint::{Checkpoint, CheckpointStore};
 use super::interrupt;
 use super::metrics::MetricsSink;
+use super::replicas::Replicas;
 use crate::{Error, Result};
 
 /// The key of the skipped-step count in a checkpoint's state.
@@ -43,6 +44,10 @@ pub struct RunOptions {
     pub log_every: u64,
     /// Stop after this many optimizer steps in a row with a non-finite loss or gradient norm.
     pub max_nonfinite_streak: u32,
+    /// Data-parallel replicas: each micro-batch split between them (see [`Replicas`]). Where a
+    /// run runs, not what it computes: not part of a run's recorded options.
+    #[serde(skip)]
+    pub replicas: Replicas,
 }
 
 impl Default for RunOptions {
@@ -54,6 +59,7 @@ impl Default for RunOptions {
             progress: true,
             log_every: 10,
             max_nonfinite_streak: 8,
+            replicas: Replicas::default(),
         }
     }
 }
