@@ -6,6 +6,7 @@ use rlhf_core::{Error, Result};
 
 use crate::axis::Axis;
 use crate::findings::findings;
+use crate::report::{SUMMARY_KEY_COLUMNS, metric_cell, summary_key};
 use crate::tables::{axis_metrics, rows};
 
 /// Checks that `report.md` and `summary.csv` under `out` hold the stored points' numbers: every
@@ -48,22 +49,22 @@ pub fn verify_report_files(
         }
         checked += 1;
     }
-    let header: Vec<&str> = csv.lines().next().unwrap_or("").split(',').collect();
+    let bad = |e: csv::Error| Error::Config(format!("{}: {e}", summary_csv.display()));
+    let mut reader = csv::Reader::from_reader(csv.as_bytes());
+    let header = reader.headers().map_err(bad)?.clone();
+    let table: Vec<csv::StringRecord> = reader
+        .records()
+        .collect::<std::result::Result<_, _>>()
+        .map_err(bad)?;
+    let keys = SUMMARY_KEY_COLUMNS.len();
     for p in &points {
-        let prefix = format!(
-            "{},{},{},{},",
-            p.point.axis, p.point.label, p.point.x, p.point.config.seed
-        );
-        let row = csv
-            .lines()
-            .find(|l| l.starts_with(&prefix))
+        let key = summary_key(p);
+        let row = table
+            .iter()
+            .find(|r| r.iter().take(key.len()).eq(key.iter().map(String::as_str)))
             .ok_or_else(|| Error::Config(format!("summary.csv lacks {}", p.point.file_name())))?;
-        for (name, cell) in header.iter().zip(row.split(',')).skip(5) {
-            let stored = p
-                .result
-                .metrics
-                .get(*name)
-                .map_or(String::new(), |v| format!("{v}"));
+        for (name, cell) in header.iter().zip(row.iter()).skip(keys) {
+            let stored = metric_cell(p, name);
             if cell != stored {
                 return Err(Error::Config(format!(
                     "summary.csv: {} {name} is {cell}, the point says {stored}",

@@ -6,6 +6,7 @@
 use std::io::Write;
 use std::process::{Command, ExitCode};
 
+use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 /// The project's automation: `cargo xtask <task>`.
@@ -74,17 +75,19 @@ fn main() -> ExitCode {
         Some(Task::BenchPerf { args }) => bench_perf(&args),
         Some(Task::Fixtures { python, regenerate }) => fixtures(&python, regenerate),
     };
-    if result.is_ok() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
 /// burn 0.22's CUDA runtime downloads an LLVM bundle in its build script, which cannot work
 /// offline; with `DOCS_RS=1` that build script skips the download (as it does on docs.rs), so
 /// the CUDA path can at least be type-checked. Nothing is linked or run.
-fn check_cuda() -> Result<(), ()> {
+fn check_cuda() -> Result<()> {
     run(Command::new(cargo())
         .args([
             "check",
@@ -102,7 +105,7 @@ fn check_cuda() -> Result<(), ()> {
 /// runs every training command of `rlhf` briefly on the command-line fixtures (and DPO with
 /// LoRA) and has `transformers` load each output directory, comparing its logits (or scores)
 /// with ours; a LoRA run's PEFT adapter files are loaded with `peft` on the base model too.
-fn fixtures(python: &str, regenerate: bool) -> Result<(), ()> {
+fn fixtures(python: &str, regenerate: bool) -> Result<()> {
     let out = "rlhf-models/tests/fixtures/hf";
     if regenerate {
         run(Command::new(python).args(["xtask/fixtures/make_hf_fixtures.py", out]))?;
@@ -248,7 +251,7 @@ fn fixtures(python: &str, regenerate: bool) -> Result<(), ()> {
 /// `bench-perf`: `rlhf-perf` with the options given; with `--device tch…`, built with the `tch`
 /// feature against the PyTorch of `python3` (or `$VIRTUAL_ENV`), whose `lib/` is put on
 /// `LD_LIBRARY_PATH` for the run.
-fn bench_perf(args: &[String]) -> Result<(), ()> {
+fn bench_perf(args: &[String]) -> Result<()> {
     let device = args
         .iter()
         .position(|a| a == "--device")
@@ -273,11 +276,10 @@ fn bench_perf(args: &[String]) -> Result<(), ()> {
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
     let Some(lib) = lib else {
-        eprintln!(
-            "xtask: --device tch needs PyTorch ({python} could not import torch); install torch \
-             2.9.0 (tch 0.22's version) in a venv and set VIRTUAL_ENV, or set LIBTORCH"
+        bail!(
+            "--device tch needs PyTorch ({python} could not import torch); install torch 2.9.0 \
+             (tch 0.22's version) in a venv and set VIRTUAL_ENV, or set LIBTORCH"
         );
-        return Err(());
     };
     let library_path = match std::env::var("LD_LIBRARY_PATH") {
         Ok(p) if !p.is_empty() => format!("{lib}:{p}"),
@@ -305,7 +307,7 @@ fn bench_perf(args: &[String]) -> Result<(), ()> {
 /// On Unix this process *becomes* that command (`exec`, and `cargo run` execs the binary too), so
 /// a signal sent to it (a `kill`, a CI job's timeout) reaches the benchmark itself, which
 /// checkpoints and stops, instead of leaving it running without its parent.
-fn run_bench_binary(bin: &str, command: &[&str], args: &[String]) -> Result<(), ()> {
+fn run_bench_binary(bin: &str, command: &[&str], args: &[String]) -> Result<()> {
     let mut cmd = Command::new(cargo());
     cmd.args(["run", "--quiet", "-p", "rlhf-bench", "--bin", bin, "--"])
         .args(command)
@@ -315,8 +317,7 @@ fn run_bench_binary(bin: &str, command: &[&str], args: &[String]) -> Result<(), 
         use std::os::unix::process::CommandExt;
         eprintln!("xtask: running {cmd:?}");
         let e = cmd.exec();
-        eprintln!("xtask: could not start {cmd:?}: {e}");
-        Err(())
+        Err(e).with_context(|| format!("could not start {cmd:?}"))
     }
     #[cfg(not(unix))]
     run(&mut cmd)
@@ -326,18 +327,14 @@ fn cargo() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string())
 }
 
-fn run(cmd: &mut Command) -> Result<(), ()> {
+fn run(cmd: &mut Command) -> Result<()> {
     let shown = format!("{cmd:?}");
     eprintln!("xtask: running {shown}");
-    match cmd.status() {
-        Ok(s) if s.success() => Ok(()),
-        Ok(s) => {
-            eprintln!("xtask: {shown} failed with {s}");
-            Err(())
-        }
-        Err(e) => {
-            eprintln!("xtask: could not start {shown}: {e}");
-            Err(())
-        }
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed with {status}");
     }
+    Ok(())
 }

@@ -20,6 +20,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
+use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use rlhf_bench::perf::{
     BATCH, NEW_TOKENS, PROMPT_WORDS, RESPONSE_WORDS, SAMPLES_PER_PROMPT, VOCAB, matmul_peak,
@@ -121,16 +122,16 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("rlhf-perf: {e}");
+            eprintln!("rlhf-perf: {e:#}");
             ExitCode::FAILURE
         }
     }
 }
 
-fn one(workload: Workload, size: Size, examples: usize, replicas: usize) -> Result<(), String> {
-    let device = rlhf_core::device_from_env().map_err(|e| e.to_string())?;
-    let m = measure(workload, size, examples, replicas, &device).map_err(|e| e.to_string())?;
-    println!("{}", serde_json::to_string(&m).map_err(|e| e.to_string())?);
+fn one(workload: Workload, size: Size, examples: usize, replicas: usize) -> Result<()> {
+    let device = rlhf_core::device_from_env()?;
+    let m = measure(workload, size, examples, replicas, &device)?;
+    println!("{}", serde_json::to_string(&m)?);
     Ok(())
 }
 
@@ -142,12 +143,12 @@ struct ChildRun {
 
 /// Runs `cmd`, keeps its stdout and stderr, and reads its maximum resident set size from the
 /// kernel when it exits.
-fn run_child(cmd: &mut Command, what: &str) -> Result<ChildRun, String> {
+fn run_child(cmd: &mut Command, what: &str) -> Result<ChildRun> {
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("{what}: could not start: {e}"))?;
+        .with_context(|| format!("{what}: could not start"))?;
     let mut stderr = child.stderr.take().expect("piped");
     let err_reader = std::thread::spawn(move || {
         let mut s = String::new();
@@ -160,23 +161,23 @@ fn run_child(cmd: &mut Command, what: &str) -> Result<ChildRun, String> {
         .take()
         .expect("piped")
         .read_to_string(&mut out)
-        .map_err(|e| format!("{what}: reading its output: {e}"))?;
+        .with_context(|| format!("{what}: reading its output"))?;
     let (status, max_rss_bytes) = wait_with_rusage(child.id())?;
     let err = err_reader.join().unwrap_or_default();
     if status != 0 {
         let lines: Vec<&str> = err.lines().collect();
         let tail = &lines[lines.len().saturating_sub(15)..];
-        return Err(format!(
+        bail!(
             "{what}: exited with status {status}; the end of its stderr:\n{}",
             tail.join("\n")
-        ));
+        );
     }
     let line = out
         .lines()
         .rev()
         .find(|l| l.trim_start().starts_with('{') && l.contains('"'))
-        .ok_or_else(|| format!("{what}: printed no JSON line; its output:\n{out}"))?;
-    let json = serde_json::from_str(line).map_err(|e| format!("{what}: bad JSON `{line}`: {e}"))?;
+        .with_context(|| format!("{what}: printed no JSON line; its output:\n{out}"))?;
+    let json = serde_json::from_str(line).with_context(|| format!("{what}: bad JSON `{line}`"))?;
     Ok(ChildRun {
         json,
         max_rss_bytes,
@@ -184,14 +185,14 @@ fn run_child(cmd: &mut Command, what: &str) -> Result<ChildRun, String> {
 }
 
 /// `wait4` on the child: its exit status and the kernel's maximum resident set size for it.
-fn wait_with_rusage(pid: u32) -> Result<(i32, u64), String> {
+fn wait_with_rusage(pid: u32) -> Result<(i32, u64)> {
     let mut status = 0;
     // SAFETY: an all-zero `rusage` is valid; `wait4` fills it for our own child `pid`, which
     // `std` has not reaped (we never call `Child::wait`).
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     let r = unsafe { libc::wait4(pid as libc::pid_t, &mut status, 0, &mut usage) };
     if r < 0 {
-        return Err(format!("wait4({pid}): {}", std::io::Error::last_os_error()));
+        bail!("wait4({pid}): {}", std::io::Error::last_os_error());
     }
     let code = if libc::WIFEXITED(status) {
         libc::WEXITSTATUS(status)
@@ -209,7 +210,7 @@ fn ours(
     size: Size,
     examples: usize,
     replicas: usize,
-) -> Result<(Measurement, u64), String> {
+) -> Result<(Measurement, u64)> {
     let run = run_child(
         Command::new(exe)
             .args(["one", w.name(), size.name, &examples.to_string()])
@@ -221,7 +222,7 @@ fn ours(
             size.name
         ),
     )?;
-    let m: Measurement = serde_json::from_value(run.json).map_err(|e| e.to_string())?;
+    let m: Measurement = serde_json::from_value(run.json)?;
     Ok((m, run.max_rss_bytes))
 }
 
@@ -232,9 +233,9 @@ fn peer(
     trainer: &str,
     size: Size,
     examples: usize,
-) -> Result<(f64, u64, Value), String> {
+) -> Result<(f64, u64, Value)> {
     let num = |v: usize| v.to_string();
-    let shape = size.shape(VOCAB).map_err(|e| e.to_string())?;
+    let shape = size.shape(VOCAB)?;
     let run = run_child(
         Command::new(python)
             .arg(&o.peer_script)
@@ -256,7 +257,7 @@ fn peer(
     )?;
     let eps = run.json["examples_per_s"]
         .as_f64()
-        .ok_or_else(|| format!("peer {trainer}: no examples_per_s in {}", run.json))?;
+        .with_context(|| format!("peer {trainer}: no examples_per_s in {}", run.json))?;
     Ok((eps, run.max_rss_bytes, run.json))
 }
 
@@ -285,7 +286,7 @@ fn stats(v: &[f64]) -> Value {
     json!({ "median": median, "min": min, "max": max, "runs": v })
 }
 
-fn sweep(mut o: Options) -> Result<(), String> {
+fn sweep(mut o: Options) -> Result<()> {
     if o.sizes.is_empty() {
         o.sizes = SIZES.to_vec();
     }
@@ -293,18 +294,18 @@ fn sweep(mut o: Options) -> Result<(), String> {
         o.workloads = Workload::ALL.to_vec();
     }
     if o.peer.is_some() && !o.peer_script.exists() {
-        return Err(format!(
+        bail!(
             "the peer script {} does not exist (set --peer-script)",
             o.peer_script.display()
-        ));
+        );
     }
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let exe = std::env::current_exe()?;
     let device_name = o
         .device
         .clone()
         .or_else(|| std::env::var("RLHF_DEVICE").ok())
         .unwrap_or_else(|| "flex".into());
-    let device = rlhf_core::parse_device(&device_name).map_err(|e| e.to_string())?;
+    let device = rlhf_core::parse_device(&device_name)?;
     eprintln!("rlhf-perf: measuring the f32 matmul peak (2048², median of 10)…");
     let burn_peak = matmul_peak(&device, 2048, 10);
     let torch_peak = match &o.peer {
@@ -312,7 +313,7 @@ fn sweep(mut o: Options) -> Result<(), String> {
             let out = Command::new(py)
                 .args(["-c", TORCH_PEAK])
                 .output()
-                .map_err(|e| format!("{py}: {e}"))?;
+                .with_context(|| format!("starting {py}"))?;
             String::from_utf8_lossy(&out.stdout)
                 .trim()
                 .parse::<f64>()
@@ -437,10 +438,10 @@ fn sweep(mut o: Options) -> Result<(), String> {
         "workloads": rows,
     });
     if let Some(dir) = o.out.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
-    rlhf_core::train::fs::write_atomic(&o.out, text.as_bytes()).map_err(|e| e.to_string())?;
+    let text = serde_json::to_string_pretty(&report)?;
+    rlhf_core::train::fs::write_atomic(&o.out, text.as_bytes())?;
     eprintln!("rlhf-perf: wrote {}", o.out.display());
     Ok(())
 }
