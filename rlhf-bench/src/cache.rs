@@ -6,8 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::Device;
-use rlhf_core::train::{Replicas, RunOptions};
+use rlhf_core::train::RunOptions;
 use rlhf_core::{Error, Result};
 
 /// Runs `build` into `NAME.partial` beside `dir` and renames it to `dir`, unless `dir` exists.
@@ -67,24 +66,23 @@ pub(crate) fn write_json<T: serde::Serialize>(dir: &Path, name: &str, value: &T)
 }
 
 /// The [`RunOptions`] of a method's training in a point's work directory: quiet, a checkpoint
-/// every 5 steps (the last one kept), the default replicas of the training `device`.
-pub(crate) fn quiet_in(dir: PathBuf, device: &Device) -> RunOptions {
+/// every 5 steps (the last one kept).
+pub(crate) fn quiet_in(dir: PathBuf) -> RunOptions {
     RunOptions {
         out_dir: Some(dir),
         checkpoint_every: 5,
         keep_last: 1,
         progress: false,
-        replicas: Replicas::default_for(device),
         ..RunOptions::default()
     }
 }
 
 /// The [`RunOptions`] of a training inside a cached stage: checkpoints in `partial/run` (every 25
 /// steps), so a killed stage resumes. Call [`finish_stage_run`] once the stage's model is saved.
-pub(crate) fn stage_run(partial: &Path, device: &Device) -> RunOptions {
+pub(crate) fn stage_run(partial: &Path) -> RunOptions {
     RunOptions {
         checkpoint_every: 25,
-        ..quiet_in(partial.join("run"), device)
+        ..quiet_in(partial.join("run"))
     }
 }
 

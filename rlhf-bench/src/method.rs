@@ -145,7 +145,7 @@ fn offline(
         &eval_groups,
         &dcfg,
         &RefCache::new(None),
-        &quiet_in(work.join("dpo"), device),
+        &quiet_in(work.join("dpo")),
         device,
     )?;
     m.insert(names::STEPS.into(), report.steps as f64);
@@ -268,7 +268,7 @@ fn on_policy(
         PolicyAndValue::new(inp.sft.clone(), value),
         &inputs,
         &pcfg,
-        &quiet_in(dir.clone(), device),
+        &quiet_in(dir.clone()),
         device,
     )?;
     let lines: Vec<BTreeMap<String, f64>> = read_metrics(&dir.join("metrics.jsonl"))?

@@ -155,7 +155,7 @@ pub(crate) fn sft_model(
             seed: cfg.seed.wrapping_add(2),
             ..SftConfig::default()
         };
-        let (model, _) = train_sft(init, data, &[], &sft_cfg, &stage_run(tmp, device), device)?;
+        let (model, _) = train_sft(init, data, &[], &sft_cfg, &stage_run(tmp), device)?;
         save_pretrained(&model, &shape, tmp)?;
         finish_stage_run(tmp)
     })?;
@@ -405,7 +405,7 @@ pub(crate) fn reward_model(
             &train_ranked,
             &eval_ranked,
             inp.sft_data,
-            &stage_run(tmp, device),
+            &stage_run(tmp),
             device,
         )?;
         rm.save(&tmp.join("model"))?;

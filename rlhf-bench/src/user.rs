@@ -210,7 +210,7 @@ pub fn run_preferences(cfg: &RunConfig, cache: &Path, work: &Path) -> Result<Run
             &train_pairs,
             &eval_pairs,
             &sft_data,
-            &stage_run(tmp, &device),
+            &stage_run(tmp),
             &device,
         )?;
         rm.save(&tmp.join("model"))?;

@@ -52,8 +52,8 @@ pub struct ModelArgs {
     /// micro-batch is split between them, each replica's part runs on its own thread, and their
     /// gradients are summed on the first device before one optimizer step. The run computes
     /// what one replica computes, up to f32 rounding. The first device replaces `--device`.
-    /// Default: two replicas on flex (faster than one replica on two threads), one elsewhere
-    /// [accelerate's processes; here threads].
+    /// Default: two replicas on flex (faster than one replica on two threads), one elsewhere and
+    /// for models with dropout [accelerate's processes; here threads].
     #[arg(long, value_delimiter = ',', value_name = "D1,D2,…")]
     pub devices: Vec<String>,
     /// Recompute memory-bound activations in the backward pass instead of keeping them (burn's
@@ -70,10 +70,15 @@ impl ModelArgs {
     }
 
     /// The data-parallel replicas of `--devices`; without it, [`Replicas::default_for`] the
-    /// training device (two on flex, one elsewhere).
-    pub fn replicas(&self) -> Result<Replicas> {
+    /// training device (two on flex, one elsewhere) for models whose `dropout` is 0, and one
+    /// replica for others (replicas would draw their dropout masks in thread order).
+    pub fn replicas(&self, dropout: f64) -> Result<Replicas> {
         if self.devices.is_empty() {
-            return Ok(Replicas::default_for(&self.training_device()?));
+            return Ok(if dropout > 0.0 {
+                Replicas::default()
+            } else {
+                Replicas::default_for(&self.training_device()?)
+            });
         }
         let devices = self
             .devices
@@ -89,7 +94,7 @@ impl ModelArgs {
         if self.devices.is_empty() {
             Ok(Replicas::default())
         } else {
-            self.replicas()
+            self.replicas(0.0)
         }
     }
 

@@ -336,6 +336,13 @@ pub fn train_online_dpo(
             Ok(ids[ids.len() - keep..].to_vec())
         })
         .collect::<Result<Vec<_>>>()?;
+    if run_options.replicas.count() > 1 {
+        return Err(Error::Config(
+            "online dpo: data-parallel replicas are not supported (its generation and judging \
+             run on one device)"
+                .into(),
+        ));
+    }
     let mut policy = if cfg.disable_dropout {
         policy.without_dropout()
     } else {

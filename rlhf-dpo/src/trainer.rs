@@ -476,6 +476,9 @@ pub fn train_offline(
     if train.is_empty() {
         return Err(Error::Config("offline trainer: no training groups".into()));
     }
+    run_options
+        .replicas
+        .refuse_with_dropout("offline trainer", policy.dropout())?;
     // refuse, before the first step, a run whose batches would not fit in memory: the policy is
     // trained on every response of a batch of groups; the reference is held for its log-probs
     let k_responses = train[0].responses.len() as u64;

@@ -292,6 +292,9 @@ pub fn train_sft(
     if train.is_empty() {
         return Err(Error::Config("SFT: no training examples".into()));
     }
+    run_options
+        .replicas
+        .refuse_with_dropout("SFT", model.dropout())?;
     // every epoch's batches, drawn from (seed, epoch), numbered globally
     let epochs: Vec<Vec<LmBatch>> = (0..cfg.epochs)
         .map(|e| epoch_batches(train, cfg, e))
@@ -360,6 +363,9 @@ pub fn train_sft(
                 whole
             } else {
                 part = whole.rows(rows);
+                if part.predicted_tokens() == 0 && whole.predicted_tokens() > 0 {
+                    return Ok(None); // a shard without targets adds nothing to the mean
+                }
                 &part
             };
             Ok(Some(BatchLoss {

@@ -296,3 +296,29 @@ proptest::proptest! {
         );
     }
 }
+
+#[test]
+fn replicas_are_refused_for_a_model_with_dropout() {
+    let device = rlhf_core::device_from_env().unwrap().autodiff();
+    let mut c = TransformerConfig::preset("tiny-llama-1m").unwrap();
+    c.vocab_size = 32;
+    c.dropout = 0.1;
+    let model = rlhf_core::train::seeded(&device, 5, || CausalLm::init(&c, &device).unwrap());
+    let options = RunOptions {
+        progress: false,
+        replicas: rlhf_core::train::Replicas::new(vec![device.clone(); 2]),
+        ..RunOptions::default()
+    };
+    let refused = train_sft(
+        model,
+        &data(),
+        &[],
+        &SftConfig::default(),
+        &options,
+        &device,
+    );
+    let Err(err) = refused else {
+        panic!("two replicas of a model with dropout were accepted");
+    };
+    assert!(err.to_string().contains("dropout 0.1"), "{err}");
+}

@@ -453,8 +453,6 @@ pub struct Share {
     pub tokens: f32,
     /// The shard's responses over the minibatch's: the weight of a mean over responses.
     pub responses: f32,
-    /// How many replicas share the minibatch.
-    pub replicas: usize,
 }
 
 impl Share {
@@ -462,18 +460,22 @@ impl Share {
     pub const WHOLE: Share = Share {
         tokens: 1.0,
         responses: 1.0,
-        replicas: 1,
     };
 
-    /// The weight of a policy loss aggregated `how` (`rlhf_core::aggregation`): `dapo` is a token
-    /// mean, `grpo` a mean over responses and `dr_grpo` a sum over `B·L_max`, both weighted by
-    /// responses; `bnpo` normalises each replica's micro-batch by its own tokens, so the
-    /// replicas weigh the same (as TRL's replicas do under DDP).
+    /// No part of it: a shard without response tokens.
+    pub const NONE: Share = Share {
+        tokens: 0.0,
+        responses: 0.0,
+    };
+
+    /// The weight of a policy loss aggregated `how` (`rlhf_core::aggregation`): `dapo` and
+    /// `bnpo` are token means over the minibatch (the on-policy update does not accumulate, so
+    /// its micro-batch is the minibatch), weighted by tokens; `grpo` is a mean over responses
+    /// and `dr_grpo` a sum over `B·L_max`, both weighted by responses.
     pub fn of(&self, how: LossAggregation) -> f32 {
         match how {
-            LossAggregation::Dapo => self.tokens,
+            LossAggregation::Dapo | LossAggregation::Bnpo => self.tokens,
             LossAggregation::Grpo | LossAggregation::DrGrpo => self.responses,
-            LossAggregation::Bnpo => 1.0 / self.replicas as f32,
         }
     }
 }
@@ -550,7 +552,6 @@ impl Experience {
         mb.share = Share {
             tokens: mine / all,
             responses: part.len() as f32 / rows.len() as f32,
-            replicas: shard.count,
         };
         Ok(Some(mb))
     }
@@ -706,34 +707,32 @@ pub fn ppo_update(
             // each replica's shard of the minibatch: its weighted loss, gradients and metrics;
             // the first replica adds the ptx term
             let shards = replicas.run(&models, device, &|m, shard| {
-                let Some(mb) = experience.shard(rows, shard, m.policy.vocab_size())? else {
-                    return Ok(None);
+                let mb = experience.shard(rows, shard, m.policy.vocab_size())?;
+                let (mut loss, mut metrics, share) = match &mb {
+                    Some(mb) => {
+                        let (loss, metrics) = minibatch_loss(m, mb, cfg, kl_coef);
+                        (Some(loss), metrics, mb.share)
+                    }
+                    None => (None, Vec::new(), Share::NONE),
                 };
-                let (mut loss, mut metrics) = minibatch_loss(m, &mb, cfg, kl_coef);
                 if let (Some(picked), 0) = (&ptx_batch, shard.index) {
                     let ptx = ptx_loss(&m.policy, picked, shard.device)?;
-                    metrics.push((
-                        names::OBJECTIVE_PTX_LOSS,
-                        f64::from(ptx.clone().into_scalar::<f32>()),
-                    ));
-                    loss = loss.add(ptx.mul_scalar(cfg.ptx_coef));
+                    let value = f64::from(ptx.clone().into_scalar::<f32>());
+                    metrics.push((names::OBJECTIVE_PTX_LOSS, value));
+                    let ptx = ptx.mul_scalar(cfg.ptx_coef);
+                    loss = Some(match loss {
+                        Some(loss) => loss.add(ptx),
+                        None => ptx,
+                    });
                 }
+                let Some(loss) = loss else {
+                    return Ok(None);
+                };
                 let grads = GradientsParams::from_grads(loss.backward(), m);
-                Ok(Some((grads, metrics, mb.share.tokens)))
+                Ok(Some((grads, metrics, share)))
             })?;
-            let (parts, mut metrics) = combine_shards(shards.into_iter().flatten().collect());
-            if metrics.is_empty() {
-                // no response token in the minibatch: nothing to learn from, a skipped step
-                metrics.push((names::LOSS_TOTAL, f64::NAN));
-            }
-            // `loss/total` is the loss that is minimised, ptx included
-            let ptx = metrics
-                .iter()
-                .find(|m| m.0 == names::OBJECTIVE_PTX_LOSS)
-                .map_or(0.0, |m| f64::from(cfg.ptx_coef) * m.1);
-            for m in metrics.iter_mut().filter(|m| m.0 == names::LOSS_TOTAL) {
-                m.1 += ptx;
-            }
+            let (parts, mut metrics) =
+                combine_shards(shards.into_iter().flatten().collect(), cfg, kl_coef);
             let loss_value = metrics
                 .iter()
                 .find(|m| m.0 == names::LOSS_TOTAL)
@@ -759,14 +758,25 @@ pub fn ppo_update(
     Ok((models, stats))
 }
 
-/// The replicas' gradients, and their metrics as means weighted by each shard's share of the
-/// minibatch's tokens (a metric only one shard reports, PPO-ptx's, is that shard's).
-fn combine_shards(shards: Vec<(GradientsParams, Metrics, f32)>) -> (Vec<GradientsParams>, Metrics) {
+/// The replicas' gradients, and the minibatch's metrics: each shard's weighted by its share of
+/// that metric's mean (`loss/policy` by the policy loss's share, PPO-ptx's loss, which only the
+/// first replica computes, as it is, the others by tokens), and `loss/total`, the loss that is
+/// minimised, ptx included, made of those. Without any response token in the minibatch,
+/// `loss/total` is NaN: the step is skipped.
+fn combine_shards(
+    shards: Vec<(GradientsParams, Metrics, Share)>,
+    cfg: &PpoConfig,
+    kl_coef: f32,
+) -> (Vec<GradientsParams>, Metrics) {
     let mut sums: Vec<(&'static str, f64, f64)> = Vec::new();
     let mut parts = Vec::with_capacity(shards.len());
     for (grads, metrics, share) in shards {
         for (k, v) in metrics {
-            let w = f64::from(share);
+            let w = f64::from(match k {
+                names::LOSS_POLICY => share.of(cfg.loss_aggregation),
+                names::OBJECTIVE_PTX_LOSS => 1.0,
+                _ => share.tokens,
+            });
             match sums.iter_mut().find(|s| s.0 == k) {
                 Some(s) => {
                     s.1 += v * w;
@@ -777,7 +787,21 @@ fn combine_shards(shards: Vec<(GradientsParams, Metrics, f32)>) -> (Vec<Gradient
         }
         parts.push(grads);
     }
-    let metrics = sums.into_iter().map(|(k, s, w)| (k, s / w)).collect();
+    let mut metrics: Metrics = sums.into_iter().map(|(k, s, w)| (k, s / w)).collect();
+    let get = |name: &str| metrics.iter().find(|m| m.0 == name).map(|m| m.1);
+    let total = match get(names::LOSS_POLICY) {
+        None => f64::NAN,
+        Some(policy) => {
+            policy
+                + f64::from(kl_coef) * get(names::KL_LOSS_TERM).unwrap_or(0.0)
+                + f64::from(cfg.vf_coef) * get(names::VAL_LOSS).unwrap_or(0.0)
+                + f64::from(cfg.ptx_coef) * get(names::OBJECTIVE_PTX_LOSS).unwrap_or(0.0)
+        }
+    };
+    match metrics.iter_mut().find(|m| m.0 == names::LOSS_TOTAL) {
+        Some(m) => m.1 = total,
+        None => metrics.push((names::LOSS_TOTAL, total)),
+    }
     (parts, metrics)
 }
 
@@ -985,6 +1009,10 @@ pub fn train_ppo(
     } else {
         models
     };
+    let dropout = models.value.as_ref().map_or(0.0, |v| v.backbone.dropout());
+    run_options
+        .replicas
+        .refuse_with_dropout("ppo", models.policy.dropout().max(dropout))?;
     // refuse, before the first rollout, a run whose minibatches would not fit in memory: the
     // policy and the critic are trained, the reference is held (the scorer is the caller's)
     let (policy_trained, policy_frozen) = memory::parameter_counts(&models.policy);

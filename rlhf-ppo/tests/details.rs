@@ -685,10 +685,9 @@ fn ppo_survives_sigkill_at_a_random_iteration() {
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4))]
     /// One PPO update (one minibatch step: policy, critic, the KL as a reward or as a loss term,
-    /// and PPO-ptx) on 2–3 data-parallel replicas takes the step of one replica, for each loss
-    /// aggregation whose step does not depend on how the minibatch is split (`bnpo` normalises
-    /// each replica's part by its own tokens, as TRL's replicas do). The responses stop at EOS at
-    /// different lengths, so the shards' shares of tokens and of responses differ.
+    /// and PPO-ptx) on 2–3 data-parallel replicas takes the step of one replica and logs the same
+    /// loss, for each loss aggregation. The responses stop at EOS at different lengths, so the
+    /// shards' shares of tokens and of responses differ.
     #[test]
     fn replicas_take_the_step_of_one_replica(
         replicas in 2usize..4,
@@ -698,7 +697,12 @@ proptest::proptest! {
         let _serial = rlhf_core::testing::serial();
         let f = fixture();
         let p = policy(&f);
-        for aggregation in [LossAggregation::Dapo, LossAggregation::Grpo, LossAggregation::DrGrpo] {
+        for aggregation in [
+            LossAggregation::Dapo,
+            LossAggregation::Bnpo,
+            LossAggregation::Grpo,
+            LossAggregation::DrGrpo,
+        ] {
             let cfg = PpoConfig {
                 num_minibatches: 1,
                 ppo_epochs: 1,
@@ -728,6 +732,7 @@ proptest::proptest! {
                 .map(|k| (f.tok.encode(&prompt(k)).unwrap(), f.tok.encode(" yes").unwrap()))
                 .collect();
             let values = rlhf_core::train::checkpoint::parameter_values::<PolicyAndValue>;
+            let losses = std::cell::RefCell::new(Vec::new());
             rlhf_core::testing::assert_replicas_take_one_step(
                 &f.device,
                 replicas,
@@ -749,8 +754,16 @@ proptest::proptest! {
                     )
                     .unwrap();
                     assert_eq!(stats.minibatches.len(), 1);
+                    losses.borrow_mut().push(get(&stats.minibatches[0], names::LOSS_TOTAL));
                     values(&m)
                 },
+            );
+            let losses = losses.into_inner();
+            assert!(
+                (losses[0] - losses[1]).abs() <= 1e-5 * losses[0].abs().max(1.0),
+                "{aggregation:?}: loss/total {} on one replica, {} on {replicas}",
+                losses[0],
+                losses[1]
             );
         }
     }

@@ -374,6 +374,9 @@ fn run_fit(
     if n_train == 0 {
         return Err(Error::Config(format!("{label}: no training examples")));
     }
+    run_options
+        .replicas
+        .refuse_with_dropout(label, model.backbone.dropout())?;
     let fit_cfg = FitConfig {
         epochs: cfg.epochs,
         grad_accum: cfg.grad_accum,

@@ -78,7 +78,7 @@ pub(crate) fn run_rl(
         PolicyAndValue::new(sft.model.clone(), value),
         &inputs,
         &pcfg,
-        &quiet_in(work.join("ppo"), &device),
+        &quiet_in(work.join("ppo")),
         &device,
     )?;
     let policy = models.policy;

@@ -166,14 +166,8 @@ pub(crate) fn train(
         let head = seeded(device, cfg.seed.wrapping_add(3), || {
             ScalarModel::from_backbone(backbone.model.clone())
         });
-        let (model, report) = train_step_model(
-            head,
-            &train,
-            &eval,
-            &rm_cfg,
-            &stage_run(tmp, device),
-            device,
-        )?;
+        let (model, report) =
+            train_step_model(head, &train, &eval, &rm_cfg, &stage_run(tmp), device)?;
         let rm = RewardModel {
             model,
             config: backbone.shape.clone(),

@@ -56,7 +56,7 @@ impl Prepared {
             dir,
             out,
             device,
-            replicas: model.replicas()?,
+            replicas: model.replicas(ckpt.model.dropout())?,
             ckpt,
         })
     }

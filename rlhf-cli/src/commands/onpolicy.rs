@@ -623,7 +623,13 @@ pub fn run(method: Method, args: &OnPolicyArgs, toml: &str) -> Result<()> {
         checkpoint_every: args.save_steps,
         keep_last: args.save_total_limit.max(1),
         log_every: args.logging_steps.max(1),
-        replicas: args.model.replicas()?,
+        // the models' dropout as they will train (off unless --disable-dropout false)
+        replicas: args.model.replicas(if cfg.disable_dropout {
+            0.0
+        } else {
+            let critic = critic.as_ref().map_or(0.0, |c| c.backbone.dropout());
+            ckpt.model.dropout().max(critic)
+        })?,
         ..RunOptions::in_dir(out)
     };
     let critic: Option<ScalarModel> = critic;

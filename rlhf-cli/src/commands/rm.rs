@@ -141,7 +141,7 @@ pub fn run(args: &RmArgs, toml: &str) -> Result<()> {
     };
     output::claim(out, "rm", toml)?;
     let run = RunOptions {
-        replicas: args.model.replicas()?,
+        replicas: args.model.replicas(start.model.backbone.dropout())?,
         ..args.train.run_options(out)
     };
     let mut demos: Vec<(Vec<u32>, Vec<u32>)> = Vec::new();

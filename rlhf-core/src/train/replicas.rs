@@ -7,7 +7,10 @@
 //! its loss is a mean over, see [`super::GradAccumulation`]), so `n` replicas take the step one
 //! replica takes on the whole batch, up to f32 rounding: `--devices` changes where the work runs,
 //! not what the run computes. The shards are reduced in replica order whatever order the threads
-//! finish in, so a run is as reproducible with replicas as without.
+//! finish in, so a run is as reproducible with replicas as without, provided nothing in a
+//! replica's step draws random numbers: the backends have one generator, which the threads would
+//! draw from in the order they run, so trainers refuse replicas for a model with dropout
+//! ([`Replicas::refuse_with_dropout`]).
 //!
 //! burn 0.22.1's collectives (`DistributedContext`) exist only for CUDA with NCCL, so the
 //! replicas are threads here on every backend. Each replica other than the first works on a
@@ -49,6 +52,21 @@ impl Replicas {
     /// How many replicas work on each micro-batch (at least 1).
     pub fn count(&self) -> usize {
         self.devices.len().max(1)
+    }
+
+    /// Refuses replicas for a model whose dropout probability is `dropout` > 0: the replicas'
+    /// threads would draw its masks from the backend's one generator in the order they run, and
+    /// the run would not be reproducible.
+    pub fn refuse_with_dropout(&self, label: &str, dropout: f64) -> Result<()> {
+        if self.count() > 1 && dropout > 0.0 {
+            return Err(crate::Error::Config(format!(
+                "{label}: {} data-parallel replicas and dropout {dropout}: the replicas would \
+                 draw dropout masks from one generator in the order their threads run, so the \
+                 run would not be reproducible; use one device, or turn dropout off",
+                self.count()
+            )));
+        }
+        Ok(())
     }
 
     /// Runs `work` on every replica's shard at once, and returns what each gave, in replica order.
