@@ -16,4 +16,4 @@ pub mod scorer;
 
 pub use allocator::tune_allocator;
 pub use error::{Error, Result};
-pub use scorer::{Scorer, check_pairs};
+pub use scorer::{Scorer, best_and_worst, check_pairs};

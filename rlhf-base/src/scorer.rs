@@ -56,3 +56,58 @@ impl<S: Scorer + ?Sized> Scorer for Box<S> {
         (**self).name()
     }
 }
+
+/// DPO pairs from scores of `k` responses per prompt (prompt-major: responses `i·k .. (i+1)·k`
+/// answer prompt `i`): per prompt, `Some((best, worst))`, the indices within the group of the
+/// highest and the lowest score (the first of equal ones, as `torch.argmax` picks), or `None` when
+/// every score of the group is the same and there is no preference to learn. LongReward samples
+/// `k` responses per prompt and takes the judge's best as chosen and its worst as rejected; online
+/// DPO does the same with its scorer's scores.
+///
+/// Errors when `k < 2`, when the number of scores is not a multiple of `k`, or on a non-finite
+/// score.
+pub fn best_and_worst(scores: &[f32], k: usize) -> Result<Vec<Option<(usize, usize)>>> {
+    if k < 2 || !scores.len().is_multiple_of(k) {
+        return Err(crate::Error::Shape(format!(
+            "best and worst of {} scores in groups of {k}: groups need at least two responses \
+             and the scores must fill them",
+            scores.len()
+        )));
+    }
+    if let Some(i) = scores.iter().position(|s| !s.is_finite()) {
+        return Err(crate::Error::Config(format!(
+            "best and worst: score {i} is {}",
+            scores[i]
+        )));
+    }
+    Ok(scores
+        .chunks(k)
+        .map(|group| {
+            let (mut best, mut worst) = (0, 0);
+            for (j, &s) in group.iter().enumerate() {
+                if s > group[best] {
+                    best = j;
+                }
+                if s < group[worst] {
+                    worst = j;
+                }
+            }
+            (group[best] > group[worst]).then_some((best, worst))
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn best_and_worst_per_group() {
+        let pairs = best_and_worst(&[0.1, 0.9, 0.5, 2.0, 2.0, 2.0, -1.0, 3.0, -1.0], 3).unwrap();
+        assert_eq!(pairs, vec![Some((1, 0)), None, Some((1, 0))]);
+        assert!(best_and_worst(&[1.0, 2.0, 3.0], 2).is_err());
+        assert!(best_and_worst(&[1.0, 2.0], 1).is_err());
+        assert!(best_and_worst(&[1.0, f32::NAN], 2).is_err());
+        assert_eq!(best_and_worst(&[], 2).unwrap(), vec![]);
+    }
+}

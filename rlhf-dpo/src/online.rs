@@ -43,26 +43,26 @@ pub struct OnlineReport {
 }
 
 /// For each prompt (its `n` samples consecutive in `scores` and `responses`), the rows of its
-/// best and its worst sample: `argmax_k s_k` (the last of equal maxima) and `argmin_k s_k` (the
-/// first of equal minima). `None` when all its samples score the same (no preference to learn)
-/// or either response is empty or missing; a trailing group of fewer than `n` is left out.
+/// best and its worst sample ([`rlhf_core::best_and_worst`]: the first of equal maxima and of
+/// equal minima). `None` when all its samples score the same (no preference to learn) or either
+/// response is empty or missing; a trailing group of fewer than `n` is left out. Errors when
+/// `n < 2` or on a score that is not finite.
 pub fn best_and_worst(
     scores: &[f32],
     responses: &[Vec<u32>],
     n: usize,
-) -> Vec<Option<(usize, usize)>> {
-    (0..scores.len() / n.max(1))
-        .map(|i| {
-            let rows = i * n..(i + 1) * n;
-            let best = rows
-                .clone()
-                .max_by(|&a, &b| scores[a].total_cmp(&scores[b]))?;
-            let worst = rows.min_by(|&a, &b| scores[a].total_cmp(&scores[b]))?;
-            let answered = |k: usize| responses.get(k).is_some_and(|r| !r.is_empty());
-            (scores[best] > scores[worst] && answered(best) && answered(worst))
-                .then_some((best, worst))
+) -> Result<Vec<Option<(usize, usize)>>> {
+    let whole = scores.len() - scores.len() % n.max(1);
+    let answered = |k: usize| responses.get(k).is_some_and(|r| !r.is_empty());
+    Ok(rlhf_core::best_and_worst(&scores[..whole], n)?
+        .into_iter()
+        .enumerate()
+        .map(|(i, pair)| {
+            let (best, worst) = pair?;
+            let (best, worst) = (i * n + best, i * n + worst);
+            (answered(best) && answered(worst)).then_some((best, worst))
         })
-        .collect()
+        .collect())
 }
 
 /// One round on `prompts`: sample, score, pair best against worst, train. The reference stays
@@ -99,7 +99,7 @@ pub fn online_round(
         ..OnlineReport::default()
     };
     let mut groups = Vec::new();
-    for (i, pair) in best_and_worst(&scores, &responses, n)
+    for (i, pair) in best_and_worst(&scores, &responses, n)?
         .into_iter()
         .enumerate()
     {

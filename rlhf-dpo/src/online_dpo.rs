@@ -41,7 +41,7 @@ use rlhf_core::train::metrics::names;
 use rlhf_core::train::{
     Checkpoint, LrSchedule, Metrics, OptimizerConfig, Run, RunOptions, TrainRng,
     checkpoint::{module_from_bytes, module_to_bytes, optimizer_from_bytes, optimizer_to_bytes},
-    clip_global_grad_norm, global_grad_norm,
+    clip_if_set,
 };
 use rlhf_core::{Error, Result, Scorer};
 use rlhf_data::{Tokenizer, collate};
@@ -431,7 +431,7 @@ pub fn train_online_dpo(
         }
 
         // 4. best against worst
-        let chosen_pairs: Vec<(usize, usize)> = best_and_worst(&scores, &responses, n)
+        let chosen_pairs: Vec<(usize, usize)> = best_and_worst(&scores, &responses, n)?
             .into_iter()
             .flatten()
             .collect();
@@ -523,13 +523,7 @@ pub fn train_online_dpo(
                         mean(lp.iter().map(|a| -f64::from(*a))),
                     ));
                     let grads = GradientsParams::from_grads(loss.backward(), &policy);
-                    let (grads, norm) = match cfg.optimizer.max_grad_norm {
-                        Some(max) => clip_global_grad_norm(&policy, grads, max),
-                        None => {
-                            let norm = global_grad_norm(&policy, &grads);
-                            (grads, norm)
-                        }
-                    };
+                    let (grads, norm) = clip_if_set(&policy, grads, cfg.optimizer.max_grad_norm);
                     let finite = loss_value.is_finite() && norm.is_finite();
                     run.check_finite(done, finite, || {
                         format!("online-dpo round {done}, minibatch {k}")

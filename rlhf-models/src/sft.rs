@@ -6,11 +6,13 @@
 //! a resumed run skips the batches it already trained on and continues with the same ones an
 //! uninterrupted run would have used.
 
+use std::borrow::Cow;
+
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 use rlhf_core::train::memory;
 use rlhf_core::train::{
-    BatchLoss, FitConfig, LrSchedule, Metrics, OptimizerConfig, RunOptions, TrainRng, fit,
+    BatchLoss, FitConfig, LrSchedule, Metrics, OptimizerConfig, RunOptions, Shard, TrainRng, fit,
     metrics::names,
 };
 use rlhf_core::{Error, Result, masked_mean, token_logprobs};
@@ -107,6 +109,20 @@ impl LmBatch {
             attention: self.attention[cells.clone()].to_vec(),
             target: self.target[cells].to_vec(),
         }
+    }
+
+    /// A data-parallel replica's rows of the batch (the batch itself with one replica); `None`
+    /// when the shard is empty, or holds no target while the batch has some (it would add
+    /// nothing to the mean, and its own mean would be 0/0).
+    pub fn shard(&self, shard: Shard<'_>) -> Option<Cow<'_, LmBatch>> {
+        let rows = shard.range(self.batch);
+        if rows.len() == self.batch {
+            return Some(Cow::Borrowed(self));
+        }
+        let part = self.rows(rows);
+        let empty =
+            part.batch == 0 || (part.predicted_tokens() == 0 && self.predicted_tokens() > 0);
+        (!empty).then_some(Cow::Owned(part))
     }
 
     /// Target tokens that have a predecessor (column 0 is never predicted).
@@ -308,26 +324,7 @@ pub fn train_sft(
         })
         .collect();
     let all: Vec<&LmBatch> = epochs.iter().flatten().collect();
-    // refuse, before the first step, a run whose largest batch would not fit in memory
-    let shape = model.shape();
-    let (rows, seq) = all
-        .iter()
-        .map(|b| (b.batch as u64, b.seq as u64))
-        .max_by_key(|&(r, s)| shape.activation_bytes(r, s))
-        .unwrap_or((1, 1));
-    let (trained, frozen) = memory::parameter_counts(&model);
-    memory::check_batch_fits(
-        "SFT",
-        trained,
-        frozen,
-        &memory::Batch {
-            rows,
-            seq,
-            activations: &|r, s| shape.activation_bytes(r, s),
-            rows_knob: "batch_size, with grad_accum",
-            seq_knob: "truncation, or packing's row length",
-        },
-    )?;
+    check_memory(&model, &all)?;
 
     let fit_cfg = FitConfig {
         epochs: cfg.epochs,
@@ -353,44 +350,21 @@ pub fn train_sft(
         run_options,
         &|e| (0..epochs[e].len()).map(|i| vec![offsets[e] + i]).collect(),
         &|m, idx, shard| {
-            let whole = all[idx[0]];
-            let rows = shard.range(whole.batch);
-            if rows.is_empty() {
+            let Some(batch) = all[idx[0]].shard(shard) else {
                 return Ok(None);
-            }
-            let part;
-            let batch = if rows.len() == whole.batch {
-                whole
-            } else {
-                part = whole.rows(rows);
-                if part.predicted_tokens() == 0 && whole.predicted_tokens() > 0 {
-                    return Ok(None); // a shard without targets adds nothing to the mean
-                }
-                &part
             };
             Ok(Some(BatchLoss {
-                loss: sft_loss(m, batch, shard.device)?,
+                loss: sft_loss(m, &batch, shard.device)?,
                 weight: batch.predicted_tokens() as f64,
                 metrics: Vec::new(),
             }))
         },
         &eval_of,
     )?;
-    // the target tokens of the steps this call took (each step is `grad_accum` batches of its
-    // epoch, the last one possibly fewer)
-    let first_new = r.steps - r.steps_this_run;
-    let tokens = epochs
-        .iter()
-        .flat_map(|e| e.chunks(cfg.grad_accum.max(1)))
-        .zip(1u64..)
-        .filter(|(_, step)| *step > first_new && *step <= r.steps)
-        .flat_map(|(group, _)| group)
-        .map(LmBatch::predicted_tokens)
-        .sum();
     let report = SftReport {
         steps: r.steps,
         steps_this_run: r.steps_this_run,
-        tokens,
+        tokens: tokens_trained(&epochs, cfg.grad_accum, r.steps - r.steps_this_run, r.steps),
         final_train_loss: r.final_train_loss,
         eval_loss: r
             .eval
@@ -399,6 +373,42 @@ pub fn train_sft(
             .map_or(f64::NAN, |m| m.1),
     };
     Ok((model, report))
+}
+
+/// The target tokens of steps `first_done + 1 ..= last` (each step is `grad_accum` batches of its
+/// epoch, the last one possibly fewer).
+fn tokens_trained(epochs: &[Vec<LmBatch>], grad_accum: usize, first_done: u64, last: u64) -> u64 {
+    epochs
+        .iter()
+        .flat_map(|e| e.chunks(grad_accum.max(1)))
+        .zip(1u64..)
+        .filter(|(_, step)| *step > first_done && *step <= last)
+        .flat_map(|(group, _)| group)
+        .map(LmBatch::predicted_tokens)
+        .sum()
+}
+
+/// Refuses, before the first step, a run whose largest batch would not fit in memory.
+fn check_memory(model: &CausalLm, batches: &[&LmBatch]) -> Result<()> {
+    let shape = model.shape();
+    let (rows, seq) = batches
+        .iter()
+        .map(|b| (b.batch as u64, b.seq as u64))
+        .max_by_key(|&(r, s)| shape.activation_bytes(r, s))
+        .unwrap_or((1, 1));
+    let (trained, frozen) = memory::parameter_counts(model);
+    memory::check_batch_fits(
+        "SFT",
+        trained,
+        frozen,
+        &memory::Batch {
+            rows,
+            seq,
+            activations: &|r, s| shape.activation_bytes(r, s),
+            rows_knob: "batch_size, with grad_accum",
+            seq_knob: "truncation, or packing's row length",
+        },
+    )
 }
 
 #[cfg(test)]

@@ -36,7 +36,7 @@ use rlhf_core::train::metrics::names;
 use rlhf_core::train::{
     Checkpoint, LrSchedule, Metrics, Replicas, Run, RunOptions, Shard, TrainRng,
     checkpoint::{module_from_bytes, module_to_bytes, optimizer_from_bytes, optimizer_to_bytes},
-    clip_global_grad_norm,
+    clip_if_set,
     replicas::sum_gradients,
     with_fresh_param_ids,
 };
@@ -707,29 +707,8 @@ pub fn ppo_update(
             // each replica's shard of the minibatch: its weighted loss, gradients and metrics;
             // the first replica adds the ptx term
             let shards = replicas.run(&models, device, &|m, shard| {
-                let mb = experience.shard(rows, shard, m.policy.vocab_size())?;
-                let (mut loss, mut metrics, share) = match &mb {
-                    Some(mb) => {
-                        let (loss, metrics) = minibatch_loss(m, mb, cfg, kl_coef);
-                        (Some(loss), metrics, mb.share)
-                    }
-                    None => (None, Vec::new(), Share::NONE),
-                };
-                if let (Some(picked), 0) = (&ptx_batch, shard.index) {
-                    let ptx = ptx_loss(&m.policy, picked, shard.device)?;
-                    let value = f64::from(ptx.clone().into_scalar::<f32>());
-                    metrics.push((names::OBJECTIVE_PTX_LOSS, value));
-                    let ptx = ptx.mul_scalar(cfg.ptx_coef);
-                    loss = Some(match loss {
-                        Some(loss) => loss.add(ptx),
-                        None => ptx,
-                    });
-                }
-                let Some(loss) = loss else {
-                    return Ok(None);
-                };
-                let grads = GradientsParams::from_grads(loss.backward(), m);
-                Ok(Some((grads, metrics, share)))
+                let ptx = ptx_batch.as_deref().filter(|_| shard.index == 0);
+                shard_gradients(m, experience, rows, shard, ptx, cfg, kl_coef)
             })?;
             let (parts, mut metrics) =
                 combine_shards(shards.into_iter().flatten().collect(), cfg, kl_coef);
@@ -738,13 +717,7 @@ pub fn ppo_update(
                 .find(|m| m.0 == names::LOSS_TOTAL)
                 .map_or(f64::NAN, |m| m.1);
             let grads = sum_gradients(&models, device, parts);
-            let (grads, norm) = match cfg.optimizer.max_grad_norm {
-                Some(max) => clip_global_grad_norm(&models, grads, max),
-                None => {
-                    let norm = rlhf_core::train::global_grad_norm(&models, &grads);
-                    (grads, norm)
-                }
-            };
+            let (grads, norm) = clip_if_set(&models, grads, cfg.optimizer.max_grad_norm);
             metrics.push((names::TRAIN_GRAD_NORM, f64::from(norm)));
             if loss_value.is_finite() && norm.is_finite() {
                 models = optim.step(lr(step), models, grads);
@@ -756,6 +729,44 @@ pub fn ppo_update(
         }
     }
     Ok((models, stats))
+}
+
+/// One replica's part of a minibatch step: the gradients of its shard's weighted loss (with
+/// PPO-ptx's term on `ptx` when given), its metrics and its [`Share`]; `None` when there is
+/// nothing to differentiate.
+fn shard_gradients(
+    models: &PolicyAndValue,
+    experience: &Experience,
+    rows: &[usize],
+    shard: Shard<'_>,
+    ptx: Option<&[&Example]>,
+    cfg: &PpoConfig,
+    kl_coef: f32,
+) -> Result<Option<(GradientsParams, Metrics, Share)>> {
+    let mb = experience.shard(rows, shard, models.policy.vocab_size())?;
+    let (mut loss, mut metrics, share) = match &mb {
+        Some(mb) => {
+            let (loss, metrics) = minibatch_loss(models, mb, cfg, kl_coef);
+            (Some(loss), metrics, mb.share)
+        }
+        None => (None, Vec::new(), Share::NONE),
+    };
+    if let Some(picked) = ptx {
+        let ptx = ptx_loss(&models.policy, picked, shard.device)?;
+        metrics.push((
+            names::OBJECTIVE_PTX_LOSS,
+            f64::from(ptx.clone().into_scalar::<f32>()),
+        ));
+        let ptx = ptx.mul_scalar(cfg.ptx_coef);
+        loss = Some(match loss {
+            Some(loss) => loss.add(ptx),
+            None => ptx,
+        });
+    }
+    Ok(loss.map(|loss| {
+        let grads = GradientsParams::from_grads(loss.backward(), models);
+        (grads, metrics, share)
+    }))
 }
 
 /// The replicas' gradients, and the minibatch's metrics: each shard's weighted by its share of

@@ -43,7 +43,7 @@
 //! it, as Llama-family models expect): for a chat model, the caller writes its chat markup (the
 //! user turn, the opening of the assistant's reply) into them.
 //!
-//! [`best_and_worst`] turns a judge's scores of `k` sampled responses per prompt into DPO pairs,
+//! [`rlhf_core::best_and_worst`] turns a judge's scores of `k` sampled responses per prompt into DPO pairs,
 //! LongReward's recipe; `rlhf_dpo::online_round` does the same inside an online round with any
 //! `Scorer`, this judge included.
 
@@ -510,45 +510,6 @@ impl Scorer for LlmJudge {
     }
 }
 
-/// DPO pairs from scores of `k` responses per prompt (prompt-major: responses `i·k .. (i+1)·k`
-/// answer prompt `i`): per prompt, `Some((best, worst))`, the indices within the group of the
-/// highest and the lowest score (the first of equal ones), or `None` when every score of the
-/// group is the same and there is no preference to learn. LongReward samples `k` responses per
-/// prompt and takes the judge's best as chosen and its worst as rejected.
-///
-/// Errors when `k < 2`, when the number of scores is not a multiple of `k`, or on a non-finite
-/// score.
-pub fn best_and_worst(scores: &[f32], k: usize) -> Result<Vec<Option<(usize, usize)>>> {
-    if k < 2 || !scores.len().is_multiple_of(k) {
-        return Err(Error::Shape(format!(
-            "best and worst of {} scores in groups of {k}: groups need at least two responses \
-             and the scores must fill them",
-            scores.len()
-        )));
-    }
-    if let Some(i) = scores.iter().position(|s| !s.is_finite()) {
-        return Err(Error::Config(format!(
-            "best and worst: score {i} is {}",
-            scores[i]
-        )));
-    }
-    Ok(scores
-        .chunks(k)
-        .map(|group| {
-            let (mut best, mut worst) = (0, 0);
-            for (j, &s) in group.iter().enumerate() {
-                if s > group[best] {
-                    best = j;
-                }
-                if s < group[worst] {
-                    worst = j;
-                }
-            }
-            (group[best] > group[worst]).then_some((best, worst))
-        })
-        .collect())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -563,16 +524,6 @@ mod tests {
         let p = restricted_softmax(&[1000.0, 1000.0]).unwrap();
         assert_eq!(p, vec![0.5, 0.5]);
         assert!(restricted_softmax(&[0.0, f32::NAN]).is_none());
-    }
-
-    #[test]
-    fn best_and_worst_per_group() {
-        let pairs = best_and_worst(&[0.1, 0.9, 0.5, 2.0, 2.0, 2.0, -1.0, 3.0, -1.0], 3).unwrap();
-        assert_eq!(pairs, vec![Some((1, 0)), None, Some((1, 0))]);
-        assert!(best_and_worst(&[1.0, 2.0, 3.0], 2).is_err());
-        assert!(best_and_worst(&[1.0, 2.0], 1).is_err());
-        assert!(best_and_worst(&[1.0, f32::NAN], 2).is_err());
-        assert_eq!(best_and_worst(&[], 2).unwrap(), vec![]);
     }
 
     #[test]

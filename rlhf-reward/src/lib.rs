@@ -45,12 +45,13 @@ pub mod train;
 pub mod verifiers;
 
 pub use combine::{Combine, EnsembleScorer, LengthScorer};
-pub use judge::{JudgeConfig, JudgeDimension, LlmJudge, Rating, best_and_worst};
+pub use judge::{JudgeConfig, JudgeDimension, LlmJudge, Rating};
 pub use losses::{
     StepAggregate, binary_cross_entropy, bradley_terry_loss, centering_penalty, pair_accuracy,
     plackett_luce_loss, prm_sequence_score,
 };
 pub use model::{Normalisation, RewardKind, RewardModel, RewardSettings};
+pub use rlhf_core::best_and_worst;
 pub use scorer::RewardScorer;
 pub use train::{
     LabelledExample, RankedExample, RmConfig, RmEval, RmReport, evaluate_labelled, evaluate_ranked,

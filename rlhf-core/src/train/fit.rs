@@ -15,17 +15,17 @@
 use std::collections::BTreeMap;
 
 use burn::module::Module;
-use burn::optim::GradientsParams;
-use burn::tensor::Tensor;
+use burn::optim::{GradientsParams, ModuleOptimizer};
+use burn::tensor::{Device, Tensor};
 use serde_json::json;
 
 use super::checkpoint::{
     Checkpoint, module_from_bytes, module_to_bytes, optimizer_from_bytes, optimizer_to_bytes,
 };
-use super::grads::{GradAccumulation, clip_global_grad_norm, global_grad_norm};
+use super::grads::{GradAccumulation, clip_if_set};
 use super::metrics::names;
 use super::optim::OptimizerConfig;
-use super::replicas::Shard;
+use super::replicas::{Replicas, Shard};
 use super::run::{Run, RunOptions};
 use super::schedule::LrSchedule;
 use crate::{Error, Result};
@@ -85,6 +85,8 @@ pub struct FitReport {
 /// replica), its weight and extra metrics, or `None` when that part is empty; `eval_of(model)` the
 /// eval metrics (empty without eval data). The model must live on an autodiff device; with
 /// [`RunOptions::replicas`], that device is the first replica's.
+// One piece, over 80 lines: the body is one optimizer step in its order (gradients, clipping,
+// the non-finite guard, the update, the metrics line, eval, the checkpoint), read top to bottom.
 pub fn fit<M: Module>(
     mut model: M,
     cfg: &FitConfig,
@@ -104,11 +106,9 @@ pub fn fit<M: Module>(
     let mut optim = cfg.optimizer.build()?;
     let replicas = &run_options.replicas;
     // the first replica's device: where the model lives and the optimizer steps
-    let device = model
-        .devices()
-        .into_iter()
-        .next()
-        .ok_or_else(|| Error::Config(format!("{}: the model has no parameters", cfg.label)))?;
+    let Some(device) = model.devices().into_iter().next() else {
+        return Err(Error::Config(format!("{}: no parameters", cfg.label)));
+    };
     let (mut run, resume) = Run::start(run_options, total, cfg.label)?;
     let mut report = FitReport::default();
     if let Some(c) = resume {
@@ -129,64 +129,12 @@ pub fn fit<M: Module>(
             if step <= report.steps {
                 continue; // trained on before the resume
             }
-            let mut acc = GradAccumulation::new();
-            // a metric's mean over the micro-batches that report it: a micro-batch reports NaN
-            // for what it has nothing to measure (KTO's chosen rewards in a batch without a
-            // desirable example), and is left out of that metric's mean
-            let (mut loss_sum, mut weight_sum) = (0.0, 0.0);
-            let mut extra_sum: Vec<(&'static str, f64, f64)> = Vec::new();
-            // one micro-batch on one replica needs no weighting (and keeps its gradient exact)
-            let weighted = group.len() > 1 || replicas.count() > 1;
-            for idx in group {
-                // each replica's shard of the micro-batch counts as a micro-batch of its own
-                let shards = replicas.run(&model, &device, &|m, shard| {
-                    let Some(BatchLoss {
-                        loss,
-                        weight,
-                        metrics,
-                    }) = loss_of(m, idx, shard)?
-                    else {
-                        return Ok(None);
-                    };
-                    let value = f64::from(loss.clone().into_scalar::<f32>());
-                    let (loss, w) = if weighted {
-                        (loss.mul_scalar(weight as f32), weight)
-                    } else {
-                        (loss, 1.0)
-                    };
-                    let grads = GradientsParams::from_grads(loss.backward(), m);
-                    Ok(Some((grads, w, value, weight, metrics)))
-                })?;
-                for (grads, w, value, weight, metrics) in shards.into_iter().flatten() {
-                    loss_sum += value * weight;
-                    weight_sum += weight;
-                    for (k, v) in metrics {
-                        let (sum, w) = if v.is_nan() {
-                            (0.0, 0.0)
-                        } else {
-                            (v * weight, weight)
-                        };
-                        match extra_sum.iter_mut().find(|s| s.0 == k) {
-                            Some(s) => {
-                                s.1 += sum;
-                                s.2 += w;
-                            }
-                            None => extra_sum.push((k, sum, w)),
-                        }
-                    }
-                    acc.add(&model, grads.to_device(&device, &model), w);
-                }
-            }
-            let grads = acc.take_mean(&model);
-            let (grads, norm) = match cfg.optimizer.max_grad_norm {
-                Some(max) => clip_global_grad_norm(&model, grads, max),
-                None => {
-                    let norm = global_grad_norm(&model, &grads);
-                    (grads, norm)
-                }
-            };
-            let n = if weight_sum > 0.0 { weight_sum } else { 1.0 };
-            let loss_value = loss_sum / n;
+            let StepGradients {
+                grads,
+                loss: loss_value,
+                metrics,
+            } = step_gradients(&model, &device, group, replicas, loss_of)?;
+            let (grads, norm) = clip_if_set(&model, grads, cfg.optimizer.max_grad_norm);
             let lr = cfg.schedule.lr_at(cfg.optimizer.lr, step - 1);
             let finite = loss_value.is_finite() && norm.is_finite();
             run.check_finite(step, finite, || {
@@ -206,11 +154,7 @@ pub fn fit<M: Module>(
                 (names::TRAIN_GRAD_NORM, f64::from(norm)),
                 (names::TRAIN_SKIPPED_STEPS, run.skipped_steps() as f64),
             ];
-            line.extend(
-                extra_sum
-                    .into_iter()
-                    .map(|(k, sum, w)| (k, if w > 0.0 { sum / w } else { f64::NAN })),
-            );
+            line.extend(metrics);
             if step == total || (cfg.eval_every > 0 && step.is_multiple_of(cfg.eval_every)) {
                 let e = eval_of(&model)?;
                 line.extend(e.iter().copied());
@@ -219,14 +163,7 @@ pub fn fit<M: Module>(
             run.log(step, &line)?;
             run.step_done(step, format!("loss {loss_value:.3}"));
             if run.checkpoint_due(step, total) {
-                run.save(&Checkpoint {
-                    step,
-                    parts: BTreeMap::from([
-                        ("model".to_string(), module_to_bytes(model.clone())?),
-                        ("optimizer".to_string(), optimizer_to_bytes(&optim)?),
-                    ]),
-                    state: json!({ "trainer": cfg.label, "epoch": epoch }),
-                })?;
+                run.save(&checkpoint(step, &model, &optim, cfg.label, epoch)?)?;
                 run.stop_if_interrupted(step)?;
             }
         }
@@ -236,4 +173,96 @@ pub fn fit<M: Module>(
     }
     run.finish();
     Ok((model, report))
+}
+
+/// The checkpoint after `step`: the model, the optimizer's state, and the epoch.
+fn checkpoint<M: Module>(
+    step: u64,
+    model: &M,
+    optim: &ModuleOptimizer,
+    label: &str,
+    epoch: usize,
+) -> Result<Checkpoint> {
+    Ok(Checkpoint {
+        step,
+        parts: BTreeMap::from([
+            ("model".to_string(), module_to_bytes(model.clone())?),
+            ("optimizer".to_string(), optimizer_to_bytes(optim)?),
+        ]),
+        state: json!({ "trainer": label, "epoch": epoch }),
+    })
+}
+
+/// One optimizer step's gradients, before clipping: the weighted mean over the step's
+/// micro-batches, each cut into the replicas' shards; the mean loss; and the extra metrics' means.
+struct StepGradients {
+    grads: GradientsParams,
+    loss: f64,
+    metrics: Metrics,
+}
+
+/// The gradients of the micro-batches `group` (see [`StepGradients`]). Each replica's shard of a
+/// micro-batch counts as a micro-batch of its own, weighted by its items. A metric's mean is over
+/// the shards that report it: a shard reports NaN for what it has nothing to measure (KTO's chosen
+/// rewards in a batch without a desirable example), and is left out of that metric's mean.
+fn step_gradients<M: Module>(
+    model: &M,
+    device: &Device,
+    group: &[Vec<usize>],
+    replicas: &Replicas,
+    loss_of: &LossOf<'_, M>,
+) -> Result<StepGradients> {
+    let mut acc = GradAccumulation::new();
+    let (mut loss_sum, mut weight_sum) = (0.0, 0.0);
+    let mut extra_sum: Vec<(&'static str, f64, f64)> = Vec::new();
+    // one micro-batch on one replica needs no weighting (and keeps its gradient exact)
+    let weighted = group.len() > 1 || replicas.count() > 1;
+    for idx in group {
+        let shards = replicas.run(model, device, &|m, shard| {
+            let Some(BatchLoss {
+                loss,
+                weight,
+                metrics,
+            }) = loss_of(m, idx, shard)?
+            else {
+                return Ok(None);
+            };
+            let value = f64::from(loss.clone().into_scalar::<f32>());
+            let (loss, w) = if weighted {
+                (loss.mul_scalar(weight as f32), weight)
+            } else {
+                (loss, 1.0)
+            };
+            let grads = GradientsParams::from_grads(loss.backward(), m);
+            Ok(Some((grads, w, value, weight, metrics)))
+        })?;
+        for (grads, w, value, weight, metrics) in shards.into_iter().flatten() {
+            loss_sum += value * weight;
+            weight_sum += weight;
+            for (k, v) in metrics {
+                let (sum, w) = if v.is_nan() {
+                    (0.0, 0.0)
+                } else {
+                    (v * weight, weight)
+                };
+                match extra_sum.iter_mut().find(|s| s.0 == k) {
+                    Some(s) => {
+                        s.1 += sum;
+                        s.2 += w;
+                    }
+                    None => extra_sum.push((k, sum, w)),
+                }
+            }
+            acc.add(model, grads.to_device(device, model), w);
+        }
+    }
+    let n = if weight_sum > 0.0 { weight_sum } else { 1.0 };
+    Ok(StepGradients {
+        grads: acc.take_mean(model),
+        loss: loss_sum / n,
+        metrics: extra_sum
+            .into_iter()
+            .map(|(k, sum, w)| (k, if w > 0.0 { sum / w } else { f64::NAN }))
+            .collect(),
+    })
 }

@@ -74,6 +74,22 @@ pub fn clip_global_grad_norm<M: Module>(
     }
 }
 
+/// [`clip_global_grad_norm`] when `max_norm` is set (an optimizer's `max_grad_norm`); otherwise
+/// the gradients as they are, and their norm.
+pub fn clip_if_set<M: Module>(
+    module: &M,
+    grads: GradientsParams,
+    max_norm: Option<f32>,
+) -> (GradientsParams, f32) {
+    match max_norm {
+        Some(max) => clip_global_grad_norm(module, grads, max),
+        None => {
+            let norm = global_grad_norm(module, &grads);
+            (grads, norm)
+        }
+    }
+}
+
 /// Gradient accumulation: the weighted mean of the gradients of several micro-batches.
 ///
 /// A micro-batch whose loss is a mean over `w` items (examples, pairs, target tokens) is added

@@ -18,7 +18,8 @@ pub mod schedule;
 pub use checkpoint::{Checkpoint, CheckpointStore};
 pub use fit::{BatchLoss, FitConfig, FitReport, LossOf, Metrics, fit};
 pub use grads::{
-    GradAccumulation, clip_global_grad_norm, global_grad_norm, scale_grads, with_fresh_param_ids,
+    GradAccumulation, clip_global_grad_norm, clip_if_set, global_grad_norm, scale_grads,
+    with_fresh_param_ids,
 };
 pub use metrics::MetricsSink;
 pub use optim::OptimizerConfig;
