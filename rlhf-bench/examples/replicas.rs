@@ -5,9 +5,10 @@
 //! data-parallel replicas on one device would be. Both give the same gradient (its global norm is
 //! printed for each). Six alternating rounds per size, milliseconds.
 //!
-//! A measurement of what replicas would gain, not a way to run them: burn-autodiff 0.22.1 can
-//! deadlock when one thread's forward pass registers an operation while another's backward pass
-//! cleans up its graph (`docs/perf-report.md`). If a round hangs, that is what happened.
+//! A measurement of what replicas would gain, not a way to run them: both halves share the model's
+//! autodiff leaves, so their passes meet in one graph, where burn-autodiff 0.22.1 can deadlock
+//! (`docs/perf-report.md`). The trainers' replicas (`rlhf_core::train::replicas`) work on forks
+//! with leaves of their own; `rlhf-perf --replicas 1,2` measures them.
 //!
 //! ```sh
 //! cargo run -p rlhf-bench --example replicas
@@ -25,18 +26,6 @@ use rlhf_models::sft::{LmBatch, sft_loss};
 
 const ROUNDS: usize = 6;
 
-/// Rows `from..to` of `batch`.
-fn rows(batch: &LmBatch, from: usize, to: usize) -> LmBatch {
-    let span = from * batch.seq..to * batch.seq;
-    LmBatch {
-        batch: to - from,
-        seq: batch.seq,
-        ids: batch.ids[span.clone()].to_vec(),
-        attention: batch.attention[span.clone()].to_vec(),
-        target: batch.target[span].to_vec(),
-    }
-}
-
 fn main() {
     rlhf_core::train::tune_allocator();
     let device = rlhf_core::parse_device("flex")
@@ -48,7 +37,7 @@ fn main() {
             CausalLm::init(&size.shape(VOCAB).expect("a preset shape"), &device).expect("a model");
         let whole = random_sft_batch(&mut rng);
         let half = whole.batch / 2;
-        let (a, b) = (rows(&whole, 0, half), rows(&whole, half, whole.batch));
+        let (a, b) = (whole.rows(0..half), whole.rows(half..whole.batch));
         let grads = |batch: &LmBatch| {
             let loss = sft_loss(&model, batch, &device).expect("ids inside the vocabulary");
             GradientsParams::from_grads(loss.backward(), &model)

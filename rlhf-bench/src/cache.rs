@@ -29,12 +29,7 @@ pub(crate) fn cached_dir(dir: &Path, build: impl FnOnce(&Path) -> Result<()>) ->
     if let Some(parent) = dir.parent() {
         std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     }
-    let lock = std::fs::File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| Error::io(&lock_path, e))?;
+    let lock = lock_file(&lock_path)?;
     lock.lock().map_err(|e| Error::io(&lock_path, e))?;
     if !dir.exists() {
         std::fs::create_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
@@ -45,6 +40,16 @@ pub(crate) fn cached_dir(dir: &Path, build: impl FnOnce(&Path) -> Result<()>) ->
     // while it is held is safe; it only keeps the cache free of leftovers.
     let _ = std::fs::remove_file(&lock_path);
     Ok(())
+}
+
+/// Opens (creating it if needed) the file whose advisory lock guards a stage or a sweep's point.
+pub(crate) fn lock_file(path: &Path) -> Result<std::fs::File> {
+    std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))
 }
 
 /// Reads the JSON file `name` of a cached stage.

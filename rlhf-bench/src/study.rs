@@ -747,12 +747,7 @@ fn claim(dir: &Path, p: &Point) -> Result<Claim> {
         return Ok(Claim::Done);
     }
     let lock_path = dir.join(format!("{}.lock", p.file_name().trim_end_matches(".json")));
-    let file = std::fs::File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| Error::io(&lock_path, e))?;
+    let file = crate::cache::lock_file(&lock_path)?;
     match file.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => return Ok(Claim::HeldElsewhere),

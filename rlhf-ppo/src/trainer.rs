@@ -622,17 +622,23 @@ pub fn minibatch_loss(
         metrics.push((names::VAL_CLIPFRAC, scalar(v.clipfrac)));
         loss = loss.add(weighted(v.loss.mul_scalar(cfg.vf_coef), mb.share.tokens));
     }
-    let total = metrics
+    metrics.push((names::LOSS_TOTAL, loss_total(&metrics, cfg, kl_coef)));
+    (loss, metrics)
+}
+
+/// `loss/total`, the loss that is minimised, from the terms' metrics: the policy loss, `β·KL`
+/// when the KL is a loss term, `c_v·L_v` with a critic, and `γ_ptx·L_SFT` with PPO-ptx.
+fn loss_total(metrics: &Metrics, cfg: &PpoConfig, kl_coef: f32) -> f64 {
+    metrics
         .iter()
         .map(|m| match m.0 {
             names::LOSS_POLICY => m.1,
             names::KL_LOSS_TERM => f64::from(kl_coef) * m.1,
             names::VAL_LOSS => f64::from(cfg.vf_coef) * m.1,
+            names::OBJECTIVE_PTX_LOSS => f64::from(cfg.ptx_coef) * m.1,
             _ => 0.0,
         })
-        .sum();
-    metrics.push((names::LOSS_TOTAL, total));
-    (loss, metrics)
+        .sum()
 }
 
 /// What one update did: every minibatch's metrics in order, and the updates skipped for a
@@ -799,15 +805,10 @@ fn combine_shards(
         parts.push(grads);
     }
     let mut metrics: Metrics = sums.into_iter().map(|(k, s, w)| (k, s / w)).collect();
-    let get = |name: &str| metrics.iter().find(|m| m.0 == name).map(|m| m.1);
-    let total = match get(names::LOSS_POLICY) {
-        None => f64::NAN,
-        Some(policy) => {
-            policy
-                + f64::from(kl_coef) * get(names::KL_LOSS_TERM).unwrap_or(0.0)
-                + f64::from(cfg.vf_coef) * get(names::VAL_LOSS).unwrap_or(0.0)
-                + f64::from(cfg.ptx_coef) * get(names::OBJECTIVE_PTX_LOSS).unwrap_or(0.0)
-        }
+    let total = if metrics.iter().any(|m| m.0 == names::LOSS_POLICY) {
+        loss_total(&metrics, cfg, kl_coef)
+    } else {
+        f64::NAN
     };
     match metrics.iter_mut().find(|m| m.0 == names::LOSS_TOTAL) {
         Some(m) => m.1 = total,
