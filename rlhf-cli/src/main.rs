@@ -153,6 +153,13 @@ where
         return Ok(ExitCode::SUCCESS);
     }
     run(&resolved, &toml)?;
+    // what the operating system measured, beside the estimate logged before the first step
+    if let Some(peak) = rlhf_core::train::memory::peak_resident_bytes() {
+        tracing::info!(
+            "memory: peak resident {:.0} MiB",
+            peak as f64 / (1u64 << 20) as f64
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

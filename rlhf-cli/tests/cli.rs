@@ -1346,3 +1346,129 @@ fn generate_samples_reproducibly_and_reports_mistakes() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent-model-dir"));
 }
+
+/// A GPT-NeoX checkpoint of `hidden` × `layers` with fresh weights and tiny-pythia's tokenizer,
+/// written to `dir`: large enough that the tensors, not the process, fill the memory.
+fn fresh_neox(dir: &Path, hidden: usize, layers: usize) -> String {
+    let tiny = PathBuf::from(fixture("tiny-pythia"));
+    let mut config = rlhf_models::hf::config_from_json(&tiny.join("config.json")).unwrap();
+    config.hidden_size = hidden;
+    config.intermediate_size = 4 * hidden;
+    config.num_hidden_layers = layers;
+    config.num_attention_heads = hidden / 64;
+    config.num_key_value_heads = hidden / 64;
+    let device = rlhf_core::parse_device("flex").unwrap();
+    let model = rlhf_models::CausalLm::init(&config, &device).unwrap();
+    rlhf_models::save_pretrained(&model, &config, dir).unwrap();
+    for file in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ] {
+        std::fs::copy(tiny.join(file), dir.join(file)).unwrap();
+    }
+    s(dir)
+}
+
+/// The number of MiB after `prefix` on a line of `log`.
+fn mib_after(log: &str, prefix: &str) -> f64 {
+    let line = log
+        .lines()
+        .find_map(|l| l.split_once(prefix).map(|(_, rest)| rest))
+        .unwrap_or_else(|| panic!("no `{prefix}` in\n{log}"));
+    line.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// The memory estimate a training run states before its first step holds within a quarter of the
+/// peak resident memory the operating system measured for the run (VmHWM, which the command
+/// reports at its end): SFT and DPO, each with full fine-tuning and LoRA, each with and without
+/// gradient checkpointing, and a small SFT batch whose peak is the writing of a checkpoint. The
+/// shapes are chosen so that every part counts: 25 M parameters (weights, gradients, AdamW
+/// moments, checkpoints and the export), and sequences of 256 tokens (activations that gradient
+/// checkpointing visibly cuts).
+#[test]
+fn the_memory_estimate_holds_within_a_quarter_of_the_measured_peak() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fresh_neox(&dir.path().join("model"), 512, 8);
+    // records long enough that every sequence is cut to 256 tokens (128 prompt, 128 response)
+    let text = std::fs::read_to_string(sample("preference.jsonl")).unwrap();
+    let (mut sft, mut pairs) = (String::new(), String::new());
+    for line in text.lines().take(16) {
+        let v: Value = serde_json::from_str(line).unwrap();
+        let long = |key: &str| v[key].as_str().unwrap().repeat(12);
+        let (prompt, chosen, rejected) = (long("prompt"), long("chosen"), long("rejected"));
+        sft += &json!({ "prompt": prompt, "completion": chosen }).to_string();
+        sft += "\n";
+        pairs += &json!({ "prompt": prompt, "chosen": chosen, "rejected": rejected }).to_string();
+        pairs += "\n";
+    }
+    let (sft_data, pair_data) = (dir.path().join("sft.jsonl"), dir.path().join("pairs.jsonl"));
+    std::fs::write(&sft_data, sft).unwrap();
+    std::fs::write(&pair_data, pairs).unwrap();
+    let (full, ckpt) = (&[][..], &["--gradient-checkpointing"][..]);
+    let (lora, lora_ckpt) = (
+        &["--lora-rank", "8"][..],
+        &["--lora-rank", "8", "--gradient-checkpointing"][..],
+    );
+    let mut peaks = std::collections::BTreeMap::new();
+    for (command, batch, name, options) in [
+        ("sft", "8", "full", full),
+        ("sft", "8", "full, checkpointing", ckpt),
+        ("sft", "8", "lora", lora),
+        ("sft", "8", "lora, checkpointing", lora_ckpt),
+        ("sft", "2", "full, 2 rows", full),
+        ("dpo", "4", "full", full),
+        ("dpo", "4", "full, checkpointing", ckpt),
+        ("dpo", "4", "lora", lora),
+        ("dpo", "4", "lora, checkpointing", lora_ckpt),
+    ] {
+        let out = dir.path().join(format!("{command}-{}", peaks.len()));
+        let data = s(if command == "sft" {
+            &sft_data
+        } else {
+            &pair_data
+        });
+        let mut args = vec![
+            command,
+            "--model",
+            &model,
+            "--data",
+            &data,
+            "--out",
+            out.to_str().unwrap(),
+            "--max-length",
+            "256",
+            "--per-device-train-batch-size",
+            batch,
+            "--learning-rate",
+            "1e-5",
+        ];
+        args.extend(options);
+        let run = rlhf(&args);
+        let log = String::from_utf8_lossy(&run.stderr);
+        assert!(run.status.success(), "rlhf {}\n{log}", args.join(" "));
+        let estimate = mib_after(&log, "memory: estimated peak ");
+        let peak = mib_after(&log, "memory: peak resident ");
+        println!("{command} {name}: estimated {estimate:.0} MiB, measured {peak:.0} MiB");
+        assert!(
+            (estimate - peak).abs() <= 0.25 * peak,
+            "{command} ({name}): estimated {estimate:.0} MiB, measured {peak:.0} MiB\n{log}"
+        );
+        peaks.insert((command, name), (peak, log.into_owned()));
+    }
+    // the options the estimate counts change the measured peak in the direction it counts them
+    for command in ["sft", "dpo"] {
+        let peak = |name| peaks[&(command, name)].0;
+        assert!(peak("lora") < 0.8 * peak("full"), "{command}");
+        assert!(
+            peak("full, checkpointing") < 0.9 * peak("full"),
+            "{command}"
+        );
+        assert!(peak("lora, checkpointing") < peak("lora"), "{command}");
+    }
+    // two rows: the estimate's largest phase is the checkpoint's
+    let log = &peaks[&("sft", "full, 2 rows")].1;
+    let steps = mib_after(log, "; steps ");
+    let checkpoints = mib_after(log, ", checkpoints ");
+    assert!(checkpoints > steps, "{log}");
+}

@@ -544,16 +544,16 @@ pub fn train_kto(
     let longest = |f: fn(&KtoExample) -> usize| train.iter().map(f).max().unwrap_or(0);
     let seq = (longest(|e| e.prompt.len()) + longest(|e| e.response.len())) as u64;
     let shape = policy.shape();
-    let (trained, frozen) = memory::parameter_counts(&policy);
+    let checkpointing = memory::checkpointing(device, &policy);
     memory::check_batch_fits(
         "KTO",
-        trained,
-        frozen + memory::params_not_in(reference, &policy),
+        memory::Params::of(&policy).holding(memory::params_not_in(reference, &policy)),
+        run_options.replicas.count() as u64,
         &memory::Batch {
             // the last batch may hold one more example (a last chunk of one joins it)
             rows: cfg.batch_size as u64 + 1,
             seq,
-            activations: &|r, s| shape.activation_bytes(r, s),
+            activations: &|r, s| shape.activation_bytes(r, s, checkpointing),
             rows_knob: "batch_size, with grad_accum",
             seq_knob: "truncation",
         },

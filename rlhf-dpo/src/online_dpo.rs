@@ -352,15 +352,15 @@ pub fn train_online_dpo(
     // is trained on both responses of a minibatch's pairs, the reference is held
     let shape = policy.shape();
     let longest = prompt_ids.iter().map(Vec::len).max().unwrap_or(0);
-    let (trained, frozen) = memory::parameter_counts(&policy);
+    let checkpointing = memory::checkpointing(device, &policy);
     memory::check_batch_fits(
         "online DPO",
-        trained,
-        frozen + memory::params_not_in(inputs.reference, &policy),
+        memory::Params::of(&policy).holding(memory::params_not_in(inputs.reference, &policy)),
+        run_options.replicas.count() as u64,
         &memory::Batch {
             rows: 2 * cfg.prompts_per_round.div_ceil(cfg.minibatches) as u64,
             seq: (longest + cfg.sampling.max_new_tokens) as u64,
-            activations: &|r, s| shape.activation_bytes(r, s),
+            activations: &|r, s| shape.activation_bytes(r, s, checkpointing),
             rows_knob: "minibatches (more minibatches, fewer pairs each)",
             seq_knob: "max_prompt_length and max_new_tokens",
         },
@@ -568,13 +568,15 @@ pub fn train_online_dpo(
         report.rounds_this_run += 1;
         report.last = line;
         if run.checkpoint_due(done, total) {
-            run.save(&Checkpoint {
-                step: done,
-                parts: BTreeMap::from([
-                    ("model".to_string(), module_to_bytes(policy.clone())?),
-                    ("optimizer".to_string(), optimizer_to_bytes(&optim)?),
-                ]),
-                state: json!({ "trainer": "online-dpo" }),
+            run.save(|| {
+                Ok(Checkpoint {
+                    step: done,
+                    parts: BTreeMap::from([
+                        ("model".to_string(), module_to_bytes(policy.clone())?),
+                        ("optimizer".to_string(), optimizer_to_bytes(&optim)?),
+                    ]),
+                    state: json!({ "trainer": "online-dpo" }),
+                })
             })?;
             run.stop_if_interrupted(done)?;
         }

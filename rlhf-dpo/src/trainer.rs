@@ -488,15 +488,15 @@ pub fn train_offline(
         .max()
         .unwrap_or(0) as u64;
     let shape = policy.shape();
-    let (trained, frozen) = memory::parameter_counts(&policy);
+    let checkpointing = memory::checkpointing(device, &policy);
     memory::check_batch_fits(
         "offline preference training",
-        trained,
-        frozen + memory::params_not_in(reference, &policy),
+        memory::Params::of(&policy).holding(memory::params_not_in(reference, &policy)),
+        run_options.replicas.count() as u64,
         &memory::Batch {
             rows: cfg.batch_size as u64 * k_responses,
             seq,
-            activations: &|r, s| shape.activation_bytes(r, s),
+            activations: &|r, s| shape.activation_bytes(r, s, checkpointing),
             rows_knob: "batch_size (× the K responses of a group), with grad_accum",
             seq_knob: "truncation",
         },

@@ -944,6 +944,8 @@ fn save_weights<M: Module + ModuleSnapshot>(
     dir: &Path,
     inner: &str,
 ) -> Result<()> {
+    // the copies below come on top of what the process holds: hand back what it has freed first
+    rlhf_core::train::memory::release_freed();
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let (prefix, modules) = row(arch);
     let inner_re = inner.replace('.', r"\.");

@@ -220,26 +220,30 @@ impl CausalLm {
         }
     }
 
-    /// Layers, width, heads and vocabulary, for memory estimates
+    /// Layers, width, heads, feed-forward block and vocabulary, for memory estimates
     /// ([`rlhf_core::train::memory`]).
     pub fn shape(&self) -> TransformerShape {
-        let (layers, heads) = match self {
-            CausalLm::GptNeox(m) => (
-                m.layers.len(),
-                m.layers.first().map_or(1, |l| l.attention.heads),
-            ),
-            CausalLm::Llama(m) => (
-                m.layers.len(),
-                m.layers.first().map_or(1, |l| l.self_attn.heads),
-            ),
-            CausalLm::Gpt2(m) => (m.h.len(), m.h.first().map_or(1, |l| l.attn.heads)),
+        // (layers, heads, feed-forward width, gated)
+        let (layers, heads, intermediate, gated) = match self {
+            CausalLm::GptNeox(m) => m.layers.first().map_or((0, 1, 0, false), |l| {
+                let width = l.mlp.dense_h_to_4h.weight.dims()[1];
+                (m.layers.len(), l.attention.heads, width, false)
+            }),
+            CausalLm::Llama(m) => m.layers.first().map_or((0, 1, 0, true), |l| {
+                let width = l.mlp.down_proj.weight.dims()[0];
+                (m.layers.len(), l.self_attn.heads, width, true)
+            }),
+            CausalLm::Gpt2(m) => m.h.first().map_or((0, 1, 0, false), |l| {
+                (m.h.len(), l.attn.heads, l.mlp.c_fc.weight.dims()[1], false)
+            }),
         };
-        let vocab = self.vocab_size();
         TransformerShape {
             layers: layers as u64,
             hidden: self.hidden_size() as u64,
             heads: heads as u64,
-            vocab: vocab as u64,
+            intermediate: intermediate as u64,
+            gated,
+            vocab: self.vocab_size() as u64,
         }
     }
 

@@ -324,7 +324,7 @@ pub fn train_sft(
         })
         .collect();
     let all: Vec<&LmBatch> = epochs.iter().flatten().collect();
-    check_memory(&model, &all)?;
+    check_memory(&model, &all, run_options, device)?;
 
     let fit_cfg = FitConfig {
         epochs: cfg.epochs,
@@ -389,22 +389,27 @@ fn tokens_trained(epochs: &[Vec<LmBatch>], grad_accum: usize, first_done: u64, l
 }
 
 /// Refuses, before the first step, a run whose largest batch would not fit in memory.
-fn check_memory(model: &CausalLm, batches: &[&LmBatch]) -> Result<()> {
+fn check_memory(
+    model: &CausalLm,
+    batches: &[&LmBatch],
+    run_options: &RunOptions,
+    device: &Device,
+) -> Result<()> {
     let shape = model.shape();
+    let checkpointing = memory::checkpointing(device, model);
     let (rows, seq) = batches
         .iter()
         .map(|b| (b.batch as u64, b.seq as u64))
-        .max_by_key(|&(r, s)| shape.activation_bytes(r, s))
+        .max_by_key(|&(r, s)| shape.activation_bytes(r, s, checkpointing))
         .unwrap_or((1, 1));
-    let (trained, frozen) = memory::parameter_counts(model);
     memory::check_batch_fits(
         "SFT",
-        trained,
-        frozen,
+        memory::Params::of(model),
+        run_options.replicas.count() as u64,
         &memory::Batch {
             rows,
             seq,
-            activations: &|r, s| shape.activation_bytes(r, s),
+            activations: &|r, s| shape.activation_bytes(r, s, checkpointing),
             rows_knob: "batch_size, with grad_accum",
             seq_knob: "truncation, or packing's row length",
         },

@@ -349,10 +349,11 @@ fn the_same_seed_draws_the_same_adapters() {
 }
 
 /// The memory estimate holds a LoRA policy's frozen base and its reference (the same parameters)
-/// once, and a fully trained policy's reference as a second copy.
+/// once, and a fully trained policy's reference as a second copy; the adapted weights (the query
+/// and value projections, PEFT's default for Llama) are the ones rebuilt dense at each forward.
 #[test]
 fn a_lora_policy_and_its_reference_are_counted_once() {
-    use rlhf_core::train::memory::{parameter_counts, params_not_in};
+    use rlhf_core::train::memory::{adapted_params, parameter_counts, params_not_in};
     let d = device();
     let (config, base) = load_pretrained(&fixture("tiny-llama"), &d).unwrap();
     let n = base.num_params() as u64;
@@ -369,4 +370,14 @@ fn a_lora_policy_and_its_reference_are_counted_once() {
     assert_eq!(parameter_counts(&base), (n, 0));
     assert_eq!(params_not_in(&base, &base.clone()), n);
     assert!(trained > 0 && trained < n / 10);
+    let (h, kv) = (
+        config.hidden_size,
+        config.num_key_value_heads * config.hidden_size / config.num_attention_heads,
+    );
+    let per_layer = (h * h + h * kv) as u64;
+    assert_eq!(
+        adapted_params(&lora),
+        config.num_hidden_layers as u64 * per_layer
+    );
+    assert_eq!(adapted_params(&base), 0);
 }

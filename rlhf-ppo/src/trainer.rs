@@ -1027,11 +1027,11 @@ pub fn train_ppo(
         .refuse_with_dropout("ppo", models.policy.dropout().max(dropout))?;
     // refuse, before the first rollout, a run whose minibatches would not fit in memory: the
     // policy and the critic are trained, the reference is held (the scorer is the caller's)
-    let (policy_trained, policy_frozen) = memory::parameter_counts(&models.policy);
-    let (value_trained, value_frozen) = models
+    let policy_params = memory::Params::of(&models.policy);
+    let value_params = models
         .value
         .as_ref()
-        .map_or((0, 0), memory::parameter_counts);
+        .map_or_else(Default::default, memory::Params::of);
     let (rows, seq) = (
         (cfg.batch_size() / cfg.num_minibatches) as u64,
         (cfg.query_length + cfg.response_length) as u64,
@@ -1040,16 +1040,25 @@ pub fn train_ppo(
         models.policy.shape(),
         models.value.as_ref().map(ScalarModel::shape),
     );
+    let checkpointing = memory::checkpointing(device, &models.policy);
     memory::check_batch_fits(
         "PPO",
-        policy_trained + value_trained,
-        policy_frozen + value_frozen + memory::params_not_in(inputs.reference, &models.policy),
+        memory::Params {
+            trained: policy_params.trained + value_params.trained,
+            frozen: policy_params.frozen
+                + value_params.frozen
+                + memory::params_not_in(inputs.reference, &models.policy),
+            // the policy is what the run writes (a critic, when written, after it)
+            exported: policy_params.exported,
+            adapted: policy_params.adapted + value_params.adapted,
+        },
+        run_options.replicas.count() as u64,
         &memory::Batch {
             rows,
             seq,
             activations: &|r, s| {
-                policy_shape.activation_bytes(r, s)
-                    + value_shape.map_or(0, |v| v.activation_bytes(r, s))
+                policy_shape.activation_bytes(r, s, checkpointing)
+                    + value_shape.map_or(0, |v| v.activation_bytes(r, s, checkpointing))
             },
             rows_knob: "num_minibatches (more minibatches, fewer episodes each)",
             seq_knob: "query_length and response_length",
@@ -1141,13 +1150,15 @@ pub fn train_ppo(
         report.iterations_this_run += 1;
         report.last = line;
         if run.checkpoint_due(done, total) {
-            run.save(&Checkpoint {
-                step: done,
-                parts: BTreeMap::from([
-                    ("models".to_string(), module_to_bytes(models.clone())?),
-                    ("optimizer".to_string(), optimizer_to_bytes(&optim)?),
-                ]),
-                state: json!({ "trainer": "ppo", "kl": kl }),
+            run.save(|| {
+                Ok(Checkpoint {
+                    step: done,
+                    parts: BTreeMap::from([
+                        ("models".to_string(), module_to_bytes(models.clone())?),
+                        ("optimizer".to_string(), optimizer_to_bytes(&optim)?),
+                    ]),
+                    state: json!({ "trainer": "ppo", "kl": kl }),
+                })
             })?;
             run.stop_if_interrupted(done)?;
         }

@@ -407,17 +407,23 @@ fn run_fit(
 
 /// Refuses, before the first step, a run whose batches of `rows` sequences of `seq` tokens would
 /// not fit in memory.
-fn check_memory(model: &ScalarModel, label: &str, rows: usize, seq: usize) -> Result<()> {
+fn check_memory(
+    model: &ScalarModel,
+    label: &str,
+    (rows, seq): (usize, usize),
+    run_options: &RunOptions,
+    device: &Device,
+) -> Result<()> {
     let shape = model.shape();
-    let (trained, frozen) = memory::parameter_counts(model);
+    let checkpointing = memory::checkpointing(device, model);
     memory::check_batch_fits(
         label,
-        trained,
-        frozen,
+        memory::Params::of(model),
+        run_options.replicas.count() as u64,
         &memory::Batch {
             rows: rows as u64,
             seq: seq as u64,
-            activations: &|r, s| shape.activation_bytes(r, s),
+            activations: &|r, s| shape.activation_bytes(r, s, checkpointing),
             rows_knob: "batch_size (× the K responses of an example), with grad_accum",
             seq_knob: "truncation",
         },
@@ -482,7 +488,7 @@ pub fn train_reward_model(
             cfg,
         ),
     );
-    check_memory(&model, "rm", rows, seq)?;
+    check_memory(&model, "rm", (rows, seq), run_options, device)?;
     run_fit(
         model,
         cfg,
@@ -538,7 +544,7 @@ pub fn train_step_model(
             cfg,
         ),
     );
-    check_memory(&model, "prm", rows, seq)?;
+    check_memory(&model, "prm", (rows, seq), run_options, device)?;
     run_fit(
         model,
         cfg,

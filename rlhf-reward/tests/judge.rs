@@ -57,7 +57,10 @@ fn fixture() -> &'static Fixture {
     static SETUP: OnceLock<Fixture> = OnceLock::new();
     SETUP.get_or_init(|| {
         let start = Instant::now();
-        let device = rlhf_core::device_from_env().unwrap().autodiff();
+        // The judge is trained on flex and then moved to the device under test: these tests are
+        // about scoring, and on a software GPU the training alone takes minutes (SFT's own
+        // tests train on every device).
+        let device = rlhf_core::parse_device("flex").unwrap().autodiff();
         let train = pairs(Split::Train, 48, 0);
         let dims = JudgeDimension::longreward();
         // the templates' words and the posts; digits are single bytes of the byte-level BPE
@@ -116,10 +119,11 @@ fn fixture() -> &'static Fixture {
             report.steps,
             start.elapsed().as_secs_f64()
         );
+        let device = rlhf_core::device_from_env().unwrap().autodiff();
         Fixture {
+            model: model.fork(&device),
             device,
             tokenizer,
-            model,
             pairs: pairs(Split::Eval, 6, 1),
         }
     })

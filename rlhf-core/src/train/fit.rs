@@ -163,7 +163,7 @@ pub fn fit<M: Module>(
             run.log(step, &line)?;
             run.step_done(step, format!("loss {loss_value:.3}"));
             if run.checkpoint_due(step, total) {
-                run.save(&checkpoint(step, &model, &optim, cfg.label, epoch)?)?;
+                run.save(|| checkpoint(step, &model, &optim, cfg.label, epoch))?;
                 run.stop_if_interrupted(step)?;
             }
         }

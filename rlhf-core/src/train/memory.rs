@@ -1,54 +1,146 @@
-//! Will a run fit? An estimate of a training run's memory, checked against what the machine has
-//! before the first step, so a run that is too big says so instead of being killed by the OS.
+//! Will a run fit? An estimate of a training run's peak memory, checked against what the machine
+//! has before the first step, so a run that is too big says so instead of being killed by the OS.
 //!
-//! The estimate counts f32 weights of every model held (trained and frozen), a gradient and two
-//! AdamW moments per trained parameter, and the activations autodiff keeps for the backward pass
-//! of one micro-batch. Activations per transformer layer follow Korthikanti et al. (2022),
-//! `s·b·h·(34 + 5·a·s/h)` bytes at 16 bits, doubled for f32; the logits add `3·b·s·V` floats
-//! (logits, log-softmax and their gradient). It is an estimate: the check refuses only what
-//! clearly cannot fit, and says how it counted.
+//! A run passes through three phases, and its peak is the largest of them:
+//! - **the steps**: f32 weights of every model held (trained and frozen), one gradient per
+//!   trained parameter on each data-parallel replica (each replica's gradients are whole until
+//!   they are reduced), two AdamW moments per trained parameter, and the activations autodiff
+//!   keeps for the backward pass of one micro-batch ([`TransformerShape::activation_bytes`]);
+//! - **a checkpoint**: the weights and moments, and the checkpoint's bytes while they are
+//!   written: the trained weights' part, and the moments three times over while their part is
+//!   made (burn's record, the encoder's buffer, the part's bytes);
+//! - **the export** of the trained model (`save_pretrained`): the weights, and the model's
+//!   parameters twice more (burn-store's snapshot of each tensor and the file's bytes).
+//!
+//! To the largest phase it adds the process's own memory (code, tokenizer, data), measured when
+//! the estimate is made: what the process holds then, less the models' weights.
+//!
+//! The formulas are in `docs/algorithms.md`, "Memory". It is an estimate: the check refuses only
+//! what clearly cannot fit, and says how it counted. A test checks it against the peak resident
+//! memory the operating system measures (`rlhf-cli`'s tests).
+
+pub use rlhf_base::release_freed;
 
 use crate::{Error, Result};
+
+/// Bytes of one f32 value.
+const F32: u64 = 4;
+
+/// The parameters a run holds, by what it does with them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Params {
+    /// Parameters that train: each has gradients and AdamW moments.
+    pub trained: u64,
+    /// Parameters held for inference only: LoRA's frozen base, a reference or reward model.
+    pub frozen: u64,
+    /// Parameters of the model the run writes at its end (LoRA's adapters merged into the base).
+    pub exported: u64,
+    /// Frozen weights with a LoRA adapter: every forward pass rebuilds each of them dense
+    /// (`W + s·A·B`), and autodiff keeps that copy for the backward pass.
+    pub adapted: u64,
+}
+
+impl Params {
+    /// The parameters of `model`, which the run trains (those that require gradients; LoRA's
+    /// base weights do not) and exports.
+    pub fn of<M: burn::module::Module>(model: &M) -> Self {
+        let (trained, frozen) = parameter_counts(model);
+        Params {
+            trained,
+            frozen,
+            exported: trained + frozen,
+            adapted: adapted_params(model),
+        }
+    }
+
+    /// The same run holding `frozen` more parameters for inference (a reference model).
+    pub fn holding(self, frozen: u64) -> Self {
+        Params {
+            frozen: self.frozen + frozen,
+            ..self
+        }
+    }
+}
 
 /// The parts of a run's memory, in bytes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MemoryEstimate {
     /// Weights of every model held (f32).
     pub weights: u64,
-    /// One gradient per trained parameter.
+    /// Gradients: one per trained parameter on each replica.
     pub gradients: u64,
     /// AdamW's two moments per trained parameter.
     pub optimizer: u64,
     /// Activations kept for the backward pass of one micro-batch.
     pub activations: u64,
+    /// A checkpoint's bytes while it is written.
+    pub checkpoint: u64,
+    /// The export's copies while `model.safetensors` is written.
+    pub export: u64,
+    /// The process's own memory besides the models (code, tokenizer, data), held throughout.
+    pub process: u64,
 }
 
 impl MemoryEstimate {
-    /// AdamW training of `trained` parameters while `frozen` more are held for inference, with
-    /// `activations` bytes for the backward pass.
-    pub fn training(trained: u64, frozen: u64, activations: u64) -> Self {
+    /// AdamW training of `params` on `replicas` data-parallel replicas, with `activations` bytes
+    /// for the backward pass of a micro-batch (all replicas' shards together; each replica's
+    /// forward pass adds its own dense copies of the LoRA-adapted weights).
+    pub fn training(params: Params, activations: u64, replicas: u64) -> Self {
+        let (trained, replicas) = (params.trained, replicas.max(1));
         MemoryEstimate {
-            weights: 4 * (trained + frozen),
-            gradients: 4 * trained,
-            optimizer: 8 * trained,
-            activations,
+            weights: F32 * (trained + params.frozen),
+            gradients: F32 * trained * replicas,
+            optimizer: 2 * F32 * trained,
+            activations: activations + F32 * params.adapted * replicas,
+            checkpoint: F32 * trained + 3 * (2 * F32 * trained),
+            export: 2 * F32 * params.exported,
+            process: 0,
         }
     }
 
-    /// The sum of the parts.
-    pub fn total(&self) -> u64 {
+    /// The same estimate for a process that holds `resident` bytes now, the weights included:
+    /// the rest is the process's own memory.
+    pub fn in_process_holding(self, resident: u64) -> Self {
+        MemoryEstimate {
+            process: resident.saturating_sub(self.weights),
+            ..self
+        }
+    }
+
+    /// Bytes held during an optimizer step.
+    pub fn steps(&self) -> u64 {
         self.weights + self.gradients + self.optimizer + self.activations
+    }
+
+    /// Bytes held while a checkpoint is written (between steps: no gradients or activations).
+    pub fn checkpointing(&self) -> u64 {
+        self.weights + self.optimizer + self.checkpoint
+    }
+
+    /// Bytes held while the trained model is exported (the optimizer is gone by then).
+    pub fn exporting(&self) -> u64 {
+        self.weights + self.export
+    }
+
+    /// The peak: the largest of the three phases, and the process's own memory.
+    pub fn total(&self) -> u64 {
+        self.steps().max(self.checkpointing()).max(self.exporting()) + self.process
     }
 
     /// The parts in MiB, for messages.
     pub fn describe(&self) -> String {
         let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
         format!(
-            "weights {:.0} MiB, gradients {:.0} MiB, AdamW state {:.0} MiB, activations {:.0} MiB",
+            "weights {:.0} MiB, gradients {:.0} MiB, AdamW state {:.0} MiB, activations {:.0} MiB; \
+             steps {:.0} MiB, checkpoints {:.0} MiB, export {:.0} MiB; the process {:.0} MiB",
             mib(self.weights),
             mib(self.gradients),
             mib(self.optimizer),
-            mib(self.activations)
+            mib(self.activations),
+            mib(self.steps()),
+            mib(self.checkpointing()),
+            mib(self.exporting()),
+            mib(self.process),
         )
     }
 }
@@ -62,19 +154,74 @@ pub struct TransformerShape {
     pub hidden: u64,
     /// Attention heads `a`.
     pub heads: u64,
+    /// Width of the feed-forward block `i`.
+    pub intermediate: u64,
+    /// Whether the feed-forward block is gated (SwiGLU: gate and up projections), as in the
+    /// Llama family, or one activation (GELU), as in GPT-NeoX and GPT-2.
+    pub gated: bool,
     /// Vocabulary `V` (0 for a model without an LM head).
     pub vocab: u64,
 }
 
 impl TransformerShape {
     /// Bytes of activations kept for one forward + backward pass over `rows` sequences of `seq`
-    /// tokens, in f32.
-    pub fn activation_bytes(&self, rows: u64, seq: u64) -> u64 {
-        let (s, b, h, a) = (seq, rows, self.hidden.max(1), self.heads);
-        let per_layer = 2 * s * b * (34 * h + 5 * a * s);
-        let logits = 3 * 4 * b * s * self.vocab;
-        self.layers * per_layer + logits
+    /// tokens, in f32, with or without gradient checkpointing (burn's balanced strategy, which
+    /// recomputes memory-bound operations in the backward pass and keeps the outputs of the
+    /// matrix products).
+    ///
+    /// Per layer, counted from what each of burn's autodiff operations keeps (b rows, s tokens,
+    /// width h, a heads, feed-forward width i), in f32 values:
+    /// - without checkpointing, `12·bsh + m·bsi + 3·bas²`: the two layer norms keep their
+    ///   centred and normalised input and their output (3·bsh each), the fused QKV projection
+    ///   3·bsh (the values are a view of it), the rotated queries and keys 2·bsh, the context
+    ///   bsh; attention keeps the masked scores, their exponential and the softmax (3·bas²);
+    ///   the feed-forward block keeps m = 2 tensors of width i (the GELU's input and output; 4
+    ///   for a gated block: gate, up, the activation and the product);
+    /// - with checkpointing, `9·bsh + m·bsi + 2·bas²`: the layer norms are recomputed, the
+    ///   outputs of the products that feed recomputed operations stay (QKV 3·bsh, rotated
+    ///   queries and keys 2·bsh, the rotary products bsh, the context bsh, the two residual
+    ///   branches 2·bsh), two s² tensors per head (the scores and their scaled copy), and
+    ///   m = 1 tensor of width i (2 for a gated block: gate and up).
+    ///
+    /// The LM head adds `3·bsV` values: the logits, the log-softmax's input to `exp`, and the
+    /// gradient of the logits at the backward pass.
+    pub fn activation_bytes(&self, rows: u64, seq: u64, checkpointing: bool) -> u64 {
+        let (s, b, h, a, i) = (seq, rows, self.hidden.max(1), self.heads, self.intermediate);
+        let (bsh, bsi, bass) = (b * s * h, b * s * i, b * a * s * s);
+        let per_layer = match (checkpointing, self.gated) {
+            (false, false) => 12 * bsh + 2 * bsi + 3 * bass,
+            (false, true) => 12 * bsh + 4 * bsi + 3 * bass,
+            (true, false) => 9 * bsh + bsi + 2 * bass,
+            (true, true) => 9 * bsh + 2 * bsi + 2 * bass,
+        };
+        F32 * (self.layers * per_layer + 3 * b * s * self.vocab)
     }
+}
+
+/// Whether the activations of `model`'s training on `device` count as recomputed in the backward
+/// pass: with gradient checkpointing, and without LoRA, under which checkpointing lowers the
+/// measured peak too little to count on (`docs/algorithms.md`, "Memory").
+pub fn checkpointing<M: burn::module::Module>(device: &burn::tensor::Device, model: &M) -> bool {
+    let balanced = matches!(
+        device.gradient_checkpointing_strategy(),
+        Some(burn::tensor::GradientCheckpointingStrategy::Balanced)
+    );
+    balanced && adapted_params(model) == 0
+}
+
+/// The peak resident memory of this process so far (`VmHWM` of `/proc/self/status`), in bytes;
+/// `None` where that cannot be read.
+pub fn peak_resident_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_kib_field(&text, "VmHWM:")
+}
+
+/// The resident memory of this process now (`VmRSS`), after handing back what it has freed
+/// ([`release_freed`]), in bytes; `None` where that cannot be read.
+pub fn resident_bytes() -> Option<u64> {
+    release_freed();
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_kib_field(&text, "VmRSS:")
 }
 
 /// Every float parameter of `model` as `(id, elements, trains)`, in visiting order: `trains`
@@ -93,6 +240,32 @@ pub fn float_params<M: burn::module::Module>(model: &M) -> Vec<(burn::module::Pa
     let mut c = Collect(Vec::new());
     model.visit(&mut c);
     c.0
+}
+
+/// The elements of the weights of `model` that carry a LoRA adapter.
+pub fn adapted_params<M: burn::module::Module>(model: &M) -> u64 {
+    // burn visits an adapted weight's base, then enters its reparameterization (the adapter)
+    #[derive(Default)]
+    struct Count {
+        last: u64,
+        adapted: u64,
+    }
+    impl burn::module::ModuleVisitor for Count {
+        fn visit_float<const D: usize>(
+            &mut self,
+            param: &burn::module::Param<burn::tensor::Tensor<D>>,
+        ) {
+            self.last = param.lazy_shape().num_elements() as u64;
+        }
+        fn enter_module(&mut self, _name: &str, container_type: &str) {
+            if container_type == "Reparameterization" {
+                self.adapted += self.last;
+            }
+        }
+    }
+    let mut c = Count::default();
+    model.visit(&mut c);
+    c.adapted
 }
 
 /// `(trained, frozen)`: the parameters of `model` that require gradients (on an autodiff
@@ -135,7 +308,12 @@ pub fn available_bytes() -> Option<u64> {
 }
 
 fn parse_mem_available(meminfo: &str) -> Option<u64> {
-    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    parse_kib_field(meminfo, "MemAvailable:")
+}
+
+/// The `NAME:   123 kB` field of a `/proc` file, in bytes.
+fn parse_kib_field(text: &str, name: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with(name))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }
@@ -180,28 +358,42 @@ pub struct Batch<'a> {
     pub seq_knob: &'a str,
 }
 
-/// Refuses, with [`Error::OutOfMemory`], a run of `trained` and `frozen` parameters whose
-/// `batch` does not fit in the memory available, and says which change would make it fit: the
-/// largest micro-batch (halving `rows`) that fits, else the longest sequence (halving `seq`,
+/// Refuses, with [`Error::OutOfMemory`], a run of `params` on `replicas` data-parallel replicas
+/// whose `batch` does not fit in the memory available, and says which change would make it fit:
+/// the largest micro-batch (halving `rows`) that fits, else the longest sequence (halving `seq`,
 /// one row per micro-batch), else a smaller model. Passes when the available memory cannot be
-/// read.
-pub fn check_batch_fits(what: &str, trained: u64, frozen: u64, batch: &Batch) -> Result<()> {
+/// read. The estimate, with the process's own memory measured now, is logged (`memory: estimated
+/// peak … MiB`).
+pub fn check_batch_fits(what: &str, params: Params, replicas: u64, batch: &Batch) -> Result<()> {
+    let resident = resident_bytes().unwrap_or(0);
+    let estimate =
+        MemoryEstimate::training(params, (batch.activations)(batch.rows, batch.seq), replicas)
+            .in_process_holding(resident);
+    tracing::info!(
+        "memory: estimated peak {:.0} MiB ({})",
+        estimate.total() as f64 / (1u64 << 20) as f64,
+        estimate.describe()
+    );
     match available_bytes() {
-        Some(available) => check_batch_against(what, trained, frozen, batch, available),
+        Some(available) => check_batch_against(what, params, replicas, batch, resident, available),
         None => Ok(()),
     }
 }
 
-/// [`check_batch_fits`] against a given number of available bytes.
+/// [`check_batch_fits`] in a process holding `resident` bytes, with `available` bytes more
+/// available: the run may use both.
 pub fn check_batch_against(
     what: &str,
-    trained: u64,
-    frozen: u64,
+    params: Params,
+    replicas: u64,
     batch: &Batch,
+    resident: u64,
     available: u64,
 ) -> Result<()> {
+    let available = available + resident;
     let estimate = |rows: u64, seq: u64| {
-        MemoryEstimate::training(trained, frozen, (batch.activations)(rows, seq))
+        MemoryEstimate::training(params, (batch.activations)(rows, seq), replicas)
+            .in_process_holding(resident)
     };
     let full = estimate(batch.rows, batch.seq);
     if full.total() <= available {
@@ -240,10 +432,33 @@ pub fn check_batch_against(
 mod tests {
     use super::*;
 
+    const PARAMS: Params = Params {
+        trained: 1000,
+        frozen: 500,
+        exported: 1500,
+        adapted: 0,
+    };
+
     #[test]
-    fn parts_add_up_and_a_run_too_big_is_refused_with_its_parts() {
-        let e = MemoryEstimate::training(1000, 500, 7);
-        assert_eq!(e.total(), 4 * 1500 + 4 * 1000 + 8 * 1000 + 7);
+    fn the_peak_is_the_largest_phase_and_a_run_too_big_is_refused_with_its_parts() {
+        let e = MemoryEstimate::training(PARAMS, 7, 1);
+        assert_eq!(e.steps(), 4 * 1500 + 4 * 1000 + 8 * 1000 + 7);
+        assert_eq!(e.checkpointing(), 4 * 1500 + 8 * 1000 + (4 + 24) * 1000);
+        assert_eq!(e.exporting(), 4 * 1500 + 8 * 1500);
+        assert_eq!(e.total(), e.checkpointing());
+        // activations large enough make the steps the peak; each replica holds its gradients
+        let big = MemoryEstimate::training(PARAMS, 1 << 20, 3);
+        assert_eq!(big.gradients, 3 * 4 * 1000);
+        assert_eq!(big.total(), big.steps());
+        // LoRA: few trained parameters, so the export of the merged model is the peak
+        let lora = Params {
+            trained: 10,
+            frozen: 1000,
+            exported: 1000,
+            adapted: 0,
+        };
+        let e = MemoryEstimate::training(lora, 7, 1);
+        assert_eq!(e.total(), e.exporting());
         assert!(check_against("sft", &e, e.total()).is_ok());
         let msg = check_against("sft", &e, e.total() - 1)
             .unwrap_err()
@@ -260,18 +475,31 @@ mod tests {
             layers: 2,
             hidden: 64,
             heads: 4,
+            intermediate: 256,
+            gated: false,
             vocab: 100,
         };
         let (s, b) = (10u64, 3u64);
-        let expected = 2 * (2 * s * b * (34 * 64 + 5 * 4 * s)) + 12 * b * s * 100;
-        assert_eq!(shape.activation_bytes(b, s), expected);
+        let (bsh, bsi, bass) = (b * s * 64, b * s * 256, b * 4 * s * s);
+        let head = 3 * b * s * 100;
+        let plain = 4 * (2 * (12 * bsh + 2 * bsi + 3 * bass) + head);
+        let recomputed = 4 * (2 * (9 * bsh + bsi + 2 * bass) + head);
+        assert_eq!(shape.activation_bytes(b, s, false), plain);
+        assert_eq!(shape.activation_bytes(b, s, true), recomputed);
+        let gated = TransformerShape {
+            gated: true,
+            ..shape
+        };
+        assert_eq!(gated.activation_bytes(b, s, false) - plain, 4 * 2 * 2 * bsi);
         let long = TransformerShape { vocab: 0, ..shape };
-        let ratio =
-            long.activation_bytes(1, 40_000) as f64 / long.activation_bytes(1, 20_000) as f64;
-        assert!(
-            ratio > 3.9,
-            "the attention term dominates at long lengths: {ratio}"
-        );
+        for checkpointing in [false, true] {
+            let ratio = long.activation_bytes(1, 40_000, checkpointing) as f64
+                / long.activation_bytes(1, 20_000, checkpointing) as f64;
+            assert!(
+                ratio > 3.9,
+                "the attention term dominates at long lengths: {ratio}"
+            );
+        }
     }
 
     #[test]
@@ -280,9 +508,11 @@ mod tests {
             layers: 4,
             hidden: 256,
             heads: 4,
+            intermediate: 1024,
+            gated: false,
             vocab: 1000,
         };
-        let activations = |rows: u64, seq: u64| shape.activation_bytes(rows, seq);
+        let activations = |rows: u64, seq: u64| shape.activation_bytes(rows, seq, false);
         let batch = |rows, seq| Batch {
             rows,
             seq,
@@ -290,11 +520,17 @@ mod tests {
             rows_knob: "batch_size",
             seq_knob: "max_length",
         };
-        let weights = MemoryEstimate::training(1_000_000, 0, 0).total();
+        let params = Params {
+            trained: 1_000_000,
+            frozen: 0,
+            exported: 1_000_000,
+            adapted: 0,
+        };
+        let weights = MemoryEstimate::training(params, 0, 1).steps();
         // room for 4 rows of 512 tokens
-        let available = weights + shape.activation_bytes(4, 512);
-        assert!(check_batch_against("sft", 1_000_000, 0, &batch(4, 512), available).is_ok());
-        let msg = check_batch_against("sft", 1_000_000, 0, &batch(16, 512), available)
+        let available = weights + shape.activation_bytes(4, 512, false);
+        assert!(check_batch_against("sft", params, 1, &batch(4, 512), 0, available).is_ok());
+        let msg = check_batch_against("sft", params, 1, &batch(16, 512), 0, available)
             .unwrap_err()
             .to_string();
         assert!(
@@ -303,21 +539,36 @@ mod tests {
             "{msg}"
         );
         // one row of 8,192 tokens is too much; 4,096 fits in room for 4 × 512
-        let tight = weights + shape.activation_bytes(1, 4096);
-        let msg = check_batch_against("sft", 1_000_000, 0, &batch(1, 8192), tight)
+        let tight = weights + shape.activation_bytes(1, 4096, false);
+        let msg = check_batch_against("sft", params, 1, &batch(1, 8192), 0, tight)
             .unwrap_err()
             .to_string();
         assert!(msg.contains("cut to 4096 tokens instead of 8192"), "{msg}");
-        let msg = check_batch_against("sft", 1_000_000, 0, &batch(1, 8), weights / 2)
+        let msg = check_batch_against("sft", params, 1, &batch(1, 8), 0, weights / 2)
             .unwrap_err()
             .to_string();
         assert!(msg.contains("use a smaller model"), "{msg}");
+        // weights the process holds already need no more room; its own memory counts on top
+        let room = available - F32 * 1_000_000;
+        let holding =
+            |resident| check_batch_against("sft", params, 1, &batch(4, 512), resident, room);
+        assert!(holding(0).is_err());
+        assert!(holding(F32 * 1_000_000).is_ok());
+        assert!(holding(F32 * 1_000_000 + (1 << 20)).is_ok());
+        let estimate = MemoryEstimate::training(params, 0, 1).in_process_holding(4_000_000 + 7);
+        assert_eq!(estimate.process, 7);
+        assert_eq!(
+            estimate.total(),
+            MemoryEstimate::training(params, 0, 1).total() + 7
+        );
     }
 
     #[test]
-    fn meminfo_is_parsed() {
+    fn proc_fields_are_parsed() {
         let text = "MemTotal:       24000000 kB\nMemFree:  100 kB\nMemAvailable:   2048 kB\n";
         assert_eq!(parse_mem_available(text), Some(2048 * 1024));
         assert_eq!(parse_mem_available("MemTotal: 5 kB\n"), None);
+        let status = "VmPeak:   900 kB\nVmHWM:\t  512 kB\nVmRSS:  100 kB\n";
+        assert_eq!(parse_kib_field(status, "VmHWM:"), Some(512 * 1024));
     }
 }

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{Checkpoint, CheckpointStore};
 use super::interrupt;
+use super::memory;
 use super::metrics::MetricsSink;
 use super::replicas::Replicas;
 use crate::{Error, Result};
@@ -222,13 +223,17 @@ impl Run {
                     && step.is_multiple_of(self.options.checkpoint_every)))
     }
 
-    /// Saves `ckpt` atomically, with the skipped-step count in its state (nothing without an
-    /// output directory). Returns the checkpoint's directory.
-    pub fn save(&self, ckpt: &Checkpoint) -> Result<Option<PathBuf>> {
+    /// Saves the checkpoint `build` makes atomically, with the skipped-step count in its state
+    /// (nothing without an output directory). Returns the checkpoint's directory.
+    ///
+    /// The memory the steps freed goes back to the operating system first
+    /// ([`memory::release_freed`]), so the checkpoint's bytes do not come on top of it.
+    pub fn save(&self, build: impl FnOnce() -> Result<Checkpoint>) -> Result<Option<PathBuf>> {
         let Some(s) = &self.store else {
             return Ok(None);
         };
-        let mut ckpt = ckpt.clone();
+        memory::release_freed();
+        let mut ckpt = build()?;
         if let Some(state) = ckpt.state.as_object_mut() {
             state.insert(SKIPPED_KEY.into(), self.skipped.into());
         }
@@ -325,10 +330,12 @@ mod tests {
         for step in 1..=3 {
             run.log(step, &[("train/loss", step as f64)]).unwrap();
             if run.checkpoint_due(step, 5) {
-                run.save(&Checkpoint {
-                    step,
-                    parts: BTreeMap::from([("model".into(), vec![step as u8])]),
-                    state: serde_json::json!({"step": step}),
+                run.save(|| {
+                    Ok(Checkpoint {
+                        step,
+                        parts: BTreeMap::from([("model".into(), vec![step as u8])]),
+                        state: serde_json::json!({"step": step}),
+                    })
                 })
                 .unwrap();
             }
