@@ -27,7 +27,8 @@ pub fn tune_allocator() {
 /// for reuse ([`tune_allocator`] keeps more of them, and each thread has its own arena), so the
 /// activations the training steps free stay resident; a checkpoint or an export written from
 /// another thread would then add its bytes on top of them, and the peak would be their sum
-/// rather than the larger of the two. Called before writing a checkpoint. A no-op off glibc.
+/// rather than the larger of the two. Called before writing a checkpoint or an export, and
+/// before the memory estimate reads the resident set. A no-op off glibc.
 pub fn release_freed() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: `malloc_trim` only walks the allocator's own free lists; it takes no pointer.

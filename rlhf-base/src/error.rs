@@ -81,7 +81,8 @@ pub enum Error {
     },
     /// A run would not fit in the memory available.
     #[error(
-        "{what} needs about {:.1} GiB but {:.1} GiB of memory is available ({detail}); {hint}",
+        "{what} needs about {:.1} GiB but {:.1} GiB is available to it, free memory and what the \
+         process holds ({detail}); {hint}",
         *needed as f64 / (1u64 << 30) as f64,
         *available as f64 / (1u64 << 30) as f64
     )]
@@ -90,7 +91,7 @@ pub enum Error {
         what: String,
         /// Estimated bytes.
         needed: u64,
-        /// Bytes available.
+        /// Bytes the run may use: the memory the system has available and what the process holds.
         available: u64,
         /// The estimate's parts.
         detail: String,

@@ -11,7 +11,7 @@ use crate::gpt2::Gpt2;
 use crate::input::TokenInput;
 use crate::llama::Llama;
 use crate::neox::GptNeox;
-use rlhf_core::train::memory::TransformerShape;
+use rlhf_core::train::memory::{FrozenProjections, TransformerShape};
 use rlhf_core::{Error, Result};
 
 /// A causal language model of any family. The variant names do not appear in parameter paths
@@ -220,21 +220,46 @@ impl CausalLm {
         }
     }
 
-    /// Layers, width, heads, feed-forward block and vocabulary, for memory estimates
+    /// Layers, width, heads, feed-forward block, the projections that do not train (LoRA's
+    /// frozen base, read off the first layer) and vocabulary, for memory estimates
     /// ([`rlhf_core::train::memory`]).
     pub fn shape(&self) -> TransformerShape {
-        // (layers, heads, feed-forward width, gated)
-        let (layers, heads, intermediate, gated) = match self {
-            CausalLm::GptNeox(m) => m.layers.first().map_or((0, 1, 0, false), |l| {
+        use rlhf_core::train::memory::trains;
+        let frozen =
+            |attention_output: bool, mlp_input: bool, mlp_output: bool| FrozenProjections {
+                attention_output: !attention_output,
+                mlp_input: !mlp_input,
+                mlp_output: !mlp_output,
+            };
+        // (layers, heads, feed-forward width, gated, frozen projections)
+        let none = FrozenProjections::default();
+        let (layers, heads, intermediate, gated, frozen) = match self {
+            CausalLm::GptNeox(m) => m.layers.first().map_or((0, 1, 0, false, none), |l| {
                 let width = l.mlp.dense_h_to_4h.weight.dims()[1];
-                (m.layers.len(), l.attention.heads, width, false)
+                let frozen = frozen(
+                    trains(&l.attention.dense),
+                    trains(&l.mlp.dense_h_to_4h),
+                    trains(&l.mlp.dense_4h_to_h),
+                );
+                (m.layers.len(), l.attention.heads, width, false, frozen)
             }),
-            CausalLm::Llama(m) => m.layers.first().map_or((0, 1, 0, true), |l| {
-                let width = l.mlp.down_proj.weight.dims()[0];
-                (m.layers.len(), l.self_attn.heads, width, true)
+            CausalLm::Llama(m) => m.layers.first().map_or((0, 1, 0, true, none), |l| {
+                let (mlp, width) = (&l.mlp, l.mlp.down_proj.weight.dims()[0]);
+                let frozen = frozen(
+                    trains(&l.self_attn.o_proj),
+                    trains(&mlp.gate_proj) || trains(&mlp.up_proj) || trains(&mlp.gate_up_proj),
+                    trains(&mlp.down_proj),
+                );
+                (m.layers.len(), l.self_attn.heads, width, true, frozen)
             }),
-            CausalLm::Gpt2(m) => m.h.first().map_or((0, 1, 0, false), |l| {
-                (m.h.len(), l.attn.heads, l.mlp.c_fc.weight.dims()[1], false)
+            CausalLm::Gpt2(m) => m.h.first().map_or((0, 1, 0, false, none), |l| {
+                let width = l.mlp.c_fc.weight.dims()[1];
+                let frozen = frozen(
+                    trains(&l.attn.c_proj),
+                    trains(&l.mlp.c_fc),
+                    trains(&l.mlp.c_proj),
+                );
+                (m.h.len(), l.attn.heads, width, false, frozen)
             }),
         };
         TransformerShape {
@@ -244,6 +269,7 @@ impl CausalLm {
             intermediate: intermediate as u64,
             gated,
             vocab: self.vocab_size() as u64,
+            frozen,
         }
     }
 

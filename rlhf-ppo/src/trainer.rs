@@ -1040,7 +1040,11 @@ pub fn train_ppo(
         models.policy.shape(),
         models.value.as_ref().map(ScalarModel::shape),
     );
-    let checkpointing = memory::checkpointing(device, &models.policy);
+    let policy_checkpointing = memory::checkpointing(device, &models.policy);
+    let value_checkpointing = models
+        .value
+        .as_ref()
+        .is_some_and(|v| memory::checkpointing(device, v));
     memory::check_batch_fits(
         "PPO",
         memory::Params {
@@ -1057,8 +1061,8 @@ pub fn train_ppo(
             rows,
             seq,
             activations: &|r, s| {
-                policy_shape.activation_bytes(r, s, checkpointing)
-                    + value_shape.map_or(0, |v| v.activation_bytes(r, s, checkpointing))
+                policy_shape.activation_bytes(r, s, policy_checkpointing)
+                    + value_shape.map_or(0, |v| v.activation_bytes(r, s, value_checkpointing))
             },
             rows_knob: "num_minibatches (more minibatches, fewer episodes each)",
             seq_knob: "query_length and response_length",

@@ -9,11 +9,15 @@
 //! - **a checkpoint**: the weights and moments, and the checkpoint's bytes while they are
 //!   written: the trained weights' part, and the moments three times over while their part is
 //!   made (burn's record, the encoder's buffer, the part's bytes);
-//! - **the export** of the trained model (`save_pretrained`): the weights, and the model's
-//!   parameters twice more (burn-store's snapshot of each tensor and the file's bytes).
+//! - **the export** of the trained model (`save_pretrained`): the weights, a dense copy of each
+//!   LoRA-adapted weight (the adapters merged), and the model's parameters twice more
+//!   (burn-store's snapshot of each tensor and the file's bytes).
 //!
 //! To the largest phase it adds the process's own memory (code, tokenizer, data), measured when
-//! the estimate is made: what the process holds then, less the models' weights.
+//! the estimate is made: what the process holds then, less the models' weights. Models that
+//! still share their tensors then (a reference cloned from the policy, a critic on the policy's
+//! backbone) are counted as the copies they become, so there the difference undercounts the
+//! process, down to zero.
 //!
 //! The formulas are in `docs/algorithms.md`, "Memory". It is an estimate: the check refuses only
 //! what clearly cannot fit, and says how it counted. A test checks it against the peak resident
@@ -75,7 +79,7 @@ pub struct MemoryEstimate {
     pub activations: u64,
     /// A checkpoint's bytes while it is written.
     pub checkpoint: u64,
-    /// The export's copies while `model.safetensors` is written.
+    /// The export's copies while `model.safetensors` is written (with LoRA's merged weights).
     pub export: u64,
     /// The process's own memory besides the models (code, tokenizer, data), held throughout.
     pub process: u64,
@@ -93,7 +97,7 @@ impl MemoryEstimate {
             optimizer: 2 * F32 * trained,
             activations: activations + F32 * params.adapted * replicas,
             checkpoint: F32 * trained + 3 * (2 * F32 * trained),
-            export: 2 * F32 * params.exported,
+            export: 2 * F32 * params.exported + F32 * params.adapted,
             process: 0,
         }
     }
@@ -161,6 +165,23 @@ pub struct TransformerShape {
     pub gated: bool,
     /// Vocabulary `V` (0 for a model without an LM head).
     pub vocab: u64,
+    /// The projections whose weights do not train (under LoRA, those without an adapter).
+    pub frozen: FrozenProjections,
+}
+
+/// The projections of a transformer layer whose weights do not train: LoRA's frozen base where
+/// it carries no adapter. A product with a weight that needs no gradient keeps no input for the
+/// backward pass, so each saves the one tensor only it kept.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FrozenProjections {
+    /// The attention's output projection, whose input is the context (`bsh`).
+    pub attention_output: bool,
+    /// The feed-forward block's input projections (up, and gate when gated), whose input is the
+    /// second layer norm's output (`bsh`).
+    pub mlp_input: bool,
+    /// The feed-forward block's output projection, whose input is the activation (or the gated
+    /// product) (`bsi`).
+    pub mlp_output: bool,
 }
 
 impl TransformerShape {
@@ -183,6 +204,10 @@ impl TransformerShape {
     ///   branches 2·bsh), two s² tensors per head (the scores and their scaled copy), and
     ///   m = 1 tensor of width i (2 for a gated block: gate and up).
     ///
+    /// Without checkpointing, each frozen projection ([`FrozenProjections`]) takes its input off
+    /// the count. (A run with frozen projections is a LoRA run, which is counted without
+    /// checkpointing: see [`checkpointing`].)
+    ///
     /// The LM head adds `3·bsV` values: the logits, the log-softmax's input to `exp`, and the
     /// gradient of the logits at the backward pass.
     pub fn activation_bytes(&self, rows: u64, seq: u64, checkpointing: bool) -> u64 {
@@ -194,6 +219,16 @@ impl TransformerShape {
             (true, false) => 9 * bsh + bsi + 2 * bass,
             (true, true) => 9 * bsh + 2 * bsi + 2 * bass,
         };
+        let frozen = self.frozen;
+        let not_kept = match checkpointing {
+            true => 0,
+            false => {
+                u64::from(frozen.attention_output) * bsh
+                    + u64::from(frozen.mlp_input) * bsh
+                    + u64::from(frozen.mlp_output) * bsi
+            }
+        };
+        let per_layer = per_layer - not_kept;
         F32 * (self.layers * per_layer + 3 * b * s * self.vocab)
     }
 }
@@ -240,6 +275,11 @@ pub fn float_params<M: burn::module::Module>(model: &M) -> Vec<(burn::module::Pa
     let mut c = Collect(Vec::new());
     model.visit(&mut c);
     c.0
+}
+
+/// Whether some parameter of `module` trains (a LoRA adapter's factors do).
+pub fn trains<M: burn::module::Module>(module: &M) -> bool {
+    float_params(module).iter().any(|&(_, _, trains)| trains)
 }
 
 /// The elements of the weights of `model` that carry a LoRA adapter.
@@ -455,10 +495,13 @@ mod tests {
             trained: 10,
             frozen: 1000,
             exported: 1000,
-            adapted: 0,
+            adapted: 400,
         };
-        let e = MemoryEstimate::training(lora, 7, 1);
+        let e = MemoryEstimate::training(lora, 7, 2);
         assert_eq!(e.total(), e.exporting());
+        // each replica's forward pass rebuilds the adapted weights; the export merges them once
+        assert_eq!(e.activations, 7 + 2 * 4 * 400);
+        assert_eq!(e.exporting(), 4 * 1010 + 8 * 1000 + 4 * 400);
         assert!(check_against("sft", &e, e.total()).is_ok());
         let msg = check_against("sft", &e, e.total() - 1)
             .unwrap_err()
@@ -478,6 +521,7 @@ mod tests {
             intermediate: 256,
             gated: false,
             vocab: 100,
+            frozen: FrozenProjections::default(),
         };
         let (s, b) = (10u64, 3u64);
         let (bsh, bsi, bass) = (b * s * 64, b * s * 256, b * 4 * s * s);
@@ -491,6 +535,19 @@ mod tests {
             ..shape
         };
         assert_eq!(gated.activation_bytes(b, s, false) - plain, 4 * 2 * 2 * bsi);
+        // LoRA on the queries, keys and values: the other projections keep no input
+        let lora = TransformerShape {
+            frozen: FrozenProjections {
+                attention_output: true,
+                mlp_input: true,
+                mlp_output: true,
+            },
+            ..shape
+        };
+        assert_eq!(
+            plain - lora.activation_bytes(b, s, false),
+            4 * 2 * (2 * bsh + bsi)
+        );
         let long = TransformerShape { vocab: 0, ..shape };
         for checkpointing in [false, true] {
             let ratio = long.activation_bytes(1, 40_000, checkpointing) as f64
@@ -511,6 +568,7 @@ mod tests {
             intermediate: 1024,
             gated: false,
             vocab: 1000,
+            frozen: FrozenProjections::default(),
         };
         let activations = |rows: u64, seq: u64| shape.activation_bytes(rows, seq, false);
         let batch = |rows, seq| Batch {
