@@ -47,13 +47,9 @@ fn parent_dir(path: &Path) -> &Path {
     }
 }
 
-/// FNV-1a, 64 bits: a checksum to detect truncated or corrupted artefacts (not a defence against
-/// tampering).
+/// XXH3, 64 bits (the `xxhash-rust` crate): a checksum to detect truncated or corrupted artefacts
+/// and a key for caches (not a defence against tampering). It reads several gigabytes a second,
+/// so checksumming a checkpoint costs little beside writing it.
 pub fn checksum(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
+    xxhash_rust::xxh3::xxh3_64(bytes)
 }

@@ -247,7 +247,7 @@ fn on_policy(
         };
         curve_point(cfg, judge, inp, Some(&rm_scorer), policy, device).unwrap_or_else(|e| {
             // an interrupted or failed evaluation leaves a gap in the curve, not a wrong value
-            eprintln!("rlhf-bench: learning-curve evaluation failed: {e}");
+            tracing::warn!("learning-curve evaluation failed: {e}");
             vec![(curve::GOLD, f64::NAN), (curve::KL, f64::NAN)]
         })
     };

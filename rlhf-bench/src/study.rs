@@ -611,7 +611,7 @@ pub fn sweep_with(
         if progress {
             bar.println(line);
         } else {
-            eprintln!("{line}");
+            tracing::info!("{line}");
         }
     };
     let mut report = SweepReport::default();

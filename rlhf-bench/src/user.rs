@@ -78,7 +78,7 @@ pub fn run_preferences(cfg: &RunConfig, cache: &Path, work: &Path) -> Result<Run
     };
     let loaded = read_records::<PreferenceRecord>(Path::new(&d.preferences), &opts)?;
     for e in &loaded.report.errors {
-        eprintln!("skipped: {e}");
+        tracing::warn!("skipped: {e}");
     }
     m.insert(names::DATA_RECORDS.into(), loaded.report.read as f64);
     m.insert(names::DATA_REJECTED.into(), loaded.report.rejected as f64);

@@ -27,3 +27,19 @@ pub mod options;
 pub mod output;
 pub mod plot;
 pub mod reward;
+
+/// Prints the libraries' `tracing` events (progress, warnings, the memory estimate) on stderr:
+/// `INFO` and above, or `WARN` and above when `quiet`; `RUST_LOG` overrides either.
+pub fn init_logging(quiet: bool) {
+    let level = if quiet { "warn" } else { "info" };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+        )
+        .without_time()
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}

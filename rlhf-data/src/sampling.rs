@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use rand::Rng;
 use rand::seq::SliceRandom;
-use rlhf_base::fs::checksum;
+use rlhf_base::seed::seed_of;
 use serde::{Deserialize, Serialize};
 
 /// The first `n` items of one seeded permutation: volumes drawn with the same seed are nested
@@ -64,8 +64,8 @@ pub fn hash_split(prompt: &str, salt: &str, eval: f64, test: f64) -> Split {
     let mut bytes = salt.as_bytes().to_vec();
     bytes.push(0);
     bytes.extend_from_slice(prompt.as_bytes());
-    // FNV-1a, then SplitMix64's finaliser so every output bit depends on every input byte.
-    let mut h = checksum(&bytes);
+    // The name's seed, then SplitMix64's finaliser so every output bit depends on every input byte.
+    let mut h = seed_of(&bytes);
     h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     h ^= h >> 31;

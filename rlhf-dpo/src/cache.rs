@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::trainer::Group;
 
-/// FNV-1a over every parameter value of `model` in module order (not the parameter ids, which
+/// The checksum of every parameter value of `model` in module order (not the parameter ids, which
 /// differ between two loads of the same weights).
 pub fn weights_hash(model: &CausalLm) -> u64 {
     struct Hasher(Vec<u8>);
@@ -33,7 +33,7 @@ pub fn weights_hash(model: &CausalLm) -> u64 {
     checksum(&h.0)
 }
 
-/// FNV-1a over the token ids of every group (prompt and responses, with separators).
+/// The checksum of the token ids of every group (prompt and responses, with separators).
 pub fn data_hash(groups: &[Group]) -> u64 {
     let mut bytes = Vec::new();
     for g in groups {

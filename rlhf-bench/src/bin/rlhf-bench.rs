@@ -254,6 +254,7 @@ fn parse_seeds(s: Option<&str>, preset: &str) -> Result<Vec<u64>, String> {
 fn main() -> ExitCode {
     rlhf_core::train::tune_allocator();
     let cli = Cli::parse();
+    rlhf_cli::init_logging(false);
     let result = match cli.command {
         Command::Run {
             config,

@@ -110,6 +110,7 @@ struct Options {
 fn main() -> ExitCode {
     rlhf_core::train::tune_allocator();
     let cli = Cli::parse();
+    rlhf_cli::init_logging(false);
     let result = match cli.one {
         Some(One::One {
             workload,

@@ -2,7 +2,8 @@
 //! (step, RNG, KL controller, data position), written atomically and verified on load.
 //!
 //! Layout: `DIR/checkpoint-000000123/` holds one `PART.bin` per part and `manifest.json`, which
-//! lists each part's size and checksum and carries the trainer state. A checkpoint is written in a
+//! lists each part's size and checksum and carries the trainer state and the layout's
+//! [`FORMAT`]. A checkpoint is written in a
 //! hidden `.checkpoint-….tmp` directory, every file fsynced, then renamed into place: a crash at
 //! any moment leaves either the previous checkpoints or the new one, never half of it.
 
@@ -43,8 +44,25 @@ impl Checkpoint {
     }
 }
 
+/// The version of the checkpoint layout this code writes and reads. Version 1 (no `format` field
+/// in the manifest) checksummed parts with FNV-1a; version 2 with XXH3-64.
+pub const FORMAT: u32 = 2;
+
+/// The first thing read from a manifest, so that a checkpoint of another version is refused by
+/// its version rather than by a missing field.
+#[derive(Deserialize)]
+struct Version {
+    #[serde(default = "first_format")]
+    format: u32,
+}
+
+fn first_format() -> u32 {
+    1
+}
+
 #[derive(Serialize, Deserialize)]
 struct Manifest {
+    format: u32,
     step: u64,
     parts: BTreeMap<String, PartEntry>,
     state: serde_json::Value,
@@ -53,7 +71,7 @@ struct Manifest {
 #[derive(Serialize, Deserialize)]
 struct PartEntry {
     bytes: u64,
-    fnv1a64: String,
+    xxh3_64: String,
 }
 
 /// A directory of checkpoints that keeps the last `keep_last`.
@@ -115,11 +133,12 @@ impl CheckpointStore {
                 name.clone(),
                 PartEntry {
                     bytes: bytes.len() as u64,
-                    fnv1a64: format!("{:016x}", checksum(bytes)),
+                    xxh3_64: format!("{:016x}", checksum(bytes)),
                 },
             );
         }
         let manifest = Manifest {
+            format: FORMAT,
             step: ckpt.step,
             parts: entries,
             state: ckpt.state.clone(),
@@ -196,6 +215,15 @@ impl CheckpointStore {
         };
         let manifest_path = dir.join("manifest.json");
         let raw = fs::read(&manifest_path).map_err(|e| Error::io(&manifest_path, e))?;
+        let version: Version = serde_json::from_slice(&raw)
+            .map_err(|e| bad(format!("manifest.json is not valid: {e}")))?;
+        if version.format != FORMAT {
+            return Err(bad(format!(
+                "checkpoint format {} (this version reads format {FORMAT}): resume it with the \
+                 version that wrote it, or start the run again",
+                version.format
+            )));
+        }
         let manifest: Manifest = serde_json::from_slice(&raw)
             .map_err(|e| bad(format!("manifest.json is not valid: {e}")))?;
         if manifest.step != step {
@@ -216,10 +244,10 @@ impl CheckpointStore {
                 )));
             }
             let sum = format!("{:016x}", checksum(&bytes));
-            if sum != entry.fnv1a64 {
+            if sum != entry.xxh3_64 {
                 return Err(bad(format!(
                     "part `{name}` checksum {sum} differs from the manifest's {} (corrupt)",
-                    entry.fnv1a64
+                    entry.xxh3_64
                 )));
             }
             parts.insert(name, bytes);

@@ -10,6 +10,7 @@ pub mod interrupt;
 pub mod memory;
 pub mod metrics;
 pub mod optim;
+mod progress;
 pub mod replicas;
 pub mod rng;
 pub mod run;

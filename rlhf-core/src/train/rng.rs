@@ -99,7 +99,7 @@ impl TrainRng {
     /// from this one's seed so that adding draws for one purpose does not shift another's.
     pub fn fork(&self, purpose: &str) -> Self {
         let mut rng = self.rng.clone();
-        rng.set_stream(crate::train::fs::checksum(purpose.as_bytes()));
+        rng.set_stream(rlhf_base::seed::seed_of(purpose.as_bytes()));
         rng.set_word_pos(0);
         TrainRng { rng }
     }

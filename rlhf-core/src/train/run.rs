@@ -1,5 +1,6 @@
 //! [`Run`]: what every trainer's loop shares — an output directory with `checkpoints/` and
-//! `metrics.jsonl`, resuming from the newest checkpoint, and a progress bar with ETA.
+//! `metrics.jsonl`, resuming from the newest checkpoint, and progress with ETA
+//! ([`super::progress`]).
 //!
 //! A trainer asks [`Run::start`] for the checkpoint to resume from (if any), restores its own
 //! state from it, logs metrics with [`Run::log`], reports each finished step with
@@ -15,13 +16,13 @@
 
 use std::path::{Path, PathBuf};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{Checkpoint, CheckpointStore};
 use super::interrupt;
 use super::memory;
 use super::metrics::MetricsSink;
+use super::progress::Progress;
 use super::replicas::Replicas;
 use crate::{Error, Result};
 
@@ -38,10 +39,11 @@ pub struct RunOptions {
     pub checkpoint_every: u64,
     /// Checkpoints kept.
     pub keep_last: usize,
-    /// Report progress on stderr: a progress bar with ETA and the key metrics when stderr is a
-    /// terminal, otherwise one line every `log_every` steps (and at the first and last).
+    /// Report progress: a progress bar with ETA and the key metrics when stderr is a terminal
+    /// (and the `progress` feature is on), otherwise a `tracing` event every `log_every` steps
+    /// (and at the first and last).
     pub progress: bool,
-    /// Steps between progress lines when stderr is not a terminal (TRL's `logging_steps`).
+    /// Steps between progress events when there is no bar (TRL's `logging_steps`).
     pub log_every: u64,
     /// Stop after this many optimizer steps in a row with a non-finite loss or gradient norm.
     pub max_nonfinite_streak: u32,
@@ -81,11 +83,7 @@ pub struct Run {
     options: RunOptions,
     store: Option<CheckpointStore>,
     metrics: Option<MetricsSink>,
-    bar: ProgressBar,
-    /// Progress as lines (stderr is not a terminal): the total steps, when this process began
-    /// and at which step.
-    lines: Option<(u64, std::time::Instant, u64)>,
-    label: String,
+    progress: Progress,
     skipped: u64,
     streak: u32,
 }
@@ -147,33 +145,19 @@ impl Run {
             }
             None => None,
         };
-        let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
-        let bar = if options.progress && terminal {
-            ProgressBar::with_draw_target(Some(total_steps), ProgressDrawTarget::stderr())
-        } else {
-            ProgressBar::hidden()
-        };
-        let first = resume.as_ref().map_or(0, |c| c.step);
-        let lines = (options.progress && !terminal)
-            .then(|| (total_steps, std::time::Instant::now(), first));
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{prefix:>8} [{elapsed_precise}] {wide_bar} {pos}/{len} eta {eta} {msg}",
-            )
-            .expect("a valid template"),
+        let progress = Progress::new(
+            options.progress,
+            total_steps,
+            resume.as_ref().map_or(0, |c| c.step),
+            label,
+            options.log_every,
         );
-        bar.set_prefix(label.to_string());
-        if let Some(c) = &resume {
-            bar.set_position(c.step);
-        }
         Ok((
             Run {
                 options: options.clone(),
                 store,
                 metrics,
-                bar,
-                lines,
-                label: label.to_string(),
+                progress,
                 skipped,
                 streak: 0,
             },
@@ -187,20 +171,9 @@ impl Run {
     }
 
     /// Appends a metrics line for `step` (nothing without an output directory), and reports
-    /// progress as a line when stderr is not a terminal and the step is due.
+    /// progress as an event when there is no bar and the step is due.
     pub fn log(&mut self, step: u64, metrics: &[(&str, f64)]) -> Result<()> {
-        if let Some((total, start, first)) = self.lines
-            && (step == 1 || step == total || step.is_multiple_of(self.options.log_every.max(1)))
-        {
-            let elapsed = start.elapsed().as_secs_f64();
-            let rate = step.saturating_sub(first).max(1) as f64 / elapsed.max(1e-9);
-            eprintln!(
-                "{} {step}/{total} [{elapsed:.0} s, eta {:.0} s]  {}",
-                self.label,
-                total.saturating_sub(step) as f64 / rate,
-                key_metrics(metrics)
-            );
-        }
+        self.progress.log(step, metrics);
         match &mut self.metrics {
             Some(m) => m.log(step, metrics),
             None => Ok(()),
@@ -209,8 +182,7 @@ impl Run {
 
     /// Advances the progress bar to `step` with a short status message.
     pub fn step_done(&self, step: u64, message: impl Into<String>) {
-        self.bar.set_position(step);
-        self.bar.set_message(message.into());
+        self.progress.step_done(step, message.into());
     }
 
     /// Whether a checkpoint is due after `step`: every `checkpoint_every` steps, always at
@@ -251,7 +223,7 @@ impl Run {
         if !self.interrupted() {
             return Ok(());
         }
-        self.bar.abandon_with_message("interrupted");
+        self.progress.abandon("interrupted");
         Err(Error::Interrupted {
             step,
             checkpoint: self.last_checkpoint(),
@@ -266,7 +238,7 @@ impl Run {
     }
 
     /// Records whether step `step`'s loss and gradient norm were finite. A non-finite one (whose
-    /// update the trainer skips) is counted and reported on stderr with `context()` (which batch);
+    /// update the trainer skips) is counted and reported as a warning with `context()` (which batch);
     /// more than `max_nonfinite_streak` in a row stop the run with [`Error::NonFinite`], which
     /// names the last good checkpoint.
     pub fn check_finite(
@@ -281,15 +253,13 @@ impl Run {
         }
         self.skipped += 1;
         self.streak += 1;
-        self.bar.suspend(|| {
-            eprintln!(
-                "warning: step {step}: non-finite loss or gradient norm on {}; update skipped \
-                 ({} in a row, {} in all)",
-                context(),
-                self.streak,
-                self.skipped
-            )
-        });
+        self.progress.warn(format!(
+            "step {step}: non-finite loss or gradient norm on {}; update skipped ({} in a row, \
+             {} in all)",
+            context(),
+            self.streak,
+            self.skipped
+        ));
         if self.streak > self.options.max_nonfinite_streak {
             return Err(Error::NonFinite {
                 step,
@@ -308,7 +278,7 @@ impl Run {
 
     /// Clears the progress bar.
     pub fn finish(&self) {
-        self.bar.finish_and_clear();
+        self.progress.finish();
     }
 }
 

@@ -215,6 +215,34 @@ fn a_damaged_checkpoint_is_detected_and_the_previous_good_one_named() {
 }
 
 #[test]
+fn a_checkpoint_of_another_format_is_refused_by_its_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = CheckpointStore::new(dir.path(), 1);
+    let parts = [("model".to_string(), vec![7u8; 16])].into_iter().collect();
+    let saved = store
+        .save(&Checkpoint {
+            step: 1,
+            parts,
+            state: serde_json::json!({}),
+        })
+        .unwrap();
+    let manifest = saved.join("manifest.json");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let current = format!("\"format\": {}", rlhf_core::train::checkpoint::FORMAT);
+    assert!(text.contains(&current), "{text}");
+    // A version-1 manifest: no `format` field, FNV-1a checksums.
+    let v1 = text
+        .replace(&format!("{current},"), "")
+        .replace("xxh3_64", "fnv1a64");
+    std::fs::write(&manifest, v1).unwrap();
+    let err = store.load(1).unwrap_err().to_string();
+    assert!(
+        err.contains("checkpoint format 1") && err.contains("reads format 2"),
+        "{err}"
+    );
+}
+
+#[test]
 fn adaptive_kl_controller_follows_its_formula() {
     let mut c = KlController::Adaptive {
         value: 0.1,

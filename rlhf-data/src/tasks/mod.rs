@@ -19,7 +19,7 @@ pub use tldr::TldrSynth;
 
 use rand::SeedableRng;
 pub use rand_chacha::ChaCha8Rng;
-use rlhf_base::fs::checksum;
+use rlhf_base::seed::seed_of;
 
 use crate::sampling::Split;
 
@@ -85,7 +85,7 @@ pub fn task_by_name(name: &str) -> Option<Box<dyn Task>> {
 /// endless, reproducible and disjoint.
 pub(crate) fn prompt_rng(task: &str, split: Split, index: u64) -> ChaCha8Rng {
     let tag = format!("{task}/{split:?}/{index}");
-    ChaCha8Rng::seed_from_u64(checksum(tag.as_bytes()))
+    ChaCha8Rng::seed_from_u64(seed_of(tag.as_bytes()))
 }
 
 /// `text` followed by the EOS text.
