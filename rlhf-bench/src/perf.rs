@@ -652,7 +652,7 @@ mod tests {
 
     #[test]
     fn a_tiny_run_of_each_workload_counts_its_units() {
-        let _guard = rlhf_core::testing::serial();
+        let _guard = rlhf_testkit::serial();
         let device = rlhf_core::device_from_env().unwrap();
         let small = Size::parse("small").unwrap();
         for w in Workload::ALL {

@@ -45,7 +45,6 @@ pub mod logprobs;
 pub mod masked;
 pub mod policy_loss;
 pub mod ppo;
-pub mod testing;
 pub mod train;
 
 pub use advantages::{

@@ -1,13 +1,12 @@
 //! The shared loop's guards: a non-finite step is skipped, counted and survived; a streak of them
 //! stops the run naming the last good checkpoint; SIGTERM finishes the step, checkpoints it and
 //! returns, and the run resumes from there to the same weights as a run never stopped. (Each
-//! test takes `rlhf_core::testing::serial()`: bit-for-bit runs need the process to themselves.)
+//! test takes `rlhf_testkit::serial()`: bit-for-bit runs need the process to themselves.)
 
 use std::path::Path;
 
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Tensor, TensorData};
-use rlhf_core::testing::{Signal, child_dir, random_step, signal_child_at_step};
 use rlhf_core::train::checkpoint::parameter_values;
 use rlhf_core::train::metrics::{names, read_metrics};
 use rlhf_core::train::{
@@ -15,6 +14,7 @@ use rlhf_core::train::{
     seeded,
 };
 use rlhf_core::{Error, Result};
+use rlhf_testkit::crash::{Signal, child_dir, random_step, signal_child_at_step};
 
 const N: usize = 40;
 /// The checkpoint cadence of the SIGTERM test (which runs on the CPU backend).
@@ -101,7 +101,7 @@ fn mse(m: &Linear) -> f32 {
 
 #[test]
 fn a_non_finite_step_is_skipped_counted_and_the_run_continues() {
-    let _serial = rlhf_core::testing::serial();
+    let _serial = rlhf_testkit::serial();
     let dir = tempfile::tempdir().unwrap();
     let (model, report) = train(Some(dir.path()), 1, &[5], 0).unwrap();
     assert_eq!(report.steps, N as u64, "every step ran");
@@ -122,7 +122,7 @@ fn a_non_finite_step_is_skipped_counted_and_the_run_continues() {
 
 #[test]
 fn a_streak_of_non_finite_steps_stops_the_run_and_names_the_last_good_checkpoint() {
-    let _serial = rlhf_core::testing::serial();
+    let _serial = rlhf_testkit::serial();
     let dir = tempfile::tempdir().unwrap();
     // examples 4.. are all NaN; max streak 3: steps 5, 6, 7 are skipped, step 8 stops the run
     let poison: Vec<usize> = (4..N).collect();
@@ -146,7 +146,7 @@ fn a_streak_of_non_finite_steps_stops_the_run_and_names_the_last_good_checkpoint
 #[test]
 #[ignore = "the child process of sigterm_checkpoints_the_step_and_the_run_resumes_exactly"]
 fn sigterm_child() {
-    let _serial = rlhf_core::testing::serial();
+    let _serial = rlhf_testkit::serial();
     if let Some(dir) = child_dir() {
         match train(Some(&dir), 2, &[], EXACT) {
             Err(Error::Interrupted { step, checkpoint }) => {
@@ -160,7 +160,7 @@ fn sigterm_child() {
 
 #[test]
 fn sigterm_checkpoints_the_step_and_the_run_resumes_exactly() {
-    let _serial = rlhf_core::testing::serial();
+    let _serial = rlhf_testkit::serial();
     let straight = tempfile::tempdir().unwrap();
     let (a, _) = train(Some(straight.path()), 2, &[], EXACT).unwrap();
 

@@ -115,10 +115,7 @@ pub fn online_round(
     if groups.is_empty() {
         return Ok((policy, report));
     }
-    let quiet = RunOptions {
-        progress: false,
-        ..RunOptions::default()
-    };
+    let quiet = RunOptions::quiet();
     let (policy, train) = train_offline(
         policy,
         reference,

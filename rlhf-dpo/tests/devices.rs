@@ -36,10 +36,7 @@ fn one_dpo_and_one_exo_step_match_flex() {
         module_from_bytes(CausalLm::init(&config(), d).unwrap(), &bytes).unwrap()
     };
     let data = groups();
-    let quiet = RunOptions {
-        progress: false,
-        ..RunOptions::default()
-    };
+    let quiet = RunOptions::quiet();
     for loss in [
         OfflineLoss::Dpo {
             label_smoothing: 0.0,

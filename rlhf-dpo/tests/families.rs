@@ -48,10 +48,7 @@ fn one_dpo_step_on_every_new_family() {
         },
         ..DpoConfig::default()
     };
-    let quiet = RunOptions {
-        progress: false,
-        ..RunOptions::default()
-    };
+    let quiet = RunOptions::quiet();
     for name in FAMILIES {
         let (_, policy) = load_pretrained(&fixtures.join(name), &device).unwrap();
         let reference = policy.clone();

@@ -4,7 +4,7 @@
 //! example's log-probs read alone (so padding changes nothing); configurations and data the
 //! trainer refuses; and a run killed with SIGKILL that resumes to the same weights.
 //!
-//! Every test takes `rlhf_core::testing::serial()` first: bit-for-bit comparisons hold only when
+//! Every test takes `rlhf_testkit::serial()` first: bit-for-bit comparisons hold only when
 //! no other test computes in the process at the same time.
 
 use burn::module::Module;
@@ -95,7 +95,7 @@ proptest! {
     /// weights); and the reference point is 0 when the policy is the reference.
     #[test]
     fn invariants(r in -20.0f64..20.0, dr in 0.01f64..5.0, z in 0.0f64..5.0, beta in 0.05f64..1.0, w in 0.1f64..3.0) {
-        let _serial = rlhf_core::testing::serial();
+        let _serial = rlhf_testkit::serial();
         let dev = dev();
         let eval = |rs: &[f64], ds: &[bool]| to_f64_vec(kto_loss(t1(rs, &dev), t1(&mask(ds), &dev), t1(&[z], &dev), beta as f32, w as f32, w as f32));
         let at_z = eval(&[z, z], &[true, false]);
@@ -114,7 +114,7 @@ proptest! {
     /// reaches the mismatched pairs' log-probs through `z_ref`.
     #[test]
     fn gradients_match_finite_differences((r, d, kl, kl_ref) in batch(), beta in 0.05f64..1.0, wd in 0.1f64..2.0, wu in 0.1f64..2.0) {
-        let _serial = rlhf_core::testing::serial();
+        let _serial = rlhf_testkit::serial();
         let ad = dev().autodiff();
         let x = t1(&r, &ad).require_grad();
         let kl_t = t1(&kl, &ad).require_grad();
@@ -136,7 +136,7 @@ proptest! {
     /// gradients (σ is read as exp(log σ)).
     #[test]
     fn extreme_inputs_stay_finite(r in prop::collection::vec(prop_oneof![Just(-1e30f64), Just(1e30), Just(0.0), -1e6f64..1e6], 1..6), d in prop::collection::vec(any::<bool>(), 6), z in prop_oneof![Just(0.0f64), Just(1e30), 0.0f64..1e6], beta in prop_oneof![Just(1e-6f64), Just(1e3), 0.01f64..10.0]) {
-        let _serial = rlhf_core::testing::serial();
+        let _serial = rlhf_testkit::serial();
         let ad = dev().autodiff();
         let d = &d[..r.len()];
         let x = t1(&r, &ad).require_grad();
@@ -156,7 +156,7 @@ proptest! {
     /// responses are the batch's own responses, each paired with another prompt.
     #[test]
     fn batches_and_mismatched_pairs(n in 2usize..40, batch_size in 2usize..9, seed in 0u64..1000) {
-        let _serial = rlhf_core::testing::serial();
+        let _serial = rlhf_testkit::serial();
         let mut order: Vec<usize> = (0..n).collect();
         // any permutation: a rotation by the seed, reversed on odd seeds
         order.rotate_left(seed as usize % n);
@@ -207,14 +207,6 @@ fn examples(n: u32) -> Vec<KtoExample> {
         .collect()
 }
 
-fn quiet(dir: Option<&std::path::Path>) -> RunOptions {
-    RunOptions {
-        progress: false,
-        out_dir: dir.map(std::path::Path::to_path_buf),
-        ..RunOptions::default()
-    }
-}
-
 fn base() -> KtoConfig {
     KtoConfig {
         batch_size: 5,
@@ -232,7 +224,7 @@ fn base() -> KtoConfig {
 /// ones. With the policy equal to the reference, every example costs exactly `λ/2`.
 #[test]
 fn the_first_step_matches_the_reference_from_unpadded_logprobs() {
-    let _serial = rlhf_core::testing::serial();
+    let _serial = rlhf_testkit::serial();
     let device = dev().autodiff();
     let inference = dev();
     let (policy, reference_model) = (model(&device, 2), model(&device, 1));
@@ -299,7 +291,7 @@ fn the_first_step_matches_the_reference_from_unpadded_logprobs() {
             &[],
             &cfg,
             &RefCache::new(None),
-            &quiet(Some(dir.path())),
+            &RunOptions::quiet_in(dir.path()),
             &device,
         )
         .unwrap();
@@ -351,7 +343,7 @@ fn the_first_step_matches_the_reference_from_unpadded_logprobs() {
 /// example, an empty response (with its index).
 #[test]
 fn bad_configurations_and_data_are_refused() {
-    let _serial = rlhf_core::testing::serial();
+    let _serial = rlhf_testkit::serial();
     let device = dev().autodiff();
     let reference = model(&device, 1);
     let run = |cfg: &KtoConfig, data: &[KtoExample], eval: &[KtoExample]| {
@@ -362,7 +354,7 @@ fn bad_configurations_and_data_are_refused() {
             eval,
             cfg,
             &RefCache::new(None),
-            &quiet(None),
+            &RunOptions::quiet(),
             &device,
         )
         .map(|r| r.1.steps)
@@ -459,7 +451,7 @@ fn bad_configurations_and_data_are_refused() {
 /// as `null` (TRL leaves them out), everything else finite; the eval metrics are TRL's.
 #[test]
 fn a_batch_of_one_kind_logs_null_for_the_other() {
-    let _serial = rlhf_core::testing::serial();
+    let _serial = rlhf_testkit::serial();
     let device = dev().autodiff();
     let reference = model(&device, 1);
     let only_good: Vec<KtoExample> = examples(8)
@@ -477,7 +469,7 @@ fn a_batch_of_one_kind_logs_null_for_the_other() {
         &examples(6),
         &base(),
         &RefCache::new(None),
-        &quiet(Some(dir.path())),
+        &RunOptions::quiet_in(dir.path()),
         &device,
     )
     .unwrap();
@@ -585,8 +577,8 @@ fn kto_into(dir: &std::path::Path) -> Vec<f32> {
 #[test]
 #[ignore = "the child process of kto_survives_sigkill_at_a_random_step"]
 fn kto_sigkill_child() {
-    let _serial = rlhf_core::testing::serial();
-    if let Some(dir) = rlhf_core::testing::child_dir() {
+    let _serial = rlhf_testkit::serial();
+    if let Some(dir) = rlhf_testkit::crash::child_dir() {
         kto_into(&dir);
     }
 }
@@ -595,8 +587,8 @@ fn kto_sigkill_child() {
 /// the metrics of a run that was never interrupted.
 #[test]
 fn kto_survives_sigkill_at_a_random_step() {
-    let _serial = rlhf_core::testing::serial();
-    rlhf_core::testing::assert_resumes_after_sigkill("kto_sigkill_child", 14, kto_into);
+    let _serial = rlhf_testkit::serial();
+    rlhf_testkit::crash::assert_resumes_after_sigkill("kto_sigkill_child", 14, kto_into);
 }
 
 /// With gradient accumulation, a micro-batch without an undesirable example reports no
@@ -604,7 +596,7 @@ fn kto_survives_sigkill_at_a_random_step() {
 /// (it was NaN, logged as null, when any micro-batch lacked one).
 #[test]
 fn accumulated_micro_batches_without_a_kind_leave_its_metrics_finite() {
-    let _serial = rlhf_core::testing::serial();
+    let _serial = rlhf_testkit::serial();
     let device = dev().autodiff();
     let reference = model(&device, 1);
     // 8 examples, 2 of them undesirable, in micro-batches of 2, all 4 in one step: at least two
@@ -629,7 +621,7 @@ fn accumulated_micro_batches_without_a_kind_leave_its_metrics_finite() {
             ..base()
         },
         &RefCache::new(None),
-        &quiet(Some(dir.path())),
+        &RunOptions::quiet_in(dir.path()),
         &device,
     )
     .unwrap();

@@ -2,7 +2,7 @@
 //! loss; the wrong K or missing rewards are refused with the group named; a DPO run stopped after
 //! a checkpoint resumes to the same weights and metrics as an uninterrupted one.
 //!
-//! The tests take `rlhf_core::testing::serial()` first: bit-for-bit comparisons hold only when
+//! The tests take `rlhf_testkit::serial()` first: bit-for-bit comparisons hold only when
 //! no other test trains in the process at the same time.
 
 use burn::module::Module;
@@ -36,16 +36,9 @@ fn groups(k: usize) -> Vec<Group> {
         .collect()
 }
 
-fn quiet() -> RunOptions {
-    RunOptions {
-        progress: false,
-        ..RunOptions::default()
-    }
-}
-
 #[test]
 fn exo_rw_learns_on_k3_and_bad_groups_are_refused() {
-    let _serial = rlhf_core::testing::serial();
+    let _serial = rlhf_testkit::serial();
     let device = rlhf_core::device_from_env().unwrap().autodiff();
     let init = model(&device);
     let data = groups(3);
@@ -69,7 +62,7 @@ fn exo_rw_learns_on_k3_and_bad_groups_are_refused() {
         &data,
         &cfg,
         &none,
-        &quiet(),
+        &RunOptions::quiet(),
         &device,
     )
     .unwrap();
@@ -93,7 +86,7 @@ fn exo_rw_learns_on_k3_and_bad_groups_are_refused() {
         &[],
         &dpo,
         &none,
-        &quiet(),
+        &RunOptions::quiet(),
         &device,
     )
     .unwrap_err();
@@ -107,7 +100,7 @@ fn exo_rw_learns_on_k3_and_bad_groups_are_refused() {
         &[],
         &cfg,
         &none,
-        &quiet(),
+        &RunOptions::quiet(),
         &device,
     )
     .unwrap_err();
@@ -116,7 +109,7 @@ fn exo_rw_learns_on_k3_and_bad_groups_are_refused() {
 
 #[test]
 fn dpo_training_resumes_exactly() {
-    let _serial = rlhf_core::testing::serial();
+    let _serial = rlhf_testkit::serial();
     let device = rlhf_core::device_from_env().unwrap().autodiff();
     let init = model(&device);
     let data = groups(2);
@@ -235,16 +228,16 @@ fn dpo_into(dir: &std::path::Path) -> Vec<f32> {
 #[test]
 #[ignore = "the child process of dpo_survives_sigkill_at_a_random_step"]
 fn dpo_sigkill_child() {
-    let _serial = rlhf_core::testing::serial();
-    if let Some(dir) = rlhf_core::testing::child_dir() {
+    let _serial = rlhf_testkit::serial();
+    if let Some(dir) = rlhf_testkit::crash::child_dir() {
         dpo_into(&dir);
     }
 }
 
 #[test]
 fn dpo_survives_sigkill_at_a_random_step() {
-    let _serial = rlhf_core::testing::serial();
-    rlhf_core::testing::assert_resumes_after_sigkill("dpo_sigkill_child", 24, dpo_into);
+    let _serial = rlhf_testkit::serial();
+    rlhf_testkit::crash::assert_resumes_after_sigkill("dpo_sigkill_child", 24, dpo_into);
 }
 
 proptest::proptest! {
@@ -257,7 +250,7 @@ proptest::proptest! {
         replicas in 2usize..4,
         grad_accum in 1usize..3,
     ) {
-        let _serial = rlhf_core::testing::serial();
+        let _serial = rlhf_testkit::serial();
         let device = rlhf_core::device_from_env().unwrap().autodiff();
         let init = model(&device);
         let data = &groups(2)[..pairs];
@@ -265,13 +258,13 @@ proptest::proptest! {
             epochs: 1,
             batch_size: pairs.div_ceil(grad_accum),
             grad_accum,
-            optimizer: rlhf_core::testing::gradient_revealing_optimizer(),
+            optimizer: rlhf_testkit::replicas::gradient_revealing_optimizer(),
             seed: 4,
             ..DpoConfig::default()
         };
         let cache = RefCache::new(None);
         let values = rlhf_core::train::checkpoint::parameter_values::<CausalLm>;
-        rlhf_core::testing::assert_replicas_take_one_step(
+        rlhf_testkit::replicas::assert_replicas_take_one_step(
             &device,
             replicas,
             &values(&init),

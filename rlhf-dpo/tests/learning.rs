@@ -10,7 +10,7 @@
 //!   signal KTO is for, without the labeller's noise);
 //! - online DPO, sampling from the policy it trains and judged by the gold scorer itself.
 //!
-//! The tests take `rlhf_core::testing::serial()`: one trains at a time, so each one's figures
+//! The tests take `rlhf_testkit::serial()`: one trains at a time, so each one's figures
 //! are its own (and its time, printed, is not shared with another's).
 
 use std::sync::OnceLock;
@@ -36,13 +36,6 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn quiet() -> RunOptions {
-    RunOptions {
-        progress: false,
-        ..RunOptions::default()
-    }
 }
 
 /// Gold scores of samples (T = 0.7, fixed seed) on `prompts`.
@@ -155,7 +148,7 @@ fn build_setup() -> Setup {
         &sft_data,
         &[],
         &sft_cfg,
-        &quiet(),
+        &RunOptions::quiet(),
         &device,
     )
     .unwrap();
@@ -239,7 +232,7 @@ fn build_setup() -> Setup {
 
 #[test]
 fn dpo_and_exo_raise_the_gold_win_rate_over_sft_and_the_cache_skips_the_reference() {
-    let _serial = rlhf_core::testing::serial();
+    let _serial = rlhf_testkit::serial();
     let s = setup();
     let baseline = &s.baseline;
     let cache_dir = tempfile::tempdir().unwrap();
@@ -272,7 +265,7 @@ fn dpo_and_exo_raise_the_gold_win_rate_over_sft_and_the_cache_skips_the_referenc
             &s.eval,
             &cfg,
             &cache,
-            &quiet(),
+            &RunOptions::quiet(),
             &s.device,
         )
         .unwrap();
@@ -308,7 +301,7 @@ fn dpo_and_exo_raise_the_gold_win_rate_over_sft_and_the_cache_skips_the_referenc
 /// the labels swapped (`KTO_FLIP`, the loss's sign flipped) it gets worse: the margins fail both.
 #[test]
 fn kto_on_gold_labelled_single_samples_raises_the_gold_score_over_sft() {
-    let _serial = rlhf_core::testing::serial();
+    let _serial = rlhf_testkit::serial();
     let s = setup();
     let start = Instant::now();
     let mut golds: Vec<f64> = s.samples.iter().map(|x| x.2).collect();
@@ -343,7 +336,7 @@ fn kto_on_gold_labelled_single_samples_raises_the_gold_score_over_sft() {
         &[],
         &cfg,
         &RefCache::new(None),
-        &quiet(),
+        &RunOptions::quiet(),
         &s.device,
     )
     .unwrap();
@@ -384,7 +377,7 @@ impl rlhf_core::Scorer for Negated<'_> {
 /// around) they do not, and the margins fail.
 #[test]
 fn online_dpo_with_the_gold_scorer_raises_the_gold_score_over_sft() {
-    let _serial = rlhf_core::testing::serial();
+    let _serial = rlhf_testkit::serial();
     let s = setup();
     let start = Instant::now();
     let gold_scorer = GoldScorer(&s.task);
@@ -419,8 +412,14 @@ fn online_dpo_with_the_gold_scorer_raises_the_gold_score_over_sft() {
         seed: 5,
         ..OnlineDpoConfig::default()
     };
-    let (policy, report) =
-        train_online_dpo(s.sft.clone(), &inputs, &cfg, &quiet(), &s.device).unwrap();
+    let (policy, report) = train_online_dpo(
+        s.sft.clone(),
+        &inputs,
+        &cfg,
+        &RunOptions::quiet(),
+        &s.device,
+    )
+    .unwrap();
     let gold = gold_of_samples(&policy, &s.tok, &s.task, &s.eval_prompts);
     let wr = win_rate(&gold, &s.baseline);
     let (before, after) = (mean(&s.baseline), mean(&gold));

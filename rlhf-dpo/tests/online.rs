@@ -4,7 +4,7 @@
 //! (`online_round`) and as the trainer of its own (`train_online_dpo`), which logs TRL's
 //! online-DPO metrics, refuses bad settings and scores, and resumes exactly after a SIGKILL.
 //!
-//! The tests take `rlhf_core::testing::serial()` first: bit-for-bit comparisons hold only when
+//! The tests take `rlhf_testkit::serial()` first: bit-for-bit comparisons hold only when
 //! no other test trains in the process at the same time.
 
 use std::path::Path;
@@ -38,7 +38,7 @@ impl Scorer for Brevity {
 
 #[test]
 fn online_rounds_follow_the_scorer() {
-    let _serial = rlhf_core::testing::serial();
+    let _serial = rlhf_testkit::serial();
     let device = rlhf_core::device_from_env().unwrap().autodiff();
     let dir =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../rlhf-models/tests/fixtures/hf/tiny-llama");
@@ -163,14 +163,6 @@ fn online_cfg() -> OnlineDpoConfig {
     }
 }
 
-fn quiet(dir: Option<&Path>) -> RunOptions {
-    RunOptions {
-        progress: false,
-        out_dir: dir.map(Path::to_path_buf),
-        ..RunOptions::default()
-    }
-}
-
 /// Mean `objective/scores` of a run's first and last three rounds.
 fn first_and_last(dir: &Path) -> (f64, f64) {
     let scores: Vec<f64> = read_metrics(&dir.join("metrics.jsonl"))
@@ -193,7 +185,7 @@ fn first_and_last(dir: &Path) -> (f64, f64) {
 /// minibatches` steps.
 #[test]
 fn the_online_dpo_trainer_follows_the_scorer() {
-    let _serial = rlhf_core::testing::serial();
+    let _serial = rlhf_testkit::serial();
     let device = rlhf_core::device_from_env().unwrap().autodiff();
     let (tok, reference, prompts) = fixture(&device);
     let inputs = OnlineDpoInputs {
@@ -210,7 +202,7 @@ fn the_online_dpo_trainer_follows_the_scorer() {
         reference.clone(),
         &inputs,
         &cfg,
-        &quiet(Some(dir.path())),
+        &RunOptions::quiet_in(dir.path()),
         &device,
     )
     .unwrap();
@@ -271,7 +263,7 @@ fn the_online_dpo_trainer_follows_the_scorer() {
         reference.clone(),
         &inputs,
         &single,
-        &quiet(Some(one.path())),
+        &RunOptions::quiet_in(one.path()),
         &device,
     )
     .unwrap();
@@ -307,7 +299,7 @@ fn the_online_dpo_trainer_follows_the_scorer() {
         reference.clone(),
         &inputs,
         &still,
-        &quiet(Some(frozen.path())),
+        &RunOptions::quiet_in(frozen.path()),
         &device,
     )
     .unwrap();
@@ -336,7 +328,7 @@ impl Scorer for Faulty {
 /// that are missing or empty are refused.
 #[test]
 fn bad_settings_scores_and_prompts_are_refused() {
-    let _serial = rlhf_core::testing::serial();
+    let _serial = rlhf_testkit::serial();
     let device = rlhf_core::device_from_env().unwrap().autodiff();
     let (tok, reference, prompts) = fixture(&device);
     let run = |cfg: &OnlineDpoConfig, scorer: &dyn Scorer, prompts: &[String]| {
@@ -348,7 +340,14 @@ fn bad_settings_scores_and_prompts_are_refused() {
             eval: None,
             eval_every: 0,
         };
-        train_online_dpo(reference.clone(), &inputs, cfg, &quiet(None), &device).map(|r| r.1.rounds)
+        train_online_dpo(
+            reference.clone(),
+            &inputs,
+            cfg,
+            &RunOptions::quiet(),
+            &device,
+        )
+        .map(|r| r.1.rounds)
     };
     let one = OnlineDpoConfig {
         rounds: 1,
@@ -475,8 +474,8 @@ fn online_into(dir: &Path) -> Vec<f32> {
 #[test]
 #[ignore = "the child process of online_dpo_survives_sigkill_at_a_random_round"]
 fn online_dpo_sigkill_child() {
-    let _serial = rlhf_core::testing::serial();
-    if let Some(dir) = rlhf_core::testing::child_dir() {
+    let _serial = rlhf_testkit::serial();
+    if let Some(dir) = rlhf_testkit::crash::child_dir() {
         online_into(&dir);
     }
 }
@@ -486,6 +485,6 @@ fn online_dpo_sigkill_child() {
 /// from `(seed, round)` and the optimizer's moments come back from the checkpoint.
 #[test]
 fn online_dpo_survives_sigkill_at_a_random_round() {
-    let _serial = rlhf_core::testing::serial();
-    rlhf_core::testing::assert_resumes_after_sigkill("online_dpo_sigkill_child", 10, online_into);
+    let _serial = rlhf_testkit::serial();
+    rlhf_testkit::crash::assert_resumes_after_sigkill("online_dpo_sigkill_child", 10, online_into);
 }

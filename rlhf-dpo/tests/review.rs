@@ -36,14 +36,6 @@ fn pairs() -> Vec<Group> {
         .collect()
 }
 
-fn quiet(dir: Option<&std::path::Path>) -> RunOptions {
-    RunOptions {
-        progress: false,
-        out_dir: dir.map(std::path::Path::to_path_buf),
-        ..RunOptions::default()
-    }
-}
-
 fn base() -> DpoConfig {
     DpoConfig {
         epochs: 1,
@@ -76,7 +68,7 @@ fn a_new_truncation_is_a_new_reference_cache_key() {
             &[],
             &cfg,
             &cache,
-            &quiet(None),
+            &RunOptions::quiet(),
             &device,
         )
         .unwrap()
@@ -123,7 +115,7 @@ fn configurations_that_divide_by_zero_are_refused() {
             &[],
             &cfg,
             &RefCache::new(None),
-            &quiet(None),
+            &RunOptions::quiet(),
             &device,
         );
         assert!(
@@ -179,7 +171,7 @@ fn ipo_and_simpo_log_rewards_of_averaged_logprobs() {
             &[],
             &cfg,
             &RefCache::new(None),
-            &quiet(Some(dir.path())),
+            &RunOptions::quiet_in(dir.path()),
             &device,
         )
         .unwrap();
@@ -260,7 +252,7 @@ proptest! {
                     ..base()
                 };
                 let dir = tempfile::tempdir().unwrap();
-                let (m, r) = train_offline(policy.clone(), &reference, &data, &[], &cfg, &RefCache::new(None), &quiet(Some(dir.path())), &device).unwrap();
+                let (m, r) = train_offline(policy.clone(), &reference, &data, &[], &cfg, &RefCache::new(None), &RunOptions::quiet_in(dir.path()), &device).unwrap();
                 assert_eq!(r.steps, 1);
                 (probe(&m), first_line(dir.path(), names::TRAIN_LOSS), first_line(dir.path(), names::TRAIN_GRAD_NORM))
             };
@@ -326,7 +318,7 @@ proptest! {
             ..base()
         };
         let dir = tempfile::tempdir().unwrap();
-        let result = train_offline(reference.clone(), &reference, &pairs(), &pairs()[..2], &cfg, &RefCache::new(None), &quiet(Some(dir.path())), &device);
+        let result = train_offline(reference.clone(), &reference, &pairs(), &pairs()[..2], &cfg, &RefCache::new(None), &RunOptions::quiet_in(dir.path()), &device);
         match cfg.validate() {
             Ok(()) => {
                 let (_, report) = result.unwrap();

@@ -816,10 +816,7 @@ fn one_sft_step_trains_every_parameter_of_every_new_family() {
         },
         ..SftConfig::default()
     };
-    let quiet = RunOptions {
-        progress: false,
-        ..RunOptions::default()
-    };
+    let quiet = RunOptions::quiet();
     for name in NEW_FAMILIES {
         let (_, model) = load_pretrained(&fixture(name), &d).unwrap();
         let before = eval_loss(&model, &data, 8, &d).unwrap();

@@ -90,10 +90,7 @@ fn sft_on_tldr_synth_lowers_eval_loss_and_raises_the_gold_score() {
         seed: 2,
         ..SftConfig::default()
     };
-    let quiet = RunOptions {
-        progress: false,
-        ..RunOptions::default()
-    };
+    let quiet = RunOptions::quiet();
     let (trained, report) = train_sft(untrained, &train, &eval, &cfg, &quiet, &device).unwrap();
     let loss_after = eval_loss(&trained, &eval, 16, &device).unwrap();
     let gold_after = gold_of_samples(&trained, &tok, &task, &eval_prompts);

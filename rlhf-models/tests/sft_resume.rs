@@ -2,7 +2,7 @@
 //! directory ends with the same weights and the same metrics lines as a run that never stopped,
 //! with and without packing.
 //!
-//! The tests take `rlhf_core::testing::serial()` first: bit-for-bit comparisons hold only when
+//! The tests take `rlhf_testkit::serial()` first: bit-for-bit comparisons hold only when
 //! no other test trains in the process at the same time.
 
 use burn::module::Module;
@@ -103,13 +103,13 @@ fn check(packing: Option<usize>) {
 
 #[test]
 fn sft_resumes_exactly() {
-    let _serial = rlhf_core::testing::serial();
+    let _serial = rlhf_testkit::serial();
     check(None);
 }
 
 #[test]
 fn packed_sft_resumes_exactly() {
-    let _serial = rlhf_core::testing::serial();
+    let _serial = rlhf_testkit::serial();
     check(Some(16));
 }
 
@@ -143,16 +143,16 @@ fn sft_into(dir: &std::path::Path) -> Vec<f32> {
 #[test]
 #[ignore = "the child process of sft_survives_sigkill_at_a_random_step"]
 fn sft_sigkill_child() {
-    let _serial = rlhf_core::testing::serial();
-    if let Some(dir) = rlhf_core::testing::child_dir() {
+    let _serial = rlhf_testkit::serial();
+    if let Some(dir) = rlhf_testkit::crash::child_dir() {
         sft_into(&dir);
     }
 }
 
 #[test]
 fn sft_survives_sigkill_at_a_random_step() {
-    let _serial = rlhf_core::testing::serial();
-    rlhf_core::testing::assert_resumes_after_sigkill("sft_sigkill_child", 20, sft_into);
+    let _serial = rlhf_testkit::serial();
+    rlhf_testkit::crash::assert_resumes_after_sigkill("sft_sigkill_child", 20, sft_into);
 }
 
 /// The metric `name` of the first line of a run's `metrics.jsonl`.
@@ -270,20 +270,20 @@ proptest::proptest! {
         replicas in 2usize..4,
         grad_accum in 1usize..3,
     ) {
-        let _serial = rlhf_core::testing::serial();
+        let _serial = rlhf_testkit::serial();
         let device = rlhf_core::device_from_env().unwrap().autodiff();
         let train: Vec<Example> = data().into_iter().take(examples).collect();
         let cfg = SftConfig {
             epochs: 1,
             batch_size: examples.div_ceil(grad_accum),
             grad_accum,
-            optimizer: rlhf_core::testing::gradient_revealing_optimizer(),
+            optimizer: rlhf_testkit::replicas::gradient_revealing_optimizer(),
             seed: 3,
             ..SftConfig::default()
         };
         let init = model(&device);
         let values = rlhf_core::train::checkpoint::parameter_values::<CausalLm>;
-        rlhf_core::testing::assert_replicas_take_one_step(
+        rlhf_testkit::replicas::assert_replicas_take_one_step(
             &device,
             replicas,
             &values(&init),

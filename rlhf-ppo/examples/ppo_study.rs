@@ -1,5 +1,5 @@
 //! Small on-policy experiments on `tldr-synth` (the TL;DR pipeline at laptop scale, see
-//! `common/tldr.rs`), judged by the gold scorer on 64 held-out prompts.
+//! `rlhf_testkit::tldr`), judged by the gold scorer on 64 held-out prompts.
 //!
 //! ```text
 //! cargo run --profile dev -p rlhf-ppo --example ppo_study -- samples     # PPO, RLOO, GRPO at n = 1, 4, 8
@@ -9,16 +9,15 @@
 //! Every run: 15 iterations of 64 episodes (64/n prompts × n samples), β = 0.05, lr 3e-4,
 //! 2 minibatches × 4 epochs, seed 4. `PPO_ITERS` changes the iteration count.
 
-#[path = "common/tldr.rs"]
-mod tldr;
-
 use std::time::Instant;
 
 use rlhf_core::Scorer;
+use rlhf_core::train::RunOptions;
 use rlhf_core::train::metrics::names;
 use rlhf_ppo::{AdvantageEstimator, PolicyAndValue, PpoInputs, PpoReport, train_ppo};
 use rlhf_reward::{Combine, EnsembleScorer, LengthScorer, RewardModel, RewardScorer};
-use tldr::{Tldr, build, gold_of_samples, mean, quiet, train_rm};
+use rlhf_testkit::tldr;
+use tldr::{Tldr, build, gold_of_samples, mean, train_rm};
 
 fn iterations() -> usize {
     std::env::var("PPO_ITERS")
@@ -70,7 +69,7 @@ fn run(
         PolicyAndValue::new(s.sft.clone(), value),
         &inputs,
         &cfg,
-        &quiet(),
+        &RunOptions::quiet(),
         &s.device,
     )
     .unwrap();

@@ -1,7 +1,7 @@
 //! The TL;DR implementation details, one test each, on a tiny policy that answers `count k:` with
 //! about `k` words and EOS (so some responses stop early and some never emit EOS).
 //!
-//! The tests take `rlhf_core::testing::serial()` first: bit-for-bit comparisons hold only when
+//! The tests take `rlhf_testkit::serial()` first: bit-for-bit comparisons hold only when
 //! no other test trains in the process at the same time.
 
 mod common;
@@ -19,7 +19,7 @@ use rlhf_ppo::{
     minibatch_loss, ppo_iteration, train_ppo,
 };
 
-use common::{Constant, Words, counting_policy, load, prompt, quiet, tokenizer};
+use common::{Constant, Words, counting_policy, load, prompt, tokenizer};
 
 fn get(m: &Metrics, name: &str) -> f64 {
     m.iter()
@@ -134,7 +134,7 @@ fn inference(m: &PolicyAndValue) -> PolicyAndValue {
 
 #[test]
 fn queries_are_left_padded_to_a_fixed_length_and_keep_their_end() {
-    let _serial = rlhf_core::testing::serial();
+    let _serial = rlhf_testkit::serial();
     let tok = tokenizer();
     let long = "count 1: count 2: count 3: count 4:";
     let (ids, mask) = encode_queries(&tok, &["count 1:", long], 6).unwrap();
@@ -154,7 +154,7 @@ fn queries_are_left_padded_to_a_fixed_length_and_keep_their_end() {
 
 #[test]
 fn the_score_lands_on_the_last_real_token_and_nothing_follows_eos() {
-    let _serial = rlhf_core::testing::serial();
+    let _serial = rlhf_testkit::serial();
     let f = fixture();
     let p = policy(&f);
     let cfg = config();
@@ -227,7 +227,7 @@ fn the_score_lands_on_the_last_real_token_and_nothing_follows_eos() {
 
 #[test]
 fn temperature_is_reapplied_so_rollout_logprobs_equal_the_sampling_distribution() {
-    let _serial = rlhf_core::testing::serial();
+    let _serial = rlhf_testkit::serial();
     let f = fixture();
     let p = policy(&f);
     let cfg = config();
@@ -274,7 +274,7 @@ fn temperature_is_reapplied_so_rollout_logprobs_equal_the_sampling_distribution(
 
 #[test]
 fn a_response_without_eos_gets_the_penalty() {
-    let _serial = rlhf_core::testing::serial();
+    let _serial = rlhf_testkit::serial();
     let f = fixture();
     let cfg = config();
     let models = with_critic(policy(&f));
@@ -324,7 +324,7 @@ fn a_response_without_eos_gets_the_penalty() {
 
 #[test]
 fn the_first_minibatch_of_the_first_epoch_has_ratio_one_for_every_estimator() {
-    let _serial = rlhf_core::testing::serial();
+    let _serial = rlhf_testkit::serial();
     let f = fixture();
     let reference = policy(&f);
     let ps = prompts();
@@ -379,7 +379,7 @@ fn the_first_minibatch_of_the_first_epoch_has_ratio_one_for_every_estimator() {
 
 #[test]
 fn dropout_is_turned_off_or_the_first_ratio_is_not_one() {
-    let _serial = rlhf_core::testing::serial();
+    let _serial = rlhf_testkit::serial();
     let tok = tokenizer();
     let bytes = counting_policy(&tok, 0.3);
     let device = rlhf_core::device_from_env().unwrap().autodiff();
@@ -415,7 +415,7 @@ fn dropout_is_turned_off_or_the_first_ratio_is_not_one() {
 
 #[test]
 fn advantages_and_targets_at_masked_positions_never_change_the_loss() {
-    let _serial = rlhf_core::testing::serial();
+    let _serial = rlhf_testkit::serial();
     let f = fixture();
     let p = policy(&f);
     let cfg = config();
@@ -486,7 +486,7 @@ fn advantages_and_targets_at_masked_positions_never_change_the_loss() {
 
 #[test]
 fn a_value_model_is_required_exactly_when_the_estimator_uses_one() {
-    let _serial = rlhf_core::testing::serial();
+    let _serial = rlhf_testkit::serial();
     let f = fixture();
     let reference = policy(&f);
     let ps = prompts();
@@ -495,13 +495,27 @@ fn a_value_model_is_required_exactly_when_the_estimator_uses_one() {
         policy: policy(&f),
         value: None,
     };
-    let err = train_ppo(no_critic, &inputs, &config(), &quiet(), &f.device).unwrap_err();
+    let err = train_ppo(
+        no_critic,
+        &inputs,
+        &config(),
+        &RunOptions::quiet(),
+        &f.device,
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("needs a value model"), "{err}");
     let grpo = PpoConfig {
         advantage: AdvantageEstimator::Grpo,
         ..config()
     };
-    let err = train_ppo(with_critic(policy(&f)), &inputs, &grpo, &quiet(), &f.device).unwrap_err();
+    let err = train_ppo(
+        with_critic(policy(&f)),
+        &inputs,
+        &grpo,
+        &RunOptions::quiet(),
+        &f.device,
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("does not use"), "{err}");
 }
 
@@ -525,7 +539,7 @@ fn run_into(f: &Fixture, init: &[u8], dir: &std::path::Path, cfg: &PpoConfig) ->
 
 #[test]
 fn a_run_resumed_from_a_checkpoint_repeats_the_uninterrupted_run_exactly() {
-    let _serial = rlhf_core::testing::serial();
+    let _serial = rlhf_testkit::serial();
     // bit-exact on the CPU backend (GPU reductions need not be deterministic)
     let f = Fixture {
         device: rlhf_core::parse_device("flex").unwrap().autodiff(),
@@ -552,7 +566,7 @@ fn a_run_resumed_from_a_checkpoint_repeats_the_uninterrupted_run_exactly() {
     let resumed = run_into(&f, &init, b.path(), &cfg);
 
     let lines = |d: &std::path::Path| -> Vec<String> {
-        rlhf_core::testing::metrics_without_time(d)
+        rlhf_testkit::crash::metrics_without_time(d)
             .iter()
             .map(|m| serde_json::to_string(m).unwrap())
             .collect()
@@ -573,7 +587,7 @@ fn a_run_resumed_from_a_checkpoint_repeats_the_uninterrupted_run_exactly() {
 
 #[test]
 fn ptx_with_a_zero_coefficient_leaves_the_update_bit_identical() {
-    let _serial = rlhf_core::testing::serial();
+    let _serial = rlhf_testkit::serial();
     let f = fixture();
     let p = policy(&f);
     let cfg = config();
@@ -670,16 +684,16 @@ fn ppo_into(dir: &std::path::Path) -> Vec<f32> {
 #[test]
 #[ignore = "the child process of ppo_survives_sigkill_at_a_random_iteration"]
 fn ppo_sigkill_child() {
-    let _serial = rlhf_core::testing::serial();
-    if let Some(dir) = rlhf_core::testing::child_dir() {
+    let _serial = rlhf_testkit::serial();
+    if let Some(dir) = rlhf_testkit::crash::child_dir() {
         ppo_into(&dir);
     }
 }
 
 #[test]
 fn ppo_survives_sigkill_at_a_random_iteration() {
-    let _serial = rlhf_core::testing::serial();
-    rlhf_core::testing::assert_resumes_after_sigkill("ppo_sigkill_child", 8, ppo_into);
+    let _serial = rlhf_testkit::serial();
+    rlhf_testkit::crash::assert_resumes_after_sigkill("ppo_sigkill_child", 8, ppo_into);
 }
 
 proptest::proptest! {
@@ -694,7 +708,7 @@ proptest::proptest! {
         kl_as_loss in proptest::bool::ANY,
         ptx in proptest::bool::ANY,
     ) {
-        let _serial = rlhf_core::testing::serial();
+        let _serial = rlhf_testkit::serial();
         let f = fixture();
         let p = policy(&f);
         for aggregation in [
@@ -711,7 +725,7 @@ proptest::proptest! {
                 kl_estimator: if kl_as_loss { KlEstimator::K3 } else { KlEstimator::K1 },
                 ptx_coef: if ptx { 0.5 } else { 0.0 },
                 ptx_batch_size: 3,
-                optimizer: rlhf_core::testing::gradient_revealing_optimizer(),
+                optimizer: rlhf_testkit::replicas::gradient_revealing_optimizer(),
                 ..config()
             };
             let (_, ids, mask, g) = sample(&f, &p, &cfg);
@@ -733,7 +747,7 @@ proptest::proptest! {
                 .collect();
             let values = rlhf_core::train::checkpoint::parameter_values::<PolicyAndValue>;
             let losses = std::cell::RefCell::new(Vec::new());
-            rlhf_core::testing::assert_replicas_take_one_step(
+            rlhf_testkit::replicas::assert_replicas_take_one_step(
                 &f.device,
                 replicas,
                 &values(&start),

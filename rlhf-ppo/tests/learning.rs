@@ -12,8 +12,6 @@
 //! asserted ones.
 
 mod common;
-#[path = "../examples/common/tldr.rs"]
-mod tldr;
 
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -23,12 +21,12 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rlhf_core::Scorer;
 use rlhf_core::train::metrics::names;
-use rlhf_core::train::{Metrics, OptimizerConfig};
+use rlhf_core::train::{Metrics, OptimizerConfig, RunOptions};
 use rlhf_models::{CausalLm, SamplingConfig, ScalarModel, sample_texts};
 use rlhf_ppo::{AdvantageEstimator, PolicyAndValue, PpoConfig, PpoInputs, train_ppo};
 use rlhf_reward::RewardScorer;
+use rlhf_testkit::tldr;
 
-use common::quiet;
 use tldr::{Tldr, build, gold_of_samples, mean};
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -111,7 +109,8 @@ fn rl_with(cfg: PpoConfig) -> (f64, f64, Metrics) {
         eval_every: 0,
     };
     let start = Instant::now();
-    let (models, report) = train_ppo(models, &inputs, &cfg, &quiet(), &s.device).unwrap();
+    let (models, report) =
+        train_ppo(models, &inputs, &cfg, &RunOptions::quiet(), &s.device).unwrap();
     let gold = gold_of_samples(&models.policy, s);
     let get = |k: &str| {
         report
@@ -266,7 +265,7 @@ fn ppo_and_grpo_raise_a_rule_reward() {
             &cfg,
             &rlhf_core::train::RunOptions {
                 out_dir: Some(dir.path().to_path_buf()),
-                ..quiet()
+                ..RunOptions::quiet()
             },
             &device,
         )

@@ -69,10 +69,7 @@ fn ppo_trains_with_a_pad_id_outside_the_vocabulary() {
         eval: None,
         eval_every: 0,
     };
-    let quiet = RunOptions {
-        progress: false,
-        ..RunOptions::default()
-    };
+    let quiet = RunOptions::quiet();
     let (_, report) = train_ppo(
         PolicyAndValue::new(policy, Some(value)),
         &inputs,
@@ -240,7 +237,7 @@ proptest! {
             PolicyAndValue::new(policy, critic),
             &inputs,
             &cfg,
-            &RunOptions { progress: false, ..RunOptions::default() },
+            &RunOptions::quiet(),
             &device,
         );
         match cfg.validate() {

@@ -13,9 +13,6 @@
 //! The setting of `prm_on_arith_steps_learns_step_labels`: `MAX_OPERAND=5 MIN_TERMS=3
 //! MAX_TERMS=3 TRAIN=3000 EPOCHS=16 WARMUP=100`.
 
-mod common;
-
-use common::{ArithData, tiny_backbone};
 use rlhf_core::train::{LrSchedule, OptimizerConfig, RunOptions};
 use rlhf_data::Split;
 use rlhf_data::tasks::{ArithSteps, Task};
@@ -24,6 +21,7 @@ use rlhf_reward::{
     LabelledExample, RewardModel, RewardSettings, RmConfig, StepAggregate, evaluate_labelled,
     train_step_model,
 };
+use rlhf_testkit::pairs::{ArithData, tiny_backbone};
 
 fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -72,10 +70,7 @@ fn main() {
             },
             ..SftConfig::default()
         };
-        let quiet = RunOptions {
-            progress: false,
-            ..RunOptions::default()
-        };
+        let quiet = RunOptions::quiet();
         let (m, report) = train_sft(backbone, &demos, &[], &sft, &quiet, &device).unwrap();
         println!(
             "SFT on correct chains: {} steps, train loss {:.3}, {:.0} s",
@@ -109,10 +104,7 @@ fn main() {
         seed: 4 + seed,
         ..RmConfig::default()
     };
-    let quiet = RunOptions {
-        progress: false,
-        ..RunOptions::default()
-    };
+    let quiet = RunOptions::quiet();
     let (model, report) =
         train_step_model(prm.model, &data.train, &data.eval, &cfg, &quiet, &device).unwrap();
     per_step(&model, &data.eval, &device);

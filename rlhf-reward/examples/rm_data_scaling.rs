@@ -5,12 +5,10 @@
 //! prints one row per volume: held-out label accuracy and gold-order accuracy, mean ± spread over
 //! two seeds, next to the labeller's own agreement with gold (the ceiling the labels allow).
 
-mod common;
-
-use common::{TldrPairs, tiny_backbone};
 use rlhf_core::train::{LrSchedule, OptimizerConfig, RunOptions};
 use rlhf_models::ScalarModel;
 use rlhf_reward::{RmConfig, train_reward_model};
+use rlhf_testkit::pairs::{TldrPairs, tiny_backbone};
 
 fn main() {
     let volumes: Vec<usize> = {
@@ -51,10 +49,7 @@ fn main() {
                 seed,
                 ..RmConfig::default()
             };
-            let quiet = RunOptions {
-                progress: false,
-                ..RunOptions::default()
-            };
+            let quiet = RunOptions::quiet();
             let (_, report) =
                 train_reward_model(model, &data.train[..n], &data.eval, &cfg, &quiet, &device)
                     .unwrap();

@@ -34,13 +34,6 @@ struct Fixture {
     pairs: Vec<(String, String)>,
 }
 
-fn quiet() -> RunOptions {
-    RunOptions {
-        progress: false,
-        ..RunOptions::default()
-    }
-}
-
 fn pairs(split: Split, n: u64, seed: u64) -> Vec<(String, String)> {
     let task = TldrSynth::default();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -112,7 +105,8 @@ fn fixture() -> &'static Fixture {
             seed: 2,
             ..SftConfig::default()
         };
-        let (model, report) = train_sft(init, &examples, &[], &cfg, &quiet(), &device).unwrap();
+        let (model, report) =
+            train_sft(init, &examples, &[], &cfg, &RunOptions::quiet(), &device).unwrap();
         eprintln!(
             "judge fixture: {} examples, {} steps, {:.1} s",
             examples.len(),

@@ -11,12 +11,9 @@
 //!   rating, where the untrained judge and the summary's length do not, and its best-vs-worst
 //!   pairs (LongReward's DPO labels) mostly agree with the gold order.
 //!
-//! The shared helpers also back `examples/rm_data_scaling.rs` (RM accuracy against pairs).
+//! The shared helpers (`rlhf_testkit::pairs`) also back `examples/rm_data_scaling.rs` (RM
+//! accuracy against pairs).
 
-#[path = "../examples/common/mod.rs"]
-mod common;
-
-use common::{ArithData, TldrPairs, tiny_backbone};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rlhf_core::Scorer;
@@ -28,13 +25,7 @@ use rlhf_reward::{
     JudgeConfig, JudgeDimension, LlmJudge, RewardModel, RewardScorer, RewardSettings, RmConfig,
     StepAggregate, best_and_worst, normalise, train_reward_model, train_step_model,
 };
-
-fn quiet() -> RunOptions {
-    RunOptions {
-        progress: false,
-        ..RunOptions::default()
-    }
-}
+use rlhf_testkit::pairs::{ArithData, TldrPairs, tiny_backbone};
 
 #[test]
 fn outcome_rm_on_tldr_synth_approaches_the_labeller_ceiling() {
@@ -62,7 +53,7 @@ fn outcome_rm_on_tldr_synth_approaches_the_labeller_ceiling() {
         &data.train,
         &data.eval,
         &cfg,
-        &quiet(),
+        &RunOptions::quiet(),
         &device,
     )
     .unwrap();
@@ -148,8 +139,15 @@ fn prm_on_arith_steps_learns_step_labels() {
         seed: 4,
         ..RmConfig::default()
     };
-    let (_, report) =
-        train_step_model(prm.model, &data.train, &data.eval, &cfg, &quiet(), &device).unwrap();
+    let (_, report) = train_step_model(
+        prm.model,
+        &data.train,
+        &data.eval,
+        &cfg,
+        &RunOptions::quiet(),
+        &device,
+    )
+    .unwrap();
     let balanced = report.eval.gold_accuracy.unwrap();
     eprintln!(
         "PRM: {} steps; step-label accuracy {:.3} (majority class {:.3}), balanced accuracy {balanced:.3}",
@@ -187,8 +185,15 @@ fn step_labels_are_read_at_their_steps() {
         },
         ..RmConfig::default()
     };
-    let (_, report) =
-        train_step_model(model, &data.train, &data.eval, &cfg, &quiet(), &device).unwrap();
+    let (_, report) = train_step_model(
+        model,
+        &data.train,
+        &data.eval,
+        &cfg,
+        &RunOptions::quiet(),
+        &device,
+    )
+    .unwrap();
     let balanced = report.eval.gold_accuracy.unwrap();
     assert!(balanced > 0.95, "balanced accuracy {balanced}");
 }
@@ -291,7 +296,8 @@ fn llm_judge_on_tldr_synth_tracks_the_gold_score() {
         seed: 3,
         ..SftConfig::default()
     };
-    let (model, report) = train_sft(init, &examples, &[], &cfg, &quiet(), &device).unwrap();
+    let (model, report) =
+        train_sft(init, &examples, &[], &cfg, &RunOptions::quiet(), &device).unwrap();
     let judge = LlmJudge::new(model, tokenizer, config, &device).unwrap();
     let (prompts, responses): (Vec<&str>, Vec<&str>) = eval
         .iter()

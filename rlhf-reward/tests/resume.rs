@@ -1,7 +1,7 @@
 //! The reward trainer resumes exactly: stopped after a checkpoint and started again in the same
 //! directory, it ends with the same weights and metrics as a run that never stopped.
 //!
-//! The tests take `rlhf_core::testing::serial()` first: bit-for-bit comparisons hold only when
+//! The tests take `rlhf_testkit::serial()` first: bit-for-bit comparisons hold only when
 //! no other test trains in the process at the same time.
 
 use burn::module::Module;
@@ -35,7 +35,7 @@ fn setup(device: &burn::tensor::Device) -> (ScalarModel, Vec<RankedExample>) {
 
 #[test]
 fn reward_training_resumes_exactly() {
-    let _serial = rlhf_core::testing::serial();
+    let _serial = rlhf_testkit::serial();
     let device = rlhf_core::device_from_env().unwrap().autodiff();
     let (init, data) = setup(&device);
     let cfg = RmConfig {
@@ -127,16 +127,16 @@ fn rm_into(dir: &std::path::Path) -> Vec<f32> {
 #[test]
 #[ignore = "the child process of reward_training_survives_sigkill_at_a_random_step"]
 fn rm_sigkill_child() {
-    let _serial = rlhf_core::testing::serial();
-    if let Some(dir) = rlhf_core::testing::child_dir() {
+    let _serial = rlhf_testkit::serial();
+    if let Some(dir) = rlhf_testkit::crash::child_dir() {
         rm_into(&dir);
     }
 }
 
 #[test]
 fn reward_training_survives_sigkill_at_a_random_step() {
-    let _serial = rlhf_core::testing::serial();
-    rlhf_core::testing::assert_resumes_after_sigkill("rm_sigkill_child", 24, rm_into);
+    let _serial = rlhf_testkit::serial();
+    rlhf_testkit::crash::assert_resumes_after_sigkill("rm_sigkill_child", 24, rm_into);
 }
 
 proptest::proptest! {
@@ -149,7 +149,7 @@ proptest::proptest! {
         replicas in 2usize..4,
         grad_accum in 1usize..3,
     ) {
-        let _serial = rlhf_core::testing::serial();
+        let _serial = rlhf_testkit::serial();
         let device = rlhf_core::device_from_env().unwrap().autodiff();
         let (init, data) = setup(&device);
         let train = &data[..pairs];
@@ -157,12 +157,12 @@ proptest::proptest! {
             epochs: 1,
             batch_size: pairs.div_ceil(grad_accum),
             grad_accum,
-            optimizer: rlhf_core::testing::gradient_revealing_optimizer(),
+            optimizer: rlhf_testkit::replicas::gradient_revealing_optimizer(),
             seed: 5,
             ..RmConfig::default()
         };
         let values = rlhf_core::train::checkpoint::parameter_values::<ScalarModel>;
-        rlhf_core::testing::assert_replicas_take_one_step(
+        rlhf_testkit::replicas::assert_replicas_take_one_step(
             &device,
             replicas,
             &values(&init),

@@ -43,10 +43,7 @@ fn ranked(k: usize) -> Vec<RankedExample> {
 #[test]
 fn centering_applies_to_kwise_reward_models() {
     let device = rlhf_core::device_from_env().unwrap().autodiff();
-    let quiet = RunOptions {
-        progress: false,
-        ..RunOptions::default()
-    };
+    let quiet = RunOptions::quiet();
     let loss = |center_eta: f32| {
         let cfg = RmConfig {
             center_eta,

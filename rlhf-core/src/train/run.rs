@@ -68,6 +68,23 @@ impl Default for RunOptions {
 }
 
 impl RunOptions {
+    /// In memory and without progress reports, with the other defaults: a run inside a test, a
+    /// benchmark or a larger program that reports on its own.
+    pub fn quiet() -> Self {
+        RunOptions {
+            progress: false,
+            ..Self::default()
+        }
+    }
+
+    /// [`RunOptions::quiet`], writing to `dir`.
+    pub fn quiet_in(dir: impl Into<PathBuf>) -> Self {
+        RunOptions {
+            out_dir: Some(dir.into()),
+            ..Self::quiet()
+        }
+    }
+
     /// Writing to `dir`, with the other defaults.
     pub fn in_dir(dir: impl Into<PathBuf>) -> Self {
         RunOptions {

@@ -11,13 +11,6 @@ use rlhf_data::Tokenizer;
 use rlhf_data::tasks::with_eos;
 use rlhf_models::{CausalLm, SftConfig, TransformerConfig, train_sft};
 
-pub fn quiet() -> RunOptions {
-    RunOptions {
-        progress: false,
-        ..RunOptions::default()
-    }
-}
-
 /// `count k:` prompts answered with `k` words, then EOS.
 pub fn prompt(k: usize) -> String {
     format!("count {k}:")
@@ -71,7 +64,7 @@ pub fn counting_policy(tok: &Tokenizer, dropout: f64) -> Vec<u8> {
     let model = seeded(&device, 3, || {
         CausalLm::init(&shape(tok.vocab_size(), dropout), &device).unwrap()
     });
-    let (model, _) = train_sft(model, &data, &[], &cfg, &quiet(), &device).unwrap();
+    let (model, _) = train_sft(model, &data, &[], &cfg, &RunOptions::quiet(), &device).unwrap();
     module_to_bytes(model).unwrap()
 }
 

@@ -1,7 +1,5 @@
-//! Data and models shared by the learning tests and the data-scaling example: labelled
+//! Data and models shared by the reward models' learning tests and examples: labelled
 //! `tldr-synth` pairs and step-labelled `arith-steps` chains, tokenized, with a tiny backbone.
-
-#![allow(dead_code)]
 
 use burn::tensor::Device;
 use rand::SeedableRng;

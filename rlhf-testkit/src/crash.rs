@@ -5,7 +5,7 @@
 //!
 //! ```no_run
 //! # fn train(_dir: &std::path::Path) {}
-//! use rlhf_core::testing::{Signal, child_dir, signal_child_at_step};
+//! use rlhf_testkit::crash::{Signal, child_dir, signal_child_at_step};
 //!
 //! #[test]
 //! #[ignore = "the child process of a crash test"]
@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{Error, Result};
+use rlhf_core::{Error, Result};
 
 /// The environment variable that tells a child test where to train.
 pub const CHILD_DIR_ENV: &str = "RLHF_CRASH_CHILD_DIR";
@@ -161,7 +161,7 @@ pub fn assert_resumes_after_sigkill(
 /// # Panics
 /// When `dir/metrics.jsonl` cannot be read (a test assertion).
 pub fn metrics_without_time(dir: &Path) -> Vec<serde_json::Map<String, serde_json::Value>> {
-    crate::train::metrics::read_metrics(&dir.join("metrics.jsonl"))
+    rlhf_core::train::metrics::read_metrics(&dir.join("metrics.jsonl"))
         .expect("metrics")
         .into_iter()
         .map(|mut l| {
@@ -188,55 +188,4 @@ fn tempfile_dir(tag: &str) -> PathBuf {
 pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// An optimizer whose first step moves each weight by about its gradient: AdamW with learning
-/// rate 1, ε = 1 (the first step is `g/(|g| + 1)`), no decay, no clipping. Two runs whose
-/// gradients differ then differ in their weights; with the usual ε, AdamW's first step is close to
-/// `lr·sign(g)`, which hides any error in a gradient's size.
-pub fn gradient_revealing_optimizer() -> crate::train::OptimizerConfig {
-    crate::train::OptimizerConfig {
-        lr: 1.0,
-        eps: 1.0,
-        weight_decay: 0.0,
-        max_grad_norm: None,
-        ..crate::train::OptimizerConfig::default()
-    }
-}
-
-/// Asserts that a training step from the weights `start` ends at the same weights on `n`
-/// data-parallel replicas on `device` as on one, within `tol`, and that it moved the weights by
-/// more than a hundred times `tol` somewhere (so that the equality says something about the
-/// step). `step(options)` takes the step with `options` (quiet, in memory, with the replicas) and
-/// returns the weights.
-pub fn assert_replicas_take_one_step(
-    device: &burn::tensor::Device,
-    n: usize,
-    start: &[f32],
-    tol: f32,
-    step: impl Fn(&crate::train::RunOptions) -> Vec<f32>,
-) {
-    let options = |count: usize| crate::train::RunOptions {
-        progress: false,
-        replicas: crate::train::Replicas::new(vec![device.clone(); count]),
-        ..crate::train::RunOptions::default()
-    };
-    let (one, many) = (step(&options(1)), step(&options(n)));
-    assert_eq!(one.len(), many.len(), "models of one shape");
-    let max_diff = |a: &[f32], b: &[f32]| {
-        a.iter()
-            .zip(b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0f32, f32::max)
-    };
-    let moved = max_diff(start, &one);
-    assert!(
-        moved > 100.0 * tol,
-        "the step moved the weights by {moved} only"
-    );
-    let diff = max_diff(&one, &many);
-    assert!(
-        diff <= tol,
-        "{n} replicas and one differ by {diff} after a step that moved the weights by {moved}"
-    );
 }

@@ -1,9 +1,7 @@
-//! The TL;DR pipeline at laptop scale, up to the reward model, shared by the learning tests and
-//! the examples: SFT on 800 noisy `tldr-synth` demonstrations → a reward model initialised from
+//! The TL;DR pipeline at laptop scale, up to the reward model, shared by PPO's learning tests and
+//! its `ppo_study` example: SFT on 800 noisy `tldr-synth` demonstrations → a reward model initialised from
 //! the SFT model, trained for one epoch on pairs of SFT samples labelled by a labeller that agrees
 //! with the gold order 73% of the time, normalised on the demonstrations.
-
-#![allow(dead_code)]
 
 use std::time::Instant;
 
@@ -20,13 +18,6 @@ use rlhf_models::{
 use rlhf_reward::{
     RankedExample, RewardModel, RewardSettings, RmConfig, normalise, train_reward_model,
 };
-
-pub fn quiet() -> RunOptions {
-    RunOptions {
-        progress: false,
-        ..RunOptions::default()
-    }
-}
 
 pub fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len() as f64
@@ -123,7 +114,15 @@ pub fn build() -> Tldr {
             seed: 2,
             ..SftConfig::default()
         };
-        let (sft, _) = train_sft(init, &sft_data, &[], &sft_cfg, &quiet(), &device).unwrap();
+        let (sft, _) = train_sft(
+            init,
+            &sft_data,
+            &[],
+            &sft_cfg,
+            &RunOptions::quiet(),
+            &device,
+        )
+        .unwrap();
 
         // reward-model data: two SFT samples per prompt, labelled by a labeller that agrees with
         // the gold order 73% of the time
@@ -236,7 +235,7 @@ pub fn train_rm(s: &Tldr, init_seed: u64, data_seed: u64) -> (RewardModel, rlhf_
         &s.rm_train,
         &s.rm_eval,
         &rm_cfg,
-        &quiet(),
+        &RunOptions::quiet(),
         &s.device,
     )
     .unwrap();
