@@ -417,6 +417,9 @@ impl RunConfig {
     }
 
     /// Checks what the stages would otherwise find late.
+    // One piece, over 80 lines: a flat list of refusals, the task's own first (a match on
+    // task.name), then those every task shares; model sizes and the PPO settings are checked
+    // by `model_shape` and `PpoConfig::validate`.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
         match self.task.name.as_str() {

@@ -316,6 +316,9 @@ pub(crate) struct RmInputs<'a> {
 
 /// The reward model of `cfg.rm` on pairs of the samplers' samples labelled by the simulated
 /// labeller (cached per size, data, samplers and seed), with its held-out accuracies.
+// One piece, over 80 lines: the cached RM stage in order inside one `cached_dir` closure: sample
+// train and held-out pairs, calibrate the labeller, label, fit, check held-out pairs against the
+// gold order, write summary and pairs; then the stage read back from the cache.
 pub(crate) fn reward_model(
     cfg: &RunConfig,
     inp: &RmInputs<'_>,

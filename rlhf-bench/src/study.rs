@@ -147,6 +147,8 @@ pub fn default_seeds(preset: &str) -> Vec<u64> {
     budget(preset).map_or_else(|_| vec![0], |b| (0..b.seeds as u64).collect())
 }
 
+// One piece, over 80 lines: a table, the `Budget` literal (with its `ArithBudget`) of each of
+// smoke, quick and full side by side, so one knob reads across the three presets in one place.
 fn budget(preset: &str) -> Result<Budget> {
     Ok(match preset {
         "smoke" => Budget {
@@ -585,6 +587,9 @@ pub fn sweep(points: &[Point], out: &Path, progress: bool) -> Result<SweepReport
 }
 
 /// [`sweep`] with the function that runs one point's configuration (`run(config, cache, work)`).
+// One piece, over 80 lines: both passes over the points (in order, then those another sweep
+// held) call `run_point`, a closure over the progress bar, the log, the cache of stored points
+// and the caller's `run`; apart, these would have to travel together in a struct.
 pub fn sweep_with(
     points: &[Point],
     out: &Path,

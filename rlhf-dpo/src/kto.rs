@@ -509,6 +509,9 @@ fn check(examples: &[KtoExample], what: &str) -> Result<()> {
 /// Trains `policy` (on an autodiff device) with KTO against the frozen `reference` on `train`,
 /// evaluating on `eval`. The reference's log-probs of the matched and the mismatched pairs come
 /// from `cache`; `run_options` gives checkpoints, resume, metrics and progress.
+// One piece, over 80 lines: the setup around the shared `fit` loop in order: refusals, the
+// memory check, the reference log-probs of train and eval prepared once, then `fit` with KTO's
+// batch order, loss and eval closures (which borrow the prepared data), and the report.
 pub fn train_kto(
     policy: CausalLm,
     reference: &CausalLm,

@@ -460,6 +460,9 @@ pub fn cached_reference_logps(
 /// on `eval`. Reference log-probs come from `cache` (computed once per reference and data, then
 /// reused across epochs and runs); `run_options` gives checkpoints, resume, metrics, progress.
 #[allow(clippy::too_many_arguments)]
+// One piece, over 80 lines: the setup around the shared `fit` loop in order: refusals, the
+// memory check, the reference log-probs (cached, or zeros for reference-free losses), then `fit`
+// with DPO's batch order, loss and eval closures that borrow them, and the report.
 pub fn train_offline(
     policy: CausalLm,
     reference: &CausalLm,

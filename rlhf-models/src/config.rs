@@ -295,6 +295,8 @@ impl TransformerConfig {
     }
 
     /// A preset by name (see [`PRESETS`]).
+    // One piece, over 80 lines: a table, one match arm per preset named in PRESETS, each built
+    // from the neox/llama/qwen2 constructors with that preset's own settings.
     pub fn preset(name: &str) -> Result<Self> {
         let pythia_vocab = 50_304;
         Ok(match name {
@@ -386,6 +388,9 @@ impl TransformerConfig {
     /// Checks that the shape is consistent: heads divide the width (unless the family sets
     /// `head_dim` itself), KV heads divide the heads, the rotary share is in `[0, 1]` and gives an
     /// even number of dimensions, and each option belongs to a family that has it.
+    // One piece, over 80 lines: a flat list of refusals, each a condition with its own message
+    // (sizes, limits, ranges, head layout, rotary share, which family has which option); the
+    // rope scaling's checks are already apart in `validate_rope_scaling`.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(format!("model: {m}")));
         let arch = self.architecture;

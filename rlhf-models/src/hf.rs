@@ -209,6 +209,9 @@ impl Fields<'_> {
 /// the old `type`); `rope_theta` inside, else at the top level (else `fallback_theta`);
 /// `original_max_position_embeddings` at the top level first (Phi-3 always has one, 4096 by
 /// default), else inside, else `max_position_embeddings`.
+// One piece, over 80 lines: the readers `number`, `required`, `factors` and `original` close
+// over the chosen object (`rope_scaling` or `rope_parameters`) and its key for their error
+// messages, and the match on `rope_type` reads each kind's fields through them.
 fn rope(
     f: &Fields,
     arch: Architecture,
@@ -424,6 +427,9 @@ fn neox_config(f: &Fields) -> Result<TransformerConfig> {
 
 /// Llama, Qwen2, Qwen3, Mistral, Phi-3, with `transformers`' defaults of each for the fields a
 /// file leaves out.
+// One piece, over 80 lines: like `neox_config` and `gpt2_config`, the refusals of options not
+// implemented, then the config with each field's per-family default (KV heads, head_dim,
+// sliding window, norm eps, dropout key) written next to the field it fills.
 fn llama_config(f: &Fields, arch: Architecture) -> Result<TransformerConfig> {
     let name = arch.model_type();
     if f.str_or("hidden_act", "silu")? != "silu" {
@@ -629,6 +635,8 @@ fn rope_json(config: &TransformerConfig) -> Value {
 /// The `config.json` that `transformers` loads for `config` (`GPTNeoXForCausalLM`,
 /// `LlamaForCausalLM`, `Qwen2ForCausalLM`, `Qwen3ForCausalLM`, `MistralForCausalLM`,
 /// `Phi3ForCausalLM` or `GPT2LMHeadModel`).
+// One piece, over 80 lines: one table, a `json!` literal per family (GPT-NeoX, GPT-2, the Llama
+// family with its per-architecture keys), then the keys every family shares added after.
 pub fn config_to_json(config: &TransformerConfig) -> Value {
     let arch = config.architecture;
     let mut json = match arch {

@@ -314,6 +314,9 @@ impl PpoConfig {
     /// Checks ranges and combinations: group estimators need `n ≥ 2` (Dr.GRPO excepted), the
     /// batch must split into minibatches, the probabilities and coefficients must make sense, the
     /// KL controller must not divide by zero, and a KL loss term must not use k1.
+    // One piece, over 80 lines: a flat list of refusals, each a condition with its own message
+    // (sizes and limits first, then ranges and combinations such as GSPO's estimator or k1 as a
+    // loss term); the KL controller and the optimizer are checked by their own `validate`.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(format!("ppo: {m}")));
         if self.samples_per_prompt == 0 || self.prompts_per_batch == 0 {

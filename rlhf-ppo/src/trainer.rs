@@ -210,6 +210,9 @@ fn response_values(value: &ScalarModel, input: &TokenInput, query_len: usize) ->
 ///
 /// Returns the experience and its metrics (`objective/*`, `val/num_eos`, `completions/mean_length`, `reward_std`, `frac_reward_zero_std`).
 #[allow(clippy::too_many_arguments)]
+// One piece, over 80 lines: steps 2–5 of the recipe on one batch, each feeding the next: joined
+// ids, old and reference log-probs and values, per-token rewards, advantages by the estimator,
+// then the rollout's metrics and the Experience built from those same tensors.
 pub fn make_experience(
     models: &PolicyAndValue,
     reference: &CausalLm,
@@ -861,6 +864,9 @@ pub struct Iteration {
 
 /// One full iteration (steps 1–5) on `prompts` (each sampled `n` times).
 #[allow(clippy::too_many_arguments)]
+// One piece, over 80 lines: one iteration, steps 1–5 in order, each already a call
+// (sample_and_score, dynamic_sampling, make_experience, ppo_update); what is left is the timing
+// and the metrics that join them.
 pub fn ppo_iteration(
     models: PolicyAndValue,
     optim: &mut ModuleOptimizer,

@@ -116,6 +116,9 @@ pub(crate) struct Stage {
 /// The verifier of `setup`'s `rm` settings: initialised from `backbone` (the SFT model of
 /// `rm.size`), trained on `rm.pairs` solutions of `policy`, `rm.pairs_per_prompt` on each training prompt, evaluated on
 /// `rm.eval_pairs` held-out ones (cached per kind, backbone, sampler, data and training).
+// One piece, over 80 lines: the cached verifier stage: its key and settings, then inside
+// `cached_dir` the labelled solutions, the training config, the fit, the save and the summary;
+// then the stage loaded back.
 pub(crate) fn train(
     setup: &Setup<'_>,
     policy: &Sft,

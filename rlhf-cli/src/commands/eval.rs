@@ -53,6 +53,9 @@ fn mean_se(v: &[f64]) -> (f64, f64) {
 }
 
 /// Samples, scores and reports.
+// One piece, over 80 lines: one pass over the episodes in batches: each batch sampled, scored
+// and (with --ref) its KL measured, each sample written to the JSONL and added to the totals
+// that the summary then prints.
 pub fn run(args: &EvalArgs) -> Result<()> {
     let device = rlhf_core::parse_device(&args.sampling.device)?;
     let ckpt = load::checkpoint(&args.model, &device, None)?;

@@ -408,6 +408,8 @@ impl OnPolicyArgs {
 
     /// The method's recipe with every option given here applied; `query_length` is the longest
     /// prompt's token count unless `max_prompt_length` is given.
+    // One piece, over 80 lines: a table of overrides on the method's preset, then rules whose
+    // order matters: `loss_type` sets the objective that `importance_sampling_level` then reads.
     pub fn config(&self, method: Method, longest_prompt: usize) -> PpoConfig {
         let mut c = self.preset(method);
         macro_rules! set {

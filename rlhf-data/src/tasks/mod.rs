@@ -150,6 +150,9 @@ pub struct ExportSummary {
 /// `steps.jsonl` (step-labelled demonstrations, for tasks with process labels), `tokenizer.json`
 /// (a byte-level BPE trained on the exported texts, reloadable with [`crate::Tokenizer::from_file`])
 /// and `task.json` (the summary). `n` records each (train-split prompts `0..n`), deterministic in `seed`.
+// One piece, over 80 lines: one rng stream feeds the labeller's calibration and then the loop
+// over prompts, so the SFT, preference and step records of prompt i come from the same draws; the
+// writes, the tokenizer and the summary then read the vectors that loop filled.
 pub fn export_task(
     task: &dyn Task,
     dir: &std::path::Path,

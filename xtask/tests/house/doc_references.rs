@@ -4,14 +4,11 @@
 //! clone (their place before the specification moved into `docs/` and the peer into
 //! `rlhf-bench/peer/`). Data beside the clone (the HH-RLHF file CI reads) is not a document.
 
-use std::path::{Path, PathBuf};
+use super::{files, root};
 
 /// File names that the project writes rather than ships: `report.md` is the scaling study's
 /// output under its output directory.
 const WRITTEN_BY_THE_PROJECT: &[&str] = &["report.md"];
-
-/// Directories that hold build output or other repositories' files.
-const SKIPPED_DIRS: &[&str] = &["target", ".git", "corpus", "artifacts"];
 
 /// Where the brief and the peer script lived outside the repository (spelt in two pieces, so that
 /// this file does not name them).
@@ -19,32 +16,6 @@ const OUTSIDE: &[&str] = &[concat!("../shared/", "docs"), concat!("../shared/", 
 
 /// The reports keep dated accounts of earlier runs, which may name where things were then.
 const HISTORY: &[&str] = &["docs/perf-report.md", "docs/scaling-report.md"];
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace")
-        .to_path_buf()
-}
-
-fn files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-    for entry in entries {
-        let path = entry.expect("a directory entry").path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if path.is_dir() {
-            if !SKIPPED_DIRS.contains(&name) {
-                files(&path, out);
-            }
-        } else if matches!(
-            path.extension().and_then(|e| e.to_str()),
-            Some("rs" | "md" | "toml" | "py" | "sh")
-        ) || name == "run"
-        {
-            out.push(path);
-        }
-    }
-}
 
 /// The `*.md` paths named on `line`: runs of path characters that end in `.md`.
 fn md_paths(line: &str) -> Vec<&str> {
