@@ -79,9 +79,6 @@ pub fn claim_run_dir(out: &Path, cfg: &RunConfig) -> Result<()> {
 
 /// Runs `cfg`, caching shared stages under `cache`, writing the method's own files (metrics,
 /// checkpoints) under `work` (resumed if present).
-// One piece, over 80 lines: the pipeline's stages in order (task, SFT, judge baselines, RM,
-// method, judge), each already a call into stages/judge/method; what stays here is the glue
-// that hands each stage's output on and records its metrics in `m` and `it`.
 pub fn run(cfg: &RunConfig, cache: &Path, work: &Path) -> Result<RunResult> {
     cfg.validate()?;
     match cfg.task.name.as_str() {

@@ -277,8 +277,8 @@ pub struct TrainArgs {
     /// Checkpoints kept [TRL: --save_total_limit].
     #[arg(long, default_value_t = 2)]
     pub save_total_limit: usize,
-    /// A progress line every this many steps when stderr is not a terminal [TRL:
-    /// --logging_steps].
+    /// A progress line every this many steps when there is no progress bar (stderr is not a
+    /// terminal); `--quiet` hides them [TRL: --logging_steps].
     #[arg(long, default_value_t = 10)]
     pub logging_steps: u64,
     /// Seed of the batch order (and of any fresh head) [TRL: --seed].

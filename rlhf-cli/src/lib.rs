@@ -28,18 +28,18 @@ pub mod output;
 pub mod plot;
 pub mod reward;
 
-/// Prints the libraries' `tracing` events (progress, warnings, the memory estimate) on stderr:
-/// `INFO` and above, or `WARN` and above when `quiet`; `RUST_LOG` overrides either.
-pub fn init_logging(quiet: bool) {
-    let level = if quiet { "warn" } else { "info" };
-    tracing_subscriber::fmt()
+/// Prints the libraries' `tracing` events (progress, warnings, the memory estimate) on stderr,
+/// those `filter` lets through (an `EnvFilter` directive such as `info`, or `warn,rlhf_bench=info`);
+/// `RUST_LOG` overrides it. A second call keeps the first subscriber.
+pub fn init_logging(filter: &str) {
+    let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
         )
         .without_time()
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .try_init();
 }

@@ -216,7 +216,7 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
-    rlhf_cli::init_logging(cli.quiet);
+    rlhf_cli::init_logging(if cli.quiet { "warn" } else { "info" });
     match dispatch(&cli, &matches) {
         Ok(code) => code,
         Err(e) => {

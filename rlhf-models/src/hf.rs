@@ -428,8 +428,8 @@ fn neox_config(f: &Fields) -> Result<TransformerConfig> {
 /// Llama, Qwen2, Qwen3, Mistral, Phi-3, with `transformers`' defaults of each for the fields a
 /// file leaves out.
 // One piece, over 80 lines: like `neox_config` and `gpt2_config`, the refusals of options not
-// implemented, then the config with each field's per-family default (KV heads, head_dim,
-// sliding window, norm eps, dropout key) written next to the field it fills.
+// implemented, then the per-family defaults (head_dim, KV heads, sliding window) and the config
+// built from them, five families in one place so that their differences read side by side.
 fn llama_config(f: &Fields, arch: Architecture) -> Result<TransformerConfig> {
     let name = arch.model_type();
     if f.str_or("hidden_act", "silu")? != "silu" {

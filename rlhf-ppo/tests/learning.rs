@@ -36,14 +36,9 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-/// The tests of this binary run one at a time: with two test threads in the process, the same
-/// seeded setup gave different models (SFT gold −1.396 alone, −1.256 and −1.560 beside the rule
-/// test), and fixed seeds must mean fixed figures.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
+// The tests of this binary run one at a time (`serial`): with two test threads in the process, the
+// same seeded setup gave different models, and fixed seeds must mean fixed figures.
+use rlhf_testkit::serial;
 
 fn tldr() -> &'static Tldr {
     static SETUP: OnceLock<Tldr> = OnceLock::new();

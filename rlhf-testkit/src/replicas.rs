@@ -27,9 +27,8 @@ pub fn assert_replicas_take_one_step(
     step: impl Fn(&rlhf_core::train::RunOptions) -> Vec<f32>,
 ) {
     let options = |count: usize| rlhf_core::train::RunOptions {
-        progress: false,
         replicas: rlhf_core::train::Replicas::new(vec![device.clone(); count]),
-        ..rlhf_core::train::RunOptions::default()
+        ..rlhf_core::train::RunOptions::quiet()
     };
     let (one, many) = (step(&options(1)), step(&options(n)));
     assert_eq!(one.len(), many.len(), "models of one shape");

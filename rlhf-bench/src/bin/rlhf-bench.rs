@@ -254,7 +254,9 @@ fn parse_seeds(s: Option<&str>, preset: &str) -> Result<Vec<u64>, String> {
 fn main() -> ExitCode {
     rlhf_core::train::tune_allocator();
     let cli = Cli::parse();
-    rlhf_cli::init_logging(false);
+    // the sweep's own lines and every warning; the trainers' progress and memory lines would
+    // only run through the sweep's bar
+    rlhf_cli::init_logging("warn,rlhf_bench=info");
     let result = match cli.command {
         Command::Run {
             config,

@@ -110,7 +110,9 @@ struct Options {
 fn main() -> ExitCode {
     rlhf_core::train::tune_allocator();
     let cli = Cli::parse();
-    rlhf_cli::init_logging(false);
+    // the sweep's own lines and every warning; the trainers' progress and memory lines would
+    // only run through the sweep's bar
+    rlhf_cli::init_logging("warn,rlhf_bench=info");
     let result = match cli.one {
         Some(One::One {
             workload,

@@ -19,6 +19,7 @@ const TO_SPLIT: &[(&str, &str)] = &[
     ("rlhf-bench/src/markdown.rs", "report"),
     ("rlhf-bench/src/method.rs", "on_policy"),
     ("rlhf-bench/src/perf.rs", "measure"),
+    ("rlhf-bench/src/pipeline.rs", "run"),
     ("rlhf-bench/src/study.rs", "preset_points"),
     ("rlhf-bench/src/user.rs", "run_preferences"),
     ("rlhf-cli/src/commands/online_dpo.rs", "run"),
@@ -58,35 +59,51 @@ fn is_fn_start(line: &str) -> bool {
     words.next() == Some("fn")
 }
 
+/// `line` without a trailing `// …` comment.
+fn code(line: &str) -> &str {
+    line.split(" //").next().unwrap_or(line).trim_end()
+}
+
+/// The line that closes the item opened at line `start` (at `start`'s indentation), searched
+/// from `from`.
+fn closing(lines: &[&str], start: usize, from: usize) -> usize {
+    let ind = indent(lines[start]);
+    (from..lines.len())
+        .find(|&k| indent(lines[k]) == ind && lines[k].trim_start().starts_with('}'))
+        .unwrap_or(lines.len() - 1)
+}
+
 /// `(first line, lines, name)` of each function over the limit in `text` without the reason.
 fn unexplained(text: &str) -> Vec<(usize, usize, String)> {
     let lines: Vec<&str> = text.lines().collect();
-    let end = lines
-        .windows(2)
-        .position(|w| w[0].trim() == "#[cfg(test)]" && w[1].trim_start().starts_with("mod "))
-        .unwrap_or(lines.len());
     let mut found = Vec::new();
     let mut i = 0;
-    while i < end {
+    while i < lines.len() {
+        // a test module is not library code: skip to its end (`mod tests;` has none here)
+        if lines[i].trim() == "#[cfg(test)]"
+            && lines
+                .get(i + 1)
+                .is_some_and(|l| l.trim_start().starts_with("mod ") && code(l).ends_with('{'))
+        {
+            i = closing(&lines, i + 1, i + 2) + 1;
+            continue;
+        }
         if !is_fn_start(lines[i]) {
             i += 1;
             continue;
         }
         // the signature ends at `{` (a body) or `;` (a declaration in a trait)
-        let Some(open) = (i..end).find(|&j| {
-            let l = lines[j].trim_end();
+        let Some(open) = (i..lines.len()).find(|&j| {
+            let l = code(lines[j]);
             l.ends_with('{') || l.ends_with(';')
         }) else {
             break;
         };
-        if lines[open].trim_end().ends_with(';') {
+        if code(lines[open]).ends_with(';') {
             i = open + 1;
             continue;
         }
-        let ind = indent(lines[i]);
-        let close = (open + 1..lines.len())
-            .find(|&k| indent(lines[k]) == ind && lines[k].trim_start().starts_with('}'))
-            .unwrap_or(lines.len() - 1);
+        let close = closing(&lines, i, open + 1);
         let count = close - i + 1;
         if count > LIMIT {
             let explained = lines[..i]
@@ -121,6 +138,15 @@ fn the_checker_finds_a_long_function_and_accepts_a_reason() {
     assert!(unexplained(short).is_empty());
     let in_tests = format!("#[cfg(test)]\nmod tests {{\n    fn long() {{\n{body}    }}\n}}\n");
     assert!(unexplained(&in_tests).is_empty());
+    // library code after a test module, a method, a signature over several lines, a comment
+    // after the opening brace
+    let after = format!(
+        "{in_tests}impl A {{\n    pub(crate) fn method(\n        &self,\n    ) -> u8 {{ // note\n{body}    }}\n}}\n"
+    );
+    assert_eq!(
+        unexplained(&after),
+        vec![(LIMIT + 7, LIMIT + 4, "method".to_string())]
+    );
 }
 
 #[test]
