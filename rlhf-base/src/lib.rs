@@ -2,7 +2,8 @@
 //!
 //! What every crate of the workspace shares and none of it needs a tensor library for: the one
 //! [`Error`] type (data errors carry file, line and field), atomic file writes and the artefact
-//! checksum ([`fs`]), seeds derived from names ([`seed`]), the [`Scorer`] trait (anything that scores prompt + response text), and the
+//! checksum ([`fs`]), seeds derived from names ([`seed`]), the [`Scorer`] trait (anything that
+//! scores prompt + response text), and the
 //! allocator settings of the training binaries ([`tune_allocator`], [`release_freed`]).
 //!
 //! `rlhf-data` builds on this crate alone, so reading and tokenizing data does not compile burn;

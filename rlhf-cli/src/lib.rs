@@ -29,8 +29,8 @@ pub mod plot;
 pub mod reward;
 
 /// Prints the libraries' `tracing` events (progress, warnings, the memory estimate) on stderr,
-/// those `filter` lets through (an `EnvFilter` directive such as `info`, or `warn,rlhf_bench=info`);
-/// `RUST_LOG` overrides it. A second call keeps the first subscriber.
+/// those `filter` lets through (an `EnvFilter` directive such as `info`, or
+/// `warn,rlhf_bench=info`); `RUST_LOG` overrides it. A second call keeps the first subscriber.
 pub fn init_logging(filter: &str) {
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

@@ -1,7 +1,7 @@
 //! The TL;DR pipeline at laptop scale, up to the reward model, shared by PPO's learning tests and
-//! its `ppo_study` example: SFT on 800 noisy `tldr-synth` demonstrations → a reward model initialised from
-//! the SFT model, trained for one epoch on pairs of SFT samples labelled by a labeller that agrees
-//! with the gold order 73% of the time, normalised on the demonstrations.
+//! its `ppo_study` example: SFT on 800 noisy `tldr-synth` demonstrations → a reward model
+//! initialised from the SFT model, trained for one epoch on pairs of SFT samples labelled by a
+//! labeller that agrees with the gold order 73% of the time, normalised on the demonstrations.
 
 use std::time::Instant;
 

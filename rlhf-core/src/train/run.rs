@@ -255,9 +255,9 @@ impl Run {
     }
 
     /// Records whether step `step`'s loss and gradient norm were finite. A non-finite one (whose
-    /// update the trainer skips) is counted and reported as a warning with `context()` (which batch);
-    /// more than `max_nonfinite_streak` in a row stop the run with [`Error::NonFinite`], which
-    /// names the last good checkpoint.
+    /// update the trainer skips) is counted and reported as a warning with `context()` (which
+    /// batch); more than `max_nonfinite_streak` in a row stop the run with
+    /// [`Error::NonFinite`], which names the last good checkpoint.
     pub fn check_finite(
         &mut self,
         step: u64,
