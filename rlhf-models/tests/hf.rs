@@ -623,6 +623,50 @@ fn unimplemented_options_of_the_new_families_are_refused_by_name() {
     }
 }
 
+/// A value of the wrong type is refused naming its field, nested ones by their path; a required
+/// field left out is "missing".
+#[test]
+fn a_value_of_the_wrong_type_names_its_field_path() {
+    let cases: [(&str, Edit, &str); 6] = [
+        (
+            "tiny-llama",
+            |c| c["vocab_size"] = "many".into(),
+            "field `vocab_size`: invalid type",
+        ),
+        (
+            "tiny-llama",
+            |c| c["num_key_value_heads"] = (-2).into(),
+            "field `num_key_value_heads`",
+        ),
+        (
+            "tiny-llama",
+            |c| c["rope_parameters"]["factor"] = "x".into(),
+            "field `rope_parameters.factor`: invalid type",
+        ),
+        (
+            "tiny-qwen3",
+            |c| c["layer_types"] = serde_json::json!(["full_attention", 3]),
+            "field `layer_types[1]`",
+        ),
+        (
+            "tiny-phi3",
+            |c| c["rope_parameters"]["short_factor"] = serde_json::json!([1.0, "x"]),
+            "field `rope_parameters.short_factor[1]`",
+        ),
+        (
+            "tiny-gpt2",
+            |c| {
+                c.as_object_mut().unwrap().remove("n_head");
+            },
+            "field `n_head`: missing",
+        ),
+    ];
+    for (name, edit, what) in cases {
+        let err = load_error(name, edit);
+        assert!(err.contains(what), "{name}, {what}: {err}");
+    }
+}
+
 /// Files from before transformers 5 put the scaling in `rope_scaling` (with `type`) and
 /// `rope_theta`, `partial_rotary_factor` and Phi-3's `original_max_position_embeddings` at the
 /// top level: they read as the same configuration and give the same logits.
