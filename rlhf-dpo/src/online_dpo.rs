@@ -32,14 +32,14 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::optim::GradientsParams;
+use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::Device;
 use rand::seq::SliceRandom;
 use rlhf_core::host::to_f32_vec;
 use rlhf_core::train::memory;
 use rlhf_core::train::metrics::names;
 use rlhf_core::train::{
-    Checkpoint, LrSchedule, Metrics, OptimizerConfig, Run, RunOptions, TrainRng,
+    Checkpoint, LrSchedule, Metrics, OptimizerConfig, Replicas, Run, RunOptions, TrainRng,
     checkpoint::{module_from_bytes, module_to_bytes, optimizer_from_bytes, optimizer_to_bytes},
     clip_if_set,
 };
@@ -301,6 +301,10 @@ fn mean(v: impl Iterator<Item = f64>) -> f64 {
 /// Trains `policy` (on an autodiff `device`) with online DPO for `cfg.rounds` rounds. A run with
 /// an output directory resumes after its newest checkpoint (model and optimizer); `run_options`
 /// gives checkpoints (counted in rounds), metrics and progress.
+// One piece, over 80 lines: the setup (refusals, prompt ids, memory check, resume), then each
+// round in the module doc's order, its steps already calls (sample, checked_scores,
+// best_and_worst, update_on_pairs); what stays is the one metrics line they fill in order, the
+// round's timers around them (the update's also covers the eval), the log and the checkpoint.
 pub fn train_online_dpo(
     policy: CausalLm,
     inputs: &OnlineDpoInputs,
@@ -309,33 +313,9 @@ pub fn train_online_dpo(
     device: &Device,
 ) -> Result<(CausalLm, OnlineDpoReport)> {
     cfg.validate()?;
-    if inputs.prompts.is_empty() {
-        return Err(Error::Config("online dpo: no training prompts".into()));
-    }
-    let (vp, vr) = (policy.vocab_size(), inputs.reference.vocab_size());
-    if vp != vr {
-        return Err(Error::Config(format!(
-            "online dpo: the reference has {vr} embedding rows and the policy {vp}; they must \
-             share the tokenizer"
-        )));
-    }
+    check_inputs(&policy, inputs)?;
     let tok = inputs.tokenizer;
-    let prompt_ids = inputs
-        .prompts
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let ids = tok.encode(p)?;
-            if ids.is_empty() {
-                return Err(Error::Config(format!(
-                    "online dpo: prompt {i} is empty; its first response token would have no \
-                     context"
-                )));
-            }
-            let keep = cfg.max_prompt_length.unwrap_or(usize::MAX).min(ids.len());
-            Ok(ids[ids.len() - keep..].to_vec())
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let prompt_ids = encode_prompts(tok, inputs.prompts, cfg.max_prompt_length)?;
     if run_options.replicas.count() > 1 {
         return Err(Error::Config(
             "online dpo: data-parallel replicas are not supported (its generation and judging \
@@ -348,37 +328,22 @@ pub fn train_online_dpo(
     } else {
         policy
     };
-    // refuse, before the first round, a run whose minibatches would not fit in memory: the policy
-    // is trained on both responses of a minibatch's pairs, the reference is held
-    let shape = policy.shape();
-    let longest = prompt_ids.iter().map(Vec::len).max().unwrap_or(0);
-    let checkpointing = memory::checkpointing(device, &policy);
-    memory::check_batch_fits(
-        "online DPO",
-        memory::Params::of(&policy).holding(memory::params_not_in(inputs.reference, &policy)),
-        run_options.replicas.count() as u64,
-        &memory::Batch {
-            rows: 2 * cfg.prompts_per_round.div_ceil(cfg.minibatches) as u64,
-            seq: (longest + cfg.sampling.max_new_tokens) as u64,
-            activations: &|r, s| shape.activation_bytes(r, s, checkpointing),
-            rows_knob: "minibatches (more minibatches, fewer pairs each)",
-            seq_knob: "max_prompt_length and max_new_tokens",
-        },
+    check_memory(
+        &policy,
+        inputs.reference,
+        &prompt_ids,
+        cfg,
+        &run_options.replicas,
+        device,
     )?;
-    let pair_cfg = cfg.pair_loss();
     let total = cfg.rounds as u64;
-    let steps_per_round = cfg.steps_per_round();
     let mut optim = cfg.optimizer.build()?;
     let (mut run, resume) = Run::start(run_options, total, "online-dpo")?;
     let mut report = OnlineDpoReport::default();
     if let Some(c) = resume {
-        let dir = run_options.out_dir.clone().unwrap_or_default();
-        let part = |name: &str| c.part(name, &dir);
-        policy = module_from_bytes(policy, part("model")?)?;
-        optim = optimizer_from_bytes(optim, part("optimizer")?)?;
+        (policy, optim) = restore(&c, run_options, policy, optim)?;
         report.rounds = c.step;
     }
-    let inference = device.clone().without_autodiff();
     let n = cfg.samples_per_prompt;
     for round in report.rounds..total {
         let started = Instant::now();
@@ -399,164 +364,60 @@ pub fn train_online_dpo(
         } = sample(&policy.valid(), tok, &ids, &cfg.sampling, &mut rng)?;
 
         // 3. scores, the missing-EOS penalty subtracted
-        let prompt_texts: Vec<&str> = episodes
-            .iter()
-            .map(|&p| inputs.prompts[p].as_str())
-            .collect();
-        let text_refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        let mut scores = inputs.scorer.score(&prompt_texts, &text_refs)?;
-        if scores.len() != episodes.len() {
-            return Err(Error::Shape(format!(
-                "online dpo: the scorer {} gave {} scores for {} responses",
-                inputs.scorer.name(),
-                scores.len(),
-                episodes.len()
-            )));
-        }
-        if let Some(i) = scores.iter().position(|s| !s.is_finite()) {
-            return Err(Error::Config(format!(
-                "online dpo: the scorer {} gave the non-finite score {} to response {i} of round \
-                 {done} (prompt {})",
-                inputs.scorer.name(),
-                scores[i],
-                episodes[i]
-            )));
-        }
-        if let Some(penalty) = cfg.missing_eos_penalty {
-            for (s, eos) in scores.iter_mut().zip(&has_eos) {
-                if !eos {
-                    *s -= penalty;
-                }
-            }
-        }
+        let scores = checked_scores(
+            inputs.scorer,
+            inputs.prompts,
+            &episodes,
+            &texts,
+            &has_eos,
+            cfg.missing_eos_penalty,
+            done,
+        )?;
 
         // 4. best against worst
         let chosen_pairs: Vec<(usize, usize)> = best_and_worst(&scores, &responses, n)?
             .into_iter()
             .flatten()
             .collect();
-        let groups: Vec<Group> = chosen_pairs
-            .iter()
-            .map(|&(best, worst)| Group {
-                prompt: prompt_ids[episodes[best]].clone(),
-                responses: vec![responses[best].clone(), responses[worst].clone()],
-                rewards: Some(vec![scores[best], scores[worst]]),
-            })
-            .collect();
+        let groups = pair_groups(&chosen_pairs, &scores, &responses, &episodes, &prompt_ids);
         let score_mean = mean(scores.iter().map(|&s| f64::from(s)));
-        let mut line: Metrics = vec![
-            (names::OBJECTIVE_SCORES, score_mean),
-            (
-                names::VAL_CONTAIN_EOS_TOKEN,
-                mean(has_eos.iter().map(|&e| f64::from(u8::from(e)))),
-            ),
-            (
-                names::COMPLETIONS_MEAN_LENGTH,
-                mean(responses.iter().map(|r| r.len() as f64)),
-            ),
-            (
-                names::ONLINE_PAIR_SHARE,
-                groups.len() as f64 / picked.len() as f64,
-            ),
-            (names::BETA, f64::from(cfg.beta)),
-        ];
-        if !groups.is_empty() {
-            line.push((
-                names::OBJECTIVE_SCORES_MARGIN,
-                mean(
-                    chosen_pairs
-                        .iter()
-                        .map(|&(b, w)| f64::from(scores[b] - scores[w])),
-                ),
-            ));
-        }
+        let mut line = rollout_metrics(
+            score_mean,
+            &scores,
+            &has_eos,
+            &responses,
+            &chosen_pairs,
+            picked.len(),
+            cfg.beta,
+        );
         let rollout_time = started.elapsed().as_secs_f64();
 
-        // 5. the update: epochs × minibatches AdamW steps on the round's pairs
+        // 5. the update: epochs × minibatches AdamW steps on the round's pairs; the RLHF reward
+        // is the score with the sequence KL's −β·KL
         let update_started = Instant::now();
         if !groups.is_empty() {
-            let mut batches = 0;
-            let per_mb = groups.len().div_ceil(cfg.minibatches);
-            let refs = reference_logps(
-                inputs.reference,
+            let update = update_on_pairs(
+                policy,
+                &mut optim,
+                &mut run,
                 &groups,
-                per_mb,
-                None,
-                &inference,
-                &mut batches,
+                inputs.reference,
+                cfg,
+                round,
+                &mut rng,
+                device,
             )?;
-            let mut means = Means::default();
-            let mut step = 0u64;
-            for _ in 0..cfg.epochs {
-                let mut order: Vec<usize> = (0..groups.len()).collect();
-                order.shuffle(&mut rng);
-                for (k, mb) in near_equal_chunks(&order, cfg.minibatches).enumerate() {
-                    let lr = cfg
-                        .schedule
-                        .lr_at(cfg.optimizer.lr, round * steps_per_round + step);
-                    let g: Vec<&Group> = mb.iter().map(|&i| &groups[i]).collect();
-                    let b = g.len();
-                    let (logps, lengths) = sequence_logps(&policy, &g, None, device)?;
-                    let ref_rows: Vec<Vec<f32>> = mb.iter().map(|&i| refs[i].clone()).collect();
-                    let rewards = pair_cfg.loss.needs_rewards().then(|| {
-                        let r: Vec<Vec<f32>> = mb
-                            .iter()
-                            .map(|&i| groups[i].rewards.clone().unwrap_or_default())
-                            .collect();
-                        to_2d(&r, device)
-                    });
-                    let (loss, mut metrics) = batch_loss(
-                        &pair_cfg,
-                        logps.clone().reshape([b, 2]),
-                        lengths.reshape([b, 2]),
-                        to_2d(&ref_rows, device),
-                        rewards,
-                    );
-                    let loss_value = f64::from(loss.clone().into_scalar::<f32>());
-                    // the sequence KL and entropy of the pairs' responses, before this step
-                    let lp = to_f32_vec(logps);
-                    let lr_ref: Vec<f32> = ref_rows.concat();
-                    let kl = mean(lp.iter().zip(&lr_ref).map(|(a, r)| f64::from(a - r)));
-                    metrics.push((names::OBJECTIVE_KL, kl));
-                    metrics.push((
-                        names::OBJECTIVE_ENTROPY,
-                        mean(lp.iter().map(|a| -f64::from(*a))),
-                    ));
-                    let grads = GradientsParams::from_grads(loss.backward(), &policy);
-                    let (grads, norm) = clip_if_set(&policy, grads, cfg.optimizer.max_grad_norm);
-                    let finite = loss_value.is_finite() && norm.is_finite();
-                    run.check_finite(done, finite, || {
-                        format!("online-dpo round {done}, minibatch {k}")
-                    })?;
-                    if finite {
-                        policy = optim.step(lr, policy, grads);
-                    }
-                    metrics.push((names::TRAIN_LOSS, loss_value));
-                    metrics.push((names::TRAIN_GRAD_NORM, f64::from(norm)));
-                    if step == 0 {
-                        line.push((names::TRAIN_LR, lr));
-                    }
-                    means.add(&metrics, b as f64);
-                    step += 1;
-                    report.steps_this_run += 1;
-                }
-            }
-            let m = means.get();
-            let kl = m
-                .iter()
-                .find(|x| x.0 == names::OBJECTIVE_KL)
-                .map_or(0.0, |x| x.1);
+            policy = update.policy;
+            report.steps_this_run += update.steps;
+            line.push((names::TRAIN_LR, update.first_lr));
+            let kl = metric(&update.means, names::OBJECTIVE_KL).unwrap_or(0.0);
             let non_score = -f64::from(cfg.beta) * kl;
-            line.extend(m);
+            line.extend(update.means);
             line.push((names::OBJECTIVE_NON_SCORE_REWARD, non_score));
             line.push((names::OBJECTIVE_RLHF_REWARD, score_mean + non_score));
         }
         line.push((names::TRAIN_SKIPPED_STEPS, run.skipped_steps() as f64));
-        if let Some(eval) = inputs.eval
-            && (done == total || (inputs.eval_every > 0 && done.is_multiple_of(inputs.eval_every)))
-        {
-            line.extend(eval(&policy));
-        }
+        line.extend(eval_if_due(inputs, &policy, done, total));
         line.push((names::TIME_ROLLOUT, rollout_time));
         line.push((names::TIME_UPDATE, update_started.elapsed().as_secs_f64()));
         line.push((names::TIME_STEP, started.elapsed().as_secs_f64()));
@@ -567,22 +428,332 @@ pub fn train_online_dpo(
         report.rounds = done;
         report.rounds_this_run += 1;
         report.last = line;
-        if run.checkpoint_due(done, total) {
-            run.save(|| {
-                Ok(Checkpoint {
-                    step: done,
-                    parts: BTreeMap::from([
-                        ("model".to_string(), module_to_bytes(policy.clone())?),
-                        ("optimizer".to_string(), optimizer_to_bytes(&optim)?),
-                    ]),
-                    state: json!({ "trainer": "online-dpo" }),
-                })
-            })?;
-            run.stop_if_interrupted(done)?;
-        }
+        checkpoint_if_due(&run, done, total, &policy, &optim)?;
     }
     run.finish();
     Ok((policy, report))
+}
+
+/// Refuses a run without prompts, or with a reference that reads other token ids than the
+/// policy.
+fn check_inputs(policy: &CausalLm, inputs: &OnlineDpoInputs) -> Result<()> {
+    if inputs.prompts.is_empty() {
+        return Err(Error::Config("online dpo: no training prompts".into()));
+    }
+    let (vp, vr) = (policy.vocab_size(), inputs.reference.vocab_size());
+    if vp != vr {
+        return Err(Error::Config(format!(
+            "online dpo: the reference has {vr} embedding rows and the policy {vp}; they must \
+             share the tokenizer"
+        )));
+    }
+    Ok(())
+}
+
+/// Each prompt's token ids, cut to its last `max_prompt_length` (`None`: whole). An empty
+/// prompt is an error: its first response token would have no context.
+fn encode_prompts(
+    tok: &Tokenizer,
+    prompts: &[String],
+    max_prompt_length: Option<usize>,
+) -> Result<Vec<Vec<u32>>> {
+    prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let ids = tok.encode(p)?;
+            if ids.is_empty() {
+                return Err(Error::Config(format!(
+                    "online dpo: prompt {i} is empty; its first response token would have no \
+                     context"
+                )));
+            }
+            let keep = max_prompt_length.unwrap_or(usize::MAX).min(ids.len());
+            Ok(ids[ids.len() - keep..].to_vec())
+        })
+        .collect()
+}
+
+/// Refuses, before the first round, a run whose minibatches would not fit in memory: the policy
+/// is trained on both responses of a minibatch's pairs, the `reference` is held.
+fn check_memory(
+    policy: &CausalLm,
+    reference: &CausalLm,
+    prompt_ids: &[Vec<u32>],
+    cfg: &OnlineDpoConfig,
+    replicas: &Replicas,
+    device: &Device,
+) -> Result<()> {
+    let shape = policy.shape();
+    let longest = prompt_ids.iter().map(Vec::len).max().unwrap_or(0);
+    let checkpointing = memory::checkpointing(device, policy);
+    memory::check_batch_fits(
+        "online DPO",
+        memory::Params::of(policy).holding(memory::params_not_in(reference, policy)),
+        replicas.count() as u64,
+        &memory::Batch {
+            rows: 2 * cfg.prompts_per_round.div_ceil(cfg.minibatches) as u64,
+            seq: (longest + cfg.sampling.max_new_tokens) as u64,
+            activations: &|r, s| shape.activation_bytes(r, s, checkpointing),
+            rows_knob: "minibatches (more minibatches, fewer pairs each)",
+            seq_knob: "max_prompt_length and max_new_tokens",
+        },
+    )
+}
+
+/// The policy and the optimizer as checkpoint `c` (of the run in `run_options`' output
+/// directory) saved them.
+fn restore(
+    c: &Checkpoint,
+    run_options: &RunOptions,
+    policy: CausalLm,
+    optim: ModuleOptimizer,
+) -> Result<(CausalLm, ModuleOptimizer)> {
+    let dir = run_options.out_dir.clone().unwrap_or_default();
+    let part = |name: &str| c.part(name, &dir);
+    let policy = module_from_bytes(policy, part("model")?)?;
+    let optim = optimizer_from_bytes(optim, part("optimizer")?)?;
+    Ok((policy, optim))
+}
+
+/// Step 3: the scorer's score of each response (`texts[i]`, sampled for prompt `episodes[i]`),
+/// minus `missing_eos_penalty` for one without EOS. A scorer that gives another count of scores,
+/// or a non-finite one, is an error (`done` names the round).
+fn checked_scores(
+    scorer: &dyn Scorer,
+    prompts: &[String],
+    episodes: &[usize],
+    texts: &[String],
+    has_eos: &[bool],
+    missing_eos_penalty: Option<f32>,
+    done: u64,
+) -> Result<Vec<f32>> {
+    let prompt_texts: Vec<&str> = episodes.iter().map(|&p| prompts[p].as_str()).collect();
+    let text_refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let mut scores = scorer.score(&prompt_texts, &text_refs)?;
+    if scores.len() != episodes.len() {
+        return Err(Error::Shape(format!(
+            "online dpo: the scorer {} gave {} scores for {} responses",
+            scorer.name(),
+            scores.len(),
+            episodes.len()
+        )));
+    }
+    if let Some(i) = scores.iter().position(|s| !s.is_finite()) {
+        return Err(Error::Config(format!(
+            "online dpo: the scorer {} gave the non-finite score {} to response {i} of round \
+             {done} (prompt {})",
+            scorer.name(),
+            scores[i],
+            episodes[i]
+        )));
+    }
+    if let Some(penalty) = missing_eos_penalty {
+        for (s, eos) in scores.iter_mut().zip(has_eos) {
+            if !eos {
+                *s -= penalty;
+            }
+        }
+    }
+    Ok(scores)
+}
+
+/// The [`Group`]s of the pair loss for the `(best row, worst row)` pairs: the prompt's ids (row
+/// `k` was sampled for prompt `episodes[k]`), the best and the worst response, their scores.
+fn pair_groups(
+    pairs: &[(usize, usize)],
+    scores: &[f32],
+    responses: &[Vec<u32>],
+    episodes: &[usize],
+    prompt_ids: &[Vec<u32>],
+) -> Vec<Group> {
+    pairs
+        .iter()
+        .map(|&(best, worst)| Group {
+            prompt: prompt_ids[episodes[best]].clone(),
+            responses: vec![responses[best].clone(), responses[worst].clone()],
+            rewards: Some(vec![scores[best], scores[worst]]),
+        })
+        .collect()
+}
+
+/// The round's rollout metrics (TRL's names): the mean score (`score_mean`), the share of
+/// responses with EOS, their mean length, the share of the `prompts` that gave a pair, β, and,
+/// when there are pairs, the mean score margin of best over worst.
+fn rollout_metrics(
+    score_mean: f64,
+    scores: &[f32],
+    has_eos: &[bool],
+    responses: &[Vec<u32>],
+    pairs: &[(usize, usize)],
+    prompts: usize,
+    beta: f32,
+) -> Metrics {
+    let mut line: Metrics = vec![
+        (names::OBJECTIVE_SCORES, score_mean),
+        (
+            names::VAL_CONTAIN_EOS_TOKEN,
+            mean(has_eos.iter().map(|&e| f64::from(u8::from(e)))),
+        ),
+        (
+            names::COMPLETIONS_MEAN_LENGTH,
+            mean(responses.iter().map(|r| r.len() as f64)),
+        ),
+        (
+            names::ONLINE_PAIR_SHARE,
+            pairs.len() as f64 / prompts as f64,
+        ),
+        (names::BETA, f64::from(beta)),
+    ];
+    if !pairs.is_empty() {
+        line.push((
+            names::OBJECTIVE_SCORES_MARGIN,
+            mean(pairs.iter().map(|&(b, w)| f64::from(scores[b] - scores[w]))),
+        ));
+    }
+    line
+}
+
+/// What a round's update did.
+struct PairUpdate {
+    /// The policy after the update.
+    policy: CausalLm,
+    /// The learning rate of the round's first step.
+    first_lr: f64,
+    /// Each metric's mean over the round's steps, weighted by their pairs.
+    means: Metrics,
+    /// Steps taken, skipped ones included.
+    steps: u64,
+}
+
+/// Step 5 of round `round`: `epochs` passes over `groups` (the round's pairs, at least one), each
+/// in `minibatches` shuffled minibatches (order drawn from `rng`), one AdamW step on each with
+/// the pair loss after clipping the gradient norm; the `reference`'s log-probs are computed once,
+/// before the first step. Each step's finiteness goes to `run`, and a non-finite step is skipped.
+#[allow(clippy::too_many_arguments)]
+fn update_on_pairs(
+    mut policy: CausalLm,
+    optim: &mut ModuleOptimizer,
+    run: &mut Run,
+    groups: &[Group],
+    reference: &CausalLm,
+    cfg: &OnlineDpoConfig,
+    round: u64,
+    rng: &mut TrainRng,
+    device: &Device,
+) -> Result<PairUpdate> {
+    let pair_cfg = cfg.pair_loss();
+    let steps_per_round = cfg.steps_per_round();
+    // the learning rate of the round's step `s`
+    let step_lr = |s: u64| {
+        cfg.schedule
+            .lr_at(cfg.optimizer.lr, round * steps_per_round + s)
+    };
+    let inference = device.clone().without_autodiff();
+    let done = round + 1;
+    let mut batches = 0;
+    let per_mb = groups.len().div_ceil(cfg.minibatches);
+    let refs = reference_logps(reference, groups, per_mb, None, &inference, &mut batches)?;
+    let mut means = Means::default();
+    let mut step = 0u64;
+    for _ in 0..cfg.epochs {
+        let mut order: Vec<usize> = (0..groups.len()).collect();
+        order.shuffle(rng);
+        for (k, mb) in near_equal_chunks(&order, cfg.minibatches).enumerate() {
+            let lr = step_lr(step);
+            let g: Vec<&Group> = mb.iter().map(|&i| &groups[i]).collect();
+            let b = g.len();
+            let (logps, lengths) = sequence_logps(&policy, &g, None, device)?;
+            let ref_rows: Vec<Vec<f32>> = mb.iter().map(|&i| refs[i].clone()).collect();
+            let rewards = pair_cfg.loss.needs_rewards().then(|| {
+                let r: Vec<Vec<f32>> = mb
+                    .iter()
+                    .map(|&i| groups[i].rewards.clone().unwrap_or_default())
+                    .collect();
+                to_2d(&r, device)
+            });
+            let (loss, mut metrics) = batch_loss(
+                &pair_cfg,
+                logps.clone().reshape([b, 2]),
+                lengths.reshape([b, 2]),
+                to_2d(&ref_rows, device),
+                rewards,
+            );
+            let loss_value = f64::from(loss.clone().into_scalar::<f32>());
+            // the sequence KL and entropy of the pairs' responses, before this step
+            let lp = to_f32_vec(logps);
+            let lr_ref: Vec<f32> = ref_rows.concat();
+            let kl = mean(lp.iter().zip(&lr_ref).map(|(a, r)| f64::from(a - r)));
+            metrics.push((names::OBJECTIVE_KL, kl));
+            metrics.push((
+                names::OBJECTIVE_ENTROPY,
+                mean(lp.iter().map(|a| -f64::from(*a))),
+            ));
+            let grads = GradientsParams::from_grads(loss.backward(), &policy);
+            let (grads, norm) = clip_if_set(&policy, grads, cfg.optimizer.max_grad_norm);
+            let finite = loss_value.is_finite() && norm.is_finite();
+            run.check_finite(done, finite, || {
+                format!("online-dpo round {done}, minibatch {k}")
+            })?;
+            if finite {
+                policy = optim.step(lr, policy, grads);
+            }
+            metrics.push((names::TRAIN_LOSS, loss_value));
+            metrics.push((names::TRAIN_GRAD_NORM, f64::from(norm)));
+            means.add(&metrics, b as f64);
+            step += 1;
+        }
+    }
+    Ok(PairUpdate {
+        policy,
+        first_lr: step_lr(0),
+        means: means.get(),
+        steps: step,
+    })
+}
+
+/// The value of metric `name` in `metrics`, if there.
+fn metric(metrics: &Metrics, name: &str) -> Option<f64> {
+    metrics.iter().find(|m| m.0 == name).map(|m| m.1)
+}
+
+/// The caller's eval of `policy` after round `done` of `total`: every `eval_every` rounds and
+/// after the last; nothing otherwise.
+fn eval_if_due(inputs: &OnlineDpoInputs, policy: &CausalLm, done: u64, total: u64) -> Metrics {
+    match inputs.eval {
+        Some(eval)
+            if done == total
+                || (inputs.eval_every > 0 && done.is_multiple_of(inputs.eval_every)) =>
+        {
+            eval(policy)
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// Saves a checkpoint after round `done` when one is due (model and optimizer), then stops the
+/// run if it was interrupted.
+fn checkpoint_if_due(
+    run: &Run,
+    done: u64,
+    total: u64,
+    policy: &CausalLm,
+    optim: &ModuleOptimizer,
+) -> Result<()> {
+    if !run.checkpoint_due(done, total) {
+        return Ok(());
+    }
+    run.save(|| {
+        Ok(Checkpoint {
+            step: done,
+            parts: BTreeMap::from([
+                ("model".to_string(), module_to_bytes(policy.clone())?),
+                ("optimizer".to_string(), optimizer_to_bytes(optim)?),
+            ]),
+            state: json!({ "trainer": "online-dpo" }),
+        })
+    })?;
+    run.stop_if_interrupted(done)
 }
 
 /// `items` cut into `min(parts, len)` consecutive chunks whose sizes differ by at most one, so a

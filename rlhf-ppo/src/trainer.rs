@@ -41,7 +41,7 @@ use rlhf_core::train::{
     with_fresh_param_ids,
 };
 use rlhf_core::{
-    Error, GroupEstimator, LossAggregation, Result, Scorer, broadcast_to_tokens,
+    Error, GroupEstimator, KlController, LossAggregation, Result, Scorer, broadcast_to_tokens,
     clipped_value_loss, gae, group_advantages, kl_estimate, masked_mean, policy_loss,
     reinforce_pp_advantages, token_logprobs, token_logprobs_and_entropy, truncated_is_weights,
     whiten,
@@ -988,6 +988,80 @@ pub fn train_ppo(
     device: &Device,
 ) -> Result<(PolicyAndValue, PpoReport)> {
     cfg.validate()?;
+    check_inputs(&models, inputs, cfg)?;
+    let mut models = prepare_models(models, cfg, &run_options.replicas)?;
+    check_memory(
+        &models,
+        inputs.reference,
+        cfg,
+        &run_options.replicas,
+        device,
+    )?;
+    let total = cfg.iterations as u64;
+    let mut optim = cfg.optimizer.build()?;
+    let mut kl = cfg.kl.clone();
+    let (mut run, resume) = Run::start(run_options, total, "ppo")?;
+    let mut report = PpoReport {
+        episodes_per_iteration: cfg.batch_size() as u64,
+        ..PpoReport::default()
+    };
+    if let Some(c) = resume {
+        (models, optim, kl) = restore(&c, run_options, models, optim)?;
+        report.iterations = c.step;
+    }
+    let updates_per_iteration = (cfg.ppo_epochs * cfg.num_minibatches) as u64;
+    let schedule = if cfg.anneal_lr {
+        LrSchedule::Linear {
+            warmup: 0,
+            total: total * updates_per_iteration,
+        }
+    } else {
+        LrSchedule::Constant
+    };
+    for it in report.iterations..total {
+        // 1–5. sample, score, experience and update on the iteration's prompts
+        let mut rng = TrainRng::seed_from_u64(cfg.seed).fork(&format!("ppo-iteration-{it}"));
+        let picked = prompt_indices(inputs.prompts.len(), cfg.prompts_per_batch, it, cfg.seed);
+        let prompts: Vec<&str> = picked.iter().map(|&i| inputs.prompts[i].as_str()).collect();
+        let lr = |s: u64| schedule.lr_at(cfg.optimizer.lr, it * updates_per_iteration + s);
+        let beta = kl.value() as f32;
+        let step = ppo_iteration(
+            models,
+            &mut optim,
+            inputs,
+            &prompts,
+            cfg,
+            beta,
+            &lr,
+            &mut rng,
+            device,
+            &run_options.replicas,
+        )?;
+        models = step.models;
+        let done = it + 1;
+        check_finite_steps(&mut run, done, &step.update)?;
+
+        // 6. the metrics line, the KL controller's update, eval, log and checkpoint
+        let mut line = iteration_line(step.metrics, run.skipped_steps(), beta, lr(0));
+        let kl_now = metric(&line, names::OBJECTIVE_KL).unwrap_or(0.0);
+        kl.update(kl_now, cfg.batch_size());
+        line.extend(eval_if_due(inputs, &models.policy, done, total));
+        run.log(done, &line)?;
+        let score = metric(&line, names::OBJECTIVE_SCORES).unwrap_or(f64::NAN);
+        run.step_done(done, format!("score {score:.3} kl {kl_now:.2}"));
+        report.iterations = done;
+        report.iterations_this_run += 1;
+        report.last = line;
+        checkpoint_if_due(&run, done, total, &models, &optim, &kl)?;
+    }
+    report.final_kl_coef = kl.value();
+    run.finish();
+    Ok((models, report))
+}
+
+/// Refuses a run without prompts, a critic where the estimator needs none or none where it needs
+/// one, and a reference or critic that reads other token ids than the policy.
+fn check_inputs(models: &PolicyAndValue, inputs: &PpoInputs, cfg: &PpoConfig) -> Result<()> {
     if inputs.prompts.is_empty() {
         return Err(Error::Config("ppo: no training prompts".into()));
     }
@@ -1017,9 +1091,19 @@ pub fn train_ppo(
             )));
         }
     }
+    Ok(())
+}
+
+/// The models as the run trains them: the critic with its own parameter ids, dropout off when
+/// `cfg.disable_dropout` says so; refused when dropout is left on with data-parallel `replicas`.
+fn prepare_models(
+    models: PolicyAndValue,
+    cfg: &PpoConfig,
+    replicas: &Replicas,
+) -> Result<PolicyAndValue> {
     // the critic gets its own parameter ids (see `PolicyAndValue::new`); TL;DR detail 1
     let models = PolicyAndValue::new(models.policy, models.value);
-    let mut models = if cfg.disable_dropout {
+    let models = if cfg.disable_dropout {
         PolicyAndValue {
             policy: models.policy.without_dropout(),
             value: models.value.map(ScalarModel::without_dropout),
@@ -1028,11 +1112,19 @@ pub fn train_ppo(
         models
     };
     let dropout = models.value.as_ref().map_or(0.0, |v| v.backbone.dropout());
-    run_options
-        .replicas
-        .refuse_with_dropout("ppo", models.policy.dropout().max(dropout))?;
-    // refuse, before the first rollout, a run whose minibatches would not fit in memory: the
-    // policy and the critic are trained, the reference is held (the scorer is the caller's)
+    replicas.refuse_with_dropout("ppo", models.policy.dropout().max(dropout))?;
+    Ok(models)
+}
+
+/// Refuses, before the first rollout, a run whose minibatches would not fit in memory: the
+/// policy and the critic are trained, the `reference` is held (the scorer is the caller's).
+fn check_memory(
+    models: &PolicyAndValue,
+    reference: &CausalLm,
+    cfg: &PpoConfig,
+    replicas: &Replicas,
+    device: &Device,
+) -> Result<()> {
     let policy_params = memory::Params::of(&models.policy);
     let value_params = models
         .value
@@ -1057,12 +1149,12 @@ pub fn train_ppo(
             trained: policy_params.trained + value_params.trained,
             frozen: policy_params.frozen
                 + value_params.frozen
-                + memory::params_not_in(inputs.reference, &models.policy),
+                + memory::params_not_in(reference, &models.policy),
             // the policy is what the run writes (a critic, when written, after it)
             exported: policy_params.exported,
             adapted: policy_params.adapted + value_params.adapted,
         },
-        run_options.replicas.count() as u64,
+        replicas.count() as u64,
         &memory::Batch {
             rows,
             seq,
@@ -1073,107 +1165,97 @@ pub fn train_ppo(
             rows_knob: "num_minibatches (more minibatches, fewer episodes each)",
             seq_knob: "query_length and response_length",
         },
-    )?;
-    let total = cfg.iterations as u64;
-    let mut optim = cfg.optimizer.build()?;
-    let mut kl = cfg.kl.clone();
-    let (mut run, resume) = Run::start(run_options, total, "ppo")?;
-    let mut report = PpoReport {
-        episodes_per_iteration: cfg.batch_size() as u64,
-        ..PpoReport::default()
-    };
-    if let Some(c) = resume {
-        let dir = run_options.out_dir.clone().unwrap_or_default();
-        let part = |name: &str| c.part(name, &dir);
-        models = module_from_bytes(models, part("models")?)?;
-        optim = optimizer_from_bytes(optim, part("optimizer")?)?;
-        kl = serde_json::from_value(c.state["kl"].clone()).map_err(|e| Error::Checkpoint {
-            path: dir.clone(),
-            message: format!("bad KL controller state: {e}"),
+    )
+}
+
+/// The models, the optimizer and the KL controller as checkpoint `c` (of the run in
+/// `run_options`' output directory) saved them.
+fn restore(
+    c: &Checkpoint,
+    run_options: &RunOptions,
+    models: PolicyAndValue,
+    optim: ModuleOptimizer,
+) -> Result<(PolicyAndValue, ModuleOptimizer, KlController)> {
+    let dir = run_options.out_dir.clone().unwrap_or_default();
+    let part = |name: &str| c.part(name, &dir);
+    let models = module_from_bytes(models, part("models")?)?;
+    let optim = optimizer_from_bytes(optim, part("optimizer")?)?;
+    let kl = serde_json::from_value(c.state["kl"].clone()).map_err(|e| Error::Checkpoint {
+        path: dir.clone(),
+        message: format!("bad KL controller state: {e}"),
+    })?;
+    Ok((models, optim, kl))
+}
+
+/// Counts in `run` every minibatch step of iteration `done` whose loss or gradient norm was not
+/// finite (the update skipped it); too many in a row stop the run.
+fn check_finite_steps(run: &mut Run, done: u64, update: &UpdateStats) -> Result<()> {
+    for (k, m) in update.minibatches.iter().enumerate() {
+        let finite = [names::LOSS_TOTAL, names::TRAIN_GRAD_NORM]
+            .iter()
+            .all(|n| m.iter().find(|x| x.0 == *n).is_none_or(|x| x.1.is_finite()));
+        run.check_finite(done, finite, || {
+            format!("ppo iteration {done}, minibatch {k}")
         })?;
-        report.iterations = c.step;
     }
-    let updates_per_iteration = (cfg.ppo_epochs * cfg.num_minibatches) as u64;
-    let schedule = if cfg.anneal_lr {
-        LrSchedule::Linear {
-            warmup: 0,
-            total: total * updates_per_iteration,
-        }
-    } else {
-        LrSchedule::Constant
-    };
-    for it in report.iterations..total {
-        let mut rng = TrainRng::seed_from_u64(cfg.seed).fork(&format!("ppo-iteration-{it}"));
-        let picked = prompt_indices(inputs.prompts.len(), cfg.prompts_per_batch, it, cfg.seed);
-        let prompts: Vec<&str> = picked.iter().map(|&i| inputs.prompts[i].as_str()).collect();
-        let lr = |s: u64| schedule.lr_at(cfg.optimizer.lr, it * updates_per_iteration + s);
-        let beta = kl.value() as f32;
-        let step = ppo_iteration(
-            models,
-            &mut optim,
-            inputs,
-            &prompts,
-            cfg,
-            beta,
-            &lr,
-            &mut rng,
-            device,
-            &run_options.replicas,
-        )?;
-        models = step.models;
-        let done = it + 1;
-        // every minibatch step with a non-finite loss or gradient norm was skipped: count it
-        for (k, m) in step.update.minibatches.iter().enumerate() {
-            let finite = [names::LOSS_TOTAL, names::TRAIN_GRAD_NORM]
-                .iter()
-                .all(|n| m.iter().find(|x| x.0 == *n).is_none_or(|x| x.1.is_finite()));
-            run.check_finite(done, finite, || {
-                format!("ppo iteration {done}, minibatch {k}")
-            })?;
-        }
-        let mut line = step.metrics;
-        for m in line
-            .iter_mut()
-            .filter(|m| m.0 == names::TRAIN_SKIPPED_STEPS)
-        {
-            m.1 = run.skipped_steps() as f64;
-        }
-        line.push((names::TRAIN_KL_COEF, f64::from(beta)));
-        line.push((names::TRAIN_LR, lr(0)));
-        let kl_now = line
-            .iter()
-            .find(|m| m.0 == names::OBJECTIVE_KL)
-            .map_or(0.0, |m| m.1);
-        kl.update(kl_now, cfg.batch_size());
-        if let Some(eval) = inputs.eval
-            && (done == total || (inputs.eval_every > 0 && done.is_multiple_of(inputs.eval_every)))
-        {
-            line.extend(eval(&models.policy));
-        }
-        run.log(done, &line)?;
-        let score = line
-            .iter()
-            .find(|m| m.0 == names::OBJECTIVE_SCORES)
-            .map_or(f64::NAN, |m| m.1);
-        run.step_done(done, format!("score {score:.3} kl {kl_now:.2}"));
-        report.iterations = done;
-        report.iterations_this_run += 1;
-        report.last = line;
-        if run.checkpoint_due(done, total) {
-            run.save(|| {
-                Ok(Checkpoint {
-                    step: done,
-                    parts: BTreeMap::from([
-                        ("models".to_string(), module_to_bytes(models.clone())?),
-                        ("optimizer".to_string(), optimizer_to_bytes(&optim)?),
-                    ]),
-                    state: json!({ "trainer": "ppo", "kl": kl }),
-                })
-            })?;
-            run.stop_if_interrupted(done)?;
-        }
+    Ok(())
+}
+
+/// The iteration's metrics line: `metrics` with the run's count of skipped steps (`skipped`,
+/// resumes included) in place of the update's, then β and the learning rate of the first step.
+fn iteration_line(mut metrics: Metrics, skipped: u64, beta: f32, lr: f64) -> Metrics {
+    for m in metrics
+        .iter_mut()
+        .filter(|m| m.0 == names::TRAIN_SKIPPED_STEPS)
+    {
+        m.1 = skipped as f64;
     }
-    report.final_kl_coef = kl.value();
-    run.finish();
-    Ok((models, report))
+    metrics.push((names::TRAIN_KL_COEF, f64::from(beta)));
+    metrics.push((names::TRAIN_LR, lr));
+    metrics
+}
+
+/// The value of metric `name` in `line`, if there.
+fn metric(line: &Metrics, name: &str) -> Option<f64> {
+    line.iter().find(|m| m.0 == name).map(|m| m.1)
+}
+
+/// The caller's eval of `policy` after iteration `done` of `total`: every `eval_every`
+/// iterations and after the last; nothing otherwise.
+fn eval_if_due(inputs: &PpoInputs, policy: &CausalLm, done: u64, total: u64) -> Metrics {
+    match inputs.eval {
+        Some(eval)
+            if done == total
+                || (inputs.eval_every > 0 && done.is_multiple_of(inputs.eval_every)) =>
+        {
+            eval(policy)
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// Saves a checkpoint after iteration `done` when one is due (models, optimizer, KL controller),
+/// then stops the run if it was interrupted.
+fn checkpoint_if_due(
+    run: &Run,
+    done: u64,
+    total: u64,
+    models: &PolicyAndValue,
+    optim: &ModuleOptimizer,
+    kl: &KlController,
+) -> Result<()> {
+    if !run.checkpoint_due(done, total) {
+        return Ok(());
+    }
+    run.save(|| {
+        Ok(Checkpoint {
+            step: done,
+            parts: BTreeMap::from([
+                ("models".to_string(), module_to_bytes(models.clone())?),
+                ("optimizer".to_string(), optimizer_to_bytes(optim)?),
+            ]),
+            state: json!({ "trainer": "ppo", "kl": kl }),
+        })
+    })?;
+    run.stop_if_interrupted(done)
 }

@@ -26,8 +26,6 @@ const TO_SPLIT: &[(&str, &str)] = &[
     ("rlhf-cli/src/commands/onpolicy.rs", "run"),
     ("rlhf-cli/src/commands/rm.rs", "run"),
     ("rlhf-cli/src/plot.rs", "svg_chart"),
-    ("rlhf-dpo/src/online_dpo.rs", "train_online_dpo"),
-    ("rlhf-ppo/src/trainer.rs", "train_ppo"),
 ];
 const REASON: &str = "// One piece, over 80 lines:";
 
