@@ -18,8 +18,8 @@ use rlhf_core::{Result, Scorer};
 use rlhf_data::Tokenizer;
 use rlhf_data::tasks::TldrSynth;
 use rlhf_dpo::{DpoConfig, Group, OfflineLoss, RefCache, train_offline};
-use rlhf_models::{CausalLm, TransformerConfig};
-use rlhf_ppo::{AdvantageEstimator, PolicyAndValue, PpoInputs, train_ppo};
+use rlhf_models::{CausalLm, ScalarModel, TransformerConfig};
+use rlhf_ppo::{AdvantageEstimator, PolicyAndValue, PpoConfig, PpoInputs, train_ppo};
 use rlhf_reward::{LengthScorer, RankedExample, RewardScorer};
 
 use crate::cache::quiet_in;
@@ -212,35 +212,10 @@ fn on_policy(
     let mut pcfg = cfg.method.ppo.clone();
     pcfg.seed = cfg.seed;
     pcfg.query_length = inp.query_length;
-    pcfg.advantage = match cfg.method.kind {
-        MethodKind::Ppo => AdvantageEstimator::Gae,
-        MethodKind::Grpo => AdvantageEstimator::Grpo,
-        MethodKind::Rloo => AdvantageEstimator::Rloo,
-        _ => AdvantageEstimator::ReinforcePp,
-    };
+    pcfg.advantage = advantage_for(cfg.method.kind);
     let rm_scorer = RewardScorer::new(stage.rm.clone(), inp.tok.clone(), device);
-    let scorer: Box<dyn Scorer> = match cfg.method.reward {
-        RewardSource::Rm => Box::new(RewardScorer::new(stage.rm.clone(), inp.tok.clone(), device)),
-        RewardSource::RmLength => {
-            let slope = inp.length_slope.ok_or_else(|| {
-                rlhf_core::Error::Config(
-                    "the length-only reward needs the RM's length slope".into(),
-                )
-            })?;
-            Box::new(LengthScorer::new(slope as f32, inp.tok.eos_text()))
-        }
-    };
-    // TL;DR detail 6: the critic starts from the reward model (or, switched off, from the SFT
-    // policy with a fresh head)
-    let value = pcfg.advantage.needs_critic().then(|| {
-        if pcfg.value_from_reward_model {
-            stage.rm.to_value_model()
-        } else {
-            seeded(device, cfg.seed.wrapping_add(8), || {
-                rlhf_models::ScalarModel::from_backbone(inp.sft.clone())
-            })
-        }
-    });
+    let scorer = method_reward(cfg, stage, inp, device)?;
+    let value = initial_critic(&pcfg, stage, inp.sft, cfg.seed, device);
     let eval = |policy: &CausalLm| -> Metrics {
         let Some(judge) = &inp.curve else {
             return Vec::new();
@@ -271,36 +246,13 @@ fn on_policy(
         &quiet_in(dir.clone()),
         device,
     )?;
-    let lines: Vec<BTreeMap<String, f64>> = read_metrics(&dir.join("metrics.jsonl"))?
-        .into_iter()
-        .map(|line| {
-            line.into_iter()
-                .filter_map(|(k, v)| v.as_f64().map(|v| (k, v)))
-                .collect()
-        })
-        .collect();
+    let lines = read_curve(&dir.join("metrics.jsonl"))?;
     let mean_len = lines
         .iter()
         .filter_map(|c| c.get(train_names::COMPLETIONS_MEAN_LENGTH))
         .sum::<f64>()
         / lines.len().max(1) as f64;
-    let critic = pcfg
-        .advantage
-        .needs_critic()
-        .then_some(if pcfg.value_from_reward_model {
-            &stage.shape
-        } else {
-            inp.policy_shape
-        });
-    let per_iteration = ppo_iteration_flops(
-        inp.policy_shape,
-        &stage.shape,
-        critic,
-        pcfg.batch_size() as u64,
-        inp.query_length as u64,
-        mean_len.round() as u64,
-        pcfg.ppo_epochs as u64,
-    );
+    let per_iteration = iteration_flops(&pcfg, inp, stage, mean_len.round() as u64);
     for mut line in lines {
         let step = line.get("step").copied().unwrap_or(0.0);
         line.insert(curve::FLOPS.into(), per_iteration as f64 * step);
@@ -320,6 +272,97 @@ fn on_policy(
     m.insert(names::ITERATIONS.into(), report.iterations as f64);
     m.insert(names::FINAL_KL_COEF.into(), report.final_kl_coef);
     Ok(models.policy)
+}
+
+/// The advantage estimator that makes `kind` the method it is.
+fn advantage_for(kind: MethodKind) -> AdvantageEstimator {
+    match kind {
+        MethodKind::Ppo => AdvantageEstimator::Gae,
+        MethodKind::Grpo => AdvantageEstimator::Grpo,
+        MethodKind::Rloo => AdvantageEstimator::Rloo,
+        _ => AdvantageEstimator::ReinforcePp,
+    }
+}
+
+/// The reward the policy is trained on, as `method.reward` says: the RM's score, or the RM's
+/// length-only part (its slope on length).
+fn method_reward(
+    cfg: &RunConfig,
+    stage: &RmStage,
+    inp: &MethodInputs<'_>,
+    device: &Device,
+) -> Result<Box<dyn Scorer>> {
+    Ok(match cfg.method.reward {
+        RewardSource::Rm => Box::new(RewardScorer::new(stage.rm.clone(), inp.tok.clone(), device)),
+        RewardSource::RmLength => {
+            let slope = inp.length_slope.ok_or_else(|| {
+                rlhf_core::Error::Config(
+                    "the length-only reward needs the RM's length slope".into(),
+                )
+            })?;
+            Box::new(LengthScorer::new(slope as f32, inp.tok.eos_text()))
+        }
+    })
+}
+
+/// The critic, when the estimator needs one. TL;DR detail 6: it starts from the reward model
+/// (or, switched off, from the SFT policy with a fresh head).
+fn initial_critic(
+    pcfg: &PpoConfig,
+    stage: &RmStage,
+    sft: &CausalLm,
+    seed: u64,
+    device: &Device,
+) -> Option<ScalarModel> {
+    pcfg.advantage.needs_critic().then(|| {
+        if pcfg.value_from_reward_model {
+            stage.rm.to_value_model()
+        } else {
+            seeded(device, seed.wrapping_add(8), || {
+                ScalarModel::from_backbone(sft.clone())
+            })
+        }
+    })
+}
+
+/// The numeric fields of each line of a run's `metrics.jsonl`: the learning curve.
+fn read_curve(path: &Path) -> Result<Vec<BTreeMap<String, f64>>> {
+    Ok(read_metrics(path)?
+        .into_iter()
+        .map(|line| {
+            line.into_iter()
+                .filter_map(|(k, v)| v.as_f64().map(|v| (k, v)))
+                .collect()
+        })
+        .collect())
+}
+
+/// FLOPs of one iteration of `pcfg` with responses of `response_len` tokens: sampling, the
+/// reference, RM and critic forwards, and the epochs of updates (the critic has the RM's shape
+/// when it starts from the RM, the policy's when not).
+fn iteration_flops(
+    pcfg: &PpoConfig,
+    inp: &MethodInputs<'_>,
+    stage: &RmStage,
+    response_len: u64,
+) -> u64 {
+    let critic = pcfg
+        .advantage
+        .needs_critic()
+        .then_some(if pcfg.value_from_reward_model {
+            &stage.shape
+        } else {
+            inp.policy_shape
+        });
+    ppo_iteration_flops(
+        inp.policy_shape,
+        &stage.shape,
+        critic,
+        pcfg.batch_size() as u64,
+        inp.query_length as u64,
+        response_len,
+        pcfg.ppo_epochs as u64,
+    )
 }
 
 /// The least-squares slope of the RM's score on response length in words (the EOS text

@@ -302,264 +302,340 @@ pub fn measure(
             "perf: examples must be a positive multiple of {BATCH}, not {examples}"
         )));
     }
-    let tok = tokenizer()?;
-    let shape = size.shape(tok.vocab_size())?;
-    let n = shape.non_embedding_params();
-    let train_device = device.clone().autodiff();
-    let mut rng = ChaCha8Rng::seed_from_u64(0);
-    let encode = |text: &str| tok.encode(text);
-    let response = |rng: &mut ChaCha8Rng| -> Result<Vec<u32>> {
-        let mut r = encode(&sentence(rng, RESPONSE_WORDS))?;
-        r.push(tok.eos_id());
-        Ok(r)
-    };
-    let quiet = RunOptions {
-        progress: false,
-        replicas: Replicas::new(vec![train_device.clone(); replicas]),
-        ..RunOptions::default()
-    };
-    let optimizer = OptimizerConfig {
-        lr: LR,
-        ..OptimizerConfig::default()
-    };
-    let init = |seed: u64, d: &Device| try_seeded(d, seed, || CausalLm::init(&shape, d));
-    // a prompt and two responses per example (reward and DPO)
-    let pairs = |rng: &mut ChaCha8Rng| -> Result<Vec<PromptAndPair>> {
-        (0..examples)
-            .map(|_| {
-                let prompt = encode(&sentence(rng, PROMPT_WORDS))?;
-                Ok((prompt, vec![response(rng)?, response(rng)?]))
-            })
-            .collect()
-    };
-
-    let (seconds, units, flop_count) = match workload {
-        Workload::Sft => {
-            let data = (0..examples)
-                .map(|_| {
-                    Ok((
-                        encode(&sentence(&mut rng, PROMPT_WORDS))?,
-                        response(&mut rng)?,
-                    ))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let tokens: usize = data.iter().map(|(p, r)| p.len() + r.len()).sum();
-            let cfg = SftConfig {
-                batch_size: BATCH,
-                optimizer,
-                schedule: LrSchedule::Constant,
-                ..SftConfig::default()
-            };
-            let model = init(1, &train_device)?;
-            let t = Instant::now();
-            train_sft(model, &data, &[], &cfg, &quiet, &train_device)?;
-            let tokens = tokens as u64;
-            (
-                t.elapsed().as_secs_f64(),
-                tokens as f64,
-                flops(&shape, Flops::Train { tokens }),
-            )
-        }
-        Workload::Reward => {
-            let data: Vec<RankedExample> = pairs(&mut rng)?
-                .into_iter()
-                .map(|(prompt, responses)| RankedExample {
-                    prompt,
-                    responses,
-                    margin: None,
-                    gold: None,
-                })
-                .collect();
-            let tokens = pair_tokens(data.iter().map(|e| (&e.prompt, &e.responses)));
-            let cfg = RmConfig {
-                batch_size: BATCH,
-                optimizer,
-                ..RmConfig::default()
-            };
-            let model = ScalarModel::from_backbone(init(1, &train_device)?);
-            let t = Instant::now();
-            rlhf_reward::train_reward_model(model, &data, &[], &cfg, &quiet, &train_device)?;
-            (
-                t.elapsed().as_secs_f64(),
-                examples as f64,
-                flops(&shape, Flops::Train { tokens }),
-            )
-        }
-        Workload::Dpo | Workload::DpoRefCache => {
-            let data: Vec<Group> = pairs(&mut rng)?
-                .into_iter()
-                .map(|(prompt, responses)| Group {
-                    prompt,
-                    responses,
-                    rewards: None,
-                })
-                .collect();
-            let tokens = pair_tokens(data.iter().map(|g| (&g.prompt, &g.responses)));
-            let cfg = DpoConfig {
-                batch_size: BATCH,
-                optimizer,
-                ..DpoConfig::default()
-            };
-            let policy = init(1, &train_device)?;
-            let reference = init(2, device)?;
-            // a warm cache for dpo-ref-cache, filled before the clock starts (the directory lives
-            // until the run is timed)
-            let cache_dir = match workload {
-                Workload::DpoRefCache => {
-                    Some(tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?)
-                }
-                _ => None,
-            };
-            let cache = RefCache::new(cache_dir.as_ref().map(tempfile::TempDir::path));
-            if cache_dir.is_some() {
-                cached_reference_logps(&reference, &data, &cfg, &cache, device, &mut 0)?;
-            }
-            let t = Instant::now();
-            let (_, report) = train_offline(
-                policy,
-                &reference,
-                &data,
-                &[],
-                &cfg,
-                &cache,
-                &quiet,
-                &train_device,
-            )?;
-            let seconds = t.elapsed().as_secs_f64();
-            let reference_tokens = match workload {
-                Workload::DpoRefCache if report.reference_forward_batches > 0 => {
-                    return Err(Error::Config(
-                        "perf: dpo-ref-cache ran the reference: its cache was not read".into(),
-                    ));
-                }
-                Workload::DpoRefCache => 0,
-                _ => tokens,
-            };
-            (
-                seconds,
-                examples as f64,
-                flops(&shape, Flops::Train { tokens })
-                    + flops(
-                        &shape,
-                        Flops::Forward {
-                            tokens: reference_tokens,
-                        },
-                    ),
-            )
-        }
-        Workload::Generate => {
-            let model = init(1, device)?;
-            let prompts: Vec<String> = (0..examples)
-                .map(|_| sentence(&mut rng, PROMPT_WORDS))
-                .collect();
-            let sampling = SamplingConfig {
-                max_new_tokens: NEW_TOKENS,
-                temperature: 0.7,
-                eos_id: None,
-                ..SamplingConfig::default()
-            };
-            let batches = prompts
-                .chunks(BATCH)
-                .map(|c| {
-                    let refs: Vec<&str> = c.iter().map(String::as_str).collect();
-                    encode_queries(&tok, &refs, PROMPT_WORDS)
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let t = Instant::now();
-            let mut new_tokens = 0u64;
-            for (ids, mask) in &batches {
-                let g = generate(&model, ids, mask, BATCH, &sampling, &mut rng)?;
-                new_tokens += g.mask.iter().map(|&m| u64::from(m)).sum::<u64>();
-            }
-            (
-                t.elapsed().as_secs_f64(),
-                new_tokens as f64,
-                flops(&shape, Flops::Forward { tokens: new_tokens }),
-            )
-        }
-        Workload::Rloo | Workload::Ppo => {
-            let prompts: Vec<String> = (0..examples)
-                .map(|_| sentence(&mut rng, PROMPT_WORDS))
-                .collect();
-            let ppo = workload == Workload::Ppo;
-            let cfg = PpoConfig {
-                iterations: examples / BATCH,
-                samples_per_prompt: SAMPLES_PER_PROMPT,
-                prompts_per_batch: BATCH,
-                query_length: PROMPT_WORDS,
-                response_length: NEW_TOKENS,
-                temperature: 0.7,
-                missing_eos_penalty: None,
-                kl: KlController::Fixed { value: 0.05 },
-                advantage: if ppo {
-                    AdvantageEstimator::Gae
-                } else {
-                    AdvantageEstimator::Rloo
-                },
-                ppo_epochs: if ppo { 4 } else { 1 },
-                // minibatches of BATCH episodes, as the peer's optimizer steps
-                num_minibatches: SAMPLES_PER_PROMPT,
-                anneal_lr: false,
-                optimizer,
-                ..PpoConfig::default()
-            };
-            let policy = init(1, &train_device)?;
-            let reference = init(2, device)?;
-            let reward_model;
-            let scorer: Box<dyn Scorer> = if ppo {
-                reward_model = RewardModel::from_backbone(
-                    init(3, device)?,
-                    shape.clone(),
-                    RewardSettings::outcome(),
-                );
-                Box::new(RewardScorer::new(reward_model, tok.clone(), device))
-            } else {
-                Box::new(CatShare)
-            };
-            let value = ppo.then(|| ScalarModel::from_backbone(policy.clone()));
-            let inputs = PpoInputs {
-                reference: &reference,
-                scorer: scorer.as_ref(),
-                tokenizer: &tok,
-                prompts: &prompts,
-                demonstrations: &[],
-                eval: None,
-                eval_every: 0,
-            };
-            let t = Instant::now();
-            let (_, report) = train_ppo(
-                PolicyAndValue::new(policy, value),
-                &inputs,
-                &cfg,
-                &quiet,
-                &train_device,
-            )?;
-            let episodes = report.iterations * cfg.batch_size() as u64;
-            let (q, r) = (PROMPT_WORDS as u64, NEW_TOKENS as u64);
-            let seq = episodes * (q + r);
-            // generation, the reference (and, for PPO, the reward model and the critic) forward,
-            // and the epochs of training (PPO: policy and critic)
-            let forwards = if ppo { 3 } else { 1 };
-            let trained = if ppo { 2 } else { 1 };
-            let f = flops(
-                &shape,
-                Flops::Forward {
-                    tokens: episodes * r,
-                },
-            ) + forwards * flops(&shape, Flops::Forward { tokens: seq })
-                + cfg.ppo_epochs as u64 * trained * flops(&shape, Flops::Train { tokens: seq });
-            (t.elapsed().as_secs_f64(), episodes as f64, f)
-        }
+    let mut bench = Bench::new(size, examples, replicas, device)?;
+    let timed = match workload {
+        Workload::Sft => bench.time_sft()?,
+        Workload::Reward => bench.time_reward()?,
+        Workload::Dpo => bench.time_dpo(false)?,
+        Workload::DpoRefCache => bench.time_dpo(true)?,
+        Workload::Generate => bench.time_generate()?,
+        Workload::Rloo => bench.time_rl(false)?,
+        Workload::Ppo => bench.time_rl(true)?,
     };
     Ok(Measurement {
         workload: workload.name().into(),
         size: size.name.into(),
         examples,
-        seconds,
-        units,
-        flops: flop_count,
-        non_embedding_params: n,
+        seconds: timed.seconds,
+        units: timed.units,
+        flops: timed.flops,
+        non_embedding_params: bench.shape.non_embedding_params(),
     })
+}
+
+/// What a timed call gave: its seconds, the units of [`Workload::unit`] and the useful FLOPs.
+struct Timed {
+    seconds: f64,
+    units: f64,
+    flops: u64,
+}
+
+/// What every workload is built from: the tokenizer, the model shape, one stream of random draws
+/// for the data (seed 0), and quiet run options with the replicas.
+struct Bench<'a> {
+    tok: Tokenizer,
+    shape: TransformerConfig,
+    examples: usize,
+    rng: ChaCha8Rng,
+    quiet: RunOptions,
+    /// The inference device.
+    device: &'a Device,
+    /// Its autodiff twin, where training runs.
+    train_device: Device,
+}
+
+impl<'a> Bench<'a> {
+    fn new(size: Size, examples: usize, replicas: usize, device: &'a Device) -> Result<Self> {
+        let tok = tokenizer()?;
+        let shape = size.shape(tok.vocab_size())?;
+        let train_device = device.clone().autodiff();
+        let rng = ChaCha8Rng::seed_from_u64(0);
+        let quiet = RunOptions {
+            progress: false,
+            replicas: Replicas::new(vec![train_device.clone(); replicas]),
+            ..RunOptions::default()
+        };
+        Ok(Bench {
+            tok,
+            shape,
+            examples,
+            rng,
+            quiet,
+            device,
+            train_device,
+        })
+    }
+
+    /// A model of the benchmark's shape on `device`, its weights drawn from `seed`.
+    fn init(&self, seed: u64, device: &Device) -> Result<CausalLm> {
+        try_seeded(device, seed, || CausalLm::init(&self.shape, device))
+    }
+
+    /// A prompt of [`PROMPT_WORDS`] words.
+    fn prompt_text(&mut self) -> String {
+        sentence(&mut self.rng, PROMPT_WORDS)
+    }
+
+    /// The tokens of a prompt of [`PROMPT_WORDS`] words.
+    fn prompt(&mut self) -> Result<Vec<u32>> {
+        let text = self.prompt_text();
+        self.tok.encode(&text)
+    }
+
+    /// The tokens of a response of [`RESPONSE_WORDS`] words, and EOS.
+    fn response(&mut self) -> Result<Vec<u32>> {
+        let mut r = self.tok.encode(&sentence(&mut self.rng, RESPONSE_WORDS))?;
+        r.push(self.tok.eos_id());
+        Ok(r)
+    }
+
+    /// A prompt and two responses per example (reward and DPO).
+    fn pairs(&mut self) -> Result<Vec<PromptAndPair>> {
+        (0..self.examples)
+            .map(|_| {
+                let prompt = self.prompt()?;
+                Ok((prompt, vec![self.response()?, self.response()?]))
+            })
+            .collect()
+    }
+
+    /// [`Workload::Sft`] on a prompt and a response per example.
+    fn time_sft(&mut self) -> Result<Timed> {
+        let data = (0..self.examples)
+            .map(|_| Ok((self.prompt()?, self.response()?)))
+            .collect::<Result<Vec<_>>>()?;
+        let tokens: usize = data.iter().map(|(p, r)| p.len() + r.len()).sum();
+        let cfg = SftConfig {
+            batch_size: BATCH,
+            optimizer: optimizer(),
+            schedule: LrSchedule::Constant,
+            ..SftConfig::default()
+        };
+        let model = self.init(1, &self.train_device)?;
+        let t = Instant::now();
+        train_sft(model, &data, &[], &cfg, &self.quiet, &self.train_device)?;
+        let tokens = tokens as u64;
+        Ok(Timed {
+            seconds: t.elapsed().as_secs_f64(),
+            units: tokens as f64,
+            flops: flops(&self.shape, Flops::Train { tokens }),
+        })
+    }
+
+    /// [`Workload::Reward`] on a prompt and two responses per example.
+    fn time_reward(&mut self) -> Result<Timed> {
+        let data: Vec<RankedExample> = self
+            .pairs()?
+            .into_iter()
+            .map(|(prompt, responses)| RankedExample {
+                prompt,
+                responses,
+                margin: None,
+                gold: None,
+            })
+            .collect();
+        let tokens = pair_tokens(data.iter().map(|e| (&e.prompt, &e.responses)));
+        let cfg = RmConfig {
+            batch_size: BATCH,
+            optimizer: optimizer(),
+            ..RmConfig::default()
+        };
+        let model = ScalarModel::from_backbone(self.init(1, &self.train_device)?);
+        let t = Instant::now();
+        rlhf_reward::train_reward_model(model, &data, &[], &cfg, &self.quiet, &self.train_device)?;
+        Ok(Timed {
+            seconds: t.elapsed().as_secs_f64(),
+            units: self.examples as f64,
+            flops: flops(&self.shape, Flops::Train { tokens }),
+        })
+    }
+
+    /// [`Workload::Dpo`], or with `ref_cache` [`Workload::DpoRefCache`].
+    fn time_dpo(&mut self, ref_cache: bool) -> Result<Timed> {
+        let data: Vec<Group> = self
+            .pairs()?
+            .into_iter()
+            .map(|(prompt, responses)| Group {
+                prompt,
+                responses,
+                rewards: None,
+            })
+            .collect();
+        let tokens = pair_tokens(data.iter().map(|g| (&g.prompt, &g.responses)));
+        let cfg = DpoConfig {
+            batch_size: BATCH,
+            optimizer: optimizer(),
+            ..DpoConfig::default()
+        };
+        let policy = self.init(1, &self.train_device)?;
+        let reference = self.init(2, self.device)?;
+        // a warm cache for dpo-ref-cache, filled before the clock starts (the directory lives
+        // until the run is timed)
+        let cache_dir = if ref_cache {
+            Some(tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?)
+        } else {
+            None
+        };
+        let cache = RefCache::new(cache_dir.as_ref().map(tempfile::TempDir::path));
+        if cache_dir.is_some() {
+            cached_reference_logps(&reference, &data, &cfg, &cache, self.device, &mut 0)?;
+        }
+        let t = Instant::now();
+        let (_, report) = train_offline(
+            policy,
+            &reference,
+            &data,
+            &[],
+            &cfg,
+            &cache,
+            &self.quiet,
+            &self.train_device,
+        )?;
+        let seconds = t.elapsed().as_secs_f64();
+        if ref_cache && report.reference_forward_batches > 0 {
+            return Err(Error::Config(
+                "perf: dpo-ref-cache ran the reference: its cache was not read".into(),
+            ));
+        }
+        let reference_tokens = if ref_cache { 0 } else { tokens };
+        Ok(Timed {
+            seconds,
+            units: self.examples as f64,
+            flops: flops(&self.shape, Flops::Train { tokens })
+                + flops(
+                    &self.shape,
+                    Flops::Forward {
+                        tokens: reference_tokens,
+                    },
+                ),
+        })
+    }
+
+    /// [`Workload::Generate`] on a prompt per example, in batches of [`BATCH`].
+    fn time_generate(&mut self) -> Result<Timed> {
+        let model = self.init(1, self.device)?;
+        let prompts: Vec<String> = (0..self.examples).map(|_| self.prompt_text()).collect();
+        let sampling = SamplingConfig {
+            max_new_tokens: NEW_TOKENS,
+            temperature: 0.7,
+            eos_id: None,
+            ..SamplingConfig::default()
+        };
+        let batches = prompts
+            .chunks(BATCH)
+            .map(|c| {
+                let refs: Vec<&str> = c.iter().map(String::as_str).collect();
+                encode_queries(&self.tok, &refs, PROMPT_WORDS)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let t = Instant::now();
+        let mut new_tokens = 0u64;
+        for (ids, mask) in &batches {
+            let g = generate(&model, ids, mask, BATCH, &sampling, &mut self.rng)?;
+            new_tokens += g.mask.iter().map(|&m| u64::from(m)).sum::<u64>();
+        }
+        Ok(Timed {
+            seconds: t.elapsed().as_secs_f64(),
+            units: new_tokens as f64,
+            flops: flops(&self.shape, Flops::Forward { tokens: new_tokens }),
+        })
+    }
+
+    /// [`Workload::Rloo`] against the word-share rule, or with `ppo` [`Workload::Ppo`] against a
+    /// reward model, with a critic.
+    fn time_rl(&mut self, ppo: bool) -> Result<Timed> {
+        let prompts: Vec<String> = (0..self.examples).map(|_| self.prompt_text()).collect();
+        let cfg = rl_config(ppo, self.examples);
+        let policy = self.init(1, &self.train_device)?;
+        let reference = self.init(2, self.device)?;
+        let reward_model;
+        let scorer: Box<dyn Scorer> = if ppo {
+            reward_model = RewardModel::from_backbone(
+                self.init(3, self.device)?,
+                self.shape.clone(),
+                RewardSettings::outcome(),
+            );
+            Box::new(RewardScorer::new(
+                reward_model,
+                self.tok.clone(),
+                self.device,
+            ))
+        } else {
+            Box::new(CatShare)
+        };
+        let value = ppo.then(|| ScalarModel::from_backbone(policy.clone()));
+        let inputs = PpoInputs {
+            reference: &reference,
+            scorer: scorer.as_ref(),
+            tokenizer: &self.tok,
+            prompts: &prompts,
+            demonstrations: &[],
+            eval: None,
+            eval_every: 0,
+        };
+        let t = Instant::now();
+        let (_, report) = train_ppo(
+            PolicyAndValue::new(policy, value),
+            &inputs,
+            &cfg,
+            &self.quiet,
+            &self.train_device,
+        )?;
+        let episodes = report.iterations * cfg.batch_size() as u64;
+        let (q, r) = (PROMPT_WORDS as u64, NEW_TOKENS as u64);
+        let seq = episodes * (q + r);
+        // generation, the reference (and, for PPO, the reward model and the critic) forward,
+        // and the epochs of training (PPO: policy and critic)
+        let forwards = if ppo { 3 } else { 1 };
+        let trained = if ppo { 2 } else { 1 };
+        let shape = &self.shape;
+        let f = flops(
+            shape,
+            Flops::Forward {
+                tokens: episodes * r,
+            },
+        ) + forwards * flops(shape, Flops::Forward { tokens: seq })
+            + cfg.ppo_epochs as u64 * trained * flops(shape, Flops::Train { tokens: seq });
+        Ok(Timed {
+            seconds: t.elapsed().as_secs_f64(),
+            units: episodes as f64,
+            flops: f,
+        })
+    }
+}
+
+/// AdamW at the peer's learning rate, for every trainer.
+fn optimizer() -> OptimizerConfig {
+    OptimizerConfig {
+        lr: LR,
+        ..OptimizerConfig::default()
+    }
+}
+
+/// The on-policy settings over `examples` prompts: RLOO as TRL's `RLOOTrainer` defaults, or with
+/// `ppo` the TL;DR recipe's PPO (GAE, 4 epochs).
+fn rl_config(ppo: bool, examples: usize) -> PpoConfig {
+    PpoConfig {
+        iterations: examples / BATCH,
+        samples_per_prompt: SAMPLES_PER_PROMPT,
+        prompts_per_batch: BATCH,
+        query_length: PROMPT_WORDS,
+        response_length: NEW_TOKENS,
+        temperature: 0.7,
+        missing_eos_penalty: None,
+        kl: KlController::Fixed { value: 0.05 },
+        advantage: if ppo {
+            AdvantageEstimator::Gae
+        } else {
+            AdvantageEstimator::Rloo
+        },
+        ppo_epochs: if ppo { 4 } else { 1 },
+        // minibatches of BATCH episodes, as the peer's optimizer steps
+        num_minibatches: SAMPLES_PER_PROMPT,
+        anneal_lr: false,
+        optimizer: optimizer(),
+        ..PpoConfig::default()
+    }
 }
 
 /// Tokens of prompt + response over every response of every example.

@@ -34,12 +34,14 @@ use std::io::Read;
 use std::path::Path;
 use std::time::Instant;
 
+use burn::tensor::Device;
 use rlhf_core::train::fs::{checksum, write_atomic};
 use rlhf_core::{Error, Result};
 use rlhf_data::tasks::win_rate;
 use rlhf_data::{
     PreferenceRecord, ReadOptions, SftRecord, Split, Tokenizer, hash_split, read_records,
 };
+use rlhf_models::CausalLm;
 use rlhf_reward::{RankedExample, RewardModel, RewardScorer};
 use serde::{Deserialize, Serialize};
 
@@ -56,6 +58,9 @@ use crate::stats::mean_se;
 /// The salt of the train/eval split, so it never depends on the run's seed.
 const SPLIT_SALT: &str = "rlhf-bench/preferences";
 
+/// A record as text, before truncation: prompt, chosen response, rejected response.
+type RecordText = (String, String, String);
+
 /// A pair as text, after truncation: what the judge and the RM's scorer read.
 #[derive(Debug, Clone)]
 struct TextPair {
@@ -64,51 +69,23 @@ struct TextPair {
 }
 
 /// Runs a `preferences` configuration (see the module documentation).
+// One piece, over 80 lines: the seven steps of the module docs in order, each reading what the
+// earlier ones made, their metrics going into the one map `m`. Reading, the RM and the judge are
+// calls; tokenizing (tokenizer, train and held-out pairs, demonstrations), SFT and the method's
+// prompts stay inline, since each makes several values that later steps read.
 pub fn run_preferences(cfg: &RunConfig, cache: &Path, work: &Path) -> Result<RunResult> {
     let start = Instant::now();
     let d = &cfg.task.data;
     let device = rlhf_core::parse_device(&cfg.device)?.autodiff();
     let mut m: BTreeMap<String, f64> = BTreeMap::new();
 
-    // 1. read
+    // 1. read, 2. split by prompt
     let opts = ReadOptions {
         fields: d.fields.clone(),
         skip_bad: d.skip_bad,
         ..ReadOptions::default()
     };
-    let loaded = read_records::<PreferenceRecord>(Path::new(&d.preferences), &opts)?;
-    for e in &loaded.report.errors {
-        tracing::warn!("skipped: {e}");
-    }
-    m.insert(names::DATA_RECORDS.into(), loaded.report.read as f64);
-    m.insert(names::DATA_REJECTED.into(), loaded.report.rejected as f64);
-    let t = &d.chat_template;
-    let texts: Vec<(String, String, String)> = loaded
-        .records
-        .iter()
-        .map(|r| {
-            (
-                t.prompt(&r.prompt),
-                t.response(&r.chosen),
-                t.response(&r.rejected),
-            )
-        })
-        .collect();
-
-    // 2. split by prompt
-    let (train_texts, eval_texts): (Vec<_>, Vec<_>) = texts
-        .into_iter()
-        .partition(|(p, _, _)| hash_split(p, SPLIT_SALT, d.eval_share, 0.0) == Split::Train);
-    if train_texts.is_empty() || eval_texts.is_empty() {
-        return Err(Error::Config(format!(
-            "{}: {} records give {} training and {} held-out pairs with eval_share {}: both need at least one",
-            d.preferences,
-            loaded.records.len(),
-            train_texts.len(),
-            eval_texts.len(),
-            d.eval_share
-        )));
-    }
+    let (train_texts, eval_texts) = read_split(d, &opts, &mut m)?;
 
     // 3. tokenizer, and the data as tokens
     let root = cache.join(format!("data-{:016x}", fingerprint(cfg)?));
@@ -118,6 +95,7 @@ pub fn run_preferences(cfg: &RunConfig, cache: &Path, work: &Path) -> Result<Run
             .map(|(p, c, _)| (p.clone(), c.clone()))
             .collect()
     } else {
+        let t = &d.chat_template;
         read_records::<SftRecord>(Path::new(&d.demonstrations), &opts)?
             .records
             .iter()
@@ -127,34 +105,8 @@ pub fn run_preferences(cfg: &RunConfig, cache: &Path, work: &Path) -> Result<Run
     let tok = tokenizer(d, cfg.task.vocab_size, &train_texts, &demo_texts, &root)?;
     let enc = Encoder { tok: &tok, d };
     let mut dropped = 0usize;
-    let mut encode_pairs = |v: &[(String, String, String)], cap: usize| -> Result<_> {
-        let mut pairs = Vec::new();
-        let mut text = Vec::new();
-        for (p, c, r) in v {
-            if pairs.len() == cap {
-                break;
-            }
-            let (prompt_text, prompt) = enc.prompt(p)?;
-            let (chosen, rejected) = (enc.response(c)?, enc.response(r)?);
-            if chosen.is_empty() || rejected.is_empty() || chosen == rejected {
-                dropped += 1;
-                continue;
-            }
-            text.push(TextPair {
-                prompt: prompt_text,
-                chosen: tok.decode(&chosen)?,
-            });
-            pairs.push(RankedExample {
-                prompt,
-                responses: vec![chosen, rejected],
-                margin: None,
-                gold: None,
-            });
-        }
-        Ok((pairs, text))
-    };
-    let (train_pairs, train_text) = encode_pairs(&train_texts, cfg.rm.pairs)?;
-    let (eval_pairs, eval_text) = encode_pairs(&eval_texts, cfg.rm.eval_pairs)?;
+    let (train_pairs, train_text) = enc.pairs(&train_texts, cfg.rm.pairs, &mut dropped)?;
+    let (eval_pairs, eval_text) = enc.pairs(&eval_texts, cfg.rm.eval_pairs, &mut dropped)?;
     if train_pairs.is_empty() || eval_pairs.is_empty() {
         return Err(Error::Config(format!(
             "{}: no usable {} pairs (responses empty or equal after truncation to {} tokens)",
@@ -190,72 +142,19 @@ pub fn run_preferences(cfg: &RunConfig, cache: &Path, work: &Path) -> Result<Run
     m.insert(names::FLOPS_SFT.into(), sft.flops);
 
     // 5. the reward model on the file's labels
-    let backbone = sft_model(cfg, &cfg.rm.size, &tok, &sft_data, &root, &device)?;
-    let rm_shape = backbone.shape.clone();
-    let r = &cfg.rm;
-    let rm_dir = root.join(format!(
-        "rm-{}-p{}-e{}-lr{}-pol{}-s{}",
-        r.size,
-        train_pairs.len(),
-        r.epochs,
-        r.lr,
-        cfg.sft.policy_size,
-        cfg.seed
-    ));
-    cached_dir(&rm_dir, |tmp| {
-        let (rm, report) = fit_reward_model(
-            cfg,
-            backbone.model.clone(),
-            &rm_shape,
-            &train_pairs,
-            &eval_pairs,
-            &sft_data,
-            &stage_run(tmp),
-            &device,
-        )?;
-        rm.save(&tmp.join("model"))?;
-        finish_stage_run(tmp)?;
-        let summary = RmSummary {
-            eval_accuracy: report.eval.accuracy,
-        };
-        let json = serde_json::to_string(&summary).map_err(|e| Error::Record(e.to_string()))?;
-        write_atomic(&tmp.join("summary.json"), json.as_bytes())
-    })?;
-    let summary_path = rm_dir.join("summary.json");
-    let summary: RmSummary = std::fs::read_to_string(&summary_path)
-        .map_err(|e| Error::io(&summary_path, e))
-        .and_then(|s| {
-            serde_json::from_str(&s)
-                .map_err(|e| Error::Record(format!("{}: {e}", summary_path.display())))
-        })?;
-    let rm_tokens: u64 = train_pairs
-        .iter()
-        .map(|x| (2 * x.prompt.len() + x.responses[0].len() + x.responses[1].len()) as u64)
-        .sum();
-    let stage = RmStage {
-        key: rm_dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        gold_correct: Vec::new(),
-        rm: RewardModel::load(&rm_dir.join("model"), &device)?,
-        shape: rm_shape.clone(),
-        pairs: train_pairs,
-        eval_accuracy: summary.eval_accuracy,
-        eval_gold_accuracy: f64::NAN,
-        labeller_agreement: f64::NAN,
-        tokens: (rm_tokens * r.epochs as u64) as f64,
-        flops: (flops(
-            &rm_shape,
-            Workload::Train {
-                tokens: rm_tokens * r.epochs as u64,
-            },
-        ) + flops(&rm_shape, Workload::Forward { tokens: rm_tokens })) as f64,
-    };
+    let stage = reward_model(
+        cfg,
+        &tok,
+        train_pairs,
+        &eval_pairs,
+        &sft_data,
+        &root,
+        &device,
+    )?;
     m.insert(names::RM_ACCURACY.into(), stage.eval_accuracy);
     m.insert(
         names::PARAMS_RM.into(),
-        rm_shape.non_embedding_params() as f64,
+        stage.shape.non_embedding_params() as f64,
     );
     m.insert(names::FLOPS_RM.into(), stage.flops);
     m.insert(names::TOKENS_RM.into(), stage.tokens);
@@ -288,31 +187,191 @@ pub fn run_preferences(cfg: &RunConfig, cache: &Path, work: &Path) -> Result<Run
     );
 
     // 7. the judge: the RM, on held-out prompts
-    let rm = RewardScorer::new(stage.rm.clone(), tok.clone(), &device);
+    judge_by_rm(
+        cfg,
+        &policy,
+        &sft.model,
+        &stage.rm,
+        &tok,
+        &eval_prompts,
+        &eval_text,
+        work,
+        &device,
+        &mut m,
+    )?;
+    m.insert(names::MEMORY_PEAK.into(), peak_memory_bytes());
+    Ok(RunResult {
+        metrics: m,
+        items: BTreeMap::new(),
+        curve,
+        wall_seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// Steps 1 and 2: the file's records as (prompt, chosen, rejected) text through the chat
+/// template, split by a hash of the prompt into training and held-out pairs, with the counts of
+/// records read and rejected in `m`.
+fn read_split(
+    d: &UserData,
+    opts: &ReadOptions,
+    m: &mut BTreeMap<String, f64>,
+) -> Result<(Vec<RecordText>, Vec<RecordText>)> {
+    let loaded = read_records::<PreferenceRecord>(Path::new(&d.preferences), opts)?;
+    for e in &loaded.report.errors {
+        tracing::warn!("skipped: {e}");
+    }
+    m.insert(names::DATA_RECORDS.into(), loaded.report.read as f64);
+    m.insert(names::DATA_REJECTED.into(), loaded.report.rejected as f64);
+    let t = &d.chat_template;
+    let texts: Vec<RecordText> = loaded
+        .records
+        .iter()
+        .map(|r| {
+            (
+                t.prompt(&r.prompt),
+                t.response(&r.chosen),
+                t.response(&r.rejected),
+            )
+        })
+        .collect();
+    let (train, eval): (Vec<_>, Vec<_>) = texts
+        .into_iter()
+        .partition(|(p, _, _)| hash_split(p, SPLIT_SALT, d.eval_share, 0.0) == Split::Train);
+    if train.is_empty() || eval.is_empty() {
+        return Err(Error::Config(format!(
+            "{}: {} records give {} training and {} held-out pairs with eval_share {}: both need at least one",
+            d.preferences,
+            loaded.records.len(),
+            train.len(),
+            eval.len(),
+            d.eval_share
+        )));
+    }
+    Ok((train, eval))
+}
+
+/// The reward model of `cfg.rm` (from the SFT backbone of `rm.size`) on the file's training
+/// pairs, its label accuracy measured on the held-out pairs; cached per size, pair count,
+/// settings, policy size and seed.
+fn reward_model(
+    cfg: &RunConfig,
+    tok: &Tokenizer,
+    train_pairs: Vec<RankedExample>,
+    eval_pairs: &[RankedExample],
+    sft_data: &[(Vec<u32>, Vec<u32>)],
+    root: &Path,
+    device: &Device,
+) -> Result<RmStage> {
+    let backbone = sft_model(cfg, &cfg.rm.size, tok, sft_data, root, device)?;
+    let rm_shape = backbone.shape.clone();
+    let r = &cfg.rm;
+    let rm_dir = root.join(format!(
+        "rm-{}-p{}-e{}-lr{}-pol{}-s{}",
+        r.size,
+        train_pairs.len(),
+        r.epochs,
+        r.lr,
+        cfg.sft.policy_size,
+        cfg.seed
+    ));
+    cached_dir(&rm_dir, |tmp| {
+        let (rm, report) = fit_reward_model(
+            cfg,
+            backbone.model.clone(),
+            &rm_shape,
+            &train_pairs,
+            eval_pairs,
+            sft_data,
+            &stage_run(tmp),
+            device,
+        )?;
+        rm.save(&tmp.join("model"))?;
+        finish_stage_run(tmp)?;
+        let summary = RmSummary {
+            eval_accuracy: report.eval.accuracy,
+        };
+        let json = serde_json::to_string(&summary).map_err(|e| Error::Record(e.to_string()))?;
+        write_atomic(&tmp.join("summary.json"), json.as_bytes())
+    })?;
+    let summary_path = rm_dir.join("summary.json");
+    let summary: RmSummary = std::fs::read_to_string(&summary_path)
+        .map_err(|e| Error::io(&summary_path, e))
+        .and_then(|s| {
+            serde_json::from_str(&s)
+                .map_err(|e| Error::Record(format!("{}: {e}", summary_path.display())))
+        })?;
+    let rm_tokens: u64 = train_pairs
+        .iter()
+        .map(|x| (2 * x.prompt.len() + x.responses[0].len() + x.responses[1].len()) as u64)
+        .sum();
+    Ok(RmStage {
+        key: rm_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        gold_correct: Vec::new(),
+        rm: RewardModel::load(&rm_dir.join("model"), device)?,
+        shape: rm_shape.clone(),
+        pairs: train_pairs,
+        eval_accuracy: summary.eval_accuracy,
+        eval_gold_accuracy: f64::NAN,
+        labeller_agreement: f64::NAN,
+        tokens: (rm_tokens * r.epochs as u64) as f64,
+        flops: (flops(
+            &rm_shape,
+            Workload::Train {
+                tokens: rm_tokens * r.epochs as u64,
+            },
+        ) + flops(&rm_shape, Workload::Forward { tokens: rm_tokens })) as f64,
+    })
+}
+
+#[derive(Serialize, Deserialize)]
+struct RmSummary {
+    eval_accuracy: f64,
+}
+
+/// The judge of a user's data: the policy and the SFT policy sampled on the held-out prompts
+/// and scored by the RM (`proxy/…`, against the held-out chosen responses too), the policy's KL
+/// and length, and every judged response with its SFT counterpart in `WORK/judged.jsonl`.
+#[allow(clippy::too_many_arguments)]
+fn judge_by_rm(
+    cfg: &RunConfig,
+    policy: &CausalLm,
+    sft: &CausalLm,
+    rm: &RewardModel,
+    tok: &Tokenizer,
+    eval_prompts: &[String],
+    eval_text: &[TextPair],
+    work: &Path,
+    device: &Device,
+    m: &mut BTreeMap<String, f64>,
+) -> Result<()> {
+    let scorer = RewardScorer::new(rm.clone(), tok.clone(), device);
     let j = &cfg.judge;
-    let judge = |model: &rlhf_models::CausalLm| {
+    let judge = |model: &CausalLm| {
         sample(
             model,
-            &tok,
-            &eval_prompts,
+            tok,
+            eval_prompts,
             1,
             j.temperature,
             j.max_new_tokens,
             cfg.seed.wrapping_add(11),
         )
     };
-    let (judged, baseline) = (judge(&policy)?, judge(&sft.model)?);
-    let score = |texts: &[String]| proxy_scores(&rm, &eval_prompts, texts, 1);
+    let (judged, baseline) = (judge(policy)?, judge(sft)?);
+    let score = |texts: &[String]| proxy_scores(&scorer, eval_prompts, texts, 1);
     let proxy = score(&judged.texts)?;
     let proxy_sft = score(&baseline.texts)?;
     let kl = crate::judge::kl_per_prompt(
-        &policy,
-        &sft.model,
-        &tok,
-        &eval_prompts,
+        policy,
+        sft,
+        tok,
+        eval_prompts,
         &judged,
         j.temperature,
-        &device,
+        device,
     )?;
     m.insert(names::KL.into(), mean_se(&kl).0);
     m.insert(
@@ -341,33 +400,40 @@ pub fn run_preferences(cfg: &RunConfig, cache: &Path, work: &Path) -> Result<Run
         names::PROXY_WIN_VS_CHOSEN.into(),
         win_rate(&proxy, &proxy_chosen),
     );
-    // what the policy said, beside the SFT policy, for people to read
+    write_judged(
+        work,
+        eval_prompts,
+        &judged.texts,
+        &proxy,
+        &baseline.texts,
+        &proxy_sft,
+    )
+}
+
+/// `WORK/judged.jsonl`: what the policy said to each held-out prompt, beside the SFT policy,
+/// with the RM's scores, for people to read.
+fn write_judged(
+    work: &Path,
+    prompts: &[String],
+    texts: &[String],
+    scores: &[f64],
+    sft_texts: &[String],
+    sft_scores: &[f64],
+) -> Result<()> {
     let mut lines = String::new();
-    for i in 0..eval_prompts.len() {
+    for i in 0..prompts.len() {
         let line = serde_json::json!({
-            "prompt": eval_prompts[i],
-            "response": judged.texts[i],
-            "score": proxy[i],
-            "sft_response": baseline.texts[i],
-            "sft_score": proxy_sft[i],
+            "prompt": prompts[i],
+            "response": texts[i],
+            "score": scores[i],
+            "sft_response": sft_texts[i],
+            "sft_score": sft_scores[i],
         });
         lines.push_str(&line.to_string());
         lines.push('\n');
     }
     std::fs::create_dir_all(work).map_err(|e| Error::io(work, e))?;
-    write_atomic(&work.join("judged.jsonl"), lines.as_bytes())?;
-    m.insert(names::MEMORY_PEAK.into(), peak_memory_bytes());
-    Ok(RunResult {
-        metrics: m,
-        items: BTreeMap::new(),
-        curve,
-        wall_seconds: start.elapsed().as_secs_f64(),
-    })
-}
-
-#[derive(Serialize, Deserialize)]
-struct RmSummary {
-    eval_accuracy: f64,
+    write_atomic(&work.join("judged.jsonl"), lines.as_bytes())
 }
 
 /// Truncation to the configured lengths.
@@ -401,6 +467,41 @@ impl Encoder<'_> {
         ids.truncate(self.d.max_response_tokens);
         Ok(ids)
     }
+
+    /// The first `cap` usable pairs of `texts` as tokens, with their prompt and chosen response
+    /// as text; a pair whose responses are empty or equal after truncation is counted in
+    /// `dropped` and skipped.
+    fn pairs(
+        &self,
+        texts: &[RecordText],
+        cap: usize,
+        dropped: &mut usize,
+    ) -> Result<(Vec<RankedExample>, Vec<TextPair>)> {
+        let mut pairs = Vec::new();
+        let mut text = Vec::new();
+        for (p, c, r) in texts {
+            if pairs.len() == cap {
+                break;
+            }
+            let (prompt_text, prompt) = self.prompt(p)?;
+            let (chosen, rejected) = (self.response(c)?, self.response(r)?);
+            if chosen.is_empty() || rejected.is_empty() || chosen == rejected {
+                *dropped += 1;
+                continue;
+            }
+            text.push(TextPair {
+                prompt: prompt_text,
+                chosen: self.tok.decode(&chosen)?,
+            });
+            pairs.push(RankedExample {
+                prompt,
+                responses: vec![chosen, rejected],
+                margin: None,
+                gold: None,
+            });
+        }
+        Ok((pairs, text))
+    }
 }
 
 /// The distinct prompts of `pairs`, in file order, at most `cap`.
@@ -419,7 +520,7 @@ fn unique_prompts(pairs: &[TextPair], cap: usize) -> Vec<String> {
 fn tokenizer(
     d: &UserData,
     vocab_size: usize,
-    train: &[(String, String, String)],
+    train: &[RecordText],
     demos: &[(String, String)],
     root: &Path,
 ) -> Result<Tokenizer> {
