@@ -12,7 +12,7 @@ use crate::fits::{GAO_MIN_POINTS, gao_fit, peak};
 use crate::metrics::names;
 use crate::stats::Interval;
 use crate::study::PointRecord;
-use crate::tables::{axis_metrics, rows};
+use crate::tables::{Row, axis_metrics, rows};
 
 /// The header of the findings table.
 pub const FINDINGS_HEADER: &str = "| axis | claim | verdict | effect [95% interval] | effect measured (positive: the claim's way) | what the evidence says |\n| --- | --- | --- | --- | --- | --- |";
@@ -55,14 +55,7 @@ fn calibration(md: &mut String, seeds: &[Seed<'_>], points: &[PointRecord]) {
             .filter_map(|s| s.get(Axis::PolicySize, label))
             .collect();
         let v = |name: &str| -> Vec<f64> { pts.iter().map(|p| metric(p, name)).collect() };
-        let gain: Vec<f64> = pts
-            .iter()
-            .map(|p| {
-                100.0
-                    * (metric(p, names::WIN_VS_REFERENCES)
-                        - metric(p, names::SFT_WIN_VS_REFERENCES))
-            })
-            .collect();
+        let gain: Vec<f64> = pts.iter().map(|p| gain_points(p)).collect();
         let p = v(names::PARAMS_POLICY).first().copied().unwrap_or(f64::NAN);
         params.push(p);
         let sft_win = v(names::SFT_WIN_VS_REFERENCES);
@@ -79,7 +72,36 @@ fn calibration(md: &mut String, seeds: &[Seed<'_>], points: &[PointRecord]) {
             show_level(&gain)
         );
     }
-    // the best RLHF point of the base policy size, against its SFT policy
+    let span = params.iter().copied().fold(0.0, f64::max)
+        / params.iter().copied().fold(f64::INFINITY, f64::min);
+    let met = |ok: bool| if ok { "met" } else { "missed" };
+    let _ = writeln!(
+        md,
+        "\nTargets (`docs/tasks.md`): the smallest SFT policy's win rate against the references lies in 15–40%: {:.1}%, {}; the sizes span ≥ 30× in non-embedding parameters: {span:.1}×, {}.",
+        100.0 * smallest_win,
+        met((0.15..=0.40).contains(&smallest_win)),
+        met(span >= 30.0)
+    );
+    if let Some((name, mean, gains)) = best_rlhf_point(seeds, points) {
+        let _ = writeln!(
+            md,
+            "The best RLHF point of the base policy size ({name}) adds {} points of win rate against the references over SFT (target ≥ 10: {}; chosen as the best of many points, so its interval is optimistic).",
+            show_level(&gains),
+            met(mean >= 10.0)
+        );
+    }
+    md.push('\n');
+}
+
+/// A point's gain in win rate against the references over its SFT policy, in points.
+fn gain_points(p: &PointRecord) -> f64 {
+    100.0 * (metric(p, names::WIN_VS_REFERENCES) - metric(p, names::SFT_WIN_VS_REFERENCES))
+}
+
+/// The RLHF point of the base policy size (that of the `length_control` RM run) with the
+/// largest mean gain over its SFT policy, over every axis's `tldr-synth` points with KL > 0:
+/// its `axis label`, mean gain and gain per seed, in points.
+fn best_rlhf_point(seeds: &[Seed<'_>], points: &[PointRecord]) -> Option<(String, f64, Vec<f64>)> {
     let base = seeds
         .first()
         .and_then(|s| s.get(Axis::LengthControl, "rm"))
@@ -99,39 +121,14 @@ fn calibration(md: &mut String, seeds: &[Seed<'_>], points: &[PointRecord]) {
             if trained.is_empty() {
                 continue;
             }
-            let gains: Vec<f64> = trained
-                .iter()
-                .map(|p| {
-                    100.0
-                        * (metric(p, names::WIN_VS_REFERENCES)
-                            - metric(p, names::SFT_WIN_VS_REFERENCES))
-                })
-                .collect();
+            let gains: Vec<f64> = trained.iter().map(|p| gain_points(p)).collect();
             let mean = gains.iter().sum::<f64>() / gains.len() as f64;
             if best.as_ref().is_none_or(|b| mean > b.1) {
                 best = Some((format!("{axis} {}", r.label), mean, gains));
             }
         }
     }
-    let span = params.iter().copied().fold(0.0, f64::max)
-        / params.iter().copied().fold(f64::INFINITY, f64::min);
-    let met = |ok: bool| if ok { "met" } else { "missed" };
-    let _ = writeln!(
-        md,
-        "\nTargets (`docs/tasks.md`): the smallest SFT policy's win rate against the references lies in 15–40%: {:.1}%, {}; the sizes span ≥ 30× in non-embedding parameters: {span:.1}×, {}.",
-        100.0 * smallest_win,
-        met((0.15..=0.40).contains(&smallest_win)),
-        met(span >= 30.0)
-    );
-    if let Some((name, mean, gains)) = best {
-        let _ = writeln!(
-            md,
-            "The best RLHF point of the base policy size ({name}) adds {} points of win rate against the references over SFT (target ≥ 10: {}; chosen as the best of many points, so its interval is optimistic).",
-            show_level(&gains),
-            met(mean >= 10.0)
-        );
-    }
-    md.push('\n');
+    best
 }
 
 fn comparisons(md: &mut String, title: &str, c: &[Comparison]) {
@@ -265,9 +262,53 @@ pub fn report(
     study_plots: &[(&str, Option<String>)],
 ) -> String {
     let seeds = by_seed(points);
+    let mut md = String::new();
+    preamble(&mut md, points, title);
+    findings_section(&mut md, points);
+    calibration(&mut md, &seeds, points);
+    let beta = base_beta(points);
+    let base_labels = base_beta_labels(points, beta);
+    for (axis, plot) in axis_plots {
+        let r = rows(points, *axis);
+        axis_table(&mut md, *axis, &r);
+        match axis {
+            Axis::Method => {
+                comparisons(
+                    &mut md,
+                    &format!(
+                        "Against PPO: raw end points and matched compute at β = {beta} (DPO and EXO at their middle β), matched KL on each method's β-sweep frontier (SFT at KL 0, then each β's end point):"
+                    ),
+                    &methods_against_ppo(&seeds, beta),
+                );
+                compute(&mut md, &seeds, &base_labels);
+            }
+            Axis::RmSize | Axis::PolicySize => comparisons(
+                &mut md,
+                "Against the smallest, on the learning curves (gold gain over each run's SFT policy):",
+                &sizes_against_smallest(&seeds, *axis),
+            ),
+            Axis::KlBudget => over_optimisation(&mut md, &seeds, points),
+            Axis::BestOfN => best_of_n_fit(&mut md, &r),
+            Axis::Supervision | Axis::SupervisionRl => {
+                crate::arith::report_section(&mut md, &seeds, *axis);
+            }
+            _ => {}
+        }
+        let _ = writeln!(md, "\n![{axis}](plots/{plot})\n");
+    }
+    for (title, plot) in study_plots {
+        if let Some(plot) = plot {
+            let _ = writeln!(md, "## {title}\n\n![{title}](plots/{plot})\n");
+        }
+    }
+    md
+}
+
+/// The report's title, what it was computed from (points, seeds, code revisions, device) and
+/// the wall time of its distinct runs.
+fn preamble(md: &mut String, points: &[PointRecord], title: &str) {
     let seed_list: BTreeSet<u64> = points.iter().map(|p| p.point.config.seed).collect();
     let revisions: BTreeSet<&str> = points.iter().map(|p| p.git_revision.as_str()).collect();
-    let mut md = String::new();
     let _ = writeln!(md, "# {title}\n");
     let _ = writeln!(
         md,
@@ -291,6 +332,10 @@ pub fn report(
         "Wall time of the {} distinct runs: {total:.0} s of compute (cached stages are paid once, by the first run that needs them; seeds run side by side).\n",
         unique.len()
     );
+}
+
+/// The findings table: each claim's verdict and effect.
+fn findings_section(md: &mut String, points: &[PointRecord]) {
     let _ = writeln!(
         md,
         "## Findings\n\nA claim is **reproduced** when its effect's 95% interval over seeds lies above zero, **contradicted** when it lies below, **inconclusive** otherwise (and always with one seed).\n\n{FINDINGS_HEADER}"
@@ -299,75 +344,46 @@ pub fn report(
         let _ = writeln!(md, "{}", f.table_line());
     }
     md.push('\n');
-    calibration(&mut md, &seeds, points);
-    let beta = base_beta(points);
-    let base_labels = base_beta_labels(points, beta);
-    for (axis, plot) in axis_plots {
-        let r = rows(points, *axis);
-        let metrics = axis_metrics(*axis);
-        let _ = writeln!(md, "## {axis}\n");
-        let _ = writeln!(md, "| value | {} |", metrics.join(" | "));
-        let _ = writeln!(md, "|---|{}", "---|".repeat(metrics.len()));
-        for row in &r {
-            let _ = writeln!(md, "{}", row.table_line(metrics));
-        }
-        match axis {
-            Axis::Method => {
-                comparisons(
-                    &mut md,
-                    &format!(
-                        "Against PPO: raw end points and matched compute at β = {beta} (DPO and EXO at their middle β), matched KL on each method's β-sweep frontier (SFT at KL 0, then each β's end point):"
-                    ),
-                    &methods_against_ppo(&seeds, beta),
-                );
-                compute(&mut md, &seeds, &base_labels);
-            }
-            Axis::RmSize | Axis::PolicySize => comparisons(
-                &mut md,
-                "Against the smallest, on the learning curves (gold gain over each run's SFT policy):",
-                &sizes_against_smallest(&seeds, *axis),
-            ),
-            Axis::KlBudget => over_optimisation(&mut md, &seeds, points),
-            Axis::BestOfN => {
-                let pts: Vec<(f64, f64)> = r
-                    .iter()
-                    .map(|x| (x.mean(names::KL), x.mean(names::GOLD_GAIN)))
-                    .collect();
-                let _ = match gao_fit(&pts, false) {
-                    Some(f) => writeln!(
-                        md,
-                        "\nGao et al.'s best-of-n form, gold gain = d·(α − β·d): α = {:.3}, β = {:.3}, R² = {:.2} over {} points; peak at KL {} ({}).",
-                        f.alpha,
-                        f.beta,
-                        f.r2,
-                        f.n,
-                        f.peak_kl.map_or("—".into(), |k| format!("{k:.2}")),
-                        if f.peak_inside {
-                            "inside the measured range"
-                        } else {
-                            "outside the measured range"
-                        }
-                    ),
-                    None => writeln!(
-                        md,
-                        "\nNo Gao fit: it needs {GAO_MIN_POINTS} or more values of n > 1 for its two parameters, and this sweep has {}.",
-                        pts.iter().filter(|p| p.0 > 0.0).count()
-                    ),
-                };
-            }
-            Axis::Supervision | Axis::SupervisionRl => {
-                crate::arith::report_section(&mut md, &seeds, *axis);
-            }
-            _ => {}
-        }
-        let _ = writeln!(md, "\n![{axis}](plots/{plot})\n");
+}
+
+/// An axis's heading and its table: a row per value, a column per metric of the axis.
+fn axis_table(md: &mut String, axis: Axis, rows: &[Row]) {
+    let metrics = axis_metrics(axis);
+    let _ = writeln!(md, "## {axis}\n");
+    let _ = writeln!(md, "| value | {} |", metrics.join(" | "));
+    let _ = writeln!(md, "|---|{}", "---|".repeat(metrics.len()));
+    for row in rows {
+        let _ = writeln!(md, "{}", row.table_line(metrics));
     }
-    for (title, plot) in study_plots {
-        if let Some(plot) = plot {
-            let _ = writeln!(md, "## {title}\n\n![{title}](plots/{plot})\n");
-        }
-    }
-    md
+}
+
+/// The best-of-n section: Gao et al.'s best-of-n form fitted to the sweep's mean end points.
+fn best_of_n_fit(md: &mut String, rows: &[Row]) {
+    let pts: Vec<(f64, f64)> = rows
+        .iter()
+        .map(|x| (x.mean(names::KL), x.mean(names::GOLD_GAIN)))
+        .collect();
+    let _ = match gao_fit(&pts, false) {
+        Some(f) => writeln!(
+            md,
+            "\nGao et al.'s best-of-n form, gold gain = d·(α − β·d): α = {:.3}, β = {:.3}, R² = {:.2} over {} points; peak at KL {} ({}).",
+            f.alpha,
+            f.beta,
+            f.r2,
+            f.n,
+            f.peak_kl.map_or("—".into(), |k| format!("{k:.2}")),
+            if f.peak_inside {
+                "inside the measured range"
+            } else {
+                "outside the measured range"
+            }
+        ),
+        None => writeln!(
+            md,
+            "\nNo Gao fit: it needs {GAO_MIN_POINTS} or more values of n > 1 for its two parameters, and this sweep has {}.",
+            pts.iter().filter(|p| p.0 > 0.0).count()
+        ),
+    };
 }
 
 /// The standard error of one learning-curve evaluation of `p` (one sample on each of

@@ -10,21 +10,27 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
+use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 use rlhf_core::train::fs::write_atomic;
 use rlhf_core::{Error, Result};
+use rlhf_data::Tokenizer;
 use rlhf_data::tasks::{TldrSynth, with_eos};
+use rlhf_models::TransformerConfig;
 use rlhf_reward::RewardScorer;
 
+use crate::compute::{Workload, flops};
 use crate::config::{MethodKind, RewardSource, RunConfig};
 use crate::judge::{
-    add_baseline, add_judged, best_of, candidates, judge_gold, kl_per_prompt, proxy_scores,
-    references, sample, sft_baseline,
+    Candidates, add_baseline, add_judged, best_of, candidates, judge_gold, kl_per_prompt,
+    proxy_scores, references, sample, sft_baseline,
 };
 use crate::method::{CurveJudge, MethodInputs, length_slope, optimise};
 use crate::metrics::{items, names};
-use crate::stages::{Prompts, RmInputs, demonstrations, reward_model, sft_model, tokenizer};
+use crate::stages::{
+    Prompts, RmInputs, RmStage, Sft, demonstrations, reward_model, sft_model, tokenizer,
+};
 
 /// What a run measured.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -79,6 +85,10 @@ pub fn claim_run_dir(out: &Path, cfg: &RunConfig) -> Result<()> {
 
 /// Runs `cfg`, caching shared stages under `cache`, writing the method's own files (metrics,
 /// checkpoints) under `work` (resumed if present).
+// One piece, over 80 lines: the stages in order (task, SFT, the SFT baselines, RM, method,
+// judge), each a call into `stages`, `judge` or `method`; what stays here is the glue that hands
+// each stage's outputs on to the later ones and records their metrics in `m` and `it`, and the
+// judge's three cases (the SFT policy, best-of-n, a trained policy), which read most of them.
 pub fn run(cfg: &RunConfig, cache: &Path, work: &Path) -> Result<RunResult> {
     cfg.validate()?;
     match cfg.task.name.as_str() {
@@ -114,46 +124,10 @@ pub fn run(cfg: &RunConfig, cache: &Path, work: &Path) -> Result<RunResult> {
     let refs = references(&task, &judge_prompts, cfg.seed);
     let baseline = sft_baseline(cfg, &task, &tok, &sft, &judge_prompts, &refs, cache)?;
 
-    // the reward model, trained on labelled pairs of SFT samples: the policy's own, or every
-    // size's of `rm.sample_from` (one RM for a whole policy-size axis)
+    // the reward model, trained on labelled pairs of SFT samples
     let rm_stage = if cfg.method.kind.needs_rm() {
-        let backbone = sft_model(cfg, &cfg.rm.size, &tok, &sft_data, cache, &device)?;
-        let others = cfg
-            .rm
-            .sample_from
-            .iter()
-            .map(|s| sft_model(cfg, s, &tok, &sft_data, cache, &device))
-            .collect::<Result<Vec<_>>>()?;
-        let samplers: Vec<&crate::stages::Sft> = if others.is_empty() {
-            vec![&sft]
-        } else {
-            others.iter().collect()
-        };
-        let stage = reward_model(
-            cfg,
-            &RmInputs {
-                task: &task,
-                tok: &tok,
-                samplers: &samplers,
-                backbone: &backbone,
-                sft_data: &sft_data,
-            },
-            cache,
-            &device,
-        )?;
-        m.insert(names::RM_ACCURACY.into(), stage.eval_accuracy);
-        m.insert(names::RM_GOLD_ACCURACY.into(), stage.eval_gold_accuracy);
-        m.insert(
-            names::RM_LABELLER_AGREEMENT.into(),
-            stage.labeller_agreement,
-        );
-        m.insert(
-            names::PARAMS_RM.into(),
-            stage.shape.non_embedding_params() as f64,
-        );
-        m.insert(names::FLOPS_RM.into(), stage.flops);
-        m.insert(names::TOKENS_RM.into(), stage.tokens);
-        it.insert(items::RM_GOLD_CORRECT.into(), stage.gold_correct.clone());
+        let stage = train_rm(cfg, &task, &tok, &sft, &sft_data, cache, &device)?;
+        add_rm_metrics(&stage, &mut m, &mut it);
         Some(stage)
     } else {
         None
@@ -247,22 +221,10 @@ pub fn run(cfg: &RunConfig, cache: &Path, work: &Path) -> Result<RunResult> {
                 names::KL.into(),
                 (n as f64).ln() - (n as f64 - 1.0) / n as f64,
             );
-            let tokens: u64 = c
-                .ids
-                .iter()
-                .map(|r| (query_length + r.len()) as u64)
-                .sum::<u64>()
-                / c.n_max as u64
-                * n as u64;
+            let rm_shape = &rm_stage.as_ref().expect("an RM").shape;
+            let (tokens, flops) = best_of_n_cost(&c, n, query_length, &sft.shape, rm_shape);
             m.insert(names::TOKENS_METHOD.into(), tokens as f64);
-            m.insert(
-                names::FLOPS_METHOD.into(),
-                (crate::compute::flops(&sft.shape, crate::compute::Workload::Forward { tokens })
-                    + crate::compute::flops(
-                        &rm_stage.as_ref().expect("an RM").shape,
-                        crate::compute::Workload::Forward { tokens },
-                    )) as f64,
-            );
+            m.insert(names::FLOPS_METHOD.into(), flops as f64);
         }
         _ => {
             let s = sample(
@@ -304,6 +266,87 @@ pub fn run(cfg: &RunConfig, cache: &Path, work: &Path) -> Result<RunResult> {
         curve,
         wall_seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// The reward model of `cfg.rm`, trained on labelled pairs of SFT samples: the policy's own
+/// (`sft`), or every size's of `rm.sample_from` (one RM for a whole policy-size axis); its
+/// backbone is the SFT model of `rm.size`.
+fn train_rm(
+    cfg: &RunConfig,
+    task: &TldrSynth,
+    tok: &Tokenizer,
+    sft: &Sft,
+    sft_data: &[(Vec<u32>, Vec<u32>)],
+    cache: &Path,
+    device: &Device,
+) -> Result<RmStage> {
+    let backbone = sft_model(cfg, &cfg.rm.size, tok, sft_data, cache, device)?;
+    let others = cfg
+        .rm
+        .sample_from
+        .iter()
+        .map(|s| sft_model(cfg, s, tok, sft_data, cache, device))
+        .collect::<Result<Vec<_>>>()?;
+    let samplers: Vec<&Sft> = if others.is_empty() {
+        vec![sft]
+    } else {
+        others.iter().collect()
+    };
+    reward_model(
+        cfg,
+        &RmInputs {
+            task,
+            tok,
+            samplers: &samplers,
+            backbone: &backbone,
+            sft_data,
+        },
+        cache,
+        device,
+    )
+}
+
+/// The RM's held-out accuracies, labeller agreement, size and cost, and its per-pair gold
+/// agreement.
+fn add_rm_metrics(
+    stage: &RmStage,
+    m: &mut BTreeMap<String, f64>,
+    it: &mut BTreeMap<String, Vec<f64>>,
+) {
+    m.insert(names::RM_ACCURACY.into(), stage.eval_accuracy);
+    m.insert(names::RM_GOLD_ACCURACY.into(), stage.eval_gold_accuracy);
+    m.insert(
+        names::RM_LABELLER_AGREEMENT.into(),
+        stage.labeller_agreement,
+    );
+    m.insert(
+        names::PARAMS_RM.into(),
+        stage.shape.non_embedding_params() as f64,
+    );
+    m.insert(names::FLOPS_RM.into(), stage.flops);
+    m.insert(names::TOKENS_RM.into(), stage.tokens);
+    it.insert(items::RM_GOLD_CORRECT.into(), stage.gold_correct.clone());
+}
+
+/// Best-of-`n`'s tokens and FLOPs: the tokens (query and response) of `n` candidates per prompt,
+/// measured on all `c.n_max`, each a forward pass of the policy and of the RM.
+fn best_of_n_cost(
+    c: &Candidates,
+    n: usize,
+    query_length: usize,
+    policy: &TransformerConfig,
+    rm: &TransformerConfig,
+) -> (u64, u64) {
+    let tokens: u64 = c
+        .ids
+        .iter()
+        .map(|r| (query_length + r.len()) as u64)
+        .sum::<u64>()
+        / c.n_max as u64
+        * n as u64;
+    let flops =
+        flops(policy, Workload::Forward { tokens }) + flops(rm, Workload::Forward { tokens });
+    (tokens, flops)
 }
 
 /// The process's peak resident memory (Linux `VmHWM`), in bytes; NaN elsewhere.

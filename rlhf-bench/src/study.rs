@@ -349,6 +349,36 @@ pub fn preset_points(
 ) -> Result<Vec<Point>> {
     let b = budget(preset)?;
     let wanted: Vec<Axis> = axes.iter().map(|a| Axis::parse(a)).collect::<Result<_>>()?;
+    let base = base_config(&b, device);
+    let values = [
+        rm_volume_points(&b, &base),
+        rm_diversity_points(&base),
+        size_points(&b, &base),
+        samples_per_prompt_points(&b, &base),
+        method_points(&b, &base),
+        kl_budget_points(&b, &base),
+        best_of_n_points(&b, &base),
+        length_control_points(&b, &base),
+        supervision_points(&b.arith, device),
+        supervision_rl_points(&b.arith, device),
+    ]
+    .concat();
+    let mut points = Vec::new();
+    for value in values {
+        if wanted.is_empty() || wanted.contains(&value.axis) {
+            for &seed in seeds {
+                let mut point = value.clone();
+                point.config.seed = seed;
+                points.push(point);
+            }
+        }
+    }
+    Ok(points)
+}
+
+/// The base point's configuration: the budget's task, judge, SFT, RM of the base size and PPO
+/// at the base β (each axis varies it).
+fn base_config(b: &Budget, device: &str) -> RunConfig {
     let mut base = RunConfig {
         device: device.to_string(),
         ..RunConfig::default()
@@ -371,68 +401,99 @@ pub fn preset_points(
     base.method.ppo.prompts_per_batch = b.episodes;
     base.method.ppo.kl = KlController::Fixed { value: b.base_beta };
     base.method.best_of_n_max = b.best_of.iter().copied().max().unwrap_or(1);
-    let on_policy = |kind: MethodKind, n: usize, beta: f64| {
-        let mut c = base.clone();
-        c.method.kind = kind;
-        c.method.ppo.samples_per_prompt = n;
-        c.method.ppo.prompts_per_batch = (b.episodes / n).max(1);
-        c.method.ppo.kl = KlController::Fixed { value: beta };
-        c
-    };
-    let ppo = |beta: f64| on_policy(MethodKind::Ppo, 1, beta);
+    base
+}
+
+/// One value of an axis, as a point with the default seed (`preset_points` makes one per seed).
+fn value(axis: Axis, label: String, x: f64, config: RunConfig) -> Point {
+    Point {
+        axis,
+        label,
+        x,
+        config,
+    }
+}
+
+/// `base` run by the on-policy method `kind` with `n` samples per prompt (the budget's episodes
+/// shared between them) at β = `beta`.
+fn on_policy(b: &Budget, base: &RunConfig, kind: MethodKind, n: usize, beta: f64) -> RunConfig {
+    let mut c = base.clone();
+    c.method.kind = kind;
+    c.method.ppo.samples_per_prompt = n;
+    c.method.ppo.prompts_per_batch = (b.episodes / n).max(1);
+    c.method.ppo.kl = KlController::Fixed { value: beta };
+    c
+}
+
+/// `base` run by PPO at β = `beta`.
+fn ppo(b: &Budget, base: &RunConfig, beta: f64) -> RunConfig {
+    on_policy(b, base, MethodKind::Ppo, 1, beta)
+}
+
+/// `c` without policy optimisation, for RM accuracy against pairs: best-of-1 judges the SFT
+/// policy's samples and the RM scores them.
+fn rm_only(mut c: RunConfig) -> RunConfig {
+    c.method.kind = MethodKind::BestOfN;
+    c.method.best_of_n = 1;
+    c.method.best_of_n_max = 1;
+    c
+}
+
+/// `rm_volume`: the RM's training pairs.
+fn rm_volume_points(b: &Budget, base: &RunConfig) -> Vec<Point> {
+    b.volumes
+        .iter()
+        .map(|&v| {
+            let mut c = base.clone();
+            c.rm.pairs = v;
+            value(Axis::RmVolume, v.to_string(), v as f64, rm_only(c))
+        })
+        .collect()
+}
+
+/// `rm_diversity`: a fixed pair budget, many prompts × 1 pair vs few prompts × 4 pairs.
+fn rm_diversity_points(base: &RunConfig) -> Vec<Point> {
+    [1usize, 4]
+        .iter()
+        .map(|&k| {
+            let mut c = base.clone();
+            c.rm.pairs_per_prompt = k;
+            let label = format!("{k}-per-prompt");
+            value(Axis::RmDiversity, label, k as f64, rm_only(c))
+        })
+        .collect()
+}
+
+/// `rm_size` and `policy_size`, size by size: PPO against an RM of each size, and each size's
+/// policy against one RM of the base size, trained on every policy size's samples.
+fn size_points(b: &Budget, base: &RunConfig) -> Vec<Point> {
     let mut points = Vec::new();
-    let mut add = |axis: Axis, label: String, x: f64, config: RunConfig| {
-        if wanted.is_empty() || wanted.contains(&axis) {
-            for &seed in seeds {
-                let mut config = config.clone();
-                config.seed = seed;
-                points.push(Point {
-                    axis,
-                    label: label.clone(),
-                    x,
-                    config,
-                });
-            }
-        }
-    };
-    // RM accuracy against pairs: no policy optimisation (best-of-1 judges the SFT policy's
-    // samples and the RM scores them)
-    let rm_only = |c: &mut RunConfig| {
-        c.method.kind = MethodKind::BestOfN;
-        c.method.best_of_n = 1;
-        c.method.best_of_n_max = 1;
-    };
-    for &v in &b.volumes {
-        let mut c = base.clone();
-        c.rm.pairs = v;
-        rm_only(&mut c);
-        add(Axis::RmVolume, v.to_string(), v as f64, c);
-    }
-    // a fixed pair budget: many prompts × 1 pair vs few prompts × 4 pairs
-    for &k in &[1usize, 4] {
-        let mut c = base.clone();
-        c.rm.pairs_per_prompt = k;
-        rm_only(&mut c);
-        add(Axis::RmDiversity, format!("{k}-per-prompt"), k as f64, c);
-    }
     for (i, s) in b.sizes.iter().enumerate() {
-        let mut c = ppo(b.base_beta);
+        let mut c = ppo(b, base, b.base_beta);
         c.rm.size = (*s).into();
-        add(Axis::RmSize, (*s).into(), i as f64, c);
-        // one RM, of the base size, trained on every policy size's samples, scores them all
-        let mut c = ppo(b.base_beta);
+        points.push(value(Axis::RmSize, (*s).into(), i as f64, c));
+        let mut c = ppo(b, base, b.base_beta);
         c.sft.policy_size = (*s).into();
         c.rm.sample_from = b.sizes.iter().map(|s| s.to_string()).collect();
-        add(Axis::PolicySize, (*s).into(), i as f64, c);
+        points.push(value(Axis::PolicySize, (*s).into(), i as f64, c));
     }
-    for &n in &b.ns {
-        add(
-            Axis::SamplesPerPrompt,
-            n.to_string(),
-            n as f64,
-            on_policy(MethodKind::Ppo, n, b.base_beta),
-        );
-    }
+    points
+}
+
+/// `samples_per_prompt`: PPO with `n` samples per prompt.
+fn samples_per_prompt_points(b: &Budget, base: &RunConfig) -> Vec<Point> {
+    b.ns.iter()
+        .map(|&n| {
+            let c = on_policy(b, base, MethodKind::Ppo, n, b.base_beta);
+            value(Axis::SamplesPerPrompt, n.to_string(), n as f64, c)
+        })
+        .collect()
+}
+
+/// `method`: each on-policy method at each of its βs (GRPO and RLOO with 4 samples per
+/// prompt), DPO and EXO at each of theirs; x numbers the values.
+fn method_points(b: &Budget, base: &RunConfig) -> Vec<Point> {
+    let mut points = Vec::new();
     let mut x = 0.0;
     for &kind in &b.methods {
         let name = method_name(kind);
@@ -443,12 +504,8 @@ pub fn preset_points(
                 1
             };
             for &beta in &b.method_betas {
-                add(
-                    Axis::Method,
-                    format!("{name}-{beta}"),
-                    x,
-                    on_policy(kind, n, beta),
-                );
+                let c = on_policy(b, base, kind, n, beta);
+                points.push(value(Axis::Method, format!("{name}-{beta}"), x, c));
                 x += 1.0;
             }
         } else {
@@ -456,80 +513,116 @@ pub fn preset_points(
                 let mut c = base.clone();
                 c.method.kind = kind;
                 c.method.dpo_beta = beta;
-                add(Axis::Method, format!("{name}-{beta}"), x, c);
+                points.push(value(Axis::Method, format!("{name}-{beta}"), x, c));
                 x += 1.0;
             }
         }
     }
-    for &beta in &b.kl_betas {
-        let mut c = ppo(beta);
-        c.method.ppo.iterations = b.kl_iterations;
-        add(Axis::KlBudget, beta.to_string(), beta, c);
-    }
-    for &n in &b.best_of {
-        let mut c = base.clone();
-        c.method.kind = MethodKind::BestOfN;
-        c.method.best_of_n = n;
-        add(Axis::BestOfN, n.to_string(), n as f64, c);
-    }
-    add(Axis::LengthControl, "rm".into(), 0.0, ppo(b.base_beta));
-    let mut c = ppo(b.base_beta);
-    c.method.reward = RewardSource::RmLength;
-    add(Axis::LengthControl, "length-only".into(), 1.0, c);
-    // outcome vs process verifiers of arith-steps on the same solutions, then RL against each
-    // (see `crate::arith`)
-    let verifier = |supervision: Supervision, solutions: usize| {
-        let a = &b.arith;
-        let mut c = RunConfig {
-            device: device.to_string(),
-            ..RunConfig::default()
-        };
-        c.task.name = "arith-steps".into();
-        c.task.demos = a.demos;
-        c.task.eval_prompts = a.eval_prompts;
-        c.task.train_prompts = a.rl_prompts;
-        c.task.arith = ArithConfig {
-            max_operand: a.max_operand,
-            terms: a.terms,
-            ood_terms: a.ood_terms,
-            step_error: a.step_error,
-        };
-        c.sft.policy_size = a.size.into();
-        c.sft.epochs = a.sft_epochs;
-        c.sft.batch_size = a.sft_batch;
-        c.sft.lr = a.sft_lr;
-        c.rm.size = a.size.into();
-        c.rm.supervision = supervision;
-        c.rm.pairs = solutions;
-        c.rm.eval_pairs = a.eval_solutions;
-        c.rm.pairs_per_prompt = a.solutions_per_prompt;
-        c.rm.epochs = a.rm_epochs;
-        c.rm.lr = a.rm_lr;
-        c.method.kind = MethodKind::BestOfN;
-        c.method.best_of_n = a.n;
-        c.method.best_of_n_max = a.n;
-        c.judge.samples = a.rl_samples;
-        c.judge.max_new_tokens = a.max_new_tokens;
-        c
+    points
+}
+
+/// `kl_budget`: PPO at each β (0 included), for the budget's `kl_iterations`.
+fn kl_budget_points(b: &Budget, base: &RunConfig) -> Vec<Point> {
+    b.kl_betas
+        .iter()
+        .map(|&beta| {
+            let mut c = ppo(b, base, beta);
+            c.method.ppo.iterations = b.kl_iterations;
+            value(Axis::KlBudget, beta.to_string(), beta, c)
+        })
+        .collect()
+}
+
+/// `best_of_n`: best-of-n against the RM for each n.
+fn best_of_n_points(b: &Budget, base: &RunConfig) -> Vec<Point> {
+    b.best_of
+        .iter()
+        .map(|&n| {
+            let mut c = base.clone();
+            c.method.kind = MethodKind::BestOfN;
+            c.method.best_of_n = n;
+            value(Axis::BestOfN, n.to_string(), n as f64, c)
+        })
+        .collect()
+}
+
+/// `length_control`: PPO against the RM, and against its length-only part.
+fn length_control_points(b: &Budget, base: &RunConfig) -> Vec<Point> {
+    let rm = ppo(b, base, b.base_beta);
+    let mut length_only = ppo(b, base, b.base_beta);
+    length_only.method.reward = RewardSource::RmLength;
+    vec![
+        value(Axis::LengthControl, "rm".into(), 0.0, rm),
+        value(Axis::LengthControl, "length-only".into(), 1.0, length_only),
+    ]
+}
+
+/// The verifiers of the `arith-steps` axes, with their label's word.
+const SUPERVISIONS: [(Supervision, &str); 2] = [
+    (Supervision::Outcome, "outcome"),
+    (Supervision::Process, "process"),
+];
+
+/// An `arith-steps` point: a verifier of `supervision` trained on `solutions` labelled
+/// solutions, picking the best of `a.n` candidates of the SFT policy (see `crate::arith`).
+fn arith_config(
+    a: &ArithBudget,
+    device: &str,
+    supervision: Supervision,
+    solutions: usize,
+) -> RunConfig {
+    let mut c = RunConfig {
+        device: device.to_string(),
+        ..RunConfig::default()
     };
-    let kinds = [
-        (Supervision::Outcome, "outcome"),
-        (Supervision::Process, "process"),
-    ];
-    for (supervision, kind) in kinds {
-        for &v in &b.arith.solutions {
-            add(
-                Axis::Supervision,
-                format!("{kind}-{v}"),
-                v as f64,
-                verifier(supervision, v),
-            );
+    c.task.name = "arith-steps".into();
+    c.task.demos = a.demos;
+    c.task.eval_prompts = a.eval_prompts;
+    c.task.train_prompts = a.rl_prompts;
+    c.task.arith = ArithConfig {
+        max_operand: a.max_operand,
+        terms: a.terms,
+        ood_terms: a.ood_terms,
+        step_error: a.step_error,
+    };
+    c.sft.policy_size = a.size.into();
+    c.sft.epochs = a.sft_epochs;
+    c.sft.batch_size = a.sft_batch;
+    c.sft.lr = a.sft_lr;
+    c.rm.size = a.size.into();
+    c.rm.supervision = supervision;
+    c.rm.pairs = solutions;
+    c.rm.eval_pairs = a.eval_solutions;
+    c.rm.pairs_per_prompt = a.solutions_per_prompt;
+    c.rm.epochs = a.rm_epochs;
+    c.rm.lr = a.rm_lr;
+    c.method.kind = MethodKind::BestOfN;
+    c.method.best_of_n = a.n;
+    c.method.best_of_n_max = a.n;
+    c.judge.samples = a.rl_samples;
+    c.judge.max_new_tokens = a.max_new_tokens;
+    c
+}
+
+/// `supervision`: outcome vs process verifiers of `arith-steps` on the same solutions, per
+/// volume of labelled solutions.
+fn supervision_points(a: &ArithBudget, device: &str) -> Vec<Point> {
+    let mut points = Vec::new();
+    for (supervision, kind) in SUPERVISIONS {
+        for &v in &a.solutions {
+            let c = arith_config(a, device, supervision, v);
+            points.push(value(Axis::Supervision, format!("{kind}-{v}"), v as f64, c));
         }
     }
-    let largest = b.arith.solutions.iter().copied().max().unwrap_or(1);
-    for (i, (supervision, kind)) in kinds.into_iter().enumerate() {
-        let a = &b.arith;
-        let mut c = verifier(supervision, largest);
+    points
+}
+
+/// `supervision_rl`: GRPO against each kind of verifier, trained on the most solutions.
+fn supervision_rl_points(a: &ArithBudget, device: &str) -> Vec<Point> {
+    let largest = a.solutions.iter().copied().max().unwrap_or(1);
+    let mut points = Vec::new();
+    for (i, (supervision, kind)) in SUPERVISIONS.into_iter().enumerate() {
+        let mut c = arith_config(a, device, supervision, largest);
         c.method.kind = MethodKind::Grpo;
         c.method.ppo = PpoConfig {
             iterations: a.rl_iterations,
@@ -544,9 +637,9 @@ pub fn preset_points(
             },
             ..PpoConfig::grpo()
         };
-        add(Axis::SupervisionRl, kind.into(), i as f64, c);
+        points.push(value(Axis::SupervisionRl, kind.into(), i as f64, c));
     }
-    Ok(points)
+    points
 }
 
 /// The git revision of the working directory (`-dirty` when it has uncommitted changes), or

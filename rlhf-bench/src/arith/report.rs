@@ -10,6 +10,7 @@ use crate::findings::{Seed, metric};
 use crate::fits::per_doubling;
 use crate::markdown::show_level;
 use crate::metrics::{arith as am, names};
+use crate::study::PointRecord;
 
 /// What the `supervision` table shows: the verifier's pick in-domain and out of distribution,
 /// the baselines on the same candidates, the verifier's held-out accuracies and its cost.
@@ -48,6 +49,8 @@ pub(crate) fn report_section(md: &mut String, seeds: &[Seed<'_>], axis: Axis) {
     }
 }
 
+/// The `supervision` axis's text: the baselines, the pick accuracy per volume of labelled
+/// solutions, and its trend per doubling of them.
 fn supervision(md: &mut String, seeds: &[Seed<'_>]) {
     // the baselines depend on the seed's candidates only: any point of the seed has them
     let first: Vec<_> = seeds
@@ -57,6 +60,14 @@ fn supervision(md: &mut String, seeds: &[Seed<'_>]) {
     if first.is_empty() {
         return;
     }
+    baselines(md, &first);
+    pick_by_volume(md, seeds);
+    trends(md, seeds);
+}
+
+/// The baselines on the SFT policy's candidates, in-domain and out of distribution, from one
+/// point of each seed.
+fn baselines(md: &mut String, first: &[&PointRecord]) {
     let level = |name: &str| show_level(&first.iter().map(|p| metric(p, name)).collect::<Vec<_>>());
     let _ = writeln!(
         md,
@@ -79,6 +90,11 @@ fn supervision(md: &mut String, seeds: &[Seed<'_>]) {
     ] {
         let _ = writeln!(md, "| {what} | {} | {} |", level(inside), level(outside));
     }
+}
+
+/// Each verifier's pick accuracy per volume of labelled solutions, in-domain and out of
+/// distribution.
+fn pick_by_volume(md: &mut String, seeds: &[Seed<'_>]) {
     let _ = writeln!(
         md,
         "\nEach verifier's pick accuracy per volume of labelled solutions, in-domain and out of distribution:\n\n| solutions | outcome, in-domain | process, in-domain | outcome, OOD | process, OOD |\n| --- | --- | --- | --- | --- |"
@@ -112,6 +128,11 @@ fn supervision(md: &mut String, seeds: &[Seed<'_>]) {
         );
     }
     md.push('\n');
+}
+
+/// Per kind of verifier, in-domain and out of distribution: the change of pick accuracy per
+/// doubling of the labelled solutions.
+fn trends(md: &mut String, seeds: &[Seed<'_>]) {
     for kind in KINDS {
         for (name, place) in [
             (am::PICK, "in-domain"),

@@ -6,10 +6,12 @@
 
 use std::time::Instant;
 
+use burn::tensor::Device;
+
 use rlhf_core::train::seeded;
 use rlhf_core::{Result, Scorer};
-use rlhf_models::ScalarModel;
-use rlhf_ppo::{AdvantageEstimator, PolicyAndValue, PpoInputs, train_ppo};
+use rlhf_models::{CausalLm, ScalarModel};
+use rlhf_ppo::{AdvantageEstimator, PolicyAndValue, PpoConfig, PpoInputs, train_ppo};
 
 use super::Measured;
 use super::policy::{Held, Setup, is_right};
@@ -20,7 +22,7 @@ use crate::config::{MethodKind, RunConfig};
 use crate::judge::{kl_per_prompt, per_prompt, sample};
 use crate::metrics::{arith as am, names};
 use crate::pipeline::{RunResult, peak_memory_bytes};
-use crate::stages::Prompts;
+use crate::stages::{Prompts, Sft};
 use crate::stats::mean;
 
 /// Runs an RL point (see the module documentation).
@@ -49,21 +51,8 @@ pub(crate) fn run_rl(
     for p in &train_prompts {
         pcfg.query_length = pcfg.query_length.max(tok.encode(p)?.len());
     }
-    pcfg.advantage = match cfg.method.kind {
-        MethodKind::Ppo => AdvantageEstimator::Gae,
-        MethodKind::Grpo => AdvantageEstimator::Grpo,
-        MethodKind::Rloo => AdvantageEstimator::Rloo,
-        _ => AdvantageEstimator::ReinforcePp,
-    };
-    let value = pcfg.advantage.needs_critic().then(|| {
-        if pcfg.value_from_reward_model {
-            stage.rm.to_value_model()
-        } else {
-            seeded(&device, cfg.seed.wrapping_add(8), || {
-                ScalarModel::from_backbone(sft.model.clone())
-            })
-        }
-    });
+    pcfg.advantage = advantage_for(cfg.method.kind);
+    let value = initial_critic(&pcfg, &stage, &sft, cfg.seed, &device);
     let method_start = Instant::now();
     let inputs = PpoInputs {
         reference: &sft.model,
@@ -81,7 +70,59 @@ pub(crate) fn run_rl(
         &quiet_in(work.join("ppo")),
         &device,
     )?;
-    let policy = models.policy;
+    add_method_cost(&mut out, &pcfg, &sft, &stage, report.iterations);
+    out.metric(names::ITERATIONS, report.iterations as f64);
+    out.metric(names::TIME_METHOD, method_start.elapsed().as_secs_f64());
+
+    judge_pass1(&setup, &sft, &models.policy, &scorer, &device, &mut out)?;
+    out.metric(names::MEMORY_PEAK, peak_memory_bytes());
+    Ok(RunResult {
+        metrics: out.metrics,
+        items: out.items,
+        curve: Vec::new(),
+        wall_seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// The advantage estimator of the on-policy method `kind`.
+fn advantage_for(kind: MethodKind) -> AdvantageEstimator {
+    match kind {
+        MethodKind::Ppo => AdvantageEstimator::Gae,
+        MethodKind::Grpo => AdvantageEstimator::Grpo,
+        MethodKind::Rloo => AdvantageEstimator::Rloo,
+        _ => AdvantageEstimator::ReinforcePp,
+    }
+}
+
+/// The critic, when the estimator needs one: the verifier's model, or (switched off) the SFT
+/// policy with a fresh head seeded by `seed + 8`.
+fn initial_critic(
+    pcfg: &PpoConfig,
+    stage: &verifier::Stage,
+    sft: &Sft,
+    seed: u64,
+    device: &Device,
+) -> Option<ScalarModel> {
+    pcfg.advantage.needs_critic().then(|| {
+        if pcfg.value_from_reward_model {
+            stage.rm.to_value_model()
+        } else {
+            seeded(device, seed.wrapping_add(8), || {
+                ScalarModel::from_backbone(sft.model.clone())
+            })
+        }
+    })
+}
+
+/// The RL stage's FLOPs and tokens over its `iterations` (responses counted at their full
+/// `response_length`).
+fn add_method_cost(
+    out: &mut Measured,
+    pcfg: &PpoConfig,
+    sft: &Sft,
+    stage: &verifier::Stage,
+    iterations: u64,
+) {
     let critic = pcfg.advantage.needs_critic().then_some(&stage.rm.config);
     let per_iteration = ppo_iteration_flops(
         &sft.shape,
@@ -92,27 +133,34 @@ pub(crate) fn run_rl(
         pcfg.response_length as u64,
         pcfg.ppo_epochs as u64,
     );
-    out.metric(
-        names::FLOPS_METHOD,
-        (per_iteration * report.iterations) as f64,
-    );
+    out.metric(names::FLOPS_METHOD, (per_iteration * iterations) as f64);
     out.metric(
         names::TOKENS_METHOD,
-        (report.iterations
+        (iterations
             * pcfg.batch_size() as u64
             * (pcfg.query_length + pcfg.response_length) as u64
             * pcfg.ppo_epochs as u64) as f64,
     );
-    out.metric(names::ITERATIONS, report.iterations as f64);
-    out.metric(names::TIME_METHOD, method_start.elapsed().as_secs_f64());
+}
 
-    // the judge: pass@1 before (the SFT policy's candidates) and after, per held-out prompt
+/// The judge: pass@1 before (the SFT policy's candidates) and after RL (`policy`'s samples),
+/// per held-out prompt, in-domain and out of distribution; in-domain also the verifier's mean
+/// score of both and the KL of `policy` to the SFT policy.
+fn judge_pass1(
+    setup: &Setup<'_>,
+    sft: &Sft,
+    policy: &CausalLm,
+    scorer: &dyn Scorer,
+    device: &Device,
+    out: &mut Measured,
+) -> Result<()> {
+    let (cfg, tok) = (setup.cfg, &setup.tok);
     let j = &cfg.judge;
     for (held, before, after) in [
         (Held::InDomain, am::PASS1_BEFORE, am::PASS1_AFTER),
         (Held::Ood, am::PASS1_BEFORE_OOD, am::PASS1_AFTER_OOD),
     ] {
-        let c = setup.candidates(&sft, held)?;
+        let c = setup.candidates(sft, held)?;
         let right = |texts: &[String], k: usize| -> Vec<f64> {
             let r: Vec<f64> = texts
                 .iter()
@@ -123,7 +171,7 @@ pub(crate) fn run_rl(
         };
         out.per_prompt(before, right(&c.texts, c.n));
         let s = sample(
-            &policy,
+            policy,
             tok,
             &c.prompts,
             j.samples,
@@ -133,7 +181,7 @@ pub(crate) fn run_rl(
         )?;
         out.per_prompt(after, right(&s.texts, s.k));
         if held == Held::InDomain {
-            out.metric(am::VERIFIER_BEFORE, mean(&c.score(&scorer)?));
+            out.metric(am::VERIFIER_BEFORE, mean(&c.score(scorer)?));
             let prompts: Vec<&str> = c
                 .prompts
                 .iter()
@@ -146,22 +194,16 @@ pub(crate) fn run_rl(
                 mean(&after_scores.into_iter().map(f64::from).collect::<Vec<_>>()),
             );
             let kl = kl_per_prompt(
-                &policy,
+                policy,
                 &sft.model,
                 tok,
                 &c.prompts,
                 &s,
                 j.temperature,
-                &device,
+                device,
             )?;
             out.metric(names::KL, mean(&kl));
         }
     }
-    out.metric(names::MEMORY_PEAK, peak_memory_bytes());
-    Ok(RunResult {
-        metrics: out.metrics,
-        items: out.items,
-        curve: Vec::new(),
-        wall_seconds: start.elapsed().as_secs_f64(),
-    })
+    Ok(())
 }
