@@ -22,10 +22,6 @@ const TO_SPLIT: &[(&str, &str)] = &[
     ("rlhf-bench/src/pipeline.rs", "run"),
     ("rlhf-bench/src/study.rs", "preset_points"),
     ("rlhf-bench/src/user.rs", "run_preferences"),
-    ("rlhf-cli/src/commands/online_dpo.rs", "run"),
-    ("rlhf-cli/src/commands/onpolicy.rs", "run"),
-    ("rlhf-cli/src/commands/rm.rs", "run"),
-    ("rlhf-cli/src/plot.rs", "svg_chart"),
     ("rlhf-dpo/src/online_dpo.rs", "train_online_dpo"),
     ("rlhf-ppo/src/trainer.rs", "train_ppo"),
 ];
