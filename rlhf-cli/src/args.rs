@@ -7,7 +7,7 @@ use anyhow::{Result, bail};
 use burn::tensor::Device;
 use clap::{Args, Command, FromArgMatches, ValueEnum};
 use rlhf_core::train::{LrSchedule, OptimizerConfig, Replicas, RunOptions};
-use rlhf_data::{FieldNames, Kind, ReadOptions};
+use rlhf_data::{FieldNames, Kind, ReadOptions, detect_kind};
 use rlhf_models::LoraConfig;
 use serde::{Deserialize, Serialize};
 
@@ -64,6 +64,14 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
+    /// `--model` and `--out`, both required.
+    pub fn model_and_out(&self) -> Result<(&Path, &Path)> {
+        let (Some(dir), Some(out)) = (&self.model, &self.out) else {
+            bail!("--model DIR and --out DIR are required (or `model`, `out` in the config file)");
+        };
+        Ok((dir, out))
+    }
+
     /// The training device: `--device` with autodiff, and gradient checkpointing when asked.
     pub fn training_device(&self) -> Result<Device> {
         self.autodiff(self.devices.first().unwrap_or(&self.device))
@@ -179,16 +187,30 @@ pub fn kind_str(k: Kind) -> &'static str {
     }
 }
 
+/// How to read a file whose prompts are in the field `prompt_field` (skipping the records that
+/// do not read when `skip_bad`).
+pub fn read_options(prompt_field: &str, skip_bad: bool) -> ReadOptions {
+    ReadOptions {
+        fields: FieldNames {
+            prompt: prompt_field.to_string(),
+            ..FieldNames::default()
+        },
+        skip_bad,
+        ..ReadOptions::default()
+    }
+}
+
 impl DataArgs {
     /// How to read the files.
     pub fn read_options(&self) -> ReadOptions {
-        ReadOptions {
-            fields: FieldNames {
-                prompt: self.prompt_field.clone(),
-                ..FieldNames::default()
-            },
-            skip_bad: self.skip_bad,
-            ..ReadOptions::default()
+        read_options(&self.prompt_field, self.skip_bad)
+    }
+
+    /// The records' kind: `--kind`, or the kind the training file's fields tell.
+    pub fn record_kind(&self) -> Result<Kind> {
+        match self.kind {
+            Some(k) => Ok(k),
+            None => Ok(detect_kind(self.data()?, &self.read_options())?),
         }
     }
 
@@ -362,12 +384,28 @@ impl TrainArgs {
 
     /// Checkpoints, metrics and progress in `out`.
     pub fn run_options(&self, out: &Path) -> RunOptions {
-        RunOptions {
-            checkpoint_every: self.save_steps,
-            keep_last: self.save_total_limit.max(1),
-            log_every: self.logging_steps.max(1),
-            ..RunOptions::in_dir(out)
-        }
+        run_options(
+            out,
+            self.save_steps,
+            self.save_total_limit,
+            self.logging_steps,
+        )
+    }
+}
+
+/// Checkpoints, metrics and progress in `out`: a checkpoint every `save_steps` steps (the last
+/// `save_total_limit` kept), a progress line every `logging_steps`.
+pub fn run_options(
+    out: &Path,
+    save_steps: u64,
+    save_total_limit: usize,
+    logging_steps: u64,
+) -> RunOptions {
+    RunOptions {
+        checkpoint_every: save_steps,
+        keep_last: save_total_limit.max(1),
+        log_every: logging_steps.max(1),
+        ..RunOptions::in_dir(out)
     }
 }
 

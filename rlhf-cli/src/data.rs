@@ -252,6 +252,23 @@ pub fn outcome_examples(records: &[UnpairedRecord], enc: &Encoder) -> Result<Vec
         .collect()
 }
 
+/// Demonstrations (prompt/completion, messages or text records) as `(prompt, completion)` tokens.
+pub fn demonstrations(
+    path: &Path,
+    opts: &ReadOptions,
+    enc: &Encoder,
+) -> Result<Vec<(Vec<u32>, Vec<u32>)>> {
+    read::<SftRecord>(path, opts)?
+        .iter()
+        .map(|r| {
+            Ok((
+                enc.prompt(&r.prompt)?.1,
+                enc.response(&r.prompt, &r.completion)?,
+            ))
+        })
+        .collect()
+}
+
 /// Prompts with their texts rendered, and each record's other fields (a verifier's reference).
 pub struct Prompts {
     /// The rendered prompt texts.

@@ -1,6 +1,13 @@
 //! Line charts as SVG (plotters, no font files): the learning curves of `rlhf plot` and the
 //! study's report plots.
 
+use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
+use plotters::prelude::{
+    BLACK, Cartesian2d, ChartBuilder, ChartContext, Circle, Color, DrawingArea, IntoDrawingArea,
+    IntoFont, LineSeries, PathElement, RGBColor, Rectangle, SVGBackend, Text, WHITE,
+};
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use rlhf_core::{Error, Result};
 
 /// A named series of `(x, y, error bar)` points.
@@ -18,48 +25,9 @@ pub fn svg_chart(
     log_x: bool,
 ) -> Result<String> {
     let mut svg = String::new();
-    let draw = |svg: &mut String| -> std::result::Result<(), Box<dyn std::error::Error>> {
-        use plotters::prelude::*;
-        use plotters::style::text_anchor::{HPos, Pos, VPos};
-
+    let draw = |svg: &mut String| -> DrawResult {
         let tx = |x: f64| if log_x { x.max(1e-12).log2() } else { x };
-        let all: Vec<(f64, f64, f64)> = series
-            .iter()
-            .flat_map(|s| s.1.iter().copied())
-            .filter(|p| p.1.is_finite())
-            .collect();
-        let (mut x0, mut x1) = all.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |a, p| {
-            (a.0.min(tx(p.0)), a.1.max(tx(p.0)))
-        });
-        let (mut y0, mut y1) = all.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |a, p| {
-            let e = if p.2.is_finite() { p.2 } else { 0.0 };
-            (a.0.min(p.1 - e), a.1.max(p.1 + e))
-        });
-        if !x0.is_finite() {
-            (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
-        }
-        let xpad = if x1 - x0 < 1e-12 {
-            0.5
-        } else {
-            0.05 * (x1 - x0)
-        };
-        let ypad = if y1 - y0 < 1e-12 {
-            0.5
-        } else {
-            0.08 * (y1 - y0)
-        };
-        let (x0, x1, y0, y1) = (x0 - xpad, x1 + xpad, y0 - ypad, y1 + ypad);
-        let colours = [
-            RGBColor(0x1f, 0x77, 0xb4),
-            RGBColor(0xd6, 0x27, 0x28),
-            RGBColor(0x2c, 0xa0, 0x2c),
-            RGBColor(0x94, 0x67, 0xbd),
-            RGBColor(0xff, 0x7f, 0x0e),
-            RGBColor(0x8c, 0x56, 0x4b),
-            RGBColor(0x17, 0xbe, 0xcf),
-            RGBColor(0xe3, 0x77, 0xc2),
-            RGBColor(0x7f, 0x7f, 0x7f),
-        ];
+        let (x0, x1, y0, y1) = padded_extent(series, tx);
 
         let root = SVGBackend::with_string(svg, (680, 400)).into_drawing_area();
         root.fill(&WHITE)?;
@@ -96,41 +64,102 @@ pub fn svg_chart(
             ))?;
         }
         for (i, (name, pts)) in series.iter().enumerate() {
-            let c = colours[i % colours.len()];
             let pts: Vec<(f64, f64, f64)> = pts
                 .iter()
                 .filter(|p| p.1.is_finite())
                 .map(|p| (tx(p.0), p.1, p.2))
                 .collect();
-            chart.draw_series(LineSeries::new(
-                pts.iter().map(|p| (p.0, p.1)),
-                c.stroke_width(2),
-            ))?;
-            let y = 50 + 20 * i as i32;
-            legend.draw(&Rectangle::new([(8, y - 6), (20, y + 6)], c.filled()))?;
-            legend.draw(&Text::new(
-                name.clone(),
-                (26, y),
-                ("sans-serif", 12)
-                    .into_font()
-                    .color(&BLACK)
-                    .pos(Pos::new(HPos::Left, VPos::Center)),
-            ))?;
-            // markers on the study's few points, a plain line on a learning curve's many
-            if pts.len() <= 40 {
-                chart.draw_series(pts.iter().map(|p| Circle::new((p.0, p.1), 4, c.filled())))?;
-            }
-            chart.draw_series(
-                pts.iter()
-                    .filter(|p| p.2.is_finite() && p.2 > 0.0)
-                    .map(|p| PathElement::new(vec![(p.0, p.1 - p.2), (p.0, p.1 + p.2)], c)),
-            )?;
+            draw_series(&mut chart, &legend, i, name, &pts)?;
         }
         root.present()?;
         Ok(())
     };
     draw(&mut svg).map_err(|e| Error::Config(format!("plot {title:?}: {e}")))?;
     Ok(svg)
+}
+
+/// What drawing with plotters returns.
+type DrawResult = std::result::Result<(), Box<dyn std::error::Error>>;
+
+/// The series' colours in turn (matplotlib's tab10).
+const COLOURS: [RGBColor; 9] = [
+    RGBColor(0x1f, 0x77, 0xb4),
+    RGBColor(0xd6, 0x27, 0x28),
+    RGBColor(0x2c, 0xa0, 0x2c),
+    RGBColor(0x94, 0x67, 0xbd),
+    RGBColor(0xff, 0x7f, 0x0e),
+    RGBColor(0x8c, 0x56, 0x4b),
+    RGBColor(0x17, 0xbe, 0xcf),
+    RGBColor(0xe3, 0x77, 0xc2),
+    RGBColor(0x7f, 0x7f, 0x7f),
+];
+
+/// The axes' ranges `(x0, x1, y0, y1)`: the extent of the points with a finite y (x through
+/// `tx`, y with its error bar), or the unit square without any, padded by 5% in x and 8% in y
+/// (by 0.5 where the extent is a single value).
+fn padded_extent(series: &[Series], tx: impl Fn(f64) -> f64) -> (f64, f64, f64, f64) {
+    let all: Vec<(f64, f64, f64)> = series
+        .iter()
+        .flat_map(|s| s.1.iter().copied())
+        .filter(|p| p.1.is_finite())
+        .collect();
+    let (mut x0, mut x1) = all.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |a, p| {
+        (a.0.min(tx(p.0)), a.1.max(tx(p.0)))
+    });
+    let (mut y0, mut y1) = all.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |a, p| {
+        let e = if p.2.is_finite() { p.2 } else { 0.0 };
+        (a.0.min(p.1 - e), a.1.max(p.1 + e))
+    });
+    if !x0.is_finite() {
+        (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
+    }
+    let xpad = if x1 - x0 < 1e-12 {
+        0.5
+    } else {
+        0.05 * (x1 - x0)
+    };
+    let ypad = if y1 - y0 < 1e-12 {
+        0.5
+    } else {
+        0.08 * (y1 - y0)
+    };
+    (x0 - xpad, x1 + xpad, y0 - ypad, y1 + ypad)
+}
+
+/// The `i`th series, its points `pts` in the chart's coordinates: its line, its legend entry,
+/// markers on each point when there are few, and its error bars.
+fn draw_series(
+    chart: &mut ChartContext<'_, SVGBackend<'_>, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    legend: &DrawingArea<SVGBackend<'_>, Shift>,
+    i: usize,
+    name: &str,
+    pts: &[(f64, f64, f64)],
+) -> DrawResult {
+    let c = COLOURS[i % COLOURS.len()];
+    chart.draw_series(LineSeries::new(
+        pts.iter().map(|p| (p.0, p.1)),
+        c.stroke_width(2),
+    ))?;
+    let y = 50 + 20 * i as i32;
+    legend.draw(&Rectangle::new([(8, y - 6), (20, y + 6)], c.filled()))?;
+    legend.draw(&Text::new(
+        name.to_string(),
+        (26, y),
+        ("sans-serif", 12)
+            .into_font()
+            .color(&BLACK)
+            .pos(Pos::new(HPos::Left, VPos::Center)),
+    ))?;
+    // markers on the study's few points, a plain line on a learning curve's many
+    if pts.len() <= 40 {
+        chart.draw_series(pts.iter().map(|p| Circle::new((p.0, p.1), 4, c.filled())))?;
+    }
+    chart.draw_series(
+        pts.iter()
+            .filter(|p| p.2.is_finite() && p.2 > 0.0)
+            .map(|p| PathElement::new(vec![(p.0, p.1 - p.2), (p.0, p.1 + p.2)], c)),
+    )?;
+    Ok(())
 }
 
 fn short(v: f64) -> String {

@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
-use rlhf_data::{FieldNames, Kind, ReadOptions, Tokenizer, detect_kind, inspect};
+use rlhf_data::{Kind, ReadOptions, Tokenizer, detect_kind, inspect};
+
+use crate::args::read_options;
 
 /// `rlhf check` options.
 #[derive(Args, Debug, Clone)]
@@ -32,13 +34,8 @@ pub struct CheckArgs {
 /// Prints what the read found; exits with 1 when a record is bad (unless `--skip-bad`).
 pub fn run(args: &CheckArgs) -> Result<ExitCode> {
     let opts = ReadOptions {
-        fields: FieldNames {
-            prompt: args.prompt_field.clone(),
-            ..FieldNames::default()
-        },
-        skip_bad: args.skip_bad,
         max_errors: args.max_errors,
-        ..ReadOptions::default()
+        ..read_options(&args.prompt_field, args.skip_bad)
     };
     let kind = match args.kind {
         Some(k) => k,

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use clap::{ArgAction, Args, ValueEnum};
-use rlhf_data::{Kind, KwiseRecord, PreferenceRecord, detect_kind};
+use rlhf_data::{Kind, KwiseRecord, PreferenceRecord};
 use rlhf_dpo::{DpoConfig, Group, OfflineLoss, RefCache, train_offline};
 use serde::{Deserialize, Serialize};
 
@@ -144,10 +144,7 @@ impl DpoArgs {
 
 /// The training and held-out groups of the data file.
 fn groups(args: &DpoArgs, enc: &Encoder) -> Result<(Vec<Group>, Vec<Group>)> {
-    let kind = match args.data.kind {
-        Some(k) => k,
-        None => detect_kind(args.data.data()?, &args.data.read_options())?,
-    };
+    let kind = args.data.record_kind()?;
     match kind {
         Kind::Preference => {
             let (train, eval) =

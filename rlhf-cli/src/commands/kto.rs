@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use clap::{ArgAction, Args};
 use rlhf_core::train::RunOptions;
-use rlhf_data::{Kind, PreferenceRecord, UnpairedRecord, detect_kind};
+use rlhf_data::{Kind, PreferenceRecord, UnpairedRecord};
 use rlhf_dpo::{KtoConfig, KtoExample, RefCache, kto_batches, train_kto};
 use serde::{Deserialize, Serialize};
 
@@ -133,10 +133,7 @@ fn unpaired(records: Vec<PreferenceRecord>) -> Vec<(rlhf_data::Turns, rlhf_data:
 
 /// The training and held-out examples of the data file.
 fn data(args: &KtoArgs, enc: &Encoder) -> Result<(Vec<KtoExample>, Vec<KtoExample>)> {
-    let kind = match args.data.kind {
-        Some(k) => k,
-        None => detect_kind(args.data.data()?, &args.data.read_options())?,
-    };
+    let kind = args.data.record_kind()?;
     let (train, eval) = match kind {
         Kind::Unpaired => {
             let (train, eval) =

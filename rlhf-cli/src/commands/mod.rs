@@ -1,6 +1,6 @@
 //! One module per subcommand; what the training commands share is here.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 use burn::tensor::Device;
@@ -11,6 +11,7 @@ use rlhf_models::CausalLm;
 use crate::args::{DataArgs, LoraArgs, ModelArgs, TrainArgs};
 use crate::load::{self, Checkpoint};
 use crate::output;
+use crate::reward::Spec;
 
 pub mod check;
 pub mod dpo;
@@ -22,6 +23,28 @@ pub mod onpolicy;
 pub mod plot;
 pub mod rm;
 pub mod sft;
+
+/// The prompt file and the parsed reward of the commands that sample and score (`--prompts`,
+/// `--reward`), both required.
+pub fn prompts_and_reward<'a>(
+    prompts: Option<&'a Path>,
+    reward: Option<&str>,
+) -> Result<(&'a Path, Spec)> {
+    let Some(prompt_file) = prompts else {
+        bail!("--prompts FILE is required (or `prompts` in the config file)");
+    };
+    let Some(reward) = reward else {
+        bail!(
+            "--reward SPEC is required: a reward-model directory, exact-match[:FIELD], regex:PATTERN, length[:SCALE], judge:DIR or a combination"
+        );
+    };
+    Ok((prompt_file, reward.parse()?))
+}
+
+/// The value of the metric `name` among a report's last metrics (NaN when it was not logged).
+pub fn last_metric(last: &[(&str, f64)], name: &str) -> f64 {
+    last.iter().find(|m| m.0 == name).map_or(f64::NAN, |m| m.1)
+}
 
 /// What every training command starts with: the checkpoint on the training device and the
 /// output directory.

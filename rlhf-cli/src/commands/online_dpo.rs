@@ -6,15 +6,17 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{ArgAction, Args, ValueEnum};
+use rlhf_core::train::OptimizerConfig;
 use rlhf_core::train::metrics::names;
-use rlhf_core::train::{OptimizerConfig, RunOptions};
 use rlhf_dpo::{OfflineLoss, OnlineDpoConfig, OnlineDpoInputs, train_online_dpo};
 use rlhf_models::SamplingConfig;
 use serde::{Deserialize, Serialize};
 
-use crate::args::{LoraArgs, ModelArgs, Scheduler, defaults_from_clap, schedule};
+use crate::args::{
+    LoraArgs, ModelArgs, Scheduler, defaults_from_clap, read_options, run_options, schedule,
+};
+use crate::commands::{last_metric, prompts_and_reward};
 use crate::data::prompts;
-use crate::reward::Spec;
 use crate::{load, output};
 
 /// TRL's `OnlineDPOConfig.learning_rate`.
@@ -199,21 +201,11 @@ impl OnlineDpoArgs {
 
 /// Trains and writes the policy.
 pub fn run(args: &OnlineDpoArgs, toml: &str) -> Result<()> {
-    let (Some(dir), Some(out)) = (&args.model.model, &args.model.out) else {
-        bail!("--model DIR and --out DIR are required (or `model`, `out` in the config file)");
-    };
+    let (dir, out) = args.model.model_and_out()?;
     if out == dir {
         bail!("--out must not be the --model directory: the model there would be overwritten");
     }
-    let Some(prompt_file) = &args.prompts else {
-        bail!("--prompts FILE is required (or `prompts` in the config file)");
-    };
-    let Some(reward) = &args.reward else {
-        bail!(
-            "--reward SPEC is required: a reward-model directory, exact-match[:FIELD], regex:PATTERN, length[:SCALE], judge:DIR or a combination"
-        );
-    };
-    let spec: Spec = reward.parse()?;
+    let (prompt_file, spec) = prompts_and_reward(args.prompts.as_deref(), args.reward.as_deref())?;
     let cfg = args.config(args.total_steps());
     cfg.validate()?;
     if args.model.devices.len() > 1 {
@@ -225,14 +217,7 @@ pub fn run(args: &OnlineDpoArgs, toml: &str) -> Result<()> {
     let device = args.model.training_device()?;
     let ckpt = load::checkpoint(dir, &device, args.chat_template.as_deref())?;
     let reference = load::reference(args.ref_model.as_deref(), &ckpt, &device)?;
-    let opts = rlhf_data::ReadOptions {
-        fields: rlhf_data::FieldNames {
-            prompt: args.prompt_field.clone(),
-            ..Default::default()
-        },
-        skip_bad: args.skip_bad,
-        ..Default::default()
-    };
+    let opts = read_options(&args.prompt_field, args.skip_bad);
     let prompts = prompts(prompt_file, &opts, &ckpt.format)?;
     let inference = device.clone().without_autodiff();
     let scorer = spec.build(&ckpt.tokenizer, &prompts, &inference, &mut Vec::new())?;
@@ -258,12 +243,12 @@ pub fn run(args: &OnlineDpoArgs, toml: &str) -> Result<()> {
         eval: None,
         eval_every: 0,
     };
-    let run = RunOptions {
-        checkpoint_every: args.save_steps,
-        keep_last: args.save_total_limit.max(1),
-        log_every: args.logging_steps.max(1),
-        ..RunOptions::in_dir(out)
-    };
+    let run = run_options(
+        out,
+        args.save_steps,
+        args.save_total_limit,
+        args.logging_steps,
+    );
     let (policy, report) = train_online_dpo(
         load::policy(ckpt.model.clone(), &ckpt.config, &args.lora, args.seed)?,
         &inputs,
@@ -273,21 +258,14 @@ pub fn run(args: &OnlineDpoArgs, toml: &str) -> Result<()> {
     )
     .context("rlhf online-dpo")?;
     output::save_causal(out, &policy, &ckpt.config, &ckpt.tokenizer, dir, &args.lora)?;
-    let get = |n: &str| {
-        report
-            .last
-            .iter()
-            .find(|m| m.0 == n)
-            .map_or(f64::NAN, |m| m.1)
-    };
     tracing::info!(
         "online-dpo: {} rounds ({} this run, {} steps); last: scores {:.4}, margin {:.4}, KL {:.4}",
         report.rounds,
         report.rounds_this_run,
         report.steps_this_run,
-        get(names::OBJECTIVE_SCORES),
-        get(names::REWARDS_MARGINS),
-        get(names::OBJECTIVE_KL)
+        last_metric(&report.last, names::OBJECTIVE_SCORES),
+        last_metric(&report.last, names::REWARDS_MARGINS),
+        last_metric(&report.last, names::OBJECTIVE_KL)
     );
     Ok(())
 }

@@ -4,19 +4,23 @@
 //! (`PpoConfig::default()`, the TL;DR reproduction; `::grpo()`; `::rloo()`; `::reinforce_pp()`;
 //! `::dapo(…)`; `::gspo()`; `::cispo()`), and every field of it is a flag.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use burn::tensor::Device;
 use clap::{Args, ValueEnum};
+use rlhf_core::train::metrics::names;
 use rlhf_core::train::{OptimizerConfig, RunOptions};
 use rlhf_core::{KlController, KlEstimator, LossAggregation, PolicyObjective};
-use rlhf_data::SftRecord;
-use rlhf_models::ScalarModel;
+use rlhf_data::{ReadOptions, Tokenizer};
+use rlhf_models::{CausalLm, ScalarModel};
 use rlhf_ppo::{PolicyAndValue, PpoConfig, PpoInputs, train_ppo};
 use serde::{Deserialize, Serialize};
 
-use crate::args::{LoraArgs, ModelArgs, defaults_from_clap};
-use crate::data::{Encoder, prompts, read};
+use crate::args::{LoraArgs, ModelArgs, defaults_from_clap, read_options, run_options};
+use crate::commands::{last_metric, prompts_and_reward};
+use crate::data::{Encoder, demonstrations, prompts};
+use crate::load::Checkpoint;
 use crate::reward::Spec;
 use crate::{load, output};
 
@@ -522,40 +526,100 @@ impl OnPolicyArgs {
     }
 }
 
-/// Trains and writes the policy.
-pub fn run(method: Method, args: &OnPolicyArgs, toml: &str) -> Result<()> {
-    let (Some(dir), Some(out)) = (&args.model.model, &args.model.out) else {
-        bail!("--model DIR and --out DIR are required (or `model`, `out` in the config file)");
-    };
-    let Some(prompt_file) = &args.prompts else {
-        bail!("--prompts FILE is required (or `prompts` in the config file)");
-    };
-    let Some(reward) = &args.reward else {
-        bail!(
-            "--reward SPEC is required: a reward-model directory, exact-match[:FIELD], regex:PATTERN, length[:SCALE], judge:DIR or a combination"
-        );
-    };
-    let spec: Spec = reward.parse()?;
-    let device = args.model.training_device()?;
-    let ckpt = load::checkpoint(dir, &device, args.chat_template.as_deref())?;
-    let reference = load::reference(args.ref_model.as_deref(), &ckpt, &device)?;
-    let opts = rlhf_data::ReadOptions {
-        fields: rlhf_data::FieldNames {
-            prompt: args.prompt_field.clone(),
-            ..Default::default()
-        },
-        skip_bad: args.skip_bad,
-        ..Default::default()
-    };
-    let prompts = prompts(prompt_file, &opts, &ckpt.format)?;
-    let longest = prompts
-        .texts
+/// The longest prompt's token count (1 without prompts).
+fn longest_prompt(tokenizer: &Tokenizer, texts: &[String]) -> Result<usize> {
+    Ok(texts
         .iter()
-        .map(|p| Ok(ckpt.tokenizer.encode(p)?.len()))
+        .map(|p| Ok(tokenizer.encode(p)?.len()))
         .collect::<rlhf_core::Result<Vec<_>>>()?
         .into_iter()
         .max()
-        .unwrap_or(1);
+        .unwrap_or(1))
+}
+
+/// PPO-ptx's demonstrations (none when `ptx_coef` is 0), their prompts cut to the query length
+/// and their completions to four times the response length.
+fn ptx_demonstrations(
+    args: &OnPolicyArgs,
+    cfg: &PpoConfig,
+    ckpt: &Checkpoint,
+    opts: &ReadOptions,
+) -> Result<Vec<(Vec<u32>, Vec<u32>)>> {
+    match (&args.ptx_data, cfg.ptx_coef > 0.0) {
+        (Some(file), true) => {
+            let enc = Encoder {
+                tokenizer: &ckpt.tokenizer,
+                format: &ckpt.format,
+                max_prompt: cfg.query_length,
+                max_response: cfg.response_length.max(1) * 4,
+            };
+            demonstrations(file, opts, &enc)
+        }
+        (None, true) => bail!("--ptx-coef > 0 needs --ptx-data FILE"),
+        _ => Ok(Vec::new()),
+    }
+}
+
+/// The critic, when the advantage needs one: `--critic`, else the reward model when `--reward`
+/// loaded exactly one and `value_from_reward_model` asks for it, else the policy with a fresh
+/// value head.
+fn critic(
+    args: &OnPolicyArgs,
+    cfg: &PpoConfig,
+    spec: &Spec,
+    loaded_rms: usize,
+    ckpt: &Checkpoint,
+    device: &Device,
+) -> Result<Option<ScalarModel>> {
+    Ok(if !cfg.advantage.needs_critic() {
+        None
+    } else if let Some(dir) = &args.critic {
+        Some(load::reward_model(dir, device, args.seed)?.model)
+    } else if cfg.value_from_reward_model && loaded_rms == 1 {
+        tracing::info!("critic: the reward model (TL;DR detail 6)");
+        Some(load::reward_model(spec.models()[0], device, args.seed)?.model)
+    } else {
+        tracing::info!("critic: the policy with a fresh value head");
+        Some(load::fresh_scalar(ckpt.model.clone(), args.seed))
+    })
+}
+
+/// Checkpoints, metrics and progress in `out`, on the replicas that the models' dropout allows
+/// as they will train (off unless --disable-dropout false).
+fn run_options_on_replicas(
+    args: &OnPolicyArgs,
+    out: &Path,
+    cfg: &PpoConfig,
+    policy: &CausalLm,
+    critic: Option<&ScalarModel>,
+) -> Result<RunOptions> {
+    let dropout = if cfg.disable_dropout {
+        0.0
+    } else {
+        let critic = critic.map_or(0.0, |c| c.backbone.dropout());
+        policy.dropout().max(critic)
+    };
+    Ok(RunOptions {
+        replicas: args.model.replicas(dropout)?,
+        ..run_options(
+            out,
+            args.save_steps,
+            args.save_total_limit,
+            args.logging_steps,
+        )
+    })
+}
+
+/// Trains and writes the policy.
+pub fn run(method: Method, args: &OnPolicyArgs, toml: &str) -> Result<()> {
+    let (dir, out) = args.model.model_and_out()?;
+    let (prompt_file, spec) = prompts_and_reward(args.prompts.as_deref(), args.reward.as_deref())?;
+    let device = args.model.training_device()?;
+    let ckpt = load::checkpoint(dir, &device, args.chat_template.as_deref())?;
+    let reference = load::reference(args.ref_model.as_deref(), &ckpt, &device)?;
+    let opts = read_options(&args.prompt_field, args.skip_bad);
+    let prompts = prompts(prompt_file, &opts, &ckpt.format)?;
+    let longest = longest_prompt(&ckpt.tokenizer, &prompts.texts)?;
     if args.loss_type == Some(LossType::Cispo)
         && args.importance_sampling_level == Some(SamplingLevel::Sequence)
     {
@@ -566,38 +630,8 @@ pub fn run(method: Method, args: &OnPolicyArgs, toml: &str) -> Result<()> {
     let inference = device.clone().without_autodiff();
     let mut loaded_rms = Vec::new();
     let scorer = spec.build(&ckpt.tokenizer, &prompts, &inference, &mut loaded_rms)?;
-    let demonstrations = match (&args.ptx_data, cfg.ptx_coef > 0.0) {
-        (Some(file), true) => {
-            let enc = Encoder {
-                tokenizer: &ckpt.tokenizer,
-                format: &ckpt.format,
-                max_prompt: cfg.query_length,
-                max_response: cfg.response_length.max(1) * 4,
-            };
-            read::<SftRecord>(file, &opts)?
-                .iter()
-                .map(|r| {
-                    Ok((
-                        enc.prompt(&r.prompt)?.1,
-                        enc.response(&r.prompt, &r.completion)?,
-                    ))
-                })
-                .collect::<Result<Vec<_>>>()?
-        }
-        (None, true) => bail!("--ptx-coef > 0 needs --ptx-data FILE"),
-        _ => Vec::new(),
-    };
-    let critic = if !cfg.advantage.needs_critic() {
-        None
-    } else if let Some(dir) = &args.critic {
-        Some(load::reward_model(dir, &device, args.seed)?.model)
-    } else if cfg.value_from_reward_model && loaded_rms.len() == 1 {
-        tracing::info!("critic: the reward model (TL;DR detail 6)");
-        Some(load::reward_model(spec.models()[0], &device, args.seed)?.model)
-    } else {
-        tracing::info!("critic: the policy with a fresh value head");
-        Some(load::fresh_scalar(ckpt.model.clone(), args.seed))
-    };
+    let demonstrations = ptx_demonstrations(args, &cfg, &ckpt, &opts)?;
+    let critic = critic(args, &cfg, &spec, loaded_rms.len(), &ckpt, &device)?;
     tracing::info!(
         "{}: {} prompts, {} per batch × {} samples, {} iterations, queries of {} tokens, {} new \
          tokens at temperature {}, reward {}",
@@ -621,20 +655,7 @@ pub fn run(method: Method, args: &OnPolicyArgs, toml: &str) -> Result<()> {
         eval: None,
         eval_every: 0,
     };
-    let run = RunOptions {
-        checkpoint_every: args.save_steps,
-        keep_last: args.save_total_limit.max(1),
-        log_every: args.logging_steps.max(1),
-        // the models' dropout as they will train (off unless --disable-dropout false)
-        replicas: args.model.replicas(if cfg.disable_dropout {
-            0.0
-        } else {
-            let critic = critic.as_ref().map_or(0.0, |c| c.backbone.dropout());
-            ckpt.model.dropout().max(critic)
-        })?,
-        ..RunOptions::in_dir(out)
-    };
-    let critic: Option<ScalarModel> = critic;
+    let run = run_options_on_replicas(args, out, &cfg, &ckpt.model, critic.as_ref())?;
     let (models, report) = train_ppo(
         PolicyAndValue::new(
             load::policy(ckpt.model.clone(), &ckpt.config, &args.lora, args.seed)?,
@@ -654,21 +675,14 @@ pub fn run(method: Method, args: &OnPolicyArgs, toml: &str) -> Result<()> {
         dir,
         &args.lora,
     )?;
-    let get = |n: &str| {
-        report
-            .last
-            .iter()
-            .find(|m| m.0 == n)
-            .map_or(f64::NAN, |m| m.1)
-    };
     tracing::info!(
         "{}: {} iterations ({} this run); last: scores {:.4}, KL {:.4}, length {:.1}",
         method.name(),
         report.iterations,
         report.iterations_this_run,
-        get(rlhf_core::train::metrics::names::OBJECTIVE_SCORES),
-        get(rlhf_core::train::metrics::names::OBJECTIVE_KL),
-        get(rlhf_core::train::metrics::names::COMPLETIONS_MEAN_LENGTH)
+        last_metric(&report.last, names::OBJECTIVE_SCORES),
+        last_metric(&report.last, names::OBJECTIVE_KL),
+        last_metric(&report.last, names::COMPLETIONS_MEAN_LENGTH)
     );
     Ok(())
 }

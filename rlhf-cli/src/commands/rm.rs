@@ -3,24 +3,25 @@
 //! traces → a process RM (binary cross-entropy per step), responses labelled good or bad → an
 //! outcome RM (binary cross-entropy per response).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use burn::tensor::Device;
 use clap::{ArgAction, Args, ValueEnum};
 use rlhf_core::train::RunOptions;
 use rlhf_data::{
-    Kind, KwiseRecord, PreferenceRecord, SftRecord, StepRecord, Tokenizer, UnpairedRecord,
-    detect_kind,
+    ChatFormat, Kind, KwiseRecord, PreferenceRecord, StepRecord, Tokenizer, UnpairedRecord,
 };
+use rlhf_models::ScalarModel;
 use rlhf_reward::{
-    Normalisation, RewardModel, RewardSettings, RmConfig, StepAggregate, normalise,
-    train_reward_model, train_step_model,
+    LabelledExample, Normalisation, RankedExample, RewardModel, RewardSettings, RmConfig,
+    StepAggregate, normalise, train_reward_model, train_step_model,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::args::{DataArgs, LoraArgs, ModelArgs, TrainArgs, defaults_from_clap, kind_str};
 use crate::data::{
-    Encoder, kwise_groups, outcome_examples, preference_groups, prompt_key, ranked, read,
+    Encoder, demonstrations, kwise_groups, outcome_examples, preference_groups, prompt_key, ranked,
     read_split, step_examples,
 };
 use crate::{load, output};
@@ -105,11 +106,136 @@ impl RmArgs {
     }
 }
 
+/// The checkpoint in `dir` as `rlhf rm` starts from it: its tokenizer, its chat format
+/// (`--chat-template`'s when given) and the model as a reward model (with LoRA when asked).
+fn starting_checkpoint(
+    args: &RmArgs,
+    dir: &Path,
+    device: &Device,
+) -> Result<(Tokenizer, ChatFormat, RewardModel)> {
+    let tokenizer = Tokenizer::from_dir(dir)
+        .with_context(|| format!("loading the tokenizer in {}", dir.display()))?;
+    let format = match &args.data.chat_template {
+        Some(_) => load::checkpoint(dir, device, args.data.chat_template.as_deref())?.format,
+        None => tokenizer.config().chat_format()?,
+    };
+    let start = load::reward_model(dir, device, args.train.seed)?;
+    let start = RewardModel {
+        model: load::scalar(start.model, &start.config, &args.lora, args.train.seed)?,
+        ..start
+    };
+    Ok((tokenizer, format, start))
+}
+
+/// The training and held-out examples of a file of preference pairs (Bradley–Terry) or K-wise
+/// rankings (Plackett–Luce), best response first, announced.
+fn ranked_examples(
+    args: &RmArgs,
+    kind: Kind,
+    enc: &Encoder,
+) -> Result<(Vec<RankedExample>, Vec<RankedExample>)> {
+    let (train, eval) = if kind == Kind::Preference {
+        let (t, e) = read_split::<PreferenceRecord>(&args.data, |r| prompt_key(&r.prompt))?;
+        let (t, dropped) = preference_groups(&t, enc)?;
+        dropped.announce("training pairs");
+        (t, preference_groups(&e, enc)?.0)
+    } else {
+        let (t, e) = read_split::<KwiseRecord>(&args.data, |r| prompt_key(&r.prompt))?;
+        (kwise_groups(&t, enc)?, kwise_groups(&e, enc)?)
+    };
+    let (train, eval) = (
+        ranked(&train, args.use_margin),
+        ranked(&eval, args.use_margin),
+    );
+    tracing::info!(
+        "rm: {} with {} training examples of K = {}, {} held out",
+        if train.first().is_some_and(|e| e.responses.len() > 2) {
+            "Plackett–Luce"
+        } else {
+            "Bradley–Terry"
+        },
+        train.len(),
+        train.first().map_or(2, |e| e.responses.len()),
+        eval.len()
+    );
+    Ok((train, eval))
+}
+
+/// The training and held-out examples of a file of step-labelled traces (a process RM) or of
+/// responses labelled one at a time (an outcome RM), announced, with the settings the RM is
+/// served with.
+fn labelled_examples(
+    args: &RmArgs,
+    kind: Kind,
+    enc: &Encoder,
+) -> Result<(Vec<LabelledExample>, Vec<LabelledExample>, RewardSettings)> {
+    let (train, eval, settings) = if kind == Kind::Steps {
+        let (t, e) = read_split::<StepRecord>(&args.data, |r| r.prompt.clone())?;
+        let sep = &args.step_separator;
+        let agg = match args.step_aggregate {
+            Aggregate::Min => StepAggregate::Min,
+            Aggregate::Product => StepAggregate::Product,
+            Aggregate::Last => StepAggregate::Last,
+        };
+        (
+            step_examples(&t, enc, sep)?,
+            step_examples(&e, enc, sep)?,
+            RewardSettings::process(sep, agg),
+        )
+    } else {
+        let (t, e) = read_split::<UnpairedRecord>(&args.data, |r| prompt_key(&r.prompt))?;
+        (
+            outcome_examples(&t, enc)?,
+            outcome_examples(&e, enc)?,
+            RewardSettings::outcome(),
+        )
+    };
+    tracing::info!(
+        "rm: {} ({} training examples, {} held out)",
+        if kind == Kind::Steps {
+            "a process RM on step labels"
+        } else {
+            "an outcome RM on response labels"
+        },
+        train.len(),
+        eval.len()
+    );
+    Ok((train, eval, settings))
+}
+
+/// What the served scores are centred with: `model`'s mean score on the demonstrations of
+/// `--normalize-on`, or else on `demos` (the chosen responses of the training pairs); none for a
+/// process RM, with `--normalize false`, or without demonstrations.
+fn served_normalisation(
+    args: &RmArgs,
+    enc: &Encoder,
+    model: &ScalarModel,
+    settings: &RewardSettings,
+    demos: Vec<(Vec<u32>, Vec<u32>)>,
+    device: &Device,
+) -> Result<Normalisation> {
+    if !args.normalize || settings.step_delimiter.is_some() {
+        return Ok(Normalisation::default());
+    }
+    let demos = match &args.normalize_on {
+        Some(file) => demonstrations(file, &args.data.read_options(), enc)?,
+        None => demos,
+    };
+    if demos.is_empty() {
+        return Ok(Normalisation::default());
+    }
+    Ok(normalise(
+        model,
+        &demos,
+        false,
+        args.train.per_device_train_batch_size,
+        device,
+    )?)
+}
+
 /// Trains and writes the reward model.
 pub fn run(args: &RmArgs, toml: &str) -> Result<()> {
-    let (Some(dir), Some(out)) = (&args.model.model, &args.model.out) else {
-        bail!("--model DIR and --out DIR are required (or `model`, `out` in the config file)");
-    };
+    let (dir, out) = args.model.model_and_out()?;
     if args.lora.save_adapter {
         bail!(
             "rlhf rm writes the reward model with its adapters merged; --save-adapter (PEFT's \
@@ -117,17 +243,7 @@ pub fn run(args: &RmArgs, toml: &str) -> Result<()> {
         );
     }
     let device = args.model.training_device()?;
-    let tokenizer = Tokenizer::from_dir(dir)
-        .with_context(|| format!("loading the tokenizer in {}", dir.display()))?;
-    let format = match &args.data.chat_template {
-        Some(_) => load::checkpoint(dir, &device, args.data.chat_template.as_deref())?.format,
-        None => tokenizer.config().chat_format()?,
-    };
-    let start = load::reward_model(dir, &device, args.train.seed)?;
-    let start = RewardModel {
-        model: load::scalar(start.model, &start.config, &args.lora, args.train.seed)?,
-        ..start
-    };
+    let (tokenizer, format, start) = starting_checkpoint(args, dir, &device)?;
     let (max_prompt, max_response) = args.data.limits()?;
     let enc = Encoder {
         tokenizer: &tokenizer,
@@ -135,85 +251,28 @@ pub fn run(args: &RmArgs, toml: &str) -> Result<()> {
         max_prompt,
         max_response,
     };
-    let kind = match args.data.kind {
-        Some(k) => k,
-        None => detect_kind(args.data.data()?, &args.data.read_options())?,
-    };
+    let kind = args.data.record_kind()?;
     output::claim(out, "rm", toml)?;
     let run = RunOptions {
         replicas: args.model.replicas(start.model.backbone.dropout())?,
         ..args.train.run_options(out)
     };
-    let mut demos: Vec<(Vec<u32>, Vec<u32>)> = Vec::new();
-    let (model, settings, report) = match kind {
+    let (model, settings, report, demos) = match kind {
         Kind::Preference | Kind::Kwise => {
-            let (train, eval) = if kind == Kind::Preference {
-                let (t, e) = read_split::<PreferenceRecord>(&args.data, |r| prompt_key(&r.prompt))?;
-                let (t, dropped) = preference_groups(&t, &enc)?;
-                dropped.announce("training pairs");
-                (t, preference_groups(&e, &enc)?.0)
-            } else {
-                let (t, e) = read_split::<KwiseRecord>(&args.data, |r| prompt_key(&r.prompt))?;
-                (kwise_groups(&t, &enc)?, kwise_groups(&e, &enc)?)
-            };
-            let (train, eval) = (
-                ranked(&train, args.use_margin),
-                ranked(&eval, args.use_margin),
-            );
-            demos = train
+            let (train, eval) = ranked_examples(args, kind, &enc)?;
+            let chosen = train
                 .iter()
                 .map(|e| (e.prompt.clone(), e.responses[0].clone()))
                 .collect();
-            tracing::info!(
-                "rm: {} with {} training examples of K = {}, {} held out",
-                if train.first().is_some_and(|e| e.responses.len() > 2) {
-                    "Plackett–Luce"
-                } else {
-                    "Bradley–Terry"
-                },
-                train.len(),
-                train.first().map_or(2, |e| e.responses.len()),
-                eval.len()
-            );
             let cfg = args.config(args.train.total_steps(train.len()));
             let (m, r) = train_reward_model(start.model, &train, &eval, &cfg, &run, &device)?;
-            (m, RewardSettings::outcome(), r)
+            (m, RewardSettings::outcome(), r, chosen)
         }
         Kind::Steps | Kind::Unpaired => {
-            let (train, eval, settings) = if kind == Kind::Steps {
-                let (t, e) = read_split::<StepRecord>(&args.data, |r| r.prompt.clone())?;
-                let sep = &args.step_separator;
-                let agg = match args.step_aggregate {
-                    Aggregate::Min => StepAggregate::Min,
-                    Aggregate::Product => StepAggregate::Product,
-                    Aggregate::Last => StepAggregate::Last,
-                };
-                (
-                    step_examples(&t, &enc, sep)?,
-                    step_examples(&e, &enc, sep)?,
-                    RewardSettings::process(sep, agg),
-                )
-            } else {
-                let (t, e) = read_split::<UnpairedRecord>(&args.data, |r| prompt_key(&r.prompt))?;
-                (
-                    outcome_examples(&t, &enc)?,
-                    outcome_examples(&e, &enc)?,
-                    RewardSettings::outcome(),
-                )
-            };
-            tracing::info!(
-                "rm: {} ({} training examples, {} held out)",
-                if kind == Kind::Steps {
-                    "a process RM on step labels"
-                } else {
-                    "an outcome RM on response labels"
-                },
-                train.len(),
-                eval.len()
-            );
+            let (train, eval, settings) = labelled_examples(args, kind, &enc)?;
             let cfg = args.config(args.train.total_steps(train.len()));
             let (m, r) = train_step_model(start.model, &train, &eval, &cfg, &run, &device)?;
-            (m, settings, r)
+            (m, settings, r, Vec::new())
         }
         other => bail!(
             "rlhf rm reads preference, kwise, steps or unpaired records, and {} holds `{}` records",
@@ -221,32 +280,7 @@ pub fn run(args: &RmArgs, toml: &str) -> Result<()> {
             kind_str(other)
         ),
     };
-    let normalisation = if !args.normalize || settings.step_delimiter.is_some() {
-        Normalisation::default()
-    } else {
-        if let Some(file) = &args.normalize_on {
-            demos = read::<SftRecord>(file, &args.data.read_options())?
-                .iter()
-                .map(|r| {
-                    Ok((
-                        enc.prompt(&r.prompt)?.1,
-                        enc.response(&r.prompt, &r.completion)?,
-                    ))
-                })
-                .collect::<Result<_>>()?;
-        }
-        if demos.is_empty() {
-            Normalisation::default()
-        } else {
-            normalise(
-                &model,
-                &demos,
-                false,
-                args.train.per_device_train_batch_size,
-                &device,
-            )?
-        }
-    };
+    let normalisation = served_normalisation(args, &enc, &model, &settings, demos, &device)?;
     let rm = RewardModel {
         model,
         config: start.config,

@@ -9,15 +9,6 @@ use super::{files, root};
 
 const LIMIT: usize = 80;
 
-/// Functions a review marked to split rather than to explain (issue #29), as `(file, name)`: the
-/// test lets them be until they are split, and fails when one of them no longer needs a place
-/// here, so the list only shrinks.
-const TO_SPLIT: &[(&str, &str)] = &[
-    ("rlhf-cli/src/commands/online_dpo.rs", "run"),
-    ("rlhf-cli/src/commands/onpolicy.rs", "run"),
-    ("rlhf-cli/src/commands/rm.rs", "run"),
-    ("rlhf-cli/src/plot.rs", "svg_chart"),
-];
 const REASON: &str = "// One piece, over 80 lines:";
 
 fn is_library(root: &Path, file: &Path) -> bool {
@@ -150,30 +141,17 @@ fn no_library_function_is_over_80_lines_without_a_reason() {
         library.len()
     );
     let mut offenders = Vec::new();
-    let mut pending = Vec::new();
     for file in library {
         let text = std::fs::read_to_string(file).expect("a library file reads");
         let rel = file.strip_prefix(&root).unwrap_or(file);
         let rel = rel.to_string_lossy().replace('\\', "/");
         for (line, count, name) in unexplained(&text) {
-            if TO_SPLIT.contains(&(rel.as_str(), name.as_str())) {
-                pending.push((rel.clone(), name));
-            } else {
-                offenders.push(format!("{rel}:{line} `{name}`: {count} lines"));
-            }
+            offenders.push(format!("{rel}:{line} `{name}`: {count} lines"));
         }
     }
     assert!(
         offenders.is_empty(),
         "split these functions, or say above each why it is one piece (`{REASON} …`):\n{}",
         offenders.join("\n")
-    );
-    let done: Vec<_> = TO_SPLIT
-        .iter()
-        .filter(|(f, n)| !pending.iter().any(|(pf, pn)| pf == f && pn == n))
-        .collect();
-    assert!(
-        done.is_empty(),
-        "no longer over {LIMIT} lines without a reason: take them off TO_SPLIT: {done:?}"
     );
 }
