@@ -65,12 +65,7 @@ fn sft_on_tldr_synth_lowers_eval_loss_and_raises_the_gold_score() {
         .collect();
 
     device.seed(1);
-    let mut shape = TransformerConfig::preset("tiny-1m").unwrap();
-    shape.vocab_size = tok.vocab_size();
-    shape.hidden_size = 64;
-    shape.intermediate_size = 256;
-    shape.num_hidden_layers = 2;
-    shape.num_attention_heads = 4;
+    let shape = rlhf_testkit::tiny_shape(tok.vocab_size());
     let untrained = CausalLm::init(&shape, &device).unwrap();
     let loss_before = eval_loss(&untrained, &eval, 16, &device).unwrap();
     let gold_before = gold_of_samples(&untrained, &tok, &task, &eval_prompts);

@@ -19,7 +19,7 @@ use rlhf_core::train::{LrSchedule, OptimizerConfig, RunOptions, seeded};
 use rlhf_core::{Error, Scorer};
 use rlhf_data::tasks::{Task, TldrSynth, with_eos};
 use rlhf_data::{Split, Tokenizer};
-use rlhf_models::{CausalLm, SftConfig, TransformerConfig, train_sft};
+use rlhf_models::{CausalLm, SftConfig, train_sft};
 use rlhf_reward::{JudgeConfig, JudgeDimension, LlmJudge, Rating};
 
 /// The digit trained for each of the default dimensions, in their order.
@@ -66,12 +66,7 @@ fn fixture() -> &'static Fixture {
             )
             .collect();
         let tokenizer = Tokenizer::train_bpe(corpus.iter(), 512).unwrap();
-        let mut shape = TransformerConfig::preset("tiny-1m").unwrap();
-        shape.vocab_size = tokenizer.vocab_size();
-        shape.hidden_size = 64;
-        shape.intermediate_size = 256;
-        shape.num_hidden_layers = 2;
-        shape.num_attention_heads = 4;
+        let shape = rlhf_testkit::tiny_shape(tokenizer.vocab_size());
         let init = seeded(&device, 1, || CausalLm::init(&shape, &device).unwrap());
         // the judge's own rendering of every (pair, dimension), answered by the dimension's digit
         let render = LlmJudge::new(

@@ -7,8 +7,8 @@
 //!   stopped (SIGTERM) at a step, resumed and compared with a run that never stopped; and
 //!   [`crash::serial`], the lock for tests that compare runs bit for bit.
 //! - [`replicas`]: the check that `n` data-parallel replicas take the step of one.
-//! - [`tldr`]: the TL;DR pipeline at laptop scale up to the reward model (SFT → labelled SFT
-//!   samples → RM), for PPO's learning tests and its `ppo_study` example.
+//! - [`tldr`]: the TL;DR pipeline at laptop scale (SFT → labelled pairs of SFT samples → RM), for
+//!   the learning tests of PPO and DPO and the `ppo_study` example.
 //! - [`pairs`]: labelled `tldr-synth` pairs and step-labelled `arith-steps` chains with a tiny
 //!   backbone, for the reward models' learning tests and examples.
 
@@ -18,3 +18,17 @@ pub mod replicas;
 pub mod tldr;
 
 pub use crash::serial;
+
+use rlhf_models::TransformerConfig;
+
+/// The tiny GPT-NeoX of the learning tests over `vocab` tokens: width 64, 4 heads, 2 layers, MLP
+/// width 256 (about 100k parameters besides the embeddings).
+pub fn tiny_shape(vocab: usize) -> TransformerConfig {
+    let mut c = TransformerConfig::preset("tiny-1m").unwrap();
+    c.vocab_size = vocab;
+    c.hidden_size = 64;
+    c.intermediate_size = 256;
+    c.num_hidden_layers = 2;
+    c.num_attention_heads = 4;
+    c
+}

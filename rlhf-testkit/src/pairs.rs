@@ -9,15 +9,10 @@ use rlhf_data::{Split, Tokenizer};
 use rlhf_models::{CausalLm, TransformerConfig};
 use rlhf_reward::{LabelledExample, RankedExample};
 
-/// A small GPT-NeoX (d = 64, 2 layers) for CPU experiments.
+/// The [`crate::tiny_shape`] model, initialised from `seed`.
 pub fn tiny_backbone(device: &Device, vocab: usize, seed: u64) -> (TransformerConfig, CausalLm) {
     device.seed(seed);
-    let mut c = TransformerConfig::preset("tiny-1m").unwrap();
-    c.vocab_size = vocab;
-    c.hidden_size = 64;
-    c.intermediate_size = 256;
-    c.num_hidden_layers = 2;
-    c.num_attention_heads = 4;
+    let c = crate::tiny_shape(vocab);
     let m = CausalLm::init(&c, device).unwrap();
     (c, m)
 }

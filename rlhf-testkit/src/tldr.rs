@@ -1,7 +1,8 @@
-//! The TL;DR pipeline at laptop scale, up to the reward model, shared by PPO's learning tests and
-//! its `ppo_study` example: SFT on 800 noisy `tldr-synth` demonstrations → a reward model
-//! initialised from the SFT model, trained for one epoch on pairs of SFT samples labelled by a
-//! labeller that agrees with the gold order 73% of the time, normalised on the demonstrations.
+//! The TL;DR pipeline at laptop scale, shared by the learning tests and examples of PPO and DPO:
+//! SFT on 800 noisy `tldr-synth` demonstrations ([`sft_stage`]); pairs of SFT samples
+//! ([`SftStage::sample_pairs`]) labelled by a labeller that agrees with the gold order 73% of the
+//! time ([`labeller`], [`SftStage::label`]); and, for PPO, a reward model initialised from the SFT
+//! model, trained for one epoch on those pairs and normalised on the demonstrations ([`build`]).
 
 use std::time::Instant;
 
@@ -18,6 +19,8 @@ use rlhf_models::{
 use rlhf_reward::{
     RankedExample, RewardModel, RewardSettings, RmConfig, normalise, train_reward_model,
 };
+
+use crate::tiny_shape;
 
 pub fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len() as f64
@@ -44,169 +47,234 @@ pub struct Tldr {
     pub query_length: usize,
 }
 
-/// Gold scores of samples (T = 0.7, fixed seed) on `prompts`.
+/// Gold scores of `model`'s samples on the evaluation prompts of `s` ([`sample_gold`]).
 pub fn gold_of_samples(model: &CausalLm, s: &Tldr) -> Vec<f64> {
+    sample_gold(model, &s.tok, &s.task, &s.eval_prompts)
+}
+
+/// Gold scores of samples (T = 0.7, 40 new tokens, fixed seed) on `prompts`.
+pub fn sample_gold(
+    model: &CausalLm,
+    tok: &Tokenizer,
+    task: &TldrSynth,
+    prompts: &[String],
+) -> Vec<f64> {
     let cfg = SamplingConfig {
         max_new_tokens: 40,
         temperature: 0.7,
         ..Default::default()
     };
-    let refs: Vec<&str> = s.eval_prompts.iter().map(String::as_str).collect();
+    let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
     let (_, texts) = sample_texts(
         &model.valid(),
-        &s.tok,
+        tok,
         &refs,
         &cfg,
         &mut ChaCha8Rng::seed_from_u64(11),
     )
     .unwrap();
-    s.eval_prompts
+    prompts
         .iter()
         .zip(&texts)
-        .map(|(p, t)| s.task.gold(p, t).total)
+        .map(|(p, t)| task.gold(p, t).total)
         .collect()
 }
 
-/// Builds the pipeline up to the reward model (about a minute on two cores).
-pub fn build() -> Tldr {
-    {
-        let start = Instant::now();
-        let device = rlhf_core::device_from_env().unwrap().autodiff();
-        let task = TldrSynth::default();
-        let mut rng = ChaCha8Rng::seed_from_u64(0);
-        let demos: Vec<(String, String)> = (0..800)
-            .map(|i| {
-                let p = task.prompt(Split::Train, i);
-                let d = task.demonstrate(&p, &mut rng);
-                (p, d)
-            })
-            .collect();
-        let tok = Tokenizer::train_bpe(
-            demos.iter().flat_map(|(p, d)| [p.as_str(), d.as_str()]),
-            512,
-        )
-        .unwrap();
-        let sft_data: Vec<(Vec<u32>, Vec<u32>)> = demos
-            .iter()
-            .map(|(p, d)| (tok.encode(p).unwrap(), tok.encode(&with_eos(d)).unwrap()))
-            .collect();
-        let shape = {
-            let mut c = TransformerConfig::preset("tiny-1m").unwrap();
-            c.vocab_size = tok.vocab_size();
-            c.hidden_size = 64;
-            c.intermediate_size = 256;
-            c.num_hidden_layers = 2;
-            c.num_attention_heads = 4;
-            c
-        };
-        let init = seeded(&device, 1, || CausalLm::init(&shape, &device).unwrap());
-        let sft_cfg = SftConfig {
-            epochs: 6,
-            batch_size: 16,
-            optimizer: OptimizerConfig {
-                lr: 3e-3,
-                ..OptimizerConfig::default()
-            },
-            schedule: LrSchedule::Linear {
-                warmup: 10,
-                total: 300,
-            },
-            seed: 2,
-            ..SftConfig::default()
-        };
-        let (sft, _) = train_sft(
-            init,
-            &sft_data,
-            &[],
-            &sft_cfg,
-            &RunOptions::quiet(),
-            &device,
-        )
-        .unwrap();
+/// A prompt, two sampled responses (token ids), and their gold scores.
+pub type SampledPair = (String, Vec<u32>, Vec<u32>, f64, f64);
 
-        // reward-model data: two SFT samples per prompt, labelled by a labeller that agrees with
-        // the gold order 73% of the time
-        let prompts: Vec<String> = (2000..3200).map(|i| task.prompt(Split::Train, i)).collect();
-        let mut samples = Vec::new();
-        let valid = sft.valid();
+/// The SFT policy both trainers start from, with its task, tokenizer and data.
+pub struct SftStage {
+    pub device: Device,
+    pub task: TldrSynth,
+    pub tok: Tokenizer,
+    pub shape: TransformerConfig,
+    /// SFT examples (tokenized prompt, demonstration with EOS).
+    pub sft_data: Vec<(Vec<u32>, Vec<u32>)>,
+    pub sft: CausalLm,
+    /// The labeller's random stream: the demonstrations' stream (seed 0), continued.
+    pub label_rng: ChaCha8Rng,
+}
+
+/// 800 demonstrations of the train split (seed 0), a 512-token BPE trained on them, and the
+/// [`tiny_shape`] model (initialised from seed 1) trained on them for 6 epochs (batch 16, lr 3e-3,
+/// linear schedule, seed 2). About 30 s on two cores.
+pub fn sft_stage() -> SftStage {
+    let device = rlhf_core::device_from_env().unwrap().autodiff();
+    let task = TldrSynth::default();
+    let mut label_rng = ChaCha8Rng::seed_from_u64(0);
+    let demos: Vec<(String, String)> = (0..800)
+        .map(|i| {
+            let p = task.prompt(Split::Train, i);
+            let d = task.demonstrate(&p, &mut label_rng);
+            (p, d)
+        })
+        .collect();
+    let tok = Tokenizer::train_bpe(
+        demos.iter().flat_map(|(p, d)| [p.as_str(), d.as_str()]),
+        512,
+    )
+    .unwrap();
+    let sft_data: Vec<(Vec<u32>, Vec<u32>)> = demos
+        .iter()
+        .map(|(p, d)| (tok.encode(p).unwrap(), tok.encode(&with_eos(d)).unwrap()))
+        .collect();
+    let shape = tiny_shape(tok.vocab_size());
+    let init = seeded(&device, 1, || CausalLm::init(&shape, &device).unwrap());
+    let sft_cfg = SftConfig {
+        epochs: 6,
+        batch_size: 16,
+        optimizer: OptimizerConfig {
+            lr: 3e-3,
+            ..OptimizerConfig::default()
+        },
+        schedule: LrSchedule::Linear {
+            warmup: 10,
+            total: 300,
+        },
+        seed: 2,
+        ..SftConfig::default()
+    };
+    let (sft, _) = train_sft(
+        init,
+        &sft_data,
+        &[],
+        &sft_cfg,
+        &RunOptions::quiet(),
+        &device,
+    )
+    .unwrap();
+    SftStage {
+        device,
+        task,
+        tok,
+        shape,
+        sft_data,
+        sft,
+        label_rng,
+    }
+}
+
+impl SftStage {
+    /// Two samples of the SFT policy (T = 1, 40 new tokens, drawn from `seed`) for each of the
+    /// prompts `from..from + n` of `split`, with their gold scores.
+    pub fn sample_pairs(&self, split: Split, from: u64, n: u64, seed: u64) -> Vec<SampledPair> {
+        let prompts: Vec<String> = (from..from + n)
+            .map(|i| self.task.prompt(split, i))
+            .collect();
         let sampling = SamplingConfig {
             max_new_tokens: 40,
             temperature: 1.0,
             ..Default::default()
         };
-        let mut srng = ChaCha8Rng::seed_from_u64(5);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let valid = self.sft.valid();
+        let mut out = Vec::new();
         for chunk in prompts.chunks(64) {
             let twice: Vec<&str> = chunk.iter().flat_map(|p| [p.as_str(); 2]).collect();
-            let (ids, texts) = sample_texts(&valid, &tok, &twice, &sampling, &mut srng).unwrap();
+            let (ids, texts) =
+                sample_texts(&valid, &self.tok, &twice, &sampling, &mut rng).unwrap();
             for (k, p) in chunk.iter().enumerate() {
-                samples.push((
+                let ga = self.task.gold(p, &texts[2 * k]).total;
+                let gb = self.task.gold(p, &texts[2 * k + 1]).total;
+                out.push((
                     p.clone(),
-                    [ids[2 * k].clone(), ids[2 * k + 1].clone()],
-                    [
-                        task.gold(p, &texts[2 * k]).total,
-                        task.gold(p, &texts[2 * k + 1]).total,
-                    ],
+                    ids[2 * k].clone(),
+                    ids[2 * k + 1].clone(),
+                    ga,
+                    gb,
                 ));
             }
         }
-        let calibration: Vec<(f64, f64)> = samples.iter().map(|x| (x.2[0], x.2[1])).collect();
-        let labeller = Labeller::calibrate(&calibration, 0.73).unwrap();
-        let pairs: Vec<RankedExample> = samples
-            .into_iter()
-            .filter(|x| !x.1[0].is_empty() && !x.1[1].is_empty())
-            .map(|(p, [a, b], [ga, gb])| {
-                let first = labeller.prefers_first(ga, gb, &mut rng);
-                let (c, r, gc, gr) = if first {
-                    (a, b, ga, gb)
+        out
+    }
+
+    /// `raw` with the preferred response first, as `labeller` judges from the gold scores
+    /// (drawing from [`SftStage::label_rng`]); pairs with an empty response are left out.
+    pub fn label(&mut self, labeller: &Labeller, raw: Vec<SampledPair>) -> Vec<SampledPair> {
+        raw.into_iter()
+            .filter(|x| !x.1.is_empty() && !x.2.is_empty())
+            .map(|(p, a, b, ga, gb)| {
+                if labeller.prefers_first(ga, gb, &mut self.label_rng) {
+                    (p, a, b, ga, gb)
                 } else {
-                    (b, a, gb, ga)
-                };
-                RankedExample {
-                    prompt: tok.encode(&p).unwrap(),
-                    responses: vec![c, r],
-                    margin: None,
-                    gold: Some(vec![gc, gr]),
+                    (p, b, a, gb, ga)
                 }
             })
-            .collect();
-        let (rm_train, rm_eval) = pairs.split_at(pairs.len() - 100);
-        let (rm_train, rm_eval) = (rm_train.to_vec(), rm_eval.to_vec());
-        let train_prompts: Vec<String> = (0..512).map(|i| task.prompt(Split::Train, i)).collect();
-        let eval_prompts: Vec<String> = (0..64).map(|i| task.prompt(Split::Eval, i)).collect();
-        let query_length = train_prompts
-            .iter()
-            .chain(&eval_prompts)
-            .map(|p| tok.encode(p).unwrap().len())
-            .max()
-            .unwrap();
-        let mut s = Tldr {
-            device,
-            task,
-            tok,
-            sft,
-            rm: None,
-            shape,
-            sft_data,
-            rm_train,
-            rm_eval,
-            train_prompts,
-            eval_prompts,
-            sft_gold: Vec::new(),
-            query_length,
-        };
-        s.sft_gold = gold_of_samples(&s.sft, &s);
-        let (rm, rm_eval) = train_rm(&s, 7, 3);
-        s.rm = Some(rm);
-        eprintln!(
-            "setup {:.0} s: RM gold-order accuracy {:.3} (labels {:.3}); SFT gold {:.3}; query length {}",
-            start.elapsed().as_secs_f64(),
-            rm_eval.gold_accuracy.unwrap_or(f64::NAN),
-            rm_eval.accuracy,
-            mean(&s.sft_gold),
-            s.query_length
-        );
-        s
+            .collect()
     }
+}
+
+/// A labeller calibrated to agree with the gold order on 73% of the pairs `raw`, the agreement
+/// of the TL;DR reproduction's labellers.
+pub fn labeller(raw: &[SampledPair]) -> Labeller {
+    let calibration: Vec<(f64, f64)> = raw.iter().map(|x| (x.3, x.4)).collect();
+    Labeller::calibrate(&calibration, 0.73).unwrap()
+}
+
+/// Builds the pipeline up to the reward model (about a minute on two cores): the
+/// [`sft_stage`], 1,200 labelled pairs of its samples (the last 100 held out), the reward model.
+pub fn build() -> Tldr {
+    let start = Instant::now();
+    let mut stage = sft_stage();
+    let raw = stage.sample_pairs(Split::Train, 2000, 1200, 5);
+    let labeller = labeller(&raw);
+    let pairs: Vec<RankedExample> = stage
+        .label(&labeller, raw)
+        .into_iter()
+        .map(|(p, c, r, gc, gr)| RankedExample {
+            prompt: stage.tok.encode(&p).unwrap(),
+            responses: vec![c, r],
+            margin: None,
+            gold: Some(vec![gc, gr]),
+        })
+        .collect();
+    let (rm_train, rm_eval) = pairs.split_at(pairs.len() - 100);
+    let (rm_train, rm_eval) = (rm_train.to_vec(), rm_eval.to_vec());
+    let SftStage {
+        device,
+        task,
+        tok,
+        shape,
+        sft_data,
+        sft,
+        ..
+    } = stage;
+    let train_prompts: Vec<String> = (0..512).map(|i| task.prompt(Split::Train, i)).collect();
+    let eval_prompts: Vec<String> = (0..64).map(|i| task.prompt(Split::Eval, i)).collect();
+    let query_length = train_prompts
+        .iter()
+        .chain(&eval_prompts)
+        .map(|p| tok.encode(p).unwrap().len())
+        .max()
+        .unwrap();
+    let mut s = Tldr {
+        device,
+        task,
+        tok,
+        sft,
+        rm: None,
+        shape,
+        sft_data,
+        rm_train,
+        rm_eval,
+        train_prompts,
+        eval_prompts,
+        sft_gold: Vec::new(),
+        query_length,
+    };
+    s.sft_gold = gold_of_samples(&s.sft, &s);
+    let (rm, rm_eval) = train_rm(&s, 7, 3);
+    s.rm = Some(rm);
+    eprintln!(
+        "setup {:.0} s: RM gold-order accuracy {:.3} (labels {:.3}); SFT gold {:.3}; query length {}",
+        start.elapsed().as_secs_f64(),
+        rm_eval.gold_accuracy.unwrap_or(f64::NAN),
+        rm_eval.accuracy,
+        mean(&s.sft_gold),
+        s.query_length
+    );
+    s
 }
 
 /// A reward model initialised from the SFT model (head drawn from `init_seed`), trained for one
