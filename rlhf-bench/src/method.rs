@@ -20,7 +20,7 @@ use rlhf_data::tasks::TldrSynth;
 use rlhf_dpo::{DpoConfig, Group, OfflineLoss, RefCache, train_offline};
 use rlhf_models::{CausalLm, ScalarModel, TransformerConfig};
 use rlhf_ppo::{AdvantageEstimator, PolicyAndValue, PpoConfig, PpoInputs, train_ppo};
-use rlhf_reward::{LengthScorer, RankedExample, RewardScorer};
+use rlhf_reward::{LengthScorer, RankedExample, RewardModel, RewardScorer};
 
 use crate::cache::quiet_in;
 use crate::compute::{Workload, flops, ppo_iteration_flops};
@@ -215,7 +215,7 @@ fn on_policy(
     pcfg.advantage = advantage_for(cfg.method.kind);
     let rm_scorer = RewardScorer::new(stage.rm.clone(), inp.tok.clone(), device);
     let scorer = method_reward(cfg, stage, inp, device)?;
-    let value = initial_critic(&pcfg, stage, inp.sft, cfg.seed, device);
+    let value = initial_critic(&pcfg, &stage.rm, inp.sft, cfg.seed, device);
     let eval = |policy: &CausalLm| -> Metrics {
         let Some(judge) = &inp.curve else {
             return Vec::new();
@@ -275,7 +275,7 @@ fn on_policy(
 }
 
 /// The advantage estimator that makes `kind` the method it is.
-fn advantage_for(kind: MethodKind) -> AdvantageEstimator {
+pub(crate) fn advantage_for(kind: MethodKind) -> AdvantageEstimator {
     match kind {
         MethodKind::Ppo => AdvantageEstimator::Gae,
         MethodKind::Grpo => AdvantageEstimator::Grpo,
@@ -306,17 +306,17 @@ fn method_reward(
 }
 
 /// The critic, when the estimator needs one. TL;DR detail 6: it starts from the reward model
-/// (or, switched off, from the SFT policy with a fresh head).
-fn initial_critic(
+/// `rm` (or, switched off, from the SFT policy with a fresh head seeded by `seed + 8`).
+pub(crate) fn initial_critic(
     pcfg: &PpoConfig,
-    stage: &RmStage,
+    rm: &RewardModel,
     sft: &CausalLm,
     seed: u64,
     device: &Device,
 ) -> Option<ScalarModel> {
     pcfg.advantage.needs_critic().then(|| {
         if pcfg.value_from_reward_model {
-            stage.rm.to_value_model()
+            rm.to_value_model()
         } else {
             seeded(device, seed.wrapping_add(8), || {
                 ScalarModel::from_backbone(sft.clone())

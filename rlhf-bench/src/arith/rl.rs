@@ -8,18 +8,18 @@ use std::time::Instant;
 
 use burn::tensor::Device;
 
-use rlhf_core::train::seeded;
 use rlhf_core::{Result, Scorer};
-use rlhf_models::{CausalLm, ScalarModel};
-use rlhf_ppo::{AdvantageEstimator, PolicyAndValue, PpoConfig, PpoInputs, train_ppo};
+use rlhf_models::CausalLm;
+use rlhf_ppo::{PolicyAndValue, PpoConfig, PpoInputs, train_ppo};
 
 use super::Measured;
 use super::policy::{Held, Setup, is_right};
 use super::verifier;
 use crate::cache::quiet_in;
 use crate::compute::ppo_iteration_flops;
-use crate::config::{MethodKind, RunConfig};
+use crate::config::RunConfig;
 use crate::judge::{kl_per_prompt, per_prompt, sample};
+use crate::method::{advantage_for, initial_critic};
 use crate::metrics::{arith as am, names};
 use crate::pipeline::{RunResult, peak_memory_bytes};
 use crate::stages::{Prompts, Sft};
@@ -52,7 +52,7 @@ pub(crate) fn run_rl(
         pcfg.query_length = pcfg.query_length.max(tok.encode(p)?.len());
     }
     pcfg.advantage = advantage_for(cfg.method.kind);
-    let value = initial_critic(&pcfg, &stage, &sft, cfg.seed, &device);
+    let value = initial_critic(&pcfg, &stage.rm, &sft.model, cfg.seed, &device);
     let method_start = Instant::now();
     let inputs = PpoInputs {
         reference: &sft.model,
@@ -84,36 +84,6 @@ pub(crate) fn run_rl(
     })
 }
 
-/// The advantage estimator of the on-policy method `kind`.
-fn advantage_for(kind: MethodKind) -> AdvantageEstimator {
-    match kind {
-        MethodKind::Ppo => AdvantageEstimator::Gae,
-        MethodKind::Grpo => AdvantageEstimator::Grpo,
-        MethodKind::Rloo => AdvantageEstimator::Rloo,
-        _ => AdvantageEstimator::ReinforcePp,
-    }
-}
-
-/// The critic, when the estimator needs one: the verifier's model, or (switched off) the SFT
-/// policy with a fresh head seeded by `seed + 8`.
-fn initial_critic(
-    pcfg: &PpoConfig,
-    stage: &verifier::Stage,
-    sft: &Sft,
-    seed: u64,
-    device: &Device,
-) -> Option<ScalarModel> {
-    pcfg.advantage.needs_critic().then(|| {
-        if pcfg.value_from_reward_model {
-            stage.rm.to_value_model()
-        } else {
-            seeded(device, seed.wrapping_add(8), || {
-                ScalarModel::from_backbone(sft.model.clone())
-            })
-        }
-    })
-}
-
 /// The RL stage's FLOPs and tokens over its `iterations` (responses counted at their full
 /// `response_length`).
 fn add_method_cost(
@@ -123,7 +93,15 @@ fn add_method_cost(
     stage: &verifier::Stage,
     iterations: u64,
 ) {
-    let critic = pcfg.advantage.needs_critic().then_some(&stage.rm.config);
+    // the critic starts from the verifier, or (switched off) from the policy
+    let critic = pcfg
+        .advantage
+        .needs_critic()
+        .then_some(if pcfg.value_from_reward_model {
+            &stage.rm.config
+        } else {
+            &sft.shape
+        });
     let per_iteration = ppo_iteration_flops(
         &sft.shape,
         &stage.rm.config,
