@@ -115,7 +115,7 @@ pub(crate) struct Sft {
 
 /// What decides an SFT model besides its size: demonstrations, epochs, batch, learning rate,
 /// seed.
-fn sft_budget(cfg: &RunConfig, demos: usize) -> String {
+pub(crate) fn sft_budget(cfg: &RunConfig, demos: usize) -> String {
     let s = &cfg.sft;
     format!(
         "d{demos}-e{}-b{}-lr{}-s{}",

@@ -52,7 +52,7 @@ use crate::judge::{proxy_scores, sample};
 use crate::method::{MethodInputs, optimise};
 use crate::metrics::names;
 use crate::pipeline::{RunResult, peak_memory_bytes};
-use crate::stages::{RmStage, fit_reward_model, sft_model};
+use crate::stages::{RmStage, fit_reward_model, sft_budget, sft_model};
 use crate::stats::mean_se;
 
 /// The salt of the train/eval split, so it never depends on the run's seed.
@@ -265,14 +265,16 @@ fn reward_model(
     let backbone = sft_model(cfg, &cfg.rm.size, tok, sft_data, root, device)?;
     let rm_shape = backbone.shape.clone();
     let r = &cfg.rm;
+    // everything the model and its summary depend on: the backbone's SFT budget, both pair sets,
+    // the RM's own settings (the seed is in the budget)
     let rm_dir = root.join(format!(
-        "rm-{}-p{}-e{}-lr{}-pol{}-s{}",
+        "rm-{}-p{}-v{}-e{}-lr{}-{}",
         r.size,
         train_pairs.len(),
+        eval_pairs.len(),
         r.epochs,
         r.lr,
-        cfg.sft.policy_size,
-        cfg.seed
+        sft_budget(cfg, sft_data.len())
     ));
     cached_dir(&rm_dir, |tmp| {
         let (rm, report) = fit_reward_model(
