@@ -69,6 +69,7 @@ impl ModelArgs {
         let (Some(dir), Some(out)) = (&self.model, &self.out) else {
             bail!("--model DIR and --out DIR are required (or `model`, `out` in the config file)");
         };
+        refuse_overwrite(dir, out)?;
         Ok((dir, out))
     }
 
@@ -433,5 +434,38 @@ pub fn schedule(kind: Scheduler, warmup_steps: u64, warmup_ratio: f64, total: u6
             total: total.max(1),
             min_ratio: 0.0,
         },
+    }
+}
+
+/// Refuses an `--out` that is the `--model` directory (by name or, when both exist, on disk):
+/// the result would overwrite the model it starts from.
+pub fn refuse_overwrite(model: &Path, out: &Path) -> Result<()> {
+    let same = model == out
+        || matches!(
+            (std::fs::canonicalize(model), std::fs::canonicalize(out)),
+            (Ok(a), Ok(b)) if a == b
+        );
+    if same {
+        bail!("--out must not be the --model directory: the model there would be overwritten");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_out_that_is_the_model_directory_is_refused_by_name_or_on_disk() {
+        let tmp = tempfile::tempdir().unwrap();
+        let model = tmp.path().join("model");
+        std::fs::create_dir(&model).unwrap();
+        assert!(refuse_overwrite(&model, &model).is_err());
+        // the same directory by another name
+        assert!(refuse_overwrite(&model, &tmp.path().join("model/../model")).is_err());
+        assert!(refuse_overwrite(&model, &tmp.path().join("out")).is_ok());
+        let out = tmp.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        assert!(refuse_overwrite(&model, &out).is_ok());
     }
 }

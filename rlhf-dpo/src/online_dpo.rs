@@ -301,10 +301,9 @@ fn mean(v: impl Iterator<Item = f64>) -> f64 {
 /// Trains `policy` (on an autodiff `device`) with online DPO for `cfg.rounds` rounds. A run with
 /// an output directory resumes after its newest checkpoint (model and optimizer); `run_options`
 /// gives checkpoints (counted in rounds), metrics and progress.
-// One piece, over 80 lines: the setup (refusals, prompt ids, memory check, resume), then each
-// round in the module doc's order, its steps already calls (sample, checked_scores,
-// best_and_worst, update_on_pairs); what stays is the one metrics line they fill in order, the
-// round's timers around them (the update's also covers the eval), the log and the checkpoint.
+// One piece, over 80 lines: each round in the module doc's order, its steps already calls
+// (sample, checked_scores, best_and_worst, update_on_pairs); what stays is the one metrics line
+// they fill in order, the round's timers around them, the log and the checkpoint.
 pub fn train_online_dpo(
     policy: CausalLm,
     inputs: &OnlineDpoInputs,
@@ -312,38 +311,15 @@ pub fn train_online_dpo(
     run_options: &RunOptions,
     device: &Device,
 ) -> Result<(CausalLm, OnlineDpoReport)> {
-    cfg.validate()?;
-    check_inputs(&policy, inputs)?;
+    let Started {
+        mut policy,
+        mut optim,
+        mut run,
+        mut report,
+        prompt_ids,
+    } = start(policy, inputs, cfg, run_options, device)?;
     let tok = inputs.tokenizer;
-    let prompt_ids = encode_prompts(tok, inputs.prompts, cfg.max_prompt_length)?;
-    if run_options.replicas.count() > 1 {
-        return Err(Error::Config(
-            "online dpo: data-parallel replicas are not supported (its generation and judging \
-             run on one device)"
-                .into(),
-        ));
-    }
-    let mut policy = if cfg.disable_dropout {
-        policy.without_dropout()
-    } else {
-        policy
-    };
-    check_memory(
-        &policy,
-        inputs.reference,
-        &prompt_ids,
-        cfg,
-        &run_options.replicas,
-        device,
-    )?;
     let total = cfg.rounds as u64;
-    let mut optim = cfg.optimizer.build()?;
-    let (mut run, resume) = Run::start(run_options, total, "online-dpo")?;
-    let mut report = OnlineDpoReport::default();
-    if let Some(c) = resume {
-        (policy, optim) = restore(&c, run_options, policy, optim)?;
-        report.rounds = c.step;
-    }
     let n = cfg.samples_per_prompt;
     for round in report.rounds..total {
         let started = Instant::now();
@@ -393,7 +369,7 @@ pub fn train_online_dpo(
         let rollout_time = started.elapsed().as_secs_f64();
 
         // 5. the update: epochs × minibatches AdamW steps on the round's pairs; the RLHF reward
-        // is the score with the sequence KL's −β·KL
+        // is the mean score plus −β·(mean sequence KL)
         let update_started = Instant::now();
         if !groups.is_empty() {
             let update = update_on_pairs(
@@ -416,11 +392,12 @@ pub fn train_online_dpo(
             line.push((names::OBJECTIVE_NON_SCORE_REWARD, non_score));
             line.push((names::OBJECTIVE_RLHF_REWARD, score_mean + non_score));
         }
+        let (update_time, step_time) = (update_started.elapsed(), started.elapsed());
         line.push((names::TRAIN_SKIPPED_STEPS, run.skipped_steps() as f64));
         line.extend(eval_if_due(inputs, &policy, done, total));
         line.push((names::TIME_ROLLOUT, rollout_time));
-        line.push((names::TIME_UPDATE, update_started.elapsed().as_secs_f64()));
-        line.push((names::TIME_STEP, started.elapsed().as_secs_f64()));
+        line.push((names::TIME_UPDATE, update_time.as_secs_f64()));
+        line.push((names::TIME_STEP, step_time.as_secs_f64()));
 
         // 6. log and checkpoint
         run.log(done, &line)?;
@@ -432,6 +409,65 @@ pub fn train_online_dpo(
     }
     run.finish();
     Ok((policy, report))
+}
+
+/// What a run starts a round from: the models and the run, resumed when there is a checkpoint.
+struct Started {
+    policy: CausalLm,
+    optim: ModuleOptimizer,
+    run: Run,
+    report: OnlineDpoReport,
+    /// Each prompt's ids, left-truncated to `max_prompt_length`.
+    prompt_ids: Vec<Vec<u32>>,
+}
+
+/// The setup: the refusals (configuration, inputs, replicas, memory), the prompts encoded,
+/// dropout switched off when asked, then the run started and resumed after its newest
+/// checkpoint.
+fn start(
+    policy: CausalLm,
+    inputs: &OnlineDpoInputs,
+    cfg: &OnlineDpoConfig,
+    run_options: &RunOptions,
+    device: &Device,
+) -> Result<Started> {
+    cfg.validate()?;
+    check_inputs(&policy, inputs)?;
+    let prompt_ids = encode_prompts(inputs.tokenizer, inputs.prompts, cfg.max_prompt_length)?;
+    if run_options.replicas.count() > 1 {
+        return Err(Error::Config(
+            "online dpo: data-parallel replicas are not supported (its generation and judging \
+             run on one device)"
+                .into(),
+        ));
+    }
+    let mut policy = if cfg.disable_dropout {
+        policy.without_dropout()
+    } else {
+        policy
+    };
+    check_memory(
+        &policy,
+        inputs.reference,
+        &prompt_ids,
+        cfg,
+        &run_options.replicas,
+        device,
+    )?;
+    let mut optim = cfg.optimizer.build()?;
+    let (run, resume) = Run::start(run_options, cfg.rounds as u64, "online-dpo")?;
+    let mut report = OnlineDpoReport::default();
+    if let Some(c) = resume {
+        (policy, optim) = restore(&c, run_options, policy, optim)?;
+        report.rounds = c.step;
+    }
+    Ok(Started {
+        policy,
+        optim,
+        run,
+        report,
+        prompt_ids,
+    })
 }
 
 /// Refuses a run without prompts, or with a reference that reads other token ids than the

@@ -70,9 +70,7 @@ impl Prepared {
         let Some(out) = model.out.clone() else {
             bail!("--out DIR is required (or `out` in the config file)");
         };
-        if out == dir {
-            bail!("--out must not be the --model directory: the model there would be overwritten");
-        }
+        crate::args::refuse_overwrite(&dir, &out)?;
         let device = model.training_device()?;
         let ckpt = load::checkpoint(&dir, &device, data.chat_template.as_deref())?;
         Ok(Prepared {

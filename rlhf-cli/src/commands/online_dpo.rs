@@ -202,9 +202,6 @@ impl OnlineDpoArgs {
 /// Trains and writes the policy.
 pub fn run(args: &OnlineDpoArgs, toml: &str) -> Result<()> {
     let (dir, out) = args.model.model_and_out()?;
-    if out == dir {
-        bail!("--out must not be the --model directory: the model there would be overwritten");
-    }
     let (prompt_file, spec) = prompts_and_reward(args.prompts.as_deref(), args.reward.as_deref())?;
     let cfg = args.config(args.total_steps());
     cfg.validate()?;
