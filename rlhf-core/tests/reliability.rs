@@ -1,3 +1,4 @@
+// A binary of its own: these runs are compared bit for bit, which needs the process to themselves.
 //! The shared loop's guards: a non-finite step is skipped, counted and survived; a streak of them
 //! stops the run naming the last good checkpoint; SIGTERM finishes the step, checkpoints it and
 //! returns, and the run resumes from there to the same weights as a run never stopped. (Each
@@ -166,7 +167,8 @@ fn sigterm_checkpoints_the_step_and_the_run_resumes_exactly() {
 
     let stopped = tempfile::tempdir().unwrap();
     let at = random_step(2 * N as u64);
-    let status = signal_child_at_step("sigterm_child", stopped.path(), at, Signal::Term).unwrap();
+    let child = rlhf_testkit::test_name!(sigterm_child);
+    let status = signal_child_at_step(&child, stopped.path(), at, Signal::Term).unwrap();
     assert!(status.success(), "the child stopped cleanly: {status}");
     // the child checkpointed the step it was on, off the every-25 cadence
     let logged = read_metrics(&stopped.path().join("metrics.jsonl"))

@@ -1,3 +1,4 @@
+// A binary of its own: the slow learning tests, which are run on their own.
 //! DPO, EXO, KTO and online DPO learn on `tldr-synth`, with fixed seeds, from one SFT policy (built
 //! once for the binary) and its samples on training prompts; each raises the gold score of the
 //! policy's samples on held-out prompts over the SFT policy's:

@@ -1,3 +1,4 @@
+// A binary of its own: a slow learning test, and it seeds burn's process-wide RNG without a lock.
 //! SFT learns: on `tldr-synth` demonstrations, eval loss falls by a clear margin and the gold
 //! score of sampled summaries rises over the untrained model's. Fixed seeds; about 40 s in a
 //! test build on two cores.

@@ -1,3 +1,4 @@
+// A binary of its own: these runs are compared bit for bit, which needs the process to themselves.
 //! SFT checkpoints resume exactly: a run stopped after a checkpoint and started again in the same
 //! directory ends with the same weights and the same metrics lines as a run that never stopped,
 //! with and without packing.
@@ -152,7 +153,8 @@ fn sft_sigkill_child() {
 #[test]
 fn sft_survives_sigkill_at_a_random_step() {
     let _serial = rlhf_testkit::serial();
-    rlhf_testkit::crash::assert_resumes_after_sigkill("sft_sigkill_child", 20, sft_into);
+    let child = rlhf_testkit::test_name!(sft_sigkill_child);
+    rlhf_testkit::crash::assert_resumes_after_sigkill(&child, 20, sft_into);
 }
 
 /// The metric `name` of the first line of a run's `metrics.jsonl`.

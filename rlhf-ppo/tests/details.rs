@@ -1,3 +1,4 @@
+// A binary of its own: these runs are compared bit for bit, which needs the process to themselves.
 //! The TL;DR implementation details, one test each, on a tiny policy that answers `count k:` with
 //! about `k` words and EOS (so some responses stop early and some never emit EOS).
 //!
@@ -693,7 +694,8 @@ fn ppo_sigkill_child() {
 #[test]
 fn ppo_survives_sigkill_at_a_random_iteration() {
     let _serial = rlhf_testkit::serial();
-    rlhf_testkit::crash::assert_resumes_after_sigkill("ppo_sigkill_child", 8, ppo_into);
+    let child = rlhf_testkit::test_name!(ppo_sigkill_child);
+    rlhf_testkit::crash::assert_resumes_after_sigkill(&child, 8, ppo_into);
 }
 
 proptest::proptest! {

@@ -1,3 +1,4 @@
+// A binary of its own: the slow learning tests, which are run on their own.
 //! On-policy RLHF learns, with fixed seeds.
 //!
 //! - `tldr-synth`, the TL;DR pipeline at laptop scale: SFT on noisy demonstrations → a reward

@@ -1,3 +1,4 @@
+// A binary of its own: the slow learning tests, which are run on their own.
 //! Reward models learn, with fixed seeds:
 //! - an outcome RM trained on labelled `tldr-synth` pairs orders held-out pairs as the *gold*
 //!   scorer does well above chance and close to the labeller's own agreement with gold (its

@@ -1,3 +1,4 @@
+// A binary of its own: these runs are compared bit for bit, which needs the process to themselves.
 //! The reward trainer resumes exactly: stopped after a checkpoint and started again in the same
 //! directory, it ends with the same weights and metrics as a run that never stopped.
 //!
@@ -136,7 +137,8 @@ fn rm_sigkill_child() {
 #[test]
 fn reward_training_survives_sigkill_at_a_random_step() {
     let _serial = rlhf_testkit::serial();
-    rlhf_testkit::crash::assert_resumes_after_sigkill("rm_sigkill_child", 24, rm_into);
+    let child = rlhf_testkit::test_name!(rm_sigkill_child);
+    rlhf_testkit::crash::assert_resumes_after_sigkill(&child, 24, rm_into);
 }
 
 proptest::proptest! {

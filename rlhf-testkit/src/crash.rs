@@ -3,6 +3,9 @@
 //! given step. The parent then resumes in the same directory and compares with a run that never
 //! stopped.
 //!
+//! The child is named with [`test_name!`](crate::test_name), which gives the test's name as
+//! libtest knows it, module path included, in a binary of one file or of several modules.
+//!
 //! ```no_run
 //! # fn train(_dir: &std::path::Path) {}
 //! use rlhf_testkit::crash::{Signal, child_dir, signal_child_at_step};
@@ -18,7 +21,8 @@
 //! #[test]
 //! fn survives_sigkill() {
 //!     let dir = tempfile::tempdir().unwrap();
-//!     let status = signal_child_at_step("crash_child", dir.path(), 3, Signal::Kill).unwrap();
+//!     let child = rlhf_testkit::test_name!(crash_child);
+//!     let status = signal_child_at_step(&child, dir.path(), 3, Signal::Kill).unwrap();
 //!     assert!(!status.success());
 //!     train(dir.path()); // resumes from the newest checkpoint
 //! }
@@ -48,6 +52,30 @@ pub fn child_dir() -> Option<PathBuf> {
     std::env::var_os(CHILD_DIR_ENV).map(PathBuf::from)
 }
 
+/// The name libtest gives test function `$test` of the calling module: the module's path inside
+/// the test binary, then the function's name (`kto::kto_sigkill_child` in a binary whose
+/// `main.rs` declares `mod kto`; `rm_sigkill_child` in a binary of one file). The child of a
+/// crash test is run by this name with `--exact`. Naming a function that is not in scope is a
+/// compile error.
+#[macro_export]
+macro_rules! test_name {
+    ($test:ident) => {{
+        let _: fn() = $test;
+        $crate::crash::name_in_binary(module_path!(), stringify!($test))
+    }};
+}
+
+/// The name libtest gives test `test` of the module at `module_path` (a `module_path!()`, which
+/// starts with the binary's crate name, which libtest leaves out). See [`test_name!`].
+///
+/// [`test_name!`]: crate::test_name
+pub fn name_in_binary(module_path: &str, test: &str) -> String {
+    match module_path.split_once("::") {
+        Some((_binary, module)) => format!("{module}::{test}"),
+        None => test.to_owned(),
+    }
+}
+
 /// A step in `1..last` drawn from the clock (printed, so a failure can be replayed with
 /// `RLHF_CRASH_STEP`, which overrides it).
 pub fn random_step(last: u64) -> u64 {
@@ -70,10 +98,10 @@ fn logged_steps(dir: &Path) -> usize {
     std::fs::read_to_string(dir.join("metrics.jsonl")).map_or(0, |s| s.lines().count())
 }
 
-/// Runs test `test_name` of the current test binary in a child process with
-/// [`CHILD_DIR_ENV`]` = dir`, waits until it has logged `step` metrics lines, sends `signal` and
-/// returns the child's exit status. Fails when the child ends before that step, or after two
-/// minutes.
+/// Runs test `test_name` (its full name, as [`test_name!`](crate::test_name) gives it) of the
+/// current test binary in a child process with [`CHILD_DIR_ENV`]` = dir`, waits until it has
+/// logged `step` metrics lines, sends `signal` and returns the child's exit status. Fails when the
+/// child ends before that step, or after two minutes.
 pub fn signal_child_at_step(
     test_name: &str,
     dir: &Path,
@@ -119,11 +147,11 @@ pub fn signal_child_at_step(
 }
 
 /// The whole SIGKILL test of a trainer. `train(dir)` trains into `dir` (resuming from its newest
-/// checkpoint, as every trainer does) and returns the final weights; `child_test` is the name of
-/// an ignored test that calls `train(child_dir())`. Runs `train` straight into one directory; runs
-/// the child into another, kills it with SIGKILL at a random step in `1..total - 1` and resumes
-/// there; then asserts the same final weights, bit for bit, and the same metrics lines (the
-/// `time/*` metrics aside).
+/// checkpoint, as every trainer does) and returns the final weights; `child_test` is the full
+/// name ([`test_name!`](crate::test_name)) of an ignored test that calls `train(child_dir())`.
+/// Runs `train` straight into one directory; runs the child into another, kills it with SIGKILL
+/// at a random step in `1..total - 1` and resumes there; then asserts the same final weights, bit
+/// for bit, and the same metrics lines (the `time/*` metrics aside).
 ///
 /// # Panics
 /// When the resumed run differs from the straight one, or the child could not be killed as

@@ -588,7 +588,8 @@ fn kto_sigkill_child() {
 #[test]
 fn kto_survives_sigkill_at_a_random_step() {
     let _serial = rlhf_testkit::serial();
-    rlhf_testkit::crash::assert_resumes_after_sigkill("kto_sigkill_child", 14, kto_into);
+    let child = rlhf_testkit::test_name!(kto_sigkill_child);
+    rlhf_testkit::crash::assert_resumes_after_sigkill(&child, 14, kto_into);
 }
 
 /// With gradient accumulation, a micro-batch without an undesirable example reports no

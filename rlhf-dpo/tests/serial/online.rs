@@ -486,5 +486,6 @@ fn online_dpo_sigkill_child() {
 #[test]
 fn online_dpo_survives_sigkill_at_a_random_round() {
     let _serial = rlhf_testkit::serial();
-    rlhf_testkit::crash::assert_resumes_after_sigkill("online_dpo_sigkill_child", 10, online_into);
+    let child = rlhf_testkit::test_name!(online_dpo_sigkill_child);
+    rlhf_testkit::crash::assert_resumes_after_sigkill(&child, 10, online_into);
 }

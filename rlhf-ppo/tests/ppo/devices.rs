@@ -4,8 +4,6 @@
 //! 1e-3, and every minibatch's losses within 1e-3 (relative, floored at 1). With `RLHF_DEVICE`
 //! unset both sides are `flex`.
 
-mod common;
-
 use burn::module::Module;
 use burn::tensor::Device;
 use rand::SeedableRng;
@@ -17,6 +15,8 @@ use rlhf_ppo::{
     AdvantageEstimator, Experience, PolicyAndValue, PpoConfig, UpdateStats, encode_queries,
     make_experience, ppo_update,
 };
+
+use crate::common;
 
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-3 * a.abs().max(b.abs()).max(1.0)

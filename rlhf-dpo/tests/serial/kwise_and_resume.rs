@@ -237,7 +237,8 @@ fn dpo_sigkill_child() {
 #[test]
 fn dpo_survives_sigkill_at_a_random_step() {
     let _serial = rlhf_testkit::serial();
-    rlhf_testkit::crash::assert_resumes_after_sigkill("dpo_sigkill_child", 24, dpo_into);
+    let child = rlhf_testkit::test_name!(dpo_sigkill_child);
+    rlhf_testkit::crash::assert_resumes_after_sigkill(&child, 24, dpo_into);
 }
 
 proptest::proptest! {

@@ -3,8 +3,6 @@
 //! aggregations coincide where their definitions do, and DAPO's dynamic sampling keeps only
 //! groups whose scores differ. On the device of `RLHF_DEVICE` (flex by default; wgpu in CI).
 
-mod common;
-
 use burn::module::Module;
 use rand::SeedableRng;
 use rlhf_core::train::metrics::names;
@@ -15,6 +13,8 @@ use rlhf_ppo::{
     AdvantageEstimator, PolicyAndValue, PpoConfig, PpoInputs, encode_queries, make_experience,
     minibatch_loss, overlong_penalty, ppo_iteration, ppo_update,
 };
+
+use crate::common;
 
 fn metric(m: &Metrics, name: &str) -> f64 {
     m.iter()

@@ -9,7 +9,7 @@
 //! - `exo_pair`: `σ(βh)(logσ(βh) − log(1−ε)) + σ(−βh)(logσ(−βh) − log ε)` (ε = 1e−3).
 //!
 //! One DPO step and one EXO step on the device of `RLHF_DEVICE` (wgpu in CI) against the same
-//! step on `flex` are in `tests/devices.rs`.
+//! step on `flex` are in `tests/dpo/devices.rs`.
 
 use burn::tensor::{Tensor, TensorData};
 use rlhf_dpo::{dpo_loss, exo_pref_loss, hinge_loss, ipo_loss, robust_dpo_loss};
