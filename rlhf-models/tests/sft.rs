@@ -1,4 +1,4 @@
-// A binary of its own: a slow learning test, and it seeds burn's process-wide RNG without a lock.
+// A binary of its own: a slow learning test that people run on its own.
 //! SFT learns: on `tldr-synth` demonstrations, eval loss falls by a clear margin and the gold
 //! score of sampled summaries rises over the untrained model's. Fixed seeds; about 40 s in a
 //! test build on two cores.
@@ -65,9 +65,10 @@ fn sft_on_tldr_synth_lowers_eval_loss_and_raises_the_gold_score() {
         .map(|p| encode(&tok, p, &task.reference(p)))
         .collect();
 
-    device.seed(1);
     let shape = rlhf_testkit::tiny_shape(tok.vocab_size());
-    let untrained = CausalLm::init(&shape, &device).unwrap();
+    // under the initialisation lock: the binary's other test builds models at the same time
+    let untrained =
+        rlhf_core::train::seeded(&device, 1, || CausalLm::init(&shape, &device).unwrap());
     let loss_before = eval_loss(&untrained, &eval, 16, &device).unwrap();
     let gold_before = gold_of_samples(&untrained, &tok, &task, &eval_prompts);
 
