@@ -352,7 +352,7 @@ fn size_findings(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
                 Some((s.seed, if larger_better { gap } else { -gap }))
             })
             .collect();
-        let raw_mean = raw.iter().sum::<f64>() / raw.len().max(1) as f64;
+        let raw_mean = mean(&raw);
         let effect = if larger_better {
             "gold gain at matched KL, largest − smallest"
         } else {

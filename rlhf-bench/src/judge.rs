@@ -271,7 +271,7 @@ pub(crate) fn add_baseline(
     m.insert(names::LENGTH_SFT.into(), mean(&hot.length_per_prompt));
     m.insert(
         names::GOLD_REFERENCES.into(),
-        mean(&refs.iter().map(|r| r.1).collect::<Vec<_>>()),
+        mean(refs.iter().map(|r| r.1)),
     );
     m.insert(names::GOLD_CEILING.into(), 1.0);
     it.insert(items::SFT_GOLD.into(), hot.gold_per_prompt.clone());

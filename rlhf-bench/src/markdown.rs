@@ -26,7 +26,7 @@ fn show(i: Option<Interval>) -> String {
 
 /// `0.312 [0.290, 0.334]` for a value per seed.
 pub(crate) fn show_level(v: &[f64]) -> String {
-    let mean = v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let mean = crate::stats::mean(v);
     match Interval::over_seeds(v) {
         Some(i) => format!("{mean:.3} [{:.3}, {:.3}]", i.lo, i.hi),
         None => format!("{mean:.3}"),
@@ -60,7 +60,7 @@ fn calibration(md: &mut String, seeds: &[Seed<'_>], points: &[PointRecord]) {
         params.push(p);
         let sft_win = v(names::SFT_WIN_VS_REFERENCES);
         if i == 0 {
-            smallest_win = sft_win.iter().sum::<f64>() / sft_win.len().max(1) as f64;
+            smallest_win = crate::stats::mean(&sft_win);
         }
         let _ = writeln!(
             md,

@@ -325,6 +325,21 @@ pub(crate) fn initial_critic(
     })
 }
 
+/// The critic's shape, when the estimator needs one: the reward model's, or (switched off, see
+/// [`initial_critic`]) the policy's.
+pub(crate) fn critic_shape<'a>(
+    pcfg: &PpoConfig,
+    rm: &'a TransformerConfig,
+    policy: &'a TransformerConfig,
+) -> Option<&'a TransformerConfig> {
+    let shape = if pcfg.value_from_reward_model {
+        rm
+    } else {
+        policy
+    };
+    pcfg.advantage.needs_critic().then_some(shape)
+}
+
 /// The numeric fields of each line of a run's `metrics.jsonl`: the learning curve.
 fn read_curve(path: &Path) -> Result<Vec<BTreeMap<String, f64>>> {
     Ok(read_metrics(path)?
@@ -346,14 +361,7 @@ fn iteration_flops(
     stage: &RmStage,
     response_len: u64,
 ) -> u64 {
-    let critic = pcfg
-        .advantage
-        .needs_critic()
-        .then_some(if pcfg.value_from_reward_model {
-            &stage.shape
-        } else {
-            inp.policy_shape
-        });
+    let critic = critic_shape(pcfg, &stage.shape, inp.policy_shape);
     ppo_iteration_flops(
         inp.policy_shape,
         &stage.shape,

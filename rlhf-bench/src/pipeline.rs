@@ -251,10 +251,7 @@ pub fn run(cfg: &RunConfig, cache: &Path, work: &Path) -> Result<RunResult> {
                 j.temperature,
                 &device,
             )?;
-            m.insert(
-                names::KL.into(),
-                kl.iter().sum::<f64>() / kl.len().max(1) as f64,
-            );
+            m.insert(names::KL.into(), crate::stats::mean(&kl));
         }
     }
     m.entry(names::FLOPS_METHOD.into()).or_insert(0.0);

@@ -13,6 +13,7 @@
 //! it ignores the seed-to-seed spread, which the first edition of the report showed to be the
 //! larger part, so one seed never gives a verdict.
 
+pub use rlhf_core::stats::{mean, mean_se};
 use serde::{Deserialize, Serialize};
 use statrs::distribution::{ContinuousCDF, StudentsT};
 
@@ -32,27 +33,11 @@ pub struct Interval {
     pub seeds: usize,
 }
 
-/// The mean of `v` (0 for an empty slice).
-pub fn mean(v: &[f64]) -> f64 {
-    v.iter().sum::<f64>() / v.len().max(1) as f64
-}
-
 /// `t(1 − (1 − LEVEL)/2, df)`.
 pub fn t_quantile(df: f64) -> f64 {
     StudentsT::new(0.0, 1.0, df)
         .map(|t| t.inverse_cdf(1.0 - (1.0 - LEVEL) / 2.0))
         .unwrap_or(f64::NAN)
-}
-
-/// Mean and standard error of the mean (sample standard deviation / √n; 0 for one value).
-pub fn mean_se(v: &[f64]) -> (f64, f64) {
-    let n = v.len().max(1) as f64;
-    let mean = v.iter().sum::<f64>() / n;
-    if v.len() < 2 {
-        return (mean, 0.0);
-    }
-    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
-    (mean, (var / n).sqrt())
 }
 
 impl Interval {

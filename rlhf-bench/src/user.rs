@@ -251,8 +251,8 @@ fn read_split(
 }
 
 /// The reward model of `cfg.rm` (from the SFT backbone of `rm.size`) on the file's training
-/// pairs, its label accuracy measured on the held-out pairs; cached per size, pair count,
-/// settings, policy size and seed.
+/// pairs, its label accuracy measured on the held-out pairs; cached per size, both pair counts,
+/// settings and the backbone's SFT budget (seed included).
 fn reward_model(
     cfg: &RunConfig,
     tok: &Tokenizer,
@@ -378,7 +378,7 @@ fn judge_by_rm(
     m.insert(names::KL.into(), mean_se(&kl).0);
     m.insert(
         names::LENGTH.into(),
-        judged.ids.iter().map(|r| r.len() as f64).sum::<f64>() / judged.ids.len().max(1) as f64,
+        crate::stats::mean(judged.ids.iter().map(|r| r.len() as f64)),
     );
     let chosen: Vec<String> = eval_prompts
         .iter()

@@ -45,6 +45,7 @@ pub mod logprobs;
 pub mod masked;
 pub mod policy_loss;
 pub mod ppo;
+pub mod stats;
 pub mod train;
 
 pub use advantages::{

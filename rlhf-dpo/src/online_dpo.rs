@@ -36,6 +36,7 @@ use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::Device;
 use rand::seq::SliceRandom;
 use rlhf_core::host::to_f32_vec;
+use rlhf_core::stats::mean;
 use rlhf_core::train::memory;
 use rlhf_core::train::metrics::names;
 use rlhf_core::train::{
@@ -291,11 +292,6 @@ impl Means {
         let w = if self.1 > 0.0 { self.1 } else { 1.0 };
         self.0.iter().map(|&(k, v)| (k, v / w)).collect()
     }
-}
-
-fn mean(v: impl Iterator<Item = f64>) -> f64 {
-    let (s, n) = v.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
-    s / n.max(1) as f64
 }
 
 /// Trains `policy` (on an autodiff `device`) with online DPO for `cfg.rounds` rounds. A run with

@@ -923,11 +923,8 @@ pub fn ppo_iteration(
         metrics.push((names::OBJECTIVE_VARIANCE_REMOVED, share));
     }
     if cfg.overlong_buffer.is_some() {
-        let penalties: Vec<f64> = rollout.overlong.iter().map(|&p| f64::from(p)).collect();
-        metrics.push((
-            names::OBJECTIVE_OVERLONG,
-            penalties.iter().sum::<f64>() / penalties.len().max(1) as f64,
-        ));
+        let penalties = rollout.overlong.iter().map(|&p| f64::from(p));
+        metrics.push((names::OBJECTIVE_OVERLONG, rlhf_core::stats::mean(penalties)));
     }
     if let Some(d) = dynamic {
         metrics.extend(d.metrics());

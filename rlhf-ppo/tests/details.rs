@@ -5,8 +5,6 @@
 //! The tests take `rlhf_testkit::serial()` first: bit-for-bit comparisons hold only when
 //! no other test trains in the process at the same time.
 
-mod common;
-
 use burn::module::Module;
 use burn::tensor::Device;
 use rand::SeedableRng;
@@ -19,8 +17,9 @@ use rlhf_ppo::{
     AdvantageEstimator, PolicyAndValue, PpoConfig, PpoInputs, encode_queries, make_experience,
     minibatch_loss, ppo_iteration, train_ppo,
 };
+use rlhf_testkit::counting;
 
-use common::{Constant, Words, counting_policy, load, prompt, tokenizer};
+use counting::{Constant, Words, counting_policy, load, prompt, tokenizer};
 
 fn get(m: &Metrics, name: &str) -> f64 {
     m.iter()
@@ -196,7 +195,7 @@ fn the_score_lands_on_the_last_real_token_and_nothing_follows_eos() {
 
     // another reference: −β·kl on every real token, 0 after EOS
     let other = rlhf_core::train::seeded(&f.device, 99, || {
-        CausalLm::init(&common::shape(f.tok.vocab_size(), 0.0), &f.device).unwrap()
+        CausalLm::init(&counting::shape(f.tok.vocab_size(), 0.0), &f.device).unwrap()
     });
     let (exp2, metrics2) = make_experience(
         &models,

@@ -12,8 +12,7 @@
 //! Budgets can be changed with `PPO_ITERS`, `PPO_LR` for experiments; the defaults are the
 //! asserted ones.
 
-mod common;
-
+use rlhf_testkit::counting;
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -183,11 +182,11 @@ fn dapo_and_gspo_against_a_reward_model_raise_the_gold_score() {
 #[test]
 fn ppo_and_grpo_raise_a_rule_reward() {
     let _serial = serial();
-    let tok = common::tokenizer();
-    let bytes = common::counting_policy(&tok, 0.0);
+    let tok = counting::tokenizer();
+    let bytes = counting::counting_policy(&tok, 0.0);
     let device = rlhf_core::device_from_env().unwrap().autodiff();
-    let prompts: Vec<String> = (1..=8).map(common::prompt).collect();
-    let reference = common::load(&bytes, tok.vocab_size(), 0.0, &device);
+    let prompts: Vec<String> = (1..=8).map(counting::prompt).collect();
+    let reference = counting::load(&bytes, tok.vocab_size(), 0.0, &device);
     let score_of = |m: &CausalLm| {
         let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
         let many: Vec<&str> = refs.iter().flat_map(|p| [*p; 8]).collect();
@@ -205,7 +204,7 @@ fn ppo_and_grpo_raise_a_rule_reward() {
         )
         .unwrap();
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        let rule: Vec<f64> = common::Words
+        let rule: Vec<f64> = counting::Words
             .score(&many, &refs)
             .unwrap()
             .into_iter()
@@ -226,7 +225,7 @@ fn ppo_and_grpo_raise_a_rule_reward() {
         if !only.is_empty() && !format!("{advantage:?}").eq_ignore_ascii_case(&only) {
             continue;
         }
-        let policy = common::load(&bytes, tok.vocab_size(), 0.0, &device);
+        let policy = counting::load(&bytes, tok.vocab_size(), 0.0, &device);
         let value = advantage.needs_critic().then(|| {
             rlhf_core::train::seeded(&device, 8, || ScalarModel::from_backbone(policy.clone()))
         });
@@ -247,7 +246,7 @@ fn ppo_and_grpo_raise_a_rule_reward() {
         };
         let inputs = PpoInputs {
             reference: &reference,
-            scorer: &common::Words,
+            scorer: &counting::Words,
             tokenizer: &tok,
             prompts: &prompts,
             demonstrations: &[],

@@ -3,6 +3,8 @@
 //! What the workspace's tests and examples share, in one place instead of copied or included by
 //! path: a dev-dependency of the other crates, never published.
 //!
+//! - [`counting`]: a tiny policy that answers `count k:` with `k` words and EOS, for PPO's
+//!   detail, device and method tests.
 //! - [`crash`]: crash tests — a test of the current binary run as a child, killed (SIGKILL) or
 //!   stopped (SIGTERM) at a step, resumed and compared with a run that never stopped; and
 //!   [`crash::serial`], the lock for tests that compare runs bit for bit.
@@ -12,6 +14,7 @@
 //! - [`pairs`]: labelled `tldr-synth` pairs and step-labelled `arith-steps` chains with a tiny
 //!   backbone, for the reward models' learning tests and examples.
 
+pub mod counting;
 pub mod crash;
 pub mod pairs;
 pub mod replicas;

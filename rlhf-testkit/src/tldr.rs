@@ -22,9 +22,7 @@ use rlhf_reward::{
 
 use crate::tiny_shape;
 
-pub fn mean(v: &[f64]) -> f64 {
-    v.iter().sum::<f64>() / v.len() as f64
-}
+pub use rlhf_core::stats::mean;
 
 /// Everything PPO needs on `tldr-synth`, built once per test binary.
 pub struct Tldr {

@@ -90,7 +90,7 @@ pub(crate) fn baseline(right: &[bool], answers: &[Option<i64>]) -> Baseline {
     let one = |b: bool| f64::from(u8::from(b));
     Baseline {
         first: right.first().copied().map_or(0.0, one),
-        random: right.iter().copied().map(one).sum::<f64>() / right.len().max(1) as f64,
+        random: crate::stats::mean(right.iter().copied().map(one)),
         majority: majority_vote(answers).map_or(0.0, |i| one(right[i])),
         oracle: one(right.iter().any(|&r| r)),
     }

@@ -52,12 +52,7 @@ fn mean_paired(pairs: &[(&PointRecord, &PointRecord)], name: &str) -> Vec<f64> {
 
 /// Mean over `pairs` of the metric `name`, `a − b`.
 fn mean_gap(pairs: &[(&PointRecord, &PointRecord)], name: &str) -> f64 {
-    mean(
-        &pairs
-            .iter()
-            .map(|(a, b)| metric(a, name) - metric(b, name))
-            .collect::<Vec<_>>(),
-    )
+    mean(pairs.iter().map(|(a, b)| metric(a, name) - metric(b, name)))
 }
 
 /// Every `arith-steps` finding, in report order.
@@ -79,12 +74,8 @@ fn process_in_domain(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
             if m.is_empty() {
                 return None;
             }
-            levels.0.push(mean(
-                &m.iter().map(|x| metric(x.0, am::PICK)).collect::<Vec<_>>(),
-            ));
-            levels.1.push(mean(
-                &m.iter().map(|x| metric(x.1, am::PICK)).collect::<Vec<_>>(),
-            ));
+            levels.0.push(mean(m.iter().map(|x| metric(x.0, am::PICK))));
+            levels.1.push(mean(m.iter().map(|x| metric(x.1, am::PICK))));
             one = Some(mean_paired(&m, am::PICK));
             Some((s.seed, mean_gap(&m, am::PICK)))
         })

@@ -19,7 +19,7 @@ use crate::cache::quiet_in;
 use crate::compute::ppo_iteration_flops;
 use crate::config::RunConfig;
 use crate::judge::{kl_per_prompt, per_prompt, sample};
-use crate::method::{advantage_for, initial_critic};
+use crate::method::{advantage_for, critic_shape, initial_critic};
 use crate::metrics::{arith as am, names};
 use crate::pipeline::{RunResult, peak_memory_bytes};
 use crate::stages::{Prompts, Sft};
@@ -93,15 +93,7 @@ fn add_method_cost(
     stage: &verifier::Stage,
     iterations: u64,
 ) {
-    // the critic starts from the verifier, or (switched off) from the policy
-    let critic = pcfg
-        .advantage
-        .needs_critic()
-        .then_some(if pcfg.value_from_reward_model {
-            &stage.rm.config
-        } else {
-            &sft.shape
-        });
+    let critic = critic_shape(pcfg, &stage.rm.config, &sft.shape);
     let per_iteration = ppo_iteration_flops(
         &sft.shape,
         &stage.rm.config,
@@ -169,7 +161,7 @@ fn judge_pass1(
             let after_scores = scorer.score(&prompts, &texts)?;
             out.metric(
                 am::VERIFIER_AFTER,
-                mean(&after_scores.into_iter().map(f64::from).collect::<Vec<_>>()),
+                mean(after_scores.into_iter().map(f64::from)),
             );
             let kl = kl_per_prompt(
                 policy,

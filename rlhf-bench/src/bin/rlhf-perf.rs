@@ -27,7 +27,8 @@ use rlhf_bench::perf::{
     median_min_max,
 };
 use rlhf_bench::perf::{Measurement, SIZES, Size, Workload, default_examples, measure};
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 
 /// The peer's PyTorch matmul rate, measured as ours is: median of 10 products of 2048² f32.
 const TORCH_PEAK: &str = "import time, torch
@@ -284,9 +285,112 @@ impl Series {
     }
 }
 
-fn stats(v: &[f64]) -> Value {
-    let (median, min, max) = median_min_max(v);
-    json!({ "median": median, "min": min, "max": max, "runs": v })
+/// `perf.json`: the machine, the shapes, and one row per size × workload × replica count.
+#[derive(Serialize)]
+struct Report {
+    git_revision: String,
+    machine: Machine,
+    device: String,
+    matmul_peak_gflops: Peaks,
+    shapes: Shapes,
+    repeats: u64,
+    workloads: Vec<Row>,
+}
+
+#[derive(Serialize)]
+struct Machine {
+    nproc: usize,
+    cpu: String,
+    cpu_family: String,
+    cpu_model: String,
+    cpu_mhz: String,
+    cpu_flags: BTreeMap<&'static str, bool>,
+    gemm_x86_v4: bool,
+}
+
+/// The measured f32 matmul peaks (GFLOP/s), the MFU's denominators.
+#[derive(Serialize)]
+struct Peaks {
+    burn: f64,
+    torch: Option<f64>,
+}
+
+/// The workloads' shapes, shared with the peer.
+#[derive(Serialize)]
+struct Shapes {
+    batch: usize,
+    prompt_tokens: usize,
+    response_tokens: usize,
+    new_tokens: usize,
+    samples_per_prompt: usize,
+    vocab: usize,
+}
+
+#[derive(Serialize)]
+struct Row {
+    size: &'static str,
+    workload: &'static str,
+    replicas: usize,
+    unit: &'static str,
+    example_unit: &'static str,
+    examples_per_run: usize,
+    non_embedding_params: u64,
+    flops_per_example: f64,
+    ours: Ours,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peer: Option<Peer>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ratio: Option<Ratio>,
+}
+
+#[derive(Serialize)]
+struct Ours {
+    examples_per_s: Stats,
+    units_per_s: Stats,
+    gflops_per_s: f64,
+    mfu: f64,
+    peak_rss_bytes: u64,
+}
+
+#[derive(Serialize)]
+struct Peer {
+    examples_per_s: Stats,
+    gflops_per_s: f64,
+    mfu_of_torch_peak: Option<f64>,
+    peak_rss_bytes: u64,
+    /// The peer's own report of its last run.
+    last_report: Value,
+}
+
+/// Ours over the peer: the median (and range) of the ratios of runs of the same repeat, and the
+/// ratio of the two medians.
+#[derive(Serialize)]
+struct Ratio {
+    median_of_paired: f64,
+    min: f64,
+    max: f64,
+    of_medians: f64,
+}
+
+/// A series' median, range and every run.
+#[derive(Serialize)]
+struct Stats {
+    median: f64,
+    min: f64,
+    max: f64,
+    runs: Vec<f64>,
+}
+
+impl Stats {
+    fn of(v: &[f64]) -> Self {
+        let (median, min, max) = median_min_max(v);
+        Stats {
+            median,
+            min,
+            max,
+            runs: v.to_vec(),
+        }
+    }
 }
 
 fn sweep(mut o: Options) -> Result<()> {
@@ -367,23 +471,25 @@ fn sweep(mut o: Options) -> Result<()> {
                 let flops_per_example = m.flops as f64 / m.examples as f64;
                 let (ours_median, _, _) = median_min_max(&ours_runs.eps);
                 let ours_flops = median_min_max(&ours_runs.flops).0;
-                let mut row = json!({
-                    "size": size.name,
-                    "workload": w.name(),
-                    "replicas": replicas,
-                    "unit": w.unit(),
-                    "example_unit": w.example_unit(),
-                    "examples_per_run": examples,
-                    "non_embedding_params": m.non_embedding_params,
-                    "flops_per_example": flops_per_example,
-                    "ours": {
-                        "examples_per_s": stats(&ours_runs.eps),
-                        "units_per_s": stats(&ours_runs.units),
-                        "gflops_per_s": ours_flops / 1e9,
-                        "mfu": ours_flops / burn_peak,
-                        "peak_rss_bytes": ours_runs.rss,
+                let mut row = Row {
+                    size: size.name,
+                    workload: w.name(),
+                    replicas,
+                    unit: w.unit(),
+                    example_unit: w.example_unit(),
+                    examples_per_run: examples,
+                    non_embedding_params: m.non_embedding_params,
+                    flops_per_example,
+                    ours: Ours {
+                        examples_per_s: Stats::of(&ours_runs.eps),
+                        units_per_s: Stats::of(&ours_runs.units),
+                        gflops_per_s: ours_flops / 1e9,
+                        mfu: ours_flops / burn_peak,
+                        peak_rss_bytes: ours_runs.rss,
                     },
-                });
+                    peer: None,
+                    ratio: None,
+                };
                 let mut line = format!(
                     "{:<6} {:<13} ×{replicas} {:>10.1} {:<13} MFU {:>5.1}%  peak {:>6.0} MiB",
                     size.name,
@@ -404,16 +510,18 @@ fn sweep(mut o: Options) -> Result<()> {
                     let (peer_median, _, _) = median_min_max(&peer_eps);
                     let peer_flops = peer_median * flops_per_example;
                     let (ratio, rmin, rmax) = median_min_max(&ratios);
-                    row["peer"] = json!({
-                        "examples_per_s": stats(&peer_eps),
-                        "gflops_per_s": peer_flops / 1e9,
-                        "mfu_of_torch_peak": torch_peak.map(|p| peer_flops / p),
-                        "peak_rss_bytes": peer_rss,
-                        "last_report": peer_json,
+                    row.peer = Some(Peer {
+                        examples_per_s: Stats::of(&peer_eps),
+                        gflops_per_s: peer_flops / 1e9,
+                        mfu_of_torch_peak: torch_peak.map(|p| peer_flops / p),
+                        peak_rss_bytes: peer_rss,
+                        last_report: peer_json.clone(),
                     });
-                    row["ratio"] = json!({
-                        "median_of_paired": ratio, "min": rmin, "max": rmax,
-                        "of_medians": ours_median / peer_median,
+                    row.ratio = Some(Ratio {
+                        median_of_paired: ratio,
+                        min: rmin,
+                        max: rmax,
+                        of_medians: ours_median / peer_median,
                     });
                     line.push_str(&format!(
                         " | TRL {:>7.2} {}/s, peak {:>6.0} MiB | ratio {ratio:.2} ({rmin:.2}–{rmax:.2})",
@@ -428,18 +536,25 @@ fn sweep(mut o: Options) -> Result<()> {
         }
     }
 
-    let report = json!({
-        "git_revision": rlhf_bench::study::git_revision(),
-        "machine": machine(),
-        "device": device_name,
-        "matmul_peak_gflops": { "burn": burn_peak / 1e9, "torch": torch_peak.map(|p| p / 1e9) },
-        "shapes": {
-            "batch": BATCH, "prompt_tokens": PROMPT_WORDS, "response_tokens": RESPONSE_WORDS,
-            "new_tokens": NEW_TOKENS, "samples_per_prompt": SAMPLES_PER_PROMPT, "vocab": VOCAB,
+    let report = Report {
+        git_revision: rlhf_bench::study::git_revision(),
+        machine: machine(),
+        device: device_name,
+        matmul_peak_gflops: Peaks {
+            burn: burn_peak / 1e9,
+            torch: torch_peak.map(|p| p / 1e9),
         },
-        "repeats": o.repeats,
-        "workloads": rows,
-    });
+        shapes: Shapes {
+            batch: BATCH,
+            prompt_tokens: PROMPT_WORDS,
+            response_tokens: RESPONSE_WORDS,
+            new_tokens: NEW_TOKENS,
+            samples_per_prompt: SAMPLES_PER_PROMPT,
+            vocab: VOCAB,
+        },
+        repeats: o.repeats,
+        workloads: rows,
+    };
     if let Some(dir) = o.out.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -449,7 +564,7 @@ fn sweep(mut o: Options) -> Result<()> {
     Ok(())
 }
 
-fn machine() -> Value {
+fn machine() -> Machine {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     // the first processor's `key : value` line; a model name alone ("AMD EPYC") does not tell
     // the generation, family and model do (AMD family 25 is Zen 3/4, 26 is Zen 5)
@@ -462,18 +577,17 @@ fn machine() -> Value {
             })
             .unwrap_or_else(|| "unknown".into())
     };
-    let cpu = field("model name");
     let flags: BTreeMap<&str, bool> = ["avx2", "fma", "avx512f", "avx512_bf16"]
         .into_iter()
         .map(|f| (f, cpuinfo.split_whitespace().any(|w| w == f)))
         .collect();
-    json!({
-        "nproc": std::thread::available_parallelism().map_or(0, usize::from),
-        "cpu": cpu,
-        "cpu_family": field("cpu family"),
-        "cpu_model": field("model"),
-        "cpu_mhz": field("cpu MHz"),
-        "cpu_flags": flags,
-        "gemm_x86_v4": rlhf_core::GEMM_X86_V4,
-    })
+    Machine {
+        nproc: std::thread::available_parallelism().map_or(0, usize::from),
+        cpu: field("model name"),
+        cpu_family: field("cpu family"),
+        cpu_model: field("model"),
+        cpu_mhz: field("cpu MHz"),
+        cpu_flags: flags,
+        gemm_x86_v4: rlhf_core::GEMM_X86_V4,
+    }
 }

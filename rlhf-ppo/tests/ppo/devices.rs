@@ -16,7 +16,7 @@ use rlhf_ppo::{
     make_experience, ppo_update,
 };
 
-use crate::common;
+use rlhf_testkit::counting;
 
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-3 * a.abs().max(b.abs()).max(1.0)
@@ -24,16 +24,16 @@ fn close(a: f64, b: f64) -> bool {
 
 #[test]
 fn one_ppo_and_one_grpo_iteration_match_flex() {
-    let tok = common::tokenizer();
-    let policy_bytes = common::counting_policy(&tok, 0.0);
+    let tok = counting::tokenizer();
+    let policy_bytes = counting::counting_policy(&tok, 0.0);
     let flex = rlhf_core::parse_device("flex").unwrap().autodiff();
     let other = rlhf_core::device_from_env().unwrap().autodiff();
     let vocab = tok.vocab_size();
-    let policy = common::load(&policy_bytes, vocab, 0.0, &flex);
+    let policy = counting::load(&policy_bytes, vocab, 0.0, &flex);
     let value_bytes = rlhf_core::train::seeded(&flex, 21, || {
         module_to_bytes(ScalarModel::from_backbone(policy)).unwrap()
     });
-    let prompts: Vec<String> = (1..=4).map(common::prompt).collect();
+    let prompts: Vec<String> = (1..=4).map(counting::prompt).collect();
     for advantage in [AdvantageEstimator::Gae, AdvantageEstimator::Grpo] {
         let cfg = PpoConfig {
             advantage,
@@ -53,7 +53,7 @@ fn one_ppo_and_one_grpo_iteration_match_flex() {
         let (qids, qmask) = encode_queries(&tok, &episodes, cfg.query_length).unwrap();
         // the responses are sampled once, on flex, and given to both sides
         let generation = generate(
-            &common::load(&policy_bytes, vocab, 0.0, &flex).valid(),
+            &counting::load(&policy_bytes, vocab, 0.0, &flex).valid(),
             &qids,
             &qmask,
             episodes.len(),
@@ -68,7 +68,7 @@ fn one_ppo_and_one_grpo_iteration_match_flex() {
         .unwrap();
         let scores: Vec<f32> = (0..episodes.len()).map(|i| (i % 5) as f32 * 0.5).collect();
         let run = |device: &Device| -> (Experience, UpdateStats) {
-            let policy = common::load(&policy_bytes, vocab, 0.0, device);
+            let policy = counting::load(&policy_bytes, vocab, 0.0, device);
             let value = advantage.needs_critic().then(|| {
                 module_from_bytes(
                     rlhf_core::train::seeded(device, 0, || {
@@ -83,7 +83,7 @@ fn one_ppo_and_one_grpo_iteration_match_flex() {
                 policy: models.policy.valid(),
                 value: models.value.as_ref().map(|v| v.valid()),
             };
-            let reference = common::load(&policy_bytes, vocab, 0.0, device).valid();
+            let reference = counting::load(&policy_bytes, vocab, 0.0, device).valid();
             let (exp, _) = make_experience(
                 &inference,
                 &reference,

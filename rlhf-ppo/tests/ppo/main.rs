@@ -3,9 +3,6 @@
 //! correctness review's tests. The TL;DR details (compared bit for bit) are in
 //! `tests/details.rs`, the learning tests in `tests/learning.rs`.
 
-#[path = "../common/mod.rs"]
-mod common;
-
 mod devices;
 mod methods;
 mod review;

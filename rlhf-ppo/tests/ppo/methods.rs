@@ -14,7 +14,7 @@ use rlhf_ppo::{
     minibatch_loss, overlong_penalty, ppo_iteration, ppo_update,
 };
 
-use crate::common;
+use rlhf_testkit::counting;
 
 fn metric(m: &Metrics, name: &str) -> f64 {
     m.iter()
@@ -47,17 +47,17 @@ fn small(advantage: AdvantageEstimator) -> PpoConfig {
 /// another engine see far more and need the truncated importance-sampling correction.
 #[test]
 fn the_sampler_and_the_trainer_agree_on_the_rollout_log_probs() {
-    let tok = common::tokenizer();
+    let tok = counting::tokenizer();
     let device = rlhf_core::device_from_env().unwrap().autodiff();
-    let bytes = common::counting_policy(&tok, 0.0);
-    let policy = common::load(&bytes, tok.vocab_size(), 0.0, &device);
+    let bytes = counting::counting_policy(&tok, 0.0);
+    let policy = counting::load(&bytes, tok.vocab_size(), 0.0, &device);
     // at T = 0.7, so that the temperature the trainer reapplies is part of what agrees
     let cfg = PpoConfig {
         rollout_is_cap: Some(3.0),
         temperature: 0.7,
         ..small(AdvantageEstimator::Grpo)
     };
-    let prompts: Vec<String> = (1..=4).map(common::prompt).collect();
+    let prompts: Vec<String> = (1..=4).map(counting::prompt).collect();
     let episodes: Vec<&str> = prompts.iter().flat_map(|p| [p.as_str(); 4]).collect();
     let (qids, qmask) = encode_queries(&tok, &episodes, cfg.query_length).unwrap();
     let models = PolicyAndValue::new(policy, None);
@@ -184,23 +184,23 @@ fn full_length_generation(batch: usize, len: usize, vocab: u32) -> Generation {
 /// fail).
 #[test]
 fn grpo_dapo_and_dr_grpo_aggregations_take_the_same_steps_on_equal_lengths() {
-    let tok = common::tokenizer();
+    let tok = counting::tokenizer();
     let device = rlhf_core::device_from_env().unwrap().autodiff();
-    let bytes = common::counting_policy(&tok, 0.0);
+    let bytes = counting::counting_policy(&tok, 0.0);
     let vocab = tok.vocab_size();
-    let prompts: Vec<String> = (1..=4).map(common::prompt).collect();
+    let prompts: Vec<String> = (1..=4).map(counting::prompt).collect();
     let episodes: Vec<&str> = prompts.iter().flat_map(|p| [p.as_str(); 4]).collect();
     let base = small(AdvantageEstimator::Grpo);
     let (qids, qmask) = encode_queries(&tok, &episodes, base.query_length).unwrap();
     let scores: Vec<f32> = (0..episodes.len()).map(|i| (i % 3) as f32 * 0.7).collect();
-    let probe = common::load(&bytes, vocab, 0.0, &device).valid();
+    let probe = counting::load(&bytes, vocab, 0.0, &device).valid();
     let probe_input = probe.input(&qids, &qmask, episodes.len()).unwrap();
     let after = |aggregation: LossAggregation, generation: &Generation| -> Vec<f32> {
         let cfg = PpoConfig {
             loss_aggregation: aggregation,
             ..base.clone()
         };
-        let models = PolicyAndValue::new(common::load(&bytes, vocab, 0.0, &device), None);
+        let models = PolicyAndValue::new(counting::load(&bytes, vocab, 0.0, &device), None);
         let inference = PolicyAndValue {
             policy: models.policy.valid(),
             value: None,
@@ -270,12 +270,12 @@ struct Counting {
 
 impl Counting {
     fn new() -> Self {
-        let tok = common::tokenizer();
+        let tok = counting::tokenizer();
         let device = rlhf_core::device_from_env().unwrap().autodiff();
-        let bytes = common::counting_policy(&tok, 0.0);
-        let reference = common::load(&bytes, tok.vocab_size(), 0.0, &device);
+        let bytes = counting::counting_policy(&tok, 0.0);
+        let reference = counting::load(&bytes, tok.vocab_size(), 0.0, &device);
         Counting {
-            prompts: (1..=8).map(common::prompt).collect(),
+            prompts: (1..=8).map(counting::prompt).collect(),
             tok,
             device,
             bytes,
@@ -294,7 +294,7 @@ impl Counting {
             eval: None,
             eval_every: 0,
         };
-        let policy = common::load(&self.bytes, self.tok.vocab_size(), 0.0, &self.device);
+        let policy = counting::load(&self.bytes, self.tok.vocab_size(), 0.0, &self.device);
         let mut optim = cfg.optimizer.build().unwrap();
         let picked: Vec<&str> = self.prompts[..4].iter().map(String::as_str).collect();
         ppo_iteration(
@@ -328,7 +328,7 @@ fn dynamic_sampling_keeps_groups_whose_scores_differ() {
         missing_eos_penalty: None,
         ..small(AdvantageEstimator::Grpo)
     };
-    let step = run(&common::Words, &cfg);
+    let step = run(&counting::Words, &cfg);
     let (rounds, dropped, refilled) = (
         metric(&step.metrics, names::DYNAMIC_SAMPLING_ROUNDS),
         metric(&step.metrics, names::DYNAMIC_SAMPLING_DROPPED),
@@ -371,9 +371,9 @@ fn dynamic_sampling_keeps_groups_whose_scores_differ() {
     );
 
     // the same seed gives the same batch (a resumed run repeats its iterations)
-    assert_eq!(run(&common::Words, &cfg).experience, step.experience);
+    assert_eq!(run(&counting::Words, &cfg).experience, step.experience);
     // the overlong punishment is in the score that makes the advantages
-    let constant = run(&common::Constant(1.0), &cfg);
+    let constant = run(&counting::Constant(1.0), &cfg);
     let r = constant.experience.response_len;
     for (row, &score) in constant.experience.scores.iter().enumerate() {
         let length = constant.experience.mask[row * r..(row + 1) * r]
@@ -389,7 +389,7 @@ fn dynamic_sampling_keeps_groups_whose_scores_differ() {
         overlong_buffer: None,
         ..cfg.clone()
     };
-    let constant = run(&common::Constant(1.0), &no_shaping);
+    let constant = run(&counting::Constant(1.0), &no_shaping);
     assert_eq!(
         (
             metric(&constant.metrics, names::DYNAMIC_SAMPLING_ROUNDS),
@@ -418,7 +418,7 @@ fn gspo_and_cispo_iterations_train() {
             ..recipe
         };
         cfg.validate().unwrap();
-        let step = counting.iteration(&common::Words, &cfg);
+        let step = counting.iteration(&counting::Words, &cfg);
         assert_eq!(step.update.minibatches.len(), 4);
         for m in &step.update.minibatches {
             for name in [

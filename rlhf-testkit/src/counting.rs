@@ -1,7 +1,5 @@
-//! A tiny policy that emits EOS after a prompt-dependent number of words, and its tokenizer, for
-//! the detail and device tests.
-
-#![allow(dead_code)]
+//! A tiny policy that emits EOS after a prompt-dependent number of words, its tokenizer, and two
+//! scorers, for PPO's detail, device, method and learning tests.
 
 use burn::tensor::Device;
 use rlhf_core::train::checkpoint::{module_from_bytes, module_to_bytes};
