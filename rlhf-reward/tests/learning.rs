@@ -12,6 +12,9 @@
 //!   rating, where the untrained judge and the summary's length do not, and its best-vs-worst
 //!   pairs (LongReward's DPO labels) mostly agree with the gold order.
 //!
+//! Each test takes `rlhf_testkit::serial()`: its reward head is initialised lazily from burn's one
+//! generator, so a test running beside it would change its draws.
+//!
 //! The shared helpers (`rlhf_testkit::pairs`) also back `examples/rm_data_scaling.rs` (RM
 //! accuracy against pairs).
 
@@ -30,6 +33,7 @@ use rlhf_testkit::pairs::{ArithData, TldrPairs, tiny_backbone};
 
 #[test]
 fn outcome_rm_on_tldr_synth_approaches_the_labeller_ceiling() {
+    let _serial = rlhf_testkit::serial();
     let device = rlhf_core::device_from_env().unwrap().autodiff();
     let data = TldrPairs::build(1000, 400, 0.73, 0);
     let (config, backbone) = tiny_backbone(&device, data.tokenizer.vocab_size(), 1);
@@ -109,6 +113,7 @@ fn outcome_rm_on_tldr_synth_approaches_the_labeller_ceiling() {
 /// balanced and at the majority rate.
 #[test]
 fn prm_on_arith_steps_learns_step_labels() {
+    let _serial = rlhf_testkit::serial();
     let device = rlhf_core::device_from_env().unwrap().autodiff();
     let task = ArithSteps {
         max_operand: 5,
@@ -168,6 +173,7 @@ fn prm_on_arith_steps_learns_step_labels() {
 /// the wrong columns, or mixed up rows, would stay near the majority rate.
 #[test]
 fn step_labels_are_read_at_their_steps() {
+    let _serial = rlhf_testkit::serial();
     let device = rlhf_core::device_from_env().unwrap().autodiff();
     let mut data = ArithData::build(400, 100, 0.25, 0);
     for e in data.train.iter_mut().chain(data.eval.iter_mut()) {
@@ -229,6 +235,7 @@ fn spearman(a: &[f64], b: &[f64]) -> f64 {
 
 #[test]
 fn llm_judge_on_tldr_synth_tracks_the_gold_score() {
+    let _serial = rlhf_testkit::serial();
     const EPOCHS: usize = 4;
     // held-out responses per prompt, for the judge's DPO pairs
     const K: usize = 4;

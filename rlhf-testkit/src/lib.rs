@@ -4,7 +4,7 @@
 //! path: a dev-dependency of the other crates, never published.
 //!
 //! - [`counting`]: a tiny policy that answers `count k:` with `k` words and EOS, for PPO's
-//!   detail, device and method tests.
+//!   detail, device, method and learning tests.
 //! - [`crash`]: crash tests — a test of the current binary run as a child, killed (SIGKILL) or
 //!   stopped (SIGTERM) at a step, resumed and compared with a run that never stopped; and
 //!   [`crash::serial`], the lock for tests that compare runs bit for bit.

@@ -11,9 +11,8 @@ use rlhf_reward::{LabelledExample, RankedExample};
 
 /// The [`crate::tiny_shape`] model, initialised from `seed`.
 pub fn tiny_backbone(device: &Device, vocab: usize, seed: u64) -> (TransformerConfig, CausalLm) {
-    device.seed(seed);
     let c = crate::tiny_shape(vocab);
-    let m = CausalLm::init(&c, device).unwrap();
+    let m = rlhf_core::train::seeded(device, seed, || CausalLm::init(&c, device).unwrap());
     (c, m)
 }
 

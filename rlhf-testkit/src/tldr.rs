@@ -211,7 +211,8 @@ pub fn labeller(raw: &[SampledPair]) -> Labeller {
 }
 
 /// Builds the pipeline up to the reward model (about a minute on two cores): the
-/// [`sft_stage`], 1,200 labelled pairs of its samples (the last 100 held out), the reward model.
+/// [`sft_stage`], up to 1,200 labelled pairs of its samples (pairs with an empty response
+/// dropped; the last 100 held out), the reward model.
 pub fn build() -> Tldr {
     let start = Instant::now();
     let mut stage = sft_stage();

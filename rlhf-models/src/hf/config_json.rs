@@ -20,8 +20,8 @@ use crate::config::{Architecture, RopeScaling, TransformerConfig};
 /// except for the two fields where `transformers` gives them different meanings (see
 /// [`absent_or_null`]).
 #[derive(Deserialize)]
+#[serde(expecting = "a JSON object of model settings")]
 struct HfConfig {
-    model_type: Option<String>,
     vocab_size: Option<usize>,
     hidden_size: Option<usize>,
     num_hidden_layers: Option<usize>,
@@ -133,9 +133,13 @@ pub fn config_from_json(path: &Path) -> Result<TransformerConfig> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let v: Value =
         serde_json::from_str(&text).map_err(|e| data_error(path, "-", format!("not JSON: {e}")))?;
-    let c: HfConfig = typed(&v, path, "")?;
     let check = Check { path };
-    let arch = match check.need(c.model_type.as_deref(), "model_type")? {
+    // the family first, so that a file of another family is refused as such
+    let model_type = match v.get("model_type") {
+        Some(Value::String(t)) => t.as_str(),
+        _ => return check.refuse("model_type", "missing or not a string"),
+    };
+    let arch = match model_type {
         "gpt_neox" => Architecture::GptNeox,
         "llama" => Architecture::Llama,
         "qwen2" => Architecture::Qwen2,
@@ -152,6 +156,7 @@ pub fn config_from_json(path: &Path) -> Result<TransformerConfig> {
             );
         }
     };
+    let c: HfConfig = typed(&v, path, "")?;
     let config = match arch {
         Architecture::GptNeox => neox_config(&c, &check)?,
         Architecture::Gpt2 => gpt2_config(&c, &check)?,
