@@ -129,6 +129,9 @@ enum Command {
     Check(CheckArgs),
     /// SVG learning curves of a run's metrics.
     Plot(PlotArgs),
+    /// Serve this machine's devices to trainers elsewhere (`--device ws://HOST:PORT`).
+    #[cfg(feature = "remote")]
+    Serve(rlhf_cli::commands::serve::ServeArgs),
 }
 
 /// Resolves a training command's options and either prints them or runs it.
@@ -206,6 +209,8 @@ fn dispatch(cli: &Cli, matches: &clap::ArgMatches) -> Result<ExitCode> {
         Command::Eval(args) => eval::run(args).map(|()| ExitCode::SUCCESS),
         Command::Check(args) => check::run(args),
         Command::Plot(args) => plot::run(args).map(|()| ExitCode::SUCCESS),
+        #[cfg(feature = "remote")]
+        Command::Serve(args) => rlhf_cli::commands::serve::run(args).map(|()| ExitCode::SUCCESS),
     }
 }
 

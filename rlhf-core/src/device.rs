@@ -21,7 +21,8 @@ use crate::{Error, Result};
 /// | `vulkan`, `vulkan:cpu`, … | wgpu pinned to Vulkan and SPIR-V (feature `vulkan`) |
 /// | `cuda`, `cuda:N` | CUDA device `N` (feature `cuda`) |
 /// | `tch`, `tch:cpu`, `tch:cuda:N`, `tch:mps` | LibTorch through burn-tch (feature `tch`, built against an installed PyTorch) on the CPU, CUDA device `N` or Apple's MPS |
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// | `ws://HOST:PORT` | the first device of a burn-remote server (feature `remote`; see [`crate::remote`]) |
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeviceSpec {
     /// burn's flex backend.
     Flex,
@@ -35,6 +36,8 @@ pub enum DeviceSpec {
     Cuda(usize),
     /// LibTorch on the given device.
     Tch(TchKind),
+    /// A burn-remote server's device, by its WebSocket address (`ws://HOST:PORT`).
+    Remote(String),
 }
 
 /// Which device a LibTorch tensor lives on.
@@ -66,6 +69,12 @@ impl std::str::FromStr for DeviceSpec {
 
     fn from_str(s: &str) -> Result<Self> {
         let lower = s.trim().to_ascii_lowercase();
+        if let Some(address) = lower.strip_prefix("ws://") {
+            if address.is_empty() || address.starts_with(':') {
+                return Err(Error::Device(format!("`{s}`: expected ws://HOST:PORT")));
+            }
+            return Ok(DeviceSpec::Remote(format!("ws://{}", &s.trim()[5..])));
+        }
         let (name, rest) = match lower.split_once(':') {
             Some((n, r)) => (n, Some(r)),
             None => (lower.as_str(), None),
@@ -113,7 +122,8 @@ impl std::str::FromStr for DeviceSpec {
                 },
             })),
             _ => Err(bad(
-                "unknown backend; expected flex, cpu, wgpu, vulkan, cuda[:N] or tch[:cpu|:cuda:N|:mps]",
+                "unknown backend; expected flex, cpu, wgpu, vulkan, cuda[:N], \
+                 tch[:cpu|:cuda:N|:mps] or ws://HOST:PORT",
             )),
         }
     }
@@ -134,6 +144,7 @@ impl DeviceSpec {
             DeviceSpec::Vulkan(_) => "vulkan",
             DeviceSpec::Cuda(_) => "cuda",
             DeviceSpec::Tch(_) => "tch",
+            DeviceSpec::Remote(_) => "remote",
         }
     }
 
@@ -147,7 +158,7 @@ impl DeviceSpec {
                 self.feature()
             ))
         };
-        match *self {
+        match self {
             DeviceSpec::Flex => {
                 #[cfg(feature = "flex")]
                 return Ok(Device::flex());
@@ -162,7 +173,7 @@ impl DeviceSpec {
             }
             DeviceSpec::Wgpu(kind) => {
                 #[cfg(feature = "wgpu")]
-                return Ok(Device::wgpu(adapter(kind)));
+                return Ok(Device::wgpu(adapter(*kind)));
                 #[cfg(not(feature = "wgpu"))]
                 return {
                     let _ = kind;
@@ -171,7 +182,7 @@ impl DeviceSpec {
             }
             DeviceSpec::Vulkan(kind) => {
                 #[cfg(feature = "vulkan")]
-                return Ok(Device::vulkan(adapter(kind)));
+                return Ok(Device::vulkan(adapter(*kind)));
                 #[cfg(not(feature = "vulkan"))]
                 return {
                     let _ = kind;
@@ -180,7 +191,7 @@ impl DeviceSpec {
             }
             DeviceSpec::Cuda(index) => {
                 #[cfg(feature = "cuda")]
-                return Ok(Device::cuda(index));
+                return Ok(Device::cuda(*index));
                 #[cfg(not(feature = "cuda"))]
                 return {
                     let _ = index;
@@ -194,12 +205,21 @@ impl DeviceSpec {
                 #[allow(deprecated)]
                 return Ok(match kind {
                     TchKind::Cpu => Device::libtorch(),
-                    TchKind::Cuda(i) => Device::libtorch_cuda(i),
+                    TchKind::Cuda(i) => Device::libtorch_cuda(*i),
                     TchKind::Mps => Device::libtorch_mps(),
                 });
                 #[cfg(not(feature = "tch"))]
                 return {
                     let _ = kind;
+                    Err(missing())
+                };
+            }
+            DeviceSpec::Remote(address) => {
+                #[cfg(feature = "remote")]
+                return crate::remote::connect(address);
+                #[cfg(not(feature = "remote"))]
+                return {
+                    let _ = address;
                     Err(missing())
                 };
             }

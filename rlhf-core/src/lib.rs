@@ -45,6 +45,8 @@ pub mod logprobs;
 pub mod masked;
 pub mod policy_loss;
 pub mod ppo;
+#[cfg(feature = "remote")]
+pub mod remote;
 pub mod stats;
 pub mod train;
 

@@ -15,26 +15,11 @@ use rlhf_models::sft::Example;
 use rlhf_models::{CausalLm, SftConfig, TransformerConfig, train_sft};
 
 fn model(device: &Device) -> CausalLm {
-    let mut c = TransformerConfig::preset("tiny-llama-1m").unwrap();
-    c.vocab_size = 32;
-    c.hidden_size = 32;
-    c.num_hidden_layers = 2;
-    c.intermediate_size = 64;
-    // under the init lock: tests in parallel share burn's generator
-    rlhf_core::train::seeded(device, 5, || CausalLm::init(&c, device).unwrap())
+    rlhf_testkit::tiny_llama(device)
 }
 
 fn data() -> Vec<Example> {
-    (0..40u32)
-        .map(|i| {
-            let p: Vec<u32> = (0..3 + i % 4).map(|j| (i + j) % 30 + 1).collect();
-            let r: Vec<u32> = (0..2 + i % 3)
-                .map(|j| (i * 7 + j) % 30 + 1)
-                .chain([0])
-                .collect();
-            (p, r)
-        })
-        .collect()
+    rlhf_testkit::sft_examples()
 }
 
 fn probe(m: &CausalLm) -> Vec<f32> {

@@ -22,7 +22,9 @@ pub mod tldr;
 
 pub use crash::serial;
 
-use rlhf_models::TransformerConfig;
+use burn::tensor::Device;
+use rlhf_models::sft::Example;
+use rlhf_models::{CausalLm, TransformerConfig};
 
 /// The tiny GPT-NeoX of the learning tests over `vocab` tokens: width 64, 4 heads, 2 layers, MLP
 /// width 256 (about 100k parameters besides the embeddings).
@@ -34,4 +36,30 @@ pub fn tiny_shape(vocab: usize) -> TransformerConfig {
     c.num_hidden_layers = 2;
     c.num_attention_heads = 4;
     c
+}
+
+/// A tiny Llama (vocabulary 32, width 32, 2 layers, MLP 64) on `device`, initialised from seed 5
+/// under the seed lock: the model of the SFT step and resume tests.
+pub fn tiny_llama(device: &Device) -> CausalLm {
+    let mut c = TransformerConfig::preset("tiny-llama-1m").unwrap();
+    c.vocab_size = 32;
+    c.hidden_size = 32;
+    c.num_hidden_layers = 2;
+    c.intermediate_size = 64;
+    rlhf_core::train::seeded(device, 5, || CausalLm::init(&c, device).unwrap())
+}
+
+/// 40 SFT examples over [`tiny_llama`]'s vocabulary: prompts of 3–6 tokens, responses of 2–4
+/// tokens ending in EOS (0), of uneven lengths so that batches carry padding.
+pub fn sft_examples() -> Vec<Example> {
+    (0..40u32)
+        .map(|i| {
+            let p: Vec<u32> = (0..3 + i % 4).map(|j| (i + j) % 30 + 1).collect();
+            let r: Vec<u32> = (0..2 + i % 3)
+                .map(|j| (i * 7 + j) % 30 + 1)
+                .chain([0])
+                .collect();
+            (p, r)
+        })
+        .collect()
 }

@@ -22,6 +22,8 @@ pub mod online_dpo;
 pub mod onpolicy;
 pub mod plot;
 pub mod rm;
+#[cfg(feature = "remote")]
+pub mod serve;
 pub mod sft;
 
 /// The prompt file and the parsed reward of the commands that sample and score (`--prompts`,

@@ -280,8 +280,24 @@ fn device_strings_parse_or_name_the_missing_feature() {
         ("tch:cpu", DeviceSpec::Tch(TchKind::Cpu)),
         ("tch:cuda:1", DeviceSpec::Tch(TchKind::Cuda(1))),
         ("TCH:MPS", DeviceSpec::Tch(TchKind::Mps)),
+        (
+            "ws://10.0.0.2:3000",
+            DeviceSpec::Remote("ws://10.0.0.2:3000".into()),
+        ),
+        (
+            "WS://gpu-box:3000",
+            DeviceSpec::Remote("ws://gpu-box:3000".into()),
+        ),
     ] {
         assert_eq!(text.parse::<DeviceSpec>().unwrap(), spec, "{text}");
+    }
+    for bad in ["ws://", "ws://:3000"] {
+        assert!(bad.parse::<DeviceSpec>().is_err(), "{bad} should not parse");
+    }
+    #[cfg(not(feature = "remote"))]
+    {
+        let err = parse_device("ws://127.0.0.1:3000").unwrap_err().to_string();
+        assert!(err.contains("--features remote"), "{err}");
     }
     #[cfg(not(feature = "tch"))]
     {
