@@ -17,7 +17,7 @@ use burn::tensor::Device;
 use crate::{Error, Result};
 
 /// The first device of the burn-remote server at `address` (`ws://HOST:PORT`). Waits for the
-/// server while burn's client retries (about 15 s), then fails naming the address.
+/// server while burn's client retries its connection, then fails naming the address.
 pub fn connect(address: &str) -> Result<Device> {
     Device::remote_options(&RemoteHost::websocket(address))
         .init()

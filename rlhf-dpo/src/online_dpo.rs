@@ -42,7 +42,7 @@ use rlhf_core::train::metrics::names;
 use rlhf_core::train::{
     Checkpoint, LrSchedule, Metrics, OptimizerConfig, Replicas, Run, RunOptions, TrainRng,
     checkpoint::{module_from_bytes, module_to_bytes, optimizer_from_bytes, optimizer_to_bytes},
-    clip_if_set,
+    clip_if_set, eval_due, metric,
 };
 use rlhf_core::{Error, Result, Scorer};
 use rlhf_data::{Tokenizer, collate};
@@ -744,21 +744,11 @@ fn update_on_pairs(
     })
 }
 
-/// The value of metric `name` in `metrics`, if there.
-fn metric(metrics: &Metrics, name: &str) -> Option<f64> {
-    metrics.iter().find(|m| m.0 == name).map(|m| m.1)
-}
-
 /// The caller's eval of `policy` after round `done` of `total`: every `eval_every` rounds and
 /// after the last; nothing otherwise.
 fn eval_if_due(inputs: &OnlineDpoInputs, policy: &CausalLm, done: u64, total: u64) -> Metrics {
     match inputs.eval {
-        Some(eval)
-            if done == total
-                || (inputs.eval_every > 0 && done.is_multiple_of(inputs.eval_every)) =>
-        {
-            eval(policy)
-        }
+        Some(eval) if eval_due(done, total, inputs.eval_every) => eval(policy),
         _ => Vec::new(),
     }
 }

@@ -36,7 +36,7 @@ use rlhf_core::train::metrics::names;
 use rlhf_core::train::{
     Checkpoint, LrSchedule, Metrics, Replicas, Run, RunOptions, Shard, TrainRng,
     checkpoint::{module_from_bytes, module_to_bytes, optimizer_from_bytes, optimizer_to_bytes},
-    clip_if_set,
+    clip_if_set, eval_due, metric,
     replicas::sum_gradients,
     with_fresh_param_ids,
 };
@@ -1212,21 +1212,11 @@ fn iteration_line(mut metrics: Metrics, skipped: u64, beta: f32, lr: f64) -> Met
     metrics
 }
 
-/// The value of metric `name` in `line`, if there.
-fn metric(line: &Metrics, name: &str) -> Option<f64> {
-    line.iter().find(|m| m.0 == name).map(|m| m.1)
-}
-
 /// The caller's eval of `policy` after iteration `done` of `total`: every `eval_every`
 /// iterations and after the last; nothing otherwise.
 fn eval_if_due(inputs: &PpoInputs, policy: &CausalLm, done: u64, total: u64) -> Metrics {
     match inputs.eval {
-        Some(eval)
-            if done == total
-                || (inputs.eval_every > 0 && done.is_multiple_of(inputs.eval_every)) =>
-        {
-            eval(policy)
-        }
+        Some(eval) if eval_due(done, total, inputs.eval_every) => eval(policy),
         _ => Vec::new(),
     }
 }

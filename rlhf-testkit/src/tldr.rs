@@ -96,7 +96,7 @@ pub struct SftStage {
 
 /// 800 demonstrations of the train split (seed 0), a 512-token BPE trained on them, and the
 /// [`tiny_shape`] model (initialised from seed 1) trained on them for 6 epochs (batch 16, lr 3e-3,
-/// linear schedule, seed 2). About 30 s on two cores.
+/// linear schedule, seed 2).
 pub fn sft_stage() -> SftStage {
     let device = rlhf_core::device_from_env().unwrap().autodiff();
     let task = TldrSynth::default();

@@ -45,7 +45,7 @@ pub fn prompts_and_reward<'a>(
 
 /// The value of the metric `name` among a report's last metrics (NaN when it was not logged).
 pub fn last_metric(last: &[(&str, f64)], name: &str) -> f64 {
-    last.iter().find(|m| m.0 == name).map_or(f64::NAN, |m| m.1)
+    rlhf_core::train::metric(last, name).unwrap_or(f64::NAN)
 }
 
 /// What every training command starts with: the checkpoint on the training device and the

@@ -50,6 +50,17 @@ pub struct FitConfig<'a> {
 /// Metrics as `(name, value)`, names from [`names`].
 pub type Metrics = Vec<(&'static str, f64)>;
 
+/// The value of the metric `name` in a metrics line, if it is there.
+pub fn metric(line: &[(&str, f64)], name: &str) -> Option<f64> {
+    line.iter().find(|m| m.0 == name).map(|m| m.1)
+}
+
+/// Whether the evaluation is due after step `step` of `total`: every `every` steps (never when
+/// 0) and after the last.
+pub fn eval_due(step: u64, total: u64, every: u64) -> bool {
+    step == total || (every > 0 && step.is_multiple_of(every))
+}
+
 /// What a trainer's loss function gives for one (micro-)batch.
 #[derive(Debug, Clone)]
 pub struct BatchLoss {
@@ -155,7 +166,7 @@ pub fn fit<M: Module>(
                 (names::TRAIN_SKIPPED_STEPS, run.skipped_steps() as f64),
             ];
             line.extend(metrics);
-            if step == total || (cfg.eval_every > 0 && step.is_multiple_of(cfg.eval_every)) {
+            if eval_due(step, total, cfg.eval_every) {
                 let e = eval_of(&model)?;
                 line.extend(e.iter().copied());
                 report.eval = e;
@@ -265,4 +276,23 @@ fn step_gradients<M: Module>(
             .map(|(k, sum, w)| (k, if w > 0.0 { sum / w } else { f64::NAN }))
             .collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_eval_is_due_every_n_steps_and_after_the_last() {
+        let due = |every| {
+            (1..=10)
+                .filter(|&s| eval_due(s, 10, every))
+                .collect::<Vec<u64>>()
+        };
+        assert_eq!(due(0), [10]);
+        assert_eq!(due(3), [3, 6, 9, 10]);
+        assert_eq!(due(5), [5, 10]);
+        let line = [("a", 1.0), ("b", 2.0)];
+        assert_eq!((metric(&line, "b"), metric(&line, "c")), (Some(2.0), None));
+    }
 }

@@ -17,7 +17,7 @@ pub mod run;
 pub mod schedule;
 
 pub use checkpoint::{Checkpoint, CheckpointStore};
-pub use fit::{BatchLoss, FitConfig, FitReport, LossOf, Metrics, fit};
+pub use fit::{BatchLoss, FitConfig, FitReport, LossOf, Metrics, eval_due, fit, metric};
 pub use grads::{
     GradAccumulation, clip_global_grad_norm, clip_if_set, global_grad_norm, scale_grads,
     with_fresh_param_ids,
