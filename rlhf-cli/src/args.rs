@@ -8,7 +8,7 @@ use burn::tensor::Device;
 use clap::{Args, Command, FromArgMatches, ValueEnum};
 use rlhf_core::train::{LrSchedule, OptimizerConfig, Replicas, RunOptions};
 use rlhf_data::{FieldNames, Kind, ReadOptions, detect_kind};
-use rlhf_models::LoraConfig;
+use rlhf_models::{LoraConfig, Precision};
 use serde::{Deserialize, Serialize};
 
 /// The defaults of an option group: what clap gives for an empty command line. Every field of
@@ -336,7 +336,23 @@ pub struct LoraArgs {
     pub save_adapter: bool,
 }
 
-defaults_from_clap!(ModelArgs, DataArgs, TrainArgs, LoraArgs);
+/// How the models a run only reads are held: the reference and the reward models.
+#[derive(Args, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(default)]
+pub struct FrozenArgs {
+    /// The dtype of the frozen reference and reward models: f32, or bf16 for half their memory
+    /// (their outputs are cast back to f32; flex stores bf16 and multiplies in f32, LibTorch
+    /// and CUDA compute in bf16, wgpu has no bf16 and refuses it). Trained models stay f32
+    /// [TRL: --torch_dtype of the reference; OpenRLHF: --bf16].
+    #[arg(long, default_value = "f32", value_parser = parse_precision)]
+    pub frozen_dtype: Precision,
+}
+
+fn parse_precision(s: &str) -> std::result::Result<Precision, String> {
+    s.parse().map_err(|e: rlhf_core::Error| e.to_string())
+}
+
+defaults_from_clap!(ModelArgs, DataArgs, TrainArgs, LoraArgs, FrozenArgs);
 
 impl LoraArgs {
     /// The library's LoRA settings, or `None` for full fine-tuning.

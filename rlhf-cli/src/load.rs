@@ -8,7 +8,7 @@ use burn::module::Module;
 use burn::tensor::Device;
 use rlhf_data::{ChatFormat, JinjaTemplate, Tokenizer};
 use rlhf_models::{
-    CausalLm, LoraConfig, ScalarModel, TransformerConfig, apply_lora, load_pretrained,
+    CausalLm, LoraConfig, Precision, ScalarModel, TransformerConfig, apply_lora, load_pretrained,
     trainable_params,
 };
 use rlhf_reward::{RewardModel, RewardSettings};
@@ -98,11 +98,35 @@ pub fn checkpoint(dir: &Path, device: &Device, chat_template: Option<&Path>) -> 
     })
 }
 
-/// The frozen reference: the checkpoint in `dir`, or (without one) a copy of `policy`'s starting
-/// weights. Its vocabulary must be the policy's.
-pub fn reference(dir: Option<&Path>, policy: &Checkpoint, device: &Device) -> Result<CausalLm> {
+/// The frozen reference, held in `dtype`: the checkpoint in `dir`, or (without one) the starting
+/// weights of `policy`. Its vocabulary must be the policy's.
+///
+/// In bf16 without `dir`, the starting model that `policy` holds is replaced by its bf16 copy,
+/// which the reference shares: make the trained policy from it before this call. The f32
+/// starting weights then live only in the policy, until its first step replaces them. Refused
+/// where the device cannot compute in bf16, and under LoRA without `dir`, where the reference is
+/// the policy's own frozen base (held once; a bf16 copy would add memory, not save it).
+pub fn reference(
+    dir: Option<&Path>,
+    policy: &mut Checkpoint,
+    dtype: Precision,
+    lora: &LoraArgs,
+    device: &Device,
+) -> Result<CausalLm> {
+    if dtype != Precision::F32 {
+        dtype.check_device(device)?;
+        if dir.is_none() && lora.config().is_some() {
+            bail!(
+                "--frozen-dtype {dtype}: under LoRA the reference is the policy's frozen base, \
+                 held once; give --ref DIR for a separate reference, or keep f32"
+            );
+        }
+    }
     let Some(dir) = dir else {
-        tracing::info!("reference: the starting policy");
+        tracing::info!("reference: the starting policy, in {dtype}");
+        if dtype != Precision::F32 {
+            policy.model = dtype.apply(policy.model.clone());
+        }
         return Ok(policy.model.clone());
     };
     let (config, model) = load_pretrained(dir, device)
@@ -116,12 +140,12 @@ pub fn reference(dir: Option<&Path>, policy: &Checkpoint, device: &Device) -> Re
         );
     }
     tracing::info!(
-        "reference {}: {:?}, {}",
+        "reference {}: {:?}, {}, in {dtype}",
         dir.display(),
         config.architecture,
         params(&config, model.num_params())
     );
-    Ok(model)
+    Ok(dtype.apply(model))
 }
 
 /// A reward model from `dir`: what `rlhf rm` wrote, a sequence-classification checkpoint, or a

@@ -18,9 +18,10 @@ use anyhow::{Context, Result, anyhow, bail};
 use burn::tensor::Device;
 use rlhf_core::Scorer;
 use rlhf_data::Tokenizer;
+use rlhf_models::Precision;
 use rlhf_reward::{
     Combine, EnsembleScorer, ExactMatchScorer, JudgeConfig, LengthScorer, LlmJudge, RegexScorer,
-    RewardModel, RewardScorer,
+    RewardScorer,
 };
 
 use crate::data::Prompts;
@@ -124,19 +125,23 @@ impl Spec {
         }
     }
 
-    /// The scorer, and the reward models loaded on the way (for the critic).
+    /// The scorer, its reward models held in `frozen`'s dtype.
     pub fn build(
         &self,
         tokenizer: &Tokenizer,
         prompts: &Prompts,
         device: &Device,
-        loaded: &mut Vec<RewardModel>,
+        frozen: Precision,
     ) -> Result<Box<dyn Scorer>> {
         let eos = tokenizer.eos_text();
         Ok(match self {
             Spec::Model(dir) => {
-                let rm = load::reward_model(dir, device, 0)?;
-                loaded.push(rm.clone());
+                let mut rm = load::reward_model(dir, device, 0)?;
+                if frozen != Precision::F32 {
+                    frozen.check_device(device)?;
+                    tracing::info!("reward model {}: held in {frozen}", dir.display());
+                    rm.model = frozen.apply(rm.model);
+                }
                 Box::new(RewardScorer::new(rm, tokenizer.clone(), device))
             }
             Spec::ExactMatch(field) => {
@@ -176,7 +181,7 @@ impl Spec {
             Spec::Ensemble(combine, members) => Box::new(EnsembleScorer::new(
                 members
                     .iter()
-                    .map(|m| m.build(tokenizer, prompts, device, loaded))
+                    .map(|m| m.build(tokenizer, prompts, device, frozen))
                     .collect::<Result<_>>()?,
                 *combine,
             )?),

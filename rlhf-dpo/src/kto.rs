@@ -550,7 +550,7 @@ pub fn train_kto(
     let checkpointing = memory::checkpointing(device, &policy);
     memory::check_batch_fits(
         "KTO",
-        memory::Params::of(&policy).holding(memory::params_not_in(reference, &policy)),
+        memory::Params::of(&policy).holding(memory::bytes_not_in(reference, &policy)),
         run_options.replicas.count() as u64,
         &memory::Batch {
             // the last batch may hold one more example (a last chunk of one joins it)

@@ -521,7 +521,7 @@ fn check_memory(
     let checkpointing = memory::checkpointing(device, policy);
     memory::check_batch_fits(
         "online DPO",
-        memory::Params::of(policy).holding(memory::params_not_in(reference, policy)),
+        memory::Params::of(policy).holding(memory::bytes_not_in(reference, policy)),
         replicas.count() as u64,
         &memory::Batch {
             rows: 2 * cfg.prompts_per_round.div_ceil(cfg.minibatches) as u64,

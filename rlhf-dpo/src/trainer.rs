@@ -494,7 +494,7 @@ pub fn train_offline(
     let checkpointing = memory::checkpointing(device, &policy);
     memory::check_batch_fits(
         "offline preference training",
-        memory::Params::of(&policy).holding(memory::params_not_in(reference, &policy)),
+        memory::Params::of(&policy).holding(memory::bytes_not_in(reference, &policy)),
         run_options.replicas.count() as u64,
         &memory::Batch {
             rows: cfg.batch_size as u64 * k_responses,

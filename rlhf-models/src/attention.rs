@@ -9,6 +9,7 @@ use burn::tensor::{Bool, Device, Int, Tensor};
 
 use crate::cache::LayerCache;
 use crate::config::{RopeScaling, TransformerConfig};
+use crate::precision::like;
 
 /// `cos` and `sin`, each `[batch, 1, positions, rotary_dims]`.
 pub(crate) type Tables = (Tensor<4>, Tensor<4>);
@@ -233,7 +234,9 @@ impl Rotary {
             ],
             3,
         );
-        let rot = rot.mul(cos.clone()).add(rotated_half.mul(sin.clone()));
+        // the tables are f32; a bf16 model rotates in its own dtype (as `transformers` casts them)
+        let (cos, sin) = (like(cos.clone(), &x), like(sin.clone(), &x));
+        let rot = rot.mul(cos).add(rotated_half.mul(sin));
         if self.dims == hd {
             rot
         } else {

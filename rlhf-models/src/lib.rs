@@ -45,6 +45,7 @@ pub mod llama;
 pub mod lm;
 pub mod lora;
 pub mod neox;
+pub mod precision;
 pub mod sequence_kl;
 pub mod sft;
 
@@ -61,6 +62,7 @@ pub use llama::Llama;
 pub use lm::{CausalLm, ScalarModel, gather_last};
 pub use lora::{LoraConfig, apply_lora, save_peft_adapter, trainable_params};
 pub use neox::GptNeox;
+pub use precision::Precision;
 pub use sequence_kl::sequence_kl;
 pub use sft::{
     LmBatch, SftConfig, SftReport, eval_loss, pack, sft_loss, target_logprobs, train_sft,

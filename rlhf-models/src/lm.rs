@@ -11,6 +11,7 @@ use crate::gpt2::Gpt2;
 use crate::input::TokenInput;
 use crate::llama::Llama;
 use crate::neox::GptNeox;
+use crate::precision::to_f32;
 use rlhf_core::train::memory::{FrozenProjections, TransformerShape};
 use rlhf_core::{Error, Result};
 
@@ -120,13 +121,14 @@ impl CausalLm {
         }
     }
 
-    /// The LM head applied to hidden states: logits `[batch, new, vocab]`.
+    /// The LM head applied to hidden states: logits `[batch, new, vocab]`, in f32 whatever the
+    /// weights' dtype ([`crate::precision`]).
     pub fn lm_head(&self, hidden: Tensor<3>) -> Tensor<3> {
-        match self {
+        to_f32(match self {
             CausalLm::GptNeox(m) => m.lm_head(hidden),
             CausalLm::Llama(m) => m.lm_head(hidden),
             CausalLm::Gpt2(m) => m.lm_head(hidden),
-        }
+        })
     }
 
     /// Next-token logits `[batch, new, vocab]` of `input` (see [`Self::hidden`]).
@@ -347,12 +349,12 @@ impl ScalarModel {
         self.backbone.input(ids, attention, batch)
     }
 
-    /// One scalar per position, `[batch, seq]` (values of the critic). Pad positions hold
-    /// finite numbers that the caller masks.
+    /// One scalar per position, `[batch, seq]` (values of the critic), in f32 whatever the
+    /// weights' dtype. Pad positions hold finite numbers that the caller masks.
     pub fn per_token(&self, input: &TokenInput) -> Tensor<2> {
         let hidden = self.backbone.hidden(input, None);
         let [b, t, _] = hidden.dims();
-        self.score.forward(hidden).reshape([b, t])
+        to_f32(self.score.forward(hidden).reshape([b, t]))
     }
 
     /// The scalar at the last real token of each row, `[batch]` (the reward model's score);

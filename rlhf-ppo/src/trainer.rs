@@ -1144,9 +1144,9 @@ fn check_memory(
         "PPO",
         memory::Params {
             trained: policy_params.trained + value_params.trained,
-            frozen: policy_params.frozen
-                + value_params.frozen
-                + memory::params_not_in(reference, &models.policy),
+            frozen_bytes: policy_params.frozen_bytes
+                + value_params.frozen_bytes
+                + memory::bytes_not_in(reference, &models.policy),
             // the policy is what the run writes (a critic, when written, after it)
             exported: policy_params.exported,
             adapted: policy_params.adapted + value_params.adapted,

@@ -9,10 +9,12 @@ use rlhf_data::{Kind, KwiseRecord, PreferenceRecord};
 use rlhf_dpo::{DpoConfig, Group, OfflineLoss, RefCache, train_offline};
 use serde::{Deserialize, Serialize};
 
-use crate::args::{DataArgs, LoraArgs, ModelArgs, TrainArgs, defaults_from_clap, kind_str};
+use crate::args::{
+    DataArgs, FrozenArgs, LoraArgs, ModelArgs, TrainArgs, defaults_from_clap, kind_str,
+};
 use crate::commands::Prepared;
 use crate::data::{Encoder, kwise_groups, preference_groups, prompt_key, read_split};
-use crate::{load, output};
+use crate::output;
 
 /// TRL's `DPOConfig.learning_rate`.
 pub const DEFAULT_LR: f64 = 1e-6;
@@ -57,6 +59,9 @@ pub struct DpoArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub lora: LoraArgs,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub frozen: FrozenArgs,
     /// The frozen reference (default: `--model`) [TRL: --ref_model].
     #[arg(long = "ref", visible_alias = "ref-model", value_name = "DIR")]
     pub ref_model: Option<PathBuf>,
@@ -169,8 +174,13 @@ fn groups(args: &DpoArgs, enc: &Encoder) -> Result<(Vec<Group>, Vec<Group>)> {
 
 /// Trains and writes the model.
 pub fn run(args: &DpoArgs, toml: &str) -> Result<()> {
-    let p = Prepared::new(&args.model, &args.data)?;
-    let reference = load::reference(args.ref_model.as_deref(), &p.ckpt, &p.device)?;
+    let mut p = Prepared::new(&args.model, &args.data)?;
+    let (policy, reference) = p.policy_and_reference(
+        &args.lora,
+        args.train.seed,
+        args.ref_model.as_deref(),
+        &args.frozen,
+    )?;
     let (max_prompt, max_response) = args.data.limits()?;
     let enc = Encoder {
         tokenizer: &p.ckpt.tokenizer,
@@ -190,7 +200,7 @@ pub fn run(args: &DpoArgs, toml: &str) -> Result<()> {
     output::claim(&p.out, "dpo", toml)?;
     let cache = RefCache::new(args.ref_cache.then(|| p.out.join("ref-cache")).as_deref());
     let (policy, report) = train_offline(
-        p.policy(&args.lora, args.train.seed)?,
+        policy,
         &reference,
         &train,
         &eval,

@@ -11,8 +11,10 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rlhf_core::stats::mean_se;
 use rlhf_data::ReadOptions;
+use rlhf_models::Precision;
 use serde_json::json;
 
+use crate::args::LoraArgs;
 use crate::commands::generate::{SamplingArgs, row_tokens, sample_batch};
 use crate::data::prompts;
 use crate::load;
@@ -52,9 +54,15 @@ pub struct EvalArgs {
 // that the summary then prints.
 pub fn run(args: &EvalArgs) -> Result<()> {
     let device = rlhf_core::parse_device(&args.sampling.device)?;
-    let ckpt = load::checkpoint(&args.model, &device, None)?;
+    let mut ckpt = load::checkpoint(&args.model, &device, None)?;
     let reference = match &args.ref_model {
-        Some(dir) => Some(load::reference(Some(dir), &ckpt, &device)?),
+        Some(dir) => Some(load::reference(
+            Some(dir),
+            &mut ckpt,
+            Precision::F32,
+            &LoraArgs::default(),
+            &device,
+        )?),
         None => None,
     };
     let mut prompts = prompts(&args.prompts, &ReadOptions::default(), &ckpt.format)?;
@@ -66,7 +74,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         bail!("{}: no prompts", args.prompts.display());
     }
     let spec: Spec = args.reward.parse()?;
-    let scorer = spec.build(&ckpt.tokenizer, &prompts, &device, &mut Vec::new())?;
+    let scorer = spec.build(&ckpt.tokenizer, &prompts, &device, Precision::F32)?;
     let sampling = args.sampling.config(ckpt.tokenizer.eos_id())?;
     let mut rng = ChaCha8Rng::seed_from_u64(args.sampling.seed);
     let episodes: Vec<String> = prompts

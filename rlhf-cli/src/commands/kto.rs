@@ -12,10 +12,12 @@ use rlhf_data::{Kind, PreferenceRecord, UnpairedRecord};
 use rlhf_dpo::{KtoConfig, KtoExample, RefCache, kto_batches, train_kto};
 use serde::{Deserialize, Serialize};
 
-use crate::args::{DataArgs, LoraArgs, ModelArgs, TrainArgs, defaults_from_clap, kind_str};
+use crate::args::{
+    DataArgs, FrozenArgs, LoraArgs, ModelArgs, TrainArgs, defaults_from_clap, kind_str,
+};
 use crate::commands::Prepared;
 use crate::data::{Dropped, Encoder, prompt_key, read_split};
-use crate::{load, output};
+use crate::output;
 
 /// TRL's `KTOConfig.learning_rate`.
 pub const DEFAULT_LR: f64 = 1e-6;
@@ -36,6 +38,9 @@ pub struct KtoArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub lora: LoraArgs,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub frozen: FrozenArgs,
     /// The frozen reference (default: `--model`) [TRL: --ref_model].
     #[arg(long = "ref", visible_alias = "ref-model", value_name = "DIR")]
     pub ref_model: Option<PathBuf>,
@@ -167,8 +172,13 @@ fn data(args: &KtoArgs, enc: &Encoder) -> Result<(Vec<KtoExample>, Vec<KtoExampl
 
 /// Trains and writes the model.
 pub fn run(args: &KtoArgs, toml: &str) -> Result<()> {
-    let p = Prepared::new(&args.model, &args.data)?;
-    let reference = load::reference(args.ref_model.as_deref(), &p.ckpt, &p.device)?;
+    let mut p = Prepared::new(&args.model, &args.data)?;
+    let (policy, reference) = p.policy_and_reference(
+        &args.lora,
+        args.train.seed,
+        args.ref_model.as_deref(),
+        &args.frozen,
+    )?;
     let (max_prompt, max_response) = args.data.limits()?;
     let enc = Encoder {
         tokenizer: &p.ckpt.tokenizer,
@@ -192,7 +202,7 @@ pub fn run(args: &KtoArgs, toml: &str) -> Result<()> {
     output::claim(&p.out, "kto", toml)?;
     let cache = RefCache::new(args.ref_cache.then(|| p.out.join("ref-cache")).as_deref());
     let (policy, report) = train_kto(
-        p.policy(&args.lora, args.train.seed)?,
+        policy,
         &reference,
         &train,
         &eval,

@@ -8,7 +8,7 @@ use burn::tensor::Device;
 use rlhf_core::train::{Replicas, RunOptions};
 use rlhf_models::CausalLm;
 
-use crate::args::{DataArgs, LoraArgs, ModelArgs, TrainArgs};
+use crate::args::{DataArgs, FrozenArgs, LoraArgs, ModelArgs, TrainArgs};
 use crate::load::{self, Checkpoint};
 use crate::output;
 use crate::reward::Spec;
@@ -97,6 +97,26 @@ impl Prepared {
     /// The checkpoint's model as its trainer gets it, with LoRA when asked ([`load::policy`]).
     pub fn policy(&self, lora: &LoraArgs, seed: u64) -> Result<CausalLm> {
         load::policy(self.ckpt.model.clone(), &self.ckpt.config, lora, seed)
+    }
+
+    /// The policy as its trainer gets it ([`Self::policy`]), then the frozen reference: `--ref`,
+    /// or the starting model, in `frozen`'s dtype ([`load::reference`]).
+    pub fn policy_and_reference(
+        &mut self,
+        lora: &LoraArgs,
+        seed: u64,
+        reference: Option<&Path>,
+        frozen: &FrozenArgs,
+    ) -> Result<(CausalLm, CausalLm)> {
+        let policy = self.policy(lora, seed)?;
+        let reference = load::reference(
+            reference,
+            &mut self.ckpt,
+            frozen.frozen_dtype,
+            lora,
+            &self.device,
+        )?;
+        Ok((policy, reference))
     }
 
     /// Writes the trained `model` to the output directory ([`output::save_causal`]).

@@ -13,7 +13,8 @@ use rlhf_models::SamplingConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::args::{
-    LoraArgs, ModelArgs, Scheduler, defaults_from_clap, read_options, run_options, schedule,
+    FrozenArgs, LoraArgs, ModelArgs, Scheduler, defaults_from_clap, read_options, run_options,
+    schedule,
 };
 use crate::commands::{last_metric, prompts_and_reward};
 use crate::data::prompts;
@@ -42,6 +43,9 @@ pub struct OnlineDpoArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub lora: LoraArgs,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub frozen: FrozenArgs,
     /// The prompts: JSONL (optionally .gz) or parquet with a prompt field (text or messages);
     /// a verifier reads its reference from the same records [TRL: --dataset_name].
     #[arg(long, visible_alias = "dataset-name", value_name = "FILE")]
@@ -212,12 +216,24 @@ pub fn run(args: &OnlineDpoArgs, toml: &str) -> Result<()> {
         );
     }
     let device = args.model.training_device()?;
-    let ckpt = load::checkpoint(dir, &device, args.chat_template.as_deref())?;
-    let reference = load::reference(args.ref_model.as_deref(), &ckpt, &device)?;
+    let mut ckpt = load::checkpoint(dir, &device, args.chat_template.as_deref())?;
+    let policy = load::policy(ckpt.model.clone(), &ckpt.config, &args.lora, args.seed)?;
+    let reference = load::reference(
+        args.ref_model.as_deref(),
+        &mut ckpt,
+        args.frozen.frozen_dtype,
+        &args.lora,
+        &device,
+    )?;
     let opts = read_options(&args.prompt_field, args.skip_bad);
     let prompts = prompts(prompt_file, &opts, &ckpt.format)?;
     let inference = device.clone().without_autodiff();
-    let scorer = spec.build(&ckpt.tokenizer, &prompts, &inference, &mut Vec::new())?;
+    let scorer = spec.build(
+        &ckpt.tokenizer,
+        &prompts,
+        &inference,
+        args.frozen.frozen_dtype,
+    )?;
     tracing::info!(
         "online-dpo: {} prompts, {} per round × {} samples, {} rounds, {} new tokens at \
          temperature {}, loss {}, β {}, reward {}",
@@ -246,14 +262,8 @@ pub fn run(args: &OnlineDpoArgs, toml: &str) -> Result<()> {
         args.save_total_limit,
         args.logging_steps,
     );
-    let (policy, report) = train_online_dpo(
-        load::policy(ckpt.model.clone(), &ckpt.config, &args.lora, args.seed)?,
-        &inputs,
-        &cfg,
-        &run,
-        &device,
-    )
-    .context("rlhf online-dpo")?;
+    let (policy, report) =
+        train_online_dpo(policy, &inputs, &cfg, &run, &device).context("rlhf online-dpo")?;
     output::save_causal(out, &policy, &ckpt.config, &ckpt.tokenizer, dir, &args.lora)?;
     tracing::info!(
         "online-dpo: {} rounds ({} this run, {} steps); last: scores {:.4}, margin {:.4}, KL {:.4}",

@@ -17,7 +17,7 @@ use rlhf_models::{CausalLm, ScalarModel};
 use rlhf_ppo::{PolicyAndValue, PpoConfig, PpoInputs, train_ppo};
 use serde::{Deserialize, Serialize};
 
-use crate::args::{LoraArgs, ModelArgs, defaults_from_clap, read_options, run_options};
+use crate::args::{FrozenArgs, LoraArgs, ModelArgs, defaults_from_clap, read_options, run_options};
 use crate::commands::{last_metric, prompts_and_reward};
 use crate::data::{Encoder, demonstrations, prompts};
 use crate::load::Checkpoint;
@@ -128,6 +128,9 @@ pub struct OnPolicyArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub lora: LoraArgs,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub frozen: FrozenArgs,
     /// The prompts: JSONL (optionally .gz) or parquet with a prompt field (text or messages);
     /// a verifier reads its reference from the same records [TRL: --dataset_name].
     #[arg(long, visible_alias = "dataset-name", value_name = "FILE")]
@@ -561,13 +564,12 @@ fn ptx_demonstrations(
 }
 
 /// The critic, when the advantage needs one: `--critic`, else the reward model when `--reward`
-/// loaded exactly one and `value_from_reward_model` asks for it, else the policy with a fresh
-/// value head.
+/// names exactly one and `value_from_reward_model` asks for it (loaded again, in f32: it
+/// trains), else the policy with a fresh value head.
 fn critic(
     args: &OnPolicyArgs,
     cfg: &PpoConfig,
     spec: &Spec,
-    loaded_rms: usize,
     ckpt: &Checkpoint,
     device: &Device,
 ) -> Result<Option<ScalarModel>> {
@@ -575,13 +577,34 @@ fn critic(
         None
     } else if let Some(dir) = &args.critic {
         Some(load::reward_model(dir, device, args.seed)?.model)
-    } else if cfg.value_from_reward_model && loaded_rms == 1 {
+    } else if cfg.value_from_reward_model && spec.models().len() == 1 {
         tracing::info!("critic: the reward model (TL;DR detail 6)");
         Some(load::reward_model(spec.models()[0], device, args.seed)?.model)
     } else {
         tracing::info!("critic: the policy with a fresh value head");
         Some(load::fresh_scalar(ckpt.model.clone(), args.seed))
     })
+}
+
+/// The policy and its critic, made from the starting weights, then the reference (which, held
+/// in bf16 without `--ref`, replaces the starting model in `ckpt`: see [`load::reference`]).
+fn models(
+    args: &OnPolicyArgs,
+    cfg: &PpoConfig,
+    spec: &Spec,
+    ckpt: &mut Checkpoint,
+    device: &Device,
+) -> Result<(PolicyAndValue, CausalLm)> {
+    let critic = critic(args, cfg, spec, ckpt, device)?;
+    let policy = load::policy(ckpt.model.clone(), &ckpt.config, &args.lora, args.seed)?;
+    let reference = load::reference(
+        args.ref_model.as_deref(),
+        ckpt,
+        args.frozen.frozen_dtype,
+        &args.lora,
+        device,
+    )?;
+    Ok((PolicyAndValue::new(policy, critic), reference))
 }
 
 /// Checkpoints, metrics and progress in `out`, on the replicas that the models' dropout allows
@@ -615,8 +638,7 @@ pub fn run(method: Method, args: &OnPolicyArgs, toml: &str) -> Result<()> {
     let (dir, out) = args.model.model_and_out()?;
     let (prompt_file, spec) = prompts_and_reward(args.prompts.as_deref(), args.reward.as_deref())?;
     let device = args.model.training_device()?;
-    let ckpt = load::checkpoint(dir, &device, args.chat_template.as_deref())?;
-    let reference = load::reference(args.ref_model.as_deref(), &ckpt, &device)?;
+    let mut ckpt = load::checkpoint(dir, &device, args.chat_template.as_deref())?;
     let opts = read_options(&args.prompt_field, args.skip_bad);
     let prompts = prompts(prompt_file, &opts, &ckpt.format)?;
     let longest = longest_prompt(&ckpt.tokenizer, &prompts.texts)?;
@@ -628,10 +650,14 @@ pub fn run(method: Method, args: &OnPolicyArgs, toml: &str) -> Result<()> {
     let cfg = args.config(method, longest);
     cfg.validate()?;
     let inference = device.clone().without_autodiff();
-    let mut loaded_rms = Vec::new();
-    let scorer = spec.build(&ckpt.tokenizer, &prompts, &inference, &mut loaded_rms)?;
+    let scorer = spec.build(
+        &ckpt.tokenizer,
+        &prompts,
+        &inference,
+        args.frozen.frozen_dtype,
+    )?;
     let demonstrations = ptx_demonstrations(args, &cfg, &ckpt, &opts)?;
-    let critic = critic(args, &cfg, &spec, loaded_rms.len(), &ckpt, &device)?;
+    let (models, reference) = models(args, &cfg, &spec, &mut ckpt, &device)?;
     tracing::info!(
         "{}: {} prompts, {} per batch × {} samples, {} iterations, queries of {} tokens, {} new \
          tokens at temperature {}, reward {}",
@@ -655,18 +681,9 @@ pub fn run(method: Method, args: &OnPolicyArgs, toml: &str) -> Result<()> {
         eval: None,
         eval_every: 0,
     };
-    let run = run_options_on_replicas(args, out, &cfg, &ckpt.model, critic.as_ref())?;
-    let (models, report) = train_ppo(
-        PolicyAndValue::new(
-            load::policy(ckpt.model.clone(), &ckpt.config, &args.lora, args.seed)?,
-            critic,
-        ),
-        &inputs,
-        &cfg,
-        &run,
-        &device,
-    )
-    .with_context(|| format!("rlhf {}", method.name()))?;
+    let run = run_options_on_replicas(args, out, &cfg, &ckpt.model, models.value.as_ref())?;
+    let (models, report) = train_ppo(models, &inputs, &cfg, &run, &device)
+        .with_context(|| format!("rlhf {}", method.name()))?;
     output::save_causal(
         out,
         &models.policy,

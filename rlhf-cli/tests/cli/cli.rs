@@ -648,8 +648,8 @@ fn grpo_with_an_exact_match_verifier_raises_the_verifiers_mean() {
 }
 
 /// The on-policy commands run end to end with a reward model (PPO's critic from it), a verifier,
-/// and an ensemble, PPO and GSPO with LoRA policies; `eval`, `check` and `plot` read what they
-/// wrote.
+/// and an ensemble (with the reference and the reward model in bf16), PPO and GSPO with LoRA
+/// policies; `eval`, `check` and `plot` read what they wrote.
 #[test]
 fn every_on_policy_command_runs_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
@@ -672,7 +672,11 @@ fn every_on_policy_command_runs_end_to_end() {
     let start = probe(&fixture("tiny-pythia"));
     for (cmd, reward, lora) in [
         ("ppo", s(&rm), &["--lora-rank", "4"][..]),
-        ("grpo", format!("mean(rm:{},length:0.05)", s(&rm)), &[]),
+        (
+            "grpo",
+            format!("mean(rm:{},length:0.05)", s(&rm)),
+            &["--frozen-dtype", "bf16"],
+        ),
         ("rloo", "length:0.1".to_string(), &[]),
         ("reinforce-pp", "regex:e".to_string(), &[]),
         ("dapo", format!("judge:{}", fixture("tiny-pythia")), &[]),
@@ -1382,7 +1386,8 @@ fn mib_after(log: &str, prefix: &str) -> f64 {
 /// The memory estimate a training run states before its first step holds within a quarter of the
 /// peak resident memory the operating system measured for the run (VmHWM, which the command
 /// reports at its end): SFT and DPO, each with full fine-tuning and LoRA, each with and without
-/// gradient checkpointing, and a small SFT batch whose peak is the writing of a checkpoint. The
+/// gradient checkpointing, DPO with its reference held in bf16, and a small SFT batch whose peak
+/// is the writing of a checkpoint. The
 /// shapes are chosen so that every part counts: 25 M parameters (weights, gradients, AdamW
 /// moments, checkpoints and the export), and sequences of 256 tokens (activations that gradient
 /// checkpointing visibly cuts).
@@ -1414,6 +1419,7 @@ fn the_memory_estimate_holds_within_a_quarter_of_the_measured_peak() {
         &["--lora-rank", "8"][..],
         &["--lora-rank", "8", "--gradient-checkpointing"][..],
     );
+    let bf16 = &["--frozen-dtype", "bf16"][..];
     let mut peaks = std::collections::BTreeMap::new();
     for (command, batch, name, options) in [
         ("sft", "8", "full", full),
@@ -1425,6 +1431,7 @@ fn the_memory_estimate_holds_within_a_quarter_of_the_measured_peak() {
         ("dpo", "4", "full, checkpointing", ckpt),
         ("dpo", "4", "lora", lora),
         ("dpo", "4", "lora, checkpointing", lora_ckpt),
+        ("dpo", "4", "full, bf16 reference", bf16),
     ] {
         let out = dir.path().join(format!("{command}-{}", peaks.len()));
         let data = s(if command == "sft" {
@@ -1470,6 +1477,19 @@ fn the_memory_estimate_holds_within_a_quarter_of_the_measured_peak() {
         );
         assert!(peak("lora, checkpointing") < peak("lora"), "{command}");
     }
+    // the reference in bf16 holds half its f32 bytes: at least half of that saving shows
+    let saving = std::fs::metadata(Path::new(&model).join("model.safetensors"))
+        .unwrap()
+        .len() as f64
+        / 2.0
+        / (1 << 20) as f64;
+    let dpo = |name| peaks[&("dpo", name)].0;
+    assert!(
+        dpo("full, bf16 reference") < dpo("full") - 0.5 * saving,
+        "bf16 reference: {} MiB, f32: {} MiB, expected saving {saving:.0} MiB",
+        dpo("full, bf16 reference"),
+        dpo("full")
+    );
     // two rows: the estimate's largest phase is the checkpoint's
     let log = &peaks[&("sft", "full, 2 rows")].1;
     let steps = mib_after(log, "; steps ");

@@ -320,11 +320,7 @@ pub fn module_to_bytes<M: Module>(module: M) -> Result<Vec<u8>> {
 /// when all train (or none does: a module off the autodiff device).
 fn split_trained<M: Module>(module: &M) -> Option<Vec<ParamId>> {
     let params = super::memory::float_params(module);
-    let trained: Vec<ParamId> = params
-        .iter()
-        .filter(|&&(_, _, trains)| trains)
-        .map(|&(id, _, _)| id)
-        .collect();
+    let trained: Vec<ParamId> = params.iter().filter(|p| p.trains).map(|p| p.id).collect();
     (!trained.is_empty() && trained.len() < params.len()).then_some(trained)
 }
 

@@ -2,7 +2,8 @@
 //! has before the first step, so a run that is too big says so instead of being killed by the OS.
 //!
 //! A run passes through three phases, and its peak is the largest of them:
-//! - **the steps**: f32 weights of every model held (trained and frozen), one gradient per
+//! - **the steps**: the weights of every model held (trained ones in f32, frozen ones in their
+//!   own dtype: a reference or reward model may be held in bf16), one gradient per
 //!   trained parameter on each data-parallel replica (each replica's gradients are whole until
 //!   they are reduced), two AdamW moments per trained parameter, and the activations autodiff
 //!   keeps for the backward pass of one micro-batch ([`TransformerShape::activation_bytes`]);
@@ -35,8 +36,9 @@ const F32: u64 = 4;
 pub struct Params {
     /// Parameters that train: each has gradients and AdamW moments.
     pub trained: u64,
-    /// Parameters held for inference only: LoRA's frozen base, a reference or reward model.
-    pub frozen: u64,
+    /// Bytes of the parameters held for inference only, in their own dtype: LoRA's frozen base,
+    /// a reference or reward model (in f32 or bf16).
+    pub frozen_bytes: u64,
     /// Parameters of the model the run writes at its end (LoRA's adapters merged into the base).
     pub exported: u64,
     /// Frozen weights with a LoRA adapter: every forward pass rebuilds each of them dense
@@ -49,18 +51,24 @@ impl Params {
     /// base weights do not) and exports.
     pub fn of<M: burn::module::Module>(model: &M) -> Self {
         let (trained, frozen) = parameter_counts(model);
+        let frozen_bytes = float_params(model)
+            .iter()
+            .filter(|p| !p.trains)
+            .map(|p| p.bytes)
+            .sum();
         Params {
             trained,
-            frozen,
+            frozen_bytes,
             exported: trained + frozen,
             adapted: adapted_params(model),
         }
     }
 
-    /// The same run holding `frozen` more parameters for inference (a reference model).
-    pub fn holding(self, frozen: u64) -> Self {
+    /// The same run holding `frozen_bytes` more bytes of parameters for inference (a reference
+    /// model: [`bytes_not_in`]).
+    pub fn holding(self, frozen_bytes: u64) -> Self {
         Params {
-            frozen: self.frozen + frozen,
+            frozen_bytes: self.frozen_bytes + frozen_bytes,
             ..self
         }
     }
@@ -69,7 +77,7 @@ impl Params {
 /// The parts of a run's memory, in bytes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MemoryEstimate {
-    /// Weights of every model held (f32).
+    /// Weights of every model held (trained ones in f32, frozen ones in their dtype).
     pub weights: u64,
     /// Gradients: one per trained parameter on each replica.
     pub gradients: u64,
@@ -92,7 +100,7 @@ impl MemoryEstimate {
     pub fn training(params: Params, activations: u64, replicas: u64) -> Self {
         let (trained, replicas) = (params.trained, replicas.max(1));
         MemoryEstimate {
-            weights: F32 * (trained + params.frozen),
+            weights: F32 * trained + params.frozen_bytes,
             gradients: F32 * trained * replicas,
             optimizer: 2 * F32 * trained,
             activations: activations + F32 * params.adapted * replicas,
@@ -259,17 +267,36 @@ pub fn resident_bytes() -> Option<u64> {
     parse_kib_field(&text, "VmRSS:")
 }
 
-/// Every float parameter of `model` as `(id, elements, trains)`, in visiting order: `trains`
-/// when it requires gradients (on an autodiff device; LoRA's frozen base weights do not).
-pub fn float_params<M: burn::module::Module>(model: &M) -> Vec<(burn::module::ParamId, u64, bool)> {
-    struct Collect(Vec<(burn::module::ParamId, u64, bool)>);
+/// One float parameter of a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FloatParam {
+    /// Its id (shared by a clone that was not updated since).
+    pub id: burn::module::ParamId,
+    /// Its number of elements.
+    pub elements: u64,
+    /// Its bytes, in its dtype.
+    pub bytes: u64,
+    /// Whether it requires gradients (on an autodiff device; LoRA's frozen base weights do
+    /// not).
+    pub trains: bool,
+}
+
+/// Every float parameter of `model`, in visiting order.
+pub fn float_params<M: burn::module::Module>(model: &M) -> Vec<FloatParam> {
+    struct Collect(Vec<FloatParam>);
     impl burn::module::ModuleVisitor for Collect {
         fn visit_float<const D: usize>(
             &mut self,
             param: &burn::module::Param<burn::tensor::Tensor<D>>,
         ) {
-            let n = param.lazy_shape().num_elements() as u64;
-            self.0.push((param.id, n, param.val().is_require_grad()));
+            let elements = param.lazy_shape().num_elements() as u64;
+            let value = param.val();
+            self.0.push(FloatParam {
+                id: param.id,
+                elements,
+                bytes: elements * value.dtype().size() as u64,
+                trains: value.is_require_grad(),
+            });
         }
     }
     let mut c = Collect(Vec::new());
@@ -279,7 +306,7 @@ pub fn float_params<M: burn::module::Module>(model: &M) -> Vec<(burn::module::Pa
 
 /// Whether some parameter of `module` trains (a LoRA adapter's factors do).
 pub fn trains<M: burn::module::Module>(module: &M) -> bool {
-    float_params(module).iter().any(|&(_, _, trains)| trains)
+    float_params(module).iter().any(|p| p.trains)
 }
 
 /// The elements of the weights of `model` that carry a LoRA adapter.
@@ -312,12 +339,13 @@ pub fn adapted_params<M: burn::module::Module>(model: &M) -> u64 {
 /// device) and the others. With LoRA the base weights are frozen and only the adapters train,
 /// so gradients and AdamW state are counted for the adapters alone.
 pub fn parameter_counts<M: burn::module::Module>(model: &M) -> (u64, u64) {
-    float_params(model).into_iter().fold(
-        (0, 0),
-        |(t, f), (_, n, trains)| {
-            if trains { (t + n, f) } else { (t, f + n) }
-        },
-    )
+    float_params(model).into_iter().fold((0, 0), |(t, f), p| {
+        if p.trains {
+            (t + p.elements, f)
+        } else {
+            (t, f + p.elements)
+        }
+    })
 }
 
 /// Parameters of `reference` that are not frozen parameters of `policy`: a reference cloned from
@@ -328,16 +356,30 @@ pub fn params_not_in<A: burn::module::Module, B: burn::module::Module>(
     reference: &A,
     policy: &B,
 ) -> u64 {
+    not_in(reference, policy).map(|p| p.elements).sum()
+}
+
+/// The bytes of [`params_not_in`], each parameter in its dtype (a reference held in bf16 counts
+/// half).
+pub fn bytes_not_in<A: burn::module::Module, B: burn::module::Module>(
+    reference: &A,
+    policy: &B,
+) -> u64 {
+    not_in(reference, policy).map(|p| p.bytes).sum()
+}
+
+fn not_in<A: burn::module::Module, B: burn::module::Module>(
+    reference: &A,
+    policy: &B,
+) -> impl Iterator<Item = FloatParam> {
     let frozen: std::collections::HashSet<_> = float_params(policy)
         .into_iter()
-        .filter(|&(_, _, trains)| !trains)
-        .map(|(id, _, _)| id)
+        .filter(|p| !p.trains)
+        .map(|p| p.id)
         .collect();
     float_params(reference)
         .into_iter()
-        .filter(|(id, _, _)| !frozen.contains(id))
-        .map(|(_, n, _)| n)
-        .sum()
+        .filter(move |p| !frozen.contains(&p.id))
 }
 
 /// Bytes of memory available to a new allocation (`MemAvailable` of `/proc/meminfo`); `None`
@@ -474,7 +516,7 @@ mod tests {
 
     const PARAMS: Params = Params {
         trained: 1000,
-        frozen: 500,
+        frozen_bytes: F32 * 500,
         exported: 1500,
         adapted: 0,
     };
@@ -493,7 +535,7 @@ mod tests {
         // LoRA: few trained parameters, so the export of the merged model is the peak
         let lora = Params {
             trained: 10,
-            frozen: 1000,
+            frozen_bytes: F32 * 1000,
             exported: 1000,
             adapted: 400,
         };
@@ -580,7 +622,7 @@ mod tests {
         };
         let params = Params {
             trained: 1_000_000,
-            frozen: 0,
+            frozen_bytes: 0,
             exported: 1_000_000,
             adapted: 0,
         };

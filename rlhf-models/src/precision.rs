@@ -1,0 +1,176 @@
+//! Frozen models in bf16: the reference policy and the reward model a trainer only reads, held at
+//! half the bytes of f32 where the backend computes in bf16.
+//!
+//! A frozen model's parameters are cast once ([`Precision::apply`]); its forward pass then runs
+//! in bf16 from the embedding on (the tables and masks the model builds on the host are cast to
+//! the hidden states' dtype where they meet them), and its outputs — logits, values, scores —
+//! are cast back to f32, so every loss and statistic downstream stays in f32 (as TRL and
+//! OpenRLHF upcast a bf16 model's logits before the log-softmax). Trained models stay in f32:
+//! the optimizer's moments and updates need its precision.
+//!
+//! Backends: flex stores bf16 (its matrix products convert to f32 inside, so this saves resident
+//! memory, not time), LibTorch and CUDA compute in it; WebGPU's WGSL has no bf16, so there the
+//! option is refused, as on any device whose backend says it cannot compute in bf16
+//! ([`Precision::check_device`]).
+
+use burn::module::{Module, ModuleMapper, Param};
+use burn::tensor::Device;
+use burn::tensor::{DType, FloatDType, Tensor};
+use rlhf_core::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+/// The dtype a frozen model's weights are held in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// f32, as trained.
+    #[default]
+    F32,
+    /// bfloat16: half the bytes, 8 bits of mantissa.
+    Bf16,
+}
+
+impl Precision {
+    /// Bytes per parameter.
+    pub fn bytes(self) -> u64 {
+        match self {
+            Precision::F32 => 4,
+            Precision::Bf16 => 2,
+        }
+    }
+
+    /// `model` with every float parameter cast to this precision; [`Precision::F32`] leaves it
+    /// as it is (models load and train in f32).
+    pub fn apply<M: Module>(self, model: M) -> M {
+        match self {
+            Precision::F32 => model,
+            Precision::Bf16 => model.map(&mut CastTo(FloatDType::BF16)),
+        }
+    }
+
+    /// An error when `device`'s backend cannot hold and compute this precision.
+    pub fn check_device(self, device: &Device) -> Result<()> {
+        if self == Precision::Bf16 && !device.supports_dtype(FloatDType::BF16) {
+            return Err(Error::Config(format!(
+                "bf16 frozen models: {device:?} cannot compute in bf16 (WebGPU's WGSL has no \
+                 bf16); hold them in f32 on this device"
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" | "float32" => Ok(Precision::F32),
+            "bf16" | "bfloat16" => Ok(Precision::Bf16),
+            other => Err(Error::Config(format!(
+                "unknown dtype {other:?} for frozen models: f32 or bf16"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        })
+    }
+}
+
+/// Casts every float parameter to one dtype.
+struct CastTo(FloatDType);
+
+impl ModuleMapper for CastTo {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let dtype = self.0;
+        param.map(|t| t.cast(dtype))
+    }
+}
+
+/// `t` in f32 (a model's output, whatever its weights' dtype).
+pub(crate) fn to_f32<const D: usize>(t: Tensor<D>) -> Tensor<D> {
+    if t.dtype() == DType::F32 {
+        t
+    } else {
+        t.cast(FloatDType::F32)
+    }
+}
+
+/// `t` in `like`'s dtype (a host-built table meeting the hidden states).
+pub(crate) fn like<const D: usize, const E: usize>(t: Tensor<D>, like: &Tensor<E>) -> Tensor<D> {
+    let dtype = like.dtype();
+    if t.dtype() == dtype {
+        t
+    } else {
+        t.cast(FloatDType::from(dtype))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CausalLm, ScalarModel, TransformerConfig};
+
+    fn model(preset: &str) -> CausalLm {
+        let device = rlhf_core::device_from_env().expect("RLHF_DEVICE");
+        device.seed(3);
+        let mut config = TransformerConfig::preset(preset).expect("preset");
+        config.vocab_size = 40;
+        CausalLm::init(&config, &device).expect("init")
+    }
+
+    /// Every weight of a bf16 model is held in 2 bytes, and its logits and scores come out in
+    /// f32 within bf16's rounding of the f32 model's (8 bits of mantissa: about 0.4% per
+    /// operation), for each family.
+    #[test]
+    fn a_bf16_model_holds_half_the_bytes_and_gives_f32_outputs_close_to_the_f32_model() {
+        use rlhf_core::train::memory::float_params;
+        for preset in ["tiny-1m", "tiny-llama-1m", "tiny-qwen2-1m"] {
+            let f32_model = model(preset).without_dropout();
+            // the second row left-padded by three tokens
+            let ids: Vec<u32> = (0..2 * 9).map(|i| 2 + (i * 7 % 30) as u32).collect();
+            let mask: Vec<u8> = (0..2 * 9)
+                .map(|i| u8::from(!(9..12).contains(&i)))
+                .collect();
+            let input = f32_model.input(&ids, &mask, 2).unwrap();
+            let want = f32_model.forward(&input, None);
+            let bf16 = Precision::Bf16.apply(f32_model.clone());
+            let params = float_params(&bf16);
+            assert!(params.iter().all(|p| p.bytes == 2 * p.elements), "{preset}");
+            let got = bf16.forward(&input, None);
+            assert_eq!(got.dtype(), DType::F32, "{preset}");
+            let diff: f32 = got.sub(want.clone()).abs().max().into_scalar();
+            let scale: f32 = want.abs().max().into_scalar();
+            assert!(
+                diff > 0.0 && diff < 0.02 * scale,
+                "{preset}: {diff} of {scale}"
+            );
+            // a score sums over the hidden size and may cancel to near zero: its error is
+            // measured against the scores' spread over every position
+            let scalar = ScalarModel::from_backbone(f32_model);
+            let want = scalar.per_token(&input);
+            let scale: f32 = want.clone().abs().max().into_scalar();
+            let got = Precision::Bf16.apply(scalar).per_token(&input);
+            assert_eq!(got.dtype(), DType::F32, "{preset}");
+            let diff: f32 = got.sub(want).abs().max().into_scalar();
+            assert!(diff < 0.05 * scale, "{preset} scores: {diff} of {scale}");
+        }
+    }
+
+    #[test]
+    fn f32_leaves_a_model_as_it_is_and_names_parse() {
+        use rlhf_core::train::memory::float_params;
+        let m = Precision::F32.apply(model("tiny-1m"));
+        assert!(float_params(&m).iter().all(|p| p.bytes == 4 * p.elements));
+        assert_eq!("bf16".parse::<Precision>().unwrap(), Precision::Bf16);
+        assert_eq!("f32".parse::<Precision>().unwrap(), Precision::F32);
+        assert!("fp8".parse::<Precision>().is_err());
+        assert_eq!(Precision::Bf16.to_string(), "bf16");
+    }
+}
