@@ -1,7 +1,7 @@
 //! Atomic file writes: a reader never sees a half-written artefact.
 
 use std::fs::{self, File};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::Path;
 
 use crate::{Error, Result};
@@ -52,4 +52,41 @@ fn parent_dir(path: &Path) -> &Path {
 /// so checksumming a checkpoint costs little beside writing it.
 pub fn checksum(bytes: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(bytes)
+}
+
+/// The size and [`checksum`] of the file at `path`, read in blocks (a large file is never whole
+/// in memory).
+pub fn file_checksum(path: &Path) -> Result<(u64, u64)> {
+    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    let mut block = vec![0u8; 1 << 20];
+    let mut size = 0;
+    loop {
+        let n = file.read(&mut block).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            return Ok((size, hasher.digest()));
+        }
+        hasher.update(&block[..n]);
+        size += n as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file read in blocks sums as its bytes do, across the block boundary.
+    #[test]
+    fn a_files_checksum_is_its_bytes_checksum() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes: Vec<u8> = (0..(1usize << 20) + 4321)
+            .map(|i| (i * 31 % 251) as u8)
+            .collect();
+        let path = dir.path().join("part.bin");
+        write_atomic(&path, &bytes).unwrap();
+        assert_eq!(
+            file_checksum(&path).unwrap(),
+            (bytes.len() as u64, checksum(&bytes))
+        );
+    }
 }

@@ -98,17 +98,18 @@ pub fn checkpoint(dir: &Path, device: &Device, chat_template: Option<&Path>) -> 
     })
 }
 
-/// The frozen reference, held in `dtype`: the checkpoint in `dir`, or (without one) the starting
-/// weights of `policy`. Its vocabulary must be the policy's.
+/// The frozen reference, held in `dtype`: the checkpoint in `dir`, or (without one) `start`,
+/// the starting model the policy was made from (make the policy first: this takes `start`, so
+/// that, with `dir`, the starting weights live only in the policy, until its first step replaces
+/// them). `config` is the policy's, whose vocabulary the reference must share.
 ///
-/// In bf16 without `dir`, the starting model that `policy` holds is replaced by its bf16 copy,
-/// which the reference shares: make the trained policy from it before this call. The f32
-/// starting weights then live only in the policy, until its first step replaces them. Refused
-/// where the device cannot compute in bf16, and under LoRA without `dir`, where the reference is
-/// the policy's own frozen base (held once; a bf16 copy would add memory, not save it).
+/// Refused in bf16 where the device cannot compute in it, and under LoRA without `dir`, where
+/// the reference is the policy's own frozen base (held once; a bf16 copy would add memory, not
+/// save it).
 pub fn reference(
     dir: Option<&Path>,
-    policy: &mut Checkpoint,
+    start: CausalLm,
+    config: &TransformerConfig,
     dtype: Precision,
     lora: &LoraArgs,
     device: &Device,
@@ -122,30 +123,37 @@ pub fn reference(
             );
         }
     }
-    let Some(dir) = dir else {
-        tracing::info!("reference: the starting policy, in {dtype}");
-        if dtype != Precision::F32 {
-            policy.model = dtype.apply(policy.model.clone());
+    match dir {
+        None => {
+            tracing::info!("reference: the starting policy, in {dtype}");
+            Ok(dtype.apply(start))
         }
-        return Ok(policy.model.clone());
-    };
+        Some(dir) => {
+            drop(start);
+            Ok(dtype.apply(reference_in(dir, config, device)?))
+        }
+    }
+}
+
+/// The reference model in `dir`, whose vocabulary must be `policy`'s.
+pub fn reference_in(dir: &Path, policy: &TransformerConfig, device: &Device) -> Result<CausalLm> {
     let (config, model) = load_pretrained(dir, device)
         .with_context(|| format!("loading the reference in {}", dir.display()))?;
-    if config.vocab_size != policy.config.vocab_size {
+    if config.vocab_size != policy.vocab_size {
         bail!(
             "the reference {} has a vocabulary of {} and the policy {}: they must share the tokenizer",
             dir.display(),
             config.vocab_size,
-            policy.config.vocab_size
+            policy.vocab_size
         );
     }
     tracing::info!(
-        "reference {}: {:?}, {}, in {dtype}",
+        "reference {}: {:?}, {}",
         dir.display(),
         config.architecture,
         params(&config, model.num_params())
     );
-    Ok(dtype.apply(model))
+    Ok(model)
 }
 
 /// A reward model from `dir`: what `rlhf rm` wrote, a sequence-classification checkpoint, or a

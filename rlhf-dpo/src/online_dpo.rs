@@ -28,7 +28,6 @@
 //! the round's steps of what each step saw before its update (TRL takes one step per batch of
 //! prompts: with `epochs = minibatches = 1`, the default, the two agree).
 
-use std::collections::BTreeMap;
 use std::time::Instant;
 
 use burn::module::Module;
@@ -41,7 +40,7 @@ use rlhf_core::train::memory;
 use rlhf_core::train::metrics::names;
 use rlhf_core::train::{
     Checkpoint, LrSchedule, Metrics, OptimizerConfig, Replicas, Run, RunOptions, TrainRng,
-    checkpoint::{module_from_bytes, module_to_bytes, optimizer_from_bytes, optimizer_to_bytes},
+    checkpoint::{NewCheckpoint, Part, module_from_bytes, optimizer_from_bytes},
     clip_if_set, eval_due, metric,
 };
 use rlhf_core::{Error, Result, Scorer};
@@ -766,12 +765,12 @@ fn checkpoint_if_due(
         return Ok(());
     }
     run.save(|| {
-        Ok(Checkpoint {
+        Ok(NewCheckpoint {
             step: done,
-            parts: BTreeMap::from([
-                ("model".to_string(), module_to_bytes(policy.clone())?),
-                ("optimizer".to_string(), optimizer_to_bytes(optim)?),
-            ]),
+            parts: vec![
+                ("model".to_string(), Part::module(policy.clone())),
+                ("optimizer".to_string(), Part::optimizer(optim)),
+            ],
             state: json!({ "trainer": "online-dpo" }),
         })
     })?;

@@ -21,7 +21,6 @@
 //! batches) is drawn from `(seed, i)`, so a checkpoint needs no RNG state and a resumed run
 //! repeats the uninterrupted one exactly.
 
-use std::collections::BTreeMap;
 use std::time::Instant;
 
 use burn::module::Module;
@@ -35,7 +34,7 @@ use rlhf_core::train::memory;
 use rlhf_core::train::metrics::names;
 use rlhf_core::train::{
     Checkpoint, LrSchedule, Metrics, Replicas, Run, RunOptions, Shard, TrainRng,
-    checkpoint::{module_from_bytes, module_to_bytes, optimizer_from_bytes, optimizer_to_bytes},
+    checkpoint::{NewCheckpoint, Part, module_from_bytes, optimizer_from_bytes},
     clip_if_set, eval_due, metric,
     replicas::sum_gradients,
     with_fresh_param_ids,
@@ -1235,12 +1234,12 @@ fn checkpoint_if_due(
         return Ok(());
     }
     run.save(|| {
-        Ok(Checkpoint {
+        Ok(NewCheckpoint {
             step: done,
-            parts: BTreeMap::from([
-                ("models".to_string(), module_to_bytes(models.clone())?),
-                ("optimizer".to_string(), optimizer_to_bytes(optim)?),
-            ]),
+            parts: vec![
+                ("models".to_string(), Part::module(models.clone())),
+                ("optimizer".to_string(), Part::optimizer(optim)),
+            ],
             state: json!({ "trainer": "ppo", "kl": kl }),
         })
     })?;

@@ -14,7 +14,6 @@ use rlhf_data::ReadOptions;
 use rlhf_models::Precision;
 use serde_json::json;
 
-use crate::args::LoraArgs;
 use crate::commands::generate::{SamplingArgs, row_tokens, sample_batch};
 use crate::data::prompts;
 use crate::load;
@@ -54,15 +53,9 @@ pub struct EvalArgs {
 // that the summary then prints.
 pub fn run(args: &EvalArgs) -> Result<()> {
     let device = rlhf_core::parse_device(&args.sampling.device)?;
-    let mut ckpt = load::checkpoint(&args.model, &device, None)?;
+    let ckpt = load::checkpoint(&args.model, &device, None)?;
     let reference = match &args.ref_model {
-        Some(dir) => Some(load::reference(
-            Some(dir),
-            &mut ckpt,
-            Precision::F32,
-            &LoraArgs::default(),
-            &device,
-        )?),
+        Some(dir) => Some(load::reference_in(dir, &ckpt.config, &device)?),
         None => None,
     };
     let mut prompts = prompts(&args.prompts, &ReadOptions::default(), &ckpt.format)?;

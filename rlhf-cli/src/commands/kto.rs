@@ -181,8 +181,8 @@ pub fn run(args: &KtoArgs, toml: &str) -> Result<()> {
     )?;
     let (max_prompt, max_response) = args.data.limits()?;
     let enc = Encoder {
-        tokenizer: &p.ckpt.tokenizer,
-        format: &p.ckpt.format,
+        tokenizer: &p.tokenizer,
+        format: &p.format,
         max_prompt,
         max_response,
     };

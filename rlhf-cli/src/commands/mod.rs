@@ -2,11 +2,12 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use burn::tensor::Device;
 
 use rlhf_core::train::{Replicas, RunOptions};
-use rlhf_models::CausalLm;
+use rlhf_data::{ChatFormat, Tokenizer};
+use rlhf_models::{CausalLm, TransformerConfig};
 
 use crate::args::{DataArgs, FrozenArgs, LoraArgs, ModelArgs, TrainArgs};
 use crate::load::{self, Checkpoint};
@@ -59,8 +60,14 @@ pub struct Prepared {
     pub device: Device,
     /// The data-parallel replicas (`--devices`).
     pub replicas: Replicas,
-    /// The starting checkpoint.
-    pub ckpt: Checkpoint,
+    /// The starting checkpoint's configuration.
+    pub config: TransformerConfig,
+    /// The starting checkpoint's tokenizer.
+    pub tokenizer: Tokenizer,
+    /// The starting checkpoint's chat format.
+    pub format: ChatFormat,
+    /// The starting model, until the trained model is made from it (it is not held beside it).
+    start: Option<CausalLm>,
 }
 
 impl Prepared {
@@ -74,13 +81,21 @@ impl Prepared {
         };
         crate::args::refuse_overwrite(&dir, &out)?;
         let device = model.training_device()?;
-        let ckpt = load::checkpoint(&dir, &device, data.chat_template.as_deref())?;
+        let Checkpoint {
+            config,
+            model: start,
+            tokenizer,
+            format,
+        } = load::checkpoint(&dir, &device, data.chat_template.as_deref())?;
         Ok(Prepared {
             dir,
             out,
             device,
-            replicas: model.replicas(ckpt.model.dropout())?,
-            ckpt,
+            replicas: model.replicas(start.dropout())?,
+            config,
+            tokenizer,
+            format,
+            start: Some(start),
         })
     }
 }
@@ -94,9 +109,10 @@ impl Prepared {
         }
     }
 
-    /// The checkpoint's model as its trainer gets it, with LoRA when asked ([`load::policy`]).
-    pub fn policy(&self, lora: &LoraArgs, seed: u64) -> Result<CausalLm> {
-        load::policy(self.ckpt.model.clone(), &self.ckpt.config, lora, seed)
+    /// The starting model as its trainer gets it, with LoRA when asked ([`load::policy`]).
+    pub fn policy(&mut self, lora: &LoraArgs, seed: u64) -> Result<CausalLm> {
+        let start = self.take_start()?;
+        load::policy(start, &self.config, lora, seed)
     }
 
     /// The policy as its trainer gets it ([`Self::policy`]), then the frozen reference: `--ref`,
@@ -108,10 +124,12 @@ impl Prepared {
         reference: Option<&Path>,
         frozen: &FrozenArgs,
     ) -> Result<(CausalLm, CausalLm)> {
-        let policy = self.policy(lora, seed)?;
+        let start = self.take_start()?;
+        let policy = load::policy(start.clone(), &self.config, lora, seed)?;
         let reference = load::reference(
             reference,
-            &mut self.ckpt,
+            start,
+            &self.config,
             frozen.frozen_dtype,
             lora,
             &self.device,
@@ -119,13 +137,20 @@ impl Prepared {
         Ok((policy, reference))
     }
 
+    /// The starting model, handed out once.
+    fn take_start(&mut self) -> Result<CausalLm> {
+        self.start
+            .take()
+            .context("the starting model was already handed out")
+    }
+
     /// Writes the trained `model` to the output directory ([`output::save_causal`]).
     pub fn save(&self, model: &CausalLm, lora: &LoraArgs) -> Result<()> {
         output::save_causal(
             &self.out,
             model,
-            &self.ckpt.config,
-            &self.ckpt.tokenizer,
+            &self.config,
+            &self.tokenizer,
             &self.dir,
             lora,
         )

@@ -216,11 +216,12 @@ pub fn run(args: &OnlineDpoArgs, toml: &str) -> Result<()> {
         );
     }
     let device = args.model.training_device()?;
-    let mut ckpt = load::checkpoint(dir, &device, args.chat_template.as_deref())?;
+    let ckpt = load::checkpoint(dir, &device, args.chat_template.as_deref())?;
     let policy = load::policy(ckpt.model.clone(), &ckpt.config, &args.lora, args.seed)?;
     let reference = load::reference(
         args.ref_model.as_deref(),
-        &mut ckpt,
+        ckpt.model,
+        &ckpt.config,
         args.frozen.frozen_dtype,
         &args.lora,
         &device,

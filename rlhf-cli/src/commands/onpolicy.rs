@@ -13,7 +13,7 @@ use rlhf_core::train::metrics::names;
 use rlhf_core::train::{OptimizerConfig, RunOptions};
 use rlhf_core::{KlController, KlEstimator, LossAggregation, PolicyObjective};
 use rlhf_data::{ReadOptions, Tokenizer};
-use rlhf_models::{CausalLm, ScalarModel};
+use rlhf_models::{CausalLm, ScalarModel, TransformerConfig};
 use rlhf_ppo::{PolicyAndValue, PpoConfig, PpoInputs, train_ppo};
 use serde::{Deserialize, Serialize};
 
@@ -570,7 +570,7 @@ fn critic(
     args: &OnPolicyArgs,
     cfg: &PpoConfig,
     spec: &Spec,
-    ckpt: &Checkpoint,
+    start: &CausalLm,
     device: &Device,
 ) -> Result<Option<ScalarModel>> {
     Ok(if !cfg.advantage.needs_critic() {
@@ -582,24 +582,26 @@ fn critic(
         Some(load::reward_model(spec.models()[0], device, args.seed)?.model)
     } else {
         tracing::info!("critic: the policy with a fresh value head");
-        Some(load::fresh_scalar(ckpt.model.clone(), args.seed))
+        Some(load::fresh_scalar(start.clone(), args.seed))
     })
 }
 
-/// The policy and its critic, made from the starting weights, then the reference (which, held
-/// in bf16 without `--ref`, replaces the starting model in `ckpt`: see [`load::reference`]).
+/// The policy and its critic, made from the starting model, then the reference, which takes it
+/// (see [`load::reference`]).
 fn models(
     args: &OnPolicyArgs,
     cfg: &PpoConfig,
     spec: &Spec,
-    ckpt: &mut Checkpoint,
+    start: CausalLm,
+    config: &TransformerConfig,
     device: &Device,
 ) -> Result<(PolicyAndValue, CausalLm)> {
-    let critic = critic(args, cfg, spec, ckpt, device)?;
-    let policy = load::policy(ckpt.model.clone(), &ckpt.config, &args.lora, args.seed)?;
+    let critic = critic(args, cfg, spec, &start, device)?;
+    let policy = load::policy(start.clone(), config, &args.lora, args.seed)?;
     let reference = load::reference(
         args.ref_model.as_deref(),
-        ckpt,
+        start,
+        config,
         args.frozen.frozen_dtype,
         &args.lora,
         device,
@@ -638,7 +640,7 @@ pub fn run(method: Method, args: &OnPolicyArgs, toml: &str) -> Result<()> {
     let (dir, out) = args.model.model_and_out()?;
     let (prompt_file, spec) = prompts_and_reward(args.prompts.as_deref(), args.reward.as_deref())?;
     let device = args.model.training_device()?;
-    let mut ckpt = load::checkpoint(dir, &device, args.chat_template.as_deref())?;
+    let ckpt = load::checkpoint(dir, &device, args.chat_template.as_deref())?;
     let opts = read_options(&args.prompt_field, args.skip_bad);
     let prompts = prompts(prompt_file, &opts, &ckpt.format)?;
     let longest = longest_prompt(&ckpt.tokenizer, &prompts.texts)?;
@@ -657,7 +659,7 @@ pub fn run(method: Method, args: &OnPolicyArgs, toml: &str) -> Result<()> {
         args.frozen.frozen_dtype,
     )?;
     let demonstrations = ptx_demonstrations(args, &cfg, &ckpt, &opts)?;
-    let (models, reference) = models(args, &cfg, &spec, &mut ckpt, &device)?;
+    let (models, reference) = models(args, &cfg, &spec, ckpt.model, &ckpt.config, &device)?;
     tracing::info!(
         "{}: {} prompts, {} per batch × {} samples, {} iterations, queries of {} tokens, {} new \
          tokens at temperature {}, reward {}",
@@ -681,7 +683,7 @@ pub fn run(method: Method, args: &OnPolicyArgs, toml: &str) -> Result<()> {
         eval: None,
         eval_every: 0,
     };
-    let run = run_options_on_replicas(args, out, &cfg, &ckpt.model, models.value.as_ref())?;
+    let run = run_options_on_replicas(args, out, &cfg, &models.policy, models.value.as_ref())?;
     let (models, report) = train_ppo(models, &inputs, &cfg, &run, &device)
         .with_context(|| format!("rlhf {}", method.name()))?;
     output::save_causal(

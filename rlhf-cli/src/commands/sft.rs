@@ -68,12 +68,12 @@ impl SftArgs {
 
 /// Trains and writes the model.
 pub fn run(args: &SftArgs, toml: &str) -> Result<()> {
-    let p = Prepared::new(&args.model, &args.data)?;
+    let mut p = Prepared::new(&args.model, &args.data)?;
     let (train, eval) = read_split::<SftRecord>(&args.data, |r| prompt_key(&r.prompt))?;
     let (max_prompt, max_response) = args.data.limits()?;
     let enc = Encoder {
-        tokenizer: &p.ckpt.tokenizer,
-        format: &p.ckpt.format,
+        tokenizer: &p.tokenizer,
+        format: &p.format,
         max_prompt,
         max_response,
     };

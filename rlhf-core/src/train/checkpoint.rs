@@ -1,6 +1,10 @@
 //! Checkpoints: named binary parts (model weights, optimizer states) plus the trainer's JSON state
 //! (step, RNG, KL controller, data position), written atomically and verified on load.
 //!
+//! A checkpoint is written as a [`NewCheckpoint`], whose parts are encoded one at a time straight
+//! into their files (burn's records, written tensor by tensor): the optimizer's moments are never
+//! held encoded in memory beside the record they come from. It is read back as a [`Checkpoint`].
+//!
 //! Layout: `DIR/checkpoint-000000123/` holds one `PART.bin` per part and `manifest.json`, which
 //! lists each part's size and checksum and carries the trainer state and the layout's
 //! [`FORMAT`]. A checkpoint is written in a
@@ -17,10 +21,51 @@ use burn::store::ModuleRecord;
 use burn::tensor::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::fs::{checksum, sync_dir, write_atomic};
+use super::fs::{checksum, file_checksum, sync_dir, write_atomic};
 use crate::{Error, Result};
 
-/// One checkpoint in memory.
+/// A checkpoint to write ([`CheckpointStore::save`]).
+pub struct NewCheckpoint<'a> {
+    /// The optimizer step the checkpoint is taken after.
+    pub step: u64,
+    /// Binary parts by name (`model`, `optimizer`, `value_model`, …), each written when the
+    /// checkpoint is saved.
+    pub parts: Vec<(String, Part<'a>)>,
+    /// The trainer's own state (RNG, schedule position, KL controller, data-loader position, …).
+    pub state: serde_json::Value,
+}
+
+/// One part of a [`NewCheckpoint`]: what writes it to its file.
+pub struct Part<'a>(Box<dyn FnOnce(&Path) -> Result<()> + 'a>);
+
+impl<'a> Part<'a> {
+    /// Bytes already in memory.
+    pub fn bytes(bytes: Vec<u8>) -> Self {
+        Part(Box::new(move |path| write_atomic(path, &bytes)))
+    }
+
+    /// A module's weights, as [`module_to_bytes`] encodes them, written from burn's record tensor
+    /// by tensor.
+    pub fn module<M: Module + 'a>(module: M) -> Self {
+        Part(Box::new(move |path| {
+            module_record(module)
+                .save(path)
+                .map_err(|e| Error::Record(format!("writing module {}: {e:?}", path.display())))
+        }))
+    }
+
+    /// An optimizer's state, as [`optimizer_to_bytes`] encodes it, written from burn's record
+    /// tensor by tensor.
+    pub fn optimizer(optim: &'a ModuleOptimizer) -> Self {
+        Part(Box::new(move |path| {
+            optim
+                .save(path)
+                .map_err(|e| Error::Record(format!("writing optimizer {}: {e:?}", path.display())))
+        }))
+    }
+}
+
+/// One checkpoint read back into memory.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Checkpoint {
     /// The optimizer step the checkpoint was taken after.
@@ -103,9 +148,9 @@ impl CheckpointStore {
         self.dir.join(format!("{PREFIX}{step:09}"))
     }
 
-    /// Writes `ckpt` atomically, then removes checkpoints beyond the newest `keep_last`.
-    /// Returns the checkpoint's directory.
-    pub fn save(&self, ckpt: &Checkpoint) -> Result<PathBuf> {
+    /// Writes `ckpt` atomically, one part after the other, then removes checkpoints beyond the
+    /// newest `keep_last`. Returns the checkpoint's directory.
+    pub fn save(&self, ckpt: NewCheckpoint) -> Result<PathBuf> {
         fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
         let final_dir = self.path_of(ckpt.step);
         let tmp = self.dir.join(format!(
@@ -118,7 +163,7 @@ impl CheckpointStore {
         }
         fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
         let mut entries = BTreeMap::new();
-        for (name, bytes) in &ckpt.parts {
+        for (name, part) in ckpt.parts {
             if name.is_empty()
                 || !name
                     .chars()
@@ -128,12 +173,16 @@ impl CheckpointStore {
                     "checkpoint part name `{name}` must be [A-Za-z0-9_-]+"
                 )));
             }
-            write_atomic(&tmp.join(format!("{name}.bin")), bytes)?;
+            let path = tmp.join(format!("{name}.bin"));
+            (part.0)(&path)?;
+            // the part's record is dropped: its memory goes back before the next part's is made
+            rlhf_base::release_freed();
+            let (bytes, sum) = file_checksum(&path)?;
             entries.insert(
-                name.clone(),
+                name,
                 PartEntry {
-                    bytes: bytes.len() as u64,
-                    xxh3_64: format!("{:016x}", checksum(bytes)),
+                    bytes,
+                    xxh3_64: format!("{sum:016x}"),
                 },
             );
         }
@@ -141,7 +190,7 @@ impl CheckpointStore {
             format: FORMAT,
             step: ckpt.step,
             parts: entries,
-            state: ckpt.state.clone(),
+            state: ckpt.state,
         };
         let json =
             serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Record(e.to_string()))?;
@@ -306,14 +355,18 @@ impl CheckpointStore {
 /// frozen (LoRA's base weights) and others train, only the trained ones are kept: the frozen
 /// ones are the starting checkpoint's, which a resumed run loads again before this record.
 pub fn module_to_bytes<M: Module>(module: M) -> Result<Vec<u8>> {
-    let record = match split_trained(&module) {
-        Some(trained) => module.into_record_group(ParamGroup::from_ids(trained)),
-        None => module.into_record(),
-    };
-    let bytes = record
+    let bytes = module_record(module)
         .into_bytes()
         .map_err(|e| Error::Record(format!("encoding module: {e:?}")))?;
     Ok(bytes.to_vec())
+}
+
+/// The record [`module_to_bytes`] encodes: the trained parameters only, when some are frozen.
+fn module_record<M: Module>(module: M) -> ModuleRecord {
+    match split_trained(&module) {
+        Some(trained) => module.into_record_group(ParamGroup::from_ids(trained)),
+        None => module.into_record(),
+    }
 }
 
 /// The ids of the parameters of `module` that train, when some train and some are frozen; `None`

@@ -12,16 +12,12 @@
 //! many in a row stop the run ([`Run::check_finite`]). SIGINT or SIGTERM stop it after the current
 //! step, checkpointed ([`Run::interrupted`]).
 
-use std::collections::BTreeMap;
-
 use burn::module::Module;
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Tensor};
 use serde_json::json;
 
-use super::checkpoint::{
-    Checkpoint, module_from_bytes, module_to_bytes, optimizer_from_bytes, optimizer_to_bytes,
-};
+use super::checkpoint::{NewCheckpoint, Part, module_from_bytes, optimizer_from_bytes};
 use super::grads::{GradAccumulation, clip_if_set};
 use super::metrics::names;
 use super::optim::OptimizerConfig;
@@ -187,19 +183,19 @@ pub fn fit<M: Module>(
 }
 
 /// The checkpoint after `step`: the model, the optimizer's state, and the epoch.
-fn checkpoint<M: Module>(
+fn checkpoint<'a, M: Module + 'a>(
     step: u64,
     model: &M,
-    optim: &ModuleOptimizer,
+    optim: &'a ModuleOptimizer,
     label: &str,
     epoch: usize,
-) -> Result<Checkpoint> {
-    Ok(Checkpoint {
+) -> Result<NewCheckpoint<'a>> {
+    Ok(NewCheckpoint {
         step,
-        parts: BTreeMap::from([
-            ("model".to_string(), module_to_bytes(model.clone())?),
-            ("optimizer".to_string(), optimizer_to_bytes(optim)?),
-        ]),
+        parts: vec![
+            ("model".to_string(), Part::module(model.clone())),
+            ("optimizer".to_string(), Part::optimizer(optim)),
+        ],
         state: json!({ "trainer": label, "epoch": epoch }),
     })
 }

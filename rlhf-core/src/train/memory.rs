@@ -7,9 +7,9 @@
 //!   trained parameter on each data-parallel replica (each replica's gradients are whole until
 //!   they are reduced), two AdamW moments per trained parameter, and the activations autodiff
 //!   keeps for the backward pass of one micro-batch ([`TransformerShape::activation_bytes`]);
-//! - **a checkpoint**: the weights and moments, and the checkpoint's bytes while they are
-//!   written: the trained weights' part, and the moments three times over while their part is
-//!   made (burn's record, the encoder's buffer, the part's bytes);
+//! - **a checkpoint**: the weights and moments, and the record of the part being written: the
+//!   parts are written one after the other, each streamed into its file from burn's record (a
+//!   host copy of its tensors), so the largest, the optimizer's moments, is held once more;
 //! - **the export** of the trained model (`save_pretrained`): the weights, a dense copy of each
 //!   LoRA-adapted weight (the adapters merged), and the model's parameters twice more
 //!   (burn-store's snapshot of each tensor and the file's bytes).
@@ -85,7 +85,7 @@ pub struct MemoryEstimate {
     pub optimizer: u64,
     /// Activations kept for the backward pass of one micro-batch.
     pub activations: u64,
-    /// A checkpoint's bytes while it is written.
+    /// The record of a checkpoint's largest part while it is written (the moments).
     pub checkpoint: u64,
     /// The export's copies while `model.safetensors` is written (with LoRA's merged weights).
     pub export: u64,
@@ -104,7 +104,7 @@ impl MemoryEstimate {
             gradients: F32 * trained * replicas,
             optimizer: 2 * F32 * trained,
             activations: activations + F32 * params.adapted * replicas,
-            checkpoint: F32 * trained + 3 * (2 * F32 * trained),
+            checkpoint: 2 * F32 * trained,
             export: 2 * F32 * params.exported + F32 * params.adapted,
             process: 0,
         }
@@ -525,7 +525,7 @@ mod tests {
     fn the_peak_is_the_largest_phase_and_a_run_too_big_is_refused_with_its_parts() {
         let e = MemoryEstimate::training(PARAMS, 7, 1);
         assert_eq!(e.steps(), 4 * 1500 + 4 * 1000 + 8 * 1000 + 7);
-        assert_eq!(e.checkpointing(), 4 * 1500 + 8 * 1000 + (4 + 24) * 1000);
+        assert_eq!(e.checkpointing(), 4 * 1500 + 8 * 1000 + 8 * 1000);
         assert_eq!(e.exporting(), 4 * 1500 + 8 * 1500);
         assert_eq!(e.total(), e.checkpointing());
         // activations large enough make the steps the peak; each replica holds its gradients

@@ -16,7 +16,7 @@ pub mod rng;
 pub mod run;
 pub mod schedule;
 
-pub use checkpoint::{Checkpoint, CheckpointStore};
+pub use checkpoint::{Checkpoint, CheckpointStore, NewCheckpoint, Part};
 pub use fit::{BatchLoss, FitConfig, FitReport, LossOf, Metrics, eval_due, fit, metric};
 pub use grads::{
     GradAccumulation, clip_global_grad_norm, clip_if_set, global_grad_norm, scale_grads,

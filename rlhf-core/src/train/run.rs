@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::{Checkpoint, CheckpointStore};
+use super::checkpoint::{Checkpoint, CheckpointStore, NewCheckpoint};
 use super::interrupt;
 use super::memory;
 use super::metrics::MetricsSink;
@@ -217,7 +217,10 @@ impl Run {
     ///
     /// The memory the steps freed goes back to the operating system first
     /// ([`memory::release_freed`]), so the checkpoint's bytes do not come on top of it.
-    pub fn save(&self, build: impl FnOnce() -> Result<Checkpoint>) -> Result<Option<PathBuf>> {
+    pub fn save<'a>(
+        &self,
+        build: impl FnOnce() -> Result<NewCheckpoint<'a>>,
+    ) -> Result<Option<PathBuf>> {
         let Some(s) = &self.store else {
             return Ok(None);
         };
@@ -226,7 +229,7 @@ impl Run {
         if let Some(state) = ckpt.state.as_object_mut() {
             state.insert(SKIPPED_KEY.into(), self.skipped.into());
         }
-        s.save(&ckpt).map(Some)
+        s.save(ckpt).map(Some)
     }
 
     /// Whether SIGINT or SIGTERM asked this run (one with an output directory) to stop.
@@ -301,8 +304,8 @@ impl Run {
 
 #[cfg(test)]
 mod tests {
+    use super::super::checkpoint::Part;
     use super::*;
-    use std::collections::BTreeMap;
 
     #[test]
     fn resumes_from_the_newest_checkpoint_and_cuts_metrics_back() {
@@ -318,9 +321,9 @@ mod tests {
             run.log(step, &[("train/loss", step as f64)]).unwrap();
             if run.checkpoint_due(step, 5) {
                 run.save(|| {
-                    Ok(Checkpoint {
+                    Ok(NewCheckpoint {
                         step,
-                        parts: BTreeMap::from([("model".into(), vec![step as u8])]),
+                        parts: vec![("model".into(), Part::bytes(vec![step as u8]))],
                         state: serde_json::json!({"step": step}),
                     })
                 })
