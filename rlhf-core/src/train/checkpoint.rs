@@ -36,7 +36,10 @@ pub struct NewCheckpoint<'a> {
 }
 
 /// One part of a [`NewCheckpoint`]: what writes it to its file.
-pub struct Part<'a>(Box<dyn FnOnce(&Path) -> Result<()> + 'a>);
+pub struct Part<'a>(Box<WritePart<'a>>);
+
+/// Writes a part to the file at the path it is given.
+type WritePart<'a> = dyn FnOnce(&Path) -> Result<()> + 'a;
 
 impl<'a> Part<'a> {
     /// Bytes already in memory.
