@@ -131,6 +131,14 @@ mod tests {
     #[test]
     fn a_bf16_model_holds_half_the_bytes_and_gives_f32_outputs_close_to_the_f32_model() {
         use rlhf_core::train::memory::float_params;
+        let device = rlhf_core::device_from_env().expect("RLHF_DEVICE");
+        if !device.supports_dtype(FloatDType::BF16) {
+            // wgpu (WGSL has no bf16): refused up front rather than failing in a matmul
+            let err = Precision::Bf16.check_device(&device).unwrap_err();
+            assert!(err.to_string().contains("cannot compute in bf16"), "{err}");
+            return;
+        }
+        assert!(Precision::Bf16.check_device(&device).is_ok());
         for preset in ["tiny-1m", "tiny-llama-1m", "tiny-qwen2-1m"] {
             let f32_model = model(preset).without_dropout();
             // the second row left-padded by three tokens
