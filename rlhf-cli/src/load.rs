@@ -103,9 +103,9 @@ pub fn checkpoint(dir: &Path, device: &Device, chat_template: Option<&Path>) -> 
 /// that, with `dir`, the starting weights live only in the policy, until its first step replaces
 /// them). `config` is the policy's, whose vocabulary the reference must share.
 ///
-/// Refused in bf16 where the device cannot compute in it, and under LoRA without `dir`, where
-/// the reference is the policy's own frozen base (held once; a bf16 copy would add memory, not
-/// save it).
+/// Refused in bf16 where the device cannot compute in it. Under LoRA without `dir` the reference
+/// is the policy's own frozen base, held once, and stays f32 whatever `dtype` says (a bf16 copy
+/// would add memory, not save it).
 pub fn reference(
     dir: Option<&Path>,
     start: CausalLm,
@@ -114,16 +114,12 @@ pub fn reference(
     lora: &LoraArgs,
     device: &Device,
 ) -> Result<CausalLm> {
-    if dtype != Precision::F32 {
-        dtype.check_device(device)?;
-        if dir.is_none() && lora.config().is_some() {
-            bail!(
-                "--frozen-dtype {dtype}: under LoRA the reference is the policy's frozen base, \
-                 held once; give --ref DIR for a separate reference, or keep f32"
-            );
-        }
-    }
+    dtype.check_device(device)?;
     match dir {
+        None if lora.config().is_some() => {
+            tracing::info!("reference: the policy's frozen base, shared with it (in f32)");
+            Ok(start)
+        }
         None => {
             tracing::info!("reference: the starting policy, in {dtype}");
             Ok(dtype.apply(start))

@@ -2,11 +2,12 @@
 //! half the bytes of f32 where the backend computes in bf16.
 //!
 //! A frozen model's parameters are cast once ([`Precision::apply`]); its forward pass then runs
-//! in bf16 from the embedding on (the tables and masks the model builds on the host are cast to
-//! the hidden states' dtype where they meet them), and its outputs — logits, values, scores —
-//! are cast back to f32, so every loss and statistic downstream stays in f32 (as TRL and
-//! OpenRLHF upcast a bf16 model's logits before the log-softmax). Trained models stay in f32:
-//! the optimizer's moments and updates need its precision.
+//! in bf16 from the embedding on (the rotary tables the model builds in f32 are cast to the
+//! hidden states' dtype where they meet them), and its outputs — logits, values, scores — are
+//! cast back to f32, so every loss and statistic downstream stays in f32. (TRL takes a bf16
+//! model's log-softmax in bf16, row by row; casting the logits first costs one f32 copy of them
+//! and keeps the log-softmax as exact as an f32 model's, given the logits.) Trained models stay
+//! in f32: the optimizer's moments and updates need its precision.
 //!
 //! Backends: flex stores bf16 (its matrix products convert to f32 inside, so this saves resident
 //! memory, not time), LibTorch and CUDA compute in it; WebGPU's WGSL has no bf16, so there the
@@ -125,12 +126,23 @@ mod tests {
         CausalLm::init(&config, &device).expect("init")
     }
 
+    /// A committed checkpoint of the `transformers` parity fixtures (`tests/fixtures/hf/`).
+    fn fixture(name: &str) -> CausalLm {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf");
+        let device = rlhf_core::device_from_env().expect("RLHF_DEVICE");
+        crate::load_pretrained(&dir.join(name), &device)
+            .expect("fixture")
+            .1
+    }
+
     /// Every weight of a bf16 model is held in 2 bytes, and its logits and scores come out in
     /// f32 within bf16's rounding of the f32 model's (8 bits of mantissa: about 0.4% per
-    /// operation), for each family.
+    /// operation), for each family and its options: GPT-NeoX (parallel and sequential
+    /// residuals), Llama (GQA, Llama 3 rope scaling), Qwen2 (QKV bias, tied head), Qwen3 (query
+    /// and key norms), Mistral (sliding window), Phi-3 (fused projections, partial rotary) and
+    /// GPT-2 (learned positions).
     #[test]
     fn a_bf16_model_holds_half_the_bytes_and_gives_f32_outputs_close_to_the_f32_model() {
-        use rlhf_core::train::memory::float_params;
         let device = rlhf_core::device_from_env().expect("RLHF_DEVICE");
         if !device.supports_dtype(FloatDType::BF16) {
             // wgpu (WGSL has no bf16): refused up front rather than failing in a matmul
@@ -140,35 +152,50 @@ mod tests {
         }
         assert!(Precision::Bf16.check_device(&device).is_ok());
         for preset in ["tiny-1m", "tiny-llama-1m", "tiny-qwen2-1m"] {
-            let f32_model = model(preset).without_dropout();
-            // the second row left-padded by three tokens
-            let ids: Vec<u32> = (0..2 * 9).map(|i| 2 + (i * 7 % 30) as u32).collect();
-            let mask: Vec<u8> = (0..2 * 9)
-                .map(|i| u8::from(!(9..12).contains(&i)))
-                .collect();
-            let input = f32_model.input(&ids, &mask, 2).unwrap();
-            let want = f32_model.forward(&input, None);
-            let bf16 = Precision::Bf16.apply(f32_model.clone());
-            let params = float_params(&bf16);
-            assert!(params.iter().all(|p| p.bytes == 2 * p.elements), "{preset}");
-            let got = bf16.forward(&input, None);
-            assert_eq!(got.dtype(), DType::F32, "{preset}");
-            let diff: f32 = got.sub(want.clone()).abs().max().into_scalar();
-            let scale: f32 = want.abs().max().into_scalar();
-            assert!(
-                diff > 0.0 && diff < 0.02 * scale,
-                "{preset}: {diff} of {scale}"
-            );
-            // a score sums over the hidden size and may cancel to near zero: its error is
-            // measured against the scores' spread over every position
-            let scalar = ScalarModel::from_backbone(f32_model);
-            let want = scalar.per_token(&input);
-            let scale: f32 = want.clone().abs().max().into_scalar();
-            let got = Precision::Bf16.apply(scalar).per_token(&input);
-            assert_eq!(got.dtype(), DType::F32, "{preset}");
-            let diff: f32 = got.sub(want).abs().max().into_scalar();
-            assert!(diff < 0.05 * scale, "{preset} scores: {diff} of {scale}");
+            close_in_bf16(preset, model(preset));
         }
+        for name in [
+            "tiny-neox-sequential",
+            "tiny-llama3",
+            "tiny-qwen3",
+            "tiny-mistral",
+            "tiny-phi3",
+            "tiny-gpt2",
+        ] {
+            close_in_bf16(name, fixture(name));
+        }
+    }
+
+    fn close_in_bf16(name: &str, f32_model: CausalLm) {
+        use rlhf_core::train::memory::float_params;
+        let f32_model = f32_model.without_dropout();
+        // the second row left-padded by three tokens
+        let ids: Vec<u32> = (0..2 * 9).map(|i| 2 + (i * 7 % 30) as u32).collect();
+        let mask: Vec<u8> = (0..2 * 9)
+            .map(|i| u8::from(!(9..12).contains(&i)))
+            .collect();
+        let input = f32_model.input(&ids, &mask, 2).unwrap();
+        let want = f32_model.forward(&input, None);
+        let bf16 = Precision::Bf16.apply(f32_model.clone());
+        let params = float_params(&bf16);
+        assert!(params.iter().all(|p| p.bytes == 2 * p.elements), "{name}");
+        let got = bf16.forward(&input, None);
+        assert_eq!(got.dtype(), DType::F32, "{name}");
+        let diff: f32 = got.sub(want.clone()).abs().max().into_scalar();
+        let scale: f32 = want.abs().max().into_scalar();
+        assert!(
+            diff > 0.0 && diff < 0.02 * scale,
+            "{name}: {diff} of {scale}"
+        );
+        // a score sums over the hidden size and may cancel to near zero: its error is measured
+        // against the scores' spread over every position
+        let scalar = ScalarModel::from_backbone(f32_model);
+        let want = scalar.per_token(&input);
+        let scale: f32 = want.clone().abs().max().into_scalar();
+        let got = Precision::Bf16.apply(scalar).per_token(&input);
+        assert_eq!(got.dtype(), DType::F32, "{name}");
+        let diff: f32 = got.sub(want).abs().max().into_scalar();
+        assert!(diff < 0.05 * scale, "{name} scores: {diff} of {scale}");
     }
 
     #[test]

@@ -649,7 +649,8 @@ fn grpo_with_an_exact_match_verifier_raises_the_verifiers_mean() {
 
 /// The on-policy commands run end to end with a reward model (PPO's critic from it), a verifier,
 /// and an ensemble (with the reference and the reward model in bf16), PPO and GSPO with LoRA
-/// policies; `eval`, `check` and `plot` read what they wrote.
+/// policies (PPO's reward model in bf16, its reference the LoRA base in f32); `eval`, `check` and
+/// `plot` read what they wrote.
 #[test]
 fn every_on_policy_command_runs_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
@@ -671,7 +672,11 @@ fn every_on_policy_command_runs_end_to_end() {
     ]);
     let start = probe(&fixture("tiny-pythia"));
     for (cmd, reward, lora) in [
-        ("ppo", s(&rm), &["--lora-rank", "4"][..]),
+        (
+            "ppo",
+            s(&rm),
+            &["--lora-rank", "4", "--frozen-dtype", "bf16"][..],
+        ),
         (
             "grpo",
             format!("mean(rm:{},length:0.05)", s(&rm)),
