@@ -35,9 +35,15 @@ pub fn write_atomic_parts(path: &Path, parts: &[&[u8]]) -> Result<()> {
 
 /// Fsyncs a directory, so renames and creations inside it are durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(dir, e))
+    sync_file(dir)
+}
+
+/// Fsyncs a file written by someone else's writer, so its bytes are on disk before a rename
+/// publishes it.
+pub fn sync_file(path: &Path) -> Result<()> {
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io(path, e))
 }
 
 fn parent_dir(path: &Path) -> &Path {

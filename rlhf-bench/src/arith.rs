@@ -93,15 +93,25 @@ fn run_verifier(cfg: &RunConfig, cache: &Path) -> Result<RunResult> {
     let scorer = stage.scorer(&setup.tok, &device);
 
     let method_start = Instant::now();
-    for (split, pick, pairs) in [
-        (policy::Held::InDomain, am::PICK, am::PAIR_ACCURACY),
-        (policy::Held::Ood, am::PICK_OOD, am::PAIR_ACCURACY_OOD),
+    for (split, pick, vote, pairs) in [
+        (
+            policy::Held::InDomain,
+            am::PICK,
+            am::WEIGHTED_VOTE,
+            am::PAIR_ACCURACY,
+        ),
+        (
+            policy::Held::Ood,
+            am::PICK_OOD,
+            am::WEIGHTED_VOTE_OOD,
+            am::PAIR_ACCURACY_OOD,
+        ),
     ] {
         let c = setup.candidates(&sft, split)?;
         baselines::add(&c, split, &mut out);
         let scores = c.score(&scorer)?;
-        let picks = baselines::verifier_picks(&c, &scores);
-        out.per_prompt(pick, picks);
+        out.per_prompt(pick, baselines::verifier_picks(&c, &scores));
+        out.per_prompt(vote, baselines::weighted_vote_picks(&c, &scores));
         if let Some(p) = baselines::pair_accuracy(&c, &scores) {
             out.metric(pairs, p);
         }

@@ -164,6 +164,10 @@ pub mod arith {
     pub const PICK: &str = "bon/accuracy";
     /// The verifier's pick is right (out-of-distribution prompts).
     pub const PICK_OOD: &str = "bon/accuracy_ood";
+    /// Verifier-weighted voting over the final answers picks a right candidate (in-domain).
+    pub const WEIGHTED_VOTE: &str = "bon/weighted_vote";
+    /// Verifier-weighted voting out of distribution.
+    pub const WEIGHTED_VOTE_OOD: &str = "bon/weighted_vote_ood";
     /// The first candidate is right: best-of-1, the SFT policy's pass@1.
     pub const FIRST: &str = "bon/first";
     /// Best-of-1 out of distribution.

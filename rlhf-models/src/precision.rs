@@ -32,14 +32,6 @@ pub enum Precision {
 }
 
 impl Precision {
-    /// Bytes per parameter.
-    pub fn bytes(self) -> u64 {
-        match self {
-            Precision::F32 => 4,
-            Precision::Bf16 => 2,
-        }
-    }
-
     /// `model` with every float parameter cast to this precision; [`Precision::F32`] leaves it
     /// as it is (models load and train in f32).
     pub fn apply<M: Module>(self, model: M) -> M {
@@ -181,21 +173,42 @@ mod tests {
         assert!(params.iter().all(|p| p.bytes == 2 * p.elements), "{name}");
         let got = bf16.forward(&input, None);
         assert_eq!(got.dtype(), DType::F32, "{name}");
-        let diff: f32 = got.sub(want.clone()).abs().max().into_scalar();
-        let scale: f32 = want.abs().max().into_scalar();
+        // the weights' own rounding, computed in f32: a checkpoint with large weights (the
+        // sequential NeoX fixture's logits reach 8) loses that much in any bf16 model; computing
+        // in bf16 may add at most 5% of the logits' scale to it (Mistral's fixture adds 3.7%; a
+        // mask or a rotary table gone wrong moves logits by their scale)
+        let rounding = max_diff(rounded(&bf16).forward(&input, None), want.clone());
+        let (diff, scale) = (max_diff(got, want.clone()), max_abs(want));
         assert!(
-            diff > 0.0 && diff < 0.02 * scale,
-            "{name}: {diff} of {scale}"
+            diff > 0.0 && diff < rounding + 0.05 * scale,
+            "{name}: {diff} of {scale} (the weights' rounding alone: {rounding})"
         );
         // a score sums over the hidden size and may cancel to near zero: its error is measured
         // against the scores' spread over every position
         let scalar = ScalarModel::from_backbone(f32_model);
         let want = scalar.per_token(&input);
-        let scale: f32 = want.clone().abs().max().into_scalar();
-        let got = Precision::Bf16.apply(scalar).per_token(&input);
+        let bf16 = Precision::Bf16.apply(scalar);
+        let got = bf16.per_token(&input);
         assert_eq!(got.dtype(), DType::F32, "{name}");
-        let diff: f32 = got.sub(want).abs().max().into_scalar();
-        assert!(diff < 0.05 * scale, "{name} scores: {diff} of {scale}");
+        let rounding = max_diff(rounded(&bf16).per_token(&input), want.clone());
+        let (diff, scale) = (max_diff(got, want.clone()), max_abs(want));
+        assert!(
+            diff < rounding + 0.05 * scale,
+            "{name} scores: {diff} of {scale} (the weights' rounding alone: {rounding})"
+        );
+    }
+
+    /// A bf16 model's weights back in f32: the f32 model with rounded weights.
+    fn rounded<M: Module>(bf16: &M) -> M {
+        bf16.clone().map(&mut CastTo(FloatDType::F32))
+    }
+
+    fn max_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
+        max_abs(a.sub(b))
+    }
+
+    fn max_abs<const D: usize>(t: Tensor<D>) -> f32 {
+        t.abs().max().into_scalar()
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Picking one of a prompt's candidates: by a verifier's scores, and the baselines a verifier
+//! Picking one of a prompt's candidates: by a verifier's scores (the highest, or the final answer
+//! whose holders' scores sum highest: verifier-weighted voting), and the baselines a verifier
 //! has to beat — best-of-1, a random pick, majority vote over the final answers
 //! (self-consistency) — and the oracle, the best any pick can do.
 
@@ -38,6 +39,40 @@ pub(crate) fn majority_vote(answers: &[Option<i64>]) -> Option<usize> {
         .values()
         .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)))
         .map(|v| v.1)
+}
+
+/// The candidate that verifier-weighted voting picks (Uesato et al. 2022; Li et al. 2023): one
+/// holding the final answer whose holders' `scores` (probabilities of being right) sum highest,
+/// ties broken by the answer that appears first, and of its holders the first. Majority vote is
+/// the same with every score 1. `None` when no candidate has an answer.
+///
+/// Where a task has one right solution string per prompt, its right candidates are copies of
+/// one text and share one score, while the wrong ones are distinct: the highest score then
+/// lands on a distinct text nearly at random, and the vote is the pick that uses the copies.
+pub(crate) fn weighted_vote(answers: &[Option<i64>], scores: &[f64]) -> Option<usize> {
+    // answer → (summed score, first holder)
+    let mut votes: BTreeMap<i64, (f64, usize)> = BTreeMap::new();
+    for (i, (a, s)) in answers.iter().zip(scores).enumerate() {
+        if let Some(a) = a {
+            votes.entry(*a).or_insert((0.0, i)).0 += s;
+        }
+    }
+    votes
+        .values()
+        .max_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)))
+        .map(|v| v.1)
+}
+
+/// Per prompt of `c`: 1 when verifier-weighted voting ([`weighted_vote`]) picks a right
+/// candidate.
+pub(crate) fn weighted_vote_picks(c: &Candidates, scores: &[f64]) -> Vec<f64> {
+    (0..c.prompts.len())
+        .map(|i| {
+            let r = c.of(i);
+            let pick = weighted_vote(&c.answers[r.clone()], &scores[r.clone()]);
+            pick.map_or(0.0, |j| f64::from(u8::from(c.right[r.start + j])))
+        })
+        .collect()
 }
 
 /// The index of the highest score (the first of equal ones).
@@ -130,6 +165,36 @@ mod tests {
         assert_eq!(final_answer(&with_eos("1+2=3;ANSWER")), None);
         assert_eq!(final_answer(&with_eos("ANSWER 3;1+2=3")), None);
         assert_eq!(final_answer(&with_eos("")), None);
+    }
+
+    #[test]
+    fn weighted_vote_sums_each_answers_scores_and_breaks_ties_by_first_appearance() {
+        // 7: 0.9 + 0.2 = 1.1 against 4: 0.5 + 0.4 = 0.9; answerless candidates never vote
+        let answers = [Some(4), Some(7), None, Some(4), Some(7)];
+        assert_eq!(weighted_vote(&answers, &[0.5, 0.9, 5.0, 0.4, 0.2]), Some(1));
+        assert_eq!(weighted_vote(&answers, &[0.5, 0.3, 5.0, 0.4, 0.2]), Some(0));
+        // a tie (0.5 each): the answer that appeared first
+        assert_eq!(weighted_vote(&[Some(9), Some(5)], &[0.5, 0.5]), Some(0));
+        // every score 1: majority vote
+        let many = [Some(4), Some(7), Some(7), None, Some(4), Some(7)];
+        assert_eq!(weighted_vote(&many, &[1.0; 6]), majority_vote(&many));
+        assert_eq!(weighted_vote(&[None, None], &[1.0, 1.0]), None);
+    }
+
+    /// Six copies of the right solution share one score, two distinct wrong ones straddle it:
+    /// the highest score picks a wrong one, the vote the right answer.
+    #[test]
+    fn copies_of_the_right_solution_are_not_outscored_by_one_noisy_wrong_one() {
+        let task = ArithSteps::default();
+        let right = with_eos("1+2=3;3+3=6;ANSWER 6");
+        let mut texts = vec![right; 6];
+        texts.push(with_eos("1+2=3;3+3=7;ANSWER 7"));
+        texts.push(with_eos("1+2=4;4+3=8;ANSWER 8"));
+        let c = Candidates::judge(&task, vec!["1+2+3=".to_string()], 8, texts);
+        assert_eq!(c.right.iter().filter(|&&r| r).count(), 6);
+        let scores = [0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.6, 0.4];
+        assert_eq!(verifier_picks(&c, &scores), [0.0]);
+        assert_eq!(weighted_vote_picks(&c, &scores), [1.0]);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The findings of `arith-steps`, each an effect per seed signed so that positive goes the
 //! claim's way (see [`crate::findings`]): process against outcome supervision in-domain (level
-//! and slope), out of distribution, each verifier against majority vote, and RL against each
-//! verifier.
+//! and slope), out of distribution, each verifier's pick and its weighted vote against majority
+//! vote, and RL against each verifier.
 
 use crate::axis::Axis;
 use crate::findings::{Finding, Seed, conclude, item, metric, paired, show, so};
@@ -177,36 +177,50 @@ fn process_out_of_distribution(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
 }
 
 fn against_majority(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
-    for kind in KINDS {
-        let mut one = None;
-        let mut levels = (Vec::new(), Vec::new());
-        let per_seed: Vec<(u64, f64)> = seeds
-            .iter()
-            .filter_map(|s| {
-                let largest = *of_kind(s, kind).last()?;
-                let (pick, vote) = (metric(largest, am::PICK), metric(largest, am::MAJORITY));
-                levels.0.push(pick);
-                levels.1.push(vote);
-                one = Some(paired(item(largest, am::PICK), item(largest, am::MAJORITY)));
-                Some((s.seed, pick - vote))
-            })
-            .collect();
-        let (pick, vote) = (mean(&levels.0), mean(&levels.1));
-        out.push(conclude(
-            Axis::Supervision,
-            &format!("the {kind} verifier's best-of-n pick beats majority vote in-domain"),
-            "pick accuracy at the largest volume − majority vote's, in-domain",
-            per_seed,
-            one,
-            |i| {
-                format!(
-                    "At the largest volume the {kind} verifier's pick was right on {pick:.3} of the in-domain prompts, majority vote over the same candidates on {vote:.3}: a difference of {}; {}.",
-                    show(i),
-                    so(i)
-                )
-            },
-        ));
+    for (pick_name, how) in [
+        (am::PICK, "best-of-n pick"),
+        (am::WEIGHTED_VOTE, "weighted vote"),
+    ] {
+        for kind in KINDS {
+            out.push(one_against_majority(seeds, kind, pick_name, how));
+        }
     }
+}
+
+/// The `kind` verifier's pick (`pick_name`, read "the verifier's `how`") against majority vote
+/// over the same candidates, at the largest volume, in-domain.
+fn one_against_majority(seeds: &[Seed<'_>], kind: &str, pick_name: &str, how: &str) -> Finding {
+    let mut one = None;
+    let mut levels = (Vec::new(), Vec::new());
+    let per_seed: Vec<(u64, f64)> = seeds
+        .iter()
+        .filter_map(|s| {
+            let largest = *of_kind(s, kind).last()?;
+            let (pick, vote) = (metric(largest, pick_name), metric(largest, am::MAJORITY));
+            levels.0.push(pick);
+            levels.1.push(vote);
+            one = Some(paired(
+                item(largest, pick_name),
+                item(largest, am::MAJORITY),
+            ));
+            Some((s.seed, pick - vote))
+        })
+        .collect();
+    let (pick, vote) = (mean(&levels.0), mean(&levels.1));
+    conclude(
+        Axis::Supervision,
+        &format!("the {kind} verifier's {how} beats majority vote in-domain"),
+        &format!("{how} accuracy at the largest volume − majority vote's, in-domain"),
+        per_seed,
+        one,
+        |i| {
+            format!(
+                "At the largest volume the {kind} verifier's {how} was right on {pick:.3} of the in-domain prompts, majority vote over the same candidates on {vote:.3}: a difference of {}; {}.",
+                show(i),
+                so(i)
+            )
+        },
+    )
 }
 
 fn rl(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {

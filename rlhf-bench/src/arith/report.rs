@@ -12,11 +12,14 @@ use crate::markdown::show_level;
 use crate::metrics::{arith as am, names};
 use crate::study::PointRecord;
 
-/// What the `supervision` table shows: the verifier's pick in-domain and out of distribution,
-/// the baselines on the same candidates, the verifier's held-out accuracies and its cost.
+/// What the `supervision` table shows: the verifier's pick and its weighted vote, in-domain and
+/// out of distribution, the baselines on the same candidates, the verifier's held-out
+/// accuracies and its cost.
 pub const TABLE: &[&str] = &[
     am::PICK,
     am::PICK_OOD,
+    am::WEIGHTED_VOTE,
+    am::WEIGHTED_VOTE_OOD,
     am::MAJORITY,
     am::RANDOM,
     am::FIRST,

@@ -21,7 +21,7 @@ use burn::store::ModuleRecord;
 use burn::tensor::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::fs::{checksum, file_checksum, sync_dir, write_atomic};
+use super::fs::{checksum, file_checksum, sync_dir, sync_file, write_atomic};
 use crate::{Error, Result};
 
 /// A checkpoint to write ([`CheckpointStore::save`]).
@@ -176,8 +176,15 @@ impl CheckpointStore {
                     "checkpoint part name `{name}` must be [A-Za-z0-9_-]+"
                 )));
             }
+            if entries.contains_key(&name) {
+                return Err(Error::Config(format!(
+                    "checkpoint part `{name}` is given twice"
+                )));
+            }
             let path = tmp.join(format!("{name}.bin"));
             (part.0)(&path)?;
+            // burn's recorder does not fsync: the bytes reach the disk before the rename below
+            sync_file(&path)?;
             // the part's record is dropped: its memory goes back before the next part's is made
             rlhf_base::release_freed();
             let (bytes, sum) = file_checksum(&path)?;

@@ -251,6 +251,33 @@ fn a_checkpoint_of_another_format_is_refused_by_its_version() {
     );
 }
 
+/// A part named twice, or with a character outside `[A-Za-z0-9_-]`, is refused, and no
+/// checkpoint is published.
+#[test]
+fn a_checkpoint_with_a_bad_part_name_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = CheckpointStore::new(dir.path(), 1);
+    for (names, want) in [
+        (vec!["model", "model"], "given twice"),
+        (vec!["../model"], "must be [A-Za-z0-9_-]+"),
+    ] {
+        let parts = names
+            .into_iter()
+            .map(|n| (n.to_string(), Part::bytes(vec![1u8; 4])))
+            .collect();
+        let err = store
+            .save(NewCheckpoint {
+                step: 1,
+                parts,
+                state: serde_json::json!({}),
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(want), "{err}");
+        assert!(store.load(1).is_err());
+    }
+}
+
 #[test]
 fn adaptive_kl_controller_follows_its_formula() {
     let mut c = KlController::Adaptive {
