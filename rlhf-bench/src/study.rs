@@ -220,7 +220,7 @@ fn budget(preset: &str) -> Result<Budget> {
             eval_every: 2,
             volumes: vec![250, 500, 1000, 2000],
             base_pairs: 1000,
-            sizes: vec!["xs", "m", "l"],
+            sizes: vec!["xs", "s", "m"],
             base_size: "xs",
             ns: vec![1, 2, 4, 8],
             base_beta: 0.05,

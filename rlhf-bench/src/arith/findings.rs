@@ -197,6 +197,9 @@ fn one_against_majority(seeds: &[Seed<'_>], kind: &str, pick_name: &str, how: &s
         .filter_map(|s| {
             let largest = *of_kind(s, kind).last()?;
             let (pick, vote) = (metric(largest, pick_name), metric(largest, am::MAJORITY));
+            if !pick.is_finite() {
+                return None; // points from before the pick was measured
+            }
             levels.0.push(pick);
             levels.1.push(vote);
             one = Some(paired(
@@ -214,6 +217,9 @@ fn one_against_majority(seeds: &[Seed<'_>], kind: &str, pick_name: &str, how: &s
         per_seed,
         one,
         |i| {
+            if levels.0.is_empty() {
+                return format!("The points hold no {how} of the {kind} verifier: not run.");
+            }
             format!(
                 "At the largest volume the {kind} verifier's {how} was right on {pick:.3} of the in-domain prompts, majority vote over the same candidates on {vote:.3}: a difference of {}; {}.",
                 show(i),
