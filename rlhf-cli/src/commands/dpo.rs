@@ -181,13 +181,7 @@ pub fn run(args: &DpoArgs, toml: &str) -> Result<()> {
         args.ref_model.as_deref(),
         &args.frozen,
     )?;
-    let (max_prompt, max_response) = args.data.limits()?;
-    let enc = Encoder {
-        tokenizer: &p.tokenizer,
-        format: &p.format,
-        max_prompt,
-        max_response,
-    };
+    let enc = p.encoder(&args.data)?;
     let (train, eval) = groups(args, &enc)?;
     tracing::info!(
         "dpo: {} training groups, {} held out, loss {:?}, β {}",

@@ -179,13 +179,7 @@ pub fn run(args: &KtoArgs, toml: &str) -> Result<()> {
         args.ref_model.as_deref(),
         &args.frozen,
     )?;
-    let (max_prompt, max_response) = args.data.limits()?;
-    let enc = Encoder {
-        tokenizer: &p.tokenizer,
-        format: &p.format,
-        max_prompt,
-        max_response,
-    };
+    let enc = p.encoder(&args.data)?;
     let (train, eval) = data(args, &enc)?;
     let n_desirable = train.iter().filter(|e| e.desirable).count();
     tracing::info!(

@@ -10,6 +10,7 @@ use rlhf_data::{ChatFormat, Tokenizer};
 use rlhf_models::{CausalLm, TransformerConfig};
 
 use crate::args::{DataArgs, FrozenArgs, LoraArgs, ModelArgs, TrainArgs};
+use crate::data::Encoder;
 use crate::load::{self, Checkpoint};
 use crate::output;
 use crate::reward::Spec;
@@ -101,6 +102,17 @@ impl Prepared {
 }
 
 impl Prepared {
+    /// The encoder of the checkpoint's tokenizer and chat format, cutting to `data`'s limits.
+    pub fn encoder(&self, data: &DataArgs) -> Result<Encoder<'_>> {
+        let (max_prompt, max_response) = data.limits()?;
+        Ok(Encoder {
+            tokenizer: &self.tokenizer,
+            format: &self.format,
+            max_prompt,
+            max_response,
+        })
+    }
+
     /// Checkpoints, metrics and progress in the output directory, on the replicas.
     pub fn run_options(&self, train: &TrainArgs) -> RunOptions {
         RunOptions {

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::args::{DataArgs, LoraArgs, ModelArgs, TrainArgs, defaults_from_clap};
 use crate::commands::Prepared;
-use crate::data::{Encoder, prompt_key, read_split, sft_examples};
+use crate::data::{prompt_key, read_split, sft_examples};
 use crate::output;
 
 /// TRL's `SFTConfig.learning_rate`.
@@ -70,13 +70,7 @@ impl SftArgs {
 pub fn run(args: &SftArgs, toml: &str) -> Result<()> {
     let mut p = Prepared::new(&args.model, &args.data)?;
     let (train, eval) = read_split::<SftRecord>(&args.data, |r| prompt_key(&r.prompt))?;
-    let (max_prompt, max_response) = args.data.limits()?;
-    let enc = Encoder {
-        tokenizer: &p.tokenizer,
-        format: &p.format,
-        max_prompt,
-        max_response,
-    };
+    let enc = p.encoder(&args.data)?;
     let (train, dropped) = sft_examples(&train, &enc, args.completion_only_loss)?;
     dropped.announce("training data");
     let (eval, dropped) = sft_examples(&eval, &enc, args.completion_only_loss)?;
