@@ -166,7 +166,9 @@ fn sigterm_checkpoints_the_step_and_the_run_resumes_exactly() {
     let (a, _) = train(Some(straight.path()), 2, &[], EXACT).unwrap();
 
     let stopped = tempfile::tempdir().unwrap();
-    let at = random_step(2 * N as u64);
+    // at least two steps remain after the signal, so the child is still training when it lands
+    // (signalled during the last step, it would checkpoint the finished run, and nothing resumes)
+    let at = random_step(2 * N as u64 - 1);
     let child = rlhf_testkit::test_name!(sigterm_child);
     let status = signal_child_at_step(&child, stopped.path(), at, Signal::Term).unwrap();
     assert!(status.success(), "the child stopped cleanly: {status}");
