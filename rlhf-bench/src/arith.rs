@@ -92,19 +92,26 @@ fn run_verifier(cfg: &RunConfig, cache: &Path) -> Result<RunResult> {
     stage.add_metrics(&mut out);
     let scorer = stage.scorer(&setup.tok, &device);
 
+    // the untrained verifier: the SFT model's own likelihood, the prior training starts from
+    let untrained = stage.untrained_scorer(&backbone, &setup.tok, &device);
+
     let method_start = Instant::now();
-    for (split, pick, vote, pairs) in [
+    for (split, pick, vote, pairs, prior, prior_pairs) in [
         (
             policy::Held::InDomain,
             am::PICK,
             am::WEIGHTED_VOTE,
             am::PAIR_ACCURACY,
+            am::LIKELIHOOD,
+            Some(am::LIKELIHOOD_PAIR_ACCURACY),
         ),
         (
             policy::Held::Ood,
             am::PICK_OOD,
             am::WEIGHTED_VOTE_OOD,
             am::PAIR_ACCURACY_OOD,
+            am::LIKELIHOOD_OOD,
+            None,
         ),
     ] {
         let c = setup.candidates(&sft, split)?;
@@ -114,6 +121,11 @@ fn run_verifier(cfg: &RunConfig, cache: &Path) -> Result<RunResult> {
         out.per_prompt(vote, baselines::weighted_vote_picks(&c, &scores));
         if let Some(p) = baselines::pair_accuracy(&c, &scores) {
             out.metric(pairs, p);
+        }
+        let prior_scores = c.score(&untrained)?;
+        out.per_prompt(prior, baselines::verifier_picks(&c, &prior_scores));
+        if let Some((name, p)) = prior_pairs.zip(baselines::pair_accuracy(&c, &prior_scores)) {
+            out.metric(name, p);
         }
     }
     out.metric(names::TIME_METHOD, method_start.elapsed().as_secs_f64());

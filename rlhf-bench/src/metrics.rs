@@ -184,12 +184,23 @@ pub mod arith {
     pub const ORACLE: &str = "bon/oracle";
     /// The oracle out of distribution.
     pub const ORACLE_OOD: &str = "bon/oracle_ood";
+    /// The untrained verifier's pick is right: the candidate the verifier's SFT model finds most
+    /// likely (in-domain).
+    pub const LIKELIHOOD: &str = "bon/likelihood";
+    /// The untrained verifier's pick out of distribution.
+    pub const LIKELIHOOD_OOD: &str = "bon/likelihood_ood";
+    /// Share of (right, wrong) candidate pairs the untrained verifier orders right (metric only).
+    pub const LIKELIHOOD_PAIR_ACCURACY: &str = "bon/likelihood_pair_accuracy";
     /// Share of (right, wrong) candidate pairs the verifier orders right (metric only).
     pub const PAIR_ACCURACY: &str = "bon/pair_accuracy";
     /// The same out of distribution (metric only).
     pub const PAIR_ACCURACY_OOD: &str = "bon/pair_accuracy_ood";
     /// Held-out balanced accuracy of the verifier on its own labels (metric only).
     pub const BALANCED_ACCURACY: &str = "rm/balanced_accuracy";
+    /// The likelihood verifier's bias fitted to the untrained model (metric only).
+    pub const VERIFIER_BIAS_INITIAL: &str = "rm/initial_bias";
+    /// The likelihood verifier's bias after training (metric only).
+    pub const VERIFIER_BIAS: &str = "rm/bias";
     /// Labelled solutions the verifier trained on (metric only).
     pub const SOLUTIONS: &str = "rm/solutions";
     /// Labels of those solutions: one each for an outcome verifier, one per step for a process

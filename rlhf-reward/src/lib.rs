@@ -38,14 +38,17 @@
 
 pub mod combine;
 pub mod judge;
+pub mod likelihood;
 pub mod losses;
 pub mod model;
 pub mod scorer;
+pub mod step_model;
 pub mod train;
 pub mod verifiers;
 
 pub use combine::{Combine, EnsembleScorer, LengthScorer};
 pub use judge::{JudgeConfig, JudgeDimension, LlmJudge, Rating};
+pub use likelihood::{LikelihoodVerifier, fit_bias};
 pub use losses::{
     StepAggregate, binary_cross_entropy, bradley_terry_loss, centering_penalty, pair_accuracy,
     plackett_luce_loss, prm_sequence_score,
@@ -53,8 +56,9 @@ pub use losses::{
 pub use model::{Normalisation, RewardKind, RewardModel, RewardSettings};
 pub use rlhf_core::best_and_worst;
 pub use scorer::RewardScorer;
+pub use step_model::StepModel;
 pub use train::{
     LabelledExample, RankedExample, RmConfig, RmEval, RmReport, evaluate_labelled, evaluate_ranked,
-    normalise, score_ranked, train_reward_model, train_step_model,
+    normalise, score_ranked, segment_logits, train_reward_model, train_step_model,
 };
 pub use verifiers::{ExactMatchScorer, RegexScorer};

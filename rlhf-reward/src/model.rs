@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 use rlhf_core::{Error, Result};
 use rlhf_data::SequenceBatch;
 use rlhf_models::{
@@ -15,6 +15,7 @@ use rlhf_models::{
 use serde::{Deserialize, Serialize};
 
 use crate::losses::StepAggregate;
+use crate::step_model::StepModel;
 
 /// Outcome or process supervision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -168,7 +169,11 @@ impl RewardModel {
 
 /// The model input of a collated batch (pads replaced by a valid id, see [`TokenInput`]); a row
 /// longer than a GPT-2 backbone's learned positions is an error.
-fn batch_input(model: &ScalarModel, batch: &SequenceBatch, device: &Device) -> Result<TokenInput> {
+pub(crate) fn batch_input(
+    model: &ScalarModel,
+    batch: &SequenceBatch,
+    device: &Device,
+) -> Result<TokenInput> {
     let input = TokenInput::new(
         &batch.input_ids,
         &batch.attention_mask,
@@ -198,20 +203,5 @@ pub fn logits_at(
     positions: &[Vec<usize>],
     device: &Device,
 ) -> Result<(Tensor<2>, Tensor<2>)> {
-    let values = model.per_token(&batch_input(model, batch, device)?); // [b, t]
-    let b = batch.batch;
-    let s = positions.iter().map(Vec::len).max().unwrap_or(0).max(1);
-    let mut index = Vec::with_capacity(b * s);
-    let mut real = Vec::with_capacity(b * s);
-    for row in positions {
-        for j in 0..s {
-            index.push(row.get(j).copied().unwrap_or(0) as i64);
-            real.push(if j < row.len() { 1.0f32 } else { 0.0 });
-        }
-    }
-    let index = Tensor::<2, Int>::from_data(TensorData::new(index, [b, s]), device);
-    Ok((
-        values.gather(1, index),
-        Tensor::from_data(TensorData::new(real, [b, s]), device),
-    ))
+    model.step_logits(batch, positions, device)
 }

@@ -26,7 +26,8 @@ use serde::{Deserialize, Serialize};
 use crate::losses::{
     binary_cross_entropy, bradley_terry_loss, centering_penalty, plackett_luce_loss,
 };
-use crate::model::{Normalisation, last_token_scores, logits_at};
+use crate::model::{Normalisation, last_token_scores};
+use crate::step_model::StepModel;
 
 /// Responses to one prompt, best first, with optional extras.
 #[derive(Debug, Clone, PartialEq)]
@@ -264,51 +265,92 @@ pub fn evaluate_ranked(
 /// Sequences and label positions of labelled examples: each example is prompt ⊕ segments, and its
 /// labels sit at the columns of the segments' last tokens.
 fn collate_labelled(examples: &[&LabelledExample]) -> (SequenceBatch, Vec<Vec<usize>>, Vec<f32>) {
-    let responses: Vec<Vec<u32>> = examples.iter().map(|e| e.segments.concat()).collect();
-    let pairs: Vec<(&[u32], &[u32])> = examples
+    let rows: Vec<(&[u32], &[Vec<u32>])> = examples
+        .iter()
+        .map(|e| (e.prompt.as_slice(), e.segments.as_slice()))
+        .collect();
+    let (batch, positions) = collate_segments(&rows);
+    let s = positions.iter().map(Vec::len).max().unwrap_or(0).max(1);
+    let labels = examples
+        .iter()
+        .flat_map(|e| (0..s).map(|j| e.labels.get(j).map_or(0.0, |&l| f32::from(u8::from(l)))))
+        .collect();
+    (batch, positions, labels)
+}
+
+/// Sequences of `(prompt, segments)` rows and the columns of each segment's last token.
+fn collate_segments(rows: &[(&[u32], &[Vec<u32>])]) -> (SequenceBatch, Vec<Vec<usize>>) {
+    let responses: Vec<Vec<u32>> = rows.iter().map(|(_, s)| s.concat()).collect();
+    let pairs: Vec<(&[u32], &[u32])> = rows
         .iter()
         .zip(&responses)
-        .map(|(e, r)| (e.prompt.as_slice(), r.as_slice()))
+        .map(|((p, _), r)| (*p, r.as_slice()))
         .collect();
     let batch = collate(&pairs, 0, None);
-    let mut positions = Vec::with_capacity(examples.len());
-    let mut labels = Vec::new();
-    let s = examples
+    let positions = rows
         .iter()
-        .map(|e| e.labels.len())
-        .max()
-        .unwrap_or(0)
-        .max(1);
-    for e in examples {
-        let mut col = batch.prompt_len; // responses start right after the left-padded prompts
-        let mut row = Vec::with_capacity(e.segments.len());
-        for seg in &e.segments {
-            col += seg.len();
-            row.push(col - 1);
-        }
-        labels.extend((0..s).map(|j| e.labels.get(j).map_or(0.0, |&l| f32::from(u8::from(l)))));
-        positions.push(row);
+        .map(|(_, segments)| {
+            let mut col = batch.prompt_len; // responses start right after the left-padded prompts
+            segments
+                .iter()
+                .map(|seg| {
+                    col += seg.len();
+                    col - 1
+                })
+                .collect()
+        })
+        .collect();
+    (batch, positions)
+}
+
+/// The logits of `model` at the last token of each segment of each `(prompt, segments)` row,
+/// computed `batch_size` rows at a time without gradients: what a verifier scores solutions
+/// with. An empty segment list gives no logits.
+pub fn segment_logits<M: StepModel>(
+    model: &M,
+    rows: &[(Vec<u32>, Vec<Vec<u32>>)],
+    batch_size: usize,
+    device: &Device,
+) -> Result<Vec<Vec<f32>>> {
+    let valid = model.valid();
+    let device = device.clone().without_autodiff();
+    let mut out = Vec::with_capacity(rows.len());
+    for chunk in rows.chunks(batch_size.max(1)) {
+        let refs: Vec<(&[u32], &[Vec<u32>])> = chunk
+            .iter()
+            .map(|(p, s)| (p.as_slice(), s.as_slice()))
+            .collect();
+        let (batch, positions) = collate_segments(&refs);
+        let (logits, _) = valid.step_logits(&batch, &positions, &device)?;
+        let s = logits.dims()[1];
+        let flat = to_f32_vec(logits);
+        out.extend(
+            positions
+                .iter()
+                .enumerate()
+                .map(|(i, row)| flat[i * s..i * s + row.len()].to_vec()),
+        );
     }
-    (batch, positions, labels)
+    Ok(out)
 }
 
 /// Binary cross-entropy over every label of the batch (`[1]`), with the logits, labels and
 /// mask it was computed from, each `[batch, steps]`.
-fn labelled_loss(
-    model: &ScalarModel,
+fn labelled_loss<M: StepModel>(
+    model: &M,
     examples: &[&LabelledExample],
     device: &Device,
 ) -> Result<(Tensor<1>, Tensor<2>, Tensor<2>, Tensor<2>)> {
     let (batch, positions, labels) = collate_labelled(examples);
-    let (logits, mask) = logits_at(model, &batch, &positions, device)?;
+    let (logits, mask) = model.step_logits(&batch, &positions, device)?;
     let labels = Tensor::<2>::from_data(TensorData::new(labels, mask.dims()), device);
     let loss = binary_cross_entropy(logits.clone(), labels.clone(), mask.clone());
     Ok((loss, logits, labels, mask))
 }
 
 /// Loss, accuracy and balanced accuracy of a step (or outcome) model on held-out examples.
-pub fn evaluate_labelled(
-    model: &ScalarModel,
+pub fn evaluate_labelled<M: StepModel>(
+    model: &M,
     examples: &[LabelledExample],
     batch_size: usize,
     device: &Device,
@@ -361,22 +403,22 @@ fn eval_metrics(e: &RmEval) -> Metrics {
 
 /// Runs [`fit`] with `cfg` and turns its report into an [`RmReport`] (eval recomputed once at the
 /// end, so the report holds the final numbers in full precision).
-fn run_fit(
-    model: ScalarModel,
+fn run_fit<M: StepModel>(
+    model: M,
     cfg: &RmConfig,
     run_options: &RunOptions,
     label: &str,
     n_train: usize,
-    loss_of: &LossOf<'_, ScalarModel>,
-    eval_of: &dyn Fn(&ScalarModel) -> Result<Option<RmEval>>,
-) -> Result<(ScalarModel, RmReport)> {
+    loss_of: &LossOf<'_, M>,
+    eval_of: &dyn Fn(&M) -> Result<Option<RmEval>>,
+) -> Result<(M, RmReport)> {
     cfg.validate()?;
     if n_train == 0 {
         return Err(Error::Config(format!("{label}: no training examples")));
     }
     run_options
         .replicas
-        .refuse_with_dropout(label, model.backbone.dropout())?;
+        .refuse_with_dropout(label, model.dropout())?;
     let fit_cfg = FitConfig {
         epochs: cfg.epochs,
         grad_accum: cfg.grad_accum,
@@ -407,8 +449,8 @@ fn run_fit(
 
 /// Refuses, before the first step, a run whose batches of `rows` sequences of `seq` tokens would
 /// not fit in memory.
-fn check_memory(
-    model: &ScalarModel,
+fn check_memory<M: StepModel>(
+    model: &M,
     label: &str,
     (rows, seq): (usize, usize),
     run_options: &RunOptions,
@@ -516,14 +558,14 @@ pub fn train_reward_model(
 
 /// Trains a step model — a PRM on step labels, or an ORM on correctness labels — with binary
 /// cross-entropy at each segment's last token. The model must live on an autodiff device.
-pub fn train_step_model(
-    model: ScalarModel,
+pub fn train_step_model<M: StepModel>(
+    model: M,
     train: &[LabelledExample],
     eval: &[LabelledExample],
     cfg: &RmConfig,
     run_options: &RunOptions,
     device: &Device,
-) -> Result<(ScalarModel, RmReport)> {
+) -> Result<(M, RmReport)> {
     if let Some((i, e)) = train.iter().chain(eval).enumerate().find(|(_, e)| {
         e.segments.len() != e.labels.len()
             || e.segments.is_empty()

@@ -1,7 +1,7 @@
 //! The findings of `arith-steps`, each an effect per seed signed so that positive goes the
 //! claim's way (see [`crate::findings`]): process against outcome supervision in-domain (level
 //! and slope), out of distribution, each verifier's pick and its weighted vote against majority
-//! vote, and RL against each verifier.
+//! vote, its pick against its untrained self, and RL against each verifier.
 
 use crate::axis::Axis;
 use crate::findings::{Finding, Seed, conclude, item, metric, paired, show, so};
@@ -60,7 +60,7 @@ pub(crate) fn findings(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
     process_in_domain(seeds, out);
     process_scaling(seeds, out);
     process_out_of_distribution(seeds, out);
-    against_majority(seeds, out);
+    against_baselines(seeds, out);
     rl(seeds, out);
 }
 
@@ -176,52 +176,96 @@ fn process_out_of_distribution(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
     ));
 }
 
-fn against_majority(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
+/// Each verifier's pick and weighted vote against majority vote, and its pick against its
+/// untrained self (what the training added to the SFT model's own likelihood).
+fn against_baselines(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
     for (pick_name, how) in [
         (am::PICK, "best-of-n pick"),
         (am::WEIGHTED_VOTE, "weighted vote"),
     ] {
         for kind in KINDS {
-            out.push(one_against_majority(seeds, kind, pick_name, how));
+            out.push(one_against(seeds, kind, (pick_name, how), MAJORITY));
         }
+    }
+    for kind in KINDS {
+        out.push(one_against(
+            seeds,
+            kind,
+            (am::PICK, "best-of-n pick"),
+            UNTRAINED,
+        ));
     }
 }
 
-/// The `kind` verifier's pick (`pick_name`, read "the verifier's `how`") against majority vote
-/// over the same candidates, at the largest volume, in-domain.
-fn one_against_majority(seeds: &[Seed<'_>], kind: &str, pick_name: &str, how: &str) -> Finding {
+/// A baseline pick: its metric, its name in a claim, and in the effect's description.
+struct Baseline {
+    metric: &'static str,
+    claim: &'static str,
+    effect: &'static str,
+}
+
+const MAJORITY: Baseline = Baseline {
+    metric: am::MAJORITY,
+    claim: "majority vote",
+    effect: "majority vote's",
+};
+
+const UNTRAINED: Baseline = Baseline {
+    metric: am::LIKELIHOOD,
+    claim: "the untrained verifier's (the SFT model's own likelihood)",
+    effect: "the untrained verifier's",
+};
+
+/// The `kind` verifier's pick (`pick_name`, read "the verifier's `how`") against a baseline
+/// pick over the same candidates, at the largest volume, in-domain.
+fn one_against(
+    seeds: &[Seed<'_>],
+    kind: &str,
+    (pick_name, how): (&str, &str),
+    baseline: Baseline,
+) -> Finding {
     let mut one = None;
     let mut levels = (Vec::new(), Vec::new());
     let per_seed: Vec<(u64, f64)> = seeds
         .iter()
         .filter_map(|s| {
             let largest = *of_kind(s, kind).last()?;
-            let (pick, vote) = (metric(largest, pick_name), metric(largest, am::MAJORITY));
-            if !pick.is_finite() {
+            let (pick, base) = (metric(largest, pick_name), metric(largest, baseline.metric));
+            if !pick.is_finite() || !base.is_finite() {
                 return None; // points from before the pick was measured
             }
             levels.0.push(pick);
-            levels.1.push(vote);
+            levels.1.push(base);
             one = Some(paired(
                 item(largest, pick_name),
-                item(largest, am::MAJORITY),
+                item(largest, baseline.metric),
             ));
-            Some((s.seed, pick - vote))
+            Some((s.seed, pick - base))
         })
         .collect();
-    let (pick, vote) = (mean(&levels.0), mean(&levels.1));
+    let (pick, base) = (mean(&levels.0), mean(&levels.1));
     conclude(
         Axis::Supervision,
-        &format!("the {kind} verifier's {how} beats majority vote in-domain"),
-        &format!("{how} accuracy at the largest volume − majority vote's, in-domain"),
+        &format!(
+            "the {kind} verifier's {how} beats {} in-domain",
+            baseline.claim
+        ),
+        &format!(
+            "{how} accuracy at the largest volume − {} pick, in-domain",
+            baseline.effect
+        ),
         per_seed,
         one,
         |i| {
             if levels.0.is_empty() {
-                return format!("The points hold no {how} of the {kind} verifier: not run.");
+                return format!(
+                    "The points hold no {how} of the {kind} verifier and {}: not run.",
+                    baseline.claim
+                );
             }
             format!(
-                "At the largest volume the {kind} verifier's {how} was right on {pick:.3} of the in-domain prompts, majority vote over the same candidates on {vote:.3}: a difference of {}; {}.",
+                "At the largest volume the {kind} verifier's {how} was right on {pick:.3} of the in-domain prompts, {} over the same candidates on {base:.3}: a difference of {}; {}.",
+                baseline.claim,
                 show(i),
                 so(i)
             )

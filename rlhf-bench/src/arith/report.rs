@@ -13,18 +13,20 @@ use crate::metrics::{arith as am, names};
 use crate::study::PointRecord;
 
 /// What the `supervision` table shows: the verifier's pick and its weighted vote, in-domain and
-/// out of distribution, the baselines on the same candidates, the verifier's held-out
-/// accuracies and its cost.
+/// out of distribution, the baselines on the same candidates (the untrained verifier's pick
+/// among them), the verifier's held-out accuracies and its cost.
 pub const TABLE: &[&str] = &[
     am::PICK,
     am::PICK_OOD,
     am::WEIGHTED_VOTE,
     am::WEIGHTED_VOTE_OOD,
     am::MAJORITY,
+    am::LIKELIHOOD,
     am::RANDOM,
     am::FIRST,
     am::ORACLE,
     am::PAIR_ACCURACY,
+    am::LIKELIHOOD_PAIR_ACCURACY,
     names::RM_ACCURACY,
     am::BALANCED_ACCURACY,
     names::FLOPS_RM,
@@ -88,6 +90,11 @@ fn baselines(md: &mut String, first: &[&PointRecord]) {
             "majority vote (self-consistency)",
             am::MAJORITY,
             am::MAJORITY_OOD,
+        ),
+        (
+            "the untrained verifier (the SFT model's own likelihood)",
+            am::LIKELIHOOD,
+            am::LIKELIHOOD_OOD,
         ),
         ("oracle (any candidate right)", am::ORACLE, am::ORACLE_OOD),
     ] {

@@ -8,8 +8,9 @@ use std::time::Instant;
 
 use burn::tensor::Device;
 
+use rlhf_core::train::seeded;
 use rlhf_core::{Result, Scorer};
-use rlhf_models::CausalLm;
+use rlhf_models::{CausalLm, ScalarModel};
 use rlhf_ppo::{PolicyAndValue, PpoConfig, PpoInputs, train_ppo};
 
 use super::Measured;
@@ -19,7 +20,7 @@ use crate::cache::quiet_in;
 use crate::compute::ppo_iteration_flops;
 use crate::config::RunConfig;
 use crate::judge::{kl_per_prompt, per_prompt, sample};
-use crate::method::{advantage_for, critic_shape, initial_critic};
+use crate::method::{advantage_for, critic_shape};
 use crate::metrics::{arith as am, names};
 use crate::pipeline::{RunResult, peak_memory_bytes};
 use crate::stages::{Prompts, Sft};
@@ -52,7 +53,18 @@ pub(crate) fn run_rl(
         pcfg.query_length = pcfg.query_length.max(tok.encode(p)?.len());
     }
     pcfg.advantage = advantage_for(cfg.method.kind);
-    let value = initial_critic(&pcfg, &stage.rm, &sft.model, cfg.seed, &device);
+    // a critic (PPO's) starts from the verifier's transformer with a fresh head, as the TL;DR
+    // reproduction's starts from its reward model (or from the policy's, when switched off)
+    let critic_from = if pcfg.value_from_reward_model {
+        &stage.verifier.lm
+    } else {
+        &sft.model
+    };
+    let value = pcfg.advantage.needs_critic().then(|| {
+        seeded(&device, cfg.seed.wrapping_add(8), || {
+            ScalarModel::from_backbone(critic_from.clone())
+        })
+    });
     let method_start = Instant::now();
     let inputs = PpoInputs {
         reference: &sft.model,
@@ -93,10 +105,10 @@ fn add_method_cost(
     stage: &verifier::Stage,
     iterations: u64,
 ) {
-    let critic = critic_shape(pcfg, &stage.rm.config, &sft.shape);
+    let critic = critic_shape(pcfg, &stage.config, &sft.shape);
     let per_iteration = ppo_iteration_flops(
         &sft.shape,
-        &stage.rm.config,
+        &stage.config,
         critic,
         pcfg.batch_size() as u64,
         pcfg.query_length as u64,

@@ -1,25 +1,36 @@
 //! The verifiers of `arith-steps`: their labels, their training (a cached stage, shared by the
 //! best-of-n point and the RL point of the same verifier) and their scores.
 //!
-//! A verifier reads a finished solution as its body with a `;` after the final answer, so that
-//! every step — the `ANSWER` line included — ends with the step delimiter:
-//! `17+25=42;42-8=34;ANSWER 34;`. An **outcome** verifier learns one label, read at the last
-//! `;`: is the final answer right? A **process** verifier learns one label per step, read at
-//! each `;`: is the solution right up to and including this step (the `ANSWER` step: every
-//! step and the answer right)? Its score of a solution is its lowest step probability; an
-//! outcome verifier's is its probability. A solution that never ended (no EOS) scores 0.
+//! A verifier reads a finished solution as the policy wrote it, in steps that each end with the
+//! step delimiter, the `ANSWER` line last and ending with EOS:
+//! `17+25=42;` `42-8=34;` `ANSWER 34<|endoftext|>`. An **outcome** verifier learns one label,
+//! read at the EOS: is the final answer right? A **process** verifier learns one label per
+//! step, read at each step's last token: is the solution right up to and including this step
+//! (the `ANSWER` step: every step and the answer right)? Its score of a solution is its lowest
+//! step probability; an outcome verifier's is its probability. A solution that never ended (no
+//! EOS) scores 0.
+//!
+//! Both are likelihood verifiers ([`LikelihoodVerifier`]): the SFT model of their size, LM head
+//! kept, whose logit at a token is its log-likelihood of the solution so far plus a bias. The
+//! SFT model was trained to write each step's right result, so a sampled wrong result is an
+//! unlikely token: the verifier starts from that knowledge, where a fresh scalar head on the
+//! SFT model's hidden states would have to find it from a few thousand labels. (The scalar head
+//! read at a step's last token sees a state trained to predict the next step, which copies the
+//! result whether or not it is right.) As the likelihood only falls from step to step, a
+//! process verifier's lowest step probability is its last step's: the two kinds differ in the
+//! labels they learn from, not in how they score.
 
+use burn::module::Module;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
-use rlhf_core::train::{LrSchedule, OptimizerConfig, seeded};
+use rlhf_core::train::{LrSchedule, OptimizerConfig};
 use rlhf_core::{Result, Scorer};
 use rlhf_data::Tokenizer;
 use rlhf_data::tasks::{ArithSteps, EOS, Task};
-use rlhf_models::ScalarModel;
+use rlhf_models::TransformerConfig;
 use rlhf_reward::{
-    LabelledExample, RewardKind, RewardModel, RewardScorer, RewardSettings, RmConfig,
-    StepAggregate, train_step_model,
+    LabelledExample, LikelihoodVerifier, RmConfig, fit_bias, segment_logits, train_step_model,
 };
 
 use super::Measured;
@@ -33,11 +44,14 @@ use crate::stages::{Prompts, Sft};
 /// The step delimiter of `arith-steps` solutions.
 const DELIMITER: &str = ";";
 
-/// The text a verifier reads of `response`: its body with a delimiter after the final answer;
-/// `None` when it did not end.
+/// Solutions per forward pass when labelling or scoring.
+const ROWS: usize = 64;
+
+/// The text a verifier reads of `response`: its body, trimmed, and EOS; `None` when it did not
+/// end.
 pub(crate) fn verifier_text(response: &str) -> Option<String> {
     let body = response.strip_suffix(EOS)?;
-    Some(format!("{}{DELIMITER}", body.trim()))
+    Some(format!("{}{EOS}", body.trim()))
 }
 
 /// Whether every step of `response` is right and there are as many as the prompt has
@@ -61,14 +75,15 @@ pub(crate) fn labelled(
         return Ok(None);
     };
     let right = task.gold(prompt, response).component("outcome") == 1.0;
-    let (segments, labels) = match supervision {
-        Supervision::Outcome => (vec![tok.encode(&text)?], vec![right]),
+    let segments = segments(tok, supervision, &text)?;
+    let labels = match supervision {
+        Supervision::Outcome => vec![right],
         Supervision::Process => {
             let (_, mut steps) = task.step_labels(prompt, response).unwrap_or_default();
             steps.reverse();
             let answer_right = right && steps_all_right(task, prompt, response);
             let pieces: Vec<&str> = text.split_inclusive(DELIMITER).collect();
-            let labels = pieces
+            pieces
                 .iter()
                 .enumerate()
                 .map(|(i, piece)| {
@@ -78,12 +93,7 @@ pub(crate) fn labelled(
                         steps.pop().unwrap_or(false)
                     }
                 })
-                .collect();
-            let segments = pieces
-                .iter()
-                .map(|piece| tok.encode(piece))
-                .collect::<Result<Vec<_>>>()?;
-            (segments, labels)
+                .collect()
         }
     };
     Ok(Some(LabelledExample {
@@ -93,6 +103,18 @@ pub(crate) fn labelled(
     }))
 }
 
+/// The tokens of a verifier text in the pieces `supervision` labels: the whole text (outcome), or
+/// each step through its delimiter, the last through EOS (process).
+fn segments(tok: &Tokenizer, supervision: Supervision, text: &str) -> Result<Vec<Vec<u32>>> {
+    match supervision {
+        Supervision::Outcome => Ok(vec![tok.encode(text)?]),
+        Supervision::Process => text
+            .split_inclusive(DELIMITER)
+            .map(|piece| tok.encode(piece))
+            .collect(),
+    }
+}
+
 /// What a trained verifier measured.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Summary {
@@ -100,6 +122,9 @@ struct Summary {
     accuracy: Option<f64>,
     balanced_accuracy: Option<f64>,
     steps: u64,
+    /// The bias fitted to the untrained model ([`fit_bias`]) and the trained one.
+    initial_bias: f64,
+    bias: f64,
     solutions: usize,
     labels: usize,
     tokens: f64,
@@ -109,7 +134,10 @@ struct Summary {
 /// A trained verifier.
 pub(crate) struct Stage {
     /// The model.
-    pub rm: RewardModel,
+    pub verifier: LikelihoodVerifier,
+    /// Its transformer's configuration.
+    pub config: TransformerConfig,
+    supervision: Supervision,
     summary: Summary,
 }
 
@@ -132,14 +160,10 @@ pub(crate) fn train(
         Supervision::Process => "process",
     };
     let key = format!(
-        "verifier-{kind}-{}-of-{}-v{}-k{}-h{}-e{}-lr{}",
+        "verifier-{kind}-likelihood-{}-of-{}-v{}-k{}-h{}-e{}-lr{}",
         backbone.key, policy.key, r.pairs, r.pairs_per_prompt, r.eval_pairs, r.epochs, r.lr
     );
     let dir = setup.root.join(&key);
-    let settings = match r.supervision {
-        Supervision::Outcome => RewardSettings::outcome(),
-        Supervision::Process => RewardSettings::process(DELIMITER, StepAggregate::Min),
-    };
     cached_dir(&dir, |tmp| {
         let label = |use_: Prompts, count: usize| -> Result<Vec<LabelledExample>> {
             let mut out = Vec::new();
@@ -166,17 +190,12 @@ pub(crate) fn train(
             seed: cfg.seed.wrapping_add(4),
             ..RmConfig::default()
         };
-        let head = seeded(device, cfg.seed.wrapping_add(3), || {
-            ScalarModel::from_backbone(backbone.model.clone())
-        });
-        let (model, report) =
-            train_step_model(head, &train, &eval, &rm_cfg, &stage_run(tmp), device)?;
-        let rm = RewardModel {
-            model,
-            config: backbone.shape.clone(),
-            settings: settings.clone(),
-        };
-        rm.save(&tmp.join("model"))?;
+        let untrained = LikelihoodVerifier::new(backbone.model.clone(), 0.0, device);
+        let initial_bias = initial_bias(&untrained, &train, device)?;
+        let verifier = LikelihoodVerifier::new(backbone.model.clone(), initial_bias as f32, device);
+        let (verifier, report) =
+            train_step_model(verifier, &train, &eval, &rm_cfg, &stage_run(tmp), device)?;
+        verifier.save(&backbone.shape, &tmp.join("model"))?;
         finish_stage_run(tmp)?;
         let tokens: usize = train
             .iter()
@@ -190,6 +209,8 @@ pub(crate) fn train(
                 accuracy: Some(report.eval.accuracy).filter(|a| a.is_finite()),
                 balanced_accuracy: report.eval.gold_accuracy.filter(|a| a.is_finite()),
                 steps: report.steps,
+                initial_bias,
+                bias: f64::from(verifier.bias()),
                 solutions: train.len(),
                 labels: train.iter().map(|e| e.labels.len()).sum(),
                 tokens: trained as f64,
@@ -197,10 +218,36 @@ pub(crate) fn train(
             },
         )
     })?;
+    let (config, verifier) = LikelihoodVerifier::load(&dir.join("model"), device)?;
     Ok(Stage {
-        rm: RewardModel::load(&dir.join("model"), device)?,
+        verifier,
+        config,
+        supervision: r.supervision,
         summary: read_json(&dir, "summary.json")?,
     })
+}
+
+/// The bias that best fits `untrained`'s logits (bias 0) to the labels of `train`.
+fn initial_bias(
+    untrained: &LikelihoodVerifier,
+    train: &[LabelledExample],
+    device: &Device,
+) -> Result<f64> {
+    let rows: Vec<(Vec<u32>, Vec<Vec<u32>>)> = train
+        .iter()
+        .map(|e| (e.prompt.clone(), e.segments.clone()))
+        .collect();
+    let logits = segment_logits(untrained, &rows, ROWS, device)?;
+    let (z, y): (Vec<f64>, Vec<bool>) = logits
+        .iter()
+        .zip(train)
+        .flat_map(|(z, e)| {
+            z.iter()
+                .map(|&z| f64::from(z))
+                .zip(e.labels.iter().copied())
+        })
+        .unzip();
+    Ok(fit_bias(&z, &y))
 }
 
 impl Stage {
@@ -217,57 +264,81 @@ impl Stage {
         out.metric("rm/steps", s.steps as f64);
         out.metric(names::TOKENS_RM, s.tokens);
         out.metric(names::FLOPS_RM, s.flops);
-        out.metric(
-            names::PARAMS_RM,
-            self.rm.config.non_embedding_params() as f64,
-        );
+        out.metric(am::VERIFIER_BIAS_INITIAL, s.initial_bias);
+        out.metric(am::VERIFIER_BIAS, s.bias);
+        out.metric(names::PARAMS_RM, self.config.non_embedding_params() as f64);
     }
 
     /// The verifier served as a [`Scorer`] (see the module documentation).
     pub fn scorer(&self, tok: &Tokenizer, device: &Device) -> Verifier {
-        Verifier {
-            kind: self.rm.settings.kind,
-            inner: RewardScorer::new(self.rm.clone(), tok.clone(), device),
-        }
+        Verifier::new(self.supervision, &self.verifier, tok, device)
+    }
+
+    /// The verifier before training — `backbone`, the SFT model it started from, with the bias
+    /// fitted to it — served as a [`Scorer`]: the ranking by the SFT model's own likelihood.
+    pub fn untrained_scorer(&self, backbone: &Sft, tok: &Tokenizer, device: &Device) -> Verifier {
+        let untrained = LikelihoodVerifier::new(
+            backbone.model.clone(),
+            self.summary.initial_bias as f32,
+            device,
+        );
+        Verifier::new(self.supervision, &untrained, tok, device)
     }
 }
 
 /// A trained verifier as a scorer: the probability that a finished solution is right (0 for an
 /// unfinished one).
 pub(crate) struct Verifier {
-    kind: RewardKind,
-    inner: RewardScorer,
+    supervision: Supervision,
+    model: LikelihoodVerifier,
+    tok: Tokenizer,
+    device: Device,
+}
+
+impl Verifier {
+    fn new(
+        supervision: Supervision,
+        model: &LikelihoodVerifier,
+        tok: &Tokenizer,
+        device: &Device,
+    ) -> Self {
+        let device = device.clone().without_autodiff();
+        Verifier {
+            supervision,
+            model: model.valid().to_device(&device),
+            tok: tok.clone(),
+            device,
+        }
+    }
 }
 
 impl Scorer for Verifier {
     fn score(&self, prompts: &[&str], responses: &[&str]) -> Result<Vec<f32>> {
         rlhf_core::check_pairs(prompts, responses)?;
         let mut out = vec![0.0; responses.len()];
-        let (mut idx, mut ps, mut texts) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut idx, mut rows) = (Vec::new(), Vec::new());
         for (i, (p, r)) in prompts.iter().zip(responses).enumerate() {
             if let Some(t) = verifier_text(r) {
                 idx.push(i);
-                ps.push(*p);
-                texts.push(t);
+                rows.push((
+                    self.tok.encode(p)?,
+                    segments(&self.tok, self.supervision, &t)?,
+                ));
             }
         }
-        if idx.is_empty() {
-            return Ok(out);
-        }
-        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        for (i, s) in idx.into_iter().zip(self.inner.score(&ps, &refs)?) {
-            out[i] = match self.kind {
-                RewardKind::Outcome => 1.0 / (1.0 + (-s).exp()),
-                RewardKind::Process => s,
-            };
+        let logits = segment_logits(&self.model, &rows, ROWS, &self.device)?;
+        for (i, z) in idx.into_iter().zip(logits) {
+            // outcome: the one label's probability; process: the lowest step probability
+            let lowest = z.into_iter().fold(f32::INFINITY, f32::min);
+            out[i] = 1.0 / (1.0 + (-lowest).exp());
         }
         Ok(out)
     }
 
     fn name(&self) -> String {
-        match self.kind {
-            RewardKind::Outcome => "outcome-verifier".into(),
-            RewardKind::Process => "process-verifier".into(),
+        match self.supervision {
+            Supervision::Outcome => "outcome-verifier".into(),
+            Supervision::Process => "process-verifier".into(),
         }
     }
 }
@@ -301,7 +372,7 @@ mod tests {
     }
 
     #[test]
-    fn an_outcome_verifier_learns_the_final_answer_at_the_last_delimiter() {
+    fn an_outcome_verifier_learns_the_final_answer_at_the_eos() {
         let p = "17+25-8+6=";
         let (pieces, l) = labels(
             Supervision::Outcome,
@@ -309,7 +380,7 @@ mod tests {
             &with_eos("17+25=42;42-8=34;34+6=40;ANSWER 40"),
         )
         .unwrap();
-        assert_eq!(pieces, ["17+25=42;42-8=34;34+6=40;ANSWER 40;"]);
+        assert_eq!(pieces, [with_eos("17+25=42;42-8=34;34+6=40;ANSWER 40")]);
         assert_eq!(l, [true]);
         // a lucky answer is right for the outcome verifier
         let (_, l) = labels(
@@ -339,7 +410,10 @@ mod tests {
             &with_eos("17+25=42;42-8=34;34+6=40;ANSWER 40"),
         )
         .unwrap();
-        assert_eq!(pieces, ["17+25=42;", "42-8=34;", "34+6=40;", "ANSWER 40;"]);
+        assert_eq!(
+            pieces,
+            ["17+25=42;", "42-8=34;", "34+6=40;", &with_eos("ANSWER 40")]
+        );
         assert_eq!(l, [true, true, true, true]);
         // a wrong middle step: it and everything after it are wrong
         let (_, l) = labels(
@@ -375,7 +449,7 @@ mod tests {
         assert_eq!(l, [true, false, false]);
         let (pieces, l) =
             labels(Supervision::Process, "1+2=", &with_eos("ANSWER 3;1+2=3")).unwrap();
-        assert_eq!(pieces, ["ANSWER 3;", "1+2=3;"]);
+        assert_eq!(pieces, ["ANSWER 3;", &with_eos("1+2=3")]);
         assert_eq!(l, [false, true]);
     }
 }
