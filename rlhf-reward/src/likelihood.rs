@@ -91,6 +91,16 @@ impl StepModel for LikelihoodVerifier {
     /// `z_t` at every column: `b` before the response, then the running sum of the response
     /// tokens' log-probabilities plus `b` (padding after the response adds nothing).
     fn per_column(&self, batch: &SequenceBatch, device: &Device) -> Result<Tensor<2>> {
+        // the first response token's probability is read at the prompt's last token
+        let seq = batch.seq_len();
+        if let Some(row) = (0..batch.batch).find(|&r| {
+            batch.prompt_len == 0 || batch.attention_mask[r * seq + batch.prompt_len - 1] == 0
+        }) {
+            return Err(Error::Config(format!(
+                "likelihood verifier: row {row} has an empty prompt (the first response token's \
+                 probability is read at the token before it)"
+            )));
+        }
         let (logp, response) = target_logprobs(&self.lm, &LmBatch::from_sequences(batch), device)?;
         // column t + 1 of the batch is the token that logit column t predicts
         let own = Tensor::cat(

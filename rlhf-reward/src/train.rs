@@ -305,31 +305,35 @@ fn collate_segments(rows: &[(&[u32], &[Vec<u32>])]) -> (SequenceBatch, Vec<Vec<u
 
 /// The logits of `model` at the last token of each segment of each `(prompt, segments)` row,
 /// computed `batch_size` rows at a time without gradients: what a verifier scores solutions
-/// with. An empty segment list gives no logits.
+/// with. An empty segment list gives no logits; an empty segment is an error.
 pub fn segment_logits<M: StepModel>(
     model: &M,
     rows: &[(Vec<u32>, Vec<Vec<u32>>)],
     batch_size: usize,
     device: &Device,
 ) -> Result<Vec<Vec<f32>>> {
+    if let Some(i) = rows.iter().position(|(_, s)| s.iter().any(Vec::is_empty)) {
+        return Err(Error::Config(format!(
+            "segment logits: row {i} has an empty segment (a segment's logit is read at its last token)"
+        )));
+    }
     let valid = model.valid();
     let device = device.clone().without_autodiff();
-    let mut out = Vec::with_capacity(rows.len());
-    for chunk in rows.chunks(batch_size.max(1)) {
+    // rows without segments have no logits and are not run
+    let scored: Vec<usize> = (0..rows.len()).filter(|&i| !rows[i].1.is_empty()).collect();
+    let mut out = vec![Vec::new(); rows.len()];
+    for chunk in scored.chunks(batch_size.max(1)) {
         let refs: Vec<(&[u32], &[Vec<u32>])> = chunk
             .iter()
-            .map(|(p, s)| (p.as_slice(), s.as_slice()))
+            .map(|&i| (rows[i].0.as_slice(), rows[i].1.as_slice()))
             .collect();
         let (batch, positions) = collate_segments(&refs);
         let (logits, _) = valid.step_logits(&batch, &positions, &device)?;
         let s = logits.dims()[1];
         let flat = to_f32_vec(logits);
-        out.extend(
-            positions
-                .iter()
-                .enumerate()
-                .map(|(i, row)| flat[i * s..i * s + row.len()].to_vec()),
-        );
+        for (j, (&i, row)) in chunk.iter().zip(&positions).enumerate() {
+            out[i] = flat[j * s..j * s + row.len()].to_vec();
+        }
     }
     Ok(out)
 }

@@ -5,6 +5,7 @@
 //!   labels are noisy, so that agreement is the ceiling of what the labels can teach);
 //! - a process RM learns `arith-steps`' step labels (at a difficulty this size can learn), and a
 //!   step model reads each label at its own step;
+//! - a likelihood verifier learns which token makes a response wrong;
 //! - normalisation centres the demonstrations' scores; save/load and the `Scorer` serve the
 //!   same numbers;
 //! - an LLM judge (a causal LM fine-tuned to answer `post, summary → Rating: [[` with the gold
@@ -18,7 +19,7 @@
 //! The shared helpers (`rlhf_testkit::pairs`) also back `examples/rm_data_scaling.rs` (RM
 //! accuracy against pairs).
 
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rlhf_core::Scorer;
 use rlhf_core::train::{LrSchedule, OptimizerConfig, RunOptions};
@@ -26,8 +27,9 @@ use rlhf_data::tasks::{ArithSteps, Task, TldrSynth, with_eos};
 use rlhf_data::{Split, Tokenizer};
 use rlhf_models::{SftConfig, train_sft};
 use rlhf_reward::{
-    JudgeConfig, JudgeDimension, LlmJudge, RewardModel, RewardScorer, RewardSettings, RmConfig,
-    StepAggregate, best_and_worst, normalise, train_reward_model, train_step_model,
+    JudgeConfig, JudgeDimension, LabelledExample, LikelihoodVerifier, LlmJudge, RewardModel,
+    RewardScorer, RewardSettings, RmConfig, StepAggregate, best_and_worst, evaluate_labelled,
+    fit_bias, normalise, segment_logits, train_reward_model, train_step_model,
 };
 use rlhf_testkit::pairs::{ArithData, TldrPairs, tiny_backbone};
 
@@ -203,6 +205,74 @@ fn step_labels_are_read_at_their_steps() {
     .unwrap();
     let balanced = report.eval.gold_accuracy.unwrap();
     assert!(balanced > 0.95, "balanced accuracy {balanced}");
+}
+
+/// A likelihood verifier learns a label that depends on what a response holds. A right response
+/// counts up from 1 (`1 2 3`, `1 2 3 4 5`: 3 to 6 tokens, after a random 2-token prompt); a
+/// wrong one has the token `BAD` in place of one of them. From a random tiny LM with the fitted
+/// bias, whose logits follow the response's length more than what it holds, training makes the
+/// count likely and `BAD` unlikely, and the held-out balanced accuracy passes 0.95; a trainer
+/// whose gradients did not reach the LM, or that read the labels before the last token, would
+/// stay near the untrained model's.
+#[test]
+fn likelihood_verifier_learns_which_token_makes_a_response_wrong() {
+    let _serial = rlhf_testkit::serial();
+    const VOCAB: u32 = 32;
+    const BAD: u32 = 20;
+    let device = rlhf_core::device_from_env().unwrap().autodiff();
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let mut example = || {
+        let prompt: Vec<u32> = (0..2).map(|_| rng.random_range(1..VOCAB)).collect();
+        let len = rng.random_range(3..7);
+        let mut response: Vec<u32> = (1..=len).collect();
+        let wrong = rng.random_bool(0.5);
+        if wrong {
+            response[rng.random_range(0..len as usize)] = BAD;
+        }
+        LabelledExample {
+            prompt,
+            segments: vec![response],
+            labels: vec![!wrong],
+        }
+    };
+    let train: Vec<LabelledExample> = (0..600).map(|_| example()).collect();
+    let eval: Vec<LabelledExample> = (0..200).map(|_| example()).collect();
+    let (_, lm) = tiny_backbone(&device, VOCAB as usize, 3);
+    let rows: Vec<(Vec<u32>, Vec<Vec<u32>>)> = train
+        .iter()
+        .map(|e| (e.prompt.clone(), e.segments.clone()))
+        .collect();
+    let untrained = LikelihoodVerifier::new(lm.clone(), 0.0, &device);
+    let z: Vec<f64> = segment_logits(&untrained, &rows, 64, &device)
+        .unwrap()
+        .into_iter()
+        .map(|z| f64::from(z[0]))
+        .collect();
+    let labels: Vec<bool> = train.iter().map(|e| e.labels[0]).collect();
+    let verifier = LikelihoodVerifier::new(lm, fit_bias(&z, &labels) as f32, &device);
+    let before = evaluate_labelled(&verifier, &eval, 64, &device)
+        .unwrap()
+        .gold_accuracy
+        .unwrap();
+    let cfg = RmConfig {
+        epochs: 3,
+        batch_size: 16,
+        optimizer: OptimizerConfig {
+            lr: 2e-3,
+            ..OptimizerConfig::default()
+        },
+        seed: 5,
+        ..RmConfig::default()
+    };
+    let (_, report) =
+        train_step_model(verifier, &train, &eval, &cfg, &RunOptions::quiet(), &device).unwrap();
+    let after = report.eval.gold_accuracy.unwrap();
+    eprintln!(
+        "likelihood verifier: {} steps; held-out balanced accuracy {before:.3} → {after:.3}",
+        report.steps
+    );
+    assert!(before < 0.75, "untrained balanced accuracy {before}");
+    assert!(after > 0.95, "balanced accuracy {after}");
 }
 
 /// Spearman's rank correlation (average ranks for ties).

@@ -2,7 +2,7 @@
 //! log-probabilities so far — from a plain f64 log-softmax of the LM's logits, row by row — plus
 //! the bias; a row's logits do not change with the rows padded beside it; the fitted bias meets
 //! the minimum's condition and stays finite on one class and on extreme logits; save and load
-//! keep the numbers.
+//! keep the numbers; an empty segment or prompt is an error.
 
 use proptest::prelude::*;
 use rlhf_core::host::to_f32_vec;
@@ -141,5 +141,34 @@ fn save_and_load_keep_the_logits() {
     assert_eq!(
         segment_logits(&verifier, &rows, 4, &device).unwrap(),
         segment_logits(&loaded, &rows, 4, &device).unwrap()
+    );
+}
+
+#[test]
+fn an_empty_segment_or_prompt_is_an_error_not_a_panic() {
+    let device = rlhf_core::parse_device("flex").unwrap();
+    let (_, m) = lm(&device);
+    let verifier = LikelihoodVerifier::new(m, 0.0, &device);
+    let rows: Vec<Row> = vec![(vec![3], vec![vec![5]]), (vec![], vec![vec![], vec![4]])];
+    let err = segment_logits(&verifier, &rows, 4, &device).unwrap_err();
+    assert!(
+        err.to_string().contains("row 1 has an empty segment"),
+        "{err}"
+    );
+    // no segments: no logits
+    let some = segment_logits(
+        &verifier,
+        &[(vec![3], vec![]), (vec![3], vec![vec![5]])],
+        4,
+        &device,
+    )
+    .unwrap();
+    assert_eq!(some[0], Vec::<f32>::new());
+    assert_eq!(some[1].len(), 1);
+    // an empty prompt leaves the first response token without a token to predict it
+    let err = segment_logits(&verifier, &[(vec![], vec![vec![5, 6]])], 4, &device).unwrap_err();
+    assert!(
+        err.to_string().contains("row 0 has an empty prompt"),
+        "{err}"
     );
 }
