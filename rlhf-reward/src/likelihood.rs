@@ -11,9 +11,10 @@
 //! at each step's last token. Where a fresh scalar head on the SFT's hidden states starts
 //! knowing nothing about correctness, this one starts from what the generator knows — a wrong
 //! step is an unlikely one — and training sharpens it. It is the implicit reward of Yuan et al.
-//! (2024, "Free Process Rewards without Process Labels"), `β·log π_θ/π_ref`, with `β = 1` and a
-//! uniform reference, whose term the bias absorbs; and as there, a step's logit is the sum
-//! over the tokens up to it, so the step logits of one response never rise.
+//! (2024, "Free Process Rewards without Process Labels"), `β·log π_θ/π_ref`, with `β = 1` and the
+//! reference term left out; as there, a step's logit sums the tokens up to it. Without the
+//! reference every token lowers the logit: the step logits of one response never rise, and of
+//! two equally likely continuations the shorter scores higher.
 //!
 //! The bias starts where the untrained model's binary cross-entropy is lowest ([`fit_bias`]):
 //! log-likelihoods are negative and their scale is the data's, and Adam moves one parameter
@@ -23,6 +24,7 @@ use std::path::Path;
 
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor, TensorData};
+use rlhf_core::masked::zero_masked;
 use rlhf_core::train::memory::TransformerShape;
 use rlhf_core::{Error, Result};
 use rlhf_data::SequenceBatch;
@@ -104,7 +106,10 @@ impl StepModel for LikelihoodVerifier {
         let (logp, response) = target_logprobs(&self.lm, &LmBatch::from_sequences(batch), device)?;
         // column t + 1 of the batch is the token that logit column t predicts
         let own = Tensor::cat(
-            vec![Tensor::zeros([batch.batch, 1], device), logp.mul(response)],
+            vec![
+                Tensor::zeros([batch.batch, 1], device),
+                zero_masked(logp, response),
+            ],
             1,
         );
         Ok(own.cumsum(1).add(
@@ -125,17 +130,24 @@ impl StepModel for LikelihoodVerifier {
 }
 
 /// The bias `b` that minimises the mean binary cross-entropy of `logits + b` against `labels`:
-/// Newton's method on that convex function of one variable, stopped when the mean probability
-/// is within 1e-6 of the share of true labels (the minimum's condition) or after 100 steps.
-/// With one class only, the minimum lies at ±∞ and the bias stops where the mean is that close.
-pub fn fit_bias(logits: &[f64], labels: &[bool]) -> f64 {
+/// Newton's method on that convex function of one variable from `b = 0`, each step at most 4,
+/// stopped when the mean probability is within 1e-6 of the share of true labels (the minimum's
+/// condition) or after 1,000 steps. With one class only, the minimum lies at ±∞ and the bias
+/// stops where the mean is that close. A non-finite logit is an error.
+pub fn fit_bias(logits: &[f64], labels: &[bool]) -> Result<f64> {
+    if let Some(i) = logits.iter().position(|z| !z.is_finite()) {
+        return Err(Error::Config(format!(
+            "fit_bias: logit {i} is {} (a verifier's logits must be finite)",
+            logits[i]
+        )));
+    }
     let n = logits.len().min(labels.len());
     if n == 0 {
-        return 0.0;
+        return Ok(0.0);
     }
     let sigmoid = |z: f64| 1.0 / (1.0 + (-z).exp());
     let mut b = 0.0f64;
-    for _ in 0..100 {
+    for _ in 0..1000 {
         let (mut grad, mut hess) = (0.0, 0.0);
         for (z, &y) in logits.iter().zip(labels).take(n) {
             let p = sigmoid(z + b);
@@ -150,5 +162,5 @@ pub fn fit_bias(logits: &[f64], labels: &[bool]) -> f64 {
         let step = (grad / hess.max(1e-6)).clamp(-4.0, 4.0);
         b -= step;
     }
-    b
+    Ok(b)
 }

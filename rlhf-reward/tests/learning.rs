@@ -249,7 +249,7 @@ fn likelihood_verifier_learns_which_token_makes_a_response_wrong() {
         .map(|z| f64::from(z[0]))
         .collect();
     let labels: Vec<bool> = train.iter().map(|e| e.labels[0]).collect();
-    let verifier = LikelihoodVerifier::new(lm, fit_bias(&z, &labels) as f32, &device);
+    let verifier = LikelihoodVerifier::new(lm, fit_bias(&z, &labels).unwrap() as f32, &device);
     let before = evaluate_labelled(&verifier, &eval, 64, &device)
         .unwrap()
         .gold_accuracy

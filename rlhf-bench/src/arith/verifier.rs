@@ -247,7 +247,7 @@ fn initial_bias(
                 .zip(e.labels.iter().copied())
         })
         .unzip();
-    Ok(fit_bias(&z, &y))
+    fit_bias(&z, &y)
 }
 
 impl Stage {
@@ -328,6 +328,12 @@ impl Scorer for Verifier {
         }
         let logits = segment_logits(&self.model, &rows, ROWS, &self.device)?;
         for (i, z) in idx.into_iter().zip(logits) {
+            if z.iter().any(|v| v.is_nan()) {
+                return Err(rlhf_core::Error::Config(format!(
+                    "{}: a NaN logit for response {i}",
+                    self.name()
+                )));
+            }
             // outcome: the one label's probability; process: the lowest step probability
             let lowest = z.into_iter().fold(f32::INFINITY, f32::min);
             out[i] = 1.0 / (1.0 + (-lowest).exp());

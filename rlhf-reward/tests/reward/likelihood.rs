@@ -1,8 +1,9 @@
 //! The likelihood verifier. Its logit at a segment's last token is the response's summed token
 //! log-probabilities so far — from a plain f64 log-softmax of the LM's logits, row by row — plus
 //! the bias; a row's logits do not change with the rows padded beside it; the fitted bias meets
-//! the minimum's condition and stays finite on one class and on extreme logits; save and load
-//! keep the numbers; an empty segment or prompt is an error.
+//! the minimum's condition, also far below zero, stays finite on one class and on extreme logits
+//! and refuses a non-finite one; save and load keep the numbers; an empty segment or prompt is
+//! an error.
 
 use proptest::prelude::*;
 use rlhf_core::host::to_f32_vec;
@@ -89,7 +90,7 @@ proptest! {
     ) {
         let (z, y): (Vec<f64>, Vec<bool>) = data.into_iter().unzip();
         prop_assume!(y.iter().any(|&l| l) && y.iter().any(|&l| !l));
-        let b = fit_bias(&z, &y);
+        let b = fit_bias(&z, &y).unwrap();
         let sigmoid = |x: f64| 1.0 / (1.0 + (-x).exp());
         let bce = |b: f64| -> f64 {
             z.iter().zip(&y).map(|(z, &y)| {
@@ -108,20 +109,33 @@ proptest! {
 fn the_fitted_bias_stays_finite_on_one_class_and_extreme_logits() {
     let sigmoid = |x: f64| 1.0 / (1.0 + (-x).exp());
     let z = [-3.0, -12.0, 0.5, -7.0];
-    let b = fit_bias(&z, &[true; 4]);
+    let b = fit_bias(&z, &[true; 4]).unwrap();
     assert!(
         b.is_finite() && z.iter().all(|z| sigmoid(z + b) > 1.0 - 1e-5),
         "{b}"
     );
-    let b = fit_bias(&z, &[false; 4]);
+    let b = fit_bias(&z, &[false; 4]).unwrap();
     assert!(
         b.is_finite() && z.iter().all(|z| sigmoid(z + b) < 1e-5),
         "{b}"
     );
     for z in [[-1e30, 1e30], [-1e300, -1e300], [f64::MAX, f64::MIN]] {
-        assert!(fit_bias(&z, &[true, false]).is_finite());
+        assert!(fit_bias(&z, &[true, false]).unwrap().is_finite());
     }
-    assert_eq!(fit_bias(&[], &[]), 0.0);
+    assert_eq!(fit_bias(&[], &[]).unwrap(), 0.0);
+    // long responses: summed log-likelihoods far below zero still reach the minimum
+    let z = [-1000.0, -1010.0, -1003.0, -995.0];
+    let b = fit_bias(&z, &[true, false, false, true]).unwrap();
+    let mean = z.iter().map(|z| sigmoid(z + b)).sum::<f64>() / 4.0;
+    assert!(
+        (mean - 0.5).abs() < 1e-6,
+        "bias {b}: mean probability {mean}"
+    );
+    // a NaN or infinite logit is an error, not a NaN bias
+    for bad in [f64::NAN, f64::NEG_INFINITY] {
+        let err = fit_bias(&[-1.0, bad], &[true, false]).unwrap_err();
+        assert!(err.to_string().contains("logit 1 is"), "{err}");
+    }
 }
 
 #[test]
