@@ -15,7 +15,6 @@ use rlhf_models::{
 use serde::{Deserialize, Serialize};
 
 use crate::losses::StepAggregate;
-use crate::step_model::StepModel;
 
 /// Outcome or process supervision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -193,15 +192,4 @@ pub fn last_token_scores(
     device: &Device,
 ) -> Result<Tensor<1>> {
     Ok(model.at_last_token(&batch_input(model, batch, device)?))
-}
-
-/// Logits at chosen positions: `positions[b]` lists columns of row `b`; returns `[batch, S]`
-/// (S = the longest list) and the mask of real entries.
-pub fn logits_at(
-    model: &ScalarModel,
-    batch: &SequenceBatch,
-    positions: &[Vec<usize>],
-    device: &Device,
-) -> Result<(Tensor<2>, Tensor<2>)> {
-    model.step_logits(batch, positions, device)
 }

@@ -8,7 +8,8 @@ use rlhf_core::{Error, Result, Scorer};
 use rlhf_data::{Tokenizer, collate};
 
 use crate::losses::prm_sequence_score;
-use crate::model::{RewardKind, RewardModel, last_token_scores, logits_at};
+use crate::model::{RewardKind, RewardModel, last_token_scores};
+use crate::step_model::StepModel;
 
 /// A reward model with its tokenizer, ready to score text.
 ///
@@ -96,7 +97,10 @@ impl RewardScorer {
                 .iter()
                 .map(|(_, _, ends)| ends.iter().map(|e| batch.prompt_len + e).collect())
                 .collect();
-            let (logits, mask) = logits_at(&self.rm.model, &batch, &positions, &self.device)?;
+            let (logits, mask) = self
+                .rm
+                .model
+                .step_logits(&batch, &positions, &self.device)?;
             let seq = to_f32_vec(prm_sequence_score(
                 logits,
                 mask,

@@ -308,7 +308,7 @@ fn collate_segments(rows: &[(&[u32], &[Vec<u32>])]) -> (SequenceBatch, Vec<Vec<u
 /// with. An empty segment list gives no logits; an empty segment is an error.
 pub fn segment_logits<M: StepModel>(
     model: &M,
-    rows: &[(Vec<u32>, Vec<Vec<u32>>)],
+    rows: &[(&[u32], &[Vec<u32>])],
     batch_size: usize,
     device: &Device,
 ) -> Result<Vec<Vec<f32>>> {
@@ -323,10 +323,7 @@ pub fn segment_logits<M: StepModel>(
     let scored: Vec<usize> = (0..rows.len()).filter(|&i| !rows[i].1.is_empty()).collect();
     let mut out = vec![Vec::new(); rows.len()];
     for chunk in scored.chunks(batch_size.max(1)) {
-        let refs: Vec<(&[u32], &[Vec<u32>])> = chunk
-            .iter()
-            .map(|&i| (rows[i].0.as_slice(), rows[i].1.as_slice()))
-            .collect();
+        let refs: Vec<(&[u32], &[Vec<u32>])> = chunk.iter().map(|&i| rows[i]).collect();
         let (batch, positions) = collate_segments(&refs);
         let (logits, _) = valid.step_logits(&batch, &positions, &device)?;
         let s = logits.dims()[1];

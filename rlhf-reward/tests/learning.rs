@@ -185,15 +185,7 @@ fn step_labels_are_read_at_their_steps() {
     }
     let (_, backbone) = tiny_backbone(&device, data.tokenizer.vocab_size(), 2);
     let model = rlhf_models::ScalarModel::from_backbone(backbone);
-    let cfg = RmConfig {
-        epochs: 3,
-        batch_size: 16,
-        optimizer: OptimizerConfig {
-            lr: 2e-3,
-            ..OptimizerConfig::default()
-        },
-        ..RmConfig::default()
-    };
+    let cfg = step_config(3);
     let (_, report) = train_step_model(
         model,
         &data.train,
@@ -238,31 +230,26 @@ fn likelihood_verifier_learns_which_token_makes_a_response_wrong() {
     let train: Vec<LabelledExample> = (0..600).map(|_| example()).collect();
     let eval: Vec<LabelledExample> = (0..200).map(|_| example()).collect();
     let (_, lm) = tiny_backbone(&device, VOCAB as usize, 3);
-    let rows: Vec<(Vec<u32>, Vec<Vec<u32>>)> = train
+    let rows: Vec<(&[u32], &[Vec<u32>])> = train
         .iter()
-        .map(|e| (e.prompt.clone(), e.segments.clone()))
+        .map(|e| (e.prompt.as_slice(), e.segments.as_slice()))
         .collect();
-    let untrained = LikelihoodVerifier::new(lm.clone(), 0.0, &device);
+    let untrained = LikelihoodVerifier::new(lm, 0.0, &device);
     let z: Vec<f64> = segment_logits(&untrained, &rows, 64, &device)
         .unwrap()
         .into_iter()
         .map(|z| f64::from(z[0]))
         .collect();
     let labels: Vec<bool> = train.iter().map(|e| e.labels[0]).collect();
-    let verifier = LikelihoodVerifier::new(lm, fit_bias(&z, &labels).unwrap() as f32, &device);
+    let verifier =
+        LikelihoodVerifier::new(untrained.lm, fit_bias(&z, &labels).unwrap() as f32, &device);
     let before = evaluate_labelled(&verifier, &eval, 64, &device)
         .unwrap()
         .gold_accuracy
         .unwrap();
     let cfg = RmConfig {
-        epochs: 3,
-        batch_size: 16,
-        optimizer: OptimizerConfig {
-            lr: 2e-3,
-            ..OptimizerConfig::default()
-        },
         seed: 5,
-        ..RmConfig::default()
+        ..step_config(3)
     };
     let (_, report) =
         train_step_model(verifier, &train, &eval, &cfg, &RunOptions::quiet(), &device).unwrap();
@@ -273,6 +260,19 @@ fn likelihood_verifier_learns_which_token_makes_a_response_wrong() {
     );
     assert!(before < 0.75, "untrained balanced accuracy {before}");
     assert!(after > 0.95, "balanced accuracy {after}");
+}
+
+/// The step-model tests' training: `epochs` passes in batches of 16 at learning rate 2e-3.
+fn step_config(epochs: usize) -> RmConfig {
+    RmConfig {
+        epochs,
+        batch_size: 16,
+        optimizer: OptimizerConfig {
+            lr: 2e-3,
+            ..OptimizerConfig::default()
+        },
+        ..RmConfig::default()
+    }
 }
 
 /// Spearman's rank correlation (average ranks for ties).

@@ -122,9 +122,8 @@ struct Summary {
     accuracy: Option<f64>,
     balanced_accuracy: Option<f64>,
     steps: u64,
-    /// The bias fitted to the untrained model ([`fit_bias`]) and the trained one.
+    /// The bias fitted to the untrained model ([`fit_bias`]).
     initial_bias: f64,
-    bias: f64,
     solutions: usize,
     labels: usize,
     tokens: f64,
@@ -192,7 +191,7 @@ pub(crate) fn train(
         };
         let untrained = LikelihoodVerifier::new(backbone.model.clone(), 0.0, device);
         let initial_bias = initial_bias(&untrained, &train, device)?;
-        let verifier = LikelihoodVerifier::new(backbone.model.clone(), initial_bias as f32, device);
+        let verifier = LikelihoodVerifier::new(untrained.lm, initial_bias as f32, device);
         let (verifier, report) =
             train_step_model(verifier, &train, &eval, &rm_cfg, &stage_run(tmp), device)?;
         verifier.save(&backbone.shape, &tmp.join("model"))?;
@@ -210,7 +209,6 @@ pub(crate) fn train(
                 balanced_accuracy: report.eval.gold_accuracy.filter(|a| a.is_finite()),
                 steps: report.steps,
                 initial_bias,
-                bias: f64::from(verifier.bias()),
                 solutions: train.len(),
                 labels: train.iter().map(|e| e.labels.len()).sum(),
                 tokens: trained as f64,
@@ -233,9 +231,9 @@ fn initial_bias(
     train: &[LabelledExample],
     device: &Device,
 ) -> Result<f64> {
-    let rows: Vec<(Vec<u32>, Vec<Vec<u32>>)> = train
+    let rows: Vec<(&[u32], &[Vec<u32>])> = train
         .iter()
-        .map(|e| (e.prompt.clone(), e.segments.clone()))
+        .map(|e| (e.prompt.as_slice(), e.segments.as_slice()))
         .collect();
     let logits = segment_logits(untrained, &rows, ROWS, device)?;
     let (z, y): (Vec<f64>, Vec<bool>) = logits
@@ -265,7 +263,7 @@ impl Stage {
         out.metric(names::TOKENS_RM, s.tokens);
         out.metric(names::FLOPS_RM, s.flops);
         out.metric(am::VERIFIER_BIAS_INITIAL, s.initial_bias);
-        out.metric(am::VERIFIER_BIAS, s.bias);
+        out.metric(am::VERIFIER_BIAS, f64::from(self.verifier.bias()));
         out.metric(names::PARAMS_RM, self.config.non_embedding_params() as f64);
     }
 
@@ -326,7 +324,11 @@ impl Scorer for Verifier {
                 ));
             }
         }
-        let logits = segment_logits(&self.model, &rows, ROWS, &self.device)?;
+        let refs: Vec<(&[u32], &[Vec<u32>])> = rows
+            .iter()
+            .map(|(p, s): &(Vec<u32>, Vec<Vec<u32>>)| (p.as_slice(), s.as_slice()))
+            .collect();
+        let logits = segment_logits(&self.model, &refs, ROWS, &self.device)?;
         for (i, z) in idx.into_iter().zip(logits) {
             if z.iter().any(|v| v.is_nan()) {
                 return Err(rlhf_core::Error::Config(format!(

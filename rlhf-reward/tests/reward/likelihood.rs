@@ -20,6 +20,13 @@ fn lm(device: &burn::tensor::Device) -> (TransformerConfig, CausalLm) {
 
 type Row = (Vec<u32>, Vec<Vec<u32>>);
 
+/// `rows` as `segment_logits` borrows them.
+fn refs(rows: &[Row]) -> Vec<(&[u32], &[Vec<u32>])> {
+    rows.iter()
+        .map(|(p, s)| (p.as_slice(), s.as_slice()))
+        .collect()
+}
+
 /// The spec in f64: for each segment, `b + Σ_{j ≤ its last token} log softmax(logits at the
 /// token before j)[token j]`, over the response tokens `j`, from one unpadded row.
 fn reference(lm: &CausalLm, bias: f64, (prompt, segments): &Row) -> Vec<f64> {
@@ -67,10 +74,10 @@ proptest! {
         let (_, m) = lm(&device);
         let verifier = LikelihoodVerifier::new(m.clone(), bias, &device);
         // all rows in one batch: prompts left-padded and responses right-padded to the longest
-        let batched = segment_logits(&verifier, &rows, 8, &device).unwrap();
+        let batched = segment_logits(&verifier, &refs(&rows), 8, &device).unwrap();
         let alone: Vec<Vec<f32>> = rows
             .iter()
-            .flat_map(|r| segment_logits(&verifier, std::slice::from_ref(r), 1, &device).unwrap())
+            .flat_map(|r| segment_logits(&verifier, &refs(std::slice::from_ref(r)), 1, &device).unwrap())
             .collect();
         for ((row, got), single) in rows.iter().zip(&batched).zip(&alone) {
             let want = reference(&m, f64::from(bias), row);
@@ -153,8 +160,8 @@ fn save_and_load_keep_the_logits() {
     assert_eq!(c2.vocab_size, c.vocab_size);
     assert_eq!(loaded.bias(), 1.25);
     assert_eq!(
-        segment_logits(&verifier, &rows, 4, &device).unwrap(),
-        segment_logits(&loaded, &rows, 4, &device).unwrap()
+        segment_logits(&verifier, &refs(&rows), 4, &device).unwrap(),
+        segment_logits(&loaded, &refs(&rows), 4, &device).unwrap()
     );
 }
 
@@ -164,23 +171,19 @@ fn an_empty_segment_or_prompt_is_an_error_not_a_panic() {
     let (_, m) = lm(&device);
     let verifier = LikelihoodVerifier::new(m, 0.0, &device);
     let rows: Vec<Row> = vec![(vec![3], vec![vec![5]]), (vec![], vec![vec![], vec![4]])];
-    let err = segment_logits(&verifier, &rows, 4, &device).unwrap_err();
+    let err = segment_logits(&verifier, &refs(&rows), 4, &device).unwrap_err();
     assert!(
         err.to_string().contains("row 1 has an empty segment"),
         "{err}"
     );
     // no segments: no logits
-    let some = segment_logits(
-        &verifier,
-        &[(vec![3], vec![]), (vec![3], vec![vec![5]])],
-        4,
-        &device,
-    )
-    .unwrap();
+    let rows: Vec<Row> = vec![(vec![3], vec![]), (vec![3], vec![vec![5]])];
+    let some = segment_logits(&verifier, &refs(&rows), 4, &device).unwrap();
     assert_eq!(some[0], Vec::<f32>::new());
     assert_eq!(some[1].len(), 1);
     // an empty prompt leaves the first response token without a token to predict it
-    let err = segment_logits(&verifier, &[(vec![], vec![vec![5, 6]])], 4, &device).unwrap_err();
+    let rows: Vec<Row> = vec![(vec![], vec![vec![5, 6]])];
+    let err = segment_logits(&verifier, &refs(&rows), 4, &device).unwrap_err();
     assert!(
         err.to_string().contains("row 0 has an empty prompt"),
         "{err}"
