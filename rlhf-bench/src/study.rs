@@ -83,7 +83,10 @@ struct Budget {
     eval_every: usize,
     volumes: Vec<usize>,
     base_pairs: usize,
-    sizes: Vec<&'static str>,
+    /// The `policy_size` axis's sizes (the pooled RM samples every one of them).
+    policy_sizes: Vec<&'static str>,
+    /// The `rm_size` axis's sizes.
+    rm_sizes: Vec<&'static str>,
     base_size: &'static str,
     ns: Vec<usize>,
     /// β of the base point (every axis but `method` and `kl_budget` runs it).
@@ -170,7 +173,8 @@ fn budget(preset: &str) -> Result<Budget> {
             eval_every: 1,
             volumes: vec![64, 128],
             base_pairs: 128,
-            sizes: vec!["xs"],
+            policy_sizes: vec!["xs"],
+            rm_sizes: vec!["xs"],
             base_size: "xs",
             ns: vec![1, 4],
             base_beta: 0.05,
@@ -210,7 +214,7 @@ fn budget(preset: &str) -> Result<Budget> {
         "quick" => Budget {
             seeds: 3,
             demos: 2400,
-            sft_epochs: 12,
+            sft_epochs: 24,
             sft_batch: 64,
             sft_lr: 6e-3,
             vocab: 512,
@@ -226,7 +230,10 @@ fn budget(preset: &str) -> Result<Budget> {
             eval_every: 2,
             volumes: vec![250, 500, 1000, 2000],
             base_pairs: 1000,
-            sizes: vec!["xs", "s", "m"],
+            // `l` spans 31× over `xs` in non-embedding parameters; the RM sizes stop at `m`,
+            // as a critic of `l` (initialised from the RM) would double those points' cost
+            policy_sizes: vec!["xs", "s", "l"],
+            rm_sizes: vec!["xs", "s", "m"],
             base_size: "xs",
             ns: vec![1, 2, 4, 8],
             base_beta: 0.05,
@@ -287,7 +294,8 @@ fn budget(preset: &str) -> Result<Budget> {
             eval_every: 5,
             volumes: vec![250, 1000, 4000, 16000],
             base_pairs: 4000,
-            sizes: vec!["xs", "s", "m", "l", "tiny-25m"],
+            policy_sizes: vec!["xs", "s", "m", "l", "tiny-25m"],
+            rm_sizes: vec!["xs", "s", "m", "l", "tiny-25m"],
             base_size: "m",
             ns: vec![1, 2, 4, 8, 16],
             base_beta: 0.05,
@@ -476,13 +484,15 @@ fn rm_diversity_points(base: &RunConfig) -> Vec<Point> {
 /// policy against one RM of the base size, trained on every policy size's samples.
 fn size_points(b: &Budget, base: &RunConfig) -> Vec<Point> {
     let mut points = Vec::new();
-    for (i, s) in b.sizes.iter().enumerate() {
+    for (i, s) in b.rm_sizes.iter().enumerate() {
         let mut c = ppo(b, base, b.base_beta);
         c.rm.size = (*s).into();
         points.push(value(Axis::RmSize, (*s).into(), i as f64, c));
+    }
+    for (i, s) in b.policy_sizes.iter().enumerate() {
         let mut c = ppo(b, base, b.base_beta);
         c.sft.policy_size = (*s).into();
-        c.rm.sample_from = b.sizes.iter().map(|s| s.to_string()).collect();
+        c.rm.sample_from = b.policy_sizes.iter().map(|s| s.to_string()).collect();
         points.push(value(Axis::PolicySize, (*s).into(), i as f64, c));
     }
     points
