@@ -7,6 +7,7 @@ use std::path::Path;
 use rlhf_core::{Error, Result};
 use rlhf_models::TransformerConfig;
 use rlhf_ppo::PpoConfig;
+use rlhf_reward::StepLoss;
 use serde::{Deserialize, Serialize};
 
 /// The whole run.
@@ -213,6 +214,9 @@ pub struct RmStage {
     pub eval_pairs: usize,
     /// `arith-steps`: outcome or process labels.
     pub supervision: Supervision,
+    /// `arith-steps`: the verifiers' loss, binary cross-entropy (`pointwise`) or each prompt's
+    /// right solutions against its wrong ones (`within_prompt`, `rlhf_reward::within_prompt`).
+    pub step_loss: StepLoss,
     /// Sizes of the SFT policies whose samples the pairs are drawn from, in equal shares; empty:
     /// the policy's own. One RM for a whole policy-size axis draws from every size.
     pub sample_from: Vec<String>,
@@ -229,6 +233,7 @@ impl Default for RmStage {
             lr: 1e-3,
             eval_pairs: 200,
             supervision: Supervision::Outcome,
+            step_loss: StepLoss::Pointwise,
             sample_from: Vec::new(),
         }
     }
@@ -478,6 +483,14 @@ impl RunConfig {
                 ));
             }
         }
+        if self.rm.step_loss == StepLoss::WithinPrompt
+            && (self.task.name != "arith-steps" || self.rm.pairs_per_prompt < 2)
+        {
+            return bad(
+                "rm.step_loss = \"within_prompt\" is a loss of arith-steps' verifiers and compares solutions of one prompt: it needs rm.pairs_per_prompt ≥ 2"
+                    .into(),
+            );
+        }
         if self.task.demos == 0 || self.task.eval_prompts == 0 || self.task.train_prompts == 0 {
             return bad("task: demos, train_prompts and eval_prompts must be ≥ 1".into());
         }
@@ -568,5 +581,21 @@ mod tests {
         // round trip
         let text = toml::to_string(&c).unwrap();
         assert_eq!(RunConfig::from_toml(&text).unwrap(), c);
+    }
+
+    #[test]
+    fn the_within_prompt_loss_needs_arith_steps_and_several_solutions_a_prompt() {
+        let arith = "[task]\nname = \"arith-steps\"\n[method]\nkind = \"best_of_n\"\n";
+        let within = "step_loss = \"within_prompt\"\n";
+        let ok = format!("{arith}[rm]\npairs_per_prompt = 4\n{within}");
+        let c = RunConfig::from_toml(&ok).unwrap();
+        assert_eq!(c.rm.step_loss, StepLoss::WithinPrompt);
+        for bad in [
+            format!("{arith}[rm]\npairs_per_prompt = 1\n{within}"),
+            format!("[rm]\npairs_per_prompt = 4\n{within}"),
+        ] {
+            let err = RunConfig::from_toml(&bad).unwrap_err().to_string();
+            assert!(err.contains("rm.pairs_per_prompt ≥ 2"), "{err}");
+        }
     }
 }

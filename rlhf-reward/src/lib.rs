@@ -9,8 +9,10 @@
 //!   (bias = mean score of the SFT demonstrations, optional gain); saved and loaded as a Hugging
 //!   Face directory; a value model can be initialised from it;
 //! - training ([`train_reward_model`] for pairs or K-wise groups, [`train_step_model`] for PRM
-//!   and ORM labels) with gradient accumulation, LR schedule, eval (loss, accuracy, agreement
-//!   with the gold order), checkpoints and resume, metrics and a progress bar;
+//!   and ORM labels, by binary cross-entropy or by the [`within_prompt`] pair loss) with gradient
+//!   accumulation, LR schedule, eval (loss, accuracy, agreement with the gold order; step
+//!   models: balanced and within-prompt pair accuracy), checkpoints and resume, metrics and a
+//!   progress bar;
 //! - [`RewardScorer`]: the model served as an `rlhf_core::Scorer`; [`EnsembleScorer`] serves
 //!   several as one (mean, min or `mean − λ·std`), and [`LengthScorer`] is the length-only
 //!   control reward;
@@ -45,6 +47,7 @@ pub mod scorer;
 pub mod step_model;
 pub mod train;
 pub mod verifiers;
+pub mod within_prompt;
 
 pub use combine::{Combine, EnsembleScorer, LengthScorer};
 pub use judge::{JudgeConfig, JudgeDimension, LlmJudge, Rating};
@@ -58,7 +61,10 @@ pub use rlhf_core::best_and_worst;
 pub use scorer::RewardScorer;
 pub use step_model::StepModel;
 pub use train::{
-    LabelledExample, RankedExample, RmConfig, RmEval, RmReport, evaluate_labelled, evaluate_ranked,
-    normalise, score_ranked, segment_logits, train_reward_model, train_step_model,
+    LabelledExample, RankedExample, RmConfig, RmEval, RmReport, StepLoss, evaluate_labelled,
+    evaluate_ranked, normalise, score_ranked, segment_logits, train_reward_model, train_step_model,
 };
 pub use verifiers::{ExactMatchScorer, RegexScorer};
+pub use within_prompt::{
+    LabelPair, label_pair_accuracy, label_pairs, prompts_with_pairs, within_prompt_loss,
+};

@@ -28,6 +28,9 @@ use crate::losses::{
 };
 use crate::model::{Normalisation, last_token_scores};
 use crate::step_model::StepModel;
+use crate::within_prompt::{
+    label_pair_accuracy, label_pairs, prompts_with_pairs, within_prompt_loss,
+};
 
 /// Responses to one prompt, best first, with optional extras.
 #[derive(Debug, Clone, PartialEq)]
@@ -80,6 +83,21 @@ pub struct RmConfig {
     pub truncation: Option<(usize, usize)>,
     /// Seed of the batch order.
     pub seed: u64,
+    /// Step (and outcome) models: the loss [`train_step_model`] trains with.
+    pub step_loss: StepLoss,
+}
+
+/// The loss of a step (or outcome) model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepLoss {
+    /// Binary cross-entropy at every label, pooled over the batch's examples.
+    #[default]
+    Pointwise,
+    /// The within-prompt pair loss ([`crate::within_prompt`]): each prompt's solutions labelled
+    /// right at a position against those labelled wrong there. `batch_size` then counts prompts,
+    /// each with all its solutions, and prompts without such a pair are left out.
+    WithinPrompt,
 }
 
 impl Default for RmConfig {
@@ -98,6 +116,7 @@ impl Default for RmConfig {
             eval_every: 0,
             truncation: None,
             seed: 0,
+            step_loss: StepLoss::Pointwise,
         }
     }
 }
@@ -133,6 +152,9 @@ pub struct RmEval {
     /// scorer orders them. Step models: balanced accuracy (mean of the accuracies on correct and
     /// on wrong labels).
     pub gold_accuracy: Option<f64>,
+    /// Step models: share of the within-prompt pairs ([`crate::within_prompt`]) ordered as
+    /// labelled, ties counting half; `None` for ranked examples and without such a pair.
+    pub pair_accuracy: Option<f64>,
 }
 
 /// What a training run did.
@@ -259,6 +281,7 @@ pub fn evaluate_ranked(
         loss: loss / examples.len().max(1) as f64,
         accuracy: right as f64 / pairs.max(1) as f64,
         gold_accuracy: (gold_pairs > 0).then(|| gold_right as f64 / gold_pairs as f64),
+        pair_accuracy: None,
     })
 }
 
@@ -349,24 +372,32 @@ fn labelled_loss<M: StepModel>(
     Ok((loss, logits, labels, mask))
 }
 
-/// Loss, accuracy and balanced accuracy of a step (or outcome) model on held-out examples.
+/// Loss (binary cross-entropy, whichever loss trained the model), accuracy, balanced accuracy
+/// and within-prompt pair accuracy of a step (or outcome) model on held-out examples.
 pub fn evaluate_labelled<M: StepModel>(
     model: &M,
     examples: &[LabelledExample],
     batch_size: usize,
     device: &Device,
 ) -> Result<RmEval> {
+    check_labelled(examples, "eval")?;
     let valid = model.valid();
     let device = device.clone().without_autodiff();
     let (mut loss, mut n) = (0.0, 0.0);
     let (mut tp, mut pos, mut tn, mut neg) = (0.0, 0.0, 0.0, 0.0);
+    // each example's logits at its labels, for the pairs, which may span chunks
+    let mut per_example: Vec<Vec<f32>> = Vec::with_capacity(examples.len());
     for chunk in examples.chunks(batch_size.max(1)) {
         let refs: Vec<&LabelledExample> = chunk.iter().collect();
         let (l, logits, labels, mask) = labelled_loss(&valid, &refs, &device)?;
         let count: f64 = to_f32_vec(mask.clone()).iter().map(|&x| f64::from(x)).sum();
         loss += f64::from(l.into_scalar::<f32>()) * count;
         n += count;
+        let s = logits.dims()[1];
         let (z, y, m) = (to_f32_vec(logits), to_f32_vec(labels), to_f32_vec(mask));
+        for (row, e) in chunk.iter().enumerate() {
+            per_example.push(z[row * s..row * s + e.labels.len()].to_vec());
+        }
         for i in 0..z.len() {
             if m[i] == 0.0 {
                 continue;
@@ -384,10 +415,12 @@ pub fn evaluate_labelled<M: StepModel>(
         (true, true) => Some(0.5 * (tp / pos + tn / neg)),
         _ => None,
     };
+    let refs: Vec<&LabelledExample> = examples.iter().collect();
     Ok(RmEval {
         loss: loss / n.max(1.0),
         accuracy: (tp + tn) / (pos + neg).max(1.0),
         gold_accuracy: balanced,
+        pair_accuracy: label_pair_accuracy(&per_example, &label_pairs(&refs)),
     })
 }
 
@@ -398,6 +431,9 @@ fn eval_metrics(e: &RmEval) -> Metrics {
     ];
     if let Some(g) = e.gold_accuracy {
         m.push((names::EVAL_GOLD_ACCURACY, g));
+    }
+    if let Some(p) = e.pair_accuracy {
+        m.push((names::EVAL_PAIR_ACCURACY, p));
     }
     m
 }
@@ -557,8 +593,26 @@ pub fn train_reward_model(
     )
 }
 
-/// Trains a step model — a PRM on step labels, or an ORM on correctness labels — with binary
-/// cross-entropy at each segment's last token. The model must live on an autodiff device.
+/// Refuses `which` examples (train, eval) whose segments and labels differ in number, or that
+/// have no segment or an empty one.
+fn check_labelled(examples: &[LabelledExample], which: &str) -> Result<()> {
+    if let Some((i, e)) = examples.iter().enumerate().find(|(_, e)| {
+        e.segments.len() != e.labels.len()
+            || e.segments.is_empty()
+            || e.segments.iter().any(Vec::is_empty)
+    }) {
+        return Err(Error::Config(format!(
+            "step model: {which} example {i} has {} segments and {} labels (need as many, at least one, none empty)",
+            e.segments.len(),
+            e.labels.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Trains a step model — a PRM on step labels, or an ORM on correctness labels — with the loss of
+/// `cfg.step_loss` at each segment's last token: binary cross-entropy, or the within-prompt pair
+/// loss. The model must live on an autodiff device.
 pub fn train_step_model<M: StepModel>(
     model: M,
     train: &[LabelledExample],
@@ -567,50 +621,100 @@ pub fn train_step_model<M: StepModel>(
     run_options: &RunOptions,
     device: &Device,
 ) -> Result<(M, RmReport)> {
-    if let Some((i, e)) = train.iter().chain(eval).enumerate().find(|(_, e)| {
-        e.segments.len() != e.labels.len()
-            || e.segments.is_empty()
-            || e.segments.iter().any(Vec::is_empty)
-    }) {
-        return Err(Error::Config(format!(
-            "step model: example {i} has {} segments and {} labels (need as many, at least one, none empty)",
-            e.segments.len(),
-            e.labels.len()
-        )));
-    }
-    let (rows, seq) = (
-        cfg.batch_size,
-        longest(
-            train
-                .iter()
-                .map(|e| (e.prompt.len(), e.segments.iter().map(Vec::len).sum())),
-            cfg,
-        ),
+    check_labelled(train, "train")?;
+    check_labelled(eval, "eval")?;
+    let seq = longest(
+        train
+            .iter()
+            .map(|e| (e.prompt.len(), e.segments.iter().map(Vec::len).sum())),
+        cfg,
     );
+    let eval_of = |m: &M, rows: usize| {
+        (!eval.is_empty())
+            .then(|| evaluate_labelled(m, eval, rows, device))
+            .transpose()
+    };
+    match cfg.step_loss {
+        StepLoss::Pointwise => {
+            check_memory(&model, "prm", (cfg.batch_size, seq), run_options, device)?;
+            run_fit(
+                model,
+                cfg,
+                run_options,
+                "prm",
+                train.len(),
+                &|m, batch, shard| {
+                    let Some(idx) = shard.of(batch) else {
+                        return Ok(None);
+                    };
+                    let refs: Vec<&LabelledExample> = idx.iter().map(|&i| &train[i]).collect();
+                    Ok(Some(BatchLoss {
+                        loss: labelled_loss(m, &refs, shard.device)?.0,
+                        // the loss is a mean over every label of the batch
+                        weight: refs.iter().map(|e| e.labels.len()).sum::<usize>() as f64,
+                        metrics: Vec::new(),
+                    }))
+                },
+                &|m| eval_of(m, cfg.batch_size),
+            )
+        }
+        StepLoss::WithinPrompt => {
+            fit_within_prompt(model, train, cfg, seq, run_options, device, &eval_of)
+        }
+    }
+}
+
+/// [`train_step_model`] with the within-prompt loss: the batch items are prompts, each with all
+/// its solutions; prompts without a pair are left out, as they would add nothing.
+fn fit_within_prompt<M: StepModel>(
+    model: M,
+    train: &[LabelledExample],
+    cfg: &RmConfig,
+    seq: usize,
+    run_options: &RunOptions,
+    device: &Device,
+    eval_of: &dyn Fn(&M, usize) -> Result<Option<RmEval>>,
+) -> Result<(M, RmReport)> {
+    let groups: Vec<Vec<&LabelledExample>> = prompts_with_pairs(train)
+        .into_iter()
+        .map(|g| g.into_iter().map(|i| &train[i]).collect())
+        .collect();
+    if groups.is_empty() {
+        return Err(Error::Config(
+            "step model: no prompt has a solution labelled right and one labelled wrong at the \
+             same position, which the within-prompt loss needs"
+                .into(),
+        ));
+    }
+    let widest = groups.iter().map(Vec::len).max().unwrap_or(1);
+    let rows = cfg.batch_size * widest;
     check_memory(&model, "prm", (rows, seq), run_options, device)?;
     run_fit(
         model,
         cfg,
         run_options,
         "prm",
-        train.len(),
+        groups.len(),
         &|m, batch, shard| {
             let Some(idx) = shard.of(batch) else {
                 return Ok(None);
             };
-            let refs: Vec<&LabelledExample> = idx.iter().map(|&i| &train[i]).collect();
+            let refs: Vec<&LabelledExample> = idx
+                .iter()
+                .flat_map(|&g| groups[g].iter().copied())
+                .collect();
+            let pairs = label_pairs(&refs);
+            let (sequences, positions, _) = collate_labelled(&refs);
+            let (logits, _) = m.step_logits(&sequences, &positions, shard.device)?;
             Ok(Some(BatchLoss {
-                loss: labelled_loss(m, &refs, shard.device)?.0,
-                // the loss is a mean over every label of the batch
-                weight: refs.iter().map(|e| e.labels.len()).sum::<usize>() as f64,
+                loss: within_prompt_loss(logits, &pairs, shard.device),
+                // the loss is a mean over the batch's pairs
+                weight: pairs.len() as f64,
                 metrics: Vec::new(),
             }))
         },
-        &|m| {
-            (!eval.is_empty())
-                .then(|| evaluate_labelled(m, eval, cfg.batch_size, device))
-                .transpose()
-        },
+        // as many rows a forward pass as a training batch
+        &|m| eval_of(m, rows),
     )
 }
 

@@ -5,7 +5,8 @@
 //!   labels are noisy, so that agreement is the ceiling of what the labels can teach);
 //! - a process RM learns `arith-steps`' step labels (at a difficulty this size can learn), and a
 //!   step model reads each label at its own step;
-//! - a likelihood verifier learns which token makes a response wrong;
+//! - a likelihood verifier learns which token makes a response wrong, by binary cross-entropy
+//!   and by the within-prompt pair loss (then ordering each prompt's responses);
 //! - normalisation centres the demonstrations' scores; save/load and the `Scorer` serve the
 //!   same numbers;
 //! - an LLM judge (a causal LM fine-tuned to answer `post, summary → Rating: [[` with the gold
@@ -28,8 +29,9 @@ use rlhf_data::{Split, Tokenizer};
 use rlhf_models::{SftConfig, train_sft};
 use rlhf_reward::{
     JudgeConfig, JudgeDimension, LabelledExample, LikelihoodVerifier, LlmJudge, RewardModel,
-    RewardScorer, RewardSettings, RmConfig, StepAggregate, best_and_worst, evaluate_labelled,
-    fit_bias, normalise, segment_logits, train_reward_model, train_step_model,
+    RewardScorer, RewardSettings, RmConfig, StepAggregate, StepLoss, best_and_worst,
+    evaluate_labelled, fit_bias, normalise, prompts_with_pairs, segment_logits, train_reward_model,
+    train_step_model,
 };
 use rlhf_testkit::pairs::{ArithData, TldrPairs, tiny_backbone};
 
@@ -209,23 +211,11 @@ fn step_labels_are_read_at_their_steps() {
 #[test]
 fn likelihood_verifier_learns_which_token_makes_a_response_wrong() {
     let _serial = rlhf_testkit::serial();
-    const VOCAB: u32 = 32;
-    const BAD: u32 = 20;
     let device = rlhf_core::device_from_env().unwrap().autodiff();
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let mut example = || {
         let prompt: Vec<u32> = (0..2).map(|_| rng.random_range(1..VOCAB)).collect();
-        let len = rng.random_range(3..7);
-        let mut response: Vec<u32> = (1..=len).collect();
-        let wrong = rng.random_bool(0.5);
-        if wrong {
-            response[rng.random_range(0..len as usize)] = BAD;
-        }
-        LabelledExample {
-            prompt,
-            segments: vec![response],
-            labels: vec![!wrong],
-        }
+        counting_response(&mut rng, prompt)
     };
     let train: Vec<LabelledExample> = (0..600).map(|_| example()).collect();
     let eval: Vec<LabelledExample> = (0..200).map(|_| example()).collect();
@@ -260,6 +250,74 @@ fn likelihood_verifier_learns_which_token_makes_a_response_wrong() {
     );
     assert!(before < 0.75, "untrained balanced accuracy {before}");
     assert!(after > 0.95, "balanced accuracy {after}");
+}
+
+/// The within-prompt loss orders one prompt's responses. Each prompt has four responses that
+/// count up from 1 (3 to 6 tokens), each made wrong with probability ½ by the token `BAD` in
+/// place of one count. A random tiny LM orders a prompt's right and wrong responses about as
+/// often one way as the other (its logits follow length); trained on the pairs, it orders more
+/// than 95% of the held-out prompts' pairs. One optimizer step takes four prompts with all their
+/// responses, prompts whose responses are all right or all wrong left out: the step count says
+/// so. A loss with the wrong sign, or pairs that ignored the labels, would not pass.
+#[test]
+fn within_prompt_training_orders_each_prompts_responses() {
+    let _serial = rlhf_testkit::serial();
+    let device = rlhf_core::device_from_env().unwrap().autodiff();
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    // 200 distinct prompts: the first 150 train, the others are held out
+    let mut prompt = |i: u32| -> Vec<LabelledExample> {
+        let prompt = vec![1 + i / (VOCAB - 1), 1 + i % (VOCAB - 1)];
+        (0..4)
+            .map(|_| counting_response(&mut rng, prompt.clone()))
+            .collect()
+    };
+    let train: Vec<LabelledExample> = (0..150).flat_map(&mut prompt).collect();
+    let eval: Vec<LabelledExample> = (150..200).flat_map(&mut prompt).collect();
+    let (_, lm) = tiny_backbone(&device, VOCAB as usize, 3);
+    let verifier = LikelihoodVerifier::new(lm, 0.0, &device);
+    let before = evaluate_labelled(&verifier, &eval, 64, &device)
+        .unwrap()
+        .pair_accuracy
+        .unwrap();
+    let cfg = RmConfig {
+        batch_size: 4,
+        seed: 5,
+        step_loss: StepLoss::WithinPrompt,
+        ..step_config(3)
+    };
+    let (_, report) =
+        train_step_model(verifier, &train, &eval, &cfg, &RunOptions::quiet(), &device).unwrap();
+    let after = report.eval.pair_accuracy.unwrap();
+    let mixed = prompts_with_pairs(&train).len();
+    eprintln!(
+        "within-prompt verifier: {mixed} of 150 prompts with a pair, {} steps; held-out pair accuracy {before:.3} → {after:.3}",
+        report.steps
+    );
+    assert!(mixed < 150, "every prompt kept: {mixed}");
+    assert_eq!(report.steps, (mixed.div_ceil(4) * 3) as u64);
+    assert!(before < 0.75, "untrained pair accuracy {before}");
+    assert!(after > 0.95, "pair accuracy {after}");
+}
+
+/// The vocabulary of the counting responses.
+const VOCAB: u32 = 32;
+/// The token that makes a counting response wrong.
+const BAD: u32 = 20;
+
+/// A response to `prompt` that counts up from 1 (3 to 6 tokens), made wrong with probability ½
+/// by `BAD` in place of one count, with its one label.
+fn counting_response(rng: &mut ChaCha8Rng, prompt: Vec<u32>) -> LabelledExample {
+    let len = rng.random_range(3..7);
+    let mut response: Vec<u32> = (1..=len).collect();
+    let wrong = rng.random_bool(0.5);
+    if wrong {
+        response[rng.random_range(0..len as usize)] = BAD;
+    }
+    LabelledExample {
+        prompt,
+        segments: vec![response],
+        labels: vec![!wrong],
+    }
 }
 
 /// The step-model tests' training: `epochs` passes in batches of 16 at learning rate 2e-3.

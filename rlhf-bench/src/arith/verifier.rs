@@ -19,6 +19,11 @@
 //! result whether or not it is right.) As the likelihood only falls from step to step, a
 //! process verifier's lowest step probability is its last step's: the two kinds differ in the
 //! labels they learn from, not in how they score.
+//!
+//! They learn by binary cross-entropy on every label (`rm.step_loss = "pointwise"`), or by the
+//! within-prompt pair loss (`"within_prompt"`, `rlhf_reward::within_prompt`): one prompt's
+//! solutions labelled right at a step against those labelled wrong there. That loss cannot move
+//! the bias, so the bias is fitted again after training.
 
 use burn::module::Module;
 use burn::tensor::Device;
@@ -30,7 +35,8 @@ use rlhf_data::Tokenizer;
 use rlhf_data::tasks::{ArithSteps, EOS, Task};
 use rlhf_models::TransformerConfig;
 use rlhf_reward::{
-    LabelledExample, LikelihoodVerifier, RmConfig, fit_bias, segment_logits, train_step_model,
+    LabelledExample, LikelihoodVerifier, RmConfig, StepLoss, evaluate_labelled, fit_bias,
+    prompts_with_pairs, segment_logits, train_step_model,
 };
 
 use super::Measured;
@@ -158,8 +164,12 @@ pub(crate) fn train(
         Supervision::Outcome => "outcome",
         Supervision::Process => "process",
     };
+    let loss = match r.step_loss {
+        StepLoss::Pointwise => "",
+        StepLoss::WithinPrompt => "-within-prompt",
+    };
     let key = format!(
-        "verifier-{kind}-likelihood-{}-of-{}-v{}-k{}-h{}-e{}-lr{}",
+        "verifier-{kind}-likelihood{loss}-{}-of-{}-v{}-k{}-h{}-e{}-lr{}",
         backbone.key, policy.key, r.pairs, r.pairs_per_prompt, r.eval_pairs, r.epochs, r.lr
     );
     let dir = setup.root.join(&key);
@@ -173,10 +183,22 @@ pub(crate) fn train(
         };
         let train = label(Prompts::RmPairs, r.pairs)?;
         let eval = label(Prompts::RmEval, r.eval_pairs)?;
-        let steps = (train.len().div_ceil(16) * r.epochs) as u64;
+        // what the loss trains on: every solution, or the solutions of the prompts with a pair,
+        // each prompt a batch item; about 16 solutions a step either way
+        let (trained_on, items, batch_size): (Vec<&LabelledExample>, usize, usize) =
+            match r.step_loss {
+                StepLoss::Pointwise => (train.iter().collect(), train.len(), 16),
+                StepLoss::WithinPrompt => {
+                    let prompts = prompts_with_pairs(&train);
+                    let solutions = prompts.iter().flatten().map(|&i| &train[i]).collect();
+                    (solutions, prompts.len(), (16 / r.pairs_per_prompt).max(1))
+                }
+            };
+        let steps = (items.div_ceil(batch_size) * r.epochs) as u64;
         let rm_cfg = RmConfig {
             epochs: r.epochs,
-            batch_size: 16,
+            batch_size,
+            step_loss: r.step_loss,
             optimizer: OptimizerConfig {
                 lr: r.lr,
                 ..OptimizerConfig::default()
@@ -190,13 +212,22 @@ pub(crate) fn train(
             ..RmConfig::default()
         };
         let untrained = LikelihoodVerifier::new(backbone.model.clone(), 0.0, device);
-        let initial_bias = initial_bias(&untrained, &train, device)?;
+        let initial_bias = bias_shift(&untrained, &train, device)?;
         let verifier = LikelihoodVerifier::new(untrained.lm, initial_bias as f32, device);
-        let (verifier, report) =
+        let (mut verifier, mut report) =
             train_step_model(verifier, &train, &eval, &rm_cfg, &stage_run(tmp), device)?;
+        if r.step_loss == StepLoss::WithinPrompt {
+            // the pair loss cannot move the bias (it cancels in every difference) while the LM
+            // moves every logit: the bias is fitted again, as before training, so that a
+            // probability above ½ still means "right"
+            let shift = bias_shift(&verifier, &train, device)?;
+            let bias = verifier.bias() + shift as f32;
+            verifier = LikelihoodVerifier::new(verifier.lm, bias, device);
+            report.eval = evaluate_labelled(&verifier, &eval, ROWS, device)?;
+        }
         verifier.save(&backbone.shape, &tmp.join("model"))?;
         finish_stage_run(tmp)?;
-        let tokens: usize = train
+        let tokens: usize = trained_on
             .iter()
             .map(|e| e.prompt.len() + e.segments.iter().map(Vec::len).sum::<usize>())
             .sum();
@@ -209,8 +240,8 @@ pub(crate) fn train(
                 balanced_accuracy: report.eval.gold_accuracy.filter(|a| a.is_finite()),
                 steps: report.steps,
                 initial_bias,
-                solutions: train.len(),
-                labels: train.iter().map(|e| e.labels.len()).sum(),
+                solutions: trained_on.len(),
+                labels: trained_on.iter().map(|e| e.labels.len()).sum(),
                 tokens: trained as f64,
                 flops: flops(&backbone.shape, Workload::Train { tokens: trained }) as f64,
             },
@@ -225,9 +256,10 @@ pub(crate) fn train(
     })
 }
 
-/// The bias that best fits `untrained`'s logits (bias 0) to the labels of `train`.
-fn initial_bias(
-    untrained: &LikelihoodVerifier,
+/// What to add to `verifier`'s bias so that its logits fit the labels of `train` best: the
+/// initial bias, for an untrained verifier with bias 0.
+fn bias_shift(
+    verifier: &LikelihoodVerifier,
     train: &[LabelledExample],
     device: &Device,
 ) -> Result<f64> {
@@ -235,7 +267,7 @@ fn initial_bias(
         .iter()
         .map(|e| (e.prompt.as_slice(), e.segments.as_slice()))
         .collect();
-    let logits = segment_logits(untrained, &rows, ROWS, device)?;
+    let logits = segment_logits(verifier, &rows, ROWS, device)?;
     let (z, y): (Vec<f64>, Vec<bool>) = logits
         .iter()
         .zip(train)

@@ -15,7 +15,7 @@ use rlhf_data::{
 use rlhf_models::ScalarModel;
 use rlhf_reward::{
     LabelledExample, Normalisation, RankedExample, RewardModel, RewardSettings, RmConfig,
-    StepAggregate, normalise, train_reward_model, train_step_model,
+    StepAggregate, StepLoss, normalise, train_reward_model, train_step_model,
 };
 use serde::{Deserialize, Serialize};
 
@@ -102,6 +102,7 @@ impl RmArgs {
             eval_every: self.train.eval_steps,
             truncation: None,
             seed: self.train.seed,
+            step_loss: StepLoss::Pointwise,
         }
     }
 }

@@ -12,6 +12,7 @@
 //! | `eval_perplexity` | `exp(eval_loss)` of SFT | — |
 //! | `eval_accuracy` | RM accuracy on held-out labels (step models: on held-out step labels) | `RewardTrainer` |
 //! | `eval_gold_accuracy` | RM accuracy on the gold order (step models: balanced accuracy) | — |
+//! | `eval_pair_accuracy` | step models: share of one prompt's right-versus-wrong pairs ordered as labelled | — |
 //! | `rewards/chosen`, `rewards/rejected`, `rewards/margins`, `rewards/accuracies` | implicit rewards `β·(logπ − logπ_ref)` of preference pairs, their margin, the share ordered right | `DPOTrainer` |
 //! | `logps/chosen`, `logps/rejected` | sequence log-probs of preference pairs (averaged over tokens for IPO and SimPO) | `DPOTrainer` |
 //! | `eval_rewards/accuracies`, `eval_rewards/margins` | the same on held-out pairs | `DPOTrainer` |
@@ -118,6 +119,7 @@ pub mod names {
     pub const EVAL_PERPLEXITY: &str = "eval_perplexity";
     pub const EVAL_ACCURACY: &str = "eval_accuracy";
     pub const EVAL_GOLD_ACCURACY: &str = "eval_gold_accuracy";
+    pub const EVAL_PAIR_ACCURACY: &str = "eval_pair_accuracy";
     pub const REWARDS_CHOSEN: &str = "rewards/chosen";
     pub const REWARDS_REJECTED: &str = "rewards/rejected";
     pub const REWARDS_MARGINS: &str = "rewards/margins";

@@ -3,12 +3,17 @@
 //! the bias; a row's logits do not change with the rows padded beside it; the fitted bias meets
 //! the minimum's condition, also far below zero, stays finite on one class and on extreme logits
 //! and refuses a non-finite one; save and load keep the numbers; an empty segment or prompt is
-//! an error.
+//! an error, and so is within-prompt training on data without a right-versus-wrong pair; the
+//! within-prompt pair accuracy pairs solutions across evaluation chunks.
 
 use proptest::prelude::*;
 use rlhf_core::host::to_f32_vec;
+use rlhf_core::train::RunOptions;
 use rlhf_models::{CausalLm, TokenInput, TransformerConfig};
-use rlhf_reward::{LikelihoodVerifier, fit_bias, segment_logits};
+use rlhf_reward::{
+    LabelledExample, LikelihoodVerifier, RmConfig, StepLoss, evaluate_labelled, fit_bias,
+    label_pair_accuracy, label_pairs, segment_logits, train_step_model,
+};
 
 const VOCAB: usize = 32;
 
@@ -188,4 +193,64 @@ fn an_empty_segment_or_prompt_is_an_error_not_a_panic() {
         err.to_string().contains("row 0 has an empty prompt"),
         "{err}"
     );
+}
+
+#[test]
+fn the_within_prompt_loss_refuses_data_without_a_pair() {
+    let device = rlhf_core::parse_device("flex").unwrap().autodiff();
+    let (_, m) = lm(&device);
+    let verifier = LikelihoodVerifier::new(m, 0.0, &device);
+    // two prompts, each with its solutions labelled one way only
+    let example = |p: u32, right: bool| LabelledExample {
+        prompt: vec![p],
+        segments: vec![vec![5, 6]],
+        labels: vec![right],
+    };
+    let train = [example(3, true), example(3, true), example(4, false)];
+    let cfg = RmConfig {
+        step_loss: StepLoss::WithinPrompt,
+        ..RmConfig::default()
+    };
+    let err =
+        train_step_model(verifier, &train, &[], &cfg, &RunOptions::quiet(), &device).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("no prompt has a solution labelled right and one labelled wrong"),
+        "{err}"
+    );
+}
+
+/// The within-prompt pair accuracy does not depend on how many rows a forward pass takes: a
+/// prompt's solutions split across chunks are still paired.
+#[test]
+fn the_pair_accuracy_does_not_depend_on_the_chunk_size() {
+    let device = rlhf_core::parse_device("flex").unwrap();
+    let (_, m) = lm(&device);
+    let verifier = LikelihoodVerifier::new(m, 0.0, &device);
+    let examples: Vec<LabelledExample> = (0..12u32)
+        .map(|i| LabelledExample {
+            prompt: vec![1 + i % 3, 2],
+            segments: vec![vec![3 + i % 5, 4], vec![5 + i % 7]],
+            labels: vec![i % 2 == 0, i % 4 == 0],
+        })
+        .collect();
+    let at = |rows: usize| {
+        evaluate_labelled(&verifier, &examples, rows, &device)
+            .unwrap()
+            .pair_accuracy
+            .unwrap()
+    };
+    let whole = at(12);
+    for rows in [1, 5] {
+        assert_eq!(at(rows), whole);
+    }
+    // and it is the share of label_pairs that segment_logits orders, ties half
+    let rows: Vec<Row> = examples
+        .iter()
+        .map(|e| (e.prompt.clone(), e.segments.clone()))
+        .collect();
+    let logits = segment_logits(&verifier, &refs(&rows), 12, &device).unwrap();
+    let pairs = label_pairs(&examples.iter().collect::<Vec<_>>());
+    assert!(!pairs.is_empty());
+    assert_eq!(label_pair_accuracy(&logits, &pairs), Some(whole));
 }
