@@ -102,6 +102,8 @@ impl RmArgs {
             eval_every: self.train.eval_steps,
             truncation: None,
             seed: self.train.seed,
+            // BCE: the within-prompt loss leaves each step position's offset free, which the
+            // served step aggregate compares across positions
             step_loss: StepLoss::Pointwise,
         }
     }

@@ -1133,6 +1133,10 @@ fn every_field_of_every_trainer_config_is_a_flag() {
             &[
                 ("center_eta", &["--center-rewards-coefficient", "0.5"]),
                 ("use_margin", &["--use-margin"]),
+                // the within-prompt loss constrains each step position's logits only against
+                // the same position's, while the served `--step-aggregate` compares positions
+                // (and a scalar head's bias gets no gradient): `rlhf rm` trains with BCE
+                ("step_loss", &[]),
             ],
         ],
         |a| serde_json::to_value(a.clone().completed().config(100)).unwrap(),
