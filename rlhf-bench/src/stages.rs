@@ -113,13 +113,32 @@ pub(crate) struct Sft {
     pub tokens: f64,
 }
 
-/// What decides an SFT model besides its size: demonstrations, epochs, batch, learning rate,
-/// seed.
+/// What decides the SFT models of every size: demonstrations, epochs (each size's own besides the
+/// default), batch, learning rate, seed. A stage built on SFT models of several sizes is keyed
+/// by it.
 pub(crate) fn sft_budget(cfg: &RunConfig, demos: usize) -> String {
     let s = &cfg.sft;
+    let by_size: String = s
+        .epochs_by_size
+        .iter()
+        .map(|(size, e)| format!("-{size}{e}"))
+        .collect();
     format!(
-        "d{demos}-e{}-b{}-lr{}-s{}",
+        "d{demos}-e{}{by_size}-b{}-lr{}-s{}",
         s.epochs, s.batch_size, s.lr, cfg.seed
+    )
+}
+
+/// What decides the SFT model of `size`: its size, demonstrations, its epochs, batch, learning
+/// rate, seed.
+fn sft_key(cfg: &RunConfig, size: &str, demos: usize) -> String {
+    let s = &cfg.sft;
+    format!(
+        "sft-{size}-d{demos}-e{}-b{}-lr{}-s{}",
+        s.epochs_of(size),
+        s.batch_size,
+        s.lr,
+        cfg.seed
     )
 }
 
@@ -132,17 +151,18 @@ pub(crate) fn sft_model(
     cache: &Path,
     device: &Device,
 ) -> Result<Sft> {
-    let key = format!("sft-{size}-{}", sft_budget(cfg, data.len()));
+    let key = sft_key(cfg, size, data.len());
     let dir = cache.join(&key);
+    let epochs = cfg.sft.epochs_of(size);
     cached_dir(&dir, |tmp| {
         let s = &cfg.sft;
         let shape = model_shape(size, tok.vocab_size())?;
         let init = try_seeded(device, cfg.seed.wrapping_add(1), || {
             CausalLm::init(&shape, device)
         })?;
-        let steps = (data.len().div_ceil(s.batch_size) * s.epochs) as u64;
+        let steps = (data.len().div_ceil(s.batch_size) * epochs) as u64;
         let sft_cfg = SftConfig {
-            epochs: s.epochs,
+            epochs,
             batch_size: s.batch_size,
             optimizer: OptimizerConfig {
                 lr: s.lr,
@@ -164,7 +184,7 @@ pub(crate) fn sft_model(
         .iter()
         .map(|(p, r)| (p.len() + r.len()) as u64)
         .sum::<u64>()
-        * cfg.sft.epochs as u64;
+        * epochs as u64;
     Ok(Sft {
         size: size.to_string(),
         flops: flops(&shape, Workload::Train { tokens }) as f64,
@@ -518,4 +538,23 @@ pub(crate) fn fit_reward_model(
         },
     };
     Ok((rm, report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_size_s_own_epochs_key_its_sft_model_and_every_stage_built_on_several_sizes() {
+        let mut cfg = RunConfig::default();
+        cfg.sft.epochs = 24;
+        let before = (sft_key(&cfg, "xs", 100), sft_budget(&cfg, 100));
+        cfg.sft.epochs_by_size.insert("l".into(), 6);
+        // the other sizes' models stay where they were cached
+        assert_eq!(sft_key(&cfg, "xs", 100), before.0);
+        assert!(sft_key(&cfg, "l", 100).starts_with("sft-l-d100-e6-"));
+        // a reward model sampled from several sizes is keyed by all their epochs
+        assert_ne!(sft_budget(&cfg, 100), before.1);
+        assert!(sft_budget(&cfg, 100).contains("-e24-l6-"));
+    }
 }
