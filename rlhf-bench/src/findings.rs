@@ -673,7 +673,7 @@ pub(crate) fn compute_slope(p: &PointRecord) -> Option<f64> {
 fn compute_finding(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
     // pretraining's analogue: the SFT models' gold per doubling of their training FLOPs, across
     // the policy sizes; RLHF's: the base PPO run's gold per doubling of its FLOPs
-    let per_seed: Vec<(u64, f64)> = seeds
+    let slopes: Vec<(u64, f64, f64)> = seeds
         .iter()
         .filter_map(|s| {
             let sizes: Vec<(f64, f64)> = s
@@ -683,23 +683,44 @@ fn compute_finding(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
                 .collect();
             let sft = per_doubling(&sizes)?.slope;
             let rl = compute_slope(s.get(Axis::LengthControl, "rm")?)?;
-            Some((s.seed, sft - rl))
+            Some((s.seed, sft, rl))
         })
         .collect();
-    out.push(conclude(
+    // the claim compares two gains: where larger SFT models did not score higher, there is no
+    // pretraining gain to compare RLHF's with, and the difference tests nothing
+    let pretraining = Interval::over_seeds(&slopes.iter().map(|x| x.1).collect::<Vec<_>>());
+    let no_pretraining_gain = pretraining
+        .as_ref()
+        .is_some_and(|i| i.lo.is_nan() || i.lo <= 0.0);
+    let per_seed = slopes
+        .iter()
+        .map(|&(seed, sft, rl)| (seed, sft - rl))
+        .collect();
+    let mut finding = conclude(
         Axis::Method,
         "RLHF scales less efficiently than pretraining",
         "gold per doubling of compute: SFT across sizes − PPO along training",
         per_seed,
         None,
         |i| {
+            let outcome = if no_pretraining_gain {
+                format!(
+                    "but SFT gold per doubling across sizes was {}, not above zero: larger models did not score higher, so there is no pretraining gain to compare with, and the claim is not tested: inconclusive",
+                    show(pretraining.as_ref())
+                )
+            } else {
+                so(i).to_string()
+            };
             format!(
-                "A doubling of SFT compute (across model sizes) bought more gold than a doubling of PPO's compute (along its run) by {}; {}.",
-                show(i),
-                so(i)
+                "A doubling of SFT compute (across model sizes) bought more gold than a doubling of PPO's compute (along its run) by {}; {outcome}.",
+                show(i)
             )
         },
-    ));
+    );
+    if no_pretraining_gain {
+        finding.verdict = Verdict::Inconclusive;
+    }
+    out.push(finding);
 }
 
 #[cfg(test)]

@@ -8,6 +8,8 @@
 //! - a clear effect against the claim is contradicted;
 //! - one seed never gives a verdict, however clear its prompts make the effect.
 //! - a length-only control counts only on seeds where it moved length the RM's way.
+//! - RLHF's compute slope is compared with pretraining's only where larger SFT models scored
+//!   higher.
 
 use std::collections::BTreeMap;
 
@@ -15,7 +17,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use rlhf_bench::findings::{Finding, findings};
-use rlhf_bench::metrics::{items, names};
+use rlhf_bench::metrics::{curve, items, names};
 use rlhf_bench::stats::Verdict;
 use rlhf_bench::{Axis, MethodKind, Point, PointRecord, RunConfig, RunResult};
 
@@ -210,4 +212,83 @@ fn a_length_control_that_moves_length_the_other_way_is_left_out() {
     let points = length_pair(0, (0.5, 12.0), (0.4, 20.0));
     let f = length_control(&points);
     assert!(f.interval.is_none() && f.verdict == Verdict::Inconclusive);
+}
+
+/// A seed's `policy_size` points (SFT FLOPs 8× apart, SFT gold `sft_step` apart) and its base PPO
+/// run (`length_control`'s `rm` point), whose gold rises `rl_step` per doubling of its FLOPs.
+fn compute_seed(seed: u64, sft_step: f64, rl_step: f64) -> Vec<PointRecord> {
+    let config = RunConfig {
+        seed,
+        ..RunConfig::default()
+    };
+    let record = |axis: Axis, label: &str, metrics: Vec<(&str, f64)>, curve| PointRecord {
+        point: Point {
+            axis,
+            label: label.into(),
+            x: 0.0,
+            config: config.clone(),
+        },
+        git_revision: "synthetic".into(),
+        result: RunResult {
+            metrics: metrics
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            items: BTreeMap::new(),
+            curve,
+            wall_seconds: 0.0,
+        },
+    };
+    let mut out: Vec<PointRecord> = ["xs", "s", "l"]
+        .iter()
+        .zip(0..)
+        .map(|(size, i)| {
+            let sft = vec![
+                (names::FLOPS_SFT, 1e9 * 8f64.powi(i)),
+                (names::GOLD_SFT, -0.5 + sft_step * f64::from(i)),
+            ];
+            record(Axis::PolicySize, size, sft, Vec::new())
+        })
+        .collect();
+    let curve = (1..=4)
+        .map(|k| {
+            BTreeMap::from([
+                (curve::FLOPS.to_string(), 1e9 * 2f64.powi(k)),
+                (curve::GOLD.to_string(), rl_step * f64::from(k)),
+            ])
+        })
+        .collect();
+    out.push(record(Axis::LengthControl, "rm", Vec::new(), curve));
+    out
+}
+
+fn compute(points: &[PointRecord]) -> Finding {
+    findings(points)
+        .into_iter()
+        .find(|f| f.claim == "RLHF scales less efficiently than pretraining")
+        .expect("the compute finding")
+}
+
+/// "RLHF scales less efficiently than pretraining" compares two slopes; where larger SFT models
+/// scored lower, a difference far below zero is no evidence against the claim.
+#[test]
+fn rlhf_is_compared_with_pretraining_only_where_pretraining_gained() {
+    // SFT gold falls 0.3 per size (0.1 per doubling), PPO's rises 0.02 per doubling
+    let inverted: Vec<PointRecord> = (0..3)
+        .flat_map(|seed| compute_seed(seed, -0.3 - 0.01 * seed as f64, 0.02))
+        .collect();
+    let f = compute(&inverted);
+    let i = f.interval.expect("an interval over three seeds");
+    assert!(i.hi < 0.0, "{i:?}");
+    assert_eq!(f.verdict, Verdict::Inconclusive, "{}", f.sentence);
+    assert!(f.sentence.contains("no pretraining gain"), "{}", f.sentence);
+    // SFT gold rising 0.6 per size (0.2 per doubling): the same comparison is a test
+    let scaling: Vec<PointRecord> = (0..3)
+        .flat_map(|seed| compute_seed(seed, 0.6 + 0.01 * seed as f64, 0.02))
+        .collect();
+    let f = compute(&scaling);
+    let i = f.interval.expect("an interval over three seeds");
+    assert!((i.mean - (0.2 + 0.01 / 3.0 - 0.02)).abs() < 1e-9, "{i:?}");
+    assert_eq!(f.verdict, Verdict::Reproduced, "{}", f.sentence);
+    assert!(f.sentence.contains("reproduced"), "{}", f.sentence);
 }
