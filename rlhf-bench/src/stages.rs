@@ -123,22 +123,22 @@ pub(crate) fn sft_budget(cfg: &RunConfig, demos: usize) -> String {
         .iter()
         .map(|(size, e)| format!("-{size}{e}"))
         .collect();
-    format!(
-        "d{demos}-e{}{by_size}-b{}-lr{}-s{}",
-        s.epochs, s.batch_size, s.lr, cfg.seed
-    )
+    budget_with_epochs(cfg, demos, &format!("{}{by_size}", s.epochs))
 }
 
 /// What decides the SFT model of `size`: its size, demonstrations, its epochs, batch, learning
 /// rate, seed.
 fn sft_key(cfg: &RunConfig, size: &str, demos: usize) -> String {
+    let epochs = cfg.sft.epochs_of(size).to_string();
+    format!("sft-{size}-{}", budget_with_epochs(cfg, demos, &epochs))
+}
+
+/// The SFT budget's text with `epochs` in place of the epochs.
+fn budget_with_epochs(cfg: &RunConfig, demos: usize, epochs: &str) -> String {
     let s = &cfg.sft;
     format!(
-        "sft-{size}-d{demos}-e{}-b{}-lr{}-s{}",
-        s.epochs_of(size),
-        s.batch_size,
-        s.lr,
-        cfg.seed
+        "d{demos}-e{epochs}-b{}-lr{}-s{}",
+        s.batch_size, s.lr, cfg.seed
     )
 }
 
