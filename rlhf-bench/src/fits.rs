@@ -109,8 +109,12 @@ pub struct GaoFit {
     pub n: usize,
     /// The KL at which the fitted gain peaks (`None` when β ≤ 0: it keeps rising).
     pub peak_kl: Option<f64>,
-    /// Whether that peak lies within the measured KL range.
+    /// Whether that peak lies within the measured KL range: between the smallest and the
+    /// largest KL > 0 of the points, not merely below the largest (the SFT policy's KL 0 is the
+    /// form's origin, not a measurement of where the gain turns).
     pub peak_inside: bool,
+    /// The smallest and the largest KL > 0 of the points.
+    pub kl_range: (f64, f64),
 }
 
 /// The fewest points at KL > 0 a [`gao_fit`] accepts: more than its two parameters, with room
@@ -161,7 +165,12 @@ pub fn gao_fit(points: &[(f64, f64)], rl: bool) -> Option<GaoFit> {
         };
         d * d
     });
-    let max_kl = rows.iter().map(|r| r.0 * r.0).fold(0.0, f64::max);
+    let kls = points
+        .iter()
+        .filter(|(kl, y)| kl.is_finite() && *kl > 0.0 && y.is_finite())
+        .map(|p| p.0);
+    let min_kl = kls.clone().fold(f64::INFINITY, f64::min);
+    let max_kl = kls.fold(0.0, f64::max);
     Some(GaoFit {
         alpha,
         beta,
@@ -172,7 +181,8 @@ pub fn gao_fit(points: &[(f64, f64)], rl: bool) -> Option<GaoFit> {
         },
         n: rows.len(),
         peak_kl,
-        peak_inside: peak_kl.is_some_and(|k| k <= max_kl),
+        peak_inside: peak_kl.is_some_and(|k| (min_kl..=max_kl).contains(&k)),
+        kl_range: (min_kl, max_kl),
     })
 }
 
@@ -240,7 +250,28 @@ mod tests {
         assert!((f.alpha - a).abs() < 1e-9 && (f.beta - b).abs() < 1e-9);
         let peak = (a / b - 1.0f64).exp().powi(2);
         assert!((f.peak_kl.unwrap() - peak).abs() < 1e-9);
-        assert_eq!(f.peak_inside, peak <= 8.0);
+        assert_eq!(f.peak_inside, (0.5..=8.0).contains(&peak));
+        assert_eq!(f.kl_range, (0.5, 8.0));
+    }
+
+    #[test]
+    fn a_peak_below_the_smallest_measured_kl_is_not_inside() {
+        // RL form peaking at KL exp(2·(α/β − 1)) = exp(-0.4) ≈ 0.67, measured from KL 1.5 on
+        let (a, b) = (0.32, 0.4);
+        let pts: Vec<(f64, f64)> = [1.5, 2.0, 3.0, 4.0, 6.0]
+            .iter()
+            .map(|&kl: &f64| (kl, kl.sqrt() * (a - b * kl.sqrt().ln())))
+            .collect();
+        let f = gao_fit(&pts, true).unwrap();
+        let peak = f.peak_kl.unwrap();
+        assert!((peak - (-0.4f64).exp()).abs() < 1e-9, "{peak}");
+        assert!(!f.peak_inside);
+        // the same form measured across its peak places it inside
+        let across: Vec<(f64, f64)> = [0.25, 0.5, 1.0, 2.0, 4.0]
+            .iter()
+            .map(|&kl: &f64| (kl, kl.sqrt() * (a - b * kl.sqrt().ln())))
+            .collect();
+        assert!(gao_fit(&across, true).unwrap().peak_inside);
     }
 
     #[test]

@@ -156,8 +156,8 @@ fn over_optimisation(md: &mut String, seeds: &[Seed<'_>], points: &[PointRecord]
                     format!("peaks at KL {k:.2}, inside the measured range")
                 }
                 Some(k) => format!(
-                    "would peak at KL {k:.2}, outside the measured range (up to {:.2}): no peak is measured",
-                    pts.iter().map(|p| p.0).fold(0.0, f64::max)
+                    "would peak at KL {k:.2}, outside the measured range (KL {:.2} to {:.2}): no peak is measured",
+                    f.kl_range.0, f.kl_range.1
                 ),
                 None => "does not peak (β ≤ 0)".into(),
             };
