@@ -109,12 +109,18 @@ pub struct GaoFit {
     pub n: usize,
     /// The KL at which the fitted gain peaks (`None` when β ≤ 0: it keeps rising).
     pub peak_kl: Option<f64>,
-    /// Whether that peak lies within the measured KL range: between the smallest and the
-    /// largest KL > 0 of the points, not merely below the largest (the SFT policy's KL 0 is the
-    /// form's origin, not a measurement of where the gain turns).
-    pub peak_inside: bool,
     /// The smallest and the largest KL > 0 of the points.
     pub kl_range: (f64, f64),
+}
+
+impl GaoFit {
+    /// Whether the peak lies within the measured KL range: between the smallest and the largest
+    /// KL > 0 of the points, not merely below the largest (the SFT policy's KL 0 is the form's
+    /// origin, not a measurement of where the gain turns).
+    pub fn peak_inside(&self) -> bool {
+        let (lo, hi) = self.kl_range;
+        self.peak_kl.is_some_and(|k| (lo..=hi).contains(&k))
+    }
 }
 
 /// The fewest points at KL > 0 a [`gao_fit`] accepts: more than its two parameters, with room
@@ -124,9 +130,13 @@ pub const GAO_MIN_POINTS: usize = 5;
 /// Least squares of a Gao form through the origin. `None` with fewer than [`GAO_MIN_POINTS`]
 /// points at KL > 0, or a singular system.
 pub fn gao_fit(points: &[(f64, f64)], rl: bool) -> Option<GaoFit> {
-    let rows: Vec<(f64, f64, f64)> = points
+    let measured: Vec<(f64, f64)> = points
         .iter()
+        .copied()
         .filter(|(kl, y)| kl.is_finite() && *kl > 0.0 && y.is_finite())
+        .collect();
+    let rows: Vec<(f64, f64, f64)> = measured
+        .iter()
         .map(|&(kl, y)| {
             let d = kl.sqrt();
             let g = if rl { d * d.ln() } else { d * d };
@@ -165,12 +175,8 @@ pub fn gao_fit(points: &[(f64, f64)], rl: bool) -> Option<GaoFit> {
         };
         d * d
     });
-    let kls = points
-        .iter()
-        .filter(|(kl, y)| kl.is_finite() && *kl > 0.0 && y.is_finite())
-        .map(|p| p.0);
-    let min_kl = kls.clone().fold(f64::INFINITY, f64::min);
-    let max_kl = kls.fold(0.0, f64::max);
+    let min_kl = measured.iter().map(|p| p.0).fold(f64::INFINITY, f64::min);
+    let max_kl = measured.iter().map(|p| p.0).fold(0.0, f64::max);
     Some(GaoFit {
         alpha,
         beta,
@@ -181,7 +187,6 @@ pub fn gao_fit(points: &[(f64, f64)], rl: bool) -> Option<GaoFit> {
         },
         n: rows.len(),
         peak_kl,
-        peak_inside: peak_kl.is_some_and(|k| (min_kl..=max_kl).contains(&k)),
         kl_range: (min_kl, max_kl),
     })
 }
@@ -228,6 +233,13 @@ mod tests {
         assert!(gao_fit(&pts, false).is_none(), "four points");
     }
 
+    /// Exact points of Gao's RL form, gain = d(α − β ln d) with d = √KL, at `kls`.
+    fn rl_points(a: f64, b: f64, kls: &[f64]) -> Vec<(f64, f64)> {
+        kls.iter()
+            .map(|&kl| (kl, kl.sqrt() * (a - b * kl.sqrt().ln())))
+            .collect()
+    }
+
     #[test]
     fn gao_fits_recover_their_coefficients_and_place_the_peak() {
         // best-of-n: gain = d(α − βd), peak at d = α/2β
@@ -238,19 +250,15 @@ mod tests {
             .collect();
         let f = gao_fit(&pts, false).unwrap();
         assert!((f.alpha - a).abs() < 1e-9 && (f.beta - b).abs() < 1e-9);
-        assert!((f.peak_kl.unwrap() - 4.0).abs() < 1e-9 && f.peak_inside);
+        assert!((f.peak_kl.unwrap() - 4.0).abs() < 1e-9 && f.peak_inside());
         assert!((f.r2 - 1.0).abs() < 1e-9);
         // RL: gain = d(α − β ln d), peak at d = exp(α/β − 1)
         let (a, b) = (0.6, 0.3);
-        let pts: Vec<(f64, f64)> = [0.5, 1.0, 2.0, 4.0, 8.0]
-            .iter()
-            .map(|&kl: &f64| (kl, kl.sqrt() * (a - b * kl.sqrt().ln())))
-            .collect();
-        let f = gao_fit(&pts, true).unwrap();
+        let f = gao_fit(&rl_points(a, b, &[0.5, 1.0, 2.0, 4.0, 8.0]), true).unwrap();
         assert!((f.alpha - a).abs() < 1e-9 && (f.beta - b).abs() < 1e-9);
         let peak = (a / b - 1.0f64).exp().powi(2);
         assert!((f.peak_kl.unwrap() - peak).abs() < 1e-9);
-        assert_eq!(f.peak_inside, (0.5..=8.0).contains(&peak));
+        assert_eq!(f.peak_inside(), (0.5..=8.0).contains(&peak));
         assert_eq!(f.kl_range, (0.5, 8.0));
     }
 
@@ -258,20 +266,13 @@ mod tests {
     fn a_peak_below_the_smallest_measured_kl_is_not_inside() {
         // RL form peaking at KL exp(2·(α/β − 1)) = exp(-0.4) ≈ 0.67, measured from KL 1.5 on
         let (a, b) = (0.32, 0.4);
-        let pts: Vec<(f64, f64)> = [1.5, 2.0, 3.0, 4.0, 6.0]
-            .iter()
-            .map(|&kl: &f64| (kl, kl.sqrt() * (a - b * kl.sqrt().ln())))
-            .collect();
-        let f = gao_fit(&pts, true).unwrap();
+        let f = gao_fit(&rl_points(a, b, &[1.5, 2.0, 3.0, 4.0, 6.0]), true).unwrap();
         let peak = f.peak_kl.unwrap();
         assert!((peak - (-0.4f64).exp()).abs() < 1e-9, "{peak}");
-        assert!(!f.peak_inside);
+        assert!(!f.peak_inside());
         // the same form measured across its peak places it inside
-        let across: Vec<(f64, f64)> = [0.25, 0.5, 1.0, 2.0, 4.0]
-            .iter()
-            .map(|&kl: &f64| (kl, kl.sqrt() * (a - b * kl.sqrt().ln())))
-            .collect();
-        assert!(gao_fit(&across, true).unwrap().peak_inside);
+        let across = rl_points(a, b, &[0.25, 0.5, 1.0, 2.0, 4.0]);
+        assert!(gao_fit(&across, true).unwrap().peak_inside());
     }
 
     #[test]
@@ -303,6 +304,6 @@ mod tests {
         let f = gao_fit(&pts, false).unwrap();
         assert!(f.beta > 0.0 && f.alpha < 0.0);
         assert_eq!(f.peak_kl, None);
-        assert!(!f.peak_inside);
+        assert!(!f.peak_inside());
     }
 }

@@ -152,7 +152,7 @@ fn over_optimisation(md: &mut String, seeds: &[Seed<'_>], points: &[PointRecord]
     match gao_fit(&pts, true) {
         Some(f) => {
             let peak = match f.peak_kl {
-                Some(k) if f.peak_inside => {
+                Some(k) if f.peak_inside() => {
                     format!("peaks at KL {k:.2}, inside the measured range")
                 }
                 Some(k) => format!(
@@ -372,7 +372,7 @@ fn best_of_n_fit(md: &mut String, rows: &[Row]) {
             f.r2,
             f.n,
             f.peak_kl.map_or("—".into(), |k| format!("{k:.2}")),
-            if f.peak_inside {
+            if f.peak_inside() {
                 "inside the measured range"
             } else {
                 "outside the measured range"
