@@ -247,10 +247,10 @@ pub fn pair_logps(
     });
     let batch = LmBatch::from_sequences(&collate(pairs, 0, t));
     let n = batch.batch;
-    let (logp, target) = target_logprobs(model, &batch, device)?;
+    let t = target_logprobs(model, &batch, SEQUENCE_TEMPERATURE, device)?;
     Ok((
-        zero_masked(logp, target.clone()).sum_dim(1).reshape([n]),
-        target.sum_dim(1).reshape([n]),
+        zero_masked(t.logp, t.mask.clone()).sum_dim(1).reshape([n]),
+        t.mask.sum_dim(1).reshape([n]),
     ))
 }
 

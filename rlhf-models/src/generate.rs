@@ -206,20 +206,23 @@ fn decode(
             .iter()
             .flat_map(|&r| mask[r].iter().copied())
             .collect();
-        let logits = if cfg.use_cache && step > 0 {
+        let hidden = if cfg.use_cache && step > 0 {
             // only the newest token of each row; the cache holds the rest
             let newest: Vec<u32> = active.iter().map(|&r| ids[r][ids[r].len() - 1]).collect();
-            model.forward(&model.input(&newest, &attention, n)?, Some(&mut cache))
+            model.hidden(&model.input(&newest, &attention, n)?, Some(&mut cache))
         } else {
             let all: Vec<u32> = active
                 .iter()
                 .flat_map(|&r| ids[r].iter().copied())
                 .collect();
             let input = model.input(&all, &attention, n)?;
-            model.forward(&input, cfg.use_cache.then_some(&mut cache))
+            model.hidden(&input, cfg.use_cache.then_some(&mut cache))
         };
-        let [_, t, vocab] = logits.dims();
-        let last = rlhf_core::host::to_f32_vec(logits.narrow(1, t - 1, 1)); // [n, vocab]
+        // the LM head only where the next token is read: the prompt's other positions need none
+        let [_, t, _] = hidden.dims();
+        let logits = model.lm_head(hidden.narrow(1, t - 1, 1));
+        let [_, _, vocab] = logits.dims();
+        let last = rlhf_core::host::to_f32_vec(logits); // [n, vocab]
         let suppress = if step < cfg.min_new_tokens {
             cfg.eos_id
         } else {

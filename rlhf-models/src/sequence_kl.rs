@@ -2,11 +2,11 @@
 
 use burn::module::Module;
 use burn::tensor::Device;
-use rlhf_core::{Result, token_logprobs, zero_masked};
+use rlhf_core::{Result, zero_masked};
 use rlhf_data::collate;
 
 use crate::lm::CausalLm;
-use crate::sft::LmBatch;
+use crate::sft::{LmBatch, target_logprobs};
 
 /// `Σ_t [log π(y_t) − log π_ref(y_t)]` of each response `y` to its prompt, both distributions at
 /// `temperature` (1 when it is 0, greedy decoding): averaged over responses sampled from `π`, the
@@ -30,18 +30,10 @@ pub fn sequence_kl(
             .map(|(p, r)| (p.as_slice(), r.as_slice()))
             .collect();
         let batch = LmBatch::from_sequences(&collate(&pairs, 0, None));
-        let (input, target) = batch.input(&policy, &device)?;
-        let l = batch.seq;
-        let logp = |m: &CausalLm| {
-            let logits = m.forward(&input, None);
-            token_logprobs(
-                logits.narrow(1, 0, l - 1),
-                input.ids().narrow(1, 1, l - 1),
-                temperature,
-            )
-        };
-        let diff = logp(&policy).sub(logp(&reference));
-        let per_row = zero_masked(diff, target.narrow(1, 1, l - 1)).sum_dim(1);
+        let policy_logp = target_logprobs(&policy, &batch, temperature, &device)?;
+        let reference_logp = target_logprobs(&reference, &batch, temperature, &device)?.logp;
+        let diff = policy_logp.logp.sub(reference_logp);
+        let per_row = zero_masked(diff, policy_logp.mask).sum_dim(1);
         out.extend(rlhf_core::host::to_f64_vec(per_row.reshape([batch.batch])));
     }
     Ok(out)

@@ -125,6 +125,15 @@ impl LmBatch {
         (!empty).then_some(Cow::Owned(part))
     }
 
+    /// The first column (≥ 1: column 0 has no predecessor) that is a target in any row, or 1
+    /// when no row has one.
+    pub fn first_target(&self) -> usize {
+        (0..self.batch)
+            .filter_map(|r| (1..self.seq).find(|&c| self.target[r * self.seq + c] == 1))
+            .min()
+            .unwrap_or(1)
+    }
+
     /// Target tokens that have a predecessor (column 0 is never predicted).
     pub fn predicted_tokens(&self) -> u64 {
         self.target
@@ -192,30 +201,50 @@ fn packed_batch(rows: &[(Vec<u32>, Vec<u8>)]) -> LmBatch {
     b
 }
 
-/// Log-probabilities of the target tokens under `model`, with the target mask, each
-/// `[batch, seq − 1]`: the logits at position `t` predict the token at `t + 1`, and only tokens
-/// marked in `batch.target` count (the mask is 0 elsewhere). SFT's loss and DPO's sequence
-/// log-probs are both read from this.
+/// The log-probabilities of a batch's target tokens (see [`target_logprobs`]).
+#[derive(Debug, Clone)]
+pub struct TargetLogprobs {
+    /// `[batch, seq − first]`: column `c` is the log-prob of token `first + c`, read at the
+    /// logits of column `first + c − 1`.
+    pub logp: Tensor<2>,
+    /// `[batch, seq − first]`: 1 where that token is a target, 0 elsewhere.
+    pub mask: Tensor<2>,
+    /// The first column with a target in any row ([`LmBatch::first_target`]).
+    pub first: usize,
+}
+
+/// Log-probabilities of the target tokens under `model`, with the target mask: the logits at
+/// position `t` predict the token at `t + 1`, and only tokens marked in `batch.target` count.
+/// The columns before the batch's first target are context only, so the LM head (for a small
+/// model the widest product, and the softmax over the vocabulary) is applied from there on. SFT's
+/// loss, DPO's sequence log-probs, the likelihood verifier (all at `temperature` 1) and the
+/// sampled KL are read from this.
 pub fn target_logprobs(
     model: &CausalLm,
     batch: &LmBatch,
+    temperature: f32,
     device: &Device,
-) -> Result<(Tensor<2>, Tensor<2>)> {
+) -> Result<TargetLogprobs> {
     let (input, target) = batch.input(model, device)?;
-    let l = batch.seq;
-    let logits = model.forward(&input, None);
+    let first = batch.first_target();
+    let width = batch.seq - first;
+    let hidden = model.hidden(&input, None).narrow(1, first - 1, width);
     let logp = token_logprobs(
-        logits.narrow(1, 0, l - 1),
-        input.ids().narrow(1, 1, l - 1),
-        1.0,
+        model.lm_head(hidden),
+        input.ids().narrow(1, first, width),
+        temperature,
     );
-    Ok((logp, target.narrow(1, 1, l - 1)))
+    Ok(TargetLogprobs {
+        logp,
+        mask: target.narrow(1, first, width),
+        first,
+    })
 }
 
 /// Mean negative log-likelihood of the target tokens (see [`target_logprobs`]). Returns `[1]`.
 pub fn sft_loss(model: &CausalLm, batch: &LmBatch, device: &Device) -> Result<Tensor<1>> {
-    let (logp, target) = target_logprobs(model, batch, device)?;
-    Ok(masked_mean(logp, target).neg())
+    let t = target_logprobs(model, batch, 1.0, device)?;
+    Ok(masked_mean(t.logp, t.mask).neg())
 }
 
 fn collate_examples(data: &[&Example], truncation: Option<(usize, usize)>) -> LmBatch {

@@ -173,8 +173,9 @@ fn response_logits(
 ) -> (Tensor<3>, Tensor<2, Int>) {
     let [_, total] = input.dims();
     let r = total - query_len;
-    let logits = policy.forward(input, None).narrow(1, query_len - 1, r);
-    (logits, input.ids().narrow(1, query_len, r))
+    // the LM head only at the columns that predict a response token, not at the query's others
+    let hidden = policy.hidden(input, None).narrow(1, query_len - 1, r);
+    (policy.lm_head(hidden), input.ids().narrow(1, query_len, r))
 }
 
 /// Log-probs `[batch, r]` of the response tokens. The temperature is reapplied (TL;DR detail

@@ -103,12 +103,13 @@ impl StepModel for LikelihoodVerifier {
                  probability is read at the token before it)"
             )));
         }
-        let (logp, response) = target_logprobs(&self.lm, &LmBatch::from_sequences(batch), device)?;
-        // column t + 1 of the batch is the token that logit column t predicts
+        let t = target_logprobs(&self.lm, &LmBatch::from_sequences(batch), 1.0, device)?;
+        // column `first + c` of the batch is the token of log-prob column `c`; the columns
+        // before `first` hold no response token
         let own = Tensor::cat(
             vec![
-                Tensor::zeros([batch.batch, 1], device),
-                zero_masked(logp, response),
+                Tensor::zeros([batch.batch, t.first], device),
+                zero_masked(t.logp, t.mask),
             ],
             1,
         );

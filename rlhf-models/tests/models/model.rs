@@ -417,6 +417,51 @@ proptest! {
         prop_assert!(diff <= 1e-4 * scale, "gradients differ by {} (largest {})", diff, scale);
     }
 
+    /// The target log-probs, with the LM head applied only from the batch's first target column
+    /// on, equal those read from a full forward pass's logits at every target token, for rows
+    /// whose prompts and responses differ in length (right-padded, as collated), at any
+    /// temperature; the mask marks exactly the targets.
+    #[test]
+    fn target_logprobs_equal_a_full_forward_passes(
+        arch in 0usize..ARCHS.len(),
+        rows in proptest::collection::vec((1usize..6, 1usize..5), 1..4),
+        temperature in prop_oneof![Just(1.0f32), 0.5f32..2.0],
+    ) {
+        let d = device();
+        let m = tiny(&d, ARCHS[arch]);
+        let seq = rows.iter().map(|(p, r)| p + r).max().unwrap();
+        let (mut ids, mut attention, mut target) = (Vec::new(), Vec::new(), Vec::new());
+        for (row, &(p, r)) in rows.iter().enumerate() {
+            ids.extend((0..seq).map(|c| if c < p + r { ((row * 7 + c * 3) % 64) as u32 } else { 0 }));
+            attention.extend((0..seq).map(|c| u8::from(c < p + r)));
+            target.extend((0..seq).map(|c| u8::from(c >= p && c < p + r)));
+        }
+        let batch = rlhf_models::LmBatch { batch: rows.len(), seq, ids, attention, target: target.clone() };
+        let got = rlhf_models::target_logprobs(&m, &batch, temperature, &d).unwrap();
+        let first = rows.iter().map(|r| r.0).min().unwrap();
+        prop_assert_eq!(got.first, first);
+        let (input, _) = batch.input(&m, &d).unwrap();
+        let full = to_f32_vec(rlhf_core::token_logprobs(
+            m.forward(&input, None).narrow(1, 0, seq - 1),
+            input.ids().narrow(1, 1, seq - 1),
+            temperature,
+        ));
+        let (logp, kept) = (to_f32_vec(got.logp), to_f32_vec(got.mask));
+        let width = seq - first;
+        prop_assert_eq!(logp.len(), rows.len() * width);
+        for row in 0..rows.len() {
+            for c in 0..width {
+                let col = first + c;
+                prop_assert_eq!(kept[row * width + c], f32::from(target[row * seq + col]));
+                if target[row * seq + col] == 1 {
+                    let want = full[row * (seq - 1) + col - 1];
+                    let have = logp[row * width + c];
+                    prop_assert!((want - have).abs() <= 1e-5 * want.abs().max(1.0), "row {} column {}: {} against {}", row, col, have, want);
+                }
+            }
+        }
+    }
+
     /// A scalar model's score sits on the last real token whatever the padding: the score of a
     /// sequence alone equals its score with pads (any ids) on either side.
     #[test]
