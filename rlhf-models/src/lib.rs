@@ -37,6 +37,7 @@
 pub mod attention;
 pub mod cache;
 pub mod config;
+pub mod gelu;
 pub mod generate;
 pub mod gpt2;
 pub mod hf;

@@ -14,7 +14,7 @@ use burn::nn::{
     Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear,
     LinearConfig,
 };
-use burn::tensor::{Device, Int, Tensor, activation};
+use burn::tensor::{Device, Int, Tensor};
 
 use crate::attention::{Context, Rotary, attend};
 use crate::cache::{KvCache, LayerCache};
@@ -92,7 +92,7 @@ impl NeoxLayer {
                 .dense_h_to_4h
                 .forward(self.post_attention_layernorm.forward(input));
             self.dropout
-                .forward(self.mlp.dense_4h_to_h.forward(activation::gelu(hidden)))
+                .forward(self.mlp.dense_4h_to_h.forward(crate::gelu::gelu(hidden)))
         };
         if self.parallel {
             let mlp = mlp(x.clone());
