@@ -181,3 +181,30 @@ fn on_flex_the_pass_matches_burns_gelu_and_its_gradient() {
         assert!((a - want).abs() <= 1e-6 * want.abs().max(1.0));
     }
 }
+
+/// With gradient checkpointing the pass's input may be recomputed rather than kept (here it is
+/// the output of a memory-bound `exp`): the gradient is the same either way.
+#[test]
+fn gradient_checkpointing_gives_the_same_gradient() {
+    let run = |device: Device| {
+        let x =
+            Tensor::<2>::from_data(TensorData::new(values(6 * 7), [6, 7]), &device).require_grad();
+        let y = gelu::gelu(x.clone().mul_scalar(0.5).exp())
+            .mul_scalar(2.0)
+            .sum();
+        let grads = y.backward();
+        to_f32_vec(x.grad(&grads).expect("x is tracked"))
+    };
+    let plain = run(Device::flex().autodiff());
+    let checkpointing = run(Device::flex().autodiff().gradient_checkpointing());
+    assert_eq!(plain, checkpointing);
+    // and it is the chain rule's: 2·gelu'(e^{x/2})·e^{x/2}/2
+    for (g, x) in plain.iter().zip(values(6 * 7)) {
+        let h = (f64::from(x) / 2.0).exp();
+        let want = 2.0 * gelu_grad_ref(h) * h / 2.0;
+        assert!(
+            (f64::from(*g) - want).abs() <= 1e-5 * want.abs().max(1.0),
+            "{g} against {want}"
+        );
+    }
+}
