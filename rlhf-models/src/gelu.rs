@@ -15,11 +15,12 @@
 use burn::tensor::Tensor;
 use burn::tensor::activation;
 
-/// The GELU of `x`: the vectorised pass on burn-flex for f32 tensors (with or without autodiff),
-/// burn's `gelu` otherwise.
+/// The GELU of `x`: the vectorised pass on burn-flex for f32 tensors (with or without autodiff;
+/// the extension falls back to burn-flex's own GELU for other dtypes), burn's `gelu` on other
+/// backends.
 pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     #[cfg(feature = "flex")]
-    if rlhf_core::device::is_flex(&x.device()) && x.dtype() == burn::tensor::DType::F32 {
+    if rlhf_core::device::is_flex(&x.device()) {
         return flex::gelu(x);
     }
     activation::gelu(x)
