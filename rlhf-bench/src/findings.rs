@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use crate::axis::Axis;
 use crate::fits::{interpolate, per_doubling};
 use crate::metrics::{curve, items, names};
-use crate::stats::{Interval, Verdict, mean};
+use crate::stats::{Interval, Verdict, mean, mean_se};
 use crate::study::PointRecord;
 
 /// A claim and what this sweep says about it.
@@ -183,27 +183,42 @@ pub(crate) fn mean_gap(a: &[(f64, f64)], b: &[(f64, f64)], at: &[f64]) -> Option
     Some(sum / at.len() as f64)
 }
 
-/// The finding from per-seed effects (and, with one seed, that seed's per-prompt effects).
+/// The finding from per-seed effects. `items` holds, for the seeds where the effect is a mean
+/// over prompts, its per-prompt values: their standard error floors the interval over seeds
+/// (see [`crate::stats`]), and with one seed the interval is over them.
 pub(crate) fn conclude(
     axis: Axis,
     claim: &str,
     effect: &str,
     per_seed: Vec<(u64, f64)>,
-    one_seed_items: Option<Vec<f64>>,
+    items: Vec<(u64, Vec<f64>)>,
     sentence: impl Fn(Option<&Interval>) -> String,
 ) -> Finding {
     let per_seed: Vec<(u64, f64)> = per_seed.into_iter().filter(|x| x.1.is_finite()).collect();
+    let items_of = |seed: u64| items.iter().find(|x| x.0 == seed).map(|x| x.1.as_slice());
+    let draws: Vec<f64> = per_seed.iter().map(|x| x.1).collect();
+    // each seed's prompt-sampling variance, when every seed has its prompts' values
+    let within: Option<Vec<f64>> = per_seed
+        .iter()
+        .map(|(seed, _)| {
+            let v = items_of(*seed).filter(|v| v.len() >= 2)?;
+            Some(mean_se(v).1.powi(2))
+        })
+        .collect();
     let interval = match per_seed.as_slice() {
         [] => None,
-        [(_, only)] => one_seed_items
-            .and_then(|v| Interval::over_items(&v))
+        [(seed, only)] => items_of(*seed)
+            .and_then(Interval::over_items)
             .or(Some(Interval {
                 mean: *only,
                 lo: f64::NAN,
                 hi: f64::NAN,
                 seeds: 1,
             })),
-        _ => Interval::over_seeds(&per_seed.iter().map(|x| x.1).collect::<Vec<_>>()),
+        _ => match within {
+            Some(within) => Interval::over_seeds_floored(&draws, &within),
+            None => Interval::over_seeds(&draws),
+        },
     };
     let verdict = if per_seed.is_empty() {
         Verdict::NotRun
@@ -277,7 +292,7 @@ fn rm_findings(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
         "more comparison data makes the RM more accurate",
         "held-out gold-order accuracy per doubling of the pairs",
         per_seed,
-        None,
+        Vec::new(),
         |i| {
             format!(
                 "The RM's held-out gold-order accuracy changed by {} per doubling of its comparison pairs; {}.",
@@ -302,7 +317,7 @@ fn rm_findings(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
         "at a fixed pair budget, more prompts beat more responses per prompt",
         "gold-order accuracy, 1 pair per prompt − 4 pairs per prompt",
         per_seed,
-        None,
+        Vec::new(),
         |i| {
             format!(
                 "With the same number of pairs, one pair on each of four times as many prompts changed the RM's gold-order accuracy by {} against four pairs per prompt; {}.",
@@ -358,7 +373,7 @@ fn size_findings(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
         } else {
             "gold gain at matched KL, smallest − largest"
         };
-        out.push(conclude(axis, claim, effect, per_seed, None, |i| {
+        out.push(conclude(axis, claim, effect, per_seed, Vec::new(), |i| {
             format!(
                 "At matched KL the {} {} changed the gold gain by {} (raw end points, which differ in KL: {raw_mean:+.3}, largest − smallest); {}.",
                 if larger_better { "largest" } else { "smallest" },
@@ -376,7 +391,7 @@ fn size_findings(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
 
 fn samples_findings(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
     let gold = |p: &PointRecord| metric(p, names::GOLD);
-    let mut one = None;
+    let mut prompts = Vec::new();
     let rise: Vec<(u64, f64)> = seeds
         .iter()
         .filter_map(|s| {
@@ -385,7 +400,10 @@ fn samples_findings(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
                 return None;
             }
             let (first, last) = (pts[0], pts[pts.len() - 1]);
-            one = Some(paired(item(last, items::GOLD), item(first, items::GOLD)));
+            prompts.push((
+                s.seed,
+                paired(item(last, items::GOLD), item(first, items::GOLD)),
+            ));
             Some((s.seed, gold(last) - gold(first)))
         })
         .collect();
@@ -394,7 +412,7 @@ fn samples_findings(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
         "more samples per prompt raise the gold score",
         "gold, most samples per prompt − one",
         rise,
-        one,
+        prompts,
         |i| {
             format!(
                 "At equal episodes per iteration, the most samples per prompt changed the gold score by {} against one; {}.",
@@ -419,7 +437,7 @@ fn samples_findings(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
         "the gain from more samples per prompt plateaus quickly",
         "first doubling's gold change − last doubling's",
         plateau,
-        None,
+        Vec::new(),
         |i| {
             format!(
                 "The first doubling of samples per prompt moved gold by more than the last by {}; {}.",
@@ -486,7 +504,7 @@ fn method_findings(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
             &format!("(comparison) {m} reaches a higher gold score than PPO at matched KL"),
             &format!("gold at matched KL on the β-sweep frontiers, {m} − ppo"),
             per_seed,
-            None,
+            Vec::new(),
             |i| {
                 format!(
                     "Along the β sweeps' frontiers, {m} differed from PPO by {} in gold at matched KL; {}.",
@@ -538,7 +556,7 @@ fn kl_findings(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
         "over-optimisation, part 1: without a KL penalty the proxy reward keeps rising",
         "RM score, β = 0 − the base β",
         proxy,
-        None,
+        Vec::new(),
         |i| {
             format!(
                 "Dropping the KL penalty (β = 0, the largest KL) changed the RM's score by {} against the base β; {}.",
@@ -562,7 +580,7 @@ fn kl_findings(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
         "over-optimisation, part 2: past a KL budget the gold score falls",
         "gold, the base β − β = 0",
         gold,
-        None,
+        Vec::new(),
         |i| {
             format!(
                 "The base β's gold score exceeded β = 0's by {}; {}.",
@@ -574,7 +592,7 @@ fn kl_findings(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
 }
 
 fn best_of_n_finding(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
-    let mut one = None;
+    let mut prompts = Vec::new();
     let per_seed: Vec<(u64, f64)> = seeds
         .iter()
         .filter_map(|s| {
@@ -583,7 +601,10 @@ fn best_of_n_finding(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
                 return None;
             }
             let (first, last) = (pts[0], pts[pts.len() - 1]);
-            one = Some(paired(item(last, items::GOLD), item(first, items::GOLD)));
+            prompts.push((
+                s.seed,
+                paired(item(last, items::GOLD), item(first, items::GOLD)),
+            ));
             Some((
                 s.seed,
                 metric(last, names::GOLD) - metric(first, names::GOLD),
@@ -595,7 +616,7 @@ fn best_of_n_finding(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
         "best-of-n reranking by the RM raises the gold score",
         "gold, largest n − n = 1",
         per_seed,
-        one,
+        prompts,
         |i| {
             format!(
                 "Reranking the SFT policy's samples by the RM changed the gold score by {} from n = 1 to the largest n; {}.",
@@ -609,7 +630,7 @@ fn best_of_n_finding(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
 fn length_finding(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
     let (mut rm_gains, mut len_gains) = (Vec::new(), Vec::new());
     let mut directions = (0usize, 0usize);
-    let mut one = None;
+    let mut prompts = Vec::new();
     // a seed counts only when the control moved length the way the RM moved it: otherwise its
     // gain is not "the RM's length part" and says nothing about the claim
     let per_seed: Vec<(u64, f64)> = seeds
@@ -628,7 +649,10 @@ fn length_finding(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
             directions.0 += 1;
             rm_gains.push(g_rm);
             len_gains.push(g_len);
-            one = Some(paired(item(len, items::GOLD), item(len, items::SFT_GOLD)));
+            prompts.push((
+                s.seed,
+                paired(item(len, items::GOLD), item(len, items::SFT_GOLD)),
+            ));
             Some((s.seed, g_len))
         })
         .collect();
@@ -640,7 +664,7 @@ fn length_finding(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
         "part of RLHF's gain is length alone (A Long Way to Go)",
         "gold gain of PPO against the RM's length-only part, on seeds where it moved length the RM's way",
         per_seed,
-        one,
+        prompts,
         |i| {
             format!(
                 "The length-only control moved response length the RM's way on {} of {} seeds; on those, PPO against it changed gold by {} over SFT, {} of the RM's own gain; {}.",
@@ -701,7 +725,7 @@ fn compute_finding(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
         "RLHF scales less efficiently than pretraining",
         "gold per doubling of compute: SFT across sizes − PPO along training",
         per_seed,
-        None,
+        Vec::new(),
         |i| {
             let outcome = if no_pretraining_gain {
                 format!(

@@ -312,7 +312,7 @@ fn preamble(md: &mut String, points: &[PointRecord], title: &str) {
     let _ = writeln!(md, "# {title}\n");
     let _ = writeln!(
         md,
-        "{} points, seeds {:?}, code revision {}. Device `{}`. Every number below is computed from `points/*.json` (also in `summary.csv`); `[a, b]` is a 95% interval over seeds (Student's t; each seed draws its own prompts and trains its own models), shown with two or more seeds.\n",
+        "{} points, seeds {:?}, code revision {}. Device `{}`. Every number below is computed from `points/*.json` (also in `summary.csv`); `[a, b]` is a 95% interval over seeds (Student's t; each seed draws its own prompts and trains its own models; where an effect is a mean over prompts, the seeds' spread is floored by the prompts' own sampling variance), shown with two or more seeds.\n",
         points.len(),
         seed_list,
         revisions.into_iter().collect::<Vec<_>>().join(", "),

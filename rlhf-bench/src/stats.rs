@@ -7,6 +7,13 @@
 //! of prompts. The 95% interval of the effect is Student's t over those draws:
 //! `mean ± t(0.975, S − 1) · sd / √S` for `S` seeds.
 //!
+//! Where a draw is a mean over prompts, its prompt-sampling variance is known (its standard
+//! error squared, `se²ₛ`), and a draw's variance is at least that. Three draws can agree by
+//! chance far more closely than their prompts allow — an effect counted on a few hundred prompts
+//! takes few values, and three seeds that each differ by the same two prompts give `sd = 0` —
+//! so the `sd²` above is floored by the mean `se²ₛ`: the interval is never narrower than the
+//! prompts alone make it.
+//!
 //! A finding is **reproduced** only when its interval lies above zero (the finding's direction),
 //! **contradicted** when it lies below, and **inconclusive** otherwise. With one seed the
 //! interval is over the prompts alone (t over the per-prompt values, when the effect has them):
@@ -45,6 +52,26 @@ impl Interval {
     /// finite draws.
     pub fn over_seeds(draws: &[f64]) -> Option<Interval> {
         Self::t_interval(draws, draws.len())
+    }
+
+    /// Student's t interval of the mean of `draws`, one per seed, each the mean over a seed's
+    /// prompts with the squared standard error `within[s]`: the draws' variance is floored by
+    /// the mean of `within` (see the module documentation). `None` with fewer than two finite
+    /// draws, or when `within` does not hold one finite value per draw.
+    pub fn over_seeds_floored(draws: &[f64], within: &[f64]) -> Option<Interval> {
+        if within.len() != draws.len() || within.iter().any(|w| !(w.is_finite() && *w >= 0.0)) {
+            return None;
+        }
+        let plain = Self::over_seeds(draws)?;
+        let s = draws.len() as f64;
+        let between = draws.iter().map(|x| (x - plain.mean).powi(2)).sum::<f64>() / (s - 1.0);
+        let floor = within.iter().sum::<f64>() / s;
+        let half = t_quantile(s - 1.0) * (between.max(floor) / s).sqrt();
+        Some(Interval {
+            lo: plain.mean - half,
+            hi: plain.mean + half,
+            ..plain
+        })
     }
 
     /// One seed's interval over its per-prompt values (prompt sampling only; see the module
@@ -155,5 +182,38 @@ mod tests {
         let neg = Interval::over_seeds(&[-1.0, -1.2, -0.9]).unwrap();
         assert_eq!(Verdict::of(Some(&neg)), Verdict::Contradicted);
         assert_eq!(Verdict::of(None), Verdict::NotRun);
+    }
+
+    #[test]
+    fn the_prompts_floor_an_interval_over_seeds() {
+        // three equal draws: no spread over seeds, but each has its prompts' se² = 0.04
+        let i = Interval::over_seeds_floored(&[0.25; 3], &[0.04; 3]).unwrap();
+        assert_eq!(i.mean, 0.25);
+        // floor sd 0.2, se 0.2/√3, t(2) = 4.303
+        assert!(
+            (i.hi - 0.25 - 4.302_652_7 * 0.2 / 3f64.sqrt()).abs() < 1e-6,
+            "{i:?}"
+        );
+        assert_eq!(Verdict::of(Some(&i)), Verdict::Inconclusive);
+        // the plain interval has no width
+        let plain = Interval::over_seeds(&[0.25; 3]).unwrap();
+        assert_eq!((plain.lo, plain.hi), (0.25, 0.25));
+        // a spread over seeds above the floor is kept as it is
+        let wide = Interval::over_seeds(&[1.0, 2.0, 3.0]).unwrap();
+        assert_eq!(
+            Interval::over_seeds_floored(&[1.0, 2.0, 3.0], &[0.01, 0.02, 0.03]),
+            Some(wide)
+        );
+        // one se² per draw, each finite and not negative
+        assert_eq!(Interval::over_seeds_floored(&[1.0, 2.0], &[0.1]), None);
+        assert_eq!(
+            Interval::over_seeds_floored(&[1.0, 2.0], &[0.1, f64::NAN]),
+            None
+        );
+        assert_eq!(
+            Interval::over_seeds_floored(&[1.0, 2.0], &[0.1, -0.1]),
+            None
+        );
+        assert_eq!(Interval::over_seeds_floored(&[1.0], &[0.1]), None);
     }
 }

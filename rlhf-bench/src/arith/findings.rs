@@ -65,7 +65,7 @@ pub(crate) fn findings(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
 }
 
 fn process_in_domain(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
-    let mut one = None;
+    let mut prompts = Vec::new();
     let mut levels = (Vec::new(), Vec::new());
     let per_seed: Vec<(u64, f64)> = seeds
         .iter()
@@ -76,7 +76,7 @@ fn process_in_domain(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
             }
             levels.0.push(mean(m.iter().map(|x| metric(x.0, am::PICK))));
             levels.1.push(mean(m.iter().map(|x| metric(x.1, am::PICK))));
-            one = Some(mean_paired(&m, am::PICK));
+            prompts.push((s.seed, mean_paired(&m, am::PICK)));
             Some((s.seed, mean_gap(&m, am::PICK)))
         })
         .collect();
@@ -86,7 +86,7 @@ fn process_in_domain(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
         "process supervision beats outcome supervision in-domain",
         "best-of-n pick accuracy in-domain, process − outcome, mean over volumes",
         per_seed,
-        one,
+        prompts,
         |i| {
             format!(
                 "Averaged over the data volumes, the process verifier's best-of-n pick was right on {p:.3} of the in-domain prompts and the outcome verifier's on {o:.3}: a difference of {}; {}.",
@@ -126,7 +126,7 @@ fn process_scaling(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
         "process supervision scales better than outcome supervision in-domain",
         "in-domain pick accuracy per doubling of the labelled solutions, process − outcome",
         per_seed,
-        None,
+        Vec::new(),
         |i| {
             format!(
                 "Per doubling of the labelled solutions, the in-domain pick accuracy changed by {p:+.3} with process labels and by {o:+.3} with outcome labels: a difference of {}; {}.",
@@ -138,7 +138,7 @@ fn process_scaling(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
 }
 
 fn process_out_of_distribution(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
-    let mut one = None;
+    let mut prompts = Vec::new();
     let mut gaps = (Vec::new(), Vec::new());
     let per_seed: Vec<(u64, f64)> = seeds
         .iter()
@@ -152,9 +152,9 @@ fn process_out_of_distribution(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
             gaps.1.push(outside);
             // in-domain and OOD prompts are independent draws of one count: the difference of
             // their per-prompt gaps, index by index, has the variance of the difference of means
-            one = Some(paired(
-                &mean_paired(&m, am::PICK),
-                &mean_paired(&m, am::PICK_OOD),
+            prompts.push((
+                s.seed,
+                paired(&mean_paired(&m, am::PICK), &mean_paired(&m, am::PICK_OOD)),
             ));
             Some((s.seed, inside - outside))
         })
@@ -165,7 +165,7 @@ fn process_out_of_distribution(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
         "process supervision's edge over outcome supervision shrinks out of distribution (longer chains): it generalises less well",
         "pick accuracy, process − outcome: in-domain − out of distribution, mean over volumes",
         per_seed,
-        one,
+        prompts,
         |i| {
             format!(
                 "The process verifier's pick accuracy minus the outcome verifier's was {inside:+.3} in-domain and {outside:+.3} on longer chains, so process supervision's edge shrank out of distribution by {}; {}.",
@@ -224,7 +224,7 @@ fn one_against(
     (pick_name, how): (&str, &str),
     baseline: Baseline,
 ) -> Finding {
-    let mut one = None;
+    let mut prompts = Vec::new();
     let mut levels = (Vec::new(), Vec::new());
     let per_seed: Vec<(u64, f64)> = seeds
         .iter()
@@ -236,9 +236,9 @@ fn one_against(
             }
             levels.0.push(pick);
             levels.1.push(base);
-            one = Some(paired(
-                item(largest, pick_name),
-                item(largest, baseline.metric),
+            prompts.push((
+                s.seed,
+                paired(item(largest, pick_name), item(largest, baseline.metric)),
             ));
             Some((s.seed, pick - base))
         })
@@ -255,7 +255,7 @@ fn one_against(
             baseline.effect
         ),
         per_seed,
-        one,
+        prompts,
         |i| {
             if levels.0.is_empty() {
                 return format!(
@@ -275,7 +275,7 @@ fn one_against(
 
 fn rl(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
     for kind in KINDS {
-        let mut one = None;
+        let mut prompts = Vec::new();
         let mut levels = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let per_seed: Vec<(u64, f64)> = seeds
             .iter()
@@ -286,7 +286,10 @@ fn rl(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
                 levels.1.push(after);
                 levels.2.push(metric(p, am::PASS1_BEFORE_OOD));
                 levels.3.push(metric(p, am::PASS1_AFTER_OOD));
-                one = Some(paired(item(p, am::PASS1_AFTER), item(p, am::PASS1_BEFORE)));
+                prompts.push((
+                    s.seed,
+                    paired(item(p, am::PASS1_AFTER), item(p, am::PASS1_BEFORE)),
+                ));
                 Some((s.seed, after - before))
             })
             .collect();
@@ -297,7 +300,7 @@ fn rl(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
             &format!("RL against the {kind} verifier raises pass@1"),
             "in-domain pass@1 (gold final answer), after RL − the SFT policy's",
             per_seed,
-            one,
+            prompts,
             |i| {
                 format!(
                     "RL against the {kind} verifier moved in-domain pass@1 from {before:.3} to {after:.3}, a change of {}, and pass@1 on longer chains from {ood_before:.3} to {ood_after:.3}; {}.",

@@ -7,6 +7,8 @@
 //! - an effect well inside the noise is inconclusive (in at least 90% of 200 studies);
 //! - a clear effect against the claim is contradicted;
 //! - one seed never gives a verdict, however clear its prompts make the effect.
+//! - seeds that agree more closely than their prompts allow do not narrow the interval below
+//!   the prompts' own sampling noise.
 //! - a length-only control counts only on seeds where it moved length the RM's way.
 //! - RLHF's compute slope is compared with pretraining's only where larger SFT models scored
 //!   higher.
@@ -135,6 +137,34 @@ fn one_seed_gives_an_interval_over_prompts_and_no_verdict() {
     assert!(i.lo > 0.5, "{i:?}");
     assert_eq!(f.verdict, Verdict::Inconclusive);
     assert!(f.sentence.contains("one seed"), "{}", f.sentence);
+}
+
+/// Three seeds on which best-of-16 answers exactly two more of 256 prompts right than best-of-1:
+/// the draws agree to the last digit (a spread over seeds of zero), yet two prompts in 256 is
+/// well inside what sampling other prompts would change. The interval keeps the prompts' noise
+/// and the verdict is inconclusive; with eight more right on each seed it is reproduced.
+#[test]
+fn seeds_that_agree_by_chance_keep_the_prompts_noise() {
+    let right = |flips: usize| {
+        let mut points = Vec::new();
+        for seed in 0..3 {
+            // every second prompt right, then `flips` of the wrong ones turned right
+            let one: Vec<f64> = (0..256).map(|i| f64::from(i % 2 == 0)).collect();
+            let mut best = one.clone();
+            for b in best.iter_mut().skip(1).step_by(2).take(flips) {
+                *b = 1.0;
+            }
+            points.push(point(1, seed, one));
+            points.push(point(16, seed, best));
+        }
+        best_of_n(&points)
+    };
+    let f = right(2);
+    let i = f.interval.expect("three seeds give an interval");
+    assert_eq!(i.mean, 2.0 / 256.0);
+    assert!(i.lo < 0.0 && i.hi > 2.0 * i.mean, "{i:?}");
+    assert_eq!(f.verdict, Verdict::Inconclusive, "{}", f.sentence);
+    assert_eq!(right(8).verdict, Verdict::Reproduced);
 }
 
 /// A `length_control` pair of one seed: the RM's PPO point and the length-only point, with
