@@ -5,11 +5,12 @@
 use burn::module::Module;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, Device, Int, Tensor};
+use burn::tensor::{Bool, DType, Device, Int, Tensor};
 
 use crate::cache::LayerCache;
 use crate::config::{RopeScaling, TransformerConfig};
 use crate::precision::like;
+use crate::softmax::masked_softmax;
 
 /// `cos` and `sin`, each `[batch, 1, positions, rotary_dims]`.
 pub(crate) type Tables = (Tensor<4>, Tensor<4>);
@@ -332,7 +333,17 @@ pub(crate) fn repeat_kv(x: Tensor<4>, rep: usize) -> Tensor<4> {
 
 /// `softmax(q·kᵀ/√d + mask)·v` with the mask of `ctx`, `[b, h, new, hd]`.
 pub(crate) fn attend(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, ctx: &Context) -> Tensor<4> {
-    let mask = backend_mask(ctx.mask.clone(), &q.device());
+    let device = q.device();
+    // burn-flex with autodiff computes attention from burn's ops, one pass over the scores at a
+    // time (see `crate::softmax`); without autodiff its fused attention calls libm's `expf` per
+    // score. In f32 the pass is faster on both; other dtypes keep burn's attention.
+    if q.dtype() == DType::F32 && rlhf_core::device::is_flex(&device) {
+        let [.., hd] = q.dims();
+        let scale = (1.0 / (hd as f64).sqrt()) as f32;
+        let scores = q.matmul(k.swap_dims(2, 3));
+        return masked_softmax(scores, ctx.mask.clone(), scale).matmul(v);
+    }
+    let mask = backend_mask(ctx.mask.clone(), &device);
     attention(q, k, v, Some(mask), None, AttentionModuleOptions::default())
 }
 

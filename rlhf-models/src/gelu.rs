@@ -6,11 +6,10 @@
 //! neither inlined nor vectorised: on the study's small models the activation took a fifth to
 //! a quarter of a pipeline's time (`docs/perf-report.md`). Here `erf` is Abramowitz and Stegun's
 //! formula 7.1.26 (`1 − t·P(t)·e^{−x²}`, `t = 1/(1 + p·x)`) at `|x| ≥ 0.6` and its Maclaurin
-//! series below, where the formula cancels in f32; `exp` is a range reduction to `2ⁿ·e^r` and a
-//! Taylor polynomial. In f32 `erf` stays within 3e-7 of the exact value (a property test holds
+//! series below, where the formula cancels in f32; `exp` is [`crate::vector::exp`]. In f32 `erf` stays within 3e-7 of the exact value (a property test holds
 //! it to an f64 reference), a few units in the last place near ±1, where libm's is within one.
 //! The loops are compiled for AVX-512 and for AVX2 with FMA as well, and the CPU's best is
-//! chosen when the pass runs.
+//! chosen when the pass runs ([`crate::vector`]).
 
 use burn::tensor::Tensor;
 use burn::tensor::activation;
@@ -35,7 +34,7 @@ pub fn erf(x: f32) -> f32 {
     let p = t
         * (0.254_829_6
             + t * (-0.284_496_74 + t * (1.421_413_8 + t * (-1.453_152 + t * 1.061_405_4))));
-    let far = 1.0 - p * exp(-a * a);
+    let far = 1.0 - p * crate::vector::exp(-a * a);
     // 2/√π · (a − a³/3 + a⁵/10 − a⁷/42 + a⁹/216 − a¹¹/1320)
     let z = a * a;
     let series =
@@ -43,32 +42,6 @@ pub fn erf(x: f32) -> f32 {
     let near = std::f32::consts::FRAC_2_SQRT_PI * a * series;
     let y = if a < 0.6 { near } else { far };
     y.copysign(x)
-}
-
-/// `eˣ` in f32 without a libm call: `x = n·ln 2 + r` with `|r| ≤ ln 2 / 2`, `e^r` by its Taylor
-/// polynomial to degree 7 (relative error below 2e-7), `2ⁿ` built in the exponent bits. Below
-/// −87 it is 0 (where `eˣ` < 1.7e-38 leaves the normal numbers); above 88 it stays at `e⁸⁸`.
-#[inline(always)]
-pub fn exp(x: f32) -> f32 {
-    let c = x.clamp(-87.0, 88.0);
-    // round to nearest through the 2²³ + 2²² shift, which vectorises where `round` does not
-    let n = (c * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
-    // ln 2 in two parts, so that `n·ln 2` is subtracted without rounding (Cody and Waite)
-    let r = (c - n * 0.693_145_75) - n * 1.428_606_8e-6;
-    let mut e = 1.0 / 5040.0;
-    for k in [
-        1.0 / 720.0,
-        1.0 / 120.0,
-        1.0 / 24.0,
-        1.0 / 6.0,
-        0.5,
-        1.0,
-        1.0,
-    ] {
-        e = e * r + k;
-    }
-    let e = e * f32::from_bits(((n as i32).wrapping_add(127) as u32) << 23);
-    if x < -87.0 { 0.0 } else { e }
 }
 
 /// `gelu(x) = ½x(1 + erf(x/√2))`.
@@ -82,11 +55,13 @@ pub fn gelu_scalar(x: f32) -> f32 {
 pub fn gelu_grad_scalar(x: f32) -> f32 {
     const INV_SQRT_2PI: f32 = 0.398_942_3;
     let cdf = 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
-    cdf + x * INV_SQRT_2PI * exp(-0.5 * x * x)
+    cdf + x * INV_SQRT_2PI * crate::vector::exp(-0.5 * x * x)
 }
 
 /// The loops over slices, compiled for the CPU's widest vectors.
 mod loops {
+    use crate::vector::widest;
+
     #[inline(always)]
     fn gelu_loop(x: &mut [f32]) {
         for v in x {
@@ -99,37 +74,6 @@ mod loops {
         for (g, &v) in grad.iter_mut().zip(x) {
             *g *= super::gelu_grad_scalar(v);
         }
-    }
-
-    /// Defines `$name`, which runs `$body` compiled for AVX-512 or AVX2 + FMA when the CPU has
-    /// them, and for the baseline otherwise.
-    macro_rules! widest {
-        ($name:ident, ($($arg:ident: $ty:ty),*), $body:ident) => {
-            pub fn $name($($arg: $ty),*) {
-                #[cfg(target_arch = "x86_64")]
-                {
-                    #[target_feature(enable = "avx512f")]
-                    fn avx512($($arg: $ty),*) {
-                        $body($($arg),*)
-                    }
-                    #[target_feature(enable = "avx2,fma")]
-                    fn avx2($($arg: $ty),*) {
-                        $body($($arg),*)
-                    }
-                    if std::arch::is_x86_feature_detected!("avx512f") {
-                        // SAFETY: the CPU has just been seen to support AVX-512F.
-                        return unsafe { avx512($($arg),*) };
-                    }
-                    if std::arch::is_x86_feature_detected!("avx2")
-                        && std::arch::is_x86_feature_detected!("fma")
-                    {
-                        // SAFETY: the CPU has just been seen to support AVX2 and FMA.
-                        return unsafe { avx2($($arg),*) };
-                    }
-                }
-                $body($($arg),*)
-            }
-        };
     }
 
     widest!(gelu_in_place, (x: &mut [f32]), gelu_loop);
@@ -148,6 +92,8 @@ mod flex {
     use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
     use burn::backend::autodiff::{Autodiff, NodeId};
     use burn::backend::flex::FlexTensor;
+
+    use crate::vector::owned;
     use burn::backend::ops::ActivationOps;
     use burn::backend::tensor::FloatTensor;
     use burn::backend::{Backend, Dispatch, Flex, backend_extension};
@@ -162,23 +108,6 @@ mod flex {
         fn neox_gelu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
             Self::gelu_backward(x, grad)
         }
-    }
-
-    /// `t` with contiguous f32 storage that this tensor alone owns (copied when it is strided or
-    /// shared), and the range of its elements in that storage.
-    fn owned(t: FlexTensor) -> (FlexTensor, std::ops::Range<usize>) {
-        let mut t = if t.is_contiguous() {
-            t
-        } else {
-            t.to_contiguous()
-        };
-        // copy on write: afterwards no other tensor sees what the pass writes
-        let _ = t.storage_mut::<f32>();
-        let (start, end) = t
-            .layout()
-            .contiguous_offsets()
-            .expect("a contiguous tensor");
-        (t, start..end)
     }
 
     impl NeoxGelu for Flex {

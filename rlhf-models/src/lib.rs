@@ -49,6 +49,8 @@ pub mod neox;
 pub mod precision;
 pub mod sequence_kl;
 pub mod sft;
+pub mod softmax;
+pub mod vector;
 
 pub use cache::KvCache;
 pub use config::{Architecture, PRESETS, RopeScaling, TransformerConfig};

@@ -7,3 +7,4 @@ mod gelu;
 mod hf;
 mod lora;
 mod model;
+mod softmax;

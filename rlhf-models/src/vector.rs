@@ -1,0 +1,84 @@
+//! Elementwise f32 math for loops that the compiler vectorises: `exp` without a libm call, and
+//! the dispatch that compiles a loop for AVX-512 and for AVX2 with FMA and runs the CPU's best.
+//! burn-flex applies its unary functions through per-element closures around libm, which are
+//! neither inlined nor vectorised; the passes of [`crate::gelu`] and [`crate::softmax`] are
+//! written on these instead.
+
+/// `eˣ` in f32 without a libm call: `x = n·ln 2 + r` with `|r| ≤ ln 2 / 2`, `e^r` by its Taylor
+/// polynomial to degree 7 (relative error below 2e-7), `2ⁿ` built in the exponent bits. Below
+/// −87 it is 0 (where `eˣ` < 1.7e-38 leaves the normal numbers); above 88 it stays at `e⁸⁸`.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    let c = x.clamp(-87.0, 88.0);
+    // round to nearest through the 2²³ + 2²² shift, which vectorises where `round` does not
+    let n = (c * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
+    // ln 2 in two parts, so that `n·ln 2` is subtracted without rounding (Cody and Waite)
+    let r = (c - n * 0.693_145_75) - n * 1.428_606_8e-6;
+    let mut e = 1.0 / 5040.0;
+    for k in [
+        1.0 / 720.0,
+        1.0 / 120.0,
+        1.0 / 24.0,
+        1.0 / 6.0,
+        0.5,
+        1.0,
+        1.0,
+    ] {
+        e = e * r + k;
+    }
+    let e = e * f32::from_bits(((n as i32).wrapping_add(127) as u32) << 23);
+    if x < -87.0 { 0.0 } else { e }
+}
+
+/// Defines `$name`, which runs `$body` compiled for AVX-512 or AVX2 + FMA when the CPU has
+/// them, and for the baseline otherwise.
+macro_rules! widest {
+    ($name:ident, ($($arg:ident: $ty:ty),*), $body:ident) => {
+        pub fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                fn avx512($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has just been seen to support AVX-512F.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU has just been seen to support AVX2 and FMA.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
+
+pub(crate) use widest;
+
+/// `t` with contiguous f32 storage that this tensor alone owns (copied when it is strided or
+/// shared), and the range of its elements in that storage: the slice a pass may write.
+#[cfg(feature = "flex")]
+pub(crate) fn owned(
+    t: burn::backend::flex::FlexTensor,
+) -> (burn::backend::flex::FlexTensor, std::ops::Range<usize>) {
+    let mut t = if t.is_contiguous() {
+        t
+    } else {
+        t.to_contiguous()
+    };
+    // copy on write: afterwards no other tensor sees what the pass writes
+    let _ = t.storage_mut::<f32>();
+    let (start, end) = t
+        .layout()
+        .contiguous_offsets()
+        .expect("a contiguous tensor");
+    (t, start..end)
+}
