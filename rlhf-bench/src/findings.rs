@@ -202,7 +202,8 @@ pub(crate) fn conclude(
         .iter()
         .map(|(seed, _)| {
             let v = items_of(*seed).filter(|v| v.len() >= 2)?;
-            Some(mean_se(v).1.powi(2))
+            let se = mean_se(v).1;
+            se.is_finite().then_some(se * se)
         })
         .collect();
     let interval = match per_seed.as_slice() {
@@ -301,11 +302,19 @@ fn rm_findings(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
             )
         },
     ));
+    let mut pairs = Vec::new();
     let per_seed: Vec<(u64, f64)> = seeds
         .iter()
         .filter_map(|s| {
             let many = s.get(Axis::RmDiversity, "1-per-prompt")?;
             let few = s.get(Axis::RmDiversity, "4-per-prompt")?;
+            pairs.push((
+                s.seed,
+                paired(
+                    item(many, items::RM_GOLD_CORRECT),
+                    item(few, items::RM_GOLD_CORRECT),
+                ),
+            ));
             Some((
                 s.seed,
                 metric(many, names::RM_GOLD_ACCURACY) - metric(few, names::RM_GOLD_ACCURACY),
@@ -317,7 +326,7 @@ fn rm_findings(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
         "at a fixed pair budget, more prompts beat more responses per prompt",
         "gold-order accuracy, 1 pair per prompt − 4 pairs per prompt",
         per_seed,
-        Vec::new(),
+        pairs,
         |i| {
             format!(
                 "With the same number of pairs, one pair on each of four times as many prompts changed the RM's gold-order accuracy by {} against four pairs per prompt; {}.",
@@ -541,10 +550,15 @@ fn kl_pair<'a>(s: &Seed<'a>) -> Option<(&'a PointRecord, &'a PointRecord)> {
 
 fn kl_findings(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
     let pair = kl_pair;
+    let mut prompts = Vec::new();
     let proxy: Vec<(u64, f64)> = seeds
         .iter()
         .filter_map(|s| {
             let (zero, base) = pair(s)?;
+            prompts.push((
+                s.seed,
+                paired(item(zero, items::PROXY), item(base, items::PROXY)),
+            ));
             Some((
                 s.seed,
                 metric(zero, names::PROXY) - metric(base, names::PROXY),
@@ -556,7 +570,7 @@ fn kl_findings(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
         "over-optimisation, part 1: without a KL penalty the proxy reward keeps rising",
         "RM score, β = 0 − the base β",
         proxy,
-        Vec::new(),
+        prompts,
         |i| {
             format!(
                 "Dropping the KL penalty (β = 0, the largest KL) changed the RM's score by {} against the base β; {}.",
@@ -565,10 +579,15 @@ fn kl_findings(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
             )
         },
     ));
+    let mut prompts = Vec::new();
     let gold: Vec<(u64, f64)> = seeds
         .iter()
         .filter_map(|s| {
             let (zero, base) = pair(s)?;
+            prompts.push((
+                s.seed,
+                paired(item(base, items::GOLD), item(zero, items::GOLD)),
+            ));
             Some((
                 s.seed,
                 metric(base, names::GOLD) - metric(zero, names::GOLD),
@@ -580,7 +599,7 @@ fn kl_findings(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
         "over-optimisation, part 2: past a KL budget the gold score falls",
         "gold, the base β − β = 0",
         gold,
-        Vec::new(),
+        prompts,
         |i| {
             format!(
                 "The base β's gold score exceeded β = 0's by {}; {}.",

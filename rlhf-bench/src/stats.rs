@@ -12,7 +12,9 @@
 //! chance far more closely than their prompts allow — an effect counted on a few hundred prompts
 //! takes few values, and three seeds that each differ by the same two prompts give `sd = 0` —
 //! so the `sd²` above is floored by the mean `se²ₛ`: the interval is never narrower than the
-//! prompts alone make it.
+//! prompts alone make it. The quantile stays `t(0.975, S − 1)`: where the floor binds, that is
+//! conservative (the prompts' variance rests on hundreds of prompts), and a verdict needs the
+//! seeds' spread to be small as well as the effect to be large.
 //!
 //! A finding is **reproduced** only when its interval lies above zero (the finding's direction),
 //! **contradicted** when it lies below, and **inconclusive** otherwise. With one seed the

@@ -331,14 +331,21 @@ pub(crate) fn repeat_kv(x: Tensor<4>, rep: usize) -> Tensor<4> {
         .reshape([b, kvh * rep, t, hd])
 }
 
+/// Scores per head above which burn-flex without autodiff tiles attention (flash attention)
+/// instead of holding every score: burn-flex 0.22's `NAIVE_SCORE_BUDGET`.
+const FLEX_TILED_ABOVE: usize = 256 * 1024;
+
 /// `softmax(q·kᵀ/√d + mask)·v` with the mask of `ctx`, `[b, h, new, hd]`.
 pub(crate) fn attend(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, ctx: &Context) -> Tensor<4> {
     let device = q.device();
+    let [.., new, hd] = q.dims();
+    let keys = k.dims()[2];
     // burn-flex with autodiff computes attention from burn's ops, one pass over the scores at a
-    // time (see `crate::softmax`); without autodiff its fused attention calls libm's `expf` per
-    // score. In f32 the pass is faster on both; other dtypes keep burn's attention.
-    if q.dtype() == DType::F32 && rlhf_core::device::is_flex(&device) {
-        let [.., hd] = q.dims();
+    // time (see `crate::softmax`); without autodiff its own attention calls libm's `expf` per
+    // score, and tiles long attention so as not to hold every score, which is kept. In f32 the
+    // pass is faster on both; other dtypes keep burn's attention.
+    let tiled = !device.is_autodiff() && new * keys > FLEX_TILED_ABOVE;
+    if q.dtype() == DType::F32 && rlhf_core::device::is_flex(&device) && !tiled {
         let scale = (1.0 / (hd as f64).sqrt()) as f32;
         let scores = q.matmul(k.swap_dims(2, 3));
         return masked_softmax(scores, ctx.mask.clone(), scale).matmul(v);

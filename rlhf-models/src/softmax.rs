@@ -114,8 +114,10 @@ mod loops {
         }
         let top = max_of(s);
         if top == f32::NEG_INFINITY {
-            // every key blocked
-            s.fill(0.0);
+            // every key blocked (or −∞): zeros, as in burn's fallback; NaN when an open score is
+            // NaN, which `max_of` passed over
+            let nan = s.iter().any(|v| v.is_nan());
+            s.fill(if nan { f32::NAN } else { 0.0 });
             return;
         }
         // exp(−∞ − top) = 0 for the blocked keys

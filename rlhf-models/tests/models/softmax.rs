@@ -97,10 +97,15 @@ proptest! {
 }
 
 #[test]
-fn a_row_with_every_key_blocked_is_zeros_and_rows_must_be_whole() {
+fn rows_with_nothing_open_are_zeros_nan_stays_nan_and_rows_must_be_whole() {
     let mut s = vec![1.0, 2.0, 3.0, 4.0];
     masked_softmax_in_place(&mut s, &[1, 1, 0, 1], 2, 1.0);
     assert_eq!(s, [0.0, 0.0, 1.0, 0.0]);
+    // open scores of −∞ only: zeros, as burn's fallback gives; an open NaN makes its row NaN
+    let mut s = vec![f32::NEG_INFINITY, 2.0, f32::NAN, 1.0, f32::NAN, f32::NAN];
+    masked_softmax_in_place(&mut s, &[0, 1, 0, 0, 0, 1], 2, 1.0);
+    assert_eq!(s[..2], [0.0, 0.0]);
+    assert!(s[2..].iter().all(|x| x.is_nan()), "{s:?}");
     let whole = std::panic::catch_unwind(|| {
         let mut s = vec![0.0; 5];
         masked_softmax_in_place(&mut s, &[0; 5], 2, 1.0);
@@ -203,4 +208,24 @@ fn the_input_is_left_as_it_was() {
         let sum: f32 = p[row * 5..(row + 1) * 5].iter().sum();
         assert!((sum - 1.0).abs() < 1e-6, "row {row}: {sum}");
     }
+}
+
+/// With gradient checkpointing the scores may be recomputed rather than kept (here they come
+/// from a memory-bound `exp`): the gradient is the same either way.
+#[test]
+fn gradient_checkpointing_gives_the_same_gradient() {
+    let run = |device: Device| {
+        let s = Tensor::<4>::from_data(TensorData::new(values(50, 7), [1, 2, 5, 5]), &device)
+            .require_grad();
+        let w = Tensor::<4>::from_data(TensorData::new(values(50, 3), [1, 2, 5, 5]), &device);
+        let p = masked_softmax(s.clone().mul_scalar(0.5).exp(), mask(&device), 0.7);
+        let grads = p.mul(w).sum().backward();
+        to_f32_vec(s.grad(&grads).expect("tracked"))
+    };
+    let plain = run(Device::flex().autodiff());
+    assert!(plain.iter().any(|g| *g != 0.0));
+    assert_eq!(
+        plain,
+        run(Device::flex().autodiff().gradient_checkpointing())
+    );
 }
