@@ -342,8 +342,8 @@ pub(crate) fn attend(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, ctx: &Context) ->
     let keys = k.dims()[2];
     // burn-flex with autodiff computes attention from burn's ops, one pass over the scores at a
     // time (see `crate::softmax`); without autodiff its own attention calls libm's `expf` per
-    // score, and tiles long attention so as not to hold every score, which is kept. In f32 the
-    // pass is faster on both; other dtypes keep burn's attention.
+    // score. In f32 the pass is faster on both. Other dtypes keep burn's attention, and so does
+    // long attention without autodiff, which burn-flex tiles rather than hold every score.
     let tiled = !device.is_autodiff() && new * keys > FLEX_TILED_ABOVE;
     if q.dtype() == DType::F32 && rlhf_core::device::is_flex(&device) && !tiled {
         let scale = (1.0 / (hd as f64).sqrt()) as f32;

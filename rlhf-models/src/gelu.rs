@@ -6,8 +6,9 @@
 //! neither inlined nor vectorised: on the study's small models the activation took a fifth to
 //! a quarter of a pipeline's time (`docs/perf-report.md`). Here `erf` is Abramowitz and Stegun's
 //! formula 7.1.26 (`1 − t·P(t)·e^{−x²}`, `t = 1/(1 + p·x)`) at `|x| ≥ 0.6` and its Maclaurin
-//! series below, where the formula cancels in f32; `exp` is [`crate::vector::exp`]. In f32 `erf` stays within 3e-7 of the exact value (a property test holds
-//! it to an f64 reference), a few units in the last place near ±1, where libm's is within one.
+//! series below, where the formula cancels in f32; `exp` is [`crate::vector::exp`]. In f32
+//! `erf` stays within 3e-7 of the exact value (a property test holds it to an f64 reference), a
+//! few units in the last place near ±1, where libm's is within one.
 //! The loops are compiled for AVX-512 and for AVX2 with FMA as well, and the CPU's best is
 //! chosen when the pass runs ([`crate::vector`]).
 
@@ -71,6 +72,7 @@ mod loops {
 
     #[inline(always)]
     fn gelu_backward_loop(x: &[f32], grad: &mut [f32]) {
+        assert_eq!(x.len(), grad.len(), "one gradient per input");
         for (g, &v) in grad.iter_mut().zip(x) {
             *g *= super::gelu_grad_scalar(v);
         }
@@ -92,12 +94,12 @@ mod flex {
     use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
     use burn::backend::autodiff::{Autodiff, NodeId};
     use burn::backend::flex::FlexTensor;
-
-    use crate::vector::owned;
     use burn::backend::ops::ActivationOps;
     use burn::backend::tensor::FloatTensor;
     use burn::backend::{Backend, Dispatch, Flex, backend_extension};
     use burn::tensor::{DType, Tensor};
+
+    use crate::vector::owned;
 
     /// The GELU pass and its gradient; by default burn's own.
     #[backend_extension(Flex, Autodiff)]

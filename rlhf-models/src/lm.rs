@@ -272,7 +272,18 @@ impl CausalLm {
             gated,
             vocab: self.vocab_size() as u64,
             frozen,
+            fused_softmax: self.fused_softmax(),
         }
+    }
+
+    /// Whether attention runs [`crate::softmax`]'s pass in training: on burn-flex in f32.
+    fn fused_softmax(&self) -> bool {
+        let dtype = match self {
+            CausalLm::GptNeox(m) => m.embed_in.weight.val().dtype(),
+            CausalLm::Llama(m) => m.embed_tokens.weight.val().dtype(),
+            CausalLm::Gpt2(m) => m.wte.weight.val().dtype(),
+        };
+        dtype == burn::tensor::DType::F32 && rlhf_core::device::is_flex(&self.device())
     }
 
     /// The device the parameters live on.

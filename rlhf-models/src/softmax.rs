@@ -217,11 +217,11 @@ mod flex {
     use burn::backend::autodiff::grads::Gradients;
     use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
     use burn::backend::flex::FlexTensor;
-
-    use crate::vector::owned;
     use burn::backend::tensor::{BoolTensor, FloatTensor};
     use burn::backend::{Backend, Dispatch, Flex, backend_extension};
     use burn::tensor::{Bool, BoolStore, DType, Tensor};
+
+    use crate::vector::owned;
 
     /// Attention's masked, scaled softmax and its gradient; by default from burn's ops.
     #[backend_extension(Flex, Autodiff)]

@@ -175,6 +175,9 @@ pub struct TransformerShape {
     pub vocab: u64,
     /// The projections whose weights do not train (under LoRA, those without an adapter).
     pub frozen: FrozenProjections,
+    /// Whether attention's softmax is one operation that keeps only its output (rlhf-models'
+    /// pass on burn-flex in f32) rather than burn's chain of operations.
+    pub fused_softmax: bool,
 }
 
 /// The projections of a transformer layer whose weights do not train: LoRA's frozen base where
@@ -203,13 +206,15 @@ impl TransformerShape {
     /// - without checkpointing, `12·bsh + m·bsi + 3·bas²`: the two layer norms keep their
     ///   centred and normalised input and their output (3·bsh each), the fused QKV projection
     ///   3·bsh (the values are a view of it), the rotated queries and keys 2·bsh, the context
-    ///   bsh; attention keeps the masked scores, their exponential and the softmax (3·bas²);
+    ///   bsh; attention keeps the masked scores, their exponential and the softmax (3·bas²;
+    ///   bas² with a fused softmax, which keeps only its output);
     ///   the feed-forward block keeps m = 2 tensors of width i (the GELU's input and output; 4
     ///   for a gated block: gate, up, the activation and the product);
     /// - with checkpointing, `9·bsh + m·bsi + 2·bas²`: the layer norms are recomputed, the
     ///   outputs of the products that feed recomputed operations stay (QKV 3·bsh, rotated
     ///   queries and keys 2·bsh, the rotary products bsh, the context bsh, the two residual
-    ///   branches 2·bsh), two s² tensors per head (the scores and their scaled copy), and
+    ///   branches 2·bsh), two s² tensors per head (the scores and their scaled copy; with a fused
+    ///   softmax the scores and its output), and
     ///   m = 1 tensor of width i (2 for a gated block: gate and up).
     ///
     /// Without checkpointing, each frozen projection ([`FrozenProjections`]) takes its input off
@@ -221,12 +226,17 @@ impl TransformerShape {
     pub fn activation_bytes(&self, rows: u64, seq: u64, checkpointing: bool) -> u64 {
         let (s, b, h, a, i) = (seq, rows, self.hidden.max(1), self.heads, self.intermediate);
         let (bsh, bsi, bass) = (b * s * h, b * s * i, b * a * s * s);
-        let per_layer = match (checkpointing, self.gated) {
-            (false, false) => 12 * bsh + 2 * bsi + 3 * bass,
-            (false, true) => 12 * bsh + 4 * bsi + 3 * bass,
-            (true, false) => 9 * bsh + bsi + 2 * bass,
-            (true, true) => 9 * bsh + 2 * bsi + 2 * bass,
+        let scores = match (checkpointing, self.fused_softmax) {
+            (false, false) => 3,
+            (false, true) => 1,
+            (true, _) => 2,
         };
+        let per_layer = match (checkpointing, self.gated) {
+            (false, false) => 12 * bsh + 2 * bsi,
+            (false, true) => 12 * bsh + 4 * bsi,
+            (true, false) => 9 * bsh + bsi,
+            (true, true) => 9 * bsh + 2 * bsi,
+        } + scores * bass;
         let frozen = self.frozen;
         let not_kept = match checkpointing {
             true => 0,
@@ -242,8 +252,8 @@ impl TransformerShape {
 }
 
 /// Whether the activations of `model`'s training on `device` count as recomputed in the backward
-/// pass: with gradient checkpointing, and without LoRA, under which checkpointing lowers the
-/// measured peak too little to count on (`docs/algorithms.md`, "Memory").
+/// pass: with gradient checkpointing, and without LoRA, under which checkpointing does not lower
+/// the measured peak enough to count on (`docs/algorithms.md`, "Memory").
 pub fn checkpointing<M: burn::module::Module>(device: &burn::tensor::Device, model: &M) -> bool {
     let balanced = matches!(
         device.gradient_checkpointing_strategy(),
@@ -564,6 +574,7 @@ mod tests {
             gated: false,
             vocab: 100,
             frozen: FrozenProjections::default(),
+            fused_softmax: false,
         };
         let (s, b) = (10u64, 3u64);
         let (bsh, bsi, bass) = (b * s * 64, b * s * 256, b * 4 * s * s);
@@ -590,6 +601,16 @@ mod tests {
             plain - lora.activation_bytes(b, s, false),
             4 * 2 * (2 * bsh + bsi)
         );
+        // a fused softmax keeps one s² tensor per head instead of three (two with checkpointing)
+        let fused = TransformerShape {
+            fused_softmax: true,
+            ..shape
+        };
+        assert_eq!(
+            plain - fused.activation_bytes(b, s, false),
+            4 * 2 * 2 * bass
+        );
+        assert_eq!(fused.activation_bytes(b, s, true), recomputed);
         let long = TransformerShape { vocab: 0, ..shape };
         for checkpointing in [false, true] {
             let ratio = long.activation_bytes(1, 40_000, checkpointing) as f64
@@ -611,6 +632,7 @@ mod tests {
             gated: false,
             vocab: 1000,
             frozen: FrozenProjections::default(),
+            fused_softmax: false,
         };
         let activations = |rows: u64, seq: u64| shape.activation_bytes(rows, seq, false);
         let batch = |rows, seq| Batch {

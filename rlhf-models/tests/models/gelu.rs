@@ -107,6 +107,15 @@ proptest! {
 }
 
 #[test]
+fn the_gradient_pass_needs_one_gradient_per_input() {
+    let short = std::panic::catch_unwind(|| {
+        let mut grad = vec![1.0; 3];
+        gelu::gelu_backward_in_place(&[0.5; 4], &mut grad);
+    });
+    assert!(short.is_err());
+}
+
+#[test]
 fn nan_stays_nan() {
     assert!(gelu::gelu_scalar(f32::NAN).is_nan());
     assert!(gelu::gelu_grad_scalar(f32::NAN).is_nan());

@@ -4,7 +4,7 @@
 
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, Device, Tensor, TensorData};
+use burn::tensor::{Bool, Device, FloatDType, Tensor, TensorData};
 use proptest::prelude::*;
 use rlhf_core::host::to_f32_vec;
 use rlhf_models::softmax::{
@@ -228,4 +228,35 @@ fn gradient_checkpointing_gives_the_same_gradient() {
         plain,
         run(Device::flex().autodiff().gradient_checkpointing())
     );
+}
+
+/// bf16 scores take burn's ops (the fallback every other backend runs): the same softmax and
+/// gradient as the f32 pass, to bf16's precision.
+#[test]
+fn the_fallback_from_burns_ops_agrees_with_the_pass() {
+    let device = Device::flex().autodiff();
+    let run = |dtype: FloatDType| {
+        let s = Tensor::<4>::from_data(TensorData::new(values(50, 7), [1, 2, 5, 5]), &device)
+            .require_grad();
+        let w = Tensor::<4>::from_data(TensorData::new(values(50, 3), [1, 2, 5, 5]), &device);
+        let p = masked_softmax(s.clone().cast(dtype), mask(&device), 0.7);
+        let grads = p.clone().mul(w.cast(dtype)).sum().backward();
+        let g = s.grad(&grads).expect("tracked");
+        (
+            to_f32_vec(p.inner().cast(FloatDType::F32)),
+            to_f32_vec(g.cast(FloatDType::F32)),
+        )
+    };
+    let (pass, fallback) = (run(FloatDType::F32), run(FloatDType::BF16));
+    assert!(pass.1.iter().any(|g| *g != 0.0));
+    for (a, b) in pass
+        .0
+        .iter()
+        .zip(&fallback.0)
+        .chain(pass.1.iter().zip(&fallback.1))
+    {
+        assert!((a - b).abs() <= 2e-2, "{a} against {b}");
+    }
+    // the row with every key blocked is zeros on both
+    assert!(fallback.0[..5].iter().all(|x| *x == 0.0));
 }
