@@ -1,6 +1,6 @@
 //! Attention's softmax, `P = softmax(scale·S)` over the keys the mask leaves open, and its
 //! gradient `dS = scale·P ⊙ (dP − rowsum(dP ⊙ P))`, each as one pass over the scores on
-//! burn-flex with autodiff.
+//! burn-flex.
 //!
 //! With autodiff, burn computes attention from its own ops (its fallback): scale, mask fill,
 //! row maximum, subtraction, `exp`, row sum and division, each a pass over the
@@ -9,7 +9,8 @@
 //! those passes, more than the two matrix products, were what attention cost
 //! (`docs/perf-report.md`). Here the forward is one pass per row (mask, scale, maximum, `exp`,
 //! sum, division) with [`crate::vector::exp`], and the backward one pass per row from the kept
-//! `P`. A row whose keys are all blocked is all zeros, as in burn's fallback.
+//! `P`. Without autodiff the pass replaces burn-flex's own attention, which calls libm's `expf`
+//! per score. A row whose keys are all blocked is all zeros, as in burn's fallback.
 
 use rayon::prelude::*;
 
@@ -17,7 +18,8 @@ use rayon::prelude::*;
 const TASK: usize = 1 << 14;
 
 /// `softmax(scale·s)` of every row of `keys` scores, in place: `blocked[i] != 0` blocks key `i`
-/// (0 in the output); a row with every key blocked becomes all zeros.
+/// (0 in the output); a row with every key blocked becomes all zeros, and a NaN among the open
+/// scores makes its row NaN.
 ///
 /// # Panics
 /// When `keys` is 0, or `scores` and `blocked` differ in length or are not whole rows.
