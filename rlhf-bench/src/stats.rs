@@ -65,13 +65,15 @@ impl Interval {
             return None;
         }
         let plain = Self::over_seeds(draws)?;
+        // the half-width the mean se² alone gives: t · √(mean se² / S)
         let s = draws.len() as f64;
-        let between = draws.iter().map(|x| (x - plain.mean).powi(2)).sum::<f64>() / (s - 1.0);
-        let floor = within.iter().sum::<f64>() / s;
-        let half = t_quantile(s - 1.0) * (between.max(floor) / s).sqrt();
+        let floor = t_quantile(s - 1.0) * (within.iter().sum::<f64>() / s / s).sqrt();
+        if floor <= plain.hi - plain.mean {
+            return Some(plain);
+        }
         Some(Interval {
-            lo: plain.mean - half,
-            hi: plain.mean + half,
+            lo: plain.mean - floor,
+            hi: plain.mean + floor,
             ..plain
         })
     }

@@ -5,7 +5,7 @@
 use burn::module::Module;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, DType, Device, Int, Tensor};
+use burn::tensor::{Bool, Device, Int, Tensor};
 
 use crate::cache::LayerCache;
 use crate::config::{RopeScaling, TransformerConfig};
@@ -345,7 +345,7 @@ pub(crate) fn attend(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, ctx: &Context) ->
     // score. In f32 the pass is faster on both. Other dtypes keep burn's attention, and so does
     // long attention without autodiff, which burn-flex tiles rather than hold every score.
     let tiled = !device.is_autodiff() && new * keys > FLEX_TILED_ABOVE;
-    if q.dtype() == DType::F32 && rlhf_core::device::is_flex(&device) && !tiled {
+    if crate::softmax::pass_runs(&device, q.dtype()) && !tiled {
         let scale = (1.0 / (hd as f64).sqrt()) as f32;
         let scores = q.matmul(k.swap_dims(2, 3));
         return masked_softmax(scores, ctx.mask.clone(), scale).matmul(v);

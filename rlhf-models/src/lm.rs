@@ -283,7 +283,7 @@ impl CausalLm {
             CausalLm::Llama(m) => m.embed_tokens.weight.val().dtype(),
             CausalLm::Gpt2(m) => m.wte.weight.val().dtype(),
         };
-        dtype == burn::tensor::DType::F32 && rlhf_core::device::is_flex(&self.device())
+        crate::softmax::pass_runs(&self.device(), dtype)
     }
 
     /// The device the parameters live on.

@@ -24,10 +24,7 @@ const TASK: usize = 1 << 14;
 /// # Panics
 /// When `keys` is 0, or `scores` and `blocked` differ in length or are not whole rows.
 pub fn masked_softmax_in_place(scores: &mut [f32], blocked: &[u8], keys: usize, scale: f32) {
-    assert!(keys > 0, "a softmax row needs at least one key");
-    assert_eq!(scores.len(), blocked.len(), "one mask byte per score");
-    assert_eq!(scores.len() % keys, 0, "whole rows of {keys} keys");
-    let task = keys * TASK.div_ceil(keys);
+    let task = task_len(scores.len(), blocked.len(), keys, "one mask byte per score");
     scores
         .par_chunks_mut(task)
         .zip(blocked.par_chunks(task))
@@ -40,13 +37,25 @@ pub fn masked_softmax_in_place(scores: &mut [f32], blocked: &[u8], keys: usize, 
 /// # Panics
 /// When `keys` is 0, or `p` and `grad` differ in length or are not whole rows.
 pub fn masked_softmax_backward_in_place(p: &[f32], grad: &mut [f32], keys: usize, scale: f32) {
-    assert!(keys > 0, "a softmax row needs at least one key");
-    assert_eq!(p.len(), grad.len(), "one gradient per probability");
-    assert_eq!(p.len() % keys, 0, "whole rows of {keys} keys");
-    let task = keys * TASK.div_ceil(keys);
+    let task = task_len(p.len(), grad.len(), keys, "one gradient per probability");
     grad.par_chunks_mut(task)
         .zip(p.par_chunks(task))
         .for_each(|(g, p)| loops::softmax_backward_rows(p, g, keys, scale));
+}
+
+/// Elements per parallel task, in whole rows of `keys`, after checking that the two slices
+/// (`len` and `other` long, `pairing` what they share) are whole rows of equal length.
+fn task_len(len: usize, other: usize, keys: usize, pairing: &str) -> usize {
+    assert!(keys > 0, "a softmax row needs at least one key");
+    assert_eq!(len, other, "{pairing}");
+    assert_eq!(len % keys, 0, "whole rows of {keys} keys");
+    keys * TASK.div_ceil(keys)
+}
+
+/// Whether attention on `device` in `dtype` may run the pass: burn-flex in f32 (elsewhere
+/// burn's attention, whose training keeps more; see `rlhf_core::train::memory`).
+pub(crate) fn pass_runs(device: &burn::tensor::Device, dtype: burn::tensor::DType) -> bool {
+    dtype == burn::tensor::DType::F32 && rlhf_core::device::is_flex(device)
 }
 
 /// The row loops, compiled for the CPU's widest vectors.
