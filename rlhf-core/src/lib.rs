@@ -49,6 +49,7 @@ pub mod ppo;
 pub mod remote;
 pub mod stats;
 pub mod train;
+pub mod vector;
 
 pub use advantages::{
     Gae, GroupEstimator, broadcast_to_tokens, discounted_returns, gae, group_advantages,

@@ -3,6 +3,12 @@
 //! The sampling temperature `T` is applied again whenever log-probs are recomputed for training:
 //! `logp_t = log_softmax(logits_t / T)[y_t]`. Without it the PPO ratio is not 1 on the first
 //! epoch (TL;DR detail 3).
+//!
+//! On burn-flex in f32 the log-probabilities, their gradient and the detached entropy are each
+//! one pass per row of logits ([`pass`]); elsewhere they are burn's ops.
+
+#[cfg(feature = "flex")]
+pub mod pass;
 
 use burn::tensor::{Int, Tensor, activation};
 
@@ -15,6 +21,10 @@ use burn::tensor::{Int, Tensor, activation};
 ///
 /// Returns `[batch, seq]`.
 pub fn token_logprobs(logits: Tensor<3>, tokens: Tensor<2, Int>, temperature: f32) -> Tensor<2> {
+    #[cfg(feature = "flex")]
+    if pass::runs(&logits) {
+        return pass::token_logprobs(logits, tokens, temperature);
+    }
     let logp = activation::log_softmax(logits.div_scalar(temperature), 2);
     logp.gather(2, tokens.unsqueeze_dim(2)).squeeze_dim(2)
 }
@@ -36,6 +46,11 @@ pub fn token_logprobs_and_entropy(
     tokens: Tensor<2, Int>,
     temperature: f32,
 ) -> (Tensor<2>, Tensor<2>) {
+    #[cfg(feature = "flex")]
+    if pass::runs(&logits) {
+        let entropy = pass::token_entropy(logits.clone().detach(), temperature);
+        return (pass::token_logprobs(logits, tokens, temperature), entropy);
+    }
     let logp = activation::log_softmax(logits.div_scalar(temperature), 2);
     let entropy = entropy(logp.clone().detach());
     (

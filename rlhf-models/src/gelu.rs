@@ -6,11 +6,11 @@
 //! neither inlined nor vectorised: on the study's small models the activation took a fifth to
 //! a quarter of a pipeline's time (`docs/perf-report.md`). Here `erf` is Abramowitz and Stegun's
 //! formula 7.1.26 (`1 − t·P(t)·e^{−x²}`, `t = 1/(1 + p·x)`) at `|x| ≥ 0.6` and its Maclaurin
-//! series below, where the formula cancels in f32; `exp` is [`crate::vector::exp`]. In f32
+//! series below, where the formula cancels in f32; `exp` is [`rlhf_core::vector::exp`]. In f32
 //! `erf` stays within 3e-7 of the exact value (a property test holds it to an f64 reference), a
 //! few units in the last place near ±1, where libm's is within one.
 //! The loops are compiled for AVX-512 and for AVX2 with FMA as well, and the CPU's best is
-//! chosen when the pass runs ([`crate::vector`]).
+//! chosen when the pass runs ([`rlhf_core::vector`]).
 
 use burn::tensor::Tensor;
 use burn::tensor::activation;
@@ -35,7 +35,7 @@ pub fn erf(x: f32) -> f32 {
     let p = t
         * (0.254_829_6
             + t * (-0.284_496_74 + t * (1.421_413_8 + t * (-1.453_152 + t * 1.061_405_4))));
-    let far = 1.0 - p * crate::vector::exp(-a * a);
+    let far = 1.0 - p * rlhf_core::vector::exp(-a * a);
     // 2/√π · (a − a³/3 + a⁵/10 − a⁷/42 + a⁹/216 − a¹¹/1320)
     let z = a * a;
     let series =
@@ -56,12 +56,12 @@ pub fn gelu_scalar(x: f32) -> f32 {
 pub fn gelu_grad_scalar(x: f32) -> f32 {
     const INV_SQRT_2PI: f32 = 0.398_942_3;
     let cdf = 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
-    cdf + x * INV_SQRT_2PI * crate::vector::exp(-0.5 * x * x)
+    cdf + x * INV_SQRT_2PI * rlhf_core::vector::exp(-0.5 * x * x)
 }
 
 /// The loops over slices, compiled for the CPU's widest vectors.
 mod loops {
-    use crate::vector::widest;
+    use rlhf_core::vector::widest;
 
     #[inline(always)]
     fn gelu_loop(x: &mut [f32]) {
@@ -99,7 +99,7 @@ mod flex {
     use burn::backend::{Backend, Dispatch, Flex, backend_extension};
     use burn::tensor::{DType, Tensor};
 
-    use crate::vector::owned;
+    use rlhf_core::vector::owned;
 
     /// The GELU pass and its gradient; by default burn's own.
     #[backend_extension(Flex, Autodiff)]

@@ -50,7 +50,6 @@ pub mod precision;
 pub mod sequence_kl;
 pub mod sft;
 pub mod softmax;
-pub mod vector;
 
 pub use cache::KvCache;
 pub use config::{Architecture, PRESETS, RopeScaling, TransformerConfig};

@@ -272,12 +272,13 @@ impl CausalLm {
             gated,
             vocab: self.vocab_size() as u64,
             frozen,
-            fused_softmax: self.fused_softmax(),
+            fused_passes: self.fused_passes(),
         }
     }
 
-    /// Whether attention runs [`crate::softmax`]'s pass in training: on burn-flex in f32.
-    fn fused_softmax(&self) -> bool {
+    /// Whether training runs [`crate::softmax`]'s pass for attention and
+    /// [`rlhf_core::logprobs::pass`] for the token log-probabilities: on burn-flex in f32.
+    fn fused_passes(&self) -> bool {
         let dtype = match self {
             CausalLm::GptNeox(m) => m.embed_in.weight.val().dtype(),
             CausalLm::Llama(m) => m.embed_tokens.weight.val().dtype(),

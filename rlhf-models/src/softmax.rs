@@ -8,7 +8,7 @@
 //! backwards, where `exp`'s gradient calls `exp` a second time. On the study's small models
 //! those passes, more than the two matrix products, were what attention cost
 //! (`docs/perf-report.md`). Here the forward is one pass per row (mask, scale, maximum, `exp`,
-//! sum, division) with [`crate::vector::exp`], and the backward one pass per row from the kept
+//! sum, division) with [`rlhf_core::vector::exp`], and the backward one pass per row from the kept
 //! `P`. Without autodiff the pass replaces burn-flex's own attention, which calls libm's `expf`
 //! per score. A row whose keys are all blocked is all zeros, as in burn's fallback.
 
@@ -60,59 +60,7 @@ pub(crate) fn pass_runs(device: &burn::tensor::Device, dtype: burn::tensor::DTyp
 
 /// The row loops, compiled for the CPU's widest vectors.
 mod loops {
-    use crate::vector::{exp, widest};
-
-    /// Lanes of the partial maxima and sums (a whole AVX-512 register).
-    const LANES: usize = 16;
-
-    /// The largest value (−∞ for none; NaN is passed over, as `f32::max` does).
-    #[inline(always)]
-    fn max_of(v: &[f32]) -> f32 {
-        let mut top = [f32::NEG_INFINITY; LANES];
-        let chunks = v.chunks_exact(LANES);
-        let rest = chunks.remainder();
-        for c in chunks {
-            for (t, &x) in top.iter_mut().zip(c) {
-                *t = t.max(x);
-            }
-        }
-        rest.iter()
-            .chain(&top)
-            .fold(f32::NEG_INFINITY, |a, &x| a.max(x))
-    }
-
-    /// The sum, in `LANES` partial sums.
-    #[inline(always)]
-    fn sum_of(v: &[f32]) -> f32 {
-        let mut acc = [0.0f32; LANES];
-        let chunks = v.chunks_exact(LANES);
-        let rest: f32 = chunks.remainder().iter().sum();
-        for c in chunks {
-            for (a, &x) in acc.iter_mut().zip(c) {
-                *a += x;
-            }
-        }
-        rest + acc.iter().sum::<f32>()
-    }
-
-    /// `Σ aᵢ·bᵢ`, in `LANES` partial sums.
-    #[inline(always)]
-    fn dot(a: &[f32], b: &[f32]) -> f32 {
-        let mut acc = [0.0f32; LANES];
-        let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-        let rest: f32 = ca
-            .remainder()
-            .iter()
-            .zip(cb.remainder())
-            .map(|(x, y)| x * y)
-            .sum();
-        for (x, y) in ca.zip(cb) {
-            for ((s, &x), &y) in acc.iter_mut().zip(x).zip(y) {
-                *s += x * y;
-            }
-        }
-        rest + acc.iter().sum::<f32>()
-    }
+    use rlhf_core::vector::{dot, exp, max_of, sum_of, widest};
 
     #[inline(always)]
     fn softmax_row(s: &mut [f32], blocked: &[u8], scale: f32) {
@@ -232,7 +180,7 @@ mod flex {
     use burn::backend::{Backend, Dispatch, Flex, backend_extension};
     use burn::tensor::{Bool, BoolStore, DType, Tensor};
 
-    use crate::vector::owned;
+    use rlhf_core::vector::owned;
 
     /// Attention's masked, scaled softmax and its gradient; by default from burn's ops.
     #[backend_extension(Flex, Autodiff)]

@@ -175,9 +175,10 @@ pub struct TransformerShape {
     pub vocab: u64,
     /// The projections whose weights do not train (under LoRA, those without an adapter).
     pub frozen: FrozenProjections,
-    /// Whether attention's softmax is one operation that keeps only its output (rlhf-models'
-    /// pass on burn-flex in f32) rather than burn's chain of operations.
-    pub fused_softmax: bool,
+    /// Whether attention's softmax and the token log-probabilities are each one operation that
+    /// keeps only what its gradient needs (the passes of `rlhf_models::softmax` and
+    /// [`crate::logprobs::pass`], on burn-flex in f32) rather than burn's chains of operations.
+    pub fused_passes: bool,
 }
 
 /// The projections of a transformer layer whose weights do not train: LoRA's frozen base where
@@ -222,11 +223,12 @@ impl TransformerShape {
     /// checkpointing: see [`checkpointing`].)
     ///
     /// The LM head adds `3·bsV` values: the logits, the log-softmax's input to `exp`, and the
-    /// gradient of the logits at the backward pass.
+    /// gradient of the logits at the backward pass; `2·bsV` with the fused pass, which keeps the
+    /// logits and writes their gradient (over them, when nothing else holds them).
     pub fn activation_bytes(&self, rows: u64, seq: u64, checkpointing: bool) -> u64 {
         let (s, b, h, a, i) = (seq, rows, self.hidden.max(1), self.heads, self.intermediate);
         let (bsh, bsi, bass) = (b * s * h, b * s * i, b * a * s * s);
-        let scores = match (checkpointing, self.fused_softmax) {
+        let scores = match (checkpointing, self.fused_passes) {
             (false, false) => 3,
             (false, true) => 1,
             (true, _) => 2,
@@ -247,7 +249,8 @@ impl TransformerShape {
             }
         };
         let per_layer = per_layer - not_kept;
-        F32 * (self.layers * per_layer + 3 * b * s * self.vocab)
+        let head = if self.fused_passes { 2 } else { 3 };
+        F32 * (self.layers * per_layer + head * b * s * self.vocab)
     }
 }
 
@@ -574,7 +577,7 @@ mod tests {
             gated: false,
             vocab: 100,
             frozen: FrozenProjections::default(),
-            fused_softmax: false,
+            fused_passes: false,
         };
         let (s, b) = (10u64, 3u64);
         let (bsh, bsi, bass) = (b * s * 64, b * s * 256, b * 4 * s * s);
@@ -601,16 +604,18 @@ mod tests {
             plain - lora.activation_bytes(b, s, false),
             4 * 2 * (2 * bsh + bsi)
         );
-        // a fused softmax keeps one s² tensor per head instead of three (two with checkpointing)
+        // the fused passes: one s² tensor per head instead of three (two with checkpointing),
+        // and two tensors of the logits' size instead of three
         let fused = TransformerShape {
-            fused_softmax: true,
+            fused_passes: true,
             ..shape
         };
+        let bsv = b * s * shape.vocab;
         assert_eq!(
             plain - fused.activation_bytes(b, s, false),
-            4 * 2 * 2 * bass
+            4 * (2 * 2 * bass + bsv)
         );
-        assert_eq!(fused.activation_bytes(b, s, true), recomputed);
+        assert_eq!(fused.activation_bytes(b, s, true), recomputed - 4 * bsv);
         let long = TransformerShape { vocab: 0, ..shape };
         for checkpointing in [false, true] {
             let ratio = long.activation_bytes(1, 40_000, checkpointing) as f64
@@ -632,7 +637,7 @@ mod tests {
             gated: false,
             vocab: 1000,
             frozen: FrozenProjections::default(),
-            fused_softmax: false,
+            fused_passes: false,
         };
         let activations = |rows: u64, seq: u64| shape.activation_bytes(rows, seq, false);
         let batch = |rows, seq| Batch {

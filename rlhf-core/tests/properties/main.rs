@@ -9,6 +9,7 @@ mod common;
 mod advantages;
 mod kl;
 mod logprobs;
+mod logprobs_pass;
 mod masked;
 mod policy_loss;
 mod ppo;

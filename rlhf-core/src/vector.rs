@@ -1,8 +1,8 @@
 //! Elementwise f32 math for loops that the compiler vectorises: `exp` without a libm call, and
 //! the dispatch that compiles a loop for AVX-512 and for AVX2 with FMA and runs the CPU's best.
 //! burn-flex applies its unary functions through per-element closures around libm, which are
-//! neither inlined nor vectorised; the passes of [`crate::gelu`] and [`crate::softmax`] are
-//! written on these instead.
+//! neither inlined nor vectorised; the token log-probabilities' pass ([`crate::logprobs`]) and
+//! rlhf-models' GELU and attention softmax are written on these instead.
 
 /// `eˣ` in f32 without a libm call: `x = n·ln 2 + r` with `|r| ≤ ln 2 / 2`, `e^r` by its Taylor
 /// polynomial to degree 7 (relative error below 2e-7), `2ⁿ` built in the exponent bits. Below
@@ -30,8 +30,63 @@ pub fn exp(x: f32) -> f32 {
     if x < -87.0 { 0.0 } else { e }
 }
 
+/// Lanes of the partial maxima and sums below (a whole AVX-512 register).
+const LANES: usize = 16;
+
+/// The largest value (−∞ for none; NaN is passed over, as `f32::max` does), in `LANES` partial
+/// maxima.
+#[inline(always)]
+pub fn max_of(v: &[f32]) -> f32 {
+    let mut top = [f32::NEG_INFINITY; LANES];
+    let chunks = v.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (t, &x) in top.iter_mut().zip(c) {
+            *t = t.max(x);
+        }
+    }
+    rest.iter()
+        .chain(&top)
+        .fold(f32::NEG_INFINITY, |a, &x| a.max(x))
+}
+
+/// The sum, in `LANES` partial sums.
+#[inline(always)]
+pub fn sum_of(v: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let chunks = v.chunks_exact(LANES);
+    let rest: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a += x;
+        }
+    }
+    rest + acc.iter().sum::<f32>()
+}
+
+/// `Σ aᵢ·bᵢ`, in `LANES` partial sums.
+#[inline(always)]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let rest: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for ((s, &x), &y) in acc.iter_mut().zip(x).zip(y) {
+            *s += x * y;
+        }
+    }
+    rest + acc.iter().sum::<f32>()
+}
+
 /// Defines `$name`, which runs `$body` compiled for AVX-512 or AVX2 + FMA when the CPU has
 /// them, and for the baseline otherwise.
+#[doc(hidden)]
+#[macro_export]
 macro_rules! widest {
     ($name:ident, ($($arg:ident: $ty:ty),*), $body:ident) => {
         pub fn $name($($arg: $ty),*) {
@@ -61,12 +116,12 @@ macro_rules! widest {
     };
 }
 
-pub(crate) use widest;
+pub use crate::widest;
 
 /// `t` with contiguous f32 storage that this tensor alone owns (copied when it is strided or
 /// shared), and the range of its elements in that storage: the slice a pass may write.
 #[cfg(feature = "flex")]
-pub(crate) fn owned(
+pub fn owned(
     t: burn::backend::flex::FlexTensor,
 ) -> (burn::backend::flex::FlexTensor, std::ops::Range<usize>) {
     let mut t = if t.is_contiguous() {
