@@ -225,6 +225,10 @@ impl Rotary {
         if self.dims == 0 {
             return x;
         }
+        #[cfg(feature = "flex")]
+        if crate::rotary::pass_runs(&x) {
+            return crate::rotary::rotate(x, cos.clone(), sin.clone(), self.dims);
+        }
         let [b, h, t, hd] = x.dims();
         let half = self.dims / 2;
         let rot = x.clone().narrow(3, 0, self.dims);

@@ -47,6 +47,7 @@ pub mod lm;
 pub mod lora;
 pub mod neox;
 pub mod precision;
+pub mod rotary;
 pub mod sequence_kl;
 pub mod sft;
 pub mod softmax;

@@ -7,4 +7,5 @@ mod gelu;
 mod hf;
 mod lora;
 mod model;
+mod rotary;
 mod softmax;
