@@ -29,13 +29,19 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 /// `erf(x)` in f32 (see the module documentation for the formula and its accuracy).
 #[inline(always)]
 pub fn erf(x: f32) -> f32 {
+    erf_given_gaussian(x, rlhf_core::vector::exp(-x * x))
+}
+
+/// `erf(x)` from `e^{−x²}` (`gaussian`), which the GELU's gradient shares with `φ`.
+#[inline(always)]
+fn erf_given_gaussian(x: f32, gaussian: f32) -> f32 {
     let a = x.abs();
     // Abramowitz and Stegun 7.1.26
     let t = 1.0 / (1.0 + 0.327_591_1 * a);
     let p = t
         * (0.254_829_6
             + t * (-0.284_496_74 + t * (1.421_413_8 + t * (-1.453_152 + t * 1.061_405_4))));
-    let far = 1.0 - p * rlhf_core::vector::exp(-a * a);
+    let far = 1.0 - p * gaussian;
     // 2/√π · (a − a³/3 + a⁵/10 − a⁷/42 + a⁹/216 − a¹¹/1320)
     let z = a * a;
     let series =
@@ -55,8 +61,11 @@ pub fn gelu_scalar(x: f32) -> f32 {
 #[inline(always)]
 pub fn gelu_grad_scalar(x: f32) -> f32 {
     const INV_SQRT_2PI: f32 = 0.398_942_3;
-    let cdf = 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
-    cdf + x * INV_SQRT_2PI * rlhf_core::vector::exp(-0.5 * x * x)
+    let u = x * std::f32::consts::FRAC_1_SQRT_2;
+    // e^{−x²/2}: φ's exponent, and erf's at x/√2
+    let gaussian = rlhf_core::vector::exp(-u * u);
+    let cdf = 0.5 * (1.0 + erf_given_gaussian(u, gaussian));
+    cdf + x * INV_SQRT_2PI * gaussian
 }
 
 /// The loops over slices, compiled for the CPU's widest vectors.

@@ -64,30 +64,43 @@ mod loops {
 
     #[inline(always)]
     fn softmax_row(s: &mut [f32], blocked: &[u8], scale: f32) {
-        for (v, &b) in s.iter_mut().zip(blocked) {
+        // the keys from the first open one to the last (a causal row's past): outside them the
+        // output is 0 and nothing is computed
+        let Some(first) = blocked.iter().position(|&b| b == 0) else {
+            s.fill(0.0);
+            return;
+        };
+        let end = blocked
+            .iter()
+            .rposition(|&b| b == 0)
+            .map_or(first, |l| l + 1);
+        let (open, open_blocked) = (&mut s[first..end], &blocked[first..end]);
+        for (v, &b) in open.iter_mut().zip(open_blocked) {
             *v = if b != 0 {
                 f32::NEG_INFINITY
             } else {
                 *v * scale
             };
         }
-        let top = max_of(s);
+        let top = max_of(open);
         if top == f32::NEG_INFINITY {
-            // every key blocked (or −∞): zeros, as in burn's fallback; NaN when an open score is
-            // NaN, which `max_of` passed over
-            let nan = s.iter().any(|v| v.is_nan());
+            // every open score −∞: zeros, as in burn's fallback; NaN when an open score is NaN,
+            // which `max_of` passed over
+            let nan = open.iter().any(|v| v.is_nan());
             s.fill(if nan { f32::NAN } else { 0.0 });
             return;
         }
         // exp(−∞ − top) = 0 for the blocked keys
-        for v in s.iter_mut() {
+        for v in open.iter_mut() {
             *v = exp(*v - top);
         }
         // the largest term is 1, so the sum is at least 1
-        let inv = 1.0 / sum_of(s);
-        for v in s.iter_mut() {
+        let inv = 1.0 / sum_of(open);
+        for v in open.iter_mut() {
             *v *= inv;
         }
+        s[..first].fill(0.0);
+        s[end..].fill(0.0);
     }
 
     #[inline(always)]
