@@ -46,13 +46,13 @@ pub fn rotate_in_place(
         dims,
     } = shape;
     assert!(
-        dims % 2 == 0 && dims <= head_dim,
+        dims.is_multiple_of(2) && dims <= head_dim,
         "an even number of rotated features, at most {head_dim}"
     );
     let head = seq * head_dim;
     let table = seq * dims;
     assert!(
-        head > 0 && x.len() % (heads * head) == 0,
+        head > 0 && x.len().is_multiple_of(heads * head),
         "whole heads of {seq} × {head_dim}"
     );
     let batch = x.len() / (heads * head);
