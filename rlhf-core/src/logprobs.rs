@@ -4,8 +4,9 @@
 //! `logp_t = log_softmax(logits_t / T)[y_t]`. Without it the PPO ratio is not 1 on the first
 //! epoch (TL;DR detail 3).
 //!
-//! On burn-flex in f32 the log-probabilities, their gradient and the detached entropy are each
-//! one pass per row of logits ([`pass`]); elsewhere they are burn's ops.
+//! On burn-flex in f32 the log-probabilities, their gradient and the detached entropy of
+//! [`token_logprobs_and_entropy`] are each one pass per row of logits ([`pass`]); elsewhere, and
+//! for [`entropy_from_logits`], they are burn's ops.
 
 #[cfg(feature = "flex")]
 pub mod pass;
@@ -37,8 +38,9 @@ pub fn entropy_from_logits(logits: Tensor<3>, temperature: f32) -> Tensor<2> {
 }
 
 /// [`token_logprobs`] and [`entropy_from_logits`] from one log-softmax over the vocabulary (the
-/// widest tensor of a policy-gradient step): the log-probs keep their gradient, the entropy is
-/// computed from the detached distribution, as a diagnostic.
+/// widest tensor of a policy-gradient step; on burn-flex in f32, two passes over the logits): the
+/// log-probs keep their gradient, the entropy is computed from the detached distribution, as a
+/// diagnostic. On burn-flex a logit of −∞ adds nothing to the entropy; burn's ops give NaN.
 ///
 /// Returns `([batch, seq], [batch, seq])`.
 pub fn token_logprobs_and_entropy(

@@ -2,7 +2,7 @@
 //! the dispatch that compiles a loop for AVX-512 and for AVX2 with FMA and runs the CPU's best.
 //! burn-flex applies its unary functions through per-element closures around libm, which are
 //! neither inlined nor vectorised; the token log-probabilities' pass ([`crate::logprobs`]) and
-//! rlhf-models' GELU and attention softmax are written on these instead.
+//! rlhf-models' GELU, attention softmax and rotary embedding are written on these instead.
 
 /// `eˣ` in f32 without a libm call: `x = n·ln 2 + r` with `|r| ≤ ln 2 / 2`, `e^r` by its Taylor
 /// polynomial to degree 7 (relative error below 2e-7), `2ⁿ` built in the exponent bits. Below

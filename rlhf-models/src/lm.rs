@@ -276,8 +276,9 @@ impl CausalLm {
         }
     }
 
-    /// Whether training runs [`crate::softmax`]'s pass for attention and
-    /// [`rlhf_core::logprobs::pass`] for the token log-probabilities: on burn-flex in f32.
+    /// Whether training runs [`crate::softmax`]'s pass for attention and `rlhf_core::logprobs`'
+    /// pass for the token log-probabilities: on burn-flex with f32 weights. (The log-probabilities'
+    /// pass runs on a bf16 model's f32 logits too; there the estimate counts burn's chain, more.)
     fn fused_passes(&self) -> bool {
         let dtype = match self {
             CausalLm::GptNeox(m) => m.embed_in.weight.val().dtype(),

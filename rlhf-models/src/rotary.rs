@@ -11,6 +11,9 @@
 
 use rayon::prelude::*;
 
+/// Values per parallel task at least (a task's heads are whole heads).
+const TASK: usize = 1 << 14;
+
 /// The shape of a rotation: queries or keys `[batch, heads, seq, head_dim]`, tables
 /// `[batch, 1, seq, dims]` (shared by the heads).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,8 +54,11 @@ pub fn rotate_in_place(
     );
     let head = seq * head_dim;
     let table = seq * dims;
+    if x.is_empty() && cos.is_empty() && sin.is_empty() {
+        return;
+    }
     assert!(
-        head > 0 && x.len().is_multiple_of(heads * head),
+        heads * head > 0 && x.len().is_multiple_of(heads * head),
         "whole heads of {seq} × {head_dim}"
     );
     let batch = x.len() / (heads * head);
@@ -69,11 +75,17 @@ pub fn rotate_in_place(
     if dims == 0 {
         return;
     }
-    x.par_chunks_mut(head).enumerate().for_each(|(k, block)| {
-        let b = k / heads;
-        let (c, s) = (&cos[b * table..][..table], &sin[b * table..][..table]);
-        loops::rotate_block(block, c, s, head_dim, dims, gradient);
-    });
+    // whole heads per parallel task, at least `TASK` values (one position's heads when decoding)
+    let per_task = TASK.div_ceil(head);
+    x.par_chunks_mut(per_task * head)
+        .enumerate()
+        .for_each(|(task, heads_of_task)| {
+            for (k, block) in heads_of_task.chunks_exact_mut(head).enumerate() {
+                let b = (task * per_task + k) / heads;
+                let (c, s) = (&cos[b * table..][..table], &sin[b * table..][..table]);
+                loops::rotate_block(block, c, s, head_dim, dims, gradient);
+            }
+        });
 }
 
 /// The loops, compiled for the CPU's widest vectors.
@@ -188,7 +200,7 @@ mod flex {
                 let out = Self::rotary(f32s(x), f32s(cos), f32s(sin), dims, gradient);
                 return Flex::float_cast(out, dtype.into());
             }
-            let [_, heads, seq, head_dim] = x.layout().shape().as_slice() else {
+            let [batch, heads, seq, head_dim] = x.layout().shape().as_slice() else {
                 panic!("queries or keys [batch, heads, seq, head_dim]");
             };
             let shape = super::RotaryShape {
@@ -197,6 +209,19 @@ mod flex {
                 head_dim: *head_dim,
                 dims,
             };
+            let table = [*batch, 1, *seq, dims];
+            for t in [&cos, &sin] {
+                assert_eq!(
+                    t.layout().shape().as_slice(),
+                    table,
+                    "tables [batch, 1, seq, dims]"
+                );
+                assert_eq!(
+                    t.dtype(),
+                    DType::F32,
+                    "tables in the queries' and keys' dtype"
+                );
+            }
             let (cos, sin) = (cos.to_contiguous(), sin.to_contiguous());
             let (mut x, range) = owned(x);
             super::rotate_in_place(

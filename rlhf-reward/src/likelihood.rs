@@ -133,8 +133,9 @@ impl StepModel for LikelihoodVerifier {
 /// The bias `b` that minimises the mean binary cross-entropy of `logits + b` against `labels`:
 /// Newton's method on that convex function of one variable from `b = 0`, each step at most 4,
 /// stopped when the mean probability is within 1e-6 of the share of true labels (the minimum's
-/// condition) or after 1,000 steps. With one class only, the minimum lies at ±∞ and the bias
-/// stops where the mean is that close. A non-finite logit is an error.
+/// condition) and the step is below 1e-9, or after 1,000 steps. (Where every probability is near
+/// 0 or 1 the mean is that close well before `b` is.) With one class only, the minimum lies at
+/// ±∞ and the bias stops where the mean is that close. A non-finite logit is an error.
 pub fn fit_bias(logits: &[f64], labels: &[bool]) -> Result<f64> {
     if let Some(i) = logits.iter().position(|z| !z.is_finite()) {
         return Err(Error::Config(format!(
@@ -147,6 +148,8 @@ pub fn fit_bias(logits: &[f64], labels: &[bool]) -> Result<f64> {
         return Ok(0.0);
     }
     let sigmoid = |z: f64| 1.0 / (1.0 + (-z).exp());
+    let labels = &labels[..n];
+    let one_class = labels.iter().all(|&y| y) || labels.iter().all(|&y| !y);
     let mut b = 0.0f64;
     for _ in 0..1000 {
         let (mut grad, mut hess) = (0.0, 0.0);
@@ -156,11 +159,11 @@ pub fn fit_bias(logits: &[f64], labels: &[bool]) -> Result<f64> {
             hess += p * (1.0 - p);
         }
         let (grad, hess) = (grad / n as f64, hess / n as f64);
-        if grad.abs() < 1e-6 {
-            break;
-        }
         // a small curvature (every probability near 0 or 1): a bounded step
         let step = (grad / hess.max(1e-6)).clamp(-4.0, 4.0);
+        if grad.abs() < 1e-6 && (one_class || step.abs() < 1e-9) {
+            break;
+        }
         b -= step;
     }
     Ok(b)

@@ -8,8 +8,9 @@
 //! gather, each with a tensor of its own, and as many steps again backwards, where the gather's
 //! gradient is scattered into a tensor of zeros and `exp`'s gradient calls `exp` a second time.
 //! Here the forward reads each row once for its maximum and once for `Σ exp` and writes one value
-//! per row; the backward recomputes both and writes the gradient over the logits, which it owns
-//! unless another tensor shares them. `exp` is [`crate::vector::exp`].
+//! per row; the backward takes the softmax from that value (`exp((x_v − x_y)/T + logp)`, one
+//! `exp` per logit) and writes the gradient over the logits, which it owns unless another tensor
+//! shares them. `exp` is [`crate::vector::exp`].
 
 use rayon::prelude::*;
 
@@ -17,8 +18,8 @@ use rayon::prelude::*;
 const TASK: usize = 1 << 14;
 
 /// `log_softmax(row/T)[token]` of every row of `vocab` logits, into `out` (one value per row).
-/// A row with a NaN gives NaN; finite logits give a finite value (or −∞ where the token's
-/// probability underflows).
+/// A row with a NaN gives NaN; finite logits give a finite value unless `(x_token − max)/T`
+/// overflows to −∞, as a token logit of −∞ does.
 ///
 /// # Panics
 /// When `vocab` is 0, `logits` is not whole rows, `tokens` or `out` has not one entry per row,

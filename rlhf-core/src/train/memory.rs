@@ -177,7 +177,7 @@ pub struct TransformerShape {
     pub frozen: FrozenProjections,
     /// Whether attention's softmax and the token log-probabilities are each one operation that
     /// keeps only what its gradient needs (the passes of `rlhf_models::softmax` and
-    /// [`crate::logprobs::pass`], on burn-flex in f32) rather than burn's chains of operations.
+    /// `crate::logprobs::pass`, on burn-flex in f32) rather than burn's chains of operations.
     pub fused_passes: bool,
 }
 
@@ -224,7 +224,8 @@ impl TransformerShape {
     ///
     /// The LM head adds `3·bsV` values: the logits, the log-softmax's input to `exp`, and the
     /// gradient of the logits at the backward pass; `2·bsV` with the fused pass, which keeps the
-    /// logits and writes their gradient (over them, when nothing else holds them).
+    /// logits and writes their gradient over them when nothing else holds them (one tensor then;
+    /// two are counted for when something does).
     pub fn activation_bytes(&self, rows: u64, seq: u64, checkpointing: bool) -> u64 {
         let (s, b, h, a, i) = (seq, rows, self.hidden.max(1), self.heads, self.intermediate);
         let (bsh, bsi, bass) = (b * s * h, b * s * i, b * a * s * s);

@@ -117,6 +117,17 @@ proptest! {
     }
 }
 
+/// Where every probability at the minimum is near 0 or 1, the mean probability reaches the share
+/// of true labels within 1e-6 while the bias is still off by more than 1e-3: the fit goes on to
+/// the minimum (a case proptest found).
+#[test]
+fn the_fitted_bias_is_the_minimum_where_the_curvature_is_small() {
+    let (z, y) = ([0.0, -18.267_689_169_453_956], [false, true]);
+    let b = fit_bias(&z, &y).unwrap();
+    // the minimum is where σ(b) + σ(b + z₁) = 1, at b = −z₁/2 by symmetry
+    assert!((b - 18.267_689_169_453_956 / 2.0).abs() < 1e-6, "{b}");
+}
+
 #[test]
 fn the_fitted_bias_stays_finite_on_one_class_and_extreme_logits() {
     let sigmoid = |x: f64| 1.0 / (1.0 + (-x).exp());
