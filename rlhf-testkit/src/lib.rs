@@ -13,6 +13,8 @@
 //!   the learning tests of PPO and DPO and the `ppo_study` example.
 //! - [`pairs`]: labelled `tldr-synth` pairs and step-labelled `arith-steps` chains with a tiny
 //!   backbone, for the reward models' learning tests and examples.
+//! - [`assert_checkpointing_keeps_the_gradient`]: the check every burn-flex pass with its own
+//!   backward makes under gradient checkpointing.
 
 pub mod counting;
 pub mod crash;
@@ -25,6 +27,21 @@ pub use crash::serial;
 use burn::tensor::Device;
 use rlhf_models::sft::Example;
 use rlhf_models::{CausalLm, TransformerConfig};
+
+/// Runs `run` (which builds a graph on the device it is given and returns a gradient) on
+/// burn-flex with autodiff, plainly and with gradient checkpointing: the gradient is not all
+/// zeros, and checkpointing leaves it the same to the bit.
+pub fn assert_checkpointing_keeps_the_gradient(run: impl Fn(Device) -> Vec<f32>) {
+    let plain = run(Device::flex().autodiff());
+    assert!(
+        plain.iter().any(|g| *g != 0.0),
+        "an all-zero gradient tests nothing"
+    );
+    assert_eq!(
+        plain,
+        run(Device::flex().autodiff().gradient_checkpointing())
+    );
+}
 
 /// The tiny GPT-NeoX of the learning tests over `vocab` tokens: width 64, 4 heads, 2 layers, MLP
 /// width 256 (about 100k parameters besides the embeddings).
