@@ -14,3 +14,4 @@ mod masked;
 mod policy_loss;
 mod ppo;
 mod train;
+mod vector;
