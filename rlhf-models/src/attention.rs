@@ -9,6 +9,7 @@ use burn::tensor::{Bool, Device, Int, Tensor};
 
 use crate::cache::LayerCache;
 use crate::config::{RopeScaling, TransformerConfig};
+use crate::matmul::matmul;
 use crate::precision::like;
 use crate::softmax::masked_softmax;
 
@@ -351,8 +352,8 @@ pub(crate) fn attend(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, ctx: &Context) ->
     let tiled = !device.is_autodiff() && new * keys > FLEX_TILED_ABOVE;
     if crate::softmax::pass_runs(&device, q.dtype()) && !tiled {
         let scale = (1.0 / (hd as f64).sqrt()) as f32;
-        let scores = q.matmul(k.swap_dims(2, 3));
-        return masked_softmax(scores, ctx.mask.clone(), scale).matmul(v);
+        let scores = matmul(q, k.swap_dims(2, 3));
+        return matmul(masked_softmax(scores, ctx.mask.clone(), scale), v);
     }
     let mask = backend_mask(ctx.mask.clone(), &device);
     attention(q, k, v, Some(mask), None, AttentionModuleOptions::default())

@@ -18,6 +18,7 @@ use crate::attention::{Context, attend};
 use crate::cache::{KvCache, LayerCache};
 use crate::config::{Architecture, TransformerConfig};
 use crate::lm::tied_head;
+use crate::matmul::{linear, linear_layer};
 use rlhf_core::{Error, Result};
 
 /// `transformers.pytorch_utils.Conv1D`: `x·W + b` with `W` stored `[in, out]`, the layout of
@@ -45,7 +46,7 @@ impl Conv1D {
     }
 
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        burn::tensor::module::linear(x, self.weight.val(), Some(self.bias.val()))
+        linear(x, self.weight.val(), Some(self.bias.val()))
     }
 }
 
@@ -218,7 +219,7 @@ impl Gpt2 {
     /// On the headless backbone of a scalar model, which has no LM head.
     pub fn lm_head(&self, hidden: Tensor<3>) -> Tensor<3> {
         match &self.lm_head {
-            Some(head) => head.forward(hidden),
+            Some(head) => linear_layer(head, hidden),
             None => {
                 assert!(self.tied, "the backbone of a scalar model has no LM head");
                 tied_head(hidden, self.wte.weight.val())

@@ -45,6 +45,7 @@ pub mod input;
 pub mod llama;
 pub mod lm;
 pub mod lora;
+pub mod matmul;
 pub mod neox;
 pub mod precision;
 pub mod rotary;

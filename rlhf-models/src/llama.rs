@@ -29,6 +29,7 @@ use crate::attention::{Context, Rotary, attend, repeat_kv};
 use crate::cache::{KvCache, LayerCache};
 use crate::config::{Architecture, TransformerConfig};
 use crate::lm::tied_head;
+use crate::matmul::linear_layer;
 use rlhf_core::{Error, Result};
 
 /// Grouped-query self-attention: `heads` query heads share `kv_heads` key/value heads. Either
@@ -61,7 +62,7 @@ impl LlamaAttention {
         let (h, kvh, hd) = (self.heads, self.kv_heads, self.head_dim);
         let (q, k, v) = match &self.qkv_proj {
             Some(fused) => {
-                let qkv = fused.forward(x);
+                let qkv = linear_layer(fused, x);
                 (
                     qkv.clone().narrow(2, 0, h * hd),
                     qkv.clone().narrow(2, h * hd, kvh * hd),
@@ -70,9 +71,11 @@ impl LlamaAttention {
             }
             None => {
                 let proj = |p: &Option<Linear>, x: Tensor<3>| {
-                    p.as_ref()
-                        .expect("init builds q_proj, k_proj and v_proj unless qkv_proj")
-                        .forward(x)
+                    let p = p.as_ref();
+                    linear_layer(
+                        p.expect("init builds q_proj, k_proj and v_proj unless qkv_proj"),
+                        x,
+                    )
                 };
                 (
                     proj(&self.q_proj, x.clone()),
@@ -96,8 +99,7 @@ impl LlamaAttention {
         // The cache holds the kv_heads keys and values; they are repeated only for the product.
         let (q, k, v) = self.rotary.rotate_and_cache(q, k, v, ctx, cache);
         let out = attend(q, repeat_kv(k, h / kvh), repeat_kv(v, h / kvh), ctx);
-        self.o_proj
-            .forward(out.swap_dims(1, 2).reshape([b, t, h * hd]))
+        linear_layer(&self.o_proj, out.swap_dims(1, 2).reshape([b, t, h * hd]))
     }
 }
 
@@ -119,20 +121,22 @@ impl LlamaMlp {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let (gate, up) = match &self.gate_up_proj {
             Some(fused) => {
-                let y = fused.forward(x);
+                let y = linear_layer(fused, x);
                 let f = y.dims()[2] / 2;
                 (y.clone().narrow(2, 0, f), y.narrow(2, f, f))
             }
             None => {
                 let proj = |p: &Option<Linear>, x: Tensor<3>| {
-                    p.as_ref()
-                        .expect("init builds gate_proj and up_proj unless gate_up_proj")
-                        .forward(x)
+                    let p = p.as_ref();
+                    linear_layer(
+                        p.expect("init builds gate_proj and up_proj unless gate_up_proj"),
+                        x,
+                    )
                 };
                 (proj(&self.gate_proj, x.clone()), proj(&self.up_proj, x))
             }
         };
-        self.down_proj.forward(activation::silu(gate).mul(up))
+        linear_layer(&self.down_proj, activation::silu(gate).mul(up))
     }
 }
 
@@ -279,7 +283,7 @@ impl Llama {
     /// On the headless backbone of a scalar model, which has no LM head.
     pub fn lm_head(&self, hidden: Tensor<3>) -> Tensor<3> {
         match &self.lm_head {
-            Some(head) => head.forward(hidden),
+            Some(head) => linear_layer(head, hidden),
             None => {
                 assert!(self.tied, "the backbone of a scalar model has no LM head");
                 tied_head(hidden, self.embed_tokens.weight.val())

@@ -10,6 +10,7 @@ use crate::config::{Architecture, TransformerConfig};
 use crate::gpt2::Gpt2;
 use crate::input::TokenInput;
 use crate::llama::Llama;
+use crate::matmul::{linear_layer, matmul};
 use crate::neox::GptNeox;
 use crate::precision::to_f32;
 use rlhf_core::train::memory::{FrozenProjections, TransformerShape};
@@ -302,10 +303,8 @@ impl CausalLm {
 pub(crate) fn tied_head(hidden: Tensor<3>, table: Tensor<2>) -> Tensor<3> {
     let [b, t, d] = hidden.dims();
     let vocab = table.dims()[0];
-    hidden
-        .reshape([b * t, d])
-        .matmul(table.transpose())
-        .reshape([b, t, vocab])
+    let logits = matmul(hidden.reshape([b * t, d]), table.transpose());
+    logits.reshape([b, t, vocab])
 }
 
 /// A backbone with a scalar head `d → 1` instead of the LM head: the critic (value per token)
@@ -367,7 +366,7 @@ impl ScalarModel {
     pub fn per_token(&self, input: &TokenInput) -> Tensor<2> {
         let hidden = self.backbone.hidden(input, None);
         let [b, t, _] = hidden.dims();
-        to_f32(self.score.forward(hidden).reshape([b, t]))
+        to_f32(linear_layer(&self.score, hidden).reshape([b, t]))
     }
 
     /// The scalar at the last real token of each row, `[batch]` (the reward model's score);

@@ -19,6 +19,7 @@ use burn::tensor::{Device, Int, Tensor};
 use crate::attention::{Context, Rotary, attend};
 use crate::cache::{KvCache, LayerCache};
 use crate::config::{Architecture, TransformerConfig};
+use crate::matmul::linear_layer;
 use rlhf_core::{Error, Result};
 
 /// Self-attention with a fused QKV projection (per head: `[q | k | v]`, as Hugging Face lays it out).
@@ -37,9 +38,7 @@ impl NeoxAttention {
     fn forward(&self, x: Tensor<3>, ctx: &Context, cache: Option<&mut LayerCache>) -> Tensor<3> {
         let [b, t, d] = x.dims();
         let (h, hd) = (self.heads, self.head_dim);
-        let qkv = self
-            .query_key_value
-            .forward(x)
+        let qkv = linear_layer(&self.query_key_value, x)
             .reshape([b, t, h, 3 * hd])
             .swap_dims(1, 2); // [b, h, t, 3hd]
         let (q, k, v) = self.rotary.rotate_and_cache(
@@ -50,7 +49,7 @@ impl NeoxAttention {
             cache,
         );
         let out = attend(q, k, v, ctx); // [b, h, t, hd]
-        self.dense.forward(out.swap_dims(1, 2).reshape([b, t, d]))
+        linear_layer(&self.dense, out.swap_dims(1, 2).reshape([b, t, d]))
     }
 }
 
@@ -87,12 +86,12 @@ impl NeoxLayer {
             .attention
             .forward(self.input_layernorm.forward(x.clone()), ctx, cache);
         let mlp = |input: Tensor<3>| {
-            let hidden = self
-                .mlp
-                .dense_h_to_4h
-                .forward(self.post_attention_layernorm.forward(input));
-            self.dropout
-                .forward(self.mlp.dense_4h_to_h.forward(crate::gelu::gelu(hidden)))
+            let hidden = linear_layer(
+                &self.mlp.dense_h_to_4h,
+                self.post_attention_layernorm.forward(input),
+            );
+            let out = linear_layer(&self.mlp.dense_4h_to_h, crate::gelu::gelu(hidden));
+            self.dropout.forward(out)
         };
         if self.parallel {
             let mlp = mlp(x.clone());
@@ -204,9 +203,10 @@ impl GptNeox {
     /// # Panics
     /// On the headless backbone of a scalar model, which has no LM head.
     pub fn lm_head(&self, hidden: Tensor<3>) -> Tensor<3> {
-        self.embed_out
-            .as_ref()
-            .expect("the backbone of a scalar model has no LM head")
-            .forward(hidden)
+        let head = self.embed_out.as_ref();
+        linear_layer(
+            head.expect("the backbone of a scalar model has no LM head"),
+            hidden,
+        )
     }
 }
