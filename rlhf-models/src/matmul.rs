@@ -203,7 +203,6 @@ mod flex {
     use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
     use burn::backend::autodiff::{Autodiff, NodeId};
     use burn::backend::flex::{FlexTensor, Layout};
-    use burn::backend::ops::FloatTensorOps;
     use burn::backend::tensor::FloatTensor;
     use burn::backend::{Backend, Dispatch, Flex, TensorMetadata, backend_extension};
     use burn::tensor::{Bytes, DType, Shape, Tensor};
@@ -214,12 +213,17 @@ mod flex {
     /// dimensions (burn's `matmul` broadcasts them, and its gradient sums over the broadcast).
     pub(super) fn runs<const D: usize>(lhs: &Tensor<D>, rhs: &Tensor<D>) -> bool {
         let (l, r) = (lhs.dims(), rhs.dims());
-        D >= 2
-            && rlhf_core::device::is_flex(&lhs.device())
+        rlhf_core::device::is_flex(&lhs.device())
             && lhs.dtype() == DType::F32
             && rhs.dtype() == DType::F32
-            && l[..D - 2] == r[..D - 2]
+            && same_batch(&l, &r)
             && l[D - 1] == r[D - 2]
+    }
+
+    /// Whether `l` and `r` are shapes of matrices (rank ≥ 2) with the same batch dimensions.
+    fn same_batch(l: &[usize], r: &[usize]) -> bool {
+        let rank = l.len();
+        rank >= 2 && rank == r.len() && l[..rank - 2] == r[..rank - 2]
     }
 
     /// `lhs · rhs`, batched.
@@ -251,11 +255,16 @@ mod flex {
     impl Product for Flex {
         fn product(lhs: FlexTensor, rhs: FlexTensor) -> FlexTensor {
             let (l, r) = (lhs.layout().shape().clone(), rhs.layout().shape().clone());
+            // what `runs` let through, and the backward's products of the same
+            assert!(
+                lhs.dtype() == DType::F32 && rhs.dtype() == DType::F32,
+                "products in f32"
+            );
+            assert!(
+                same_batch(&l, &r),
+                "products of the same batch dimensions, {l:?} and {r:?}"
+            );
             let rank = l.num_dims();
-            let same_batch = rank >= 2 && rank == r.num_dims() && l[..rank - 2] == r[..rank - 2];
-            if lhs.dtype() != DType::F32 || rhs.dtype() != DType::F32 || !same_batch {
-                return Flex::float_matmul(lhs, rhs);
-            }
             let (m, k, n) = (l[rank - 2], l[rank - 1], r[rank - 1]);
             assert_eq!(k, r[rank - 2], "matmul: inner dimensions must match");
             let (lhs_starts, lhs_rows, lhs_cols) = operand_layout(&lhs);
@@ -324,9 +333,8 @@ mod flex {
 
             // the gradients below are the operands' own shapes: no batch dimension broadcasts
             let (l, r) = (lhs.shape(), rhs.shape());
-            let rank = l.num_dims();
             assert!(
-                rank >= 2 && rank == r.num_dims() && l[..rank - 2] == r[..rank - 2],
+                same_batch(&l, &r),
                 "products of the same batch dimensions, {l:?} and {r:?}"
             );
             let (lhs_tracked, rhs_tracked) = (lhs.is_tracked(), rhs.is_tracked());

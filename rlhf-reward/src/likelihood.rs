@@ -153,7 +153,7 @@ pub fn fit_bias(logits: &[f64], labels: &[bool]) -> Result<f64> {
     let mut b = 0.0f64;
     for _ in 0..1000 {
         let (mut grad, mut hess) = (0.0, 0.0);
-        for (z, &y) in logits.iter().zip(labels).take(n) {
+        for (z, &y) in logits.iter().zip(labels) {
             let p = sigmoid(z + b);
             grad += p - f64::from(u8::from(y));
             hess += p * (1.0 - p);

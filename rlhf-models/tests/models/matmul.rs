@@ -121,14 +121,19 @@ fn values(n: usize, k: usize) -> Vec<f32> {
     (0..n).map(|i| ((i * k) % 13) as f32 * 0.25 - 1.5).collect()
 }
 
-fn assert_close(got: Vec<f32>, want: Vec<f32>, what: &str) {
+/// Each value within `tolerance · (1 + |want|)` of burn's.
+fn assert_close_to(got: Vec<f32>, want: Vec<f32>, tolerance: f32, what: &str) {
     assert_eq!(got.len(), want.len(), "{what}");
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
         assert!(
-            (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+            (g - w).abs() <= tolerance * (1.0 + w.abs()),
             "{what}, value {i}: {g} against {w}"
         );
     }
+}
+
+fn assert_close(got: Vec<f32>, want: Vec<f32>, what: &str) {
+    assert_close_to(got, want, 1e-5, what);
 }
 
 /// A linear layer (with and without bias, on a `[batch, seq, d]` input) gives burn's `Linear`'s
@@ -229,32 +234,33 @@ fn strided_batches_and_large_products_are_burns() {
     ] {
         let a = t4(values(batches * m * k, 5), [1, batches, m, k]);
         let b = t4(values(batches * k * n, 7), [1, batches, k, n]);
-        let (ours, burns) = (
+        assert_close_to(
             to_f32_vec(matmul(a.clone(), b.clone())),
             to_f32_vec(a.matmul(b)),
+            1e-4,
+            &format!("{batches} × {m} × {k} × {n}"),
         );
-        assert_eq!(ours.len(), burns.len());
-        for (i, (o, w)) in ours.iter().zip(&burns).enumerate() {
-            assert!(
-                (o - w).abs() <= 1e-4 * (1.0 + w.abs()),
-                "{batches} × {m} × {k} × {n}, value {i}: {o} against {w}"
-            );
-        }
     }
 }
 
-/// With gradient checkpointing the operands may be recomputed (here from a memory-bound `exp`):
-/// the gradient is the same either way.
+/// With gradient checkpointing the kept operands may be recomputed (here both come from a
+/// memory-bound `exp`, and each is kept for the other's gradient): the gradients are the same
+/// either way.
 #[test]
 fn checkpointing_gives_the_same_gradient() {
     let run = |device: Device| {
         let t4 =
             |v: Vec<f32>, s: [usize; 4]| Tensor::<4>::from_data(TensorData::new(v, s), &device);
         let q = t4(values(2 * 2 * 3 * 4, 5), [2, 2, 3, 4]).require_grad();
-        let k = t4(values(2 * 2 * 3 * 4, 3), [2, 2, 3, 4]);
-        let scores = matmul(q.clone().mul_scalar(0.5).exp(), k.swap_dims(2, 3));
+        let k = t4(values(2 * 2 * 3 * 4, 3), [2, 2, 3, 4]).require_grad();
+        let scores = matmul(
+            q.clone().mul_scalar(0.5).exp(),
+            k.clone().mul_scalar(0.5).exp().swap_dims(2, 3),
+        );
         let grads = scores.sum().backward();
-        to_f32_vec(q.grad(&grads).expect("tracked"))
+        let mut both = to_f32_vec(q.grad(&grads).expect("tracked"));
+        both.extend(to_f32_vec(k.grad(&grads).expect("tracked")));
+        both
     };
     rlhf_testkit::assert_checkpointing_keeps_the_gradient(run);
 }
