@@ -3,7 +3,7 @@
 //! well as at their raw end points, each effect with its interval over seeds.
 
 use crate::axis::Axis;
-use crate::findings::{Seed, flops_curve, frontier, gain_curve, matched_kls, mean_gap, metric};
+use crate::findings::{Seed, flops_curve, gain_curve, matched_kls, mean_gap, method_curve, metric};
 use crate::fits::interpolate;
 use crate::metrics::names;
 use crate::stats::Interval;
@@ -102,8 +102,8 @@ fn compare<'a>(
     }
 }
 
-/// Every method against PPO: at the end points of the base β, at matched KL on the β-sweep
-/// frontiers, at matched compute at the base β (DPO and EXO at their middle β).
+/// Every method against PPO: at the end points of the base β, at matched KL over each method's
+/// β sweep ([`method_curve`]), at matched compute at the base β (DPO and EXO at their middle β).
 pub fn methods_against_ppo(seeds: &[Seed<'_>], base_beta: f64) -> Vec<Comparison> {
     crate::findings::methods(seeds)
         .into_iter()
@@ -122,7 +122,7 @@ pub fn methods_against_ppo(seeds: &[Seed<'_>], base_beta: f64) -> Vec<Comparison
                         .or_else(|| pts.get(pts.len() / 2).copied())
                 };
                 let (pa, pb) = (base(&m)?, base("ppo")?);
-                Some((frontier(s, &m), frontier(s, "ppo"), [pa, pb]))
+                Some((method_curve(s, &m), method_curve(s, "ppo"), [pa, pb]))
             })
         })
         .collect()

@@ -153,22 +153,31 @@ pub(crate) fn flops_curve(p: &PointRecord) -> Vec<(f64, f64)> {
     out
 }
 
-/// The largest KL a curve reaches.
-fn max_kl(c: &[(f64, f64)]) -> f64 {
-    c.iter().map(|p| p.0).fold(0.0, f64::max)
+/// The KL range a curve measured: from its first point past the SFT policy to its last.
+fn measured_kls(c: &[(f64, f64)]) -> Option<(f64, f64)> {
+    let kls = c.iter().map(|p| p.0).filter(|k| *k > 0.0);
+    let lo = kls.clone().fold(f64::INFINITY, f64::min);
+    let hi = kls.fold(0.0, f64::max);
+    (lo <= hi).then_some((lo, hi))
 }
 
-/// The KL values two or more curves are compared at: ⅓, ⅔ and all of the smallest of their
-/// largest KLs.
+/// The KL values two or more curves are compared at: ⅓, ⅔ and all of the way across the range
+/// that every curve measured. A curve is a straight line between its SFT point at KL 0 and its
+/// first measured KL, so a KL below that is not one where the curve was measured: a β sweep
+/// whose smallest KL is 1.8 says nothing about KL 0.3, where another method's sweep may lie.
+/// Empty when the ranges do not overlap.
 pub(crate) fn matched_kls(curves: &[Vec<(f64, f64)>]) -> Vec<f64> {
-    let top = curves
-        .iter()
-        .map(|c| max_kl(c))
-        .fold(f64::INFINITY, f64::min);
-    if !(top.is_finite() && top > 0.0) {
+    let (mut lo, mut hi) = (0.0, f64::INFINITY);
+    for c in curves {
+        let Some((a, b)) = measured_kls(c) else {
+            return Vec::new();
+        };
+        (lo, hi) = (f64::max(lo, a), f64::min(hi, b));
+    }
+    if !(hi.is_finite() && lo <= hi) {
         return Vec::new();
     }
-    vec![top / 3.0, 2.0 * top / 3.0, top]
+    (1..=3).map(|j| lo + (hi - lo) * j as f64 / 3.0).collect()
 }
 
 /// Mean over `at` of `a(x) − b(x)` on two curves (None when either misses a value).
@@ -484,6 +493,24 @@ pub(crate) fn frontier(s: &Seed<'_>, method: &str) -> Vec<(f64, f64)> {
     out
 }
 
+/// A method's gold gain against KL on one seed, for comparisons at matched KL: the SFT policy at
+/// (0, 0), then every measurement of each β's run. An on-policy run is measured along its
+/// learning curve (gain over the SFT policy on the curve's prompts) and at its end; an offline
+/// run, which has no curve, at its end only. So a β sweep whose end points lie far from the SFT
+/// policy still has measured points at small KL, as in Gao et al.'s curves along training.
+pub(crate) fn method_curve(s: &Seed<'_>, method: &str) -> Vec<(f64, f64)> {
+    let mut out = vec![(0.0, 0.0)];
+    for p in s
+        .axis(Axis::Method)
+        .into_iter()
+        .filter(|p| method_of(&p.point.label).0 == method)
+    {
+        out.extend(gain_curve(p).into_iter().skip(1));
+        out.push((metric(p, names::KL), metric(p, names::GOLD_GAIN)));
+    }
+    out
+}
+
 /// The methods on the `method` axis, in axis order.
 pub(crate) fn methods(seeds: &[Seed<'_>]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
@@ -503,25 +530,34 @@ fn method_findings(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
         let per_seed: Vec<(u64, f64)> = seeds
             .iter()
             .filter_map(|s| {
-                let (a, b) = (frontier(s, &m), frontier(s, "ppo"));
+                let (a, b) = (method_curve(s, &m), method_curve(s, "ppo"));
                 let at = matched_kls(&[a.clone(), b.clone()]);
                 mean_gap(&a, &b, &at).map(|g| (s.seed, g))
             })
             .collect();
-        out.push(conclude(
+        let mut finding = conclude(
             Axis::Method,
             &format!("(comparison) {m} reaches a higher gold score than PPO at matched KL"),
-            &format!("gold at matched KL on the β-sweep frontiers, {m} − ppo"),
+            &format!("gold gain at matched KL over each method's β sweep, {m} − ppo"),
             per_seed,
             Vec::new(),
             |i| {
                 format!(
-                    "Along the β sweeps' frontiers, {m} differed from PPO by {} in gold at matched KL; {}.",
+                    "Over the KL range both β sweeps measured (the on-policy runs along training, the offline runs at their ends), {m} differed from PPO by {} in gold gain at matched KL; {}.",
                     show(i),
                     so(i)
                 )
             },
-        ));
+        );
+        let swept =
+            |s: &Seed<'_>| method_curve(s, &m).len() > 1 && method_curve(s, "ppo").len() > 1;
+        if finding.per_seed.is_empty() && seeds.iter().any(swept) {
+            finding.verdict = Verdict::Inconclusive;
+            finding.sentence = format!(
+                "On no seed do the β sweeps of {m} and PPO reach a common KL, so there is no matched KL to compare them at: inconclusive."
+            );
+        }
+        out.push(finding);
     }
 }
 
@@ -771,14 +807,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn matched_kls_stop_at_the_shorter_curve() {
+    fn matched_kls_lie_where_every_curve_was_measured() {
         let a = vec![(0.0, 0.0), (1.0, 1.0), (3.0, 2.0)];
-        let b = vec![(0.0, 0.0), (1.5, 0.5)];
-        assert_eq!(matched_kls(&[a.clone(), b.clone()]), [0.5, 1.0, 1.5]);
-        // a at 0.5, 1, 1.5 = 0.5, 1, 1.25; b = 1/6, 1/3, 1/2
-        let gap = mean_gap(&a, &b, &[0.5, 1.0, 1.5]).unwrap();
-        assert!((gap - (0.5 + 1.0 + 1.25 - 1.0) / 3.0).abs() < 1e-12);
+        let b = vec![(0.0, 0.0), (1.5, 0.5), (2.4, 1.1)];
+        // measured: a on [1, 3], b on [1.5, 2.4]; both on [1.5, 2.4]
+        let at = matched_kls(&[a.clone(), b.clone()]);
+        let want = [1.8, 2.1, 2.4];
+        assert!(
+            at.iter().zip(want).all(|(x, w)| (x - w).abs() < 1e-12),
+            "{at:?}"
+        );
+        // a at 1.8, 2.1, 2.4 = 1.4, 1.55, 1.7; b = 0.7, 0.9, 1.1
+        let gap = mean_gap(&a, &b, &at).unwrap();
+        assert!((gap - (1.4 + 1.55 + 1.7 - 0.7 - 0.9 - 1.1) / 3.0).abs() < 1e-12);
+        // a curve with no point past the SFT policy has no measured range
         assert_eq!(matched_kls(&[a, vec![(0.0, 0.0)]]), Vec::<f64>::new());
+    }
+
+    #[test]
+    fn sweeps_whose_kls_do_not_overlap_are_not_compared() {
+        // an offline sweep near the SFT policy against an on-policy one far from it: a straight
+        // line from the SFT point would put the second below the first at KL 0.2 without a
+        // measurement there
+        let offline = vec![(0.0, 0.0), (0.1, 0.15), (0.25, 0.2)];
+        let on_policy = vec![(0.0, 0.0), (1.8, 0.25), (2.5, 0.3)];
+        assert_eq!(
+            matched_kls(&[offline.clone(), on_policy.clone()]),
+            Vec::<f64>::new()
+        );
+        let wider = vec![(0.0, 0.0), (0.1, 0.15), (2.0, 0.3)];
+        assert_eq!(matched_kls(&[wider, on_policy]).len(), 3);
     }
 
     #[test]

@@ -276,7 +276,7 @@ pub fn report(
                 comparisons(
                     &mut md,
                     &format!(
-                        "Against PPO: raw end points and matched compute at β = {beta} (DPO and EXO at their middle β), matched KL on each method's β-sweep frontier (SFT at KL 0, then each β's end point):"
+                        "Against PPO: raw end points and matched compute at β = {beta} (DPO and EXO at their middle β), matched KL over each method's β sweep (gold gain over SFT: the on-policy runs along their learning curves and at their ends, DPO and EXO at their ends), at KLs that both sweeps measured:"
                     ),
                     &methods_against_ppo(&seeds, beta),
                 );

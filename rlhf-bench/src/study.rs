@@ -97,6 +97,8 @@ struct Budget {
     method_betas: Vec<f64>,
     /// DPO's and EXO's β on the `method` axis.
     dpo_betas: Vec<f32>,
+    /// DPO's and EXO's learning rate (one epoch over the base RM's pairs).
+    offline_lr: f64,
     /// PPO's β on the `kl_budget` axis (0 included).
     kl_betas: Vec<f64>,
     kl_iterations: usize,
@@ -183,6 +185,7 @@ fn budget(preset: &str) -> Result<Budget> {
             base_beta: 0.05,
             method_betas: vec![0.05],
             dpo_betas: vec![0.3],
+            offline_lr: 1e-4,
             kl_betas: vec![0.0, 0.05],
             kl_iterations: 2,
             best_of: vec![1, 4],
@@ -245,6 +248,10 @@ fn budget(preset: &str) -> Result<Budget> {
             base_beta: 0.05,
             method_betas: vec![0.02, 0.05, 0.1],
             dpo_betas: vec![0.1, 0.3, 1.0],
+            // at 1e-4 the offline sweeps end within KL 0.3 of the SFT policy, below any KL the
+            // on-policy runs measure (their first evaluation lies near KL 1), so no KL is
+            // common to both; at 5e-4 they span about 0.5–2 (docs/tasks.md)
+            offline_lr: 5e-4,
             kl_betas: vec![0.0, 0.01, 0.02, 0.05, 0.1, 0.2],
             // twice the other axes' iterations: at 12, gold still rises at every β; at 24 the
             // proxy and the gold score part at small β (docs/tasks.md)
@@ -310,6 +317,7 @@ fn budget(preset: &str) -> Result<Budget> {
             base_beta: 0.05,
             method_betas: vec![0.01, 0.02, 0.05, 0.1, 0.2],
             dpo_betas: vec![0.05, 0.1, 0.3, 1.0],
+            offline_lr: 1e-4,
             kl_betas: vec![0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2],
             kl_iterations: 300,
             best_of: vec![1, 2, 4, 8, 16, 32, 64],
@@ -545,6 +553,7 @@ fn method_points(b: &Budget, base: &RunConfig) -> Vec<Point> {
                 let mut c = base.clone();
                 c.method.kind = kind;
                 c.method.dpo_beta = beta;
+                c.method.dpo_lr = b.offline_lr;
                 points.push(value(Axis::Method, format!("{name}-{beta}"), x, c));
                 x += 1.0;
             }
