@@ -29,12 +29,14 @@ impl Comparison {
     pub fn table_line(&self) -> String {
         let show = |i: &Option<Interval>| i.map_or_else(|| "—".into(), |i| i.show());
         let kls: Vec<String> = self.kls.iter().map(|k| format!("{k:.2}")).collect();
+        let matched_kl = match self.matched_kl {
+            Some(_) => format!("{} ({})", show(&self.matched_kl), kls.join(", ")),
+            None => "— (no KL measured by both)".into(),
+        };
         format!(
-            "| {} | {} | {} ({}) | {} |",
+            "| {} | {} | {matched_kl} | {} |",
             self.name,
             show(&self.raw),
-            show(&self.matched_kl),
-            kls.join(", "),
             show(&self.matched_compute)
         )
     }

@@ -5,9 +5,9 @@
 //! the same held-out prompts, or a statistic of its points (a slope, the gold score at a
 //! matched KL) — and signed so that a positive value goes the claim's way. Comparisons of
 //! policies that reached different KLs are made at matched KL: each run's learning curve (gold
-//! against KL, from the SFT policy at KL 0) is interpolated at three common KL values, a third,
-//! two thirds and all of the smallest final KL among the compared runs, and the effect is the
-//! mean difference there.
+//! against KL, from the SFT policy at KL 0) is interpolated at three KL values, a third, two
+//! thirds and all of the way across the range that every compared curve measured, and the effect
+//! is the mean difference there. Runs that measured no KL in common are not compared.
 
 use std::collections::BTreeMap;
 
@@ -120,7 +120,7 @@ pub(crate) fn paired(a: &[f64], b: &[f64]) -> Vec<f64> {
 }
 
 /// A run's gold-against-KL curve: the SFT policy at KL 0 (its gold on the curve's prompts),
-/// then every evaluation of the learning curve, then the judge's end point.
+/// then every evaluation of the learning curve.
 pub(crate) fn kl_curve(p: &PointRecord) -> Vec<(f64, f64)> {
     let n = p.point.config.judge.curve_prompts;
     let sft = item(p, items::SFT_GOLD);
@@ -153,9 +153,13 @@ pub(crate) fn flops_curve(p: &PointRecord) -> Vec<(f64, f64)> {
     out
 }
 
-/// The KL range a curve measured: from its first point past the SFT policy to its last.
-fn measured_kls(c: &[(f64, f64)]) -> Option<(f64, f64)> {
-    let kls = c.iter().map(|p| p.0).filter(|k| *k > 0.0);
+/// The KL range a curve measured: from its first point past the SFT policy to its last (points
+/// with a non-finite KL or gold, which interpolation skips, do not count).
+pub(crate) fn measured_kls(c: &[(f64, f64)]) -> Option<(f64, f64)> {
+    let kls = c
+        .iter()
+        .filter(|(k, g)| k.is_finite() && g.is_finite() && *k > 0.0)
+        .map(|p| p.0);
     let lo = kls.clone().fold(f64::INFINITY, f64::min);
     let hi = kls.fold(0.0, f64::max);
     (lo <= hi).then_some((lo, hi))
@@ -177,7 +181,8 @@ pub(crate) fn matched_kls(curves: &[Vec<(f64, f64)>]) -> Vec<f64> {
     if !(hi.is_finite() && lo <= hi) {
         return Vec::new();
     }
-    (1..=3).map(|j| lo + (hi - lo) * j as f64 / 3.0).collect()
+    // the last is `hi` itself: `lo + (hi − lo)·3/3` can round past it, outside a curve
+    vec![lo + (hi - lo) / 3.0, lo + 2.0 * (hi - lo) / 3.0, hi]
 }
 
 /// Mean over `at` of `a(x) − b(x)` on two curves (None when either misses a value).
@@ -190,6 +195,37 @@ pub(crate) fn mean_gap(a: &[(f64, f64)], b: &[(f64, f64)], at: &[f64]) -> Option
         sum += interpolate(a, x)? - interpolate(b, x)?;
     }
     Some(sum / at.len() as f64)
+}
+
+/// Seeds whose two curves measured no KL in common give no effect at matched KL. When that is
+/// every seed that measured both, the claim is untested (inconclusive), not unrun; when it is
+/// some, the sentence says how many.
+fn no_common_kl<'a>(
+    finding: &mut Finding,
+    seeds: &[Seed<'a>],
+    curves: impl Fn(&Seed<'a>) -> [Vec<(f64, f64)>; 2],
+    what: &str,
+) {
+    let measured: Vec<[Vec<(f64, f64)>; 2]> = seeds
+        .iter()
+        .map(curves)
+        .filter(|c| c.iter().all(|c| measured_kls(c).is_some()))
+        .collect();
+    let disjoint = measured
+        .iter()
+        .filter(|c| matched_kls(*c).is_empty())
+        .count();
+    if finding.per_seed.is_empty() && disjoint > 0 && disjoint == measured.len() {
+        finding.verdict = Verdict::Inconclusive;
+        finding.sentence = format!(
+            "On no seed do {what} measure a KL in common, so there is no matched KL to compare them at: inconclusive."
+        );
+    } else if disjoint > 0 {
+        finding.sentence.push_str(&format!(
+            " On {disjoint} of {} seeds {what} measured no KL in common; those seeds give no effect.",
+            measured.len()
+        ));
+    }
 }
 
 /// The finding from per-seed effects. `items` holds, for the seeds where the effect is a mean
@@ -391,7 +427,7 @@ fn size_findings(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
         } else {
             "gold gain at matched KL, smallest − largest"
         };
-        out.push(conclude(axis, claim, effect, per_seed, Vec::new(), |i| {
+        let mut finding = conclude(axis, claim, effect, per_seed, Vec::new(), |i| {
             format!(
                 "At matched KL the {} {} changed the gold gain by {} (raw end points, which differ in KL: {raw_mean:+.3}, largest − smallest); {}.",
                 if larger_better { "largest" } else { "smallest" },
@@ -403,7 +439,23 @@ fn size_findings(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
                 show(i),
                 so(i)
             )
-        }));
+        });
+        let ends = |s: &Seed<'_>| {
+            let pts = s.axis(axis);
+            match (pts.first(), pts.last()) {
+                (Some(small), Some(large)) if pts.len() >= 2 => {
+                    [gain_curve(large), gain_curve(small)]
+                }
+                _ => [Vec::new(), Vec::new()],
+            }
+        };
+        no_common_kl(
+            &mut finding,
+            seeds,
+            ends,
+            "the largest and the smallest size",
+        );
+        out.push(finding);
     }
 }
 
@@ -549,14 +601,13 @@ fn method_findings(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
                 )
             },
         );
-        let swept =
-            |s: &Seed<'_>| method_curve(s, &m).len() > 1 && method_curve(s, "ppo").len() > 1;
-        if finding.per_seed.is_empty() && seeds.iter().any(swept) {
-            finding.verdict = Verdict::Inconclusive;
-            finding.sentence = format!(
-                "On no seed do the β sweeps of {m} and PPO reach a common KL, so there is no matched KL to compare them at: inconclusive."
-            );
-        }
+        let measured = |s: &Seed<'_>| [method_curve(s, &m), method_curve(s, "ppo")];
+        no_common_kl(
+            &mut finding,
+            seeds,
+            measured,
+            &format!("the β sweeps of {m} and PPO"),
+        );
         out.push(finding);
     }
 }
@@ -822,6 +873,15 @@ mod tests {
         assert!((gap - (1.4 + 1.55 + 1.7 - 0.7 - 0.9 - 1.1) / 3.0).abs() < 1e-12);
         // a curve with no point past the SFT policy has no measured range
         assert_eq!(matched_kls(&[a, vec![(0.0, 0.0)]]), Vec::<f64>::new());
+        // the last KL is the range's end exactly: lo + (hi − lo)·3/3 rounds past 3.15 here
+        let (lo, hi) = (std::hint::black_box(0.95), std::hint::black_box(3.15));
+        assert!(lo + (hi - lo) * 3.0 / 3.0 > hi);
+        let c = vec![(0.0, 0.0), (lo, 1.0), (hi, 2.0)];
+        assert_eq!(matched_kls(std::slice::from_ref(&c)).last(), Some(&3.15));
+        assert!(mean_gap(&c, &c, &matched_kls(&[c.clone(), c.clone()])).is_some());
+        // a point without a gold score is not a measurement
+        let nan = vec![(0.0, 0.0), (1.0, 1.0), (2.0, 1.5), (5.0, f64::NAN)];
+        assert_eq!(measured_kls(&nan), Some((1.0, 2.0)));
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! - a length-only control counts only on seeds where it moved length the RM's way.
 //! - RLHF's compute slope is compared with pretraining's only where larger SFT models scored
 //!   higher.
+//! - two methods are compared only at KLs that both were measured at.
 
 use std::collections::BTreeMap;
 
@@ -321,4 +322,83 @@ fn rlhf_is_compared_with_pretraining_only_where_pretraining_gained() {
     assert!((i.mean - (0.2 + 0.01 / 3.0 - 0.02)).abs() < 1e-9, "{i:?}");
     assert_eq!(f.verdict, Verdict::Reproduced, "{}", f.sentence);
     assert!(f.sentence.contains("reproduced"), "{}", f.sentence);
+}
+
+/// A seed's `method` points: PPO measured along training and at its end (KL, gold over an SFT
+/// policy whose gold is 0), and DPO at three βs measured at their ends (KL, gold gain).
+fn method_seed(seed: u64, ppo: &[(f64, f64)], dpo: &[(f64, f64)]) -> Vec<PointRecord> {
+    let config = RunConfig {
+        seed,
+        ..RunConfig::default()
+    };
+    let record = |label: String, end: (f64, f64), curve, sft: Vec<f64>| PointRecord {
+        point: Point {
+            axis: Axis::Method,
+            label,
+            x: 0.0,
+            config: config.clone(),
+        },
+        git_revision: "synthetic".into(),
+        result: RunResult {
+            metrics: BTreeMap::from([
+                (names::KL.to_string(), end.0),
+                (names::GOLD_GAIN.to_string(), end.1),
+            ]),
+            items: BTreeMap::from([(items::SFT_GOLD.to_string(), sft)]),
+            curve,
+            wall_seconds: 0.0,
+        },
+    };
+    let curve = ppo
+        .iter()
+        .map(|&(kl, gold)| {
+            BTreeMap::from([(curve::KL.to_string(), kl), (curve::GOLD.to_string(), gold)])
+        })
+        .collect();
+    let end = *ppo.last().expect("a PPO curve");
+    let mut out = vec![record("ppo-0.05".into(), end, curve, vec![0.0; 4])];
+    for (&(kl, gain), beta) in dpo.iter().zip(["0.1", "0.3", "1"]) {
+        out.push(record(
+            format!("dpo-{beta}"),
+            (kl, gain),
+            Vec::new(),
+            Vec::new(),
+        ));
+    }
+    out
+}
+
+fn dpo_against_ppo(points: &[PointRecord]) -> Finding {
+    findings(points)
+        .into_iter()
+        .find(|f| f.claim.contains("dpo reaches a higher gold score than PPO"))
+        .expect("the DPO comparison")
+}
+
+/// Methods are compared only at KLs that both were measured at. PPO's first evaluation here is
+/// at KL 1; a DPO sweep that ends by KL 0.25 shares no KL with it, though a straight line from
+/// the SFT point to PPO's first evaluation would put PPO far below DPO there.
+#[test]
+fn methods_are_compared_only_where_both_were_measured() {
+    let ppo = [(1.0, 0.05), (1.5, 0.15), (2.0, 0.25)];
+    let near_sft: Vec<PointRecord> = (0..3)
+        .flat_map(|seed| method_seed(seed, &ppo, &[(0.25, 0.2), (0.2, 0.2), (0.1, 0.15)]))
+        .collect();
+    let f = dpo_against_ppo(&near_sft);
+    assert!(f.interval.is_none(), "{:?}", f.interval);
+    assert_eq!(f.verdict, Verdict::Inconclusive, "{}", f.sentence);
+    assert!(f.sentence.contains("no matched KL"), "{}", f.sentence);
+    // a sweep over KL 1.2–2: compared at 1.47, 1.73 and 2, where PPO's curve is 0.143, 0.197
+    // and 0.25, against DPO's 0.3 + 0.01 × seed
+    let overlapping: Vec<PointRecord> = (0..3)
+        .flat_map(|seed| {
+            let g = 0.3 + 0.01 * seed as f64;
+            method_seed(seed, &ppo, &[(2.0, g), (1.6, g), (1.2, g)])
+        })
+        .collect();
+    let f = dpo_against_ppo(&overlapping);
+    let i = f.interval.expect("an interval over three seeds");
+    let want = 0.31 - (0.05 + 0.2 * (1.4 / 3.0 + 2.2 / 3.0 + 1.0) / 3.0);
+    assert!((i.mean - want).abs() < 1e-9, "{i:?} against {want}");
+    assert_eq!(f.verdict, Verdict::Reproduced, "{}", f.sentence);
 }
