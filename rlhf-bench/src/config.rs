@@ -296,6 +296,10 @@ pub enum RewardSource {
     /// `slope` the least-squares slope of the RM's score on response length over the SFT
     /// policy's samples, so the control moves length the way the RM does.
     RmLength,
+    /// The gold scorer itself (`tldr-synth` only): what a reward model without error would give,
+    /// the ceiling of RLHF against a learned RM (Gao et al.'s gold RM). For calibration; no
+    /// preset runs it.
+    Gold,
 }
 
 /// The method and its settings.
@@ -443,6 +447,9 @@ impl RunConfig {
     // by `model_shape` and `PpoConfig::validate`.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
+        if self.method.reward == RewardSource::Gold && self.task.name != "tldr-synth" {
+            return bad("method.reward = \"gold\" needs tldr-synth's gold scorer".into());
+        }
         match self.task.name.as_str() {
             "tldr-synth" => {}
             "arith-steps" => {
@@ -620,6 +627,19 @@ mod tests {
             let err = RunConfig::from_toml(bad).unwrap_err().to_string();
             assert!(err.contains(says), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn the_gold_reward_needs_a_gold_scorer() {
+        let gold = "[method]\nkind = \"ppo\"\nreward = \"gold\"\n";
+        assert_eq!(
+            RunConfig::from_toml(gold).unwrap().method.reward,
+            RewardSource::Gold
+        );
+        let err = RunConfig::from_toml(&format!("[task]\nname = \"arith-steps\"\n{gold}"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("gold scorer"), "{err}");
     }
 
     #[test]

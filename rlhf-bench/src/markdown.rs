@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 
 use crate::axis::Axis;
 use crate::compare::{Comparison, methods_against_ppo, sizes_against_smallest};
+use crate::config::RewardSource;
 use crate::findings::{Seed, by_seed, compute_slope, findings, kl_curve, metric};
 use crate::fits::{GAO_MIN_POINTS, gao_fit, peak};
 use crate::metrics::names;
@@ -90,6 +91,24 @@ fn calibration(md: &mut String, seeds: &[Seed<'_>], points: &[PointRecord]) {
             met(mean >= 10.0)
         );
     }
+    let ceiling = |label: &str| -> Vec<f64> {
+        seeds
+            .iter()
+            .filter_map(|s| s.get(Axis::LengthControl, label))
+            .map(gain_points)
+            .collect()
+    };
+    let (gold, rm) = (ceiling("gold"), ceiling("rm"));
+    if !gold.is_empty() && gold.len() == rm.len() {
+        let over_rm: Vec<f64> = gold.iter().zip(&rm).map(|(g, r)| g - r).collect();
+        let _ = writeln!(
+            md,
+            "What the reward model costs: PPO against the gold score itself (length_control gold: the base β and iterations) adds {} points of win rate against the references over SFT, and PPO against the RM at the same settings {}: a difference of {}.",
+            show_level(&gold),
+            show_level(&rm),
+            show_level(&over_rm)
+        );
+    }
     md.push('\n');
 }
 
@@ -99,8 +118,9 @@ fn gain_points(p: &PointRecord) -> f64 {
 }
 
 /// The RLHF point of the base policy size (that of the `length_control` RM run) with the
-/// largest mean gain over its SFT policy, over every axis's `tldr-synth` points with KL > 0:
-/// its `axis label`, mean gain and gain per seed, in points.
+/// largest mean gain over its SFT policy, over every axis's `tldr-synth` points with KL > 0
+/// that learn from preferences (not from the gold score): its `axis label`, mean gain and gain
+/// per seed, in points.
 fn best_rlhf_point(seeds: &[Seed<'_>], points: &[PointRecord]) -> Option<(String, f64, Vec<f64>)> {
     let base = seeds
         .first()
@@ -116,6 +136,7 @@ fn best_rlhf_point(seeds: &[Seed<'_>], points: &[PointRecord]) -> Option<(String
                     Some(&p.point.config.sft.policy_size) == base.as_ref()
                         && metric(p, names::KL) > 0.0
                         && p.point.config.task.name == "tldr-synth"
+                        && p.point.config.method.reward != RewardSource::Gold
                 })
                 .collect();
             if trained.is_empty() {

@@ -284,8 +284,8 @@ pub(crate) fn advantage_for(kind: MethodKind) -> AdvantageEstimator {
     }
 }
 
-/// The reward the policy is trained on, as `method.reward` says: the RM's score, or the RM's
-/// length-only part (its slope on length).
+/// The reward the policy is trained on, as `method.reward` says: the RM's score, the RM's
+/// length-only part (its slope on length), or the gold score.
 fn method_reward(
     cfg: &RunConfig,
     stage: &RmStage,
@@ -301,6 +301,12 @@ fn method_reward(
                 )
             })?;
             Box::new(LengthScorer::new(slope as f32, inp.tok.eos_text()))
+        }
+        RewardSource::Gold => {
+            let judge = inp.curve.as_ref().ok_or_else(|| {
+                rlhf_core::Error::Config("the gold reward needs a task with a gold scorer".into())
+            })?;
+            Box::new(crate::judge::GoldReward(judge.task.clone()))
         }
     })
 }

@@ -587,14 +587,18 @@ fn best_of_n_points(b: &Budget, base: &RunConfig) -> Vec<Point> {
         .collect()
 }
 
-/// `length_control`: PPO against the RM, and against its length-only part.
+/// `length_control`: PPO against the RM, against its length-only part, and against the gold
+/// score itself (the ceiling of any RM at this budget, for the calibration).
 fn length_control_points(b: &Budget, base: &RunConfig) -> Vec<Point> {
     let rm = ppo(b, base, b.base_beta);
     let mut length_only = ppo(b, base, b.base_beta);
     length_only.method.reward = RewardSource::RmLength;
+    let mut gold = ppo(b, base, b.base_beta);
+    gold.method.reward = RewardSource::Gold;
     vec![
         value(Axis::LengthControl, "rm".into(), 0.0, rm),
         value(Axis::LengthControl, "length-only".into(), 1.0, length_only),
+        value(Axis::LengthControl, "gold".into(), 2.0, gold),
     ]
 }
 
