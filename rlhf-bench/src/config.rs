@@ -297,8 +297,8 @@ pub enum RewardSource {
     /// policy's samples, so the control moves length the way the RM does.
     RmLength,
     /// The gold scorer itself (`tldr-synth` only): what a reward model without error would give,
-    /// the ceiling of RLHF against a learned RM (Gao et al.'s gold RM). For calibration; no
-    /// preset runs it.
+    /// the ceiling of RLHF against a learned RM (Gao et al.'s gold RM). For calibration: the
+    /// `length_control` axis's `gold` point.
     Gold,
 }
 
