@@ -95,24 +95,6 @@ pub(crate) fn references(task: &TldrSynth, prompts: &[String], seed: u64) -> Vec
         .collect()
 }
 
-/// The gold score as a reward (`method.reward = "gold"`).
-pub(crate) struct GoldReward(pub TldrSynth);
-
-impl Scorer for GoldReward {
-    fn score(&self, prompts: &[&str], responses: &[&str]) -> Result<Vec<f32>> {
-        rlhf_core::check_pairs(prompts, responses)?;
-        Ok(prompts
-            .iter()
-            .zip(responses)
-            .map(|(p, r)| self.0.gold(p, r).total as f32)
-            .collect())
-    }
-
-    fn name(&self) -> String {
-        "gold".into()
-    }
-}
-
 /// 1 when `a` beats `b`, ½ on a tie, 0 otherwise.
 pub(crate) fn win(a: f64, b: f64) -> f64 {
     if a > b {
@@ -524,22 +506,5 @@ mod tests {
         assert_eq!(j.win_per_prompt, [0.25, 1.0]);
         assert_eq!(j.length_per_prompt, [4.0, 4.0]);
         assert_eq!(j.eos, 0.75);
-    }
-
-    #[test]
-    fn the_gold_reward_is_the_gold_score() {
-        let task = TldrSynth::default();
-        let p = task.prompt(rlhf_data::Split::Eval, 3);
-        let perfect = with_eos(&task.reference(&p));
-        let responses = [perfect.as_str(), "zed owns blue yacht.", ""];
-        let prompts = [p.as_str(); 3];
-        let r = GoldReward(task.clone())
-            .score(&prompts, &responses)
-            .unwrap();
-        for (score, response) in r.iter().zip(responses) {
-            assert_eq!(*score, task.gold(&p, response).total as f32);
-        }
-        assert!(r[0] > r[1] && r[0] > r[2], "{r:?}");
-        assert!(GoldReward(task).score(&prompts, &responses[..2]).is_err());
     }
 }

@@ -16,7 +16,7 @@ use rlhf_core::train::metrics::{names as train_names, read_metrics};
 use rlhf_core::train::{Metrics, OptimizerConfig, seeded};
 use rlhf_core::{Result, Scorer};
 use rlhf_data::Tokenizer;
-use rlhf_data::tasks::TldrSynth;
+use rlhf_data::tasks::{GoldScorer, TldrSynth};
 use rlhf_dpo::{DpoConfig, Group, OfflineLoss, RefCache, train_offline};
 use rlhf_models::{CausalLm, ScalarModel, TransformerConfig};
 use rlhf_ppo::{AdvantageEstimator, PolicyAndValue, PpoConfig, PpoInputs, train_ppo};
@@ -286,12 +286,12 @@ pub(crate) fn advantage_for(kind: MethodKind) -> AdvantageEstimator {
 
 /// The reward the policy is trained on, as `method.reward` says: the RM's score, the RM's
 /// length-only part (its slope on length), or the gold score.
-fn method_reward(
+fn method_reward<'a>(
     cfg: &RunConfig,
     stage: &RmStage,
-    inp: &MethodInputs<'_>,
+    inp: &MethodInputs<'a>,
     device: &Device,
-) -> Result<Box<dyn Scorer>> {
+) -> Result<Box<dyn Scorer + 'a>> {
     Ok(match cfg.method.reward {
         RewardSource::Rm => Box::new(RewardScorer::new(stage.rm.clone(), inp.tok.clone(), device)),
         RewardSource::RmLength => {
@@ -306,7 +306,7 @@ fn method_reward(
             let judge = inp.curve.as_ref().ok_or_else(|| {
                 rlhf_core::Error::Config("the gold reward needs a task with a gold scorer".into())
             })?;
-            Box::new(crate::judge::GoldReward(judge.task.clone()))
+            Box::new(GoldScorer(judge.task))
         }
     })
 }

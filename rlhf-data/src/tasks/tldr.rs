@@ -365,6 +365,24 @@ mod tests {
     }
 
     #[test]
+    fn the_gold_scorer_rewards_the_gold_score() {
+        use rlhf_base::Scorer;
+        let t = TldrSynth::default();
+        let perfect = with_eos(&t.reference(PROMPT));
+        let responses = [perfect.as_str(), " zed owns blue yacht.", ""];
+        let scores = crate::tasks::GoldScorer(&t)
+            .score(&[PROMPT; 3], &responses)
+            .unwrap();
+        for (score, response) in scores.iter().zip(responses) {
+            assert_eq!(*score, t.gold(PROMPT, response).total as f32);
+        }
+        assert_eq!(scores[0], 1.0);
+        assert!(scores[1] < scores[0] && scores[2] < scores[0], "{scores:?}");
+        let short = crate::tasks::GoldScorer(&t).score(&[PROMPT; 3], &responses[..2]);
+        assert!(short.is_err());
+    }
+
+    #[test]
     fn prompts_are_reproducible_and_splits_disjoint() {
         let t = TldrSynth::default();
         assert_eq!(t.prompt(Split::Train, 7), t.prompt(Split::Train, 7));
