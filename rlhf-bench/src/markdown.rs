@@ -91,15 +91,18 @@ fn calibration(md: &mut String, seeds: &[Seed<'_>], points: &[PointRecord]) {
             met(mean >= 10.0)
         );
     }
-    let ceiling = |label: &str| -> Vec<f64> {
-        seeds
-            .iter()
-            .filter_map(|s| s.get(Axis::LengthControl, label))
-            .map(gain_points)
-            .collect()
-    };
-    let (gold, rm) = (ceiling("gold"), ceiling("rm"));
-    if !gold.is_empty() && gold.len() == rm.len() {
+    // per seed that ran both: PPO against the gold score and against the RM, same settings
+    let (gold, rm): (Vec<f64>, Vec<f64>) = seeds
+        .iter()
+        .filter_map(|s| {
+            let gold = s.get(Axis::LengthControl, "gold")?;
+            Some((
+                gain_points(gold),
+                gain_points(s.get(Axis::LengthControl, "rm")?),
+            ))
+        })
+        .unzip();
+    if !gold.is_empty() {
         let over_rm: Vec<f64> = gold.iter().zip(&rm).map(|(g, r)| g - r).collect();
         let _ = writeln!(
             md,
