@@ -392,6 +392,15 @@ pub(crate) fn gain_curve(p: &PointRecord) -> Vec<(f64, f64)> {
     c.into_iter().map(|(k, g)| (k, g - origin)).collect()
 }
 
+/// The first and the last point of a size axis on one seed, when it has two or more.
+fn smallest_and_largest<'a>(
+    s: &Seed<'a>,
+    axis: Axis,
+) -> Option<(&'a PointRecord, &'a PointRecord)> {
+    let pts = s.axis(axis);
+    (pts.len() >= 2).then(|| (pts[0], pts[pts.len() - 1]))
+}
+
 fn size_findings(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
     for (axis, claim, larger_better) in [
         (
@@ -409,11 +418,7 @@ fn size_findings(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
         let per_seed: Vec<(u64, f64)> = seeds
             .iter()
             .filter_map(|s| {
-                let pts = s.axis(axis);
-                let (small, large) = (*pts.first()?, *pts.last()?);
-                if pts.len() < 2 {
-                    return None;
-                }
+                let (small, large) = smallest_and_largest(s, axis)?;
                 let (a, b) = (gain_curve(large), gain_curve(small));
                 let at = matched_kls(&[a.clone(), b.clone()]);
                 let gap = mean_gap(&a, &b, &at)?;
@@ -440,14 +445,9 @@ fn size_findings(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
                 so(i)
             )
         });
-        let ends = |s: &Seed<'_>| {
-            let pts = s.axis(axis);
-            match (pts.first(), pts.last()) {
-                (Some(small), Some(large)) if pts.len() >= 2 => {
-                    [gain_curve(large), gain_curve(small)]
-                }
-                _ => [Vec::new(), Vec::new()],
-            }
+        let ends = |s: &Seed<'_>| match smallest_and_largest(s, axis) {
+            Some((small, large)) => [gain_curve(large), gain_curve(small)],
+            None => [Vec::new(), Vec::new()],
         };
         no_common_kl(
             &mut finding,

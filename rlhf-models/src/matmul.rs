@@ -6,9 +6,9 @@
 //! 16-byte-aligned buffer (`FlexTensor::empty` through `Bytes::from_bytes_vec`), so every product
 //! also pays a `memset` and a `memmove` of its output, a visible share of the study's time on its
 //! small models (`docs/perf-report.md`, "Matrix products into their own buffers"). Here the
-//! output is a vector of `f32` that `gemm` fills once and the tensor then owns as it is. The gradients, `g·rhsᵀ` and `lhsᵀ·g`, are the same product on transposed
-//! views. Other backends and dtypes, and operands whose batch dimensions differ (broadcasting),
-//! keep burn's `matmul`.
+//! output is a vector of `f32` that `gemm` fills once and the tensor then owns as it is. The
+//! gradients, `g·rhsᵀ` and `lhsᵀ·g`, are the same product on transposed views. Other backends
+//! and dtypes, and operands whose batch dimensions differ (broadcasting), keep burn's `matmul`.
 
 use burn::nn::Linear;
 use burn::tensor::Tensor;
