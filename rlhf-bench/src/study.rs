@@ -80,10 +80,6 @@ struct Budget {
     curve_prompts: usize,
     iterations: usize,
     episodes: usize,
-    /// Passes of each on-policy update over its batch of episodes.
-    rl_epochs: usize,
-    /// Minibatches per pass.
-    rl_minibatches: usize,
     /// The on-policy methods' learning rate.
     rl_lr: f64,
     eval_every: usize,
@@ -178,8 +174,6 @@ fn budget(preset: &str) -> Result<Budget> {
             curve_prompts: 16,
             iterations: 2,
             episodes: 16,
-            rl_epochs: 4,
-            rl_minibatches: 2,
             rl_lr: 3e-4,
             eval_every: 1,
             volumes: vec![64, 128],
@@ -238,11 +232,7 @@ fn budget(preset: &str) -> Result<Budget> {
             samples: 4,
             curve_prompts: 128,
             iterations: 12,
-            // one pass over 256 episodes, not four over 64 at the same update cost: at this
-            // learning rate four passes fit the small batch's noise and gain less (docs/tasks.md)
-            episodes: 256,
-            rl_epochs: 1,
-            rl_minibatches: 4,
+            episodes: 64,
             // 12 iterations need a larger step than full's 100: at 3e-4 PPO's KL stays near 1
             // at every β, 0 included, so neither the penalty nor the RM's errors come into play
             rl_lr: 1e-3,
@@ -316,8 +306,6 @@ fn budget(preset: &str) -> Result<Budget> {
             curve_prompts: 256,
             iterations: 100,
             episodes: 128,
-            rl_epochs: 4,
-            rl_minibatches: 2,
             rl_lr: 3e-4,
             eval_every: 5,
             volumes: vec![250, 1000, 4000, 16000],
@@ -448,8 +436,6 @@ fn base_config(b: &Budget, device: &str) -> RunConfig {
     base.rm.eval_pairs = 300;
     base.method.ppo.iterations = b.iterations;
     base.method.ppo.prompts_per_batch = b.episodes;
-    base.method.ppo.ppo_epochs = b.rl_epochs;
-    base.method.ppo.num_minibatches = b.rl_minibatches;
     base.method.ppo.optimizer.lr = b.rl_lr;
     base.method.ppo.kl = KlController::Fixed { value: b.base_beta };
     base.method.best_of_n_max = b.best_of.iter().copied().max().unwrap_or(1);
