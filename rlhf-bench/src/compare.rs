@@ -3,7 +3,7 @@
 //! well as at their raw end points, each effect with its interval over seeds.
 
 use crate::axis::Axis;
-use crate::findings::{Seed, flops_curve, gain_curve, matched_kls, mean_gap, method_curve, metric};
+use crate::findings::{Seed, flops_curve, gain_curve, gap_at_matched_kl, method_curve, metric};
 use crate::fits::interpolate;
 use crate::metrics::names;
 use crate::stats::Interval;
@@ -81,8 +81,7 @@ fn compare<'a>(
             continue;
         };
         raw.push(metric(pa, names::GOLD_GAIN) - metric(pb, names::GOLD_GAIN));
-        let at = matched_kls(&[a.clone(), b.clone()]);
-        if let Some(g) = mean_gap(&a, &b, &at) {
+        if let Some((g, at)) = gap_at_matched_kl(&a, &b) {
             kl.push(g);
             kls.push(at);
         }

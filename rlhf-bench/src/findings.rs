@@ -170,10 +170,10 @@ pub(crate) fn measured_kls(c: &[(f64, f64)]) -> Option<(f64, f64)> {
 /// first measured KL, so a KL below that is not one where the curve was measured: a β sweep
 /// whose smallest KL is 1.8 says nothing about KL 0.3, where another method's sweep may lie.
 /// Empty when the ranges do not overlap.
-pub(crate) fn matched_kls(curves: &[Vec<(f64, f64)>]) -> Vec<f64> {
+pub(crate) fn matched_kls<C: AsRef<[(f64, f64)]>>(curves: &[C]) -> Vec<f64> {
     let (mut lo, mut hi) = (0.0, f64::INFINITY);
     for c in curves {
-        let Some((a, b)) = measured_kls(c) else {
+        let Some((a, b)) = measured_kls(c.as_ref()) else {
             return Vec::new();
         };
         (lo, hi) = (f64::max(lo, a), f64::min(hi, b));
@@ -197,18 +197,24 @@ pub(crate) fn mean_gap(a: &[(f64, f64)], b: &[(f64, f64)], at: &[f64]) -> Option
     Some(sum / at.len() as f64)
 }
 
+/// `a − b` at matched KL: [`mean_gap`] at the [`matched_kls`] of the two curves, with those KLs.
+pub(crate) fn gap_at_matched_kl(a: &[(f64, f64)], b: &[(f64, f64)]) -> Option<(f64, Vec<f64>)> {
+    let at = matched_kls(&[a, b]);
+    Some((mean_gap(a, b, &at)?, at))
+}
+
 /// Seeds whose two curves measured no KL in common give no effect at matched KL. When that is
 /// every seed that measured both, the claim is untested (inconclusive), not unrun; when it is
 /// some, the sentence says how many.
 fn no_common_kl<'a>(
     finding: &mut Finding,
     seeds: &[Seed<'a>],
-    curves: impl Fn(&Seed<'a>) -> [Vec<(f64, f64)>; 2],
+    curves: impl Fn(&Seed<'a>) -> Option<[Vec<(f64, f64)>; 2]>,
     what: &str,
 ) {
     let measured: Vec<[Vec<(f64, f64)>; 2]> = seeds
         .iter()
-        .map(curves)
+        .filter_map(curves)
         .filter(|c| c.iter().all(|c| measured_kls(c).is_some()))
         .collect();
     let disjoint = measured
@@ -414,14 +420,18 @@ fn size_findings(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
             false,
         ),
     ] {
+        // the gain curves of the largest and the smallest size
+        let ends = |s: &Seed<'_>| {
+            smallest_and_largest(s, axis)
+                .map(|(small, large)| [gain_curve(large), gain_curve(small)])
+        };
         let mut raw: Vec<f64> = Vec::new();
         let per_seed: Vec<(u64, f64)> = seeds
             .iter()
             .filter_map(|s| {
+                let [large_gain, small_gain] = ends(s)?;
+                let (gap, _) = gap_at_matched_kl(&large_gain, &small_gain)?;
                 let (small, large) = smallest_and_largest(s, axis)?;
-                let (a, b) = (gain_curve(large), gain_curve(small));
-                let at = matched_kls(&[a.clone(), b.clone()]);
-                let gap = mean_gap(&a, &b, &at)?;
                 raw.push(metric(large, names::GOLD_GAIN) - metric(small, names::GOLD_GAIN));
                 Some((s.seed, if larger_better { gap } else { -gap }))
             })
@@ -445,10 +455,6 @@ fn size_findings(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
                 so(i)
             )
         });
-        let ends = |s: &Seed<'_>| match smallest_and_largest(s, axis) {
-            Some((small, large)) => [gain_curve(large), gain_curve(small)],
-            None => [Vec::new(), Vec::new()],
-        };
         no_common_kl(
             &mut finding,
             seeds,
@@ -579,12 +585,12 @@ pub(crate) fn methods(seeds: &[Seed<'_>]) -> Vec<String> {
 
 fn method_findings(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
     for m in methods(seeds).into_iter().filter(|m| m != "ppo") {
+        let curves = |s: &Seed<'_>| Some([method_curve(s, &m), method_curve(s, "ppo")]);
         let per_seed: Vec<(u64, f64)> = seeds
             .iter()
             .filter_map(|s| {
-                let (a, b) = (method_curve(s, &m), method_curve(s, "ppo"));
-                let at = matched_kls(&[a.clone(), b.clone()]);
-                mean_gap(&a, &b, &at).map(|g| (s.seed, g))
+                let [a, b] = curves(s)?;
+                gap_at_matched_kl(&a, &b).map(|(g, _)| (s.seed, g))
             })
             .collect();
         let mut finding = conclude(
@@ -601,11 +607,10 @@ fn method_findings(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
                 )
             },
         );
-        let measured = |s: &Seed<'_>| [method_curve(s, &m), method_curve(s, "ppo")];
         no_common_kl(
             &mut finding,
             seeds,
-            measured,
+            curves,
             &format!("the β sweeps of {m} and PPO"),
         );
         out.push(finding);
