@@ -421,17 +421,16 @@ fn size_findings(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
         ),
     ] {
         // the gain curves of the largest and the smallest size
-        let ends = |s: &Seed<'_>| {
-            smallest_and_largest(s, axis)
-                .map(|(small, large)| [gain_curve(large), gain_curve(small)])
-        };
+        let curves =
+            |(small, large): (&PointRecord, &PointRecord)| [gain_curve(large), gain_curve(small)];
+        let ends = |s: &Seed<'_>| smallest_and_largest(s, axis).map(curves);
         let mut raw: Vec<f64> = Vec::new();
         let per_seed: Vec<(u64, f64)> = seeds
             .iter()
             .filter_map(|s| {
-                let [large_gain, small_gain] = ends(s)?;
-                let (gap, _) = gap_at_matched_kl(&large_gain, &small_gain)?;
                 let (small, large) = smallest_and_largest(s, axis)?;
+                let [large_gain, small_gain] = curves((small, large));
+                let (gap, _) = gap_at_matched_kl(&large_gain, &small_gain)?;
                 raw.push(metric(large, names::GOLD_GAIN) - metric(small, names::GOLD_GAIN));
                 Some((s.seed, if larger_better { gap } else { -gap }))
             })
