@@ -2,10 +2,11 @@
 //! (on-policy, against the RM or the RM's length-only part), DPO or EXO (offline, on the RM's
 //! labelled pairs), or nothing (SFT and best-of-n are judged as they are).
 //!
-//! An on-policy run logs, every `judge.eval_every` iterations, the gold score, KL, RM score and
-//! length of one sample on each of the first `judge.curve_prompts` held-out prompts (the same
-//! draws at every evaluation): the learning curve that matched-KL and matched-compute
-//! comparisons and the over-optimisation curves are read from.
+//! An on-policy run logs, after its first iteration and every `judge.eval_every` iterations, the
+//! gold score, KL, RM score and length of one sample on each of the first `judge.curve_prompts`
+//! held-out prompts (the same draws at every evaluation): the learning curve that matched-KL and
+//! matched-compute comparisons and the over-optimisation curves are read from. The first point
+//! gives a fast-moving run (a large policy) a measured KL low enough to share with a slow one.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -237,6 +238,7 @@ fn on_policy(
             .as_ref()
             .map(|_| &eval as &dyn Fn(&CausalLm) -> Metrics),
         eval_every: cfg.judge.eval_every as u64,
+        eval_first: true,
     };
     let dir = work.join("ppo");
     let (models, report) = train_ppo(

@@ -572,6 +572,7 @@ impl<'a> Bench<'a> {
             demonstrations: &[],
             eval: None,
             eval_every: 0,
+            eval_first: false,
         };
         let t = Instant::now();
         let (_, report) = train_ppo(

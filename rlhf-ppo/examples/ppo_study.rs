@@ -63,6 +63,7 @@ fn run(
         demonstrations: &[],
         eval: None,
         eval_every: 0,
+        eval_first: false,
     };
     let start = Instant::now();
     let (models, report) = train_ppo(

@@ -94,6 +94,9 @@ pub struct PpoInputs<'a> {
     pub eval: Option<&'a dyn Fn(&CausalLm) -> Metrics>,
     /// See `eval`; 0 means only after the last iteration.
     pub eval_every: u64,
+    /// Also run `eval` after the first iteration, where a learning curve starts (as
+    /// `logging_first_step` does in transformers).
+    pub eval_first: bool,
 }
 
 /// Left-pads each prompt's tokens to exactly `query_length` (TL;DR detail 2) with the tokenizer's
@@ -1213,12 +1216,19 @@ fn iteration_line(mut metrics: Metrics, skipped: u64, beta: f32, lr: f64) -> Met
 }
 
 /// The caller's eval of `policy` after iteration `done` of `total`: every `eval_every`
-/// iterations and after the last; nothing otherwise.
+/// iterations, after the last, and after the first when `eval_first`; nothing otherwise.
 fn eval_if_due(inputs: &PpoInputs, policy: &CausalLm, done: u64, total: u64) -> Metrics {
     match inputs.eval {
-        Some(eval) if eval_due(done, total, inputs.eval_every) => eval(policy),
+        Some(eval) if eval_is_due(done, total, inputs.eval_every, inputs.eval_first) => {
+            eval(policy)
+        }
         _ => Vec::new(),
     }
+}
+
+/// Whether the eval runs after iteration `done` of `total` (see [`eval_if_due`]).
+fn eval_is_due(done: u64, total: u64, every: u64, first: bool) -> bool {
+    (first && done == 1) || eval_due(done, total, every)
 }
 
 /// Saves a checkpoint after iteration `done` when one is due (models, optimizer, KL controller),
@@ -1245,4 +1255,24 @@ fn checkpoint_if_due(
         })
     })?;
     run.stop_if_interrupted(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::eval_is_due;
+
+    fn due(total: u64, every: u64, first: bool) -> Vec<u64> {
+        (1..=total)
+            .filter(|&d| eval_is_due(d, total, every, first))
+            .collect()
+    }
+
+    #[test]
+    fn the_eval_runs_every_k_iterations_after_the_last_and_after_the_first_when_asked() {
+        assert_eq!(due(7, 2, false), [2, 4, 6, 7]);
+        assert_eq!(due(7, 2, true), [1, 2, 4, 6, 7]);
+        assert_eq!(due(5, 0, false), [5]);
+        assert_eq!(due(5, 0, true), [1, 5]);
+        assert_eq!(due(1, 3, true), [1]);
+    }
 }

@@ -115,6 +115,7 @@ fn inputs<'a>(
         demonstrations: &[],
         eval: None,
         eval_every: 0,
+        eval_first: false,
     }
 }
 

@@ -102,6 +102,7 @@ fn rl_with(cfg: PpoConfig) -> (f64, f64, Metrics) {
         demonstrations: &[],
         eval: None,
         eval_every: 0,
+        eval_first: false,
     };
     let start = Instant::now();
     let (models, report) =
@@ -252,6 +253,7 @@ fn ppo_and_grpo_raise_a_rule_reward() {
             demonstrations: &[],
             eval: None,
             eval_every: 0,
+            eval_first: false,
         };
         let dir = tempfile::tempdir().unwrap();
         let (models, _) = train_ppo(

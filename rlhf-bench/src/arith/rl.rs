@@ -74,6 +74,7 @@ pub(crate) fn run_rl(
         demonstrations: &[],
         eval: None,
         eval_every: 0,
+        eval_first: false,
     };
     let (models, report) = train_ppo(
         PolicyAndValue::new(sft.model.clone(), value),

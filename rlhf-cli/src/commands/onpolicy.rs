@@ -682,6 +682,7 @@ pub fn run(method: Method, args: &OnPolicyArgs, toml: &str) -> Result<()> {
         demonstrations: &demonstrations,
         eval: None,
         eval_every: 0,
+        eval_first: false,
     };
     let run = run_options_on_replicas(args, out, &cfg, &models.policy, models.value.as_ref())?;
     let (models, report) = train_ppo(models, &inputs, &cfg, &run, &device)

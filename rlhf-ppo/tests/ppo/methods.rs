@@ -293,6 +293,7 @@ impl Counting {
             demonstrations: &[],
             eval: None,
             eval_every: 0,
+            eval_first: false,
         };
         let policy = counting::load(&self.bytes, self.tok.vocab_size(), 0.0, &self.device);
         let mut optim = cfg.optimizer.build().unwrap();

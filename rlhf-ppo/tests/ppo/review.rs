@@ -68,6 +68,7 @@ fn ppo_trains_with_a_pad_id_outside_the_vocabulary() {
         demonstrations: &[],
         eval: None,
         eval_every: 0,
+        eval_first: false,
     };
     let quiet = RunOptions::quiet();
     let (_, report) = train_ppo(
@@ -231,6 +232,7 @@ proptest! {
             demonstrations: &demonstrations,
             eval: None,
             eval_every: 0,
+            eval_first: false,
         };
         let critic = cfg.advantage.needs_critic().then_some(value);
         let result = train_ppo(
