@@ -65,19 +65,27 @@ fn component(g: &GoldScore, name: &str) -> f64 {
         .map_or(0.0, |c| c.1)
 }
 
-/// The cache's tokenizer: the `tokenizer-…` directory beside the RM stage.
+/// The cache's tokenizer: the one `tokenizer-…` directory beside the RM stage.
 fn tokenizer_beside(stage: &Path) -> Result<Tokenizer, Box<dyn Error>> {
     let cache = stage
         .parent()
         .ok_or("the RM stage has no parent directory")?;
-    let dir = std::fs::read_dir(cache)?
+    let dirs: Vec<PathBuf> = std::fs::read_dir(cache)?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| {
+        .filter(|p| {
             p.file_name()
                 .and_then(|n| n.to_str())
                 .is_some_and(|n| n.starts_with("tokenizer-"))
         })
-        .ok_or("no tokenizer-… directory beside the RM stage")?;
+        .collect();
+    let [dir] = dirs.as_slice() else {
+        return Err(format!(
+            "{}: expected one tokenizer-… directory, found {}",
+            cache.display(),
+            dirs.len()
+        )
+        .into());
+    };
     Ok(Tokenizer::from_file(&dir.join("tokenizer.json"), None)?)
 }
 
