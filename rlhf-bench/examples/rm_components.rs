@@ -8,18 +8,19 @@
 //!
 //! `RM_STAGE` is an RM stage directory of a study's cache (`target/bench-scaling/quick/cache/rm-…`,
 //! with `model/` inside; the tokenizer is the cache's `tokenizer-…`), `PAIRS` a `pairs.json` of an
-//! RM stage: another seed's, for prompts and samples the RM has not seen. Prints one markdown row
-//! per group: the pairs whose gold differs, the RM's agreement with the gold order (a tie counts a
-//! half) and its standard error.
+//! RM stage: another seed's, for prompts and samples the RM has not seen. The RM scores the stored
+//! token ids, as the stage's gold-order accuracy does. Prints one markdown row per group of the
+//! pairs whose gold differs: how many, the RM's agreement with the gold order (a tie counts a
+//! half) and its binomial standard error (which treats the pairs as independent: one pair per
+//! prompt).
 
 use std::cmp::Ordering;
 use std::error::Error;
 use std::path::{Path, PathBuf};
 
-use rlhf_core::Scorer;
 use rlhf_data::Tokenizer;
-use rlhf_data::tasks::{GoldScore, Task, TldrSynth};
-use rlhf_reward::{RewardModel, RewardScorer};
+use rlhf_data::tasks::{EOS, Task, TldrSynth};
+use rlhf_reward::{RankedExample, RewardModel, score_ranked};
 use serde::Deserialize;
 
 /// A labelled pair as the RM stage stores it: token ids, and the two responses' gold scores.
@@ -31,7 +32,7 @@ struct Pair {
     gold: [f64; 2],
 }
 
-/// The gold components the groups split by (`eos` rarely differs between two samples).
+/// The gold components with a row of their own: pairs where only that component differs.
 const COMPONENTS: [&str; 3] = ["completeness", "faithfulness", "well_formedness"];
 
 /// A group of pairs: how many, and how many the RM orders as gold does.
@@ -48,7 +49,10 @@ impl Group {
     }
 
     fn row(&self, name: &str) -> String {
-        let n = self.pairs.max(1) as f64;
+        if self.pairs == 0 {
+            return format!("| {name} | 0 | — | — |");
+        }
+        let n = self.pairs as f64;
         let p = self.agree / n;
         format!(
             "| {name} | {} | {p:.3} | {:.3} |",
@@ -58,15 +62,18 @@ impl Group {
     }
 }
 
-fn component(g: &GoldScore, name: &str) -> f64 {
-    g.components
-        .iter()
-        .find(|c| c.0 == name)
-        .map_or(0.0, |c| c.1)
+/// A response's length in words, as the gold score counts it (without the EOS).
+fn words(response: &str) -> usize {
+    let body = response.trim_end();
+    body.strip_suffix(EOS)
+        .unwrap_or(body)
+        .split_whitespace()
+        .count()
 }
 
 /// The cache's tokenizer: the one `tokenizer-…` directory beside the RM stage.
 fn tokenizer_beside(stage: &Path) -> Result<Tokenizer, Box<dyn Error>> {
+    let stage = std::fs::canonicalize(stage).map_err(|e| format!("{}: {e}", stage.display()))?;
     let cache = stage
         .parent()
         .ok_or("the RM stage has no parent directory")?;
@@ -96,26 +103,26 @@ fn main() -> Result<(), Box<dyn Error>> {
     };
     let device = rlhf_core::device_from_env()?;
     let tok = tokenizer_beside(stage)?;
-    let rm = RewardScorer::new(
-        RewardModel::load(&stage.join("model"), &device)?,
-        tok.clone(),
-        &device,
-    );
+    let rm = RewardModel::load(&stage.join("model"), &device)?;
     let task = TldrSynth::default();
     let pairs: Vec<Pair> = serde_json::from_str(&std::fs::read_to_string(pairs)?)?;
 
+    let ranked: Vec<RankedExample> = pairs
+        .iter()
+        .map(|p| RankedExample {
+            prompt: p.prompt.clone(),
+            responses: vec![p.chosen.clone(), p.rejected.clone()],
+            margin: None,
+            gold: None,
+        })
+        .collect();
+    let scores = score_ranked(&rm.model, &ranked, 64, &device)?;
     let mut prompts = Vec::new();
     let mut texts = [Vec::new(), Vec::new()];
     for p in &pairs {
         prompts.push(tok.decode(&p.prompt)?);
         texts[0].push(tok.decode(&p.chosen)?);
         texts[1].push(tok.decode(&p.rejected)?);
-    }
-    let prompt_refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
-    let mut scores = Vec::new();
-    for side in &texts {
-        let refs: Vec<&str> = side.iter().map(String::as_str).collect();
-        scores.push(rm.score(&prompt_refs, &refs)?);
     }
 
     let [mut all, mut longer, mut shorter, mut same_length]: [Group; 4] = Default::default();
@@ -133,29 +140,33 @@ fn main() -> Result<(), Box<dyn Error>> {
         if gold_gap == 0.0 {
             continue;
         }
-        let rm_gap = f64::from(scores[0][i] - scores[1][i]);
+        let rm_gap = f64::from(scores[i][0] - scores[i][1]);
         let agree = if rm_gap == 0.0 {
             0.5
         } else {
             f64::from(u8::from((rm_gap > 0.0) == (gold_gap > 0.0)))
         };
         all.add(agree);
-        let words = |t: &str| t.split_whitespace().count();
         let by_length = match words(a).cmp(&words(b)) {
             Ordering::Equal => &mut same_length,
             order if (order == Ordering::Greater) == (gold_gap > 0.0) => &mut longer,
             _ => &mut shorter,
         };
         by_length.add(agree);
-        let gap = |c: &str| (component(&gold[0], c) - component(&gold[1], c)).abs() > 1e-12;
-        if words(a) == words(b) && gap("faithfulness") && !gap("well_formedness") {
+        let gap = |c: &str| (gold[0].component(c) - gold[1].component(c)).abs() > 1e-12;
+        if words(a) == words(b) && gap("faithfulness") && !gap("well_formedness") && !gap("eos") {
             same_length_other_facts.add(agree);
         }
-        let differs: Vec<usize> = (0..COMPONENTS.len())
-            .filter(|&c| gap(COMPONENTS[c]))
+        let differs: Vec<&str> = gold[0]
+            .components
+            .iter()
+            .map(|c| c.0)
+            .filter(|c| gap(c))
             .collect();
-        if let ([c], false) = (differs.as_slice(), gap("conciseness")) {
-            only[*c].add(agree);
+        if let [c] = differs.as_slice()
+            && let Some(k) = COMPONENTS.iter().position(|x| x == c)
+        {
+            only[k].add(agree);
         }
     }
 

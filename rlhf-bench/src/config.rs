@@ -398,7 +398,8 @@ pub struct JudgeConfig {
     pub max_new_tokens: usize,
     /// Held-out prompts of the learning curve's evaluations (one sample each).
     pub curve_prompts: usize,
-    /// Iterations between the learning curve's evaluations (0: at the end only).
+    /// Iterations between the learning curve's evaluations, which also run after the first
+    /// iteration and after the last (0: only those two).
     pub eval_every: usize,
 }
 

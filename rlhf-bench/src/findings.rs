@@ -797,8 +797,8 @@ fn length_finding(seeds: &[Seed<'_>], out: &mut Vec<Finding>) {
     out.push(finding);
 }
 
-/// Gold gain per doubling of the method's FLOPs along a run's learning curve (evaluations after
-/// the first iteration).
+/// Gold gain per doubling of the method's FLOPs along a run's learning curve (every evaluation
+/// of the run, not the SFT point at zero FLOPs).
 pub(crate) fn compute_slope(p: &PointRecord) -> Option<f64> {
     let c: Vec<(f64, f64)> = flops_curve(p).into_iter().filter(|x| x.0 > 0.0).collect();
     per_doubling(&c).map(|l| l.slope)

@@ -245,7 +245,7 @@ fn compute(md: &mut String, seeds: &[Seed<'_>], labels: &[String]) {
     }
     let _ = writeln!(
         md,
-        "\nGold gain per doubling of the RL stage's FLOPs, fitted on each run's learning curve (evaluations after the first iteration), at the base β:\n\n| method | gold gain per doubling of FLOPs [95% interval] |\n| --- | --- |"
+        "\nGold gain per doubling of the RL stage's FLOPs, fitted on each run's learning curve (every evaluation of the run, not the SFT point), at the base β:\n\n| method | gold gain per doubling of FLOPs [95% interval] |\n| --- | --- |"
     );
     for label in labels {
         let v: Vec<f64> = seeds

@@ -90,12 +90,12 @@ pub struct PpoInputs<'a> {
     /// SFT demonstrations for PPO-ptx (read only when `ptx_coef > 0`).
     pub demonstrations: &'a [Example],
     /// Extra metrics (e.g. the gold score of samples on held-out prompts), every `eval_every`
-    /// iterations and after the last.
+    /// iterations, after the last, and after the first when `eval_first`.
     pub eval: Option<&'a dyn Fn(&CausalLm) -> Metrics>,
     /// See `eval`; 0 means only after the last iteration.
     pub eval_every: u64,
     /// Also run `eval` after the first iteration, where a learning curve starts (as
-    /// `logging_first_step` does in transformers).
+    /// transformers' `logging_first_step` logs the first step).
     pub eval_first: bool,
 }
 
