@@ -19,7 +19,7 @@ use std::error::Error;
 use std::path::{Path, PathBuf};
 
 use rlhf_data::Tokenizer;
-use rlhf_data::tasks::{EOS, Task, TldrSynth};
+use rlhf_data::tasks::{Task, TldrSynth, strip_eos};
 use rlhf_reward::{RankedExample, RewardModel, score_ranked};
 use serde::Deserialize;
 
@@ -64,11 +64,7 @@ impl Group {
 
 /// A response's length in words, as the gold score counts it (without the EOS).
 fn words(response: &str) -> usize {
-    let body = response.trim_end();
-    body.strip_suffix(EOS)
-        .unwrap_or(body)
-        .split_whitespace()
-        .count()
+    strip_eos(response).0.split_whitespace().count()
 }
 
 /// The cache's tokenizer: the one `tokenizer-…` directory beside the RM stage.
@@ -147,14 +143,15 @@ fn main() -> Result<(), Box<dyn Error>> {
             f64::from(u8::from((rm_gap > 0.0) == (gold_gap > 0.0)))
         };
         all.add(agree);
-        let by_length = match words(a).cmp(&words(b)) {
+        let lengths = (words(a), words(b));
+        let by_length = match lengths.0.cmp(&lengths.1) {
             Ordering::Equal => &mut same_length,
             order if (order == Ordering::Greater) == (gold_gap > 0.0) => &mut longer,
             _ => &mut shorter,
         };
         by_length.add(agree);
         let gap = |c: &str| (gold[0].component(c) - gold[1].component(c)).abs() > 1e-12;
-        if words(a) == words(b) && gap("faithfulness") && !gap("well_formedness") && !gap("eos") {
+        if lengths.0 == lengths.1 && gap("faithfulness") && !gap("well_formedness") && !gap("eos") {
             same_length_other_facts.add(agree);
         }
         let differs: Vec<&str> = gold[0]

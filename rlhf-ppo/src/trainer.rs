@@ -94,8 +94,9 @@ pub struct PpoInputs<'a> {
     pub eval: Option<&'a dyn Fn(&CausalLm) -> Metrics>,
     /// See `eval`; 0 means only after the last iteration.
     pub eval_every: u64,
-    /// Also run `eval` after the first iteration, where a learning curve starts (as
-    /// transformers' `logging_first_step` logs the first step).
+    /// Also run `eval` after the first iteration, where a learning curve starts (TRL's
+    /// `PPOTrainer` also first samples its completions after update 1, then every
+    /// `sample_generations_freq` updates).
     pub eval_first: bool,
 }
 

@@ -94,7 +94,7 @@ pub fn with_eos(text: &str) -> String {
 }
 
 /// Splits a response into its body and whether it ended with EOS.
-pub(crate) fn strip_eos(response: &str) -> (&str, bool) {
+pub fn strip_eos(response: &str) -> (&str, bool) {
     match response.strip_suffix(EOS) {
         Some(body) => (body, true),
         None => (response, false),
