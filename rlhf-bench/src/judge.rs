@@ -47,7 +47,8 @@ pub(crate) struct Samples {
 }
 
 /// Samples `k` responses per prompt from `policy` at `temperature` (seeded by `seed`), in
-/// batches of up to 256 sequences.
+/// batches of up to 256 sequences. After SIGINT/SIGTERM it stops before its next batch
+/// ([`stop_if_interrupted`]).
 pub(crate) fn sample(
     policy: &CausalLm,
     tok: &Tokenizer,
@@ -57,11 +58,52 @@ pub(crate) fn sample(
     max_new_tokens: usize,
     seed: u64,
 ) -> Result<Samples> {
-    let sampling = SamplingConfig {
+    let sampling = sampling_at(temperature, max_new_tokens);
+    sample_batches(
+        policy,
+        tok,
+        prompts,
+        k,
+        &sampling,
+        seed,
+        stop_if_interrupted,
+    )
+}
+
+/// [`sample`] to the end whatever signal arrives: for an evaluation inside a trainer's iteration.
+/// The trainer logs the iteration's line, checkpoints and stops right after it, so the
+/// evaluation's point is logged instead of lost.
+pub(crate) fn sample_to_the_end(
+    policy: &CausalLm,
+    tok: &Tokenizer,
+    prompts: &[String],
+    temperature: f32,
+    max_new_tokens: usize,
+    seed: u64,
+) -> Result<Samples> {
+    let sampling = sampling_at(temperature, max_new_tokens);
+    sample_batches(policy, tok, prompts, 1, &sampling, seed, || Ok(()))
+}
+
+/// Sampling at `temperature`, up to `max_new_tokens`, otherwise by default.
+fn sampling_at(temperature: f32, max_new_tokens: usize) -> SamplingConfig {
+    SamplingConfig {
         max_new_tokens,
         temperature,
         ..Default::default()
-    };
+    }
+}
+
+/// `k` samples per prompt in batches of up to 256 sequences, calling `between` before each batch.
+fn sample_batches(
+    policy: &CausalLm,
+    tok: &Tokenizer,
+    prompts: &[String],
+    k: usize,
+    sampling: &SamplingConfig,
+    seed: u64,
+    between: impl Fn() -> Result<()>,
+) -> Result<Samples> {
     let valid = policy.valid();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut out = Samples {
@@ -70,12 +112,12 @@ pub(crate) fn sample(
         texts: Vec::with_capacity(prompts.len() * k),
     };
     for chunk in prompts.chunks((256 / k.max(1)).max(1)) {
-        stop_if_interrupted()?;
+        between()?;
         let many: Vec<&str> = chunk
             .iter()
             .flat_map(|p| std::iter::repeat_n(p.as_str(), k))
             .collect();
-        let (ids, texts) = sample_texts(&valid, tok, &many, &sampling, &mut rng)?;
+        let (ids, texts) = sample_texts(&valid, tok, &many, sampling, &mut rng)?;
         out.ids.extend(ids);
         out.texts.extend(texts);
     }
@@ -450,6 +492,53 @@ pub(crate) fn kl_per_prompt(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The child of the test below, alone in its process, since the interrupt flag is the
+    /// process's: with the flag raised, `sample` stops before its first batch and
+    /// `sample_to_the_end` samples every prompt.
+    #[test]
+    #[ignore = "the child process of an interrupt test"]
+    fn interrupt_child() {
+        if rlhf_testkit::crash::child_dir().is_none() {
+            return;
+        }
+        let task = TldrSynth::default();
+        let prompts: Vec<String> = (0..3)
+            .map(|i| task.prompt(rlhf_data::Split::Eval, i))
+            .collect();
+        let tok = Tokenizer::train_bpe(prompts.iter(), 300).unwrap();
+        let device = rlhf_core::device::device_from_env().unwrap();
+        let (_, policy) = rlhf_testkit::pairs::tiny_backbone(&device, tok.vocab_size(), 1);
+        rlhf_core::train::interrupt::request();
+        let stopped = sample(&policy, &tok, &prompts, 2, 1.0, 4, 0);
+        assert!(
+            matches!(stopped, Err(rlhf_core::Error::Interrupted { .. })),
+            "{stopped:?}"
+        );
+        let finished = sample_to_the_end(&policy, &tok, &prompts, 1.0, 4, 0).unwrap();
+        assert_eq!(finished.texts.len(), prompts.len());
+    }
+
+    #[test]
+    fn after_an_interrupt_sampling_stops_but_a_learning_curve_evaluation_finishes() {
+        let exe = std::env::current_exe().unwrap();
+        let out = std::process::Command::new(&exe)
+            .args([
+                rlhf_testkit::test_name!(interrupt_child).as_str(),
+                "--exact",
+                "--ignored",
+                "--test-threads=1",
+            ])
+            .env(rlhf_testkit::crash::CHILD_DIR_ENV, std::env::temp_dir())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 
     #[test]
     fn best_of_n_picks_the_rms_best_of_disjoint_groups() {

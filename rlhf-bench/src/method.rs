@@ -26,7 +26,7 @@ use rlhf_reward::{LengthScorer, RankedExample, RewardModel, RewardScorer};
 use crate::cache::quiet_in;
 use crate::compute::{Workload, flops, ppo_iteration_flops};
 use crate::config::{MethodKind, RewardSource, RunConfig};
-use crate::judge::{judge_gold, kl_per_prompt, proxy_scores, sample};
+use crate::judge::{judge_gold, kl_per_prompt, proxy_scores, sample_to_the_end};
 use crate::metrics::{curve, names};
 use crate::stages::RmStage;
 use crate::stats::mean;
@@ -160,7 +160,9 @@ fn offline(
 }
 
 /// One point of the learning curve: gold, KL, RM score and length of one sample per curve
-/// prompt (seeded alike at every call, so successive points differ by the policy only).
+/// prompt (seeded alike at every call, so successive points differ by the policy only). A signal
+/// does not cut it short: it runs inside a trainer's iteration, which stops right after it with
+/// the point logged.
 fn curve_point(
     cfg: &RunConfig,
     judge: &CurveJudge<'_>,
@@ -172,11 +174,10 @@ fn curve_point(
     let n = cfg.judge.curve_prompts.min(judge.prompts.len());
     let prompts = &judge.prompts[..n];
     let j = &cfg.judge;
-    let s = sample(
+    let s = sample_to_the_end(
         policy,
         inp.tok,
         prompts,
-        1,
         j.temperature,
         j.max_new_tokens,
         cfg.seed.wrapping_add(17),
@@ -222,7 +223,7 @@ fn on_policy(
             return Vec::new();
         };
         curve_point(cfg, judge, inp, Some(&rm_scorer), policy, device).unwrap_or_else(|e| {
-            // an interrupted or failed evaluation leaves a gap in the curve, not a wrong value
+            // a failed evaluation leaves a gap in the curve, not a wrong value
             tracing::warn!("learning-curve evaluation failed: {e}");
             vec![(curve::GOLD, f64::NAN), (curve::KL, f64::NAN)]
         })
