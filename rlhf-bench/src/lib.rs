@@ -13,7 +13,8 @@
 //!   which stores every finished point and skips it when started again;
 //! - the report: [`findings`] (each claim's effect per seed, its interval and verdict, from
 //!   [`stats`]), [`compare`] (matched KL and matched compute), [`fits`], [`tables`], [`plots`],
-//!   [`markdown`], written by [`report`] and checked by [`verify`];
+//!   [`markdown`], written by [`report`] and checked by [`verify`]; [`diff`] sets two sweeps'
+//!   findings side by side;
 //! - [`compute`]: `6·N` FLOPs per trained token, `2·N` per forward token (`N` = non-embedding
 //!   parameters); [`perf`]: the throughput benchmark against TRL.
 //!
@@ -36,6 +37,7 @@ mod cache;
 pub mod compare;
 pub mod compute;
 pub mod config;
+pub mod diff;
 pub mod findings;
 pub mod fits;
 mod judge;

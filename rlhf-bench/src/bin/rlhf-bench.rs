@@ -10,6 +10,7 @@
 //!     # most two per core) the seeds run in J child processes at once, each on cores/J threads
 //! rlhf-bench report DIR      # rewrite the report from the stored points
 //! rlhf-bench verify DIR      # check the report's and the CSV's numbers against the points
+//! rlhf-bench diff DIR_A DIR_B  # the two sweeps' findings side by side, with what moved
 //! ```
 //!
 //! Exit status: 0 on success, 1 when a run fails (the error names the file or the setting), 2 on
@@ -230,6 +231,14 @@ enum Command {
         /// A sweep's output directory.
         dir: PathBuf,
     },
+    /// Set two sweeps' findings side by side (a rerun against the committed report, say): each
+    /// claim's verdict and interval in both, and which verdicts moved.
+    Diff {
+        /// The first sweep's output directory (or any directory with a `points/` folder).
+        a: PathBuf,
+        /// The second sweep's.
+        b: PathBuf,
+    },
 }
 
 /// The seeds `--seeds` asks for: a count or a list, each once.
@@ -365,6 +374,14 @@ fn main() -> ExitCode {
         }
         Command::Verify { dir } => rlhf_bench::verify::verify_report(&dir).map(|n| {
             println!("report.md and summary.csv agree with the points ({n} rows checked)");
+        }),
+        Command::Diff { a, b } => read_points(&a).and_then(|pa| {
+            let pb = read_points(&b)?;
+            print!(
+                "{}",
+                rlhf_bench::diff::FindingsDiff::of(&pa, &pb).markdown()
+            );
+            Ok(())
         }),
         Command::Report { dir } => {
             read_points(&dir).and_then(|all| write_report(&dir, &all, "RLHF scaling study"))

@@ -399,3 +399,59 @@ fn sweeps_sharing_a_directory_store_every_point_exactly_once() {
         .collect();
     assert!(names.is_empty(), "lock files left behind: {names:?}");
 }
+
+/// `rlhf-bench diff`: two sweeps' RM-volume findings side by side. A slope that rises on every
+/// seed against one that falls on every seed changed sign; against one whose seeds disagree it
+/// moved (to inconclusive); against itself it is the same.
+#[test]
+fn a_diff_of_two_sweeps_names_each_verdict_that_moved() {
+    use rlhf_bench::diff::{Change, FindingsDiff};
+    let sweep = |accs: [[f64; 3]; 3]| -> Vec<PointRecord> {
+        let mut points = Vec::new();
+        for (pairs, by_seed) in [250.0, 1000.0, 4000.0].into_iter().zip(accs) {
+            for (seed, a) in by_seed.iter().enumerate() {
+                points.push(point(
+                    Axis::RmVolume,
+                    &format!("{pairs}"),
+                    pairs,
+                    seed as u64,
+                    &[(names::RM_GOLD_ACCURACY, *a)],
+                ));
+            }
+        }
+        points
+    };
+    let rising = sweep([[0.60, 0.62, 0.61], [0.70, 0.74, 0.69], [0.80, 0.80, 0.83]]);
+    let falling = sweep([[0.80, 0.80, 0.83], [0.70, 0.74, 0.69], [0.60, 0.62, 0.61]]);
+    let mixed = sweep([[0.60, 0.80, 0.70], [0.70, 0.70, 0.70], [0.80, 0.60, 0.71]]);
+    let claim = "more comparison data makes the RM more accurate";
+    for (other, change, word) in [
+        (&rising, Change::Same, "reproduced"),
+        (&falling, Change::SignChanged, "contradicted"),
+        (&mixed, Change::Moved, "inconclusive"),
+    ] {
+        let diff = FindingsDiff::of(&rising, other);
+        let (a, b) = diff
+            .pairs
+            .iter()
+            .find(|(a, _)| a.claim == claim)
+            .expect("the RM-volume finding in both");
+        assert_eq!(Change::of(a.verdict, b.verdict), change, "{b:?}");
+        let md = diff.markdown();
+        let row = md
+            .lines()
+            .find(|l| l.contains(claim))
+            .expect("the claim's row");
+        assert!(
+            row.contains("| reproduced +") && row.contains(&format!("| {word} ")),
+            "{row}"
+        );
+        assert!(row.ends_with(&format!("| {} |", change.word())), "{row}");
+        let moved = diff.count(Change::Moved) + diff.count(Change::SignChanged);
+        assert_eq!(moved, usize::from(change != Change::Same), "{md}");
+        assert!(md.contains(&format!(
+            "claims: {} with the same verdict",
+            diff.pairs.len() - moved
+        )));
+    }
+}
