@@ -379,7 +379,7 @@ pub(crate) fn add_judged(
     }
 }
 
-/// Candidates of best-of-n: `n_max` SFT samples per prompt with their gold and RM scores.
+/// Candidates of best-of-n: `n_max` SFT samples per prompt with their RM scores.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Candidates {
     /// Candidates per prompt.
@@ -441,6 +441,29 @@ pub(crate) fn candidates(
 /// candidates of every prompt (ties: the first), as [`Samples`] with `n_max / n` per prompt, and
 /// their RM scores.
 pub(crate) fn best_of(c: &Candidates, n: usize) -> (Samples, Vec<f64>) {
+    best_of_by(c, n, &c.proxy)
+}
+
+/// Best-of-`n` picks from `c` by the gold score instead of the RM: what a reward model without
+/// error would pick among the same candidates (Gao et al.'s gold-RM best-of-n), and their RM
+/// scores.
+pub(crate) fn best_of_by_gold(
+    c: &Candidates,
+    n: usize,
+    task: &TldrSynth,
+    prompts: &[String],
+) -> (Samples, Vec<f64>) {
+    let gold: Vec<f64> = c
+        .texts
+        .iter()
+        .enumerate()
+        .map(|(j, t)| task.gold(&prompts[j / c.n_max.max(1)], t).total)
+        .collect();
+    best_of_by(c, n, &gold)
+}
+
+/// Best-of-`n` picks from `c` by `score` (one per candidate).
+fn best_of_by(c: &Candidates, n: usize, score: &[f64]) -> (Samples, Vec<f64>) {
     let groups = (c.n_max / n.max(1)).max(1);
     let prompts = c.texts.len() / c.n_max.max(1);
     let mut out = Samples {
@@ -453,7 +476,7 @@ pub(crate) fn best_of(c: &Candidates, n: usize) -> (Samples, Vec<f64>) {
         for g in 0..groups {
             let start = i * c.n_max + g * n;
             let best = (start..start + n)
-                .reduce(|b, j| if c.proxy[j] > c.proxy[b] { j } else { b })
+                .reduce(|b, j| if score[j] > score[b] { j } else { b })
                 .expect("n ≥ 1");
             out.ids.push(c.ids[best].clone());
             out.texts.push(c.texts[best].clone());
@@ -567,12 +590,73 @@ mod tests {
         assert_eq!((four.k, four.texts), (1, vec!["2".to_string(), "7".into()]));
     }
 
+    /// The first two held-out prompts of `tldr-synth`.
+    fn two_eval_prompts(task: &TldrSynth) -> Vec<String> {
+        (0..2)
+            .map(|i| task.prompt(rlhf_data::Split::Eval, i))
+            .collect()
+    }
+
+    #[test]
+    fn the_gold_pick_takes_each_groups_best_gold_whatever_the_rm_says() {
+        let task = TldrSynth::default();
+        let prompts = two_eval_prompts(&task);
+        let perfect = |i: usize| with_eos(&task.reference(&prompts[i]));
+        let hallucinated = with_eos(" nobody owns anything");
+        let unfinished = task.reference(&prompts[0]);
+        // two groups of two per prompt; the RM prefers the wrong candidate in three of them
+        let texts = vec![
+            hallucinated.clone(),
+            perfect(0),
+            unfinished.clone(),
+            hallucinated.clone(),
+            perfect(1),
+            hallucinated.clone(),
+            hallucinated.clone(),
+            with_eos(" sorry for the long post"),
+        ];
+        let gold: Vec<f64> = texts
+            .iter()
+            .enumerate()
+            .map(|(j, t)| task.gold(&prompts[j / 4], t).total)
+            .collect();
+        let c = Candidates {
+            n_max: 4,
+            ids: vec![vec![0]; 8],
+            texts: texts.clone(),
+            proxy: vec![0.9, 0.1, 0.2, 0.8, 0.0, 0.5, 0.7, 0.6],
+        };
+        let (by_rm, _) = best_of(&c, 2);
+        assert_eq!(by_rm.texts, [0, 3, 5, 6].map(|j| texts[j].clone()).to_vec());
+        let (by_gold, proxy) = best_of_by_gold(&c, 2, &task, &prompts);
+        let picked: Vec<usize> = (0..4)
+            .map(|g| {
+                if gold[2 * g + 1] > gold[2 * g] {
+                    2 * g + 1
+                } else {
+                    2 * g
+                }
+            })
+            .collect();
+        assert_eq!(picked[..3], [1, 2, 4]);
+        assert_eq!(
+            by_gold.texts,
+            picked.iter().map(|&j| texts[j].clone()).collect::<Vec<_>>()
+        );
+        // the picks carry their own RM scores
+        assert_eq!(
+            proxy,
+            picked.iter().map(|&j| c.proxy[j]).collect::<Vec<_>>()
+        );
+        // over the whole group of four, the perfect summary wins on both prompts
+        let (four, _) = best_of_by_gold(&c, 4, &task, &prompts);
+        assert_eq!(four.texts, [perfect(0), perfect(1)]);
+    }
+
     #[test]
     fn the_judge_averages_each_prompts_samples() {
         let task = TldrSynth::default();
-        let prompts: Vec<String> = (0..2)
-            .map(|i| task.prompt(rlhf_data::Split::Eval, i))
-            .collect();
+        let prompts = two_eval_prompts(&task);
         let perfect: Vec<String> = prompts
             .iter()
             .map(|p| with_eos(&task.reference(p)))

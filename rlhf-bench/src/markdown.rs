@@ -103,16 +103,41 @@ fn calibration(md: &mut String, seeds: &[Seed<'_>], points: &[PointRecord]) {
         })
         .unzip();
     if !gold.is_empty() {
-        let over_rm: Vec<f64> = gold.iter().zip(&rm).map(|(g, r)| g - r).collect();
+        let (gold, rm, over_rm) = beside_the_rm(&gold, &rm);
         let _ = writeln!(
             md,
-            "What the reward model costs: PPO against the gold score itself (length_control gold: the base β and iterations) adds {} points of win rate against the references over SFT, and PPO against the RM at the same settings {}: a difference of {}.",
-            show_level(&gold),
-            show_level(&rm),
-            show_level(&over_rm)
+            "What the reward model costs: PPO against the gold score itself (length_control gold: the base β and iterations) adds {gold} points of win rate against the references over SFT, and PPO against the RM at the same settings {rm}: a difference of {over_rm}."
         );
     }
+    // per seed: at the largest n, the RM's best-of-n and the gold score's own pick among the
+    // same candidates
+    if let Some(largest) = rows(points, Axis::BestOfN).last() {
+        let (by_gold, by_rm): (Vec<f64>, Vec<f64>) = seeds
+            .iter()
+            .filter_map(|s| {
+                let p = s.get(Axis::BestOfN, &largest.label)?;
+                let sft = metric(p, names::SFT_WIN_VS_REFERENCES);
+                let gold = metric(p, names::GOLD_PICK_WIN_VS_REFERENCES);
+                (!gold.is_nan()).then(|| (100.0 * (gold - sft), gain_points(p)))
+            })
+            .unzip();
+        if !by_gold.is_empty() {
+            let (gold, rm, over_rm) = beside_the_rm(&by_gold, &by_rm);
+            let n = &largest.label;
+            let _ = writeln!(
+                md,
+                "What the SFT policy's samples hold that the RM does not find: among the same candidates, best-of-{n} by the gold score itself (a reward model without error) adds {gold} points of win rate against the references over SFT, and best-of-{n} by the RM {rm}: a difference of {over_rm}."
+            );
+        }
+    }
     md.push('\n');
+}
+
+/// Gains with the gold score as the reward and with the RM, paired by seed: each shown with its
+/// interval, and their difference.
+fn beside_the_rm(gold: &[f64], rm: &[f64]) -> (String, String, String) {
+    let over_rm: Vec<f64> = gold.iter().zip(rm).map(|(g, r)| g - r).collect();
+    (show_level(gold), show_level(rm), show_level(&over_rm))
 }
 
 /// A point's gain in win rate against the references over its SFT policy, in points.

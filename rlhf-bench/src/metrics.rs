@@ -9,6 +9,7 @@
 //! | `gold/references`, `gold/ceiling` | the references' gold score (one demonstration per held-out prompt, with the demonstrator's noise: the dataset's human-written summaries), and the perfect summary's (1) |
 //! | `gold/completeness`, `gold/faithfulness`, `gold/conciseness`, `gold/well_formedness`, `gold/eos` | the gold score's components, averaged like `gold/mean` |
 //! | `judge/win_rate_vs_references`, `judge/sft_win_rate_vs_references`, `judge/sft_cold_win_rate_vs_references` | gold win rate (ties half) of the policy's, the SFT policy's and the cold SFT policy's samples against the references |
+//! | `gold/gold_pick`, `judge/gold_pick_win_rate_vs_references` | best-of-n only: gold score and win rate against the references of the gold score's own best-of-n among the same candidates (a reward model without error; Gao et al.'s gold-RM best-of-n) |
 //! | `judge/win_rate_vs_sft` | gold win rate of the policy's samples against the SFT policy's, prompt by prompt |
 //! | `kl` | `KL(π‖π_ref)` per sequence: the sampled estimate on the judged samples, or `log n − (n−1)/n` for best-of-n |
 //! | `proxy/mean`, `proxy/sft` | the reward model's (normalised) score of the judged and of the SFT samples |
@@ -58,6 +59,10 @@ pub mod names {
     pub const SFT_WIN_VS_REFERENCES: &str = "judge/sft_win_rate_vs_references";
     /// Win rate of the cold SFT samples against the references.
     pub const SFT_COLD_WIN_VS_REFERENCES: &str = "judge/sft_cold_win_rate_vs_references";
+    /// Best-of-n: the gold score of the gold score's own pick among the same candidates.
+    pub const GOLD_PICK: &str = "gold/gold_pick";
+    /// Best-of-n: win rate of the gold score's own pick against the references.
+    pub const GOLD_PICK_WIN_VS_REFERENCES: &str = "judge/gold_pick_win_rate_vs_references";
     /// Win rate of the judged samples against the SFT samples.
     pub const WIN_VS_SFT: &str = "judge/win_rate_vs_sft";
     /// KL to the reference policy per sequence.

@@ -23,8 +23,8 @@ use rlhf_reward::RewardScorer;
 use crate::compute::{Workload, flops};
 use crate::config::{MethodKind, RewardSource, RunConfig};
 use crate::judge::{
-    Candidates, add_baseline, add_judged, best_of, candidates, judge_gold, kl_per_prompt,
-    proxy_scores, references, sample, sft_baseline,
+    Candidates, add_baseline, add_judged, best_of, best_of_by_gold, candidates, judge_gold,
+    kl_per_prompt, proxy_scores, references, sample, sft_baseline,
 };
 use crate::method::{CurveJudge, MethodInputs, length_slope, optimise};
 use crate::metrics::{items, names};
@@ -216,6 +216,17 @@ pub fn run(cfg: &RunConfig, cache: &Path, work: &Path) -> Result<RunResult> {
             let (picks, proxy) = best_of(&c, n);
             let judged = judge_gold(&task, &judge_prompts, &refs, &picks, &eos);
             add_judged(&judged, Some(&proxy), &baseline, picks.k, &mut m, &mut it);
+            // what a reward model without error would pick among the same candidates
+            let (gold_picks, _) = best_of_by_gold(&c, n, &task, &judge_prompts);
+            let ceiling = judge_gold(&task, &judge_prompts, &refs, &gold_picks, &eos);
+            m.insert(
+                names::GOLD_PICK.into(),
+                crate::stats::mean(&ceiling.gold_per_prompt),
+            );
+            m.insert(
+                names::GOLD_PICK_WIN_VS_REFERENCES.into(),
+                crate::stats::mean(&ceiling.win_per_prompt),
+            );
             // the analytic KL of best-of-n to the sampling policy
             m.insert(
                 names::KL.into(),

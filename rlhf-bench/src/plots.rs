@@ -1,5 +1,5 @@
-//! The report's plots (SVG): one per axis (its headline metric with 95% intervals over seeds),
-//! the gold-against-KL frontier per method, over-optimisation (gold and proxy against KL along
+//! The report's plots (SVG): one per axis (its headline metric with 95% intervals over seeds;
+//! best-of-n also the gold score's own pick), the gold-against-KL frontier per method, over-optimisation (gold and proxy against KL along
 //! training) and compute (gold gain against the method's FLOPs along training).
 
 use std::collections::BTreeMap;
@@ -11,17 +11,17 @@ use rlhf_core::train::fs::write_atomic;
 
 use crate::axis::Axis;
 use crate::findings::{Seed, flops_curve, frontier, kl_curve, methods};
-use crate::metrics::curve;
+use crate::metrics::{curve, names};
 use crate::study::PointRecord;
 use crate::tables::{Row, axis_metrics, rows};
 
 /// Writes `plots/AXIS.svg` for an axis's rows; returns its file name.
 pub fn axis_plot(plots: &Path, axis: Axis, r: &[Row]) -> Result<String> {
     let head = axis_metrics(axis)[0];
-    let points = |rows: &[Row]| -> Vec<(f64, f64, f64)> {
+    let points_of = |rows: &[Row], metric: &str| -> Vec<(f64, f64, f64)> {
         rows.iter()
             .map(|x| {
-                let c = x.cells.get(head);
+                let c = x.cells.get(metric);
                 (
                     x.x,
                     c.map_or(f64::NAN, |c| c.mean),
@@ -31,6 +31,7 @@ pub fn axis_plot(plots: &Path, axis: Axis, r: &[Row]) -> Result<String> {
             })
             .collect()
     };
+    let points = |rows: &[Row]| points_of(rows, head);
     let (series, ticks): (Vec<Series>, Vec<(f64, String)>) = if matches!(axis, Axis::Supervision) {
         let mut kinds: BTreeMap<String, Vec<Row>> = BTreeMap::new();
         for row in r {
@@ -51,10 +52,18 @@ pub fn axis_plot(plots: &Path, axis: Axis, r: &[Row]) -> Result<String> {
             ticks,
         )
     } else {
-        (
-            vec![(head.to_string(), points(r))],
-            r.iter().map(|x| (x.x, x.label.clone())).collect(),
-        )
+        let mut series = vec![(head.to_string(), points(r))];
+        // best-of-n: also the gold score's own pick among the same candidates (a reward model
+        // without error)
+        let ceiling = points_of(r, names::GOLD_PICK);
+        if axis == Axis::BestOfN && ceiling.iter().any(|p| !p.1.is_nan()) {
+            series[0].0 = format!("{head}: picked by the RM");
+            series.push((
+                format!("{}: picked by the gold score", names::GOLD_PICK),
+                ceiling,
+            ));
+        }
+        (series, r.iter().map(|x| (x.x, x.label.clone())).collect())
     };
     let svg = svg_chart(
         &format!("{axis}: {head} (95% intervals over seeds)"),

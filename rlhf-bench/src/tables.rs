@@ -98,6 +98,8 @@ pub fn axis_metrics(axis: Axis) -> &'static [&'static str] {
             names::GOLD_SE,
             names::GOLD_GAIN,
             names::WIN_VS_REFERENCES,
+            names::GOLD_PICK,
+            names::GOLD_PICK_WIN_VS_REFERENCES,
             names::PROXY,
             names::KL,
             names::FLOPS_METHOD,

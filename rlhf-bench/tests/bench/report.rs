@@ -166,6 +166,72 @@ fn the_report_states_the_points_numbers() {
 }
 
 #[test]
+fn the_calibration_sets_the_rms_best_of_n_beside_the_gold_scores_own_pick() {
+    let mut points = Vec::new();
+    for seed in 0..3u64 {
+        points.push(point(
+            Axis::PolicySize,
+            "xs",
+            1.0,
+            seed,
+            &[
+                (names::PARAMS_POLICY, 1000.0),
+                (names::SFT_WIN_VS_REFERENCES, 0.2),
+                (names::WIN_VS_REFERENCES, 0.25),
+            ],
+        ));
+    }
+    // per seed: the SFT policy's win rate, the RM's best-of-n pick's, the gold score's pick's
+    let (sft, by_rm, by_gold) = ([0.20, 0.22, 0.21], [0.25, 0.28, 0.24], [0.50, 0.55, 0.52]);
+    for (label, x) in [("1", 1.0), ("16", 16.0)] {
+        for seed in 0..3 {
+            let rm = if label == "1" { sft[seed] } else { by_rm[seed] };
+            let gold = if label == "1" {
+                sft[seed]
+            } else {
+                by_gold[seed]
+            };
+            points.push(point(
+                Axis::BestOfN,
+                label,
+                x,
+                seed as u64,
+                &[
+                    (names::SFT_WIN_VS_REFERENCES, sft[seed]),
+                    (names::WIN_VS_REFERENCES, rm),
+                    (names::GOLD_PICK_WIN_VS_REFERENCES, gold),
+                ],
+            ));
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    store(dir.path(), &points);
+    write_report(dir.path(), &read_points(dir.path()).unwrap(), "test").unwrap();
+    let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+    // the largest n, in points over SFT, paired within seeds
+    let points_over_sft = |v: [f64; 3]| [0, 1, 2].map(|i| 100.0 * (v[i] - sft[i]));
+    let (g, r) = (points_over_sft(by_gold), points_over_sft(by_rm));
+    let show = |v: [f64; 3]| {
+        let (m, lo, hi) = by_hand(v);
+        format!("{m:.3} [{lo:.3}, {hi:.3}]")
+    };
+    let expected = format!(
+        "among the same candidates, best-of-16 by the gold score itself (a reward model without error) adds {} points of win rate against the references over SFT, and best-of-16 by the RM {}: a difference of {}.",
+        show(g),
+        show(r),
+        show([0, 1, 2].map(|i| g[i] - r[i]))
+    );
+    assert!(md.contains(&expected), "{expected}\n{md}");
+    // the best-of-n table shows both picks
+    let table = md
+        .lines()
+        .find(|l| l.starts_with("| 16 |"))
+        .expect("a best-of-16 row");
+    assert!(table.contains("0.523 [0.461, 0.586]"), "{table}");
+    assert!(verify_report(dir.path()).is_ok());
+}
+
+#[test]
 fn the_shipped_configs_parse() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
     let mut n = 0;
