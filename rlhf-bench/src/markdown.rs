@@ -91,6 +91,14 @@ fn calibration(md: &mut String, seeds: &[Seed<'_>], points: &[PointRecord]) {
             met(mean >= 10.0)
         );
     }
+    reward_model_costs(md, seeds, points);
+    md.push('\n');
+}
+
+/// What the reward model costs, per seed that ran both sides: PPO against the gold score beside
+/// PPO against the RM (same settings), and at the largest n, best-of-n by the gold score beside
+/// best-of-n by the RM among the same candidates.
+fn reward_model_costs(md: &mut String, seeds: &[Seed<'_>], points: &[PointRecord]) {
     // per seed that ran both: PPO against the gold score and against the RM, same settings
     let (gold, rm): (Vec<f64>, Vec<f64>) = seeds
         .iter()
@@ -130,7 +138,6 @@ fn calibration(md: &mut String, seeds: &[Seed<'_>], points: &[PointRecord]) {
             );
         }
     }
-    md.push('\n');
 }
 
 /// Gains with the gold score as the reward and with the RM, paired by seed: each shown with its

@@ -218,14 +218,14 @@ pub fn run(cfg: &RunConfig, cache: &Path, work: &Path) -> Result<RunResult> {
             add_judged(&judged, Some(&proxy), &baseline, picks.k, &mut m, &mut it);
             // what a reward model without error would pick among the same candidates
             let (gold_picks, _) = best_of_by_gold(&c, n, &task, &judge_prompts);
-            let ceiling = judge_gold(&task, &judge_prompts, &refs, &gold_picks, &eos);
+            let by_gold = judge_gold(&task, &judge_prompts, &refs, &gold_picks, &eos);
             m.insert(
                 names::GOLD_PICK.into(),
-                crate::stats::mean(&ceiling.gold_per_prompt),
+                crate::stats::mean(&by_gold.gold_per_prompt),
             );
             m.insert(
                 names::GOLD_PICK_WIN_VS_REFERENCES.into(),
-                crate::stats::mean(&ceiling.win_per_prompt),
+                crate::stats::mean(&by_gold.win_per_prompt),
             );
             // the analytic KL of best-of-n to the sampling policy
             m.insert(
