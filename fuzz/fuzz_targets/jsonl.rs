@@ -4,7 +4,9 @@
 mod common;
 
 use libfuzzer_sys::fuzz_target;
-use rlhf_data::{KwiseRecord, PreferenceRecord, PromptRecord, SftRecord, StepRecord};
+use rlhf_data::{
+    KwiseRecord, PreferenceRecord, PromptRecord, SftRecord, StepRecord, UnpairedRecord,
+};
 
 fuzz_target!(|data: &[u8]| {
     for name in ["input.jsonl", "input.jsonl.gz"] {
@@ -15,5 +17,6 @@ fuzz_target!(|data: &[u8]| {
         common::read_all::<PromptRecord>(&path);
         common::read_all::<KwiseRecord>(&path);
         common::read_all::<StepRecord>(&path);
+        common::read_all::<UnpairedRecord>(&path);
     }
 });

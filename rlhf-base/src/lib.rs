@@ -9,6 +9,21 @@
 //! `rlhf-data` builds on this crate alone, so reading and tokenizing data does not compile burn;
 //! `rlhf-core` re-exports all of it under its own paths (`rlhf_core::Error`,
 //! `rlhf_core::train::fs`, `rlhf_core::Scorer`).
+//!
+//! ```
+//! use rlhf_base::best_and_worst;
+//! use rlhf_base::seed::seed_of;
+//!
+//! // A name decides its seed, on every machine and in every release: FNV-1a, 64 bits.
+//! assert_eq!(seed_of(b""), 0xcbf2_9ce4_8422_2325);
+//! assert_ne!(seed_of(b"tldr-synth/train/0"), seed_of(b"tldr-synth/train/1"));
+//!
+//! // Three scored responses for each of two prompts → DPO pairs (best, worst) per prompt; a
+//! // prompt whose responses all score the same has no preference to learn.
+//! let pairs = best_and_worst(&[0.2, 0.9, -0.4, 1.0, 1.0, 1.0], 3)?;
+//! assert_eq!(pairs, vec![Some((1, 2)), None]);
+//! # Ok::<(), rlhf_base::Error>(())
+//! ```
 
 pub mod allocator;
 pub mod error;

@@ -9,7 +9,7 @@
 //! rlhf dpo   --model DIR --data FILE --out DIR --loss sigmoid|cdpo|robust|ipo|hinge|simpo|exo-pref|exo-rw|dpo-rw
 //! rlhf kto   --model DIR --data FILE --out DIR          prompt/completion/label (or pairs, unpaired)
 //! rlhf online-dpo --model DIR --prompts FILE --reward SPEC --out DIR
-//! rlhf ppo|grpo|rloo|reinforce-pp --model DIR --prompts FILE --reward SPEC --out DIR
+//! rlhf ppo|grpo|rloo|reinforce-pp|dapo|gspo|cispo --model DIR --prompts FILE --reward SPEC --out DIR
 //! rlhf generate --model DIR --prompt TEXT …     rlhf eval --model DIR --prompts FILE --reward SPEC
 //! rlhf check FILE                               rlhf plot RUN_DIR
 //! ```
@@ -18,6 +18,24 @@
 //! options (defaults, `--config FILE.toml`, flags), [`load`] loads the checkpoint, tokenizer and
 //! chat template, [`data`] turns the records into tokens, [`reward`] parses `--reward`, the
 //! trainer runs with checkpoints in `--out`, and [`output`] writes the Hugging Face directory.
+//!
+//! ```
+//! use rlhf_cli::options::normalise_args;
+//! use rlhf_cli::reward::Spec;
+//! use rlhf_reward::Combine;
+//!
+//! // TRL's flag spellings work: `--learning_rate` is `--learning-rate`.
+//! let args = normalise_args(["rlhf", "ppo", "--learning_rate=3e-6"].map(Into::into));
+//! assert_eq!(args[2], "--learning-rate=3e-6");
+//!
+//! // `--reward`: the pessimistic ensemble of a reward model and the length-only control.
+//! let spec: Spec = "min(rm:out/rm, length:0.05)".parse()?;
+//! assert_eq!(
+//!     spec,
+//!     Spec::Ensemble(Combine::Min, vec![Spec::Model("out/rm".into()), Spec::Length(0.05)])
+//! );
+//! # Ok::<(), anyhow::Error>(())
+//! ```
 
 pub mod args;
 pub mod commands;
