@@ -387,8 +387,10 @@ mod tests {
         let t = TldrSynth::default();
         assert_eq!(t.prompt(Split::Train, 7), t.prompt(Split::Train, 7));
         let train: BTreeSet<String> = (0..300).map(|i| t.prompt(Split::Train, i)).collect();
+        let eval: BTreeSet<String> = (0..300).map(|i| t.prompt(Split::Eval, i)).collect();
         let test: BTreeSet<String> = (0..300).map(|i| t.prompt(Split::Test, i)).collect();
         assert!(train.is_disjoint(&test));
+        assert!(train.is_disjoint(&eval) && eval.is_disjoint(&test));
         for p in train.iter().take(50) {
             let post = parse_post(p);
             assert!(
