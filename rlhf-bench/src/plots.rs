@@ -1,6 +1,7 @@
 //! The report's plots (SVG): one per axis (its headline metric with 95% intervals over seeds;
-//! best-of-n also the gold score's own pick), the gold-against-KL frontier per method, over-optimisation (gold and proxy against KL along
-//! training) and compute (gold gain against the method's FLOPs along training).
+//! best-of-n also the gold score's own pick), the gold-against-KL frontier per method,
+//! over-optimisation (gold and proxy against KL along training) and compute (gold gain against
+//! the method's FLOPs along training).
 
 use std::collections::BTreeMap;
 use std::path::Path;
