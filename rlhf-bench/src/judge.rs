@@ -526,9 +526,7 @@ mod tests {
             return;
         }
         let task = TldrSynth::default();
-        let prompts: Vec<String> = (0..3)
-            .map(|i| task.prompt(rlhf_data::Split::Eval, i))
-            .collect();
+        let prompts = eval_prompts(&task, 3);
         let tok = Tokenizer::train_bpe(prompts.iter(), 300).unwrap();
         let device = rlhf_core::device::device_from_env().unwrap();
         let (_, policy) = rlhf_testkit::pairs::tiny_backbone(&device, tok.vocab_size(), 1);
@@ -590,9 +588,9 @@ mod tests {
         assert_eq!((four.k, four.texts), (1, vec!["2".to_string(), "7".into()]));
     }
 
-    /// The first two held-out prompts of `tldr-synth`.
-    fn two_eval_prompts(task: &TldrSynth) -> Vec<String> {
-        (0..2)
+    /// The first `n` held-out prompts of `tldr-synth`.
+    fn eval_prompts(task: &TldrSynth, n: u64) -> Vec<String> {
+        (0..n)
             .map(|i| task.prompt(rlhf_data::Split::Eval, i))
             .collect()
     }
@@ -600,7 +598,7 @@ mod tests {
     #[test]
     fn the_gold_pick_takes_each_groups_best_gold_whatever_the_rm_says() {
         let task = TldrSynth::default();
-        let prompts = two_eval_prompts(&task);
+        let prompts = eval_prompts(&task, 2);
         let perfect = |i: usize| with_eos(&task.reference(&prompts[i]));
         let hallucinated = with_eos(" nobody owns anything");
         let unfinished = task.reference(&prompts[0]);
@@ -656,7 +654,7 @@ mod tests {
     #[test]
     fn the_judge_averages_each_prompts_samples() {
         let task = TldrSynth::default();
-        let prompts = two_eval_prompts(&task);
+        let prompts = eval_prompts(&task, 2);
         let perfect: Vec<String> = prompts
             .iter()
             .map(|p| with_eos(&task.reference(p)))

@@ -54,15 +54,17 @@ pub fn axis_plot(plots: &Path, axis: Axis, r: &[Row]) -> Result<String> {
         )
     } else {
         let mut series = vec![(head.to_string(), points(r))];
-        // best-of-n: also the gold score's own pick among the same candidates (a reward model
-        // without error)
-        let gold_pick = points_of(r, names::GOLD_PICK);
-        if axis == Axis::BestOfN && gold_pick.iter().any(|p| !p.1.is_nan()) {
-            series[0].0 = format!("{head}: picked by the RM");
-            series.push((
-                format!("{}: picked by the gold score", names::GOLD_PICK),
-                gold_pick,
-            ));
+        if axis == Axis::BestOfN {
+            // also the gold score's own pick among the same candidates (a reward model without
+            // error), when the points have it
+            let gold_pick = points_of(r, names::GOLD_PICK);
+            if gold_pick.iter().any(|p| !p.1.is_nan()) {
+                series[0].0 = format!("{head}: picked by the RM");
+                series.push((
+                    format!("{}: picked by the gold score", names::GOLD_PICK),
+                    gold_pick,
+                ));
+            }
         }
         (series, r.iter().map(|x| (x.x, x.label.clone())).collect())
     };
