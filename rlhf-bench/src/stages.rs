@@ -1,7 +1,9 @@
 //! The shared stages of a `tldr-synth` run, each cached (see [`crate::cache`]): the prompts of a
 //! seed, the tokenizer, the SFT models and the reward models with their labelled pairs.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 
 use burn::module::Module;
 use burn::tensor::Device;
@@ -80,12 +82,19 @@ pub(crate) fn demonstrations(task: &TldrSynth, count: usize, seed: u64) -> Vec<(
         .collect()
 }
 
-/// The tokenizer: BPE on the demonstrations of seed 0, shared by every seed and size.
+/// The tokenizer: BPE on the demonstrations of seed 0, shared by every seed and size. It is
+/// loaded once per process, so that the points a process runs share what it has encoded (every
+/// point encodes its demonstrations and prompts; see `Tokenizer::encode`).
 pub(crate) fn tokenizer(cfg: &RunConfig, task: &TldrSynth, cache: &Path) -> Result<Tokenizer> {
+    static LOADED: Mutex<BTreeMap<PathBuf, Tokenizer>> = Mutex::new(BTreeMap::new());
     let dir = cache.join(format!(
         "tokenizer-{}-{}",
         cfg.task.demos, cfg.task.vocab_size
     ));
+    let mut loaded = LOADED.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(tok) = loaded.get(&dir) {
+        return Ok(tok.clone());
+    }
     cached_dir(&dir, |tmp| {
         let demos = demonstrations(task, cfg.task.demos, 0);
         let tok = Tokenizer::train_bpe(
@@ -94,7 +103,9 @@ pub(crate) fn tokenizer(cfg: &RunConfig, task: &TldrSynth, cache: &Path) -> Resu
         )?;
         tok.save(&tmp.join("tokenizer.json"))
     })?;
-    Tokenizer::from_file(&dir.join("tokenizer.json"), None)
+    let tok = Tokenizer::from_file(&dir.join("tokenizer.json"), None)?;
+    loaded.insert(dir, tok.clone());
+    Ok(tok)
 }
 
 /// An SFT model and where it is cached (the key of every stage built on it).

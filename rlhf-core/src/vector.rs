@@ -11,7 +11,8 @@
 pub fn exp(x: f32) -> f32 {
     let c = x.clamp(-87.0, 88.0);
     // round to nearest through the 2²³ + 2²² shift, which vectorises where `round` does not
-    let n = (c * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
+    let shifted = c * std::f32::consts::LOG2_E + 12_582_912.0;
+    let n = shifted - 12_582_912.0;
     // ln 2 in two parts, so that `n·ln 2` is subtracted without rounding (Cody and Waite)
     let r = (c - n * 0.693_145_75) - n * 1.428_606_8e-6;
     let mut e = 1.0 / 5040.0;
@@ -26,7 +27,13 @@ pub fn exp(x: f32) -> f32 {
     ] {
         e = e * r + k;
     }
-    let e = e * f32::from_bits(((n as i32).wrapping_add(127) as u32) << 23);
+    // `shifted`'s bits are those of 2²³ + 2²² plus n, so n + 127, the biased exponent of 2ⁿ, is
+    // integer arithmetic on them: `n as i32` would saturate, which the compiler does lane by lane
+    let biased = shifted
+        .to_bits()
+        .wrapping_sub(0x4B40_0000)
+        .wrapping_add(127);
+    let e = e * f32::from_bits(biased << 23);
     if x < -87.0 { 0.0 } else { e }
 }
 

@@ -34,6 +34,7 @@
 
 pub mod chat;
 pub mod collate;
+mod encode_memo;
 pub mod inspect;
 pub mod parse;
 pub mod reader;

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use rlhf_base::{Error, Result};
 
+use crate::encode_memo::EncodeMemo;
 use crate::tokenizer_config::TokenizerConfig;
 use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
@@ -42,6 +43,8 @@ pub struct Tokenizer {
     source: Option<std::sync::Arc<[u8]>>,
     /// The checkpoint's `tokenizer_config.json` (empty when it has none or for a trained BPE).
     config: TokenizerConfig,
+    /// Recent encodings, shared with this tokenizer's clones.
+    memo: EncodeMemo,
 }
 
 fn tok_err(what: &str, e: impl std::fmt::Display) -> Error {
@@ -158,6 +161,7 @@ impl Tokenizer {
             pad_id,
             source: None,
             config: TokenizerConfig::default(),
+            memo: EncodeMemo::default(),
         })
     }
 
@@ -211,14 +215,17 @@ impl Tokenizer {
     }
 
     /// Token ids of `text`, with no special tokens added (special-token *text* inside `text`,
-    /// such as `<|endoftext|>`, still maps to its id).
+    /// such as `<|endoftext|>`, still maps to its id). Recent texts' ids are remembered: a
+    /// pipeline encodes its prompts at every step.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        Ok(self
-            .inner
-            .encode(text, false)
-            .map_err(|e| tok_err("encode", e))?
-            .get_ids()
-            .to_vec())
+        self.memo.ids(text, |text| {
+            Ok(self
+                .inner
+                .encode(text, false)
+                .map_err(|e| tok_err("encode", e))?
+                .get_ids()
+                .to_vec())
+        })
     }
 
     /// Text of `ids`, special tokens included (so a trailing EOS stays visible to scorers).

@@ -66,14 +66,12 @@ mod loops {
     fn softmax_row(s: &mut [f32], blocked: &[u8], scale: f32) {
         // the keys from the first open one to the last (a causal row's past): outside them the
         // output is 0 and nothing is computed
-        let Some(first) = blocked.iter().position(|&b| b == 0) else {
+        // (`memchr` scans the mask bytes in vectors; a causal row's blocked future is most of it)
+        let Some(first) = memchr::memchr(0, blocked) else {
             s.fill(0.0);
             return;
         };
-        let end = blocked
-            .iter()
-            .rposition(|&b| b == 0)
-            .map_or(first, |l| l + 1);
+        let end = memchr::memrchr(0, blocked).map_or(first, |l| l + 1);
         let (open, open_blocked) = (&mut s[first..end], &blocked[first..end]);
         for (v, &b) in open.iter_mut().zip(open_blocked) {
             *v = if b != 0 {
