@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use rlhf_base::Result;
 
-/// Bytes of text and ids the memo holds at most; it starts afresh when a new entry would pass it.
+/// Bytes of text and ids the memo holds at most; it starts afresh when a new entry would pass it
+/// (an entry larger than the whole memo is not kept).
 const CAPACITY_BYTES: usize = 32 << 20;
 
 /// Text → ids, for texts encoded since the memo last filled.
@@ -51,11 +52,14 @@ impl EncodeMemo {
         let ids = encode(text)?;
         let size = text.len() + 4 * ids.len();
         let mut entries = self.lock();
+        if size > entries.capacity {
+            return Ok(ids);
+        }
         if entries.bytes + size > entries.capacity {
             entries.ids.clear();
             entries.bytes = 0;
         }
-        if size <= entries.capacity && entries.ids.insert(text.to_owned(), ids.clone()).is_none() {
+        if entries.ids.insert(text.to_owned(), ids.clone()).is_none() {
             entries.bytes += size;
         }
         Ok(ids)
@@ -113,11 +117,11 @@ mod tests {
         assert_eq!(memo.len(), 1);
         assert_eq!(memo.ids("ijkl", counting(&calls)).unwrap().len(), 4);
         assert_eq!(calls.get(), 3);
-        // larger than the whole memo: encoded, not kept
+        // larger than the whole memo: encoded, not kept, and the memo keeps what it has
         memo.ids(&"x".repeat(41), counting(&calls)).unwrap();
-        assert_eq!(memo.len(), 0);
+        assert_eq!(memo.len(), 1);
         let failing = |_: &str| Err(rlhf_base::Error::Config("no".into()));
         assert!(memo.ids("mnop", failing).is_err());
-        assert_eq!(memo.len(), 0);
+        assert_eq!(memo.len(), 1);
     }
 }
