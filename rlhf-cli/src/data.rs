@@ -173,22 +173,33 @@ pub fn preference_groups(
     Ok((out, dropped))
 }
 
-/// K-wise records as groups with their rewards.
+/// K-wise records as groups with their rewards, best first: a file's order of completions says
+/// nothing, so a pair made of a K = 2 record (its chosen response first) follows the rewards.
 pub fn kwise_groups(records: &[KwiseRecord], enc: &Encoder) -> Result<Vec<Group>> {
     records
         .iter()
         .map(|r| {
+            let responses = r
+                .completions
+                .iter()
+                .map(|c| enc.response(&r.prompt, c))
+                .collect::<Result<_>>()?;
+            let rewards = r.rewards.iter().map(|&x| x as f32).collect();
+            let (responses, rewards) = best_first(responses, rewards);
             Ok(Group {
                 prompt: enc.prompt(&r.prompt)?.1,
-                responses: r
-                    .completions
-                    .iter()
-                    .map(|c| enc.response(&r.prompt, c))
-                    .collect::<Result<_>>()?,
-                rewards: Some(r.rewards.iter().map(|&x| x as f32).collect()),
+                responses,
+                rewards: Some(rewards),
             })
         })
         .collect()
+}
+
+/// `responses` and their `rewards` in order of descending reward (ties keep their order).
+fn best_first<T>(responses: Vec<T>, rewards: Vec<f32>) -> (Vec<T>, Vec<f32>) {
+    let mut both: Vec<(T, f32)> = responses.into_iter().zip(rewards).collect();
+    both.sort_by(|a, b| b.1.total_cmp(&a.1));
+    both.into_iter().unzip()
 }
 
 /// Groups as ranked examples, best first: a pair as it is (with the difference of the dataset's
@@ -299,4 +310,32 @@ pub fn prompts(path: &Path, opts: &ReadOptions, format: &ChatFormat) -> Result<P
         .map(|r| format.prompt(&r.prompt))
         .collect::<rlhf_core::Result<Vec<_>>>()?;
     Ok(Prompts { texts, records })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kwise_record_is_ordered_best_first_even_with_two_completions() {
+        assert_eq!(
+            best_first(vec!["a", "b"], vec![0.1, 0.9]),
+            (vec!["b", "a"], vec![0.9, 0.1])
+        );
+        assert_eq!(
+            best_first(vec!["a", "b", "c", "d"], vec![0.5, 2.0, 0.5, -1.0]),
+            (vec!["b", "a", "c", "d"], vec![2.0, 0.5, 0.5, -1.0])
+        );
+        let pairs = ranked(
+            &[Group {
+                prompt: vec![1],
+                responses: vec![vec![2], vec![3]],
+                rewards: Some(vec![0.9, 0.1]),
+            }],
+            true,
+        );
+        assert_eq!(pairs[0].responses, vec![vec![2], vec![3]]);
+        let margin = pairs[0].margin.unwrap();
+        assert!((margin - 0.8).abs() < 1e-6, "{margin}");
+    }
 }

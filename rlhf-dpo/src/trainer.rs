@@ -109,6 +109,9 @@ pub struct DpoConfig {
     pub truncation: Option<(usize, usize)>,
     /// Seed of the batch order.
     pub seed: u64,
+    /// Dropout off in the policy (TRL's `disable_dropout`): the reference's log-probs are
+    /// computed without it, so at the first step the policy must match them.
+    pub disable_dropout: bool,
 }
 
 impl Default for DpoConfig {
@@ -129,6 +132,7 @@ impl Default for DpoConfig {
             eval_every: 0,
             truncation: None,
             seed: 0,
+            disable_dropout: true,
         }
     }
 }
@@ -479,6 +483,11 @@ pub fn train_offline(
     if train.is_empty() {
         return Err(Error::Config("offline trainer: no training groups".into()));
     }
+    let policy = if cfg.disable_dropout {
+        policy.without_dropout()
+    } else {
+        policy
+    };
     run_options
         .replicas
         .refuse_with_dropout("offline trainer", policy.dropout())?;

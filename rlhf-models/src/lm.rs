@@ -310,14 +310,16 @@ pub(crate) fn tied_head(hidden: Tensor<3>, table: Tensor<2>) -> Tensor<3> {
 /// A backbone with a scalar head `d → 1` instead of the LM head: the critic (value per token)
 /// and the reward model (score at the last real token). The head is `score`, a bias-free linear
 /// layer as in `transformers`' `…ForSequenceClassification` (and so in TRL's reward and value
-/// models); the offset a reward model's scores need is its normalisation's bias. The backbone
-/// carries no LM head, so a scalar model can be initialised from any causal LM (the SFT policy,
-/// as in the TL;DR reproduction) and written as a sequence-classification checkpoint.
+/// models); the offset a reward model's scores need is its normalisation's bias, which a critic
+/// made from the reward model carries as its head's bias (`RewardModel::to_value_model` in
+/// `rlhf-reward`). The backbone carries no LM head, so a scalar model can be initialised from any
+/// causal LM (the SFT policy, as in the TL;DR reproduction) and written as a
+/// sequence-classification checkpoint.
 #[derive(Module, Debug)]
 pub struct ScalarModel {
     /// The transformer, without its LM head.
     pub backbone: CausalLm,
-    /// `[d, 1]`, no bias.
+    /// `[d, 1]`; no bias, except in a critic made from a reward model.
     pub score: Linear,
 }
 

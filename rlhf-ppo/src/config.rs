@@ -207,10 +207,14 @@ impl PpoConfig {
         }
     }
 
-    /// RLOO as TRL's `RLOOTrainer` runs it (Ahmadian et al. 2024): the leave-one-out baseline
-    /// over `G = 2` samples per prompt (TRL's `num_generations`), the k1 KL in the reward with
-    /// β = 0.05, one policy update per rollout, sampling at temperature 1, no missing-EOS
-    /// penalty, no critic.
+    /// RLOO with the settings of TRL's `RLOOTrainer` (Ahmadian et al. 2024): the leave-one-out
+    /// baseline over `G = 2` samples per prompt (TRL's `num_generations`), the k1 KL in the
+    /// reward with β = 0.05, one policy update per rollout, sampling at temperature 1, no
+    /// missing-EOS penalty, no critic. The surrogate is PPO's clipped token ratio, averaged over
+    /// tokens, where TRL clips the ratio of the whole response and averages over responses. With
+    /// one update on the whole rollout (`ppo_epochs = 1`, one minibatch) every ratio is 1 and
+    /// the two steps differ only in scale (by the mean response length); with more minibatches
+    /// the later ones are off-policy, and the two clip differently.
     pub fn rloo() -> Self {
         PpoConfig {
             advantage: AdvantageEstimator::Rloo,

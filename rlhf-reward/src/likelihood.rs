@@ -125,6 +125,13 @@ impl StepModel for LikelihoodVerifier {
         self.lm.dropout()
     }
 
+    fn without_dropout(self) -> Self {
+        LikelihoodVerifier {
+            lm: self.lm.without_dropout(),
+            ..self
+        }
+    }
+
     fn shape(&self) -> TransformerShape {
         self.lm.shape()
     }

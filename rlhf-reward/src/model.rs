@@ -5,7 +5,8 @@
 
 use std::path::Path;
 
-use burn::tensor::{Device, Tensor};
+use burn::module::Param;
+use burn::tensor::{Device, Tensor, TensorData};
 use rlhf_core::{Error, Result};
 use rlhf_data::SequenceBatch;
 use rlhf_models::{
@@ -160,9 +161,25 @@ impl RewardModel {
         })
     }
 
-    /// A value model initialised from this reward model (the TL;DR reproduction's critic init).
+    /// A value model initialised from this reward model (the TL;DR reproduction's critic init),
+    /// on the scale of the scores it serves. An outcome RM's normalisation `(raw − bias)·gain`
+    /// is folded into the head, which gets the weight `gain·w` and a bias `−bias·gain`, so that
+    /// the critic's first values and the rewards share one scale, as in the reproduction, whose
+    /// critic subtracts the same bias as its reward model. A process RM's score is not linear in
+    /// its head, so its critic keeps the head as it is.
     pub fn to_value_model(&self) -> ScalarModel {
-        self.model.clone()
+        let mut model = self.model.clone();
+        if self.settings.kind == RewardKind::Outcome {
+            let Normalisation { bias, gain } = self.settings.normalisation;
+            let device = model.backbone.device();
+            model.score.weight =
+                Param::from_tensor(model.score.weight.val().mul_scalar(gain).detach());
+            model.score.bias = Some(Param::from_tensor(Tensor::<1>::from_data(
+                TensorData::new(vec![-bias * gain], [1]),
+                &device,
+            )));
+        }
+        model
     }
 }
 

@@ -18,6 +18,9 @@ pub trait StepModel: Module {
     /// Dropout of the transformer (replicas refuse it: their draws would differ).
     fn dropout(&self) -> f64;
 
+    /// The model with dropout switched off.
+    fn without_dropout(self) -> Self;
+
     /// The shape the memory check sizes activations with.
     fn shape(&self) -> TransformerShape;
 
@@ -44,6 +47,10 @@ impl StepModel for ScalarModel {
 
     fn dropout(&self) -> f64 {
         self.backbone.dropout()
+    }
+
+    fn without_dropout(self) -> Self {
+        ScalarModel::without_dropout(self)
     }
 
     fn shape(&self) -> TransformerShape {

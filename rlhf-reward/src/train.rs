@@ -85,6 +85,8 @@ pub struct RmConfig {
     pub seed: u64,
     /// Step (and outcome) models: the loss [`train_step_model`] trains with.
     pub step_loss: StepLoss,
+    /// Dropout off in the model (TRL's `disable_dropout`).
+    pub disable_dropout: bool,
 }
 
 /// The loss of a step (or outcome) model.
@@ -117,6 +119,7 @@ impl Default for RmConfig {
             truncation: None,
             seed: 0,
             step_loss: StepLoss::Pointwise,
+            disable_dropout: true,
         }
     }
 }
@@ -453,6 +456,11 @@ fn run_fit<M: StepModel>(
     if n_train == 0 {
         return Err(Error::Config(format!("{label}: no training examples")));
     }
+    let model = if cfg.disable_dropout {
+        model.without_dropout()
+    } else {
+        model
+    };
     run_options
         .replicas
         .refuse_with_dropout(label, model.dropout())?;

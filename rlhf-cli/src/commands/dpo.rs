@@ -80,6 +80,10 @@ pub struct DpoArgs {
     /// The reward temperature β_r of exo-rw and dpo-rw.
     #[arg(long, default_value_t = 1.0)]
     pub beta_r: f32,
+    /// Dropout off in the policy; the reference's log-probs are read without it [TRL:
+    /// --disable_dropout].
+    #[arg(long, default_value_t = true, action = ArgAction::Set)]
+    pub disable_dropout: bool,
     /// Compute the reference's log-probs once and keep them in OUT/ref-cache (keyed by the
     /// reference's weights, the data, the truncation and the temperature) [TRL:
     /// --precompute_ref_log_probs].
@@ -143,6 +147,7 @@ impl DpoArgs {
             eval_every: self.train.eval_steps,
             truncation: None,
             seed: self.train.seed,
+            disable_dropout: self.disable_dropout,
         }
     }
 }

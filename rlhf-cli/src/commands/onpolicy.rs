@@ -576,10 +576,10 @@ fn critic(
     Ok(if !cfg.advantage.needs_critic() {
         None
     } else if let Some(dir) = &args.critic {
-        Some(load::reward_model(dir, device, args.seed)?.model)
+        Some(load::reward_model(dir, device, args.seed)?.to_value_model())
     } else if cfg.value_from_reward_model && spec.models().len() == 1 {
         tracing::info!("critic: the reward model (TL;DR detail 6)");
-        Some(load::reward_model(spec.models()[0], device, args.seed)?.model)
+        Some(load::reward_model(spec.models()[0], device, args.seed)?.to_value_model())
     } else {
         tracing::info!("critic: the policy with a fresh value head");
         Some(load::fresh_scalar(start.clone(), args.seed))

@@ -77,6 +77,9 @@ pub struct RmArgs {
     /// Process RMs: how step probabilities become a sequence score.
     #[arg(long, value_enum, default_value_t = Aggregate::Min)]
     pub step_aggregate: Aggregate,
+    /// Dropout off in the model [TRL: --disable_dropout].
+    #[arg(long, default_value_t = true, action = ArgAction::Set)]
+    pub disable_dropout: bool,
 }
 
 defaults_from_clap!(RmArgs);
@@ -105,6 +108,7 @@ impl RmArgs {
             // BCE: the within-prompt loss leaves each step position's offset free, which the
             // served step aggregate compares across positions
             step_loss: StepLoss::Pointwise,
+            disable_dropout: self.disable_dropout,
         }
     }
 }

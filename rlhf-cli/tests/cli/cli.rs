@@ -1137,6 +1137,7 @@ fn every_field_of_every_trainer_config_is_a_flag() {
                 // the same position's, while the served `--step-aggregate` compares positions
                 // (and a scalar head's bias gets no gradient): `rlhf rm` trains with BCE
                 ("step_loss", &[]),
+                ("disable_dropout", &["--disable-dropout", "false"]),
             ],
         ],
         |a| serde_json::to_value(a.clone().completed().config(100)).unwrap(),
@@ -1146,7 +1147,11 @@ fn every_field_of_every_trainer_config_is_a_flag() {
         &[
             OPTIMIZER,
             TRAIN,
-            &[("loss", &["--loss", "ipo"]), ("beta", &["--beta", "0.5"])],
+            &[
+                ("loss", &["--loss", "ipo"]),
+                ("beta", &["--beta", "0.5"]),
+                ("disable_dropout", &["--disable-dropout", "false"]),
+            ],
         ],
         |a| serde_json::to_value(a.clone().completed().config(100)).unwrap(),
     );

@@ -1,5 +1,6 @@
-//! Tests from the correctness review. Regression: the centering coefficient is not silently
-//! ignored for K-wise (Plackett–Luce) reward models. Invariances: accumulated micro-batches give
+//! Tests from the correctness review. Regressions: the centering coefficient is not silently
+//! ignored for K-wise (Plackett–Luce) reward models; dropout is off by default; the critic made
+//! from a reward model starts on the rewards' scale. Invariances: accumulated micro-batches give
 //! the one-batch step for every reward-model loss; every configuration that validates trains a
 //! step without a non-finite value.
 
@@ -10,9 +11,12 @@ use rlhf_core::host::to_f32_vec;
 use rlhf_core::train::metrics::{names, read_metrics};
 use rlhf_core::train::{OptimizerConfig, RunOptions};
 use rlhf_models::{CausalLm, ScalarModel, TransformerConfig};
-use rlhf_reward::{LabelledExample, RankedExample, RmConfig, train_reward_model, train_step_model};
+use rlhf_reward::{
+    LabelledExample, Normalisation, RankedExample, RewardModel, RewardSettings, RmConfig,
+    StepAggregate, train_reward_model, train_step_model,
+};
 
-fn model(device: &burn::tensor::Device) -> ScalarModel {
+fn shape() -> TransformerConfig {
     let mut c = TransformerConfig::preset("tiny-1m").unwrap();
     c.vocab_size = 32;
     c.hidden_size = 32;
@@ -20,8 +24,17 @@ fn model(device: &burn::tensor::Device) -> ScalarModel {
     c.num_attention_heads = 2;
     c.num_key_value_heads = 2;
     c.intermediate_size = 32;
+    c
+}
+
+fn model(device: &burn::tensor::Device) -> ScalarModel {
+    with_dropout(device, 0.0)
+}
+
+fn with_dropout(device: &burn::tensor::Device, dropout: f64) -> ScalarModel {
+    let shape = TransformerConfig { dropout, ..shape() };
     rlhf_core::train::seeded(device, 5, || {
-        ScalarModel::from_backbone(CausalLm::init(&c, device).unwrap())
+        ScalarModel::from_backbone(CausalLm::init(&shape, device).unwrap())
     })
 }
 
@@ -65,6 +78,55 @@ fn centering_applies_to_kwise_reward_models() {
         centred > plain + 1e-6,
         "η = 10 left the K = 3 loss at {centred} (η = 0: {plain})"
     );
+}
+
+/// Dropout is off in the trained model by default (TRL's `disable_dropout`). (With it left on,
+/// training would draw masks from the generator that this binary's other tests seed.)
+#[test]
+fn dropout_is_off_by_default() {
+    let device = rlhf_core::device_from_env().unwrap().autodiff();
+    assert!(RmConfig::default().disable_dropout);
+    let (trained, _) = train_reward_model(
+        with_dropout(&device, 0.3),
+        &ranked(2),
+        &[],
+        &RmConfig::default(),
+        &RunOptions::quiet(),
+        &device,
+    )
+    .unwrap();
+    assert_eq!(trained.backbone.dropout(), 0.0);
+}
+
+/// The critic made from a reward model (TL;DR detail 6) starts on the scale of the rewards the
+/// reward model serves: an outcome RM's normalisation `(raw − bias)·gain` is in its value at every
+/// token, as the reproduction's critic subtracts its reward model's bias. A process RM's score
+/// is not linear in its head, so its critic keeps the head.
+#[test]
+fn a_critic_made_from_a_reward_model_starts_on_the_rewards_scale() {
+    let device = rlhf_core::device_from_env().unwrap();
+    let raw = probe(&model(&device));
+    let normalised = |settings: RewardSettings| RewardModel {
+        model: model(&device),
+        config: shape(),
+        settings: RewardSettings {
+            normalisation: Normalisation {
+                bias: 2.5,
+                gain: 0.5,
+            },
+            ..settings
+        },
+    };
+    let outcome = probe(&normalised(RewardSettings::outcome()).to_value_model());
+    for (v, r) in outcome.iter().zip(&raw) {
+        let want = (r - 2.5) * 0.5;
+        assert!(
+            (v - want).abs() <= 1e-5,
+            "value {v}, normalised score {want}"
+        );
+    }
+    let process = normalised(RewardSettings::process(";", StepAggregate::Min));
+    assert_eq!(probe(&process.to_value_model()), raw);
 }
 
 /// Step-labelled examples with different numbers of steps (so micro-batches hold different
