@@ -318,6 +318,26 @@ mod tests {
 
     #[test]
     fn a_kwise_record_is_ordered_best_first_even_with_two_completions() {
+        let texts = ["worse answer", "better answer"];
+        let tokenizer = Tokenizer::train_bpe(texts.iter().copied(), 300).unwrap();
+        let format = ChatFormat::default();
+        let enc = Encoder {
+            tokenizer: &tokenizer,
+            format: &format,
+            max_prompt: 64,
+            max_response: 64,
+        };
+        let record = KwiseRecord {
+            prompt: Turns::Text("question".into()),
+            completions: texts.iter().map(|t| Turns::Text(t.to_string())).collect(),
+            rewards: vec![0.1, 0.9],
+        };
+        let group = &kwise_groups(std::slice::from_ref(&record), &enc).unwrap()[0];
+        let better = enc
+            .response(&record.prompt, &record.completions[1])
+            .unwrap();
+        assert_eq!(group.responses[0], better);
+        assert_eq!(group.rewards, Some(vec![0.9, 0.1]));
         assert_eq!(
             best_first(vec!["a", "b"], vec![0.1, 0.9]),
             (vec!["b", "a"], vec![0.9, 0.1])

@@ -153,8 +153,9 @@ pub struct OnPolicyArgs {
     /// The frozen reference (default: `--model`) [TRL: --ref_model].
     #[arg(long = "ref", visible_alias = "ref-model", value_name = "DIR")]
     pub ref_model: Option<PathBuf>,
-    /// PPO's critic: a scalar checkpoint (default: the reward model when `--reward` names one,
-    /// TL;DR detail 6, else the policy with a fresh head).
+    /// PPO's critic: a scalar checkpoint, its served normalisation folded into its head
+    /// (default: the reward model when `--reward` names one, TL;DR detail 6, else the policy
+    /// with a fresh head).
     #[arg(long, value_name = "DIR")]
     pub critic: Option<PathBuf>,
     /// Rollout-and-update iterations.

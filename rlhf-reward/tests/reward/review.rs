@@ -80,22 +80,37 @@ fn centering_applies_to_kwise_reward_models() {
     );
 }
 
-/// Dropout is off in the trained model by default (TRL's `disable_dropout`). (With it left on,
-/// training would draw masks from the generator that this binary's other tests seed.)
+/// Dropout is off in training by default (TRL's `disable_dropout`): a model with dropout 0.3
+/// trains exactly as the same weights without dropout, and comes back without it. (Were it on,
+/// training would also draw masks from the generator that this binary's other tests seed.)
 #[test]
 fn dropout_is_off_by_default() {
     let device = rlhf_core::device_from_env().unwrap().autodiff();
     assert!(RmConfig::default().disable_dropout);
-    let (trained, _) = train_reward_model(
-        with_dropout(&device, 0.3),
-        &ranked(2),
-        &[],
-        &RmConfig::default(),
-        &RunOptions::quiet(),
-        &device,
-    )
-    .unwrap();
-    assert_eq!(trained.backbone.dropout(), 0.0);
+    let train = |dropout: f64| {
+        let cfg = RmConfig {
+            batch_size: 4,
+            ..RmConfig::default()
+        };
+        let (trained, report) = train_reward_model(
+            with_dropout(&device, dropout),
+            &ranked(2),
+            &[],
+            &cfg,
+            &RunOptions::quiet(),
+            &device,
+        )
+        .unwrap();
+        (
+            trained.backbone.dropout(),
+            probe(&trained),
+            report.final_train_loss,
+        )
+    };
+    let (dropout, weights, loss) = train(0.3);
+    assert_eq!(dropout, 0.0);
+    let (_, plain_weights, plain_loss) = train(0.0);
+    assert_eq!((weights, loss), (plain_weights, plain_loss));
 }
 
 /// The critic made from a reward model (TL;DR detail 6) starts on the scale of the rewards the
