@@ -6,10 +6,14 @@
 //! - `k2 = lr² / 2` — biased, low variance, ≥ 0;
 //! - `k3 = exp(−lr) − 1 + lr` — unbiased, ≥ 0.
 //!
-//! All three are exactly 0 where the two log-probs are equal.
+//! All three are exactly 0 where the two log-probs are equal. k3's exponent is held within
+//! `±LOG_RATIO_LIMIT` (as the policy loss's log-ratio is), so that extreme inputs give a finite
+//! value and gradient; within that range it is exact.
 
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
+
+use crate::policy_loss::LOG_RATIO_LIMIT;
 
 /// Which KL estimator to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -38,6 +42,7 @@ pub fn kl_estimate(
         // to a tiny negative number (−1e−8 on wgpu), so it is held at 0
         KlEstimator::K3 => lr
             .clone()
+            .clamp(-LOG_RATIO_LIMIT, LOG_RATIO_LIMIT)
             .neg()
             .exp()
             .sub_scalar(1.0)

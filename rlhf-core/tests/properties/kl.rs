@@ -26,6 +26,29 @@ proptest! {
         }
     }
 
+    /// Log-ratios far beyond any that training meets (k3's `e^{−lr}` overflows f32 below
+    /// lr ≈ −88) give finite estimates and gradients, and k3 stays exact within its limit.
+    #[test]
+    fn extreme_log_ratios_stay_finite(lr in prop::collection::vec(prop_oneof![Just(-1e4f64), Just(1e4), -200.0f64..200.0], 1..6)) {
+        let dev = device().autodiff();
+        let shape = [1, lr.len()];
+        let zeros = vec![0.0; lr.len()];
+        for est in [KlEstimator::K1, KlEstimator::K2, KlEstimator::K3] {
+            let x = t2(&lr, shape, &dev).require_grad();
+            let k = kl_estimate(x.clone(), t2(&zeros, shape, &dev), est);
+            let grad = host(x.grad(&k.clone().sum().backward()).unwrap());
+            let value = host(k);
+            prop_assert!(value.iter().chain(&grad).all(|v| v.is_finite()), "{:?}: {:?} {:?}", est, value, grad);
+        }
+        let k3 = host(kl_estimate(t2(&lr, shape, &dev), t2(&zeros, shape, &dev), KlEstimator::K3));
+        for (got, &l) in k3.iter().zip(&lr) {
+            if l.abs() <= 20.0 {
+                let want = (-l).exp() - 1.0 + l;
+                prop_assert!((got - want).abs() <= 1e-5 * want.abs().max(1.0), "k3({l}) = {got}, want {want}");
+            }
+        }
+    }
+
     #[test]
     fn all_estimators_are_zero_when_the_logprobs_are_equal(p in tokens(4.0, 1)) {
         let dev = device();
