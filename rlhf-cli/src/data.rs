@@ -202,21 +202,18 @@ fn best_first<T>(responses: Vec<T>, rewards: Vec<f32>) -> (Vec<T>, Vec<f32>) {
     both.into_iter().unzip()
 }
 
-/// Groups as ranked examples, best first: a pair as it is (with the difference of the dataset's
-/// scores as its margin, when it has scores), K-wise by descending reward.
+/// Groups as ranked examples, in the order they come, which is best first: a pair's chosen
+/// response first ([`preference_groups`], with the difference of the dataset's scores as its
+/// margin, when it has scores), a K-wise record's by descending reward ([`kwise_groups`]).
 pub fn ranked(groups: &[Group], margins: bool) -> Vec<RankedExample> {
     groups
         .iter()
         .map(|g| {
-            let rewards = g.rewards.clone().unwrap_or_default();
-            let mut order: Vec<usize> = (0..g.responses.len()).collect();
-            if rewards.len() == order.len() && order.len() > 2 {
-                order.sort_by(|&a, &b| rewards[b].total_cmp(&rewards[a]));
-            }
+            let rewards = g.rewards.as_deref().unwrap_or_default();
             RankedExample {
                 prompt: g.prompt.clone(),
-                responses: order.iter().map(|&i| g.responses[i].clone()).collect(),
-                margin: (margins && order.len() == 2 && rewards.len() == 2)
+                responses: g.responses.clone(),
+                margin: (margins && g.responses.len() == 2 && rewards.len() == 2)
                     .then(|| rewards[0] - rewards[1]),
                 gold: None,
             }

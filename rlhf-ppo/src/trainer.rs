@@ -609,8 +609,8 @@ pub fn minibatch_loss(
         (names::VAL_RATIO_VAR, scalar(pg.ratio_var)),
     ];
     if !cfg.kl_in_reward {
-        // padded positions through a select first: there k3's `exp(−lr)` can overflow, its
-        // gradient is then 0 · ∞ = NaN, and only the select's backward drops it
+        // padded positions zeroed first, as `make_experience` zeroes them: whatever a pad holds
+        // never reaches the estimate or its gradient
         let logprobs = rlhf_core::zero_masked(logprobs, mb.mask.clone());
         let kl = masked_mean(
             kl_estimate(logprobs, mb.ref_logprobs.clone(), cfg.kl_estimator),

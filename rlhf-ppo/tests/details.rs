@@ -441,7 +441,7 @@ fn advantages_and_targets_at_masked_positions_never_change_the_loss() {
             junk.returns[i] = -7e2;
             junk.values[i] = 55.0;
             junk.logprobs[i] = -40.0;
-            // far enough that k3's exp(−lr) overflows f32 there
+            // beyond the log-ratio limit, where k3's exp(−lr) would overflow f32
             junk.ref_logprobs[i] = 100.0;
         }
     }
