@@ -55,9 +55,16 @@ pub fn claim(out: &Path, command: &str, toml_text: &str) -> Result<()> {
                 continue;
             }
             if a.get(k) != b.get(k) {
+                // a key missing there was recorded by a version of rlhf without that option,
+                // whose behaviour need not be the option's default now
+                let older = if a.contains_key(k) {
+                    ""
+                } else {
+                    " (the run there was recorded before rlhf had this option)"
+                };
                 bail!(
-                    "{} holds a run with other options (`{k}`: {} there, {} now): run the same \
-                     command to resume it, or use another --out",
+                    "{} holds a run with other options (`{k}`: {} there, {} now{older}): run the \
+                     same command to resume it, or use another --out",
                     out.display(),
                     a.get(k).map_or("not set".into(), ToString::to_string),
                     b.get(k).map_or("not set".into(), ToString::to_string)
@@ -132,4 +139,34 @@ pub fn save_reward(out: &Path, rm: &RewardModel, tokenizer: &Tokenizer) -> Resul
         out.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The same options resume; another value, or an option that the recorded run did not have,
+    /// is refused, naming the key (and, for the second, why).
+    #[test]
+    fn a_run_directory_resumes_only_its_own_options() {
+        let out = tempfile::tempdir().unwrap();
+        let first = "beta = 0.1\nseed = 1\n";
+        claim(out.path(), "dpo", first).unwrap();
+        claim(out.path(), "dpo", first).unwrap();
+        let err = claim(out.path(), "dpo", "beta = 0.2\nseed = 1\n").unwrap_err();
+        assert!(
+            err.to_string().contains("`beta`: 0.1 there, 0.2 now)"),
+            "{err}"
+        );
+        let newer = "beta = 0.1\nseed = 1\ndisable_dropout = true\n";
+        let err = claim(out.path(), "dpo", newer).unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "`disable_dropout`: not set there, true now (the run there was recorded before"
+            ),
+            "{err}"
+        );
+        let err = claim(out.path(), "kto", first).unwrap_err();
+        assert!(err.to_string().contains("not `rlhf kto`"), "{err}");
+    }
 }

@@ -1,10 +1,13 @@
 //! The reference log-prob cache: the frozen reference's sequence log-probs of every response,
 //! computed once, stored on disk and reused across epochs and runs.
 //!
-//! The key covers every input that changes a reference log-prob: the reference's weights, the
-//! token ids of the data (so the chat template and the tokenizer, which made them), and how the
-//! log-probs are read ([`LogpSpec`]: the truncation and the temperature). A change to any of them
-//! gives a new key, so a stale cache is never read.
+//! The key covers the inputs that change a reference log-prob and that the trainer sees: the
+//! reference's weights, the token ids of the data (so the chat template and the tokenizer, which
+//! made them), and how the log-probs are read ([`LogpSpec`]: the truncation and the temperature).
+//! A change to any of them gives a new key, so a stale cache is not read. The architecture's
+//! settings that no weight carries (a rotary base, a norm's ε) are not in a [`CausalLm`]'s
+//! parameters: a caller that changes them keeps another directory (`rlhf dpo` and `rlhf kto` name
+//! theirs by the checksum of the reference's `config.json`).
 
 use std::path::{Path, PathBuf};
 

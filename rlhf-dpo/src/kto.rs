@@ -490,7 +490,8 @@ pub fn evaluate_kto(
 }
 
 /// Refuses examples the loss cannot read: an empty response (its log-ratio would be 0 whatever
-/// the policy), or a data set of one example (it has no other response to pair its prompt with).
+/// the policy), an empty prompt (the response's first token would have no context), or a data
+/// set of one example (it has no other response to pair its prompt with).
 fn check(examples: &[KtoExample], what: &str) -> Result<()> {
     if examples.len() == 1 {
         return Err(Error::Config(format!(
@@ -500,6 +501,12 @@ fn check(examples: &[KtoExample], what: &str) -> Result<()> {
     if let Some(i) = examples.iter().position(|e| e.response.is_empty()) {
         return Err(Error::Config(format!(
             "kto: {what} example {i} has an empty response"
+        )));
+    }
+    if let Some(i) = examples.iter().position(|e| e.prompt.is_empty()) {
+        return Err(Error::Config(format!(
+            "kto: {what} example {i} has an empty prompt; its response's first token would have \
+             no context"
         )));
     }
     Ok(())

@@ -411,9 +411,18 @@ pub fn evaluate(
     })
 }
 
+/// Refuses groups the loss cannot read: an empty prompt, responses of another count than the
+/// first group's (or fewer than two), no rewards where the loss needs them, and K > 2 for a loss
+/// of pairs.
 fn check(groups: &[Group], cfg: &DpoConfig) -> Result<()> {
     let k = groups.first().map_or(2, |g| g.responses.len());
     for (i, g) in groups.iter().enumerate() {
+        if g.prompt.is_empty() {
+            return Err(Error::Config(format!(
+                "offline trainer: group {i} has an empty prompt; its responses' first tokens \
+                 would have no context"
+            )));
+        }
         if g.responses.len() != k || k < 2 {
             return Err(Error::Config(format!(
                 "offline trainer: group {i} has {} responses; all need the same K ≥ 2 (here {k})",

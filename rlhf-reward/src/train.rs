@@ -146,7 +146,7 @@ impl RmConfig {
 /// Held-out results of a reward model.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RmEval {
-    /// Mean loss.
+    /// Mean loss per example (ranked: the training loss, margins and centering included).
     pub loss: f64,
     /// Ranked: share of adjacent pairs ordered as labelled (pairs of identical responses left
     /// out). Step models: share of labels predicted right (p > ½).
@@ -249,29 +249,50 @@ pub fn score_ranked(
     Ok(out)
 }
 
-/// Loss, label accuracy and gold-order accuracy of a reward model on held-out ranked examples.
+/// Loss, label accuracy and gold-order accuracy of a reward model on held-out ranked examples,
+/// read as training reads them: cut to `cfg.truncation`, and the loss is the training loss
+/// (Bradley–Terry with the margins when `cfg.use_margin`, Plackett–Luce for K > 2, plus the
+/// centering term), in `f64`.
 pub fn evaluate_ranked(
     model: &ScalarModel,
     examples: &[RankedExample],
     cfg: &RmConfig,
     device: &Device,
 ) -> Result<RmEval> {
+    let cut: Vec<RankedExample>;
+    let examples = match cfg.truncation {
+        Some((max_prompt, max_response)) => {
+            cut = examples
+                .iter()
+                .map(|e| truncated(e, max_prompt, max_response))
+                .collect();
+            &cut[..]
+        }
+        None => examples,
+    };
     let scores = score_ranked(model, examples, cfg.batch_size, device)?;
     let (mut loss, mut right, mut pairs) = (0.0, 0usize, 0usize);
     let (mut gold_right, mut gold_pairs) = (0usize, 0usize);
     for (e, s) in examples.iter().zip(&scores) {
         let s: Vec<f64> = s.iter().map(|&x| f64::from(x)).collect();
-        // Plackett–Luce (= Bradley–Terry at K = 2), in f64
+        let margin = match (cfg.use_margin, s.len()) {
+            (true, 2) => f64::from(e.margin.unwrap_or(0.0)),
+            _ => 0.0,
+        };
+        // Plackett–Luce (= Bradley–Terry at K = 2, where the margin lowers the first score)
         for i in 0..s.len() - 1 {
-            let m = s[i..].iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            let lse = m + s[i..].iter().map(|x| (x - m).exp()).sum::<f64>().ln();
-            loss -= s[i] - lse;
+            let first = s[i] - margin;
+            let rest = std::iter::once(first).chain(s[i + 1..].iter().copied());
+            let m = rest.clone().fold(f64::NEG_INFINITY, f64::max);
+            let lse = m + rest.map(|x| (x - m).exp()).sum::<f64>().ln();
+            loss -= first - lse;
             // identical responses cannot be ordered by any model: they are left out
             if e.responses[i] != e.responses[i + 1] {
                 right += usize::from(s[i] > s[i + 1]);
                 pairs += 1;
             }
         }
+        loss += f64::from(cfg.center_eta) * s.iter().sum::<f64>().powi(2);
         if let Some(g) = &e.gold
             && (g[0] - g[1]).abs() > 1e-12
             && e.responses[0] != e.responses[1]
@@ -286,6 +307,20 @@ pub fn evaluate_ranked(
         gold_accuracy: (gold_pairs > 0).then(|| gold_right as f64 / gold_pairs as f64),
         pair_accuracy: None,
     })
+}
+
+/// `e` with its prompt cut to its last `max_prompt` tokens and each response to its first
+/// `max_response`, as [`collate`] cuts them.
+fn truncated(e: &RankedExample, max_prompt: usize, max_response: usize) -> RankedExample {
+    RankedExample {
+        prompt: e.prompt[e.prompt.len().saturating_sub(max_prompt)..].to_vec(),
+        responses: e
+            .responses
+            .iter()
+            .map(|r| r[..r.len().min(max_response)].to_vec())
+            .collect(),
+        ..e.clone()
+    }
 }
 
 /// Sequences and label positions of labelled examples: each example is prompt ⊕ segments, and its

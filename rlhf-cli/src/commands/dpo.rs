@@ -85,7 +85,7 @@ pub struct DpoArgs {
     #[arg(long, default_value_t = true, action = ArgAction::Set)]
     pub disable_dropout: bool,
     /// Compute the reference's log-probs once and keep them in OUT/ref-cache (keyed by the
-    /// reference's weights, the data, the truncation and the temperature) [TRL:
+    /// reference's weights and config.json, the data, the truncation and the temperature) [TRL:
     /// --precompute_ref_log_probs].
     #[arg(long, default_value_t = true, action = ArgAction::Set)]
     pub ref_cache: bool,
@@ -197,7 +197,11 @@ pub fn run(args: &DpoArgs, toml: &str) -> Result<()> {
     );
     let cfg = args.config(args.train.total_steps(train.len()));
     output::claim(&p.out, "dpo", toml)?;
-    let cache = RefCache::new(args.ref_cache.then(|| p.out.join("ref-cache")).as_deref());
+    let reference_dir = args.ref_model.as_deref().unwrap_or(&p.dir);
+    let cache_dir = (args.ref_cache)
+        .then(|| super::ref_cache_dir(&p.out, reference_dir))
+        .transpose()?;
+    let cache = RefCache::new(cache_dir.as_deref());
     let (policy, report) = train_offline(
         policy,
         &reference,

@@ -194,7 +194,11 @@ pub fn run(args: &KtoArgs, toml: &str) -> Result<()> {
         tracing::warn!("kto: {advice}");
     }
     output::claim(&p.out, "kto", toml)?;
-    let cache = RefCache::new(args.ref_cache.then(|| p.out.join("ref-cache")).as_deref());
+    let reference_dir = args.ref_model.as_deref().unwrap_or(&p.dir);
+    let cache_dir = (args.ref_cache)
+        .then(|| super::ref_cache_dir(&p.out, reference_dir))
+        .transpose()?;
+    let cache = RefCache::new(cache_dir.as_deref());
     let (policy, report) = train_kto(
         policy,
         &reference,

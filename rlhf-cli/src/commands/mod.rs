@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use burn::tensor::Device;
 
+use rlhf_core::train::fs::checksum;
 use rlhf_core::train::{Replicas, RunOptions};
 use rlhf_data::{ChatFormat, Tokenizer};
 use rlhf_models::{CausalLm, TransformerConfig};
@@ -43,6 +44,19 @@ pub fn prompts_and_reward<'a>(
         );
     };
     Ok((prompt_file, reward.parse()?))
+}
+
+/// The directory of the reference log-prob cache of a run in `out` (`--ref-cache`):
+/// `OUT/ref-cache/<checksum of the reference's config.json>`. The cache's own key covers the
+/// reference's weights, the data and how they are read; the directory adds the architecture's
+/// settings that no weight carries (a rotary base, a norm's ε), so editing them in the
+/// reference's `config.json` and running again computes the log-probs anew.
+pub fn ref_cache_dir(out: &Path, reference: &Path) -> Result<PathBuf> {
+    let config = reference.join("config.json");
+    let bytes = std::fs::read(&config).with_context(|| format!("reading {}", config.display()))?;
+    Ok(out
+        .join("ref-cache")
+        .join(format!("{:016x}", checksum(&bytes))))
 }
 
 /// The value of the metric `name` among a report's last metrics (NaN when it was not logged).
@@ -166,5 +180,35 @@ impl Prepared {
             &self.dir,
             lora,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two references whose `config.json` differ (here in the rotary base alone) get two cache
+    /// directories; the same file gets the same one.
+    #[test]
+    fn the_ref_cache_directory_follows_the_reference_config() {
+        let tmp = tempfile::tempdir().unwrap();
+        let reference = |name: &str, theta: u32| {
+            let dir = tmp.path().join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            let config = format!("{{\"model_type\": \"llama\", \"rope_theta\": {theta}}}");
+            std::fs::write(dir.join("config.json"), config).unwrap();
+            dir
+        };
+        let out = tmp.path().join("out");
+        let dir = |r: &Path| ref_cache_dir(&out, r).unwrap();
+        let (a, same, other) = (
+            reference("a", 10000),
+            reference("b", 10000),
+            reference("c", 500000),
+        );
+        assert_eq!(dir(&a), dir(&same));
+        assert_ne!(dir(&a), dir(&other));
+        assert!(dir(&a).starts_with(out.join("ref-cache")));
+        assert!(ref_cache_dir(&out, &tmp.path().join("missing")).is_err());
     }
 }

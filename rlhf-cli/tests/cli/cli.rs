@@ -381,8 +381,13 @@ fn dpo_raises_the_margin_and_rm_orders_its_pairs() {
     let (m, a) = (*margins.last().unwrap(), *accuracy.last().unwrap());
     assert!(m > 0.5 && a >= 0.8, "held-out margin {m}, accuracy {a}");
     assert!(differ(&probe(&fixture("tiny-pythia")), &probe(&s(&dpo))));
-    // the reference's log-probs were computed once and kept
-    assert!(std::fs::read_dir(dpo.join("ref-cache")).unwrap().count() >= 1);
+    // the reference's log-probs were computed once and kept, under its config's checksum
+    let by_config: Vec<_> = std::fs::read_dir(dpo.join("ref-cache"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(by_config.len(), 1, "{by_config:?}");
+    assert!(std::fs::read_dir(&by_config[0]).unwrap().count() >= 1);
 
     let rm = dir.path().join("rm");
     ok(&[

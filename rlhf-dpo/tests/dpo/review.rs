@@ -1,9 +1,9 @@
 //! Tests from the correctness review. Regressions: the reference cache's key covers the
-//! truncation; configurations that divide by zero (or make the loss constant) are refused before
-//! training; IPO and SimPO log the implicit rewards of the log-probs their losses use (averaged
-//! over response tokens). Invariances: accumulated micro-batches give the one-batch step for
-//! every loss; padding never changes a sequence log-prob; every configuration that validates
-//! trains a step without a non-finite value.
+//! truncation; configurations that divide by zero (or make the loss constant), and empty prompts,
+//! are refused before training; IPO and SimPO log the implicit rewards of the log-probs their
+//! losses use (averaged over response tokens). Invariances: accumulated micro-batches give the
+//! one-batch step for every loss; padding never changes a sequence log-prob; every configuration
+//! that validates trains a step without a non-finite value.
 
 use burn::module::Module;
 use proptest::prelude::*;
@@ -124,6 +124,33 @@ fn configurations_that_divide_by_zero_are_refused() {
             result.map(|r| r.1.final_train_loss)
         );
     }
+}
+
+/// A group with an empty prompt is refused, with its index: its responses' first tokens would be
+/// read where no token predicts them (as the PPO and online trainers refuse such prompts).
+#[test]
+fn an_empty_prompt_is_refused() {
+    let device = rlhf_core::device_from_env().unwrap().autodiff();
+    let reference = model(&device, 1);
+    let mut data = pairs();
+    data[3].prompt.clear();
+    let err = train_offline(
+        reference.clone(),
+        &reference,
+        &data,
+        &[],
+        &base(),
+        &RefCache::new(None),
+        &RunOptions::quiet(),
+        &device,
+    )
+    .map(|r| r.1.final_train_loss)
+    .unwrap_err();
+    assert!(matches!(err, Error::Config(_)), "{err}");
+    assert!(
+        err.to_string().contains("group 3 has an empty prompt"),
+        "{err}"
+    );
 }
 
 /// IPO and SimPO optimise log-probs averaged over response tokens; the implicit rewards they log

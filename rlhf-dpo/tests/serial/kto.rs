@@ -340,7 +340,7 @@ fn the_first_step_matches_the_reference_from_unpadded_logprobs() {
 
 /// Each of these is refused as a configuration error before training: β ≤ 0 (a constant loss),
 /// negative or non-finite weights, both weights 0, micro-batches of one, no epochs; no data, one
-/// example, an empty response (with its index).
+/// example, an empty response or prompt (with its index).
 #[test]
 fn bad_configurations_and_data_are_refused() {
     let _serial = rlhf_testkit::serial();
@@ -441,6 +441,13 @@ fn bad_configurations_and_data_are_refused() {
     let err = run(&base(), &empty, &[]).unwrap_err();
     assert!(
         err.to_string().contains("example 4 has an empty response"),
+        "{err}"
+    );
+    let mut no_prompt = examples(6);
+    no_prompt[2].prompt.clear();
+    let err = run(&base(), &no_prompt, &[]).unwrap_err();
+    assert!(
+        err.to_string().contains("example 2 has an empty prompt"),
         "{err}"
     );
     let err = run(&base(), &data, &data[..1]).unwrap_err();

@@ -1,8 +1,8 @@
 //! Tests from the correctness review. Regressions: the centering coefficient is not silently
 //! ignored for K-wise (Plackett–Luce) reward models; dropout is off by default; the critic made
-//! from a reward model starts on the rewards' scale. Invariances: accumulated micro-batches give
-//! the one-batch step for every reward-model loss; every configuration that validates trains a
-//! step without a non-finite value.
+//! from a reward model starts on the rewards' scale; the held-out loss is the training loss.
+//! Invariances: accumulated micro-batches give the one-batch step for every reward-model loss;
+//! every configuration that validates trains a step without a non-finite value.
 
 use burn::module::Module;
 use proptest::prelude::*;
@@ -13,7 +13,7 @@ use rlhf_core::train::{OptimizerConfig, RunOptions};
 use rlhf_models::{CausalLm, ScalarModel, TransformerConfig};
 use rlhf_reward::{
     LabelledExample, Normalisation, RankedExample, RewardModel, RewardSettings, RmConfig,
-    StepAggregate, train_reward_model, train_step_model,
+    StepAggregate, evaluate_ranked, train_reward_model, train_step_model,
 };
 
 fn shape() -> TransformerConfig {
@@ -142,6 +142,45 @@ fn a_critic_made_from_a_reward_model_starts_on_the_rewards_scale() {
     }
     let process = normalised(RewardSettings::process(";", StepAggregate::Min));
     assert_eq!(probe(&process.to_value_model()), raw);
+}
+
+/// A reward model is evaluated as it is trained: the held-out loss of examples is the training
+/// loss of the same examples, cut to the same truncation, with their margins and the centering
+/// term. (Read without the truncation, the margins or the centering, it is another number.)
+#[test]
+fn the_eval_loss_is_the_training_loss() {
+    let device = rlhf_core::device_from_env().unwrap().autodiff();
+    let examples: Vec<RankedExample> = ranked(2)
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut e)| {
+            // a prompt and responses longer than the truncation, and a margin per pair
+            e.prompt.splice(0..0, [3, 4, 5]);
+            for r in &mut e.responses {
+                r.extend([7, 8, i as u32 % 5 + 1]);
+            }
+            e.margin = Some(0.5 + i as f32 * 0.1);
+            e
+        })
+        .collect();
+    let cfg = RmConfig {
+        batch_size: examples.len(),
+        truncation: Some((2, 2)),
+        use_margin: true,
+        center_eta: 0.3,
+        ..RmConfig::default()
+    };
+    let start = model(&device);
+    let eval = evaluate_ranked(&start, &examples, &cfg, &device).unwrap();
+    // one step over every example: its logged loss is that of the weights before the update
+    let (_, report) =
+        train_reward_model(start, &examples, &[], &cfg, &RunOptions::quiet(), &device).unwrap();
+    assert!(
+        (eval.loss - report.final_train_loss).abs() <= 1e-5 * (1.0 + eval.loss.abs()),
+        "eval loss {}, training loss {}",
+        eval.loss,
+        report.final_train_loss
+    );
 }
 
 /// Step-labelled examples with different numbers of steps (so micro-batches hold different
