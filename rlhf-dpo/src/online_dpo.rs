@@ -16,7 +16,8 @@
 //! 5. **update**: `epochs` passes over the round's pairs, each pass in `minibatches` shuffled
 //!    minibatches, one AdamW step on each with the pair loss of the offline trainer
 //!    (`OfflineLoss`; DPO's `−log σ(β·h)` by default, `h` from sequence log-probs summed over
-//!    response tokens, the reference's computed fresh each round). The learning rate of step `s`
+//!    response tokens, for IPO too as in TRL's online trainer; the reference's computed fresh
+//!    each round). The learning rate of step `s`
 //!    of round `i` is the schedule's at `i·epochs·minibatches + s`;
 //! 6. **log** one metrics line (TRL's online-DPO names) and checkpoint when due.
 //!
@@ -71,7 +72,8 @@ pub struct OnlineDpoConfig {
     pub sampling: SamplingConfig,
     /// Subtracted from the score of a response without EOS (≥ 0; `None`: no penalty).
     pub missing_eos_penalty: Option<f32>,
-    /// The pair loss (TRL: `sigmoid`, i.e. DPO, or `ipo`).
+    /// The pair loss (TRL: `sigmoid`, i.e. DPO, or `ipo`, which reads summed log-probs here as
+    /// in TRL's online trainer, not the averages of the offline one).
     pub loss: OfflineLoss,
     /// β.
     pub beta: f32,
@@ -695,6 +697,13 @@ fn update_on_pairs(
             let g: Vec<&Group> = mb.iter().map(|&i| &groups[i]).collect();
             let b = g.len();
             let (logps, lengths) = sequence_logps(&policy, &g, None, device)?;
+            // TRL's online trainer builds IPO's h from summed log-probs, where its offline
+            // trainer (and `batch_loss`) averages them: every response counts as one token
+            let lengths = if matches!(pair_cfg.loss, OfflineLoss::Ipo) {
+                lengths.ones_like()
+            } else {
+                lengths
+            };
             let ref_rows: Vec<Vec<f32>> = mb.iter().map(|&i| refs[i].clone()).collect();
             let rewards = pair_cfg.loss.needs_rewards().then(|| {
                 let r: Vec<Vec<f32>> = mb

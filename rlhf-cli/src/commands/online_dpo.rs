@@ -29,7 +29,7 @@ pub const DEFAULT_LR: f64 = 5e-7;
 pub enum OnlineLoss {
     /// DPO, `−log σ(β·h)`.
     Sigmoid,
-    /// IPO, `(h − 1/(2β))²` on log-probs averaged over response tokens.
+    /// IPO, `(h − 1/(2β))²` on log-probs summed over response tokens (as TRL's online trainer).
     Ipo,
 }
 

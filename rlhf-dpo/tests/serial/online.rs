@@ -2,7 +2,8 @@
 //! With a rule reward that pays for stopping early, a few rounds make the policy's samples end
 //! sooner (fixed seeds; the fixture model of rlhf-models with its tokenizer): one round at a time
 //! (`online_round`) and as the trainer of its own (`train_online_dpo`), which logs TRL's
-//! online-DPO metrics, refuses bad settings and scores, and resumes exactly after a SIGKILL.
+//! online-DPO metrics, builds IPO from summed log-probs as TRL's online trainer, refuses bad
+//! settings and scores, and resumes exactly after a SIGKILL.
 //!
 //! The tests take `rlhf_testkit::serial()` first: bit-for-bit comparisons hold only when
 //! no other test trains in the process at the same time.
@@ -306,6 +307,53 @@ fn the_online_dpo_trainer_follows_the_scorer() {
     let (early0, late0) = first_and_last(frozen.path());
     eprintln!("lr 1e-12: first three rounds {early0:.2}, last three {late0:.2}");
     assert!(late0 <= early0 + 2.0, "{early0} → {late0} without learning");
+}
+
+/// Online IPO reads summed log-probs, as TRL's online trainer: at the first step (the policy is
+/// the reference, so `h = 0`) the loss is `(1/(2β))²`, and the logged `logps/chosen` and
+/// `logps/rejected` are sums over response tokens, so their mean is minus the logged entropy
+/// (the responses' mean summed log-prob). Averaged log-probs, as the offline IPO reads them,
+/// would be several times closer to 0.
+#[test]
+fn online_ipo_reads_summed_logprobs() {
+    let _serial = rlhf_testkit::serial();
+    let device = rlhf_core::device_from_env().unwrap().autodiff();
+    let (tok, reference, prompts) = fixture(&device);
+    let inputs = OnlineDpoInputs {
+        reference: &reference,
+        scorer: &Brevity,
+        tokenizer: &tok,
+        prompts: &prompts,
+        eval: None,
+        eval_every: 0,
+    };
+    let cfg = OnlineDpoConfig {
+        rounds: 1,
+        epochs: 1,
+        minibatches: 1,
+        loss: OfflineLoss::Ipo,
+        beta: 0.1,
+        ..online_cfg()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    train_online_dpo(
+        reference.clone(),
+        &inputs,
+        &cfg,
+        &RunOptions::quiet_in(dir.path()),
+        &device,
+    )
+    .unwrap();
+    let first = &read_metrics(&dir.path().join("metrics.jsonl")).unwrap()[0];
+    let get = |k: &str| first[k].as_f64().unwrap();
+    assert!((get(names::TRAIN_LOSS) - 25.0).abs() < 1e-3, "{first:?}");
+    let pair_mean = (get(names::LOGPS_CHOSEN) + get(names::LOGPS_REJECTED)) / 2.0;
+    let entropy = get(names::OBJECTIVE_ENTROPY);
+    assert!(
+        (pair_mean + entropy).abs() < 1e-3 * (1.0 + entropy.abs()),
+        "logps/chosen and logps/rejected average {pair_mean}; the summed log-probs {}",
+        -entropy
+    );
 }
 
 /// Scores the first response 1 and the others 0, or answers with a given defect.
