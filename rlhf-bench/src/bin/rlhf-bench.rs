@@ -79,8 +79,11 @@ fn parallel_sweep(
                 cmd.arg(format!("--{key}")).arg(v);
             }
         }
-        if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-            cmd.env("RAYON_NUM_THREADS", (cores / jobs).max(1).to_string());
+        // burn's CPU kernels take rayon's count, LibTorch's (`--device tch`) OpenMP's
+        for var in ["RAYON_NUM_THREADS", "OMP_NUM_THREADS"] {
+            if std::env::var_os(var).is_none() {
+                cmd.env(var, (cores / jobs).max(1).to_string());
+            }
         }
         #[cfg(target_os = "linux")]
         {
