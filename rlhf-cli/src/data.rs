@@ -175,24 +175,30 @@ pub fn preference_groups(
 
 /// K-wise records as groups with their rewards, best first: a file's order of completions says
 /// nothing, so a pair made of a K = 2 record (its chosen response first) follows the rewards.
-pub fn kwise_groups(records: &[KwiseRecord], enc: &Encoder) -> Result<Vec<Group>> {
-    records
-        .iter()
-        .map(|r| {
-            let responses = r
-                .completions
-                .iter()
-                .map(|c| enc.response(&r.prompt, c))
-                .collect::<Result<_>>()?;
-            let rewards = r.rewards.iter().map(|&x| x as f32).collect();
-            let (responses, rewards) = best_first(responses, rewards);
-            Ok(Group {
-                prompt: enc.prompt(&r.prompt)?.1,
-                responses,
-                rewards: Some(rewards),
-            })
-        })
-        .collect()
+/// A record whose completions all have the same reward orders nothing and is left out (as a
+/// pair whose chosen and rejected responses are equal).
+pub fn kwise_groups(records: &[KwiseRecord], enc: &Encoder) -> Result<(Vec<Group>, Dropped)> {
+    let mut out = Vec::with_capacity(records.len());
+    let mut dropped = Dropped(0, "every completion has the same reward");
+    for r in records {
+        if r.rewards.windows(2).all(|w| w[0] == w[1]) {
+            dropped.0 += 1;
+            continue;
+        }
+        let responses = r
+            .completions
+            .iter()
+            .map(|c| enc.response(&r.prompt, c))
+            .collect::<Result<_>>()?;
+        let rewards = r.rewards.iter().map(|&x| x as f32).collect();
+        let (responses, rewards) = best_first(responses, rewards);
+        out.push(Group {
+            prompt: enc.prompt(&r.prompt)?.1,
+            responses,
+            rewards: Some(rewards),
+        });
+    }
+    Ok((out, dropped))
 }
 
 /// `responses` and their `rewards` in order of descending reward (ties keep their order).
@@ -314,7 +320,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_kwise_record_is_ordered_best_first_even_with_two_completions() {
+    fn a_kwise_record_is_ordered_best_first_even_with_two_completions_and_a_tie_left_out() {
         let texts = ["worse answer", "better answer"];
         let tokenizer = Tokenizer::train_bpe(texts.iter().copied(), 300).unwrap();
         let format = ChatFormat::default();
@@ -329,12 +335,19 @@ mod tests {
             completions: texts.iter().map(|t| Turns::Text(t.to_string())).collect(),
             rewards: vec![0.1, 0.9],
         };
-        let group = &kwise_groups(std::slice::from_ref(&record), &enc).unwrap()[0];
+        let group = &kwise_groups(std::slice::from_ref(&record), &enc).unwrap().0[0];
         let better = enc
             .response(&record.prompt, &record.completions[1])
             .unwrap();
         assert_eq!(group.responses[0], better);
         assert_eq!(group.rewards, Some(vec![0.9, 0.1]));
+        // a tie orders nothing: left out and counted
+        let tie = KwiseRecord {
+            rewards: vec![0.5, 0.5],
+            ..record.clone()
+        };
+        let (groups, dropped) = kwise_groups(&[tie, record.clone()], &enc).unwrap();
+        assert_eq!((groups.len(), dropped.0), (1, 1));
         assert_eq!(
             best_first(vec!["a", "b"], vec![0.1, 0.9]),
             (vec!["b", "a"], vec![0.9, 0.1])

@@ -167,7 +167,11 @@ fn groups(args: &DpoArgs, enc: &Encoder) -> Result<(Vec<Group>, Vec<Group>)> {
         }
         Kind::Kwise => {
             let (train, eval) = read_split::<KwiseRecord>(&args.data, |r| prompt_key(&r.prompt))?;
-            Ok((kwise_groups(&train, enc)?, kwise_groups(&eval, enc)?))
+            let (train, dropped) = kwise_groups(&train, enc)?;
+            dropped.announce("training groups");
+            let (eval, dropped) = kwise_groups(&eval, enc)?;
+            dropped.announce("eval groups");
+            Ok((train, eval))
         }
         other => bail!(
             "rlhf dpo reads preference pairs or K-wise groups, and {} holds `{}` records",

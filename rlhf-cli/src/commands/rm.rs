@@ -148,7 +148,9 @@ fn ranked_examples(
         (t, preference_groups(&e, enc)?.0)
     } else {
         let (t, e) = read_split::<KwiseRecord>(&args.data, |r| prompt_key(&r.prompt))?;
-        (kwise_groups(&t, enc)?, kwise_groups(&e, enc)?)
+        let (t, dropped) = kwise_groups(&t, enc)?;
+        dropped.announce("training groups");
+        (t, kwise_groups(&e, enc)?.0)
     };
     let (train, eval) = (
         ranked(&train, args.use_margin),
