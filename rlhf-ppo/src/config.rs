@@ -56,7 +56,9 @@ pub struct PpoConfig {
     pub samples_per_prompt: usize,
     /// Prompts per rollout batch.
     pub prompts_per_batch: usize,
-    /// [2] Queries are left-padded to this many tokens (longer ones keep their end).
+    /// [2] Queries are left-padded to this many tokens (longer ones keep their end). The scorer
+    /// reads the whole prompt text (a verifier looks its answer up by it), where the
+    /// reproduction's reward model reads the cut query: the two differ only for longer prompts.
     pub query_length: usize,
     /// [3] At most this many new tokens are generated; a row stops at its first EOS (the TL;DR
     /// reproduction: 53).
