@@ -69,6 +69,6 @@ pub use neox::GptNeox;
 pub use precision::Precision;
 pub use sequence_kl::sequence_kl;
 pub use sft::{
-    LmBatch, SftConfig, SftReport, TargetLogprobs, eval_loss, pack, sft_loss, target_logprobs,
-    train_sft,
+    LmBatch, SftConfig, SftReport, TargetLogprobs, eval_loss, pack, rows_per_epoch, sft_loss,
+    target_logprobs, train_sft,
 };

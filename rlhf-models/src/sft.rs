@@ -180,6 +180,18 @@ pub fn pack(examples: &[&Example], row_len: usize) -> Vec<(Vec<u32>, Vec<u8>)> {
         .collect()
 }
 
+/// The rows of one epoch: one per example, or with `packing = Some(row_len)` the packed rows,
+/// `⌈tokens / row_len⌉` ([`pack`]). What a learning-rate schedule counts its steps from.
+pub fn rows_per_epoch(examples: &[Example], packing: Option<usize>) -> usize {
+    match packing {
+        Some(row_len) => {
+            let tokens: usize = examples.iter().map(|(p, r)| p.len() + r.len()).sum();
+            tokens.div_ceil(row_len.max(2))
+        }
+        None => examples.len(),
+    }
+}
+
 fn packed_batch(rows: &[(Vec<u32>, Vec<u8>)]) -> LmBatch {
     let seq = rows.iter().map(|r| r.0.len()).max().unwrap_or(1);
     let mut b = LmBatch {
@@ -463,5 +475,23 @@ mod tests {
         assert_eq!((batch.batch, batch.seq), (3, 3));
         assert_eq!(&batch.attention[6..], &[1, 1, 0]);
         assert_eq!(&batch.target[6..], &[1, 1, 0]);
+    }
+
+    /// A schedule counts packed rows, not examples: `rows_per_epoch` is the number of rows
+    /// `pack` makes (and the example count without packing).
+    #[test]
+    fn rows_per_epoch_counts_the_packed_rows() {
+        let examples: Vec<Example> = (0..23u32)
+            .map(|i| (vec![1; (i % 5 + 1) as usize], vec![2; (i % 7 + 1) as usize]))
+            .collect();
+        let refs: Vec<&Example> = examples.iter().collect();
+        for row_len in [2, 3, 8, 16, 1000] {
+            assert_eq!(
+                rows_per_epoch(&examples, Some(row_len)),
+                pack(&refs, row_len).len(),
+                "row length {row_len}"
+            );
+        }
+        assert_eq!(rows_per_epoch(&examples, None), 23);
     }
 }

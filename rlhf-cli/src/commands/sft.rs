@@ -4,7 +4,7 @@
 use anyhow::Result;
 use clap::{ArgAction, Args};
 use rlhf_data::SftRecord;
-use rlhf_models::{SftConfig, train_sft};
+use rlhf_models::{SftConfig, rows_per_epoch, train_sft};
 use serde::{Deserialize, Serialize};
 
 use crate::args::{DataArgs, LoraArgs, ModelArgs, TrainArgs, defaults_from_clap};
@@ -75,7 +75,8 @@ pub fn run(args: &SftArgs, toml: &str) -> Result<()> {
     dropped.announce("training data");
     let (eval, dropped) = sft_examples(&eval, &enc, args.completion_only_loss)?;
     dropped.announce("eval data");
-    let cfg = args.config(args.train.total_steps(train.len()));
+    // the schedule counts the epoch's rows: with packing, far fewer than the examples
+    let cfg = args.config(args.train.total_steps(rows_per_epoch(&train, args.packing)));
     output::claim(&p.out, "sft", toml)?;
     let (model, report) = train_sft(
         p.policy(&args.lora, args.train.seed)?,

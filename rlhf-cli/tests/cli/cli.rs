@@ -260,6 +260,37 @@ fn help_lists_every_option_and_mistakes_are_named() {
     );
 }
 
+/// With `--packing` the learning-rate schedule counts the packed rows, which are far fewer than
+/// the examples: the linear decay reaches its end at the run's last step (counted from the 64
+/// examples, it would stop at half the peak).
+#[test]
+fn a_packed_run_decays_its_learning_rate_over_its_own_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = head("sft.jsonl", 64, dir.path());
+    let out = dir.path().join("packed");
+    ok(&[
+        "sft",
+        "--model",
+        &fixture("tiny-pythia"),
+        "--data",
+        &data,
+        "--out",
+        &s(&out),
+        "--packing",
+        "256",
+        "--per-device-train-batch-size",
+        "4",
+        "--learning-rate",
+        "1e-3",
+        "--max-length",
+        "256",
+    ]);
+    let lr = metric(&out, "learning_rate");
+    let (steps, last) = (lr.len(), *lr.last().unwrap());
+    assert!((2..16).contains(&steps), "{steps} steps: {lr:?}");
+    assert!(last <= 1e-3 / steps as f64 + 1e-12, "{lr:?}");
+}
+
 /// `rlhf sft` on both checkpoints: the held-out loss falls, the output is a Hugging Face
 /// directory that loads and differs from its input. The chat model trains on `messages`
 /// records through its own template and afterwards ends its replies with `<|im_end|>`.
