@@ -40,10 +40,10 @@ use rlhf_core::train::{
     with_fresh_param_ids,
 };
 use rlhf_core::{
-    Error, GroupEstimator, KlController, LossAggregation, Result, Scorer, broadcast_to_tokens,
-    clipped_value_loss, gae, group_advantages, kl_estimate, masked_mean, policy_loss,
-    reinforce_pp_advantages, token_logprobs, token_logprobs_and_entropy, truncated_is_weights,
-    whiten,
+    Error, GroupEstimator, KlController, LossAggregation, Result, Scorer, aggregate,
+    broadcast_to_tokens, clipped_value_loss, gae, group_advantages, kl_estimate, masked_mean,
+    policy_loss, reinforce_pp_advantages, token_logprobs, token_logprobs_and_entropy,
+    truncated_is_weights, whiten,
 };
 use rlhf_data::Tokenizer;
 use rlhf_models::sft::Example;
@@ -564,7 +564,8 @@ impl Experience {
     }
 }
 
-/// The loss of one minibatch, `L = L_pg + c_v·L_v` (+ `β·mean KL` when the KL is a loss term),
+/// The loss of one minibatch, `L = L_pg + c_v·L_v` (+ `β·KL` when the KL is a loss term, aggregated
+/// as `L_pg` is, as TRL adds it to the per-token loss before aggregating),
 /// and its diagnostics (`policy/*`, `clip_ratio/*`, `val/*`, `loss/*`). `L_pg` is the surrogate
 /// of `cfg.policy_objective` (PPO's clip, GSPO, CISPO) aggregated by `cfg.loss_aggregation`,
 /// each token weighted by the truncated importance-sampling correction when it is on.
@@ -612,12 +613,22 @@ pub fn minibatch_loss(
         // padded positions zeroed first, as `make_experience` zeroes them: whatever a pad holds
         // never reaches the estimate or its gradient
         let logprobs = rlhf_core::zero_masked(logprobs, mb.mask.clone());
-        let kl = masked_mean(
-            kl_estimate(logprobs, mb.ref_logprobs.clone(), cfg.kl_estimator),
+        let per_token = kl_estimate(logprobs, mb.ref_logprobs.clone(), cfg.kl_estimator);
+        // TRL adds β·KL to the per-token loss before aggregating it, so the KL term is
+        // aggregated as the policy loss is; the logged `kl` is its token mean, as TRL logs it
+        let kl = aggregate(
+            per_token.clone(),
             mb.mask.clone(),
+            cfg.loss_aggregation,
+            cfg.response_length,
         );
-        metrics.push((names::KL_LOSS_TERM, scalar(kl.clone())));
-        loss = loss.add(weighted(kl.mul_scalar(kl_coef), mb.share.tokens));
+        let kl = kl.mul_scalar(kl_coef);
+        metrics.push((
+            names::KL_LOSS_TERM,
+            scalar(masked_mean(per_token, mb.mask.clone())),
+        ));
+        metrics.push((names::LOSS_KL, scalar(kl.clone())));
+        loss = loss.add(weighted(kl, mb.share.of(cfg.loss_aggregation)));
     }
     if let (Some(value), Some(old_values), Some(returns)) = (&models.value, &mb.values, &mb.returns)
     {
@@ -632,18 +643,17 @@ pub fn minibatch_loss(
         metrics.push((names::VAL_CLIPFRAC, scalar(v.clipfrac)));
         loss = loss.add(weighted(v.loss.mul_scalar(cfg.vf_coef), mb.share.tokens));
     }
-    metrics.push((names::LOSS_TOTAL, loss_total(&metrics, cfg, kl_coef)));
+    metrics.push((names::LOSS_TOTAL, loss_total(&metrics, cfg)));
     (loss, metrics)
 }
 
 /// `loss/total`, the loss that is minimised, from the terms' metrics: the policy loss, `β·KL`
 /// when the KL is a loss term, `c_v·L_v` with a critic, and `γ_ptx·L_SFT` with PPO-ptx.
-fn loss_total(metrics: &Metrics, cfg: &PpoConfig, kl_coef: f32) -> f64 {
+fn loss_total(metrics: &Metrics, cfg: &PpoConfig) -> f64 {
     metrics
         .iter()
         .map(|m| match m.0 {
-            names::LOSS_POLICY => m.1,
-            names::KL_LOSS_TERM => f64::from(kl_coef) * m.1,
+            names::LOSS_POLICY | names::LOSS_KL => m.1,
             names::VAL_LOSS => f64::from(cfg.vf_coef) * m.1,
             names::OBJECTIVE_PTX_LOSS => f64::from(cfg.ptx_coef) * m.1,
             _ => 0.0,
@@ -726,8 +736,7 @@ pub fn ppo_update(
                 let ptx = ptx_batch.as_deref().filter(|_| shard.index == 0);
                 shard_gradients(m, experience, rows, shard, ptx, cfg, kl_coef)
             })?;
-            let (parts, mut metrics) =
-                combine_shards(shards.into_iter().flatten().collect(), cfg, kl_coef);
+            let (parts, mut metrics) = combine_shards(shards.into_iter().flatten().collect(), cfg);
             let loss_value = metrics
                 .iter()
                 .find(|m| m.0 == names::LOSS_TOTAL)
@@ -786,21 +795,20 @@ fn shard_gradients(
 }
 
 /// The replicas' gradients, and the minibatch's metrics: each shard's weighted by its share of
-/// that metric's mean (`loss/policy` by the policy loss's share, PPO-ptx's loss, which only the
-/// first replica computes, as it is, the others by tokens), and `loss/total`, the loss that is
+/// that metric's mean (`loss/policy` and `loss/kl` by the policy loss's share, PPO-ptx's loss,
+/// which only the first replica computes, as it is, the others by tokens), and `loss/total`, the loss that is
 /// minimised, ptx included, made of those. Without any response token in the minibatch,
 /// `loss/total` is NaN: the step is skipped.
 fn combine_shards(
     shards: Vec<(GradientsParams, Metrics, Share)>,
     cfg: &PpoConfig,
-    kl_coef: f32,
 ) -> (Vec<GradientsParams>, Metrics) {
     let mut sums: Vec<(&'static str, f64, f64)> = Vec::new();
     let mut parts = Vec::with_capacity(shards.len());
     for (grads, metrics, share) in shards {
         for (k, v) in metrics {
             let w = f64::from(match k {
-                names::LOSS_POLICY => share.of(cfg.loss_aggregation),
+                names::LOSS_POLICY | names::LOSS_KL => share.of(cfg.loss_aggregation),
                 names::OBJECTIVE_PTX_LOSS => 1.0,
                 _ => share.tokens,
             });
@@ -816,7 +824,7 @@ fn combine_shards(
     }
     let mut metrics: Metrics = sums.into_iter().map(|(k, s, w)| (k, s / w)).collect();
     let total = if metrics.iter().any(|m| m.0 == names::LOSS_POLICY) {
-        loss_total(&metrics, cfg, kl_coef)
+        loss_total(&metrics, cfg)
     } else {
         f64::NAN
     };

@@ -486,6 +486,97 @@ fn advantages_and_targets_at_masked_positions_never_change_the_loss() {
     }
 }
 
+/// A KL loss term is aggregated as the policy loss is (TRL adds `β·k3` to the per-token loss
+/// before its `loss_type` reduces it): `loss/kl` is `β` times the per-response mean of k3 under
+/// `grpo`, its token mean under `dapo` and its sum over `B·L_max` under `dr_grpo`, each checked
+/// against an `f64` reference on responses of different lengths; the logged `kl` is the token
+/// mean under all three, as TRL logs it.
+#[test]
+fn the_kl_loss_term_is_aggregated_as_the_policy_loss() {
+    let _serial = rlhf_testkit::serial();
+    let f = fixture();
+    let p = policy(&f);
+    let cfg = config();
+    let (_, ids, mask, g) = sample(&f, &p, &cfg);
+    let models = PolicyAndValue::new(p.clone(), None);
+    let scores: Vec<f32> = (0..g.batch).map(|b| (b % 3) as f32).collect();
+    let grpo = PpoConfig {
+        advantage: AdvantageEstimator::Grpo,
+        ..cfg.clone()
+    };
+    let (mut exp, _) = make_experience(
+        &inference(&models),
+        &p.valid(),
+        &ids,
+        &mask,
+        &g,
+        &scores,
+        &grpo,
+        0.05,
+    )
+    .unwrap();
+    // the reference sits d = ref − logπ above the policy: k3 = e^d − d − 1 per token
+    let width = exp.mask.len() / exp.batch;
+    let d = |i: usize| 0.1 * ((i / width) % 5) as f64 + 0.05 * (i % width) as f64;
+    for i in 0..exp.mask.len() {
+        exp.ref_logprobs[i] = exp.logprobs[i] + d(i) as f32;
+    }
+    let k3 = |i: usize| d(i).exp() - d(i) - 1.0;
+    let rows: Vec<Vec<usize>> = (0..exp.batch)
+        .map(|b| {
+            (b * width..(b + 1) * width)
+                .filter(|&i| exp.mask[i] == 1.0)
+                .collect()
+        })
+        .collect();
+    let lengths: Vec<usize> = rows.iter().map(Vec::len).collect();
+    assert!(lengths.iter().any(|&l| l != lengths[0]), "{lengths:?}");
+    let tokens: usize = lengths.iter().sum();
+    let total: f64 = rows.iter().flatten().map(|&i| k3(i)).sum();
+    let per_response: f64 = rows
+        .iter()
+        .map(|r| r.iter().map(|&i| k3(i)).sum::<f64>() / r.len().max(1) as f64)
+        .sum::<f64>()
+        / rows.len() as f64;
+    let token_mean = total / tokens as f64;
+    let beta = 0.1;
+    let all: Vec<usize> = (0..exp.batch).collect();
+    let mb = exp
+        .minibatch(&all, models.policy.vocab_size(), &f.device)
+        .unwrap();
+    for (how, want) in [
+        (LossAggregation::Grpo, per_response),
+        (LossAggregation::Dapo, token_mean),
+        (
+            LossAggregation::DrGrpo,
+            total / (exp.batch * cfg.response_length) as f64,
+        ),
+    ] {
+        let cfg = PpoConfig {
+            kl_in_reward: false,
+            kl_estimator: KlEstimator::K3,
+            loss_aggregation: how,
+            ..grpo.clone()
+        };
+        cfg.validate().unwrap();
+        let (_, metrics) = minibatch_loss(&models, &mb, &cfg, beta as f32);
+        let (term, kl) = (
+            get(&metrics, names::LOSS_KL),
+            get(&metrics, names::KL_LOSS_TERM),
+        );
+        assert!(
+            (term - beta * want).abs() <= 1e-4 * (beta * want).max(1e-3),
+            "{how:?}: loss/kl {term}, want {}",
+            beta * want
+        );
+        assert!(
+            (kl - token_mean).abs() <= 1e-4 * token_mean,
+            "{how:?}: kl {kl}"
+        );
+    }
+    assert!((per_response - token_mean).abs() > 0.01 * token_mean);
+}
+
 #[test]
 fn a_value_model_is_required_exactly_when_the_estimator_uses_one() {
     let _serial = rlhf_testkit::serial();

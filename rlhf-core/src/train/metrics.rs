@@ -35,6 +35,7 @@
 //! | `objective/ptx_loss` | the SFT loss term of PPO-ptx | — |
 //! | `objective/variance_removed` | share of the scores' variance removed by baseline subtraction and length-bucket normalisation | — |
 //! | `objective/kl_coef` | β of this iteration | — |
+//! | `loss/kl` | `β·KL` as it enters the loss: the per-token estimate aggregated as the policy loss is (`loss_type`) | — |
 //! | `loss/total` | the loss the update minimises | — |
 //! | `train/skipped_steps` | updates skipped for a non-finite loss or gradient norm: since the run began in a trainer's log, in this iteration in `ppo_iteration`'s own metrics | — |
 //! | `time/rollout`, `time/update`, `time/step` | wall seconds | — |
@@ -97,6 +98,7 @@ pub mod names {
     pub const COMPLETIONS_MEAN_LENGTH: &str = "completions/mean_length";
     pub const KL_LOSS_TERM: &str = "kl";
     pub const LOSS_POLICY: &str = "loss/policy_avg";
+    pub const LOSS_KL: &str = "loss/kl";
     pub const LOSS_TOTAL: &str = "loss/total";
     pub const TRAIN_LOSS: &str = "loss";
     pub const TRAIN_LR: &str = "learning_rate";
