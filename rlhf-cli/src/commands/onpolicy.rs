@@ -14,7 +14,7 @@ use rlhf_core::train::{OptimizerConfig, RunOptions};
 use rlhf_core::{KlController, KlEstimator, LossAggregation, PolicyObjective};
 use rlhf_data::{ReadOptions, Tokenizer};
 use rlhf_models::{CausalLm, ScalarModel, TransformerConfig};
-use rlhf_ppo::{PolicyAndValue, PpoConfig, PpoInputs, train_ppo};
+use rlhf_ppo::{AdvantageEstimator, PolicyAndValue, PpoConfig, PpoInputs, train_ppo};
 use serde::{Deserialize, Serialize};
 
 use crate::args::{FrozenArgs, LoraArgs, ModelArgs, defaults_from_clap, read_options, run_options};
@@ -103,6 +103,19 @@ pub enum SamplingLevel {
     Token,
     /// GSPO's length-normalised sequence ratio.
     Sequence,
+}
+
+/// How a group's centred rewards are scaled into advantages (TRL's `scale_rewards`; its
+/// `batch` is not implemented).
+#[derive(ValueEnum, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ScaleRewards {
+    /// Divided by the group's standard deviation (GRPO).
+    #[value(alias = "true")]
+    Group,
+    /// Not scaled (Dr. GRPO).
+    #[value(alias = "false")]
+    None,
 }
 
 /// The per-token KL estimator.
@@ -231,6 +244,10 @@ pub struct OnPolicyArgs {
     /// Clip the token ratio or GSPO's sequence ratio [TRL: --importance_sampling_level].
     #[arg(long, value_enum)]
     pub importance_sampling_level: Option<SamplingLevel>,
+    /// Group-normalised methods: divide each group's centred rewards by its standard deviation
+    /// (`group`, GRPO) or not (`none`, Dr. GRPO) [TRL: --scale_rewards].
+    #[arg(long, value_enum)]
+    pub scale_rewards: Option<ScaleRewards>,
     /// DAPO's dynamic sampling: drop groups of equal scores and sample again, at most this many
     /// rounds per iteration (0: off).
     #[arg(long, value_name = "ROUNDS")]
@@ -385,6 +402,13 @@ impl OnPolicyArgs {
         if self.length_bucket_width.is_none() {
             self.length_bucket_width = c.length_bucket_width;
         }
+        if self.scale_rewards.is_none() {
+            self.scale_rewards = match c.advantage {
+                AdvantageEstimator::Grpo => Some(ScaleRewards::Group),
+                AdvantageEstimator::DrGrpo => Some(ScaleRewards::None),
+                _ => None,
+            };
+        }
         fill!(
             loss_type <- match (c.policy_objective, c.loss_aggregation) {
                 (PolicyObjective::Cispo, _) => LossType::Cispo,
@@ -484,6 +508,17 @@ impl OnPolicyArgs {
             c.policy_objective = match level {
                 SamplingLevel::Token => PolicyObjective::Ppo,
                 SamplingLevel::Sequence => PolicyObjective::Gspo,
+            };
+        }
+        if let Some(scale) = self.scale_rewards
+            && matches!(
+                c.advantage,
+                AdvantageEstimator::Grpo | AdvantageEstimator::DrGrpo
+            )
+        {
+            c.advantage = match scale {
+                ScaleRewards::Group => AdvantageEstimator::Grpo,
+                ScaleRewards::None => AdvantageEstimator::DrGrpo,
             };
         }
         if let Some(rounds) = self.dynamic_sampling {
@@ -649,6 +684,19 @@ pub fn run(method: Method, args: &OnPolicyArgs, toml: &str) -> Result<()> {
         && args.importance_sampling_level == Some(SamplingLevel::Sequence)
     {
         bail!("--loss-type cispo weights tokens: it has no sequence-level ratio");
+    }
+    let recipe = method.preset().advantage;
+    if args.scale_rewards.is_some()
+        && !matches!(
+            recipe,
+            AdvantageEstimator::Grpo | AdvantageEstimator::DrGrpo
+        )
+    {
+        bail!(
+            "--scale-rewards scales group-normalised advantages (grpo, dapo, gspo, cispo); `{}` \
+             uses {recipe:?}",
+            method.name()
+        );
     }
     let cfg = args.config(method, longest);
     cfg.validate()?;

@@ -258,6 +258,28 @@ fn help_lists_every_option_and_mistakes_are_named() {
         text.contains("beta = 0.2") && text.contains("loss = \"ipo\""),
         "{text}"
     );
+    // TRL's `--scale_rewards false` is Dr. GRPO's unscaled advantage; a method whose
+    // advantages are not group-normalised refuses the flag
+    let text = ok(&["grpo", "--scale_rewards", "false", "--print-config"]);
+    assert!(text.contains("scale_rewards = \"none\""), "{text}");
+    let out = rlhf(&[
+        "rloo",
+        "--model",
+        &fixture("tiny-pythia"),
+        "--prompts",
+        &sample("prompts.jsonl"),
+        "--reward",
+        "length",
+        "--out",
+        &s(&dir.path().join("rloo")),
+        "--scale-rewards",
+        "none",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--scale-rewards scales group-normalised"),
+        "{err}"
+    );
 }
 
 /// With `--packing` the learning-rate schedule counts the packed rows, which are far fewer than
@@ -1272,8 +1294,18 @@ fn every_field_of_every_trainer_config_is_a_flag() {
                     ("kl", &["--beta", "0.5"]),
                     ("kl_estimator", &["--kl-estimator", "k2"]),
                     ("kl_in_reward", &flip),
-                    // the subcommand: ppo (GAE), grpo, rloo, reinforce-pp
-                    ("advantage", &[]),
+                    // the subcommand: ppo (GAE), grpo, rloo, reinforce-pp; the
+                    // group-normalised ones scale by the group's std or not
+                    (
+                        "advantage",
+                        match method {
+                            onpolicy::Method::Grpo
+                            | onpolicy::Method::Dapo
+                            | onpolicy::Method::Gspo
+                            | onpolicy::Method::Cispo => &["--scale-rewards", "false"],
+                            _ => &[],
+                        },
+                    ),
                     ("gamma", &["--gamma", "0.5"]),
                     ("lam", &["--lam", "0.5"]),
                     ("whiten_advantages", &["--whiten-advantages", "false"]),
