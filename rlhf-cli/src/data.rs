@@ -66,8 +66,8 @@ pub fn prompt_key(t: &Turns) -> String {
     serde_json::to_string(t).unwrap_or_default()
 }
 
-/// Text to tokens: a prompt keeps its last `max_prompt` tokens, a response (EOS appended when it
-/// does not end with it) its first `max_response`.
+/// Text to tokens: a prompt keeps its last `max_prompt` tokens, a response (ending with one EOS,
+/// [`Encoder::response`]) its first `max_response`.
 pub struct Encoder<'a> {
     /// The tokenizer.
     pub tokenizer: &'a Tokenizer,
@@ -90,13 +90,24 @@ impl Encoder<'_> {
         ))
     }
 
-    /// The response's tokens: its text after `prompt`, EOS appended, cut to `max_response`.
+    /// The response's tokens: its text after `prompt` ending with one EOS, cut to
+    /// `max_response`. Plain text gets EOS appended unless it ends with it (as TRL appends it to
+    /// non-conversational data). A chat reply ends where its template's last EOS does: what the
+    /// template writes after it (ChatML's `\n` after `<|im_end|>`) is dropped, so that training
+    /// ends where sampling stops, and a template that writes no EOS (ChatML's pieces beside
+    /// another EOS) gets one appended.
     pub fn response(&self, prompt: &Turns, response: &Turns) -> Result<Vec<u32>> {
         let mut ids = self
             .tokenizer
             .encode(&self.format.response(prompt, response)?)?;
-        if ids.last() != Some(&self.tokenizer.eos_id()) {
-            ids.push(self.tokenizer.eos_id());
+        let eos = self.tokenizer.eos_id();
+        let end = match response {
+            Turns::Messages(_) => ids.iter().rposition(|&t| t == eos).map(|i| i + 1),
+            Turns::Text(_) => (ids.last() == Some(&eos)).then_some(ids.len()),
+        };
+        match end {
+            Some(end) => ids.truncate(end),
+            None => ids.push(eos),
         }
         ids.truncate(self.max_response);
         Ok(ids)
@@ -318,6 +329,44 @@ pub fn prompts(path: &Path, opts: &ReadOptions, format: &ChatFormat) -> Result<P
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A chat reply ends at its template's EOS, once: Qwen2's template writes `<|im_end|>\n`
+    /// after the reply, and `<|im_end|>` is the EOS, so nothing is appended and the `\n` is
+    /// dropped; plain text gets EOS appended once, and text that ends with it keeps it as it is.
+    #[test]
+    fn a_response_ends_with_one_eos() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../rlhf-models/tests/fixtures/hf/tiny-qwen2-chat");
+        let tokenizer = Tokenizer::from_dir(&dir).unwrap();
+        let format = tokenizer.config().chat_format().unwrap();
+        let enc = Encoder {
+            tokenizer: &tokenizer,
+            format: &format,
+            max_prompt: 64,
+            max_response: 64,
+        };
+        let eos = tokenizer.eos_id();
+        assert_eq!(tokenizer.eos_text(), "<|im_end|>");
+        let user = Turns::Messages(vec![rlhf_data::Message {
+            role: "user".into(),
+            content: "hi".into(),
+        }]);
+        let reply = Turns::Messages(vec![rlhf_data::Message {
+            role: "assistant".into(),
+            content: "hello there".into(),
+        }]);
+        let ids = enc.response(&user, &reply).unwrap();
+        assert_eq!(ids.iter().filter(|&&t| t == eos).count(), 1, "{ids:?}");
+        assert_eq!(ids.last(), Some(&eos));
+        assert_eq!(tokenizer.decode(&ids).unwrap(), "hello there<|im_end|>");
+        let text = |t: &str| enc.response(&Turns::Text("q".into()), &Turns::Text(t.into()));
+        let plain = text(" hello there").unwrap();
+        assert_eq!(
+            (plain.last(), plain.iter().filter(|&&t| t == eos).count()),
+            (Some(&eos), 1)
+        );
+        assert_eq!(text(" hello there<|im_end|>").unwrap(), plain);
+    }
 
     #[test]
     fn a_kwise_record_is_ordered_best_first_even_with_two_completions_and_a_tie_left_out() {

@@ -374,27 +374,49 @@ fn sft_lowers_the_eval_loss_and_writes_a_checkpoint() {
             assert!(out.join(f).is_file(), "{model}: no {f}");
         }
     }
-    // the chat model learned to end its replies with its EOS, `<|im_end|>`
-    let replies = ok(&[
-        "generate",
-        "--model",
-        &s(&dir.path().join("tiny-qwen2-chat")),
-        "--chat",
-        "--json",
-        "--temperature",
-        "0",
-        "--max-new-tokens",
-        "48",
-        "--prompt",
-        "SUBREDDIT: r/advice\nTITLE: uma and me\nPOST: uma lives in oslo. it is a long story.\nTL;DR:",
-        "--prompt",
-        "SUBREDDIT: r/legaladvice\nTITLE: update on victor\nPOST: victor owns the red car.\nTL;DR:",
-    ]);
-    let stopped = replies
-        .lines()
-        .filter(|l| serde_json::from_str::<Value>(l).unwrap()["stopped_at_eos"] == true)
-        .count();
-    assert_eq!(stopped, 2, "{replies}");
+    // the chat model learned to end its replies with its EOS, `<|im_end|>`, once a reply is
+    // written, and not before: its reply to a post does not start with EOS, and after a reply
+    // (the template written out by hand) the next token is EOS. (A response that ended in
+    // `<|im_end|>\n<|im_end|>` taught it to answer nothing: EOS right after the template's `\n`.)
+    let chat = s(&dir.path().join("tiny-qwen2-chat"));
+    let posts = [
+        (
+            "SUBREDDIT: r/advice\nTITLE: uma and me\nPOST: uma lives in oslo. it is a long story.\nTL;DR:",
+            "uma lives in oslo.",
+        ),
+        (
+            "SUBREDDIT: r/legaladvice\nTITLE: update on victor\nPOST: victor owns the red car.\nTL;DR:",
+            "victor owns red car.",
+        ),
+    ];
+    let greedy = |extra: &[&str], prompts: Vec<String>| {
+        let mut args = vec!["generate", "--model", &chat, "--json", "--temperature", "0"];
+        args.extend_from_slice(extra);
+        for p in &prompts {
+            args.extend(["--prompt", p.as_str()]);
+        }
+        json_lines(&ok(&args))
+    };
+    let replies = greedy(
+        &["--chat", "--max-new-tokens", "8"],
+        posts.iter().map(|(post, _)| post.to_string()).collect(),
+    );
+    let after = greedy(
+        &["--max-new-tokens", "1"],
+        posts
+            .iter()
+            .map(|(post, reply)| {
+                format!("<|im_start|>user\n{post}<|im_end|>\n<|im_start|>assistant\n{reply}")
+            })
+            .collect(),
+    );
+    for (r, a) in replies.iter().zip(&after) {
+        assert!(
+            r["completion"].as_str().is_some_and(|c| !c.is_empty()),
+            "{r}"
+        );
+        assert_eq!(a["stopped_at_eos"], true, "{a}");
+    }
     let config: Value = serde_json::from_str(
         &std::fs::read_to_string(dir.path().join("tiny-qwen2-chat/tokenizer_config.json")).unwrap(),
     )
