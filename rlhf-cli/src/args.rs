@@ -136,11 +136,13 @@ pub struct DataArgs {
     #[arg(long, value_parser = parse_kind)]
     #[serde(with = "kind_name")]
     pub kind: Option<Kind>,
-    /// Longest prompt + response in tokens; longer ones are cut (the prompt keeps its end, the
-    /// response its start) [TRL: --max_length].
+    /// Longest prompt + response in tokens; longer ones are cut: the prompt to
+    /// `max_prompt_length` (keeping its end), then the response to what is left (keeping its
+    /// start) [TRL: --max_length].
     #[arg(long, default_value_t = 1024)]
     pub max_length: usize,
-    /// Longest prompt in tokens (default: half of `max_length`) [TRL: --max_prompt_length].
+    /// Longest prompt in tokens (default: half of `max_length`; a shorter prompt leaves the
+    /// rest to the response) [TRL: --max_prompt_length, in TRL versions that have it].
     #[arg(long)]
     pub max_prompt_length: Option<usize>,
     /// Skip records that do not read (reporting them) instead of stopping at the first.
@@ -223,7 +225,7 @@ impl DataArgs {
         }
     }
 
-    /// `(longest prompt, longest response)` in tokens.
+    /// `(longest prompt, longest prompt and response together)` in tokens.
     pub fn limits(&self) -> Result<(usize, usize)> {
         let prompt = self.max_prompt_length.unwrap_or(self.max_length / 2);
         if prompt >= self.max_length || self.max_length < 2 {
@@ -232,7 +234,7 @@ impl DataArgs {
                 self.max_length
             );
         }
-        Ok((prompt, self.max_length - prompt))
+        Ok((prompt, self.max_length))
     }
 }
 
@@ -256,7 +258,7 @@ pub struct TrainArgs {
     /// [TRL: --learning_rate].
     #[arg(long)]
     pub learning_rate: Option<f64>,
-    /// Passes over the data [TRL: --num_train_epochs].
+    /// Passes over the data (transformers' default is 3) [TRL: --num_train_epochs].
     #[arg(long, visible_alias = "epochs", default_value_t = 1)]
     pub num_train_epochs: usize,
     /// Examples (sequences, pairs, groups) per micro-batch [TRL:

@@ -66,8 +66,8 @@ pub fn prompt_key(t: &Turns) -> String {
     serde_json::to_string(t).unwrap_or_default()
 }
 
-/// Text to tokens: a prompt keeps its last `max_prompt` tokens, a response (ending with one EOS,
-/// [`Encoder::response`]) its first `max_response`.
+/// Text to tokens: a prompt keeps its last `max_prompt` tokens, and a response (ending with one
+/// EOS, [`Encoder::response`]) its first tokens, as many as fit with the prompt in `max_length`.
 pub struct Encoder<'a> {
     /// The tokenizer.
     pub tokenizer: &'a Tokenizer,
@@ -75,8 +75,8 @@ pub struct Encoder<'a> {
     pub format: &'a ChatFormat,
     /// Longest prompt.
     pub max_prompt: usize,
-    /// Longest response.
-    pub max_response: usize,
+    /// Longest prompt and response together.
+    pub max_length: usize,
 }
 
 impl Encoder<'_> {
@@ -90,8 +90,9 @@ impl Encoder<'_> {
         ))
     }
 
-    /// The response's tokens: its text after `prompt` ending with one EOS, cut to
-    /// `max_response`. Plain text gets EOS appended unless it ends with it (as TRL appends it to
+    /// The response's tokens: its text after `prompt` ending with one EOS, cut to what `max_length`
+    /// leaves after the prompt's (cut) tokens, so a short prompt leaves a long response whole (as
+    /// TRL cuts prompt and completion together to `max_length`). Plain text gets EOS appended unless it ends with it (as TRL appends it to
     /// non-conversational data). A chat reply ends where its template's last EOS does: what the
     /// template writes after it (ChatML's `\n` after `<|im_end|>`) is dropped, so that training
     /// ends where sampling stops, and a template that writes no EOS (ChatML's pieces beside
@@ -109,7 +110,8 @@ impl Encoder<'_> {
             Some(end) => ids.truncate(end),
             None => ids.push(eos),
         }
-        ids.truncate(self.max_response);
+        let prompt_len = self.prompt(prompt)?.1.len();
+        ids.truncate(self.max_length.saturating_sub(prompt_len));
         Ok(ids)
     }
 }
@@ -330,6 +332,30 @@ pub fn prompts(path: &Path, opts: &ReadOptions, format: &ChatFormat) -> Result<P
 mod tests {
     use super::*;
 
+    /// Prompt and response share `max_length`: a short prompt leaves the rest to the response,
+    /// a long one is cut to `max_prompt` (keeping its end) and leaves the rest.
+    #[test]
+    fn a_short_prompt_leaves_the_rest_of_max_length_to_the_response() {
+        let words: Vec<String> = (0..40).map(|i| format!("w{i}")).collect();
+        let tokenizer = Tokenizer::train_bpe(words.iter(), 300).unwrap();
+        let format = ChatFormat::default();
+        let enc = Encoder {
+            tokenizer: &tokenizer,
+            format: &format,
+            max_prompt: 8,
+            max_length: 20,
+        };
+        let text = |n: usize| Turns::Text(words[..n].join(" "));
+        let long = text(40);
+        for prompt in [text(1), text(30)] {
+            let p = enc.prompt(&prompt).unwrap().1;
+            let r = enc.response(&prompt, &long).unwrap();
+            assert!(p.len() <= 8, "{p:?}");
+            assert_eq!(p.len() + r.len(), 20, "{p:?} {r:?}");
+        }
+        assert!(enc.prompt(&text(1)).unwrap().1.len() < 8);
+    }
+
     /// A chat reply ends at its template's EOS, once: Qwen2's template writes `<|im_end|>\n`
     /// after the reply, and `<|im_end|>` is the EOS, so nothing is appended and the `\n` is
     /// dropped; plain text gets EOS appended once, and text that ends with it keeps it as it is.
@@ -343,7 +369,7 @@ mod tests {
             tokenizer: &tokenizer,
             format: &format,
             max_prompt: 64,
-            max_response: 64,
+            max_length: 128,
         };
         let eos = tokenizer.eos_id();
         assert_eq!(tokenizer.eos_text(), "<|im_end|>");
@@ -377,7 +403,7 @@ mod tests {
             tokenizer: &tokenizer,
             format: &format,
             max_prompt: 64,
-            max_response: 64,
+            max_length: 128,
         };
         let record = KwiseRecord {
             prompt: Turns::Text("question".into()),

@@ -118,12 +118,12 @@ impl Prepared {
 impl Prepared {
     /// The encoder of the checkpoint's tokenizer and chat format, cutting to `data`'s limits.
     pub fn encoder(&self, data: &DataArgs) -> Result<Encoder<'_>> {
-        let (max_prompt, max_response) = data.limits()?;
+        let (max_prompt, max_length) = data.limits()?;
         Ok(Encoder {
             tokenizer: &self.tokenizer,
             format: &self.format,
             max_prompt,
-            max_response,
+            max_length,
         })
     }
 

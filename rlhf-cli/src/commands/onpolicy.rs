@@ -590,7 +590,7 @@ fn ptx_demonstrations(
                 tokenizer: &ckpt.tokenizer,
                 format: &ckpt.format,
                 max_prompt: cfg.query_length,
-                max_response: cfg.response_length.max(1) * 4,
+                max_length: cfg.query_length + cfg.response_length.max(1) * 4,
             };
             demonstrations(file, opts, &enc)
         }

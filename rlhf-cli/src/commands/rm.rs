@@ -253,12 +253,12 @@ pub fn run(args: &RmArgs, toml: &str) -> Result<()> {
     }
     let device = args.model.training_device()?;
     let (tokenizer, format, start) = starting_checkpoint(args, dir, &device)?;
-    let (max_prompt, max_response) = args.data.limits()?;
+    let (max_prompt, max_length) = args.data.limits()?;
     let enc = Encoder {
         tokenizer: &tokenizer,
         format: &format,
         max_prompt,
-        max_response,
+        max_length,
     };
     let kind = args.data.record_kind()?;
     output::claim(out, "rm", toml)?;
