@@ -229,7 +229,9 @@ pub struct OnPolicyArgs {
     /// Minibatches per epoch [TRL: --num_mini_batches].
     #[arg(long)]
     pub num_mini_batches: Option<usize>,
-    /// Policy clip ε (ε_low of an asymmetric clip) [TRL: --cliprange, --epsilon].
+    /// Policy clip ε (ε_low of an asymmetric clip). For CISPO it bounds the weight below at
+    /// 1 − ε (the recipe's 1 leaves it unbounded), where TRL's `cispo` ignores `--epsilon`
+    /// [TRL: --cliprange, --epsilon].
     #[arg(long, visible_alias = "epsilon")]
     pub cliprange: Option<f32>,
     /// Upper clip ε_high, DAPO's clip-higher (default: the same as --cliprange). For CISPO the
