@@ -33,7 +33,7 @@ use std::time::Instant;
 
 use burn::module::Module;
 use burn::optim::{GradientsParams, ModuleOptimizer};
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor};
 use rand::seq::SliceRandom;
 use rlhf_core::host::to_f32_vec;
 use rlhf_core::stats::mean;
@@ -659,6 +659,17 @@ struct PairUpdate {
     steps: u64,
 }
 
+/// The response lengths `batch_loss` divides IPO's log-probs by, for the online update: TRL's
+/// online trainer builds IPO's `h` from summed log-probs, where its offline trainer (and
+/// `batch_loss`) averages them, so under IPO every response counts as one token here.
+fn summed_for_ipo<const D: usize>(loss: OfflineLoss, lengths: Tensor<D>) -> Tensor<D> {
+    if matches!(loss, OfflineLoss::Ipo) {
+        lengths.ones_like()
+    } else {
+        lengths
+    }
+}
+
 /// Step 5 of round `round`: `epochs` passes over `groups` (the round's pairs, at least one), each
 /// in `minibatches` shuffled minibatches (order drawn from `rng`), one AdamW step on each with
 /// the pair loss after clipping the gradient norm; the `reference`'s log-probs are computed once,
@@ -697,13 +708,6 @@ fn update_on_pairs(
             let g: Vec<&Group> = mb.iter().map(|&i| &groups[i]).collect();
             let b = g.len();
             let (logps, lengths) = sequence_logps(&policy, &g, None, device)?;
-            // TRL's online trainer builds IPO's h from summed log-probs, where its offline
-            // trainer (and `batch_loss`) averages them: every response counts as one token
-            let lengths = if matches!(pair_cfg.loss, OfflineLoss::Ipo) {
-                lengths.ones_like()
-            } else {
-                lengths
-            };
             let ref_rows: Vec<Vec<f32>> = mb.iter().map(|&i| refs[i].clone()).collect();
             let rewards = pair_cfg.loss.needs_rewards().then(|| {
                 let r: Vec<Vec<f32>> = mb
@@ -715,7 +719,7 @@ fn update_on_pairs(
             let (loss, mut metrics) = batch_loss(
                 &pair_cfg,
                 logps.clone().reshape([b, 2]),
-                lengths.reshape([b, 2]),
+                summed_for_ipo(pair_cfg.loss, lengths).reshape([b, 2]),
                 to_2d(&ref_rows, device),
                 rewards,
             );

@@ -118,6 +118,17 @@ pub enum ScaleRewards {
     None,
 }
 
+impl ScaleRewards {
+    /// The scaling of a group-normalised `advantage` estimator; `None` for the others.
+    fn of(advantage: AdvantageEstimator) -> Option<Self> {
+        match advantage {
+            AdvantageEstimator::Grpo => Some(ScaleRewards::Group),
+            AdvantageEstimator::DrGrpo => Some(ScaleRewards::None),
+            _ => None,
+        }
+    }
+}
+
 /// The per-token KL estimator.
 #[derive(ValueEnum, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -404,13 +415,7 @@ impl OnPolicyArgs {
         if self.length_bucket_width.is_none() {
             self.length_bucket_width = c.length_bucket_width;
         }
-        if self.scale_rewards.is_none() {
-            self.scale_rewards = match c.advantage {
-                AdvantageEstimator::Grpo => Some(ScaleRewards::Group),
-                AdvantageEstimator::DrGrpo => Some(ScaleRewards::None),
-                _ => None,
-            };
-        }
+        self.scale_rewards = self.scale_rewards.or(ScaleRewards::of(c.advantage));
         fill!(
             loss_type <- match (c.policy_objective, c.loss_aggregation) {
                 (PolicyObjective::Cispo, _) => LossType::Cispo,
@@ -673,6 +678,24 @@ fn run_options_on_replicas(
     })
 }
 
+/// Refuses options that do not mix with `method` or with each other.
+fn refuse_mixes(method: Method, args: &OnPolicyArgs) -> Result<()> {
+    if args.loss_type == Some(LossType::Cispo)
+        && args.importance_sampling_level == Some(SamplingLevel::Sequence)
+    {
+        bail!("--loss-type cispo weights tokens: it has no sequence-level ratio");
+    }
+    let recipe = method.preset().advantage;
+    if args.scale_rewards.is_some() && ScaleRewards::of(recipe).is_none() {
+        bail!(
+            "--scale-rewards scales group-normalised advantages (grpo, dapo, gspo, cispo); `{}` \
+             uses {recipe:?}",
+            method.name()
+        );
+    }
+    Ok(())
+}
+
 /// Trains and writes the policy.
 pub fn run(method: Method, args: &OnPolicyArgs, toml: &str) -> Result<()> {
     let (dir, out) = args.model.model_and_out()?;
@@ -682,24 +705,7 @@ pub fn run(method: Method, args: &OnPolicyArgs, toml: &str) -> Result<()> {
     let opts = read_options(&args.prompt_field, args.skip_bad);
     let prompts = prompts(prompt_file, &opts, &ckpt.format)?;
     let longest = longest_prompt(&ckpt.tokenizer, &prompts.texts)?;
-    if args.loss_type == Some(LossType::Cispo)
-        && args.importance_sampling_level == Some(SamplingLevel::Sequence)
-    {
-        bail!("--loss-type cispo weights tokens: it has no sequence-level ratio");
-    }
-    let recipe = method.preset().advantage;
-    if args.scale_rewards.is_some()
-        && !matches!(
-            recipe,
-            AdvantageEstimator::Grpo | AdvantageEstimator::DrGrpo
-        )
-    {
-        bail!(
-            "--scale-rewards scales group-normalised advantages (grpo, dapo, gspo, cispo); `{}` \
-             uses {recipe:?}",
-            method.name()
-        );
-    }
+    refuse_mixes(method, args)?;
     let cfg = args.config(method, longest);
     cfg.validate()?;
     let inference = device.clone().without_autodiff();
