@@ -228,6 +228,9 @@ impl DataArgs {
     /// `(longest prompt, longest prompt and response together)` in tokens.
     pub fn limits(&self) -> Result<(usize, usize)> {
         let prompt = self.max_prompt_length.unwrap_or(self.max_length / 2);
+        if prompt == 0 {
+            bail!("max_prompt_length 0 would leave every prompt empty; it must be at least 1");
+        }
         if prompt >= self.max_length || self.max_length < 2 {
             bail!(
                 "max_prompt_length {prompt} leaves no room for a response in max_length {}",

@@ -92,18 +92,25 @@ impl Encoder<'_> {
 
     /// The response's tokens: its text after `prompt` ending with one EOS, cut to what `max_length`
     /// leaves after the prompt's (cut) tokens, so a short prompt leaves a long response whole (as
-    /// TRL cuts prompt and completion together to `max_length`). Plain text gets EOS appended unless it ends with it (as TRL appends it to
-    /// non-conversational data). A chat reply ends where its template's last EOS does: what the
-    /// template writes after it (ChatML's `\n` after `<|im_end|>`) is dropped, so that training
-    /// ends where sampling stops, and a template that writes no EOS (ChatML's pieces beside
-    /// another EOS) gets one appended.
+    /// TRL's SFT and DPO trainers cut prompt and completion together to `max_length`; its reward
+    /// trainer drops longer pairs instead). Plain text gets EOS appended unless it ends with it
+    /// (as TRL appends it to non-conversational data). A chat reply ends at its template's last
+    /// EOS when only whitespace follows it: what the template writes after it (ChatML's `\n`
+    /// after `<|im_end|>`) is dropped, so that training ends where sampling stops. A template
+    /// that ends its turns with another token (ChatML's pieces beside another EOS) gets EOS
+    /// appended.
     pub fn response(&self, prompt: &Turns, response: &Turns) -> Result<Vec<u32>> {
         let mut ids = self
             .tokenizer
             .encode(&self.format.response(prompt, response)?)?;
         let eos = self.tokenizer.eos_id();
         let end = match response {
-            Turns::Messages(_) => ids.iter().rposition(|&t| t == eos).map(|i| i + 1),
+            // the template's last EOS, when only whitespace follows it (an EOS inside the content
+            // of a template that ends its turns otherwise is not the end)
+            Turns::Messages(_) => match ids.iter().rposition(|&t| t == eos) {
+                Some(i) if self.tokenizer.decode(&ids[i + 1..])?.trim().is_empty() => Some(i + 1),
+                _ => None,
+            },
             Turns::Text(_) => (ids.last() == Some(&eos)).then_some(ids.len()),
         };
         match end {
@@ -354,6 +361,37 @@ mod tests {
             assert_eq!(p.len() + r.len(), 20, "{p:?} {r:?}");
         }
         assert!(enc.prompt(&text(1)).unwrap().1.len() < 8);
+    }
+
+    /// Under a template that ends its turns with another token (ChatML's pieces, `<|im_end|>`,
+    /// beside the EOS `<|endoftext|>`), an EOS inside a reply's content is not its end: the rest
+    /// of the reply is kept and EOS appended after the turn's end.
+    #[test]
+    fn an_eos_inside_a_reply_is_not_its_end() {
+        let tokenizer = Tokenizer::train_bpe(["hello world", "more text"].iter(), 300).unwrap();
+        let format = ChatFormat::default();
+        let enc = Encoder {
+            tokenizer: &tokenizer,
+            format: &format,
+            max_prompt: 64,
+            max_length: 256,
+        };
+        let one = |role: &str, content: &str| {
+            Turns::Messages(vec![rlhf_data::Message {
+                role: role.into(),
+                content: content.into(),
+            }])
+        };
+        let ids = enc
+            .response(
+                &one("user", "hi"),
+                &one("assistant", "hello<|endoftext|> world"),
+            )
+            .unwrap();
+        assert_eq!(
+            tokenizer.decode(&ids).unwrap(),
+            "hello<|endoftext|> world<|im_end|>\n<|endoftext|>"
+        );
     }
 
     /// A chat reply ends at its template's EOS, once: Qwen2's template writes `<|im_end|>\n`

@@ -792,9 +792,9 @@ fn ppo_survives_sigkill_at_a_random_iteration() {
 
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4))]
-    /// One PPO update (one minibatch step: policy, critic, the KL as a reward or as a loss term,
-    /// and PPO-ptx) on 2–3 data-parallel replicas takes the step of one replica and logs the same
-    /// loss, for each loss aggregation. The responses stop at EOS at different lengths, so the
+    /// One PPO update (one minibatch step: policy, critic, the KL as a reward or as a loss term
+    /// against a reference apart from the policy, and PPO-ptx) on 2–3 data-parallel replicas
+    /// takes the step of one replica and logs the same loss, for each loss aggregation. The responses stop at EOS at different lengths, so the
     /// shards' shares of tokens and of responses differ.
     #[test]
     fn replicas_take_the_step_of_one_replica(
@@ -825,10 +825,16 @@ proptest::proptest! {
             let (_, ids, mask, g) = sample(&f, &p, &cfg);
             let start = with_critic(p.clone());
             let scores: Vec<f32> = (0..g.batch).map(|b| (b % 4) as f32).collect();
-            let (exp, _) = make_experience(
+            let (mut exp, _) = make_experience(
                 &inference(&start), &p.valid(), &ids, &mask, &g, &scores, &cfg, 0.05,
             )
             .unwrap();
+            // a reference apart from the policy, by an amount that varies along each row, so a
+            // KL loss term and its gradient are not 0 and weigh the shards as the policy loss
+            let width = exp.response_len;
+            for i in 0..exp.ref_logprobs.len() {
+                exp.ref_logprobs[i] = exp.logprobs[i] + 0.1 * ((i / width) % 3) as f32 + 0.05 * (i % width) as f32;
+            }
             // the first shard's share of the tokens is not its share of the responses
             let tokens = |rows: std::ops::Range<usize>| -> f32 {
                 exp.mask[rows.start * exp.response_len..rows.end * exp.response_len].iter().sum()

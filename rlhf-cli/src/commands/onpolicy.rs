@@ -599,7 +599,14 @@ fn ptx_demonstrations(
                 max_prompt: cfg.query_length,
                 max_length: cfg.query_length + cfg.response_length.max(1) * 4,
             };
-            demonstrations(file, opts, &enc)
+            let cap = cfg.response_length.max(1) * 4;
+            Ok(demonstrations(file, opts, &enc)?
+                .into_iter()
+                .map(|(prompt, mut completion)| {
+                    completion.truncate(cap);
+                    (prompt, completion)
+                })
+                .collect())
         }
         (None, true) => bail!("--ptx-coef > 0 needs --ptx-data FILE"),
         _ => Ok(Vec::new()),

@@ -315,7 +315,8 @@ fn a_packed_run_decays_its_learning_rate_over_its_own_steps() {
 
 /// `rlhf sft` on both checkpoints: the held-out loss falls, the output is a Hugging Face
 /// directory that loads and differs from its input. The chat model trains on `messages`
-/// records through its own template and afterwards ends its replies with `<|im_end|>`.
+/// records through its own template and afterwards writes `<|im_end|>` once a reply is complete,
+/// not before.
 #[test]
 fn sft_lowers_the_eval_loss_and_writes_a_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
