@@ -80,18 +80,14 @@ pub struct Encoder<'a> {
 }
 
 impl Encoder<'_> {
-    /// The prompt's text (rendered) and tokens (cut).
-    pub fn prompt(&self, prompt: &Turns) -> Result<(String, Vec<u32>)> {
-        let text = self.format.prompt(prompt)?;
-        let ids = self.tokenizer.encode(&text)?;
-        Ok((
-            text,
-            ids[ids.len().saturating_sub(self.max_prompt)..].to_vec(),
-        ))
+    /// The prompt's tokens (rendered, then cut to its last `max_prompt`).
+    pub fn prompt(&self, prompt: &Turns) -> Result<Vec<u32>> {
+        let ids = self.tokenizer.encode(&self.format.prompt(prompt)?)?;
+        Ok(ids[ids.len().saturating_sub(self.max_prompt)..].to_vec())
     }
 
     /// The response's tokens: its text after `prompt` ending with one EOS, cut to what `max_length`
-    /// leaves after the prompt's (cut) tokens, so a short prompt leaves a long response whole (as
+    /// leaves after the prompt's `prompt_len` tokens ([`Self::prompt`]'s count), so a short prompt leaves a long response whole (as
     /// TRL's SFT and DPO trainers cut prompt and completion together to `max_length`; its reward
     /// trainer drops longer pairs instead). Plain text gets EOS appended unless it ends with it
     /// (as TRL appends it to non-conversational data). A chat reply ends at its template's last
@@ -99,7 +95,12 @@ impl Encoder<'_> {
     /// after `<|im_end|>`) is dropped, so that training ends where sampling stops. A template
     /// that ends its turns with another token (ChatML's pieces beside another EOS) gets EOS
     /// appended.
-    pub fn response(&self, prompt: &Turns, response: &Turns) -> Result<Vec<u32>> {
+    pub fn response(
+        &self,
+        prompt: &Turns,
+        prompt_len: usize,
+        response: &Turns,
+    ) -> Result<Vec<u32>> {
         let mut ids = self
             .tokenizer
             .encode(&self.format.response(prompt, response)?)?;
@@ -117,7 +118,6 @@ impl Encoder<'_> {
             Some(end) => ids.truncate(end),
             None => ids.push(eos),
         }
-        let prompt_len = self.prompt(prompt)?.1.len();
         ids.truncate(self.max_length.saturating_sub(prompt_len));
         Ok(ids)
     }
@@ -146,8 +146,8 @@ pub fn sft_examples(
     let mut out = Vec::with_capacity(records.len());
     let mut dropped = Dropped(0, "an empty completion after truncation");
     for r in records {
-        let (_, prompt) = enc.prompt(&r.prompt)?;
-        let completion = enc.response(&r.prompt, &r.completion)?;
+        let prompt = enc.prompt(&r.prompt)?;
+        let completion = enc.response(&r.prompt, prompt.len(), &r.completion)?;
         if completion.is_empty() {
             dropped.0 += 1;
             continue;
@@ -172,9 +172,9 @@ pub fn preference_groups(
     let mut out = Vec::with_capacity(records.len());
     let mut dropped = Dropped(0, "chosen and rejected empty or equal after truncation");
     for r in records {
-        let (_, prompt) = enc.prompt(&r.prompt)?;
-        let chosen = enc.response(&r.prompt, &r.chosen)?;
-        let rejected = enc.response(&r.prompt, &r.rejected)?;
+        let prompt = enc.prompt(&r.prompt)?;
+        let chosen = enc.response(&r.prompt, prompt.len(), &r.chosen)?;
+        let rejected = enc.response(&r.prompt, prompt.len(), &r.rejected)?;
         if chosen.is_empty() || rejected.is_empty() || chosen == rejected {
             dropped.0 += 1;
             continue;
@@ -205,15 +205,16 @@ pub fn kwise_groups(records: &[KwiseRecord], enc: &Encoder) -> Result<(Vec<Group
             dropped.0 += 1;
             continue;
         }
+        let prompt = enc.prompt(&r.prompt)?;
         let responses = r
             .completions
             .iter()
-            .map(|c| enc.response(&r.prompt, c))
+            .map(|c| enc.response(&r.prompt, prompt.len(), c))
             .collect::<Result<_>>()?;
         let rewards = r.rewards.iter().map(|&x| x as f32).collect();
         let (responses, rewards) = best_first(responses, rewards);
         out.push(Group {
-            prompt: enc.prompt(&r.prompt)?.1,
+            prompt,
             responses,
             rewards: Some(rewards),
         });
@@ -264,7 +265,7 @@ pub fn step_examples(
                 .map(|s| Ok(enc.tokenizer.encode(&format!("{s}{delimiter}"))?))
                 .collect::<Result<Vec<_>>>()?;
             Ok(LabelledExample {
-                prompt: enc.prompt(&prompt)?.1,
+                prompt: enc.prompt(&prompt)?,
                 segments,
                 labels: r.labels.clone(),
             })
@@ -277,9 +278,10 @@ pub fn outcome_examples(records: &[UnpairedRecord], enc: &Encoder) -> Result<Vec
     records
         .iter()
         .map(|r| {
+            let prompt = enc.prompt(&r.prompt)?;
             Ok(LabelledExample {
-                prompt: enc.prompt(&r.prompt)?.1,
-                segments: vec![enc.response(&r.prompt, &r.completion)?],
+                segments: vec![enc.response(&r.prompt, prompt.len(), &r.completion)?],
+                prompt,
                 labels: vec![r.label],
             })
         })
@@ -295,10 +297,9 @@ pub fn demonstrations(
     read::<SftRecord>(path, opts)?
         .iter()
         .map(|r| {
-            Ok((
-                enc.prompt(&r.prompt)?.1,
-                enc.response(&r.prompt, &r.completion)?,
-            ))
+            let prompt = enc.prompt(&r.prompt)?;
+            let completion = enc.response(&r.prompt, prompt.len(), &r.completion)?;
+            Ok((prompt, completion))
         })
         .collect()
 }
@@ -339,6 +340,33 @@ pub fn prompts(path: &Path, opts: &ReadOptions, format: &ChatFormat) -> Result<P
 mod tests {
     use super::*;
 
+    fn encoder<'a>(
+        tokenizer: &'a Tokenizer,
+        format: &'a ChatFormat,
+        max_prompt: usize,
+        max_length: usize,
+    ) -> Encoder<'a> {
+        Encoder {
+            tokenizer,
+            format,
+            max_prompt,
+            max_length,
+        }
+    }
+
+    fn turn(role: &str, content: &str) -> Turns {
+        Turns::Messages(vec![rlhf_data::Message {
+            role: role.into(),
+            content: content.into(),
+        }])
+    }
+
+    /// `response` after the prompt's own token count.
+    fn response(enc: &Encoder, prompt: &Turns, response: &Turns) -> Vec<u32> {
+        let prompt_len = enc.prompt(prompt).unwrap().len();
+        enc.response(prompt, prompt_len, response).unwrap()
+    }
+
     /// Prompt and response share `max_length`: a short prompt leaves the rest to the response,
     /// a long one is cut to `max_prompt` (keeping its end) and leaves the rest.
     #[test]
@@ -346,21 +374,16 @@ mod tests {
         let words: Vec<String> = (0..40).map(|i| format!("w{i}")).collect();
         let tokenizer = Tokenizer::train_bpe(words.iter(), 300).unwrap();
         let format = ChatFormat::default();
-        let enc = Encoder {
-            tokenizer: &tokenizer,
-            format: &format,
-            max_prompt: 8,
-            max_length: 20,
-        };
+        let enc = encoder(&tokenizer, &format, 8, 20);
         let text = |n: usize| Turns::Text(words[..n].join(" "));
         let long = text(40);
         for prompt in [text(1), text(30)] {
-            let p = enc.prompt(&prompt).unwrap().1;
-            let r = enc.response(&prompt, &long).unwrap();
+            let p = enc.prompt(&prompt).unwrap();
+            let r = response(&enc, &prompt, &long);
             assert!(p.len() <= 8, "{p:?}");
             assert_eq!(p.len() + r.len(), 20, "{p:?} {r:?}");
         }
-        assert!(enc.prompt(&text(1)).unwrap().1.len() < 8);
+        assert!(enc.prompt(&text(1)).unwrap().len() < 8);
     }
 
     /// Under a template that ends its turns with another token (ChatML's pieces, `<|im_end|>`,
@@ -370,24 +393,12 @@ mod tests {
     fn an_eos_inside_a_reply_is_not_its_end() {
         let tokenizer = Tokenizer::train_bpe(["hello world", "more text"].iter(), 300).unwrap();
         let format = ChatFormat::default();
-        let enc = Encoder {
-            tokenizer: &tokenizer,
-            format: &format,
-            max_prompt: 64,
-            max_length: 256,
-        };
-        let one = |role: &str, content: &str| {
-            Turns::Messages(vec![rlhf_data::Message {
-                role: role.into(),
-                content: content.into(),
-            }])
-        };
-        let ids = enc
-            .response(
-                &one("user", "hi"),
-                &one("assistant", "hello<|endoftext|> world"),
-            )
-            .unwrap();
+        let enc = encoder(&tokenizer, &format, 64, 256);
+        let ids = response(
+            &enc,
+            &turn("user", "hi"),
+            &turn("assistant", "hello<|endoftext|> world"),
+        );
         assert_eq!(
             tokenizer.decode(&ids).unwrap(),
             "hello<|endoftext|> world<|im_end|>\n<|endoftext|>"
@@ -403,33 +414,20 @@ mod tests {
             .join("../rlhf-models/tests/fixtures/hf/tiny-qwen2-chat");
         let tokenizer = Tokenizer::from_dir(&dir).unwrap();
         let format = tokenizer.config().chat_format().unwrap();
-        let enc = Encoder {
-            tokenizer: &tokenizer,
-            format: &format,
-            max_prompt: 64,
-            max_length: 128,
-        };
+        let enc = encoder(&tokenizer, &format, 64, 128);
         let eos = tokenizer.eos_id();
         assert_eq!(tokenizer.eos_text(), "<|im_end|>");
-        let user = Turns::Messages(vec![rlhf_data::Message {
-            role: "user".into(),
-            content: "hi".into(),
-        }]);
-        let reply = Turns::Messages(vec![rlhf_data::Message {
-            role: "assistant".into(),
-            content: "hello there".into(),
-        }]);
-        let ids = enc.response(&user, &reply).unwrap();
+        let ids = response(&enc, &turn("user", "hi"), &turn("assistant", "hello there"));
         assert_eq!(ids.iter().filter(|&&t| t == eos).count(), 1, "{ids:?}");
         assert_eq!(ids.last(), Some(&eos));
         assert_eq!(tokenizer.decode(&ids).unwrap(), "hello there<|im_end|>");
-        let text = |t: &str| enc.response(&Turns::Text("q".into()), &Turns::Text(t.into()));
-        let plain = text(" hello there").unwrap();
+        let text = |t: &str| response(&enc, &Turns::Text("q".into()), &Turns::Text(t.into()));
+        let plain = text(" hello there");
         assert_eq!(
             (plain.last(), plain.iter().filter(|&&t| t == eos).count()),
             (Some(&eos), 1)
         );
-        assert_eq!(text(" hello there<|im_end|>").unwrap(), plain);
+        assert_eq!(text(" hello there<|im_end|>"), plain);
     }
 
     #[test]
@@ -437,21 +435,14 @@ mod tests {
         let texts = ["worse answer", "better answer"];
         let tokenizer = Tokenizer::train_bpe(texts.iter().copied(), 300).unwrap();
         let format = ChatFormat::default();
-        let enc = Encoder {
-            tokenizer: &tokenizer,
-            format: &format,
-            max_prompt: 64,
-            max_length: 128,
-        };
+        let enc = encoder(&tokenizer, &format, 64, 128);
         let record = KwiseRecord {
             prompt: Turns::Text("question".into()),
             completions: texts.iter().map(|t| Turns::Text(t.to_string())).collect(),
             rewards: vec![0.1, 0.9],
         };
         let group = &kwise_groups(std::slice::from_ref(&record), &enc).unwrap().0[0];
-        let better = enc
-            .response(&record.prompt, &record.completions[1])
-            .unwrap();
+        let better = response(&enc, &record.prompt, &record.completions[1]);
         assert_eq!(group.responses[0], better);
         assert_eq!(group.rewards, Some(vec![0.9, 0.1]));
         // a tie orders nothing: left out and counted

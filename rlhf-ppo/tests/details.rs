@@ -14,8 +14,8 @@ use rlhf_core::{KlEstimator, LossAggregation};
 use rlhf_data::Tokenizer;
 use rlhf_models::{CausalLm, Generation, SamplingConfig, ScalarModel, generate};
 use rlhf_ppo::{
-    AdvantageEstimator, PolicyAndValue, PpoConfig, PpoInputs, encode_queries, make_experience,
-    minibatch_loss, ppo_iteration, train_ppo,
+    AdvantageEstimator, Experience, PolicyAndValue, PpoConfig, PpoInputs, encode_queries,
+    make_experience, minibatch_loss, ppo_iteration, train_ppo,
 };
 use rlhf_testkit::counting;
 
@@ -486,6 +486,20 @@ fn advantages_and_targets_at_masked_positions_never_change_the_loss() {
     }
 }
 
+/// `ref − logπ` at flat position `i` of rows `width` wide: it differs from row to row and
+/// along each row.
+fn reference_offset(i: usize, width: usize) -> f32 {
+    0.1 * ((i / width) % 5) as f32 + 0.05 * (i % width) as f32
+}
+
+/// Moves the experience's reference log-probs [`reference_offset`] above its policy's.
+fn move_reference_apart(exp: &mut Experience) {
+    let width = exp.response_len;
+    for i in 0..exp.ref_logprobs.len() {
+        exp.ref_logprobs[i] = exp.logprobs[i] + reference_offset(i, width);
+    }
+}
+
 /// A KL loss term is aggregated as the policy loss is (TRL adds `β·k3` to the per-token loss
 /// before its `loss_type` reduces it): `loss/kl` is `β` times the per-response mean of k3 under
 /// `grpo`, its token mean under `dapo` and its sum over `B·L_max` under `dr_grpo`, each checked
@@ -516,11 +530,9 @@ fn the_kl_loss_term_is_aggregated_as_the_policy_loss() {
     )
     .unwrap();
     // the reference sits d = ref − logπ above the policy: k3 = e^d − d − 1 per token
-    let width = exp.mask.len() / exp.batch;
-    let d = |i: usize| 0.1 * ((i / width) % 5) as f64 + 0.05 * (i % width) as f64;
-    for i in 0..exp.mask.len() {
-        exp.ref_logprobs[i] = exp.logprobs[i] + d(i) as f32;
-    }
+    let width = exp.response_len;
+    let d = |i: usize| f64::from(reference_offset(i, width));
+    move_reference_apart(&mut exp);
     let k3 = |i: usize| d(i).exp() - d(i) - 1.0;
     let rows: Vec<Vec<usize>> = (0..exp.batch)
         .map(|b| {
@@ -829,12 +841,9 @@ proptest::proptest! {
                 &inference(&start), &p.valid(), &ids, &mask, &g, &scores, &cfg, 0.05,
             )
             .unwrap();
-            // a reference apart from the policy, by an amount that varies along each row, so a
-            // KL loss term and its gradient are not 0 and weigh the shards as the policy loss
-            let width = exp.response_len;
-            for i in 0..exp.ref_logprobs.len() {
-                exp.ref_logprobs[i] = exp.logprobs[i] + 0.1 * ((i / width) % 3) as f32 + 0.05 * (i % width) as f32;
-            }
+            // a reference apart from the policy, so a KL loss term and its gradient are not 0
+            // and weigh the shards as the policy loss
+            move_reference_apart(&mut exp);
             // the first shard's share of the tokens is not its share of the responses
             let tokens = |rows: std::ops::Range<usize>| -> f32 {
                 exp.mask[rows.start * exp.response_len..rows.end * exp.response_len].iter().sum()

@@ -109,13 +109,14 @@ fn examples(
     let mut out = Vec::new();
     let mut dropped = Dropped(0, "an empty completion after truncation");
     for (prompt, completion, desirable) in records {
-        let response = enc.response(&prompt, &completion)?;
+        let prompt_ids = enc.prompt(&prompt)?;
+        let response = enc.response(&prompt, prompt_ids.len(), &completion)?;
         if response.is_empty() {
             dropped.0 += 1;
             continue;
         }
         out.push(KtoExample {
-            prompt: enc.prompt(&prompt)?.1,
+            prompt: prompt_ids,
             response,
             desirable,
         });

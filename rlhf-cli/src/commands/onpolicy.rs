@@ -518,10 +518,7 @@ impl OnPolicyArgs {
             };
         }
         if let Some(scale) = self.scale_rewards
-            && matches!(
-                c.advantage,
-                AdvantageEstimator::Grpo | AdvantageEstimator::DrGrpo
-            )
+            && ScaleRewards::of(c.advantage).is_some()
         {
             c.advantage = match scale {
                 ScaleRewards::Group => AdvantageEstimator::Grpo,

@@ -143,6 +143,23 @@ fn fixture(device: &burn::tensor::Device) -> (Tokenizer, CausalLm, Vec<String>) 
     (tok, model, prompts)
 }
 
+/// The trainer's inputs without eval.
+fn inputs<'a>(
+    reference: &'a CausalLm,
+    scorer: &'a dyn Scorer,
+    tokenizer: &'a Tokenizer,
+    prompts: &'a [String],
+) -> OnlineDpoInputs<'a> {
+    OnlineDpoInputs {
+        reference,
+        scorer,
+        tokenizer,
+        prompts,
+        eval: None,
+        eval_every: 0,
+    }
+}
+
 fn online_cfg() -> OnlineDpoConfig {
     OnlineDpoConfig {
         rounds: 10,
@@ -189,14 +206,7 @@ fn the_online_dpo_trainer_follows_the_scorer() {
     let _serial = rlhf_testkit::serial();
     let device = rlhf_core::device_from_env().unwrap().autodiff();
     let (tok, reference, prompts) = fixture(&device);
-    let inputs = OnlineDpoInputs {
-        reference: &reference,
-        scorer: &Brevity,
-        tokenizer: &tok,
-        prompts: &prompts,
-        eval: None,
-        eval_every: 0,
-    };
+    let inputs = inputs(&reference, &Brevity, &tok, &prompts);
     let cfg = online_cfg();
     let dir = tempfile::tempdir().unwrap();
     let (_, report) = train_online_dpo(
@@ -319,14 +329,7 @@ fn online_ipo_reads_summed_logprobs() {
     let _serial = rlhf_testkit::serial();
     let device = rlhf_core::device_from_env().unwrap().autodiff();
     let (tok, reference, prompts) = fixture(&device);
-    let inputs = OnlineDpoInputs {
-        reference: &reference,
-        scorer: &Brevity,
-        tokenizer: &tok,
-        prompts: &prompts,
-        eval: None,
-        eval_every: 0,
-    };
+    let inputs = inputs(&reference, &Brevity, &tok, &prompts);
     let cfg = OnlineDpoConfig {
         rounds: 1,
         epochs: 1,
@@ -380,14 +383,7 @@ fn bad_settings_scores_and_prompts_are_refused() {
     let device = rlhf_core::device_from_env().unwrap().autodiff();
     let (tok, reference, prompts) = fixture(&device);
     let run = |cfg: &OnlineDpoConfig, scorer: &dyn Scorer, prompts: &[String]| {
-        let inputs = OnlineDpoInputs {
-            reference: &reference,
-            scorer,
-            tokenizer: &tok,
-            prompts,
-            eval: None,
-            eval_every: 0,
-        };
+        let inputs = inputs(&reference, scorer, &tok, prompts);
         train_online_dpo(
             reference.clone(),
             &inputs,
@@ -492,14 +488,7 @@ fn online_into(dir: &Path) -> Vec<f32> {
     // bit for bit holds on the CPU backend (GPU reductions need not be deterministic)
     let device = rlhf_core::parse_device("flex").unwrap().autodiff();
     let (tok, reference, prompts) = fixture(&device);
-    let inputs = OnlineDpoInputs {
-        reference: &reference,
-        scorer: &Brevity,
-        tokenizer: &tok,
-        prompts: &prompts,
-        eval: None,
-        eval_every: 0,
-    };
+    let inputs = inputs(&reference, &Brevity, &tok, &prompts);
     let opts = RunOptions {
         checkpoint_every: 2,
         progress: false,
