@@ -164,7 +164,7 @@ pub fn run_preferences(cfg: &RunConfig, cache: &Path, work: &Path) -> Result<Run
     let eval_prompts = unique_prompts(&eval_text, cfg.task.eval_prompts);
     let mut query_length = 1;
     for p in train_prompts.iter().chain(&eval_prompts) {
-        query_length = query_length.max(tok.encode(p)?.len());
+        query_length = query_length.max(tok.encode_start(p)?.len());
     }
     let method_start = Instant::now();
     let mut curve = Vec::new();
@@ -447,15 +447,18 @@ struct Encoder<'a> {
 impl Encoder<'_> {
     /// The prompt's last `max_prompt_tokens` tokens, as text and as the tokens of that text (the
     /// scorers and samplers read text, so both must agree).
+    /// Both begin as the tokenizer begins a text (Llama's BOS).
     fn prompt(&self, p: &str) -> Result<(String, Vec<u32>)> {
-        let ids = self.tok.encode(p)?;
+        let ids = self.tok.encode_start(p)?;
         if ids.len() <= self.d.max_prompt_tokens {
             return Ok((p.to_string(), ids));
         }
-        let text = self
-            .tok
-            .decode(&ids[ids.len() - self.d.max_prompt_tokens..])?;
-        let ids = self.tok.encode(&text)?;
+        let body = self.tok.encode(p)?;
+        let keep = (self.d.max_prompt_tokens)
+            .saturating_sub(self.tok.start().len())
+            .min(body.len());
+        let text = self.tok.decode(&body[body.len() - keep..])?;
+        let ids = self.tok.encode_start(&text)?;
         Ok((text, ids))
     }
 

@@ -66,7 +66,7 @@ pub fn prompt_key(t: &Turns) -> String {
     serde_json::to_string(t).unwrap_or_default()
 }
 
-/// Text to tokens: a prompt keeps its last `max_prompt` tokens, and a response (ending with one
+/// Text to tokens: a prompt keeps its start (BOS) and last tokens, `max_prompt` in all, and a response (ending with one
 /// EOS, [`Encoder::response`]) its first tokens, as many as fit with the prompt in `max_length`.
 pub struct Encoder<'a> {
     /// The tokenizer.
@@ -80,10 +80,13 @@ pub struct Encoder<'a> {
 }
 
 impl Encoder<'_> {
-    /// The prompt's tokens (rendered, then cut to its last `max_prompt`).
+    /// The prompt's tokens: rendered, begun as the tokenizer begins a text (Llama's BOS,
+    /// [`Tokenizer::encode_start`]), then cut to `max_prompt` keeping that start and the last
+    /// tokens ([`Tokenizer::encode_prompt`]).
     pub fn prompt(&self, prompt: &Turns) -> Result<Vec<u32>> {
-        let ids = self.tokenizer.encode(&self.format.prompt(prompt)?)?;
-        Ok(ids[ids.len().saturating_sub(self.max_prompt)..].to_vec())
+        Ok(self
+            .tokenizer
+            .encode_prompt(&self.format.prompt(prompt)?, self.max_prompt)?)
     }
 
     /// The response's tokens: its text after `prompt` ending with one EOS, cut to what `max_length`
@@ -136,29 +139,65 @@ impl Dropped {
     }
 }
 
-/// SFT examples: the completion is the target; with `completion_only_loss` off the prompt is
-/// learned too (it becomes part of the target, after an empty prompt).
+/// What an SFT example learns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SftTarget {
+    /// The completion (a conversation's last assistant message) [TRL: `completion_only_loss`].
+    Completion,
+    /// The whole sequence, prompt included (a conversation's every message).
+    Everything,
+    /// Every assistant message of a conversation, each after the messages before it [TRL:
+    /// `assistant_only_loss`].
+    AssistantTurns,
+}
+
+/// SFT examples: `target` says what is learned. With [`SftTarget::Everything`] the prompt
+/// becomes part of the target, after its first token. With [`SftTarget::AssistantTurns`] each
+/// assistant message of a conversation's prompt is an example of its own, after the messages
+/// before it (so a long conversation's context is read once per assistant turn, where TRL masks
+/// one sequence; the targets are the same tokens); an assistant message with nothing before it
+/// is not learned, and a plain-text record is refused (as TRL refuses non-conversational data).
 pub fn sft_examples(
     records: &[SftRecord],
     enc: &Encoder,
-    completion_only_loss: bool,
+    target: SftTarget,
 ) -> Result<(Vec<Example>, Dropped)> {
     let mut out = Vec::with_capacity(records.len());
     let mut dropped = Dropped(0, "an empty completion after truncation");
-    for r in records {
-        let prompt = enc.prompt(&r.prompt)?;
-        let completion = enc.response(&r.prompt, prompt.len(), &r.completion)?;
-        if completion.is_empty() {
-            dropped.0 += 1;
-            continue;
+    for (i, r) in records.iter().enumerate() {
+        let mut turns = Vec::new();
+        if target == SftTarget::AssistantTurns {
+            let Turns::Messages(messages) = &r.prompt else {
+                anyhow::bail!(
+                    "record {i}: plain text has no assistant messages; --assistant-only-loss \
+                     needs conversations (`messages`, or conversational prompt and completion)"
+                );
+            };
+            for (j, m) in messages.iter().enumerate() {
+                if j > 0 && m.role == "assistant" && !m.content.is_empty() {
+                    turns.push((
+                        Turns::Messages(messages[..j].to_vec()),
+                        Turns::Messages(vec![m.clone()]),
+                    ));
+                }
+            }
         }
-        out.push(if completion_only_loss || prompt.is_empty() {
-            (prompt, completion)
-        } else {
-            // the first token has no predecessor to be predicted from: it stays the prompt
-            let all: Vec<u32> = prompt.iter().chain(&completion).copied().collect();
-            (all[..1].to_vec(), all[1..].to_vec())
-        });
+        turns.push((r.prompt.clone(), r.completion.clone()));
+        for (prompt_turns, completion_turns) in &turns {
+            let prompt = enc.prompt(prompt_turns)?;
+            let completion = enc.response(prompt_turns, prompt.len(), completion_turns)?;
+            if completion.is_empty() {
+                dropped.0 += 1;
+                continue;
+            }
+            out.push(if target != SftTarget::Everything || prompt.is_empty() {
+                (prompt, completion)
+            } else {
+                // the first token has no predecessor to be predicted from: it stays the prompt
+                let all: Vec<u32> = prompt.iter().chain(&completion).copied().collect();
+                (all[..1].to_vec(), all[1..].to_vec())
+            });
+        }
     }
     Ok((out, dropped))
 }
@@ -354,6 +393,16 @@ mod tests {
         }
     }
 
+    /// A committed checkpoint's tokenizer and chat format.
+    fn checkpoint_tokenizer(name: &str) -> (Tokenizer, ChatFormat) {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../rlhf-models/tests/fixtures/hf")
+            .join(name);
+        let tokenizer = Tokenizer::from_dir(&dir).unwrap();
+        let format = tokenizer.config().chat_format().unwrap();
+        (tokenizer, format)
+    }
+
     fn turn(role: &str, content: &str) -> Turns {
         Turns::Messages(vec![rlhf_data::Message {
             role: role.into(),
@@ -410,10 +459,7 @@ mod tests {
     /// dropped; plain text gets EOS appended once, and text that ends with it keeps it as it is.
     #[test]
     fn a_response_ends_with_one_eos() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../rlhf-models/tests/fixtures/hf/tiny-qwen2-chat");
-        let tokenizer = Tokenizer::from_dir(&dir).unwrap();
-        let format = tokenizer.config().chat_format().unwrap();
+        let (tokenizer, format) = checkpoint_tokenizer("tiny-qwen2-chat");
         let enc = encoder(&tokenizer, &format, 64, 128);
         let eos = tokenizer.eos_id();
         assert_eq!(tokenizer.eos_text(), "<|im_end|>");
@@ -428,6 +474,87 @@ mod tests {
             (Some(&eos), 1)
         );
         assert_eq!(text(" hello there<|im_end|>"), plain);
+    }
+
+    /// Llama 3's tokenizer puts BOS before a text and its template writes BOS itself: a
+    /// plain-text prompt gets one, as `transformers`' tokenizer gives it (and TRL trains on it),
+    /// a conversation keeps the template's one, a response gets none, and a reply ends with its
+    /// `<|eot_id|>` once.
+    #[test]
+    fn a_prompt_begins_with_one_bos_and_a_response_with_none() {
+        let (tokenizer, format) = checkpoint_tokenizer("tiny-llama3-chat");
+        let enc = encoder(&tokenizer, &format, 64, 128);
+        let bos = tokenizer.start()[0];
+        let count = |ids: &[u32], t: u32| ids.iter().filter(|&&i| i == t).count();
+        let text = Turns::Text("POST: my cat sat on the mat\nTL;DR:".into());
+        let p = enc.prompt(&text).unwrap();
+        assert_eq!((p[0], count(&p, bos)), (bos, 1), "{p:?}");
+        let r = response(&enc, &text, &Turns::Text(" the cat sat".into()));
+        assert_eq!(count(&r, bos), 0, "{r:?}");
+        let chat = turn("user", "What did the cat do?");
+        let p = enc.prompt(&chat).unwrap();
+        assert_eq!((p[0], count(&p, bos)), (bos, 1), "{p:?}");
+        let r = response(&enc, &chat, &turn("assistant", "It sat."));
+        assert_eq!(count(&r, bos), 0, "{r:?}");
+        assert_eq!(tokenizer.decode(&r).unwrap(), "It sat.<|eot_id|>");
+        // a long prompt cut to `max_prompt` keeps its BOS
+        let short = encoder(&tokenizer, &format, 4, 128);
+        let p = short.prompt(&text).unwrap();
+        assert_eq!((p.len(), p[0]), (4, bos));
+    }
+
+    /// A two-round conversation: by default its last reply is learned; with every assistant
+    /// turn, its first reply too, after the first question alone; with everything, one example
+    /// whose target is the whole conversation after its first token. Plain text has no turns.
+    #[test]
+    fn every_assistant_turn_is_learned_after_the_messages_before_it() {
+        let (tokenizer, format) = checkpoint_tokenizer("tiny-qwen2-chat");
+        let enc = encoder(&tokenizer, &format, 128, 256);
+        let m = |role: &str, content: &str| rlhf_data::Message {
+            role: role.into(),
+            content: content.into(),
+        };
+        let record = SftRecord {
+            prompt: Turns::Messages(vec![
+                m("assistant", "hello"),
+                m("user", "what did the cat do?"),
+                m("assistant", "it sat."),
+                m("user", "where?"),
+            ]),
+            completion: Turns::Messages(vec![m("assistant", "on the mat.")]),
+        };
+        let decode = |ids: &[u32]| tokenizer.decode(ids).unwrap();
+        let examples = |target| sft_examples(std::slice::from_ref(&record), &enc, target);
+        let (last, _) = examples(SftTarget::Completion).unwrap();
+        assert_eq!(last.len(), 1);
+        assert_eq!(decode(&last[0].1), "on the mat.<|im_end|>");
+        let (turns, _) = examples(SftTarget::AssistantTurns).unwrap();
+        let texts: Vec<(String, String)> =
+            turns.iter().map(|(p, c)| (decode(p), decode(c))).collect();
+        assert_eq!(texts.len(), 2, "{texts:?}");
+        assert!(
+            texts[0]
+                .0
+                .ends_with("what did the cat do?<|im_end|>\n<|im_start|>assistant\n")
+                && texts[0].1 == "it sat.<|im_end|>",
+            "{texts:?}"
+        );
+        assert_eq!(turns[1], last[0]);
+        let (all, _) = examples(SftTarget::Everything).unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].0.len(), 1);
+        assert!(decode(&all[0].1).contains("it sat.<|im_end|>"));
+        let text = SftRecord {
+            prompt: Turns::Text("q".into()),
+            completion: Turns::Text(" a".into()),
+        };
+        let e = sft_examples(&[record.clone(), text], &enc, SftTarget::AssistantTurns)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("record 1") && e.contains("--assistant-only-loss"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -64,6 +64,19 @@ pub fn checkpoint(dir: &Path, device: &Device, chat_template: Option<&Path>) -> 
             config.vocab_size
         );
     }
+    if let Some(&id) = tokenizer
+        .start()
+        .iter()
+        .find(|&&id| id as usize >= config.vocab_size)
+    {
+        bail!(
+            "{}: the tokenizer puts {:?} (id {id}) before every text, and it is outside the \
+             model's vocabulary of {}",
+            dir.display(),
+            tokenizer.decode(&[id]).unwrap_or_default(),
+            config.vocab_size
+        );
+    }
     tracing::info!(
         "model {}: {:?}, {}, {} layers, width {}",
         dir.display(),
@@ -74,7 +87,7 @@ pub fn checkpoint(dir: &Path, device: &Device, chat_template: Option<&Path>) -> 
     );
     let pad = tokenizer.pad_id();
     tracing::info!(
-        "tokenizer: {} tokens, EOS {:?} (id {}), PAD id {pad}{}, chat template: {}",
+        "tokenizer: {} tokens, EOS {:?} (id {}), PAD id {pad}{}, {}, chat template: {}",
         tokenizer.vocab_size(),
         tokenizer.eos_text(),
         tokenizer.eos_id(),
@@ -82,6 +95,13 @@ pub fn checkpoint(dir: &Path, device: &Device, chat_template: Option<&Path>) -> 
             " (added past the vocabulary; never shown to the model)"
         } else {
             ""
+        },
+        match tokenizer.start() {
+            [] => "nothing before a prompt".to_string(),
+            start => format!(
+                "{:?} before every prompt",
+                tokenizer.decode(start).unwrap_or_default()
+            ),
         },
         match (&format, chat_template) {
             (_, Some(p)) => format!("{}", p.display()),

@@ -81,8 +81,8 @@ pub struct PreferenceRecord {
 /// A demonstration for supervised fine-tuning: the loss is taken on `completion` only.
 ///
 /// Read from `{prompt, completion}`, from `{messages}` (the last assistant message is the
-/// completion, everything before it the prompt) and from `{text}` (language modelling: an empty
-/// prompt).
+/// completion, everything before it the prompt; `rlhf sft --assistant-only-loss` learns the
+/// prompt's assistant messages too) and from `{text}` (language modelling: an empty prompt).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SftRecord {
     /// The context.

@@ -38,6 +38,9 @@ pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     eos_id: u32,
     pad_id: u32,
+    /// The special tokens the tokenizer puts before a text (Llama's BOS), as `transformers`
+    /// decides them ([`start_tokens`]): what [`Self::encode_start`] adds.
+    start: Vec<u32>,
     /// The `tokenizer.json` it was loaded from, written back unchanged by [`Self::save_dir`] (an
     /// added `[PAD]` is this process's business, not the checkpoint's).
     source: Option<std::sync::Arc<[u8]>>,
@@ -63,6 +66,7 @@ impl Tokenizer {
         })?;
         let mut tok = Self::wrap(inner, eos, None)?;
         tok.source = Some(bytes.into());
+        tok.start = start_tokens(&tok.inner, &tok.config);
         Ok(tok)
     }
 
@@ -92,6 +96,7 @@ impl Tokenizer {
             message: e.to_string(),
         })?;
         tok.source = Some(bytes.into());
+        tok.start = start_tokens(&tok.inner, &config);
         tok.config = config;
         Ok(tok)
     }
@@ -159,6 +164,7 @@ impl Tokenizer {
             inner,
             eos_id,
             pad_id,
+            start: Vec::new(),
             source: None,
             config: TokenizerConfig::default(),
             memo: EncodeMemo::default(),
@@ -228,6 +234,39 @@ impl Tokenizer {
         })
     }
 
+    /// Token ids of a text that begins a sequence (a prompt; a plain-text document): the tokens
+    /// the tokenizer puts before a text ([`Self::start`]: Llama's BOS) then [`Self::encode`]'s, as
+    /// `transformers`' tokenizer gives them (TRL's trainers tokenise plain text so), unless the
+    /// text's own tokens already begin with them: a chat template writes its own BOS
+    /// (`{{ bos_token }}`), and TRL's `apply_chat_template` adds none, so a rendered conversation
+    /// keeps one. A template that writes no BOS gets the tokenizer's, where TRL's would have none.
+    pub fn encode_start(&self, text: &str) -> Result<Vec<u32>> {
+        let ids = self.encode(text)?;
+        if ids.starts_with(&self.start) {
+            return Ok(ids);
+        }
+        Ok(self.start.iter().chain(&ids).copied().collect())
+    }
+
+    /// [`Self::encode_start`]'s ids cut to at most `max`: the start tokens stay (a Llama model
+    /// never reads a prompt without its BOS) and the rest keeps its last tokens, the end of a prompt being
+    /// what a response follows.
+    pub fn encode_prompt(&self, text: &str, max: usize) -> Result<Vec<u32>> {
+        let ids = self.encode_start(text)?;
+        if ids.len() <= max {
+            return Ok(ids);
+        }
+        let start = self.start.len().min(max);
+        let rest = &ids[ids.len() - (max - start)..];
+        Ok(ids[..start].iter().chain(rest).copied().collect())
+    }
+
+    /// The special tokens the tokenizer puts before a text (Llama's BOS; none for GPT-2, Pythia
+    /// or Qwen).
+    pub fn start(&self) -> &[u32] {
+        &self.start
+    }
+
     /// Text of `ids`, special tokens included (so a trailing EOS stays visible to scorers).
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner
@@ -256,12 +295,44 @@ impl Tokenizer {
     }
 }
 
+/// The special tokens `transformers` puts before a text, as it decides them: when
+/// `tokenizer_config.json` says `add_bos_token` or `add_eos_token`, the post-processor is rebuilt
+/// from those flags (BOS when `add_bos_token` is true); otherwise it is `tokenizer.json`'s own,
+/// and what it puts before a text is read off an encoding (its leading special tokens). What a
+/// post-processor puts after a text (an EOS) is not taken: a response's EOS is the trainers'
+/// business ([`crate::Turns`] responses end with one).
+fn start_tokens(inner: &tokenizers::Tokenizer, config: &TokenizerConfig) -> Vec<u32> {
+    let flag = |key: &str| config.raw.get(key).and_then(serde_json::Value::as_bool);
+    if flag("add_bos_token").is_some() || flag("add_eos_token").is_some() {
+        return match (flag("add_bos_token"), config.bos_token.as_deref()) {
+            (Some(true), Some(bos)) => inner.token_to_id(bos).into_iter().collect(),
+            _ => Vec::new(),
+        };
+    }
+    let mut probe = inner.clone();
+    probe.with_padding(None);
+    let Ok(probe) = probe.with_truncation(None) else {
+        return Vec::new();
+    };
+    let Ok(encoding) = probe.encode("a", true) else {
+        return Vec::new();
+    };
+    encoding
+        .get_ids()
+        .iter()
+        .zip(encoding.get_special_tokens_mask())
+        .take_while(|&(_, &special)| special == 1)
+        .map(|(&id, _)| id)
+        .collect()
+}
+
 impl std::fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tokenizer")
             .field("vocab", &self.vocab_size())
             .field("eos_id", &self.eos_id)
             .field("pad_id", &self.pad_id)
+            .field("start", &self.start)
             .finish()
     }
 }

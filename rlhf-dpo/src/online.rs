@@ -105,7 +105,7 @@ pub fn online_round(
     {
         if let Some((best, worst)) = pair {
             groups.push(Group {
-                prompt: tokenizer.encode(&prompts[i])?,
+                prompt: tokenizer.encode_start(&prompts[i])?,
                 responses: vec![responses[best].clone(), responses[worst].clone()],
                 rewards: Some(vec![scores[best], scores[worst]]),
             });

@@ -483,7 +483,8 @@ fn check_inputs(policy: &CausalLm, inputs: &OnlineDpoInputs) -> Result<()> {
     Ok(())
 }
 
-/// Each prompt's token ids, cut to its last `max_prompt_length` (`None`: whole). An empty
+/// Each prompt's token ids as the tokenizer begins a text (Llama's BOS), cut to
+/// `max_prompt_length` keeping that start and the last tokens (`None`: whole). An empty
 /// prompt is an error: its first response token would have no context.
 fn encode_prompts(
     tok: &Tokenizer,
@@ -494,15 +495,14 @@ fn encode_prompts(
         .iter()
         .enumerate()
         .map(|(i, p)| {
-            let ids = tok.encode(p)?;
+            let ids = tok.encode_prompt(p, max_prompt_length.unwrap_or(usize::MAX))?;
             if ids.is_empty() {
                 return Err(Error::Config(format!(
                     "online dpo: prompt {i} is empty; its first response token would have no \
                      context"
                 )));
             }
-            let keep = max_prompt_length.unwrap_or(usize::MAX).min(ids.len());
-            Ok(ids[ids.len() - keep..].to_vec())
+            Ok(ids)
         })
         .collect()
 }

@@ -345,7 +345,7 @@ pub fn sample_texts(
 ) -> Result<(Vec<Vec<u32>>, Vec<String>)> {
     let ids = prompts
         .iter()
-        .map(|p| tokenizer.encode(p))
+        .map(|p| tokenizer.encode_start(p))
         .collect::<Result<Vec<_>>>()?;
     let pairs: Vec<(&[u32], &[u32])> = ids.iter().map(|p| (p.as_slice(), &[][..])).collect();
     let (pids, pmask) = collate(&pairs, tokenizer.pad_id(), None).prompts();

@@ -100,8 +100,9 @@ pub struct PpoInputs<'a> {
     pub eval_first: bool,
 }
 
-/// Left-pads each prompt's tokens to exactly `query_length` (TL;DR detail 2) with the tokenizer's
-/// PAD; a longer prompt keeps its last `query_length` tokens. Returns ids and mask,
+/// Left-pads each prompt's tokens (begun as the tokenizer begins a text: Llama's BOS) to exactly
+/// `query_length` (TL;DR detail 2) with the tokenizer's PAD; a longer prompt keeps its start and
+/// its last tokens, `query_length` in all ([`Tokenizer::encode_prompt`]). Returns ids and mask,
 /// `[prompts, query_length]` row-major. The PAD id may lie outside the model's vocabulary: the
 /// models read these ids through `rlhf_models::TokenInput`, which masks them. An empty prompt is
 /// an error: its first response token would have no context.
@@ -113,14 +114,13 @@ pub fn encode_queries(
     let mut ids = Vec::with_capacity(prompts.len() * query_length);
     let mut mask = Vec::with_capacity(prompts.len() * query_length);
     for (i, p) in prompts.iter().enumerate() {
-        let tokens = tokenizer.encode(p)?;
-        if tokens.is_empty() {
+        let kept = tokenizer.encode_prompt(p, query_length)?;
+        if kept.is_empty() {
             return Err(Error::Config(format!("ppo: prompt {i} is empty")));
         }
-        let kept = &tokens[tokens.len().saturating_sub(query_length)..];
         let pad = query_length - kept.len();
         ids.extend(std::iter::repeat_n(tokenizer.pad_id(), pad));
-        ids.extend_from_slice(kept);
+        ids.extend_from_slice(&kept);
         mask.extend(std::iter::repeat_n(0u8, pad));
         mask.extend(std::iter::repeat_n(1u8, kept.len()));
     }

@@ -151,6 +151,29 @@ fn queries_are_left_padded_to_a_fixed_length_and_keep_their_end() {
     assert_eq!(&ids[6..], &full[full.len() - 6..]);
     assert_eq!(&mask[6..], &[1; 6]);
     assert!(encode_queries(&tok, &[""], 6).is_err());
+
+    // Llama 3's tokenizer puts BOS before a text: a cut query keeps it, then its last tokens
+    let llama = Tokenizer::from_dir(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../rlhf-models/tests/fixtures/hf/tiny-llama3-chat"
+    )))
+    .unwrap();
+    let bos = llama.start()[0];
+    let (short, full) = (
+        llama.encode("count 1:").unwrap(),
+        llama.encode(long).unwrap(),
+    );
+    let q = short.len() + 2;
+    assert!(full.len() > q);
+    let (ids, mask) = encode_queries(&llama, &["count 1:", long], q).unwrap();
+    assert_eq!((ids[0], mask[0]), (llama.pad_id(), 0));
+    assert_eq!(ids[1], bos);
+    assert_eq!(&ids[2..q], short.as_slice());
+    assert_eq!(&mask[1..q], vec![1; q - 1].as_slice());
+    assert_eq!(ids[q], bos);
+    assert_eq!(&ids[q + 1..], &full[full.len() - (q - 1)..]);
+    // BOS alone is context enough for a first response token
+    assert_eq!(encode_queries(&llama, &[""], 6).unwrap().0[5], bos);
 }
 
 #[test]

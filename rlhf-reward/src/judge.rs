@@ -387,7 +387,7 @@ impl LlmJudge {
             .iter()
             .enumerate()
             .map(|(i, text)| {
-                let ids = self.tokenizer.encode(text)?;
+                let ids = self.tokenizer.encode_start(text)?;
                 if ids.is_empty() {
                     return Err(Error::Config(format!(
                         "judge: input {i} encodes to no token; nothing to read a rating after"

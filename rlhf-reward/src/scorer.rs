@@ -119,7 +119,7 @@ impl Scorer for RewardScorer {
         rlhf_core::check_pairs(prompts, responses)?;
         let prompt_ids = prompts
             .iter()
-            .map(|p| self.tokenizer.encode(p))
+            .map(|p| self.tokenizer.encode_start(p))
             .collect::<Result<Vec<_>>>()?;
         let raw = match self.rm.settings.kind {
             RewardKind::Outcome => {

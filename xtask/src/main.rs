@@ -160,7 +160,7 @@ fn fixtures(python: &str, regenerate: bool) -> Result<()> {
     let logits = format!("{target}/debug/examples/logits");
     let tldr = "rlhf-cli/data/tldr";
     let mut pairs = Vec::new();
-    for model in ["tiny-pythia", "tiny-qwen2-chat"] {
+    for model in ["tiny-pythia", "tiny-qwen2-chat", "tiny-llama3-chat"] {
         let base = format!("{out}/{model}");
         let dir = |cmd: &str| tmp.join(format!("{model}-{cmd}")).display().to_string();
         let common = ["--learning-rate", "1e-3", "--max-length", "256", "--quiet"];

@@ -93,7 +93,7 @@ pub fn sample_batch(
 ) -> Result<(Vec<Vec<u32>>, Generation)> {
     let encoded = texts
         .iter()
-        .map(|p| ckpt.tokenizer.encode(p))
+        .map(|p| ckpt.tokenizer.encode_start(p))
         .collect::<rlhf_core::Result<Vec<_>>>()?;
     let pairs: Vec<(&[u32], &[u32])> = encoded.iter().map(|p| (p.as_slice(), &[][..])).collect();
     let (ids, mask) = collate(&pairs, ckpt.tokenizer.pad_id(), None).prompts();

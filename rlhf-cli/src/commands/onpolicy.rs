@@ -573,7 +573,7 @@ impl OnPolicyArgs {
 fn longest_prompt(tokenizer: &Tokenizer, texts: &[String]) -> Result<usize> {
     Ok(texts
         .iter()
-        .map(|p| Ok(tokenizer.encode(p)?.len()))
+        .map(|p| Ok(tokenizer.encode_start(p)?.len()))
         .collect::<rlhf_core::Result<Vec<_>>>()?
         .into_iter()
         .max()

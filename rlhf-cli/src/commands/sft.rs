@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::args::{DataArgs, LoraArgs, ModelArgs, TrainArgs, defaults_from_clap};
 use crate::commands::Prepared;
-use crate::data::{prompt_key, read_split, sft_examples};
+use crate::data::{SftTarget, prompt_key, read_split, sft_examples};
 use crate::output;
 
 /// TRL's `SFTConfig.learning_rate`.
@@ -35,9 +35,15 @@ pub struct SftArgs {
     /// example boundaries) [TRL: --packing with --max_length].
     #[arg(long, value_name = "TOKENS")]
     pub packing: Option<usize>,
-    /// Learn the completion only (`false`: the prompt too) [TRL: --completion_only_loss].
+    /// Learn the completion only (`false`: the prompt too); a `messages` record's completion is
+    /// its last assistant message [TRL: --completion_only_loss; TRL learns a `messages` record
+    /// whole unless --assistant_only_loss].
     #[arg(long, default_value_t = true, action = ArgAction::Set)]
     pub completion_only_loss: bool,
+    /// Learn every assistant message of a conversation, each after the messages before it, and
+    /// nothing else; plain-text data is refused [TRL: --assistant_only_loss].
+    #[arg(long, default_value_t = false, action = ArgAction::Set)]
+    pub assistant_only_loss: bool,
 }
 
 defaults_from_clap!(SftArgs);
@@ -48,6 +54,15 @@ impl SftArgs {
     pub fn completed(mut self) -> Self {
         self.train.learning_rate.get_or_insert(DEFAULT_LR);
         self
+    }
+
+    /// What each example learns.
+    pub fn target(&self) -> SftTarget {
+        match (self.assistant_only_loss, self.completion_only_loss) {
+            (true, _) => SftTarget::AssistantTurns,
+            (false, true) => SftTarget::Completion,
+            (false, false) => SftTarget::Everything,
+        }
     }
 
     /// The library's configuration.
@@ -71,9 +86,9 @@ pub fn run(args: &SftArgs, toml: &str) -> Result<()> {
     let mut p = Prepared::new(&args.model, &args.data)?;
     let (train, eval) = read_split::<SftRecord>(&args.data, |r| prompt_key(&r.prompt))?;
     let enc = p.encoder(&args.data)?;
-    let (train, dropped) = sft_examples(&train, &enc, args.completion_only_loss)?;
+    let (train, dropped) = sft_examples(&train, &enc, args.target())?;
     dropped.announce("training data");
-    let (eval, dropped) = sft_examples(&eval, &enc, args.completion_only_loss)?;
+    let (eval, dropped) = sft_examples(&eval, &enc, args.target())?;
     dropped.announce("eval data");
     // the schedule counts the epoch's rows: with packing, far fewer than the examples
     let cfg = args.config(args.train.total_steps(rows_per_epoch(&train, args.packing)));

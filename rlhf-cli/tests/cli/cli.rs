@@ -1,6 +1,7 @@
 //! The `rlhf` command run as a user runs it, on the committed tiny checkpoints (`tiny-pythia`:
 //! GPT-NeoX with Pythia's tokenizer conventions; `tiny-qwen2-chat`: a Qwen2 chat model with its
-//! ChatML template and EOS `<|im_end|>`) and the shipped TL;DR-shaped sample: every subcommand
+//! ChatML template and EOS `<|im_end|>`; `tiny-llama3-chat`: Llama 3's BOS before every text, EOS
+//! `<|eot_id|>`, no PAD) and the shipped TL;DR-shaped sample: every subcommand
 //! end to end, outputs that load and differ from their inputs, learning where it should happen,
 //! exact resume after a SIGKILL, and the option handling (help, misspelled flags and keys).
 
@@ -338,6 +339,7 @@ fn sft_lowers_the_eval_loss_and_writes_a_checkpoint() {
     for (model, data) in [
         ("tiny-pythia", sample("sft.jsonl")),
         ("tiny-qwen2-chat", s(&chat)),
+        ("tiny-llama3-chat", sample("sft.jsonl")),
     ] {
         let out = dir.path().join(model);
         ok(&[

@@ -71,3 +71,95 @@ fn a_tokenizer_without_pad_gets_one_outside_its_vocabulary() {
         "{e}"
     );
 }
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../rlhf-models/tests/fixtures/hf")
+        .join(name)
+}
+
+/// Llama 3's tokenizer puts BOS before every text; `encode_start` gives the ids `transformers`'
+/// tokenizer gives (what TRL's trainers read for plain text), and a conversation rendered by the
+/// chat template, which writes BOS itself, keeps exactly one (what `apply_chat_template` gives).
+#[test]
+fn a_text_begins_with_the_bos_that_transformers_puts_before_it() {
+    let dir = fixture("tiny-llama3-chat");
+    let tok = Tokenizer::from_dir(&dir).unwrap();
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("tokenization.json")).unwrap())
+            .unwrap();
+    let ids = |v: &serde_json::Value| -> Vec<u32> { serde_json::from_value(v.clone()).unwrap() };
+    assert_eq!(tok.start(), [0]);
+    assert_eq!(tok.eos_text(), "<|eot_id|>");
+    for case in expected["texts"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        assert_eq!(
+            tok.encode_start(text).unwrap(),
+            ids(&case["input_ids"]),
+            "{text:?}"
+        );
+        // without the start, a continuation's ids
+        assert_eq!(
+            tok.encode(text).unwrap(),
+            ids(&case["input_ids"])[1..],
+            "{text:?}"
+        );
+    }
+    let messages: Vec<rlhf_data::Message> =
+        serde_json::from_value(expected["messages"].clone()).unwrap();
+    let format = tok.config().chat_format().unwrap();
+    let prompt = format
+        .prompt(&rlhf_data::Turns::Messages(messages))
+        .unwrap();
+    assert_eq!(
+        tok.encode_start(&prompt).unwrap(),
+        ids(&expected["chat_prompt_ids"])
+    );
+    // a prompt cut to its last tokens keeps its BOS
+    let long = expected["texts"][0]["text"].as_str().unwrap();
+    let all = tok.encode_start(long).unwrap();
+    let cut = tok.encode_prompt(long, 5).unwrap();
+    assert_eq!(cut[0], 0);
+    assert_eq!(cut[1..], all[all.len() - 4..]);
+    assert_eq!(tok.encode_prompt(long, 1).unwrap(), [0]);
+    assert_eq!(tok.encode_prompt(long, 100).unwrap(), all);
+
+    // tokenizers that put nothing before a text: Pythia's, Qwen2's, and one trained here
+    for name in ["tiny-pythia", "tiny-qwen2-chat"] {
+        let tok = Tokenizer::from_dir(&fixture(name)).unwrap();
+        assert!(tok.start().is_empty(), "{name}");
+        assert_eq!(
+            tok.encode_start("hello").unwrap(),
+            tok.encode("hello").unwrap()
+        );
+    }
+    let trained = Tokenizer::train_bpe(corpus().iter(), 400).unwrap();
+    assert!(trained.start().is_empty());
+}
+
+/// `tokenizer_config.json`'s `add_bos_token`, when it has one, decides over the post-processor,
+/// as in `transformers` (which rebuilds the post-processor from it).
+#[test]
+fn add_bos_token_in_the_config_decides_over_the_post_processor() {
+    let source = fixture("tiny-llama3-chat");
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(source.join("tokenizer_config.json")).unwrap(),
+    )
+    .unwrap();
+    let with = |key: &str, value: bool| {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            source.join("tokenizer.json"),
+            dir.path().join("tokenizer.json"),
+        )
+        .unwrap();
+        let mut c = config.clone();
+        c[key] = value.into();
+        std::fs::write(dir.path().join("tokenizer_config.json"), c.to_string()).unwrap();
+        Tokenizer::from_dir(dir.path()).unwrap().start().to_vec()
+    };
+    assert_eq!(with("add_bos_token", false), Vec::<u32>::new());
+    assert_eq!(with("add_bos_token", true), [0]);
+    // only add_eos_token named: the flags rebuild the post-processor, and add_bos_token is off
+    assert_eq!(with("add_eos_token", false), Vec::<u32>::new());
+}

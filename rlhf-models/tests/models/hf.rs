@@ -244,12 +244,19 @@ fn gpt2_with_learned_positions_and_conv1d_weights_matches_transformers() {
 }
 
 /// The checkpoints the `rlhf` command ships with: Pythia's tokenizer conventions (no pad token,
-/// so PAD lies past the vocabulary) and a Qwen2 chat model (EOS `<|im_end|>`, ChatML template),
-/// each with transformers' own initialisation.
+/// so PAD lies past the vocabulary), a Qwen2 chat model (EOS `<|im_end|>`, ChatML template) and
+/// a Llama 3 chat model (BOS before every text, EOS `<|eot_id|>`, no pad token), each with
+/// transformers' own initialisation.
 #[test]
 fn the_command_line_fixtures_match_transformers() {
     check_parity("tiny-pythia");
     check_parity("tiny-qwen2-chat");
+    check_parity("tiny-llama3-chat");
+    let llama = rlhf_data::Tokenizer::from_dir(&fixture("tiny-llama3-chat")).unwrap();
+    assert_eq!(
+        (llama.eos_text().as_str(), llama.start(), llama.pad_id()),
+        ("<|eot_id|>", &[0][..], 512)
+    );
     let pythia = rlhf_data::Tokenizer::from_dir(&fixture("tiny-pythia")).unwrap();
     assert_eq!(
         (pythia.eos_text().as_str(), pythia.pad_id()),
@@ -288,6 +295,7 @@ fn export_then_import_gives_identical_logits() {
         "tiny-qwen2",
         "tiny-pythia",
         "tiny-qwen2-chat",
+        "tiny-llama3-chat",
     ]
     .into_iter()
     .chain(NEW_FAMILIES)
