@@ -499,7 +499,7 @@ pub(crate) fn kl_per_prompt(
     let prompt_ids: Vec<Vec<u32>> = prompts
         .iter()
         .flat_map(|p| std::iter::repeat_n(p, samples.k))
-        .map(|p| tok.encode(p))
+        .map(|p| tok.encode_start(p))
         .collect::<Result<_>>()?;
     let kl = rlhf_models::sequence_kl(
         policy,

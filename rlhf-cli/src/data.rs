@@ -146,17 +146,19 @@ pub enum SftTarget {
     Completion,
     /// The whole sequence, prompt included (a conversation's every message).
     Everything,
-    /// Every assistant message of a conversation, each after the messages before it [TRL:
-    /// `assistant_only_loss`].
+    /// Every assistant message of a conversation (prompt and completion together), each after
+    /// the messages before it [TRL: `assistant_only_loss` on `messages` records; on conversational
+    /// prompt/completion records TRL also needs `completion_only_loss = false` to learn the
+    /// prompt's assistant messages].
     AssistantTurns,
 }
 
 /// SFT examples: `target` says what is learned. With [`SftTarget::Everything`] the prompt
 /// becomes part of the target, after its first token. With [`SftTarget::AssistantTurns`] each
-/// assistant message of a conversation's prompt is an example of its own, after the messages
-/// before it (so a long conversation's context is read once per assistant turn, where TRL masks
-/// one sequence; the targets are the same tokens); an assistant message with nothing before it
-/// is not learned, and a plain-text record is refused (as TRL refuses non-conversational data).
+/// assistant message of the conversation is an example of its own, after the messages before it
+/// (so a long conversation's context is read once per assistant message, where TRL masks one
+/// sequence; the targets are the same tokens, content and end of turn, an empty message's end of
+/// turn too), and a record with plain text is refused (as TRL refuses non-conversational data).
 pub fn sft_examples(
     records: &[SftRecord],
     enc: &Encoder,
@@ -165,24 +167,25 @@ pub fn sft_examples(
     let mut out = Vec::with_capacity(records.len());
     let mut dropped = Dropped(0, "an empty completion after truncation");
     for (i, r) in records.iter().enumerate() {
-        let mut turns = Vec::new();
-        if target == SftTarget::AssistantTurns {
-            let Turns::Messages(messages) = &r.prompt else {
-                anyhow::bail!(
-                    "record {i}: plain text has no assistant messages; --assistant-only-loss \
-                     needs conversations (`messages`, or conversational prompt and completion)"
-                );
-            };
-            for (j, m) in messages.iter().enumerate() {
-                if j > 0 && m.role == "assistant" && !m.content.is_empty() {
-                    turns.push((
-                        Turns::Messages(messages[..j].to_vec()),
-                        Turns::Messages(vec![m.clone()]),
-                    ));
-                }
+        let turns = match (target, &r.prompt, &r.completion) {
+            (SftTarget::AssistantTurns, Turns::Messages(p), Turns::Messages(c)) => {
+                let all: Vec<_> = p.iter().chain(c).cloned().collect();
+                (0..all.len())
+                    .filter(|&j| all[j].role == "assistant")
+                    .map(|j| {
+                        (
+                            Turns::Messages(all[..j].to_vec()),
+                            Turns::Messages(vec![all[j].clone()]),
+                        )
+                    })
+                    .collect()
             }
-        }
-        turns.push((r.prompt.clone(), r.completion.clone()));
+            (SftTarget::AssistantTurns, ..) => anyhow::bail!(
+                "record {i}: plain text has no assistant messages; --assistant-only-loss needs \
+                 conversations (`messages`, or conversational prompt and completion)"
+            ),
+            _ => vec![(r.prompt.clone(), r.completion.clone())],
+        };
         for (prompt_turns, completion_turns) in &turns {
             let prompt = enc.prompt(prompt_turns)?;
             let completion = enc.response(prompt_turns, prompt.len(), completion_turns)?;
@@ -503,9 +506,11 @@ mod tests {
         assert_eq!((p.len(), p[0]), (4, bos));
     }
 
-    /// A two-round conversation: by default its last reply is learned; with every assistant
-    /// turn, its first reply too, after the first question alone; with everything, one example
-    /// whose target is the whole conversation after its first token. Plain text has no turns.
+    /// A conversation that opens with a greeting, then two rounds: by default its last reply is
+    /// learned; with every assistant turn, the greeting (after the generation prompt alone), the
+    /// first reply (after the messages before it), an empty reply's end of turn, and a
+    /// completion's user message not; with everything, one example whose target is the whole
+    /// conversation after its first token. Plain text has no turns.
     #[test]
     fn every_assistant_turn_is_learned_after_the_messages_before_it() {
         let (tokenizer, format) = checkpoint_tokenizer("tiny-qwen2-chat");
@@ -523,6 +528,12 @@ mod tests {
             ]),
             completion: Turns::Messages(vec![m("assistant", "on the mat.")]),
         };
+        let mut longer = record.clone();
+        longer.completion = Turns::Messages(vec![
+            m("assistant", "on the mat."),
+            m("user", "thanks"),
+            m("assistant", ""),
+        ]);
         let decode = |ids: &[u32]| tokenizer.decode(ids).unwrap();
         let examples = |target| sft_examples(std::slice::from_ref(&record), &enc, target);
         let (last, _) = examples(SftTarget::Completion).unwrap();
@@ -531,15 +542,35 @@ mod tests {
         let (turns, _) = examples(SftTarget::AssistantTurns).unwrap();
         let texts: Vec<(String, String)> =
             turns.iter().map(|(p, c)| (decode(p), decode(c))).collect();
-        assert_eq!(texts.len(), 2, "{texts:?}");
+        assert_eq!(texts.len(), 3, "{texts:?}");
+        assert_eq!(
+            texts[0],
+            ("<|im_start|>assistant\n".into(), "hello<|im_end|>".into())
+        );
         assert!(
-            texts[0]
+            texts[1]
                 .0
                 .ends_with("what did the cat do?<|im_end|>\n<|im_start|>assistant\n")
-                && texts[0].1 == "it sat.<|im_end|>",
+                && texts[1].1 == "it sat.<|im_end|>",
             "{texts:?}"
         );
-        assert_eq!(turns[1], last[0]);
+        assert_eq!(turns[2], last[0]);
+        let (more, _) = sft_examples(
+            std::slice::from_ref(&longer),
+            &enc,
+            SftTarget::AssistantTurns,
+        )
+        .unwrap();
+        let targets: Vec<String> = more.iter().map(|(_, c)| decode(c)).collect();
+        assert_eq!(
+            targets,
+            [
+                "hello<|im_end|>",
+                "it sat.<|im_end|>",
+                "on the mat.<|im_end|>",
+                "<|im_end|>"
+            ]
+        );
         let (all, _) = examples(SftTarget::Everything).unwrap();
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].0.len(), 1);

@@ -117,7 +117,7 @@ fn inspect_kind<R: Record + Texts>(
         let (mut prompts, mut responses) = (Vec::new(), Vec::new());
         for r in &loaded.records {
             let (p, rs) = r.texts(&template);
-            prompts.push(tok.encode(&p)?.len());
+            prompts.push(tok.encode_start(&p)?.len());
             for x in rs {
                 responses.push(tok.encode(&x)?.len());
             }

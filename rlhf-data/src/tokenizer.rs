@@ -39,7 +39,7 @@ pub struct Tokenizer {
     eos_id: u32,
     pad_id: u32,
     /// The special tokens the tokenizer puts before a text (Llama's BOS), as `transformers`
-    /// decides them ([`start_tokens`]): what [`Self::encode_start`] adds.
+    /// reads them off the post-processor ([`start_tokens`]): what [`Self::encode_start`] adds.
     start: Vec<u32>,
     /// The `tokenizer.json` it was loaded from, written back unchanged by [`Self::save_dir`] (an
     /// added `[PAD]` is this process's business, not the checkpoint's).
@@ -66,7 +66,6 @@ impl Tokenizer {
         })?;
         let mut tok = Self::wrap(inner, eos, None)?;
         tok.source = Some(bytes.into());
-        tok.start = start_tokens(&tok.inner, &tok.config);
         Ok(tok)
     }
 
@@ -96,7 +95,6 @@ impl Tokenizer {
             message: e.to_string(),
         })?;
         tok.source = Some(bytes.into());
-        tok.start = start_tokens(&tok.inner, &config);
         tok.config = config;
         Ok(tok)
     }
@@ -160,11 +158,12 @@ impl Tokenizer {
                         .ok_or_else(|| tok_err("pad", "could not add [PAD]"))?
                 }
             };
+        let start = start_tokens(&inner);
         Ok(Tokenizer {
             inner,
             eos_id,
             pad_id,
-            start: Vec::new(),
+            start,
             source: None,
             config: TokenizerConfig::default(),
             memo: EncodeMemo::default(),
@@ -295,20 +294,13 @@ impl Tokenizer {
     }
 }
 
-/// The special tokens `transformers` puts before a text, as it decides them: when
-/// `tokenizer_config.json` says `add_bos_token` or `add_eos_token`, the post-processor is rebuilt
-/// from those flags (BOS when `add_bos_token` is true); otherwise it is `tokenizer.json`'s own,
-/// and what it puts before a text is read off an encoding (its leading special tokens). What a
-/// post-processor puts after a text (an EOS) is not taken: a response's EOS is the trainers'
-/// business ([`crate::Turns`] responses end with one).
-fn start_tokens(inner: &tokenizers::Tokenizer, config: &TokenizerConfig) -> Vec<u32> {
-    let flag = |key: &str| config.raw.get(key).and_then(serde_json::Value::as_bool);
-    if flag("add_bos_token").is_some() || flag("add_eos_token").is_some() {
-        return match (flag("add_bos_token"), config.bos_token.as_deref()) {
-            (Some(true), Some(bos)) => inner.token_to_id(bos).into_iter().collect(),
-            _ => Vec::new(),
-        };
-    }
+/// The special tokens `transformers` puts before a text: what `tokenizer.json`'s post-processor
+/// puts there, read off an encoding (its leading special tokens). `transformers` 5 loads that
+/// post-processor as it is: `tokenizer_config.json`'s `add_bos_token` and `add_eos_token` are
+/// not read when there is a `tokenizer.json`, and a file without a post-processor adds nothing.
+/// What a post-processor puts after a text (an EOS) is not taken: a response's EOS is the
+/// trainers' business.
+fn start_tokens(inner: &tokenizers::Tokenizer) -> Vec<u32> {
     let mut probe = inner.clone();
     probe.with_padding(None);
     let Ok(probe) = probe.with_truncation(None) else {
