@@ -274,6 +274,9 @@ pub enum MethodKind {
     Dpo,
     /// EXO (preference form) on the RM's labelled pairs.
     Exo,
+    /// DPO on the policy's own samples, two per prompt, judged by the labeller as it judged the
+    /// RM's pairs, over `online_rounds` rounds with the RM's label budget.
+    OnlineDpo,
     /// Best-of-n reranking by the RM at judge time.
     BestOfN,
 }
@@ -314,12 +317,14 @@ pub struct MethodConfig {
     /// given here replace those of the bench's defaults ([`bench_ppo_defaults`]) one by one.
     #[serde(deserialize_with = "over_bench_defaults")]
     pub ppo: PpoConfig,
-    /// DPO/EXO: β.
+    /// DPO/EXO/online DPO: β.
     pub dpo_beta: f32,
     /// DPO/EXO: passes over the pairs.
     pub dpo_epochs: usize,
-    /// DPO/EXO: learning rate.
+    /// DPO/EXO/online DPO: learning rate.
     pub dpo_lr: f64,
+    /// Online DPO: rounds (each labels `rm.pairs / online_rounds` new pairs).
+    pub online_rounds: usize,
     /// Best-of-n: n.
     pub best_of_n: usize,
     /// Best-of-n: candidates drawn per prompt (once, shared by every `n` that divides it).
@@ -378,6 +383,7 @@ impl Default for MethodConfig {
             dpo_beta: 0.3,
             dpo_epochs: 1,
             dpo_lr: 1e-4,
+            online_rounds: 8,
             best_of_n: 4,
             best_of_n_max: 16,
         }
@@ -450,6 +456,9 @@ impl RunConfig {
         let bad = |m: String| Err(Error::Config(m));
         if self.method.reward == RewardSource::Gold && self.task.name != "tldr-synth" {
             return bad("method.reward = \"gold\" needs tldr-synth's gold scorer".into());
+        }
+        if self.method.kind == MethodKind::OnlineDpo && self.task.name != "tldr-synth" {
+            return bad("method.kind = \"online_dpo\" needs tldr-synth's labeller".into());
         }
         match self.task.name.as_str() {
             "tldr-synth" => {}
@@ -641,6 +650,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("gold scorer"), "{err}");
+    }
+
+    #[test]
+    fn online_dpo_needs_the_gold_tasks_labeller() {
+        let online = "[method]\nkind = \"online_dpo\"\nonline_rounds = 4\n";
+        let c = RunConfig::from_toml(online).unwrap();
+        assert_eq!(
+            (c.method.kind, c.method.online_rounds),
+            (MethodKind::OnlineDpo, 4)
+        );
+        for task in ["arith-steps", "preferences"] {
+            let err = RunConfig::from_toml(&format!("[task]\nname = \"{task}\"\n{online}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("labeller"), "{task}: {err}");
+        }
     }
 
     #[test]

@@ -44,6 +44,7 @@ mod judge;
 pub mod markdown;
 mod method;
 pub mod metrics;
+mod online;
 pub mod perf;
 pub mod pipeline;
 pub mod plots;

@@ -294,7 +294,7 @@ pub(crate) fn base_beta_labels(points: &[PointRecord], beta: f64) -> Vec<String>
         .into_iter()
         .filter(|r| {
             let (m, b) = crate::findings::method_of(&r.label);
-            b == beta && !matches!(m, "dpo" | "exo")
+            b == beta && !matches!(m, "dpo" | "exo" | "online_dpo")
         })
         .map(|r| r.label)
         .collect()

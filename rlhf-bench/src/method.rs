@@ -1,6 +1,7 @@
 //! The method stage: from the SFT policy to the optimised one, by PPO, GRPO, RLOO, REINFORCE++
 //! (on-policy, against the RM or the RM's length-only part), DPO or EXO (offline, on the RM's
-//! labelled pairs), or nothing (SFT and best-of-n are judged as they are).
+//! labelled pairs), online DPO (`online.rs`), or nothing (SFT and best-of-n are judged as they
+//! are).
 //!
 //! An on-policy run logs, after its first iteration and every `judge.eval_every` iterations, the
 //! gold score, KL, RM score and length of one sample on each of the first `judge.curve_prompts`
@@ -80,6 +81,7 @@ pub(crate) fn optimise(
     match cfg.method.kind {
         MethodKind::Sft | MethodKind::BestOfN => Ok(inp.sft.clone()),
         MethodKind::Dpo | MethodKind::Exo => offline(cfg, inp, work, device, m),
+        MethodKind::OnlineDpo => crate::online::online_dpo(cfg, inp, work, device, m, curve_out),
         MethodKind::Ppo | MethodKind::Grpo | MethodKind::Rloo | MethodKind::ReinforcePp => {
             on_policy(cfg, inp, work, device, m, curve_out)
         }
@@ -163,7 +165,7 @@ fn offline(
 /// prompt (seeded alike at every call, so successive points differ by the policy only). A signal
 /// does not cut it short: it runs inside a trainer's iteration, which stops right after it with
 /// the point logged.
-fn curve_point(
+pub(crate) fn curve_point(
     cfg: &RunConfig,
     judge: &CurveJudge<'_>,
     inp: &MethodInputs<'_>,
@@ -350,7 +352,7 @@ pub(crate) fn critic_shape<'a>(
 }
 
 /// The numeric fields of each line of a run's `metrics.jsonl`: the learning curve.
-fn read_curve(path: &Path) -> Result<Vec<BTreeMap<String, f64>>> {
+pub(crate) fn read_curve(path: &Path) -> Result<Vec<BTreeMap<String, f64>>> {
     Ok(read_metrics(path)?
         .into_iter()
         .map(|line| {

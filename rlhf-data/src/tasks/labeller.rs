@@ -5,7 +5,12 @@
 //! the gold order on pairs of SFT-like samples equals a target (about 73%, the agreement of the
 //! TL;DR data's human labellers).
 
-use rand::Rng;
+use std::sync::Mutex;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::tasks::Task;
 
 /// A Bradley–Terry labeller over gold scores.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -67,6 +72,49 @@ impl Labeller {
     }
 }
 
+/// The labeller as a [`rlhf_base::Scorer`], for a trainer that pairs the best and the worst of two
+/// samples of a prompt (online DPO): a response scores `g/τ + G`, `g` its gold score and `G` a
+/// standard Gumbel draw. The difference of two independent Gumbel draws is logistic, so of two
+/// responses the first scores higher with probability `σ((g_a − g_b)/τ)`: the labeller's
+/// preference ([`Labeller::prob_prefers_first`]). Draws follow one seeded stream, in call order.
+pub struct LabellerScorer<'a> {
+    task: &'a dyn Task,
+    labeller: Labeller,
+    rng: Mutex<ChaCha8Rng>,
+}
+
+impl<'a> LabellerScorer<'a> {
+    /// The labeller's judgements of `task`'s responses, seeded by `seed`.
+    pub fn new(task: &'a dyn Task, labeller: Labeller, seed: u64) -> Self {
+        LabellerScorer {
+            task,
+            labeller,
+            rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)),
+        }
+    }
+}
+
+impl rlhf_base::Scorer for LabellerScorer<'_> {
+    fn score(&self, prompts: &[&str], responses: &[&str]) -> rlhf_base::Result<Vec<f32>> {
+        rlhf_base::check_pairs(prompts, responses)?;
+        let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(prompts
+            .iter()
+            .zip(responses)
+            .map(|(p, r)| {
+                // a standard Gumbel draw, u in (0, 1)
+                let u: f64 = rng.random_range(f64::MIN_POSITIVE..1.0);
+                let gumbel = -(-u.ln()).ln();
+                (self.task.gold(p, r).total / self.labeller.tau + gumbel) as f32
+            })
+            .collect())
+    }
+
+    fn name(&self) -> String {
+        format!("labeller:{}", self.task.name())
+    }
+}
+
 /// The judge: the share of comparisons a policy's responses win against paired baseline responses
 /// (references, or the SFT policy's) by gold score, ties counted as half a win.
 pub fn win_rate(policy: &[f64], baseline: &[f64]) -> f64 {
@@ -110,6 +158,40 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    /// Of two responses, the labeller's scorer ranks the first higher as often as the labeller
+    /// prefers it: within 0.02 of `σ((g_a − g_b)/τ)` over 4,000 draws of each of three pairs.
+    #[test]
+    fn the_scorer_ranks_two_responses_as_the_labeller_prefers_them() {
+        use rlhf_base::Scorer;
+        let task = TldrSynth::default();
+        let labeller = Labeller { tau: 0.4 };
+        let scorer = LabellerScorer::new(&task, labeller, 3);
+        let p = task.prompt(Split::Train, 0);
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let (a, b) = (
+            with_eos(&task.demonstrate(&p, &mut rng)),
+            with_eos(&task.reference(&p)),
+        );
+        let mut checked = 0;
+        for (x, y) in [(&a, &b), (&b, &a), (&a, &a)] {
+            let (gx, gy) = (task.gold(&p, x).total, task.gold(&p, y).total);
+            let draws = 4000;
+            let mut first = 0;
+            for _ in 0..draws {
+                let s = scorer.score(&[&p, &p], &[x, y]).unwrap();
+                first += usize::from(s[0] > s[1]);
+            }
+            let expected = labeller.prob_prefers_first(gx, gy);
+            let seen = first as f64 / draws as f64;
+            assert!(
+                (seen - expected).abs() < 0.02,
+                "{gx} vs {gy}: {seen} against {expected}"
+            );
+            checked += usize::from((gx - gy).abs() > 0.1);
+        }
+        assert_eq!(checked, 2, "the pairs differ in gold");
     }
 
     #[test]

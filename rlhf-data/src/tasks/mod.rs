@@ -14,7 +14,7 @@ mod labeller;
 mod tldr;
 
 pub use arith::ArithSteps;
-pub use labeller::{Labeller, win_rate};
+pub use labeller::{Labeller, LabellerScorer, win_rate};
 pub use tldr::TldrSynth;
 
 use rand::SeedableRng;
