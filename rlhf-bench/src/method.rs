@@ -161,11 +161,27 @@ fn offline(
     Ok(policy)
 }
 
+/// One point of the learning curve ([`measure_curve_point`]); a failed evaluation leaves a gap
+/// in the curve (gold and KL NaN), not a wrong value, and the run goes on.
+pub(crate) fn curve_point(
+    cfg: &RunConfig,
+    judge: &CurveJudge<'_>,
+    inp: &MethodInputs<'_>,
+    rm: Option<&RewardScorer>,
+    policy: &CausalLm,
+    device: &Device,
+) -> Metrics {
+    measure_curve_point(cfg, judge, inp, rm, policy, device).unwrap_or_else(|e| {
+        tracing::warn!("learning-curve evaluation failed: {e}");
+        vec![(curve::GOLD, f64::NAN), (curve::KL, f64::NAN)]
+    })
+}
+
 /// One point of the learning curve: gold, KL, RM score and length of one sample per curve
 /// prompt (seeded alike at every call, so successive points differ by the policy only). A signal
 /// does not cut it short: it runs inside a trainer's iteration, which stops right after it with
 /// the point logged.
-pub(crate) fn curve_point(
+fn measure_curve_point(
     cfg: &RunConfig,
     judge: &CurveJudge<'_>,
     inp: &MethodInputs<'_>,
@@ -221,13 +237,8 @@ fn on_policy(
     let scorer = method_reward(cfg, stage, inp, device)?;
     let value = initial_critic(&pcfg, &stage.rm, inp.sft, cfg.seed, device);
     let eval = |policy: &CausalLm| -> Metrics {
-        let Some(judge) = &inp.curve else {
-            return Vec::new();
-        };
-        curve_point(cfg, judge, inp, Some(&rm_scorer), policy, device).unwrap_or_else(|e| {
-            // a failed evaluation leaves a gap in the curve, not a wrong value
-            tracing::warn!("learning-curve evaluation failed: {e}");
-            vec![(curve::GOLD, f64::NAN), (curve::KL, f64::NAN)]
+        inp.curve.as_ref().map_or_else(Vec::new, |judge| {
+            curve_point(cfg, judge, inp, Some(&rm_scorer), policy, device)
         })
     };
     let inputs = PpoInputs {

@@ -24,6 +24,7 @@ use crate::compute::{Workload, flops};
 use crate::config::RunConfig;
 use crate::method::{MethodInputs, curve_point, read_curve};
 use crate::metrics::{curve, names};
+use crate::stages::RmStage;
 
 /// Pairs per optimizer step, as the offline methods' batch.
 const PAIRS_PER_STEP: usize = 16;
@@ -45,24 +46,64 @@ pub(crate) fn online_dpo(
         .curve
         .as_ref()
         .ok_or_else(|| Error::Config("online_dpo needs a task with a gold score".into()))?;
+    let scorer = LabellerScorer::new(judge.task, labeller(cfg, stage)?, cfg.seed.wrapping_add(23));
+    let ocfg = online_config(cfg);
+    let rm_scorer = RewardScorer::new(stage.rm.clone(), inp.tok.clone(), device);
+    let eval = |policy: &CausalLm| -> Metrics {
+        curve_point(cfg, judge, inp, Some(&rm_scorer), policy, device)
+    };
+    let inputs = OnlineDpoInputs {
+        reference: inp.sft,
+        scorer: &scorer,
+        tokenizer: inp.tok,
+        prompts: inp.train_prompts,
+        eval: Some(&eval),
+        eval_every: 1,
+    };
+    let dir = work.join("online-dpo");
+    let (policy, report) = train_online_dpo(
+        inp.sft.clone(),
+        &inputs,
+        &ocfg,
+        &quiet_in(dir.clone()),
+        device,
+    )?;
+    let (total_flops, total_tokens) = add_compute(
+        read_curve(&dir.join("metrics.jsonl"))?,
+        &ocfg,
+        inp,
+        curve_out,
+    );
+    m.insert(names::FLOPS_METHOD.into(), total_flops);
+    m.insert(names::TOKENS_METHOD.into(), total_tokens);
+    m.insert(names::ITERATIONS.into(), report.rounds as f64);
+    m.insert(names::STEPS.into(), report.steps_this_run as f64);
+    Ok(policy)
+}
+
+/// The labeller of the RM's pairs: calibrated to `rm.labeller_agreement` on their gold scores.
+fn labeller(cfg: &RunConfig, stage: &RmStage) -> Result<Labeller> {
     let gold_pairs: Vec<(f64, f64)> = stage
         .pairs
         .iter()
         .filter_map(|p| p.gold.as_ref().map(|g| (g[0], g[1])))
         .collect();
-    let labeller =
-        Labeller::calibrate(&gold_pairs, cfg.rm.labeller_agreement).ok_or_else(|| {
-            Error::Config("online_dpo: the labeller cannot reach the requested agreement".into())
-        })?;
-    let scorer = LabellerScorer::new(judge.task, labeller, cfg.seed.wrapping_add(23));
+    Labeller::calibrate(&gold_pairs, cfg.rm.labeller_agreement).ok_or_else(|| {
+        Error::Config("online_dpo: the labeller cannot reach the requested agreement".into())
+    })
+}
+
+/// The rounds: `rm.pairs` labels over `method.online_rounds` rounds of two samples per prompt
+/// at the RM's pairs' temperature, DPO steps of [`PAIRS_PER_STEP`] pairs at `method.dpo_beta` and
+/// `method.dpo_lr`.
+fn online_config(cfg: &RunConfig) -> OnlineDpoConfig {
     let rounds = cfg.method.online_rounds.max(1);
     let prompts_per_round = cfg.rm.pairs.div_ceil(rounds);
-    let ocfg = OnlineDpoConfig {
+    OnlineDpoConfig {
         rounds,
         prompts_per_round,
         samples_per_prompt: 2,
         max_prompt_length: None,
-        // the temperature the RM's pairs are sampled at
         sampling: SamplingConfig {
             max_new_tokens: cfg.judge.max_new_tokens,
             temperature: 1.0,
@@ -81,64 +122,41 @@ pub(crate) fn online_dpo(
         },
         seed: cfg.seed,
         ..OnlineDpoConfig::default()
-    };
-    let rm_scorer = RewardScorer::new(stage.rm.clone(), inp.tok.clone(), device);
-    let eval = |policy: &CausalLm| -> Metrics {
-        curve_point(cfg, judge, inp, Some(&rm_scorer), policy, device).unwrap_or_else(|e| {
-            tracing::warn!("learning-curve evaluation failed: {e}");
-            vec![(curve::GOLD, f64::NAN), (curve::KL, f64::NAN)]
-        })
-    };
-    let inputs = OnlineDpoInputs {
-        reference: inp.sft,
-        scorer: &scorer,
-        tokenizer: inp.tok,
-        prompts: inp.train_prompts,
-        eval: Some(&eval),
-        eval_every: 1,
-    };
-    let dir = work.join("online-dpo");
-    let (policy, report) = train_online_dpo(
-        inp.sft.clone(),
-        &inputs,
-        &ocfg,
-        &quiet_in(dir.clone()),
-        device,
-    )?;
-    let lines = read_curve(&dir.join("metrics.jsonl"))?;
-    let mut total_flops = 0.0;
-    let mut total_tokens = 0.0;
+    }
+}
+
+/// Adds each round's cumulative FLOPs to its line of the learning curve and moves the lines to
+/// `curve_out`: sampling the round's responses, then the reference's forward and one update on
+/// its pairs. Returns the FLOPs and the trained tokens of all rounds.
+fn add_compute(
+    lines: Vec<BTreeMap<String, f64>>,
+    ocfg: &OnlineDpoConfig,
+    inp: &MethodInputs<'_>,
+    curve_out: &mut Vec<BTreeMap<String, f64>>,
+) -> (f64, f64) {
+    let episodes = (ocfg.prompts_per_round * ocfg.samples_per_prompt) as f64;
+    let (mut total_flops, mut total_tokens) = (0.0, 0.0);
     for mut line in lines {
-        // sampling the round's responses, then the reference and one update on its pairs
-        let response = line
-            .get(train_names::COMPLETIONS_MEAN_LENGTH)
-            .copied()
-            .unwrap_or(0.0)
-            .round() as u64;
+        let at = |key: &str, default: f64| line.get(key).copied().unwrap_or(default);
+        let response = at(train_names::COMPLETIONS_MEAN_LENGTH, 0.0).round() as u64;
         let sequence = inp.query_length as u64 + response;
-        let sampled = (prompts_per_round * 2) as u64 * sequence;
-        let trained = (line
-            .get(train_names::ONLINE_PAIR_SHARE)
-            .copied()
-            .unwrap_or(1.0)
-            * prompts_per_round as f64
-            * 2.0)
-            .round() as u64
-            * sequence;
-        total_flops += (flops(
+        let sampled = episodes as u64 * sequence;
+        // two responses per pair; the pair share is of the round's prompts
+        let trained =
+            (at(train_names::ONLINE_PAIR_SHARE, 1.0) * ocfg.prompts_per_round as f64 * 2.0).round()
+                as u64
+                * sequence;
+        let forward = flops(
             inp.policy_shape,
             Workload::Forward {
                 tokens: sampled + trained,
             },
-        ) + flops(inp.policy_shape, Workload::Train { tokens: trained }))
-            as f64;
+        );
+        let train = flops(inp.policy_shape, Workload::Train { tokens: trained });
+        total_flops += (forward + train) as f64;
         total_tokens += trained as f64;
         line.insert(curve::FLOPS.into(), total_flops);
         curve_out.push(line);
     }
-    m.insert(names::FLOPS_METHOD.into(), total_flops);
-    m.insert(names::TOKENS_METHOD.into(), total_tokens);
-    m.insert(names::ITERATIONS.into(), report.rounds as f64);
-    m.insert(names::STEPS.into(), report.steps_this_run as f64);
-    Ok(policy)
+    (total_flops, total_tokens)
 }

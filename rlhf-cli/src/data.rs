@@ -66,8 +66,9 @@ pub fn prompt_key(t: &Turns) -> String {
     serde_json::to_string(t).unwrap_or_default()
 }
 
-/// Text to tokens: a prompt keeps its start (BOS) and last tokens, `max_prompt` in all, and a response (ending with one
-/// EOS, [`Encoder::response`]) its first tokens, as many as fit with the prompt in `max_length`.
+/// Text to tokens: a prompt keeps its start (BOS) and its last tokens, `max_prompt` in all, and a
+/// response (ending with one EOS, [`Encoder::response`]) its first tokens, as many as fit with
+/// the prompt in `max_length`.
 pub struct Encoder<'a> {
     /// The tokenizer.
     pub tokenizer: &'a Tokenizer,
@@ -90,8 +91,9 @@ impl Encoder<'_> {
     }
 
     /// The response's tokens: its text after `prompt` ending with one EOS, cut to what `max_length`
-    /// leaves after the prompt's `prompt_len` tokens ([`Self::prompt`]'s count), so a short prompt leaves a long response whole (as
-    /// TRL's SFT and DPO trainers cut prompt and completion together to `max_length`; its reward
+    /// leaves after the prompt's `prompt_len` tokens ([`Self::prompt`]'s count), so a short
+    /// prompt leaves a long response whole (as TRL's SFT and DPO trainers cut prompt and
+    /// completion together to `max_length`; its reward
     /// trainer drops longer pairs instead). Plain text gets EOS appended unless it ends with it
     /// (as TRL appends it to non-conversational data). A chat reply ends at its template's last
     /// EOS when only whitespace follows it: what the template writes after it (ChatML's `\n`

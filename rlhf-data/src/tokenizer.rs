@@ -248,8 +248,8 @@ impl Tokenizer {
     }
 
     /// [`Self::encode_start`]'s ids cut to at most `max`: the start tokens stay (a Llama model
-    /// never reads a prompt without its BOS) and the rest keeps its last tokens, the end of a prompt being
-    /// what a response follows.
+    /// never reads a prompt without its BOS) and the rest keeps its last tokens, the end of a
+    /// prompt being what a response follows.
     pub fn encode_prompt(&self, text: &str, max: usize) -> Result<Vec<u32>> {
         let ids = self.encode_start(text)?;
         if ids.len() <= max {
