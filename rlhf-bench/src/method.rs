@@ -161,8 +161,11 @@ fn offline(
     Ok(policy)
 }
 
-/// One point of the learning curve ([`measure_curve_point`]); a failed evaluation leaves a gap
-/// in the curve (gold and KL NaN), not a wrong value, and the run goes on.
+/// One point of the learning curve: gold, KL, RM score and length of one sample per curve
+/// prompt (seeded alike at every call, so successive points differ by the policy only). A failed
+/// evaluation leaves a gap in the curve (gold and KL NaN), not a wrong value, and the run goes
+/// on. A signal does not cut it short: it runs inside a trainer's iteration, which stops right
+/// after it with the point logged.
 pub(crate) fn curve_point(
     cfg: &RunConfig,
     judge: &CurveJudge<'_>,
@@ -171,52 +174,40 @@ pub(crate) fn curve_point(
     policy: &CausalLm,
     device: &Device,
 ) -> Metrics {
-    measure_curve_point(cfg, judge, inp, rm, policy, device).unwrap_or_else(|e| {
+    let measure = || -> Result<Metrics> {
+        let n = cfg.judge.curve_prompts.min(judge.prompts.len());
+        let prompts = &judge.prompts[..n];
+        let j = &cfg.judge;
+        let s = sample_to_the_end(
+            policy,
+            inp.tok,
+            prompts,
+            j.temperature,
+            j.max_new_tokens,
+            cfg.seed.wrapping_add(17),
+        )?;
+        let judged = judge_gold(
+            judge.task,
+            prompts,
+            &judge.refs[..n],
+            &s,
+            &inp.tok.eos_text(),
+        );
+        let kl = kl_per_prompt(policy, inp.sft, inp.tok, prompts, &s, j.temperature, device)?;
+        let mut out = vec![
+            (curve::GOLD, mean(&judged.gold_per_prompt)),
+            (curve::KL, mean(&kl)),
+            (curve::LENGTH, mean(&judged.length_per_prompt)),
+        ];
+        if let Some(rm) = rm {
+            out.push((curve::PROXY, mean(&proxy_scores(rm, prompts, &s.texts, 1)?)));
+        }
+        Ok(out)
+    };
+    measure().unwrap_or_else(|e| {
         tracing::warn!("learning-curve evaluation failed: {e}");
         vec![(curve::GOLD, f64::NAN), (curve::KL, f64::NAN)]
     })
-}
-
-/// One point of the learning curve: gold, KL, RM score and length of one sample per curve
-/// prompt (seeded alike at every call, so successive points differ by the policy only). A signal
-/// does not cut it short: it runs inside a trainer's iteration, which stops right after it with
-/// the point logged.
-fn measure_curve_point(
-    cfg: &RunConfig,
-    judge: &CurveJudge<'_>,
-    inp: &MethodInputs<'_>,
-    rm: Option<&RewardScorer>,
-    policy: &CausalLm,
-    device: &Device,
-) -> Result<Metrics> {
-    let n = cfg.judge.curve_prompts.min(judge.prompts.len());
-    let prompts = &judge.prompts[..n];
-    let j = &cfg.judge;
-    let s = sample_to_the_end(
-        policy,
-        inp.tok,
-        prompts,
-        j.temperature,
-        j.max_new_tokens,
-        cfg.seed.wrapping_add(17),
-    )?;
-    let judged = judge_gold(
-        judge.task,
-        prompts,
-        &judge.refs[..n],
-        &s,
-        &inp.tok.eos_text(),
-    );
-    let kl = kl_per_prompt(policy, inp.sft, inp.tok, prompts, &s, j.temperature, device)?;
-    let mut out = vec![
-        (curve::GOLD, mean(&judged.gold_per_prompt)),
-        (curve::KL, mean(&kl)),
-        (curve::LENGTH, mean(&judged.length_per_prompt)),
-    ];
-    if let Some(rm) = rm {
-        out.push((curve::PROXY, mean(&proxy_scores(rm, prompts, &s.texts, 1)?)));
-    }
-    Ok(out)
 }
 
 /// PPO, GRPO, RLOO or REINFORCE++ against the RM (or its length-only part).

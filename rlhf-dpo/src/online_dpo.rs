@@ -484,8 +484,9 @@ fn check_inputs(policy: &CausalLm, inputs: &OnlineDpoInputs) -> Result<()> {
 }
 
 /// Each prompt's token ids as the tokenizer begins a text (Llama's BOS), cut to
-/// `max_prompt_length` keeping that start and the last tokens (`None`: whole). An empty
-/// prompt is an error: its first response token would have no context.
+/// `max_prompt_length` keeping that start and the last tokens (`None`: whole). A prompt without
+/// a token is an error: its first response token would have no context (an empty text with BOS
+/// before it has one).
 fn encode_prompts(
     tok: &Tokenizer,
     prompts: &[String],

@@ -104,8 +104,9 @@ pub struct PpoInputs<'a> {
 /// `query_length` (TL;DR detail 2) with the tokenizer's PAD; a longer prompt keeps its start and
 /// its last tokens, `query_length` in all ([`Tokenizer::encode_prompt`]). Returns ids and mask,
 /// `[prompts, query_length]` row-major. The PAD id may lie outside the model's vocabulary: the
-/// models read these ids through `rlhf_models::TokenInput`, which masks them. An empty prompt is
-/// an error: its first response token would have no context.
+/// models read these ids through `rlhf_models::TokenInput`, which masks them. A prompt without
+/// a token is an error: its first response token would have no context (an empty text with BOS
+/// before it has one).
 pub fn encode_queries(
     tokenizer: &Tokenizer,
     prompts: &[&str],
