@@ -29,13 +29,25 @@ const RESUMABLE_CHANGES: &[&str] = &[
     "config",
 ];
 
+/// How this version turns a record's text into tokens. Raise it with every change that gives
+/// the same data other token ids (what a prompt begins with, where a response ends, how prompt
+/// and response share `max_length`), so that a run recorded by another version is not resumed
+/// on other tokens. 2: prompts begin with the BOS that the tokenizer's post-processor puts
+/// before a text.
+pub const TEXT_ENCODING: u32 = 2;
+
+/// The run record's comment line naming its [`TEXT_ENCODING`] (a comment, so the record still
+/// reads as a `--config` file).
+const ENCODING_LINE: &str = "# text encoding ";
+
 /// Claims `out` for the run whose resolved options are `toml_text`: a new directory records
-/// them; a directory holding the same run is resumed; one holding another run is refused with
-/// the first option that differs.
+/// them; a directory holding the same run is resumed; one holding another run, or recorded by a
+/// version that encodes text otherwise ([`TEXT_ENCODING`]), is refused with the first option
+/// that differs.
 pub fn claim(out: &Path, command: &str, toml_text: &str) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let record = out.join(RUN_RECORD);
-    let mine = format!("# rlhf {command}\n{toml_text}");
+    let mine = format!("# rlhf {command}\n{ENCODING_LINE}{TEXT_ENCODING}\n{toml_text}");
     if record.is_file() {
         let theirs = std::fs::read_to_string(&record)
             .with_context(|| format!("reading {}", record.display()))?;
@@ -47,6 +59,19 @@ pub fn claim(out: &Path, command: &str, toml_text: &str) -> Result<()> {
                 "{} holds a run of `{}`, not `rlhf {command}`: use another --out or remove it",
                 out.display(),
                 first_line(&theirs).trim_start_matches("# ")
+            );
+        }
+        let encoding = theirs
+            .lines()
+            .find_map(|l| l.strip_prefix(ENCODING_LINE))
+            .unwrap_or("1");
+        if encoding.trim() != TEXT_ENCODING.to_string() {
+            bail!(
+                "{} holds a run recorded by a version of rlhf that turned text into other tokens \
+                 (text encoding {} there, {TEXT_ENCODING} now): resumed, it would train on other \
+                 tokens; use another --out",
+                out.display(),
+                encoding.trim()
             );
         }
         let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
@@ -168,5 +193,31 @@ mod tests {
         );
         let err = claim(out.path(), "kto", first).unwrap_err();
         assert!(err.to_string().contains("not `rlhf kto`"), "{err}");
+    }
+
+    /// A run recorded by a version that encoded text otherwise (no encoding line: before BOS) is
+    /// refused, naming both encodings; the record still parses as a configuration file.
+    #[test]
+    fn a_run_of_another_text_encoding_is_not_resumed() {
+        let out = tempfile::tempdir().unwrap();
+        let options = "beta = 0.1\n";
+        std::fs::write(
+            out.path().join(RUN_RECORD),
+            format!("# rlhf dpo\n{options}"),
+        )
+        .unwrap();
+        let err = claim(out.path(), "dpo", options).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("text encoding 1 there, {TEXT_ENCODING} now")),
+            "{err}"
+        );
+        let fresh = tempfile::tempdir().unwrap();
+        claim(fresh.path(), "dpo", options).unwrap();
+        claim(fresh.path(), "dpo", options).unwrap();
+        let record = std::fs::read_to_string(fresh.path().join(RUN_RECORD)).unwrap();
+        assert_eq!(
+            toml::from_str::<toml::Table>(&record).unwrap()["beta"],
+            0.1.into()
+        );
     }
 }
