@@ -17,8 +17,8 @@
 //!    minibatches, one AdamW step on each with the pair loss of the offline trainer
 //!    (`OfflineLoss`; DPO's `−log σ(β·h)` by default, `h` from sequence log-probs summed over
 //!    response tokens, for IPO too as in TRL's online trainer; the reference's computed fresh
-//!    each round). The learning rate of step `s`
-//!    of round `i` is the schedule's at `i·epochs·minibatches + s`;
+//!    each round). The learning rate of step `s` of round `i` is the schedule's at
+//!    `i·epochs·minibatches + s`;
 //! 6. **log** one metrics line (TRL's online-DPO names) and checkpoint when due.
 //!
 //! One optimizer lives through the whole run, as in TRL: its moments carry over from round to

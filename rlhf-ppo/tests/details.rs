@@ -133,6 +133,18 @@ fn inference(m: &PolicyAndValue) -> PolicyAndValue {
     }
 }
 
+/// [`make_experience`] of a [`sample`] scored `scores`, by `models` (for inference) against
+/// `reference`, at KL coefficient 0.05.
+fn experience(
+    models: &PolicyAndValue,
+    reference: &CausalLm,
+    (ids, mask, g): (&[u32], &[u8], &Generation),
+    scores: &[f32],
+    cfg: &PpoConfig,
+) -> (Experience, Metrics) {
+    make_experience(models, &reference.valid(), ids, mask, g, scores, cfg, 0.05).unwrap()
+}
+
 #[test]
 fn queries_are_left_padded_to_a_fixed_length_and_keep_their_end() {
     let _serial = rlhf_testkit::serial();
@@ -191,8 +203,7 @@ fn the_score_lands_on_the_last_real_token_and_nothing_follows_eos() {
     let models = inference(&with_critic(p.clone()));
 
     // reference = policy: the KL penalty is exactly 0, so the rewards are the scores alone
-    let (exp, metrics) =
-        make_experience(&models, &p.valid(), &ids, &mask, &g, &scores, &cfg, 0.05).unwrap();
+    let (exp, metrics) = experience(&models, &p, (&ids, &mask, &g), &scores, &cfg);
     assert_eq!(get(&metrics, names::OBJECTIVE_KL), 0.0);
     assert_eq!(get(&metrics, names::OBJECTIVE_NON_SCORE_REWARD), 0.0);
     let r = exp.response_len;
@@ -221,17 +232,7 @@ fn the_score_lands_on_the_last_real_token_and_nothing_follows_eos() {
     let other = rlhf_core::train::seeded(&f.device, 99, || {
         CausalLm::init(&counting::shape(f.tok.vocab_size(), 0.0), &f.device).unwrap()
     });
-    let (exp2, metrics2) = make_experience(
-        &models,
-        &other.valid(),
-        &ids,
-        &mask,
-        &g,
-        &scores,
-        &cfg,
-        0.05,
-    )
-    .unwrap();
+    let (exp2, metrics2) = experience(&models, &other, (&ids, &mask, &g), &scores, &cfg);
     assert!(get(&metrics2, names::OBJECTIVE_KL).abs() > 1e-3);
     for i in 0..exp2.rewards.len() {
         let (b, t) = (i / r, i % r);
@@ -259,8 +260,7 @@ fn temperature_is_reapplied_so_rollout_logprobs_equal_the_sampling_distribution(
     let (_, ids, mask, g) = sample(&f, &p, &cfg);
     let models = inference(&with_critic(p.clone()));
     let scores = vec![0.0; g.batch];
-    let (exp, _) =
-        make_experience(&models, &p.valid(), &ids, &mask, &g, &scores, &cfg, 0.05).unwrap();
+    let (exp, _) = experience(&models, &p, (&ids, &mask, &g), &scores, &cfg);
     let worst = exp
         .logprobs
         .iter()
@@ -276,17 +276,7 @@ fn temperature_is_reapplied_so_rollout_logprobs_equal_the_sampling_distribution(
         temperature: 1.0,
         ..cfg.clone()
     };
-    let (exp1, _) = make_experience(
-        &models,
-        &p.valid(),
-        &ids,
-        &mask,
-        &g,
-        &scores,
-        &untempered,
-        0.05,
-    )
-    .unwrap();
+    let (exp1, _) = experience(&models, &p, (&ids, &mask, &g), &scores, &untempered);
     let gap = exp1
         .logprobs
         .iter()
@@ -446,17 +436,7 @@ fn advantages_and_targets_at_masked_positions_never_change_the_loss() {
     let (_, ids, mask, g) = sample(&f, &p, &cfg);
     let models = with_critic(p.clone());
     let scores: Vec<f32> = (0..g.batch).map(|b| (b % 3) as f32).collect();
-    let (exp, _) = make_experience(
-        &inference(&models),
-        &p.valid(),
-        &ids,
-        &mask,
-        &g,
-        &scores,
-        &cfg,
-        0.05,
-    )
-    .unwrap();
+    let (exp, _) = experience(&inference(&models), &p, (&ids, &mask, &g), &scores, &cfg);
     let mut junk = exp.clone();
     for i in 0..junk.mask.len() {
         if junk.mask[i] == 0.0 {
@@ -541,17 +521,7 @@ fn the_kl_loss_term_is_aggregated_as_the_policy_loss() {
         advantage: AdvantageEstimator::Grpo,
         ..cfg.clone()
     };
-    let (mut exp, _) = make_experience(
-        &inference(&models),
-        &p.valid(),
-        &ids,
-        &mask,
-        &g,
-        &scores,
-        &grpo,
-        0.05,
-    )
-    .unwrap();
+    let (mut exp, _) = experience(&inference(&models), &p, (&ids, &mask, &g), &scores, &grpo);
     // the reference sits d = ref − logπ above the policy: k3 = e^d − d − 1 per token
     let width = exp.response_len;
     let d = |i: usize| f64::from(reference_offset(i, width));
@@ -724,17 +694,7 @@ fn ptx_with_a_zero_coefficient_leaves_the_update_bit_identical() {
     let models =
         || rlhf_core::train::checkpoint::module_from_bytes(with_critic(policy(&f)), &init).unwrap();
     let scores: Vec<f32> = (0..g.batch).map(|b| (b % 4) as f32).collect();
-    let (exp, _) = make_experience(
-        &inference(&models()),
-        &p.valid(),
-        &ids,
-        &mask,
-        &g,
-        &scores,
-        &cfg,
-        0.05,
-    )
-    .unwrap();
+    let (exp, _) = experience(&inference(&models()), &p, (&ids, &mask, &g), &scores, &cfg);
     let demos: Vec<(Vec<u32>, Vec<u32>)> = (1..6)
         .map(|k| {
             (
@@ -829,8 +789,9 @@ proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4))]
     /// One PPO update (one minibatch step: policy, critic, the KL as a reward or as a loss term
     /// against a reference apart from the policy, and PPO-ptx) on 2–3 data-parallel replicas
-    /// takes the step of one replica and logs the same loss, for each loss aggregation. The responses stop at EOS at different lengths, so the
-    /// shards' shares of tokens and of responses differ.
+    /// takes the step of one replica and logs the same loss, for each loss aggregation. The
+    /// responses stop at EOS at different lengths, so the shards' shares of tokens and of
+    /// responses differ.
     #[test]
     fn replicas_take_the_step_of_one_replica(
         replicas in 2usize..4,
@@ -860,10 +821,7 @@ proptest::proptest! {
             let (_, ids, mask, g) = sample(&f, &p, &cfg);
             let start = with_critic(p.clone());
             let scores: Vec<f32> = (0..g.batch).map(|b| (b % 4) as f32).collect();
-            let (mut exp, _) = make_experience(
-                &inference(&start), &p.valid(), &ids, &mask, &g, &scores, &cfg, 0.05,
-            )
-            .unwrap();
+            let (mut exp, _) = experience(&inference(&start), &p, (&ids, &mask, &g), &scores, &cfg);
             // a reference apart from the policy, so a KL loss term and its gradient are not 0
             // and weigh the shards as the policy loss
             move_reference_apart(&mut exp);

@@ -230,6 +230,17 @@ pub fn score_ranked(
     batch_size: usize,
     device: &Device,
 ) -> Result<Vec<Vec<f32>>> {
+    scores_cut(model, examples, batch_size, None, device)
+}
+
+/// [`score_ranked`] with the sequences cut to `t` as they are collated.
+fn scores_cut(
+    model: &ScalarModel,
+    examples: &[RankedExample],
+    batch_size: usize,
+    t: Option<Truncation>,
+    device: &Device,
+) -> Result<Vec<Vec<f32>>> {
     let valid = model.valid();
     let device = device.clone().without_autodiff();
     let mut out = Vec::with_capacity(examples.len());
@@ -237,7 +248,7 @@ pub fn score_ranked(
         let refs: Vec<&RankedExample> = chunk.iter().collect();
         let flat = to_f32_vec(last_token_scores(
             &valid,
-            &collate_ranked(&refs, None),
+            &collate_ranked(&refs, t),
             &device,
         )?);
         let mut at = 0;
@@ -259,18 +270,14 @@ pub fn evaluate_ranked(
     cfg: &RmConfig,
     device: &Device,
 ) -> Result<RmEval> {
-    let cut: Vec<RankedExample>;
-    let examples = match cfg.truncation {
-        Some((max_prompt, max_response)) => {
-            cut = examples
-                .iter()
-                .map(|e| truncated(e, max_prompt, max_response))
-                .collect();
-            &cut[..]
-        }
-        None => examples,
-    };
-    let scores = score_ranked(model, examples, cfg.batch_size, device)?;
+    let scores = scores_cut(model, examples, cfg.batch_size, truncation(cfg), device)?;
+    // a response as the model reads it: its start, cut to the truncation
+    fn head(r: &[u32], n: usize) -> &[u32] {
+        &r[..r.len().min(n)]
+    }
+    let n = cfg
+        .truncation
+        .map_or(usize::MAX, |(_, max_response)| max_response);
     let (mut loss, mut right, mut pairs) = (0.0, 0usize, 0usize);
     let (mut gold_right, mut gold_pairs) = (0usize, 0usize);
     for (e, s) in examples.iter().zip(&scores) {
@@ -287,7 +294,7 @@ pub fn evaluate_ranked(
             let lse = m + rest.map(|x| (x - m).exp()).sum::<f64>().ln();
             loss -= first - lse;
             // identical responses cannot be ordered by any model: they are left out
-            if e.responses[i] != e.responses[i + 1] {
+            if head(&e.responses[i], n) != head(&e.responses[i + 1], n) {
                 right += usize::from(s[i] > s[i + 1]);
                 pairs += 1;
             }
@@ -295,7 +302,7 @@ pub fn evaluate_ranked(
         loss += f64::from(cfg.center_eta) * s.iter().sum::<f64>().powi(2);
         if let Some(g) = &e.gold
             && (g[0] - g[1]).abs() > 1e-12
-            && e.responses[0] != e.responses[1]
+            && head(&e.responses[0], n) != head(&e.responses[1], n)
         {
             gold_pairs += 1;
             gold_right += usize::from((s[0] > s[1]) == (g[0] > g[1]));
@@ -307,20 +314,6 @@ pub fn evaluate_ranked(
         gold_accuracy: (gold_pairs > 0).then(|| gold_right as f64 / gold_pairs as f64),
         pair_accuracy: None,
     })
-}
-
-/// `e` with its prompt cut to its last `max_prompt` tokens and each response to its first
-/// `max_response`, as [`collate`] cuts them.
-fn truncated(e: &RankedExample, max_prompt: usize, max_response: usize) -> RankedExample {
-    RankedExample {
-        prompt: e.prompt[e.prompt.len().saturating_sub(max_prompt)..].to_vec(),
-        responses: e
-            .responses
-            .iter()
-            .map(|r| r[..r.len().min(max_response)].to_vec())
-            .collect(),
-        ..e.clone()
-    }
 }
 
 /// Sequences and label positions of labelled examples: each example is prompt ⊕ segments, and its

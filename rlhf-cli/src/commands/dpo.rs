@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use clap::{ArgAction, Args, ValueEnum};
 use rlhf_data::{Kind, KwiseRecord, PreferenceRecord};
-use rlhf_dpo::{DpoConfig, Group, OfflineLoss, RefCache, train_offline};
+use rlhf_dpo::{DpoConfig, Group, OfflineLoss, train_offline};
 use serde::{Deserialize, Serialize};
 
 use crate::args::{
@@ -201,11 +201,7 @@ pub fn run(args: &DpoArgs, toml: &str) -> Result<()> {
     );
     let cfg = args.config(args.train.total_steps(train.len()));
     output::claim(&p.out, "dpo", toml)?;
-    let reference_dir = args.ref_model.as_deref().unwrap_or(&p.dir);
-    let cache_dir = (args.ref_cache)
-        .then(|| super::ref_cache_dir(&p.out, reference_dir))
-        .transpose()?;
-    let cache = RefCache::new(cache_dir.as_deref());
+    let cache = p.ref_cache(args.ref_cache, args.ref_model.as_deref())?;
     let (policy, report) = train_offline(
         policy,
         &reference,

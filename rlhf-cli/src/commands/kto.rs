@@ -9,7 +9,7 @@ use anyhow::{Result, bail};
 use clap::{ArgAction, Args};
 use rlhf_core::train::RunOptions;
 use rlhf_data::{Kind, PreferenceRecord, UnpairedRecord};
-use rlhf_dpo::{KtoConfig, KtoExample, RefCache, kto_batches, train_kto};
+use rlhf_dpo::{KtoConfig, KtoExample, kto_batches, train_kto};
 use serde::{Deserialize, Serialize};
 
 use crate::args::{
@@ -195,11 +195,7 @@ pub fn run(args: &KtoArgs, toml: &str) -> Result<()> {
         tracing::warn!("kto: {advice}");
     }
     output::claim(&p.out, "kto", toml)?;
-    let reference_dir = args.ref_model.as_deref().unwrap_or(&p.dir);
-    let cache_dir = (args.ref_cache)
-        .then(|| super::ref_cache_dir(&p.out, reference_dir))
-        .transpose()?;
-    let cache = RefCache::new(cache_dir.as_deref());
+    let cache = p.ref_cache(args.ref_cache, args.ref_model.as_deref())?;
     let (policy, report) = train_kto(
         policy,
         &reference,

@@ -8,6 +8,7 @@ use burn::tensor::Device;
 use rlhf_core::train::fs::checksum;
 use rlhf_core::train::{Replicas, RunOptions};
 use rlhf_data::{ChatFormat, Tokenizer};
+use rlhf_dpo::RefCache;
 use rlhf_models::{CausalLm, TransformerConfig};
 
 use crate::args::{DataArgs, FrozenArgs, LoraArgs, ModelArgs, TrainArgs};
@@ -139,6 +140,15 @@ impl Prepared {
     pub fn policy(&mut self, lora: &LoraArgs, seed: u64) -> Result<CausalLm> {
         let start = self.take_start()?;
         load::policy(start, &self.config, lora, seed)
+    }
+
+    /// The reference log-prob cache of `--ref-cache` (`on`): in [`ref_cache_dir`] of the
+    /// reference, `ref_model` or the starting model; off, a cache that keeps nothing.
+    pub fn ref_cache(&self, on: bool, ref_model: Option<&Path>) -> Result<RefCache> {
+        let dir = on
+            .then(|| ref_cache_dir(&self.out, ref_model.unwrap_or(&self.dir)))
+            .transpose()?;
+        Ok(RefCache::new(dir.as_deref()))
     }
 
     /// The policy as its trainer gets it ([`Self::policy`]), then the frozen reference: `--ref`,

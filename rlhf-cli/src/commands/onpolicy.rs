@@ -127,6 +127,14 @@ impl ScaleRewards {
             _ => None,
         }
     }
+
+    /// The group-normalised estimator that scales so ([`Self::of`]'s inverse).
+    fn estimator(self) -> AdvantageEstimator {
+        match self {
+            ScaleRewards::Group => AdvantageEstimator::Grpo,
+            ScaleRewards::None => AdvantageEstimator::DrGrpo,
+        }
+    }
 }
 
 /// The per-token KL estimator.
@@ -520,10 +528,7 @@ impl OnPolicyArgs {
         if let Some(scale) = self.scale_rewards
             && ScaleRewards::of(c.advantage).is_some()
         {
-            c.advantage = match scale {
-                ScaleRewards::Group => AdvantageEstimator::Grpo,
-                ScaleRewards::None => AdvantageEstimator::DrGrpo,
-            };
+            c.advantage = scale.estimator();
         }
         if let Some(rounds) = self.dynamic_sampling {
             c.dynamic_sampling = (rounds > 0).then_some(rounds);

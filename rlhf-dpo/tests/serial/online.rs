@@ -20,8 +20,8 @@ use rlhf_core::train::{OptimizerConfig, RunOptions};
 use rlhf_core::{Result, Scorer};
 use rlhf_data::Tokenizer;
 use rlhf_dpo::{
-    DpoConfig, OfflineLoss, OnlineConfig, OnlineDpoConfig, OnlineDpoInputs, online_round,
-    train_online_dpo,
+    DpoConfig, OfflineLoss, OnlineConfig, OnlineDpoConfig, OnlineDpoInputs, OnlineDpoReport,
+    online_round, train_online_dpo,
 };
 use rlhf_models::{CausalLm, SamplingConfig, load_pretrained};
 
@@ -160,6 +160,19 @@ fn inputs<'a>(
     }
 }
 
+/// Trains from `inputs`' reference with `cfg`, logging quietly into `dir`.
+fn train_in(
+    dir: &Path,
+    inputs: &OnlineDpoInputs,
+    cfg: &OnlineDpoConfig,
+    device: &burn::tensor::Device,
+) -> OnlineDpoReport {
+    let options = RunOptions::quiet_in(dir);
+    train_online_dpo(inputs.reference.clone(), inputs, cfg, &options, device)
+        .unwrap()
+        .1
+}
+
 fn online_cfg() -> OnlineDpoConfig {
     OnlineDpoConfig {
         rounds: 10,
@@ -209,14 +222,7 @@ fn the_online_dpo_trainer_follows_the_scorer() {
     let inputs = inputs(&reference, &Brevity, &tok, &prompts);
     let cfg = online_cfg();
     let dir = tempfile::tempdir().unwrap();
-    let (_, report) = train_online_dpo(
-        reference.clone(),
-        &inputs,
-        &cfg,
-        &RunOptions::quiet_in(dir.path()),
-        &device,
-    )
-    .unwrap();
+    let report = train_in(dir.path(), &inputs, &cfg, &device);
     assert_eq!(report.rounds, 10);
     assert!(report.steps_this_run > 0 && report.steps_this_run <= 40);
     let (early, late) = first_and_last(dir.path());
@@ -270,14 +276,7 @@ fn the_online_dpo_trainer_follows_the_scorer() {
         minibatches: 1,
         ..cfg.clone()
     };
-    train_online_dpo(
-        reference.clone(),
-        &inputs,
-        &single,
-        &RunOptions::quiet_in(one.path()),
-        &device,
-    )
-    .unwrap();
+    train_in(one.path(), &inputs, &single, &device);
     let first = &read_metrics(&one.path().join("metrics.jsonl")).unwrap()[0];
     let get = |k: &str| first[k].as_f64().unwrap();
     assert!(
@@ -306,14 +305,7 @@ fn the_online_dpo_trainer_follows_the_scorer() {
         },
         ..cfg.clone()
     };
-    train_online_dpo(
-        reference.clone(),
-        &inputs,
-        &still,
-        &RunOptions::quiet_in(frozen.path()),
-        &device,
-    )
-    .unwrap();
+    train_in(frozen.path(), &inputs, &still, &device);
     let (early0, late0) = first_and_last(frozen.path());
     eprintln!("lr 1e-12: first three rounds {early0:.2}, last three {late0:.2}");
     assert!(late0 <= early0 + 2.0, "{early0} → {late0} without learning");
@@ -339,14 +331,7 @@ fn online_ipo_reads_summed_logprobs() {
         ..online_cfg()
     };
     let dir = tempfile::tempdir().unwrap();
-    train_online_dpo(
-        reference.clone(),
-        &inputs,
-        &cfg,
-        &RunOptions::quiet_in(dir.path()),
-        &device,
-    )
-    .unwrap();
+    train_in(dir.path(), &inputs, &cfg, &device);
     let first = &read_metrics(&dir.path().join("metrics.jsonl")).unwrap()[0];
     let get = |k: &str| first[k].as_f64().unwrap();
     assert!((get(names::TRAIN_LOSS) - 25.0).abs() < 1e-3, "{first:?}");
