@@ -48,6 +48,20 @@ pub fn check_pairs(prompts: &[&str], responses: &[&str]) -> Result<()> {
     }
 }
 
+/// `scorer`'s scores of the pairs, with the check every caller makes: one score per response.
+pub fn score_each(scorer: &dyn Scorer, prompts: &[&str], responses: &[&str]) -> Result<Vec<f32>> {
+    let scores = scorer.score(prompts, responses)?;
+    if scores.len() != responses.len() {
+        return Err(crate::Error::Shape(format!(
+            "the scorer {} gave {} scores for {} responses",
+            scorer.name(),
+            scores.len(),
+            responses.len()
+        )));
+    }
+    Ok(scores)
+}
+
 impl<S: Scorer + ?Sized> Scorer for Box<S> {
     fn score(&self, prompts: &[&str], responses: &[&str]) -> Result<Vec<f32>> {
         (**self).score(prompts, responses)
@@ -109,5 +123,25 @@ mod tests {
         assert!(best_and_worst(&[1.0, 2.0], 1).is_err());
         assert!(best_and_worst(&[1.0, f32::NAN], 2).is_err());
         assert_eq!(best_and_worst(&[], 2).unwrap(), vec![]);
+    }
+
+    /// A scorer that drops a response is caught where its scores are used.
+    #[test]
+    fn a_missing_score_is_an_error() {
+        struct AllButOne;
+        impl Scorer for AllButOne {
+            fn score(&self, _: &[&str], responses: &[&str]) -> Result<Vec<f32>> {
+                Ok(vec![0.0; responses.len().saturating_sub(1)])
+            }
+            fn name(&self) -> String {
+                "all-but-one".into()
+            }
+        }
+        let e = score_each(&AllButOne, &["p", "p"], &["a", "b"]).unwrap_err();
+        assert!(
+            e.to_string().contains("gave 1 scores for 2 responses"),
+            "{e}"
+        );
+        assert_eq!(score_each(&AllButOne, &[], &[]).unwrap(), vec![]);
     }
 }

@@ -77,7 +77,11 @@ pub(crate) fn online_dpo(
     m.insert(names::FLOPS_METHOD.into(), total_flops);
     m.insert(names::TOKENS_METHOD.into(), total_tokens);
     m.insert(names::ITERATIONS.into(), report.rounds as f64);
-    m.insert(names::STEPS.into(), report.steps_this_run as f64);
+    // the optimizer steps of rounds before a resume are not known here: the count is of a run
+    // that began at the start
+    if report.rounds_this_run == report.rounds {
+        m.insert(names::STEPS.into(), report.steps_this_run as f64);
+    }
     Ok(policy)
 }
 

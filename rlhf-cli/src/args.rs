@@ -141,8 +141,9 @@ pub struct DataArgs {
     /// start) [TRL: --max_length].
     #[arg(long, default_value_t = 1024)]
     pub max_length: usize,
-    /// Longest prompt in tokens (default: half of `max_length`; a shorter prompt leaves the
-    /// rest to the response) [TRL: --max_prompt_length, in TRL versions that have it].
+    /// Longest prompt in tokens of a record longer than `max_length` (default: half of
+    /// `max_length`; a shorter prompt leaves the rest to the response); a record that fits is
+    /// kept whole [TRL: --max_prompt_length, in TRL versions that have it].
     #[arg(long)]
     pub max_prompt_length: Option<usize>,
     /// Skip records that do not read (reporting them) instead of stopping at the first.

@@ -66,9 +66,10 @@ pub fn prompt_key(t: &Turns) -> String {
     serde_json::to_string(t).unwrap_or_default()
 }
 
-/// Text to tokens: a prompt keeps its start (BOS) and its last tokens, `max_prompt` in all, and a
-/// response (ending with one EOS, [`Encoder::response`]) its first tokens, as many as fit with
-/// the prompt in `max_length`.
+/// Text to tokens: a record whose prompt and longest response fit in `max_length` is kept whole
+/// ([`Encoder::fit`]); a longer one's prompt keeps its start (BOS) and its last tokens,
+/// `max_prompt` in all, and each response (ending with one EOS, [`Encoder::response`]) its first
+/// tokens, as many as fit with the prompt in `max_length`.
 pub struct Encoder<'a> {
     /// The tokenizer.
     pub tokenizer: &'a Tokenizer,
@@ -78,6 +79,11 @@ pub struct Encoder<'a> {
     pub max_prompt: usize,
     /// Longest prompt and response together.
     pub max_length: usize,
+    /// Tokenise a response after its prompt's text, as TRL's SFT tokenises prompt and completion
+    /// together, so the response's first tokens read as they do in the whole sequence (a
+    /// Metaspace tokenizer marks a text's first word as following a space); otherwise on its own,
+    /// as TRL's preference trainers do.
+    pub in_context: bool,
 }
 
 impl Encoder<'_> {
@@ -90,11 +96,47 @@ impl Encoder<'_> {
             .encode_prompt(&self.format.prompt(prompt)?, self.max_prompt)?)
     }
 
+    /// A record's prompt and responses: whole when the prompt and the longest response fit in
+    /// `max_length` together (TRL cuts only a longer sequence), else the prompt cut to
+    /// `max_prompt` ([`Self::prompt`]) and each response to what is left ([`Self::response`]).
+    pub fn fit(&self, prompt: &Turns, responses: &[&Turns]) -> Result<(Vec<u32>, Vec<Vec<u32>>)> {
+        let whole = Encoder {
+            max_prompt: self.max_length,
+            ..*self
+        };
+        let p = whole.prompt(prompt)?;
+        let rs = responses
+            .iter()
+            .map(|r| whole.response(prompt, 0, r))
+            .collect::<Result<Vec<_>>>()?;
+        let longest = rs.iter().map(Vec::len).max().unwrap_or(0);
+        if p.len() + longest <= self.max_length {
+            return Ok((p, rs));
+        }
+        let p = self.prompt(prompt)?;
+        let rs = responses
+            .iter()
+            .map(|r| self.response(prompt, p.len(), r))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((p, rs))
+    }
+
+    /// `text`'s tokens as they are in the prompt's text followed by it: the tokens of the whole
+    /// after the prompt's own. When a token spans the seam (the prompt's tokens are not a prefix
+    /// of the whole's), `text` is tokenised on its own.
+    fn after_prompt(&self, prompt: &Turns, text: &str) -> Result<Vec<u32>> {
+        let head = self.format.prompt(prompt)?;
+        let alone = self.tokenizer.encode_start(&head)?;
+        let whole = self.tokenizer.encode_start(&format!("{head}{text}"))?;
+        Ok(match whole.strip_prefix(alone.as_slice()) {
+            Some(rest) => rest.to_vec(),
+            None => self.tokenizer.encode(text)?,
+        })
+    }
+
     /// The response's tokens: its text after `prompt` ending with one EOS, cut to what `max_length`
     /// leaves after the prompt's `prompt_len` tokens ([`Self::prompt`]'s count), so a short
-    /// prompt leaves a long response whole (as TRL's SFT and DPO trainers cut prompt and
-    /// completion together to `max_length`; its reward
-    /// trainer drops longer pairs instead). Plain text gets EOS appended unless it ends with it
+    /// prompt leaves a long response whole. Plain text gets EOS appended unless it ends with it
     /// (as TRL appends it to non-conversational data). A chat reply ends at its template's last
     /// EOS when only whitespace follows it: what the template writes after it (ChatML's `\n`
     /// after `<|im_end|>`) is dropped, so that training ends where sampling stops. A template
@@ -106,9 +148,12 @@ impl Encoder<'_> {
         prompt_len: usize,
         response: &Turns,
     ) -> Result<Vec<u32>> {
-        let mut ids = self
-            .tokenizer
-            .encode(&self.format.response(prompt, response)?)?;
+        let text = self.format.response(prompt, response)?;
+        let mut ids = if self.in_context {
+            self.after_prompt(prompt, &text)?
+        } else {
+            self.tokenizer.encode(&text)?
+        };
         let eos = self.tokenizer.eos_id();
         let end = match response {
             // the template's last EOS, when only whitespace follows it (an EOS inside the content
@@ -128,15 +173,34 @@ impl Encoder<'_> {
     }
 }
 
-/// Counts what the conversion left out, to announce.
+/// Counts what the conversion left out, to announce: how many of what (`records`, or `assistant
+/// messages` when each is an example of its own), and why.
 #[derive(Debug, Default)]
-pub struct Dropped(pub usize, pub &'static str);
+pub struct Dropped {
+    pub count: usize,
+    pub unit: &'static str,
+    pub why: &'static str,
+}
 
 impl Dropped {
+    /// Nothing left out yet; records are counted.
+    pub fn records(why: &'static str) -> Self {
+        Dropped {
+            count: 0,
+            unit: "records",
+            why,
+        }
+    }
+
     /// Announces the count, when there is one.
     pub fn announce(&self, what: &str) {
-        if self.0 > 0 {
-            tracing::warn!("{what}: left out {} records ({})", self.0, self.1);
+        if self.count > 0 {
+            tracing::warn!(
+                "{what}: left out {} {} ({})",
+                self.count,
+                self.unit,
+                self.why
+            );
         }
     }
 }
@@ -167,7 +231,10 @@ pub fn sft_examples(
     target: SftTarget,
 ) -> Result<(Vec<Example>, Dropped)> {
     let mut out = Vec::with_capacity(records.len());
-    let mut dropped = Dropped(0, "an empty completion after truncation");
+    let mut dropped = Dropped::records("an empty completion after truncation");
+    if target == SftTarget::AssistantTurns {
+        dropped.unit = "assistant messages";
+    }
     for (i, r) in records.iter().enumerate() {
         let turns = match (target, &r.prompt, &r.completion) {
             (SftTarget::AssistantTurns, Turns::Messages(p), Turns::Messages(c)) => {
@@ -189,10 +256,10 @@ pub fn sft_examples(
             _ => vec![(r.prompt.clone(), r.completion.clone())],
         };
         for (prompt_turns, completion_turns) in &turns {
-            let prompt = enc.prompt(prompt_turns)?;
-            let completion = enc.response(prompt_turns, prompt.len(), completion_turns)?;
+            let (prompt, mut completion) = enc.fit(prompt_turns, &[completion_turns])?;
+            let completion = completion.remove(0);
             if completion.is_empty() {
-                dropped.0 += 1;
+                dropped.count += 1;
                 continue;
             }
             out.push(if target != SftTarget::Everything || prompt.is_empty() {
@@ -214,13 +281,12 @@ pub fn preference_groups(
     enc: &Encoder,
 ) -> Result<(Vec<Group>, Dropped)> {
     let mut out = Vec::with_capacity(records.len());
-    let mut dropped = Dropped(0, "chosen and rejected empty or equal after truncation");
+    let mut dropped = Dropped::records("chosen and rejected empty or equal after truncation");
     for r in records {
-        let prompt = enc.prompt(&r.prompt)?;
-        let chosen = enc.response(&r.prompt, prompt.len(), &r.chosen)?;
-        let rejected = enc.response(&r.prompt, prompt.len(), &r.rejected)?;
+        let (prompt, mut pair) = enc.fit(&r.prompt, &[&r.chosen, &r.rejected])?;
+        let (rejected, chosen) = (pair.remove(1), pair.remove(0));
         if chosen.is_empty() || rejected.is_empty() || chosen == rejected {
-            dropped.0 += 1;
+            dropped.count += 1;
             continue;
         }
         // the dataset's ratings, when it has them (UltraFeedback): the -rw losses' rewards
@@ -243,18 +309,14 @@ pub fn preference_groups(
 /// pair whose chosen and rejected responses are equal).
 pub fn kwise_groups(records: &[KwiseRecord], enc: &Encoder) -> Result<(Vec<Group>, Dropped)> {
     let mut out = Vec::with_capacity(records.len());
-    let mut dropped = Dropped(0, "every completion has the same reward");
+    let mut dropped = Dropped::records("every completion has the same reward");
     for r in records {
         if r.rewards.windows(2).all(|w| w[0] == w[1]) {
-            dropped.0 += 1;
+            dropped.count += 1;
             continue;
         }
-        let prompt = enc.prompt(&r.prompt)?;
-        let responses = r
-            .completions
-            .iter()
-            .map(|c| enc.response(&r.prompt, prompt.len(), c))
-            .collect::<Result<_>>()?;
+        let completions: Vec<&Turns> = r.completions.iter().collect();
+        let (prompt, responses) = enc.fit(&r.prompt, &completions)?;
         let rewards = r.rewards.iter().map(|&x| x as f32).collect();
         let (responses, rewards) = best_first(responses, rewards);
         out.push(Group {
@@ -322,9 +384,9 @@ pub fn outcome_examples(records: &[UnpairedRecord], enc: &Encoder) -> Result<Vec
     records
         .iter()
         .map(|r| {
-            let prompt = enc.prompt(&r.prompt)?;
+            let (prompt, segments) = enc.fit(&r.prompt, &[&r.completion])?;
             Ok(LabelledExample {
-                segments: vec![enc.response(&r.prompt, prompt.len(), &r.completion)?],
+                segments,
                 prompt,
                 labels: vec![r.label],
             })
@@ -395,6 +457,7 @@ mod tests {
             format,
             max_prompt,
             max_length,
+            in_context: false,
         }
     }
 
@@ -422,7 +485,8 @@ mod tests {
     }
 
     /// Prompt and response share `max_length`: a short prompt leaves the rest to the response,
-    /// a long one is cut to `max_prompt` (keeping its end) and leaves the rest.
+    /// a long one is cut to `max_prompt` (keeping its end) and leaves the rest; a record that fits
+    /// is not cut at all ([`Encoder::fit`]).
     #[test]
     fn a_short_prompt_leaves_the_rest_of_max_length_to_the_response() {
         let words: Vec<String> = (0..40).map(|i| format!("w{i}")).collect();
@@ -438,6 +502,39 @@ mod tests {
             assert_eq!(p.len() + r.len(), 20, "{p:?} {r:?}");
         }
         assert!(enc.prompt(&text(1)).unwrap().len() < 8);
+        // a record that fits in `max_length` is kept whole, its prompt longer than `max_prompt`;
+        // a longer one is cut as above, and a pair is cut by its longer response
+        let (prompt, short) = (text(4), text(1));
+        let (p, rs) = enc.fit(&prompt, &[&short]).unwrap();
+        assert_eq!(p, tokenizer.encode_start(&words[..4].join(" ")).unwrap());
+        assert!(p.len() > 8 && p.len() + rs[0].len() <= 20, "{p:?} {rs:?}");
+        assert_eq!(*rs[0].last().unwrap(), tokenizer.eos_id());
+        let long = text(15);
+        let (p, rs) = enc.fit(&prompt, &[&short, &long]).unwrap();
+        assert_eq!(p, enc.prompt(&prompt).unwrap());
+        assert_eq!(rs[1].len(), 20 - p.len());
+        assert_eq!(rs[0], response(&enc, &prompt, &short));
+    }
+
+    /// In context (SFT), a completion's tokens are those of the whole sequence after the
+    /// prompt's: under a Metaspace tokenizer a completion with no leading space is not a new word.
+    #[test]
+    fn a_completion_in_context_is_tokenised_as_in_the_whole() {
+        let (tokenizer, format) = checkpoint_tokenizer("tiny-llama");
+        let enc = encoder(&tokenizer, &format, 64, 128);
+        let sft = Encoder {
+            in_context: true,
+            ..encoder(&tokenizer, &format, 64, 128)
+        };
+        let (prompt, completion) = (Turns::from("the answer is:"), Turns::from("yes"));
+        let whole = tokenizer.encode_start("the answer is:yes").unwrap();
+        let p = sft.prompt(&prompt).unwrap();
+        let c = sft.response(&prompt, p.len(), &completion).unwrap();
+        assert_eq!([p.as_slice(), &c[..c.len() - 1]].concat(), whole);
+        // on its own, "yes" begins a word
+        let alone = enc.response(&prompt, p.len(), &completion).unwrap();
+        assert_ne!(alone, c);
+        assert_eq!(&alone[..alone.len() - 1], tokenizer.encode("yes").unwrap());
     }
 
     /// Under a template that ends its turns with another token (ChatML's pieces, `<|im_end|>`,
@@ -611,7 +708,7 @@ mod tests {
             ..record.clone()
         };
         let (groups, dropped) = kwise_groups(&[tie, record.clone()], &enc).unwrap();
-        assert_eq!((groups.len(), dropped.0), (1, 1));
+        assert_eq!((groups.len(), dropped.count), (1, 1));
         assert_eq!(
             best_first(vec!["a", "b"], vec![0.1, 0.9]),
             (vec!["b", "a"], vec![0.9, 0.1])

@@ -55,28 +55,7 @@ pub fn checkpoint(dir: &Path, device: &Device, chat_template: Option<&Path>) -> 
         }
         None => tokenizer.config().chat_format()?,
     };
-    if tokenizer.eos_id() as usize >= config.vocab_size {
-        bail!(
-            "{}: the tokenizer's EOS {} (id {}) is outside the model's vocabulary of {}",
-            dir.display(),
-            tokenizer.eos_text(),
-            tokenizer.eos_id(),
-            config.vocab_size
-        );
-    }
-    if let Some(&id) = tokenizer
-        .start()
-        .iter()
-        .find(|&&id| id as usize >= config.vocab_size)
-    {
-        bail!(
-            "{}: the tokenizer puts {:?} (id {id}) before every text, and it is outside the \
-             model's vocabulary of {}",
-            dir.display(),
-            tokenizer.decode(&[id]).unwrap_or_default(),
-            config.vocab_size
-        );
-    }
+    check_vocabulary(dir, &tokenizer, &config)?;
     tracing::info!(
         "model {}: {:?}, {}, {} layers, width {}",
         dir.display(),
@@ -205,6 +184,63 @@ pub fn reward_model(dir: &Path, device: &Device, seed: u64) -> Result<RewardMode
         config,
         settings,
     })
+}
+
+/// Refuses a tokenizer whose EOS or start tokens lie outside the model's vocabulary.
+fn check_vocabulary(dir: &Path, tokenizer: &Tokenizer, config: &TransformerConfig) -> Result<()> {
+    if tokenizer.eos_id() as usize >= config.vocab_size {
+        bail!(
+            "{}: the tokenizer's EOS {} (id {}) is outside the model's vocabulary of {}",
+            dir.display(),
+            tokenizer.eos_text(),
+            tokenizer.eos_id(),
+            config.vocab_size
+        );
+    }
+    if let Some(&id) = tokenizer
+        .start()
+        .iter()
+        .find(|&&id| id as usize >= config.vocab_size)
+    {
+        bail!(
+            "{}: the tokenizer puts {:?} (id {id}) before every text, and it is outside the \
+             model's vocabulary of {}",
+            dir.display(),
+            tokenizer.decode(&[id]).unwrap_or_default(),
+            config.vocab_size
+        );
+    }
+    Ok(())
+}
+
+/// The tokenizer the reward model in `dir` (a `config` of its own) reads: its own when the
+/// directory has a `tokenizer.json`, else the policy's, `policy`.
+pub fn reward_tokenizer(
+    dir: &Path,
+    config: &TransformerConfig,
+    policy: &Tokenizer,
+) -> Result<Tokenizer> {
+    if !dir.join("tokenizer.json").is_file() {
+        tracing::info!(
+            "reward model {}: no tokenizer of its own; it reads the policy's",
+            dir.display()
+        );
+        return Ok(policy.clone());
+    }
+    let own = Tokenizer::from_dir(dir)
+        .with_context(|| format!("loading the tokenizer in {}", dir.display()))?;
+    check_vocabulary(dir, &own, config)?;
+    if !own.same_ids(policy) {
+        tracing::info!(
+            "reward model {}: its own tokenizer ({} tokens, EOS {:?}), not the policy's: it reads \
+             the text tokenised again, the policy's EOS {:?} read as its own",
+            dir.display(),
+            own.vocab_size(),
+            own.eos_text(),
+            policy.eos_text()
+        );
+    }
+    Ok(own)
 }
 
 /// A fresh scalar model on `backbone` (a critic or reward model started from a causal LM), its

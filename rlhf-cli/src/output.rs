@@ -32,9 +32,10 @@ const RESUMABLE_CHANGES: &[&str] = &[
 /// How this version turns a record's text into tokens. Raise it with every change that gives
 /// the same data other token ids (what a prompt begins with, where a response ends, how prompt
 /// and response share `max_length`), so that a run recorded by another version is not resumed
-/// on other tokens. 2: prompts begin with the BOS that the tokenizer's post-processor puts
-/// before a text.
-pub const TEXT_ENCODING: u32 = 2;
+/// on other tokens. This version's: prompts begin with the BOS that the tokenizer's
+/// post-processor puts before a text, a record that fits in `max_length` is kept whole, and SFT
+/// tokenises a completion after its prompt's text.
+pub const TEXT_ENCODING: u32 = 3;
 
 /// The run record's comment line naming its [`TEXT_ENCODING`] (a comment, so the record still
 /// reads as a `--config` file).

@@ -10,7 +10,10 @@
 //! | `mean(A,B,…)`, `min(A,B,…)`, `mean-minus-std:λ(A,B,…)` | an ensemble of the specs inside |
 //!
 //! A spec that names a reward model also gives the on-policy trainers their critic's starting
-//! point (TL;DR detail 6: the value model starts from the reward model).
+//! point (TL;DR detail 6: the value model starts from the reward model). A reward model reads
+//! text with its own tokenizer when its directory has one (as TRL's online trainers give it its
+//! own processing class), the policy's EOS read as its own; a critic reads the policy's ids, so
+//! it starts from a reward model only of the policy's tokenizer.
 
 use std::path::{Path, PathBuf};
 
@@ -142,7 +145,11 @@ impl Spec {
                     tracing::info!("reward model {}: held in {frozen}", dir.display());
                     rm.model = frozen.apply(rm.model);
                 }
-                Box::new(RewardScorer::new(rm, tokenizer.clone(), device))
+                let own = load::reward_tokenizer(dir, &rm.config, tokenizer)?;
+                let response_eos = (!own.same_ids(tokenizer)).then(|| eos.clone());
+                let mut scorer = RewardScorer::new(rm, own, device);
+                scorer.response_eos = response_eos;
+                Box::new(scorer)
             }
             Spec::ExactMatch(field) => {
                 let mut answers = Vec::with_capacity(prompts.records.len());
@@ -192,6 +199,49 @@ impl Spec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../rlhf-models/tests/fixtures/hf")
+            .join(name)
+    }
+
+    #[test]
+    fn a_reward_model_of_another_tokenizer_reads_the_text_with_its_own() {
+        let device = Device::flex();
+        let policy = Tokenizer::from_dir(&fixture("tiny-llama3-chat")).unwrap();
+        let rm_dir = fixture("tiny-qwen2-chat");
+        let own = Tokenizer::from_dir(&rm_dir).unwrap();
+        assert!(!own.same_ids(&policy) && own.same_ids(&own.clone()));
+        assert_ne!(policy.eos_text(), own.eos_text());
+        let prompts = Prompts {
+            texts: Vec::new(),
+            records: Vec::new(),
+        };
+        let scorer = Spec::Model(rm_dir.clone())
+            .build(&policy, &prompts, &device, Precision::F32)
+            .unwrap();
+        let (prompt, body) = ("What did the cat do?\n", "it sat on the mat.");
+        let theirs = format!("{body}{}", policy.eos_text());
+        let got = scorer.score(&[prompt], &[&theirs]).unwrap();
+        // the same model served with its own tokenizer, on the text ending with its own EOS
+        let reference = RewardScorer::new(
+            load::reward_model(&rm_dir, &device, 0).unwrap(),
+            own.clone(),
+            &device,
+        );
+        let want = reference
+            .score(&[prompt], &[&format!("{body}{}", own.eos_text())])
+            .unwrap();
+        assert_eq!(got, want);
+        // what it read before: the policy's tokenization of the same text
+        let before = RewardScorer::new(
+            load::reward_model(&rm_dir, &device, 0).unwrap(),
+            policy,
+            &device,
+        );
+        assert_ne!(before.score(&[prompt], &[&theirs]).unwrap(), want);
+    }
 
     #[test]
     fn specs_parse_with_their_defaults_and_nest() {

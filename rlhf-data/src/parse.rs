@@ -146,6 +146,20 @@ fn optional_number(obj: &Obj, field: &str) -> Result<Option<f64>, FieldError> {
     }
 }
 
+/// A response field read after its prompt: a conversation needs a conversation before it (a chat
+/// template has no turn in which to write a plain-text prompt; TRL refuses the mix too).
+fn reply(v: &Value, field: &str, prompt: &Turns) -> Result<Turns, FieldError> {
+    let t = turns(v, field)?;
+    if matches!((prompt, &t), (Turns::Text(_), Turns::Messages(_))) {
+        return Err(err(
+            field,
+            "is a list of messages after a plain-text prompt: write the prompt as messages too, \
+             or the response as text",
+        ));
+    }
+    Ok(t)
+}
+
 /// Splits two full transcripts that share an implicit prompt into prompt and responses.
 ///
 /// Plain text (HH-RLHF): the prompt is the longest common prefix cut back to the end of its last
@@ -225,7 +239,10 @@ impl Record for PreferenceRecord {
         let opens_with_prompt = |t: &Turns| matches!(t, Turns::Messages(m) if m.first().is_some_and(|m| m.role != "assistant"));
         let (prompt, chosen, rejected) = match obj.get(&f.prompt) {
             Some(p) if !(opens_with_prompt(&chosen) && opens_with_prompt(&rejected)) => {
-                (turns(p, &f.prompt)?, chosen, rejected)
+                let prompt = turns(p, &f.prompt)?;
+                let chosen = reply(required(obj, &f.chosen)?, &f.chosen, &prompt)?;
+                let rejected = reply(required(obj, &f.rejected)?, &f.rejected, &prompt)?;
+                (prompt, chosen, rejected)
             }
             _ => split_implicit_prompt(&chosen, &rejected).map_err(|m| err(&f.chosen, m))?,
         };
@@ -270,8 +287,8 @@ impl Record for SftRecord {
         if let Some(c) = obj.get(&f.completion) {
             let prompt = turns(required(obj, &f.prompt)?, &f.prompt)?;
             return Ok(SftRecord {
+                completion: reply(c, &f.completion, &prompt)?,
                 prompt,
-                completion: turns(c, &f.completion)?,
             });
         }
         if let Some(m) = obj.get(&f.messages) {
@@ -342,7 +359,9 @@ impl Record for KwiseRecord {
 
     fn from_object(obj: &Obj, f: &FieldNames) -> Result<Self, FieldError> {
         let prompt = turns(required(obj, &f.prompt)?, &f.prompt)?;
-        let completions = list(obj, &f.completions, "responses", turns)?;
+        let completions = list(obj, &f.completions, "responses", |v, at| {
+            reply(v, at, &prompt)
+        })?;
         let rewards = list(obj, &f.rewards, "numbers", |r, at| {
             r.as_f64().filter(|x| x.is_finite()).ok_or_else(|| {
                 err(
@@ -444,9 +463,10 @@ impl Record for UnpairedRecord {
                 ));
             }
         };
+        let prompt = turns(required(obj, &f.prompt)?, &f.prompt)?;
         Ok(UnpairedRecord {
-            prompt: turns(required(obj, &f.prompt)?, &f.prompt)?,
-            completion: turns(required(obj, &f.completion)?, &f.completion)?,
+            completion: reply(required(obj, &f.completion)?, &f.completion, &prompt)?,
+            prompt,
             label,
         })
     }

@@ -235,7 +235,8 @@ impl Tokenizer {
 
     /// Token ids of a text that begins a sequence (a prompt; a plain-text document): the tokens
     /// the tokenizer puts before a text ([`Self::start`]: Llama's BOS) then [`Self::encode`]'s, as
-    /// `transformers`' tokenizer gives them (TRL's trainers tokenise plain text so), unless the
+    /// `transformers`' tokenizer gives them (TRL's SFT, DPO and reward trainers tokenise plain
+    /// text so; its online DPO samples from prompts tokenised without them), unless the
     /// text's own tokens already begin with them: a chat template writes its own BOS
     /// (`{{ bos_token }}`), and TRL's `apply_chat_template` adds none, so a rendered conversation
     /// keeps one. A template that writes no BOS gets the tokenizer's, where TRL's would have none.
@@ -291,6 +292,15 @@ impl Tokenizer {
     /// Vocabulary size including added tokens.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
+    }
+
+    /// Whether a model trained on `other`'s ids reads this tokenizer's: the same vocabulary,
+    /// added tokens included, the same EOS and the same start.
+    pub fn same_ids(&self, other: &Tokenizer) -> bool {
+        self.eos_id == other.eos_id
+            && self.start == other.start
+            && (self.source.is_some() && self.source == other.source
+                || self.inner.get_vocab(true) == other.inner.get_vocab(true))
     }
 }
 

@@ -92,7 +92,7 @@ pub fn online_round(
     let (responses, texts) =
         sample_texts(&policy.valid(), tokenizer, &repeated, &cfg.sampling, rng)?;
     let text_refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let scores = scorer.score(&repeated, &text_refs)?;
+    let scores = rlhf_core::score_each(scorer, &repeated, &text_refs)?;
     let mut report = OnlineReport {
         mean_score: scores.iter().map(|&s| f64::from(s)).sum::<f64>() / scores.len() as f64,
         sampled_tokens: responses.iter().map(|r| r.len() as u64).sum(),

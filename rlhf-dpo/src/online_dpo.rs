@@ -159,9 +159,11 @@ impl OnlineDpoConfig {
             ));
         }
         let t = self.sampling.temperature;
-        if self.sampling.max_new_tokens == 0 || !t.is_finite() || t < 0.0 {
+        // greedy decoding would give a prompt the same sample every time: no pair
+        if self.sampling.max_new_tokens == 0 || !t.is_finite() || t <= 0.0 {
             return bad(format!(
-                "sampling needs max_new_tokens ≥ 1 and a finite temperature ≥ 0, got {} and {t}",
+                "sampling needs max_new_tokens ≥ 1 and a finite temperature > 0 (the samples of a \
+                 prompt must differ), got {} and {t}",
                 self.sampling.max_new_tokens
             ));
         }
@@ -564,15 +566,7 @@ fn checked_scores(
 ) -> Result<Vec<f32>> {
     let prompt_texts: Vec<&str> = episodes.iter().map(|&p| prompts[p].as_str()).collect();
     let text_refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let mut scores = scorer.score(&prompt_texts, &text_refs)?;
-    if scores.len() != episodes.len() {
-        return Err(Error::Shape(format!(
-            "online dpo: the scorer {} gave {} scores for {} responses",
-            scorer.name(),
-            scores.len(),
-            episodes.len()
-        )));
-    }
+    let mut scores = rlhf_core::score_each(scorer, &prompt_texts, &text_refs)?;
     if let Some(i) = scores.iter().position(|s| !s.is_finite()) {
         return Err(Error::Config(format!(
             "online dpo: the scorer {} gave the non-finite score {} to response {i} of round \

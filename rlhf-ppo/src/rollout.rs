@@ -88,7 +88,7 @@ pub fn sample_and_score(
         })
         .collect::<Result<Vec<_>>>()?;
     let text_refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let raw_scores = inputs.scorer.score(&episodes, &text_refs)?;
+    let raw_scores = rlhf_core::score_each(inputs.scorer, &episodes, &text_refs)?;
     let mut scores = raw_scores.clone();
     if let Some(penalty) = cfg.missing_eos_penalty {
         apply_missing_eos_penalty(&mut scores, &generation.has_eos, penalty);

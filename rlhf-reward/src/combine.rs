@@ -58,18 +58,7 @@ impl EnsembleScorer {
     pub fn member_scores(&self, prompts: &[&str], responses: &[&str]) -> Result<Vec<Vec<f32>>> {
         self.members
             .iter()
-            .map(|m| {
-                let s = m.score(prompts, responses)?;
-                if s.len() != responses.len() {
-                    return Err(Error::Shape(format!(
-                        "ensemble member {} returned {} scores for {} responses",
-                        m.name(),
-                        s.len(),
-                        responses.len()
-                    )));
-                }
-                Ok(s)
-            })
+            .map(|m| rlhf_core::score_each(m.as_ref(), prompts, responses))
             .collect()
     }
 }

@@ -16,7 +16,9 @@ use crate::step_model::StepModel;
 /// EOS rules of the TL;DR reproduction are the caller's choice: the response text carries the
 /// EOS token's text when the policy emitted it (so the RM sees EOS, as in training), and with
 /// `missing_eos_score` set, a response without it gets that score instead of the model's (the
-/// "missing-EOS penalty"; the PPO trainer can also apply it itself).
+/// "missing-EOS penalty"; the PPO trainer can also apply it itself). A policy with another
+/// tokenizer ends its responses with its own EOS text: [`Self::response_eos`] names it, and the
+/// RM reads its own EOS in its place.
 pub struct RewardScorer {
     rm: RewardModel,
     tokenizer: Tokenizer,
@@ -25,6 +27,9 @@ pub struct RewardScorer {
     pub batch_size: usize,
     /// The score of a response that does not end with EOS (`None`: score it normally).
     pub missing_eos_score: Option<f32>,
+    /// The EOS text the responses end with when it is not the RM tokenizer's (`None`: the
+    /// same): replaced by the RM's EOS before the response is tokenised.
+    pub response_eos: Option<String>,
 }
 
 impl RewardScorer {
@@ -41,6 +46,7 @@ impl RewardScorer {
             device,
             batch_size: 32,
             missing_eos_score: None,
+            response_eos: None,
         }
     }
 
@@ -117,6 +123,22 @@ impl RewardScorer {
 impl Scorer for RewardScorer {
     fn score(&self, prompts: &[&str], responses: &[&str]) -> Result<Vec<f32>> {
         rlhf_core::check_pairs(prompts, responses)?;
+        let eos = self.tokenizer.eos_text();
+        let own: Vec<String>;
+        let responses = match &self.response_eos {
+            Some(theirs) if *theirs != eos => {
+                own = responses
+                    .iter()
+                    .map(|r| match r.strip_suffix(theirs.as_str()) {
+                        Some(body) => format!("{body}{eos}"),
+                        None => r.to_string(),
+                    })
+                    .collect();
+                own.iter().map(String::as_str).collect()
+            }
+            _ => responses.to_vec(),
+        };
+        let responses = responses.as_slice();
         let prompt_ids = prompts
             .iter()
             .map(|p| self.tokenizer.encode_start(p))
@@ -132,7 +154,6 @@ impl Scorer for RewardScorer {
             }
             RewardKind::Process => self.process_scores(&prompt_ids, responses)?,
         };
-        let eos = self.tokenizer.eos_text();
         Ok(raw
             .into_iter()
             .zip(responses)

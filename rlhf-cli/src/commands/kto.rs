@@ -107,12 +107,12 @@ fn examples(
     enc: &Encoder,
 ) -> Result<(Vec<KtoExample>, Dropped)> {
     let mut out = Vec::new();
-    let mut dropped = Dropped(0, "an empty completion after truncation");
+    let mut dropped = Dropped::records("an empty completion after truncation");
     for (prompt, completion, desirable) in records {
-        let prompt_ids = enc.prompt(&prompt)?;
-        let response = enc.response(&prompt, prompt_ids.len(), &completion)?;
+        let (prompt_ids, mut responses) = enc.fit(&prompt, &[&completion])?;
+        let response = responses.remove(0);
         if response.is_empty() {
-            dropped.0 += 1;
+            dropped.count += 1;
             continue;
         }
         out.push(KtoExample {

@@ -125,6 +125,7 @@ impl Prepared {
             format: &self.format,
             max_prompt,
             max_length,
+            in_context: false,
         })
     }
 

@@ -71,9 +71,18 @@ pub struct OnlineDpoArgs {
     /// Rounds of sample → score → pair → update [TRL: --max_steps].
     #[arg(long, visible_alias = "iterations", default_value_t = 100)]
     pub rounds: usize,
-    /// Prompts per round [TRL: --per_device_train_batch_size].
-    #[arg(long, default_value_t = 8)]
+    /// Prompts per micro-batch [TRL: --per_device_train_batch_size].
+    #[arg(
+        long,
+        visible_alias = "per-device-train-batch-size",
+        default_value_t = 8
+    )]
     pub prompts_per_batch: usize,
+    /// Micro-batches per round: a round samples `prompts_per_batch` × this many prompts and
+    /// steps on all of their pairs at once (the same step as TRL's accumulated one, without its
+    /// memory saving) [TRL: --gradient_accumulation_steps].
+    #[arg(long, default_value_t = 1)]
+    pub gradient_accumulation_steps: usize,
     /// Responses sampled per prompt; the best and the worst make the pair (TRL samples 2).
     #[arg(long, visible_alias = "num-generations", default_value_t = 2)]
     pub samples_per_prompt: usize,
@@ -165,7 +174,7 @@ impl OnlineDpoArgs {
     pub fn config(&self, total_steps: u64) -> OnlineDpoConfig {
         OnlineDpoConfig {
             rounds: self.rounds,
-            prompts_per_round: self.prompts_per_batch,
+            prompts_per_round: self.prompts_per_batch * self.gradient_accumulation_steps.max(1),
             samples_per_prompt: self.samples_per_prompt,
             max_prompt_length: self.max_prompt_length,
             sampling: SamplingConfig {
@@ -276,4 +285,33 @@ pub fn run(args: &OnlineDpoArgs, toml: &str) -> Result<()> {
         last_metric(&report.last, names::OBJECTIVE_KL)
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Wrapped {
+        #[command(flatten)]
+        args: OnlineDpoArgs,
+    }
+
+    /// TRL's batch flags: a round samples the prompts of all its micro-batches.
+    #[test]
+    fn a_round_holds_every_micro_batch_of_prompts() {
+        let flags = [
+            "rlhf",
+            "--per_device_train_batch_size",
+            "4",
+            "--gradient_accumulation_steps",
+            "3",
+        ]
+        .map(|f| f.replace('_', "-"));
+        let w = Wrapped::try_parse_from(flags).unwrap();
+        let c = w.args.completed().config(10);
+        assert_eq!(c.prompts_per_round, 12);
+    }
 }

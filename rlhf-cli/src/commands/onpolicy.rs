@@ -600,6 +600,8 @@ fn ptx_demonstrations(
                 format: &ckpt.format,
                 max_prompt: cfg.query_length,
                 max_length: cfg.query_length + cfg.response_length.max(1) * 4,
+                // demonstrations, tokenised as SFT tokenises them
+                in_context: true,
             };
             let cap = cfg.response_length.max(1) * 4;
             Ok(demonstrations(file, opts, &enc)?
@@ -623,15 +625,29 @@ fn critic(
     cfg: &PpoConfig,
     spec: &Spec,
     start: &CausalLm,
+    tokenizer: &Tokenizer,
     device: &Device,
 ) -> Result<Option<ScalarModel>> {
+    // the critic reads the policy's token ids
+    let from = |dir: &Path| -> Result<ScalarModel> {
+        let rm = load::reward_model(dir, device, args.seed)?;
+        if !load::reward_tokenizer(dir, &rm.config, tokenizer)?.same_ids(tokenizer) {
+            bail!(
+                "{}: its tokenizer is not the policy's, and the critic reads the policy's token \
+                 ids: start the critic from a model of the policy's tokenizer (--critic DIR), or \
+                 from the policy (--value-from-reward-model false)",
+                dir.display()
+            );
+        }
+        Ok(rm.to_value_model())
+    };
     Ok(if !cfg.advantage.needs_critic() {
         None
     } else if let Some(dir) = &args.critic {
-        Some(load::reward_model(dir, device, args.seed)?.to_value_model())
+        Some(from(dir)?)
     } else if cfg.value_from_reward_model && spec.models().len() == 1 {
         tracing::info!("critic: the reward model (TL;DR detail 6)");
-        Some(load::reward_model(spec.models()[0], device, args.seed)?.to_value_model())
+        Some(from(spec.models()[0])?)
     } else {
         tracing::info!("critic: the policy with a fresh value head");
         Some(load::fresh_scalar(start.clone(), args.seed))
@@ -646,9 +662,10 @@ fn models(
     spec: &Spec,
     start: CausalLm,
     config: &TransformerConfig,
+    tokenizer: &Tokenizer,
     device: &Device,
 ) -> Result<(PolicyAndValue, CausalLm)> {
-    let critic = critic(args, cfg, spec, &start, device)?;
+    let critic = critic(args, cfg, spec, &start, tokenizer, device)?;
     let policy = load::policy(start.clone(), config, &args.lora, args.seed)?;
     let reference = load::reference(
         args.ref_model.as_deref(),
@@ -725,7 +742,15 @@ pub fn run(method: Method, args: &OnPolicyArgs, toml: &str) -> Result<()> {
         args.frozen.frozen_dtype,
     )?;
     let demonstrations = ptx_demonstrations(args, &cfg, &ckpt, &opts)?;
-    let (models, reference) = models(args, &cfg, &spec, ckpt.model, &ckpt.config, &device)?;
+    let (models, reference) = models(
+        args,
+        &cfg,
+        &spec,
+        ckpt.model,
+        &ckpt.config,
+        &ckpt.tokenizer,
+        &device,
+    )?;
     tracing::info!(
         "{}: {} prompts, {} per batch × {} samples, {} iterations, queries of {} tokens, {} new \
          tokens at temperature {}, reward {}",

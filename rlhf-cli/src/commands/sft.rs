@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::args::{DataArgs, LoraArgs, ModelArgs, TrainArgs, defaults_from_clap};
 use crate::commands::Prepared;
-use crate::data::{SftTarget, prompt_key, read_split, sft_examples};
+use crate::data::{Encoder, SftTarget, prompt_key, read_split, sft_examples};
 use crate::output;
 
 /// TRL's `SFTConfig.learning_rate`.
@@ -84,8 +84,18 @@ impl SftArgs {
 /// Trains and writes the model.
 pub fn run(args: &SftArgs, toml: &str) -> Result<()> {
     let mut p = Prepared::new(&args.model, &args.data)?;
-    let (train, eval) = read_split::<SftRecord>(&args.data, |r| prompt_key(&r.prompt))?;
-    let enc = p.encoder(&args.data)?;
+    // a plain-text record has no prompt: its text is the key
+    let (train, eval) = read_split::<SftRecord>(&args.data, |r| {
+        prompt_key(if r.prompt.is_empty() {
+            &r.completion
+        } else {
+            &r.prompt
+        })
+    })?;
+    let enc = Encoder {
+        in_context: true,
+        ..p.encoder(&args.data)?
+    };
     let (train, dropped) = sft_examples(&train, &enc, args.target())?;
     dropped.announce("training data");
     let (eval, dropped) = sft_examples(&eval, &enc, args.target())?;

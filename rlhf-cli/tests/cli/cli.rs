@@ -377,6 +377,35 @@ fn sft_lowers_the_eval_loss_and_writes_a_checkpoint() {
             assert!(out.join(f).is_file(), "{model}: no {f}");
         }
     }
+    // plain-text records are split by their text: some are held out, the rest trained on
+    let plain = dir.path().join("text.jsonl");
+    let lines: Vec<String> = text
+        .lines()
+        .map(|l| {
+            let r: Value = serde_json::from_str(l).unwrap();
+            let (p, c) = (
+                r["prompt"].as_str().unwrap(),
+                r["completion"].as_str().unwrap(),
+            );
+            json!({ "text": format!("{p}{c}") }).to_string()
+        })
+        .collect();
+    std::fs::write(&plain, lines.join("\n")).unwrap();
+    let out = dir.path().join("text");
+    ok(&[
+        "sft",
+        "--model",
+        &fixture("tiny-pythia"),
+        "--data",
+        &s(&plain),
+        "--out",
+        &s(&out),
+        "--eval-share",
+        "0.1",
+        "--max-length",
+        "256",
+    ]);
+    assert!(!metric(&out, "eval_loss").is_empty(), "nothing held out");
     // the chat model learned to end its replies with its EOS, `<|im_end|>`, once a reply is
     // written, and not before: its reply to a post does not start with EOS, and after a reply
     // (the template written out by hand) the next token is EOS. (A response that ended in
@@ -799,6 +828,36 @@ fn every_on_policy_command_runs_end_to_end() {
             "{cmd}: the policy did not move"
         );
         assert_eq!(metric(&out, "objective/scores").len(), 2, "{cmd}");
+    }
+    // a reward model of another tokenizer reads the text with its own; PPO's critic, which reads
+    // the policy's ids, cannot start from it
+    let qwen = fixture("tiny-qwen2-chat");
+    for (cmd, works) in [("grpo", true), ("ppo", false)] {
+        let out = s(&dir.path().join(format!("{cmd}-qwen")));
+        let args = [
+            cmd,
+            "--model",
+            &qwen,
+            "--prompts",
+            &prompts,
+            "--reward",
+            &s(&rm),
+            "--out",
+            &out,
+            "--iterations",
+            "1",
+            "--prompts-per-batch",
+            "4",
+            "--max-completion-length",
+            "8",
+        ];
+        let run = rlhf(&args);
+        let err = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(run.status.success(), works, "{cmd}: {err}");
+        assert!(err.contains("its own tokenizer"), "{cmd}: {err}");
+        if !works {
+            assert!(err.contains("its tokenizer is not the policy's"), "{err}");
+        }
     }
     let samples = dir.path().join("samples.jsonl");
     let text = ok(&[

@@ -56,9 +56,12 @@
 //! | `kl` | the batch's reference point `z_ref = max(0, mean(logπ(y′|x) − logπ_ref(y′|x)))` over its mismatched pairs | `KTOTrainer` |
 //! | `eval_kl`, `eval_rewards/chosen`, `eval_rewards/rejected` | the same on held-out examples | `KTOTrainer` |
 //!
-//! Online DPO logs, once per round, `objective/scores`, `objective/kl`, `objective/entropy`,
-//! `objective/non_score_reward`, `objective/rlhf_reward` (over the responses of the round's
-//! pairs), the `rewards/*` and `logps/*` of its pairs, `completions/mean_length`, and:
+//! Online DPO logs, once per round, `objective/scores` (over every sample of the round),
+//! `objective/kl`, `objective/entropy` (over the responses of the round's pairs, averaged over its
+//! steps), `objective/non_score_reward` (`−β` times that KL), `objective/rlhf_reward` (the sum of
+//! the two), the `rewards/*` and `logps/*` of its pairs, `completions/mean_length`, and the rows
+//! below. TRL's are over every sample of the round: the same with two samples per prompt, no
+//! prompt whose samples tie, and one step per round.
 //!
 //! | name | meaning | TRL |
 //! | --- | --- | --- |

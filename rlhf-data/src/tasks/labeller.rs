@@ -5,8 +5,6 @@
 //! the gold order on pairs of SFT-like samples equals a target (about 73%, the agreement of the
 //! TL;DR data's human labellers).
 
-use std::sync::Mutex;
-
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -76,11 +74,13 @@ impl Labeller {
 /// samples of a prompt (online DPO): a response scores `g/τ + G`, `g` its gold score and `G` a
 /// standard Gumbel draw. The difference of two independent Gumbel draws is logistic, so of two
 /// responses the first scores higher with probability `σ((g_a − g_b)/τ)`: the labeller's
-/// preference ([`Labeller::prob_prefers_first`]). Draws follow one seeded stream, in call order.
+/// preference ([`Labeller::prob_prefers_first`]). A call's draws follow a stream seeded by the
+/// seed and the call's texts, so a resumed run, whose rounds hold the same texts, draws them again,
+/// and another call (another round) draws afresh.
 pub struct LabellerScorer<'a> {
     task: &'a dyn Task,
     labeller: Labeller,
-    rng: Mutex<ChaCha8Rng>,
+    seed: u64,
 }
 
 impl<'a> LabellerScorer<'a> {
@@ -89,7 +89,7 @@ impl<'a> LabellerScorer<'a> {
         LabellerScorer {
             task,
             labeller,
-            rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)),
+            seed,
         }
     }
 }
@@ -97,7 +97,14 @@ impl<'a> LabellerScorer<'a> {
 impl rlhf_base::Scorer for LabellerScorer<'_> {
     fn score(&self, prompts: &[&str], responses: &[&str]) -> rlhf_base::Result<Vec<f32>> {
         rlhf_base::check_pairs(prompts, responses)?;
-        let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+        let mut tag = self.seed.to_le_bytes().to_vec();
+        for (p, r) in prompts.iter().zip(responses) {
+            for text in [p, r] {
+                tag.extend_from_slice(text.as_bytes());
+                tag.push(0);
+            }
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(rlhf_base::seed::seed_of(&tag));
         Ok(prompts
             .iter()
             .zip(responses)
@@ -161,7 +168,8 @@ mod tests {
     }
 
     /// Of two responses, the labeller's scorer ranks the first higher as often as the labeller
-    /// prefers it: within 0.02 of `σ((g_a − g_b)/τ)` over 4,000 draws of each of three pairs.
+    /// prefers it: within 0.02 of `σ((g_a − g_b)/τ)` over 4,000 draws of each of three pairs, each
+    /// in a call of other texts; a call repeated draws the same.
     #[test]
     fn the_scorer_ranks_two_responses_as_the_labeller_prefers_them() {
         use rlhf_base::Scorer;
@@ -179,8 +187,11 @@ mod tests {
             let (gx, gy) = (task.gold(&p, x).total, task.gold(&p, y).total);
             let draws = 4000;
             let mut first = 0;
-            for _ in 0..draws {
-                let s = scorer.score(&[&p, &p], &[x, y]).unwrap();
+            for i in 0..draws {
+                // a call of other texts (another round) draws afresh; the same call, again
+                let other = i.to_string();
+                let s = scorer.score(&[&p, &p, &p], &[x, y, &other]).unwrap();
+                assert_eq!(s, scorer.score(&[&p, &p, &p], &[x, y, &other]).unwrap());
                 first += usize::from(s[0] > s[1]);
             }
             let expected = labeller.prob_prefers_first(gx, gy);

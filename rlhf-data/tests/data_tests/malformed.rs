@@ -74,12 +74,44 @@ fn each_kind_of_damage_names_line_field_and_expectation() {
             "chosen",
             "share no `Assistant:` turn",
         ),
+        (
+            r#"{"prompt": "p", "chosen": [{"role": "assistant", "content": "c"}], "rejected": "r"}"#,
+            "chosen",
+            "a list of messages after a plain-text prompt",
+        ),
     ] {
         let e = error_for(line);
         assert!(e.contains("bad.jsonl:2: "), "{e}");
         assert!(e.contains(&format!("field `{field}`")), "{line} → {e}");
         assert!(e.contains(expect), "{line} → {e}");
     }
+}
+
+/// A conversation after a plain-text prompt is refused in every record that pairs them.
+#[test]
+fn a_conversation_after_a_plain_text_prompt_is_refused() {
+    let reply = r#"[{"role": "assistant", "content": "c"}]"#;
+    let sft = format!(r#"{{"prompt": "p", "completion": {reply}}}"#);
+    let (res, _d) = read_text::<SftRecord>(sft.as_bytes(), false);
+    let e = res.unwrap_err().to_string();
+    assert!(
+        e.contains("bad.jsonl:1: ") && e.contains("field `completion`"),
+        "{e}"
+    );
+    let kto = format!(r#"{{"prompt": "p", "completion": {reply}, "label": true}}"#);
+    let (res, _d) = read_text::<UnpairedRecord>(kto.as_bytes(), false);
+    assert!(res.unwrap_err().to_string().contains("field `completion`"));
+    let kwise = format!(r#"{{"prompt": "p", "completions": ["a", {reply}], "rewards": [1, 0]}}"#);
+    let (res, _d) = read_text::<KwiseRecord>(kwise.as_bytes(), false);
+    assert!(
+        res.unwrap_err()
+            .to_string()
+            .contains("field `completions[1]`")
+    );
+    // a conversation with a plain-text reply is read: the reply follows the assistant's opening
+    let fine = r#"{"prompt": [{"role": "user", "content": "p"}], "completion": "c"}"#;
+    let (res, _d) = read_text::<SftRecord>(fine.as_bytes(), false);
+    assert_eq!(res.unwrap().records.len(), 1);
 }
 
 #[test]
