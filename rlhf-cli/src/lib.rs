@@ -44,6 +44,7 @@ pub mod load;
 pub mod options;
 pub mod output;
 pub mod plot;
+pub mod reencode;
 pub mod reward;
 
 /// Prints the libraries' `tracing` events (progress, warnings, the memory estimate) on stderr,

@@ -230,16 +230,6 @@ pub fn reward_tokenizer(
     let own = Tokenizer::from_dir(dir)
         .with_context(|| format!("loading the tokenizer in {}", dir.display()))?;
     check_vocabulary(dir, &own, config)?;
-    if !own.same_ids(policy) {
-        tracing::info!(
-            "reward model {}: its own tokenizer ({} tokens, EOS {:?}), not the policy's: it reads \
-             the text tokenised again, the policy's EOS {:?} read as its own",
-            dir.display(),
-            own.vocab_size(),
-            own.eos_text(),
-            policy.eos_text()
-        );
-    }
     Ok(own)
 }
 

@@ -10,10 +10,10 @@
 //! | `mean(A,B,…)`, `min(A,B,…)`, `mean-minus-std:λ(A,B,…)` | an ensemble of the specs inside |
 //!
 //! A spec that names a reward model also gives the on-policy trainers their critic's starting
-//! point (TL;DR detail 6: the value model starts from the reward model). A reward model reads
-//! text with its own tokenizer when its directory has one (as TRL's online trainers give it its
-//! own processing class), the policy's EOS read as its own; a critic reads the policy's ids, so
-//! it starts from a reward model only of the policy's tokenizer.
+//! point (TL;DR detail 6: the value model starts from the reward model). A reward model whose
+//! directory has a tokenizer of other ids than the policy's reads each sample in its own chat
+//! format and tokens ([`crate::reencode`]); a critic reads the policy's ids, so it starts from a
+//! reward model only of the policy's ids.
 
 use std::path::{Path, PathBuf};
 
@@ -24,11 +24,12 @@ use rlhf_data::Tokenizer;
 use rlhf_models::Precision;
 use rlhf_reward::{
     Combine, EnsembleScorer, ExactMatchScorer, JudgeConfig, LengthScorer, LlmJudge, RegexScorer,
-    RewardScorer,
+    RewardKind, RewardScorer,
 };
 
 use crate::data::Prompts;
 use crate::load;
+use crate::reencode::ReEncoded;
 
 /// A parsed `--reward` spec.
 #[derive(Debug, Clone, PartialEq)]
@@ -138,19 +139,7 @@ impl Spec {
     ) -> Result<Box<dyn Scorer>> {
         let eos = tokenizer.eos_text();
         Ok(match self {
-            Spec::Model(dir) => {
-                let mut rm = load::reward_model(dir, device, 0)?;
-                if frozen != Precision::F32 {
-                    frozen.check_device(device)?;
-                    tracing::info!("reward model {}: held in {frozen}", dir.display());
-                    rm.model = frozen.apply(rm.model);
-                }
-                let own = load::reward_tokenizer(dir, &rm.config, tokenizer)?;
-                let response_eos = (!own.same_ids(tokenizer)).then(|| eos.clone());
-                let mut scorer = RewardScorer::new(rm, own, device);
-                scorer.response_eos = response_eos;
-                Box::new(scorer)
-            }
+            Spec::Model(dir) => reward_model(dir, tokenizer, prompts, device, frozen)?,
             Spec::ExactMatch(field) => {
                 let mut answers = Vec::with_capacity(prompts.records.len());
                 for (text, r) in prompts.texts.iter().zip(&prompts.records) {
@@ -196,8 +185,49 @@ impl Spec {
     }
 }
 
+/// The reward model in `dir` as a scorer of the policy's samples: on the policy's ids when its
+/// tokenizer has them (or it is a process RM, which finds its steps in the text, the policy's EOS
+/// after the last one), otherwise each sample in its own chat format and tokens ([`ReEncoded`]).
+fn reward_model(
+    dir: &Path,
+    tokenizer: &Tokenizer,
+    prompts: &Prompts,
+    device: &Device,
+    frozen: Precision,
+) -> Result<Box<dyn Scorer>> {
+    let mut rm = load::reward_model(dir, device, 0)?;
+    if frozen != Precision::F32 {
+        frozen.check_device(device)?;
+        tracing::info!("reward model {}: held in {frozen}", dir.display());
+        rm.model = frozen.apply(rm.model);
+    }
+    let own = load::reward_tokenizer(dir, &rm.config, tokenizer)?;
+    if own.same_ids(tokenizer) || rm.settings.kind == RewardKind::Process {
+        return Ok(Box::new(RewardScorer::new(rm, own, device)));
+    }
+    let eos = tokenizer.eos_text();
+    tracing::info!(
+        "reward model {}: its own tokenizer ({} tokens, EOS {:?}), not the policy's: it reads \
+         each sample in its own chat format and tokens, a reply ending with the policy's EOS \
+         {eos:?} as a finished one",
+        dir.display(),
+        own.vocab_size(),
+        own.eos_text()
+    );
+    let format = own.config().chat_format()?;
+    Ok(Box::new(ReEncoded::new(
+        RewardScorer::new(rm, own.clone(), device),
+        own,
+        format,
+        prompts,
+        eos,
+    )))
+}
+
 #[cfg(test)]
 mod tests {
+    use rlhf_data::Turns;
+
     use super::*;
 
     fn fixture(name: &str) -> PathBuf {
@@ -206,41 +236,80 @@ mod tests {
             .join(name)
     }
 
+    /// A reward model of another tokenizer reads each sample as its own data were written: the
+    /// prompt in its chat format, a finished reply with its own end of turn, a cut-off reply bare.
     #[test]
-    fn a_reward_model_of_another_tokenizer_reads_the_text_with_its_own() {
+    fn a_reward_model_of_another_tokenizer_reads_samples_in_its_own_format() {
         let device = Device::flex();
-        let policy = Tokenizer::from_dir(&fixture("tiny-llama3-chat")).unwrap();
+        let policy_dir = fixture("tiny-llama3-chat");
+        let policy = Tokenizer::from_dir(&policy_dir).unwrap();
+        let policy_format = policy.config().chat_format().unwrap();
         let rm_dir = fixture("tiny-qwen2-chat");
         let own = Tokenizer::from_dir(&rm_dir).unwrap();
+        let own_format = own.config().chat_format().unwrap();
         assert!(!own.same_ids(&policy) && own.same_ids(&own.clone()));
         assert_ne!(policy.eos_text(), own.eos_text());
+        let chat = Turns::Messages(vec![rlhf_data::Message {
+            role: "user".into(),
+            content: "What did the cat do?".into(),
+        }]);
+        let rendered = policy_format.prompt(&chat).unwrap();
         let prompts = Prompts {
-            texts: Vec::new(),
-            records: Vec::new(),
+            texts: vec![rendered.clone()],
+            records: vec![rlhf_data::PromptRecord {
+                prompt: chat.clone(),
+                extra: Default::default(),
+            }],
         };
         let scorer = Spec::Model(rm_dir.clone())
             .build(&policy, &prompts, &device, Precision::F32)
             .unwrap();
-        let (prompt, body) = ("What did the cat do?\n", "it sat on the mat.");
-        let theirs = format!("{body}{}", policy.eos_text());
-        let got = scorer.score(&[prompt], &[&theirs]).unwrap();
-        // the same model served with its own tokenizer, on the text ending with its own EOS
-        let reference = RewardScorer::new(
-            load::reward_model(&rm_dir, &device, 0).unwrap(),
-            own.clone(),
-            &device,
+        let served = || {
+            RewardScorer::new(
+                load::reward_model(&rm_dir, &device, 0).unwrap(),
+                own.clone(),
+                &device,
+            )
+        };
+        let body = "it sat on the mat.";
+        let finished = format!("{body}{}", policy.eos_text());
+        let plain = "What did the cat do?\n";
+        let got = scorer
+            .score(
+                &[&rendered, &rendered, plain],
+                &[&finished, body, &finished],
+            )
+            .unwrap();
+        // the same model served with its own tokenizer, on its own rendering: ChatML's prompt, the
+        // reply ending with its EOS `<|im_end|>`; cut off, the bare text; a plain prompt as it is
+        let own_prompt = own_format.prompt(&chat).unwrap();
+        assert!(
+            own_prompt.ends_with("<|im_start|>assistant\n"),
+            "{own_prompt}"
         );
-        let want = reference
-            .score(&[prompt], &[&format!("{body}{}", own.eos_text())])
+        let own_reply = format!("{body}{}", own.eos_text());
+        let want = served()
+            .score(
+                &[&own_prompt, &own_prompt, plain],
+                &[&own_reply, body, &own_reply],
+            )
             .unwrap();
         assert_eq!(got, want);
-        // what it read before: the policy's tokenization of the same text
+        // what it read before: the policy's rendering and tokens
         let before = RewardScorer::new(
             load::reward_model(&rm_dir, &device, 0).unwrap(),
-            policy,
+            policy.clone(),
             &device,
         );
-        assert_ne!(before.score(&[prompt], &[&theirs]).unwrap(), want);
+        assert_ne!(
+            before.score(&[&rendered], &[&finished]).unwrap()[0],
+            want[0]
+        );
+        // one vocabulary with another EOS named, or a [PAD] added here, is the same ids
+        let other_eos =
+            Tokenizer::from_file(&rm_dir.join("tokenizer.json"), Some("<|endoftext|>")).unwrap();
+        assert_ne!(other_eos.eos_id(), own.eos_id());
+        assert!(other_eos.same_ids(&own) && own.same_ids(&other_eos));
     }
 
     #[test]

@@ -308,6 +308,12 @@ impl Record for SftRecord {
             });
         }
         if let Some(t) = obj.get(&f.text) {
+            let Value::String(_) = t else {
+                return Err(err(
+                    &f.text,
+                    format!("expected a string, found {}", type_name(t)),
+                ));
+            };
             return Ok(SftRecord {
                 prompt: Turns::Text(String::new()),
                 completion: turns(t, &f.text)?,

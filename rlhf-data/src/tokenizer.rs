@@ -294,13 +294,19 @@ impl Tokenizer {
         self.inner.get_vocab_size(true)
     }
 
-    /// Whether a model trained on `other`'s ids reads this tokenizer's: the same vocabulary,
-    /// added tokens included, the same EOS and the same start.
+    /// Whether a model trained on `other`'s ids reads this tokenizer's as the same text: the same
+    /// vocabulary, added tokens included (a `[PAD]` added by this process aside: it never reaches
+    /// a model), and the same start. Which token each names EOS does not matter here.
     pub fn same_ids(&self, other: &Tokenizer) -> bool {
-        self.eos_id == other.eos_id
-            && self.start == other.start
-            && (self.source.is_some() && self.source == other.source
-                || self.inner.get_vocab(true) == other.inner.get_vocab(true))
+        let vocab = |t: &Tokenizer| {
+            let mut v = t.inner.get_vocab(true);
+            if v.get(PAD_TOKEN) == Some(&t.pad_id) {
+                v.remove(PAD_TOKEN);
+            }
+            v
+        };
+        self.start == other.start
+            && (self.source.is_some() && self.source == other.source || vocab(self) == vocab(other))
     }
 }
 

@@ -16,9 +16,8 @@ use crate::step_model::StepModel;
 /// EOS rules of the TL;DR reproduction are the caller's choice: the response text carries the
 /// EOS token's text when the policy emitted it (so the RM sees EOS, as in training), and with
 /// `missing_eos_score` set, a response without it gets that score instead of the model's (the
-/// "missing-EOS penalty"; the PPO trainer can also apply it itself). A policy with another
-/// tokenizer ends its responses with its own EOS text: [`Self::response_eos`] names it, and the
-/// RM reads its own EOS in its place.
+/// "missing-EOS penalty"; the PPO trainer can also apply it itself). A caller that tokenises for
+/// the RM itself (a policy of another tokenizer) scores tokens with [`Self::score_tokens`].
 pub struct RewardScorer {
     rm: RewardModel,
     tokenizer: Tokenizer,
@@ -27,9 +26,6 @@ pub struct RewardScorer {
     pub batch_size: usize,
     /// The score of a response that does not end with EOS (`None`: score it normally).
     pub missing_eos_score: Option<f32>,
-    /// The EOS text the responses end with when it is not the RM tokenizer's (`None`: the
-    /// same): replaced by the RM's EOS before the response is tokenised.
-    pub response_eos: Option<String>,
 }
 
 impl RewardScorer {
@@ -46,13 +42,27 @@ impl RewardScorer {
             device,
             batch_size: 32,
             missing_eos_score: None,
-            response_eos: None,
         }
     }
 
     /// The served model.
     pub fn model(&self) -> &RewardModel {
         &self.rm
+    }
+
+    /// Normalised scores of `(prompt, response)` token sequences the caller tokenised with this
+    /// model's tokenizer: outcome RMs only (a process RM finds its steps in the text).
+    pub fn score_tokens(&self, pairs: &[(Vec<u32>, Vec<u32>)]) -> Result<Vec<f32>> {
+        if self.rm.settings.kind != RewardKind::Outcome {
+            return Err(Error::Config(
+                "a process reward model scores text, not tokens".into(),
+            ));
+        }
+        Ok(self
+            .raw_outcome(pairs)?
+            .into_iter()
+            .map(|s| self.rm.settings.normalisation.apply(s))
+            .collect())
     }
 
     /// Raw (unnormalised) scores of token sequences: outcome RMs only.
@@ -123,22 +133,6 @@ impl RewardScorer {
 impl Scorer for RewardScorer {
     fn score(&self, prompts: &[&str], responses: &[&str]) -> Result<Vec<f32>> {
         rlhf_core::check_pairs(prompts, responses)?;
-        let eos = self.tokenizer.eos_text();
-        let own: Vec<String>;
-        let responses = match &self.response_eos {
-            Some(theirs) if *theirs != eos => {
-                own = responses
-                    .iter()
-                    .map(|r| match r.strip_suffix(theirs.as_str()) {
-                        Some(body) => format!("{body}{eos}"),
-                        None => r.to_string(),
-                    })
-                    .collect();
-                own.iter().map(String::as_str).collect()
-            }
-            _ => responses.to_vec(),
-        };
-        let responses = responses.as_slice();
         let prompt_ids = prompts
             .iter()
             .map(|p| self.tokenizer.encode_start(p))
@@ -154,6 +148,7 @@ impl Scorer for RewardScorer {
             }
             RewardKind::Process => self.process_scores(&prompt_ids, responses)?,
         };
+        let eos = self.tokenizer.eos_text();
         Ok(raw
             .into_iter()
             .zip(responses)

@@ -109,8 +109,10 @@ fn examples(
     let mut out = Vec::new();
     let mut dropped = Dropped::records("an empty completion after truncation");
     for (prompt, completion, desirable) in records {
-        let (prompt_ids, mut responses) = enc.fit(&prompt, &[&completion])?;
-        let response = responses.remove(0);
+        // not `Encoder::fit`: KTO also pairs this prompt with another example's response (its KL
+        // estimate), and the cut to `max_prompt` is what bounds those pairs
+        let prompt_ids = enc.prompt(&prompt)?;
+        let response = enc.response(&prompt, prompt_ids.len(), &completion)?;
         if response.is_empty() {
             dropped.count += 1;
             continue;

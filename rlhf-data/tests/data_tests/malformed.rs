@@ -108,6 +108,9 @@ fn a_conversation_after_a_plain_text_prompt_is_refused() {
             .to_string()
             .contains("field `completions[1]`")
     );
+    let text = format!(r#"{{"text": {reply}}}"#);
+    let (res, _d) = read_text::<SftRecord>(text.as_bytes(), false);
+    assert!(res.unwrap_err().to_string().contains("field `text`"));
     // a conversation with a plain-text reply is read: the reply follows the assistant's opening
     let fine = r#"{"prompt": [{"role": "user", "content": "p"}], "completion": "c"}"#;
     let (res, _d) = read_text::<SftRecord>(fine.as_bytes(), false);

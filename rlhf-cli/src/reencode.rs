@@ -1,0 +1,100 @@
+//! A reward model of another tokenizer than the policy's, served the policy's samples as its own
+//! training data were written: each prompt in the reward model's chat format, each finished reply
+//! as `rlhf rm` encodes a response ([`Encoder::response`]: its end of turn and EOS), so the model
+//! reads its own format rather than the policy's (TRL's online trainers render prompt and
+//! completion with the reward model's own chat template). A reply cut off before the policy's EOS
+//! is read as its bare text, with no end.
+
+use std::collections::HashMap;
+
+use rlhf_core::{Error, Scorer};
+use rlhf_data::{ChatFormat, Message, Tokenizer, Turns};
+use rlhf_reward::RewardScorer;
+
+use crate::data::{Encoder, Prompts};
+
+/// The reward model, its tokenizer and chat format, and the prompts it will be asked about.
+pub struct ReEncoded {
+    rm: RewardScorer,
+    tokenizer: Tokenizer,
+    format: ChatFormat,
+    /// Each prompt as the policy's format renders it (what the trainers pass) → its record's turns.
+    turns: HashMap<String, Turns>,
+    /// The policy's EOS text: a reply that ends with it is finished.
+    policy_eos: String,
+}
+
+impl ReEncoded {
+    /// Serves `rm` (an outcome reward model) with its own `tokenizer` and `format`, for the
+    /// policy's `prompts` and samples ending with `policy_eos`.
+    pub fn new(
+        rm: RewardScorer,
+        tokenizer: Tokenizer,
+        format: ChatFormat,
+        prompts: &Prompts,
+        policy_eos: String,
+    ) -> Self {
+        let turns = prompts
+            .texts
+            .iter()
+            .zip(&prompts.records)
+            .map(|(text, r)| (text.clone(), r.prompt.clone()))
+            .collect();
+        ReEncoded {
+            rm,
+            tokenizer,
+            format,
+            turns,
+            policy_eos,
+        }
+    }
+
+    /// `(prompt, response)` in the reward model's tokens.
+    fn encode(&self, prompt: &str, response: &str) -> anyhow::Result<(Vec<u32>, Vec<u32>)> {
+        let enc = Encoder {
+            tokenizer: &self.tokenizer,
+            format: &self.format,
+            max_prompt: usize::MAX,
+            max_length: usize::MAX,
+            in_context: false,
+        };
+        // a prompt the trainers were not given as a record (a plain string) is its own text
+        let turns = self
+            .turns
+            .get(prompt)
+            .cloned()
+            .unwrap_or_else(|| Turns::Text(prompt.to_string()));
+        let prompt_ids = enc.prompt(&turns)?;
+        let response_ids = match response.strip_suffix(self.policy_eos.as_str()) {
+            Some(body) => {
+                let reply = match &turns {
+                    Turns::Messages(_) => Turns::Messages(vec![Message {
+                        role: "assistant".into(),
+                        content: body.to_string(),
+                    }]),
+                    Turns::Text(_) => Turns::Text(body.to_string()),
+                };
+                enc.response(&turns, prompt_ids.len(), &reply)?
+            }
+            None => self.tokenizer.encode(response)?,
+        };
+        Ok((prompt_ids, response_ids))
+    }
+}
+
+impl Scorer for ReEncoded {
+    fn score(&self, prompts: &[&str], responses: &[&str]) -> rlhf_core::Result<Vec<f32>> {
+        rlhf_core::check_pairs(prompts, responses)?;
+        let pairs = prompts
+            .iter()
+            .zip(responses)
+            .map(|(p, r)| self.encode(p, r))
+            .collect::<anyhow::Result<Vec<_>>>()
+            .map_err(|e| Error::Config(format!("reward model input: {e:#}")))?;
+        self.rm.score_tokens(&pairs)
+    }
+
+    fn name(&self) -> String {
+        self.rm.name()
+    }
+}
