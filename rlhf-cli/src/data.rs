@@ -66,10 +66,12 @@ pub fn prompt_key(t: &Turns) -> String {
     serde_json::to_string(t).unwrap_or_default()
 }
 
-/// Text to tokens: a record whose prompt and longest response fit in `max_length` is kept whole
-/// ([`Encoder::fit`]); a longer one's prompt keeps its start (BOS) and its last tokens,
-/// `max_prompt` in all, and each response (ending with one EOS, [`Encoder::response`]) its first
-/// tokens, as many as fit with the prompt in `max_length`.
+/// Text to tokens, as TRL's trainers tokenise a record: each response after its prompt's text
+/// ([`Encoder::pieces`]), ending with one EOS ([`Encoder::response`]'s rules); a record whose
+/// prompt and longest response fit in `max_length` is kept whole ([`Encoder::fit`]), a longer
+/// one's prompt keeps its start (BOS) and its last tokens, `max_prompt` in all, and each response
+/// its first tokens, as many as fit with the prompt in `max_length`.
+#[derive(Clone, Copy)]
 pub struct Encoder<'a> {
     /// The tokenizer.
     pub tokenizer: &'a Tokenizer,
@@ -79,11 +81,6 @@ pub struct Encoder<'a> {
     pub max_prompt: usize,
     /// Longest prompt and response together.
     pub max_length: usize,
-    /// Tokenise a response after its prompt's text, as TRL's SFT tokenises prompt and completion
-    /// together, so the response's first tokens read as they do in the whole sequence (a
-    /// Metaspace tokenizer marks a text's first word as following a space); otherwise on its own,
-    /// as TRL's preference trainers do.
-    pub in_context: bool,
 }
 
 impl Encoder<'_> {
@@ -96,64 +93,77 @@ impl Encoder<'_> {
             .encode_prompt(&self.format.prompt(prompt)?, self.max_prompt)?)
     }
 
-    /// A record's prompt and responses: whole when the prompt and the longest response fit in
-    /// `max_length` together (TRL cuts only a longer sequence), else the prompt cut to
-    /// `max_prompt` ([`Self::prompt`]) and each response to what is left ([`Self::response`]).
-    pub fn fit(&self, prompt: &Turns, responses: &[&Turns]) -> Result<(Vec<u32>, Vec<Vec<u32>>)> {
-        let whole = Encoder {
-            max_prompt: self.max_length,
-            ..*self
-        };
-        let p = whole.prompt(prompt)?;
-        let rs = responses
+    /// A record's prompt and responses, uncut and without EOS rules: each response is the tokens
+    /// of the prompt's text followed by its own after the prompt's, as TRL tokenises prompt and
+    /// completion together (a Metaspace tokenizer marks a text's first word as following a
+    /// space, so a response on its own would begin otherwise). The prompt ends where its own
+    /// tokens and every whole sequence's agree: a token that spans the seam starts the responses
+    /// (TRL's `common_prefix_length`).
+    pub fn pieces(
+        &self,
+        prompt: &Turns,
+        responses: &[&Turns],
+    ) -> Result<(Vec<u32>, Vec<Vec<u32>>)> {
+        let head = self.format.prompt(prompt)?;
+        let alone = self.tokenizer.encode_start(&head)?;
+        let wholes = responses
             .iter()
-            .map(|r| whole.response(prompt, 0, r))
+            .map(|r| {
+                let text = self.format.response(prompt, r)?;
+                Ok(self.tokenizer.encode_start(&format!("{head}{text}"))?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let agree = |whole: &Vec<u32>| alone.iter().zip(whole).take_while(|(a, b)| a == b).count();
+        let common = wholes.iter().map(agree).min().unwrap_or(alone.len());
+        let rest = wholes.into_iter().map(|w| w[common..].to_vec()).collect();
+        Ok((alone[..common].to_vec(), rest))
+    }
+
+    /// A record's prompt and responses ([`Self::pieces`], each response ended by
+    /// [`Self::finish`]): whole when the prompt and the longest response fit in `max_length`
+    /// together (TRL cuts only a longer sequence), else cut ([`Self::cut`]).
+    pub fn fit(&self, prompt: &Turns, responses: &[&Turns]) -> Result<(Vec<u32>, Vec<Vec<u32>>)> {
+        let (p, rs) = self.pieces(prompt, responses)?;
+        let rs = rs
+            .into_iter()
+            .zip(responses)
+            .map(|(ids, r)| self.finish(ids, r))
             .collect::<Result<Vec<_>>>()?;
         let longest = rs.iter().map(Vec::len).max().unwrap_or(0);
         if p.len() + longest <= self.max_length {
             return Ok((p, rs));
         }
-        let p = self.prompt(prompt)?;
-        let rs = responses
-            .iter()
-            .map(|r| self.response(prompt, p.len(), r))
-            .collect::<Result<Vec<_>>>()?;
-        Ok((p, rs))
+        Ok(self.cut(p, rs))
     }
 
-    /// `text`'s tokens as they are in the prompt's text followed by it: the tokens of the whole
-    /// after the prompt's own. When a token spans the seam (the prompt's tokens are not a prefix
-    /// of the whole's), `text` is tokenised on its own.
-    fn after_prompt(&self, prompt: &Turns, text: &str) -> Result<Vec<u32>> {
-        let head = self.format.prompt(prompt)?;
-        let alone = self.tokenizer.encode_start(&head)?;
-        let whole = self.tokenizer.encode_start(&format!("{head}{text}"))?;
-        Ok(match whole.strip_prefix(alone.as_slice()) {
-            Some(rest) => rest.to_vec(),
-            None => self.tokenizer.encode(text)?,
-        })
-    }
-
-    /// The response's tokens: its text after `prompt` ending with one EOS, cut to what `max_length`
-    /// leaves after the prompt's `prompt_len` tokens ([`Self::prompt`]'s count), so a short
-    /// prompt leaves a long response whole. Plain text gets EOS appended unless it ends with it
-    /// (as TRL appends it to non-conversational data). A chat reply ends at its template's last
-    /// EOS when only whitespace follows it: what the template writes after it (ChatML's `\n`
-    /// after `<|im_end|>`) is dropped, so that training ends where sampling stops. A template
-    /// that ends its turns with another token (ChatML's pieces beside another EOS) gets EOS
-    /// appended.
-    pub fn response(
-        &self,
-        prompt: &Turns,
-        prompt_len: usize,
-        response: &Turns,
-    ) -> Result<Vec<u32>> {
-        let text = self.format.response(prompt, response)?;
-        let mut ids = if self.in_context {
-            self.after_prompt(prompt, &text)?
+    /// The prompt cut to `max_prompt`, keeping its start tokens (BOS) and its last tokens, and
+    /// each response to what `max_length` leaves after it, keeping its first tokens.
+    pub fn cut(&self, prompt: Vec<u32>, responses: Vec<Vec<u32>>) -> (Vec<u32>, Vec<Vec<u32>>) {
+        let prompt = if prompt.len() <= self.max_prompt {
+            prompt
         } else {
-            self.tokenizer.encode(&text)?
+            let start = self.tokenizer.start().len().min(self.max_prompt);
+            let rest = &prompt[prompt.len() - (self.max_prompt - start)..];
+            prompt[..start].iter().chain(rest).copied().collect()
         };
+        let room = self.max_length.saturating_sub(prompt.len());
+        let responses = responses
+            .into_iter()
+            .map(|mut r| {
+                r.truncate(room);
+                r
+            })
+            .collect();
+        (prompt, responses)
+    }
+
+    /// A response's tokens ([`Self::pieces`]) ending with one EOS. Plain text gets EOS appended
+    /// unless it ends with it (as TRL appends it to non-conversational data). A chat reply ends
+    /// at its template's last EOS when only whitespace follows it: what the template writes after
+    /// it (ChatML's `\n` after `<|im_end|>`) is dropped, so that training ends where sampling
+    /// stops. A template that ends its turns with another token (ChatML's pieces beside another
+    /// EOS) gets EOS appended.
+    pub fn finish(&self, mut ids: Vec<u32>, response: &Turns) -> Result<Vec<u32>> {
         let eos = self.tokenizer.eos_id();
         let end = match response {
             // the template's last EOS, when only whitespace follows it (an EOS inside the content
@@ -168,7 +178,6 @@ impl Encoder<'_> {
             Some(end) => ids.truncate(end),
             None => ids.push(eos),
         }
-        ids.truncate(self.max_length.saturating_sub(prompt_len));
         Ok(ids)
     }
 }
@@ -403,9 +412,8 @@ pub fn demonstrations(
     read::<SftRecord>(path, opts)?
         .iter()
         .map(|r| {
-            let prompt = enc.prompt(&r.prompt)?;
-            let completion = enc.response(&r.prompt, prompt.len(), &r.completion)?;
-            Ok((prompt, completion))
+            let (prompt, mut completion) = enc.fit(&r.prompt, &[&r.completion])?;
+            Ok((prompt, completion.remove(0)))
         })
         .collect()
 }
@@ -457,7 +465,6 @@ mod tests {
             format,
             max_prompt,
             max_length,
-            in_context: false,
         }
     }
 
@@ -478,10 +485,12 @@ mod tests {
         }])
     }
 
-    /// `response` after the prompt's own token count.
+    /// `response` after `prompt`, both cut as a record longer than `max_length` is
+    /// ([`Encoder::cut`]).
     fn response(enc: &Encoder, prompt: &Turns, response: &Turns) -> Vec<u32> {
-        let prompt_len = enc.prompt(prompt).unwrap().len();
-        enc.response(prompt, prompt_len, response).unwrap()
+        let (p, r) = enc.pieces(prompt, &[response]).unwrap();
+        let r = enc.finish(r.into_iter().next().unwrap(), response).unwrap();
+        enc.cut(p, vec![r]).1.remove(0)
     }
 
     /// Prompt and response share `max_length`: a short prompt leaves the rest to the response,
@@ -494,7 +503,8 @@ mod tests {
         let format = ChatFormat::default();
         let enc = encoder(&tokenizer, &format, 8, 20);
         let text = |n: usize| Turns::Text(words[..n].join(" "));
-        let long = text(40);
+        let reply = |n: usize| Turns::Text(format!(" {}", words[..n].join(" ")));
+        let long = reply(40);
         for prompt in [text(1), text(30)] {
             let p = enc.prompt(&prompt).unwrap();
             let r = response(&enc, &prompt, &long);
@@ -504,37 +514,52 @@ mod tests {
         assert!(enc.prompt(&text(1)).unwrap().len() < 8);
         // a record that fits in `max_length` is kept whole, its prompt longer than `max_prompt`;
         // a longer one is cut as above, and a pair is cut by its longer response
-        let (prompt, short) = (text(4), text(1));
+        let (prompt, short) = (text(4), reply(1));
         let (p, rs) = enc.fit(&prompt, &[&short]).unwrap();
         assert_eq!(p, tokenizer.encode_start(&words[..4].join(" ")).unwrap());
         assert!(p.len() > 8 && p.len() + rs[0].len() <= 20, "{p:?} {rs:?}");
         assert_eq!(*rs[0].last().unwrap(), tokenizer.eos_id());
-        let long = text(15);
+        let long = reply(15);
         let (p, rs) = enc.fit(&prompt, &[&short, &long]).unwrap();
         assert_eq!(p, enc.prompt(&prompt).unwrap());
         assert_eq!(rs[1].len(), 20 - p.len());
         assert_eq!(rs[0], response(&enc, &prompt, &short));
     }
 
-    /// In context (SFT), a completion's tokens are those of the whole sequence after the
-    /// prompt's: under a Metaspace tokenizer a completion with no leading space is not a new word.
+    /// A completion's tokens are the whole sequence's after the prompt's, as TRL tokenises prompt
+    /// and completion together: under a Metaspace tokenizer a completion with no leading space is
+    /// not a new word, and a token that spans the seam starts the completion (TRL's
+    /// `common_prefix_length`), of each response of a pair alike.
     #[test]
-    fn a_completion_in_context_is_tokenised_as_in_the_whole() {
+    fn a_completion_is_tokenised_as_in_the_whole_sequence() {
         let (tokenizer, format) = checkpoint_tokenizer("tiny-llama");
         let enc = encoder(&tokenizer, &format, 64, 128);
-        let sft = Encoder {
-            in_context: true,
-            ..encoder(&tokenizer, &format, 64, 128)
-        };
         let (prompt, completion) = (Turns::from("the answer is:"), Turns::from("yes"));
         let whole = tokenizer.encode_start("the answer is:yes").unwrap();
-        let p = sft.prompt(&prompt).unwrap();
-        let c = sft.response(&prompt, p.len(), &completion).unwrap();
-        assert_eq!([p.as_slice(), &c[..c.len() - 1]].concat(), whole);
+        let (p, c) = enc.fit(&prompt, &[&completion]).unwrap();
+        let body = &c[0][..c[0].len() - 1];
+        assert_eq!([p.as_slice(), body].concat(), whole);
         // on its own, "yes" begins a word
-        let alone = enc.response(&prompt, p.len(), &completion).unwrap();
-        assert_ne!(alone, c);
-        assert_eq!(&alone[..alone.len() - 1], tokenizer.encode("yes").unwrap());
+        assert_ne!(body, tokenizer.encode("yes").unwrap());
+        // a seam inside a word: " answ" is a token of the prompt, " answer" of the whole
+        let bpe = Tokenizer::train_bpe(["the answer is", "the answer was"].iter(), 300).unwrap();
+        let plain = ChatFormat::default();
+        let enc = encoder(&bpe, &plain, 64, 128);
+        let (prompt, a, b) = (
+            Turns::from("the answ"),
+            Turns::from("er is"),
+            Turns::from("er was"),
+        );
+        let alone = bpe.encode_start("the answ").unwrap();
+        let (p, rs) = enc.fit(&prompt, &[&a, &b]).unwrap();
+        assert!(
+            p.len() < alone.len() && alone.starts_with(&p),
+            "{p:?} {alone:?}"
+        );
+        for (r, text) in rs.iter().zip(["the answer is", "the answer was"]) {
+            let whole = bpe.encode_start(text).unwrap();
+            assert_eq!([p.as_slice(), &r[..r.len() - 1]].concat(), whole);
+        }
     }
 
     /// Under a template that ends its turns with another token (ChatML's pieces, `<|im_end|>`,

@@ -56,7 +56,6 @@ impl ReEncoded {
             format: &self.format,
             max_prompt: usize::MAX,
             max_length: usize::MAX,
-            in_context: false,
         };
         // a prompt the trainers were not given as a record (a plain string) is its own text
         let turns = self
@@ -64,8 +63,7 @@ impl ReEncoded {
             .get(prompt)
             .cloned()
             .unwrap_or_else(|| Turns::Text(prompt.to_string()));
-        let prompt_ids = enc.prompt(&turns)?;
-        let response_ids = match response.strip_suffix(self.policy_eos.as_str()) {
+        Ok(match response.strip_suffix(self.policy_eos.as_str()) {
             Some(body) => {
                 let reply = match &turns {
                     Turns::Messages(_) => Turns::Messages(vec![Message {
@@ -74,11 +72,15 @@ impl ReEncoded {
                     }]),
                     Turns::Text(_) => Turns::Text(body.to_string()),
                 };
-                enc.response(&turns, prompt_ids.len(), &reply)?
+                let (p, mut r) = enc.fit(&turns, &[&reply])?;
+                (p, r.remove(0))
             }
-            None => self.tokenizer.encode(response)?,
-        };
-        Ok((prompt_ids, response_ids))
+            // cut off: its bare text after the prompt, no end
+            None => {
+                let (p, mut r) = enc.pieces(&turns, &[&Turns::Text(response.to_string())])?;
+                (p, r.remove(0))
+            }
+        })
     }
 }
 

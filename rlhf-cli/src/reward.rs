@@ -7,7 +7,7 @@
 //! | `regex:PATTERN` | 1 when the response matches the pattern, else 0 |
 //! | `length`, `length:SCALE` | words × `SCALE` (default 0.1): the length-only control |
 //! | `judge:DIR` | a causal LM checkpoint as an LLM judge (LongReward's four dimensions, the expected rating 0–9; `rlhf_reward::LlmJudge`) |
-//! | `mean(A,B,…)`, `min(A,B,…)`, `mean-minus-std:λ(A,B,…)` | an ensemble of the specs inside |
+//! | `sum(A,B,…)`, `mean(A,B,…)`, `min(A,B,…)`, `mean-minus-std:λ(A,B,…)` | a combination of the specs inside (`sum` is TRL's for several reward functions) |
 //!
 //! A spec that names a reward model also gives the on-policy trainers their critic's starting
 //! point (TL;DR detail 6: the value model starts from the reward model). A reward model whose
@@ -76,6 +76,7 @@ impl std::str::FromStr for Spec {
         {
             let (head, inner) = (&s[..open], &s[open + 1..s.len() - 1]);
             let combine = match head.split_once(':') {
+                None if head == "sum" => Combine::Sum,
                 None if head == "mean" => Combine::Mean,
                 None if head == "min" => Combine::Min,
                 Some(("mean-minus-std", l)) => Combine::MeanMinusStd {
@@ -84,7 +85,7 @@ impl std::str::FromStr for Spec {
                         .map_err(|_| anyhow!("mean-minus-std:λ needs a number, got `{l}`"))?,
                 },
                 None if head == "mean-minus-std" => Combine::MeanMinusStd { lambda: 1.0 },
-                _ => bail!("unknown combination `{head}`: mean, min or mean-minus-std:λ"),
+                _ => bail!("unknown combination `{head}`: sum, mean, min or mean-minus-std:λ"),
             };
             let members = split_top(inner)
                 .into_iter()
@@ -112,8 +113,8 @@ impl std::str::FromStr for Spec {
             _ if Path::new(s).join("config.json").is_file() => Spec::Model(PathBuf::from(s)),
             _ => bail!(
                 "unknown reward `{s}`: a reward-model directory (or rm:DIR), exact-match[:FIELD], \
-                 regex:PATTERN, length[:SCALE], judge:DIR, or mean(…)/min(…)/mean-minus-std:λ(…) \
-                 of these"
+                 regex:PATTERN, length[:SCALE], judge:DIR, or sum(…)/mean(…)/min(…)/\
+                 mean-minus-std:λ(…) of these"
             ),
         })
     }
@@ -321,6 +322,13 @@ mod tests {
             Spec::ExactMatch("solution".into())
         );
         assert_eq!(p("length"), Spec::Length(0.1));
+        assert_eq!(
+            p("sum(regex:a,length)"),
+            Spec::Ensemble(
+                Combine::Sum,
+                vec![Spec::Regex("a".into()), Spec::Length(0.1)]
+            )
+        );
         assert_eq!(p("regex:^a,b$"), Spec::Regex("^a,b$".into()));
         assert_eq!(p("judge:models/j"), Spec::Judge("models/j".into()));
         assert_eq!(

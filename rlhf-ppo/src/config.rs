@@ -343,11 +343,9 @@ impl PpoConfig {
                 return bad(format!("{name} {value} is above the supported {limit}"));
             }
         }
-        if matches!(
-            self.advantage,
-            AdvantageEstimator::Rloo | AdvantageEstimator::Grpo
-        ) && self.samples_per_prompt < 2
-        {
+        // with one sample a group's advantage is 0 for every estimator (Dr. GRPO's too, as TRL
+        // refuses): only the KL would train
+        if self.advantage.group().is_some() && self.samples_per_prompt < 2 {
             return bad(format!("{:?} needs samples_per_prompt ≥ 2", self.advantage));
         }
         if self.num_minibatches == 0 || !self.batch_size().is_multiple_of(self.num_minibatches) {
@@ -528,11 +526,20 @@ mod tests {
             ..PpoConfig::default()
         };
         assert!(grpo1.validate().is_err());
+        // Dr. GRPO's advantage of one sample is 0 too (TRL refuses it as well)
         let dr = PpoConfig {
             advantage: AdvantageEstimator::DrGrpo,
             ..PpoConfig::default()
         };
-        assert!(dr.validate().is_ok());
+        assert!(dr.validate().is_err());
+        assert!(
+            PpoConfig {
+                samples_per_prompt: 2,
+                ..dr
+            }
+            .validate()
+            .is_ok()
+        );
         let split = PpoConfig {
             prompts_per_batch: 6,
             num_minibatches: 4,

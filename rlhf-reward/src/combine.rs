@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Combine {
+    /// The sum (TRL's combination of several reward functions, at its default weights of 1).
+    Sum,
     /// The mean.
     Mean,
     /// The minimum (the most pessimistic member).
@@ -27,6 +29,7 @@ impl Combine {
         let n = scores.len() as f32;
         let mean = scores.iter().sum::<f32>() / n;
         match self {
+            Combine::Sum => scores.iter().sum(),
             Combine::Mean => mean,
             Combine::Min => scores.iter().copied().fold(f32::INFINITY, f32::min),
             Combine::MeanMinusStd { lambda } => {
@@ -137,7 +140,7 @@ mod tests {
     }
 
     proptest! {
-        /// Reference: mean, min and mean − λ·std written out in f64.
+        /// Reference: sum, mean, min and mean − λ·std written out in f64.
         #[test]
         fn ensembles_combine_like_the_reference(
             members in prop::collection::vec(prop::collection::vec(-5.0f32..5.0, 4), 1..5),
@@ -145,7 +148,7 @@ mod tests {
         ) {
             let prompts = ["p"; 4];
             let responses = ["a", "b", "c", "d"];
-            for combine in [Combine::Mean, Combine::Min, Combine::MeanMinusStd { lambda }] {
+            for combine in [Combine::Sum, Combine::Mean, Combine::Min, Combine::MeanMinusStd { lambda }] {
                 let e = EnsembleScorer::new(
                     members.iter().map(|m| Box::new(Fixed(m.clone())) as Box<dyn Scorer>).collect(),
                     combine,
@@ -158,6 +161,7 @@ mod tests {
                     let min = xs.iter().copied().fold(f64::INFINITY, f64::min);
                     let std = (xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt();
                     let expected = match combine {
+                        Combine::Sum => xs.iter().sum::<f64>(),
                         Combine::Mean => mean,
                         Combine::Min => min,
                         Combine::MeanMinusStd { lambda } => mean - f64::from(lambda) * std,

@@ -13,7 +13,7 @@ use crate::args::{
     DataArgs, FrozenArgs, LoraArgs, ModelArgs, TrainArgs, defaults_from_clap, kind_str,
 };
 use crate::commands::Prepared;
-use crate::data::{Encoder, kwise_groups, preference_groups, prompt_key, read_split};
+use crate::data::{Dropped, Encoder, kwise_groups, preference_groups, prompt_key, read_split};
 use crate::output;
 
 /// TRL's `DPOConfig.learning_rate`.
@@ -108,12 +108,32 @@ impl DpoArgs {
         self
     }
 
+    /// Refuses `--label-smoothing` on a loss that has no ε: TRL's `sigmoid`, `hinge` and `ipo`
+    /// ignore it (its `sigmoid` was conservative DPO in older versions: that is `--loss cdpo`).
+    pub fn check_label_smoothing(&self) -> Result<()> {
+        let uses_eps = matches!(
+            self.loss,
+            DpoLoss::Cdpo | DpoLoss::Robust | DpoLoss::ExoPref
+        );
+        match self.label_smoothing {
+            Some(eps) if eps != 0.0 && !uses_eps => bail!(
+                "--label-smoothing {eps} has no effect on --loss {} (TRL ignores it there): \
+                 conservative DPO is --loss cdpo; robust and exo-pref take it too",
+                self.loss
+                    .to_possible_value()
+                    .map(|v| v.get_name().to_string())
+                    .unwrap_or_default()
+            ),
+            _ => Ok(()),
+        }
+    }
+
     /// The library's loss.
     pub fn offline_loss(&self) -> OfflineLoss {
         let eps = |default: f32| self.label_smoothing.unwrap_or(default);
         match self.loss {
             DpoLoss::Sigmoid => OfflineLoss::Dpo {
-                label_smoothing: eps(0.0),
+                label_smoothing: 0.0,
             },
             DpoLoss::Cdpo => OfflineLoss::Dpo {
                 label_smoothing: eps(0.1),
@@ -154,6 +174,28 @@ impl DpoArgs {
 
 /// The training and held-out groups of the data file.
 fn groups(args: &DpoArgs, enc: &Encoder) -> Result<(Vec<Group>, Vec<Group>)> {
+    let (train, eval) = all_groups(args, enc)?;
+    Ok((with_prompt(train, "training"), with_prompt(eval, "eval")))
+}
+
+/// The groups with prompt tokens: a response's first token needs something to follow (a tokenizer
+/// without BOS gives an empty prompt no tokens; TRL's DPO leaves that token unscored instead).
+fn with_prompt(groups: Vec<Group>, what: &str) -> Vec<Group> {
+    let before = groups.len();
+    let kept: Vec<Group> = groups
+        .into_iter()
+        .filter(|g| !g.prompt.is_empty())
+        .collect();
+    Dropped {
+        count: before - kept.len(),
+        unit: "groups",
+        why: "no prompt tokens",
+    }
+    .announce(what);
+    kept
+}
+
+fn all_groups(args: &DpoArgs, enc: &Encoder) -> Result<(Vec<Group>, Vec<Group>)> {
     let kind = args.data.record_kind()?;
     match kind {
         Kind::Preference => {
@@ -183,6 +225,7 @@ fn groups(args: &DpoArgs, enc: &Encoder) -> Result<(Vec<Group>, Vec<Group>)> {
 
 /// Trains and writes the model.
 pub fn run(args: &DpoArgs, toml: &str) -> Result<()> {
+    args.check_label_smoothing()?;
     let mut p = Prepared::new(&args.model, &args.data)?;
     let (policy, reference) = p.policy_and_reference(
         &args.lora,

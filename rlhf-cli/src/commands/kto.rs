@@ -109,10 +109,14 @@ fn examples(
     let mut out = Vec::new();
     let mut dropped = Dropped::records("an empty completion after truncation");
     for (prompt, completion, desirable) in records {
-        // not `Encoder::fit`: KTO also pairs this prompt with another example's response (its KL
-        // estimate), and the cut to `max_prompt` is what bounds those pairs
-        let prompt_ids = enc.prompt(&prompt)?;
-        let response = enc.response(&prompt, prompt_ids.len(), &completion)?;
+        // always cut, not only when longer than `max_length` (`Encoder::fit`): KTO also pairs
+        // this prompt with another example's response (its KL estimate), and the cut to
+        // `max_prompt` is what bounds those pairs
+        let (prompt_ids, pieces) = enc.pieces(&prompt, &[&completion])?;
+        let finished =
+            vec![enc.finish(pieces.into_iter().next().unwrap_or_default(), &completion)?];
+        let (prompt_ids, mut cut) = enc.cut(prompt_ids, finished);
+        let response = cut.remove(0);
         if response.is_empty() {
             dropped.count += 1;
             continue;

@@ -125,7 +125,6 @@ impl Prepared {
             format: &self.format,
             max_prompt,
             max_length,
-            in_context: false,
         })
     }
 

@@ -61,7 +61,7 @@ pub struct OnlineDpoArgs {
     pub chat_template: Option<PathBuf>,
     /// What scores a response: a reward-model DIR (or rm:DIR), exact-match[:FIELD],
     /// regex:PATTERN, length[:SCALE], judge:DIR (an LLM judge), or
-    /// mean(…)/min(…)/mean-minus-std:λ(…) of these
+    /// sum(…)/mean(…)/min(…)/mean-minus-std:λ(…) of these
     /// [TRL: --reward_model_path, --reward_funcs].
     #[arg(long, value_name = "SPEC")]
     pub reward: Option<String>,

@@ -178,7 +178,7 @@ pub struct OnPolicyArgs {
     pub chat_template: Option<PathBuf>,
     /// What scores a response: a reward-model DIR (or rm:DIR), exact-match[:FIELD],
     /// regex:PATTERN, length[:SCALE], judge:DIR (an LLM judge), or
-    /// mean(…)/min(…)/mean-minus-std:λ(…) of these
+    /// sum(…)/mean(…)/min(…)/mean-minus-std:λ(…) of these
     /// [TRL: --reward_model_path, --reward_funcs].
     #[arg(long, value_name = "SPEC")]
     pub reward: Option<String>,
@@ -600,8 +600,6 @@ fn ptx_demonstrations(
                 format: &ckpt.format,
                 max_prompt: cfg.query_length,
                 max_length: cfg.query_length + cfg.response_length.max(1) * 4,
-                // demonstrations, tokenised as SFT tokenises them
-                in_context: true,
             };
             let cap = cfg.response_length.max(1) * 4;
             Ok(demonstrations(file, opts, &enc)?

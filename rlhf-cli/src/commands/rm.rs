@@ -259,7 +259,6 @@ pub fn run(args: &RmArgs, toml: &str) -> Result<()> {
         format: &format,
         max_prompt,
         max_length,
-        in_context: false,
     };
     let kind = args.data.record_kind()?;
     output::claim(out, "rm", toml)?;

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::args::{DataArgs, LoraArgs, ModelArgs, TrainArgs, defaults_from_clap};
 use crate::commands::Prepared;
-use crate::data::{Encoder, SftTarget, prompt_key, read_split, sft_examples};
+use crate::data::{SftTarget, prompt_key, read_split, sft_examples};
 use crate::output;
 
 /// TRL's `SFTConfig.learning_rate`.
@@ -92,10 +92,7 @@ pub fn run(args: &SftArgs, toml: &str) -> Result<()> {
             &r.prompt
         })
     })?;
-    let enc = Encoder {
-        in_context: true,
-        ..p.encoder(&args.data)?
-    };
+    let enc = p.encoder(&args.data)?;
     let (train, dropped) = sft_examples(&train, &enc, args.target())?;
     dropped.announce("training data");
     let (eval, dropped) = sft_examples(&eval, &enc, args.target())?;

@@ -33,6 +33,17 @@ fn ok(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Runs `rlhf` and asserts it failed, saying `says` on stderr.
+fn refused(args: &[&str], says: &str) {
+    let out = rlhf(args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains(says),
+        "rlhf {}: {err}",
+        args.join(" ")
+    );
+}
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -263,23 +274,21 @@ fn help_lists_every_option_and_mistakes_are_named() {
     // advantages are not group-normalised refuses the flag
     let text = ok(&["grpo", "--scale_rewards", "false", "--print-config"]);
     assert!(text.contains("scale_rewards = \"none\""), "{text}");
-    let out = rlhf(&[
-        "rloo",
-        "--model",
-        &fixture("tiny-pythia"),
-        "--prompts",
-        &sample("prompts.jsonl"),
-        "--reward",
-        "length",
-        "--out",
-        &s(&dir.path().join("rloo")),
-        "--scale-rewards",
-        "none",
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("--scale-rewards scales group-normalised"),
-        "{err}"
+    refused(
+        &[
+            "rloo",
+            "--model",
+            &fixture("tiny-pythia"),
+            "--prompts",
+            &sample("prompts.jsonl"),
+            "--reward",
+            "length",
+            "--out",
+            &s(&dir.path().join("rloo")),
+            "--scale-rewards",
+            "none",
+        ],
+        "--scale-rewards scales group-normalised",
     );
 }
 
@@ -495,6 +504,21 @@ fn dpo_raises_the_margin_and_rm_orders_its_pairs() {
         .collect();
     assert_eq!(by_config.len(), 1, "{by_config:?}");
     assert!(std::fs::read_dir(&by_config[0]).unwrap().count() >= 1);
+    // label smoothing on a loss without ε is refused (TRL's sigmoid ignores it; cDPO is cdpo)
+    refused(
+        &[
+            "dpo",
+            "--model",
+            &fixture("tiny-pythia"),
+            "--data",
+            &pairs,
+            "--out",
+            &s(&dir.path().join("refused")),
+            "--label-smoothing",
+            "0.1",
+        ],
+        "--loss cdpo",
+    );
 
     let rm = dir.path().join("rm");
     ok(&[

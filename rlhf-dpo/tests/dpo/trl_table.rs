@@ -2,7 +2,9 @@
 //! Python (`math.log1p`, double precision) from the formulas as TRL writes them
 //! (`trl/trainer/dpo_trainer.py`, `dpo_loss`, with `logits = h`):
 //!
-//! - `sigmoid`: `−logσ(βh)(1−ls) − logσ(−βh)·ls` (ls = 0, and cDPO with ls = 0.1);
+//! - `sigmoid`: `−logσ(βh)(1−ls) − logσ(−βh)·ls` (ls = 0; cDPO with ls = 0.1, as TRL's `sigmoid`
+//!   computed it before its 1.x versions, which ignore `label_smoothing` there: `rlhf dpo --loss
+//!   cdpo`);
 //! - `robust`: `(−logσ(βh)(1−ls) + logσ(−βh)·ls) / (1 − 2ls)` (ls = 0.1);
 //! - `hinge`: `relu(1 − βh)`;
 //! - `ipo`: `(h − 1/(2β))²` (h from length-averaged log-probs);
