@@ -66,6 +66,9 @@ pub fn prompt_key(t: &Turns) -> String {
     serde_json::to_string(t).unwrap_or_default()
 }
 
+/// Whether [`Encoder::pieces`] has said once that a prompt's tokens join its response's.
+static SEAM_WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Text to tokens, as TRL's trainers tokenise a record: each response after its prompt's text
 /// ([`Encoder::pieces`]), ending with one EOS ([`Encoder::response`]'s rules); a record whose
 /// prompt and longest response fit in `max_length` is kept whole ([`Encoder::fit`]), a longer
@@ -115,6 +118,14 @@ impl Encoder<'_> {
             .collect::<Result<Vec<_>>>()?;
         let agree = |whole: &Vec<u32>| alone.iter().zip(whole).take_while(|(a, b)| a == b).count();
         let common = wholes.iter().map(agree).min().unwrap_or(alone.len());
+        if common < alone.len() && !SEAM_WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(
+                "a prompt's last tokens {:?} join its response's first in the whole sequence; the \
+                 response starts where they differ, as TRL's does (shown once; end prompts on a \
+                 token boundary, or with the space their responses begin with, to avoid it)",
+                self.tokenizer.decode(&alone[common..]).unwrap_or_default()
+            );
+        }
         let rest = wholes.into_iter().map(|w| w[common..].to_vec()).collect();
         Ok((alone[..common].to_vec(), rest))
     }
@@ -559,6 +570,37 @@ mod tests {
         for (r, text) in rs.iter().zip(["the answer is", "the answer was"]) {
             let whole = bpe.encode_start(text).unwrap();
             assert_eq!([p.as_slice(), &r[..r.len() - 1]].concat(), whole);
+        }
+    }
+
+    /// Preference records tokenised as TRL's `DPOTrainer` tokenises them (its own dataset
+    /// preparation, recorded by `make_cli_fixtures.py` in `tiny-llama3-chat/tokenization.json`):
+    /// plain text with and without a leading space, a completion that joins the prompt's last
+    /// word, and a conversation.
+    #[test]
+    fn preference_records_get_trls_token_ids() {
+        let (tokenizer, format) = checkpoint_tokenizer("tiny-llama3-chat");
+        let enc = encoder(&tokenizer, &format, 512, 1024);
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../rlhf-models/tests/fixtures/hf/tiny-llama3-chat/tokenization.json");
+        let fixture: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir).unwrap()).unwrap();
+        let turns = |v: &serde_json::Value| -> Turns { serde_json::from_value(v.clone()).unwrap() };
+        let ids =
+            |v: &serde_json::Value| -> Vec<u32> { serde_json::from_value(v.clone()).unwrap() };
+        let cases = fixture["dpo"].as_array().unwrap();
+        assert_eq!(cases.len(), 6);
+        for case in cases {
+            let r = &case["record"];
+            let (prompt, chosen, rejected) = (
+                turns(&r["prompt"]),
+                turns(&r["chosen"]),
+                turns(&r["rejected"]),
+            );
+            let (p, rs) = enc.fit(&prompt, &[&chosen, &rejected]).unwrap();
+            assert_eq!(p, ids(&case["prompt_ids"]), "{r}");
+            assert_eq!(rs[0], ids(&case["chosen_ids"]), "{r}");
+            assert_eq!(rs[1], ids(&case["rejected_ids"]), "{r}");
         }
     }
 
