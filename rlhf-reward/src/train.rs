@@ -615,10 +615,11 @@ pub fn train_reward_model(
                 return Ok(None);
             };
             let refs: Vec<&RankedExample> = idx.iter().map(|&i| &train[i]).collect();
+            let (loss, scores) = ranked_loss(m, &refs, cfg, shard.device)?;
             Ok(Some(BatchLoss {
-                loss: ranked_loss(m, &refs, cfg, shard.device)?.0,
+                loss,
                 weight: refs.len() as f64,
-                metrics: Vec::new(),
+                metrics: step_metrics(&to_f32_vec(scores.detach()), refs[0].responses.len()),
             }))
         },
         &|m| {
@@ -627,6 +628,31 @@ pub fn train_reward_model(
                 .transpose()
         },
     )
+}
+
+/// What TRL's reward trainer logs of a training step, from its scores (`k` per example, best
+/// first): the scores' range and mean and, for pairs, the share ordered right (a tie is wrong) and
+/// the mean margin.
+fn step_metrics(scores: &[f32], k: usize) -> Metrics {
+    let n = scores.len().max(1) as f64;
+    let all = || scores.iter().map(|&s| f64::from(s));
+    let mut out = vec![
+        (names::MIN_REWARD, all().fold(f64::INFINITY, f64::min)),
+        (names::MEAN_REWARD, all().sum::<f64>() / n),
+        (names::MAX_REWARD, all().fold(f64::NEG_INFINITY, f64::max)),
+    ];
+    if k == 2 {
+        let pairs = scores.len() / 2;
+        let (right, margin) = scores.chunks_exact(2).fold((0.0, 0.0), |(r, m), p| {
+            (
+                r + f64::from(u8::from(p[0] > p[1])),
+                m + f64::from(p[0] - p[1]),
+            )
+        });
+        out.push((names::ACCURACY, right / pairs.max(1) as f64));
+        out.push((names::MARGIN, margin / pairs.max(1) as f64));
+    }
+    out
 }
 
 /// Refuses `which` examples (train, eval) whose segments and labels differ in number, or that
@@ -778,4 +804,29 @@ pub fn normalise(
         )?));
     }
     Normalisation::from_scores(&scores, with_gain)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pairs `[2, 1]`, `[0, 0]`, `[−1, 3]`: one of three ordered right (a tie is wrong), mean
+    /// margin (1 + 0 − 4)/3, scores from −1 to 3 with mean 5/6; K-wise groups have no pair
+    /// metrics.
+    #[test]
+    fn step_metrics_are_trls_reward_trainer_metrics() {
+        let m = step_metrics(&[2.0, 1.0, 0.0, 0.0, -1.0, 3.0], 2);
+        let get = |name: &str| m.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
+        assert_eq!(get(names::ACCURACY), Some(1.0 / 3.0));
+        assert_eq!(get(names::MARGIN), Some(-1.0));
+        assert_eq!(get(names::MIN_REWARD), Some(-1.0));
+        assert_eq!(get(names::MAX_REWARD), Some(3.0));
+        assert!((get(names::MEAN_REWARD).unwrap() - 5.0 / 6.0).abs() < 1e-12);
+        let kwise = step_metrics(&[2.0, 1.0, 0.0], 3);
+        assert!(
+            kwise
+                .iter()
+                .all(|(n, _)| *n != names::ACCURACY && *n != names::MARGIN)
+        );
+    }
 }

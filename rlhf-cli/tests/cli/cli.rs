@@ -543,6 +543,16 @@ fn dpo_raises_the_margin_and_rm_orders_its_pairs() {
         *acc.last().unwrap() >= 0.8,
         "RM accuracy on its training pairs {acc:?}"
     );
+    // TRL's training metrics of each step
+    for name in [
+        "accuracy",
+        "margin",
+        "min_reward",
+        "mean_reward",
+        "max_reward",
+    ] {
+        assert_eq!(metric(&rm, name).len(), metric(&rm, "loss").len(), "{name}");
+    }
     let device = rlhf_core::parse_device("flex").unwrap();
     let (_, scalar, extra, head) = rlhf_models::load_scalar_pretrained(&rm, &device).unwrap();
     assert!(head && extra["normalisation"]["bias"].is_number());

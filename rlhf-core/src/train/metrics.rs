@@ -11,6 +11,8 @@
 //! | `learning_rate`, `grad_norm` | the step's learning rate, the global gradient norm before clipping | every trainer |
 //! | `eval_perplexity` | `exp(eval_loss)` of SFT | — |
 //! | `eval_accuracy` | RM accuracy on held-out labels (step models: on held-out step labels) | `RewardTrainer` |
+//! | `accuracy`, `margin` | a pairwise RM's training step: the share of pairs it orders right (a tie is wrong), the mean `r_c − r_r` | `RewardTrainer` |
+//! | `min_reward`, `mean_reward`, `max_reward` | an outcome RM's training step: its scores' minimum, mean and maximum (accumulated micro-batches: the means of theirs) | `RewardTrainer` |
 //! | `eval_gold_accuracy` | RM accuracy on the gold order (step models: balanced accuracy) | — |
 //! | `eval_pair_accuracy` | step models: share of one prompt's right-versus-wrong pairs ordered as labelled | — |
 //! | `rewards/chosen`, `rewards/rejected`, `rewards/margins`, `rewards/accuracies` | implicit rewards `β·(logπ − logπ_ref)` of preference pairs, their margin, the share ordered right | `DPOTrainer` |
@@ -123,6 +125,11 @@ pub mod names {
     pub const EVAL_LOSS: &str = "eval_loss";
     pub const EVAL_PERPLEXITY: &str = "eval_perplexity";
     pub const EVAL_ACCURACY: &str = "eval_accuracy";
+    pub const ACCURACY: &str = "accuracy";
+    pub const MARGIN: &str = "margin";
+    pub const MIN_REWARD: &str = "min_reward";
+    pub const MEAN_REWARD: &str = "mean_reward";
+    pub const MAX_REWARD: &str = "max_reward";
     pub const EVAL_GOLD_ACCURACY: &str = "eval_gold_accuracy";
     pub const EVAL_PAIR_ACCURACY: &str = "eval_pair_accuracy";
     pub const REWARDS_CHOSEN: &str = "rewards/chosen";
