@@ -70,7 +70,7 @@ pub fn prompt_key(t: &Turns) -> String {
 static SEAM_WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Text to tokens, as TRL's trainers tokenise a record: each response after its prompt's text
-/// ([`Encoder::pieces`]), ending with one EOS ([`Encoder::response`]'s rules); a record whose
+/// ([`Encoder::pieces`]), ending with one EOS ([`Encoder::finish`]); a record whose
 /// prompt and longest response fit in `max_length` is kept whole ([`Encoder::fit`]), a longer
 /// one's prompt keeps its start (BOS) and its last tokens, `max_prompt` in all, and each response
 /// its first tokens, as many as fit with the prompt in `max_length`.
@@ -97,11 +97,12 @@ impl Encoder<'_> {
     }
 
     /// A record's prompt and responses, uncut and without EOS rules: each response is the tokens
-    /// of the prompt's text followed by its own after the prompt's, as TRL tokenises prompt and
-    /// completion together (a Metaspace tokenizer marks a text's first word as following a
-    /// space, so a response on its own would begin otherwise). The prompt ends where its own
-    /// tokens and every whole sequence's agree: a token that spans the seam starts the responses
-    /// (TRL's `common_prefix_length`).
+    /// of the whole conversation after the prompt's ([`ChatFormat::whole`]), as TRL tokenises
+    /// prompt and completion together (a Metaspace tokenizer marks a text's first word as
+    /// following a space, so a response on its own would begin otherwise). The prompt ends where
+    /// its own tokens and every whole sequence's agree (TRL's `common_prefix_length`): a token
+    /// that spans the seam starts the responses, and so does what a template's generation prompt
+    /// writes that the finished turn does not.
     pub fn pieces(
         &self,
         prompt: &Turns,
@@ -112,8 +113,9 @@ impl Encoder<'_> {
         let wholes = responses
             .iter()
             .map(|r| {
-                let text = self.format.response(prompt, r)?;
-                Ok(self.tokenizer.encode_start(&format!("{head}{text}"))?)
+                Ok(self
+                    .tokenizer
+                    .encode_start(&self.format.whole(prompt, r)?)?)
             })
             .collect::<Result<Vec<_>>>()?;
         let agree = |whole: &Vec<u32>| alone.iter().zip(whole).take_while(|(a, b)| a == b).count();
@@ -571,6 +573,38 @@ mod tests {
             let whole = bpe.encode_start(text).unwrap();
             assert_eq!([p.as_slice(), &r[..r.len() - 1]].concat(), whole);
         }
+    }
+
+    /// A template whose generation prompt opens a thought block that the finished turn does not
+    /// have (DeepSeek-R1's): the prompt ends where the two renderings agree, and the reply is the
+    /// rest of the whole conversation, as TRL 1.16 splits it.
+    #[test]
+    fn a_generation_prompt_the_finished_turn_lacks_is_left_out() {
+        let (tokenizer, _) = checkpoint_tokenizer("tiny-qwen2-chat");
+        let source = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n\
+                      {% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n\
+                      {% endif %}";
+        let format = ChatFormat::Jinja(
+            rlhf_data::JinjaTemplate::new(source, "", &tokenizer.eos_text()).unwrap(),
+        );
+        let enc = encoder(&tokenizer, &format, 64, 256);
+        let (p, rs) = enc
+            .fit(&turn("user", "hi"), &[&turn("assistant", "it sat.")])
+            .unwrap();
+        assert!(
+            format
+                .response(&turn("user", "hi"), &turn("assistant", "it sat."))
+                .is_err()
+        );
+        assert!(
+            tokenizer
+                .decode(&p)
+                .unwrap()
+                .ends_with("<|im_start|>assistant\n"),
+            "{:?}",
+            tokenizer.decode(&p)
+        );
+        assert_eq!(tokenizer.decode(&rs[0]).unwrap(), "it sat.<|im_end|>");
     }
 
     /// Preference records tokenised as TRL's `DPOTrainer` tokenises them (its own dataset

@@ -40,18 +40,21 @@ fn params(config: &TransformerConfig, model_params: usize) -> String {
 pub fn checkpoint(dir: &Path, device: &Device, chat_template: Option<&Path>) -> Result<Checkpoint> {
     let (config, model) = load_pretrained(dir, device)
         .with_context(|| format!("loading the model in {}", dir.display()))?;
-    let tokenizer = Tokenizer::from_dir(dir)
+    let mut tokenizer = Tokenizer::from_dir(dir)
         .with_context(|| format!("loading the tokenizer in {}", dir.display()))?;
     let format = match chat_template {
         Some(path) => {
             let source = std::fs::read_to_string(path)
                 .with_context(|| format!("reading {}", path.display()))?;
             let c = tokenizer.config();
-            ChatFormat::Jinja(JinjaTemplate::new(
+            let format = ChatFormat::Jinja(JinjaTemplate::new(
                 &source,
                 c.bos_token.as_deref().unwrap_or(""),
                 &tokenizer.eos_text(),
-            )?)
+            )?);
+            // the model this run writes keeps the template it was trained with
+            tokenizer.set_chat_template(&source);
+            format
         }
         None => tokenizer.config().chat_format()?,
     };

@@ -1,9 +1,10 @@
-//! A reward model of another tokenizer than the policy's, served the policy's samples as its own
-//! training data were written: each prompt in the reward model's chat format, each finished reply
-//! as `rlhf rm` encodes a response ([`Encoder::response`]: its end of turn and EOS), so the model
-//! reads its own format rather than the policy's (TRL's online trainers render prompt and
-//! completion with the reward model's own chat template). A reply cut off before the policy's EOS
-//! is read as its bare text, with no end.
+//! A reward model served the policy's samples as `rlhf rm` encoded its training data
+//! ([`Encoder::fit`]): each prompt in the reward model's own chat format and tokens, each
+//! finished reply with its own end of turn and EOS, the reply tokenised after the prompt's text.
+//! So a reward model of another tokenizer than the policy's reads its own format rather than the
+//! policy's (TRL's online trainers render prompt and completion with the reward model's own chat
+//! template), and one of the same tokenizer reads its samples as it was trained. A reply cut off
+//! before the policy's EOS is read as its bare text, with no end.
 
 use std::collections::HashMap;
 

@@ -10,10 +10,10 @@
 //! | `sum(A,B,…)`, `mean(A,B,…)`, `min(A,B,…)`, `mean-minus-std:λ(A,B,…)` | a combination of the specs inside (`sum` is TRL's for several reward functions) |
 //!
 //! A spec that names a reward model also gives the on-policy trainers their critic's starting
-//! point (TL;DR detail 6: the value model starts from the reward model). A reward model whose
-//! directory has a tokenizer of other ids than the policy's reads each sample in its own chat
-//! format and tokens ([`crate::reencode`]); a critic reads the policy's ids, so it starts from a
-//! reward model only of the policy's ids.
+//! point (TL;DR detail 6: the value model starts from the reward model). A reward model reads
+//! each sample as `rlhf rm` encoded its training data, in its own tokenizer and chat format
+//! ([`crate::reencode`]); a critic reads the policy's ids, so it starts from a reward model only
+//! of the policy's ids.
 
 use std::path::{Path, PathBuf};
 
@@ -186,9 +186,9 @@ impl Spec {
     }
 }
 
-/// The reward model in `dir` as a scorer of the policy's samples: on the policy's ids when its
-/// tokenizer has them (or it is a process RM, which finds its steps in the text, the policy's EOS
-/// after the last one), otherwise each sample in its own chat format and tokens ([`ReEncoded`]).
+/// The reward model in `dir` as a scorer of the policy's samples: each sample as `rlhf rm`
+/// encoded its training data, in the model's own tokenizer and chat format ([`ReEncoded`]); a
+/// process RM reads the text (it finds its steps there; the policy's EOS follows the last one).
 fn reward_model(
     dir: &Path,
     tokenizer: &Tokenizer,
@@ -203,18 +203,20 @@ fn reward_model(
         rm.model = frozen.apply(rm.model);
     }
     let own = load::reward_tokenizer(dir, &rm.config, tokenizer)?;
-    if own.same_ids(tokenizer) || rm.settings.kind == RewardKind::Process {
+    if rm.settings.kind == RewardKind::Process {
         return Ok(Box::new(RewardScorer::new(rm, own, device)));
     }
     let eos = tokenizer.eos_text();
-    tracing::info!(
-        "reward model {}: its own tokenizer ({} tokens, EOS {:?}), not the policy's: it reads \
-         each sample in its own chat format and tokens, a reply ending with the policy's EOS \
-         {eos:?} as a finished one",
-        dir.display(),
-        own.vocab_size(),
-        own.eos_text()
-    );
+    if !own.same_ids(tokenizer) {
+        tracing::info!(
+            "reward model {}: its own tokenizer ({} tokens, EOS {:?}), not the policy's: it reads \
+             each sample in its own chat format and tokens, a reply ending with the policy's EOS \
+             {eos:?} as a finished one",
+            dir.display(),
+            own.vocab_size(),
+            own.eos_text()
+        );
+    }
     let format = own.config().chat_format()?;
     Ok(Box::new(ReEncoded::new(
         RewardScorer::new(rm, own.clone(), device),
@@ -230,6 +232,7 @@ mod tests {
     use rlhf_data::Turns;
 
     use super::*;
+    use crate::data::Encoder;
 
     fn fixture(name: &str) -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -306,6 +309,32 @@ mod tests {
             before.score(&[&rendered], &[&finished]).unwrap()[0],
             want[0]
         );
+        // a reward model of the policy's own tokenizer reads a sample as `rlhf rm` encoded its
+        // data: the reply tokenised after the prompt, a token spanning the seam in the reply
+        let same = Spec::Model(policy_dir.clone())
+            .build(&policy, &prompts, &device, Precision::F32)
+            .unwrap();
+        let (seam, reply) = ("the answer is: ", format!("yes{}", policy.eos_text()));
+        let enc = Encoder {
+            tokenizer: &policy,
+            format: &policy_format,
+            max_prompt: usize::MAX,
+            max_length: usize::MAX,
+        };
+        let trained = enc.fit(&Turns::from(seam), &[&Turns::from("yes")]).unwrap();
+        let served_own = || {
+            RewardScorer::new(
+                load::reward_model(&policy_dir, &device, 0).unwrap(),
+                policy.clone(),
+                &device,
+            )
+        };
+        let want = served_own()
+            .score_tokens(&[(trained.0, trained.1[0].clone())])
+            .unwrap();
+        assert_eq!(same.score(&[seam], &[&reply]).unwrap(), want);
+        // the text path tokenises the reply on its own, which the model never trained on here
+        assert_ne!(served_own().score(&[seam], &[&reply]).unwrap(), want);
         // one vocabulary with another EOS named, or a [PAD] added here, is the same ids
         let other_eos =
             Tokenizer::from_file(&rm_dir.join("tokenizer.json"), Some("<|endoftext|>")).unwrap();

@@ -111,6 +111,27 @@ impl ChatFormat {
         }
     }
 
+    /// The whole conversation, `prompt` and then `response`, as the template writes it (a
+    /// plain-text response after the prompt's rendering). Unlike [`Self::response`], it needs no
+    /// split: a template may render the prompt alone otherwise (a generation prompt that opens a
+    /// thought block the finished turn does not have).
+    pub fn whole(&self, prompt: &Turns, response: &Turns) -> Result<String> {
+        match (self, response) {
+            (_, Turns::Text(t)) => Ok(format!("{}{t}", self.prompt(prompt)?)),
+            (ChatFormat::Pieces(t), r) => Ok(format!("{}{}", self.prompt(prompt)?, t.response(r))),
+            (ChatFormat::Jinja(j), Turns::Messages(reply)) => {
+                let before: Vec<Message> = match prompt {
+                    Turns::Messages(m) => m.clone(),
+                    Turns::Text(t) => vec![Message {
+                        role: "user".into(),
+                        content: t.clone(),
+                    }],
+                };
+                j.render(&[before, reply.clone()].concat(), false)
+            }
+        }
+    }
+
     /// The response to `prompt` as text, such that `prompt(prompt) + response(prompt, response)`
     /// is the whole conversation as the template writes it. A plain-text response is returned as
     /// it is. With a Jinja template the conversation must begin with the prompt's rendering (a

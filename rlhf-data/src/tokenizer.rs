@@ -104,9 +104,19 @@ impl Tokenizer {
         &self.config
     }
 
+    /// Makes `source` the chat template, the one [`Self::save_dir`] writes (a run given its own
+    /// template hands it on to the model it writes).
+    pub fn set_chat_template(&mut self, source: &str) {
+        self.config.raw.remove("chat_template");
+        self.config.chat_template = Some(source.to_string());
+    }
+
     /// Writes `dir/tokenizer.json` (the file it was loaded from, unchanged; a trained BPE as
     /// itself) and `dir/tokenizer_config.json` (the checkpoint's, or one naming EOS and, when the
-    /// vocabulary has it, PAD), atomically: what `transformers`' `AutoTokenizer` reads.
+    /// vocabulary has it, PAD), atomically: what `transformers`' `AutoTokenizer` reads. A chat
+    /// template that is not in that file (the checkpoint's `chat_template.jinja`, or one set by
+    /// [`Self::set_chat_template`]) is written to `dir/chat_template.jinja`, as `transformers`
+    /// saves it.
     pub fn save_dir(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         match &self.source {
@@ -125,7 +135,16 @@ impl Tokenizer {
         }
         let bytes = serde_json::to_vec_pretty(&serde_json::Value::Object(config))
             .map_err(|e| tok_err("tokenizer_config.json", e))?;
-        rlhf_base::fs::write_atomic(&dir.join("tokenizer_config.json"), &bytes)
+        rlhf_base::fs::write_atomic(&dir.join("tokenizer_config.json"), &bytes)?;
+        let jinja = dir.join("chat_template.jinja");
+        match &self.config.chat_template {
+            Some(template) if !self.config.raw.contains_key("chat_template") => {
+                rlhf_base::fs::write_atomic(&jinja, template.as_bytes())
+            }
+            // a template in the config: no older file beside it to be read instead
+            _ if jinja.is_file() => std::fs::remove_file(&jinja).map_err(|e| Error::io(&jinja, e)),
+            _ => Ok(()),
+        }
     }
 
     fn wrap(

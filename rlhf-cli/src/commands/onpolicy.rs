@@ -585,8 +585,9 @@ fn longest_prompt(tokenizer: &Tokenizer, texts: &[String]) -> Result<usize> {
         .unwrap_or(1))
 }
 
-/// PPO-ptx's demonstrations (none when `ptx_coef` is 0), their prompts cut to the query length
-/// and their completions to four times the response length.
+/// PPO-ptx's demonstrations (none when `ptx_coef` is 0), tokenised as SFT tokenises them (a
+/// demonstration longer than the query length and four response lengths cut, its prompt to the
+/// query length), their completions then cut to four times the response length.
 fn ptx_demonstrations(
     args: &OnPolicyArgs,
     cfg: &PpoConfig,

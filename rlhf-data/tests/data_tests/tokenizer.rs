@@ -167,3 +167,40 @@ fn the_post_processor_decides_what_comes_before_a_text() {
     assert_eq!(with(true, false), Vec::<u32>::new());
     assert_eq!(with(true, true), [0]);
 }
+
+/// A chat template kept beside the config (`chat_template.jinja`, as `transformers` 5 saves it)
+/// is written with the tokenizer, and one set for a run replaces the checkpoint's: a trained model
+/// keeps the template it was trained with.
+#[test]
+fn the_chat_template_goes_with_the_tokenizer() {
+    let src = fixture("tiny-qwen2-chat");
+    let tmp = tempfile::tempdir().unwrap();
+    let (apart, out) = (tmp.path().join("apart"), tmp.path().join("out"));
+    std::fs::create_dir_all(&apart).unwrap();
+    std::fs::copy(src.join("tokenizer.json"), apart.join("tokenizer.json")).unwrap();
+    let mut config: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(src.join("tokenizer_config.json")).unwrap())
+            .unwrap();
+    let template = config.remove("chat_template").unwrap();
+    let template = template.as_str().unwrap();
+    std::fs::write(
+        apart.join("tokenizer_config.json"),
+        serde_json::to_string(&config).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(apart.join("chat_template.jinja"), template).unwrap();
+    let tok = Tokenizer::from_dir(&apart).unwrap();
+    assert_eq!(tok.config().chat_template.as_deref(), Some(template));
+    tok.save_dir(&out).unwrap();
+    let saved = Tokenizer::from_dir(&out).unwrap();
+    assert_eq!(saved.config().chat_template.as_deref(), Some(template));
+    // a run's own template replaces the checkpoint's, in the config's place too
+    let mut tok = Tokenizer::from_dir(&src).unwrap();
+    tok.set_chat_template("{{ messages[0]['content'] }}");
+    tok.save_dir(&out).unwrap();
+    let saved = Tokenizer::from_dir(&out).unwrap();
+    assert_eq!(
+        saved.config().chat_template.as_deref(),
+        Some("{{ messages[0]['content'] }}")
+    );
+}
