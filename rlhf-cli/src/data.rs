@@ -66,7 +66,8 @@ pub fn prompt_key(t: &Turns) -> String {
     serde_json::to_string(t).unwrap_or_default()
 }
 
-/// Whether [`Encoder::pieces`] has said once that a prompt's tokens join its response's.
+/// Whether [`Encoder::pieces`] has said once that a prompt's tokens are not all in its whole
+/// sequence.
 static SEAM_WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Text to tokens, as TRL's trainers tokenise a record: each response after its prompt's text
@@ -122,9 +123,9 @@ impl Encoder<'_> {
         let common = wholes.iter().map(agree).min().unwrap_or(alone.len());
         if common < alone.len() && !SEAM_WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
             tracing::warn!(
-                "a prompt's last tokens {:?} join its response's first in the whole sequence; the \
-                 response starts where they differ, as TRL's does (shown once; end prompts on a \
-                 token boundary, or with the space their responses begin with, to avoid it)",
+                "a prompt's last tokens {:?} are not in its whole sequence (a token spans the seam, \
+                 or the template's generation prompt is not in a finished turn); the response \
+                 starts where they differ, as TRL's does (shown once)",
                 self.tokenizer.decode(&alone[common..]).unwrap_or_default()
             );
         }

@@ -100,6 +100,17 @@ impl Default for ChatFormat {
     }
 }
 
+/// A prompt as the messages before a reply: a plain-text prompt is the user's.
+fn as_messages(prompt: &Turns) -> Vec<Message> {
+    match prompt {
+        Turns::Messages(m) => m.clone(),
+        Turns::Text(t) => vec![Message {
+            role: "user".into(),
+            content: t.clone(),
+        }],
+    }
+}
+
 impl ChatFormat {
     /// The prompt as text: a conversation rendered with the opening of the assistant's reply;
     /// plain text as it is.
@@ -120,14 +131,7 @@ impl ChatFormat {
             (_, Turns::Text(t)) => Ok(format!("{}{t}", self.prompt(prompt)?)),
             (ChatFormat::Pieces(t), r) => Ok(format!("{}{}", self.prompt(prompt)?, t.response(r))),
             (ChatFormat::Jinja(j), Turns::Messages(reply)) => {
-                let before: Vec<Message> = match prompt {
-                    Turns::Messages(m) => m.clone(),
-                    Turns::Text(t) => vec![Message {
-                        role: "user".into(),
-                        content: t.clone(),
-                    }],
-                };
-                j.render(&[before, reply.clone()].concat(), false)
+                j.render(&[as_messages(prompt), reply.clone()].concat(), false)
             }
         }
     }
@@ -141,13 +145,7 @@ impl ChatFormat {
             (_, Turns::Text(t)) => Ok(t.clone()),
             (ChatFormat::Pieces(t), r) => Ok(t.response(r)),
             (ChatFormat::Jinja(j), Turns::Messages(reply)) => {
-                let before: Vec<Message> = match prompt {
-                    Turns::Messages(m) => m.clone(),
-                    Turns::Text(t) => vec![Message {
-                        role: "user".into(),
-                        content: t.clone(),
-                    }],
-                };
+                let before = as_messages(prompt);
                 let head = j.render(&before, true)?;
                 let whole = j.render(&[before, reply.clone()].concat(), false)?;
                 whole.strip_prefix(&head).map(str::to_string).ok_or_else(|| {
