@@ -138,13 +138,13 @@ fn add_compute(
     inp: &MethodInputs<'_>,
     curve_out: &mut Vec<BTreeMap<String, f64>>,
 ) -> (f64, f64) {
-    let episodes = (ocfg.prompts_per_round * ocfg.samples_per_prompt) as f64;
+    let episodes = (ocfg.prompts_per_round * ocfg.samples_per_prompt) as u64;
     let (mut total_flops, mut total_tokens) = (0.0, 0.0);
     for mut line in lines {
         let at = |key: &str, default: f64| line.get(key).copied().unwrap_or(default);
         let response = at(train_names::COMPLETIONS_MEAN_LENGTH, 0.0).round() as u64;
         let sequence = inp.query_length as u64 + response;
-        let sampled = episodes as u64 * sequence;
+        let sampled = episodes * sequence;
         // two responses per pair; the pair share is of the round's prompts
         let trained =
             (at(train_names::ONLINE_PAIR_SHARE, 1.0) * ocfg.prompts_per_round as f64 * 2.0).round()

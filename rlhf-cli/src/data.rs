@@ -133,16 +133,27 @@ impl Encoder<'_> {
         Ok((alone[..common].to_vec(), rest))
     }
 
-    /// A record's prompt and responses ([`Self::pieces`], each response ended by
-    /// [`Self::finish`]): whole when the prompt and the longest response fit in `max_length`
-    /// together (TRL cuts only a longer sequence), else cut ([`Self::cut`]).
-    pub fn fit(&self, prompt: &Turns, responses: &[&Turns]) -> Result<(Vec<u32>, Vec<Vec<u32>>)> {
+    /// A record's prompt and responses uncut: [`Self::pieces`], each response ended by
+    /// [`Self::finish`].
+    pub fn finished(
+        &self,
+        prompt: &Turns,
+        responses: &[&Turns],
+    ) -> Result<(Vec<u32>, Vec<Vec<u32>>)> {
         let (p, rs) = self.pieces(prompt, responses)?;
         let rs = rs
             .into_iter()
             .zip(responses)
             .map(|(ids, r)| self.finish(ids, r))
             .collect::<Result<Vec<_>>>()?;
+        Ok((p, rs))
+    }
+
+    /// A record's prompt and responses ([`Self::finished`]): whole when the prompt and the
+    /// longest response fit in `max_length` together (TRL cuts only a longer sequence), else cut
+    /// ([`Self::cut`]).
+    pub fn fit(&self, prompt: &Turns, responses: &[&Turns]) -> Result<(Vec<u32>, Vec<Vec<u32>>)> {
+        let (p, rs) = self.finished(prompt, responses)?;
         let longest = rs.iter().map(Vec::len).max().unwrap_or(0);
         if p.len() + longest <= self.max_length {
             return Ok((p, rs));
@@ -153,13 +164,7 @@ impl Encoder<'_> {
     /// The prompt cut to `max_prompt`, keeping its start tokens (BOS) and its last tokens, and
     /// each response to what `max_length` leaves after it, keeping its first tokens.
     pub fn cut(&self, prompt: Vec<u32>, responses: Vec<Vec<u32>>) -> (Vec<u32>, Vec<Vec<u32>>) {
-        let prompt = if prompt.len() <= self.max_prompt {
-            prompt
-        } else {
-            let start = self.tokenizer.start().len().min(self.max_prompt);
-            let rest = &prompt[prompt.len() - (self.max_prompt - start)..];
-            prompt[..start].iter().chain(rest).copied().collect()
-        };
+        let prompt = self.tokenizer.cut_prompt(prompt, self.max_prompt);
         let room = self.max_length.saturating_sub(prompt.len());
         let responses = responses
             .into_iter()
@@ -502,9 +507,8 @@ mod tests {
     /// `response` after `prompt`, both cut as a record longer than `max_length` is
     /// ([`Encoder::cut`]).
     fn response(enc: &Encoder, prompt: &Turns, response: &Turns) -> Vec<u32> {
-        let (p, r) = enc.pieces(prompt, &[response]).unwrap();
-        let r = enc.finish(r.into_iter().next().unwrap(), response).unwrap();
-        enc.cut(p, vec![r]).1.remove(0)
+        let (p, r) = enc.finished(prompt, &[response]).unwrap();
+        enc.cut(p, r).1.remove(0)
     }
 
     /// Prompt and response share `max_length`: a short prompt leaves the rest to the response,

@@ -9,15 +9,14 @@
 use std::collections::HashMap;
 
 use rlhf_core::{Error, Scorer};
-use rlhf_data::{ChatFormat, Message, Tokenizer, Turns};
+use rlhf_data::{ChatFormat, Message, Turns};
 use rlhf_reward::RewardScorer;
 
 use crate::data::{Encoder, Prompts};
 
-/// The reward model, its tokenizer and chat format, and the prompts it will be asked about.
+/// The reward model, its chat format, and the prompts it will be asked about.
 pub struct ReEncoded {
     rm: RewardScorer,
-    tokenizer: Tokenizer,
     format: ChatFormat,
     /// Each prompt as the policy's format renders it (what the trainers pass) → its record's turns.
     turns: HashMap<String, Turns>,
@@ -26,34 +25,28 @@ pub struct ReEncoded {
 }
 
 impl ReEncoded {
-    /// Serves `rm` (an outcome reward model) with its own `tokenizer` and `format`, for the
-    /// policy's `prompts` and samples ending with `policy_eos`.
-    pub fn new(
-        rm: RewardScorer,
-        tokenizer: Tokenizer,
-        format: ChatFormat,
-        prompts: &Prompts,
-        policy_eos: String,
-    ) -> Self {
+    /// Serves `rm` (an outcome reward model) in its tokenizer's chat format, for the policy's
+    /// `prompts` and samples ending with `policy_eos`.
+    pub fn new(rm: RewardScorer, prompts: &Prompts, policy_eos: String) -> anyhow::Result<Self> {
+        let format = rm.tokenizer().config().chat_format()?;
         let turns = prompts
             .texts
             .iter()
             .zip(&prompts.records)
             .map(|(text, r)| (text.clone(), r.prompt.clone()))
             .collect();
-        ReEncoded {
+        Ok(ReEncoded {
             rm,
-            tokenizer,
             format,
             turns,
             policy_eos,
-        }
+        })
     }
 
     /// `(prompt, response)` in the reward model's tokens.
     fn encode(&self, prompt: &str, response: &str) -> anyhow::Result<(Vec<u32>, Vec<u32>)> {
         let enc = Encoder {
-            tokenizer: &self.tokenizer,
+            tokenizer: self.rm.tokenizer(),
             format: &self.format,
             max_prompt: usize::MAX,
             max_length: usize::MAX,

@@ -217,14 +217,11 @@ fn reward_model(
             own.eos_text()
         );
     }
-    let format = own.config().chat_format()?;
     Ok(Box::new(ReEncoded::new(
-        RewardScorer::new(rm, own.clone(), device),
-        own,
-        format,
+        RewardScorer::new(rm, own, device),
         prompts,
         eos,
-    )))
+    )?))
 }
 
 #[cfg(test)]

@@ -267,17 +267,21 @@ impl Tokenizer {
         Ok(self.start.iter().chain(&ids).copied().collect())
     }
 
-    /// [`Self::encode_start`]'s ids cut to at most `max`: the start tokens stay (a Llama model
-    /// never reads a prompt without its BOS) and the rest keeps its last tokens, the end of a
-    /// prompt being what a response follows.
+    /// [`Self::encode_start`]'s ids cut to at most `max` ([`Self::cut_prompt`]).
     pub fn encode_prompt(&self, text: &str, max: usize) -> Result<Vec<u32>> {
-        let ids = self.encode_start(text)?;
+        Ok(self.cut_prompt(self.encode_start(text)?, max))
+    }
+
+    /// A prompt's ids (begun with [`Self::start`]) cut to at most `max`: the start tokens stay (a
+    /// Llama model never reads a prompt without its BOS) and the rest keeps its last tokens, the
+    /// end of a prompt being what a response follows.
+    pub fn cut_prompt(&self, ids: Vec<u32>, max: usize) -> Vec<u32> {
         if ids.len() <= max {
-            return Ok(ids);
+            return ids;
         }
         let start = self.start.len().min(max);
         let rest = &ids[ids.len() - (max - start)..];
-        Ok(ids[..start].iter().chain(rest).copied().collect())
+        ids[..start].iter().chain(rest).copied().collect()
     }
 
     /// The special tokens the tokenizer puts before a text (Llama's BOS; none for GPT-2, Pythia

@@ -50,6 +50,11 @@ impl RewardScorer {
         &self.rm
     }
 
+    /// The tokenizer it reads text with.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
     /// Normalised scores of `(prompt, response)` token sequences the caller tokenised with this
     /// model's tokenizer: outcome RMs only (a process RM finds its steps in the text).
     pub fn score_tokens(&self, pairs: &[(Vec<u32>, Vec<u32>)]) -> Result<Vec<f32>> {

@@ -108,8 +108,9 @@ impl DpoArgs {
         self
     }
 
-    /// Refuses `--label-smoothing` on a loss that has no ε: TRL's `sigmoid`, `hinge` and `ipo`
-    /// ignore it (its `sigmoid` was conservative DPO in older versions: that is `--loss cdpo`).
+    /// Refuses `--label-smoothing` on a loss that takes no ε here: TRL's `sigmoid`, `hinge` and
+    /// `ipo` ignore it (its `sigmoid` was conservative DPO in older versions: that is `--loss
+    /// cdpo`), and this `simpo` has none.
     pub fn check_label_smoothing(&self) -> Result<()> {
         let uses_eps = matches!(
             self.loss,
@@ -117,8 +118,8 @@ impl DpoArgs {
         );
         match self.label_smoothing {
             Some(eps) if eps != 0.0 && !uses_eps => bail!(
-                "--label-smoothing {eps} has no effect on --loss {} (TRL ignores it there): \
-                 conservative DPO is --loss cdpo; robust and exo-pref take it too",
+                "--label-smoothing {eps} has no effect on --loss {} (TRL's sigmoid, hinge and \
+                 ipo ignore it too): conservative DPO is --loss cdpo; robust and exo-pref take it",
                 self.loss
                     .to_possible_value()
                     .map(|v| v.get_name().to_string())

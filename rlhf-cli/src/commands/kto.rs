@@ -112,9 +112,7 @@ fn examples(
         // always cut, not only when longer than `max_length` (`Encoder::fit`): KTO also pairs
         // this prompt with another example's response (its KL estimate), and the cut to
         // `max_prompt` is what bounds those pairs
-        let (prompt_ids, pieces) = enc.pieces(&prompt, &[&completion])?;
-        let finished =
-            vec![enc.finish(pieces.into_iter().next().unwrap_or_default(), &completion)?];
+        let (prompt_ids, finished) = enc.finished(&prompt, &[&completion])?;
         let (prompt_ids, mut cut) = enc.cut(prompt_ids, finished);
         let response = cut.remove(0);
         if response.is_empty() {

@@ -299,17 +299,20 @@ mod tests {
         args: OnlineDpoArgs,
     }
 
-    /// TRL's batch flags: a round samples the prompts of all its micro-batches.
+    /// TRL's batch flags, spelt as TRL spells them: a round samples the prompts of all its
+    /// micro-batches.
     #[test]
     fn a_round_holds_every_micro_batch_of_prompts() {
-        let flags = [
-            "rlhf",
-            "--per_device_train_batch_size",
-            "4",
-            "--gradient_accumulation_steps",
-            "3",
-        ]
-        .map(|f| f.replace('_', "-"));
+        let flags = crate::options::normalise_args(
+            [
+                "rlhf",
+                "--per_device_train_batch_size",
+                "4",
+                "--gradient_accumulation_steps",
+                "3",
+            ]
+            .map(Into::into),
+        );
         let w = Wrapped::try_parse_from(flags).unwrap();
         let c = w.args.completed().config(10);
         assert_eq!(c.prompts_per_round, 12);
