@@ -33,4 +33,4 @@ pub mod seed;
 
 pub use allocator::{release_freed, tune_allocator};
 pub use error::{Error, Result};
-pub use scorer::{Scorer, best_and_worst, check_pairs, score_each};
+pub use scorer::{Scored, Scorer, best_and_worst, check_pairs, score_each, score_parts_each};

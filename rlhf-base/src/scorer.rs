@@ -33,6 +33,26 @@ pub trait Scorer {
             .unwrap_or("scorer")
             .to_string()
     }
+
+    /// The scores with, for a scorer that combines several (TRL's several reward functions),
+    /// each part's own scores by name: a trainer logs their means and spreads. A scorer of one
+    /// part has none.
+    fn score_parts(&self, prompts: &[&str], responses: &[&str]) -> Result<Scored> {
+        Ok(Scored {
+            scores: self.score(prompts, responses)?,
+            parts: Vec::new(),
+        })
+    }
+}
+
+/// What [`Scorer::score_parts`] returns: one score per response, and each named part of them
+/// (unweighted), one value per response.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Scored {
+    /// The scores.
+    pub scores: Vec<f32>,
+    /// `(name, one value per response)` of each part the scores combine.
+    pub parts: Vec<(String, Vec<f32>)>,
 }
 
 /// The check every `Scorer` makes first: one response per prompt.
@@ -62,12 +82,41 @@ pub fn score_each(scorer: &dyn Scorer, prompts: &[&str], responses: &[&str]) -> 
     Ok(scores)
 }
 
+/// [`score_each`] with the parts ([`Scorer::score_parts`]), each checked the same way.
+pub fn score_parts_each(
+    scorer: &dyn Scorer,
+    prompts: &[&str],
+    responses: &[&str],
+) -> Result<Scored> {
+    let scored = scorer.score_parts(prompts, responses)?;
+    let short = std::iter::once(("", &scored.scores))
+        .chain(scored.parts.iter().map(|(n, v)| (n.as_str(), v)))
+        .find(|(_, v)| v.len() != responses.len());
+    if let Some((part, values)) = short {
+        return Err(crate::Error::Shape(format!(
+            "the scorer {}{} gave {} scores for {} responses",
+            scorer.name(),
+            if part.is_empty() {
+                String::new()
+            } else {
+                format!(" (part {part})")
+            },
+            values.len(),
+            responses.len()
+        )));
+    }
+    Ok(scored)
+}
+
 impl<S: Scorer + ?Sized> Scorer for Box<S> {
     fn score(&self, prompts: &[&str], responses: &[&str]) -> Result<Vec<f32>> {
         (**self).score(prompts, responses)
     }
     fn name(&self) -> String {
         (**self).name()
+    }
+    fn score_parts(&self, prompts: &[&str], responses: &[&str]) -> Result<Scored> {
+        (**self).score_parts(prompts, responses)
     }
 }
 

@@ -9,6 +9,11 @@
 //! | `judge:DIR` | a causal LM checkpoint as an LLM judge (LongReward's four dimensions, the expected rating 0–9; `rlhf_reward::LlmJudge`) |
 //! | `sum(A,B,…)`, `mean(A,B,…)`, `min(A,B,…)`, `mean-minus-std:λ(A,B,…)` | a combination of the specs inside (`sum` is TRL's for several reward functions) |
 //!
+//! `--reward-weights W…` weights the terms of a top-level `sum(…)` (or a single spec), as TRL's
+//! `reward_weights`. The trainers log each term's own scores as `rewards/{name}/mean` and
+//! `rewards/{name}/std`, the name being a reward model's directory name, `exact-match`, `regex`,
+//! `length`, a judge's directory name or the combination's (`_2`, `_3`, … for repeats).
+//!
 //! A spec that names a reward model also gives the on-policy trainers their critic's starting
 //! point (TL;DR detail 6: the value model starts from the reward model). A reward model reads
 //! each sample as `rlhf rm` encoded its training data, in its own tokenizer and chat format
@@ -46,6 +51,8 @@ pub enum Spec {
     Judge(PathBuf),
     /// An ensemble.
     Ensemble(Combine, Vec<Spec>),
+    /// A sum of the specs weighted by the weights (one each).
+    Weighted(Vec<f32>, Vec<Spec>),
 }
 
 /// Splits `s` at its top-level commas (those outside parentheses).
@@ -125,8 +132,55 @@ impl Spec {
     pub fn models(&self) -> Vec<&Path> {
         match self {
             Spec::Model(p) => vec![p.as_path()],
-            Spec::Ensemble(_, members) => members.iter().flat_map(Spec::models).collect(),
+            Spec::Ensemble(_, members) | Spec::Weighted(_, members) => {
+                members.iter().flat_map(Spec::models).collect()
+            }
             _ => Vec::new(),
+        }
+    }
+
+    /// The spec with its terms weighted (`--reward-weights`, TRL's `reward_weights`): those of a
+    /// top-level `sum(…)`, one weight each, or a single spec's one term.
+    pub fn weighted(self, weights: &[f32]) -> Result<Spec> {
+        let members = match self {
+            Spec::Ensemble(Combine::Sum, members) => members,
+            Spec::Ensemble(..) | Spec::Weighted(..) => bail!(
+                "--reward-weights weights the terms of sum(…) (TRL's sum of reward functions),                  not of another combination"
+            ),
+            single => vec![single],
+        };
+        if weights.len() != members.len() {
+            bail!(
+                "number of reward weights ({}) must match number of reward functions ({})",
+                weights.len(),
+                members.len()
+            );
+        }
+        Ok(Spec::Weighted(weights.to_vec(), members))
+    }
+
+    /// The name of the spec's scores among an ensemble's parts: a model's or a judge's directory
+    /// name, or the kind.
+    fn label(&self) -> String {
+        let dir_name = |p: &Path| {
+            p.file_name().map_or_else(
+                || p.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            )
+        };
+        match self {
+            Spec::Model(dir) | Spec::Judge(dir) => dir_name(dir),
+            Spec::ExactMatch(_) => "exact-match".into(),
+            Spec::Regex(_) => "regex".into(),
+            Spec::Length(_) => "length".into(),
+            Spec::Ensemble(combine, _) => match combine {
+                Combine::Sum => "sum",
+                Combine::Mean => "mean",
+                Combine::Min => "min",
+                Combine::MeanMinusStd { .. } => "mean-minus-std",
+            }
+            .into(),
+            Spec::Weighted(..) => "sum".into(),
         }
     }
 
@@ -175,14 +229,31 @@ impl Spec {
                     .with_context(|| format!("the judge in {}", dir.display()))?,
                 )
             }
-            Spec::Ensemble(combine, members) => Box::new(EnsembleScorer::new(
-                members
-                    .iter()
-                    .map(|m| m.build(tokenizer, prompts, device, frozen))
-                    .collect::<Result<_>>()?,
-                *combine,
+            Spec::Ensemble(combine, members) => Box::new(Self::ensemble(
+                members, *combine, tokenizer, prompts, device, frozen,
             )?),
+            Spec::Weighted(weights, members) => Box::new(
+                Self::ensemble(members, Combine::Sum, tokenizer, prompts, device, frozen)?
+                    .with_weights(weights.clone())?,
+            ),
         })
+    }
+
+    /// `members` built and combined by `combine`, their parts named by their labels.
+    fn ensemble(
+        members: &[Spec],
+        combine: Combine,
+        tokenizer: &Tokenizer,
+        prompts: &Prompts,
+        device: &Device,
+        frozen: Precision,
+    ) -> Result<EnsembleScorer> {
+        let built = members
+            .iter()
+            .map(|m| m.build(tokenizer, prompts, device, frozen))
+            .collect::<Result<_>>()?;
+        Ok(EnsembleScorer::new(built, combine)?
+            .with_names(members.iter().map(Spec::label).collect())?)
     }
 }
 

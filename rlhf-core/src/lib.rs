@@ -67,7 +67,9 @@ pub use policy_loss::{
 };
 pub use ppo::{ValueLoss, clipped_policy_loss, clipped_value_loss};
 pub use rlhf_base::{Error, Result, error};
-pub use rlhf_base::{Scorer, best_and_worst, check_pairs, score_each, scorer};
+pub use rlhf_base::{
+    Scored, Scorer, best_and_worst, check_pairs, score_each, score_parts_each, scorer,
+};
 
 /// Whether this build has the `gemm` crate's AVX-512 kernels behind `flex` (feature `x86-v4`,
 /// on with `flex`); gemm uses them only on a CPU with AVX-512F.

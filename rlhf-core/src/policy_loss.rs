@@ -85,10 +85,12 @@ pub struct PolicyLoss {
     /// was the larger one; for `cispo`: the weight was clipped).
     pub clipfrac: Tensor<1>,
     /// Share of real tokens clipped at the lower bound (for `ppo`/`gspo`: `A < 0` and the ratio
-    /// below `1 − ε_low`; for `cispo`: `ρ < 1 − ε_low`).
+    /// below `1 − ε_low`; for `cispo`: `ρ < 1 − ε_low`). For `gspo`, whose ratio is one per
+    /// sequence, the mean over sequences of each one's share, as TRL counts it.
     pub clip_low: Tensor<1>,
     /// Share of real tokens clipped at the upper bound (for `ppo`/`gspo`: `A > 0` and the ratio
-    /// above `1 + ε_high`; for `cispo`: `ρ > 1 + ε_high`).
+    /// above `1 + ε_high`; for `cispo`: `ρ > 1 + ε_high`); per sequence for `gspo`, as
+    /// `clip_low`.
     pub clip_high: Tensor<1>,
     /// Masked mean of the ratio that enters the objective (`ρ`, or `s_i` at every token for GSPO).
     pub ratio_mean: Tensor<1>,
@@ -172,15 +174,31 @@ pub fn policy_loss(
     };
     let loss = aggregate(per_token, mask.clone(), cfg.aggregation, cfg.max_len);
     let ratio = ratio.detach();
+    // GSPO clips one ratio per sequence, and TRL counts its clipped shares per sequence
+    let clip_share = |flags: Tensor<2>| match cfg.objective {
+        PolicyObjective::Gspo => sequence_share(flags, mask.clone()),
+        _ => masked_mean(flags, mask.clone()),
+    };
     PolicyLoss {
         loss,
         approxkl: masked_mean(log_ratio.detach().square(), mask.clone()).mul_scalar(0.5),
         clipfrac: masked_mean(clipped, mask.clone()),
-        clip_low: masked_mean(clip_low, mask.clone()),
-        clip_high: masked_mean(clip_high, mask.clone()),
+        clip_low: clip_share(clip_low),
+        clip_high: clip_share(clip_high),
         ratio_mean: masked_mean(ratio.clone(), mask.clone()),
         ratio_var: masked_var(ratio, mask, true),
     }
+}
+
+/// The mean over every row (an empty one counting 0) of the row's share of real tokens where
+/// `flags` `[batch, seq]` is 1: with one flag per sequence, the share of sequences flagged.
+fn sequence_share(flags: Tensor<2>, mask: Tensor<2>) -> Tensor<1> {
+    let lengths = mask.clone().sum_dim(1).clamp_min(1.0);
+    zero_masked(flags, mask)
+        .sum_dim(1)
+        .div(lengths)
+        .mean()
+        .reshape([1])
 }
 
 /// GSPO's sequence ratio `s_i = exp((1/max(|y_i|, 1))·Σ_t m_{i,t}·Δ_{i,t})` of the (masked)

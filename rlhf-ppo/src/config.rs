@@ -67,6 +67,10 @@ pub struct PpoConfig {
     pub temperature: f32,
     /// [4] Score given instead of the RM's to a response with no EOS (`None` keeps the RM score).
     pub missing_eos_penalty: Option<f32>,
+    /// Leave a response cut off at the length limit (no EOS) out of the loss: its tokens are
+    /// masked in the update, while its score still enters its group's baseline (TRL's
+    /// `mask_truncated_completions`; DAPO's overlong filtering).
+    pub mask_truncated_completions: bool,
     /// [1] Turn dropout off in policy, reference, value and reward models.
     pub disable_dropout: bool,
     /// [6] Initialise the value model from the reward model (otherwise from the policy). Read by
@@ -156,6 +160,7 @@ impl Default for PpoConfig {
             response_length: 53,
             temperature: 0.7,
             missing_eos_penalty: Some(-1.0),
+            mask_truncated_completions: false,
             disable_dropout: true,
             value_from_reward_model: true,
             kl: KlController::Fixed { value: 0.05 },

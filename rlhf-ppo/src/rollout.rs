@@ -31,6 +31,8 @@ pub struct Rollout {
     pub lengths: Vec<usize>,
     /// The overlong punishment of each row (0 when off).
     pub overlong: Vec<f32>,
+    /// Each named part of the scorer's scores (several reward functions), one value per row.
+    pub score_parts: Vec<(String, Vec<f32>)>,
 }
 
 /// Samples `n` responses to each of `prompts` with `policy` (an inference model) and scores them.
@@ -88,7 +90,8 @@ pub fn sample_and_score(
         })
         .collect::<Result<Vec<_>>>()?;
     let text_refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let raw_scores = rlhf_core::score_each(inputs.scorer, &episodes, &text_refs)?;
+    let scored = rlhf_core::score_parts_each(inputs.scorer, &episodes, &text_refs)?;
+    let raw_scores = scored.scores;
     let mut scores = raw_scores.clone();
     if let Some(penalty) = cfg.missing_eos_penalty {
         apply_missing_eos_penalty(&mut scores, &generation.has_eos, penalty);
@@ -108,6 +111,7 @@ pub fn sample_and_score(
         raw_scores,
         lengths,
         overlong,
+        score_parts: scored.parts,
     })
 }
 
@@ -231,6 +235,11 @@ fn gather(parts: &[Rollout], picked: &[(usize, usize)], n: usize) -> Rollout {
         raw_scores: Vec::with_capacity(rows),
         lengths: Vec::with_capacity(rows),
         overlong: Vec::with_capacity(rows),
+        score_parts: parts[0]
+            .score_parts
+            .iter()
+            .map(|(name, _)| (name.clone(), Vec::with_capacity(rows)))
+            .collect(),
     };
     for &(p, g) in picked {
         let r = &parts[p];
@@ -261,6 +270,9 @@ fn gather(parts: &[Rollout], picked: &[(usize, usize)], n: usize) -> Rollout {
             out.raw_scores.push(r.raw_scores[row]);
             out.lengths.push(r.lengths[row]);
             out.overlong.push(r.overlong[row]);
+            for ((_, to), (_, from)) in out.score_parts.iter_mut().zip(&r.score_parts) {
+                to.push(from[row]);
+            }
         }
     }
     out

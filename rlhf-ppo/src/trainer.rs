@@ -143,7 +143,8 @@ pub struct Experience {
     pub ids: Vec<u32>,
     /// 1 at real query and response tokens.
     pub attention: Vec<u8>,
-    /// Response mask `m_t`: 1 up to and including EOS.
+    /// Response mask `m_t`: 1 up to and including EOS (with `mask_truncated_completions`, 0 on
+    /// every token of a response without EOS).
     pub mask: Vec<f32>,
     /// `log π_old(y_t)` with the temperature reapplied.
     pub logprobs: Vec<f32>,
@@ -263,6 +264,7 @@ pub fn make_experience(
     // last real token
     let kl = kl_estimate(logprobs.clone(), ref_logprobs.clone(), cfg.kl_estimator);
     let beta_in_reward = if cfg.kl_in_reward { kl_coef } else { 0.0 };
+    let reward_kl = (beta_in_reward != 0.0).then(|| to_f32_vec(kl.clone()));
     let scores_t = Tensor::<1>::from_data(TensorData::new(scores.to_vec(), [b]), &device);
     let TokenRewards { rewards, non_score } =
         per_token_rewards(scores_t, kl, mask.clone(), beta_in_reward);
@@ -327,6 +329,22 @@ pub fn make_experience(
             generation.has_eos.iter().filter(|&&e| e).count() as f64 / b as f64,
         ),
         (names::COMPLETIONS_MEAN_LENGTH, mean(&lengths)),
+        (
+            names::COMPLETIONS_MIN_LENGTH,
+            f64::from(lengths.iter().copied().fold(f32::INFINITY, f32::min)),
+        ),
+        (
+            names::COMPLETIONS_MAX_LENGTH,
+            f64::from(lengths.iter().copied().fold(0.0, f32::max)),
+        ),
+        (
+            names::COMPLETIONS_CLIPPED_RATIO,
+            generation.has_eos.iter().filter(|&&e| !e).count() as f64 / b as f64,
+        ),
+        (
+            names::COMPLETIONS_MEAN_TERMINATED_LENGTH,
+            mean_terminated_length(&lengths, &generation.has_eos),
+        ),
         (names::REWARD_STD, std(scores)),
         (
             names::FRAC_REWARD_ZERO_STD,
@@ -339,13 +357,31 @@ pub fn make_experience(
         &mask_host,
         cfg.rollout_is_cap,
     ));
+    // a response cut off at the length limit leaves the loss when asked; its score has entered
+    // its group's advantages above, as in TRL
+    let loss_mask = if cfg.mask_truncated_completions {
+        without_truncated(mask_host, &generation.has_eos)
+    } else {
+        mask_host
+    };
+    // the token mean of the reward's per-token KL over the loss's tokens, as TRL's RLOO logs it
+    // when β ≠ 0
+    if let Some(kl) = reward_kl {
+        let kept: f64 = loss_mask.iter().map(|&m| f64::from(m)).sum();
+        let sum: f64 = kl
+            .iter()
+            .zip(&loss_mask)
+            .map(|(&k, &m)| f64::from(k * m))
+            .sum();
+        metrics.push((names::KL_LOSS_TERM, sum / kept.max(1.0)));
+    }
     let experience = Experience {
         batch: b,
         query_len: q,
         response_len: r,
         ids,
         attention,
-        mask: mask_host,
+        mask: loss_mask,
         logprobs: logprobs_host,
         sampler_logprobs: generation.logprobs.clone(),
         ref_logprobs: to_f32_vec(ref_logprobs),
@@ -405,15 +441,44 @@ fn sampler_agreement(old: &[f32], sampler: &[f32], mask: &[f32], cap: Option<f32
     metrics
 }
 
-/// The population standard deviation of `v`.
+/// `mask` (`[rows, r]`, row-major) with every token of a row without EOS set to 0.
+fn without_truncated(mut mask: Vec<f32>, has_eos: &[bool]) -> Vec<f32> {
+    let r = mask.len() / has_eos.len().max(1);
+    for (row, _) in has_eos.iter().enumerate().filter(|(_, e)| !**e) {
+        mask[row * r..(row + 1) * r].fill(0.0);
+    }
+    mask
+}
+
+/// The mean length of the responses that end with EOS; 0 when none does (as TRL logs it).
+fn mean_terminated_length(lengths: &[f32], has_eos: &[bool]) -> f64 {
+    let ended: Vec<f64> = lengths
+        .iter()
+        .zip(has_eos)
+        .filter(|(_, e)| **e)
+        .map(|(&l, _)| f64::from(l))
+        .collect();
+    if ended.is_empty() {
+        0.0
+    } else {
+        ended.iter().sum::<f64>() / ended.len() as f64
+    }
+}
+
+/// The mean of `v` in `f64` (NaN when empty).
+fn mean_f64(v: &[f32]) -> f64 {
+    v.iter().map(|&x| f64::from(x)).sum::<f64>() / v.len() as f64
+}
+
+/// The standard deviation of `v` with Bessel's correction, as TRL's `nanstd` (NaN, logged as
+/// `null`, for fewer than two values).
 fn std(v: &[f32]) -> f64 {
-    let n = v.len().max(1) as f64;
-    let mean = v.iter().map(|&x| f64::from(x)).sum::<f64>() / n;
-    (v.iter()
-        .map(|&x| (f64::from(x) - mean).powi(2))
-        .sum::<f64>()
-        / n)
-        .sqrt()
+    if v.len() < 2 {
+        return f64::NAN;
+    }
+    let mean = mean_f64(v);
+    let squares: f64 = v.iter().map(|&x| (f64::from(x) - mean).powi(2)).sum();
+    (squares / (v.len() - 1) as f64).sqrt()
 }
 
 /// The share of prompts whose `n` samples (contiguous in `scores`) all scored the same: they give
@@ -697,7 +762,8 @@ impl UpdateStats {
 ///
 /// `models` live on the autodiff `device`, the first of the data-parallel `replicas` (each takes a
 /// shard of every minibatch); `lr` is this update's learning rate (the schedule is the caller's).
-/// A step whose loss or gradient norm is not finite is skipped and counted.
+/// A step whose loss or gradient norm is not finite is skipped and counted; a minibatch with no
+/// response token in the loss (and no ptx term) takes no step and logs nothing.
 #[allow(clippy::too_many_arguments)]
 pub fn ppo_update(
     mut models: PolicyAndValue,
@@ -737,7 +803,14 @@ pub fn ppo_update(
                 let ptx = ptx_batch.as_deref().filter(|_| shard.index == 0);
                 shard_gradients(m, experience, rows, shard, ptx, cfg, kl_coef)
             })?;
-            let (parts, mut metrics) = combine_shards(shards.into_iter().flatten().collect(), cfg);
+            let shards: Vec<_> = shards.into_iter().flatten().collect();
+            if shards.is_empty() {
+                // no response token of the minibatch is in the loss (every response cut off, with
+                // mask_truncated_completions): nothing to step on, and nothing went wrong
+                step += 1;
+                continue;
+            }
+            let (parts, mut metrics) = combine_shards(shards, cfg);
             let loss_value = metrics
                 .iter()
                 .find(|m| m.0 == names::LOSS_TOTAL)
@@ -876,6 +949,9 @@ pub struct Iteration {
     pub update: UpdateStats,
     /// Rollout metrics and the update's means.
     pub metrics: Metrics,
+    /// `rewards/{name}/mean` and `rewards/{name}/std` of each named part of the scores (several
+    /// reward functions), as TRL logs them.
+    pub score_parts: Vec<(String, f64)>,
 }
 
 /// One full iteration (steps 1–5) on `prompts` (each sampled `n` times).
@@ -925,6 +1001,7 @@ pub fn ppo_iteration(
         }
         None => (first, None),
     };
+    let score_parts = part_metrics(&rollout.score_parts);
     let mut scores = rollout.scores.clone();
     let removed = reduce_score_variance(&mut scores, &rollout.lengths, cfg);
     let (query_ids, query_mask, generation) =
@@ -971,7 +1048,22 @@ pub fn ppo_iteration(
         experience,
         update,
         metrics,
+        score_parts,
     })
+}
+
+/// The mean and the standard deviation (Bessel-corrected, as TRL's `nanstd`) of each named part
+/// of the scores, as `rewards/{name}/mean` and `rewards/{name}/std`.
+fn part_metrics(parts: &[(String, Vec<f32>)]) -> Vec<(String, f64)> {
+    parts
+        .iter()
+        .flat_map(|(name, values)| {
+            [
+                (format!("rewards/{name}/mean"), mean_f64(values)),
+                (format!("rewards/{name}/std"), std(values)),
+            ]
+        })
+        .collect()
 }
 
 /// What a run did.
@@ -1059,7 +1151,8 @@ pub fn train_ppo(
         let kl_now = metric(&line, names::OBJECTIVE_KL).unwrap_or(0.0);
         kl.update(kl_now, cfg.batch_size());
         line.extend(eval_if_due(inputs, &models.policy, done, total));
-        run.log(done, &line)?;
+        let parts = step.score_parts.iter().map(|(k, v)| (k.as_str(), *v));
+        run.log(done, &line.iter().copied().chain(parts).collect::<Vec<_>>())?;
         let score = metric(&line, names::OBJECTIVE_SCORES).unwrap_or(f64::NAN);
         run.step_done(done, format!("score {score:.3} kl {kl_now:.2}"));
         report.iterations = done;

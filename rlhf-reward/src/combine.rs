@@ -2,7 +2,7 @@
 //! ([`EnsembleScorer`], ChatGLM-RLHF and the over-optimisation literature) and the length-only
 //! control ([`LengthScorer`], "A Long Way to Go").
 
-use rlhf_core::{Error, Result, Scorer};
+use rlhf_core::{Error, Result, Scored, Scorer};
 use serde::{Deserialize, Serialize};
 
 /// How an ensemble combines its members' scores of one response.
@@ -40,9 +40,13 @@ impl Combine {
     }
 }
 
-/// Several scorers (typically reward models trained from different seeds) served as one.
+/// Several scorers (reward models trained from different seeds, or TRL's several reward
+/// functions) served as one. Its parts ([`Scorer::score_parts`]) are the members' own scores,
+/// named by the members' names (made unique by a suffix `_2`, `_3`, …).
 pub struct EnsembleScorer {
     members: Vec<Box<dyn Scorer>>,
+    names: Vec<String>,
+    weights: Vec<f32>,
     combine: Combine,
 }
 
@@ -54,7 +58,49 @@ impl EnsembleScorer {
                 "an ensemble needs at least one member".into(),
             ));
         }
-        Ok(EnsembleScorer { members, combine })
+        let names = members.iter().map(|m| m.name()).collect();
+        Ok(EnsembleScorer {
+            weights: vec![1.0; members.len()],
+            names: unique(names),
+            members,
+            combine,
+        })
+    }
+
+    /// The members' parts named `names` (one per member) instead of by the members' names.
+    pub fn with_names(mut self, names: Vec<String>) -> Result<Self> {
+        if names.len() != self.members.len() {
+            return Err(Error::Config(format!(
+                "{} names for an ensemble of {} members",
+                names.len(),
+                self.members.len()
+            )));
+        }
+        self.names = unique(names);
+        Ok(self)
+    }
+
+    /// A [`Combine::Sum`] of the members' scores weighted by `weights`, one finite weight per
+    /// member (TRL's `reward_weights`): `Σ_i w_i·s_i`.
+    pub fn with_weights(mut self, weights: Vec<f32>) -> Result<Self> {
+        if weights.len() != self.members.len() {
+            return Err(Error::Config(format!(
+                "number of reward weights ({}) must match number of reward functions ({})",
+                weights.len(),
+                self.members.len()
+            )));
+        }
+        if self.combine != Combine::Sum {
+            return Err(Error::Config(format!(
+                "reward weights weight the terms of a sum, not of {:?}",
+                self.combine
+            )));
+        }
+        if let Some(w) = weights.iter().find(|w| !w.is_finite()) {
+            return Err(Error::Config(format!("a reward weight is {w}")));
+        }
+        self.weights = weights;
+        Ok(self)
     }
 
     /// Every member's scores, `[member][response]`.
@@ -68,18 +114,45 @@ impl EnsembleScorer {
 
 impl Scorer for EnsembleScorer {
     fn score(&self, prompts: &[&str], responses: &[&str]) -> Result<Vec<f32>> {
+        Ok(self.score_parts(prompts, responses)?.scores)
+    }
+
+    fn score_parts(&self, prompts: &[&str], responses: &[&str]) -> Result<Scored> {
         let all = self.member_scores(prompts, responses)?;
-        Ok((0..responses.len())
+        let scores = (0..responses.len())
             .map(|i| {
-                let one: Vec<f32> = all.iter().map(|m| m[i]).collect();
+                let one: Vec<f32> = all
+                    .iter()
+                    .zip(&self.weights)
+                    .map(|(m, w)| w * m[i])
+                    .collect();
                 self.combine.apply(&one)
             })
-            .collect())
+            .collect();
+        Ok(Scored {
+            scores,
+            parts: self.names.iter().cloned().zip(all).collect(),
+        })
     }
 
     fn name(&self) -> String {
         format!("ensemble-{}x{:?}", self.members.len(), self.combine)
     }
+}
+
+/// `names` with each repeated one suffixed `_2`, `_3`, … in order.
+fn unique(names: Vec<String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(names.len());
+    for name in names {
+        let mut candidate = name.clone();
+        let mut k = 1;
+        while out.contains(&candidate) {
+            k += 1;
+            candidate = format!("{name}_{k}");
+        }
+        out.push(candidate);
+    }
+    out
 }
 
 /// Scores a response by its length alone: `scale × words` (whitespace-separated, after removing
@@ -178,6 +251,27 @@ mod tests {
             }
         }
 
+        /// Reference: `Σ_i w_i·s_i` in f64; the parts are the members' unweighted scores.
+        #[test]
+        fn weighted_sums_match_the_reference_and_parts_stay_unweighted(
+            members in prop::collection::vec(prop::collection::vec(-5.0f32..5.0, 3), 1..5),
+            seed_weights in prop::collection::vec(-3.0f32..3.0, 5),
+        ) {
+            let weights: Vec<f32> = seed_weights[..members.len()].to_vec();
+            let e = EnsembleScorer::new(
+                members.iter().map(|m| Box::new(Fixed(m.clone())) as Box<dyn Scorer>).collect(),
+                Combine::Sum,
+            ).unwrap().with_weights(weights.clone()).unwrap();
+            let scored = e.score_parts(&["p"; 3], &["a", "b", "c"]).unwrap();
+            prop_assert_eq!(&scored.scores, &e.score(&["p"; 3], &["a", "b", "c"]).unwrap());
+            for i in 0..3 {
+                let expected: f64 = members.iter().zip(&weights).map(|(m, w)| f64::from(*w) * f64::from(m[i])).sum();
+                prop_assert!((f64::from(scored.scores[i]) - expected).abs() < 1e-4);
+            }
+            let parts: Vec<&Vec<f32>> = scored.parts.iter().map(|(_, v)| v).collect();
+            prop_assert_eq!(parts, members.iter().collect::<Vec<_>>());
+        }
+
         #[test]
         fn the_length_scorer_is_monotone_in_length(words in 0usize..30, more in 1usize..10, eos in any::<bool>()) {
             let s = LengthScorer::new(0.1, "<|endoftext|>");
@@ -199,5 +293,34 @@ mod tests {
         assert!(s.score(&["p"], &["a", "b"]).is_err());
         let short = EnsembleScorer::new(vec![Box::new(Fixed(vec![1.0]))], Combine::Mean).unwrap();
         assert!(short.score(&["p", "p"], &["a", "b"]).is_err());
+    }
+
+    #[test]
+    fn weights_must_fit_a_sum_and_names_are_made_unique() {
+        let two = |combine| {
+            EnsembleScorer::new(
+                vec![Box::new(Fixed(vec![1.0])), Box::new(Fixed(vec![2.0]))],
+                combine,
+            )
+            .unwrap()
+        };
+        let err = two(Combine::Sum).with_weights(vec![1.0]).err().unwrap();
+        assert!(
+            err.to_string()
+                .contains("(1) must match number of reward functions (2)"),
+            "{err}"
+        );
+        assert!(two(Combine::Mean).with_weights(vec![1.0, 1.0]).is_err());
+        assert!(two(Combine::Sum).with_weights(vec![1.0, f32::NAN]).is_err());
+        let e = two(Combine::Sum)
+            .with_weights(vec![0.5, -1.0])
+            .unwrap()
+            .with_names(vec!["rm".into(), "rm".into()])
+            .unwrap();
+        let scored = e.score_parts(&["p"], &["a"]).unwrap();
+        assert_eq!(scored.scores, vec![0.5 - 2.0]);
+        let names: Vec<&str> = scored.parts.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["rm", "rm_2"]);
+        assert!(two(Combine::Sum).with_names(vec!["a".into()]).is_err());
     }
 }

@@ -82,12 +82,12 @@ pub struct DpoArgs {
     pub beta_r: f32,
     /// Dropout off in the policy; the reference's log-probs are read without it [TRL:
     /// --disable_dropout].
-    #[arg(long, default_value_t = true, action = ArgAction::Set)]
+    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub disable_dropout: bool,
     /// Compute the reference's log-probs once and keep them in OUT/ref-cache (keyed by the
     /// reference's weights and config.json, the data, the truncation and the temperature) [TRL:
     /// --precompute_ref_log_probs].
-    #[arg(long, default_value_t = true, action = ArgAction::Set)]
+    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub ref_cache: bool,
 }
 

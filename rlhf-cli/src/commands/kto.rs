@@ -54,11 +54,11 @@ pub struct KtoArgs {
     #[arg(long, default_value_t = 1.0)]
     pub undesirable_weight: f32,
     /// Dropout off in the policy [TRL: --disable_dropout].
-    #[arg(long, default_value_t = true, action = ArgAction::Set)]
+    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub disable_dropout: bool,
     /// Compute the reference's log-probs (of each example and of its mismatched pair) once and
     /// keep them in OUT/ref-cache [TRL: --precompute_ref_log_probs].
-    #[arg(long, default_value_t = true, action = ArgAction::Set)]
+    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub ref_cache: bool,
 }
 
@@ -100,14 +100,25 @@ impl KtoArgs {
     }
 }
 
-/// Labelled responses as KTO's examples (those whose response is empty after truncation are left
-/// out).
+/// Labelled responses as KTO's examples of `what` (`training examples`, `eval examples`). Those
+/// whose response is empty after truncation are left out, and so are those without prompt
+/// tokens (a response's first token needs something to follow: a tokenizer without BOS gives an
+/// empty prompt none), each count announced.
 fn examples(
     records: impl IntoIterator<Item = (rlhf_data::Turns, rlhf_data::Turns, bool)>,
     enc: &Encoder,
-) -> Result<(Vec<KtoExample>, Dropped)> {
+    what: &str,
+) -> Result<Vec<KtoExample>> {
     let mut out = Vec::new();
-    let mut dropped = Dropped::records("an empty completion after truncation");
+    let dropped = |why| Dropped {
+        count: 0,
+        unit: "examples",
+        why,
+    };
+    let (mut empty, mut no_prompt) = (
+        dropped("an empty completion after truncation"),
+        dropped("no prompt tokens"),
+    );
     for (prompt, completion, desirable) in records {
         // always cut, not only when longer than `max_length` (`Encoder::fit`): KTO also pairs
         // this prompt with another example's response (its KL estimate), and the cut to
@@ -116,7 +127,11 @@ fn examples(
         let (prompt_ids, mut cut) = enc.cut(prompt_ids, finished);
         let response = cut.remove(0);
         if response.is_empty() {
-            dropped.count += 1;
+            empty.count += 1;
+            continue;
+        }
+        if prompt_ids.is_empty() {
+            no_prompt.count += 1;
             continue;
         }
         out.push(KtoExample {
@@ -125,7 +140,9 @@ fn examples(
             desirable,
         });
     }
-    Ok((out, dropped))
+    empty.announce(what);
+    no_prompt.announce(what);
+    Ok(out)
 }
 
 /// Preference pairs unpaired: the chosen response desirable, the rejected one undesirable.
@@ -168,11 +185,10 @@ fn data(args: &KtoArgs, enc: &Encoder) -> Result<(Vec<KtoExample>, Vec<KtoExampl
             kind_str(other)
         ),
     };
-    let (train, dropped) = examples(train, enc)?;
-    dropped.announce("training examples");
-    let (eval, dropped) = examples(eval, enc)?;
-    dropped.announce("eval examples");
-    Ok((train, eval))
+    Ok((
+        examples(train, enc, "training examples")?,
+        examples(eval, enc, "eval examples")?,
+    ))
 }
 
 /// Trains and writes the model.

@@ -31,10 +31,11 @@ pub mod serve;
 pub mod sft;
 
 /// The prompt file and the parsed reward of the commands that sample and score (`--prompts`,
-/// `--reward`), both required.
+/// `--reward`, both required, and `--reward-weights`).
 pub fn prompts_and_reward<'a>(
     prompts: Option<&'a Path>,
     reward: Option<&str>,
+    weights: Option<&[f32]>,
 ) -> Result<(&'a Path, Spec)> {
     let Some(prompt_file) = prompts else {
         bail!("--prompts FILE is required (or `prompts` in the config file)");
@@ -44,7 +45,14 @@ pub fn prompts_and_reward<'a>(
             "--reward SPEC is required: a reward-model directory, exact-match[:FIELD], regex:PATTERN, length[:SCALE], judge:DIR or a combination"
         );
     };
-    Ok((prompt_file, reward.parse()?))
+    let spec: Spec = reward.parse()?;
+    Ok((
+        prompt_file,
+        match weights {
+            Some(w) => spec.weighted(w)?,
+            None => spec,
+        },
+    ))
 }
 
 /// The directory of the reference log-prob cache of a run in `out` (`--ref-cache`):

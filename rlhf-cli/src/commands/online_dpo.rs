@@ -65,6 +65,10 @@ pub struct OnlineDpoArgs {
     /// [TRL: --reward_model_path, --reward_funcs].
     #[arg(long, value_name = "SPEC")]
     pub reward: Option<String>,
+    /// Weights of the terms of a top-level `sum(…)` in `--reward` (or of a single reward), one
+    /// each, separated by spaces or commas [TRL: --reward_weights].
+    #[arg(long, value_name = "W", num_args = 1.., value_delimiter = ',', allow_hyphen_values = true)]
+    pub reward_weights: Option<Vec<f32>>,
     /// The frozen reference (default: `--model`) [TRL: --ref_model].
     #[arg(long = "ref", visible_alias = "ref-model", value_name = "DIR")]
     pub ref_model: Option<PathBuf>,
@@ -138,7 +142,7 @@ pub struct OnlineDpoArgs {
     #[arg(long, default_value_t = 0.0)]
     pub warmup_ratio: f64,
     /// Dropout off in the policy [TRL: --disable_dropout].
-    #[arg(long, default_value_t = true, action = ArgAction::Set)]
+    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub disable_dropout: bool,
     /// Seed of every random choice [TRL: --seed].
     #[arg(long, default_value_t = 42)]
@@ -215,7 +219,11 @@ impl OnlineDpoArgs {
 /// Trains and writes the policy.
 pub fn run(args: &OnlineDpoArgs, toml: &str) -> Result<()> {
     let (dir, out) = args.model.model_and_out()?;
-    let (prompt_file, spec) = prompts_and_reward(args.prompts.as_deref(), args.reward.as_deref())?;
+    let (prompt_file, spec) = prompts_and_reward(
+        args.prompts.as_deref(),
+        args.reward.as_deref(),
+        args.reward_weights.as_deref(),
+    )?;
     let cfg = args.config(args.total_steps());
     cfg.validate()?;
     if args.model.devices.len() > 1 {

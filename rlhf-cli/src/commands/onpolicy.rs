@@ -182,6 +182,10 @@ pub struct OnPolicyArgs {
     /// [TRL: --reward_model_path, --reward_funcs].
     #[arg(long, value_name = "SPEC")]
     pub reward: Option<String>,
+    /// Weights of the terms of a top-level `sum(…)` in `--reward` (or of a single reward), one
+    /// each, separated by spaces or commas [TRL: --reward_weights].
+    #[arg(long, value_name = "W", num_args = 1.., value_delimiter = ',', allow_hyphen_values = true)]
+    pub reward_weights: Option<Vec<f32>>,
     /// The frozen reference (default: `--model`) [TRL: --ref_model].
     #[arg(long = "ref", visible_alias = "ref-model", value_name = "DIR")]
     pub ref_model: Option<PathBuf>,
@@ -215,6 +219,10 @@ pub struct OnPolicyArgs {
     /// Keep the reward's score for a response without EOS (no penalty).
     #[arg(long)]
     pub no_missing_eos_penalty: bool,
+    /// Leave a response cut off at the length limit (no EOS) out of the loss; its score still
+    /// enters its group's baseline [TRL: --mask_truncated_completions].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub mask_truncated_completions: Option<bool>,
     /// The KL coefficient β [TRL: --beta, --kl_coef].
     #[arg(long, visible_alias = "kl-coef")]
     pub beta: Option<f64>,
@@ -228,7 +236,7 @@ pub struct OnPolicyArgs {
     #[arg(long, value_enum)]
     pub kl_estimator: Option<Estimator>,
     /// The KL in the reward (true: PPO, RLOO, REINFORCE++) or in the loss (false: GRPO).
-    #[arg(long)]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub kl_in_reward: Option<bool>,
     /// Discount γ [TRL: --gamma].
     #[arg(long)]
@@ -237,10 +245,10 @@ pub struct OnPolicyArgs {
     #[arg(long)]
     pub lam: Option<f32>,
     /// Whiten per-token rewards [TRL: --whiten_rewards].
-    #[arg(long)]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub whiten_rewards: Option<bool>,
     /// Whiten GAE advantages.
-    #[arg(long)]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub whiten_advantages: Option<bool>,
     /// Epochs over each rollout batch [TRL: --num_ppo_epochs, --num_iterations].
     #[arg(long, visible_alias = "num-iterations")]
@@ -310,7 +318,7 @@ pub struct OnPolicyArgs {
     #[arg(long)]
     pub max_grad_norm: Option<f32>,
     /// Anneal the learning rate linearly to 0.
-    #[arg(long)]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub anneal_lr: Option<bool>,
     /// PPO-ptx: coefficient of an SFT loss on `ptx_data` added to the policy loss.
     #[arg(long)]
@@ -322,17 +330,17 @@ pub struct OnPolicyArgs {
     #[arg(long, value_name = "FILE")]
     pub ptx_data: Option<PathBuf>,
     /// Subtract each prompt's mean score (needs two samples per prompt or more).
-    #[arg(long)]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub score_baseline: Option<bool>,
     /// Standardise scores within buckets of this many tokens of response length.
     #[arg(long)]
     pub length_bucket_width: Option<usize>,
     /// Dropout off in every model (TL;DR detail 1).
-    #[arg(long)]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub disable_dropout: Option<bool>,
     /// PPO: start the critic from the reward model (TL;DR detail 6) when `--reward` names one;
     /// otherwise from the policy with a fresh head.
-    #[arg(long)]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub value_from_reward_model: Option<bool>,
     /// Seed of every random choice [TRL: --seed].
     #[arg(long, default_value_t = 42)]
@@ -414,6 +422,7 @@ impl OnPolicyArgs {
             score_baseline <- c.score_baseline,
             disable_dropout <- c.disable_dropout,
             value_from_reward_model <- c.value_from_reward_model,
+            mask_truncated_completions <- c.mask_truncated_completions,
         );
         match (self.missing_eos_penalty, c.missing_eos_penalty) {
             (None, Some(p)) if !self.no_missing_eos_penalty => self.missing_eos_penalty = Some(p),
@@ -488,6 +497,7 @@ impl OnPolicyArgs {
             disable_dropout <- self.disable_dropout,
             value_from_reward_model <- self.value_from_reward_model,
             kl_in_reward <- self.kl_in_reward,
+            mask_truncated_completions <- self.mask_truncated_completions,
         );
         c.seed = self.seed;
         c.query_length = self
@@ -724,7 +734,11 @@ fn refuse_mixes(method: Method, args: &OnPolicyArgs) -> Result<()> {
 /// Trains and writes the policy.
 pub fn run(method: Method, args: &OnPolicyArgs, toml: &str) -> Result<()> {
     let (dir, out) = args.model.model_and_out()?;
-    let (prompt_file, spec) = prompts_and_reward(args.prompts.as_deref(), args.reward.as_deref())?;
+    let (prompt_file, spec) = prompts_and_reward(
+        args.prompts.as_deref(),
+        args.reward.as_deref(),
+        args.reward_weights.as_deref(),
+    )?;
     let device = args.model.training_device()?;
     let ckpt = load::checkpoint(dir, &device, args.chat_template.as_deref())?;
     let opts = read_options(&args.prompt_field, args.skip_bad);

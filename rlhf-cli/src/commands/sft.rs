@@ -38,11 +38,11 @@ pub struct SftArgs {
     /// Learn the completion only (`false`: the prompt too); a `messages` record's completion is
     /// its last assistant message [TRL: --completion_only_loss; TRL learns a `messages` record
     /// whole unless --assistant_only_loss].
-    #[arg(long, default_value_t = true, action = ArgAction::Set)]
+    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub completion_only_loss: bool,
     /// Learn every assistant message of a conversation, each after the messages before it, and
     /// nothing else; plain-text data is refused [TRL: --assistant_only_loss].
-    #[arg(long, default_value_t = false, action = ArgAction::Set)]
+    #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub assistant_only_loss: bool,
 }
 

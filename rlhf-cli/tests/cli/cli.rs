@@ -636,6 +636,22 @@ fn kto_raises_the_margin_and_reports_bad_records() {
         err.contains(&format!("{}:3: field `label`", bad.display())) && err.contains("boolean"),
         "{err}"
     );
+
+    // an example without prompt tokens is left out and counted, and the others train: a prompt of
+    // one space, whose token the reply's first word absorbs (" a"), as TRL tokenises the two
+    // together (Pythia's tokenizer adds no BOS)
+    let mut no_prompt = lines[..8].to_vec();
+    no_prompt.push(json!({"prompt": " ", "completion": "a reply", "label": true}).to_string());
+    let empty = dir.path().join("empty-prompt.jsonl");
+    std::fs::write(&empty, no_prompt.join("\n") + "\n").unwrap();
+    let d = args(&s(&empty), &dir.path().join("kto-empty"));
+    let out = rlhf(&d.iter().map(String::as_str).collect::<Vec<_>>());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success()
+            && err.contains("training examples: left out 1 examples (no prompt tokens)"),
+        "{err}"
+    );
 }
 
 /// `rlhf online-dpo` with a rule reward runs its rounds, logs TRL's online-DPO metrics once per
@@ -793,6 +809,82 @@ fn grpo_with_an_exact_match_verifier_raises_the_verifiers_mean() {
     assert!(!metric(&grpo, "reward_std").is_empty() && !metric(&grpo, "kl").is_empty());
 }
 
+/// Several reward functions as TRL writes them: `--reward_weights` weights the terms of the
+/// `sum`, each term's own scores are logged as `rewards/{name}/mean` and `/std`, and the score
+/// is the weighted sum of the terms; a bare `--mask_truncated_completions` parses, and the
+/// truncated share is logged. Weights that do not fit the spec are refused.
+#[test]
+fn several_reward_functions_are_weighted_and_logged_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let prompts: Vec<String> = PEOPLE
+        .iter()
+        .map(|(who, city)| {
+            json!({"prompt": format!("where does {who} live?"), "answer": city}).to_string()
+        })
+        .collect();
+    let prompt_file = dir.path().join("prompts.jsonl");
+    std::fs::write(&prompt_file, prompts.join("\n")).unwrap();
+    let out = dir.path().join("grpo");
+    let args = |weights: &[&str], reward: &str| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "grpo",
+            "--model",
+            &fixture("tiny-pythia"),
+            "--prompts",
+            &s(&prompt_file),
+            "--reward",
+            reward,
+            "--out",
+            &s(&out),
+            "--iterations",
+            "2",
+            "--prompts-per-batch",
+            "4",
+            "--num-generations",
+            "4",
+            "--max-completion-length",
+            "6",
+            "--mask_truncated_completions",
+            "--reward_weights",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
+        a.extend(weights.iter().map(|w| w.to_string()));
+        a
+    };
+    let run = |a: &[String]| ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    run(&args(&["1", "0.5"], "sum(exact-match,length:0.1)"));
+    let exact = metric(&out, "rewards/exact-match/mean");
+    let length = metric(&out, "rewards/length/mean");
+    let scores = metric(&out, "objective/scores");
+    assert_eq!((exact.len(), length.len(), scores.len()), (2, 2, 2));
+    assert_eq!(metric(&out, "rewards/length/std").len(), 2);
+    for i in 0..2 {
+        // GRPO's recipe has no missing-EOS penalty: the score is the weighted sum itself
+        let want = exact[i] + 0.5 * length[i];
+        assert!(
+            (scores[i] - want).abs() < 1e-5,
+            "{} against {want}",
+            scores[i]
+        );
+        assert!(length[i] > 0.0, "six new tokens hold words");
+    }
+    let clipped = metric(&out, "completions/clipped_ratio");
+    assert!(clipped.len() == 2 && clipped.iter().all(|c| (0.0..=1.0).contains(c)));
+    let refuse = |a: Vec<String>, says: &str| {
+        refused(&a.iter().map(String::as_str).collect::<Vec<_>>(), says)
+    };
+    refuse(
+        args(&["1"], "sum(exact-match,length:0.1)"),
+        "number of reward weights (1) must match number of reward functions (2)",
+    );
+    refuse(
+        args(&["1", "2"], "mean(exact-match,length)"),
+        "weights the terms of sum",
+    );
+}
+
 /// The on-policy commands run end to end with a reward model (PPO's critic from it), a verifier,
 /// and an ensemble (with the reference and the reward model in bf16), PPO and GSPO with LoRA
 /// policies (PPO's reward model in bf16, its reference the LoRA base in f32); `eval`, `check` and
@@ -862,6 +954,18 @@ fn every_on_policy_command_runs_end_to_end() {
             "{cmd}: the policy did not move"
         );
         assert_eq!(metric(&out, "objective/scores").len(), 2, "{cmd}");
+        // a combination's terms are logged each (the reward model by its directory's name); RLOO
+        // logs the token mean of its reward's KL, as TRL's
+        if cmd == "grpo" {
+            for name in ["rewards/rm/mean", "rewards/length/mean", "rewards/rm/std"] {
+                assert_eq!(metric(&out, name).len(), 2, "{name}");
+            }
+        }
+        if cmd == "rloo" {
+            assert!(
+                metric(&out, "kl").iter().all(|k| k.is_finite()) && metric(&out, "kl").len() == 2
+            );
+        }
     }
     // a reward model of another tokenizer reads the text with its own; PPO's critic, which reads
     // the policy's ids, cannot start from it
@@ -1404,6 +1508,10 @@ fn every_field_of_every_trainer_config_is_a_flag() {
                     ("response_length", length),
                     ("temperature", &["--temperature", "0.5"]),
                     ("missing_eos_penalty", &["--missing-eos-penalty", "-3"]),
+                    (
+                        "mask_truncated_completions",
+                        &["--mask-truncated-completions"],
+                    ),
                     ("disable_dropout", &["--disable-dropout", "false"]),
                     (
                         "value_from_reward_model",

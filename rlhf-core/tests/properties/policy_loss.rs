@@ -86,6 +86,8 @@ fn reference(p: &Problem, cfg: &PolicyLossConfig) -> Reference {
         .collect();
     let mut per_token = vec![0.0; b * s];
     let (mut lo, mut hi, mut ratio_sum, mut n) = (0.0, 0.0, 0.0, 0.0);
+    // GSPO's clipped shares: per row (its share of its real tokens), then the mean over rows
+    let (mut row_lo, mut row_hi) = (vec![0.0; b], vec![0.0; b]);
     for k in (0..b * s).filter(|&k| real(k)) {
         let a = p.adv[k];
         let rho = match cfg.objective {
@@ -105,13 +107,23 @@ fn reference(p: &Problem, cfg: &PolicyLossConfig) -> Reference {
         };
         lo += f64::from(u8::from(is_low));
         hi += f64::from(u8::from(is_high));
+        let len = (k / s * s..(k / s + 1) * s).filter(|&j| real(j)).count() as f64;
+        row_lo[k / s] += f64::from(u8::from(is_low)) / len;
+        row_hi[k / s] += f64::from(u8::from(is_high)) / len;
         ratio_sum += rho;
         n += 1.0;
     }
+    let (clip_low, clip_high) = match cfg.objective {
+        PolicyObjective::Gspo => (
+            row_lo.iter().sum::<f64>() / b as f64,
+            row_hi.iter().sum::<f64>() / b as f64,
+        ),
+        _ => (lo / n, hi / n),
+    };
     Reference {
         loss: aggregate_ref(&per_token, p.mask, [b, s], cfg.aggregation, cfg.max_len),
-        clip_low: lo / n,
-        clip_high: hi / n,
+        clip_low,
+        clip_high,
         ratio_mean: ratio_sum / n,
     }
 }

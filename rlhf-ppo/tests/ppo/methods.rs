@@ -178,41 +178,68 @@ fn full_length_generation(batch: usize, len: usize, vocab: u32) -> Generation {
     }
 }
 
-/// With every response `L_max` tokens long and the symmetric clip, GRPO's per-response mean,
-/// DAPO's token mean and Dr. GRPO's constant normaliser are one loss: two epochs of updates
-/// leave the same weights. With one response cut short they do not (so the comparison can
-/// fail).
-#[test]
-fn grpo_dapo_and_dr_grpo_aggregations_take_the_same_steps_on_equal_lengths() {
-    let tok = counting::tokenizer();
-    let device = rlhf_core::device_from_env().unwrap().autodiff();
-    let bytes = counting::counting_policy(&tok, 0.0);
-    let vocab = tok.vocab_size();
-    let prompts: Vec<String> = (1..=4).map(counting::prompt).collect();
-    let episodes: Vec<&str> = prompts.iter().flat_map(|p| [p.as_str(); 4]).collect();
-    let base = small(AdvantageEstimator::Grpo);
-    let (qids, qmask) = encode_queries(&tok, &episodes, base.query_length).unwrap();
-    let scores: Vec<f32> = (0..episodes.len()).map(|i| (i % 3) as f32 * 0.7).collect();
-    let probe = counting::load(&bytes, vocab, 0.0, &device).valid();
-    let probe_input = probe.input(&qids, &qmask, episodes.len()).unwrap();
-    let after = |aggregation: LossAggregation, generation: &Generation| -> Vec<f32> {
-        let cfg = PpoConfig {
-            loss_aggregation: aggregation,
-            ..base.clone()
-        };
-        let models = PolicyAndValue::new(counting::load(&bytes, vocab, 0.0, &device), None);
+/// What the update tests share: the counting policy (its bytes, to start each update afresh),
+/// four `count k:` prompts sampled four times each, fixed scores, and a probe input whose
+/// logits after an update tell two updates apart.
+struct Updates {
+    device: burn::tensor::Device,
+    bytes: Vec<u8>,
+    vocab: usize,
+    qids: Vec<u32>,
+    qmask: Vec<u8>,
+    scores: Vec<f32>,
+    probe_input: rlhf_models::TokenInput,
+}
+
+impl Updates {
+    fn new(base: &PpoConfig) -> Self {
+        let tok = counting::tokenizer();
+        let device = rlhf_core::device_from_env().unwrap().autodiff();
+        let bytes = counting::counting_policy(&tok, 0.0);
+        let vocab = tok.vocab_size();
+        let prompts: Vec<String> = (1..=4).map(counting::prompt).collect();
+        let episodes: Vec<&str> = prompts.iter().flat_map(|p| [p.as_str(); 4]).collect();
+        let (qids, qmask) = encode_queries(&tok, &episodes, base.query_length).unwrap();
+        let scores: Vec<f32> = (0..episodes.len()).map(|i| (i % 3) as f32 * 0.7).collect();
+        let probe = counting::load(&bytes, vocab, 0.0, &device).valid();
+        let probe_input = probe.input(&qids, &qmask, episodes.len()).unwrap();
+        Updates {
+            device,
+            bytes,
+            vocab,
+            qids,
+            qmask,
+            scores,
+            probe_input,
+        }
+    }
+
+    /// Sixteen responses of `len` tokens, none ending with EOS.
+    fn full_length(&self, len: usize) -> Generation {
+        full_length_generation(self.scores.len(), len, self.vocab as u32)
+    }
+
+    /// The experience of `generation` under `cfg` (β = 0) and one update of the counting policy
+    /// on it: the probe's logits after, the experience and its metrics.
+    fn update(
+        &self,
+        cfg: &PpoConfig,
+        generation: &Generation,
+    ) -> (Vec<f32>, rlhf_ppo::Experience, Metrics) {
+        let load = || counting::load(&self.bytes, self.vocab, 0.0, &self.device);
+        let models = PolicyAndValue::new(load(), None);
         let inference = PolicyAndValue {
             policy: models.policy.valid(),
             value: None,
         };
-        let (exp, _) = make_experience(
+        let (exp, metrics) = make_experience(
             &inference,
             &inference.policy,
-            &qids,
-            &qmask,
+            &self.qids,
+            &self.qmask,
             generation,
-            &scores,
-            &cfg,
+            &self.scores,
+            cfg,
             0.0,
         )
         .unwrap();
@@ -221,24 +248,44 @@ fn grpo_dapo_and_dr_grpo_aggregations_take_the_same_steps_on_equal_lengths() {
             models,
             &mut optim,
             &exp,
-            &cfg,
+            cfg,
             0.0,
             &|_| cfg.optimizer.lr,
             &[],
             &mut TrainRng::seed_from_u64(9),
-            &device,
+            &self.device,
             &rlhf_core::train::Replicas::default(),
         )
         .unwrap();
-        rlhf_core::host::to_f32_vec(models.policy.valid().forward(&probe_input, None))
+        let logits = models.policy.valid().forward(&self.probe_input, None);
+        (rlhf_core::host::to_f32_vec(logits), exp, metrics)
+    }
+}
+
+/// The largest absolute difference of two vectors.
+fn worst(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max)
+}
+
+/// With every response `L_max` tokens long and the symmetric clip, GRPO's per-response mean,
+/// DAPO's token mean and Dr. GRPO's constant normaliser are one loss: two epochs of updates
+/// leave the same weights. With one response cut short they do not (so the comparison can
+/// fail).
+#[test]
+fn grpo_dapo_and_dr_grpo_aggregations_take_the_same_steps_on_equal_lengths() {
+    let base = small(AdvantageEstimator::Grpo);
+    let updates = Updates::new(&base);
+    let after = |aggregation: LossAggregation, generation: &Generation| -> Vec<f32> {
+        let cfg = PpoConfig {
+            loss_aggregation: aggregation,
+            ..base.clone()
+        };
+        updates.update(&cfg, generation).0
     };
-    let worst = |a: &[f32], b: &[f32]| {
-        a.iter()
-            .zip(b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0f32, f32::max)
-    };
-    let full = full_length_generation(episodes.len(), base.response_length, vocab as u32);
+    let full = updates.full_length(base.response_length);
     let grpo = after(LossAggregation::Grpo, &full);
     for other in [LossAggregation::Dapo, LossAggregation::DrGrpo] {
         let d = worst(&grpo, &after(other, &full));
@@ -257,6 +304,136 @@ fn grpo_dapo_and_dr_grpo_aggregations_take_the_same_steps_on_equal_lengths() {
         d > 1e-4,
         "grpo and dapo should differ on ragged lengths ({d})"
     );
+}
+
+/// `mask_truncated_completions`: a response without EOS leaves the loss, so what its tokens are
+/// does not move the update (with the option off it does), while its score still enters its
+/// group's baseline: the responses' advantages do not change.
+#[test]
+fn truncated_responses_leave_the_loss_but_not_the_baseline() {
+    let base = small(AdvantageEstimator::Grpo);
+    let updates = Updates::new(&base);
+    // even rows end with EOS after 5 tokens, odd rows run to the limit without one
+    let (r, rows, vocab) = (
+        base.response_length,
+        updates.scores.len(),
+        updates.vocab as u32,
+    );
+    let mut ended = updates.full_length(r);
+    for row in (0..rows).step_by(2) {
+        ended.has_eos[row] = true;
+        ended.mask[row * r + 5..(row + 1) * r].fill(0);
+    }
+    let mut other = ended.clone();
+    for row in (1..rows).step_by(2) {
+        for t in &mut other.tokens[row * r..(row + 1) * r] {
+            *t = (*t + 5) % vocab;
+        }
+    }
+    for aggregation in [LossAggregation::Grpo, LossAggregation::Dapo] {
+        let cfg = |mask| PpoConfig {
+            mask_truncated_completions: mask,
+            loss_aggregation: aggregation,
+            ..base.clone()
+        };
+        let (masked, exp, metrics) = updates.update(&cfg(true), &ended);
+        let d = worst(&masked, &updates.update(&cfg(true), &other).0);
+        assert!(
+            d < 1e-6,
+            "{aggregation:?}: a truncated response's tokens moved the update by {d}"
+        );
+        let (kept, kept_exp, _) = updates.update(&cfg(false), &ended);
+        let d = worst(&kept, &updates.update(&cfg(false), &other).0);
+        assert!(
+            d > 1e-4,
+            "{aggregation:?}: without the option they should move it ({d})"
+        );
+        // the odd rows are out of the loss mask, the even rows as they were
+        for row in 0..rows {
+            let want: f32 = if row % 2 == 1 { 0.0 } else { 5.0 };
+            let span = row * r..(row + 1) * r;
+            assert_eq!(exp.mask[span].iter().sum::<f32>(), want, "row {row}");
+        }
+        // the baseline still holds the truncated responses' scores
+        assert_eq!(exp.advantages, kept_exp.advantages);
+        assert_eq!(metric(&metrics, names::COMPLETIONS_CLIPPED_RATIO), 0.5);
+        assert_eq!(
+            metric(&metrics, names::COMPLETIONS_MEAN_TERMINATED_LENGTH),
+            5.0
+        );
+        assert_eq!(
+            (
+                metric(&metrics, names::COMPLETIONS_MIN_LENGTH),
+                metric(&metrics, names::COMPLETIONS_MAX_LENGTH)
+            ),
+            (5.0, r as f64)
+        );
+    }
+}
+
+/// With the KL in the reward and β ≠ 0, `kl` is the token mean of the reward's per-token k1 over
+/// the loss's tokens (RLOO's, as TRL logs it), here against an untrained reference so that it is
+/// far from 0; with `mask_truncated_completions` the truncated responses' tokens leave it.
+#[test]
+fn the_reward_kl_metric_is_the_token_mean_of_the_rewards_kl() {
+    let tok = counting::tokenizer();
+    let device = rlhf_core::device_from_env().unwrap();
+    let vocab = tok.vocab_size();
+    let policy = counting::load(&counting::counting_policy(&tok, 0.0), vocab, 0.0, &device);
+    let reference = rlhf_models::CausalLm::init(&counting::shape(vocab, 0.0), &device).unwrap();
+    let prompts: Vec<String> = (1..=4).map(counting::prompt).collect();
+    let episodes: Vec<&str> = prompts.iter().flat_map(|p| [p.as_str(); 4]).collect();
+    let base = PpoConfig {
+        kl_estimator: rlhf_core::KlEstimator::K1,
+        ..small(AdvantageEstimator::Rloo)
+    };
+    let (qids, qmask) = encode_queries(&tok, &episodes, base.query_length).unwrap();
+    let r = base.response_length;
+    let mut generation = full_length_generation(episodes.len(), r, vocab as u32);
+    for row in (0..episodes.len()).step_by(2) {
+        generation.has_eos[row] = true;
+        generation.mask[row * r + 3..(row + 1) * r].fill(0);
+    }
+    let scores = vec![1.0; episodes.len()];
+    let models = PolicyAndValue::new(policy, None);
+    let experience = |cfg: &PpoConfig, beta: f32| {
+        make_experience(
+            &models,
+            &reference,
+            &qids,
+            &qmask,
+            &generation,
+            &scores,
+            cfg,
+            beta,
+        )
+        .unwrap()
+    };
+    for mask_truncated in [false, true] {
+        let cfg = PpoConfig {
+            mask_truncated_completions: mask_truncated,
+            ..base.clone()
+        };
+        let (exp, metrics) = experience(&cfg, 0.1);
+        let (mut sum, mut count) = (0.0f64, 0.0f64);
+        for k in 0..exp.mask.len() {
+            let kept = generation.mask[k] == 1 && (!mask_truncated || generation.has_eos[k / r]);
+            if kept {
+                sum += f64::from(exp.logprobs[k]) - f64::from(exp.ref_logprobs[k]);
+                count += 1.0;
+            }
+        }
+        let want = sum / count;
+        let got = metric(&metrics, names::KL_LOSS_TERM);
+        assert!(want.abs() > 0.1, "the reference should differ ({want})");
+        assert!(
+            (got - want).abs() < 1e-4 * want.abs().max(1.0),
+            "kl {got} against {want}"
+        );
+    }
+    // β = 0: nothing in the reward, nothing logged
+    let (_, metrics) = experience(&base, 0.0);
+    assert!(metrics.iter().all(|m| m.0 != names::KL_LOSS_TERM));
 }
 
 /// The counting policy (as reference and as the policy to train) on eight `count k:` prompts.
