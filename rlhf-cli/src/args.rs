@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 use burn::tensor::Device;
-use clap::{Args, Command, FromArgMatches, ValueEnum};
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Args, Command, FromArgMatches, ValueEnum};
 use rlhf_core::train::{LrSchedule, OptimizerConfig, Replicas, RunOptions};
 use rlhf_data::{FieldNames, Kind, ReadOptions, detect_kind};
 use rlhf_models::{LoraConfig, Precision};
@@ -59,7 +60,7 @@ pub struct ModelArgs {
     /// Recompute memory-bound activations in the backward pass instead of keeping them (burn's
     /// balanced checkpointing): less memory for some more compute [TRL:
     /// --gradient_checkpointing].
-    #[arg(long)]
+    #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub gradient_checkpointing: bool,
 }
 
@@ -327,7 +328,7 @@ pub struct LoraArgs {
     #[arg(long, visible_alias = "lora-r", default_value_t = 0)]
     pub lora_rank: usize,
     /// LoRA with TRL's default rank, 16, unless `--lora-rank` gives one [TRL: --use_peft].
-    #[arg(long)]
+    #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub use_peft: bool,
     /// α: the adapters' product is scaled by α/r [TRL: --lora_alpha].
     #[arg(long, default_value_t = 32.0)]

@@ -223,12 +223,12 @@ impl Dropped {
     /// Announces the count, when there is one.
     pub fn announce(&self, what: &str) {
         if self.count > 0 {
-            tracing::warn!(
-                "{what}: left out {} {} ({})",
-                self.count,
-                self.unit,
-                self.why
-            );
+            // the units are plurals: one of them is the singular
+            let unit = match self.count {
+                1 => self.unit.strip_suffix('s').unwrap_or(self.unit),
+                _ => self.unit,
+            };
+            tracing::warn!("{what}: left out {} {unit} ({})", self.count, self.why);
         }
     }
 }

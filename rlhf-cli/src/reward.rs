@@ -10,9 +10,11 @@
 //! | `sum(A,B,…)`, `mean(A,B,…)`, `min(A,B,…)`, `mean-minus-std:λ(A,B,…)` | a combination of the specs inside (`sum` is TRL's for several reward functions) |
 //!
 //! `--reward-weights W…` weights the terms of a top-level `sum(…)` (or a single spec), as TRL's
-//! `reward_weights`. The trainers log each term's own scores as `rewards/{name}/mean` and
-//! `rewards/{name}/std`, the name being a reward model's directory name, `exact-match`, `regex`,
-//! `length`, a judge's directory name or the combination's (`_2`, `_3`, … for repeats).
+//! `reward_weights`. The on-policy trainers log each top-level term's own scores (a single
+//! reward's too) as `rewards/{name}/mean` and `rewards/{name}/std`, the name being a reward
+//! model's directory name, as TRL names one, `exact-match`, `regex`, `length`, a judge's
+//! directory name or a nested combination's kind; a repeated name gets `_2`, `_3`, … where TRL
+//! would pool the repeats under one name.
 //!
 //! A spec that names a reward model also gives the on-policy trainers their critic's starting
 //! point (TL;DR detail 6: the value model starts from the reward model). A reward model reads
@@ -145,7 +147,8 @@ impl Spec {
         let members = match self {
             Spec::Ensemble(Combine::Sum, members) => members,
             Spec::Ensemble(..) | Spec::Weighted(..) => bail!(
-                "--reward-weights weights the terms of sum(…) (TRL's sum of reward functions),                  not of another combination"
+                "--reward-weights weights the terms of sum(…) (TRL's sum of reward functions), \
+                 not of another combination"
             ),
             single => vec![single],
         };
@@ -157,6 +160,16 @@ impl Spec {
             );
         }
         Ok(Spec::Weighted(weights.to_vec(), members))
+    }
+
+    /// The spec as the trainers take it: a single reward becomes a sum of one term, so that its
+    /// scores are logged by name (`rewards/{name}/*`) as TRL logs every reward function's; a
+    /// combination stays as it is.
+    pub fn named(self) -> Spec {
+        match self {
+            Spec::Ensemble(..) | Spec::Weighted(..) => self,
+            single => Spec::Weighted(vec![1.0], vec![single]),
+        }
     }
 
     /// The name of the spec's scores among an ensemble's parts: a model's or a judge's directory

@@ -106,6 +106,11 @@ pub enum GroupEstimator {
     Grpo,
     /// Dr. GRPO: `A_i = s_i − mean_j s_j`, without the division (Liu et al. 2025).
     DrGrpo,
+    /// GRPO scaled by the batch: `A_i = (s_i − mean_j s_j) / (std_B + 1e−4)`, the group's mean
+    /// subtracted and the sample standard deviation of every score of the batch dividing (TRL's
+    /// `scale_rewards = "batch"`, the "group mean, batch std" of Liu et al. 2025, "Tricks or
+    /// Traps?").
+    GrpoBatch,
 }
 
 /// Sequence-level advantages of `scores` grouped by prompt.
@@ -130,7 +135,10 @@ pub fn group_advantages(
         )));
     }
     let groups = len / n;
-    // Every formula below is invariant to a shift of the group's scores; shifting by the group's
+    // the batch's spread, of the scores as they are (before the shift below, which is per group)
+    let batch_std = scores.clone().var(0).sqrt();
+    // Every formula below is invariant to a shift of the group's scores (the batch's std is taken
+    // above); shifting by the group's
     // first score makes a group of equal scores exactly 0 before any mean is taken. (`s − mean`
     // of equal f32 scores is otherwise rounding noise, which GRPO's division by `std + 1e−4`
     // turns into advantages of ~1e−3 where the definition gives 0.)
@@ -151,6 +159,13 @@ pub fn group_advantages(
             s.sub(mean).div(std.add_scalar(1e-4))
         }
         GroupEstimator::DrGrpo => s.sub(mean),
+        GroupEstimator::GrpoBatch => {
+            let std = batch_std
+                .add_scalar(1e-4)
+                .reshape([1, 1])
+                .expand([groups, n]);
+            s.sub(mean).div(std)
+        }
     };
     Ok(adv.reshape([len]))
 }

@@ -23,6 +23,9 @@ pub enum AdvantageEstimator {
     Grpo,
     /// Dr. GRPO: group-centred scores.
     DrGrpo,
+    /// GRPO with the batch's standard deviation: group-centred scores over the batch's spread
+    /// (TRL's `scale_rewards = "batch"`).
+    GrpoBatch,
     /// REINFORCE++: whitened discounted returns of the per-token rewards, no critic.
     ReinforcePp,
 }
@@ -39,6 +42,7 @@ impl AdvantageEstimator {
             AdvantageEstimator::Rloo => Some(GroupEstimator::Rloo),
             AdvantageEstimator::Grpo => Some(GroupEstimator::Grpo),
             AdvantageEstimator::DrGrpo => Some(GroupEstimator::DrGrpo),
+            AdvantageEstimator::GrpoBatch => Some(GroupEstimator::GrpoBatch),
             _ => None,
         }
     }

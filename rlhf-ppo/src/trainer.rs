@@ -40,9 +40,9 @@ use rlhf_core::train::{
     with_fresh_param_ids,
 };
 use rlhf_core::{
-    Error, GroupEstimator, KlController, LossAggregation, Result, Scorer, aggregate,
-    broadcast_to_tokens, clipped_value_loss, gae, group_advantages, kl_estimate, masked_mean,
-    policy_loss, reinforce_pp_advantages, token_logprobs, token_logprobs_and_entropy,
+    Error, GroupEstimator, KlController, LossAggregation, PolicyObjective, Result, Scorer,
+    aggregate, broadcast_to_tokens, clipped_value_loss, gae, group_advantages, kl_estimate,
+    masked_mean, policy_loss, reinforce_pp_advantages, token_logprobs, token_logprobs_and_entropy,
     truncated_is_weights, whiten,
 };
 use rlhf_data::Tokenizer;
@@ -214,7 +214,8 @@ fn response_values(value: &ScalarModel, input: &TokenInput, query_len: usize) ->
 ///   reduction;
 /// - `kl_coef`: the current β.
 ///
-/// Returns the experience and its metrics (`objective/*`, `val/num_eos`, `completions/mean_length`, `reward_std`, `frac_reward_zero_std`).
+/// Returns the experience and its metrics (`objective/*`, `val/num_eos`, `completions/*`, and
+/// `kl` when the KL is in the reward).
 #[allow(clippy::too_many_arguments)]
 // One piece, over 80 lines: steps 2–5 of the recipe on one batch, each feeding the next: joined
 // ids, old and reference log-probs and values, per-token rewards, advantages by the estimator,
@@ -247,6 +248,13 @@ pub fn make_experience(
         attention.extend_from_slice(&generation.mask[row * r..(row + 1) * r]);
     }
     let mask_host: Vec<f32> = generation.mask.iter().map(|&m| f32::from(m)).collect();
+    // a response cut off at the length limit leaves the loss when asked, and its KL the reward,
+    // as in TRL; its score still enters the rewards and its group's advantages
+    let loss_mask = if cfg.mask_truncated_completions {
+        without_truncated(mask_host.clone(), &generation.has_eos)
+    } else {
+        mask_host.clone()
+    };
     let input = models.policy.input(&ids, &attention, b)?;
     let mask = tensor2(mask_host.clone(), [b, r], &device);
 
@@ -263,6 +271,11 @@ pub fn make_experience(
     // per-token rewards: −β·kl_t on every token (when the KL is in the reward), the score on the
     // last real token
     let kl = kl_estimate(logprobs.clone(), ref_logprobs.clone(), cfg.kl_estimator);
+    let kl = if cfg.mask_truncated_completions {
+        rlhf_core::zero_masked(kl, tensor2(loss_mask.clone(), [b, r], &device))
+    } else {
+        kl
+    };
     let beta_in_reward = if cfg.kl_in_reward { kl_coef } else { 0.0 };
     let reward_kl = (beta_in_reward != 0.0).then(|| to_f32_vec(kl.clone()));
     let scores_t = Tensor::<1>::from_data(TensorData::new(scores.to_vec(), [b]), &device);
@@ -341,29 +354,14 @@ pub fn make_experience(
             names::COMPLETIONS_CLIPPED_RATIO,
             generation.has_eos.iter().filter(|&&e| !e).count() as f64 / b as f64,
         ),
-        (
-            names::COMPLETIONS_MEAN_TERMINATED_LENGTH,
-            mean_terminated_length(&lengths, &generation.has_eos),
-        ),
-        (names::REWARD_STD, std(scores)),
-        (
-            names::FRAC_REWARD_ZERO_STD,
-            frac_zero_std(scores, cfg.samples_per_prompt),
-        ),
     ];
+    metrics.extend(terminated_lengths(&lengths, &generation.has_eos));
     metrics.extend(sampler_agreement(
         &logprobs_host,
         &generation.logprobs,
         &mask_host,
         cfg.rollout_is_cap,
     ));
-    // a response cut off at the length limit leaves the loss when asked; its score has entered
-    // its group's advantages above, as in TRL
-    let loss_mask = if cfg.mask_truncated_completions {
-        without_truncated(mask_host, &generation.has_eos)
-    } else {
-        mask_host
-    };
     // the token mean of the reward's per-token KL over the loss's tokens, as TRL's RLOO logs it
     // when β ≠ 0
     if let Some(kl) = reward_kl {
@@ -450,19 +448,29 @@ fn without_truncated(mut mask: Vec<f32>, has_eos: &[bool]) -> Vec<f32> {
     mask
 }
 
-/// The mean length of the responses that end with EOS; 0 when none does (as TRL logs it).
-fn mean_terminated_length(lengths: &[f32], has_eos: &[bool]) -> f64 {
+/// The mean, shortest and longest length of the responses that end with EOS; all 0 when none
+/// does (as TRL logs them).
+fn terminated_lengths(lengths: &[f32], has_eos: &[bool]) -> Metrics {
     let ended: Vec<f64> = lengths
         .iter()
         .zip(has_eos)
         .filter(|(_, e)| **e)
         .map(|(&l, _)| f64::from(l))
         .collect();
-    if ended.is_empty() {
-        0.0
+    let (mean, min, max) = if ended.is_empty() {
+        (0.0, 0.0, 0.0)
     } else {
-        ended.iter().sum::<f64>() / ended.len() as f64
-    }
+        (
+            ended.iter().sum::<f64>() / ended.len() as f64,
+            ended.iter().copied().fold(f64::INFINITY, f64::min),
+            ended.iter().copied().fold(0.0, f64::max),
+        )
+    };
+    vec![
+        (names::COMPLETIONS_MEAN_TERMINATED_LENGTH, mean),
+        (names::COMPLETIONS_MIN_TERMINATED_LENGTH, min),
+        (names::COMPLETIONS_MAX_TERMINATED_LENGTH, max),
+    ]
 }
 
 /// The mean of `v` in `f64` (NaN when empty).
@@ -669,8 +677,13 @@ pub fn minibatch_loss(
         (names::LOSS_POLICY, scalar(pg.loss.clone())),
         (names::POLICY_APPROXKL, scalar(pg.approxkl)),
         (names::POLICY_CLIPFRAC, scalar(pg.clipfrac)),
-        (names::CLIP_RATIO_LOW, scalar(pg.clip_low)),
-        (names::CLIP_RATIO_HIGH, scalar(pg.clip_high)),
+        (names::CLIP_RATIO_LOW, scalar(pg.clip_low.clone())),
+        (names::CLIP_RATIO_HIGH, scalar(pg.clip_high.clone())),
+        // the two bounds clip disjoint sets (A < 0 against A > 0; for CISPO ρ below against above)
+        (
+            names::CLIP_RATIO_REGION,
+            scalar(pg.clip_low.add(pg.clip_high)),
+        ),
         (names::POLICY_ENTROPY, scalar(entropy)),
         (names::VAL_RATIO_MEAN, scalar(pg.ratio_mean)),
         (names::VAL_RATIO_VAR, scalar(pg.ratio_var)),
@@ -762,8 +775,10 @@ impl UpdateStats {
 ///
 /// `models` live on the autodiff `device`, the first of the data-parallel `replicas` (each takes a
 /// shard of every minibatch); `lr` is this update's learning rate (the schedule is the caller's).
-/// A step whose loss or gradient norm is not finite is skipped and counted; a minibatch with no
-/// response token in the loss (and no ptx term) takes no step and logs nothing.
+/// A step whose loss or gradient norm is not finite is skipped and counted. A minibatch with no
+/// response token in the loss (every response cut off, with `mask_truncated_completions`) steps
+/// on the ptx term alone, or, without one, takes no step and logs nothing, where TRL's loss of 0
+/// still lets AdamW's momentum and weight decay move the weights.
 #[allow(clippy::too_many_arguments)]
 pub fn ppo_update(
     mut models: PolicyAndValue,
@@ -806,7 +821,7 @@ pub fn ppo_update(
             let shards: Vec<_> = shards.into_iter().flatten().collect();
             if shards.is_empty() {
                 // no response token of the minibatch is in the loss (every response cut off, with
-                // mask_truncated_completions): nothing to step on, and nothing went wrong
+                // mask_truncated_completions) and no ptx term: nothing to step on, nothing wrong
                 step += 1;
                 continue;
             }
@@ -869,39 +884,39 @@ fn shard_gradients(
 }
 
 /// The replicas' gradients, and the minibatch's metrics: each shard's weighted by its share of
-/// that metric's mean (`loss/policy` and `loss/kl` by the policy loss's share, PPO-ptx's loss,
-/// which only the first replica computes, as it is, the others by tokens), and `loss/total`, the loss that is
-/// minimised, ptx included, made of those. Without any response token in the minibatch,
-/// `loss/total` is NaN: the step is skipped.
+/// that metric's mean (`loss/policy` and `loss/kl` by the policy loss's share, GSPO's
+/// per-sequence clip ratios by responses, PPO-ptx's loss, which only the first replica computes,
+/// as it is, the others by tokens), and `loss/total`, the loss that is minimised, ptx included,
+/// made of those. The shares are fractions of the whole minibatch, so a shard without response
+/// tokens (left out) still counts in a mean over responses, as its rows count 0 in TRL's.
 fn combine_shards(
     shards: Vec<(GradientsParams, Metrics, Share)>,
     cfg: &PpoConfig,
 ) -> (Vec<GradientsParams>, Metrics) {
-    let mut sums: Vec<(&'static str, f64, f64)> = Vec::new();
+    let mut sums: Vec<(&'static str, f64)> = Vec::new();
     let mut parts = Vec::with_capacity(shards.len());
     for (grads, metrics, share) in shards {
         for (k, v) in metrics {
             let w = f64::from(match k {
                 names::LOSS_POLICY | names::LOSS_KL => share.of(cfg.loss_aggregation),
+                names::CLIP_RATIO_LOW | names::CLIP_RATIO_HIGH | names::CLIP_RATIO_REGION
+                    if cfg.policy_objective == PolicyObjective::Gspo =>
+                {
+                    share.responses
+                }
                 names::OBJECTIVE_PTX_LOSS => 1.0,
                 _ => share.tokens,
             });
             match sums.iter_mut().find(|s| s.0 == k) {
-                Some(s) => {
-                    s.1 += v * w;
-                    s.2 += w;
-                }
-                None => sums.push((k, v * w, w)),
+                Some(s) => s.1 += v * w,
+                None => sums.push((k, v * w)),
             }
         }
         parts.push(grads);
     }
-    let mut metrics: Metrics = sums.into_iter().map(|(k, s, w)| (k, s / w)).collect();
-    let total = if metrics.iter().any(|m| m.0 == names::LOSS_POLICY) {
-        loss_total(&metrics, cfg)
-    } else {
-        f64::NAN
-    };
+    // each weight is a share of the whole minibatch: the weighted sum is the minibatch's mean
+    let mut metrics: Metrics = sums;
+    let total = loss_total(&metrics, cfg);
     match metrics.iter_mut().find(|m| m.0 == names::LOSS_TOTAL) {
         Some(m) => m.1 = total,
         None => metrics.push((names::LOSS_TOTAL, total)),
@@ -1012,6 +1027,13 @@ pub fn ppo_iteration(
     let (experience, mut metrics) = make_experience(
         &inference, &reference, query_ids, query_mask, generation, &scores, cfg, kl_coef,
     )?;
+    // the rewards' spread as the scorer and the penalties gave them (TRL's reward functions),
+    // before any variance reduction
+    metrics.push((names::REWARD_STD, std(&rollout.scores)));
+    metrics.push((
+        names::FRAC_REWARD_ZERO_STD,
+        frac_zero_std(&rollout.scores, cfg.samples_per_prompt),
+    ));
     if let Some(share) = removed {
         metrics.push((names::OBJECTIVE_VARIANCE_REMOVED, share));
     }

@@ -92,7 +92,7 @@ impl EnsembleScorer {
         }
         if self.combine != Combine::Sum {
             return Err(Error::Config(format!(
-                "reward weights weight the terms of a sum, not of {:?}",
+                "reward weights weight the terms of a sum, not of another combination ({:?})",
                 self.combine
             )));
         }

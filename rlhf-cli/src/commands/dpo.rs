@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
+use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args, ValueEnum};
 use rlhf_data::{Kind, KwiseRecord, PreferenceRecord};
 use rlhf_dpo::{DpoConfig, Group, OfflineLoss, train_offline};
@@ -82,12 +83,12 @@ pub struct DpoArgs {
     pub beta_r: f32,
     /// Dropout off in the policy; the reference's log-probs are read without it [TRL:
     /// --disable_dropout].
-    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub disable_dropout: bool,
     /// Compute the reference's log-probs once and keep them in OUT/ref-cache (keyed by the
     /// reference's weights and config.json, the data, the truncation and the temperature) [TRL:
     /// --precompute_ref_log_probs].
-    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub ref_cache: bool,
 }
 

@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
+use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args};
 use rlhf_core::train::RunOptions;
 use rlhf_data::{Kind, PreferenceRecord, UnpairedRecord};
@@ -54,11 +55,11 @@ pub struct KtoArgs {
     #[arg(long, default_value_t = 1.0)]
     pub undesirable_weight: f32,
     /// Dropout off in the policy [TRL: --disable_dropout].
-    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub disable_dropout: bool,
     /// Compute the reference's log-probs (of each example and of its mismatched pair) once and
     /// keep them in OUT/ref-cache [TRL: --precompute_ref_log_probs].
-    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub ref_cache: bool,
 }
 
@@ -103,7 +104,7 @@ impl KtoArgs {
 /// Labelled responses as KTO's examples of `what` (`training examples`, `eval examples`). Those
 /// whose response is empty after truncation are left out, and so are those without prompt
 /// tokens (a response's first token needs something to follow: a tokenizer without BOS gives an
-/// empty prompt none), each count announced.
+/// empty prompt none; TRL keeps them and leaves that token unscored), each count announced.
 fn examples(
     records: impl IntoIterator<Item = (rlhf_data::Turns, rlhf_data::Turns, bool)>,
     enc: &Encoder,

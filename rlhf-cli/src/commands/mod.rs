@@ -50,7 +50,7 @@ pub fn prompts_and_reward<'a>(
         prompt_file,
         match weights {
             Some(w) => spec.weighted(w)?,
-            None => spec,
+            None => spec.named(),
         },
     ))
 }

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
+use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args, ValueEnum};
 use rlhf_core::train::OptimizerConfig;
 use rlhf_core::train::metrics::names;
@@ -67,7 +68,7 @@ pub struct OnlineDpoArgs {
     pub reward: Option<String>,
     /// Weights of the terms of a top-level `sum(…)` in `--reward` (or of a single reward), one
     /// each, separated by spaces or commas [TRL: --reward_weights].
-    #[arg(long, value_name = "W", num_args = 1.., value_delimiter = ',', allow_hyphen_values = true)]
+    #[arg(long, value_name = "W", num_args = 1.., value_delimiter = ',', allow_negative_numbers = true)]
     pub reward_weights: Option<Vec<f32>>,
     /// The frozen reference (default: `--model`) [TRL: --ref_model].
     #[arg(long = "ref", visible_alias = "ref-model", value_name = "DIR")]
@@ -142,7 +143,7 @@ pub struct OnlineDpoArgs {
     #[arg(long, default_value_t = 0.0)]
     pub warmup_ratio: f64,
     /// Dropout off in the policy [TRL: --disable_dropout].
-    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub disable_dropout: bool,
     /// Seed of every random choice [TRL: --seed].
     #[arg(long, default_value_t = 42)]

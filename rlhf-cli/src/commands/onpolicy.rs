@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::Device;
+use clap::builder::BoolishValueParser;
 use clap::{Args, ValueEnum};
 use rlhf_core::train::metrics::names;
 use rlhf_core::train::{OptimizerConfig, RunOptions};
@@ -105,8 +106,7 @@ pub enum SamplingLevel {
     Sequence,
 }
 
-/// How a group's centred rewards are scaled into advantages (TRL's `scale_rewards`; its
-/// `batch` is not implemented).
+/// How a group's centred rewards are scaled into advantages (TRL's `scale_rewards`).
 #[derive(ValueEnum, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum ScaleRewards {
@@ -116,6 +116,8 @@ pub enum ScaleRewards {
     /// Not scaled (Dr. GRPO).
     #[value(alias = "false")]
     None,
+    /// Divided by the standard deviation of the whole batch's rewards.
+    Batch,
 }
 
 impl ScaleRewards {
@@ -124,6 +126,7 @@ impl ScaleRewards {
         match advantage {
             AdvantageEstimator::Grpo => Some(ScaleRewards::Group),
             AdvantageEstimator::DrGrpo => Some(ScaleRewards::None),
+            AdvantageEstimator::GrpoBatch => Some(ScaleRewards::Batch),
             _ => None,
         }
     }
@@ -133,6 +136,7 @@ impl ScaleRewards {
         match self {
             ScaleRewards::Group => AdvantageEstimator::Grpo,
             ScaleRewards::None => AdvantageEstimator::DrGrpo,
+            ScaleRewards::Batch => AdvantageEstimator::GrpoBatch,
         }
     }
 }
@@ -184,7 +188,7 @@ pub struct OnPolicyArgs {
     pub reward: Option<String>,
     /// Weights of the terms of a top-level `sum(…)` in `--reward` (or of a single reward), one
     /// each, separated by spaces or commas [TRL: --reward_weights].
-    #[arg(long, value_name = "W", num_args = 1.., value_delimiter = ',', allow_hyphen_values = true)]
+    #[arg(long, value_name = "W", num_args = 1.., value_delimiter = ',', allow_negative_numbers = true)]
     pub reward_weights: Option<Vec<f32>>,
     /// The frozen reference (default: `--model`) [TRL: --ref_model].
     #[arg(long = "ref", visible_alias = "ref-model", value_name = "DIR")]
@@ -221,7 +225,7 @@ pub struct OnPolicyArgs {
     pub no_missing_eos_penalty: bool,
     /// Leave a response cut off at the length limit (no EOS) out of the loss; its score still
     /// enters its group's baseline [TRL: --mask_truncated_completions].
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub mask_truncated_completions: Option<bool>,
     /// The KL coefficient β [TRL: --beta, --kl_coef].
     #[arg(long, visible_alias = "kl-coef")]
@@ -236,7 +240,7 @@ pub struct OnPolicyArgs {
     #[arg(long, value_enum)]
     pub kl_estimator: Option<Estimator>,
     /// The KL in the reward (true: PPO, RLOO, REINFORCE++) or in the loss (false: GRPO).
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub kl_in_reward: Option<bool>,
     /// Discount γ [TRL: --gamma].
     #[arg(long)]
@@ -245,10 +249,10 @@ pub struct OnPolicyArgs {
     #[arg(long)]
     pub lam: Option<f32>,
     /// Whiten per-token rewards [TRL: --whiten_rewards].
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub whiten_rewards: Option<bool>,
     /// Whiten GAE advantages.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub whiten_advantages: Option<bool>,
     /// Epochs over each rollout batch [TRL: --num_ppo_epochs, --num_iterations].
     #[arg(long, visible_alias = "num-iterations")]
@@ -274,7 +278,8 @@ pub struct OnPolicyArgs {
     #[arg(long, value_enum)]
     pub importance_sampling_level: Option<SamplingLevel>,
     /// Group-normalised methods: divide each group's centred rewards by its standard deviation
-    /// (`group`, GRPO) or not (`none`, Dr. GRPO) [TRL: --scale_rewards].
+    /// (`group`, GRPO), by the whole batch's (`batch`), or not at all (`none`, Dr. GRPO)
+    /// [TRL: --scale_rewards].
     #[arg(long, value_enum)]
     pub scale_rewards: Option<ScaleRewards>,
     /// DAPO's dynamic sampling: drop groups of equal scores and sample again, at most this many
@@ -318,7 +323,7 @@ pub struct OnPolicyArgs {
     #[arg(long)]
     pub max_grad_norm: Option<f32>,
     /// Anneal the learning rate linearly to 0.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub anneal_lr: Option<bool>,
     /// PPO-ptx: coefficient of an SFT loss on `ptx_data` added to the policy loss.
     #[arg(long)]
@@ -330,17 +335,17 @@ pub struct OnPolicyArgs {
     #[arg(long, value_name = "FILE")]
     pub ptx_data: Option<PathBuf>,
     /// Subtract each prompt's mean score (needs two samples per prompt or more).
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub score_baseline: Option<bool>,
     /// Standardise scores within buckets of this many tokens of response length.
     #[arg(long)]
     pub length_bucket_width: Option<usize>,
     /// Dropout off in every model (TL;DR detail 1).
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub disable_dropout: Option<bool>,
     /// PPO: start the critic from the reward model (TL;DR detail 6) when `--reward` names one;
     /// otherwise from the policy with a fresh head.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub value_from_reward_model: Option<bool>,
     /// Seed of every random choice [TRL: --seed].
     #[arg(long, default_value_t = 42)]
@@ -848,5 +853,31 @@ mod tests {
         assert_eq!((c.clip_eps, c.clip_eps_high), (0.5, Some(4.0)));
         let c = config(Method::Dapo, &["--max-completion-length", "100"]);
         assert_eq!(c.overlong_buffer, Some(20));
+    }
+    /// `--scale-rewards` picks the group-normalised estimator of each of TRL's settings, bare
+    /// booleans included (`true` is GRPO's group scaling, `false` Dr. GRPO's none).
+    #[test]
+    fn scale_rewards_picks_the_group_estimator() {
+        for (value, want) in [
+            ("group", AdvantageEstimator::Grpo),
+            ("true", AdvantageEstimator::Grpo),
+            ("batch", AdvantageEstimator::GrpoBatch),
+            ("none", AdvantageEstimator::DrGrpo),
+            ("false", AdvantageEstimator::DrGrpo),
+        ] {
+            for method in [Method::Grpo, Method::Dapo, Method::Gspo] {
+                let c = config(method, &["--scale-rewards", value]);
+                assert_eq!(
+                    c.advantage,
+                    want,
+                    "{} --scale-rewards {value}",
+                    method.name()
+                );
+            }
+        }
+        assert_eq!(
+            config(Method::Grpo, &[]).advantage,
+            AdvantageEstimator::Grpo
+        );
     }
 }

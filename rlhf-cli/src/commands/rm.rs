@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::Device;
+use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args, ValueEnum};
 use rlhf_core::train::RunOptions;
 use rlhf_data::{
@@ -66,7 +67,7 @@ pub struct RmArgs {
     pub use_margin: bool,
     /// Centre the served scores on the chosen responses of the training pairs, or on the
     /// completions of `normalize_on` (TL;DR detail 5: the bias from the SFT demonstrations).
-    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub normalize: bool,
     /// Demonstrations (prompt/completion) whose mean score becomes the served bias.
     #[arg(long, value_name = "FILE")]
@@ -78,7 +79,7 @@ pub struct RmArgs {
     #[arg(long, value_enum, default_value_t = Aggregate::Min)]
     pub step_aggregate: Aggregate,
     /// Dropout off in the model [TRL: --disable_dropout].
-    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub disable_dropout: bool,
 }
 

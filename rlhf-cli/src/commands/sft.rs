@@ -2,6 +2,7 @@
 //! `messages` or `text` records), the loss on the completion's tokens.
 
 use anyhow::Result;
+use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args};
 use rlhf_data::SftRecord;
 use rlhf_models::{SftConfig, rows_per_epoch, train_sft};
@@ -38,11 +39,11 @@ pub struct SftArgs {
     /// Learn the completion only (`false`: the prompt too); a `messages` record's completion is
     /// its last assistant message [TRL: --completion_only_loss; TRL learns a `messages` record
     /// whole unless --assistant_only_loss].
-    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub completion_only_loss: bool,
     /// Learn every assistant message of a conversation, each after the messages before it, and
     /// nothing else; plain-text data is refused [TRL: --assistant_only_loss].
-    #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub assistant_only_loss: bool,
 }
 

@@ -247,6 +247,27 @@ fn help_lists_every_option_and_mistakes_are_named() {
         text.contains("learning_rate = 0.5") && text.contains("model = \"m\""),
         "{text}"
     );
+    // a boolean option bare is true, and takes the values TRL's parser takes (True, yes, 0, …)
+    let text = ok(&[
+        "sft",
+        "--model_name_or_path",
+        "m",
+        "--assistant_only_loss",
+        "--completion_only_loss",
+        "False",
+        "--gradient_checkpointing",
+        "--use_peft",
+        "yes",
+        "--print-config",
+    ]);
+    for line in [
+        "assistant_only_loss = true",
+        "completion_only_loss = false",
+        "gradient_checkpointing = true",
+        "use_peft = true",
+    ] {
+        assert!(text.contains(line), "{line}: {text}");
+    }
     // a misspelled key of a config file too, and a flag wins over the file
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("dpo.toml");
@@ -649,7 +670,7 @@ fn kto_raises_the_margin_and_reports_bad_records() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success()
-            && err.contains("training examples: left out 1 examples (no prompt tokens)"),
+            && err.contains("training examples: left out 1 example (no prompt tokens)"),
         "{err}"
     );
 }
@@ -809,8 +830,8 @@ fn grpo_with_an_exact_match_verifier_raises_the_verifiers_mean() {
     assert!(!metric(&grpo, "reward_std").is_empty() && !metric(&grpo, "kl").is_empty());
 }
 
-/// Several reward functions as TRL writes them: `--reward_weights` weights the terms of the
-/// `sum`, each term's own scores are logged as `rewards/{name}/mean` and `/std`, and the score
+/// Several reward functions as TRL writes them: `--reward_weights` (a negative weight too, and
+/// ended by the next flag) weights the terms of the `sum`, each term's own scores are logged as `rewards/{name}/mean` and `/std`, and the score
 /// is the weighted sum of the terms; a bare `--mask_truncated_completions` parses, and the
 /// truncated share is logged. Weights that do not fit the spec are refused.
 #[test]
@@ -851,10 +872,12 @@ fn several_reward_functions_are_weighted_and_logged_each() {
         .map(|x| x.to_string())
         .collect();
         a.extend(weights.iter().map(|w| w.to_string()));
+        // a flag after the weights ends them, as in TRL's parser
+        a.extend(["--seed".to_string(), "3".to_string()]);
         a
     };
     let run = |a: &[String]| ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
-    run(&args(&["1", "0.5"], "sum(exact-match,length:0.1)"));
+    run(&args(&["1", "-0.5"], "sum(exact-match,length:0.1)"));
     let exact = metric(&out, "rewards/exact-match/mean");
     let length = metric(&out, "rewards/length/mean");
     let scores = metric(&out, "objective/scores");
@@ -862,7 +885,7 @@ fn several_reward_functions_are_weighted_and_logged_each() {
     assert_eq!(metric(&out, "rewards/length/std").len(), 2);
     for i in 0..2 {
         // GRPO's recipe has no missing-EOS penalty: the score is the weighted sum itself
-        let want = exact[i] + 0.5 * length[i];
+        let want = exact[i] - 0.5 * length[i];
         assert!(
             (scores[i] - want).abs() < 1e-5,
             "{} against {want}",
@@ -887,8 +910,8 @@ fn several_reward_functions_are_weighted_and_logged_each() {
 
 /// The on-policy commands run end to end with a reward model (PPO's critic from it), a verifier,
 /// and an ensemble (with the reference and the reward model in bf16), PPO and GSPO with LoRA
-/// policies (PPO's reward model in bf16, its reference the LoRA base in f32); `eval`, `check` and
-/// `plot` read what they wrote.
+/// policies (PPO's reward model in bf16, its reference the LoRA base in f32), CISPO with the
+/// batch's reward scaling; `eval`, `check` and `plot` read what they wrote.
 #[test]
 fn every_on_policy_command_runs_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
@@ -924,7 +947,11 @@ fn every_on_policy_command_runs_end_to_end() {
         ("reinforce-pp", "regex:e".to_string(), &[]),
         ("dapo", format!("judge:{}", fixture("tiny-pythia")), &[]),
         ("gspo", "length:0.1".to_string(), &["--use-peft"]),
-        ("cispo", "regex:e".to_string(), &[]),
+        (
+            "cispo",
+            "regex:e".to_string(),
+            &["--scale-rewards", "batch"],
+        ),
     ] {
         let out = dir.path().join(cmd);
         let (model, out_arg) = (fixture("tiny-pythia"), s(&out));
@@ -965,6 +992,8 @@ fn every_on_policy_command_runs_end_to_end() {
             assert!(
                 metric(&out, "kl").iter().all(|k| k.is_finite()) && metric(&out, "kl").len() == 2
             );
+            // a single reward is logged by name too, as TRL logs every reward function
+            assert_eq!(metric(&out, "rewards/length/mean").len(), 2);
         }
     }
     // a reward model of another tokenizer reads the text with its own; PPO's critic, which reads

@@ -29,13 +29,13 @@
 //! | `loss/policy_avg`, `loss/value_avg` | policy and value losses of the update | `PPOTrainer` |
 //! | `val/clipfrac_avg` | value clip fraction | `PPOTrainer` |
 //! | `val/ratio`, `val/ratio_var` | mean and variance of the ratio `ρ` | `PPOTrainer` |
-//! | `reward_std` | standard deviation of the scores over the batch (Bessel-corrected; `null` for one response) | `GRPOTrainer` |
-//! | `rewards/{name}/mean`, `rewards/{name}/std` | with several reward functions (`sum(…)`), each one's own (unweighted) scores over the batch: mean and standard deviation | `GRPOTrainer` |
+//! | `reward_std` | standard deviation of the scores over the batch, after the missing-EOS penalty and the overlong punishment, before any variance reduction (Bessel-corrected; `null` for one response) | `GRPOTrainer` |
+//! | `rewards/{name}/mean`, `rewards/{name}/std` | each part of the scorer's scores (`Scorer::score_parts`: the CLI's reward functions, one or several) over the batch, unweighted: mean and standard deviation (Bessel-corrected) | `GRPOTrainer` |
 //! | `frac_reward_zero_std` | share of prompts whose `n` samples all scored the same (no group advantage) | `GRPOTrainer` |
 //! | `completions/mean_length`, `completions/min_length`, `completions/max_length` | response length in tokens: mean, shortest, longest | `GRPOTrainer` |
 //! | `completions/clipped_ratio` | share of responses cut off at the length limit (no EOS) | `GRPOTrainer` |
-//! | `completions/mean_terminated_length` | mean length of the responses that end with EOS (0 when none does) | `GRPOTrainer` |
-//! | `kl` | mean per-token KL estimate of the loss term (when the KL is in the loss), or of the reward's per-token KL over the rollout (when it is in the reward and β ≠ 0) | `GRPOTrainer`, `RLOOTrainer` |
+//! | `completions/mean_terminated_length`, `…/min_terminated_length`, `…/max_terminated_length` | length of the responses that end with EOS: mean, shortest, longest (0 when none does) | `GRPOTrainer` |
+//! | `kl` | mean per-token KL estimate of the loss term (when the KL is in the loss), or of the reward's per-token KL over the rollout (when it is in the reward and β ≠ 0: RLOO's, and here PPO's and REINFORCE++'s too; the estimator is `kl_estimator`, k1 by default, RLOO's) | `GRPOTrainer`, `RLOOTrainer` |
 //! | `val/num_eos` | share of responses that contain EOS (TRL's `val/num_eos_tokens` is a count) | — |
 //! | `objective/ptx_loss` | the SFT loss term of PPO-ptx | — |
 //! | `objective/variance_removed` | share of the scores' variance removed by baseline subtraction and length-bucket normalisation | — |
@@ -45,6 +45,7 @@
 //! | `train/skipped_steps` | updates skipped for a non-finite loss or gradient norm: since the run began in a trainer's log, in this iteration in `ppo_iteration`'s own metrics | — |
 //! | `time/rollout`, `time/update`, `time/step` | wall seconds | — |
 //! | `clip_ratio/low_mean`, `clip_ratio/high_mean` | share of tokens clipped at the lower bound (`A < 0`, ratio below `1 − ε_low`) and at the upper (`A > 0`, ratio above `1 + ε_high`); for GSPO, share of sequences (its ratio is one per sequence); for CISPO, the weight clipped either way | `GRPOTrainer` |
+//! | `clip_ratio/region_mean` | the sum of the two: the share clipped at either bound | `GRPOTrainer` |
 //! | `sampling/sampling_logp_difference/mean`, `…/max` | `|logπ_old − logπ_sampler|` over response tokens: the trainer's log-probs of the rollout against those recorded while sampling | `GRPOTrainer` |
 //! | `sampling/kl` | per-token `KL(π_sampler ‖ π_old)` of the same, the k3 estimate `(r − 1) − log r` with `r = π_old/π_sampler`, in `f64` | — |
 //! | `sampling/importance_sampling_ratio/min`, `…/mean`, `…/max` | the truncated importance-sampling weights, when the correction is on | `GRPOTrainer` |
@@ -108,6 +109,8 @@ pub mod names {
     pub const COMPLETIONS_MAX_LENGTH: &str = "completions/max_length";
     pub const COMPLETIONS_CLIPPED_RATIO: &str = "completions/clipped_ratio";
     pub const COMPLETIONS_MEAN_TERMINATED_LENGTH: &str = "completions/mean_terminated_length";
+    pub const COMPLETIONS_MIN_TERMINATED_LENGTH: &str = "completions/min_terminated_length";
+    pub const COMPLETIONS_MAX_TERMINATED_LENGTH: &str = "completions/max_terminated_length";
     pub const KL_LOSS_TERM: &str = "kl";
     pub const LOSS_POLICY: &str = "loss/policy_avg";
     pub const LOSS_KL: &str = "loss/kl";
@@ -119,6 +122,7 @@ pub mod names {
     pub const TRAIN_SKIPPED_STEPS: &str = "train/skipped_steps";
     pub const CLIP_RATIO_LOW: &str = "clip_ratio/low_mean";
     pub const CLIP_RATIO_HIGH: &str = "clip_ratio/high_mean";
+    pub const CLIP_RATIO_REGION: &str = "clip_ratio/region_mean";
     pub const SAMPLING_LOGP_DIFF_MEAN: &str = "sampling/sampling_logp_difference/mean";
     pub const SAMPLING_LOGP_DIFF_MAX: &str = "sampling/sampling_logp_difference/max";
     pub const SAMPLING_KL: &str = "sampling/kl";

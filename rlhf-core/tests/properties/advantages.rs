@@ -126,7 +126,9 @@ proptest! {
     fn group_estimators_match_reference(groups in 1usize..=4, n in 2usize..=6, seed in prop::collection::vec(-3.0f64..3.0, 24)) {
         let s: Vec<f64> = seed[..groups * n].to_vec();
         let dev = device();
-        for est in [GroupEstimator::Rloo, GroupEstimator::Grpo, GroupEstimator::DrGrpo] {
+        let all_mean = s.iter().sum::<f64>() / s.len() as f64;
+        let batch_std = (s.iter().map(|x| (x - all_mean).powi(2)).sum::<f64>() / (s.len() as f64 - 1.0)).sqrt();
+        for est in [GroupEstimator::Rloo, GroupEstimator::Grpo, GroupEstimator::DrGrpo, GroupEstimator::GrpoBatch] {
             let got = host(group_advantages(t1(&s, &dev), n, est).unwrap());
             let mut expected = Vec::new();
             for g in s.chunks(n) {
@@ -138,6 +140,7 @@ proptest! {
                         GroupEstimator::Rloo => si - others,
                         GroupEstimator::Grpo => (si - mean) / (std + 1e-4),
                         GroupEstimator::DrGrpo => si - mean,
+                        GroupEstimator::GrpoBatch => (si - mean) / (batch_std + 1e-4),
                     });
                 }
             }
@@ -202,8 +205,12 @@ proptest! {
             let expected: Vec<f64> = dr[g * n..(g + 1) * n].iter().map(|a| a / (std + 1e-4)).collect();
             assert_close(&grpo[g * n..(g + 1) * n], &expected, 1e-3)?;
         }
+        // one group: the batch's std is the group's, so GRPO and its batch scaling agree
+        if groups == 1 {
+            assert_close(&adv(GroupEstimator::GrpoBatch), &grpo, 1e-4)?;
+        }
         let equal = vec![flat; groups * n];
-        for est in [GroupEstimator::Rloo, GroupEstimator::Grpo, GroupEstimator::DrGrpo] {
+        for est in [GroupEstimator::Rloo, GroupEstimator::Grpo, GroupEstimator::DrGrpo, GroupEstimator::GrpoBatch] {
             let a = host(group_advantages(t1(&equal, &dev), n, est).unwrap());
             prop_assert!(a.iter().all(|x| x.abs() < 1e-5), "{:?}: {:?}", est, a);
         }

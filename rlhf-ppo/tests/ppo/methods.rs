@@ -214,6 +214,12 @@ impl Updates {
         }
     }
 
+    /// The probe's logits under the counting policy, before any update.
+    fn start(&self) -> Vec<f32> {
+        let policy = counting::load(&self.bytes, self.vocab, 0.0, &self.device).valid();
+        rlhf_core::host::to_f32_vec(policy.forward(&self.probe_input, None))
+    }
+
     /// Sixteen responses of `len` tokens, none ending with EOS.
     fn full_length(&self, len: usize) -> Generation {
         full_length_generation(self.scores.len(), len, self.vocab as u32)
@@ -337,6 +343,11 @@ fn truncated_responses_leave_the_loss_but_not_the_baseline() {
             ..base.clone()
         };
         let (masked, exp, metrics) = updates.update(&cfg(true), &ended);
+        let moved = worst(&masked, &updates.start());
+        assert!(
+            moved > 1e-4,
+            "{aggregation:?}: the responses that ended should move it ({moved})"
+        );
         let d = worst(&masked, &updates.update(&cfg(true), &other).0);
         assert!(
             d < 1e-6,
@@ -429,6 +440,21 @@ fn the_reward_kl_metric_is_the_token_mean_of_the_rewards_kl() {
         assert!(
             (got - want).abs() < 1e-4 * want.abs().max(1.0),
             "kl {got} against {want}"
+        );
+        // a truncated response's KL leaves the reward with it (TRL's RLOO): its rewards are its
+        // score alone; one that ended keeps its KL penalty
+        let row_reward = |row: usize| -> f32 { exp.rewards[row * r..(row + 1) * r].iter().sum() };
+        let truncated = (row_reward(1) - 1.0).abs();
+        assert_eq!(
+            truncated < 1e-6,
+            mask_truncated,
+            "row 1's reward {}",
+            row_reward(1)
+        );
+        assert!(
+            (row_reward(0) - 1.0).abs() > 1e-3,
+            "row 0's reward {}",
+            row_reward(0)
         );
     }
     // β = 0: nothing in the reward, nothing logged
