@@ -167,6 +167,12 @@ impl OnlineDpoConfig {
                 self.sampling.max_new_tokens
             ));
         }
+        let (k, p) = (self.sampling.top_k, self.sampling.top_p);
+        if k.is_some_and(|k| k < 2) || p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
+            return bad(format!(
+                "sampling keeps the top_k ≥ 2 tokens (one would make a prompt's samples equal) and                  top_p in (0, 1], got {k:?} and {p:?}"
+            ));
+        }
         if let Some(p) = self.missing_eos_penalty
             && (!p.is_finite() || p < 0.0)
         {
@@ -800,7 +806,27 @@ fn near_equal_chunks(items: &[usize], parts: usize) -> impl Iterator<Item = &[us
 
 #[cfg(test)]
 mod tests {
-    use super::near_equal_chunks;
+    use super::{OnlineDpoConfig, SamplingConfig, near_equal_chunks};
+
+    /// Sampling that would make a prompt's samples equal is refused, as greedy decoding is; a
+    /// top-k of 2 or more and a nucleus in (0, 1] are taken.
+    #[test]
+    fn sampling_that_gives_no_pair_is_refused() {
+        let with = |top_k, top_p| OnlineDpoConfig {
+            sampling: SamplingConfig {
+                top_k,
+                top_p,
+                ..OnlineDpoConfig::default().sampling
+            },
+            ..OnlineDpoConfig::default()
+        };
+        for (k, p) in [(Some(1), None), (None, Some(0.0)), (None, Some(1.5))] {
+            assert!(with(k, p).validate().is_err(), "{k:?} {p:?}");
+        }
+        for (k, p) in [(Some(2), None), (None, Some(0.9)), (Some(40), Some(1.0))] {
+            assert!(with(k, p).validate().is_ok(), "{k:?} {p:?}");
+        }
+    }
 
     #[test]
     fn a_round_takes_one_step_per_minibatch() {

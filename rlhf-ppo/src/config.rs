@@ -69,6 +69,13 @@ pub struct PpoConfig {
     pub response_length: usize,
     /// [3] Sampling temperature, reapplied when log-probs are recomputed for training.
     pub temperature: f32,
+    /// Sampling keeps only the `k` most likely tokens (`None`: all), TRL's `top_k`.
+    pub top_k: Option<usize>,
+    /// Sampling keeps only the smallest set of most likely tokens whose probability reaches `p`
+    /// (`None`: all), TRL's `top_p`. With either, the trainer's log-probs are still of the whole
+    /// tempered distribution, as TRL's are, so the rollout is slightly off-policy
+    /// (`sampling/kl` measures how far).
+    pub top_p: Option<f32>,
     /// [4] Score given instead of the RM's to a response with no EOS (`None` keeps the RM score).
     pub missing_eos_penalty: Option<f32>,
     /// Leave a response cut off at the length limit (no EOS) out of the loss: its tokens are
@@ -163,6 +170,8 @@ impl Default for PpoConfig {
             query_length: 512,
             response_length: 53,
             temperature: 0.7,
+            top_k: None,
+            top_p: None,
             missing_eos_penalty: Some(-1.0),
             mask_truncated_completions: false,
             disable_dropout: true,
@@ -408,6 +417,9 @@ impl PpoConfig {
                  (missing_eos_penalty = None)"
                     .into(),
             );
+        }
+        if self.top_k == Some(0) || self.top_p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
+            return bad("top_k must be ≥ 1 and top_p in (0, 1]".into());
         }
         if self.dynamic_sampling.is_some() && self.samples_per_prompt < 2 {
             return bad(

@@ -56,6 +56,8 @@ pub fn sample_and_score(
     let sampling = SamplingConfig {
         max_new_tokens: cfg.response_length,
         temperature: cfg.temperature,
+        top_k: cfg.top_k,
+        top_p: cfg.top_p,
         eos_id: Some(inputs.tokenizer.eos_id()),
         ..SamplingConfig::default()
     };

@@ -100,6 +100,13 @@ pub struct OnlineDpoArgs {
     /// Sampling temperature [TRL: --temperature].
     #[arg(long, default_value_t = 0.9)]
     pub temperature: f32,
+    /// Sample from the k most likely tokens only [TRL: --top_k].
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Sample from the smallest set of most likely tokens whose probability reaches p
+    /// [TRL: --top_p].
+    #[arg(long)]
+    pub top_p: Option<f32>,
     /// Subtracted from the score of a response without EOS [TRL: --missing_eos_penalty].
     #[arg(long)]
     pub missing_eos_penalty: Option<f32>,
@@ -185,6 +192,8 @@ impl OnlineDpoArgs {
             sampling: SamplingConfig {
                 max_new_tokens: self.max_completion_length,
                 temperature: self.temperature,
+                top_k: self.top_k,
+                top_p: self.top_p,
                 ..SamplingConfig::default()
             },
             missing_eos_penalty: self.missing_eos_penalty,

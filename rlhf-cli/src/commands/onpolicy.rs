@@ -217,6 +217,13 @@ pub struct OnPolicyArgs {
     /// Sampling temperature, reapplied when log-probs are recomputed [TRL: --temperature].
     #[arg(long)]
     pub temperature: Option<f32>,
+    /// Sample from the k most likely tokens only [TRL: --top_k].
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Sample from the smallest set of most likely tokens whose probability reaches p; the
+    /// trainer's log-probs stay those of the whole distribution, as TRL's [TRL: --top_p].
+    #[arg(long)]
+    pub top_p: Option<f32>,
     /// Score of a response without EOS, instead of the reward's [TRL: --missing_eos_penalty].
     #[arg(long, allow_hyphen_values = true)]
     pub missing_eos_penalty: Option<f32>,
@@ -515,6 +522,12 @@ impl OnPolicyArgs {
         }
         if let Some(w) = self.length_bucket_width {
             c.length_bucket_width = Some(w);
+        }
+        if let Some(k) = self.top_k {
+            c.top_k = Some(k);
+        }
+        if let Some(p) = self.top_p {
+            c.top_p = Some(p);
         }
         if let Some(e) = self.epsilon_high {
             c.clip_eps_high = Some(e);

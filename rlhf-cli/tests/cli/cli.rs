@@ -1536,6 +1536,8 @@ fn every_field_of_every_trainer_config_is_a_flag() {
                     ("query_length", &["--max-prompt-length", "7"]),
                     ("response_length", length),
                     ("temperature", &["--temperature", "0.5"]),
+                    ("top_k", &["--top-k", "5"]),
+                    ("top_p", &["--top-p", "0.5"]),
                     ("missing_eos_penalty", &["--missing-eos-penalty", "-3"]),
                     (
                         "mask_truncated_completions",

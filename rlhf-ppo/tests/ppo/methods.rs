@@ -517,6 +517,49 @@ impl Counting {
     }
 }
 
+/// `top_k` and `top_p` reach the sampler: with `top_k = 1` at temperature 1 each prompt's four
+/// samples are the one most likely response (every group's scores equal), and the sampler's
+/// log-probs (of the truncated distribution, each 0) part from the trainer's (of the whole one),
+/// as TRL's would; without either the samples differ and the two agree; a nucleus of tiny mass
+/// is greedy too.
+#[test]
+fn top_k_and_top_p_reach_the_sampler() {
+    let counting = Counting::new();
+    let base = PpoConfig {
+        temperature: 1.0,
+        missing_eos_penalty: None,
+        ..small(AdvantageEstimator::Grpo)
+    };
+    let greedy = counting.iteration(
+        &counting::Words,
+        &PpoConfig {
+            top_k: Some(1),
+            ..base.clone()
+        },
+    );
+    assert_eq!(metric(&greedy.metrics, names::FRAC_REWARD_ZERO_STD), 1.0);
+    // the rows of a group, prompt and response, are one sequence
+    let e = &greedy.experience;
+    let row_len = e.query_len + e.response_len;
+    let rows: Vec<&[u32]> = e.ids.chunks(row_len).collect();
+    for (g, group) in rows.chunks(4).enumerate() {
+        assert!(group.iter().all(|row| row == &group[0]), "group {g}");
+    }
+    assert!(metric(&greedy.metrics, names::SAMPLING_LOGP_DIFF_MEAN) > 1e-3);
+    let sampled = counting.iteration(&counting::Words, &base);
+    assert!(metric(&sampled.metrics, names::FRAC_REWARD_ZERO_STD) < 1.0);
+    assert!(metric(&sampled.metrics, names::SAMPLING_KL) < 1e-6);
+    // a nucleus of tiny mass holds the most likely token alone: greedy again
+    let nucleus = counting.iteration(
+        &counting::Words,
+        &PpoConfig {
+            top_p: Some(1e-3),
+            ..base.clone()
+        },
+    );
+    assert_eq!(metric(&nucleus.metrics, names::FRAC_REWARD_ZERO_STD), 1.0);
+}
+
 /// DAPO's dynamic sampling on a rule reward with ties (the counting policy at a low temperature
 /// often gives a prompt `n` equal word counts): the kept batch holds only groups whose scores
 /// differ, more sampling rounds were needed, and the batch keeps its size. With a constant
@@ -568,7 +611,8 @@ fn dynamic_sampling_keeps_groups_whose_scores_differ() {
         refilled,
         "only refilled groups may have equal scorer scores"
     );
-    // TRL's metric is over the scores the advantages are made of
+    // TRL's metric is over the rewards as the scorer and the penalties gave them (here, with no
+    // variance reduction, the scores the advantages are made of)
     assert_eq!(
         metric(&step.metrics, names::FRAC_REWARD_ZERO_STD),
         flat(&e.scores, 0.0) / 4.0
