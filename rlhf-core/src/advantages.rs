@@ -136,7 +136,7 @@ pub fn group_advantages(
     }
     let groups = len / n;
     // the batch's spread, of the scores as they are (before the shift below, which is per group)
-    let batch_std = scores.clone().var(0).sqrt();
+    let batch_std = (estimator == GroupEstimator::GrpoBatch).then(|| scores.clone().var(0).sqrt());
     // Every formula below is invariant to a shift of the group's scores (the batch's std is taken
     // above); shifting by the group's
     // first score makes a group of equal scores exactly 0 before any mean is taken. (`s − mean`
@@ -160,10 +160,8 @@ pub fn group_advantages(
         }
         GroupEstimator::DrGrpo => s.sub(mean),
         GroupEstimator::GrpoBatch => {
-            let std = batch_std
-                .add_scalar(1e-4)
-                .reshape([1, 1])
-                .expand([groups, n]);
+            let std = batch_std.expect("taken above for this estimator");
+            let std = std.add_scalar(1e-4).reshape([1, 1]).expand([groups, n]);
             s.sub(mean).div(std)
         }
     };

@@ -39,8 +39,9 @@ pub use kto::{
     kto_reference_point, kto_train_batches, mismatched_partners, train_kto,
 };
 pub use losses::{
-    PairLogps, dpo_loss, dpo_rw_loss, exo_pref_loss, exo_rw_loss, hinge_loss, ipo_loss,
-    robust_dpo_loss, simpo_loss,
+    PairLogps, apo_down_loss, apo_zero_loss, bco_pair_loss, discopop_loss, dpo_loss, dpo_rw_loss,
+    exo_pref_loss, exo_rw_loss, hinge_loss, ipo_loss, nca_pair_loss, robust_dpo_loss, simpo_loss,
+    sppo_hard_loss,
 };
 pub use online::{OnlineConfig, OnlineReport, best_and_worst, online_round};
 pub use online_dpo::{OnlineDpoConfig, OnlineDpoInputs, OnlineDpoReport, train_online_dpo};

@@ -29,6 +29,16 @@ impl PairLogps {
             .sub(self.rejected.clone().sub(self.ref_rejected.clone()))
     }
 
+    /// `ℓ_c = logπ(y_c) − logπ_ref(y_c)`. `[batch]`.
+    pub fn chosen_ratio(&self) -> Tensor<1> {
+        self.chosen.clone().sub(self.ref_chosen.clone())
+    }
+
+    /// `ℓ_r = logπ(y_r) − logπ_ref(y_r)`. `[batch]`.
+    pub fn rejected_ratio(&self) -> Tensor<1> {
+        self.rejected.clone().sub(self.ref_rejected.clone())
+    }
+
     /// Implicit rewards `β·(logπ − logπ_ref)` of the chosen and the rejected responses.
     pub fn implicit_rewards(&self, beta: f32) -> (Tensor<1>, Tensor<1>) {
         (
@@ -93,6 +103,69 @@ pub fn simpo_loss(
             .sub_scalar(gamma),
     )
     .neg()
+}
+
+/// NCA, pairwise (Chen et al. 2024, "Noise Contrastive Alignment"; TRL's `nca_pair`), on the
+/// implicit rewards `r = β·(logπ − logπ_ref)` of each response rather than their difference:
+/// `L = −log σ(r_c) − ½·log σ(−r_c) − ½·log σ(−r_r)`.
+pub fn nca_pair_loss(logratio_c: Tensor<1>, logratio_r: Tensor<1>, beta: f32) -> Tensor<1> {
+    let (rc, rr) = (logratio_c.mul_scalar(beta), logratio_r.mul_scalar(beta));
+    activation::log_sigmoid(rc.clone())
+        .add(activation::log_sigmoid(rc.neg()).mul_scalar(0.5))
+        .add(activation::log_sigmoid(rr.neg()).mul_scalar(0.5))
+        .neg()
+}
+
+/// BCO, pairwise (Jung et al. 2024; TRL's `bco_pair`, without BCO's running reward shift): the
+/// chosen response classified as good and the rejected one as bad on their implicit rewards,
+/// `L = −log σ(r_c) − log σ(−r_r)`.
+pub fn bco_pair_loss(logratio_c: Tensor<1>, logratio_r: Tensor<1>, beta: f32) -> Tensor<1> {
+    let (rc, rr) = (logratio_c.mul_scalar(beta), logratio_r.mul_scalar(beta));
+    activation::log_sigmoid(rc)
+        .add(activation::log_sigmoid(rr.neg()))
+        .neg()
+}
+
+/// SPPO with hard labels (Wu et al. 2024, Eq. 4.7 with P = 1 for the winner and 0 for the
+/// loser; TRL's `sppo_hard`): each log-ratio regressed to `±1/(2β)`,
+/// `L = (ℓ_c − 1/(2β))² + (ℓ_r + 1/(2β))²`, `ℓ = logπ − logπ_ref`.
+pub fn sppo_hard_loss(logratio_c: Tensor<1>, logratio_r: Tensor<1>, beta: f32) -> Tensor<1> {
+    let target = 0.5 / beta;
+    logratio_c
+        .sub_scalar(target)
+        .square()
+        .add(logratio_r.add_scalar(target).square())
+}
+
+/// APO-zero (D'Oosterlinck et al. 2024, Eq. 7; TRL's `apo_zero`), for chosen responses better
+/// than the model's own: raise the chosen likelihood, lower the rejected one,
+/// `L = (1 − σ(r_c)) + σ(r_r)`.
+pub fn apo_zero_loss(logratio_c: Tensor<1>, logratio_r: Tensor<1>, beta: f32) -> Tensor<1> {
+    let (rc, rr) = (logratio_c.mul_scalar(beta), logratio_r.mul_scalar(beta));
+    activation::sigmoid(rc)
+        .neg()
+        .add_scalar(1.0)
+        .add(activation::sigmoid(rr))
+}
+
+/// APO-down (Eq. 8; TRL's `apo_down`), for chosen responses worse than the model's own: lower
+/// both likelihoods, the rejected one more, `L = σ(r_c) + (1 − σ(r_c − r_r))`.
+pub fn apo_down_loss(logratio_c: Tensor<1>, logratio_r: Tensor<1>, beta: f32) -> Tensor<1> {
+    let (rc, rr) = (logratio_c.mul_scalar(beta), logratio_r.mul_scalar(beta));
+    activation::sigmoid(rc.clone()).add(activation::sigmoid(rc.sub(rr)).neg().add_scalar(1.0))
+}
+
+/// DiscoPOP (Chris Lu et al. 2024, Eq. 5; TRL's `discopop`), the log-ratio modulated loss: with
+/// `z = β·h` and `m = σ(z/τ)`, `L = (1 − m)·(−log σ(z)) + m·e^{−z}`. The second term is computed
+/// as `exp(log σ(z/τ) − z)`, so no extreme `z` makes an `∞·0`.
+pub fn discopop_loss(h: Tensor<1>, beta: f32, tau: f32) -> Tensor<1> {
+    let z = h.mul_scalar(beta);
+    let m = activation::sigmoid(z.clone().div_scalar(tau));
+    let logistic = activation::log_sigmoid(z.clone()).neg();
+    let exponential = activation::log_sigmoid(z.clone().div_scalar(tau))
+        .sub(z)
+        .exp();
+    m.neg().add_scalar(1.0).mul(logistic).add(exponential)
 }
 
 /// EXO with preference labels (Ji et al. 2024), K = 2: the target puts `1−ε` on the chosen
@@ -251,6 +324,55 @@ mod tests {
             close(&host(hinge_loss(t1(&h), b)), &z.iter().map(|z| (1.0 - z).max(0.0)).collect::<Vec<_>>(), 1e-4)?;
             let half: Vec<f64> = h.iter().map(|h| h / 2.0).collect();
             close(&host(simpo_loss(t1(&h), t1(&half), b, gamma as f32)), &h.iter().zip(&half).map(|(c, r)| -ls(beta * c - beta * r - gamma)).collect::<Vec<_>>(), 1e-4)?;
+        }
+
+        /// The losses on the two log-ratios (NCA, BCO, SPPO, APO) and DiscoPOP against their f64
+        /// formulas, their gradients against central differences, and finite at extremes.
+        #[test]
+        fn per_response_losses_match_their_formulas(
+            rows in prop::collection::vec((-8.0f64..8.0, -8.0f64..8.0), 1..8),
+            beta in 0.05f64..1.0,
+            tau in 0.02f64..0.5,
+        ) {
+            let b = beta as f32;
+            let sig = |x: f64| 1.0 / (1.0 + (-x).exp());
+            type PairFn = Box<dyn Fn(Tensor<1>, Tensor<1>) -> Tensor<1>>;
+            type PairRef = Box<dyn Fn(f64, f64) -> f64>;
+            let t = tau as f32;
+            let cases: Vec<(&str, PairFn, PairRef)> = vec![
+                ("nca_pair", Box::new(move |c, r| nca_pair_loss(c, r, b)), Box::new(move |c, r| -ls(beta * c) - 0.5 * ls(-beta * c) - 0.5 * ls(-beta * r))),
+                ("bco_pair", Box::new(move |c, r| bco_pair_loss(c, r, b)), Box::new(move |c, r| -ls(beta * c) - ls(-beta * r))),
+                ("sppo_hard", Box::new(move |c, r| sppo_hard_loss(c, r, b)), Box::new(move |c, r| (c - 0.5 / beta).powi(2) + (r + 0.5 / beta).powi(2))),
+                ("apo_zero", Box::new(move |c, r| apo_zero_loss(c, r, b)), Box::new(move |c, r| 1.0 - sig(beta * c) + sig(beta * r))),
+                ("apo_down", Box::new(move |c, r| apo_down_loss(c, r, b)), Box::new(move |c, r| sig(beta * c) + 1.0 - sig(beta * (c - r)))),
+                ("discopop", Box::new(move |c, r| discopop_loss(c.sub(r), b, t)), Box::new(move |c, r| {
+                    let z = beta * (c - r);
+                    let m = sig(z / tau);
+                    (1.0 - m) * -ls(z) + m * (-z).exp()
+                })),
+            ];
+            let (c, r): (Vec<f64>, Vec<f64>) = rows.iter().copied().unzip();
+            let ad = dev().autodiff();
+            for (name, loss, reference) in &cases {
+                let want: Vec<f64> = c.iter().zip(&r).map(|(c, r)| reference(*c, *r)).collect();
+                let got = host(loss(t1(&c), t1(&r)));
+                close(&got, &want, 1e-4).map_err(|e| TestCaseError::fail(format!("{name}: {e}")))?;
+                // gradients of the sum, with respect to each log-ratio
+                let (xc, xr) = (tensor_from_f64(&c, [c.len()], &ad).require_grad(), tensor_from_f64(&r, [r.len()], &ad).require_grad());
+                let grads = loss(xc.clone(), xr.clone()).sum().backward();
+                let (gc, gr) = (host(xc.grad(&grads).expect("depends on ℓ_c")), host(xr.grad(&grads).expect("depends on ℓ_r")));
+                let d = 1e-4;
+                for i in 0..c.len() {
+                    let fc = (reference(c[i] + d, r[i]) - reference(c[i] - d, r[i])) / (2.0 * d);
+                    let fr = (reference(c[i], r[i] + d) - reference(c[i], r[i] - d)) / (2.0 * d);
+                    prop_assert!((gc[i] - fc).abs() < 2e-3 * (1.0 + fc.abs()), "{}: d/dℓ_c {} vs {}", name, gc[i], fc);
+                    prop_assert!((gr[i] - fr).abs() < 2e-3 * (1.0 + fr.abs()), "{}: d/dℓ_r {} vs {}", name, gr[i], fr);
+                }
+                // extreme log-ratios stay finite
+                let far = [-1e4, 1e4, 0.0];
+                let extreme = host(loss(t1(&far), t1(&[1e4, -1e4, 0.0])));
+                prop_assert!(extreme.iter().all(|v| v.is_finite()), "{}: {:?}", name, extreme);
+            }
         }
 
         #[test]

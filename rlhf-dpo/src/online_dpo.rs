@@ -168,9 +168,10 @@ impl OnlineDpoConfig {
             ));
         }
         let (k, p) = (self.sampling.top_k, self.sampling.top_p);
-        if k.is_some_and(|k| k < 2) || p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
+        if k == Some(1) || p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
             return bad(format!(
-                "sampling keeps the top_k ≥ 2 tokens (one would make a prompt's samples equal) and                  top_p in (0, 1], got {k:?} and {p:?}"
+                "sampling keeps the top_k ≥ 2 tokens (one would make a prompt's samples equal; 0 keeps \
+                 all) and top_p in (0, 1], got {k:?} and {p:?}"
             ));
         }
         if let Some(p) = self.missing_eos_penalty
@@ -809,7 +810,7 @@ mod tests {
     use super::{OnlineDpoConfig, SamplingConfig, near_equal_chunks};
 
     /// Sampling that would make a prompt's samples equal is refused, as greedy decoding is; a
-    /// top-k of 2 or more and a nucleus in (0, 1] are taken.
+    /// top-k of 2 or more (0 keeps every token, as in TRL) and a nucleus in (0, 1] are taken.
     #[test]
     fn sampling_that_gives_no_pair_is_refused() {
         let with = |top_k, top_p| OnlineDpoConfig {
@@ -823,7 +824,12 @@ mod tests {
         for (k, p) in [(Some(1), None), (None, Some(0.0)), (None, Some(1.5))] {
             assert!(with(k, p).validate().is_err(), "{k:?} {p:?}");
         }
-        for (k, p) in [(Some(2), None), (None, Some(0.9)), (Some(40), Some(1.0))] {
+        for (k, p) in [
+            (Some(2), None),
+            (Some(0), None),
+            (None, Some(0.9)),
+            (Some(40), Some(1.0)),
+        ] {
             assert!(with(k, p).validate().is_ok(), "{k:?} {p:?}");
         }
     }

@@ -20,8 +20,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::cache::{LogpSpec, RefCache};
 use crate::losses::{
-    PairLogps, dpo_loss, dpo_rw_loss, exo_pref_loss, exo_rw_loss, hinge_loss, ipo_loss,
-    robust_dpo_loss, simpo_loss,
+    PairLogps, apo_down_loss, apo_zero_loss, bco_pair_loss, discopop_loss, dpo_loss, dpo_rw_loss,
+    exo_pref_loss, exo_rw_loss, hinge_loss, ipo_loss, nca_pair_loss, robust_dpo_loss, simpo_loss,
+    sppo_hard_loss,
 };
 
 /// Responses to one prompt: a pair is `[chosen, rejected]`; a K-wise group carries rewards.
@@ -72,6 +73,23 @@ pub enum OfflineLoss {
     DpoRw {
         /// Reward temperature β_r.
         beta_r: f32,
+    },
+    /// DPO on log-ratios averaged over response tokens (TRL's `sigmoid_norm`).
+    SigmoidNorm,
+    /// NCA, pairwise (TRL's `nca_pair`).
+    NcaPair,
+    /// BCO, pairwise (TRL's `bco_pair`).
+    BcoPair,
+    /// SPPO with hard labels (TRL's `sppo_hard`).
+    SppoHard,
+    /// APO-zero (TRL's `apo_zero`).
+    ApoZero,
+    /// APO-down (TRL's `apo_down`).
+    ApoDown,
+    /// DiscoPOP (TRL's `discopop`) with its temperature τ.
+    Discopop {
+        /// τ (TRL's `discopop_tau`, 0.05).
+        tau: f32,
     },
 }
 
@@ -169,6 +187,9 @@ impl DpoConfig {
             }
             OfflineLoss::Simpo { gamma } if !gamma.is_finite() => {
                 return bad(format!("simpo: gamma must be finite, got {gamma}"));
+            }
+            OfflineLoss::Discopop { tau } if !tau.is_finite() || tau <= 0.0 => {
+                return bad(format!("discopop: tau must be finite and > 0, got {tau}"));
             }
             _ => {}
         }
@@ -287,8 +308,9 @@ pub(crate) fn reference_logps(
 /// The loss `[1]` of a batch and its pair metrics, from policy log-probs, token counts and
 /// reference log-probs, each `[B, K]` (sums over response tokens).
 ///
-/// Each loss reads the log-probs its paper defines: IPO the averages over response tokens (as
-/// TRL does), SimPO the policy's averages with no reference, the rest the sums. The implicit
+/// Each loss reads the log-probs its paper defines: IPO and `sigmoid_norm` the averages over
+/// response tokens (as TRL does), SimPO the policy's averages with no reference, the rest the
+/// sums. The implicit
 /// rewards `β·(logπ − logπ_ref)` that are logged use the same log-probs as the loss.
 pub(crate) fn batch_loss(
     cfg: &DpoConfig,
@@ -300,7 +322,7 @@ pub(crate) fn batch_loss(
     let [b, _] = policy.dims();
     let averaged = |t: Tensor<2>| t.div(lengths.clone().clamp_min(1.0));
     let (policy, reference) = match cfg.loss {
-        OfflineLoss::Ipo => (averaged(policy), averaged(reference)),
+        OfflineLoss::Ipo | OfflineLoss::SigmoidNorm => (averaged(policy), averaged(reference)),
         OfflineLoss::Simpo { .. } => (averaged(policy), reference.zeros_like()),
         _ => (policy, reference),
     };
@@ -318,6 +340,13 @@ pub(crate) fn batch_loss(
         OfflineLoss::Hinge => hinge_loss(pair.logits(), beta),
         OfflineLoss::ExoPref { eps } => exo_pref_loss(pair.logits(), beta, eps),
         OfflineLoss::Ipo => ipo_loss(pair.logits(), beta),
+        OfflineLoss::SigmoidNorm => dpo_loss(pair.logits(), beta, 0.0),
+        OfflineLoss::NcaPair => nca_pair_loss(pair.chosen_ratio(), pair.rejected_ratio(), beta),
+        OfflineLoss::BcoPair => bco_pair_loss(pair.chosen_ratio(), pair.rejected_ratio(), beta),
+        OfflineLoss::SppoHard => sppo_hard_loss(pair.chosen_ratio(), pair.rejected_ratio(), beta),
+        OfflineLoss::ApoZero => apo_zero_loss(pair.chosen_ratio(), pair.rejected_ratio(), beta),
+        OfflineLoss::ApoDown => apo_down_loss(pair.chosen_ratio(), pair.rejected_ratio(), beta),
+        OfflineLoss::Discopop { tau } => discopop_loss(pair.logits(), beta, tau),
         OfflineLoss::Simpo { gamma } => {
             simpo_loss(pair.chosen.clone(), pair.rejected.clone(), beta, gamma)
         }

@@ -44,9 +44,11 @@ pub struct SamplingConfig {
     pub min_new_tokens: usize,
     /// Softmax temperature; 0 means greedy (argmax).
     pub temperature: f32,
-    /// Keep only the `k` most likely tokens.
+    /// Keep only the `k` most likely tokens (exactly `k`: of tokens tied at the `k`-th logit the
+    /// lower ids, where transformers keeps every tied one); 0 keeps all, as in transformers.
     pub top_k: Option<usize>,
-    /// Keep the smallest set of most likely tokens whose probability reaches `p`.
+    /// Keep the smallest set of most likely tokens whose probability reaches `p`; 1 or more
+    /// keeps all, as in transformers.
     pub top_p: Option<f32>,
     /// The end-of-sequence token; a row stops after emitting it.
     pub eos_id: Option<u32>,
@@ -102,12 +104,14 @@ fn distribution(logits: &[f32], cfg: &SamplingConfig, suppress: Option<u32>) -> 
         .filter(|(i, _)| Some(*i as u32) != suppress)
         .map(|(i, &l)| (i as u32, l / temperature))
         .collect();
-    if cfg.top_k.is_some() || cfg.top_p.is_some() {
+    // as transformers: a top-k of 0 and a top-p of 1 or more keep every token
+    let (top_k, top_p) = (cfg.top_k.filter(|&k| k > 0), cfg.top_p.filter(|&p| p < 1.0));
+    if top_k.is_some() || top_p.is_some() {
         cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        if let Some(k) = cfg.top_k {
-            cand.truncate(k.max(1));
+        if let Some(k) = top_k {
+            cand.truncate(k);
         }
-        if let Some(p) = cfg.top_p {
+        if let Some(p) = top_p {
             let z = log_sum_exp(&cand);
             let mut mass = 0.0;
             let keep = cand

@@ -69,17 +69,19 @@ pub struct PpoConfig {
     pub response_length: usize,
     /// [3] Sampling temperature, reapplied when log-probs are recomputed for training.
     pub temperature: f32,
-    /// Sampling keeps only the `k` most likely tokens (`None`: all), TRL's `top_k`.
+    /// Sampling keeps only the `k` most likely tokens (`None` or 0: all), TRL's `top_k`.
     pub top_k: Option<usize>,
     /// Sampling keeps only the smallest set of most likely tokens whose probability reaches `p`
-    /// (`None`: all), TRL's `top_p`. With either, the trainer's log-probs are still of the whole
-    /// tempered distribution, as TRL's are, so the rollout is slightly off-policy
-    /// (`sampling/kl` measures how far).
+    /// (`None` or 1: all), TRL's `top_p`. With either, the trainer's log-probs are still of the
+    /// whole tempered distribution, as TRL's are, so the rollout is slightly off-policy:
+    /// `sampling/sampling_logp_difference/mean` is then the mean `−log Z` of the mass `Z` each
+    /// step kept (`sampling/kl`'s k3 estimate understates it).
     pub top_p: Option<f32>,
     /// [4] Score given instead of the RM's to a response with no EOS (`None` keeps the RM score).
     pub missing_eos_penalty: Option<f32>,
     /// Leave a response cut off at the length limit (no EOS) out of the loss: its tokens are
-    /// masked in the update, while its score still enters its group's baseline (TRL's
+    /// masked in the update, its KL leaves the reward and its tokens the whitening of advantages,
+    /// while its score still enters the rewards and its group's baseline (TRL's
     /// `mask_truncated_completions`; DAPO's overlong filtering).
     pub mask_truncated_completions: bool,
     /// [1] Turn dropout off in policy, reference, value and reward models.
@@ -406,7 +408,7 @@ impl PpoConfig {
         {
             return bad(format!(
                 "gspo clips a sequence-level ratio and needs one advantage per response (a group \
-                 estimator: rloo, grpo, dr_grpo), not {:?}'s per-token advantages",
+                 estimator: rloo, grpo, grpo_batch, dr_grpo), not {:?}'s per-token advantages",
                 self.advantage
             ));
         }
@@ -418,8 +420,8 @@ impl PpoConfig {
                     .into(),
             );
         }
-        if self.top_k == Some(0) || self.top_p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
-            return bad("top_k must be ≥ 1 and top_p in (0, 1]".into());
+        if self.top_p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
+            return bad("top_p must be in (0, 1]".into());
         }
         if self.dynamic_sampling.is_some() && self.samples_per_prompt < 2 {
             return bad(

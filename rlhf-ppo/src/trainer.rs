@@ -270,12 +270,11 @@ pub fn make_experience(
 
     // per-token rewards: −β·kl_t on every token (when the KL is in the reward), the score on the
     // last real token
+    // with mask_truncated_completions the loss's mask also takes a truncated response's KL out of
+    // the reward and its tokens out of the advantages' whitening (its score stays, for baselines)
+    let kept = tensor2(loss_mask.clone(), [b, r], &device);
     let kl = kl_estimate(logprobs.clone(), ref_logprobs.clone(), cfg.kl_estimator);
-    let kl = if cfg.mask_truncated_completions {
-        rlhf_core::zero_masked(kl, tensor2(loss_mask.clone(), [b, r], &device))
-    } else {
-        kl
-    };
+    let kl = rlhf_core::zero_masked(kl, kept.clone());
     let beta_in_reward = if cfg.kl_in_reward { kl_coef } else { 0.0 };
     let reward_kl = (beta_in_reward != 0.0).then(|| to_f32_vec(kl.clone()));
     let scores_t = Tensor::<1>::from_data(TensorData::new(scores.to_vec(), [b]), &device);
@@ -295,14 +294,14 @@ pub fn make_experience(
             })?;
             let g = gae(rewards.clone(), values, mask.clone(), cfg.gamma, cfg.lam);
             let advantages = if cfg.whiten_advantages {
-                whiten(g.advantages, mask.clone(), true)
+                whiten(g.advantages, kept.clone(), true)
             } else {
                 g.advantages
             };
             (advantages, Some(g.returns))
         }
         AdvantageEstimator::ReinforcePp => (
-            reinforce_pp_advantages(rewards.clone(), mask.clone(), cfg.gamma),
+            reinforce_pp_advantages(rewards.clone(), kept.clone(), cfg.gamma),
             None,
         ),
         group => {

@@ -683,6 +683,8 @@ fn a_run_resumed_from_a_checkpoint_repeats_the_uninterrupted_run_exactly() {
     assert!(la[2].contains("objective/kl_coef") && la[0] != la[2]);
 }
 
+/// PPO-ptx: γ = 0 leaves the update bit-identical, γ > 0 changes it, and on a minibatch with no
+/// response token in the loss it steps on its own term.
 #[test]
 fn ptx_with_a_zero_coefficient_leaves_the_update_bit_identical() {
     let _serial = rlhf_testkit::serial();
@@ -705,12 +707,12 @@ fn ptx_with_a_zero_coefficient_leaves_the_update_bit_identical() {
             )
         })
         .collect();
-    let update = |cfg: &PpoConfig, demos: &[(Vec<u32>, Vec<u32>)]| {
+    let update_on = |exp: &Experience, cfg: &PpoConfig, demos: &[(Vec<u32>, Vec<u32>)]| {
         let mut optim = cfg.optimizer.build().unwrap();
         let (m, stats) = rlhf_ppo::ppo_update(
             models(),
             &mut optim,
-            &exp,
+            exp,
             cfg,
             0.05,
             &|_| 1e-3,
@@ -722,6 +724,7 @@ fn ptx_with_a_zero_coefficient_leaves_the_update_bit_identical() {
         .unwrap();
         (rlhf_core::train::checkpoint::parameter_values(&m), stats)
     };
+    let update = |cfg: &PpoConfig, demos: &[(Vec<u32>, Vec<u32>)]| update_on(&exp, cfg, demos);
     let (plain, plain_stats) = update(&cfg, &[]);
     let (zero, _) = update(&cfg, &demos);
     assert!(plain == zero, "γ_ptx = 0 changed the update");
@@ -738,6 +741,26 @@ fn ptx_with_a_zero_coefficient_leaves_the_update_bit_identical() {
     assert!(plain != mixed, "γ_ptx = 0.5 did not change the update");
     let ptx = get(&stats.minibatches[0], names::OBJECTIVE_PTX_LOSS);
     assert!(ptx.is_finite() && ptx > 0.0);
+
+    // no response token in the loss (every response cut off, with mask_truncated_completions):
+    // PPO-ptx still steps, on its own term, and without it nothing moves and nothing is skipped
+    let empty = Experience {
+        mask: vec![0.0; exp.mask.len()],
+        ..exp.clone()
+    };
+    let update_empty =
+        |cfg: &PpoConfig, demos: &[(Vec<u32>, Vec<u32>)]| update_on(&empty, cfg, demos);
+    let start = rlhf_core::train::checkpoint::parameter_values(&models());
+    let (ptx_only, stats) = update_empty(&with_ptx, &demos);
+    assert!(
+        ptx_only != start && stats.skipped == 0,
+        "the ptx term alone did not step"
+    );
+    let m = &stats.minibatches[0];
+    let want = 0.5 * get(m, names::OBJECTIVE_PTX_LOSS);
+    assert!((get(m, names::LOSS_TOTAL) - want).abs() < 1e-6 * want.abs().max(1.0));
+    let (nothing, stats) = update_empty(&cfg, &[]);
+    assert!(nothing == start && stats.skipped == 0 && stats.minibatches.is_empty());
 }
 
 /// PPO (GAE with a critic, adaptive β) into `dir` for 8 iterations with a checkpoint every 2, on

@@ -136,7 +136,11 @@ impl Scorer for EnsembleScorer {
     }
 
     fn name(&self) -> String {
-        format!("ensemble-{}x{:?}", self.members.len(), self.combine)
+        match self.names.as_slice() {
+            // a single reward function, named as its part is
+            [one] => one.clone(),
+            _ => format!("ensemble-{}x{:?}", self.members.len(), self.combine),
+        }
     }
 }
 

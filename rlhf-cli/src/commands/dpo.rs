@@ -37,11 +37,32 @@ pub enum DpoLoss {
     /// SimPO, reference-free, with margin `simpo_gamma`.
     Simpo,
     /// EXO with preference labels (default ε 1e-3; TRL `exo_pair`).
+    #[value(alias = "exo_pair")]
     ExoPref,
     /// EXO with rewards, any K (K-wise files, or pairs with `score_chosen`/`score_rejected`).
     ExoRw,
     /// The forward KL on rewards, for comparison with EXO-rw.
     DpoRw,
+    /// DPO on log-ratios averaged over response tokens (TRL `sigmoid_norm`).
+    #[value(alias = "sigmoid_norm")]
+    SigmoidNorm,
+    /// NCA on each response's implicit reward (TRL `nca_pair`).
+    #[value(alias = "nca_pair")]
+    NcaPair,
+    /// BCO on each response's implicit reward (TRL `bco_pair`).
+    #[value(alias = "bco_pair")]
+    BcoPair,
+    /// SPPO with hard labels (TRL `sppo_hard`).
+    #[value(alias = "sppo_hard")]
+    SppoHard,
+    /// APO-zero: raise the chosen likelihood, lower the rejected (TRL `apo_zero`).
+    #[value(alias = "apo_zero")]
+    ApoZero,
+    /// APO-down: lower both likelihoods, the rejected more (TRL `apo_down`).
+    #[value(alias = "apo_down")]
+    ApoDown,
+    /// DiscoPOP with temperature `discopop_tau` (TRL `discopop`).
+    Discopop,
 }
 
 /// `rlhf dpo` options.
@@ -81,6 +102,9 @@ pub struct DpoArgs {
     /// The reward temperature β_r of exo-rw and dpo-rw.
     #[arg(long, default_value_t = 1.0)]
     pub beta_r: f32,
+    /// DiscoPOP's temperature τ [TRL: --discopop_tau].
+    #[arg(long, default_value_t = 0.05)]
+    pub discopop_tau: f32,
     /// Dropout off in the policy; the reference's log-probs are read without it [TRL:
     /// --disable_dropout].
     #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
@@ -109,8 +133,8 @@ impl DpoArgs {
         self
     }
 
-    /// Refuses `--label-smoothing` on a loss that takes no ε here: TRL's `sigmoid`, `hinge` and
-    /// `ipo` ignore it (its `sigmoid` was conservative DPO in older versions: that is `--loss
+    /// Refuses `--label-smoothing` on a loss that takes no ε here: TRL's `sigmoid`, `hinge`,
+    /// `ipo` and the other losses without an ε ignore it (its `sigmoid` was conservative DPO in older versions: that is `--loss
     /// cdpo`), and this `simpo` has none.
     pub fn check_label_smoothing(&self) -> Result<()> {
         let uses_eps = matches!(
@@ -119,8 +143,8 @@ impl DpoArgs {
         );
         match self.label_smoothing {
             Some(eps) if eps != 0.0 && !uses_eps => bail!(
-                "--label-smoothing {eps} has no effect on --loss {} (TRL's sigmoid, hinge and \
-                 ipo ignore it too): conservative DPO is --loss cdpo; robust and exo-pref take it",
+                "--label-smoothing {eps} has no effect on --loss {} (TRL ignores it there too): \
+                 conservative DPO is --loss cdpo; robust and exo-pref take it",
                 self.loss
                     .to_possible_value()
                     .map(|v| v.get_name().to_string())
@@ -152,6 +176,15 @@ impl DpoArgs {
             },
             DpoLoss::DpoRw => OfflineLoss::DpoRw {
                 beta_r: self.beta_r,
+            },
+            DpoLoss::SigmoidNorm => OfflineLoss::SigmoidNorm,
+            DpoLoss::NcaPair => OfflineLoss::NcaPair,
+            DpoLoss::BcoPair => OfflineLoss::BcoPair,
+            DpoLoss::SppoHard => OfflineLoss::SppoHard,
+            DpoLoss::ApoZero => OfflineLoss::ApoZero,
+            DpoLoss::ApoDown => OfflineLoss::ApoDown,
+            DpoLoss::Discopop => OfflineLoss::Discopop {
+                tau: self.discopop_tau,
             },
         }
     }

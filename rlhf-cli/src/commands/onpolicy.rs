@@ -230,8 +230,8 @@ pub struct OnPolicyArgs {
     /// Keep the reward's score for a response without EOS (no penalty).
     #[arg(long)]
     pub no_missing_eos_penalty: bool,
-    /// Leave a response cut off at the length limit (no EOS) out of the loss; its score still
-    /// enters its group's baseline [TRL: --mask_truncated_completions].
+    /// Leave a response cut off at the length limit (no EOS) out of the loss, and its KL out of
+    /// the reward; its score still enters its group's baseline [TRL: --mask_truncated_completions].
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub mask_truncated_completions: Option<bool>,
     /// The KL coefficient β [TRL: --beta, --kl_coef].

@@ -487,35 +487,45 @@ fn sft_lowers_the_eval_loss_and_writes_a_checkpoint() {
 }
 
 /// `rlhf dpo` raises the implicit-reward margin of chosen over rejected on its own training
-/// pairs (it starts at exactly 0: the policy is the reference); `rlhf rm` learns the same pairs
-/// and writes a sequence-classification checkpoint.
+/// pairs (it starts at exactly 0: the policy is the reference), with DPO and with each of TRL's
+/// other pair losses; `rlhf rm` learns the same pairs and writes a sequence-classification
+/// checkpoint.
 #[test]
 fn dpo_raises_the_margin_and_rm_orders_its_pairs() {
     let dir = tempfile::tempdir().unwrap();
     let pairs = head("preference.jsonl", 48, dir.path());
-    let dpo = dir.path().join("dpo");
-    ok(&[
-        "dpo",
-        "--model",
-        &fixture("tiny-pythia"),
-        "--data",
-        &pairs,
-        "--eval-data",
-        &pairs,
-        "--out",
-        &s(&dpo),
-        "--learning-rate",
-        "2e-3",
-        "--num-train-epochs",
-        "4",
-        "--beta",
-        "0.5",
-        "--max-length",
-        "256",
-    ]);
-    let margins = metric(&dpo, "eval_rewards/margins");
-    let accuracy = metric(&dpo, "eval_rewards/accuracies");
-    let (m, a) = (*margins.last().unwrap(), *accuracy.last().unwrap());
+    // the held-out margin and accuracy after 4 epochs of `loss` (TRL's spelling) on the pairs
+    let train = |loss: &str| -> (PathBuf, f64, f64) {
+        let out = dir.path().join(loss);
+        ok(&[
+            "dpo",
+            "--model",
+            &fixture("tiny-pythia"),
+            "--data",
+            &pairs,
+            "--eval-data",
+            &pairs,
+            "--out",
+            &s(&out),
+            "--loss_type",
+            loss,
+            "--learning-rate",
+            "2e-3",
+            "--num-train-epochs",
+            "4",
+            "--beta",
+            "0.5",
+            "--max-length",
+            "256",
+        ]);
+        let last = |name: &str| *metric(&out, name).last().unwrap();
+        let (m, a) = (
+            last("eval_rewards/margins"),
+            last("eval_rewards/accuracies"),
+        );
+        (out, m, a)
+    };
+    let (dpo, m, a) = train("sigmoid");
     assert!(m > 0.5 && a >= 0.8, "held-out margin {m}, accuracy {a}");
     assert!(differ(&probe(&fixture("tiny-pythia")), &probe(&s(&dpo))));
     // the reference's log-probs were computed once and kept, under its config's checksum
@@ -540,6 +550,26 @@ fn dpo_raises_the_margin_and_rm_orders_its_pairs() {
         ],
         "--loss cdpo",
     );
+
+    // TRL's other pair losses, in TRL's spelling, each raise the held-out margin from 0 (less than
+    // DPO's: sigmoid_norm's implicit rewards are of averaged log-probs, and SPPO regresses each
+    // log-ratio to ±1/(2β) instead of pushing their difference)
+    for loss in [
+        "sigmoid_norm",
+        "nca_pair",
+        "bco_pair",
+        "sppo_hard",
+        "apo_zero",
+        "apo_down",
+        "discopop",
+        "exo_pair",
+    ] {
+        let (_, m, a) = train(loss);
+        assert!(
+            m > 0.1 && a >= 0.65,
+            "{loss}: held-out margin {m}, accuracy {a}"
+        );
+    }
 
     let rm = dir.path().join("rm");
     ok(&[
@@ -1487,8 +1517,10 @@ fn every_field_of_every_trainer_config_is_a_flag() {
                 ("prompts_per_round", &["--prompts-per-batch", "7"]),
                 ("samples_per_prompt", &["--num-generations", "7"]),
                 ("max_prompt_length", &["--max-prompt-length", "7"]),
-                // temperature and new tokens; the rest of sampling keeps its defaults
+                // the sampling settings that have flags: temperature, top-k, top-p
                 ("sampling", &["--temperature", "0.5"]),
+                ("sampling", &["--top-k", "5"]),
+                ("sampling", &["--top-p", "0.5"]),
                 ("missing_eos_penalty", &["--missing-eos-penalty", "0.5"]),
                 ("loss", &["--loss", "ipo"]),
                 ("beta", &["--beta", "0.5"]),

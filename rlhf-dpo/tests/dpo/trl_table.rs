@@ -10,11 +10,18 @@
 //! - `ipo`: `(h − 1/(2β))²` (h from length-averaged log-probs);
 //! - `exo_pair`: `σ(βh)(logσ(βh) − log(1−ε)) + σ(−βh)(logσ(−βh) − log ε)` (ε = 1e−3).
 //!
+//! The losses on each response's log-ratio (`nca_pair`, `bco_pair`, `sppo_hard`, `apo_zero`,
+//! `apo_down`), `discopop` and `sigmoid_norm` were computed in PyTorch (float64) with the lines of
+//! TRL 1.16's `DPOTrainer._compute_loss`, on `(ℓ_c, ℓ_r, β, τ, |y_c|, |y_r|)`.
+//!
 //! One DPO step and one EXO step on the device of `RLHF_DEVICE` (wgpu in CI) against the same
 //! step on `flex` are in `tests/dpo/devices.rs`.
 
 use burn::tensor::{Tensor, TensorData};
-use rlhf_dpo::{dpo_loss, exo_pref_loss, hinge_loss, ipo_loss, robust_dpo_loss};
+use rlhf_dpo::{
+    apo_down_loss, apo_zero_loss, bco_pair_loss, discopop_loss, dpo_loss, exo_pref_loss,
+    hinge_loss, ipo_loss, nca_pair_loss, robust_dpo_loss, sppo_hard_loss,
+};
 
 /// `(h, β, sigmoid, cdpo(0.1), robust(0.1), hinge, ipo, exo_pair(1e−3))`
 type Row = (f32, f32, f64, f64, f64, f64, f64, f64);
@@ -80,5 +87,108 @@ fn losses_agree_with_trl_formulas_on_a_fixed_table() {
         close(s(hinge_loss(t(h), beta)), hinge, "hinge");
         close(s(ipo_loss(t(h), beta)), ipo, "ipo");
         close(s(exo_pref_loss(t(h), beta, 1e-3)), exo, "exo_pair");
+    }
+}
+
+/// `(ℓ_c, ℓ_r, β, τ, |y_c|, |y_r|, [nca_pair, bco_pair, sppo_hard, apo_zero, apo_down, discopop,
+/// sigmoid_norm])` from TRL's code (see the module's documentation).
+type PerResponseRow = (f32, f32, f32, f32, f32, f32, [f64; 7]);
+
+const PER_RESPONSE: [PerResponseRow; 4] = [
+    (
+        1.2,
+        -0.7,
+        0.1,
+        0.05,
+        5.0,
+        3.0,
+        [
+            1.341798930,
+            1.293705657,
+            32.930000000,
+            0.952543091,
+            0.982606434,
+            0.822051029,
+            0.669760543,
+        ],
+    ),
+    (
+        -0.4,
+        0.9,
+        0.5,
+        0.05,
+        4.0,
+        8.0,
+        [
+            1.568832777,
+            1.741387815,
+            5.570000000,
+            1.160473231,
+            1.107176465,
+            1.070057247,
+            0.747682650,
+        ],
+    ),
+    (
+        3.0,
+        2.5,
+        0.05,
+        0.2,
+        10.0,
+        2.0,
+        [
+            1.385235089,
+            1.378556083,
+            205.250000000,
+            0.993779528,
+            1.031180171,
+            0.837211409,
+            0.717179185,
+        ],
+    ),
+    (
+        -2.0,
+        -6.0,
+        1.0,
+        0.05,
+        1.0,
+        7.0,
+        [
+            2.191629859,
+            2.129403696,
+            36.500000000,
+            0.883269701,
+            0.137189132,
+            0.018315639,
+            1.419660171,
+        ],
+    ),
+];
+
+#[test]
+fn per_response_losses_agree_with_trls_code_on_a_fixed_table() {
+    let device = rlhf_core::device_from_env().unwrap();
+    let t = |v: f32| Tensor::<1>::from_data(TensorData::new(vec![v], [1]), &device);
+    let s = |x: Tensor<1>| f64::from(x.into_scalar::<f32>());
+    for (c, r, beta, tau, len_c, len_r, want) in PER_RESPONSE {
+        let got = [
+            ("nca_pair", s(nca_pair_loss(t(c), t(r), beta))),
+            ("bco_pair", s(bco_pair_loss(t(c), t(r), beta))),
+            ("sppo_hard", s(sppo_hard_loss(t(c), t(r), beta))),
+            ("apo_zero", s(apo_zero_loss(t(c), t(r), beta))),
+            ("apo_down", s(apo_down_loss(t(c), t(r), beta))),
+            ("discopop", s(discopop_loss(t(c - r), beta, tau))),
+            // sigmoid_norm: DPO on the length-averaged log-ratios
+            (
+                "sigmoid_norm",
+                s(dpo_loss(t(c / len_c - r / len_r), beta, 0.0)),
+            ),
+        ];
+        for ((name, got), want) in got.into_iter().zip(want) {
+            assert!(
+                (got - want).abs() < 2e-6 * (1.0 + want.abs()),
+                "{name} at ℓ_c = {c}, ℓ_r = {r}, β = {beta}: {got} vs TRL {want}"
+            );
+        }
     }
 }
