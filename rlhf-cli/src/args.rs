@@ -181,6 +181,34 @@ mod kind_name {
     }
 }
 
+/// A list that (de)serialises as its one element when it has one, so that a config file's
+/// `loss = "ipo"` reads as it did and is written so, and as a list otherwise.
+pub mod one_or_many {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<T: Serialize, S: Serializer>(v: &[T], s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            [one] => one.serialize(s),
+            _ => v.serialize(s),
+        }
+    }
+
+    pub fn deserialize<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Vec<T>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany<T> {
+            One(T),
+            Many(Vec<T>),
+        }
+        Ok(match OneOrMany::deserialize(d)? {
+            OneOrMany::One(x) => vec![x],
+            OneOrMany::Many(v) => v,
+        })
+    }
+}
+
 /// A kind's name as `--kind` takes it.
 pub fn kind_str(k: Kind) -> &'static str {
     match k {

@@ -40,8 +40,8 @@ pub use kto::{
 };
 pub use losses::{
     PairLogps, apo_down_loss, apo_zero_loss, bco_pair_loss, discopop_loss, dpo_loss, dpo_rw_loss,
-    exo_pref_loss, exo_rw_loss, hinge_loss, ipo_loss, nca_pair_loss, robust_dpo_loss, simpo_loss,
-    sppo_hard_loss,
+    exo_pref_loss, exo_rw_loss, hinge_loss, ipo_loss, nca_pair_loss, robust_dpo_loss, sft_loss,
+    simpo_loss, sppo_hard_loss,
 };
 pub use online::{OnlineConfig, OnlineReport, best_and_worst, online_round};
 pub use online_dpo::{OnlineDpoConfig, OnlineDpoInputs, OnlineDpoReport, train_online_dpo};

@@ -168,6 +168,18 @@ pub fn discopop_loss(h: Tensor<1>, beta: f32, tau: f32) -> Tensor<1> {
     m.neg().add_scalar(1.0).mul(logistic).add(exponential)
 }
 
+/// The SFT term of RPO and MPO (TRL's `sft`): the chosen responses' negative log-likelihood as a
+/// token mean over the batch, `−Σ_b logπ(y_c,b) / Σ_b |y_c,b|`, the same value for every example
+/// (`chosen`: summed log-probs `[batch]`, `lengths`: their token counts).
+pub fn sft_loss(chosen: Tensor<1>, lengths: Tensor<1>) -> Tensor<1> {
+    let [b] = chosen.dims();
+    chosen
+        .sum()
+        .div(lengths.sum().clamp_min(1.0))
+        .neg()
+        .expand([b])
+}
+
 /// EXO with preference labels (Ji et al. 2024), K = 2: the target puts `1−ε` on the chosen
 /// response, and `L = σ(z)·(log σ(z) − log(1−ε)) + σ(−z)·(log σ(−z) − log ε)`,
 /// the reverse KL from the policy's pair distribution to the target. `ε` is small (1e−3 … e^−10).
@@ -322,6 +334,10 @@ mod tests {
             close(&host(robust_dpo_loss(t1(&h), b, eps as f32)), &z.iter().map(|z| (-(1.0 - eps) * ls(*z) + eps * ls(-z)) / (1.0 - 2.0 * eps)).collect::<Vec<_>>(), 1e-4)?;
             close(&host(ipo_loss(t1(&h), b)), &h.iter().map(|h| (h - 1.0 / (2.0 * beta)).powi(2)).collect::<Vec<_>>(), 1e-4)?;
             close(&host(hinge_loss(t1(&h), b)), &z.iter().map(|z| (1.0 - z).max(0.0)).collect::<Vec<_>>(), 1e-4)?;
+            // sft: −Σ chosen / Σ tokens, the same for every example
+            let lengths: Vec<f64> = h.iter().enumerate().map(|(i, _)| 1.0 + i as f64).collect();
+            let want = -h.iter().sum::<f64>() / lengths.iter().sum::<f64>();
+            close(&host(sft_loss(t1(&h), t1(&lengths))), &vec![want; h.len()], 1e-4)?;
             let half: Vec<f64> = h.iter().map(|h| h / 2.0).collect();
             close(&host(simpo_loss(t1(&h), t1(&half), b, gamma as f32)), &h.iter().zip(&half).map(|(c, r)| -ls(beta * c - beta * r - gamma)).collect::<Vec<_>>(), 1e-4)?;
         }

@@ -21,8 +21,8 @@ use serde::{Deserialize, Serialize};
 use crate::cache::{LogpSpec, RefCache};
 use crate::losses::{
     PairLogps, apo_down_loss, apo_zero_loss, bco_pair_loss, discopop_loss, dpo_loss, dpo_rw_loss,
-    exo_pref_loss, exo_rw_loss, hinge_loss, ipo_loss, nca_pair_loss, robust_dpo_loss, simpo_loss,
-    sppo_hard_loss,
+    exo_pref_loss, exo_rw_loss, hinge_loss, ipo_loss, nca_pair_loss, robust_dpo_loss, sft_loss,
+    simpo_loss, sppo_hard_loss,
 };
 
 /// Responses to one prompt: a pair is `[chosen, rejected]`; a K-wise group carries rewards.
@@ -91,15 +91,45 @@ pub enum OfflineLoss {
         /// τ (TRL's `discopop_tau`, 0.05).
         tau: f32,
     },
+    /// The negative log-likelihood of the chosen responses, a token mean over the batch (TRL's
+    /// `sft`; with `sigmoid`, RPO).
+    Sft,
 }
 
 impl OfflineLoss {
+    /// The ranges of the loss's own parameters (see [`DpoConfig::validate`]).
+    fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(format!("offline trainer: {m}")));
+        match *self {
+            OfflineLoss::Dpo { label_smoothing: e } | OfflineLoss::Robust { eps: e }
+                if !(0.0..0.5).contains(&e) =>
+            {
+                bad(format!("{self:?}: the flip rate must be in [0, 0.5)"))
+            }
+            OfflineLoss::ExoPref { eps } if !(eps > 0.0 && eps < 1.0) => bad(format!(
+                "exo_pref: eps must be in (0, 1), got {eps} (the EXO paper uses 1e-3)"
+            )),
+            OfflineLoss::ExoRw { beta_r } | OfflineLoss::DpoRw { beta_r }
+                if !beta_r.is_finite() || beta_r <= 0.0 =>
+            {
+                bad(format!("{self:?}: beta_r must be finite and > 0"))
+            }
+            OfflineLoss::Simpo { gamma } if !gamma.is_finite() => {
+                bad(format!("simpo: gamma must be finite, got {gamma}"))
+            }
+            OfflineLoss::Discopop { tau } if !tau.is_finite() || tau <= 0.0 => {
+                bad(format!("discopop: tau must be finite and > 0, got {tau}"))
+            }
+            _ => Ok(()),
+        }
+    }
+
     pub(crate) fn needs_rewards(&self) -> bool {
         matches!(self, OfflineLoss::ExoRw { .. } | OfflineLoss::DpoRw { .. })
     }
 
     fn needs_reference(&self) -> bool {
-        !matches!(self, OfflineLoss::Simpo { .. })
+        !matches!(self, OfflineLoss::Simpo { .. } | OfflineLoss::Sft)
     }
 }
 
@@ -109,6 +139,12 @@ impl OfflineLoss {
 pub struct DpoConfig {
     /// The loss.
     pub loss: OfflineLoss,
+    /// `loss`'s weight when `extra_losses` are added to it (TRL's first `loss_weights` entry).
+    pub loss_weight: f32,
+    /// Further pair losses added to `loss`, each with its weight: TRL's list of `loss_type`s and
+    /// `loss_weights` (RPO is `sigmoid` and `sft`; MPO `sigmoid`, `bco_pair` and `sft` at 0.8,
+    /// 0.2 and 1). The logged implicit rewards are `loss`'s.
+    pub extra_losses: Vec<(OfflineLoss, f32)>,
     /// β (β_π for the K-wise losses).
     pub beta: f32,
     /// Passes over the data.
@@ -138,6 +174,8 @@ impl Default for DpoConfig {
             loss: OfflineLoss::Dpo {
                 label_smoothing: 0.0,
             },
+            loss_weight: 1.0,
+            extra_losses: Vec::new(),
             beta: 0.1,
             epochs: 1,
             batch_size: 8,
@@ -166,37 +204,31 @@ impl DpoConfig {
         if !self.beta.is_finite() || self.beta <= 0.0 {
             return bad(format!("beta must be finite and > 0, got {}", self.beta));
         }
-        match self.loss {
-            OfflineLoss::Dpo { label_smoothing: e } | OfflineLoss::Robust { eps: e }
-                if !(0.0..0.5).contains(&e) =>
-            {
-                return bad(format!(
-                    "{:?}: the flip rate must be in [0, 0.5)",
-                    self.loss
-                ));
+        for (loss, weight) in self.losses() {
+            if !weight.is_finite() {
+                return bad(format!("{loss:?}: its weight must be finite, got {weight}"));
             }
-            OfflineLoss::ExoPref { eps } if !(eps > 0.0 && eps < 1.0) => {
-                return bad(format!(
-                    "exo_pref: eps must be in (0, 1), got {eps} (the EXO paper uses 1e-3)"
-                ));
-            }
-            OfflineLoss::ExoRw { beta_r } | OfflineLoss::DpoRw { beta_r }
-                if !beta_r.is_finite() || beta_r <= 0.0 =>
-            {
-                return bad(format!("{:?}: beta_r must be finite and > 0", self.loss));
-            }
-            OfflineLoss::Simpo { gamma } if !gamma.is_finite() => {
-                return bad(format!("simpo: gamma must be finite, got {gamma}"));
-            }
-            OfflineLoss::Discopop { tau } if !tau.is_finite() || tau <= 0.0 => {
-                return bad(format!("discopop: tau must be finite and > 0, got {tau}"));
-            }
-            _ => {}
+            loss.validate()?;
+        }
+        if !self.extra_losses.is_empty() && self.losses().any(|(l, _)| l.needs_rewards()) {
+            return bad(
+                "exo_rw and dpo_rw read K-wise rewards and do not mix with other losses".into(),
+            );
         }
         if self.epochs == 0 || self.batch_size == 0 || self.grad_accum == 0 {
             return bad("epochs, batch_size and grad_accum must be ≥ 1".into());
         }
         self.optimizer.validate()
+    }
+
+    /// `loss` and every extra loss, with their weights.
+    pub fn losses(&self) -> impl Iterator<Item = (OfflineLoss, f32)> + '_ {
+        std::iter::once((self.loss, self.loss_weight)).chain(self.extra_losses.iter().copied())
+    }
+
+    /// Whether any of the losses reads the reference's log-probs.
+    fn needs_reference(&self) -> bool {
+        self.losses().any(|(l, _)| l.needs_reference())
     }
 
     /// How the trainer reads sequence log-probs (the reference cache's key covers it).
@@ -306,12 +338,9 @@ pub(crate) fn reference_logps(
 }
 
 /// The loss `[1]` of a batch and its pair metrics, from policy log-probs, token counts and
-/// reference log-probs, each `[B, K]` (sums over response tokens).
-///
-/// Each loss reads the log-probs its paper defines: IPO and `sigmoid_norm` the averages over
-/// response tokens (as TRL does), SimPO the policy's averages with no reference, the rest the
-/// sums. The implicit
-/// rewards `β·(logπ − logπ_ref)` that are logged use the same log-probs as the loss.
+/// reference log-probs, each `[B, K]` (sums over response tokens): `cfg.loss` and each of
+/// `cfg.extra_losses` ([`one_loss`]), their batch means weighted and summed. The implicit rewards
+/// `β·(logπ − logπ_ref)` that are logged are `cfg.loss`'s, of the log-probs it reads.
 pub(crate) fn batch_loss(
     cfg: &DpoConfig,
     policy: Tensor<2>,
@@ -319,9 +348,51 @@ pub(crate) fn batch_loss(
     reference: Tensor<2>,
     rewards: Option<Tensor<2>>,
 ) -> (Tensor<1>, Metrics) {
-    let [b, _] = policy.dims();
-    let averaged = |t: Tensor<2>| t.div(lengths.clone().clamp_min(1.0));
-    let (policy, reference) = match cfg.loss {
+    let sums = Sums {
+        policy,
+        lengths,
+        reference,
+        rewards,
+    };
+    // TRL's sum of the losses' batch means, each times its weight (×1 is exact)
+    let (first, pair) = one_loss(cfg.loss, cfg.beta, &sums);
+    let mut total = first.mean().mul_scalar(cfg.loss_weight);
+    for &(loss, weight) in &cfg.extra_losses {
+        total = total.add(one_loss(loss, cfg.beta, &sums).0.mean().mul_scalar(weight));
+    }
+    let (rc, rr) = pair.implicit_rewards(cfg.beta);
+    let scalar = |t: Tensor<1>| f64::from(t.mean().into_scalar::<f32>());
+    let metrics = vec![
+        (names::REWARDS_CHOSEN, scalar(rc.clone())),
+        (names::REWARDS_REJECTED, scalar(rr.clone())),
+        (names::REWARDS_MARGINS, scalar(rc.clone().sub(rr.clone()))),
+        (names::REWARDS_ACCURACIES, scalar(rc.greater(rr).float())),
+        (names::LOGPS_CHOSEN, scalar(pair.chosen.clone())),
+        (names::LOGPS_REJECTED, scalar(pair.rejected.clone())),
+    ];
+    (total, metrics)
+}
+
+/// A batch's sequence log-probs: the policy's and the reference's sums over response tokens, the
+/// token counts, each `[B, K]`, and the rewards of the K-wise losses.
+struct Sums {
+    policy: Tensor<2>,
+    lengths: Tensor<2>,
+    reference: Tensor<2>,
+    rewards: Option<Tensor<2>>,
+}
+
+/// One loss's value per example `[B]`, and the pair of log-probs it read (whose implicit rewards
+/// are logged).
+///
+/// Each loss reads the log-probs its paper defines: IPO and `sigmoid_norm` the averages over
+/// response tokens (as TRL does), SimPO the policy's averages with no reference, the rest the
+/// sums. `sft` is the chosen responses' negative log-likelihood, a token mean over the batch.
+fn one_loss(loss: OfflineLoss, beta: f32, sums: &Sums) -> (Tensor<1>, PairLogps) {
+    let [b, _] = sums.policy.dims();
+    let averaged = |t: Tensor<2>| t.div(sums.lengths.clone().clamp_min(1.0));
+    let (policy, reference) = (sums.policy.clone(), sums.reference.clone());
+    let (policy, reference) = match loss {
         OfflineLoss::Ipo | OfflineLoss::SigmoidNorm => (averaged(policy), averaged(reference)),
         OfflineLoss::Simpo { .. } => (averaged(policy), reference.zeros_like()),
         _ => (policy, reference),
@@ -333,8 +404,8 @@ pub(crate) fn batch_loss(
         ref_chosen: col(&reference, 0),
         ref_rejected: col(&reference, 1),
     };
-    let beta = cfg.beta;
-    let per_example = match cfg.loss {
+    let rewards = || sums.rewards.clone().expect("checked before training");
+    let per_example = match loss {
         OfflineLoss::Dpo { label_smoothing } => dpo_loss(pair.logits(), beta, label_smoothing),
         OfflineLoss::Robust { eps } => robust_dpo_loss(pair.logits(), beta, eps),
         OfflineLoss::Hinge => hinge_loss(pair.logits(), beta),
@@ -352,28 +423,19 @@ pub(crate) fn batch_loss(
         }
         OfflineLoss::ExoRw { beta_r } => exo_rw_loss(
             policy.clone().sub(reference.clone()),
-            rewards.expect("checked before training"),
+            rewards(),
             beta,
             beta_r,
         ),
         OfflineLoss::DpoRw { beta_r } => dpo_rw_loss(
             policy.clone().sub(reference.clone()),
-            rewards.expect("checked before training"),
+            rewards(),
             beta,
             beta_r,
         ),
+        OfflineLoss::Sft => sft_loss(pair.chosen.clone(), col(&sums.lengths, 0)),
     };
-    let (rc, rr) = pair.implicit_rewards(beta);
-    let scalar = |t: Tensor<1>| f64::from(t.mean().into_scalar::<f32>());
-    let metrics = vec![
-        (names::REWARDS_CHOSEN, scalar(rc.clone())),
-        (names::REWARDS_REJECTED, scalar(rr.clone())),
-        (names::REWARDS_MARGINS, scalar(rc.clone().sub(rr.clone()))),
-        (names::REWARDS_ACCURACIES, scalar(rc.greater(rr).float())),
-        (names::LOGPS_CHOSEN, scalar(pair.chosen.clone())),
-        (names::LOGPS_REJECTED, scalar(pair.rejected.clone())),
-    ];
-    (per_example.mean(), metrics)
+    (per_example, pair)
 }
 
 pub(crate) fn to_2d(rows: &[Vec<f32>], device: &Device) -> Tensor<2> {
@@ -553,7 +615,7 @@ pub fn train_offline(
     )?;
     let mut report = DpoReport::default();
     let mut batches = 0u64;
-    let (ref_train, ref_eval) = if cfg.loss.needs_reference() {
+    let (ref_train, ref_eval) = if cfg.needs_reference() {
         (
             cached_reference_logps(reference, train, cfg, cache, device, &mut batches)?,
             cached_reference_logps(reference, eval, cfg, cache, device, &mut batches)?,

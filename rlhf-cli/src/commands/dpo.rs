@@ -63,6 +63,9 @@ pub enum DpoLoss {
     ApoDown,
     /// DiscoPOP with temperature `discopop_tau` (TRL `discopop`).
     Discopop,
+    /// The chosen responses' negative log-likelihood (TRL `sft`), to add to another loss: with
+    /// `sigmoid` it is RPO.
+    Sft,
 }
 
 /// `rlhf dpo` options.
@@ -87,9 +90,14 @@ pub struct DpoArgs {
     /// The frozen reference (default: `--model`) [TRL: --ref_model].
     #[arg(long = "ref", visible_alias = "ref-model", value_name = "DIR")]
     pub ref_model: Option<PathBuf>,
-    /// The loss [TRL: --loss_type].
-    #[arg(long, visible_alias = "loss-type", value_enum, default_value_t = DpoLoss::Sigmoid)]
-    pub loss: DpoLoss,
+    /// The loss, or several whose weighted sum is minimised (`sigmoid,sft` is RPO)
+    /// [TRL: --loss_type].
+    #[arg(long, visible_alias = "loss-type", value_enum, num_args = 1.., value_delimiter = ',', default_values_t = [DpoLoss::Sigmoid])]
+    #[serde(with = "crate::args::one_or_many")]
+    pub loss: Vec<DpoLoss>,
+    /// The weight of each loss, one each (default 1) [TRL: --loss_weights].
+    #[arg(long, value_name = "W", num_args = 1.., value_delimiter = ',', allow_negative_numbers = true)]
+    pub loss_weights: Option<Vec<f32>>,
     /// β [TRL: --beta].
     #[arg(long, default_value_t = 0.1)]
     pub beta: f32,
@@ -123,41 +131,67 @@ impl DpoArgs {
     /// shows and the run directory records).
     pub fn completed(mut self) -> Self {
         self.train.learning_rate.get_or_insert(DEFAULT_LR);
-        if let Some(eps) = match self.loss {
+        if let Some(eps) = self.loss.iter().find_map(|loss| match loss {
             DpoLoss::Cdpo | DpoLoss::Robust => Some(0.1),
             DpoLoss::ExoPref => Some(1e-3),
             _ => None,
-        } {
+        }) {
             self.label_smoothing.get_or_insert(eps);
         }
         self
     }
 
-    /// Refuses `--label-smoothing` on a loss that takes no ε here: TRL's `sigmoid`, `hinge`,
-    /// `ipo` and the other losses without an ε ignore it (its `sigmoid` was conservative DPO in older versions: that is `--loss
-    /// cdpo`), and this `simpo` has none.
-    pub fn check_label_smoothing(&self) -> Result<()> {
-        let uses_eps = matches!(
-            self.loss,
-            DpoLoss::Cdpo | DpoLoss::Robust | DpoLoss::ExoPref
-        );
-        match self.label_smoothing {
-            Some(eps) if eps != 0.0 && !uses_eps => bail!(
+    /// Refuses `--label-smoothing` where no loss takes an ε: TRL's `sigmoid`, `hinge`, `ipo`
+    /// and the other losses without one ignore it (its `sigmoid` was conservative DPO in older
+    /// versions: that is `--loss cdpo`), and this `simpo` has none; and `--loss-weights` of
+    /// another count than the losses.
+    pub fn check_losses(&self) -> Result<()> {
+        let uses_eps = self
+            .loss
+            .iter()
+            .any(|l| matches!(l, DpoLoss::Cdpo | DpoLoss::Robust | DpoLoss::ExoPref));
+        let names: Vec<String> = self
+            .loss
+            .iter()
+            .filter_map(|l| l.to_possible_value().map(|v| v.get_name().to_string()))
+            .collect();
+        if let Some(eps) = self.label_smoothing
+            && eps != 0.0
+            && !uses_eps
+        {
+            bail!(
                 "--label-smoothing {eps} has no effect on --loss {} (TRL ignores it there too): \
                  conservative DPO is --loss cdpo; robust and exo-pref take it",
-                self.loss
-                    .to_possible_value()
-                    .map(|v| v.get_name().to_string())
-                    .unwrap_or_default()
-            ),
-            _ => Ok(()),
+                names.join(",")
+            );
         }
+        if let Some(w) = &self.loss_weights
+            && w.len() != self.loss.len()
+        {
+            bail!(
+                "--loss-weights must have one weight per loss: got {} weights for {} losses ({})",
+                w.len(),
+                self.loss.len(),
+                names.join(",")
+            );
+        }
+        Ok(())
     }
 
-    /// The library's loss.
-    pub fn offline_loss(&self) -> OfflineLoss {
+    /// The library's losses with their weights, the first one first.
+    pub fn offline_losses(&self) -> Vec<(OfflineLoss, f32)> {
+        let weight = |i: usize| self.loss_weights.as_ref().map_or(1.0, |w| w[i]);
+        self.loss
+            .iter()
+            .enumerate()
+            .map(|(i, &loss)| (self.offline_loss(loss), weight(i)))
+            .collect()
+    }
+
+    /// The library's form of one loss.
+    pub fn offline_loss(&self, loss: DpoLoss) -> OfflineLoss {
         let eps = |default: f32| self.label_smoothing.unwrap_or(default);
-        match self.loss {
+        match loss {
             DpoLoss::Sigmoid => OfflineLoss::Dpo {
                 label_smoothing: 0.0,
             },
@@ -186,13 +220,18 @@ impl DpoArgs {
             DpoLoss::Discopop => OfflineLoss::Discopop {
                 tau: self.discopop_tau,
             },
+            DpoLoss::Sft => OfflineLoss::Sft,
         }
     }
 
     /// The library's configuration.
     pub fn config(&self, total_steps: u64) -> DpoConfig {
+        let mut losses = self.offline_losses().into_iter();
+        let (loss, loss_weight) = losses.next().expect("clap gives at least one loss");
         DpoConfig {
-            loss: self.offline_loss(),
+            loss,
+            loss_weight,
+            extra_losses: losses.collect(),
             beta: self.beta,
             epochs: self.train.num_train_epochs,
             batch_size: self.train.per_device_train_batch_size,
@@ -260,7 +299,7 @@ fn all_groups(args: &DpoArgs, enc: &Encoder) -> Result<(Vec<Group>, Vec<Group>)>
 
 /// Trains and writes the model.
 pub fn run(args: &DpoArgs, toml: &str) -> Result<()> {
-    args.check_label_smoothing()?;
+    args.check_losses()?;
     let mut p = Prepared::new(&args.model, &args.data)?;
     let (policy, reference) = p.policy_and_reference(
         &args.lora,
@@ -274,7 +313,7 @@ pub fn run(args: &DpoArgs, toml: &str) -> Result<()> {
         "dpo: {} training groups, {} held out, loss {:?}, β {}",
         train.len(),
         eval.len(),
-        args.offline_loss(),
+        args.offline_losses(),
         args.beta
     );
     let cfg = args.config(args.train.total_steps(train.len()));

@@ -494,10 +494,11 @@ fn sft_lowers_the_eval_loss_and_writes_a_checkpoint() {
 fn dpo_raises_the_margin_and_rm_orders_its_pairs() {
     let dir = tempfile::tempdir().unwrap();
     let pairs = head("preference.jsonl", 48, dir.path());
-    // the held-out margin and accuracy after 4 epochs of `loss` (TRL's spelling) on the pairs
-    let train = |loss: &str| -> (PathBuf, f64, f64) {
-        let out = dir.path().join(loss);
-        ok(&[
+    // 4 epochs on the pairs into OUT/`name`, with `loss` (TRL's spelling: the loss types, then
+    // any other flags)
+    let args = |name: &str, loss: &[&str]| -> (PathBuf, Vec<String>) {
+        let out = dir.path().join(name);
+        let mut a: Vec<String> = [
             "dpo",
             "--model",
             &fixture("tiny-pythia"),
@@ -507,8 +508,6 @@ fn dpo_raises_the_margin_and_rm_orders_its_pairs() {
             &pairs,
             "--out",
             &s(&out),
-            "--loss_type",
-            loss,
             "--learning-rate",
             "2e-3",
             "--num-train-epochs",
@@ -517,7 +516,21 @@ fn dpo_raises_the_margin_and_rm_orders_its_pairs() {
             "0.5",
             "--max-length",
             "256",
-        ]);
+            "--loss_type",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
+        a.extend(loss.iter().map(|x| x.to_string()));
+        (out, a)
+    };
+    fn as_strs(a: &[String]) -> Vec<&str> {
+        a.iter().map(String::as_str).collect()
+    }
+    // the held-out margin and accuracy after training with `loss`
+    let train = |loss: &[&str]| -> (PathBuf, f64, f64) {
+        let (out, a) = args(&loss.join("-"), loss);
+        ok(&as_strs(&a));
         let last = |name: &str| *metric(&out, name).last().unwrap();
         let (m, a) = (
             last("eval_rewards/margins"),
@@ -525,7 +538,7 @@ fn dpo_raises_the_margin_and_rm_orders_its_pairs() {
         );
         (out, m, a)
     };
-    let (dpo, m, a) = train("sigmoid");
+    let (dpo, m, a) = train(&["sigmoid"]);
     assert!(m > 0.5 && a >= 0.8, "held-out margin {m}, accuracy {a}");
     assert!(differ(&probe(&fixture("tiny-pythia")), &probe(&s(&dpo))));
     // the reference's log-probs were computed once and kept, under its config's checksum
@@ -564,12 +577,26 @@ fn dpo_raises_the_margin_and_rm_orders_its_pairs() {
         "discopop",
         "exo_pair",
     ] {
-        let (_, m, a) = train(loss);
+        let (_, m, a) = train(&[loss]);
         assert!(
             m > 0.1 && a >= 0.65,
             "{loss}: held-out margin {m}, accuracy {a}"
         );
     }
+
+    // several losses, TRL's way (RPO: DPO and the chosen responses' NLL, weighted); a config of one
+    // loss reads and prints as before, of several as a list; weights of another count are refused
+    let (_, short) = args("short", &["sigmoid", "sft", "--loss_weights", "1"]);
+    refused(&as_strs(&short), "got 1 weights for 2 losses");
+    let (rpo, m, _) = train(&["sigmoid", "sft", "--loss_weights", "1", "0.5"]);
+    assert!(m > 0.5, "RPO's held-out margin {m}");
+    let recorded = std::fs::read_to_string(rpo.join("rlhf.toml")).unwrap();
+    assert!(
+        recorded.contains(r#"loss = ["sigmoid", "sft"]"#),
+        "{recorded}"
+    );
+    let single = ok(&["dpo", "--model", "m", "--print-config"]);
+    assert!(single.contains(r#"loss = "sigmoid""#), "{single}");
 
     let rm = dir.path().join("rm");
     ok(&[
@@ -1488,6 +1515,8 @@ fn every_field_of_every_trainer_config_is_a_flag() {
             TRAIN,
             &[
                 ("loss", &["--loss", "ipo"]),
+                ("loss_weight", &["--loss-weights", "2"]),
+                ("extra_losses", &["--loss", "sigmoid,sft"]),
                 ("beta", &["--beta", "0.5"]),
                 ("disable_dropout", &["--disable-dropout", "false"]),
             ],

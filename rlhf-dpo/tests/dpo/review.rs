@@ -3,7 +3,8 @@
 //! are refused before training; IPO and SimPO log the implicit rewards of the log-probs their
 //! losses use (averaged over response tokens). Invariances: accumulated micro-batches give the
 //! one-batch step for every loss; padding never changes a sequence log-prob; every configuration
-//! that validates trains a step without a non-finite value.
+//! that validates trains a step without a non-finite value. A mix of losses is their weighted
+//! sum.
 
 use burn::module::Module;
 use proptest::prelude::*;
@@ -359,4 +360,67 @@ proptest! {
             Err(_) => prop_assert!(matches!(result, Err(Error::Config(_))), "{:?}", cfg),
         }
     }
+}
+
+/// Several losses at once (TRL's list of `loss_type`s with `loss_weights`): the loss is the
+/// weighted sum of each loss's batch mean, and `sft` is the chosen responses' negative
+/// log-likelihood as a token mean over the batch. A K-wise loss does not mix, and a weight must
+/// be finite.
+#[test]
+fn a_mix_of_losses_is_their_weighted_sum() {
+    let device = rlhf_core::device_from_env().unwrap();
+    let (policy, reference) = (model(&device, 2), model(&device, 1));
+    let groups = pairs();
+    let refs: Vec<&Group> = groups.iter().collect();
+    let (ref_logps, _) = sequence_logps(&reference, &refs, None, &device).unwrap();
+    let ref_logps: Vec<Vec<f32>> = to_f32_vec(ref_logps)
+        .chunks(2)
+        .map(<[f32]>::to_vec)
+        .collect();
+    let loss_of = |cfg: &DpoConfig| -> f64 {
+        cfg.validate().unwrap();
+        rlhf_dpo::evaluate(&policy, &groups, &ref_logps, cfg, &device)
+            .unwrap()
+            .loss
+    };
+    let with = |loss, loss_weight, extra_losses| DpoConfig {
+        loss,
+        loss_weight,
+        extra_losses,
+        ..base()
+    };
+    let dpo = OfflineLoss::Dpo {
+        label_smoothing: 0.0,
+    };
+    let (a, s) = (
+        loss_of(&with(dpo, 1.0, vec![])),
+        loss_of(&with(OfflineLoss::Sft, 1.0, vec![])),
+    );
+    let mixed = loss_of(&with(dpo, 2.0, vec![(OfflineLoss::Sft, 0.5)]));
+    assert!(
+        (mixed - (2.0 * a + 0.5 * s)).abs() < 1e-5 * (1.0 + mixed.abs()),
+        "{mixed} against 2·{a} + 0.5·{s}"
+    );
+    // sft against its definition, from the policy's own sequence log-probs
+    let (logps, lengths) = sequence_logps(&policy, &refs, None, &device).unwrap();
+    let (logps, lengths) = (to_f32_vec(logps), to_f32_vec(lengths));
+    let chosen: f64 = logps.iter().step_by(2).map(|&x| f64::from(x)).sum();
+    let tokens: f64 = lengths.iter().step_by(2).map(|&x| f64::from(x)).sum();
+    assert!(
+        (s - (-chosen / tokens)).abs() < 1e-5 * (1.0 + s.abs()),
+        "{s}"
+    );
+    assert!(s > 0.0 && a.is_finite());
+    // refused: a K-wise loss in a mix, a weight that is not finite
+    let exo_rw = OfflineLoss::ExoRw { beta_r: 1.0 };
+    assert!(
+        with(exo_rw, 1.0, vec![(OfflineLoss::Sft, 1.0)])
+            .validate()
+            .is_err()
+    );
+    assert!(
+        with(dpo, 1.0, vec![(OfflineLoss::Sft, f32::NAN)])
+            .validate()
+            .is_err()
+    );
 }
