@@ -261,6 +261,7 @@ mod tests {
         tensor_from_f64(v, [v.len() / k, k], &dev())
     }
     fn close(a: &[f64], b: &[f64], tol: f64) -> Result<(), TestCaseError> {
+        prop_assert_eq!(a.len(), b.len());
         for (x, y) in a.iter().zip(b) {
             prop_assert!((x - y).abs() <= tol * (1.0 + y.abs()), "{} vs {}", x, y);
         }

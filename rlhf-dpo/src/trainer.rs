@@ -205,8 +205,11 @@ impl DpoConfig {
             return bad(format!("beta must be finite and > 0, got {}", self.beta));
         }
         for (loss, weight) in self.losses() {
-            if !weight.is_finite() {
-                return bad(format!("{loss:?}: its weight must be finite, got {weight}"));
+            // a bound far above any recipe's (MPO's are ≤ 1), so that the sum stays finite
+            if !weight.is_finite() || weight.abs() > 1e4 {
+                return bad(format!(
+                    "{loss:?}: its weight must be in [-1e4, 1e4], got {weight}"
+                ));
             }
             loss.validate()?;
         }

@@ -268,10 +268,10 @@ pub fn make_experience(
         .as_ref()
         .map(|v| rlhf_core::zero_masked(response_values(v, &input, q), mask.clone()));
 
+    // with mask_truncated_completions the loss's mask also takes a truncated response's KL out of
+    // the reward and its tokens out of the advantages' whitening (its score stays, for baselines);
     // per-token rewards: −β·kl_t on every token (when the KL is in the reward), the score on the
     // last real token
-    // with mask_truncated_completions the loss's mask also takes a truncated response's KL out of
-    // the reward and its tokens out of the advantages' whitening (its score stays, for baselines)
     let kept = tensor2(loss_mask.clone(), [b, r], &device);
     let kl = kl_estimate(logprobs.clone(), ref_logprobs.clone(), cfg.kl_estimator);
     let kl = rlhf_core::zero_masked(kl, kept.clone());

@@ -38,6 +38,7 @@ pub enum DpoLoss {
     Simpo,
     /// EXO with preference labels (default ε 1e-3; TRL `exo_pair`).
     #[value(alias = "exo_pair")]
+    #[serde(alias = "exo_pair")]
     ExoPref,
     /// EXO with rewards, any K (K-wise files, or pairs with `score_chosen`/`score_rejected`).
     ExoRw,
@@ -45,21 +46,27 @@ pub enum DpoLoss {
     DpoRw,
     /// DPO on log-ratios averaged over response tokens (TRL `sigmoid_norm`).
     #[value(alias = "sigmoid_norm")]
+    #[serde(alias = "sigmoid_norm")]
     SigmoidNorm,
     /// NCA on each response's implicit reward (TRL `nca_pair`).
     #[value(alias = "nca_pair")]
+    #[serde(alias = "nca_pair")]
     NcaPair,
     /// BCO on each response's implicit reward (TRL `bco_pair`).
     #[value(alias = "bco_pair")]
+    #[serde(alias = "bco_pair")]
     BcoPair,
     /// SPPO with hard labels (TRL `sppo_hard`).
     #[value(alias = "sppo_hard")]
+    #[serde(alias = "sppo_hard")]
     SppoHard,
     /// APO-zero: raise the chosen likelihood, lower the rejected (TRL `apo_zero`).
     #[value(alias = "apo_zero")]
+    #[serde(alias = "apo_zero")]
     ApoZero,
     /// APO-down: lower both likelihoods, the rejected more (TRL `apo_down`).
     #[value(alias = "apo_down")]
+    #[serde(alias = "apo_down")]
     ApoDown,
     /// DiscoPOP with temperature `discopop_tau` (TRL `discopop`).
     Discopop,
@@ -131,11 +138,20 @@ impl DpoArgs {
     /// shows and the run directory records).
     pub fn completed(mut self) -> Self {
         self.train.learning_rate.get_or_insert(DEFAULT_LR);
-        if let Some(eps) = self.loss.iter().find_map(|loss| match loss {
-            DpoLoss::Cdpo | DpoLoss::Robust => Some(0.1),
-            DpoLoss::ExoPref => Some(1e-3),
-            _ => None,
-        }) {
+        // the losses' one ε, when those that take one agree on its default (cdpo and robust 0.1,
+        // exo-pref 1e-3); otherwise each takes its own unless --label-smoothing is given
+        let defaults: Vec<f32> = self
+            .loss
+            .iter()
+            .filter_map(|loss| match loss {
+                DpoLoss::Cdpo | DpoLoss::Robust => Some(0.1),
+                DpoLoss::ExoPref => Some(1e-3),
+                _ => None,
+            })
+            .collect();
+        if let Some(&eps) = defaults.first()
+            && defaults.iter().all(|&d| d == eps)
+        {
             self.label_smoothing.get_or_insert(eps);
         }
         self
@@ -164,6 +180,9 @@ impl DpoArgs {
                  conservative DPO is --loss cdpo; robust and exo-pref take it",
                 names.join(",")
             );
+        }
+        if self.loss.is_empty() {
+            bail!("--loss needs at least one loss");
         }
         if let Some(w) = &self.loss_weights
             && w.len() != self.loss.len()

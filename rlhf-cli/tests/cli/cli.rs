@@ -564,7 +564,7 @@ fn dpo_raises_the_margin_and_rm_orders_its_pairs() {
         "--loss cdpo",
     );
 
-    // TRL's other pair losses, in TRL's spelling, each raise the held-out margin from 0 (less than
+    // TRL's other pair losses, in TRL's spelling, each raise the eval margin from 0 (less than
     // DPO's: sigmoid_norm's implicit rewards are of averaged log-probs, and SPPO regresses each
     // log-ratio to ±1/(2β) instead of pushing their difference)
     for loss in [
@@ -580,7 +580,7 @@ fn dpo_raises_the_margin_and_rm_orders_its_pairs() {
         let (_, m, a) = train(&[loss]);
         assert!(
             m > 0.1 && a >= 0.65,
-            "{loss}: held-out margin {m}, accuracy {a}"
+            "{loss}: eval margin {m}, accuracy {a}"
         );
     }
 
@@ -589,7 +589,15 @@ fn dpo_raises_the_margin_and_rm_orders_its_pairs() {
     let (_, short) = args("short", &["sigmoid", "sft", "--loss_weights", "1"]);
     refused(&as_strs(&short), "got 1 weights for 2 losses");
     let (rpo, m, _) = train(&["sigmoid", "sft", "--loss_weights", "1", "0.5"]);
-    assert!(m > 0.5, "RPO's held-out margin {m}");
+    assert!(m > 0.5, "RPO's eval margin {m}");
+    // the NLL term holds the chosen responses' likelihood above DPO's alone
+    let chosen = |dir: &Path| *metric(dir, "logps/chosen").last().unwrap();
+    assert!(
+        chosen(&rpo) > chosen(&dpo),
+        "{} against {}",
+        chosen(&rpo),
+        chosen(&dpo)
+    );
     let recorded = std::fs::read_to_string(rpo.join("rlhf.toml")).unwrap();
     assert!(
         recorded.contains(r#"loss = ["sigmoid", "sft"]"#),

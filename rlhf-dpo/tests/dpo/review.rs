@@ -2,9 +2,10 @@
 //! truncation; configurations that divide by zero (or make the loss constant), and empty prompts,
 //! are refused before training; IPO and SimPO log the implicit rewards of the log-probs their
 //! losses use (averaged over response tokens). Invariances: accumulated micro-batches give the
-//! one-batch step for every loss; padding never changes a sequence log-prob; every configuration
-//! that validates trains a step without a non-finite value. A mix of losses is their weighted
-//! sum.
+//! one-batch step for every loss (`sft`, a token mean per micro-batch as TRL's, where the chosen
+//! responses have one length); padding never changes a sequence log-prob; every configuration
+//! that validates trains a step without a non-finite value. Each pair loss reads its log-probs
+//! through the trainer; a mix of losses is their weighted sum.
 
 use burn::module::Module;
 use proptest::prelude::*;
@@ -102,6 +103,7 @@ fn configurations_that_divide_by_zero_are_refused() {
         ("IPO β < 0", OfflineLoss::Ipo, -0.1),
         ("EXO-rw β_r = 0", OfflineLoss::ExoRw { beta_r: 0.0 }, 0.1),
         ("DPO-rw β_r < 0", OfflineLoss::DpoRw { beta_r: -1.0 }, 0.1),
+        ("DiscoPOP τ = 0", OfflineLoss::Discopop { tau: 0.0 }, 0.1),
     ];
     for (what, loss, beta) in cases {
         let cfg = DpoConfig {
@@ -238,6 +240,16 @@ fn every_loss() -> Vec<OfflineLoss> {
         OfflineLoss::ExoPref { eps: 1e-3 },
         OfflineLoss::ExoRw { beta_r: 0.5 },
         OfflineLoss::DpoRw { beta_r: 0.5 },
+        OfflineLoss::SigmoidNorm,
+        OfflineLoss::NcaPair,
+        OfflineLoss::BcoPair,
+        OfflineLoss::SppoHard,
+        OfflineLoss::ApoZero,
+        OfflineLoss::ApoDown,
+        OfflineLoss::Discopop { tau: 0.05 },
+        // a token mean per micro-batch, as TRL's: the one-batch step here, where every chosen
+        // response has one length
+        OfflineLoss::Sft,
     ]
 }
 
@@ -317,7 +329,7 @@ proptest! {
     /// valid ranges most of the time, so that both branches are taken.
     #[test]
     fn every_configuration_that_validates_trains_a_finite_step(
-        kind in 0usize..9,
+        kind in 0usize..17,
         param in prop_oneof![Just(0.0f32), Just(0.5), Just(1.0), -1.0f32..2.0, 1e-12f32..1e-3],
         beta in prop_oneof![6 => 1e-6f32..5.0, 1 => Just(0.0f32), 1 => -1.0f32..0.0],
         lr in prop_oneof![9 => 1e-5f64..1e-2, 1 => -1e-3f64..=0.0],
@@ -335,6 +347,14 @@ proptest! {
             5 => OfflineLoss::ExoPref { eps: param },
             6 => OfflineLoss::ExoRw { beta_r: param },
             7 => OfflineLoss::DpoRw { beta_r: param },
+            8 => OfflineLoss::SigmoidNorm,
+            9 => OfflineLoss::NcaPair,
+            10 => OfflineLoss::BcoPair,
+            11 => OfflineLoss::SppoHard,
+            12 => OfflineLoss::ApoZero,
+            13 => OfflineLoss::ApoDown,
+            14 => OfflineLoss::Discopop { tau: param },
+            15 => OfflineLoss::Sft,
             _ => OfflineLoss::Dpo { label_smoothing: 0.0 },
         };
         let cfg = DpoConfig {
@@ -422,5 +442,136 @@ fn a_mix_of_losses_is_their_weighted_sum() {
         with(dpo, 1.0, vec![(OfflineLoss::Sft, f32::NAN)])
             .validate()
             .is_err()
+    );
+}
+
+/// Through the trainer (`evaluate`), each pair loss reads the log-probs its definition names:
+/// the loss on pairs of unequal lengths equals its `f64` formula on the policy's and the
+/// reference's summed log-probs and token counts (a loss routed to another's formula, or to the
+/// wrong view, sums for averages, fails).
+#[test]
+fn each_pair_loss_reads_its_log_probs_through_the_trainer() {
+    let device = rlhf_core::device_from_env().unwrap();
+    let (policy, reference) = (model(&device, 2), model(&device, 1));
+    let groups: Vec<Group> = (0..6u32)
+        .map(|i| Group {
+            prompt: vec![i % 7 + 1, 3],
+            responses: vec![
+                (0..(2 + i % 4)).map(|t| (i + t) % 9 + 2).collect(),
+                (0..(1 + (i + 2) % 5))
+                    .map(|t| (i + 2 * t) % 9 + 12)
+                    .collect(),
+            ],
+            rewards: None,
+        })
+        .collect();
+    let refs: Vec<&Group> = groups.iter().collect();
+    let host = |m: &CausalLm| {
+        let (l, n) = sequence_logps(m, &refs, None, &device).unwrap();
+        let f = |t| {
+            to_f32_vec(t)
+                .into_iter()
+                .map(f64::from)
+                .collect::<Vec<f64>>()
+        };
+        (f(l), f(n))
+    };
+    let ((pol, len), (rf, _)) = (host(&policy), host(&reference));
+    let ref_rows: Vec<Vec<f32>> = rf
+        .chunks(2)
+        .map(|r| r.iter().map(|&x| x as f32).collect())
+        .collect();
+    let (beta, tau) = (0.5f64, 0.05f64);
+    let ls = |x: f64| -((-x.abs()).exp().ln_1p()) + x.min(0.0);
+    let sig = |x: f64| 1.0 / (1.0 + (-x).exp());
+    // (ℓ_c, ℓ_r, |y_c|, |y_r|) per pair
+    let pairs: Vec<(f64, f64, f64, f64)> = (0..groups.len())
+        .map(|i| {
+            (
+                pol[2 * i] - rf[2 * i],
+                pol[2 * i + 1] - rf[2 * i + 1],
+                len[2 * i],
+                len[2 * i + 1],
+            )
+        })
+        .collect();
+    type Formula = Box<dyn Fn(f64, f64, f64, f64) -> f64>;
+    let cases: Vec<(OfflineLoss, Formula)> = vec![
+        (
+            OfflineLoss::SigmoidNorm,
+            Box::new(move |c, r, nc, nr| -ls(beta * (c / nc - r / nr))),
+        ),
+        (
+            OfflineLoss::NcaPair,
+            Box::new(move |c, r, _, _| -ls(beta * c) - 0.5 * ls(-beta * c) - 0.5 * ls(-beta * r)),
+        ),
+        (
+            OfflineLoss::BcoPair,
+            Box::new(move |c, r, _, _| -ls(beta * c) - ls(-beta * r)),
+        ),
+        (
+            OfflineLoss::SppoHard,
+            Box::new(move |c, r, _, _| (c - 0.5 / beta).powi(2) + (r + 0.5 / beta).powi(2)),
+        ),
+        (
+            OfflineLoss::ApoZero,
+            Box::new(move |c, r, _, _| 1.0 - sig(beta * c) + sig(beta * r)),
+        ),
+        (
+            OfflineLoss::ApoDown,
+            Box::new(move |c, r, _, _| sig(beta * c) + 1.0 - sig(beta * (c - r))),
+        ),
+        (
+            OfflineLoss::Discopop { tau: tau as f32 },
+            Box::new(move |c, r, _, _| {
+                let z = beta * (c - r);
+                let m = sig(z / tau);
+                (1.0 - m) * -ls(z) + m * (-z).exp()
+            }),
+        ),
+    ];
+    for (loss, formula) in cases {
+        let cfg = DpoConfig {
+            loss,
+            beta: beta as f32,
+            ..base()
+        };
+        let got = rlhf_dpo::evaluate(&policy, &groups, &ref_rows, &cfg, &device)
+            .unwrap()
+            .loss;
+        let want = pairs
+            .iter()
+            .map(|&(c, r, nc, nr)| formula(c, r, nc, nr))
+            .sum::<f64>()
+            / pairs.len() as f64;
+        assert!(
+            (got - want).abs() < 1e-4 * (1.0 + want.abs()),
+            "{loss:?}: {got} against {want}"
+        );
+    }
+    // sft over chosen responses of unequal lengths: the token mean, not the mean of averages
+    let cfg = DpoConfig {
+        loss: OfflineLoss::Sft,
+        ..base()
+    };
+    let got = rlhf_dpo::evaluate(&policy, &groups, &ref_rows, &cfg, &device)
+        .unwrap()
+        .loss;
+    let chosen: f64 = pol.iter().step_by(2).sum();
+    let tokens: f64 = len.iter().step_by(2).sum();
+    let per_sequence: f64 = -pol
+        .iter()
+        .step_by(2)
+        .zip(len.iter().step_by(2))
+        .map(|(l, n)| l / n)
+        .sum::<f64>()
+        / pairs.len() as f64;
+    assert!(
+        (got - (-chosen / tokens)).abs() < 1e-5 * (1.0 + got.abs()),
+        "sft {got}"
+    );
+    assert!(
+        (got - per_sequence).abs() > 1e-4,
+        "the lengths should make the two means differ"
     );
 }
