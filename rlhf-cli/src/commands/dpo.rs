@@ -246,7 +246,7 @@ impl DpoArgs {
     /// The library's configuration.
     pub fn config(&self, total_steps: u64) -> DpoConfig {
         let mut losses = self.offline_losses().into_iter();
-        let (loss, loss_weight) = losses.next().expect("clap gives at least one loss");
+        let (loss, loss_weight) = losses.next().expect("check_losses refuses an empty list");
         DpoConfig {
             loss,
             loss_weight,
