@@ -30,6 +30,7 @@ use rand::seq::{IndexedRandom, SliceRandom};
 use serde_json::json;
 
 use rlhf_core::host::to_f32_vec;
+use rlhf_core::stats;
 use rlhf_core::train::memory;
 use rlhf_core::train::metrics::names;
 use rlhf_core::train::{
@@ -272,7 +273,11 @@ pub fn make_experience(
     // the reward and its tokens out of the advantages' whitening (its score stays, for baselines);
     // per-token rewards: −β·kl_t on every token (when the KL is in the reward), the score on the
     // last real token
-    let kept = tensor2(loss_mask.clone(), [b, r], &device);
+    let kept = if cfg.mask_truncated_completions {
+        tensor2(loss_mask.clone(), [b, r], &device)
+    } else {
+        mask.clone()
+    };
     let kl = kl_estimate(logprobs.clone(), ref_logprobs.clone(), cfg.kl_estimator);
     let kl = rlhf_core::zero_masked(kl, kept.clone());
     let beta_in_reward = if cfg.kl_in_reward { kl_coef } else { 0.0 };
@@ -472,20 +477,9 @@ fn terminated_lengths(lengths: &[f32], has_eos: &[bool]) -> Metrics {
     ]
 }
 
-/// The mean of `v` in `f64` (NaN when empty).
-fn mean_f64(v: &[f32]) -> f64 {
-    v.iter().map(|&x| f64::from(x)).sum::<f64>() / v.len() as f64
-}
-
-/// The standard deviation of `v` with Bessel's correction, as TRL's `nanstd` (NaN, logged as
-/// `null`, for fewer than two values).
-fn std(v: &[f32]) -> f64 {
-    if v.len() < 2 {
-        return f64::NAN;
-    }
-    let mean = mean_f64(v);
-    let squares: f64 = v.iter().map(|&x| (f64::from(x) - mean).powi(2)).sum();
-    (squares / (v.len() - 1) as f64).sqrt()
+/// `v` as `f64`s.
+fn widened(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| f64::from(x)).collect()
 }
 
 /// The share of prompts whose `n` samples (contiguous in `scores`) all scored the same: they give
@@ -1028,7 +1022,10 @@ pub fn ppo_iteration(
     )?;
     // the rewards' spread as the scorer and the penalties gave them (TRL's reward functions),
     // before any variance reduction
-    metrics.push((names::REWARD_STD, std(&rollout.scores)));
+    metrics.push((
+        names::REWARD_STD,
+        stats::sample_std(&widened(&rollout.scores)),
+    ));
     metrics.push((
         names::FRAC_REWARD_ZERO_STD,
         frac_zero_std(&rollout.scores, cfg.samples_per_prompt),
@@ -1038,7 +1035,7 @@ pub fn ppo_iteration(
     }
     if cfg.overlong_buffer.is_some() {
         let penalties = rollout.overlong.iter().map(|&p| f64::from(p));
-        metrics.push((names::OBJECTIVE_OVERLONG, rlhf_core::stats::mean(penalties)));
+        metrics.push((names::OBJECTIVE_OVERLONG, stats::mean(penalties)));
     }
     if let Some(d) = dynamic {
         metrics.extend(d.metrics());
@@ -1079,9 +1076,10 @@ fn part_metrics(parts: &[(String, Vec<f32>)]) -> Vec<(String, f64)> {
     parts
         .iter()
         .flat_map(|(name, values)| {
+            let values = widened(values);
             [
-                (format!("rewards/{name}/mean"), mean_f64(values)),
-                (format!("rewards/{name}/std"), std(values)),
+                (format!("rewards/{name}/mean"), stats::mean(&values)),
+                (format!("rewards/{name}/std"), stats::sample_std(&values)),
             ]
         })
         .collect()
