@@ -302,12 +302,13 @@ pub fn sft_examples(
     Ok((out, dropped))
 }
 
-/// Preference pairs as `[chosen, rejected]` groups (pairs whose responses are empty or equal
-/// after truncation are left out).
-pub fn preference_groups(
+/// Each record's prompt, chosen and rejected tokens, made into an example by `make`; the pairs
+/// whose responses are empty or equal after truncation are left out and counted.
+fn fitted_pairs<T>(
     records: &[PreferenceRecord],
     enc: &Encoder,
-) -> Result<(Vec<Group>, Dropped)> {
+    make: impl Fn(&PreferenceRecord, Vec<u32>, Vec<u32>, Vec<u32>) -> T,
+) -> Result<(Vec<T>, Dropped)> {
     let mut out = Vec::with_capacity(records.len());
     let mut dropped = Dropped::records("chosen and rejected empty or equal after truncation");
     for r in records {
@@ -317,18 +318,47 @@ pub fn preference_groups(
             dropped.count += 1;
             continue;
         }
-        // the dataset's ratings, when it has them (UltraFeedback): the -rw losses' rewards
-        let rewards = match (r.score_chosen, r.score_rejected) {
-            (Some(c), Some(r)) => Some(vec![c as f32, r as f32]),
-            _ => None,
-        };
-        out.push(Group {
-            prompt,
-            responses: vec![chosen, rejected],
-            rewards,
-        });
+        out.push(make(r, prompt, chosen, rejected));
     }
     Ok((out, dropped))
+}
+
+/// Preference pairs as `[chosen, rejected]` groups, with the dataset's ratings as the `-rw`
+/// losses' rewards when it has them (UltraFeedback).
+pub fn preference_groups(
+    records: &[PreferenceRecord],
+    enc: &Encoder,
+) -> Result<(Vec<Group>, Dropped)> {
+    fitted_pairs(records, enc, |r, prompt, chosen, rejected| Group {
+        prompt,
+        responses: vec![chosen, rejected],
+        rewards: match (r.score_chosen, r.score_rejected) {
+            (Some(c), Some(r)) => Some(vec![c as f32, r as f32]),
+            _ => None,
+        },
+    })
+}
+
+/// Preference pairs as a Bradley–Terry reward model's examples, chosen first, each with its
+/// margin: the record's `margin` (TRL's column) when the file has them, otherwise, with
+/// `scores_as_margin`, `score_chosen − score_rejected` when the record has both.
+pub fn preference_pairs(
+    records: &[PreferenceRecord],
+    enc: &Encoder,
+    scores_as_margin: bool,
+) -> Result<(Vec<RankedExample>, Dropped)> {
+    fitted_pairs(records, enc, |r, prompt, chosen, rejected| {
+        let from_scores = match (r.score_chosen, r.score_rejected) {
+            (Some(c), Some(r)) if scores_as_margin => Some(c - r),
+            _ => None,
+        };
+        RankedExample {
+            prompt,
+            responses: vec![chosen, rejected],
+            margin: r.margin.or(from_scores).map(|m| m as f32),
+            gold: None,
+        }
+    })
 }
 
 /// K-wise records as groups with their rewards, best first: a file's order of completions says
@@ -363,9 +393,9 @@ fn best_first<T>(responses: Vec<T>, rewards: Vec<f32>) -> (Vec<T>, Vec<f32>) {
     both.into_iter().unzip()
 }
 
-/// Groups as ranked examples, in the order they come, which is best first: a pair's chosen
-/// response first ([`preference_groups`], with the difference of the dataset's scores as its
-/// margin, when it has scores), a K-wise record's by descending reward ([`kwise_groups`]).
+/// K-wise groups as ranked examples, in the order they come, which is best first
+/// ([`kwise_groups`]); with `margins`, a group of two takes the difference of its rewards as
+/// its margin.
 pub fn ranked(groups: &[Group], margins: bool) -> Vec<RankedExample> {
     groups
         .iter()
@@ -791,6 +821,44 @@ mod tests {
             e.contains("record 1") && e.contains("--assistant-only-loss"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_pairs_margin_is_its_margin_field_else_with_the_flag_its_score_difference() {
+        let texts = ["worse answer", "better answer"];
+        let tokenizer = Tokenizer::train_bpe(texts.iter().copied(), 300).unwrap();
+        let format = ChatFormat::default();
+        let enc = encoder(&tokenizer, &format, 64, 128);
+        let pair = |scores: Option<(f64, f64)>, margin: Option<f64>| PreferenceRecord {
+            prompt: Turns::Text("question".into()),
+            chosen: Turns::Text(texts[1].into()),
+            rejected: Turns::Text(texts[0].into()),
+            score_chosen: scores.map(|s| s.0),
+            score_rejected: scores.map(|s| s.1),
+            margin,
+        };
+        let records = [
+            pair(Some((0.9, 0.1)), None),
+            pair(Some((0.9, 0.1)), Some(2.0)),
+            pair(None, None),
+        ];
+        let margins = |flag: bool| -> Vec<Option<f32>> {
+            let (pairs, dropped) = preference_pairs(&records, &enc, flag).unwrap();
+            assert_eq!(dropped.count, 0);
+            pairs.iter().map(|p| p.margin).collect()
+        };
+        let near = |m: Option<f32>, x: f32| m.is_some_and(|m| (m - x).abs() < 1e-6);
+        let with = margins(true);
+        assert!(
+            near(with[0], 0.8) && near(with[1], 2.0) && with[2].is_none(),
+            "{with:?}"
+        );
+        let without = margins(false);
+        assert!(without[0].is_none() && near(without[1], 2.0) && without[2].is_none());
+        let (pairs, _) = preference_pairs(&records[..1], &enc, false).unwrap();
+        let (groups, _) = preference_groups(&records[..1], &enc).unwrap();
+        assert_eq!(pairs[0].responses, groups[0].responses);
+        assert_eq!(pairs[0].prompt, groups[0].prompt);
     }
 
     #[test]

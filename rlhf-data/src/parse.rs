@@ -219,6 +219,11 @@ pub trait Record: Sized {
     fn from_object(obj: &Obj, f: &FieldNames) -> Result<Self, FieldError>;
     /// The object in the standard layout with these field names.
     fn to_object(&self, f: &FieldNames) -> Obj;
+    /// Whether this record fits a file whose first record is `first` (a column that some records
+    /// have and others lack is an error at the first record that breaks the pattern).
+    fn consistent_with(&self, _first: &Self, _f: &FieldNames) -> Result<(), FieldError> {
+        Ok(())
+    }
 }
 
 fn put(obj: &mut Obj, key: &str, v: impl serde::Serialize) {
@@ -262,7 +267,22 @@ impl Record for PreferenceRecord {
             rejected,
             score_chosen: optional_number(obj, &f.score_chosen)?,
             score_rejected: optional_number(obj, &f.score_rejected)?,
+            margin: optional_number(obj, &f.margin)?,
         })
+    }
+
+    fn consistent_with(&self, first: &Self, f: &FieldNames) -> Result<(), FieldError> {
+        match (first.margin.is_some(), self.margin.is_some()) {
+            (true, false) => Err(err(
+                &f.margin,
+                "is missing, and the file's first record has one: give every pair a margin or none",
+            )),
+            (false, true) => Err(err(
+                &f.margin,
+                "is here, and the file's first record has none: give every pair a margin or none",
+            )),
+            _ => Ok(()),
+        }
     }
 
     fn to_object(&self, f: &FieldNames) -> Obj {
@@ -275,6 +295,9 @@ impl Record for PreferenceRecord {
         }
         if let Some(s) = self.score_rejected {
             put(&mut o, &f.score_rejected, s);
+        }
+        if let Some(m) = self.margin {
+            put(&mut o, &f.margin, m);
         }
         o
     }

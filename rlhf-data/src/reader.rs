@@ -81,6 +81,10 @@ pub fn read_records<R: Record>(path: &Path, opts: &ReadOptions) -> Result<Loaded
         loaded.report.read += 1;
         let parsed = item.and_then(|v| match v {
             Value::Object(obj) => R::from_object(&obj, &opts.fields)
+                .and_then(|r| match loaded.records.first() {
+                    Some(first) => r.consistent_with(first, &opts.fields).map(|()| r),
+                    None => Ok(r),
+                })
                 .map_err(|FieldError { field, message }| data_error(path, line, &field, message)),
             other => Err(data_error(
                 path,

@@ -61,7 +61,8 @@ impl From<String> for Turns {
 /// Read from `{prompt, chosen, rejected}`, from the implicit-prompt layout `{chosen, rejected}`
 /// (HH-RLHF: the prompt is the shared prefix, see [`crate::split_implicit_prompt`]), and from
 /// either in conversational form; `score_chosen` / `score_rejected` are kept when present
-/// (UltraFeedback-binarized).
+/// (UltraFeedback-binarized), and so is `margin` (TRL's reward-modelling column: how far the
+/// chosen response's reward should lie above the rejected one's).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PreferenceRecord {
     /// The conversation so far.
@@ -76,6 +77,10 @@ pub struct PreferenceRecord {
     /// A rating of the rejected response, when the dataset has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub score_rejected: Option<f64>,
+    /// The Bradley–Terry margin, when the dataset has one: every record of a file has one or
+    /// none does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub margin: Option<f64>,
 }
 
 /// A demonstration for supervised fine-tuning: the loss is taken on `completion` only.
@@ -203,6 +208,8 @@ pub struct FieldNames {
     pub score_chosen: String,
     /// `score_rejected`.
     pub score_rejected: String,
+    /// `margin`.
+    pub margin: String,
 }
 
 impl Default for FieldNames {
@@ -221,6 +228,7 @@ impl Default for FieldNames {
             label: s("label"),
             score_chosen: s("score_chosen"),
             score_rejected: s("score_rejected"),
+            margin: s("margin"),
         }
     }
 }

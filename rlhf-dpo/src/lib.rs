@@ -27,6 +27,7 @@
 //! ```
 
 pub mod cache;
+pub mod fdivergence;
 pub mod kto;
 pub mod losses;
 pub mod online;
@@ -34,14 +35,15 @@ pub mod online_dpo;
 pub mod trainer;
 
 pub use cache::{LogpSpec, RefCache, data_hash, weights_hash};
+pub use fdivergence::FDivergence;
 pub use kto::{
     KtoConfig, KtoEval, KtoExample, KtoReport, evaluate_kto, kto_batches, kto_loss,
     kto_reference_point, kto_train_batches, mismatched_partners, train_kto,
 };
 pub use losses::{
-    PairLogps, apo_down_loss, apo_zero_loss, bco_pair_loss, discopop_loss, dpo_loss, dpo_rw_loss,
-    exo_pref_loss, exo_rw_loss, hinge_loss, ipo_loss, nca_pair_loss, robust_dpo_loss, sft_loss,
-    simpo_loss, sppo_hard_loss,
+    PairLogps, aot_loss, aot_unpaired_loss, apo_down_loss, apo_zero_loss, bco_pair_loss,
+    discopop_loss, dpo_loss, dpo_rw_loss, exo_pref_loss, exo_rw_loss, hinge_loss, ipo_loss,
+    nca_pair_loss, robust_dpo_loss, sft_loss, simpo_loss, sppo_hard_loss,
 };
 pub use online::{OnlineConfig, OnlineReport, best_and_worst, online_round};
 pub use online_dpo::{OnlineDpoConfig, OnlineDpoInputs, OnlineDpoReport, train_online_dpo};

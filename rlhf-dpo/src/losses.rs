@@ -168,6 +168,40 @@ pub fn discopop_loss(h: Tensor<1>, beta: f32, tau: f32) -> Tensor<1> {
     m.neg().add_scalar(1.0).mul(logistic).add(exponential)
 }
 
+/// AOT, paired (Melnyk et al. 2024, "Distributional Preference Alignment of LLMs via Optimal
+/// Transport"; TRL's `aot`): the batch's log-odds `logπ(y_c) − logπ(y_r)` under the policy
+/// (`policy`) and under the reference (`reference`) are each sorted, the `i`-th smallest of one
+/// matched with the `i`-th smallest of the other (the optimal transport between two
+/// one-dimensional distributions), and (c)DPO's loss is taken of each matched difference:
+/// `δ_(i) = policy_(i) − reference_(i)`, `L_i = −(1−ε)·log σ(β·δ_(i)) − ε·log σ(−β·δ_(i))`.
+/// Value `i` belongs to the `i`-th rank, not to example `i`: only the batch mean means anything,
+/// and it depends on which examples share the batch.
+pub fn aot_loss(
+    policy: Tensor<1>,
+    reference: Tensor<1>,
+    beta: f32,
+    label_smoothing: f32,
+) -> Tensor<1> {
+    dpo_loss(policy.sort(0).sub(reference.sort(0)), beta, label_smoothing)
+}
+
+/// AOT, unpaired (TRL's `aot_unpaired`): the chosen log-ratios `ℓ_c` and the rejected ones `ℓ_r`
+/// are sorted each on its own and matched by rank, `δ_(i) = ℓ_c,(i) − ℓ_r,(i)`, and (c)DPO's loss
+/// is taken of each; which rejected response came with which chosen one does not matter. As
+/// [`aot_loss`], only the batch mean means anything.
+pub fn aot_unpaired_loss(
+    logratio_c: Tensor<1>,
+    logratio_r: Tensor<1>,
+    beta: f32,
+    label_smoothing: f32,
+) -> Tensor<1> {
+    dpo_loss(
+        logratio_c.sort(0).sub(logratio_r.sort(0)),
+        beta,
+        label_smoothing,
+    )
+}
+
 /// The SFT term of RPO and MPO (TRL's `sft`): the chosen responses' negative log-likelihood as a
 /// token mean over the batch, `−Σ_b logπ(y_c,b) / Σ_b |y_c,b|`, the same value for every example
 /// (`chosen`: summed log-probs `[batch]`, `lengths`: their token counts).
@@ -390,6 +424,60 @@ mod tests {
                 let extreme = host(loss(t1(&far), t1(&[1e4, -1e4, 0.0])));
                 prop_assert!(extreme.iter().all(|v| v.is_finite()), "{}: {:?}", name, extreme);
             }
+        }
+
+        /// The AOT losses against an f64 reference that sorts, their gradients against central
+        /// differences, their invariances (AOT's mean under any reordering of the batch's
+        /// examples, AOT-unpaired's under any reordering of the rejected responses alone), DPO
+        /// at a batch of one, and finite at extremes.
+        #[test]
+        fn aot_losses_match_their_formulas(
+            rows in prop::collection::vec((-8.0f64..8.0, -8.0f64..8.0, -8.0f64..8.0, -8.0f64..8.0), 1..8),
+            beta in 0.05f64..1.0,
+            eps in 0.0f64..0.4,
+            shift in 1usize..8,
+        ) {
+            let (b, e) = (beta as f32, eps as f32);
+            let sorted = |v: &[f64]| { let mut v = v.to_vec(); v.sort_by(f64::total_cmp); v };
+            let dpo = |d: f64| -(1.0 - eps) * ls(beta * d) - eps * ls(-beta * d);
+            let matched = |x: &[f64], y: &[f64]| -> Vec<f64> {
+                sorted(x).iter().zip(sorted(y)).map(|(a, c)| dpo(a - c)).collect()
+            };
+            // AOT reads the policy's and the reference's log-odds, AOT-unpaired the two log-ratios
+            let x: Vec<f64> = rows.iter().map(|r| r.0 - r.1).collect();
+            let y: Vec<f64> = rows.iter().map(|r| r.2 - r.3).collect();
+            close(&host(aot_loss(t1(&x), t1(&y), b, e)), &matched(&x, &y), 1e-4)?;
+            close(&host(aot_unpaired_loss(t1(&x), t1(&y), b, e)), &matched(&x, &y), 1e-4)?;
+            let mean = |v: Vec<f64>| v.iter().sum::<f64>() / v.len() as f64;
+            let n = x.len();
+            let rotate = |v: &[f64]| -> Vec<f64> { (0..n).map(|i| v[(i + shift) % n]).collect() };
+            let (xr, yr) = (rotate(&x), rotate(&y));
+            let whole = mean(host(aot_loss(t1(&x), t1(&y), b, e)));
+            prop_assert!((mean(host(aot_loss(t1(&xr), t1(&yr), b, e))) - whole).abs() < 1e-5);
+            prop_assert!((mean(host(aot_unpaired_loss(t1(&x), t1(&yr), b, e))) - whole).abs() < 1e-5);
+            if n == 1 {
+                close(&host(aot_loss(t1(&x), t1(&y), b, e)), &host(dpo_loss(t1(&[x[0] - y[0]]), b, e)), 1e-5)?;
+            }
+            // gradients of the batch sum, away from ties (where the sort is not differentiable)
+            let apart = |v: &[f64]| { let s = sorted(v); s.windows(2).all(|w| w[1] - w[0] > 1e-2) };
+            if apart(&x) && apart(&y) {
+                let ad = dev().autodiff();
+                let (gx, gy) = (tensor_from_f64(&x, [n], &ad).require_grad(), tensor_from_f64(&y, [n], &ad).require_grad());
+                let grads = aot_unpaired_loss(gx.clone(), gy.clone(), b, e).sum().backward();
+                let (dx, dy) = (host(gx.grad(&grads).expect("depends on ℓ_c")), host(gy.grad(&grads).expect("depends on ℓ_r")));
+                let total = |x: &[f64], y: &[f64]| matched(x, y).iter().sum::<f64>();
+                let d = 1e-4;
+                for i in 0..n {
+                    let nudge = |v: &[f64], s: f64| { let mut v = v.to_vec(); v[i] += s; v };
+                    let fx = (total(&nudge(&x, d), &y) - total(&nudge(&x, -d), &y)) / (2.0 * d);
+                    let fy = (total(&x, &nudge(&y, d)) - total(&x, &nudge(&y, -d))) / (2.0 * d);
+                    prop_assert!((dx[i] - fx).abs() < 2e-3 * (1.0 + fx.abs()), "d/dℓ_c {} vs {}", dx[i], fx);
+                    prop_assert!((dy[i] - fy).abs() < 2e-3 * (1.0 + fy.abs()), "d/dℓ_r {} vs {}", dy[i], fy);
+                }
+            }
+            let far = [-1e4, 1e4, 0.0];
+            let extreme = host(aot_loss(t1(&far), t1(&[1e4, -1e4, 0.0]), b, e));
+            prop_assert!(extreme.iter().all(|v| v.is_finite()), "{:?}", extreme);
         }
 
         #[test]

@@ -19,10 +19,11 @@ use rlhf_models::{CausalLm, LmBatch, target_logprobs};
 use serde::{Deserialize, Serialize};
 
 use crate::cache::{LogpSpec, RefCache};
+use crate::fdivergence::FDivergence;
 use crate::losses::{
-    PairLogps, apo_down_loss, apo_zero_loss, bco_pair_loss, discopop_loss, dpo_loss, dpo_rw_loss,
-    exo_pref_loss, exo_rw_loss, hinge_loss, ipo_loss, nca_pair_loss, robust_dpo_loss, sft_loss,
-    simpo_loss, sppo_hard_loss,
+    PairLogps, aot_loss, aot_unpaired_loss, apo_down_loss, apo_zero_loss, bco_pair_loss,
+    discopop_loss, dpo_loss, dpo_rw_loss, exo_pref_loss, exo_rw_loss, hinge_loss, ipo_loss,
+    nca_pair_loss, robust_dpo_loss, sft_loss, simpo_loss, sppo_hard_loss,
 };
 
 /// Responses to one prompt: a pair is `[chosen, rejected]`; a K-wise group carries rewards.
@@ -94,6 +95,18 @@ pub enum OfflineLoss {
     /// The negative log-likelihood of the chosen responses, a token mean over the batch (TRL's
     /// `sft`; with `sigmoid`, RPO).
     Sft,
+    /// AOT, paired (TRL's `aot`): the micro-batch's policy and reference log-odds matched by
+    /// rank; `label_smoothing` as cDPO's.
+    Aot {
+        /// ε, as cDPO's.
+        label_smoothing: f32,
+    },
+    /// AOT, unpaired (TRL's `aot_unpaired`): the micro-batch's chosen and rejected log-ratios
+    /// matched by rank.
+    AotUnpaired {
+        /// ε, as cDPO's.
+        label_smoothing: f32,
+    },
 }
 
 impl OfflineLoss {
@@ -101,7 +114,10 @@ impl OfflineLoss {
     fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(format!("offline trainer: {m}")));
         match *self {
-            OfflineLoss::Dpo { label_smoothing: e } | OfflineLoss::Robust { eps: e }
+            OfflineLoss::Dpo { label_smoothing: e }
+            | OfflineLoss::Robust { eps: e }
+            | OfflineLoss::Aot { label_smoothing: e }
+            | OfflineLoss::AotUnpaired { label_smoothing: e }
                 if !(0.0..0.5).contains(&e) =>
             {
                 bad(format!("{self:?}: the flip rate must be in [0, 0.5)"))
@@ -131,6 +147,24 @@ impl OfflineLoss {
     fn needs_reference(&self) -> bool {
         !matches!(self, OfflineLoss::Simpo { .. } | OfflineLoss::Sft)
     }
+
+    /// Whether the loss is built on the difference of the two responses' implicit rewards, so
+    /// that an f-divergence other than the reverse KL generalises it (TRL's list: `sigmoid`,
+    /// `sigmoid_norm`, `hinge`, `ipo`, `exo_pair`, `robust`, `discopop`, and `sft`, which reads
+    /// no reward).
+    fn takes_an_f_divergence(&self) -> bool {
+        matches!(
+            self,
+            OfflineLoss::Dpo { .. }
+                | OfflineLoss::SigmoidNorm
+                | OfflineLoss::Hinge
+                | OfflineLoss::Ipo
+                | OfflineLoss::ExoPref { .. }
+                | OfflineLoss::Robust { .. }
+                | OfflineLoss::Discopop { .. }
+                | OfflineLoss::Sft
+        )
+    }
 }
 
 /// Offline preference-optimisation settings.
@@ -147,6 +181,9 @@ pub struct DpoConfig {
     pub extra_losses: Vec<(OfflineLoss, f32)>,
     /// β (β_π for the K-wise losses).
     pub beta: f32,
+    /// The divergence from the reference (f-DPO; TRL's `f_divergence_type`): the losses on the
+    /// difference of implicit rewards read `f'(π/π_ref)` in place of the log-ratio.
+    pub f_divergence: FDivergence,
     /// Passes over the data.
     pub epochs: usize,
     /// Groups per micro-batch.
@@ -177,6 +214,7 @@ impl Default for DpoConfig {
             loss_weight: 1.0,
             extra_losses: Vec::new(),
             beta: 0.1,
+            f_divergence: FDivergence::ReverseKl,
             epochs: 1,
             batch_size: 8,
             grad_accum: 1,
@@ -212,6 +250,21 @@ impl DpoConfig {
                 ));
             }
             loss.validate()?;
+        }
+        if let FDivergence::AlphaDivergence { coef } = self.f_divergence
+            && !coef.is_finite()
+        {
+            return bad(format!("the α-divergence's α must be finite, got {coef}"));
+        }
+        if !self.f_divergence.is_reverse_kl()
+            && let Some((loss, _)) = self.losses().find(|(l, _)| !l.takes_an_f_divergence())
+        {
+            return bad(format!(
+                "{:?} holds the policy to the reverse KL only: {loss:?} is not built on the \
+                 difference of the two responses' implicit rewards (the f-divergences apply to \
+                 sigmoid, cdpo, robust, ipo, hinge, exo_pair, sigmoid_norm, discopop and sft)",
+                self.f_divergence
+            ));
         }
         if !self.extra_losses.is_empty() && self.losses().any(|(l, _)| l.needs_rewards()) {
             return bad(
@@ -358,10 +411,10 @@ pub(crate) fn batch_loss(
         rewards,
     };
     // TRL's sum of the losses' batch means, each times its weight (×1 is exact)
-    let (first, pair) = one_loss(cfg.loss, cfg.beta, &sums);
+    let (first, pair) = one_loss(cfg.loss, cfg, &sums);
     let mut total = first.mean().mul_scalar(cfg.loss_weight);
     for &(loss, weight) in &cfg.extra_losses {
-        total = total.add(one_loss(loss, cfg.beta, &sums).0.mean().mul_scalar(weight));
+        total = total.add(one_loss(loss, cfg, &sums).0.mean().mul_scalar(weight));
     }
     let (rc, rr) = pair.implicit_rewards(cfg.beta);
     let scalar = |t: Tensor<1>| f64::from(t.mean().into_scalar::<f32>());
@@ -390,13 +443,16 @@ struct Sums {
 ///
 /// Each loss reads the log-probs its paper defines: IPO and `sigmoid_norm` the averages over
 /// response tokens (as TRL does), SimPO the policy's averages with no reference, the rest the
-/// sums. `sft` is the chosen responses' negative log-likelihood, a token mean over the batch.
-fn one_loss(loss: OfflineLoss, beta: f32, sums: &Sums) -> (Tensor<1>, PairLogps) {
+/// sums. `sft` is the chosen responses' negative log-likelihood, a token mean over the batch, and
+/// the AOT losses match the batch's values by rank, so both depend on which examples share it.
+fn one_loss(loss: OfflineLoss, cfg: &DpoConfig, sums: &Sums) -> (Tensor<1>, PairLogps) {
+    let beta = cfg.beta;
     let [b, _] = sums.policy.dims();
     let averaged = |t: Tensor<2>| t.div(sums.lengths.clone().clamp_min(1.0));
+    let by_length = matches!(loss, OfflineLoss::Ipo | OfflineLoss::SigmoidNorm);
     let (policy, reference) = (sums.policy.clone(), sums.reference.clone());
     let (policy, reference) = match loss {
-        OfflineLoss::Ipo | OfflineLoss::SigmoidNorm => (averaged(policy), averaged(reference)),
+        _ if by_length => (averaged(policy), averaged(reference)),
         OfflineLoss::Simpo { .. } => (averaged(policy), reference.zeros_like()),
         _ => (policy, reference),
     };
@@ -407,20 +463,33 @@ fn one_loss(loss: OfflineLoss, beta: f32, sums: &Sums) -> (Tensor<1>, PairLogps)
         ref_chosen: col(&reference, 0),
         ref_rejected: col(&reference, 1),
     };
+    // the difference of the two responses' implicit rewards over β: of the log-ratios under
+    // DPO's reverse KL, of f'(π/π_ref) under another f-divergence (f-DPO), where IPO and
+    // sigmoid_norm average each response's score over its tokens as TRL does
+    let h = || {
+        if cfg.f_divergence.is_reverse_kl() {
+            return pair.logits();
+        }
+        let scores = cfg
+            .f_divergence
+            .scores(sums.policy.clone().sub(sums.reference.clone()));
+        let scores = if by_length { averaged(scores) } else { scores };
+        col(&scores, 0).sub(col(&scores, 1))
+    };
     let rewards = || sums.rewards.clone().expect("checked before training");
     let per_example = match loss {
-        OfflineLoss::Dpo { label_smoothing } => dpo_loss(pair.logits(), beta, label_smoothing),
-        OfflineLoss::Robust { eps } => robust_dpo_loss(pair.logits(), beta, eps),
-        OfflineLoss::Hinge => hinge_loss(pair.logits(), beta),
-        OfflineLoss::ExoPref { eps } => exo_pref_loss(pair.logits(), beta, eps),
-        OfflineLoss::Ipo => ipo_loss(pair.logits(), beta),
-        OfflineLoss::SigmoidNorm => dpo_loss(pair.logits(), beta, 0.0),
+        OfflineLoss::Dpo { label_smoothing } => dpo_loss(h(), beta, label_smoothing),
+        OfflineLoss::Robust { eps } => robust_dpo_loss(h(), beta, eps),
+        OfflineLoss::Hinge => hinge_loss(h(), beta),
+        OfflineLoss::ExoPref { eps } => exo_pref_loss(h(), beta, eps),
+        OfflineLoss::Ipo => ipo_loss(h(), beta),
+        OfflineLoss::SigmoidNorm => dpo_loss(h(), beta, 0.0),
         OfflineLoss::NcaPair => nca_pair_loss(pair.chosen_ratio(), pair.rejected_ratio(), beta),
         OfflineLoss::BcoPair => bco_pair_loss(pair.chosen_ratio(), pair.rejected_ratio(), beta),
         OfflineLoss::SppoHard => sppo_hard_loss(pair.chosen_ratio(), pair.rejected_ratio(), beta),
         OfflineLoss::ApoZero => apo_zero_loss(pair.chosen_ratio(), pair.rejected_ratio(), beta),
         OfflineLoss::ApoDown => apo_down_loss(pair.chosen_ratio(), pair.rejected_ratio(), beta),
-        OfflineLoss::Discopop { tau } => discopop_loss(pair.logits(), beta, tau),
+        OfflineLoss::Discopop { tau } => discopop_loss(h(), beta, tau),
         OfflineLoss::Simpo { gamma } => {
             simpo_loss(pair.chosen.clone(), pair.rejected.clone(), beta, gamma)
         }
@@ -437,6 +506,18 @@ fn one_loss(loss: OfflineLoss, beta: f32, sums: &Sums) -> (Tensor<1>, PairLogps)
             beta_r,
         ),
         OfflineLoss::Sft => sft_loss(pair.chosen.clone(), col(&sums.lengths, 0)),
+        OfflineLoss::Aot { label_smoothing } => aot_loss(
+            pair.chosen.clone().sub(pair.rejected.clone()),
+            pair.ref_chosen.clone().sub(pair.ref_rejected.clone()),
+            beta,
+            label_smoothing,
+        ),
+        OfflineLoss::AotUnpaired { label_smoothing } => aot_unpaired_loss(
+            pair.chosen_ratio(),
+            pair.rejected_ratio(),
+            beta,
+            label_smoothing,
+        ),
     };
     (per_example, pair)
 }

@@ -7,7 +7,7 @@ use anyhow::{Result, bail};
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args, ValueEnum};
 use rlhf_data::{Kind, KwiseRecord, PreferenceRecord};
-use rlhf_dpo::{DpoConfig, Group, OfflineLoss, train_offline};
+use rlhf_dpo::{DpoConfig, FDivergence, Group, OfflineLoss, train_offline};
 use serde::{Deserialize, Serialize};
 
 use crate::args::{
@@ -73,6 +73,31 @@ pub enum DpoLoss {
     /// The chosen responses' negative log-likelihood (TRL `sft`), to add to another loss: with
     /// `sigmoid` it is RPO.
     Sft,
+    /// AOT: the batch's policy and reference log-odds matched by rank (TRL `aot`).
+    Aot,
+    /// AOT, unpaired: the batch's chosen and rejected log-ratios matched by rank (TRL
+    /// `aot_unpaired`).
+    #[value(alias = "aot_unpaired")]
+    #[serde(alias = "aot_unpaired")]
+    AotUnpaired,
+}
+
+/// The divergence from the reference (f-DPO) [TRL: --f_divergence_type].
+#[derive(ValueEnum, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FDivergenceType {
+    /// `KL(π ‖ π_ref)`, DPO's own.
+    #[value(name = "reverse_kl", alias = "reverse-kl")]
+    ReverseKl,
+    /// `KL(π_ref ‖ π)`.
+    #[value(name = "forward_kl", alias = "forward-kl")]
+    ForwardKl,
+    /// Jensen–Shannon.
+    #[value(name = "js_divergence", alias = "js-divergence")]
+    JsDivergence,
+    /// The α-divergence with α = `--f-alpha-divergence-coef`.
+    #[value(name = "alpha_divergence", alias = "alpha-divergence")]
+    AlphaDivergence,
 }
 
 /// `rlhf dpo` options.
@@ -108,7 +133,8 @@ pub struct DpoArgs {
     /// β [TRL: --beta].
     #[arg(long, default_value_t = 0.1)]
     pub beta: f32,
-    /// ε of cdpo, robust and exo-pref (defaults 0.1, 0.1 and 1e-3) [TRL: --label_smoothing].
+    /// ε of cdpo, robust, exo-pref, aot and aot-unpaired (defaults 0.1, 0.1, 1e-3, 0 and 0)
+    /// [TRL: --label_smoothing].
     #[arg(long)]
     pub label_smoothing: Option<f32>,
     /// SimPO's target margin γ [TRL CPO: --simpo_gamma].
@@ -120,6 +146,13 @@ pub struct DpoArgs {
     /// DiscoPOP's temperature τ [TRL: --discopop_tau].
     #[arg(long, default_value_t = 0.05)]
     pub discopop_tau: f32,
+    /// The divergence from the reference that the losses on the difference of implicit rewards
+    /// generalise to (f-DPO) [TRL: --f_divergence_type].
+    #[arg(long, value_enum, default_value_t = FDivergenceType::ReverseKl)]
+    pub f_divergence_type: FDivergenceType,
+    /// α of `--f-divergence-type alpha_divergence` [TRL: --f_alpha_divergence_coef].
+    #[arg(long, default_value_t = 0.5)]
+    pub f_alpha_divergence_coef: f32,
     /// Dropout off in the policy; the reference's log-probs are read without it [TRL:
     /// --disable_dropout].
     #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
@@ -139,13 +172,15 @@ impl DpoArgs {
     pub fn completed(mut self) -> Self {
         self.train.learning_rate.get_or_insert(DEFAULT_LR);
         // the losses' one ε, when those that take one agree on its default (cdpo and robust 0.1,
-        // exo-pref 1e-3); otherwise each takes its own unless --label-smoothing is given
+        // exo-pref 1e-3, the AOT losses 0); otherwise each takes its own unless
+        // --label-smoothing is given
         let defaults: Vec<f32> = self
             .loss
             .iter()
             .filter_map(|loss| match loss {
                 DpoLoss::Cdpo | DpoLoss::Robust => Some(0.1),
                 DpoLoss::ExoPref => Some(1e-3),
+                DpoLoss::Aot | DpoLoss::AotUnpaired => Some(0.0),
                 _ => None,
             })
             .collect();
@@ -162,10 +197,16 @@ impl DpoArgs {
     /// versions: that is `--loss cdpo`), and this `simpo` has none; and `--loss-weights` of
     /// another count than the losses.
     pub fn check_losses(&self) -> Result<()> {
-        let uses_eps = self
-            .loss
-            .iter()
-            .any(|l| matches!(l, DpoLoss::Cdpo | DpoLoss::Robust | DpoLoss::ExoPref));
+        let uses_eps = self.loss.iter().any(|l| {
+            matches!(
+                l,
+                DpoLoss::Cdpo
+                    | DpoLoss::Robust
+                    | DpoLoss::ExoPref
+                    | DpoLoss::Aot
+                    | DpoLoss::AotUnpaired
+            )
+        });
         let names: Vec<String> = self
             .loss
             .iter()
@@ -177,7 +218,8 @@ impl DpoArgs {
         {
             bail!(
                 "--label-smoothing {eps} has no effect on --loss {} (TRL ignores it there too): \
-                 conservative DPO is --loss cdpo; robust and exo-pref take it",
+                 conservative DPO is --loss cdpo; robust, exo-pref, aot and aot-unpaired take \
+                 it",
                 names.join(",")
             );
         }
@@ -240,6 +282,12 @@ impl DpoArgs {
                 tau: self.discopop_tau,
             },
             DpoLoss::Sft => OfflineLoss::Sft,
+            DpoLoss::Aot => OfflineLoss::Aot {
+                label_smoothing: eps(0.0),
+            },
+            DpoLoss::AotUnpaired => OfflineLoss::AotUnpaired {
+                label_smoothing: eps(0.0),
+            },
         }
     }
 
@@ -252,6 +300,14 @@ impl DpoArgs {
             loss_weight,
             extra_losses: losses.collect(),
             beta: self.beta,
+            f_divergence: match self.f_divergence_type {
+                FDivergenceType::ReverseKl => FDivergence::ReverseKl,
+                FDivergenceType::ForwardKl => FDivergence::ForwardKl,
+                FDivergenceType::JsDivergence => FDivergence::JsDivergence,
+                FDivergenceType::AlphaDivergence => FDivergence::AlphaDivergence {
+                    coef: self.f_alpha_divergence_coef,
+                },
+            },
             epochs: self.train.num_train_epochs,
             batch_size: self.train.per_device_train_batch_size,
             grad_accum: self.train.gradient_accumulation_steps,

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::args::{DataArgs, LoraArgs, ModelArgs, TrainArgs, defaults_from_clap, kind_str};
 use crate::data::{
-    Encoder, demonstrations, kwise_groups, outcome_examples, preference_groups, prompt_key, ranked,
+    Encoder, demonstrations, kwise_groups, outcome_examples, preference_pairs, prompt_key, ranked,
     read_split, step_examples,
 };
 use crate::{load, output};
@@ -62,7 +62,8 @@ pub struct RmArgs {
     /// --center_rewards_coefficient].
     #[arg(long, default_value_t = 0.0)]
     pub center_rewards_coefficient: f32,
-    /// Pairs: ask for a margin `score_chosen − score_rejected` (when the file has the scores).
+    /// Pairs: take `score_chosen − score_rejected` as each pair's margin. A file with a `margin`
+    /// field (TRL's column) uses it without this flag.
     #[arg(long)]
     pub use_margin: bool,
     /// Centre the served scores on the chosen responses of the training pairs, or on the
@@ -144,19 +145,32 @@ fn ranked_examples(
 ) -> Result<(Vec<RankedExample>, Vec<RankedExample>)> {
     let (train, eval) = if kind == Kind::Preference {
         let (t, e) = read_split::<PreferenceRecord>(&args.data, |r| prompt_key(&r.prompt))?;
-        let (t, dropped) = preference_groups(&t, enc)?;
+        let (t, dropped) = preference_pairs(&t, enc, args.use_margin)?;
         dropped.announce("training pairs");
-        (t, preference_groups(&e, enc)?.0)
+        (t, preference_pairs(&e, enc, args.use_margin)?.0)
     } else {
         let (t, e) = read_split::<KwiseRecord>(&args.data, |r| prompt_key(&r.prompt))?;
         let (t, dropped) = kwise_groups(&t, enc)?;
         dropped.announce("training groups");
-        (t, kwise_groups(&e, enc)?.0)
+        (
+            ranked(&t, args.use_margin),
+            ranked(&kwise_groups(&e, enc)?.0, args.use_margin),
+        )
     };
-    let (train, eval) = (
-        ranked(&train, args.use_margin),
-        ranked(&eval, args.use_margin),
-    );
+    let with_margin = train.iter().filter(|e| e.margin.is_some()).count();
+    if args.use_margin && with_margin == 0 && !train.is_empty() {
+        bail!(
+            "--use-margin: no training pair has a `margin`, nor both `score_chosen` and \
+             `score_rejected`, to take one from"
+        );
+    }
+    if with_margin > 0 {
+        tracing::info!(
+            "rm: {with_margin} of {} training pairs have a margin (the loss is \
+             −log σ(r_chosen − r_rejected − margin))",
+            train.len()
+        );
+    }
     tracing::info!(
         "rm: {} with {} training examples of K = {}, {} held out",
         if train.first().is_some_and(|e| e.responses.len() > 2) {
@@ -274,7 +288,9 @@ pub fn run(args: &RmArgs, toml: &str) -> Result<()> {
                 .iter()
                 .map(|e| (e.prompt.clone(), e.responses[0].clone()))
                 .collect();
-            let cfg = args.config(args.train.total_steps(train.len()));
+            let mut cfg = args.config(args.train.total_steps(train.len()));
+            // TRL takes a file's `margin` column whenever it is there
+            cfg.use_margin |= train.iter().any(|e| e.margin.is_some());
             let (m, r) = train_reward_model(start.model, &train, &eval, &cfg, &run, &device)?;
             (m, RewardSettings::outcome(), r, chosen)
         }

@@ -576,6 +576,8 @@ fn dpo_raises_the_margin_and_rm_orders_its_pairs() {
         "apo_down",
         "discopop",
         "exo_pair",
+        "aot",
+        "aot_unpaired",
     ] {
         let (_, m, a) = train(&[loss]);
         assert!(
@@ -583,6 +585,18 @@ fn dpo_raises_the_margin_and_rm_orders_its_pairs() {
             "{loss}: eval margin {m}, accuracy {a}"
         );
     }
+    // f-DPO: DPO under the Jensen–Shannon divergence learns too; a loss on each response's own
+    // log-ratio has no f-divergence form and is refused before training
+    let (_, m, a) = train(&["sigmoid", "--f_divergence_type", "js_divergence"]);
+    assert!(
+        m > 0.1 && a >= 0.65,
+        "f-DPO (JS): eval margin {m}, accuracy {a}"
+    );
+    let (_, nca) = args(
+        "nca-forward",
+        &["nca_pair", "--f-divergence-type", "forward_kl"],
+    );
+    refused(&as_strs(&nca), "holds the policy to the reverse KL only");
 
     // several losses, TRL's way (RPO: DPO and the chosen responses' NLL, weighted); a config of one
     // loss reads and prints as before, of several as a list; weights of another count are refused
@@ -643,6 +657,77 @@ fn dpo_raises_the_margin_and_rm_orders_its_pairs() {
     let (_, scalar, extra, head) = rlhf_models::load_scalar_pretrained(&rm, &device).unwrap();
     assert!(head && extra["normalisation"]["bias"].is_number());
     assert!(scalar.score.bias.is_none());
+}
+
+/// A preference file with TRL's `margin` column trains the reward model on
+/// `−log σ(r_chosen − r_rejected − margin)` without a flag: with a margin of 4 the first step's
+/// loss (taken before any update, from the same seeded head) lies 2–4 above the plain pairs'.
+/// A file where only some pairs have a margin is refused at the first that differs, and
+/// `--use-margin` on pairs without scores or margins is refused.
+#[test]
+fn rm_reads_a_margin_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = head("preference.jsonl", 8, dir.path());
+    let lines: Vec<Value> = std::fs::read_to_string(&plain)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let write = |name: &str, margin: &dyn Fn(usize) -> Option<f64>| -> String {
+        let text: Vec<String> = lines
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let mut v = v.clone();
+                if let Some(m) = margin(i) {
+                    v["margin"] = json!(m);
+                }
+                v.to_string()
+            })
+            .collect();
+        let path = dir.path().join(name);
+        std::fs::write(&path, text.join("\n") + "\n").unwrap();
+        s(&path)
+    };
+    let with = write("margin.jsonl", &|_| Some(4.0));
+    let mixed = write("mixed.jsonl", &|i| (i == 0).then_some(4.0));
+    let run = |data: &str, name: &str, extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "rm",
+            "--model",
+            &fixture("tiny-qwen2-chat"),
+            "--data",
+            data,
+            "--out",
+            &s(&dir.path().join(name)),
+            "--per-device-train-batch-size",
+            "8",
+            "--max-length",
+            "256",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
+        a.extend(extra.iter().map(|x| x.to_string()));
+        a
+    };
+    let go = |a: Vec<String>| ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    go(run(&plain, "plain", &[]));
+    go(run(&with, "with", &[]));
+    let first = |name: &str| metric(&dir.path().join(name), "loss")[0];
+    let (p, w) = (first("plain"), first("with"));
+    assert!(
+        w - p > 2.0 && w - p < 4.0,
+        "first loss {w} with margin 4, {p} without"
+    );
+    let refuse = |a: Vec<String>, says: &str| {
+        refused(&a.iter().map(String::as_str).collect::<Vec<_>>(), says)
+    };
+    refuse(run(&mixed, "mixed", &[]), "mixed.jsonl:2: field `margin`");
+    refuse(
+        run(&plain, "flag", &["--use-margin"]),
+        "--use-margin: no training pair has a `margin`",
+    );
 }
 
 /// `rlhf kto` on TRL's unpaired layout (the sample's pairs as `{prompt, completion, label}`):
@@ -1526,6 +1611,7 @@ fn every_field_of_every_trainer_config_is_a_flag() {
                 ("loss_weight", &["--loss-weights", "2"]),
                 ("extra_losses", &["--loss", "sigmoid,sft"]),
                 ("beta", &["--beta", "0.5"]),
+                ("f_divergence", &["--f-divergence-type", "js_divergence"]),
                 ("disable_dropout", &["--disable-dropout", "false"]),
             ],
         ],

@@ -223,6 +223,7 @@ pub fn export_task(
             rejected: Turns::Text(rejected),
             score_chosen: None,
             score_rejected: None,
+            margin: None,
         });
         prompts.push(PromptRecord {
             prompt: Turns::Text(p),

@@ -76,6 +76,22 @@ fn ultrafeedback_binarized_conversations() {
     round_trip(&r);
 }
 
+/// TRL's reward-modelling `margin` column is read and written back.
+#[test]
+fn a_margin_column_is_kept() {
+    let r = PreferenceRecord {
+        prompt: Turns::from("q"),
+        chosen: Turns::from(" a"),
+        rejected: Turns::from(" b"),
+        score_chosen: None,
+        score_rejected: None,
+        margin: Some(2.5),
+    };
+    let obj = r.to_object(&FieldNames::default());
+    assert_eq!(obj["margin"], serde_json::json!(2.5));
+    round_trip(&[r]);
+}
+
 #[test]
 fn tldr_preference_and_conversational_preference() {
     let r: Vec<PreferenceRecord> = read("tldr_preference.jsonl");

@@ -175,6 +175,36 @@ fn kwise_and_steps_check_their_lengths() {
     );
 }
 
+/// TRL reads a `margin` column for the whole dataset: a file where some pairs have one and
+/// others do not is refused at the first record that differs from the first record, and a
+/// file where all or none have one reads.
+#[test]
+fn a_margin_on_some_pairs_only_is_refused_where_the_pattern_breaks() {
+    let with = r#"{"prompt": "p", "chosen": "c", "rejected": "r", "margin": 1.5}"#;
+    let without = r#"{"prompt": "p", "chosen": "c", "rejected": "r"}"#;
+    for (lines, expect) in [
+        ([with, with, without], "is missing"),
+        ([without, without, with], "is here"),
+    ] {
+        let (res, _d) = read_text::<PreferenceRecord>(lines.join("\n").as_bytes(), false);
+        let e = res.unwrap_err().to_string();
+        assert!(
+            e.contains("bad.jsonl:3: ") && e.contains("field `margin`") && e.contains(expect),
+            "{e}"
+        );
+    }
+    let (res, _d) =
+        read_text::<PreferenceRecord>([with, without, with].join("\n").as_bytes(), true);
+    let loaded = res.unwrap();
+    assert_eq!((loaded.report.kept, loaded.report.rejected), (2, 1));
+    assert!(loaded.records.iter().all(|r| r.margin == Some(1.5)));
+    let (res, _d) = read_text::<PreferenceRecord>([without, without].join("\n").as_bytes(), false);
+    assert!(res.unwrap().records.iter().all(|r| r.margin.is_none()));
+    let bad = r#"{"prompt": "p", "chosen": "c", "rejected": "r", "margin": "wide"}"#;
+    let (res, _d) = read_text::<PreferenceRecord>(bad.as_bytes(), false);
+    assert!(res.unwrap_err().to_string().contains("field `margin`"));
+}
+
 #[test]
 fn skip_bad_counts_and_keeps_the_first_errors() {
     let mut text = String::new();

@@ -13,7 +13,9 @@ use rlhf_core::Error;
 use rlhf_core::host::to_f32_vec;
 use rlhf_core::train::metrics::{names, read_metrics};
 use rlhf_core::train::{OptimizerConfig, RunOptions};
-use rlhf_dpo::{DpoConfig, Group, OfflineLoss, RefCache, sequence_logps, train_offline};
+use rlhf_dpo::{
+    DpoConfig, FDivergence, Group, OfflineLoss, RefCache, sequence_logps, train_offline,
+};
 use rlhf_models::{CausalLm, TransformerConfig};
 
 fn model(device: &burn::tensor::Device, seed: u64) -> CausalLm {
@@ -250,6 +252,8 @@ fn every_loss() -> Vec<OfflineLoss> {
         // a token mean per micro-batch, as TRL's: the one-batch step here, where every chosen
         // response has one length
         OfflineLoss::Sft,
+        // not the AOT losses: they match values by rank within a micro-batch, so micro-batches
+        // do not add up to the one-batch step (in TRL neither)
     ]
 }
 
@@ -329,12 +333,13 @@ proptest! {
     /// valid ranges most of the time, so that both branches are taken.
     #[test]
     fn every_configuration_that_validates_trains_a_finite_step(
-        kind in 0usize..17,
+        kind in 0usize..19,
         param in prop_oneof![Just(0.0f32), Just(0.5), Just(1.0), -1.0f32..2.0, 1e-12f32..1e-3],
         beta in prop_oneof![6 => 1e-6f32..5.0, 1 => Just(0.0f32), 1 => -1.0f32..0.0],
         lr in prop_oneof![9 => 1e-5f64..1e-2, 1 => -1e-3f64..=0.0],
         batch_size in prop_oneof![9 => 1usize..4, 1 => Just(0)],
         grad_accum in prop_oneof![9 => 1usize..3, 1 => Just(0)],
+        f_divergence in prop_oneof![3 => Just(FDivergence::ReverseKl), 1 => Just(FDivergence::ForwardKl), 1 => Just(FDivergence::JsDivergence), 1 => (-1.0f32..3.0).prop_map(|coef| FDivergence::AlphaDivergence { coef })],
     ) {
         let device = rlhf_core::device_from_env().unwrap().autodiff();
         let reference = model(&device, 1);
@@ -355,11 +360,14 @@ proptest! {
             13 => OfflineLoss::ApoDown,
             14 => OfflineLoss::Discopop { tau: param },
             15 => OfflineLoss::Sft,
+            16 => OfflineLoss::Aot { label_smoothing: param },
+            17 => OfflineLoss::AotUnpaired { label_smoothing: param },
             _ => OfflineLoss::Dpo { label_smoothing: 0.0 },
         };
         let cfg = DpoConfig {
             loss,
             beta,
+            f_divergence,
             batch_size,
             grad_accum,
             optimizer: OptimizerConfig { lr, ..OptimizerConfig::default() },
@@ -530,12 +538,9 @@ fn each_pair_loss_reads_its_log_probs_through_the_trainer() {
             }),
         ),
     ];
-    for (loss, formula) in cases {
-        let cfg = DpoConfig {
-            loss,
-            beta: beta as f32,
-            ..base()
-        };
+    // the trainer's held-out loss under `cfg` against the mean of `formula` over the pairs
+    let matches_formula = |cfg: DpoConfig, formula: &dyn Fn(f64, f64, f64, f64) -> f64| {
+        cfg.validate().unwrap();
         let got = rlhf_dpo::evaluate(&policy, &groups, &ref_rows, &cfg, &device)
             .unwrap()
             .loss;
@@ -546,8 +551,18 @@ fn each_pair_loss_reads_its_log_probs_through_the_trainer() {
             / pairs.len() as f64;
         assert!(
             (got - want).abs() < 1e-4 * (1.0 + want.abs()),
-            "{loss:?}: {got} against {want}"
+            "{:?} under {:?}: {got} against {want}",
+            cfg.loss,
+            cfg.f_divergence
         );
+    };
+    for (loss, formula) in cases {
+        let cfg = DpoConfig {
+            loss,
+            beta: beta as f32,
+            ..base()
+        };
+        matches_formula(cfg, &formula);
     }
     // sft over chosen responses of unequal lengths: the token mean, not the mean of averages
     let cfg = DpoConfig {
@@ -574,4 +589,112 @@ fn each_pair_loss_reads_its_log_probs_through_the_trainer() {
         (got - per_sequence).abs() > 1e-4,
         "the lengths should make the two means differ"
     );
+    // AOT matches the batch's values by rank: the policy's log-odds with the reference's
+    // (`aot`), the chosen log-ratios with the rejected ones (`aot_unpaired`)
+    let sorted = |v: Vec<f64>| {
+        let mut v = v;
+        v.sort_by(f64::total_cmp);
+        v
+    };
+    let matched = |x: Vec<f64>, y: Vec<f64>| {
+        sorted(x)
+            .iter()
+            .zip(sorted(y))
+            .map(|(a, b)| -ls(beta * (a - b)))
+            .sum::<f64>()
+            / pairs.len() as f64
+    };
+    let odds = |v: &[f64]| -> Vec<f64> { v.chunks(2).map(|p| p[0] - p[1]).collect() };
+    let (ratio_c, ratio_r): (Vec<f64>, Vec<f64>) = pairs.iter().map(|p| (p.0, p.1)).unzip();
+    for (loss, want) in [
+        (
+            OfflineLoss::Aot {
+                label_smoothing: 0.0,
+            },
+            matched(odds(&pol), odds(&rf)),
+        ),
+        (
+            OfflineLoss::AotUnpaired {
+                label_smoothing: 0.0,
+            },
+            matched(ratio_c, ratio_r),
+        ),
+    ] {
+        let cfg = DpoConfig {
+            loss,
+            beta: beta as f32,
+            batch_size: groups.len(),
+            ..base()
+        };
+        let got = rlhf_dpo::evaluate(&policy, &groups, &ref_rows, &cfg, &device)
+            .unwrap()
+            .loss;
+        assert!(
+            (got - want).abs() < 1e-4 * (1.0 + want.abs()),
+            "{loss:?}: {got} against {want}"
+        );
+    }
+    // f-DPO: the losses on the difference of implicit rewards read f'(π/π_ref) of each summed
+    // log-ratio, which IPO and sigmoid_norm then average over the response's tokens
+    let alpha = 0.5f64;
+    type Score = Box<dyn Fn(f64) -> f64>;
+    let divergences: Vec<(FDivergence, Score)> = vec![
+        (FDivergence::ForwardKl, Box::new(|l| 1.0 - (-l).exp())),
+        (
+            FDivergence::JsDivergence,
+            Box::new(|l| (2.0 * l.exp() / (1.0 + l.exp())).ln()),
+        ),
+        (
+            FDivergence::AlphaDivergence { coef: alpha as f32 },
+            Box::new(move |l| ((alpha - 1.0) * l).exp_m1() / (alpha - 1.0)),
+        ),
+    ];
+    type Under<'a> = Box<dyn Fn(f64, f64, f64, f64) -> f64 + 'a>;
+    for (f_divergence, f) in &divergences {
+        let cases: Vec<(OfflineLoss, Under)> = vec![
+            (
+                OfflineLoss::Dpo {
+                    label_smoothing: 0.0,
+                },
+                Box::new(move |c, r, _, _| -ls(beta * (f(c) - f(r)))),
+            ),
+            (
+                OfflineLoss::Ipo,
+                Box::new(move |c, r, nc, nr| (f(c) / nc - f(r) / nr - 1.0 / (2.0 * beta)).powi(2)),
+            ),
+            (
+                OfflineLoss::Hinge,
+                Box::new(move |c, r, _, _| (1.0 - beta * (f(c) - f(r))).max(0.0)),
+            ),
+        ];
+        for (loss, formula) in cases {
+            let cfg = DpoConfig {
+                loss,
+                beta: beta as f32,
+                f_divergence: *f_divergence,
+                ..base()
+            };
+            matches_formula(cfg, &formula);
+        }
+    }
+    // the losses on each response's own log-ratio have no f-divergence form (TRL refuses them)
+    for loss in [
+        OfflineLoss::NcaPair,
+        OfflineLoss::Aot {
+            label_smoothing: 0.0,
+        },
+    ] {
+        let cfg = DpoConfig {
+            loss,
+            f_divergence: FDivergence::JsDivergence,
+            ..base()
+        };
+        assert!(cfg.validate().is_err(), "{loss:?}");
+    }
+    let cfg = DpoConfig {
+        loss: OfflineLoss::NcaPair,
+        f_divergence: FDivergence::AlphaDivergence { coef: 1.0 },
+        ..base()
+    };
+    cfg.validate().unwrap();
 }
