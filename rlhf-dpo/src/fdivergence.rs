@@ -8,8 +8,10 @@
 use burn::tensor::{Tensor, activation};
 use serde::{Deserialize, Serialize};
 
-/// The exponent at which `e^x` is cut, as TRL cuts the α-divergence's in `float32`: `e^80`
-/// is finite in `f32`, so no extreme log-ratio makes a score infinite.
+/// The exponent at which `e^x` is cut, as TRL cuts the α-divergence's in `float32` (`e^80` is
+/// finite in `f32`): the forward KL's scores stay finite for any log-ratio, and so do the
+/// α-divergence's unless α lies within about 2e−4 of 1 (within 1e−6 the reverse KL's `ℓ` is
+/// used). Below the cut the score is flat: a forward-KL log-ratio under −80 gets no gradient.
 const MAX_EXPONENT: f32 = 80.0;
 
 /// The divergence from the reference that the policy is held to.
@@ -32,8 +34,8 @@ pub enum FDivergence {
 }
 
 impl FDivergence {
-    /// `f'(u)` of each log-ratio `ℓ = log u`, any shape. The exponentials' arguments are cut at
-    /// 80, so extreme log-ratios give large finite scores.
+    /// `f'(u)` of each log-ratio `ℓ = log u`, any shape, the exponentials' arguments cut at 80
+    /// ([`MAX_EXPONENT`]).
     pub fn scores<const D: usize>(&self, logratio: Tensor<D>) -> Tensor<D> {
         match *self {
             FDivergence::ReverseKl => logratio,
@@ -56,7 +58,7 @@ impl FDivergence {
         }
     }
 
-    /// Whether this is DPO's reverse KL (every loss reads its log-ratios as they are).
+    /// Whether the scores are the log-ratios themselves: the reverse KL, or α within 1e−6 of 1.
     pub fn is_reverse_kl(&self) -> bool {
         match *self {
             FDivergence::ReverseKl => true,

@@ -475,9 +475,14 @@ mod tests {
                     prop_assert!((dy[i] - fy).abs() < 2e-3 * (1.0 + fy.abs()), "d/dℓ_r {} vs {}", dy[i], fy);
                 }
             }
-            let far = [-1e4, 1e4, 0.0];
-            let extreme = host(aot_loss(t1(&far), t1(&[1e4, -1e4, 0.0]), b, e));
-            prop_assert!(extreme.iter().all(|v| v.is_finite()), "{:?}", extreme);
+            // matched differences of ±2e4 stay finite
+            let (low, high) = ([1e4, -1e4, 0.0], [3e4, 1e4, 2e4]);
+            for (x, y) in [(low, high), (high, low)] {
+                for loss in [aot_loss(t1(&x), t1(&y), b, e), aot_unpaired_loss(t1(&x), t1(&y), b, e)] {
+                    let extreme = host(loss);
+                    prop_assert!(extreme.iter().all(|v| v.is_finite()), "{:?}", extreme);
+                }
+            }
         }
 
         #[test]

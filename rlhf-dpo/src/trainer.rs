@@ -256,7 +256,9 @@ impl DpoConfig {
         {
             return bad(format!("the α-divergence's α must be finite, got {coef}"));
         }
-        if !self.f_divergence.is_reverse_kl()
+        // by the variant, as TRL checks the name: α = 1 computes the reverse KL's log-ratios but is
+        // refused on the same losses as any other α
+        if self.f_divergence != FDivergence::ReverseKl
             && let Some((loss, _)) = self.losses().find(|(l, _)| !l.takes_an_f_divergence())
         {
             return bad(format!(

@@ -62,8 +62,9 @@ pub struct RmArgs {
     /// --center_rewards_coefficient].
     #[arg(long, default_value_t = 0.0)]
     pub center_rewards_coefficient: f32,
-    /// Pairs: take `score_chosen − score_rejected` as each pair's margin. A file with a `margin`
-    /// field (TRL's column) uses it without this flag.
+    /// Pairs: take `score_chosen − score_rejected` as each pair's margin (K-wise records of two:
+    /// the difference of their rewards). A file with a `margin` field (TRL's column) uses it
+    /// without this flag, and the field wins over the scores.
     #[arg(long)]
     pub use_margin: bool,
     /// Centre the served scores on the chosen responses of the training pairs, or on the
@@ -160,8 +161,8 @@ fn ranked_examples(
     let with_margin = train.iter().filter(|e| e.margin.is_some()).count();
     if args.use_margin && with_margin == 0 && !train.is_empty() {
         bail!(
-            "--use-margin: no training pair has a `margin`, nor both `score_chosen` and \
-             `score_rejected`, to take one from"
+            "--use-margin: no training example has a margin to take (a `margin` field, both \
+             `score_chosen` and `score_rejected`, or a K-wise record of two with its rewards)"
         );
     }
     if with_margin > 0 {
@@ -289,8 +290,8 @@ pub fn run(args: &RmArgs, toml: &str) -> Result<()> {
                 .map(|e| (e.prompt.clone(), e.responses[0].clone()))
                 .collect();
             let mut cfg = args.config(args.train.total_steps(train.len()));
-            // TRL takes a file's `margin` column whenever it is there
-            cfg.use_margin |= train.iter().any(|e| e.margin.is_some());
+            // TRL takes a file's `margin` column whenever it is there (the held-out file's too)
+            cfg.use_margin |= train.iter().chain(&eval).any(|e| e.margin.is_some());
             let (m, r) = train_reward_model(start.model, &train, &eval, &cfg, &run, &device)?;
             (m, RewardSettings::outcome(), r, chosen)
         }

@@ -726,7 +726,7 @@ fn rm_reads_a_margin_column() {
     refuse(run(&mixed, "mixed", &[]), "mixed.jsonl:2: field `margin`");
     refuse(
         run(&plain, "flag", &["--use-margin"]),
-        "--use-margin: no training pair has a `margin`",
+        "--use-margin: no training example has a margin",
     );
 }
 
