@@ -3,7 +3,8 @@
 //!
 //! The key covers the inputs that change a reference log-prob and that the trainer sees: the
 //! reference's weights, the token ids of the data (so the chat template and the tokenizer, which
-//! made them), and how the log-probs are read ([`LogpSpec`]: the truncation and the temperature).
+//! made them), and how the log-probs are read ([`LogpSpec`]: the truncation, the temperature and
+//! LD-DPO's α).
 //! A change to any of them gives a new key, so a stale cache is not read. The architecture's
 //! settings that no weight carries (a rotary base, a norm's ε) are not in a [`CausalLm`]'s
 //! parameters: a caller that changes them keeps another directory (`rlhf dpo` and `rlhf kto` name
@@ -56,6 +57,10 @@ pub struct LogpSpec {
     pub truncation: Option<(usize, usize)>,
     /// The temperature the logits are divided by.
     pub temperature: f32,
+    /// LD-DPO's weight of the tokens beyond a group's shortest response (absent from the key
+    /// when `None`, so the caches written before it stay valid).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ld_alpha: Option<f32>,
 }
 
 #[derive(Serialize, Deserialize)]

@@ -230,6 +230,7 @@ impl KtoConfig {
         LogpSpec {
             truncation: self.truncation,
             temperature: SEQUENCE_TEMPERATURE,
+            ld_alpha: None,
         }
     }
 
@@ -337,7 +338,7 @@ fn prepare<'a>(
             reference,
             &groups,
             cfg.batch_size,
-            cfg.truncation,
+            &cfg.logp_spec(),
             device,
             batches_run,
         )

@@ -50,9 +50,11 @@ use rlhf_models::{CausalLm, SamplingConfig, generate};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::cache::LogpSpec;
 use crate::online::best_and_worst;
 use crate::trainer::{
-    DpoConfig, Group, OfflineLoss, batch_loss, reference_logps, sequence_logps, to_2d,
+    DpoConfig, Group, OfflineLoss, SEQUENCE_TEMPERATURE, batch_loss, reference_logps,
+    sequence_logps, to_2d,
 };
 
 /// Online DPO settings (TRL's `OnlineDPOConfig` where it has the same field).
@@ -672,6 +674,14 @@ fn summed_for_ipo<const D: usize>(loss: OfflineLoss, lengths: Tensor<D>) -> Tens
     }
 }
 
+/// How online DPO reads sequence log-probs: whole responses, from the untempered distribution,
+/// every token counted once.
+const WHOLE: LogpSpec = LogpSpec {
+    truncation: None,
+    temperature: SEQUENCE_TEMPERATURE,
+    ld_alpha: None,
+};
+
 /// Step 5 of round `round`: `epochs` passes over `groups` (the round's pairs, at least one), each
 /// in `minibatches` shuffled minibatches (order drawn from `rng`), one AdamW step on each with
 /// the pair loss after clipping the gradient norm; the `reference`'s log-probs are computed once,
@@ -699,7 +709,7 @@ fn update_on_pairs(
     let done = round + 1;
     let mut batches = 0;
     let per_mb = groups.len().div_ceil(cfg.minibatches);
-    let refs = reference_logps(reference, groups, per_mb, None, &inference, &mut batches)?;
+    let refs = reference_logps(reference, groups, per_mb, &WHOLE, &inference, &mut batches)?;
     let mut means = Means::default();
     let mut step = 0u64;
     for _ in 0..cfg.epochs {

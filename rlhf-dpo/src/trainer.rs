@@ -198,6 +198,10 @@ pub struct DpoConfig {
     pub eval_every: u64,
     /// Longest prompt / response kept.
     pub truncation: Option<(usize, usize)>,
+    /// LD-DPO's α (TRL's `ld_alpha`): a response's tokens beyond its group's shortest response
+    /// count `α` each in its sequence log-prob, the policy's and the reference's ([`None`]: all
+    /// count 1).
+    pub ld_alpha: Option<f32>,
     /// Seed of the batch order.
     pub seed: u64,
     /// Dropout off in the policy (TRL's `disable_dropout`): the reference's log-probs are
@@ -225,6 +229,7 @@ impl Default for DpoConfig {
             schedule: LrSchedule::Constant,
             eval_every: 0,
             truncation: None,
+            ld_alpha: None,
             seed: 0,
             disable_dropout: true,
         }
@@ -268,6 +273,11 @@ impl DpoConfig {
                 self.f_divergence
             ));
         }
+        if let Some(alpha) = self.ld_alpha
+            && !(0.0..=1.0).contains(&alpha)
+        {
+            return bad(format!("ld_alpha must be in [0, 1], got {alpha}"));
+        }
         if !self.extra_losses.is_empty() && self.losses().any(|(l, _)| l.needs_rewards()) {
             return bad(
                 "exo_rw and dpo_rw read K-wise rewards and do not mix with other losses".into(),
@@ -294,6 +304,7 @@ impl DpoConfig {
         LogpSpec {
             truncation: self.truncation,
             temperature: SEQUENCE_TEMPERATURE,
+            ld_alpha: self.ld_alpha,
         }
     }
 }
@@ -336,6 +347,20 @@ pub fn sequence_logps(
     truncation: Option<(usize, usize)>,
     device: &Device,
 ) -> Result<(Tensor<1>, Tensor<1>)> {
+    sequence_logps_ld(model, groups, truncation, None, device)
+}
+
+/// [`sequence_logps`], with LD-DPO's weighting when `ld_alpha` is given (Liu et al. 2024,
+/// "Length Desensitization in Direct Preference Optimization"; TRL's `ld_alpha`): the tokens a
+/// response has beyond the shortest response of its group (beyond the shared length) count `α`
+/// each, the others 1. The token counts stay the responses' whole lengths.
+pub fn sequence_logps_ld(
+    model: &CausalLm,
+    groups: &[&Group],
+    truncation: Option<(usize, usize)>,
+    ld_alpha: Option<f32>,
+    device: &Device,
+) -> Result<(Tensor<1>, Tensor<1>)> {
     let pairs: Vec<(&[u32], &[u32])> = groups
         .iter()
         .flat_map(|g| {
@@ -344,7 +369,33 @@ pub fn sequence_logps(
                 .map(|r| (g.prompt.as_slice(), r.as_slice()))
         })
         .collect();
-    pair_logps(model, &pairs, truncation, device)
+    let t = token_logps(model, &pairs, truncation, device)?;
+    let [n, width] = t.mask.dims();
+    let lengths = t.mask.clone().sum_dim(1);
+    let logp = zero_masked(t.logp, t.mask.clone());
+    let sums = match ld_alpha {
+        None => logp.sum_dim(1),
+        Some(alpha) => {
+            // a response token's place among its response's tokens, from 1, against the shortest
+            // response of its group
+            let k = n / groups.len().max(1);
+            let shared = lengths
+                .clone()
+                .reshape([groups.len(), k])
+                .min_dim(1)
+                .expand([groups.len(), k])
+                .reshape([n, 1])
+                .expand([n, width]);
+            let place = t.mask.clone().cumsum(1);
+            let in_shared = place.lower_equal(shared).float();
+            let weights = in_shared
+                .mul_scalar(1.0 - alpha)
+                .add_scalar(alpha)
+                .mul(t.mask);
+            logp.mul(weights).sum_dim(1)
+        }
+    };
+    Ok((sums.reshape([n]), lengths.reshape([n])))
 }
 
 /// Sequence log-probs `logπ(y|x)` of `(prompt, response)` token pairs, summed over response
@@ -356,26 +407,37 @@ pub fn pair_logps(
     truncation: Option<(usize, usize)>,
     device: &Device,
 ) -> Result<(Tensor<1>, Tensor<1>)> {
-    let t = truncation.map(|(p, r)| Truncation {
-        max_prompt: p,
-        max_response: r,
-    });
-    let batch = LmBatch::from_sequences(&collate(pairs, 0, t));
-    let n = batch.batch;
-    let t = target_logprobs(model, &batch, SEQUENCE_TEMPERATURE, device)?;
+    let t = token_logps(model, pairs, truncation, device)?;
+    let n = pairs.len();
     Ok((
         zero_masked(t.logp, t.mask.clone()).sum_dim(1).reshape([n]),
         t.mask.sum_dim(1).reshape([n]),
     ))
 }
 
+/// The response tokens' log-probs of `(prompt, response)` token pairs and their mask, each
+/// `[pairs, width]`, the batch padded as [`pair_logps`] pads it.
+fn token_logps(
+    model: &CausalLm,
+    pairs: &[(&[u32], &[u32])],
+    truncation: Option<(usize, usize)>,
+    device: &Device,
+) -> Result<rlhf_models::TargetLogprobs> {
+    let t = truncation.map(|(p, r)| Truncation {
+        max_prompt: p,
+        max_response: r,
+    });
+    let batch = LmBatch::from_sequences(&collate(pairs, 0, t));
+    target_logprobs(model, &batch, SEQUENCE_TEMPERATURE, device)
+}
+
 /// The reference's sequence log-probs of every group (no gradients), `batch_size` groups at a
-/// time; counts batches.
+/// time, read as `spec` says; counts batches.
 pub(crate) fn reference_logps(
     reference: &CausalLm,
     groups: &[Group],
     batch_size: usize,
-    truncation: Option<(usize, usize)>,
+    spec: &LogpSpec,
     device: &Device,
     batches: &mut u64,
 ) -> Result<Vec<Vec<f32>>> {
@@ -384,7 +446,8 @@ pub(crate) fn reference_logps(
     let mut out = Vec::with_capacity(groups.len());
     for chunk in groups.chunks(batch_size.max(1)) {
         let refs: Vec<&Group> = chunk.iter().collect();
-        let flat = to_f32_vec(sequence_logps(&reference, &refs, truncation, &device)?.0);
+        let (t, ld) = (spec.truncation, spec.ld_alpha);
+        let flat = to_f32_vec(sequence_logps_ld(&reference, &refs, t, ld, &device)?.0);
         *batches += 1;
         let mut at = 0;
         for g in chunk {
@@ -537,7 +600,7 @@ fn loss_of_groups(
     device: &Device,
 ) -> Result<(Tensor<1>, Metrics)> {
     let (b, k) = (groups.len(), groups[0].responses.len());
-    let (logps, lengths) = sequence_logps(policy, groups, cfg.truncation, device)?;
+    let (logps, lengths) = sequence_logps_ld(policy, groups, cfg.truncation, cfg.ld_alpha, device)?;
     let rows: Vec<Vec<f32>> = ref_logps.iter().map(|r| (*r).clone()).collect();
     let rewards = cfg.loss.needs_rewards().then(|| {
         let r: Vec<Vec<f32>> = groups
@@ -638,7 +701,7 @@ pub fn cached_reference_logps(
             reference,
             groups,
             cfg.batch_size,
-            cfg.truncation,
+            &cfg.logp_spec(),
             device,
             batches,
         )

@@ -153,6 +153,11 @@ pub struct DpoArgs {
     /// α of `--f-divergence-type alpha_divergence` [TRL: --f_alpha_divergence_coef].
     #[arg(long, default_value_t = 0.5)]
     pub f_alpha_divergence_coef: f32,
+    /// LD-DPO: the weight in [0, 1] of each token a response has beyond the shorter response of
+    /// its pair, in the policy's and the reference's sequence log-probs (unset: 1) [TRL:
+    /// --ld_alpha].
+    #[arg(long, value_name = "ALPHA")]
+    pub ld_alpha: Option<f32>,
     /// Dropout off in the policy; the reference's log-probs are read without it [TRL:
     /// --disable_dropout].
     #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
@@ -315,6 +320,7 @@ impl DpoArgs {
             schedule: self.train.schedule(total_steps),
             eval_every: self.train.eval_steps,
             truncation: None,
+            ld_alpha: self.ld_alpha,
             seed: self.train.seed,
             disable_dropout: self.disable_dropout,
         }

@@ -597,6 +597,14 @@ fn dpo_raises_the_margin_and_rm_orders_its_pairs() {
         &["nca_pair", "--f-divergence-type", "forward_kl"],
     );
     refused(&as_strs(&nca), "holds the policy to the reverse KL only");
+    // LD-DPO: the tokens past the shorter response at half weight
+    let (_, m, a) = train(&["sigmoid", "--ld_alpha", "0.5"]);
+    assert!(
+        m > 0.1 && a >= 0.65,
+        "LD-DPO: eval margin {m}, accuracy {a}"
+    );
+    let (_, ld) = args("ld-bad", &["sigmoid", "--ld-alpha", "1.5"]);
+    refused(&as_strs(&ld), "ld_alpha must be in [0, 1]");
 
     // several losses, TRL's way (RPO: DPO and the chosen responses' NLL, weighted); a config of one
     // loss reads and prints as before, of several as a list; weights of another count are refused
@@ -1612,6 +1620,7 @@ fn every_field_of_every_trainer_config_is_a_flag() {
                 ("extra_losses", &["--loss", "sigmoid,sft"]),
                 ("beta", &["--beta", "0.5"]),
                 ("f_divergence", &["--f-divergence-type", "js_divergence"]),
+                ("ld_alpha", &["--ld-alpha", "0.5"]),
                 ("disable_dropout", &["--disable-dropout", "false"]),
             ],
         ],

@@ -57,7 +57,13 @@ fn keys_follow_weights_and_data() {
     let spec = LogpSpec {
         truncation: None,
         temperature: 1.0,
+        ld_alpha: None,
     };
+    // without LD-DPO the key's bytes are those of the caches written before it had a field
+    assert_eq!(
+        serde_json::to_string(&spec).unwrap(),
+        r#"{"truncation":null,"temperature":1.0}"#
+    );
     let (first, computed) = cache
         .get_or_compute(&a, &groups(0), &spec, fake(1.0))
         .unwrap();
@@ -86,6 +92,13 @@ fn keys_follow_weights_and_data() {
             "temperature",
             LogpSpec {
                 temperature: 0.7,
+                ..spec
+            },
+        ),
+        (
+            "ld_alpha",
+            LogpSpec {
+                ld_alpha: Some(0.5),
                 ..spec
             },
         ),

@@ -14,7 +14,8 @@ use rlhf_core::host::to_f32_vec;
 use rlhf_core::train::metrics::{names, read_metrics};
 use rlhf_core::train::{OptimizerConfig, RunOptions};
 use rlhf_dpo::{
-    DpoConfig, FDivergence, Group, OfflineLoss, RefCache, sequence_logps, train_offline,
+    DpoConfig, FDivergence, Group, OfflineLoss, RefCache, sequence_logps, sequence_logps_ld,
+    train_offline,
 };
 use rlhf_models::{CausalLm, TransformerConfig};
 
@@ -461,18 +462,7 @@ fn a_mix_of_losses_is_their_weighted_sum() {
 fn each_pair_loss_reads_its_log_probs_through_the_trainer() {
     let device = rlhf_core::device_from_env().unwrap();
     let (policy, reference) = (model(&device, 2), model(&device, 1));
-    let groups: Vec<Group> = (0..6u32)
-        .map(|i| Group {
-            prompt: vec![i % 7 + 1, 3],
-            responses: vec![
-                (0..(2 + i % 4)).map(|t| (i + t) % 9 + 2).collect(),
-                (0..(1 + (i + 2) % 5))
-                    .map(|t| (i + 2 * t) % 9 + 12)
-                    .collect(),
-            ],
-            rewards: None,
-        })
-        .collect();
+    let groups = uneven_pairs();
     let refs: Vec<&Group> = groups.iter().collect();
     let host = |m: &CausalLm| {
         let (l, n) = sequence_logps(m, &refs, None, &device).unwrap();
@@ -715,4 +705,123 @@ fn each_pair_loss_reads_its_log_probs_through_the_trainer() {
         ..base()
     };
     assert!(cfg.validate().is_err());
+}
+
+/// Pairs whose longer response is sometimes the chosen one and sometimes the rejected one.
+fn uneven_pairs() -> Vec<Group> {
+    (0..6u32)
+        .map(|i| Group {
+            prompt: vec![i % 7 + 1, 3],
+            responses: vec![
+                (0..(2 + i % 4)).map(|t| (i + t) % 9 + 2).collect(),
+                (0..(1 + (i + 2) % 5))
+                    .map(|t| (i + 2 * t) % 9 + 12)
+                    .collect(),
+            ],
+            rewards: None,
+        })
+        .collect()
+}
+
+/// The pairs with each response cut to the pair's shorter length.
+fn cut_to_shared(groups: &[Group]) -> Vec<Group> {
+    groups
+        .iter()
+        .map(|g| {
+            let shared = g.responses.iter().map(Vec::len).min().unwrap();
+            Group {
+                responses: g.responses.iter().map(|r| r[..shared].to_vec()).collect(),
+                ..g.clone()
+            }
+        })
+        .collect()
+}
+
+/// LD-DPO's sequence log-prob (TRL's `ld_alpha`): the shared part plus α times the rest. At
+/// α = 1 it is the whole sum, at α = 0 the sum over the responses cut to the shared length, and
+/// in between linear in α; the token counts stay whole. At α = 0, a DPO step equals the step on
+/// the cut responses, the reference read the same way through the cache's key.
+#[test]
+fn ld_dpo_weighs_the_tokens_past_the_shared_length() {
+    let device = rlhf_core::device_from_env().unwrap();
+    let policy = model(&device, 2);
+    let groups = uneven_pairs();
+    let refs: Vec<&Group> = groups.iter().collect();
+    let cut = cut_to_shared(&groups);
+    let cut_refs: Vec<&Group> = cut.iter().collect();
+    let host =
+        |(s, n): (burn::tensor::Tensor<1>, burn::tensor::Tensor<1>)| (to_f32_vec(s), to_f32_vec(n));
+    let ld = |alpha| host(sequence_logps_ld(&policy, &refs, None, Some(alpha), &device).unwrap());
+    let (whole, lengths) = host(sequence_logps(&policy, &refs, None, &device).unwrap());
+    let (shared, _) = host(sequence_logps(&policy, &cut_refs, None, &device).unwrap());
+    let close = |a: &[f32], b: &[f32], what: &str| {
+        for (x, y) in a.iter().zip(b) {
+            assert!(
+                (x - y).abs() <= 1e-5 * (1.0 + y.abs()),
+                "{what}: {a:?} against {b:?}"
+            );
+        }
+    };
+    let (one, n) = ld(1.0);
+    close(&one, &whole, "α = 1");
+    assert_eq!(n, lengths);
+    close(&ld(0.0).0, &shared, "α = 0");
+    assert!(whole.iter().zip(&shared).any(|(w, s)| (w - s).abs() > 1e-2));
+    for alpha in [0.25f32, 0.6] {
+        let want: Vec<f32> = shared
+            .iter()
+            .zip(&whole)
+            .map(|(s, w)| s + alpha * (w - s))
+            .collect();
+        close(&ld(alpha).0, &want, "linear in α");
+    }
+
+    // one DPO step at α = 0 against the step on the cut responses
+    let ad = device.clone().autodiff();
+    let reference = model(&ad, 1);
+    let step = |data: &[Group], ld_alpha| {
+        let cfg = DpoConfig {
+            ld_alpha,
+            batch_size: data.len(),
+            ..base()
+        };
+        cfg.validate().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cache = RefCache::new(Some(dir.path()));
+        let (m, _) = train_offline(
+            model(&ad, 2),
+            &reference,
+            data,
+            &[],
+            &cfg,
+            &cache,
+            &RunOptions::quiet_in(dir.path()),
+            &ad,
+        )
+        .unwrap();
+        (probe(&m), first_line(dir.path(), names::TRAIN_LOSS))
+    };
+    let ((ld_w, ld_loss), (cut_w, cut_loss)) = (step(&groups, Some(0.0)), step(&cut, None));
+    assert!(
+        (ld_loss - cut_loss).abs() < 1e-5,
+        "loss {ld_loss} against {cut_loss}"
+    );
+    let diff = ld_w
+        .iter()
+        .zip(&cut_w)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(diff < 1e-4, "logits after the step differ by {diff}");
+    let (_, whole_loss) = step(&groups, None);
+    assert!(
+        (whole_loss - cut_loss).abs() > 1e-4,
+        "the tails should change the loss"
+    );
+    for bad in [-0.1, 1.5, f32::NAN] {
+        let cfg = DpoConfig {
+            ld_alpha: Some(bad),
+            ..base()
+        };
+        assert!(cfg.validate().is_err(), "{bad}");
+    }
 }
