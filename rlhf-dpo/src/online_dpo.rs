@@ -674,6 +674,23 @@ fn summed_for_ipo<const D: usize>(loss: OfflineLoss, lengths: Tensor<D>) -> Tens
     }
 }
 
+/// The sequence KL to the reference and the entropy estimate of a minibatch's responses, from
+/// their sequence log-probs under the policy before the step and under the reference.
+fn kl_and_entropy(logps: Tensor<1>, ref_rows: &[Vec<f32>]) -> Metrics {
+    let lp = to_f32_vec(logps);
+    let lr_ref: Vec<f32> = ref_rows.concat();
+    vec![
+        (
+            names::OBJECTIVE_KL,
+            mean(lp.iter().zip(&lr_ref).map(|(a, r)| f64::from(a - r))),
+        ),
+        (
+            names::OBJECTIVE_ENTROPY,
+            mean(lp.iter().map(|a| -f64::from(*a))),
+        ),
+    ]
+}
+
 /// How online DPO reads sequence log-probs: whole responses, from the untempered distribution,
 /// every token counted once.
 const WHOLE: LogpSpec = LogpSpec {
@@ -728,23 +745,17 @@ fn update_on_pairs(
                     .collect();
                 to_2d(&r, device)
             });
+            let sums = logps.clone().reshape([b, 2]);
             let (loss, mut metrics) = batch_loss(
                 &pair_cfg,
-                logps.clone().reshape([b, 2]),
+                sums.clone(),
+                sums,
                 summed_for_ipo(pair_cfg.loss, lengths).reshape([b, 2]),
                 to_2d(&ref_rows, device),
                 rewards,
             );
             let loss_value = f64::from(loss.clone().into_scalar::<f32>());
-            // the sequence KL and entropy of the pairs' responses, before this step
-            let lp = to_f32_vec(logps);
-            let lr_ref: Vec<f32> = ref_rows.concat();
-            let kl = mean(lp.iter().zip(&lr_ref).map(|(a, r)| f64::from(a - r)));
-            metrics.push((names::OBJECTIVE_KL, kl));
-            metrics.push((
-                names::OBJECTIVE_ENTROPY,
-                mean(lp.iter().map(|a| -f64::from(*a))),
-            ));
+            metrics.extend(kl_and_entropy(logps, &ref_rows));
             let grads = GradientsParams::from_grads(loss.backward(), &policy);
             let (grads, norm) = clip_if_set(&policy, grads, cfg.optimizer.max_grad_norm);
             let finite = loss_value.is_finite() && norm.is_finite();

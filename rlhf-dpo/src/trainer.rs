@@ -361,6 +361,25 @@ pub fn sequence_logps_ld(
     ld_alpha: Option<f32>,
     device: &Device,
 ) -> Result<(Tensor<1>, Tensor<1>)> {
+    let s = ld_sums(model, groups, truncation, ld_alpha, device)?;
+    Ok((s.weighted, s.lengths))
+}
+
+/// A batch's sequence log-probs, each `[Σ K]`: LD-DPO's weighted sums, the plain sums (the same
+/// tensor without `ld_alpha`) and the token counts.
+struct LdSums {
+    weighted: Tensor<1>,
+    plain: Tensor<1>,
+    lengths: Tensor<1>,
+}
+
+fn ld_sums(
+    model: &CausalLm,
+    groups: &[&Group],
+    truncation: Option<(usize, usize)>,
+    ld_alpha: Option<f32>,
+    device: &Device,
+) -> Result<LdSums> {
     let pairs: Vec<(&[u32], &[u32])> = groups
         .iter()
         .flat_map(|g| {
@@ -373,8 +392,9 @@ pub fn sequence_logps_ld(
     let [n, width] = t.mask.dims();
     let lengths = t.mask.clone().sum_dim(1);
     let logp = zero_masked(t.logp, t.mask.clone());
-    let sums = match ld_alpha {
-        None => logp.sum_dim(1),
+    let plain = logp.clone().sum_dim(1).reshape([n]);
+    let weighted = match ld_alpha {
+        None => plain.clone(),
         Some(alpha) => {
             // a response token's place among its response's tokens, from 1, against the shortest
             // response of its group
@@ -392,10 +412,14 @@ pub fn sequence_logps_ld(
                 .mul_scalar(1.0 - alpha)
                 .add_scalar(alpha)
                 .mul(t.mask);
-            logp.mul(weights).sum_dim(1)
+            logp.mul(weights).sum_dim(1).reshape([n])
         }
     };
-    Ok((sums.reshape([n]), lengths.reshape([n])))
+    Ok(LdSums {
+        weighted,
+        plain,
+        lengths: lengths.reshape([n]),
+    })
 }
 
 /// Sequence log-probs `logπ(y|x)` of `(prompt, response)` token pairs, summed over response
@@ -458,19 +482,22 @@ pub(crate) fn reference_logps(
     Ok(out)
 }
 
-/// The loss `[1]` of a batch and its pair metrics, from policy log-probs, token counts and
-/// reference log-probs, each `[B, K]` (sums over response tokens): `cfg.loss` and each of
+/// The loss `[1]` of a batch and its pair metrics, from policy log-probs (LD-DPO's weighted sums
+/// and the plain sums, the same without `ld_alpha`), token counts and reference log-probs, each
+/// `[B, K]` (sums over response tokens): `cfg.loss` and each of
 /// `cfg.extra_losses` ([`one_loss`]), their batch means weighted and summed. The implicit rewards
 /// `β·(logπ − logπ_ref)` that are logged are `cfg.loss`'s, of the log-probs it reads.
 pub(crate) fn batch_loss(
     cfg: &DpoConfig,
     policy: Tensor<2>,
+    plain: Tensor<2>,
     lengths: Tensor<2>,
     reference: Tensor<2>,
     rewards: Option<Tensor<2>>,
 ) -> (Tensor<1>, Metrics) {
     let sums = Sums {
         policy,
+        plain,
         lengths,
         reference,
         rewards,
@@ -494,10 +521,13 @@ pub(crate) fn batch_loss(
     (total, metrics)
 }
 
-/// A batch's sequence log-probs: the policy's and the reference's sums over response tokens, the
-/// token counts, each `[B, K]`, and the rewards of the K-wise losses.
+/// A batch's sequence log-probs: the policy's and the reference's sums over response tokens
+/// (LD-DPO's weighted sums when `ld_alpha` is set), the policy's plain sums (which `sft` and
+/// SimPO read, as TRL's `sft` ignores `ld_alpha`), the token counts, each `[B, K]`, and the
+/// rewards of the K-wise losses.
 struct Sums {
     policy: Tensor<2>,
+    plain: Tensor<2>,
     lengths: Tensor<2>,
     reference: Tensor<2>,
     rewards: Option<Tensor<2>>,
@@ -515,7 +545,11 @@ fn one_loss(loss: OfflineLoss, cfg: &DpoConfig, sums: &Sums) -> (Tensor<1>, Pair
     let [b, _] = sums.policy.dims();
     let averaged = |t: Tensor<2>| t.div(sums.lengths.clone().clamp_min(1.0));
     let by_length = matches!(loss, OfflineLoss::Ipo | OfflineLoss::SigmoidNorm);
-    let (policy, reference) = (sums.policy.clone(), sums.reference.clone());
+    let policy = match loss {
+        OfflineLoss::Simpo { .. } | OfflineLoss::Sft => sums.plain.clone(),
+        _ => sums.policy.clone(),
+    };
+    let reference = sums.reference.clone();
     let (policy, reference) = match loss {
         _ if by_length => (averaged(policy), averaged(reference)),
         OfflineLoss::Simpo { .. } => (averaged(policy), reference.zeros_like()),
@@ -600,7 +634,7 @@ fn loss_of_groups(
     device: &Device,
 ) -> Result<(Tensor<1>, Metrics)> {
     let (b, k) = (groups.len(), groups[0].responses.len());
-    let (logps, lengths) = sequence_logps_ld(policy, groups, cfg.truncation, cfg.ld_alpha, device)?;
+    let s = ld_sums(policy, groups, cfg.truncation, cfg.ld_alpha, device)?;
     let rows: Vec<Vec<f32>> = ref_logps.iter().map(|r| (*r).clone()).collect();
     let rewards = cfg.loss.needs_rewards().then(|| {
         let r: Vec<Vec<f32>> = groups
@@ -611,8 +645,9 @@ fn loss_of_groups(
     });
     Ok(batch_loss(
         cfg,
-        logps.reshape([b, k]),
-        lengths.reshape([b, k]),
+        s.weighted.reshape([b, k]),
+        s.plain.reshape([b, k]),
+        s.lengths.reshape([b, k]),
         to_2d(&rows, device),
         rewards,
     ))

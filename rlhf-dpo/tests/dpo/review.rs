@@ -817,6 +817,26 @@ fn ld_dpo_weighs_the_tokens_past_the_shared_length() {
         (whole_loss - cut_loss).abs() > 1e-4,
         "the tails should change the loss"
     );
+    // sft (and SimPO) read the plain sums, as TRL's sft ignores ld_alpha: the chosen responses
+    // here are sometimes the longer ones, so a weighted NLL would differ
+    let zeros: Vec<Vec<f32>> = vec![vec![0.0, 0.0]; groups.len()];
+    let loss_at = |loss, ld_alpha| {
+        let cfg = DpoConfig {
+            loss,
+            ld_alpha,
+            ..base()
+        };
+        rlhf_dpo::evaluate(&policy, &groups, &zeros, &cfg, &device)
+            .unwrap()
+            .loss
+    };
+    for loss in [OfflineLoss::Sft, OfflineLoss::Simpo { gamma: 0.5 }] {
+        assert_eq!(loss_at(loss, Some(0.0)), loss_at(loss, None), "{loss:?}");
+    }
+    let dpo = OfflineLoss::Dpo {
+        label_smoothing: 0.0,
+    };
+    assert_ne!(loss_at(dpo, Some(0.0)), loss_at(dpo, None));
     for bad in [-0.1, 1.5, f32::NAN] {
         let cfg = DpoConfig {
             ld_alpha: Some(bad),
