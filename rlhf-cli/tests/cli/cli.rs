@@ -14,33 +14,38 @@ use rlhf_core::host::to_f32_vec;
 use rlhf_core::train::metrics::read_metrics;
 use serde_json::{Value, json};
 
-fn rlhf(args: &[&str]) -> Output {
+fn rlhf<S: AsRef<str>>(args: &[S]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_rlhf"))
-        .args(args)
+        .args(args.iter().map(AsRef::as_ref))
         .output()
         .unwrap()
 }
 
+/// The command line, for a failure's message.
+fn line<S: AsRef<str>>(args: &[S]) -> String {
+    args.iter().map(AsRef::as_ref).collect::<Vec<_>>().join(" ")
+}
+
 /// Runs `rlhf` and asserts it succeeded, returning stdout.
-fn ok(args: &[&str]) -> String {
+fn ok<S: AsRef<str>>(args: &[S]) -> String {
     let out = rlhf(args);
     assert!(
         out.status.success(),
         "rlhf {}\n{}",
-        args.join(" "),
+        line(args),
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
 }
 
 /// Runs `rlhf` and asserts it failed, saying `says` on stderr.
-fn refused(args: &[&str], says: &str) {
+fn refused<S: AsRef<str>>(args: &[S], says: &str) {
     let out = rlhf(args);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains(says),
         "rlhf {}: {err}",
-        args.join(" ")
+        line(args)
     );
 }
 
@@ -127,7 +132,7 @@ fn kill_then_resume(args: &[String], out: &Path, steps: usize) {
         !out.join("model.safetensors").exists(),
         "killed before the end"
     );
-    ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    ok(args);
 }
 
 #[test]
@@ -524,13 +529,10 @@ fn dpo_raises_the_margin_and_rm_orders_its_pairs() {
         a.extend(loss.iter().map(|x| x.to_string()));
         (out, a)
     };
-    fn as_strs(a: &[String]) -> Vec<&str> {
-        a.iter().map(String::as_str).collect()
-    }
     // the held-out margin and accuracy after training with `loss`
     let train = |loss: &[&str]| -> (PathBuf, f64, f64) {
         let (out, a) = args(&loss.join("-"), loss);
-        ok(&as_strs(&a));
+        ok(&a);
         let last = |name: &str| *metric(&out, name).last().unwrap();
         let (m, a) = (
             last("eval_rewards/margins"),
@@ -596,7 +598,7 @@ fn dpo_raises_the_margin_and_rm_orders_its_pairs() {
         "nca-forward",
         &["nca_pair", "--f-divergence-type", "forward_kl"],
     );
-    refused(&as_strs(&nca), "holds the policy to the reverse KL only");
+    refused(&nca, "holds the policy to the reverse KL only");
     // LD-DPO: the tokens past the shorter response at half weight
     let (_, m, a) = train(&["sigmoid", "--ld_alpha", "0.5"]);
     assert!(
@@ -604,12 +606,12 @@ fn dpo_raises_the_margin_and_rm_orders_its_pairs() {
         "LD-DPO: eval margin {m}, accuracy {a}"
     );
     let (_, ld) = args("ld-bad", &["sigmoid", "--ld-alpha", "1.5"]);
-    refused(&as_strs(&ld), "ld_alpha must be in [0, 1]");
+    refused(&ld, "ld_alpha must be in [0, 1]");
 
     // several losses, TRL's way (RPO: DPO and the chosen responses' NLL, weighted); a config of one
     // loss reads and prints as before, of several as a list; weights of another count are refused
     let (_, short) = args("short", &["sigmoid", "sft", "--loss_weights", "1"]);
-    refused(&as_strs(&short), "got 1 weights for 2 losses");
+    refused(&short, "got 1 weights for 2 losses");
     let (rpo, m, _) = train(&["sigmoid", "sft", "--loss_weights", "1", "0.5"]);
     assert!(m > 0.5, "RPO's eval margin {m}");
     // the NLL term holds the chosen responses' likelihood above DPO's alone
@@ -719,21 +721,17 @@ fn rm_reads_a_margin_column() {
         a.extend(extra.iter().map(|x| x.to_string()));
         a
     };
-    let go = |a: Vec<String>| ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
-    go(run(&plain, "plain", &[]));
-    go(run(&with, "with", &[]));
+    ok(&run(&plain, "plain", &[]));
+    ok(&run(&with, "with", &[]));
     let first = |name: &str| metric(&dir.path().join(name), "loss")[0];
     let (p, w) = (first("plain"), first("with"));
     assert!(
         w - p > 2.0 && w - p < 4.0,
         "first loss {w} with margin 4, {p} without"
     );
-    let refuse = |a: Vec<String>, says: &str| {
-        refused(&a.iter().map(String::as_str).collect::<Vec<_>>(), says)
-    };
-    refuse(run(&mixed, "mixed", &[]), "mixed.jsonl:2: field `margin`");
-    refuse(
-        run(&plain, "flag", &["--use-margin"]),
+    refused(&run(&mixed, "mixed", &[]), "mixed.jsonl:2: field `margin`");
+    refused(
+        &run(&plain, "flag", &["--use-margin"]),
         "--use-margin: no training example has a margin",
     );
 }
@@ -787,7 +785,7 @@ fn kto_raises_the_margin_and_reports_bad_records() {
         .collect()
     };
     let a = args(&s(&unpaired), &kto);
-    ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    ok(&a);
     let margins = metric(&kto, "eval_rewards/margins");
     let m = *margins.last().unwrap();
     assert!(m > 0.5, "held-out margin {margins:?}");
@@ -799,7 +797,7 @@ fn kto_raises_the_margin_and_reports_bad_records() {
     // preference pairs are unpaired and train the same way
     let from_pairs = dir.path().join("kto-pairs");
     let b = args(&pairs, &from_pairs);
-    ok(&b.iter().map(String::as_str).collect::<Vec<_>>());
+    ok(&b);
     assert!(*metric(&from_pairs, "eval_rewards/margins").last().unwrap() > 0.5);
 
     // a label that is not a boolean: the file, the line and the field
@@ -808,7 +806,7 @@ fn kto_raises_the_margin_and_reports_bad_records() {
     let bad = dir.path().join("bad.jsonl");
     std::fs::write(&bad, bad_lines.join("\n") + "\n").unwrap();
     let c = args(&s(&bad), &dir.path().join("kto-bad"));
-    let out = rlhf(&c.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = rlhf(&c);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
@@ -824,7 +822,7 @@ fn kto_raises_the_margin_and_reports_bad_records() {
     let empty = dir.path().join("empty-prompt.jsonl");
     std::fs::write(&empty, no_prompt.join("\n") + "\n").unwrap();
     let d = args(&s(&empty), &dir.path().join("kto-empty"));
-    let out = rlhf(&d.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = rlhf(&d);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success()
@@ -1034,8 +1032,7 @@ fn several_reward_functions_are_weighted_and_logged_each() {
         a.extend(["--seed".to_string(), "3".to_string()]);
         a
     };
-    let run = |a: &[String]| ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
-    run(&args(&["1", "-0.5"], "sum(exact-match,length:0.1)"));
+    ok(&args(&["1", "-0.5"], "sum(exact-match,length:0.1)"));
     let exact = metric(&out, "rewards/exact-match/mean");
     let length = metric(&out, "rewards/length/mean");
     let scores = metric(&out, "objective/scores");
@@ -1053,15 +1050,12 @@ fn several_reward_functions_are_weighted_and_logged_each() {
     }
     let clipped = metric(&out, "completions/clipped_ratio");
     assert!(clipped.len() == 2 && clipped.iter().all(|c| (0.0..=1.0).contains(c)));
-    let refuse = |a: Vec<String>, says: &str| {
-        refused(&a.iter().map(String::as_str).collect::<Vec<_>>(), says)
-    };
-    refuse(
-        args(&["1"], "sum(exact-match,length:0.1)"),
+    refused(
+        &args(&["1"], "sum(exact-match,length:0.1)"),
         "number of reward weights (1) must match number of reward functions (2)",
     );
-    refuse(
-        args(&["1", "2"], "mean(exact-match,length)"),
+    refused(
+        &args(&["1", "2"], "mean(exact-match,length)"),
         "weights the terms of sum",
     );
 }
@@ -1248,7 +1242,7 @@ fn a_killed_dpo_run_resumes_to_the_same_weights() {
     };
     let straight = dir.path().join("straight");
     let a: Vec<String> = args(&straight);
-    ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    ok(&a);
 
     let broken = dir.path().join("broken");
     let b = args(&broken);
@@ -1262,7 +1256,7 @@ fn a_killed_dpo_run_resumes_to_the_same_weights() {
     // the directory belongs to this run
     let mut other = b.clone();
     other.extend(["--beta".to_string(), "0.3".to_string()]);
-    let out = rlhf(&other.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = rlhf(&other);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("`beta`"), "{err}");
 }
@@ -1307,10 +1301,7 @@ fn two_replicas_learn_resume_after_a_kill_bit_for_bit_and_are_refused_where_unsu
         .collect()
     };
     let straight = dir.path().join("straight");
-    ok(&args(&straight)
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>());
+    ok(&args(&straight));
     let accuracy = *metric(&straight, "eval_rewards/accuracies").last().unwrap();
     assert!(accuracy >= 0.75, "held-out accuracy {accuracy}");
     let broken = dir.path().join("broken");
@@ -1400,7 +1391,7 @@ fn dpo_with_lora_trains_the_adapters_only_and_resumes_after_a_kill() {
     };
     let straight = dir.path().join("straight");
     let a = args(&straight);
-    let out = rlhf(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = rlhf(&a);
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");
     let share: f64 = log
@@ -1482,7 +1473,7 @@ fn dpo_with_lora_trains_the_adapters_only_and_resumes_after_a_kill() {
     };
     let (rm, again) = (dir.path().join("rm"), dir.path().join("rm-again"));
     for out in [&rm, &again] {
-        ok(&rm_args(out).iter().map(String::as_str).collect::<Vec<_>>());
+        ok(&rm_args(out));
     }
     assert_eq!(
         std::fs::read(rm.join("model.safetensors")).unwrap(),
