@@ -288,8 +288,8 @@ pub enum Scheduler {
 #[derive(Args, Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(default)]
 pub struct TrainArgs {
-    /// Peak learning rate (default per command: sft 2e-5, rm 1e-4, dpo and kto 1e-6, as TRL's)
-    /// [TRL: --learning_rate].
+    /// Peak learning rate (default per command: sft 2e-5, rm 1e-4, dpo, kto and distill 1e-6, as
+    /// TRL's) [TRL: --learning_rate].
     #[arg(long)]
     pub learning_rate: Option<f64>,
     /// Passes over the data (transformers' default is 3) [TRL: --num_train_epochs].

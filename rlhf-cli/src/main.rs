@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use rlhf_cli::commands::check::CheckArgs;
+use rlhf_cli::commands::distill::DistillArgs;
 use rlhf_cli::commands::dpo::DpoArgs;
 use rlhf_cli::commands::eval::EvalArgs;
 use rlhf_cli::commands::generate::GenerateArgs;
@@ -14,7 +15,9 @@ use rlhf_cli::commands::onpolicy::{Method, OnPolicyArgs};
 use rlhf_cli::commands::plot::PlotArgs;
 use rlhf_cli::commands::rm::RmArgs;
 use rlhf_cli::commands::sft::SftArgs;
-use rlhf_cli::commands::{check, dpo, eval, generate, kto, online_dpo, onpolicy, plot, rm, sft};
+use rlhf_cli::commands::{
+    check, distill, dpo, eval, generate, kto, online_dpo, onpolicy, plot, rm, sft,
+};
 use rlhf_cli::options::{ConfigArgs, normalise_args, resolve, to_toml};
 
 /// RLHF your own model: a Hugging Face checkpoint and your data in, a Hugging Face checkpoint
@@ -67,6 +70,14 @@ enum Command {
     OnlineDpo {
         #[command(flatten)]
         args: OnlineDpoArgs,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// On-policy distillation: the student samples, and learns a `--teacher`'s next-token
+    /// distributions on its samples (GKD's generalised JSD).
+    Distill {
+        #[command(flatten)]
+        args: DistillArgs,
         #[command(flatten)]
         config: ConfigArgs,
     },
@@ -197,6 +208,14 @@ fn dispatch(cli: &Cli, matches: &clap::ArgMatches) -> Result<ExitCode> {
             matches,
             OnlineDpoArgs::completed,
             online_dpo::run,
+        ),
+        Command::Distill { args, config } => train(
+            "distill",
+            args,
+            config,
+            matches,
+            DistillArgs::completed,
+            distill::run,
         ),
         Command::Ppo { args, config } => on_policy(Method::Ppo, args, config),
         Command::Grpo { args, config } => on_policy(Method::Grpo, args, config),

@@ -38,6 +38,7 @@
 pub mod advantages;
 pub mod aggregation;
 pub mod device;
+pub mod divergence;
 pub mod host;
 pub mod kl;
 pub mod kl_controller;
@@ -57,6 +58,7 @@ pub use advantages::{
 };
 pub use aggregation::{LossAggregation, aggregate};
 pub use device::{AdapterKind, DeviceSpec, TchKind, device_from_env, parse_device};
+pub use divergence::generalized_jsd;
 pub use kl::{KlEstimator, kl_estimate};
 pub use kl_controller::KlController;
 pub use logprobs::{entropy_from_logits, token_logprobs, token_logprobs_and_entropy};

@@ -45,8 +45,8 @@ use rlhf_core::train::{
     clip_if_set, eval_due, metric,
 };
 use rlhf_core::{Error, Result, Scorer};
-use rlhf_data::{Tokenizer, collate};
-use rlhf_models::{CausalLm, SamplingConfig, generate};
+use rlhf_data::Tokenizer;
+use rlhf_models::{CausalLm, Responses, SamplingConfig, encode_prompts, sample_responses};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -241,50 +241,6 @@ fn round_prompts(count: usize, per_round: usize, round: u64, seed: u64) -> Vec<u
         .collect()
 }
 
-/// One response per prompt row.
-struct Sampled {
-    /// The kept tokens (up to and including EOS).
-    tokens: Vec<Vec<u32>>,
-    /// Their texts (EOS's text at the end when the row stopped there).
-    texts: Vec<String>,
-    /// Whether each ended with EOS.
-    has_eos: Vec<bool>,
-}
-
-/// Samples one response per row of `prompts` (token ids).
-fn sample(
-    policy: &CausalLm,
-    tokenizer: &Tokenizer,
-    prompts: &[&[u32]],
-    sampling: &SamplingConfig,
-    rng: &mut TrainRng,
-) -> Result<Sampled> {
-    let pairs: Vec<(&[u32], &[u32])> = prompts.iter().map(|p| (*p, &[][..])).collect();
-    let (ids, mask) = collate(&pairs, tokenizer.pad_id(), None).prompts();
-    let cfg = SamplingConfig {
-        eos_id: Some(tokenizer.eos_id()),
-        ..sampling.clone()
-    };
-    let g = generate(policy, &ids, &mask, prompts.len(), &cfg, rng)?;
-    let tokens: Vec<Vec<u32>> = (0..g.batch)
-        .map(|b| {
-            (b * g.new_len..(b + 1) * g.new_len)
-                .filter(|&i| g.mask[i] == 1)
-                .map(|i| g.tokens[i])
-                .collect()
-        })
-        .collect();
-    let texts = tokens
-        .iter()
-        .map(|t| tokenizer.decode(t))
-        .collect::<Result<Vec<_>>>()?;
-    Ok(Sampled {
-        tokens,
-        texts,
-        has_eos: g.has_eos,
-    })
-}
-
 /// Weighted sums of named values, for means over a round's steps.
 #[derive(Default)]
 struct Means(Vec<(&'static str, f64)>, f64);
@@ -341,11 +297,11 @@ pub fn train_online_dpo(
             .flat_map(|&p| std::iter::repeat_n(p, n))
             .collect();
         let ids: Vec<&[u32]> = episodes.iter().map(|&p| prompt_ids[p].as_slice()).collect();
-        let Sampled {
+        let Responses {
             tokens: responses,
             texts,
             has_eos,
-        } = sample(&policy.valid(), tok, &ids, &cfg.sampling, &mut rng)?;
+        } = sample_responses(&policy.valid(), tok, &ids, &cfg.sampling, &mut rng)?;
 
         // 3. scores, the missing-EOS penalty subtracted
         let scores = checked_scores(
@@ -441,7 +397,12 @@ fn start(
 ) -> Result<Started> {
     cfg.validate()?;
     check_inputs(&policy, inputs)?;
-    let prompt_ids = encode_prompts(inputs.tokenizer, inputs.prompts, cfg.max_prompt_length)?;
+    let prompt_ids = encode_prompts(
+        inputs.tokenizer,
+        inputs.prompts,
+        cfg.max_prompt_length,
+        "online dpo",
+    )?;
     if run_options.replicas.count() > 1 {
         return Err(Error::Config(
             "online dpo: data-parallel replicas are not supported (its generation and judging \
@@ -492,31 +453,6 @@ fn check_inputs(policy: &CausalLm, inputs: &OnlineDpoInputs) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-/// Each prompt's token ids as the tokenizer begins a text (Llama's BOS), cut to
-/// `max_prompt_length` keeping that start and the last tokens (`None`: whole). A prompt without
-/// a token is an error: its first response token would have no context (an empty text with BOS
-/// before it has one).
-fn encode_prompts(
-    tok: &Tokenizer,
-    prompts: &[String],
-    max_prompt_length: Option<usize>,
-) -> Result<Vec<Vec<u32>>> {
-    prompts
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let ids = tok.encode_prompt(p, max_prompt_length.unwrap_or(usize::MAX))?;
-            if ids.is_empty() {
-                return Err(Error::Config(format!(
-                    "online dpo: prompt {i} is empty; its first response token would have no \
-                     context"
-                )));
-            }
-            Ok(ids)
-        })
-        .collect()
 }
 
 /// Refuses, before the first round, a run whose minibatches would not fit in memory: the policy

@@ -337,28 +337,34 @@ fn generate_in_parts(
     })
 }
 
-/// Samples one continuation of each prompt text: tokenize, left-pad, [`generate`] with the
-/// tokenizer's EOS, and decode what each row kept (ending with the EOS token's text when the row
-/// stopped there). Returns the token ids and the texts, one per prompt.
-pub fn sample_texts(
+/// One sampled continuation per prompt row (see [`sample_responses`]).
+#[derive(Debug, Clone)]
+pub struct Responses {
+    /// The kept tokens of each row (up to and including EOS).
+    pub tokens: Vec<Vec<u32>>,
+    /// Their texts (the EOS token's text at the end when the row stopped there).
+    pub texts: Vec<String>,
+    /// Whether each row emitted EOS.
+    pub has_eos: Vec<bool>,
+}
+
+/// Samples one continuation of each prompt (token ids): left-pad, [`generate`] with the
+/// tokenizer's EOS, and decode what each row kept.
+pub fn sample_responses(
     model: &CausalLm,
     tokenizer: &Tokenizer,
-    prompts: &[&str],
+    prompts: &[&[u32]],
     cfg: &SamplingConfig,
     rng: &mut impl Rng,
-) -> Result<(Vec<Vec<u32>>, Vec<String>)> {
-    let ids = prompts
-        .iter()
-        .map(|p| tokenizer.encode_start(p))
-        .collect::<Result<Vec<_>>>()?;
-    let pairs: Vec<(&[u32], &[u32])> = ids.iter().map(|p| (p.as_slice(), &[][..])).collect();
-    let (pids, pmask) = collate(&pairs, tokenizer.pad_id(), None).prompts();
+) -> Result<Responses> {
+    let pairs: Vec<(&[u32], &[u32])> = prompts.iter().map(|p| (*p, &[][..])).collect();
+    let (ids, mask) = collate(&pairs, tokenizer.pad_id(), None).prompts();
     let cfg = SamplingConfig {
         eos_id: Some(tokenizer.eos_id()),
         ..cfg.clone()
     };
-    let g = generate(model, &pids, &pmask, prompts.len(), &cfg, rng)?;
-    let tokens: Vec<Vec<u32>> = (0..prompts.len())
+    let g = generate(model, &ids, &mask, prompts.len(), &cfg, rng)?;
+    let tokens: Vec<Vec<u32>> = (0..g.batch)
         .map(|b| {
             (b * g.new_len..(b + 1) * g.new_len)
                 .filter(|&i| g.mask[i] == 1)
@@ -370,7 +376,54 @@ pub fn sample_texts(
         .iter()
         .map(|t| tokenizer.decode(t))
         .collect::<Result<Vec<_>>>()?;
-    Ok((tokens, texts))
+    Ok(Responses {
+        tokens,
+        texts,
+        has_eos: g.has_eos,
+    })
+}
+
+/// Each prompt's token ids as the tokenizer begins a text (Llama's BOS), cut to
+/// `max_prompt_length` keeping that start and the last tokens (`None`: whole), for a trainer that
+/// samples responses to them (`label` names it in errors). A prompt without a token is an error:
+/// its first response token would have no context (an empty text with BOS before it has one).
+pub fn encode_prompts(
+    tok: &Tokenizer,
+    prompts: &[String],
+    max_prompt_length: Option<usize>,
+    label: &str,
+) -> Result<Vec<Vec<u32>>> {
+    prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let ids = tok.encode_prompt(p, max_prompt_length.unwrap_or(usize::MAX))?;
+            if ids.is_empty() {
+                return Err(rlhf_core::Error::Config(format!(
+                    "{label}: prompt {i} is empty; its first response token would have no context"
+                )));
+            }
+            Ok(ids)
+        })
+        .collect()
+}
+
+/// Samples one continuation of each prompt text: tokenize as a text begins (Llama's BOS), then
+/// [`sample_responses`]. Returns the token ids and the texts, one per prompt.
+pub fn sample_texts(
+    model: &CausalLm,
+    tokenizer: &Tokenizer,
+    prompts: &[&str],
+    cfg: &SamplingConfig,
+    rng: &mut impl Rng,
+) -> Result<(Vec<Vec<u32>>, Vec<String>)> {
+    let ids = prompts
+        .iter()
+        .map(|p| tokenizer.encode_start(p))
+        .collect::<Result<Vec<_>>>()?;
+    let rows: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
+    let r = sample_responses(model, tokenizer, &rows, cfg, rng)?;
+    Ok((r.tokens, r.texts))
 }
 
 #[cfg(test)]

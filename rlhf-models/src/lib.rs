@@ -23,7 +23,9 @@
 //! - [`generate`]: batched, seeded sampling (temperature, top-k, top-p, min/max new tokens, stop
 //!   at EOS per row) that returns tokens, their log-probs and masks; and the `generate` command;
 //! - SFT ([`train_sft`]): the loss on response tokens only, optional packing, eval loss and
-//!   perplexity, checkpoints that resume exactly, metrics and a progress bar.
+//!   perplexity, checkpoints that resume exactly, metrics and a progress bar;
+//! - on-policy distillation ([`train_distill`]): the student learns a teacher's next-token
+//!   distributions on its own samples (the generalised JSD of GKD, TRL's `DistillationTrainer`).
 //!
 //! ```
 //! use rlhf_models::TransformerConfig;
@@ -37,6 +39,7 @@
 pub mod attention;
 pub mod cache;
 pub mod config;
+pub mod distill;
 pub mod gelu;
 pub mod generate;
 pub mod gpt2;
@@ -55,7 +58,10 @@ pub mod softmax;
 
 pub use cache::KvCache;
 pub use config::{Architecture, PRESETS, RopeScaling, TransformerConfig};
-pub use generate::{Generation, SamplingConfig, generate, sample_texts};
+pub use distill::{DistillConfig, DistillInputs, train_distill};
+pub use generate::{
+    Generation, Responses, SamplingConfig, encode_prompts, generate, sample_responses, sample_texts,
+};
 pub use gpt2::Gpt2;
 pub use hf::{
     config_from_json, config_to_json, load_pretrained, load_scalar_pretrained, save_pretrained,

@@ -18,6 +18,7 @@ use crate::output;
 use crate::reward::Spec;
 
 pub mod check;
+pub mod distill;
 pub mod dpo;
 pub mod eval;
 pub mod generate;

@@ -203,6 +203,16 @@ fn help_lists_every_option_and_mistakes_are_named() {
                 "--rounds",
             ],
         ),
+        (
+            "distill",
+            &[
+                "--teacher",
+                "--prompts",
+                "--beta",
+                "--temperature",
+                "--max-completion-length",
+            ],
+        ),
         ("grpo", &["--num-generations", "--beta", "--cliprange"]),
         ("rloo", &["--samples-per-prompt"]),
         ("reinforce-pp", &["--gamma"]),
@@ -230,7 +240,7 @@ fn help_lists_every_option_and_mistakes_are_named() {
             assert!(help.contains(f), "rlhf {sub} --help lacks {f}:\n{help}");
         }
         // every option shows its default, where it has one
-        if ["sft", "rm", "dpo", "kto", "online-dpo"].contains(&sub) {
+        if ["sft", "rm", "dpo", "kto", "online-dpo", "distill"].contains(&sub) {
             assert!(help.contains("[default: 8]"), "{help}");
         }
     }
@@ -882,6 +892,126 @@ fn online_dpo_runs_its_rounds_and_resumes() {
     assert_eq!(metric(&out, "objective/scores").len(), 3);
 }
 
+/// `rlhf distill` across families and widths: a Qwen2 student of width 32 learns, on its own
+/// samples, the next-token distributions of a Llama 3 teacher of width 40 that shares its
+/// tokenizer (whose PAD lies past the vocabulary). The divergence per response token falls, the
+/// run logs TRL's metrics and resumes to the same weights, and mistakes are refused by name.
+#[test]
+fn distill_learns_the_teacher_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = head("prompts.jsonl", 16, dir.path());
+    let out = dir.path().join("distill");
+    let args = [
+        "distill",
+        "--model",
+        &fixture("tiny-qwen2"),
+        "--teacher",
+        &fixture("tiny-llama3"),
+        "--prompts",
+        &prompts,
+        "--out",
+        &s(&out),
+        "--num-train-epochs",
+        "4",
+        "--per-device-train-batch-size",
+        "4",
+        "--max-completion-length",
+        "8",
+        "--learning-rate",
+        "1e-2",
+        "--save-steps",
+        "4",
+    ];
+    ok(&args);
+    let loss = metric(&out, "loss");
+    assert_eq!(loss.len(), 16);
+    for k in [
+        "entropy",
+        "completions/mean_length",
+        "completions/clipped_ratio",
+    ] {
+        assert_eq!(metric(&out, k).len(), 16, "{k}");
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    assert!(
+        mean(&loss[12..]) < 0.75 * mean(&loss[..4]),
+        "the divergence per token did not fall: {loss:?}"
+    );
+    assert!(differ(&probe(&fixture("tiny-qwen2")), &probe(&s(&out))));
+    let weights = std::fs::read(out.join("model.safetensors")).unwrap();
+    ok(&args);
+    assert_eq!(
+        weights,
+        std::fs::read(out.join("model.safetensors")).unwrap()
+    );
+    assert_eq!(metric(&out, "loss").len(), 16);
+
+    let with = |extra: &[&str]| -> Vec<String> {
+        let other = dir.path().join("refused");
+        let mut a: Vec<String> = args.iter().map(|x| x.to_string()).collect();
+        let at = a.iter().position(|x| x == "--out").unwrap() + 1;
+        a[at] = s(&other);
+        a.extend(extra.iter().map(|x| x.to_string()));
+        a
+    };
+    let mut other_tokenizer = with(&[]);
+    other_tokenizer[4] = fixture("tiny-pythia");
+    refused(&other_tokenizer, "another tokenizer than the student");
+    refused(&with(&["--beta", "1.5"]), "beta chooses the divergence");
+    refused(&with(&["--devices", "flex,flex"]), "--devices");
+    refused(&with(&["--eval-steps", "2"]), "--eval-steps");
+}
+
+/// A `rlhf distill` killed (SIGKILL) after its seventh step and started again ends with the
+/// weights and the losses of a run that was never interrupted: the samples of each micro-batch
+/// are drawn from the seed and its number, not from a stream the kill would cut.
+#[test]
+fn a_killed_distill_run_resumes_to_the_same_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = head("prompts.jsonl", 48, dir.path());
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "distill",
+            "--model",
+            &fixture("tiny-qwen2"),
+            "--teacher",
+            &fixture("tiny-llama3"),
+            "--prompts",
+            &prompts,
+            "--out",
+            &s(out),
+            "--num-train-epochs",
+            "2",
+            "--per-device-train-batch-size",
+            "2",
+            "--max-completion-length",
+            "16",
+            "--learning-rate",
+            "1e-2",
+            "--save-steps",
+            "2",
+            "--save-total-limit",
+            "100",
+            "--logging-steps",
+            "1",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect()
+    };
+    let straight = dir.path().join("straight");
+    ok(&args(&straight));
+    let broken = dir.path().join("broken");
+    kill_then_resume(&args(&broken), &broken, 7);
+    assert_eq!(
+        std::fs::read(straight.join("model.safetensors")).unwrap(),
+        std::fs::read(broken.join("model.safetensors")).unwrap(),
+        "the resumed run's weights differ from the uninterrupted run's"
+    );
+    assert_eq!(metric(&straight, "loss"), metric(&broken, "loss"));
+    assert_eq!(metric(&straight, "loss").len(), 48);
+}
+
 /// The words of the toy task: whose city is it? Each prompt has one right answer.
 const PEOPLE: [(&str, &str); 8] = [
     ("uma", "cairo"),
@@ -1517,7 +1647,8 @@ type Mapping<'a> = &'a [(&'a str, &'a [&'a str])];
 fn every_field_of_every_trainer_config_is_a_flag() {
     use clap::Parser;
     use rlhf_cli::commands::{
-        dpo::DpoArgs, kto::KtoArgs, online_dpo::OnlineDpoArgs, onpolicy, rm::RmArgs, sft::SftArgs,
+        distill::DistillArgs, dpo::DpoArgs, kto::KtoArgs, online_dpo::OnlineDpoArgs, onpolicy,
+        rm::RmArgs, sft::SftArgs,
     };
 
     const OPTIMIZER: Mapping<'static> = &[
@@ -1652,6 +1783,28 @@ fn every_field_of_every_trainer_config_is_a_flag() {
                 ("schedule", &["--lr-scheduler-type", "cosine"]),
                 ("disable_dropout", &["--disable-dropout", "false"]),
                 ("seed", &["--seed", "7"]),
+            ],
+        ],
+        |a| serde_json::to_value(a.clone().completed().config(100)).unwrap(),
+    );
+    check::<DistillArgs>(
+        "distill",
+        &[
+            OPTIMIZER,
+            &[
+                ("epochs", &["--num-train-epochs", "3"]),
+                ("batch_size", &["--per-device-train-batch-size", "3"]),
+                ("grad_accum", &["--gradient-accumulation-steps", "3"]),
+                ("max_prompt_length", &["--max-prompt-length", "7"]),
+                // the sampling settings that have flags: length, temperature, top-k, top-p
+                ("sampling", &["--max-completion-length", "7"]),
+                ("sampling", &["--temperature", "0.5"]),
+                ("sampling", &["--top-k", "5"]),
+                ("sampling", &["--top-p", "0.5"]),
+                ("beta", &["--beta", "0.5"]),
+                ("schedule", &["--lr-scheduler-type", "cosine"]),
+                ("disable_dropout", &["--disable-dropout", "true"]),
+                ("seed", &["--seed", "3"]),
             ],
         ],
         |a| serde_json::to_value(a.clone().completed().config(100)).unwrap(),

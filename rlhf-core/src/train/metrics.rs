@@ -75,6 +75,14 @@
 //! | `val/contain_eos_token` | share of the round's samples that end with EOS | `OnlineDPOTrainer` |
 //! | `beta` | β of the round | `OnlineDPOTrainer` |
 //! | `online/pair_share` | share of the round's prompts whose samples did not all score the same (the others give no pair) | — |
+//!
+//! Distillation logs, per step, `loss` (the generalised JSD per response token), `completions/mean_length` and
+//! `completions/clipped_ratio` over the student's samples (accumulated micro-batches: the means of
+//! theirs, weighted by their response tokens), and:
+//!
+//! | name | meaning | TRL |
+//! | --- | --- | --- |
+//! | `entropy` | mean per-token entropy of the student's tempered distribution over its samples' response tokens | `DistillationTrainer` |
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -166,6 +174,9 @@ pub mod names {
     pub const VAL_CONTAIN_EOS_TOKEN: &str = "val/contain_eos_token";
     pub const BETA: &str = "beta";
     pub const ONLINE_PAIR_SHARE: &str = "online/pair_share";
+
+    // distillation (TRL's `DistillationTrainer`)
+    pub const ENTROPY: &str = "entropy";
 }
 
 /// Appends metric lines to a JSONL file. Each line is written with one `write` call and flushed,

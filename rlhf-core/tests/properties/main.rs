@@ -7,6 +7,7 @@
 mod common;
 
 mod advantages;
+mod divergence;
 mod kl;
 mod logprobs;
 mod logprobs_pass;
