@@ -376,8 +376,8 @@ pub struct LoraArgs {
 #[derive(Args, Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(default)]
 pub struct FrozenArgs {
-    /// The dtype of the frozen reference and reward models: f32, or bf16 for half their memory
-    /// (their outputs are cast back to f32; flex stores bf16 and multiplies in f32, LibTorch
+    /// The dtype of the frozen reference, reward and teacher models: f32, or bf16 for half their
+    /// memory (their outputs are cast back to f32; flex stores bf16 and multiplies in f32, LibTorch
     /// and CUDA compute in bf16, wgpu has no bf16 and refuses it). Trained models stay f32, and
     /// so does a LoRA policy's frozen base when it is the reference (without --ref); an LLM
     /// judge is not cast [TRL: --torch_dtype of the reference; OpenRLHF: --bf16].

@@ -10,7 +10,10 @@
 //! - `0 < β < 1`: `JSD_β = β·KL(p_t ‖ m) + (1 − β)·KL(p_s ‖ m)` (`β = ½` is the Jensen–Shannon
 //!   divergence).
 //!
-//! The ends are the limits TRL takes by name: the mixture's formula itself would vanish there.
+//! The ends are taken by name, as TRL takes them: the mixture's formula itself vanishes there
+//! (`D_β → 0` as `β → 0` or `1`; near the ends it is about `β·KL(p_t ‖ p_s)` or
+//! `(1 − β)·KL(p_s ‖ p_t)`), so the loss's scale, and with it the step a learning rate gives, jumps
+//! between `β = 0` and `β = 0.01`.
 
 use burn::tensor::{Tensor, activation};
 

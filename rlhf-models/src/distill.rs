@@ -6,7 +6,8 @@
 //! One micro-batch of [`train_distill`]:
 //!
 //! 1. **prompts**: the next `batch_size` prompts of the epoch, epoch `e`'s in the order drawn from
-//!    `(seed, e)`, each cut to its last `max_prompt_length` tokens;
+//!    `(seed, e)`, each cut to `max_prompt_length` tokens (the tokenizer's start, such as BOS,
+//!    and the last tokens);
 //! 2. **sample** one response per prompt from the student as it stands (temperature `T`, at most
 //!    `max_new_tokens`, stopping at EOS), from a stream drawn from `(seed, micro-batch)`;
 //! 3. **both distributions** at every response position, at `T`: the student's logits (with
@@ -19,13 +20,18 @@
 //! Then one AdamW step after clipping, the metrics line and the checkpoint
 //! ([`rlhf_core::train::fit`]). Every random choice is drawn from the seed and the epoch or the
 //! micro-batch's number, so a resumed run repeats the uninterrupted one.
+//!
+//! Held-out prompts, when there are some, are evaluated as TRL evaluates them: the student samples
+//! a response to each (from one stream drawn from the seed, the same at every evaluation) and
+//! `eval_loss` is the same divergence per response token, every `eval_every` steps and at the end.
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use rand::seq::SliceRandom;
 use rlhf_core::train::metrics::names;
 use rlhf_core::train::{
-    BatchLoss, FitConfig, FitReport, LrSchedule, OptimizerConfig, RunOptions, TrainRng, fit, memory,
+    BatchLoss, FitConfig, FitReport, LrSchedule, Metrics, OptimizerConfig, RunOptions, TrainRng,
+    fit, memory,
 };
 use rlhf_core::{
     Error, Result, entropy_from_logits, generalized_jsd, masked_mean, stats::mean, zero_masked,
@@ -35,10 +41,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::generate::{Responses, SamplingConfig, encode_prompts, sample_responses};
 use crate::lm::CausalLm;
-use crate::precision::to_f32;
 use crate::sft::LmBatch;
 
-/// Distillation settings (TRL's `DistillationConfig` where it has the same field).
+/// Distillation settings (TRL's `DistillationConfig` where it has the same field; the defaults
+/// are for the laptop-scale models of the tests, the `rlhf distill` command's are TRL's).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct DistillConfig {
@@ -62,6 +68,8 @@ pub struct DistillConfig {
     pub schedule: LrSchedule,
     /// Dropout off in the student (TRL's `disable_dropout`).
     pub disable_dropout: bool,
+    /// Evaluate on the held-out prompts every this many steps (0 = only at the end).
+    pub eval_every: u64,
     /// Seed of the prompt order and of the samples.
     pub seed: u64,
 }
@@ -85,6 +93,7 @@ impl Default for DistillConfig {
             },
             schedule: LrSchedule::Constant,
             disable_dropout: false,
+            eval_every: 0,
             seed: 0,
         }
     }
@@ -134,6 +143,8 @@ pub struct DistillInputs<'a> {
     pub tokenizer: &'a Tokenizer,
     /// Training prompts.
     pub prompts: &'a [String],
+    /// Held-out prompts (none: no evaluation).
+    pub eval_prompts: &'a [String],
 }
 
 /// Trains `student` (on an autodiff `device`) to match the teacher on its own samples for
@@ -148,41 +159,27 @@ pub fn train_distill(
     run_options: &RunOptions,
     device: &Device,
 ) -> Result<(CausalLm, FitReport)> {
-    cfg.validate()?;
-    if run_options.replicas.count() > 1 {
-        return Err(Error::Config(
-            "distillation: data-parallel replicas are not supported (each would sample its own \
-             share of the batch)"
-                .into(),
-        ));
-    }
-    let vocab = vocab_rows(&student, inputs.teacher)?;
+    let Checked {
+        vocab,
+        prompts,
+        eval_prompts,
+    } = check(&student, inputs, cfg, run_options, device)?;
     let student = if cfg.disable_dropout {
         student.without_dropout()
     } else {
         student
     };
-    if inputs.prompts.is_empty() {
-        return Err(Error::Config("distillation: no training prompts".into()));
-    }
-    let prompts = encode_prompts(
-        inputs.tokenizer,
-        inputs.prompts,
-        cfg.max_prompt_length,
-        "distillation",
-    )?;
     let batches: Vec<Vec<usize>> = (0..cfg.epochs)
         .flat_map(|e| epoch_batches(prompts.len(), cfg, e))
         .collect();
     let per_epoch = prompts.len().div_ceil(cfg.batch_size);
-    check_memory(&student, inputs.teacher, &prompts, cfg, device)?;
     let teacher = inputs.teacher.valid();
     let fit_cfg = FitConfig {
         epochs: cfg.epochs,
         grad_accum: cfg.grad_accum,
         optimizer: &cfg.optimizer,
         schedule: &cfg.schedule,
-        eval_every: 0,
+        eval_every: cfg.eval_every,
         label: "distill",
     };
     fit(
@@ -207,8 +204,101 @@ pub fn train_distill(
             )?;
             micro_batch_loss(model, &teacher, &rows, &responses, vocab, cfg, shard.device).map(Some)
         },
-        &|_| Ok(Vec::new()),
+        &|model| {
+            eval_loss(
+                model,
+                &teacher,
+                inputs.tokenizer,
+                &eval_prompts,
+                vocab,
+                cfg,
+                device,
+            )
+        },
     )
+}
+
+/// What [`check`] found a run can use.
+struct Checked {
+    /// The vocabulary rows the divergence is taken over ([`vocab_rows`]).
+    vocab: usize,
+    /// The training prompts' token ids.
+    prompts: Vec<Vec<u32>>,
+    /// The held-out prompts' token ids.
+    eval_prompts: Vec<Vec<u32>>,
+}
+
+/// Refuses, before the first step, what the run could not do: settings out of range, replicas, a
+/// teacher without a row for some token of the student's, evaluation without held-out prompts, no
+/// training prompts, an empty prompt, a sequence longer than a model's learned positions, and a
+/// micro-batch that does not fit in memory.
+fn check(
+    student: &CausalLm,
+    inputs: &DistillInputs,
+    cfg: &DistillConfig,
+    run_options: &RunOptions,
+    device: &Device,
+) -> Result<Checked> {
+    cfg.validate()?;
+    if run_options.replicas.count() > 1 {
+        return Err(Error::Config(
+            "distillation: data-parallel replicas are not supported (each would sample its own \
+             share of the batch)"
+                .into(),
+        ));
+    }
+    let vocab = vocab_rows(student, inputs.teacher)?;
+    if cfg.eval_every > 0 && inputs.eval_prompts.is_empty() {
+        return Err(Error::Config(
+            "distillation: eval_every is set but there are no held-out prompts".into(),
+        ));
+    }
+    if inputs.prompts.is_empty() {
+        return Err(Error::Config("distillation: no training prompts".into()));
+    }
+    let encode =
+        |texts, label| encode_prompts(inputs.tokenizer, texts, cfg.max_prompt_length, label);
+    let prompts = encode(inputs.prompts, "distillation")?;
+    let eval_prompts = encode(inputs.eval_prompts, "distillation (held-out prompts)")?;
+    let longest = prompts.iter().chain(&eval_prompts).map(Vec::len).max();
+    let longest = longest.unwrap_or(0) + cfg.sampling.max_new_tokens;
+    student.check_positions(longest)?;
+    inputs.teacher.check_positions(longest)?;
+    check_memory(student, inputs.teacher, longest, cfg, device)?;
+    Ok(Checked {
+        vocab,
+        prompts,
+        eval_prompts,
+    })
+}
+
+/// `eval_loss`: the divergence per response token of the student's samples to the held-out
+/// `prompts` (none: no metric), `batch_size` prompts at a time, without gradients. The samples
+/// are drawn from one stream of the seed, so every evaluation of a run reads the same draws.
+fn eval_loss(
+    student: &CausalLm,
+    teacher: &CausalLm,
+    tokenizer: &Tokenizer,
+    prompts: &[Vec<u32>],
+    vocab: usize,
+    cfg: &DistillConfig,
+    device: &Device,
+) -> Result<Metrics> {
+    if prompts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let student = student.valid();
+    let inference = device.clone().without_autodiff();
+    let mut rng = TrainRng::seed_from_u64(cfg.seed).fork("distill-eval");
+    let (mut sum, mut tokens) = (0.0, 0.0);
+    for chunk in prompts.chunks(cfg.batch_size) {
+        let rows: Vec<&[u32]> = chunk.iter().map(Vec::as_slice).collect();
+        let responses = sample_responses(&student, tokenizer, &rows, &cfg.sampling, &mut rng)?;
+        let b = micro_batch_loss(&student, teacher, &rows, &responses, vocab, cfg, &inference)?;
+        sum += f64::from(b.loss.into_scalar::<f32>()) * b.weight;
+        tokens += b.weight;
+    }
+    Ok(vec![(names::EVAL_LOSS, sum / tokens.max(1.0))])
 }
 
 /// The prompt indices of epoch `epoch`'s micro-batches: every prompt once, in the order drawn
@@ -243,6 +333,8 @@ fn micro_batch_loss(
     let t = cfg.sampling.temperature;
     let (student_logits, mask) = response_logits(student, &batch, vocab, device)?;
     let (teacher_logits, _) = response_logits(teacher, &batch, vocab, &teacher.device())?;
+    // a constant beside the student's logits, on their device without autodiff
+    let teacher_logits = teacher_logits.to_device(&device.clone().without_autodiff());
     let divergence = generalized_jsd(student_logits.clone(), teacher_logits, cfg.beta, t);
     let tokens = batch.predicted_tokens() as f64;
     let loss = zero_masked(divergence, mask.clone())
@@ -262,7 +354,8 @@ fn micro_batch_loss(
     })
 }
 
-/// `model`'s logits at the batch's response positions, over its first `vocab` rows, in f32, and
+/// `model`'s logits at the batch's response positions, over its first `vocab` rows (in f32, as the
+/// LM head gives them), and
 /// the response mask: `[batch, seq − first, vocab]` and `[batch, seq − first]`, where column `c`
 /// predicts token `first + c` (as in `sft::target_logprobs`).
 fn response_logits(
@@ -275,7 +368,7 @@ fn response_logits(
     let first = batch.first_target();
     let width = batch.seq - first;
     let hidden = model.hidden(&input, None).narrow(1, first - 1, width);
-    let logits = to_f32(model.lm_head(hidden));
+    let logits = model.lm_head(hidden);
     let logits = if model.vocab_size() > vocab {
         logits.narrow(2, 0, vocab)
     } else {
@@ -288,40 +381,47 @@ fn response_logits(
 /// for every token the student can sample; checkpoints of one family often pad their embeddings
 /// past the tokenizer to different counts (Qwen2.5-0.5B has 151,936 rows, 7B 152,064), so a
 /// teacher with more rows is read over the student's, its distribution renormalised over them
-/// (rows past the tokenizer's tokens hold next to no mass in a trained model). A teacher with
-/// fewer rows than the student is refused.
+/// (rows past the tokenizer's tokens hold next to no mass in a trained model); TRL refuses any
+/// difference. A teacher with fewer rows than the student is refused.
 fn vocab_rows(student: &CausalLm, teacher: &CausalLm) -> Result<usize> {
     let (vs, vt) = (student.vocab_size(), teacher.vocab_size());
     if vt < vs {
         return Err(Error::Config(format!(
-            "distillation: the teacher has {vt} vocabulary rows and the student {vs}; the \
-             teacher must have a row for every token the student can sample (they must share \
-             the tokenizer)"
+            "distillation: the teacher has {vt} embedding rows and the student {vs}; the \
+             teacher needs a row for every token the student can sample (at least as many rows, \
+             and the same tokenizer)"
         )));
     }
     Ok(vs)
 }
 
 /// Refuses, before the first step, a run whose micro-batches would not fit in memory: the student
-/// is trained on a micro-batch of prompts and responses, the teacher is held.
+/// is trained on a micro-batch of prompts and responses of at most `longest` tokens, the teacher
+/// is held, and the divergence holds about eight `[rows, max_new_tokens, vocab]` f32 tensors
+/// besides the student's logits (both models' logits and log-softmax, their exponentials, the
+/// differences and, for the JSD, the mixture; with the backward's), which dominate for a large
+/// vocabulary.
 fn check_memory(
     student: &CausalLm,
     teacher: &CausalLm,
-    prompts: &[Vec<u32>],
+    longest: usize,
     cfg: &DistillConfig,
     device: &Device,
 ) -> Result<()> {
     let shape = student.shape();
-    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let checkpointing = memory::checkpointing(device, student);
+    let vocab = student.vocab_size() as u64;
+    let response = cfg.sampling.max_new_tokens as u64;
     memory::check_batch_fits(
         "distillation",
         memory::Params::of(student).holding(memory::bytes_not_in(teacher, student)),
         1,
         &memory::Batch {
             rows: cfg.batch_size as u64,
-            seq: (longest + cfg.sampling.max_new_tokens) as u64,
-            activations: &|r, s| shape.activation_bytes(r, s, checkpointing),
+            seq: longest as u64,
+            activations: &|r, s| {
+                shape.activation_bytes(r, s, checkpointing) + 8 * r * response.min(s) * vocab * 4
+            },
             rows_knob: "batch_size (with grad_accum for the same step)",
             seq_knob: "max_prompt_length and max_new_tokens",
         },
@@ -387,11 +487,18 @@ mod tests {
                 teacher,
                 tokenizer: &tok,
                 prompts: &prompts,
+                eval_prompts: &prompts,
             };
             train_distill(student, &inputs, &cfg, &RunOptions::quiet(), &device)
         };
         let (_, report) = run(model(rows, 1), &model(rows + 8, 2)).unwrap();
         assert!(report.final_train_loss.is_finite() && report.steps == 1);
+        let eval = report.eval.iter().find(|m| m.0 == names::EVAL_LOSS);
+        assert!(
+            eval.is_some_and(|m| m.1.is_finite() && m.1 > 0.0),
+            "{:?}",
+            report.eval
+        );
         let err = run(model(rows + 8, 1), &model(rows, 2)).unwrap_err();
         assert!(err.to_string().contains("a row for every token"), "{err}");
     }

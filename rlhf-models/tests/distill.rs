@@ -114,6 +114,7 @@ fn distillation_brings_a_small_student_close_to_its_teacher() {
         teacher: &stage.sft,
         tokenizer: &stage.tok,
         prompts: &train_prompts,
+        eval_prompts: &[],
     };
     let (student, report) =
         train_distill(student, &inputs, &cfg, &RunOptions::quiet(), &device).unwrap();

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args};
+use rlhf_core::train::metrics::names;
 use rlhf_data::Tokenizer;
 use rlhf_models::{CausalLm, DistillConfig, DistillInputs, SamplingConfig, train_distill};
 use serde::{Deserialize, Serialize};
@@ -42,6 +43,11 @@ pub struct DistillArgs {
     /// [TRL: --dataset_name].
     #[arg(long, visible_alias = "dataset-name", value_name = "FILE")]
     pub prompts: Option<PathBuf>,
+    /// Held-out prompts, in the same layout: the student samples a response to each and
+    /// `eval_loss` is the divergence per response token, every `--eval-steps` steps and at the
+    /// end [TRL: --eval_strategy steps with an eval dataset].
+    #[arg(long, value_name = "FILE")]
+    pub eval_prompts: Option<PathBuf>,
     /// The prompt field, when the file names it differently.
     #[arg(long, default_value = "prompt")]
     pub prompt_field: String,
@@ -69,7 +75,9 @@ pub struct DistillArgs {
     #[arg(long)]
     pub top_p: Option<f32>,
     /// The divergence: 0 the forward KL(teacher ‖ student), 1 the reverse KL(student ‖ teacher),
-    /// in between the generalised Jensen–Shannon divergence (0.5: JSD) [TRL: --beta].
+    /// in between the generalised Jensen–Shannon divergence (0.5: JSD, at most ln 2 a token; near
+    /// 0 or 1 it shrinks towards 0, so the step a learning rate gives changes with β)
+    /// [TRL: --beta].
     #[arg(long, default_value_t = 1.0)]
     pub beta: f64,
     /// Dropout off in the student [TRL: --disable_dropout].
@@ -105,6 +113,7 @@ impl DistillArgs {
             optimizer: self.train.optimizer(DEFAULT_LR),
             schedule: self.train.schedule(total_steps),
             disable_dropout: self.disable_dropout,
+            eval_every: self.train.eval_steps,
             seed: self.train.seed,
         }
     }
@@ -125,8 +134,8 @@ pub fn run(args: &DistillArgs, toml: &str) -> Result<()> {
              sample its own share of the batch)"
         );
     }
-    if args.train.eval_steps != 0 {
-        bail!("distill: --eval-steps is not supported (the command has no held-out evaluation)");
+    if args.train.eval_steps != 0 && args.eval_prompts.is_none() {
+        bail!("distill: --eval-steps evaluates on held-out prompts: give them with --eval-prompts");
     }
     args.config(1).validate()?;
     let device = args.model.training_device()?;
@@ -135,6 +144,10 @@ pub fn run(args: &DistillArgs, toml: &str) -> Result<()> {
     let student = load::policy(ckpt.model, &ckpt.config, &args.lora, args.train.seed)?;
     let opts = read_options(&args.prompt_field, args.skip_bad);
     let prompts = prompts(prompt_file, &opts, &ckpt.format)?;
+    let eval_prompts = match &args.eval_prompts {
+        Some(file) => self::prompts(file, &opts, &ckpt.format)?.texts,
+        None => Vec::new(),
+    };
     let cfg = args.config(args.train.total_steps(prompts.texts.len()));
     tracing::info!(
         "distill: {} prompts, {} per micro-batch × {} per step, {} epochs, {} new tokens at \
@@ -157,6 +170,7 @@ pub fn run(args: &DistillArgs, toml: &str) -> Result<()> {
         teacher: &teacher,
         tokenizer: &ckpt.tokenizer,
         prompts: &prompts.texts,
+        eval_prompts: &eval_prompts,
     };
     let (student, report) = train_distill(
         student,
@@ -175,10 +189,14 @@ pub fn run(args: &DistillArgs, toml: &str) -> Result<()> {
         &args.lora,
     )?;
     tracing::info!(
-        "distill: {} steps ({} this run); last loss {:.4}",
+        "distill: {} steps ({} this run); last loss {:.4}{}",
         report.steps,
         report.steps_this_run,
         report.final_train_loss,
+        match report.eval.iter().find(|m| m.0 == names::EVAL_LOSS) {
+            Some(m) => format!(", eval loss {:.4}", m.1),
+            None => String::new(),
+        }
     );
     Ok(())
 }

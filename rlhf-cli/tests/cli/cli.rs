@@ -894,12 +894,18 @@ fn online_dpo_runs_its_rounds_and_resumes() {
 
 /// `rlhf distill` across families and widths: a Qwen2 student of width 32 learns, on its own
 /// samples, the next-token distributions of a Llama 3 teacher of width 40 that shares its
-/// tokenizer (whose PAD lies past the vocabulary). The divergence per response token falls, the
-/// run logs TRL's metrics and resumes to the same weights, and mistakes are refused by name.
+/// tokenizer (whose PAD lies past the vocabulary). The divergence per response token falls, on
+/// the training samples and on held-out prompts, the run logs TRL's metrics, a finished run
+/// started again trains no step and keeps its weights, and mistakes are refused by name (a killed
+/// run's resume is the next test's).
 #[test]
 fn distill_learns_the_teacher_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let prompts = head("prompts.jsonl", 16, dir.path());
+    let held_out = dir.path().join("held-out.jsonl");
+    let text = std::fs::read_to_string(sample("prompts.jsonl")).unwrap();
+    let lines: Vec<&str> = text.lines().skip(16).take(8).collect();
+    std::fs::write(&held_out, lines.join("\n")).unwrap();
     let out = dir.path().join("distill");
     let args = [
         "distill",
@@ -921,8 +927,15 @@ fn distill_learns_the_teacher_and_resumes() {
         "1e-2",
         "--save-steps",
         "4",
+        "--eval-prompts",
+        &s(&held_out),
+        "--eval-steps",
+        "8",
     ];
     ok(&args);
+    let eval = metric(&out, "eval_loss");
+    assert_eq!(eval.len(), 2, "after steps 8 and 16");
+    assert!(eval[1] < eval[0], "held-out divergence {eval:?}");
     let loss = metric(&out, "loss");
     assert_eq!(loss.len(), 16);
     for k in [
@@ -959,7 +972,13 @@ fn distill_learns_the_teacher_and_resumes() {
     refused(&other_tokenizer, "another tokenizer than the student");
     refused(&with(&["--beta", "1.5"]), "beta chooses the divergence");
     refused(&with(&["--devices", "flex,flex"]), "--devices");
-    refused(&with(&["--eval-steps", "2"]), "--eval-steps");
+    let mut no_held_out = with(&[]);
+    let at = no_held_out
+        .iter()
+        .position(|x| x == "--eval-prompts")
+        .unwrap();
+    no_held_out.drain(at..at + 2);
+    refused(&no_held_out, "give them with --eval-prompts");
 }
 
 /// A `rlhf distill` killed (SIGKILL) after its seventh step and started again ends with the
@@ -1804,6 +1823,7 @@ fn every_field_of_every_trainer_config_is_a_flag() {
                 ("beta", &["--beta", "0.5"]),
                 ("schedule", &["--lr-scheduler-type", "cosine"]),
                 ("disable_dropout", &["--disable-dropout", "true"]),
+                ("eval_every", &["--eval-steps", "3"]),
                 ("seed", &["--seed", "3"]),
             ],
         ],

@@ -108,7 +108,8 @@ proptest! {
     }
 
     /// The gradient with respect to the student's logits is the reference's, by central
-    /// differences; the teacher, a frozen model's output, gets none.
+    /// differences, with the teacher's logits a constant from a device without autodiff, as the
+    /// trainer passes a frozen model's output.
     #[test]
     fn the_gradient_is_the_references((b, s, v, zs, zt, beta, temp) in problem()) {
         let ad = device().autodiff();
