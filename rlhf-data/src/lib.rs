@@ -35,6 +35,7 @@
 pub mod chat;
 pub mod collate;
 mod encode_memo;
+pub mod generation_config;
 pub mod inspect;
 pub mod parse;
 pub mod reader;

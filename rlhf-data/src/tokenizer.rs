@@ -38,6 +38,9 @@ pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     eos_id: u32,
     pad_id: u32,
+    /// Further ids that end a response as EOS does: the other ids of the checkpoint's
+    /// `generation_config.json` `eos_token_id` ([`crate::generation_config`]).
+    stop_ids: Vec<u32>,
     /// The special tokens the tokenizer puts before a text (Llama's BOS), as `transformers`
     /// reads them off the post-processor ([`start_tokens`]): what [`Self::encode_start`] adds.
     start: Vec<u32>,
@@ -96,6 +99,13 @@ impl Tokenizer {
         })?;
         tok.source = Some(bytes.into());
         tok.config = config;
+        let eos = tok.eos_id;
+        tok.stop_ids = crate::generation_config::generation_eos_ids(dir)?
+            .into_iter()
+            .filter(|&id| id != eos)
+            .collect();
+        tok.stop_ids.sort_unstable();
+        tok.stop_ids.dedup();
         Ok(tok)
     }
 
@@ -182,6 +192,7 @@ impl Tokenizer {
             inner,
             eos_id,
             pad_id,
+            stop_ids: Vec::new(),
             start,
             source: None,
             config: TokenizerConfig::default(),
@@ -312,6 +323,24 @@ impl Tokenizer {
         self.inner.id_to_token(self.eos_id).unwrap_or_default()
     }
 
+    /// The text of a sampled response: [`Self::decode`], except that a response ending with a
+    /// stop id other than EOS ends with the EOS token's text, so that scorers, which look for that
+    /// text to tell a finished response, read it as one.
+    pub fn decode_response(&self, ids: &[u32]) -> Result<String> {
+        match ids.split_last() {
+            Some((last, body)) if self.stop_ids.contains(last) => {
+                Ok(self.decode(body)? + &self.eos_text())
+            }
+            _ => self.decode(ids),
+        }
+    }
+
+    /// The ids besides EOS that end a response (the checkpoint's `generation_config.json` lists
+    /// them; none for a tokenizer read from a file alone).
+    pub fn stop_ids(&self) -> &[u32] {
+        &self.stop_ids
+    }
+
     /// Vocabulary size including added tokens.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
@@ -363,6 +392,7 @@ impl std::fmt::Debug for Tokenizer {
             .field("vocab", &self.vocab_size())
             .field("eos_id", &self.eos_id)
             .field("pad_id", &self.pad_id)
+            .field("stop_ids", &self.stop_ids)
             .field("start", &self.start)
             .finish()
     }

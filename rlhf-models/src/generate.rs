@@ -52,6 +52,11 @@ pub struct SamplingConfig {
     pub top_p: Option<f32>,
     /// The end-of-sequence token; a row stops after emitting it.
     pub eos_id: Option<u32>,
+    /// Further tokens that end a row as EOS does (a checkpoint's `generation_config.json` may
+    /// list several: [`rlhf_data::Tokenizer::stop_ids`]); a row that ends with one counts as
+    /// having emitted EOS.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stop_ids: Vec<u32>,
     /// Use the KV cache (the same result, much faster); off only to check it.
     pub use_cache: bool,
 }
@@ -65,8 +70,25 @@ impl Default for SamplingConfig {
             top_k: None,
             top_p: None,
             eos_id: None,
+            stop_ids: Vec::new(),
             use_cache: true,
         }
+    }
+}
+
+impl SamplingConfig {
+    /// These settings, ending rows at `tokenizer`'s EOS and at its other stop ids.
+    pub fn ending_as(self, tokenizer: &Tokenizer) -> Self {
+        SamplingConfig {
+            eos_id: Some(tokenizer.eos_id()),
+            stop_ids: tokenizer.stop_ids().to_vec(),
+            ..self
+        }
+    }
+
+    /// Whether `token` ends a row: EOS or one of the stop ids.
+    fn ends(&self, token: u32) -> bool {
+        Some(token) == self.eos_id || self.stop_ids.contains(&token)
     }
 }
 
@@ -89,10 +111,11 @@ pub struct Generation {
 }
 
 /// The sampling distribution of one row: the tokens it may emit and their log-probabilities, in
-/// token-id order. The logits are divided by the temperature (1 for greedy decoding), `suppress`
-/// (EOS before `min_new_tokens`) is removed, top-k then top-p keep the most likely tokens (ties
+/// token-id order. The logits are divided by the temperature (1 for greedy decoding), with
+/// `suppress` (before `min_new_tokens`) EOS and the stop ids are removed, top-k then top-p keep the
+/// most likely tokens (ties
 /// broken by the lower id), and what is kept is renormalised.
-fn distribution(logits: &[f32], cfg: &SamplingConfig, suppress: Option<u32>) -> Vec<(u32, f32)> {
+fn distribution(logits: &[f32], cfg: &SamplingConfig, suppress: bool) -> Vec<(u32, f32)> {
     let temperature = if cfg.temperature > 0.0 {
         cfg.temperature
     } else {
@@ -101,7 +124,7 @@ fn distribution(logits: &[f32], cfg: &SamplingConfig, suppress: Option<u32>) -> 
     let mut cand: Vec<(u32, f32)> = logits
         .iter()
         .enumerate()
-        .filter(|(i, _)| Some(*i as u32) != suppress)
+        .filter(|(i, _)| !(suppress && cfg.ends(*i as u32)))
         .map(|(i, &l)| (i as u32, l / temperature))
         .collect();
     // as transformers: a top-k of 0 and a top-p of 1 or more keep every token
@@ -227,11 +250,7 @@ fn decode(
         let logits = model.lm_head(hidden.narrow(1, t - 1, 1));
         let [_, _, vocab] = logits.dims();
         let last = rlhf_core::host::to_f32_vec(logits); // [n, vocab]
-        let suppress = if step < cfg.min_new_tokens {
-            cfg.eos_id
-        } else {
-            None
-        };
+        let suppress = step < cfg.min_new_tokens;
         for (i, &r) in active.iter().enumerate() {
             let dist = distribution(&last[i * vocab..(i + 1) * vocab], cfg, suppress);
             let (tok, lp) = sample(&dist, greedy, &mut rngs[r]);
@@ -239,7 +258,7 @@ fn decode(
             out.logprobs[r].push(lp);
             ids[r].push(tok);
             mask[r].push(1);
-            out.eos[r] = Some(tok) == cfg.eos_id;
+            out.eos[r] = cfg.ends(tok);
         }
         if active.iter().any(|&r| out.eos[r]) {
             let going: Vec<usize> = (0..n).filter(|&i| !out.eos[active[i]]).collect();
@@ -359,10 +378,7 @@ pub fn sample_responses(
 ) -> Result<Responses> {
     let pairs: Vec<(&[u32], &[u32])> = prompts.iter().map(|p| (*p, &[][..])).collect();
     let (ids, mask) = collate(&pairs, tokenizer.pad_id(), None).prompts();
-    let cfg = SamplingConfig {
-        eos_id: Some(tokenizer.eos_id()),
-        ..cfg.clone()
-    };
+    let cfg = cfg.clone().ending_as(tokenizer);
     let g = generate(model, &ids, &mask, prompts.len(), &cfg, rng)?;
     let tokens: Vec<Vec<u32>> = (0..g.batch)
         .map(|b| {
@@ -374,7 +390,7 @@ pub fn sample_responses(
         .collect();
     let texts = tokens
         .iter()
-        .map(|t| tokenizer.decode(t))
+        .map(|t| tokenizer.decode_response(t))
         .collect::<Result<Vec<_>>>()?;
     Ok(Responses {
         tokens,
@@ -447,7 +463,7 @@ mod tests {
         let logits = [2.0f32, 1.0, 0.5, -1.0, 3.0];
         let mass = |d: &[(u32, f32)]| d.iter().map(|x| x.1.exp()).sum::<f32>();
         let ids = |d: &[(u32, f32)]| d.iter().map(|x| x.0).collect::<Vec<_>>();
-        let all = distribution(&logits, &unfiltered(1.0), None);
+        let all = distribution(&logits, &unfiltered(1.0), false);
         assert_eq!(ids(&all), vec![0, 1, 2, 3, 4], "every token, in id order");
         assert_eq!(most_likely(&all).0, 4);
         assert!((mass(&all) - 1.0).abs() < 1e-5);
@@ -457,7 +473,7 @@ mod tests {
                 top_k: Some(2),
                 ..unfiltered(1.0)
             },
-            None,
+            false,
         );
         assert_eq!(ids(&k2), vec![0, 4]);
         assert!((mass(&k2) - 1.0).abs() < 1e-5);
@@ -467,14 +483,24 @@ mod tests {
                 top_p: Some(0.7),
                 ..unfiltered(1.0)
             },
-            None,
+            false,
         );
         // p(4) ≈ 0.62 < 0.7; adding token 0 (≈ 0.23) passes it
         assert_eq!(ids(&p), vec![0, 4], "{p:?}");
-        let no_eos = distribution(&logits, &unfiltered(1.0), Some(4));
-        assert!(no_eos.iter().all(|x| x.0 != 4));
+        let ends = SamplingConfig {
+            eos_id: Some(4),
+            stop_ids: vec![1],
+            ..unfiltered(1.0)
+        };
+        let no_eos = distribution(&logits, &ends, true);
+        assert_eq!(
+            ids(&no_eos),
+            vec![0, 2, 3],
+            "EOS and the stop ids suppressed"
+        );
+        assert_eq!(ids(&distribution(&logits, &ends, false)).len(), 5);
         // a lower temperature sharpens the distribution
-        let cold = distribution(&logits, &unfiltered(0.5), None);
+        let cold = distribution(&logits, &unfiltered(0.5), false);
         assert!(most_likely(&cold).1 > most_likely(&all).1);
     }
 
@@ -483,7 +509,7 @@ mod tests {
     #[test]
     fn sampling_draws_each_token_with_its_probability() {
         let logits = [0.3f32, -2.0, 1.5, 0.0, 1.0, -0.5];
-        let dist = distribution(&logits, &unfiltered(0.7), None);
+        let dist = distribution(&logits, &unfiltered(0.7), false);
         let mut rng = ChaCha8Rng::seed_from_u64(7);
         let draws = 200_000;
         let mut counts = [0usize; 6];

@@ -58,9 +58,9 @@ pub fn sample_and_score(
         temperature: cfg.temperature,
         top_k: cfg.top_k,
         top_p: cfg.top_p,
-        eos_id: Some(inputs.tokenizer.eos_id()),
         ..SamplingConfig::default()
-    };
+    }
+    .ending_as(inputs.tokenizer);
     let generation = generate(
         policy,
         &query_ids,
@@ -88,7 +88,7 @@ pub fn sample_and_score(
                 .filter(|(_, m)| **m == 1)
                 .map(|(t, _)| *t)
                 .collect();
-            inputs.tokenizer.decode(&kept)
+            inputs.tokenizer.decode_response(&kept)
         })
         .collect::<Result<Vec<_>>>()?;
     let text_refs: Vec<&str> = texts.iter().map(String::as_str).collect();

@@ -68,7 +68,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     }
     let spec: Spec = args.reward.parse()?;
     let scorer = spec.build(&ckpt.tokenizer, &prompts, &device, Precision::F32)?;
-    let sampling = args.sampling.config(ckpt.tokenizer.eos_id())?;
+    let sampling = args.sampling.config(&ckpt.tokenizer)?;
     let mut rng = ChaCha8Rng::seed_from_u64(args.sampling.seed);
     let episodes: Vec<String> = prompts
         .texts
@@ -87,7 +87,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         let responses: Vec<Vec<u32>> = (0..chunk.len()).map(|r| row_tokens(&g, r)).collect();
         let texts = responses
             .iter()
-            .map(|r| ckpt.tokenizer.decode(r))
+            .map(|r| ckpt.tokenizer.decode_response(r))
             .collect::<rlhf_core::Result<Vec<_>>>()?;
         let prompt_refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
         let text_refs: Vec<&str> = texts.iter().map(String::as_str).collect();

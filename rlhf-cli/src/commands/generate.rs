@@ -6,7 +6,7 @@ use anyhow::{Result, bail};
 use clap::Args;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use rlhf_data::{ReadOptions, Turns, collate};
+use rlhf_data::{ReadOptions, Tokenizer, Turns, collate};
 use rlhf_models::{CausalLm, Generation, SamplingConfig, generate};
 use serde_json::json;
 
@@ -40,8 +40,8 @@ pub struct SamplingArgs {
 }
 
 impl SamplingArgs {
-    /// The library's sampling settings, stopping at `eos_id`.
-    pub fn config(&self, eos_id: u32) -> Result<SamplingConfig> {
+    /// The library's sampling settings, stopping at `tokenizer`'s EOS and stop ids.
+    pub fn config(&self, tokenizer: &Tokenizer) -> Result<SamplingConfig> {
         if self.temperature.is_nan() || self.temperature < 0.0 {
             bail!("--temperature must be ≥ 0");
         }
@@ -53,9 +53,9 @@ impl SamplingArgs {
             temperature: self.temperature,
             top_k: self.top_k,
             top_p: self.top_p,
-            eos_id: Some(eos_id),
             ..SamplingConfig::default()
-        })
+        }
+        .ending_as(tokenizer))
     }
 }
 
@@ -143,7 +143,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     if texts.is_empty() {
         bail!("give at least one --prompt or a --prompts file");
     }
-    let sampling = args.sampling.config(ckpt.tokenizer.eos_id())?;
+    let sampling = args.sampling.config(&ckpt.tokenizer)?;
     let mut rng = ChaCha8Rng::seed_from_u64(args.sampling.seed);
     for chunk in texts.chunks(args.sampling.batch_size.max(1)) {
         let (encoded, g) = sample_batch(&ckpt, &ckpt.model, chunk, &sampling, &mut rng)?;

@@ -204,3 +204,40 @@ fn the_chat_template_goes_with_the_tokenizer() {
         Some("{{ messages[0]['content'] }}")
     );
 }
+
+/// A checkpoint whose `generation_config.json` lists end tokens besides the tokenizer's EOS (as
+/// Qwen2.5-Instruct lists `<|im_end|>` and `<|endoftext|>`): the others are stop ids, a response
+/// ending with one decodes as one ending with EOS, and a malformed list is refused by file.
+#[test]
+fn generation_config_end_tokens_are_stop_ids() {
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../rlhf-models/tests/fixtures/hf/tiny-qwen2-chat");
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(fixture.join(f), dir.path().join(f)).unwrap();
+    }
+    let plain = Tokenizer::from_dir(dir.path()).unwrap();
+    assert!(plain.stop_ids().is_empty(), "no generation_config.json");
+    let write = |text: &str| std::fs::write(dir.path().join("generation_config.json"), text);
+    write(r#"{"eos_token_id": [2, 0, 2]}"#).unwrap();
+    let tok = Tokenizer::from_dir(dir.path()).unwrap();
+    assert_eq!(tok.eos_text(), "<|im_end|>");
+    assert_eq!(tok.eos_id(), 2);
+    assert_eq!(
+        tok.stop_ids(),
+        &[0],
+        "EOS itself and repeats are not listed"
+    );
+    let body = tok.encode("it sat.").unwrap();
+    let with = |end: u32| body.iter().copied().chain([end]).collect::<Vec<_>>();
+    assert_eq!(tok.decode_response(&with(0)).unwrap(), "it sat.<|im_end|>");
+    assert_eq!(tok.decode_response(&with(2)).unwrap(), "it sat.<|im_end|>");
+    assert_eq!(tok.decode_response(&body).unwrap(), "it sat.");
+    assert_eq!(tok.decode(&with(0)).unwrap(), "it sat.<|endoftext|>");
+    write(r#"{"eos_token_id": "<|endoftext|>"}"#).unwrap();
+    let err = Tokenizer::from_dir(dir.path()).unwrap_err().to_string();
+    assert!(
+        err.contains("generation_config.json") && err.contains("eos_token_id"),
+        "{err}"
+    );
+}

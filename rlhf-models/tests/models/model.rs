@@ -165,6 +165,57 @@ proptest! {
     }
 }
 
+/// A stop id ends a row as EOS does (a checkpoint's `generation_config.json` may list several
+/// end tokens): greedy rows stop at its first occurrence, counted as having emitted EOS, and before
+/// `min_new_tokens` it is suppressed like EOS.
+#[test]
+fn a_stop_id_ends_a_row_as_eos_does() {
+    let d = device();
+    let m = tiny(&d, "llama");
+    let prompt = [5u32, 6, 7, 8];
+    let greedy = |cfg: &SamplingConfig| {
+        generate(
+            &m,
+            &prompt,
+            &[1; 4],
+            1,
+            cfg,
+            &mut ChaCha8Rng::seed_from_u64(0),
+        )
+        .unwrap()
+    };
+    let base = SamplingConfig {
+        max_new_tokens: 10,
+        temperature: 0.0,
+        eos_id: Some(1),
+        ..Default::default()
+    };
+    let free = greedy(&base);
+    let kept = free.mask.iter().filter(|&&x| x == 1).count();
+    assert!(
+        kept >= 3,
+        "the greedy row is long enough to stop early: {free:?}"
+    );
+    let stop = free.tokens[2];
+    let first = free.tokens.iter().position(|&t| t == stop).unwrap();
+    let stopped = greedy(&SamplingConfig {
+        stop_ids: vec![stop],
+        ..base.clone()
+    });
+    assert_eq!(stopped.tokens[..=first], free.tokens[..=first]);
+    assert_eq!(stopped.mask.iter().filter(|&&x| x == 1).count(), first + 1);
+    assert_eq!(stopped.has_eos, vec![true]);
+    let held = greedy(&SamplingConfig {
+        stop_ids: vec![stop],
+        min_new_tokens: first + 1,
+        ..base.clone()
+    });
+    assert!(
+        !held.tokens[..=first].contains(&stop),
+        "suppressed before min_new_tokens: {held:?}"
+    );
+}
+
 /// Decoding with the cache gives, at every step, the logits of a full forward pass of the
 /// sequence so far (which, but for LongRoPE's switch to the long factors, are those of the whole
 /// sequence at that position).
