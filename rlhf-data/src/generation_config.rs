@@ -9,13 +9,17 @@ use rlhf_base::{Error, Result};
 use serde_json::Value;
 
 /// The ids of `eos_token_id` in `dir/generation_config.json` (a number or a list of numbers), in
-/// the file's order; none when the file or the field is missing or `null`. A field of another
-/// shape is a data error naming the file.
+/// the file's order, or, when the checkpoint has no such file, in its `config.json`, from which
+/// `transformers` then builds its generation config; none when neither has the field or it is
+/// `null`. A field of another shape is a data error naming the file.
 pub fn generation_eos_ids(dir: &Path) -> Result<Vec<u32>> {
-    let path = dir.join("generation_config.json");
-    if !path.is_file() {
+    let path = ["generation_config.json", "config.json"]
+        .iter()
+        .map(|f| dir.join(f))
+        .find(|p| p.is_file());
+    let Some(path) = path else {
         return Ok(Vec::new());
-    }
+    };
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
     eos_ids_of(&text).map_err(|message| Error::Data {
         file: path,

@@ -23,7 +23,7 @@ use crate::trainer::{DpoConfig, DpoReport, Group, train_offline};
 pub struct OnlineConfig {
     /// Responses sampled per prompt (at least 2).
     pub samples_per_prompt: usize,
-    /// How to sample (its `eos_id` is set from the tokenizer).
+    /// How to sample (it ends rows at the tokenizer's EOS and stop ids).
     pub sampling: SamplingConfig,
     /// The offline trainer's settings for the pass over the round's pairs.
     pub dpo: DpoConfig,

@@ -70,7 +70,7 @@ pub struct OnlineDpoConfig {
     /// Prompts keep their last this many tokens for sampling and log-probs (`None`: whole); the
     /// scorer reads the whole prompt text.
     pub max_prompt_length: Option<usize>,
-    /// How to sample (its `eos_id` is set from the tokenizer); TRL: 64 new tokens at T = 0.9.
+    /// How to sample (it ends rows at the tokenizer's EOS and stop ids); TRL: 64 new tokens at T = 0.9.
     pub sampling: SamplingConfig,
     /// Subtracted from the score of a response without EOS (≥ 0; `None`: no penalty).
     pub missing_eos_penalty: Option<f32>,

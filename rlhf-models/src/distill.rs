@@ -56,7 +56,7 @@ pub struct DistillConfig {
     pub grad_accum: usize,
     /// Prompts keep their last this many tokens (`None`: whole).
     pub max_prompt_length: Option<usize>,
-    /// How the student samples (its `eos_id` is set from the tokenizer); its temperature is the
+    /// How the student samples (it ends rows at the tokenizer's EOS and stop ids); its temperature is the
     /// loss's too, as in TRL.
     pub sampling: SamplingConfig,
     /// The divergence: 0 the forward KL `KL(p_t ‖ p_s)`, 1 the reverse KL `KL(p_s ‖ p_t)`, in

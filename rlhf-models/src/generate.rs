@@ -40,7 +40,7 @@ pub const MIN_ROWS_PER_PART: usize = 4;
 pub struct SamplingConfig {
     /// Tokens to generate at most.
     pub max_new_tokens: usize,
-    /// EOS is suppressed until this many tokens have been generated.
+    /// EOS and the stop ids are suppressed until this many tokens have been generated.
     pub min_new_tokens: usize,
     /// Softmax temperature; 0 means greedy (argmax).
     pub temperature: f32,
@@ -77,11 +77,16 @@ impl Default for SamplingConfig {
 }
 
 impl SamplingConfig {
-    /// These settings, ending rows at `tokenizer`'s EOS and at its other stop ids.
+    /// These settings, ending rows at `tokenizer`'s EOS and at its other stop ids as well as at
+    /// any stop ids they already hold.
     pub fn ending_as(self, tokenizer: &Tokenizer) -> Self {
+        let mut stop_ids = self.stop_ids.clone();
+        stop_ids.extend(tokenizer.stop_ids());
+        stop_ids.sort_unstable();
+        stop_ids.dedup();
         SamplingConfig {
             eos_id: Some(tokenizer.eos_id()),
-            stop_ids: tokenizer.stop_ids().to_vec(),
+            stop_ids,
             ..self
         }
     }
@@ -99,22 +104,22 @@ pub struct Generation {
     pub batch: usize,
     /// Columns (the longest continuation).
     pub new_len: usize,
-    /// Token ids; after a row's EOS, further ids are the EOS id (or 0) and masked.
+    /// Token ids; after a row's end (EOS or a stop id), further ids are the EOS id (or 0) and
+    /// masked.
     pub tokens: Vec<u32>,
     /// Log-probability of each token under the distribution it was sampled from (tempered and
     /// filtered; for greedy decoding, the untempered softmax). 0 where masked.
     pub logprobs: Vec<f32>,
-    /// 1 up to and including a row's EOS, 0 after it.
+    /// 1 up to and including a row's end (EOS or a stop id), 0 after it.
     pub mask: Vec<u8>,
-    /// Whether each row emitted EOS.
+    /// Whether each row ended with EOS or a stop id.
     pub has_eos: Vec<bool>,
 }
 
 /// The sampling distribution of one row: the tokens it may emit and their log-probabilities, in
 /// token-id order. The logits are divided by the temperature (1 for greedy decoding), with
-/// `suppress` (before `min_new_tokens`) EOS and the stop ids are removed, top-k then top-p keep the
-/// most likely tokens (ties
-/// broken by the lower id), and what is kept is renormalised.
+/// `suppress` (before `min_new_tokens`) EOS and the stop ids are removed, top-k then top-p keep
+/// the most likely tokens (ties broken by the lower id), and what is kept is renormalised.
 fn distribution(logits: &[f32], cfg: &SamplingConfig, suppress: bool) -> Vec<(u32, f32)> {
     let temperature = if cfg.temperature > 0.0 {
         cfg.temperature
@@ -359,16 +364,18 @@ fn generate_in_parts(
 /// One sampled continuation per prompt row (see [`sample_responses`]).
 #[derive(Debug, Clone)]
 pub struct Responses {
-    /// The kept tokens of each row (up to and including EOS).
+    /// The kept tokens of each row (up to and including its end, EOS or a stop id).
     pub tokens: Vec<Vec<u32>>,
-    /// Their texts (the EOS token's text at the end when the row stopped there).
+    /// Their texts (the EOS token's text at the end when the row ended, whichever token ended
+    /// it: [`Tokenizer::decode_response`]).
     pub texts: Vec<String>,
-    /// Whether each row emitted EOS.
+    /// Whether each row ended with EOS or a stop id.
     pub has_eos: Vec<bool>,
 }
 
-/// Samples one continuation of each prompt (token ids): left-pad, [`generate`] with the
-/// tokenizer's EOS, and decode what each row kept.
+/// Samples one continuation of each prompt (token ids): left-pad, [`generate`] ending rows at the
+/// tokenizer's EOS and stop ids ([`SamplingConfig::ending_as`]), and decode what each row kept
+/// ([`Tokenizer::decode_response`]).
 pub fn sample_responses(
     model: &CausalLm,
     tokenizer: &Tokenizer,

@@ -84,7 +84,7 @@ pub struct PpoInputs<'a> {
     pub reference: &'a CausalLm,
     /// Scores responses: a reward model, a gold oracle, a rule.
     pub scorer: &'a dyn Scorer,
-    /// The policy's tokenizer (its EOS ends responses).
+    /// The policy's tokenizer (its EOS and stop ids end responses).
     pub tokenizer: &'a Tokenizer,
     /// Training prompts, visited in a shuffled order, epoch after epoch.
     pub prompts: &'a [String],

@@ -101,7 +101,8 @@ pub fn sample_batch(
     Ok((encoded, g))
 }
 
-/// The kept tokens of row `r` of a generation (EOS included when the row stopped there).
+/// The kept tokens of row `r` of a generation (its end, EOS or a stop id, included when the row
+/// stopped there).
 pub fn row_tokens(g: &Generation, r: usize) -> Vec<u32> {
     (r * g.new_len..(r + 1) * g.new_len)
         .filter(|&i| g.mask[i] == 1)
@@ -149,12 +150,12 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         let (encoded, g) = sample_batch(&ckpt, &ckpt.model, chunk, &sampling, &mut rng)?;
         for (r, prompt) in chunk.iter().enumerate() {
             let ids = row_tokens(&g, r);
-            let text_ids: Vec<u32> = ids
-                .iter()
-                .copied()
-                .filter(|&t| t != ckpt.tokenizer.eos_id())
-                .collect();
-            let completion = ckpt.tokenizer.decode(&text_ids)?;
+            // the text without the token that ended the row (EOS or a stop id)
+            let text_ids = match ids.split_last() {
+                Some((_, body)) if g.has_eos[r] => body,
+                _ => &ids[..],
+            };
+            let completion = ckpt.tokenizer.decode(text_ids)?;
             if args.json {
                 let logprobs: Vec<f32> = (r * g.new_len..(r + 1) * g.new_len)
                     .filter(|&i| g.mask[i] == 1)

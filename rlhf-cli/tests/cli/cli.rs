@@ -1955,6 +1955,69 @@ fn json_lines(text: &str) -> Vec<Value> {
         .collect()
 }
 
+/// A checkpoint whose `generation_config.json` lists another end token besides the tokenizer's
+/// EOS (as Qwen2.5-Instruct lists `<|endoftext|>` besides `<|im_end|>`): `rlhf generate` stops a
+/// greedy row at that token, as `transformers` does, reports it stopped, and prints the text
+/// before it.
+#[test]
+fn generation_stops_at_every_end_token_of_generation_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    let source = PathBuf::from(fixture("tiny-qwen2-chat"));
+    for f in std::fs::read_dir(&source).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, model.join(f.file_name().unwrap())).unwrap();
+    }
+    let run = || {
+        json_lines(&ok(&[
+            "generate",
+            "--model",
+            &s(&model),
+            "--prompt",
+            "the cat sat on",
+            "--max-new-tokens",
+            "8",
+            "--temperature",
+            "0",
+            "--json",
+        ]))
+        .remove(0)
+    };
+    let ids = |v: &Value| -> Vec<u64> {
+        v["completion_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap())
+            .collect()
+    };
+    let free = ids(&run());
+    // the tokenizer's EOS is <|im_end|>, id 2; stop at a token the greedy row emits instead
+    let at = (1..free.len())
+        .find(|&i| free[i] != 2)
+        .expect("a greedy token other than EOS");
+    let stop = free[at];
+    let at = free.iter().position(|&t| t == stop).unwrap();
+    std::fs::write(
+        model.join("generation_config.json"),
+        format!(r#"{{"eos_token_id": [2, {stop}]}}"#),
+    )
+    .unwrap();
+    let stopped = run();
+    assert_eq!(ids(&stopped), free[..=at], "{stopped}");
+    assert_eq!(stopped["stopped_at_eos"], true, "{stopped}");
+    let before = run_text(&model, &free[..at]);
+    assert_eq!(stopped["completion"], before.as_str(), "{stopped}");
+}
+
+/// The text of `ids` under the tokenizer in `dir`.
+fn run_text(dir: &Path, ids: &[u64]) -> String {
+    let tok = rlhf_data::Tokenizer::from_dir(dir).unwrap();
+    let ids: Vec<u32> = ids.iter().map(|&x| x as u32).collect();
+    tok.decode(&ids).unwrap()
+}
+
 /// `rlhf generate` (which replaces rlhf-models' `generate` command): greedy JSON output, the
 /// same greedy tokens alone and in a batch (the tokenizer's PAD lies past the vocabulary), a
 /// seed reproduces a sample, and mistakes are reported.

@@ -219,7 +219,7 @@ fn generation_config_end_tokens_are_stop_ids() {
     let plain = Tokenizer::from_dir(dir.path()).unwrap();
     assert!(plain.stop_ids().is_empty(), "no generation_config.json");
     let write = |text: &str| std::fs::write(dir.path().join("generation_config.json"), text);
-    write(r#"{"eos_token_id": [2, 0, 2]}"#).unwrap();
+    write(r#"{"eos_token_id": [0, 2, 0]}"#).unwrap();
     let tok = Tokenizer::from_dir(dir.path()).unwrap();
     assert_eq!(tok.eos_text(), "<|im_end|>");
     assert_eq!(tok.eos_id(), 2);
@@ -240,4 +240,12 @@ fn generation_config_end_tokens_are_stop_ids() {
         err.contains("generation_config.json") && err.contains("eos_token_id"),
         "{err}"
     );
+    // without generation_config.json, config.json's list (transformers builds from it then)
+    std::fs::remove_file(dir.path().join("generation_config.json")).unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        r#"{"eos_token_id": [2, 1]}"#,
+    )
+    .unwrap();
+    assert_eq!(Tokenizer::from_dir(dir.path()).unwrap().stop_ids(), &[1]);
 }

@@ -196,7 +196,11 @@ fn a_stop_id_ends_a_row_as_eos_does() {
         kept >= 3,
         "the greedy row is long enough to stop early: {free:?}"
     );
-    let stop = free.tokens[2];
+    // a token the row emits that is not EOS (id 1): the stop id
+    let first = (1..kept)
+        .find(|&i| free.tokens[i] != 1)
+        .expect("a token other than EOS");
+    let stop = free.tokens[first];
     let first = free.tokens.iter().position(|&t| t == stop).unwrap();
     let stopped = greedy(&SamplingConfig {
         stop_ids: vec![stop],
