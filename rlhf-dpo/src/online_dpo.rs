@@ -689,6 +689,7 @@ fn update_on_pairs(
                 summed_for_ipo(pair_cfg.loss, lengths).reshape([b, 2]),
                 to_2d(&ref_rows, device),
                 rewards,
+                None,
             );
             let loss_value = f64::from(loss.clone().into_scalar::<f32>());
             metrics.extend(kl_and_entropy(logps, &ref_rows));

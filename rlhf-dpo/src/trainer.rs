@@ -15,7 +15,7 @@ use rlhf_core::train::{
 };
 use rlhf_core::{Error, Result, zero_masked};
 use rlhf_data::{Truncation, collate};
-use rlhf_models::{CausalLm, LmBatch, target_logprobs};
+use rlhf_models::{CausalLm, LmBatch, target_logprobs_with};
 use serde::{Deserialize, Serialize};
 
 use crate::cache::{LogpSpec, RefCache};
@@ -202,6 +202,10 @@ pub struct DpoConfig {
     /// count `α` each in its sequence log-prob, the policy's and the reference's ([`None`]: all
     /// count 1).
     pub ld_alpha: Option<f32>,
+    /// WPO (Zhou et al. 2024; TRL's `use_weighting`): each pair's loss is weighted by how likely
+    /// the policy is to have sampled both responses, `w(y) = exp(mean_t [log π(y_t) − log Σ_v
+    /// π(v)²])` of each, without gradients (not capped, as in TRL 1.16).
+    pub use_weighting: bool,
     /// Seed of the batch order.
     pub seed: u64,
     /// Dropout off in the policy (TRL's `disable_dropout`): the reference's log-probs are
@@ -230,6 +234,7 @@ impl Default for DpoConfig {
             eval_every: 0,
             truncation: None,
             ld_alpha: None,
+            use_weighting: false,
             seed: 0,
             disable_dropout: true,
         }
@@ -277,6 +282,18 @@ impl DpoConfig {
             && !(0.0..=1.0).contains(&alpha)
         {
             return bad(format!("ld_alpha must be in [0, 1], got {alpha}"));
+        }
+        if self.use_weighting
+            && let Some((loss, _)) = self.losses().find(|(l, _)| {
+                l.needs_rewards()
+                    || matches!(l, OfflineLoss::Aot { .. } | OfflineLoss::AotUnpaired { .. })
+            })
+        {
+            return bad(format!(
+                "use_weighting weighs each pair by its two responses: {loss:?} is not a loss of \
+                 independent pairs (TRL refuses aot and aot_unpaired; exo_rw and dpo_rw read \
+                 K-wise groups)"
+            ));
         }
         if !self.extra_losses.is_empty() && self.losses().any(|(l, _)| l.needs_rewards()) {
             return bad(
@@ -361,16 +378,17 @@ pub fn sequence_logps_ld(
     ld_alpha: Option<f32>,
     device: &Device,
 ) -> Result<(Tensor<1>, Tensor<1>)> {
-    let s = ld_sums(model, groups, truncation, ld_alpha, device)?;
+    let s = ld_sums(model, groups, truncation, ld_alpha, false, device)?;
     Ok((s.weighted, s.lengths))
 }
 
 /// A batch's sequence log-probs, each `[Σ K]`: LD-DPO's weighted sums, the plain sums (the same
-/// tensor without `ld_alpha`) and the token counts.
+/// tensor without `ld_alpha`), the token counts and, when asked, each response's WPO weight.
 struct LdSums {
     weighted: Tensor<1>,
     plain: Tensor<1>,
     lengths: Tensor<1>,
+    wpo: Option<Tensor<1>>,
 }
 
 fn ld_sums(
@@ -378,6 +396,7 @@ fn ld_sums(
     groups: &[&Group],
     truncation: Option<(usize, usize)>,
     ld_alpha: Option<f32>,
+    wpo: bool,
     device: &Device,
 ) -> Result<LdSums> {
     let pairs: Vec<(&[u32], &[u32])> = groups
@@ -388,11 +407,19 @@ fn ld_sums(
                 .map(|r| (g.prompt.as_slice(), r.as_slice()))
         })
         .collect();
-    let t = token_logps(model, &pairs, truncation, device)?;
+    let (t, log_sum_sq) = token_logps(model, &pairs, truncation, wpo, device)?;
     let [n, width] = t.mask.dims();
     let lengths = t.mask.clone().sum_dim(1);
     let logp = zero_masked(t.logp, t.mask.clone());
     let plain = logp.clone().sum_dim(1).reshape([n]);
+    // WPO's eq. 2: the mean over response tokens of log π(y_t) − log Σ_v π(v)², exponentiated
+    let wpo = log_sum_sq.map(|lss| {
+        zero_masked(logp.clone().detach().sub(lss), t.mask.clone())
+            .sum_dim(1)
+            .div(lengths.clone().clamp_min(1.0))
+            .exp()
+            .reshape([n])
+    });
     let weighted = match ld_alpha {
         None => plain.clone(),
         Some(alpha) => {
@@ -419,6 +446,7 @@ fn ld_sums(
         weighted,
         plain,
         lengths: lengths.reshape([n]),
+        wpo,
     })
 }
 
@@ -431,7 +459,7 @@ pub fn pair_logps(
     truncation: Option<(usize, usize)>,
     device: &Device,
 ) -> Result<(Tensor<1>, Tensor<1>)> {
-    let t = token_logps(model, pairs, truncation, device)?;
+    let (t, _) = token_logps(model, pairs, truncation, false, device)?;
     let n = pairs.len();
     Ok((
         zero_masked(t.logp, t.mask.clone()).sum_dim(1).reshape([n]),
@@ -440,19 +468,21 @@ pub fn pair_logps(
 }
 
 /// The response tokens' log-probs of `(prompt, response)` token pairs and their mask, each
-/// `[pairs, width]`, the batch padded as [`pair_logps`] pads it.
+/// `[pairs, width]`, the batch padded as [`pair_logps`] pads it; with `log_sum_sq`, WPO's
+/// `log Σ_v π(v)²` at each of them too (no gradients).
 fn token_logps(
     model: &CausalLm,
     pairs: &[(&[u32], &[u32])],
     truncation: Option<(usize, usize)>,
+    log_sum_sq: bool,
     device: &Device,
-) -> Result<rlhf_models::TargetLogprobs> {
+) -> Result<(rlhf_models::TargetLogprobs, Option<Tensor<2>>)> {
     let t = truncation.map(|(p, r)| Truncation {
         max_prompt: p,
         max_response: r,
     });
     let batch = LmBatch::from_sequences(&collate(pairs, 0, t));
-    target_logprobs(model, &batch, SEQUENCE_TEMPERATURE, device)
+    target_logprobs_with(model, &batch, SEQUENCE_TEMPERATURE, log_sum_sq, device)
 }
 
 /// The reference's sequence log-probs of every group (no gradients), `batch_size` groups at a
@@ -485,7 +515,9 @@ pub(crate) fn reference_logps(
 /// The loss `[1]` of a batch and its pair metrics, from policy log-probs (LD-DPO's weighted sums
 /// and the plain sums, the same without `ld_alpha`), token counts and reference log-probs, each
 /// `[B, K]` (sums over response tokens): `cfg.loss` and each of
-/// `cfg.extra_losses` ([`one_loss`]), their batch means weighted and summed. The implicit rewards
+/// `cfg.extra_losses` ([`one_loss`]), their batch means weighted and summed. With WPO's `wpo`
+/// weights `[B, K]`, each example's loss is first multiplied by the product of its responses'
+/// weights, as TRL multiplies each loss's per-sequence values. The implicit rewards
 /// `β·(logπ − logπ_ref)` that are logged are `cfg.loss`'s, of the log-probs it reads.
 pub(crate) fn batch_loss(
     cfg: &DpoConfig,
@@ -494,6 +526,7 @@ pub(crate) fn batch_loss(
     lengths: Tensor<2>,
     reference: Tensor<2>,
     rewards: Option<Tensor<2>>,
+    wpo: Option<Tensor<2>>,
 ) -> (Tensor<1>, Metrics) {
     let sums = Sums {
         policy,
@@ -502,11 +535,17 @@ pub(crate) fn batch_loss(
         reference,
         rewards,
     };
+    let [b, _] = sums.policy.dims();
+    let weighted = |per_example: Tensor<1>| match &wpo {
+        Some(w) => per_example.mul(w.clone().prod_dim(1).reshape([b])),
+        None => per_example,
+    };
     // TRL's sum of the losses' batch means, each times its weight (×1 is exact)
     let (first, pair) = one_loss(cfg.loss, cfg, &sums);
-    let mut total = first.mean().mul_scalar(cfg.loss_weight);
+    let mut total = weighted(first).mean().mul_scalar(cfg.loss_weight);
     for &(loss, weight) in &cfg.extra_losses {
-        total = total.add(one_loss(loss, cfg, &sums).0.mean().mul_scalar(weight));
+        let per_example = one_loss(loss, cfg, &sums).0;
+        total = total.add(weighted(per_example).mean().mul_scalar(weight));
     }
     let (rc, rr) = pair.implicit_rewards(cfg.beta);
     let scalar = |t: Tensor<1>| f64::from(t.mean().into_scalar::<f32>());
@@ -634,7 +673,14 @@ fn loss_of_groups(
     device: &Device,
 ) -> Result<(Tensor<1>, Metrics)> {
     let (b, k) = (groups.len(), groups[0].responses.len());
-    let s = ld_sums(policy, groups, cfg.truncation, cfg.ld_alpha, device)?;
+    let s = ld_sums(
+        policy,
+        groups,
+        cfg.truncation,
+        cfg.ld_alpha,
+        cfg.use_weighting,
+        device,
+    )?;
     let rows: Vec<Vec<f32>> = ref_logps.iter().map(|r| (*r).clone()).collect();
     let rewards = cfg.loss.needs_rewards().then(|| {
         let r: Vec<Vec<f32>> = groups
@@ -650,6 +696,7 @@ fn loss_of_groups(
         s.lengths.reshape([b, k]),
         to_2d(&rows, device),
         rewards,
+        s.wpo.map(|w| w.reshape([b, k])),
     ))
 }
 

@@ -76,5 +76,5 @@ pub use precision::Precision;
 pub use sequence_kl::sequence_kl;
 pub use sft::{
     LmBatch, SftConfig, SftReport, TargetLogprobs, eval_loss, pack, rows_per_epoch, sft_loss,
-    target_logprobs, train_sft,
+    target_logprobs, target_logprobs_with, train_sft,
 };

@@ -9,7 +9,7 @@
 use std::borrow::Cow;
 
 use burn::module::Module;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData, activation};
 use rlhf_core::train::memory;
 use rlhf_core::train::{
     BatchLoss, FitConfig, LrSchedule, Metrics, OptimizerConfig, RunOptions, Shard, TrainRng, fit,
@@ -237,20 +237,35 @@ pub fn target_logprobs(
     temperature: f32,
     device: &Device,
 ) -> Result<TargetLogprobs> {
+    Ok(target_logprobs_with(model, batch, temperature, false, device)?.0)
+}
+
+/// [`target_logprobs`] and, with `log_sum_sq`, `log Σ_v p_v²` of the model's tempered
+/// distribution at each target position, without gradients (`[batch, seq − first]`): WPO's
+/// weight adjustment (Zhou et al. 2024, eq. 2; TRL's `use_weighting`).
+pub fn target_logprobs_with(
+    model: &CausalLm,
+    batch: &LmBatch,
+    temperature: f32,
+    log_sum_sq: bool,
+    device: &Device,
+) -> Result<(TargetLogprobs, Option<Tensor<2>>)> {
     let (input, target) = batch.input(model, device)?;
     let first = batch.first_target();
     let width = batch.seq - first;
     let hidden = model.hidden(&input, None).narrow(1, first - 1, width);
-    let logp = token_logprobs(
-        model.lm_head(hidden),
-        input.ids().narrow(1, first, width),
-        temperature,
-    );
-    Ok(TargetLogprobs {
+    let logits = model.lm_head(hidden);
+    let sum_sq = log_sum_sq.then(|| {
+        let logp = activation::log_softmax(logits.clone().detach().div_scalar(temperature), 2);
+        logp.mul_scalar(2.0).exp().sum_dim(2).log().squeeze_dim(2)
+    });
+    let logp = token_logprobs(logits, input.ids().narrow(1, first, width), temperature);
+    let t = TargetLogprobs {
         logp,
         mask: target.narrow(1, first, width),
         first,
-    })
+    };
+    Ok((t, sum_sq))
 }
 
 /// Mean negative log-likelihood of the target tokens (see [`target_logprobs`]). Returns `[1]`.

@@ -1762,6 +1762,7 @@ fn every_field_of_every_trainer_config_is_a_flag() {
                 ("beta", &["--beta", "0.5"]),
                 ("f_divergence", &["--f-divergence-type", "js_divergence"]),
                 ("ld_alpha", &["--ld-alpha", "0.5"]),
+                ("use_weighting", &["--use-weighting"]),
                 ("disable_dropout", &["--disable-dropout", "false"]),
             ],
         ],

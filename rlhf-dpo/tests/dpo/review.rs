@@ -845,3 +845,92 @@ fn ld_dpo_weighs_the_tokens_past_the_shared_length() {
         assert!(cfg.validate().is_err(), "{bad}");
     }
 }
+
+/// One response's summed log-prob and WPO weight `exp(mean_t [log π(y_t) − log Σ_v π(v)²])`,
+/// in f64 from `policy`'s logits on the sequence alone (no padding).
+fn wpo_reference(policy: &CausalLm, prompt: &[u32], response: &[u32]) -> (f64, f64) {
+    let ids: Vec<u32> = prompt.iter().chain(response).copied().collect();
+    let logits = policy.forward(&policy.input(&ids, &vec![1; ids.len()], 1).unwrap(), None);
+    let [_, len, vocab] = logits.dims();
+    let flat: Vec<f64> = to_f32_vec(logits).into_iter().map(f64::from).collect();
+    let (mut sum, mut adjusted) = (0.0, 0.0);
+    for (j, &token) in response.iter().enumerate() {
+        let at = prompt.len() + j - 1;
+        assert!(at < len);
+        let row = &flat[at * vocab..(at + 1) * vocab];
+        let max = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let lse = max + row.iter().map(|x| (x - max).exp()).sum::<f64>().ln();
+        let logp: Vec<f64> = row.iter().map(|x| x - lse).collect();
+        let log_sum_sq = logp.iter().map(|l| (2.0 * l).exp()).sum::<f64>().ln();
+        sum += logp[token as usize];
+        adjusted += logp[token as usize] - log_sum_sq;
+    }
+    (sum, (adjusted / response.len() as f64).exp())
+}
+
+/// WPO (TRL's `use_weighting`): each pair's loss is multiplied by `w(y_c)·w(y_r)`, read here in
+/// f64 from the policy's logits, on pairs of unequal lengths padded together. The weights change
+/// the loss; AOT and the K-wise losses refuse them.
+#[test]
+fn wpo_weighs_each_pair_by_how_likely_the_policy_samples_it() {
+    let device = rlhf_core::device_from_env().unwrap();
+    let policy = model(&device, 2);
+    let groups = uneven_pairs();
+    let zeros: Vec<Vec<f32>> = vec![vec![0.0, 0.0]; groups.len()];
+    let loss_at = |loss, use_weighting| {
+        let cfg = DpoConfig {
+            loss,
+            use_weighting,
+            batch_size: groups.len(),
+            ..base()
+        };
+        cfg.validate().unwrap();
+        rlhf_dpo::evaluate(&policy, &groups, &zeros, &cfg, &device)
+            .unwrap()
+            .loss
+    };
+    let beta = f64::from(base().beta);
+    let (mut dpo, mut ipo) = (0.0, 0.0);
+    for g in &groups {
+        let lens = [g.responses[0].len() as f64, g.responses[1].len() as f64];
+        let (sc, wc) = wpo_reference(&policy, &g.prompt, &g.responses[0]);
+        let (sr, wr) = wpo_reference(&policy, &g.prompt, &g.responses[1]);
+        assert!(
+            wc > 0.0 && wr > 0.0 && (wc - 1.0).abs() + (wr - 1.0).abs() > 1e-3,
+            "{wc} {wr}"
+        );
+        let h = sc - sr;
+        dpo += (1.0 + (-beta * h).exp()).ln() * wc * wr;
+        // IPO reads the log-probs averaged over tokens
+        let h = sc / lens[0] - sr / lens[1];
+        ipo += (h - 1.0 / (2.0 * beta)).powi(2) * wc * wr;
+    }
+    let n = groups.len() as f64;
+    let dpo_loss = OfflineLoss::Dpo {
+        label_smoothing: 0.0,
+    };
+    for (loss, want) in [(dpo_loss, dpo / n), (OfflineLoss::Ipo, ipo / n)] {
+        let got = loss_at(loss, true);
+        assert!(
+            (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+            "{loss:?}: {got} against {want}"
+        );
+        assert!((got - loss_at(loss, false)).abs() > 1e-3, "{loss:?}");
+    }
+    for loss in [
+        OfflineLoss::Aot {
+            label_smoothing: 0.0,
+        },
+        OfflineLoss::AotUnpaired {
+            label_smoothing: 0.0,
+        },
+        OfflineLoss::ExoRw { beta_r: 1.0 },
+    ] {
+        let cfg = DpoConfig {
+            loss,
+            use_weighting: true,
+            ..base()
+        };
+        assert!(cfg.validate().is_err(), "{loss:?}");
+    }
+}
