@@ -49,5 +49,5 @@ pub use online::{OnlineConfig, OnlineReport, best_and_worst, online_round};
 pub use online_dpo::{OnlineDpoConfig, OnlineDpoInputs, OnlineDpoReport, train_online_dpo};
 pub use trainer::{
     DpoConfig, DpoEval, DpoReport, Group, OfflineLoss, cached_reference_logps, evaluate,
-    pair_logps, sequence_logps, sequence_logps_ld, train_offline,
+    pair_logps, sequence_logps, sequence_logps_ld, train_offline, wpo_weights,
 };

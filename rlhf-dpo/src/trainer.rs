@@ -202,9 +202,11 @@ pub struct DpoConfig {
     /// count `α` each in its sequence log-prob, the policy's and the reference's ([`None`]: all
     /// count 1).
     pub ld_alpha: Option<f32>,
-    /// WPO (Zhou et al. 2024; TRL's `use_weighting`): each pair's loss is weighted by how likely
-    /// the policy is to have sampled both responses, `w(y) = exp(mean_t [log π(y_t) − log Σ_v
-    /// π(v)²])` of each, without gradients (not capped, as in TRL 1.16).
+    /// WPO (Zhou et al. 2024; TRL's `use_weighting`): each pair's loss is multiplied by its two
+    /// responses' `w(y) = exp(mean_t [log π(y_t) − log Σ_v π(v)²])`, without gradients: the
+    /// geometric mean of each token's probability over the expected probability of the policy's
+    /// own draw, so off-policy pairs count less (not capped, as in TRL 1.16; older TRL capped the
+    /// product at 1).
     pub use_weighting: bool,
     /// Seed of the batch order.
     pub seed: u64,
@@ -380,6 +382,18 @@ pub fn sequence_logps_ld(
 ) -> Result<(Tensor<1>, Tensor<1>)> {
     let s = ld_sums(model, groups, truncation, ld_alpha, false, device)?;
     Ok((s.weighted, s.lengths))
+}
+
+/// WPO's weight of every response of `groups` (group-major), `[Σ K]`, without gradients: `w(y) =
+/// exp(mean_t [log π(y_t) − log Σ_v π(v)²])` ([`DpoConfig::use_weighting`]).
+pub fn wpo_weights(
+    model: &CausalLm,
+    groups: &[&Group],
+    truncation: Option<(usize, usize)>,
+    device: &Device,
+) -> Result<Tensor<1>> {
+    let s = ld_sums(model, groups, truncation, None, true, device)?;
+    Ok(s.wpo.expect("ld_sums gives the weights when asked"))
 }
 
 /// A batch's sequence log-probs, each `[Σ K]`: LD-DPO's weighted sums, the plain sums (the same
@@ -910,4 +924,59 @@ pub fn train_offline(
         report.eval = evaluate(&policy, eval, &ref_eval, cfg, device)?;
     }
     Ok((policy, report))
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::optim::GradientsParams;
+
+    use super::*;
+
+    /// WPO's weights carry no gradient: the weighted loss's gradient is the one with the same
+    /// weights fed in as constants.
+    #[test]
+    fn wpo_weights_carry_no_gradient() {
+        let device = rlhf_core::device_from_env().unwrap().autodiff();
+        let mut c = rlhf_models::TransformerConfig::preset("tiny-1m").unwrap();
+        (c.vocab_size, c.hidden_size, c.intermediate_size) = (32, 16, 32);
+        (
+            c.num_hidden_layers,
+            c.num_attention_heads,
+            c.num_key_value_heads,
+        ) = (1, 2, 2);
+        let policy = rlhf_core::train::seeded(&device, 3, || CausalLm::init(&c, &device).unwrap());
+        let groups: Vec<Group> = (0..4u32)
+            .map(|i| Group {
+                prompt: vec![i + 1, 3],
+                responses: vec![vec![i + 4, 5, 6], vec![7, i + 8]],
+                rewards: None,
+            })
+            .collect();
+        let refs: Vec<&Group> = groups.iter().collect();
+        let zeros = vec![0.0f32, 0.0];
+        let ref_rows: Vec<&Vec<f32>> = groups.iter().map(|_| &zeros).collect();
+        let cfg = DpoConfig {
+            use_weighting: true,
+            ..DpoConfig::default()
+        };
+        let (weighted, _) = loss_of_groups(&policy, &refs, &ref_rows, &cfg, &device).unwrap();
+        let s = ld_sums(&policy, &refs, None, None, true, &device).unwrap();
+        let constant = s.wpo.unwrap().detach().reshape([4, 2]);
+        let (as_constants, _) = batch_loss(
+            &cfg,
+            s.weighted.reshape([4, 2]),
+            s.plain.reshape([4, 2]),
+            s.lengths.reshape([4, 2]),
+            to_2d(&vec![vec![0.0, 0.0]; 4], &device),
+            None,
+            Some(constant),
+        );
+        let grads = |loss: Tensor<1>| {
+            let g = GradientsParams::from_grads(loss.backward(), &policy);
+            let (_, norm) = rlhf_core::train::clip_if_set(&policy, g, None);
+            f64::from(norm)
+        };
+        let (a, b) = (grads(weighted), grads(as_constants));
+        assert!(a > 0.0 && (a - b).abs() <= 1e-6 * a, "{a} against {b}");
+    }
 }

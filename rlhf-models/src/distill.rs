@@ -354,10 +354,10 @@ fn micro_batch_loss(
     })
 }
 
-/// `model`'s logits at the batch's response positions, over its first `vocab` rows (in f32, as the
-/// LM head gives them), and
-/// the response mask: `[batch, seq − first, vocab]` and `[batch, seq − first]`, where column `c`
-/// predicts token `first + c` (as in `sft::target_logprobs`).
+/// `model`'s logits at the batch's response positions, over its first `vocab` rows (in f32, as
+/// the LM head gives them), and the response mask: `[batch, seq − first, vocab]` and
+/// `[batch, seq − first]`, where column `c` predicts token `first + c` (as in
+/// `sft::target_logprobs`).
 fn response_logits(
     model: &CausalLm,
     batch: &LmBatch,

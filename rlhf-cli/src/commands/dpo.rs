@@ -158,9 +158,9 @@ pub struct DpoArgs {
     /// --ld_alpha].
     #[arg(long, value_name = "ALPHA")]
     pub ld_alpha: Option<f32>,
-    /// WPO: weigh each pair's loss by how likely the policy is to sample both responses,
-    /// `exp(mean_t [log π(y_t) − log Σ_v π(v)²])` of each (not with aot, aot-unpaired or the
-    /// K-wise losses) [TRL: --use_weighting].
+    /// WPO: multiply each pair's loss by its responses' `exp(mean_t [log π(y_t) − log Σ_v
+    /// π(v)²])`, so that pairs the policy would not sample count less (not with aot,
+    /// aot-unpaired or the K-wise losses) [TRL: --use_weighting].
     #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub use_weighting: bool,
     /// Dropout off in the policy; the reference's log-probs are read without it [TRL:

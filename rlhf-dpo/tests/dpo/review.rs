@@ -868,21 +868,36 @@ fn wpo_reference(policy: &CausalLm, prompt: &[u32], response: &[u32]) -> (f64, f
     (sum, (adjusted / response.len() as f64).exp())
 }
 
-/// WPO (TRL's `use_weighting`): each pair's loss is multiplied by `w(y_c)·w(y_r)`, read here in
-/// f64 from the policy's logits, on pairs of unequal lengths padded together. The weights change
-/// the loss; AOT and the K-wise losses refuse them.
+/// WPO (TRL's `use_weighting`): each response's weight is the f64 reading of the policy's logits,
+/// on pairs of unequal lengths padded together, and each pair's loss, of every loss in the list and
+/// with LD-DPO's sums too, is multiplied by `w(y_c)·w(y_r)` (the weights read the plain
+/// log-probs). AOT and the K-wise losses refuse them.
 #[test]
 fn wpo_weighs_each_pair_by_how_likely_the_policy_samples_it() {
     let device = rlhf_core::device_from_env().unwrap();
     let policy = model(&device, 2);
     let groups = uneven_pairs();
+    let refs: Vec<&Group> = groups.iter().collect();
     let zeros: Vec<Vec<f32>> = vec![vec![0.0, 0.0]; groups.len()];
-    let loss_at = |loss, use_weighting| {
+    let reference: Vec<[(f64, f64); 2]> = groups
+        .iter()
+        .map(|g| [0, 1].map(|k| wpo_reference(&policy, &g.prompt, &g.responses[k])))
+        .collect();
+    let got = to_f32_vec(rlhf_dpo::wpo_weights(&policy, &refs, None, &device).unwrap());
+    for (g, w) in reference.iter().flatten().zip(&got) {
+        assert!(
+            (f64::from(*w) - g.1).abs() <= 1e-4 * g.1,
+            "{w} against {}",
+            g.1
+        );
+    }
+    assert!(got.iter().any(|w| (w - 1.0).abs() > 1e-2), "{got:?}");
+
+    let loss_at = |cfg: DpoConfig| {
         let cfg = DpoConfig {
-            loss,
-            use_weighting,
+            use_weighting: true,
             batch_size: groups.len(),
-            ..base()
+            ..cfg
         };
         cfg.validate().unwrap();
         rlhf_dpo::evaluate(&policy, &groups, &zeros, &cfg, &device)
@@ -890,32 +905,61 @@ fn wpo_weighs_each_pair_by_how_likely_the_policy_samples_it() {
             .loss
     };
     let beta = f64::from(base().beta);
-    let (mut dpo, mut ipo) = (0.0, 0.0);
-    for g in &groups {
-        let lens = [g.responses[0].len() as f64, g.responses[1].len() as f64];
-        let (sc, wc) = wpo_reference(&policy, &g.prompt, &g.responses[0]);
-        let (sr, wr) = wpo_reference(&policy, &g.prompt, &g.responses[1]);
-        assert!(
-            wc > 0.0 && wr > 0.0 && (wc - 1.0).abs() + (wr - 1.0).abs() > 1e-3,
-            "{wc} {wr}"
-        );
-        let h = sc - sr;
-        dpo += (1.0 + (-beta * h).exp()).ln() * wc * wr;
-        // IPO reads the log-probs averaged over tokens
-        let h = sc / lens[0] - sr / lens[1];
-        ipo += (h - 1.0 / (2.0 * beta)).powi(2) * wc * wr;
-    }
     let n = groups.len() as f64;
-    let dpo_loss = OfflineLoss::Dpo {
-        label_smoothing: 0.0,
-    };
-    for (loss, want) in [(dpo_loss, dpo / n), (OfflineLoss::Ipo, ipo / n)] {
-        let got = loss_at(loss, true);
+    let w = |i: usize| reference[i][0].1 * reference[i][1].1;
+    let lens = |i: usize| [0, 1].map(|k| groups[i].responses[k].len() as f64);
+    // the pair's DPO loss from its two sequence log-probs
+    let dpo = |sc: f64, sr: f64| (1.0 + (-beta * (sc - sr)).exp()).ln();
+    let mean = |f: &dyn Fn(usize) -> f64| (0..groups.len()).map(f).sum::<f64>() / n;
+    let dpo_want = mean(&|i| dpo(reference[i][0].0, reference[i][1].0) * w(i));
+    let ipo_want = mean(&|i| {
+        let h = reference[i][0].0 / lens(i)[0] - reference[i][1].0 / lens(i)[1];
+        (h - 1.0 / (2.0 * beta)).powi(2) * w(i)
+    });
+    // RPO: DPO at 0.7 plus the chosen responses' token-mean NLL at 1.3, each pair's share weighted
+    let nll = -reference.iter().map(|r| r[0].0).sum::<f64>()
+        / (0..groups.len()).map(|i| lens(i)[0]).sum::<f64>();
+    let rpo_want = 0.7 * dpo_want + 1.3 * nll * mean(&|i| w(i));
+    // LD-DPO's sums in the loss, the plain log-probs in the weights
+    let ld = to_f32_vec(
+        sequence_logps_ld(&policy, &refs, None, Some(0.5), &device)
+            .unwrap()
+            .0,
+    );
+    let ld_want = mean(&|i| dpo(f64::from(ld[2 * i]), f64::from(ld[2 * i + 1])) * w(i));
+    for (what, cfg, want) in [
+        ("dpo", base(), dpo_want),
+        (
+            "ipo",
+            DpoConfig {
+                loss: OfflineLoss::Ipo,
+                ..base()
+            },
+            ipo_want,
+        ),
+        (
+            "rpo",
+            DpoConfig {
+                loss_weight: 0.7,
+                extra_losses: vec![(OfflineLoss::Sft, 1.3)],
+                ..base()
+            },
+            rpo_want,
+        ),
+        (
+            "ld-dpo",
+            DpoConfig {
+                ld_alpha: Some(0.5),
+                ..base()
+            },
+            ld_want,
+        ),
+    ] {
+        let got = loss_at(cfg);
         assert!(
             (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
-            "{loss:?}: {got} against {want}"
+            "{what}: {got} against {want}"
         );
-        assert!((got - loss_at(loss, false)).abs() > 1e-3, "{loss:?}");
     }
     for loss in [
         OfflineLoss::Aot {
@@ -925,6 +969,7 @@ fn wpo_weighs_each_pair_by_how_likely_the_policy_samples_it() {
             label_smoothing: 0.0,
         },
         OfflineLoss::ExoRw { beta_r: 1.0 },
+        OfflineLoss::DpoRw { beta_r: 1.0 },
     ] {
         let cfg = DpoConfig {
             loss,
