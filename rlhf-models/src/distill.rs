@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::generate::{Responses, SamplingConfig, encode_prompts, sample_responses};
 use crate::lm::CausalLm;
-use crate::sft::LmBatch;
+use crate::sft::{LmBatch, target_logits};
 
 /// Distillation settings (TRL's `DistillationConfig` where it has the same field; the defaults
 /// are for the laptop-scale models of the tests, the `rlhf distill` command's are TRL's).
@@ -354,27 +354,21 @@ fn micro_batch_loss(
     })
 }
 
-/// `model`'s logits at the batch's response positions, over its first `vocab` rows (in f32, as
-/// the LM head gives them), and the response mask: `[batch, seq − first, vocab]` and
-/// `[batch, seq − first]`, where column `c` predicts token `first + c` (as in
-/// `sft::target_logprobs`).
+/// `model`'s logits at the batch's response positions ([`target_logits`]), over its first `vocab`
+/// rows, and the response mask.
 fn response_logits(
     model: &CausalLm,
     batch: &LmBatch,
     vocab: usize,
     device: &Device,
 ) -> Result<(Tensor<3>, Tensor<2>)> {
-    let (input, target) = batch.input(model, device)?;
-    let first = batch.first_target();
-    let width = batch.seq - first;
-    let hidden = model.hidden(&input, None).narrow(1, first - 1, width);
-    let logits = model.lm_head(hidden);
+    let t = target_logits(model, batch, device)?;
     let logits = if model.vocab_size() > vocab {
-        logits.narrow(2, 0, vocab)
+        t.logits.narrow(2, 0, vocab)
     } else {
-        logits
+        t.logits
     };
-    Ok((logits, target.narrow(1, first, width)))
+    Ok((logits, t.mask))
 }
 
 /// The vocabulary rows the divergence is taken over: the student's. The teacher must have a row

@@ -9,7 +9,7 @@
 use std::borrow::Cow;
 
 use burn::module::Module;
-use burn::tensor::{Device, Tensor, TensorData, activation};
+use burn::tensor::{Device, Int, Tensor, TensorData, activation};
 use rlhf_core::train::memory;
 use rlhf_core::train::{
     BatchLoss, FitConfig, LrSchedule, Metrics, OptimizerConfig, RunOptions, Shard, TrainRng, fit,
@@ -240,6 +240,34 @@ pub fn target_logprobs(
     Ok(target_logprobs_with(model, batch, temperature, false, device)?.0)
 }
 
+/// The logits that predict a batch's target columns, from its first target on: `[batch, seq −
+/// first, vocab]` (in f32, as the LM head gives them), the tokens they predict and the target
+/// mask (`[batch, seq − first]`), and `first` ([`LmBatch::first_target`]). The LM head is applied
+/// only from there on.
+pub(crate) struct TargetLogits {
+    pub(crate) logits: Tensor<3>,
+    pub(crate) tokens: Tensor<2, Int>,
+    pub(crate) mask: Tensor<2>,
+    pub(crate) first: usize,
+}
+
+pub(crate) fn target_logits(
+    model: &CausalLm,
+    batch: &LmBatch,
+    device: &Device,
+) -> Result<TargetLogits> {
+    let (input, target) = batch.input(model, device)?;
+    let first = batch.first_target();
+    let width = batch.seq - first;
+    let hidden = model.hidden(&input, None).narrow(1, first - 1, width);
+    Ok(TargetLogits {
+        logits: model.lm_head(hidden),
+        tokens: input.ids().narrow(1, first, width),
+        mask: target.narrow(1, first, width),
+        first,
+    })
+}
+
 /// [`target_logprobs`] and, with `log_sum_sq`, `log Σ_v p_v²` of the model's tempered
 /// distribution at each target position, without gradients (`[batch, seq − first]`): WPO's
 /// weight adjustment (Zhou et al. 2024, eq. 2; TRL's `use_weighting`).
@@ -250,22 +278,18 @@ pub fn target_logprobs_with(
     log_sum_sq: bool,
     device: &Device,
 ) -> Result<(TargetLogprobs, Option<Tensor<2>>)> {
-    let (input, target) = batch.input(model, device)?;
-    let first = batch.first_target();
-    let width = batch.seq - first;
-    let hidden = model.hidden(&input, None).narrow(1, first - 1, width);
-    let logits = model.lm_head(hidden);
+    let TargetLogits {
+        logits,
+        tokens,
+        mask,
+        first,
+    } = target_logits(model, batch, device)?;
     let sum_sq = log_sum_sq.then(|| {
         let logp = activation::log_softmax(logits.clone().detach().div_scalar(temperature), 2);
         logp.mul_scalar(2.0).exp().sum_dim(2).log().squeeze_dim(2)
     });
-    let logp = token_logprobs(logits, input.ids().narrow(1, first, width), temperature);
-    let t = TargetLogprobs {
-        logp,
-        mask: target.narrow(1, first, width),
-        first,
-    };
-    Ok((t, sum_sq))
+    let logp = token_logprobs(logits, tokens, temperature);
+    Ok((TargetLogprobs { logp, mask, first }, sum_sq))
 }
 
 /// Mean negative log-likelihood of the target tokens (see [`target_logprobs`]). Returns `[1]`.
