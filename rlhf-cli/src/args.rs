@@ -9,7 +9,7 @@ use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args, Command, FromArgMatches, ValueEnum};
 use rlhf_core::train::{LrSchedule, OptimizerConfig, Replicas, RunOptions};
 use rlhf_data::{FieldNames, Kind, ReadOptions, detect_kind};
-use rlhf_models::{LoraConfig, Precision};
+use rlhf_models::{LoraConfig, Precision, SamplingConfig};
 use serde::{Deserialize, Serialize};
 
 /// The defaults of an option group: what clap gives for an empty command line. Every field of
@@ -385,11 +385,55 @@ pub struct FrozenArgs {
     pub frozen_dtype: Precision,
 }
 
+/// Which tokens sampling may draw, applied in transformers' order (the repetition penalty, the
+/// temperature, then top-k, top-p and min-p). A trainer's log-probs stay those of the whole
+/// tempered distribution, as TRL's do.
+#[derive(Args, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(default)]
+pub struct TokenFilterArgs {
+    /// Sample from the k most likely tokens only (0: all) [TRL: --top_k].
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Sample from the smallest set of most likely tokens whose probability reaches p (1: all)
+    /// [TRL: --top_p].
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    /// Sample only from tokens at least this share of the most likely one's probability (0: all)
+    /// [TRL: --min_p].
+    #[arg(long)]
+    pub min_p: Option<f32>,
+    /// Divide the positive logits of the tokens that the prompt or the response so far holds by
+    /// this, multiply the negative ones (1: off; above 1 discourages repeats)
+    /// [TRL: --repetition_penalty].
+    #[arg(long)]
+    pub repetition_penalty: Option<f32>,
+}
+
+impl TokenFilterArgs {
+    /// `sampling` with these filters.
+    pub fn apply(&self, sampling: SamplingConfig) -> SamplingConfig {
+        SamplingConfig {
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repetition_penalty: self.repetition_penalty,
+            ..sampling
+        }
+    }
+}
+
 fn parse_precision(s: &str) -> std::result::Result<Precision, String> {
     s.parse().map_err(|e: rlhf_core::Error| e.to_string())
 }
 
-defaults_from_clap!(ModelArgs, DataArgs, TrainArgs, LoraArgs, FrozenArgs);
+defaults_from_clap!(
+    ModelArgs,
+    DataArgs,
+    TrainArgs,
+    LoraArgs,
+    FrozenArgs,
+    TokenFilterArgs
+);
 
 impl LoraArgs {
     /// The library's LoRA settings, or `None` for full fine-tuning.

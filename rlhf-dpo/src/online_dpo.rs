@@ -169,12 +169,13 @@ impl OnlineDpoConfig {
                 self.sampling.max_new_tokens
             ));
         }
-        let (k, p) = (self.sampling.top_k, self.sampling.top_p);
-        if k == Some(1) || p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
-            return bad(format!(
-                "sampling keeps the top_k ≥ 2 tokens (one would make a prompt's samples equal; 0 keeps \
-                 all) and top_p in (0, 1], got {k:?} and {p:?}"
-            ));
+        self.sampling.check()?;
+        if self.sampling.top_k == Some(1) {
+            return bad(
+                "sampling keeps the top_k ≥ 2 tokens (one would make a prompt's samples equal; 0 \
+                 keeps all), got 1"
+                    .into(),
+            );
         }
         if let Some(p) = self.missing_eos_penalty
             && (!p.is_finite() || p < 0.0)

@@ -123,11 +123,7 @@ impl DistillConfig {
                 self.sampling.max_new_tokens
             ));
         }
-        if let Some(p) = self.sampling.top_p
-            && !(p > 0.0 && p <= 1.0)
-        {
-            return bad(format!("top_p must be in (0, 1], got {p}"));
-        }
+        self.sampling.check()?;
         if self.max_prompt_length == Some(0) {
             return bad("max_prompt_length must be ≥ 1".into());
         }

@@ -1,5 +1,5 @@
-//! Batched sampling with a KV cache: temperature, top-k, top-p, min/max new tokens, stop at EOS
-//! per sequence, seeded.
+//! Batched sampling with a KV cache: repetition penalty, temperature, top-k, top-p, min-p, min/max
+//! new tokens, stop at EOS per sequence, seeded.
 //!
 //! The next-token distribution of each row is read to the host once per step (`[rows, vocab]`)
 //! and sampled there. Every row draws from a generator of its own, seeded from the caller's
@@ -18,7 +18,9 @@
 //!   [`MIN_ROWS_PER_PART`] rows each), decoded in parallel (callers generate from a model without
 //!   autodiff, `valid()`; with autodiff the batch stays whole);
 //! - without a top-k or top-p filter, a row is sampled by walking its vocabulary in token-id order
-//!   (no sort).
+//!   (no sort);
+//! - with a repetition penalty, each row keeps the sorted ids of its real prompt tokens and of
+//!   the tokens it has emitted (left padding is not among them).
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -50,6 +52,16 @@ pub struct SamplingConfig {
     /// Keep the smallest set of most likely tokens whose probability reaches `p`; 1 or more
     /// keeps all, as in transformers.
     pub top_p: Option<f32>,
+    /// After top-k and top-p, keep only the tokens at least `min_p` times as likely as the most
+    /// likely one (transformers' and vLLM's `min_p`); 0 keeps all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_p: Option<f32>,
+    /// CTRL's repetition penalty θ, as transformers applies it: before the temperature, the logit
+    /// `l` of every token that the row's prompt or its continuation so far holds becomes `l / θ`
+    /// when positive and `l · θ` otherwise; 1 is off. Unlike transformers, the ids of a
+    /// left-padded row's padding are not penalised (they are not the row's text).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repetition_penalty: Option<f32>,
     /// The end-of-sequence token; a row stops after emitting it.
     pub eos_id: Option<u32>,
     /// Further tokens that end a row as EOS does (a checkpoint's `generation_config.json` may
@@ -69,6 +81,8 @@ impl Default for SamplingConfig {
             temperature: 0.7,
             top_k: None,
             top_p: None,
+            min_p: None,
+            repetition_penalty: None,
             eos_id: None,
             stop_ids: Vec::new(),
             use_cache: true,
@@ -89,6 +103,42 @@ impl SamplingConfig {
             stop_ids,
             ..self
         }
+    }
+
+    /// Refuses settings that sample from no distribution: a negative or non-finite temperature,
+    /// a top-p outside `(0, 1]`, a min-p outside `[0, 1]`, a repetition penalty that is not a
+    /// finite number above 0. Trainers add their own conditions (a temperature above 0, …).
+    pub fn check(&self) -> Result<()> {
+        let bad = |m: String| Err(rlhf_core::Error::Config(m));
+        let t = self.temperature;
+        if !t.is_finite() || t < 0.0 {
+            return bad(format!(
+                "temperature must be finite and ≥ 0 (0: greedy), got {t}"
+            ));
+        }
+        if let Some(p) = self.top_p
+            && !(p > 0.0 && p <= 1.0)
+        {
+            return bad(format!("top_p must be in (0, 1], got {p}"));
+        }
+        if let Some(m) = self.min_p
+            && !(0.0..=1.0).contains(&m)
+        {
+            return bad(format!("min_p must be in [0, 1], got {m}"));
+        }
+        if let Some(r) = self.repetition_penalty
+            && !(r.is_finite() && r > 0.0)
+        {
+            return bad(format!(
+                "repetition_penalty must be finite and > 0 (1: off), got {r}"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The repetition penalty, when it changes anything.
+    fn penalty(&self) -> Option<f32> {
+        self.repetition_penalty.filter(|&r| r != 1.0)
     }
 
     /// Whether `token` ends a row: EOS or one of the stop ids.
@@ -117,10 +167,17 @@ pub struct Generation {
 }
 
 /// The sampling distribution of one row: the tokens it may emit and their log-probabilities, in
-/// token-id order. The logits are divided by the temperature (1 for greedy decoding), with
-/// `suppress` (before `min_new_tokens`) EOS and the stop ids are removed, top-k then top-p keep
-/// the most likely tokens (ties broken by the lower id), and what is kept is renormalised.
-fn distribution(logits: &[f32], cfg: &SamplingConfig, suppress: bool) -> Vec<(u32, f32)> {
+/// token-id order. In transformers' order: the logits of the `seen` tokens (the row's text so
+/// far) take the repetition penalty, all are divided by the temperature (1 for greedy decoding),
+/// with `suppress` (before `min_new_tokens`) EOS and the stop ids are removed, top-k, top-p and
+/// min-p keep the most likely tokens (ties broken by the lower id), and what is kept is
+/// renormalised.
+fn distribution(
+    logits: &[f32],
+    cfg: &SamplingConfig,
+    suppress: bool,
+    seen: &[u32],
+) -> Vec<(u32, f32)> {
     let temperature = if cfg.temperature > 0.0 {
         cfg.temperature
     } else {
@@ -129,9 +186,19 @@ fn distribution(logits: &[f32], cfg: &SamplingConfig, suppress: bool) -> Vec<(u3
     let mut cand: Vec<(u32, f32)> = logits
         .iter()
         .enumerate()
-        .filter(|(i, _)| !(suppress && cfg.ends(*i as u32)))
         .map(|(i, &l)| (i as u32, l / temperature))
         .collect();
+    // dividing by a temperature > 0 keeps the sign, so penalising after it is penalising before
+    if let Some(theta) = cfg.penalty() {
+        for &id in seen {
+            if let Some(c) = cand.get_mut(id as usize) {
+                c.1 = if c.1 < 0.0 { c.1 * theta } else { c.1 / theta };
+            }
+        }
+    }
+    if suppress {
+        cand.retain(|c| !cfg.ends(c.0));
+    }
     // as transformers: a top-k of 0 and a top-p of 1 or more keep every token
     let (top_k, top_p) = (cfg.top_k.filter(|&k| k > 0), cfg.top_p.filter(|&p| p < 1.0));
     if top_k.is_some() || top_p.is_some() {
@@ -152,6 +219,11 @@ fn distribution(logits: &[f32], cfg: &SamplingConfig, suppress: bool) -> Vec<(u3
             cand.truncate(keep.max(1));
         }
         cand.sort_unstable_by_key(|c| c.0);
+    }
+    if let Some(m) = cfg.min_p.filter(|&m| m > 0.0) {
+        // p / p_max = exp(l − l_max): the most likely token always stays
+        let top = cand.iter().map(|c| c.1).fold(f32::NEG_INFINITY, f32::max);
+        cand.retain(|c| (c.1 - top).exp() >= m);
     }
     let z = log_sum_exp(&cand);
     cand.into_iter().map(|(t, l)| (t, l - z)).collect()
@@ -205,6 +277,28 @@ fn split_rows<T: Clone>(flat: &[T], rows: usize, len: usize) -> Vec<Vec<T>> {
         .collect()
 }
 
+/// Each row's text so far as the repetition penalty reads it: the ids of its real tokens (mask
+/// 1, not its left padding), sorted and without repeats; empty rows without a penalty.
+fn texts_for_penalty(cfg: &SamplingConfig, ids: &[Vec<u32>], mask: &[Vec<u8>]) -> Vec<Vec<u32>> {
+    ids.iter()
+        .zip(mask)
+        .map(|(ids, mask)| {
+            if cfg.penalty().is_none() {
+                return Vec::new();
+            }
+            let mut text: Vec<u32> = ids
+                .iter()
+                .zip(mask)
+                .filter(|&(_, &m)| m == 1)
+                .map(|(&t, _)| t)
+                .collect();
+            text.sort_unstable();
+            text.dedup();
+            text
+        })
+        .collect()
+}
+
 /// Decodes `rows` left-padded prompts, each row with the generator seeded by its `seeds` entry.
 fn decode(
     model: &CausalLm,
@@ -226,6 +320,7 @@ fn decode(
         logprobs: vec![Vec::new(); rows],
         eos: vec![false; rows],
     };
+    let mut seen = texts_for_penalty(cfg, &ids, &mask);
     let mut active: Vec<usize> = (0..rows).collect();
     let mut cache = KvCache::with_capacity(prompt_len + cfg.max_new_tokens);
     let greedy = cfg.temperature <= 0.0;
@@ -257,8 +352,14 @@ fn decode(
         let last = rlhf_core::host::to_f32_vec(logits); // [n, vocab]
         let suppress = step < cfg.min_new_tokens;
         for (i, &r) in active.iter().enumerate() {
-            let dist = distribution(&last[i * vocab..(i + 1) * vocab], cfg, suppress);
+            let logits = &last[i * vocab..(i + 1) * vocab];
+            let dist = distribution(logits, cfg, suppress, &seen[r]);
             let (tok, lp) = sample(&dist, greedy, &mut rngs[r]);
+            if cfg.penalty().is_some()
+                && let Err(at) = seen[r].binary_search(&tok)
+            {
+                seen[r].insert(at, tok);
+            }
             out.tokens[r].push(tok);
             out.logprobs[r].push(lp);
             ids[r].push(tok);
@@ -470,7 +571,7 @@ mod tests {
         let logits = [2.0f32, 1.0, 0.5, -1.0, 3.0];
         let mass = |d: &[(u32, f32)]| d.iter().map(|x| x.1.exp()).sum::<f32>();
         let ids = |d: &[(u32, f32)]| d.iter().map(|x| x.0).collect::<Vec<_>>();
-        let all = distribution(&logits, &unfiltered(1.0), false);
+        let all = distribution(&logits, &unfiltered(1.0), false, &[]);
         assert_eq!(ids(&all), vec![0, 1, 2, 3, 4], "every token, in id order");
         assert_eq!(most_likely(&all).0, 4);
         assert!((mass(&all) - 1.0).abs() < 1e-5);
@@ -481,6 +582,7 @@ mod tests {
                 ..unfiltered(1.0)
             },
             false,
+            &[],
         );
         assert_eq!(ids(&k2), vec![0, 4]);
         assert!((mass(&k2) - 1.0).abs() < 1e-5);
@@ -491,6 +593,7 @@ mod tests {
                 ..unfiltered(1.0)
             },
             false,
+            &[],
         );
         // p(4) ≈ 0.62 < 0.7; adding token 0 (≈ 0.23) passes it
         assert_eq!(ids(&p), vec![0, 4], "{p:?}");
@@ -499,16 +602,166 @@ mod tests {
             stop_ids: vec![1],
             ..unfiltered(1.0)
         };
-        let no_eos = distribution(&logits, &ends, true);
+        let no_eos = distribution(&logits, &ends, true, &[]);
         assert_eq!(
             ids(&no_eos),
             vec![0, 2, 3],
             "EOS and the stop ids suppressed"
         );
-        assert_eq!(ids(&distribution(&logits, &ends, false)).len(), 5);
+        assert_eq!(ids(&distribution(&logits, &ends, false, &[])).len(), 5);
         // a lower temperature sharpens the distribution
-        let cold = distribution(&logits, &unfiltered(0.5), false);
+        let cold = distribution(&logits, &unfiltered(0.5), false, &[]);
         assert!(most_likely(&cold).1 > most_likely(&all).1);
+    }
+
+    /// The sampling distribution against an f64 reading of transformers' processors.
+    mod processors {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// transformers' logits processors in f64, written from their definitions: the repetition
+        /// penalty on the `seen` ids (`l / θ` when positive, `l · θ` otherwise), the temperature,
+        /// top-k (the `k` largest, lower ids first on ties), top-p (the shortest prefix of the sorted
+        /// tokens whose mass reaches `p`), min-p (`p ≥ min_p · p_max`), then the log-softmax of what
+        /// is kept, in id order. `None` when a cut-off lies within `1e-4` of a token, where the f32
+        /// path may round to the other side.
+        fn warped_f64(
+            logits: &[f32],
+            cfg: &SamplingConfig,
+            seen: &[u32],
+        ) -> Option<Vec<(u32, f64)>> {
+            let near = |a: f64, b: f64| (a - b).abs() < 1e-4;
+            let t = if cfg.temperature > 0.0 {
+                f64::from(cfg.temperature)
+            } else {
+                1.0
+            };
+            let mut l: Vec<f64> = logits.iter().map(|&x| f64::from(x)).collect();
+            if let Some(theta) = cfg.repetition_penalty.map(f64::from) {
+                let unique: std::collections::BTreeSet<u32> = seen.iter().copied().collect();
+                for id in unique {
+                    let x = &mut l[id as usize];
+                    *x = if *x < 0.0 { *x * theta } else { *x / theta };
+                }
+            }
+            let l: Vec<f64> = l.iter().map(|x| x / t).collect();
+            let mut order: Vec<usize> = (0..l.len()).collect();
+            order.sort_by(|&a, &b| l[b].total_cmp(&l[a]).then(a.cmp(&b)));
+            if let Some(k) = cfg.top_k.filter(|&k| k > 0 && k < order.len()) {
+                if near(l[order[k - 1]], l[order[k]]) {
+                    return None;
+                }
+                order.truncate(k);
+            }
+            let log_softmax = |ids: &[usize]| {
+                let m = ids.iter().map(|&i| l[i]).fold(f64::NEG_INFINITY, f64::max);
+                let z: f64 = ids.iter().map(|&i| (l[i] - m).exp()).sum::<f64>().ln();
+                ids.iter().map(|&i| l[i] - m - z).collect::<Vec<f64>>()
+            };
+            if let Some(p) = cfg.top_p.map(f64::from).filter(|&p| p < 1.0) {
+                let mut mass = 0.0;
+                let mut keep = order.len();
+                for (j, q) in log_softmax(&order).into_iter().enumerate() {
+                    mass += q.exp();
+                    if near(mass, p) {
+                        return None;
+                    }
+                    if mass >= p {
+                        keep = j + 1;
+                        break;
+                    }
+                }
+                order.truncate(keep);
+            }
+            if let Some(m) = cfg.min_p.map(f64::from).filter(|&m| m > 0.0) {
+                let top = l[order[0]];
+                if order.iter().any(|&i| near((l[i] - top).exp(), m)) {
+                    return None;
+                }
+                order.retain(|&i| (l[i] - top).exp() >= m);
+            }
+            order.sort_unstable();
+            let logps = log_softmax(&order);
+            Some(order.iter().map(|&i| i as u32).zip(logps).collect())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// Every combination of the filters keeps the tokens that the f64 reading of
+            /// transformers' processors keeps, with the same log-probabilities; the kept mass is 1
+            /// and every log-probability finite, for logits up to ±10⁴.
+            #[test]
+            fn the_distribution_is_transformers_processors(
+                logits in proptest::collection::vec(
+                    prop_oneof![4 => -8.0f32..8.0, 1 => -1e4f32..1e4],
+                    2..40,
+                ),
+                seen_draw in proptest::collection::vec(0usize..1000, 0..12),
+                temperature in prop_oneof![Just(0.0f32), 0.2f32..2.0],
+                top_k in proptest::option::of(0usize..45),
+                top_p in proptest::option::of(0.05f32..=1.0),
+                min_p in proptest::option::of(0.0f32..=1.0),
+                repetition_penalty in proptest::option::of(0.3f32..4.0),
+            ) {
+                let mut seen: Vec<u32> = seen_draw.iter().map(|&i| (i % logits.len()) as u32).collect();
+                seen.sort_unstable();
+                seen.dedup();
+                let cfg = SamplingConfig {
+                    temperature,
+                    top_k,
+                    top_p,
+                    min_p,
+                    repetition_penalty,
+                    ..Default::default()
+                };
+                let Some(want) = warped_f64(&logits, &cfg, &seen) else {
+                    return Err(TestCaseError::reject("a cut-off within rounding of a token"));
+                };
+                let got = distribution(&logits, &cfg, false, &seen);
+                let ids = |d: &[(u32, f32)]| d.iter().map(|x| x.0).collect::<Vec<_>>();
+                prop_assert_eq!(ids(&got), want.iter().map(|x| x.0).collect::<Vec<_>>());
+                for ((_, a), (_, b)) in got.iter().zip(&want) {
+                    prop_assert!(a.is_finite());
+                    prop_assert!((f64::from(*a) - b).abs() < 1e-3 * (1.0 + b.abs()), "{a} vs {b}");
+                }
+                let mass: f32 = got.iter().map(|x| x.1.exp()).sum();
+                prop_assert!((mass - 1.0).abs() < 1e-4);
+            }
+        }
+    }
+
+    /// The repetition penalty's two sides: a positive logit is divided by θ, a negative one
+    /// multiplied, so θ > 1 makes a seen token less likely whatever its sign and θ < 1 more;
+    /// min-p keeps the most likely token even at 1.
+    #[test]
+    fn the_penalty_and_min_p_do_what_they_say() {
+        let logits = [2.0f32, -1.0, 0.5, 1.5];
+        let p = |cfg: &SamplingConfig, seen: &[u32], t: u32| {
+            let d = distribution(&logits, cfg, false, seen);
+            d.iter().find(|x| x.0 == t).map_or(0.0, |x| x.1.exp())
+        };
+        let plain = unfiltered(1.0);
+        let with = |theta| SamplingConfig {
+            repetition_penalty: Some(theta),
+            ..unfiltered(1.0)
+        };
+        for t in [0u32, 1] {
+            assert!(
+                p(&with(2.0), &[t], t) < p(&plain, &[t], t),
+                "token {t}, θ 2"
+            );
+            assert!(
+                p(&with(0.5), &[t], t) > p(&plain, &[t], t),
+                "token {t}, θ 0.5"
+            );
+        }
+        assert_eq!(p(&with(2.0), &[], 0), p(&plain, &[], 0), "nothing seen");
+        let only_top = SamplingConfig {
+            min_p: Some(1.0),
+            ..unfiltered(1.0)
+        };
+        assert_eq!(distribution(&logits, &only_top, false, &[]), vec![(0, 0.0)]);
     }
 
     /// The walk in id order draws each token with its probability: over many draws the
@@ -516,7 +769,7 @@ mod tests {
     #[test]
     fn sampling_draws_each_token_with_its_probability() {
         let logits = [0.3f32, -2.0, 1.5, 0.0, 1.0, -0.5];
-        let dist = distribution(&logits, &unfiltered(0.7), false);
+        let dist = distribution(&logits, &unfiltered(0.7), false, &[]);
         let mut rng = ChaCha8Rng::seed_from_u64(7);
         let draws = 200_000;
         let mut counts = [0usize; 6];
@@ -544,6 +797,88 @@ mod tests {
         let mut config = TransformerConfig::preset(preset).expect("preset");
         config.vocab_size = 12;
         CausalLm::init(&config, &device).expect("init")
+    }
+
+    /// With a repetition penalty, every step penalises exactly the row's real prompt tokens and
+    /// the tokens it has emitted, not its left padding: greedy decoding picks, at each step, the
+    /// most likely token of the model's logits for that row alone (unpadded, a full pass) with
+    /// those ids penalised (in f64).
+    #[test]
+    fn the_repetition_penalty_reads_each_row_text_and_not_its_padding() {
+        let model = tiny("tiny-llama-1m");
+        let (rows, prompt_len, pads) = (12, 5, 2);
+        let ids: Vec<u32> = (0..rows * prompt_len)
+            .map(|i| {
+                let (r, j) = (i / prompt_len, i % prompt_len);
+                // every row's padding holds another id (pads may hold any id)
+                if j < pads {
+                    r as u32
+                } else {
+                    2 + (i * 7 % 10) as u32
+                }
+            })
+            .collect();
+        let mask: Vec<u8> = (0..rows * prompt_len)
+            .map(|i| u8::from(i % prompt_len >= pads))
+            .collect();
+        let cfg = SamplingConfig {
+            max_new_tokens: 8,
+            temperature: 0.0,
+            repetition_penalty: Some(3.0),
+            ..Default::default()
+        };
+        let run = |cfg: &SamplingConfig| {
+            generate_in_parts(
+                &model,
+                &ids,
+                &mask,
+                rows,
+                cfg,
+                &mut ChaCha8Rng::seed_from_u64(0),
+                1,
+            )
+            .expect("generate")
+        };
+        let g = run(&cfg);
+        let plain = run(&SamplingConfig {
+            repetition_penalty: None,
+            ..cfg.clone()
+        });
+        assert_ne!(
+            g.tokens, plain.tokens,
+            "the penalty changes the greedy rows"
+        );
+        let n = g.new_len;
+        assert_eq!(n, 8, "no EOS: every row runs to the end");
+        for r in 0..rows {
+            let mut text: Vec<u32> = ids[r * prompt_len + pads..(r + 1) * prompt_len].to_vec();
+            for step in 0..n {
+                let input = model.input(&text, &vec![1; text.len()], 1).expect("input");
+                let logits = model.forward(&input, None);
+                let [_, t, vocab] = logits.dims();
+                let last = rlhf_core::host::to_f32_vec(logits.narrow(1, t - 1, 1));
+                assert_eq!(last.len(), vocab);
+                let penalised: Vec<f64> = last
+                    .iter()
+                    .enumerate()
+                    .map(|(id, &l)| {
+                        let l = f64::from(l);
+                        match (text.contains(&(id as u32)), l < 0.0) {
+                            (false, _) => l,
+                            (true, true) => l * 3.0,
+                            (true, false) => l / 3.0,
+                        }
+                    })
+                    .collect();
+                let mut order: Vec<usize> = (0..vocab).collect();
+                order.sort_by(|&a, &b| penalised[b].total_cmp(&penalised[a]));
+                let got = g.tokens[r * n + step];
+                if penalised[order[0]] - penalised[order[1]] > 1e-3 {
+                    assert_eq!(got, order[0] as u32, "row {r}, step {step}");
+                }
+                text.push(got);
+            }
+        }
     }
 
     /// However the rows are split across threads, and whichever rows finish early, every row

@@ -8,6 +8,7 @@ use rlhf_core::{
     Error, GroupEstimator, KlController, KlEstimator, LossAggregation, PolicyLossConfig,
     PolicyObjective, Result,
 };
+use rlhf_models::SamplingConfig;
 use serde::{Deserialize, Serialize};
 
 /// How advantages are estimated.
@@ -72,11 +73,18 @@ pub struct PpoConfig {
     /// Sampling keeps only the `k` most likely tokens (`None` or 0: all), TRL's `top_k`.
     pub top_k: Option<usize>,
     /// Sampling keeps only the smallest set of most likely tokens whose probability reaches `p`
-    /// (`None` or 1: all), TRL's `top_p`. With either, the trainer's log-probs are still of the
-    /// whole tempered distribution, as TRL's are, so the rollout is slightly off-policy:
-    /// `sampling/sampling_logp_difference/mean` is then the mean `−log Z` of the mass `Z` each
-    /// step kept (`sampling/kl`'s k3 estimate understates it).
+    /// (`None` or 1: all), TRL's `top_p`. With it, `top_k` or `min_p`, the trainer's log-probs
+    /// are still of the whole tempered distribution, as TRL's are, so the rollout is slightly
+    /// off-policy: `sampling/sampling_logp_difference/mean` is then the mean `−log Z` of the mass
+    /// `Z` each step kept (`sampling/kl`'s k3 estimate understates it).
     pub top_p: Option<f32>,
+    /// Sampling keeps only the tokens at least `min_p` times as likely as the most likely one
+    /// (`None` or 0: all), TRL's `min_p`.
+    pub min_p: Option<f32>,
+    /// Sampling penalises the tokens of the prompt and of the response so far (transformers'
+    /// `repetition_penalty`; `None` or 1: off), TRL's `repetition_penalty`. The trainer's
+    /// log-probs are of the unpenalised distribution, as TRL's are.
+    pub repetition_penalty: Option<f32>,
     /// [4] Score given instead of the RM's to a response with no EOS (`None` keeps the RM score).
     pub missing_eos_penalty: Option<f32>,
     /// Leave a response cut off at the length limit (no EOS) out of the loss: its tokens are
@@ -174,6 +182,8 @@ impl Default for PpoConfig {
             temperature: 0.7,
             top_k: None,
             top_p: None,
+            min_p: None,
+            repetition_penalty: None,
             missing_eos_penalty: Some(-1.0),
             mask_truncated_completions: false,
             disable_dropout: true,
@@ -209,6 +219,20 @@ impl Default for PpoConfig {
 }
 
 impl PpoConfig {
+    /// How the rollout samples (ending rows at the tokenizer's EOS is the rollout's part:
+    /// [`SamplingConfig::ending_as`]).
+    pub fn sampling(&self) -> SamplingConfig {
+        SamplingConfig {
+            max_new_tokens: self.response_length,
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repetition_penalty: self.repetition_penalty,
+            ..SamplingConfig::default()
+        }
+    }
+
     /// GRPO as the GRPO paper (Shao et al. 2024) defines it and TRL's `GRPOTrainer` runs it:
     /// group-normalised advantages `(s_i − mean)/(std + 1e−4)` over `G = 8` samples per prompt
     /// (TRL's `num_generations`), no KL in the reward, the k3 estimator in the loss with
@@ -420,9 +444,7 @@ impl PpoConfig {
                     .into(),
             );
         }
-        if self.top_p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
-            return bad("top_p must be in (0, 1]".into());
-        }
+        self.sampling().check()?;
         if self.dynamic_sampling.is_some() && self.samples_per_prompt < 2 {
             return bad(
                 "dynamic_sampling drops groups of equal scores: it needs samples_per_prompt ≥ 2"

@@ -7,7 +7,7 @@ use rand::seq::IndexedRandom;
 use rlhf_core::Result;
 use rlhf_core::train::TrainRng;
 use rlhf_core::train::metrics::names;
-use rlhf_models::{CausalLm, Generation, SamplingConfig, generate};
+use rlhf_models::{CausalLm, Generation, generate};
 
 use crate::config::PpoConfig;
 use crate::rewards::{apply_missing_eos_penalty, overlong_penalty};
@@ -53,14 +53,7 @@ pub fn sample_and_score(
     let (prompt_ids, prompt_mask) = encode_queries(inputs.tokenizer, prompts, q)?;
     let query_ids = repeat_rows(&prompt_ids, q, n);
     let query_mask = repeat_rows(&prompt_mask, q, n);
-    let sampling = SamplingConfig {
-        max_new_tokens: cfg.response_length,
-        temperature: cfg.temperature,
-        top_k: cfg.top_k,
-        top_p: cfg.top_p,
-        ..SamplingConfig::default()
-    }
-    .ending_as(inputs.tokenizer);
+    let sampling = cfg.sampling().ending_as(inputs.tokenizer);
     let generation = generate(
         policy,
         &query_ids,

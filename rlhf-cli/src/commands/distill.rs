@@ -12,7 +12,9 @@ use rlhf_data::Tokenizer;
 use rlhf_models::{CausalLm, DistillConfig, DistillInputs, SamplingConfig, train_distill};
 use serde::{Deserialize, Serialize};
 
-use crate::args::{FrozenArgs, LoraArgs, ModelArgs, TrainArgs, defaults_from_clap, read_options};
+use crate::args::{
+    FrozenArgs, LoraArgs, ModelArgs, TokenFilterArgs, TrainArgs, defaults_from_clap, read_options,
+};
 use crate::data::prompts;
 use crate::{load, output};
 
@@ -67,13 +69,9 @@ pub struct DistillArgs {
     /// [TRL: --temperature].
     #[arg(long, default_value_t = 1.0)]
     pub temperature: f32,
-    /// Sample from the k most likely tokens only (0: all) [TRL: --top_k].
-    #[arg(long)]
-    pub top_k: Option<usize>,
-    /// Sample from the smallest set of most likely tokens whose probability reaches p
-    /// [TRL: --top_p].
-    #[arg(long)]
-    pub top_p: Option<f32>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub filters: TokenFilterArgs,
     /// The divergence: 0 the forward KL(teacher ‖ student), 1 the reverse KL(student ‖ teacher),
     /// in between the generalised Jensen–Shannon divergence (0.5: JSD, at most ln 2 a token; near
     /// 0 or 1 it shrinks towards 0, so the step a learning rate gives changes with β)
@@ -102,13 +100,11 @@ impl DistillArgs {
             batch_size: self.train.per_device_train_batch_size,
             grad_accum: self.train.gradient_accumulation_steps,
             max_prompt_length: self.max_prompt_length,
-            sampling: SamplingConfig {
+            sampling: self.filters.apply(SamplingConfig {
                 max_new_tokens: self.max_completion_length,
                 temperature: self.temperature,
-                top_k: self.top_k,
-                top_p: self.top_p,
                 ..SamplingConfig::default()
-            },
+            }),
             beta: self.beta,
             optimizer: self.train.optimizer(DEFAULT_LR),
             schedule: self.train.schedule(total_steps),

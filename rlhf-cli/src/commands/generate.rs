@@ -10,6 +10,7 @@ use rlhf_data::{ReadOptions, Tokenizer, Turns, collate};
 use rlhf_models::{CausalLm, Generation, SamplingConfig, generate};
 use serde_json::json;
 
+use crate::args::TokenFilterArgs;
 use crate::data::prompts;
 use crate::load::{self, Checkpoint};
 
@@ -22,12 +23,8 @@ pub struct SamplingArgs {
     /// Softmax temperature; 0 is greedy decoding.
     #[arg(long, default_value_t = 0.7)]
     pub temperature: f32,
-    /// Keep the k most likely tokens.
-    #[arg(long)]
-    pub top_k: Option<usize>,
-    /// Keep the smallest set of most likely tokens whose probability reaches p.
-    #[arg(long)]
-    pub top_p: Option<f32>,
+    #[command(flatten)]
+    pub filters: TokenFilterArgs,
     /// Seed of the draws.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -42,20 +39,13 @@ pub struct SamplingArgs {
 impl SamplingArgs {
     /// The library's sampling settings, stopping at `tokenizer`'s EOS and stop ids.
     pub fn config(&self, tokenizer: &Tokenizer) -> Result<SamplingConfig> {
-        if self.temperature.is_nan() || self.temperature < 0.0 {
-            bail!("--temperature must be ≥ 0");
-        }
-        if self.top_p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
-            bail!("--top-p must be in (0, 1]");
-        }
-        Ok(SamplingConfig {
+        let sampling = self.filters.apply(SamplingConfig {
             max_new_tokens: self.max_new_tokens,
             temperature: self.temperature,
-            top_k: self.top_k,
-            top_p: self.top_p,
             ..SamplingConfig::default()
-        }
-        .ending_as(tokenizer))
+        });
+        sampling.check()?;
+        Ok(sampling.ending_as(tokenizer))
     }
 }
 

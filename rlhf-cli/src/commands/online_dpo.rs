@@ -14,8 +14,8 @@ use rlhf_models::SamplingConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::args::{
-    FrozenArgs, LoraArgs, ModelArgs, Scheduler, defaults_from_clap, read_options, run_options,
-    schedule,
+    FrozenArgs, LoraArgs, ModelArgs, Scheduler, TokenFilterArgs, defaults_from_clap, read_options,
+    run_options, schedule,
 };
 use crate::commands::{last_metric, prompts_and_reward};
 use crate::data::prompts;
@@ -100,13 +100,9 @@ pub struct OnlineDpoArgs {
     /// Sampling temperature [TRL: --temperature].
     #[arg(long, default_value_t = 0.9)]
     pub temperature: f32,
-    /// Sample from the k most likely tokens only [TRL: --top_k].
-    #[arg(long)]
-    pub top_k: Option<usize>,
-    /// Sample from the smallest set of most likely tokens whose probability reaches p
-    /// [TRL: --top_p].
-    #[arg(long)]
-    pub top_p: Option<f32>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub filters: TokenFilterArgs,
     /// Subtracted from the score of a response without EOS [TRL: --missing_eos_penalty].
     #[arg(long)]
     pub missing_eos_penalty: Option<f32>,
@@ -189,13 +185,11 @@ impl OnlineDpoArgs {
             prompts_per_round: self.prompts_per_batch * self.gradient_accumulation_steps.max(1),
             samples_per_prompt: self.samples_per_prompt,
             max_prompt_length: self.max_prompt_length,
-            sampling: SamplingConfig {
+            sampling: self.filters.apply(SamplingConfig {
                 max_new_tokens: self.max_completion_length,
                 temperature: self.temperature,
-                top_k: self.top_k,
-                top_p: self.top_p,
                 ..SamplingConfig::default()
-            },
+            }),
             missing_eos_penalty: self.missing_eos_penalty,
             loss: match self.loss {
                 OnlineLoss::Sigmoid => OfflineLoss::Dpo {

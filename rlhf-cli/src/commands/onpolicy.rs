@@ -18,7 +18,9 @@ use rlhf_models::{CausalLm, ScalarModel, TransformerConfig};
 use rlhf_ppo::{AdvantageEstimator, PolicyAndValue, PpoConfig, PpoInputs, train_ppo};
 use serde::{Deserialize, Serialize};
 
-use crate::args::{FrozenArgs, LoraArgs, ModelArgs, defaults_from_clap, read_options, run_options};
+use crate::args::{
+    FrozenArgs, LoraArgs, ModelArgs, TokenFilterArgs, defaults_from_clap, read_options, run_options,
+};
 use crate::commands::{last_metric, prompts_and_reward};
 use crate::data::{Encoder, demonstrations, prompts};
 use crate::load::Checkpoint;
@@ -217,13 +219,9 @@ pub struct OnPolicyArgs {
     /// Sampling temperature, reapplied when log-probs are recomputed [TRL: --temperature].
     #[arg(long)]
     pub temperature: Option<f32>,
-    /// Sample from the k most likely tokens only [TRL: --top_k].
-    #[arg(long)]
-    pub top_k: Option<usize>,
-    /// Sample from the smallest set of most likely tokens whose probability reaches p; the
-    /// trainer's log-probs stay those of the whole distribution, as TRL's [TRL: --top_p].
-    #[arg(long)]
-    pub top_p: Option<f32>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub filters: TokenFilterArgs,
     /// Score of a response without EOS, instead of the reward's [TRL: --missing_eos_penalty].
     #[arg(long, allow_hyphen_values = true)]
     pub missing_eos_penalty: Option<f32>,
@@ -523,12 +521,11 @@ impl OnPolicyArgs {
         if let Some(w) = self.length_bucket_width {
             c.length_bucket_width = Some(w);
         }
-        if let Some(k) = self.top_k {
-            c.top_k = Some(k);
-        }
-        if let Some(p) = self.top_p {
-            c.top_p = Some(p);
-        }
+        let f = &self.filters;
+        c.top_k = f.top_k.or(c.top_k);
+        c.top_p = f.top_p.or(c.top_p);
+        c.min_p = f.min_p.or(c.min_p);
+        c.repetition_penalty = f.repetition_penalty.or(c.repetition_penalty);
         if let Some(e) = self.epsilon_high {
             c.clip_eps_high = Some(e);
         }

@@ -1791,10 +1791,12 @@ fn every_field_of_every_trainer_config_is_a_flag() {
                 ("prompts_per_round", &["--prompts-per-batch", "7"]),
                 ("samples_per_prompt", &["--num-generations", "7"]),
                 ("max_prompt_length", &["--max-prompt-length", "7"]),
-                // the sampling settings that have flags: temperature, top-k, top-p
+                // the sampling settings that have flags: temperature and the token filters
                 ("sampling", &["--temperature", "0.5"]),
                 ("sampling", &["--top-k", "5"]),
                 ("sampling", &["--top-p", "0.5"]),
+                ("sampling", &["--min-p", "0.5"]),
+                ("sampling", &["--repetition-penalty", "1.5"]),
                 ("missing_eos_penalty", &["--missing-eos-penalty", "0.5"]),
                 ("loss", &["--loss", "ipo"]),
                 ("beta", &["--beta", "0.5"]),
@@ -1816,11 +1818,13 @@ fn every_field_of_every_trainer_config_is_a_flag() {
                 ("batch_size", &["--per-device-train-batch-size", "3"]),
                 ("grad_accum", &["--gradient-accumulation-steps", "3"]),
                 ("max_prompt_length", &["--max-prompt-length", "7"]),
-                // the sampling settings that have flags: length, temperature, top-k, top-p
+                // the sampling settings that have flags: length, temperature, the token filters
                 ("sampling", &["--max-completion-length", "7"]),
                 ("sampling", &["--temperature", "0.5"]),
                 ("sampling", &["--top-k", "5"]),
                 ("sampling", &["--top-p", "0.5"]),
+                ("sampling", &["--min-p", "0.5"]),
+                ("sampling", &["--repetition-penalty", "1.5"]),
                 ("beta", &["--beta", "0.5"]),
                 ("schedule", &["--lr-scheduler-type", "cosine"]),
                 ("disable_dropout", &["--disable-dropout", "true"]),
@@ -1867,6 +1871,8 @@ fn every_field_of_every_trainer_config_is_a_flag() {
                     ("temperature", &["--temperature", "0.5"]),
                     ("top_k", &["--top-k", "5"]),
                     ("top_p", &["--top-p", "0.5"]),
+                    ("min_p", &["--min-p", "0.5"]),
+                    ("repetition_penalty", &["--repetition-penalty", "1.5"]),
                     ("missing_eos_penalty", &["--missing-eos-penalty", "-3"]),
                     (
                         "mask_truncated_completions",
@@ -2021,7 +2027,8 @@ fn run_text(dir: &Path, ids: &[u64]) -> String {
 
 /// `rlhf generate` (which replaces rlhf-models' `generate` command): greedy JSON output, the
 /// same greedy tokens alone and in a batch (the tokenizer's PAD lies past the vocabulary), a
-/// seed reproduces a sample, and mistakes are reported.
+/// seed reproduces a sample, a repetition penalty steers greedy decoding, and mistakes are
+/// reported.
 #[test]
 fn generate_samples_reproducibly_and_reports_mistakes() {
     let model = fixture("tiny-llama");
@@ -2067,10 +2074,55 @@ fn generate_samples_reproducibly_and_reports_mistakes() {
     let out = rlhf(&["generate", "--prompt", "x"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--model"));
-    let out = rlhf(&[
-        "generate", "--model", &model, "--prompt", "x", "--top-p", "1.5",
-    ]);
-    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--top-p"));
+    for (flag, value, field) in [
+        ("--top-p", "1.5", "top_p"),
+        ("--min-p", "1.5", "min_p"),
+        ("--repetition-penalty", "0", "repetition_penalty"),
+        ("--temperature=-1", "", "temperature"),
+    ] {
+        let flags: Vec<&str> = [flag, value]
+            .into_iter()
+            .filter(|f| !f.is_empty())
+            .collect();
+        let out = rlhf(
+            &[
+                &["generate", "--model", &model, "--prompt", "x"][..],
+                &flags,
+            ]
+            .concat(),
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(field),
+            "{flag} {value}: {err}"
+        );
+    }
+    // a repetition penalty steers greedy decoding away from the prompt's and its own tokens:
+    // the plain greedy continuation repeats tokens, the penalised one fewer
+    let repeats = |line: &Value| {
+        let ids: Vec<u64> = line["completion_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        let distinct: std::collections::BTreeSet<_> = ids.iter().collect();
+        ids.len() - distinct.len()
+    };
+    let long = ["--max-new-tokens", "12", "--temperature", "0"];
+    let plain = json_lines(&ok(&[&args[..5], &long, &["--json"]].concat()));
+    let penalised = json_lines(&ok(&[
+        &args[..5],
+        &long,
+        &["--json", "--repetition-penalty", "5"],
+    ]
+    .concat()));
+    assert!(
+        repeats(&penalised[0]) < repeats(&plain[0]),
+        "{} against {}",
+        penalised[0]["completion_ids"],
+        plain[0]["completion_ids"]
+    );
     let out = rlhf(&[
         "generate",
         "--model",

@@ -517,13 +517,14 @@ impl Counting {
     }
 }
 
-/// `top_k` and `top_p` reach the sampler: with `top_k = 1` at temperature 1 each prompt's four
-/// samples are the one most likely response (every group's scores equal), and the sampler's
-/// log-probs (of the truncated distribution, each 0) part from the trainer's (of the whole one),
-/// as TRL's would; without either the samples differ and the two agree; a nucleus of tiny mass
-/// is greedy too.
+/// `top_k`, `top_p`, `min_p` and `repetition_penalty` reach the sampler: with `top_k = 1` at
+/// temperature 1 each prompt's four samples are the one most likely response (every group's
+/// scores equal), and the sampler's log-probs (of the truncated distribution, each 0) part from
+/// the trainer's (of the whole one), as TRL's would; without either the samples differ and the
+/// two agree; a nucleus of tiny mass and a min-p of 1 are greedy too; a repetition penalty
+/// samples from another distribution than the trainer reads.
 #[test]
-fn top_k_and_top_p_reach_the_sampler() {
+fn the_token_filters_reach_the_sampler() {
     let counting = Counting::new();
     let base = PpoConfig {
         temperature: 1.0,
@@ -558,6 +559,22 @@ fn top_k_and_top_p_reach_the_sampler() {
         },
     );
     assert_eq!(metric(&nucleus.metrics, names::FRAC_REWARD_ZERO_STD), 1.0);
+    let only_top = counting.iteration(
+        &counting::Words,
+        &PpoConfig {
+            min_p: Some(1.0),
+            ..base.clone()
+        },
+    );
+    assert_eq!(metric(&only_top.metrics, names::FRAC_REWARD_ZERO_STD), 1.0);
+    let penalised = counting.iteration(
+        &counting::Words,
+        &PpoConfig {
+            repetition_penalty: Some(3.0),
+            ..base.clone()
+        },
+    );
+    assert!(metric(&penalised.metrics, names::SAMPLING_LOGP_DIFF_MEAN) > 1e-3);
 }
 
 /// DAPO's dynamic sampling on a rule reward with ties (the counting policy at a low temperature
