@@ -39,6 +39,7 @@ pub mod advantages;
 pub mod aggregation;
 pub mod device;
 pub mod divergence;
+pub mod high_entropy;
 pub mod host;
 pub mod kl;
 pub mod kl_controller;
@@ -59,6 +60,7 @@ pub use advantages::{
 pub use aggregation::{LossAggregation, aggregate};
 pub use device::{AdapterKind, DeviceSpec, TchKind, device_from_env, parse_device};
 pub use divergence::generalized_jsd;
+pub use high_entropy::high_entropy_mask;
 pub use kl::{KlEstimator, kl_estimate};
 pub use kl_controller::KlController;
 pub use logprobs::{entropy_from_logits, token_logprobs, token_logprobs_and_entropy};

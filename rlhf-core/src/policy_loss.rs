@@ -15,6 +15,11 @@
 //! | `gspo` (Zheng et al. 2025) | the same with `s_i = exp((1/|y_i|)·Σ_t m·(logπ_θ − logπ_old))` in place of `ρ` at every token of response `i` |
 //! | `cispo` (MiniMax-M1, 2025) | `−sg(clip(ρ, 1−ε_low, 1+ε_high))·A·logπ_θ` |
 //!
+//! With INTELLECT-2's two-sided clip (TRL's `delta`), `ppo` and `gspo` cap the ratio of the
+//! unclipped term at `δ`: `max(−A·min(ρ, δ), −A·clip(ρ, 1−ε_low, 1+ε_high))`. PPO's clip leaves
+//! that term unbounded where `A < 0` and `ρ` is large; the cap bounds it (`δ > 1 + ε_high`, so
+//! nothing changes where `A > 0`). CISPO has no unclipped term and ignores `δ`.
+//!
 //! The loss is `aggregate(w·ℓ)`. PPO's symmetric clip is `ε_low = ε_high = ε`. CISPO clips the
 //! weight rather than the objective, so no token loses its gradient: at `ρ = 1` its gradient is
 //! PPO's, `−A·∇logπ_θ`. MiniMax-M1 sets no lower bound on the weight (`ε_low ≥ 1` here); TRL's
@@ -54,6 +59,9 @@ pub struct PolicyLossConfig {
     pub clip_low: f32,
     /// `ε_high`: the ratio is clipped above at `1 + ε_high`.
     pub clip_high: f32,
+    /// `δ`: the unclipped term's ratio is capped at `δ` (two-sided clipping; `None`: PPO's
+    /// clip). Read by `ppo` and `gspo`.
+    pub delta: Option<f32>,
     /// How per-token losses are aggregated.
     pub aggregation: LossAggregation,
     /// `L_max` of the `dr_grpo` aggregation.
@@ -67,6 +75,7 @@ impl PolicyLossConfig {
             objective: PolicyObjective::Ppo,
             clip_low: clip_eps,
             clip_high: clip_eps,
+            delta: None,
             aggregation: LossAggregation::Dapo,
             max_len: 1,
         }
@@ -133,26 +142,9 @@ pub fn policy_loss(
             } else {
                 log_ratio.clone().exp()
             };
-            let unclipped = advantages.clone().neg().mul(ratio.clone());
-            let clipped = advantages.clone().neg().mul(ratio.clone().clamp(low, high));
-            let active = clipped.clone().greater(unclipped.clone()).float();
-            let r = ratio.clone().detach();
-            let clip_low = r
-                .clone()
-                .lower_elem(low)
-                .bool_and(advantages.clone().lower_elem(0.0))
-                .float();
-            let clip_high = r
-                .greater_elem(high)
-                .bool_and(advantages.greater_elem(0.0))
-                .float();
-            (
-                unclipped.max_pair(clipped),
-                ratio,
-                active,
-                clip_low,
-                clip_high,
-            )
+            let (per_token, active, clip_low, clip_high) =
+                clipped_surrogate(ratio.clone(), advantages, cfg);
+            (per_token, ratio, active, clip_low, clip_high)
         }
         PolicyObjective::Cispo => {
             let ratio = log_ratio.clone().exp();
@@ -188,6 +180,36 @@ pub fn policy_loss(
         ratio_mean: masked_mean(ratio.clone(), mask.clone()),
         ratio_var: masked_var(ratio, mask, true),
     }
+}
+
+/// PPO's clipped surrogate of `ratio` (the token's, or GSPO's sequence ratio at every token),
+/// each `[batch, seq]`: the per-token loss `max(−A·min(ρ, δ), −A·clip(ρ, 1−ε_low, 1+ε_high))`
+/// (no `δ` cap without one), where the clipped term was the larger one, and the tokens clipped at
+/// the lower and at the upper bound (the clip's side of the advantage's sign).
+fn clipped_surrogate(
+    ratio: Tensor<2>,
+    advantages: Tensor<2>,
+    cfg: &PolicyLossConfig,
+) -> (Tensor<2>, Tensor<2>, Tensor<2>, Tensor<2>) {
+    let (low, high) = (1.0 - cfg.clip_low, 1.0 + cfg.clip_high);
+    let capped = match cfg.delta {
+        Some(delta) => ratio.clone().clamp_max(delta),
+        None => ratio.clone(),
+    };
+    let unclipped = advantages.clone().neg().mul(capped);
+    let clipped = advantages.clone().neg().mul(ratio.clone().clamp(low, high));
+    let active = clipped.clone().greater(unclipped.clone()).float();
+    let r = ratio.detach();
+    let clip_low = r
+        .clone()
+        .lower_elem(low)
+        .bool_and(advantages.clone().lower_elem(0.0))
+        .float();
+    let clip_high = r
+        .greater_elem(high)
+        .bool_and(advantages.greater_elem(0.0))
+        .float();
+    (unclipped.max_pair(clipped), active, clip_low, clip_high)
 }
 
 /// The mean over every row (an empty one counting 0) of the row's share of real tokens where

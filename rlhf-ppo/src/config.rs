@@ -127,6 +127,15 @@ pub struct PpoConfig {
     /// `ε_high` of DAPO's asymmetric "clip-higher" (`None`: `clip_eps`, PPO's symmetric clip).
     /// For CISPO, the importance weight is capped at `1 + ε_high`.
     pub clip_eps_high: Option<f32>,
+    /// INTELLECT-2's two-sided clip δ: the unclipped term's ratio is capped at δ, bounding the
+    /// loss of a token with a negative advantage whose ratio grew (`None`: PPO's clip). Must
+    /// exceed `1 + ε_high`; not for CISPO, which has no unclipped term. TRL's `delta`.
+    pub delta: Option<f32>,
+    /// The share `ρ` of the real tokens of each minibatch that carry the policy gradient: those
+    /// whose entropy is at least the `1 − ρ` quantile ("Beyond the 80/20 Rule"; TRL's
+    /// `top_entropy_quantile`, `rlhf_core::high_entropy_mask`). The KL term and the critic still
+    /// read every token; 1 keeps all.
+    pub top_entropy_quantile: f32,
     /// The policy surrogate: `ppo` (the clipped token ratio), `gspo` (the clipped sequence
     /// ratio), `cispo` (clipped, detached importance weights).
     pub policy_objective: PolicyObjective,
@@ -200,6 +209,8 @@ impl Default for PpoConfig {
             num_minibatches: 1,
             clip_eps: 0.2,
             clip_eps_high: None,
+            delta: None,
+            top_entropy_quantile: 1.0,
             policy_objective: PolicyObjective::Ppo,
             loss_aggregation: LossAggregation::Dapo,
             dynamic_sampling: None,
@@ -352,6 +363,7 @@ impl PpoConfig {
             objective: self.policy_objective,
             clip_low: self.clip_eps,
             clip_high: self.clip_eps_high.unwrap_or(self.clip_eps),
+            delta: self.delta,
             aggregation: self.loss_aggregation,
             max_len: self.response_length,
         }
@@ -420,6 +432,27 @@ impl PpoConfig {
         }
         if self.clip_eps_high.is_some_and(|e| e.is_nan() || e <= 0.0) {
             return bad("clip_eps_high must be > 0".into());
+        }
+        let high = 1.0 + self.clip_eps_high.unwrap_or(self.clip_eps);
+        if let Some(d) = self.delta
+            && !(d.is_finite() && d > high)
+        {
+            return bad(format!(
+                "delta caps the unclipped ratio and must exceed 1 + ε_high = {high}, got {d}"
+            ));
+        }
+        if self.delta.is_some() && self.policy_objective == PolicyObjective::Cispo {
+            return bad(
+                "delta caps PPO's unclipped term, which cispo does not have (its weight is \
+                 capped at 1 + ε_high): leave delta unset"
+                    .into(),
+            );
+        }
+        if !(self.top_entropy_quantile > 0.0 && self.top_entropy_quantile <= 1.0) {
+            return bad(format!(
+                "top_entropy_quantile is the share of tokens kept and must be in (0, 1], got {}",
+                self.top_entropy_quantile
+            ));
         }
         if self.dynamic_sampling == Some(0) {
             return bad("dynamic_sampling needs at least 1 sampling round".into());
@@ -603,5 +636,39 @@ mod tests {
             AdvantageEstimator::Gae.needs_critic()
                 && !AdvantageEstimator::ReinforcePp.needs_critic()
         );
+        // the two-sided cap must lie above the clip, and CISPO has no term to cap
+        let with = |c: PpoConfig| c.validate().is_ok();
+        let grpo = PpoConfig::grpo();
+        for (delta, ok) in [(1.1, false), (1.2, false), (1.25, true), (f32::NAN, false)] {
+            let c = PpoConfig {
+                delta: Some(delta),
+                ..grpo.clone()
+            };
+            assert_eq!(with(c), ok, "δ {delta}");
+        }
+        assert!(!with(PpoConfig {
+            delta: Some(6.0),
+            ..PpoConfig::cispo()
+        }));
+        for (rho, ok) in [(0.0, false), (0.2, true), (1.0, true), (1.5, false)] {
+            let c = PpoConfig {
+                top_entropy_quantile: rho,
+                ..grpo.clone()
+            };
+            assert_eq!(with(c), ok, "ρ {rho}");
+        }
+        // the sampler's own settings are checked too
+        for bad in [
+            PpoConfig {
+                min_p: Some(1.5),
+                ..grpo.clone()
+            },
+            PpoConfig {
+                repetition_penalty: Some(0.0),
+                ..grpo.clone()
+            },
+        ] {
+            assert!(!with(bad));
+        }
     }
 }

@@ -42,9 +42,9 @@ use rlhf_core::train::{
 };
 use rlhf_core::{
     Error, GroupEstimator, KlController, LossAggregation, PolicyObjective, Result, Scorer,
-    aggregate, broadcast_to_tokens, clipped_value_loss, gae, group_advantages, kl_estimate,
-    masked_mean, policy_loss, reinforce_pp_advantages, token_logprobs, token_logprobs_and_entropy,
-    truncated_is_weights, whiten,
+    aggregate, broadcast_to_tokens, clipped_value_loss, gae, group_advantages, high_entropy_mask,
+    kl_estimate, masked_mean, policy_loss, reinforce_pp_advantages, token_logprobs,
+    token_logprobs_and_entropy, truncated_is_weights, whiten,
 };
 use rlhf_data::Tokenizer;
 use rlhf_models::sft::Example;
@@ -635,7 +635,8 @@ impl Experience {
 /// as `L_pg` is, as TRL adds it to the per-token loss before aggregating),
 /// and its diagnostics (`policy/*`, `clip_ratio/*`, `val/*`, `loss/*`). `L_pg` is the surrogate
 /// of `cfg.policy_objective` (PPO's clip, GSPO, CISPO) aggregated by `cfg.loss_aggregation`,
-/// each token weighted by the truncated importance-sampling correction when it is on.
+/// each token weighted by the truncated importance-sampling correction when it is on, and only
+/// the high-entropy tokens counted when `cfg.top_entropy_quantile < 1`.
 ///
 /// A replica's shard of the minibatch weighs each term by its [`Share`] of that term's mean; the
 /// diagnostics are the shard's own.
@@ -647,20 +648,12 @@ pub fn minibatch_loss(
 ) -> (Tensor<1>, Metrics) {
     let (logits, responses) = response_logits(&models.policy, &mb.input, mb.query_len);
     let (logprobs, entropy) = token_logprobs_and_entropy(logits, responses, cfg.temperature);
-    let correction = cfg.rollout_is_cap.map(|cap| {
-        truncated_is_weights(
-            mb.logprobs.clone(),
-            mb.sampler_logprobs.clone(),
-            mb.mask.clone(),
-            cap,
-        )
-    });
     let pg = policy_loss(
         logprobs.clone(),
         mb.logprobs.clone(),
         mb.advantages.clone(),
         mb.mask.clone(),
-        correction,
+        token_weights(mb, entropy.clone(), cfg),
         &cfg.policy_loss(),
     );
     let entropy = masked_mean(entropy, mb.mask.clone());
@@ -717,6 +710,26 @@ pub fn minibatch_loss(
     }
     metrics.push((names::LOSS_TOTAL, loss_total(&metrics, cfg)));
     (loss, metrics)
+}
+
+/// The weight of each token's policy loss, when one is on: the truncated importance-sampling
+/// correction, times 0 or 1 for whether the token is among the high-entropy share (`entropy`
+/// `[batch, r]`, the policy's at the sampling temperature).
+fn token_weights(mb: &Minibatch, entropy: Tensor<2>, cfg: &PpoConfig) -> Option<Tensor<2>> {
+    let correction = cfg.rollout_is_cap.map(|cap| {
+        truncated_is_weights(
+            mb.logprobs.clone(),
+            mb.sampler_logprobs.clone(),
+            mb.mask.clone(),
+            cap,
+        )
+    });
+    let selected = (cfg.top_entropy_quantile < 1.0)
+        .then(|| high_entropy_mask(entropy, mb.mask.clone(), cfg.top_entropy_quantile));
+    match (correction, selected) {
+        (Some(w), Some(s)) => Some(w.mul(s)),
+        (w, s) => w.or(s),
+    }
 }
 
 /// `loss/total`, the loss that is minimised, from the terms' metrics: the policy loss, `β·KL`
@@ -1238,7 +1251,22 @@ fn prepare_models(
     };
     let dropout = models.value.as_ref().map_or(0.0, |v| v.backbone.dropout());
     replicas.refuse_with_dropout("ppo", models.policy.dropout().max(dropout))?;
+    check_replicas(cfg, replicas)?;
     Ok(models)
+}
+
+/// Refused: a share of high-entropy tokens with data-parallel `replicas` (each would cut its own
+/// shard at its own quantile, where TRL gathers every process's entropies first).
+fn check_replicas(cfg: &PpoConfig, replicas: &Replicas) -> Result<()> {
+    if cfg.top_entropy_quantile < 1.0 && replicas.count() > 1 {
+        return Err(Error::Config(
+            "top_entropy_quantile cuts each minibatch at the quantile of its tokens' entropies, \
+             which data-parallel replicas would each take over their own shard: train on one \
+             device"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Refuses, before the first rollout, a run whose minibatches would not fit in memory: the

@@ -275,6 +275,16 @@ pub struct OnPolicyArgs {
     /// [TRL: --epsilon_high].
     #[arg(long)]
     pub epsilon_high: Option<f32>,
+    /// INTELLECT-2's two-sided clip: the ratio of PPO's unclipped term is capped at δ, bounding
+    /// the loss of a token with a negative advantage whose ratio grew; it must exceed
+    /// 1 + ε_high, and cispo has no such term [TRL: --delta].
+    #[arg(long)]
+    pub delta: Option<f32>,
+    /// Only the real tokens of a minibatch whose entropy lies in its top share ρ carry the
+    /// policy gradient ("Beyond the 80/20 Rule"; 1: all; one device only)
+    /// [TRL: --top_entropy_quantile].
+    #[arg(long)]
+    pub top_entropy_quantile: Option<f32>,
     /// How per-token losses are aggregated; `cispo` also selects CISPO's surrogate
     /// [TRL: --loss_type].
     #[arg(long, value_enum)]
@@ -508,6 +518,8 @@ impl OnPolicyArgs {
             value_from_reward_model <- self.value_from_reward_model,
             kl_in_reward <- self.kl_in_reward,
             mask_truncated_completions <- self.mask_truncated_completions,
+            delta <- self.delta.map(Some),
+            top_entropy_quantile <- self.top_entropy_quantile,
         );
         c.seed = self.seed;
         c.query_length = self

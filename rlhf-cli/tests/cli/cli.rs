@@ -1906,6 +1906,8 @@ fn every_field_of_every_trainer_config_is_a_flag() {
                     ("num_minibatches", &["--num-mini-batches", "7"]),
                     ("clip_eps", &["--cliprange", "0.5"]),
                     ("clip_eps_high", &["--epsilon-high", "0.5"]),
+                    ("delta", &["--delta", "2"]),
+                    ("top_entropy_quantile", &["--top-entropy-quantile", "0.2"]),
                     (
                         "policy_objective",
                         match method {

@@ -8,6 +8,7 @@ mod common;
 
 mod advantages;
 mod divergence;
+mod high_entropy;
 mod kl;
 mod logprobs;
 mod logprobs_pass;

@@ -1,6 +1,6 @@
-//! The policy surrogates (PPO/DAPO clip, GSPO, CISPO), the four loss aggregations and the
-//! truncated importance-sampling weights, against `f64` references written from the formulas,
-//! with their gradients and the cases where the definitions coincide.
+//! The policy surrogates (PPO/DAPO clip with or without the two-sided cap, GSPO, CISPO), the four
+//! loss aggregations and the truncated importance-sampling weights, against `f64` references
+//! written from the formulas, with their gradients and the cases where the definitions coincide.
 
 use proptest::prelude::*;
 use rlhf_core::{
@@ -96,7 +96,8 @@ fn reference(p: &Problem, cfg: &PolicyLossConfig) -> Reference {
         };
         let l = match cfg.objective {
             PolicyObjective::Ppo | PolicyObjective::Gspo => {
-                (-a * rho).max(-a * rho.clamp(low, high))
+                let capped = cfg.delta.map_or(rho, |d| rho.min(f64::from(d)));
+                (-a * capped).max(-a * rho.clamp(low, high))
             }
             PolicyObjective::Cispo => -rho.clamp(low, high) * a * p.new[k],
         };
@@ -147,7 +148,13 @@ fn far_from_kinks(p: &Problem, cfg: &PolicyLossConfig, margin: f64) -> bool {
             _ => p.new[k] - p.old[k],
         };
         let rho = log_rho.exp();
-        (rho - low).abs() > margin && (rho - high).abs() > margin && p.adv[k].abs() > margin
+        let off_cap = cfg
+            .delta
+            .is_none_or(|d| (rho - f64::from(d)).abs() > margin);
+        (rho - low).abs() > margin
+            && (rho - high).abs() > margin
+            && off_cap
+            && p.adv[k].abs() > margin
     })
 }
 
@@ -183,12 +190,15 @@ proptest! {
         extra_high in 0.0f64..0.3,
         max_len in 6usize..12,
         weighted in any::<bool>(),
+        delta_above in prop::option::of(0.02f64..0.6),
     ) {
         let old: Vec<f64> = p.b.iter().map(|x| x - 1.0).collect();
         let new: Vec<f64> = p.a.iter().zip(&old).map(|(a, o)| o + a).collect();
         let weights: Vec<f64> = p.c.iter().map(|c| 1.0 + c.abs()).collect();
         let problem = Problem { batch: p.batch, seq: p.seq, new: &new, old: &old, adv: &p.c, mask: &p.mask, weights: weighted.then_some(weights.as_slice()) };
-        let cfg = PolicyLossConfig { objective, clip_low: clip_low as f32, clip_high: (clip_low + extra_high) as f32, aggregation, max_len };
+        let clip_high = clip_low + extra_high;
+        let delta = delta_above.map(|d| (1.0 + clip_high + d) as f32);
+        let cfg = PolicyLossConfig { objective, clip_low: clip_low as f32, clip_high: clip_high as f32, delta, aggregation, max_len };
         prop_assume!(far_from_kinks(&problem, &cfg, 1e-4));
         let out = run(&problem, &cfg, &device());
         let r = reference(&problem, &cfg);
@@ -205,10 +215,13 @@ proptest! {
         aggregation in aggregation(),
         clip_low in 0.1f64..0.3,
         extra_high in 0.0f64..0.3,
+        delta_above in prop::option::of(0.05f64..0.5),
     ) {
         let old = p.b.clone();
         let new: Vec<f64> = p.a.iter().zip(&old).map(|(a, o)| o + a).collect();
-        let cfg = PolicyLossConfig { objective, clip_low: clip_low as f32, clip_high: (clip_low + extra_high) as f32, aggregation, max_len: 8 };
+        let clip_high = clip_low + extra_high;
+        let delta = delta_above.map(|d| (1.0 + clip_high + d) as f32);
+        let cfg = PolicyLossConfig { objective, clip_low: clip_low as f32, clip_high: clip_high as f32, delta, aggregation, max_len: 8 };
         let problem = Problem { batch: p.batch, seq: p.seq, new: &new, old: &old, adv: &p.c, mask: &p.mask, weights: None };
         prop_assume!(far_from_kinks(&problem, &cfg, 2e-2));
         let dev = device().autodiff();
@@ -363,7 +376,8 @@ fn cispo_gradient(p: &Problem, cfg: &PolicyLossConfig) -> Vec<f64> {
         .collect()
 }
 
-/// Log-ratios of ±10⁴ and log-probs of −10⁴: every surrogate stays finite.
+/// Log-ratios of ±10⁴ and log-probs of −10⁴: every surrogate stays finite, with and without the
+/// two-sided cap.
 #[test]
 fn extreme_log_ratios_give_finite_losses() {
     let dev = device();
@@ -371,12 +385,16 @@ fn extreme_log_ratios_give_finite_losses() {
     let old = [-1e4, 1e4, 0.0, 0.0, 0.0, -3.0];
     let adv = [1.0, -1.0, 2.0, -5.0, 5.0, 0.5];
     let mask = [1.0, 1.0, 1.0, 1.0, 1.0, 0.0];
-    for objective in OBJECTIVES {
+    for (objective, delta) in OBJECTIVES
+        .into_iter()
+        .flat_map(|o| [(o, None), (o, Some(1.5))])
+    {
         for aggregation in AGGREGATIONS {
             let cfg = PolicyLossConfig {
                 objective,
                 aggregation,
                 max_len: 3,
+                delta,
                 ..PolicyLossConfig::ppo(0.2)
             };
             let out = policy_loss(
@@ -393,7 +411,10 @@ fn extreme_log_ratios_give_finite_losses() {
                 ("approxkl", out.approxkl),
             ] {
                 let v = scalar(v);
-                assert!(v.is_finite(), "{objective:?}/{aggregation:?}: {name} = {v}");
+                assert!(
+                    v.is_finite(),
+                    "{objective:?}/{aggregation:?}/δ {delta:?}: {name} = {v}"
+                );
             }
         }
     }

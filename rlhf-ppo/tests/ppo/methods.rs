@@ -45,6 +45,7 @@ fn small(advantage: AdvantageEstimator) -> PpoConfig {
 /// recomputes for the same tokens (one full forward pass, `token_logprobs` on the device) are
 /// the same numbers up to rounding: `sampling/kl` below 1e−6. Frameworks that sample with
 /// another engine see far more and need the truncated importance-sampling correction.
+/// The correction, and the share of high-entropy tokens, weigh each token's loss as they say.
 #[test]
 fn the_sampler_and_the_trainer_agree_on_the_rollout_log_probs() {
     let tok = counting::tokenizer();
@@ -161,6 +162,45 @@ fn the_sampler_and_the_trainer_agree_on_the_rollout_log_probs() {
         );
     }
     assert!((host_mean(&weight) - host_mean(&|_| 1.0)).abs() > 1e-2);
+
+    // with a share ρ of high-entropy tokens, only the real tokens whose entropy (at the
+    // sampling temperature, read here from a forward pass of its own) reaches the 1 − ρ
+    // quantile count, over every real token
+    let [_, total] = mb.input.dims();
+    let r = total - mb.query_len;
+    let hidden = models
+        .policy
+        .hidden(&mb.input, None)
+        .narrow(1, mb.query_len - 1, r);
+    let entropy = rlhf_core::host::to_f64_vec(rlhf_core::entropy_from_logits(
+        models.policy.lm_head(hidden),
+        cfg.temperature,
+    ));
+    let mut sorted: Vec<f64> = real.iter().map(|&k| entropy[k]).collect();
+    sorted.sort_by(f64::total_cmp);
+    for rho in [0.3f32, 0.05] {
+        let x = (1.0 - f64::from(rho)) * (sorted.len() - 1) as f64;
+        let (i, j) = (x.floor() as usize, x.ceil() as usize);
+        let threshold = sorted[i] + (x - i as f64) * (sorted[j] - sorted[i]);
+        // a token within rounding of the cut could fall on either side
+        assert!(real.iter().all(|&k| (entropy[k] - threshold).abs() > 1e-5));
+        let selected = |k: usize| f64::from(u8::from(entropy[k] >= threshold));
+        let cfg = PpoConfig {
+            rollout_is_cap: None,
+            top_entropy_quantile: rho,
+            ..cfg.clone()
+        };
+        let (_, m) = minibatch_loss(&models, &mb, &cfg, 0.0);
+        let (got, want) = (metric(&m, names::LOSS_POLICY), host_mean(&selected));
+        assert!(
+            (got - want).abs() < 1e-4,
+            "ρ {rho}: policy loss {got}, expected {want}"
+        );
+        assert!(
+            (want - host_mean(&|_| 1.0)).abs() > 1e-3,
+            "ρ {rho} changes nothing here"
+        );
+    }
 }
 
 /// A generation whose every row runs to the token limit (no EOS), so every response has
