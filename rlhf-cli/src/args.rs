@@ -385,6 +385,32 @@ pub struct FrozenArgs {
     pub frozen_dtype: Precision,
 }
 
+/// Where a command that samples its own responses reads its prompts.
+#[derive(Args, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(default)]
+pub struct PromptArgs {
+    /// The prompts: JSONL (optionally .gz) or parquet with a prompt field (text or messages);
+    /// a verifier reads its reference from the same records [TRL: --dataset_name].
+    #[arg(long, visible_alias = "dataset-name", value_name = "FILE")]
+    pub prompts: Option<PathBuf>,
+    /// The prompt field, when the file names it differently.
+    #[arg(long, default_value = "prompt")]
+    pub prompt_field: String,
+    /// Skip records that do not read instead of stopping at the first.
+    #[arg(long)]
+    pub skip_bad: bool,
+    /// A Jinja chat template file to use instead of the tokenizer's.
+    #[arg(long, value_name = "FILE.jinja")]
+    pub chat_template: Option<PathBuf>,
+}
+
+impl PromptArgs {
+    /// How to read the prompt file.
+    pub fn read_options(&self) -> ReadOptions {
+        read_options(&self.prompt_field, self.skip_bad)
+    }
+}
+
 /// Which tokens sampling may draw, applied in transformers' order (the repetition penalty, the
 /// temperature, then top-k, top-p and min-p). A trainer's log-probs stay those of the whole
 /// tempered distribution, as TRL's do.
@@ -432,6 +458,7 @@ defaults_from_clap!(
     TrainArgs,
     LoraArgs,
     FrozenArgs,
+    PromptArgs,
     TokenFilterArgs
 );
 

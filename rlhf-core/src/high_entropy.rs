@@ -2,12 +2,12 @@
 //! 2025; TRL's `top_entropy_quantile`): the tokens where the policy is least sure (the "forking"
 //! tokens) carry the gradient, the others are left out of the policy loss.
 //!
-//! For the share `ρ ∈ (0, 1]`, a token is kept when it is real and its entropy `H_t` is at least
+//! For the share `ρ ∈ [0, 1]`, a token is kept when it is real and its entropy `H_t` is at least
 //! the `1 − ρ` quantile of the real tokens' entropies. The quantile interpolates linearly
 //! between order statistics, as `torch.quantile` does: with the `n` real entropies sorted
 //! `h_(0) ≤ … ≤ h_(n−1)` and `x = (1 − ρ)·(n − 1)`, it is `h_(⌊x⌋) + (x − ⌊x⌋)·(h_(⌈x⌉) −
 //! h_(⌊x⌋))`. So about the share `ρ` of the real tokens is kept, and ties at the threshold are all
-//! kept. The kept tokens' losses are aggregated over the whole mask, as TRL multiplies the
+//! kept (`ρ = 0`: the most uncertain token and its ties). The kept tokens' losses are aggregated over the whole mask, as TRL multiplies the
 //! per-token loss by the selection before its aggregation.
 
 use burn::tensor::Tensor;

@@ -141,8 +141,9 @@ impl OnlineDpoConfig {
 
     /// Checks the ranges: at least one round, prompt, pass and minibatch (and no more minibatches
     /// than prompts); two samples per prompt or more; at least one new token at a finite
-    /// temperature ≥ 0; a missing-EOS penalty finite and ≥ 0; a prompt length ≥ 1; the loss's
-    /// and the optimizer's own ranges (as the offline trainer checks them).
+    /// temperature > 0, the sampler's own ranges, and no filter that keeps one token alone (a
+    /// top-k of 1, a min-p of 1); a missing-EOS penalty finite and ≥ 0; a prompt length ≥ 1; the
+    /// loss's and the optimizer's own ranges (as the offline trainer checks them).
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(format!("online dpo: {m}")));
         if self.rounds == 0 || self.prompts_per_round == 0 || self.epochs == 0 {
@@ -169,11 +170,13 @@ impl OnlineDpoConfig {
                 self.sampling.max_new_tokens
             ));
         }
-        self.sampling.check()?;
-        if self.sampling.top_k == Some(1) {
+        if let Some(m) = self.sampling.problem() {
+            return bad(m);
+        }
+        if self.sampling.top_k == Some(1) || self.sampling.min_p == Some(1.0) {
             return bad(
-                "sampling keeps the top_k ≥ 2 tokens (one would make a prompt's samples equal; 0 \
-                 keeps all), got 1"
+                "sampling keeps more than the most likely token (top_k 1 or min_p 1 would make a \
+                 prompt's samples equal; top_k 0 and min_p 0 keep all)"
                     .into(),
             );
         }

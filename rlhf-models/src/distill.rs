@@ -102,7 +102,8 @@ impl Default for DistillConfig {
 impl DistillConfig {
     /// Checks the ranges: at least one epoch, prompt and micro-batch a step; β in `[0, 1]`; at
     /// least one new token at a finite temperature `> 0` (the loss divides the logits by it);
-    /// top-p in `(0, 1]`; a prompt length ≥ 1; and the optimizer's own ranges.
+    /// the sampler's own ranges ([`SamplingConfig::problem`]); a prompt length ≥ 1; and the
+    /// optimizer's own ranges.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(format!("distillation: {m}")));
         if self.epochs == 0 || self.batch_size == 0 || self.grad_accum == 0 {
@@ -123,7 +124,9 @@ impl DistillConfig {
                 self.sampling.max_new_tokens
             ));
         }
-        self.sampling.check()?;
+        if let Some(m) = self.sampling.problem() {
+            return bad(m);
+        }
         if self.max_prompt_length == Some(0) {
             return bad("max_prompt_length must be ≥ 1".into());
         }

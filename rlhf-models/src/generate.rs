@@ -105,35 +105,43 @@ impl SamplingConfig {
         }
     }
 
-    /// Refuses settings that sample from no distribution: a negative or non-finite temperature,
-    /// a top-p outside `(0, 1]`, a min-p outside `[0, 1]`, a repetition penalty that is not a
-    /// finite number above 0. Trainers add their own conditions (a temperature above 0, …).
+    /// Refuses settings that sample from no distribution ([`Self::problem`]). Trainers add their
+    /// own conditions (a temperature above 0, …).
     pub fn check(&self) -> Result<()> {
-        let bad = |m: String| Err(rlhf_core::Error::Config(m));
+        match self.problem() {
+            Some(m) => Err(rlhf_core::Error::Config(m)),
+            None => Ok(()),
+        }
+    }
+
+    /// What is wrong with these settings, if anything: a negative or non-finite temperature, a
+    /// top-p outside `(0, 1]`, a min-p outside `[0, 1]`, a repetition penalty that is not a
+    /// finite number above 0.
+    pub fn problem(&self) -> Option<String> {
         let t = self.temperature;
         if !t.is_finite() || t < 0.0 {
-            return bad(format!(
+            return Some(format!(
                 "temperature must be finite and ≥ 0 (0: greedy), got {t}"
             ));
         }
         if let Some(p) = self.top_p
             && !(p > 0.0 && p <= 1.0)
         {
-            return bad(format!("top_p must be in (0, 1], got {p}"));
+            return Some(format!("top_p must be in (0, 1], got {p}"));
         }
         if let Some(m) = self.min_p
             && !(0.0..=1.0).contains(&m)
         {
-            return bad(format!("min_p must be in [0, 1], got {m}"));
+            return Some(format!("min_p must be in [0, 1], got {m}"));
         }
         if let Some(r) = self.repetition_penalty
             && !(r.is_finite() && r > 0.0)
         {
-            return bad(format!(
+            return Some(format!(
                 "repetition_penalty must be finite and > 0 (1: off), got {r}"
             ));
         }
-        Ok(())
+        None
     }
 
     /// The repetition penalty, when it changes anything.
@@ -168,10 +176,11 @@ pub struct Generation {
 
 /// The sampling distribution of one row: the tokens it may emit and their log-probabilities, in
 /// token-id order. In transformers' order: the logits of the `seen` tokens (the row's text so
-/// far) take the repetition penalty, all are divided by the temperature (1 for greedy decoding),
-/// with `suppress` (before `min_new_tokens`) EOS and the stop ids are removed, top-k, top-p and
-/// min-p keep the most likely tokens (ties broken by the lower id), and what is kept is
-/// renormalised.
+/// far) take the repetition penalty, all are divided by the temperature, with `suppress` (before
+/// `min_new_tokens`) EOS and the stop ids are removed, top-k, top-p and min-p keep the most likely
+/// tokens (ties broken by the lower id), and what is kept is renormalised. Greedy decoding
+/// (temperature 0), as transformers', takes neither the temperature nor the three filters: its
+/// distribution is the softmax of the penalised logits.
 fn distribution(
     logits: &[f32],
     cfg: &SamplingConfig,
@@ -199,8 +208,11 @@ fn distribution(
     if suppress {
         cand.retain(|c| !cfg.ends(c.0));
     }
-    // as transformers: a top-k of 0 and a top-p of 1 or more keep every token
-    let (top_k, top_p) = (cfg.top_k.filter(|&k| k > 0), cfg.top_p.filter(|&p| p < 1.0));
+    // as transformers: a top-k of 0 and a top-p of 1 or more keep every token, and greedy
+    // decoding filters nothing
+    let sampling = cfg.temperature > 0.0;
+    let top_k = cfg.top_k.filter(|&k| sampling && k > 0);
+    let top_p = cfg.top_p.filter(|&p| sampling && p < 1.0);
     if top_k.is_some() || top_p.is_some() {
         cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         if let Some(k) = top_k {
@@ -220,10 +232,14 @@ fn distribution(
         }
         cand.sort_unstable_by_key(|c| c.0);
     }
-    if let Some(m) = cfg.min_p.filter(|&m| m > 0.0) {
-        // p / p_max = exp(l − l_max): the most likely token always stays
+    if let Some(m) = cfg.min_p.filter(|&m| sampling && m > 0.0) {
+        // p / p_max = exp(l − l_max): the most likely token always stays (a NaN, of an infinite
+        // logit, stays too, so that a row of such logits still has a token to draw)
         let top = cand.iter().map(|c| c.1).fold(f32::NEG_INFINITY, f32::max);
-        cand.retain(|c| (c.1 - top).exp() >= m);
+        cand.retain(|c| {
+            let share = (c.1 - top).exp();
+            share.is_nan() || share >= m
+        });
     }
     let z = log_sum_exp(&cand);
     cand.into_iter().map(|(t, l)| (t, l - z)).collect()
@@ -383,7 +399,8 @@ fn decode(
 ///   one outside the vocabulary: the model reads them through [`crate::TokenInput`]);
 /// - `rng`: the run's generator; it draws one `u64` per row, which seeds that row's sampling.
 ///
-/// Fails only when a real prompt token lies outside the model's vocabulary.
+/// Fails when a real prompt token lies outside the model's vocabulary, or when `cfg` samples from
+/// no distribution ([`SamplingConfig::check`]).
 pub fn generate(
     model: &CausalLm,
     prompt_ids: &[u32],
@@ -392,6 +409,7 @@ pub fn generate(
     cfg: &SamplingConfig,
     rng: &mut impl Rng,
 ) -> Result<Generation> {
+    cfg.check()?;
     // not on an autodiff device: burn-autodiff 0.22.1 can deadlock when passes run at once
     let device = model.device();
     let parts = if rlhf_core::device::is_flex(&device) && !device.is_autodiff() {
@@ -623,18 +641,22 @@ mod tests {
         /// penalty on the `seen` ids (`l / θ` when positive, `l · θ` otherwise), the temperature,
         /// top-k (the `k` largest, lower ids first on ties), top-p (the shortest prefix of the sorted
         /// tokens whose mass reaches `p`), min-p (`p ≥ min_p · p_max`), then the log-softmax of what
-        /// is kept, in id order. `None` when a cut-off lies within `1e-4` of a token, where the f32
-        /// path may round to the other side.
+        /// is kept, in id order; with `suppress`, EOS and the stop ids are out before the filters
+        /// (transformers' `MinNewTokensLengthLogitsProcessor` sets them to −∞); greedy decoding
+        /// (temperature 0) takes neither the temperature nor the filters. `None` when a cut-off
+        /// lies within `1e-4` of a token, where the f32 path may round to the other side.
         fn warped_f64(
             logits: &[f32],
             cfg: &SamplingConfig,
             seen: &[u32],
+            suppress: bool,
         ) -> Option<Vec<(u32, f64)>> {
             let near = |a: f64, b: f64| (a - b).abs() < 1e-4;
-            let t = if cfg.temperature > 0.0 {
-                f64::from(cfg.temperature)
-            } else {
+            let greedy = cfg.temperature <= 0.0;
+            let t = if greedy {
                 1.0
+            } else {
+                f64::from(cfg.temperature)
             };
             let mut l: Vec<f64> = logits.iter().map(|&x| f64::from(x)).collect();
             if let Some(theta) = cfg.repetition_penalty.map(f64::from) {
@@ -645,9 +667,11 @@ mod tests {
                 }
             }
             let l: Vec<f64> = l.iter().map(|x| x / t).collect();
-            let mut order: Vec<usize> = (0..l.len()).collect();
+            let mut order: Vec<usize> = (0..l.len())
+                .filter(|&i| !(suppress && cfg.ends(i as u32)))
+                .collect();
             order.sort_by(|&a, &b| l[b].total_cmp(&l[a]).then(a.cmp(&b)));
-            if let Some(k) = cfg.top_k.filter(|&k| k > 0 && k < order.len()) {
+            if let Some(k) = cfg.top_k.filter(|&k| !greedy && k > 0 && k < order.len()) {
                 if near(l[order[k - 1]], l[order[k]]) {
                     return None;
                 }
@@ -658,7 +682,7 @@ mod tests {
                 let z: f64 = ids.iter().map(|&i| (l[i] - m).exp()).sum::<f64>().ln();
                 ids.iter().map(|&i| l[i] - m - z).collect::<Vec<f64>>()
             };
-            if let Some(p) = cfg.top_p.map(f64::from).filter(|&p| p < 1.0) {
+            if let Some(p) = cfg.top_p.map(f64::from).filter(|&p| !greedy && p < 1.0) {
                 let mut mass = 0.0;
                 let mut keep = order.len();
                 for (j, q) in log_softmax(&order).into_iter().enumerate() {
@@ -673,7 +697,7 @@ mod tests {
                 }
                 order.truncate(keep);
             }
-            if let Some(m) = cfg.min_p.map(f64::from).filter(|&m| m > 0.0) {
+            if let Some(m) = cfg.min_p.map(f64::from).filter(|&m| !greedy && m > 0.0) {
                 let top = l[order[0]];
                 if order.iter().any(|&i| near((l[i] - top).exp(), m)) {
                     return None;
@@ -688,14 +712,14 @@ mod tests {
         proptest! {
             #![proptest_config(ProptestConfig::with_cases(512))]
 
-            /// Every combination of the filters keeps the tokens that the f64 reading of
-            /// transformers' processors keeps, with the same log-probabilities; the kept mass is 1
-            /// and every log-probability finite, for logits up to ±10⁴.
+            /// Every combination of the filters, with EOS suppressed or not, keeps the tokens that
+            /// the f64 reading of transformers' processors keeps, with the same log-probabilities;
+            /// the kept mass is 1 and every log-probability finite, for logits up to ±10⁴.
             #[test]
             fn the_distribution_is_transformers_processors(
                 logits in proptest::collection::vec(
                     prop_oneof![4 => -8.0f32..8.0, 1 => -1e4f32..1e4],
-                    2..40,
+                    3..40,
                 ),
                 seen_draw in proptest::collection::vec(0usize..1000, 0..12),
                 temperature in prop_oneof![Just(0.0f32), 0.2f32..2.0],
@@ -703,6 +727,9 @@ mod tests {
                 top_p in proptest::option::of(0.05f32..=1.0),
                 min_p in proptest::option::of(0.0f32..=1.0),
                 repetition_penalty in proptest::option::of(0.3f32..4.0),
+                // EOS and a stop id suppressed (before `min_new_tokens`) or not
+                suppress in any::<bool>(),
+                ends in (0u32..1000, 0u32..1000),
             ) {
                 let mut seen: Vec<u32> = seen_draw.iter().map(|&i| (i % logits.len()) as u32).collect();
                 seen.sort_unstable();
@@ -713,12 +740,14 @@ mod tests {
                     top_p,
                     min_p,
                     repetition_penalty,
+                    eos_id: Some(ends.0 % logits.len() as u32),
+                    stop_ids: vec![ends.1 % logits.len() as u32],
                     ..Default::default()
                 };
-                let Some(want) = warped_f64(&logits, &cfg, &seen) else {
+                let Some(want) = warped_f64(&logits, &cfg, &seen, suppress) else {
                     return Err(TestCaseError::reject("a cut-off within rounding of a token"));
                 };
-                let got = distribution(&logits, &cfg, false, &seen);
+                let got = distribution(&logits, &cfg, suppress, &seen);
                 let ids = |d: &[(u32, f32)]| d.iter().map(|x| x.0).collect::<Vec<_>>();
                 prop_assert_eq!(ids(&got), want.iter().map(|x| x.0).collect::<Vec<_>>());
                 for ((_, a), (_, b)) in got.iter().zip(&want) {

@@ -134,8 +134,12 @@ pub struct PpoConfig {
     /// The share `ρ` of the real tokens of each minibatch that carry the policy gradient: those
     /// whose entropy is at least the `1 − ρ` quantile ("Beyond the 80/20 Rule"; TRL's
     /// `top_entropy_quantile`, `rlhf_core::high_entropy_mask`). The KL term and the critic still
-    /// read every token; 1 keeps all.
+    /// read every token; 1 keeps all, 0 the most uncertain token (and its ties).
     pub top_entropy_quantile: f32,
+    /// The entropy bonus `c`: the loss gains `−c·H̄`, with `H̄` the mean entropy of the policy
+    /// (at the sampling temperature, with its gradient) over the tokens that carry the policy
+    /// gradient (TRL's static `entropy_coef`; PPO's `c₂`; 0: off).
+    pub entropy_coef: f32,
     /// The policy surrogate: `ppo` (the clipped token ratio), `gspo` (the clipped sequence
     /// ratio), `cispo` (clipped, detached importance weights).
     pub policy_objective: PolicyObjective,
@@ -211,6 +215,7 @@ impl Default for PpoConfig {
             clip_eps_high: None,
             delta: None,
             top_entropy_quantile: 1.0,
+            entropy_coef: 0.0,
             policy_objective: PolicyObjective::Ppo,
             loss_aggregation: LossAggregation::Dapo,
             dynamic_sampling: None,
@@ -448,10 +453,16 @@ impl PpoConfig {
                     .into(),
             );
         }
-        if !(self.top_entropy_quantile > 0.0 && self.top_entropy_quantile <= 1.0) {
+        if !(0.0..=1.0).contains(&self.top_entropy_quantile) {
             return bad(format!(
-                "top_entropy_quantile is the share of tokens kept and must be in (0, 1], got {}",
+                "top_entropy_quantile is the share of tokens kept and must be in [0, 1], got {}",
                 self.top_entropy_quantile
+            ));
+        }
+        if !self.entropy_coef.is_finite() {
+            return bad(format!(
+                "entropy_coef must be finite, got {}",
+                self.entropy_coef
             ));
         }
         if self.dynamic_sampling == Some(0) {
@@ -477,7 +488,9 @@ impl PpoConfig {
                     .into(),
             );
         }
-        self.sampling().check()?;
+        if let Some(m) = self.sampling().problem() {
+            return bad(m);
+        }
         if self.dynamic_sampling.is_some() && self.samples_per_prompt < 2 {
             return bad(
                 "dynamic_sampling drops groups of equal scores: it needs samples_per_prompt ≥ 2"
@@ -650,7 +663,13 @@ mod tests {
             delta: Some(6.0),
             ..PpoConfig::cispo()
         }));
-        for (rho, ok) in [(0.0, false), (0.2, true), (1.0, true), (1.5, false)] {
+        for (rho, ok) in [
+            (-0.1, false),
+            (0.0, true),
+            (0.2, true),
+            (1.0, true),
+            (1.5, false),
+        ] {
             let c = PpoConfig {
                 top_entropy_quantile: rho,
                 ..grpo.clone()

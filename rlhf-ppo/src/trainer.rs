@@ -42,9 +42,9 @@ use rlhf_core::train::{
 };
 use rlhf_core::{
     Error, GroupEstimator, KlController, LossAggregation, PolicyObjective, Result, Scorer,
-    aggregate, broadcast_to_tokens, clipped_value_loss, gae, group_advantages, high_entropy_mask,
-    kl_estimate, masked_mean, policy_loss, reinforce_pp_advantages, token_logprobs,
-    token_logprobs_and_entropy, truncated_is_weights, whiten,
+    aggregate, broadcast_to_tokens, clipped_value_loss, entropy_from_logits, gae, group_advantages,
+    high_entropy_mask, kl_estimate, masked_mean, policy_loss, reinforce_pp_advantages,
+    token_logprobs, token_logprobs_and_entropy, truncated_is_weights, whiten,
 };
 use rlhf_data::Tokenizer;
 use rlhf_models::sft::Example;
@@ -632,7 +632,8 @@ impl Experience {
 }
 
 /// The loss of one minibatch, `L = L_pg + c_v·L_v` (+ `β·KL` when the KL is a loss term, aggregated
-/// as `L_pg` is, as TRL adds it to the per-token loss before aggregating),
+/// as `L_pg` is, as TRL adds it to the per-token loss before aggregating; − `c·H̄`, the mean
+/// entropy over the tokens `L_pg` reads, with an entropy bonus),
 /// and its diagnostics (`policy/*`, `clip_ratio/*`, `val/*`, `loss/*`). `L_pg` is the surrogate
 /// of `cfg.policy_objective` (PPO's clip, GSPO, CISPO) aggregated by `cfg.loss_aggregation`,
 /// each token weighted by the truncated importance-sampling correction when it is on, and only
@@ -647,13 +648,17 @@ pub fn minibatch_loss(
     kl_coef: f32,
 ) -> (Tensor<1>, Metrics) {
     let (logits, responses) = response_logits(&models.policy, &mb.input, mb.query_len);
+    let bonus_logits = (cfg.entropy_coef != 0.0).then(|| logits.clone());
     let (logprobs, entropy) = token_logprobs_and_entropy(logits, responses, cfg.temperature);
+    // only the high-entropy tokens carry the policy gradient (and the entropy bonus)
+    let selected = (cfg.top_entropy_quantile < 1.0)
+        .then(|| high_entropy_mask(entropy.clone(), mb.mask.clone(), cfg.top_entropy_quantile));
     let pg = policy_loss(
         logprobs.clone(),
         mb.logprobs.clone(),
         mb.advantages.clone(),
         mb.mask.clone(),
-        token_weights(mb, entropy.clone(), cfg),
+        token_weights(mb, selected.clone(), cfg),
         &cfg.policy_loss(),
     );
     let entropy = masked_mean(entropy, mb.mask.clone());
@@ -695,6 +700,11 @@ pub fn minibatch_loss(
         metrics.push((names::LOSS_KL, scalar(kl.clone())));
         loss = loss.add(weighted(kl, mb.share.of(cfg.loss_aggregation)));
     }
+    // the entropy bonus, TRL's: −c·H̄
+    if let Some(h) = bonus_logits.map(|logits| bonus_entropy(logits, selected, mb, cfg)) {
+        metrics.push((names::LOSS_ENTROPY, scalar(h.clone())));
+        loss = loss.sub(weighted(h.mul_scalar(cfg.entropy_coef), mb.share.tokens));
+    }
     if let (Some(value), Some(old_values), Some(returns)) = (&models.value, &mb.values, &mb.returns)
     {
         let v = clipped_value_loss(
@@ -712,10 +722,26 @@ pub fn minibatch_loss(
     (loss, metrics)
 }
 
+/// `H̄` of the entropy bonus: the mean entropy of the policy's `logits` `[batch, r, vocab]` at the
+/// sampling temperature, with its gradient, over the tokens the policy loss reads (the
+/// high-entropy `selected`, or every real token).
+fn bonus_entropy(
+    logits: Tensor<3>,
+    selected: Option<Tensor<2>>,
+    mb: &Minibatch,
+    cfg: &PpoConfig,
+) -> Tensor<1> {
+    let tokens = selected.unwrap_or_else(|| mb.mask.clone());
+    masked_mean(entropy_from_logits(logits, cfg.temperature), tokens)
+}
+
 /// The weight of each token's policy loss, when one is on: the truncated importance-sampling
-/// correction, times 0 or 1 for whether the token is among the high-entropy share (`entropy`
-/// `[batch, r]`, the policy's at the sampling temperature).
-fn token_weights(mb: &Minibatch, entropy: Tensor<2>, cfg: &PpoConfig) -> Option<Tensor<2>> {
+/// correction, times the 0/1 `selected` of the high-entropy share.
+fn token_weights(
+    mb: &Minibatch,
+    selected: Option<Tensor<2>>,
+    cfg: &PpoConfig,
+) -> Option<Tensor<2>> {
     let correction = cfg.rollout_is_cap.map(|cap| {
         truncated_is_weights(
             mb.logprobs.clone(),
@@ -724,8 +750,6 @@ fn token_weights(mb: &Minibatch, entropy: Tensor<2>, cfg: &PpoConfig) -> Option<
             cap,
         )
     });
-    let selected = (cfg.top_entropy_quantile < 1.0)
-        .then(|| high_entropy_mask(entropy, mb.mask.clone(), cfg.top_entropy_quantile));
     match (correction, selected) {
         (Some(w), Some(s)) => Some(w.mul(s)),
         (w, s) => w.or(s),
@@ -733,12 +757,14 @@ fn token_weights(mb: &Minibatch, entropy: Tensor<2>, cfg: &PpoConfig) -> Option<
 }
 
 /// `loss/total`, the loss that is minimised, from the terms' metrics: the policy loss, `β·KL`
-/// when the KL is a loss term, `c_v·L_v` with a critic, and `γ_ptx·L_SFT` with PPO-ptx.
+/// when the KL is a loss term, `−c·H̄` with an entropy bonus, `c_v·L_v` with a critic, and
+/// `γ_ptx·L_SFT` with PPO-ptx.
 fn loss_total(metrics: &Metrics, cfg: &PpoConfig) -> f64 {
     metrics
         .iter()
         .map(|m| match m.0 {
             names::LOSS_POLICY | names::LOSS_KL => m.1,
+            names::LOSS_ENTROPY => -f64::from(cfg.entropy_coef) * m.1,
             names::VAL_LOSS => f64::from(cfg.vf_coef) * m.1,
             names::OBJECTIVE_PTX_LOSS => f64::from(cfg.ptx_coef) * m.1,
             _ => 0.0,
@@ -1233,7 +1259,8 @@ fn check_inputs(models: &PolicyAndValue, inputs: &PpoInputs, cfg: &PpoConfig) ->
 }
 
 /// The models as the run trains them: the critic with its own parameter ids, dropout off when
-/// `cfg.disable_dropout` says so; refused when dropout is left on with data-parallel `replicas`.
+/// `cfg.disable_dropout` says so; refused when dropout is left on with data-parallel `replicas`,
+/// or a share of high-entropy tokens is asked for with them ([`check_replicas`]).
 fn prepare_models(
     models: PolicyAndValue,
     cfg: &PpoConfig,

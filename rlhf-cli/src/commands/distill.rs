@@ -13,7 +13,7 @@ use rlhf_models::{CausalLm, DistillConfig, DistillInputs, SamplingConfig, train_
 use serde::{Deserialize, Serialize};
 
 use crate::args::{
-    FrozenArgs, LoraArgs, ModelArgs, TokenFilterArgs, TrainArgs, defaults_from_clap, read_options,
+    FrozenArgs, LoraArgs, ModelArgs, PromptArgs, TokenFilterArgs, TrainArgs, defaults_from_clap,
 };
 use crate::data::prompts;
 use crate::{load, output};
@@ -41,24 +41,14 @@ pub struct DistillArgs {
     /// embedding rows may be padded to another count) [TRL: --teacher_model_name_or_path].
     #[arg(long, visible_alias = "teacher-model-name-or-path", value_name = "DIR")]
     pub teacher: Option<PathBuf>,
-    /// The prompts: JSONL (optionally .gz) or parquet with a prompt field (text or messages)
-    /// [TRL: --dataset_name].
-    #[arg(long, visible_alias = "dataset-name", value_name = "FILE")]
-    pub prompts: Option<PathBuf>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub input: PromptArgs,
     /// Held-out prompts, in the same layout: the student samples a response to each and
     /// `eval_loss` is the divergence per response token, every `--eval-steps` steps and at the
     /// end [TRL: --eval_strategy steps with an eval dataset].
     #[arg(long, value_name = "FILE")]
     pub eval_prompts: Option<PathBuf>,
-    /// The prompt field, when the file names it differently.
-    #[arg(long, default_value = "prompt")]
-    pub prompt_field: String,
-    /// Skip records that do not read instead of stopping at the first.
-    #[arg(long)]
-    pub skip_bad: bool,
-    /// A Jinja chat template file to use instead of the tokenizer's.
-    #[arg(long, value_name = "FILE.jinja")]
-    pub chat_template: Option<PathBuf>,
     /// Prompts keep their last this many tokens (default: whole).
     #[arg(long)]
     pub max_prompt_length: Option<usize>,
@@ -118,7 +108,7 @@ impl DistillArgs {
 /// Trains and writes the student.
 pub fn run(args: &DistillArgs, toml: &str) -> Result<()> {
     let (dir, out) = args.model.model_and_out()?;
-    let (Some(teacher_dir), Some(prompt_file)) = (&args.teacher, &args.prompts) else {
+    let (Some(teacher_dir), Some(prompt_file)) = (&args.teacher, &args.input.prompts) else {
         bail!(
             "--teacher DIR and --prompts FILE are required (or `teacher`, `prompts` in the config \
              file)"
@@ -135,10 +125,10 @@ pub fn run(args: &DistillArgs, toml: &str) -> Result<()> {
     }
     args.config(1).validate()?;
     let device = args.model.training_device()?;
-    let ckpt = load::checkpoint(dir, &device, args.chat_template.as_deref())?;
+    let ckpt = load::checkpoint(dir, &device, args.input.chat_template.as_deref())?;
     let teacher = teacher(teacher_dir, &ckpt.tokenizer, &args.frozen, &device)?;
     let student = load::policy(ckpt.model, &ckpt.config, &args.lora, args.train.seed)?;
-    let opts = read_options(&args.prompt_field, args.skip_bad);
+    let opts = args.input.read_options();
     let prompts = prompts(prompt_file, &opts, &ckpt.format)?;
     let eval_prompts = match &args.eval_prompts {
         Some(file) => self::prompts(file, &opts, &ckpt.format)?.texts,

@@ -14,7 +14,7 @@ use rlhf_models::SamplingConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::args::{
-    FrozenArgs, LoraArgs, ModelArgs, Scheduler, TokenFilterArgs, defaults_from_clap, read_options,
+    FrozenArgs, LoraArgs, ModelArgs, PromptArgs, Scheduler, TokenFilterArgs, defaults_from_clap,
     run_options, schedule,
 };
 use crate::commands::{last_metric, prompts_and_reward};
@@ -47,19 +47,9 @@ pub struct OnlineDpoArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub frozen: FrozenArgs,
-    /// The prompts: JSONL (optionally .gz) or parquet with a prompt field (text or messages);
-    /// a verifier reads its reference from the same records [TRL: --dataset_name].
-    #[arg(long, visible_alias = "dataset-name", value_name = "FILE")]
-    pub prompts: Option<PathBuf>,
-    /// The prompt field, when the file names it differently.
-    #[arg(long, default_value = "prompt")]
-    pub prompt_field: String,
-    /// Skip records that do not read instead of stopping at the first.
-    #[arg(long)]
-    pub skip_bad: bool,
-    /// A Jinja chat template file to use instead of the tokenizer's.
-    #[arg(long, value_name = "FILE.jinja")]
-    pub chat_template: Option<PathBuf>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub input: PromptArgs,
     /// What scores a response: a reward-model DIR (or rm:DIR), exact-match[:FIELD],
     /// regex:PATTERN, length[:SCALE], judge:DIR (an LLM judge), or
     /// sum(…)/mean(…)/min(…)/mean-minus-std:λ(…) of these
@@ -224,7 +214,7 @@ impl OnlineDpoArgs {
 pub fn run(args: &OnlineDpoArgs, toml: &str) -> Result<()> {
     let (dir, out) = args.model.model_and_out()?;
     let (prompt_file, spec) = prompts_and_reward(
-        args.prompts.as_deref(),
+        args.input.prompts.as_deref(),
         args.reward.as_deref(),
         args.reward_weights.as_deref(),
     )?;
@@ -237,7 +227,7 @@ pub fn run(args: &OnlineDpoArgs, toml: &str) -> Result<()> {
         );
     }
     let device = args.model.training_device()?;
-    let ckpt = load::checkpoint(dir, &device, args.chat_template.as_deref())?;
+    let ckpt = load::checkpoint(dir, &device, args.input.chat_template.as_deref())?;
     let policy = load::policy(ckpt.model.clone(), &ckpt.config, &args.lora, args.seed)?;
     let reference = load::reference(
         args.ref_model.as_deref(),
@@ -247,7 +237,7 @@ pub fn run(args: &OnlineDpoArgs, toml: &str) -> Result<()> {
         &args.lora,
         &device,
     )?;
-    let opts = read_options(&args.prompt_field, args.skip_bad);
+    let opts = args.input.read_options();
     let prompts = prompts(prompt_file, &opts, &ckpt.format)?;
     let inference = device.clone().without_autodiff();
     let scorer = spec.build(

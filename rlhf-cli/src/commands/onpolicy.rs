@@ -11,7 +11,7 @@ use burn::tensor::Device;
 use clap::builder::BoolishValueParser;
 use clap::{Args, ValueEnum};
 use rlhf_core::train::metrics::names;
-use rlhf_core::train::{OptimizerConfig, RunOptions};
+use rlhf_core::train::{OptimizerConfig, Replicas, RunOptions};
 use rlhf_core::{KlController, KlEstimator, LossAggregation, PolicyObjective};
 use rlhf_data::{ReadOptions, Tokenizer};
 use rlhf_models::{CausalLm, ScalarModel, TransformerConfig};
@@ -19,7 +19,7 @@ use rlhf_ppo::{AdvantageEstimator, PolicyAndValue, PpoConfig, PpoInputs, train_p
 use serde::{Deserialize, Serialize};
 
 use crate::args::{
-    FrozenArgs, LoraArgs, ModelArgs, TokenFilterArgs, defaults_from_clap, read_options, run_options,
+    FrozenArgs, LoraArgs, ModelArgs, PromptArgs, TokenFilterArgs, defaults_from_clap, run_options,
 };
 use crate::commands::{last_metric, prompts_and_reward};
 use crate::data::{Encoder, demonstrations, prompts};
@@ -169,19 +169,9 @@ pub struct OnPolicyArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub frozen: FrozenArgs,
-    /// The prompts: JSONL (optionally .gz) or parquet with a prompt field (text or messages);
-    /// a verifier reads its reference from the same records [TRL: --dataset_name].
-    #[arg(long, visible_alias = "dataset-name", value_name = "FILE")]
-    pub prompts: Option<PathBuf>,
-    /// The prompt field, when the file names it differently.
-    #[arg(long, default_value = "prompt")]
-    pub prompt_field: String,
-    /// Skip records that do not read instead of stopping at the first.
-    #[arg(long)]
-    pub skip_bad: bool,
-    /// A Jinja chat template file to use instead of the tokenizer's.
-    #[arg(long, value_name = "FILE.jinja")]
-    pub chat_template: Option<PathBuf>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub input: PromptArgs,
     /// What scores a response: a reward-model DIR (or rm:DIR), exact-match[:FIELD],
     /// regex:PATTERN, length[:SCALE], judge:DIR (an LLM judge), or
     /// sum(…)/mean(…)/min(…)/mean-minus-std:λ(…) of these
@@ -281,10 +271,15 @@ pub struct OnPolicyArgs {
     #[arg(long)]
     pub delta: Option<f32>,
     /// Only the real tokens of a minibatch whose entropy lies in its top share ρ carry the
-    /// policy gradient ("Beyond the 80/20 Rule"; 1: all; one device only)
+    /// policy gradient ("Beyond the 80/20 Rule"; 1: all, 0: the most uncertain; below 1 the run
+    /// takes one replica, and refuses several --devices)
     /// [TRL: --top_entropy_quantile].
     #[arg(long)]
     pub top_entropy_quantile: Option<f32>,
+    /// The entropy bonus c: the loss gains −c times the policy's mean entropy over the tokens
+    /// that carry the policy gradient (0: off) [TRL: --entropy_coef].
+    #[arg(long, allow_hyphen_values = true)]
+    pub entropy_coef: Option<f32>,
     /// How per-token losses are aggregated; `cispo` also selects CISPO's surrogate
     /// [TRL: --loss_type].
     #[arg(long, value_enum)]
@@ -520,6 +515,7 @@ impl OnPolicyArgs {
             mask_truncated_completions <- self.mask_truncated_completions,
             delta <- self.delta.map(Some),
             top_entropy_quantile <- self.top_entropy_quantile,
+            entropy_coef <- self.entropy_coef,
         );
         c.seed = self.seed;
         c.query_length = self
@@ -729,8 +725,14 @@ fn run_options_on_replicas(
         let critic = critic.map_or(0.0, |c| c.backbone.dropout());
         policy.dropout().max(critic)
     };
+    // by default one replica where replicas would each cut their own shard at its own quantile
+    let replicas = if cfg.top_entropy_quantile < 1.0 && args.model.devices.is_empty() {
+        Replicas::default()
+    } else {
+        args.model.replicas(dropout)?
+    };
     Ok(RunOptions {
-        replicas: args.model.replicas(dropout)?,
+        replicas,
         ..run_options(
             out,
             args.save_steps,
@@ -762,13 +764,13 @@ fn refuse_mixes(method: Method, args: &OnPolicyArgs) -> Result<()> {
 pub fn run(method: Method, args: &OnPolicyArgs, toml: &str) -> Result<()> {
     let (dir, out) = args.model.model_and_out()?;
     let (prompt_file, spec) = prompts_and_reward(
-        args.prompts.as_deref(),
+        args.input.prompts.as_deref(),
         args.reward.as_deref(),
         args.reward_weights.as_deref(),
     )?;
     let device = args.model.training_device()?;
-    let ckpt = load::checkpoint(dir, &device, args.chat_template.as_deref())?;
-    let opts = read_options(&args.prompt_field, args.skip_bad);
+    let ckpt = load::checkpoint(dir, &device, args.input.chat_template.as_deref())?;
+    let opts = args.input.read_options();
     let prompts = prompts(prompt_file, &opts, &ckpt.format)?;
     let longest = longest_prompt(&ckpt.tokenizer, &prompts.texts)?;
     refuse_mixes(method, args)?;

@@ -1461,13 +1461,22 @@ fn two_replicas_learn_resume_after_a_kill_bit_for_bit_and_are_refused_where_unsu
         "the resumed two-replica run differs from the uninterrupted one"
     );
 
-    // KTO's reference point and online DPO's generation are whole-batch work: refused by name
+    // KTO's reference point, online DPO's generation and GRPO's entropy quantile are whole-batch
+    // work: refused by name
+    let prompts = head("prompts.jsonl", 8, dir.path());
     for (command, data_flag, data, extra, why) in [
         ("kto", "--data", &pairs, &[][..], "z₀"),
         (
+            "grpo",
+            "--prompts",
+            &prompts,
+            &["--reward", "length", "--top-entropy-quantile", "0.5"][..],
+            "top_entropy_quantile",
+        ),
+        (
             "online-dpo",
             "--dataset-name",
-            &head("prompts.jsonl", 8, dir.path()),
+            &prompts,
             &["--reward", "length"][..],
             "--devices",
         ),
@@ -1908,6 +1917,7 @@ fn every_field_of_every_trainer_config_is_a_flag() {
                     ("clip_eps_high", &["--epsilon-high", "0.5"]),
                     ("delta", &["--delta", "2"]),
                     ("top_entropy_quantile", &["--top-entropy-quantile", "0.2"]),
+                    ("entropy_coef", &["--entropy-coef", "0.01"]),
                     (
                         "policy_objective",
                         match method {

@@ -122,6 +122,7 @@ pub mod names {
     pub const KL_LOSS_TERM: &str = "kl";
     pub const LOSS_POLICY: &str = "loss/policy_avg";
     pub const LOSS_KL: &str = "loss/kl";
+    pub const LOSS_ENTROPY: &str = "loss/entropy";
     pub const LOSS_TOTAL: &str = "loss/total";
     pub const TRAIN_LOSS: &str = "loss";
     pub const TRAIN_LR: &str = "learning_rate";

@@ -57,6 +57,34 @@ proptest! {
         }
     }
 
+    /// The entropy's gradient (an entropy bonus trains through it) is the central difference of
+    /// the `f64` entropy.
+    #[test]
+    fn entropy_gradient_matches_central_differences((b, t, v, logits, _tokens, temp) in problem()) {
+        let dev = device().autodiff();
+        let x = t3(&logits, [b, t, v], &dev).require_grad();
+        let total = entropy_from_logits(x.clone(), temp as f32).sum();
+        let grad = host(x.grad(&total.backward()).expect("the entropy depends on the logits"));
+        let entropy_sum = |l: &[f64]| -> f64 {
+            (0..b * t)
+                .map(|i| {
+                    let lp = log_softmax_ref(&l[i * v..(i + 1) * v], temp);
+                    -lp.iter().map(|l| l.exp() * l).sum::<f64>()
+                })
+                .sum()
+        };
+        let h = 1e-5;
+        let fd: Vec<f64> = (0..logits.len())
+            .map(|i| {
+                let (mut up, mut down) = (logits.clone(), logits.clone());
+                up[i] += h;
+                down[i] -= h;
+                (entropy_sum(&up) - entropy_sum(&down)) / (2.0 * h)
+            })
+            .collect();
+        assert_close(&grad, &fd, 1e-3)?;
+    }
+
     /// One log-softmax for both gives what the two functions give apart, and the gradient of the
     /// log-probs is the same: the entropy (a diagnostic) sends none.
     #[test]
