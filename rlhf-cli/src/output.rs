@@ -26,6 +26,8 @@ const RESUMABLE_CHANGES: &[&str] = &[
     "logging_steps",
     "save_steps",
     "save_total_limit",
+    "log_completions",
+    "num_completions_to_print",
     "config",
 ];
 

@@ -27,6 +27,7 @@
 //! # Ok::<(), rlhf_core::Error>(())
 //! ```
 
+pub mod completions;
 pub mod config;
 pub mod rewards;
 pub mod rollout;

@@ -50,6 +50,7 @@ use rlhf_data::Tokenizer;
 use rlhf_models::sft::Example;
 use rlhf_models::{CausalLm, Generation, ScalarModel, TokenInput};
 
+use crate::completions::completion_rows;
 use crate::config::{AdvantageEstimator, PpoConfig};
 use crate::rewards::{TokenRewards, per_token_rewards, reduce_score_variance};
 use crate::rollout::{dynamic_sampling, sample_and_score};
@@ -1211,6 +1212,7 @@ pub fn train_ppo(
         line.extend(eval_if_due(inputs, &models.policy, done, total));
         let parts = step.score_parts.iter().map(|(k, v)| (k.as_str(), *v));
         run.log(done, &line.iter().copied().chain(parts).collect::<Vec<_>>())?;
+        log_samples(&mut run, &step.experience, inputs.tokenizer, done, total)?;
         let score = metric(&line, names::OBJECTIVE_SCORES).unwrap_or(f64::NAN);
         run.step_done(done, format!("score {score:.3} kl {kl_now:.2}"));
         report.iterations = done;
@@ -1280,6 +1282,21 @@ fn prepare_models(
     replicas.refuse_with_dropout("ppo", models.policy.dropout().max(dropout))?;
     check_replicas(cfg, replicas)?;
     Ok(models)
+}
+
+/// Writes the samples of iteration `done` (of `total`) to `completions.jsonl` when the run logs
+/// them and the iteration is due.
+fn log_samples(
+    run: &mut Run,
+    exp: &Experience,
+    tokenizer: &Tokenizer,
+    done: u64,
+    total: u64,
+) -> Result<()> {
+    match run.completions_due(done, total) {
+        Some(n) => run.log_completions(done, completion_rows(exp, tokenizer, n)?),
+        None => Ok(()),
+    }
 }
 
 /// Refused: a share of high-entropy tokens with data-parallel `replicas` (each would cut its own

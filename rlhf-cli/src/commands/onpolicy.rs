@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use burn::tensor::Device;
 use clap::builder::BoolishValueParser;
-use clap::{Args, ValueEnum};
+use clap::{ArgAction, Args, ValueEnum};
 use rlhf_core::train::metrics::names;
 use rlhf_core::train::{OptimizerConfig, Replicas, RunOptions};
 use rlhf_core::{KlController, KlEstimator, LossAggregation, PolicyObjective};
@@ -370,6 +370,14 @@ pub struct OnPolicyArgs {
     /// --logging_steps].
     #[arg(long, default_value_t = 1)]
     pub logging_steps: u64,
+    /// Write each logged iteration's samples (the prompt as the policy read it, the completion,
+    /// its score and advantage) to completions.jsonl in --out [TRL: --log_completions].
+    #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub log_completions: bool,
+    /// With --log-completions, this many samples of an iteration (default: all)
+    /// [TRL: --num_completions_to_print].
+    #[arg(long)]
+    pub num_completions_to_print: Option<usize>,
 }
 
 defaults_from_clap!(OnPolicyArgs);
@@ -733,6 +741,9 @@ fn run_options_on_replicas(
     };
     Ok(RunOptions {
         replicas,
+        log_completions: args
+            .log_completions
+            .then(|| args.num_completions_to_print.unwrap_or(usize::MAX)),
         ..run_options(
             out,
             args.save_steps,

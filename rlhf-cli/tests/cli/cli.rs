@@ -108,6 +108,11 @@ fn differ(a: &[f32], b: &[f32]) -> bool {
 /// Runs `rlhf args` (whose output directory is `out`), SIGKILLs it once `metrics.jsonl` has
 /// `steps` lines, checks that it had not finished, and runs it again to the end (it resumes).
 fn kill_then_resume(args: &[String], out: &Path, steps: usize) {
+    kill_then_resume_at(args, out, "loss", steps);
+}
+
+/// [`kill_then_resume`], counting the lines that log `metric_name`.
+fn kill_then_resume_at(args: &[String], out: &Path, metric_name: &str, steps: usize) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_rlhf"))
         .args(args)
         .stdout(Stdio::null())
@@ -115,7 +120,7 @@ fn kill_then_resume(args: &[String], out: &Path, steps: usize) {
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
-    while metric(out, "loss").len() < steps {
+    while metric(out, metric_name).len() < steps {
         assert!(
             child.try_wait().unwrap().is_none(),
             "the run ended before it was killed"
@@ -1354,6 +1359,99 @@ fn every_on_policy_command_runs_end_to_end() {
     assert!(ok(&["check", &pairs]).contains("read 24 records, kept 24, rejected 0"));
     let plots = ok(&["plot", &s(&dir.path().join("ppo"))]);
     assert!(plots.contains("objective_scores.svg"), "{plots}");
+}
+
+/// `--log-completions` (TRL's): each logged iteration's first `--num-completions-to-print`
+/// samples go to completions.jsonl, with the prompt as the policy read it, the completion, its
+/// score and advantage; a run killed after its checkpoint and resumed writes the same file as an
+/// uninterrupted one, and a resumed run may turn the logging on or off.
+#[test]
+fn grpo_logs_its_completions_and_a_resumed_run_writes_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = head("prompts.jsonl", 16, dir.path());
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "grpo",
+            "--model",
+            &fixture("tiny-pythia"),
+            "--prompts",
+            &prompts,
+            "--reward",
+            "length:0.1",
+            "--out",
+            &s(out),
+            "--iterations",
+            "40",
+            "--prompts-per-batch",
+            "4",
+            "--num-generations",
+            "2",
+            "--max-completion-length",
+            "8",
+            "--save-steps",
+            "4",
+            "--logging-steps",
+            "5",
+            "--log-completions",
+            "--num-completions-to-print",
+            "3",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let whole = dir.path().join("whole");
+    let argv = args(&whole);
+    ok(&argv.iter().map(String::as_str).collect::<Vec<_>>());
+    let text = std::fs::read_to_string(whole.join("completions.jsonl")).unwrap();
+    let rows: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let steps: Vec<u64> = rows.iter().map(|r| r["step"].as_u64().unwrap()).collect();
+    let every_fifth: Vec<u64> = (1..=8).flat_map(|s| [5 * s; 3]).collect();
+    assert_eq!(steps, every_fifth, "three samples every fifth iteration");
+    let raw: Vec<String> = std::fs::read_to_string(&prompts)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["prompt"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    for row in &rows {
+        let prompt = row["prompt"].as_str().unwrap();
+        assert!(raw.iter().any(|p| prompt.ends_with(p.as_str())), "{prompt}");
+        assert!(
+            row["score"].as_f64().is_some() && row["advantage"].as_f64().is_some(),
+            "{row}"
+        );
+        // the length reward: 0.1 a token (… at most 8 new tokens)
+        assert!(
+            (0.0..=0.8 + 1e-6).contains(&row["score"].as_f64().unwrap()),
+            "{row}"
+        );
+        assert!(row["completion"].is_string(), "{row}");
+    }
+    // a group of two: the two advantages of a prompt are opposite (or both 0)
+    let adv = |i: usize| rows[i]["advantage"].as_f64().unwrap();
+    assert!((adv(0) + adv(1)).abs() < 1e-4, "{} {}", adv(0), adv(1));
+
+    let killed = dir.path().join("killed");
+    // killed after iteration 15 (whose samples are logged) and before 16 (a checkpoint): the
+    // resumed run starts from 12 and logs 15 again
+    kill_then_resume_at(&args(&killed), &killed, "objective/scores", 15);
+    // the logging is no part of what is trained: the finished run, started again without it, is
+    // the same run (not refused as one with other options)
+    let without: Vec<&str> = argv[..argv.len() - 3].iter().map(String::as_str).collect();
+    assert_eq!(argv[argv.len() - 3], "--log-completions");
+    ok(&without);
+    assert_eq!(
+        std::fs::read_to_string(killed.join("completions.jsonl")).unwrap(),
+        text,
+        "the resumed run's completions differ"
+    );
 }
 
 /// A `rlhf dpo` killed (SIGKILL) after its second checkpoint and started again ends with the

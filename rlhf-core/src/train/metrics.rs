@@ -213,14 +213,22 @@ impl MetricsSink {
     /// (JSON has no NaN), so the line stays valid JSON.
     pub fn log(&mut self, step: u64, metrics: &[(&str, f64)]) -> Result<()> {
         let mut obj = Map::new();
-        obj.insert("step".into(), Value::from(step));
         for (name, value) in metrics {
             let v = serde_json::Number::from_f64(*value)
                 .map(Value::Number)
                 .unwrap_or(Value::Null);
             obj.insert((*name).to_string(), v);
         }
-        let mut line = Value::Object(obj).to_string();
+        self.log_object(step, obj)
+    }
+
+    /// Appends one line: `{"step": step}` followed by the fields of `obj` (any JSON values: the
+    /// completions a trainer shows, say), with the same guarantees as [`MetricsSink::log`].
+    pub fn log_object(&mut self, step: u64, obj: Map<String, Value>) -> Result<()> {
+        let mut line = Map::new();
+        line.insert("step".into(), Value::from(step));
+        line.extend(obj);
+        let mut line = Value::Object(line).to_string();
         line.push('\n');
         self.file
             .write_all(line.as_bytes())

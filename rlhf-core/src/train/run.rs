@@ -6,7 +6,8 @@
 //! state from it, logs metrics with [`Run::log`], reports each finished step with
 //! [`Run::step_done`] and saves with [`Run::save`] when [`Run::checkpoint_due`] says so. On
 //! resume the metrics file is cut back to the checkpoint's step, so it reads as if the run had
-//! never stopped.
+//! never stopped; so is `completions.jsonl`, the samples a trainer that samples shows with
+//! [`Run::log_completions`].
 //!
 //! Two guards live here too. [`Run::check_finite`] counts steps skipped for a non-finite loss or
 //! gradient norm (the count is saved with each checkpoint) and stops the run after
@@ -17,6 +18,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 use super::checkpoint::{Checkpoint, CheckpointStore, NewCheckpoint};
 use super::interrupt;
@@ -28,6 +30,9 @@ use crate::{Error, Result};
 
 /// The key of the skipped-step count in a checkpoint's state.
 const SKIPPED_KEY: &str = "skipped_steps";
+
+/// The samples a run shows ([`RunOptions::log_completions`]), beside `metrics.jsonl`.
+pub const COMPLETIONS_FILE: &str = "completions.jsonl";
 
 /// Where a trainer writes and how often.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,6 +52,12 @@ pub struct RunOptions {
     pub log_every: u64,
     /// Stop after this many optimizer steps in a row with a non-finite loss or gradient norm.
     pub max_nonfinite_streak: u32,
+    /// Write up to this many of each logged step's samples (prompt, completion, score) to
+    /// `completions.jsonl`, for a trainer that samples (TRL's `log_completions` with
+    /// `num_completions_to_print`; `None`: off). Logged steps are those a progress event
+    /// reports: every `log_every` steps and the last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_completions: Option<usize>,
     /// Data-parallel replicas: each micro-batch split between them (see [`Replicas`]). Where a
     /// run runs, not what it computes: not part of a run's recorded options.
     #[serde(skip)]
@@ -62,6 +73,7 @@ impl Default for RunOptions {
             progress: true,
             log_every: 10,
             max_nonfinite_streak: 8,
+            log_completions: None,
             replicas: Replicas::default(),
         }
     }
@@ -100,6 +112,7 @@ pub struct Run {
     options: RunOptions,
     store: Option<CheckpointStore>,
     metrics: Option<MetricsSink>,
+    completions: Option<MetricsSink>,
     progress: Progress,
     skipped: u64,
     streak: u32,
@@ -154,12 +167,18 @@ impl Run {
             .as_ref()
             .and_then(|c| c.state.get(SKIPPED_KEY)?.as_u64())
             .unwrap_or(0);
-        let metrics = match &options.out_dir {
-            Some(d) => {
-                let mut sink = MetricsSink::open(d.join("metrics.jsonl"))?;
-                sink.truncate_after(resume.as_ref().map_or(0, |c| c.step))?;
-                Some(sink)
-            }
+        // a resumed run's files are cut back to its checkpoint's step
+        let sink = |name: &str| -> Result<Option<MetricsSink>> {
+            let Some(d) = &options.out_dir else {
+                return Ok(None);
+            };
+            let mut sink = MetricsSink::open(d.join(name))?;
+            sink.truncate_after(resume.as_ref().map_or(0, |c| c.step))?;
+            Ok(Some(sink))
+        };
+        let metrics = sink("metrics.jsonl")?;
+        let completions = match options.log_completions {
+            Some(_) => sink(COMPLETIONS_FILE)?,
             None => None,
         };
         let progress = Progress::new(
@@ -174,6 +193,7 @@ impl Run {
                 options: options.clone(),
                 store,
                 metrics,
+                completions,
                 progress,
                 skipped,
                 streak: 0,
@@ -193,6 +213,27 @@ impl Run {
         self.progress.log(step, metrics);
         match &mut self.metrics {
             Some(m) => m.log(step, metrics),
+            None => Ok(()),
+        }
+    }
+
+    /// How many samples of `step` to show in `completions.jsonl` (of `total` steps): `None` when
+    /// the run logs none, or not at this step.
+    pub fn completions_due(&self, step: u64, total: u64) -> Option<usize> {
+        let due = step.is_multiple_of(self.options.log_every.max(1)) || step == total;
+        self.completions
+            .as_ref()
+            .and(self.options.log_completions)
+            .filter(|_| due)
+    }
+
+    /// Appends one line per sample of `step` to `completions.jsonl` (nothing when the run logs
+    /// none).
+    pub fn log_completions(&mut self, step: u64, rows: Vec<Map<String, Value>>) -> Result<()> {
+        match &mut self.completions {
+            Some(sink) => rows
+                .into_iter()
+                .try_for_each(|row| sink.log_object(step, row)),
             None => Ok(()),
         }
     }
