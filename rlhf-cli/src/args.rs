@@ -389,8 +389,9 @@ pub struct FrozenArgs {
 #[derive(Args, Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(default)]
 pub struct PromptArgs {
-    /// The prompts: JSONL (optionally .gz) or parquet with a prompt field (text or messages);
-    /// a verifier reads its reference from the same records [TRL: --dataset_name].
+    /// The prompts: JSONL (optionally .gz) or parquet with a prompt field (text or messages); a
+    /// command that scores with a verifier reads its reference from the same records
+    /// [TRL: --dataset_name].
     #[arg(long, visible_alias = "dataset-name", value_name = "FILE")]
     pub prompts: Option<PathBuf>,
     /// The prompt field, when the file names it differently.

@@ -219,12 +219,11 @@ fn distribution(
             cand.truncate(k);
         }
         if let Some(p) = top_p {
-            let z = log_sum_exp(&cand);
             let mut mass = 0.0;
-            let keep = cand
+            let keep = log_softmax(&cand)
                 .iter()
-                .position(|x| {
-                    mass += (x.1 - z).exp();
+                .position(|lp| {
+                    mass += lp.exp();
                     mass >= p
                 })
                 .map_or(cand.len(), |i| i + 1);
@@ -241,14 +240,20 @@ fn distribution(
             share.is_nan() || share >= m
         });
     }
-    let z = log_sum_exp(&cand);
-    cand.into_iter().map(|(t, l)| (t, l - z)).collect()
+    let logps = log_softmax(&cand);
+    cand.into_iter()
+        .zip(logps)
+        .map(|((t, _), lp)| (t, lp))
+        .collect()
 }
 
-/// `log Σ exp(l)` over the candidates' logits, stable for any range.
-fn log_sum_exp(cand: &[(u32, f32)]) -> f32 {
+/// The candidates' log-probabilities, `(l − m) − ln Σ exp(l − m)` with `m` the largest logit:
+/// the largest is subtracted before anything is added, so logits in the thousands keep the
+/// precision of their differences (`l − (m + ln Σ …)` would round the sum at their scale).
+fn log_softmax(cand: &[(u32, f32)]) -> Vec<f32> {
     let m = cand.iter().map(|c| c.1).fold(f32::NEG_INFINITY, f32::max);
-    m + cand.iter().map(|c| (c.1 - m).exp()).sum::<f32>().ln()
+    let z = cand.iter().map(|c| (c.1 - m).exp()).sum::<f32>().ln();
+    cand.iter().map(|c| (c.1 - m) - z).collect()
 }
 
 /// One token from `dist` (id order): the most likely one (the lower id on ties) when greedy;

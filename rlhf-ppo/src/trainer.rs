@@ -1336,6 +1336,16 @@ fn check_memory(
         models.value.as_ref().map(ScalarModel::shape),
     );
     let policy_checkpointing = memory::checkpointing(device, &models.policy);
+    // an entropy bonus holds a log-softmax of its own over the response positions, and its
+    // product with the probabilities, for the gradient
+    let bonus_bytes = |r: u64| {
+        let cells = r * cfg.response_length as u64 * models.policy.vocab_size() as u64;
+        if cfg.entropy_coef != 0.0 {
+            2 * 4 * cells
+        } else {
+            0
+        }
+    };
     let value_checkpointing = models
         .value
         .as_ref()
@@ -1358,6 +1368,7 @@ fn check_memory(
             activations: &|r, s| {
                 policy_shape.activation_bytes(r, s, policy_checkpointing)
                     + value_shape.map_or(0, |v| v.activation_bytes(r, s, value_checkpointing))
+                    + bonus_bytes(r)
             },
             rows_knob: "num_minibatches (more minibatches, fewer episodes each)",
             seq_knob: "query_length and response_length",

@@ -811,9 +811,9 @@ fn ppo_survives_sigkill_at_a_random_iteration() {
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4))]
     /// One PPO update (one minibatch step: policy, critic, the KL as a reward or as a loss term
-    /// against a reference apart from the policy, and PPO-ptx) on 2–3 data-parallel replicas
-    /// takes the step of one replica and logs the same loss, for each loss aggregation. The
-    /// responses stop at EOS at different lengths, so the shards' shares of tokens and of
+    /// against a reference apart from the policy, PPO-ptx, an entropy bonus) on 2–3 data-parallel
+    /// replicas takes the step of one replica and logs the same loss, for each loss aggregation.
+    /// The responses stop at EOS at different lengths, so the shards' shares of tokens and of
     /// responses differ.
     #[test]
     fn replicas_take_the_step_of_one_replica(
@@ -838,6 +838,11 @@ proptest::proptest! {
                 kl_estimator: if kl_as_loss { KlEstimator::K3 } else { KlEstimator::K1 },
                 ptx_coef: if ptx { 0.5 } else { 0.0 },
                 ptx_batch_size: 3,
+                // an entropy bonus (a token mean) with two of the four aggregations
+                entropy_coef: match aggregation {
+                    LossAggregation::Dapo | LossAggregation::Grpo => 0.3,
+                    _ => 0.0,
+                },
                 optimizer: rlhf_testkit::replicas::gradient_revealing_optimizer(),
                 ..config()
             };

@@ -1364,7 +1364,7 @@ fn every_on_policy_command_runs_end_to_end() {
 /// `--log-completions` (TRL's): each logged iteration's first `--num-completions-to-print`
 /// samples go to completions.jsonl, with the prompt as the policy read it, the completion, its
 /// score and advantage; a run killed after its checkpoint and resumed writes the same file as an
-/// uninterrupted one, and a resumed run may turn the logging on or off.
+/// uninterrupted one, and a finished run started again without the flags is the same run.
 #[test]
 fn grpo_logs_its_completions_and_a_resumed_run_writes_the_same() {
     let dir = tempfile::tempdir().unwrap();
@@ -1599,6 +1599,26 @@ fn two_replicas_learn_resume_after_a_kill_bit_for_bit_and_are_refused_where_unsu
             "{command}: {err}"
         );
     }
+    // without --devices, the entropy quantile's run takes one replica where flex's default is two
+    ok(&[
+        "grpo",
+        "--model",
+        &fixture("tiny-pythia"),
+        "--prompts",
+        &prompts,
+        "--reward",
+        "length",
+        "--out",
+        &s(&dir.path().join("grpo-one-replica")),
+        "--iterations",
+        "1",
+        "--prompts-per-batch",
+        "4",
+        "--max-completion-length",
+        "8",
+        "--top-entropy-quantile",
+        "0.5",
+    ]);
 }
 
 /// `rlhf dpo --lora-rank`: under 5% of the parameters train, the held-out margin rises, the output

@@ -41,6 +41,7 @@
 //! | `objective/variance_removed` | share of the scores' variance removed by baseline subtraction and length-bucket normalisation | — |
 //! | `objective/kl_coef` | β of this iteration | — |
 //! | `loss/kl` | `β·KL` as it enters the loss: the per-token estimate aggregated as the policy loss is (`loss_type`) | — |
+//! | `loss/entropy` | with an entropy bonus `c`, the mean entropy `H̄` over the tokens the policy loss reads (the loss gains `−c·H̄`) | — |
 //! | `loss/total` | the loss the update minimises | — |
 //! | `train/skipped_steps` | updates skipped for a non-finite loss or gradient norm: since the run began in a trainer's log, in this iteration in `ppo_iteration`'s own metrics | — |
 //! | `time/rollout`, `time/update`, `time/step` | wall seconds | — |
@@ -222,8 +223,9 @@ impl MetricsSink {
         self.log_object(step, obj)
     }
 
-    /// Appends one line: `{"step": step}` followed by the fields of `obj` (any JSON values: the
-    /// completions a trainer shows, say), with the same guarantees as [`MetricsSink::log`].
+    /// Appends one line: the fields of `obj` (any JSON values: the completions a trainer shows,
+    /// say) and `step`, keys in serde_json's sorted order, with the same guarantees as
+    /// [`MetricsSink::log`].
     pub fn log_object(&mut self, step: u64, obj: Map<String, Value>) -> Result<()> {
         let mut line = Map::new();
         line.insert("step".into(), Value::from(step));

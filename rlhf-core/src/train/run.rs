@@ -54,8 +54,8 @@ pub struct RunOptions {
     pub max_nonfinite_streak: u32,
     /// Write up to this many of each logged step's samples (prompt, completion, score) to
     /// `completions.jsonl`, for a trainer that samples (TRL's `log_completions` with
-    /// `num_completions_to_print`; `None`: off). Logged steps are those a progress event
-    /// reports: every `log_every` steps and the last.
+    /// `num_completions_to_print`, where TRL writes every completion to a parquet file besides;
+    /// `None`: off). Logged steps: every `log_every` steps and the last.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_completions: Option<usize>,
     /// Data-parallel replicas: each micro-batch split between them (see [`Replicas`]). Where a
@@ -177,9 +177,16 @@ impl Run {
             Ok(Some(sink))
         };
         let metrics = sink("metrics.jsonl")?;
-        let completions = match options.log_completions {
-            Some(_) => sink(COMPLETIONS_FILE)?,
-            None => None,
+        // cut back too when this run logs none, so a run that logged them leaves no line past
+        // the checkpoint it resumes from
+        let logged_before = options
+            .out_dir
+            .as_ref()
+            .is_some_and(|d| d.join(COMPLETIONS_FILE).exists());
+        let completions = if options.log_completions.is_some() || logged_before {
+            sink(COMPLETIONS_FILE)?
+        } else {
+            None
         };
         let progress = Progress::new(
             options.progress,
