@@ -80,11 +80,13 @@ impl ModelArgs {
     }
 
     /// The data-parallel replicas of `--devices`; without it, [`Replicas::default_for`] the
-    /// training device (two on flex, one elsewhere) for models whose `dropout` is 0, and one
-    /// replica for others (replicas would draw their dropout masks in thread order).
-    pub fn replicas(&self, dropout: f64) -> Result<Replicas> {
+    /// training device (two on flex, one elsewhere), or one replica for a run that `splits_badly`
+    /// (a model with dropout, whose masks replicas would draw in thread order; a quantile of each
+    /// minibatch's entropies, which replicas would each take over their own shard). The trainers
+    /// refuse several `--devices` for such runs.
+    pub fn replicas(&self, splits_badly: bool) -> Result<Replicas> {
         if self.devices.is_empty() {
-            return Ok(if dropout > 0.0 {
+            return Ok(if splits_badly {
                 Replicas::default()
             } else {
                 Replicas::default_for(&self.training_device()?)
@@ -104,7 +106,7 @@ impl ModelArgs {
         if self.devices.is_empty() {
             Ok(Replicas::default())
         } else {
-            self.replicas(0.0)
+            self.replicas(false)
         }
     }
 

@@ -649,8 +649,7 @@ pub fn minibatch_loss(
     kl_coef: f32,
 ) -> (Tensor<1>, Metrics) {
     let (logits, responses) = response_logits(&models.policy, &mb.input, mb.query_len);
-    let bonus_logits = (cfg.entropy_coef != 0.0).then(|| logits.clone());
-    let (logprobs, entropy) = token_logprobs_and_entropy(logits, responses, cfg.temperature);
+    let (logprobs, entropy, bonus_entropy) = logprobs_and_entropy(logits, responses, cfg);
     // only the high-entropy tokens carry the policy gradient (and the entropy bonus)
     let selected = (cfg.top_entropy_quantile < 1.0)
         .then(|| high_entropy_mask(entropy.clone(), mb.mask.clone(), cfg.top_entropy_quantile));
@@ -701,8 +700,9 @@ pub fn minibatch_loss(
         metrics.push((names::LOSS_KL, scalar(kl.clone())));
         loss = loss.add(weighted(kl, mb.share.of(cfg.loss_aggregation)));
     }
-    // the entropy bonus, TRL's: −c·H̄
-    if let Some(h) = bonus_logits.map(|logits| bonus_entropy(logits, selected, mb, cfg)) {
+    // the entropy bonus, TRL's: −c·H̄, H̄ the mean entropy over the tokens the policy loss reads
+    if let Some(h) = bonus_entropy {
+        let h = masked_mean(h, selected.unwrap_or_else(|| mb.mask.clone()));
         metrics.push((names::LOSS_ENTROPY, scalar(h.clone())));
         loss = loss.sub(weighted(h.mul_scalar(cfg.entropy_coef), mb.share.tokens));
     }
@@ -723,17 +723,22 @@ pub fn minibatch_loss(
     (loss, metrics)
 }
 
-/// `H̄` of the entropy bonus: the mean entropy of the policy's `logits` `[batch, r, vocab]` at the
-/// sampling temperature, with its gradient, over the tokens the policy loss reads (the
-/// high-entropy `selected`, or every real token).
-fn bonus_entropy(
+/// The response tokens' log-probs and the policy's entropy at each response position (`logits`
+/// `[batch, r, vocab]`, at the sampling temperature), detached; with an entropy bonus, the same
+/// entropy with its gradient too, computed once for both.
+fn logprobs_and_entropy(
     logits: Tensor<3>,
-    selected: Option<Tensor<2>>,
-    mb: &Minibatch,
+    responses: Tensor<2, Int>,
     cfg: &PpoConfig,
-) -> Tensor<1> {
-    let tokens = selected.unwrap_or_else(|| mb.mask.clone());
-    masked_mean(entropy_from_logits(logits, cfg.temperature), tokens)
+) -> (Tensor<2>, Tensor<2>, Option<Tensor<2>>) {
+    let t = cfg.temperature;
+    if cfg.entropy_coef == 0.0 {
+        let (logprobs, entropy) = token_logprobs_and_entropy(logits, responses, t);
+        return (logprobs, entropy, None);
+    }
+    let entropy = entropy_from_logits(logits.clone(), t);
+    let logprobs = token_logprobs(logits, responses, t);
+    (logprobs, entropy.clone().detach(), Some(entropy))
 }
 
 /// The weight of each token's policy loss, when one is on: the truncated importance-sampling

@@ -116,7 +116,7 @@ impl Prepared {
             dir,
             out,
             device,
-            replicas: model.replicas(start.dropout())?,
+            replicas: model.replicas(start.dropout() > 0.0)?,
             config,
             tokenizer,
             format,

@@ -11,7 +11,7 @@ use burn::tensor::Device;
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args, ValueEnum};
 use rlhf_core::train::metrics::names;
-use rlhf_core::train::{OptimizerConfig, Replicas, RunOptions};
+use rlhf_core::train::{OptimizerConfig, RunOptions};
 use rlhf_core::{KlController, KlEstimator, LossAggregation, PolicyObjective};
 use rlhf_data::{ReadOptions, Tokenizer};
 use rlhf_models::{CausalLm, ScalarModel, TransformerConfig};
@@ -733,14 +733,10 @@ fn run_options_on_replicas(
         let critic = critic.map_or(0.0, |c| c.backbone.dropout());
         policy.dropout().max(critic)
     };
-    // by default one replica where replicas would each cut their own shard at its own quantile
-    let replicas = if cfg.top_entropy_quantile < 1.0 && args.model.devices.is_empty() {
-        Replicas::default()
-    } else {
-        args.model.replicas(dropout)?
-    };
     Ok(RunOptions {
-        replicas,
+        replicas: args
+            .model
+            .replicas(dropout > 0.0 || cfg.top_entropy_quantile < 1.0)?,
         log_completions: args
             .log_completions
             .then(|| args.num_completions_to_print.unwrap_or(usize::MAX)),

@@ -279,7 +279,7 @@ pub fn run(args: &RmArgs, toml: &str) -> Result<()> {
     let kind = args.data.record_kind()?;
     output::claim(out, "rm", toml)?;
     let run = RunOptions {
-        replicas: args.model.replicas(start.model.backbone.dropout())?,
+        replicas: args.model.replicas(start.model.backbone.dropout() > 0.0)?,
         ..args.train.run_options(out)
     };
     let (model, settings, report, demos) = match kind {
