@@ -41,6 +41,7 @@ pub trait Scorer {
         Ok(Scored {
             scores: self.score(prompts, responses)?,
             parts: Vec::new(),
+            weights: None,
         })
     }
 }
@@ -53,6 +54,11 @@ pub struct Scored {
     pub scores: Vec<f32>,
     /// `(name, one value per response)` of each part the scores combine.
     pub parts: Vec<(String, Vec<f32>)>,
+    /// The parts' weights (one per part) when the scores are their weighted sum,
+    /// `scores[i] = Σ_k weights[k]·parts[k].1[i]` (TRL's several reward functions and their
+    /// `reward_weights`); `None` for a scorer of one part or another combination. GDPO's
+    /// normalisation reads them.
+    pub weights: Option<Vec<f32>>,
 }
 
 /// The check every `Scorer` makes first: one response per prompt.
@@ -92,6 +98,18 @@ pub fn score_parts_each(
     let short = std::iter::once(("", &scored.scores))
         .chain(scored.parts.iter().map(|(n, v)| (n.as_str(), v)))
         .find(|(_, v)| v.len() != responses.len());
+    if let Some(w) = scored
+        .weights
+        .as_ref()
+        .filter(|w| w.len() != scored.parts.len())
+    {
+        return Err(crate::Error::Shape(format!(
+            "the scorer {} gave {} weights for {} parts",
+            scorer.name(),
+            w.len(),
+            scored.parts.len()
+        )));
+    }
     if let Some((part, values)) = short {
         return Err(crate::Error::Shape(format!(
             "the scorer {}{} gave {} scores for {} responses",

@@ -172,6 +172,12 @@ impl Spec {
         }
     }
 
+    /// Whether the spec's scores are a weighted sum of its terms' (`sum(…)`, `--reward-weights`,
+    /// or a single reward), which GDPO's normalisation needs.
+    pub fn is_weighted_sum(&self) -> bool {
+        !matches!(self, Spec::Ensemble(c, _) if *c != Combine::Sum)
+    }
+
     /// The name of the spec's scores among an ensemble's parts: a model's or a judge's directory
     /// name, or the kind.
     fn label(&self) -> String {

@@ -168,6 +168,41 @@ pub fn group_advantages(
     Ok(adv.reshape([len]))
 }
 
+/// GDPO's decoupled rewards (Liu et al. 2026, "GDPO: Group reward-Decoupled Normalization Policy
+/// Optimization for Multi-reward RL Optimization"; TRL's `multi_objective_aggregation =
+/// "normalize_then_sum"`): each reward function's scores normalised within their group as GRPO
+/// normalises one reward, then summed with the functions' weights,
+///
+/// `r_i = Σ_k w_k·(s_{k,i} − mean_g s_k)/(std_g s_k + 1e−4)`,
+///
+/// the standard deviation the sample (Bessel) one, as in [`GroupEstimator::Grpo`]. Each function
+/// enters with unit spread per group whatever its scale, so one on a larger scale no longer
+/// drowns the others. The advantages are then `r` over the batch's spread
+/// ([`GroupEstimator::GrpoBatch`]): `r` has mean 0 in every group, so centring on the group, as
+/// that estimator does, or on the batch, as GDPO does, is the same.
+///
+/// `parts`: `[k, groups · n]`, one row per reward function, prompt-major; `weights`: one per row.
+/// Returns `[groups · n]`. Needs `n ≥ 2`.
+pub fn decoupled_group_rewards(parts: Tensor<2>, weights: &[f32], n: usize) -> Result<Tensor<1>> {
+    let [k, len] = parts.dims();
+    if k == 0 || weights.len() != k {
+        return Err(Error::Shape(format!(
+            "{k} reward functions' scores with {} weights",
+            weights.len()
+        )));
+    }
+    let mut sum: Option<Tensor<1>> = None;
+    for (i, &w) in weights.iter().enumerate() {
+        let part: Tensor<1> = parts.clone().narrow(0, i, 1).reshape([len]);
+        let normalised = group_advantages(part, n, GroupEstimator::Grpo)?.mul_scalar(w);
+        sum = Some(match sum {
+            Some(s) => s.add(normalised),
+            None => normalised,
+        });
+    }
+    Ok(sum.expect("at least one reward function"))
+}
+
 /// Places one sequence-level value per row on every real token of the row: `out[b, t] = x[b]·m[b, t]`.
 ///
 /// `x`: `[batch]`, `mask`: `[batch, seq]`; returns `[batch, seq]`. This is how RLOO and GRPO

@@ -16,7 +16,8 @@ use crate::trainer::Experience;
 ///   read it ([`Tokenizer::decode_response`]);
 /// - `score`: the score the advantages were computed from: after the missing-EOS penalty and the
 ///   overlong punishment, and with `score_baseline` or `length_bucket_width` the reduced score
-///   (TRL logs each reward function's own value);
+///   (with GDPO's normalisation, the weighted sum, whose functions' scores were normalised apart;
+///   TRL logs each reward function's own value);
 /// - `advantage`: the mean advantage over the response's tokens in the loss (a group estimator
 ///   gives each token the response's one advantage); a response left out of the loss
 ///   (`mask_truncated_completions`) has none (`null`).

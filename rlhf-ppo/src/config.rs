@@ -49,6 +49,22 @@ impl AdvantageEstimator {
     }
 }
 
+/// How the scores of several reward functions become one advantage per response (TRL's
+/// `multi_objective_aggregation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum MultiObjectiveAggregation {
+    /// The weighted sum of the functions' scores is the score, which the advantage estimator
+    /// then normalises.
+    #[default]
+    SumThenNormalize,
+    /// GDPO (Liu et al. 2026): each function's scores normalised within their group, summed
+    /// with the weights, then scaled by the batch's spread
+    /// ([`rlhf_core::decoupled_group_rewards`]). GRPO's family only; it replaces the
+    /// estimator's own scaling, as TRL ignores `scale_rewards` then.
+    NormalizeThenSum,
+}
+
 /// On-policy trainer settings. `Default` is the TL;DR reproduction's recipe.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -108,6 +124,9 @@ pub struct PpoConfig {
     pub kl_in_reward: bool,
     /// How advantages are estimated.
     pub advantage: AdvantageEstimator,
+    /// How several reward functions' scores are combined: summed, then normalised by
+    /// `advantage` (the default), or GDPO's per-function normalisation first.
+    pub multi_objective_aggregation: MultiObjectiveAggregation,
     /// [8] Discount γ.
     pub gamma: f32,
     /// [8] GAE λ.
@@ -205,6 +224,7 @@ impl Default for PpoConfig {
             kl_estimator: KlEstimator::K1,
             kl_in_reward: true,
             advantage: AdvantageEstimator::Gae,
+            multi_objective_aggregation: MultiObjectiveAggregation::SumThenNormalize,
             gamma: 1.0,
             lam: 0.95,
             whiten_advantages: true,
@@ -374,6 +394,15 @@ impl PpoConfig {
         }
     }
 
+    /// The group estimator the advantages take: `advantage`'s, or with GDPO's normalisation
+    /// the batch-scaled one that ends it (the scores it reads are then the decoupled rewards).
+    pub fn group_estimator(&self) -> Option<GroupEstimator> {
+        match self.multi_objective_aggregation {
+            MultiObjectiveAggregation::SumThenNormalize => self.advantage.group(),
+            MultiObjectiveAggregation::NormalizeThenSum => Some(GroupEstimator::GrpoBatch),
+        }
+    }
+
     /// Episodes (sampled responses) per rollout batch.
     pub fn batch_size(&self) -> usize {
         self.prompts_per_batch * self.samples_per_prompt
@@ -465,6 +494,11 @@ impl PpoConfig {
                 self.entropy_coef
             ));
         }
+        if self.multi_objective_aggregation == MultiObjectiveAggregation::NormalizeThenSum
+            && let Some(m) = self.decoupling_problem()
+        {
+            return bad(m);
+        }
         if self.dynamic_sampling == Some(0) {
             return bad("dynamic_sampling needs at least 1 sampling round".into());
         }
@@ -523,8 +557,7 @@ impl PpoConfig {
         self.kl.validate()?;
         // β·mean(logπ − logπ_ref) at samples of π has zero expected gradient: as a loss term the
         // k1 estimator would silently switch the KL regulariser off
-        let kl_active = self.kl.value() > 0.0 || matches!(self.kl, KlController::Adaptive { .. });
-        if !self.kl_in_reward && self.kl_estimator == KlEstimator::K1 && kl_active {
+        if !self.kl_in_reward && self.kl_estimator == KlEstimator::K1 && self.kl_active() {
             return bad(
                 "the KL as a loss term (kl_in_reward = false) with the k1 estimator has zero \
                  expected gradient; use k3 (GRPO) or k2, or put the KL in the reward"
@@ -535,9 +568,111 @@ impl PpoConfig {
     }
 }
 
+impl PpoConfig {
+    /// Whether the KL term is on: β above 0, or adaptive.
+    fn kl_active(&self) -> bool {
+        self.kl.value() > 0.0 || matches!(self.kl, KlController::Adaptive { .. })
+    }
+
+    /// Why GDPO's normalisation cannot run with these settings, if it cannot: it is GRPO's
+    /// (TRL's `GRPOTrainer`), and it normalises each reward function's own scores, so nothing
+    /// may change the summed score after the scorer (a penalty, a reduction, a KL in the reward)
+    /// or compare groups by it (dynamic sampling).
+    fn decoupling_problem(&self) -> Option<String> {
+        if !matches!(
+            self.advantage,
+            AdvantageEstimator::Grpo | AdvantageEstimator::GrpoBatch | AdvantageEstimator::DrGrpo
+        ) {
+            return Some(format!(
+                "multi_objective_aggregation normalize_then_sum is GRPO's (GDPO); it replaces \
+                 the group normalisation of grpo, grpo_batch or dr_grpo, not {:?}'s",
+                self.advantage
+            ));
+        }
+        let on_the_sum = [
+            ("missing_eos_penalty", self.missing_eos_penalty.is_some()),
+            ("overlong_buffer", self.overlong_buffer.is_some()),
+            ("score_baseline", self.score_baseline),
+            ("length_bucket_width", self.length_bucket_width.is_some()),
+            ("whiten_rewards", self.whiten_rewards),
+            ("kl_in_reward", self.kl_in_reward && self.kl_active()),
+            ("dynamic_sampling", self.dynamic_sampling.is_some()),
+        ];
+        let (name, _) = on_the_sum.into_iter().find(|(_, on)| *on)?;
+        Some(format!(
+            "multi_objective_aggregation normalize_then_sum normalises each reward function's own \
+             scores, and {name} works on their sum: turn it off (a rule such as a format or \
+             length reward can be a reward function of its own)"
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// GDPO's normalisation is GRPO's family's, and refuses what works on the summed score.
+    #[test]
+    fn normalize_then_sum_needs_a_grpo_estimator_and_nothing_on_the_sum() {
+        let gdpo = PpoConfig {
+            multi_objective_aggregation: MultiObjectiveAggregation::NormalizeThenSum,
+            ..PpoConfig::grpo()
+        };
+        gdpo.validate().unwrap();
+        assert_eq!(gdpo.group_estimator(), Some(GroupEstimator::GrpoBatch));
+        assert_eq!(
+            PpoConfig::grpo().group_estimator(),
+            Some(GroupEstimator::Grpo)
+        );
+        let refused = |c: PpoConfig, what: &str| {
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(what), "{what}: {err}");
+        };
+        refused(
+            PpoConfig {
+                advantage: AdvantageEstimator::Rloo,
+                ..gdpo.clone()
+            },
+            "GRPO's",
+        );
+        refused(
+            PpoConfig {
+                multi_objective_aggregation: MultiObjectiveAggregation::NormalizeThenSum,
+                ..PpoConfig::default()
+            },
+            "GRPO's",
+        );
+        refused(
+            PpoConfig {
+                missing_eos_penalty: Some(-1.0),
+                ..gdpo.clone()
+            },
+            "missing_eos_penalty",
+        );
+        refused(
+            PpoConfig {
+                kl_in_reward: true,
+                kl_estimator: KlEstimator::K1,
+                ..gdpo.clone()
+            },
+            "kl_in_reward",
+        );
+        refused(
+            PpoConfig {
+                dynamic_sampling: Some(3),
+                ..gdpo.clone()
+            },
+            "dynamic_sampling",
+        );
+        // with β 0 the KL in the reward is nothing
+        PpoConfig {
+            kl_in_reward: true,
+            kl: KlController::Fixed { value: 0.0 },
+            ..gdpo
+        }
+        .validate()
+        .unwrap();
+    }
 
     #[test]
     fn defaults_are_the_tldr_recipe_and_round_trip_through_json() {

@@ -33,10 +33,10 @@ pub mod rewards;
 pub mod rollout;
 pub mod trainer;
 
-pub use config::{AdvantageEstimator, PpoConfig};
+pub use config::{AdvantageEstimator, MultiObjectiveAggregation, PpoConfig};
 pub use rewards::{
-    TokenRewards, apply_missing_eos_penalty, last_token_one_hot, overlong_penalty,
-    per_token_rewards, reduce_score_variance,
+    TokenRewards, apply_missing_eos_penalty, decoupled_scores, last_token_one_hot,
+    overlong_penalty, per_token_rewards, reduce_score_variance,
 };
 pub use rollout::{DynamicSampling, Rollout, dynamic_sampling, sample_and_score};
 pub use trainer::{

@@ -1,7 +1,9 @@
 //! Step 2–3 of the PPO recipe: the missing-EOS penalty and the per-token rewards
-//! `r_t = −β·kl_t` on every response token plus the score on the last real token.
+//! `r_t = −β·kl_t` on every response token plus the score on the last real token; and what
+//! reshapes the scores before they enter the rewards: DAPO's overlong punishment, ChatGLM-RLHF's
+//! variance reduction, GDPO's decoupled normalisation.
 
-use burn::tensor::{Bool, Int, Tensor};
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use rlhf_core::zero_masked;
 
 /// Per-token rewards and their KL part, both `[batch, seq]` and 0 at masked positions.
@@ -145,6 +147,39 @@ pub fn reduce_score_variance(
     })
 }
 
+/// GDPO's decoupled rewards of a rollout (`multi_objective_aggregation = normalize_then_sum`,
+/// [`rlhf_core::decoupled_group_rewards`]): each reward function's scores (the scorer's parts)
+/// normalised within their prompt's `n` samples and summed with their weights. A scorer of one
+/// part is its own scores, weighted 1; a scorer whose parts it combines otherwise than by a
+/// weighted sum (a mean, a minimum) is refused.
+pub fn decoupled_scores(
+    scores: &[f32],
+    parts: &[(String, Vec<f32>)],
+    weights: Option<&[f32]>,
+    n: usize,
+    device: &Device,
+) -> rlhf_core::Result<Vec<f32>> {
+    let (values, weights): (Vec<f32>, Vec<f32>) = match (parts, weights) {
+        ([], None) => (scores.to_vec(), vec![1.0]),
+        (parts, Some(w)) if !parts.is_empty() => (
+            parts.iter().flat_map(|(_, v)| v.iter().copied()).collect(),
+            w.to_vec(),
+        ),
+        _ => {
+            return Err(rlhf_core::Error::Config(
+                "multi_objective_aggregation normalize_then_sum normalises each reward function \
+                 of a weighted sum, and the scorer combines its parts otherwise (a mean, a \
+                 minimum): use sum(…) with --reward-weights"
+                    .into(),
+            ));
+        }
+    };
+    let k = weights.len();
+    let parts = Tensor::<2>::from_data(TensorData::new(values, [k, scores.len()]), device);
+    let r = rlhf_core::decoupled_group_rewards(parts, &weights, n)?;
+    Ok(rlhf_core::host::to_f32_vec(r))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,6 +188,31 @@ mod tests {
 
     fn dev() -> burn::tensor::Device {
         rlhf_core::device_from_env().unwrap()
+    }
+
+    /// GDPO reads a weighted sum's parts; a scorer of one part is its own scores, weighted 1
+    /// (GRPO's normalisation, then the batch's); a combination that is not a weighted sum is
+    /// refused.
+    #[test]
+    fn decoupled_scores_read_the_parts_of_a_weighted_sum() {
+        let d = dev();
+        let scores = [1.0, 3.0, 0.0, 0.0];
+        let one = decoupled_scores(&scores, &[], None, 2, &d).unwrap();
+        let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-3);
+        // (1 − 2)/(√2 + 1e−4) and its opposite; an equal group gives 0
+        let s = 1.0 / (2f32.sqrt() + 1e-4);
+        assert!(close(&one, &[-s, s, 0.0, 0.0]), "{one:?}");
+        let parts = vec![
+            ("a".to_string(), vec![1.0, 3.0, 5.0, 5.0]),
+            ("b".to_string(), vec![0.0, 1.0, 1.0, 0.0]),
+        ];
+        let two = decoupled_scores(&scores, &parts, Some(&[1.0, -2.0]), 2, &d).unwrap();
+        assert!(
+            close(&two, &[-s + 2.0 * s, s - 2.0 * s, -2.0 * s, 2.0 * s]),
+            "{two:?}"
+        );
+        let err = decoupled_scores(&scores, &parts, None, 2, &d).unwrap_err();
+        assert!(err.to_string().contains("weighted sum"), "{err}");
     }
     use rlhf_core::host::to_f32_vec as host;
 

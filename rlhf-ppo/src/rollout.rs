@@ -33,6 +33,9 @@ pub struct Rollout {
     pub overlong: Vec<f32>,
     /// Each named part of the scorer's scores (several reward functions), one value per row.
     pub score_parts: Vec<(String, Vec<f32>)>,
+    /// The parts' weights when the scorer's scores are their weighted sum
+    /// ([`rlhf_core::Scored::weights`]).
+    pub score_weights: Option<Vec<f32>>,
 }
 
 /// Samples `n` responses to each of `prompts` with `policy` (an inference model) and scores them.
@@ -107,6 +110,7 @@ pub fn sample_and_score(
         lengths,
         overlong,
         score_parts: scored.parts,
+        score_weights: scored.weights,
     })
 }
 
@@ -235,6 +239,7 @@ fn gather(parts: &[Rollout], picked: &[(usize, usize)], n: usize) -> Rollout {
             .iter()
             .map(|(name, _)| (name.clone(), Vec::with_capacity(rows)))
             .collect(),
+        score_weights: parts[0].score_weights.clone(),
     };
     for &(p, g) in picked {
         let r = &parts[p];

@@ -7,7 +7,8 @@
 //! 2. **cut at EOS**: tokens after the first EOS are masked; a response without EOS gets the
 //!    missing-EOS penalty instead of its score;
 //! 3. **score** the texts with any [`Scorer`] (a reward model, a gold oracle, a rule), optionally
-//!    with variance reduction ([`reduce_score_variance`]);
+//!    with variance reduction ([`reduce_score_variance`]) or, for several reward functions,
+//!    GDPO's normalisation of each ([`decoupled_scores`]);
 //! 4. **experience** ([`make_experience`]): old log-probs of the policy and the reference (the
 //!    temperature reapplied), values of the critic, per-token rewards `−β·kl_t` plus the score on
 //!    the last real token, and advantages (GAE, RLOO, GRPO, Dr.GRPO or REINFORCE++);
@@ -51,8 +52,8 @@ use rlhf_models::sft::Example;
 use rlhf_models::{CausalLm, Generation, ScalarModel, TokenInput};
 
 use crate::completions::completion_rows;
-use crate::config::{AdvantageEstimator, PpoConfig};
-use crate::rewards::{TokenRewards, per_token_rewards, reduce_score_variance};
+use crate::config::{AdvantageEstimator, MultiObjectiveAggregation, PpoConfig};
+use crate::rewards::{TokenRewards, decoupled_scores, per_token_rewards, reduce_score_variance};
 use crate::rollout::{dynamic_sampling, sample_and_score};
 
 /// What PPO trains: the policy and, for GAE, the separate value model. Both are updated by one
@@ -214,6 +215,8 @@ fn response_values(value: &ScalarModel, input: &TokenInput, query_len: usize) ->
 /// - `generation`: the policy's samples (masked after EOS);
 /// - `scores`: `[batch]` sequence scores *after* the missing-EOS penalty and any variance
 ///   reduction;
+/// - `decoupled`: with GDPO's normalisation, `[batch]` decoupled rewards
+///   ([`decoupled_scores`]), which the group advantages read instead of the rewards' sum;
 /// - `kl_coef`: the current β.
 ///
 /// Returns the experience and its metrics (`objective/*`, `val/num_eos`, `completions/*`, and
@@ -229,12 +232,18 @@ pub fn make_experience(
     query_mask: &[u8],
     generation: &Generation,
     scores: &[f32],
+    decoupled: Option<&[f32]>,
     cfg: &PpoConfig,
     kl_coef: f32,
 ) -> Result<(Experience, Metrics)> {
     let device = models.policy.device();
     let (b, r) = (generation.batch, generation.new_len);
-    if b == 0 || r == 0 || scores.len() != b || !query_ids.len().is_multiple_of(b) {
+    if b == 0
+        || r == 0
+        || scores.len() != b
+        || decoupled.is_some_and(|d| d.len() != b)
+        || !query_ids.len().is_multiple_of(b)
+    {
         return Err(Error::Shape(format!(
             "ppo: {b} episodes of {r} tokens with {} scores",
             scores.len()
@@ -310,9 +319,13 @@ pub fn make_experience(
             reinforce_pp_advantages(rewards.clone(), kept.clone(), cfg.gamma),
             None,
         ),
-        group => {
-            let estimator: GroupEstimator = group.group().expect("a group estimator");
-            let sequence_reward = rewards.clone().sum_dim(1).reshape([b]);
+        _ => {
+            // the estimator's, or the batch scaling that ends GDPO's normalisation
+            let estimator: GroupEstimator = cfg.group_estimator().expect("a group estimator");
+            let sequence_reward = match decoupled {
+                Some(d) => Tensor::<1>::from_data(TensorData::new(d.to_vec(), [b]), &device),
+                None => rewards.clone().sum_dim(1).reshape([b]),
+            };
             let a = group_advantages(sequence_reward, cfg.samples_per_prompt, estimator)?;
             (broadcast_to_tokens(a, mask.clone()), None)
         }
@@ -1057,13 +1070,31 @@ pub fn ppo_iteration(
     let score_parts = part_metrics(&rollout.score_parts);
     let mut scores = rollout.scores.clone();
     let removed = reduce_score_variance(&mut scores, &rollout.lengths, cfg);
+    let decoupled = match cfg.multi_objective_aggregation {
+        MultiObjectiveAggregation::SumThenNormalize => None,
+        MultiObjectiveAggregation::NormalizeThenSum => Some(decoupled_scores(
+            &scores,
+            &rollout.score_parts,
+            rollout.score_weights.as_deref(),
+            cfg.samples_per_prompt,
+            &inference.policy.device(),
+        )?),
+    };
     let (query_ids, query_mask, generation) =
         (&rollout.query_ids, &rollout.query_mask, &rollout.generation);
 
     // 4. log-probs, values, rewards, advantages
     let reference = inputs.reference.valid();
     let (experience, mut metrics) = make_experience(
-        &inference, &reference, query_ids, query_mask, generation, &scores, cfg, kl_coef,
+        &inference,
+        &reference,
+        query_ids,
+        query_mask,
+        generation,
+        &scores,
+        decoupled.as_deref(),
+        cfg,
+        kl_coef,
     )?;
     // the rewards' spread as the scorer and the penalties gave them (TRL's reward functions),
     // before any variance reduction

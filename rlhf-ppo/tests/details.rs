@@ -142,7 +142,18 @@ fn experience(
     scores: &[f32],
     cfg: &PpoConfig,
 ) -> (Experience, Metrics) {
-    make_experience(models, &reference.valid(), ids, mask, g, scores, cfg, 0.05).unwrap()
+    make_experience(
+        models,
+        &reference.valid(),
+        ids,
+        mask,
+        g,
+        scores,
+        None,
+        cfg,
+        0.05,
+    )
+    .unwrap()
 }
 
 #[test]

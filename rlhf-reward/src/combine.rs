@@ -132,6 +132,7 @@ impl Scorer for EnsembleScorer {
         Ok(Scored {
             scores,
             parts: self.names.iter().cloned().zip(all).collect(),
+            weights: (self.combine == Combine::Sum).then(|| self.weights.clone()),
         })
     }
 
@@ -231,6 +232,9 @@ mod tests {
                     combine,
                 ).unwrap();
                 let got = e.score(&prompts, &responses).unwrap();
+                // only a sum is a weighted sum of its parts
+                let weights = e.score_parts(&prompts, &responses).unwrap().weights;
+                prop_assert_eq!(weights.is_some(), combine == Combine::Sum);
                 for i in 0..4 {
                     let xs: Vec<f64> = members.iter().map(|m| f64::from(m[i])).collect();
                     let n = xs.len() as f64;
@@ -274,6 +278,8 @@ mod tests {
             }
             let parts: Vec<&Vec<f32>> = scored.parts.iter().map(|(_, v)| v).collect();
             prop_assert_eq!(parts, members.iter().collect::<Vec<_>>());
+            // the weights travel with the parts (GDPO's normalisation reads them)
+            prop_assert_eq!(scored.weights, Some(weights));
         }
 
         #[test]

@@ -15,7 +15,9 @@ use rlhf_core::train::{OptimizerConfig, RunOptions};
 use rlhf_core::{KlController, KlEstimator, LossAggregation, PolicyObjective};
 use rlhf_data::{ReadOptions, Tokenizer};
 use rlhf_models::{CausalLm, ScalarModel, TransformerConfig};
-use rlhf_ppo::{AdvantageEstimator, PolicyAndValue, PpoConfig, PpoInputs, train_ppo};
+use rlhf_ppo::{
+    AdvantageEstimator, MultiObjectiveAggregation, PolicyAndValue, PpoConfig, PpoInputs, train_ppo,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::args::{
@@ -120,6 +122,35 @@ pub enum ScaleRewards {
     None,
     /// Divided by the standard deviation of the whole batch's rewards.
     Batch,
+}
+
+/// How several reward functions' scores become one advantage (TRL's
+/// `multi_objective_aggregation`).
+#[derive(ValueEnum, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Aggregation {
+    /// The weighted sum is the score, normalised as `--scale-rewards` says.
+    #[value(name = "sum_then_normalize", alias = "sum-then-normalize")]
+    SumThenNormalize,
+    /// GDPO: each function normalised within its group, then summed and scaled by the batch.
+    #[value(name = "normalize_then_sum", alias = "normalize-then-sum")]
+    NormalizeThenSum,
+}
+
+impl Aggregation {
+    fn of(a: MultiObjectiveAggregation) -> Self {
+        match a {
+            MultiObjectiveAggregation::SumThenNormalize => Aggregation::SumThenNormalize,
+            MultiObjectiveAggregation::NormalizeThenSum => Aggregation::NormalizeThenSum,
+        }
+    }
+
+    fn config(self) -> MultiObjectiveAggregation {
+        match self {
+            Aggregation::SumThenNormalize => MultiObjectiveAggregation::SumThenNormalize,
+            Aggregation::NormalizeThenSum => MultiObjectiveAggregation::NormalizeThenSum,
+        }
+    }
 }
 
 impl ScaleRewards {
@@ -292,6 +323,12 @@ pub struct OnPolicyArgs {
     /// [TRL: --scale_rewards].
     #[arg(long, value_enum)]
     pub scale_rewards: Option<ScaleRewards>,
+    /// Several reward functions (`--reward sum(…)`): sum their weighted scores, then normalise
+    /// (`sum_then_normalize`), or normalise each function's scores within its group first, then
+    /// sum them and scale by the batch's spread (`normalize_then_sum`, GDPO; GRPO's family, and
+    /// `--scale-rewards` has no effect then) [TRL: --multi_objective_aggregation].
+    #[arg(long, value_enum)]
+    pub multi_objective_aggregation: Option<Aggregation>,
     /// DAPO's dynamic sampling: drop groups of equal scores and sample again, at most this many
     /// rounds per iteration (0: off).
     #[arg(long, value_name = "ROUNDS")]
@@ -452,10 +489,9 @@ impl OnPolicyArgs {
             (None, None) => self.no_missing_eos_penalty = true,
             _ => {}
         }
-        if self.length_bucket_width.is_none() {
-            self.length_bucket_width = c.length_bucket_width;
-        }
+        self.length_bucket_width = self.length_bucket_width.or(c.length_bucket_width);
         self.scale_rewards = self.scale_rewards.or(ScaleRewards::of(c.advantage));
+        fill!(multi_objective_aggregation <- Aggregation::of(c.multi_objective_aggregation));
         fill!(
             loss_type <- match (c.policy_objective, c.loss_aggregation) {
                 (PolicyObjective::Cispo, _) => LossType::Cispo,
@@ -570,6 +606,9 @@ impl OnPolicyArgs {
             && ScaleRewards::of(c.advantage).is_some()
         {
             c.advantage = scale.estimator();
+        }
+        if let Some(a) = self.multi_objective_aggregation {
+            c.multi_objective_aggregation = a.config();
         }
         if let Some(rounds) = self.dynamic_sampling {
             c.dynamic_sampling = (rounds > 0).then_some(rounds);
@@ -767,6 +806,19 @@ fn refuse_mixes(method: Method, args: &OnPolicyArgs) -> Result<()> {
     Ok(())
 }
 
+/// Refuses a reward that `cfg` cannot read: GDPO's normalisation needs a weighted sum.
+fn refuse_reward_mix(cfg: &PpoConfig, spec: &Spec) -> Result<()> {
+    if cfg.multi_objective_aggregation == MultiObjectiveAggregation::NormalizeThenSum
+        && !spec.is_weighted_sum()
+    {
+        bail!(
+            "--multi-objective-aggregation normalize_then_sum normalises each term of a weighted \
+             sum of rewards; --reward combines its terms otherwise: use sum(…)"
+        );
+    }
+    Ok(())
+}
+
 /// Trains and writes the policy.
 pub fn run(method: Method, args: &OnPolicyArgs, toml: &str) -> Result<()> {
     let (dir, out) = args.model.model_and_out()?;
@@ -783,6 +835,7 @@ pub fn run(method: Method, args: &OnPolicyArgs, toml: &str) -> Result<()> {
     refuse_mixes(method, args)?;
     let cfg = args.config(method, longest);
     cfg.validate()?;
+    refuse_reward_mix(&cfg, &spec)?;
     let inference = device.clone().without_autodiff();
     let scorer = spec.build(
         &ckpt.tokenizer,

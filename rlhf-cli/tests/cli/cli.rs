@@ -1048,12 +1048,10 @@ const PEOPLE: [(&str, &str); 8] = [
     ("frank", "paris"),
 ];
 
-/// `rlhf grpo` with the exact-match verifier raises the share of right answers: a model taught
-/// by demonstrations that are right only 60% of the time answers right about as often; GRPO,
-/// rewarded 1 for the right city and 0 otherwise, makes it answer right far more often.
-#[test]
-fn grpo_with_an_exact_match_verifier_raises_the_verifiers_mean() {
-    let dir = tempfile::tempdir().unwrap();
+/// A model taught by demonstrations that are right only 60% of the time where each of the
+/// `PEOPLE` lives (the others name another person's city), and the prompts with their answers:
+/// `(model, prompts)` in `dir`.
+fn people_sft(dir: &Path) -> (PathBuf, PathBuf) {
     let (mut demos, mut prompts) = (Vec::new(), Vec::new());
     for (i, (who, city)) in PEOPLE.iter().enumerate() {
         let prompt = format!("where does {who} live? {who} lives in");
@@ -1064,13 +1062,10 @@ fn grpo_with_an_exact_match_verifier_raises_the_verifiers_mean() {
         }
         prompts.push(json!({"prompt": prompt, "answer": city}).to_string());
     }
-    let (demo_file, prompt_file) = (
-        dir.path().join("demos.jsonl"),
-        dir.path().join("prompts.jsonl"),
-    );
+    let (demo_file, prompt_file) = (dir.join("demos.jsonl"), dir.join("prompts.jsonl"));
     std::fs::write(&demo_file, demos.join("\n")).unwrap();
     std::fs::write(&prompt_file, prompts.join("\n")).unwrap();
-    let sft = dir.path().join("sft");
+    let sft = dir.join("sft");
     ok(&[
         "sft",
         "--model",
@@ -1086,39 +1081,44 @@ fn grpo_with_an_exact_match_verifier_raises_the_verifiers_mean() {
         "--seed",
         "1",
     ]);
-    let score = |model: &Path| -> f64 {
-        let text = ok(&[
-            "eval",
-            "--model",
-            &s(model),
-            "--prompts",
-            &s(&prompt_file),
-            "--reward",
-            "exact-match",
-            "--samples-per-prompt",
-            "16",
-            "--temperature",
-            "1",
-            "--max-new-tokens",
-            "6",
-            "--seed",
-            "3",
-        ]);
-        let line = text.lines().find(|l| l.starts_with("reward")).unwrap();
-        line.split_whitespace().nth(2).unwrap().parse().unwrap()
-    };
-    let before = score(&sft);
-    let grpo = dir.path().join("grpo");
-    ok(&[
+    (sft, prompt_file)
+}
+
+/// `rlhf eval`'s mean `reward` of `model`'s answers to `prompts`, 16 samples each at
+/// temperature 1.
+fn mean_reward(model: &Path, prompts: &Path, reward: &str) -> f64 {
+    let text = ok(&[
+        "eval",
+        "--model",
+        &s(model),
+        "--prompts",
+        &s(prompts),
+        "--reward",
+        reward,
+        "--samples-per-prompt",
+        "16",
+        "--temperature",
+        "1",
+        "--max-new-tokens",
+        "6",
+        "--seed",
+        "3",
+    ]);
+    let line = text.lines().find(|l| l.starts_with("reward")).unwrap();
+    line.split_whitespace().nth(2).unwrap().parse().unwrap()
+}
+
+/// `rlhf grpo` on `PEOPLE`'s prompts from `model`, 40 iterations of 8 prompts × 8 samples, with
+/// `extra` options.
+fn grpo_on_people(model: &Path, prompts: &Path, out: &Path, extra: &[&str]) {
+    let mut args = vec![
         "grpo",
         "--model",
-        &s(&sft),
+        &s(model),
         "--prompts",
-        &s(&prompt_file),
-        "--reward",
-        "exact-match",
+        &s(prompts),
         "--out",
-        &s(&grpo),
+        &s(out),
         "--iterations",
         "40",
         "--prompts-per-batch",
@@ -1129,15 +1129,79 @@ fn grpo_with_an_exact_match_verifier_raises_the_verifiers_mean() {
         "6",
         "--learning-rate",
         "3e-3",
-        "--seed",
-        "2",
-    ]);
-    let after = score(&grpo);
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect::<Vec<_>>();
+    args.extend(extra.iter().map(|a| a.to_string()));
+    ok(&args);
+}
+
+/// `rlhf grpo` with the exact-match verifier raises the share of right answers: a model taught
+/// by demonstrations that are right only 60% of the time answers right about as often; GRPO,
+/// rewarded 1 for the right city and 0 otherwise, makes it answer right far more often.
+#[test]
+fn grpo_with_an_exact_match_verifier_raises_the_verifiers_mean() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sft, prompts) = people_sft(dir.path());
+    let before = mean_reward(&sft, &prompts, "exact-match");
+    let grpo = dir.path().join("grpo");
+    grpo_on_people(
+        &sft,
+        &prompts,
+        &grpo,
+        &["--reward", "exact-match", "--seed", "2"],
+    );
+    let after = mean_reward(&grpo, &prompts, "exact-match");
     assert!(
         (0.1..0.6).contains(&before) && after > before + 0.2,
         "exact-match rate {before} → {after}"
     );
     assert!(!metric(&grpo, "reward_std").is_empty() && !metric(&grpo, "kl").is_empty());
+}
+
+/// GDPO's normalisation keeps the priorities the weights give, whatever the rewards' scales: the
+/// right city (0 or 1) weighted 1, and the word count at 5 points a word weighted 0.2, so that in
+/// the weighted sum each extra word is worth the right city, and a longer answer is never the
+/// right city. Summed first, GRPO trades the right answers for length, whether the sum is scaled
+/// by each group's spread (GRPO's) or the batch's (as GDPO ends); each function normalised within
+/// its group first, the right city counts five times as much as the length, and GRPO raises the
+/// share of right answers as it does on the verifier alone, the answers staying one word long.
+#[test]
+fn grpo_with_gdpo_weighs_each_reward_function_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sft, prompts) = people_sft(dir.path());
+    let before = mean_reward(&sft, &prompts, "exact-match");
+    let run = |options: &[&str]| {
+        let out = dir.path().join(options.join("-"));
+        let mut args = vec![
+            "--reward",
+            "sum(exact-match,length:5)",
+            "--reward-weights",
+            "1",
+            "0.2",
+            "--seed",
+            "2",
+        ];
+        args.extend(options);
+        grpo_on_people(&sft, &prompts, &out, &args);
+        (
+            mean_reward(&out, &prompts, "exact-match"),
+            mean_reward(&out, &prompts, "length:1"),
+        )
+    };
+    let (gdpo, words) = run(&["--multi-objective-aggregation", "normalize_then_sum"]);
+    assert!(
+        gdpo > before + 0.2 && words < 2.0,
+        "GDPO: exact-match rate {before} → {gdpo}, {words} words"
+    );
+    for scale in ["group", "batch"] {
+        let (summed, words) = run(&["--scale-rewards", scale]);
+        assert!(
+            summed < before && words > 4.0,
+            "summed, scaled by the {scale}: exact-match rate {before} → {summed}, {words} words"
+        );
+    }
 }
 
 /// Several reward functions as TRL writes them: `--reward_weights` (a negative weight too, and
@@ -1212,6 +1276,28 @@ fn several_reward_functions_are_weighted_and_logged_each() {
         &args(&["1", "2"], "mean(exact-match,length)"),
         "weights the terms of sum",
     );
+    // GDPO's normalisation of each reward function, as TRL spells it: the same parts are logged
+    let mut gdpo = args(&["1", "-0.5"], "sum(exact-match,length:0.1)");
+    gdpo.extend(["--multi_objective_aggregation", "normalize_then_sum"].map(String::from));
+    std::fs::remove_dir_all(&out).unwrap();
+    ok(&gdpo);
+    assert_eq!(metric(&out, "rewards/exact-match/mean"), exact);
+    assert_eq!(metric(&out, "rewards/length/mean"), length);
+    let config = std::fs::read_to_string(out.join("rlhf.toml")).unwrap();
+    assert!(
+        config.contains("multi_objective_aggregation = \"normalize_then_sum\""),
+        "{config}"
+    );
+    // without weights (they weight a sum only), a mean of the two
+    let weights_at = gdpo.iter().position(|a| a == "--reward_weights").unwrap();
+    let mut mean = gdpo.clone();
+    mean.drain(weights_at..weights_at + 3);
+    let reward_at = mean.iter().position(|a| a == "--reward").unwrap() + 1;
+    mean[reward_at] = "mean(exact-match,length)".into();
+    refused(&mean, "use sum(…)");
+    let mut rloo = gdpo.clone();
+    rloo[0] = "rloo".into();
+    refused(&rloo, "normalize_then_sum is GRPO's");
 }
 
 /// The on-policy commands run end to end with a reward model (PPO's critic from it), a verifier,

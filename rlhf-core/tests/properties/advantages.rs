@@ -2,7 +2,8 @@
 
 use proptest::prelude::*;
 use rlhf_core::{
-    GroupEstimator, discounted_returns, gae, group_advantages, reinforce_pp_advantages,
+    GroupEstimator, decoupled_group_rewards, discounted_returns, gae, group_advantages,
+    reinforce_pp_advantages,
 };
 
 use crate::common::*;
@@ -215,4 +216,88 @@ proptest! {
             prop_assert!(a.iter().all(|x| x.abs() < 1e-5), "{:?}: {:?}", est, a);
         }
     }
+}
+
+/// The mean and the sample (Bessel) standard deviation, as TRL's `nanmean` and `nanstd`.
+fn mean_std(v: &[f64]) -> (f64, f64) {
+    let mean = v.iter().sum::<f64>() / v.len() as f64;
+    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (v.len() as f64 - 1.0);
+    (mean, var.sqrt())
+}
+
+/// GDPO's advantages as TRL's `GRPOTrainer` computes them with `multi_objective_aggregation =
+/// "normalize_then_sum"`: each reward function normalised within each group, `(s − mean_g)/(std_g
+/// + 1e−4)`, summed with the weights, then `(r − mean_B r)/(std_B r + 1e−4)` over the batch.
+fn gdpo_ref(parts: &[Vec<f64>], weights: &[f64], n: usize) -> Vec<f64> {
+    let len = parts[0].len();
+    let mut r = vec![0.0; len];
+    for (part, w) in parts.iter().zip(weights) {
+        for (g, group) in part.chunks(n).enumerate() {
+            let (mean, std) = mean_std(group);
+            for (i, x) in group.iter().enumerate() {
+                r[g * n + i] += w * (x - mean) / (std + 1e-4);
+            }
+        }
+    }
+    let (mean, std) = mean_std(&r);
+    r.iter().map(|x| (x - mean) / (std + 1e-4)).collect()
+}
+
+/// `decoupled_group_rewards` then the batch-scaled group estimator, as the trainer runs them.
+fn gdpo(parts: &[Vec<f64>], weights: &[f64], n: usize) -> Vec<f64> {
+    let dev = device();
+    let flat: Vec<f64> = parts.concat();
+    let w: Vec<f32> = weights.iter().map(|&w| w as f32).collect();
+    let r = decoupled_group_rewards(t2(&flat, [parts.len(), parts[0].len()], &dev), &w, n).unwrap();
+    host(group_advantages(r, n, GroupEstimator::GrpoBatch).unwrap())
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// GDPO's normalisation against TRL's formula, for one to three reward functions with
+    /// weights of either sign.
+    #[test]
+    fn gdpo_matches_trls_normalize_then_sum(
+        k in 1usize..=3,
+        groups in 1usize..=4,
+        n in 2usize..=6,
+        values in prop::collection::vec(-3.0f64..3.0, 72),
+        weights in prop::collection::vec(-2.0f64..2.0, 3),
+    ) {
+        let len = groups * n;
+        let parts: Vec<Vec<f64>> = (0..k).map(|i| values[i * 24..i * 24 + len].to_vec()).collect();
+        let got = gdpo(&parts, &weights[..k], n);
+        assert_close(&got, &gdpo_ref(&parts, &weights[..k], n), 1e-3)?;
+        prop_assert!(got.iter().all(|a| a.is_finite()));
+    }
+
+    /// What GDPO is for: a reward function's scale and offset do not change the advantages, so
+    /// one on a larger scale does not drown the others (up to the `1e−4` beside each group's
+    /// standard deviation: the rewards here are whole numbers, as accuracy and format rewards
+    /// are, so a group that is not constant has a spread of at least `1/√6`).
+    #[test]
+    fn gdpo_ignores_each_reward_functions_scale_and_offset(
+        groups in 1usize..=4,
+        n in 2usize..=6,
+        values in prop::collection::vec(0u8..=3, 48),
+        weights in prop::collection::vec(0.1f64..2.0, 2),
+        scale in 1.0f64..1000.0,
+        offset in -100.0f64..100.0,
+    ) {
+        let len = groups * n;
+        let part = |i: usize| values[i * 24..i * 24 + len].iter().map(|&v| f64::from(v)).collect::<Vec<f64>>();
+        let parts = vec![part(0), part(1)];
+        let stretched = vec![parts[0].iter().map(|x| x * scale + offset).collect(), parts[1].clone()];
+        assert_close(&gdpo(&stretched, &weights, n), &gdpo(&parts, &weights, n), 1e-3)?;
+    }
+}
+
+#[test]
+fn gdpo_needs_one_weight_per_reward_function() {
+    let dev = device();
+    let parts = t2(&[1.0, 2.0, 3.0, 4.0], [2, 2], &dev);
+    assert!(decoupled_group_rewards(parts.clone(), &[1.0], 2).is_err());
+    assert!(decoupled_group_rewards(parts.clone(), &[1.0, 1.0], 1).is_err());
+    assert!(decoupled_group_rewards(parts, &[1.0, 1.0], 2).is_ok());
 }

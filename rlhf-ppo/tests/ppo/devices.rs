@@ -91,6 +91,7 @@ fn one_ppo_and_one_grpo_iteration_match_flex() {
                 &qmask,
                 &generation,
                 &scores,
+                None,
                 &cfg,
                 0.05,
             )

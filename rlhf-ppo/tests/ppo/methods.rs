@@ -88,6 +88,7 @@ fn the_sampler_and_the_trainer_agree_on_the_rollout_log_probs() {
         &qmask,
         &generation,
         &scores,
+        None,
         &cfg,
         0.0,
     )
@@ -121,6 +122,7 @@ fn the_sampler_and_the_trainer_agree_on_the_rollout_log_probs() {
         &qmask,
         &other,
         &scores,
+        None,
         &cfg,
         0.0,
     )
@@ -285,6 +287,7 @@ impl Updates {
             &self.qmask,
             generation,
             &self.scores,
+            None,
             cfg,
             0.0,
         )
@@ -494,6 +497,7 @@ fn the_reward_kl_metric_is_the_token_mean_of_the_rewards_kl() {
             &qmask,
             &generation,
             &scores,
+            None,
             cfg,
             beta,
         )
@@ -788,4 +792,85 @@ fn gspo_and_cispo_iterations_train() {
             assert!((metric(last, names::VAL_RATIO_MEAN) - 1.0).abs() > 1e-5);
         }
     }
+}
+
+/// GDPO's normalisation (`multi_objective_aggregation = normalize_then_sum`) reads each reward
+/// function's scores apart: the same samples scored by a word count and a rule (weights 1 and 2)
+/// get the same advantages when the word count is on a thousand times the scale, where the
+/// weighted sum normalised as GRPO does follows the larger function. The rule's scores vary in
+/// the batch, so it has a share to lose.
+#[test]
+fn gdpo_advantages_do_not_follow_a_reward_functions_scale() {
+    use rlhf_ppo::MultiObjectiveAggregation as Aggregation;
+    use rlhf_reward::{Combine, EnsembleScorer, LengthScorer, RegexScorer};
+    let counting = Counting::new();
+    let eos = counting.tok.eos_text().to_string();
+    let two = |scale: f32| {
+        let members: Vec<Box<dyn rlhf_core::Scorer>> = vec![
+            Box::new(LengthScorer::new(scale, eos.clone())),
+            Box::new(RegexScorer::new("yes yes yes", eos.clone()).unwrap()),
+        ];
+        EnsembleScorer::new(members, Combine::Sum)
+            .unwrap()
+            .with_names(vec!["words".into(), "three".into()])
+            .unwrap()
+            .with_weights(vec![1.0, 2.0])
+            .unwrap()
+    };
+    let run = |scale: f32, aggregation| {
+        let cfg = PpoConfig {
+            missing_eos_penalty: None,
+            // the iteration's β is 0 (`Counting::iteration`)
+            kl: rlhf_core::KlController::Fixed { value: 0.0 },
+            multi_objective_aggregation: aggregation,
+            ..small(AdvantageEstimator::Grpo)
+        };
+        cfg.validate().unwrap();
+        counting.iteration(&two(scale), &cfg)
+    };
+    let largest_gap = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    };
+    let gdpo = run(1.0, Aggregation::NormalizeThenSum);
+    let part = |name: &str| {
+        let name = format!("rewards/{name}");
+        gdpo.score_parts.iter().find(|(n, _)| *n == name).unwrap().1
+    };
+    let rule_spread = part("three/std");
+    assert!(rule_spread > 0.1, "the rule's scores vary: {rule_spread}");
+    let stretched = run(1000.0, Aggregation::NormalizeThenSum);
+    let gap = largest_gap(
+        &gdpo.experience.advantages,
+        &stretched.experience.advantages,
+    );
+    assert!(gap < 1e-3, "GDPO moved by {gap}");
+    let summed = run(1.0, Aggregation::SumThenNormalize);
+    let summed_stretched = run(1000.0, Aggregation::SumThenNormalize);
+    let gap = largest_gap(
+        &summed.experience.advantages,
+        &summed_stretched.experience.advantages,
+    );
+    assert!(gap > 0.1, "the sum moved by only {gap}");
+    assert!(largest_gap(&gdpo.experience.advantages, &summed.experience.advantages) > 0.1);
+    // the decoupled rewards end scaled by the batch's spread, `(r − mean_B)/(std_B + 1e−4)`: over
+    // the batch the advantages have mean 0 and a spread of 1, where scaling each group by its
+    // own (GRPO's) would leave a spread of at most √(12/15) over these 4 groups of 4
+    let e = &gdpo.experience;
+    let rows: Vec<f64> = (0..e.batch)
+        .map(|row| f64::from(e.advantages[row * e.response_len]))
+        .collect();
+    let mean = rows.iter().sum::<f64>() / rows.len() as f64;
+    let spread =
+        (rows.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (rows.len() as f64 - 1.0)).sqrt();
+    assert!(
+        mean.abs() < 1e-4 && (spread - 1.0).abs() < 1e-3,
+        "{mean} ± {spread}"
+    );
+    // the scores stay the scorer's: the weighted sum of the parts
+    let (words, three) = (part("words/mean"), part("three/mean"));
+    let scores = metric(&gdpo.metrics, names::OBJECTIVE_SCORES);
+    assert!((scores - (words + 2.0 * three)).abs() < 1e-5, "{scores}");
 }
