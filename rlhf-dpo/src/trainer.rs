@@ -2,7 +2,9 @@
 //! reference, one loss of the DPO family or EXO.
 //!
 //! One step reads like the papers: sequence log-probs of every response under the policy
-//! (summed over response tokens only) → the reference's, from the cache → the loss → AdamW.
+//! (summed over response tokens only) → the reference's, from the cache (or, with TR-DPO's
+//! synced reference, computed for the batch) → the loss → AdamW (→ the reference's update every
+//! `τ` steps).
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
@@ -10,8 +12,8 @@ use rand::seq::SliceRandom;
 use rlhf_core::host::to_f32_vec;
 use rlhf_core::train::memory;
 use rlhf_core::train::{
-    BatchLoss, FitConfig, LrSchedule, Metrics, OptimizerConfig, RunOptions, TrainRng, fit,
-    metrics::names,
+    AfterStep, BatchLoss, FitConfig, LrSchedule, Metrics, OptimizerConfig, RunOptions, TrainRng,
+    fit_with, metrics::names,
 };
 use rlhf_core::{Error, Result, zero_masked};
 use rlhf_data::{Truncation, collate};
@@ -25,6 +27,7 @@ use crate::losses::{
     discopop_loss, dpo_loss, dpo_rw_loss, exo_pref_loss, exo_rw_loss, hinge_loss, ipo_loss,
     nca_pair_loss, robust_dpo_loss, sft_loss, simpo_loss, sppo_hard_loss,
 };
+use crate::sync_ref::{LiveReference, SyncRef};
 
 /// Responses to one prompt: a pair is `[chosen, rejected]`; a K-wise group carries rewards.
 #[derive(Debug, Clone, PartialEq)]
@@ -213,6 +216,10 @@ pub struct DpoConfig {
     /// Dropout off in the policy (TRL's `disable_dropout`): the reference's log-probs are
     /// computed without it, so at the first step the policy must match them.
     pub disable_dropout: bool,
+    /// TR-DPO: the reference follows the policy ([`SyncRef`]; TRL's `sync_ref_model`), its
+    /// log-probs computed batch by batch instead of read from the cache. `None`: frozen.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sync_ref: Option<SyncRef>,
 }
 
 impl Default for DpoConfig {
@@ -239,6 +246,7 @@ impl Default for DpoConfig {
             use_weighting: false,
             seed: 0,
             disable_dropout: true,
+            sync_ref: None,
         }
     }
 }
@@ -304,6 +312,15 @@ impl DpoConfig {
         }
         if self.epochs == 0 || self.batch_size == 0 || self.grad_accum == 0 {
             return bad("epochs, batch_size and grad_accum must be ≥ 1".into());
+        }
+        if let Some(sync) = &self.sync_ref {
+            sync.validate()?;
+            if !self.needs_reference() {
+                return bad(format!(
+                    "sync_ref_model moves the reference, and {:?} reads none",
+                    self.loss
+                ));
+            }
         }
         self.optimizer.validate()
     }
@@ -509,21 +526,34 @@ pub(crate) fn reference_logps(
     device: &Device,
     batches: &mut u64,
 ) -> Result<Vec<Vec<f32>>> {
-    let device = device.clone().without_autodiff();
-    let reference = reference.valid().to_device(&device);
     let mut out = Vec::with_capacity(groups.len());
     for chunk in groups.chunks(batch_size.max(1)) {
         let refs: Vec<&Group> = chunk.iter().collect();
-        let (t, ld) = (spec.truncation, spec.ld_alpha);
-        let flat = to_f32_vec(sequence_logps_ld(&reference, &refs, t, ld, &device)?.0);
+        out.extend(batch_reference_logps(reference, &refs, spec, device)?);
         *batches += 1;
-        let mut at = 0;
-        for g in chunk {
-            out.push(flat[at..at + g.responses.len()].to_vec());
-            at += g.responses.len();
-        }
     }
     Ok(out)
+}
+
+/// The reference's sequence log-probs of one batch of groups (no gradients), one row per group.
+fn batch_reference_logps(
+    reference: &CausalLm,
+    groups: &[&Group],
+    spec: &LogpSpec,
+    device: &Device,
+) -> Result<Vec<Vec<f32>>> {
+    let device = device.clone().without_autodiff();
+    let reference = reference.valid().to_device(&device);
+    let (t, ld) = (spec.truncation, spec.ld_alpha);
+    let flat = to_f32_vec(sequence_logps_ld(&reference, groups, t, ld, &device)?.0);
+    let mut at = 0;
+    Ok(groups
+        .iter()
+        .map(|g| {
+            at += g.responses.len();
+            flat[at - g.responses.len()..at].to_vec()
+        })
+        .collect())
 }
 
 /// The loss `[1]` of a batch and its pair metrics, from policy log-probs (LD-DPO's weighted sums
@@ -807,7 +837,9 @@ pub fn cached_reference_logps(
 
 /// Trains `policy` (on an autodiff device) against the frozen `reference` on `train`, evaluating
 /// on `eval`. Reference log-probs come from `cache` (computed once per reference and data, then
-/// reused across epochs and runs); `run_options` gives checkpoints, resume, metrics, progress.
+/// reused across epochs and runs), or with `cfg.sync_ref` (TR-DPO) from the reference as it
+/// follows the policy, batch by batch; `run_options` gives checkpoints, resume, metrics,
+/// progress.
 #[allow(clippy::too_many_arguments)]
 // One piece, over 80 lines: the setup around the shared `fit` loop in order: refusals, the
 // memory check, the reference log-probs (cached, or zeros for reference-free losses), then `fit`
@@ -860,7 +892,20 @@ pub fn train_offline(
     )?;
     let mut report = DpoReport::default();
     let mut batches = 0u64;
-    let (ref_train, ref_eval) = if cfg.needs_reference() {
+    let live = cfg.sync_ref.map(|sync| LiveReference::new(reference, sync));
+    if live.is_some() && memory::float_params(&policy).iter().any(|p| !p.trains) {
+        return Err(Error::Config(
+            "sync_ref_model mixes the policy's weights into the reference's, and this policy \
+             trains adapters on frozen weights (LoRA): train it whole, or leave the reference \
+             frozen (TRL refuses PEFT models too)"
+                .into(),
+        ));
+    }
+    let spec = cfg.logp_spec();
+    let (ref_train, ref_eval) = if live.is_some() {
+        // the live reference's, batch by batch
+        (Vec::new(), Vec::new())
+    } else if cfg.needs_reference() {
         (
             cached_reference_logps(reference, train, cfg, cache, device, &mut batches)?,
             cached_reference_logps(reference, eval, cfg, cache, device, &mut batches)?,
@@ -878,18 +923,25 @@ pub fn train_offline(
         eval_every: cfg.eval_every,
         label: "dpo",
     };
+    // the reference's log-probs of the held-out groups: cached, or the live reference's now
+    let held_out_refs = || -> Result<Vec<Vec<f32>>> {
+        match &live {
+            Some(l) => reference_logps(&l.current(), eval, cfg.batch_size, &spec, device, &mut 0),
+            None => Ok(ref_eval.clone()),
+        }
+    };
     let eval_metrics = |m: &CausalLm| -> Result<Metrics> {
         if eval.is_empty() {
             return Ok(Vec::new());
         }
-        let e = evaluate(m, eval, &ref_eval, cfg, device)?;
+        let e = evaluate(m, eval, &held_out_refs()?, cfg, device)?;
         Ok(vec![
             (names::EVAL_LOSS, e.loss),
             (names::EVAL_REWARD_ACCURACY, e.reward_accuracy),
             (names::EVAL_REWARD_MARGIN, e.reward_margin),
         ])
     };
-    let (policy, r) = fit(
+    let (policy, r) = fit_with(
         policy,
         &fit_cfg,
         run_options,
@@ -907,7 +959,14 @@ pub fn train_offline(
                 return Ok(None);
             };
             let groups: Vec<&Group> = idx.iter().map(|&i| &train[i]).collect();
-            let refs: Vec<&Vec<f32>> = idx.iter().map(|&i| &ref_train[i]).collect();
+            let live_refs;
+            let refs: Vec<&Vec<f32>> = match &live {
+                Some(l) => {
+                    live_refs = batch_reference_logps(&l.current(), &groups, &spec, shard.device)?;
+                    live_refs.iter().collect()
+                }
+                None => idx.iter().map(|&i| &ref_train[i]).collect(),
+            };
             let (loss, metrics) = loss_of_groups(m, &groups, &refs, cfg, shard.device)?;
             Ok(Some(BatchLoss {
                 loss,
@@ -916,12 +975,13 @@ pub fn train_offline(
             }))
         },
         &eval_metrics,
+        live.as_ref().map(|l| l as &dyn AfterStep<CausalLm>),
     )?;
     report.steps = r.steps;
     report.steps_this_run = r.steps_this_run;
     report.final_train_loss = r.final_train_loss;
     if !eval.is_empty() {
-        report.eval = evaluate(&policy, eval, &ref_eval, cfg, device)?;
+        report.eval = evaluate(&policy, eval, &held_out_refs()?, cfg, device)?;
     }
     Ok((policy, report))
 }

@@ -238,6 +238,14 @@ pub fn make_experience(
 ) -> Result<(Experience, Metrics)> {
     let device = models.policy.device();
     let (b, r) = (generation.batch, generation.new_len);
+    let decoupling = cfg.multi_objective_aggregation == MultiObjectiveAggregation::NormalizeThenSum;
+    if decoupled.is_some() != decoupling {
+        return Err(Error::Config(format!(
+            "ppo: multi_objective_aggregation {:?} with{} decoupled rewards",
+            cfg.multi_objective_aggregation,
+            if decoupled.is_some() { "" } else { "out" }
+        )));
+    }
     if b == 0
         || r == 0
         || scores.len() != b

@@ -1281,8 +1281,9 @@ fn several_reward_functions_are_weighted_and_logged_each() {
     gdpo.extend(["--multi_objective_aggregation", "normalize_then_sum"].map(String::from));
     std::fs::remove_dir_all(&out).unwrap();
     ok(&gdpo);
-    assert_eq!(metric(&out, "rewards/exact-match/mean"), exact);
-    assert_eq!(metric(&out, "rewards/length/mean"), length);
+    // the first iteration samples from the same policy: the same parts
+    assert_eq!(metric(&out, "rewards/exact-match/mean")[0], exact[0]);
+    assert_eq!(metric(&out, "rewards/length/mean")[0], length[0]);
     let config = std::fs::read_to_string(out.join("rlhf.toml")).unwrap();
     assert!(
         config.contains("multi_objective_aggregation = \"normalize_then_sum\""),
@@ -1540,58 +1541,110 @@ fn grpo_logs_its_completions_and_a_resumed_run_writes_the_same() {
     );
 }
 
-/// A `rlhf dpo` killed (SIGKILL) after its second checkpoint and started again ends with the
-/// weights of a run that was never interrupted, bit for bit; running it again with other options
-/// in the same directory is refused.
+/// `rlhf dpo` on `pairs` from tiny-pythia into `out` (learning rate 1e-3, 4 pairs a step, the
+/// loss logged every step), with `extra` options.
+fn dpo_args(pairs: &str, out: &Path, extra: &[&str]) -> Vec<String> {
+    [
+        "dpo",
+        "--model",
+        &fixture("tiny-pythia"),
+        "--data",
+        pairs,
+        "--out",
+        &s(out),
+        "--learning-rate",
+        "1e-3",
+        "--per-device-train-batch-size",
+        "4",
+        "--max-length",
+        "256",
+        "--logging-steps",
+        "1",
+    ]
+    .iter()
+    .chain(extra)
+    .map(|x| x.to_string())
+    .collect()
+}
+
+/// A killed `rlhf dpo` run resumes to the weights and the losses of an uninterrupted one, with
+/// a frozen reference and with TR-DPO's synced one (whose weights the checkpoints keep: the
+/// checkpoint of step 6 holds the reference after its updates at steps 3 and 6); and the
+/// directory belongs to its run.
 #[test]
 fn a_killed_dpo_run_resumes_to_the_same_weights() {
     let dir = tempfile::tempdir().unwrap();
     let pairs = head("preference.jsonl", 64, dir.path());
-    let args = |out: &Path| -> Vec<String> {
-        [
-            "dpo",
-            "--model",
-            &fixture("tiny-pythia"),
-            "--data",
-            &pairs,
-            "--out",
-            &s(out),
-            "--learning-rate",
-            "1e-3",
-            "--per-device-train-batch-size",
-            "4",
-            "--save-steps",
-            "2",
-            "--save-total-limit",
-            "100",
-            "--max-length",
-            "256",
-            "--logging-steps",
-            "1",
-        ]
-        .iter()
-        .map(|x| x.to_string())
-        .collect()
+    let args = |out: &Path, extra: &[&str]| -> Vec<String> {
+        let checkpoints = ["--save-steps", "2", "--save-total-limit", "100"];
+        dpo_args(&pairs, out, &[&checkpoints[..], extra].concat())
     };
-    let straight = dir.path().join("straight");
-    let a: Vec<String> = args(&straight);
-    ok(&a);
-
-    let broken = dir.path().join("broken");
-    let b = args(&broken);
-    kill_then_resume(&b, &broken, 7);
-    assert_eq!(
-        std::fs::read(straight.join("model.safetensors")).unwrap(),
-        std::fs::read(broken.join("model.safetensors")).unwrap(),
-        "the resumed run's weights differ from the uninterrupted run's"
-    );
-    assert_eq!(metric(&straight, "loss"), metric(&broken, "loss"));
+    let synced: &[&str] = &[
+        "--sync-ref-model",
+        "--ref-model-sync-steps",
+        "3",
+        "--ref-model-mixup-alpha",
+        "0.5",
+    ];
+    for (name, extra) in [("frozen", &[][..]), ("synced", synced)] {
+        let straight = dir.path().join(format!("{name}-straight"));
+        ok(&args(&straight, extra));
+        let broken = dir.path().join(format!("{name}-broken"));
+        kill_then_resume(&args(&broken, extra), &broken, 7);
+        assert!(
+            std::fs::read(straight.join("model.safetensors")).unwrap()
+                == std::fs::read(broken.join("model.safetensors")).unwrap(),
+            "{name}: the resumed run's weights differ from the uninterrupted run's"
+        );
+        assert_eq!(metric(&straight, "loss"), metric(&broken, "loss"), "{name}");
+    }
     // the directory belongs to this run
-    let mut other = b.clone();
+    let mut other = args(&dir.path().join("frozen-broken"), &[]);
     other.extend(["--beta".to_string(), "0.3".to_string()]);
     let out = rlhf(&other);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("`beta`"), "{err}");
+}
+
+/// TR-DPO (`--sync-ref-model`): with α = 1 and τ = 1 the reference is the policy after every
+/// step, so each step starts with the policy equal to its reference and DPO's loss at log 2;
+/// with τ = 2 the odd steps do; with a frozen reference the first step only. A LoRA policy is
+/// refused (its reference is its base, as TRL's PEFT models have none to sync).
+#[test]
+fn dpo_with_a_synced_reference_starts_each_synced_step_at_log_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let pairs = head("preference.jsonl", 40, dir.path());
+    let args = |name: &str, extra: &[&str]| -> (Vec<String>, PathBuf) {
+        let out = dir.path().join(name);
+        (dpo_args(&pairs, &out, extra), out)
+    };
+    let losses = |name: &str, extra: &[&str]| -> Vec<f64> {
+        let (a, out) = args(name, extra);
+        ok(&a);
+        metric(&out, "loss")
+    };
+    let sync = |steps: &'static str| {
+        [
+            "--sync-ref-model",
+            "--ref-model-mixup-alpha",
+            "1",
+            "--ref-model-sync-steps",
+            steps,
+        ]
+    };
+    let every = losses("every", &sync("1"));
+    let second = losses("second", &sync("2"));
+    let frozen = losses("frozen", &[]);
+    assert!(every.len() >= 6 && every.len() == second.len() && every.len() == frozen.len());
+    let at_log_2 = |x: f64| (x - 2f64.ln()).abs() < 1e-5;
+    for (i, ((&e, &s), &f)) in every.iter().zip(&second).zip(&frozen).enumerate() {
+        let step = i + 1;
+        assert!(at_log_2(e), "τ 1, step {step}: {e}");
+        assert_eq!(at_log_2(s), step % 2 == 1, "τ 2, step {step}: {s}");
+        assert_eq!(at_log_2(f), step == 1, "frozen, step {step}: {f}");
+    }
+    let (lora, _) = args("lora", &[&sync("1")[..], &["--lora-rank", "4"]].concat());
+    refused(&lora, "LoRA");
 }
 
 /// `rlhf dpo --devices flex,flex`: two data-parallel replicas learn, a killed run resumes to the
@@ -2110,6 +2163,10 @@ fn every_field_of_every_trainer_config_is_a_flag() {
                             | onpolicy::Method::Cispo => &["--scale-rewards", "false"],
                             _ => &[],
                         },
+                    ),
+                    (
+                        "multi_objective_aggregation",
+                        &["--multi-objective-aggregation", "normalize_then_sum"],
                     ),
                     ("gamma", &["--gamma", "0.5"]),
                     ("lam", &["--lam", "0.5"]),

@@ -17,7 +17,7 @@ use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Tensor};
 use serde_json::json;
 
-use super::checkpoint::{NewCheckpoint, Part, module_from_bytes, optimizer_from_bytes};
+use super::checkpoint::{Checkpoint, NewCheckpoint, Part, module_from_bytes, optimizer_from_bytes};
 use super::grads::{GradAccumulation, clip_if_set};
 use super::metrics::names;
 use super::optim::OptimizerConfig;
@@ -74,6 +74,20 @@ pub struct BatchLoss {
 /// example indices, or `None` when that part is empty. Replicas call it from their threads.
 pub type LossOf<'a, M> = dyn Fn(&M, &[usize], Shard<'_>) -> Result<Option<BatchLoss>> + Sync + 'a;
 
+/// What a trainer does after each optimizer step besides the step, with state its checkpoints
+/// keep (TR-DPO's reference, moved towards the policy every few steps). It runs after the step
+/// and before the step's eval and checkpoint, as a callback's `on_step_end` does in
+/// transformers' `Trainer`. Its state is shared with the trainer's loss (hence `&self`).
+pub trait AfterStep<M> {
+    /// After optimizer step `step` (counted from 1 over the whole run, resumed or not) left
+    /// `model` as it is (a skipped step too).
+    fn after_step(&self, step: u64, model: &M) -> Result<()>;
+    /// The state as checkpoint parts, by name.
+    fn parts(&self) -> Vec<(String, Part<'static>)>;
+    /// Restores the state from the checkpoint `c` (in `dir`) that the run resumes from.
+    fn restore(&self, c: &Checkpoint, dir: &std::path::Path) -> Result<()>;
+}
+
 /// What the loop did.
 #[derive(Debug, Clone, Default)]
 pub struct FitReport {
@@ -92,15 +106,38 @@ pub struct FitReport {
 /// replica), its weight and extra metrics, or `None` when that part is empty; `eval_of(model)` the
 /// eval metrics (empty without eval data). The model must live on an autodiff device; with
 /// [`RunOptions::replicas`], that device is the first replica's.
-// One piece, over 80 lines: the body is one optimizer step in its order (gradients, clipping,
-// the non-finite guard, the update, the metrics line, eval, the checkpoint), read top to bottom.
 pub fn fit<M: Module>(
+    model: M,
+    cfg: &FitConfig,
+    run_options: &RunOptions,
+    batches_of_epoch: &dyn Fn(usize) -> Vec<Vec<usize>>,
+    loss_of: &LossOf<'_, M>,
+    eval_of: &dyn Fn(&M) -> Result<Metrics>,
+) -> Result<(M, FitReport)> {
+    fit_with(
+        model,
+        cfg,
+        run_options,
+        batches_of_epoch,
+        loss_of,
+        eval_of,
+        None,
+    )
+}
+
+/// [`fit`] with `after_step` run after every optimizer step, its state checkpointed with the
+/// model's.
+// One piece, over 80 lines: the body is one optimizer step in its order (gradients, clipping,
+// the non-finite guard, the update, the hook, the metrics line, eval, the checkpoint), read top
+// to bottom.
+pub fn fit_with<M: Module>(
     mut model: M,
     cfg: &FitConfig,
     run_options: &RunOptions,
     batches_of_epoch: &dyn Fn(usize) -> Vec<Vec<usize>>,
     loss_of: &LossOf<'_, M>,
     eval_of: &dyn Fn(&M) -> Result<Metrics>,
+    after_step: Option<&dyn AfterStep<M>>,
 ) -> Result<(M, FitReport)> {
     let accum = cfg.grad_accum.max(1);
     let steps_per_epoch: Vec<u64> = (0..cfg.epochs)
@@ -123,6 +160,9 @@ pub fn fit<M: Module>(
         let part = |name: &str| c.part(name, &dir);
         model = module_from_bytes(model, part("model")?)?;
         optim = optimizer_from_bytes(optim, part("optimizer")?)?;
+        if let Some(hook) = after_step {
+            hook.restore(&c, &dir)?;
+        }
         report.steps = c.step;
     }
     let mut step = 0u64;
@@ -152,6 +192,9 @@ pub fn fit<M: Module>(
             if finite {
                 model = optim.step(lr, model, grads);
             }
+            if let Some(hook) = after_step {
+                hook.after_step(step, &model)?;
+            }
             report.steps = step;
             report.steps_this_run += 1;
             report.final_train_loss = loss_value;
@@ -170,7 +213,12 @@ pub fn fit<M: Module>(
             run.log(step, &line)?;
             run.step_done(step, format!("loss {loss_value:.3}"));
             if run.checkpoint_due(step, total) {
-                run.save(|| checkpoint(step, &model, &optim, cfg.label, epoch))?;
+                run.save(|| {
+                    let mut c = checkpoint(step, &model, &optim, cfg.label, epoch)?;
+                    c.parts
+                        .extend(after_step.map(|h| h.parts()).unwrap_or_default());
+                    Ok(c)
+                })?;
                 run.stop_if_interrupted(step)?;
             }
         }

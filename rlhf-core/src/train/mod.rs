@@ -15,9 +15,12 @@ pub mod replicas;
 pub mod rng;
 pub mod run;
 pub mod schedule;
+pub mod soft_update;
 
 pub use checkpoint::{Checkpoint, CheckpointStore, NewCheckpoint, Part};
-pub use fit::{BatchLoss, FitConfig, FitReport, LossOf, Metrics, eval_due, fit, metric};
+pub use fit::{
+    AfterStep, BatchLoss, FitConfig, FitReport, LossOf, Metrics, eval_due, fit, fit_with, metric,
+};
 pub use grads::{
     GradAccumulation, clip_global_grad_norm, clip_if_set, global_grad_norm, scale_grads,
     with_fresh_param_ids,
@@ -29,3 +32,4 @@ pub use rlhf_base::{allocator, fs, tune_allocator};
 pub use rng::{TrainRng, materialise, seed_all, seeded, try_seeded};
 pub use run::{Run, RunOptions};
 pub use schedule::LrSchedule;
+pub use soft_update::soft_update;

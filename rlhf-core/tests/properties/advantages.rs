@@ -293,6 +293,23 @@ proptest! {
     }
 }
 
+/// Where the `1e−4` goes: beside each group's standard deviation. A group `[0, 1e−4]` has a
+/// spread of `1e−4/√2`, so each function's normalised scores are `∓(1e−4/2)/(1e−4/√2 + 1e−4)
+/// = ∓0.2929` (without the `1e−4`, `∓0.7071`); two such groups of one function give the batch
+/// the same values twice, whose spread is `0.3381`.
+#[test]
+fn gdpo_puts_its_epsilon_beside_each_spread() {
+    let parts = vec![vec![0.0, 1e-4, 0.0, 1e-4]];
+    let got = gdpo(&parts, &[1.0], 2);
+    let group = 0.5e-4 / (1e-4 / 2f64.sqrt() + 1e-4);
+    assert!((group - 0.2929).abs() < 1e-4);
+    let r = [-group, group, -group, group];
+    assert_close(&got, &gdpo_ref(&parts, &[1.0], 2), 1e-3).unwrap();
+    let spread = (r.iter().map(|x| x * x).sum::<f64>() / 3.0).sqrt();
+    let want: Vec<f64> = r.iter().map(|x| x / (spread + 1e-4)).collect();
+    assert_close(&got, &want, 1e-3).unwrap();
+}
+
 #[test]
 fn gdpo_needs_one_weight_per_reward_function() {
     let dev = device();

@@ -12,7 +12,7 @@ use rlhf_core::train::checkpoint::{
 use rlhf_core::train::metrics::read_metrics;
 use rlhf_core::train::{
     CheckpointStore, GradAccumulation, LrSchedule, MetricsSink, NewCheckpoint, OptimizerConfig,
-    Part, TrainRng, clip_global_grad_norm, global_grad_norm, seeded,
+    Part, TrainRng, clip_global_grad_norm, global_grad_norm, seeded, soft_update,
 };
 use rlhf_core::{KlController, parse_device};
 
@@ -444,4 +444,55 @@ fn fresh_param_ids_let_a_clone_train_independently() {
     assert_ne!(weights(&independent.a), weights(&a));
     assert_ne!(weights(&independent.b), weights(&a));
     assert_ne!(weights(&independent.a), weights(&independent.b));
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// TR-DPO's reference update: every weight of the target becomes `α·source + (1 − α)·target`
+    /// (in f64 here), and the target keeps its parameter ids; `α = 0` keeps the target and
+    /// `α = 1` copies the source, bit for bit.
+    #[test]
+    fn a_soft_update_mixes_every_weight(seeds in (0u64..1000, 0u64..1000), alpha in 0.0f32..=1.0) {
+        let dev = device();
+        let target = seeded(&dev, seeds.0, || LinearConfig::new(4, 3).init(&dev));
+        let source = seeded(&dev, seeds.1 + 1000, || LinearConfig::new(4, 3).init(&dev));
+        let (t, s) = (weights(&target), weights(&source));
+        let ids = (target.weight.id, target.bias.as_ref().unwrap().id);
+        let mixed = soft_update(target.clone(), &source, alpha).unwrap();
+        let a = f64::from(alpha);
+        let want: Vec<f64> = t.iter().zip(&s).map(|(t, s)| a * s + (1.0 - a) * t).collect();
+        assert_close(&weights(&mixed), &want, 1e-6)?;
+        prop_assert_eq!((mixed.weight.id, mixed.bias.as_ref().unwrap().id), ids);
+        prop_assert_eq!(weights(&soft_update(target.clone(), &source, 0.0).unwrap()), t);
+        prop_assert_eq!(weights(&soft_update(target, &source, 1.0).unwrap()), s);
+    }
+}
+
+/// A soft update needs two models of the same parameters and `α` in `[0, 1]`; a trained target
+/// stays trained (a new leaf, not a node of the mix).
+#[test]
+fn a_soft_update_refuses_other_shapes_and_keeps_a_trained_target_trained() {
+    let dev = device();
+    let target = seeded(&dev, 1, || LinearConfig::new(4, 3).init(&dev));
+    let wider = seeded(&dev, 2, || LinearConfig::new(4, 2).init(&dev));
+    let no_bias = seeded(&dev, 3, || {
+        LinearConfig::new(4, 3).with_bias(false).init(&dev)
+    });
+    assert!(soft_update(target.clone(), &wider, 0.5).is_err());
+    assert!(soft_update(target.clone(), &no_bias, 0.5).is_err());
+    for alpha in [-0.1, 1.5, f32::NAN] {
+        assert!(
+            soft_update(target.clone(), &target, alpha).is_err(),
+            "{alpha}"
+        );
+    }
+    let ad = dev.autodiff();
+    let trained = seeded(&ad, 1, || LinearConfig::new(4, 3).init(&ad));
+    let source = seeded(&ad, 4, || LinearConfig::new(4, 3).init(&ad));
+    let mixed = soft_update(trained, &source, 0.5).unwrap();
+    assert!(mixed.weight.val().is_require_grad());
+    let loss = mixed.forward(Tensor::<2>::ones([1, 4], &ad)).sum();
+    let grads = GradientsParams::from_grads(loss.backward(), &mixed);
+    assert!(grads.get::<2>(mixed.weight.id).is_some());
 }
