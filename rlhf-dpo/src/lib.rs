@@ -32,7 +32,6 @@ pub mod kto;
 pub mod losses;
 pub mod online;
 pub mod online_dpo;
-pub mod sync_ref;
 pub mod trainer;
 
 pub use cache::{LogpSpec, RefCache, data_hash, weights_hash};
@@ -48,7 +47,7 @@ pub use losses::{
 };
 pub use online::{OnlineConfig, OnlineReport, best_and_worst, online_round};
 pub use online_dpo::{OnlineDpoConfig, OnlineDpoInputs, OnlineDpoReport, train_online_dpo};
-pub use sync_ref::{LiveReference, SyncRef};
+pub use rlhf_core::train::{LiveReference, SyncRef};
 pub use trainer::{
     DpoConfig, DpoEval, DpoReport, Group, OfflineLoss, cached_reference_logps, evaluate,
     pair_logps, sequence_logps, sequence_logps_ld, train_offline, wpo_weights,

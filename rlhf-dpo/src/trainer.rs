@@ -6,14 +6,16 @@
 //! synced reference, computed for the batch) → the loss → AdamW (→ the reference's update every
 //! `τ` steps).
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::seq::SliceRandom;
 use rlhf_core::host::to_f32_vec;
 use rlhf_core::train::memory;
 use rlhf_core::train::{
-    AfterStep, BatchLoss, FitConfig, LrSchedule, Metrics, OptimizerConfig, RunOptions, TrainRng,
-    fit_with, metrics::names,
+    AfterStep, BatchLoss, FitConfig, LiveReference, LrSchedule, Metrics, OptimizerConfig,
+    RunOptions, SyncRef, TrainRng, fit_with, metrics::names,
 };
 use rlhf_core::{Error, Result, zero_masked};
 use rlhf_data::{Truncation, collate};
@@ -27,7 +29,6 @@ use crate::losses::{
     discopop_loss, dpo_loss, dpo_rw_loss, exo_pref_loss, exo_rw_loss, hinge_loss, ipo_loss,
     nca_pair_loss, robust_dpo_loss, sft_loss, simpo_loss, sppo_hard_loss,
 };
-use crate::sync_ref::{LiveReference, SyncRef};
 
 /// Responses to one prompt: a pair is `[chosen, rejected]`; a K-wise group carries rewards.
 #[derive(Debug, Clone, PartialEq)]
@@ -369,7 +370,8 @@ pub struct DpoReport {
     pub steps_this_run: u64,
     /// Loss of the last step.
     pub final_train_loss: f64,
-    /// Batches the reference model was run on by this call (0 when the cache had everything).
+    /// Batches the reference model was run on by this call (0 when the cache had everything;
+    /// with a synced reference, every training and held-out batch).
     pub reference_forward_batches: u64,
     /// Eval at the end.
     pub eval: DpoEval,
@@ -878,9 +880,13 @@ pub fn train_offline(
         .unwrap_or(0) as u64;
     let shape = policy.shape();
     let checkpointing = memory::checkpointing(device, &policy);
+    let replicas = run_options.replicas.count() as u64;
+    let following = cfg
+        .sync_ref
+        .map_or(0, |_| LiveReference::held_bytes(reference, replicas));
     memory::check_batch_fits(
         "offline preference training",
-        memory::Params::of(&policy).holding(memory::bytes_not_in(reference, &policy)),
+        memory::Params::of(&policy).holding(memory::bytes_not_in(reference, &policy) + following),
         run_options.replicas.count() as u64,
         &memory::Batch {
             rows: cfg.batch_size as u64 * k_responses,
@@ -892,8 +898,7 @@ pub fn train_offline(
     )?;
     let mut report = DpoReport::default();
     let mut batches = 0u64;
-    let live = cfg.sync_ref.map(|sync| LiveReference::new(reference, sync));
-    if live.is_some() && memory::float_params(&policy).iter().any(|p| !p.trains) {
+    if cfg.sync_ref.is_some() && memory::float_params(&policy).iter().any(|p| !p.trains) {
         return Err(Error::Config(
             "sync_ref_model mixes the policy's weights into the reference's, and this policy \
              trains adapters on frozen weights (LoRA): train it whole, or leave the reference \
@@ -901,7 +906,13 @@ pub fn train_offline(
                 .into(),
         ));
     }
+    let live = match cfg.sync_ref {
+        Some(sync) => Some(LiveReference::new(reference, &policy, sync)?),
+        None => None,
+    };
     let spec = cfg.logp_spec();
+    // the live reference's forward passes, counted from the replicas' threads
+    let live_batches = AtomicU64::new(0);
     let (ref_train, ref_eval) = if live.is_some() {
         // the live reference's, batch by batch
         (Vec::new(), Vec::new())
@@ -926,7 +937,13 @@ pub fn train_offline(
     // the reference's log-probs of the held-out groups: cached, or the live reference's now
     let held_out_refs = || -> Result<Vec<Vec<f32>>> {
         match &live {
-            Some(l) => reference_logps(&l.current(), eval, cfg.batch_size, &spec, device, &mut 0),
+            Some(l) => {
+                let mut n = 0;
+                let refs =
+                    reference_logps(&l.current(), eval, cfg.batch_size, &spec, device, &mut n);
+                live_batches.fetch_add(n, Ordering::Relaxed);
+                refs
+            }
             None => Ok(ref_eval.clone()),
         }
     };
@@ -962,7 +979,9 @@ pub fn train_offline(
             let live_refs;
             let refs: Vec<&Vec<f32>> = match &live {
                 Some(l) => {
-                    live_refs = batch_reference_logps(&l.current(), &groups, &spec, shard.device)?;
+                    let on = l.on(&shard.device.clone().without_autodiff());
+                    live_refs = batch_reference_logps(&on, &groups, &spec, shard.device)?;
+                    live_batches.fetch_add(1, Ordering::Relaxed);
                     live_refs.iter().collect()
                 }
                 None => idx.iter().map(|&i| &ref_train[i]).collect(),
@@ -983,6 +1002,7 @@ pub fn train_offline(
     if !eval.is_empty() {
         report.eval = evaluate(&policy, eval, &held_out_refs()?, cfg, device)?;
     }
+    report.reference_forward_batches += live_batches.load(Ordering::Relaxed);
     Ok((policy, report))
 }
 

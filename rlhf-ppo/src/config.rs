@@ -3,7 +3,7 @@
 //! Summarization", Huang et al. 2024). Numbers in brackets refer to the list in
 //! `docs/algorithms.md`, "The TL;DR implementation details".
 
-use rlhf_core::train::OptimizerConfig;
+use rlhf_core::train::{OptimizerConfig, SyncRef};
 use rlhf_core::{
     Error, GroupEstimator, KlController, KlEstimator, LossAggregation, PolicyLossConfig,
     PolicyObjective, Result,
@@ -122,6 +122,13 @@ pub struct PpoConfig {
     /// Put the KL into the reward (`true`, PPO/REINFORCE++) or into the loss (GRPO; see
     /// [`Self::grpo`]).
     pub kl_in_reward: bool,
+    /// The reference follows the policy (TRL's `sync_ref_model`, TR-DPO's update of the KL
+    /// term's reference): every `τ` optimizer steps it moves to `α·π_θ + (1 − α)·π_ref`. `τ`
+    /// must be a multiple of an iteration's optimizer steps (`ppo_epochs × num_minibatches`),
+    /// so that it moves between rollouts, which read the reference's log-probs once. `None`:
+    /// frozen.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sync_ref: Option<SyncRef>,
     /// How advantages are estimated.
     pub advantage: AdvantageEstimator,
     /// How several reward functions' scores are combined: summed, then normalised by
@@ -223,6 +230,7 @@ impl Default for PpoConfig {
             kl: KlController::Fixed { value: 0.05 },
             kl_estimator: KlEstimator::K1,
             kl_in_reward: true,
+            sync_ref: None,
             advantage: AdvantageEstimator::Gae,
             multi_objective_aggregation: MultiObjectiveAggregation::SumThenNormalize,
             gamma: 1.0,
@@ -499,6 +507,9 @@ impl PpoConfig {
         {
             return bad(m);
         }
+        if let Some(m) = self.sync_problem()? {
+            return bad(m);
+        }
         if self.dynamic_sampling == Some(0) {
             return bad("dynamic_sampling needs at least 1 sampling round".into());
         }
@@ -572,6 +583,31 @@ impl PpoConfig {
     /// Whether the KL term is on: β above 0, or adaptive.
     fn kl_active(&self) -> bool {
         self.kl.value() > 0.0 || matches!(self.kl, KlController::Adaptive { .. })
+    }
+
+    /// Why the reference cannot follow the policy with these settings, if it cannot.
+    fn sync_problem(&self) -> Result<Option<String>> {
+        let Some(sync) = &self.sync_ref else {
+            return Ok(None);
+        };
+        sync.validate()?;
+        let per_iteration = (self.ppo_epochs * self.num_minibatches) as u64;
+        Ok(if !self.kl_active() {
+            Some(
+                "sync_ref_model moves the reference of the KL term, and β is 0: there is no \
+                 reference to move (TRL refuses it too)"
+                    .into(),
+            )
+        } else if !sync.steps.is_multiple_of(per_iteration) {
+            Some(format!(
+                "sync_ref_model: ref_model_sync_steps {} counts optimizer steps and must be a \
+                 multiple of an iteration's {per_iteration} (ppo_epochs × num_minibatches), so \
+                 that the reference moves between rollouts, which read it once",
+                sync.steps
+            ))
+        } else {
+            None
+        })
     }
 
     /// Why GDPO's normalisation cannot run with these settings, if it cannot: it is GRPO's

@@ -35,7 +35,8 @@ use rlhf_core::stats;
 use rlhf_core::train::memory;
 use rlhf_core::train::metrics::names;
 use rlhf_core::train::{
-    Checkpoint, LrSchedule, Metrics, Replicas, Run, RunOptions, Shard, TrainRng,
+    AfterStep, Checkpoint, LiveReference, LrSchedule, Metrics, Replicas, Run, RunOptions, Shard,
+    TrainRng,
     checkpoint::{NewCheckpoint, Part, module_from_bytes, optimizer_from_bytes},
     clip_if_set, eval_due, metric,
     replicas::sum_gradients,
@@ -81,6 +82,7 @@ impl PolicyAndValue {
 }
 
 /// What the trainer reads besides the models and the configuration.
+#[derive(Clone, Copy)]
 pub struct PpoInputs<'a> {
     /// The frozen reference policy (the SFT model).
     pub reference: &'a CausalLm,
@@ -101,6 +103,17 @@ pub struct PpoInputs<'a> {
     /// `PPOTrainer` also first samples its completions after update 1, then every
     /// `sample_generations_freq` updates).
     pub eval_first: bool,
+}
+
+impl<'a> PpoInputs<'a> {
+    /// These inputs with `reference` in place of theirs, when one is given (a synced reference
+    /// as it is now).
+    pub fn with_reference(&self, reference: Option<&'a CausalLm>) -> Self {
+        PpoInputs {
+            reference: reference.unwrap_or(self.reference),
+            ..*self
+        }
+    }
 }
 
 /// Left-pads each prompt's tokens (begun as the tokenizer begins a text: Llama's BOS) to exactly
@@ -1197,14 +1210,9 @@ pub fn train_ppo(
 ) -> Result<(PolicyAndValue, PpoReport)> {
     cfg.validate()?;
     check_inputs(&models, inputs, cfg)?;
-    let mut models = prepare_models(models, cfg, &run_options.replicas)?;
-    check_memory(
-        &models,
-        inputs.reference,
-        cfg,
-        &run_options.replicas,
-        device,
-    )?;
+    let replicas = &run_options.replicas;
+    let mut models = prepare_models(models, cfg, replicas)?;
+    check_memory(&models, inputs.reference, cfg, replicas, device)?;
     let total = cfg.iterations as u64;
     let mut optim = cfg.optimizer.build()?;
     let mut kl = cfg.kl.clone();
@@ -1213,19 +1221,14 @@ pub fn train_ppo(
         episodes_per_iteration: cfg.batch_size() as u64,
         ..PpoReport::default()
     };
+    // TR-DPO's update of the KL's reference, when it follows the policy
+    let live = synced_reference(inputs.reference, &models, cfg)?;
     if let Some(c) = resume {
-        (models, optim, kl) = restore(&c, run_options, models, optim)?;
+        (models, optim, kl) = restore(&c, run_options, models, optim, live.as_ref())?;
         report.iterations = c.step;
     }
     let updates_per_iteration = (cfg.ppo_epochs * cfg.num_minibatches) as u64;
-    let schedule = if cfg.anneal_lr {
-        LrSchedule::Linear {
-            warmup: 0,
-            total: total * updates_per_iteration,
-        }
-    } else {
-        LrSchedule::Constant
-    };
+    let schedule = lr_schedule(cfg, total * updates_per_iteration);
     for it in report.iterations..total {
         // 1–5. sample, score, experience and update on the iteration's prompts
         let mut rng = TrainRng::seed_from_u64(cfg.seed).fork(&format!("ppo-iteration-{it}"));
@@ -1233,21 +1236,27 @@ pub fn train_ppo(
         let prompts: Vec<&str> = picked.iter().map(|&i| inputs.prompts[i].as_str()).collect();
         let lr = |s: u64| schedule.lr_at(cfg.optimizer.lr, it * updates_per_iteration + s);
         let beta = kl.value() as f32;
+        let reference = live.as_ref().map(LiveReference::current);
+        let inputs_now = inputs.with_reference(reference.as_ref());
         let step = ppo_iteration(
             models,
             &mut optim,
-            inputs,
+            &inputs_now,
             &prompts,
             cfg,
             beta,
             &lr,
             &mut rng,
             device,
-            &run_options.replicas,
+            replicas,
         )?;
         models = step.models;
         let done = it + 1;
         check_finite_steps(&mut run, done, &step.update)?;
+        if let Some(l) = &live {
+            // its steps are a multiple of an iteration's: it moves between rollouts only
+            l.after_step(done * updates_per_iteration, &models.policy)?;
+        }
 
         // 6. the metrics line, the KL controller's update, eval, log and checkpoint
         let mut line = iteration_line(step.metrics, run.skipped_steps(), beta, lr(0));
@@ -1262,11 +1271,48 @@ pub fn train_ppo(
         report.iterations = done;
         report.iterations_this_run += 1;
         report.last = line;
-        checkpoint_if_due(&run, done, total, &models, &optim, &kl)?;
+        let extra = live.as_ref().map(|l| l.parts()).unwrap_or_default();
+        checkpoint_if_due(&run, done, total, (&models, &optim, &kl), extra)?;
     }
     report.final_kl_coef = kl.value();
     run.finish();
     Ok((models, report))
+}
+
+/// The learning rate over the run's `updates`: annealed linearly to 0 when `cfg.anneal_lr`.
+fn lr_schedule(cfg: &PpoConfig, updates: u64) -> LrSchedule {
+    if cfg.anneal_lr {
+        LrSchedule::Linear {
+            warmup: 0,
+            total: updates,
+        }
+    } else {
+        LrSchedule::Constant
+    }
+}
+
+/// The reference as it follows the policy, when `cfg.sync_ref` asks for it; refused for a LoRA
+/// policy, whose weights are not the reference's (TRL refuses PEFT models too).
+fn synced_reference(
+    reference: &CausalLm,
+    models: &PolicyAndValue,
+    cfg: &PpoConfig,
+) -> Result<Option<LiveReference<CausalLm>>> {
+    let Some(sync) = cfg.sync_ref else {
+        return Ok(None);
+    };
+    if memory::float_params(&models.policy)
+        .iter()
+        .any(|p| !p.trains)
+    {
+        return Err(Error::Config(
+            "ppo: sync_ref_model mixes the policy's weights into the reference's, and this \
+             policy trains adapters on frozen weights (LoRA): train it whole, or leave the \
+             reference frozen (TRL refuses PEFT models too)"
+                .into(),
+        ));
+    }
+    Ok(Some(LiveReference::new(reference, &models.policy, sync)?))
 }
 
 /// Refuses a run without prompts, a critic where the estimator needs none or none where it needs
@@ -1400,7 +1446,10 @@ fn check_memory(
             trained: policy_params.trained + value_params.trained,
             frozen_bytes: policy_params.frozen_bytes
                 + value_params.frozen_bytes
-                + memory::bytes_not_in(reference, &models.policy),
+                + memory::bytes_not_in(reference, &models.policy)
+                + cfg.sync_ref.map_or(0, |_| {
+                    LiveReference::held_bytes(reference, replicas.count() as u64)
+                }),
             // the policy is what the run writes (a critic, when written, after it)
             exported: policy_params.exported,
             adapted: policy_params.adapted + value_params.adapted,
@@ -1420,15 +1469,19 @@ fn check_memory(
     )
 }
 
-/// The models, the optimizer and the KL controller as checkpoint `c` (of the run in
-/// `run_options`' output directory) saved them.
+/// The models, the optimizer and the KL controller (and a synced reference, into `live`) as
+/// checkpoint `c` (of the run in `run_options`' output directory) saved them.
 fn restore(
     c: &Checkpoint,
     run_options: &RunOptions,
     models: PolicyAndValue,
     optim: ModuleOptimizer,
+    live: Option<&LiveReference<CausalLm>>,
 ) -> Result<(PolicyAndValue, ModuleOptimizer, KlController)> {
     let dir = run_options.out_dir.clone().unwrap_or_default();
+    if let Some(l) = live {
+        l.restore(c, &dir)?;
+    }
     let part = |name: &str| c.part(name, &dir);
     let models = module_from_bytes(models, part("models")?)?;
     let optim = optimizer_from_bytes(optim, part("optimizer")?)?;
@@ -1483,15 +1536,14 @@ fn eval_is_due(done: u64, total: u64, every: u64, first: bool) -> bool {
     (first && done == 1) || eval_due(done, total, every)
 }
 
-/// Saves a checkpoint after iteration `done` when one is due (models, optimizer, KL controller),
-/// then stops the run if it was interrupted.
+/// Saves a checkpoint after iteration `done` when one is due (models, optimizer, KL controller,
+/// and the `extra` parts: a synced reference), then stops the run if it was interrupted.
 fn checkpoint_if_due(
     run: &Run,
     done: u64,
     total: u64,
-    models: &PolicyAndValue,
-    optim: &ModuleOptimizer,
-    kl: &KlController,
+    (models, optim, kl): (&PolicyAndValue, &ModuleOptimizer, &KlController),
+    extra: Vec<(String, Part<'static>)>,
 ) -> Result<()> {
     if !run.checkpoint_due(done, total) {
         return Ok(());
@@ -1499,10 +1551,13 @@ fn checkpoint_if_due(
     run.save(|| {
         Ok(NewCheckpoint {
             step: done,
-            parts: vec![
+            parts: [
                 ("models".to_string(), Part::module(models.clone())),
                 ("optimizer".to_string(), Part::optimizer(optim)),
-            ],
+            ]
+            .into_iter()
+            .chain(extra)
+            .collect(),
             state: json!({ "trainer": "ppo", "kl": kl }),
         })
     })?;

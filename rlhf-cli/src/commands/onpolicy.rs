@@ -11,7 +11,7 @@ use burn::tensor::Device;
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args, ValueEnum};
 use rlhf_core::train::metrics::names;
-use rlhf_core::train::{OptimizerConfig, RunOptions};
+use rlhf_core::train::{OptimizerConfig, RunOptions, SyncRef};
 use rlhf_core::{KlController, KlEstimator, LossAggregation, PolicyObjective};
 use rlhf_data::{ReadOptions, Tokenizer};
 use rlhf_models::{CausalLm, ScalarModel, TransformerConfig};
@@ -186,6 +186,24 @@ pub enum Estimator {
     K3,
 }
 
+impl Estimator {
+    fn of(k: KlEstimator) -> Self {
+        match k {
+            KlEstimator::K1 => Estimator::K1,
+            KlEstimator::K2 => Estimator::K2,
+            KlEstimator::K3 => Estimator::K3,
+        }
+    }
+
+    fn config(self) -> KlEstimator {
+        match self {
+            Estimator::K1 => KlEstimator::K1,
+            Estimator::K2 => KlEstimator::K2,
+            Estimator::K3 => KlEstimator::K3,
+        }
+    }
+}
+
 /// Options of the on-policy commands. Unset ones take the method's recipe (see
 /// `--print-config`).
 #[derive(Args, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -216,6 +234,19 @@ pub struct OnPolicyArgs {
     /// The frozen reference (default: `--model`) [TRL: --ref_model].
     #[arg(long = "ref", visible_alias = "ref-model", value_name = "DIR")]
     pub ref_model: Option<PathBuf>,
+    /// The KL term's reference follows the policy (TR-DPO's update): every
+    /// --ref-model-sync-steps optimizer steps it moves to α·policy + (1 − α)·reference, α being
+    /// --ref-model-mixup-alpha; the steps must be a multiple of an iteration's
+    /// (--num-ppo-epochs × --num-mini-batches); not with LoRA or β 0 [TRL: --sync_ref_model].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub sync_ref_model: Option<bool>,
+    /// α, the policy's share of the new reference (default 0.6) [TRL: --ref_model_mixup_alpha].
+    #[arg(long)]
+    pub ref_model_mixup_alpha: Option<f32>,
+    /// τ, optimizer steps between the reference's updates (default 512) [TRL:
+    /// --ref_model_sync_steps].
+    #[arg(long)]
+    pub ref_model_sync_steps: Option<u64>,
     /// PPO's critic: a scalar checkpoint, its served normalisation folded into its head
     /// (default: the reward model when `--reward` names one, TL;DR detail 6, else the policy
     /// with a fresh head).
@@ -455,11 +486,7 @@ impl OnPolicyArgs {
             max_completion_length <- c.response_length,
             temperature <- c.temperature,
             beta <- c.kl.value(),
-            kl_estimator <- match c.kl_estimator {
-                KlEstimator::K1 => Estimator::K1,
-                KlEstimator::K2 => Estimator::K2,
-                KlEstimator::K3 => Estimator::K3,
-            },
+            kl_estimator <- Estimator::of(c.kl_estimator),
             kl_in_reward <- c.kl_in_reward,
             gamma <- c.gamma,
             lam <- c.lam,
@@ -491,8 +518,12 @@ impl OnPolicyArgs {
         }
         self.length_bucket_width = self.length_bucket_width.or(c.length_bucket_width);
         self.scale_rewards = self.scale_rewards.or(ScaleRewards::of(c.advantage));
-        fill!(multi_objective_aggregation <- Aggregation::of(c.multi_objective_aggregation));
+        let sync = c.sync_ref.unwrap_or_default();
         fill!(
+            multi_objective_aggregation <- Aggregation::of(c.multi_objective_aggregation),
+            sync_ref_model <- c.sync_ref.is_some(),
+            ref_model_mixup_alpha <- sync.alpha,
+            ref_model_sync_steps <- sync.steps,
             loss_type <- match (c.policy_objective, c.loss_aggregation) {
                 (PolicyObjective::Cispo, _) => LossType::Cispo,
                 (_, LossAggregation::Grpo) => LossType::Grpo,
@@ -610,6 +641,13 @@ impl OnPolicyArgs {
         if let Some(a) = self.multi_objective_aggregation {
             c.multi_objective_aggregation = a.config();
         }
+        if let Some(on) = self.sync_ref_model {
+            let d = c.sync_ref.unwrap_or_default();
+            c.sync_ref = on.then(|| SyncRef {
+                alpha: self.ref_model_mixup_alpha.unwrap_or(d.alpha),
+                steps: self.ref_model_sync_steps.unwrap_or(d.steps),
+            });
+        }
         if let Some(rounds) = self.dynamic_sampling {
             c.dynamic_sampling = (rounds > 0).then_some(rounds);
         }
@@ -623,11 +661,7 @@ impl OnPolicyArgs {
             c.rollout_is_cap = (cap > 0.0).then_some(cap);
         }
         if let Some(e) = self.kl_estimator {
-            c.kl_estimator = match e {
-                Estimator::K1 => KlEstimator::K1,
-                Estimator::K2 => KlEstimator::K2,
-                Estimator::K3 => KlEstimator::K3,
-            };
+            c.kl_estimator = e.config();
         }
         let beta = self.beta.unwrap_or(c.kl.value());
         c.kl = match self.kl_target {

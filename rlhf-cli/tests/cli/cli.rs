@@ -1448,6 +1448,125 @@ fn every_on_policy_command_runs_end_to_end() {
     assert!(plots.contains("objective_scores.svg"), "{plots}");
 }
 
+/// `rlhf grpo` from tiny-pythia on `prompts` into `out` for `iterations`, rewarding 0.1 a word:
+/// 4 prompts × 2 samples of at most 8 new tokens an iteration, with `extra` options.
+fn grpo_on_length(prompts: &str, out: &Path, iterations: &str, extra: &[&str]) -> Vec<String> {
+    [
+        "grpo",
+        "--model",
+        &fixture("tiny-pythia"),
+        "--prompts",
+        prompts,
+        "--reward",
+        "length:0.1",
+        "--out",
+        &s(out),
+        "--iterations",
+        iterations,
+        "--prompts-per-batch",
+        "4",
+        "--num-generations",
+        "2",
+        "--max-completion-length",
+        "8",
+    ]
+    .iter()
+    .chain(extra)
+    .map(|x| x.to_string())
+    .collect()
+}
+
+/// The on-policy commands' `--sync-ref-model` (TRL's, for GRPO and RLOO): with α = 1 and τ = 1
+/// the KL term's reference is the policy after every iteration (one optimizer step each), so
+/// every rollout starts at KL 0 from it; with τ = 2 every other one does; with a frozen
+/// reference the first only. A τ that is not a multiple of an iteration's optimizer steps, β 0
+/// and a LoRA policy are refused. A run killed after a checkpoint resumes to the weights of an
+/// uninterrupted one (the checkpoints hold the reference).
+#[test]
+fn grpo_with_a_synced_reference_starts_each_synced_rollout_at_kl_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = head("prompts.jsonl", 16, dir.path());
+    let args = |out: &Path, iterations: &str, extra: &[&str]| -> Vec<String> {
+        let fast = ["--learning-rate", "1e-3", "--logging-steps", "1"];
+        grpo_on_length(&prompts, out, iterations, &[&fast[..], extra].concat())
+    };
+    let kl = |name: &str, extra: &[&str]| -> Vec<f64> {
+        let out = dir.path().join(name);
+        ok(&args(&out, "8", extra));
+        metric(&out, "objective/kl")
+    };
+    let sync = |steps: &'static str| {
+        [
+            "--sync-ref-model",
+            "--ref-model-mixup-alpha",
+            "1",
+            "--ref-model-sync-steps",
+            steps,
+        ]
+    };
+    let (every, second, frozen) = (
+        kl("every", &sync("1")),
+        kl("second", &sync("2")),
+        kl("frozen", &[]),
+    );
+    assert!(every.len() == 8 && second.len() == 8 && frozen.len() == 8);
+    let zero = |x: f64| x.abs() < 1e-6;
+    for i in 0..8 {
+        let it = i + 1;
+        assert!(zero(every[i]), "τ 1, iteration {it}: {}", every[i]);
+        assert_eq!(
+            zero(second[i]),
+            it % 2 == 1,
+            "τ 2, iteration {it}: {}",
+            second[i]
+        );
+        assert_eq!(
+            zero(frozen[i]),
+            it == 1,
+            "frozen, iteration {it}: {}",
+            frozen[i]
+        );
+    }
+    let out = dir.path().join("refused");
+    for (extra, says) in [
+        (
+            &["--num-ppo-epochs", "2"][..],
+            "multiple of an iteration's 2",
+        ),
+        (&["--beta", "0"], "β is 0"),
+        (&["--lora-rank", "4"], "LoRA"),
+    ] {
+        refused(&args(&out, "8", &[&sync("1")[..], extra].concat()), says);
+    }
+    let resumable = [
+        "--sync-ref-model",
+        "--ref-model-mixup-alpha",
+        "0.5",
+        "--ref-model-sync-steps",
+        "3",
+        "--save-steps",
+        "2",
+    ];
+    let straight = dir.path().join("straight");
+    ok(&args(&straight, "24", &resumable));
+    let broken = dir.path().join("broken");
+    kill_then_resume_at(
+        &args(&broken, "24", &resumable),
+        &broken,
+        "objective/kl",
+        11,
+    );
+    assert!(
+        std::fs::read(straight.join("model.safetensors")).unwrap()
+            == std::fs::read(broken.join("model.safetensors")).unwrap(),
+        "the resumed run's weights differ from the uninterrupted run's"
+    );
+    assert_eq!(
+        metric(&straight, "objective/kl"),
+        metric(&broken, "objective/kl")
+    );
+}
+
 /// `--log-completions` (TRL's): each logged iteration's first `--num-completions-to-print`
 /// samples go to completions.jsonl, with the prompt as the policy read it, the completion, its
 /// score and advantage; a run killed after its checkpoint and resumed writes the same file as an
@@ -1457,24 +1576,7 @@ fn grpo_logs_its_completions_and_a_resumed_run_writes_the_same() {
     let dir = tempfile::tempdir().unwrap();
     let prompts = head("prompts.jsonl", 16, dir.path());
     let args = |out: &Path| -> Vec<String> {
-        [
-            "grpo",
-            "--model",
-            &fixture("tiny-pythia"),
-            "--prompts",
-            &prompts,
-            "--reward",
-            "length:0.1",
-            "--out",
-            &s(out),
-            "--iterations",
-            "40",
-            "--prompts-per-batch",
-            "4",
-            "--num-generations",
-            "2",
-            "--max-completion-length",
-            "8",
+        let logging = [
             "--save-steps",
             "4",
             "--logging-steps",
@@ -1482,9 +1584,8 @@ fn grpo_logs_its_completions_and_a_resumed_run_writes_the_same() {
             "--log-completions",
             "--num-completions-to-print",
             "3",
-        ]
-        .map(String::from)
-        .to_vec()
+        ];
+        grpo_on_length(&prompts, out, "40", &logging)
     };
     let whole = dir.path().join("whole");
     let argv = args(&whole);
@@ -1568,9 +1669,8 @@ fn dpo_args(pairs: &str, out: &Path, extra: &[&str]) -> Vec<String> {
 }
 
 /// A killed `rlhf dpo` run resumes to the weights and the losses of an uninterrupted one, with
-/// a frozen reference and with TR-DPO's synced one (whose weights the checkpoints keep: the
-/// checkpoint of step 6 holds the reference after its updates at steps 3 and 6); and the
-/// directory belongs to its run.
+/// a frozen reference and with TR-DPO's synced one (whose weights the checkpoints keep); and
+/// the directory belongs to its run.
 #[test]
 fn a_killed_dpo_run_resumes_to_the_same_weights() {
     let dir = tempfile::tempdir().unwrap();
@@ -1579,10 +1679,12 @@ fn a_killed_dpo_run_resumes_to_the_same_weights() {
         let checkpoints = ["--save-steps", "2", "--save-total-limit", "100"];
         dpo_args(&pairs, out, &[&checkpoints[..], extra].concat())
     };
+    // τ 5: the checkpoint of step 6 that the killed run resumes from holds the reference moved
+    // at step 5, and the next move is at step 10, not 5 steps after the resume
     let synced: &[&str] = &[
         "--sync-ref-model",
         "--ref-model-sync-steps",
-        "3",
+        "5",
         "--ref-model-mixup-alpha",
         "0.5",
     ];
@@ -1607,43 +1709,63 @@ fn a_killed_dpo_run_resumes_to_the_same_weights() {
 }
 
 /// TR-DPO (`--sync-ref-model`): with α = 1 and τ = 1 the reference is the policy after every
-/// step, so each step starts with the policy equal to its reference and DPO's loss at log 2;
-/// with τ = 2 the odd steps do; with a frozen reference the first step only. A LoRA policy is
-/// refused (its reference is its base, as TRL's PEFT models have none to sync).
+/// optimizer step, before the step's eval, so each step and each eval starts with the policy
+/// equal to its reference and DPO's loss at log 2; with τ = 2 and two micro-batches a step, the
+/// odd optimizer steps do; with a frozen reference the first step only; with α = ½ the second
+/// step does not (the reference moved half way). A LoRA policy is refused (its reference is its
+/// base, as TRL's PEFT models have none to sync).
 #[test]
 fn dpo_with_a_synced_reference_starts_each_synced_step_at_log_2() {
     let dir = tempfile::tempdir().unwrap();
-    let pairs = head("preference.jsonl", 40, dir.path());
+    let pairs = head("preference.jsonl", 48, dir.path());
     let args = |name: &str, extra: &[&str]| -> (Vec<String>, PathBuf) {
         let out = dir.path().join(name);
         (dpo_args(&pairs, &out, extra), out)
     };
-    let losses = |name: &str, extra: &[&str]| -> Vec<f64> {
+    let run = |name: &str, extra: &[&str]| -> PathBuf {
         let (a, out) = args(name, extra);
         ok(&a);
-        metric(&out, "loss")
+        out
     };
-    let sync = |steps: &'static str| {
+    let sync = |alpha: &'static str, steps: &'static str| {
         [
             "--sync-ref-model",
             "--ref-model-mixup-alpha",
-            "1",
+            alpha,
             "--ref-model-sync-steps",
             steps,
         ]
     };
-    let every = losses("every", &sync("1"));
-    let second = losses("second", &sync("2"));
-    let frozen = losses("frozen", &[]);
-    assert!(every.len() >= 6 && every.len() == second.len() && every.len() == frozen.len());
+    let held_out = ["--eval-share", "0.25", "--eval-steps", "1"];
+    let every = run("every", &[&sync("1", "1")[..], &held_out].concat());
+    let second = run(
+        "second",
+        &[&sync("1", "2")[..], &["--gradient-accumulation-steps", "2"]].concat(),
+    );
+    let half = metric(&run("half", &sync("0.5", "1")), "loss");
+    let frozen = metric(&run("frozen", &[]), "loss");
+    let (every_loss, second_loss) = (metric(&every, "loss"), metric(&second, "loss"));
     let at_log_2 = |x: f64| (x - 2f64.ln()).abs() < 1e-5;
-    for (i, ((&e, &s), &f)) in every.iter().zip(&second).zip(&frozen).enumerate() {
+    assert!(every_loss.len() >= 6 && second_loss.len() >= 3 && frozen.len() >= every_loss.len());
+    for (i, (&e, &f)) in every_loss.iter().zip(&frozen).enumerate() {
         let step = i + 1;
         assert!(at_log_2(e), "τ 1, step {step}: {e}");
-        assert_eq!(at_log_2(s), step % 2 == 1, "τ 2, step {step}: {s}");
         assert_eq!(at_log_2(f), step == 1, "frozen, step {step}: {f}");
     }
-    let (lora, _) = args("lora", &[&sync("1")[..], &["--lora-rank", "4"]].concat());
+    let evals = metric(&every, "eval_loss");
+    assert!(
+        evals.len() == every_loss.len() && evals.iter().all(|&e| at_log_2(e)),
+        "{evals:?}"
+    );
+    for (i, &s) in second_loss.iter().enumerate() {
+        let step = i + 1;
+        assert_eq!(at_log_2(s), step % 2 == 1, "τ 2, step {step}: {s}");
+    }
+    assert!(at_log_2(half[0]) && !at_log_2(half[1]), "α ½: {half:?}");
+    let (lora, _) = args(
+        "lora",
+        &[&sync("1", "1")[..], &["--lora-rank", "4"]].concat(),
+    );
     refused(&lora, "LoRA");
 }
 

@@ -16,6 +16,7 @@ pub mod rng;
 pub mod run;
 pub mod schedule;
 pub mod soft_update;
+pub mod sync_ref;
 
 pub use checkpoint::{Checkpoint, CheckpointStore, NewCheckpoint, Part};
 pub use fit::{
@@ -33,3 +34,4 @@ pub use rng::{TrainRng, materialise, seed_all, seeded, try_seeded};
 pub use run::{Run, RunOptions};
 pub use schedule::LrSchedule;
 pub use soft_update::soft_update;
+pub use sync_ref::{LiveReference, REFERENCE_PART, SyncRef};
