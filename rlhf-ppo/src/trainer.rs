@@ -1212,6 +1212,8 @@ pub fn train_ppo(
     check_inputs(&models, inputs, cfg)?;
     let replicas = &run_options.replicas;
     let mut models = prepare_models(models, cfg, replicas)?;
+    // TR-DPO's update of the KL's reference, when it follows the policy
+    let live = synced_reference(inputs.reference, &models, cfg)?;
     check_memory(&models, inputs.reference, cfg, replicas, device)?;
     let total = cfg.iterations as u64;
     let mut optim = cfg.optimizer.build()?;
@@ -1221,8 +1223,6 @@ pub fn train_ppo(
         episodes_per_iteration: cfg.batch_size() as u64,
         ..PpoReport::default()
     };
-    // TR-DPO's update of the KL's reference, when it follows the policy
-    let live = synced_reference(inputs.reference, &models, cfg)?;
     if let Some(c) = resume {
         (models, optim, kl) = restore(&c, run_options, models, optim, live.as_ref())?;
         report.iterations = c.step;
@@ -1447,9 +1447,8 @@ fn check_memory(
             frozen_bytes: policy_params.frozen_bytes
                 + value_params.frozen_bytes
                 + memory::bytes_not_in(reference, &models.policy)
-                + cfg.sync_ref.map_or(0, |_| {
-                    LiveReference::held_bytes(reference, replicas.count() as u64)
-                }),
+                // the rollout reads the reference on the first device only
+                + cfg.sync_ref.map_or(0, |_| LiveReference::held_bytes(reference, 1)),
             // the policy is what the run writes (a critic, when written, after it)
             exported: policy_params.exported,
             adapted: policy_params.adapted + value_params.adapted,

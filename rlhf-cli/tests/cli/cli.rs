@@ -1509,6 +1509,11 @@ fn grpo_with_a_synced_reference_starts_each_synced_rollout_at_kl_0() {
         kl("second", &sync("2")),
         kl("frozen", &[]),
     );
+    // two epochs an iteration: τ counts optimizer steps, so τ 2 moves the reference after every
+    // iteration and τ 4 after every other
+    let epochs = ["--num-ppo-epochs", "2"];
+    let by_steps = kl("by-steps", &[&sync("2")[..], &epochs].concat());
+    let every_other = kl("every-other", &[&sync("4")[..], &epochs].concat());
     assert!(every.len() == 8 && second.len() == 8 && frozen.len() == 8);
     let zero = |x: f64| x.abs() < 1e-6;
     for i in 0..8 {
@@ -1526,12 +1531,18 @@ fn grpo_with_a_synced_reference_starts_each_synced_rollout_at_kl_0() {
             "frozen, iteration {it}: {}",
             frozen[i]
         );
+        assert!(zero(by_steps[i]), "τ 2 of 2 steps, iteration {it}");
+        assert_eq!(
+            zero(every_other[i]),
+            it % 2 == 1,
+            "τ 4 of 2 steps, iteration {it}"
+        );
     }
     let out = dir.path().join("refused");
     for (extra, says) in [
         (
-            &["--num-ppo-epochs", "2"][..],
-            "multiple of an iteration's 2",
+            &["--num-ppo-epochs", "3"][..],
+            "multiple of an iteration's 3",
         ),
         (&["--beta", "0"], "β is 0"),
         (&["--lora-rank", "4"], "LoRA"),

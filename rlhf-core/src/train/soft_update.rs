@@ -49,7 +49,7 @@ pub fn soft_update<M: Module>(target: M, source: &M, alpha: f32) -> Result<M> {
                 };
                 if trained {
                     // a new leaf, as the optimizer makes one, not a node of the mix
-                    Tensor::from_data(mixed.into_data(), &device).require_grad()
+                    Tensor::from_data(mixed.into_data(), (&device, dtype)).require_grad()
                 } else {
                     mixed
                 }

@@ -85,14 +85,14 @@ impl<M: Module> LiveReference<M> {
 
     /// What following the policy holds in memory beyond the frozen `reference` (for the memory
     /// estimate): the moved reference itself (the caller's stays), the new weights while an
-    /// update builds them, and a copy on each other replica's device, `replicas + 1` times the
-    /// reference's bytes.
-    pub fn held_bytes(reference: &M, replicas: u64) -> u64 {
+    /// update builds them, and a copy on each of the other `devices` that read it ([`Self::on`]),
+    /// `devices + 1` times the reference's bytes.
+    pub fn held_bytes(reference: &M, devices: u64) -> u64 {
         let bytes: u64 = super::memory::float_params(reference)
             .iter()
             .map(|p| p.bytes)
             .sum();
-        bytes * (replicas.max(1) + 1)
+        bytes * (devices.max(1) + 1)
     }
 
     /// The reference as it is now (a clone shares its tensors).
@@ -111,10 +111,12 @@ impl<M: Module> LiveReference<M> {
         m
     }
 
-    /// Replaces the reference (and forgets its copies).
+    /// Replaces the reference and forgets its copies (both locks held, in [`Self::on`]'s
+    /// order, so that no copy of the old weights is made meanwhile).
     fn set(&self, next: impl FnOnce(M) -> Result<M>) -> Result<()> {
-        lock(&self.copies).clear();
+        let mut copies = lock(&self.copies);
         let mut reference = lock(&self.model);
+        copies.clear();
         *reference = next(reference.clone())?;
         Ok(())
     }

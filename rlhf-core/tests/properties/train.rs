@@ -480,10 +480,14 @@ fn a_soft_update_refuses_other_shapes_and_keeps_a_trained_target_trained() {
         LinearConfig::new(4, 3).with_bias(false).init(&dev)
     });
     assert!(soft_update(target.clone(), &wider, 0.5).is_err());
-    // as many weights, transposed: 4 × 3 against 3 × 4 (and biases of 3 and 4)
-    let transposed = seeded(&dev, 5, || LinearConfig::new(3, 4).init(&dev));
-    let err = soft_update(target.clone(), &transposed, 0.5).unwrap_err();
-    assert!(err.to_string().contains("shape"), "{err}");
+    // as many weights, transposed: 4 × 3 against 3 × 4
+    let square = |i, o, seed| {
+        seeded(&dev, seed, || {
+            LinearConfig::new(i, o).with_bias(false).init(&dev)
+        })
+    };
+    let err = soft_update(square(4, 3, 6), &square(3, 4, 5), 0.5).unwrap_err();
+    assert!(err.to_string().contains("[4, 3]"), "{err}");
     assert!(soft_update(target.clone(), &no_bias, 0.5).is_err());
     for alpha in [-0.1, 1.5, f32::NAN] {
         assert!(
