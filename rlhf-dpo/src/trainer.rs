@@ -844,7 +844,8 @@ pub fn cached_reference_logps(
 /// progress.
 #[allow(clippy::too_many_arguments)]
 // One piece, over 80 lines: the setup around the shared `fit` loop in order: refusals, the
-// memory check, the reference log-probs (cached, or zeros for reference-free losses), then `fit`
+// memory check, the reference log-probs (cached, zeros for reference-free losses, or the live
+// reference's, batch by batch), then `fit`
 // with DPO's batch order, loss and eval closures that borrow them, and the report.
 pub fn train_offline(
     policy: CausalLm,
