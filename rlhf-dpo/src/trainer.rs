@@ -871,14 +871,11 @@ pub fn train_offline(
     run_options
         .replicas
         .refuse_with_dropout("offline trainer", policy.dropout())?;
-    if cfg.sync_ref.is_some() && memory::float_params(&policy).iter().any(|p| !p.trains) {
-        return Err(Error::Config(
-            "sync_ref_model mixes the policy's weights into the reference's, and this policy \
-             trains adapters on frozen weights (LoRA): train it whole, or leave the reference \
-             frozen (TRL refuses PEFT models too)"
-                .into(),
-        ));
-    }
+    // a reference that follows the policy (TR-DPO), refused before the memory check
+    let live = cfg
+        .sync_ref
+        .map(|sync| LiveReference::new(reference, &policy, sync))
+        .transpose()?;
     // refuse, before the first step, a run whose batches would not fit in memory: the policy is
     // trained on every response of a batch of groups; the reference is held for its log-probs
     let k_responses = train[0].responses.len() as u64;
@@ -907,10 +904,6 @@ pub fn train_offline(
     )?;
     let mut report = DpoReport::default();
     let mut batches = 0u64;
-    let live = match cfg.sync_ref {
-        Some(sync) => Some(LiveReference::new(reference, &policy, sync)?),
-        None => None,
-    };
     let spec = cfg.logp_spec();
     // the live reference's forward passes, counted from the replicas' threads
     let live_batches = AtomicU64::new(0);

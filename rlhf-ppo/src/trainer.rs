@@ -1213,7 +1213,10 @@ pub fn train_ppo(
     let replicas = &run_options.replicas;
     let mut models = prepare_models(models, cfg, replicas)?;
     // TR-DPO's update of the KL's reference, when it follows the policy
-    let live = synced_reference(inputs.reference, &models, cfg)?;
+    let live = cfg
+        .sync_ref
+        .map(|sync| LiveReference::new(inputs.reference, &models.policy, sync))
+        .transpose()?;
     check_memory(&models, inputs.reference, cfg, replicas, device)?;
     let total = cfg.iterations as u64;
     let mut optim = cfg.optimizer.build()?;
@@ -1289,30 +1292,6 @@ fn lr_schedule(cfg: &PpoConfig, updates: u64) -> LrSchedule {
     } else {
         LrSchedule::Constant
     }
-}
-
-/// The reference as it follows the policy, when `cfg.sync_ref` asks for it; refused for a LoRA
-/// policy, whose weights are not the reference's (TRL refuses PEFT models too).
-fn synced_reference(
-    reference: &CausalLm,
-    models: &PolicyAndValue,
-    cfg: &PpoConfig,
-) -> Result<Option<LiveReference<CausalLm>>> {
-    let Some(sync) = cfg.sync_ref else {
-        return Ok(None);
-    };
-    if memory::float_params(&models.policy)
-        .iter()
-        .any(|p| !p.trains)
-    {
-        return Err(Error::Config(
-            "ppo: sync_ref_model mixes the policy's weights into the reference's, and this \
-             policy trains adapters on frozen weights (LoRA): train it whole, or leave the \
-             reference frozen (TRL refuses PEFT models too)"
-                .into(),
-        ));
-    }
-    Ok(Some(LiveReference::new(reference, &models.policy, sync)?))
 }
 
 /// Refuses a run without prompts, a critic where the estimator needs none or none where it needs

@@ -1108,10 +1108,15 @@ fn mean_reward(model: &Path, prompts: &Path, reward: &str) -> f64 {
     line.split_whitespace().nth(2).unwrap().parse().unwrap()
 }
 
+/// `base` then `extra`, as the command line's arguments.
+fn argv(base: &[&str], extra: &[&str]) -> Vec<String> {
+    base.iter().chain(extra).map(|a| a.to_string()).collect()
+}
+
 /// `rlhf grpo` on `PEOPLE`'s prompts from `model`, 40 iterations of 8 prompts × 8 samples, with
 /// `extra` options.
 fn grpo_on_people(model: &Path, prompts: &Path, out: &Path, extra: &[&str]) {
-    let mut args = vec![
+    let args = [
         "grpo",
         "--model",
         &s(model),
@@ -1129,12 +1134,8 @@ fn grpo_on_people(model: &Path, prompts: &Path, out: &Path, extra: &[&str]) {
         "6",
         "--learning-rate",
         "3e-3",
-    ]
-    .into_iter()
-    .map(String::from)
-    .collect::<Vec<_>>();
-    args.extend(extra.iter().map(|a| a.to_string()));
-    ok(&args);
+    ];
+    ok(&argv(&args, extra));
 }
 
 /// `rlhf grpo` with the exact-match verifier raises the share of right answers: a model taught
@@ -1451,7 +1452,7 @@ fn every_on_policy_command_runs_end_to_end() {
 /// `rlhf grpo` from tiny-pythia on `prompts` into `out` for `iterations`, rewarding 0.1 a word:
 /// 4 prompts × 2 samples of at most 8 new tokens an iteration, with `extra` options.
 fn grpo_on_length(prompts: &str, out: &Path, iterations: &str, extra: &[&str]) -> Vec<String> {
-    [
+    let args = [
         "grpo",
         "--model",
         &fixture("tiny-pythia"),
@@ -1469,11 +1470,8 @@ fn grpo_on_length(prompts: &str, out: &Path, iterations: &str, extra: &[&str]) -
         "2",
         "--max-completion-length",
         "8",
-    ]
-    .iter()
-    .chain(extra)
-    .map(|x| x.to_string())
-    .collect()
+    ];
+    argv(&args, extra)
 }
 
 /// The on-policy commands' `--sync-ref-model` (TRL's, for GRPO and RLOO): with α = 1 and τ = 1
@@ -1656,7 +1654,7 @@ fn grpo_logs_its_completions_and_a_resumed_run_writes_the_same() {
 /// `rlhf dpo` on `pairs` from tiny-pythia into `out` (learning rate 1e-3, 4 pairs a step, the
 /// loss logged every step), with `extra` options.
 fn dpo_args(pairs: &str, out: &Path, extra: &[&str]) -> Vec<String> {
-    [
+    let args = [
         "dpo",
         "--model",
         &fixture("tiny-pythia"),
@@ -1672,11 +1670,8 @@ fn dpo_args(pairs: &str, out: &Path, extra: &[&str]) -> Vec<String> {
         "256",
         "--logging-steps",
         "1",
-    ]
-    .iter()
-    .chain(extra)
-    .map(|x| x.to_string())
-    .collect()
+    ];
+    argv(&args, extra)
 }
 
 /// A killed `rlhf dpo` run resumes to the weights and the losses of an uninterrupted one, with

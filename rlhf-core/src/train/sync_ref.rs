@@ -67,9 +67,22 @@ pub struct LiveReference<M> {
 
 impl<M: Module> LiveReference<M> {
     /// `reference` as the run starts with it (without gradients), to follow `policy`, whose
-    /// parameters it must share in number and shape.
+    /// parameters it must share in number and shape. A policy with frozen parameters (LoRA's
+    /// adapters on frozen weights) is refused: its weights are not the reference's to mix in
+    /// (TRL refuses PEFT models too).
     pub fn new(reference: &M, policy: &M, sync: SyncRef) -> Result<Self> {
         sync.validate()?;
+        if super::memory::float_params(policy)
+            .iter()
+            .any(|p| !p.trains)
+        {
+            return Err(Error::Config(
+                "sync_ref_model mixes the policy's weights into the reference's, and this \
+                 policy trains adapters on frozen weights (LoRA): train it whole, or leave the \
+                 reference frozen (TRL refuses PEFT models too)"
+                    .into(),
+            ));
+        }
         same_parameters(reference, policy).map_err(|e| {
             Error::Config(format!(
                 "sync_ref_model mixes the policy's weights into the reference's, and {e}: the \
