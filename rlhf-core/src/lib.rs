@@ -39,6 +39,7 @@ pub mod advantages;
 pub mod aggregation;
 pub mod device;
 pub mod divergence;
+pub mod entropy_controller;
 pub mod high_entropy;
 pub mod host;
 pub mod kl;
@@ -60,6 +61,7 @@ pub use advantages::{
 pub use aggregation::{LossAggregation, aggregate};
 pub use device::{AdapterKind, DeviceSpec, TchKind, device_from_env, parse_device};
 pub use divergence::generalized_jsd;
+pub use entropy_controller::{AdaptiveEntropy, EntropyController};
 pub use high_entropy::high_entropy_mask;
 pub use kl::{KlEstimator, kl_estimate};
 pub use kl_controller::KlController;

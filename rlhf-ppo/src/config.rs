@@ -5,8 +5,8 @@
 
 use rlhf_core::train::{OptimizerConfig, SyncRef};
 use rlhf_core::{
-    Error, GroupEstimator, KlController, KlEstimator, LossAggregation, PolicyLossConfig,
-    PolicyObjective, Result,
+    AdaptiveEntropy, EntropyController, Error, GroupEstimator, KlController, KlEstimator,
+    LossAggregation, PolicyLossConfig, PolicyObjective, Result,
 };
 use rlhf_models::SamplingConfig;
 use serde::{Deserialize, Serialize};
@@ -164,8 +164,15 @@ pub struct PpoConfig {
     pub top_entropy_quantile: f32,
     /// The entropy bonus `c`: the loss gains `−c·H̄`, with `H̄` the mean entropy of the policy
     /// (at the sampling temperature, with its gradient) over the tokens that carry the policy
-    /// gradient (TRL's static `entropy_coef`; PPO's `c₂`; 0: off).
+    /// gradient (TRL's `entropy_coef`; PPO's `c₂`; 0: off). With `adaptive_entropy`, the initial
+    /// coefficient.
     pub entropy_coef: f32,
+    /// Skywork-OR1's adaptive entropy control (TRL's `use_adaptive_entropy`): after each optimizer
+    /// step `c` rises by `δ` when the step's mean entropy was at most the target and falls by `δ`
+    /// otherwise, within `[c_min, c_max]`, and a step applies `c` only when the last one's
+    /// entropy was at most the target (see `rlhf_core::entropy_controller`). `None`: `c` fixed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adaptive_entropy: Option<AdaptiveEntropy>,
     /// The policy surrogate: `ppo` (the clipped token ratio), `gspo` (the clipped sequence
     /// ratio), `cispo` (clipped, detached importance weights).
     pub policy_objective: PolicyObjective,
@@ -244,6 +251,7 @@ impl Default for PpoConfig {
             delta: None,
             top_entropy_quantile: 1.0,
             entropy_coef: 0.0,
+            adaptive_entropy: None,
             policy_objective: PolicyObjective::Ppo,
             loss_aggregation: LossAggregation::Dapo,
             dynamic_sampling: None,
@@ -496,12 +504,7 @@ impl PpoConfig {
                 self.top_entropy_quantile
             ));
         }
-        if !self.entropy_coef.is_finite() {
-            return bad(format!(
-                "entropy_coef must be finite, got {}",
-                self.entropy_coef
-            ));
-        }
+        self.entropy_controller().validate()?;
         if self.multi_objective_aggregation == MultiObjectiveAggregation::NormalizeThenSum
             && let Some(m) = self.decoupling_problem()
         {
@@ -580,6 +583,11 @@ impl PpoConfig {
 }
 
 impl PpoConfig {
+    /// The entropy coefficient's controller at the start of a run.
+    pub fn entropy_controller(&self) -> EntropyController {
+        EntropyController::new(f64::from(self.entropy_coef), self.adaptive_entropy)
+    }
+
     /// Whether the KL term is on: β above 0, or adaptive.
     fn kl_active(&self) -> bool {
         self.kl.value() > 0.0 || matches!(self.kl, KlController::Adaptive { .. })

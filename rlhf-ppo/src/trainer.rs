@@ -43,10 +43,11 @@ use rlhf_core::train::{
     with_fresh_param_ids,
 };
 use rlhf_core::{
-    Error, GroupEstimator, KlController, LossAggregation, PolicyObjective, Result, Scorer,
-    aggregate, broadcast_to_tokens, clipped_value_loss, entropy_from_logits, gae, group_advantages,
-    high_entropy_mask, kl_estimate, masked_mean, policy_loss, reinforce_pp_advantages,
-    token_logprobs, token_logprobs_and_entropy, truncated_is_weights, whiten,
+    EntropyController, Error, GroupEstimator, KlController, LossAggregation, PolicyObjective,
+    Result, Scorer, aggregate, broadcast_to_tokens, clipped_value_loss, entropy_from_logits, gae,
+    group_advantages, high_entropy_mask, kl_estimate, masked_mean, policy_loss,
+    reinforce_pp_advantages, token_logprobs, token_logprobs_and_entropy, truncated_is_weights,
+    whiten,
 };
 use rlhf_data::Tokenizer;
 use rlhf_models::sft::Example;
@@ -668,7 +669,8 @@ impl Experience {
 
 /// The loss of one minibatch, `L = L_pg + c_v·L_v` (+ `β·KL` when the KL is a loss term, aggregated
 /// as `L_pg` is, as TRL adds it to the per-token loss before aggregating; − `c·H̄`, the mean
-/// entropy over the tokens `L_pg` reads, with an entropy bonus),
+/// entropy over the tokens `L_pg` reads, with an entropy bonus), `β = kl_coef` and
+/// `c = entropy_coef` being this step's,
 /// and its diagnostics (`policy/*`, `clip_ratio/*`, `val/*`, `loss/*`). `L_pg` is the surrogate
 /// of `cfg.policy_objective` (PPO's clip, GSPO, CISPO) aggregated by `cfg.loss_aggregation`,
 /// each token weighted by the truncated importance-sampling correction when it is on, and only
@@ -681,6 +683,7 @@ pub fn minibatch_loss(
     mb: &Minibatch,
     cfg: &PpoConfig,
     kl_coef: f32,
+    entropy_coef: f32,
 ) -> (Tensor<1>, Metrics) {
     let (logits, responses) = response_logits(&models.policy, &mb.input, mb.query_len);
     let (logprobs, entropy, bonus_entropy) = logprobs_and_entropy(logits, responses, cfg);
@@ -714,23 +717,8 @@ pub fn minibatch_loss(
         (names::VAL_RATIO_VAR, scalar(pg.ratio_var)),
     ];
     if !cfg.kl_in_reward {
-        // padded positions zeroed first, as `make_experience` zeroes them: whatever a pad holds
-        // never reaches the estimate or its gradient
-        let logprobs = rlhf_core::zero_masked(logprobs, mb.mask.clone());
-        let per_token = kl_estimate(logprobs, mb.ref_logprobs.clone(), cfg.kl_estimator);
-        // TRL adds β·KL to the per-token loss before aggregating it, so the KL term is
-        // aggregated as the policy loss is; the logged `kl` is its token mean, as TRL logs it
-        let kl = aggregate(
-            per_token.clone(),
-            mb.mask.clone(),
-            cfg.loss_aggregation,
-            cfg.response_length,
-        );
-        let kl = kl.mul_scalar(kl_coef);
-        metrics.push((
-            names::KL_LOSS_TERM,
-            scalar(masked_mean(per_token, mb.mask.clone())),
-        ));
+        let (kl, token_mean) = kl_loss_term(logprobs, mb, cfg, kl_coef);
+        metrics.push((names::KL_LOSS_TERM, scalar(token_mean)));
         metrics.push((names::LOSS_KL, scalar(kl.clone())));
         loss = loss.add(weighted(kl, mb.share.of(cfg.loss_aggregation)));
     }
@@ -738,7 +726,7 @@ pub fn minibatch_loss(
     if let Some(h) = bonus_entropy {
         let h = masked_mean(h, selected.unwrap_or_else(|| mb.mask.clone()));
         metrics.push((names::LOSS_ENTROPY, scalar(h.clone())));
-        loss = loss.sub(weighted(h.mul_scalar(cfg.entropy_coef), mb.share.tokens));
+        loss = loss.sub(weighted(h.mul_scalar(entropy_coef), mb.share.tokens));
     }
     if let (Some(value), Some(old_values), Some(returns)) = (&models.value, &mb.values, &mb.returns)
     {
@@ -753,8 +741,32 @@ pub fn minibatch_loss(
         metrics.push((names::VAL_CLIPFRAC, scalar(v.clipfrac)));
         loss = loss.add(weighted(v.loss.mul_scalar(cfg.vf_coef), mb.share.tokens));
     }
-    metrics.push((names::LOSS_TOTAL, loss_total(&metrics, cfg)));
+    metrics.push((names::LOSS_TOTAL, loss_total(&metrics, cfg, entropy_coef)));
     (loss, metrics)
+}
+
+/// The KL as a loss term, `β·k` aggregated as the policy loss is (TRL adds it to the per-token
+/// loss before aggregating), and the token mean of `k` (TRL's logged `kl`).
+fn kl_loss_term(
+    logprobs: Tensor<2>,
+    mb: &Minibatch,
+    cfg: &PpoConfig,
+    kl_coef: f32,
+) -> (Tensor<1>, Tensor<1>) {
+    // padded positions zeroed first, as `make_experience` zeroes them: whatever a pad holds
+    // never reaches the estimate or its gradient
+    let logprobs = rlhf_core::zero_masked(logprobs, mb.mask.clone());
+    let per_token = kl_estimate(logprobs, mb.ref_logprobs.clone(), cfg.kl_estimator);
+    let kl = aggregate(
+        per_token.clone(),
+        mb.mask.clone(),
+        cfg.loss_aggregation,
+        cfg.response_length,
+    );
+    (
+        kl.mul_scalar(kl_coef),
+        masked_mean(per_token, mb.mask.clone()),
+    )
 }
 
 /// The response tokens' log-probs and the policy's entropy at each response position (`logits`
@@ -766,7 +778,7 @@ fn logprobs_and_entropy(
     cfg: &PpoConfig,
 ) -> (Tensor<2>, Tensor<2>, Option<Tensor<2>>) {
     let t = cfg.temperature;
-    if cfg.entropy_coef == 0.0 {
+    if !cfg.entropy_controller().active() {
         let (logprobs, entropy) = token_logprobs_and_entropy(logits, responses, t);
         return (logprobs, entropy, None);
     }
@@ -797,14 +809,14 @@ fn token_weights(
 }
 
 /// `loss/total`, the loss that is minimised, from the terms' metrics: the policy loss, `β·KL`
-/// when the KL is a loss term, `−c·H̄` with an entropy bonus, `c_v·L_v` with a critic, and
-/// `γ_ptx·L_SFT` with PPO-ptx.
-fn loss_total(metrics: &Metrics, cfg: &PpoConfig) -> f64 {
+/// when the KL is a loss term, `−c·H̄` with an entropy bonus (`c = entropy_coef`), `c_v·L_v`
+/// with a critic, and `γ_ptx·L_SFT` with PPO-ptx.
+fn loss_total(metrics: &Metrics, cfg: &PpoConfig, entropy_coef: f32) -> f64 {
     metrics
         .iter()
         .map(|m| match m.0 {
             names::LOSS_POLICY | names::LOSS_KL => m.1,
-            names::LOSS_ENTROPY => -f64::from(cfg.entropy_coef) * m.1,
+            names::LOSS_ENTROPY => -f64::from(entropy_coef) * m.1,
             names::VAL_LOSS => f64::from(cfg.vf_coef) * m.1,
             names::OBJECTIVE_PTX_LOSS => f64::from(cfg.ptx_coef) * m.1,
             _ => 0.0,
@@ -851,6 +863,9 @@ impl UpdateStats {
 /// response token in the loss (every response cut off, with `mask_truncated_completions`) steps
 /// on the ptx term alone, or, without one, takes no step and logs nothing, where TRL's loss of 0
 /// still lets AdamW's momentum and weight decay move the weights.
+///
+/// Each step applies the entropy coefficient `entropy` gives, then tells it the step's mean
+/// entropy (adaptive entropy control); a step without response tokens measures none.
 #[allow(clippy::too_many_arguments)]
 pub fn ppo_update(
     mut models: PolicyAndValue,
@@ -858,6 +873,7 @@ pub fn ppo_update(
     experience: &Experience,
     cfg: &PpoConfig,
     kl_coef: f32,
+    entropy: &mut EntropyController,
     lr: &dyn Fn(u64) -> f64,
     demonstrations: &[Example],
     rng: &mut TrainRng,
@@ -886,9 +902,10 @@ pub fn ppo_update(
                 });
             // each replica's shard of the minibatch: its weighted loss, gradients and metrics;
             // the first replica adds the ptx term
+            let coefs = (kl_coef, entropy.applied() as f32);
             let shards = replicas.run(&models, device, &|m, shard| {
                 let ptx = ptx_batch.as_deref().filter(|_| shard.index == 0);
-                shard_gradients(m, experience, rows, shard, ptx, cfg, kl_coef)
+                shard_gradients(m, experience, rows, shard, ptx, cfg, coefs)
             })?;
             let shards: Vec<_> = shards.into_iter().flatten().collect();
             if shards.is_empty() {
@@ -897,7 +914,7 @@ pub fn ppo_update(
                 step += 1;
                 continue;
             }
-            let (parts, mut metrics) = combine_shards(shards, cfg);
+            let (parts, mut metrics) = combine_shards(shards, cfg, coefs.1);
             let loss_value = metrics
                 .iter()
                 .find(|m| m.0 == names::LOSS_TOTAL)
@@ -911,6 +928,14 @@ pub fn ppo_update(
                 stats.skipped += 1;
             }
             step += 1;
+            // adaptive entropy control: the step's entropy over the tokens the bonus read sets
+            // the coefficient of the next
+            if let Some(h) = metrics.iter().find(|m| m.0 == names::LOSS_ENTROPY) {
+                entropy.update(h.1);
+            }
+            if entropy.active() {
+                metrics.push((names::ENTROPY_COEF, entropy.coef()));
+            }
             stats.minibatches.push(metrics);
         }
     }
@@ -927,12 +952,12 @@ fn shard_gradients(
     shard: Shard<'_>,
     ptx: Option<&[&Example]>,
     cfg: &PpoConfig,
-    kl_coef: f32,
+    (kl_coef, entropy_coef): (f32, f32),
 ) -> Result<Option<(GradientsParams, Metrics, Share)>> {
     let mb = experience.shard(rows, shard, models.policy.vocab_size())?;
     let (mut loss, mut metrics, share) = match &mb {
         Some(mb) => {
-            let (loss, metrics) = minibatch_loss(models, mb, cfg, kl_coef);
+            let (loss, metrics) = minibatch_loss(models, mb, cfg, kl_coef, entropy_coef);
             (Some(loss), metrics, mb.share)
         }
         None => (None, Vec::new(), Share::NONE),
@@ -964,6 +989,7 @@ fn shard_gradients(
 fn combine_shards(
     shards: Vec<(GradientsParams, Metrics, Share)>,
     cfg: &PpoConfig,
+    entropy_coef: f32,
 ) -> (Vec<GradientsParams>, Metrics) {
     let mut sums: Vec<(&'static str, f64)> = Vec::new();
     let mut parts = Vec::with_capacity(shards.len());
@@ -988,7 +1014,7 @@ fn combine_shards(
     }
     // each weight is a share of the whole minibatch: the weighted sum is the minibatch's mean
     let mut metrics: Metrics = sums;
-    let total = loss_total(&metrics, cfg);
+    let total = loss_total(&metrics, cfg, entropy_coef);
     match metrics.iter_mut().find(|m| m.0 == names::LOSS_TOTAL) {
         Some(m) => m.1 = total,
         None => metrics.push((names::LOSS_TOTAL, total)),
@@ -1053,6 +1079,7 @@ pub fn ppo_iteration(
     prompts: &[&str],
     cfg: &PpoConfig,
     kl_coef: f32,
+    entropy: &mut EntropyController,
     lr: &dyn Fn(u64) -> f64,
     rng: &mut TrainRng,
     device: &Device,
@@ -1147,6 +1174,7 @@ pub fn ppo_iteration(
         &experience,
         cfg,
         kl_coef,
+        entropy,
         lr,
         inputs.demonstrations,
         rng,
@@ -1199,8 +1227,8 @@ pub struct PpoReport {
 
 /// Trains `models` (on the autodiff `device`) for `cfg.iterations` iterations of
 /// [`ppo_iteration`]. With an output directory in `run_options`, metrics go to `metrics.jsonl`
-/// (one line per iteration) and checkpoints (models, optimizer, KL controller, iteration) to
-/// `checkpoints/`; a run started again in the same directory resumes after its newest checkpoint.
+/// (one line per iteration) and checkpoints (models, optimizer, the KL and entropy controllers,
+/// iteration) to `checkpoints/`; a run started again in the same directory resumes after its newest checkpoint.
 pub fn train_ppo(
     models: PolicyAndValue,
     inputs: &PpoInputs,
@@ -1220,14 +1248,14 @@ pub fn train_ppo(
     check_memory(&models, inputs.reference, cfg, replicas, device)?;
     let total = cfg.iterations as u64;
     let mut optim = cfg.optimizer.build()?;
-    let mut kl = cfg.kl.clone();
+    let mut ctl = Controllers::of(cfg);
     let (mut run, resume) = Run::start(run_options, total, "ppo")?;
     let mut report = PpoReport {
         episodes_per_iteration: cfg.batch_size() as u64,
         ..PpoReport::default()
     };
     if let Some(c) = resume {
-        (models, optim, kl) = restore(&c, run_options, models, optim, live.as_ref())?;
+        (models, optim, ctl) = restore(&c, run_options, models, optim, live.as_ref())?;
         report.iterations = c.step;
     }
     let updates_per_iteration = (cfg.ppo_epochs * cfg.num_minibatches) as u64;
@@ -1235,10 +1263,9 @@ pub fn train_ppo(
     for it in report.iterations..total {
         // 1–5. sample, score, experience and update on the iteration's prompts
         let mut rng = TrainRng::seed_from_u64(cfg.seed).fork(&format!("ppo-iteration-{it}"));
-        let picked = prompt_indices(inputs.prompts.len(), cfg.prompts_per_batch, it, cfg.seed);
-        let prompts: Vec<&str> = picked.iter().map(|&i| inputs.prompts[i].as_str()).collect();
+        let prompts = iteration_prompts(inputs.prompts, cfg, it);
         let lr = |s: u64| schedule.lr_at(cfg.optimizer.lr, it * updates_per_iteration + s);
-        let beta = kl.value() as f32;
+        let beta = ctl.kl.value() as f32;
         let reference = live.as_ref().map(LiveReference::current);
         let inputs_now = inputs.with_reference(reference.as_ref());
         let step = ppo_iteration(
@@ -1248,6 +1275,7 @@ pub fn train_ppo(
             &prompts,
             cfg,
             beta,
+            &mut ctl.entropy,
             &lr,
             &mut rng,
             device,
@@ -1264,7 +1292,7 @@ pub fn train_ppo(
         // 6. the metrics line, the KL controller's update, eval, log and checkpoint
         let mut line = iteration_line(step.metrics, run.skipped_steps(), beta, lr(0));
         let kl_now = metric(&line, names::OBJECTIVE_KL).unwrap_or(0.0);
-        kl.update(kl_now, cfg.batch_size());
+        ctl.kl.update(kl_now, cfg.batch_size());
         line.extend(eval_if_due(inputs, &models.policy, done, total));
         let parts = step.score_parts.iter().map(|(k, v)| (k.as_str(), *v));
         run.log(done, &line.iter().copied().chain(parts).collect::<Vec<_>>())?;
@@ -1275,11 +1303,17 @@ pub fn train_ppo(
         report.iterations_this_run += 1;
         report.last = line;
         let extra = live.as_ref().map(|l| l.parts()).unwrap_or_default();
-        checkpoint_if_due(&run, done, total, (&models, &optim, &kl), extra)?;
+        checkpoint_if_due(&run, done, total, (&models, &optim, &ctl), extra)?;
     }
-    report.final_kl_coef = kl.value();
+    report.final_kl_coef = ctl.kl.value();
     run.finish();
     Ok((models, report))
+}
+
+/// The prompts of iteration `it`.
+fn iteration_prompts<'p>(prompts: &'p [String], cfg: &PpoConfig, it: u64) -> Vec<&'p str> {
+    let picked = prompt_indices(prompts.len(), cfg.prompts_per_batch, it, cfg.seed);
+    picked.iter().map(|&i| prompts[i].as_str()).collect()
 }
 
 /// The learning rate over the run's `updates`: annealed linearly to 0 when `cfg.anneal_lr`.
@@ -1409,7 +1443,7 @@ fn check_memory(
     // product with the probabilities, for the gradient
     let bonus_bytes = |r: u64| {
         let cells = r * cfg.response_length as u64 * models.policy.vocab_size() as u64;
-        if cfg.entropy_coef != 0.0 {
+        if cfg.entropy_controller().active() {
             2 * 4 * cells
         } else {
             0
@@ -1447,15 +1481,15 @@ fn check_memory(
     )
 }
 
-/// The models, the optimizer and the KL controller (and a synced reference, into `live`) as
-/// checkpoint `c` (of the run in `run_options`' output directory) saved them.
+/// The models, the optimizer, the KL and the entropy controllers (and a synced reference, into
+/// `live`) as checkpoint `c` (of the run in `run_options`' output directory) saved them.
 fn restore(
     c: &Checkpoint,
     run_options: &RunOptions,
     models: PolicyAndValue,
     optim: ModuleOptimizer,
     live: Option<&LiveReference<CausalLm>>,
-) -> Result<(PolicyAndValue, ModuleOptimizer, KlController)> {
+) -> Result<(PolicyAndValue, ModuleOptimizer, Controllers)> {
     let dir = run_options.out_dir.clone().unwrap_or_default();
     if let Some(l) = live {
         l.restore(c, &dir)?;
@@ -1463,11 +1497,14 @@ fn restore(
     let part = |name: &str| c.part(name, &dir);
     let models = module_from_bytes(models, part("models")?)?;
     let optim = optimizer_from_bytes(optim, part("optimizer")?)?;
-    let kl = serde_json::from_value(c.state["kl"].clone()).map_err(|e| Error::Checkpoint {
+    let bad = |what: &str, e: serde_json::Error| Error::Checkpoint {
         path: dir.clone(),
-        message: format!("bad KL controller state: {e}"),
-    })?;
-    Ok((models, optim, kl))
+        message: format!("bad {what} state: {e}"),
+    };
+    let kl = serde_json::from_value(c.state["kl"].clone()).map_err(|e| bad("KL controller", e))?;
+    let entropy = serde_json::from_value(c.state["entropy"].clone())
+        .map_err(|e| bad("entropy controller", e))?;
+    Ok((models, optim, Controllers { kl, entropy }))
 }
 
 /// Counts in `run` every minibatch step of iteration `done` whose loss or gradient norm was not
@@ -1514,13 +1551,31 @@ fn eval_is_due(done: u64, total: u64, every: u64, first: bool) -> bool {
     (first && done == 1) || eval_due(done, total, every)
 }
 
-/// Saves a checkpoint after iteration `done` when one is due (models, optimizer, KL controller,
-/// and the `extra` parts: a synced reference), then stops the run if it was interrupted.
+/// The controllers of the loss's coefficients, whose state a checkpoint holds: β's and the
+/// entropy bonus's.
+struct Controllers {
+    kl: KlController,
+    entropy: EntropyController,
+}
+
+impl Controllers {
+    /// The controllers at the start of a run.
+    fn of(cfg: &PpoConfig) -> Self {
+        Controllers {
+            kl: cfg.kl.clone(),
+            entropy: cfg.entropy_controller(),
+        }
+    }
+}
+
+/// Saves a checkpoint after iteration `done` when one is due (models, optimizer, the KL and the
+/// entropy controllers, and the `extra` parts: a synced reference), then stops the run if it was
+/// interrupted.
 fn checkpoint_if_due(
     run: &Run,
     done: u64,
     total: u64,
-    (models, optim, kl): (&PolicyAndValue, &ModuleOptimizer, &KlController),
+    (models, optim, ctl): (&PolicyAndValue, &ModuleOptimizer, &Controllers),
     extra: Vec<(String, Part<'static>)>,
 ) -> Result<()> {
     if !run.checkpoint_due(done, total) {
@@ -1536,7 +1591,7 @@ fn checkpoint_if_due(
             .into_iter()
             .chain(extra)
             .collect(),
-            state: json!({ "trainer": "ppo", "kl": kl }),
+            state: json!({ "trainer": "ppo", "kl": ctl.kl, "entropy": ctl.entropy }),
         })
     })?;
     run.stop_if_interrupted(done)

@@ -315,6 +315,7 @@ fn a_response_without_eos_gets_the_penalty() {
         &refs,
         &cfg,
         0.05,
+        &mut cfg.entropy_controller(),
         &|_| 1e-3,
         &mut TrainRng::seed_from_u64(0),
         &f.device,
@@ -338,6 +339,7 @@ fn a_response_without_eos_gets_the_penalty() {
         &refs,
         &no_penalty,
         0.05,
+        &mut no_penalty.entropy_controller(),
         &|_| 1e-3,
         &mut TrainRng::seed_from_u64(0),
         &f.device,
@@ -382,6 +384,7 @@ fn the_first_minibatch_of_the_first_epoch_has_ratio_one_for_every_estimator() {
             &refs,
             &cfg,
             0.05,
+            &mut cfg.entropy_controller(),
             &|_| 1e-2,
             &mut TrainRng::seed_from_u64(1),
             &f.device,
@@ -422,6 +425,7 @@ fn dropout_is_turned_off_or_the_first_ratio_is_not_one() {
             &refs,
             &cfg,
             0.05,
+            &mut cfg.entropy_controller(),
             &|_| 1e-3,
             &mut TrainRng::seed_from_u64(1),
             &device,
@@ -479,12 +483,14 @@ fn advantages_and_targets_at_masked_positions_never_change_the_loss() {
             &exp.minibatch(&rows, vocab, &f.device).unwrap(),
             &cfg,
             0.1,
+            cfg.entropy_coef,
         );
         let (b, _) = minibatch_loss(
             &models,
             &junk.minibatch(&rows, vocab, &f.device).unwrap(),
             &cfg,
             0.1,
+            cfg.entropy_coef,
         );
         let (ga, gb) = (a.clone().backward(), b.clone().backward());
         let (la, lb) = (a.into_scalar::<f32>(), b.into_scalar::<f32>());
@@ -575,7 +581,7 @@ fn the_kl_loss_term_is_aggregated_as_the_policy_loss() {
             ..grpo.clone()
         };
         cfg.validate().unwrap();
-        let (_, metrics) = minibatch_loss(&models, &mb, &cfg, beta as f32);
+        let (_, metrics) = minibatch_loss(&models, &mb, &cfg, beta as f32, cfg.entropy_coef);
         let (term, kl) = (
             get(&metrics, names::LOSS_KL),
             get(&metrics, names::KL_LOSS_TERM),
@@ -726,6 +732,7 @@ fn ptx_with_a_zero_coefficient_leaves_the_update_bit_identical() {
             exp,
             cfg,
             0.05,
+            &mut cfg.entropy_controller(),
             &|_| 1e-3,
             demos,
             &mut TrainRng::seed_from_u64(4),
@@ -889,6 +896,7 @@ proptest::proptest! {
                         &exp,
                         &cfg,
                         0.05,
+                        &mut cfg.entropy_controller(),
                         &|_| cfg.optimizer.lr,
                         &demos,
                         &mut TrainRng::seed_from_u64(4),

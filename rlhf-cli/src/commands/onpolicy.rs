@@ -12,7 +12,7 @@ use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args, ValueEnum};
 use rlhf_core::train::metrics::names;
 use rlhf_core::train::{OptimizerConfig, RunOptions, SyncRef};
-use rlhf_core::{KlController, KlEstimator, LossAggregation, PolicyObjective};
+use rlhf_core::{AdaptiveEntropy, KlController, KlEstimator, LossAggregation, PolicyObjective};
 use rlhf_data::{ReadOptions, Tokenizer};
 use rlhf_models::{CausalLm, ScalarModel, TransformerConfig};
 use rlhf_ppo::{
@@ -339,9 +339,30 @@ pub struct OnPolicyArgs {
     #[arg(long)]
     pub top_entropy_quantile: Option<f32>,
     /// The entropy bonus c: the loss gains −c times the policy's mean entropy over the tokens
-    /// that carry the policy gradient (0: off) [TRL: --entropy_coef].
+    /// that carry the policy gradient (0: off; the initial c with --use-adaptive-entropy)
+    /// [TRL: --entropy_coef].
     #[arg(long, allow_hyphen_values = true)]
     pub entropy_coef: Option<f32>,
+    /// Skywork-OR1's adaptive entropy control: after each optimizer step c rises by
+    /// --entropy-coef-delta when the step's mean entropy was at most --entropy-target and falls
+    /// by it otherwise, within [--entropy-coef-min, --entropy-coef-max]; a step applies c only
+    /// when the last step's entropy was at most the target [TRL: --use_adaptive_entropy].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub use_adaptive_entropy: Option<bool>,
+    /// The mean entropy per token (nats) at or below which adaptive control applies c
+    /// (default 0.2) [TRL: --entropy_target].
+    #[arg(long)]
+    pub entropy_target: Option<f64>,
+    /// Adaptive control's change of c per optimizer step (default 0.005)
+    /// [TRL: --entropy_coef_delta].
+    #[arg(long)]
+    pub entropy_coef_delta: Option<f64>,
+    /// The least c adaptive control sets (default 0) [TRL: --entropy_coef_min].
+    #[arg(long)]
+    pub entropy_coef_min: Option<f64>,
+    /// The largest c adaptive control sets (default 1) [TRL: --entropy_coef_max].
+    #[arg(long)]
+    pub entropy_coef_max: Option<f64>,
     /// How per-token losses are aggregated; `cispo` also selects CISPO's surrogate
     /// [TRL: --loss_type].
     #[arg(long, value_enum)]
@@ -518,12 +539,9 @@ impl OnPolicyArgs {
         }
         self.length_bucket_width = self.length_bucket_width.or(c.length_bucket_width);
         self.scale_rewards = self.scale_rewards.or(ScaleRewards::of(c.advantage));
-        let sync = c.sync_ref.unwrap_or_default();
+        self.complete_controls(&c);
         fill!(
             multi_objective_aggregation <- Aggregation::of(c.multi_objective_aggregation),
-            sync_ref_model <- c.sync_ref.is_some(),
-            ref_model_mixup_alpha <- sync.alpha,
-            ref_model_sync_steps <- sync.steps,
             loss_type <- match (c.policy_objective, c.loss_aggregation) {
                 (PolicyObjective::Cispo, _) => LossType::Cispo,
                 (_, LossAggregation::Grpo) => LossType::Grpo,
@@ -550,6 +568,21 @@ impl OnPolicyArgs {
         };
         fill!(overlong_buffer <- buffer.unwrap_or(0));
         self
+    }
+
+    /// [`Self::completed`]'s part for the synced reference and the adaptive entropy control.
+    fn complete_controls(&mut self, c: &PpoConfig) {
+        let sync = c.sync_ref.unwrap_or_default();
+        self.sync_ref_model.get_or_insert(c.sync_ref.is_some());
+        self.ref_model_mixup_alpha.get_or_insert(sync.alpha);
+        self.ref_model_sync_steps.get_or_insert(sync.steps);
+        let adaptive = c.adaptive_entropy.unwrap_or_default();
+        self.use_adaptive_entropy
+            .get_or_insert(c.adaptive_entropy.is_some());
+        self.entropy_target.get_or_insert(adaptive.target);
+        self.entropy_coef_delta.get_or_insert(adaptive.delta);
+        self.entropy_coef_min.get_or_insert(adaptive.min);
+        self.entropy_coef_max.get_or_insert(adaptive.max);
     }
 
     /// The method's recipe with every option given here applied; `query_length` is the longest
@@ -646,6 +679,15 @@ impl OnPolicyArgs {
             c.sync_ref = on.then(|| SyncRef {
                 alpha: self.ref_model_mixup_alpha.unwrap_or(d.alpha),
                 steps: self.ref_model_sync_steps.unwrap_or(d.steps),
+            });
+        }
+        if let Some(on) = self.use_adaptive_entropy {
+            let d = c.adaptive_entropy.unwrap_or_default();
+            c.adaptive_entropy = on.then(|| AdaptiveEntropy {
+                target: self.entropy_target.unwrap_or(d.target),
+                delta: self.entropy_coef_delta.unwrap_or(d.delta),
+                min: self.entropy_coef_min.unwrap_or(d.min),
+                max: self.entropy_coef_max.unwrap_or(d.max),
             });
         }
         if let Some(rounds) = self.dynamic_sampling {
@@ -997,5 +1039,47 @@ mod tests {
             config(Method::Grpo, &[]).advantage,
             AdvantageEstimator::Grpo
         );
+    }
+
+    /// `--use-adaptive-entropy` turns the controller on with TRL's defaults, each of its four
+    /// numbers has a flag, and without it they change nothing.
+    #[test]
+    fn adaptive_entropy_flags_set_the_controller() {
+        assert_eq!(config(Method::Grpo, &[]).adaptive_entropy, None);
+        assert_eq!(
+            config(Method::Grpo, &["--entropy-target", "3"]).adaptive_entropy,
+            None
+        );
+        assert_eq!(
+            config(Method::Grpo, &["--use-adaptive-entropy"]).adaptive_entropy,
+            Some(AdaptiveEntropy::default())
+        );
+        let c = config(
+            Method::Ppo,
+            &[
+                "--use-adaptive-entropy",
+                "--entropy-coef",
+                "0.1",
+                "--entropy-target",
+                "3",
+                "--entropy-coef-delta",
+                "0.01",
+                "--entropy-coef-min",
+                "0.05",
+                "--entropy-coef-max",
+                "0.5",
+            ],
+        );
+        assert_eq!(c.entropy_coef, 0.1);
+        assert_eq!(
+            c.adaptive_entropy,
+            Some(AdaptiveEntropy {
+                target: 3.0,
+                delta: 0.01,
+                min: 0.05,
+                max: 0.5,
+            })
+        );
+        assert!(c.validate().is_ok());
     }
 }

@@ -1576,6 +1576,91 @@ fn grpo_with_a_synced_reference_starts_each_synced_rollout_at_kl_0() {
     );
 }
 
+/// `--use-adaptive-entropy` (TRL's, Skywork-OR1's control): with the target above any entropy
+/// the logged `entropy_coef` climbs by `--entropy-coef-delta` an optimizer step to
+/// `--entropy-coef-max`; with it below, it falls to `--entropy-coef-min`. A run killed after a
+/// checkpoint resumes to the weights and the coefficients of an uninterrupted one (the
+/// checkpoints hold the controller).
+#[test]
+fn grpo_with_adaptive_entropy_logs_its_coefficient_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = head("prompts.jsonl", 16, dir.path());
+    let args = |out: &Path, target: &str, extra: &[&str]| -> Vec<String> {
+        let control = [
+            "--learning-rate",
+            "1e-3",
+            "--logging-steps",
+            "1",
+            "--num-ppo-epochs",
+            "1",
+            "--num-mini-batches",
+            "1",
+            "--use-adaptive-entropy",
+            "--entropy-coef",
+            "0.1",
+            "--entropy-coef-delta",
+            "0.05",
+            "--entropy-coef-min",
+            "0.02",
+            "--entropy-coef-max",
+            "0.3",
+            "--entropy-target",
+            target,
+        ];
+        grpo_on_length(&prompts, out, "16", &[&control[..], extra].concat())
+    };
+    let climbs = dir.path().join("climbs");
+    ok(&args(&climbs, "100", &[]));
+    let falls = dir.path().join("falls");
+    ok(&args(&falls, "0.001", &[]));
+    let (up, down) = (
+        metric(&climbs, "entropy_coef"),
+        metric(&falls, "entropy_coef"),
+    );
+    assert!(up.len() == 16 && down.len() == 16);
+    for (i, (u, d)) in up.iter().zip(&down).enumerate() {
+        let k = (i + 1) as f64;
+        let (want_up, want_down) = ((0.1 + 0.05 * k).min(0.3), (0.1 - 0.05 * k).max(0.02));
+        assert!(
+            (u - want_up).abs() < 1e-6,
+            "iteration {k}: c {u}, want {want_up}"
+        );
+        assert!(
+            (d - want_down).abs() < 1e-6,
+            "iteration {k}: c {d}, want {want_down}"
+        );
+    }
+    refused(
+        &grpo_on_length(
+            &prompts,
+            &dir.path().join("bad"),
+            "16",
+            &[
+                "--use-adaptive-entropy",
+                "--entropy-coef",
+                "0.5",
+                "--entropy-coef-max",
+                "0.3",
+            ],
+        ),
+        "must lie in [entropy_coef_min, entropy_coef_max]",
+    );
+    let straight = dir.path().join("straight");
+    ok(&args(&straight, "100", &["--save-steps", "2"]));
+    let broken = dir.path().join("broken");
+    let resumable = args(&broken, "100", &["--save-steps", "2"]);
+    kill_then_resume_at(&resumable, &broken, "entropy_coef", 9);
+    assert!(
+        std::fs::read(straight.join("model.safetensors")).unwrap()
+            == std::fs::read(broken.join("model.safetensors")).unwrap(),
+        "the resumed run's weights differ from the uninterrupted run's"
+    );
+    assert_eq!(
+        metric(&straight, "entropy_coef"),
+        metric(&broken, "entropy_coef")
+    );
+}
+
 /// `--log-completions` (TRL's): each logged iteration's first `--num-completions-to-print`
 /// samples go to completions.jsonl, with the prompt as the policy read it, the completion, its
 /// score and advantage; a run killed after its checkpoint and resumed writes the same file as an

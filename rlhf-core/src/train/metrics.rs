@@ -129,6 +129,7 @@ pub mod names {
     pub const TRAIN_LR: &str = "learning_rate";
     pub const TRAIN_GRAD_NORM: &str = "grad_norm";
     pub const TRAIN_KL_COEF: &str = "objective/kl_coef";
+    pub const ENTROPY_COEF: &str = "entropy_coef";
     pub const TRAIN_SKIPPED_STEPS: &str = "train/skipped_steps";
     pub const CLIP_RATIO_LOW: &str = "clip_ratio/low_mean";
     pub const CLIP_RATIO_HIGH: &str = "clip_ratio/high_mean";

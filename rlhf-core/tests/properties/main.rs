@@ -8,6 +8,7 @@ mod common;
 
 mod advantages;
 mod divergence;
+mod entropy_controller;
 mod high_entropy;
 mod kl;
 mod logprobs;

@@ -103,6 +103,7 @@ fn one_ppo_and_one_grpo_iteration_match_flex() {
                 &exp,
                 &cfg,
                 0.05,
+                &mut cfg.entropy_controller(),
                 &|_| cfg.optimizer.lr,
                 &[],
                 &mut TrainRng::seed_from_u64(9),

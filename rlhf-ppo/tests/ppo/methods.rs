@@ -7,11 +7,11 @@ use burn::module::Module;
 use rand::SeedableRng;
 use rlhf_core::train::metrics::names;
 use rlhf_core::train::{Metrics, OptimizerConfig, TrainRng};
-use rlhf_core::{LossAggregation, PolicyObjective};
+use rlhf_core::{AdaptiveEntropy, LossAggregation, PolicyObjective};
 use rlhf_models::{Generation, SamplingConfig, generate};
 use rlhf_ppo::{
-    AdvantageEstimator, PolicyAndValue, PpoConfig, PpoInputs, encode_queries, make_experience,
-    minibatch_loss, overlong_penalty, ppo_iteration, ppo_update,
+    AdvantageEstimator, PolicyAndValue, PpoConfig, PpoInputs, UpdateStats, encode_queries,
+    make_experience, minibatch_loss, overlong_penalty, ppo_iteration, ppo_update,
 };
 
 use rlhf_testkit::counting;
@@ -156,7 +156,7 @@ fn the_sampler_and_the_trainer_agree_on_the_rollout_log_probs() {
             rollout_is_cap: cap,
             ..cfg.clone()
         };
-        let (_, m) = minibatch_loss(&models, &mb, &cfg, 0.0);
+        let (_, m) = minibatch_loss(&models, &mb, &cfg, 0.0, cfg.entropy_coef);
         let (got, want) = (metric(&m, names::LOSS_POLICY), host_mean(w));
         assert!(
             (got - want).abs() < 1e-4,
@@ -192,7 +192,7 @@ fn the_sampler_and_the_trainer_agree_on_the_rollout_log_probs() {
             top_entropy_quantile: rho,
             ..cfg.clone()
         };
-        let (_, m) = minibatch_loss(&models, &mb, &cfg, 0.0);
+        let (_, m) = minibatch_loss(&models, &mb, &cfg, 0.0, cfg.entropy_coef);
         let (got, want) = (metric(&m, names::LOSS_POLICY), host_mean(&selected));
         assert!(
             (got - want).abs() < 1e-4,
@@ -274,6 +274,16 @@ impl Updates {
         cfg: &PpoConfig,
         generation: &Generation,
     ) -> (Vec<f32>, rlhf_ppo::Experience, Metrics) {
+        let (logits, exp, metrics, _) = self.update_with(cfg, generation);
+        (logits, exp, metrics)
+    }
+
+    /// [`Self::update`], with the update's own statistics.
+    fn update_with(
+        &self,
+        cfg: &PpoConfig,
+        generation: &Generation,
+    ) -> (Vec<f32>, rlhf_ppo::Experience, Metrics, UpdateStats) {
         let load = || counting::load(&self.bytes, self.vocab, 0.0, &self.device);
         let models = PolicyAndValue::new(load(), None);
         let inference = PolicyAndValue {
@@ -293,12 +303,13 @@ impl Updates {
         )
         .unwrap();
         let mut optim = cfg.optimizer.build().unwrap();
-        let (models, _) = ppo_update(
+        let (models, stats) = ppo_update(
             models,
             &mut optim,
             &exp,
             cfg,
             0.0,
+            &mut cfg.entropy_controller(),
             &|_| cfg.optimizer.lr,
             &[],
             &mut TrainRng::seed_from_u64(9),
@@ -307,7 +318,7 @@ impl Updates {
         )
         .unwrap();
         let logits = models.policy.valid().forward(&self.probe_input, None);
-        (rlhf_core::host::to_f32_vec(logits), exp, metrics)
+        (rlhf_core::host::to_f32_vec(logits), exp, metrics, stats)
     }
 }
 
@@ -356,6 +367,118 @@ fn the_entropy_bonus_moves_the_entropy_its_way() {
     let start = mean_entropy(&updates.start(), updates.vocab);
     eprintln!("entropy: start {start:.4}, c 1 {up:.4}, c 0 {none:.4}, c −1 {down:.4}");
     assert!(up > none + 1e-3 && none > down + 1e-3, "{up} {none} {down}");
+}
+
+/// Skywork-OR1's adaptive entropy control, over one update of four optimizer steps (two epochs of
+/// two minibatches) on the same rollout:
+/// - before the first step there is no measurement, so the first step applies no bonus: one step
+///   with `c = 1` takes the step of `c = 0`, where a fixed `c = 1` takes another;
+/// - with the target below any entropy the gate never opens: `c` falls by `δ` each step and the
+///   update is the one without a bonus;
+/// - with the target above every entropy `c` rises by `δ` up to `c_max`, each step's `loss/total`
+///   holds `−c·H̄` with the `c` of the step before, and the policy's entropy ends higher;
+/// - the step compares its own mean entropy with the target: a target just above the first
+///   step's `H̄` raises `c`, one just below lowers it; with a share of high-entropy tokens, `H̄`
+///   is their mean.
+#[test]
+fn adaptive_entropy_applies_its_coefficient_after_a_step_at_or_below_the_target() {
+    let base = small(AdvantageEstimator::Grpo);
+    let updates = Updates::new(&base);
+    let full = updates.full_length(base.response_length);
+    let adaptive = |c: f32, target: f64, delta: f64, max: f64, one_step: bool| PpoConfig {
+        entropy_coef: c,
+        adaptive_entropy: Some(AdaptiveEntropy {
+            target,
+            delta,
+            min: 0.0,
+            max,
+        }),
+        ppo_epochs: if one_step { 1 } else { base.ppo_epochs },
+        num_minibatches: if one_step { 1 } else { base.num_minibatches },
+        ..base.clone()
+    };
+    let fixed = |c: f32, one_step: bool| PpoConfig {
+        entropy_coef: c,
+        adaptive_entropy: None,
+        ..adaptive(c, 1.0, 0.0, 1.0, one_step)
+    };
+    let run = |cfg: &PpoConfig| updates.update_with(cfg, &full);
+    let coefs = |stats: &UpdateStats| -> Vec<f64> {
+        let c = stats.minibatches.iter();
+        c.map(|m| metric(m, names::ENTROPY_COEF)).collect()
+    };
+    let close = |a: &[f64], b: &[f64]| {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-9)
+    };
+
+    // the first step: nothing measured yet, no bonus
+    let (first, ..) = run(&adaptive(1.0, 1e3, 0.0, 1.0, true));
+    let (none, ..) = run(&fixed(0.0, true));
+    let (bonus, ..) = run(&fixed(1.0, true));
+    assert!(worst(&first, &none) < 1e-6, "{}", worst(&first, &none));
+    assert!(worst(&bonus, &none) > 1e-3, "{}", worst(&bonus, &none));
+
+    // the gate never opens: the update is the one without a bonus, and c falls by δ a step
+    let (closed, _, _, stats) = run(&adaptive(1.0, 1e-6, 0.25, 1.0, false));
+    let (none, ..) = run(&fixed(0.0, false));
+    assert!(worst(&closed, &none) < 1e-6, "{}", worst(&closed, &none));
+    assert!(
+        close(&coefs(&stats), &[0.75, 0.5, 0.25, 0.0]),
+        "{:?}",
+        coefs(&stats)
+    );
+
+    // always at or below the target: c rises to c_max, each step applying the one before
+    let (open, _, _, stats) = run(&adaptive(0.0, 1e3, 0.5, 1.2, false));
+    assert!(
+        close(&coefs(&stats), &[0.5, 1.0, 1.2, 1.2]),
+        "{:?}",
+        coefs(&stats)
+    );
+    for (m, applied) in stats.minibatches.iter().zip([0.0, 0.5, 1.0, 1.2]) {
+        let want = metric(m, names::LOSS_POLICY) - applied * metric(m, names::LOSS_ENTROPY);
+        let total = metric(m, names::LOSS_TOTAL);
+        assert!(
+            (total - want).abs() < 1e-6,
+            "loss/total {total}, want {want} (c {applied})"
+        );
+    }
+    let (h_open, h_none) = (
+        mean_entropy(&open, updates.vocab),
+        mean_entropy(&none, updates.vocab),
+    );
+    assert!(
+        h_open > h_none + 1e-3,
+        "entropy {h_open} with the bonus, {h_none} without"
+    );
+
+    // the comparison reads the step's own mean entropy
+    let h0 = metric(&stats.minibatches[0], names::LOSS_ENTROPY);
+    for (target, want) in [(h0 + 1e-3, 0.6), (h0 - 1e-3, 0.4)] {
+        let (.., stats) = run(&adaptive(0.5, target, 0.1, 1.0, false));
+        let got = coefs(&stats)[0];
+        assert!(
+            (got - want).abs() < 1e-9,
+            "target {target} (H̄ {h0}): c {got}, want {want}"
+        );
+    }
+    // with a share ρ of high-entropy tokens, over those tokens (TRL's effective mask), whose mean
+    // lies above every token's: a target between the two lowers c
+    let selected = |target: f64| PpoConfig {
+        top_entropy_quantile: 0.5,
+        ..adaptive(0.5, target, 0.1, 1.0, false)
+    };
+    let (.., stats) = run(&selected(1e3));
+    let (all, high) = (
+        metric(&stats.minibatches[0], names::POLICY_ENTROPY),
+        metric(&stats.minibatches[0], names::LOSS_ENTROPY),
+    );
+    assert!(
+        high > all + 1e-3,
+        "H̄ {high} over the top half, {all} over all"
+    );
+    let (.., stats) = run(&selected((all + high) / 2.0));
+    assert!((coefs(&stats)[0] - 0.4).abs() < 1e-9, "{:?}", coefs(&stats));
 }
 
 /// With every response `L_max` tokens long and the symmetric clip, GRPO's per-response mean,
@@ -591,6 +714,7 @@ impl Counting {
             &picked,
             cfg,
             0.0,
+            &mut cfg.entropy_controller(),
             &|_| cfg.optimizer.lr,
             &mut TrainRng::seed_from_u64(5),
             &self.device,
