@@ -7,7 +7,7 @@ use anyhow::{Result, bail};
 use burn::tensor::Device;
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args, Command, FromArgMatches, ValueEnum};
-use rlhf_core::train::{LrSchedule, OptimizerConfig, Replicas, RunOptions};
+use rlhf_core::train::{LrSchedule, OptimizerConfig, Replicas, RunOptions, SyncRef};
 use rlhf_data::{FieldNames, Kind, ReadOptions, detect_kind};
 use rlhf_models::{LoraConfig, Precision, SamplingConfig};
 use serde::{Deserialize, Serialize};
@@ -387,6 +387,35 @@ pub struct FrozenArgs {
     pub frozen_dtype: Precision,
 }
 
+/// TR-DPO's reference that follows the policy, for the offline trainers (DPO, KTO).
+#[derive(Args, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(default)]
+pub struct SyncRefArgs {
+    /// TR-DPO: every --ref-model-sync-steps optimizer steps, move the reference to α·policy +
+    /// (1 − α)·reference, α being --ref-model-mixup-alpha; its log-probs are then computed batch
+    /// by batch (--ref-cache is not read), and it is saved in every checkpoint; not with LoRA
+    /// [TRL: --sync_ref_model].
+    #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub sync_ref_model: bool,
+    /// TR-DPO's α, the policy's share of the new reference [TRL: --ref_model_mixup_alpha].
+    #[arg(long, default_value_t = 0.6)]
+    pub ref_model_mixup_alpha: f32,
+    /// TR-DPO's τ, optimizer steps between the reference's updates [TRL:
+    /// --ref_model_sync_steps].
+    #[arg(long, default_value_t = 512)]
+    pub ref_model_sync_steps: u64,
+}
+
+impl SyncRefArgs {
+    /// The library's setting: `None` for a frozen reference.
+    pub fn config(&self) -> Option<SyncRef> {
+        self.sync_ref_model.then_some(SyncRef {
+            alpha: self.ref_model_mixup_alpha,
+            steps: self.ref_model_sync_steps,
+        })
+    }
+}
+
 /// Where a command that samples its own responses reads its prompts.
 #[derive(Args, Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(default)]
@@ -461,6 +490,7 @@ defaults_from_clap!(
     TrainArgs,
     LoraArgs,
     FrozenArgs,
+    SyncRefArgs,
     PromptArgs,
     TokenFilterArgs
 );

@@ -4,22 +4,35 @@
 //! The adaptive controller reads the policy's mean entropy `H` over the tokens of each optimizer
 //! step. After a step whose `H ≤ H_target` it raises `c` by `δ`, otherwise it lowers it, within
 //! `[c_min, c_max]`; the next step applies `c` only when that last `H ≤ H_target`, and no bonus
-//! before the first measurement. The bonus so switches on when the entropy collapses below the
-//! target and fades once it has recovered.
+//! before the first measurement. The bonus so switches on, and grows, while the entropy is at or
+//! below the target, and switches off as soon as it is above; `c` then decays, which sets how
+//! strong the bonus returns.
+//!
+//! The settings are `f32`, as the configured coefficient is, so that a coefficient equal to a
+//! bound compares equal; the state is `f64`.
 
 use serde::{Deserialize, Serialize};
 
 /// The adaptive controller's settings (TRL's defaults).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct AdaptiveEntropy {
-    /// `H_target`, the mean per-token entropy (nats) below which the bonus applies.
-    pub target: f64,
+    /// `H_target`, the mean per-token entropy (nats): a step applies `c` when the step before
+    /// measured at most this.
+    pub target: f32,
     /// `δ`, the change of `c` after each optimizer step.
-    pub delta: f64,
+    pub delta: f32,
     /// `c_min`.
-    pub min: f64,
+    pub min: f32,
     /// `c_max`.
-    pub max: f64,
+    pub max: f32,
+}
+
+impl AdaptiveEntropy {
+    /// `(H_target, δ, c_min, c_max)` in `f64`.
+    fn wide(&self) -> (f64, f64, f64, f64) {
+        let w = f64::from;
+        (w(self.target), w(self.delta), w(self.min), w(self.max))
+    }
 }
 
 impl Default for AdaptiveEntropy {
@@ -35,7 +48,7 @@ impl Default for AdaptiveEntropy {
 }
 
 /// The entropy coefficient over a run: its state is saved with a checkpoint, so a resumed run
-/// applies the coefficients the uninterrupted one would.
+/// applies the coefficients the uninterrupted one would ([`Self::resume_from`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EntropyController {
     /// The current `c` (the initial one: the configured entropy coefficient).
@@ -48,12 +61,23 @@ pub struct EntropyController {
 
 impl EntropyController {
     /// A controller starting at `coef`, fixed when `adaptive` is `None`.
-    pub fn new(coef: f64, adaptive: Option<AdaptiveEntropy>) -> Self {
+    pub fn new(coef: f32, adaptive: Option<AdaptiveEntropy>) -> Self {
         EntropyController {
-            coef,
+            coef: f64::from(coef),
             adaptive,
             last_entropy: None,
         }
+    }
+
+    /// This run's controller carrying on from `saved`, the state a checkpoint kept: with adaptive
+    /// control, its `c` and last entropy (as TRL restores them); the settings stay this run's. A
+    /// fixed coefficient keeps this run's value.
+    pub fn resume_from(mut self, saved: &EntropyController) -> Self {
+        if self.adaptive.is_some() {
+            self.coef = saved.coef;
+            self.last_entropy = saved.last_entropy;
+        }
+        self
     }
 
     /// Checks that every number is finite, `δ ≥ 0`, `0 ≤ c_min ≤ c ≤ c_max` and `H_target > 0`.
@@ -65,6 +89,7 @@ impl EntropyController {
         let Some(a) = self.adaptive else {
             return Ok(());
         };
+        let coef = self.coef as f32;
         if !(a.target.is_finite() && a.target > 0.0) {
             return bad(format!(
                 "entropy_target is a mean entropy in nats and must be finite and > 0, got {}",
@@ -84,11 +109,11 @@ impl EntropyController {
                 a.min, a.max
             ));
         }
-        if !(a.min..=a.max).contains(&self.coef) {
+        if !(a.min..=a.max).contains(&coef) {
             return bad(format!(
-                "the initial entropy_coef {} must lie in [entropy_coef_min, entropy_coef_max] = \
-                 [{}, {}]",
-                self.coef, a.min, a.max
+                "the initial entropy_coef {coef} must lie in [entropy_coef_min, entropy_coef_max] \
+                 = [{}, {}]",
+                a.min, a.max
             ));
         }
         Ok(())
@@ -110,7 +135,7 @@ impl EntropyController {
     pub fn applied(&self) -> f64 {
         match self.adaptive {
             None => self.coef,
-            Some(a) if self.last_entropy.is_some_and(|h| h <= a.target) => self.coef,
+            Some(a) if self.last_entropy.is_some_and(|h| h <= a.wide().0) => self.coef,
             Some(_) => 0.0,
         }
     }
@@ -122,10 +147,11 @@ impl EntropyController {
         let Some(a) = self.adaptive else {
             return;
         };
-        self.coef = if entropy <= a.target {
-            (self.coef + a.delta).min(a.max)
+        let (target, delta, min, max) = a.wide();
+        self.coef = if entropy <= target {
+            (self.coef + delta).min(max)
         } else {
-            (self.coef - a.delta).max(a.min)
+            (self.coef - delta).max(min)
         };
         self.last_entropy = Some(entropy);
     }

@@ -9,6 +9,9 @@
 //! All three are exactly 0 where the two log-probs are equal. k3's exponent is held within
 //! `±LOG_RATIO_LIMIT` (as the policy loss's log-ratio is), so that extreme inputs give a finite
 //! value and gradient; within that range it is exact.
+//!
+//! As a loss term, an estimate can be weighted by the importance ratio of the policy being
+//! trained to the one that sampled ([`bias_corrected_kl`]).
 
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
@@ -49,4 +52,29 @@ pub fn kl_estimate(
             .add(lr)
             .clamp_min(0.0),
     }
+}
+
+/// DeepSeek-V3.2's bias correction of a KL loss term (TRL's `use_bias_correction_kl`): each
+/// token's estimate `per_token` times the importance ratio `ρ = exp(logπ − logπ_old)` of the
+/// policy being trained to the one that sampled, with its gradient. `log_ratio` is
+/// `logπ − logπ_old` (held within `±LOG_RATIO_LIMIT`); with `sequence_level`, `ρ` is GSPO's
+/// sequence ratio, the exponential of the mean log-ratio over the row's real tokens (`mask`),
+/// repeated along the row. All `[batch, seq]`.
+///
+/// At `π = π_old` the value is unchanged, and with k3 the gradient becomes
+/// `(logπ − logπ_ref)·∇logπ`, the unbiased gradient of the reverse KL (the uncorrected k3 term's is
+/// `(1 − π_ref/π)·∇logπ`).
+pub fn bias_corrected_kl(
+    per_token: Tensor<2>,
+    log_ratio: Tensor<2>,
+    mask: Tensor<2>,
+    sequence_level: bool,
+) -> Tensor<2> {
+    let log_ratio = log_ratio.clamp(-LOG_RATIO_LIMIT, LOG_RATIO_LIMIT);
+    let ratio = if sequence_level {
+        crate::policy_loss::sequence_ratio(log_ratio, mask)
+    } else {
+        log_ratio.exp()
+    };
+    per_token.mul(ratio)
 }

@@ -63,7 +63,7 @@ pub use device::{AdapterKind, DeviceSpec, TchKind, device_from_env, parse_device
 pub use divergence::generalized_jsd;
 pub use entropy_controller::{AdaptiveEntropy, EntropyController};
 pub use high_entropy::high_entropy_mask;
-pub use kl::{KlEstimator, kl_estimate};
+pub use kl::{KlEstimator, bias_corrected_kl, kl_estimate};
 pub use kl_controller::KlController;
 pub use logprobs::{entropy_from_logits, token_logprobs, token_logprobs_and_entropy};
 pub use masked::{masked_mean, masked_mean_dim, masked_sum, masked_var, whiten, zero_masked};

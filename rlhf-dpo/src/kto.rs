@@ -23,9 +23,12 @@
 //! examples cut into `batch_size` chunks (a last chunk of one joins the one before it, since a
 //! prompt paired with its own response would make `z_ref` the example's own log-ratio). Each
 //! batch's mismatched pairs are therefore fixed, and the reference's log-probs of the matched and
-//! the mismatched pairs come from the [`RefCache`] like DPO's. Each epoch visits the batches in
-//! its own seeded order. The mismatched pairs are read from the policy without gradients (only
-//! their detached mean is used).
+//! the mismatched pairs come from the [`RefCache`] like DPO's, or, when the reference follows the
+//! policy (TR-DPO's `sync_ref`, TRL's `sync_ref_model`), from the reference as it is, batch by
+//! batch. Each epoch visits the batches in its own seeded order. The mismatched pairs are read
+//! from the policy without gradients (only their detached mean is used).
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData, activation};
@@ -33,15 +36,17 @@ use rand::seq::SliceRandom;
 use rlhf_core::host::to_f32_vec;
 use rlhf_core::train::memory;
 use rlhf_core::train::{
-    BatchLoss, FitConfig, LrSchedule, Metrics, OptimizerConfig, RunOptions, TrainRng, fit,
-    metrics::names,
+    AfterStep, BatchLoss, FitConfig, LiveReference, LrSchedule, Metrics, OptimizerConfig,
+    RunOptions, SyncRef, TrainRng, fit_with, metrics::names,
 };
 use rlhf_core::{Error, Result};
 use rlhf_models::CausalLm;
 use serde::{Deserialize, Serialize};
 
 use crate::cache::{LogpSpec, RefCache};
-use crate::trainer::{Group, SEQUENCE_TEMPERATURE, pair_logps, reference_logps};
+use crate::trainer::{
+    Group, SEQUENCE_TEMPERATURE, batch_reference_logps, pair_logps, reference_logps,
+};
 
 /// One response to a prompt, labelled on its own.
 #[derive(Debug, Clone, PartialEq)]
@@ -165,6 +170,11 @@ pub struct KtoConfig {
     pub disable_dropout: bool,
     /// Seed of the batches and of their order.
     pub seed: u64,
+    /// TR-DPO: the reference follows the policy ([`SyncRef`]; TRL's `sync_ref_model`): every
+    /// `τ` optimizer steps it moves to `α·π_θ + (1 − α)·π_ref`, and its log-probs are read
+    /// batch by batch (the reference cache is not). `None`: frozen.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sync_ref: Option<SyncRef>,
 }
 
 impl Default for KtoConfig {
@@ -185,6 +195,7 @@ impl Default for KtoConfig {
             truncation: None,
             disable_dropout: true,
             seed: 0,
+            sync_ref: None,
         }
     }
 }
@@ -221,6 +232,9 @@ impl KtoConfig {
         }
         if self.epochs == 0 || self.grad_accum == 0 {
             return bad("epochs and grad_accum must be ≥ 1".into());
+        }
+        if let Some(sync) = &self.sync_ref {
+            sync.validate()?;
         }
         self.optimizer.validate()
     }
@@ -293,7 +307,8 @@ pub struct KtoReport {
 }
 
 /// A data set ready to train or evaluate on: its fixed batches, each example's mismatched
-/// partner, and the reference's `[logπ_ref(y|x), logπ_ref(y′|x)]` of each example.
+/// partner, and the reference's `[logπ_ref(y|x), logπ_ref(y′|x)]` of each example (empty when
+/// the reference follows the policy: then they are read batch by batch, [`Prepared::reference`]).
 struct Prepared<'a> {
     examples: &'a [KtoExample],
     batches: Vec<Vec<usize>>,
@@ -301,38 +316,67 @@ struct Prepared<'a> {
     reference: Vec<Vec<f32>>,
 }
 
-/// Each example as a group `[y, y′]` under its prompt: what the reference cache stores.
-fn kl_groups(examples: &[KtoExample], partner: &[usize]) -> Vec<Group> {
-    examples
-        .iter()
-        .zip(partner)
-        .map(|(e, &p)| Group {
-            prompt: e.prompt.clone(),
-            responses: vec![e.response.clone(), examples[p].response.clone()],
-            rewards: None,
-        })
-        .collect()
+impl Prepared<'_> {
+    /// The reference's `[logπ_ref(y|x), logπ_ref(y′|x)]` of each example of the batch `idx`:
+    /// prepared, or read now from `live`, the reference as it is (one forward batch, counted in
+    /// `batches_run`).
+    fn reference(
+        &self,
+        idx: &[usize],
+        live: Option<&CausalLm>,
+        spec: &LogpSpec,
+        device: &Device,
+        batches_run: &AtomicU64,
+    ) -> Result<Vec<Vec<f32>>> {
+        let Some(reference) = live else {
+            return Ok(idx.iter().map(|&i| self.reference[i].clone()).collect());
+        };
+        let groups: Vec<Group> = idx
+            .iter()
+            .map(|&i| kl_group(self.examples, i, self.partner[i]))
+            .collect();
+        let groups: Vec<&Group> = groups.iter().collect();
+        batches_run.fetch_add(1, Ordering::Relaxed);
+        batch_reference_logps(reference, &groups, spec, device)
+    }
 }
 
+/// Example `i` as a group `[y, y′]` under its prompt, `y′` being its `partner`'s response: what
+/// the reference cache stores.
+fn kl_group(examples: &[KtoExample], i: usize, partner: usize) -> Group {
+    Group {
+        prompt: examples[i].prompt.clone(),
+        responses: vec![
+            examples[i].response.clone(),
+            examples[partner].response.clone(),
+        ],
+        rewards: None,
+    }
+}
+
+/// `examples` in `batches`, with the frozen reference's log-probs (from `cache`, or computed and
+/// counted in `batches_run`); without them when `reference` is `None` (it follows the policy).
 fn prepare<'a>(
     examples: &'a [KtoExample],
     batches: Vec<Vec<usize>>,
-    reference: &CausalLm,
+    reference: Option<&CausalLm>,
     cfg: &KtoConfig,
     cache: &RefCache,
     device: &Device,
     batches_run: &mut u64,
 ) -> Result<Prepared<'a>> {
     let partner = mismatched_partners(&batches);
-    if examples.is_empty() {
+    let Some(reference) = reference.filter(|_| !examples.is_empty()) else {
         return Ok(Prepared {
             examples,
             batches,
             partner,
             reference: Vec::new(),
         });
-    }
-    let groups = kl_groups(examples, &partner);
+    };
+    let groups: Vec<Group> = (0..examples.len())
+        .map(|i| kl_group(examples, i, partner[i]))
+        .collect();
     let (reference, _) = cache.get_or_compute(reference, &groups, &cfg.logp_spec(), || {
         reference_logps(
             reference,
@@ -357,11 +401,13 @@ fn mean_of(values: impl Iterator<Item = f64>) -> f64 {
 }
 
 /// The loss `[1]` of the batch `idx` and its metrics: `z_ref` from the batch's mismatched pairs
-/// (the policy read without gradients), then the mean of [`kto_loss`].
+/// (the policy read without gradients), then the mean of [`kto_loss`]; `refs` holds the
+/// reference's `[logπ_ref(y|x), logπ_ref(y′|x)]` of each example of the batch.
 fn batch_loss(
     policy: &CausalLm,
     data: &Prepared,
     idx: &[usize],
+    refs: &[Vec<f32>],
     cfg: &KtoConfig,
     device: &Device,
 ) -> Result<(Tensor<1>, Metrics)> {
@@ -386,7 +432,7 @@ fn batch_loss(
         .collect();
     let (kl_logps, _) = pair_logps(&policy.valid(), &mismatched, cfg.truncation, &inference)?;
     let column = |c: usize, dev: &Device| {
-        let v: Vec<f32> = idx.iter().map(|&i| data.reference[i][c]).collect();
+        let v: Vec<f32> = refs.iter().map(|r| r[c]).collect();
         Tensor::<1>::from_data(TensorData::new(v, [n]), dev)
     };
     let z = to_f32_vec(kto_reference_point(kl_logps, column(1, &inference)))[0];
@@ -429,19 +475,24 @@ fn batch_loss(
     Ok((loss, metrics))
 }
 
-/// Loss, `z_ref` and rewards of `policy` on prepared held-out data.
+/// Loss, `z_ref` and rewards of `policy` on prepared held-out data, against its prepared
+/// reference log-probs or, with `live`, the reference as it is now (its forward batches counted
+/// in `batches_run`).
 fn evaluate_prepared(
     policy: &CausalLm,
     data: &Prepared,
+    live: Option<&CausalLm>,
     cfg: &KtoConfig,
     device: &Device,
+    batches_run: &AtomicU64,
 ) -> Result<KtoEval> {
     let valid = policy.valid();
     let device = device.clone().without_autodiff();
     let (mut loss, mut kl, mut n) = (0.0, 0.0, 0.0);
     let (mut chosen, mut rejected) = ((0.0, 0.0), (0.0, 0.0));
     for b in &data.batches {
-        let (l, m) = batch_loss(&valid, data, b, cfg, &device)?;
+        let refs = data.reference(b, live, &cfg.logp_spec(), &device, batches_run)?;
+        let (l, m) = batch_loss(&valid, data, b, &refs, cfg, &device)?;
         let get = |name: &str| m.iter().find(|x| x.0 == name).map_or(f64::NAN, |x| x.1);
         let w = b.len() as f64;
         loss += f64::from(l.into_scalar::<f32>()) * w;
@@ -486,13 +537,13 @@ pub fn evaluate_kto(
     let data = prepare(
         examples,
         kto_batches(&order, cfg.batch_size),
-        reference,
+        Some(reference),
         cfg,
         &RefCache::new(None),
         device,
         &mut batches,
     )?;
-    evaluate_prepared(policy, &data, cfg, device)
+    evaluate_prepared(policy, &data, None, cfg, device, &AtomicU64::new(0))
 }
 
 /// Refuses examples the loss cannot read: an empty response (its log-ratio would be 0 whatever
@@ -521,10 +572,12 @@ fn check(examples: &[KtoExample], what: &str) -> Result<()> {
 #[allow(clippy::too_many_arguments)]
 /// Trains `policy` (on an autodiff device) with KTO against the frozen `reference` on `train`,
 /// evaluating on `eval`. The reference's log-probs of the matched and the mismatched pairs come
-/// from `cache`; `run_options` gives checkpoints, resume, metrics and progress.
+/// from `cache`, or with `cfg.sync_ref` (TR-DPO) from the reference as it follows the policy,
+/// batch by batch; `run_options` gives checkpoints, resume, metrics and progress.
 // One piece, over 80 lines: the setup around the shared `fit` loop in order: refusals, the
-// memory check, the reference log-probs of train and eval prepared once, then `fit` with KTO's
-// batch order, loss and eval closures (which borrow the prepared data), and the report.
+// memory check, the reference log-probs of train and eval prepared once (or none, for a live
+// reference), then `fit` with KTO's batch order, loss and eval closures (which borrow the
+// prepared data), and the report.
 pub fn train_kto(
     policy: CausalLm,
     reference: &CausalLm,
@@ -554,6 +607,14 @@ pub fn train_kto(
     } else {
         policy
     };
+    // a reference that follows the policy (TR-DPO), refused before the memory check
+    let live = cfg
+        .sync_ref
+        .map(|sync| LiveReference::new(reference, &policy, sync))
+        .transpose()?;
+    let following = cfg
+        .sync_ref
+        .map_or(0, |_| LiveReference::held_bytes(reference, 1));
     // refuse, before the first step, a run whose batches would not fit in memory: the policy is
     // trained on a micro-batch (plus one more forward, without gradients, on its mismatched
     // pairs, each a prompt joined with another example's response); the reference is held
@@ -563,7 +624,7 @@ pub fn train_kto(
     let checkpointing = memory::checkpointing(device, &policy);
     memory::check_batch_fits(
         "KTO",
-        memory::Params::of(&policy).holding(memory::bytes_not_in(reference, &policy)),
+        memory::Params::of(&policy).holding(memory::bytes_not_in(reference, &policy) + following),
         run_options.replicas.count() as u64,
         &memory::Batch {
             // the last batch may hold one more example (a last chunk of one joins it)
@@ -576,10 +637,11 @@ pub fn train_kto(
     )?;
     let mut report = KtoReport::default();
     let mut batches_run = 0u64;
+    let frozen = live.is_none().then_some(reference);
     let train_data = prepare(
         train,
         kto_train_batches(train.len(), cfg.batch_size, cfg.seed),
-        reference,
+        frozen,
         cfg,
         cache,
         device,
@@ -589,13 +651,16 @@ pub fn train_kto(
     let eval_data = prepare(
         eval,
         kto_batches(&eval_order, cfg.batch_size),
-        reference,
+        frozen,
         cfg,
         cache,
         device,
         &mut batches_run,
     )?;
     report.reference_forward_batches = batches_run;
+    // the live reference's forward batches
+    let live_batches = AtomicU64::new(0);
+    let now = || live.as_ref().map(LiveReference::current);
     let fit_cfg = FitConfig {
         epochs: cfg.epochs,
         grad_accum: cfg.grad_accum,
@@ -608,7 +673,7 @@ pub fn train_kto(
         if eval.is_empty() {
             return Ok(Vec::new());
         }
-        let e = evaluate_prepared(m, &eval_data, cfg, device)?;
+        let e = evaluate_prepared(m, &eval_data, now().as_ref(), cfg, device, &live_batches)?;
         Ok(vec![
             (names::EVAL_LOSS, e.loss),
             (names::EVAL_KTO_KL, e.kl),
@@ -617,7 +682,7 @@ pub fn train_kto(
             (names::EVAL_REWARD_MARGIN, e.reward_margin),
         ])
     };
-    let (policy, r) = fit(
+    let (policy, r) = fit_with(
         policy,
         &fit_cfg,
         run_options,
@@ -629,7 +694,9 @@ pub fn train_kto(
             batches
         },
         &|m, idx, _whole| {
-            let (loss, metrics) = batch_loss(m, &train_data, idx, cfg, device)?;
+            let spec = cfg.logp_spec();
+            let refs = train_data.reference(idx, now().as_ref(), &spec, device, &live_batches)?;
+            let (loss, metrics) = batch_loss(m, &train_data, idx, &refs, cfg, device)?;
             Ok(Some(BatchLoss {
                 loss,
                 weight: idx.len() as f64,
@@ -637,12 +704,22 @@ pub fn train_kto(
             }))
         },
         &eval_metrics,
+        live.as_ref().map(|l| l as &dyn AfterStep<CausalLm>),
     )?;
     report.steps = r.steps;
     report.steps_this_run = r.steps_this_run;
     report.final_train_loss = r.final_train_loss;
     if !eval.is_empty() {
-        report.eval = evaluate_prepared(&policy, &eval_data, cfg, device)?;
+        let at_end = now();
+        report.eval = evaluate_prepared(
+            &policy,
+            &eval_data,
+            at_end.as_ref(),
+            cfg,
+            device,
+            &live_batches,
+        )?;
     }
+    report.reference_forward_batches += live_batches.load(Ordering::Relaxed);
     Ok((policy, report))
 }

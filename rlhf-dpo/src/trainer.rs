@@ -538,7 +538,7 @@ pub(crate) fn reference_logps(
 }
 
 /// The reference's sequence log-probs of one batch of groups (no gradients), one row per group.
-fn batch_reference_logps(
+pub(crate) fn batch_reference_logps(
     reference: &CausalLm,
     groups: &[&Group],
     spec: &LogpSpec,

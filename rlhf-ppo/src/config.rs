@@ -122,6 +122,13 @@ pub struct PpoConfig {
     /// Put the KL into the reward (`true`, PPO/REINFORCE++) or into the loss (GRPO; see
     /// [`Self::grpo`]).
     pub kl_in_reward: bool,
+    /// DeepSeek-V3.2's bias correction of the KL loss term (TRL's `use_bias_correction_kl`, on
+    /// in its GRPO): each token's estimate is weighted by the importance ratio `π/π_old` (GSPO's
+    /// sequence ratio at the sequence level), with its gradient, so that k3's gradient is the
+    /// unbiased reverse-KL gradient (`rlhf_core::bias_corrected_kl`). With the KL in the reward
+    /// there is no such term, and it changes nothing.
+    #[serde(default)]
+    pub kl_bias_correction: bool,
     /// The reference follows the policy (TRL's `sync_ref_model`, TR-DPO's update of the KL
     /// term's reference): every `τ` optimizer steps it moves to `α·π_θ + (1 − α)·π_ref`. `τ`
     /// must be a multiple of an iteration's optimizer steps (`ppo_epochs × num_minibatches`),
@@ -237,6 +244,7 @@ impl Default for PpoConfig {
             kl: KlController::Fixed { value: 0.05 },
             kl_estimator: KlEstimator::K1,
             kl_in_reward: true,
+            kl_bias_correction: false,
             sync_ref: None,
             advantage: AdvantageEstimator::Gae,
             multi_objective_aggregation: MultiObjectiveAggregation::SumThenNormalize,
@@ -288,15 +296,16 @@ impl PpoConfig {
     /// GRPO as the GRPO paper (Shao et al. 2024) defines it and TRL's `GRPOTrainer` runs it:
     /// group-normalised advantages `(s_i − mean)/(std + 1e−4)` over `G = 8` samples per prompt
     /// (TRL's `num_generations`), no KL in the reward, the k3 estimator in the loss with
-    /// β = 0.04 (the paper's; TRL's `beta` now defaults to 0, which `kl` set to 0 gives), one
-    /// policy update per rollout (`num_iterations = 1`), sampling at temperature 1, no
-    /// missing-EOS penalty, and no critic. Everything else is the TL;DR default (among it Adam's
+    /// β = 0.04 (the paper's; TRL's `beta` now defaults to 0, which `kl` set to 0 gives) and
+    /// TRL's bias correction of that term, one policy update per rollout (`num_iterations = 1`),
+    /// sampling at temperature 1, no missing-EOS penalty, and no critic. Everything else is the TL;DR default (among it Adam's
     /// ε of 1e−5, where TRL's is 1e−8, and 53 new tokens); sizes are the caller's.
     pub fn grpo() -> Self {
         PpoConfig {
             advantage: AdvantageEstimator::Grpo,
             samples_per_prompt: 8,
             kl_in_reward: false,
+            kl_bias_correction: true,
             kl_estimator: KlEstimator::K3,
             kl: KlController::Fixed { value: 0.04 },
             ppo_epochs: 1,
@@ -585,7 +594,7 @@ impl PpoConfig {
 impl PpoConfig {
     /// The entropy coefficient's controller at the start of a run.
     pub fn entropy_controller(&self) -> EntropyController {
-        EntropyController::new(f64::from(self.entropy_coef), self.adaptive_entropy)
+        EntropyController::new(self.entropy_coef, self.adaptive_entropy)
     }
 
     /// Whether the KL term is on: β above 0, or adaptive.

@@ -44,10 +44,10 @@ use rlhf_core::train::{
 };
 use rlhf_core::{
     EntropyController, Error, GroupEstimator, KlController, LossAggregation, PolicyObjective,
-    Result, Scorer, aggregate, broadcast_to_tokens, clipped_value_loss, entropy_from_logits, gae,
-    group_advantages, high_entropy_mask, kl_estimate, masked_mean, policy_loss,
-    reinforce_pp_advantages, token_logprobs, token_logprobs_and_entropy, truncated_is_weights,
-    whiten,
+    Result, Scorer, aggregate, bias_corrected_kl, broadcast_to_tokens, clipped_value_loss,
+    entropy_from_logits, gae, group_advantages, high_entropy_mask, kl_estimate, masked_mean,
+    policy_loss, reinforce_pp_advantages, token_logprobs, token_logprobs_and_entropy,
+    truncated_is_weights, whiten,
 };
 use rlhf_data::Tokenizer;
 use rlhf_models::sft::Example;
@@ -746,7 +746,8 @@ pub fn minibatch_loss(
 }
 
 /// The KL as a loss term, `β·k` aggregated as the policy loss is (TRL adds it to the per-token
-/// loss before aggregating), and the token mean of `k` (TRL's logged `kl`).
+/// loss before aggregating), and the token mean of `k` (TRL's logged `kl`); with the bias
+/// correction, `k` is weighted by the importance ratio first, as TRL weighs it.
 fn kl_loss_term(
     logprobs: Tensor<2>,
     mb: &Minibatch,
@@ -756,7 +757,12 @@ fn kl_loss_term(
     // padded positions zeroed first, as `make_experience` zeroes them: whatever a pad holds
     // never reaches the estimate or its gradient
     let logprobs = rlhf_core::zero_masked(logprobs, mb.mask.clone());
-    let per_token = kl_estimate(logprobs, mb.ref_logprobs.clone(), cfg.kl_estimator);
+    let mut per_token = kl_estimate(logprobs.clone(), mb.ref_logprobs.clone(), cfg.kl_estimator);
+    if cfg.kl_bias_correction {
+        let log_ratio = rlhf_core::zero_masked(logprobs.sub(mb.logprobs.clone()), mb.mask.clone());
+        let sequence_level = cfg.policy_objective == PolicyObjective::Gspo;
+        per_token = bias_corrected_kl(per_token, log_ratio, mb.mask.clone(), sequence_level);
+    }
     let kl = aggregate(
         per_token.clone(),
         mb.mask.clone(),
@@ -865,7 +871,8 @@ impl UpdateStats {
 /// still lets AdamW's momentum and weight decay move the weights.
 ///
 /// Each step applies the entropy coefficient `entropy` gives, then tells it the step's mean
-/// entropy (adaptive entropy control); a step without response tokens measures none.
+/// entropy (adaptive entropy control), a skipped step's too; a step without response tokens
+/// measures none.
 #[allow(clippy::too_many_arguments)]
 pub fn ppo_update(
     mut models: PolicyAndValue,
@@ -1255,7 +1262,7 @@ pub fn train_ppo(
         ..PpoReport::default()
     };
     if let Some(c) = resume {
-        (models, optim, ctl) = restore(&c, run_options, models, optim, live.as_ref())?;
+        (models, optim, ctl) = restore(&c, run_options, models, optim, (live.as_ref(), ctl))?;
         report.iterations = c.step;
     }
     let updates_per_iteration = (cfg.ppo_epochs * cfg.num_minibatches) as u64;
@@ -1482,13 +1489,15 @@ fn check_memory(
 }
 
 /// The models, the optimizer, the KL and the entropy controllers (and a synced reference, into
-/// `live`) as checkpoint `c` (of the run in `run_options`' output directory) saved them.
+/// `live`) as checkpoint `c` (of the run in `run_options`' output directory) saved them; the
+/// entropy controller carries on from the saved state into `ctl`'s settings, and starts afresh
+/// from a checkpoint that has none (one written before adaptive control existed).
 fn restore(
     c: &Checkpoint,
     run_options: &RunOptions,
     models: PolicyAndValue,
     optim: ModuleOptimizer,
-    live: Option<&LiveReference<CausalLm>>,
+    (live, ctl): (Option<&LiveReference<CausalLm>>, Controllers),
 ) -> Result<(PolicyAndValue, ModuleOptimizer, Controllers)> {
     let dir = run_options.out_dir.clone().unwrap_or_default();
     if let Some(l) = live {
@@ -1502,8 +1511,12 @@ fn restore(
         message: format!("bad {what} state: {e}"),
     };
     let kl = serde_json::from_value(c.state["kl"].clone()).map_err(|e| bad("KL controller", e))?;
-    let entropy = serde_json::from_value(c.state["entropy"].clone())
-        .map_err(|e| bad("entropy controller", e))?;
+    let entropy = match c.state.get("entropy") {
+        Some(saved) => ctl.entropy.resume_from(
+            &serde_json::from_value(saved.clone()).map_err(|e| bad("entropy controller", e))?,
+        ),
+        None => ctl.entropy,
+    };
     Ok((models, optim, Controllers { kl, entropy }))
 }
 

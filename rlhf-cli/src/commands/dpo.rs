@@ -7,11 +7,11 @@ use anyhow::{Result, bail};
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args, ValueEnum};
 use rlhf_data::{Kind, KwiseRecord, PreferenceRecord};
-use rlhf_dpo::{DpoConfig, FDivergence, Group, OfflineLoss, SyncRef, train_offline};
+use rlhf_dpo::{DpoConfig, FDivergence, Group, OfflineLoss, train_offline};
 use serde::{Deserialize, Serialize};
 
 use crate::args::{
-    DataArgs, FrozenArgs, LoraArgs, ModelArgs, TrainArgs, defaults_from_clap, kind_str,
+    DataArgs, FrozenArgs, LoraArgs, ModelArgs, SyncRefArgs, TrainArgs, defaults_from_clap, kind_str,
 };
 use crate::commands::Prepared;
 use crate::data::{Dropped, Encoder, kwise_groups, preference_groups, prompt_key, read_split};
@@ -172,19 +172,9 @@ pub struct DpoArgs {
     /// --precompute_ref_log_probs].
     #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub ref_cache: bool,
-    /// TR-DPO: every --ref-model-sync-steps optimizer steps, move the reference to α·policy +
-    /// (1 − α)·reference, α being --ref-model-mixup-alpha; its log-probs are then computed batch
-    /// by batch (--ref-cache is not read), and it is saved in every checkpoint; not with LoRA
-    /// [TRL: --sync_ref_model].
-    #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
-    pub sync_ref_model: bool,
-    /// TR-DPO's α, the policy's share of the new reference [TRL: --ref_model_mixup_alpha].
-    #[arg(long, default_value_t = 0.6)]
-    pub ref_model_mixup_alpha: f32,
-    /// TR-DPO's τ, optimizer steps between the reference's updates [TRL:
-    /// --ref_model_sync_steps].
-    #[arg(long, default_value_t = 512)]
-    pub ref_model_sync_steps: u64,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub sync: SyncRefArgs,
 }
 
 defaults_from_clap!(DpoArgs);
@@ -342,10 +332,7 @@ impl DpoArgs {
             use_weighting: self.use_weighting,
             seed: self.train.seed,
             disable_dropout: self.disable_dropout,
-            sync_ref: self.sync_ref_model.then_some(SyncRef {
-                alpha: self.ref_model_mixup_alpha,
-                steps: self.ref_model_sync_steps,
-            }),
+            sync_ref: self.sync.config(),
         }
     }
 }
@@ -424,7 +411,7 @@ pub fn run(args: &DpoArgs, toml: &str) -> Result<()> {
     output::claim(&p.out, "dpo", toml)?;
     // a synced reference's log-probs change as it moves: nothing to cache
     let cache = p.ref_cache(
-        args.ref_cache && !args.sync_ref_model,
+        args.ref_cache && !args.sync.sync_ref_model,
         args.ref_model.as_deref(),
     )?;
     let (policy, report) = train_offline(

@@ -14,7 +14,7 @@ use rlhf_dpo::{KtoConfig, KtoExample, kto_batches, train_kto};
 use serde::{Deserialize, Serialize};
 
 use crate::args::{
-    DataArgs, FrozenArgs, LoraArgs, ModelArgs, TrainArgs, defaults_from_clap, kind_str,
+    DataArgs, FrozenArgs, LoraArgs, ModelArgs, SyncRefArgs, TrainArgs, defaults_from_clap, kind_str,
 };
 use crate::commands::Prepared;
 use crate::data::{Dropped, Encoder, prompt_key, read_split};
@@ -61,6 +61,9 @@ pub struct KtoArgs {
     /// keep them in OUT/ref-cache [TRL: --precompute_ref_log_probs].
     #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub ref_cache: bool,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub sync: SyncRefArgs,
 }
 
 defaults_from_clap!(KtoArgs);
@@ -97,6 +100,7 @@ impl KtoArgs {
             truncation: None,
             disable_dropout: self.disable_dropout,
             seed: self.train.seed,
+            sync_ref: self.sync.config(),
         }
     }
 }
@@ -216,7 +220,10 @@ pub fn run(args: &KtoArgs, toml: &str) -> Result<()> {
         tracing::warn!("kto: {advice}");
     }
     output::claim(&p.out, "kto", toml)?;
-    let cache = p.ref_cache(args.ref_cache, args.ref_model.as_deref())?;
+    let cache = p.ref_cache(
+        args.ref_cache && !args.sync.sync_ref_model,
+        args.ref_model.as_deref(),
+    )?;
     let (policy, report) = train_kto(
         policy,
         &reference,

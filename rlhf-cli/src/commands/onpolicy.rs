@@ -338,6 +338,12 @@ pub struct OnPolicyArgs {
     /// [TRL: --top_entropy_quantile].
     #[arg(long)]
     pub top_entropy_quantile: Option<f32>,
+    /// Weight the KL loss term of each token by the importance ratio π/π_old (GSPO's sequence
+    /// ratio at the sequence level), so that k3's gradient is the unbiased reverse-KL gradient
+    /// (DeepSeek-V3.2; on in GRPO's recipes; with --kl-in-reward it changes nothing)
+    /// [TRL: --use_bias_correction_kl].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub use_bias_correction_kl: Option<bool>,
     /// The entropy bonus c: the loss gains −c times the policy's mean entropy over the tokens
     /// that carry the policy gradient (0: off; the initial c with --use-adaptive-entropy)
     /// [TRL: --entropy_coef].
@@ -352,17 +358,17 @@ pub struct OnPolicyArgs {
     /// The mean entropy per token (nats) at or below which adaptive control applies c
     /// (default 0.2) [TRL: --entropy_target].
     #[arg(long)]
-    pub entropy_target: Option<f64>,
+    pub entropy_target: Option<f32>,
     /// Adaptive control's change of c per optimizer step (default 0.005)
     /// [TRL: --entropy_coef_delta].
     #[arg(long)]
-    pub entropy_coef_delta: Option<f64>,
+    pub entropy_coef_delta: Option<f32>,
     /// The least c adaptive control sets (default 0) [TRL: --entropy_coef_min].
     #[arg(long)]
-    pub entropy_coef_min: Option<f64>,
+    pub entropy_coef_min: Option<f32>,
     /// The largest c adaptive control sets (default 1) [TRL: --entropy_coef_max].
     #[arg(long)]
-    pub entropy_coef_max: Option<f64>,
+    pub entropy_coef_max: Option<f32>,
     /// How per-token losses are aggregated; `cispo` also selects CISPO's surrogate
     /// [TRL: --loss_type].
     #[arg(long, value_enum)]
@@ -509,6 +515,7 @@ impl OnPolicyArgs {
             beta <- c.kl.value(),
             kl_estimator <- Estimator::of(c.kl_estimator),
             kl_in_reward <- c.kl_in_reward,
+            use_bias_correction_kl <- c.kl_bias_correction,
             gamma <- c.gamma,
             lam <- c.lam,
             whiten_rewards <- c.whiten_rewards,
@@ -620,6 +627,7 @@ impl OnPolicyArgs {
             disable_dropout <- self.disable_dropout,
             value_from_reward_model <- self.value_from_reward_model,
             kl_in_reward <- self.kl_in_reward,
+            kl_bias_correction <- self.use_bias_correction_kl,
             mask_truncated_completions <- self.mask_truncated_completions,
             delta <- self.delta.map(Some),
             top_entropy_quantile <- self.top_entropy_quantile,

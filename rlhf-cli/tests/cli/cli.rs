@@ -105,6 +105,17 @@ fn differ(a: &[f32], b: &[f32]) -> bool {
     a.len() == b.len() && a.iter().zip(b).any(|(x, y)| (x - y).abs() > 1e-4)
 }
 
+/// TR-DPO's flags: the reference moves to α·policy + (1 − α)·reference every τ optimizer steps.
+fn sync(alpha: &'static str, steps: &'static str) -> [&'static str; 5] {
+    [
+        "--sync-ref-model",
+        "--ref-model-mixup-alpha",
+        alpha,
+        "--ref-model-sync-steps",
+        steps,
+    ]
+}
+
 /// Runs `rlhf args` (whose output directory is `out`), SIGKILLs it once `metrics.jsonl` has
 /// `steps` lines, checks that it had not finished, and runs it again to the end (it resumes).
 fn kill_then_resume(args: &[String], out: &Path, steps: usize) {
@@ -1493,15 +1504,7 @@ fn grpo_with_a_synced_reference_starts_each_synced_rollout_at_kl_0() {
         ok(&args(&out, "8", extra));
         metric(&out, "objective/kl")
     };
-    let sync = |steps: &'static str| {
-        [
-            "--sync-ref-model",
-            "--ref-model-mixup-alpha",
-            "1",
-            "--ref-model-sync-steps",
-            steps,
-        ]
-    };
+    let sync = |steps: &'static str| sync("1", steps);
     let (every, second, frozen) = (
         kl("every", &sync("1")),
         kl("second", &sync("2")),
@@ -1578,9 +1581,10 @@ fn grpo_with_a_synced_reference_starts_each_synced_rollout_at_kl_0() {
 
 /// `--use-adaptive-entropy` (TRL's, Skywork-OR1's control): with the target above any entropy
 /// the logged `entropy_coef` climbs by `--entropy-coef-delta` an optimizer step to
-/// `--entropy-coef-max`; with it below, it falls to `--entropy-coef-min`. A run killed after a
-/// checkpoint resumes to the weights and the coefficients of an uninterrupted one (the
-/// checkpoints hold the controller).
+/// `--entropy-coef-max`; with it below, it falls to `--entropy-coef-min`. Runs of both kinds
+/// killed after a checkpoint resume to the weights and the coefficients of uninterrupted ones
+/// (the checkpoints hold the controller): the climbing one before it reaches `c_max`, the
+/// falling one with its gate closed.
 #[test]
 fn grpo_with_adaptive_entropy_logs_its_coefficient_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
@@ -1599,7 +1603,7 @@ fn grpo_with_adaptive_entropy_logs_its_coefficient_and_resumes() {
             "--entropy-coef",
             "0.1",
             "--entropy-coef-delta",
-            "0.05",
+            "0.02",
             "--entropy-coef-min",
             "0.02",
             "--entropy-coef-max",
@@ -1609,10 +1613,11 @@ fn grpo_with_adaptive_entropy_logs_its_coefficient_and_resumes() {
         ];
         grpo_on_length(&prompts, out, "16", &[&control[..], extra].concat())
     };
+    let checkpoints = ["--save-steps", "2"];
     let climbs = dir.path().join("climbs");
-    ok(&args(&climbs, "100", &[]));
+    ok(&args(&climbs, "100", &checkpoints));
     let falls = dir.path().join("falls");
-    ok(&args(&falls, "0.001", &[]));
+    ok(&args(&falls, "0.001", &checkpoints));
     let (up, down) = (
         metric(&climbs, "entropy_coef"),
         metric(&falls, "entropy_coef"),
@@ -1620,7 +1625,7 @@ fn grpo_with_adaptive_entropy_logs_its_coefficient_and_resumes() {
     assert!(up.len() == 16 && down.len() == 16);
     for (i, (u, d)) in up.iter().zip(&down).enumerate() {
         let k = (i + 1) as f64;
-        let (want_up, want_down) = ((0.1 + 0.05 * k).min(0.3), (0.1 - 0.05 * k).max(0.02));
+        let (want_up, want_down) = ((0.1 + 0.02 * k).min(0.3), (0.1 - 0.02 * k).max(0.02));
         assert!(
             (u - want_up).abs() < 1e-6,
             "iteration {k}: c {u}, want {want_up}"
@@ -1645,20 +1650,21 @@ fn grpo_with_adaptive_entropy_logs_its_coefficient_and_resumes() {
         ),
         "must lie in [entropy_coef_min, entropy_coef_max]",
     );
-    let straight = dir.path().join("straight");
-    ok(&args(&straight, "100", &["--save-steps", "2"]));
-    let broken = dir.path().join("broken");
-    let resumable = args(&broken, "100", &["--save-steps", "2"]);
-    kill_then_resume_at(&resumable, &broken, "entropy_coef", 9);
-    assert!(
-        std::fs::read(straight.join("model.safetensors")).unwrap()
-            == std::fs::read(broken.join("model.safetensors")).unwrap(),
-        "the resumed run's weights differ from the uninterrupted run's"
-    );
-    assert_eq!(
-        metric(&straight, "entropy_coef"),
-        metric(&broken, "entropy_coef")
-    );
+    // killed after 9 iterations, resumed from the checkpoint of the 8th
+    for (straight, target) in [(&climbs, "100"), (&falls, "0.001")] {
+        let broken = dir.path().join(format!("broken-{target}"));
+        let resumable = args(&broken, target, &checkpoints);
+        kill_then_resume_at(&resumable, &broken, "entropy_coef", 9);
+        assert!(
+            std::fs::read(straight.join("model.safetensors")).unwrap()
+                == std::fs::read(broken.join("model.safetensors")).unwrap(),
+            "target {target}: the resumed run's weights differ from the uninterrupted run's"
+        );
+        assert_eq!(
+            metric(straight, "entropy_coef"),
+            metric(&broken, "entropy_coef")
+        );
+    }
 }
 
 /// `--log-completions` (TRL's): each logged iteration's first `--num-completions-to-print`
@@ -1772,14 +1778,8 @@ fn a_killed_dpo_run_resumes_to_the_same_weights() {
     };
     // τ 5: the checkpoint of step 6 that the killed run resumes from holds the reference moved
     // at step 5, and the next move is at step 10, not 5 steps after the resume
-    let synced: &[&str] = &[
-        "--sync-ref-model",
-        "--ref-model-sync-steps",
-        "5",
-        "--ref-model-mixup-alpha",
-        "0.5",
-    ];
-    for (name, extra) in [("frozen", &[][..]), ("synced", synced)] {
+    let synced = sync("0.5", "5");
+    for (name, extra) in [("frozen", &[][..]), ("synced", &synced)] {
         let straight = dir.path().join(format!("{name}-straight"));
         ok(&args(&straight, extra));
         let broken = dir.path().join(format!("{name}-broken"));
@@ -1797,6 +1797,38 @@ fn a_killed_dpo_run_resumes_to_the_same_weights() {
     let out = rlhf(&other);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("`beta`"), "{err}");
+}
+
+/// Runs (`run(name, extra flags)`, giving its output directory) of TR-DPO at α = 1 start at
+/// `start`, the loss of a policy against itself: with τ 1 and an eval every step, every step and
+/// every eval; with τ 2 and two micro-batches a step, the odd steps; with a frozen reference, the
+/// first only. Gives the first run's directory.
+fn synced_runs_start_at(run: &dyn Fn(&str, &[&str]) -> PathBuf, start: f64) -> PathBuf {
+    let held_out = ["--eval-share", "0.25", "--eval-steps", "1"];
+    let every = run("every", &[&sync("1", "1")[..], &held_out].concat());
+    let second = run(
+        "second",
+        &[&sync("1", "2")[..], &["--gradient-accumulation-steps", "2"]].concat(),
+    );
+    let frozen = metric(&run("frozen", &held_out), "loss");
+    let (every_loss, second_loss) = (metric(&every, "loss"), metric(&second, "loss"));
+    let at_start = |x: f64| (x - start).abs() < 1e-5;
+    assert!(every_loss.len() >= 6 && second_loss.len() >= 3 && frozen.len() >= every_loss.len());
+    for (i, (&e, &f)) in every_loss.iter().zip(&frozen).enumerate() {
+        let step = i + 1;
+        assert!(at_start(e), "τ 1, step {step}: {e}");
+        assert_eq!(at_start(f), step == 1, "frozen, step {step}: {f}");
+    }
+    let evals = metric(&every, "eval_loss");
+    assert!(
+        evals.len() == every_loss.len() && evals.iter().all(|&e| at_start(e)),
+        "{evals:?}"
+    );
+    for (i, &s) in second_loss.iter().enumerate() {
+        let step = i + 1;
+        assert_eq!(at_start(s), step % 2 == 1, "τ 2, step {step}: {s}");
+    }
+    every
 }
 
 /// TR-DPO (`--sync-ref-model`): with α = 1 and τ = 1 the reference is the policy after every
@@ -1818,46 +1850,78 @@ fn dpo_with_a_synced_reference_starts_each_synced_step_at_log_2() {
         ok(&a);
         out
     };
-    let sync = |alpha: &'static str, steps: &'static str| {
-        [
-            "--sync-ref-model",
-            "--ref-model-mixup-alpha",
-            alpha,
-            "--ref-model-sync-steps",
-            steps,
-        ]
-    };
-    let held_out = ["--eval-share", "0.25", "--eval-steps", "1"];
-    let every = run("every", &[&sync("1", "1")[..], &held_out].concat());
-    let second = run(
-        "second",
-        &[&sync("1", "2")[..], &["--gradient-accumulation-steps", "2"]].concat(),
-    );
+    synced_runs_start_at(&run, 2f64.ln());
     let half = metric(&run("half", &sync("0.5", "1")), "loss");
-    let frozen = metric(&run("frozen", &[]), "loss");
-    let (every_loss, second_loss) = (metric(&every, "loss"), metric(&second, "loss"));
     let at_log_2 = |x: f64| (x - 2f64.ln()).abs() < 1e-5;
-    assert!(every_loss.len() >= 6 && second_loss.len() >= 3 && frozen.len() >= every_loss.len());
-    for (i, (&e, &f)) in every_loss.iter().zip(&frozen).enumerate() {
-        let step = i + 1;
-        assert!(at_log_2(e), "τ 1, step {step}: {e}");
-        assert_eq!(at_log_2(f), step == 1, "frozen, step {step}: {f}");
-    }
-    let evals = metric(&every, "eval_loss");
-    assert!(
-        evals.len() == every_loss.len() && evals.iter().all(|&e| at_log_2(e)),
-        "{evals:?}"
-    );
-    for (i, &s) in second_loss.iter().enumerate() {
-        let step = i + 1;
-        assert_eq!(at_log_2(s), step % 2 == 1, "τ 2, step {step}: {s}");
-    }
     assert!(at_log_2(half[0]) && !at_log_2(half[1]), "α ½: {half:?}");
     let (lora, _) = args(
         "lora",
         &[&sync("1", "1")[..], &["--lora-rank", "4"]].concat(),
     );
     refused(&lora, "LoRA");
+}
+
+/// TR-DPO's reference for KTO (`rlhf kto --sync-ref-model`): with α = 1 and τ = 1 the reference
+/// is the policy after every optimizer step, before the step's eval, so each step's examples and
+/// its mismatched pairs start with the policy equal to its reference: every log-ratio and `z_ref`
+/// are 0, and the loss is `σ(0) = ½` (λ_D = λ_U = 1), at every step and every eval; with τ = 2
+/// and two micro-batches a step, the odd steps; with a frozen reference the first step only. A
+/// LoRA policy is refused. A run killed after a checkpoint resumes to the weights of an
+/// uninterrupted one (the checkpoints hold the reference).
+#[test]
+fn kto_with_a_synced_reference_starts_each_synced_step_at_one_half() {
+    let dir = tempfile::tempdir().unwrap();
+    let pairs = head("preference.jsonl", 24, dir.path());
+    let args = |out: &Path, extra: &[&str]| -> Vec<String> {
+        let base = [
+            "kto",
+            "--model",
+            &fixture("tiny-pythia"),
+            "--data",
+            &pairs,
+            "--out",
+            &s(out),
+            "--learning-rate",
+            "2e-3",
+            "--num-train-epochs",
+            "2",
+            "--per-device-train-batch-size",
+            "4",
+            "--beta",
+            "0.5",
+            "--max-length",
+            "256",
+            "--logging-steps",
+            "1",
+        ];
+        argv(&base, extra)
+    };
+    let run = |name: &str, extra: &[&str]| -> PathBuf {
+        let out = dir.path().join(name);
+        ok(&args(&out, extra));
+        out
+    };
+    let every = synced_runs_start_at(&run, 0.5);
+    assert!(metric(&every, "kl").iter().all(|k| k.abs() < 1e-5));
+    refused(
+        &args(
+            &dir.path().join("lora"),
+            &[&sync("1", "1")[..], &["--lora-rank", "4"]].concat(),
+        ),
+        "LoRA",
+    );
+    // τ 3: the checkpoint of step 4 that the killed run resumes from holds the reference moved
+    // at step 3
+    let resumable = [&sync("0.5", "3")[..], &["--save-steps", "2"]].concat();
+    let straight = run("straight", &resumable);
+    let broken = dir.path().join("broken");
+    kill_then_resume(&args(&broken, &resumable), &broken, 5);
+    assert!(
+        std::fs::read(straight.join("model.safetensors")).unwrap()
+            == std::fs::read(broken.join("model.safetensors")).unwrap(),
+        "the resumed run's weights differ from the uninterrupted run's"
+    );
+    assert_eq!(metric(&straight, "loss"), metric(&broken, "loss"));
 }
 
 /// `rlhf dpo --devices flex,flex`: two data-parallel replicas learn, a killed run resumes to the
@@ -2365,6 +2429,16 @@ fn every_field_of_every_trainer_config_is_a_flag() {
                     ("kl", &["--beta", "0.5"]),
                     ("kl_estimator", &["--kl-estimator", "k2"]),
                     ("kl_in_reward", &flip),
+                    (
+                        "kl_bias_correction",
+                        match method {
+                            onpolicy::Method::Grpo
+                            | onpolicy::Method::Dapo
+                            | onpolicy::Method::Gspo
+                            | onpolicy::Method::Cispo => &["--use-bias-correction-kl", "false"],
+                            _ => &["--use-bias-correction-kl"],
+                        },
+                    ),
                     // the subcommand: ppo (GAE), grpo, rloo, reinforce-pp; the
                     // group-normalised ones scale by the group's std or not
                     (

@@ -7,7 +7,7 @@ use burn::module::Module;
 use rand::SeedableRng;
 use rlhf_core::train::metrics::names;
 use rlhf_core::train::{Metrics, OptimizerConfig, TrainRng};
-use rlhf_core::{AdaptiveEntropy, LossAggregation, PolicyObjective};
+use rlhf_core::{AdaptiveEntropy, EntropyController, LossAggregation, PolicyObjective};
 use rlhf_models::{Generation, SamplingConfig, generate};
 use rlhf_ppo::{
     AdvantageEstimator, PolicyAndValue, PpoConfig, PpoInputs, UpdateStats, encode_queries,
@@ -274,16 +274,22 @@ impl Updates {
         cfg: &PpoConfig,
         generation: &Generation,
     ) -> (Vec<f32>, rlhf_ppo::Experience, Metrics) {
-        let (logits, exp, metrics, _) = self.update_with(cfg, generation);
+        let (logits, exp, metrics, ..) = self.update_with(cfg, generation);
         (logits, exp, metrics)
     }
 
-    /// [`Self::update`], with the update's own statistics.
+    /// [`Self::update`], with the update's own statistics and the entropy controller after it.
     fn update_with(
         &self,
         cfg: &PpoConfig,
         generation: &Generation,
-    ) -> (Vec<f32>, rlhf_ppo::Experience, Metrics, UpdateStats) {
+    ) -> (
+        Vec<f32>,
+        rlhf_ppo::Experience,
+        Metrics,
+        UpdateStats,
+        EntropyController,
+    ) {
         let load = || counting::load(&self.bytes, self.vocab, 0.0, &self.device);
         let models = PolicyAndValue::new(load(), None);
         let inference = PolicyAndValue {
@@ -303,13 +309,14 @@ impl Updates {
         )
         .unwrap();
         let mut optim = cfg.optimizer.build().unwrap();
+        let mut entropy = cfg.entropy_controller();
         let (models, stats) = ppo_update(
             models,
             &mut optim,
             &exp,
             cfg,
             0.0,
-            &mut cfg.entropy_controller(),
+            &mut entropy,
             &|_| cfg.optimizer.lr,
             &[],
             &mut TrainRng::seed_from_u64(9),
@@ -318,7 +325,13 @@ impl Updates {
         )
         .unwrap();
         let logits = models.policy.valid().forward(&self.probe_input, None);
-        (rlhf_core::host::to_f32_vec(logits), exp, metrics, stats)
+        (
+            rlhf_core::host::to_f32_vec(logits),
+            exp,
+            metrics,
+            stats,
+            entropy,
+        )
     }
 }
 
@@ -373,19 +386,21 @@ fn the_entropy_bonus_moves_the_entropy_its_way() {
 /// two minibatches) on the same rollout:
 /// - before the first step there is no measurement, so the first step applies no bonus: one step
 ///   with `c = 1` takes the step of `c = 0`, where a fixed `c = 1` takes another;
-/// - with the target below any entropy the gate never opens: `c` falls by `δ` each step and the
-///   update is the one without a bonus;
+/// - with the target below any entropy the gate never opens: `c` falls by `δ` each step, the
+///   update is the one without a bonus, and `loss/total` holds no entropy term;
 /// - with the target above every entropy `c` rises by `δ` up to `c_max`, each step's `loss/total`
-///   holds `−c·H̄` with the `c` of the step before, and the policy's entropy ends higher;
+///   holds `−c·H̄` with the `c` the step applied (the one after the step before), and the
+///   policy's entropy ends higher;
 /// - the step compares its own mean entropy with the target: a target just above the first
 ///   step's `H̄` raises `c`, one just below lowers it; with a share of high-entropy tokens, `H̄`
-///   is their mean.
+///   is their mean;
+/// - steps without a response token in the loss measure nothing and leave the state alone.
 #[test]
 fn adaptive_entropy_applies_its_coefficient_after_a_step_at_or_below_the_target() {
     let base = small(AdvantageEstimator::Grpo);
     let updates = Updates::new(&base);
     let full = updates.full_length(base.response_length);
-    let adaptive = |c: f32, target: f64, delta: f64, max: f64, one_step: bool| PpoConfig {
+    let adaptive = |c: f32, target: f32, delta: f32, max: f32, one_step: bool| PpoConfig {
         entropy_coef: c,
         adaptive_entropy: Some(AdaptiveEntropy {
             target,
@@ -403,12 +418,23 @@ fn adaptive_entropy_applies_its_coefficient_after_a_step_at_or_below_the_target(
         ..adaptive(c, 1.0, 0.0, 1.0, one_step)
     };
     let run = |cfg: &PpoConfig| updates.update_with(cfg, &full);
+    let total_is = |stats: &UpdateStats, applied: &[f64]| {
+        for (m, c) in stats.minibatches.iter().zip(applied) {
+            let want = metric(m, names::LOSS_POLICY) - c * metric(m, names::LOSS_ENTROPY);
+            let total = metric(m, names::LOSS_TOTAL);
+            assert!(
+                (total - want).abs() < 1e-6,
+                "loss/total {total}, want {want} (c {c})"
+            );
+        }
+        assert_eq!(stats.minibatches.len(), applied.len());
+    };
     let coefs = |stats: &UpdateStats| -> Vec<f64> {
         let c = stats.minibatches.iter();
         c.map(|m| metric(m, names::ENTROPY_COEF)).collect()
     };
     let close = |a: &[f64], b: &[f64]| {
-        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-9)
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-6)
     };
 
     // the first step: nothing measured yet, no bonus
@@ -419,9 +445,10 @@ fn adaptive_entropy_applies_its_coefficient_after_a_step_at_or_below_the_target(
     assert!(worst(&bonus, &none) > 1e-3, "{}", worst(&bonus, &none));
 
     // the gate never opens: the update is the one without a bonus, and c falls by δ a step
-    let (closed, _, _, stats) = run(&adaptive(1.0, 1e-6, 0.25, 1.0, false));
+    let (closed, _, _, stats, _) = run(&adaptive(1.0, 1e-6, 0.25, 1.0, false));
     let (none, ..) = run(&fixed(0.0, false));
     assert!(worst(&closed, &none) < 1e-6, "{}", worst(&closed, &none));
+    total_is(&stats, &[0.0; 4]);
     assert!(
         close(&coefs(&stats), &[0.75, 0.5, 0.25, 0.0]),
         "{:?}",
@@ -429,20 +456,13 @@ fn adaptive_entropy_applies_its_coefficient_after_a_step_at_or_below_the_target(
     );
 
     // always at or below the target: c rises to c_max, each step applying the one before
-    let (open, _, _, stats) = run(&adaptive(0.0, 1e3, 0.5, 1.2, false));
+    let (open, _, _, stats, _) = run(&adaptive(0.0, 1e3, 0.5, 1.2, false));
     assert!(
         close(&coefs(&stats), &[0.5, 1.0, 1.2, 1.2]),
         "{:?}",
         coefs(&stats)
     );
-    for (m, applied) in stats.minibatches.iter().zip([0.0, 0.5, 1.0, 1.2]) {
-        let want = metric(m, names::LOSS_POLICY) - applied * metric(m, names::LOSS_ENTROPY);
-        let total = metric(m, names::LOSS_TOTAL);
-        assert!(
-            (total - want).abs() < 1e-6,
-            "loss/total {total}, want {want} (c {applied})"
-        );
-    }
+    total_is(&stats, &[0.0, 0.5, 1.0, f64::from(1.2f32)]);
     let (h_open, h_none) = (
         mean_entropy(&open, updates.vocab),
         mean_entropy(&none, updates.vocab),
@@ -455,20 +475,20 @@ fn adaptive_entropy_applies_its_coefficient_after_a_step_at_or_below_the_target(
     // the comparison reads the step's own mean entropy
     let h0 = metric(&stats.minibatches[0], names::LOSS_ENTROPY);
     for (target, want) in [(h0 + 1e-3, 0.6), (h0 - 1e-3, 0.4)] {
-        let (.., stats) = run(&adaptive(0.5, target, 0.1, 1.0, false));
+        let (.., stats, _) = run(&adaptive(0.5, target as f32, 0.1, 1.0, false));
         let got = coefs(&stats)[0];
         assert!(
-            (got - want).abs() < 1e-9,
+            (got - want).abs() < 1e-6,
             "target {target} (H̄ {h0}): c {got}, want {want}"
         );
     }
     // with a share ρ of high-entropy tokens, over those tokens (TRL's effective mask), whose mean
     // lies above every token's: a target between the two lowers c
-    let selected = |target: f64| PpoConfig {
+    let selected = |target: f32| PpoConfig {
         top_entropy_quantile: 0.5,
         ..adaptive(0.5, target, 0.1, 1.0, false)
     };
-    let (.., stats) = run(&selected(1e3));
+    let (.., stats, _) = run(&selected(1e3));
     let (all, high) = (
         metric(&stats.minibatches[0], names::POLICY_ENTROPY),
         metric(&stats.minibatches[0], names::LOSS_ENTROPY),
@@ -477,8 +497,63 @@ fn adaptive_entropy_applies_its_coefficient_after_a_step_at_or_below_the_target(
         high > all + 1e-3,
         "H̄ {high} over the top half, {all} over all"
     );
-    let (.., stats) = run(&selected((all + high) / 2.0));
-    assert!((coefs(&stats)[0] - 0.4).abs() < 1e-9, "{:?}", coefs(&stats));
+    let (.., stats, _) = run(&selected(((all + high) / 2.0) as f32));
+    assert!((coefs(&stats)[0] - 0.4).abs() < 1e-6, "{:?}", coefs(&stats));
+
+    // every response cut off with mask_truncated_completions: no step, no measurement
+    let cut = PpoConfig {
+        mask_truncated_completions: true,
+        ..adaptive(0.5, 1e3, 0.1, 1.0, false)
+    };
+    let (.., stats, after) = run(&cut);
+    assert!(stats.minibatches.is_empty());
+    assert_eq!(after, cut.entropy_controller());
+}
+
+/// The KL loss term's bias correction reaches the loss with the ratio's sign: with the sampling
+/// policy's log-probs `δ` below the trained one's at every token, the logged `kl` (TRL's token
+/// mean of the term) is `e^δ` times the uncorrected one, at the token and at GSPO's sequence
+/// level, and the uncorrected one is the token mean of `k3` against a reference `0.5` below.
+#[test]
+fn the_bias_correction_weighs_the_kl_term_by_the_importance_ratio() {
+    let base = PpoConfig {
+        kl_in_reward: false,
+        kl_estimator: rlhf_core::KlEstimator::K3,
+        ..small(AdvantageEstimator::Grpo)
+    };
+    let updates = Updates::new(&base);
+    let (_, exp, _) = updates.update(&base, &updates.full_length(base.response_length));
+    let models = PolicyAndValue::new(
+        counting::load(&updates.bytes, updates.vocab, 0.0, &updates.device),
+        None,
+    );
+    let rows: Vec<usize> = (0..exp.batch).collect();
+    let delta = 0.3f32;
+    let mut mb = exp
+        .minibatch(&rows, updates.vocab, &updates.device)
+        .unwrap();
+    mb.ref_logprobs = mb.logprobs.clone().sub_scalar(0.5);
+    mb.logprobs = mb.logprobs.clone().sub_scalar(delta);
+    let kl = |correct: bool, objective: PolicyObjective| {
+        let cfg = PpoConfig {
+            kl_bias_correction: correct,
+            policy_objective: objective,
+            ..base.clone()
+        };
+        let (_, m) = minibatch_loss(&models, &mb, &cfg, 1.0, 0.0);
+        metric(&m, names::KL_LOSS_TERM)
+    };
+    let plain = kl(false, PolicyObjective::Ppo);
+    let k3 = (-0.5f64).exp() - 1.0 + 0.5;
+    assert!((plain - k3).abs() < 1e-4, "kl {plain}, k3 {k3}");
+    for objective in [PolicyObjective::Ppo, PolicyObjective::Gspo] {
+        let ratio = kl(true, objective) / plain;
+        let want = f64::from(delta).exp();
+        assert!(
+            (ratio - want).abs() < 1e-4,
+            "{objective:?}: ratio {ratio}, want {want}"
+        );
+    }
 }
 
 /// With every response `L_max` tokens long and the symmetric clip, GRPO's per-response mean,
