@@ -227,10 +227,10 @@ fn on_policy(
     let rm_scorer = RewardScorer::new(stage.rm.clone(), inp.tok.clone(), device);
     let scorer = method_reward(cfg, stage, inp, device)?;
     let value = initial_critic(&pcfg, &stage.rm, inp.sft, cfg.seed, device);
-    let eval = |policy: &CausalLm| -> Metrics {
-        inp.curve.as_ref().map_or_else(Vec::new, |judge| {
+    let eval = |policy: &CausalLm| -> Result<Metrics> {
+        Ok(inp.curve.as_ref().map_or_else(Vec::new, |judge| {
             curve_point(cfg, judge, inp, Some(&rm_scorer), policy, device)
-        })
+        }))
     };
     let inputs = PpoInputs {
         reference: inp.sft,
@@ -241,7 +241,7 @@ fn on_policy(
         eval: inp
             .curve
             .as_ref()
-            .map(|_| &eval as &dyn Fn(&CausalLm) -> Metrics),
+            .map(|_| &eval as &dyn Fn(&CausalLm) -> Result<Metrics>),
         eval_every: cfg.judge.eval_every as u64,
         eval_first: true,
     };

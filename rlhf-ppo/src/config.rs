@@ -124,9 +124,9 @@ pub struct PpoConfig {
     pub kl_in_reward: bool,
     /// DeepSeek-V3.2's bias correction of the KL loss term (TRL's `use_bias_correction_kl`, on
     /// in its GRPO): each token's estimate is weighted by the importance ratio `π/π_old` (GSPO's
-    /// sequence ratio at the sequence level), with its gradient, so that k3's gradient is the
-    /// unbiased reverse-KL gradient (`rlhf_core::bias_corrected_kl`). With the KL in the reward
-    /// there is no such term, and it changes nothing.
+    /// sequence ratio at the sequence level), with its gradient, so that at the token level k3's
+    /// gradient is the unbiased reverse-KL gradient (`rlhf_core::bias_corrected_kl`), and k1's
+    /// too. With the KL in the reward there is no such term, and it changes nothing.
     #[serde(default)]
     pub kl_bias_correction: bool,
     /// The reference follows the policy (TRL's `sync_ref_model`, TR-DPO's update of the KL
@@ -293,7 +293,8 @@ impl PpoConfig {
         }
     }
 
-    /// GRPO as the GRPO paper (Shao et al. 2024) defines it and TRL's `GRPOTrainer` runs it:
+    /// GRPO as the GRPO paper (Shao et al. 2024) defines it and TRL's `GRPOTrainer` runs it
+    /// (with DeepSeek-V3.2's bias correction of the KL term, on in TRL):
     /// group-normalised advantages `(s_i − mean)/(std + 1e−4)` over `G = 8` samples per prompt
     /// (TRL's `num_generations`), no KL in the reward, the k3 estimator in the loss with
     /// β = 0.04 (the paper's; TRL's `beta` now defaults to 0, which `kl` set to 0 gives) and
@@ -579,11 +580,18 @@ impl PpoConfig {
         }
         self.kl.validate()?;
         // β·mean(logπ − logπ_ref) at samples of π has zero expected gradient: as a loss term the
-        // k1 estimator would silently switch the KL regulariser off
-        if !self.kl_in_reward && self.kl_estimator == KlEstimator::K1 && self.kl_active() {
+        // k1 estimator would silently switch the KL regulariser off, unless the token-level bias
+        // correction weighs it by π/π_old (then E_old[∇(ρ·k1)] = ∇KL(π ‖ π_ref))
+        let corrected = self.kl_bias_correction && self.policy_objective != PolicyObjective::Gspo;
+        if !self.kl_in_reward
+            && self.kl_estimator == KlEstimator::K1
+            && self.kl_active()
+            && !corrected
+        {
             return bad(
                 "the KL as a loss term (kl_in_reward = false) with the k1 estimator has zero \
-                 expected gradient; use k3 (GRPO) or k2, or put the KL in the reward"
+                 expected gradient; use k3 (GRPO) or k2, weigh it by the importance ratio \
+                 (use_bias_correction_kl, at the token level), or put the KL in the reward"
                     .into(),
             );
         }

@@ -10,6 +10,8 @@
 //!   advantages → epochs of clipped updates → metrics, checkpoints), built from pieces that are
 //!   public so each can be tested and reused: [`encode_queries`], [`make_experience`],
 //!   [`minibatch_loss`], [`ppo_update`], [`ppo_iteration`];
+//! - [`held_out_metrics`]: the reward of samples on held-out prompts, for
+//!   [`PpoInputs::eval`];
 //! - [`per_token_rewards`]: `−β·kl_t` on every token plus the score on the last real token.
 //!
 //! ```
@@ -29,17 +31,19 @@
 
 pub mod completions;
 pub mod config;
+pub mod held_out;
 pub mod rewards;
 pub mod rollout;
 pub mod trainer;
 
 pub use config::{AdvantageEstimator, MultiObjectiveAggregation, PpoConfig};
+pub use held_out::{HeldOut, held_out_metrics};
 pub use rewards::{
     TokenRewards, apply_missing_eos_penalty, decoupled_scores, last_token_one_hot,
     overlong_penalty, per_token_rewards, reduce_score_variance,
 };
 pub use rollout::{DynamicSampling, Rollout, dynamic_sampling, sample_and_score};
 pub use trainer::{
-    Experience, Iteration, Minibatch, PolicyAndValue, PpoInputs, PpoReport, UpdateStats,
+    Eval, Experience, Iteration, Minibatch, PolicyAndValue, PpoInputs, PpoReport, UpdateStats,
     encode_queries, make_experience, minibatch_loss, ppo_iteration, ppo_update, train_ppo,
 };

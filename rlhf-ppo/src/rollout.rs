@@ -4,14 +4,15 @@
 //! is full.
 
 use rand::seq::IndexedRandom;
-use rlhf_core::Result;
 use rlhf_core::train::TrainRng;
 use rlhf_core::train::metrics::names;
+use rlhf_core::{Result, Scorer};
+use rlhf_data::Tokenizer;
 use rlhf_models::{CausalLm, Generation, generate};
 
 use crate::config::PpoConfig;
 use crate::rewards::{apply_missing_eos_penalty, overlong_penalty};
-use crate::trainer::{PpoInputs, encode_queries};
+use crate::trainer::encode_queries;
 
 /// Sampled, scored responses, prompt-major: the `n` samples of a prompt are consecutive rows.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,10 +39,11 @@ pub struct Rollout {
     pub score_weights: Option<Vec<f32>>,
 }
 
-/// Samples `n` responses to each of `prompts` with `policy` (an inference model) and scores them.
+/// Samples `n` responses to each of `prompts` with `policy` (an inference model), cut at the
+/// `tokenizer`'s EOS, and scores them with `scorer`.
 pub fn sample_and_score(
     policy: &CausalLm,
-    inputs: &PpoInputs,
+    (tokenizer, scorer): (&Tokenizer, &dyn Scorer),
     prompts: &[&str],
     cfg: &PpoConfig,
     rng: &mut TrainRng,
@@ -53,10 +55,10 @@ pub fn sample_and_score(
         .flat_map(|p| std::iter::repeat_n(*p, n))
         .collect();
     // each prompt is tokenised once and its row repeated n times
-    let (prompt_ids, prompt_mask) = encode_queries(inputs.tokenizer, prompts, q)?;
+    let (prompt_ids, prompt_mask) = encode_queries(tokenizer, prompts, q)?;
     let query_ids = repeat_rows(&prompt_ids, q, n);
     let query_mask = repeat_rows(&prompt_mask, q, n);
-    let sampling = cfg.sampling().ending_as(inputs.tokenizer);
+    let sampling = cfg.sampling().ending_as(tokenizer);
     let generation = generate(
         policy,
         &query_ids,
@@ -84,11 +86,11 @@ pub fn sample_and_score(
                 .filter(|(_, m)| **m == 1)
                 .map(|(t, _)| *t)
                 .collect();
-            inputs.tokenizer.decode_response(&kept)
+            tokenizer.decode_response(&kept)
         })
         .collect::<Result<Vec<_>>>()?;
     let text_refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let scored = rlhf_core::score_parts_each(inputs.scorer, &episodes, &text_refs)?;
+    let scored = rlhf_core::score_parts_each(scorer, &episodes, &text_refs)?;
     let raw_scores = scored.scores;
     let mut scores = raw_scores.clone();
     if let Some(penalty) = cfg.missing_eos_penalty {

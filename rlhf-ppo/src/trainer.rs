@@ -95,9 +95,10 @@ pub struct PpoInputs<'a> {
     pub prompts: &'a [String],
     /// SFT demonstrations for PPO-ptx (read only when `ptx_coef > 0`).
     pub demonstrations: &'a [Example],
-    /// Extra metrics (e.g. the gold score of samples on held-out prompts), every `eval_every`
-    /// iterations, after the last, and after the first when `eval_first`.
-    pub eval: Option<&'a dyn Fn(&CausalLm) -> Metrics>,
+    /// Extra metrics (e.g. the gold score of samples on held-out prompts, or
+    /// [`crate::held_out_metrics`]), every `eval_every` iterations, after the last, and after
+    /// the first when `eval_first`; an error stops the run.
+    pub eval: Option<&'a Eval<'a>>,
     /// See `eval`; 0 means only after the last iteration.
     pub eval_every: u64,
     /// Also run `eval` after the first iteration, where a learning curve starts (TRL's
@@ -105,6 +106,9 @@ pub struct PpoInputs<'a> {
     /// `sample_generations_freq` updates).
     pub eval_first: bool,
 }
+
+/// An evaluation of the policy during training ([`PpoInputs::eval`]).
+pub type Eval<'a> = dyn Fn(&CausalLm) -> Result<Metrics> + 'a;
 
 impl<'a> PpoInputs<'a> {
     /// These inputs with `reference` in place of theirs, when one is given (a synced reference
@@ -1104,7 +1108,8 @@ pub fn ppo_iteration(
     // tokens at temperature T), cut at EOS, score (no EOS ⇒ the penalty; DAPO's overlong
     // punishment); with dynamic sampling, groups of equal scores are replaced by new prompts'
     let mut sample = |prompts: &[&str], rng: &mut TrainRng| {
-        sample_and_score(&inference.policy, inputs, prompts, cfg, rng)
+        let reward = (inputs.tokenizer, inputs.scorer);
+        sample_and_score(&inference.policy, reward, prompts, cfg, rng)
     };
     let first = sample(prompts, rng)?;
     let (rollout, dynamic) = match cfg.dynamic_sampling {
@@ -1300,7 +1305,7 @@ pub fn train_ppo(
         let mut line = iteration_line(step.metrics, run.skipped_steps(), beta, lr(0));
         let kl_now = metric(&line, names::OBJECTIVE_KL).unwrap_or(0.0);
         ctl.kl.update(kl_now, cfg.batch_size());
-        line.extend(eval_if_due(inputs, &models.policy, done, total));
+        line.extend(eval_if_due(inputs, &models.policy, done, total)?);
         let parts = step.score_parts.iter().map(|(k, v)| (k.as_str(), *v));
         run.log(done, &line.iter().copied().chain(parts).collect::<Vec<_>>())?;
         log_samples(&mut run, &step.experience, inputs.tokenizer, done, total)?;
@@ -1550,12 +1555,12 @@ fn iteration_line(mut metrics: Metrics, skipped: u64, beta: f32, lr: f64) -> Met
 
 /// The caller's eval of `policy` after iteration `done` of `total`: every `eval_every`
 /// iterations, after the last, and after the first when `eval_first`; nothing otherwise.
-fn eval_if_due(inputs: &PpoInputs, policy: &CausalLm, done: u64, total: u64) -> Metrics {
+fn eval_if_due(inputs: &PpoInputs, policy: &CausalLm, done: u64, total: u64) -> Result<Metrics> {
     match inputs.eval {
         Some(eval) if eval_is_due(done, total, inputs.eval_every, inputs.eval_first) => {
             eval(policy)
         }
-        _ => Vec::new(),
+        _ => Ok(Vec::new()),
     }
 }
 

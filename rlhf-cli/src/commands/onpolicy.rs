@@ -12,11 +12,14 @@ use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args, ValueEnum};
 use rlhf_core::train::metrics::names;
 use rlhf_core::train::{OptimizerConfig, RunOptions, SyncRef};
-use rlhf_core::{AdaptiveEntropy, KlController, KlEstimator, LossAggregation, PolicyObjective};
-use rlhf_data::{ReadOptions, Tokenizer};
+use rlhf_core::{
+    AdaptiveEntropy, KlController, KlEstimator, LossAggregation, PolicyObjective, Scorer,
+};
+use rlhf_data::{ChatFormat, ReadOptions, Tokenizer};
 use rlhf_models::{CausalLm, ScalarModel, TransformerConfig};
 use rlhf_ppo::{
-    AdvantageEstimator, MultiObjectiveAggregation, PolicyAndValue, PpoConfig, PpoInputs, train_ppo,
+    AdvantageEstimator, HeldOut, MultiObjectiveAggregation, PolicyAndValue, PpoConfig, PpoInputs,
+    held_out_metrics, train_ppo,
 };
 use serde::{Deserialize, Serialize};
 
@@ -24,7 +27,7 @@ use crate::args::{
     FrozenArgs, LoraArgs, ModelArgs, PromptArgs, TokenFilterArgs, defaults_from_clap, run_options,
 };
 use crate::commands::{last_metric, prompts_and_reward};
-use crate::data::{Encoder, demonstrations, prompts};
+use crate::data::{Encoder, Prompts, demonstrations, prompts};
 use crate::load::Checkpoint;
 use crate::reward::Spec;
 use crate::{load, output};
@@ -227,6 +230,20 @@ pub struct OnPolicyArgs {
     /// [TRL: --reward_model_path, --reward_funcs].
     #[arg(long, value_name = "SPEC")]
     pub reward: Option<String>,
+    /// Held-out prompts, in the layout of --prompts (a verifier reads its reference there): the
+    /// policy samples --num-generations-eval responses to each at the training settings, and
+    /// --reward scores them (`eval_reward`, `eval_reward_std`, `eval_completions/mean_length`,
+    /// `eval_completions/clipped_ratio`), every --eval-steps iterations and after the last
+    /// [TRL: --eval_strategy steps with an eval dataset].
+    #[arg(long, value_name = "FILE")]
+    pub eval_prompts: Option<PathBuf>,
+    /// Iterations between held-out evaluations (0: after the last only) [TRL: --eval_steps].
+    #[arg(long)]
+    pub eval_steps: Option<u64>,
+    /// Responses sampled per held-out prompt (default: --num-generations)
+    /// [TRL: --num_generations_eval].
+    #[arg(long)]
+    pub num_generations_eval: Option<usize>,
     /// Weights of the terms of a top-level `sum(…)` in `--reward` (or of a single reward), one
     /// each, separated by spaces or commas [TRL: --reward_weights].
     #[arg(long, value_name = "W", num_args = 1.., value_delimiter = ',', allow_negative_numbers = true)]
@@ -339,7 +356,8 @@ pub struct OnPolicyArgs {
     #[arg(long)]
     pub top_entropy_quantile: Option<f32>,
     /// Weight the KL loss term of each token by the importance ratio π/π_old (GSPO's sequence
-    /// ratio at the sequence level), so that k3's gradient is the unbiased reverse-KL gradient
+    /// ratio at the sequence level), so that at the token level k3's gradient is the unbiased
+    /// reverse-KL gradient
     /// (DeepSeek-V3.2; on in GRPO's recipes; with --kl-in-reward it changes nothing)
     /// [TRL: --use_bias_correction_kl].
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
@@ -903,6 +921,59 @@ fn refuse_reward_mix(cfg: &PpoConfig, spec: &Spec) -> Result<()> {
     Ok(())
 }
 
+/// `spec`'s scorer; a verifier reads the reference answers of the training and the held-out
+/// prompts' records.
+fn scorer(
+    spec: &Spec,
+    args: &OnPolicyArgs,
+    tokenizer: &Tokenizer,
+    [train, held_out]: [&Prompts; 2],
+    device: &Device,
+) -> Result<Box<dyn Scorer>> {
+    let scored = Prompts {
+        texts: [&train.texts[..], &held_out.texts].concat(),
+        records: [&train.records[..], &held_out.records].concat(),
+    };
+    spec.build(tokenizer, &scored, device, args.frozen.frozen_dtype)
+}
+
+/// What the run is about to do, in one line.
+fn log_start(method: Method, prompts: usize, cfg: &PpoConfig, reward: &str) {
+    tracing::info!(
+        "{}: {prompts} prompts, {} per batch × {} samples, {} iterations, queries of {} tokens, \
+         {} new tokens at temperature {}, reward {reward}",
+        method.name(),
+        cfg.prompts_per_batch,
+        cfg.samples_per_prompt,
+        cfg.iterations,
+        cfg.query_length,
+        cfg.response_length,
+        cfg.temperature,
+    );
+}
+
+/// The held-out prompts of `--eval-prompts` (none without it); `--eval-steps` or
+/// `--num-generations-eval` without them is refused.
+fn held_out_prompts(
+    args: &OnPolicyArgs,
+    opts: &ReadOptions,
+    format: &ChatFormat,
+) -> Result<Prompts> {
+    match &args.eval_prompts {
+        Some(file) => prompts(file, opts, format),
+        None if args.eval_steps.is_some_and(|s| s > 0) || args.num_generations_eval.is_some() => {
+            bail!(
+                "--eval-steps and --num-generations-eval evaluate on held-out prompts: give them \
+                 with --eval-prompts"
+            )
+        }
+        None => Ok(Prompts {
+            texts: Vec::new(),
+            records: Vec::new(),
+        }),
+    }
+}
+
 /// Trains and writes the policy.
 pub fn run(method: Method, args: &OnPolicyArgs, toml: &str) -> Result<()> {
     let (dir, out) = args.model.model_and_out()?;
@@ -917,15 +988,17 @@ pub fn run(method: Method, args: &OnPolicyArgs, toml: &str) -> Result<()> {
     let prompts = prompts(prompt_file, &opts, &ckpt.format)?;
     let longest = longest_prompt(&ckpt.tokenizer, &prompts.texts)?;
     refuse_mixes(method, args)?;
+    let held_out = held_out_prompts(args, &opts, &ckpt.format)?;
     let cfg = args.config(method, longest);
     cfg.validate()?;
     refuse_reward_mix(&cfg, &spec)?;
     let inference = device.clone().without_autodiff();
-    let scorer = spec.build(
+    let scorer = scorer(
+        &spec,
+        args,
         &ckpt.tokenizer,
-        &prompts,
+        [&prompts, &held_out],
         &inference,
-        args.frozen.frozen_dtype,
     )?;
     let demonstrations = ptx_demonstrations(args, &cfg, &ckpt, &opts)?;
     let (models, reference) = models(
@@ -937,28 +1010,22 @@ pub fn run(method: Method, args: &OnPolicyArgs, toml: &str) -> Result<()> {
         &ckpt.tokenizer,
         &device,
     )?;
-    tracing::info!(
-        "{}: {} prompts, {} per batch × {} samples, {} iterations, queries of {} tokens, {} new \
-         tokens at temperature {}, reward {}",
-        method.name(),
-        prompts.texts.len(),
-        cfg.prompts_per_batch,
-        cfg.samples_per_prompt,
-        cfg.iterations,
-        cfg.query_length,
-        cfg.response_length,
-        cfg.temperature,
-        scorer.name()
-    );
+    log_start(method, prompts.texts.len(), &cfg, &scorer.name());
     output::claim(out, method.name(), toml)?;
+    let eval_set = HeldOut {
+        prompts: &held_out.texts,
+        samples_per_prompt: args.num_generations_eval.unwrap_or(cfg.samples_per_prompt),
+    };
+    let reward = (&ckpt.tokenizer, scorer.as_ref());
+    let eval = |policy: &CausalLm| held_out_metrics(policy, reward, &eval_set, &cfg);
     let inputs = PpoInputs {
         reference: &reference,
         scorer: scorer.as_ref(),
         tokenizer: &ckpt.tokenizer,
         prompts: &prompts.texts,
         demonstrations: &demonstrations,
-        eval: None,
-        eval_every: 0,
+        eval: (!held_out.texts.is_empty()).then_some(&eval as _),
+        eval_every: args.eval_steps.unwrap_or(0),
         eval_first: false,
     };
     let run = run_options_on_replicas(args, out, &cfg, &models.policy, models.value.as_ref())?;

@@ -1151,25 +1151,53 @@ fn grpo_on_people(model: &Path, prompts: &Path, out: &Path, extra: &[&str]) {
 
 /// `rlhf grpo` with the exact-match verifier raises the share of right answers: a model taught
 /// by demonstrations that are right only 60% of the time answers right about as often; GRPO,
-/// rewarded 1 for the right city and 0 otherwise, makes it answer right far more often.
+/// rewarded 1 for the right city and 0 otherwise, makes it answer right far more often. Its
+/// evaluation during training (`--eval-prompts`, here the same prompts, 16 samples each as
+/// `rlhf eval` takes them) runs every `--eval-steps` iterations, reads the verifier's answers of
+/// its own prompt records, and ends where `rlhf eval` of the trained model measures.
 #[test]
 fn grpo_with_an_exact_match_verifier_raises_the_verifiers_mean() {
     let dir = tempfile::tempdir().unwrap();
     let (sft, prompts) = people_sft(dir.path());
     let before = mean_reward(&sft, &prompts, "exact-match");
     let grpo = dir.path().join("grpo");
-    grpo_on_people(
-        &sft,
-        &prompts,
-        &grpo,
-        &["--reward", "exact-match", "--seed", "2"],
-    );
+    let evals = [
+        "--eval-prompts",
+        &s(&prompts),
+        "--eval-steps",
+        "10",
+        "--num-generations-eval",
+        "16",
+    ];
+    let options = [&["--reward", "exact-match", "--seed", "2"][..], &evals].concat();
+    grpo_on_people(&sft, &prompts, &grpo, &options);
     let after = mean_reward(&grpo, &prompts, "exact-match");
     assert!(
         (0.1..0.6).contains(&before) && after > before + 0.2,
         "exact-match rate {before} → {after}"
     );
     assert!(!metric(&grpo, "reward_std").is_empty() && !metric(&grpo, "kl").is_empty());
+    let held_out = metric(&grpo, "eval_reward");
+    let last = *held_out.last().unwrap();
+    eprintln!("exact-match rate {before} → {after}; eval_reward along the run {held_out:?}");
+    assert!(
+        held_out.len() == 4 && (last - after).abs() < 0.15 && last > before + 0.2,
+        "eval_reward {held_out:?}; rlhf eval {before} → {after}"
+    );
+    let out = dir.path().join("refused");
+    let args = [
+        "grpo",
+        "--model",
+        &s(&sft),
+        "--prompts",
+        &s(&prompts),
+        "--reward",
+        "length",
+    ];
+    refused(
+        &argv(&args, &["--out", &s(&out), "--eval-steps", "5"]),
+        "give them with --eval-prompts",
+    );
 }
 
 /// GDPO's normalisation keeps the priorities the weights give, whatever the rewards' scales: the
@@ -1902,7 +1930,15 @@ fn kto_with_a_synced_reference_starts_each_synced_step_at_one_half() {
         out
     };
     let every = synced_runs_start_at(&run, 0.5);
-    assert!(metric(&every, "kl").iter().all(|k| k.abs() < 1e-5));
+    // z_ref, of the mismatched pairs, is 0 too, in training and at every eval (the eval's
+    // batches are balanced, so its loss alone would not show it)
+    for name in ["kl", "eval_kl"] {
+        let kl = metric(&every, name);
+        assert!(
+            !kl.is_empty() && kl.iter().all(|k| k.abs() < 1e-5),
+            "{name} {kl:?}"
+        );
+    }
     refused(
         &args(
             &dir.path().join("lora"),

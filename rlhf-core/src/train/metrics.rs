@@ -145,6 +145,10 @@ pub mod names {
     pub const DYNAMIC_SAMPLING_REFILLED: &str = "dynamic_sampling/refilled_groups";
     pub const OBJECTIVE_OVERLONG: &str = "objective/overlong_penalty";
     pub const EVAL_LOSS: &str = "eval_loss";
+    pub const EVAL_REWARD: &str = "eval_reward";
+    pub const EVAL_REWARD_STD: &str = "eval_reward_std";
+    pub const EVAL_COMPLETIONS_MEAN_LENGTH: &str = "eval_completions/mean_length";
+    pub const EVAL_COMPLETIONS_CLIPPED_RATIO: &str = "eval_completions/clipped_ratio";
     pub const EVAL_PERPLEXITY: &str = "eval_perplexity";
     pub const EVAL_ACCURACY: &str = "eval_accuracy";
     pub const ACCURACY: &str = "accuracy";

@@ -510,10 +510,15 @@ fn adaptive_entropy_applies_its_coefficient_after_a_step_at_or_below_the_target(
     assert_eq!(after, cut.entropy_controller());
 }
 
-/// The KL loss term's bias correction reaches the loss with the ratio's sign: with the sampling
-/// policy's log-probs `δ` below the trained one's at every token, the logged `kl` (TRL's token
-/// mean of the term) is `e^δ` times the uncorrected one, at the token and at GSPO's sequence
-/// level, and the uncorrected one is the token mean of `k3` against a reference `0.5` below.
+/// The KL loss term's bias correction reaches the loss as TRL weighs it. Against a reference
+/// `0.5` below the policy at every token (so `k3 = e^{−0.5} − 0.5` everywhere), with the sampling
+/// policy's log-probs `δ_t` below the trained one's, `δ_t` cycling through −0.1, 0, 0.15, 0.3
+/// along each response:
+/// - the logged `kl` (TRL's token mean of the term) is `k3`'s mean without the correction,
+///   `k3·mean(e^{δ_t})` with it at the token level, and `k3·e^{mean δ}` at GSPO's sequence level;
+/// - it reads the ratio before INTELLECT-2's cap `δ = 1.21`, which `e^{0.3}` exceeds;
+/// - at `δ_t = 0` (on-policy) the value is unchanged but the gradient is not: the ratio keeps its
+///   gradient (`k3·∇logπ` more), where a detached one would change nothing.
 #[test]
 fn the_bias_correction_weighs_the_kl_term_by_the_importance_ratio() {
     let base = PpoConfig {
@@ -528,32 +533,75 @@ fn the_bias_correction_weighs_the_kl_term_by_the_importance_ratio() {
         None,
     );
     let rows: Vec<usize> = (0..exp.batch).collect();
-    let delta = 0.3f32;
-    let mut mb = exp
-        .minibatch(&rows, updates.vocab, &updates.device)
-        .unwrap();
-    mb.ref_logprobs = mb.logprobs.clone().sub_scalar(0.5);
-    mb.logprobs = mb.logprobs.clone().sub_scalar(delta);
-    let kl = |correct: bool, objective: PolicyObjective| {
-        let cfg = PpoConfig {
-            kl_bias_correction: correct,
-            policy_objective: objective,
-            ..base.clone()
-        };
-        let (_, m) = minibatch_loss(&models, &mb, &cfg, 1.0, 0.0);
-        metric(&m, names::KL_LOSS_TERM)
+    let on_policy = {
+        let mut mb = exp
+            .minibatch(&rows, updates.vocab, &updates.device)
+            .unwrap();
+        mb.ref_logprobs = mb.logprobs.clone().sub_scalar(0.5);
+        mb.advantages = mb.advantages.clone().zeros_like();
+        mb
     };
-    let plain = kl(false, PolicyObjective::Ppo);
+    let [b, r] = on_policy.logprobs.dims();
+    let cycle = [-0.1f32, 0.0, 0.15, 0.3];
+    let shifts: Vec<f32> = (0..b * r).map(|k| cycle[(k % r) % 4]).collect();
+    let mut shifted = on_policy.clone();
+    shifted.logprobs = on_policy
+        .logprobs
+        .clone()
+        .sub(burn::tensor::Tensor::from_data(
+            burn::tensor::TensorData::new(shifts.clone(), [b, r]),
+            &updates.device,
+        ));
+    let with = |correct: bool, objective: PolicyObjective, delta: Option<f32>| PpoConfig {
+        kl_bias_correction: correct,
+        policy_objective: objective,
+        delta,
+        ..base.clone()
+    };
+    let kl = |cfg: &PpoConfig| {
+        metric(
+            &minibatch_loss(&models, &shifted, cfg, 1.0, 0.0).1,
+            names::KL_LOSS_TERM,
+        )
+    };
     let k3 = (-0.5f64).exp() - 1.0 + 0.5;
-    assert!((plain - k3).abs() < 1e-4, "kl {plain}, k3 {k3}");
-    for objective in [PolicyObjective::Ppo, PolicyObjective::Gspo] {
-        let ratio = kl(true, objective) / plain;
-        let want = f64::from(delta).exp();
+    let mean = |v: &mut dyn Iterator<Item = f64>| {
+        let v: Vec<f64> = v.collect();
+        v.iter().sum::<f64>() / v.len() as f64
+    };
+    // every response runs to the limit: each row's mean shift is the cycle's over r positions
+    let row_mean = mean(&mut (0..r).map(|t| f64::from(cycle[t % 4])));
+    let token = k3 * mean(&mut shifts.iter().map(|&d| f64::from(d).exp()));
+    for (cfg, want) in [
+        (with(false, PolicyObjective::Ppo, None), k3),
+        (with(true, PolicyObjective::Ppo, None), token),
+        (with(true, PolicyObjective::Ppo, Some(1.21)), token),
+        (with(true, PolicyObjective::Gspo, None), k3 * row_mean.exp()),
+    ] {
+        let got = kl(&cfg);
         assert!(
-            (ratio - want).abs() < 1e-4,
-            "{objective:?}: ratio {ratio}, want {want}"
+            (got - want).abs() < 1e-4 * want,
+            "{:?}, correction {}, δ {:?}: kl {got}, want {want}",
+            cfg.policy_objective,
+            cfg.kl_bias_correction,
+            cfg.delta
         );
     }
+    let grad_norm = |correct: bool| {
+        let cfg = with(correct, PolicyObjective::Ppo, None);
+        let (loss, m) = minibatch_loss(&models, &on_policy, &cfg, 1.0, 0.0);
+        let grads = burn::optim::GradientsParams::from_grads(loss.backward(), &models);
+        (
+            metric(&m, names::KL_LOSS_TERM),
+            rlhf_core::train::global_grad_norm(&models, &grads),
+        )
+    };
+    let ((kl_plain, g_plain), (kl_corrected, g_corrected)) = (grad_norm(false), grad_norm(true));
+    assert!((kl_plain - kl_corrected).abs() < 1e-6 * kl_plain);
+    assert!(
+        (g_plain - g_corrected).abs() > 1e-3 * g_plain,
+        "gradient norm {g_plain} without the correction, {g_corrected} with"
+    );
 }
 
 /// With every response `L_max` tokens long and the symmetric clip, GRPO's per-response mean,
@@ -797,6 +845,44 @@ impl Counting {
         )
         .unwrap()
     }
+}
+
+/// Held-out evaluation (`held_out_metrics`) draws the same random numbers at every call, scores
+/// with the scorer alone (the missing-EOS penalty is training's), and counts what it sampled:
+/// with a limit of one token no response of the counting policy ends, so every one is clipped
+/// and one token long; with room most end.
+#[test]
+fn held_out_metrics_score_the_samples_alone_and_repeat() {
+    let counting = Counting::new();
+    let policy = counting::load(
+        &counting.bytes,
+        counting.tok.vocab_size(),
+        0.0,
+        &counting.device,
+    );
+    let held_out = rlhf_ppo::HeldOut {
+        prompts: &counting.prompts,
+        samples_per_prompt: 3,
+    };
+    let cfg = |penalty: Option<f32>, length: usize| PpoConfig {
+        temperature: 1.0,
+        missing_eos_penalty: penalty,
+        response_length: length,
+        ..small(AdvantageEstimator::Grpo)
+    };
+    let eval = |cfg: &PpoConfig| {
+        let reward = (&counting.tok, &counting::Words as &dyn rlhf_core::Scorer);
+        rlhf_ppo::held_out_metrics(&policy, reward, &held_out, cfg).unwrap()
+    };
+    let first = eval(&cfg(None, 16));
+    assert_eq!(first, eval(&cfg(None, 16)));
+    assert_eq!(first, eval(&cfg(Some(-5.0), 16)));
+    assert!(metric(&first, names::EVAL_COMPLETIONS_CLIPPED_RATIO) < 0.5);
+    assert!(metric(&first, names::EVAL_REWARD) > 0.0);
+    let cut = eval(&cfg(Some(-5.0), 1));
+    assert_eq!(metric(&cut, names::EVAL_COMPLETIONS_CLIPPED_RATIO), 1.0);
+    assert_eq!(metric(&cut, names::EVAL_COMPLETIONS_MEAN_LENGTH), 1.0);
+    assert!(metric(&cut, names::EVAL_REWARD) > -5.0);
 }
 
 /// `top_k`, `top_p`, `min_p` and `repetition_penalty` reach the sampler: with `top_k = 1` at

@@ -88,7 +88,8 @@ fn ppo_trains_with_a_pad_id_outside_the_vocabulary() {
 }
 
 /// `β·mean(logπ − logπ_ref)` at samples of π has zero expected gradient: with the KL in the
-/// loss, the k1 estimator would silently turn the regulariser off.
+/// loss, the k1 estimator would silently turn the regulariser off, unless the token-level bias
+/// correction weighs it by the importance ratio.
 #[test]
 fn kl_in_the_loss_with_k1_is_refused() {
     let k1_in_loss = PpoConfig {
@@ -97,6 +98,20 @@ fn kl_in_the_loss_with_k1_is_refused() {
         ..PpoConfig::default()
     };
     let e = k1_in_loss.validate().unwrap_err().to_string();
+    assert!(e.contains("k1"), "{e}");
+    // weighted by the token ratio its gradient is the KL's; by GSPO's sequence ratio it is not
+    let corrected = PpoConfig {
+        kl_bias_correction: true,
+        ..k1_in_loss.clone()
+    };
+    corrected.validate().unwrap();
+    let sequence = PpoConfig {
+        policy_objective: rlhf_core::PolicyObjective::Gspo,
+        advantage: AdvantageEstimator::Grpo,
+        samples_per_prompt: 2,
+        ..corrected
+    };
+    let e = sequence.validate().unwrap_err().to_string();
     assert!(e.contains("k1"), "{e}");
     for estimator in [KlEstimator::K2, KlEstimator::K3] {
         PpoConfig {

@@ -1,0 +1,64 @@
+//! Held-out evaluation during on-policy training (TRL's `eval_dataset` for GRPO and RLOO): the
+//! policy samples `n` responses to each held-out prompt, at the training run's sampling
+//! settings, and the run's reward scores them, before any penalty (TRL's eval reward is the
+//! reward functions' weighted sum). Each evaluation draws the same random numbers, so two
+//! evaluations of a run differ by the policy only, and a resumed run evaluates as the
+//! uninterrupted one.
+
+use burn::module::Module;
+use rlhf_core::stats;
+use rlhf_core::train::metrics::names;
+use rlhf_core::train::{Metrics, TrainRng};
+use rlhf_core::{Result, Scorer};
+use rlhf_data::Tokenizer;
+use rlhf_models::CausalLm;
+
+use crate::config::PpoConfig;
+use crate::rollout::sample_and_score;
+
+/// The held-out prompts and how many responses to sample for each (TRL's
+/// `num_generations_eval`).
+#[derive(Debug, Clone, Copy)]
+pub struct HeldOut<'a> {
+    /// The prompts.
+    pub prompts: &'a [String],
+    /// Responses per prompt.
+    pub samples_per_prompt: usize,
+}
+
+/// `policy`'s responses to `held_out`, sampled as `cfg` samples in training (its length limit,
+/// temperature and token filters; `cfg.prompts_per_batch` prompts at a time) with the random
+/// numbers of `cfg.seed`, and scored by `scorer`:
+/// - `eval_reward`, the mean score, and `eval_reward_std`, its sample standard deviation;
+/// - `eval_completions/mean_length`, in tokens (up to and including EOS);
+/// - `eval_completions/clipped_ratio`, the share of responses that reached the length limit
+///   without EOS.
+pub fn held_out_metrics(
+    policy: &CausalLm,
+    (tokenizer, scorer): (&Tokenizer, &dyn Scorer),
+    held_out: &HeldOut,
+    cfg: &PpoConfig,
+) -> Result<Metrics> {
+    let cfg = PpoConfig {
+        samples_per_prompt: held_out.samples_per_prompt.max(1),
+        ..cfg.clone()
+    };
+    // LoRA adapters merged, as for the rollouts
+    let policy = policy.valid().materialize();
+    let mut rng = TrainRng::seed_from_u64(cfg.seed).fork("held-out");
+    let (mut scores, mut lengths, mut clipped) = (Vec::new(), Vec::new(), 0usize);
+    for chunk in held_out.prompts.chunks(cfg.prompts_per_batch.max(1)) {
+        let prompts: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        let rollout = sample_and_score(&policy, (tokenizer, scorer), &prompts, &cfg, &mut rng)?;
+        scores.extend(rollout.raw_scores.iter().map(|&s| f64::from(s)));
+        lengths.extend(rollout.lengths.iter().map(|&l| l as f64));
+        clipped += rollout.generation.has_eos.iter().filter(|&&e| !e).count();
+    }
+    let n = scores.len().max(1) as f64;
+    Ok(vec![
+        (names::EVAL_REWARD, stats::mean(scores.iter().copied())),
+        (names::EVAL_REWARD_STD, stats::sample_std(&scores)),
+        (names::EVAL_COMPLETIONS_MEAN_LENGTH, stats::mean(lengths)),
+        (names::EVAL_COMPLETIONS_CLIPPED_RATIO, clipped as f64 / n),
+    ])
+}
