@@ -15,7 +15,7 @@ use rlhf_core::train::{OptimizerConfig, RunOptions, SyncRef};
 use rlhf_core::{
     AdaptiveEntropy, KlController, KlEstimator, LossAggregation, PolicyObjective, Scorer,
 };
-use rlhf_data::{ChatFormat, ReadOptions, Tokenizer};
+use rlhf_data::{ChatFormat, PromptRecord, ReadOptions, Tokenizer};
 use rlhf_models::{CausalLm, ScalarModel, TransformerConfig};
 use rlhf_ppo::{
     AdvantageEstimator, HeldOut, MultiObjectiveAggregation, PolicyAndValue, PpoConfig, PpoInputs,
@@ -237,7 +237,8 @@ pub struct OnPolicyArgs {
     /// [TRL: --eval_strategy steps with an eval dataset].
     #[arg(long, value_name = "FILE")]
     pub eval_prompts: Option<PathBuf>,
-    /// Iterations between held-out evaluations (0: after the last only) [TRL: --eval_steps].
+    /// Iterations between held-out evaluations, and one after the last (0: after the last only;
+    /// TRL's counts optimizer steps) [TRL: --eval_steps].
     #[arg(long)]
     pub eval_steps: Option<u64>,
     /// Responses sampled per held-out prompt (default: --num-generations)
@@ -922,7 +923,8 @@ fn refuse_reward_mix(cfg: &PpoConfig, spec: &Spec) -> Result<()> {
 }
 
 /// `spec`'s scorer; a verifier reads the reference answers of the training and the held-out
-/// prompts' records.
+/// prompts' records, so a held-out prompt that repeats a training prompt with other fields is
+/// refused (it would change the answer the training prompt is scored against).
 fn scorer(
     spec: &Spec,
     args: &OnPolicyArgs,
@@ -930,6 +932,24 @@ fn scorer(
     [train, held_out]: [&Prompts; 2],
     device: &Device,
 ) -> Result<Box<dyn Scorer>> {
+    let seen: std::collections::HashMap<&str, &PromptRecord> = train
+        .texts
+        .iter()
+        .map(String::as_str)
+        .zip(&train.records)
+        .collect();
+    for (i, (text, record)) in held_out.texts.iter().zip(&held_out.records).enumerate() {
+        if seen
+            .get(text.as_str())
+            .is_some_and(|r| r.extra != record.extra)
+        {
+            bail!(
+                "--eval-prompts record {} repeats a training prompt with other fields (a \
+                 verifier's answer): {text:?}",
+                i + 1
+            );
+        }
+    }
     let scored = Prompts {
         texts: [&train.texts[..], &held_out.texts].concat(),
         records: [&train.records[..], &held_out.records].concat(),
@@ -953,14 +973,23 @@ fn log_start(method: Method, prompts: usize, cfg: &PpoConfig, reward: &str) {
 }
 
 /// The held-out prompts of `--eval-prompts` (none without it); `--eval-steps` or
-/// `--num-generations-eval` without them is refused.
+/// `--num-generations-eval` without them, a file without prompts and 0 samples are refused.
 fn held_out_prompts(
     args: &OnPolicyArgs,
     opts: &ReadOptions,
     format: &ChatFormat,
 ) -> Result<Prompts> {
+    if args.num_generations_eval == Some(0) {
+        bail!("--num-generations-eval must be ≥ 1");
+    }
     match &args.eval_prompts {
-        Some(file) => prompts(file, opts, format),
+        Some(file) => {
+            let held_out = prompts(file, opts, format)?;
+            if held_out.texts.is_empty() {
+                bail!("--eval-prompts {}: no prompts", file.display());
+            }
+            Ok(held_out)
+        }
         None if args.eval_steps.is_some_and(|s| s > 0) || args.num_generations_eval.is_some() => {
             bail!(
                 "--eval-steps and --num-generations-eval evaluate on held-out prompts: give them \
@@ -986,9 +1015,11 @@ pub fn run(method: Method, args: &OnPolicyArgs, toml: &str) -> Result<()> {
     let ckpt = load::checkpoint(dir, &device, args.input.chat_template.as_deref())?;
     let opts = args.input.read_options();
     let prompts = prompts(prompt_file, &opts, &ckpt.format)?;
-    let longest = longest_prompt(&ckpt.tokenizer, &prompts.texts)?;
-    refuse_mixes(method, args)?;
     let held_out = held_out_prompts(args, &opts, &ckpt.format)?;
+    // the queries hold the longest prompt, held-out ones included, whole
+    let all = [&prompts.texts[..], &held_out.texts].concat();
+    let longest = longest_prompt(&ckpt.tokenizer, &all)?;
+    refuse_mixes(method, args)?;
     let cfg = args.config(method, longest);
     cfg.validate()?;
     refuse_reward_mix(&cfg, &spec)?;

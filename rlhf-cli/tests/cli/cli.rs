@@ -1152,9 +1152,13 @@ fn grpo_on_people(model: &Path, prompts: &Path, out: &Path, extra: &[&str]) {
 /// `rlhf grpo` with the exact-match verifier raises the share of right answers: a model taught
 /// by demonstrations that are right only 60% of the time answers right about as often; GRPO,
 /// rewarded 1 for the right city and 0 otherwise, makes it answer right far more often. Its
-/// evaluation during training (`--eval-prompts`, here the same prompts, 16 samples each as
-/// `rlhf eval` takes them) runs every `--eval-steps` iterations, reads the verifier's answers of
-/// its own prompt records, and ends where `rlhf eval` of the trained model measures.
+/// evaluation during training (`--eval-prompts`, 16 samples each as `rlhf eval` takes them) runs
+/// every `--eval-steps` iterations and after the last, and measures what `rlhf eval` of the
+/// trained model measures: on the training prompts, and on a file of two trained people (the
+/// same records) and two held out of training, whose answers the verifier reads from the
+/// held-out file (trained on the other six, the policy names their cities for these two, and
+/// their share falls to 0). A held-out prompt that repeats a training prompt with another answer
+/// is refused, and so are the eval options without the file.
 #[test]
 fn grpo_with_an_exact_match_verifier_raises_the_verifiers_mean() {
     let dir = tempfile::tempdir().unwrap();
@@ -1184,6 +1188,46 @@ fn grpo_with_an_exact_match_verifier_raises_the_verifiers_mean() {
         held_out.len() == 4 && (last - after).abs() < 0.15 && last > before + 0.2,
         "eval_reward {held_out:?}; rlhf eval {before} → {after}"
     );
+
+    // six people trained on; evaluated on the last two of them and two held out (their answers
+    // only in the held-out file)
+    let lines: Vec<String> = std::fs::read_to_string(&prompts)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let (train6, held4) = (
+        dir.path().join("train6.jsonl"),
+        dir.path().join("held4.jsonl"),
+    );
+    std::fs::write(&train6, lines[..6].join("\n")).unwrap();
+    std::fs::write(&held4, lines[4..].join("\n")).unwrap();
+    let apart = dir.path().join("apart");
+    let evals = [
+        "--eval-prompts",
+        &s(&held4),
+        "--eval-steps",
+        "15",
+        "--num-generations-eval",
+        "16",
+    ];
+    let options = [&["--reward", "exact-match", "--seed", "2"][..], &evals].concat();
+    grpo_on_people(&sft, &train6, &apart, &options);
+    let held_out = metric(&apart, "eval_reward");
+    let measured = mean_reward(&apart, &held4, "exact-match");
+    eprintln!("held out: eval_reward along the run {held_out:?}; rlhf eval {measured}");
+    assert!(
+        held_out.len() == 3 && (held_out[2] - measured).abs() < 0.2,
+        "eval_reward {held_out:?}, rlhf eval {measured}"
+    );
+    for name in [
+        "eval_reward_std",
+        "eval_completions/mean_length",
+        "eval_completions/clipped_ratio",
+    ] {
+        assert_eq!(metric(&apart, name).len(), 3, "{name}");
+    }
+
     let out = dir.path().join("refused");
     let args = [
         "grpo",
@@ -1194,10 +1238,28 @@ fn grpo_with_an_exact_match_verifier_raises_the_verifiers_mean() {
         "--reward",
         "length",
     ];
-    refused(
-        &argv(&args, &["--out", &s(&out), "--eval-steps", "5"]),
-        "give them with --eval-prompts",
-    );
+    let other_answer = dir.path().join("other.jsonl");
+    std::fs::write(
+        &other_answer,
+        lines[0].replace("\"answer\":", "\"answer\":\"x\",\"was\":"),
+    )
+    .unwrap();
+    for (extra, says) in [
+        (&["--eval-steps", "5"][..], "give them with --eval-prompts"),
+        (
+            &["--num-generations-eval", "4"],
+            "give them with --eval-prompts",
+        ),
+        (
+            &["--eval-prompts", &s(&other_answer)],
+            "repeats a training prompt",
+        ),
+    ] {
+        refused(
+            &argv(&args, &[&["--out", &s(&out)][..], extra].concat()),
+            says,
+        );
+    }
 }
 
 /// GDPO's normalisation keeps the priorities the weights give, whatever the rewards' scales: the

@@ -847,10 +847,29 @@ impl Counting {
     }
 }
 
+/// Scores a response to `count k:` with `k`, whatever it says.
+struct PromptNumber;
+
+impl rlhf_core::Scorer for PromptNumber {
+    fn score(&self, prompts: &[&str], _responses: &[&str]) -> rlhf_core::Result<Vec<f32>> {
+        Ok(prompts
+            .iter()
+            .map(|p| {
+                p.trim_start_matches("count ")
+                    .trim_end_matches(':')
+                    .parse()
+                    .unwrap()
+            })
+            .collect())
+    }
+}
+
 /// Held-out evaluation (`held_out_metrics`) draws the same random numbers at every call, scores
 /// with the scorer alone (the missing-EOS penalty is training's), and counts what it sampled:
 /// with a limit of one token no response of the counting policy ends, so every one is clipped
-/// and one token long; with room most end.
+/// and one token long; with room most end. Every prompt is sampled `n` times, across batches of
+/// `prompts_per_batch`: scored by the number they ask for, the eight prompts' three samples
+/// each have the mean and the sample spread of 1…8 each three times.
 #[test]
 fn held_out_metrics_score_the_samples_alone_and_repeat() {
     let counting = Counting::new();
@@ -883,6 +902,20 @@ fn held_out_metrics_score_the_samples_alone_and_repeat() {
     assert_eq!(metric(&cut, names::EVAL_COMPLETIONS_CLIPPED_RATIO), 1.0);
     assert_eq!(metric(&cut, names::EVAL_COMPLETIONS_MEAN_LENGTH), 1.0);
     assert!(metric(&cut, names::EVAL_REWARD) > -5.0);
+
+    let reward = (&counting.tok, &PromptNumber as &dyn rlhf_core::Scorer);
+    let m = rlhf_ppo::held_out_metrics(&policy, reward, &held_out, &cfg(None, 4)).unwrap();
+    let asked: Vec<f64> = (1..=8).flat_map(|k| [f64::from(k); 3]).collect();
+    let mean = asked.iter().sum::<f64>() / 24.0;
+    let std = (asked.iter().map(|k| (k - mean).powi(2)).sum::<f64>() / 23.0).sqrt();
+    assert!(
+        (metric(&m, names::EVAL_REWARD) - mean).abs() < 1e-9,
+        "{m:?}"
+    );
+    assert!(
+        (metric(&m, names::EVAL_REWARD_STD) - std).abs() < 1e-6,
+        "{m:?}"
+    );
 }
 
 /// `top_k`, `top_p`, `min_p` and `repetition_penalty` reach the sampler: with `top_k = 1` at
