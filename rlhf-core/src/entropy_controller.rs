@@ -13,8 +13,10 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The adaptive controller's settings (TRL's defaults).
+/// The adaptive controller's settings (TRL's defaults; a table that names some takes the others'
+/// defaults).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct AdaptiveEntropy {
     /// `H_target`, the mean per-token entropy (nats): a step applies `c` when the step before
     /// measured at most this.

@@ -61,9 +61,10 @@ pub fn kl_estimate(
 /// sequence ratio, the exponential of the mean log-ratio over the row's real tokens (`mask`),
 /// repeated along the row. All `[batch, seq]`.
 ///
-/// At `π = π_old` the value is unchanged, and with k3 the gradient becomes
+/// At `π = π_old` the value is unchanged, and at the token level the k3 term's gradient becomes
 /// `(logπ − logπ_ref)·∇logπ`, the unbiased gradient of the reverse KL (the uncorrected k3 term's is
-/// `(1 − π_ref/π)·∇logπ`).
+/// `(1 − π_ref/π)·∇logπ`); at the sequence level a token's gradient reads its row's mean estimate,
+/// and that property does not hold.
 pub fn bias_corrected_kl(
     per_token: Tensor<2>,
     log_ratio: Tensor<2>,

@@ -570,14 +570,14 @@ fn check(examples: &[KtoExample], what: &str) -> Result<()> {
 }
 
 #[allow(clippy::too_many_arguments)]
-/// Trains `policy` (on an autodiff device) with KTO against the frozen `reference` on `train`,
+/// Trains `policy` (on an autodiff device) with KTO against `reference` on `train`,
 /// evaluating on `eval`. The reference's log-probs of the matched and the mismatched pairs come
 /// from `cache`, or with `cfg.sync_ref` (TR-DPO) from the reference as it follows the policy,
 /// batch by batch; `run_options` gives checkpoints, resume, metrics and progress.
-// One piece, over 80 lines: the setup around the shared `fit` loop in order: refusals, the
+// One piece, over 80 lines: the setup around the shared `fit_with` loop in order: refusals, the
 // memory check, the reference log-probs of train and eval prepared once (or none, for a live
-// reference), then `fit` with KTO's batch order, loss and eval closures (which borrow the
-// prepared data), and the report.
+// reference), then `fit_with` with KTO's batch order, loss and eval closures (which borrow the
+// prepared data) and the live reference's hook, and the report.
 pub fn train_kto(
     policy: CausalLm,
     reference: &CausalLm,

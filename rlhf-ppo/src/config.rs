@@ -293,14 +293,14 @@ impl PpoConfig {
         }
     }
 
-    /// GRPO as the GRPO paper (Shao et al. 2024) defines it and TRL's `GRPOTrainer` runs it
-    /// (with DeepSeek-V3.2's bias correction of the KL term, on in TRL):
+    /// GRPO as the GRPO paper (Shao et al. 2024) defines it and TRL's `GRPOTrainer` runs it:
     /// group-normalised advantages `(s_i − mean)/(std + 1e−4)` over `G = 8` samples per prompt
     /// (TRL's `num_generations`), no KL in the reward, the k3 estimator in the loss with
     /// β = 0.04 (the paper's; TRL's `beta` now defaults to 0, which `kl` set to 0 gives) and
-    /// TRL's bias correction of that term, one policy update per rollout (`num_iterations = 1`),
-    /// sampling at temperature 1, no missing-EOS penalty, and no critic. Everything else is the TL;DR default (among it Adam's
-    /// ε of 1e−5, where TRL's is 1e−8, and 53 new tokens); sizes are the caller's.
+    /// DeepSeek-V3.2's bias correction of that term (on in TRL), one policy update per rollout
+    /// (`num_iterations = 1`), sampling at temperature 1, no missing-EOS penalty, and no critic.
+    /// Everything else is the TL;DR default (among it Adam's ε of 1e−5, where TRL's is 1e−8, and
+    /// 53 new tokens); sizes are the caller's.
     pub fn grpo() -> Self {
         PpoConfig {
             advantage: AdvantageEstimator::Grpo,
@@ -436,7 +436,8 @@ impl PpoConfig {
 
     /// Checks ranges and combinations: group estimators need `n ≥ 2` (Dr.GRPO excepted), the
     /// batch must split into minibatches, the probabilities and coefficients must make sense, the
-    /// KL controller must not divide by zero, and a KL loss term must not use k1.
+    /// KL controller must not divide by zero, and a KL loss term must not use k1 (unless the
+    /// token-level bias correction weighs it).
     // One piece, over 80 lines: a flat list of refusals, each a condition with its own message
     // (sizes and limits first, then ranges and combinations such as GSPO's estimator or k1 as a
     // loss term); the KL controller and the optimizer are checked by their own `validate`.

@@ -674,9 +674,10 @@ impl Experience {
 /// The loss of one minibatch, `L = L_pg + c_v·L_v` (+ `β·KL` when the KL is a loss term, aggregated
 /// as `L_pg` is, as TRL adds it to the per-token loss before aggregating; − `c·H̄`, the mean
 /// entropy over the tokens `L_pg` reads, with an entropy bonus), `β = kl_coef` and
-/// `c = entropy_coef` being this step's,
-/// and its diagnostics (`policy/*`, `clip_ratio/*`, `val/*`, `loss/*`). `L_pg` is the surrogate
-/// of `cfg.policy_objective` (PPO's clip, GSPO, CISPO) aggregated by `cfg.loss_aggregation`,
+/// `c = entropy_coef` being this step's (the entropy term is built only when `cfg`'s entropy
+/// controller is active, so `c` is read only then), and its diagnostics (`policy/*`,
+/// `clip_ratio/*`, `val/*`, `loss/*`). `L_pg` is the surrogate of `cfg.policy_objective` (PPO's
+/// clip, GSPO, CISPO) aggregated by `cfg.loss_aggregation`,
 /// each token weighted by the truncated importance-sampling correction when it is on, and only
 /// the high-entropy tokens counted when `cfg.top_entropy_quantile < 1`.
 ///
@@ -1240,7 +1241,8 @@ pub struct PpoReport {
 /// Trains `models` (on the autodiff `device`) for `cfg.iterations` iterations of
 /// [`ppo_iteration`]. With an output directory in `run_options`, metrics go to `metrics.jsonl`
 /// (one line per iteration) and checkpoints (models, optimizer, the KL and entropy controllers,
-/// iteration) to `checkpoints/`; a run started again in the same directory resumes after its newest checkpoint.
+/// iteration) to `checkpoints/`; a run started again in the same directory resumes after its
+/// newest checkpoint.
 pub fn train_ppo(
     models: PolicyAndValue,
     inputs: &PpoInputs,
@@ -1496,7 +1498,7 @@ fn check_memory(
 /// The models, the optimizer, the KL and the entropy controllers (and a synced reference, into
 /// `live`) as checkpoint `c` (of the run in `run_options`' output directory) saved them; the
 /// entropy controller carries on from the saved state into `ctl`'s settings, and starts afresh
-/// from a checkpoint that has none (one written before adaptive control existed).
+/// from a checkpoint that holds none.
 fn restore(
     c: &Checkpoint,
     run_options: &RunOptions,

@@ -230,8 +230,9 @@ pub struct OnPolicyArgs {
     /// [TRL: --reward_model_path, --reward_funcs].
     #[arg(long, value_name = "SPEC")]
     pub reward: Option<String>,
-    /// Held-out prompts, in the layout of --prompts (a verifier reads its reference there): the
-    /// policy samples --num-generations-eval responses to each at the training settings, and
+    /// Held-out prompts, in the layout of --prompts (a verifier reads its reference there; the
+    /// queries hold the longest prompt of both files): the policy samples --num-generations-eval
+    /// responses to each at the training settings, and
     /// --reward scores them (`eval_reward`, `eval_reward_std`, `eval_completions/mean_length`,
     /// `eval_completions/clipped_ratio`), every --eval-steps iterations and after the last
     /// [TRL: --eval_strategy steps with an eval dataset].
@@ -923,8 +924,8 @@ fn refuse_reward_mix(cfg: &PpoConfig, spec: &Spec) -> Result<()> {
 }
 
 /// `spec`'s scorer; a verifier reads the reference answers of the training and the held-out
-/// prompts' records, so a held-out prompt that repeats a training prompt with other fields is
-/// refused (it would change the answer the training prompt is scored against).
+/// prompts' records, keyed by the prompt's text, so a held-out prompt that repeats an earlier
+/// one (of either file) with other fields is refused: one record would replace the other.
 fn scorer(
     spec: &Spec,
     args: &OnPolicyArgs,
@@ -932,7 +933,7 @@ fn scorer(
     [train, held_out]: [&Prompts; 2],
     device: &Device,
 ) -> Result<Box<dyn Scorer>> {
-    let seen: std::collections::HashMap<&str, &PromptRecord> = train
+    let mut seen: std::collections::HashMap<&str, &PromptRecord> = train
         .texts
         .iter()
         .map(String::as_str)
@@ -944,11 +945,12 @@ fn scorer(
             .is_some_and(|r| r.extra != record.extra)
         {
             bail!(
-                "--eval-prompts record {} repeats a training prompt with other fields (a \
-                 verifier's answer): {text:?}",
+                "--eval-prompts record {} repeats an earlier prompt with other fields (a reward \
+                 keys a prompt's fields, such as a verifier's answer, by its text): {text:?}",
                 i + 1
             );
         }
+        seen.insert(text, record);
     }
     let scored = Prompts {
         texts: [&train.texts[..], &held_out.texts].concat(),

@@ -1157,8 +1157,8 @@ fn grpo_on_people(model: &Path, prompts: &Path, out: &Path, extra: &[&str]) {
 /// trained model measures: on the training prompts, and on a file of two trained people (the
 /// same records) and two held out of training, whose answers the verifier reads from the
 /// held-out file (trained on the other six, the policy names their cities for these two, and
-/// their share falls to 0). A held-out prompt that repeats a training prompt with another answer
-/// is refused, and so are the eval options without the file.
+/// their share falls to 0). A held-out prompt that repeats an earlier one with another answer is
+/// refused, and so are the eval options without the file.
 #[test]
 fn grpo_with_an_exact_match_verifier_raises_the_verifiers_mean() {
     let dir = tempfile::tempdir().unwrap();
@@ -1252,7 +1252,7 @@ fn grpo_with_an_exact_match_verifier_raises_the_verifiers_mean() {
         ),
         (
             &["--eval-prompts", &s(&other_answer)],
-            "repeats a training prompt",
+            "repeats an earlier prompt",
         ),
     ] {
         refused(
@@ -1993,12 +1993,18 @@ fn kto_with_a_synced_reference_starts_each_synced_step_at_one_half() {
     };
     let every = synced_runs_start_at(&run, 0.5);
     // z_ref, of the mismatched pairs, is 0 too, in training and at every eval (the eval's
-    // batches are balanced, so its loss alone would not show it)
+    // batches are balanced, so its loss alone would not show it), where against the frozen
+    // reference it rises above 0
     for name in ["kl", "eval_kl"] {
         let kl = metric(&every, name);
         assert!(
             !kl.is_empty() && kl.iter().all(|k| k.abs() < 1e-5),
             "{name} {kl:?}"
+        );
+        let frozen = metric(&dir.path().join("frozen"), name);
+        assert!(
+            frozen.iter().any(|&k| k > 1e-3),
+            "frozen: {name} {frozen:?}"
         );
     }
     refused(

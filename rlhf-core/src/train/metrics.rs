@@ -35,13 +35,16 @@
 //! | `completions/mean_length`, `completions/min_length`, `completions/max_length` | response length in tokens: mean, shortest, longest | `GRPOTrainer` |
 //! | `completions/clipped_ratio` | share of responses cut off at the length limit (no EOS) | `GRPOTrainer` |
 //! | `completions/mean_terminated_length`, `…/min_terminated_length`, `…/max_terminated_length` | length of the responses that end with EOS: mean, shortest, longest (0 when none does) | `GRPOTrainer` |
-//! | `kl` | mean per-token KL estimate of the loss term (when the KL is in the loss), or of the reward's per-token KL over the rollout (when it is in the reward and β ≠ 0: RLOO's, and here PPO's and REINFORCE++'s too; the estimator is `kl_estimator`, k1 by default, RLOO's) | `GRPOTrainer`, `RLOOTrainer` |
+//! | `kl` | mean per-token KL estimate of the loss term (when the KL is in the loss; with the bias correction, of `ρ·k`, as TRL logs it), or of the reward's per-token KL over the rollout (when it is in the reward and β ≠ 0: RLOO's, and here PPO's and REINFORCE++'s too; the estimator is `kl_estimator`, k1 by default, RLOO's) | `GRPOTrainer`, `RLOOTrainer` |
 //! | `val/num_eos` | share of responses that contain EOS (TRL's `val/num_eos_tokens` is a count) | — |
 //! | `objective/ptx_loss` | the SFT loss term of PPO-ptx | — |
 //! | `objective/variance_removed` | share of the scores' variance removed by baseline subtraction and length-bucket normalisation | — |
 //! | `objective/kl_coef` | β of this iteration | — |
 //! | `loss/kl` | `β·KL` as it enters the loss: the per-token estimate aggregated as the policy loss is (`loss_type`) | — |
 //! | `loss/entropy` | with an entropy bonus `c`, the mean entropy `H̄` over the tokens the policy loss reads (the loss gains `−c·H̄`) | — |
+//! | `entropy_coef` | with an entropy bonus, `c` after each optimizer step (averaged over an iteration's steps; it moves under adaptive entropy control) | `GRPOTrainer` |
+//! | `eval_reward`, `eval_reward_std` | the scorer's own scores (no penalty) of samples on held-out prompts, their mean and sample standard deviation | `GRPOTrainer`, `RLOOTrainer` |
+//! | `eval_completions/mean_length`, `eval_completions/clipped_ratio` | those samples' length in tokens, and the share cut off at the length limit | `GRPOTrainer`, `RLOOTrainer` |
 //! | `loss/total` | the loss the update minimises | — |
 //! | `train/skipped_steps` | updates skipped for a non-finite loss or gradient norm: since the run began in a trainer's log, in this iteration in `ppo_iteration`'s own metrics | — |
 //! | `time/rollout`, `time/update`, `time/step` | wall seconds | — |

@@ -161,3 +161,16 @@ fn bad_settings_are_refused() {
         );
     }
 }
+
+/// A settings table that names some takes TRL's defaults for the others.
+#[test]
+fn partial_settings_take_the_defaults() {
+    let a: AdaptiveEntropy = serde_json::from_str(r#"{"target": 0.5}"#).unwrap();
+    assert_eq!(
+        a,
+        AdaptiveEntropy {
+            target: 0.5,
+            ..AdaptiveEntropy::default()
+        }
+    );
+}
