@@ -407,6 +407,12 @@ pub struct SyncRefArgs {
 }
 
 impl SyncRefArgs {
+    /// Whether the reference cache is read, `asked` being `--ref-cache`: not with a synced
+    /// reference, whose log-probs change as it moves.
+    pub fn reads_cache(&self, asked: bool) -> bool {
+        asked && !self.sync_ref_model
+    }
+
     /// The library's setting: `None` for a frozen reference.
     pub fn config(&self) -> Option<SyncRef> {
         self.sync_ref_model.then_some(SyncRef {

@@ -409,9 +409,8 @@ pub fn run(args: &DpoArgs, toml: &str) -> Result<()> {
     );
     let cfg = args.config(args.train.total_steps(train.len()));
     output::claim(&p.out, "dpo", toml)?;
-    // a synced reference's log-probs change as it moves: nothing to cache
     let cache = p.ref_cache(
-        args.ref_cache && !args.sync.sync_ref_model,
+        args.sync.reads_cache(args.ref_cache),
         args.ref_model.as_deref(),
     )?;
     let (policy, report) = train_offline(

@@ -221,7 +221,7 @@ pub fn run(args: &KtoArgs, toml: &str) -> Result<()> {
     }
     output::claim(&p.out, "kto", toml)?;
     let cache = p.ref_cache(
-        args.ref_cache && !args.sync.sync_ref_model,
+        args.sync.reads_cache(args.ref_cache),
         args.ref_model.as_deref(),
     )?;
     let (policy, report) = train_kto(

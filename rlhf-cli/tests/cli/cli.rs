@@ -1640,15 +1640,7 @@ fn grpo_with_a_synced_reference_starts_each_synced_rollout_at_kl_0() {
     ] {
         refused(&args(&out, "8", &[&sync("1")[..], extra].concat()), says);
     }
-    let resumable = [
-        "--sync-ref-model",
-        "--ref-model-mixup-alpha",
-        "0.5",
-        "--ref-model-sync-steps",
-        "3",
-        "--save-steps",
-        "2",
-    ];
+    let resumable = [&self::sync("0.5", "3")[..], &["--save-steps", "2"]].concat();
     let straight = dir.path().join("straight");
     ok(&args(&straight, "24", &resumable));
     let broken = dir.path().join("broken");
