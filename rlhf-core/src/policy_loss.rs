@@ -1,6 +1,6 @@
 //! The policy-gradient surrogates of the on-policy trainers: PPO's clipped ratio (with DAPO's
-//! asymmetric "clip-higher"), GSPO's sequence-level ratio and CISPO's clipped, detached
-//! importance weight; each a per-token loss, aggregated as [`LossAggregation`] says.
+//! asymmetric "clip-higher"), GSPO's sequence-level ratio, CISPO's clipped, detached importance
+//! weight and SAPO's soft gate; each a per-token loss, aggregated as [`LossAggregation`] says.
 //!
 //! Notation, for one batch of `B` responses with response mask `m_{i,t}` and
 //! `|y_i| = Σ_t m_{i,t}`:
@@ -14,6 +14,7 @@
 //! | `ppo` (PPO, GRPO, DAPO) | `max(−A·ρ, −A·clip(ρ, 1−ε_low, 1+ε_high))` |
 //! | `gspo` (Zheng et al. 2025) | the same with `s_i = exp((1/|y_i|)·Σ_t m·(logπ_θ − logπ_old))` in place of `ρ` at every token of response `i` |
 //! | `cispo` (MiniMax-M1, 2025) | `−sg(clip(ρ, 1−ε_low, 1+ε_high))·A·logπ_θ` |
+//! | `sapo` (Gao et al. 2025, Qwen) | `−A·(4/τ)·σ(τ·(ρ − 1))`, `τ = τ_pos` where `A > 0`, `τ_neg` elsewhere |
 //!
 //! With INTELLECT-2's two-sided clip (TRL's `delta`), `ppo` and `gspo` cap the ratio of the
 //! unclipped term at `δ`: `max(−A·min(ρ, δ), −A·clip(ρ, 1−ε_low, 1+ε_high))`. PPO's clip leaves
@@ -25,6 +26,13 @@
 //! PPO's, `−A·∇logπ_θ`. MiniMax-M1 sets no lower bound on the weight (`ε_low ≥ 1` here); TRL's
 //! `cispo` caps it above at an absolute `epsilon_high` (5.0 recommended), which is
 //! `ε_high = 4` here.
+//!
+//! SAPO replaces the hard clip by a smooth gate: `∂ℓ/∂ρ = −A·4·σ(1 − σ)` with `σ = σ(τ(ρ − 1))`,
+//! which is PPO's `−A` at `ρ = 1` (so SAPO's on-policy gradient is PPO's) and falls off smoothly as
+//! `ρ` leaves 1, faster for larger `τ`; the paper takes `τ_neg > τ_pos`, since a negative
+//! advantage's update spreads to the many other tokens of the vocabulary. Nothing is clipped, so
+//! its clip diagnostics are 0. The ratio is the token's (TRL's `sapo` loss at its default
+//! `importance_sampling_level`).
 
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
@@ -48,6 +56,41 @@ pub enum PolicyObjective {
     Gspo,
     /// CISPO's clipped, detached importance weight on a REINFORCE-style loss.
     Cispo,
+    /// SAPO's soft, temperature-controlled gate of the token ratio.
+    Sapo,
+}
+
+/// SAPO's gate temperatures (TRL's `sapo_temperature_pos` and `sapo_temperature_neg`, whose
+/// defaults these are): `τ_pos` for tokens with a positive advantage, `τ_neg` for the others.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SapoTemperatures {
+    /// `τ_pos`.
+    pub positive: f32,
+    /// `τ_neg`.
+    pub negative: f32,
+}
+
+impl Default for SapoTemperatures {
+    fn default() -> Self {
+        SapoTemperatures {
+            positive: 1.0,
+            negative: 1.05,
+        }
+    }
+}
+
+impl SapoTemperatures {
+    /// Why these temperatures cannot gate a ratio, if they cannot: each must be finite and > 0.
+    pub fn problem(&self) -> Option<String> {
+        let fine = |t: f32| t.is_finite() && t > 0.0;
+        (!fine(self.positive) || !fine(self.negative)).then(|| {
+            format!(
+                "the sapo temperatures must be finite and > 0, got τ_pos {} and τ_neg {}",
+                self.positive, self.negative
+            )
+        })
+    }
 }
 
 /// The settings of [`policy_loss`].
@@ -66,6 +109,8 @@ pub struct PolicyLossConfig {
     pub aggregation: LossAggregation,
     /// `L_max` of the `dr_grpo` aggregation.
     pub max_len: usize,
+    /// SAPO's gate temperatures. Read by `sapo`.
+    pub sapo: SapoTemperatures,
 }
 
 impl PolicyLossConfig {
@@ -78,6 +123,7 @@ impl PolicyLossConfig {
             delta: None,
             aggregation: LossAggregation::Dapo,
             max_len: 1,
+            sapo: SapoTemperatures::default(),
         }
     }
 }
@@ -91,7 +137,8 @@ pub struct PolicyLoss {
     /// `½·masked_mean((logπ_new − logπ_old)²)`.
     pub approxkl: Tensor<1>,
     /// Share of real tokens where the clip was active (for `ppo` and `gspo`: the clipped term
-    /// was the larger one; for `cispo`: the weight was clipped).
+    /// was the larger one; for `cispo`: the weight was clipped; 0 for `sapo`, which has no
+    /// clip).
     pub clipfrac: Tensor<1>,
     /// Share of real tokens clipped at the lower bound (for `ppo`/`gspo`: `A < 0` and the ratio
     /// below `1 − ε_low`; for `cispo`: `ρ < 1 − ε_low`). For `gspo`, whose ratio is one per
@@ -159,6 +206,12 @@ pub fn policy_loss(
             let active = clip_low.clone().add(clip_high.clone());
             (per_token, ratio, active, clip_low, clip_high)
         }
+        PolicyObjective::Sapo => {
+            let ratio = log_ratio.clone().exp();
+            let per_token = soft_gate(ratio.clone(), advantages, cfg.sapo);
+            let none = ratio.zeros_like();
+            (per_token, ratio, none.clone(), none.clone(), none)
+        }
     };
     let per_token = match weights {
         Some(w) => per_token.mul(zero_masked(w.detach(), mask.clone())),
@@ -210,6 +263,20 @@ fn clipped_surrogate(
         .bool_and(advantages.greater_elem(0.0))
         .float();
     (unclipped.max_pair(clipped), active, clip_low, clip_high)
+}
+
+/// SAPO's per-token loss `−A·(4/τ)·σ(τ·(ρ − 1))` of the token `ratio` and the `advantages`, each
+/// `[batch, seq]`, with `τ = τ_pos` where `A > 0` and `τ_neg` elsewhere.
+fn soft_gate(ratio: Tensor<2>, advantages: Tensor<2>, t: SapoTemperatures) -> Tensor<2> {
+    let positive = advantages.clone().greater_elem(0.0).float();
+    // τ = τ_neg + (τ_pos − τ_neg)·[A > 0]
+    let tau = positive
+        .mul_scalar(t.positive - t.negative)
+        .add_scalar(t.negative);
+    let gate = burn::tensor::activation::sigmoid(ratio.sub_scalar(1.0).mul(tau.clone()))
+        .mul_scalar(4.0)
+        .div(tau);
+    gate.mul(advantages).neg()
 }
 
 /// The mean over every row (an empty one counting 0) of the row's share of real tokens where

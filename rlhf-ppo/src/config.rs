@@ -6,7 +6,7 @@
 use rlhf_core::train::{OptimizerConfig, SyncRef};
 use rlhf_core::{
     AdaptiveEntropy, EntropyController, Error, GroupEstimator, KlController, KlEstimator,
-    LossAggregation, PolicyLossConfig, PolicyObjective, Result,
+    LossAggregation, PolicyLossConfig, PolicyObjective, Result, SapoTemperatures,
 };
 use rlhf_models::SamplingConfig;
 use serde::{Deserialize, Serialize};
@@ -181,8 +181,17 @@ pub struct PpoConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub adaptive_entropy: Option<AdaptiveEntropy>,
     /// The policy surrogate: `ppo` (the clipped token ratio), `gspo` (the clipped sequence
-    /// ratio), `cispo` (clipped, detached importance weights).
+    /// ratio), `cispo` (clipped, detached importance weights), `sapo` (the soft gate of the
+    /// token ratio).
     pub policy_objective: PolicyObjective,
+    /// SAPO's gate temperatures `τ_pos` and `τ_neg` (TRL's `sapo_temperature_pos` and
+    /// `sapo_temperature_neg`). Read by the `sapo` surrogate.
+    pub sapo_temperatures: SapoTemperatures,
+    /// DeepSeek-V3.2's off-policy sequence masking (TRL's `off_policy_mask_threshold`, the
+    /// paper's `δ`): a response whose advantage is negative and whose mean log-ratio of the
+    /// sampler against the policy being trained exceeds `δ` is left out of the policy loss (see
+    /// `rlhf_core::off_policy_mask`). `None`: off.
+    pub off_policy_mask_threshold: Option<f32>,
     /// How per-token losses are aggregated (TRL's `loss_type`: `grpo`, `dapo`, `bnpo`,
     /// `dr_grpo`; see `rlhf_core::aggregation`). The TL;DR reproduction's token mean is `dapo`.
     pub loss_aggregation: LossAggregation,
@@ -261,6 +270,8 @@ impl Default for PpoConfig {
             entropy_coef: 0.0,
             adaptive_entropy: None,
             policy_objective: PolicyObjective::Ppo,
+            sapo_temperatures: SapoTemperatures::default(),
+            off_policy_mask_threshold: None,
             loss_aggregation: LossAggregation::Dapo,
             dynamic_sampling: None,
             overlong_buffer: None,
@@ -408,6 +419,21 @@ impl PpoConfig {
         }
     }
 
+    /// SAPO (Gao et al. 2025, Qwen) with its paper's settings as TRL runs them (`loss_type =
+    /// "sapo"`): GRPO's group advantages, the soft gate of the token ratio with `τ_pos = 1`,
+    /// `τ_neg = 1.05`, the per-response mean (`grpo` aggregation), no KL term; 4 minibatches, so
+    /// that the ratios move off 1 and the gate acts (on-policy its gradient is GRPO's).
+    pub fn sapo() -> Self {
+        PpoConfig {
+            policy_objective: PolicyObjective::Sapo,
+            sapo_temperatures: SapoTemperatures::default(),
+            loss_aggregation: LossAggregation::Grpo,
+            num_minibatches: 4,
+            kl: KlController::Fixed { value: 0.0 },
+            ..PpoConfig::grpo()
+        }
+    }
+
     /// The policy loss's settings.
     pub fn policy_loss(&self) -> PolicyLossConfig {
         PolicyLossConfig {
@@ -417,6 +443,7 @@ impl PpoConfig {
             delta: self.delta,
             aggregation: self.loss_aggregation,
             max_len: self.response_length,
+            sapo: self.sapo_temperatures,
         }
     }
 
@@ -502,12 +529,32 @@ impl PpoConfig {
                 "delta caps the unclipped ratio and must exceed 1 + ε_high = {high}, got {d}"
             ));
         }
-        if self.delta.is_some() && self.policy_objective == PolicyObjective::Cispo {
-            return bad(
-                "delta caps PPO's unclipped term, which cispo does not have (its weight is \
-                 capped at 1 + ε_high): leave delta unset"
-                    .into(),
-            );
+        if self.delta.is_some()
+            && matches!(
+                self.policy_objective,
+                PolicyObjective::Cispo | PolicyObjective::Sapo
+            )
+        {
+            return bad(format!(
+                "delta caps PPO's unclipped term, which {} does not have: leave delta unset",
+                match self.policy_objective {
+                    PolicyObjective::Cispo => "cispo (its weight is capped at 1 + ε_high)",
+                    _ => "sapo (its soft gate replaces the clip)",
+                }
+            ));
+        }
+        if let Some(m) = self.sapo_temperatures.problem() {
+            return bad(m);
+        }
+        if self
+            .off_policy_mask_threshold
+            .is_some_and(|d| !d.is_finite() || d < 0.0)
+        {
+            return bad(format!(
+                "off_policy_mask_threshold bounds a mean log-ratio and must be finite and ≥ 0, \
+                 got {:?}",
+                self.off_policy_mask_threshold
+            ));
         }
         if !(0.0..=1.0).contains(&self.top_entropy_quantile) {
             return bad(format!(

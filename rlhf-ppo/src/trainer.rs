@@ -46,8 +46,8 @@ use rlhf_core::{
     EntropyController, Error, GroupEstimator, KlController, LossAggregation, PolicyObjective,
     Result, Scorer, aggregate, bias_corrected_kl, broadcast_to_tokens, clipped_value_loss,
     entropy_from_logits, gae, group_advantages, high_entropy_mask, kl_estimate, masked_mean,
-    policy_loss, reinforce_pp_advantages, token_logprobs, token_logprobs_and_entropy,
-    truncated_is_weights, whiten,
+    off_policy_mask, policy_loss, reinforce_pp_advantages, token_logprobs,
+    token_logprobs_and_entropy, truncated_is_weights, whiten,
 };
 use rlhf_data::Tokenizer;
 use rlhf_models::sft::Example;
@@ -677,9 +677,10 @@ impl Experience {
 /// `c = entropy_coef` being this step's (the entropy term is built only when `cfg`'s entropy
 /// controller is active, so `c` is read only then), and its diagnostics (`policy/*`,
 /// `clip_ratio/*`, `val/*`, `loss/*`). `L_pg` is the surrogate of `cfg.policy_objective` (PPO's
-/// clip, GSPO, CISPO) aggregated by `cfg.loss_aggregation`,
-/// each token weighted by the truncated importance-sampling correction when it is on, and only
-/// the high-entropy tokens counted when `cfg.top_entropy_quantile < 1`.
+/// clip, GSPO, CISPO, SAPO) aggregated by `cfg.loss_aggregation`, each token weighted by the
+/// truncated importance-sampling correction when it is on, only the high-entropy tokens counted
+/// when `cfg.top_entropy_quantile < 1`, and the off-policy sequence mask's drops left out when
+/// `cfg.off_policy_mask_threshold` is set (`off_policy_mask/masked_ratio`).
 ///
 /// A replica's shard of the minibatch weighs each term by its [`Share`] of that term's mean; the
 /// diagnostics are the shard's own.
@@ -695,12 +696,13 @@ pub fn minibatch_loss(
     // only the high-entropy tokens carry the policy gradient (and the entropy bonus)
     let selected = (cfg.top_entropy_quantile < 1.0)
         .then(|| high_entropy_mask(entropy.clone(), mb.mask.clone(), cfg.top_entropy_quantile));
+    let kept = off_policy_kept(mb, &logprobs, cfg);
     let pg = policy_loss(
         logprobs.clone(),
         mb.logprobs.clone(),
         mb.advantages.clone(),
         mb.mask.clone(),
-        token_weights(mb, selected.clone(), cfg),
+        token_weights(mb, [selected.clone(), kept.clone()], cfg),
         &cfg.policy_loss(),
     );
     let entropy = masked_mean(entropy, mb.mask.clone());
@@ -721,6 +723,13 @@ pub fn minibatch_loss(
         (names::VAL_RATIO_MEAN, scalar(pg.ratio_mean)),
         (names::VAL_RATIO_VAR, scalar(pg.ratio_var)),
     ];
+    if let Some(kept) = kept {
+        let dropped = kept.neg().add_scalar(1.0);
+        metrics.push((
+            names::OFF_POLICY_MASKED,
+            scalar(masked_mean(dropped, mb.mask.clone())),
+        ));
+    }
     if !cfg.kl_in_reward {
         let (kl, token_mean) = kl_loss_term(logprobs, mb, cfg, kl_coef);
         metrics.push((names::KL_LOSS_TERM, scalar(token_mean)));
@@ -798,11 +807,27 @@ fn logprobs_and_entropy(
     (logprobs, entropy.clone().detach(), Some(entropy))
 }
 
+/// DeepSeek-V3.2's off-policy sequence mask of `mb`, when `cfg` sets its threshold: the drift is
+/// read between the sampler's log-probs and the policy's `logprobs` as they stand at this
+/// minibatch.
+fn off_policy_kept(mb: &Minibatch, logprobs: &Tensor<2>, cfg: &PpoConfig) -> Option<Tensor<2>> {
+    cfg.off_policy_mask_threshold.map(|delta| {
+        off_policy_mask(
+            mb.advantages.clone(),
+            logprobs.clone(),
+            mb.sampler_logprobs.clone(),
+            mb.mask.clone(),
+            delta,
+        )
+    })
+}
+
 /// The weight of each token's policy loss, when one is on: the truncated importance-sampling
-/// correction, times the 0/1 `selected` of the high-entropy share.
+/// correction, times each 0/1 selection in `selections` that is on (the high-entropy share, the
+/// off-policy sequence mask).
 fn token_weights(
     mb: &Minibatch,
-    selected: Option<Tensor<2>>,
+    selections: [Option<Tensor<2>>; 2],
     cfg: &PpoConfig,
 ) -> Option<Tensor<2>> {
     let correction = cfg.rollout_is_cap.map(|cap| {
@@ -813,10 +838,10 @@ fn token_weights(
             cap,
         )
     });
-    match (correction, selected) {
-        (Some(w), Some(s)) => Some(w.mul(s)),
-        (w, s) => w.or(s),
-    }
+    selections
+        .into_iter()
+        .flatten()
+        .fold(correction, |w, s| Some(w.map_or(s.clone(), |w| w.mul(s))))
 }
 
 /// `loss/total`, the loss that is minimised, from the terms' metrics: the policy loss, `β·KL`

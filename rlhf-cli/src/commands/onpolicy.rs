@@ -84,8 +84,8 @@ impl Method {
     }
 }
 
-/// How per-token policy losses are aggregated, as TRL's `loss_type` names it (`cispo` also
-/// selects CISPO's surrogate).
+/// How per-token policy losses are aggregated, as TRL's `loss_type` names it (`cispo` and `sapo`
+/// also select their surrogates).
 #[derive(ValueEnum, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum LossType {
@@ -100,6 +100,8 @@ pub enum LossType {
     DrGrpo,
     /// CISPO's clipped, detached importance weights, token mean.
     Cispo,
+    /// SAPO's soft gate of the token ratio, per-response mean.
+    Sapo,
 }
 
 /// The importance ratio of the clipped surrogate: per token (PPO, GRPO, DAPO) or per sequence
@@ -389,13 +391,26 @@ pub struct OnPolicyArgs {
     /// The largest c adaptive control sets (default 1) [TRL: --entropy_coef_max].
     #[arg(long)]
     pub entropy_coef_max: Option<f32>,
-    /// How per-token losses are aggregated; `cispo` also selects CISPO's surrogate
+    /// How per-token losses are aggregated; `cispo` and `sapo` also select their surrogates
     /// [TRL: --loss_type].
     #[arg(long, value_enum)]
     pub loss_type: Option<LossType>,
     /// Clip the token ratio or GSPO's sequence ratio [TRL: --importance_sampling_level].
     #[arg(long, value_enum)]
     pub importance_sampling_level: Option<SamplingLevel>,
+    /// SAPO's gate temperature τ_pos, for tokens with a positive advantage (default 1)
+    /// [TRL: --sapo_temperature_pos].
+    #[arg(long)]
+    pub sapo_temperature_pos: Option<f32>,
+    /// SAPO's gate temperature τ_neg, for the other tokens (default 1.05)
+    /// [TRL: --sapo_temperature_neg].
+    #[arg(long)]
+    pub sapo_temperature_neg: Option<f32>,
+    /// DeepSeek-V3.2's off-policy sequence masking: a response with a negative advantage whose
+    /// mean log-ratio of the sampler against the policy being trained exceeds this δ leaves the
+    /// policy loss (off when unset) [TRL: --off_policy_mask_threshold].
+    #[arg(long)]
+    pub off_policy_mask_threshold: Option<f32>,
     /// Group-normalised methods: divide each group's centred rewards by its standard deviation
     /// (`group`, GRPO), by the whole batch's (`batch`), or not at all (`none`, Dr. GRPO)
     /// [TRL: --scale_rewards].
@@ -571,6 +586,7 @@ impl OnPolicyArgs {
             multi_objective_aggregation <- Aggregation::of(c.multi_objective_aggregation),
             loss_type <- match (c.policy_objective, c.loss_aggregation) {
                 (PolicyObjective::Cispo, _) => LossType::Cispo,
+                (PolicyObjective::Sapo, _) => LossType::Sapo,
                 (_, LossAggregation::Grpo) => LossType::Grpo,
                 (_, LossAggregation::Dapo) => LossType::Dapo,
                 (_, LossAggregation::Bnpo) => LossType::Bnpo,
@@ -581,6 +597,8 @@ impl OnPolicyArgs {
             } else {
                 SamplingLevel::Token
             },
+            sapo_temperature_pos <- c.sapo_temperatures.positive,
+            sapo_temperature_neg <- c.sapo_temperatures.negative,
             dynamic_sampling <- c.dynamic_sampling.unwrap_or(0),
             overlong_penalty <- c.overlong_penalty,
             rollout_is_cap <- c.rollout_is_cap.unwrap_or(0.0),
@@ -650,6 +668,7 @@ impl OnPolicyArgs {
             kl_bias_correction <- self.use_bias_correction_kl,
             mask_truncated_completions <- self.mask_truncated_completions,
             delta <- self.delta.map(Some),
+            off_policy_mask_threshold <- self.off_policy_mask_threshold.map(Some),
             top_entropy_quantile <- self.top_entropy_quantile,
             entropy_coef <- self.entropy_coef,
         );
@@ -675,19 +694,30 @@ impl OnPolicyArgs {
         }
         if let Some(t) = self.loss_type {
             c.loss_aggregation = match t {
-                LossType::Grpo => LossAggregation::Grpo,
+                LossType::Grpo | LossType::Sapo => LossAggregation::Grpo,
                 LossType::Dapo | LossType::Cispo => LossAggregation::Dapo,
                 LossType::Bnpo => LossAggregation::Bnpo,
                 LossType::DrGrpo => LossAggregation::DrGrpo,
             };
             c.policy_objective = match (t, c.policy_objective) {
                 (LossType::Cispo, _) => PolicyObjective::Cispo,
-                (_, PolicyObjective::Cispo) => PolicyObjective::Ppo,
+                (LossType::Sapo, _) => PolicyObjective::Sapo,
+                (_, PolicyObjective::Cispo | PolicyObjective::Sapo) => PolicyObjective::Ppo,
                 (_, o) => o,
             };
         }
+        c.sapo_temperatures.positive = self
+            .sapo_temperature_pos
+            .unwrap_or(c.sapo_temperatures.positive);
+        c.sapo_temperatures.negative = self
+            .sapo_temperature_neg
+            .unwrap_or(c.sapo_temperatures.negative);
+        // the token ratio is the only one CISPO and SAPO read
         if let Some(level) = self.importance_sampling_level
-            && c.policy_objective != PolicyObjective::Cispo
+            && !matches!(
+                c.policy_objective,
+                PolicyObjective::Cispo | PolicyObjective::Sapo
+            )
         {
             c.policy_objective = match level {
                 SamplingLevel::Token => PolicyObjective::Ppo,
@@ -894,10 +924,14 @@ fn run_options_on_replicas(
 
 /// Refuses options that do not mix with `method` or with each other.
 fn refuse_mixes(method: Method, args: &OnPolicyArgs) -> Result<()> {
-    if args.loss_type == Some(LossType::Cispo)
+    if let Some(t @ (LossType::Cispo | LossType::Sapo)) = args.loss_type
         && args.importance_sampling_level == Some(SamplingLevel::Sequence)
     {
-        bail!("--loss-type cispo weights tokens: it has no sequence-level ratio");
+        bail!(
+            "--loss-type {} reads the token ratio: it has no sequence-level one",
+            t.to_possible_value()
+                .map_or_else(String::new, |v| v.get_name().to_owned())
+        );
     }
     let recipe = method.preset().advantage;
     if args.scale_rewards.is_some() && ScaleRewards::of(recipe).is_none() {
@@ -1121,6 +1155,47 @@ mod tests {
         assert_eq!((c.clip_eps, c.clip_eps_high), (0.5, Some(4.0)));
         let c = config(Method::Dapo, &["--max-completion-length", "100"]);
         assert_eq!(c.overlong_buffer, Some(20));
+    }
+
+    /// `--loss-type sapo` is SAPO's gate with the per-response mean, at TRL's temperatures unless
+    /// given; the token ratio is all it reads.
+    #[test]
+    fn the_sapo_loss_type_selects_the_soft_gate() {
+        let c = config(Method::Grpo, &["--loss-type", "sapo"]);
+        assert_eq!(
+            (c.policy_objective, c.loss_aggregation, c.sapo_temperatures),
+            (
+                PolicyObjective::Sapo,
+                LossAggregation::Grpo,
+                rlhf_core::SapoTemperatures::default()
+            )
+        );
+        let c = config(
+            Method::Gspo,
+            &[
+                "--loss-type",
+                "sapo",
+                "--importance-sampling-level",
+                "token",
+                "--sapo-temperature-neg",
+                "2",
+            ],
+        );
+        assert_eq!(c.policy_objective, PolicyObjective::Sapo);
+        assert_eq!(c.sapo_temperatures.negative, 2.0);
+        let w = Wrapped::try_parse_from([
+            "rlhf",
+            "--loss-type",
+            "sapo",
+            "--importance-sampling-level",
+            "sequence",
+        ])
+        .unwrap();
+        let err = refuse_mixes(Method::Grpo, &w.args).unwrap_err().to_string();
+        assert!(
+            err.contains("--loss-type sapo reads the token ratio"),
+            "{err}"
+        );
     }
     /// `--scale-rewards` picks the group-normalised estimator of each of TRL's settings, bare
     /// booleans included (`true` is GRPO's group scaling, `false` Dr. GRPO's none).

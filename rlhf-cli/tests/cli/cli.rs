@@ -229,7 +229,16 @@ fn help_lists_every_option_and_mistakes_are_named() {
                 "--max-completion-length",
             ],
         ),
-        ("grpo", &["--num-generations", "--beta", "--cliprange"]),
+        (
+            "grpo",
+            &[
+                "--num-generations",
+                "--beta",
+                "--cliprange",
+                "--sapo-temperature-pos",
+                "--off-policy-mask-threshold",
+            ],
+        ),
         ("rloo", &["--samples-per-prompt"]),
         ("reinforce-pp", &["--gamma"]),
         (
@@ -1427,7 +1436,7 @@ fn every_on_policy_command_runs_end_to_end() {
         "256",
     ]);
     let start = probe(&fixture("tiny-pythia"));
-    for (cmd, reward, lora) in [
+    for (cmd, reward, extra) in [
         (
             "ppo",
             s(&rm),
@@ -1438,9 +1447,13 @@ fn every_on_policy_command_runs_end_to_end() {
             format!("mean(rm:{},length:0.05)", s(&rm)),
             &["--frozen-dtype", "bf16"],
         ),
-        ("rloo", "length:0.1".to_string(), &[]),
+        ("rloo", "length:0.1".to_string(), &["--loss-type", "sapo"]),
         ("reinforce-pp", "regex:e".to_string(), &[]),
-        ("dapo", format!("judge:{}", fixture("tiny-pythia")), &[]),
+        (
+            "dapo",
+            format!("judge:{}", fixture("tiny-pythia")),
+            &["--off-policy-mask-threshold", "0.5"],
+        ),
         ("gspo", "length:0.1".to_string(), &["--use-peft"]),
         (
             "cispo",
@@ -1469,7 +1482,7 @@ fn every_on_policy_command_runs_end_to_end() {
             "--learning-rate",
             "1e-3",
         ];
-        args.extend(lora);
+        args.extend(extra);
         ok(&args);
         assert!(
             differ(&start, &probe(&s(&out))),
@@ -1489,6 +1502,21 @@ fn every_on_policy_command_runs_end_to_end() {
             );
             // a single reward is logged by name too, as TRL logs every reward function
             assert_eq!(metric(&out, "rewards/length/mean").len(), 2);
+        }
+        // SAPO's gate clips nothing; the off-policy mask logs the share it drops
+        if cmd == "rloo" {
+            assert!(
+                metric(&out, "clip_ratio/region_mean")
+                    .iter()
+                    .all(|&c| c == 0.0)
+            );
+        }
+        if cmd == "dapo" {
+            let dropped = metric(&out, "off_policy_mask/masked_ratio");
+            assert!(
+                dropped.len() == 2 && dropped.iter().all(|d| (0.0..=1.0).contains(d)),
+                "{dropped:?}"
+            );
         }
     }
     // a reward model of another tokenizer reads the text with its own; PPO's critic, which reads
@@ -2560,6 +2588,13 @@ fn every_field_of_every_trainer_config_is_a_flag() {
                     ("clip_eps", &["--cliprange", "0.5"]),
                     ("clip_eps_high", &["--epsilon-high", "0.5"]),
                     ("delta", &["--delta", "2"]),
+                    // one field, τ_pos and τ_neg, each set by its own flag
+                    ("sapo_temperatures", &["--sapo-temperature-pos", "2"]),
+                    ("sapo_temperatures", &["--sapo-temperature-neg", "3"]),
+                    (
+                        "off_policy_mask_threshold",
+                        &["--off-policy-mask-threshold", "0.5"],
+                    ),
                     ("top_entropy_quantile", &["--top-entropy-quantile", "0.2"]),
                     ("entropy_coef", &["--entropy-coef", "0.01"]),
                     (

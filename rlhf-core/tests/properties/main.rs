@@ -14,6 +14,7 @@ mod kl;
 mod logprobs;
 mod logprobs_pass;
 mod masked;
+mod off_policy_mask;
 mod policy_loss;
 mod ppo;
 mod train;

@@ -1,19 +1,20 @@
-//! The policy surrogates (PPO/DAPO clip with or without the two-sided cap, GSPO, CISPO), the four
+//! The policy surrogates (PPO/DAPO clip with or without the two-sided cap, GSPO, CISPO, SAPO), the four
 //! loss aggregations and the truncated importance-sampling weights, against `f64` references
 //! written from the formulas, with their gradients and the cases where the definitions coincide.
 
 use proptest::prelude::*;
 use rlhf_core::{
-    LossAggregation, PolicyLossConfig, PolicyObjective, aggregate, policy_loss,
+    LossAggregation, PolicyLossConfig, PolicyObjective, SapoTemperatures, aggregate, policy_loss,
     truncated_is_weights,
 };
 
 use crate::common::*;
 
-const OBJECTIVES: [PolicyObjective; 3] = [
+const OBJECTIVES: [PolicyObjective; 4] = [
     PolicyObjective::Ppo,
     PolicyObjective::Gspo,
     PolicyObjective::Cispo,
+    PolicyObjective::Sapo,
 ];
 const AGGREGATIONS: [LossAggregation; 4] = [
     LossAggregation::Grpo,
@@ -100,10 +101,19 @@ fn reference(p: &Problem, cfg: &PolicyLossConfig) -> Reference {
                 (-a * capped).max(-a * rho.clamp(low, high))
             }
             PolicyObjective::Cispo => -rho.clamp(low, high) * a * p.new[k],
+            PolicyObjective::Sapo => {
+                let tau = f64::from(if a > 0.0 {
+                    cfg.sapo.positive
+                } else {
+                    cfg.sapo.negative
+                });
+                -a * 4.0 / tau / (1.0 + (-tau * (rho - 1.0)).exp())
+            }
         };
         per_token[k] = l * p.weights.map_or(1.0, |w| w[k]);
         let (is_low, is_high) = match cfg.objective {
             PolicyObjective::Cispo => (rho < low, rho > high),
+            PolicyObjective::Sapo => (false, false),
             _ => (rho < low && a < 0.0, rho > high && a > 0.0),
         };
         lo += f64::from(u8::from(is_low));
@@ -151,10 +161,10 @@ fn far_from_kinks(p: &Problem, cfg: &PolicyLossConfig, margin: f64) -> bool {
         let off_cap = cfg
             .delta
             .is_none_or(|d| (rho - f64::from(d)).abs() > margin);
-        (rho - low).abs() > margin
-            && (rho - high).abs() > margin
-            && off_cap
-            && p.adv[k].abs() > margin
+        // SAPO's gate is smooth in ρ: only the temperature's switch at A = 0 remains
+        let off_clip = cfg.objective == PolicyObjective::Sapo
+            || ((rho - low).abs() > margin && (rho - high).abs() > margin && off_cap);
+        off_clip && p.adv[k].abs() > margin
     })
 }
 
@@ -178,6 +188,12 @@ fn aggregation() -> impl Strategy<Value = LossAggregation> {
     prop::sample::select(AGGREGATIONS.to_vec())
 }
 
+/// SAPO's temperatures, each in `[0.3, 3]` (the paper's 1 and 1.05 inside).
+fn temperatures() -> impl Strategy<Value = SapoTemperatures> {
+    (0.3f32..3.0, 0.3f32..3.0)
+        .prop_map(|(positive, negative)| SapoTemperatures { positive, negative })
+}
+
 proptest! {
     #![proptest_config(config())]
 
@@ -191,6 +207,7 @@ proptest! {
         max_len in 6usize..12,
         weighted in any::<bool>(),
         delta_above in prop::option::of(0.02f64..0.6),
+        sapo in temperatures(),
     ) {
         let old: Vec<f64> = p.b.iter().map(|x| x - 1.0).collect();
         let new: Vec<f64> = p.a.iter().zip(&old).map(|(a, o)| o + a).collect();
@@ -198,7 +215,7 @@ proptest! {
         let problem = Problem { batch: p.batch, seq: p.seq, new: &new, old: &old, adv: &p.c, mask: &p.mask, weights: weighted.then_some(weights.as_slice()) };
         let clip_high = clip_low + extra_high;
         let delta = delta_above.map(|d| (1.0 + clip_high + d) as f32);
-        let cfg = PolicyLossConfig { objective, clip_low: clip_low as f32, clip_high: clip_high as f32, delta, aggregation, max_len };
+        let cfg = PolicyLossConfig { objective, clip_low: clip_low as f32, clip_high: clip_high as f32, delta, aggregation, max_len, sapo };
         prop_assume!(far_from_kinks(&problem, &cfg, 1e-4));
         let out = run(&problem, &cfg, &device());
         let r = reference(&problem, &cfg);
@@ -216,12 +233,13 @@ proptest! {
         clip_low in 0.1f64..0.3,
         extra_high in 0.0f64..0.3,
         delta_above in prop::option::of(0.05f64..0.5),
+        sapo in temperatures(),
     ) {
         let old = p.b.clone();
         let new: Vec<f64> = p.a.iter().zip(&old).map(|(a, o)| o + a).collect();
         let clip_high = clip_low + extra_high;
         let delta = delta_above.map(|d| (1.0 + clip_high + d) as f32);
-        let cfg = PolicyLossConfig { objective, clip_low: clip_low as f32, clip_high: clip_high as f32, delta, aggregation, max_len: 8 };
+        let cfg = PolicyLossConfig { objective, clip_low: clip_low as f32, clip_high: clip_high as f32, delta, aggregation, max_len: 8, sapo };
         let problem = Problem { batch: p.batch, seq: p.seq, new: &new, old: &old, adv: &p.c, mask: &p.mask, weights: None };
         prop_assume!(far_from_kinks(&problem, &cfg, 2e-2));
         let dev = device().autodiff();
@@ -275,18 +293,25 @@ proptest! {
         }
     }
 
-    /// On-policy (`ρ = 1`), CISPO's gradient is PPO's: `−A·∇logπ` aggregated alike.
+    /// On-policy (`ρ = 1`), CISPO's and SAPO's gradients are PPO's: `−A·∇logπ` aggregated alike
+    /// (SAPO's gate has slope `4·σ(0)·(1 − σ(0)) = 1` there, whatever its temperatures).
     #[test]
-    fn cispo_and_ppo_have_one_gradient_on_policy(p in tokens(0.6, 1), aggregation in aggregation()) {
+    fn cispo_sapo_and_ppo_have_one_gradient_on_policy(
+        p in tokens(0.6, 1),
+        aggregation in aggregation(),
+        sapo in temperatures(),
+    ) {
         let dev = device().autodiff();
         let s = p.shape();
         let grad_of = |objective: PolicyObjective| {
-            let cfg = PolicyLossConfig { objective, aggregation, max_len: 8, ..PolicyLossConfig::ppo(0.2) };
+            let cfg = PolicyLossConfig { objective, aggregation, max_len: 8, sapo, ..PolicyLossConfig::ppo(0.2) };
             let x = t2(&p.a, s, &dev).require_grad();
             let loss = policy_loss(x.clone(), t2(&p.a, s, &dev), t2(&p.c, s, &dev), t2(&p.maskf(), s, &dev), None, &cfg).loss;
             host(x.grad(&loss.backward()).unwrap())
         };
-        assert_close(&grad_of(PolicyObjective::Cispo), &grad_of(PolicyObjective::Ppo), 1e-5)?;
+        let ppo = grad_of(PolicyObjective::Ppo);
+        assert_close(&grad_of(PolicyObjective::Cispo), &ppo, 1e-5)?;
+        assert_close(&grad_of(PolicyObjective::Sapo), &ppo, 1e-5)?;
     }
 
     /// With one real token per response, GSPO's sequence ratio is the token ratio.
@@ -376,11 +401,11 @@ fn cispo_gradient(p: &Problem, cfg: &PolicyLossConfig) -> Vec<f64> {
         .collect()
 }
 
-/// Log-ratios of ±10⁴ and log-probs of −10⁴: every surrogate stays finite, with and without the
-/// two-sided cap.
+/// Log-ratios of ±10⁴ and log-probs of −10⁴: every surrogate and its gradient stay finite, with
+/// and without the two-sided cap.
 #[test]
 fn extreme_log_ratios_give_finite_losses() {
-    let dev = device();
+    let dev = device().autodiff();
     let new = [1e4, -1e4, 0.0, -1e4, 1e4, -3.0];
     let old = [-1e4, 1e4, 0.0, 0.0, 0.0, -3.0];
     let adv = [1.0, -1.0, 2.0, -5.0, 5.0, 0.5];
@@ -397,13 +422,19 @@ fn extreme_log_ratios_give_finite_losses() {
                 delta,
                 ..PolicyLossConfig::ppo(0.2)
             };
+            let x = t2(&new, [2, 3], &dev).require_grad();
             let out = policy_loss(
-                t2(&new, [2, 3], &dev),
+                x.clone(),
                 t2(&old, [2, 3], &dev),
                 t2(&adv, [2, 3], &dev),
                 t2(&mask, [2, 3], &dev),
                 None,
                 &cfg,
+            );
+            let grad = host(x.grad(&out.loss.backward()).unwrap());
+            assert!(
+                grad.iter().all(|g| g.is_finite()),
+                "{objective:?}/{aggregation:?}/δ {delta:?}: gradient {grad:?}"
             );
             for (name, v) in [
                 ("loss", out.loss),

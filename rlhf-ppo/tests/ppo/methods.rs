@@ -604,6 +604,164 @@ fn the_bias_correction_weighs_the_kl_term_by_the_importance_ratio() {
     );
 }
 
+/// The minibatch of the whole rollout of [`Updates`] (every response `L_max` tokens long), its
+/// policy loaded afresh (so every ratio is 1), and the host copy of its advantages.
+fn whole_rollout(base: &PpoConfig) -> (PolicyAndValue, rlhf_ppo::Minibatch, Vec<f32>) {
+    let updates = Updates::new(base);
+    let (_, exp, _) = updates.update(base, &updates.full_length(base.response_length));
+    let models = PolicyAndValue::new(
+        counting::load(&updates.bytes, updates.vocab, 0.0, &updates.device),
+        None,
+    );
+    let rows: Vec<usize> = (0..exp.batch).collect();
+    let mb = exp
+        .minibatch(&rows, updates.vocab, &updates.device)
+        .unwrap();
+    let advantages = rlhf_core::host::to_f32_vec(mb.advantages.clone());
+    (models, mb, advantages)
+}
+
+/// `t` plus `shift` `[batch, seq]`, on `t`'s device.
+fn shifted(t: &burn::tensor::Tensor<2>, shift: Vec<f32>) -> burn::tensor::Tensor<2> {
+    let dims = t.dims();
+    t.clone().add(burn::tensor::Tensor::from_data(
+        burn::tensor::TensorData::new(shift, dims),
+        &t.device(),
+    ))
+}
+
+/// The loss of `mb` under `cfg` (β 0) and its gradient's global norm.
+fn loss_and_grad_norm(
+    models: &PolicyAndValue,
+    mb: &rlhf_ppo::Minibatch,
+    cfg: &PpoConfig,
+) -> (Metrics, f64) {
+    let (loss, m) = minibatch_loss(models, mb, cfg, 0.0, 0.0);
+    let grads = burn::optim::GradientsParams::from_grads(loss.backward(), models);
+    (m, rlhf_core::train::global_grad_norm(models, &grads).into())
+}
+
+/// SAPO's soft gate inside the trainer (`PpoConfig::sapo_temperatures`, `τ_pos` 0.5 and `τ_neg`
+/// 2 here, so that swapping them shows):
+/// - on-policy its gradient is GRPO's clipped surrogate's (the gate's slope is 1 at `ρ = 1`);
+/// - off-policy, with per-token shifts `δ_t` of the rollout's log-probs (`ρ_t = e^{δ_t}`), the
+///   logged policy loss is the token mean of `−A·(4/τ)·σ(τ(ρ − 1))` (the `grpo` aggregation on
+///   equal lengths), nothing is counted as clipped, and the gradient is no longer GRPO's.
+#[test]
+fn sapo_gates_the_ratio_softly_with_its_temperatures() {
+    let base = PpoConfig {
+        loss_aggregation: LossAggregation::Grpo,
+        ..small(AdvantageEstimator::Grpo)
+    };
+    let (models, on_policy, advantages) = whole_rollout(&base);
+    let sapo = PpoConfig {
+        policy_objective: PolicyObjective::Sapo,
+        sapo_temperatures: rlhf_core::SapoTemperatures {
+            positive: 0.5,
+            negative: 2.0,
+        },
+        ..base.clone()
+    };
+    sapo.validate().unwrap();
+    let (_, grpo_norm) = loss_and_grad_norm(&models, &on_policy, &base);
+    let (_, sapo_norm) = loss_and_grad_norm(&models, &on_policy, &sapo);
+    assert!(
+        (grpo_norm - sapo_norm).abs() < 1e-5 * grpo_norm,
+        "on-policy gradient norm {sapo_norm}, GRPO's {grpo_norm}"
+    );
+    let [b, r] = on_policy.logprobs.dims();
+    let cycle = [-0.4f32, 0.0, 0.3, 0.9];
+    let shifts: Vec<f32> = (0..b * r).map(|k| cycle[(k % r) % 4]).collect();
+    let mut off_policy = on_policy.clone();
+    off_policy.logprobs = shifted(&on_policy.logprobs, shifts.iter().map(|d| -d).collect());
+    let want = |t: rlhf_core::SapoTemperatures| {
+        let per_token = shifts.iter().zip(&advantages).map(|(&d, &a)| {
+            let (a, rho) = (f64::from(a), f64::from(d).exp());
+            let tau = f64::from(if a > 0.0 { t.positive } else { t.negative });
+            -a * 4.0 / tau / (1.0 + (-tau * (rho - 1.0)).exp())
+        });
+        per_token.sum::<f64>() / (b * r) as f64
+    };
+    let swapped = rlhf_core::SapoTemperatures {
+        positive: 2.0,
+        negative: 0.5,
+    };
+    assert!((want(sapo.sapo_temperatures) - want(swapped)).abs() > 1e-2);
+    let (m, off_norm) = loss_and_grad_norm(&models, &off_policy, &sapo);
+    let (got, want) = (metric(&m, names::LOSS_POLICY), want(sapo.sapo_temperatures));
+    assert!(
+        (got - want).abs() < 1e-5 * want.abs().max(1.0),
+        "loss {got}, want {want}"
+    );
+    assert_eq!(metric(&m, names::POLICY_CLIPFRAC), 0.0);
+    assert_eq!(metric(&m, names::CLIP_RATIO_REGION), 0.0);
+    let (_, grpo_off_norm) = loss_and_grad_norm(&models, &off_policy, &base);
+    assert!((off_norm - grpo_off_norm).abs() > 1e-3 * grpo_off_norm);
+}
+
+/// DeepSeek-V3.2's off-policy sequence mask inside the trainer: the sampler's log-probs lie 1
+/// above the policy's on the even rows (a drift of 1) and equal them on the odd ones. At `δ` 0.5
+/// the even rows' negative-advantage tokens leave the policy loss, which is then the loss, and
+/// the gradient, of the same minibatch with those tokens' advantages set to 0 (the aggregation
+/// still counts them); `off_policy_mask/masked_ratio` is their share. At `δ` 1.5 nothing is
+/// dropped.
+#[test]
+fn the_off_policy_mask_drops_the_negative_advantages_of_drifted_responses() {
+    let base = small(AdvantageEstimator::Grpo);
+    let (models, on_policy, advantages) = whole_rollout(&base);
+    let [b, r] = on_policy.logprobs.dims();
+    let drifted = |k: usize| (k / r).is_multiple_of(2);
+    let mut mb = on_policy.clone();
+    mb.sampler_logprobs = shifted(
+        &on_policy.logprobs,
+        (0..b * r)
+            .map(|k| f32::from(u8::from(drifted(k))))
+            .collect(),
+    );
+    let dropped: Vec<bool> = (0..b * r)
+        .map(|k| drifted(k) && advantages[k] < 0.0)
+        .collect();
+    let share = dropped.iter().filter(|&&d| d).count() as f64 / (b * r) as f64;
+    let negative = advantages.iter().filter(|&&a| a < 0.0).count() as f64 / (b * r) as f64;
+    assert!(
+        share > 0.0 && share < negative,
+        "dropped {share}, negative {negative}"
+    );
+    let masking = |delta: f32| PpoConfig {
+        off_policy_mask_threshold: Some(delta),
+        ..base.clone()
+    };
+    masking(0.5).validate().unwrap();
+    let (m, norm) = loss_and_grad_norm(&models, &mb, &masking(0.5));
+    assert!((metric(&m, names::OFF_POLICY_MASKED) - share).abs() < 1e-6);
+    let mut zeroed = mb.clone();
+    zeroed.advantages = burn::tensor::Tensor::from_data(
+        burn::tensor::TensorData::new(
+            advantages
+                .iter()
+                .zip(&dropped)
+                .map(|(&a, &d)| if d { 0.0 } else { a })
+                .collect::<Vec<f32>>(),
+            [b, r],
+        ),
+        &mb.advantages.device(),
+    );
+    let (m_zeroed, norm_zeroed) = loss_and_grad_norm(&models, &zeroed, &base);
+    let loss = |m: &Metrics| metric(m, names::LOSS_POLICY);
+    assert!(
+        (loss(&m) - loss(&m_zeroed)).abs() < 1e-6,
+        "{} vs {}",
+        loss(&m),
+        loss(&m_zeroed)
+    );
+    assert!((norm - norm_zeroed).abs() < 1e-5 * norm_zeroed);
+    let (m_plain, norm_plain) = loss_and_grad_norm(&models, &mb, &base);
+    assert!((norm - norm_plain).abs() > 1e-3 * norm_plain);
+    let (m_loose, _) = loss_and_grad_norm(&models, &mb, &masking(1.5));
+    assert_eq!(metric(&m_loose, names::OFF_POLICY_MASKED), 0.0);
+    assert_eq!(loss(&m_loose), loss(&m_plain));
+}
+
 /// With every response `L_max` tokens long and the symmetric clip, GRPO's per-response mean,
 /// DAPO's token mean and Dr. GRPO's constant normaliser are one loss: two epochs of updates
 /// leave the same weights. With one response cut short they do not (so the comparison can
