@@ -10,8 +10,9 @@
 //! [`clipped_value_loss`] → [`train::clip_global_grad_norm`] → AdamW from [`train::OptimizerConfig`].
 //! Critic-free methods swap `gae` for [`group_advantages`] (RLOO, GRPO, Dr.GRPO) or
 //! [`reinforce_pp_advantages`]; [`policy_loss`] generalises the clipped loss to DAPO's asymmetric
-//! clip, GSPO's sequence ratio, CISPO's clipped weights and SAPO's soft gate, aggregated as
-//! [`LossAggregation`] says (GRPO's per-response mean, DAPO's token mean, Dr. GRPO's constant);
+//! clip, GSPO's sequence ratio, CISPO's clipped weights, SAPO's soft gate and VESPO's Gamma
+//! weights, aggregated as [`LossAggregation`] says (GRPO's per-response mean, DAPO's token mean,
+//! Dr. GRPO's constant);
 //! [`off_policy_mask`] leaves out the negative-advantage responses the policy has drifted from.
 //!
 //! Nothing here hard-codes a backend: every entry point takes tensors (which carry their device)
@@ -71,8 +72,8 @@ pub use logprobs::{entropy_from_logits, token_logprobs, token_logprobs_and_entro
 pub use masked::{masked_mean, masked_mean_dim, masked_sum, masked_var, whiten, zero_masked};
 pub use off_policy_mask::off_policy_mask;
 pub use policy_loss::{
-    PolicyLoss, PolicyLossConfig, PolicyObjective, SapoTemperatures, policy_loss, sequence_ratio,
-    truncated_is_weights,
+    PolicyLoss, PolicyLossConfig, PolicyObjective, SapoTemperatures, VespoShape, policy_loss,
+    sequence_ratio, truncated_is_weights,
 };
 pub use ppo::{ValueLoss, clipped_policy_loss, clipped_value_loss};
 pub use rlhf_base::{Error, Result, error};

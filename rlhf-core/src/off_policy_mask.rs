@@ -9,7 +9,8 @@
 //!
 //! `D_i = (1/max(|y_i|, 1))·Σ_t m_{i,t}·(logπ_sampler(y_{i,t}) − logπ_θ(y_{i,t}))`,
 //!
-//! and token `(i, t)` is kept when `A_{i,t} ≥ 0` or `D_i ≤ δ`. `π_θ`'s log-probs are read as they
+//! and token `(i, t)` is kept when `A_{i,t} ≥ 0` or `D_i ≤ δ` (a real token whose difference is
+//! NaN counts 0 in the sum, as TRL's `nan_to_num`). `π_θ`'s log-probs are read as they
 //! are at each minibatch, so the drift includes the updates made since the rollout (and any
 //! difference between the sampler's numbers and the trainer's). The mask multiplies each token's
 //! loss before the aggregation, which still divides by every real token, as TRL multiplies it.
@@ -30,7 +31,10 @@ pub fn off_policy_mask(
     threshold: f32,
 ) -> Tensor<2> {
     let [batch, seq] = logprobs.dims();
-    let drift = zero_masked(sampler_logprobs.sub(logprobs.detach()), mask.clone())
+    let difference = sampler_logprobs.sub(logprobs.detach());
+    // a token the sampler could not score (NaN) is no evidence of drift, as TRL counts it
+    let difference = difference.clone().mask_fill(difference.is_nan(), 0.0);
+    let drift = zero_masked(difference, mask.clone())
         .sum_dim(1)
         .div(mask.clone().sum_dim(1).clamp_min(1.0))
         .expand([batch, seq]);

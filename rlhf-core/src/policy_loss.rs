@@ -1,6 +1,7 @@
 //! The policy-gradient surrogates of the on-policy trainers: PPO's clipped ratio (with DAPO's
 //! asymmetric "clip-higher"), GSPO's sequence-level ratio, CISPO's clipped, detached importance
-//! weight and SAPO's soft gate; each a per-token loss, aggregated as [`LossAggregation`] says.
+//! weight, SAPO's soft gate and VESPO's Gamma weight of the sequence ratio; each a per-token loss,
+//! aggregated as [`LossAggregation`] says.
 //!
 //! Notation, for one batch of `B` responses with response mask `m_{i,t}` and
 //! `|y_i| = Σ_t m_{i,t}`:
@@ -15,6 +16,7 @@
 //! | `gspo` (Zheng et al. 2025) | the same with `s_i = exp((1/|y_i|)·Σ_t m·(logπ_θ − logπ_old))` in place of `ρ` at every token of response `i` |
 //! | `cispo` (MiniMax-M1, 2025) | `−sg(clip(ρ, 1−ε_low, 1+ε_high))·A·logπ_θ` |
 //! | `sapo` (Gao et al. 2025, Qwen) | `−A·(4/τ)·σ(τ·(ρ − 1))`, `τ = τ_pos` where `A > 0`, `τ_neg` elsewhere |
+//! | `vespo` (2026) | `−sg(φ(W_i))·A·logπ_θ`, `φ(W) = e^λ·W^k·e^{−λW}`, `W_i = exp(Σ_t m·(logπ_θ − logπ_old))`; `(k, λ) = (k_pos, λ_pos)` where `A ≥ 0`, `(k_neg, λ_neg)` elsewhere |
 //!
 //! With INTELLECT-2's two-sided clip (TRL's `delta`), `ppo` and `gspo` cap the ratio of the
 //! unclipped term at `δ`: `max(−A·min(ρ, δ), −A·clip(ρ, 1−ε_low, 1+ε_high))`. PPO's clip leaves
@@ -33,6 +35,13 @@
 //! advantage's update spreads to the many other tokens of the vocabulary. Nothing is clipped, so
 //! its clip diagnostics are 0. The ratio is the token's (TRL's `sapo` loss at its default
 //! `importance_sampling_level`).
+//!
+//! VESPO weighs each response's REINFORCE term by a Gamma-shaped function of its whole
+//! importance ratio `W_i` (the product of its token ratios, not GSPO's geometric mean), detached:
+//! `φ(1) = 1`, so on-policy its gradient is PPO's, and `φ` falls to 0 both as `W → 0` (at the rate
+//! `k`) and as `W` grows (at the rate `λ`), with its peak at `W = k/λ`. As TRL, the log of `W` is
+//! held within `[ln 10⁻⁸, 20]` and a non-finite `φ` counts 0. Nothing is clipped, so its clip
+//! diagnostics are 0; [`PolicyLoss::weight_mean`] is the mean `φ` over the responses.
 
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
@@ -58,6 +67,56 @@ pub enum PolicyObjective {
     Cispo,
     /// SAPO's soft, temperature-controlled gate of the token ratio.
     Sapo,
+    /// VESPO's detached Gamma weight of the sequence's importance ratio on a REINFORCE-style
+    /// loss.
+    Vespo,
+}
+
+/// The shape of VESPO's weight `φ(W) = e^λ·W^k·e^{−λW}` (TRL's `vespo_k_pos`, `vespo_lambda_pos`,
+/// `vespo_k_neg` and `vespo_lambda_neg`, whose defaults these are): `(k_pos, λ_pos)` for
+/// responses with a non-negative advantage, `(k_neg, λ_neg)` for the others.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VespoShape {
+    /// `k_pos`, the power that lowers the weight of a small ratio.
+    pub k_pos: f32,
+    /// `λ_pos`, the rate that lowers the weight of a large ratio.
+    pub lambda_pos: f32,
+    /// `k_neg`.
+    pub k_neg: f32,
+    /// `λ_neg`.
+    pub lambda_neg: f32,
+}
+
+impl Default for VespoShape {
+    fn default() -> Self {
+        VespoShape {
+            k_pos: 2.0,
+            lambda_pos: 3.0,
+            k_neg: 3.0,
+            lambda_neg: 2.0,
+        }
+    }
+}
+
+impl VespoShape {
+    /// Why this shape is no weighting, if it is not: each `k` must be finite and ≥ 0 and each `λ`
+    /// finite and > 0 (TRL takes any `k` and raises `λ` to at least `10⁻⁴`).
+    pub fn problem(&self) -> Option<String> {
+        let k_fine = |k: f32| k.is_finite() && k >= 0.0;
+        let lambda_fine = |l: f32| l.is_finite() && l > 0.0;
+        (!k_fine(self.k_pos)
+            || !k_fine(self.k_neg)
+            || !lambda_fine(self.lambda_pos)
+            || !lambda_fine(self.lambda_neg))
+        .then(|| {
+            format!(
+                "the vespo shape needs finite k ≥ 0 and λ > 0, got k_pos {}, λ_pos {}, k_neg {}, \
+                 λ_neg {}",
+                self.k_pos, self.lambda_pos, self.k_neg, self.lambda_neg
+            )
+        })
+    }
 }
 
 /// SAPO's gate temperatures (TRL's `sapo_temperature_pos` and `sapo_temperature_neg`, whose
@@ -111,6 +170,8 @@ pub struct PolicyLossConfig {
     pub max_len: usize,
     /// SAPO's gate temperatures. Read by `sapo`.
     pub sapo: SapoTemperatures,
+    /// VESPO's weight shape. Read by `vespo`.
+    pub vespo: VespoShape,
 }
 
 impl PolicyLossConfig {
@@ -124,6 +185,7 @@ impl PolicyLossConfig {
             aggregation: LossAggregation::Dapo,
             max_len: 1,
             sapo: SapoTemperatures::default(),
+            vespo: VespoShape::default(),
         }
     }
 }
@@ -137,8 +199,8 @@ pub struct PolicyLoss {
     /// `½·masked_mean((logπ_new − logπ_old)²)`.
     pub approxkl: Tensor<1>,
     /// Share of real tokens where the clip was active (for `ppo` and `gspo`: the clipped term
-    /// was the larger one; for `cispo`: the weight was clipped; 0 for `sapo`, which has no
-    /// clip).
+    /// was the larger one; for `cispo`: the weight was clipped; 0 for `sapo` and `vespo`, which
+    /// have no clip).
     pub clipfrac: Tensor<1>,
     /// Share of real tokens clipped at the lower bound (for `ppo`/`gspo`: `A < 0` and the ratio
     /// below `1 − ε_low`; for `cispo`: `ρ < 1 − ε_low`). For `gspo`, whose ratio is one per
@@ -148,10 +210,15 @@ pub struct PolicyLoss {
     /// above `1 + ε_high`; for `cispo`: `ρ > 1 + ε_high`); per sequence for `gspo`, as
     /// `clip_low`.
     pub clip_high: Tensor<1>,
-    /// Masked mean of the ratio that enters the objective (`ρ`, or `s_i` at every token for GSPO).
+    /// Masked mean of the ratio that enters the objective (`ρ`, `s_i` at every token for GSPO,
+    /// `W_i` at every token for VESPO).
     pub ratio_mean: Tensor<1>,
     /// Masked (unbiased) variance of that ratio.
     pub ratio_var: Tensor<1>,
+    /// For `vespo`, the mean over the responses of each one's mean `φ` over its tokens (one `φ(W_i)`
+    /// per response with one advantage per response; an empty response counts 0), TRL's
+    /// `vespo/phi_seq_mean`.
+    pub weight_mean: Option<Tensor<1>>,
 }
 
 /// The policy loss of `cfg.objective`, aggregated by `cfg.aggregation`.
@@ -182,6 +249,7 @@ pub fn policy_loss(
     let log_ratio = zero_masked(logprobs.clone().sub(old_logprobs), mask.clone())
         .clamp(-LOG_RATIO_LIMIT, LOG_RATIO_LIMIT);
     let (low, high) = (1.0 - cfg.clip_low, 1.0 + cfg.clip_high);
+    let mut weight_mean = None;
     let (per_token, ratio, clipped, clip_low, clip_high) = match cfg.objective {
         PolicyObjective::Ppo | PolicyObjective::Gspo => {
             let ratio = if cfg.objective == PolicyObjective::Gspo {
@@ -196,10 +264,7 @@ pub fn policy_loss(
         PolicyObjective::Cispo => {
             let ratio = log_ratio.clone().exp();
             let weight = ratio.clone().clamp(low, high).detach();
-            let per_token = weight
-                .mul(advantages)
-                .mul(zero_masked(logprobs, mask.clone()))
-                .neg();
+            let per_token = reinforce(weight, advantages, logprobs, mask.clone());
             let r = ratio.clone().detach();
             let clip_low = r.clone().lower_elem(low).float();
             let clip_high = r.greater_elem(high).float();
@@ -209,6 +274,14 @@ pub fn policy_loss(
         PolicyObjective::Sapo => {
             let ratio = log_ratio.clone().exp();
             let per_token = soft_gate(ratio.clone(), advantages, cfg.sapo);
+            let none = ratio.zeros_like();
+            (per_token, ratio, none.clone(), none.clone(), none)
+        }
+        PolicyObjective::Vespo => {
+            let ratio = sequence_product_ratio(log_ratio.clone(), mask.clone());
+            let phi = gamma_weights(ratio.clone(), advantages.clone(), cfg.vespo);
+            weight_mean = Some(sequence_share(phi.clone(), mask.clone()));
+            let per_token = reinforce(phi, advantages, logprobs, mask.clone());
             let none = ratio.zeros_like();
             (per_token, ratio, none.clone(), none.clone(), none)
         }
@@ -232,6 +305,7 @@ pub fn policy_loss(
         clip_high: clip_share(clip_high),
         ratio_mean: masked_mean(ratio.clone(), mask.clone()),
         ratio_var: masked_var(ratio, mask, true),
+        weight_mean,
     }
 }
 
@@ -265,6 +339,20 @@ fn clipped_surrogate(
     (unclipped.max_pair(clipped), active, clip_low, clip_high)
 }
 
+/// The REINFORCE-style per-token loss `−w·A·logπ_θ` of CISPO and VESPO, with the detached
+/// `weight` `w`; `[batch, seq]` each, `logprobs` zeroed where masked.
+fn reinforce(
+    weight: Tensor<2>,
+    advantages: Tensor<2>,
+    logprobs: Tensor<2>,
+    mask: Tensor<2>,
+) -> Tensor<2> {
+    weight
+        .mul(advantages)
+        .mul(zero_masked(logprobs, mask))
+        .neg()
+}
+
 /// SAPO's per-token loss `−A·(4/τ)·σ(τ·(ρ − 1))` of the token `ratio` and the `advantages`, each
 /// `[batch, seq]`, with `τ = τ_pos` where `A > 0` and `τ_neg` elsewhere.
 fn soft_gate(ratio: Tensor<2>, advantages: Tensor<2>, t: SapoTemperatures) -> Tensor<2> {
@@ -279,8 +367,40 @@ fn soft_gate(ratio: Tensor<2>, advantages: Tensor<2>, t: SapoTemperatures) -> Te
     gate.mul(advantages).neg()
 }
 
-/// The mean over every row (an empty one counting 0) of the row's share of real tokens where
-/// `flags` `[batch, seq]` is 1: with one flag per sequence, the share of sequences flagged.
+/// VESPO's sequence ratio `W_i = exp(clamp(Σ_t m_{i,t}·Δ_{i,t}, ln 10⁻⁸, 20))` of the (masked)
+/// log-ratios `Δ` `[batch, seq]`, repeated at every position of row `i`: `[batch, seq]`.
+fn sequence_product_ratio(log_ratio: Tensor<2>, mask: Tensor<2>) -> Tensor<2> {
+    let [batch, seq] = log_ratio.dims();
+    zero_masked(log_ratio, mask)
+        .sum_dim(1)
+        .clamp(1e-8f32.ln(), LOG_RATIO_LIMIT)
+        .exp()
+        .expand([batch, seq])
+}
+
+/// VESPO's weight `φ(W) = exp(λ + k·ln W − λ·W)` of the sequence `ratio` `W` `[batch, seq]`, with
+/// `(k, λ)` by the sign of the `advantages` (`_pos` where `A ≥ 0`), detached; a non-finite
+/// weight counts 0.
+fn gamma_weights(ratio: Tensor<2>, advantages: Tensor<2>, shape: VespoShape) -> Tensor<2> {
+    let ratio = ratio.detach();
+    let nonneg = advantages.greater_equal_elem(0.0).float();
+    let by_sign = |pos: f32, neg: f32| nonneg.clone().mul_scalar(pos - neg).add_scalar(neg);
+    let (k, lambda) = (
+        by_sign(shape.k_pos, shape.k_neg),
+        by_sign(shape.lambda_pos, shape.lambda_neg),
+    );
+    let log_phi = lambda
+        .clone()
+        .add(k.mul(ratio.clone().log()))
+        .sub(lambda.mul(ratio));
+    let phi = log_phi.exp();
+    let bad = phi.clone().is_nan().bool_or(phi.clone().is_inf());
+    phi.mask_fill(bad, 0.0)
+}
+
+/// The mean over every row (an empty one counting 0) of the row's mean over its real tokens of
+/// `flags` `[batch, seq]`: for 0/1 flags, the row's share of real tokens flagged, and with one
+/// flag per sequence the share of sequences flagged.
 fn sequence_share(flags: Tensor<2>, mask: Tensor<2>) -> Tensor<1> {
     let lengths = mask.clone().sum_dim(1).clamp_min(1.0);
     zero_masked(flags, mask)

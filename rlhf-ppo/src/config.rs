@@ -6,7 +6,7 @@
 use rlhf_core::train::{OptimizerConfig, SyncRef};
 use rlhf_core::{
     AdaptiveEntropy, EntropyController, Error, GroupEstimator, KlController, KlEstimator,
-    LossAggregation, PolicyLossConfig, PolicyObjective, Result, SapoTemperatures,
+    LossAggregation, PolicyLossConfig, PolicyObjective, Result, SapoTemperatures, VespoShape,
 };
 use rlhf_models::SamplingConfig;
 use serde::{Deserialize, Serialize};
@@ -182,15 +182,18 @@ pub struct PpoConfig {
     pub adaptive_entropy: Option<AdaptiveEntropy>,
     /// The policy surrogate: `ppo` (the clipped token ratio), `gspo` (the clipped sequence
     /// ratio), `cispo` (clipped, detached importance weights), `sapo` (the soft gate of the
-    /// token ratio).
+    /// token ratio), `vespo` (detached Gamma weights of the sequence's importance ratio).
     pub policy_objective: PolicyObjective,
     /// SAPO's gate temperatures `τ_pos` and `τ_neg` (TRL's `sapo_temperature_pos` and
     /// `sapo_temperature_neg`). Read by the `sapo` surrogate.
     pub sapo_temperatures: SapoTemperatures,
+    /// VESPO's weight shape `k_pos`, `λ_pos`, `k_neg`, `λ_neg` (TRL's `vespo_k_pos`, …). Read by
+    /// the `vespo` surrogate.
+    pub vespo_shape: VespoShape,
     /// DeepSeek-V3.2's off-policy sequence masking (TRL's `off_policy_mask_threshold`, the
-    /// paper's `δ`): a response whose advantage is negative and whose mean log-ratio of the
-    /// sampler against the policy being trained exceeds `δ` is left out of the policy loss (see
-    /// `rlhf_core::off_policy_mask`). `None`: off.
+    /// paper's `δ`): where a response's mean log-ratio of the sampler against the policy being
+    /// trained exceeds `δ`, its tokens with a negative advantage (all of them, with one advantage
+    /// per response) leave the policy loss (see `rlhf_core::off_policy_mask`). `None`: off.
     pub off_policy_mask_threshold: Option<f32>,
     /// How per-token losses are aggregated (TRL's `loss_type`: `grpo`, `dapo`, `bnpo`,
     /// `dr_grpo`; see `rlhf_core::aggregation`). The TL;DR reproduction's token mean is `dapo`.
@@ -271,6 +274,7 @@ impl Default for PpoConfig {
             adaptive_entropy: None,
             policy_objective: PolicyObjective::Ppo,
             sapo_temperatures: SapoTemperatures::default(),
+            vespo_shape: VespoShape::default(),
             off_policy_mask_threshold: None,
             loss_aggregation: LossAggregation::Dapo,
             dynamic_sampling: None,
@@ -434,6 +438,22 @@ impl PpoConfig {
         }
     }
 
+    /// VESPO as TRL runs it (`loss_type = "vespo"`): GRPO's group advantages, the detached Gamma
+    /// weight of each response's importance ratio with TRL's shape (`k_pos = 2`, `λ_pos = 3`,
+    /// `k_neg = 3`, `λ_neg = 2`) on a REINFORCE-style loss, the token mean (`dapo`, TRL's for
+    /// `vespo`), no KL term; 4 minibatches, so that the ratios move off 1 and the weight acts
+    /// (on-policy its gradient is GRPO's).
+    pub fn vespo() -> Self {
+        PpoConfig {
+            policy_objective: PolicyObjective::Vespo,
+            vespo_shape: VespoShape::default(),
+            loss_aggregation: LossAggregation::Dapo,
+            num_minibatches: 4,
+            kl: KlController::Fixed { value: 0.0 },
+            ..PpoConfig::grpo()
+        }
+    }
+
     /// The policy loss's settings.
     pub fn policy_loss(&self) -> PolicyLossConfig {
         PolicyLossConfig {
@@ -444,6 +464,7 @@ impl PpoConfig {
             aggregation: self.loss_aggregation,
             max_len: self.response_length,
             sapo: self.sapo_temperatures,
+            vespo: self.vespo_shape,
         }
     }
 
@@ -521,6 +542,21 @@ impl PpoConfig {
         if self.clip_eps_high.is_some_and(|e| e.is_nan() || e <= 0.0) {
             return bad("clip_eps_high must be > 0".into());
         }
+        if self.delta.is_some()
+            && matches!(
+                self.policy_objective,
+                PolicyObjective::Cispo | PolicyObjective::Sapo | PolicyObjective::Vespo
+            )
+        {
+            return bad(format!(
+                "delta caps PPO's unclipped term, which {} does not have: leave delta unset",
+                match self.policy_objective {
+                    PolicyObjective::Cispo => "cispo (its weight is capped at 1 + ε_high)",
+                    PolicyObjective::Sapo => "sapo (its soft gate replaces the clip)",
+                    _ => "vespo (its Gamma weight replaces the clip)",
+                }
+            ));
+        }
         let high = 1.0 + self.clip_eps_high.unwrap_or(self.clip_eps);
         if let Some(d) = self.delta
             && !(d.is_finite() && d > high)
@@ -529,22 +565,21 @@ impl PpoConfig {
                 "delta caps the unclipped ratio and must exceed 1 + ε_high = {high}, got {d}"
             ));
         }
-        if self.delta.is_some()
-            && matches!(
-                self.policy_objective,
-                PolicyObjective::Cispo | PolicyObjective::Sapo
-            )
-        {
-            return bad(format!(
-                "delta caps PPO's unclipped term, which {} does not have: leave delta unset",
-                match self.policy_objective {
-                    PolicyObjective::Cispo => "cispo (its weight is capped at 1 + ε_high)",
-                    _ => "sapo (its soft gate replaces the clip)",
-                }
-            ));
-        }
-        if let Some(m) = self.sapo_temperatures.problem() {
+        // the settings of a surrogate are checked where it reads them (TRL takes them unused)
+        let shape = match self.policy_objective {
+            PolicyObjective::Sapo => self.sapo_temperatures.problem(),
+            PolicyObjective::Vespo => self.vespo_shape.problem(),
+            _ => None,
+        };
+        if let Some(m) = shape {
             return bad(m);
+        }
+        if self.policy_objective == PolicyObjective::Vespo && self.rollout_is_cap.is_some() {
+            return bad(
+                "vespo folds the sampler's importance ratio into its sequence weight (as TRL \
+                 does), which is not implemented: leave rollout_is_cap unset"
+                    .into(),
+            );
         }
         if self
             .off_policy_mask_threshold
@@ -852,6 +887,73 @@ mod tests {
             (c.policy_loss().clip_low, c.policy_loss().clip_high),
             (1.0, 4.0)
         );
+        for (recipe, objective, aggregation) in [
+            (
+                PpoConfig::sapo(),
+                PolicyObjective::Sapo,
+                LossAggregation::Grpo,
+            ),
+            (
+                PpoConfig::vespo(),
+                PolicyObjective::Vespo,
+                LossAggregation::Dapo,
+            ),
+        ] {
+            recipe.validate().unwrap();
+            assert_eq!(
+                (
+                    recipe.policy_objective,
+                    recipe.loss_aggregation,
+                    recipe.num_minibatches,
+                    recipe.kl.value()
+                ),
+                (objective, aggregation, 4, 0.0)
+            );
+        }
+        let l = PpoConfig::sapo().policy_loss();
+        assert_eq!((l.sapo.positive, l.sapo.negative), (1.0, 1.05));
+        let v = PpoConfig::vespo().policy_loss().vespo;
+        assert_eq!(
+            (v.k_pos, v.lambda_pos, v.k_neg, v.lambda_neg),
+            (2.0, 3.0, 3.0, 2.0)
+        );
+        // a surrogate's settings are checked where it reads them
+        let cold = SapoTemperatures {
+            positive: 0.0,
+            negative: 1.0,
+        };
+        let sapo_cold = PpoConfig {
+            sapo_temperatures: cold,
+            ..PpoConfig::sapo()
+        };
+        assert!(sapo_cold.validate().is_err());
+        let grpo_cold = PpoConfig {
+            sapo_temperatures: cold,
+            ..PpoConfig::grpo()
+        };
+        grpo_cold.validate().unwrap();
+        let flat = PpoConfig {
+            vespo_shape: VespoShape {
+                lambda_neg: 0.0,
+                ..VespoShape::default()
+            },
+            ..PpoConfig::vespo()
+        };
+        assert!(flat.validate().is_err());
+        let capped = PpoConfig {
+            rollout_is_cap: Some(3.0),
+            ..PpoConfig::vespo()
+        };
+        assert!(capped.validate().is_err());
+        for objective in [PolicyObjective::Sapo, PolicyObjective::Vespo] {
+            let delta = PpoConfig {
+                policy_objective: objective,
+                delta: Some(1.1),
+                ..PpoConfig::grpo()
+            };
+            let err = delta.validate().unwrap_err().to_string();
+            assert!(err.contains("does not have"), "{err}");
+        }
     }
 
     #[test]

@@ -43,10 +43,10 @@ use rlhf_core::train::{
     with_fresh_param_ids,
 };
 use rlhf_core::{
-    EntropyController, Error, GroupEstimator, KlController, LossAggregation, PolicyObjective,
-    Result, Scorer, aggregate, bias_corrected_kl, broadcast_to_tokens, clipped_value_loss,
-    entropy_from_logits, gae, group_advantages, high_entropy_mask, kl_estimate, masked_mean,
-    off_policy_mask, policy_loss, reinforce_pp_advantages, token_logprobs,
+    EntropyController, Error, GroupEstimator, KlController, LossAggregation, PolicyLoss,
+    PolicyObjective, Result, Scorer, aggregate, bias_corrected_kl, broadcast_to_tokens,
+    clipped_value_loss, entropy_from_logits, gae, group_advantages, high_entropy_mask, kl_estimate,
+    masked_mean, off_policy_mask, policy_loss, reinforce_pp_advantages, token_logprobs,
     token_logprobs_and_entropy, truncated_is_weights, whiten,
 };
 use rlhf_data::Tokenizer;
@@ -705,31 +705,9 @@ pub fn minibatch_loss(
         token_weights(mb, [selected.clone(), kept.clone()], cfg),
         &cfg.policy_loss(),
     );
-    let entropy = masked_mean(entropy, mb.mask.clone());
     let mut loss = weighted(pg.loss.clone(), mb.share.of(cfg.loss_aggregation));
     let scalar = |t: Tensor<1>| f64::from(t.into_scalar::<f32>());
-    let mut metrics: Metrics = vec![
-        (names::LOSS_POLICY, scalar(pg.loss.clone())),
-        (names::POLICY_APPROXKL, scalar(pg.approxkl)),
-        (names::POLICY_CLIPFRAC, scalar(pg.clipfrac)),
-        (names::CLIP_RATIO_LOW, scalar(pg.clip_low.clone())),
-        (names::CLIP_RATIO_HIGH, scalar(pg.clip_high.clone())),
-        // the two bounds clip disjoint sets (A < 0 against A > 0; for CISPO ρ below against above)
-        (
-            names::CLIP_RATIO_REGION,
-            scalar(pg.clip_low.add(pg.clip_high)),
-        ),
-        (names::POLICY_ENTROPY, scalar(entropy)),
-        (names::VAL_RATIO_MEAN, scalar(pg.ratio_mean)),
-        (names::VAL_RATIO_VAR, scalar(pg.ratio_var)),
-    ];
-    if let Some(kept) = kept {
-        let dropped = kept.neg().add_scalar(1.0);
-        metrics.push((
-            names::OFF_POLICY_MASKED,
-            scalar(masked_mean(dropped, mb.mask.clone())),
-        ));
-    }
+    let mut metrics = policy_metrics(pg, entropy, kept, mb.mask.clone());
     if !cfg.kl_in_reward {
         let (kl, token_mean) = kl_loss_term(logprobs, mb, cfg, kl_coef);
         metrics.push((names::KL_LOSS_TERM, scalar(token_mean)));
@@ -757,6 +735,44 @@ pub fn minibatch_loss(
     }
     metrics.push((names::LOSS_TOTAL, loss_total(&metrics, cfg, entropy_coef)));
     (loss, metrics)
+}
+
+/// The diagnostics of the policy loss `pg` (`policy/*`, `clip_ratio/*`, `val/ratio*`, and with
+/// VESPO `vespo/phi_seq_mean`), the mean `entropy` over the `mask`, and with the off-policy
+/// sequence mask the share of tokens it drops (`kept` 0 there).
+fn policy_metrics(
+    pg: PolicyLoss,
+    entropy: Tensor<2>,
+    kept: Option<Tensor<2>>,
+    mask: Tensor<2>,
+) -> Metrics {
+    let scalar = |t: Tensor<1>| f64::from(t.into_scalar::<f32>());
+    let mut metrics: Metrics = vec![
+        (names::LOSS_POLICY, scalar(pg.loss)),
+        (names::POLICY_APPROXKL, scalar(pg.approxkl)),
+        (names::POLICY_CLIPFRAC, scalar(pg.clipfrac)),
+        (names::CLIP_RATIO_LOW, scalar(pg.clip_low.clone())),
+        (names::CLIP_RATIO_HIGH, scalar(pg.clip_high.clone())),
+        // the two bounds clip disjoint sets (A < 0 against A > 0; for CISPO ρ below against above)
+        (
+            names::CLIP_RATIO_REGION,
+            scalar(pg.clip_low.add(pg.clip_high)),
+        ),
+        (
+            names::POLICY_ENTROPY,
+            scalar(masked_mean(entropy, mask.clone())),
+        ),
+        (names::VAL_RATIO_MEAN, scalar(pg.ratio_mean)),
+        (names::VAL_RATIO_VAR, scalar(pg.ratio_var)),
+    ];
+    if let Some(phi) = pg.weight_mean {
+        metrics.push((names::VESPO_PHI_MEAN, scalar(phi)));
+    }
+    if let Some(kept) = kept {
+        let dropped = kept.neg().add_scalar(1.0);
+        metrics.push((names::OFF_POLICY_MASKED, scalar(masked_mean(dropped, mask))));
+    }
+    metrics
 }
 
 /// The KL as a loss term, `β·k` aggregated as the policy loss is (TRL adds it to the per-token

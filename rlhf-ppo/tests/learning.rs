@@ -216,31 +216,38 @@ fn dapo_and_gspo_against_a_reward_model_raise_the_gold_score() {
     }
 }
 
-/// SAPO (the soft gate of the token ratio over four minibatches, per-response mean, no KL) raises
-/// the gold score by the margin the other methods must reach, on their sizes and budget. So it
-/// does with DeepSeek-V3.2's off-policy sequence mask at `δ` 0, the strictest, which drops part
-/// of the negative-advantage responses of every minibatch, a share rounding alone decides where
-/// the policy has not moved yet (at `δ` 0.01 the last iteration drops nothing: the policy drifts
+/// SAPO (the soft gate of the token ratio, per-response mean) and VESPO (the Gamma weight of each
+/// response's whole ratio, token mean), each over four minibatches with no KL, raise the gold score
+/// by the margin the other methods must reach, on their sizes and budget. So does SAPO with
+/// DeepSeek-V3.2's off-policy sequence mask at `δ` 0, the strictest, which drops part of the
+/// negative-advantage responses of every minibatch, a share rounding alone decides where the
+/// policy has not moved yet (at `δ` 0.01 the last iteration drops nothing: the policy drifts
 /// little over this run's four minibatches).
 #[test]
-fn sapo_against_a_reward_model_raises_the_gold_score() {
+fn sapo_and_vespo_against_a_reward_model_raise_the_gold_score() {
     let _serial = serial();
-    for mask in [None, Some(0.0)] {
+    for (recipe, mask) in [
+        (PpoConfig::sapo(), None),
+        (PpoConfig::sapo(), Some(0.0)),
+        (PpoConfig::vespo(), None),
+    ] {
+        let objective = recipe.policy_objective;
         let recipe = PpoConfig {
             off_policy_mask_threshold: mask,
-            ..PpoConfig::sapo()
+            ..recipe
         };
         let (before, after, last) = rl_with(recipe_on_tldr(recipe));
-        let dropped = last
-            .iter()
-            .find(|m| m.0 == names::OFF_POLICY_MASKED)
-            .map(|m| m.1);
-        eprintln!("SAPO, off-policy mask {mask:?}: dropped {dropped:?}");
+        let get = |k: &str| last.iter().find(|m| m.0 == k).map(|m| m.1);
+        let dropped = get(names::OFF_POLICY_MASKED);
+        eprintln!(
+            "{objective:?}, off-policy mask {mask:?}: dropped {dropped:?}, φ mean {:?}",
+            get(names::VESPO_PHI_MEAN)
+        );
         assert_eq!(dropped.is_some(), mask.is_some());
         assert!(dropped.is_none_or(|d| d > 0.1), "dropped {dropped:?}");
         assert!(
             after > before + 0.15,
-            "mask {mask:?}: gold {before:.3} → {after:.3}"
+            "{objective:?}, mask {mask:?}: gold {before:.3} → {after:.3}"
         );
     }
 }

@@ -84,8 +84,8 @@ impl Method {
     }
 }
 
-/// How per-token policy losses are aggregated, as TRL's `loss_type` names it (`cispo` and `sapo`
-/// also select their surrogates).
+/// How per-token policy losses are aggregated, as TRL's `loss_type` names it (`cispo`, `sapo` and
+/// `vespo` also select their surrogates).
 #[derive(ValueEnum, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum LossType {
@@ -102,6 +102,8 @@ pub enum LossType {
     Cispo,
     /// SAPO's soft gate of the token ratio, per-response mean.
     Sapo,
+    /// VESPO's detached Gamma weights of the sequence's importance ratio, token mean.
+    Vespo,
 }
 
 /// The importance ratio of the clipped surrogate: per token (PPO, GRPO, DAPO) or per sequence
@@ -391,8 +393,9 @@ pub struct OnPolicyArgs {
     /// The largest c adaptive control sets (default 1) [TRL: --entropy_coef_max].
     #[arg(long)]
     pub entropy_coef_max: Option<f32>,
-    /// How per-token losses are aggregated; `cispo` and `sapo` also select their surrogates
-    /// [TRL: --loss_type].
+    /// How per-token losses are aggregated; `cispo`, `sapo` and `vespo` also select their
+    /// surrogates, which read the token ratio (VESPO its product over the response), so they are
+    /// refused with the sequence-level ratio, `gspo`'s [TRL: --loss_type].
     #[arg(long, value_enum)]
     pub loss_type: Option<LossType>,
     /// Clip the token ratio or GSPO's sequence ratio [TRL: --importance_sampling_level].
@@ -406,9 +409,23 @@ pub struct OnPolicyArgs {
     /// [TRL: --sapo_temperature_neg].
     #[arg(long)]
     pub sapo_temperature_neg: Option<f32>,
-    /// DeepSeek-V3.2's off-policy sequence masking: a response with a negative advantage whose
-    /// mean log-ratio of the sampler against the policy being trained exceeds this δ leaves the
-    /// policy loss (off when unset) [TRL: --off_policy_mask_threshold].
+    /// VESPO's power k for responses with a non-negative advantage (default 2)
+    /// [TRL: --vespo_k_pos].
+    #[arg(long)]
+    pub vespo_k_pos: Option<f32>,
+    /// VESPO's rate λ for responses with a non-negative advantage (default 3)
+    /// [TRL: --vespo_lambda_pos].
+    #[arg(long)]
+    pub vespo_lambda_pos: Option<f32>,
+    /// VESPO's power k for the other responses (default 3) [TRL: --vespo_k_neg].
+    #[arg(long)]
+    pub vespo_k_neg: Option<f32>,
+    /// VESPO's rate λ for the other responses (default 2) [TRL: --vespo_lambda_neg].
+    #[arg(long)]
+    pub vespo_lambda_neg: Option<f32>,
+    /// DeepSeek-V3.2's off-policy sequence masking: where a response's mean log-ratio of the
+    /// sampler against the policy being trained exceeds this δ (≥ 0), its tokens with a negative
+    /// advantage leave the policy loss (off when unset) [TRL: --off_policy_mask_threshold].
     #[arg(long)]
     pub off_policy_mask_threshold: Option<f32>,
     /// Group-normalised methods: divide each group's centred rewards by its standard deviation
@@ -587,6 +604,7 @@ impl OnPolicyArgs {
             loss_type <- match (c.policy_objective, c.loss_aggregation) {
                 (PolicyObjective::Cispo, _) => LossType::Cispo,
                 (PolicyObjective::Sapo, _) => LossType::Sapo,
+                (PolicyObjective::Vespo, _) => LossType::Vespo,
                 (_, LossAggregation::Grpo) => LossType::Grpo,
                 (_, LossAggregation::Dapo) => LossType::Dapo,
                 (_, LossAggregation::Bnpo) => LossType::Bnpo,
@@ -597,8 +615,6 @@ impl OnPolicyArgs {
             } else {
                 SamplingLevel::Token
             },
-            sapo_temperature_pos <- c.sapo_temperatures.positive,
-            sapo_temperature_neg <- c.sapo_temperatures.negative,
             dynamic_sampling <- c.dynamic_sampling.unwrap_or(0),
             overlong_penalty <- c.overlong_penalty,
             rollout_is_cap <- c.rollout_is_cap.unwrap_or(0.0),
@@ -615,8 +631,16 @@ impl OnPolicyArgs {
         self
     }
 
-    /// [`Self::completed`]'s part for the synced reference and the adaptive entropy control.
+    /// [`Self::completed`]'s part for the synced reference, the adaptive entropy control and the
+    /// settings of SAPO's and VESPO's surrogates.
     fn complete_controls(&mut self, c: &PpoConfig) {
+        let (t, v) = (c.sapo_temperatures, c.vespo_shape);
+        self.sapo_temperature_pos.get_or_insert(t.positive);
+        self.sapo_temperature_neg.get_or_insert(t.negative);
+        self.vespo_k_pos.get_or_insert(v.k_pos);
+        self.vespo_lambda_pos.get_or_insert(v.lambda_pos);
+        self.vespo_k_neg.get_or_insert(v.k_neg);
+        self.vespo_lambda_neg.get_or_insert(v.lambda_neg);
         let sync = c.sync_ref.unwrap_or_default();
         self.sync_ref_model.get_or_insert(c.sync_ref.is_some());
         self.ref_model_mixup_alpha.get_or_insert(sync.alpha);
@@ -695,14 +719,17 @@ impl OnPolicyArgs {
         if let Some(t) = self.loss_type {
             c.loss_aggregation = match t {
                 LossType::Grpo | LossType::Sapo => LossAggregation::Grpo,
-                LossType::Dapo | LossType::Cispo => LossAggregation::Dapo,
+                LossType::Dapo | LossType::Cispo | LossType::Vespo => LossAggregation::Dapo,
                 LossType::Bnpo => LossAggregation::Bnpo,
                 LossType::DrGrpo => LossAggregation::DrGrpo,
             };
             c.policy_objective = match (t, c.policy_objective) {
                 (LossType::Cispo, _) => PolicyObjective::Cispo,
                 (LossType::Sapo, _) => PolicyObjective::Sapo,
-                (_, PolicyObjective::Cispo | PolicyObjective::Sapo) => PolicyObjective::Ppo,
+                (LossType::Vespo, _) => PolicyObjective::Vespo,
+                (_, PolicyObjective::Cispo | PolicyObjective::Sapo | PolicyObjective::Vespo) => {
+                    PolicyObjective::Ppo
+                }
                 (_, o) => o,
             };
         }
@@ -712,11 +739,16 @@ impl OnPolicyArgs {
         c.sapo_temperatures.negative = self
             .sapo_temperature_neg
             .unwrap_or(c.sapo_temperatures.negative);
-        // the token ratio is the only one CISPO and SAPO read
+        let v = &mut c.vespo_shape;
+        v.k_pos = self.vespo_k_pos.unwrap_or(v.k_pos);
+        v.lambda_pos = self.vespo_lambda_pos.unwrap_or(v.lambda_pos);
+        v.k_neg = self.vespo_k_neg.unwrap_or(v.k_neg);
+        v.lambda_neg = self.vespo_lambda_neg.unwrap_or(v.lambda_neg);
+        // the token ratio is the only one CISPO, SAPO and VESPO read
         if let Some(level) = self.importance_sampling_level
             && !matches!(
                 c.policy_objective,
-                PolicyObjective::Cispo | PolicyObjective::Sapo
+                PolicyObjective::Cispo | PolicyObjective::Sapo | PolicyObjective::Vespo
             )
         {
             c.policy_objective = match level {
@@ -922,13 +954,15 @@ fn run_options_on_replicas(
     })
 }
 
-/// Refuses options that do not mix with `method` or with each other.
+/// Refuses options that do not mix with `method` or with each other. `args` are completed
+/// ([`OnPolicyArgs::completed`]), so `gspo`'s recipe holds the sequence-level ratio.
 fn refuse_mixes(method: Method, args: &OnPolicyArgs) -> Result<()> {
-    if let Some(t @ (LossType::Cispo | LossType::Sapo)) = args.loss_type
+    if let Some(t @ (LossType::Cispo | LossType::Sapo | LossType::Vespo)) = args.loss_type
         && args.importance_sampling_level == Some(SamplingLevel::Sequence)
     {
         bail!(
-            "--loss-type {} reads the token ratio: it has no sequence-level one",
+            "--loss-type {} reads the token ratio: it has no sequence-level one (give \
+             --importance-sampling-level token, which `gspo`'s recipe does not hold)",
             t.to_possible_value()
                 .map_or_else(String::new, |v| v.get_name().to_owned())
         );
@@ -1158,9 +1192,10 @@ mod tests {
     }
 
     /// `--loss-type sapo` is SAPO's gate with the per-response mean, at TRL's temperatures unless
-    /// given; the token ratio is all it reads.
+    /// given, and `--loss-type vespo` VESPO's weight with the token mean, at TRL's shape unless
+    /// given; the token ratio is all they read.
     #[test]
-    fn the_sapo_loss_type_selects_the_soft_gate() {
+    fn the_sapo_and_vespo_loss_types_select_their_surrogates() {
         let c = config(Method::Grpo, &["--loss-type", "sapo"]);
         assert_eq!(
             (c.policy_objective, c.loss_aggregation, c.sapo_temperatures),
@@ -1183,6 +1218,21 @@ mod tests {
         );
         assert_eq!(c.policy_objective, PolicyObjective::Sapo);
         assert_eq!(c.sapo_temperatures.negative, 2.0);
+        let c = config(
+            Method::Cispo,
+            &["--loss-type", "vespo", "--vespo-lambda-neg", "5"],
+        );
+        assert_eq!(
+            (c.policy_objective, c.loss_aggregation),
+            (PolicyObjective::Vespo, LossAggregation::Dapo)
+        );
+        assert_eq!(
+            c.vespo_shape,
+            rlhf_core::VespoShape {
+                lambda_neg: 5.0,
+                ..rlhf_core::VespoShape::default()
+            }
+        );
         let w = Wrapped::try_parse_from([
             "rlhf",
             "--loss-type",
@@ -1196,7 +1246,30 @@ mod tests {
             err.contains("--loss-type sapo reads the token ratio"),
             "{err}"
         );
+        // `gspo`'s recipe is the sequence-level ratio: refused unless the token level is given
+        for (flags, refused) in [
+            (&["--loss-type", "vespo"][..], true),
+            (
+                &[
+                    "--loss-type",
+                    "vespo",
+                    "--importance-sampling-level",
+                    "token",
+                ],
+                false,
+            ),
+        ] {
+            let w = Wrapped::try_parse_from(std::iter::once("rlhf").chain(flags.iter().copied()))
+                .unwrap();
+            let args = w.args.completed(Method::Gspo);
+            assert_eq!(
+                refuse_mixes(Method::Gspo, &args).is_err(),
+                refused,
+                "{flags:?}"
+            );
+        }
     }
+
     /// `--scale-rewards` picks the group-normalised estimator of each of TRL's settings, bare
     /// booleans included (`true` is GRPO's group scaling, `false` Dr. GRPO's none).
     #[test]

@@ -236,6 +236,7 @@ fn help_lists_every_option_and_mistakes_are_named() {
                 "--beta",
                 "--cliprange",
                 "--sapo-temperature-pos",
+                "--vespo-lambda-neg",
                 "--off-policy-mask-threshold",
             ],
         ),
@@ -1447,8 +1448,12 @@ fn every_on_policy_command_runs_end_to_end() {
             format!("mean(rm:{},length:0.05)", s(&rm)),
             &["--frozen-dtype", "bf16"],
         ),
-        ("rloo", "length:0.1".to_string(), &["--loss-type", "sapo"]),
-        ("reinforce-pp", "regex:e".to_string(), &[]),
+        ("rloo", "length:0.1".to_string(), &["--loss-type", "vespo"]),
+        (
+            "reinforce-pp",
+            "regex:e".to_string(),
+            &["--loss-type", "sapo"],
+        ),
         (
             "dapo",
             format!("judge:{}", fixture("tiny-pythia")),
@@ -1503,12 +1508,12 @@ fn every_on_policy_command_runs_end_to_end() {
             // a single reward is logged by name too, as TRL logs every reward function
             assert_eq!(metric(&out, "rewards/length/mean").len(), 2);
         }
-        // SAPO's gate clips nothing; the off-policy mask logs the share it drops
+        // VESPO logs its mean weight (1 on-policy); the off-policy mask logs the share it drops
         if cmd == "rloo" {
+            let phi = metric(&out, "vespo/phi_seq_mean");
             assert!(
-                metric(&out, "clip_ratio/region_mean")
-                    .iter()
-                    .all(|&c| c == 0.0)
+                phi.len() == 2 && phi.iter().all(|&p| (p - 1.0).abs() < 1e-3),
+                "{phi:?}"
             );
         }
         if cmd == "dapo" {
@@ -2591,6 +2596,10 @@ fn every_field_of_every_trainer_config_is_a_flag() {
                     // one field, τ_pos and τ_neg, each set by its own flag
                     ("sapo_temperatures", &["--sapo-temperature-pos", "2"]),
                     ("sapo_temperatures", &["--sapo-temperature-neg", "3"]),
+                    ("vespo_shape", &["--vespo-k-pos", "1"]),
+                    ("vespo_shape", &["--vespo-lambda-pos", "1"]),
+                    ("vespo_shape", &["--vespo-k-neg", "1"]),
+                    ("vespo_shape", &["--vespo-lambda-neg", "1"]),
                     (
                         "off_policy_mask_threshold",
                         &["--off-policy-mask-threshold", "0.5"],

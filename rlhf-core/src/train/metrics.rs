@@ -138,6 +138,7 @@ pub mod names {
     pub const CLIP_RATIO_HIGH: &str = "clip_ratio/high_mean";
     pub const CLIP_RATIO_REGION: &str = "clip_ratio/region_mean";
     pub const OFF_POLICY_MASKED: &str = "off_policy_mask/masked_ratio";
+    pub const VESPO_PHI_MEAN: &str = "vespo/phi_seq_mean";
     pub const SAMPLING_LOGP_DIFF_MEAN: &str = "sampling/sampling_logp_difference/mean";
     pub const SAMPLING_LOGP_DIFF_MAX: &str = "sampling/sampling_logp_difference/max";
     pub const SAMPLING_KL: &str = "sampling/kl";

@@ -1,6 +1,7 @@
 //! DeepSeek-V3.2's off-policy sequence mask (TRL's `off_policy_mask_threshold`) against an `f64`
 //! reading of its rule, with its invariants: padding never counts, a non-negative advantage is
-//! always kept, an on-policy batch keeps every real token, and extreme values give a 0/1 mask.
+//! always kept, an on-policy batch keeps every real token, extreme values give a 0/1 mask, and an
+//! unscored (NaN) token counts no drift.
 
 use proptest::prelude::*;
 use rlhf_core::off_policy_mask;
@@ -84,4 +85,22 @@ fn extreme_log_probs_give_a_zero_one_mask() {
     // row 1: a drift of (−10⁴ + 10⁴)/2 = 0: kept
     let got = run(&p, &p.c, &p.a, &p.b, 0.5);
     assert_eq!(got, vec![0.0, 1.0, 0.0, 1.0, 1.0, 0.0]);
+}
+
+/// A real token whose sampler log-prob is NaN counts 0 in its response's drift, as TRL's
+/// `nan_to_num`: one unscored token does not drop a response by itself.
+#[test]
+fn an_unscored_token_is_no_evidence_of_drift() {
+    let p = Tokens {
+        batch: 1,
+        seq: 3,
+        a: vec![-1.0, -2.0, -3.0],
+        b: vec![f64::NAN, -2.0, -2.5],
+        c: vec![-1.0; 3],
+        mask: vec![true; 3],
+        junk: vec![0.0; 3],
+    };
+    // drift (0 + 0 + 0.5)/3 = 1/6: kept at δ 0.2, dropped at δ 0.1
+    assert_eq!(run(&p, &p.c, &p.a, &p.b, 0.2), vec![1.0; 3]);
+    assert_eq!(run(&p, &p.c, &p.a, &p.b, 0.1), vec![0.0; 3]);
 }

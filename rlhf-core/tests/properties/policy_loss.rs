@@ -1,20 +1,21 @@
-//! The policy surrogates (PPO/DAPO clip with or without the two-sided cap, GSPO, CISPO, SAPO), the four
+//! The policy surrogates (PPO/DAPO clip with or without the two-sided cap, GSPO, CISPO, SAPO, VESPO), the four
 //! loss aggregations and the truncated importance-sampling weights, against `f64` references
 //! written from the formulas, with their gradients and the cases where the definitions coincide.
 
 use proptest::prelude::*;
 use rlhf_core::{
-    LossAggregation, PolicyLossConfig, PolicyObjective, SapoTemperatures, aggregate, policy_loss,
-    truncated_is_weights,
+    LossAggregation, PolicyLossConfig, PolicyObjective, SapoTemperatures, VespoShape, aggregate,
+    policy_loss, truncated_is_weights,
 };
 
 use crate::common::*;
 
-const OBJECTIVES: [PolicyObjective; 4] = [
+const OBJECTIVES: [PolicyObjective; 5] = [
     PolicyObjective::Ppo,
     PolicyObjective::Gspo,
     PolicyObjective::Cispo,
     PolicyObjective::Sapo,
+    PolicyObjective::Vespo,
 ];
 const AGGREGATIONS: [LossAggregation; 4] = [
     LossAggregation::Grpo,
@@ -39,6 +40,29 @@ struct Reference {
     clip_low: f64,
     clip_high: f64,
     ratio_mean: f64,
+    /// VESPO's mean over rows of each row's mean `φ` (an empty row counting 0).
+    weight_mean: f64,
+}
+
+/// VESPO's `W_i = exp(clamp(Σ_t m·(new − old), ln 10⁻⁸, 20))` of row `i`.
+fn product_ratio(p: &Problem, i: usize) -> f64 {
+    let s = p.seq;
+    let sum: f64 = (i * s..(i + 1) * s)
+        .filter(|&k| p.mask[k])
+        .map(|k| p.new[k] - p.old[k])
+        .sum();
+    sum.clamp(1e-8f64.ln(), 20.0).exp()
+}
+
+/// VESPO's `φ(W) = e^λ·W^k·e^{−λW}`, `(k, λ)` by the sign of `a` (`_pos` where `a ≥ 0`).
+fn gamma_weight(w: f64, a: f64, shape: &VespoShape) -> f64 {
+    let (k, lambda) = if a >= 0.0 {
+        (shape.k_pos, shape.lambda_pos)
+    } else {
+        (shape.k_neg, shape.lambda_neg)
+    };
+    let (k, lambda) = (f64::from(k), f64::from(lambda));
+    lambda.exp() * w.powf(k) * (-lambda * w).exp()
 }
 
 /// `L = aggregate(w·ℓ)` of the module documentation, in `f64`.
@@ -89,10 +113,13 @@ fn reference(p: &Problem, cfg: &PolicyLossConfig) -> Reference {
     let (mut lo, mut hi, mut ratio_sum, mut n) = (0.0, 0.0, 0.0, 0.0);
     // GSPO's clipped shares: per row (its share of its real tokens), then the mean over rows
     let (mut row_lo, mut row_hi) = (vec![0.0; b], vec![0.0; b]);
+    // VESPO's weights, summed per row
+    let mut row_phi = vec![0.0; b];
     for k in (0..b * s).filter(|&k| real(k)) {
         let a = p.adv[k];
         let rho = match cfg.objective {
             PolicyObjective::Gspo => seq_ratio[k / s],
+            PolicyObjective::Vespo => product_ratio(p, k / s),
             _ => (p.new[k] - p.old[k]).exp(),
         };
         let l = match cfg.objective {
@@ -109,11 +136,16 @@ fn reference(p: &Problem, cfg: &PolicyLossConfig) -> Reference {
                 });
                 -a * 4.0 / tau / (1.0 + (-tau * (rho - 1.0)).exp())
             }
+            PolicyObjective::Vespo => {
+                let phi = gamma_weight(rho, a, &cfg.vespo);
+                row_phi[k / s] += phi;
+                -phi * a * p.new[k]
+            }
         };
         per_token[k] = l * p.weights.map_or(1.0, |w| w[k]);
         let (is_low, is_high) = match cfg.objective {
             PolicyObjective::Cispo => (rho < low, rho > high),
-            PolicyObjective::Sapo => (false, false),
+            PolicyObjective::Sapo | PolicyObjective::Vespo => (false, false),
             _ => (rho < low && a < 0.0, rho > high && a > 0.0),
         };
         lo += f64::from(u8::from(is_low));
@@ -131,11 +163,13 @@ fn reference(p: &Problem, cfg: &PolicyLossConfig) -> Reference {
         ),
         _ => (lo / n, hi / n),
     };
+    let row_len = |i: usize| (i * s..(i + 1) * s).filter(|&k| real(k)).count().max(1) as f64;
     Reference {
         loss: aggregate_ref(&per_token, p.mask, [b, s], cfg.aggregation, cfg.max_len),
         clip_low,
         clip_high,
         ratio_mean: ratio_sum / n,
+        weight_mean: (0..b).map(|i| row_phi[i] / row_len(i)).sum::<f64>() / b as f64,
     }
 }
 
@@ -161,9 +195,13 @@ fn far_from_kinks(p: &Problem, cfg: &PolicyLossConfig, margin: f64) -> bool {
         let off_cap = cfg
             .delta
             .is_none_or(|d| (rho - f64::from(d)).abs() > margin);
-        // SAPO's gate is smooth in ρ: only the temperature's switch at A = 0 remains
-        let off_clip = cfg.objective == PolicyObjective::Sapo
-            || ((rho - low).abs() > margin && (rho - high).abs() > margin && off_cap);
+        // SAPO's gate and VESPO's weight are smooth in ρ: only their switch at A = 0 remains
+        let smooth = matches!(
+            cfg.objective,
+            PolicyObjective::Sapo | PolicyObjective::Vespo
+        );
+        let off_clip =
+            smooth || ((rho - low).abs() > margin && (rho - high).abs() > margin && off_cap);
         off_clip && p.adv[k].abs() > margin
     })
 }
@@ -194,6 +232,18 @@ fn temperatures() -> impl Strategy<Value = SapoTemperatures> {
         .prop_map(|(positive, negative)| SapoTemperatures { positive, negative })
 }
 
+/// VESPO's shapes, `k` in `[0, 4]` and `λ` in `[0.5, 4]` (TRL's 2, 3, 3, 2 inside).
+fn shapes() -> impl Strategy<Value = VespoShape> {
+    (0.0f32..4.0, 0.5f32..4.0, 0.0f32..4.0, 0.5f32..4.0).prop_map(
+        |(k_pos, lambda_pos, k_neg, lambda_neg)| VespoShape {
+            k_pos,
+            lambda_pos,
+            k_neg,
+            lambda_neg,
+        },
+    )
+}
+
 proptest! {
     #![proptest_config(config())]
 
@@ -208,6 +258,7 @@ proptest! {
         weighted in any::<bool>(),
         delta_above in prop::option::of(0.02f64..0.6),
         sapo in temperatures(),
+        vespo in shapes(),
     ) {
         let old: Vec<f64> = p.b.iter().map(|x| x - 1.0).collect();
         let new: Vec<f64> = p.a.iter().zip(&old).map(|(a, o)| o + a).collect();
@@ -215,7 +266,7 @@ proptest! {
         let problem = Problem { batch: p.batch, seq: p.seq, new: &new, old: &old, adv: &p.c, mask: &p.mask, weights: weighted.then_some(weights.as_slice()) };
         let clip_high = clip_low + extra_high;
         let delta = delta_above.map(|d| (1.0 + clip_high + d) as f32);
-        let cfg = PolicyLossConfig { objective, clip_low: clip_low as f32, clip_high: clip_high as f32, delta, aggregation, max_len, sapo };
+        let cfg = PolicyLossConfig { objective, clip_low: clip_low as f32, clip_high: clip_high as f32, delta, aggregation, max_len, sapo, vespo };
         prop_assume!(far_from_kinks(&problem, &cfg, 1e-4));
         let out = run(&problem, &cfg, &device());
         let r = reference(&problem, &cfg);
@@ -223,6 +274,10 @@ proptest! {
         assert_close(&[scalar(out.clip_low)], &[r.clip_low], TOL)?;
         assert_close(&[scalar(out.clip_high)], &[r.clip_high], TOL)?;
         assert_close(&[scalar(out.ratio_mean)], &[r.ratio_mean], TOL)?;
+        prop_assert_eq!(out.weight_mean.is_some(), objective == PolicyObjective::Vespo);
+        if let Some(phi) = out.weight_mean {
+            assert_close(&[scalar(phi)], &[r.weight_mean], TOL)?;
+        }
     }
 
     #[test]
@@ -234,12 +289,13 @@ proptest! {
         extra_high in 0.0f64..0.3,
         delta_above in prop::option::of(0.05f64..0.5),
         sapo in temperatures(),
+        vespo in shapes(),
     ) {
         let old = p.b.clone();
         let new: Vec<f64> = p.a.iter().zip(&old).map(|(a, o)| o + a).collect();
         let clip_high = clip_low + extra_high;
         let delta = delta_above.map(|d| (1.0 + clip_high + d) as f32);
-        let cfg = PolicyLossConfig { objective, clip_low: clip_low as f32, clip_high: clip_high as f32, delta, aggregation, max_len: 8, sapo };
+        let cfg = PolicyLossConfig { objective, clip_low: clip_low as f32, clip_high: clip_high as f32, delta, aggregation, max_len: 8, sapo, vespo };
         let problem = Problem { batch: p.batch, seq: p.seq, new: &new, old: &old, adv: &p.c, mask: &p.mask, weights: None };
         prop_assume!(far_from_kinks(&problem, &cfg, 2e-2));
         let dev = device().autodiff();
@@ -255,9 +311,10 @@ proptest! {
             let at = |v: &[f64]| reference(&Problem { new: v, ..problem_like(&problem) }, &cfg).loss;
             (at(&up) - at(&down)) / (2.0 * h)
         }).collect();
-        // CISPO's weight is a constant of the surrogate: its gradient is −w·A·∇logπ only
-        let expected = if objective == PolicyObjective::Cispo {
-            cispo_gradient(&problem, &cfg)
+        // CISPO's and VESPO's weights are constants of the surrogate: the gradient is
+        // −w·A·∇logπ only
+        let expected = if matches!(objective, PolicyObjective::Cispo | PolicyObjective::Vespo) {
+            detached_weight_gradient(&problem, &cfg)
         } else {
             fd
         };
@@ -293,18 +350,20 @@ proptest! {
         }
     }
 
-    /// On-policy (`ρ = 1`), CISPO's and SAPO's gradients are PPO's: `−A·∇logπ` aggregated alike
-    /// (SAPO's gate has slope `4·σ(0)·(1 − σ(0)) = 1` there, whatever its temperatures).
+    /// On-policy (`ρ = 1`), CISPO's, SAPO's and VESPO's gradients are PPO's: `−A·∇logπ`
+    /// aggregated alike (SAPO's gate has slope `4·σ(0)·(1 − σ(0)) = 1` there, whatever its
+    /// temperatures, and VESPO's `φ(1) = 1`, whatever its shape).
     #[test]
-    fn cispo_sapo_and_ppo_have_one_gradient_on_policy(
+    fn cispo_sapo_vespo_and_ppo_have_one_gradient_on_policy(
         p in tokens(0.6, 1),
         aggregation in aggregation(),
         sapo in temperatures(),
+        vespo in shapes(),
     ) {
         let dev = device().autodiff();
         let s = p.shape();
         let grad_of = |objective: PolicyObjective| {
-            let cfg = PolicyLossConfig { objective, aggregation, max_len: 8, sapo, ..PolicyLossConfig::ppo(0.2) };
+            let cfg = PolicyLossConfig { objective, aggregation, max_len: 8, sapo, vespo, ..PolicyLossConfig::ppo(0.2) };
             let x = t2(&p.a, s, &dev).require_grad();
             let loss = policy_loss(x.clone(), t2(&p.a, s, &dev), t2(&p.c, s, &dev), t2(&p.maskf(), s, &dev), None, &cfg).loss;
             host(x.grad(&loss.backward()).unwrap())
@@ -312,6 +371,7 @@ proptest! {
         let ppo = grad_of(PolicyObjective::Ppo);
         assert_close(&grad_of(PolicyObjective::Cispo), &ppo, 1e-5)?;
         assert_close(&grad_of(PolicyObjective::Sapo), &ppo, 1e-5)?;
+        assert_close(&grad_of(PolicyObjective::Vespo), &ppo, 1e-5)?;
     }
 
     /// With one real token per response, GSPO's sequence ratio is the token ratio.
@@ -380,8 +440,9 @@ fn problem_like<'a>(p: &Problem<'a>) -> Problem<'a> {
     }
 }
 
-/// `∂L/∂logπ_{i,t}` of CISPO: `−clip(ρ)·A` times the aggregation's weight of token `(i, t)`.
-fn cispo_gradient(p: &Problem, cfg: &PolicyLossConfig) -> Vec<f64> {
+/// `∂L/∂logπ_{i,t}` of CISPO and VESPO: `−w·A` times the aggregation's weight of token `(i, t)`,
+/// with the detached weight `w` CISPO's `clip(ρ)` or VESPO's `φ(W_i)`.
+fn detached_weight_gradient(p: &Problem, cfg: &PolicyLossConfig) -> Vec<f64> {
     let (b, s) = (p.batch, p.seq);
     let (low, high) = (
         1.0 - f64::from(cfg.clip_low),
@@ -396,7 +457,13 @@ fn cispo_gradient(p: &Problem, cfg: &PolicyLossConfig) -> Vec<f64> {
             let mut one_hot = vec![0.0; b * s];
             one_hot[k] = 1.0;
             let weight = aggregate_ref(&one_hot, p.mask, [b, s], cfg.aggregation, cfg.max_len);
-            -(p.new[k] - p.old[k]).exp().clamp(low, high) * p.adv[k] * weight
+            let w = match cfg.objective {
+                PolicyObjective::Vespo => {
+                    gamma_weight(product_ratio(p, k / s), p.adv[k], &cfg.vespo)
+                }
+                _ => (p.new[k] - p.old[k]).exp().clamp(low, high),
+            };
+            -w * p.adv[k] * weight
         })
         .collect()
 }

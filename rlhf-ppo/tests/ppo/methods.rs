@@ -699,6 +699,86 @@ fn sapo_gates_the_ratio_softly_with_its_temperatures() {
     assert!((off_norm - grpo_off_norm).abs() > 1e-3 * grpo_off_norm);
 }
 
+/// VESPO's weight inside the trainer (`PpoConfig::vespo_shape`, a shape other than TRL's and
+/// whose `_pos` and `_neg` halves differ, so that swapping them shows):
+/// - on-policy its gradient is GRPO's clipped surrogate's (`φ(1) = 1`);
+/// - off-policy, with row `i`'s log-ratios summing to `c_i` (`W_i = e^{c_i}`), the logged policy
+///   loss is the token mean of `−φ(W_i)·A·logπ`, `vespo/phi_seq_mean` the mean `φ(W_i)` over the
+///   rows, nothing is counted as clipped, and the gradient is no longer GRPO's.
+#[test]
+fn vespo_weighs_each_response_by_its_whole_ratio() {
+    let base = small(AdvantageEstimator::Grpo);
+    let (models, on_policy, advantages) = whole_rollout(&base);
+    let shape = rlhf_core::VespoShape {
+        k_pos: 1.5,
+        lambda_pos: 2.5,
+        k_neg: 3.0,
+        lambda_neg: 1.0,
+    };
+    let vespo = PpoConfig {
+        policy_objective: PolicyObjective::Vespo,
+        vespo_shape: shape,
+        ..base.clone()
+    };
+    vespo.validate().unwrap();
+    let (_, grpo_norm) = loss_and_grad_norm(&models, &on_policy, &base);
+    let (_, vespo_norm) = loss_and_grad_norm(&models, &on_policy, &vespo);
+    assert!(
+        (grpo_norm - vespo_norm).abs() < 1e-5 * grpo_norm,
+        "on-policy gradient norm {vespo_norm}, GRPO's {grpo_norm}"
+    );
+    let [b, r] = on_policy.logprobs.dims();
+    let sums = [-0.4f32, 0.0, 0.3, 0.9];
+    let c = |i: usize| sums[i % 4];
+    let mut off_policy = on_policy.clone();
+    off_policy.logprobs = shifted(
+        &on_policy.logprobs,
+        (0..b * r).map(|k| -c(k / r) / r as f32).collect(),
+    );
+    let logprobs = rlhf_core::host::to_f32_vec(on_policy.logprobs.clone());
+    let phi = |i: usize, a: f64, s: rlhf_core::VespoShape| {
+        let (k, lambda) = if a >= 0.0 {
+            (s.k_pos, s.lambda_pos)
+        } else {
+            (s.k_neg, s.lambda_neg)
+        };
+        let (k, lambda, w) = (f64::from(k), f64::from(lambda), f64::from(c(i)).exp());
+        lambda.exp() * w.powf(k) * (-lambda * w).exp()
+    };
+    let want = |s: rlhf_core::VespoShape| {
+        let per_token = (0..b * r).map(|k| {
+            let a = f64::from(advantages[k]);
+            -phi(k / r, a, s) * a * f64::from(logprobs[k])
+        });
+        per_token.sum::<f64>() / (b * r) as f64
+    };
+    let swapped = rlhf_core::VespoShape {
+        k_pos: 3.0,
+        lambda_pos: 1.0,
+        k_neg: 1.5,
+        lambda_neg: 2.5,
+    };
+    assert!((want(shape) - want(swapped)).abs() > 1e-2);
+    let (m, off_norm) = loss_and_grad_norm(&models, &off_policy, &vespo);
+    let (got, want) = (metric(&m, names::LOSS_POLICY), want(shape));
+    assert!(
+        (got - want).abs() < 1e-4 * want.abs().max(1.0),
+        "loss {got}, want {want}"
+    );
+    let phi_mean = (0..b)
+        .map(|i| phi(i, f64::from(advantages[i * r]), shape))
+        .sum::<f64>()
+        / b as f64;
+    let logged = metric(&m, names::VESPO_PHI_MEAN);
+    assert!(
+        (logged - phi_mean).abs() < 1e-4,
+        "φ mean {logged}, want {phi_mean}"
+    );
+    assert_eq!(metric(&m, names::CLIP_RATIO_REGION), 0.0);
+    let (_, grpo_off_norm) = loss_and_grad_norm(&models, &off_policy, &base);
+    assert!((off_norm - grpo_off_norm).abs() > 1e-3 * grpo_off_norm);
+}
+
 /// DeepSeek-V3.2's off-policy sequence mask inside the trainer: the sampler's log-probs lie 1
 /// above the policy's on the even rows (a drift of 1) and equal them on the odd ones. At `δ` 0.5
 /// the even rows' negative-advantage tokens leave the policy loss, which is then the loss, and
