@@ -38,10 +38,10 @@
 //!
 //! VESPO weighs each response's REINFORCE term by a Gamma-shaped function of its whole
 //! importance ratio `W_i` (the product of its token ratios, not GSPO's geometric mean), detached:
-//! `φ(1) = 1`, so on-policy its gradient is PPO's, and `φ` falls to 0 both as `W → 0` (at the rate
-//! `k`) and as `W` grows (at the rate `λ`), with its peak at `W = k/λ`. As TRL, the log of `W` is
-//! held within `[ln 10⁻⁸, 20]` and a non-finite `φ` counts 0. Nothing is clipped, so its clip
-//! diagnostics are 0; [`PolicyLoss::weight_mean`] is the mean `φ` over the responses.
+//! `φ(1) = 1`, so on-policy its gradient is PPO's, and `φ` falls to 0 as `W` grows (at the rate
+//! `λ`) and, for `k > 0`, as `W → 0` (at the power `k`), with its peak at `W = k/λ`. As TRL, the
+//! log of `W` is held within `[ln 10⁻⁸, 20]` and a non-finite `φ` counts 0. Nothing is clipped, so
+//! its clip diagnostics are 0; [`PolicyLoss::weight_mean`] is the mean `φ` over the responses.
 
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
@@ -101,18 +101,18 @@ impl Default for VespoShape {
 
 impl VespoShape {
     /// Why this shape is no weighting, if it is not: each `k` must be finite and ≥ 0 and each `λ`
-    /// finite and > 0 (TRL takes any `k` and raises `λ` to at least `10⁻⁴`).
+    /// finite and ≥ `10⁻⁴` (TRL takes any `k` and raises a smaller `λ` to `10⁻⁴`).
     pub fn problem(&self) -> Option<String> {
         let k_fine = |k: f32| k.is_finite() && k >= 0.0;
-        let lambda_fine = |l: f32| l.is_finite() && l > 0.0;
+        let lambda_fine = |l: f32| l.is_finite() && l >= 1e-4;
         (!k_fine(self.k_pos)
             || !k_fine(self.k_neg)
             || !lambda_fine(self.lambda_pos)
             || !lambda_fine(self.lambda_neg))
         .then(|| {
             format!(
-                "the vespo shape needs finite k ≥ 0 and λ > 0, got k_pos {}, λ_pos {}, k_neg {}, \
-                 λ_neg {}",
+                "the vespo shape needs finite k ≥ 0 and λ ≥ 1e-4, got k_pos {}, λ_pos {}, k_neg \
+                 {}, λ_neg {}",
                 self.k_pos, self.lambda_pos, self.k_neg, self.lambda_neg
             )
         })
@@ -215,9 +215,10 @@ pub struct PolicyLoss {
     pub ratio_mean: Tensor<1>,
     /// Masked (unbiased) variance of that ratio.
     pub ratio_var: Tensor<1>,
-    /// For `vespo`, the mean over the responses of each one's mean `φ` over its tokens (one `φ(W_i)`
-    /// per response with one advantage per response; an empty response counts 0), TRL's
-    /// `vespo/phi_seq_mean`.
+    /// For `vespo`, the mean over the responses of each one's mean `φ` over its tokens: with one
+    /// advantage per response, TRL's `vespo/phi_seq_mean`, the mean `φ(W_i)` over the responses
+    /// (a response without tokens has `W = 1` and counts `φ(1) = 1`, as in TRL); with per-token
+    /// advantages TRL's is the token mean instead.
     pub weight_mean: Option<Tensor<1>>,
 }
 
@@ -280,7 +281,7 @@ pub fn policy_loss(
         PolicyObjective::Vespo => {
             let ratio = sequence_product_ratio(log_ratio.clone(), mask.clone());
             let phi = gamma_weights(ratio.clone(), advantages.clone(), cfg.vespo);
-            weight_mean = Some(sequence_share(phi.clone(), mask.clone()));
+            weight_mean = Some(response_mean(phi.clone(), mask.clone()));
             let per_token = reinforce(phi, advantages, logprobs, mask.clone());
             let none = ratio.zeros_like();
             (per_token, ratio, none.clone(), none.clone(), none)
@@ -367,6 +368,21 @@ fn soft_gate(ratio: Tensor<2>, advantages: Tensor<2>, t: SapoTemperatures) -> Te
     gate.mul(advantages).neg()
 }
 
+/// The mean over the rows of `x` `[batch, seq]` of each row's mean over its real tokens; a row
+/// without one counts its first position's value.
+fn response_mean(x: Tensor<2>, mask: Tensor<2>) -> Tensor<1> {
+    let [batch, _] = x.dims();
+    let lengths = mask.clone().sum_dim(1);
+    let means = zero_masked(x.clone(), mask)
+        .sum_dim(1)
+        .div(lengths.clone().clamp_min(1.0));
+    let empty = lengths.lower_elem(0.5);
+    means
+        .mask_where(empty, x.slice([0..batch, 0..1]))
+        .mean()
+        .reshape([1])
+}
+
 /// VESPO's sequence ratio `W_i = exp(clamp(Σ_t m_{i,t}·Δ_{i,t}, ln 10⁻⁸, 20))` of the (masked)
 /// log-ratios `Δ` `[batch, seq]`, repeated at every position of row `i`: `[batch, seq]`.
 fn sequence_product_ratio(log_ratio: Tensor<2>, mask: Tensor<2>) -> Tensor<2> {
@@ -398,9 +414,8 @@ fn gamma_weights(ratio: Tensor<2>, advantages: Tensor<2>, shape: VespoShape) -> 
     phi.mask_fill(bad, 0.0)
 }
 
-/// The mean over every row (an empty one counting 0) of the row's mean over its real tokens of
-/// `flags` `[batch, seq]`: for 0/1 flags, the row's share of real tokens flagged, and with one
-/// flag per sequence the share of sequences flagged.
+/// The mean over every row (an empty one counting 0) of the row's share of real tokens where
+/// `flags` `[batch, seq]` is 1: with one flag per sequence, the share of sequences flagged.
 fn sequence_share(flags: Tensor<2>, mask: Tensor<2>) -> Tensor<1> {
     let lengths = mask.clone().sum_dim(1).clamp_min(1.0);
     zero_masked(flags, mask)

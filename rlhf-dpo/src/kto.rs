@@ -16,6 +16,13 @@
 //!   `L_j = λ_U·(1 − σ(β·(z_ref − r_j)))` when it is undesirable,
 //!   and the batch's loss is `(1/n)·Σ_j L_j`.
 //!
+//! TRL's `loss_type = "apo_zero_unpaired"` ([`KtoLoss::ApoZeroUnpaired`]; the unpaired APO-zero
+//! of D'Oosterlinck et al. 2024, "Anchored Preference Optimization", Eq. 7) is the same loss with
+//! `z_ref = 0`: `λ_D·(1 − σ(β·r_j))` for a desirable response and `λ_U·σ(β·r_j)` for an
+//! undesirable one, which pushes every desirable response's likelihood up and every undesirable
+//! one's down, whatever the policy's drift; it has no mismatched pairs, so a batch may hold one
+//! example and the logged `kl` is 0, as TRL logs it.
+//!
 //! TRL's defaults: `β = 0.1`, `λ_D = λ_U = 1`. The paper's Eq. (8) advises
 //! `λ_D·n_D / (λ_U·n_U) ∈ [1, 4/3]` ([`KtoConfig::weight_advice`]).
 //!
@@ -142,10 +149,23 @@ pub fn mismatched_partners(batches: &[Vec<usize>]) -> Vec<usize> {
     partner
 }
 
+/// The loss (TRL's `loss_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KtoLoss {
+    /// KTO's, with the batch's reference point `z_ref`.
+    #[default]
+    Kto,
+    /// The unpaired APO-zero: `z_ref = 0`, no mismatched pairs.
+    ApoZeroUnpaired,
+}
+
 /// KTO settings (TRL's `KTOConfig` where it has the same field).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct KtoConfig {
+    /// The loss: KTO's, or the unpaired APO-zero.
+    pub loss_type: KtoLoss,
     /// β.
     pub beta: f32,
     /// `λ_D`, the weight of desirable examples' losses.
@@ -154,7 +174,7 @@ pub struct KtoConfig {
     pub undesirable_weight: f32,
     /// Passes over the data.
     pub epochs: usize,
-    /// Examples per micro-batch (≥ 2: `z_ref` is estimated within it).
+    /// Examples per micro-batch (≥ 2 for KTO's loss: `z_ref` is estimated within it).
     pub batch_size: usize,
     /// Micro-batches per optimizer step (each its own `z_ref`, as in TRL).
     pub grad_accum: usize,
@@ -180,6 +200,7 @@ pub struct KtoConfig {
 impl Default for KtoConfig {
     fn default() -> Self {
         KtoConfig {
+            loss_type: KtoLoss::Kto,
             beta: 0.1,
             desirable_weight: 1.0,
             undesirable_weight: 1.0,
@@ -202,9 +223,9 @@ impl Default for KtoConfig {
 
 impl KtoConfig {
     /// Checks the ranges: β finite and > 0 (at 0 the loss is a constant); the weights finite,
-    /// ≥ 0 and not both 0; at least two examples per micro-batch (with one, the mismatched pair
-    /// would be the example itself — TRL refuses it too), one epoch and one micro-batch per step;
-    /// the optimizer's own ranges.
+    /// ≥ 0 and not both 0; for KTO's loss at least two examples per micro-batch (with one, the
+    /// mismatched pair would be the example itself — TRL refuses it too), one epoch and one
+    /// micro-batch per step; the optimizer's own ranges.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(format!("kto: {m}")));
         if !self.beta.is_finite() || self.beta <= 0.0 {
@@ -223,15 +244,15 @@ impl KtoConfig {
                 "desirable_weight and undesirable_weight are both 0: nothing to learn".into(),
             );
         }
-        if self.batch_size < 2 {
+        if self.batch_size < 2 && self.loss_type == KtoLoss::Kto {
             return bad(format!(
                 "batch_size must be ≥ 2 (z_ref pairs each prompt with another example's \
                  response), got {}",
                 self.batch_size
             ));
         }
-        if self.epochs == 0 || self.grad_accum == 0 {
-            return bad("epochs and grad_accum must be ≥ 1".into());
+        if self.batch_size == 0 || self.epochs == 0 || self.grad_accum == 0 {
+            return bad("batch_size, epochs and grad_accum must be ≥ 1".into());
         }
         if let Some(sync) = &self.sync_ref {
             sync.validate()?;
@@ -307,16 +328,22 @@ pub struct KtoReport {
 }
 
 /// A data set ready to train or evaluate on: its fixed batches, each example's mismatched
-/// partner, and the reference's `[logπ_ref(y|x), logπ_ref(y′|x)]` of each example (empty when
-/// the reference follows the policy: then they are read batch by batch, [`Prepared::reference`]).
+/// partner (none for the unpaired APO-zero), and the reference's `[logπ_ref(y|x), logπ_ref(y′|x)]`
+/// of each example (`[logπ_ref(y|x)]` without partners; empty when the reference follows the
+/// policy: then they are read batch by batch, [`Prepared::reference`]).
 struct Prepared<'a> {
     examples: &'a [KtoExample],
     batches: Vec<Vec<usize>>,
-    partner: Vec<usize>,
+    partner: Option<Vec<usize>>,
     reference: Vec<Vec<f32>>,
 }
 
 impl Prepared<'_> {
+    /// Example `i`'s mismatched partner, when the loss has them.
+    fn partner(&self, i: usize) -> Option<usize> {
+        self.partner.as_ref().map(|p| p[i])
+    }
+
     /// The reference's `[logπ_ref(y|x), logπ_ref(y′|x)]` of each example of the batch `idx`:
     /// prepared, or read now from `live`, the reference as it is (one forward batch, counted in
     /// `batches_run`).
@@ -333,7 +360,7 @@ impl Prepared<'_> {
         };
         let groups: Vec<Group> = idx
             .iter()
-            .map(|&i| kl_group(self.examples, i, self.partner[i]))
+            .map(|&i| kl_group(self.examples, i, self.partner(i)))
             .collect();
         let groups: Vec<&Group> = groups.iter().collect();
         batches_run.fetch_add(1, Ordering::Relaxed);
@@ -341,15 +368,14 @@ impl Prepared<'_> {
     }
 }
 
-/// Example `i` as a group `[y, y′]` under its prompt, `y′` being its `partner`'s response: what
-/// the reference cache stores.
-fn kl_group(examples: &[KtoExample], i: usize, partner: usize) -> Group {
+/// Example `i` as a group `[y, y′]` under its prompt, `y′` being its `partner`'s response (`[y]`
+/// without one): what the reference cache stores.
+fn kl_group(examples: &[KtoExample], i: usize, partner: Option<usize>) -> Group {
+    let mut responses = vec![examples[i].response.clone()];
+    responses.extend(partner.map(|p| examples[p].response.clone()));
     Group {
         prompt: examples[i].prompt.clone(),
-        responses: vec![
-            examples[i].response.clone(),
-            examples[partner].response.clone(),
-        ],
+        responses,
         rewards: None,
     }
 }
@@ -365,7 +391,7 @@ fn prepare<'a>(
     device: &Device,
     batches_run: &mut u64,
 ) -> Result<Prepared<'a>> {
-    let partner = mismatched_partners(&batches);
+    let partner = (cfg.loss_type == KtoLoss::Kto).then(|| mismatched_partners(&batches));
     let Some(reference) = reference.filter(|_| !examples.is_empty()) else {
         return Ok(Prepared {
             examples,
@@ -375,7 +401,7 @@ fn prepare<'a>(
         });
     };
     let groups: Vec<Group> = (0..examples.len())
-        .map(|i| kl_group(examples, i, partner[i]))
+        .map(|i| kl_group(examples, i, partner.as_ref().map(|p| p[i])))
         .collect();
     let (reference, _) = cache.get_or_compute(reference, &groups, &cfg.logp_spec(), || {
         reference_logps(
@@ -401,8 +427,9 @@ fn mean_of(values: impl Iterator<Item = f64>) -> f64 {
 }
 
 /// The loss `[1]` of the batch `idx` and its metrics: `z_ref` from the batch's mismatched pairs
-/// (the policy read without gradients), then the mean of [`kto_loss`]; `refs` holds the
-/// reference's `[logπ_ref(y|x), logπ_ref(y′|x)]` of each example of the batch.
+/// (the policy read without gradients; 0 for the unpaired APO-zero), then the mean of
+/// [`kto_loss`]; `refs` holds the reference's `[logπ_ref(y|x), logπ_ref(y′|x)]` of each example
+/// of the batch (`[logπ_ref(y|x)]` without partners).
 fn batch_loss(
     policy: &CausalLm,
     data: &Prepared,
@@ -419,23 +446,14 @@ fn batch_loss(
         .collect();
     let (logps, _) = pair_logps(policy, &matched, cfg.truncation, device)?;
 
-    // z_ref: the mismatched pairs under the policy, no gradients
-    let inference = device.clone().without_autodiff();
-    let mismatched: Vec<(&[u32], &[u32])> = idx
-        .iter()
-        .map(|&i| {
-            (
-                ex[i].prompt.as_slice(),
-                ex[data.partner[i]].response.as_slice(),
-            )
-        })
-        .collect();
-    let (kl_logps, _) = pair_logps(&policy.valid(), &mismatched, cfg.truncation, &inference)?;
     let column = |c: usize, dev: &Device| {
         let v: Vec<f32> = refs.iter().map(|r| r[c]).collect();
         Tensor::<1>::from_data(TensorData::new(v, [n]), dev)
     };
-    let z = to_f32_vec(kto_reference_point(kl_logps, column(1, &inference)))[0];
+    let z = match &data.partner {
+        Some(partner) => reference_point(policy, ex, idx, partner, &column, cfg, device)?,
+        None => 0.0,
+    };
     let z_ref = Tensor::<1>::from_data(TensorData::new(vec![z], [1]), device);
 
     let desirable: Vec<f32> = idx
@@ -473,6 +491,26 @@ fn batch_loss(
         (names::LOGPS_REJECTED, of(false, &lp)),
     ];
     Ok((loss, metrics))
+}
+
+/// The batch `idx`'s `z_ref`: its mismatched pairs (each example's prompt with its `partner`'s
+/// response) under the policy, read without gradients, against the reference's (`column(1)`).
+fn reference_point(
+    policy: &CausalLm,
+    ex: &[KtoExample],
+    idx: &[usize],
+    partner: &[usize],
+    column: &dyn Fn(usize, &Device) -> Tensor<1>,
+    cfg: &KtoConfig,
+    device: &Device,
+) -> Result<f32> {
+    let inference = device.clone().without_autodiff();
+    let mismatched: Vec<(&[u32], &[u32])> = idx
+        .iter()
+        .map(|&i| (ex[i].prompt.as_slice(), ex[partner[i]].response.as_slice()))
+        .collect();
+    let (kl_logps, _) = pair_logps(&policy.valid(), &mismatched, cfg.truncation, &inference)?;
+    Ok(to_f32_vec(kto_reference_point(kl_logps, column(1, &inference)))[0])
 }
 
 /// Loss, `z_ref` and rewards of `policy` on prepared held-out data, against its prepared
@@ -531,7 +569,7 @@ pub fn evaluate_kto(
     device: &Device,
 ) -> Result<KtoEval> {
     cfg.validate()?;
-    check(examples, "held-out")?;
+    check(examples, "held-out", cfg.loss_type)?;
     let order: Vec<usize> = (0..examples.len()).collect();
     let mut batches = 0;
     let data = prepare(
@@ -547,10 +585,10 @@ pub fn evaluate_kto(
 }
 
 /// Refuses examples the loss cannot read: an empty response (its log-ratio would be 0 whatever
-/// the policy), an empty prompt (the response's first token would have no context), or a data
-/// set of one example (it has no other response to pair its prompt with).
-fn check(examples: &[KtoExample], what: &str) -> Result<()> {
-    if examples.len() == 1 {
+/// the policy), an empty prompt (the response's first token would have no context), or, for
+/// KTO's loss, a data set of one example (it has no other response to pair its prompt with).
+fn check(examples: &[KtoExample], what: &str, loss: KtoLoss) -> Result<()> {
+    if examples.len() == 1 && loss == KtoLoss::Kto {
         return Err(Error::Config(format!(
             "kto: the {what} data holds one example; z_ref needs at least two"
         )));
@@ -592,8 +630,8 @@ pub fn train_kto(
     if train.is_empty() {
         return Err(Error::Config("kto: no training examples".into()));
     }
-    check(train, "training")?;
-    check(eval, "held-out")?;
+    check(train, "training", cfg.loss_type)?;
+    check(eval, "held-out", cfg.loss_type)?;
     if run_options.replicas.count() > 1 {
         // TRL gathers the estimate across processes; here it would be each shard's own
         return Err(Error::Config(

@@ -37,7 +37,7 @@ pub mod trainer;
 pub use cache::{LogpSpec, RefCache, data_hash, weights_hash};
 pub use fdivergence::FDivergence;
 pub use kto::{
-    KtoConfig, KtoEval, KtoExample, KtoReport, evaluate_kto, kto_batches, kto_loss,
+    KtoConfig, KtoEval, KtoExample, KtoLoss, KtoReport, evaluate_kto, kto_batches, kto_loss,
     kto_reference_point, kto_train_batches, mismatched_partners, train_kto,
 };
 pub use losses::{

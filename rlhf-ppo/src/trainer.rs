@@ -677,7 +677,7 @@ impl Experience {
 /// `c = entropy_coef` being this step's (the entropy term is built only when `cfg`'s entropy
 /// controller is active, so `c` is read only then), and its diagnostics (`policy/*`,
 /// `clip_ratio/*`, `val/*`, `loss/*`). `L_pg` is the surrogate of `cfg.policy_objective` (PPO's
-/// clip, GSPO, CISPO, SAPO) aggregated by `cfg.loss_aggregation`, each token weighted by the
+/// clip, GSPO, CISPO, SAPO, VESPO) aggregated by `cfg.loss_aggregation`, each token weighted by the
 /// truncated importance-sampling correction when it is on, only the high-entropy tokens counted
 /// when `cfg.top_entropy_quantile < 1`, and the off-policy sequence mask's drops left out when
 /// `cfg.off_policy_mask_threshold` is set (`off_policy_mask/masked_ratio`).

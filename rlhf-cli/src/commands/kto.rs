@@ -7,10 +7,10 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use clap::builder::BoolishValueParser;
-use clap::{ArgAction, Args};
+use clap::{ArgAction, Args, ValueEnum};
 use rlhf_core::train::RunOptions;
 use rlhf_data::{Kind, PreferenceRecord, UnpairedRecord};
-use rlhf_dpo::{KtoConfig, KtoExample, kto_batches, train_kto};
+use rlhf_dpo::{KtoConfig, KtoExample, KtoLoss, kto_batches, train_kto};
 use serde::{Deserialize, Serialize};
 
 use crate::args::{
@@ -22,6 +22,18 @@ use crate::output;
 
 /// TRL's `KTOConfig.learning_rate`.
 pub const DEFAULT_LR: f64 = 1e-6;
+
+/// The loss [TRL: --loss_type].
+#[derive(ValueEnum, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum KtoLossArg {
+    /// KTO's, against the batch's reference point (TRL `kto`).
+    Kto,
+    /// The unpaired APO-zero: KTO's loss with the reference point 0, no mismatched pairs (TRL
+    /// `apo_zero_unpaired`).
+    #[value(name = "apo_zero_unpaired", alias = "apo-zero-unpaired")]
+    ApoZeroUnpaired,
+}
 
 /// `rlhf kto` options.
 #[derive(Args, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -45,6 +57,9 @@ pub struct KtoArgs {
     /// The frozen reference (default: `--model`) [TRL: --ref_model].
     #[arg(long = "ref", visible_alias = "ref-model", value_name = "DIR")]
     pub ref_model: Option<PathBuf>,
+    /// The loss [TRL: --loss_type].
+    #[arg(long, value_enum, default_value = "kto")]
+    pub loss_type: KtoLossArg,
     /// β [TRL: --beta].
     #[arg(long, default_value_t = 0.1)]
     pub beta: f32,
@@ -88,6 +103,10 @@ impl KtoArgs {
     /// The library's configuration.
     pub fn config(&self, total_steps: u64) -> KtoConfig {
         KtoConfig {
+            loss_type: match self.loss_type {
+                KtoLossArg::Kto => KtoLoss::Kto,
+                KtoLossArg::ApoZeroUnpaired => KtoLoss::ApoZeroUnpaired,
+            },
             beta: self.beta,
             desirable_weight: self.desirable_weight,
             undesirable_weight: self.undesirable_weight,

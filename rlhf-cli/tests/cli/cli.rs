@@ -776,7 +776,8 @@ fn rm_reads_a_margin_column() {
 /// the held-out implicit-reward margin of desirable over undesirable responses rises from 0 (the
 /// policy starts as the reference), the metrics carry TRL's KTO names, the reference's
 /// log-probs are cached, the output differs from its input; a preference file is unpaired and
-/// trains too; a bad record is reported with its file, line and field.
+/// trains too, and so does the unpaired APO-zero; a bad record is reported with its file, line
+/// and field.
 #[test]
 fn kto_raises_the_margin_and_reports_bad_records() {
     let dir = tempfile::tempdir().unwrap();
@@ -835,6 +836,19 @@ fn kto_raises_the_margin_and_reports_bad_records() {
     let b = args(&pairs, &from_pairs);
     ok(&b);
     assert!(*metric(&from_pairs, "eval_rewards/margins").last().unwrap() > 0.5);
+
+    // the unpaired APO-zero raises the margin too, with no reference point (`kl` 0)
+    let apo = dir.path().join("kto-apo");
+    let mut e = args(&s(&unpaired), &apo);
+    e.extend(["--loss-type", "apo_zero_unpaired"].map(String::from));
+    ok(&e);
+    assert!(*metric(&apo, "eval_rewards/margins").last().unwrap() > 0.5);
+    let (kl, eval_kl) = (metric(&apo, "kl"), metric(&apo, "eval_kl"));
+    assert!(!kl.is_empty() && !eval_kl.is_empty());
+    assert!(
+        kl.iter().chain(&eval_kl).all(|&k| k == 0.0),
+        "{kl:?} {eval_kl:?}"
+    );
 
     // a label that is not a boolean: the file, the line and the field
     let mut bad_lines = lines.clone();
@@ -2446,6 +2460,7 @@ fn every_field_of_every_trainer_config_is_a_flag() {
             OPTIMIZER,
             TRAIN,
             &[
+                ("loss_type", &["--loss-type", "apo_zero_unpaired"]),
                 ("beta", &["--beta", "0.5"]),
                 ("desirable_weight", &["--desirable-weight", "0.5"]),
                 ("undesirable_weight", &["--undesirable-weight", "0.5"]),

@@ -40,7 +40,7 @@ struct Reference {
     clip_low: f64,
     clip_high: f64,
     ratio_mean: f64,
-    /// VESPO's mean over rows of each row's mean `φ` (an empty row counting 0).
+    /// VESPO's mean over rows of each row's mean `φ` (a row without tokens has `W = 1`: `φ = 1`).
     weight_mean: f64,
 }
 
@@ -163,13 +163,20 @@ fn reference(p: &Problem, cfg: &PolicyLossConfig) -> Reference {
         ),
         _ => (lo / n, hi / n),
     };
-    let row_len = |i: usize| (i * s..(i + 1) * s).filter(|&k| real(k)).count().max(1) as f64;
+    let row_len = |i: usize| (i * s..(i + 1) * s).filter(|&k| real(k)).count() as f64;
+    let row_phi = |i: usize| {
+        if row_len(i) == 0.0 {
+            1.0
+        } else {
+            row_phi[i] / row_len(i)
+        }
+    };
     Reference {
         loss: aggregate_ref(&per_token, p.mask, [b, s], cfg.aggregation, cfg.max_len),
         clip_low,
         clip_high,
         ratio_mean: ratio_sum / n,
-        weight_mean: (0..b).map(|i| row_phi[i] / row_len(i)).sum::<f64>() / b as f64,
+        weight_mean: (0..b).map(row_phi).sum::<f64>() / b as f64,
     }
 }
 
@@ -538,4 +545,62 @@ fn aggregate_matches_its_reference_and_an_empty_mask_gives_zero() {
         let want = aggregate_ref(&per_token, &m, [2, 3], how, 4);
         assert!((got - want).abs() < 1e-6, "{how:?}: {got} vs {want}");
     }
+}
+
+/// VESPO at the edges of its definition (shape `k_pos` 2, `λ_pos` 3, `k_neg` 3, `λ_neg` 2; every
+/// new log-prob −1, so a token's loss is `φ·A`):
+/// - a response whose log-ratios sum to 25 is held at `W = e^20`, where `φ = 0`;
+/// - one whose log-ratios sum to −30 is held at `W = 10⁻⁸`, where `φ_neg = e^{2 − 3·18.42}`;
+/// - token log-ratios of +30 and −25 are each held at ±20 before the sum, so `W = 1` and `φ = 1`
+///   (the unheld sum, 5, would give `φ ≈ 0`);
+/// - `A = 0` takes the `_pos` shape (only `vespo/phi_seq_mean` can tell);
+/// - a NaN old log-prob makes its response's `φ` 0, and the loss stays finite.
+#[test]
+fn vespo_holds_its_ratio_as_trl_does() {
+    let dev = device();
+    let shape = VespoShape {
+        k_pos: 2.0,
+        lambda_pos: 3.0,
+        k_neg: 3.0,
+        lambda_neg: 2.0,
+    };
+    let diffs = [
+        15.0,
+        10.0,
+        -15.0,
+        -15.0,
+        0.1,
+        0.2,
+        30.0,
+        -25.0,
+        f64::NAN,
+        0.0,
+    ];
+    let adv = [1.0, 1.0, -1.0, -1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0];
+    let new = [-1.0; 10];
+    let old: Vec<f64> = diffs.iter().map(|d| -1.0 - d).collect();
+    let cfg = PolicyLossConfig {
+        objective: PolicyObjective::Vespo,
+        vespo: shape,
+        ..PolicyLossConfig::ppo(0.2)
+    };
+    let out = policy_loss(
+        t2(&new, [5, 2], &dev),
+        t2(&old, [5, 2], &dev),
+        t2(&adv, [5, 2], &dev),
+        t2(&[1.0; 10], [5, 2], &dev),
+        None,
+        &cfg,
+    );
+    let phi_floor = (2.0 + 3.0 * 1e-8f64.ln() - 2.0 * 1e-8).exp();
+    let phi_zero_adv = (3.0 + 2.0 * 0.3 - 3.0 * 0.3f64.exp()).exp();
+    // per token φ·A: rows 0 (φ 0), 1 (−φ_floor each), 2 (A 0), 3 (1 each), 4 (φ 0)
+    let loss = (-2.0 * phi_floor + 2.0) / 10.0;
+    assert_close(&[scalar(out.loss)], &[loss], 1e-6).unwrap();
+    let phi_mean = (phi_floor + phi_zero_adv + 1.0) / 5.0;
+    let got = scalar(out.weight_mean.expect("vespo logs its weight"));
+    assert_close(&[got], &[phi_mean], 1e-5).unwrap();
+    // the _neg shape at A = 0 would give another mean
+    let phi_neg = (2.0 + 3.0 * 0.3 - 2.0 * 0.3f64.exp()).exp();
+    assert!((phi_neg - phi_zero_adv).abs() > 0.1);
 }

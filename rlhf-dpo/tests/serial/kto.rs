@@ -2,7 +2,8 @@
 //! its invariants and its gradient (finite differences; none through `z_ref`); the fixed batches
 //! and their mismatched pairs; the trainer's first step against the reference computed from each
 //! example's log-probs read alone (so padding changes nothing); configurations and data the
-//! trainer refuses; and a run killed with SIGKILL that resumes to the same weights.
+//! trainer refuses; the unpaired APO-zero loss (KTO's at `z_ref = 0`); and a run killed with
+//! SIGKILL that resumes to the same weights.
 //!
 //! Every test takes `rlhf_testkit::serial()` first: bit-for-bit comparisons hold only when
 //! no other test computes in the process at the same time.
@@ -14,8 +15,8 @@ use rlhf_core::host::{tensor_from_f64, to_f32_vec, to_f64_vec};
 use rlhf_core::train::metrics::{names, read_metrics};
 use rlhf_core::train::{OptimizerConfig, RunOptions};
 use rlhf_dpo::{
-    KtoConfig, KtoExample, RefCache, kto_batches, kto_loss, kto_reference_point, kto_train_batches,
-    mismatched_partners, pair_logps, train_kto,
+    KtoConfig, KtoExample, KtoLoss, RefCache, kto_batches, kto_loss, kto_reference_point,
+    kto_train_batches, mismatched_partners, pair_logps, train_kto,
 };
 use rlhf_models::{CausalLm, TransformerConfig};
 
@@ -336,6 +337,102 @@ fn the_first_step_matches_the_reference_from_unpadded_logprobs() {
             assert_eq!(get(names::KTO_KL), 0.0);
         }
     }
+}
+
+/// The unpaired APO-zero (`loss_type = apo_zero_unpaired`): the first step's loss is the mean of
+/// `λ_D·(1 − σ(β·r))` over desirable and `λ_U·σ(β·r)` over undesirable examples, KTO's at
+/// `z_ref = 0`, with `kl` logged 0, where KTO's loss on the same batch reads a `z_ref` above 0;
+/// a micro-batch of one, and a data set of one example, which KTO refuses, train.
+#[test]
+fn the_unpaired_apo_zero_is_kto_with_the_reference_point_at_zero() {
+    let _serial = rlhf_testkit::serial();
+    let device = dev().autodiff();
+    let inference = dev();
+    let (policy, reference_model) = (model(&device, 2), model(&device, 1));
+    let data = examples(9);
+    let kto = KtoConfig {
+        batch_size: 9,
+        beta: 0.7,
+        desirable_weight: 1.3,
+        undesirable_weight: 0.8,
+        ..base()
+    };
+    let apo = KtoConfig {
+        loss_type: KtoLoss::ApoZeroUnpaired,
+        ..kto.clone()
+    };
+    let alone = |m: &CausalLm, prompt: &[u32], response: &[u32]| -> f64 {
+        let pair = [(prompt, response)];
+        f64::from(to_f32_vec(pair_logps(&m.valid(), &pair, None, &inference).unwrap().0)[0])
+    };
+    let r: Vec<f64> = data
+        .iter()
+        .map(|e| {
+            alone(&policy, &e.prompt, &e.response) - alone(&reference_model, &e.prompt, &e.response)
+        })
+        .collect();
+    let beta = f64::from(kto.beta);
+    let expected = data
+        .iter()
+        .zip(&r)
+        .map(|(e, &ri)| {
+            if e.desirable {
+                1.3 * (1.0 - sig(beta * ri))
+            } else {
+                0.8 * sig(beta * ri)
+            }
+        })
+        .sum::<f64>()
+        / data.len() as f64;
+    let first_step = |cfg: &KtoConfig, data: &[KtoExample]| {
+        let dir = tempfile::tempdir().unwrap();
+        train_kto(
+            policy.clone(),
+            &reference_model,
+            data,
+            &[],
+            cfg,
+            &RefCache::new(None),
+            &RunOptions::quiet_in(dir.path()),
+            &device,
+        )
+        .unwrap();
+        let line = &read_metrics(&dir.path().join("metrics.jsonl")).unwrap()[0];
+        (
+            line[names::TRAIN_LOSS].as_f64().unwrap(),
+            line[names::KTO_KL].as_f64().unwrap(),
+        )
+    };
+    let (loss, kl) = first_step(&apo, &data);
+    assert!(
+        (loss - expected).abs() < 1e-5 * (1.0 + expected),
+        "loss {loss} vs {expected}"
+    );
+    assert_eq!(kl, 0.0);
+    let (kto_loss_value, z) = first_step(&kto, &data);
+    assert!(
+        z > 1e-3,
+        "KTO's z_ref {z}: the comparison needs one above 0"
+    );
+    assert!(
+        (kto_loss_value - loss).abs() > 1e-4,
+        "KTO {kto_loss_value}, APO-zero {loss}"
+    );
+    // no mismatched pairs: one example per micro-batch, and one example in all, train
+    let single = KtoConfig {
+        batch_size: 1,
+        ..apo.clone()
+    };
+    single.validate().unwrap();
+    first_step(&single, &data[..1]);
+    assert!(
+        KtoConfig {
+            batch_size: 1,
+            ..kto
+        }
+        .validate()
+        .is_err()
+    );
 }
 
 /// Each of these is refused as a configuration error before training: β ≤ 0 (a constant loss),
