@@ -130,9 +130,14 @@ pub fn kto_batches(order: &[usize], batch_size: usize) -> Vec<Vec<usize>> {
 /// [`kto_batches`]. They stay the same in every epoch (only their order changes), so each
 /// example keeps its mismatched partner.
 pub fn kto_train_batches(n: usize, batch_size: usize, seed: u64) -> Vec<Vec<usize>> {
+    kto_train_batches_for(KtoLoss::Kto, n, batch_size, seed)
+}
+
+/// [`kto_train_batches`] for `loss` ([`KtoLoss::batches`]).
+fn kto_train_batches_for(loss: KtoLoss, n: usize, batch_size: usize, seed: u64) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..n).collect();
     order.shuffle(&mut TrainRng::seed_from_u64(seed).fork("kto-batches"));
-    kto_batches(&order, batch_size)
+    loss.batches(&order, batch_size)
 }
 
 /// For each example (by index, up to the largest in `batches`), the example whose response makes
@@ -158,6 +163,27 @@ pub enum KtoLoss {
     Kto,
     /// The unpaired APO-zero: `z_ref = 0`, no mismatched pairs.
     ApoZeroUnpaired,
+}
+
+impl KtoLoss {
+    /// Whether the loss pairs each prompt with another example's response (KTO's `z_ref`).
+    pub fn pairs(self) -> bool {
+        self == KtoLoss::Kto
+    }
+
+    /// The fixed batches of a run for this loss: [`kto_batches`] for KTO (a last chunk of one
+    /// joins the one before it, so that no example is its own mismatched pair), plain chunks of
+    /// `batch_size` for the unpaired APO-zero.
+    pub fn batches(self, order: &[usize], batch_size: usize) -> Vec<Vec<usize>> {
+        if self.pairs() {
+            kto_batches(order, batch_size)
+        } else {
+            order
+                .chunks(batch_size.max(1))
+                .map(<[usize]>::to_vec)
+                .collect()
+        }
+    }
 }
 
 /// KTO settings (TRL's `KTOConfig` where it has the same field).
@@ -244,7 +270,7 @@ impl KtoConfig {
                 "desirable_weight and undesirable_weight are both 0: nothing to learn".into(),
             );
         }
-        if self.batch_size < 2 && self.loss_type == KtoLoss::Kto {
+        if self.batch_size < 2 && self.loss_type.pairs() {
             return bad(format!(
                 "batch_size must be ≥ 2 (z_ref pairs each prompt with another example's \
                  response), got {}",
@@ -391,7 +417,7 @@ fn prepare<'a>(
     device: &Device,
     batches_run: &mut u64,
 ) -> Result<Prepared<'a>> {
-    let partner = (cfg.loss_type == KtoLoss::Kto).then(|| mismatched_partners(&batches));
+    let partner = cfg.loss_type.pairs().then(|| mismatched_partners(&batches));
     let Some(reference) = reference.filter(|_| !examples.is_empty()) else {
         return Ok(Prepared {
             examples,
@@ -574,7 +600,7 @@ pub fn evaluate_kto(
     let mut batches = 0;
     let data = prepare(
         examples,
-        kto_batches(&order, cfg.batch_size),
+        cfg.loss_type.batches(&order, cfg.batch_size),
         Some(reference),
         cfg,
         &RefCache::new(None),
@@ -588,7 +614,7 @@ pub fn evaluate_kto(
 /// the policy), an empty prompt (the response's first token would have no context), or, for
 /// KTO's loss, a data set of one example (it has no other response to pair its prompt with).
 fn check(examples: &[KtoExample], what: &str, loss: KtoLoss) -> Result<()> {
-    if examples.len() == 1 && loss == KtoLoss::Kto {
+    if examples.len() == 1 && loss.pairs() {
         return Err(Error::Config(format!(
             "kto: the {what} data holds one example; z_ref needs at least two"
         )));
@@ -608,9 +634,9 @@ fn check(examples: &[KtoExample], what: &str, loss: KtoLoss) -> Result<()> {
 }
 
 #[allow(clippy::too_many_arguments)]
-/// Trains `policy` (on an autodiff device) with KTO against `reference` on `train`,
-/// evaluating on `eval`. The reference's log-probs of the matched and the mismatched pairs come
-/// from `cache`, or with `cfg.sync_ref` (TR-DPO) from the reference as it follows the policy,
+/// Trains `policy` (on an autodiff device) with KTO (or the unpaired APO-zero) against
+/// `reference` on `train`, evaluating on `eval`. The reference's log-probs of the matched pairs
+/// and, for KTO, of the mismatched ones come from `cache`, or with `cfg.sync_ref` (TR-DPO) from the reference as it follows the policy,
 /// batch by batch; `run_options` gives checkpoints, resume, metrics and progress.
 // One piece, over 80 lines: the setup around the shared `fit_with` loop in order: refusals, the
 // memory check, the reference log-probs of train and eval prepared once (or none, for a live
@@ -634,11 +660,15 @@ pub fn train_kto(
     check(eval, "held-out", cfg.loss_type)?;
     if run_options.replicas.count() > 1 {
         // TRL gathers the estimate across processes; here it would be each shard's own
-        return Err(Error::Config(
-            "kto: data-parallel replicas are not supported: the KL reference point z₀ is \
-             estimated from the whole micro-batch"
+        return Err(Error::Config(match cfg.loss_type {
+            KtoLoss::Kto => "kto: data-parallel replicas are not supported: the KL reference \
+                             point z₀ is estimated from the whole micro-batch"
                 .into(),
-        ));
+            KtoLoss::ApoZeroUnpaired => "kto: data-parallel replicas are not supported by this \
+                                         trainer, whose batches are read whole (TRL runs \
+                                         apo_zero_unpaired data-parallel)"
+                .into(),
+        }));
     }
     let policy = if cfg.disable_dropout {
         policy.without_dropout()
@@ -654,8 +684,9 @@ pub fn train_kto(
         .sync_ref
         .map_or(0, |_| LiveReference::held_bytes(reference, 1));
     // refuse, before the first step, a run whose batches would not fit in memory: the policy is
-    // trained on a micro-batch (plus one more forward, without gradients, on its mismatched
-    // pairs, each a prompt joined with another example's response); the reference is held
+    // trained on a micro-batch (plus, for KTO, one more forward, without gradients, on its
+    // mismatched pairs, each a prompt joined with another example's response); the reference is
+    // held
     let longest = |f: fn(&KtoExample) -> usize| train.iter().map(f).max().unwrap_or(0);
     let seq = (longest(|e| e.prompt.len()) + longest(|e| e.response.len())) as u64;
     let shape = policy.shape();
@@ -678,7 +709,7 @@ pub fn train_kto(
     let frozen = live.is_none().then_some(reference);
     let train_data = prepare(
         train,
-        kto_train_batches(train.len(), cfg.batch_size, cfg.seed),
+        kto_train_batches_for(cfg.loss_type, train.len(), cfg.batch_size, cfg.seed),
         frozen,
         cfg,
         cache,
@@ -688,7 +719,7 @@ pub fn train_kto(
     let eval_order: Vec<usize> = (0..eval.len()).collect();
     let eval_data = prepare(
         eval,
-        kto_batches(&eval_order, cfg.batch_size),
+        cfg.loss_type.batches(&eval_order, cfg.batch_size),
         frozen,
         cfg,
         cache,

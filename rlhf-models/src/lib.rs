@@ -75,6 +75,7 @@ pub use neox::GptNeox;
 pub use precision::Precision;
 pub use sequence_kl::sequence_kl;
 pub use sft::{
-    LmBatch, SftConfig, SftReport, TargetLogprobs, eval_loss, pack, rows_per_epoch, sft_loss,
-    target_logprobs, target_logprobs_with, train_sft,
+    LmBatch, SftConfig, SftLoss, SftReport, TargetLogprobs, eval_loss, eval_loss_of, pack,
+    rows_per_epoch, sft_loss, sft_loss_of, target_logprobs, target_logprobs_with, token_loss,
+    train_sft,
 };

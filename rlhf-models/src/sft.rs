@@ -2,6 +2,13 @@
 //! context, not target), optional packing, AdamW with global-norm clipping, eval loss and
 //! perplexity, checkpoints that resume where the run stopped, metrics and a progress bar.
 //!
+//! The loss ([`SftLoss`], TRL's `loss_type`) is the mean negative log-likelihood of the target
+//! tokens, `−(1/N)·Σ_t log p_t` (`nll`), or Dynamic Fine-Tuning's (Wu et al. 2025, "On the
+//! Generalization of SFT: A Reinforcement Learning Perspective with Reward Rectification"; `dft`),
+//! each token's term weighted by its own probability, detached: `−(1/N)·Σ_t sg(p_t)·log p_t`.
+//! DFT's gradient is `−(1/N)·Σ_t p_t·∇log p_t = −(1/N)·Σ_t ∇p_t`: a token the model finds unlikely
+//! weighs little, which the paper reads as SFT's implicit reward `1/p_t` rectified.
+//!
 //! Resuming is exact: the batch order of epoch `e` is drawn from the run's seed and `e` alone, so
 //! a resumed run skips the batches it already trained on and continues with the same ones an
 //! uninterrupted run would have used.
@@ -22,10 +29,24 @@ use serde::{Deserialize, Serialize};
 use crate::input::TokenInput;
 use crate::lm::CausalLm;
 
+/// The SFT loss (TRL's `loss_type`; see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SftLoss {
+    /// The mean negative log-likelihood of the target tokens.
+    #[default]
+    Nll,
+    /// Dynamic Fine-Tuning: each token's negative log-likelihood weighted by its detached
+    /// probability.
+    Dft,
+}
+
 /// SFT settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SftConfig {
+    /// The loss: the negative log-likelihood, or DFT's.
+    pub loss_type: SftLoss,
     /// Passes over the data.
     pub epochs: usize,
     /// Sequences (or packed rows) per micro-batch.
@@ -52,6 +73,7 @@ pub struct SftConfig {
 impl Default for SftConfig {
     fn default() -> Self {
         SftConfig {
+            loss_type: SftLoss::Nll,
             epochs: 1,
             batch_size: 16,
             grad_accum: 1,
@@ -294,8 +316,29 @@ pub fn target_logprobs_with(
 
 /// Mean negative log-likelihood of the target tokens (see [`target_logprobs`]). Returns `[1]`.
 pub fn sft_loss(model: &CausalLm, batch: &LmBatch, device: &Device) -> Result<Tensor<1>> {
+    sft_loss_of(SftLoss::Nll, model, batch, device)
+}
+
+/// The `loss` of the target tokens (see the module documentation): the mean of `−log p_t`
+/// (`nll`) or of `−sg(p_t)·log p_t` (`dft`) over the target tokens. Returns `[1]`.
+pub fn sft_loss_of(
+    loss: SftLoss,
+    model: &CausalLm,
+    batch: &LmBatch,
+    device: &Device,
+) -> Result<Tensor<1>> {
     let t = target_logprobs(model, batch, 1.0, device)?;
-    Ok(masked_mean(t.logp, t.mask).neg())
+    Ok(token_loss(loss, t.logp, t.mask))
+}
+
+/// The mean over `mask` of each token's `loss` term, from the target tokens' log-probs `logp`
+/// (`[batch, seq]`, with the gradient): `−log p_t`, or DFT's `−sg(p_t)·log p_t`. Returns `[1]`.
+pub fn token_loss(loss: SftLoss, logp: Tensor<2>, mask: Tensor<2>) -> Tensor<1> {
+    let per_token = match loss {
+        SftLoss::Nll => logp,
+        SftLoss::Dft => logp.clone().mul(logp.detach().exp()),
+    };
+    masked_mean(per_token, mask).neg()
 }
 
 fn collate_examples(data: &[&Example], truncation: Option<(usize, usize)>) -> LmBatch {
@@ -310,8 +353,20 @@ fn collate_examples(data: &[&Example], truncation: Option<(usize, usize)>) -> Lm
     LmBatch::from_sequences(&collate(&pairs, 0, t))
 }
 
-/// Mean response-token loss over `data` (no gradients); perplexity is its exponential.
+/// Mean response-token negative log-likelihood over `data` (no gradients); perplexity is its
+/// exponential.
 pub fn eval_loss(
+    model: &CausalLm,
+    data: &[Example],
+    batch_size: usize,
+    device: &Device,
+) -> Result<f64> {
+    eval_loss_of(SftLoss::Nll, model, data, batch_size, device)
+}
+
+/// The mean response-token `loss` over `data` (no gradients), each token weighing the same.
+pub fn eval_loss_of(
+    loss: SftLoss,
     model: &CausalLm,
     data: &[Example],
     batch_size: usize,
@@ -324,7 +379,7 @@ pub fn eval_loss(
     for chunk in data.chunks(batch_size.max(1)) {
         let b = collate_examples(&chunk.iter().collect::<Vec<_>>(), None);
         let n = b.predicted_tokens() as f64;
-        let loss = f64::from(sft_loss(&valid, &b, &device)?.into_scalar::<f32>());
+        let loss = f64::from(sft_loss_of(loss, &valid, &b, &device)?.into_scalar::<f32>());
         total += loss * n;
         tokens += n;
     }
@@ -414,16 +469,7 @@ pub fn train_sft(
         eval_every: cfg.eval_every,
         label: "sft",
     };
-    let eval_of = |m: &CausalLm| -> Result<Metrics> {
-        if eval.is_empty() {
-            return Ok(Vec::new());
-        }
-        let l = eval_loss(m, eval, cfg.batch_size, device)?;
-        Ok(vec![
-            (names::EVAL_LOSS, l),
-            (names::EVAL_PERPLEXITY, l.exp()),
-        ])
-    };
+    let eval_of = |m: &CausalLm| eval_metrics(m, eval, cfg, device);
     let (model, r) = fit(
         model,
         &fit_cfg,
@@ -434,7 +480,7 @@ pub fn train_sft(
                 return Ok(None);
             };
             Ok(Some(BatchLoss {
-                loss: sft_loss(m, &batch, shard.device)?,
+                loss: sft_loss_of(cfg.loss_type, m, &batch, shard.device)?,
                 weight: batch.predicted_tokens() as f64,
                 metrics: Vec::new(),
             }))
@@ -453,6 +499,28 @@ pub fn train_sft(
             .map_or(f64::NAN, |m| m.1),
     };
     Ok((model, report))
+}
+
+/// `eval_loss` (the training loss, as TRL's) and `eval_perplexity` (`exp` of the NLL, whatever
+/// the loss) of `model` on `eval`; nothing without eval data.
+fn eval_metrics(
+    model: &CausalLm,
+    eval: &[Example],
+    cfg: &SftConfig,
+    device: &Device,
+) -> Result<Metrics> {
+    if eval.is_empty() {
+        return Ok(Vec::new());
+    }
+    let nll = eval_loss(model, eval, cfg.batch_size, device)?;
+    let loss = match cfg.loss_type {
+        SftLoss::Nll => nll,
+        SftLoss::Dft => eval_loss_of(cfg.loss_type, model, eval, cfg.batch_size, device)?,
+    };
+    Ok(vec![
+        (names::EVAL_LOSS, loss),
+        (names::EVAL_PERPLEXITY, nll.exp()),
+    ])
 }
 
 /// The target tokens of steps `first_done + 1 ..= last` (each step is `grad_accum` batches of its

@@ -10,7 +10,7 @@ use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args, ValueEnum};
 use rlhf_core::train::RunOptions;
 use rlhf_data::{Kind, PreferenceRecord, UnpairedRecord};
-use rlhf_dpo::{KtoConfig, KtoExample, KtoLoss, kto_batches, train_kto};
+use rlhf_dpo::{KtoConfig, KtoExample, KtoLoss, train_kto};
 use serde::{Deserialize, Serialize};
 
 use crate::args::{
@@ -72,8 +72,8 @@ pub struct KtoArgs {
     /// Dropout off in the policy [TRL: --disable_dropout].
     #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub disable_dropout: bool,
-    /// Compute the reference's log-probs (of each example and of its mismatched pair) once and
-    /// keep them in OUT/ref-cache [TRL: --precompute_ref_log_probs].
+    /// Compute the reference's log-probs (of each example and, for `kto`, of its mismatched
+    /// pair) once and keep them in OUT/ref-cache [TRL: --precompute_ref_log_probs].
     #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub ref_cache: bool,
     #[command(flatten)]
@@ -95,18 +95,26 @@ impl KtoArgs {
     /// joins the one before it), `gradient_accumulation_steps` to a step, every epoch.
     pub fn total_steps(&self, n: usize) -> u64 {
         let order: Vec<usize> = (0..n).collect();
-        let batches = kto_batches(&order, self.train.per_device_train_batch_size).len();
+        let batches = self
+            .loss()
+            .batches(&order, self.train.per_device_train_batch_size)
+            .len();
         (batches.div_ceil(self.train.gradient_accumulation_steps.max(1))
             * self.train.num_train_epochs) as u64
+    }
+
+    /// The library's loss.
+    pub fn loss(&self) -> KtoLoss {
+        match self.loss_type {
+            KtoLossArg::Kto => KtoLoss::Kto,
+            KtoLossArg::ApoZeroUnpaired => KtoLoss::ApoZeroUnpaired,
+        }
     }
 
     /// The library's configuration.
     pub fn config(&self, total_steps: u64) -> KtoConfig {
         KtoConfig {
-            loss_type: match self.loss_type {
-                KtoLossArg::Kto => KtoLoss::Kto,
-                KtoLossArg::ApoZeroUnpaired => KtoLoss::ApoZeroUnpaired,
-            },
+            loss_type: self.loss(),
             beta: self.beta,
             desirable_weight: self.desirable_weight,
             undesirable_weight: self.undesirable_weight,
@@ -131,6 +139,7 @@ impl KtoArgs {
 fn examples(
     records: impl IntoIterator<Item = (rlhf_data::Turns, rlhf_data::Turns, bool)>,
     enc: &Encoder,
+    loss: KtoLoss,
     what: &str,
 ) -> Result<Vec<KtoExample>> {
     let mut out = Vec::new();
@@ -144,11 +153,15 @@ fn examples(
         dropped("no prompt tokens"),
     );
     for (prompt, completion, desirable) in records {
-        // always cut, not only when longer than `max_length` (`Encoder::fit`): KTO also pairs
-        // this prompt with another example's response (its KL estimate), and the cut to
+        // for KTO always cut, not only when longer than `max_length` (`Encoder::fit`): it also
+        // pairs this prompt with another example's response (its KL estimate), and the cut to
         // `max_prompt` is what bounds those pairs
-        let (prompt_ids, finished) = enc.finished(&prompt, &[&completion])?;
-        let (prompt_ids, mut cut) = enc.cut(prompt_ids, finished);
+        let (prompt_ids, mut cut) = if loss.pairs() {
+            let (prompt_ids, finished) = enc.finished(&prompt, &[&completion])?;
+            enc.cut(prompt_ids, finished)
+        } else {
+            enc.fit(&prompt, &[&completion])?
+        };
         let response = cut.remove(0);
         if response.is_empty() {
             empty.count += 1;
@@ -210,8 +223,8 @@ fn data(args: &KtoArgs, enc: &Encoder) -> Result<(Vec<KtoExample>, Vec<KtoExampl
         ),
     };
     Ok((
-        examples(train, enc, "training examples")?,
-        examples(eval, enc, "eval examples")?,
+        examples(train, enc, args.loss(), "training examples")?,
+        examples(eval, enc, args.loss(), "eval examples")?,
     ))
 }
 

@@ -3,9 +3,9 @@
 
 use anyhow::Result;
 use clap::builder::BoolishValueParser;
-use clap::{ArgAction, Args};
+use clap::{ArgAction, Args, ValueEnum};
 use rlhf_data::SftRecord;
-use rlhf_models::{SftConfig, rows_per_epoch, train_sft};
+use rlhf_models::{SftConfig, SftLoss, rows_per_epoch, train_sft};
 use serde::{Deserialize, Serialize};
 
 use crate::args::{DataArgs, LoraArgs, ModelArgs, TrainArgs, defaults_from_clap};
@@ -15,6 +15,17 @@ use crate::output;
 
 /// TRL's `SFTConfig.learning_rate`.
 pub const DEFAULT_LR: f64 = 2e-5;
+
+/// The loss [TRL: --loss_type].
+#[derive(ValueEnum, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SftLossArg {
+    /// The mean negative log-likelihood of the target tokens.
+    Nll,
+    /// Dynamic Fine-Tuning: each target token's negative log-likelihood weighted by its own
+    /// (detached) probability.
+    Dft,
+}
 
 /// `rlhf sft` options.
 #[derive(Args, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -36,6 +47,10 @@ pub struct SftArgs {
     /// example boundaries) [TRL: --packing with --max_length].
     #[arg(long, value_name = "TOKENS")]
     pub packing: Option<usize>,
+    /// The loss; the eval loss is the same, and the perplexity reads the likelihood
+    /// [TRL: --loss_type].
+    #[arg(long, value_enum, default_value = "nll")]
+    pub loss_type: SftLossArg,
     /// Learn the completion only (`false`: the prompt too); a `messages` record's completion is
     /// its last assistant message [TRL: --completion_only_loss; TRL learns a `messages` record
     /// whole unless --assistant_only_loss].
@@ -69,6 +84,10 @@ impl SftArgs {
     /// The library's configuration.
     pub fn config(&self, total_steps: u64) -> SftConfig {
         SftConfig {
+            loss_type: match self.loss_type {
+                SftLossArg::Nll => SftLoss::Nll,
+                SftLossArg::Dft => SftLoss::Dft,
+            },
             epochs: self.train.num_train_epochs,
             batch_size: self.train.per_device_train_batch_size,
             grad_accum: self.train.gradient_accumulation_steps,

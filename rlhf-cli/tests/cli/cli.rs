@@ -837,7 +837,13 @@ fn kto_raises_the_margin_and_reports_bad_records() {
     ok(&b);
     assert!(*metric(&from_pairs, "eval_rewards/margins").last().unwrap() > 0.5);
 
-    // the unpaired APO-zero raises the margin too, with no reference point (`kl` 0)
+    // the unpaired APO-zero raises the margin too, with no reference point (`kl` 0, where KTO's
+    // run above read one above 0)
+    assert!(
+        metric(&kto, "kl").iter().any(|&k| k > 0.0),
+        "{:?}",
+        metric(&kto, "kl")
+    );
     let apo = dir.path().join("kto-apo");
     let mut e = args(&s(&unpaired), &apo);
     e.extend(["--loss-type", "apo_zero_unpaired"].map(String::from));
@@ -2416,7 +2422,14 @@ fn every_field_of_every_trainer_config_is_a_flag() {
     }
     check::<SftArgs>(
         "sft",
-        &[OPTIMIZER, TRAIN, &[("packing", &["--packing", "64"])]],
+        &[
+            OPTIMIZER,
+            TRAIN,
+            &[
+                ("packing", &["--packing", "64"]),
+                ("loss_type", &["--loss-type", "dft"]),
+            ],
+        ],
         |a| serde_json::to_value(a.clone().completed().config(100)).unwrap(),
     );
     check::<RmArgs>(

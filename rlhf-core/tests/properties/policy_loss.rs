@@ -547,21 +547,26 @@ fn aggregate_matches_its_reference_and_an_empty_mask_gives_zero() {
     }
 }
 
-/// VESPO at the edges of its definition (shape `k_pos` 2, `λ_pos` 3, `k_neg` 3, `λ_neg` 2; every
-/// new log-prob −1, so a token's loss is `φ·A`):
-/// - a response whose log-ratios sum to 25 is held at `W = e^20`, where `φ = 0`;
-/// - one whose log-ratios sum to −30 is held at `W = 10⁻⁸`, where `φ_neg = e^{2 − 3·18.42}`;
+/// VESPO at the edges of its definition (shape `k_pos` 0.1, `λ_pos` 3, `k_neg` 0.1, `λ_neg` 2,
+/// small powers so that a ratio held at its floor still weighs; every new log-prob −1, so a
+/// token's loss is `φ·A`):
+/// - one whose log-ratios sum to −30 is held at `W = 10⁻⁸`: `φ_neg = e^{2 − 0.1·18.42} = 1.17`
+///   (unheld, `e^{2 − 3} = 0.37`; held at −20, 1);
 /// - token log-ratios of +30 and −25 are each held at ±20 before the sum, so `W = 1` and `φ = 1`
 ///   (the unheld sum, 5, would give `φ ≈ 0`);
 /// - `A = 0` takes the `_pos` shape (only `vespo/phi_seq_mean` can tell);
-/// - a NaN old log-prob makes its response's `φ` 0, and the loss stays finite.
+/// - a NaN old log-prob makes its response's `φ` 0 (a NaN held at −20 would give `e^{3 − 2} = 2.7`),
+///   and the loss stays finite;
+/// - a response without tokens counts `φ(1) = 1` in the mean;
+/// - a response whose log-ratios sum to 25 is held at `W = e^20`, where `φ = 0` (as it would be
+///   unheld: the ceiling only keeps `W` finite).
 #[test]
 fn vespo_holds_its_ratio_as_trl_does() {
     let dev = device();
     let shape = VespoShape {
-        k_pos: 2.0,
+        k_pos: 0.1,
         lambda_pos: 3.0,
-        k_neg: 3.0,
+        k_neg: 0.1,
         lambda_neg: 2.0,
     };
     let diffs = [
@@ -575,9 +580,12 @@ fn vespo_holds_its_ratio_as_trl_does() {
         -25.0,
         f64::NAN,
         0.0,
+        0.5,
+        0.5,
     ];
-    let adv = [1.0, 1.0, -1.0, -1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0];
-    let new = [-1.0; 10];
+    let adv = [1.0, 1.0, -1.0, -1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0];
+    let mask = [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0];
+    let new = [-1.0; 12];
     let old: Vec<f64> = diffs.iter().map(|d| -1.0 - d).collect();
     let cfg = PolicyLossConfig {
         objective: PolicyObjective::Vespo,
@@ -585,22 +593,24 @@ fn vespo_holds_its_ratio_as_trl_does() {
         ..PolicyLossConfig::ppo(0.2)
     };
     let out = policy_loss(
-        t2(&new, [5, 2], &dev),
-        t2(&old, [5, 2], &dev),
-        t2(&adv, [5, 2], &dev),
-        t2(&[1.0; 10], [5, 2], &dev),
+        t2(&new, [6, 2], &dev),
+        t2(&old, [6, 2], &dev),
+        t2(&adv, [6, 2], &dev),
+        t2(&mask, [6, 2], &dev),
         None,
         &cfg,
     );
-    let phi_floor = (2.0 + 3.0 * 1e-8f64.ln() - 2.0 * 1e-8).exp();
-    let phi_zero_adv = (3.0 + 2.0 * 0.3 - 3.0 * 0.3f64.exp()).exp();
-    // per token φ·A: rows 0 (φ 0), 1 (−φ_floor each), 2 (A 0), 3 (1 each), 4 (φ 0)
+    let phi_floor = (2.0 + 0.1 * 1e-8f64.ln() - 2.0 * 1e-8).exp();
+    let phi_zero_adv = (3.0 + 0.1 * 0.3 - 3.0 * 0.3f64.exp()).exp();
+    // per token φ·A over the 10 real tokens: rows 0 (φ 0), 1 (−φ_floor each), 2 (A 0), 3 (1
+    // each), 4 (φ 0)
     let loss = (-2.0 * phi_floor + 2.0) / 10.0;
-    assert_close(&[scalar(out.loss)], &[loss], 1e-6).unwrap();
-    let phi_mean = (phi_floor + phi_zero_adv + 1.0) / 5.0;
+    assert_close(&[scalar(out.loss)], &[loss], 1e-5).unwrap();
+    // rows 0–4, and the empty row 5 at φ(1) = 1
+    let phi_mean = (phi_floor + phi_zero_adv + 1.0 + 1.0) / 6.0;
     let got = scalar(out.weight_mean.expect("vespo logs its weight"));
     assert_close(&[got], &[phi_mean], 1e-5).unwrap();
     // the _neg shape at A = 0 would give another mean
-    let phi_neg = (2.0 + 3.0 * 0.3 - 2.0 * 0.3f64.exp()).exp();
+    let phi_neg = (2.0 + 0.1 * 0.3 - 2.0 * 0.3f64.exp()).exp();
     assert!((phi_neg - phi_zero_adv).abs() > 0.1);
 }

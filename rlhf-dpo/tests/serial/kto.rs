@@ -342,7 +342,9 @@ fn the_first_step_matches_the_reference_from_unpadded_logprobs() {
 /// The unpaired APO-zero (`loss_type = apo_zero_unpaired`): the first step's loss is the mean of
 /// `λ_D·(1 − σ(β·r))` over desirable and `λ_U·σ(β·r)` over undesirable examples, KTO's at
 /// `z_ref = 0`, with `kl` logged 0, where KTO's loss on the same batch reads a `z_ref` above 0;
-/// a micro-batch of one, and a data set of one example, which KTO refuses, train.
+/// a micro-batch of one, and a data set of one example, which KTO refuses, train: one example's
+/// loss is its own term, and three examples in micro-batches of one take three steps (KTO's
+/// batches would join a last one of one to the one before).
 #[test]
 fn the_unpaired_apo_zero_is_kto_with_the_reference_point_at_zero() {
     let _serial = rlhf_testkit::serial();
@@ -386,7 +388,7 @@ fn the_unpaired_apo_zero_is_kto_with_the_reference_point_at_zero() {
         / data.len() as f64;
     let first_step = |cfg: &KtoConfig, data: &[KtoExample]| {
         let dir = tempfile::tempdir().unwrap();
-        train_kto(
+        let (_, report) = train_kto(
             policy.clone(),
             &reference_model,
             data,
@@ -401,15 +403,16 @@ fn the_unpaired_apo_zero_is_kto_with_the_reference_point_at_zero() {
         (
             line[names::TRAIN_LOSS].as_f64().unwrap(),
             line[names::KTO_KL].as_f64().unwrap(),
+            report.steps,
         )
     };
-    let (loss, kl) = first_step(&apo, &data);
+    let (loss, kl, _) = first_step(&apo, &data);
     assert!(
         (loss - expected).abs() < 1e-5 * (1.0 + expected),
         "loss {loss} vs {expected}"
     );
     assert_eq!(kl, 0.0);
-    let (kto_loss_value, z) = first_step(&kto, &data);
+    let (kto_loss_value, z, _) = first_step(&kto, &data);
     assert!(
         z > 1e-3,
         "KTO's z_ref {z}: the comparison needs one above 0"
@@ -424,7 +427,15 @@ fn the_unpaired_apo_zero_is_kto_with_the_reference_point_at_zero() {
         ..apo.clone()
     };
     single.validate().unwrap();
-    first_step(&single, &data[..1]);
+    let (one, _, _) = first_step(&single, &data[..1]);
+    assert!(data[0].desirable);
+    let alone_term = 1.3 * (1.0 - sig(beta * r[0]));
+    assert!(
+        (one - alone_term).abs() < 1e-5,
+        "one example: {one} vs {alone_term}"
+    );
+    let (_, _, steps) = first_step(&single, &data[..3]);
+    assert_eq!(steps, 3);
     assert!(
         KtoConfig {
             batch_size: 1,
