@@ -146,8 +146,9 @@ pub struct DataArgs {
     pub max_length: usize,
     /// Longest prompt in tokens of a record longer than `max_length` (default: half of
     /// `max_length`; a shorter prompt leaves the rest to the response); a record that fits is
-    /// kept whole, except by `kto`, which cuts every prompt to it (its KL term pairs a prompt
-    /// with another record's response) [TRL: --max_prompt_length, in TRL versions that have it].
+    /// kept whole, except by `kto` with its KTO loss, which cuts every prompt to it (its KL term
+    /// pairs a prompt with another record's response) [TRL: --max_prompt_length, in TRL
+    /// versions that have it].
     #[arg(long)]
     pub max_prompt_length: Option<usize>,
     /// Skip records that do not read (reporting them) instead of stopping at the first.

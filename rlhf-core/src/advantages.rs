@@ -168,6 +168,25 @@ pub fn group_advantages(
     Ok(adv.reshape([len]))
 }
 
+/// Sequence-level advantages normalised over the batch (TRL RLOO's `normalize_advantages`):
+/// `(A_i − mean_B A)/(std_B A + 1e−4)`, with the sample (Bessel) standard deviation, as TRL's
+/// `nanstd`. `advantages`: `[B]`; returns `[B]`. A batch of one has no sample standard deviation
+/// and gives 0 (TRL's NaN, which it zeroes).
+pub fn batch_normalized(advantages: Tensor<1>) -> Tensor<1> {
+    let [len] = advantages.dims();
+    if len < 2 {
+        return advantages.zeros_like();
+    }
+    let mean = advantages.clone().mean().expand([len]);
+    let std = advantages
+        .clone()
+        .var(0)
+        .sqrt()
+        .add_scalar(1e-4)
+        .expand([len]);
+    advantages.sub(mean).div(std)
+}
+
 /// GDPO's decoupled rewards (Liu et al. 2026, "GDPO: Group reward-Decoupled Normalization Policy
 /// Optimization for Multi-reward RL Optimization"; TRL's `multi_objective_aggregation =
 /// "normalize_then_sum"`): each reward function's scores normalised within their group as GRPO

@@ -58,8 +58,8 @@ pub mod train;
 pub mod vector;
 
 pub use advantages::{
-    Gae, GroupEstimator, broadcast_to_tokens, decoupled_group_rewards, discounted_returns, gae,
-    group_advantages, reinforce_pp_advantages,
+    Gae, GroupEstimator, batch_normalized, broadcast_to_tokens, decoupled_group_rewards,
+    discounted_returns, gae, group_advantages, reinforce_pp_advantages,
 };
 pub use aggregation::{LossAggregation, aggregate};
 pub use device::{AdapterKind, DeviceSpec, TchKind, device_from_env, parse_device};

@@ -27,8 +27,9 @@
 //! `λ_D·n_D / (λ_U·n_U) ∈ [1, 4/3]` ([`KtoConfig::weight_advice`]).
 //!
 //! The trainer ([`train_kto`]) forms its batches once per run: a seeded permutation of the
-//! examples cut into `batch_size` chunks (a last chunk of one joins the one before it, since a
-//! prompt paired with its own response would make `z_ref` the example's own log-ratio). Each
+//! examples cut into `batch_size` chunks (for KTO's loss a last chunk of one joins the one before
+//! it, since a prompt paired with its own response would make `z_ref` the example's own
+//! log-ratio; the unpaired APO-zero keeps it alone). Each
 //! batch's mismatched pairs are therefore fixed, and the reference's log-probs of the matched and
 //! the mismatched pairs come from the [`RefCache`] like DPO's, or, when the reference follows the
 //! policy (TR-DPO's `sync_ref`, TRL's `sync_ref_model`), from the reference as it is, batch by

@@ -9,8 +9,8 @@ use rlhf_core::train::{LrSchedule, OptimizerConfig, RunOptions};
 use rlhf_data::tasks::{Task, TldrSynth};
 use rlhf_data::{Split, Tokenizer};
 use rlhf_models::{
-    CausalLm, SamplingConfig, SftConfig, SftLoss, TransformerConfig, eval_loss, eval_loss_of,
-    sample_texts, train_sft,
+    CausalLm, LmBatch, SamplingConfig, SftConfig, SftLoss, TransformerConfig, eval_loss,
+    eval_loss_of, sample_texts, target_logprobs, train_sft,
 };
 
 type Example = (Vec<u32>, Vec<u32>);
@@ -19,6 +19,24 @@ fn encode(tok: &Tokenizer, prompt: &str, response: &str) -> Example {
     let mut r = tok.encode(response).unwrap();
     r.push(tok.eos_id());
     (tok.encode(prompt).unwrap(), r)
+}
+
+/// The mean probability `model` gives the target (response) tokens of `data`.
+fn mean_target_probability(
+    model: &CausalLm,
+    data: &[Example],
+    device: &burn::tensor::Device,
+) -> f64 {
+    let pairs: Vec<(&[u32], &[u32])> = data
+        .iter()
+        .map(|(p, r)| (p.as_slice(), r.as_slice()))
+        .collect();
+    let batch = LmBatch::from_sequences(&rlhf_data::collate(&pairs, 0, None));
+    let inference = device.clone().without_autodiff();
+    let valid = burn::module::Module::valid(model);
+    let t = target_logprobs(&valid, &batch, 1.0, &inference).unwrap();
+    let p = rlhf_core::masked_mean(t.logp.exp(), t.mask);
+    f64::from(p.into_scalar::<f32>())
 }
 
 /// Mean gold score of greedy-ish samples (T = 0.3) on the eval prompts.
@@ -104,7 +122,7 @@ fn sft_on_tldr_synth_lowers_eval_loss_and_raises_the_gold_score() {
         loss_after < 0.5 * loss_before,
         "eval loss {loss_before} → {loss_after}"
     );
-    // Measured on flex: −1.68 → −0.97. The samples become well-formed summaries of the right
+    // Measured on flex: −2.11 → −1.08. The samples become well-formed summaries of the right
     // subject that end with EOS, but this small budget does not yet teach the model to copy the
     // post's facts (it still hallucinates them), so the gain is bounded; without training, or with
     // the loss on the wrong tokens, the gold score does not rise at all.
@@ -113,11 +131,13 @@ fn sft_on_tldr_synth_lowers_eval_loss_and_raises_the_gold_score() {
         "gold {gold_before} → {gold_after}"
     );
 
-    // Dynamic Fine-Tuning on the same data and budget learns too: its eval loss (DFT's own) falls,
-    // and the gold score rises by the same margin. Measured on flex: DFT's eval loss 0.0113 →
-    // 0.0035 and gold −2.11 → −0.50 (the NLL's run: −1.08), while the eval NLL ends at 8.1, above
-    // the untrained model's 6.4: from scratch, DFT gives the tokens the model finds unlikely
-    // little weight and leaves them unlikely, and sampling at T = 0.3 reads the likely ones
+    // Dynamic Fine-Tuning on the same data and budget learns too: its gradient is −∇mean(p_t), so
+    // the held-out targets' mean probability rises (its own loss, −mean(p·log p), would fall as
+    // well if the probabilities fell from the untrained ≈ 1/V, so it shows nothing), and the gold
+    // score rises by the same margin. Measured on flex: mean target probability 0.0018 → 0.28,
+    // gold −2.11 → −0.50 (the NLL's run: −1.08), while the eval NLL ends at 8.1, above the untrained model's 6.4: DFT makes the
+    // reference tokens it finds unlikely less likely still, and sampling at T = 0.3 reads the
+    // likely ones
     let dft = SftConfig {
         loss_type: SftLoss::Dft,
         ..cfg
@@ -125,18 +145,20 @@ fn sft_on_tldr_synth_lowers_eval_loss_and_raises_the_gold_score() {
     let untrained =
         rlhf_core::train::seeded(&device, 1, || CausalLm::init(&shape, &device).unwrap());
     let dft_before = eval_loss_of(SftLoss::Dft, &untrained, &eval, 16, &device).unwrap();
+    let p_before = mean_target_probability(&untrained, &eval, &device);
     let (trained, report) = train_sft(untrained, &train, &eval, &dft, &quiet, &device).unwrap();
     let dft_after = eval_loss_of(SftLoss::Dft, &trained, &eval, 16, &device).unwrap();
     let nll_after = eval_loss(&trained, &eval, 16, &device).unwrap();
+    let p_after = mean_target_probability(&trained, &eval, &device);
     let gold_dft = gold_of_samples(&trained, &tok, &task, &eval_prompts);
     eprintln!(
-        "DFT: {} steps; DFT eval loss {dft_before:.4} → {dft_after:.4} (report {:.4}); NLL {nll_after:.3}; gold {gold_before:.3} → {gold_dft:.3}",
+        "DFT: {} steps; DFT eval loss {dft_before:.4} → {dft_after:.4} (report {:.4}); mean target p {p_before:.4} → {p_after:.4}; NLL {nll_after:.3}; gold {gold_before:.3} → {gold_dft:.3}",
         report.steps, report.eval_loss
     );
     assert_eq!(report.eval_loss, dft_after);
     assert!(
-        dft_after < 0.5 * dft_before,
-        "DFT eval loss {dft_before} → {dft_after}"
+        p_after > 0.1 && p_after > 10.0 * p_before,
+        "DFT: mean target probability {p_before} → {p_after}"
     );
     assert!(
         gold_dft > gold_before + 0.5,

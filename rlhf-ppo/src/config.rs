@@ -148,6 +148,10 @@ pub struct PpoConfig {
     /// [8] Whiten GAE advantages (mean shift and scale) over the batch. (REINFORCE++ always
     /// whitens, by definition; RLOO, GRPO and Dr.GRPO are normalised per prompt instead.)
     pub whiten_advantages: bool,
+    /// RLOO's leave-one-out advantages normalised over the batch, `(A − mean)/(std + 1e−4)`
+    /// (TRL RLOO's `normalize_advantages`, off by default as there; `rlhf_core::batch_normalized`).
+    /// RLOO only.
+    pub normalize_advantages: bool,
     /// [8] Whiten per-token rewards, keeping their mean (`shift_mean = false`); off in the TL;DR
     /// reproduction.
     pub whiten_rewards: bool,
@@ -263,6 +267,7 @@ impl Default for PpoConfig {
             gamma: 1.0,
             lam: 0.95,
             whiten_advantages: true,
+            normalize_advantages: false,
             whiten_rewards: false,
             ppo_epochs: 4,
             num_minibatches: 1,
@@ -605,6 +610,14 @@ impl PpoConfig {
         }
         if let Some(m) = self.sync_problem()? {
             return bad(m);
+        }
+        if self.normalize_advantages && self.advantage != AdvantageEstimator::Rloo {
+            return bad(format!(
+                "normalize_advantages normalises RLOO's advantages over the batch (TRL's RLOO \
+                 option), and {:?} has its own normalisation: use whiten_advantages (GAE) or \
+                 scale_rewards (the GRPO family)",
+                self.advantage
+            ));
         }
         if self.dynamic_sampling == Some(0) {
             return bad("dynamic_sampling needs at least 1 sampling round".into());

@@ -44,10 +44,11 @@ use rlhf_core::train::{
 };
 use rlhf_core::{
     EntropyController, Error, GroupEstimator, KlController, LossAggregation, PolicyLoss,
-    PolicyObjective, Result, Scorer, aggregate, bias_corrected_kl, broadcast_to_tokens,
-    clipped_value_loss, entropy_from_logits, gae, group_advantages, high_entropy_mask, kl_estimate,
-    masked_mean, off_policy_mask, policy_loss, reinforce_pp_advantages, token_logprobs,
-    token_logprobs_and_entropy, truncated_is_weights, whiten,
+    PolicyObjective, Result, Scorer, aggregate, batch_normalized, bias_corrected_kl,
+    broadcast_to_tokens, clipped_value_loss, entropy_from_logits, gae, group_advantages,
+    high_entropy_mask, kl_estimate, masked_mean, off_policy_mask, policy_loss,
+    reinforce_pp_advantages, token_logprobs, token_logprobs_and_entropy, truncated_is_weights,
+    whiten,
 };
 use rlhf_data::Tokenizer;
 use rlhf_models::sft::Example;
@@ -353,6 +354,12 @@ pub fn make_experience(
                 None => rewards.clone().sum_dim(1).reshape([b]),
             };
             let a = group_advantages(sequence_reward, cfg.samples_per_prompt, estimator)?;
+            // TRL RLOO's normalize_advantages (validate refuses it with other estimators)
+            let a = if cfg.normalize_advantages {
+                batch_normalized(a)
+            } else {
+                a
+            };
             (broadcast_to_tokens(a, mask.clone()), None)
         }
     };

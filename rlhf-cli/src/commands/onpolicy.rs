@@ -334,6 +334,10 @@ pub struct OnPolicyArgs {
     /// Whiten GAE advantages.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub whiten_advantages: Option<bool>,
+    /// RLOO: normalise its advantages over the batch, (A − mean)/(std + 1e-4)
+    /// [TRL: --normalize_advantages].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub normalize_advantages: Option<bool>,
     /// Epochs over each rollout batch [TRL: --num_ppo_epochs, --num_iterations].
     #[arg(long, visible_alias = "num-iterations")]
     pub num_ppo_epochs: Option<usize>,
@@ -572,6 +576,7 @@ impl OnPolicyArgs {
             lam <- c.lam,
             whiten_rewards <- c.whiten_rewards,
             whiten_advantages <- c.whiten_advantages,
+            normalize_advantages <- c.normalize_advantages,
             num_ppo_epochs <- c.ppo_epochs,
             num_mini_batches <- c.num_minibatches,
             cliprange <- c.clip_eps,
@@ -677,6 +682,7 @@ impl OnPolicyArgs {
             lam <- self.lam,
             whiten_rewards <- self.whiten_rewards,
             whiten_advantages <- self.whiten_advantages,
+            normalize_advantages <- self.normalize_advantages,
             ppo_epochs <- self.num_ppo_epochs,
             num_minibatches <- self.num_mini_batches,
             clip_eps <- self.cliprange,

@@ -2615,6 +2615,7 @@ fn every_field_of_every_trainer_config_is_a_flag() {
                     ("gamma", &["--gamma", "0.5"]),
                     ("lam", &["--lam", "0.5"]),
                     ("whiten_advantages", &["--whiten-advantages", "false"]),
+                    ("normalize_advantages", &["--normalize-advantages"]),
                     ("whiten_rewards", &["--whiten-rewards", "true"]),
                     ("ppo_epochs", &["--num-ppo-epochs", "7"]),
                     ("num_minibatches", &["--num-mini-batches", "7"]),

@@ -2,8 +2,8 @@
 
 use proptest::prelude::*;
 use rlhf_core::{
-    GroupEstimator, decoupled_group_rewards, discounted_returns, gae, group_advantages,
-    reinforce_pp_advantages,
+    GroupEstimator, batch_normalized, decoupled_group_rewards, discounted_returns, gae,
+    group_advantages, reinforce_pp_advantages,
 };
 
 use crate::common::*;
@@ -153,6 +153,34 @@ proptest! {
             }
         }
     }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// TRL RLOO's `normalize_advantages`: `(A − mean)/(sample std + 1e−4)` over the batch, with
+    /// mean 0 and, where the spread is far above 1e−4, a sample standard deviation of 1.
+    #[test]
+    fn batch_normalized_advantages_match_reference(a in prop::collection::vec(-5.0f64..5.0, 2..24)) {
+        let n = a.len() as f64;
+        let mean = a.iter().sum::<f64>() / n;
+        let std = (a.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
+        let expected: Vec<f64> = a.iter().map(|x| (x - mean) / (std + 1e-4)).collect();
+        let got = host(batch_normalized(t1(&a, &device())));
+        assert_close(&got, &expected, 1e-4)?;
+        prop_assert!(got.iter().sum::<f64>().abs() < 1e-3 * n);
+        if std > 0.1 {
+            let spread = (got.iter().map(|x| x * x).sum::<f64>() / (n - 1.0)).sqrt();
+            prop_assert!((spread - 1.0).abs() < 2e-3, "{spread}");
+        }
+    }
+}
+
+/// A batch of one has no sample standard deviation: its normalised advantage is 0 (TRL's NaN,
+/// zeroed).
+#[test]
+fn a_batch_of_one_normalises_to_zero() {
+    assert_eq!(host(batch_normalized(t1(&[3.0], &device()))), vec![0.0]);
 }
 
 #[test]

@@ -842,6 +842,42 @@ fn the_off_policy_mask_drops_the_negative_advantages_of_drifted_responses() {
     assert_eq!(loss(&m_loose), loss(&m_plain));
 }
 
+/// TRL RLOO's `normalize_advantages`: the experience's advantages are the leave-one-out ones
+/// normalised over the batch, `(A − mean)/(sample std + 1e−4)`; off (the default), they are the
+/// leave-one-out ones. Other estimators refuse it.
+#[test]
+fn rloo_normalises_its_advantages_over_the_batch_when_asked() {
+    let base = small(AdvantageEstimator::Rloo);
+    let updates = Updates::new(&base);
+    let generation = updates.full_length(base.response_length);
+    let rows = |cfg: &PpoConfig| {
+        let (_, exp, _) = updates.update(cfg, &generation);
+        let r = exp.response_len;
+        (0..exp.batch)
+            .map(|i| f64::from(exp.advantages[i * r]))
+            .collect::<Vec<f64>>()
+    };
+    let plain = rows(&base);
+    let normalised = rows(&PpoConfig {
+        normalize_advantages: true,
+        ..base.clone()
+    });
+    let n = plain.len() as f64;
+    let mean = plain.iter().sum::<f64>() / n;
+    let std = (plain.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
+    assert!(std > 0.1, "the leave-one-out advantages spread: {plain:?}");
+    for (got, a) in normalised.iter().zip(&plain) {
+        let want = (a - mean) / (std + 1e-4);
+        assert!((got - want).abs() < 1e-4, "{got} vs {want}");
+    }
+    let grpo = PpoConfig {
+        advantage: AdvantageEstimator::Grpo,
+        normalize_advantages: true,
+        ..base.clone()
+    };
+    assert!(grpo.validate().is_err());
+}
+
 /// With every response `L_max` tokens long and the symmetric clip, GRPO's per-response mean,
 /// DAPO's token mean and Dr. GRPO's constant normaliser are one loss: two epochs of updates
 /// leave the same weights. With one response cut short they do not (so the comparison can

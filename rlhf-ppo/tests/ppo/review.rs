@@ -193,6 +193,7 @@ proptest! {
         ptx_coef in prop_oneof![4 => Just(0.0f32), 4 => 0.0f32..1.0, 1 => -0.5f32..0.0],
         ppo_epochs in prop_oneof![9 => 1usize..3, 1 => Just(0)],
         (objective, aggregation, clip_high) in (0usize..4, 0usize..4, prop::option::of(prop_oneof![9 => 0.05f32..5.0, 1 => -0.1f32..=0.0])),
+        normalize in any::<bool>(),
         (tau_pos, tau_neg, off_policy) in (prop_oneof![9 => 0.3f32..3.0, 1 => -1.0f32..=0.0], 0.3f32..3.0, prop::option::of(prop_oneof![9 => 0.0f32..1.0, 1 => -1.0f32..0.0])),
         (dynamic, overlong, is_cap) in (prop::option::of(0usize..3), prop::option::of(0usize..5), prop::option::of(prop_oneof![9 => 0.5f32..3.0, 1 => -1.0f32..=0.0])),
     ) {
@@ -231,6 +232,7 @@ proptest! {
             policy_objective: [PolicyObjective::Ppo, PolicyObjective::Gspo, PolicyObjective::Cispo, PolicyObjective::Sapo][objective],
             sapo_temperatures: rlhf_core::SapoTemperatures { positive: tau_pos, negative: tau_neg },
             off_policy_mask_threshold: off_policy,
+            normalize_advantages: normalize,
             loss_aggregation: [LossAggregation::Grpo, LossAggregation::Dapo, LossAggregation::Bnpo, LossAggregation::DrGrpo][aggregation],
             clip_eps_high: clip_high,
             dynamic_sampling: dynamic,
