@@ -637,8 +637,9 @@ fn check(examples: &[KtoExample], what: &str, loss: KtoLoss) -> Result<()> {
 #[allow(clippy::too_many_arguments)]
 /// Trains `policy` (on an autodiff device) with KTO (or the unpaired APO-zero) against
 /// `reference` on `train`, evaluating on `eval`. The reference's log-probs of the matched pairs
-/// and, for KTO, of the mismatched ones come from `cache`, or with `cfg.sync_ref` (TR-DPO) from the reference as it follows the policy,
-/// batch by batch; `run_options` gives checkpoints, resume, metrics and progress.
+/// and, for KTO, of the mismatched ones come from `cache`, or with `cfg.sync_ref` (TR-DPO) from
+/// the reference as it follows the policy, batch by batch; `run_options` gives checkpoints,
+/// resume, metrics and progress.
 // One piece, over 80 lines: the setup around the shared `fit_with` loop in order: refusals, the
 // memory check, the reference log-probs of train and eval prepared once (or none, for a live
 // reference), then `fit_with` with KTO's batch order, loss and eval closures (which borrow the
@@ -697,7 +698,7 @@ pub fn train_kto(
         memory::Params::of(&policy).holding(memory::bytes_not_in(reference, &policy) + following),
         run_options.replicas.count() as u64,
         &memory::Batch {
-            // the last batch may hold one more example (a last chunk of one joins it)
+            // for KTO the last batch may hold one more example (a last chunk of one joins it)
             rows: cfg.batch_size as u64 + 1,
             seq,
             activations: &|r, s| shape.activation_bytes(r, s, checkpointing),

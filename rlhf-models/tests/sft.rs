@@ -1,7 +1,7 @@
 // A binary of its own: a slow learning test that people run on its own.
-//! SFT learns: on `tldr-synth` demonstrations, eval loss falls by a clear margin and the gold
-//! score of sampled summaries rises over the untrained model's, with the NLL and with Dynamic
-//! Fine-Tuning's loss. Fixed seeds; about 80 s in a test build on two cores.
+//! SFT learns: on `tldr-synth` demonstrations, the gold score of sampled summaries rises over the
+//! untrained model's, with the NLL (whose eval loss falls by a clear margin) and with Dynamic
+//! Fine-Tuning's loss (whose held-out targets' mean probability rises). Fixed seeds.
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -134,10 +134,9 @@ fn sft_on_tldr_synth_lowers_eval_loss_and_raises_the_gold_score() {
     // Dynamic Fine-Tuning on the same data and budget learns too: its gradient is −∇mean(p_t), so
     // the held-out targets' mean probability rises (its own loss, −mean(p·log p), would fall as
     // well if the probabilities fell from the untrained ≈ 1/V, so it shows nothing), and the gold
-    // score rises by the same margin. Measured on flex: mean target probability 0.0018 → 0.28,
-    // gold −2.11 → −0.50 (the NLL's run: −1.08), while the eval NLL ends at 8.1, above the untrained model's 6.4: DFT makes the
-    // reference tokens it finds unlikely less likely still, and sampling at T = 0.3 reads the
-    // likely ones
+    // score rises by the same margin, while the eval NLL can end above the untrained model's: DFT
+    // makes the reference tokens it finds unlikely less likely still, and sampling at T = 0.3
+    // reads the likely ones
     let dft = SftConfig {
         loss_type: SftLoss::Dft,
         ..cfg

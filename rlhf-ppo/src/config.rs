@@ -146,7 +146,8 @@ pub struct PpoConfig {
     /// [8] GAE λ.
     pub lam: f32,
     /// [8] Whiten GAE advantages (mean shift and scale) over the batch. (REINFORCE++ always
-    /// whitens, by definition; RLOO, GRPO and Dr.GRPO are normalised per prompt instead.)
+    /// whitens, by definition; RLOO, GRPO and Dr.GRPO are centred per prompt instead, and RLOO's
+    /// are normalised over the batch with [`Self::normalize_advantages`].)
     pub whiten_advantages: bool,
     /// RLOO's leave-one-out advantages normalised over the batch, `(A − mean)/(std + 1e−4)`
     /// (TRL RLOO's `normalize_advantages`, off by default as there; `rlhf_core::batch_normalized`).
@@ -613,9 +614,9 @@ impl PpoConfig {
         }
         if self.normalize_advantages && self.advantage != AdvantageEstimator::Rloo {
             return bad(format!(
-                "normalize_advantages normalises RLOO's advantages over the batch (TRL's RLOO \
-                 option), and {:?} has its own normalisation: use whiten_advantages (GAE) or \
-                 scale_rewards (the GRPO family)",
+                "normalize_advantages (--normalize-advantages) normalises RLOO's advantages over \
+                 the batch (TRL's RLOO option) and is not for {:?}: GAE's whitening is \
+                 whiten_advantages, the GRPO family's scaling scale_rewards",
                 self.advantage
             ));
         }

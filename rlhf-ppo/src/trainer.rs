@@ -721,7 +721,8 @@ pub fn minibatch_loss(
         metrics.push((names::LOSS_KL, scalar(kl.clone())));
         loss = loss.add(weighted(kl, mb.share.of(cfg.loss_aggregation)));
     }
-    // the entropy bonus, TRL's: −c·H̄, H̄ the mean entropy over the tokens the policy loss reads
+    // the entropy bonus, TRL's: −c·H̄, H̄ the mean entropy over the real tokens (the high-entropy
+    // share when there is one; the off-policy mask's drops are read, as TRL reads them)
     if let Some(h) = bonus_entropy {
         let h = masked_mean(h, selected.unwrap_or_else(|| mb.mask.clone()));
         metrics.push((names::LOSS_ENTROPY, scalar(h.clone())));

@@ -221,8 +221,7 @@ fn dapo_and_gspo_against_a_reward_model_raise_the_gold_score() {
 /// by the margin the other methods must reach, on their sizes and budget. So does SAPO with
 /// DeepSeek-V3.2's off-policy sequence mask at `δ` 0, the strictest, which drops part of the
 /// negative-advantage responses of every minibatch, a share rounding alone decides where the
-/// policy has not moved yet (at `δ` 0.01 the last iteration drops nothing: the policy drifts
-/// little over this run's four minibatches).
+/// policy has not moved yet.
 #[test]
 fn sapo_and_vespo_against_a_reward_model_raise_the_gold_score() {
     let _serial = serial();

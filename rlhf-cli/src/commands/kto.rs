@@ -91,8 +91,8 @@ impl KtoArgs {
         self
     }
 
-    /// Optimizer steps of a run over `n` examples: the trainer's batches (a last batch of one
-    /// joins the one before it), `gradient_accumulation_steps` to a step, every epoch.
+    /// Optimizer steps of a run over `n` examples: the trainer's batches (for `kto`, a last batch
+    /// of one joins the one before it), `gradient_accumulation_steps` to a step, every epoch.
     pub fn total_steps(&self, n: usize) -> u64 {
         let order: Vec<usize> = (0..n).collect();
         let batches = self

@@ -47,7 +47,8 @@ pub struct SftArgs {
     /// example boundaries) [TRL: --packing with --max_length].
     #[arg(long, value_name = "TOKENS")]
     pub packing: Option<usize>,
-    /// The loss; the eval loss is the same, and the perplexity reads the likelihood
+    /// The loss; the eval loss is the same (with `dft`, −mean(p·log p), which can fall when the
+    /// targets grow less likely too), and the perplexity reads the likelihood
     /// [TRL: --loss_type].
     #[arg(long, value_enum, default_value = "nll")]
     pub loss_type: SftLossArg,

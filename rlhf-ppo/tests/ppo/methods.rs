@@ -775,6 +775,7 @@ fn vespo_weighs_each_response_by_its_whole_ratio() {
         "φ mean {logged}, want {phi_mean}"
     );
     assert_eq!(metric(&m, names::CLIP_RATIO_REGION), 0.0);
+    assert_eq!(metric(&m, names::POLICY_CLIPFRAC), 0.0);
     let (_, grpo_off_norm) = loss_and_grad_norm(&models, &off_policy, &base);
     assert!((off_norm - grpo_off_norm).abs() > 1e-3 * grpo_off_norm);
 }
@@ -844,7 +845,7 @@ fn the_off_policy_mask_drops_the_negative_advantages_of_drifted_responses() {
 
 /// TRL RLOO's `normalize_advantages`: the experience's advantages are the leave-one-out ones
 /// normalised over the batch, `(A − mean)/(sample std + 1e−4)`; off (the default), they are the
-/// leave-one-out ones. Other estimators refuse it.
+/// leave-one-out ones. Every other estimator refuses it.
 #[test]
 fn rloo_normalises_its_advantages_over_the_batch_when_asked() {
     let base = small(AdvantageEstimator::Rloo);
@@ -870,12 +871,21 @@ fn rloo_normalises_its_advantages_over_the_batch_when_asked() {
         let want = (a - mean) / (std + 1e-4);
         assert!((got - want).abs() < 1e-4, "{got} vs {want}");
     }
-    let grpo = PpoConfig {
-        advantage: AdvantageEstimator::Grpo,
-        normalize_advantages: true,
-        ..base.clone()
-    };
-    assert!(grpo.validate().is_err());
+    for advantage in [
+        AdvantageEstimator::Gae,
+        AdvantageEstimator::Grpo,
+        AdvantageEstimator::GrpoBatch,
+        AdvantageEstimator::DrGrpo,
+        AdvantageEstimator::ReinforcePp,
+    ] {
+        let other = PpoConfig {
+            advantage,
+            normalize_advantages: true,
+            ..base.clone()
+        };
+        let err = other.validate().unwrap_err().to_string();
+        assert!(err.contains("normalize_advantages"), "{advantage:?}: {err}");
+    }
 }
 
 /// With every response `L_max` tokens long and the symmetric clip, GRPO's per-response mean,
