@@ -17,7 +17,7 @@
 
 use burn::tensor::Tensor;
 
-use crate::masked::zero_masked;
+use crate::masked::{masked_mean_dim, zero_masked};
 
 /// The `[batch, seq]` 0/1 selection of the module documentation: 1 at real tokens that are kept,
 /// 0 at dropped and at masked ones. `advantages`, `logprobs` (the policy being trained),
@@ -34,10 +34,8 @@ pub fn off_policy_mask(
     let difference = sampler_logprobs.sub(logprobs.detach());
     // a token the sampler could not score (NaN) is no evidence of drift, as TRL counts it
     let difference = difference.clone().mask_fill(difference.is_nan(), 0.0);
-    let drift = zero_masked(difference, mask.clone())
-        .sum_dim(1)
-        .div(mask.clone().sum_dim(1).clamp_min(1.0))
-        .expand([batch, seq]);
+    // a row without real tokens gets NaN here, and only its own (masked) positions read it
+    let drift = masked_mean_dim(difference, mask.clone(), 1).expand([batch, seq]);
     let keep = advantages
         .detach()
         .greater_equal_elem(0.0)

@@ -372,18 +372,32 @@ pub fn eval_loss_of(
     batch_size: usize,
     device: &Device,
 ) -> Result<f64> {
+    Ok(eval_losses(&[loss], model, data, batch_size, device)?[0])
+}
+
+/// [`eval_loss_of`] of each of `losses`, from one forward pass per batch.
+fn eval_losses(
+    losses: &[SftLoss],
+    model: &CausalLm,
+    data: &[Example],
+    batch_size: usize,
+    device: &Device,
+) -> Result<Vec<f64>> {
     let valid = model.valid();
     let device = device.clone().without_autodiff();
-    let mut total = 0.0;
+    let mut totals = vec![0.0; losses.len()];
     let mut tokens = 0.0;
     for chunk in data.chunks(batch_size.max(1)) {
         let b = collate_examples(&chunk.iter().collect::<Vec<_>>(), None);
         let n = b.predicted_tokens() as f64;
-        let loss = f64::from(sft_loss_of(loss, &valid, &b, &device)?.into_scalar::<f32>());
-        total += loss * n;
+        let t = target_logprobs(&valid, &b, 1.0, &device)?;
+        for (total, &loss) in totals.iter_mut().zip(losses) {
+            let l = token_loss(loss, t.logp.clone(), t.mask.clone());
+            *total += f64::from(l.into_scalar::<f32>()) * n;
+        }
         tokens += n;
     }
-    Ok(total / tokens.max(1.0))
+    Ok(totals.into_iter().map(|t| t / tokens.max(1.0)).collect())
 }
 
 /// What a run did.
@@ -512,11 +526,15 @@ fn eval_metrics(
     if eval.is_empty() {
         return Ok(Vec::new());
     }
-    let nll = eval_loss(model, eval, cfg.batch_size, device)?;
-    let loss = match cfg.loss_type {
-        SftLoss::Nll => nll,
-        SftLoss::Dft => eval_loss_of(cfg.loss_type, model, eval, cfg.batch_size, device)?,
-    };
+    // one pass: the likelihood, and the training loss when it is another
+    let both = eval_losses(
+        &[SftLoss::Nll, cfg.loss_type],
+        model,
+        eval,
+        cfg.batch_size,
+        device,
+    )?;
+    let (nll, loss) = (both[0], both[1]);
     Ok(vec![
         (names::EVAL_LOSS, loss),
         (names::EVAL_PERPLEXITY, nll.exp()),
