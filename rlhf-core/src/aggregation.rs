@@ -10,11 +10,16 @@
 //! | `dapo` | `Σ_{i,t} m·ℓ / max(Σ_{i,t} m, 1)` over the optimizer step's batch | DAPO: each token weighs the same |
 //! | `bnpo` | `Σ_{i,t} m·ℓ / max(Σ_{i,t} m, 1)` over the micro-batch | BNPO, TRL's per-batch normalisation |
 //! | `dr_grpo` | `Σ_{i,t} m·ℓ / (B·L_max)` | Dr. GRPO: a constant, so length carries no bias |
+//! | `luspo` | `(1/B)·Σ_i Σ_t m_{i,t}·ℓ_{i,t}` | LUSPO: GSPO's per-response loss scaled by the response's length |
 //!
 //! `dapo` and `bnpo` differ only under gradient accumulation (several micro-batches per
 //! optimizer step). The on-policy trainer takes one optimizer step per minibatch without
 //! accumulation, so there the two are the same number. With every response `L_max` tokens long,
-//! all four coincide.
+//! the first four coincide and `luspo` is `L_max` times them.
+//!
+//! LUSPO (Liu et al. 2026) pairs `luspo` with GSPO's sequence ratio: there `ℓ_{i,t}` is one number
+//! per response, so response `i` weighs `|y_i|` times its per-response loss, which undoes the bias
+//! of `grpo`'s per-response mean towards short responses.
 
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
@@ -34,6 +39,8 @@ pub enum LossAggregation {
     Bnpo,
     /// Token sum over `B·L_max`.
     DrGrpo,
+    /// Each response's token sum, then the mean over responses.
+    Luspo,
 }
 
 /// Aggregates `per_token` losses `[batch, seq]` over the response `mask` (`[batch, seq]`, 1 on
@@ -60,5 +67,6 @@ pub fn aggregate(
         LossAggregation::DrGrpo => summed
             .sum()
             .div_scalar((batch.max(1) * max_len.max(1)) as f32),
+        LossAggregation::Luspo => summed.sum().div_scalar(batch.max(1) as f32),
     }
 }

@@ -103,6 +103,10 @@ pub struct PpoConfig {
     pub repetition_penalty: Option<f32>,
     /// [4] Score given instead of the RM's to a response with no EOS (`None` keeps the RM score).
     pub missing_eos_penalty: Option<f32>,
+    /// Each response's score held in `[min, max]` after the penalties and before any baseline or
+    /// the KL (TRL RLOO's `reward_clip_range`, OpenRLHF's `--reward_clip_range`; `None`: off). A
+    /// score the scorer could not give (NaN) stays NaN.
+    pub reward_clip_range: Option<(f32, f32)>,
     /// Leave a response cut off at the length limit (no EOS) out of the loss: its tokens are
     /// masked in the update, its KL leaves the reward and its tokens the whitening of advantages,
     /// while its score still enters the rewards and its group's baseline (TRL's
@@ -255,6 +259,7 @@ impl Default for PpoConfig {
             min_p: None,
             repetition_penalty: None,
             missing_eos_penalty: Some(-1.0),
+            reward_clip_range: None,
             mask_truncated_completions: false,
             disable_dropout: true,
             value_from_reward_model: true,
@@ -409,6 +414,17 @@ impl PpoConfig {
             num_minibatches: 4,
             kl: KlController::Fixed { value: 0.0 },
             ..PpoConfig::grpo()
+        }
+    }
+
+    /// LUSPO (Liu et al. 2026) as TRL runs it (`loss_type = "luspo"` with
+    /// `importance_sampling_level = "sequence"`): GSPO with each response's loss scaled by its
+    /// length (`luspo` aggregation: the token sum per response, then the mean over responses),
+    /// so that GSPO's per-response mean no longer favours short responses.
+    pub fn luspo() -> Self {
+        PpoConfig {
+            loss_aggregation: LossAggregation::Luspo,
+            ..PpoConfig::gspo()
         }
     }
 
@@ -622,6 +638,13 @@ impl PpoConfig {
         }
         if self.dynamic_sampling == Some(0) {
             return bad("dynamic_sampling needs at least 1 sampling round".into());
+        }
+        if let Some((lo, hi)) = self.reward_clip_range
+            && (lo.is_nan() || hi.is_nan() || lo > hi)
+        {
+            return bad(format!(
+                "reward_clip_range is (min, max) with min ≤ max, neither NaN; got ({lo}, {hi})"
+            ));
         }
         if self.policy_objective == PolicyObjective::Gspo
             && matches!(
@@ -895,6 +918,12 @@ mod tests {
             (g.policy_objective, g.loss_aggregation),
             (PolicyObjective::Gspo, LossAggregation::Grpo)
         );
+        let l = PpoConfig::luspo();
+        l.validate().unwrap();
+        assert_eq!(
+            (l.policy_objective, l.loss_aggregation, l.clip_eps),
+            (PolicyObjective::Gspo, LossAggregation::Luspo, g.clip_eps)
+        );
         let c = PpoConfig::cispo();
         c.validate().unwrap();
         assert_eq!(
@@ -1023,6 +1052,21 @@ mod tests {
             delta: Some(6.0),
             ..PpoConfig::cispo()
         }));
+        // a reward clip range is (min, max), min ≤ max, neither NaN
+        for (range, ok) in [
+            ((-1.0, 1.0), true),
+            ((0.5, 0.5), true),
+            ((1.0, -1.0), false),
+            ((f32::NAN, 1.0), false),
+            ((0.0, f32::NAN), false),
+            ((f32::NEG_INFINITY, 0.0), true),
+        ] {
+            let c = PpoConfig {
+                reward_clip_range: Some(range),
+                ..PpoConfig::rloo()
+            };
+            assert_eq!(with(c), ok, "reward_clip_range {range:?}");
+        }
         for (rho, ok) in [
             (-0.1, false),
             (0.0, true),

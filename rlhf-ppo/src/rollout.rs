@@ -23,9 +23,10 @@ pub struct Rollout {
     pub query_mask: Vec<u8>,
     /// The samples, masked after EOS.
     pub generation: Generation,
-    /// One score per row, after the missing-EOS penalty and the overlong punishment.
+    /// One score per row, after the missing-EOS penalty and the overlong punishment, held in
+    /// `reward_clip_range`.
     pub scores: Vec<f32>,
-    /// The scorer's own scores, before either (what dynamic sampling compares: DAPO drops
+    /// The scorer's own scores, before any of those (what dynamic sampling compares: DAPO drops
     /// groups whose accuracy is all 0 or all 1, whatever their lengths).
     pub raw_scores: Vec<f32>,
     /// Response tokens per row (up to and including EOS).
@@ -101,6 +102,11 @@ pub fn sample_and_score(
         for ((s, &len), pen) in scores.iter_mut().zip(&lengths).zip(&mut overlong) {
             *pen = overlong_penalty(len, cfg.response_length, buffer, cfg.overlong_penalty);
             *s += *pen;
+        }
+    }
+    if let Some((lo, hi)) = cfg.reward_clip_range {
+        for s in &mut scores {
+            *s = s.clamp(lo, hi);
         }
     }
     Ok(Rollout {

@@ -591,12 +591,14 @@ impl Share {
 
     /// The weight of a policy loss aggregated `how` (`rlhf_core::aggregation`): `dapo` and
     /// `bnpo` are token means over the minibatch (the on-policy update does not accumulate, so
-    /// its micro-batch is the minibatch), weighted by tokens; `grpo` is a mean over responses
-    /// and `dr_grpo` a sum over `B·L_max`, both weighted by responses.
+    /// its micro-batch is the minibatch), weighted by tokens; `grpo` and `luspo` are means over
+    /// responses and `dr_grpo` a sum over `B·L_max`, all three weighted by responses.
     pub fn of(&self, how: LossAggregation) -> f32 {
         match how {
             LossAggregation::Dapo | LossAggregation::Bnpo => self.tokens,
-            LossAggregation::Grpo | LossAggregation::DrGrpo => self.responses,
+            LossAggregation::Grpo | LossAggregation::DrGrpo | LossAggregation::Luspo => {
+                self.responses
+            }
         }
     }
 }

@@ -522,9 +522,9 @@ fn move_reference_apart(exp: &mut Experience) {
 
 /// A KL loss term is aggregated as the policy loss is (TRL adds `β·k3` to the per-token loss
 /// before its `loss_type` reduces it): `loss/kl` is `β` times the per-response mean of k3 under
-/// `grpo`, its token mean under `dapo` and its sum over `B·L_max` under `dr_grpo`, each checked
-/// against an `f64` reference on responses of different lengths; the logged `kl` is the token
-/// mean under all three, as TRL logs it.
+/// `grpo`, its token mean under `dapo`, its sum over `B·L_max` under `dr_grpo` and its sum over
+/// `B` under `luspo`, each checked against an `f64` reference on responses of different lengths;
+/// the logged `kl` is the token mean under all four, as TRL logs it.
 #[test]
 fn the_kl_loss_term_is_aggregated_as_the_policy_loss() {
     let _serial = rlhf_testkit::serial();
@@ -573,6 +573,7 @@ fn the_kl_loss_term_is_aggregated_as_the_policy_loss() {
             LossAggregation::DrGrpo,
             total / (exp.batch * cfg.response_length) as f64,
         ),
+        (LossAggregation::Luspo, total / exp.batch as f64),
     ] {
         let cfg = PpoConfig {
             kl_in_reward: false,
@@ -847,6 +848,7 @@ proptest::proptest! {
             LossAggregation::Bnpo,
             LossAggregation::Grpo,
             LossAggregation::DrGrpo,
+            LossAggregation::Luspo,
         ] {
             let cfg = PpoConfig {
                 num_minibatches: 1,

@@ -185,16 +185,21 @@ fn grpo_on_its_high_entropy_tokens_raises_the_gold_score() {
     );
 }
 
-/// DAPO (clip-higher, token mean, dynamic sampling, overlong punishment, no KL) and GSPO (the
-/// clipped sequence ratio, per-response mean) each raise the gold score by the margin the other
-/// methods must reach, on their sizes and budget.
+/// DAPO (clip-higher, token mean, dynamic sampling, overlong punishment, no KL), GSPO (the
+/// clipped sequence ratio, per-response mean) and LUSPO (GSPO's loss summed over each response's
+/// tokens) each raise the gold score by the margin the other methods must reach, on their sizes
+/// and budget.
 #[test]
-fn dapo_and_gspo_against_a_reward_model_raise_the_gold_score() {
+fn dapo_gspo_and_luspo_against_a_reward_model_raise_the_gold_score() {
     let _serial = serial();
     let response_length =
         tldr::ppo_config(tldr(), AdvantageEstimator::Grpo, 4, 1, 0.0).response_length;
-    for recipe in [PpoConfig::dapo(response_length), PpoConfig::gspo()] {
-        let objective = recipe.policy_objective;
+    for recipe in [
+        PpoConfig::dapo(response_length),
+        PpoConfig::gspo(),
+        PpoConfig::luspo(),
+    ] {
+        let objective = (recipe.policy_objective, recipe.loss_aggregation);
         let (before, after, last) = rl_with(recipe_on_tldr(recipe));
         assert!(
             after > before + 0.15,
@@ -206,7 +211,7 @@ fn dapo_and_gspo_against_a_reward_model_raise_the_gold_score() {
             get(names::CLIP_RATIO_LOW),
             get(names::CLIP_RATIO_HIGH)
         );
-        if objective == rlhf_core::PolicyObjective::Ppo {
+        if objective.0 == rlhf_core::PolicyObjective::Ppo {
             // DAPO logs its sampling rounds and its overlong punishment, and its 16 minibatch
             // updates per rollout go far enough off-policy for the clip to bind
             assert!(get(names::DYNAMIC_SAMPLING_ROUNDS) >= 1.0);

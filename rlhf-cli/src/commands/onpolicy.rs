@@ -98,12 +98,31 @@ pub enum LossType {
     /// Token sum over batch × max completion length (Dr. GRPO).
     #[value(name = "dr_grpo", alias = "dr-grpo")]
     DrGrpo,
+    /// Each response's token sum, then the batch mean: LUSPO, GSPO's loss scaled by length
+    /// (with `rlhf gspo`, or `--importance-sampling-level sequence`).
+    Luspo,
     /// CISPO's clipped, detached importance weights, token mean.
     Cispo,
     /// SAPO's soft gate of the token ratio, per-response mean.
     Sapo,
     /// VESPO's detached Gamma weights of the sequence's importance ratio, token mean.
     Vespo,
+}
+
+impl LossType {
+    /// The loss type that selects `objective` aggregated `how`.
+    fn of(objective: PolicyObjective, how: LossAggregation) -> Self {
+        match (objective, how) {
+            (PolicyObjective::Cispo, _) => LossType::Cispo,
+            (PolicyObjective::Sapo, _) => LossType::Sapo,
+            (PolicyObjective::Vespo, _) => LossType::Vespo,
+            (_, LossAggregation::Grpo) => LossType::Grpo,
+            (_, LossAggregation::Dapo) => LossType::Dapo,
+            (_, LossAggregation::Bnpo) => LossType::Bnpo,
+            (_, LossAggregation::DrGrpo) => LossType::DrGrpo,
+            (_, LossAggregation::Luspo) => LossType::Luspo,
+        }
+    }
 }
 
 /// The importance ratio of the clipped surrogate: per token (PPO, GRPO, DAPO) or per sequence
@@ -334,6 +353,10 @@ pub struct OnPolicyArgs {
     /// Whiten GAE advantages.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub whiten_advantages: Option<bool>,
+    /// Hold each response's score in [MIN, MAX], after the missing-EOS and overlong penalties and
+    /// before any baseline or the KL (off when unset) [TRL RLOO: --reward_clip_range].
+    #[arg(long, num_args = 2, value_names = ["MIN", "MAX"], allow_negative_numbers = true)]
+    pub reward_clip_range: Option<Vec<f32>>,
     /// RLOO: normalise its advantages over the batch, (A − mean)/(std + 1e-4)
     /// [TRL: --normalize_advantages].
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
@@ -606,15 +629,7 @@ impl OnPolicyArgs {
         self.complete_controls(&c);
         fill!(
             multi_objective_aggregation <- Aggregation::of(c.multi_objective_aggregation),
-            loss_type <- match (c.policy_objective, c.loss_aggregation) {
-                (PolicyObjective::Cispo, _) => LossType::Cispo,
-                (PolicyObjective::Sapo, _) => LossType::Sapo,
-                (PolicyObjective::Vespo, _) => LossType::Vespo,
-                (_, LossAggregation::Grpo) => LossType::Grpo,
-                (_, LossAggregation::Dapo) => LossType::Dapo,
-                (_, LossAggregation::Bnpo) => LossType::Bnpo,
-                (_, LossAggregation::DrGrpo) => LossType::DrGrpo,
-            },
+            loss_type <- LossType::of(c.policy_objective, c.loss_aggregation),
             importance_sampling_level <- if c.policy_objective == PolicyObjective::Gspo {
                 SamplingLevel::Sequence
             } else {
@@ -714,6 +729,9 @@ impl OnPolicyArgs {
         if let Some(w) = self.length_bucket_width {
             c.length_bucket_width = Some(w);
         }
+        if let Some([lo, hi]) = self.reward_clip_range.as_deref() {
+            c.reward_clip_range = Some((*lo, *hi));
+        }
         let f = &self.filters;
         c.top_k = f.top_k.or(c.top_k);
         c.top_p = f.top_p.or(c.top_p);
@@ -728,6 +746,7 @@ impl OnPolicyArgs {
                 LossType::Dapo | LossType::Cispo | LossType::Vespo => LossAggregation::Dapo,
                 LossType::Bnpo => LossAggregation::Bnpo,
                 LossType::DrGrpo => LossAggregation::DrGrpo,
+                LossType::Luspo => LossAggregation::Luspo,
             };
             c.policy_objective = match (t, c.policy_objective) {
                 (LossType::Cispo, _) => PolicyObjective::Cispo,
@@ -984,6 +1003,20 @@ fn refuse_mixes(method: Method, args: &OnPolicyArgs) -> Result<()> {
     Ok(())
 }
 
+/// Warns, as TRL does, when LUSPO's length scaling reads the token ratio: its paper scales GSPO's
+/// sequence-level loss.
+fn warn_on_luspo_per_token(cfg: &PpoConfig) {
+    if cfg.loss_aggregation == LossAggregation::Luspo
+        && cfg.policy_objective != PolicyObjective::Gspo
+    {
+        tracing::warn!(
+            "--loss-type luspo scales GSPO's sequence-level loss by length, as its paper runs it; \
+             here it sums the token ratio's losses (give --importance-sampling-level sequence, or \
+             use `rlhf gspo`)"
+        );
+    }
+}
+
 /// Refuses a reward that `cfg` cannot read: GDPO's normalisation needs a weighted sum.
 fn refuse_reward_mix(cfg: &PpoConfig, spec: &Spec) -> Result<()> {
     if cfg.multi_objective_aggregation == MultiObjectiveAggregation::NormalizeThenSum
@@ -1098,6 +1131,7 @@ pub fn run(method: Method, args: &OnPolicyArgs, toml: &str) -> Result<()> {
     refuse_mixes(method, args)?;
     let cfg = args.config(method, longest);
     cfg.validate()?;
+    warn_on_luspo_per_token(&cfg);
     refuse_reward_mix(&cfg, &spec)?;
     let inference = device.clone().without_autodiff();
     let scorer = scorer(
@@ -1195,6 +1229,42 @@ mod tests {
         assert_eq!((c.clip_eps, c.clip_eps_high), (0.5, Some(4.0)));
         let c = config(Method::Dapo, &["--max-completion-length", "100"]);
         assert_eq!(c.overlong_buffer, Some(20));
+    }
+
+    /// `--reward-clip-range MIN MAX` takes two numbers, negative ones too.
+    #[test]
+    fn the_reward_clip_range_takes_a_min_and_a_max() {
+        let c = config(Method::Rloo, &["--reward-clip-range", "-1.5", "2"]);
+        assert_eq!(c.reward_clip_range, Some((-1.5, 2.0)));
+        assert_eq!(config(Method::Rloo, &[]).reward_clip_range, None);
+        assert!(Wrapped::try_parse_from(["rlhf", "--reward-clip-range", "1"]).is_err());
+    }
+
+    /// `--loss-type luspo` is the per-response token sum; with `gspo`'s sequence ratio it is
+    /// `PpoConfig::luspo()`, and with GRPO's token ratio it keeps that ratio.
+    #[test]
+    fn the_luspo_loss_type_scales_gspo_by_length() {
+        let c = config(Method::Gspo, &["--loss-type", "luspo"]);
+        let want = PpoConfig::luspo();
+        assert_eq!(
+            (
+                c.policy_objective,
+                c.loss_aggregation,
+                c.clip_eps,
+                c.clip_eps_high
+            ),
+            (
+                want.policy_objective,
+                want.loss_aggregation,
+                want.clip_eps,
+                want.clip_eps_high
+            )
+        );
+        let c = config(Method::Grpo, &["--loss-type", "luspo"]);
+        assert_eq!(
+            (c.policy_objective, c.loss_aggregation),
+            (PolicyObjective::Ppo, LossAggregation::Luspo)
+        );
     }
 
     /// `--loss-type sapo` is SAPO's gate with the per-response mean, at TRL's temperatures unless

@@ -1,4 +1,4 @@
-//! The policy surrogates (PPO/DAPO clip with or without the two-sided cap, GSPO, CISPO, SAPO, VESPO), the four
+//! The policy surrogates (PPO/DAPO clip with or without the two-sided cap, GSPO, CISPO, SAPO, VESPO), the five
 //! loss aggregations and the truncated importance-sampling weights, against `f64` references
 //! written from the formulas, with their gradients and the cases where the definitions coincide.
 
@@ -17,11 +17,12 @@ const OBJECTIVES: [PolicyObjective; 5] = [
     PolicyObjective::Sapo,
     PolicyObjective::Vespo,
 ];
-const AGGREGATIONS: [LossAggregation; 4] = [
+const AGGREGATIONS: [LossAggregation; 5] = [
     LossAggregation::Grpo,
     LossAggregation::Dapo,
     LossAggregation::Bnpo,
     LossAggregation::DrGrpo,
+    LossAggregation::Luspo,
 ];
 
 /// One problem in plain numbers: `[batch, seq]` row-major.
@@ -91,6 +92,7 @@ fn aggregate_ref(
         }
         LossAggregation::Dapo | LossAggregation::Bnpo => total / tokens.max(1.0),
         LossAggregation::DrGrpo => total / (batch * max_len) as f64,
+        LossAggregation::Luspo => (0..batch).map(row_sum).sum::<f64>() / batch as f64,
     }
 }
 
@@ -329,7 +331,8 @@ proptest! {
     }
 
     /// Equal lengths (every row `L_max` real tokens) and the symmetric clip: GRPO's per-response
-    /// mean, DAPO's and BNPO's token mean and Dr. GRPO's constant are one loss with one gradient.
+    /// mean, DAPO's and BNPO's token mean and Dr. GRPO's constant are one loss with one gradient,
+    /// and LUSPO's per-response sum is `L_max` times it.
     #[test]
     fn grpo_dr_grpo_dapo_and_bnpo_coincide_on_equal_lengths(
         batch in 1usize..4,
@@ -351,9 +354,11 @@ proptest! {
             let value = scalar(loss.clone());
             (value, host(x.grad(&loss.backward()).unwrap()))
         }).collect();
-        for (value, grad) in &outs[1..] {
-            assert_close(&[*value], &[outs[0].0], 1e-5)?;
-            assert_close(grad, &outs[0].1, 1e-5)?;
+        for (&aggregation, (value, grad)) in AGGREGATIONS.iter().zip(&outs).skip(1) {
+            let times = if aggregation == LossAggregation::Luspo { seq as f64 } else { 1.0 };
+            let scaled: Vec<f64> = outs[0].1.iter().map(|g| g * times).collect();
+            assert_close(&[*value], &[outs[0].0 * times], 1e-5)?;
+            assert_close(grad, &scaled, 1e-5)?;
         }
     }
 

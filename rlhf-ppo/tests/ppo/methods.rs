@@ -1262,6 +1262,49 @@ fn the_token_filters_reach_the_sampler() {
     assert!(metric(&penalised.metrics, names::SAMPLING_LOGP_DIFF_MEAN) > 1e-3);
 }
 
+/// `reward_clip_range` holds the scores that the advantages are made of: with the same seed the
+/// samples are the same, the experience's scores are the unclipped run's held in `[min, max]`, and
+/// RLOO's advantages (no KL in the reward) are each clipped score minus the mean of its group's
+/// other clipped scores.
+#[test]
+fn reward_clip_range_holds_the_scores_the_advantages_are_made_of() {
+    let counting = Counting::new();
+    let cfg = PpoConfig {
+        missing_eos_penalty: None,
+        kl: rlhf_core::KlController::Fixed { value: 0.0 },
+        ..small(AdvantageEstimator::Rloo)
+    };
+    let (lo, hi) = (0.6, 1.0);
+    let free = counting.iteration(&counting::Words, &cfg).experience;
+    let clipped_cfg = PpoConfig {
+        reward_clip_range: Some((lo, hi)),
+        ..cfg.clone()
+    };
+    clipped_cfg.validate().unwrap();
+    let clipped = counting
+        .iteration(&counting::Words, &clipped_cfg)
+        .experience;
+    assert_eq!(clipped.ids, free.ids, "the same samples");
+    let want: Vec<f32> = free.scores.iter().map(|s| s.clamp(lo, hi)).collect();
+    assert_eq!(clipped.scores, want);
+    assert!(
+        free.scores.iter().any(|&s| s < lo) && free.scores.iter().any(|&s| s > hi),
+        "the clip should act at both ends: {:?}",
+        free.scores
+    );
+    let (n, r) = (cfg.samples_per_prompt, clipped.response_len);
+    for row in 0..clipped.batch {
+        let group = &want[row / n * n..(row / n + 1) * n];
+        let others = (group.iter().sum::<f32>() - want[row]) / (n - 1) as f32;
+        let first = (0..r).find(|&t| clipped.mask[row * r + t] == 1.0).unwrap();
+        let got = clipped.advantages[row * r + first];
+        assert!(
+            (got - (want[row] - others)).abs() < 1e-5,
+            "row {row}: {got}"
+        );
+    }
+}
+
 /// DAPO's dynamic sampling on a rule reward with ties (the counting policy at a low temperature
 /// often gives a prompt `n` equal word counts): the kept batch holds only groups whose scores
 /// differ, more sampling rounds were needed, and the batch keeps its size. With a constant
