@@ -85,6 +85,7 @@ fn train(
                 loss,
                 weight: 1.0,
                 metrics: Vec::new(),
+                samples: Vec::new(),
             }))
         },
         &|_| Ok(Vec::new()),

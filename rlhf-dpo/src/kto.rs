@@ -772,6 +772,7 @@ pub fn train_kto(
                 loss,
                 weight: idx.len() as f64,
                 metrics,
+                samples: Vec::new(),
             }))
         },
         &eval_metrics,

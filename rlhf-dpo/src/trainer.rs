@@ -985,6 +985,7 @@ pub fn train_offline(
                 loss,
                 weight: groups.len() as f64,
                 metrics,
+                samples: Vec::new(),
             }))
         },
         &eval_metrics,

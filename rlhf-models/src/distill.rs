@@ -38,6 +38,7 @@ use rlhf_core::{
 };
 use rlhf_data::{Tokenizer, collate};
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 use crate::generate::{Responses, SamplingConfig, encode_prompts, sample_responses};
 use crate::lm::CausalLm;
@@ -201,7 +202,12 @@ pub fn train_distill(
                 &cfg.sampling,
                 &mut rng,
             )?;
-            micro_batch_loss(model, &teacher, &rows, &responses, vocab, cfg, shard.device).map(Some)
+            let mut loss =
+                micro_batch_loss(model, &teacher, &rows, &responses, vocab, cfg, shard.device)?;
+            if run_options.log_completions.is_some() {
+                loss.samples = completion_rows(inputs.tokenizer, &rows, &responses)?;
+            }
+            Ok(Some(loss))
         },
         &|model| {
             eval_loss(
@@ -215,6 +221,26 @@ pub fn train_distill(
             )
         },
     )
+}
+
+/// The samples a micro-batch shows (TRL's `log_completions`): for each row, the prompt as the
+/// student read it (cut to `max_prompt_length`), decoded with its special tokens, and the
+/// completion as [`Tokenizer::decode_response`] gives it.
+fn completion_rows(
+    tokenizer: &Tokenizer,
+    prompts: &[&[u32]],
+    responses: &Responses,
+) -> Result<Vec<Map<String, Value>>> {
+    prompts
+        .iter()
+        .zip(&responses.texts)
+        .map(|(prompt, completion)| {
+            let mut row = Map::new();
+            row.insert("prompt".into(), tokenizer.decode(prompt)?.into());
+            row.insert("completion".into(), completion.clone().into());
+            Ok(row)
+        })
+        .collect()
 }
 
 /// What [`check`] found a run can use.
@@ -350,6 +376,7 @@ fn micro_batch_loss(
             (names::COMPLETIONS_MEAN_LENGTH, mean(lengths)),
             (names::COMPLETIONS_CLIPPED_RATIO, mean(clipped)),
         ],
+        samples: Vec::new(),
     })
 }
 

@@ -497,6 +497,7 @@ pub fn train_sft(
                 loss: sft_loss_of(cfg.loss_type, m, &batch, shard.device)?,
                 weight: batch.predicted_tokens() as f64,
                 metrics: Vec::new(),
+                samples: Vec::new(),
             }))
         },
         &eval_of,

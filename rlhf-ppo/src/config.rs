@@ -103,9 +103,9 @@ pub struct PpoConfig {
     pub repetition_penalty: Option<f32>,
     /// [4] Score given instead of the RM's to a response with no EOS (`None` keeps the RM score).
     pub missing_eos_penalty: Option<f32>,
-    /// Each response's score held in `[min, max]` after the penalties and before any baseline or
-    /// the KL (TRL RLOO's `reward_clip_range`, OpenRLHF's `--reward_clip_range`; `None`: off). A
-    /// score the scorer could not give (NaN) stays NaN.
+    /// The scorer's score of each response held in `[min, max]`, before the missing-EOS penalty,
+    /// the overlong punishment, any baseline and the KL (TRL RLOO's `reward_clip_range`, here for
+    /// every estimator; `None`: off).
     pub reward_clip_range: Option<(f32, f32)>,
     /// Leave a response cut off at the length limit (no EOS) out of the loss: its tokens are
     /// masked in the update, its KL leaves the reward and its tokens the whitening of advantages,
@@ -205,7 +205,7 @@ pub struct PpoConfig {
     /// per response) leave the policy loss (see `rlhf_core::off_policy_mask`). `None`: off.
     pub off_policy_mask_threshold: Option<f32>,
     /// How per-token losses are aggregated (TRL's `loss_type`: `grpo`, `dapo`, `bnpo`,
-    /// `dr_grpo`; see `rlhf_core::aggregation`). The TL;DR reproduction's token mean is `dapo`.
+    /// `dr_grpo`, `luspo`; see `rlhf_core::aggregation`). The TL;DR reproduction's token mean is `dapo`.
     pub loss_aggregation: LossAggregation,
     /// DAPO's dynamic sampling: groups whose `n` scores are all equal (no advantage) are dropped
     /// and prompts sampled again until `prompts_per_batch` groups remain, in at most this many
@@ -778,6 +778,7 @@ impl PpoConfig {
             ("whiten_rewards", self.whiten_rewards),
             ("kl_in_reward", self.kl_in_reward && self.kl_active()),
             ("dynamic_sampling", self.dynamic_sampling.is_some()),
+            ("reward_clip_range", self.reward_clip_range.is_some()),
         ];
         let (name, _) = on_the_sum.into_iter().find(|(_, on)| *on)?;
         Some(format!(
@@ -844,6 +845,13 @@ mod tests {
                 ..gdpo.clone()
             },
             "dynamic_sampling",
+        );
+        refused(
+            PpoConfig {
+                reward_clip_range: Some((0.0, 1.0)),
+                ..gdpo.clone()
+            },
+            "reward_clip_range",
         );
         // with β 0 the KL in the reward is nothing
         PpoConfig {

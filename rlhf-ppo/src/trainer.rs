@@ -1208,8 +1208,8 @@ pub fn ppo_iteration(
         cfg,
         kl_coef,
     )?;
-    // the rewards' spread as the scorer and the penalties gave them (TRL's reward functions),
-    // before any variance reduction
+    // the rewards' spread as the scorer, the reward clip and the penalties gave them (TRL's
+    // reward functions), before any variance reduction
     metrics.push((
         names::REWARD_STD,
         stats::sample_std(&widened(&rollout.scores)),

@@ -858,7 +858,7 @@ proptest::proptest! {
                 kl_estimator: if kl_as_loss { KlEstimator::K3 } else { KlEstimator::K1 },
                 ptx_coef: if ptx { 0.5 } else { 0.0 },
                 ptx_batch_size: 3,
-                // an entropy bonus (a token mean) with two of the four aggregations
+                // an entropy bonus (a token mean) with two of the five aggregations
                 entropy_coef: match aggregation {
                     LossAggregation::Dapo | LossAggregation::Grpo => 0.3,
                     _ => 0.0,

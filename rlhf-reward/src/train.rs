@@ -620,6 +620,7 @@ pub fn train_reward_model(
                 loss,
                 weight: refs.len() as f64,
                 metrics: step_metrics(&to_f32_vec(scores.detach()), refs[0].responses.len()),
+                samples: Vec::new(),
             }))
         },
         &|m| {
@@ -715,6 +716,7 @@ pub fn train_step_model<M: StepModel>(
                         // the loss is a mean over every label of the batch
                         weight: refs.iter().map(|e| e.labels.len()).sum::<usize>() as f64,
                         metrics: Vec::new(),
+                        samples: Vec::new(),
                     }))
                 },
                 &|m| eval_of(m, cfg.batch_size),
@@ -773,6 +775,7 @@ fn fit_within_prompt<M: StepModel>(
                 // the loss is a mean over the batch's pairs
                 weight: pairs.len() as f64,
                 metrics: Vec::new(),
+                samples: Vec::new(),
             }))
         },
         // as many rows a forward pass as a training batch

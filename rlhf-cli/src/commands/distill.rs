@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args};
+use rlhf_core::train::RunOptions;
 use rlhf_core::train::metrics::names;
 use rlhf_data::Tokenizer;
 use rlhf_models::{CausalLm, DistillConfig, DistillInputs, SamplingConfig, train_distill};
@@ -71,6 +72,14 @@ pub struct DistillArgs {
     /// Dropout off in the student [TRL: --disable_dropout].
     #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub disable_dropout: bool,
+    /// Write each logged step's samples (the prompt as the student read it and its completion)
+    /// to completions.jsonl in --out [TRL: --log_completions].
+    #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub log_completions: bool,
+    /// With --log-completions, this many samples of a step (default: all)
+    /// [TRL: --num_completions_to_print].
+    #[arg(long)]
+    pub num_completions_to_print: Option<usize>,
 }
 
 defaults_from_clap!(DistillArgs);
@@ -158,14 +167,14 @@ pub fn run(args: &DistillArgs, toml: &str) -> Result<()> {
         prompts: &prompts.texts,
         eval_prompts: &eval_prompts,
     };
-    let (student, report) = train_distill(
-        student,
-        &inputs,
-        &cfg,
-        &args.train.run_options(out),
-        &device,
-    )
-    .context("rlhf distill")?;
+    let run_options = RunOptions {
+        log_completions: args
+            .log_completions
+            .then(|| args.num_completions_to_print.unwrap_or(usize::MAX)),
+        ..args.train.run_options(out)
+    };
+    let (student, report) =
+        train_distill(student, &inputs, &cfg, &run_options, &device).context("rlhf distill")?;
     output::save_causal(
         out,
         &student,

@@ -353,8 +353,8 @@ pub struct OnPolicyArgs {
     /// Whiten GAE advantages.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub whiten_advantages: Option<bool>,
-    /// Hold each response's score in [MIN, MAX], after the missing-EOS and overlong penalties and
-    /// before any baseline or the KL (off when unset) [TRL RLOO: --reward_clip_range].
+    /// Hold the scorer's score of each response in [MIN, MAX], before the missing-EOS and
+    /// overlong penalties, any baseline and the KL (off when unset) [TRL RLOO: --reward_clip_range].
     #[arg(long, num_args = 2, value_names = ["MIN", "MAX"], allow_negative_numbers = true)]
     pub reward_clip_range: Option<Vec<f32>>,
     /// RLOO: normalise its advantages over the batch, (A − mean)/(std + 1e-4)
@@ -982,6 +982,11 @@ fn run_options_on_replicas(
 /// Refuses options that do not mix with `method` or with each other. `args` are completed
 /// ([`OnPolicyArgs::completed`]), so `gspo`'s recipe holds the sequence-level ratio.
 fn refuse_mixes(method: Method, args: &OnPolicyArgs) -> Result<()> {
+    if let Some(range) = &args.reward_clip_range
+        && range.len() != 2
+    {
+        bail!("reward_clip_range is two numbers, MIN and MAX; got {range:?}");
+    }
     if let Some(t @ (LossType::Cispo | LossType::Sapo | LossType::Vespo)) = args.loss_type
         && args.importance_sampling_level == Some(SamplingLevel::Sequence)
     {
@@ -1231,13 +1236,18 @@ mod tests {
         assert_eq!(c.overlong_buffer, Some(20));
     }
 
-    /// `--reward-clip-range MIN MAX` takes two numbers, negative ones too.
+    /// `--reward-clip-range MIN MAX` takes two numbers, negative ones too; a config file's list
+    /// of another length is refused.
     #[test]
     fn the_reward_clip_range_takes_a_min_and_a_max() {
         let c = config(Method::Rloo, &["--reward-clip-range", "-1.5", "2"]);
         assert_eq!(c.reward_clip_range, Some((-1.5, 2.0)));
         assert_eq!(config(Method::Rloo, &[]).reward_clip_range, None);
         assert!(Wrapped::try_parse_from(["rlhf", "--reward-clip-range", "1"]).is_err());
+        let mut args = Wrapped::try_parse_from(["rlhf"]).unwrap().args;
+        args.reward_clip_range = Some(vec![1.0]);
+        let err = refuse_mixes(Method::Rloo, &args).unwrap_err().to_string();
+        assert!(err.contains("two numbers"), "{err}");
     }
 
     /// `--loss-type luspo` is the per-response token sum; with `gspo`'s sequence ratio it is

@@ -90,6 +90,17 @@ fn metric(dir: &Path, name: &str) -> Vec<f64> {
         .collect()
 }
 
+/// `completions.jsonl` in `dir`: its text, its rows and their steps.
+fn completions(dir: &Path) -> (String, Vec<Value>, Vec<u64>) {
+    let text = std::fs::read_to_string(dir.join("completions.jsonl")).unwrap();
+    let rows: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let steps = rows.iter().map(|r| r["step"].as_u64().unwrap()).collect();
+    (text, rows, steps)
+}
+
 /// Logits of a fixed probe under the checkpoint in `dir`.
 fn probe(dir: &str) -> Vec<f32> {
     let device = rlhf_core::parse_device("flex").unwrap();
@@ -1028,8 +1039,10 @@ fn distill_learns_the_teacher_and_resumes() {
 }
 
 /// A `rlhf distill` killed (SIGKILL) after its seventh step and started again ends with the
-/// weights and the losses of a run that was never interrupted: the samples of each micro-batch
-/// are drawn from the seed and its number, not from a stream the kill would cut.
+/// weights, the losses and the logged samples (`--log-completions`, TRL's: the prompt as the
+/// student read it and its completion, here one a step) of a run that was never interrupted:
+/// the samples of each micro-batch are drawn from the seed and its number, not from a stream the
+/// kill would cut.
 #[test]
 fn a_killed_distill_run_resumes_to_the_same_weights() {
     let dir = tempfile::tempdir().unwrap();
@@ -1059,6 +1072,9 @@ fn a_killed_distill_run_resumes_to_the_same_weights() {
             "100",
             "--logging-steps",
             "1",
+            "--log-completions",
+            "--num-completions-to-print",
+            "1",
         ]
         .iter()
         .map(|x| x.to_string())
@@ -1075,6 +1091,23 @@ fn a_killed_distill_run_resumes_to_the_same_weights() {
     );
     assert_eq!(metric(&straight, "loss"), metric(&broken, "loss"));
     assert_eq!(metric(&straight, "loss").len(), 48);
+    let (text, rows, steps) = completions(&straight);
+    assert_eq!(steps, (1..=48).collect::<Vec<u64>>(), "one sample a step");
+    // the prompts as the student read them (this tokenizer reads some letters as <unk>): one of
+    // the two of each step, so about half of the 48 prompts an epoch
+    let seen: std::collections::HashSet<&str> =
+        rows.iter().map(|r| r["prompt"].as_str().unwrap()).collect();
+    assert!(seen.len() >= 16, "{} prompts", seen.len());
+    assert!(rows.iter().all(|r| r["completion"].is_string()));
+    assert!(
+        rows.iter()
+            .any(|r| !r["completion"].as_str().unwrap().is_empty())
+    );
+    assert_eq!(
+        std::fs::read_to_string(broken.join("completions.jsonl")).unwrap(),
+        text,
+        "the resumed run's completions differ"
+    );
 }
 
 /// The words of the toy task: whose city is it? Each prompt has one right answer.
@@ -1825,12 +1858,7 @@ fn grpo_logs_its_completions_and_a_resumed_run_writes_the_same() {
     let whole = dir.path().join("whole");
     let argv = args(&whole);
     ok(&argv.iter().map(String::as_str).collect::<Vec<_>>());
-    let text = std::fs::read_to_string(whole.join("completions.jsonl")).unwrap();
-    let rows: Vec<Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let steps: Vec<u64> = rows.iter().map(|r| r["step"].as_u64().unwrap()).collect();
+    let (text, rows, steps) = completions(&whole);
     let every_fifth: Vec<u64> = (1..=8).flat_map(|s| [5 * s; 3]).collect();
     assert_eq!(steps, every_fifth, "three samples every fifth iteration");
     let raw: Vec<String> = std::fs::read_to_string(&prompts)
@@ -2616,6 +2644,7 @@ fn every_field_of_every_trainer_config_is_a_flag() {
                     ("lam", &["--lam", "0.5"]),
                     ("whiten_advantages", &["--whiten-advantages", "false"]),
                     ("normalize_advantages", &["--normalize-advantages"]),
+                    ("reward_clip_range", &["--reward-clip-range", "-1", "1"]),
                     ("whiten_rewards", &["--whiten-rewards", "true"]),
                     ("ppo_epochs", &["--num-ppo-epochs", "7"]),
                     ("num_minibatches", &["--num-mini-batches", "7"]),

@@ -15,7 +15,7 @@
 use burn::module::Module;
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Tensor};
-use serde_json::json;
+use serde_json::{Map, Value, json};
 
 use super::checkpoint::{Checkpoint, NewCheckpoint, Part, module_from_bytes, optimizer_from_bytes};
 use super::grads::{GradAccumulation, clip_if_set};
@@ -68,6 +68,9 @@ pub struct BatchLoss {
     pub weight: f64,
     /// Extra metrics to log (averaged over micro-batches with the same weights).
     pub metrics: Metrics,
+    /// What a trainer that samples sampled for this loss, one JSON object per sample, for
+    /// `completions.jsonl` ([`RunOptions::log_completions`]); empty for the others.
+    pub samples: Vec<Map<String, Value>>,
 }
 
 /// A trainer's loss: `loss_of(model, batch, shard)` is the loss of `shard`'s part of the batch of
@@ -180,6 +183,7 @@ pub fn fit_with<M: Module>(
                 grads,
                 loss: loss_value,
                 metrics,
+                samples,
             } = step_gradients(&model, &device, group, replicas, loss_of)?;
             let (grads, norm) = clip_if_set(&model, grads, cfg.optimizer.max_grad_norm);
             let lr = cfg.schedule.lr_at(cfg.optimizer.lr, step - 1);
@@ -211,6 +215,9 @@ pub fn fit_with<M: Module>(
                 report.eval = e;
             }
             run.log(step, &line)?;
+            if let Some(n) = run.completions_due(step, total) {
+                run.log_completions(step, samples.into_iter().take(n).collect())?;
+            }
             run.step_done(step, format!("loss {loss_value:.3}"));
             if run.checkpoint_due(step, total) {
                 run.save(|| {
@@ -249,11 +256,13 @@ fn checkpoint<'a, M: Module + 'a>(
 }
 
 /// One optimizer step's gradients, before clipping: the weighted mean over the step's
-/// micro-batches, each cut into the replicas' shards; the mean loss; and the extra metrics' means.
+/// micro-batches, each cut into the replicas' shards; the mean loss; the extra metrics' means; and
+/// the samples, in micro-batch order.
 struct StepGradients {
     grads: GradientsParams,
     loss: f64,
     metrics: Metrics,
+    samples: Vec<Map<String, Value>>,
 }
 
 /// The gradients of the micro-batches `group` (see [`StepGradients`]). Each replica's shard of a
@@ -270,6 +279,7 @@ fn step_gradients<M: Module>(
     let mut acc = GradAccumulation::new();
     let (mut loss_sum, mut weight_sum) = (0.0, 0.0);
     let mut extra_sum: Vec<(&'static str, f64, f64)> = Vec::new();
+    let mut samples = Vec::new();
     // one micro-batch on one replica needs no weighting (and keeps its gradient exact)
     let weighted = group.len() > 1 || replicas.count() > 1;
     for idx in group {
@@ -278,6 +288,7 @@ fn step_gradients<M: Module>(
                 loss,
                 weight,
                 metrics,
+                samples,
             }) = loss_of(m, idx, shard)?
             else {
                 return Ok(None);
@@ -289,9 +300,10 @@ fn step_gradients<M: Module>(
                 (loss, 1.0)
             };
             let grads = GradientsParams::from_grads(loss.backward(), m);
-            Ok(Some((grads, w, value, weight, metrics)))
+            Ok(Some((grads, w, value, weight, metrics, samples)))
         })?;
-        for (grads, w, value, weight, metrics) in shards.into_iter().flatten() {
+        for (grads, w, value, weight, metrics, shard_samples) in shards.into_iter().flatten() {
+            samples.extend(shard_samples);
             loss_sum += value * weight;
             weight_sum += weight;
             for (k, v) in metrics {
@@ -319,6 +331,7 @@ fn step_gradients<M: Module>(
             .into_iter()
             .map(|(k, sum, w)| (k, if w > 0.0 { sum / w } else { f64::NAN }))
             .collect(),
+        samples,
     })
 }
 

@@ -334,7 +334,7 @@ proptest! {
     /// mean, DAPO's and BNPO's token mean and Dr. GRPO's constant are one loss with one gradient,
     /// and LUSPO's per-response sum is `L_max` times it.
     #[test]
-    fn grpo_dr_grpo_dapo_and_bnpo_coincide_on_equal_lengths(
+    fn the_aggregations_coincide_on_equal_lengths(
         batch in 1usize..4,
         seq in 1usize..6,
         values in prop::collection::vec(-0.6f64..0.6, 45),

@@ -1262,15 +1262,16 @@ fn the_token_filters_reach_the_sampler() {
     assert!(metric(&penalised.metrics, names::SAMPLING_LOGP_DIFF_MEAN) > 1e-3);
 }
 
-/// `reward_clip_range` holds the scores that the advantages are made of: with the same seed the
-/// samples are the same, the experience's scores are the unclipped run's held in `[min, max]`, and
-/// RLOO's advantages (no KL in the reward) are each clipped score minus the mean of its group's
-/// other clipped scores.
+/// `reward_clip_range` holds the scorer's scores before the penalties, and the advantages are
+/// made of them: with the same seed the samples are the same, the experience's scores are the
+/// unclipped run's scorer scores held in `[min, max]` plus DAPO's overlong punishment, and RLOO's
+/// advantages (no KL in the reward) are each score minus the mean of its group's other scores.
 #[test]
 fn reward_clip_range_holds_the_scores_the_advantages_are_made_of() {
     let counting = Counting::new();
     let cfg = PpoConfig {
         missing_eos_penalty: None,
+        overlong_buffer: Some(2),
         kl: rlhf_core::KlController::Fixed { value: 0.0 },
         ..small(AdvantageEstimator::Rloo)
     };
@@ -1285,14 +1286,26 @@ fn reward_clip_range_holds_the_scores_the_advantages_are_made_of() {
         .iteration(&counting::Words, &clipped_cfg)
         .experience;
     assert_eq!(clipped.ids, free.ids, "the same samples");
-    let want: Vec<f32> = free.scores.iter().map(|s| s.clamp(lo, hi)).collect();
-    assert_eq!(clipped.scores, want);
+    let r = free.response_len;
+    let punishment = |row: usize| {
+        let length = free.mask[row * r..(row + 1) * r].iter().sum::<f32>() as usize;
+        overlong_penalty(length, cfg.response_length, 2, 1.0)
+    };
+    let scorer: Vec<f32> = (0..free.batch)
+        .map(|row| free.scores[row] - punishment(row))
+        .collect();
     assert!(
-        free.scores.iter().any(|&s| s < lo) && free.scores.iter().any(|&s| s > hi),
-        "the clip should act at both ends: {:?}",
-        free.scores
+        scorer.iter().any(|&s| s < lo) && scorer.iter().any(|&s| s > hi),
+        "the clip should act at both ends: {scorer:?}"
     );
-    let (n, r) = (cfg.samples_per_prompt, clipped.response_len);
+    assert!((0..free.batch).any(|row| punishment(row) < 0.0));
+    let want: Vec<f32> = (0..free.batch)
+        .map(|row| scorer[row].clamp(lo, hi) + punishment(row))
+        .collect();
+    for (row, (got, want)) in clipped.scores.iter().zip(&want).enumerate() {
+        assert!((got - want).abs() < 1e-6, "row {row}: {got} vs {want}");
+    }
+    let n = cfg.samples_per_prompt;
     for row in 0..clipped.batch {
         let group = &want[row / n * n..(row / n + 1) * n];
         let others = (group.iter().sum::<f32>() - want[row]) / (n - 1) as f32;
