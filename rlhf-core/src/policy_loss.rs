@@ -210,6 +210,12 @@ pub struct PolicyLoss {
     /// above `1 + ε_high`; for `cispo`: `ρ > 1 + ε_high`); per sequence for `gspo`, as
     /// `clip_low`.
     pub clip_high: Tensor<1>,
+    /// Each response's share of its real tokens clipped at the lower bound, `[batch]`; NaN for a
+    /// response without real tokens (TRL's `masked_seq_mean`, whose least value over the
+    /// responses, NaN left out, TRL logs as `clip_ratio/low_min`).
+    pub clip_low_rows: Tensor<1>,
+    /// The same at the upper bound (TRL logs the greatest as `clip_ratio/high_max`).
+    pub clip_high_rows: Tensor<1>,
     /// Masked mean of the ratio that enters the objective (`ρ`, `s_i` at every token for GSPO,
     /// `W_i` at every token for VESPO).
     pub ratio_mean: Tensor<1>,
@@ -302,6 +308,8 @@ pub fn policy_loss(
         loss,
         approxkl: masked_mean(log_ratio.detach().square(), mask.clone()).mul_scalar(0.5),
         clipfrac: masked_mean(clipped, mask.clone()),
+        clip_low_rows: row_shares(clip_low.clone(), mask.clone()),
+        clip_high_rows: row_shares(clip_high.clone(), mask.clone()),
         clip_low: clip_share(clip_low),
         clip_high: clip_share(clip_high),
         ratio_mean: masked_mean(ratio.clone(), mask.clone()),
@@ -412,6 +420,16 @@ fn gamma_weights(ratio: Tensor<2>, advantages: Tensor<2>, shape: VespoShape) -> 
     let phi = log_phi.exp();
     let bad = phi.clone().is_nan().bool_or(phi.clone().is_inf());
     phi.mask_fill(bad, 0.0)
+}
+
+/// Each row's share of its real tokens where `flags` `[batch, seq]` is 1, `[batch]`: NaN (0/0)
+/// for a row without real tokens.
+fn row_shares(flags: Tensor<2>, mask: Tensor<2>) -> Tensor<1> {
+    let [batch, _] = flags.dims();
+    zero_masked(flags, mask.clone())
+        .sum_dim(1)
+        .div(mask.sum_dim(1))
+        .reshape([batch])
 }
 
 /// The mean over every row (an empty one counting 0) of the row's share of real tokens where

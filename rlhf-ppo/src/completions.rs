@@ -14,8 +14,8 @@ use crate::trainer::Experience;
 ///   read it), decoded with their special tokens;
 /// - `completion`: the response's tokens up to and including its end, decoded as the scorer
 ///   read it ([`Tokenizer::decode_response`]);
-/// - `score`: the score the advantages were computed from: after the missing-EOS penalty and the
-///   overlong punishment, and with `score_baseline` or `length_bucket_width` the reduced score
+/// - `score`: the score the advantages were computed from: after the overlong punishment, the
+///   reward clip and the missing-EOS penalty, and with `score_baseline` or `length_bucket_width` the reduced score
 ///   (with GDPO's normalisation, the weighted sum, whose functions' scores were normalised apart;
 ///   TRL logs each reward function's own value);
 /// - `advantage`: the mean advantage over the response's tokens in the loss (a group estimator

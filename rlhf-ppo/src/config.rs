@@ -103,9 +103,10 @@ pub struct PpoConfig {
     pub repetition_penalty: Option<f32>,
     /// [4] Score given instead of the RM's to a response with no EOS (`None` keeps the RM score).
     pub missing_eos_penalty: Option<f32>,
-    /// The scorer's score of each response held in `[min, max]`, before the missing-EOS penalty,
-    /// the overlong punishment, any baseline and the KL (TRL RLOO's `reward_clip_range`, here for
-    /// every estimator; `None`: off).
+    /// Each response's score (the scorer's plus DAPO's overlong punishment, which TRL counts as a
+    /// reward function) held in `[min, max]`, before any baseline and the KL; the missing-EOS
+    /// penalty still replaces it (TRL RLOO's `reward_clip_range`, here for every estimator;
+    /// `None`: off).
     pub reward_clip_range: Option<(f32, f32)>,
     /// Leave a response cut off at the length limit (no EOS) out of the loss: its tokens are
     /// masked in the update, its KL leaves the reward and its tokens the whitening of advantages,

@@ -1,5 +1,5 @@
 //! Steps 1–3 of the on-policy recipe: sample `n` responses per prompt, cut them at EOS, score
-//! them (the reward clip, then the missing-EOS penalty and DAPO's overlong punishment); and DAPO's dynamic
+//! them (DAPO's overlong punishment, the reward clip, the missing-EOS penalty); and DAPO's dynamic
 //! sampling, which keeps only groups whose scores differ, sampling more prompts until the batch
 //! is full.
 
@@ -23,9 +23,10 @@ pub struct Rollout {
     pub query_mask: Vec<u8>,
     /// The samples, masked after EOS.
     pub generation: Generation,
-    /// One score per row, after the missing-EOS penalty and the overlong punishment.
+    /// One score per row: the scorer's plus the overlong punishment, held in `reward_clip_range`,
+    /// or the missing-EOS penalty in its place.
     pub scores: Vec<f32>,
-    /// The scorer's own scores, held in `reward_clip_range`, before either (what dynamic sampling compares: DAPO drops
+    /// The scorer's own scores, before any of those (what dynamic sampling compares: DAPO drops
     /// groups whose accuracy is all 0 or all 1, whatever their lengths).
     pub raw_scores: Vec<f32>,
     /// Response tokens per row (up to and including EOS).
@@ -91,22 +92,8 @@ pub fn sample_and_score(
         .collect::<Result<Vec<_>>>()?;
     let text_refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let scored = rlhf_core::score_parts_each(scorer, &episodes, &text_refs)?;
-    // the reward clip holds the scorer's scores, as TRL RLOO's holds its reward functions' sum
-    let raw_scores: Vec<f32> = match cfg.reward_clip_range {
-        Some((lo, hi)) => scored.scores.iter().map(|s| s.clamp(lo, hi)).collect(),
-        None => scored.scores,
-    };
-    let mut scores = raw_scores.clone();
-    if let Some(penalty) = cfg.missing_eos_penalty {
-        apply_missing_eos_penalty(&mut scores, &generation.has_eos, penalty);
-    }
-    let mut overlong = vec![0.0; scores.len()];
-    if let Some(buffer) = cfg.overlong_buffer {
-        for ((s, &len), pen) in scores.iter_mut().zip(&lengths).zip(&mut overlong) {
-            *pen = overlong_penalty(len, cfg.response_length, buffer, cfg.overlong_penalty);
-            *s += *pen;
-        }
-    }
+    let raw_scores = scored.scores;
+    let (scores, overlong) = shaped_scores(&raw_scores, &lengths, &generation.has_eos, cfg);
     Ok(Rollout {
         query_ids,
         query_mask,
@@ -118,6 +105,36 @@ pub fn sample_and_score(
         score_parts: scored.parts,
         score_weights: scored.weights,
     })
+}
+
+/// The scores the advantages are made of, from the scorer's `raw` ones of responses of `lengths`
+/// tokens, and DAPO's overlong punishment of each. The punishment is one of TRL's reward
+/// functions: it joins their sum, which the reward clip then holds, as TRL RLOO's holds it. The
+/// missing-EOS penalty replaces the score, clipped or not (the two punishments exclude each
+/// other: `PpoConfig::validate`).
+fn shaped_scores(
+    raw: &[f32],
+    lengths: &[usize],
+    has_eos: &[bool],
+    cfg: &PpoConfig,
+) -> (Vec<f32>, Vec<f32>) {
+    let mut scores = raw.to_vec();
+    let mut overlong = vec![0.0; scores.len()];
+    if let Some(buffer) = cfg.overlong_buffer {
+        for ((s, &len), pen) in scores.iter_mut().zip(lengths).zip(&mut overlong) {
+            *pen = overlong_penalty(len, cfg.response_length, buffer, cfg.overlong_penalty);
+            *s += *pen;
+        }
+    }
+    if let Some((lo, hi)) = cfg.reward_clip_range {
+        for s in &mut scores {
+            *s = s.clamp(lo, hi);
+        }
+    }
+    if let Some(penalty) = cfg.missing_eos_penalty {
+        apply_missing_eos_penalty(&mut scores, has_eos, penalty);
+    }
+    (scores, overlong)
 }
 
 /// Each `width`-long row of `v` repeated `n` times in place (prompt-major episodes).
@@ -150,8 +167,8 @@ impl DynamicSampling {
 }
 
 /// DAPO's dynamic sampling: starts from `first` (the iteration's own prompts); while fewer than
-/// `groups` groups of `n` rows have scorer scores (held in the reward clip, before penalties) that
-/// are not all equal
+/// `groups` groups of `n` rows have scorer scores (before penalties and the reward clip) that are
+/// not all equal
 /// and fewer than `max_rounds`
 /// rounds were sampled, samples `groups` more prompts (drawn from `prompts` with `rng`) with
 /// `sample`. Keeps the first `groups` informative groups in the order they were sampled; a batch

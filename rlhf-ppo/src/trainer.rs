@@ -757,6 +757,15 @@ fn policy_metrics(
     mask: Tensor<2>,
 ) -> Metrics {
     let scalar = |t: Tensor<1>| f64::from(t.into_scalar::<f32>());
+    // TRL's nanmin and nanmax over the responses: one without tokens (NaN) is left out
+    let rows = |t: Tensor<1>| -> Vec<f64> {
+        to_f32_vec(t)
+            .into_iter()
+            .filter(|v| !v.is_nan())
+            .map(f64::from)
+            .collect()
+    };
+    let (low_rows, high_rows) = (rows(pg.clip_low_rows), rows(pg.clip_high_rows));
     let mut metrics: Metrics = vec![
         (names::LOSS_POLICY, scalar(pg.loss)),
         (names::POLICY_APPROXKL, scalar(pg.approxkl)),
@@ -775,6 +784,16 @@ fn policy_metrics(
         (names::VAL_RATIO_MEAN, scalar(pg.ratio_mean)),
         (names::VAL_RATIO_VAR, scalar(pg.ratio_var)),
     ];
+    if !low_rows.is_empty() {
+        metrics.push((
+            names::CLIP_RATIO_LOW_MIN,
+            low_rows.iter().copied().fold(f64::INFINITY, f64::min),
+        ));
+        metrics.push((
+            names::CLIP_RATIO_HIGH_MAX,
+            high_rows.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        ));
+    }
     if let Some(phi) = pg.weight_mean {
         metrics.push((names::VESPO_PHI_MEAN, scalar(phi)));
     }
@@ -1045,7 +1064,8 @@ fn shard_gradients(
 
 /// The replicas' gradients, and the minibatch's metrics: each shard's weighted by its share of
 /// that metric's mean (`loss/policy` and `loss/kl` by the policy loss's share, GSPO's
-/// per-sequence clip ratios by responses, PPO-ptx's loss, which only the first replica computes,
+/// per-sequence clip ratios by responses, `clip_ratio/low_min` and `/high_max` the least and the
+/// greatest over the shards, PPO-ptx's loss, which only the first replica computes,
 /// as it is, the others by tokens), and `loss/total`, the loss that is minimised, ptx included,
 /// made of those. The shares are fractions of the whole minibatch, so a shard without response
 /// tokens (left out) still counts in a mean over responses, as its rows count 0 in TRL's.
@@ -1058,6 +1078,19 @@ fn combine_shards(
     let mut parts = Vec::with_capacity(shards.len());
     for (grads, metrics, share) in shards {
         for (k, v) in metrics {
+            // the least and the greatest over the responses: over the shards' too
+            let extreme: Option<fn(f64, f64) -> f64> = match k {
+                names::CLIP_RATIO_LOW_MIN => Some(f64::min),
+                names::CLIP_RATIO_HIGH_MAX => Some(f64::max),
+                _ => None,
+            };
+            if let Some(pick) = extreme {
+                match sums.iter_mut().find(|s| s.0 == k) {
+                    Some(s) => s.1 = pick(s.1, v),
+                    None => sums.push((k, v)),
+                }
+                continue;
+            }
             let w = f64::from(match k {
                 names::LOSS_POLICY | names::LOSS_KL => share.of(cfg.loss_aggregation),
                 names::CLIP_RATIO_LOW | names::CLIP_RATIO_HIGH | names::CLIP_RATIO_REGION
@@ -1208,8 +1241,9 @@ pub fn ppo_iteration(
         cfg,
         kl_coef,
     )?;
-    // the rewards' spread as the scorer, the reward clip and the penalties gave them (TRL's
-    // reward functions), before any variance reduction
+    // the rewards' spread as the scorer and the penalties gave them (TRL's reward functions),
+    // held in the reward clip (TRL's spread is of the unclipped sum), before any variance
+    // reduction
     metrics.push((
         names::REWARD_STD,
         stats::sample_std(&widened(&rollout.scores)),

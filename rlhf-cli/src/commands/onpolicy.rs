@@ -353,8 +353,9 @@ pub struct OnPolicyArgs {
     /// Whiten GAE advantages.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub whiten_advantages: Option<bool>,
-    /// Hold the scorer's score of each response in [MIN, MAX], before the missing-EOS and
-    /// overlong penalties, any baseline and the KL (off when unset) [TRL RLOO: --reward_clip_range].
+    /// Hold each response's score (with DAPO's overlong punishment) in [MIN, MAX], before any
+    /// baseline and the KL; the missing-EOS penalty still replaces it (off when unset)
+    /// [TRL RLOO: --reward_clip_range].
     #[arg(long, num_args = 2, value_names = ["MIN", "MAX"], allow_negative_numbers = true)]
     pub reward_clip_range: Option<Vec<f32>>,
     /// RLOO: normalise its advantages over the batch, (A − mean)/(std + 1e-4)

@@ -50,6 +50,7 @@
 //! | `time/rollout`, `time/update`, `time/step` | wall seconds | — |
 //! | `clip_ratio/low_mean`, `clip_ratio/high_mean` | share of tokens clipped at the lower bound (`A < 0`, ratio below `1 − ε_low`) and at the upper (`A > 0`, ratio above `1 + ε_high`); for GSPO, share of sequences (its ratio is one per sequence); for CISPO, the weight clipped either way | `GRPOTrainer` |
 //! | `clip_ratio/region_mean` | the sum of the two: the share clipped at either bound | `GRPOTrainer` |
+//! | `clip_ratio/low_min`, `clip_ratio/high_max` | per minibatch, the least share of a response's tokens clipped at the lower bound and the greatest at the upper (responses without tokens left out; data-parallel shards combined by least and greatest), averaged over an iteration's minibatches | `GRPOTrainer` |
 //! | `sampling/sampling_logp_difference/mean`, `…/max` | `|logπ_old − logπ_sampler|` over response tokens: the trainer's log-probs of the rollout against those recorded while sampling | `GRPOTrainer` |
 //! | `sampling/kl` | per-token `KL(π_sampler ‖ π_old)` of the same, the k3 estimate `(r − 1) − log r` with `r = π_old/π_sampler`, in `f64` | — |
 //! | `sampling/importance_sampling_ratio/min`, `…/mean`, `…/max` | the truncated importance-sampling weights, when the correction is on | `GRPOTrainer` |
@@ -137,6 +138,8 @@ pub mod names {
     pub const CLIP_RATIO_LOW: &str = "clip_ratio/low_mean";
     pub const CLIP_RATIO_HIGH: &str = "clip_ratio/high_mean";
     pub const CLIP_RATIO_REGION: &str = "clip_ratio/region_mean";
+    pub const CLIP_RATIO_LOW_MIN: &str = "clip_ratio/low_min";
+    pub const CLIP_RATIO_HIGH_MAX: &str = "clip_ratio/high_max";
     pub const OFF_POLICY_MASKED: &str = "off_policy_mask/masked_ratio";
     pub const VESPO_PHI_MEAN: &str = "vespo/phi_seq_mean";
     pub const SAMPLING_LOGP_DIFF_MEAN: &str = "sampling/sampling_logp_difference/mean";

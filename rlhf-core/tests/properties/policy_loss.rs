@@ -40,6 +40,10 @@ struct Reference {
     loss: f64,
     clip_low: f64,
     clip_high: f64,
+    /// Each row's share of its real tokens clipped at the lower bound (NaN for a row without).
+    clip_low_rows: Vec<f64>,
+    /// The same at the upper bound.
+    clip_high_rows: Vec<f64>,
     ratio_mean: f64,
     /// VESPO's mean over rows of each row's mean `φ` (a row without tokens has `W = 1`: `φ = 1`).
     weight_mean: f64,
@@ -166,6 +170,18 @@ fn reference(p: &Problem, cfg: &PolicyLossConfig) -> Reference {
         _ => (lo / n, hi / n),
     };
     let row_len = |i: usize| (i * s..(i + 1) * s).filter(|&k| real(k)).count() as f64;
+    let or_nan = |shares: Vec<f64>| -> Vec<f64> {
+        (0..b)
+            .map(|i| {
+                if row_len(i) == 0.0 {
+                    f64::NAN
+                } else {
+                    shares[i]
+                }
+            })
+            .collect()
+    };
+    let (clip_low_rows, clip_high_rows) = (or_nan(row_lo), or_nan(row_hi));
     let row_phi = |i: usize| {
         if row_len(i) == 0.0 {
             1.0
@@ -177,6 +193,8 @@ fn reference(p: &Problem, cfg: &PolicyLossConfig) -> Reference {
         loss: aggregate_ref(&per_token, p.mask, [b, s], cfg.aggregation, cfg.max_len),
         clip_low,
         clip_high,
+        clip_low_rows,
+        clip_high_rows,
         ratio_mean: ratio_sum / n,
         weight_mean: (0..b).map(row_phi).sum::<f64>() / b as f64,
     }
@@ -282,6 +300,13 @@ proptest! {
         assert_close(&[scalar(out.loss)], &[r.loss], TOL)?;
         assert_close(&[scalar(out.clip_low)], &[r.clip_low], TOL)?;
         assert_close(&[scalar(out.clip_high)], &[r.clip_high], TOL)?;
+        // each response's clipped shares, NaN where it has no real token
+        for (got, want) in [(out.clip_low_rows, &r.clip_low_rows), (out.clip_high_rows, &r.clip_high_rows)] {
+            let got = host(got);
+            prop_assert_eq!(got.iter().map(|v| v.is_nan()).collect::<Vec<_>>(), want.iter().map(|v| v.is_nan()).collect::<Vec<_>>());
+            let keep = |v: &Vec<f64>| v.iter().copied().filter(|x| !x.is_nan()).collect::<Vec<f64>>();
+            assert_close(&keep(&got), &keep(want), TOL)?;
+        }
         assert_close(&[scalar(out.ratio_mean)], &[r.ratio_mean], TOL)?;
         prop_assert_eq!(out.weight_mean.is_some(), objective == PolicyObjective::Vespo);
         if let Some(phi) = out.weight_mean {

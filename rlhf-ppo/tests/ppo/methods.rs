@@ -1262,10 +1262,11 @@ fn the_token_filters_reach_the_sampler() {
     assert!(metric(&penalised.metrics, names::SAMPLING_LOGP_DIFF_MEAN) > 1e-3);
 }
 
-/// `reward_clip_range` holds the scorer's scores before the penalties, and the advantages are
-/// made of them: with the same seed the samples are the same, the experience's scores are the
-/// unclipped run's scorer scores held in `[min, max]` plus DAPO's overlong punishment, and RLOO's
-/// advantages (no KL in the reward) are each score minus the mean of its group's other scores.
+/// `reward_clip_range` holds the scores that the advantages are made of, DAPO's overlong
+/// punishment included (TRL counts it as a reward function): with the same seed the samples are
+/// the same, the experience's scores are the unclipped run's held in `[min, max]` (which differs
+/// from clipping the scorer's score alone on some row), and RLOO's advantages (no KL in the
+/// reward) are each score minus the mean of its group's other scores.
 #[test]
 fn reward_clip_range_holds_the_scores_the_advantages_are_made_of() {
     let counting = Counting::new();
@@ -1298,10 +1299,11 @@ fn reward_clip_range_holds_the_scores_the_advantages_are_made_of() {
         scorer.iter().any(|&s| s < lo) && scorer.iter().any(|&s| s > hi),
         "the clip should act at both ends: {scorer:?}"
     );
-    assert!((0..free.batch).any(|row| punishment(row) < 0.0));
-    let want: Vec<f32> = (0..free.batch)
-        .map(|row| scorer[row].clamp(lo, hi) + punishment(row))
-        .collect();
+    let want: Vec<f32> = free.scores.iter().map(|s| s.clamp(lo, hi)).collect();
+    assert!(
+        (0..free.batch).any(|row| scorer[row].clamp(lo, hi) + punishment(row) != want[row]),
+        "no row tells the clip of the sum from the clip of the scorer's score"
+    );
     for (row, (got, want)) in clipped.scores.iter().zip(&want).enumerate() {
         assert!((got - want).abs() < 1e-6, "row {row}: {got} vs {want}");
     }
@@ -1407,10 +1409,13 @@ fn dynamic_sampling_keeps_groups_whose_scores_differ() {
 }
 
 /// GSPO and CISPO run through the trainer with finite losses and their clip diagnostics, and
-/// their first minibatch (ratio 1) moves the policy.
+/// their first minibatch (ratio 1) moves the policy. TRL's per-response extremes bound the means:
+/// `clip_ratio/low_min ≤ low_mean` and `high_max ≥ high_mean`; GSPO clips whole responses, so its
+/// extremes are 0 or 1 (`high_max` 1 exactly when a response was clipped high).
 #[test]
 fn gspo_and_cispo_iterations_train() {
     let counting = Counting::new();
+    let mut clipped_minibatches = 0;
     for recipe in [PpoConfig::gspo(), PpoConfig::cispo()] {
         let cfg = PpoConfig {
             samples_per_prompt: 4,
@@ -1449,7 +1454,31 @@ fn gspo_and_cispo_iterations_train() {
             let last = step.update.minibatches.last().unwrap();
             assert!((metric(last, names::VAL_RATIO_MEAN) - 1.0).abs() > 1e-5);
         }
+        for m in &step.update.minibatches {
+            let (low, high) = (
+                metric(m, names::CLIP_RATIO_LOW),
+                metric(m, names::CLIP_RATIO_HIGH),
+            );
+            let (low_min, high_max) = (
+                metric(m, names::CLIP_RATIO_LOW_MIN),
+                metric(m, names::CLIP_RATIO_HIGH_MAX),
+            );
+            assert!(
+                (0.0..=low + 1e-6).contains(&low_min) && (high - 1e-6..=1.0).contains(&high_max),
+                "{:?}: low {low} (min {low_min}), high {high} (max {high_max})",
+                cfg.policy_objective
+            );
+            if cfg.policy_objective == PolicyObjective::Gspo {
+                assert_eq!(high_max, if high > 0.0 { 1.0 } else { 0.0 });
+                assert_eq!(low_min, if low >= 1.0 { 1.0 } else { 0.0 });
+            }
+            clipped_minibatches += usize::from(low + high > 0.0);
+        }
     }
+    assert!(
+        clipped_minibatches > 0,
+        "no minibatch clipped: the extremes were not tested"
+    );
 }
 
 /// GDPO's normalisation (`multi_objective_aggregation = normalize_then_sum`) reads each reward
