@@ -7,7 +7,9 @@ use anyhow::{Result, bail};
 use burn::tensor::Device;
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args, Command, FromArgMatches, ValueEnum};
-use rlhf_core::train::{LrSchedule, OptimizerConfig, Replicas, RunOptions, SyncRef};
+use rlhf_core::train::{
+    LrSchedule, OptimizerConfig, Replicas, RunOptions, SchedulePlan, ScheduleShape, SyncRef,
+};
 use rlhf_data::{FieldNames, Kind, ReadOptions, detect_kind};
 use rlhf_models::{LoraConfig, Precision, SamplingConfig};
 use serde::{Deserialize, Serialize};
@@ -279,12 +281,27 @@ impl DataArgs {
 #[derive(ValueEnum, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Scheduler {
-    /// The peak rate throughout.
+    /// The peak rate throughout; a warm-up is ignored, as transformers' `constant` ignores it.
     Constant,
+    /// Warm-up, then the peak rate.
+    #[value(name = "constant_with_warmup", alias = "constant-with-warmup")]
+    ConstantWithWarmup,
     /// Warm-up, then linear decay to 0 (the Hugging Face default).
     Linear,
     /// Warm-up, then half a cosine to 0.
     Cosine,
+}
+
+impl Scheduler {
+    /// The library's name for this shape.
+    pub fn shape(self) -> ScheduleShape {
+        match self {
+            Scheduler::Constant => ScheduleShape::Constant,
+            Scheduler::ConstantWithWarmup => ScheduleShape::ConstantWithWarmup,
+            Scheduler::Linear => ScheduleShape::Linear,
+            Scheduler::Cosine => ScheduleShape::Cosine,
+        }
+    }
 }
 
 /// How to train: optimizer, schedule, batches, checkpoints and logging.
@@ -575,30 +592,14 @@ pub fn run_options(
 }
 
 /// The schedule of shape `kind` over `total` optimizer steps, with `warmup_steps` of warm-up (or,
-/// when that is 0, `warmup_ratio` of the steps).
+/// when that is 0, `⌈warmup_ratio·total⌉`), by transformers' rules ([`SchedulePlan`]).
 pub fn schedule(kind: Scheduler, warmup_steps: u64, warmup_ratio: f64, total: u64) -> LrSchedule {
-    let warmup = if warmup_steps > 0 {
-        warmup_steps
-    } else {
-        (warmup_ratio * total as f64).round() as u64
-    };
-    match kind {
-        Scheduler::Constant if warmup == 0 => LrSchedule::Constant,
-        // a constant rate after warm-up: a linear decay whose end lies far beyond the run
-        Scheduler::Constant => LrSchedule::Linear {
-            warmup,
-            total: u64::MAX / 2,
-        },
-        Scheduler::Linear => LrSchedule::Linear {
-            warmup,
-            total: total.max(1),
-        },
-        Scheduler::Cosine => LrSchedule::Cosine {
-            warmup,
-            total: total.max(1),
-            min_ratio: 0.0,
-        },
+    SchedulePlan {
+        shape: kind.shape(),
+        warmup_steps,
+        warmup_ratio,
     }
+    .over(total)
 }
 
 /// Refuses an `--out` that is the `--model` directory (by name or, when both exist, on disk):

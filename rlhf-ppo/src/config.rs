@@ -3,7 +3,7 @@
 //! Summarization", Huang et al. 2024). Numbers in brackets refer to the list in
 //! `docs/algorithms.md`, "The TL;DR implementation details".
 
-use rlhf_core::train::{OptimizerConfig, SyncRef};
+use rlhf_core::train::{OptimizerConfig, SchedulePlan, SyncRef};
 use rlhf_core::{
     AdaptiveEntropy, EntropyController, Error, GroupEstimator, KlController, KlEstimator,
     LossAggregation, PolicyLossConfig, PolicyObjective, Result, SapoTemperatures, VespoShape,
@@ -232,6 +232,10 @@ pub struct PpoConfig {
     pub optimizer: OptimizerConfig,
     /// Anneal the learning rate linearly to 0 over all updates (the TL;DR reproduction does).
     pub anneal_lr: bool,
+    /// The learning-rate schedule over all updates by transformers' names and rules (TRL's
+    /// `lr_scheduler_type`, `warmup_steps`, `warmup_ratio`); when set, `anneal_lr` is not read.
+    /// `None`: `anneal_lr` decides.
+    pub lr_schedule: Option<SchedulePlan>,
     /// PPO-ptx (InstructGPT, ChatGLM-RLHF): coefficient `γ_ptx` of an SFT loss on demonstration
     /// batches added to the policy loss; 0 turns it off.
     pub ptx_coef: f32,
@@ -297,6 +301,7 @@ impl Default for PpoConfig {
             vf_coef: 0.1,
             optimizer: OptimizerConfig::default(),
             anneal_lr: true,
+            lr_schedule: None,
             ptx_coef: 0.0,
             ptx_batch_size: 8,
             score_baseline: false,
@@ -639,6 +644,9 @@ impl PpoConfig {
         }
         if self.dynamic_sampling == Some(0) {
             return bad("dynamic_sampling needs at least 1 sampling round".into());
+        }
+        if let Some(plan) = &self.lr_schedule {
+            plan.validate()?;
         }
         if let Some((lo, hi)) = self.reward_clip_range
             && (lo.is_nan() || hi.is_nan() || lo > hi)

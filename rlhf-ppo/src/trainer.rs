@@ -1415,9 +1415,12 @@ fn iteration_prompts<'p>(prompts: &'p [String], cfg: &PpoConfig, it: u64) -> Vec
     picked.iter().map(|&i| prompts[i].as_str()).collect()
 }
 
-/// The learning rate over the run's `updates`: annealed linearly to 0 when `cfg.anneal_lr`.
+/// The learning rate over the run's `updates`: `cfg.lr_schedule`'s when set, otherwise annealed
+/// linearly to 0 when `cfg.anneal_lr`.
 fn lr_schedule(cfg: &PpoConfig, updates: u64) -> LrSchedule {
-    if cfg.anneal_lr {
+    if let Some(plan) = &cfg.lr_schedule {
+        plan.over(updates)
+    } else if cfg.anneal_lr {
         LrSchedule::Linear {
             warmup: 0,
             total: updates,

@@ -11,7 +11,7 @@ use burn::tensor::Device;
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args, ValueEnum};
 use rlhf_core::train::metrics::names;
-use rlhf_core::train::{OptimizerConfig, RunOptions, SyncRef};
+use rlhf_core::train::{OptimizerConfig, RunOptions, SchedulePlan, SyncRef};
 use rlhf_core::{
     AdaptiveEntropy, KlController, KlEstimator, LossAggregation, PolicyObjective, Scorer,
 };
@@ -24,7 +24,8 @@ use rlhf_ppo::{
 use serde::{Deserialize, Serialize};
 
 use crate::args::{
-    FrozenArgs, LoraArgs, ModelArgs, PromptArgs, TokenFilterArgs, defaults_from_clap, run_options,
+    FrozenArgs, LoraArgs, ModelArgs, PromptArgs, Scheduler, TokenFilterArgs, defaults_from_clap,
+    run_options,
 };
 use crate::commands::{last_metric, prompts_and_reward};
 use crate::data::{Encoder, Prompts, demonstrations, prompts};
@@ -304,7 +305,8 @@ pub struct OnPolicyArgs {
     #[arg(long)]
     pub prompts_per_batch: Option<usize>,
     /// Queries are left-padded (or cut from the left) to this many tokens (default: the longest
-    /// prompt, at most 512) [TRL: --max_prompt_length].
+    /// prompt, at most 512, with a warning when that cuts one) [TRL: --max_prompt_length; TRL
+    /// 1.16's GRPO and RLOO have none and cut no prompt].
     #[arg(long)]
     pub max_prompt_length: Option<usize>,
     /// New tokens sampled per response [TRL: --max_completion_length, --response_length].
@@ -507,9 +509,20 @@ pub struct OnPolicyArgs {
     /// Clip the global gradient norm (0: off) [TRL: --max_grad_norm].
     #[arg(long)]
     pub max_grad_norm: Option<f32>,
-    /// Anneal the learning rate linearly to 0.
+    /// Anneal the learning rate linearly to 0 (not read when --lr-scheduler-type,
+    /// --warmup-steps or --warmup-ratio is given).
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub anneal_lr: Option<bool>,
+    /// The schedule's shape over all updates (default, when --warmup-steps or --warmup-ratio is
+    /// given: linear) [TRL: --lr_scheduler_type].
+    #[arg(long, value_enum)]
+    pub lr_scheduler_type: Option<Scheduler>,
+    /// Warm-up updates (wins over --warmup-ratio when > 0) [TRL: --warmup_steps].
+    #[arg(long)]
+    pub warmup_steps: Option<u64>,
+    /// Warm-up as a share of all updates, rounded up [TRL: --warmup_ratio].
+    #[arg(long)]
+    pub warmup_ratio: Option<f64>,
     /// PPO-ptx: coefficient of an SFT loss on `ptx_data` added to the policy loss.
     #[arg(long)]
     pub ptx_coef: Option<f32>,
@@ -732,6 +745,16 @@ impl OnPolicyArgs {
         }
         if let Some([lo, hi]) = self.reward_clip_range.as_deref() {
             c.reward_clip_range = Some((*lo, *hi));
+        }
+        if self.lr_scheduler_type.is_some()
+            || self.warmup_steps.is_some()
+            || self.warmup_ratio.is_some()
+        {
+            c.lr_schedule = Some(SchedulePlan {
+                shape: self.lr_scheduler_type.unwrap_or(Scheduler::Linear).shape(),
+                warmup_steps: self.warmup_steps.unwrap_or(0),
+                warmup_ratio: self.warmup_ratio.unwrap_or(0.0),
+            });
         }
         let f = &self.filters;
         c.top_k = f.top_k.or(c.top_k);
@@ -1009,9 +1032,17 @@ fn refuse_mixes(method: Method, args: &OnPolicyArgs) -> Result<()> {
     Ok(())
 }
 
-/// Warns, as TRL does, when LUSPO's length scaling reads the token ratio: its paper scales GSPO's
-/// sequence-level loss.
-fn warn_on_luspo_per_token(cfg: &PpoConfig) {
+/// Warns when prompts are cut without being asked (the longest has more than 512 tokens and
+/// `--max-prompt-length` is not given; TRL cuts none), and, as TRL does, when LUSPO's length
+/// scaling reads the token ratio (its paper scales GSPO's sequence-level loss).
+fn warn_on(cfg: &PpoConfig, longest: usize, max_prompt_length: Option<usize>) {
+    if max_prompt_length.is_none() && longest > cfg.query_length {
+        tracing::warn!(
+            "the longest prompt has {longest} tokens: prompts keep their last {} (give \
+             --max-prompt-length to choose)",
+            cfg.query_length
+        );
+    }
     if cfg.loss_aggregation == LossAggregation::Luspo
         && cfg.policy_objective != PolicyObjective::Gspo
     {
@@ -1137,7 +1168,7 @@ pub fn run(method: Method, args: &OnPolicyArgs, toml: &str) -> Result<()> {
     refuse_mixes(method, args)?;
     let cfg = args.config(method, longest);
     cfg.validate()?;
-    warn_on_luspo_per_token(&cfg);
+    warn_on(&cfg, longest, args.max_prompt_length);
     refuse_reward_mix(&cfg, &spec)?;
     let inference = device.clone().without_autodiff();
     let scorer = scorer(
@@ -1235,6 +1266,34 @@ mod tests {
         assert_eq!((c.clip_eps, c.clip_eps_high), (0.5, Some(4.0)));
         let c = config(Method::Dapo, &["--max-completion-length", "100"]);
         assert_eq!(c.overlong_buffer, Some(20));
+    }
+
+    /// `--lr-scheduler-type`, `--warmup-steps` and `--warmup-ratio` give a schedule by
+    /// transformers' names (linear when only a warm-up is given), which `anneal_lr` then does not
+    /// decide; without them the recipe's `anneal_lr` does.
+    #[test]
+    fn a_schedule_by_transformers_names_replaces_anneal_lr() {
+        use rlhf_core::train::ScheduleShape;
+        assert_eq!(config(Method::Grpo, &[]).lr_schedule, None);
+        let c = config(
+            Method::Grpo,
+            &["--lr-scheduler-type", "cosine", "--warmup-ratio", "0.1"],
+        );
+        assert_eq!(
+            c.lr_schedule,
+            Some(SchedulePlan {
+                shape: ScheduleShape::Cosine,
+                warmup_steps: 0,
+                warmup_ratio: 0.1
+            })
+        );
+        let c = config(Method::Ppo, &["--warmup-steps", "3"]);
+        assert_eq!(
+            c.lr_schedule.map(|p| (p.shape, p.warmup_steps)),
+            Some((ScheduleShape::Linear, 3))
+        );
+        let c = config(Method::Grpo, &["--warmup-ratio", "2"]);
+        assert!(c.validate().is_err());
     }
 
     /// `--reward-clip-range MIN MAX` takes two numbers, negative ones too; a config file's list

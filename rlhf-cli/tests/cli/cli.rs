@@ -1661,6 +1661,49 @@ fn grpo_on_length(prompts: &str, out: &Path, iterations: &str, extra: &[&str]) -
     argv(&args, extra)
 }
 
+/// The on-policy commands' `--lr-scheduler-type` and warm-up (transformers' names): `rlhf grpo`
+/// takes one optimizer step an iteration, and each iteration logs its step's rate, which follows
+/// a cosine over the 8 steps after 2 of warm-up; without them the recipe anneals linearly.
+#[test]
+fn grpo_follows_a_cosine_schedule_with_warmup() {
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = head("prompts.jsonl", 16, dir.path());
+    let rates = |name: &str, extra: &[&str]| -> Vec<f64> {
+        let out = dir.path().join(name);
+        let fast = ["--learning-rate", "1e-3", "--logging-steps", "1"];
+        ok(
+            &grpo_on_length(&prompts, &out, "8", &[&fast[..], extra].concat())
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        );
+        metric(&out, "learning_rate")
+    };
+    let want = |schedule: rlhf_core::train::LrSchedule| -> Vec<f64> {
+        (0..8).map(|s| schedule.lr_at(1e-3, s)).collect()
+    };
+    let close = |got: &[f64], want: &[f64]| {
+        got.len() == want.len() && got.iter().zip(want).all(|(g, w)| (g - w).abs() < 1e-12)
+    };
+    let cosine = rates(
+        "cosine",
+        &["--lr-scheduler-type", "cosine", "--warmup-steps", "2"],
+    );
+    let planned = want(rlhf_core::train::LrSchedule::Cosine {
+        warmup: 2,
+        total: 8,
+        min_ratio: 0.0,
+    });
+    assert!(close(&cosine, &planned), "{cosine:?} vs {planned:?}");
+    let linear = rates("linear", &[]);
+    let annealed = want(rlhf_core::train::LrSchedule::Linear {
+        warmup: 0,
+        total: 8,
+    });
+    assert!(close(&linear, &annealed), "{linear:?} vs {annealed:?}");
+    assert!(!close(&cosine, &annealed));
+}
+
 /// The on-policy commands' `--sync-ref-model` (TRL's, for GRPO and RLOO): with α = 1 and τ = 1
 /// the KL term's reference is the policy after every iteration (one optimizer step each), so
 /// every rollout starts at KL 0 from it; with τ = 2 every other one does; with a frozen
@@ -2644,6 +2687,7 @@ fn every_field_of_every_trainer_config_is_a_flag() {
                     ("lam", &["--lam", "0.5"]),
                     ("whiten_advantages", &["--whiten-advantages", "false"]),
                     ("normalize_advantages", &["--normalize-advantages"]),
+                    ("lr_schedule", &["--lr-scheduler-type", "cosine"]),
                     ("reward_clip_range", &["--reward-clip-range", "-1", "1"]),
                     ("whiten_rewards", &["--whiten-rewards", "true"]),
                     ("ppo_epochs", &["--num-ppo-epochs", "7"]),

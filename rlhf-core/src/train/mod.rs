@@ -32,6 +32,6 @@ pub use replicas::{Replicas, Shard};
 pub use rlhf_base::{allocator, fs, tune_allocator};
 pub use rng::{TrainRng, materialise, seed_all, seeded, try_seeded};
 pub use run::{Run, RunOptions};
-pub use schedule::LrSchedule;
+pub use schedule::{LrSchedule, SchedulePlan, ScheduleShape};
 pub use soft_update::soft_update;
 pub use sync_ref::{LiveReference, REFERENCE_PART, SyncRef};

@@ -9,6 +9,11 @@ pub enum LrSchedule {
     /// The base rate throughout.
     #[default]
     Constant,
+    /// Linear warm-up from 0 over `warmup` steps, then the base rate.
+    ConstantWithWarmup {
+        /// Warm-up steps.
+        warmup: u64,
+    },
     /// Linear warm-up from 0 over `warmup` steps, then linear decay to 0 at `total` steps
     /// (the TL;DR reproduction anneals PPO's rate linearly to 0).
     Linear {
@@ -40,6 +45,7 @@ impl LrSchedule {
         };
         match *self {
             LrSchedule::Constant => base,
+            LrSchedule::ConstantWithWarmup { warmup } => warm(warmup).unwrap_or(base),
             LrSchedule::Linear { warmup, total } => warm(warmup).unwrap_or_else(|| {
                 let span = total.saturating_sub(warmup).max(1) as f64;
                 let done = step.saturating_sub(warmup) as f64;
@@ -59,6 +65,71 @@ impl LrSchedule {
     }
 }
 
+/// A schedule's shape, as transformers' `lr_scheduler_type` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScheduleShape {
+    /// The base rate throughout; no warm-up, whatever is asked (as transformers' `constant`).
+    Constant,
+    /// Warm-up, then the base rate.
+    ConstantWithWarmup,
+    /// Warm-up, then linear decay to 0 (transformers' default).
+    Linear,
+    /// Warm-up, then half a cosine to 0.
+    Cosine,
+}
+
+/// A schedule before the run's length is known: transformers' `lr_scheduler_type`,
+/// `warmup_steps` and `warmup_ratio`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SchedulePlan {
+    /// The shape.
+    pub shape: ScheduleShape,
+    /// Warm-up steps; when 0, `warmup_ratio` of the run's steps.
+    pub warmup_steps: u64,
+    /// Warm-up as a share of the run's steps, in `[0, 1]`.
+    pub warmup_ratio: f64,
+}
+
+impl SchedulePlan {
+    /// Warm-up steps of a run of `total` optimizer steps: `warmup_steps` when > 0, otherwise
+    /// `⌈warmup_ratio·total⌉` (transformers' `get_warmup_steps`).
+    pub fn warmup(&self, total: u64) -> u64 {
+        if self.warmup_steps > 0 {
+            self.warmup_steps
+        } else {
+            (self.warmup_ratio * total as f64).ceil() as u64
+        }
+    }
+
+    /// The schedule over `total` optimizer steps.
+    pub fn over(&self, total: u64) -> LrSchedule {
+        let warmup = self.warmup(total);
+        let total = total.max(1);
+        match self.shape {
+            ScheduleShape::Constant => LrSchedule::Constant,
+            ScheduleShape::ConstantWithWarmup => LrSchedule::ConstantWithWarmup { warmup },
+            ScheduleShape::Linear => LrSchedule::Linear { warmup, total },
+            ScheduleShape::Cosine => LrSchedule::Cosine {
+                warmup,
+                total,
+                min_ratio: 0.0,
+            },
+        }
+    }
+
+    /// Refuses a warm-up share outside `[0, 1]`.
+    pub fn validate(&self) -> crate::Result<()> {
+        if !(0.0..=1.0).contains(&self.warmup_ratio) {
+            return Err(crate::Error::Config(format!(
+                "warmup_ratio is a share of the run's steps, in [0, 1]; got {}",
+                self.warmup_ratio
+            )));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,6 +145,44 @@ mod tests {
         assert!((s.lr_at(1.0, 8) - 0.5).abs() < 1e-12);
         assert_eq!(s.lr_at(1.0, 12), 0.0);
         assert_eq!(s.lr_at(1.0, 100), 0.0);
+    }
+
+    /// transformers' rules: `constant` ignores warm-up, `constant_with_warmup` keeps it, a warm-up
+    /// ratio rounds up (`math.ceil`), and warm-up steps win over the ratio.
+    #[test]
+    fn a_plan_follows_transformers_rules() {
+        let plan = |shape, warmup_steps, warmup_ratio| SchedulePlan {
+            shape,
+            warmup_steps,
+            warmup_ratio,
+        };
+        assert_eq!(
+            plan(ScheduleShape::Constant, 3, 0.0).over(10),
+            LrSchedule::Constant
+        );
+        let warm = plan(ScheduleShape::ConstantWithWarmup, 0, 0.1).over(14);
+        assert_eq!(warm, LrSchedule::ConstantWithWarmup { warmup: 2 });
+        assert!((warm.lr_at(1.0, 0) - 0.5).abs() < 1e-12);
+        assert_eq!(warm.lr_at(1.0, 1), 1.0);
+        assert_eq!(warm.lr_at(1.0, 13), 1.0);
+        assert_eq!(
+            plan(ScheduleShape::Linear, 4, 0.5).over(12),
+            LrSchedule::Linear {
+                warmup: 4,
+                total: 12
+            }
+        );
+        assert_eq!(
+            plan(ScheduleShape::Cosine, 0, 0.0).over(0),
+            LrSchedule::Cosine {
+                warmup: 0,
+                total: 1,
+                min_ratio: 0.0
+            }
+        );
+        assert!(plan(ScheduleShape::Linear, 0, 1.5).validate().is_err());
+        assert!(plan(ScheduleShape::Linear, 0, f64::NAN).validate().is_err());
+        assert!(plan(ScheduleShape::Linear, 0, 1.0).validate().is_ok());
     }
 
     #[test]
