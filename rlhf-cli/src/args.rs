@@ -14,6 +14,8 @@ use rlhf_data::{FieldNames, Kind, ReadOptions, detect_kind};
 use rlhf_models::{LoraConfig, Precision, SamplingConfig};
 use serde::{Deserialize, Serialize};
 
+use crate::load::TemplateChoice;
+
 /// The defaults of an option group: what clap gives for an empty command line. Every field of
 /// a group has a default (or is optional), so this is the one place defaults are written.
 pub fn clap_default<T: Args + FromArgMatches>() -> T {
@@ -156,9 +158,13 @@ pub struct DataArgs {
     /// Skip records that do not read (reporting them) instead of stopping at the first.
     #[arg(long)]
     pub skip_bad: bool,
-    /// A Jinja chat template file to use instead of the tokenizer's.
-    #[arg(long, value_name = "FILE.jinja")]
+    /// A Jinja chat template file to use instead of the tokenizer's [TRL: --chat_template_path].
+    #[arg(long, visible_alias = "chat-template-path", value_name = "FILE.jinja")]
     pub chat_template: Option<PathBuf>,
+    /// Extra variables of the chat template, a JSON object, e.g. '{"enable_thinking": false}'
+    /// [TRL: --chat_template_kwargs].
+    #[arg(long, value_name = "JSON")]
+    pub chat_template_kwargs: Option<String>,
     /// The prompt field, when the file names it differently.
     #[arg(long, default_value = "prompt")]
     pub prompt_field: String,
@@ -243,6 +249,14 @@ impl DataArgs {
     /// How to read the files.
     pub fn read_options(&self) -> ReadOptions {
         read_options(&self.prompt_field, self.skip_bad)
+    }
+
+    /// The chat template these options choose.
+    pub fn template(&self) -> TemplateChoice<'_> {
+        TemplateChoice {
+            file: self.chat_template.as_deref(),
+            variables: self.chat_template_kwargs.as_deref(),
+        }
     }
 
     /// The records' kind: `--kind`, or the kind the training file's fields tell.
@@ -455,15 +469,27 @@ pub struct PromptArgs {
     /// Skip records that do not read instead of stopping at the first.
     #[arg(long)]
     pub skip_bad: bool,
-    /// A Jinja chat template file to use instead of the tokenizer's.
-    #[arg(long, value_name = "FILE.jinja")]
+    /// A Jinja chat template file to use instead of the tokenizer's [TRL: --chat_template_path].
+    #[arg(long, visible_alias = "chat-template-path", value_name = "FILE.jinja")]
     pub chat_template: Option<PathBuf>,
+    /// Extra variables of the chat template, a JSON object, e.g. '{"enable_thinking": false}'
+    /// [TRL: --chat_template_kwargs].
+    #[arg(long, value_name = "JSON")]
+    pub chat_template_kwargs: Option<String>,
 }
 
 impl PromptArgs {
     /// How to read the prompt file.
     pub fn read_options(&self) -> ReadOptions {
         read_options(&self.prompt_field, self.skip_bad)
+    }
+
+    /// The chat template these options choose.
+    pub fn template(&self) -> TemplateChoice<'_> {
+        TemplateChoice {
+            file: self.chat_template.as_deref(),
+            variables: self.chat_template_kwargs.as_deref(),
+        }
     }
 }
 

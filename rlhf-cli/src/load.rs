@@ -35,14 +35,21 @@ fn params(config: &TransformerConfig, model_params: usize) -> String {
     )
 }
 
-/// Loads the checkpoint in `dir` onto `device` and says what it loaded. `chat_template` replaces
-/// the tokenizer's template.
-pub fn checkpoint(dir: &Path, device: &Device, chat_template: Option<&Path>) -> Result<Checkpoint> {
-    let (config, model) = load_pretrained(dir, device)
-        .with_context(|| format!("loading the model in {}", dir.display()))?;
-    let mut tokenizer = Tokenizer::from_dir(dir)
-        .with_context(|| format!("loading the tokenizer in {}", dir.display()))?;
-    let format = match chat_template {
+/// Which chat template a run renders with: a file in place of the tokenizer's (`--chat-template`),
+/// and extra variables for it, a JSON object (`--chat-template-kwargs`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TemplateChoice<'a> {
+    /// The template file, if any.
+    pub file: Option<&'a Path>,
+    /// The variables' JSON, if any.
+    pub variables: Option<&'a str>,
+}
+
+/// How conversations become text for `tokenizer`'s checkpoint: `choice`'s file in place of its
+/// template (which the model a run writes then keeps), with `choice`'s variables. Variables need
+/// a Jinja template.
+pub fn chat_format(tokenizer: &mut Tokenizer, choice: TemplateChoice) -> Result<ChatFormat> {
+    let format = match choice.file {
         Some(path) => {
             let source = std::fs::read_to_string(path)
                 .with_context(|| format!("reading {}", path.display()))?;
@@ -58,6 +65,28 @@ pub fn checkpoint(dir: &Path, device: &Device, chat_template: Option<&Path>) -> 
         }
         None => tokenizer.config().chat_format()?,
     };
+    let Some(json) = choice.variables else {
+        return Ok(format);
+    };
+    let variables: serde_json::Map<String, serde_json::Value> = serde_json::from_str(json)
+        .with_context(|| format!("--chat-template-kwargs must be a JSON object, got {json}"))?;
+    match format {
+        ChatFormat::Jinja(t) => Ok(ChatFormat::Jinja(t.with_variables(variables))),
+        ChatFormat::Pieces(_) => bail!(
+            "--chat-template-kwargs sets variables of a Jinja chat template; this checkpoint has \
+             none (give one with --chat-template)"
+        ),
+    }
+}
+
+/// Loads the checkpoint in `dir` onto `device` and says what it loaded, its conversations
+/// rendered as `template` chooses ([`chat_format`]).
+pub fn checkpoint(dir: &Path, device: &Device, template: TemplateChoice) -> Result<Checkpoint> {
+    let (config, model) = load_pretrained(dir, device)
+        .with_context(|| format!("loading the model in {}", dir.display()))?;
+    let mut tokenizer = Tokenizer::from_dir(dir)
+        .with_context(|| format!("loading the tokenizer in {}", dir.display()))?;
+    let format = chat_format(&mut tokenizer, template)?;
     check_vocabulary(dir, &tokenizer, &config)?;
     tracing::info!(
         "model {}: {:?}, {}, {} layers, width {}",
@@ -85,7 +114,7 @@ pub fn checkpoint(dir: &Path, device: &Device, chat_template: Option<&Path>) -> 
                 tokenizer.decode(start).unwrap_or_default()
             ),
         },
-        match (&format, chat_template) {
+        match (&format, template.file) {
             (_, Some(p)) => format!("{}", p.display()),
             (ChatFormat::Jinja(_), None) => "the checkpoint's".into(),
             (ChatFormat::Pieces(_), None) =>

@@ -35,7 +35,7 @@ use rlhf_reward::{
 };
 
 use crate::data::Prompts;
-use crate::load;
+use crate::load::{self, TemplateChoice};
 use crate::reencode::ReEncoded;
 
 /// A parsed `--reward` spec.
@@ -233,7 +233,7 @@ impl Spec {
             Spec::Regex(p) => Box::new(RegexScorer::new(p, eos)?),
             Spec::Length(scale) => Box::new(LengthScorer::new(*scale, eos)),
             Spec::Judge(dir) => {
-                let judge = load::checkpoint(dir, device, None)?;
+                let judge = load::checkpoint(dir, device, TemplateChoice::default())?;
                 Box::new(
                     LlmJudge::new(
                         judge.model,

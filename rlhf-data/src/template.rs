@@ -14,12 +14,15 @@ use rlhf_base::{Error, Result};
 use crate::chat::ChatTemplate;
 use crate::records::{Message, Turns};
 
-/// A Jinja chat template with the special tokens it may refer to.
+/// A Jinja chat template with the special tokens it may refer to, and extra variables
+/// (`transformers`' `apply_chat_template(..., **kwargs)`, TRL's `chat_template_kwargs`, such as
+/// Qwen3's `enable_thinking`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JinjaTemplate {
     source: String,
     bos_token: String,
     eos_token: String,
+    variables: serde_json::Map<String, serde_json::Value>,
 }
 
 fn template_error(e: JinjaError) -> Error {
@@ -40,6 +43,7 @@ impl JinjaTemplate {
             source: source.to_string(),
             bos_token: bos_token.to_string(),
             eos_token: eos_token.to_string(),
+            variables: serde_json::Map::new(),
         };
         template
             .environment()
@@ -67,6 +71,13 @@ impl JinjaTemplate {
         env
     }
 
+    /// This template with `variables` defined wherever it renders (a name the renderer gives,
+    /// such as `messages` or `eos_token`, keeps the renderer's value).
+    pub fn with_variables(mut self, variables: serde_json::Map<String, serde_json::Value>) -> Self {
+        self.variables = variables;
+        self
+    }
+
     /// The conversation `messages` as the template writes it, with the opening of the
     /// assistant's reply when `add_generation_prompt`.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
@@ -80,6 +91,7 @@ impl JinjaTemplate {
                 add_generation_prompt => add_generation_prompt,
                 bos_token => self.bos_token,
                 eos_token => self.eos_token,
+                ..Value::from_serialize(&self.variables),
             })
             .map_err(template_error)
     }
@@ -198,6 +210,32 @@ mod tests {
             t.render(&[msg("user", "Hi")], false).unwrap(),
             "Today: fixed"
         );
+    }
+
+    /// Extra variables reach the template (Qwen3's `enable_thinking`, abridged), and cannot
+    /// replace what the renderer gives.
+    #[test]
+    fn extra_variables_reach_the_template() {
+        let src = "{{ messages[0].content }}{% if enable_thinking is defined and not enable_thinking %}<think></think>{% endif %}";
+        let t = JinjaTemplate::new(src, "", "").unwrap();
+        let conversation = [msg("user", "Hi")];
+        assert_eq!(t.render(&conversation, true).unwrap(), "Hi");
+        let vars = |json: &str| -> serde_json::Map<String, serde_json::Value> {
+            serde_json::from_str(json).unwrap()
+        };
+        let off = t
+            .clone()
+            .with_variables(vars(r#"{"enable_thinking": false}"#));
+        assert_eq!(
+            off.render(&conversation, true).unwrap(),
+            "Hi<think></think>"
+        );
+        let on = t
+            .clone()
+            .with_variables(vars(r#"{"enable_thinking": true}"#));
+        assert_eq!(on.render(&conversation, true).unwrap(), "Hi");
+        let clash = t.with_variables(vars(r#"{"messages": [{"role": "user", "content": "no"}]}"#));
+        assert_eq!(clash.render(&conversation, true).unwrap(), "Hi");
     }
 
     #[test]

@@ -134,7 +134,7 @@ pub fn run(args: &DistillArgs, toml: &str) -> Result<()> {
     }
     args.config(1).validate()?;
     let device = args.model.training_device()?;
-    let ckpt = load::checkpoint(dir, &device, args.input.chat_template.as_deref())?;
+    let ckpt = load::checkpoint(dir, &device, args.input.template())?;
     let teacher = teacher(teacher_dir, &ckpt.tokenizer, &args.frozen, &device)?;
     let student = load::policy(ckpt.model, &ckpt.config, &args.lora, args.train.seed)?;
     let opts = args.input.read_options();

@@ -16,7 +16,7 @@ use serde_json::json;
 
 use crate::commands::generate::{SamplingArgs, row_tokens, sample_batch};
 use crate::data::prompts;
-use crate::load;
+use crate::load::{self, TemplateChoice};
 use crate::reward::Spec;
 
 /// `rlhf eval` options.
@@ -53,7 +53,7 @@ pub struct EvalArgs {
 // that the summary then prints.
 pub fn run(args: &EvalArgs) -> Result<()> {
     let device = rlhf_core::parse_device(&args.sampling.device)?;
-    let ckpt = load::checkpoint(&args.model, &device, None)?;
+    let ckpt = load::checkpoint(&args.model, &device, TemplateChoice::default())?;
     let reference = match &args.ref_model {
         Some(dir) => Some(load::reference_in(dir, &ckpt.config, &device)?),
         None => None,

@@ -12,7 +12,7 @@ use serde_json::json;
 
 use crate::args::TokenFilterArgs;
 use crate::data::prompts;
-use crate::load::{self, Checkpoint};
+use crate::load::{self, Checkpoint, TemplateChoice};
 
 /// How to sample (shared with `rlhf eval`).
 #[derive(Args, Debug, Clone)]
@@ -103,7 +103,7 @@ pub fn row_tokens(g: &Generation, r: usize) -> Vec<u32> {
 /// Samples and prints.
 pub fn run(args: &GenerateArgs) -> Result<()> {
     let device = rlhf_core::parse_device(&args.sampling.device)?;
-    let ckpt = load::checkpoint(&args.model, &device, None)?;
+    let ckpt = load::checkpoint(&args.model, &device, TemplateChoice::default())?;
     let mut texts = Vec::new();
     for p in &args.prompt {
         texts.push(if args.chat {

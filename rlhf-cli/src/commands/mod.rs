@@ -111,7 +111,7 @@ impl Prepared {
             model: start,
             tokenizer,
             format,
-        } = load::checkpoint(&dir, &device, data.chat_template.as_deref())?;
+        } = load::checkpoint(&dir, &device, data.template())?;
         Ok(Prepared {
             dir,
             out,

@@ -227,7 +227,7 @@ pub fn run(args: &OnlineDpoArgs, toml: &str) -> Result<()> {
         );
     }
     let device = args.model.training_device()?;
-    let ckpt = load::checkpoint(dir, &device, args.input.chat_template.as_deref())?;
+    let ckpt = load::checkpoint(dir, &device, args.input.template())?;
     let policy = load::policy(ckpt.model.clone(), &ckpt.config, &args.lora, args.seed)?;
     let reference = load::reference(
         args.ref_model.as_deref(),

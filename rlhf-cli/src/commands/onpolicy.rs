@@ -1158,7 +1158,7 @@ pub fn run(method: Method, args: &OnPolicyArgs, toml: &str) -> Result<()> {
         args.reward_weights.as_deref(),
     )?;
     let device = args.model.training_device()?;
-    let ckpt = load::checkpoint(dir, &device, args.input.chat_template.as_deref())?;
+    let ckpt = load::checkpoint(dir, &device, args.input.template())?;
     let opts = args.input.read_options();
     let prompts = prompts(prompt_file, &opts, &ckpt.format)?;
     let held_out = held_out_prompts(args, &opts, &ckpt.format)?;

@@ -123,12 +123,9 @@ fn starting_checkpoint(
     dir: &Path,
     device: &Device,
 ) -> Result<(Tokenizer, ChatFormat, RewardModel)> {
-    let tokenizer = Tokenizer::from_dir(dir)
+    let mut tokenizer = Tokenizer::from_dir(dir)
         .with_context(|| format!("loading the tokenizer in {}", dir.display()))?;
-    let format = match &args.data.chat_template {
-        Some(_) => load::checkpoint(dir, device, args.data.chat_template.as_deref())?.format,
-        None => tokenizer.config().chat_format()?,
-    };
+    let format = load::chat_format(&mut tokenizer, args.data.template())?;
     let start = load::reward_model(dir, device, args.train.seed)?;
     let start = RewardModel {
         model: load::scalar(start.model, &start.config, &args.lora, args.train.seed)?,

@@ -1661,6 +1661,68 @@ fn grpo_on_length(prompts: &str, out: &Path, iterations: &str, extra: &[&str]) -
     argv(&args, extra)
 }
 
+/// `--chat-template-kwargs` (TRL's): the JSON object's variables reach the chat template, here a
+/// template that writes `NOTHINK` before the reply when `enable_thinking` is false (Qwen3's
+/// switch), which every prompt that `rlhf grpo --log-completions` shows then holds, and none
+/// without the variables. What is not an object is refused, and so are variables for a
+/// checkpoint without a Jinja template.
+#[test]
+fn chat_template_kwargs_reach_the_template() {
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = dir.path().join("chats.jsonl");
+    let lines: Vec<String> = ["the cat", "a dog", "the sun", "a tree"]
+        .iter()
+        .map(|t| format!(r#"{{"prompt": [{{"role": "user", "content": "{t}"}}]}}"#))
+        .collect();
+    std::fs::write(&prompts, lines.join("\n")).unwrap();
+    let template = dir.path().join("chat.jinja");
+    std::fs::write(
+        &template,
+        "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}{% if add_generation_prompt %}{% if enable_thinking is defined and not enable_thinking %}NOTHINK {% endif %}assistant:{% endif %}",
+    )
+    .unwrap();
+    let run = |name: &str, extra: &[&str]| -> Vec<String> {
+        let out = dir.path().join(name);
+        let mut flags = vec![
+            "--chat-template",
+            template.to_str().unwrap(),
+            "--log-completions",
+        ];
+        flags.extend_from_slice(extra);
+        grpo_on_length(&s(&prompts), &out, "2", &flags)
+    };
+    let prompts_of = |name: &str| -> Vec<String> {
+        let (_, rows, _) = completions(&dir.path().join(name));
+        rows.iter()
+            .map(|r| r["prompt"].as_str().unwrap().to_string())
+            .collect()
+    };
+    ok(&run(
+        "off",
+        &["--chat-template-kwargs", r#"{"enable_thinking": false}"#],
+    ));
+    ok(&run("plain", &[]));
+    let (off, plain) = (prompts_of("off"), prompts_of("plain"));
+    assert_eq!((off.len(), plain.len()), (16, 16));
+    assert!(
+        off.iter().all(|p| p.contains("NOTHINK assistant:")),
+        "{off:?}"
+    );
+    assert!(
+        plain
+            .iter()
+            .all(|p| !p.contains("NOTHINK") && p.ends_with("assistant:")),
+        "{plain:?}"
+    );
+    refused(
+        &run("array", &["--chat-template-kwargs", "[1]"]),
+        "must be a JSON object",
+    );
+    let mut no_template = grpo_on_length(&s(&prompts), &dir.path().join("none"), "1", &[]);
+    no_template.extend(["--chat-template-kwargs".into(), "{}".into()]);
+    refused(&no_template, "this checkpoint has none");
+}
+
 /// The on-policy commands' `--lr-scheduler-type` and warm-up (transformers' names): `rlhf grpo`
 /// takes one optimizer step an iteration, and each iteration logs its step's rate, which follows
 /// a cosine over the 8 steps after 2 of warm-up; without them the recipe anneals linearly.
