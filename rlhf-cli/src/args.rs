@@ -343,9 +343,9 @@ pub struct TrainArgs {
     /// Warm-up steps (wins over `warmup_ratio` when > 0) [TRL: --warmup_steps].
     #[arg(long, default_value_t = 0)]
     pub warmup_steps: u64,
-    /// Warm-up as a share of all steps [TRL: --warmup_ratio].
-    #[arg(long, default_value_t = 0.0)]
-    pub warmup_ratio: f64,
+    /// Warm-up as a share of all steps, in [0, 1], rounded up [TRL: --warmup_ratio].
+    #[arg(long, default_value_t = WarmupRatio::NONE)]
+    pub warmup_ratio: WarmupRatio,
     /// AdamW's decoupled weight decay [TRL: --weight_decay].
     #[arg(long, default_value_t = 0.0)]
     pub weight_decay: f32,
@@ -395,6 +395,9 @@ pub struct LoraArgs {
     /// α: the adapters' product is scaled by α/r [TRL: --lora_alpha].
     #[arg(long, default_value_t = 32.0)]
     pub lora_alpha: f64,
+    /// Rank-stabilised LoRA: scale the adapters' product by α/√r instead [TRL: --use_rslora].
+    #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub use_rslora: bool,
     /// The modules to adapt, by name (`q_proj,v_proj`, `self_attn.o_proj`); `all-linear` is
     /// every linear layer but the head. Default: PEFT's for the family (the query and value
     /// projections) [TRL: --lora_target_modules].
@@ -557,6 +560,7 @@ impl LoraArgs {
             rank,
             alpha: self.lora_alpha,
             target_modules: self.lora_target_modules.clone(),
+            rslora: self.use_rslora,
         })
     }
 }
@@ -585,7 +589,7 @@ impl TrainArgs {
         schedule(
             self.lr_scheduler_type,
             self.warmup_steps,
-            self.warmup_ratio,
+            self.warmup_ratio.get(),
             total,
         )
     }
@@ -614,6 +618,55 @@ pub fn run_options(
         keep_last: save_total_limit.max(1),
         log_every: logging_steps.max(1),
         ..RunOptions::in_dir(out)
+    }
+}
+
+/// A warm-up as a share of a run's steps: a number in `[0, 1]`, as transformers requires, on the
+/// command line and in a config file alike.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq)]
+#[serde(try_from = "f64", into = "f64")]
+pub struct WarmupRatio(f64);
+
+impl WarmupRatio {
+    /// No warm-up.
+    pub const NONE: WarmupRatio = WarmupRatio(0.0);
+
+    /// The share.
+    pub fn get(self) -> f64 {
+        self.0
+    }
+}
+
+impl TryFrom<f64> for WarmupRatio {
+    type Error = String;
+    fn try_from(v: f64) -> std::result::Result<Self, String> {
+        if (0.0..=1.0).contains(&v) {
+            Ok(WarmupRatio(v))
+        } else {
+            Err(format!(
+                "warmup_ratio is a share of the run's steps, in [0, 1]; got {v}"
+            ))
+        }
+    }
+}
+
+impl From<WarmupRatio> for f64 {
+    fn from(r: WarmupRatio) -> f64 {
+        r.0
+    }
+}
+
+impl std::str::FromStr for WarmupRatio {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let v: f64 = s.parse().map_err(|e| format!("{s}: {e}"))?;
+        WarmupRatio::try_from(v)
+    }
+}
+
+impl std::fmt::Display for WarmupRatio {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
     }
 }
 
@@ -658,5 +711,30 @@ mod tests {
         let out = tmp.path().join("out");
         std::fs::create_dir(&out).unwrap();
         assert!(refuse_overwrite(&model, &out).is_ok());
+    }
+
+    /// A warm-up share outside `[0, 1]` is refused on the command line and in a config file,
+    /// and the schedule follows transformers' rules.
+    #[test]
+    fn a_warmup_ratio_is_a_share() {
+        for bad in ["2", "-0.1", "NaN"] {
+            assert!(bad.parse::<WarmupRatio>().is_err(), "{bad}");
+        }
+        let e = toml::from_str::<TrainArgs>("warmup_ratio = 1.5").unwrap_err();
+        assert!(e.to_string().contains("in [0, 1]"), "{e}");
+        let ok = toml::from_str::<TrainArgs>("warmup_ratio = 0.1").unwrap();
+        assert_eq!(ok.warmup_ratio.get(), 0.1);
+        // 14 steps × 0.1 rounds up to 2 warm-up steps; `constant` ignores them
+        assert_eq!(
+            schedule(Scheduler::Linear, 0, 0.1, 14),
+            LrSchedule::Linear {
+                warmup: 2,
+                total: 14
+            }
+        );
+        assert_eq!(
+            schedule(Scheduler::Constant, 3, 0.0, 14),
+            LrSchedule::Constant
+        );
     }
 }

@@ -71,7 +71,7 @@ pub fn chat_format(tokenizer: &mut Tokenizer, choice: TemplateChoice) -> Result<
     let variables: serde_json::Map<String, serde_json::Value> = serde_json::from_str(json)
         .with_context(|| format!("--chat-template-kwargs must be a JSON object, got {json}"))?;
     match format {
-        ChatFormat::Jinja(t) => Ok(ChatFormat::Jinja(t.with_variables(variables))),
+        ChatFormat::Jinja(t) => Ok(ChatFormat::Jinja(t.with_variables(variables)?)),
         ChatFormat::Pieces(_) => bail!(
             "--chat-template-kwargs sets variables of a Jinja chat template; this checkpoint has \
              none (give one with --chat-template)"

@@ -71,11 +71,24 @@ impl JinjaTemplate {
         env
     }
 
-    /// This template with `variables` defined wherever it renders (a name the renderer gives,
-    /// such as `messages` or `eos_token`, keeps the renderer's value).
-    pub fn with_variables(mut self, variables: serde_json::Map<String, serde_json::Value>) -> Self {
+    /// This template with `variables` defined wherever it renders. As in `transformers`, a
+    /// variable may replace `bos_token` or `eos_token`, and `messages` or
+    /// `add_generation_prompt` among them is refused (`transformers` raises on the duplicate
+    /// argument).
+    pub fn with_variables(
+        mut self,
+        variables: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Self> {
+        if let Some(name) = ["messages", "add_generation_prompt"]
+            .into_iter()
+            .find(|n| variables.contains_key(*n))
+        {
+            return Err(Error::Config(format!(
+                "chat template variables: `{name}` is the renderer's own argument"
+            )));
+        }
         self.variables = variables;
-        self
+        Ok(self)
     }
 
     /// The conversation `messages` as the template writes it, with the opening of the
@@ -86,13 +99,18 @@ impl JinjaTemplate {
             .template_from_str(&self.source)
             .map_err(template_error)?;
         template
-            .render(minijinja::context! {
-                messages => messages,
-                add_generation_prompt => add_generation_prompt,
-                bos_token => self.bos_token,
-                eos_token => self.eos_token,
-                ..Value::from_serialize(&self.variables),
-            })
+            // the last definition of a name wins: the variables over the special tokens
+            .render(minijinja::value::merge_maps([
+                minijinja::context! {
+                    bos_token => self.bos_token,
+                    eos_token => self.eos_token,
+                },
+                Value::from_serialize(&self.variables),
+                minijinja::context! {
+                    messages => messages,
+                    add_generation_prompt => add_generation_prompt,
+                },
+            ]))
             .map_err(template_error)
     }
 }
@@ -212,8 +230,9 @@ mod tests {
         );
     }
 
-    /// Extra variables reach the template (Qwen3's `enable_thinking`, abridged), and cannot
-    /// replace what the renderer gives.
+    /// Extra variables reach the template (Qwen3's `enable_thinking`, abridged) and may replace
+    /// a special token, as in `transformers`; the conversation and the generation switch are the
+    /// renderer's alone.
     #[test]
     fn extra_variables_reach_the_template() {
         let src = "{{ messages[0].content }}{% if enable_thinking is defined and not enable_thinking %}<think></think>{% endif %}";
@@ -225,17 +244,28 @@ mod tests {
         };
         let off = t
             .clone()
-            .with_variables(vars(r#"{"enable_thinking": false}"#));
+            .with_variables(vars(r#"{"enable_thinking": false}"#))
+            .unwrap();
         assert_eq!(
             off.render(&conversation, true).unwrap(),
             "Hi<think></think>"
         );
         let on = t
             .clone()
-            .with_variables(vars(r#"{"enable_thinking": true}"#));
+            .with_variables(vars(r#"{"enable_thinking": true}"#))
+            .unwrap();
         assert_eq!(on.render(&conversation, true).unwrap(), "Hi");
-        let clash = t.with_variables(vars(r#"{"messages": [{"role": "user", "content": "no"}]}"#));
-        assert_eq!(clash.render(&conversation, true).unwrap(), "Hi");
+        for own in ["messages", "add_generation_prompt"] {
+            let e = t
+                .clone()
+                .with_variables(vars(&format!(r#"{{"{own}": 1}}"#)));
+            assert!(e.unwrap_err().to_string().contains(own));
+        }
+        let eos = JinjaTemplate::new("{{ messages[0].content }}{{ eos_token }}", "", "</s>")
+            .unwrap()
+            .with_variables(vars(r#"{"eos_token": "<END>"}"#))
+            .unwrap();
+        assert_eq!(eos.render(&conversation, false).unwrap(), "Hi<END>");
     }
 
     #[test]

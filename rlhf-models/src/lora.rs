@@ -42,11 +42,15 @@ const HEADS: &[&str] = &["lm_head", "embed_out", "score"];
 pub struct LoraConfig {
     /// Rank `r` of each adapter.
     pub rank: usize,
-    /// `α`: the adapters' product is scaled by `α/r`.
+    /// `α`: the adapters' product is scaled by `α/r` (`α/√r` with `rslora`).
     pub alpha: f64,
     /// Module names to adapt (empty: the family's PEFT defaults; `all-linear`: every linear layer
     /// but the head).
     pub target_modules: Vec<String>,
+    /// Rank-stabilised LoRA (Kalajdzievski 2023; PEFT's `use_rslora`): scale by `α/√r`, which
+    /// keeps the update's size from shrinking as the rank grows.
+    #[serde(default)]
+    pub rslora: bool,
 }
 
 impl LoraConfig {
@@ -56,12 +60,17 @@ impl LoraConfig {
             rank,
             alpha,
             target_modules: Vec::new(),
+            rslora: false,
         }
     }
 
-    /// The factor `α/r` of the adapters' product.
+    /// The factor of the adapters' product: `α/r`, or `α/√r` with `rslora` (PEFT's `scaling`).
     pub fn scale(&self) -> f64 {
-        self.alpha / self.rank as f64
+        if self.rslora {
+            self.alpha / (self.rank as f64).sqrt()
+        } else {
+            self.alpha / self.rank as f64
+        }
     }
 
     /// The module names targeted on `arch`.
@@ -364,7 +373,7 @@ pub fn save_peft_adapter(
         "bias": "none",
         "inference_mode": true,
         "init_lora_weights": true,
-        "use_rslora": false,
+        "use_rslora": cfg.rslora,
         "use_dora": false,
         "modules_to_save": null,
     });

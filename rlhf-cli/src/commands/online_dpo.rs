@@ -14,8 +14,8 @@ use rlhf_models::SamplingConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::args::{
-    FrozenArgs, LoraArgs, ModelArgs, PromptArgs, Scheduler, TokenFilterArgs, defaults_from_clap,
-    run_options, schedule,
+    FrozenArgs, LoraArgs, ModelArgs, PromptArgs, Scheduler, TokenFilterArgs, WarmupRatio,
+    defaults_from_clap, run_options, schedule,
 };
 use crate::commands::{last_metric, prompts_and_reward};
 use crate::data::prompts;
@@ -132,9 +132,9 @@ pub struct OnlineDpoArgs {
     /// Warm-up steps (wins over `warmup_ratio` when > 0) [TRL: --warmup_steps].
     #[arg(long, default_value_t = 0)]
     pub warmup_steps: u64,
-    /// Warm-up as a share of all steps [TRL: --warmup_ratio].
-    #[arg(long, default_value_t = 0.0)]
-    pub warmup_ratio: f64,
+    /// Warm-up as a share of all steps, in [0, 1], rounded up [TRL: --warmup_ratio].
+    #[arg(long, default_value_t = WarmupRatio::NONE)]
+    pub warmup_ratio: WarmupRatio,
     /// Dropout off in the policy [TRL: --disable_dropout].
     #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub disable_dropout: bool,
@@ -201,7 +201,7 @@ impl OnlineDpoArgs {
             schedule: schedule(
                 self.lr_scheduler_type,
                 self.warmup_steps,
-                self.warmup_ratio,
+                self.warmup_ratio.get(),
                 total_steps,
             ),
             disable_dropout: self.disable_dropout,

@@ -24,8 +24,8 @@ use rlhf_ppo::{
 use serde::{Deserialize, Serialize};
 
 use crate::args::{
-    FrozenArgs, LoraArgs, ModelArgs, PromptArgs, Scheduler, TokenFilterArgs, defaults_from_clap,
-    run_options,
+    FrozenArgs, LoraArgs, ModelArgs, PromptArgs, Scheduler, TokenFilterArgs, WarmupRatio,
+    defaults_from_clap, run_options,
 };
 use crate::commands::{last_metric, prompts_and_reward};
 use crate::data::{Encoder, Prompts, demonstrations, prompts};
@@ -520,9 +520,9 @@ pub struct OnPolicyArgs {
     /// Warm-up updates (wins over --warmup-ratio when > 0) [TRL: --warmup_steps].
     #[arg(long)]
     pub warmup_steps: Option<u64>,
-    /// Warm-up as a share of all updates, rounded up [TRL: --warmup_ratio].
+    /// Warm-up as a share of all updates, in [0, 1], rounded up [TRL: --warmup_ratio].
     #[arg(long)]
-    pub warmup_ratio: Option<f64>,
+    pub warmup_ratio: Option<WarmupRatio>,
     /// PPO-ptx: coefficient of an SFT loss on `ptx_data` added to the policy loss.
     #[arg(long)]
     pub ptx_coef: Option<f32>,
@@ -753,7 +753,7 @@ impl OnPolicyArgs {
             c.lr_schedule = Some(SchedulePlan {
                 shape: self.lr_scheduler_type.unwrap_or(Scheduler::Linear).shape(),
                 warmup_steps: self.warmup_steps.unwrap_or(0),
-                warmup_ratio: self.warmup_ratio.unwrap_or(0.0),
+                warmup_ratio: self.warmup_ratio.map_or(0.0, WarmupRatio::get),
             });
         }
         let f = &self.filters;
@@ -1292,8 +1292,14 @@ mod tests {
             c.lr_schedule.map(|p| (p.shape, p.warmup_steps)),
             Some((ScheduleShape::Linear, 3))
         );
-        let c = config(Method::Grpo, &["--warmup-ratio", "2"]);
-        assert!(c.validate().is_err());
+        for bad in ["2", "-0.1", "NaN"] {
+            let flag = format!("--warmup-ratio={bad}");
+            let err = match Wrapped::try_parse_from(["rlhf", flag.as_str()]) {
+                Ok(_) => panic!("--warmup-ratio {bad} was taken"),
+                Err(e) => e.to_string(),
+            };
+            assert!(err.contains("in [0, 1]"), "{bad}: {err}");
+        }
     }
 
     /// `--reward-clip-range MIN MAX` takes two numbers, negative ones too; a config file's list

@@ -122,12 +122,22 @@ fn rank(m: &[f32], rows: usize, cols: usize) -> usize {
 
 /// What every family's fixture must show under LoRA with its default targets.
 fn check_family(name: &str) {
+    check_family_with(name, false);
+}
+
+/// [`check_family`] with rank-stabilised LoRA or without: the merged weight is `W + s·B·A` with
+/// `s = α/r = 2` (8 over rank 4), or `α/√r = 4` with rsLoRA, and the adapter's config says which.
+fn check_family_with(name: &str, rslora: bool) {
     let d = device();
     let dir = fixture(name);
     let (config, base) = load_pretrained(&dir, &d).unwrap();
     let b = batch(&config);
     let before = logits(&base, &b);
-    let lora = LoraConfig::new(4, 8.0);
+    let lora = LoraConfig {
+        rslora,
+        ..LoraConfig::new(4, 8.0)
+    };
+    let scale = if rslora { 4.0 } else { 2.0 };
     let targets = lora_targets(&base, &lora, config.architecture).unwrap();
     assert!(!targets.is_empty(), "{name}: the defaults name layers");
 
@@ -184,7 +194,7 @@ fn check_family(name: &str) {
         }
     }
 
-    // PEFT's files: W + (α/r)·B·A (Linear, [out, in]), or its transpose (GPT-2's Conv1D)
+    // PEFT's files: W + s·B·A (Linear, [out, in]), or its transpose (GPT-2's Conv1D)
     let adapter = out.path().join("adapter");
     save_peft_adapter(&model, &config, &lora, &dir, &adapter).unwrap();
     let peft = tensors(&adapter.join("adapter_model.safetensors"));
@@ -206,7 +216,7 @@ fn check_family(name: &str) {
                 } else {
                     o * shape[1] + i
                 };
-                let rebuilt = w0[at] + 2.0 * ba;
+                let rebuilt = w0[at] + scale * ba;
                 assert!(
                     (rebuilt - w[at]).abs() < 1e-5,
                     "{name}: {layer}[{o},{i}]: {rebuilt} vs {}",
@@ -221,6 +231,7 @@ fn check_family(name: &str) {
     assert_eq!(cfg["r"], 4);
     assert_eq!(cfg["peft_type"], "LORA");
     assert_eq!(cfg["fan_in_fan_out"], conv1d);
+    assert_eq!(cfg["use_rslora"], rslora);
 }
 
 /// The exported name of the weight at `path` (`Llama.layers.0.self_attn.q_proj.weight`): the
@@ -243,6 +254,11 @@ fn lora_on_gpt_neox_trains_rank_r_updates_of_query_key_value_only() {
 #[test]
 fn lora_on_llama_trains_rank_r_updates_of_the_query_and_value_projections_only() {
     check_family("tiny-llama");
+}
+
+#[test]
+fn rank_stabilised_lora_scales_by_alpha_over_the_root_of_the_rank() {
+    check_family_with("tiny-llama", true);
 }
 
 #[test]
