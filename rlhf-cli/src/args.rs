@@ -392,7 +392,7 @@ pub struct LoraArgs {
     /// LoRA with TRL's default rank, 16, unless `--lora-rank` gives one [TRL: --use_peft].
     #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub use_peft: bool,
-    /// α: the adapters' product is scaled by α/r [TRL: --lora_alpha].
+    /// α: the adapters' product is scaled by α/r (α/√r with --use-rslora) [TRL: --lora_alpha].
     #[arg(long, default_value_t = 32.0)]
     pub lora_alpha: f64,
     /// Rank-stabilised LoRA: scale the adapters' product by α/√r instead [TRL: --use_rslora].

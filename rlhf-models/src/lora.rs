@@ -1,6 +1,7 @@
 //! LoRA (Hu et al., 2021) on this crate's models, as PEFT applies it to a `transformers` model.
 //!
-//! Each targeted linear weight `W` (`[d_in, d_out]` here) becomes `W + (α/r)·A·B` with `A`
+//! Each targeted linear weight `W` (`[d_in, d_out]` here) becomes `W + s·A·B` (`s = α/r`, or
+//! rsLoRA's `α/√r`) with `A`
 //! `[d_in, r]` and `B` `[r, d_out]`; `W` and every other parameter of the model are frozen, so
 //! only `A` and `B` train. `A` starts as PEFT's does (Kaiming-uniform, bounds `±1/√d_in`) and `B`
 //! at zero, so the model computes exactly what it did before the adapters were attached.

@@ -127,8 +127,9 @@ fn shaped_scores(
         }
     }
     if let Some((lo, hi)) = cfg.reward_clip_range {
-        for s in &mut scores {
-            *s = s.clamp(lo, hi);
+        // `max` then `min`, not `clamp`, which panics on a range `validate` would refuse
+        for s in scores.iter_mut().filter(|s| !s.is_nan()) {
+            *s = s.max(lo).min(hi);
         }
     }
     if let Some(penalty) = cfg.missing_eos_penalty {

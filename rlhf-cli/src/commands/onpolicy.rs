@@ -337,19 +337,19 @@ pub struct OnPolicyArgs {
     /// Adaptive KL: the horizon in samples.
     #[arg(long, default_value_t = 10_000.0)]
     pub kl_horizon: f64,
-    /// The per-token KL estimator [TRL: --kl_estimator].
+    /// The per-token KL estimator [TRL's PPOTrainer, gone from TRL 1.x: --kl_estimator].
     #[arg(long, value_enum)]
     pub kl_estimator: Option<Estimator>,
     /// The KL in the reward (true: PPO, RLOO, REINFORCE++) or in the loss (false: GRPO).
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub kl_in_reward: Option<bool>,
-    /// Discount γ [TRL: --gamma].
+    /// Discount γ [TRL's PPOTrainer, gone from TRL 1.x: --gamma].
     #[arg(long)]
     pub gamma: Option<f32>,
-    /// GAE λ [TRL: --lam].
+    /// GAE λ [TRL's PPOTrainer, gone from TRL 1.x: --lam].
     #[arg(long)]
     pub lam: Option<f32>,
-    /// Whiten per-token rewards [TRL: --whiten_rewards].
+    /// Whiten per-token rewards [TRL's PPOTrainer, gone from TRL 1.x: --whiten_rewards].
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub whiten_rewards: Option<bool>,
     /// Whiten GAE advantages.
@@ -367,7 +367,7 @@ pub struct OnPolicyArgs {
     /// Epochs over each rollout batch [TRL: --num_ppo_epochs, --num_iterations].
     #[arg(long, visible_alias = "num-iterations")]
     pub num_ppo_epochs: Option<usize>,
-    /// Minibatches per epoch [TRL: --num_mini_batches].
+    /// Minibatches per epoch [TRL's PPOTrainer, gone from TRL 1.x: --num_mini_batches].
     #[arg(long)]
     pub num_mini_batches: Option<usize>,
     /// Policy clip ε (ε_low of an asymmetric clip). For CISPO it bounds the weight below at
@@ -484,10 +484,10 @@ pub struct OnPolicyArgs {
     /// (0: off) [TRL: --vllm_importance_sampling_cap].
     #[arg(long, value_name = "CAP")]
     pub rollout_is_cap: Option<f32>,
-    /// Value clip ε_v [TRL: --cliprange_value].
+    /// Value clip ε_v [TRL's PPOTrainer, gone from TRL 1.x: --cliprange_value].
     #[arg(long)]
     pub cliprange_value: Option<f32>,
-    /// Value-loss coefficient [TRL: --vf_coef].
+    /// Value-loss coefficient [TRL's PPOTrainer, gone from TRL 1.x: --vf_coef].
     #[arg(long)]
     pub vf_coef: Option<f32>,
     /// Peak learning rate (default: ppo 3e-6, grpo and rloo 1e-6, reinforce-pp 5e-7)

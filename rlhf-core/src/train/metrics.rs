@@ -20,7 +20,7 @@
 //! | `eval_rewards/accuracies`, `eval_rewards/margins` | the same on held-out pairs | `DPOTrainer` |
 //! | `objective/kl` | mean per-sequence KL of the policy to the reference (sum of per-token k1) | `PPOTrainer` |
 //! | `objective/entropy` | mean per-sequence `−Σ logπ` of the samples | `PPOTrainer` |
-//! | `objective/scores` | mean score from the `Scorer` (after the missing-EOS penalty, the overlong punishment and any variance reduction) | `PPOTrainer` |
+//! | `objective/scores` | mean score from the `Scorer` (after the overlong punishment, the reward clip, the missing-EOS penalty and any variance reduction) | `PPOTrainer` |
 //! | `objective/non_score_reward` | mean per-sequence sum of `−β·KL` | `PPOTrainer` |
 //! | `objective/rlhf_reward` | `scores + non_score_reward` | `PPOTrainer` |
 //! | `policy/approxkl_avg` | `½·mean((logπ_new − logπ_old)²)` | `PPOTrainer` |
@@ -29,7 +29,7 @@
 //! | `loss/policy_avg`, `loss/value_avg` | policy and value losses of the update | `PPOTrainer` |
 //! | `val/clipfrac_avg` | value clip fraction | `PPOTrainer` |
 //! | `val/ratio`, `val/ratio_var` | mean and variance of the ratio `ρ` | `PPOTrainer` |
-//! | `reward_std` | standard deviation of the scores over the batch, after the missing-EOS penalty and the overlong punishment, before any variance reduction (Bessel-corrected; `null` for one response) | `GRPOTrainer` |
+//! | `reward_std` | standard deviation of the scores over the batch, after the overlong punishment, the reward clip and the missing-EOS penalty, before any variance reduction (Bessel-corrected; `null` for one response) | `GRPOTrainer` |
 //! | `rewards/{name}/mean`, `rewards/{name}/std` | each part of the scorer's scores (`Scorer::score_parts`: the CLI's reward functions, one or several) over the batch, unweighted: mean and standard deviation (Bessel-corrected) | `GRPOTrainer` |
 //! | `frac_reward_zero_std` | share of prompts whose `n` samples all scored the same (no group advantage) | `GRPOTrainer` |
 //! | `completions/mean_length`, `completions/min_length`, `completions/max_length` | response length in tokens: mean, shortest, longest | `GRPOTrainer` |

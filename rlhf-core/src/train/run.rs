@@ -52,7 +52,8 @@ pub struct RunOptions {
     pub log_every: u64,
     /// Stop after this many optimizer steps in a row with a non-finite loss or gradient norm.
     pub max_nonfinite_streak: u32,
-    /// Write up to this many of each logged step's samples (prompt, completion, score) to
+    /// Write up to this many of each logged step's samples (prompt and completion, and what the
+    /// trainer adds: an on-policy score and advantage) to
     /// `completions.jsonl`, for a trainer that samples (TRL's `log_completions` with
     /// `num_completions_to_print`, where TRL writes every completion to a parquet file besides;
     /// `None`: off). Logged steps: every `log_every` steps and the last.

@@ -1266,7 +1266,8 @@ fn the_token_filters_reach_the_sampler() {
 /// punishment included (TRL counts it as a reward function): with the same seed the samples are
 /// the same, the experience's scores are the unclipped run's held in `[min, max]` (which differs
 /// from clipping the scorer's score alone on some row), and RLOO's advantages (no KL in the
-/// reward) are each score minus the mean of its group's other scores.
+/// reward) are each score minus the mean of its group's other scores. The missing-EOS penalty
+/// then replaces the clipped score of a response without EOS.
 #[test]
 fn reward_clip_range_holds_the_scores_the_advantages_are_made_of() {
     let counting = Counting::new();
@@ -1317,6 +1318,31 @@ fn reward_clip_range_holds_the_scores_the_advantages_are_made_of() {
             (got - (want[row] - others)).abs() < 1e-5,
             "row {row}: {got}"
         );
+    }
+    // the missing-EOS penalty (which excludes the overlong punishment) replaces the clipped
+    // score: a response without EOS scores the penalty, outside the range, the others the clip
+    let penalised = PpoConfig {
+        overlong_buffer: None,
+        missing_eos_penalty: Some(-5.0),
+        ..clipped_cfg
+    };
+    penalised.validate().unwrap();
+    let free = PpoConfig {
+        reward_clip_range: None,
+        missing_eos_penalty: None,
+        ..penalised.clone()
+    };
+    let raw = counting.iteration(&counting::Words, &free).experience;
+    let e = counting.iteration(&counting::Words, &penalised).experience;
+    assert_eq!(e.ids, raw.ids, "the same samples");
+    assert!(e.has_eos.iter().any(|&x| !x) && e.has_eos.iter().any(|&x| x));
+    for row in 0..e.batch {
+        let want = if e.has_eos[row] {
+            raw.scores[row].clamp(lo, hi)
+        } else {
+            -5.0
+        };
+        assert_eq!(e.scores[row], want, "row {row}");
     }
 }
 
