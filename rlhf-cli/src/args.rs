@@ -168,6 +168,10 @@ pub struct DataArgs {
     /// The prompt field, when the file names it differently.
     #[arg(long, default_value = "prompt")]
     pub prompt_field: String,
+    /// The field of a plain-text record (language modelling, learned whole), when the file
+    /// names it differently [TRL: --dataset_text_field].
+    #[arg(long, default_value = "text")]
+    pub dataset_text_field: String,
 }
 
 fn parse_kind(s: &str) -> std::result::Result<Kind, String> {
@@ -248,7 +252,9 @@ pub fn read_options(prompt_field: &str, skip_bad: bool) -> ReadOptions {
 impl DataArgs {
     /// How to read the files.
     pub fn read_options(&self) -> ReadOptions {
-        read_options(&self.prompt_field, self.skip_bad)
+        let mut options = read_options(&self.prompt_field, self.skip_bad);
+        options.fields.text = self.dataset_text_field.clone();
+        options
     }
 
     /// The chat template these options choose.
@@ -318,6 +324,17 @@ impl Scheduler {
     }
 }
 
+/// How long an offline run trains ([`TrainArgs::plan`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepPlan {
+    /// The epochs the trainer prepares.
+    pub epochs: usize,
+    /// Where the run stops within them (`--max-steps`), if it does.
+    pub max_steps: Option<u64>,
+    /// Its optimizer steps: what the learning-rate schedule spans.
+    pub total: u64,
+}
+
 /// How to train: optimizer, schedule, batches, checkpoints and logging.
 #[derive(Args, Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(default)]
@@ -329,6 +346,11 @@ pub struct TrainArgs {
     /// Passes over the data (transformers' default is 3) [TRL: --num_train_epochs].
     #[arg(long, visible_alias = "epochs", default_value_t = 1)]
     pub num_train_epochs: usize,
+    /// When > 0, the run's optimizer steps: it passes over the data as many times as that takes
+    /// and stops there, within an epoch if need be; --num-train-epochs is not read
+    /// [TRL: --max_steps].
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+    pub max_steps: i64,
     /// Examples (sequences, pairs, groups) per micro-batch [TRL:
     /// --per_device_train_batch_size].
     #[arg(long, visible_alias = "batch-size", default_value_t = 8)]
@@ -398,6 +420,10 @@ pub struct LoraArgs {
     /// Rank-stabilised LoRA: scale the adapters' product by α/√r instead [TRL: --use_rslora].
     #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub use_rslora: bool,
+    /// DoRA: each adapted weight's columns rescaled by a trained magnitude per output
+    /// (`m·(W + s·A·B)/‖W + s·A·B‖`) [TRL: --use_dora].
+    #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub use_dora: bool,
     /// The modules to adapt, by name (`q_proj,v_proj`, `self_attn.o_proj`); `all-linear` is
     /// every linear layer but the head. Default: PEFT's for the family (the query and value
     /// projections) [TRL: --lora_target_modules].
@@ -561,6 +587,7 @@ impl LoraArgs {
             alpha: self.lora_alpha,
             target_modules: self.lora_target_modules.clone(),
             rslora: self.use_rslora,
+            dora: self.use_dora,
         })
     }
 }
@@ -578,10 +605,28 @@ impl TrainArgs {
         }
     }
 
-    /// Optimizer steps of a run over `n` examples in micro-batches of the configured size.
-    pub fn total_steps(&self, n: usize) -> u64 {
+    /// Optimizer steps of one epoch over `n` examples in micro-batches of the configured size.
+    pub fn steps_per_epoch(&self, n: usize) -> u64 {
         let batches = n.div_ceil(self.per_device_train_batch_size.max(1));
-        (batches.div_ceil(self.gradient_accumulation_steps.max(1)) * self.num_train_epochs) as u64
+        batches.div_ceil(self.gradient_accumulation_steps.max(1)) as u64
+    }
+
+    /// How long a run whose epochs take `per_epoch` optimizer steps trains, by transformers'
+    /// rule: `--num-train-epochs` whole epochs, or with `--max-steps` > 0 that many steps, over
+    /// as many epochs as they need.
+    pub fn plan(&self, per_epoch: u64) -> StepPlan {
+        match u64::try_from(self.max_steps) {
+            Ok(max) if max > 0 => StepPlan {
+                epochs: usize::try_from(max.div_ceil(per_epoch.max(1))).unwrap_or(usize::MAX),
+                max_steps: Some(max),
+                total: max,
+            },
+            _ => StepPlan {
+                epochs: self.num_train_epochs,
+                max_steps: None,
+                total: per_epoch * self.num_train_epochs as u64,
+            },
+        }
     }
 
     /// The schedule over `total` optimizer steps.
@@ -698,6 +743,35 @@ pub fn refuse_overwrite(model: &Path, out: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// transformers' rule: `max_steps` > 0 takes `⌈max_steps / steps per epoch⌉` epochs and
+    /// stops at `max_steps`, which the schedule spans; 0 and −1 leave `num_train_epochs` whole.
+    #[test]
+    fn max_steps_plans_the_epochs_that_reach_it() {
+        let mut t = TrainArgs {
+            num_train_epochs: 2,
+            ..TrainArgs::default()
+        };
+        let whole = StepPlan {
+            epochs: 2,
+            max_steps: None,
+            total: 6,
+        };
+        assert_eq!(t.plan(3), whole);
+        for (max, epochs) in [(7, 3), (6, 2), (1, 1), (12, 4)] {
+            t.max_steps = max;
+            let want = StepPlan {
+                epochs,
+                max_steps: Some(max as u64),
+                total: max as u64,
+            };
+            assert_eq!(t.plan(3), want, "max_steps {max}");
+        }
+        for off in [0, -1] {
+            t.max_steps = off;
+            assert_eq!(t.plan(3), whole, "max_steps {off}");
+        }
+    }
 
     #[test]
     fn an_out_that_is_the_model_directory_is_refused_by_name_or_on_disk() {

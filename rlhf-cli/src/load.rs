@@ -68,15 +68,21 @@ pub fn chat_format(tokenizer: &mut Tokenizer, choice: TemplateChoice) -> Result<
     let Some(json) = choice.variables else {
         return Ok(format);
     };
-    let variables: serde_json::Map<String, serde_json::Value> = serde_json::from_str(json)
-        .with_context(|| format!("--chat-template-kwargs must be a JSON object, got {json}"))?;
     match format {
-        ChatFormat::Jinja(t) => Ok(ChatFormat::Jinja(t.with_variables(variables)?)),
+        ChatFormat::Jinja(t) => Ok(ChatFormat::Jinja(
+            t.with_variables(template_variables(json)?)?,
+        )),
         ChatFormat::Pieces(_) => bail!(
             "--chat-template-kwargs sets variables of a Jinja chat template; this checkpoint has \
              none (give one with --chat-template)"
         ),
     }
+}
+
+/// The variables `--chat-template-kwargs` gives, a JSON object.
+pub fn template_variables(json: &str) -> Result<serde_json::Map<String, serde_json::Value>> {
+    serde_json::from_str(json)
+        .with_context(|| format!("--chat-template-kwargs must be a JSON object, got {json}"))
 }
 
 /// Loads the checkpoint in `dir` onto `device` and says what it loaded, its conversations
@@ -284,6 +290,11 @@ pub fn policy(
     if lora.save_adapter && lora.config().is_none() {
         bail!("--save-adapter writes LoRA adapters: it needs --lora-rank R (or --use-peft)");
     }
+    if (lora.use_dora || lora.use_rslora) && lora.config().is_none() {
+        bail!(
+            "--use-dora and --use-rslora shape LoRA adapters: they need --lora-rank R (or --use-peft)"
+        );
+    }
     with_lora(model, config, lora, seed, |m| m)
 }
 
@@ -321,8 +332,9 @@ fn with_lora<M: Module>(
 fn announce_lora<M: Module>(model: &M, cfg: &LoraConfig, config: &TransformerConfig) {
     let (trained, total) = trainable_params(model);
     tracing::info!(
-        "LoRA: rank {}, alpha {}, on {}: {trained} of {total} parameters train ({:.2}%); the \
+        "{}: rank {}, alpha {}, on {}: {trained} of {total} parameters train ({:.2}%); the \
          frozen base is the reference unless --ref names another model",
+        if cfg.dora { "DoRA" } else { "LoRA" },
         cfg.rank,
         cfg.alpha,
         cfg.targets(config.architecture).join(", "),

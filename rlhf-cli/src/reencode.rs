@@ -26,9 +26,22 @@ pub struct ReEncoded {
 
 impl ReEncoded {
     /// Serves `rm` (an outcome reward model) in its tokenizer's chat format, for the policy's
-    /// `prompts` and samples ending with `policy_eos`.
-    pub fn new(rm: RewardScorer, prompts: &Prompts, policy_eos: String) -> anyhow::Result<Self> {
-        let format = rm.tokenizer().config().chat_format()?;
+    /// `prompts` and samples ending with `policy_eos`. The policy's chat template `variables`
+    /// (`--chat-template-kwargs`), when given, are the reward model's template's too, as TRL's
+    /// GRPO and RLOO pass them to a reward model's template; a format that is not a Jinja
+    /// template has none to set and ignores them.
+    pub fn new(
+        rm: RewardScorer,
+        prompts: &Prompts,
+        policy_eos: String,
+        variables: Option<&str>,
+    ) -> anyhow::Result<Self> {
+        let format = match (rm.tokenizer().config().chat_format()?, variables) {
+            (ChatFormat::Jinja(t), Some(json)) => {
+                ChatFormat::Jinja(t.with_variables(crate::load::template_variables(json)?)?)
+            }
+            (format, _) => format,
+        };
         let turns = prompts
             .texts
             .iter()

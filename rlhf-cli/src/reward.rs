@@ -203,17 +203,18 @@ impl Spec {
         }
     }
 
-    /// The scorer, its reward models held in `frozen`'s dtype.
+    /// The scorer, its reward models held in `frozen`'s dtype, their Jinja chat templates
+    /// rendering with the policy's `--chat-template-kwargs` (`variables`).
     pub fn build(
         &self,
         tokenizer: &Tokenizer,
         prompts: &Prompts,
         device: &Device,
-        frozen: Precision,
+        (frozen, variables): (Precision, Option<&str>),
     ) -> Result<Box<dyn Scorer>> {
         let eos = tokenizer.eos_text();
         Ok(match self {
-            Spec::Model(dir) => reward_model(dir, tokenizer, prompts, device, frozen)?,
+            Spec::Model(dir) => reward_model(dir, tokenizer, prompts, device, (frozen, variables))?,
             Spec::ExactMatch(field) => {
                 let mut answers = Vec::with_capacity(prompts.records.len());
                 for (text, r) in prompts.texts.iter().zip(&prompts.records) {
@@ -249,11 +250,23 @@ impl Spec {
                 )
             }
             Spec::Ensemble(combine, members) => Box::new(Self::ensemble(
-                members, *combine, tokenizer, prompts, device, frozen,
+                members,
+                *combine,
+                tokenizer,
+                prompts,
+                device,
+                (frozen, variables),
             )?),
             Spec::Weighted(weights, members) => Box::new(
-                Self::ensemble(members, Combine::Sum, tokenizer, prompts, device, frozen)?
-                    .with_weights(weights.clone())?,
+                Self::ensemble(
+                    members,
+                    Combine::Sum,
+                    tokenizer,
+                    prompts,
+                    device,
+                    (frozen, variables),
+                )?
+                .with_weights(weights.clone())?,
             ),
         })
     }
@@ -265,11 +278,11 @@ impl Spec {
         tokenizer: &Tokenizer,
         prompts: &Prompts,
         device: &Device,
-        frozen: Precision,
+        served: (Precision, Option<&str>),
     ) -> Result<EnsembleScorer> {
         let built = members
             .iter()
-            .map(|m| m.build(tokenizer, prompts, device, frozen))
+            .map(|m| m.build(tokenizer, prompts, device, served))
             .collect::<Result<_>>()?;
         Ok(EnsembleScorer::new(built, combine)?
             .with_names(members.iter().map(Spec::label).collect())?)
@@ -279,12 +292,13 @@ impl Spec {
 /// The reward model in `dir` as a scorer of the policy's samples: each sample as `rlhf rm`
 /// encoded its training data, in the model's own tokenizer and chat format ([`ReEncoded`]); a
 /// process RM reads the text (it finds its steps there; the policy's EOS follows the last one).
+/// The model is held in `frozen`'s dtype, its Jinja template rendering with `variables`.
 fn reward_model(
     dir: &Path,
     tokenizer: &Tokenizer,
     prompts: &Prompts,
     device: &Device,
-    frozen: Precision,
+    (frozen, variables): (Precision, Option<&str>),
 ) -> Result<Box<dyn Scorer>> {
     let mut rm = load::reward_model(dir, device, 0)?;
     if frozen != Precision::F32 {
@@ -311,6 +325,7 @@ fn reward_model(
         RewardScorer::new(rm, own, device),
         prompts,
         eos,
+        variables,
     )?))
 }
 
@@ -353,7 +368,7 @@ mod tests {
             }],
         };
         let scorer = Spec::Model(rm_dir.clone())
-            .build(&policy, &prompts, &device, Precision::F32)
+            .build(&policy, &prompts, &device, (Precision::F32, None))
             .unwrap();
         let served = || {
             RewardScorer::new(
@@ -399,7 +414,7 @@ mod tests {
         // a reward model of the policy's own tokenizer reads a sample as `rlhf rm` encoded its
         // data: the reply tokenised after the prompt, a token spanning the seam in the reply
         let same = Spec::Model(policy_dir.clone())
-            .build(&policy, &prompts, &device, Precision::F32)
+            .build(&policy, &prompts, &device, (Precision::F32, None))
             .unwrap();
         let (seam, reply) = ("the answer is: ", format!("yes{}", policy.eos_text()));
         let enc = Encoder {
@@ -427,6 +442,79 @@ mod tests {
             Tokenizer::from_file(&rm_dir.join("tokenizer.json"), Some("<|endoftext|>")).unwrap();
         assert_ne!(other_eos.eos_id(), own.eos_id());
         assert!(other_eos.same_ids(&own) && own.same_ids(&other_eos));
+    }
+
+    /// The policy's `--chat-template-kwargs` reach a reward model's own Jinja template, as TRL's
+    /// GRPO and RLOO pass them: a ChatML reward model whose template opens with a `/no_think`
+    /// system turn when `enable_thinking` is false reads the conversation with that turn, as its
+    /// own rendering with the variable gives it, and without the variables reads it without. (A
+    /// reward model reads the whole conversation, rendered without a generation prompt, as TRL's
+    /// does: what a template writes only after the generation prompt never reaches it.)
+    #[test]
+    fn the_chat_template_variables_reach_a_reward_models_template() {
+        let device = Device::flex();
+        let policy = Tokenizer::from_dir(&fixture("tiny-llama3-chat")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        for f in std::fs::read_dir(fixture("tiny-qwen2-chat")).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, dir.path().join(f.file_name().unwrap())).unwrap();
+        }
+        let config_path = dir.path().join("tokenizer_config.json");
+        let mut config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+        let template = config["chat_template"].as_str().unwrap().replace(
+            "{% for message in messages %}",
+            "{% if enable_thinking is defined and not enable_thinking %}{{ \
+             '<|im_start|>system\n/no_think<|im_end|>\n' }}{% endif %}{% for message in \
+             messages %}",
+        );
+        assert!(template.contains("enable_thinking"), "{template}");
+        config["chat_template"] = template.into();
+        std::fs::write(&config_path, config.to_string()).unwrap();
+        let own = Tokenizer::from_dir(dir.path()).unwrap();
+        let chat = Turns::Messages(vec![rlhf_data::Message {
+            role: "user".into(),
+            content: "What did the cat do?".into(),
+        }]);
+        let rendered = policy
+            .config()
+            .chat_format()
+            .unwrap()
+            .prompt(&chat)
+            .unwrap();
+        let prompts = Prompts {
+            texts: vec![rendered.clone()],
+            records: vec![rlhf_data::PromptRecord {
+                prompt: chat.clone(),
+                extra: Default::default(),
+            }],
+        };
+        let finished = format!("it sat on the mat.{}", policy.eos_text());
+        let score = |variables: Option<&str>| {
+            Spec::Model(dir.path().to_path_buf())
+                .build(&policy, &prompts, &device, (Precision::F32, variables))
+                .unwrap()
+                .score(&[&rendered], &[&finished])
+                .unwrap()[0]
+        };
+        let no_thinking = score(Some(r#"{"enable_thinking": false}"#));
+        let served = RewardScorer::new(
+            load::reward_model(dir.path(), &device, 0).unwrap(),
+            own.clone(),
+            &device,
+        );
+        let own_prompt = own.config().chat_format().unwrap().prompt(&chat).unwrap();
+        let reply = format!("it sat on the mat.{}", own.eos_text());
+        let no_think_prompt = format!("<|im_start|>system\n/no_think<|im_end|>\n{own_prompt}");
+        assert_eq!(
+            no_thinking,
+            served.score(&[&no_think_prompt], &[&reply]).unwrap()[0]
+        );
+        assert_eq!(
+            score(None),
+            served.score(&[&own_prompt], &[&reply]).unwrap()[0]
+        );
+        assert_ne!(no_thinking, score(None));
     }
 
     #[test]

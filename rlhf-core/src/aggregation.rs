@@ -13,9 +13,9 @@
 //! | `luspo` | `(1/B)·Σ_i Σ_t m_{i,t}·ℓ_{i,t}` | LUSPO: GSPO's per-response loss scaled by the response's length |
 //!
 //! `dapo` and `bnpo` differ only under gradient accumulation (several micro-batches per
-//! optimizer step). The on-policy trainer takes one optimizer step per minibatch without
-//! accumulation, so there the two are the same number. With every response `L_max` tokens long,
-//! the first four coincide and `luspo` is `L_max` times them.
+//! optimizer step, the on-policy trainer's `grad_accum`): there `bnpo` is the mean of the
+//! micro-batches' token means. With every response `L_max` tokens long, the first four coincide
+//! and `luspo` is `L_max` times them.
 //!
 //! LUSPO (Liu et al. 2026) pairs `luspo` with GSPO's sequence ratio: there `ℓ_{i,t}` is one number
 //! per response, so response `i` weighs `|y_i|` times its per-response loss, which undoes the bias

@@ -36,6 +36,16 @@ fn train(
     poison: &[usize],
     every: u64,
 ) -> Result<(Linear, FitReport)> {
+    train_at_most(dir, (epochs, None), poison, every)
+}
+
+/// [`train`] stopped after `max_steps` when given.
+fn train_at_most(
+    dir: Option<&Path>,
+    (epochs, max_steps): (usize, Option<u64>),
+    poison: &[usize],
+    every: u64,
+) -> Result<(Linear, FitReport)> {
     // `RLHF_DEVICE`, but bit-for-bit resume is a property of the CPU backend
     let device = if every == EXACT {
         rlhf_core::parse_device("flex").unwrap()
@@ -50,6 +60,7 @@ fn train(
     };
     let cfg = FitConfig {
         epochs,
+        max_steps,
         grad_accum: 1,
         optimizer: &optimizer,
         schedule: &LrSchedule::Constant,
@@ -99,6 +110,51 @@ fn mse(m: &Linear) -> f32 {
     let x = Tensor::<2>::from_data(TensorData::new(xs.concat(), [N, 4]), &device);
     let y = Tensor::<2>::from_data(TensorData::new(ys, [N, 1]), &device);
     m.forward(x).sub(y).square().mean().into_scalar::<f32>()
+}
+
+/// `max_steps` stops the run within an epoch, after the step a longer run takes there: the 3-epoch
+/// run's losses up to that step are the stopped run's, and its next loss is the stopped run's
+/// final model's on the next example. The last step is logged and checkpointed.
+#[test]
+fn max_steps_stops_within_an_epoch_where_a_longer_run_passes() {
+    let _serial = rlhf_testkit::serial();
+    let stop = N as u64 + 7;
+    let (short, long) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // on the CPU backend (EXACT's cadence), whose runs repeat to the bit
+    let (model, report) = train_at_most(Some(short.path()), (3, Some(stop)), &[], EXACT).unwrap();
+    assert_eq!((report.steps, report.steps_this_run), (stop, stop));
+    train(Some(long.path()), 3, &[], EXACT).unwrap();
+    let losses = |dir: &Path| -> Vec<f64> {
+        read_metrics(&dir.join("metrics.jsonl"))
+            .unwrap()
+            .iter()
+            .map(|l| l[names::TRAIN_LOSS].as_f64().unwrap())
+            .collect()
+    };
+    let (short_losses, long_losses) = (losses(short.path()), losses(long.path()));
+    assert_eq!(short_losses.len() as u64, stop);
+    assert_eq!(long_losses.len(), 3 * N);
+    assert_eq!(short_losses[..], long_losses[..stop as usize]);
+    // the longer run's next step, the second pass's eighth, trains on example 7 with the stopped
+    // run's final weights
+    let device = model.weight.val().device();
+    let (x, y) = example(7);
+    let x = Tensor::<2>::from_data(TensorData::new(x.to_vec(), [1, 4]), &device);
+    let next = f64::from(
+        model
+            .forward(x)
+            .sub_scalar(y)
+            .square()
+            .mean()
+            .into_scalar::<f32>(),
+    );
+    let want = long_losses[stop as usize];
+    assert!(
+        (next - want).abs() <= 1e-6 * want.abs().max(1.0),
+        "{next} against {want}"
+    );
+    let store = CheckpointStore::new(short.path().join("checkpoints"), 3);
+    assert_eq!(store.steps().unwrap().last(), Some(&stop));
 }
 
 #[test]

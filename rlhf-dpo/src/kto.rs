@@ -201,6 +201,9 @@ pub struct KtoConfig {
     pub undesirable_weight: f32,
     /// Passes over the data.
     pub epochs: usize,
+    /// Stop after this many optimizer steps, within the epochs (transformers' `max_steps`; give
+    /// enough `epochs` to reach it). `None`: every epoch to its end.
+    pub max_steps: Option<u64>,
     /// Examples per micro-batch (≥ 2 for KTO's loss: `z_ref` is estimated within it).
     pub batch_size: usize,
     /// Micro-batches per optimizer step (each its own `z_ref`, as in TRL).
@@ -232,6 +235,7 @@ impl Default for KtoConfig {
             desirable_weight: 1.0,
             undesirable_weight: 1.0,
             epochs: 1,
+            max_steps: None,
             batch_size: 8,
             grad_accum: 1,
             optimizer: OptimizerConfig {
@@ -734,6 +738,7 @@ pub fn train_kto(
     let now = || live.as_ref().map(LiveReference::current);
     let fit_cfg = FitConfig {
         epochs: cfg.epochs,
+        max_steps: cfg.max_steps,
         grad_accum: cfg.grad_accum,
         optimizer: &cfg.optimizer,
         schedule: &cfg.schedule,

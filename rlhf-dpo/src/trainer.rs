@@ -190,6 +190,9 @@ pub struct DpoConfig {
     pub f_divergence: FDivergence,
     /// Passes over the data.
     pub epochs: usize,
+    /// Stop after this many optimizer steps, within the epochs (transformers' `max_steps`; give
+    /// enough `epochs` to reach it). `None`: every epoch to its end.
+    pub max_steps: Option<u64>,
     /// Groups per micro-batch.
     pub batch_size: usize,
     /// Micro-batches per optimizer step.
@@ -234,6 +237,7 @@ impl Default for DpoConfig {
             beta: 0.1,
             f_divergence: FDivergence::ReverseKl,
             epochs: 1,
+            max_steps: None,
             batch_size: 8,
             grad_accum: 1,
             optimizer: OptimizerConfig {
@@ -922,6 +926,7 @@ pub fn train_offline(
     report.reference_forward_batches = batches;
     let fit_cfg = FitConfig {
         epochs: cfg.epochs,
+        max_steps: cfg.max_steps,
         grad_accum: cfg.grad_accum,
         optimizer: &cfg.optimizer,
         schedule: &cfg.schedule,

@@ -51,6 +51,9 @@ use crate::sft::{LmBatch, target_logits};
 pub struct DistillConfig {
     /// Passes over the prompts.
     pub epochs: usize,
+    /// Stop after this many optimizer steps, within the epochs (transformers' `max_steps`; give
+    /// enough `epochs` to reach it). `None`: every epoch to its end.
+    pub max_steps: Option<u64>,
     /// Prompts per micro-batch (one response each).
     pub batch_size: usize,
     /// Micro-batches per optimizer step.
@@ -79,6 +82,7 @@ impl Default for DistillConfig {
     fn default() -> Self {
         DistillConfig {
             epochs: 1,
+            max_steps: None,
             batch_size: 8,
             grad_accum: 1,
             max_prompt_length: None,
@@ -176,6 +180,7 @@ pub fn train_distill(
     let teacher = inputs.teacher.valid();
     let fit_cfg = FitConfig {
         epochs: cfg.epochs,
+        max_steps: cfg.max_steps,
         grad_accum: cfg.grad_accum,
         optimizer: &cfg.optimizer,
         schedule: &cfg.schedule,

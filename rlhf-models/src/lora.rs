@@ -12,6 +12,11 @@
 //! weights, which is what [`crate::save_pretrained`] writes. [`save_peft_adapter`] writes the
 //! adapters alone in PEFT's layout.
 //!
+//! DoRA (Liu et al., 2024; PEFT's `use_dora`) decomposes the adapted weight into a direction and a
+//! trained magnitude `m` (`[d_out]`, one per output, starting at `‖W‖` of that output's column):
+//! `W' = m · (W + s·A·B) / ‖W + s·A·B‖`, the norm over each output's inputs taken as a constant
+//! to the gradient (the paper's §4.3, as PEFT does). It starts at `W' = W` too ([`DoraAdapter`]).
+//!
 //! Targets are module names, matched against the end of each linear layer's path the way PEFT
 //! matches `target_modules` (`q_proj` matches `layers.3.self_attn.q_proj`, and so does
 //! `self_attn.q_proj`); `all-linear` is every linear layer but the output head. Without targets,
@@ -20,7 +25,9 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use burn::module::{LoraAdapter, Module, ModuleVisitor, Param, Reparameterizer};
+use burn::module::{
+    LoraAdapter, Module, ModuleVisitor, Param, Reparameterization, Reparameterizer,
+};
 use burn::tensor::{Distribution, Tensor};
 use rlhf_core::train::fs::write_atomic;
 use rlhf_core::{Error, Result};
@@ -52,6 +59,10 @@ pub struct LoraConfig {
     /// keeps the update's size from shrinking as the rank grows.
     #[serde(default)]
     pub rslora: bool,
+    /// DoRA (PEFT's `use_dora`): a trained magnitude per output besides the adapters
+    /// ([`DoraAdapter`]).
+    #[serde(default)]
+    pub dora: bool,
 }
 
 impl LoraConfig {
@@ -62,6 +73,7 @@ impl LoraConfig {
             alpha,
             target_modules: Vec::new(),
             rslora: false,
+            dora: false,
         }
     }
 
@@ -233,6 +245,32 @@ struct PeftLora {
     scale: f64,
 }
 
+impl PeftLora {
+    /// The frozen `param`, and the factors of its adapter when it is a target: `A` as PEFT
+    /// draws it (`kaiming_uniform_(A, a=√5)`, whose bound is `1/√d_in`), `B = 0`.
+    fn factors<const D: usize>(
+        &self,
+        path: &str,
+        param: Param<Tensor<D>>,
+    ) -> (Param<Tensor<D>>, Option<(Tensor<2>, Tensor<2>)>) {
+        let base = param.set_require_grad(false);
+        if D != 2 || !self.targets.contains(path) {
+            return (base, None);
+        }
+        let weight = base.val();
+        let device = weight.device();
+        let [d_in, d_out] = [weight.dims()[0], weight.dims()[1]];
+        let bound = 1.0 / (d_in as f64).sqrt();
+        let a = Tensor::<2>::random(
+            [d_in, self.rank],
+            Distribution::Uniform(-bound, bound),
+            &device,
+        );
+        let b = Tensor::<2>::zeros([self.rank, d_out], &device);
+        (base, Some((a, b)))
+    }
+}
+
 impl Reparameterizer for PeftLora {
     type Reparam = LoraAdapter;
 
@@ -241,27 +279,86 @@ impl Reparameterizer for PeftLora {
         path: &str,
         param: Param<Tensor<D>>,
     ) -> (Param<Tensor<D>>, Option<LoraAdapter>) {
-        let base = param.set_require_grad(false);
-        if D != 2 || !self.targets.contains(path) {
-            return (base, None);
-        }
-        let weight = base.val();
-        let device = weight.device();
-        let [d_in, d_out] = [weight.dims()[0], weight.dims()[1]];
-        // PEFT: `kaiming_uniform_(A, a=√5)`, whose bound is 1/√fan_in; B = 0
-        let bound = 1.0 / (d_in as f64).sqrt();
-        let a = Tensor::<2>::random(
-            [d_in, self.rank],
-            Distribution::Uniform(-bound, bound),
-            &device,
-        );
-        let b = Tensor::<2>::zeros([self.rank, d_out], &device);
-        let adapter = LoraAdapter {
+        let (base, factors) = self.factors(path, param);
+        let adapter = factors.map(|(a, b)| LoraAdapter {
             a: Param::from_tensor(a),
             b: Param::from_tensor(b),
             scale: self.scale,
+        });
+        (base, adapter)
+    }
+}
+
+/// DoRA's adapter of a weight `W` (`[d_in, d_out]`): LoRA's factors `A`, `B` and scale `s`, and
+/// the magnitude `m` (`[d_out]`). The weight it gives is
+/// `W' = m ⊙ (W + s·A·B) / ‖W + s·A·B‖`, each output's column divided by its norm over the
+/// inputs and multiplied by its magnitude; the norm is a constant to the gradient (DoRA's §4.3,
+/// PEFT's `weight_norm.detach()`). A column of norm 0 is divided by the least positive `f32`
+/// instead, so it stays 0 (PEFT would give NaN).
+#[derive(Debug, Module)]
+pub struct DoraAdapter {
+    /// Down-projection `[d_in, r]`.
+    pub a: Param<Tensor<2>>,
+    /// Up-projection `[r, d_out]`.
+    pub b: Param<Tensor<2>>,
+    /// The magnitude of each output's column, `[d_out]`.
+    pub magnitude: Param<Tensor<1>>,
+    /// `s`, as LoRA's.
+    pub scale: f64,
+}
+
+impl Reparameterization for DoraAdapter {
+    const NAME: &'static str = ADAPTER;
+
+    fn apply<const D: usize>(&self, base: Tensor<D>) -> Tensor<D> {
+        let shape = base.shape();
+        let (a, b) = (self.a.val(), self.b.val());
+        let [d_in, d_out] = [a.dims()[0], b.dims()[1]];
+        // computed in the adapters' dtype, as burn's LoRA adapter composes
+        let base = if base.dtype().is_float() && base.dtype() != a.dtype() {
+            base.cast(a.dtype())
+        } else {
+            base
         };
-        (base, Some(adapter))
+        let w = base
+            .reshape([d_in, d_out])
+            .add(a.matmul(b).mul_scalar(self.scale));
+        let norm = column_norms(w.clone().detach()).clamp_min(f32::MIN_POSITIVE);
+        let factor = self.magnitude.val().unsqueeze_dim::<2>(0).div(norm);
+        w.mul(factor).reshape(shape)
+    }
+}
+
+/// `‖w_{·,j}‖` of each column of `w` (`[d_in, d_out]`), as `[1, d_out]`.
+fn column_norms(w: Tensor<2>) -> Tensor<2> {
+    w.powi_scalar(2).sum_dim(0).sqrt()
+}
+
+/// [`PeftLora`]'s adapters with DoRA's magnitude, started at each column's norm `‖W‖`.
+struct PeftDora(PeftLora);
+
+impl Reparameterizer for PeftDora {
+    type Reparam = DoraAdapter;
+
+    fn reparameterize<const D: usize>(
+        &mut self,
+        path: &str,
+        param: Param<Tensor<D>>,
+    ) -> (Param<Tensor<D>>, Option<DoraAdapter>) {
+        let (base, factors) = self.0.factors(path, param);
+        let adapter = factors.map(|(a, b)| {
+            let d_out = b.dims()[1];
+            let weight = base.val();
+            let dims = weight.dims();
+            let norms = column_norms(weight.reshape([dims[0], dims[1]])).reshape([d_out]);
+            DoraAdapter {
+                a: Param::from_tensor(a),
+                b: Param::from_tensor(b),
+                magnitude: Param::from_tensor(norms),
+                scale: self.0.scale,
+            }
+        });
+        (base, adapter)
     }
 }
 
@@ -289,7 +386,11 @@ pub fn apply_lora<M: Module>(
         scale: cfg.scale(),
     };
     Ok(rlhf_core::train::seeded(&device, seed, || {
-        model.apply_reparameterization(lora)
+        if cfg.dora {
+            model.apply_reparameterization(PeftDora(lora))
+        } else {
+            model.apply_reparameterization(lora)
+        }
     }))
 }
 
@@ -300,13 +401,15 @@ pub fn trainable_params<M: Module>(model: &M) -> (usize, usize) {
     (trained as usize, (trained + frozen) as usize)
 }
 
-/// Where a weight's adapter sits in the module tree: `….q_proj.weight.lora.{a,b}`.
+/// Where a weight's adapter sits in the module tree: `….q_proj.weight.lora.{a,b}` (and DoRA's
+/// `….lora.magnitude`).
 const ADAPTER: &str = "lora";
 
 /// Writes the adapters of `model` (a [`CausalLm`] with adapters from [`apply_lora`] under
 /// `cfg`) in PEFT's layout: `dir/adapter_model.safetensors`, tensors
 /// `base_model.model.<Hugging Face layer path>.lora_A.weight` (`[r, d_in]`) and `….lora_B.weight`
-/// (`[d_out, r]`), and `dir/adapter_config.json` naming `base_model` as the base.
+/// (`[d_out, r]`), with DoRA `….lora_magnitude_vector` (`[d_out]`), and
+/// `dir/adapter_config.json` naming `base_model` as the base.
 /// `peft.PeftModel.from_pretrained(base, dir)` loads them.
 pub fn save_peft_adapter(
     model: &CausalLm,
@@ -316,34 +419,21 @@ pub fn save_peft_adapter(
     dir: &Path,
 ) -> Result<()> {
     let arch = config.architecture;
-    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    // the adapted layers by their Hugging Face paths: PEFT matches a list of targets by name
-    // (it expands `all-linear` only when given as a string), so the exact paths always load
-    let mut layers = Vec::new();
-    for (path, a, b) in adapters(model) {
-        let name = hf_parameter_name(arch, &path);
-        let layer = name.strip_suffix(".weight").unwrap_or(&name).to_string();
-        layers.push(layer.clone());
-        let bytes = |t: Tensor<2>| -> Vec<u8> {
-            rlhf_core::host::to_f32_vec(t)
-                .into_iter()
-                .flat_map(f32::to_le_bytes)
-                .collect()
-        };
-        let (a, b) = (a.transpose(), b.transpose());
-        tensors.push((
-            format!("base_model.model.{layer}.lora_A.weight"),
-            a.dims().to_vec(),
-            bytes(a),
-        ));
-        tensors.push((
-            format!("base_model.model.{layer}.lora_B.weight"),
-            b.dims().to_vec(),
-            bytes(b),
-        ));
-    }
+    let (tensors, layers) = peft_tensors(model, arch);
     if tensors.is_empty() {
         return Err(Error::Config("the model carries no LoRA adapters".into()));
+    }
+    let magnitudes = tensors
+        .iter()
+        .filter(|t| t.0.ends_with(".lora_magnitude_vector"))
+        .count();
+    if magnitudes != if cfg.dora { layers.len() } else { 0 } {
+        return Err(Error::Config(format!(
+            "the adapters' config says use_dora {}, and {magnitudes} of the {} adapters carry \
+             DoRA's magnitude",
+            cfg.dora,
+            layers.len()
+        )));
     }
     let views = tensors
         .iter()
@@ -375,21 +465,81 @@ pub fn save_peft_adapter(
         "inference_mode": true,
         "init_lora_weights": true,
         "use_rslora": cfg.rslora,
-        "use_dora": false,
+        "use_dora": cfg.dora,
         "modules_to_save": null,
     });
     let text = serde_json::to_vec_pretty(&adapter_config).expect("a JSON value serialises");
     write_atomic(&dir.join("adapter_config.json"), &text)
 }
 
-/// `(weight path, A, B)` of every adapted weight of `model`, in visiting order. (A weight's
-/// visitor sees its frozen base as a plain parameter, then the adapter's factors as the
-/// parameters `lora.a` and `lora.b` under it.)
-fn adapters<M: Module>(model: &M) -> Vec<(String, Tensor<2>, Tensor<2>)> {
+/// A tensor as `safetensors` writes it: its name, shape and little-endian f32 bytes.
+type NamedTensor = (String, Vec<usize>, Vec<u8>);
+
+/// The adapters of `model` as PEFT's tensors ([`save_peft_adapter`]), and the adapted layers by
+/// their Hugging Face paths (PEFT matches a list of targets by name and expands `all-linear` only
+/// when given as a string, so the exact paths always load).
+fn peft_tensors(model: &CausalLm, arch: Architecture) -> (Vec<NamedTensor>, Vec<String>) {
+    let mut tensors: Vec<NamedTensor> = Vec::new();
+    let mut layers = Vec::new();
+    for Adapter {
+        path,
+        a,
+        b,
+        magnitude,
+    } in adapters(model)
+    {
+        let name = hf_parameter_name(arch, &path);
+        let layer = name.strip_suffix(".weight").unwrap_or(&name).to_string();
+        layers.push(layer.clone());
+        let bytes = |t: Tensor<2>| -> Vec<u8> {
+            rlhf_core::host::to_f32_vec(t)
+                .into_iter()
+                .flat_map(f32::to_le_bytes)
+                .collect()
+        };
+        let (a, b) = (a.transpose(), b.transpose());
+        tensors.push((
+            format!("base_model.model.{layer}.lora_A.weight"),
+            a.dims().to_vec(),
+            bytes(a),
+        ));
+        tensors.push((
+            format!("base_model.model.{layer}.lora_B.weight"),
+            b.dims().to_vec(),
+            bytes(b),
+        ));
+        if let Some(m) = magnitude {
+            let d_out = m.dims()[0];
+            tensors.push((
+                format!("base_model.model.{layer}.lora_magnitude_vector"),
+                vec![d_out],
+                bytes(m.reshape([1, d_out])),
+            ));
+        }
+    }
+    (tensors, layers)
+}
+
+/// An adapted weight's adapter, as [`adapters`] finds it.
+struct Adapter {
+    /// The weight's path.
+    path: String,
+    /// `A`, `[d_in, r]`.
+    a: Tensor<2>,
+    /// `B`, `[r, d_out]`.
+    b: Tensor<2>,
+    /// DoRA's magnitude, `[d_out]`.
+    magnitude: Option<Tensor<1>>,
+}
+
+/// The adapter of every adapted weight of `model`, in visiting order. (A weight's visitor sees
+/// its frozen base as a plain parameter, then the adapter's factors as the parameters `lora.a`
+/// and `lora.b` under it, and DoRA's magnitude as `lora.magnitude`.)
+fn adapters<M: Module>(model: &M) -> Vec<Adapter> {
     struct Collect {
         path: Vec<String>,
         a: Option<Tensor<2>>,
-        found: Vec<(String, Tensor<2>, Tensor<2>)>,
+        found: Vec<Adapter>,
     }
     impl ModuleVisitor for Collect {
         fn enter_module(&mut self, name: &str, _container_type: &str) {
@@ -400,17 +550,27 @@ fn adapters<M: Module>(model: &M) -> Vec<(String, Tensor<2>, Tensor<2>)> {
         }
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
             let n = self.path.len();
-            if D != 2 || n < 3 || self.path[n - 2] != ADAPTER {
+            if n < 3 || self.path[n - 2] != ADAPTER {
                 return;
             }
             let value = param.val();
             let dims = value.dims();
-            let value: Tensor<2> = value.reshape([dims[0], dims[1]]);
-            match self.path[n - 1].as_str() {
-                "a" => self.a = Some(value),
-                "b" => {
+            let path = self.path[..n - 2].join(".");
+            match (self.path[n - 1].as_str(), D) {
+                ("a", 2) => self.a = Some(value.reshape([dims[0], dims[1]])),
+                ("b", 2) => {
                     if let Some(a) = self.a.take() {
-                        self.found.push((self.path[..n - 2].join("."), a, value));
+                        self.found.push(Adapter {
+                            path,
+                            a,
+                            b: value.reshape([dims[0], dims[1]]),
+                            magnitude: None,
+                        });
+                    }
+                }
+                ("magnitude", 1) => {
+                    if let Some(last) = self.found.last_mut().filter(|f| f.path == path) {
+                        last.magnitude = Some(value.reshape([dims[0]]));
                     }
                 }
                 _ => {}

@@ -49,6 +49,9 @@ pub struct SftConfig {
     pub loss_type: SftLoss,
     /// Passes over the data.
     pub epochs: usize,
+    /// Stop after this many optimizer steps, within the epochs (transformers' `max_steps`; give
+    /// enough `epochs` to reach it). `None`: every epoch to its end.
+    pub max_steps: Option<u64>,
     /// Sequences (or packed rows) per micro-batch.
     pub batch_size: usize,
     /// Micro-batches per optimizer step; the step's loss is the mean over all their target
@@ -75,6 +78,7 @@ impl Default for SftConfig {
         SftConfig {
             loss_type: SftLoss::Nll,
             epochs: 1,
+            max_steps: None,
             batch_size: 16,
             grad_accum: 1,
             optimizer: OptimizerConfig {
@@ -477,6 +481,7 @@ pub fn train_sft(
 
     let fit_cfg = FitConfig {
         epochs: cfg.epochs,
+        max_steps: cfg.max_steps,
         grad_accum: cfg.grad_accum,
         optimizer: &cfg.optimizer,
         schedule: &cfg.schedule,

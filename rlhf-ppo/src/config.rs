@@ -165,6 +165,13 @@ pub struct PpoConfig {
     pub ppo_epochs: usize,
     /// [9] Minibatches per epoch.
     pub num_minibatches: usize,
+    /// Micro-batches per minibatch step (TRL's `gradient_accumulation_steps`): a minibatch's loss
+    /// and backward pass run on this many equal parts in turn, and their gradients are summed
+    /// into its one optimizer step, so the step holds one part's activations at a time. The step
+    /// is the whole minibatch's (each part's loss weighted by its share of each mean, as
+    /// data-parallel replicas' shards are), except under `bnpo`, whose token mean is each part's
+    /// own, averaged over the parts, as in TRL.
+    pub grad_accum: usize,
     /// [9] Policy clip ε (`ε_low` of an asymmetric clip).
     pub clip_eps: f32,
     /// `ε_high` of DAPO's asymmetric "clip-higher" (`None`: `clip_eps`, PPO's symmetric clip).
@@ -282,6 +289,7 @@ impl Default for PpoConfig {
             whiten_rewards: false,
             ppo_epochs: 4,
             num_minibatches: 1,
+            grad_accum: 1,
             clip_eps: 0.2,
             clip_eps_high: None,
             delta: None,
@@ -548,6 +556,18 @@ impl PpoConfig {
                 self.num_minibatches
             ));
         }
+        let minibatch = self.batch_size() / self.num_minibatches;
+        if self.grad_accum == 0 {
+            return bad("grad_accum (--gradient-accumulation-steps) must be ≥ 1".into());
+        }
+        if !minibatch.is_multiple_of(self.grad_accum) {
+            return bad(format!(
+                "a minibatch of {minibatch} episodes (prompts_per_batch × samples_per_prompt / \
+                 num_minibatches) does not split into {} equal micro-batches (grad_accum, \
+                 --gradient-accumulation-steps)",
+                self.grad_accum
+            ));
+        }
         if self.temperature.is_nan() || self.temperature <= 0.0 {
             return bad(format!("temperature must be > 0, got {}", self.temperature));
         }
@@ -624,6 +644,14 @@ impl PpoConfig {
                 "top_entropy_quantile is the share of tokens kept and must be in [0, 1], got {}",
                 self.top_entropy_quantile
             ));
+        }
+        if self.top_entropy_quantile < 1.0 && self.grad_accum > 1 {
+            return bad(
+                "top_entropy_quantile cuts each minibatch at the quantile of its tokens' \
+                 entropies, which accumulated micro-batches would each take over their own part: \
+                 use one micro-batch (grad_accum 1, --gradient-accumulation-steps 1)"
+                    .into(),
+            );
         }
         self.entropy_controller().validate()?;
         if self.multi_objective_aggregation == MultiObjectiveAggregation::NormalizeThenSum
@@ -1043,6 +1071,23 @@ mod tests {
             ..PpoConfig::default()
         };
         assert!(split.validate().is_err());
+        // 64 episodes in 2 minibatches of 32: 4 micro-batches of 8, not 3 or 0; and no
+        // top-entropy cut of each micro-batch
+        let accumulated = |grad_accum: usize, top_entropy_quantile: f32| PpoConfig {
+            num_minibatches: 2,
+            grad_accum,
+            top_entropy_quantile,
+            ..PpoConfig::default()
+        };
+        assert!(accumulated(4, 1.0).validate().is_ok());
+        for (k, rho) in [(3, 1.0), (0, 1.0), (4, 0.2)] {
+            let e = accumulated(k, rho).validate().unwrap_err().to_string();
+            assert!(
+                e.contains("--gradient-accumulation-steps"),
+                "{k}, {rho}: {e}"
+            );
+        }
+        assert!(accumulated(1, 0.2).validate().is_ok());
         assert!(
             PpoConfig {
                 temperature: 0.0,

@@ -565,15 +565,20 @@ pub struct Minibatch {
     pub share: Share,
 }
 
-/// The part of an optimizer step's minibatch that a data-parallel replica's shard is: each mean
-/// over the minibatch is the sum of the shards' means weighted by these shares, so the replicas'
-/// gradients add up to the whole minibatch's.
+/// The part of an optimizer step's minibatch that a shard is (a data-parallel replica's part of
+/// one of the minibatch's accumulated micro-batches): each mean over the minibatch is the sum of
+/// the shards' means weighted by these shares, so the shards' gradients add up to the whole
+/// minibatch's.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Share {
     /// The shard's response tokens over the minibatch's: the weight of a token mean.
     pub tokens: f32,
     /// The shard's responses over the minibatch's: the weight of a mean over responses.
     pub responses: f32,
+    /// The shard's response tokens over its micro-batch's, divided by the number of
+    /// micro-batches: the weight of `bnpo`'s token mean, which is each micro-batch's own, averaged
+    /// over the micro-batches (as TRL's accumulated steps take it).
+    pub micro_tokens: f32,
 }
 
 impl Share {
@@ -581,21 +586,24 @@ impl Share {
     pub const WHOLE: Share = Share {
         tokens: 1.0,
         responses: 1.0,
+        micro_tokens: 1.0,
     };
 
     /// No part of it: a shard without response tokens.
     pub const NONE: Share = Share {
         tokens: 0.0,
         responses: 0.0,
+        micro_tokens: 0.0,
     };
 
-    /// The weight of a policy loss aggregated `how` (`rlhf_core::aggregation`): `dapo` and
-    /// `bnpo` are token means over the minibatch (the on-policy update does not accumulate, so
-    /// its micro-batch is the minibatch), weighted by tokens; `grpo` and `luspo` are means over
-    /// responses and `dr_grpo` a sum over `B·L_max`, all three weighted by responses.
+    /// The weight of a policy loss aggregated `how` (`rlhf_core::aggregation`): `dapo` is a token
+    /// mean over the minibatch, weighted by tokens; `bnpo` a token mean over the micro-batch,
+    /// weighted by the micro-batch's tokens; `grpo` and `luspo` are means over responses and
+    /// `dr_grpo` a sum over `B·L_max`, all three weighted by responses.
     pub fn of(&self, how: LossAggregation) -> f32 {
         match how {
-            LossAggregation::Dapo | LossAggregation::Bnpo => self.tokens,
+            LossAggregation::Dapo => self.tokens,
+            LossAggregation::Bnpo => self.micro_tokens,
             LossAggregation::Grpo | LossAggregation::DrGrpo | LossAggregation::Luspo => {
                 self.responses
             }
@@ -609,6 +617,29 @@ fn weighted(loss: Tensor<1>, share: f32) -> Tensor<1> {
         loss
     } else {
         loss.mul_scalar(share)
+    }
+}
+
+/// One of the `count` equal micro-batches that an optimizer step's minibatch is cut into for
+/// gradient accumulation ([`PpoConfig::grad_accum`]): its rows, and all the minibatch's.
+#[derive(Debug, Clone, Copy)]
+pub struct MicroBatch<'r> {
+    /// The micro-batch's rows of the experience.
+    pub rows: &'r [usize],
+    /// The minibatch's rows, the micro-batch's among them.
+    pub minibatch: &'r [usize],
+    /// How many micro-batches the minibatch is cut into.
+    pub count: usize,
+}
+
+impl<'r> MicroBatch<'r> {
+    /// The whole minibatch `rows` as its one micro-batch.
+    pub fn whole(rows: &'r [usize]) -> Self {
+        MicroBatch {
+            rows,
+            minibatch: rows,
+            count: 1,
+        }
     }
 }
 
@@ -650,15 +681,16 @@ impl Experience {
         })
     }
 
-    /// `shard`'s part of the minibatch `rows`, on the shard's device, with its [`Share`] of the
-    /// minibatch; `None` when the part holds no response token (it adds nothing to any mean).
+    /// `shard`'s part of the micro-batch `micro`, on the shard's device, with its [`Share`] of
+    /// `micro`'s minibatch; `None` when the part holds no response token (it adds nothing to any
+    /// mean).
     pub fn shard(
         &self,
-        rows: &[usize],
+        micro: MicroBatch<'_>,
         shard: Shard<'_>,
         vocab: usize,
     ) -> Result<Option<Minibatch>> {
-        let Some(part) = shard.of(rows) else {
+        let Some(part) = shard.of(micro.rows) else {
             return Ok(None);
         };
         let r = self.response_len;
@@ -667,14 +699,15 @@ impl Experience {
                 .map(|&i| self.mask[i * r..(i + 1) * r].iter().sum::<f32>())
                 .sum()
         };
-        let (mine, all) = (tokens(part), tokens(rows));
+        let mine = tokens(part);
         if mine == 0.0 {
             return Ok(None);
         }
         let mut mb = self.minibatch(part, vocab, shard.device)?;
         mb.share = Share {
-            tokens: mine / all,
-            responses: part.len() as f32 / rows.len() as f32,
+            tokens: mine / tokens(micro.minibatch),
+            responses: part.len() as f32 / micro.minibatch.len() as f32,
+            micro_tokens: mine / tokens(micro.rows) / micro.count as f32,
         };
         Ok(Some(mb))
     }
@@ -935,7 +968,8 @@ impl UpdateStats {
 }
 
 /// Step 5: `ppo_epochs` passes over `experience` in `num_minibatches` shuffled minibatches, one
-/// AdamW step each after clipping the global gradient norm. With `ptx_coef > 0`, each step adds
+/// AdamW step each after clipping the global gradient norm, each minibatch's loss and backward
+/// pass run on its `grad_accum` micro-batches in turn (their gradients summed). With `ptx_coef > 0`, each step adds
 /// `γ_ptx · L_SFT` on `ptx_batch_size` demonstrations drawn with `rng`.
 ///
 /// `models` live on the autodiff `device`, the first of the data-parallel `replicas` (each takes a
@@ -969,6 +1003,12 @@ pub fn ppo_update(
             experience.batch, cfg.num_minibatches
         )));
     }
+    if cfg.grad_accum == 0 || !size.is_multiple_of(cfg.grad_accum) {
+        return Err(Error::Config(format!(
+            "ppo: minibatches of {size} episodes do not split into {} micro-batches",
+            cfg.grad_accum
+        )));
+    }
     let mut stats = UpdateStats::default();
     let mut step = 0u64;
     for _epoch in 0..cfg.ppo_epochs {
@@ -982,26 +1022,20 @@ pub fn ppo_update(
                         .map(|_| demonstrations.choose(rng).expect("non-empty"))
                         .collect()
                 });
-            // each replica's shard of the minibatch: its weighted loss, gradients and metrics;
-            // the first replica adds the ptx term
             let coefs = (kl_coef, entropy.applied() as f32);
-            let shards = replicas.run(&models, device, &|m, shard| {
-                let ptx = ptx_batch.as_deref().filter(|_| shard.index == 0);
-                shard_gradients(m, experience, rows, shard, ptx, cfg, coefs)
-            })?;
-            let shards: Vec<_> = shards.into_iter().flatten().collect();
-            if shards.is_empty() {
+            let step_inputs = (experience, rows, ptx_batch.as_deref());
+            let Some((grads, mut metrics)) =
+                minibatch_gradients(&models, step_inputs, cfg, coefs, (device, replicas))?
+            else {
                 // no response token of the minibatch is in the loss (every response cut off, with
                 // mask_truncated_completions) and no ptx term: nothing to step on, nothing wrong
                 step += 1;
                 continue;
-            }
-            let (parts, mut metrics) = combine_shards(shards, cfg, coefs.1);
+            };
             let loss_value = metrics
                 .iter()
                 .find(|m| m.0 == names::LOSS_TOTAL)
                 .map_or(f64::NAN, |m| m.1);
-            let grads = sum_gradients(&models, device, parts);
             let (grads, norm) = clip_if_set(&models, grads, cfg.optimizer.max_grad_norm);
             metrics.push((names::TRAIN_GRAD_NORM, f64::from(norm)));
             if loss_value.is_finite() && norm.is_finite() {
@@ -1024,19 +1058,58 @@ pub fn ppo_update(
     Ok((models, stats))
 }
 
-/// One replica's part of a minibatch step: the gradients of its shard's weighted loss (with
-/// PPO-ptx's term on `ptx` when given), its metrics and its [`Share`]; `None` when there is
-/// nothing to differentiate.
+/// The gradients of the minibatch `rows` of `experience` (with PPO-ptx's term on `ptx` when
+/// given) and its metrics, `None` when nothing in it is differentiated: its `grad_accum`
+/// micro-batches in turn (gradient accumulation), each cut into the `replicas`' shards, each
+/// shard's loss weighted by its share of the minibatch's means and the first shard of the first
+/// micro-batch adding the ptx term. The gradients are summed on `device` as they come, so the
+/// step holds one micro-batch's activations at a time.
+fn minibatch_gradients(
+    models: &PolicyAndValue,
+    (experience, rows, ptx): (&Experience, &[usize], Option<&[&Example]>),
+    cfg: &PpoConfig,
+    coefs: (f32, f32),
+    (device, replicas): (&Device, &Replicas),
+) -> Result<Option<(GradientsParams, Metrics)>> {
+    let mut summed: Option<GradientsParams> = None;
+    let mut shares = Vec::new();
+    for (j, part) in rows.chunks(rows.len() / cfg.grad_accum).enumerate() {
+        let micro = MicroBatch {
+            rows: part,
+            minibatch: rows,
+            count: cfg.grad_accum,
+        };
+        let shards = replicas.run(models, device, &|m, shard| {
+            let ptx = ptx.filter(|_| j == 0 && shard.index == 0);
+            shard_gradients(m, experience, micro, shard, ptx, cfg, coefs)
+        })?;
+        let (grads, parts): (Vec<_>, Vec<_>) = shards
+            .into_iter()
+            .flatten()
+            .map(|(grads, metrics, share)| (grads, (metrics, share)))
+            .unzip();
+        if !grads.is_empty() {
+            let sum = summed.into_iter().chain(grads).collect();
+            summed = Some(sum_gradients(models, device, sum));
+        }
+        shares.extend(parts);
+    }
+    Ok(summed.map(|grads| (grads, combine_shards(shares, cfg, coefs.1))))
+}
+
+/// One replica's part of a micro-batch of a minibatch step: the gradients of its shard's weighted
+/// loss (with PPO-ptx's term on `ptx` when given), its metrics and its [`Share`]; `None` when
+/// there is nothing to differentiate.
 fn shard_gradients(
     models: &PolicyAndValue,
     experience: &Experience,
-    rows: &[usize],
+    micro: MicroBatch<'_>,
     shard: Shard<'_>,
     ptx: Option<&[&Example]>,
     cfg: &PpoConfig,
     (kl_coef, entropy_coef): (f32, f32),
 ) -> Result<Option<(GradientsParams, Metrics, Share)>> {
-    let mb = experience.shard(rows, shard, models.policy.vocab_size())?;
+    let mb = experience.shard(micro, shard, models.policy.vocab_size())?;
     let (mut loss, mut metrics, share) = match &mb {
         Some(mb) => {
             let (loss, metrics) = minibatch_loss(models, mb, cfg, kl_coef, entropy_coef);
@@ -1062,21 +1135,17 @@ fn shard_gradients(
     }))
 }
 
-/// The replicas' gradients, and the minibatch's metrics: each shard's weighted by its share of
-/// that metric's mean (`loss/policy` and `loss/kl` by the policy loss's share, GSPO's
-/// per-sequence clip ratios by responses, `clip_ratio/low_min` and `/high_max` the least and the
-/// greatest over the shards, PPO-ptx's loss, which only the first replica computes,
+/// The minibatch's metrics from its shards' (the replicas' parts of its micro-batches): each
+/// shard's weighted by its share of that metric's mean (`loss/policy` and `loss/kl` by the
+/// policy loss's share, GSPO's per-sequence clip ratios and `vespo/phi_seq_mean` by responses,
+/// `clip_ratio/low_min` and `/high_max` the least and the greatest over the shards, PPO-ptx's
+/// loss, which only the first micro-batch's first replica computes,
 /// as it is, the others by tokens), and `loss/total`, the loss that is minimised, ptx included,
 /// made of those. The shares are fractions of the whole minibatch, so a shard without response
 /// tokens (left out) still counts in a mean over responses, as its rows count 0 in TRL's.
-fn combine_shards(
-    shards: Vec<(GradientsParams, Metrics, Share)>,
-    cfg: &PpoConfig,
-    entropy_coef: f32,
-) -> (Vec<GradientsParams>, Metrics) {
+fn combine_shards(shards: Vec<(Metrics, Share)>, cfg: &PpoConfig, entropy_coef: f32) -> Metrics {
     let mut sums: Vec<(&'static str, f64)> = Vec::new();
-    let mut parts = Vec::with_capacity(shards.len());
-    for (grads, metrics, share) in shards {
+    for (metrics, share) in shards {
         for (k, v) in metrics {
             // the least and the greatest over the responses: over the shards' too
             let extreme: Option<fn(f64, f64) -> f64> = match k {
@@ -1098,6 +1167,8 @@ fn combine_shards(
                 {
                     share.responses
                 }
+                // a mean over the responses
+                names::VESPO_PHI_MEAN => share.responses,
                 names::OBJECTIVE_PTX_LOSS => 1.0,
                 _ => share.tokens,
             });
@@ -1106,7 +1177,6 @@ fn combine_shards(
                 None => sums.push((k, v * w)),
             }
         }
-        parts.push(grads);
     }
     // each weight is a share of the whole minibatch: the weighted sum is the minibatch's mean
     let mut metrics: Metrics = sums;
@@ -1115,7 +1185,7 @@ fn combine_shards(
         Some(m) => m.1 = total,
         None => metrics.push((names::LOSS_TOTAL, total)),
     }
-    (parts, metrics)
+    metrics
 }
 
 /// The SFT loss on a batch of demonstrations (PPO-ptx).
@@ -1533,7 +1603,7 @@ fn check_memory(
         .as_ref()
         .map_or_else(Default::default, memory::Params::of);
     let (rows, seq) = (
-        (cfg.batch_size() / cfg.num_minibatches) as u64,
+        (cfg.batch_size() / cfg.num_minibatches / cfg.grad_accum.max(1)) as u64,
         (cfg.query_length + cfg.response_length) as u64,
     );
     let (policy_shape, value_shape) = (
@@ -1577,7 +1647,8 @@ fn check_memory(
                     + value_shape.map_or(0, |v| v.activation_bytes(r, s, value_checkpointing))
                     + bonus_bytes(r)
             },
-            rows_knob: "num_minibatches (more minibatches, fewer episodes each)",
+            rows_knob: "num_minibatches or grad_accum (more minibatches or micro-batches, fewer \
+                        episodes each)",
             seq_knob: "query_length and response_length",
         },
     )

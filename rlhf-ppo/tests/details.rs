@@ -133,6 +133,60 @@ fn inference(m: &PolicyAndValue) -> PolicyAndValue {
     }
 }
 
+/// The settings of the tests that cut a minibatch into shards (replicas, micro-batches): one
+/// epoch of one minibatch, loss `aggregation`, the KL as a loss term (k3) or in the reward (k1),
+/// PPO-ptx or not, an entropy bonus (a token mean) with two of the five aggregations, and an
+/// AdamW whose first step reveals the gradient.
+fn sharded_config(aggregation: LossAggregation, kl_as_loss: bool, ptx: bool) -> PpoConfig {
+    PpoConfig {
+        num_minibatches: 1,
+        ppo_epochs: 1,
+        loss_aggregation: aggregation,
+        kl_in_reward: !kl_as_loss,
+        kl_estimator: if kl_as_loss {
+            KlEstimator::K3
+        } else {
+            KlEstimator::K1
+        },
+        ptx_coef: if ptx { 0.5 } else { 0.0 },
+        ptx_batch_size: 3,
+        entropy_coef: match aggregation {
+            LossAggregation::Dapo | LossAggregation::Grpo => 0.3,
+            _ => 0.0,
+        },
+        optimizer: rlhf_testkit::replicas::gradient_revealing_optimizer(),
+        ..config()
+    }
+}
+
+/// One [`rlhf_ppo::ppo_update`] of `start` on `exp` under `cfg` at the learning rate `lr` (KL
+/// coefficient 0.05, the batch order drawn from seed 4), on `replicas`: the weights after it and
+/// what it logged.
+fn update_once(
+    start: PolicyAndValue,
+    (exp, cfg, lr): (&Experience, &PpoConfig, f64),
+    demos: &[(Vec<u32>, Vec<u32>)],
+    device: &Device,
+    replicas: &rlhf_core::train::Replicas,
+) -> (Vec<f32>, rlhf_ppo::UpdateStats) {
+    let mut optim = cfg.optimizer.build().unwrap();
+    let (m, stats) = rlhf_ppo::ppo_update(
+        start,
+        &mut optim,
+        exp,
+        cfg,
+        0.05,
+        &mut cfg.entropy_controller(),
+        &|_| lr,
+        demos,
+        &mut TrainRng::seed_from_u64(4),
+        device,
+        replicas,
+    )
+    .unwrap();
+    (rlhf_core::train::checkpoint::parameter_values(&m), stats)
+}
+
 /// [`make_experience`] of a [`sample`] scored `scores`, by `models` (for inference) against
 /// `reference`, at KL coefficient 0.05.
 fn experience(
@@ -726,22 +780,8 @@ fn ptx_with_a_zero_coefficient_leaves_the_update_bit_identical() {
         })
         .collect();
     let update_on = |exp: &Experience, cfg: &PpoConfig, demos: &[(Vec<u32>, Vec<u32>)]| {
-        let mut optim = cfg.optimizer.build().unwrap();
-        let (m, stats) = rlhf_ppo::ppo_update(
-            models(),
-            &mut optim,
-            exp,
-            cfg,
-            0.05,
-            &mut cfg.entropy_controller(),
-            &|_| 1e-3,
-            demos,
-            &mut TrainRng::seed_from_u64(4),
-            &f.device,
-            &rlhf_core::train::Replicas::default(),
-        )
-        .unwrap();
-        (rlhf_core::train::checkpoint::parameter_values(&m), stats)
+        let one = rlhf_core::train::Replicas::default();
+        update_once(models(), (exp, cfg, 1e-3), demos, &f.device, &one)
     };
     let update = |cfg: &PpoConfig, demos: &[(Vec<u32>, Vec<u32>)]| update_on(&exp, cfg, demos);
     let (plain, plain_stats) = update(&cfg, &[]);
@@ -850,22 +890,7 @@ proptest::proptest! {
             LossAggregation::DrGrpo,
             LossAggregation::Luspo,
         ] {
-            let cfg = PpoConfig {
-                num_minibatches: 1,
-                ppo_epochs: 1,
-                loss_aggregation: aggregation,
-                kl_in_reward: !kl_as_loss,
-                kl_estimator: if kl_as_loss { KlEstimator::K3 } else { KlEstimator::K1 },
-                ptx_coef: if ptx { 0.5 } else { 0.0 },
-                ptx_batch_size: 3,
-                // an entropy bonus (a token mean) with two of the five aggregations
-                entropy_coef: match aggregation {
-                    LossAggregation::Dapo | LossAggregation::Grpo => 0.3,
-                    _ => 0.0,
-                },
-                optimizer: rlhf_testkit::replicas::gradient_revealing_optimizer(),
-                ..config()
-            };
+            let cfg = sharded_config(aggregation, kl_as_loss, ptx);
             let (_, ids, mask, g) = sample(&f, &p, &cfg);
             let start = with_critic(p.clone());
             let scores: Vec<f32> = (0..g.batch).map(|b| (b % 4) as f32).collect();
@@ -891,24 +916,12 @@ proptest::proptest! {
                 &values(&start),
                 1e-5,
                 |options| {
-                    let mut optim = cfg.optimizer.build().unwrap();
-                    let (m, stats) = rlhf_ppo::ppo_update(
-                        start.clone(),
-                        &mut optim,
-                        &exp,
-                        &cfg,
-                        0.05,
-                        &mut cfg.entropy_controller(),
-                        &|_| cfg.optimizer.lr,
-                        &demos,
-                        &mut TrainRng::seed_from_u64(4),
-                        &f.device,
-                        &options.replicas,
-                    )
-                    .unwrap();
+                    let lr = cfg.optimizer.lr;
+                    let (weights, stats) =
+                        update_once(start.clone(), (&exp, &cfg, lr), &demos, &f.device, &options.replicas);
                     assert_eq!(stats.minibatches.len(), 1);
                     losses.borrow_mut().push(get(&stats.minibatches[0], names::LOSS_TOTAL));
-                    values(&m)
+                    weights
                 },
             );
             let losses = losses.into_inner();
@@ -918,6 +931,165 @@ proptest::proptest! {
                 losses[0],
                 losses[1]
             );
+        }
+    }
+}
+
+/// Gradient accumulation (`grad_accum = k`): a minibatch step on `k` micro-batches, on one
+/// replica or two, takes the step of the whole minibatch and logs its loss, for each loss
+/// aggregation but `bnpo` (with a critic, the KL as a reward or as a loss term, PPO-ptx, an
+/// entropy bonus, one minibatch or two), and under `bnpo` the step whose loss is the mean of the
+/// micro-batches' own `bnpo` losses: each micro-batch's loss, from `minibatch_loss` on that
+/// micro-batch alone, over `k`, differentiated, summed and stepped by the same optimizer. Some
+/// cases empty the first micro-batch of every response token, which must add nothing but its
+/// count (`bnpo`'s `k`). The micro-batches' token counts differ, so weighting them equally, or
+/// taking `bnpo`'s token mean over the minibatch, gives another step.
+#[test]
+fn accumulated_micro_batches_take_the_minibatch_step() {
+    use burn::optim::{GradientsAccumulator, GradientsParams};
+    use rand::seq::SliceRandom;
+    use rlhf_core::train::Replicas;
+    let _serial = rlhf_testkit::serial();
+    let f = fixture();
+    let p = policy(&f);
+    let demos: Vec<(Vec<u32>, Vec<u32>)> = (1..4)
+        .map(|k| {
+            (
+                f.tok.encode(&prompt(k)).unwrap(),
+                f.tok.encode(" yes").unwrap(),
+            )
+        })
+        .collect();
+    let values = rlhf_core::train::checkpoint::parameter_values::<PolicyAndValue>;
+    let max_diff = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max)
+    };
+    // (micro-batches, replicas, KL as a loss, ptx, minibatches, an empty first micro-batch)
+    let cases = [
+        (2, 1, false, false, 1, false),
+        (4, 2, true, true, 1, false),
+        (8, 2, false, true, 1, true),
+        (2, 2, true, false, 2, true),
+        (4, 1, false, true, 2, false),
+    ];
+    for (micro, replicas, kl_as_loss, ptx, minibatches, empty) in cases {
+        let case = format!(
+            "{micro} micro-batches, {replicas} replicas, KL as a loss {kl_as_loss}, ptx {ptx}, \
+             {minibatches} minibatches, empty first {empty}"
+        );
+        let replicas = Replicas::new(vec![f.device.clone(); replicas]);
+        for aggregation in [
+            LossAggregation::Dapo,
+            LossAggregation::Bnpo,
+            LossAggregation::Grpo,
+            LossAggregation::DrGrpo,
+            LossAggregation::Luspo,
+        ] {
+            let bnpo = aggregation == LossAggregation::Bnpo;
+            // bnpo's reference computes each micro-batch's loss alone, so its terms must all be
+            // bnpo's: no critic (its loss is the minibatch's token mean), no entropy bonus, no
+            // ptx, one minibatch
+            let cfg = PpoConfig {
+                num_minibatches: if bnpo { 1 } else { minibatches },
+                advantage: if bnpo {
+                    AdvantageEstimator::Grpo
+                } else {
+                    AdvantageEstimator::Gae
+                },
+                ..sharded_config(aggregation, kl_as_loss, ptx && !bnpo)
+            };
+            let (_, ids, mask, g) = sample(&f, &p, &cfg);
+            let start = if bnpo {
+                PolicyAndValue::new(p.clone(), None)
+            } else {
+                with_critic(p.clone())
+            };
+            let scores: Vec<f32> = (0..g.batch).map(|b| (b % 4) as f32).collect();
+            let (mut exp, _) = experience(&inference(&start), &p, (&ids, &mask, &g), &scores, &cfg);
+            move_reference_apart(&mut exp);
+            // the update's first draw is its one epoch's shuffle of the rows
+            let mut order: Vec<usize> = (0..exp.batch).collect();
+            order.shuffle(&mut TrainRng::seed_from_u64(4));
+            let rows = exp.batch / cfg.num_minibatches / micro;
+            let r = exp.response_len;
+            if empty {
+                for &i in &order[..rows] {
+                    exp.mask[i * r..(i + 1) * r].fill(0.0);
+                }
+            }
+            let tokens: Vec<f32> = order[..exp.batch / cfg.num_minibatches]
+                .chunks(rows)
+                .map(|c| {
+                    c.iter()
+                        .map(|&i| exp.mask[i * r..(i + 1) * r].iter().sum::<f32>())
+                        .sum()
+                })
+                .collect();
+            assert!(
+                tokens.iter().any(|&t| t != tokens[0]),
+                "{case}: the micro-batches hold {tokens:?} tokens"
+            );
+            let update = |k: usize, replicas: &Replicas| {
+                let cfg = PpoConfig {
+                    grad_accum: k,
+                    ..cfg.clone()
+                };
+                let lr = cfg.optimizer.lr;
+                let (weights, stats) =
+                    update_once(start.clone(), (&exp, &cfg, lr), &demos, &f.device, replicas);
+                assert_eq!(stats.minibatches.len(), cfg.num_minibatches, "{case}");
+                let losses: Vec<f64> = stats
+                    .minibatches
+                    .iter()
+                    .map(|m| get(m, names::LOSS_TOTAL))
+                    .collect();
+                (weights, losses)
+            };
+            let one = Replicas::new(vec![f.device.clone()]);
+            let (accumulated, accumulated_losses) = update(micro, &replicas);
+            let (expected, expected_losses) = if bnpo {
+                let mut sum = GradientsAccumulator::<PolicyAndValue>::new();
+                let mut loss = 0.0;
+                for part in order.chunks(rows) {
+                    let mb = exp
+                        .minibatch(part, start.policy.vocab_size(), &f.device)
+                        .unwrap();
+                    let (l, m) = minibatch_loss(&start, &mb, &cfg, 0.05, 0.0);
+                    let grads = l.mul_scalar(1.0 / micro as f32).backward();
+                    sum.accumulate(&start, GradientsParams::from_grads(grads, &start));
+                    loss += get(&m, names::LOSS_TOTAL) / micro as f64;
+                }
+                let mut optim = cfg.optimizer.build().unwrap();
+                let stepped = optim.step(cfg.optimizer.lr, start.clone(), sum.grads());
+                let whole = update(1, &one).0;
+                let apart = max_diff(&whole, &values(&stepped));
+                assert!(
+                    apart > 1e-4,
+                    "{case}: bnpo's mean of micro-batch means is {apart} from the whole's"
+                );
+                (values(&stepped), vec![loss])
+            } else {
+                update(1, &one)
+            };
+            let moved = max_diff(&values(&start), &expected);
+            assert!(
+                moved > 1e-3,
+                "{case}, {aggregation:?}: the step moved the weights by {moved} only"
+            );
+            let diff = max_diff(&expected, &accumulated);
+            assert!(
+                diff <= 1e-5,
+                "{case}, {aggregation:?}: {diff} from the reference"
+            );
+            for (a, e) in accumulated_losses.iter().zip(&expected_losses) {
+                assert!(
+                    (a - e).abs() <= 1e-5 * e.abs().max(1.0),
+                    "{case}, {aggregation:?}: loss/total {a}, reference {e}"
+                );
+            }
         }
     }
 }

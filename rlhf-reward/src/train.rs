@@ -64,6 +64,9 @@ pub struct LabelledExample {
 pub struct RmConfig {
     /// Passes over the data.
     pub epochs: usize,
+    /// Stop after this many optimizer steps, within the epochs (transformers' `max_steps`; give
+    /// enough `epochs` to reach it). `None`: every epoch to its end.
+    pub max_steps: Option<u64>,
     /// Examples per micro-batch.
     pub batch_size: usize,
     /// Micro-batches per optimizer step.
@@ -106,6 +109,7 @@ impl Default for RmConfig {
     fn default() -> Self {
         RmConfig {
             epochs: 1,
+            max_steps: None,
             batch_size: 16,
             grad_accum: 1,
             optimizer: OptimizerConfig {
@@ -494,6 +498,7 @@ fn run_fit<M: StepModel>(
         .refuse_with_dropout(label, model.dropout())?;
     let fit_cfg = FitConfig {
         epochs: cfg.epochs,
+        max_steps: cfg.max_steps,
         grad_accum: cfg.grad_accum,
         optimizer: &cfg.optimizer,
         schedule: &cfg.schedule,

@@ -92,10 +92,12 @@ impl DistillArgs {
         self
     }
 
-    /// The library's configuration, its schedule over `total_steps`.
-    pub fn config(&self, total_steps: u64) -> DistillConfig {
+    /// The library's configuration, for epochs of `per_epoch` optimizer steps.
+    pub fn config(&self, per_epoch: u64) -> DistillConfig {
+        let plan = self.train.plan(per_epoch);
         DistillConfig {
-            epochs: self.train.num_train_epochs,
+            epochs: plan.epochs,
+            max_steps: plan.max_steps,
             batch_size: self.train.per_device_train_batch_size,
             grad_accum: self.train.gradient_accumulation_steps,
             max_prompt_length: self.max_prompt_length,
@@ -106,7 +108,7 @@ impl DistillArgs {
             }),
             beta: self.beta,
             optimizer: self.train.optimizer(DEFAULT_LR),
-            schedule: self.train.schedule(total_steps),
+            schedule: self.train.schedule(plan.total),
             disable_dropout: self.disable_dropout,
             eval_every: self.train.eval_steps,
             seed: self.train.seed,
@@ -143,7 +145,7 @@ pub fn run(args: &DistillArgs, toml: &str) -> Result<()> {
         Some(file) => self::prompts(file, &opts, &ckpt.format)?.texts,
         None => Vec::new(),
     };
-    let cfg = args.config(args.train.total_steps(prompts.texts.len()));
+    let cfg = args.config(args.train.steps_per_epoch(prompts.texts.len()));
     tracing::info!(
         "distill: {} prompts, {} per micro-batch × {} per step, {} epochs, {} new tokens at \
          temperature {}, β {} ({})",

@@ -304,8 +304,9 @@ impl DpoArgs {
         }
     }
 
-    /// The library's configuration.
-    pub fn config(&self, total_steps: u64) -> DpoConfig {
+    /// The library's configuration, for epochs of `per_epoch` optimizer steps.
+    pub fn config(&self, per_epoch: u64) -> DpoConfig {
+        let plan = self.train.plan(per_epoch);
         let mut losses = self.offline_losses().into_iter();
         let (loss, loss_weight) = losses.next().expect("check_losses refuses an empty list");
         DpoConfig {
@@ -321,11 +322,12 @@ impl DpoArgs {
                     coef: self.f_alpha_divergence_coef,
                 },
             },
-            epochs: self.train.num_train_epochs,
+            epochs: plan.epochs,
+            max_steps: plan.max_steps,
             batch_size: self.train.per_device_train_batch_size,
             grad_accum: self.train.gradient_accumulation_steps,
             optimizer: self.train.optimizer(DEFAULT_LR),
-            schedule: self.train.schedule(total_steps),
+            schedule: self.train.schedule(plan.total),
             eval_every: self.train.eval_steps,
             truncation: None,
             ld_alpha: self.ld_alpha,
@@ -407,7 +409,7 @@ pub fn run(args: &DpoArgs, toml: &str) -> Result<()> {
         args.offline_losses(),
         args.beta
     );
-    let cfg = args.config(args.train.total_steps(train.len()));
+    let cfg = args.config(args.train.steps_per_epoch(train.len()));
     output::claim(&p.out, "dpo", toml)?;
     let cache = p.ref_cache(
         args.sync.reads_cache(args.ref_cache),

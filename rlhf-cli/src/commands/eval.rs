@@ -67,7 +67,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         bail!("{}: no prompts", args.prompts.display());
     }
     let spec: Spec = args.reward.parse()?;
-    let scorer = spec.build(&ckpt.tokenizer, &prompts, &device, Precision::F32)?;
+    let scorer = spec.build(&ckpt.tokenizer, &prompts, &device, (Precision::F32, None))?;
     let sampling = args.sampling.config(&ckpt.tokenizer)?;
     let mut rng = ChaCha8Rng::seed_from_u64(args.sampling.seed);
     let episodes: Vec<String> = prompts

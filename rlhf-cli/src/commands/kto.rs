@@ -91,16 +91,15 @@ impl KtoArgs {
         self
     }
 
-    /// Optimizer steps of a run over `n` examples: the trainer's batches (for `kto`, a last batch
-    /// of one joins the one before it), `gradient_accumulation_steps` to a step, every epoch.
-    pub fn total_steps(&self, n: usize) -> u64 {
+    /// Optimizer steps of one epoch over `n` examples: the trainer's batches (for `kto`, a last
+    /// batch of one joins the one before it), `gradient_accumulation_steps` to a step.
+    pub fn steps_per_epoch(&self, n: usize) -> u64 {
         let order: Vec<usize> = (0..n).collect();
         let batches = self
             .loss()
             .batches(&order, self.train.per_device_train_batch_size)
             .len();
-        (batches.div_ceil(self.train.gradient_accumulation_steps.max(1))
-            * self.train.num_train_epochs) as u64
+        batches.div_ceil(self.train.gradient_accumulation_steps.max(1)) as u64
     }
 
     /// The library's loss.
@@ -111,18 +110,20 @@ impl KtoArgs {
         }
     }
 
-    /// The library's configuration.
-    pub fn config(&self, total_steps: u64) -> KtoConfig {
+    /// The library's configuration, for epochs of `per_epoch` optimizer steps.
+    pub fn config(&self, per_epoch: u64) -> KtoConfig {
+        let plan = self.train.plan(per_epoch);
         KtoConfig {
             loss_type: self.loss(),
             beta: self.beta,
             desirable_weight: self.desirable_weight,
             undesirable_weight: self.undesirable_weight,
-            epochs: self.train.num_train_epochs,
+            epochs: plan.epochs,
+            max_steps: plan.max_steps,
             batch_size: self.train.per_device_train_batch_size,
             grad_accum: self.train.gradient_accumulation_steps,
             optimizer: self.train.optimizer(DEFAULT_LR),
-            schedule: self.train.schedule(total_steps),
+            schedule: self.train.schedule(plan.total),
             eval_every: self.train.eval_steps,
             truncation: None,
             disable_dropout: self.disable_dropout,
@@ -247,7 +248,7 @@ pub fn run(args: &KtoArgs, toml: &str) -> Result<()> {
         eval.len(),
         args.beta
     );
-    let cfg = args.config(args.total_steps(train.len()));
+    let cfg = args.config(args.steps_per_epoch(train.len()));
     if let Some(advice) = cfg.weight_advice(n_desirable, train.len() - n_desirable) {
         tracing::warn!("kto: {advice}");
     }

@@ -244,7 +244,10 @@ pub fn run(args: &OnlineDpoArgs, toml: &str) -> Result<()> {
         &ckpt.tokenizer,
         &prompts,
         &inference,
-        args.frozen.frozen_dtype,
+        (
+            args.frozen.frozen_dtype,
+            args.input.chat_template_kwargs.as_deref(),
+        ),
     )?;
     tracing::info!(
         "online-dpo: {} prompts, {} per round × {} samples, {} rounds, {} new tokens at \

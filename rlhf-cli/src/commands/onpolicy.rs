@@ -370,6 +370,15 @@ pub struct OnPolicyArgs {
     /// Minibatches per epoch [TRL's PPOTrainer, gone from TRL 1.x: --num_mini_batches].
     #[arg(long)]
     pub num_mini_batches: Option<usize>,
+    /// Micro-batches per minibatch step: each minibatch's loss and backward pass run on this
+    /// many equal parts in turn, their gradients summed into the one step, which holds one
+    /// part's activations at a time. The step is the whole minibatch's, except under `bnpo`,
+    /// whose token mean is each part's, averaged. Unlike TRL's, it does not enlarge the rollout:
+    /// TRL GRPO's `per_device_train_batch_size × num_processes × gradient_accumulation_steps`
+    /// completions, one optimizer step, are a minibatch here (`--prompts-per-batch ×
+    /// --num-generations / --num-mini-batches`) [TRL: --gradient_accumulation_steps].
+    #[arg(long)]
+    pub gradient_accumulation_steps: Option<usize>,
     /// Policy clip ε (ε_low of an asymmetric clip). For CISPO it bounds the weight below at
     /// 1 − ε (the recipe's 1 leaves it unbounded), where TRL's `cispo` ignores `--epsilon`
     /// [TRL: --cliprange, --epsilon].
@@ -616,6 +625,7 @@ impl OnPolicyArgs {
             normalize_advantages <- c.normalize_advantages,
             num_ppo_epochs <- c.ppo_epochs,
             num_mini_batches <- c.num_minibatches,
+            gradient_accumulation_steps <- c.grad_accum,
             cliprange <- c.clip_eps,
             cliprange_value <- c.value_clip,
             vf_coef <- c.vf_coef,
@@ -714,6 +724,7 @@ impl OnPolicyArgs {
             normalize_advantages <- self.normalize_advantages,
             ppo_epochs <- self.num_ppo_epochs,
             num_minibatches <- self.num_mini_batches,
+            grad_accum <- self.gradient_accumulation_steps,
             clip_eps <- self.cliprange,
             value_clip <- self.cliprange_value,
             vf_coef <- self.vf_coef,
@@ -1100,7 +1111,15 @@ fn scorer(
         texts: [&train.texts[..], &held_out.texts].concat(),
         records: [&train.records[..], &held_out.records].concat(),
     };
-    spec.build(tokenizer, &scored, device, args.frozen.frozen_dtype)
+    spec.build(
+        tokenizer,
+        &scored,
+        device,
+        (
+            args.frozen.frozen_dtype,
+            args.input.chat_template_kwargs.as_deref(),
+        ),
+    )
 }
 
 /// What the run is about to do, in one line.

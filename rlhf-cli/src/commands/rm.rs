@@ -95,14 +95,16 @@ impl RmArgs {
         self
     }
 
-    /// The library's configuration.
-    pub fn config(&self, total_steps: u64) -> RmConfig {
+    /// The library's configuration, for epochs of `per_epoch` optimizer steps.
+    pub fn config(&self, per_epoch: u64) -> RmConfig {
+        let plan = self.train.plan(per_epoch);
         RmConfig {
-            epochs: self.train.num_train_epochs,
+            epochs: plan.epochs,
+            max_steps: plan.max_steps,
             batch_size: self.train.per_device_train_batch_size,
             grad_accum: self.train.gradient_accumulation_steps,
             optimizer: self.train.optimizer(DEFAULT_LR),
-            schedule: self.train.schedule(total_steps),
+            schedule: self.train.schedule(plan.total),
             center_eta: self.center_rewards_coefficient,
             use_margin: self.use_margin,
             eval_every: self.train.eval_steps,
@@ -286,7 +288,7 @@ pub fn run(args: &RmArgs, toml: &str) -> Result<()> {
                 .iter()
                 .map(|e| (e.prompt.clone(), e.responses[0].clone()))
                 .collect();
-            let mut cfg = args.config(args.train.total_steps(train.len()));
+            let mut cfg = args.config(args.train.steps_per_epoch(train.len()));
             // TRL takes a file's `margin` column whenever it is there (the held-out file's too)
             cfg.use_margin |= train.iter().chain(&eval).any(|e| e.margin.is_some());
             let (m, r) = train_reward_model(start.model, &train, &eval, &cfg, &run, &device)?;
@@ -294,7 +296,7 @@ pub fn run(args: &RmArgs, toml: &str) -> Result<()> {
         }
         Kind::Steps | Kind::Unpaired => {
             let (train, eval, settings) = labelled_examples(args, kind, &enc)?;
-            let cfg = args.config(args.train.total_steps(train.len()));
+            let cfg = args.config(args.train.steps_per_epoch(train.len()));
             let (m, r) = train_step_model(start.model, &train, &eval, &cfg, &run, &device)?;
             (m, settings, r, Vec::new())
         }

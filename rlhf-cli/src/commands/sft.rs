@@ -82,18 +82,20 @@ impl SftArgs {
         }
     }
 
-    /// The library's configuration.
-    pub fn config(&self, total_steps: u64) -> SftConfig {
+    /// The library's configuration, for epochs of `per_epoch` optimizer steps.
+    pub fn config(&self, per_epoch: u64) -> SftConfig {
+        let plan = self.train.plan(per_epoch);
         SftConfig {
             loss_type: match self.loss_type {
                 SftLossArg::Nll => SftLoss::Nll,
                 SftLossArg::Dft => SftLoss::Dft,
             },
-            epochs: self.train.num_train_epochs,
+            epochs: plan.epochs,
+            max_steps: plan.max_steps,
             batch_size: self.train.per_device_train_batch_size,
             grad_accum: self.train.gradient_accumulation_steps,
             optimizer: self.train.optimizer(DEFAULT_LR),
-            schedule: self.train.schedule(total_steps),
+            schedule: self.train.schedule(plan.total),
             truncation: None,
             packing: self.packing,
             eval_every: self.train.eval_steps,
@@ -119,7 +121,10 @@ pub fn run(args: &SftArgs, toml: &str) -> Result<()> {
     let (eval, dropped) = sft_examples(&eval, &enc, args.target())?;
     dropped.announce("eval data");
     // the schedule counts the epoch's rows: with packing, far fewer than the examples
-    let cfg = args.config(args.train.total_steps(rows_per_epoch(&train, args.packing)));
+    let cfg = args.config(
+        args.train
+            .steps_per_epoch(rows_per_epoch(&train, args.packing)),
+    );
     output::claim(&p.out, "sft", toml)?;
     let (model, report) = train_sft(
         p.policy(&args.lora, args.train.seed)?,

@@ -396,6 +396,45 @@ fn a_packed_run_decays_its_learning_rate_over_its_own_steps() {
     assert!(last <= 1e-3 / steps as f64 + 1e-12, "{lr:?}");
 }
 
+/// `--max-steps` overrides `--num-train-epochs`, as in transformers: 12 records in batches of 4
+/// are 3 steps an epoch, and `--max-steps 7` takes 7, into a third epoch, with the linear
+/// schedule spanning those 7 (its last step at `lr/7`); `-1`, transformers' default, is off.
+#[test]
+fn max_steps_overrides_the_epochs() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = head("sft.jsonl", 12, dir.path());
+    let run = |name: &str, max_steps: &str| -> PathBuf {
+        let out = dir.path().join(name);
+        ok(&[
+            "sft",
+            "--model",
+            &fixture("tiny-pythia"),
+            "--data",
+            &data,
+            "--out",
+            &s(&out),
+            "--eval-share",
+            "0",
+            "--per-device-train-batch-size",
+            "4",
+            "--num-train-epochs",
+            "2",
+            "--learning-rate",
+            "7e-4",
+            "--logging-steps",
+            "1",
+            &format!("--max-steps={max_steps}"),
+        ]);
+        out
+    };
+    let capped = run("capped", "7");
+    let lr = metric(&capped, "learning_rate");
+    assert_eq!(lr.len(), 7, "{lr:?}");
+    assert!((lr[6] - 1e-4).abs() < 1e-9, "{lr:?}");
+    let epochs = run("epochs", "-1");
+    assert_eq!(metric(&epochs, "learning_rate").len(), 6);
+}
+
 /// `rlhf sft` on both checkpoints: the held-out loss falls, the output is a Hugging Face
 /// directory that loads and differs from its input. The chat model trains on `messages`
 /// records through its own template and afterwards writes `<|im_end|>` once a reply is complete,
@@ -459,7 +498,8 @@ fn sft_lowers_the_eval_loss_and_writes_a_checkpoint() {
             assert!(out.join(f).is_file(), "{model}: no {f}");
         }
     }
-    // plain-text records are split by their text: some are held out, the rest trained on
+    // plain-text records, in a field named as --dataset-text-field says, are split by their
+    // text: some are held out, the rest trained on
     let plain = dir.path().join("text.jsonl");
     let lines: Vec<String> = text
         .lines()
@@ -469,24 +509,33 @@ fn sft_lowers_the_eval_loss_and_writes_a_checkpoint() {
                 r["prompt"].as_str().unwrap(),
                 r["completion"].as_str().unwrap(),
             );
-            json!({ "text": format!("{p}{c}") }).to_string()
+            json!({ "content": format!("{p}{c}") }).to_string()
         })
         .collect();
     std::fs::write(&plain, lines.join("\n")).unwrap();
     let out = dir.path().join("text");
-    ok(&[
-        "sft",
-        "--model",
-        &fixture("tiny-pythia"),
-        "--data",
-        &s(&plain),
-        "--out",
-        &s(&out),
-        "--eval-share",
-        "0.1",
-        "--max-length",
-        "256",
-    ]);
+    let plain_run = |field: &[&str]| {
+        let mut args = vec![
+            "sft".to_string(),
+            "--model".into(),
+            fixture("tiny-pythia"),
+            "--data".into(),
+            s(&plain),
+            "--out".into(),
+            s(&out),
+            "--eval-share".into(),
+            "0.1".into(),
+            "--max-length".into(),
+            "256".into(),
+        ];
+        args.extend(field.iter().map(|f| f.to_string()));
+        args
+    };
+    refused(
+        &plain_run(&[]),
+        "expected `prompt` + `completion`, `messages` or `text`",
+    );
+    ok(&plain_run(&["--dataset-text-field", "content"]));
     assert!(!metric(&out, "eval_loss").is_empty(), "nothing held out");
     // the chat model learned to end its replies with its EOS, `<|im_end|>`, once a reply is
     // written, and not before: its reply to a post does not start with EOS, and after a reply
@@ -2504,7 +2553,10 @@ fn every_field_of_every_trainer_config_is_a_flag() {
         ("optimizer.max_grad_norm", &["--max-grad-norm", "0.5"]),
     ];
     const TRAIN: Mapping<'static> = &[
-        ("epochs", &["--num-train-epochs", "3"]),
+        // three epochs of the 100 steps `config(100)` gives one: the schedule spans 300
+        ("epochs+schedule", &["--num-train-epochs", "3"]),
+        // 250 steps of epochs of 100 (`config(100)`): 3 epochs, the schedule spanning 250
+        ("epochs+max_steps+schedule", &["--max-steps", "250"]),
         ("batch_size", &["--per-device-train-batch-size", "3"]),
         ("grad_accum", &["--gradient-accumulation-steps", "3"]),
         ("schedule", &["--lr-scheduler-type", "cosine"]),
@@ -2532,9 +2584,15 @@ fn every_field_of_every_trainer_config_is_a_flag() {
         let mut base = Vec::new();
         leaves(&parse(&[]), "", &mut base);
         let table: Vec<&(&str, &[&str])> = mappings.iter().flat_map(|m| m.iter()).collect();
+        // a key `a+b` names two fields that one flag sets together
+        let fields = |k: &str| -> Vec<String> {
+            let mut f: Vec<String> = k.split('+').map(str::to_string).collect();
+            f.sort();
+            f
+        };
         for (key, _) in &base {
             assert!(
-                table.iter().any(|(k, _)| k == key),
+                table.iter().any(|(k, _)| fields(k).contains(key)),
                 "{name}: the library field `{key}` has no flag"
             );
         }
@@ -2544,13 +2602,14 @@ fn every_field_of_every_trainer_config_is_a_flag() {
             }
             let mut changed = Vec::new();
             leaves(&parse(flags), "", &mut changed);
-            let diff: Vec<&String> = base
+            let mut diff: Vec<String> = base
                 .iter()
                 .zip(&changed)
                 .filter(|(a, b)| a.1 != b.1)
-                .map(|(a, _)| &a.0)
+                .map(|(a, _)| a.0.clone())
                 .collect();
-            assert_eq!(diff, vec![*key], "{name}: {flags:?}");
+            diff.sort();
+            assert_eq!(diff, fields(key), "{name}: {flags:?}");
         }
     }
     check::<SftArgs>(
@@ -2647,7 +2706,8 @@ fn every_field_of_every_trainer_config_is_a_flag() {
         &[
             OPTIMIZER,
             &[
-                ("epochs", &["--num-train-epochs", "3"]),
+                ("epochs+schedule", &["--num-train-epochs", "3"]),
+                ("epochs+max_steps+schedule", &["--max-steps", "250"]),
                 ("batch_size", &["--per-device-train-batch-size", "3"]),
                 ("grad_accum", &["--gradient-accumulation-steps", "3"]),
                 ("max_prompt_length", &["--max-prompt-length", "7"]),
@@ -2754,6 +2814,7 @@ fn every_field_of_every_trainer_config_is_a_flag() {
                     ("whiten_rewards", &["--whiten-rewards", "true"]),
                     ("ppo_epochs", &["--num-ppo-epochs", "7"]),
                     ("num_minibatches", &["--num-mini-batches", "7"]),
+                    ("grad_accum", &["--gradient-accumulation-steps", "7"]),
                     ("clip_eps", &["--cliprange", "0.5"]),
                     ("clip_eps_high", &["--epsilon-high", "0.5"]),
                     ("delta", &["--delta", "2"]),

@@ -31,6 +31,10 @@ use crate::{Error, Result};
 pub struct FitConfig<'a> {
     /// Passes over the data.
     pub epochs: usize,
+    /// Stop after this many optimizer steps, before the last epoch's end when it comes first
+    /// (transformers' `max_steps`; the caller gives enough `epochs` to reach it, or the loop
+    /// refuses to start). `None`: every epoch to its end.
+    pub max_steps: Option<u64>,
     /// Batches per optimizer step.
     pub grad_accum: usize,
     /// AdamW and clipping.
@@ -146,7 +150,18 @@ pub fn fit_with<M: Module>(
     let steps_per_epoch: Vec<u64> = (0..cfg.epochs)
         .map(|e| batches_of_epoch(e).len().div_ceil(accum) as u64)
         .collect();
-    let total: u64 = steps_per_epoch.iter().sum();
+    let all_epochs: u64 = steps_per_epoch.iter().sum();
+    let total = match cfg.max_steps {
+        Some(max) if max == 0 || max > all_epochs => {
+            return Err(Error::Config(format!(
+                "{}: max_steps {max} must be at least 1 and at most the {all_epochs} steps of \
+                 the {} epochs given",
+                cfg.label, cfg.epochs
+            )));
+        }
+        Some(max) => max,
+        None => all_epochs,
+    };
     if total == 0 {
         return Err(Error::Config(format!("{}: no training batches", cfg.label)));
     }
@@ -169,12 +184,15 @@ pub fn fit_with<M: Module>(
         report.steps = c.step;
     }
     let mut step = 0u64;
-    for (epoch, &n_steps) in steps_per_epoch.iter().enumerate() {
+    'epochs: for (epoch, &n_steps) in steps_per_epoch.iter().enumerate() {
         if step + n_steps <= report.steps {
             step += n_steps; // an epoch finished before the resume
             continue;
         }
         for group in batches_of_epoch(epoch).chunks(accum) {
+            if step == total {
+                break 'epochs; // max_steps reached within the epochs
+            }
             step += 1;
             if step <= report.steps {
                 continue; // trained on before the resume

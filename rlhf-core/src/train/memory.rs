@@ -323,12 +323,16 @@ pub fn trains<M: burn::module::Module>(module: &M) -> bool {
     float_params(module).iter().any(|p| p.trains)
 }
 
-/// The elements of the weights of `model` that carry a LoRA adapter.
+/// The elements of the weights of `model` that carry a LoRA adapter, a DoRA adapter's counted
+/// twice (its forward pass keeps two dense copies of the weight for the backward pass, `V` and
+/// `W'`, where LoRA's keeps one).
 pub fn adapted_params<M: burn::module::Module>(model: &M) -> u64 {
-    // burn visits an adapted weight's base, then enters its reparameterization (the adapter)
+    // burn visits an adapted weight's base, then enters its reparameterization (the adapter),
+    // whose parameters are LoRA's two factors and, with DoRA, a magnitude vector
     #[derive(Default)]
     struct Count {
         last: u64,
+        adapter_of: Option<u64>,
         adapted: u64,
     }
     impl burn::module::ModuleVisitor for Count {
@@ -336,11 +340,20 @@ pub fn adapted_params<M: burn::module::Module>(model: &M) -> u64 {
             &mut self,
             param: &burn::module::Param<burn::tensor::Tensor<D>>,
         ) {
+            if let (1, Some(base)) = (D, self.adapter_of) {
+                self.adapted += base; // DoRA's magnitude
+            }
             self.last = param.lazy_shape().num_elements() as u64;
         }
         fn enter_module(&mut self, _name: &str, container_type: &str) {
             if container_type == "Reparameterization" {
                 self.adapted += self.last;
+                self.adapter_of = Some(self.last);
+            }
+        }
+        fn exit_module(&mut self, _name: &str, container_type: &str) {
+            if container_type == "Reparameterization" {
+                self.adapter_of = None;
             }
         }
     }

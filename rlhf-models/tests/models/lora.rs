@@ -82,6 +82,25 @@ fn tensors(path: &Path) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
         .collect()
 }
 
+/// `model` (adapted) written merged into a temporary directory, which it returns, after checking
+/// that the checkpoint there loads and computes `after`, the adapted model's logits on [`batch`].
+fn merged_export(
+    model: &CausalLm,
+    config: &TransformerConfig,
+    after: &[f32],
+    name: &str,
+) -> tempfile::TempDir {
+    let out = tempfile::tempdir().unwrap();
+    save_pretrained(model, config, out.path()).unwrap();
+    let (_, merged) = load_pretrained(out.path(), &device()).unwrap();
+    let diff = logits(&merged, &batch(config))
+        .iter()
+        .zip(after)
+        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+    assert!(diff < 1e-5, "{name}: merged logits differ by {diff}");
+    out
+}
+
 /// The numerical rank of a `rows × cols` matrix: Gaussian elimination with full pivoting in
 /// f64, counting pivots above `1e-4` of the largest entry.
 fn rank(m: &[f32], rows: usize, cols: usize) -> usize {
@@ -161,14 +180,7 @@ fn check_family_with(name: &str, rslora: bool) {
     assert!(moved > 1e-3, "{name}: training moved the logits by {moved}");
 
     // the merged export: a plain checkpoint that computes what the adapted model does
-    let out = tempfile::tempdir().unwrap();
-    save_pretrained(&model, &config, out.path()).unwrap();
-    let (_, merged) = load_pretrained(out.path(), &d).unwrap();
-    let diff = logits(&merged, &b)
-        .iter()
-        .zip(&after)
-        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
-    assert!(diff < 1e-5, "{name}: merged logits differ by {diff}");
+    let out = merged_export(&model, &config, &after, name);
 
     let original = tensors(&dir.join("model.safetensors"));
     let exported = tensors(&out.path().join("model.safetensors"));
@@ -232,6 +244,7 @@ fn check_family_with(name: &str, rslora: bool) {
     assert_eq!(cfg["peft_type"], "LORA");
     assert_eq!(cfg["fan_in_fan_out"], conv1d);
     assert_eq!(cfg["use_rslora"], rslora);
+    assert_eq!(cfg["use_dora"], false);
 }
 
 /// The exported name of the weight at `path` (`Llama.layers.0.self_attn.q_proj.weight`): the
@@ -259,6 +272,133 @@ fn lora_on_llama_trains_rank_r_updates_of_the_query_and_value_projections_only()
 #[test]
 fn rank_stabilised_lora_scales_by_alpha_over_the_root_of_the_rank() {
     check_family_with("tiny-llama", true);
+}
+
+/// DoRA on a family's fixture: it starts at the model's own logits (each magnitude is its
+/// column's norm), the adapters and one magnitude per output of each target train, the merged
+/// export computes what the adapted model does, and PEFT's files (`lora_A`, `lora_B`,
+/// `lora_magnitude_vector`, `use_dora`) rebuild each merged weight as
+/// `m_o·(W + s·B·A)_o / ‖(W + s·B·A)_o‖`, output row `o` of the `[out, in]` weight (GPT-2's
+/// Conv1D stores its transpose), in `f64`.
+fn check_dora(name: &str) {
+    let d = device();
+    let dir = fixture(name);
+    let (config, base) = load_pretrained(&dir, &d).unwrap();
+    let b = batch(&config);
+    let before = logits(&base, &b);
+    let dora = LoraConfig {
+        dora: true,
+        ..LoraConfig::new(4, 8.0)
+    };
+    let targets = lora_targets(&base, &dora, config.architecture).unwrap();
+    let model = apply_lora(base.clone(), &dora, config.architecture, 7).unwrap();
+    // m/‖W‖ is 1 to the last bit on the CPU; a GPU's division may be an ulp off
+    let start = logits(&model, &b)
+        .iter()
+        .zip(&before)
+        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+    assert!(
+        start < 1e-5,
+        "{name}: W' = W at the start, but the logits moved by {start}"
+    );
+    let (trained, _) = trainable_params(&model);
+    let expected: usize = targets
+        .iter()
+        .map(|w| 4 * (w.dims[0] + w.dims[1]) + w.dims[1])
+        .sum();
+    assert_eq!(
+        trained, expected,
+        "{name}: the adapters and the magnitudes train"
+    );
+    // the memory estimate counts two dense copies of each DoRA weight (V and W')
+    let dense: usize = targets.iter().map(|w| w.dims[0] * w.dims[1]).sum();
+    assert_eq!(
+        rlhf_core::train::memory::adapted_params(&model),
+        2 * dense as u64,
+        "{name}"
+    );
+    let model = train(model, &b, 3, &d);
+    let after = logits(&model, &b);
+    let out = merged_export(&model, &config, &after, name);
+
+    let adapter = out.path().join("adapter");
+    save_peft_adapter(&model, &config, &dora, &dir, &adapter).unwrap();
+    let peft = tensors(&adapter.join("adapter_model.safetensors"));
+    assert_eq!(
+        peft.len(),
+        3 * targets.len(),
+        "{name}: A, B and m per target"
+    );
+    let (original, exported) = (
+        tensors(&dir.join("model.safetensors")),
+        tensors(&out.path().join("model.safetensors")),
+    );
+    let conv1d = config.architecture == rlhf_models::Architecture::Gpt2;
+    let mut magnitude_moved = 0.0f64;
+    for w in &targets {
+        let key = hf_name(&w.path, &original);
+        let layer = key.strip_suffix(".weight").unwrap();
+        let (sa, a) = &peft[&format!("base_model.model.{layer}.lora_A.weight")];
+        let (sb, bm) = &peft[&format!("base_model.model.{layer}.lora_B.weight")];
+        let (sm, m) = &peft[&format!("base_model.model.{layer}.lora_magnitude_vector")];
+        assert_eq!(
+            sm,
+            &vec![sb[0]],
+            "{name}: {layer}: one magnitude per output"
+        );
+        let (r, d_in, d_out) = (sa[0], sa[1], sm[0]);
+        let (shape, w_merged) = &exported[&key];
+        let w0 = &original[&key].1;
+        let at = |o: usize, i: usize| {
+            if conv1d {
+                i * shape[1] + o
+            } else {
+                o * shape[1] + i
+            }
+        };
+        for o in 0..d_out {
+            let v: Vec<f64> = (0..d_in)
+                .map(|i| {
+                    let ba: f64 = (0..r)
+                        .map(|k| f64::from(bm[o * r + k]) * f64::from(a[k * d_in + i]))
+                        .sum();
+                    f64::from(w0[at(o, i)]) + 2.0 * ba
+                })
+                .collect();
+            let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+            let norm0 = (0..d_in)
+                .map(|i| f64::from(w0[at(o, i)]).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            magnitude_moved = magnitude_moved.max((f64::from(m[o]) - norm0).abs());
+            for (i, vi) in v.iter().enumerate() {
+                let rebuilt = f64::from(m[o]) * vi / norm;
+                let got = f64::from(w_merged[at(o, i)]);
+                assert!(
+                    (rebuilt - got).abs() < 1e-5,
+                    "{name}: {layer}[{o},{i}]: {rebuilt} vs {got}"
+                );
+            }
+        }
+    }
+    assert!(
+        magnitude_moved > 1e-4,
+        "{name}: the magnitudes moved by {magnitude_moved} only"
+    );
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(adapter.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["use_dora"], true);
+}
+
+#[test]
+fn dora_on_llama_rescales_each_output_to_its_trained_magnitude() {
+    check_dora("tiny-llama");
+}
+
+#[test]
+fn dora_on_gpt2_reads_the_conv1d_weights_output_by_output() {
+    check_dora("tiny-gpt2");
 }
 
 #[test]
@@ -396,4 +536,95 @@ fn a_lora_policy_and_its_reference_are_counted_once() {
         config.num_hidden_layers as u64 * per_layer
     );
     assert_eq!(adapted_params(&base), 0);
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+    /// DoRA's weight and its gradients against an `f64` reference from the paper's formula with
+    /// the norm held constant (its §4.3, PEFT's `detach`): for `L = Σ c ⊙ W'` with
+    /// `W' = m ⊙ V / ‖V‖`, `V = W + s·A·B`, the gradient reaching `V` is `c·m/‖V‖` (column by
+    /// column), so `∂L/∂A = s·G·Bᵀ`, `∂L/∂B = s·Aᵀ·G`, and `∂L/∂m_j = Σ_i c_ij·V_ij/‖V_j‖`.
+    /// A column of `W` that is 0 with its magnitude 0 and `B = 0` stays 0, not NaN.
+    #[test]
+    fn dora_weight_and_gradients_match_the_formula_with_a_constant_norm(
+        w in proptest::collection::vec(-1.0f64..1.0, 12),
+        a in proptest::collection::vec(-1.0f64..1.0, 8),
+        b in proptest::collection::vec(-1.0f64..1.0, 6),
+        m in proptest::collection::vec(0.1f64..2.0, 3),
+        c in proptest::collection::vec(-1.0f64..1.0, 12),
+        scale in 0.5f64..4.0,
+        zero_column in proptest::bool::ANY,
+    ) {
+        use burn::module::{Param, Reparameterization};
+        use burn::tensor::{Tensor, TensorData};
+        use rlhf_models::lora::DoraAdapter;
+        let (d_in, r, d_out) = (4usize, 2usize, 3usize);
+        let (mut w, mut b, mut m) = (w, b, m);
+        if zero_column {
+            // column 0 of W, row-major [d_in, d_out], and its B and magnitude
+            for i in 0..d_in {
+                w[i * d_out] = 0.0;
+            }
+            for k in 0..r {
+                b[k * d_out] = 0.0;
+            }
+            m[0] = 0.0;
+        }
+        let d = device();
+        let t2 = |v: &[f64], shape: [usize; 2]| {
+            Tensor::<2>::from_data(TensorData::new(v.iter().map(|&x| x as f32).collect::<Vec<_>>(), shape), &d)
+        };
+        let adapter = DoraAdapter {
+            a: Param::from_tensor(t2(&a, [d_in, r]).require_grad()),
+            b: Param::from_tensor(t2(&b, [r, d_out]).require_grad()),
+            magnitude: Param::from_tensor(
+                Tensor::<1>::from_data(TensorData::new(m.iter().map(|&x| x as f32).collect::<Vec<_>>(), [d_out]), &d)
+                    .require_grad(),
+            ),
+            scale,
+        };
+        let (a_t, b_t, m_t) = (adapter.a.val(), adapter.b.val(), adapter.magnitude.val());
+        let merged = adapter.apply(t2(&w, [d_in, d_out]));
+        let got = to_f32_vec(merged.clone());
+        let grads = merged.mul(t2(&c, [d_in, d_out])).sum().backward();
+        let grad = |t: Option<Tensor<2>>| -> Vec<f32> { to_f32_vec(t.expect("a gradient")) };
+        let (ga, gb) = (grad(a_t.grad(&grads)), grad(b_t.grad(&grads)));
+        let gm = to_f32_vec(m_t.grad(&grads).expect("a gradient"));
+        // the reference
+        let v: Vec<f64> = (0..d_in * d_out)
+            .map(|ij| {
+                let (i, j) = (ij / d_out, ij % d_out);
+                w[ij] + scale * (0..r).map(|k| a[i * r + k] * b[k * d_out + j]).sum::<f64>()
+            })
+            .collect();
+        let norm: Vec<f64> = (0..d_out)
+            .map(|j| (0..d_in).map(|i| v[i * d_out + j].powi(2)).sum::<f64>().sqrt())
+            .collect();
+        let safe = |j: usize| norm[j].max(f64::from(f32::MIN_POSITIVE));
+        let g: Vec<f64> = (0..d_in * d_out).map(|ij| c[ij] * m[ij % d_out] / safe(ij % d_out)).collect();
+        let close = |x: f32, y: f64, what: &str| -> Result<(), proptest::test_runner::TestCaseError> {
+            proptest::prop_assert!(x.is_finite(), "{what}: {x}");
+            proptest::prop_assert!((f64::from(x) - y).abs() <= 1e-4 * (1.0 + y.abs()), "{what}: {x} vs {y}");
+            Ok(())
+        };
+        for ij in 0..d_in * d_out {
+            close(got[ij], m[ij % d_out] * v[ij] / safe(ij % d_out), "W'")?;
+        }
+        for i in 0..d_in {
+            for k in 0..r {
+                let want = scale * (0..d_out).map(|j| g[i * d_out + j] * b[k * d_out + j]).sum::<f64>();
+                close(ga[i * r + k], want, "dA")?;
+            }
+        }
+        for k in 0..r {
+            for j in 0..d_out {
+                let want = scale * (0..d_in).map(|i| a[i * r + k] * g[i * d_out + j]).sum::<f64>();
+                close(gb[k * d_out + j], want, "dB")?;
+            }
+        }
+        for j in 0..d_out {
+            let want = (0..d_in).map(|i| c[i * d_out + j] * v[i * d_out + j]).sum::<f64>() / safe(j);
+            close(gm[j], want, "dm")?;
+        }
+    }
 }
