@@ -290,11 +290,6 @@ pub fn policy(
     if lora.save_adapter && lora.config().is_none() {
         bail!("--save-adapter writes LoRA adapters: it needs --lora-rank R (or --use-peft)");
     }
-    if (lora.use_dora || lora.use_rslora) && lora.config().is_none() {
-        bail!(
-            "--use-dora and --use-rslora shape LoRA adapters: they need --lora-rank R (or --use-peft)"
-        );
-    }
     with_lora(model, config, lora, seed, |m| m)
 }
 
@@ -322,6 +317,14 @@ fn with_lora<M: Module>(
     finish: impl FnOnce(M) -> M,
 ) -> Result<M> {
     let Some(cfg) = lora.config() else {
+        for (flag, given) in [
+            ("--use-dora", lora.use_dora),
+            ("--use-rslora", lora.use_rslora),
+        ] {
+            if given {
+                bail!("{flag} shapes LoRA adapters: it needs --lora-rank R (or --use-peft)");
+            }
+        }
         return Ok(model);
     };
     let model = finish(apply_lora(model, &cfg, config.architecture, seed)?);

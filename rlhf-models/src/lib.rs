@@ -18,8 +18,8 @@
 //!   token (reward model);
 //! - Hugging Face import and export ([`load_pretrained`], [`save_pretrained`]): `config.json` and
 //!   single or sharded safetensors, checked against `transformers` on committed fixtures;
-//! - LoRA ([`apply_lora`]): PEFT's adapters on any family's linear layers, merged on export or
-//!   written alone in PEFT's layout ([`save_peft_adapter`]);
+//! - LoRA ([`apply_lora`]): PEFT's adapters on any family's linear layers (rsLoRA and DoRA as
+//!   options), merged on export or written alone in PEFT's layout ([`save_peft_adapter`]);
 //! - [`generate`]: batched, seeded sampling (temperature, top-k, top-p, min/max new tokens, stop
 //!   at EOS per row) that returns tokens, their log-probs and masks; and the `generate` command;
 //! - SFT ([`train_sft`]): the loss on response tokens only, optional packing, eval loss and
@@ -70,7 +70,7 @@ pub use hf::{
 pub use input::TokenInput;
 pub use llama::Llama;
 pub use lm::{CausalLm, ScalarModel, gather_last};
-pub use lora::{LoraConfig, apply_lora, save_peft_adapter, trainable_params};
+pub use lora::{DoraAdapter, LoraConfig, apply_lora, save_peft_adapter, trainable_params};
 pub use neox::GptNeox;
 pub use precision::Precision;
 pub use sequence_kl::sequence_kl;

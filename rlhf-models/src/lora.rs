@@ -3,11 +3,13 @@
 //! Each targeted linear weight `W` (`[d_in, d_out]` here) becomes `W + s·A·B` (`s = α/r`, or
 //! rsLoRA's `α/√r`) with `A`
 //! `[d_in, r]` and `B` `[r, d_out]`; `W` and every other parameter of the model are frozen, so
-//! only `A` and `B` train. `A` starts as PEFT's does (Kaiming-uniform, bounds `±1/√d_in`) and `B`
-//! at zero, so the model computes exactly what it did before the adapters were attached.
+//! only `A` and `B` train (with DoRA, the magnitudes too). `A` starts as PEFT's does
+//! (Kaiming-uniform, bounds `±1/√d_in`) and `B` at zero, so the model computes exactly what it
+//! did before the adapters were attached.
 //!
-//! The adapters are burn's own ([`burn::module::LoraAdapter`], attached with
-//! [`Module::apply_reparameterization`]): optimizers, gradients, checkpoints (module records) and
+//! LoRA's adapters are burn's own ([`burn::module::LoraAdapter`]), DoRA's this crate's
+//! [`DoraAdapter`], both attached with [`Module::apply_reparameterization`]: optimizers,
+//! gradients, checkpoints (module records) and
 //! `Module::valid` see them as ordinary parameters, and `Module::materialize` folds them into the
 //! weights, which is what [`crate::save_pretrained`] writes. [`save_peft_adapter`] writes the
 //! adapters alone in PEFT's layout.
@@ -294,7 +296,8 @@ impl Reparameterizer for PeftLora {
 /// `W' = m ⊙ (W + s·A·B) / ‖W + s·A·B‖`, each output's column divided by its norm over the
 /// inputs and multiplied by its magnitude; the norm is a constant to the gradient (DoRA's §4.3,
 /// PEFT's `weight_norm.detach()`). A column of norm 0 is divided by the least positive `f32`
-/// instead, so it stays 0 (PEFT would give NaN).
+/// instead: its magnitude starts at 0 and receives a gradient of 0, so it stays 0 (PEFT's would be
+/// NaN).
 #[derive(Debug, Module)]
 pub struct DoraAdapter {
     /// Down-projection `[d_in, r]`.

@@ -562,9 +562,9 @@ impl PpoConfig {
         }
         if !minibatch.is_multiple_of(self.grad_accum) {
             return bad(format!(
-                "a minibatch of {minibatch} episodes (prompts_per_batch × samples_per_prompt / \
-                 num_minibatches) does not split into {} equal micro-batches (grad_accum, \
-                 --gradient-accumulation-steps)",
+                "a minibatch of {minibatch} episodes (--prompts-per-batch × --num-generations / \
+                 --num-mini-batches) does not split into {} equal micro-batches \
+                 (--gradient-accumulation-steps)",
                 self.grad_accum
             ));
         }
@@ -647,9 +647,9 @@ impl PpoConfig {
         }
         if self.top_entropy_quantile < 1.0 && self.grad_accum > 1 {
             return bad(
-                "top_entropy_quantile cuts each minibatch at the quantile of its tokens' \
-                 entropies, which accumulated micro-batches would each take over their own part: \
-                 use one micro-batch (grad_accum 1, --gradient-accumulation-steps 1)"
+                "--top-entropy-quantile cuts each minibatch at the quantile of its tokens' \
+                 entropies, and with accumulation each micro-batch would cut at the quantile of \
+                 its own tokens: use one micro-batch (--gradient-accumulation-steps 1)"
                     .into(),
             );
         }

@@ -568,7 +568,7 @@ pub struct Minibatch {
 /// The part of an optimizer step's minibatch that a shard is (a data-parallel replica's part of
 /// one of the minibatch's accumulated micro-batches): each mean over the minibatch is the sum of
 /// the shards' means weighted by these shares, so the shards' gradients add up to the whole
-/// minibatch's.
+/// minibatch's (under `bnpo`, to the mean of its micro-batches' own token means).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Share {
     /// The shard's response tokens over the minibatch's: the weight of a token mean.
@@ -598,8 +598,9 @@ impl Share {
 
     /// The weight of a policy loss aggregated `how` (`rlhf_core::aggregation`): `dapo` is a token
     /// mean over the minibatch, weighted by tokens; `bnpo` a token mean over the micro-batch,
-    /// weighted by the micro-batch's tokens; `grpo` and `luspo` are means over responses and
-    /// `dr_grpo` a sum over `B·L_max`, all three weighted by responses.
+    /// weighted by `micro_tokens` (the shard's share of its micro-batch's tokens over the number
+    /// of micro-batches); `grpo` and `luspo` are means over responses and `dr_grpo` a sum over
+    /// `B·L_max`, all three weighted by responses.
     pub fn of(&self, how: LossAggregation) -> f32 {
         match how {
             LossAggregation::Dapo => self.tokens,
@@ -630,17 +631,6 @@ pub struct MicroBatch<'r> {
     pub minibatch: &'r [usize],
     /// How many micro-batches the minibatch is cut into.
     pub count: usize,
-}
-
-impl<'r> MicroBatch<'r> {
-    /// The whole minibatch `rows` as its one micro-batch.
-    pub fn whole(rows: &'r [usize]) -> Self {
-        MicroBatch {
-            rows,
-            minibatch: rows,
-            count: 1,
-        }
-    }
 }
 
 impl Experience {
@@ -724,8 +714,8 @@ impl Experience {
 /// when `cfg.top_entropy_quantile < 1`, and the off-policy sequence mask's drops left out when
 /// `cfg.off_policy_mask_threshold` is set (`off_policy_mask/masked_ratio`).
 ///
-/// A replica's shard of the minibatch weighs each term by its [`Share`] of that term's mean; the
-/// diagnostics are the shard's own.
+/// A shard (a replica's part of one micro-batch of the minibatch) weighs each term by its
+/// [`Share`] of that term's mean; the diagnostics are the shard's own.
 pub fn minibatch_loss(
     models: &PolicyAndValue,
     mb: &Minibatch,
@@ -1005,7 +995,7 @@ pub fn ppo_update(
     }
     if cfg.grad_accum == 0 || !size.is_multiple_of(cfg.grad_accum) {
         return Err(Error::Config(format!(
-            "ppo: minibatches of {size} episodes do not split into {} micro-batches",
+            "ppo: minibatches of {size} episodes do not split into {} micro-batches (grad_accum)",
             cfg.grad_accum
         )));
     }
@@ -1061,8 +1051,8 @@ pub fn ppo_update(
 /// The gradients of the minibatch `rows` of `experience` (with PPO-ptx's term on `ptx` when
 /// given) and its metrics, `None` when nothing in it is differentiated: its `grad_accum`
 /// micro-batches in turn (gradient accumulation), each cut into the `replicas`' shards, each
-/// shard's loss weighted by its share of the minibatch's means and the first shard of the first
-/// micro-batch adding the ptx term. The gradients are summed on `device` as they come, so the
+/// shard's loss weighted by its share of the minibatch's means and the first replica's shard of
+/// the first micro-batch adding the ptx term. The gradients are summed on `device` as they come, so the
 /// step holds one micro-batch's activations at a time.
 fn minibatch_gradients(
     models: &PolicyAndValue,
@@ -1139,9 +1129,9 @@ fn shard_gradients(
 /// shard's weighted by its share of that metric's mean (`loss/policy` and `loss/kl` by the
 /// policy loss's share, GSPO's per-sequence clip ratios and `vespo/phi_seq_mean` by responses,
 /// `clip_ratio/low_min` and `/high_max` the least and the greatest over the shards, PPO-ptx's
-/// loss, which only the first micro-batch's first replica computes,
-/// as it is, the others by tokens), and `loss/total`, the loss that is minimised, ptx included,
-/// made of those. The shares are fractions of the whole minibatch, so a shard without response
+/// loss as it is (only the first replica's shard of the first micro-batch computes it), the
+/// others by tokens), and `loss/total`, the loss that is minimised, ptx included, made of
+/// those. The shares are fractions of the whole minibatch, so a shard without response
 /// tokens (left out) still counts in a mean over responses, as its rows count 0 in TRL's.
 fn combine_shards(shards: Vec<(Metrics, Share)>, cfg: &PpoConfig, entropy_coef: f32) -> Metrics {
     let mut sums: Vec<(&'static str, f64)> = Vec::new();
@@ -1647,8 +1637,9 @@ fn check_memory(
                     + value_shape.map_or(0, |v| v.activation_bytes(r, s, value_checkpointing))
                     + bonus_bytes(r)
             },
-            rows_knob: "num_minibatches or grad_accum (more minibatches or micro-batches, fewer \
-                        episodes each)",
+            rows_knob: "grad_accum, --gradient-accumulation-steps (the same step in more, \
+                        smaller micro-batches), or num_minibatches, --num-mini-batches (more, \
+                        smaller steps)",
             seq_knob: "query_length and response_length",
         },
     )

@@ -159,12 +159,12 @@ fn sharded_config(aggregation: LossAggregation, kl_as_loss: bool, ptx: bool) -> 
     }
 }
 
-/// One [`rlhf_ppo::ppo_update`] of `start` on `exp` under `cfg` at the learning rate `lr` (KL
-/// coefficient 0.05, the batch order drawn from seed 4), on `replicas`: the weights after it and
-/// what it logged.
+/// One [`rlhf_ppo::ppo_update`] of `start` on `exp` under `cfg`, optimizer step `k` at the
+/// learning rate `lr(k)` (KL coefficient 0.05, the batch order drawn from seed 4), on
+/// `replicas`: the weights after it and what it logged.
 fn update_once(
     start: PolicyAndValue,
-    (exp, cfg, lr): (&Experience, &PpoConfig, f64),
+    (exp, cfg, lr): (&Experience, &PpoConfig, &dyn Fn(u64) -> f64),
     demos: &[(Vec<u32>, Vec<u32>)],
     device: &Device,
     replicas: &rlhf_core::train::Replicas,
@@ -177,7 +177,7 @@ fn update_once(
         cfg,
         0.05,
         &mut cfg.entropy_controller(),
-        &|_| lr,
+        lr,
         demos,
         &mut TrainRng::seed_from_u64(4),
         device,
@@ -781,7 +781,7 @@ fn ptx_with_a_zero_coefficient_leaves_the_update_bit_identical() {
         .collect();
     let update_on = |exp: &Experience, cfg: &PpoConfig, demos: &[(Vec<u32>, Vec<u32>)]| {
         let one = rlhf_core::train::Replicas::default();
-        update_once(models(), (exp, cfg, 1e-3), demos, &f.device, &one)
+        update_once(models(), (exp, cfg, &|_| 1e-3), demos, &f.device, &one)
     };
     let update = |cfg: &PpoConfig, demos: &[(Vec<u32>, Vec<u32>)]| update_on(&exp, cfg, demos);
     let (plain, plain_stats) = update(&cfg, &[]);
@@ -918,7 +918,7 @@ proptest::proptest! {
                 |options| {
                     let lr = cfg.optimizer.lr;
                     let (weights, stats) =
-                        update_once(start.clone(), (&exp, &cfg, lr), &demos, &f.device, &options.replicas);
+                        update_once(start.clone(), (&exp, &cfg, &|_| lr), &demos, &f.device, &options.replicas);
                     assert_eq!(stats.minibatches.len(), 1);
                     losses.borrow_mut().push(get(&stats.minibatches[0], names::LOSS_TOTAL));
                     weights
@@ -1037,9 +1037,18 @@ fn accumulated_micro_batches_take_the_minibatch_step() {
                     grad_accum: k,
                     ..cfg.clone()
                 };
-                let lr = cfg.optimizer.lr;
-                let (weights, stats) =
-                    update_once(start.clone(), (&exp, &cfg, lr), &demos, &f.device, replicas);
+                // with two minibatches, the second step's rate is 0: the first step's rounding
+                // (other on a GPU) would reach the weights the second step's gradient is read at,
+                // and the revealing optimizer's rate of 1 amplifies it; the second minibatch's
+                // loss is still compared, at the first step's weights
+                let first_only = |k: u64| if k == 0 { cfg.optimizer.lr } else { 0.0 };
+                let (weights, stats) = update_once(
+                    start.clone(),
+                    (&exp, &cfg, &first_only),
+                    &demos,
+                    &f.device,
+                    replicas,
+                );
                 assert_eq!(stats.minibatches.len(), cfg.num_minibatches, "{case}");
                 let losses: Vec<f64> = stats
                     .minibatches

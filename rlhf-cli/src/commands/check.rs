@@ -29,14 +29,19 @@ pub struct CheckArgs {
     /// The prompt field, when the file names it differently.
     #[arg(long, default_value = "prompt")]
     pub prompt_field: String,
+    /// The field of a plain-text record, when the file names it differently
+    /// [TRL: --dataset_text_field].
+    #[arg(long, default_value = "text")]
+    pub dataset_text_field: String,
 }
 
 /// Prints what the read found; exits with 1 when a record is bad (unless `--skip-bad`).
 pub fn run(args: &CheckArgs) -> Result<ExitCode> {
-    let opts = ReadOptions {
+    let mut opts = ReadOptions {
         max_errors: args.max_errors,
         ..read_options(&args.prompt_field, args.skip_bad)
     };
+    opts.fields.text = args.dataset_text_field.clone();
     let kind = match args.kind {
         Some(k) => k,
         None => detect_kind(&args.file, &opts)?,

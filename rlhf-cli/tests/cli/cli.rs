@@ -521,8 +521,6 @@ fn sft_lowers_the_eval_loss_and_writes_a_checkpoint() {
             fixture("tiny-pythia"),
             "--data".into(),
             s(&plain),
-            "--out".into(),
-            s(&out),
             "--eval-share".into(),
             "0.1".into(),
             "--max-length".into(),
@@ -531,11 +529,19 @@ fn sft_lowers_the_eval_loss_and_writes_a_checkpoint() {
         args.extend(field.iter().map(|f| f.to_string()));
         args
     };
+    let field = ["--dataset-text-field", "content"];
+    let (to, dora) = (["--out", &s(&out)], dir.path().join("dora"));
     refused(
-        &plain_run(&[]),
+        &plain_run(&to),
         "expected `prompt` + `completion`, `messages` or `text`",
     );
-    ok(&plain_run(&["--dataset-text-field", "content"]));
+    assert!(ok(&["check", &s(&plain), field[0], field[1]]).contains("rejected 0"));
+    // DoRA shapes LoRA's adapters: without a rank it is refused, not ignored
+    refused(
+        &plain_run(&[&field[..], &["--out", &s(&dora), "--use-dora"]].concat()),
+        "--use-dora shapes LoRA adapters: it needs --lora-rank R",
+    );
+    ok(&plain_run(&[&field[..], &to[..]].concat()));
     assert!(!metric(&out, "eval_loss").is_empty(), "nothing held out");
     // the chat model learned to end its replies with its EOS, `<|im_end|>`, once a reply is
     // written, and not before: its reply to a post does not start with EOS, and after a reply

@@ -3,6 +3,7 @@
 //! Per epoch, the trainer gives batches of example indices (drawn from its seed and the epoch, so
 //! a resumed run sees the same batches); `grad_accum` batches make one optimizer step (mean of
 //! their gradients), the global gradient norm is clipped, the learning rate follows the schedule;
+//! with `max_steps` the run stops at that step, within an epoch if need be (transformers' rule);
 //! eval runs every `eval_every` steps and at the end; checkpoints hold the model, the optimizer and
 //! the step, and a run started again in the same directory resumes after its newest checkpoint,
 //! skipping the batches it already trained on.
@@ -31,9 +32,9 @@ use crate::{Error, Result};
 pub struct FitConfig<'a> {
     /// Passes over the data.
     pub epochs: usize,
-    /// Stop after this many optimizer steps, before the last epoch's end when it comes first
-    /// (transformers' `max_steps`; the caller gives enough `epochs` to reach it, or the loop
-    /// refuses to start). `None`: every epoch to its end.
+    /// Stop after this many optimizer steps of the whole run, within an epoch if need be
+    /// (transformers' `max_steps`). The caller gives enough `epochs`; 0, or more steps than the
+    /// epochs hold, is refused. `None`: every epoch to its end.
     pub max_steps: Option<u64>,
     /// Batches per optimizer step.
     pub grad_accum: usize,

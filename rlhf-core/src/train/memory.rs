@@ -11,7 +11,8 @@
 //!   parts are written one after the other, each streamed into its file from burn's record (a
 //!   host copy of its tensors), so the largest, the optimizer's moments, is held once more;
 //! - **the export** of the trained model (`save_pretrained`): the weights, a dense copy of each
-//!   LoRA-adapted weight (the adapters merged), and the model's parameters twice more
+//!   LoRA-adapted weight (the adapters merged; a DoRA weight, counted twice, is overcounted
+//!   here), and the model's parameters twice more
 //!   (burn-store's snapshot of each tensor and the file's bytes).
 //!
 //! To the largest phase it adds the process's own memory (code, tokenizer, data), measured when
@@ -42,7 +43,8 @@ pub struct Params {
     /// Parameters of the model the run writes at its end (LoRA's adapters merged into the base).
     pub exported: u64,
     /// Frozen weights with a LoRA adapter: every forward pass rebuilds each of them dense
-    /// (`W + s·A·B`), and autodiff keeps that copy for the backward pass.
+    /// (`W + s·A·B`), and autodiff keeps that copy for the backward pass; a DoRA-adapted weight
+    /// counts twice (`V` and `W'`).
     pub adapted: u64,
 }
 
@@ -323,8 +325,8 @@ pub fn trains<M: burn::module::Module>(module: &M) -> bool {
     float_params(module).iter().any(|p| p.trains)
 }
 
-/// The elements of the weights of `model` that carry a LoRA adapter, a DoRA adapter's counted
-/// twice (its forward pass keeps two dense copies of the weight for the backward pass, `V` and
+/// The elements of the weights of `model` that carry a LoRA adapter, a DoRA-adapted weight's
+/// counted twice (its forward pass keeps two dense copies of the weight for the backward pass, `V` and
 /// `W'`, where LoRA's keeps one).
 pub fn adapted_params<M: burn::module::Module>(model: &M) -> u64 {
     // burn visits an adapted weight's base, then enters its reparameterization (the adapter),

@@ -362,7 +362,7 @@ fn check_dora(name: &str) {
                     let ba: f64 = (0..r)
                         .map(|k| f64::from(bm[o * r + k]) * f64::from(a[k * d_in + i]))
                         .sum();
-                    f64::from(w0[at(o, i)]) + 2.0 * ba
+                    f64::from(w0[at(o, i)]) + dora.scale() * ba
                 })
                 .collect();
             let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
