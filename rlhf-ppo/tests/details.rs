@@ -1102,3 +1102,73 @@ fn accumulated_micro_batches_take_the_minibatch_step() {
         }
     }
 }
+
+/// What an accumulated step logs is the whole minibatch's: every metric of each minibatch, on 2
+/// micro-batches of 2 replicas, is the one micro-batch's on one replica (to rounding), with PPO's
+/// clipped ratio and with VESPO's weights (`vespo/phi_seq_mean`, a mean over responses), over two
+/// minibatches so that the second reads ratios away from 1. `val/ratio_var` is the micro-batches'
+/// mean variance, without the term between them, and is left out.
+#[test]
+fn accumulated_micro_batches_log_the_minibatchs_metrics() {
+    use rlhf_core::PolicyObjective;
+    use rlhf_core::train::Replicas;
+    let _serial = rlhf_testkit::serial();
+    let f = fixture();
+    let p = policy(&f);
+    for objective in [PolicyObjective::Ppo, PolicyObjective::Vespo] {
+        let cfg = PpoConfig {
+            policy_objective: objective,
+            num_minibatches: 2,
+            ..sharded_config(LossAggregation::Dapo, true, false)
+        };
+        let (_, ids, mask, g) = sample(&f, &p, &cfg);
+        let start = with_critic(p.clone());
+        let scores: Vec<f32> = (0..g.batch).map(|b| (b % 4) as f32).collect();
+        let (mut exp, _) = experience(&inference(&start), &p, (&ids, &mask, &g), &scores, &cfg);
+        move_reference_apart(&mut exp);
+        let lines = |k: usize, replicas: usize| -> Vec<Metrics> {
+            let cfg = PpoConfig {
+                grad_accum: k,
+                ..cfg.clone()
+            };
+            let replicas = Replicas::new(vec![f.device.clone(); replicas]);
+            // a first step small enough that the second minibatch's ratios stay near 1 (at the
+            // revealing optimizer's rate of 1 the policy moves so far that they are ~1e-6),
+            // and a second step of rate 0, as in the test above: its metrics are read at the
+            // first step's weights
+            let first_only = |k: u64| if k == 0 { 0.02 } else { 0.0 };
+            let stats = update_once(
+                start.clone(),
+                (&exp, &cfg, &first_only),
+                &[],
+                &f.device,
+                &replicas,
+            )
+            .1;
+            stats.minibatches
+        };
+        let (whole, accumulated) = (lines(1, 1), lines(2, 2));
+        assert_eq!(whole.len(), 2);
+        for (w, a) in whole.iter().zip(&accumulated) {
+            for &(name, want) in w {
+                if name == names::VAL_RATIO_VAR {
+                    continue;
+                }
+                let got = get(a, name);
+                let same = (want.is_nan() && got.is_nan())
+                    || (got - want).abs() <= 1e-4 * want.abs() + 1e-6;
+                assert!(
+                    same,
+                    "{objective:?}: {name} {got}, the whole minibatch's {want}"
+                );
+            }
+        }
+        if objective == PolicyObjective::Vespo {
+            let phi = get(&whole[1], names::VESPO_PHI_MEAN);
+            assert!(
+                (phi - 1.0).abs() > 1e-3,
+                "the second minibatch's φ mean is {phi}"
+            );
+        }
+    }
+}
