@@ -1,18 +1,17 @@
 //! LoRA (Hu et al., 2021) on this crate's models, as PEFT applies it to a `transformers` model.
 //!
 //! Each targeted linear weight `W` (`[d_in, d_out]` here) becomes `W + s·A·B` (`s = α/r`, or
-//! rsLoRA's `α/√r`) with `A`
-//! `[d_in, r]` and `B` `[r, d_out]`; `W` and every other parameter of the model are frozen, so
-//! only `A` and `B` train (with DoRA, the magnitudes too). `A` starts as PEFT's does
-//! (Kaiming-uniform, bounds `±1/√d_in`) and `B` at zero, so the model computes exactly what it
-//! did before the adapters were attached.
+//! rsLoRA's `α/√r`) with `A` `[d_in, r]` and `B` `[r, d_out]`; `W` and every other parameter of
+//! the model are frozen, so only `A` and `B` train (with DoRA, the magnitudes too). `A` starts as
+//! PEFT's does (Kaiming-uniform, bounds `±1/√d_in`) and `B` at zero, so the model computes
+//! exactly what it did before the adapters were attached.
 //!
 //! LoRA's adapters are burn's own ([`burn::module::LoraAdapter`]), DoRA's this crate's
 //! [`DoraAdapter`], both attached with [`Module::apply_reparameterization`]: optimizers,
-//! gradients, checkpoints (module records) and
-//! `Module::valid` see them as ordinary parameters, and `Module::materialize` folds them into the
-//! weights, which is what [`crate::save_pretrained`] writes. [`save_peft_adapter`] writes the
-//! adapters alone in PEFT's layout.
+//! gradients, checkpoints (module records) and `Module::valid` see them as ordinary parameters,
+//! and `Module::materialize` folds them into the weights, which is what
+//! [`crate::save_pretrained`] writes. [`save_peft_adapter`] writes the adapters alone in PEFT's
+//! layout.
 //!
 //! DoRA (Liu et al., 2024; PEFT's `use_dora`) decomposes the adapted weight into a direction and a
 //! trained magnitude `m` (`[d_out]`, one per output, starting at `‖W‖` of that output's column):

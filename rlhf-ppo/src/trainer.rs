@@ -959,8 +959,9 @@ impl UpdateStats {
 
 /// Step 5: `ppo_epochs` passes over `experience` in `num_minibatches` shuffled minibatches, one
 /// AdamW step each after clipping the global gradient norm, each minibatch's loss and backward
-/// pass run on its `grad_accum` micro-batches in turn (their gradients summed). With `ptx_coef > 0`, each step adds
-/// `γ_ptx · L_SFT` on `ptx_batch_size` demonstrations drawn with `rng`.
+/// pass run on its `grad_accum` micro-batches in turn (their gradients summed). With
+/// `ptx_coef > 0`, each step adds `γ_ptx · L_SFT` on `ptx_batch_size` demonstrations drawn with
+/// `rng`.
 ///
 /// `models` live on the autodiff `device`, the first of the data-parallel `replicas` (each takes a
 /// shard of every minibatch); `lr` is this update's learning rate (the schedule is the caller's).
@@ -1052,8 +1053,8 @@ pub fn ppo_update(
 /// given) and its metrics, `None` when nothing in it is differentiated: its `grad_accum`
 /// micro-batches in turn (gradient accumulation), each cut into the `replicas`' shards, each
 /// shard's loss weighted by its share of the minibatch's means and the first replica's shard of
-/// the first micro-batch adding the ptx term. The gradients are summed on `device` as they come, so the
-/// step holds one micro-batch's activations at a time.
+/// the first micro-batch adding the ptx term. The gradients are summed on `device` as they come,
+/// so the step holds one micro-batch's activations at a time.
 fn minibatch_gradients(
     models: &PolicyAndValue,
     (experience, rows, ptx): (&Experience, &[usize], Option<&[&Example]>),

@@ -917,8 +917,13 @@ proptest::proptest! {
                 1e-5,
                 |options| {
                     let lr = cfg.optimizer.lr;
-                    let (weights, stats) =
-                        update_once(start.clone(), (&exp, &cfg, &|_| lr), &demos, &f.device, &options.replicas);
+                    let (weights, stats) = update_once(
+                        start.clone(),
+                        (&exp, &cfg, &|_| lr),
+                        &demos,
+                        &f.device,
+                        &options.replicas,
+                    );
                     assert_eq!(stats.minibatches.len(), 1);
                     losses.borrow_mut().push(get(&stats.minibatches[0], names::LOSS_TOTAL));
                     weights

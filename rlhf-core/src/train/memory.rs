@@ -326,8 +326,8 @@ pub fn trains<M: burn::module::Module>(module: &M) -> bool {
 }
 
 /// The elements of the weights of `model` that carry a LoRA adapter, a DoRA-adapted weight's
-/// counted twice (its forward pass keeps two dense copies of the weight for the backward pass, `V` and
-/// `W'`, where LoRA's keeps one).
+/// counted twice (its forward pass keeps two dense copies of the weight for the backward pass,
+/// `V` and `W'`, where LoRA's keeps one).
 pub fn adapted_params<M: burn::module::Module>(model: &M) -> u64 {
     // burn visits an adapted weight's base, then enters its reparameterization (the adapter),
     // whose parameters are LoRA's two factors and, with DoRA, a magnitude vector

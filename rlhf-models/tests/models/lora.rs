@@ -571,15 +571,15 @@ proptest::proptest! {
             m[0] = 0.0;
         }
         let d = device();
+        let f32s = |v: &[f64]| -> Vec<f32> { v.iter().map(|&x| x as f32).collect() };
         let t2 = |v: &[f64], shape: [usize; 2]| {
-            Tensor::<2>::from_data(TensorData::new(v.iter().map(|&x| x as f32).collect::<Vec<_>>(), shape), &d)
+            Tensor::<2>::from_data(TensorData::new(f32s(v), shape), &d)
         };
         let adapter = DoraAdapter {
             a: Param::from_tensor(t2(&a, [d_in, r]).require_grad()),
             b: Param::from_tensor(t2(&b, [r, d_out]).require_grad()),
             magnitude: Param::from_tensor(
-                Tensor::<1>::from_data(TensorData::new(m.iter().map(|&x| x as f32).collect::<Vec<_>>(), [d_out]), &d)
-                    .require_grad(),
+                Tensor::<1>::from_data(TensorData::new(f32s(&m), [d_out]), &d).require_grad(),
             ),
             scale,
         };
@@ -601,10 +601,14 @@ proptest::proptest! {
             .map(|j| (0..d_in).map(|i| v[i * d_out + j].powi(2)).sum::<f64>().sqrt())
             .collect();
         let safe = |j: usize| norm[j].max(f64::from(f32::MIN_POSITIVE));
-        let g: Vec<f64> = (0..d_in * d_out).map(|ij| c[ij] * m[ij % d_out] / safe(ij % d_out)).collect();
-        let close = |x: f32, y: f64, what: &str| -> Result<(), proptest::test_runner::TestCaseError> {
+        let g: Vec<f64> = (0..d_in * d_out)
+            .map(|ij| c[ij] * m[ij % d_out] / safe(ij % d_out))
+            .collect();
+        type Checked = Result<(), proptest::test_runner::TestCaseError>;
+        let close = |x: f32, y: f64, what: &str| -> Checked {
             proptest::prop_assert!(x.is_finite(), "{what}: {x}");
-            proptest::prop_assert!((f64::from(x) - y).abs() <= 1e-4 * (1.0 + y.abs()), "{what}: {x} vs {y}");
+            let near = (f64::from(x) - y).abs() <= 1e-4 * (1.0 + y.abs());
+            proptest::prop_assert!(near, "{what}: {x} vs {y}");
             Ok(())
         };
         for ij in 0..d_in * d_out {
@@ -612,7 +616,8 @@ proptest::proptest! {
         }
         for i in 0..d_in {
             for k in 0..r {
-                let want = scale * (0..d_out).map(|j| g[i * d_out + j] * b[k * d_out + j]).sum::<f64>();
+                let want =
+                    scale * (0..d_out).map(|j| g[i * d_out + j] * b[k * d_out + j]).sum::<f64>();
                 close(ga[i * r + k], want, "dA")?;
             }
         }
@@ -623,7 +628,8 @@ proptest::proptest! {
             }
         }
         for j in 0..d_out {
-            let want = (0..d_in).map(|i| c[i * d_out + j] * v[i * d_out + j]).sum::<f64>() / safe(j);
+            let want =
+                (0..d_in).map(|i| c[i * d_out + j] * v[i * d_out + j]).sum::<f64>() / safe(j);
             close(gm[j], want, "dm")?;
         }
     }
