@@ -607,7 +607,12 @@ impl TrainArgs {
 
     /// Optimizer steps of one epoch over `n` examples in micro-batches of the configured size.
     pub fn steps_per_epoch(&self, n: usize) -> u64 {
-        let batches = n.div_ceil(self.per_device_train_batch_size.max(1));
+        self.steps_of(n.div_ceil(self.per_device_train_batch_size.max(1)))
+    }
+
+    /// Optimizer steps of one epoch of `batches` micro-batches,
+    /// `gradient_accumulation_steps` to a step.
+    pub fn steps_of(&self, batches: usize) -> u64 {
         batches.div_ceil(self.gradient_accumulation_steps.max(1)) as u64
     }
 

@@ -99,7 +99,7 @@ impl KtoArgs {
             .loss()
             .batches(&order, self.train.per_device_train_batch_size)
             .len();
-        batches.div_ceil(self.train.gradient_accumulation_steps.max(1)) as u64
+        self.train.steps_of(batches)
     }
 
     /// The library's loss.
