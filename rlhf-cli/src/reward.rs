@@ -336,11 +336,6 @@ mod tests {
     use super::*;
     use crate::data::Encoder;
 
-    /// Held by the tests that compare reward models whose fresh score heads are drawn from seed
-    /// 0: run at once, two such tests' draws interleaved (CI saw one test's scores differ from
-    /// its own reference), so they take turns.
-    static FRESH_HEADS: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
     fn fixture(name: &str) -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../rlhf-models/tests/fixtures/hf")
@@ -351,7 +346,6 @@ mod tests {
     /// prompt in its chat format, a finished reply with its own end of turn, a cut-off reply bare.
     #[test]
     fn a_reward_model_of_another_tokenizer_reads_samples_in_its_own_format() {
-        let _turn = FRESH_HEADS.lock().unwrap_or_else(|e| e.into_inner());
         let device = Device::flex();
         let policy_dir = fixture("tiny-llama3-chat");
         let policy = Tokenizer::from_dir(&policy_dir).unwrap();
@@ -458,7 +452,6 @@ mod tests {
     /// does: what a template writes only after the generation prompt never reaches it.)
     #[test]
     fn the_chat_template_variables_reach_a_reward_models_template() {
-        let _turn = FRESH_HEADS.lock().unwrap_or_else(|e| e.into_inner());
         let device = Device::flex();
         let policy = Tokenizer::from_dir(&fixture("tiny-llama3-chat")).unwrap();
         let dir = tempfile::tempdir().unwrap();

@@ -214,8 +214,10 @@ pub fn save_scalar_pretrained(
 
 /// Loads a scalar model from a Hugging Face directory: what [`save_scalar_pretrained`] wrote, a
 /// sequence-classification checkpoint with one label, or a causal LM checkpoint (its LM head is
-/// left out and the `score` head is fresh). Returns the config, the model, the `rlhf_scalar`
-/// value (`null` when absent) and whether the head came from the files.
+/// left out and the `score` head is zeros: draw a fresh one with [`ScalarModel::from_backbone`],
+/// under a seed). Returns the config, the model, the `rlhf_scalar` value (`null` when absent) and
+/// whether the head came from the files. Loading draws no random numbers, so it cannot change
+/// what a seeded initialisation in another thread draws.
 pub fn load_scalar_pretrained(
     dir: &Path,
     device: &Device,
@@ -235,7 +237,7 @@ pub fn load_scalar_pretrained(
         ));
     }
     check_files_hold(&config, dir)?;
-    let mut model = ScalarModel::from_backbone(CausalLm::init(&config, device)?);
+    let mut model = ScalarModel::with_zero_head(CausalLm::init(&config, device)?);
     let loaded = load_weights(&mut model, &config, dir, "backbone.")?;
     Ok((config, model, extra, loaded.contains("score.weight")))
 }

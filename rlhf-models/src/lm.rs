@@ -149,18 +149,18 @@ impl CausalLm {
     /// Rows of the input embedding.
     pub fn vocab_size(&self) -> usize {
         match self {
-            CausalLm::GptNeox(m) => m.embed_in.weight.dims()[0],
-            CausalLm::Llama(m) => m.embed_tokens.weight.dims()[0],
-            CausalLm::Gpt2(m) => m.wte.weight.dims()[0],
+            CausalLm::GptNeox(m) => m.embed_in.weight.lazy_shape()[0],
+            CausalLm::Llama(m) => m.embed_tokens.weight.lazy_shape()[0],
+            CausalLm::Gpt2(m) => m.wte.weight.lazy_shape()[0],
         }
     }
 
     /// Model width `d`.
     pub fn hidden_size(&self) -> usize {
         match self {
-            CausalLm::GptNeox(m) => m.embed_in.weight.dims()[1],
-            CausalLm::Llama(m) => m.embed_tokens.weight.dims()[1],
-            CausalLm::Gpt2(m) => m.wte.weight.dims()[1],
+            CausalLm::GptNeox(m) => m.embed_in.weight.lazy_shape()[1],
+            CausalLm::Llama(m) => m.embed_tokens.weight.lazy_shape()[1],
+            CausalLm::Gpt2(m) => m.wte.weight.lazy_shape()[1],
         }
     }
 
@@ -292,9 +292,9 @@ impl CausalLm {
     /// The device the parameters live on.
     pub fn device(&self) -> Device {
         match self {
-            CausalLm::GptNeox(m) => m.embed_in.weight.device(),
-            CausalLm::Llama(m) => m.embed_tokens.weight.device(),
-            CausalLm::Gpt2(m) => m.wte.weight.device(),
+            CausalLm::GptNeox(m) => m.embed_in.weight.lazy_device(),
+            CausalLm::Llama(m) => m.embed_tokens.weight.lazy_device(),
+            CausalLm::Gpt2(m) => m.wte.weight.lazy_device(),
         }
     }
 }
@@ -335,6 +335,20 @@ impl ScalarModel {
                 mean: 0.0,
                 std: 1.0 / ((d + 1) as f64).sqrt(),
             })
+            .init(&device);
+        ScalarModel {
+            backbone: backbone.without_lm_head(),
+            score,
+        }
+    }
+
+    /// Drops `backbone`'s LM head and adds a head of zeros, drawing no random numbers: the shell
+    /// a checkpoint's head is loaded into.
+    pub fn with_zero_head(backbone: CausalLm) -> Self {
+        let device = backbone.device();
+        let score = LinearConfig::new(backbone.hidden_size(), 1)
+            .with_bias(false)
+            .with_initializer(Initializer::Zeros)
             .init(&device);
         ScalarModel {
             backbone: backbone.without_lm_head(),

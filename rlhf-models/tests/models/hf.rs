@@ -1010,18 +1010,34 @@ fn a_scalar_model_round_trips_with_its_extra_settings() {
     }
 }
 
-/// A causal LM checkpoint loads as a scalar model: its LM head is left out and the head is fresh.
+/// A causal LM checkpoint loads as a scalar model: its LM head is left out and the head is
+/// zeros, for the caller to draw under its seed. Loading, causal or scalar, draws no random
+/// numbers: a draw there would change what a seeded initialisation in another thread draws.
 #[test]
-fn a_causal_checkpoint_loads_as_a_scalar_model_with_a_fresh_head() {
+fn a_causal_checkpoint_loads_as_a_scalar_model_with_a_zero_head() {
+    use burn::tensor::{Distribution, Tensor};
     let d = device();
+    let draw = || to_f32_vec(Tensor::<2>::random([2, 8], Distribution::Default, &d));
     for name in ["tiny-neox", "tiny-llama", "tiny-qwen2"]
         .into_iter()
         .chain(NEW_FAMILIES)
     {
+        d.seed(7);
+        let undisturbed = draw();
+        d.seed(7);
         let (_, model, extra, head) =
             rlhf_models::load_scalar_pretrained(&fixture(name), &d).unwrap();
+        assert_eq!(draw(), undisturbed, "{name}: loading a scalar model drew");
+        d.seed(7);
+        let _ = load_pretrained(&fixture(name), &d).unwrap();
+        assert_eq!(draw(), undisturbed, "{name}: loading a causal model drew");
         assert!(!head && extra.is_null(), "{name}");
         assert!(!model.backbone.has_lm_head());
+        assert!(
+            to_f32_vec(model.score.weight.val())
+                .iter()
+                .all(|&w| w == 0.0)
+        );
         let (_, lm) = load_pretrained(&fixture(name), &d).unwrap();
         let p = parity(name);
         // the same hidden states as the causal model's
