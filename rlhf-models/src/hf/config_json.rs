@@ -504,6 +504,42 @@ fn rope_json(config: &TransformerConfig) -> Value {
     rope
 }
 
+/// The scaling under its older name, `rope_scaling`, as transformers < 5 and other tools read
+/// it: [`rope_json`] without the keys those read at the top level (`rope_theta`,
+/// `partial_rotary_factor`). transformers 5 reads it before `rope_parameters`, so both name the
+/// same scaling. transformers 4's Phi-3 takes exactly `type`, `short_factor` and `long_factor`
+/// (and computes the attention factor from the positions, as [`rope`] does when it is absent),
+/// so a Phi-3 longrope with that default factor is written so; another factor is kept, which
+/// transformers 4 refuses rather than computing with the default.
+fn legacy_rope_json(config: &TransformerConfig) -> Value {
+    let mut rope = rope_json(config);
+    let object = rope.as_object_mut().expect("rope_json writes an object");
+    object.remove("rope_theta");
+    object.remove("partial_rotary_factor");
+    if let RopeScaling::Longrope {
+        short_factor,
+        long_factor,
+        original_max_position_embeddings: original,
+        attention_factor,
+    } = &config.rope_scaling
+    {
+        let factor = config.max_position_embeddings as f64 / (*original).max(1) as f64;
+        let default = if factor <= 1.0 {
+            1.0
+        } else {
+            (1.0 + factor.ln() / (*original as f64).ln()).sqrt()
+        };
+        if config.architecture == Architecture::Phi3 && *attention_factor == default {
+            return json!({
+                "type": "longrope",
+                "short_factor": short_factor,
+                "long_factor": long_factor,
+            });
+        }
+    }
+    rope
+}
+
 /// The `config.json` that `transformers` loads for `config` (`GPTNeoXForCausalLM`,
 /// `LlamaForCausalLM`, `Qwen2ForCausalLM`, `Qwen3ForCausalLM`, `MistralForCausalLM`,
 /// `Phi3ForCausalLM` or `GPT2LMHeadModel`).
@@ -597,10 +633,8 @@ pub fn config_to_json(config: &TransformerConfig) -> Value {
             json
         }
     };
-    // the scaling also under its older name, which transformers < 5 and other tools read
-    // (transformers 5 reads it first, so both name the same thing)
     if config.rope_scaling != RopeScaling::Default {
-        json["rope_scaling"] = rope_json(config);
+        json["rope_scaling"] = legacy_rope_json(config);
     }
     json["architectures"] = json!([causal_class(arch)]);
     json["model_type"] = arch.model_type().into();

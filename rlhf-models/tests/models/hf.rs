@@ -1164,7 +1164,9 @@ fn sizes_that_overflow_or_exceed_the_files_are_refused() {
 
 /// `"num_key_value_heads": null` means as many key/value heads as query heads (transformers'
 /// `__post_init__`), not the family's default for an absent key; exported scaling is also
-/// written under `rope_scaling`, the name older readers know, and reads back the same.
+/// written under `rope_scaling`, the name older readers know, and each name alone reads back the
+/// same scaling. Phi-3's older form has exactly the three keys transformers 4's `Phi3Config`
+/// accepts, unless its attention factor is not the one computed from the positions.
 #[test]
 fn null_kv_heads_mean_the_query_heads_and_scaling_is_written_under_both_names() {
     for name in ["tiny-qwen3", "tiny-mistral"] {
@@ -1178,14 +1180,51 @@ fn null_kv_heads_mean_the_query_heads_and_scaling_is_written_under_both_names() 
         let c = rlhf_models::config_from_json(&path).unwrap();
         assert_eq!(c.num_key_value_heads, c.num_attention_heads, "{name}");
     }
+    let read_back = |json: &Value| {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, serde_json::to_vec(json).unwrap()).unwrap();
+        rlhf_models::config_from_json(&path).unwrap()
+    };
+    let mut phi3 = None;
     for name in ["tiny-llama3", "tiny-llama-linear", "tiny-phi3"] {
         let c = rlhf_models::config_from_json(&fixture(name).join("config.json")).unwrap();
         assert_ne!(c.rope_scaling, rlhf_models::RopeScaling::Default, "{name}");
         let json = rlhf_models::config_to_json(&c);
-        assert_eq!(json["rope_scaling"], json["rope_parameters"], "{name}");
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("config.json");
-        std::fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
-        assert_eq!(rlhf_models::config_from_json(&path).unwrap(), c, "{name}");
+        assert_eq!(read_back(&json), c, "{name}");
+        for name_alone in ["rope_scaling", "rope_parameters"] {
+            let mut alone = json.clone();
+            let other = if name_alone == "rope_scaling" {
+                "rope_parameters"
+            } else {
+                "rope_scaling"
+            };
+            alone.as_object_mut().unwrap().remove(other).unwrap();
+            assert_eq!(read_back(&alone), c, "{name}: {name_alone} alone");
+        }
+        let legacy = json["rope_scaling"].as_object().unwrap();
+        assert!(!legacy.contains_key("rope_theta"), "{name}: {legacy:?}");
+        if name == "tiny-phi3" {
+            let keys: Vec<&String> = legacy.keys().collect();
+            assert_eq!(keys, ["long_factor", "short_factor", "type"], "{legacy:?}");
+            phi3 = Some(c);
+        }
     }
+    // another attention factor than the positions give is kept, under both names
+    let mut c = phi3.unwrap();
+    let rlhf_models::RopeScaling::Longrope {
+        attention_factor, ..
+    } = &mut c.rope_scaling
+    else {
+        panic!("tiny-phi3 has longrope")
+    };
+    *attention_factor += 0.125;
+    let json = rlhf_models::config_to_json(&c);
+    assert!(
+        json["rope_scaling"]["attention_factor"].is_number(),
+        "{json}"
+    );
+    let mut alone = json.clone();
+    alone.as_object_mut().unwrap().remove("rope_parameters");
+    assert_eq!(read_back(&alone), c);
 }
