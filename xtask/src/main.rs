@@ -103,8 +103,9 @@ fn check_cuda() -> Result<()> {
 /// needs `torch` and `transformers`; the tests themselves never run Python). Then round-trips
 /// every parity fixture through `save_pretrained` and has `transformers` load the result; then
 /// runs every training command of `rlhf` briefly on the command-line fixtures (and DPO with
-/// LoRA) and has `transformers` load each output directory, comparing its logits (or scores)
-/// with ours; a LoRA run's PEFT adapter files are loaded with `peft` on the base model too.
+/// LoRA, and with DoRA) and has `transformers` load each output directory, comparing its logits
+/// (or scores) with ours; a LoRA or DoRA run's PEFT adapter files are loaded with `peft` on the
+/// base model too.
 fn fixtures(python: &str, regenerate: bool) -> Result<()> {
     let out = "rlhf-models/tests/fixtures/hf";
     if regenerate {
@@ -189,19 +190,16 @@ fn fixtures(python: &str, regenerate: bool) -> Result<()> {
             run(&mut c)?;
             pairs.push((dir(cmd), scalar));
         }
-        // LoRA: the merged output, and PEFT's adapter files on the base (checked below)
+        // LoRA and DoRA: the merged output, and PEFT's adapter files on the base (checked below)
         let targets = if model == "tiny-pythia" {
             "query_key_value"
         } else {
             "all-linear"
         };
-        run(Command::new(&rlhf)
-            .args(["dpo", "--model", &base, "--out", &dir("dpo-lora")])
-            .args(["--data", &format!("{tldr}/preference.jsonl")])
-            .args(["--lora-rank", "4", "--lora-target-modules", targets])
-            .args(["--save-adapter", "--learning-rate", "1e-2"])
-            .args(["--max-length", "256", "--quiet"]))?;
-        pairs.push((dir("dpo-lora"), false));
+        for (name, dora) in [("dpo-lora", false), ("dpo-dora", true)] {
+            adapter_run(&rlhf, &base, &dir(name), targets, "256", dora)?;
+            pairs.push((dir(name), false));
+        }
         for cmd in ["ppo", "grpo"] {
             let reward = if cmd == "ppo" {
                 dir("rm")
@@ -231,6 +229,13 @@ fn fixtures(python: &str, regenerate: bool) -> Result<()> {
             pairs.push((dir(cmd), false));
         }
     }
+    // GPT-2's `Conv1D` (PEFT's `fan_in_fan_out`), on its 32 learned positions
+    for (name, dora) in [("dpo-lora", false), ("dpo-dora", true)] {
+        let dir = tmp.join(format!("tiny-gpt2-{name}")).display().to_string();
+        let base = format!("{out}/tiny-gpt2");
+        adapter_run(&rlhf, &base, &dir, "all-linear", "32", dora)?;
+        pairs.push((dir, false));
+    }
     let mut check = Command::new(python);
     check.arg("xtask/fixtures/check_outputs.py");
     for (dir, scalar) in &pairs {
@@ -246,6 +251,28 @@ fn fixtures(python: &str, regenerate: bool) -> Result<()> {
     run(&mut check)?;
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(())
+}
+
+/// `rlhf dpo` from `base` into `out` with LoRA (or DoRA) adapters of rank 4 on `targets`, saved
+/// as PEFT's files too.
+fn adapter_run(
+    rlhf: &str,
+    base: &str,
+    out: &str,
+    targets: &str,
+    max_length: &str,
+    dora: bool,
+) -> Result<()> {
+    let mut c = Command::new(rlhf);
+    c.args(["dpo", "--model", base, "--out", out])
+        .args(["--data", "rlhf-cli/data/tldr/preference.jsonl"])
+        .args(["--lora-rank", "4", "--lora-target-modules", targets])
+        .args(["--save-adapter", "--learning-rate", "1e-2"])
+        .args(["--max-length", max_length, "--quiet"]);
+    if dora {
+        c.arg("--use-dora");
+    }
+    run(&mut c)
 }
 
 /// `bench-perf`: `rlhf-perf` with the options given; with `--device tch…`, built with the `tch`
