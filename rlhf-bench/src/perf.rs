@@ -215,6 +215,7 @@ pub fn random_sft_batch(rng: &mut impl Rng) -> LmBatch {
         target: (0..BATCH * seq)
             .map(|i| u8::from(i % seq >= PROMPT_WORDS))
             .collect(),
+        sequences: Vec::new(),
     }
 }
 

@@ -66,6 +66,7 @@ fn bench_sft_step(c: &mut Criterion) {
         target: (0..batch * seq)
             .map(|i| u8::from(i % seq >= seq / 2))
             .collect(),
+        sequences: Vec::new(),
     };
     let mut group = c.benchmark_group("sft-step/tiny-4m");
     group.sample_size(10);

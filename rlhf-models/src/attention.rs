@@ -1,5 +1,6 @@
 //! What the families share: rotary position embeddings (with their scalings), the attention mask
-//! (causal, padded keys blocked, optionally a sliding window), and scaled dot-product attention
+//! (causal, padded keys blocked, optionally a sliding window or packed sequences kept apart), and
+//! scaled dot-product attention
 //! over (possibly cached, possibly grouped) keys.
 
 use burn::module::Module;
@@ -9,6 +10,7 @@ use burn::tensor::{Bool, Device, Int, Tensor};
 
 use crate::cache::LayerCache;
 use crate::config::{RopeScaling, TransformerConfig};
+use crate::input::Packed;
 use crate::matmul::matmul;
 use crate::precision::like;
 use crate::softmax::masked_softmax;
@@ -33,9 +35,13 @@ impl Context {
     /// learned positions (GPT-2); `window` is a sliding window of attention; `longest` is the
     /// number of real tokens of the longest row so far (one more than the largest position), on
     /// which dynamic NTK and LongRoPE frequencies depend; `keys` is the number of key positions
-    /// attention reads (at least `past + new`).
+    /// attention reads (at least `past + new`). With `packed` sequences in a row
+    /// ([`crate::TokenInput::packed`]; no past), the positions are each sequence's own and a
+    /// token attends only to its sequence's.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         attention_mask: Tensor<2>,
+        packed: Option<&Packed>,
         new: usize,
         heads: usize,
         rotary: Option<&Rotary>,
@@ -46,7 +52,10 @@ impl Context {
         let [batch, total] = attention_mask.dims();
         let past = total - new;
         let device = attention_mask.device();
-        let positions = positions_from_mask(attention_mask.clone()).narrow(1, past, new);
+        let positions = match packed {
+            Some(p) => p.positions.clone().narrow(1, past, new),
+            None => positions_from_mask(attention_mask.clone()).narrow(1, past, new),
+        };
         let rope = rotary
             .filter(|r| r.dims > 0)
             .map(|r| r.tables(positions.clone(), longest));
@@ -59,7 +68,15 @@ impl Context {
         Context {
             positions,
             rope,
-            mask: attention_mask_4d(key_mask, past, new, heads, window, &device),
+            mask: attention_mask_4d(
+                key_mask,
+                packed.map(|p| p.sequences.clone()),
+                past,
+                new,
+                heads,
+                window,
+                &device,
+            ),
         }
     }
 }
@@ -277,9 +294,11 @@ impl Rotary {
 /// (a sliding window: `transformers` keeps keys with `kv_idx > q_idx − sliding_window`; positions
 /// are counted among the row's real tokens, which for left- or right-padded rows is the same),
 /// except that every position may attend to itself (so a pad query's softmax is over one finite
-/// score instead of none).
+/// score instead of none). With `sequences` (`[batch, past + new]`, each token's sequence number
+/// in a packed row), keys of another sequence are blocked too.
 pub fn attention_mask_4d(
     attention_mask: Tensor<2>,
+    sequences: Option<Tensor<2>>,
     past: usize,
     new: usize,
     heads: usize,
@@ -302,15 +321,13 @@ pub fn attention_mask_4d(
         .expand([b, new, total]);
     let mut blocked = padded_key.bool_or(future.reshape([1, new, total]).expand([b, new, total]));
     if let Some(window) = window {
-        let all = positions_from_mask(attention_mask);
-        let query_pos = all
-            .clone()
-            .narrow(1, past, new)
-            .reshape([b, new, 1])
-            .expand([b, new, total]);
-        let key_pos = all.reshape([b, 1, total]).expand([b, new, total]);
+        let (query_pos, key_pos) = by_query_and_key(positions_from_mask(attention_mask), past, new);
         let too_old = query_pos.sub(key_pos).greater_equal_elem(window as f64);
         blocked = blocked.bool_or(too_old);
+    }
+    if let Some(sequences) = sequences {
+        let (query, key) = by_query_and_key(sequences, past, new);
+        blocked = blocked.bool_or(query.not_equal(key));
     }
     let blocked = blocked.bool_and(
         is_self
@@ -321,6 +338,19 @@ pub fn attention_mask_4d(
     blocked
         .reshape([b, 1, new, total])
         .expand([b, heads, new, total])
+}
+
+/// A value per key position, `x` (`[batch, keys]`), as `[batch, new, keys]` twice: each query's
+/// (positions `past..past + new`) along its row, and each key's down its column.
+fn by_query_and_key(x: Tensor<2>, past: usize, new: usize) -> (Tensor<3>, Tensor<3>) {
+    let [b, total] = x.dims();
+    let query = x
+        .clone()
+        .narrow(1, past, new)
+        .reshape([b, new, 1])
+        .expand([b, new, total]);
+    let key = x.reshape([b, 1, total]).expand([b, new, total]);
+    (query, key)
 }
 
 /// Repeats each of `kv_heads` key/value heads `rep` times along the head axis (grouped-query

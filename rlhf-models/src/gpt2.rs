@@ -17,6 +17,7 @@ use burn::tensor::{Device, Int, Tensor};
 use crate::attention::{Context, attend};
 use crate::cache::{KvCache, LayerCache};
 use crate::config::{Architecture, TransformerConfig};
+use crate::input::Packed;
 use crate::lm::tied_head;
 use crate::matmul::{linear, linear_layer};
 use rlhf_core::{Error, Result};
@@ -198,13 +199,23 @@ impl Gpt2 {
         &self,
         input_ids: Tensor<2, Int>,
         attention_mask: Tensor<2>,
+        packed: Option<&Packed>,
         longest: usize,
         cache: Option<&mut KvCache>,
     ) -> Tensor<3> {
         let [_, new] = input_ids.dims();
         let heads = self.h[0].attn.heads;
         let (keys, slots) = KvCache::slots(cache, self.h.len(), new);
-        let ctx = Context::new(attention_mask, new, heads, None, None, longest, keys);
+        let ctx = Context::new(
+            attention_mask,
+            packed,
+            new,
+            heads,
+            None,
+            None,
+            longest,
+            keys,
+        );
         let positions = self.wpe.forward(ctx.positions.clone().int());
         let mut x = self.wte.forward(input_ids).add(positions);
         for (block, slot) in self.h.iter().zip(slots) {

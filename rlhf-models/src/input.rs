@@ -7,6 +7,11 @@
 //! a [`TokenInput`], whose only constructor replaces the id at every masked position by 0 and
 //! refuses a real token that the embedding does not have. The mask is kept as it was, so masked
 //! positions stay invisible to every real one whatever id they hold.
+//!
+//! A row may also hold several sequences packed end to end ([`TokenInput::packed`], SFT's
+//! best-fit packing): each sequence then has its own positions from 0 and attends only to
+//! itself, as `transformers` treats a packed batch whose position ids restart, so that a
+//! sequence's logits are those it has alone.
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use rlhf_core::{Error, Result};
@@ -22,6 +27,15 @@ pub struct TokenInput {
     ids: Tensor<2, Int>,
     attention: Tensor<2>,
     longest: usize,
+    packed: Option<Packed>,
+}
+
+/// The sequences of packed rows, `[batch, seq]` each: every token's sequence number in its row
+/// (0 at padding) and its position in that sequence.
+#[derive(Debug, Clone)]
+pub(crate) struct Packed {
+    pub(crate) sequences: Tensor<2>,
+    pub(crate) positions: Tensor<2>,
 }
 
 impl TokenInput {
@@ -84,7 +98,59 @@ impl TokenInput {
             ids: Tensor::from_data(TensorData::new(model_ids, [batch, new]), device),
             attention: Tensor::from_data(TensorData::new(mask, [batch, total]), device),
             longest,
+            packed: None,
         })
+    }
+
+    /// The input of `batch` rows that may each hold several sequences end to end: `sequences`
+    /// gives each token's sequence number in its row, 0 at padding, and a sequence's tokens are
+    /// one run. Each sequence's positions start at 0 and its tokens attend only to its own, so
+    /// every sequence gets the hidden states it has alone. Rows of one sequence (every number 0
+    /// or 1) are [`Self::new`]'s input. Ids are checked as there; a sequence number that comes
+    /// back after another is an error. For a full forward pass: a KV cache does not take it.
+    pub fn packed(
+        ids: &[u32],
+        sequences: &[u32],
+        batch: usize,
+        vocab: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        let attention: Vec<u8> = sequences.iter().map(|&s| u8::from(s != 0)).collect();
+        let mut input = Self::new(ids, &attention, batch, vocab, device)?;
+        if sequences.iter().all(|&s| s <= 1) {
+            return Ok(input);
+        }
+        let seq = sequences.len() / batch;
+        let mut positions = vec![0f32; sequences.len()];
+        let mut longest = 0;
+        for (row, numbers) in sequences.chunks(seq).enumerate() {
+            let mut seen = Vec::new();
+            let mut run = 0;
+            for (col, &n) in numbers.iter().enumerate() {
+                if col > 0 && n == numbers[col - 1] {
+                    run += 1;
+                } else if n != 0 && seen.contains(&n) {
+                    return Err(Error::Shape(format!(
+                        "packed input: sequence {n} of row {row} comes back at column {col}: a \
+                         sequence's tokens must be one run"
+                    )));
+                } else {
+                    seen.push(n);
+                    run = 0;
+                }
+                if n != 0 {
+                    positions[row * seq + col] = run as f32;
+                    longest = longest.max(run + 1);
+                }
+            }
+        }
+        let numbers: Vec<f32> = sequences.iter().map(|&s| s as f32).collect();
+        input.longest = longest;
+        input.packed = Some(Packed {
+            sequences: Tensor::from_data(TensorData::new(numbers, [batch, seq]), device),
+            positions: Tensor::from_data(TensorData::new(positions, [batch, seq]), device),
+        });
+        Ok(input)
     }
 
     /// The ids `[batch, new]` (0 at masked positions).
@@ -97,10 +163,15 @@ impl TokenInput {
         self.attention.clone()
     }
 
-    /// Real tokens of the longest row, counting the past ones: one more than the largest
-    /// position id.
+    /// Real tokens of the longest row (of a packed input, the longest sequence), counting the
+    /// past ones: one more than the largest position id.
     pub fn longest(&self) -> usize {
         self.longest
+    }
+
+    /// The sequences of packed rows ([`Self::packed`]), `None` when each row is one sequence.
+    pub(crate) fn packed_sequences(&self) -> Option<&Packed> {
+        self.packed.as_ref()
     }
 
     /// `[batch, new]`.

@@ -50,6 +50,7 @@ pub mod lm;
 pub mod lora;
 pub mod matmul;
 pub mod neox;
+pub mod packing;
 pub mod precision;
 pub mod rotary;
 pub mod sequence_kl;
@@ -72,10 +73,10 @@ pub use llama::Llama;
 pub use lm::{CausalLm, ScalarModel, gather_last};
 pub use lora::{DoraAdapter, LoraConfig, apply_lora, save_peft_adapter, trainable_params};
 pub use neox::GptNeox;
+pub use packing::{PackedRow, PackingStrategy, pack, packed_batch, rows_per_epoch};
 pub use precision::Precision;
 pub use sequence_kl::sequence_kl;
 pub use sft::{
-    LmBatch, SftConfig, SftLoss, SftReport, TargetLogprobs, eval_loss, eval_loss_of, pack,
-    rows_per_epoch, sft_loss, sft_loss_of, target_logprobs, target_logprobs_with, token_loss,
-    train_sft,
+    LmBatch, SftConfig, SftLoss, SftReport, TargetLogprobs, eval_loss, eval_loss_of, sft_loss,
+    sft_loss_of, target_logprobs, target_logprobs_with, token_loss, train_sft,
 };

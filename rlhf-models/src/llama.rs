@@ -28,6 +28,7 @@ use burn::tensor::{Device, Int, Tensor, activation};
 use crate::attention::{Context, Rotary, attend, repeat_kv};
 use crate::cache::{KvCache, LayerCache};
 use crate::config::{Architecture, TransformerConfig};
+use crate::input::Packed;
 use crate::lm::tied_head;
 use crate::matmul::linear_layer;
 use rlhf_core::{Error, Result};
@@ -255,6 +256,7 @@ impl Llama {
         &self,
         input_ids: Tensor<2, Int>,
         attention_mask: Tensor<2>,
+        packed: Option<&Packed>,
         longest: usize,
         cache: Option<&mut KvCache>,
     ) -> Tensor<3> {
@@ -263,6 +265,7 @@ impl Llama {
         let (keys, slots) = KvCache::slots(cache, self.layers.len(), new);
         let ctx = Context::new(
             attention_mask,
+            packed,
             new,
             first.heads,
             Some(&first.rotary),

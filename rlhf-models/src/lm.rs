@@ -8,7 +8,7 @@ use burn::tensor::{Device, Int, Tensor};
 use crate::cache::KvCache;
 use crate::config::{Architecture, TransformerConfig};
 use crate::gpt2::Gpt2;
-use crate::input::TokenInput;
+use crate::input::{Packed, TokenInput};
 use crate::llama::Llama;
 use crate::matmul::{linear_layer, matmul};
 use crate::neox::GptNeox;
@@ -58,9 +58,16 @@ impl CausalLm {
             panic!("{e}");
         }
         let longest = input.longest();
+        if let Some(packed) = input.packed_sequences() {
+            assert!(
+                cache.is_none(),
+                "a packed input is for a full forward pass, without a cache"
+            );
+            return self.run(input.ids(), input.attention(), Some(packed), longest, None);
+        }
         let (cache, long) = match (cache, self.long_factors(longest)) {
             (Some(cache), Some(long)) => (cache, long),
-            (cache, _) => return self.run(input.ids(), input.attention(), longest, cache),
+            (cache, _) => return self.run(input.ids(), input.attention(), None, longest, cache),
         };
         let seen = match cache.ids.take() {
             Some(ids) => Tensor::cat(vec![ids, input.ids()], 1),
@@ -71,10 +78,10 @@ impl CausalLm {
             // re-encode every token seen under the factors the sequence needs now
             cache.clear();
             let [_, total] = seen.dims();
-            self.run(seen.clone(), input.attention(), longest, Some(cache))
+            self.run(seen.clone(), input.attention(), None, longest, Some(cache))
                 .narrow(1, total - new, new)
         } else {
-            self.run(input.ids(), input.attention(), longest, Some(cache))
+            self.run(input.ids(), input.attention(), None, longest, Some(cache))
         };
         cache.ids = Some(seen);
         cache.long_factors = Some(long);
@@ -85,13 +92,14 @@ impl CausalLm {
         &self,
         ids: Tensor<2, Int>,
         attention: Tensor<2>,
+        packed: Option<&Packed>,
         longest: usize,
         cache: Option<&mut KvCache>,
     ) -> Tensor<3> {
         match self {
-            CausalLm::GptNeox(m) => m.hidden(ids, attention, longest, cache),
-            CausalLm::Llama(m) => m.hidden(ids, attention, longest, cache),
-            CausalLm::Gpt2(m) => m.hidden(ids, attention, longest, cache),
+            CausalLm::GptNeox(m) => m.hidden(ids, attention, packed, longest, cache),
+            CausalLm::Llama(m) => m.hidden(ids, attention, packed, longest, cache),
+            CausalLm::Gpt2(m) => m.hidden(ids, attention, packed, longest, cache),
         }
     }
 

@@ -19,6 +19,7 @@ use burn::tensor::{Device, Int, Tensor};
 use crate::attention::{Context, Rotary, attend};
 use crate::cache::{KvCache, LayerCache};
 use crate::config::{Architecture, TransformerConfig};
+use crate::input::Packed;
 use crate::matmul::linear_layer;
 use rlhf_core::{Error, Result};
 
@@ -169,12 +170,14 @@ impl GptNeox {
     ///   ones when `cache` holds the earlier ones), every one a valid embedding row: callers go
     ///   through [`crate::TokenInput`] ([`crate::CausalLm::hidden`]).
     /// - `attention_mask`: `[batch, past + new]` of 0/1 over every position so far.
+    /// - `packed`: the sequences of packed rows ([`crate::TokenInput::packed`]), if any.
     /// - `longest`: the real tokens of its longest row ([`crate::TokenInput::longest`]).
     /// - `cache`: the keys and values of the `past` positions; extended in place.
     pub(crate) fn hidden(
         &self,
         input_ids: Tensor<2, Int>,
         attention_mask: Tensor<2>,
+        packed: Option<&Packed>,
         longest: usize,
         cache: Option<&mut KvCache>,
     ) -> Tensor<3> {
@@ -184,6 +187,7 @@ impl GptNeox {
         let (keys, slots) = KvCache::slots(cache, self.layers.len(), new);
         let ctx = Context::new(
             attention_mask,
+            packed,
             new,
             first.heads,
             Some(&first.rotary),

@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::input::TokenInput;
 use crate::lm::CausalLm;
+use crate::packing::{PackingStrategy, pack, packed_batch};
 
 /// The SFT loss (TRL's `loss_type`; see the module documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -63,10 +64,12 @@ pub struct SftConfig {
     pub schedule: LrSchedule,
     /// Longest prompt / response kept.
     pub truncation: Option<(usize, usize)>,
-    /// Pack examples end to end into rows of this many tokens (TRL's `packing`: fewer pad
-    /// tokens; attention crosses example boundaries, as in a constant-length dataset). Off by
-    /// default.
+    /// Pack examples into rows of at most this many tokens (TRL's `packing`, with `max_length`
+    /// the row length): fewer pad tokens. Off by default.
     pub packing: Option<usize>,
+    /// How examples are packed ([`crate::packing`]; TRL's `packing_strategy`): best-fit
+    /// decreasing by default, each example attending only to itself.
+    pub packing_strategy: PackingStrategy,
     /// Evaluate on the held-out examples every this many steps (0 = only at the end).
     pub eval_every: u64,
     /// Seed of the batch order.
@@ -88,6 +91,7 @@ impl Default for SftConfig {
             schedule: LrSchedule::Constant,
             truncation: None,
             packing: None,
+            packing_strategy: PackingStrategy::Bfd,
             eval_every: 0,
             seed: 0,
         }
@@ -111,6 +115,10 @@ pub struct LmBatch {
     pub attention: Vec<u8>,
     /// 1 at tokens the loss predicts (response tokens).
     pub target: Vec<u8>,
+    /// Rows packed with examples kept apart ([`crate::packing`]): each token's example number in
+    /// its row (from 1; 0 at padding), which the model reads with [`TokenInput::packed`]. Empty
+    /// when each row is one sequence.
+    pub sequences: Vec<u32>,
 }
 
 impl LmBatch {
@@ -122,6 +130,7 @@ impl LmBatch {
             ids: b.input_ids.clone(),
             attention: b.attention_mask.clone(),
             target: b.response_mask.clone(),
+            sequences: Vec::new(),
         }
     }
 
@@ -133,7 +142,12 @@ impl LmBatch {
             seq: self.seq,
             ids: self.ids[cells.clone()].to_vec(),
             attention: self.attention[cells.clone()].to_vec(),
-            target: self.target[cells].to_vec(),
+            target: self.target[cells.clone()].to_vec(),
+            sequences: if self.sequences.is_empty() {
+                Vec::new()
+            } else {
+                self.sequences[cells].to_vec()
+            },
         }
     }
 
@@ -171,72 +185,17 @@ impl LmBatch {
 
     /// The model input (see [`TokenInput`]) and the target mask `[batch, seq]`, on `device`.
     pub fn input(&self, model: &CausalLm, device: &Device) -> Result<(TokenInput, Tensor<2>)> {
-        let input = TokenInput::new(
-            &self.ids,
-            &self.attention,
-            self.batch,
-            model.vocab_size(),
-            device,
-        )?;
+        let vocab = model.vocab_size();
+        let input = if self.sequences.is_empty() {
+            TokenInput::new(&self.ids, &self.attention, self.batch, vocab, device)?
+        } else {
+            TokenInput::packed(&self.ids, &self.sequences, self.batch, vocab, device)?
+        };
         model.check_positions(input.longest())?;
         let target: Vec<f32> = self.target.iter().map(|&x| f32::from(x)).collect();
         let target = Tensor::from_data(TensorData::new(target, [self.batch, self.seq]), device);
         Ok((input, target))
     }
-}
-
-/// Packs examples end to end (prompt, response, next prompt, …) into rows of exactly `row_len`
-/// tokens, the last row right-padded; targets are the response tokens. An example longer than a
-/// row is split across rows.
-pub fn pack(examples: &[&Example], row_len: usize) -> Vec<(Vec<u32>, Vec<u8>)> {
-    let row_len = row_len.max(2);
-    let mut stream: Vec<(u32, u8)> = Vec::new();
-    for (p, r) in examples {
-        stream.extend(p.iter().map(|&t| (t, 0)));
-        stream.extend(r.iter().map(|&t| (t, 1)));
-    }
-    stream
-        .chunks(row_len)
-        .map(|c| {
-            (
-                c.iter().map(|x| x.0).collect(),
-                c.iter().map(|x| x.1).collect(),
-            )
-        })
-        .collect()
-}
-
-/// The rows of one epoch: one per example, or with `packing = Some(row_len)` the packed rows,
-/// `⌈tokens / row_len⌉` ([`pack`]). What a learning-rate schedule counts its steps from.
-pub fn rows_per_epoch(examples: &[Example], packing: Option<usize>) -> usize {
-    match packing {
-        Some(row_len) => {
-            let tokens: usize = examples.iter().map(|(p, r)| p.len() + r.len()).sum();
-            tokens.div_ceil(row_len.max(2))
-        }
-        None => examples.len(),
-    }
-}
-
-fn packed_batch(rows: &[(Vec<u32>, Vec<u8>)]) -> LmBatch {
-    let seq = rows.iter().map(|r| r.0.len()).max().unwrap_or(1);
-    let mut b = LmBatch {
-        batch: rows.len(),
-        seq,
-        ids: Vec::new(),
-        attention: Vec::new(),
-        target: Vec::new(),
-    };
-    for (ids, target) in rows {
-        let pad = seq - ids.len();
-        b.ids
-            .extend(ids.iter().copied().chain(std::iter::repeat_n(0, pad)));
-        b.attention
-            .extend(std::iter::repeat_n(1, ids.len()).chain(std::iter::repeat_n(0, pad)));
-        b.target
-            .extend(target.iter().copied().chain(std::iter::repeat_n(0, pad)));
-    }
-    b
 }
 
 /// The log-probabilities of a batch's target tokens (see [`target_logprobs`]).
@@ -424,10 +383,24 @@ fn epoch_batches(train: &[Example], cfg: &SftConfig, epoch: usize) -> Vec<LmBatc
     let mut rng = TrainRng::seed_from_u64(cfg.seed).fork(&format!("sft-epoch-{epoch}"));
     match cfg.packing {
         Some(row_len) => {
-            let mut order: Vec<usize> = (0..train.len()).collect();
-            rand::seq::SliceRandom::shuffle(order.as_mut_slice(), &mut rng);
-            let examples: Vec<&Example> = order.iter().map(|&i| &train[i]).collect();
-            let rows = pack(&examples, row_len);
+            let rows = match cfg.packing_strategy {
+                // the rows best-fit decreasing makes of the data (which the order of the
+                // examples does not change, but for ties), shuffled, as TRL shuffles its packed
+                // dataset
+                PackingStrategy::Bfd => {
+                    let examples: Vec<&Example> = train.iter().collect();
+                    let mut rows = pack(&examples, row_len, PackingStrategy::Bfd);
+                    rand::seq::SliceRandom::shuffle(rows.as_mut_slice(), &mut rng);
+                    rows
+                }
+                // the stream of the shuffled examples, cut into rows
+                PackingStrategy::Wrapped => {
+                    let mut order: Vec<usize> = (0..train.len()).collect();
+                    rand::seq::SliceRandom::shuffle(order.as_mut_slice(), &mut rng);
+                    let examples: Vec<&Example> = order.iter().map(|&i| &train[i]).collect();
+                    pack(&examples, row_len, PackingStrategy::Wrapped)
+                }
+            };
             rows.chunks(cfg.batch_size.max(1))
                 .map(packed_batch)
                 .collect()
@@ -586,43 +559,4 @@ fn check_memory(
             seq_knob: "truncation, or packing's row length",
         },
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn packing_keeps_every_token_once_and_targets_only_responses() {
-        let a: Example = (vec![1, 2], vec![3, 4, 9]);
-        let b: Example = (vec![5], vec![6, 9]);
-        let rows = pack(&[&a, &b], 3);
-        let flat: Vec<u32> = rows.iter().flat_map(|r| r.0.clone()).collect();
-        assert_eq!(flat, vec![1, 2, 3, 4, 9, 5, 6, 9]);
-        let targets: Vec<u8> = rows.iter().flat_map(|r| r.1.clone()).collect();
-        assert_eq!(targets, vec![0, 0, 1, 1, 1, 0, 1, 1]);
-        assert!(rows.iter().all(|r| r.0.len() <= 3));
-        let batch = packed_batch(&rows);
-        assert_eq!((batch.batch, batch.seq), (3, 3));
-        assert_eq!(&batch.attention[6..], &[1, 1, 0]);
-        assert_eq!(&batch.target[6..], &[1, 1, 0]);
-    }
-
-    /// A schedule counts packed rows, not examples: `rows_per_epoch` is the number of rows
-    /// `pack` makes (and the example count without packing).
-    #[test]
-    fn rows_per_epoch_counts_the_packed_rows() {
-        let examples: Vec<Example> = (0..23u32)
-            .map(|i| (vec![1; (i % 5 + 1) as usize], vec![2; (i % 7 + 1) as usize]))
-            .collect();
-        let refs: Vec<&Example> = examples.iter().collect();
-        for row_len in [2, 3, 8, 16, 1000] {
-            assert_eq!(
-                rows_per_epoch(&examples, Some(row_len)),
-                pack(&refs, row_len).len(),
-                "row length {row_len}"
-            );
-        }
-        assert_eq!(rows_per_epoch(&examples, None), 23);
-    }
 }

@@ -28,7 +28,7 @@ fn probe(m: &CausalLm) -> Vec<f32> {
     to_f32_vec(m.forward(&m.input(&ids, &[1; 12], 2).unwrap(), None))
 }
 
-fn check(packing: Option<usize>) {
+fn check(packing: Option<usize>, packing_strategy: rlhf_models::PackingStrategy) {
     let device = rlhf_core::device_from_env().unwrap().autodiff();
     let train = data();
     let eval = train[..8].to_vec();
@@ -40,6 +40,7 @@ fn check(packing: Option<usize>) {
             ..OptimizerConfig::default()
         },
         packing,
+        packing_strategy,
         eval_every: 4,
         seed: 9,
         ..SftConfig::default()
@@ -90,13 +91,14 @@ fn check(packing: Option<usize>) {
 #[test]
 fn sft_resumes_exactly() {
     let _serial = rlhf_testkit::serial();
-    check(None);
+    check(None, rlhf_models::PackingStrategy::Bfd);
 }
 
 #[test]
 fn packed_sft_resumes_exactly() {
     let _serial = rlhf_testkit::serial();
-    check(Some(16));
+    check(Some(16), rlhf_models::PackingStrategy::Bfd);
+    check(Some(16), rlhf_models::PackingStrategy::Wrapped);
 }
 
 /// SFT into `dir` (20 steps, a checkpoint every 3), from one seeded initialisation: the final

@@ -5,7 +5,7 @@ use anyhow::Result;
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args, ValueEnum};
 use rlhf_data::SftRecord;
-use rlhf_models::{SftConfig, SftLoss, rows_per_epoch, train_sft};
+use rlhf_models::{PackingStrategy, SftConfig, SftLoss, rows_per_epoch, train_sft};
 use serde::{Deserialize, Serialize};
 
 use crate::args::{DataArgs, LoraArgs, ModelArgs, TrainArgs, defaults_from_clap};
@@ -27,6 +27,18 @@ pub enum SftLossArg {
     Dft,
 }
 
+/// How `--packing` packs [TRL: --packing_strategy].
+#[derive(ValueEnum, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PackingStrategyArg {
+    /// Best-fit decreasing: whole examples (a longer one cut to the row), each with its own
+    /// positions and attending only to itself.
+    Bfd,
+    /// The examples as one stream cut into rows: an example may span two, and attention
+    /// crosses examples.
+    Wrapped,
+}
+
 /// `rlhf sft` options.
 #[derive(Args, Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(default)]
@@ -43,10 +55,14 @@ pub struct SftArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub lora: LoraArgs,
-    /// Pack examples end to end into rows of this many tokens (fewer pads; attention crosses
-    /// example boundaries) [TRL: --packing with --max_length].
+    /// Pack examples into rows of at most this many tokens (fewer pads) [TRL: --packing with
+    /// --max_length].
     #[arg(long, value_name = "TOKENS")]
     pub packing: Option<usize>,
+    /// How --packing packs: `bfd` keeps each example whole and apart from the others in its row,
+    /// `wrapped` cuts one stream of them into rows [TRL: --packing_strategy].
+    #[arg(long, value_enum, default_value = "bfd")]
+    pub packing_strategy: PackingStrategyArg,
     /// The loss; the eval loss is the same (with `dft`, −mean(p·log p), which can fall when the
     /// targets grow less likely too), and the perplexity reads the likelihood
     /// [TRL: --loss_type].
@@ -82,6 +98,14 @@ impl SftArgs {
         }
     }
 
+    /// The library's packing strategy.
+    fn packing_strategy(&self) -> PackingStrategy {
+        match self.packing_strategy {
+            PackingStrategyArg::Bfd => PackingStrategy::Bfd,
+            PackingStrategyArg::Wrapped => PackingStrategy::Wrapped,
+        }
+    }
+
     /// The library's configuration, for epochs of `per_epoch` optimizer steps.
     pub fn config(&self, per_epoch: u64) -> SftConfig {
         let plan = self.train.plan(per_epoch);
@@ -98,6 +122,7 @@ impl SftArgs {
             schedule: self.train.schedule(plan.total),
             truncation: None,
             packing: self.packing,
+            packing_strategy: self.packing_strategy(),
             eval_every: self.train.eval_steps,
             seed: self.train.seed,
         }
@@ -121,10 +146,11 @@ pub fn run(args: &SftArgs, toml: &str) -> Result<()> {
     let (eval, dropped) = sft_examples(&eval, &enc, args.target())?;
     dropped.announce("eval data");
     // the schedule counts the epoch's rows: with packing, far fewer than the examples
-    let cfg = args.config(
-        args.train
-            .steps_per_epoch(rows_per_epoch(&train, args.packing)),
-    );
+    let cfg = args.config(args.train.steps_per_epoch(rows_per_epoch(
+        &train,
+        args.packing,
+        args.packing_strategy(),
+    )));
     output::claim(&p.out, "sft", toml)?;
     let (model, report) = train_sft(
         p.policy(&args.lora, args.train.seed)?,

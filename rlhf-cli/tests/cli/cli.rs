@@ -173,6 +173,7 @@ fn help_lists_every_option_and_mistakes_are_named() {
                 "--out",
                 "--learning-rate",
                 "--packing",
+                "--packing-strategy",
                 "--config",
                 "--print-config",
             ][..],
@@ -367,33 +368,40 @@ fn help_lists_every_option_and_mistakes_are_named() {
 
 /// With `--packing` the learning-rate schedule counts the packed rows, which are far fewer than
 /// the examples: the linear decay reaches its end at the run's last step (counted from the 64
-/// examples, it would stop at half the peak).
+/// examples, it would stop at half the peak), under either strategy.
 #[test]
 fn a_packed_run_decays_its_learning_rate_over_its_own_steps() {
     let dir = tempfile::tempdir().unwrap();
     let data = head("sft.jsonl", 64, dir.path());
-    let out = dir.path().join("packed");
-    ok(&[
-        "sft",
-        "--model",
-        &fixture("tiny-pythia"),
-        "--data",
-        &data,
-        "--out",
-        &s(&out),
-        "--packing",
-        "256",
-        "--per-device-train-batch-size",
-        "4",
-        "--learning-rate",
-        "1e-3",
-        "--max-length",
-        "256",
-    ]);
-    let lr = metric(&out, "learning_rate");
-    let (steps, last) = (lr.len(), *lr.last().unwrap());
-    assert!((2..16).contains(&steps), "{steps} steps: {lr:?}");
-    assert!(last <= 1e-3 / steps as f64 + 1e-12, "{lr:?}");
+    for strategy in ["bfd", "wrapped"] {
+        let out = dir.path().join(strategy);
+        ok(&[
+            "sft",
+            "--model",
+            &fixture("tiny-pythia"),
+            "--data",
+            &data,
+            "--out",
+            &s(&out),
+            "--packing",
+            "256",
+            "--packing-strategy",
+            strategy,
+            "--per-device-train-batch-size",
+            "4",
+            "--learning-rate",
+            "1e-3",
+            "--max-length",
+            "256",
+        ]);
+        let lr = metric(&out, "learning_rate");
+        let (steps, last) = (lr.len(), *lr.last().unwrap());
+        assert!(
+            (2..16).contains(&steps),
+            "{strategy}: {steps} steps: {lr:?}"
+        );
+        assert!(last <= 1e-3 / steps as f64 + 1e-12, "{strategy}: {lr:?}");
+    }
 }
 
 /// `--max-steps` overrides `--num-train-epochs`, as in transformers: 12 records in batches of 4
@@ -2625,6 +2633,7 @@ fn every_field_of_every_trainer_config_is_a_flag() {
             TRAIN,
             &[
                 ("packing", &["--packing", "64"]),
+                ("packing_strategy", &["--packing-strategy", "wrapped"]),
                 ("loss_type", &["--loss-type", "dft"]),
             ],
         ],

@@ -1228,3 +1228,144 @@ fn null_kv_heads_mean_the_query_heads_and_scaling_is_written_under_both_names() 
     alone.as_object_mut().unwrap().remove("rope_parameters");
     assert_eq!(read_back(&alone), c);
 }
+
+/// Sequences packed into one row (SFT's best-fit packing, `TokenInput::packed`) each get the
+/// logits they get as rows of a padded batch, in every family: their own positions from 0
+/// (rotary or learned), attention only within the sequence (a sliding window inside it), and the
+/// scalings that read the longest sequence (dynamic NTK, LongRoPE) reading the same one.
+#[test]
+fn packed_sequences_get_the_logits_of_a_padded_batch() {
+    let d = device();
+    let sequences: [Vec<u32>; 3] = [vec![5, 9, 14, 3, 22], vec![7, 7, 30], vec![11, 2]];
+    // row 0: the three end to end; row 1: the second, then the first, then padding
+    let rows: [&[usize]; 2] = [&[0, 1, 2], &[1, 0]];
+    let width = 10;
+    let (mut ids, mut numbers) = (Vec::new(), Vec::new());
+    for row in rows {
+        for (n, &s) in (1u32..).zip(row) {
+            ids.extend(&sequences[s]);
+            numbers.extend(std::iter::repeat_n(n, sequences[s].len()));
+        }
+        ids.resize(numbers.len().next_multiple_of(width), 0);
+        numbers.resize(ids.len(), 0);
+    }
+    // the reference: one sequence per row, right-padded to the longest
+    let longest = sequences.iter().map(Vec::len).max().unwrap();
+    let (mut plain_ids, mut plain_mask) = (Vec::new(), Vec::new());
+    for s in &sequences {
+        plain_ids.extend(
+            s.iter()
+                .copied()
+                .chain(std::iter::repeat_n(0, longest - s.len())),
+        );
+        plain_mask.extend((0..longest).map(|i| u8::from(i < s.len())));
+    }
+    for name in ["tiny-neox", "tiny-llama", "tiny-qwen2"]
+        .into_iter()
+        .chain(NEW_FAMILIES)
+    {
+        let (_, model) = load_pretrained(&fixture(name), &d).unwrap();
+        let vocab = model.vocab_size();
+        let packed = rlhf_models::TokenInput::packed(&ids, &numbers, 2, vocab, &d).unwrap();
+        assert_eq!(packed.longest(), longest);
+        let got = to_f32_vec(model.forward(&packed, None));
+        let plain = model
+            .input(&plain_ids, &plain_mask, sequences.len())
+            .unwrap();
+        let want = to_f32_vec(model.forward(&plain, None));
+        let mut worst = 0f32;
+        for (r, row) in rows.iter().enumerate() {
+            let mut col = 0;
+            for &s in *row {
+                for t in 0..sequences[s].len() {
+                    let at = |v: &[f32], i: usize| v[i * vocab..(i + 1) * vocab].to_vec();
+                    let a = at(&got, r * width + col + t);
+                    let b = at(&want, s * longest + t);
+                    for (x, y) in a.iter().zip(&b) {
+                        worst = worst.max((x - y).abs());
+                    }
+                }
+                col += sequences[s].len();
+            }
+        }
+        assert!(
+            worst <= tolerance(),
+            "{name}: packed logits differ by {worst}"
+        );
+    }
+    // rows of one sequence each are the plain input; a sequence that comes back is refused
+    let one = rlhf_models::TokenInput::packed(&[1, 2, 0], &[1, 1, 0], 1, 64, &d).unwrap();
+    let plain = rlhf_models::TokenInput::new(&[1, 2, 0], &[1, 1, 0], 1, 64, &d).unwrap();
+    assert_eq!(one.longest(), plain.longest());
+    let e = rlhf_models::TokenInput::packed(&[1, 2, 3], &[1, 2, 1], 1, 64, &d).unwrap_err();
+    assert!(
+        e.to_string().contains("sequence 1 of row 0 comes back"),
+        "{e}"
+    );
+}
+
+/// SFT on best-fit packed rows takes the loss the same examples take as rows of a padded batch:
+/// each example's first token, which has nothing of its own before it, is no target, and no
+/// example reads another.
+#[test]
+fn best_fit_packed_rows_take_the_loss_of_the_examples_alone() {
+    let d = device();
+    let (_, model) = load_pretrained(&fixture("tiny-llama"), &d).unwrap();
+    let examples: Vec<rlhf_models::sft::Example> = vec![
+        (vec![3, 4, 5], vec![6, 7, 8, 9]),
+        (vec![10], vec![11, 12]),
+        (vec![13, 14], vec![15]),
+        (vec![16, 17, 18, 19], vec![20, 21]),
+        (vec![22], vec![23, 24, 25]),
+    ];
+    let refs: Vec<&rlhf_models::sft::Example> = examples.iter().collect();
+    let rows = rlhf_models::pack(&refs, 8, rlhf_models::PackingStrategy::Bfd);
+    assert!(rows.len() < examples.len() && rows.iter().any(|r| r.sequences.contains(&2)));
+    let packed = rlhf_models::packed_batch(&rows);
+    let longest = examples
+        .iter()
+        .map(|(p, r)| p.len() + r.len())
+        .max()
+        .unwrap();
+    let mut plain = rlhf_models::LmBatch {
+        batch: examples.len(),
+        seq: longest,
+        ids: Vec::new(),
+        attention: Vec::new(),
+        target: Vec::new(),
+        sequences: Vec::new(),
+    };
+    for (p, r) in &examples {
+        let pad = longest - p.len() - r.len();
+        plain.ids.extend(
+            p.iter()
+                .chain(r)
+                .copied()
+                .chain(std::iter::repeat_n(0, pad)),
+        );
+        plain
+            .attention
+            .extend(std::iter::repeat_n(1, p.len() + r.len()).chain(std::iter::repeat_n(0, pad)));
+        plain.target.extend(
+            std::iter::repeat_n(0, p.len())
+                .chain(std::iter::repeat_n(1, r.len()))
+                .chain(std::iter::repeat_n(0, pad)),
+        );
+    }
+    assert_eq!(packed.predicted_tokens(), plain.predicted_tokens());
+    let loss =
+        |b: &rlhf_models::LmBatch| to_f32_vec(rlhf_models::sft_loss(&model, b, &d).unwrap())[0];
+    let (a, b) = (loss(&packed), loss(&plain));
+    assert!(
+        (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+        "packed {a}, plain {b}"
+    );
+    // read as one stream (attention across the examples), the same rows take another loss
+    let mut crossing = packed.clone();
+    crossing.sequences.clear();
+    let c = loss(&crossing);
+    assert!(
+        (c - b).abs() > 1e-3,
+        "packed rows read across examples: {c} against {b}"
+    );
+}

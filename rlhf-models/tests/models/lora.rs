@@ -43,6 +43,7 @@ fn batch(config: &TransformerConfig) -> LmBatch {
         ids,
         target: attention.clone(),
         attention,
+        sequences: Vec::new(),
     }
 }
 

@@ -459,7 +459,14 @@ proptest! {
                 .collect();
             let attention: Vec<u8> = std::iter::repeat_n(0, left).chain(std::iter::repeat_n(1, real)).chain(std::iter::repeat_n(0, right)).collect();
             let target: Vec<u8> = std::iter::repeat_n(0, left + prompt.len()).chain(std::iter::repeat_n(1, response.len())).chain(std::iter::repeat_n(0, right)).collect();
-            rlhf_models::LmBatch { batch: 1, seq: ids.len(), ids, attention, target }
+            rlhf_models::LmBatch {
+                batch: 1,
+                seq: ids.len(),
+                ids,
+                attention,
+                target,
+                sequences: Vec::new(),
+            }
         };
         let plain = rlhf_models::sft_loss(&m, &batch(0, 0), &d).unwrap();
         let padded = rlhf_models::sft_loss(&m, &batch(left, right), &d).unwrap();
@@ -491,7 +498,14 @@ proptest! {
             attention.extend((0..seq).map(|c| u8::from(c < p + r)));
             target.extend((0..seq).map(|c| u8::from(c >= p && c < p + r)));
         }
-        let batch = rlhf_models::LmBatch { batch: rows.len(), seq, ids, attention, target: target.clone() };
+        let batch = rlhf_models::LmBatch {
+            batch: rows.len(),
+            seq,
+            ids,
+            attention,
+            target: target.clone(),
+            sequences: Vec::new(),
+        };
         let got = rlhf_models::target_logprobs(&m, &batch, temperature, &d).unwrap();
         let first = rows.iter().map(|r| r.0).min().unwrap();
         prop_assert_eq!(got.first, first);

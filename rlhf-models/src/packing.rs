@@ -1,0 +1,287 @@
+//! SFT's packing (TRL's `packing`, with its `packing_strategy`): examples put end to end into
+//! rows of at most `row_len` tokens, so that a batch holds fewer pads.
+//!
+//! - [`PackingStrategy::Bfd`] (TRL's default): best-fit decreasing. The examples, longest first,
+//!   each go whole into the row whose free space fits them most tightly, or into a new row when
+//!   none has room; an example longer than a row keeps its first `row_len` tokens. Each example
+//!   of a row keeps its own positions and attends only to itself ([`crate::TokenInput::packed`]),
+//!   and its first token is never a target (nothing of its own precedes it), so an example's loss
+//!   terms are the ones it has alone: what TRL's padding-free batches give.
+//! - [`PackingStrategy::Wrapped`]: the examples' tokens as one stream, cut every `row_len`
+//!   tokens. An example may span two rows, and attention crosses example boundaries, as in a
+//!   constant-length dataset.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::sft::{Example, LmBatch};
+
+/// How examples are packed into rows (TRL's `packing_strategy`; see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PackingStrategy {
+    /// Best-fit decreasing: whole examples, each attending only to itself.
+    #[default]
+    Bfd,
+    /// One stream cut into rows: examples split across rows, attention across examples.
+    Wrapped,
+}
+
+/// A packed row: token ids, each token's example number in the row (from 1; every token 1 for
+/// a wrapped row, whose examples attend to each other) and the target flags.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PackedRow {
+    /// Token ids.
+    pub ids: Vec<u32>,
+    /// Each token's example in the row, from 1.
+    pub sequences: Vec<u32>,
+    /// 1 at the tokens the loss predicts.
+    pub target: Vec<u8>,
+}
+
+/// Packs `examples` into rows of at most `row_len` tokens by `strategy`. Targets are the
+/// response tokens.
+pub fn pack(examples: &[&Example], row_len: usize, strategy: PackingStrategy) -> Vec<PackedRow> {
+    match strategy {
+        PackingStrategy::Bfd => pack_bfd(examples, row_len),
+        PackingStrategy::Wrapped => pack_wrapped(examples, row_len),
+    }
+}
+
+/// The rows one epoch has: the examples, or with `packing = Some(row_len)` the rows [`pack`]
+/// makes of them. What a learning-rate schedule counts its steps from.
+pub fn rows_per_epoch(
+    examples: &[Example],
+    packing: Option<usize>,
+    strategy: PackingStrategy,
+) -> usize {
+    match (packing, strategy) {
+        (None, _) => examples.len(),
+        (Some(row_len), PackingStrategy::Wrapped) => {
+            let tokens: usize = examples.iter().map(|(p, r)| p.len() + r.len()).sum();
+            tokens.div_ceil(row_len.max(2))
+        }
+        (Some(row_len), PackingStrategy::Bfd) => {
+            let lengths = examples.iter().map(|(p, r)| p.len() + r.len());
+            best_fit_decreasing(lengths, row_len.max(2)).len()
+        }
+    }
+}
+
+/// The examples' tokens end to end (prompt, response, next prompt, …), cut into rows of exactly
+/// `row_len` tokens, the last row shorter; an example longer than a row spans several.
+fn pack_wrapped(examples: &[&Example], row_len: usize) -> Vec<PackedRow> {
+    let row_len = row_len.max(2);
+    let mut stream: Vec<(u32, u8)> = Vec::new();
+    for (p, r) in examples {
+        stream.extend(p.iter().map(|&t| (t, 0)));
+        stream.extend(r.iter().map(|&t| (t, 1)));
+    }
+    stream
+        .chunks(row_len)
+        .map(|c| PackedRow {
+            ids: c.iter().map(|x| x.0).collect(),
+            sequences: vec![1; c.len()],
+            target: c.iter().map(|x| x.1).collect(),
+        })
+        .collect()
+}
+
+/// Best-fit decreasing: each example (its first `row_len` tokens) whole in one row, the rows in
+/// the order they were opened, each row's examples in the order they were placed.
+fn pack_bfd(examples: &[&Example], row_len: usize) -> Vec<PackedRow> {
+    let row_len = row_len.max(2);
+    let lengths = examples.iter().map(|(p, r)| p.len() + r.len());
+    best_fit_decreasing(lengths, row_len)
+        .into_iter()
+        .map(|members| {
+            let mut row = PackedRow {
+                ids: Vec::new(),
+                sequences: Vec::new(),
+                target: Vec::new(),
+            };
+            for (number, &i) in (1..).zip(&members) {
+                let (prompt, response) = examples[i];
+                let tokens = prompt
+                    .iter()
+                    .map(|&t| (t, 0))
+                    .chain(response.iter().map(|&t| (t, 1)))
+                    .take(row_len);
+                for (k, (id, target)) in tokens.enumerate() {
+                    row.ids.push(id);
+                    row.sequences.push(number);
+                    // an example's first token has nothing of its own before it to predict it from
+                    row.target.push(if k == 0 { 0 } else { target });
+                }
+            }
+            row
+        })
+        .collect()
+}
+
+/// The rows of best-fit decreasing over sequences of `lengths` (each cut to `row_len`; empty
+/// ones left out), as the indices of the sequences in each row. The longest go first (ties in
+/// their order); each goes into the row with the least free space that holds it, the row opened
+/// first among equals, or into a new row: TRL's `_pack_bfd`.
+fn best_fit_decreasing(lengths: impl Iterator<Item = usize>, row_len: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<(usize, usize)> = lengths
+        .enumerate()
+        .filter(|&(_, n)| n > 0)
+        .map(|(i, n)| (i, n.min(row_len)))
+        .collect();
+    order.sort_by_key(|&(_, n)| std::cmp::Reverse(n));
+    let mut rows: Vec<Vec<usize>> = Vec::new();
+    // free space → the rows with that much room, the first opened first
+    let mut by_space: BTreeMap<usize, VecDeque<usize>> = BTreeMap::new();
+    for (i, n) in order {
+        let fit = by_space.range_mut(n..).next().map(|(&space, rows)| {
+            let row = rows.pop_front().expect("no empty queue is kept");
+            (space, row)
+        });
+        let (space, row) = match fit {
+            Some((space, row)) => {
+                if by_space[&space].is_empty() {
+                    by_space.remove(&space);
+                }
+                (space, row)
+            }
+            None => {
+                rows.push(Vec::new());
+                (row_len, rows.len() - 1)
+            }
+        };
+        rows[row].push(i);
+        if space > n {
+            by_space.entry(space - n).or_default().push_back(row);
+        }
+    }
+    rows
+}
+
+/// A batch of packed rows, right-padded to the longest: the model reads each row's examples
+/// apart ([`LmBatch::sequences`]) unless the rows are wrapped ones.
+pub fn packed_batch(rows: &[PackedRow]) -> LmBatch {
+    let seq = rows.iter().map(|r| r.ids.len()).max().unwrap_or(1);
+    let apart = rows.iter().any(|r| r.sequences.iter().any(|&s| s > 1));
+    let mut b = LmBatch {
+        batch: rows.len(),
+        seq,
+        ids: Vec::new(),
+        attention: Vec::new(),
+        target: Vec::new(),
+        sequences: Vec::new(),
+    };
+    for row in rows {
+        let pad = seq - row.ids.len();
+        b.ids
+            .extend(row.ids.iter().copied().chain(std::iter::repeat_n(0, pad)));
+        b.attention
+            .extend(std::iter::repeat_n(1, row.ids.len()).chain(std::iter::repeat_n(0, pad)));
+        b.target.extend(
+            row.target
+                .iter()
+                .copied()
+                .chain(std::iter::repeat_n(0, pad)),
+        );
+        if apart {
+            b.sequences.extend(
+                row.sequences
+                    .iter()
+                    .copied()
+                    .chain(std::iter::repeat_n(0, pad)),
+            );
+        }
+    }
+    b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrapped_packing_keeps_every_token_once_and_targets_only_responses() {
+        let a: Example = (vec![1, 2], vec![3, 4, 9]);
+        let b: Example = (vec![5], vec![6, 9]);
+        let rows = pack(&[&a, &b], 3, PackingStrategy::Wrapped);
+        let flat: Vec<u32> = rows.iter().flat_map(|r| r.ids.clone()).collect();
+        assert_eq!(flat, vec![1, 2, 3, 4, 9, 5, 6, 9]);
+        let targets: Vec<u8> = rows.iter().flat_map(|r| r.target.clone()).collect();
+        assert_eq!(targets, vec![0, 0, 1, 1, 1, 0, 1, 1]);
+        assert!(rows.iter().all(|r| r.ids.len() <= 3));
+        let batch = packed_batch(&rows);
+        assert_eq!((batch.batch, batch.seq), (3, 3));
+        assert_eq!(&batch.attention[6..], &[1, 1, 0]);
+        assert_eq!(&batch.target[6..], &[1, 1, 0]);
+        assert!(
+            batch.sequences.is_empty(),
+            "wrapped rows attend across examples"
+        );
+    }
+
+    /// TRL's own example of `pack_dataset(…, seq_length=4, strategy="bfd")`: sequences of 5, 2,
+    /// 3 and 1 tokens make the rows `[1, 2, 3, 4]`, `[8, 9, 10, 11]` and `[6, 7]`.
+    #[test]
+    fn best_fit_decreasing_packs_as_trl_does() {
+        let rows = best_fit_decreasing([5, 2, 3, 1].into_iter(), 4);
+        assert_eq!(rows, vec![vec![0], vec![2, 3], vec![1]]);
+        let examples: Vec<Example> = vec![
+            (vec![1, 2], vec![3, 4, 5]),
+            (vec![6], vec![7]),
+            (vec![8], vec![9, 10]),
+            (vec![], vec![11]),
+        ];
+        let refs: Vec<&Example> = examples.iter().collect();
+        let rows = pack(&refs, 4, PackingStrategy::Bfd);
+        let ids: Vec<Vec<u32>> = rows.iter().map(|r| r.ids.clone()).collect();
+        assert_eq!(ids, vec![vec![1, 2, 3, 4], vec![8, 9, 10, 11], vec![6, 7]]);
+        assert_eq!(rows[1].sequences, vec![1, 1, 1, 2]);
+        // responses are targets, except an example's first token (the last example's only one)
+        assert_eq!(rows[0].target, vec![0, 0, 1, 1]);
+        assert_eq!(rows[1].target, vec![0, 1, 1, 0]);
+        let batch = packed_batch(&rows);
+        assert_eq!(batch.sequences[4..8], [1, 1, 1, 2]);
+        assert_eq!(batch.sequences[8..12], [1, 1, 0, 0]);
+    }
+
+    /// Best fit: a sequence goes into the row it fills most tightly, the first opened among
+    /// equals; none is split, and every one is placed once.
+    #[test]
+    fn best_fit_decreasing_takes_the_tightest_row() {
+        // 6 and 5 open rows with 4 and 5 free; 4 fills the first, 3 goes to the second (5 free),
+        // 2 then fits the second's 2 free
+        let rows = best_fit_decreasing([6, 5, 4, 3, 2].into_iter(), 10);
+        assert_eq!(rows, vec![vec![0, 2], vec![1, 3, 4]]);
+        let lengths: Vec<usize> = (0..200).map(|i| (i * 37 % 23) + (i % 3)).collect();
+        let rows = best_fit_decreasing(lengths.iter().copied(), 24);
+        let mut placed: Vec<usize> = rows.concat();
+        placed.sort_unstable();
+        let nonempty: Vec<usize> = (0..200).filter(|&i| lengths[i] > 0).collect();
+        assert_eq!(placed, nonempty);
+        assert!(
+            rows.iter()
+                .all(|r| r.iter().map(|&i| lengths[i]).sum::<usize>() <= 24)
+        );
+    }
+
+    /// A schedule counts packed rows, not examples: `rows_per_epoch` is the number of rows
+    /// `pack` makes (and the example count without packing).
+    #[test]
+    fn rows_per_epoch_counts_the_packed_rows() {
+        let examples: Vec<Example> = (0..23u32)
+            .map(|i| (vec![1; (i % 5 + 1) as usize], vec![2; (i % 7 + 1) as usize]))
+            .collect();
+        let refs: Vec<&Example> = examples.iter().collect();
+        for strategy in [PackingStrategy::Bfd, PackingStrategy::Wrapped] {
+            for row_len in [2, 3, 8, 16, 1000] {
+                assert_eq!(
+                    rows_per_epoch(&examples, Some(row_len), strategy),
+                    pack(&refs, row_len, strategy).len(),
+                    "{strategy:?}, row length {row_len}"
+                );
+            }
+            assert_eq!(rows_per_epoch(&examples, None, strategy), 23);
+        }
+    }
+}
