@@ -158,13 +158,9 @@ pub struct DataArgs {
     /// Skip records that do not read (reporting them) instead of stopping at the first.
     #[arg(long)]
     pub skip_bad: bool,
-    /// A Jinja chat template file to use instead of the tokenizer's [TRL: --chat_template_path].
-    #[arg(long, visible_alias = "chat-template-path", value_name = "FILE.jinja")]
-    pub chat_template: Option<PathBuf>,
-    /// Extra variables of the chat template, a JSON object, e.g. '{"enable_thinking": false}'
-    /// [TRL: --chat_template_kwargs].
-    #[arg(long, value_name = "JSON")]
-    pub chat_template_kwargs: Option<String>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub template: TemplateArgs,
     /// The prompt field, when the file names it differently.
     #[arg(long, default_value = "prompt")]
     pub prompt_field: String,
@@ -259,10 +255,7 @@ impl DataArgs {
 
     /// The chat template these options choose.
     pub fn template(&self) -> TemplateChoice<'_> {
-        TemplateChoice {
-            file: self.chat_template.as_deref(),
-            variables: self.chat_template_kwargs.as_deref(),
-        }
+        self.template.choice()
     }
 
     /// The records' kind: `--kind`, or the kind the training file's fields tell.
@@ -483,6 +476,29 @@ impl SyncRefArgs {
     }
 }
 
+/// The chat template a command renders conversations with.
+#[derive(Args, Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+#[serde(default)]
+pub struct TemplateArgs {
+    /// A Jinja chat template file to use instead of the tokenizer's [TRL: --chat_template_path].
+    #[arg(long, visible_alias = "chat-template-path", value_name = "FILE.jinja")]
+    pub chat_template: Option<PathBuf>,
+    /// Extra variables of the chat template, a JSON object, e.g. '{"enable_thinking": false}'
+    /// [TRL: --chat_template_kwargs].
+    #[arg(long, value_name = "JSON")]
+    pub chat_template_kwargs: Option<String>,
+}
+
+impl TemplateArgs {
+    /// The template these options choose.
+    pub fn choice(&self) -> TemplateChoice<'_> {
+        TemplateChoice {
+            file: self.chat_template.as_deref(),
+            variables: self.chat_template_kwargs.as_deref(),
+        }
+    }
+}
+
 /// Where a command that samples its own responses reads its prompts.
 #[derive(Args, Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(default)]
@@ -498,13 +514,9 @@ pub struct PromptArgs {
     /// Skip records that do not read instead of stopping at the first.
     #[arg(long)]
     pub skip_bad: bool,
-    /// A Jinja chat template file to use instead of the tokenizer's [TRL: --chat_template_path].
-    #[arg(long, visible_alias = "chat-template-path", value_name = "FILE.jinja")]
-    pub chat_template: Option<PathBuf>,
-    /// Extra variables of the chat template, a JSON object, e.g. '{"enable_thinking": false}'
-    /// [TRL: --chat_template_kwargs].
-    #[arg(long, value_name = "JSON")]
-    pub chat_template_kwargs: Option<String>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub template: TemplateArgs,
 }
 
 impl PromptArgs {
@@ -515,10 +527,7 @@ impl PromptArgs {
 
     /// The chat template these options choose.
     pub fn template(&self) -> TemplateChoice<'_> {
-        TemplateChoice {
-            file: self.chat_template.as_deref(),
-            variables: self.chat_template_kwargs.as_deref(),
-        }
+        self.template.choice()
     }
 }
 

@@ -89,8 +89,9 @@ pub fn online_round(
         .iter()
         .flat_map(|p| std::iter::repeat_n(p.as_str(), n))
         .collect();
-    let (responses, texts) =
-        sample_texts(&policy.valid(), tokenizer, &repeated, &cfg.sampling, rng)?;
+    // LoRA adapters merged into the sampling copy, as PPO's rollouts sample
+    let sampler = policy.valid().materialize();
+    let (responses, texts) = sample_texts(&sampler, tokenizer, &repeated, &cfg.sampling, rng)?;
     let text_refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let scores = rlhf_core::score_each(scorer, &repeated, &text_refs)?;
     let mut report = OnlineReport {

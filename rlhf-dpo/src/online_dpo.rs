@@ -305,7 +305,14 @@ pub fn train_online_dpo(
             tokens: responses,
             texts,
             has_eos,
-        } = sample_responses(&policy.valid(), tok, &ids, &cfg.sampling, &mut rng)?;
+        } = sample_responses(
+            // LoRA adapters merged into the sampling copy, as PPO's rollouts sample
+            &policy.valid().materialize(),
+            tok,
+            &ids,
+            &cfg.sampling,
+            &mut rng,
+        )?;
 
         // 3. scores, the missing-EOS penalty subtracted
         let scores = checked_scores(

@@ -201,7 +201,8 @@ pub fn train_distill(
             let mut rng = TrainRng::seed_from_u64(cfg.seed).fork(&format!("distill-batch-{n}"));
             let rows: Vec<&[u32]> = batches[n].iter().map(|&p| prompts[p].as_slice()).collect();
             let responses = sample_responses(
-                &model.valid(),
+                // LoRA adapters merged into the sampling copy, as PPO's rollouts sample
+                &model.valid().materialize(),
                 inputs.tokenizer,
                 &rows,
                 &cfg.sampling,

@@ -14,9 +14,10 @@ use rlhf_data::ReadOptions;
 use rlhf_models::Precision;
 use serde_json::json;
 
+use crate::args::TemplateArgs;
 use crate::commands::generate::{SamplingArgs, row_tokens, sample_batch};
 use crate::data::prompts;
-use crate::load::{self, TemplateChoice};
+use crate::load;
 use crate::reward::Spec;
 
 /// `rlhf eval` options.
@@ -44,6 +45,8 @@ pub struct EvalArgs {
     #[arg(long, value_name = "FILE.jsonl")]
     pub out: Option<PathBuf>,
     #[command(flatten)]
+    pub template: TemplateArgs,
+    #[command(flatten)]
     pub sampling: SamplingArgs,
 }
 
@@ -53,7 +56,7 @@ pub struct EvalArgs {
 // that the summary then prints.
 pub fn run(args: &EvalArgs) -> Result<()> {
     let device = rlhf_core::parse_device(&args.sampling.device)?;
-    let ckpt = load::checkpoint(&args.model, &device, TemplateChoice::default())?;
+    let ckpt = load::checkpoint(&args.model, &device, args.template.choice())?;
     let reference = match &args.ref_model {
         Some(dir) => Some(load::reference_in(dir, &ckpt.config, &device)?),
         None => None,
@@ -67,7 +70,13 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         bail!("{}: no prompts", args.prompts.display());
     }
     let spec: Spec = args.reward.parse()?;
-    let scorer = spec.build(&ckpt.tokenizer, &prompts, &device, (Precision::F32, None))?;
+    let variables = args.template.chat_template_kwargs.as_deref();
+    let scorer = spec.build(
+        &ckpt.tokenizer,
+        &prompts,
+        &device,
+        (Precision::F32, variables),
+    )?;
     let sampling = args.sampling.config(&ckpt.tokenizer)?;
     let mut rng = ChaCha8Rng::seed_from_u64(args.sampling.seed);
     let episodes: Vec<String> = prompts

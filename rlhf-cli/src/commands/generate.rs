@@ -10,9 +10,10 @@ use rlhf_data::{ReadOptions, Tokenizer, Turns, collate};
 use rlhf_models::{CausalLm, Generation, SamplingConfig, generate};
 use serde_json::json;
 
+use crate::args::TemplateArgs;
 use crate::args::TokenFilterArgs;
 use crate::data::prompts;
-use crate::load::{self, Checkpoint, TemplateChoice};
+use crate::load::{self, Checkpoint};
 
 /// How to sample (shared with `rlhf eval`).
 #[derive(Args, Debug, Clone)]
@@ -66,6 +67,8 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub chat: bool,
     #[command(flatten)]
+    pub template: TemplateArgs,
+    #[command(flatten)]
     pub sampling: SamplingArgs,
     /// One JSON object per prompt: prompt, prompt_ids, completion, completion_ids, logprobs,
     /// stopped_at_eos.
@@ -103,7 +106,7 @@ pub fn row_tokens(g: &Generation, r: usize) -> Vec<u32> {
 /// Samples and prints.
 pub fn run(args: &GenerateArgs) -> Result<()> {
     let device = rlhf_core::parse_device(&args.sampling.device)?;
-    let ckpt = load::checkpoint(&args.model, &device, TemplateChoice::default())?;
+    let ckpt = load::checkpoint(&args.model, &device, args.template.choice())?;
     let mut texts = Vec::new();
     for p in &args.prompt {
         texts.push(if args.chat {

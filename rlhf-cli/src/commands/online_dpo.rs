@@ -246,7 +246,7 @@ pub fn run(args: &OnlineDpoArgs, toml: &str) -> Result<()> {
         &inference,
         (
             args.frozen.frozen_dtype,
-            args.input.chat_template_kwargs.as_deref(),
+            args.input.template.chat_template_kwargs.as_deref(),
         ),
     )?;
     tracing::info!(

@@ -1117,7 +1117,7 @@ fn scorer(
         device,
         (
             args.frozen.frozen_dtype,
-            args.input.chat_template_kwargs.as_deref(),
+            args.input.template.chat_template_kwargs.as_deref(),
         ),
     )
 }

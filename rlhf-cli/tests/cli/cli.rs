@@ -1727,8 +1727,8 @@ fn grpo_on_length(prompts: &str, out: &Path, iterations: &str, extra: &[&str]) -
 /// `--chat-template-kwargs` (TRL's): the JSON object's variables reach the chat template, here a
 /// template that writes `NOTHINK` before the reply when `enable_thinking` is false (Qwen3's
 /// switch), which every prompt that `rlhf grpo --log-completions` shows then holds, and none
-/// without the variables. What is not an object is refused, and so are variables for a
-/// checkpoint without a Jinja template.
+/// without the variables; `rlhf generate --chat` and `rlhf eval` render with them too. What is
+/// not an object is refused, and so are variables for a checkpoint without a Jinja template.
 #[test]
 fn chat_template_kwargs_reach_the_template() {
     let dir = tempfile::tempdir().unwrap();
@@ -1777,6 +1777,47 @@ fn chat_template_kwargs_reach_the_template() {
             .all(|p| !p.contains("NOTHINK") && p.ends_with("assistant:")),
         "{plain:?}"
     );
+    // generate and eval: the same template and variables
+    let off = ["--chat-template-kwargs", r#"{"enable_thinking": false}"#];
+    let model = fixture("tiny-pythia");
+    let sample = ["--max-new-tokens", "2", "--json"];
+    let generate = |extra: &[&str]| {
+        let base = [
+            "generate", "--model", &model, "--chat", "--prompt", "the cat",
+        ];
+        let template = ["--chat-template", template.to_str().unwrap()];
+        json_lines(&ok(&[&base[..], &template, &sample, extra].concat()))[0]["prompt"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(generate(&off).ends_with("NOTHINK assistant:"));
+    assert!(generate(&[]).ends_with("user: the cat\nassistant:"));
+    let eval = |name: &str, extra: &[&str]| -> Vec<String> {
+        let out = dir.path().join(name);
+        let base = ["eval", "--model", &model, "--prompts", &s(&prompts)];
+        let rest = [
+            "--reward",
+            "length:0.1",
+            "--max-new-tokens",
+            "2",
+            "--out",
+            &s(&out),
+        ];
+        let template = ["--chat-template", template.to_str().unwrap()];
+        ok(&[&base[..], &rest, &template, extra].concat());
+        json_lines(&std::fs::read_to_string(&out).unwrap())
+            .iter()
+            .map(|r| r["prompt"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (off, plain) = (eval("eval-off.jsonl", &off), eval("eval-plain.jsonl", &[]));
+    assert_eq!((off.len(), plain.len()), (4, 4));
+    assert!(
+        off.iter().all(|p| p.ends_with("NOTHINK assistant:")),
+        "{off:?}"
+    );
+    assert!(plain.iter().all(|p| !p.contains("NOTHINK")), "{plain:?}");
     refused(
         &run("array", &["--chat-template-kwargs", "[1]"]),
         "must be a JSON object",
