@@ -30,8 +30,8 @@ pub struct TokenInput {
     packed: Option<Packed>,
 }
 
-/// The sequences of packed rows, `[batch, seq]` each: every token's sequence number in its row
-/// (0 at padding) and its position in that sequence.
+/// The sequences of packed rows, `[batch, seq]` each: every token's sequence's ordinal in its row
+/// (from 1; 0 at padding) and its position in that sequence.
 #[derive(Debug, Clone)]
 pub(crate) struct Packed {
     pub(crate) sequences: Tensor<2>,
@@ -115,39 +115,49 @@ impl TokenInput {
         vocab: usize,
         device: &Device,
     ) -> Result<Self> {
+        if ids.len() != sequences.len() {
+            return Err(Error::Shape(format!(
+                "packed input: {} ids and {} sequence numbers (a packed input has no past)",
+                ids.len(),
+                sequences.len()
+            )));
+        }
         let attention: Vec<u8> = sequences.iter().map(|&s| u8::from(s != 0)).collect();
         let mut input = Self::new(ids, &attention, batch, vocab, device)?;
         if sequences.iter().all(|&s| s <= 1) {
             return Ok(input);
         }
         let seq = sequences.len() / batch;
+        // each token's position in its sequence, and its sequence's ordinal in the row (from 1;
+        // 0 at padding): small numbers, which the device compares exactly
         let mut positions = vec![0f32; sequences.len()];
+        let mut ordinals = vec![0f32; sequences.len()];
         let mut longest = 0;
         for (row, numbers) in sequences.chunks(seq).enumerate() {
-            let mut seen = Vec::new();
-            let mut run = 0;
+            let mut seen = std::collections::HashSet::new();
+            let (mut run, mut ordinal) = (0, 0);
             for (col, &n) in numbers.iter().enumerate() {
                 if col > 0 && n == numbers[col - 1] {
                     run += 1;
-                } else if n != 0 && seen.contains(&n) {
+                } else if n != 0 && !seen.insert(n) {
                     return Err(Error::Shape(format!(
                         "packed input: sequence {n} of row {row} comes back at column {col}: a \
                          sequence's tokens must be one run"
                     )));
                 } else {
-                    seen.push(n);
                     run = 0;
+                    ordinal += 1;
                 }
                 if n != 0 {
                     positions[row * seq + col] = run as f32;
+                    ordinals[row * seq + col] = ordinal as f32;
                     longest = longest.max(run + 1);
                 }
             }
         }
-        let numbers: Vec<f32> = sequences.iter().map(|&s| s as f32).collect();
         input.longest = longest;
         input.packed = Some(Packed {
-            sequences: Tensor::from_data(TensorData::new(numbers, [batch, seq]), device),
+            sequences: Tensor::from_data(TensorData::new(ordinals, [batch, seq]), device),
             positions: Tensor::from_data(TensorData::new(positions, [batch, seq]), device),
         });
         Ok(input)

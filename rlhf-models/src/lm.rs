@@ -51,8 +51,9 @@ impl CausalLm {
     /// generation crosses the switch), so the result is always a full forward pass's.
     ///
     /// # Panics
-    /// When a row is longer than a model with learned positions (GPT-2) has positions; the
-    /// model's [`Self::input`] refuses such rows with an error.
+    /// When a row is longer than a model with learned positions (GPT-2) has positions (the
+    /// model's [`Self::input`] refuses such rows with an error), or when a packed input
+    /// ([`TokenInput::packed`]) comes with a cache.
     pub fn hidden(&self, input: &TokenInput, cache: Option<&mut KvCache>) -> Tensor<3> {
         if let Err(e) = self.check_positions(input.longest()) {
             panic!("{e}");

@@ -2,11 +2,12 @@
 //! rows of at most `row_len` tokens, so that a batch holds fewer pads.
 //!
 //! - [`PackingStrategy::Bfd`] (TRL's default): best-fit decreasing. The examples, longest first,
-//!   each go whole into the row whose free space fits them most tightly, or into a new row when
-//!   none has room; an example longer than a row keeps its first `row_len` tokens. Each example
-//!   of a row keeps its own positions and attends only to itself ([`crate::TokenInput::packed`]),
-//!   and its first token is never a target (nothing of its own precedes it), so an example's loss
-//!   terms are the ones it has alone: what TRL's padding-free batches give.
+//!   each go whole into the row whose free space fits them most tightly (of rows with equal
+//!   space, the one that came to it first), or into a new row when none has room; an example
+//!   longer than a row keeps its first `row_len` tokens. Each example of a row keeps its own
+//!   positions and attends only to itself ([`crate::TokenInput::packed`]), and its first token is
+//!   never a target (nothing of its own precedes it), so an example's loss terms are the ones it
+//!   has alone: what TRL's padding-free batches give.
 //! - [`PackingStrategy::Wrapped`]: the examples' tokens as one stream, cut every `row_len`
 //!   tokens. An example may span two rows, and attention crosses example boundaries, as in a
 //!   constant-length dataset.
@@ -122,8 +123,8 @@ fn pack_bfd(examples: &[&Example], row_len: usize) -> Vec<PackedRow> {
 
 /// The rows of best-fit decreasing over sequences of `lengths` (each cut to `row_len`; empty
 /// ones left out), as the indices of the sequences in each row. The longest go first (ties in
-/// their order); each goes into the row with the least free space that holds it, the row opened
-/// first among equals, or into a new row: TRL's `_pack_bfd`.
+/// their order); each goes into the row with the least free space that holds it (among rows with
+/// equal space, the one that came to it first), or into a new row: TRL's `_pack_bfd`.
 fn best_fit_decreasing(lengths: impl Iterator<Item = usize>, row_len: usize) -> Vec<Vec<usize>> {
     let mut order: Vec<(usize, usize)> = lengths
         .enumerate()
@@ -132,7 +133,7 @@ fn best_fit_decreasing(lengths: impl Iterator<Item = usize>, row_len: usize) -> 
         .collect();
     order.sort_by_key(|&(_, n)| std::cmp::Reverse(n));
     let mut rows: Vec<Vec<usize>> = Vec::new();
-    // free space → the rows with that much room, the first opened first
+    // free space → the rows with that much room, in the order they came to it
     let mut by_space: BTreeMap<usize, VecDeque<usize>> = BTreeMap::new();
     for (i, n) in order {
         let fit = by_space.range_mut(n..).next().map(|(&space, rows)| {
@@ -245,14 +246,20 @@ mod tests {
         assert_eq!(batch.sequences[8..12], [1, 1, 0, 0]);
     }
 
-    /// Best fit: a sequence goes into the row it fills most tightly, the first opened among
-    /// equals; none is split, and every one is placed once.
+    /// Best fit: a sequence goes into the row it fills most tightly, of rows with equal space the
+    /// one that came to it first (TRL's queue per free space), not the first opened (first fit);
+    /// none is split, and every one is placed once.
     #[test]
     fn best_fit_decreasing_takes_the_tightest_row() {
         // 6 and 5 open rows with 4 and 5 free; 4 fills the first, 3 goes to the second (5 free),
         // 2 then fits the second's 2 free
         let rows = best_fit_decreasing([6, 5, 4, 3, 2].into_iter(), 10);
         assert_eq!(rows, vec![vec![0, 2], vec![1, 3, 4]]);
+        // 12 and 10 open rows with 8 and 10 free; 9 takes the second's 10 (first fit would try
+        // the first, too small), leaving 1; 7 takes the first's 8, leaving 1 too; 1 goes to the
+        // second, which came to 1 free first (first fit would take the first row)
+        let rows = best_fit_decreasing([12, 10, 9, 7, 1].into_iter(), 20);
+        assert_eq!(rows, vec![vec![0, 3], vec![1, 2, 4]]);
         let lengths: Vec<usize> = (0..200).map(|i| (i * 37 % 23) + (i % 3)).collect();
         let rows = best_fit_decreasing(lengths.iter().copied(), 24);
         let mut placed: Vec<usize> = rows.concat();

@@ -122,14 +122,24 @@ pub struct LmBatch {
 }
 
 impl LmBatch {
-    /// From a collated prompt/response batch: targets are the response tokens.
+    /// From a collated prompt/response batch: targets are the response tokens that follow a
+    /// real token. A response with an empty prompt (a plain-text record) starts after its row's
+    /// padding, and its first token, with nothing of its own before it, is no target, as in a
+    /// row without padding (and as TRL, whose batches start each sequence at column 0).
     pub fn from_sequences(b: &SequenceBatch) -> Self {
+        let seq = b.seq_len();
+        let mut target = b.response_mask.clone();
+        for (i, t) in target.iter_mut().enumerate() {
+            if i % seq == 0 || b.attention_mask[i - 1] == 0 {
+                *t = 0;
+            }
+        }
         LmBatch {
             batch: b.batch,
-            seq: b.seq_len(),
+            seq,
             ids: b.input_ids.clone(),
             attention: b.attention_mask.clone(),
-            target: b.response_mask.clone(),
+            target,
             sequences: Vec::new(),
         }
     }
@@ -559,4 +569,23 @@ fn check_memory(
             seq_knob: "truncation, or packing's row length",
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A response after an empty prompt, left-padded in a batch with a longer prompt, does not
+    /// have its first token predicted from the padding before it; every other response token
+    /// stays a target.
+    #[test]
+    fn a_response_after_padding_starts_without_a_target() {
+        let pairs: Vec<(&[u32], &[u32])> = vec![(&[1, 2], &[3, 4]), (&[], &[5, 6, 7])];
+        let b = LmBatch::from_sequences(&collate(&pairs, 0, None));
+        assert_eq!(b.seq, 5);
+        assert_eq!(&b.attention[5..], &[0, 0, 1, 1, 1]);
+        assert_eq!(&b.target[..5], &[0, 0, 1, 1, 0]);
+        assert_eq!(&b.target[5..], &[0, 0, 0, 1, 1]);
+        assert_eq!(b.predicted_tokens(), 4);
+    }
 }

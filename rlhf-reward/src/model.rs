@@ -145,9 +145,16 @@ impl RewardModel {
         save_scalar_pretrained(&self.model, &self.config, extra, dir)
     }
 
-    /// Loads what [`Self::save`] wrote.
+    /// Loads what [`Self::save`] wrote. A checkpoint without a score head (a causal LM's) is
+    /// refused: start a reward model from it with [`Self::from_backbone`].
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
-        let (config, model, extra, _) = load_scalar_pretrained(dir, device)?;
+        let (config, model, extra, head) = load_scalar_pretrained(dir, device)?;
+        if !head {
+            return Err(Error::Checkpoint {
+                path: dir.to_path_buf(),
+                message: "no score head (`score.weight`): not a reward model's checkpoint".into(),
+            });
+        }
         let settings = serde_json::from_value(extra).map_err(|e| Error::Data {
             file: dir.join("config.json"),
             line: 0,

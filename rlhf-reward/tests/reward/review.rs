@@ -300,3 +300,17 @@ proptest! {
         }
     }
 }
+
+/// A causal LM's checkpoint has no score head: `RewardModel::load` refuses it, naming the
+/// directory, rather than serving a head of zeros (which scores every response 0).
+#[test]
+fn loading_a_checkpoint_without_a_score_head_as_a_reward_model_is_refused() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../rlhf-models/tests/fixtures/hf/tiny-llama");
+    let device = rlhf_core::parse_device("flex").unwrap();
+    let err = RewardModel::load(&dir, &device).err().unwrap().to_string();
+    assert!(
+        err.contains("no score head") && err.contains("tiny-llama"),
+        "{err}"
+    );
+}
