@@ -318,7 +318,8 @@ fn eval_loss(
     if prompts.is_empty() {
         return Ok(Vec::new());
     }
-    let student = student.valid();
+    // LoRA adapters merged, as for the training samples
+    let student = student.valid().materialize();
     let inference = device.clone().without_autodiff();
     let mut rng = TrainRng::seed_from_u64(cfg.seed).fork("distill-eval");
     let (mut sum, mut tokens) = (0.0, 0.0);

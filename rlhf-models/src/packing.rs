@@ -8,6 +8,10 @@
 //!   positions and attends only to itself ([`crate::TokenInput::packed`]), and its first token is
 //!   never a target (nothing of its own precedes it), so an example's loss terms are the ones it
 //!   has alone: what TRL's padding-free batches give.
+//! - [`PackingStrategy::BfdSplit`]: the same, but an example longer than a row is split into
+//!   pieces of `row_len` tokens (the last shorter), each packed as an example of its own, its
+//!   own positions from 0 (TRL's `bfd_split`): no token is lost, but a piece after the first
+//!   does not see the tokens before it.
 //! - [`PackingStrategy::Wrapped`]: the examples' tokens as one stream, cut every `row_len`
 //!   tokens. An example may span two rows, and attention crosses example boundaries, as in a
 //!   constant-length dataset.
@@ -22,9 +26,13 @@ use crate::sft::{Example, LmBatch};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PackingStrategy {
-    /// Best-fit decreasing: whole examples, each attending only to itself.
+    /// Best-fit decreasing: whole examples (a longer one cut to the row), each attending only
+    /// to itself.
     #[default]
     Bfd,
+    /// Best-fit decreasing of pieces: an example longer than a row split into pieces of a row's
+    /// length (the last shorter), each placed, positioned and attended to as an example.
+    BfdSplit,
     /// One stream cut into rows: examples split across rows, attention across examples.
     Wrapped,
 }
@@ -45,7 +53,8 @@ pub struct PackedRow {
 /// response tokens.
 pub fn pack(examples: &[&Example], row_len: usize, strategy: PackingStrategy) -> Vec<PackedRow> {
     match strategy {
-        PackingStrategy::Bfd => pack_bfd(examples, row_len),
+        PackingStrategy::Bfd => pack_bfd(examples, row_len, false),
+        PackingStrategy::BfdSplit => pack_bfd(examples, row_len, true),
         PackingStrategy::Wrapped => pack_wrapped(examples, row_len),
     }
 }
@@ -63,9 +72,12 @@ pub fn rows_per_epoch(
             let tokens: usize = examples.iter().map(|(p, r)| p.len() + r.len()).sum();
             tokens.div_ceil(row_len.max(2))
         }
-        (Some(row_len), PackingStrategy::Bfd) => {
-            let lengths = examples.iter().map(|(p, r)| p.len() + r.len());
-            best_fit_decreasing(lengths, row_len.max(2)).len()
+        (Some(row_len), PackingStrategy::Bfd | PackingStrategy::BfdSplit) => {
+            let row_len = row_len.max(2);
+            let refs: Vec<&Example> = examples.iter().collect();
+            let split = strategy == PackingStrategy::BfdSplit;
+            let pieces = pieces(&refs, row_len, split);
+            best_fit_decreasing(pieces.iter().map(|piece| piece.2), row_len).len()
         }
     }
 }
@@ -89,12 +101,13 @@ fn pack_wrapped(examples: &[&Example], row_len: usize) -> Vec<PackedRow> {
         .collect()
 }
 
-/// Best-fit decreasing: each example (its first `row_len` tokens) whole in one row, the rows in
-/// the order they were opened, each row's examples in the order they were placed.
-fn pack_bfd(examples: &[&Example], row_len: usize) -> Vec<PackedRow> {
+/// Best-fit decreasing: each example (its first `row_len` tokens; with `split`, each piece of
+/// `row_len` tokens) whole in one row, the rows in the order they were opened, each row's
+/// examples in the order they were placed.
+fn pack_bfd(examples: &[&Example], row_len: usize, split: bool) -> Vec<PackedRow> {
     let row_len = row_len.max(2);
-    let lengths = examples.iter().map(|(p, r)| p.len() + r.len());
-    best_fit_decreasing(lengths, row_len)
+    let pieces = pieces(examples, row_len, split);
+    best_fit_decreasing(pieces.iter().map(|piece| piece.2), row_len)
         .into_iter()
         .map(|members| {
             let mut row = PackedRow {
@@ -102,23 +115,42 @@ fn pack_bfd(examples: &[&Example], row_len: usize) -> Vec<PackedRow> {
                 sequences: Vec::new(),
                 target: Vec::new(),
             };
-            for (number, &i) in (1..).zip(&members) {
+            for (number, &m) in (1..).zip(&members) {
+                let (i, start, len) = pieces[m];
                 let (prompt, response) = examples[i];
                 let tokens = prompt
                     .iter()
                     .map(|&t| (t, 0))
                     .chain(response.iter().map(|&t| (t, 1)))
-                    .take(row_len);
+                    .skip(start)
+                    .take(len);
                 for (k, (id, target)) in tokens.enumerate() {
                     row.ids.push(id);
                     row.sequences.push(number);
-                    // an example's first token has nothing of its own before it to predict it from
+                    // a piece's first token has nothing of its own before it to predict it from
                     row.target.push(if k == 0 { 0 } else { target });
                 }
             }
             row
         })
         .collect()
+}
+
+/// The pieces best-fit decreasing places, as (example, first token, length): each example's
+/// first `row_len` tokens, or with `split` all of its tokens in pieces of `row_len`, the last
+/// shorter (TRL's `bfd_split`). Empty examples have none.
+fn pieces(examples: &[&Example], row_len: usize, split: bool) -> Vec<(usize, usize, usize)> {
+    let mut pieces = Vec::new();
+    for (i, (prompt, response)) in examples.iter().enumerate() {
+        let n = prompt.len() + response.len();
+        let mut start = 0;
+        while start < n && (split || start == 0) {
+            let len = (n - start).min(row_len);
+            pieces.push((i, start, len));
+            start += len;
+        }
+    }
+    pieces
 }
 
 /// The rows of best-fit decreasing over sequences of `lengths` (each cut to `row_len`; empty
@@ -221,18 +253,24 @@ mod tests {
         );
     }
 
+    /// The sequences of TRL's `pack_dataset` example, `[1, 2, 3, 4, 5]`, `[6, 7]`, `[8, 9, 10]`
+    /// and `[11]`, as prompts and responses.
+    fn trl_example() -> Vec<Example> {
+        vec![
+            (vec![1, 2], vec![3, 4, 5]),
+            (vec![6], vec![7]),
+            (vec![8], vec![9, 10]),
+            (vec![], vec![11]),
+        ]
+    }
+
     /// TRL's own example of `pack_dataset(…, seq_length=4, strategy="bfd")`: sequences of 5, 2,
     /// 3 and 1 tokens make the rows `[1, 2, 3, 4]`, `[8, 9, 10, 11]` and `[6, 7]`.
     #[test]
     fn best_fit_decreasing_packs_as_trl_does() {
         let rows = best_fit_decreasing([5, 2, 3, 1].into_iter(), 4);
         assert_eq!(rows, vec![vec![0], vec![2, 3], vec![1]]);
-        let examples: Vec<Example> = vec![
-            (vec![1, 2], vec![3, 4, 5]),
-            (vec![6], vec![7]),
-            (vec![8], vec![9, 10]),
-            (vec![], vec![11]),
-        ];
+        let examples = trl_example();
         let refs: Vec<&Example> = examples.iter().collect();
         let rows = pack(&refs, 4, PackingStrategy::Bfd);
         let ids: Vec<Vec<u32>> = rows.iter().map(|r| r.ids.clone()).collect();
@@ -272,6 +310,24 @@ mod tests {
         );
     }
 
+    /// TRL's own example of `pack_dataset(…, seq_length=4, strategy="bfd_split")`: the sequence
+    /// of 5 is split into 4 and 1, and the rows are `[1, 2, 3, 4]`, `[8, 9, 10, 5]` and
+    /// `[6, 7, 11]`; a piece's first token is no target.
+    #[test]
+    fn best_fit_decreasing_of_pieces_packs_as_trl_does() {
+        let examples = trl_example();
+        let refs: Vec<&Example> = examples.iter().collect();
+        let rows = pack(&refs, 4, PackingStrategy::BfdSplit);
+        let ids: Vec<Vec<u32>> = rows.iter().map(|r| r.ids.clone()).collect();
+        assert_eq!(
+            ids,
+            vec![vec![1, 2, 3, 4], vec![8, 9, 10, 5], vec![6, 7, 11]]
+        );
+        assert_eq!(rows[1].sequences, vec![1, 1, 1, 2]);
+        assert_eq!(rows[1].target, vec![0, 1, 1, 0]);
+        assert_eq!(rows[2].sequences, vec![1, 1, 2]);
+    }
+
     /// A schedule counts packed rows, not examples: `rows_per_epoch` is the number of rows
     /// `pack` makes (and the example count without packing).
     #[test]
@@ -280,7 +336,12 @@ mod tests {
             .map(|i| (vec![1; (i % 5 + 1) as usize], vec![2; (i % 7 + 1) as usize]))
             .collect();
         let refs: Vec<&Example> = examples.iter().collect();
-        for strategy in [PackingStrategy::Bfd, PackingStrategy::Wrapped] {
+        let strategies = [
+            PackingStrategy::Bfd,
+            PackingStrategy::BfdSplit,
+            PackingStrategy::Wrapped,
+        ];
+        for strategy in strategies {
             for row_len in [2, 3, 8, 16, 1000] {
                 assert_eq!(
                     rows_per_epoch(&examples, Some(row_len), strategy),

@@ -397,9 +397,9 @@ fn epoch_batches(train: &[Example], cfg: &SftConfig, epoch: usize) -> Vec<LmBatc
                 // the rows best-fit decreasing makes of the data (which the order of the
                 // examples does not change, but for ties), shuffled, as TRL shuffles its packed
                 // dataset
-                PackingStrategy::Bfd => {
+                PackingStrategy::Bfd | PackingStrategy::BfdSplit => {
                     let examples: Vec<&Example> = train.iter().collect();
-                    let mut rows = pack(&examples, row_len, PackingStrategy::Bfd);
+                    let mut rows = pack(&examples, row_len, cfg.packing_strategy);
                     rand::seq::SliceRandom::shuffle(rows.as_mut_slice(), &mut rng);
                     rows
                 }

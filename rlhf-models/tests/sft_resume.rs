@@ -98,6 +98,7 @@ fn sft_resumes_exactly() {
 fn packed_sft_resumes_exactly() {
     let _serial = rlhf_testkit::serial();
     check(Some(16), rlhf_models::PackingStrategy::Bfd);
+    check(Some(16), rlhf_models::PackingStrategy::BfdSplit);
     check(Some(16), rlhf_models::PackingStrategy::Wrapped);
 }
 

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::args::{DataArgs, LoraArgs, ModelArgs, TrainArgs, defaults_from_clap};
 use crate::commands::Prepared;
-use crate::data::{SftTarget, prompt_key, read_split, sft_examples};
+use crate::data::{Encoder, SftTarget, prompt_key, read_split, sft_examples};
 use crate::output;
 
 /// TRL's `SFTConfig.learning_rate`.
@@ -34,6 +34,10 @@ pub enum PackingStrategyArg {
     /// Best-fit decreasing: whole examples (a longer one cut to the row), each with its own
     /// positions and attending only to itself.
     Bfd,
+    /// `bfd`, with an example longer than a row split into pieces of a row's length, each
+    /// packed as an example.
+    #[value(name = "bfd_split", alias = "bfd-split")]
+    BfdSplit,
     /// The examples as one stream cut into rows: an example may span two, and attention
     /// crosses examples.
     Wrapped,
@@ -55,12 +59,14 @@ pub struct SftArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub lora: LoraArgs,
-    /// Pack examples into rows of at most this many tokens (fewer pads) [TRL: --packing with
+    /// Pack examples into rows of at most this many tokens (fewer pads); packed training examples
+    /// are not cut to --max-length, which then applies to eval only [TRL: --packing with
     /// --max_length].
     #[arg(long, value_name = "TOKENS")]
     pub packing: Option<usize>,
     /// How --packing packs: `bfd` keeps each example whole and apart from the others in its row,
-    /// `wrapped` cuts one stream of them into rows [TRL: --packing_strategy].
+    /// `bfd_split` too but splits an example longer than a row, `wrapped` cuts one stream of them
+    /// into rows [TRL: --packing_strategy].
     #[arg(long, value_enum, default_value = "bfd")]
     pub packing_strategy: PackingStrategyArg,
     /// The loss; the eval loss is the same (with `dft`, −mean(p·log p), which can fall when the
@@ -102,6 +108,7 @@ impl SftArgs {
     fn packing_strategy(&self) -> PackingStrategy {
         match self.packing_strategy {
             PackingStrategyArg::Bfd => PackingStrategy::Bfd,
+            PackingStrategyArg::BfdSplit => PackingStrategy::BfdSplit,
             PackingStrategyArg::Wrapped => PackingStrategy::Wrapped,
         }
     }
@@ -141,7 +148,18 @@ pub fn run(args: &SftArgs, toml: &str) -> Result<()> {
         })
     })?;
     let enc = p.encoder(&args.data)?;
-    let (train, dropped) = sft_examples(&train, &enc, args.target())?;
+    // packed training examples are not cut to --max-length, as TRL does not truncate when it
+    // packs: the packing keeps an example's first --packing tokens (bfd), or all (bfd_split,
+    // wrapped)
+    let train_enc = match args.packing {
+        Some(_) => Encoder {
+            max_prompt: usize::MAX,
+            max_length: usize::MAX,
+            ..enc
+        },
+        None => enc,
+    };
+    let (train, dropped) = sft_examples(&train, &train_enc, args.target())?;
     dropped.announce("training data");
     let (eval, dropped) = sft_examples(&eval, &enc, args.target())?;
     dropped.announce("eval data");

@@ -373,7 +373,7 @@ fn help_lists_every_option_and_mistakes_are_named() {
 fn a_packed_run_decays_its_learning_rate_over_its_own_steps() {
     let dir = tempfile::tempdir().unwrap();
     let data = head("sft.jsonl", 64, dir.path());
-    for strategy in ["bfd", "wrapped"] {
+    for strategy in ["bfd", "bfd_split", "wrapped"] {
         let out = dir.path().join(strategy);
         ok(&[
             "sft",
@@ -402,6 +402,37 @@ fn a_packed_run_decays_its_learning_rate_over_its_own_steps() {
         );
         assert!(last <= 1e-3 / steps as f64 + 1e-12, "{strategy}: {lr:?}");
     }
+}
+
+/// With `--packing`, training examples are not cut to `--max-length` first (TRL does not truncate
+/// what it packs): at `--max-length 24` a `bfd_split` run trains on every target token, as many
+/// as an unpacked run whose `--max-length` cuts nothing, where an unpacked run at 24 trains on
+/// fewer.
+#[test]
+fn packed_examples_are_not_cut_to_max_length() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = head("sft.jsonl", 16, dir.path());
+    let model = fixture("tiny-pythia");
+    let tokens = |name: &str, extra: &[&str]| -> u64 {
+        let out = s(&dir.path().join(name));
+        let base = ["sft", "--model", &model, "--data", &data, "--out", &out];
+        let run = rlhf(&[&base[..], &["--eval-share", "0"], extra].concat());
+        let log = String::from_utf8_lossy(&run.stderr).to_string();
+        assert!(run.status.success(), "{log}");
+        let line = log
+            .lines()
+            .find(|l| l.contains(" target tokens"))
+            .expect(&log);
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let at = words.iter().position(|w| *w == "target").unwrap();
+        words[at - 1].parse().unwrap()
+    };
+    let whole = tokens("whole", &["--max-length", "4096"]);
+    let cut = tokens("cut", &["--max-length", "24"]);
+    let packing = ["--packing", "512", "--packing-strategy", "bfd_split"];
+    let packed = tokens("packed", &[&["--max-length", "24"][..], &packing].concat());
+    assert!(cut < whole, "{cut} against {whole}");
+    assert_eq!(packed, whole);
 }
 
 /// `--max-steps` overrides `--num-train-epochs`, as in transformers: 12 records in batches of 4
