@@ -336,29 +336,22 @@ impl ScalarModel {
     /// Drops `backbone`'s LM head and adds a fresh head initialised `N(0, 1/√(d+1))` (the TL;DR
     /// reproduction's reward-head initialisation).
     pub fn from_backbone(backbone: CausalLm) -> Self {
-        let d = backbone.hidden_size();
-        let device = backbone.device();
-        let score = LinearConfig::new(d, 1)
-            .with_bias(false)
-            .with_initializer(Initializer::Normal {
-                mean: 0.0,
-                std: 1.0 / ((d + 1) as f64).sqrt(),
-            })
-            .init(&device);
-        ScalarModel {
-            backbone: backbone.without_lm_head(),
-            score,
-        }
+        let std = 1.0 / ((backbone.hidden_size() + 1) as f64).sqrt();
+        Self::with_head(backbone, Initializer::Normal { mean: 0.0, std })
     }
 
     /// Drops `backbone`'s LM head and adds a head of zeros, drawing no random numbers: the shell
     /// a checkpoint's head is loaded into.
     pub fn with_zero_head(backbone: CausalLm) -> Self {
-        let device = backbone.device();
+        Self::with_head(backbone, Initializer::Zeros)
+    }
+
+    /// `backbone` without its LM head, with a `[d, 1]` score head without bias from `init`.
+    fn with_head(backbone: CausalLm, init: Initializer) -> Self {
         let score = LinearConfig::new(backbone.hidden_size(), 1)
             .with_bias(false)
-            .with_initializer(Initializer::Zeros)
-            .init(&device);
+            .with_initializer(init)
+            .init(&backbone.device());
         ScalarModel {
             backbone: backbone.without_lm_head(),
             score,

@@ -366,34 +366,40 @@ fn help_lists_every_option_and_mistakes_are_named() {
     );
 }
 
+/// `rlhf sft` from the `tiny-pythia` fixture on `data` into `out`, with `extra` options.
+fn sft_on_pythia(data: &str, out: &Path, extra: &[&str]) -> Vec<String> {
+    let model = fixture("tiny-pythia");
+    argv(
+        &["sft", "--model", &model, "--data", data, "--out", &s(out)],
+        extra,
+    )
+}
+
 /// With `--packing` the learning-rate schedule counts the packed rows, which are far fewer than
 /// the examples: the linear decay reaches its end at the run's last step (counted from the 64
-/// examples, it would stop at half the peak), under either strategy.
+/// examples, it would stop at half the peak), under each strategy.
 #[test]
 fn a_packed_run_decays_its_learning_rate_over_its_own_steps() {
     let dir = tempfile::tempdir().unwrap();
     let data = head("sft.jsonl", 64, dir.path());
     for strategy in ["bfd", "bfd_split", "wrapped"] {
         let out = dir.path().join(strategy);
-        ok(&[
-            "sft",
-            "--model",
-            &fixture("tiny-pythia"),
-            "--data",
+        ok(&sft_on_pythia(
             &data,
-            "--out",
-            &s(&out),
-            "--packing",
-            "256",
-            "--packing-strategy",
-            strategy,
-            "--per-device-train-batch-size",
-            "4",
-            "--learning-rate",
-            "1e-3",
-            "--max-length",
-            "256",
-        ]);
+            &out,
+            &[
+                "--packing",
+                "256",
+                "--packing-strategy",
+                strategy,
+                "--per-device-train-batch-size",
+                "4",
+                "--learning-rate",
+                "1e-3",
+                "--max-length",
+                "256",
+            ],
+        ));
         let lr = metric(&out, "learning_rate");
         let (steps, last) = (lr.len(), *lr.last().unwrap());
         assert!(
@@ -412,11 +418,9 @@ fn a_packed_run_decays_its_learning_rate_over_its_own_steps() {
 fn packed_examples_are_not_cut_to_max_length() {
     let dir = tempfile::tempdir().unwrap();
     let data = head("sft.jsonl", 16, dir.path());
-    let model = fixture("tiny-pythia");
     let tokens = |name: &str, extra: &[&str]| -> u64 {
-        let out = s(&dir.path().join(name));
-        let base = ["sft", "--model", &model, "--data", &data, "--out", &out];
-        let run = rlhf(&[&base[..], &["--eval-share", "0"], extra].concat());
+        let args = [&["--eval-share", "0"][..], extra].concat();
+        let run = rlhf(&sft_on_pythia(&data, &dir.path().join(name), &args));
         let log = String::from_utf8_lossy(&run.stderr).to_string();
         assert!(run.status.success(), "{log}");
         let line = log
@@ -444,26 +448,23 @@ fn max_steps_overrides_the_epochs() {
     let data = head("sft.jsonl", 12, dir.path());
     let run = |name: &str, max_steps: &str| -> PathBuf {
         let out = dir.path().join(name);
-        ok(&[
-            "sft",
-            "--model",
-            &fixture("tiny-pythia"),
-            "--data",
+        ok(&sft_on_pythia(
             &data,
-            "--out",
-            &s(&out),
-            "--eval-share",
-            "0",
-            "--per-device-train-batch-size",
-            "4",
-            "--num-train-epochs",
-            "2",
-            "--learning-rate",
-            "7e-4",
-            "--logging-steps",
-            "1",
-            &format!("--max-steps={max_steps}"),
-        ]);
+            &out,
+            &[
+                "--eval-share",
+                "0",
+                "--per-device-train-batch-size",
+                "4",
+                "--num-train-epochs",
+                "2",
+                "--learning-rate",
+                "7e-4",
+                "--logging-steps",
+                "1",
+                &format!("--max-steps={max_steps}"),
+            ],
+        ));
         out
     };
     let capped = run("capped", "7");
