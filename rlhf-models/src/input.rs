@@ -107,7 +107,7 @@ impl TokenInput {
     /// one run. Each sequence's positions start at 0 and its tokens attend only to its own, so
     /// every sequence gets the hidden states it has alone. Rows of one sequence (every number 0
     /// or 1) are [`Self::new`]'s input. Ids are checked as there; a sequence number that comes
-    /// back after another is an error. For a full forward pass: a KV cache does not take it.
+    /// back after another or after padding is an error. For a full forward pass: a KV cache does not take it.
     pub fn packed(
         ids: &[u32],
         sequences: &[u32],
@@ -124,9 +124,6 @@ impl TokenInput {
         }
         let attention: Vec<u8> = sequences.iter().map(|&s| u8::from(s != 0)).collect();
         let mut input = Self::new(ids, &attention, batch, vocab, device)?;
-        if sequences.iter().all(|&s| s <= 1) {
-            return Ok(input);
-        }
         let seq = sequences.len() / batch;
         // each token's position in its sequence, and its sequence's ordinal in the row (from 1;
         // 0 at padding): small numbers, which the device compares exactly
@@ -154,6 +151,10 @@ impl TokenInput {
                     longest = longest.max(run + 1);
                 }
             }
+        }
+        // checked above for holes, a row of one sequence is a plain input
+        if sequences.iter().all(|&s| s <= 1) {
+            return Ok(input);
         }
         input.longest = longest;
         input.packed = Some(Packed {

@@ -1318,15 +1318,19 @@ fn packed_sequences_get_the_logits_of_a_padded_batch() {
             "{name}: packed logits differ by {worst}"
         );
     }
-    // rows of one sequence each are the plain input; a sequence that comes back is refused
+    // rows of one sequence each are the plain input; a sequence that comes back is refused,
+    // in a row of one sequence (a hole in it) too
     let one = rlhf_models::TokenInput::packed(&[1, 2, 0], &[1, 1, 0], 1, 64, &d).unwrap();
     let plain = rlhf_models::TokenInput::new(&[1, 2, 0], &[1, 1, 0], 1, 64, &d).unwrap();
     assert_eq!(one.longest(), plain.longest());
-    let e = rlhf_models::TokenInput::packed(&[1, 2, 3], &[1, 2, 1], 1, 64, &d).unwrap_err();
-    assert!(
-        e.to_string().contains("sequence 1 of row 0 comes back"),
-        "{e}"
-    );
+    for (numbers, col) in [([1, 2, 1], 2), ([1, 0, 1], 2)] {
+        let e = rlhf_models::TokenInput::packed(&[1, 2, 3], &numbers, 1, 64, &d).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains(&format!("sequence 1 of row 0 comes back at column {col}")),
+            "{e}"
+        );
+    }
 }
 
 /// SFT on best-fit packed rows takes the loss the same examples take as rows of a padded batch:
