@@ -21,7 +21,9 @@ use rlhf_data::Tokenizer;
 use rlhf_data::tasks::{GoldScorer, TldrSynth};
 use rlhf_dpo::{DpoConfig, Group, OfflineLoss, RefCache, train_offline};
 use rlhf_models::{CausalLm, ScalarModel, TransformerConfig};
-use rlhf_ppo::{AdvantageEstimator, PolicyAndValue, PpoConfig, PpoInputs, train_ppo};
+use rlhf_ppo::{
+    AdvantageEstimator, Eval, EvalLine, PolicyAndValue, PpoConfig, PpoInputs, train_ppo,
+};
 use rlhf_reward::{LengthScorer, RankedExample, RewardModel, RewardScorer};
 
 use crate::cache::quiet_in;
@@ -227,10 +229,14 @@ fn on_policy(
     let rm_scorer = RewardScorer::new(stage.rm.clone(), inp.tok.clone(), device);
     let scorer = method_reward(cfg, stage, inp, device)?;
     let value = initial_critic(&pcfg, &stage.rm, inp.sft, cfg.seed, device);
-    let eval = |policy: &CausalLm| -> Result<Metrics> {
-        Ok(inp.curve.as_ref().map_or_else(Vec::new, |judge| {
-            curve_point(cfg, judge, inp, Some(&rm_scorer), policy, device)
-        }))
+    let eval = |policy: &CausalLm, _: &CausalLm| -> Result<EvalLine> {
+        Ok(inp
+            .curve
+            .as_ref()
+            .map_or_else(Vec::new, |judge| {
+                curve_point(cfg, judge, inp, Some(&rm_scorer), policy, device)
+            })
+            .into())
     };
     let inputs = PpoInputs {
         reference: inp.sft,
@@ -238,10 +244,7 @@ fn on_policy(
         tokenizer: inp.tok,
         prompts: inp.train_prompts,
         demonstrations: inp.sft_data,
-        eval: inp
-            .curve
-            .as_ref()
-            .map(|_| &eval as &dyn Fn(&CausalLm) -> Result<Metrics>),
+        eval: inp.curve.as_ref().map(|_| &eval as &Eval),
         eval_every: cfg.judge.eval_every as u64,
         eval_first: true,
     };

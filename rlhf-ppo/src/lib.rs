@@ -44,7 +44,7 @@ pub use rewards::{
 };
 pub use rollout::{DynamicSampling, Rollout, dynamic_sampling, sample_and_score};
 pub use trainer::{
-    Eval, Experience, Iteration, MicroBatch, Minibatch, PolicyAndValue, PpoInputs, PpoReport,
-    Share, UpdateStats, encode_queries, make_experience, minibatch_loss, ppo_iteration, ppo_update,
-    train_ppo,
+    Eval, EvalLine, Experience, Iteration, MicroBatch, Minibatch, PolicyAndValue, PpoInputs,
+    PpoReport, Share, UpdateStats, encode_queries, make_experience, minibatch_loss, ppo_iteration,
+    ppo_update, train_ppo,
 };

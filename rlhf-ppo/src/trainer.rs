@@ -108,8 +108,28 @@ pub struct PpoInputs<'a> {
     pub eval_first: bool,
 }
 
-/// An evaluation of the policy during training ([`PpoInputs::eval`]).
-pub type Eval<'a> = dyn Fn(&CausalLm) -> Result<Metrics> + 'a;
+/// An evaluation of the policy during training ([`PpoInputs::eval`]), given the policy and the
+/// KL's reference as it is then (it moves with `sync_ref`).
+pub type Eval<'a> = dyn Fn(&CausalLm, &CausalLm) -> Result<EvalLine> + 'a;
+
+/// What an evaluation adds to a metrics line: metrics of fixed names, and named ones (each
+/// reward function's, `eval_rewards/{name}/mean`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EvalLine {
+    /// Metrics of fixed names.
+    pub metrics: Metrics,
+    /// Metrics whose names hold a reward function's.
+    pub named: Vec<(String, f64)>,
+}
+
+impl From<Metrics> for EvalLine {
+    fn from(metrics: Metrics) -> Self {
+        EvalLine {
+            metrics,
+            named: Vec::new(),
+        }
+    }
+}
 
 impl<'a> PpoInputs<'a> {
     /// These inputs with `reference` in place of theirs, when one is given (a synced reference
@@ -277,22 +297,11 @@ pub fn make_experience(
         )));
     }
     let q = query_ids.len() / b;
-    let mut ids = Vec::with_capacity(b * (q + r));
-    let mut attention = Vec::with_capacity(b * (q + r));
-    for row in 0..b {
-        ids.extend_from_slice(&query_ids[row * q..(row + 1) * q]);
-        ids.extend_from_slice(&generation.tokens[row * r..(row + 1) * r]);
-        attention.extend_from_slice(&query_mask[row * q..(row + 1) * q]);
-        attention.extend_from_slice(&generation.mask[row * r..(row + 1) * r]);
-    }
+    let (ids, attention) = joined(query_ids, query_mask, generation);
     let mask_host: Vec<f32> = generation.mask.iter().map(|&m| f32::from(m)).collect();
     // a response cut off at the length limit leaves the loss when asked, and its KL the reward,
     // as in TRL; its score still enters the rewards and its group's advantages
-    let loss_mask = if cfg.mask_truncated_completions {
-        without_truncated(mask_host.clone(), &generation.has_eos)
-    } else {
-        mask_host.clone()
-    };
+    let loss_mask = kept_mask(mask_host.clone(), &generation.has_eos, cfg);
     let input = models.policy.input(&ids, &attention, b)?;
     let mask = tensor2(mask_host.clone(), [b, r], &device);
 
@@ -488,6 +497,59 @@ fn sampler_agreement(old: &[f32], sampler: &[f32], mask: &[f32], cap: Option<f32
         ));
     }
     metrics
+}
+
+/// Each row's query (`[rows, q]`) followed by its response, ids and attention mask
+/// `[rows, q + r]`, row-major.
+fn joined(query_ids: &[u32], query_mask: &[u8], generation: &Generation) -> (Vec<u32>, Vec<u8>) {
+    let (b, r) = (generation.batch, generation.new_len);
+    let q = query_ids.len() / b.max(1);
+    let mut ids = Vec::with_capacity(b * (q + r));
+    let mut attention = Vec::with_capacity(b * (q + r));
+    for row in 0..b {
+        ids.extend_from_slice(&query_ids[row * q..(row + 1) * q]);
+        ids.extend_from_slice(&generation.tokens[row * r..(row + 1) * r]);
+        attention.extend_from_slice(&query_mask[row * q..(row + 1) * q]);
+        attention.extend_from_slice(&generation.mask[row * r..(row + 1) * r]);
+    }
+    (ids, attention)
+}
+
+/// The response mask (`[rows, r]`) that the loss and the reward's KL read: `mask`, or with
+/// `mask_truncated_completions` every token of a row without EOS set to 0.
+fn kept_mask(mask: Vec<f32>, has_eos: &[bool], cfg: &PpoConfig) -> Vec<f32> {
+    if cfg.mask_truncated_completions {
+        without_truncated(mask, has_eos)
+    } else {
+        mask
+    }
+}
+
+/// The per-token KL estimate (`cfg.kl_estimator`, both log-probs at `cfg.temperature`) of
+/// `policy` to `reference` on `generation`'s responses to the queries `query_ids`: its sum over
+/// the tokens the reward's KL reads ([`kept_mask`]) and their count. No gradients.
+pub(crate) fn response_kl_sum(
+    (policy, reference): (&CausalLm, &CausalLm),
+    (query_ids, query_mask): (&[u32], &[u8]),
+    generation: &Generation,
+    cfg: &PpoConfig,
+) -> Result<(f64, f64)> {
+    let (b, r) = (generation.batch, generation.new_len);
+    if b == 0 || r == 0 {
+        return Ok((0.0, 0.0));
+    }
+    let q = query_ids.len() / b;
+    let (ids, attention) = joined(query_ids, query_mask, generation);
+    let input = policy.input(&ids, &attention, b)?;
+    let mask_host: Vec<f32> = generation.mask.iter().map(|&m| f32::from(m)).collect();
+    let kept = kept_mask(mask_host, &generation.has_eos, cfg);
+    let count = kept.iter().map(|&m| f64::from(m)).sum();
+    let kept = tensor2(kept, [b, r], &policy.device());
+    let logprobs = response_logprobs(policy, &input, q, cfg.temperature);
+    let ref_logprobs = response_logprobs(reference, &input, q, cfg.temperature);
+    let kl = kl_estimate(logprobs, ref_logprobs, cfg.kl_estimator);
+    let per_token = to_f32_vec(rlhf_core::zero_masked(kl, kept));
+    Ok((per_token.iter().map(|&k| f64::from(k)).sum(), count))
 }
 
 /// `mask` (`[rows, r]`, row-major) with every token of a row without EOS set to 0.
@@ -1384,6 +1446,15 @@ pub struct PpoReport {
     pub final_kl_coef: f64,
 }
 
+impl PpoReport {
+    /// Records iteration `done`, run in this call, and its metrics line.
+    fn record(&mut self, done: u64, line: Metrics) {
+        self.iterations = done;
+        self.iterations_this_run += 1;
+        self.last = line;
+    }
+}
+
 /// Trains `models` (on the autodiff `device`) for `cfg.iterations` iterations of
 /// [`ppo_iteration`]. With an output directory in `run_options`, metrics go to `metrics.jsonl`
 /// (one line per iteration) and checkpoints (models, optimizer, the KL and entropy controllers,
@@ -1453,15 +1524,13 @@ pub fn train_ppo(
         let mut line = iteration_line(step.metrics, run.skipped_steps(), beta, lr(0));
         let kl_now = metric(&line, names::OBJECTIVE_KL).unwrap_or(0.0);
         ctl.kl.update(kl_now, cfg.batch_size());
-        line.extend(eval_if_due(inputs, &models.policy, done, total)?);
-        let parts = step.score_parts.iter().map(|(k, v)| (k.as_str(), *v));
-        run.log(done, &line.iter().copied().chain(parts).collect::<Vec<_>>())?;
+        let evaluated = (&models.policy, live.as_ref());
+        let named = evaluate(&mut line, inputs, evaluated, (done, total))?;
+        run.log(done, &logged(&line, step.score_parts.iter().chain(&named)))?;
         log_samples(&mut run, &step.experience, inputs.tokenizer, done, total)?;
         let score = metric(&line, names::OBJECTIVE_SCORES).unwrap_or(f64::NAN);
         run.step_done(done, format!("score {score:.3} kl {kl_now:.2}"));
-        report.iterations = done;
-        report.iterations_this_run += 1;
-        report.last = line;
+        report.record(done, line);
         let extra = live.as_ref().map(|l| l.parts()).unwrap_or_default();
         checkpoint_if_due(&run, done, total, (&models, &optim, &ctl), extra)?;
     }
@@ -1706,18 +1775,41 @@ fn iteration_line(mut metrics: Metrics, skipped: u64, beta: f32, lr: f64) -> Met
     metrics
 }
 
-/// The caller's eval of `policy` after iteration `done` of `total`: every `eval_every`
-/// iterations, after the last, and after the first when `eval_first`; nothing otherwise.
-fn eval_if_due(inputs: &PpoInputs, policy: &CausalLm, done: u64, total: u64) -> Result<Metrics> {
-    match inputs.eval {
-        Some(eval) if eval_is_due(done, total, inputs.eval_every, inputs.eval_first) => {
-            eval(policy)
-        }
-        _ => Ok(Vec::new()),
+/// The caller's eval of `policy` after iteration `done` of `total`, beside the KL's reference
+/// (the `live` one when it follows the policy): every `eval_every` iterations, after the last,
+/// and after the first when `eval_first`; nothing otherwise. Its metrics of fixed names join
+/// `line`; the named ones are returned.
+fn evaluate(
+    line: &mut Metrics,
+    inputs: &PpoInputs,
+    (policy, live): (&CausalLm, Option<&LiveReference<CausalLm>>),
+    (done, total): (u64, u64),
+) -> Result<Vec<(String, f64)>> {
+    let Some(eval) = inputs.eval else {
+        return Ok(Vec::new());
+    };
+    if !eval_is_due(done, total, inputs.eval_every, inputs.eval_first) {
+        return Ok(Vec::new());
     }
+    let evaluated = match live {
+        Some(l) => eval(policy, &l.current())?,
+        None => eval(policy, inputs.reference)?,
+    };
+    line.extend(evaluated.metrics);
+    Ok(evaluated.named)
 }
 
-/// Whether the eval runs after iteration `done` of `total` (see [`eval_if_due`]).
+/// A metrics line as the log takes it: `line`, then the metrics whose names are built (a
+/// reward function's).
+fn logged<'a>(
+    line: &'a Metrics,
+    named: impl Iterator<Item = &'a (String, f64)>,
+) -> Vec<(&'a str, f64)> {
+    let named = named.map(|(k, v)| (k.as_str(), *v));
+    line.iter().copied().chain(named).collect()
+}
+
+/// Whether the eval runs after iteration `done` of `total` (see [`evaluate`]).
 fn eval_is_due(done: u64, total: u64, every: u64, first: bool) -> bool {
     (first && done == 1) || eval_due(done, total, every)
 }

@@ -257,8 +257,9 @@ pub struct OnPolicyArgs {
     /// Held-out prompts, in the layout of --prompts (a verifier reads its reference there; the
     /// queries hold the longest prompt of both files): the policy samples --num-generations-eval
     /// responses to each at the training settings, and
-    /// --reward scores them (`eval_reward`, `eval_reward_std`, `eval_completions/mean_length`,
-    /// `eval_completions/clipped_ratio`), every --eval-steps iterations and after the last
+    /// --reward scores them (`eval_reward`, `eval_reward_std`, `eval_rewards/{name}/*`, with their
+    /// KL to the reference `eval_kl`, `eval_completions/mean_length` and `…/clipped_ratio`),
+    /// every --eval-steps iterations and after the last
     /// [TRL: --eval_strategy steps with an eval dataset].
     #[arg(long, value_name = "FILE")]
     pub eval_prompts: Option<PathBuf>,
@@ -1214,7 +1215,9 @@ pub fn run(method: Method, args: &OnPolicyArgs, toml: &str) -> Result<()> {
         samples_per_prompt: args.num_generations_eval.unwrap_or(cfg.samples_per_prompt),
     };
     let reward = (&ckpt.tokenizer, scorer.as_ref());
-    let eval = |policy: &CausalLm| held_out_metrics(policy, reward, &eval_set, &cfg);
+    let eval = |policy: &CausalLm, reference: &CausalLm| {
+        held_out_metrics((policy, reference), reward, &eval_set, &cfg)
+    };
     let inputs = PpoInputs {
         reference: &reference,
         scorer: scorer.as_ref(),

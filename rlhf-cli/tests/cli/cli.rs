@@ -1315,8 +1315,9 @@ fn grpo_on_people(model: &Path, prompts: &Path, out: &Path, extra: &[&str]) {
 /// trained model measures: on the training prompts, and on a file of two trained people (the
 /// same records) and two held out of training, whose answers the verifier reads from the
 /// held-out file (trained on the other six, the policy names their cities for these two, and
-/// their share falls to 0). A held-out prompt that repeats an earlier one with another answer is
-/// refused, and so are the eval options without the file.
+/// their share falls to 0), with the reward function's own scores and the samples' KL to the
+/// reference. A held-out prompt that repeats an earlier one with another answer is refused, and
+/// so are the eval options without the file.
 #[test]
 fn grpo_with_an_exact_match_verifier_raises_the_verifiers_mean() {
     let dir = tempfile::tempdir().unwrap();
@@ -1382,9 +1383,18 @@ fn grpo_with_an_exact_match_verifier_raises_the_verifiers_mean() {
         "eval_reward_std",
         "eval_completions/mean_length",
         "eval_completions/clipped_ratio",
+        "eval_rewards/exact-match/std",
     ] {
         assert_eq!(metric(&apart, name).len(), 3, "{name}");
     }
+    // the one reward function's own scores are the reward; the policy has moved off the SFT
+    // model it started from, the reference
+    assert_eq!(metric(&apart, "eval_rewards/exact-match/mean"), held_out);
+    let kl = metric(&apart, "eval_kl");
+    assert!(
+        kl.len() == 3 && kl.iter().all(|&k| k > 0.0),
+        "eval_kl {kl:?}"
+    );
 
     let out = dir.path().join("refused");
     let args = [

@@ -1175,7 +1175,10 @@ fn held_out_metrics_score_the_samples_alone_and_repeat() {
     };
     let eval = |cfg: &PpoConfig| {
         let reward = (&counting.tok, &counting::Words as &dyn rlhf_core::Scorer);
-        rlhf_ppo::held_out_metrics(&policy, reward, &held_out, cfg).unwrap()
+        let models = (&policy, &counting.reference);
+        rlhf_ppo::held_out_metrics(models, reward, &held_out, cfg)
+            .unwrap()
+            .metrics
     };
     let first = eval(&cfg(None, 16));
     assert_eq!(first, eval(&cfg(None, 16)));
@@ -1188,7 +1191,10 @@ fn held_out_metrics_score_the_samples_alone_and_repeat() {
     assert!(metric(&cut, names::EVAL_REWARD) > -5.0);
 
     let reward = (&counting.tok, &PromptNumber as &dyn rlhf_core::Scorer);
-    let m = rlhf_ppo::held_out_metrics(&policy, reward, &held_out, &cfg(None, 4)).unwrap();
+    let models = (&policy, &counting.reference);
+    let m = rlhf_ppo::held_out_metrics(models, reward, &held_out, &cfg(None, 4))
+        .unwrap()
+        .metrics;
     let asked: Vec<f64> = (1..=8).flat_map(|k| [f64::from(k); 3]).collect();
     let mean = asked.iter().sum::<f64>() / 24.0;
     let std = (asked.iter().map(|k| (k - mean).powi(2)).sum::<f64>() / 23.0).sqrt();
@@ -1200,6 +1206,101 @@ fn held_out_metrics_score_the_samples_alone_and_repeat() {
         (metric(&m, names::EVAL_REWARD_STD) - std).abs() < 1e-6,
         "{m:?}"
     );
+}
+
+/// Held-out evaluation logs each reward function's scores (`eval_rewards/{name}/*`) and the
+/// samples' KL to the reference (`eval_kl`) as training logs them (`rewards/{name}/*`, `kl`) for
+/// the same samples: an iteration on the held-out prompts with the held-out draws and β in the
+/// reward, under each estimator, from a policy that one iteration moved off the reference.
+/// Against the policy itself the KL is 0.
+#[test]
+fn held_out_metrics_log_the_parts_and_the_kl_as_training() {
+    use rlhf_core::KlEstimator;
+    use rlhf_reward::{Combine, EnsembleScorer, LengthScorer, RegexScorer};
+    let counting = Counting::new();
+    let eos = counting.tok.eos_text().to_string();
+    let members: Vec<Box<dyn rlhf_core::Scorer>> = vec![
+        Box::new(LengthScorer::new(1.0, eos.clone())),
+        Box::new(RegexScorer::new("yes yes", eos).unwrap()),
+    ];
+    let scorer = EnsembleScorer::new(members, Combine::Sum)
+        .unwrap()
+        .with_names(vec!["words".into(), "two".into()])
+        .unwrap();
+    let moving = PpoConfig {
+        missing_eos_penalty: None,
+        optimizer: OptimizerConfig {
+            lr: 1e-2,
+            ..OptimizerConfig::default()
+        },
+        ..small(AdvantageEstimator::Rloo)
+    };
+    let moved = counting.iteration(&counting::Words, &moving).models.policy;
+    let prompts: Vec<&str> = counting.prompts[..4].iter().map(String::as_str).collect();
+    let held_out = rlhf_ppo::HeldOut {
+        prompts: &counting.prompts[..4],
+        samples_per_prompt: 4,
+    };
+    let reward = (&counting.tok, &scorer as &dyn rlhf_core::Scorer);
+    for estimator in [KlEstimator::K1, KlEstimator::K2, KlEstimator::K3] {
+        let cfg = PpoConfig {
+            kl_estimator: estimator,
+            kl_in_reward: true,
+            ..moving.clone()
+        };
+        let evaluated =
+            rlhf_ppo::held_out_metrics((&moved, &counting.reference), reward, &held_out, &cfg)
+                .unwrap();
+        let inputs = PpoInputs {
+            reference: &counting.reference,
+            scorer: &scorer,
+            tokenizer: &counting.tok,
+            prompts: &counting.prompts,
+            demonstrations: &[],
+            eval: None,
+            eval_every: 0,
+            eval_first: false,
+        };
+        let trained = ppo_iteration(
+            PolicyAndValue::new(moved.clone(), None),
+            &mut cfg.optimizer.build().unwrap(),
+            &inputs,
+            &prompts,
+            &cfg,
+            0.1,
+            &mut cfg.entropy_controller(),
+            &|_| cfg.optimizer.lr,
+            &mut TrainRng::seed_from_u64(cfg.seed).fork("held-out"),
+            &counting.device,
+            &rlhf_core::train::Replicas::default(),
+        )
+        .unwrap();
+        let kl = metric(&trained.metrics, names::KL_LOSS_TERM);
+        let eval_kl = metric(&evaluated.metrics, names::EVAL_KL);
+        assert!(
+            kl.abs() > 1e-3,
+            "{estimator:?}: the policy did not move: {kl}"
+        );
+        assert!(
+            (eval_kl - kl).abs() <= 1e-5 * kl.abs(),
+            "{estimator:?}: eval_kl {eval_kl}, training's kl {kl}"
+        );
+        assert_eq!(trained.score_parts.len(), 4);
+        for (name, value) in &trained.score_parts {
+            let eval_name = format!("eval_{name}");
+            let (_, eval_value) = evaluated
+                .named
+                .iter()
+                .find(|(n, _)| *n == eval_name)
+                .unwrap_or_else(|| panic!("no {eval_name} in {:?}", evaluated.named));
+            assert!(
+                (eval_value - value).abs() < 1e-9,
+                "{name}: {eval_value} {value}"
+            );
+        }
+    }
+    let itself = rlhf_ppo::held_out_metrics((&moved, &moved), reward, &held_out, &moving).unwrap();
+    assert_eq!(metric(&itself.metrics, names::EVAL_KL), 0.0);
 }
 
 /// `top_k`, `top_p`, `min_p` and `repetition_penalty` reach the sampler: with `top_k = 1` at
