@@ -14,6 +14,7 @@
 //! uninterrupted run would have used.
 
 use std::borrow::Cow;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor, TensorData, activation};
@@ -447,20 +448,18 @@ pub fn train_sft(
     run_options
         .replicas
         .refuse_with_dropout("SFT", model.dropout())?;
-    // every epoch's batches, drawn from (seed, epoch), numbered globally
-    let epochs: Vec<Vec<LmBatch>> = (0..cfg.epochs)
-        .map(|e| epoch_batches(train, cfg, e))
-        .collect();
-    let offsets: Vec<usize> = epochs
-        .iter()
-        .scan(0, |acc, e| {
-            let start = *acc;
-            *acc += e.len();
-            Some(start)
+    // each epoch's batches, drawn from (seed, epoch): measured here one epoch at a time, drawn
+    // again when training reaches the epoch, and numbered globally
+    let plans: Vec<Vec<BatchPlan>> = (0..cfg.epochs)
+        .map(|e| {
+            epoch_batches(train, cfg, e)
+                .iter()
+                .map(BatchPlan::of)
+                .collect()
         })
         .collect();
-    let all: Vec<&LmBatch> = epochs.iter().flatten().collect();
-    check_memory(&model, &all, run_options, device)?;
+    check_memory(&model, plans.iter().flatten(), run_options, device)?;
+    let batches = EpochBatches::new(train, cfg, &plans);
 
     let fit_cfg = FitConfig {
         epochs: cfg.epochs,
@@ -476,9 +475,10 @@ pub fn train_sft(
         model,
         &fit_cfg,
         run_options,
-        &|e| (0..epochs[e].len()).map(|i| vec![offsets[e] + i]).collect(),
+        &|e| batches.numbers(e).map(|i| vec![i]).collect(),
         &|m, idx, shard| {
-            let Some(batch) = all[idx[0]].shard(shard) else {
+            let (epoch, i) = batches.get(idx[0]);
+            let Some(batch) = epoch[i].shard(shard) else {
                 return Ok(None);
             };
             Ok(Some(BatchLoss {
@@ -493,7 +493,7 @@ pub fn train_sft(
     let report = SftReport {
         steps: r.steps,
         steps_this_run: r.steps_this_run,
-        tokens: tokens_trained(&epochs, cfg.grad_accum, r.steps - r.steps_this_run, r.steps),
+        tokens: tokens_trained(&plans, cfg.grad_accum, r.steps - r.steps_this_run, r.steps),
         final_train_loss: r.final_train_loss,
         eval_loss: r
             .eval
@@ -530,31 +530,106 @@ fn eval_metrics(
     ])
 }
 
+/// What a run reads of a batch before training draws it again: its shape and its target tokens.
+struct BatchPlan {
+    rows: u64,
+    seq: u64,
+    predicted_tokens: u64,
+}
+
+impl BatchPlan {
+    fn of(batch: &LmBatch) -> Self {
+        BatchPlan {
+            rows: batch.batch as u64,
+            seq: batch.seq as u64,
+            predicted_tokens: batch.predicted_tokens(),
+        }
+    }
+}
+
+/// Every epoch's batches, numbered globally in epoch order, and drawn one epoch at a time when a
+/// step first reads that epoch ([`epoch_batches`] gives the same ones for the same epoch), so
+/// that a run holds one epoch's batches beside the data, not all of them.
+struct EpochBatches<'a> {
+    train: &'a [Example],
+    cfg: &'a SftConfig,
+    /// The number of each epoch's first batch.
+    starts: Vec<usize>,
+    /// The end of the last epoch's numbers.
+    end: usize,
+    current: Mutex<Option<(usize, Arc<Vec<LmBatch>>)>>,
+}
+
+impl<'a> EpochBatches<'a> {
+    /// The batches of `train` under `cfg`, whose epochs hold as many as `plans` says.
+    fn new(train: &'a [Example], cfg: &'a SftConfig, plans: &[Vec<BatchPlan>]) -> Self {
+        let mut starts = Vec::with_capacity(plans.len());
+        let mut end = 0;
+        for plan in plans {
+            starts.push(end);
+            end += plan.len();
+        }
+        EpochBatches {
+            train,
+            cfg,
+            starts,
+            end,
+            current: Mutex::new(None),
+        }
+    }
+
+    /// The numbers of epoch `epoch`'s batches.
+    fn numbers(&self, epoch: usize) -> std::ops::Range<usize> {
+        let next = self.starts.get(epoch + 1).copied().unwrap_or(self.end);
+        self.starts[epoch]..next
+    }
+
+    /// Batch `number`: its epoch's batches and its place among them.
+    fn get(&self, number: usize) -> (Arc<Vec<LmBatch>>, usize) {
+        // the last epoch that starts at or before it
+        let epoch = self.starts.partition_point(|&start| start <= number) - 1;
+        (self.of_epoch(epoch), number - self.starts[epoch])
+    }
+
+    /// Epoch `epoch`'s batches (the replicas of a step share them).
+    fn of_epoch(&self, epoch: usize) -> Arc<Vec<LmBatch>> {
+        // a poisoned lock only means another replica's loss panicked: the batches are whole
+        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        match &*current {
+            Some((e, batches)) if *e == epoch => Arc::clone(batches),
+            _ => {
+                let batches = Arc::new(epoch_batches(self.train, self.cfg, epoch));
+                *current = Some((epoch, Arc::clone(&batches)));
+                batches
+            }
+        }
+    }
+}
+
 /// The target tokens of steps `first_done + 1 ..= last` (each step is `grad_accum` batches of its
 /// epoch, the last one possibly fewer).
-fn tokens_trained(epochs: &[Vec<LmBatch>], grad_accum: usize, first_done: u64, last: u64) -> u64 {
+fn tokens_trained(epochs: &[Vec<BatchPlan>], grad_accum: usize, first_done: u64, last: u64) -> u64 {
     epochs
         .iter()
         .flat_map(|e| e.chunks(grad_accum.max(1)))
         .zip(1u64..)
         .filter(|(_, step)| *step > first_done && *step <= last)
         .flat_map(|(group, _)| group)
-        .map(LmBatch::predicted_tokens)
+        .map(|b| b.predicted_tokens)
         .sum()
 }
 
 /// Refuses, before the first step, a run whose largest batch would not fit in memory.
-fn check_memory(
+fn check_memory<'b>(
     model: &CausalLm,
-    batches: &[&LmBatch],
+    batches: impl Iterator<Item = &'b BatchPlan>,
     run_options: &RunOptions,
     device: &Device,
 ) -> Result<()> {
     let shape = model.shape();
     let checkpointing = memory::checkpointing(device, model);
     let (rows, seq) = batches
-        .iter()
-        .map(|b| (b.batch as u64, b.seq as u64))
+        .map(|b| (b.rows, b.seq))
         .max_by_key(|&(r, s)| shape.activation_bytes(r, s, checkpointing))
         .unwrap_or((1, 1));
     memory::check_batch_fits(
@@ -574,6 +649,48 @@ fn check_memory(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Batch numbers read every epoch's batches in epoch order, as the batches of all epochs
+    /// drawn at once, padded and packed; the epochs' batches differ, and reading one epoch's
+    /// holds that epoch alone.
+    #[test]
+    fn batch_numbers_read_each_epoch_as_drawn_holding_one_epoch() {
+        let train: Vec<Example> = (0..7)
+            .map(|i| (vec![1; 1 + i % 3], vec![2 + i as u32; 1 + i]))
+            .collect();
+        for packing in [None, Some(8)] {
+            let cfg = SftConfig {
+                epochs: 3,
+                batch_size: 2,
+                packing,
+                seed: 3,
+                ..SftConfig::default()
+            };
+            let all: Vec<Vec<LmBatch>> = (0..3).map(|e| epoch_batches(&train, &cfg, e)).collect();
+            assert_ne!(
+                all[0], all[1],
+                "{packing:?}: the epochs must differ to be told apart"
+            );
+            let plans: Vec<Vec<BatchPlan>> = all
+                .iter()
+                .map(|e| e.iter().map(BatchPlan::of).collect())
+                .collect();
+            let batches = EpochBatches::new(&train, &cfg, &plans);
+            let flat: Vec<&LmBatch> = all.iter().flatten().collect();
+            let mut next = 0;
+            for e in 0..3 {
+                for number in batches.numbers(e) {
+                    assert_eq!(number, next);
+                    next += 1;
+                    let (epoch, i) = batches.get(number);
+                    assert_eq!(&epoch[i], flat[number], "{packing:?}: batch {number}");
+                    let held = batches.current.lock().unwrap().as_ref().map(|c| c.0);
+                    assert_eq!(held, Some(e));
+                }
+            }
+            assert_eq!(next, flat.len());
+        }
+    }
 
     /// A response after an empty prompt, left-padded in a batch with a longer prompt, does not
     /// have its first token predicted from the padding before it; every other response token
