@@ -368,8 +368,11 @@ pub struct OnPolicyArgs {
     /// Epochs over each rollout batch [TRL: --num_ppo_epochs, --num_iterations].
     #[arg(long, visible_alias = "num-iterations")]
     pub num_ppo_epochs: Option<usize>,
-    /// Minibatches per epoch [TRL's PPOTrainer, gone from TRL 1.x: --num_mini_batches].
-    #[arg(long)]
+    /// Minibatches per epoch, each one optimizer step: a rollout of --prompts-per-batch ×
+    /// --num-generations completions is cut into this many [TRL's PPOTrainer, gone from TRL
+    /// 1.x: --num_mini_batches; GRPO and RLOO: --steps_per_generation, the optimizer steps each
+    /// generation batch takes per --num-iterations].
+    #[arg(long, visible_alias = "steps-per-generation")]
     pub num_mini_batches: Option<usize>,
     /// Micro-batches per minibatch step: each minibatch's loss and backward pass run on this
     /// many equal parts in turn, their gradients summed into the one step, which holds one
@@ -1322,6 +1325,22 @@ mod tests {
             };
             assert!(err.contains("in [0, 1]"), "{bad}: {err}");
         }
+    }
+
+    /// TRL's `--num_iterations` and `--steps_per_generation` (GRPO, RLOO) are the epochs over a
+    /// rollout and its minibatches.
+    #[test]
+    fn trls_grpo_names_reach_the_epochs_and_minibatches() {
+        let flags = [
+            "--num-iterations",
+            "3",
+            "--steps-per-generation",
+            "4",
+            "--prompts-per-batch",
+            "8",
+        ];
+        let c = config(Method::Grpo, &flags);
+        assert_eq!((c.ppo_epochs, c.num_minibatches), (3, 4));
     }
 
     /// `--reward-clip-range MIN MAX` takes two numbers, negative ones too; a config file's list
