@@ -216,6 +216,11 @@ pub struct KtoConfig {
     pub eval_every: u64,
     /// Longest prompt / response kept.
     pub truncation: Option<(usize, usize)>,
+    /// The longest mismatched pair: an example's prompt followed by its partner's response is
+    /// cut to this many tokens, as TRL cuts its KL sequences to `max_length` (the examples' own
+    /// responses were cut to fit beside their own prompts). `None`: kept whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_length: Option<usize>,
     /// Dropout off in the policy (TRL's `disable_dropout`).
     pub disable_dropout: bool,
     /// Seed of the batches and of their order.
@@ -245,6 +250,7 @@ impl Default for KtoConfig {
             schedule: LrSchedule::Constant,
             eval_every: 0,
             truncation: None,
+            max_length: None,
             disable_dropout: true,
             seed: 0,
             sync_ref: None,
@@ -366,6 +372,8 @@ struct Prepared<'a> {
     examples: &'a [KtoExample],
     batches: Vec<Vec<usize>>,
     partner: Option<Vec<usize>>,
+    /// The longest mismatched pair ([`KtoConfig::max_length`]).
+    max_length: Option<usize>,
     reference: Vec<Vec<f32>>,
 }
 
@@ -391,7 +399,7 @@ impl Prepared<'_> {
         };
         let groups: Vec<Group> = idx
             .iter()
-            .map(|&i| kl_group(self.examples, i, self.partner(i)))
+            .map(|&i| kl_group(self.examples, i, self.partner(i), self.max_length))
             .collect();
         let groups: Vec<&Group> = groups.iter().collect();
         batches_run.fetch_add(1, Ordering::Relaxed);
@@ -400,10 +408,19 @@ impl Prepared<'_> {
 }
 
 /// Example `i` as a group `[y, y′]` under its prompt, `y′` being its `partner`'s response (`[y]`
-/// without one): what the reference cache stores.
-fn kl_group(examples: &[KtoExample], i: usize, partner: Option<usize>) -> Group {
+/// without one) cut to `max_length` with the prompt ([`mismatched_response`]): what the
+/// reference cache stores.
+fn kl_group(
+    examples: &[KtoExample],
+    i: usize,
+    partner: Option<usize>,
+    max_length: Option<usize>,
+) -> Group {
+    let prompt = &examples[i].prompt;
     let mut responses = vec![examples[i].response.clone()];
-    responses.extend(partner.map(|p| examples[p].response.clone()));
+    responses.extend(
+        partner.map(|p| mismatched_response(prompt, &examples[p].response, max_length).to_vec()),
+    );
     Group {
         prompt: examples[i].prompt.clone(),
         responses,
@@ -428,11 +445,12 @@ fn prepare<'a>(
             examples,
             batches,
             partner,
+            max_length: cfg.max_length,
             reference: Vec::new(),
         });
     };
     let groups: Vec<Group> = (0..examples.len())
-        .map(|i| kl_group(examples, i, partner.as_ref().map(|p| p[i])))
+        .map(|i| kl_group(examples, i, partner.as_ref().map(|p| p[i]), cfg.max_length))
         .collect();
     let (reference, _) = cache.get_or_compute(reference, &groups, &cfg.logp_spec(), || {
         reference_logps(
@@ -448,6 +466,7 @@ fn prepare<'a>(
         examples,
         batches,
         partner,
+        max_length: cfg.max_length,
         reference,
     })
 }
@@ -524,6 +543,17 @@ fn batch_loss(
     Ok((loss, metrics))
 }
 
+/// The start of another example's `response` that follows `prompt` in a mismatched pair: the
+/// pair cut to `max_length` tokens, as TRL cuts its KL sequences (its own examples already fit).
+fn mismatched_response<'a>(
+    prompt: &[u32],
+    response: &'a [u32],
+    max_length: Option<usize>,
+) -> &'a [u32] {
+    let room = max_length.map_or(usize::MAX, |m| m.saturating_sub(prompt.len()));
+    &response[..response.len().min(room)]
+}
+
 /// The batch `idx`'s `z_ref`: its mismatched pairs (each example's prompt with its `partner`'s
 /// response) under the policy, read without gradients, against the reference's (`column(1)`).
 fn reference_point(
@@ -538,7 +568,11 @@ fn reference_point(
     let inference = device.clone().without_autodiff();
     let mismatched: Vec<(&[u32], &[u32])> = idx
         .iter()
-        .map(|&i| (ex[i].prompt.as_slice(), ex[partner[i]].response.as_slice()))
+        .map(|&i| {
+            let response =
+                mismatched_response(&ex[i].prompt, &ex[partner[i]].response, cfg.max_length);
+            (ex[i].prompt.as_slice(), response)
+        })
         .collect();
     let (kl_logps, _) = pair_logps(&policy.valid(), &mismatched, cfg.truncation, &inference)?;
     Ok(to_f32_vec(kto_reference_point(kl_logps, column(1, &inference)))[0])

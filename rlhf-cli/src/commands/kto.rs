@@ -126,6 +126,7 @@ impl KtoArgs {
             schedule: self.train.schedule(plan.total),
             eval_every: self.train.eval_steps,
             truncation: None,
+            max_length: Some(self.data.max_length),
             disable_dropout: self.disable_dropout,
             seed: self.train.seed,
             sync_ref: self.sync.config(),
@@ -155,8 +156,8 @@ fn examples(
     );
     for (prompt, completion, desirable) in records {
         // for KTO always cut, not only when longer than `max_length` (`Encoder::fit`): it also
-        // pairs this prompt with another example's response (its KL estimate), and the cut to
-        // `max_prompt` is what bounds those pairs
+        // pairs this prompt with another example's response (its KL estimate), a pair the
+        // library then cuts to `max_length` as TRL does (`KtoConfig::max_length`)
         let (prompt_ids, mut cut) = if loss.pairs() {
             let (prompt_ids, finished) = enc.finished(&prompt, &[&completion])?;
             enc.cut(prompt_ids, finished)

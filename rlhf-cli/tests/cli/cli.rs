@@ -2767,6 +2767,7 @@ fn every_field_of_every_trainer_config_is_a_flag() {
                 ("beta", &["--beta", "0.5"]),
                 ("desirable_weight", &["--desirable-weight", "0.5"]),
                 ("undesirable_weight", &["--undesirable-weight", "0.5"]),
+                ("max_length", &["--max-length", "300"]),
                 ("disable_dropout", &["--disable-dropout", "false"]),
             ],
         ],

@@ -250,10 +250,27 @@ fn the_first_step_matches_the_reference_from_unpadded_logprobs() {
         f64::from(cfg.desirable_weight),
         f64::from(cfg.undesirable_weight),
     );
-    for (policy_model, tag) in [
-        (&policy, "policy ≠ reference"),
-        (&reference_model, "policy = reference"),
+    // a mismatched pair longer than `max_length` is cut to it, as TRL cuts its KL sequences
+    fn cut<'a>(max_length: Option<usize>, prompt: &[u32], response: &'a [u32]) -> &'a [u32] {
+        let room = max_length.map_or(usize::MAX, |m| m - prompt.len());
+        &response[..response.len().min(room)]
+    }
+    let cuts = (0..data.len())
+        .filter(|&i| {
+            cut(Some(5), &data[i].prompt, &data[partner[i]].response).len()
+                < data[partner[i]].response.len()
+        })
+        .count();
+    assert!(cuts > 0, "no mismatched pair is longer than 5 tokens");
+    for (policy_model, tag, max_length) in [
+        (&policy, "policy ≠ reference", None),
+        (&policy, "policy ≠ reference, pairs cut to 5", Some(5)),
+        (&reference_model, "policy = reference", None),
     ] {
+        let cfg = KtoConfig {
+            max_length,
+            ..cfg.clone()
+        };
         let r: Vec<f64> = data
             .iter()
             .map(|e| {
@@ -261,17 +278,12 @@ fn the_first_step_matches_the_reference_from_unpadded_logprobs() {
                     - alone(&reference_model, &e.prompt, &e.response)
             })
             .collect();
+        let mismatched = |i: usize| cut(max_length, &data[i].prompt, &data[partner[i]].response);
         let kl: Vec<f64> = (0..data.len())
-            .map(|i| alone(policy_model, &data[i].prompt, &data[partner[i]].response))
+            .map(|i| alone(policy_model, &data[i].prompt, mismatched(i)))
             .collect();
         let kl_ref: Vec<f64> = (0..data.len())
-            .map(|i| {
-                alone(
-                    &reference_model,
-                    &data[i].prompt,
-                    &data[partner[i]].response,
-                )
-            })
+            .map(|i| alone(&reference_model, &data[i].prompt, mismatched(i)))
             .collect();
         let z = z_of(&kl, &kl_ref);
         eprintln!(
