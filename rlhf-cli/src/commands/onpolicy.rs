@@ -370,10 +370,15 @@ pub struct OnPolicyArgs {
     pub num_ppo_epochs: Option<usize>,
     /// Minibatches per epoch, each one optimizer step: a rollout of --prompts-per-batch ×
     /// --num-generations completions is cut into this many [TRL's PPOTrainer, gone from TRL
-    /// 1.x: --num_mini_batches; GRPO and RLOO: --steps_per_generation, the optimizer steps each
-    /// generation batch takes per --num-iterations].
-    #[arg(long, visible_alias = "steps-per-generation")]
+    /// 1.x: --num_mini_batches].
+    #[arg(long)]
     pub num_mini_batches: Option<usize>,
+    /// TRL's count of micro-batches per rollout, a multiple of --gradient-accumulation-steps:
+    /// the rollout takes this over the accumulation optimizer steps per epoch, so it sets
+    /// --num-mini-batches (TRL's default is the accumulation, one step)
+    /// [TRL GRPO, RLOO: --steps_per_generation].
+    #[arg(long)]
+    pub steps_per_generation: Option<usize>,
     /// Micro-batches per minibatch step: each minibatch's loss and backward pass run on this
     /// many equal parts in turn, their gradients summed into the one step, which holds one
     /// part's activations at a time. The step is the whole minibatch's, except under `bnpo`,
@@ -602,11 +607,28 @@ impl OnPolicyArgs {
         c
     }
 
+    /// `--num-mini-batches` from TRL's `--steps-per-generation`, when only that is given: TRL's
+    /// steps per generation count micro-batches, so a rollout's optimizer steps are those over
+    /// the accumulation (`recipe`'s unless given; `refuse_mixes` refuses what does not divide).
+    fn minibatches_from_steps_per_generation(&mut self, recipe: &PpoConfig) {
+        let accumulation = self
+            .gradient_accumulation_steps
+            .unwrap_or(recipe.grad_accum)
+            .max(1);
+        if let Some(steps) = self.steps_per_generation
+            && self.num_mini_batches.is_none()
+            && steps.is_multiple_of(accumulation)
+        {
+            self.num_mini_batches = Some(steps / accumulation);
+        }
+    }
+
     /// These options with every unset one taken from `method`'s recipe (what `--print-config`
     /// shows and the run directory records). `max_prompt_length` stays unset: it defaults to the
     /// longest prompt of the data.
     pub fn completed(mut self, method: Method) -> Self {
         let c = self.preset(method);
+        self.minibatches_from_steps_per_generation(&c);
         macro_rules! fill {
             ($($opt:ident <- $value:expr),* $(,)?) => {$(
                 self.$opt.get_or_insert($value);
@@ -1036,6 +1058,18 @@ fn refuse_mixes(method: Method, args: &OnPolicyArgs) -> Result<()> {
                 .map_or_else(String::new, |v| v.get_name().to_owned())
         );
     }
+    if let (Some(steps), Some(minibatches), Some(accumulation)) = (
+        args.steps_per_generation,
+        args.num_mini_batches,
+        args.gradient_accumulation_steps,
+    ) && steps != minibatches * accumulation
+    {
+        bail!(
+            "--steps-per-generation {steps} counts micro-batches, as TRL's: it must be \
+             --num-mini-batches × --gradient-accumulation-steps ({minibatches} × {accumulation}); \
+             give one of --steps-per-generation and --num-mini-batches"
+        );
+    }
     let recipe = method.preset().advantage;
     if args.scale_rewards.is_some() && ScaleRewards::of(recipe).is_none() {
         bail!(
@@ -1327,20 +1361,69 @@ mod tests {
         }
     }
 
-    /// TRL's `--num_iterations` and `--steps_per_generation` (GRPO, RLOO) are the epochs over a
-    /// rollout and its minibatches.
+    /// TRL's `--num_iterations` is the epochs over a rollout, and its `--steps_per_generation`
+    /// the micro-batches of one: the minibatches (optimizer steps) are those over the
+    /// accumulation. A count the accumulation does not divide, or one that disagrees with
+    /// `--num-mini-batches`, is refused.
     #[test]
     fn trls_grpo_names_reach_the_epochs_and_minibatches() {
-        let flags = [
-            "--num-iterations",
-            "3",
-            "--steps-per-generation",
-            "4",
-            "--prompts-per-batch",
-            "8",
-        ];
-        let c = config(Method::Grpo, &flags);
-        assert_eq!((c.ppo_epochs, c.num_minibatches), (3, 4));
+        let parse = |flags: &[&str]| {
+            let all = std::iter::once("rlhf").chain(flags.iter().copied());
+            Wrapped::try_parse_from(all)
+                .unwrap()
+                .args
+                .completed(Method::Grpo)
+        };
+        for (flags, epochs, minibatches) in [
+            (
+                &["--num-iterations", "3", "--steps-per-generation", "4"][..],
+                3,
+                4,
+            ),
+            (
+                &[
+                    "--steps-per-generation",
+                    "4",
+                    "--gradient-accumulation-steps",
+                    "2",
+                ],
+                1,
+                2,
+            ),
+            (
+                &[
+                    "--steps-per-generation",
+                    "2",
+                    "--gradient-accumulation-steps",
+                    "2",
+                ],
+                1,
+                1,
+            ),
+        ] {
+            let args = parse(flags);
+            refuse_mixes(Method::Grpo, &args).unwrap();
+            let c = args.config(Method::Grpo, 8);
+            assert_eq!(
+                (c.ppo_epochs, c.num_minibatches),
+                (epochs, minibatches),
+                "{flags:?}"
+            );
+        }
+        for flags in [
+            &[
+                "--steps-per-generation",
+                "3",
+                "--gradient-accumulation-steps",
+                "2",
+            ][..],
+            &["--steps-per-generation", "4", "--num-mini-batches", "2"],
+        ] {
+            let err = refuse_mixes(Method::Grpo, &parse(flags))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("counts micro-batches"), "{flags:?}: {err}");
+        }
     }
 
     /// `--reward-clip-range MIN MAX` takes two numbers, negative ones too; a config file's list
