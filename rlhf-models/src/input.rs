@@ -107,7 +107,8 @@ impl TokenInput {
     /// one run. Each sequence's positions start at 0 and its tokens attend only to its own, so
     /// every sequence gets the hidden states it has alone. Rows of one sequence (every number 0
     /// or 1) are [`Self::new`]'s input. Ids are checked as there; a sequence number that comes
-    /// back after another or after padding is an error. For a full forward pass: a KV cache does not take it.
+    /// back after another or after padding is an error. For a full forward pass: a KV cache does
+    /// not take it.
     pub fn packed(
         ids: &[u32],
         sequences: &[u32],

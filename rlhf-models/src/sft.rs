@@ -598,6 +598,8 @@ impl<'a> EpochBatches<'a> {
         match &*current {
             Some((e, batches)) if *e == epoch => Arc::clone(batches),
             _ => {
+                // the last epoch's batches go before this one's are drawn
+                *current = None;
                 let batches = Arc::new(epoch_batches(self.train, self.cfg, epoch));
                 *current = Some((epoch, Arc::clone(&batches)));
                 batches

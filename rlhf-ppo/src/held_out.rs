@@ -45,6 +45,8 @@ pub fn held_out_metrics(
     held_out: &HeldOut,
     cfg: &PpoConfig,
 ) -> Result<EvalLine> {
+    // the KL's forward passes take a training rollout's rows at a time
+    let rollout_rows = cfg.batch_size();
     let cfg = PpoConfig {
         samples_per_prompt: held_out.samples_per_prompt.max(1),
         ..cfg.clone()
@@ -72,8 +74,9 @@ pub fn held_out_metrics(
             to.extend(from.iter().map(|&v| f64::from(v)));
         }
         let query = (&rollout.query_ids[..], &rollout.query_mask[..]);
+        let models = (&policy, &reference);
         let (sum, tokens) =
-            response_kl_sum((&policy, &reference), query, &rollout.generation, &cfg)?;
+            response_kl_sum(models, query, &rollout.generation, &cfg, rollout_rows)?;
         (kl_sum, kl_tokens) = (kl_sum + sum, kl_tokens + tokens);
     }
     let n = scores.len().max(1) as f64;

@@ -527,12 +527,15 @@ fn kept_mask(mask: Vec<f32>, has_eos: &[bool], cfg: &PpoConfig) -> Vec<f32> {
 
 /// The per-token KL estimate (`cfg.kl_estimator`, both log-probs at `cfg.temperature`) of
 /// `policy` to `reference` on `generation`'s responses to the queries `query_ids`: its sum over
-/// the tokens the reward's KL reads ([`kept_mask`]) and their count. No gradients.
+/// the tokens the reward's KL reads ([`kept_mask`]) and their count. The forward passes take
+/// `rows_at_once` rows at a time (a rollout's, so that they hold what training's do). No
+/// gradients.
 pub(crate) fn response_kl_sum(
     (policy, reference): (&CausalLm, &CausalLm),
     (query_ids, query_mask): (&[u32], &[u8]),
     generation: &Generation,
     cfg: &PpoConfig,
+    rows_at_once: usize,
 ) -> Result<(f64, f64)> {
     let (b, r) = (generation.batch, generation.new_len);
     if b == 0 || r == 0 {
@@ -540,16 +543,22 @@ pub(crate) fn response_kl_sum(
     }
     let q = query_ids.len() / b;
     let (ids, attention) = joined(query_ids, query_mask, generation);
-    let input = policy.input(&ids, &attention, b)?;
     let mask_host: Vec<f32> = generation.mask.iter().map(|&m| f32::from(m)).collect();
     let kept = kept_mask(mask_host, &generation.has_eos, cfg);
-    let count = kept.iter().map(|&m| f64::from(m)).sum();
-    let kept = tensor2(kept, [b, r], &policy.device());
-    let logprobs = response_logprobs(policy, &input, q, cfg.temperature);
-    let ref_logprobs = response_logprobs(reference, &input, q, cfg.temperature);
-    let kl = kl_estimate(logprobs, ref_logprobs, cfg.kl_estimator);
-    let per_token = to_f32_vec(rlhf_core::zero_masked(kl, kept));
-    Ok((per_token.iter().map(|&k| f64::from(k)).sum(), count))
+    let (mut sum, count) = (0.0, kept.iter().map(|&m| f64::from(m)).sum());
+    let rows_at_once = rows_at_once.max(1);
+    for first in (0..b).step_by(rows_at_once) {
+        let rows = rows_at_once.min(b - first);
+        let cells = |width: usize| first * width..(first + rows) * width;
+        let input = policy.input(&ids[cells(q + r)], &attention[cells(q + r)], rows)?;
+        let kept = tensor2(kept[cells(r)].to_vec(), [rows, r], &policy.device());
+        let logprobs = response_logprobs(policy, &input, q, cfg.temperature);
+        let ref_logprobs = response_logprobs(reference, &input, q, cfg.temperature);
+        let kl = kl_estimate(logprobs, ref_logprobs, cfg.kl_estimator);
+        let per_token = to_f32_vec(rlhf_core::zero_masked(kl, kept));
+        sum += per_token.iter().map(|&k| f64::from(k)).sum::<f64>();
+    }
+    Ok((sum, count))
 }
 
 /// `mask` (`[rows, r]`, row-major) with every token of a row without EOS set to 0.
@@ -1440,7 +1449,8 @@ pub struct PpoReport {
     pub iterations_this_run: u64,
     /// Episodes (sampled responses) per iteration.
     pub episodes_per_iteration: u64,
-    /// The last iteration's metrics (with the last eval's, when there is one).
+    /// The last iteration's metrics (with the last eval's of fixed names, when there is one;
+    /// `rewards/{name}/*` and `eval_rewards/{name}/*` are in `metrics.jsonl` only).
     pub last: Metrics,
     /// β after the last iteration.
     pub final_kl_coef: f64,

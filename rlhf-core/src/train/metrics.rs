@@ -44,8 +44,8 @@
 //! | `loss/entropy` | with an entropy bonus `c`, the mean entropy `H̄` over the tokens the policy loss reads (the loss gains `−c·H̄`) | — |
 //! | `entropy_coef` | with an entropy bonus, `c` after each optimizer step (averaged over an iteration's steps; it moves under adaptive entropy control) | `GRPOTrainer` |
 //! | `eval_reward`, `eval_reward_std` | the scorer's own scores (no penalty) of samples on held-out prompts, their mean and sample standard deviation | `GRPOTrainer`, `RLOOTrainer` |
-//! | `eval_rewards/{name}/mean`, `eval_rewards/{name}/std` | each part of those scores, as `rewards/{name}/*` | `GRPOTrainer`, `RLOOTrainer` |
-//! | `eval_kl` | those samples' mean per-token KL estimate to the reference, with `kl_estimator` (as `kl`; TRL's GRPO logs it with β ≠ 0, k3) | `GRPOTrainer`, `RLOOTrainer` |
+//! | `eval_rewards/{name}/mean`, `eval_rewards/{name}/std` | each part of those scores, as `rewards/{name}/*`, over all held-out samples (TRL averages its eval batches' values) | `GRPOTrainer`, `RLOOTrainer` |
+//! | `eval_kl` | those samples' per-token KL estimate to the reference (the synced one as it is then), with `kl_estimator`, over the tokens `kl` reads, averaged over all their tokens; logged at β 0 too (TRL's GRPO and RLOO log it only with β ≠ 0, and average their eval batches' token means) | `GRPOTrainer`, `RLOOTrainer` |
 //! | `eval_completions/mean_length`, `eval_completions/clipped_ratio` | those samples' length in tokens, and the share cut off at the length limit | `GRPOTrainer`, `RLOOTrainer` |
 //! | `loss/total` | the loss the update minimises | — |
 //! | `train/skipped_steps` | updates skipped for a non-finite loss or gradient norm: since the run began in a trainer's log, in this iteration in `ppo_iteration`'s own metrics | — |

@@ -1211,8 +1211,9 @@ fn held_out_metrics_score_the_samples_alone_and_repeat() {
 /// Held-out evaluation logs each reward function's scores (`eval_rewards/{name}/*`) and the
 /// samples' KL to the reference (`eval_kl`) as training logs them (`rewards/{name}/*`, `kl`) for
 /// the same samples: an iteration on the held-out prompts with the held-out draws and β in the
-/// reward, under each estimator, from a policy that one iteration moved off the reference.
-/// Against the policy itself the KL is 0.
+/// reward, under each estimator and with the responses cut off at the limit left out, from a
+/// policy that one iteration moved off the reference. Its forward passes in smaller chunks give
+/// the same KL; against the policy itself the KL is 0.
 #[test]
 fn held_out_metrics_log_the_parts_and_the_kl_as_training() {
     use rlhf_core::KlEstimator;
@@ -1242,15 +1243,45 @@ fn held_out_metrics_log_the_parts_and_the_kl_as_training() {
         samples_per_prompt: 4,
     };
     let reward = (&counting.tok, &scorer as &dyn rlhf_core::Scorer);
-    for estimator in [KlEstimator::K1, KlEstimator::K2, KlEstimator::K3] {
+    let held_out_of = |cfg: &PpoConfig| {
+        rlhf_ppo::held_out_metrics((&moved, &counting.reference), reward, &held_out, cfg).unwrap()
+    };
+    for (estimator, truncated) in [
+        (KlEstimator::K1, false),
+        (KlEstimator::K2, false),
+        (KlEstimator::K3, false),
+        (KlEstimator::K3, true),
+    ] {
+        // with a limit of 16 tokens, some responses end and some are cut off (and leave the KL)
         let cfg = PpoConfig {
             kl_estimator: estimator,
             kl_in_reward: true,
+            mask_truncated_completions: truncated,
+            response_length: if truncated {
+                16
+            } else {
+                moving.response_length
+            },
             ..moving.clone()
         };
-        let evaluated =
-            rlhf_ppo::held_out_metrics((&moved, &counting.reference), reward, &held_out, &cfg)
-                .unwrap();
+        let evaluated = held_out_of(&cfg);
+        if truncated {
+            let clipped = metric(&evaluated.metrics, names::EVAL_COMPLETIONS_CLIPPED_RATIO);
+            assert!(clipped > 0.0 && clipped < 1.0, "clipped share {clipped}");
+        }
+        // the KL's forward passes in chunks of a smaller training rollout's rows: the same KL
+        let chunked = held_out_of(&PpoConfig {
+            samples_per_prompt: 2,
+            ..cfg.clone()
+        });
+        let (whole, parts) = (
+            metric(&evaluated.metrics, names::EVAL_KL),
+            metric(&chunked.metrics, names::EVAL_KL),
+        );
+        assert!(
+            (whole - parts).abs() <= 1e-6 * whole.abs(),
+            "{whole} {parts}"
+        );
         let inputs = PpoInputs {
             reference: &counting.reference,
             scorer: &scorer,
@@ -1283,7 +1314,7 @@ fn held_out_metrics_log_the_parts_and_the_kl_as_training() {
         );
         assert!(
             (eval_kl - kl).abs() <= 1e-5 * kl.abs(),
-            "{estimator:?}: eval_kl {eval_kl}, training's kl {kl}"
+            "{estimator:?}, truncated ones out {truncated}: eval_kl {eval_kl}, training's {kl}"
         );
         assert_eq!(trained.score_parts.len(), 4);
         for (name, value) in &trained.score_parts {
