@@ -547,6 +547,7 @@ pub(crate) fn fit_reward_model(
             normalisation,
             ..RewardSettings::outcome()
         },
+        pad_token_id: None,
     };
     Ok((rm, report))
 }

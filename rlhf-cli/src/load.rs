@@ -221,6 +221,8 @@ pub fn reward_model(dir: &Path, device: &Device, seed: u64) -> Result<RewardMode
         model,
         config,
         settings,
+        // as in transformers, a score is read at the last token that is not the config's PAD
+        pad_token_id: rlhf_reward::config_pad_token_id(dir)?,
     })
 }
 

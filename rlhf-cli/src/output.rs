@@ -151,7 +151,7 @@ pub fn save_causal(
 
 /// Writes a trained reward model as a Hugging Face sequence-classification directory, with the
 /// tokenizer's files; `pad_token_id` is set when the tokenizer's PAD is a real token other than
-/// EOS (transformers reads the score at the last token before the first PAD).
+/// EOS (transformers reads the score at the last token that is not the PAD).
 pub fn save_reward(out: &Path, rm: &RewardModel, tokenizer: &Tokenizer) -> Result<()> {
     rm.save(out)?;
     tokenizer.save_dir(out)?;

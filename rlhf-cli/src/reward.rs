@@ -342,6 +342,43 @@ mod tests {
             .join(name)
     }
 
+    /// A checkpoint whose `config.json` names its EOS as PAD (as TRL's `RewardTrainer` writes it
+    /// for a tokenizer without a PAD) learned its score at the token before a reply's EOS, where
+    /// `transformers` reads it: a finished reply scores as the same reply without its EOS. Without
+    /// that PAD the score is read at the EOS, and the two differ.
+    #[test]
+    fn a_checkpoint_whose_pad_is_its_eos_is_read_before_the_eos() {
+        let device = Device::flex();
+        let dir = tempfile::tempdir().unwrap();
+        let source = fixture("tiny-llama3");
+        let tokenizer = Tokenizer::from_dir(&source).unwrap();
+        let score = |pad: Option<u32>| -> Vec<f32> {
+            let rm_dir = dir.path().join(format!("{pad:?}"));
+            std::fs::create_dir_all(&rm_dir).unwrap();
+            for entry in std::fs::read_dir(&source).unwrap() {
+                let path = entry.unwrap().path();
+                std::fs::copy(&path, rm_dir.join(path.file_name().unwrap())).unwrap();
+            }
+            let config_path = rm_dir.join("config.json");
+            let mut config: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+            config["pad_token_id"] = pad.map_or(serde_json::Value::Null, Into::into);
+            std::fs::write(&config_path, config.to_string()).unwrap();
+            let rm = load::reward_model(&rm_dir, &device, 0).unwrap();
+            assert_eq!(rm.pad_token_id, pad);
+            let body = "it sat on the mat.";
+            let finished = format!("{body}{}", tokenizer.eos_text());
+            RewardScorer::new(rm, tokenizer.clone(), &device)
+                .score(&["What did the cat do?"; 2], &[&finished, body])
+                .unwrap()
+        };
+        let at_eos = score(None);
+        assert_ne!(at_eos[0], at_eos[1]);
+        let before_eos = score(Some(tokenizer.eos_id()));
+        assert_eq!(before_eos[0], before_eos[1]);
+        assert_eq!(before_eos[1], at_eos[1]);
+    }
+
     /// A reward model of another tokenizer reads each sample as its own data were written: the
     /// prompt in its chat format, a finished reply with its own end of turn, a cut-off reply bare.
     #[test]

@@ -122,6 +122,12 @@ pub struct RewardModel {
     pub config: TransformerConfig,
     /// Kind, normalisation, PRM aggregation.
     pub settings: RewardSettings,
+    /// `config.json`'s `pad_token_id`, when the checkpoint names one: `transformers` reads the
+    /// score at the last token that is not it, so a checkpoint whose PAD is its EOS (TRL's
+    /// `RewardTrainer` sets PAD = EOS on a tokenizer without a PAD) learned its score at the
+    /// token before a response's EOS, and is read there ([`crate::RewardScorer`]). `None` for
+    /// the models trained here, whose written PAD is never EOS.
+    pub pad_token_id: Option<u32>,
 }
 
 impl RewardModel {
@@ -135,6 +141,7 @@ impl RewardModel {
             model: ScalarModel::from_backbone(backbone),
             config,
             settings,
+            pad_token_id: None,
         }
     }
 
@@ -165,6 +172,7 @@ impl RewardModel {
             model,
             config,
             settings,
+            pad_token_id: config_pad_token_id(dir)?,
         })
     }
 
@@ -206,6 +214,34 @@ pub(crate) fn batch_input(
     )?;
     model.backbone.check_positions(input.longest())?;
     Ok(input)
+}
+
+/// `config.json`'s `pad_token_id` in `dir` (none when it is absent or `null`).
+pub fn config_pad_token_id(dir: &Path) -> Result<Option<u32>> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::Checkpoint {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Data {
+        file: path.clone(),
+        line: e.line(),
+        field: String::new(),
+        message: e.to_string(),
+    })?;
+    match &json["pad_token_id"] {
+        serde_json::Value::Null => Ok(None),
+        v => v
+            .as_u64()
+            .and_then(|id| u32::try_from(id).ok())
+            .map(Some)
+            .ok_or_else(|| Error::Data {
+                file: path,
+                line: 0,
+                field: "pad_token_id".into(),
+                message: format!("{v} is not a token id"),
+            }),
+    }
 }
 
 /// Raw scores `[batch]` of a collated batch (left-padded prompts, right-padded responses): the

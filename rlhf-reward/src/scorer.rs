@@ -70,13 +70,15 @@ impl RewardScorer {
             .collect())
     }
 
-    /// Raw (unnormalised) scores of token sequences: outcome RMs only.
+    /// Raw (unnormalised) scores of token sequences: outcome RMs only. Each is read at its last
+    /// token that is not the checkpoint's `pad_token_id` ([`RewardModel::pad_token_id`]), as
+    /// `transformers` reads it.
     fn raw_outcome(&self, pairs: &[(Vec<u32>, Vec<u32>)]) -> Result<Vec<f32>> {
         let mut out = Vec::with_capacity(pairs.len());
         for chunk in pairs.chunks(self.batch_size.max(1)) {
             let refs: Vec<(&[u32], &[u32])> = chunk
                 .iter()
-                .map(|(p, r)| (p.as_slice(), r.as_slice()))
+                .map(|(p, r)| without_trailing(p, r, self.rm.pad_token_id))
                 .collect();
             let batch = collate(&refs, self.tokenizer.pad_id(), None);
             out.extend(to_f32_vec(last_token_scores(
@@ -169,5 +171,25 @@ impl Scorer for RewardScorer {
             RewardKind::Outcome => "reward-model".into(),
             RewardKind::Process => "process-reward-model".into(),
         }
+    }
+}
+
+/// `(prompt, response)` without the tokens equal to `pad` at the end of their sequence (the
+/// response's, then the prompt's): the last token left is the one `transformers` reads the score
+/// at.
+fn without_trailing<'a>(
+    prompt: &'a [u32],
+    response: &'a [u32],
+    pad: Option<u32>,
+) -> (&'a [u32], &'a [u32]) {
+    let Some(pad) = pad else {
+        return (prompt, response);
+    };
+    let kept = |s: &'a [u32]| &s[..s.iter().rposition(|&t| t != pad).map_or(0, |i| i + 1)];
+    match (kept(prompt), kept(response)) {
+        // a sequence of padding alone is read as it is
+        ([], []) => (prompt, response),
+        (prompt, []) => (prompt, &[]),
+        (_, response) => (prompt, response),
     }
 }

@@ -286,6 +286,7 @@ pub fn train_rm(s: &Tldr, init_seed: u64, data_seed: u64) -> (RewardModel, rlhf_
         }),
         config: s.shape.clone(),
         settings: RewardSettings::outcome(),
+        pad_token_id: None,
     };
     let rm_cfg = RmConfig {
         epochs: 1,

@@ -314,6 +314,8 @@ pub fn run(args: &RmArgs, toml: &str) -> Result<()> {
             normalisation,
             ..settings
         },
+        // trained here, at a response's last token whatever the starting checkpoint's PAD
+        pad_token_id: None,
     };
     output::save_reward(out, &rm, &tokenizer)?;
     tracing::info!(

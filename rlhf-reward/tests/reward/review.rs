@@ -131,6 +131,7 @@ fn a_critic_made_from_a_reward_model_starts_on_the_rewards_scale() {
             },
             ..settings
         },
+        pad_token_id: None,
     };
     let outcome = probe(&normalised(RewardSettings::outcome()).to_value_model());
     for (v, r) in outcome.iter().zip(&raw) {
