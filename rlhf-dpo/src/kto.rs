@@ -347,6 +347,10 @@ pub struct KtoEval {
     pub rewards_rejected: f64,
     /// `rewards_chosen − rewards_rejected`.
     pub reward_margin: f64,
+    /// Mean `logπ(y|x)` of the desirable examples.
+    pub logps_chosen: f64,
+    /// Mean `logπ(y|x)` of the undesirable examples.
+    pub logps_rejected: f64,
 }
 
 /// What a run did.
@@ -578,6 +582,15 @@ fn reference_point(
     Ok(to_f32_vec(kto_reference_point(kl_logps, column(1, &inference)))[0])
 }
 
+/// The batch metrics that held-out evaluation pools over the examples of one kind, and whether
+/// that kind is the desirable one.
+const KIND_METRICS: [(&str, bool); 4] = [
+    (names::REWARDS_CHOSEN, true),
+    (names::REWARDS_REJECTED, false),
+    (names::LOGPS_CHOSEN, true),
+    (names::LOGPS_REJECTED, false),
+];
+
 /// Loss, `z_ref` and rewards of `policy` on prepared held-out data, against its prepared
 /// reference log-probs or, with `live`, the reference as it is now (its forward batches counted
 /// in `batches_run`).
@@ -592,7 +605,8 @@ fn evaluate_prepared(
     let valid = policy.valid();
     let device = device.clone().without_autodiff();
     let (mut loss, mut kl, mut n) = (0.0, 0.0, 0.0);
-    let (mut chosen, mut rejected) = ((0.0, 0.0), (0.0, 0.0));
+    // (sum, count) of each kind's rewards and log-probs, in the order of `KIND_METRICS`
+    let mut kinds = [(0.0, 0.0); 4];
     for b in &data.batches {
         let refs = data.reference(b, live, &cfg.logp_spec(), &device, batches_run)?;
         let (l, m) = batch_loss(&valid, data, b, &refs, cfg, &device)?;
@@ -602,25 +616,22 @@ fn evaluate_prepared(
         kl += get(names::KTO_KL) * w;
         n += w;
         let nd = b.iter().filter(|&&i| data.examples[i].desirable).count() as f64;
-        if nd > 0.0 {
-            chosen = (chosen.0 + get(names::REWARDS_CHOSEN) * nd, chosen.1 + nd);
-        }
-        if w - nd > 0.0 {
-            let nu = w - nd;
-            rejected = (
-                rejected.0 + get(names::REWARDS_REJECTED) * nu,
-                rejected.1 + nu,
-            );
+        for ((name, desirable), (sum, count)) in KIND_METRICS.iter().zip(&mut kinds) {
+            let of_kind = if *desirable { nd } else { w - nd };
+            if of_kind > 0.0 {
+                (*sum, *count) = (*sum + get(name) * of_kind, *count + of_kind);
+            }
         }
     }
-    let ratio = |(s, c): (f64, f64)| if c > 0.0 { s / c } else { f64::NAN };
-    let (rc, rr) = (ratio(chosen), ratio(rejected));
+    let [rc, rr, lc, lr] = kinds.map(|(s, c)| if c > 0.0 { s / c } else { f64::NAN });
     Ok(KtoEval {
         loss: loss / n.max(1.0),
         kl: kl / n.max(1.0),
         rewards_chosen: rc,
         rewards_rejected: rr,
         reward_margin: rc - rr,
+        logps_chosen: lc,
+        logps_rejected: lr,
     })
 }
 
@@ -790,6 +801,8 @@ pub fn train_kto(
             (names::EVAL_REWARDS_CHOSEN, e.rewards_chosen),
             (names::EVAL_REWARDS_REJECTED, e.rewards_rejected),
             (names::EVAL_REWARD_MARGIN, e.reward_margin),
+            (names::EVAL_LOGPS_CHOSEN, e.logps_chosen),
+            (names::EVAL_LOGPS_REJECTED, e.logps_rejected),
         ])
     };
     let (policy, r) = fit_with(

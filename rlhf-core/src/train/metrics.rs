@@ -67,7 +67,7 @@
 //! | name | meaning | TRL |
 //! | --- | --- | --- |
 //! | `kl` | the batch's reference point `z_ref = max(0, mean(logπ(y′|x) − logπ_ref(y′|x)))` over its mismatched pairs | `KTOTrainer` |
-//! | `eval_kl`, `eval_rewards/chosen`, `eval_rewards/rejected` | the same on held-out examples | `KTOTrainer` |
+//! | `eval_kl`, `eval_rewards/chosen`, `eval_rewards/rejected`, `eval_logps/chosen`, `eval_logps/rejected` | the same on held-out examples: means over the held-out examples of each kind (`eval_kl` over the batches, weighted by their sizes), where TRL averages its eval batches' values | `KTOTrainer` |
 //!
 //! Online DPO logs, once per round, `objective/scores` (over every sample of the round),
 //! `objective/kl`, `objective/entropy` (over the responses of the round's pairs, averaged over its
@@ -186,6 +186,8 @@ pub mod names {
     pub const EVAL_KTO_KL: &str = "eval_kl";
     pub const EVAL_REWARDS_CHOSEN: &str = "eval_rewards/chosen";
     pub const EVAL_REWARDS_REJECTED: &str = "eval_rewards/rejected";
+    pub const EVAL_LOGPS_CHOSEN: &str = "eval_logps/chosen";
+    pub const EVAL_LOGPS_REJECTED: &str = "eval_logps/rejected";
 
     // online DPO (TRL's `OnlineDPOTrainer`)
     pub const OBJECTIVE_SCORES_MARGIN: &str = "objective/scores_margin";

@@ -221,8 +221,10 @@ fn base() -> KtoConfig {
 
 /// The first step's logged loss and metrics equal the f64 reference computed from each example's
 /// log-probs read alone (no padding) under the policy and the reference, with the batch and its
-/// mismatched pairs the trainer forms: padding changes nothing, and the pairs are the documented
-/// ones. With the policy equal to the reference, every example costs exactly `λ/2`.
+/// mismatched pairs the trainer forms (also cut to `max_length`): padding changes nothing, and
+/// the pairs are the documented ones; held-out evaluation of the same examples gives the same
+/// rewards, and each kind's mean log-prob. With the policy equal to the reference, every example
+/// costs exactly `λ/2`.
 #[test]
 fn the_first_step_matches_the_reference_from_unpadded_logprobs() {
     let _serial = rlhf_testkit::serial();
@@ -329,14 +331,53 @@ fn the_first_step_matches_the_reference_from_unpadded_logprobs() {
                 .collect();
             v.iter().sum::<f64>() / v.len() as f64
         };
-        for (k, e) in [
-            (names::REWARDS_CHOSEN, mean_of(true)),
-            (names::REWARDS_REJECTED, mean_of(false)),
+        // held-out evaluation of the same examples: the same rewards, and the log-probs of each
+        // kind's examples read alone
+        let held_out =
+            rlhf_dpo::evaluate_kto(policy_model, &reference_model, &data, &cfg, &device).unwrap();
+        let logps_of = |want: bool| {
+            let v: Vec<f64> = data
+                .iter()
+                .filter(|e| e.desirable == want)
+                .map(|e| alone(policy_model, &e.prompt, &e.response))
+                .collect();
+            v.iter().sum::<f64>() / v.len() as f64
+        };
+        for (k, got, e) in [
+            (
+                names::REWARDS_CHOSEN,
+                get(names::REWARDS_CHOSEN),
+                mean_of(true),
+            ),
+            (
+                names::REWARDS_REJECTED,
+                get(names::REWARDS_REJECTED),
+                mean_of(false),
+            ),
+            (
+                names::EVAL_REWARDS_CHOSEN,
+                held_out.rewards_chosen,
+                mean_of(true),
+            ),
+            (
+                names::EVAL_REWARDS_REJECTED,
+                held_out.rewards_rejected,
+                mean_of(false),
+            ),
+            (
+                names::EVAL_LOGPS_CHOSEN,
+                held_out.logps_chosen,
+                logps_of(true),
+            ),
+            (
+                names::EVAL_LOGPS_REJECTED,
+                held_out.logps_rejected,
+                logps_of(false),
+            ),
         ] {
             assert!(
-                (get(k) - e).abs() < 1e-4 * (1.0 + e.abs()),
-                "{tag}: {k} {} vs {e}",
-                get(k)
+                (got - e).abs() < 1e-4 * (1.0 + e.abs()),
+                "{tag}: {k} {got} vs {e}"
             );
         }
         if tag == "policy = reference" {
@@ -622,6 +663,8 @@ fn a_batch_of_one_kind_logs_null_for_the_other() {
         names::EVAL_REWARDS_CHOSEN,
         names::EVAL_REWARDS_REJECTED,
         names::EVAL_REWARD_MARGIN,
+        names::EVAL_LOGPS_CHOSEN,
+        names::EVAL_LOGPS_REJECTED,
     ] {
         assert!(
             last[k].as_f64().is_some_and(f64::is_finite),
