@@ -23,7 +23,7 @@ use rlhf_core::train::{
     BatchLoss, FitConfig, LrSchedule, Metrics, OptimizerConfig, RunOptions, Shard, TrainRng, fit,
     metrics::names,
 };
-use rlhf_core::{Error, Result, masked_mean, token_logprobs};
+use rlhf_core::{Error, Result, masked_sum, token_logprobs};
 use rlhf_data::{SequenceBatch, Truncation, collate, length_buckets};
 use serde::{Deserialize, Serialize};
 
@@ -307,12 +307,15 @@ pub fn sft_loss_of(
 
 /// The mean over `mask` of each token's `loss` term, from the target tokens' log-probs `logp`
 /// (`[batch, seq]`, with the gradient): `−log p_t`, or DFT's `−sg(p_t)·log p_t`. Returns `[1]`.
+/// A batch without targets (a packed row of one long prompt) gives 0 and no gradient, as TRL's
+/// count held at 1 does, not 0/0: its weight in a step is its 0 target tokens.
 pub fn token_loss(loss: SftLoss, logp: Tensor<2>, mask: Tensor<2>) -> Tensor<1> {
     let per_token = match loss {
         SftLoss::Nll => logp,
         SftLoss::Dft => logp.clone().mul(logp.detach().exp()),
     };
-    masked_mean(per_token, mask).neg()
+    let count = mask.clone().sum().clamp_min(1.0);
+    masked_sum(per_token, mask).div(count).neg()
 }
 
 fn collate_examples(data: &[&Example], truncation: Option<(usize, usize)>) -> LmBatch {
@@ -651,6 +654,19 @@ fn check_memory<'b>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A batch without target tokens has loss 0 under either loss, not NaN, which would skip
+    /// the whole optimizer step it is accumulated into.
+    #[test]
+    fn a_batch_without_targets_has_loss_zero() {
+        let device = Device::flex();
+        let logp = Tensor::<2>::from_data(TensorData::new(vec![-1.0f32, -2.0], [1, 2]), &device);
+        let none = Tensor::<2>::zeros([1, 2], &device);
+        for loss in [SftLoss::Nll, SftLoss::Dft] {
+            let value = token_loss(loss, logp.clone(), none.clone()).into_scalar::<f32>();
+            assert_eq!(value, 0.0, "{loss:?}");
+        }
+    }
 
     /// Batch numbers read every epoch's batches in epoch order, as the batches of all epochs
     /// drawn at once, padded and packed; the epochs' batches differ, and reading one epoch's

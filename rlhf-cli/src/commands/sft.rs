@@ -5,6 +5,7 @@ use anyhow::Result;
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args, ValueEnum};
 use rlhf_data::SftRecord;
+use rlhf_models::sft::Example;
 use rlhf_models::{PackingStrategy, SftConfig, SftLoss, rows_per_epoch, train_sft};
 use serde::{Deserialize, Serialize};
 
@@ -136,6 +137,27 @@ impl SftArgs {
     }
 }
 
+/// Warns when best-fit packing keeps no response token of some examples: it keeps an example's
+/// first `--packing` tokens, and their prompts alone fill that many.
+fn warn_on_prompts_that_fill_a_row(train: &[Example], args: &SftArgs) {
+    let Some(row) = args.packing else { return };
+    if args.packing_strategy() != PackingStrategy::Bfd {
+        return;
+    }
+    let lost = train
+        .iter()
+        .filter(|(prompt, _)| prompt.len() >= row)
+        .count();
+    if lost > 0 {
+        tracing::warn!(
+            "{lost} of {} training examples have prompts of at least --packing {row} tokens: \
+             packed with `bfd`, which keeps an example's first {row} tokens, they train on none of \
+             their response; raise --packing, or use --packing-strategy bfd_split",
+            train.len()
+        );
+    }
+}
+
 /// Trains and writes the model.
 pub fn run(args: &SftArgs, toml: &str) -> Result<()> {
     let mut p = Prepared::new(&args.model, &args.data)?;
@@ -161,6 +183,7 @@ pub fn run(args: &SftArgs, toml: &str) -> Result<()> {
     };
     let (train, dropped) = sft_examples(&train, &train_enc, args.target())?;
     dropped.announce("training data");
+    warn_on_prompts_that_fill_a_row(&train, args);
     let (eval, dropped) = sft_examples(&eval, &enc, args.target())?;
     dropped.announce("eval data");
     // the schedule counts the epoch's rows: with packing, far fewer than the examples

@@ -413,7 +413,7 @@ fn a_packed_run_decays_its_learning_rate_over_its_own_steps() {
 /// With `--packing`, training examples are not cut to `--max-length` first (TRL does not truncate
 /// what it packs): at `--max-length 24` a `bfd_split` run trains on every target token, as many
 /// as an unpacked run whose `--max-length` cuts nothing, where an unpacked run at 24 trains on
-/// fewer.
+/// fewer; a `bfd` run whose rows the prompts fill warns that it trains on no response.
 #[test]
 fn packed_examples_are_not_cut_to_max_length() {
     let dir = tempfile::tempdir().unwrap();
@@ -437,6 +437,22 @@ fn packed_examples_are_not_cut_to_max_length() {
     let packed = tokens("packed", &[&["--max-length", "24"][..], &packing].concat());
     assert!(cut < whole, "{cut} against {whole}");
     assert_eq!(packed, whole);
+    // best-fit packing keeps an example's first --packing tokens: prompts that fill them leave
+    // no response token to train on, and the run says so
+    let bfd = [
+        "--eval-share",
+        "0",
+        "--packing",
+        "24",
+        "--packing-strategy",
+        "bfd",
+    ];
+    let run = rlhf(&sft_on_pythia(&data, &dir.path().join("bfd"), &bfd));
+    let log = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.success() && log.contains("16 of 16 training examples have prompts"),
+        "{log}"
+    );
 }
 
 /// `--max-steps` overrides `--num-train-epochs`, as in transformers: 12 records in batches of 4
