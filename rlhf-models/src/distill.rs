@@ -304,8 +304,11 @@ fn check(
 }
 
 /// `eval_loss`: the divergence per response token of the student's samples to the held-out
-/// `prompts` (none: no metric), `batch_size` prompts at a time, without gradients. The samples
-/// are drawn from one stream of the seed, so every evaluation of a run reads the same draws.
+/// `prompts` (none: no metric), `batch_size` prompts at a time, without gradients, with the
+/// samples' `eval_entropy`, `eval_completions/mean_length` and `…/clipped_ratio`, each over all
+/// held-out samples as training's are over a step's (TRL averages its eval batches' values). The
+/// samples are drawn from one stream of the seed, so every evaluation of a run reads the same
+/// draws.
 fn eval_loss(
     student: &CausalLm,
     teacher: &CausalLm,
@@ -323,14 +326,38 @@ fn eval_loss(
     let inference = device.clone().without_autodiff();
     let mut rng = TrainRng::seed_from_u64(cfg.seed).fork("distill-eval");
     let (mut sum, mut tokens) = (0.0, 0.0);
+    // the training metrics of the samples, weighted by their response tokens as a step's are
+    let eval_names = [
+        (names::ENTROPY, names::EVAL_ENTROPY),
+        (
+            names::COMPLETIONS_MEAN_LENGTH,
+            names::EVAL_COMPLETIONS_MEAN_LENGTH,
+        ),
+        (
+            names::COMPLETIONS_CLIPPED_RATIO,
+            names::EVAL_COMPLETIONS_CLIPPED_RATIO,
+        ),
+    ];
+    let mut sums = [0.0; 3];
     for chunk in prompts.chunks(cfg.batch_size) {
         let rows: Vec<&[u32]> = chunk.iter().map(Vec::as_slice).collect();
         let responses = sample_responses(&student, tokenizer, &rows, &cfg.sampling, &mut rng)?;
         let b = micro_batch_loss(&student, teacher, &rows, &responses, vocab, cfg, &inference)?;
         sum += f64::from(b.loss.into_scalar::<f32>()) * b.weight;
         tokens += b.weight;
+        for ((name, _), total) in eval_names.iter().zip(&mut sums) {
+            *total += rlhf_core::train::metric(&b.metrics, name).unwrap_or(0.0) * b.weight;
+        }
     }
-    Ok(vec![(names::EVAL_LOSS, sum / tokens.max(1.0))])
+    let per_token = |total: f64| total / tokens.max(1.0);
+    let mut metrics = vec![(names::EVAL_LOSS, per_token(sum))];
+    metrics.extend(
+        eval_names
+            .iter()
+            .zip(sums)
+            .map(|((_, e), t)| (*e, per_token(t))),
+    );
+    Ok(metrics)
 }
 
 /// The prompt indices of epoch `epoch`'s micro-batches: every prompt once, in the order drawn

@@ -1104,6 +1104,18 @@ fn distill_learns_the_teacher_and_resumes() {
     let eval = metric(&out, "eval_loss");
     assert_eq!(eval.len(), 2, "after steps 8 and 16");
     assert!(eval[1] < eval[0], "held-out divergence {eval:?}");
+    for k in [
+        "eval_entropy",
+        "eval_completions/mean_length",
+        "eval_completions/clipped_ratio",
+    ] {
+        assert_eq!(metric(&out, k).len(), 2, "{k}");
+    }
+    let lengths = metric(&out, "eval_completions/mean_length");
+    assert!(
+        lengths.iter().all(|&l| (1.0..=8.0).contains(&l)),
+        "{lengths:?}"
+    );
     let loss = metric(&out, "loss");
     assert_eq!(loss.len(), 16);
     for k in [

@@ -9,7 +9,7 @@
 //! | --- | --- | --- |
 //! | `loss`, `eval_loss` | the training loss of a step (mean over its items), and on held-out data | every trainer |
 //! | `learning_rate`, `grad_norm` | the step's learning rate, the global gradient norm before clipping | every trainer |
-//! | `eval_perplexity` | `exp(eval_loss)` of SFT | — |
+//! | `eval_perplexity` | `exp(eval_loss)` of SFT (TRL's `SFTTrainer` logs `entropy`, `mean_token_accuracy` and `num_tokens` too, and their `eval_` forms, which SFT here does not) | — |
 //! | `eval_accuracy` | RM accuracy on held-out labels (step models: on held-out step labels) | `RewardTrainer` |
 //! | `accuracy`, `margin` | a pairwise RM's training step: the share of pairs it orders right (a tie is wrong), the mean `r_c − r_r` | `RewardTrainer` |
 //! | `min_reward`, `mean_reward`, `max_reward` | an outcome RM's training step: its scores' minimum, mean and maximum (accumulated micro-batches: the means of theirs) | `RewardTrainer` |
@@ -74,7 +74,8 @@
 //! steps), `objective/non_score_reward` (`−β` times that KL), `objective/rlhf_reward` (the sum of
 //! the two), the `rewards/*` and `logps/*` of its pairs, `completions/mean_length`, and the rows
 //! below. TRL's are over every sample of the round: the same with two samples per prompt, no
-//! prompt whose samples tie, and one step per round.
+//! prompt whose samples tie, and one step per round. The KL and the entropy here sum a response's
+//! own tokens, up to its EOS; TRL 1.16's also sum the padding after it.
 //!
 //! | name | meaning | TRL |
 //! | --- | --- | --- |
@@ -84,12 +85,14 @@
 //! | `online/pair_share` | share of the round's prompts whose samples did not all score the same (the others give no pair) | — |
 //!
 //! Distillation logs, per step, `loss` (the generalised JSD per response token), `completions/mean_length` and
-//! `completions/clipped_ratio` over the student's samples (accumulated micro-batches: the means of
-//! theirs, weighted by their response tokens), and:
+//! `completions/clipped_ratio` over the student's samples, and `entropy` (accumulated
+//! micro-batches: the means of theirs, weighted by their response tokens, where TRL averages
+//! them), and:
 //!
 //! | name | meaning | TRL |
 //! | --- | --- | --- |
 //! | `entropy` | mean per-token entropy of the student's tempered distribution over its samples' response tokens | `DistillationTrainer` |
+//! | `eval_loss`, `eval_entropy`, `eval_completions/mean_length`, `eval_completions/clipped_ratio` | the same of the student's samples of held-out prompts, over all of them (weighted by their response tokens; TRL averages its eval batches' values) | `DistillationTrainer` |
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -197,6 +200,7 @@ pub mod names {
 
     // distillation (TRL's `DistillationTrainer`)
     pub const ENTROPY: &str = "entropy";
+    pub const EVAL_ENTROPY: &str = "eval_entropy";
 }
 
 /// Appends metric lines to a JSONL file. Each line is written with one `write` call and flushed,
