@@ -57,7 +57,9 @@ use crate::trainer::{
     sequence_logps, to_2d,
 };
 
-/// Online DPO settings (TRL's `OnlineDPOConfig` where it has the same field).
+/// Online DPO settings (TRL's `OnlineDPOConfig`'s fields where it has the same field; the
+/// defaults of the optimizer, the schedule and the seed are this project's for its tiny models,
+/// and `rlhf online-dpo` takes TRL's).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct OnlineDpoConfig {

@@ -81,7 +81,9 @@ pub struct OnlineDpoArgs {
     /// Responses sampled per prompt; the best and the worst make the pair (TRL samples 2).
     #[arg(long, visible_alias = "num-generations", default_value_t = 2)]
     pub samples_per_prompt: usize,
-    /// Prompts keep their last this many tokens (default: whole).
+    /// Prompts keep their last this many tokens, for sampling and for the log-probs (default:
+    /// whole). TRL 1.16's online DPO has no such option, and no `--max-length` here: its
+    /// `max_length` (512 by default) cuts a prompt from the left for the log-probs only.
     #[arg(long)]
     pub max_prompt_length: Option<usize>,
     /// New tokens sampled per response [TRL: --max_new_tokens].
@@ -99,7 +101,7 @@ pub struct OnlineDpoArgs {
     /// The pair loss [TRL: --loss_type].
     #[arg(long, visible_alias = "loss-type", value_enum, default_value_t = OnlineLoss::Sigmoid)]
     pub loss: OnlineLoss,
-    /// β [TRL: --beta].
+    /// β [TRL: --beta; TRL's list of one β per epoch is not taken].
     #[arg(long, default_value_t = 0.1)]
     pub beta: f32,
     /// Passes over a round's pairs (TRL: 1).
