@@ -363,6 +363,10 @@ pub struct DpoEval {
     pub reward_accuracy: f64,
     /// `mean[β·h]`.
     pub reward_margin: f64,
+    /// The mean implicit reward of the chosen responses, and of the rejected ones.
+    pub rewards: (f64, f64),
+    /// The mean sequence log-prob of the chosen responses, and of the rejected ones.
+    pub logps: (f64, f64),
 }
 
 /// What a run did.
@@ -634,15 +638,15 @@ fn one_loss(loss: OfflineLoss, cfg: &DpoConfig, sums: &Sums) -> (Tensor<1>, Pair
     let [b, _] = sums.policy.dims();
     let averaged = |t: Tensor<2>| t.div(sums.lengths.clone().clamp_min(1.0));
     let by_length = matches!(loss, OfflineLoss::Ipo | OfflineLoss::SigmoidNorm);
-    let policy = match loss {
-        OfflineLoss::Simpo { .. } | OfflineLoss::Sft => sums.plain.clone(),
-        _ => sums.policy.clone(),
-    };
-    let reference = sums.reference.clone();
+    // SimPO and `sft` read the policy's plain sums against no reference
     let (policy, reference) = match loss {
-        _ if by_length => (averaged(policy), averaged(reference)),
-        OfflineLoss::Simpo { .. } => (averaged(policy), reference.zeros_like()),
-        _ => (policy, reference),
+        _ if by_length => (
+            averaged(sums.policy.clone()),
+            averaged(sums.reference.clone()),
+        ),
+        OfflineLoss::Simpo { .. } => (averaged(sums.plain.clone()), sums.plain.zeros_like()),
+        OfflineLoss::Sft => (sums.plain.clone(), sums.plain.zeros_like()),
+        _ => (sums.policy.clone(), sums.reference.clone()),
     };
     let col = |t: &Tensor<2>, i: usize| t.clone().narrow(1, i, 1).reshape([b]);
     let pair = PairLogps {
@@ -760,7 +764,16 @@ pub fn evaluate(
 ) -> Result<DpoEval> {
     let valid = policy.valid();
     let device = device.clone().without_autodiff();
-    let (mut loss, mut acc, mut margin, mut n) = (0.0, 0.0, 0.0, 0.0);
+    // the batches' metrics, weighted by their groups, in the order of `pooled`
+    let pooled = [
+        names::REWARDS_ACCURACIES,
+        names::REWARDS_MARGINS,
+        names::REWARDS_CHOSEN,
+        names::REWARDS_REJECTED,
+        names::LOGPS_CHOSEN,
+        names::LOGPS_REJECTED,
+    ];
+    let (mut loss, mut sums, mut n) = (0.0, [0.0; 6], 0.0);
     for (chunk, refs) in groups
         .chunks(cfg.batch_size.max(1))
         .zip(ref_logps.chunks(cfg.batch_size.max(1)))
@@ -770,16 +783,26 @@ pub fn evaluate(
         let (l, m) = loss_of_groups(&valid, &g, &r, cfg, &device)?;
         let w = chunk.len() as f64;
         loss += f64::from(l.into_scalar::<f32>()) * w;
-        let get = |name: &str| m.iter().find(|x| x.0 == name).map_or(0.0, |x| x.1);
-        acc += get(names::REWARDS_ACCURACIES) * w;
-        margin += get(names::REWARDS_MARGINS) * w;
+        for (name, sum) in pooled.iter().zip(&mut sums) {
+            *sum += m.iter().find(|x| x.0 == *name).map_or(0.0, |x| x.1) * w;
+        }
         n += w;
     }
     let n = n.max(1.0);
+    let [
+        accuracy,
+        margin,
+        chosen,
+        rejected,
+        logp_chosen,
+        logp_rejected,
+    ] = sums.map(|s| s / n);
     Ok(DpoEval {
         loss: loss / n,
-        reward_accuracy: acc / n,
-        reward_margin: margin / n,
+        reward_accuracy: accuracy,
+        reward_margin: margin,
+        rewards: (chosen, rejected),
+        logps: (logp_chosen, logp_rejected),
     })
 }
 
@@ -955,6 +978,10 @@ pub fn train_offline(
             (names::EVAL_LOSS, e.loss),
             (names::EVAL_REWARD_ACCURACY, e.reward_accuracy),
             (names::EVAL_REWARD_MARGIN, e.reward_margin),
+            (names::EVAL_REWARDS_CHOSEN, e.rewards.0),
+            (names::EVAL_REWARDS_REJECTED, e.rewards.1),
+            (names::EVAL_LOGPS_CHOSEN, e.logps.0),
+            (names::EVAL_LOGPS_REJECTED, e.logps.1),
         ])
     };
     let (policy, r) = fit_with(

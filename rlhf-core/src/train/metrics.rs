@@ -17,7 +17,7 @@
 //! | `eval_pair_accuracy` | step models: share of one prompt's right-versus-wrong pairs ordered as labelled | — |
 //! | `rewards/chosen`, `rewards/rejected`, `rewards/margins`, `rewards/accuracies` | implicit rewards `β·(logπ − logπ_ref)` of preference pairs, their margin, the share ordered right | `DPOTrainer` |
 //! | `logps/chosen`, `logps/rejected` | sequence log-probs of preference pairs (averaged over tokens for IPO and SimPO) | `DPOTrainer` |
-//! | `eval_rewards/accuracies`, `eval_rewards/margins` | the same on held-out pairs | `DPOTrainer` |
+//! | `eval_rewards/accuracies`, `eval_rewards/margins`, `eval_rewards/chosen`, `eval_rewards/rejected`, `eval_logps/chosen`, `eval_logps/rejected` | the same on held-out pairs, means over all of them (TRL averages its eval batches' values); TRL's `logits/*`, `entropy`, `mean_token_accuracy` and `num_tokens` are not logged | `DPOTrainer` |
 //! | `objective/kl` | mean per-sequence KL of the policy to the reference (sum of per-token k1) | `PPOTrainer` |
 //! | `objective/entropy` | mean per-sequence `−Σ logπ` of the samples | `PPOTrainer` |
 //! | `objective/scores` | mean score from the `Scorer` (after the overlong punishment, the reward clip, the missing-EOS penalty and any variance reduction) | `PPOTrainer` |

@@ -833,6 +833,30 @@ fn ld_dpo_weighs_the_tokens_past_the_shared_length() {
     for loss in [OfflineLoss::Sft, OfflineLoss::Simpo { gamma: 0.5 }] {
         assert_eq!(loss_at(loss, Some(0.0)), loss_at(loss, None), "{loss:?}");
     }
+    // and their implicit rewards (logged as the first loss's) read no reference: other
+    // reference log-probs leave them as they are, where DPO's move
+    let rewards_with = |loss, refs: &[Vec<f32>]| {
+        let cfg = DpoConfig { loss, ..base() };
+        let e = rlhf_dpo::evaluate(&policy, &groups, refs, &cfg, &device).unwrap();
+        (e.rewards, e.reward_margin)
+    };
+    let moved: Vec<Vec<f32>> = (0..groups.len())
+        .map(|i| vec![-3.0 - i as f32, -1.0])
+        .collect();
+    for loss in [OfflineLoss::Sft, OfflineLoss::Simpo { gamma: 0.5 }] {
+        assert_eq!(
+            rewards_with(loss, &zeros),
+            rewards_with(loss, &moved),
+            "{loss:?}"
+        );
+    }
+    let dpo_plain = OfflineLoss::Dpo {
+        label_smoothing: 0.0,
+    };
+    assert_ne!(
+        rewards_with(dpo_plain, &zeros),
+        rewards_with(dpo_plain, &moved)
+    );
     let dpo = OfflineLoss::Dpo {
         label_smoothing: 0.0,
     };
