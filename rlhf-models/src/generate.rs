@@ -58,8 +58,8 @@ pub struct SamplingConfig {
     pub min_p: Option<f32>,
     /// CTRL's repetition penalty θ, as transformers applies it: before the temperature, the logit
     /// `l` of every token that the row's prompt or its continuation so far holds becomes `l / θ`
-    /// when positive and `l · θ` otherwise; 1 is off. Unlike transformers, the ids of a
-    /// left-padded row's padding are not penalised (they are not the row's text).
+    /// when positive and `l · θ` otherwise; 1 is off. The ids of a left-padded row's padding are
+    /// not penalised (they are not the row's text), as transformers 5 skips them (4 did not).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub repetition_penalty: Option<f32>,
     /// The end-of-sequence token; a row stops after emitting it.

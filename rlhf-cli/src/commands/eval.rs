@@ -11,6 +11,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rlhf_core::stats::mean_se;
 use rlhf_data::ReadOptions;
+use rlhf_data::generation_config::GenerationDefaults;
 use rlhf_models::Precision;
 use serde_json::json;
 
@@ -77,7 +78,10 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         &device,
         (Precision::F32, variables),
     )?;
-    let sampling = args.sampling.config(&ckpt.tokenizer)?;
+    // measured at the flags' settings alone, not the checkpoint's generation_config.json
+    let sampling = args
+        .sampling
+        .config(&ckpt.tokenizer, &GenerationDefaults::default())?;
     let mut rng = ChaCha8Rng::seed_from_u64(args.sampling.seed);
     let episodes: Vec<String> = prompts
         .texts

@@ -6,6 +6,7 @@ use anyhow::{Result, bail};
 use clap::Args;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use rlhf_data::generation_config::{GenerationDefaults, generation_defaults};
 use rlhf_data::{ReadOptions, Tokenizer, Turns, collate};
 use rlhf_models::{CausalLm, Generation, SamplingConfig, generate};
 use serde_json::json;
@@ -15,15 +16,17 @@ use crate::args::TokenFilterArgs;
 use crate::data::prompts;
 use crate::load::{self, Checkpoint};
 
-/// How to sample (shared with `rlhf eval`).
+/// How to sample (shared with `rlhf eval`). `rlhf generate` starts, as `transformers`' `generate`
+/// does, from the checkpoint's `generation_config.json`: a setting it holds is used where no flag
+/// is given (`do_sample: false` is greedy decoding); what neither sets takes the defaults below.
 #[derive(Args, Debug, Clone)]
 pub struct SamplingArgs {
-    /// Tokens to generate at most.
-    #[arg(long, default_value_t = 64)]
-    pub max_new_tokens: usize,
-    /// Softmax temperature; 0 is greedy decoding.
-    #[arg(long, default_value_t = 0.7)]
-    pub temperature: f32,
+    /// Tokens to generate at most (default 64).
+    #[arg(long)]
+    pub max_new_tokens: Option<usize>,
+    /// Softmax temperature; 0 is greedy decoding (default 0.7).
+    #[arg(long)]
+    pub temperature: Option<f32>,
     #[command(flatten)]
     pub filters: TokenFilterArgs,
     /// Seed of the draws.
@@ -38,13 +41,32 @@ pub struct SamplingArgs {
 }
 
 impl SamplingArgs {
-    /// The library's sampling settings, stopping at `tokenizer`'s EOS and stop ids.
-    pub fn config(&self, tokenizer: &Tokenizer) -> Result<SamplingConfig> {
-        let sampling = self.filters.apply(SamplingConfig {
-            max_new_tokens: self.max_new_tokens,
-            temperature: self.temperature,
+    /// The library's sampling settings, stopping at `tokenizer`'s EOS and stop ids: each flag
+    /// given, else what `file` (a checkpoint's `generation_config.json`) sets, else the default.
+    /// With `do_sample: false` in the file, its temperature and token filters are not read and
+    /// the temperature is 0 (greedy), as `transformers` decodes; its repetition penalty still is.
+    pub fn config(
+        &self,
+        tokenizer: &Tokenizer,
+        file: &GenerationDefaults,
+    ) -> Result<SamplingConfig> {
+        let sampled = file.do_sample != Some(false);
+        let when_sampled = |v: Option<f32>| v.filter(|_| sampled);
+        let f = &self.filters;
+        let sampling = SamplingConfig {
+            max_new_tokens: self.max_new_tokens.or(file.max_new_tokens).unwrap_or(64),
+            temperature: self.temperature.unwrap_or(if sampled {
+                file.temperature.unwrap_or(0.7)
+            } else {
+                0.0
+            }),
+            // transformers' 0 turns top-k and min-p off
+            top_k: f.top_k.or(file.top_k.filter(|&k| sampled && k > 0)),
+            top_p: f.top_p.or(when_sampled(file.top_p)),
+            min_p: f.min_p.or(when_sampled(file.min_p).filter(|&m| m > 0.0)),
+            repetition_penalty: f.repetition_penalty.or(file.repetition_penalty),
             ..SamplingConfig::default()
-        });
+        };
         sampling.check()?;
         Ok(sampling.ending_as(tokenizer))
     }
@@ -137,7 +159,19 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     if texts.is_empty() {
         bail!("give at least one --prompt or a --prompts file");
     }
-    let sampling = args.sampling.config(&ckpt.tokenizer)?;
+    let sampling = args
+        .sampling
+        .config(&ckpt.tokenizer, &generation_defaults(&args.model)?)?;
+    tracing::info!(
+        "sampling: temperature {}, top-k {:?}, top-p {:?}, min-p {:?}, repetition penalty {:?}, \
+         at most {} new tokens",
+        sampling.temperature,
+        sampling.top_k,
+        sampling.top_p,
+        sampling.min_p,
+        sampling.repetition_penalty,
+        sampling.max_new_tokens
+    );
     let mut rng = ChaCha8Rng::seed_from_u64(args.sampling.seed);
     for chunk in texts.chunks(args.sampling.batch_size.max(1)) {
         let (encoded, g) = sample_batch(&ckpt, &ckpt.model, chunk, &sampling, &mut rng)?;
@@ -171,4 +205,88 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Wrapped {
+        #[command(flatten)]
+        sampling: SamplingArgs,
+    }
+
+    /// Each setting is the flag's, else the checkpoint's `generation_config.json`'s, else the
+    /// default; `do_sample: false` is greedy decoding, its filters unread and its repetition
+    /// penalty kept; a top-k or min-p of 0 is off, as in transformers.
+    #[test]
+    fn a_flag_then_the_generation_config_then_the_default() {
+        let tokenizer = Tokenizer::from_dir(
+            &Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../rlhf-models/tests/fixtures/hf/tiny-llama"),
+        )
+        .unwrap();
+        let resolve = |flags: &[&str], file: &GenerationDefaults| {
+            let args = Wrapped::try_parse_from(std::iter::once("x").chain(flags.iter().copied()))
+                .unwrap()
+                .sampling;
+            let c = args.config(&tokenizer, file).unwrap();
+            (
+                c.temperature,
+                c.top_k,
+                c.top_p,
+                c.min_p,
+                c.repetition_penalty,
+                c.max_new_tokens,
+            )
+        };
+        let none = GenerationDefaults::default();
+        assert_eq!(resolve(&[], &none), (0.7, None, None, None, None, 64));
+        let llama = GenerationDefaults {
+            do_sample: Some(true),
+            temperature: Some(0.6),
+            top_p: Some(0.9),
+            top_k: Some(0),
+            min_p: Some(0.0),
+            repetition_penalty: Some(1.1),
+            max_new_tokens: Some(100),
+        };
+        assert_eq!(
+            resolve(&[], &llama),
+            (0.6, None, Some(0.9), None, Some(1.1), 100)
+        );
+        assert_eq!(
+            resolve(
+                &[
+                    "--temperature",
+                    "1",
+                    "--top-p",
+                    "0.5",
+                    "--max-new-tokens",
+                    "8"
+                ],
+                &llama
+            ),
+            (1.0, None, Some(0.5), None, Some(1.1), 8)
+        );
+        let greedy = GenerationDefaults {
+            do_sample: Some(false),
+            top_k: Some(5),
+            ..llama.clone()
+        };
+        assert_eq!(
+            resolve(&[], &greedy),
+            (0.0, None, None, None, Some(1.1), 100)
+        );
+        assert_eq!(
+            resolve(&["--temperature", "0.9"], &greedy).0,
+            0.9,
+            "a flag still samples"
+        );
+    }
 }
