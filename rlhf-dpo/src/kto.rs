@@ -217,8 +217,8 @@ pub struct KtoConfig {
     /// Longest prompt / response kept.
     pub truncation: Option<(usize, usize)>,
     /// The longest mismatched pair: an example's prompt followed by its partner's response is
-    /// cut to this many tokens, as TRL cuts its KL sequences to `max_length` (the examples' own
-    /// responses were cut to fit beside their own prompts). `None`: kept whole.
+    /// cut to this many tokens, as TRL cuts its KL sequences to `max_length`; every prompt must
+    /// be shorter. `None`: kept whole.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_length: Option<usize>,
     /// Dropout off in the policy (TRL's `disable_dropout`).
@@ -645,7 +645,7 @@ pub fn evaluate_kto(
     device: &Device,
 ) -> Result<KtoEval> {
     cfg.validate()?;
-    check(examples, "held-out", cfg.loss_type)?;
+    check(examples, "held-out", cfg)?;
     let order: Vec<usize> = (0..examples.len()).collect();
     let mut batches = 0;
     let data = prepare(
@@ -663,8 +663,8 @@ pub fn evaluate_kto(
 /// Refuses examples the loss cannot read: an empty response (its log-ratio would be 0 whatever
 /// the policy), an empty prompt (the response's first token would have no context), or, for
 /// KTO's loss, a data set of one example (it has no other response to pair its prompt with).
-fn check(examples: &[KtoExample], what: &str, loss: KtoLoss) -> Result<()> {
-    if examples.len() == 1 && loss.pairs() {
+fn check(examples: &[KtoExample], what: &str, cfg: &KtoConfig) -> Result<()> {
+    if examples.len() == 1 && cfg.loss_type.pairs() {
         return Err(Error::Config(format!(
             "kto: the {what} data holds one example; z_ref needs at least two"
         )));
@@ -678,6 +678,16 @@ fn check(examples: &[KtoExample], what: &str, loss: KtoLoss) -> Result<()> {
         return Err(Error::Config(format!(
             "kto: {what} example {i} has an empty prompt; its response's first token would have \
              no context"
+        )));
+    }
+    // a mismatched pair keeps at least one token of its partner's response
+    if let Some(max) = cfg.max_length.filter(|_| cfg.loss_type.pairs())
+        && let Some(i) = examples.iter().position(|e| e.prompt.len() >= max)
+    {
+        return Err(Error::Config(format!(
+            "kto: {what} example {i} has a prompt of {} tokens, which leaves no room in \
+             max_length {max} for a mismatched pair's response",
+            examples[i].prompt.len()
         )));
     }
     Ok(())
@@ -707,8 +717,8 @@ pub fn train_kto(
     if train.is_empty() {
         return Err(Error::Config("kto: no training examples".into()));
     }
-    check(train, "training", cfg.loss_type)?;
-    check(eval, "held-out", cfg.loss_type)?;
+    check(train, "training", cfg)?;
+    check(eval, "held-out", cfg)?;
     if run_options.replicas.count() > 1 {
         // TRL gathers the estimate across processes; here it would be each shard's own
         return Err(Error::Config(match cfg.loss_type {

@@ -34,8 +34,10 @@ pub struct HeldOut<'a> {
 /// - `eval_rewards/{name}/mean` and `…/std` of each reward function's own scores, as in
 ///   training;
 /// - `eval_kl`, the mean per-token KL estimate of `policy` to `reference` over the responses'
-///   tokens, as the training metric `kl` (`cfg.kl_estimator`, at the sampling temperature; with
-///   `mask_truncated_completions`, the responses without EOS left out);
+///   tokens (`cfg.kl_estimator`, at the sampling temperature; with `mask_truncated_completions`,
+///   the responses without EOS left out): the reward's KL that training logs as `kl`, and the
+///   loss term's without the bias correction's ratio, which is 1 on the policy that sampled (as
+///   in TRL's evaluation);
 /// - `eval_completions/mean_length`, in tokens (up to and including EOS);
 /// - `eval_completions/clipped_ratio`, the share of responses that reached the length limit
 ///   without EOS.

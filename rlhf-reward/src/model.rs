@@ -125,8 +125,9 @@ pub struct RewardModel {
     /// `config.json`'s `pad_token_id`, when the checkpoint names one: `transformers` reads the
     /// score at the last token that is not it, so a checkpoint whose PAD is its EOS (TRL's
     /// `RewardTrainer` sets PAD = EOS on a tokenizer without a PAD) learned its score at the
-    /// token before a response's EOS, and is read there ([`crate::RewardScorer`]). `None` for
-    /// the models trained here, whose written PAD is never EOS.
+    /// token before a response's EOS, and is read there ([`crate::RewardScorer`]). A model
+    /// trained here has none until it is written; `rlhf rm` writes its PAD only when that is a
+    /// real token other than EOS, which no response ends with.
     pub pad_token_id: Option<u32>,
 }
 
@@ -226,7 +227,7 @@ pub fn config_pad_token_id(dir: &Path) -> Result<Option<u32>> {
     let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Data {
         file: path.clone(),
         line: e.line(),
-        field: String::new(),
+        field: "-".into(),
         message: e.to_string(),
     })?;
     match &json["pad_token_id"] {

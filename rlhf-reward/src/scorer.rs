@@ -193,3 +193,32 @@ fn without_trailing<'a>(
         (_, response) => (prompt, response),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::without_trailing;
+
+    /// The trailing PADs of the response go, then the prompt's when the response was all PAD; a
+    /// sequence of PADs alone, or no PAD given, is read as it is.
+    #[test]
+    fn trailing_pads_go_from_the_end_of_the_sequence() {
+        let (prompt, pad) = ([5u32, 2, 6], Some(2));
+        assert_eq!(
+            without_trailing(&prompt, &[7, 2, 2], pad),
+            (&prompt[..], &[7u32][..])
+        );
+        assert_eq!(
+            without_trailing(&prompt, &[7, 2, 8], pad),
+            (&prompt[..], &[7u32, 2, 8][..])
+        );
+        assert_eq!(without_trailing(&[5, 2], &[2], pad), (&[5u32][..], &[][..]));
+        assert_eq!(
+            without_trailing(&[2], &[2, 2], pad),
+            (&[2u32][..], &[2u32, 2][..])
+        );
+        assert_eq!(
+            without_trailing(&prompt, &[7, 2], None),
+            (&prompt[..], &[7u32, 2][..])
+        );
+    }
+}

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -125,6 +125,31 @@ pub fn row_tokens(g: &Generation, r: usize) -> Vec<u32> {
         .collect()
 }
 
+/// `rlhf generate`'s sampling settings: the flags, then the checkpoint's
+/// `generation_config.json` ([`SamplingArgs::config`]), logged as they are used.
+fn sampling_of(args: &GenerateArgs, tokenizer: &Tokenizer) -> Result<SamplingConfig> {
+    let sampling = args
+        .sampling
+        .config(tokenizer, &generation_defaults(&args.model)?)
+        .with_context(|| {
+            format!(
+                "the sampling settings: the flags, then {}",
+                args.model.join("generation_config.json").display()
+            )
+        })?;
+    tracing::info!(
+        "sampling: temperature {}, top-k {:?}, top-p {:?}, min-p {:?}, repetition penalty {:?}, \
+         at most {} new tokens",
+        sampling.temperature,
+        sampling.top_k,
+        sampling.top_p,
+        sampling.min_p,
+        sampling.repetition_penalty,
+        sampling.max_new_tokens
+    );
+    Ok(sampling)
+}
+
 /// Samples and prints.
 pub fn run(args: &GenerateArgs) -> Result<()> {
     let device = rlhf_core::parse_device(&args.sampling.device)?;
@@ -159,19 +184,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     if texts.is_empty() {
         bail!("give at least one --prompt or a --prompts file");
     }
-    let sampling = args
-        .sampling
-        .config(&ckpt.tokenizer, &generation_defaults(&args.model)?)?;
-    tracing::info!(
-        "sampling: temperature {}, top-k {:?}, top-p {:?}, min-p {:?}, repetition penalty {:?}, \
-         at most {} new tokens",
-        sampling.temperature,
-        sampling.top_k,
-        sampling.top_p,
-        sampling.min_p,
-        sampling.repetition_penalty,
-        sampling.max_new_tokens
-    );
+    let sampling = sampling_of(args, &ckpt.tokenizer)?;
     let mut rng = ChaCha8Rng::seed_from_u64(args.sampling.seed);
     for chunk in texts.chunks(args.sampling.batch_size.max(1)) {
         let (encoded, g) = sample_batch(&ckpt, &ckpt.model, chunk, &sampling, &mut rng)?;

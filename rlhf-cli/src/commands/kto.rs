@@ -157,7 +157,8 @@ fn examples(
     for (prompt, completion, desirable) in records {
         // for KTO always cut, not only when longer than `max_length` (`Encoder::fit`): it also
         // pairs this prompt with another example's response (its KL estimate), a pair the
-        // library then cuts to `max_length` as TRL does (`KtoConfig::max_length`)
+        // library cuts to `max_length` as TRL does (`KtoConfig::max_length`), and a prompt of
+        // at most `max_prompt` tokens leaves that response `max_length − max_prompt` of them
         let (prompt_ids, mut cut) = if loss.pairs() {
             let (prompt_ids, finished) = enc.finished(&prompt, &[&completion])?;
             enc.cut(prompt_ids, finished)

@@ -1058,24 +1058,38 @@ fn refuse_mixes(method: Method, args: &OnPolicyArgs) -> Result<()> {
                 .map_or_else(String::new, |v| v.get_name().to_owned())
         );
     }
-    if let (Some(steps), Some(minibatches), Some(accumulation)) = (
-        args.steps_per_generation,
-        args.num_mini_batches,
-        args.gradient_accumulation_steps,
-    ) && steps != minibatches * accumulation
-    {
-        bail!(
-            "--steps-per-generation {steps} counts micro-batches, as TRL's: it must be \
-             --num-mini-batches × --gradient-accumulation-steps ({minibatches} × {accumulation}); \
-             give one of --steps-per-generation and --num-mini-batches"
-        );
-    }
+    refuse_steps_per_generation(args)?;
     let recipe = method.preset().advantage;
     if args.scale_rewards.is_some() && ScaleRewards::of(recipe).is_none() {
         bail!(
             "--scale-rewards scales group-normalised advantages (grpo, dapo, gspo, cispo); `{}` \
              uses {recipe:?}",
             method.name()
+        );
+    }
+    Ok(())
+}
+
+/// Refuses a `--steps-per-generation` (TRL's count of micro-batches per rollout) of 0, one that
+/// `--gradient-accumulation-steps` does not divide, and one that `--num-mini-batches` contradicts.
+fn refuse_steps_per_generation(args: &OnPolicyArgs) -> Result<()> {
+    let Some(steps) = args.steps_per_generation else {
+        return Ok(());
+    };
+    let accumulation = args.gradient_accumulation_steps.unwrap_or(1).max(1);
+    if steps == 0 || !steps.is_multiple_of(accumulation) {
+        bail!(
+            "--steps-per-generation {steps} counts micro-batches, as TRL's: it must be a multiple \
+             (≥ 1) of --gradient-accumulation-steps {accumulation}"
+        );
+    }
+    if let Some(minibatches) = args.num_mini_batches
+        && steps != minibatches * accumulation
+    {
+        bail!(
+            "--steps-per-generation {steps} counts micro-batches, as TRL's: it must be \
+             --num-mini-batches × --gradient-accumulation-steps ({minibatches} × {accumulation}); \
+             give one of --steps-per-generation and --num-mini-batches"
         );
     }
     Ok(())
@@ -1410,19 +1424,17 @@ mod tests {
                 "{flags:?}"
             );
         }
-        for flags in [
-            &[
-                "--steps-per-generation",
-                "3",
-                "--gradient-accumulation-steps",
-                "2",
-            ][..],
-            &["--steps-per-generation", "4", "--num-mini-batches", "2"],
+        let spg = "--steps-per-generation";
+        for (flags, says) in [
+            (
+                &[spg, "3", "--gradient-accumulation-steps", "2"][..],
+                "a multiple (≥ 1) of --gradient-accumulation-steps 2",
+            ),
+            (&[spg, "0"], "a multiple (≥ 1)"),
+            (&[spg, "4", "--num-mini-batches", "2"], "give one of"),
         ] {
-            let err = refuse_mixes(Method::Grpo, &parse(flags))
-                .unwrap_err()
-                .to_string();
-            assert!(err.contains("counts micro-batches"), "{flags:?}: {err}");
+            let err = refuse_mixes(Method::Grpo, &parse(flags)).unwrap_err();
+            assert!(err.to_string().contains(says), "{flags:?}: {err}");
         }
     }
 

@@ -613,6 +613,16 @@ fn bad_configurations_and_data_are_refused() {
     );
     let err = run(&base(), &data, &data[..1]).unwrap_err();
     assert!(err.to_string().contains("held-out"), "{err}");
+    // the prompts of `examples` hold 2 to 5 tokens: a pair of 5 has no room for a response
+    let short = KtoConfig {
+        max_length: Some(5),
+        ..base()
+    };
+    let err = run(&short, &data, &[]).unwrap_err();
+    assert!(
+        err.to_string().contains("leaves no room in max_length 5"),
+        "{err}"
+    );
 }
 
 /// With no undesirable example in a step's batch, the rejected rewards and the margin are logged
