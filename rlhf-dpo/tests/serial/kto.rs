@@ -259,14 +259,14 @@ fn the_first_step_matches_the_reference_from_unpadded_logprobs() {
     }
     let cuts = (0..data.len())
         .filter(|&i| {
-            cut(Some(5), &data[i].prompt, &data[partner[i]].response).len()
+            cut(Some(6), &data[i].prompt, &data[partner[i]].response).len()
                 < data[partner[i]].response.len()
         })
         .count();
-    assert!(cuts > 0, "no mismatched pair is longer than 5 tokens");
+    assert!(cuts > 0, "no mismatched pair is longer than 6 tokens");
     for (policy_model, tag, max_length) in [
         (&policy, "policy ≠ reference", None),
-        (&policy, "policy ≠ reference, pairs cut to 5", Some(5)),
+        (&policy, "policy ≠ reference, pairs cut to 6", Some(6)),
         (&reference_model, "policy = reference", None),
     ] {
         let cfg = KtoConfig {
