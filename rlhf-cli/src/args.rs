@@ -556,13 +556,13 @@ pub struct TokenFilterArgs {
 }
 
 impl TokenFilterArgs {
-    /// `sampling` with these filters.
+    /// `sampling` with the filters given here in place of its own.
     pub fn apply(&self, sampling: SamplingConfig) -> SamplingConfig {
         SamplingConfig {
-            top_k: self.top_k,
-            top_p: self.top_p,
-            min_p: self.min_p,
-            repetition_penalty: self.repetition_penalty,
+            top_k: self.top_k.or(sampling.top_k),
+            top_p: self.top_p.or(sampling.top_p),
+            min_p: self.min_p.or(sampling.min_p),
+            repetition_penalty: self.repetition_penalty.or(sampling.repetition_penalty),
             ..sampling
         }
     }

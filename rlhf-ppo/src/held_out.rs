@@ -15,7 +15,7 @@ use rlhf_models::CausalLm;
 
 use crate::config::PpoConfig;
 use crate::rollout::sample_and_score;
-use crate::trainer::{EvalLine, response_kl_sum};
+use crate::trainer::{EvalLine, part_metrics, response_kl_sum};
 
 /// The held-out prompts and how many responses to sample for each (TRL's
 /// `num_generations_eval`).
@@ -57,7 +57,7 @@ pub fn held_out_metrics(
     let (policy, reference) = (policy.valid().materialize(), reference.valid());
     let mut rng = TrainRng::seed_from_u64(cfg.seed).fork("held-out");
     let (mut scores, mut lengths, mut clipped) = (Vec::new(), Vec::new(), 0usize);
-    let mut parts: Vec<(String, Vec<f64>)> = Vec::new();
+    let mut parts: Vec<(String, Vec<f32>)> = Vec::new();
     let (mut kl_sum, mut kl_tokens) = (0.0, 0.0);
     for chunk in held_out.prompts.chunks(cfg.prompts_per_batch.max(1)) {
         let prompts: Vec<&str> = chunk.iter().map(String::as_str).collect();
@@ -73,7 +73,7 @@ pub fn held_out_metrics(
                 .collect();
         }
         for ((_, to), (_, from)) in parts.iter_mut().zip(&rollout.score_parts) {
-            to.extend(from.iter().map(|&v| f64::from(v)));
+            to.extend_from_slice(from);
         }
         let query = (&rollout.query_ids[..], &rollout.query_mask[..]);
         let models = (&policy, &reference);
@@ -89,20 +89,10 @@ pub fn held_out_metrics(
         (names::EVAL_COMPLETIONS_MEAN_LENGTH, stats::mean(lengths)),
         (names::EVAL_COMPLETIONS_CLIPPED_RATIO, clipped as f64 / n),
     ];
-    let named = parts
-        .iter()
-        .flat_map(|(name, values)| {
-            [
-                (
-                    format!("eval_rewards/{name}/mean"),
-                    stats::mean(values.iter().copied()),
-                ),
-                (
-                    format!("eval_rewards/{name}/std"),
-                    stats::sample_std(values),
-                ),
-            ]
-        })
+    // each reward function's mean and spread, as training logs them, under `eval_`
+    let named = part_metrics(&parts)
+        .into_iter()
+        .map(|(name, value)| (format!("eval_{name}"), value))
         .collect();
     Ok(EvalLine { metrics, named })
 }

@@ -1427,7 +1427,7 @@ pub fn ppo_iteration(
 
 /// The mean and the standard deviation (Bessel-corrected, as TRL's `nanstd`) of each named part
 /// of the scores, as `rewards/{name}/mean` and `rewards/{name}/std`.
-fn part_metrics(parts: &[(String, Vec<f32>)]) -> Vec<(String, f64)> {
+pub(crate) fn part_metrics(parts: &[(String, Vec<f32>)]) -> Vec<(String, f64)> {
     parts
         .iter()
         .flat_map(|(name, values)| {

@@ -52,21 +52,26 @@ impl SamplingArgs {
     ) -> Result<SamplingConfig> {
         let sampled = file.do_sample != Some(false);
         let when_sampled = |v: Option<f32>| v.filter(|_| sampled);
-        let f = &self.filters;
-        let sampling = SamplingConfig {
-            max_new_tokens: self.max_new_tokens.or(file.max_new_tokens).unwrap_or(64),
-            temperature: self.temperature.unwrap_or(if sampled {
+        // the file's settings, which the flags given then replace
+        let from_file = SamplingConfig {
+            max_new_tokens: file.max_new_tokens.unwrap_or(64),
+            temperature: if sampled {
                 file.temperature.unwrap_or(0.7)
             } else {
                 0.0
-            }),
+            },
             // transformers' 0 turns top-k and min-p off
-            top_k: f.top_k.or(file.top_k.filter(|&k| sampled && k > 0)),
-            top_p: f.top_p.or(when_sampled(file.top_p)),
-            min_p: f.min_p.or(when_sampled(file.min_p).filter(|&m| m > 0.0)),
-            repetition_penalty: f.repetition_penalty.or(file.repetition_penalty),
+            top_k: file.top_k.filter(|&k| sampled && k > 0),
+            top_p: when_sampled(file.top_p),
+            min_p: when_sampled(file.min_p).filter(|&m| m > 0.0),
+            repetition_penalty: file.repetition_penalty,
             ..SamplingConfig::default()
         };
+        let sampling = self.filters.apply(SamplingConfig {
+            max_new_tokens: self.max_new_tokens.unwrap_or(from_file.max_new_tokens),
+            temperature: self.temperature.unwrap_or(from_file.temperature),
+            ..from_file
+        });
         sampling.check()?;
         Ok(sampling.ending_as(tokenizer))
     }
