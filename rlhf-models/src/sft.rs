@@ -23,7 +23,7 @@ use rlhf_core::train::{
     BatchLoss, FitConfig, LrSchedule, Metrics, OptimizerConfig, RunOptions, Shard, TrainRng, fit,
     metrics::names,
 };
-use rlhf_core::{Error, Result, masked_sum, token_logprobs};
+use rlhf_core::{Error, Result, masked_sum, token_logprobs, token_logprobs_and_entropy};
 use rlhf_data::{SequenceBatch, Truncation, collate, length_buckets};
 use serde::{Deserialize, Serialize};
 
@@ -305,6 +305,46 @@ pub fn sft_loss_of(
     Ok(token_loss(loss, t.logp, t.mask))
 }
 
+/// [`target_logprobs`] at temperature 1 and, from the same logits without gradients, TRL's
+/// token metrics summed over the target tokens (`[2]`): the entropy of the model's next-token
+/// distribution (nats), and how many targets are its most likely token (the first of equal
+/// logits, as `argmax` and TRL's `is_top1` pick). Divided by the target count, they are
+/// `entropy` and `mean_token_accuracy`.
+pub fn target_logprobs_and_stats(
+    model: &CausalLm,
+    batch: &LmBatch,
+    device: &Device,
+) -> Result<(TargetLogprobs, Tensor<1>)> {
+    let TargetLogits {
+        logits,
+        tokens,
+        mask,
+        first,
+    } = target_logits(model, batch, device)?;
+    let top1 = logits
+        .clone()
+        .detach()
+        .argmax(2)
+        .squeeze_dim::<2>(2)
+        .equal(tokens.clone())
+        .float();
+    let (logp, entropy) = token_logprobs_and_entropy(logits, tokens, 1.0);
+    let stats = Tensor::cat(
+        vec![
+            masked_sum(entropy, mask.clone()),
+            masked_sum(top1, mask.clone()),
+        ],
+        0,
+    );
+    Ok((TargetLogprobs { logp, mask, first }, stats))
+}
+
+/// The `[2]` sums of [`target_logprobs_and_stats`] on the host (one read).
+fn stat_sums(stats: Tensor<1>) -> (f64, f64) {
+    let v = rlhf_core::host::to_f64_vec(stats);
+    (v[0], v[1])
+}
+
 /// The mean over `mask` of each token's `loss` term, from the target tokens' log-probs `logp`
 /// (`[batch, seq]`, with the gradient): `−log p_t`, or DFT's `−sg(p_t)·log p_t`. Returns `[1]`.
 /// A batch without targets (a packed row of one long prompt) gives 0 and no gradient, as TRL's
@@ -349,32 +389,49 @@ pub fn eval_loss_of(
     batch_size: usize,
     device: &Device,
 ) -> Result<f64> {
-    Ok(eval_losses(&[loss], model, data, batch_size, device)?[0])
+    Ok(eval_pass(&[loss], model, data, batch_size, device)?.losses[0])
 }
 
-/// [`eval_loss_of`] of each of `losses`, from one forward pass per batch.
-fn eval_losses(
+/// What one pass over held-out examples measures, each a mean over all their target tokens
+/// (0 without any).
+struct EvalPass {
+    /// Each loss asked for.
+    losses: Vec<f64>,
+    /// The model's next-token entropy (see [`target_logprobs_and_stats`]).
+    entropy: f64,
+    /// The share of targets that are the model's most likely token.
+    accuracy: f64,
+}
+
+/// [`eval_loss_of`] of each of `losses`, and the token metrics, from one forward pass per batch.
+fn eval_pass(
     losses: &[SftLoss],
     model: &CausalLm,
     data: &[Example],
     batch_size: usize,
     device: &Device,
-) -> Result<Vec<f64>> {
+) -> Result<EvalPass> {
     let valid = model.valid();
     let device = device.clone().without_autodiff();
     let mut totals = vec![0.0; losses.len()];
-    let mut tokens = 0.0;
+    let (mut entropy, mut correct, mut tokens) = (0.0, 0.0, 0.0);
     for chunk in data.chunks(batch_size.max(1)) {
         let b = collate_examples(&chunk.iter().collect::<Vec<_>>(), None);
         let n = b.predicted_tokens() as f64;
-        let t = target_logprobs(&valid, &b, 1.0, &device)?;
+        let (t, stats) = target_logprobs_and_stats(&valid, &b, &device)?;
         for (total, &loss) in totals.iter_mut().zip(losses) {
             let l = token_loss(loss, t.logp.clone(), t.mask.clone());
             *total += f64::from(l.into_scalar::<f32>()) * n;
         }
-        tokens += n;
+        let (e, c) = stat_sums(stats);
+        (entropy, correct, tokens) = (entropy + e, correct + c, tokens + n);
     }
-    Ok(totals.into_iter().map(|t| t / tokens.max(1.0)).collect())
+    let mean = |sum: f64| sum / tokens.max(1.0);
+    Ok(EvalPass {
+        losses: totals.into_iter().map(mean).collect(),
+        entropy: mean(entropy),
+        accuracy: mean(correct),
+    })
 }
 
 /// What a run did.
@@ -463,6 +520,7 @@ pub fn train_sft(
         .collect();
     check_memory(&model, plans.iter().flatten(), run_options, device)?;
     let batches = EpochBatches::new(train, cfg, &plans);
+    let seen = tokens_seen(&plans, cfg.grad_accum);
 
     let fit_cfg = FitConfig {
         epochs: cfg.epochs,
@@ -484,10 +542,18 @@ pub fn train_sft(
             let Some(batch) = epoch[i].shard(shard) else {
                 return Ok(None);
             };
+            let (t, stats) = target_logprobs_and_stats(m, &batch, shard.device)?;
+            let targets = batch.predicted_tokens() as f64;
+            let (entropy, correct) = stat_sums(stats);
             Ok(Some(BatchLoss {
-                loss: sft_loss_of(cfg.loss_type, m, &batch, shard.device)?,
-                weight: batch.predicted_tokens() as f64,
-                metrics: Vec::new(),
+                loss: token_loss(cfg.loss_type, t.logp, t.mask),
+                weight: targets,
+                // means over the target tokens (NaN without any: left out of the step's mean)
+                metrics: vec![
+                    (names::ENTROPY, entropy / targets),
+                    (names::MEAN_TOKEN_ACCURACY, correct / targets),
+                    (names::NUM_TOKENS, seen[idx[0]] as f64),
+                ],
                 samples: Vec::new(),
             }))
         },
@@ -507,8 +573,9 @@ pub fn train_sft(
     Ok((model, report))
 }
 
-/// `eval_loss` (the training loss, as TRL's) and `eval_perplexity` (`exp` of the NLL, whatever
-/// the loss) of `model` on `eval`; nothing without eval data.
+/// `eval_loss` (the training loss, as TRL's), `eval_perplexity` (`exp` of the NLL, whatever the
+/// loss), `eval_entropy` and `eval_mean_token_accuracy` of `model` on `eval`; nothing without
+/// eval data.
 fn eval_metrics(
     model: &CausalLm,
     eval: &[Example],
@@ -519,17 +586,19 @@ fn eval_metrics(
         return Ok(Vec::new());
     }
     // one pass: the likelihood, and the training loss when it is another
-    let both = eval_losses(
+    let pass = eval_pass(
         &[SftLoss::Nll, cfg.loss_type],
         model,
         eval,
         cfg.batch_size,
         device,
     )?;
-    let (nll, loss) = (both[0], both[1]);
+    let (nll, loss) = (pass.losses[0], pass.losses[1]);
     Ok(vec![
         (names::EVAL_LOSS, loss),
         (names::EVAL_PERPLEXITY, nll.exp()),
+        (names::EVAL_ENTROPY, pass.entropy),
+        (names::EVAL_MEAN_TOKEN_ACCURACY, pass.accuracy),
     ])
 }
 
@@ -538,6 +607,8 @@ struct BatchPlan {
     rows: u64,
     seq: u64,
     predicted_tokens: u64,
+    /// Its tokens that are not padding.
+    tokens: u64,
 }
 
 impl BatchPlan {
@@ -546,6 +617,7 @@ impl BatchPlan {
             rows: batch.batch as u64,
             seq: batch.seq as u64,
             predicted_tokens: batch.predicted_tokens(),
+            tokens: batch.attention.iter().map(|&a| u64::from(a)).sum(),
         }
     }
 }
@@ -622,6 +694,19 @@ fn tokens_trained(epochs: &[Vec<BatchPlan>], grad_accum: usize, first_done: u64,
         .flat_map(|(group, _)| group)
         .map(|b| b.predicted_tokens)
         .sum()
+}
+
+/// TRL's `num_tokens` after each batch's step, by batch number: the tokens that are not padding
+/// (prompts included) of every step up to and including that batch's (a step is `grad_accum`
+/// batches of its epoch, the last one possibly fewer).
+fn tokens_seen(epochs: &[Vec<BatchPlan>], grad_accum: usize) -> Vec<u64> {
+    let mut seen = Vec::with_capacity(epochs.iter().map(Vec::len).sum());
+    let mut total = 0;
+    for group in epochs.iter().flat_map(|e| e.chunks(grad_accum.max(1))) {
+        total += group.iter().map(|b| b.tokens).sum::<u64>();
+        seen.extend(std::iter::repeat_n(total, group.len()));
+    }
+    seen
 }
 
 /// Refuses, before the first step, a run whose largest batch would not fit in memory.
@@ -708,6 +793,25 @@ mod tests {
             }
             assert_eq!(next, flat.len());
         }
+    }
+
+    /// `num_tokens` after each batch is the tokens of every step up to its own, whole steps of
+    /// `grad_accum` batches of one epoch (an epoch's last step may hold fewer).
+    #[test]
+    fn num_tokens_counts_the_steps_so_far() {
+        let plan = |tokens| BatchPlan {
+            rows: 1,
+            seq: 1,
+            predicted_tokens: 1,
+            tokens,
+        };
+        let epochs = vec![
+            vec![plan(3), plan(4), plan(5)],
+            vec![plan(1), plan(2), plan(6)],
+        ];
+        assert_eq!(tokens_seen(&epochs, 1), vec![3, 7, 12, 13, 15, 21]);
+        assert_eq!(tokens_seen(&epochs, 2), vec![7, 7, 12, 15, 15, 21]);
+        assert_eq!(tokens_seen(&epochs, 4), vec![12, 12, 12, 21, 21, 21]);
     }
 
     /// A response after an empty prompt, left-padded in a batch with a longer prompt, does not

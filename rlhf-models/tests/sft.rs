@@ -1,10 +1,12 @@
 // A binary of its own: a slow learning test that people run on its own.
 //! SFT learns: on `tldr-synth` demonstrations, the gold score of sampled summaries rises over the
 //! untrained model's, with the NLL (whose eval loss falls by a clear margin) and with Dynamic
-//! Fine-Tuning's loss (whose held-out targets' mean probability rises). Fixed seeds.
+//! Fine-Tuning's loss (whose held-out targets' mean probability rises). Fixed seeds. Its logs
+//! carry TRL's token metrics, which move as the model learns.
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use rlhf_core::train::metrics::{names, read_metrics};
 use rlhf_core::train::{LrSchedule, OptimizerConfig, RunOptions};
 use rlhf_data::tasks::{Task, TldrSynth};
 use rlhf_data::{Split, Tokenizer};
@@ -163,6 +165,71 @@ fn sft_on_tldr_synth_lowers_eval_loss_and_raises_the_gold_score() {
         gold_dft > gold_before + 0.5,
         "DFT: gold {gold_before} → {gold_dft}"
     );
+}
+
+/// SFT logs TRL's token metrics: `entropy` and `mean_token_accuracy` of each step's target
+/// tokens (as the model learns the responses, the accuracy rises and the entropy falls), their
+/// `eval_` forms, and `num_tokens`, the tokens that are not padding of every step so far.
+#[test]
+fn sft_logs_the_token_metrics_of_its_steps() {
+    let device = rlhf_core::device_from_env().unwrap().autodiff();
+    let train = rlhf_testkit::sft_examples();
+    let epochs = 12;
+    let cfg = SftConfig {
+        epochs,
+        batch_size: 8,
+        optimizer: OptimizerConfig {
+            lr: 1e-2,
+            ..OptimizerConfig::default()
+        },
+        eval_every: 10,
+        seed: 1,
+        ..SftConfig::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let opts = RunOptions {
+        progress: false,
+        ..RunOptions::in_dir(dir.path())
+    };
+    let model = rlhf_testkit::tiny_llama(&device);
+    train_sft(model, &train, &train[..8], &cfg, &opts, &device).unwrap();
+    let lines = read_metrics(&dir.path().join("metrics.jsonl")).unwrap();
+    let get = |i: usize, k: &str| lines[i][k].as_f64().unwrap_or(f64::NAN);
+    let last = lines.len() - 1;
+
+    let per_epoch: usize = train.iter().map(|(p, r)| p.len() + r.len()).sum();
+    assert_eq!(get(last, names::NUM_TOKENS), (epochs * per_epoch) as f64);
+    for i in 0..lines.len() {
+        let accuracy = get(i, names::MEAN_TOKEN_ACCURACY);
+        let entropy = get(i, names::ENTROPY);
+        assert!((0.0..=1.0).contains(&accuracy), "step {i}: {accuracy}");
+        assert!(
+            (0.0..=32f64.ln() + 1e-4).contains(&entropy),
+            "step {i}: {entropy}"
+        );
+        if i > 0 {
+            assert!(get(i, names::NUM_TOKENS) > get(i - 1, names::NUM_TOKENS));
+        }
+    }
+    let (acc_0, acc_n) = (
+        get(0, names::MEAN_TOKEN_ACCURACY),
+        get(last, names::MEAN_TOKEN_ACCURACY),
+    );
+    let (ent_0, ent_n) = (get(0, names::ENTROPY), get(last, names::ENTROPY));
+    eprintln!("accuracy {acc_0:.3} → {acc_n:.3}, entropy {ent_0:.3} → {ent_n:.3}");
+    assert!(acc_n > acc_0 + 0.3, "accuracy {acc_0} → {acc_n}");
+    assert!(ent_n < ent_0 - 1.0, "entropy {ent_0} → {ent_n}");
+
+    let evals: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].contains_key(names::EVAL_MEAN_TOKEN_ACCURACY))
+        .collect();
+    assert!(evals.len() >= 2, "{evals:?}");
+    let (first, end) = (evals[0], evals[evals.len() - 1]);
+    assert!(
+        get(end, names::EVAL_MEAN_TOKEN_ACCURACY) > get(first, names::EVAL_MEAN_TOKEN_ACCURACY),
+        "eval accuracy did not rise"
+    );
+    assert!(get(end, names::EVAL_ENTROPY) < get(first, names::EVAL_ENTROPY));
 }
 
 #[test]

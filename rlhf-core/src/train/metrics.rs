@@ -9,7 +9,7 @@
 //! | --- | --- | --- |
 //! | `loss`, `eval_loss` | the training loss of a step (mean over its items), and on held-out data | every trainer |
 //! | `learning_rate`, `grad_norm` | the step's learning rate, the global gradient norm before clipping | every trainer |
-//! | `eval_perplexity` | `exp(eval_loss)` of SFT (TRL's `SFTTrainer` logs `entropy`, `mean_token_accuracy` and `num_tokens` too, and their `eval_` forms, which SFT here does not) | — |
+//! | `eval_perplexity` | `exp(eval_loss)` of SFT | — |
 //! | `eval_accuracy` | RM accuracy on held-out labels (step models: on held-out step labels) | `RewardTrainer` |
 //! | `accuracy`, `margin` | a pairwise RM's training step: the share of pairs it orders right (a tie is wrong), the mean `r_c − r_r` | `RewardTrainer` |
 //! | `min_reward`, `mean_reward`, `max_reward` | an outcome RM's training step: its scores' minimum, mean and maximum (accumulated micro-batches: the means of theirs) | `RewardTrainer` |
@@ -83,6 +83,16 @@
 //! | `val/contain_eos_token` | share of the round's samples that end with EOS | `OnlineDPOTrainer` |
 //! | `beta` | β of the round | `OnlineDPOTrainer` |
 //! | `online/pair_share` | share of the round's prompts whose samples did not all score the same (the others give no pair) | — |
+//!
+//! SFT logs, per step, `loss`, `learning_rate`, `grad_norm`, and the rows below; at each
+//! evaluation `eval_loss`, `eval_perplexity`, `eval_entropy` and `eval_mean_token_accuracy` (over
+//! all held-out target tokens, where TRL averages its eval batches' values).
+//!
+//! | name | meaning | TRL |
+//! | --- | --- | --- |
+//! | `entropy` | mean entropy (nats) of the model's next-token distribution at the target tokens, from the training step's logits (accumulated micro-batches: weighted by their target tokens, where TRL averages them; `null` in a step without target tokens) | `SFTTrainer` |
+//! | `mean_token_accuracy` | share of the target tokens that are the model's most likely next token (the first of equal logits), weighted as `entropy` | `SFTTrainer` |
+//! | `num_tokens` | tokens that are not padding, prompts included, of every step so far (resumed runs count the steps before the resume) | `SFTTrainer` |
 //!
 //! Distillation logs, per step, `loss` (the generalised JSD per response token), `completions/mean_length` and
 //! `completions/clipped_ratio` over the student's samples, and `entropy` (accumulated
@@ -198,9 +208,13 @@ pub mod names {
     pub const BETA: &str = "beta";
     pub const ONLINE_PAIR_SHARE: &str = "online/pair_share";
 
-    // distillation (TRL's `DistillationTrainer`)
+    // SFT and distillation (TRL's `SFTTrainer`, `DistillationTrainer`)
     pub const ENTROPY: &str = "entropy";
     pub const EVAL_ENTROPY: &str = "eval_entropy";
+    // SFT (TRL's `SFTTrainer`)
+    pub const MEAN_TOKEN_ACCURACY: &str = "mean_token_accuracy";
+    pub const EVAL_MEAN_TOKEN_ACCURACY: &str = "eval_mean_token_accuracy";
+    pub const NUM_TOKENS: &str = "num_tokens";
 }
 
 /// Appends metric lines to a JSONL file. Each line is written with one `write` call and flushed,
