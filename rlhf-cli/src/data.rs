@@ -11,7 +11,7 @@ use rlhf_data::{
 };
 use rlhf_dpo::Group;
 use rlhf_models::sft::Example;
-use rlhf_reward::{LabelledExample, RankedExample};
+use rlhf_reward::{ChatReading, LabelledExample, RankedExample};
 
 use crate::args::DataArgs;
 
@@ -71,7 +71,8 @@ pub fn prompt_key(t: &Turns) -> String {
 static SEAM_WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Text to tokens, as TRL's trainers tokenise a record: each response after its prompt's text
-/// ([`Encoder::pieces`]), ending with one EOS ([`Encoder::finish`]); a record whose
+/// ([`Encoder::pieces`]), ending with one EOS, or for a reward model's chat reply where its
+/// template's rendering ends ([`Encoder::finish`]); a record whose
 /// prompt and longest response fit in `max_length` is kept whole ([`Encoder::fit`]), a longer
 /// one's prompt keeps its start (BOS) and its last tokens, `max_prompt` in all, and each response
 /// its first tokens, as many as fit with the prompt in `max_length`.
@@ -85,6 +86,9 @@ pub struct Encoder<'a> {
     pub max_prompt: usize,
     /// Longest prompt and response together.
     pub max_length: usize,
+    /// Where a chat reply ends: at its end of turn (a policy's, which sampling ends there), or as
+    /// its template renders it (a reward model's, as TRL's).
+    pub chat_reading: ChatReading,
 }
 
 impl Encoder<'_> {
@@ -181,8 +185,12 @@ impl Encoder<'_> {
     /// at its template's last EOS when only whitespace follows it: what the template writes after
     /// it (ChatML's `\n` after `<|im_end|>`) is dropped, so that training ends where sampling
     /// stops. A template that ends its turns with another token (ChatML's pieces beside another
-    /// EOS) gets EOS appended.
+    /// EOS) gets EOS appended. Read as its template renders it ([`ChatReading::Rendered`], a
+    /// reward model's), a chat reply is kept whole, as TRL's `RewardTrainer` tokenises it.
     pub fn finish(&self, mut ids: Vec<u32>, response: &Turns) -> Result<Vec<u32>> {
+        if let (Turns::Messages(_), ChatReading::Rendered) = (response, self.chat_reading) {
+            return Ok(ids);
+        }
         let eos = self.tokenizer.eos_id();
         let end = match response {
             // the template's last EOS, when only whitespace follows it (an EOS inside the content
@@ -514,6 +522,7 @@ mod tests {
             format,
             max_prompt,
             max_length,
+            chat_reading: ChatReading::TurnEnd,
         }
     }
 
@@ -712,6 +721,34 @@ mod tests {
             (Some(&eos), 1)
         );
         assert_eq!(text(" hello there<|im_end|>"), plain);
+    }
+
+    /// A reward model's chat reply is read as its template renders it, as TRL's `RewardTrainer`
+    /// tokenises it: ChatML's `\n` after `<|im_end|>` stays, where a policy's reply ends at the
+    /// `<|im_end|>` it samples; Llama 3's template writes nothing after `<|eot_id|>`, so both end
+    /// there; plain text ends with EOS either way.
+    #[test]
+    fn a_reward_models_chat_reply_keeps_what_its_template_writes_after_the_turn() {
+        for (fixture, rendered) in [
+            ("tiny-qwen2-chat", "hello there<|im_end|>\n"),
+            ("tiny-llama3-chat", "hello there<|eot_id|>"),
+        ] {
+            let (tokenizer, format) = checkpoint_tokenizer(fixture);
+            let policy = encoder(&tokenizer, &format, 64, 128);
+            let rm = Encoder {
+                chat_reading: ChatReading::Rendered,
+                ..policy
+            };
+            let chat = |enc: &Encoder| {
+                let ids = response(enc, &turn("user", "hi"), &turn("assistant", "hello there"));
+                tokenizer.decode(&ids).unwrap()
+            };
+            let eos = tokenizer.eos_text();
+            assert_eq!(chat(&policy), format!("hello there{eos}"), "{fixture}");
+            assert_eq!(chat(&rm), rendered, "{fixture}");
+            let text = |enc: &Encoder| response(enc, &Turns::Text("q".into()), &" hi".into());
+            assert_eq!(text(&rm), text(&policy), "{fixture}");
+        }
     }
 
     /// Llama 3's tokenizer puts BOS before a text and its template writes BOS itself: a

@@ -35,9 +35,10 @@ const RESUMABLE_CHANGES: &[&str] = &[
 /// the same data other token ids (what a prompt begins with, where a response ends, how prompt
 /// and response share `max_length`), so that a run recorded by another version is not resumed
 /// on other tokens. This version's: prompts begin with the BOS that the tokenizer's
-/// post-processor puts before a text, a record that fits in `max_length` is kept whole, and a
-/// response is tokenised after its prompt's text, the prompt ending where the two agree.
-pub const TEXT_ENCODING: u32 = 4;
+/// post-processor puts before a text, a record that fits in `max_length` is kept whole, a
+/// response is tokenised after its prompt's text, the prompt ending where the two agree, and a
+/// reward model's chat reply is kept as its template renders it.
+pub const TEXT_ENCODING: u32 = 5;
 
 /// The run record's comment line naming its [`TEXT_ENCODING`] (a comment, so the record still
 /// reads as a `--config` file).

@@ -63,6 +63,7 @@ impl ReEncoded {
             format: &self.format,
             max_prompt: usize::MAX,
             max_length: usize::MAX,
+            chat_reading: self.rm.model().settings.chat_reading,
         };
         // a prompt the trainers were not given as a record (a plain string) is its own text
         let turns = self

@@ -342,6 +342,29 @@ mod tests {
             .join(name)
     }
 
+    /// A user's question as a chat, rendered by `policy`'s template, and the prompts the trainers
+    /// would pass with it.
+    fn cat_question(policy: &Tokenizer) -> (Turns, String, Prompts) {
+        let chat = Turns::Messages(vec![rlhf_data::Message {
+            role: "user".into(),
+            content: "What did the cat do?".into(),
+        }]);
+        let rendered = policy
+            .config()
+            .chat_format()
+            .unwrap()
+            .prompt(&chat)
+            .unwrap();
+        let prompts = Prompts {
+            texts: vec![rendered.clone()],
+            records: vec![rlhf_data::PromptRecord {
+                prompt: chat.clone(),
+                extra: Default::default(),
+            }],
+        };
+        (chat, rendered, prompts)
+    }
+
     /// A checkpoint whose `config.json` names its EOS as PAD (as TRL's `RewardTrainer` writes it
     /// for a tokenizer without a PAD) learned its score at the token before a reply's EOS, where
     /// `transformers` reads it: a finished reply scores as the same reply without its EOS. Without
@@ -424,17 +447,20 @@ mod tests {
             )
             .unwrap();
         // the same model served with its own tokenizer, on its own rendering: ChatML's prompt, the
-        // reply ending with its EOS `<|im_end|>`; cut off, the bare text; a plain prompt as it is
+        // reply as the template renders it, its EOS `<|im_end|>` and the `\n` after it (a
+        // checkpoint without rlhf's settings, TRL's, is read as TRL reads it); cut off, the bare
+        // text; a plain prompt as it is
         let own_prompt = own_format.prompt(&chat).unwrap();
         assert!(
             own_prompt.ends_with("<|im_start|>assistant\n"),
             "{own_prompt}"
         );
-        let own_reply = format!("{body}{}", own.eos_text());
+        let own_reply = format!("{body}{}\n", own.eos_text());
+        let plain_reply = format!("{body}{}", own.eos_text());
         let want = served()
             .score(
                 &[&own_prompt, &own_prompt, plain],
-                &[&own_reply, body, &own_reply],
+                &[&own_reply, body, &plain_reply],
             )
             .unwrap();
         assert_eq!(got, want);
@@ -459,6 +485,7 @@ mod tests {
             format: &policy_format,
             max_prompt: usize::MAX,
             max_length: usize::MAX,
+            chat_reading: rlhf_reward::ChatReading::Rendered,
         };
         let trained = enc.fit(&Turns::from(seam), &[&Turns::from("yes")]).unwrap();
         let served_own = || {
@@ -479,6 +506,64 @@ mod tests {
             Tokenizer::from_file(&rm_dir.join("tokenizer.json"), Some("<|endoftext|>")).unwrap();
         assert_ne!(other_eos.eos_id(), own.eos_id());
         assert!(other_eos.same_ids(&own) && own.same_ids(&other_eos));
+    }
+
+    /// A reward model written by `rlhf rm` before it read chats as TRL does (settings without
+    /// `chat_reading`) is read where it was trained, at the reply's end of turn; one whose
+    /// settings say `rendered` reads the template's `\n` after it too.
+    #[test]
+    fn a_reward_model_is_read_where_its_settings_say_it_was_trained() {
+        let device = Device::flex();
+        let policy = Tokenizer::from_dir(&fixture("tiny-llama3-chat")).unwrap();
+        let own = Tokenizer::from_dir(&fixture("tiny-qwen2-chat")).unwrap();
+        let (chat, rendered, prompts) = cat_question(&policy);
+        let finished = format!("it sat on the mat.{}", policy.eos_text());
+        let own_prompt = own.config().chat_format().unwrap().prompt(&chat).unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let read = |reading: Option<&str>| {
+            let dir = root.path().join(reading.unwrap_or("none"));
+            std::fs::create_dir_all(&dir).unwrap();
+            for f in std::fs::read_dir(fixture("tiny-qwen2-chat")).unwrap() {
+                let f = f.unwrap().path();
+                std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
+            }
+            let config_path = dir.join("config.json");
+            let mut config: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+            let mut settings = serde_json::json!({
+                "kind": "outcome",
+                "normalisation": {"bias": 0.0, "gain": 1.0},
+                "step_aggregate": "min",
+                "step_delimiter": null
+            });
+            if let Some(r) = reading {
+                settings["chat_reading"] = r.into();
+            }
+            config["rlhf_scalar"] = settings;
+            std::fs::write(&config_path, config.to_string()).unwrap();
+            let got = Spec::Model(dir.clone())
+                .build(&policy, &prompts, &device, (Precision::F32, None))
+                .unwrap()
+                .score(&[&rendered], &[&finished])
+                .unwrap()[0];
+            let served = RewardScorer::new(
+                load::reward_model(&dir, &device, 0).unwrap(),
+                own.clone(),
+                &device,
+            );
+            let at = |reply: &str| served.score(&[&own_prompt], &[reply]).unwrap()[0];
+            let eos = own.eos_text();
+            (
+                got,
+                at(&format!("it sat on the mat.{eos}")),
+                at(&format!("it sat on the mat.{eos}\n")),
+            )
+        };
+        let (legacy, at_turn_end, at_rendered) = read(None);
+        assert_eq!(legacy, at_turn_end);
+        assert_ne!(at_turn_end, at_rendered);
+        let (rendered_setting, _, at_rendered) = read(Some("rendered"));
+        assert_eq!(rendered_setting, at_rendered);
     }
 
     /// The policy's `--chat-template-kwargs` reach a reward model's own Jinja template, as TRL's
@@ -509,23 +594,7 @@ mod tests {
         config["chat_template"] = template.into();
         std::fs::write(&config_path, config.to_string()).unwrap();
         let own = Tokenizer::from_dir(dir.path()).unwrap();
-        let chat = Turns::Messages(vec![rlhf_data::Message {
-            role: "user".into(),
-            content: "What did the cat do?".into(),
-        }]);
-        let rendered = policy
-            .config()
-            .chat_format()
-            .unwrap()
-            .prompt(&chat)
-            .unwrap();
-        let prompts = Prompts {
-            texts: vec![rendered.clone()],
-            records: vec![rlhf_data::PromptRecord {
-                prompt: chat.clone(),
-                extra: Default::default(),
-            }],
-        };
+        let (chat, rendered, prompts) = cat_question(&policy);
         let finished = format!("it sat on the mat.{}", policy.eos_text());
         let score = |variables: Option<&str>| {
             Spec::Model(dir.path().to_path_buf())
@@ -541,7 +610,7 @@ mod tests {
             &device,
         );
         let own_prompt = own.config().chat_format().unwrap().prompt(&chat).unwrap();
-        let reply = format!("it sat on the mat.{}", own.eos_text());
+        let reply = format!("it sat on the mat.{}\n", own.eos_text());
         let no_think_prompt = format!("<|im_start|>system\n/no_think<|im_end|>\n{own_prompt}");
         assert_eq!(
             no_thinking,

@@ -56,7 +56,9 @@ pub use losses::{
     StepAggregate, binary_cross_entropy, bradley_terry_loss, centering_penalty, pair_accuracy,
     plackett_luce_loss, prm_sequence_score,
 };
-pub use model::{Normalisation, RewardKind, RewardModel, RewardSettings, config_pad_token_id};
+pub use model::{
+    ChatReading, Normalisation, RewardKind, RewardModel, RewardSettings, config_pad_token_id,
+};
 pub use rlhf_core::best_and_worst;
 pub use scorer::RewardScorer;
 pub use step_model::StepModel;

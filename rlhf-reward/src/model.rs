@@ -78,6 +78,21 @@ impl Normalisation {
     }
 }
 
+/// Where an outcome reward model reads a finished chat reply, whose template writes text after
+/// the reply's end of turn (ChatML's `\n` after `<|im_end|>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChatReading {
+    /// The conversation as its template renders it, whole: the score is read at the last token
+    /// the template writes (ChatML's `\n`), where TRL's `RewardTrainer` learns it and TRL's
+    /// online trainers and `transformers` read it.
+    Rendered,
+    /// The reply up to its end of turn, the EOS (what sampling ends with), and no further: how
+    /// reward models written by `rlhf rm` before it read chats as TRL does were trained (the
+    /// reading of a checkpoint whose settings do not name one).
+    TurnEnd,
+}
+
 /// The settings stored with a reward model (`rlhf_scalar` in `config.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RewardSettings {
@@ -89,6 +104,16 @@ pub struct RewardSettings {
     pub step_aggregate: StepAggregate,
     /// Process RMs: the text that ends a step (e.g. `;` or a newline).
     pub step_delimiter: Option<String>,
+    /// Outcome RMs: where a finished chat reply is read.
+    #[serde(default = "ChatReading::turn_end")]
+    pub chat_reading: ChatReading,
+}
+
+impl ChatReading {
+    /// [`ChatReading::TurnEnd`], what settings written without the field meant.
+    fn turn_end() -> Self {
+        ChatReading::TurnEnd
+    }
 }
 
 impl RewardSettings {
@@ -99,6 +124,7 @@ impl RewardSettings {
             normalisation: Normalisation::default(),
             step_aggregate: StepAggregate::Min,
             step_delimiter: None,
+            chat_reading: ChatReading::Rendered,
         }
     }
 
@@ -109,6 +135,7 @@ impl RewardSettings {
             normalisation: Normalisation::default(),
             step_aggregate: aggregate,
             step_delimiter: Some(delimiter.to_string()),
+            chat_reading: ChatReading::Rendered,
         }
     }
 }
@@ -253,4 +280,28 @@ pub fn last_token_scores(
     device: &Device,
 ) -> Result<Tensor<1>> {
     Ok(model.at_last_token(&batch_input(model, batch, device)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Settings written before `chat_reading` existed read chats at the end of turn, as those
+    /// models were trained; new settings say where they read, and read back the same.
+    #[test]
+    fn settings_without_a_chat_reading_read_at_the_end_of_turn() {
+        let old = serde_json::json!({
+            "kind": "outcome",
+            "normalisation": {"bias": 0.5, "gain": 1.0},
+            "step_aggregate": "min",
+            "step_delimiter": null
+        });
+        let read: RewardSettings = serde_json::from_value(old).unwrap();
+        assert_eq!(read.chat_reading, ChatReading::TurnEnd);
+        let new = RewardSettings::outcome();
+        assert_eq!(new.chat_reading, ChatReading::Rendered);
+        let json = serde_json::to_value(&new).unwrap();
+        assert_eq!(json["chat_reading"], "rendered");
+        assert_eq!(serde_json::from_value::<RewardSettings>(json).unwrap(), new);
+    }
 }

@@ -10,6 +10,7 @@ use rlhf_core::train::{Replicas, RunOptions};
 use rlhf_data::{ChatFormat, Tokenizer};
 use rlhf_dpo::RefCache;
 use rlhf_models::{CausalLm, TransformerConfig};
+use rlhf_reward::ChatReading;
 
 use crate::args::{DataArgs, FrozenArgs, LoraArgs, ModelArgs, TrainArgs};
 use crate::data::Encoder;
@@ -134,6 +135,7 @@ impl Prepared {
             format: &self.format,
             max_prompt,
             max_length,
+            chat_reading: ChatReading::TurnEnd,
         })
     }
 

@@ -21,6 +21,7 @@ use rlhf_ppo::{
     AdvantageEstimator, HeldOut, MultiObjectiveAggregation, PolicyAndValue, PpoConfig, PpoInputs,
     held_out_metrics, train_ppo,
 };
+use rlhf_reward::ChatReading;
 use serde::{Deserialize, Serialize};
 
 use crate::args::{
@@ -933,6 +934,7 @@ fn ptx_demonstrations(
                 format: &ckpt.format,
                 max_prompt: cfg.query_length,
                 max_length: cfg.query_length + cfg.response_length.max(1) * 4,
+                chat_reading: ChatReading::TurnEnd,
             };
             let cap = cfg.response_length.max(1) * 4;
             Ok(demonstrations(file, opts, &enc)?

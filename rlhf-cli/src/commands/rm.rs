@@ -15,8 +15,8 @@ use rlhf_data::{
 };
 use rlhf_models::ScalarModel;
 use rlhf_reward::{
-    LabelledExample, Normalisation, RankedExample, RewardModel, RewardSettings, RmConfig,
-    StepAggregate, StepLoss, normalise, train_reward_model, train_step_model,
+    ChatReading, LabelledExample, Normalisation, RankedExample, RewardModel, RewardSettings,
+    RmConfig, StepAggregate, StepLoss, normalise, train_reward_model, train_step_model,
 };
 use serde::{Deserialize, Serialize};
 
@@ -274,6 +274,8 @@ pub fn run(args: &RmArgs, toml: &str) -> Result<()> {
         format: &format,
         max_prompt,
         max_length,
+        // read as TRL's reward trainer reads a chat, and as the settings written below say
+        chat_reading: ChatReading::Rendered,
     };
     let kind = args.data.record_kind()?;
     output::claim(out, "rm", toml)?;

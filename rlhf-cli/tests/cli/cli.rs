@@ -2636,6 +2636,10 @@ fn dpo_with_lora_trains_the_adapters_only_and_resumes_after_a_kill() {
     let device = rlhf_core::parse_device("flex").unwrap();
     let (_, _, _, head) = rlhf_models::load_scalar_pretrained(&rm, &device).unwrap();
     assert!(head, "the score head was written");
+    // its settings say it reads a chat reply as the template renders it, as it was trained
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(rm.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["rlhf_scalar"]["chat_reading"], "rendered");
 }
 
 /// The leaves of a configuration as JSON: `optimizer.lr`, …; an enum or a pair is one leaf.
