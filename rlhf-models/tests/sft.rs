@@ -167,12 +167,35 @@ fn sft_on_tldr_synth_lowers_eval_loss_and_raises_the_gold_score() {
     );
 }
 
+/// The metrics lines of `rlhf_testkit::tiny_llama` trained on `train` under `cfg`.
+fn logged_run(
+    train: &[Example],
+    eval: &[Example],
+    cfg: &SftConfig,
+) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    let device = rlhf_core::device_from_env().unwrap().autodiff();
+    let dir = tempfile::tempdir().unwrap();
+    let opts = RunOptions {
+        progress: false,
+        ..RunOptions::in_dir(dir.path())
+    };
+    train_sft(
+        rlhf_testkit::tiny_llama(&device),
+        train,
+        eval,
+        cfg,
+        &opts,
+        &device,
+    )
+    .unwrap();
+    read_metrics(&dir.path().join("metrics.jsonl")).unwrap()
+}
+
 /// SFT logs TRL's token metrics: `entropy` and `mean_token_accuracy` of each step's target
 /// tokens (as the model learns the responses, the accuracy rises and the entropy falls), their
 /// `eval_` forms, and `num_tokens`, the tokens that are not padding of every step so far.
 #[test]
 fn sft_logs_the_token_metrics_of_its_steps() {
-    let device = rlhf_core::device_from_env().unwrap().autodiff();
     let train = rlhf_testkit::sft_examples();
     let epochs = 12;
     let cfg = SftConfig {
@@ -186,14 +209,7 @@ fn sft_logs_the_token_metrics_of_its_steps() {
         seed: 1,
         ..SftConfig::default()
     };
-    let dir = tempfile::tempdir().unwrap();
-    let opts = RunOptions {
-        progress: false,
-        ..RunOptions::in_dir(dir.path())
-    };
-    let model = rlhf_testkit::tiny_llama(&device);
-    train_sft(model, &train, &train[..8], &cfg, &opts, &device).unwrap();
-    let lines = read_metrics(&dir.path().join("metrics.jsonl")).unwrap();
+    let lines = logged_run(&train, &train[..8], &cfg);
     let get = |i: usize, k: &str| lines[i][k].as_f64().unwrap_or(f64::NAN);
     let last = lines.len() - 1;
 
@@ -230,6 +246,33 @@ fn sft_logs_the_token_metrics_of_its_steps() {
         "eval accuracy did not rise"
     );
     assert!(get(end, names::EVAL_ENTROPY) < get(first, names::EVAL_ENTROPY));
+}
+
+/// A step without target tokens (an example with an empty response, alone in its batch) has no
+/// entropy or accuracy to log (`null`), but counts its tokens in `num_tokens` all the same.
+#[test]
+fn a_step_without_targets_still_counts_its_tokens() {
+    let train: Vec<Example> = vec![
+        (vec![1, 2, 3], vec![4, 0]),
+        (vec![5, 6], vec![]),
+        (vec![7], vec![8, 0]),
+    ];
+    let cfg = SftConfig {
+        epochs: 1,
+        batch_size: 1,
+        seed: 1,
+        ..SftConfig::default()
+    };
+    let lines = logged_run(&train, &[], &cfg);
+    assert_eq!(lines.len(), 3);
+    let counts: Vec<f64> = lines
+        .iter()
+        .map(|l| l[names::NUM_TOKENS].as_f64().unwrap())
+        .collect();
+    assert_eq!(counts.last(), Some(&10.0), "{counts:?}");
+    assert!(counts.windows(2).all(|w| w[1] > w[0]), "{counts:?}");
+    let without: Vec<bool> = lines.iter().map(|l| l[names::ENTROPY].is_null()).collect();
+    assert_eq!(without.iter().filter(|&&b| b).count(), 1, "{lines:?}");
 }
 
 #[test]

@@ -287,7 +287,9 @@ struct StepGradients {
 /// The gradients of the micro-batches `group` (see [`StepGradients`]). Each replica's shard of a
 /// micro-batch counts as a micro-batch of its own, weighted by its items. A metric's mean is over
 /// the shards that report it: a shard reports NaN for what it has nothing to measure (KTO's chosen
-/// rewards in a batch without a desirable example), and is left out of that metric's mean.
+/// rewards in a batch without a desirable example), and is left out of that metric's mean. When
+/// every shard that reports a metric weighs nothing (a step without SFT targets), its mean is
+/// their plain mean (SFT's `num_tokens` counts such a step too).
 fn step_gradients<M: Module>(
     model: &M,
     device: &Device,
@@ -297,7 +299,8 @@ fn step_gradients<M: Module>(
 ) -> Result<StepGradients> {
     let mut acc = GradAccumulation::new();
     let (mut loss_sum, mut weight_sum) = (0.0, 0.0);
-    let mut extra_sum: Vec<(&'static str, f64, f64)> = Vec::new();
+    // per metric: the weighted sum and weight, and the plain sum and count of its values
+    let mut extra_sum: Vec<(&'static str, f64, f64, f64, f64)> = Vec::new();
     let mut samples = Vec::new();
     // one micro-batch on one replica needs no weighting (and keeps its gradient exact)
     let weighted = group.len() > 1 || replicas.count() > 1;
@@ -326,17 +329,19 @@ fn step_gradients<M: Module>(
             loss_sum += value * weight;
             weight_sum += weight;
             for (k, v) in metrics {
-                let (sum, w) = if v.is_nan() {
-                    (0.0, 0.0)
+                let (sum, w, plain, n) = if v.is_nan() {
+                    (0.0, 0.0, 0.0, 0.0)
                 } else {
-                    (v * weight, weight)
+                    (v * weight, weight, v, 1.0)
                 };
                 match extra_sum.iter_mut().find(|s| s.0 == k) {
                     Some(s) => {
                         s.1 += sum;
                         s.2 += w;
+                        s.3 += plain;
+                        s.4 += n;
                     }
-                    None => extra_sum.push((k, sum, w)),
+                    None => extra_sum.push((k, sum, w, plain, n)),
                 }
             }
             acc.add(model, grads.to_device(device, model), w);
@@ -348,7 +353,14 @@ fn step_gradients<M: Module>(
         loss: loss_sum / n,
         metrics: extra_sum
             .into_iter()
-            .map(|(k, sum, w)| (k, if w > 0.0 { sum / w } else { f64::NAN }))
+            .map(|(k, sum, w, plain, n)| {
+                let mean = match (w > 0.0, n > 0.0) {
+                    (true, _) => sum / w,
+                    (false, true) => plain / n,
+                    (false, false) => f64::NAN,
+                };
+                (k, mean)
+            })
             .collect(),
         samples,
     })

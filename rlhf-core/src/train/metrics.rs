@@ -84,15 +84,16 @@
 //! | `beta` | β of the round | `OnlineDPOTrainer` |
 //! | `online/pair_share` | share of the round's prompts whose samples did not all score the same (the others give no pair) | — |
 //!
-//! SFT logs, per step, `loss`, `learning_rate`, `grad_norm`, and the rows below; at each
-//! evaluation `eval_loss`, `eval_perplexity`, `eval_entropy` and `eval_mean_token_accuracy` (over
-//! all held-out target tokens, where TRL averages its eval batches' values).
+//! SFT logs, per step, `loss`, `learning_rate`, `grad_norm`, `train/skipped_steps` and the rows
+//! below; at each evaluation `eval_loss`, `eval_perplexity`, `eval_entropy` and
+//! `eval_mean_token_accuracy` (over all held-out target tokens, where TRL averages its eval
+//! batches' values; TRL's `eval_num_tokens`, its training count again, is not logged).
 //!
 //! | name | meaning | TRL |
 //! | --- | --- | --- |
-//! | `entropy` | mean entropy (nats) of the model's next-token distribution at the target tokens, from the training step's logits (accumulated micro-batches: weighted by their target tokens, where TRL averages them; `null` in a step without target tokens) | `SFTTrainer` |
+//! | `entropy` | mean entropy (nats) of the model's next-token distribution at the target tokens, from the training step's logits (accumulated micro-batches: weighted by their target tokens, where TRL averages them; `null` in a step without target tokens, where TRL logs 0) | `SFTTrainer` |
 //! | `mean_token_accuracy` | share of the target tokens that are the model's most likely next token (the first of equal logits), weighted as `entropy` | `SFTTrainer` |
-//! | `num_tokens` | tokens that are not padding, prompts included, of every step so far (resumed runs count the steps before the resume) | `SFTTrainer` |
+//! | `num_tokens` | tokens that are not padding, prompts included, of every step so far: a resumed run counts the steps before the resume (TRL's count starts again at 0); with `--assistant-only-loss` a conversation's context counts once per assistant message, as each is an example of its own (TRL counts the conversation once) | `SFTTrainer` |
 //!
 //! Distillation logs, per step, `loss` (the generalised JSD per response token), `completions/mean_length` and
 //! `completions/clipped_ratio` over the student's samples, and `entropy` (accumulated
