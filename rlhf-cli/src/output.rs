@@ -156,13 +156,18 @@ pub fn save_causal(
 pub fn save_reward(out: &Path, rm: &RewardModel, tokenizer: &Tokenizer) -> Result<()> {
     rm.save(out)?;
     tokenizer.save_dir(out)?;
+    // a PAD that is a real token other than EOS is named; otherwise `null`, not left out, so
+    // that no config class's default applies (Phi3Config's 32000, Phi-3's EOS, would have
+    // `transformers` read the score before the EOS where it was trained at it)
     let pad = tokenizer.pad_id();
-    if (pad as usize) < rm.config.vocab_size && pad != tokenizer.eos_id() {
-        let path = out.join("config.json");
-        let mut json: Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
-        json["pad_token_id"] = pad.into();
-        write_atomic(&path, &serde_json::to_vec_pretty(&json)?)?;
-    }
+    let path = out.join("config.json");
+    let mut json: Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+    json["pad_token_id"] = if (pad as usize) < rm.config.vocab_size && pad != tokenizer.eos_id() {
+        pad.into()
+    } else {
+        Value::Null
+    };
+    write_atomic(&path, &serde_json::to_vec_pretty(&json)?)?;
     tracing::info!(
         "wrote {}: a sequence-classification checkpoint (score head) with its tokenizer",
         out.display()
@@ -173,6 +178,35 @@ pub fn save_reward(out: &Path, rm: &RewardModel, tokenizer: &Tokenizer) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reward model whose tokenizer has no PAD of its own is written with `pad_token_id: null`,
+    /// not without the key, so that `transformers` reads it at its last token, where it was
+    /// trained, whatever its config class's default (Phi3Config's is 32000, Phi-3's EOS).
+    #[test]
+    fn a_reward_model_without_a_pad_of_its_own_is_written_with_a_null_pad() {
+        let device = burn::tensor::Device::flex();
+        let fixture = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../rlhf-models/tests/fixtures/hf"
+        );
+        let tokenizer = Tokenizer::from_dir(&Path::new(fixture).join("tiny-phi3")).unwrap();
+        // a Llama: its config class has no default PAD, and no key was written for it before
+        let mut c = TransformerConfig::preset("tiny-llama-1m").unwrap();
+        // the fixture model's vocabulary, which its tokenizer's PAD (64) lies outside, as a real
+        // checkpoint's may: no PAD of the model's own
+        c.vocab_size = 64;
+        assert_eq!(tokenizer.pad_id(), 64);
+        // under the initialisation lock: other tests of the binary draw seeded models meanwhile
+        let backbone =
+            rlhf_core::train::seeded(&device, 1, || CausalLm::init(&c, &device).unwrap());
+        let rm = RewardModel::from_backbone(backbone, c, rlhf_reward::RewardSettings::outcome());
+        let out = tempfile::tempdir().unwrap();
+        save_reward(out.path(), &rm, &tokenizer).unwrap();
+        let text = std::fs::read_to_string(out.path().join("config.json")).unwrap();
+        let json: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(json.get("pad_token_id"), Some(&Value::Null), "{text}");
+        assert_eq!(rlhf_reward::config_pad_token_id(out.path()).unwrap(), None);
+    }
 
     /// The same options resume; another value, or an option that the recorded run did not have,
     /// is refused, naming the key (and, for the second, why).

@@ -104,7 +104,8 @@ pub struct RewardSettings {
     pub step_aggregate: StepAggregate,
     /// Process RMs: the text that ends a step (e.g. `;` or a newline).
     pub step_delimiter: Option<String>,
-    /// Outcome RMs: where a finished chat reply is read.
+    /// Outcome RMs: where a finished chat reply is read (a process RM reads its steps in the
+    /// text, and ignores it).
     #[serde(default = "ChatReading::turn_end")]
     pub chat_reading: ChatReading,
 }
