@@ -331,6 +331,8 @@ fn reward_model(
 
 #[cfg(test)]
 mod tests {
+    use burn::module::Param;
+    use burn::tensor::{Tensor, TensorData};
     use rlhf_data::Turns;
 
     use super::*;
@@ -506,6 +508,68 @@ mod tests {
             Tokenizer::from_file(&rm_dir.join("tokenizer.json"), Some("<|endoftext|>")).unwrap();
         assert_ne!(other_eos.eos_id(), own.eos_id());
         assert!(other_eos.same_ids(&own) && own.same_ids(&other_eos));
+    }
+
+    /// A chat reward model is read as `transformers` reads what TRL's `RewardTrainer` trains: the
+    /// conversation as its template renders it, whole. `tiny-qwen2-chat/reward.json` (written by
+    /// `xtask/fixtures/make_cli_fixtures.py`) holds a score head and what
+    /// `AutoModelForSequenceClassification` with it scores for three conversations; the reward
+    /// model served the policy's finished replies gives the same scores, and read at each reply's
+    /// end of turn, as the on-policy commands read it before, other ones.
+    #[test]
+    fn a_chat_reward_model_scores_what_transformers_scores() {
+        let device = Device::flex();
+        let dir = fixture("tiny-qwen2-chat");
+        let want: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("reward.json")).unwrap())
+                .unwrap();
+        let weight: Vec<f32> = want["score_weight"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w.as_f64().unwrap() as f32)
+            .collect();
+        let tokenizer = Tokenizer::from_dir(&dir).unwrap();
+        let format = tokenizer.config().chat_format().unwrap();
+        let eos = tokenizer.eos_text();
+        for c in want["conversations"].as_array().unwrap() {
+            let mut messages: Vec<rlhf_data::Message> =
+                serde_json::from_value(c["messages"].clone()).unwrap();
+            let reply = messages.pop().unwrap().content;
+            let turns = Turns::Messages(messages);
+            let rendered = format.prompt(&turns).unwrap();
+            let prompts = Prompts {
+                texts: vec![rendered.clone()],
+                records: vec![rlhf_data::PromptRecord {
+                    prompt: turns,
+                    extra: Default::default(),
+                }],
+            };
+            let score = |reading: rlhf_reward::ChatReading| {
+                let mut rm = load::reward_model(&dir, &device, 0).unwrap();
+                rm.settings.chat_reading = reading;
+                let head = TensorData::new(weight.clone(), [weight.len(), 1]);
+                rm.model.score.weight = Param::from_tensor(Tensor::from_data(head, &device));
+                let served = RewardScorer::new(rm, tokenizer.clone(), &device);
+                ReEncoded::new(served, &prompts, eos.clone(), None)
+                    .unwrap()
+                    .score(&[&rendered], &[&format!("{reply}{eos}")])
+                    .unwrap()[0]
+            };
+            let transformers = c["score"].as_f64().unwrap();
+            let rendered_whole = f64::from(score(rlhf_reward::ChatReading::Rendered));
+            let at_turn_end = f64::from(score(rlhf_reward::ChatReading::TurnEnd));
+            assert!(
+                (rendered_whole - transformers).abs() < 1e-4,
+                "{}: {rendered_whole} against transformers' {transformers}",
+                c["text"]
+            );
+            assert!(
+                (at_turn_end - transformers).abs() > 1e-3,
+                "{}: {at_turn_end}",
+                c["text"]
+            );
+        }
     }
 
     /// A reward model written by `rlhf rm` before it read chats as TRL does (settings without
