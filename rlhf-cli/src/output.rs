@@ -31,27 +31,35 @@ const RESUMABLE_CHANGES: &[&str] = &[
     "config",
 ];
 
-/// How this version turns a record's text into tokens. Raise it with every change that gives
-/// the same data other token ids (what a prompt begins with, where a response ends, how prompt
-/// and response share `max_length`), so that a run recorded by another version is not resumed
-/// on other tokens. This version's: prompts begin with the BOS that the tokenizer's
-/// post-processor puts before a text, a record that fits in `max_length` is kept whole, a
-/// response is tokenised after its prompt's text, the prompt ending where the two agree, and a
-/// reward model's chat reply is kept as its template renders it.
-pub const TEXT_ENCODING: u32 = 5;
+/// How this version turns a command's records into tokens. Raise a command's with every change
+/// that gives its data other token ids (what a prompt begins with, where a response ends, how
+/// prompt and response share `max_length`), so that a run recorded by another version is not
+/// resumed on other tokens. This version's: prompts begin with the BOS that the tokenizer's
+/// post-processor puts before a text, a record that fits in `max_length` is kept whole, and a
+/// response is tokenised after its prompt's text, the prompt ending where the two agree (4); a
+/// reward model reads a chat reply as its template renders it (5: `rm`, and the commands that
+/// serve a reward model, whose chat replies a reward model without rlhf's settings, TRL's, now
+/// reads one token later).
+pub fn text_encoding(command: &str) -> u32 {
+    match command {
+        "sft" | "dpo" | "kto" | "distill" => 4,
+        _ => 5,
+    }
+}
 
-/// The run record's comment line naming its [`TEXT_ENCODING`] (a comment, so the record still
+/// The run record's comment line naming its [`text_encoding`] (a comment, so the record still
 /// reads as a `--config` file).
 const ENCODING_LINE: &str = "# text encoding ";
 
 /// Claims `out` for the run whose resolved options are `toml_text`: a new directory records
 /// them; a directory holding the same run is resumed; one holding another run, or recorded by a
-/// version that encodes text otherwise ([`TEXT_ENCODING`]), is refused with the first option
+/// version that encodes text otherwise ([`text_encoding`]), is refused with the first option
 /// that differs.
 pub fn claim(out: &Path, command: &str, toml_text: &str) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let record = out.join(RUN_RECORD);
-    let mine = format!("# rlhf {command}\n{ENCODING_LINE}{TEXT_ENCODING}\n{toml_text}");
+    let encoding_now = text_encoding(command);
+    let mine = format!("# rlhf {command}\n{ENCODING_LINE}{encoding_now}\n{toml_text}");
     if record.is_file() {
         let theirs = std::fs::read_to_string(&record)
             .with_context(|| format!("reading {}", record.display()))?;
@@ -69,10 +77,10 @@ pub fn claim(out: &Path, command: &str, toml_text: &str) -> Result<()> {
             .lines()
             .find_map(|l| l.strip_prefix(ENCODING_LINE))
             .unwrap_or("1");
-        if encoding.trim() != TEXT_ENCODING.to_string() {
+        if encoding.trim() != encoding_now.to_string() {
             bail!(
                 "{} holds a run recorded by a version of rlhf that turned text into other tokens \
-                 (text encoding {} there, {TEXT_ENCODING} now): resumed, it would train on other \
+                 (text encoding {} there, {encoding_now} now): resumed, it would train on other \
                  tokens; use another --out",
                 out.display(),
                 encoding.trim()
@@ -245,10 +253,18 @@ mod tests {
         )
         .unwrap();
         let err = claim(out.path(), "dpo", options).unwrap_err().to_string();
-        assert!(
-            err.contains(&format!("text encoding 1 there, {TEXT_ENCODING} now")),
-            "{err}"
-        );
+        assert!(err.contains("text encoding 1 there, 4 now"), "{err}");
+        // an `sft` run recorded at 4 resumes; an `rm` run recorded at 4 read chats otherwise
+        for (command, resumes) in [("sft", true), ("rm", false), ("grpo", false)] {
+            let dir = tempfile::tempdir().unwrap();
+            let record = format!("# rlhf {command}\n{ENCODING_LINE}4\n{options}");
+            std::fs::write(dir.path().join(RUN_RECORD), record).unwrap();
+            assert_eq!(
+                claim(dir.path(), command, options).is_ok(),
+                resumes,
+                "{command}"
+            );
+        }
         let fresh = tempfile::tempdir().unwrap();
         claim(fresh.path(), "dpo", options).unwrap();
         claim(fresh.path(), "dpo", options).unwrap();
