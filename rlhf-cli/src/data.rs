@@ -86,8 +86,8 @@ pub struct Encoder<'a> {
     pub max_prompt: usize,
     /// Longest prompt and response together.
     pub max_length: usize,
-    /// Where a chat reply ends: at its end of turn (a policy's, which sampling ends there), or as
-    /// its template renders it (a reward model's, as TRL's).
+    /// Where a chat reply ends: at its end of turn (a policy's, where sampling ends), or as its
+    /// template renders it (a reward model's, as TRL's).
     pub chat_reading: ChatReading,
 }
 

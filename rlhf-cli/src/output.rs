@@ -37,14 +37,21 @@ const RESUMABLE_CHANGES: &[&str] = &[
 /// resumed on other tokens. This version's: prompts begin with the BOS that the tokenizer's
 /// post-processor puts before a text, a record that fits in `max_length` is kept whole, and a
 /// response is tokenised after its prompt's text, the prompt ending where the two agree (4); a
-/// reward model reads a chat reply as its template renders it (5: `rm`, and the commands that
-/// serve a reward model, whose chat replies a reward model without rlhf's settings, TRL's, now
-/// reads one token later).
+/// reward model reads a chat reply as its template renders it (5: `rm`, `online-dpo` and the
+/// on-policy commands, which may serve a reward model).
 pub fn text_encoding(command: &str) -> u32 {
     match command {
         "sft" | "dpo" | "kto" | "distill" => 4,
         _ => 5,
     }
+}
+
+/// Whether a run of `command` recorded at text encoding `recorded` tokenises as this version
+/// does: its own [`text_encoding`], or for the commands at 4, also 5, which a version that gave
+/// every command one number recorded for the same tokens.
+fn same_text_encoding(command: &str, recorded: &str) -> bool {
+    let now = text_encoding(command);
+    recorded == now.to_string() || (now == 4 && recorded == "5")
 }
 
 /// The run record's comment line naming its [`text_encoding`] (a comment, so the record still
@@ -77,7 +84,7 @@ pub fn claim(out: &Path, command: &str, toml_text: &str) -> Result<()> {
             .lines()
             .find_map(|l| l.strip_prefix(ENCODING_LINE))
             .unwrap_or("1");
-        if encoding.trim() != encoding_now.to_string() {
+        if !same_text_encoding(command, encoding.trim()) {
             bail!(
                 "{} holds a run recorded by a version of rlhf that turned text into other tokens \
                  (text encoding {} there, {encoding_now} now): resumed, it would train on other \
@@ -159,8 +166,9 @@ pub fn save_causal(
 }
 
 /// Writes a trained reward model as a Hugging Face sequence-classification directory, with the
-/// tokenizer's files; `pad_token_id` is set when the tokenizer's PAD is a real token other than
-/// EOS (transformers reads the score at the last token that is not the PAD).
+/// tokenizer's files; `pad_token_id` is the tokenizer's PAD when that is a real token other than
+/// EOS (transformers reads the score at the last token that is not the PAD), and `null`
+/// otherwise.
 pub fn save_reward(out: &Path, rm: &RewardModel, tokenizer: &Tokenizer) -> Result<()> {
     rm.save(out)?;
     tokenizer.save_dir(out)?;
@@ -198,7 +206,7 @@ mod tests {
             "/../rlhf-models/tests/fixtures/hf"
         );
         let tokenizer = Tokenizer::from_dir(&Path::new(fixture).join("tiny-phi3")).unwrap();
-        // a Llama: its config class has no default PAD, and no key was written for it before
+        // a Llama: its config class has no default PAD, so only a written key says `null`
         let mut c = TransformerConfig::preset("tiny-llama-1m").unwrap();
         // the fixture model's vocabulary, which its tokenizer's PAD (64) lies outside, as a real
         // checkpoint's may: no PAD of the model's own
@@ -254,16 +262,28 @@ mod tests {
         .unwrap();
         let err = claim(out.path(), "dpo", options).unwrap_err().to_string();
         assert!(err.contains("text encoding 1 there, 4 now"), "{err}");
-        // an `sft` run recorded at 4 resumes; an `rm` run recorded at 4 read chats otherwise
-        for (command, resumes) in [("sft", true), ("rm", false), ("grpo", false)] {
+        // an `sft` or `kto` run recorded at 4 or 5 resumes; an `rm` or `grpo` run recorded at 4
+        // read chats otherwise, and is refused naming both encodings
+        for (command, recorded, resumes) in [
+            ("sft", 4, true),
+            ("kto", 5, true),
+            ("rm", 4, false),
+            ("grpo", 4, false),
+            ("online-dpo", 5, true),
+        ] {
             let dir = tempfile::tempdir().unwrap();
-            let record = format!("# rlhf {command}\n{ENCODING_LINE}4\n{options}");
+            let record = format!("# rlhf {command}\n{ENCODING_LINE}{recorded}\n{options}");
             std::fs::write(dir.path().join(RUN_RECORD), record).unwrap();
-            assert_eq!(
-                claim(dir.path(), command, options).is_ok(),
-                resumes,
-                "{command}"
-            );
+            match claim(dir.path(), command, options) {
+                Ok(()) => assert!(resumes, "{command} at {recorded}"),
+                Err(e) => {
+                    assert!(!resumes, "{command} at {recorded}: {e}");
+                    assert!(
+                        e.to_string().contains("text encoding 4 there, 5 now"),
+                        "{e}"
+                    );
+                }
+            }
         }
         let fresh = tempfile::tempdir().unwrap();
         claim(fresh.path(), "dpo", options).unwrap();

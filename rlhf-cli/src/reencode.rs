@@ -1,8 +1,8 @@
 //! A reward model served the policy's samples as `rlhf rm` encoded its training data
 //! ([`Encoder::fit`]): each prompt in the reward model's own chat format and tokens, each
-//! finished reply with its own end of turn and EOS (a chat reply as its template renders it, or up
-//! to its end of turn, as the model's settings say: `rlhf_reward::ChatReading`), the reply
-//! tokenised after the prompt's text.
+//! finished reply with its own end of turn (a chat reply as its template renders it, or up to its
+//! end of turn and EOS, as the model's settings say: `rlhf_reward::ChatReading`; plain text with
+//! EOS), the reply tokenised after the prompt's text.
 //! So a reward model of another tokenizer than the policy's reads its own format rather than the
 //! policy's (TRL's online trainers render prompt and completion with the reward model's own chat
 //! template), and one of the same tokenizer reads its samples as it was trained. A reply cut off

@@ -405,7 +405,8 @@ mod tests {
     }
 
     /// A reward model of another tokenizer reads each sample as its own data were written: the
-    /// prompt in its chat format, a finished reply with its own end of turn, a cut-off reply bare.
+    /// prompt in its chat format, a finished reply as its template renders it, a cut-off reply
+    /// bare.
     #[test]
     fn a_reward_model_of_another_tokenizer_reads_samples_in_its_own_format() {
         let device = Device::flex();
@@ -417,18 +418,7 @@ mod tests {
         let own_format = own.config().chat_format().unwrap();
         assert!(!own.same_ids(&policy) && own.same_ids(&own.clone()));
         assert_ne!(policy.eos_text(), own.eos_text());
-        let chat = Turns::Messages(vec![rlhf_data::Message {
-            role: "user".into(),
-            content: "What did the cat do?".into(),
-        }]);
-        let rendered = policy_format.prompt(&chat).unwrap();
-        let prompts = Prompts {
-            texts: vec![rendered.clone()],
-            records: vec![rlhf_data::PromptRecord {
-                prompt: chat.clone(),
-                extra: Default::default(),
-            }],
-        };
+        let (chat, rendered, prompts) = cat_question(&policy);
         let scorer = Spec::Model(rm_dir.clone())
             .build(&policy, &prompts, &device, (Precision::F32, None))
             .unwrap();
@@ -515,7 +505,7 @@ mod tests {
     /// `xtask/fixtures/make_cli_fixtures.py`) holds a score head and what
     /// `AutoModelForSequenceClassification` with it scores for three conversations; the reward
     /// model served the policy's finished replies gives the same scores, and read at each reply's
-    /// end of turn, as the on-policy commands read it before, other ones.
+    /// end of turn (`ChatReading::TurnEnd`), other ones.
     #[test]
     fn a_chat_reward_model_scores_what_transformers_scores() {
         let device = Device::flex();
@@ -572,9 +562,9 @@ mod tests {
         }
     }
 
-    /// A reward model written by `rlhf rm` before it read chats as TRL does (settings without
-    /// `chat_reading`) is read where it was trained, at the reply's end of turn; one whose
-    /// settings say `rendered` reads the template's `\n` after it too.
+    /// A reward model whose settings name no `chat_reading` is read where the `rlhf rm` that wrote
+    /// them trained it, at the reply's end of turn; one whose settings say `rendered` reads the
+    /// template's `\n` after it too.
     #[test]
     fn a_reward_model_is_read_where_its_settings_say_it_was_trained() {
         let device = Device::flex();

@@ -78,5 +78,6 @@ pub use precision::Precision;
 pub use sequence_kl::sequence_kl;
 pub use sft::{
     LmBatch, SftConfig, SftLoss, SftReport, TargetLogprobs, eval_loss, eval_loss_of, sft_loss,
-    sft_loss_of, target_logprobs, target_logprobs_with, token_loss, train_sft,
+    sft_loss_of, target_logprobs, target_logprobs_and_stats, target_logprobs_with, token_loss,
+    train_sft,
 };

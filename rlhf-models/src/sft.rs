@@ -1,6 +1,7 @@
 //! Supervised fine-tuning: the language-modelling loss on response tokens only (the prompt is
 //! context, not target), optional packing, AdamW with global-norm clipping, eval loss and
-//! perplexity, checkpoints that resume where the run stopped, metrics and a progress bar.
+//! perplexity, checkpoints that resume where the run stopped, metrics (TRL's token entropy,
+//! accuracy and count among them) and a progress bar.
 //!
 //! The loss ([`SftLoss`], TRL's `loss_type`) is the mean negative log-likelihood of the target
 //! tokens, `−(1/N)·Σ_t log p_t` (`nll`), or Dynamic Fine-Tuning's (Wu et al. 2025, "On the
@@ -224,9 +225,9 @@ pub struct TargetLogprobs {
 /// Log-probabilities of the target tokens under `model`, with the target mask: the logits at
 /// position `t` predict the token at `t + 1`, and only tokens marked in `batch.target` count.
 /// The columns before the batch's first target are context only, so the LM head (for a small
-/// model the widest product, and the softmax over the vocabulary) is applied from there on. SFT's
-/// loss, DPO's sequence log-probs, the likelihood verifier (all at `temperature` 1) and the
-/// sampled KL are read from this.
+/// model the widest product, and the softmax over the vocabulary) is applied from there on. DPO's
+/// sequence log-probs, the likelihood verifier (both at `temperature` 1) and the sampled KL are
+/// read from this; SFT's loss from [`target_logprobs_and_stats`], the same log-probs.
 pub fn target_logprobs(
     model: &CausalLm,
     batch: &LmBatch,

@@ -87,9 +87,8 @@ pub enum ChatReading {
     /// the template writes (ChatML's `\n`), where TRL's `RewardTrainer` learns it and TRL's
     /// online trainers and `transformers` read it.
     Rendered,
-    /// The reply up to its end of turn, the EOS (what sampling ends with), and no further: how
-    /// reward models written by `rlhf rm` before it read chats as TRL does were trained (the
-    /// reading of a checkpoint whose settings do not name one).
+    /// The reply up to its end of turn, the EOS (what sampling ends with), and no further: the
+    /// reading of settings that name none, where the reward models that wrote them were trained.
     TurnEnd,
 }
 

@@ -71,7 +71,8 @@ pub struct BatchLoss {
     /// micro-batches are weighted by it, so `k` micro-batches give the update of one batch
     /// holding all their items (see [`super::GradAccumulation`]).
     pub weight: f64,
-    /// Extra metrics to log (averaged over micro-batches with the same weights).
+    /// Extra metrics to log (averaged over micro-batches with the same weights; NaN: nothing to
+    /// measure here; see `step_gradients`).
     pub metrics: Metrics,
     /// What a trainer that samples sampled for this loss, one JSON object per sample, for
     /// `completions.jsonl` ([`RunOptions::log_completions`]); empty for the others.

@@ -9,7 +9,7 @@
 //! | --- | --- | --- |
 //! | `loss`, `eval_loss` | the training loss of a step (mean over its items), and on held-out data | every trainer |
 //! | `learning_rate`, `grad_norm` | the step's learning rate, the global gradient norm before clipping | every trainer |
-//! | `eval_perplexity` | `exp(eval_loss)` of SFT | — |
+//! | `eval_perplexity` | SFT's `exp` of the held-out NLL, whatever the loss | — |
 //! | `eval_accuracy` | RM accuracy on held-out labels (step models: on held-out step labels) | `RewardTrainer` |
 //! | `accuracy`, `margin` | a pairwise RM's training step: the share of pairs it orders right (a tie is wrong), the mean `r_c − r_r` | `RewardTrainer` |
 //! | `min_reward`, `mean_reward`, `max_reward` | an outcome RM's training step: its scores' minimum, mean and maximum (accumulated micro-batches: the means of theirs) | `RewardTrainer` |
@@ -86,8 +86,8 @@
 //!
 //! SFT logs, per step, `loss`, `learning_rate`, `grad_norm`, `train/skipped_steps` and the rows
 //! below; at each evaluation `eval_loss`, `eval_perplexity`, `eval_entropy` and
-//! `eval_mean_token_accuracy` (over all held-out target tokens, where TRL averages its eval
-//! batches' values; TRL's `eval_num_tokens`, its training count again, is not logged).
+//! `eval_mean_token_accuracy` (over all held-out target tokens, 0 without any, where TRL averages
+//! its eval batches' values; TRL's `eval_num_tokens`, its training count again, is not logged).
 //!
 //! | name | meaning | TRL |
 //! | --- | --- | --- |

@@ -48,7 +48,8 @@ proptest! {
     ) {
         let device = rlhf_core::device_from_env().unwrap();
         let shape = rlhf_testkit::tiny_shape(VOCAB);
-        let model = rlhf_core::train::seeded(&device, seed, || CausalLm::init(&shape, &device).unwrap());
+        let init = || CausalLm::init(&shape, &device).unwrap();
+        let model = rlhf_core::train::seeded(&device, seed, init);
         let pairs: Vec<(&[u32], &[u32])> =
             examples.iter().map(|(p, r)| (p.as_slice(), r.as_slice())).collect();
         let batch = LmBatch::from_sequences(&collate(&pairs, 0, None));
