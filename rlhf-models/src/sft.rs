@@ -316,28 +316,17 @@ pub fn target_logprobs_and_stats(
     batch: &LmBatch,
     device: &Device,
 ) -> Result<(TargetLogprobs, Tensor<1>)> {
-    let TargetLogits {
-        logits,
-        tokens,
-        mask,
-        first,
-    } = target_logits(model, batch, device)?;
-    let top1 = logits
-        .clone()
-        .detach()
-        .argmax(2)
-        .squeeze_dim::<2>(2)
-        .equal(tokens.clone())
-        .float();
-    let (logp, entropy) = token_logprobs_and_entropy(logits, tokens, 1.0);
-    let stats = Tensor::cat(
-        vec![
-            masked_sum(entropy, mask.clone()),
-            masked_sum(top1, mask.clone()),
-        ],
-        0,
-    );
-    Ok((TargetLogprobs { logp, mask, first }, stats))
+    let t = target_logits(model, batch, device)?;
+    let top1 = t.logits.clone().detach().argmax(2).squeeze_dim::<2>(2);
+    let top1 = top1.equal(t.tokens.clone()).float();
+    let (logp, entropy) = token_logprobs_and_entropy(t.logits, t.tokens, 1.0);
+    let sums = [entropy, top1].map(|x| masked_sum(x, t.mask.clone()));
+    let logprobs = TargetLogprobs {
+        logp,
+        mask: t.mask,
+        first: t.first,
+    };
+    Ok((logprobs, Tensor::cat(sums.to_vec(), 0)))
 }
 
 /// The `[2]` sums of [`target_logprobs_and_stats`] on the host (one read).
