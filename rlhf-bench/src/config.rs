@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use rlhf_core::{Error, Result};
+use rlhf_data::tasks::TldrSynth;
 use rlhf_models::TransformerConfig;
 use rlhf_ppo::PpoConfig;
 use rlhf_reward::StepLoss;
@@ -61,6 +62,8 @@ pub struct TaskConfig {
     pub train_prompts: usize,
     /// Held-out prompts the judge samples on (eval split; each seed its own).
     pub eval_prompts: usize,
+    /// The demonstrator of `tldr-synth` (the SFT data and the judge's references).
+    pub tldr: TldrConfig,
     /// The difficulty of `arith-steps`.
     pub arith: ArithConfig,
     /// The files of `task.name = "preferences"` (a user's own data, see [`crate::user`]).
@@ -118,6 +121,59 @@ impl Default for UserData {
     }
 }
 
+/// The noise of `tldr-synth`'s demonstrator, whose summaries are the SFT data and the judge's
+/// references (`rlhf_data::tasks::TldrSynth`). The bench adds a filler clause to half of them,
+/// twice the task's own rate: a defect the labeller sees and a reward model learns, as human
+/// labellers mark down the TL;DR data's weaker summaries, which leaves an RLHF policy room to
+/// beat the references (`docs/tasks.md`, "Calibration targets").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TldrConfig {
+    /// Probability that the demonstrator drops each salient fact.
+    pub drop_fact: f64,
+    /// Probability that it adds a distractor fact from the post.
+    pub add_distractor: f64,
+    /// Probability that it appends a filler clause (not a fact).
+    pub add_filler: f64,
+}
+
+impl Default for TldrConfig {
+    fn default() -> Self {
+        TldrConfig {
+            add_filler: 0.5,
+            ..TldrConfig::of(&TldrSynth::default())
+        }
+    }
+}
+
+impl TldrConfig {
+    fn of(task: &TldrSynth) -> Self {
+        TldrConfig {
+            drop_fact: task.drop_fact,
+            add_distractor: task.add_distractor,
+            add_filler: task.add_filler,
+        }
+    }
+
+    /// The task with this demonstrator (the gold scorer's weights are the task's own).
+    pub fn task(&self) -> TldrSynth {
+        TldrSynth {
+            drop_fact: self.drop_fact,
+            add_distractor: self.add_distractor,
+            add_filler: self.add_filler,
+            ..TldrSynth::default()
+        }
+    }
+
+    /// The name of the cache directory that holds the stages built on these demonstrations.
+    pub fn cache_dir(&self) -> String {
+        format!(
+            "tldr-d{}-a{}-f{}",
+            self.drop_fact, self.add_distractor, self.add_filler
+        )
+    }
+}
+
 /// The difficulty of `arith-steps` and its solver's error rate.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -163,6 +219,7 @@ impl Default for TaskConfig {
             vocab_size: 512,
             train_prompts: 512,
             eval_prompts: 512,
+            tldr: TldrConfig::default(),
             arith: ArithConfig::default(),
             data: UserData::default(),
         }
@@ -461,7 +518,18 @@ impl RunConfig {
             return bad("method.kind = \"online_dpo\" needs tldr-synth's labeller".into());
         }
         match self.task.name.as_str() {
-            "tldr-synth" => {}
+            "tldr-synth" => {
+                let t = &self.task.tldr;
+                if ![t.drop_fact, t.add_distractor, t.add_filler]
+                    .iter()
+                    .all(|p| (0.0..=1.0).contains(p))
+                {
+                    return bad(
+                        "task.tldr: drop_fact, add_distractor and add_filler must be in [0, 1]"
+                            .into(),
+                    );
+                }
+            }
             "arith-steps" => {
                 let a = &self.task.arith;
                 if !(1..=1_000_000).contains(&a.max_operand)
@@ -637,6 +705,28 @@ mod tests {
             let err = RunConfig::from_toml(bad).unwrap_err().to_string();
             assert!(err.contains(says), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn the_demonstrator_is_the_tasks_but_with_twice_its_fillers_and_its_own_cache() {
+        let c = RunConfig::default().task.tldr;
+        let (own, bench) = (TldrSynth::default(), c.task());
+        assert_eq!(bench.add_filler, 2.0 * own.add_filler);
+        assert_eq!(
+            (
+                bench.drop_fact,
+                bench.add_distractor,
+                bench.hallucination_penalty
+            ),
+            (own.drop_fact, own.add_distractor, own.hallucination_penalty)
+        );
+        let other = RunConfig::from_toml("[task.tldr]\nadd_filler = 0.25\n").unwrap();
+        assert_eq!(other.task.tldr.task().add_filler, 0.25);
+        assert_ne!(other.task.tldr.cache_dir(), c.cache_dir());
+        let err = RunConfig::from_toml("[task.tldr]\ndrop_fact = 1.5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("task.tldr"), "{err}");
     }
 
     #[test]

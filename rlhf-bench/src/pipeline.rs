@@ -98,7 +98,9 @@ pub fn run(cfg: &RunConfig, cache: &Path, work: &Path) -> Result<RunResult> {
     }
     let start = Instant::now();
     let device = rlhf_core::parse_device(&cfg.device)?.autodiff();
-    let task = TldrSynth::default();
+    let task = cfg.task.tldr.task();
+    // every stage below is built on these demonstrations
+    let cache = &cache.join(cfg.task.tldr.cache_dir());
     let mut m: BTreeMap<String, f64> = BTreeMap::new();
     let mut it: BTreeMap<String, Vec<f64>> = BTreeMap::new();
 
