@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::seq::SliceRandom;
-use rlhf_core::host::to_f32_vec;
+use rlhf_core::host::{to_f32_vec, to_f64_vec};
 use rlhf_core::train::memory;
 use rlhf_core::train::{
     AfterStep, BatchLoss, FitConfig, LiveReference, LrSchedule, Metrics, OptimizerConfig,
@@ -19,7 +19,7 @@ use rlhf_core::train::{
 };
 use rlhf_core::{Error, Result, zero_masked};
 use rlhf_data::{Truncation, collate};
-use rlhf_models::{CausalLm, LmBatch, target_logprobs_with};
+use rlhf_models::{CausalLm, LmBatch, target_logprobs_with, target_logprobs_with_stats};
 use serde::{Deserialize, Serialize};
 
 use crate::cache::{LogpSpec, RefCache};
@@ -354,7 +354,8 @@ impl DpoConfig {
 pub const SEQUENCE_TEMPERATURE: f32 = 1.0;
 
 /// Held-out results: mean loss, the share of pairs whose implicit reward ranks the chosen
-/// response first, and the mean implicit-reward margin.
+/// response first, the mean implicit-reward margin, rewards and log-probs, and TRL's token
+/// metrics.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DpoEval {
     /// Mean loss.
@@ -367,6 +368,17 @@ pub struct DpoEval {
     pub rewards: (f64, f64),
     /// The mean sequence log-prob of the chosen responses, and of the rejected ones.
     pub logps: (f64, f64),
+    /// TRL's `eval_entropy`: the policy's mean entropy at the responses' tokens.
+    #[serde(default)]
+    pub entropy: f64,
+    /// TRL's `eval_mean_token_accuracy`: the share of the chosen responses' tokens that are the
+    /// policy's most likely token.
+    #[serde(default)]
+    pub mean_token_accuracy: f64,
+    /// TRL's `eval_logits/chosen` and `eval_logits/rejected`: the mean over the vocabulary of the
+    /// logits that predict the chosen responses' tokens, and the rejected ones'.
+    #[serde(default)]
+    pub logits: (f64, f64),
 }
 
 /// What a run did.
@@ -407,7 +419,7 @@ pub fn sequence_logps_ld(
     ld_alpha: Option<f32>,
     device: &Device,
 ) -> Result<(Tensor<1>, Tensor<1>)> {
-    let s = ld_sums(model, groups, truncation, ld_alpha, false, device)?;
+    let s = ld_sums(model, groups, truncation, ld_alpha, false, false, device)?;
     Ok((s.weighted, s.lengths))
 }
 
@@ -419,25 +431,30 @@ pub fn wpo_weights(
     truncation: Option<(usize, usize)>,
     device: &Device,
 ) -> Result<Tensor<1>> {
-    let s = ld_sums(model, groups, truncation, None, true, device)?;
+    let s = ld_sums(model, groups, truncation, None, true, false, device)?;
     Ok(s.wpo.expect("ld_sums gives the weights when asked"))
 }
 
 /// A batch's sequence log-probs, each `[Σ K]`: LD-DPO's weighted sums, the plain sums (the same
-/// tensor without `ld_alpha`), the token counts and, when asked, each response's WPO weight.
+/// tensor without `ld_alpha`), the token counts and, when asked, each response's WPO weight and
+/// TRL's token metrics summed over its tokens, `[Σ K, 3]`: entropy, top-1 hits and mean logits
+/// ([`rlhf_models::TokenStats`]).
 struct LdSums {
     weighted: Tensor<1>,
     plain: Tensor<1>,
     lengths: Tensor<1>,
     wpo: Option<Tensor<1>>,
+    stats: Option<Tensor<2>>,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn ld_sums(
     model: &CausalLm,
     groups: &[&Group],
     truncation: Option<(usize, usize)>,
     ld_alpha: Option<f32>,
     wpo: bool,
+    stats: bool,
     device: &Device,
 ) -> Result<LdSums> {
     let pairs: Vec<(&[u32], &[u32])> = groups
@@ -448,8 +465,15 @@ fn ld_sums(
                 .map(|r| (g.prompt.as_slice(), r.as_slice()))
         })
         .collect();
-    let (t, log_sum_sq) = token_logps(model, &pairs, truncation, wpo, device)?;
+    let (t, log_sum_sq, token_stats) = token_logps(model, &pairs, truncation, wpo, stats, device)?;
     let [n, width] = t.mask.dims();
+    let stats = token_stats.map(|st| {
+        let mean_logit = st.mean_logit.expect("asked for");
+        let sums = [st.entropy, st.top1, mean_logit]
+            .map(|x| zero_masked(x, t.mask.clone()).sum_dim(1))
+            .to_vec();
+        Tensor::cat(sums, 1)
+    });
     let lengths = t.mask.clone().sum_dim(1);
     let logp = zero_masked(t.logp, t.mask.clone());
     let plain = logp.clone().sum_dim(1).reshape([n]);
@@ -488,6 +512,7 @@ fn ld_sums(
         plain,
         lengths: lengths.reshape([n]),
         wpo,
+        stats,
     })
 }
 
@@ -500,7 +525,7 @@ pub fn pair_logps(
     truncation: Option<(usize, usize)>,
     device: &Device,
 ) -> Result<(Tensor<1>, Tensor<1>)> {
-    let (t, _) = token_logps(model, pairs, truncation, false, device)?;
+    let (t, _, _) = token_logps(model, pairs, truncation, false, false, device)?;
     let n = pairs.len();
     Ok((
         zero_masked(t.logp, t.mask.clone()).sum_dim(1).reshape([n]),
@@ -510,20 +535,33 @@ pub fn pair_logps(
 
 /// The response tokens' log-probs of `(prompt, response)` token pairs and their mask, each
 /// `[pairs, width]`, the batch padded as [`pair_logps`] pads it; with `log_sum_sq`, WPO's
-/// `log Σ_v π(v)²` at each of them too (no gradients).
+/// `log Σ_v π(v)²` at each of them too, and with `stats` TRL's token metrics (both without
+/// gradients).
 fn token_logps(
     model: &CausalLm,
     pairs: &[(&[u32], &[u32])],
     truncation: Option<(usize, usize)>,
     log_sum_sq: bool,
+    stats: bool,
     device: &Device,
-) -> Result<(rlhf_models::TargetLogprobs, Option<Tensor<2>>)> {
+) -> Result<(
+    rlhf_models::TargetLogprobs,
+    Option<Tensor<2>>,
+    Option<rlhf_models::TokenStats>,
+)> {
     let t = truncation.map(|(p, r)| Truncation {
         max_prompt: p,
         max_response: r,
     });
     let batch = LmBatch::from_sequences(&collate(pairs, 0, t));
-    target_logprobs_with(model, &batch, SEQUENCE_TEMPERATURE, log_sum_sq, device)
+    if stats {
+        // TRL's stats are of the untempered distribution, which the log-probs read too
+        const _: () = assert!(SEQUENCE_TEMPERATURE == 1.0);
+        let (t, lss, st) = target_logprobs_with_stats(model, &batch, log_sum_sq, true, device)?;
+        return Ok((t, lss, Some(st)));
+    }
+    let (t, lss) = target_logprobs_with(model, &batch, SEQUENCE_TEMPERATURE, log_sum_sq, device)?;
+    Ok((t, lss, None))
 }
 
 /// The reference's sequence log-probs of every group (no gradients), `batch_size` groups at a
@@ -719,13 +757,14 @@ pub(crate) fn to_2d(rows: &[Vec<f32>], device: &Device) -> Tensor<2> {
     Tensor::from_data(TensorData::new(rows.concat(), [rows.len(), k]), device)
 }
 
+/// The loss of a batch of groups, its pair metrics and the sums of TRL's token metrics.
 fn loss_of_groups(
     policy: &CausalLm,
     groups: &[&Group],
     ref_logps: &[&Vec<f32>],
     cfg: &DpoConfig,
     device: &Device,
-) -> Result<(Tensor<1>, Metrics)> {
+) -> Result<(Tensor<1>, Metrics, TokenSums)> {
     let (b, k) = (groups.len(), groups[0].responses.len());
     let s = ld_sums(
         policy,
@@ -733,6 +772,7 @@ fn loss_of_groups(
         cfg.truncation,
         cfg.ld_alpha,
         cfg.use_weighting,
+        true,
         device,
     )?;
     let rows: Vec<Vec<f32>> = ref_logps.iter().map(|r| (*r).clone()).collect();
@@ -743,18 +783,77 @@ fn loss_of_groups(
             .collect();
         to_2d(&r, device)
     });
-    Ok(batch_loss(
+    let (loss, metrics) = batch_loss(
         cfg,
         s.weighted.reshape([b, k]),
         s.plain.reshape([b, k]),
-        s.lengths.reshape([b, k]),
+        s.lengths.clone().reshape([b, k]),
         to_2d(&rows, device),
         rewards,
         s.wpo.map(|w| w.reshape([b, k])),
-    ))
+    );
+    let stats = s.stats.expect("ld_sums gives the stats when asked");
+    Ok((loss, metrics, TokenSums::of(stats, s.lengths, k)))
 }
 
-/// Loss and implicit-reward accuracy and margin of `policy` on held-out groups.
+/// TRL's token metrics of responses, as sums `[entropy, top-1 hits, mean logits, tokens]` over
+/// all responses, over the chosen (a group's first) and over the rejected (its second).
+#[derive(Debug, Clone, Copy, Default)]
+struct TokenSums {
+    all: [f64; 4],
+    chosen: [f64; 4],
+    rejected: [f64; 4],
+}
+
+impl TokenSums {
+    /// The sums of a batch, from each response's sums ([`LdSums`]'s stats, `[Σ K, 3]`) and token
+    /// counts (`[Σ K]`), `K` responses a group, read from the device at once.
+    fn of(stats: Tensor<2>, lengths: Tensor<1>, k: usize) -> Self {
+        let [n, _] = stats.dims();
+        let rows = to_f64_vec(Tensor::cat(vec![stats, lengths.reshape([n, 1])], 1));
+        let mut sums = TokenSums::default();
+        for (r, row) in rows.chunks(4).enumerate() {
+            let add = |to: &mut [f64; 4]| to.iter_mut().zip(row).for_each(|(t, x)| *t += x);
+            add(&mut sums.all);
+            match r % k {
+                0 => add(&mut sums.chosen),
+                1 => add(&mut sums.rejected),
+                _ => {}
+            }
+        }
+        sums
+    }
+
+    fn add(&mut self, other: &TokenSums) {
+        for (to, from) in [
+            (&mut self.all, &other.all),
+            (&mut self.chosen, &other.chosen),
+            (&mut self.rejected, &other.rejected),
+        ] {
+            to.iter_mut().zip(from).for_each(|(t, x)| *t += x);
+        }
+    }
+
+    /// The token means: the entropy over every response's tokens; over the chosen responses'
+    /// tokens, the share that are the policy's most likely token; the mean logit over the chosen
+    /// and over the rejected responses' tokens. A mean over no tokens is NaN.
+    fn means(&self) -> [f64; 4] {
+        let (a, c, r) = (&self.all, &self.chosen, &self.rejected);
+        [a[0] / a[3], c[1] / c[3], c[2] / c[3], r[2] / r[3]]
+    }
+}
+
+/// The metric names of [`TokenSums::means`] in training and in evaluation.
+const TOKEN_METRICS: [&str; 4] = [
+    names::ENTROPY,
+    names::MEAN_TOKEN_ACCURACY,
+    names::LOGITS_CHOSEN,
+    names::LOGITS_REJECTED,
+];
+
+/// Loss and implicit-reward metrics of `policy` on held-out groups, means over the groups (batches
+/// of `cfg.batch_size` weighted by their groups), and TRL's token metrics, means over all their
+/// response tokens.
 pub fn evaluate(
     policy: &CausalLm,
     groups: &[Group],
@@ -774,13 +873,15 @@ pub fn evaluate(
         names::LOGPS_REJECTED,
     ];
     let (mut loss, mut sums, mut n) = (0.0, [0.0; 6], 0.0);
+    let mut tokens = TokenSums::default();
     for (chunk, refs) in groups
         .chunks(cfg.batch_size.max(1))
         .zip(ref_logps.chunks(cfg.batch_size.max(1)))
     {
         let g: Vec<&Group> = chunk.iter().collect();
         let r: Vec<&Vec<f32>> = refs.iter().collect();
-        let (l, m) = loss_of_groups(&valid, &g, &r, cfg, &device)?;
+        let (l, m, t) = loss_of_groups(&valid, &g, &r, cfg, &device)?;
+        tokens.add(&t);
         let w = chunk.len() as f64;
         loss += f64::from(l.into_scalar::<f32>()) * w;
         for (name, sum) in pooled.iter().zip(&mut sums) {
@@ -797,12 +898,16 @@ pub fn evaluate(
         logp_chosen,
         logp_rejected,
     ] = sums.map(|s| s / n);
+    let [entropy, mean_token_accuracy, logits_chosen, logits_rejected] = tokens.means();
     Ok(DpoEval {
         loss: loss / n,
         reward_accuracy: accuracy,
         reward_margin: margin,
         rewards: (chosen, rejected),
         logps: (logp_chosen, logp_rejected),
+        entropy,
+        mean_token_accuracy,
+        logits: (logits_chosen, logits_rejected),
     })
 }
 
@@ -982,25 +1087,25 @@ pub fn train_offline(
             (names::EVAL_REWARDS_REJECTED, e.rewards.1),
             (names::EVAL_LOGPS_CHOSEN, e.logps.0),
             (names::EVAL_LOGPS_REJECTED, e.logps.1),
+            (names::EVAL_ENTROPY, e.entropy),
+            (names::EVAL_MEAN_TOKEN_ACCURACY, e.mean_token_accuracy),
+            (names::EVAL_LOGITS_CHOSEN, e.logits.0),
+            (names::EVAL_LOGITS_REJECTED, e.logits.1),
         ])
     };
+    let batches_of_epoch = |epoch| epoch_batches(train.len(), epoch, cfg);
+    let seen = tokens_seen(train, cfg, &batches_of_epoch);
     let (policy, r) = fit_with(
         policy,
         &fit_cfg,
         run_options,
-        &|epoch| {
-            let mut rng = TrainRng::seed_from_u64(cfg.seed).fork(&format!("dpo-epoch-{epoch}"));
-            let mut order: Vec<usize> = (0..train.len()).collect();
-            order.shuffle(&mut rng);
-            order
-                .chunks(cfg.batch_size.max(1))
-                .map(<[usize]>::to_vec)
-                .collect()
-        },
+        &batches_of_epoch,
         &|m, batch, shard| {
             let Some(idx) = shard.of(batch) else {
                 return Ok(None);
             };
+            let seen = seen[idx[0]];
+            let idx: Vec<usize> = idx.iter().map(|&i| i % train.len()).collect();
             let groups: Vec<&Group> = idx.iter().map(|&i| &train[i]).collect();
             let live_refs;
             let refs: Vec<&Vec<f32>> = match &live {
@@ -1012,7 +1117,9 @@ pub fn train_offline(
                 }
                 None => idx.iter().map(|&i| &ref_train[i]).collect(),
             };
-            let (loss, metrics) = loss_of_groups(m, &groups, &refs, cfg, shard.device)?;
+            let (loss, mut metrics, tokens) = loss_of_groups(m, &groups, &refs, cfg, shard.device)?;
+            metrics.extend(TOKEN_METRICS.into_iter().zip(tokens.means()));
+            metrics.push((names::NUM_TOKENS, seen as f64));
             Ok(Some(BatchLoss {
                 loss,
                 weight: groups.len() as f64,
@@ -1031,6 +1138,48 @@ pub fn train_offline(
     }
     report.reference_forward_batches += live_batches.load(Ordering::Relaxed);
     Ok((policy, report))
+}
+
+/// Epoch `epoch`'s batches of the `n` training groups, shuffled from the seed and the epoch, group
+/// `i` numbered `epoch·n + i` so that the numbers of a run's batches are distinct (the trainer
+/// reads group `number mod n`; so do the numbers in a non-finite step's error).
+fn epoch_batches(n: usize, epoch: usize, cfg: &DpoConfig) -> Vec<Vec<usize>> {
+    let mut rng = TrainRng::seed_from_u64(cfg.seed).fork(&format!("dpo-epoch-{epoch}"));
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut rng);
+    order
+        .chunks(cfg.batch_size.max(1))
+        .map(|c| c.iter().map(|&i| epoch * n + i).collect())
+        .collect()
+}
+
+/// TRL's `num_tokens` at the end of each step, by the numbers of the step's groups
+/// ([`epoch_batches`]): the prompt and response tokens (after truncation) of every response
+/// trained on so far, each response counted with its prompt as TRL's batch holds it.
+fn tokens_seen(
+    train: &[Group],
+    cfg: &DpoConfig,
+    batches_of_epoch: &dyn Fn(usize) -> Vec<Vec<usize>>,
+) -> Vec<u64> {
+    let n = train.len();
+    let (max_prompt, max_response) = cfg.truncation.unwrap_or((usize::MAX, usize::MAX));
+    let tokens = |g: &Group| -> u64 {
+        let prompt = g.prompt.len().min(max_prompt);
+        g.responses
+            .iter()
+            .map(|r| (prompt + r.len().min(max_response)) as u64)
+            .sum()
+    };
+    let mut seen = vec![0; n * cfg.epochs];
+    let mut total = 0;
+    for epoch in 0..cfg.epochs {
+        for step in batches_of_epoch(epoch).chunks(cfg.grad_accum.max(1)) {
+            let groups = || step.iter().flatten();
+            total += groups().map(|&i| tokens(&train[i % n])).sum::<u64>();
+            groups().for_each(|&i| seen[i] = total);
+        }
+    }
+    seen
 }
 
 #[cfg(test)]
@@ -1066,8 +1215,8 @@ mod tests {
             use_weighting: true,
             ..DpoConfig::default()
         };
-        let (weighted, _) = loss_of_groups(&policy, &refs, &ref_rows, &cfg, &device).unwrap();
-        let s = ld_sums(&policy, &refs, None, None, true, &device).unwrap();
+        let (weighted, _, _) = loss_of_groups(&policy, &refs, &ref_rows, &cfg, &device).unwrap();
+        let s = ld_sums(&policy, &refs, None, None, true, false, &device).unwrap();
         let constant = s.wpo.unwrap().detach().reshape([4, 2]);
         let (as_constants, _) = batch_loss(
             &cfg,

@@ -77,7 +77,7 @@ pub use packing::{PackedRow, PackingStrategy, pack, packed_batch, rows_per_epoch
 pub use precision::Precision;
 pub use sequence_kl::sequence_kl;
 pub use sft::{
-    LmBatch, SftConfig, SftLoss, SftReport, TargetLogprobs, eval_loss, eval_loss_of, sft_loss,
-    sft_loss_of, target_logprobs, target_logprobs_and_stats, target_logprobs_with, token_loss,
-    train_sft,
+    LmBatch, SftConfig, SftLoss, SftReport, TargetLogprobs, TokenStats, eval_loss, eval_loss_of,
+    sft_loss, sft_loss_of, target_logprobs, target_logprobs_and_stats, target_logprobs_with,
+    target_logprobs_with_stats, token_loss, train_sft,
 };

@@ -225,9 +225,10 @@ pub struct TargetLogprobs {
 /// Log-probabilities of the target tokens under `model`, with the target mask: the logits at
 /// position `t` predict the token at `t + 1`, and only tokens marked in `batch.target` count.
 /// The columns before the batch's first target are context only, so the LM head (for a small
-/// model the widest product, and the softmax over the vocabulary) is applied from there on. DPO's
-/// sequence log-probs, the likelihood verifier (both at `temperature` 1) and the sampled KL are
-/// read from this; SFT's loss from [`target_logprobs_and_stats`], the same log-probs.
+/// model the widest product, and the softmax over the vocabulary) is applied from there on. The
+/// reference's sequence log-probs in DPO, the likelihood verifier (both at `temperature` 1) and
+/// the sampled KL are read from this; SFT's loss and DPO's policy from
+/// [`target_logprobs_with_stats`], the same log-probs.
 pub fn target_logprobs(
     model: &CausalLm,
     batch: &LmBatch,
@@ -281,12 +282,15 @@ pub fn target_logprobs_with(
         mask,
         first,
     } = target_logits(model, batch, device)?;
-    let sum_sq = log_sum_sq.then(|| {
-        let logp = activation::log_softmax(logits.clone().detach().div_scalar(temperature), 2);
-        logp.mul_scalar(2.0).exp().sum_dim(2).log().squeeze_dim(2)
-    });
+    let sum_sq = log_sum_sq.then(|| log_sum_sq_of(logits.clone().detach(), temperature));
     let logp = token_logprobs(logits, tokens, temperature);
     Ok((TargetLogprobs { logp, mask, first }, sum_sq))
+}
+
+/// `log Σ_v p_v²` of the tempered distribution of `logits` (`[batch, seq, vocab]`), per position.
+fn log_sum_sq_of(logits: Tensor<3>, temperature: f32) -> Tensor<2> {
+    let logp = activation::log_softmax(logits.div_scalar(temperature), 2);
+    logp.mul_scalar(2.0).exp().sum_dim(2).log().squeeze_dim(2)
 }
 
 /// Mean negative log-likelihood of the target tokens (see [`target_logprobs`]). Returns `[1]`.
@@ -306,27 +310,62 @@ pub fn sft_loss_of(
     Ok(token_loss(loss, t.logp, t.mask))
 }
 
-/// [`target_logprobs`] at temperature 1 and, from the same logits without gradients, TRL's
-/// token metrics summed over the target tokens (`[2]`): the entropy of the model's next-token
-/// distribution (nats), and how many targets are its most likely token (the first of equal
-/// logits, as `argmax` and TRL's `is_top1` pick). Divided by the target count, they are
-/// `entropy` and `mean_token_accuracy`.
-pub fn target_logprobs_and_stats(
+/// TRL's token metrics at each target position, from the logits without gradients, each
+/// `[batch, seq − first]` like [`TargetLogprobs::logp`] (unmasked: sum them over its `mask`).
+#[derive(Debug, Clone)]
+pub struct TokenStats {
+    /// The entropy of the model's next-token distribution, in nats (TRL's `entropy`).
+    pub entropy: Tensor<2>,
+    /// 1 where the target is the most likely token (the first of equal logits, as `argmax` and
+    /// TRL's `is_top1` pick), else 0 (TRL's `mean_token_accuracy`).
+    pub top1: Tensor<2>,
+    /// The mean over the vocabulary of the logits that predict the target (TRL's DPO
+    /// `logits/chosen`, `logits/rejected`), when asked for.
+    pub mean_logit: Option<Tensor<2>>,
+}
+
+/// [`target_logprobs`] at temperature 1 with [`TokenStats`] from the same logits (the mean
+/// logit with `mean_logit`) and, with `log_sum_sq`, WPO's `log Σ_v p_v²`
+/// ([`target_logprobs_with`]).
+pub fn target_logprobs_with_stats(
     model: &CausalLm,
     batch: &LmBatch,
+    log_sum_sq: bool,
+    mean_logit: bool,
     device: &Device,
-) -> Result<(TargetLogprobs, Tensor<1>)> {
+) -> Result<(TargetLogprobs, Option<Tensor<2>>, TokenStats)> {
     let t = target_logits(model, batch, device)?;
-    let top1 = t.logits.clone().detach().argmax(2).squeeze_dim::<2>(2);
+    let logits = t.logits.clone().detach();
+    let sum_sq = log_sum_sq.then(|| log_sum_sq_of(logits.clone(), 1.0));
+    let top1 = logits.clone().argmax(2).squeeze_dim::<2>(2);
     let top1 = top1.equal(t.tokens.clone()).float();
+    let mean_logit = mean_logit.then(|| logits.mean_dim(2).squeeze_dim(2));
     let (logp, entropy) = token_logprobs_and_entropy(t.logits, t.tokens, 1.0);
-    let sums = [entropy, top1].map(|x| masked_sum(x, t.mask.clone()));
     let logprobs = TargetLogprobs {
         logp,
         mask: t.mask,
         first: t.first,
     };
-    Ok((logprobs, Tensor::cat(sums.to_vec(), 0)))
+    let stats = TokenStats {
+        entropy,
+        top1,
+        mean_logit,
+    };
+    Ok((logprobs, sum_sq, stats))
+}
+
+/// [`target_logprobs`] at temperature 1 and, from the same logits without gradients, TRL's
+/// token metrics summed over the target tokens (`[2]`): the entropy of the model's next-token
+/// distribution (nats), and how many targets are its most likely token ([`TokenStats`]).
+/// Divided by the target count, they are `entropy` and `mean_token_accuracy`.
+pub fn target_logprobs_and_stats(
+    model: &CausalLm,
+    batch: &LmBatch,
+    device: &Device,
+) -> Result<(TargetLogprobs, Tensor<1>)> {
+    let (t, _, stats) = target_logprobs_with_stats(model, batch, false, false, device)?;
+    let sums = [stats.entropy, stats.top1].map(|x| masked_sum(x, t.mask.clone()));
+    Ok((t, Tensor::cat(sums.to_vec(), 0)))
 }
 
 /// The `[2]` sums of [`target_logprobs_and_stats`] on the host (one read).

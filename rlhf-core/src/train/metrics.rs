@@ -17,7 +17,9 @@
 //! | `eval_pair_accuracy` | step models: share of one prompt's right-versus-wrong pairs ordered as labelled | — |
 //! | `rewards/chosen`, `rewards/rejected`, `rewards/margins`, `rewards/accuracies` | implicit rewards `β·(logπ − logπ_ref)` of preference pairs, their margin, the share ordered right | `DPOTrainer` |
 //! | `logps/chosen`, `logps/rejected` | sequence log-probs of preference pairs (averaged over tokens for IPO and SimPO) | `DPOTrainer` |
-//! | `eval_rewards/accuracies`, `eval_rewards/margins`, `eval_rewards/chosen`, `eval_rewards/rejected`, `eval_logps/chosen`, `eval_logps/rejected` | the same on held-out pairs, means over all of them (TRL averages its eval batches' values); TRL's `logits/*`, `entropy`, `mean_token_accuracy` and `num_tokens` are not logged | `DPOTrainer` |
+//! | `eval_rewards/accuracies`, `eval_rewards/margins`, `eval_rewards/chosen`, `eval_rewards/rejected`, `eval_logps/chosen`, `eval_logps/rejected` | the same on held-out pairs, means over all of them (TRL averages its eval batches' values) | `DPOTrainer` |
+//! | `entropy`, `mean_token_accuracy`, `logits/chosen`, `logits/rejected` and their `eval_` forms | DPO: the policy's mean entropy at every response token, the share of the chosen responses' tokens that are its most likely token, the mean over the vocabulary of the logits that predict the chosen, and the rejected, responses' tokens; token means of a micro-batch (accumulated micro-batches and replicas weighted by their groups, as the loss; TRL averages micro-batches and weighs ranks by tokens), of all held-out response tokens at an evaluation (TRL averages its eval batches' values); `null` without tokens, where TRL logs 0 | `DPOTrainer` |
+//! | `num_tokens` | DPO: prompt and response tokens, after truncation, of every response trained on so far (each response row holds its prompt, as TRL's batch); a resumed run counts the steps before the resume (TRL's count starts again at 0); `eval_num_tokens` is not logged | `DPOTrainer` |
 //! | `objective/kl` | mean per-sequence KL of the policy to the reference (sum of per-token k1) | `PPOTrainer` |
 //! | `objective/entropy` | mean per-sequence `−Σ logπ` of the samples | `PPOTrainer` |
 //! | `objective/scores` | mean score from the `Scorer` (after the overlong punishment, the reward clip, the missing-EOS penalty and any variance reduction) | `PPOTrainer` |
@@ -209,13 +211,19 @@ pub mod names {
     pub const BETA: &str = "beta";
     pub const ONLINE_PAIR_SHARE: &str = "online/pair_share";
 
-    // SFT and distillation (TRL's `SFTTrainer`, `DistillationTrainer`)
+    // SFT, DPO and distillation (TRL's `SFTTrainer`, `DPOTrainer`, `DistillationTrainer`)
     pub const ENTROPY: &str = "entropy";
     pub const EVAL_ENTROPY: &str = "eval_entropy";
-    // SFT (TRL's `SFTTrainer`)
+    // SFT and DPO (TRL's `SFTTrainer`, `DPOTrainer`)
     pub const MEAN_TOKEN_ACCURACY: &str = "mean_token_accuracy";
     pub const EVAL_MEAN_TOKEN_ACCURACY: &str = "eval_mean_token_accuracy";
     pub const NUM_TOKENS: &str = "num_tokens";
+    // DPO (TRL's `DPOTrainer`): the mean over the vocabulary of the logits that predict the
+    // chosen, or the rejected, responses' tokens
+    pub const LOGITS_CHOSEN: &str = "logits/chosen";
+    pub const LOGITS_REJECTED: &str = "logits/rejected";
+    pub const EVAL_LOGITS_CHOSEN: &str = "eval_logits/chosen";
+    pub const EVAL_LOGITS_REJECTED: &str = "eval_logits/rejected";
 }
 
 /// Appends metric lines to a JSONL file. Each line is written with one `write` call and flushed,

@@ -196,19 +196,7 @@ fn ipo_and_simpo_log_rewards_of_averaged_logprobs() {
             },
             ..base()
         };
-        let dir = tempfile::tempdir().unwrap();
-        train_offline(
-            policy.clone(),
-            &reference,
-            &data,
-            &[],
-            &cfg,
-            &RefCache::new(None),
-            &RunOptions::quiet_in(dir.path()),
-            &device,
-        )
-        .unwrap();
-        let lines = read_metrics(&dir.path().join("metrics.jsonl")).unwrap();
+        let lines = crate::logged_run(policy.clone(), &reference, &data, &[], &cfg, &device);
         let logged = |name: &str| lines[0].get(name).and_then(|v| v.as_f64()).unwrap();
         let reward = |i: usize| beta * (pol[i] - if with_reference { refe[i] } else { 0.0 });
         let n = data.len();
