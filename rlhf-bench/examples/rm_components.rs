@@ -6,8 +6,9 @@
 //! cargo run -p rlhf-bench --example rm_components -- RM_STAGE PAIRS
 //! ```
 //!
-//! `RM_STAGE` is an RM stage directory of a study's cache (`target/bench-scaling/quick/cache/rm-…`,
-//! with `model/` inside; the tokenizer is the cache's `tokenizer-…`), `PAIRS` a `pairs.json` of an
+//! `RM_STAGE` is an RM stage directory of a study's cache
+//! (`target/bench-scaling/quick/cache/tldr-…/rm-…`, with `model/` inside; the tokenizer is its
+//! neighbour `tokenizer-…`), `PAIRS` a `pairs.json` of an
 //! RM stage: another seed's, for prompts and samples the RM has not seen. The RM scores the stored
 //! token ids, as the stage's gold-order accuracy does. Prints one markdown row per group of the
 //! pairs whose gold differs: how many, the RM's agreement with the gold order (a tie counts a

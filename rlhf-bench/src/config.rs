@@ -62,7 +62,8 @@ pub struct TaskConfig {
     pub train_prompts: usize,
     /// Held-out prompts the judge samples on (eval split; each seed its own).
     pub eval_prompts: usize,
-    /// The demonstrator of `tldr-synth` (the SFT data and the judge's references).
+    /// The demonstrator of `tldr-synth` (the SFT data and the judge's references): the task's
+    /// own unless set; the study's presets set [`TldrConfig::study`].
     pub tldr: TldrConfig,
     /// The difficulty of `arith-steps`.
     pub arith: ArithConfig,
@@ -122,10 +123,8 @@ impl Default for UserData {
 }
 
 /// The noise of `tldr-synth`'s demonstrator, whose summaries are the SFT data and the judge's
-/// references (`rlhf_data::tasks::TldrSynth`). The bench adds a filler clause to half of them,
-/// twice the task's own rate: a defect the labeller sees and a reward model learns, as human
-/// labellers mark down the TL;DR data's weaker summaries, which leaves an RLHF policy room to
-/// beat the references (`docs/tasks.md`, "Calibration targets").
+/// references (`rlhf_data::tasks::TldrSynth`). The default is the task's own; the study's
+/// presets run [`TldrConfig::study`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TldrConfig {
@@ -139,14 +138,22 @@ pub struct TldrConfig {
 
 impl Default for TldrConfig {
     fn default() -> Self {
-        TldrConfig {
-            add_filler: 0.5,
-            ..TldrConfig::of(&TldrSynth::default())
-        }
+        TldrConfig::of(&TldrSynth::default())
     }
 }
 
 impl TldrConfig {
+    /// The study's demonstrator: the task's, with a filler clause in half of its summaries
+    /// (twice the task's rate), so that the references hold a defect that an RLHF policy can
+    /// leave out and the SFT policy, imitating them, keeps (`docs/tasks.md`, "Calibration
+    /// targets").
+    pub fn study() -> Self {
+        TldrConfig {
+            add_filler: 0.5,
+            ..TldrConfig::default()
+        }
+    }
+
     fn of(task: &TldrSynth) -> Self {
         TldrConfig {
             drop_fact: task.drop_fact,
@@ -708,21 +715,18 @@ mod tests {
     }
 
     #[test]
-    fn the_demonstrator_is_the_tasks_but_with_twice_its_fillers_and_its_own_cache() {
-        let c = RunConfig::default().task.tldr;
-        let (own, bench) = (TldrSynth::default(), c.task());
-        assert_eq!(bench.add_filler, 2.0 * own.add_filler);
-        assert_eq!(
-            (
-                bench.drop_fact,
-                bench.add_distractor,
-                bench.hallucination_penalty
-            ),
-            (own.drop_fact, own.add_distractor, own.hallucination_penalty)
-        );
-        let other = RunConfig::from_toml("[task.tldr]\nadd_filler = 0.25\n").unwrap();
-        assert_eq!(other.task.tldr.task().add_filler, 0.25);
-        assert_ne!(other.task.tldr.cache_dir(), c.cache_dir());
+    fn the_studys_demonstrator_is_the_tasks_with_twice_its_fillers_and_its_own_cache() {
+        // a file without `[task.tldr]`, and a stored point written before the field, read as
+        // the task's own demonstrator
+        let c = RunConfig::from_toml("seed = 1\n").unwrap().task.tldr;
+        let (own, study) = (TldrSynth::default(), TldrConfig::study().task());
+        assert_eq!(c.task().add_filler, own.add_filler);
+        assert_eq!(study.add_filler, 2.0 * own.add_filler);
+        let same = |t: &TldrSynth| (t.drop_fact, t.add_distractor, t.hallucination_penalty);
+        assert_eq!(same(&study), same(&own));
+        let other = RunConfig::from_toml("[task.tldr]\nadd_filler = 0.5\n").unwrap();
+        assert_eq!(other.task.tldr, TldrConfig::study());
+        assert_ne!(TldrConfig::study().cache_dir(), c.cache_dir());
         let err = RunConfig::from_toml("[task.tldr]\ndrop_fact = 1.5\n")
             .unwrap_err()
             .to_string();

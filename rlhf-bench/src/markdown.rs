@@ -41,10 +41,11 @@ fn calibration(md: &mut String, seeds: &[Seed<'_>], points: &[PointRecord]) {
         .iter()
         .map(|r| r.label.clone())
         .collect();
-    if labels.is_empty() {
+    // the demonstrator of the policy-size points (a preset's points share it); none, no table
+    let Some(sized) = points.iter().find(|p| p.point.axis == Axis::PolicySize) else {
         return;
-    }
-    let t = &points[0].point.config.task.tldr;
+    };
+    let t = &sized.point.config.task.tldr;
     let _ = writeln!(
         md,
         "## Calibration\n\nPer policy size, on each seed's held-out prompts: the SFT policy's gold win rate against the references (one demonstration per prompt, with the demonstrator's noise: each salient fact dropped with probability {}, a distractor added with {}, a filler clause with {}) at the judge's temperature and at the cold one (sharpening alone), and PPO's at the base β against the RM trained on every size's samples; the gain is PPO's win rate minus SFT's, in points, paired within seeds. Intervals: 95% over seeds.\n\n| policy size | non-embedding parameters | SFT gold | SFT win rate vs references | cold SFT win rate | PPO win rate | PPO gain (points) |\n| --- | --- | --- | --- | --- | --- | --- |",

@@ -22,7 +22,7 @@ use rlhf_core::{Error, KlController, Result};
 use rlhf_ppo::PpoConfig;
 
 use crate::axis::Axis;
-use crate::config::{ArithConfig, MethodKind, RewardSource, RunConfig, Supervision};
+use crate::config::{ArithConfig, MethodKind, RewardSource, RunConfig, Supervision, TldrConfig};
 use crate::pipeline::{RunResult, run};
 
 /// One point of an axis.
@@ -415,6 +415,7 @@ fn base_config(b: &Budget, device: &str) -> RunConfig {
         device: device.to_string(),
         ..RunConfig::default()
     };
+    base.task.tldr = TldrConfig::study();
     base.task.demos = b.demos;
     base.task.vocab_size = b.vocab;
     base.task.train_prompts = b.train_prompts;
@@ -621,6 +622,8 @@ fn arith_config(
         ..RunConfig::default()
     };
     c.task.name = "arith-steps".into();
+    // not read by arith-steps: every point of a preset carries the study's demonstrator
+    c.task.tldr = TldrConfig::study();
     c.task.demos = a.demos;
     c.task.eval_prompts = a.eval_prompts;
     c.task.train_prompts = a.rl_prompts;

@@ -1141,8 +1141,8 @@ pub fn train_offline(
 }
 
 /// Epoch `epoch`'s batches of the `n` training groups, shuffled from the seed and the epoch, group
-/// `i` numbered `epoch·n + i` so that the numbers of a run's batches are distinct (the trainer
-/// reads group `number mod n`; so do the numbers in a non-finite step's error).
+/// `i` numbered `epoch·n + i` so that the numbers of a run's batches are distinct. The trainer
+/// reads group `number mod n`; a non-finite step's error prints the numbers.
 fn epoch_batches(n: usize, epoch: usize, cfg: &DpoConfig) -> Vec<Vec<usize>> {
     let mut rng = TrainRng::seed_from_u64(cfg.seed).fork(&format!("dpo-epoch-{epoch}"));
     let mut order: Vec<usize> = (0..n).collect();

@@ -210,7 +210,8 @@ pub fn fit_with<M: Module>(
             let finite = loss_value.is_finite() && norm.is_finite();
             run.check_finite(step, finite, || {
                 let first: Vec<usize> = group.iter().flatten().copied().take(8).collect();
-                // the indices the trainer gave for this step (examples, or SFT's batch numbers)
+                // the indices the trainer gave for this step (examples, SFT's batch numbers, or
+                // DPO's groups numbered across epochs, `epoch·n + i`)
                 format!("{} epoch {epoch}, batch indices {first:?}…", cfg.label)
             })?;
             if finite {
