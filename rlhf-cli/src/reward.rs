@@ -351,20 +351,22 @@ mod tests {
             role: "user".into(),
             content: "What did the cat do?".into(),
         }]);
-        let rendered = policy
-            .config()
-            .chat_format()
-            .unwrap()
-            .prompt(&chat)
-            .unwrap();
+        let (rendered, prompts) = chat_prompt(policy, chat.clone());
+        (chat, rendered, prompts)
+    }
+
+    /// `chat` as a run's one prompt, rendered by `tokenizer`'s chat template, and the rendering.
+    fn chat_prompt(tokenizer: &Tokenizer, chat: Turns) -> (String, Prompts) {
+        let format = tokenizer.config().chat_format().unwrap();
+        let rendered = format.prompt(&chat).unwrap();
         let prompts = Prompts {
             texts: vec![rendered.clone()],
             records: vec![rlhf_data::PromptRecord {
-                prompt: chat.clone(),
+                prompt: chat,
                 extra: Default::default(),
             }],
         };
-        (chat, rendered, prompts)
+        (rendered, prompts)
     }
 
     /// A checkpoint whose `config.json` names its EOS as PAD (as TRL's `RewardTrainer` writes it
@@ -520,21 +522,12 @@ mod tests {
             .map(|w| w.as_f64().unwrap() as f32)
             .collect();
         let tokenizer = Tokenizer::from_dir(&dir).unwrap();
-        let format = tokenizer.config().chat_format().unwrap();
         let eos = tokenizer.eos_text();
         for c in want["conversations"].as_array().unwrap() {
             let mut messages: Vec<rlhf_data::Message> =
                 serde_json::from_value(c["messages"].clone()).unwrap();
             let reply = messages.pop().unwrap().content;
-            let turns = Turns::Messages(messages);
-            let rendered = format.prompt(&turns).unwrap();
-            let prompts = Prompts {
-                texts: vec![rendered.clone()],
-                records: vec![rlhf_data::PromptRecord {
-                    prompt: turns,
-                    extra: Default::default(),
-                }],
-            };
+            let (rendered, prompts) = chat_prompt(&tokenizer, Turns::Messages(messages));
             let score = |reading: rlhf_reward::ChatReading| {
                 let mut rm = load::reward_model(&dir, &device, 0).unwrap();
                 rm.settings.chat_reading = reading;

@@ -15,7 +15,7 @@ use rlhf_core::host::{to_f32_vec, to_f64_vec};
 use rlhf_core::train::memory;
 use rlhf_core::train::{
     AfterStep, BatchLoss, FitConfig, LiveReference, LrSchedule, Metrics, OptimizerConfig,
-    RunOptions, SyncRef, TrainRng, fit_with, metrics::names,
+    RunOptions, SyncRef, TrainRng, fit_with, metrics::names, tokens_at_step_end,
 };
 use rlhf_core::{Error, Result, zero_masked};
 use rlhf_data::{Truncation, collate};
@@ -813,11 +813,10 @@ impl TokenSums {
         let rows = to_f64_vec(Tensor::cat(vec![stats, lengths.reshape([n, 1])], 1));
         let mut sums = TokenSums::default();
         for (r, row) in rows.chunks(4).enumerate() {
-            let add = |to: &mut [f64; 4]| to.iter_mut().zip(row).for_each(|(t, x)| *t += x);
-            add(&mut sums.all);
+            add_into(&mut sums.all, row);
             match r % k {
-                0 => add(&mut sums.chosen),
-                1 => add(&mut sums.rejected),
+                0 => add_into(&mut sums.chosen, row),
+                1 => add_into(&mut sums.rejected, row),
                 _ => {}
             }
         }
@@ -825,13 +824,9 @@ impl TokenSums {
     }
 
     fn add(&mut self, other: &TokenSums) {
-        for (to, from) in [
-            (&mut self.all, &other.all),
-            (&mut self.chosen, &other.chosen),
-            (&mut self.rejected, &other.rejected),
-        ] {
-            to.iter_mut().zip(from).for_each(|(t, x)| *t += x);
-        }
+        add_into(&mut self.all, &other.all);
+        add_into(&mut self.chosen, &other.chosen);
+        add_into(&mut self.rejected, &other.rejected);
     }
 
     /// The token means: the entropy over every response's tokens; over the chosen responses'
@@ -841,6 +836,10 @@ impl TokenSums {
         let (a, c, r) = (&self.all, &self.chosen, &self.rejected);
         [a[0] / a[3], c[1] / c[3], c[2] / c[3], r[2] / r[3]]
     }
+}
+
+fn add_into(to: &mut [f64; 4], from: &[f64]) {
+    to.iter_mut().zip(from).for_each(|(t, x)| *t += x);
 }
 
 /// The metric names of [`TokenSums::means`] in training and in evaluation.
@@ -1170,13 +1169,22 @@ fn tokens_seen(
             .map(|r| (prompt + r.len().min(max_response)) as u64)
             .sum()
     };
+    let epochs: Vec<Vec<Vec<usize>>> = (0..cfg.epochs).map(batches_of_epoch).collect();
+    let counts: Vec<Vec<u64>> = epochs
+        .iter()
+        .map(|e| {
+            e.iter()
+                .map(|b| b.iter().map(|&i| tokens(&train[i % n])).sum())
+                .collect()
+        })
+        .collect();
     let mut seen = vec![0; n * cfg.epochs];
-    let mut total = 0;
-    for epoch in 0..cfg.epochs {
-        for step in batches_of_epoch(epoch).chunks(cfg.grad_accum.max(1)) {
-            let groups = || step.iter().flatten();
-            total += groups().map(|&i| tokens(&train[i % n])).sum::<u64>();
-            groups().for_each(|&i| seen[i] = total);
+    for (batches, ends) in epochs
+        .iter()
+        .zip(tokens_at_step_end(&counts, cfg.grad_accum))
+    {
+        for (batch, end) in batches.iter().zip(ends) {
+            batch.iter().for_each(|&i| seen[i] = end);
         }
     }
     seen

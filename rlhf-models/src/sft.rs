@@ -22,7 +22,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData, activation};
 use rlhf_core::train::memory;
 use rlhf_core::train::{
     BatchLoss, FitConfig, LrSchedule, Metrics, OptimizerConfig, RunOptions, Shard, TrainRng, fit,
-    metrics::names,
+    metrics::names, tokens_at_step_end,
 };
 use rlhf_core::{Error, Result, masked_sum, token_logprobs, token_logprobs_and_entropy};
 use rlhf_data::{SequenceBatch, Truncation, collate, length_buckets};
@@ -726,16 +726,13 @@ fn tokens_trained(epochs: &[Vec<BatchPlan>], grad_accum: usize, first_done: u64,
 }
 
 /// TRL's `num_tokens` after each batch's step, by batch number: the tokens that are not padding
-/// (prompts included) of every step up to and including that batch's (a step is `grad_accum`
-/// batches of its epoch, the last one possibly fewer).
+/// (prompts included) of every step up to and including that batch's.
 fn tokens_seen(epochs: &[Vec<BatchPlan>], grad_accum: usize) -> Vec<u64> {
-    let mut seen = Vec::with_capacity(epochs.iter().map(Vec::len).sum());
-    let mut total = 0;
-    for group in epochs.iter().flat_map(|e| e.chunks(grad_accum.max(1))) {
-        total += group.iter().map(|b| b.tokens).sum::<u64>();
-        seen.extend(std::iter::repeat_n(total, group.len()));
-    }
-    seen
+    let tokens: Vec<Vec<u64>> = epochs
+        .iter()
+        .map(|e| e.iter().map(|b| b.tokens).collect())
+        .collect();
+    tokens_at_step_end(&tokens, grad_accum).concat()
 }
 
 /// Refuses, before the first step, a run whose largest batch would not fit in memory.
@@ -826,23 +823,6 @@ mod tests {
 
     /// `num_tokens` after each batch is the tokens of every step up to its own, whole steps of
     /// `grad_accum` batches of one epoch (an epoch's last step may hold fewer).
-    #[test]
-    fn num_tokens_counts_the_steps_so_far() {
-        let plan = |tokens| BatchPlan {
-            rows: 1,
-            seq: 1,
-            predicted_tokens: 1,
-            tokens,
-        };
-        let epochs = vec![
-            vec![plan(3), plan(4), plan(5)],
-            vec![plan(1), plan(2), plan(6)],
-        ];
-        assert_eq!(tokens_seen(&epochs, 1), vec![3, 7, 12, 13, 15, 21]);
-        assert_eq!(tokens_seen(&epochs, 2), vec![7, 7, 12, 15, 15, 21]);
-        assert_eq!(tokens_seen(&epochs, 4), vec![12, 12, 12, 21, 21, 21]);
-    }
-
     /// A response after an empty prompt, left-padded in a batch with a longer prompt, does not
     /// have its first token predicted from the padding before it; every other response token
     /// stays a target.

@@ -368,9 +368,35 @@ fn step_gradients<M: Module>(
     })
 }
 
+/// TRL's `num_tokens` as [`fit`] forms steps: from each epoch's batches' token counts, each
+/// batch's running total to the end of its step (a step is `grad_accum` batches of its epoch, the
+/// last one possibly fewer), epoch by epoch.
+pub fn tokens_at_step_end(epochs: &[Vec<u64>], grad_accum: usize) -> Vec<Vec<u64>> {
+    let mut total = 0;
+    let mut out = Vec::with_capacity(epochs.len());
+    for batches in epochs {
+        let mut ends = Vec::with_capacity(batches.len());
+        for step in batches.chunks(grad_accum.max(1)) {
+            total += step.iter().sum::<u64>();
+            ends.extend(std::iter::repeat_n(total, step.len()));
+        }
+        out.push(ends);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn num_tokens_counts_the_steps_so_far() {
+        let epochs = vec![vec![3, 4, 5], vec![1, 2, 6]];
+        let flat = |accum| tokens_at_step_end(&epochs, accum).concat();
+        assert_eq!(flat(1), vec![3, 7, 12, 13, 15, 21]);
+        assert_eq!(flat(2), vec![7, 7, 12, 15, 15, 21]);
+        assert_eq!(flat(4), vec![12, 12, 12, 21, 21, 21]);
+    }
 
     #[test]
     fn the_eval_is_due_every_n_steps_and_after_the_last() {

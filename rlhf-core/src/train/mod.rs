@@ -21,6 +21,7 @@ pub mod sync_ref;
 pub use checkpoint::{Checkpoint, CheckpointStore, NewCheckpoint, Part};
 pub use fit::{
     AfterStep, BatchLoss, FitConfig, FitReport, LossOf, Metrics, eval_due, fit, fit_with, metric,
+    tokens_at_step_end,
 };
 pub use grads::{
     GradAccumulation, clip_global_grad_norm, clip_if_set, global_grad_norm, scale_grads,
